@@ -1,0 +1,268 @@
+"""A1111-compatible HTTP API (/sdapi/v1/...), a thin adapter over AppContext.
+
+Field names, defaults and response shapes follow A1111's modules/api so existing clients work
+unchanged. Bad input is answered with a 4xx and a reason (`{"detail": ...}`), never a traceback;
+generation goes through the same queue as the UI, so overlapping calls run one after another.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import inspect
+import io
+import json
+import secrets
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
+
+from webui.context import AppContext
+from webui.generation.infotext import parse_infotext, read_infotext
+from webui.generation.requests import Txt2ImgRequest
+from webui.generation.samplers import SAMPLERS, schedule_type_names
+from webui.ui.errors import user_error
+
+API_PREFIX = "/sdapi/v1"
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+
+
+class Txt2ImgBody(BaseModel):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI fields that this server honours; others are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True
+    save_images: bool = False
+
+
+class OptionsBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = None
+
+
+class PngInfoBody(BaseModel):
+    image: str
+
+
+def encode_png(image: Image.Image, infotext: str | None = None) -> str:
+    from webui.generation.infotext import write_png_info
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=write_png_info(infotext) if infotext else None)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_image(data: str) -> Image.Image:
+    """A base64 image (optionally a data: URL) -> PIL image, or a 422 naming the problem."""
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (ValueError, TypeError):
+        raise HTTPException(422, "image is not valid base64") from None
+    if len(raw) > MAX_UPLOAD_BYTES:
+        raise HTTPException(413, f"image is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError):
+        raise HTTPException(422, "data is not an image Pillow can read") from None
+    return image
+
+
+def txt2img_request_from_body(body: Txt2ImgBody, default_checkpoint: str | None) -> Txt2ImgRequest:
+    overrides = body.override_settings or {}
+    return Txt2ImgRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, styles=tuple(body.styles),
+        steps=body.steps, sampler_name=body.sampler_name or body.sampler_index or "DPM++ 2M",
+        scheduler=body.scheduler or "Automatic", cfg_scale=body.cfg_scale, width=body.width, height=body.height,
+        seed=body.seed, subseed=body.subseed, subseed_strength=body.subseed_strength, batch_count=body.n_iter,
+        batch_size=body.batch_size, clip_skip=int(overrides.get("CLIP_stop_at_last_layers", 1)),
+        checkpoint=overrides.get("sd_model_checkpoint") or default_checkpoint, save_images=body.save_images,
+    )
+
+
+def build_api_router(ctx: AppContext) -> APIRouter:
+    dependencies = [Depends(basic_auth_dependency(ctx))] if ctx.settings.auth else []
+    router = APIRouter(prefix=API_PREFIX, dependencies=dependencies)
+
+    @router.post("/txt2img")
+    @translate_errors
+    async def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
+        request = txt2img_request_from_body(body, None)
+        job = ctx.submit_txt2img(request)  # validation errors raise before queueing
+        result = await run_in_threadpool(job.result)
+        images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts)] if body.send_images else []
+        if body.send_images and result.grid is not None:
+            images.insert(0, encode_png(result.grid, result.infotexts[0]))
+        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(result.info(request))}
+
+    @router.get("/sd-models")
+    @translate_errors
+    def sd_models() -> list[dict[str, Any]]:
+        return [
+            {"title": r.title, "model_name": r.name, "hash": r.shorthash, "sha256": r.sha256,
+             "filename": str(r.path), "config": None}
+            for r in ctx.catalog.usable_records()
+        ]
+
+    @router.post("/refresh-checkpoints")
+    @translate_errors
+    def refresh_checkpoints() -> dict[str, Any]:
+        records = ctx.refresh_checkpoints()
+        return {"checkpoints": len(records), "unusable": {r.name: r.error for r in records if not r.usable}}
+
+    @router.get("/samplers")
+    @translate_errors
+    def samplers() -> list[dict[str, Any]]:
+        return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
+
+    @router.get("/schedulers")
+    @translate_errors
+    def schedulers() -> list[dict[str, Any]]:
+        return [{"name": name, "label": name} for name in schedule_type_names()]
+
+    @router.get("/options")
+    @translate_errors
+    def get_options() -> dict[str, Any]:
+        return {"sd_model_checkpoint": ctx.current_checkpoint_title()}
+
+    @router.post("/options")
+    @translate_errors
+    async def set_options(body: OptionsBody) -> dict[str, Any]:
+        if body.sd_model_checkpoint:
+            record = await run_in_threadpool(ctx.select_checkpoint, body.sd_model_checkpoint)
+            return {"sd_model_checkpoint": record.title}
+        return get_options()
+
+    @router.get("/progress")
+    @translate_errors
+    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        job = ctx.queue.current
+        if job is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": ctx.queue.pending, "interrupted": False},
+                    "current_image": None, "textinfo": None}
+        snapshot = job.control.snapshot()
+        current_image = None
+        if snapshot.preview is not None and not skip_current_image:
+            current_image = encode_png(snapshot.preview)
+        return {
+            "progress": snapshot.fraction,
+            "eta_relative": snapshot.eta_seconds or 0.0,
+            "state": {"job": f"job-{job.job_id}", "job_count": ctx.queue.pending + 1, "job_no": snapshot.batch_index,
+                      "sampling_step": snapshot.step, "sampling_steps": snapshot.total_steps,
+                      "interrupted": job.control.interrupted},
+            "current_image": current_image,
+            "textinfo": snapshot.message or None,
+        }
+
+    @router.post("/interrupt")
+    @translate_errors
+    def interrupt() -> dict[str, Any]:
+        return {"interrupted": ctx.queue.interrupt_current()}
+
+    @router.post("/skip")
+    @translate_errors
+    def skip() -> dict[str, Any]:
+        return {"skipped": ctx.queue.skip_current()}
+
+    @router.post("/png-info")
+    @translate_errors
+    def png_info(body: PngInfoBody) -> dict[str, Any]:
+        image = decode_image(body.image)
+        text = read_infotext(image) or ""
+        parsed = parse_infotext(text) if text else {}
+        return {"info": text, "items": {"parameters": text} if text else {}, "parameters": parsed}
+
+    @router.get("/prompt-styles")
+    @translate_errors
+    def prompt_styles() -> list[dict[str, str]]:
+        return [
+            {"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+            for style in (ctx.styles.get(name) for name in ctx.styles.names())
+        ]
+
+    @router.get("/cmd-flags")
+    @translate_errors
+    def cmd_flags() -> dict[str, Any]:
+        # Never echo credentials (A1111 #17411 leaked the gradio password here).
+        s = ctx.settings
+        return {"listen": s.listen, "port": s.port, "api": s.api, "nowebui": s.nowebui, "device": s.device,
+                "precision": s.precision, "data_dir": str(s.data_dir), "auth": bool(s.auth)}
+
+    return router
+
+
+def basic_auth_dependency(ctx: AppContext):
+    """HTTP Basic auth with the same credentials as the UI login."""
+    security = HTTPBasic()
+
+    def check(credentials: HTTPBasicCredentials = Depends(security)) -> None:
+        for user, password in ctx.settings.auth:
+            if secrets.compare_digest(credentials.username, user) and secrets.compare_digest(credentials.password, password):
+                return
+        raise HTTPException(401, "incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def install_api(app: FastAPI, ctx: AppContext) -> None:
+    """Add the API routes; works on an app that is already serving (gradio's), like A1111's API."""
+    app.include_router(build_api_router(ctx))
+
+
+def translate_errors(handler: Callable) -> Callable:
+    """Engine errors -> HTTP answers with the reason: unknown names 404, bad values 422, disk 507."""
+
+    def convert(error: Exception) -> HTTPException:
+        if isinstance(error, HTTPException):
+            return error
+        if isinstance(error, LookupError):
+            return HTTPException(404, user_error(error))
+        if isinstance(error, ValueError):
+            return HTTPException(422, user_error(error))
+        if isinstance(error, OSError):
+            return HTTPException(507, user_error(error))
+        return HTTPException(500, user_error(error))
+
+    if inspect.iscoroutinefunction(handler):
+        @functools.wraps(handler)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await handler(*args, **kwargs)
+            except Exception as error:
+                raise convert(error) from None
+
+        return async_wrapper
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as error:
+            raise convert(error) from None
+
+    return wrapper

@@ -1,0 +1,66 @@
+"""Composition root: Settings -> AppContext -> gradio UI and/or HTTP API -> serve.
+
+Like A1111, the UI is started with gradio's own `launch` (so `--share` and login work as gradio
+implements them) and the API routes are added to the same FastAPI app; with `--nowebui` only the
+API is served, by uvicorn directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Sequence
+
+from webui.settings import Settings, SettingsError, settings_from_args
+
+log = logging.getLogger("sdstudio")
+
+
+def serve(settings: Settings, ready: threading.Event | None = None) -> None:
+    """Build everything and serve until interrupted."""
+    from webui.context import build_context
+
+    ctx = build_context(settings)
+    if settings.serve_ui:
+        from webui.api.sdapi import install_api
+        from webui.ui.app_ui import CSS, THEME, build_ui
+
+        blocks = build_ui(ctx)
+        blocks.queue(default_concurrency_limit=4)
+        app, local_url, share_url = blocks.launch(
+            server_name=settings.host, server_port=settings.port, share=settings.share,
+            auth=list(settings.auth) or None, prevent_thread_lock=True, show_error=True, quiet=True,
+            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None}, theme=THEME, css=CSS,
+        )
+        if settings.serve_api:
+            install_api(app, ctx)
+        print(f"SD Studio running on {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
+        if ready:
+            ready.set()
+        blocks.block_thread()
+    else:
+        import uvicorn
+        from fastapi import FastAPI
+
+        from webui.api.sdapi import install_api
+
+        app = FastAPI(title="SD Studio API", docs_url=None, redoc_url=None, openapi_url=None)
+        install_api(app, ctx)
+        print(f"SD Studio API running on http://{settings.host}:{settings.port}/sdapi/v1", flush=True)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+def run(argv: Sequence[str]) -> int:
+    """Entry point used by launch.py; returns a process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(argv)
+    except SettingsError as error:
+        print(f"launch.py: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        serve(settings)
+    except KeyboardInterrupt:
+        return 0
+    return 0

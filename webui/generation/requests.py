@@ -1,0 +1,98 @@
+"""Typed generation requests: A1111's processing object `p`, as plain validated data.
+
+The UI, the HTTP API, X/Y/Z cells and extensions all build the same request type and hand it to the
+queue, so validation happens once, here, and produces messages a user can act on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from webui.generation.samplers import find_sampler, schedule_type_names
+
+
+class RequestError(ValueError):
+    """A request value that cannot work; the message names the field and the allowed range."""
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    """Server-side caps so a single request cannot exhaust memory or run forever."""
+
+    max_side: int = 2048
+    max_steps: int = 150
+    max_images: int = 64
+
+
+@dataclass(frozen=True)
+class Txt2ImgRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: tuple[str, ...] = ()
+    steps: int = 20
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    batch_count: int = 1          # A1111 n_iter
+    batch_size: int = 1
+    clip_skip: int = 1
+    checkpoint: str | None = None  # None = the currently loaded one
+    save_images: bool = True
+    save_grid: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_changes(self, **changes: Any) -> "Txt2ImgRequest":
+        return replace(self, **changes)
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_count * self.batch_size
+
+    def validate(self, limits: GenerationLimits = GenerationLimits()) -> "Txt2ImgRequest":
+        """Return self if every field is usable, else raise RequestError naming the field."""
+        _check_int("steps", self.steps, 1, limits.max_steps)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check_int(name, value, 64, limits.max_side)
+            if value % 8:
+                raise RequestError(f"{name} {value} is not a multiple of 8 (try {value - value % 8} or {value - value % 8 + 8})")
+        _check_int("batch_count", self.batch_count, 1, limits.max_images)
+        _check_int("batch_size", self.batch_size, 1, limits.max_images)
+        if self.image_count > limits.max_images:
+            raise RequestError(f"batch_count x batch_size = {self.image_count} exceeds the limit of {limits.max_images} images")
+        _check_int("clip_skip", self.clip_skip, 1, 12)
+        _check_float("cfg_scale", self.cfg_scale, 0.0, 30.0)
+        _check_float("subseed_strength", self.subseed_strength, 0.0, 1.0)
+        for name in ("seed", "subseed"):
+            _check_int(name, getattr(self, name), -1, 2**32 - 1)
+        find_sampler(self.sampler_name)  # raises with the list of valid names
+        if self.scheduler not in schedule_type_names():
+            raise RequestError(f"unknown schedule type {self.scheduler!r}; valid: {', '.join(schedule_type_names())}")
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise RequestError("prompt and negative_prompt must be text")
+        return self
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise RequestError(f"{name} {value} is outside {low}..{high}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise RequestError(f"{name} {value} is outside {low}..{high}")
+
+
+def request_field_names() -> list[str]:
+    return [f.name for f in fields(Txt2ImgRequest)]

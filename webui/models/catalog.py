@@ -1,0 +1,157 @@
+"""Checkpoint catalog: scan the checkpoint folder into records, without loading any weights.
+
+Single files are classified from their safetensors header alone (key names and shapes), so a folder
+of hundreds of models scans in well under a second. A file that cannot be read or classified is still
+listed, with the reason, so the user sees why it cannot be used; every other model keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from webui.models.checkpoint_files import CheckpointReadError, read_key_shapes
+from webui.models.hashing import HashCache
+from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+class UnknownCheckpointError(LookupError):
+    """A checkpoint name that is not in the catalog; the message lists what is."""
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One model the user can pick: a single file or a diffusers folder."""
+
+    name: str                      # path relative to the folder, without extension (A1111's model name)
+    path: Path
+    format: str                    # "safetensors" | "ckpt" | "diffusers"
+    architecture: Architecture | None
+    sha256: str | None = None      # known once hashed (cached across restarts)
+    error: str | None = None       # why it cannot be loaded; None when usable
+
+    @property
+    def shorthash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        """A1111's dropdown title: `name [shorthash]` once the hash is known."""
+        return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+    def matches(self, wanted: str) -> bool:
+        """A1111 accepts a title, a bare name, a file name or a short hash."""
+        wanted = wanted.strip()
+        return wanted in {self.title, self.name, self.path.name, self.path.stem} or (
+            bool(self.shorthash) and wanted == self.shorthash
+        ) or (bool(self.shorthash) and wanted.split(" [")[0] == self.name)
+
+
+def architecture_of_diffusers_folder(folder: Path) -> Architecture:
+    """Tell SD1/SD2/SDXL apart from a diffusers folder's UNet config."""
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise UnsupportedCheckpointError(f"{folder.name}: unreadable unet/config.json ({error})") from error
+    in_channels = int(unet.get("in_channels", 4))
+    if unet.get("addition_embed_type") == "text_time" or (folder / "text_encoder_2").is_dir():
+        family, label = "sdxl", "SDXL"
+    elif unet.get("cross_attention_dim") == 1024:
+        family, label = "sd2", "SD2.x"
+    else:
+        family, label = "sd1", "SD1.x"
+    if in_channels == 9:
+        label += " inpainting"
+    return Architecture(family=family, unet_in_channels=in_channels, label=label)
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file()
+
+
+class CheckpointCatalog:
+    """The list of checkpoints in one folder; `refresh()` rescans without restarting the app."""
+
+    def __init__(self, folder: Path, hash_cache: HashCache):
+        self.folder = folder
+        self._hashes = hash_cache
+        self._lock = threading.Lock()
+        self._records: list[CheckpointRecord] = []
+        self._classified: dict[tuple, tuple[Architecture | None, str | None]] = {}
+
+    def refresh(self) -> list[CheckpointRecord]:
+        records = []
+        if self.folder.is_dir():
+            for path in sorted(self.folder.rglob("*")):
+                if is_diffusers_folder(path):
+                    records.append(self._record(path, "diffusers"))
+                elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES and not any(
+                    is_diffusers_folder(parent) for parent in path.parents
+                ) and not path.name.endswith(".vae.safetensors"):
+                    records.append(self._record(path, path.suffix.lower().lstrip(".")))
+        with self._lock:
+            self._records = records
+        return list(records)
+
+    def _record(self, path: Path, file_format: str) -> CheckpointRecord:
+        name = path.relative_to(self.folder).as_posix()
+        if file_format != "diffusers":
+            name = name.rsplit(".", 1)[0]
+        architecture, error = self._classify(path, file_format)
+        return CheckpointRecord(
+            name=name, path=path, format=file_format, architecture=architecture,
+            sha256=self._hashes.cached(path), error=error,
+        )
+
+    def _classify(self, path: Path, file_format: str) -> tuple[Architecture | None, str | None]:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime)
+        if key in self._classified:
+            return self._classified[key]
+        try:
+            if file_format == "diffusers":
+                result = (architecture_of_diffusers_folder(path), None)
+            else:
+                result = (detect_architecture(read_key_shapes(path)), None)
+        except (CheckpointReadError, UnsupportedCheckpointError) as error:
+            result = (None, str(error))
+        self._classified[key] = result
+        return result
+
+    def records(self) -> list[CheckpointRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def usable_records(self) -> list[CheckpointRecord]:
+        return [record for record in self.records() if record.usable]
+
+    def find(self, wanted: str) -> CheckpointRecord:
+        """The record a title/name/hash names; refreshes once if it is not known yet."""
+        for attempt in range(2):
+            for record in self.records():
+                if record.matches(wanted):
+                    return record
+            if attempt == 0:
+                self.refresh()
+        names = ", ".join(record.title for record in self.records()) or "(none)"
+        raise UnknownCheckpointError(f"checkpoint {wanted!r} not found; available: {names}")
+
+    def with_hash(self, record: CheckpointRecord) -> CheckpointRecord:
+        """The record with its sha256 filled in (computed once, then cached on disk)."""
+        if record.sha256:
+            return record
+        hashed = CheckpointRecord(
+            name=record.name, path=record.path, format=record.format, architecture=record.architecture,
+            sha256=self._hashes.sha256(record.path), error=record.error,
+        )
+        with self._lock:
+            self._records = [hashed if r.path == record.path else r for r in self._records]
+        return hashed

@@ -1,0 +1,543 @@
+"""Convert between single-file "LDM" checkpoints (the A1111 layout) and diffusers component state dicts.
+
+Reading uses diffusers' own single-file converters, so a checkpoint loads exactly as
+``from_single_file`` would load it. Writing (needed to export DreamBooth results as A1111
+checkpoints) is the inverse of those converters, implemented here key by key; the round trip
+diffusers -> LDM -> diffusers is bitwise exact, which the unit tests check for every family.
+
+Architectures are told apart from key names and shapes only, so the catalog can classify files from
+a safetensors header without loading any weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
+from torch import Tensor
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
+
+FAMILY_SD1 = "sd1"
+FAMILY_SD2 = "sd2"
+FAMILY_SDXL = "sdxl"
+SUPPORTED_FAMILIES = (FAMILY_SD1, FAMILY_SD2, FAMILY_SDXL)
+
+LDM_UNET_PREFIX = "model.diffusion_model."
+LDM_VAE_PREFIX = "first_stage_model."
+SD1_CLIP_PREFIX = "cond_stage_model.transformer."
+SD2_OPEN_CLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+SDXL_EMBEDDER_PREFIX = "conditioner.embedders."
+UNET_CONV_IN_KEY = LDM_UNET_PREFIX + "input_blocks.0.0.weight"
+
+_FAMILY_LABELS = ((FAMILY_SD1, "SD1.x"), (FAMILY_SD2, "SD2.x"), (FAMILY_SDXL, "SDXL"))
+
+# diffusers ResnetBlock2D parameter names -> LDM ResBlock names (UNet).
+_UNET_RESNET_TO_LDM = (
+    ("norm1", "in_layers.0"),
+    ("conv1", "in_layers.2"),
+    ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("conv_shortcut", "skip_connection"),
+)
+# Top-level UNet modules whose names differ only by a fixed rename.
+_UNET_TOP_LEVEL_TO_LDM = (
+    ("time_embedding.linear_1", "time_embed.0"),
+    ("time_embedding.linear_2", "time_embed.2"),
+    ("conv_in", "input_blocks.0.0"),
+    ("conv_norm_out", "out.0"),
+    ("conv_out", "out.2"),
+    ("add_embedding.linear_1", "label_emb.0.0"),
+    ("add_embedding.linear_2", "label_emb.0.2"),
+)
+_VAE_TOP_LEVEL_TO_LDM = (
+    ("encoder.conv_in", "encoder.conv_in"),
+    ("encoder.conv_out", "encoder.conv_out"),
+    ("encoder.conv_norm_out", "encoder.norm_out"),
+    ("decoder.conv_in", "decoder.conv_in"),
+    ("decoder.conv_out", "decoder.conv_out"),
+    ("decoder.conv_norm_out", "decoder.norm_out"),
+    ("quant_conv", "quant_conv"),
+    ("post_quant_conv", "post_quant_conv"),
+)
+# diffusers VAE Attention -> LDM AttnBlock, whose projections are 1x1 convolutions.
+_VAE_ATTENTION_TO_LDM = (
+    ("group_norm", "norm"),
+    ("to_q", "q"),
+    ("to_k", "k"),
+    ("to_v", "v"),
+    ("to_out.0", "proj_out"),
+)
+_OPEN_CLIP_LAYER_TO_LDM = (
+    ("self_attn.out_proj", "attn.out_proj"),
+    ("layer_norm1", "ln_1"),
+    ("layer_norm2", "ln_2"),
+    ("mlp.fc1", "mlp.c_fc"),
+    ("mlp.fc2", "mlp.c_proj"),
+)
+# LDM SD1 files written with old transformers lack the "text_model." level; A1111 renames these too.
+_LEGACY_SD1_CLIP_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a single-file checkpoint is, as far as loading it is concerned."""
+
+    family: str
+    unet_in_channels: int
+    label: str
+
+
+class UnsupportedCheckpointError(ValueError):
+    """The file is not an SD1.x / SD2.x / SDXL checkpoint; the message says what it looks like."""
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture detection
+# --------------------------------------------------------------------------------------------
+
+
+def _any_key_starts(keys: Iterable[str], *prefixes: str) -> bool:
+    return any(key.startswith(prefixes) for key in keys)
+
+
+def _any_key_contains(keys: Iterable[str], *fragments: str) -> bool:
+    return any(fragment in key for key in keys for fragment in fragments)
+
+
+def _foreign_model_with_sd_like_keys(keys: list[str]) -> str | None:
+    """Models that share LDM key prefixes with SD but cannot be loaded as SD1/SD2/SDXL."""
+    if _any_key_contains(keys, "joint_blocks.") or _any_key_starts(keys, "text_encoders."):
+        return "Stable Diffusion 3 / 3.5 (MMDiT)"
+    if _any_key_contains(keys, "double_blocks.", "single_blocks."):
+        return "Flux (or a Flux derivative such as Chroma)"
+    if "edm_mean" in keys or "edm_std" in keys:
+        return "Playground v2.5 (EDM-parameterised SDXL)"
+    has_sdxl_embedders = _any_key_starts(keys, SDXL_EMBEDDER_PREFIX)
+    if _any_key_starts(keys, "conditioner.embedders.0.model.") and not _any_key_starts(
+        keys, "conditioner.embedders.1."
+    ):
+        return "the SDXL refiner"
+    if has_sdxl_embedders and not (
+        _any_key_starts(keys, SDXL_CLIP_PREFIX) and _any_key_starts(keys, SDXL_OPEN_CLIP_PREFIX)
+    ):
+        embedder_ids = {key.split(".")[2] for key in keys if key.startswith(SDXL_EMBEDDER_PREFIX)}
+        return f"an SGM model with text embedders {sorted(embedder_ids)} (not SDXL base)"
+    if _any_key_starts(keys, "embedder.model.", "noise_augmentor."):
+        return "SD2 unCLIP"
+    if _any_key_starts(keys, "depth_model."):
+        return "SD2 depth-to-image"
+    if _any_key_starts(keys, "cond_stage_model.roberta."):
+        return "AltDiffusion (XLM-RoBERTa text encoder)"
+    if _any_key_starts(keys, "low_scale_model."):
+        return "the SD2 x4 upscaler"
+    return None
+
+
+def _describe_non_checkpoint(keys: list[str]) -> str:
+    """Best guess at what a file without a complete SD checkpoint is, for the error message."""
+    if _any_key_starts(keys, "lora_unet_", "lora_te", "lora_transformer_") or _any_key_contains(
+        keys, ".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".hada_w", ".lokr_w"
+    ):
+        return "a LoRA / LyCORIS network"
+    if _any_key_contains(keys, "string_to_param", "emb_params") or set(keys) <= {"clip_l", "clip_g"}:
+        return "a textual inversion embedding"
+    if _any_key_starts(keys, "control_model.") or _any_key_contains(
+        keys, "input_hint_block.", "controlnet_cond_embedding."
+    ):
+        return "a ControlNet"
+    if _any_key_starts(keys, "down_blocks.", "mid_block.", "text_model.", "encoder.down_blocks."):
+        return "a diffusers-format component (not a single-file LDM checkpoint)"
+    if _any_key_starts(keys, "model.diffusion_model.") and not _any_key_starts(keys, "model.diffusion_model.input_blocks."):
+        return "a transformer (DiT) model, not a Stable Diffusion UNet"
+    if keys and all(key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")) for key in keys):
+        return "a standalone VAE"
+    if _any_key_starts(keys, LDM_UNET_PREFIX):
+        return "Stable Diffusion UNet weights without a text encoder"
+    if _any_key_starts(keys, SD1_CLIP_PREFIX, SD2_OPEN_CLIP_PREFIX, SDXL_EMBEDDER_PREFIX):
+        return "a text encoder without UNet weights"
+    return "not a Stable Diffusion model"
+
+
+def _text_encoder_family(keys: list[str]) -> str | None:
+    if _any_key_starts(keys, SDXL_CLIP_PREFIX) and _any_key_starts(keys, SDXL_OPEN_CLIP_PREFIX):
+        return FAMILY_SDXL
+    if _any_key_starts(keys, SD2_OPEN_CLIP_PREFIX):
+        return FAMILY_SD2
+    if _any_key_starts(keys, SD1_CLIP_PREFIX):
+        return FAMILY_SD1
+    return None
+
+
+def _label(family: str, unet_in_channels: int) -> str:
+    base = dict(_FAMILY_LABELS)[family]
+    return f"{base} inpainting" if unet_in_channels == 9 else base
+
+
+def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architecture:
+    """Classify an LDM-layout checkpoint from its key names and shapes (no tensor data needed)."""
+    keys = list(key_shapes)
+    if not keys:
+        raise UnsupportedCheckpointError("Unsupported checkpoint: the file holds no tensors")
+    foreign = _foreign_model_with_sd_like_keys(keys)
+    if foreign is not None:
+        raise UnsupportedCheckpointError(
+            f"Unsupported checkpoint: looks like {foreign}; only SD1.x, SD2.x and SDXL are supported"
+        )
+    family = _text_encoder_family(keys)
+    conv_in_shape = key_shapes.get(UNET_CONV_IN_KEY)
+    if family is None or conv_in_shape is None:
+        raise UnsupportedCheckpointError(
+            f"Unsupported checkpoint: looks like {_describe_non_checkpoint(keys)}"
+        )
+    if len(conv_in_shape) != 4:
+        raise UnsupportedCheckpointError(
+            f"Unsupported checkpoint: UNet input convolution has shape {tuple(conv_in_shape)}, "
+            "expected a 4-D convolution weight"
+        )
+    in_channels = int(conv_in_shape[1])
+    if in_channels == 8:
+        raise UnsupportedCheckpointError("Unsupported checkpoint: looks like InstructPix2Pix (8-channel UNet)")
+    if in_channels not in (4, 9):
+        raise UnsupportedCheckpointError(
+            f"Unsupported checkpoint: the UNet takes {in_channels} input channels "
+            "(only 4 = text-to-image and 9 = inpainting are supported)"
+        )
+    return Architecture(family=family, unet_in_channels=in_channels, label=_label(family, in_channels))
+
+
+# --------------------------------------------------------------------------------------------
+# LDM -> diffusers (diffusers' own converters, plus the fit-up they leave to the caller)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_family(family: str) -> None:
+    if family not in SUPPORTED_FAMILIES:
+        raise ValueError(f"Unknown model family {family!r}; expected one of {SUPPORTED_FAMILIES}")
+
+
+def _with_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {key: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _build_text_model_on_meta(
+    config: Mapping[str, object], with_projection: bool
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A weightless instance: the converters only need its config and its parameter names."""
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    text_config = CLIPTextConfig.from_dict(dict(config))
+    with torch.device("meta"):
+        return model_class(text_config)
+
+
+def _fit_text_encoder_keys(converted: dict[str, Tensor], model: PreTrainedModel) -> dict[str, Tensor]:
+    """Match the converters' "text_model.*" names to the installed transformers' module layout.
+
+    transformers >= 5.6 flattened CLIPTextModel (no "text_model." level) while
+    CLIPTextModelWithProjection kept it; position_ids is no longer a saved buffer; SD2's
+    CLIPTextModel has no text projection. Anything else unexpected is left for strict loading to
+    report.
+    """
+    expected_keys = set(model.state_dict().keys())
+    has_wrapper = any(key.startswith("text_model.") for key in expected_keys)
+    fitted: dict[str, Tensor] = {}
+    for key, value in converted.items():
+        name = key if has_wrapper else key.removeprefix("text_model.")
+        droppable = name.endswith("position_ids") or name in ("text_projection.weight", "logit_scale")
+        if droppable and name not in expected_keys:
+            continue
+        fitted[name] = value
+    return fitted
+
+
+def _normalise_legacy_sd1_clip_keys(clip_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Insert the "text_model." level that SD1 files saved with old transformers lack."""
+    normalised: dict[str, Tensor] = {}
+    for key, value in clip_state.items():
+        rest = key[len(SD1_CLIP_PREFIX) :]
+        if rest.startswith(_LEGACY_SD1_CLIP_PARTS):
+            key = f"{SD1_CLIP_PREFIX}text_model.{rest}"
+        normalised[key] = value
+    return normalised
+
+
+def _drop_open_clip_layers_beyond(
+    open_clip_state: dict[str, Tensor], prefix: str, num_layers: int
+) -> dict[str, Tensor]:
+    """SD2 ships 24 OpenCLIP blocks but diffusers keeps 23 (it uses the penultimate layer)."""
+    layer_pattern = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
+    kept: dict[str, Tensor] = {}
+    for key, value in open_clip_state.items():
+        match = layer_pattern.match(key)
+        if match is not None and int(match.group(1)) >= num_layers:
+            continue
+        kept[key] = value
+    return kept
+
+
+def _convert_clip_l(
+    state_dict: Mapping[str, Tensor], prefix: str, config: Mapping[str, object]
+) -> dict[str, Tensor]:
+    clip_state = _with_prefix(state_dict, prefix)
+    if prefix == SD1_CLIP_PREFIX:
+        clip_state = _normalise_legacy_sd1_clip_keys(clip_state)
+    converted = convert_ldm_clip_checkpoint(clip_state)
+    model = _build_text_model_on_meta(config, with_projection=False)
+    return _fit_text_encoder_keys(converted, model)
+
+
+def _convert_open_clip(
+    state_dict: Mapping[str, Tensor], prefix: str, config: Mapping[str, object], with_projection: bool
+) -> dict[str, Tensor]:
+    model = _build_text_model_on_meta(config, with_projection=with_projection)
+    open_clip_state = _drop_open_clip_layers_beyond(
+        _with_prefix(state_dict, prefix), prefix, model.config.num_hidden_layers
+    )
+    converted = convert_open_clip_checkpoint(model, open_clip_state, prefix=prefix)
+    return _fit_text_encoder_keys(converted, model)
+
+
+def ldm_to_diffusers(
+    state_dict: Mapping[str, Tensor], family: str, configs: Mapping[str, dict]
+) -> dict[str, dict[str, Tensor]]:
+    """Split an LDM checkpoint into diffusers-keyed state dicts, one per pipeline component.
+
+    ``configs`` holds the component configs as in diffusers' config.json files ("unet", "vae",
+    "text_encoder" and, for SDXL, "text_encoder_2"). The result loads with
+    ``load_state_dict(strict=True)``. A checkpoint saved without a VAE yields no "vae" entry, so the
+    caller can fall back to a separate VAE file.
+    """
+    _check_family(family)
+    unet_state = _with_prefix(state_dict, LDM_UNET_PREFIX)
+    if not unet_state:
+        raise UnsupportedCheckpointError("Unsupported checkpoint: no UNet weights (model.diffusion_model.*)")
+    components: dict[str, dict[str, Tensor]] = {
+        "unet": convert_ldm_unet_checkpoint(unet_state, dict(configs["unet"]))
+    }
+    vae_state = _with_prefix(state_dict, LDM_VAE_PREFIX)
+    if vae_state:
+        components["vae"] = convert_ldm_vae_checkpoint(vae_state, dict(configs["vae"]))
+    if family == FAMILY_SD1:
+        components["text_encoder"] = _convert_clip_l(state_dict, SD1_CLIP_PREFIX, configs["text_encoder"])
+    elif family == FAMILY_SD2:
+        components["text_encoder"] = _convert_open_clip(
+            state_dict, SD2_OPEN_CLIP_PREFIX, configs["text_encoder"], with_projection=False
+        )
+    else:
+        components["text_encoder"] = _convert_clip_l(state_dict, SDXL_CLIP_PREFIX, configs["text_encoder"])
+        components["text_encoder_2"] = _convert_open_clip(
+            state_dict, SDXL_OPEN_CLIP_PREFIX, configs["text_encoder_2"], with_projection=True
+        )
+    return components
+
+
+# --------------------------------------------------------------------------------------------
+# diffusers -> LDM (the inverse of diffusers' converters)
+# --------------------------------------------------------------------------------------------
+
+
+def _rename_first(name: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """Rename the leading module path of ``name`` (e.g. "norm1.weight" -> "in_layers.0.weight")."""
+    for diffusers_name, ldm_name in renames:
+        if name.startswith(diffusers_name + "."):
+            return ldm_name + name[len(diffusers_name) :]
+    raise ValueError(f"no LDM equivalent for parameter {name!r}")
+
+
+def _indices(keys: Iterable[str], pattern: str) -> set[int]:
+    compiled = re.compile(pattern)
+    return {int(match.group(1)) for key in keys if (match := compiled.match(key)) is not None}
+
+
+_UNET_DOWN = re.compile(r"^down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$")
+_UNET_DOWNSAMPLE = re.compile(r"^down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$")
+_UNET_MID = re.compile(r"^mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
+_UNET_UP = re.compile(r"^up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$")
+_UNET_UPSAMPLE = re.compile(r"^up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$")
+
+
+def _unet_key_to_ldm(
+    key: str, layers_per_block: int, up_blocks_with_attention: set[int]
+) -> str:
+    """LDM numbers UNet blocks sequentially: per level, the layers then the resampler."""
+    entries_per_level = layers_per_block + 1
+    if match := _UNET_DOWN.match(key):
+        level, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        index = 1 + level * entries_per_level + layer
+        if kind == "resnets":
+            return f"input_blocks.{index}.0.{_rename_first(rest, _UNET_RESNET_TO_LDM)}"
+        return f"input_blocks.{index}.1.{rest}"
+    if match := _UNET_DOWNSAMPLE.match(key):
+        index = 1 + int(match[1]) * entries_per_level + layers_per_block
+        return f"input_blocks.{index}.0.op.{match[2]}"
+    if match := _UNET_MID.match(key):
+        kind, layer, rest = match[1], int(match[2]), match[3]
+        if kind == "resnets":
+            return f"middle_block.{2 * layer}.{_rename_first(rest, _UNET_RESNET_TO_LDM)}"
+        return f"middle_block.{2 * layer + 1}.{rest}"
+    if match := _UNET_UP.match(key):
+        level, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
+        index = level * entries_per_level + layer
+        if kind == "resnets":
+            return f"output_blocks.{index}.0.{_rename_first(rest, _UNET_RESNET_TO_LDM)}"
+        return f"output_blocks.{index}.1.{rest}"
+    if match := _UNET_UPSAMPLE.match(key):
+        level = int(match[1])
+        index = level * entries_per_level + layers_per_block
+        position = 2 if level in up_blocks_with_attention else 1
+        return f"output_blocks.{index}.{position}.conv.{match[2]}"
+    try:
+        return _rename_first(key, _UNET_TOP_LEVEL_TO_LDM)
+    except ValueError:
+        raise ValueError(f"UNet parameter {key!r} has no LDM equivalent") from None
+
+
+def _unet_to_ldm(unet_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    keys = list(unet_state)
+    down_resnets = _indices(keys, r"^down_blocks\.0\.resnets\.(\d+)\.")
+    if not down_resnets:
+        raise ValueError("UNet state dict has no down_blocks.0 resnets; is it a UNet2DConditionModel?")
+    layers_per_block = len(down_resnets)
+    up_resnets = _indices(keys, r"^up_blocks\.0\.resnets\.(\d+)\.")
+    if len(up_resnets) != layers_per_block + 1:
+        raise ValueError(
+            f"UNet has {layers_per_block} resnets per down block but {len(up_resnets)} per up block; "
+            "the LDM layout needs layers_per_block + 1"
+        )
+    up_blocks_with_attention = _indices(keys, r"^up_blocks\.(\d+)\.attentions\.")
+    return {
+        LDM_UNET_PREFIX + _unet_key_to_ldm(key, layers_per_block, up_blocks_with_attention): value
+        for key, value in unet_state.items()
+    }
+
+
+_VAE_MID_RESNET = re.compile(r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)$")
+_VAE_MID_ATTENTION = re.compile(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(.+)$")
+_VAE_DOWN_RESNET = re.compile(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$")
+_VAE_DOWNSAMPLE = re.compile(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)$")
+_VAE_UP_RESNET = re.compile(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$")
+_VAE_UPSAMPLE = re.compile(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)$")
+
+
+def _vae_resnet_name(rest: str) -> str:
+    return "nin_shortcut" + rest[len("conv_shortcut") :] if rest.startswith("conv_shortcut.") else rest
+
+
+def _vae_item_to_ldm(key: str, value: Tensor, num_up_blocks: int) -> tuple[str, Tensor]:
+    """LDM's decoder counts up-levels from the bottom; diffusers counts from the top."""
+    if match := _VAE_MID_RESNET.match(key):
+        return f"{match[1]}.mid.block_{int(match[2]) + 1}.{_vae_resnet_name(match[3])}", value
+    if match := _VAE_MID_ATTENTION.match(key):
+        rest = _rename_first(match[2], _VAE_ATTENTION_TO_LDM)
+        is_projection = rest.split(".")[0] in ("q", "k", "v", "proj_out")
+        if is_projection and rest.endswith(".weight") and value.ndim == 2:
+            value = value.reshape(*value.shape, 1, 1)
+        return f"{match[1]}.mid.attn_1.{rest}", value
+    if match := _VAE_DOWN_RESNET.match(key):
+        return f"encoder.down.{match[1]}.block.{match[2]}.{_vae_resnet_name(match[3])}", value
+    if match := _VAE_DOWNSAMPLE.match(key):
+        return f"encoder.down.{match[1]}.downsample.conv.{match[2]}", value
+    if match := _VAE_UP_RESNET.match(key):
+        level = num_up_blocks - 1 - int(match[1])
+        return f"decoder.up.{level}.block.{match[2]}.{_vae_resnet_name(match[3])}", value
+    if match := _VAE_UPSAMPLE.match(key):
+        level = num_up_blocks - 1 - int(match[1])
+        return f"decoder.up.{level}.upsample.conv.{match[2]}", value
+    try:
+        return _rename_first(key, _VAE_TOP_LEVEL_TO_LDM), value
+    except ValueError:
+        raise ValueError(f"VAE parameter {key!r} has no LDM equivalent") from None
+
+
+def _vae_to_ldm(vae_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    num_up_blocks = len(_indices(vae_state, r"^decoder\.up_blocks\.(\d+)\."))
+    converted: dict[str, Tensor] = {}
+    for key, value in vae_state.items():
+        ldm_key, ldm_value = _vae_item_to_ldm(key, value, num_up_blocks)
+        converted[LDM_VAE_PREFIX + ldm_key] = ldm_value
+    return converted
+
+
+def _clip_l_to_ldm(text_state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """CLIP-L keeps Hugging Face names under the prefix; originals also carry position_ids."""
+    converted = {
+        f"{prefix}text_model.{key.removeprefix('text_model.')}": value for key, value in text_state.items()
+    }
+    position_ids_key = f"{prefix}text_model.embeddings.position_ids"
+    position_embedding_key = f"{prefix}text_model.embeddings.position_embedding.weight"
+    if position_ids_key not in converted and position_embedding_key in converted:
+        num_positions = converted[position_embedding_key].shape[0]
+        converted[position_ids_key] = torch.arange(num_positions, dtype=torch.int64).unsqueeze(0)
+    return converted
+
+
+_OPEN_CLIP_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
+_OPEN_CLIP_QKV = re.compile(r"^self_attn\.(q|k|v)_proj\.(weight|bias)$")
+
+
+def _open_clip_to_ldm(text_state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """OpenCLIP fuses q/k/v into in_proj_* and stores text_projection as (width, embed_dim)."""
+    converted: dict[str, Tensor] = {}
+    qkv_parts: dict[tuple[int, str], dict[str, Tensor]] = {}
+    for key, value in text_state.items():
+        if key == "text_projection.weight":
+            converted[prefix + "text_projection"] = value.contiguous()
+            continue
+        name = key.removeprefix("text_model.")
+        if name.endswith("position_ids"):
+            continue
+        if name == "embeddings.token_embedding.weight":
+            converted[prefix + "token_embedding.weight"] = value
+        elif name == "embeddings.position_embedding.weight":
+            converted[prefix + "positional_embedding"] = value
+        elif name.startswith("final_layer_norm."):
+            converted[prefix + "ln_final." + name[len("final_layer_norm.") :]] = value
+        elif match := _OPEN_CLIP_LAYER.match(name):
+            layer, rest = int(match[1]), match[2]
+            if qkv := _OPEN_CLIP_QKV.match(rest):
+                qkv_parts.setdefault((layer, qkv[2]), {})[qkv[1]] = value
+            else:
+                ldm_rest = _rename_first(rest, _OPEN_CLIP_LAYER_TO_LDM)
+                converted[f"{prefix}transformer.resblocks.{layer}.{ldm_rest}"] = value
+        else:
+            raise ValueError(f"text encoder parameter {key!r} has no OpenCLIP equivalent")
+    for (layer, param), parts in qkv_parts.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"text encoder layer {layer} lacks one of q/k/v_proj.{param}")
+        fused = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+        converted[f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{param}"] = fused
+    return converted
+
+
+def diffusers_to_ldm(components: Mapping[str, Mapping[str, Tensor]], family: str) -> dict[str, Tensor]:
+    """Assemble one LDM-layout state dict (as A1111 loads it) from diffusers component state dicts.
+
+    Needs "unet" and the family's text encoder(s) ("text_encoder", plus "text_encoder_2" for SDXL);
+    "vae" is written when given. The result is detected by :func:`detect_architecture` as ``family``.
+    """
+    _check_family(family)
+    required = ["unet", "text_encoder"] + (["text_encoder_2"] if family == FAMILY_SDXL else [])
+    missing = [name for name in required if name not in components]
+    if missing:
+        raise ValueError(f"{family} export needs components {missing}")
+    ldm_state = _unet_to_ldm(components["unet"])
+    if "vae" in components:
+        ldm_state.update(_vae_to_ldm(components["vae"]))
+    if family == FAMILY_SD1:
+        ldm_state.update(_clip_l_to_ldm(components["text_encoder"], SD1_CLIP_PREFIX))
+    elif family == FAMILY_SD2:
+        ldm_state.update(_open_clip_to_ldm(components["text_encoder"], SD2_OPEN_CLIP_PREFIX))
+    else:
+        ldm_state.update(_clip_l_to_ldm(components["text_encoder"], SDXL_CLIP_PREFIX))
+        ldm_state.update(_open_clip_to_ldm(components["text_encoder_2"], SDXL_OPEN_CLIP_PREFIX))
+    return ldm_state

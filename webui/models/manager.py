@@ -1,0 +1,180 @@
+"""The model manager: one object that owns the loaded pipeline and serializes all use of it.
+
+Callers declare what they want (`with manager.checkout("model-b") as model:`) and the manager
+reconciles: nothing to do when it is already loaded, copy weights into the resident modules when the
+new checkpoint has the same layout, rebuild only when the architecture differs. Recently used
+checkpoints stay in CPU RAM (a bounded LRU) so switching back and forth never re-reads files and never
+grows memory. A switch asked for during a generation waits for the lock that the generation holds.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from webui.models.catalog import CheckpointCatalog, CheckpointRecord
+from webui.models.checkpoint_loading import (
+    CheckpointLoadError,
+    CheckpointWeights,
+    build_pipeline,
+    copy_weights_into,
+    read_checkpoint_weights,
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What a generation gets while it holds the manager: the pipeline and what it was built from."""
+
+    pipeline: Any
+    record: CheckpointRecord
+    family: str
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype
+
+
+class CheckpointRamCache:
+    """LRU of checkpoint weights in CPU memory, keyed by file path and version."""
+
+    def __init__(self, capacity: int, pin_memory: bool):
+        self.capacity = max(1, capacity)
+        self._pin = pin_memory
+        self._entries: OrderedDict[tuple, CheckpointWeights] = OrderedDict()
+
+    @staticmethod
+    def key(record: CheckpointRecord) -> tuple:
+        stat = record.path.stat()
+        return (str(record.path), stat.st_size, stat.st_mtime)
+
+    def get(self, record: CheckpointRecord) -> CheckpointWeights | None:
+        key = self.key(record)
+        weights = self._entries.get(key)
+        if weights is not None:
+            self._entries.move_to_end(key)
+        return weights
+
+    def put(self, record: CheckpointRecord, weights: CheckpointWeights) -> None:
+        if self._pin:
+            for component, state_dict in weights.state_dicts.items():
+                weights.state_dicts[component] = {k: v.pin_memory() for k, v in state_dict.items()}
+        self._entries[self.key(record)] = weights
+        self._entries.move_to_end(self.key(record))
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ModelManager:
+    """Owns the one resident pipeline; every use of it goes through `checkout`."""
+
+    def __init__(self, catalog: CheckpointCatalog, device: torch.device, dtype: torch.dtype,
+                 checkpoints_in_ram: int = 2, preferred_checkpoint: str | None = None,
+                 on_model_loaded: Callable[[CheckpointRecord], None] | None = None):
+        self.catalog = catalog
+        self.device = device
+        self.dtype = dtype
+        self.preferred_checkpoint = preferred_checkpoint
+        self._on_model_loaded = on_model_loaded
+        self._lock = threading.RLock()
+        self._ram = CheckpointRamCache(checkpoints_in_ram, pin_memory=device.type == "cuda")
+        self._pipeline: Any = None
+        self._weights: CheckpointWeights | None = None
+        self.switch_count = {"copied": 0, "rebuilt": 0}
+
+    @property
+    def current(self) -> CheckpointRecord | None:
+        weights = self._weights
+        return weights.record if weights else None
+
+    def _default_record(self) -> CheckpointRecord:
+        if self.preferred_checkpoint:
+            try:
+                return self.catalog.find(self.preferred_checkpoint)
+            except LookupError:
+                pass
+        usable = self.catalog.usable_records() or [r for r in self.catalog.refresh() if r.usable]
+        if not usable:
+            raise CheckpointLoadError(f"no usable checkpoint in {self.catalog.folder}")
+        return usable[0]
+
+    def _weights_for(self, record: CheckpointRecord) -> CheckpointWeights:
+        weights = self._ram.get(record)
+        if weights is None:
+            weights = read_checkpoint_weights(record, self.dtype)
+            self._ram.put(record, weights)
+        return weights
+
+    def _switch_to(self, record: CheckpointRecord) -> None:
+        record = self.catalog.with_hash(record)
+        weights = self._weights_for(record)  # may raise; the resident model is untouched until here
+        weights.record = record
+        if self._pipeline is not None and self._weights is not None and (
+            weights.layout_signature == self._weights.layout_signature
+        ):
+            copy_weights_into(self._pipeline, weights)
+            self.switch_count["copied"] += 1
+        else:
+            self._pipeline = None
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._pipeline = build_pipeline(weights, self.device, self.dtype)
+            self.switch_count["rebuilt"] += 1
+        self._weights = weights
+        if self._on_model_loaded:
+            self._on_model_loaded(record)
+
+    def select(self, wanted: str | None = None) -> CheckpointRecord:
+        """Make `wanted` (a title/name/hash; None = keep current or default) the loaded checkpoint."""
+        with self.checkout(wanted) as model:
+            return model.record
+
+    @contextmanager
+    def checkout(self, wanted: str | None = None) -> Iterator[LoadedModel]:
+        """Hold the model for one job, loaded as requested; other callers wait until the block ends."""
+        with self._lock:
+            if wanted:
+                record = self.catalog.find(wanted)
+                if self.current is None or record.path != self.current.path:
+                    self._switch_to(record)
+            elif self._pipeline is None:
+                self._switch_to(self._default_record())
+            assert self._weights is not None
+            yield LoadedModel(
+                pipeline=self._pipeline,
+                record=self._weights.record,
+                family=self._weights.architecture.family,
+                scheduler_config=dict(self._weights.scheduler_config),
+                device=self.device,
+                dtype=self.dtype,
+            )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU; only called when the app is built."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CheckpointLoadError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """`auto` is fp16 on CUDA/MPS (half the memory, full speed) and fp32 on CPU (fp16 is slow there)."""
+    table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if precision == "auto":
+        return torch.float16 if device.type in {"cuda", "mps"} else torch.float32
+    return table[precision]

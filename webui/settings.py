@@ -1,0 +1,185 @@
+"""Typed settings built from command-line flags and an optional config file.
+
+One `Settings` object is built at start-up and passed to whoever needs it; nothing reads argv or
+environment variables anywhere else. Flag names follow A1111 so that existing launch scripts work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEVICES = ("auto", "cuda", "cpu", "mps")
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+
+
+class SettingsError(ValueError):
+    """A flag or config value that cannot work (bad auth file, bad port...)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app needs to know about where it runs and what it serves."""
+
+    data_dir: Path = PROJECT_ROOT
+    ckpt_dir: Path | None = None
+    lora_dir: Path | None = None
+    vae_dir: Path | None = None
+    embeddings_dir: Path | None = None
+    outputs_dir: Path | None = None
+    listen: bool = False
+    port: int = 7860
+    share: bool = False
+    api: bool = False
+    nowebui: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    auth: tuple[tuple[str, str], ...] = ()
+    checkpoints_in_ram: int = 2
+    preview_every_n_steps: int = 2
+    max_image_side: int = 2048
+    max_batch_images: int = 64
+    skip_install: bool = False
+    extra: dict = field(default_factory=dict)
+
+    # Folder properties resolve A1111's defaults under --data-dir so a single flag moves everything.
+    @property
+    def checkpoint_folder(self) -> Path:
+        return self.ckpt_dir or self.data_dir / "models" / "Stable-diffusion"
+
+    @property
+    def lora_folder(self) -> Path:
+        return self.lora_dir or self.data_dir / "models" / "Lora"
+
+    @property
+    def vae_folder(self) -> Path:
+        return self.vae_dir or self.data_dir / "models" / "VAE"
+
+    @property
+    def embeddings_folder(self) -> Path:
+        return self.embeddings_dir or self.data_dir / "models" / "embeddings"
+
+    @property
+    def outputs_folder(self) -> Path:
+        return self.outputs_dir or self.data_dir / "outputs"
+
+    @property
+    def cache_folder(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def styles_file(self) -> Path:
+        return self.data_dir / "styles.csv"
+
+    @property
+    def host(self) -> str:
+        """127.0.0.1 unless the user asked to be reachable from the network."""
+        return "0.0.0.0" if self.listen else "127.0.0.1"
+
+    @property
+    def serve_ui(self) -> bool:
+        return not self.nowebui
+
+    @property
+    def serve_api(self) -> bool:
+        return self.api or self.nowebui
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """The launch.py command line (A1111 names where A1111 has the flag)."""
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="SD Studio: a Stable Diffusion web UI. Starts on the embedded default model when "
+        "models/Stable-diffusion is empty.",
+    )
+    parser.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 instead of 127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860, help="HTTP port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="ask gradio for a public share link (needs internet)")
+    parser.add_argument("--api", action="store_true", help="also serve the A1111-compatible /sdapi/v1 API")
+    parser.add_argument("--nowebui", action="store_true", help="serve only the API, no browser UI")
+    parser.add_argument("--data-dir", type=Path, default=None, help="root for models/, outputs/, cache/, config.json")
+    parser.add_argument("--ckpt-dir", type=Path, default=None, help="checkpoint folder (default models/Stable-diffusion)")
+    parser.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder (default models/Lora)")
+    parser.add_argument("--vae-dir", type=Path, default=None, help="VAE folder (default models/VAE)")
+    parser.add_argument("--embeddings-dir", type=Path, default=None, help="embeddings folder (default models/embeddings)")
+    parser.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default outputs/)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="compute device (default: auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="weights/compute dtype (auto: fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--auth", default=None, help="require login: user:pass[,user2:pass2]")
+    parser.add_argument("--auth-file", type=Path, default=None, help="file with user:pass entries, one per line or comma-separated")
+    parser.add_argument("--checkpoints-in-ram", type=int, default=None, help="recent checkpoints kept in RAM for fast switching (default 2)")
+    parser.add_argument("--skip-install", action="store_true", help="do not create/update the virtual environment")
+    return parser
+
+
+def parse_auth_entries(text: str) -> tuple[tuple[str, str], ...]:
+    """Parse `user:pass` entries separated by commas or newlines."""
+    entries = []
+    for raw in text.replace("\n", ",").split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        user, sep, password = raw.partition(":")
+        if not sep or not user or not password:
+            raise SettingsError(f"auth entry {raw!r} is not in the form user:password")
+        entries.append((user, password))
+    return tuple(entries)
+
+
+def load_config_file(path: Path) -> dict:
+    """Read `config.json` (UI-saved options); a missing file is an empty config."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SettingsError(f"cannot read {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path} must hold a JSON object")
+    return data
+
+
+def settings_from_args(argv: Sequence[str]) -> Settings:
+    """Build Settings from a command line: flags win over config.json, which wins over defaults."""
+    args = build_arg_parser().parse_args(list(argv))
+    data_dir = (args.data_dir or PROJECT_ROOT).resolve()
+    config = load_config_file(data_dir / "config.json")
+    if not 1 <= args.port <= 65535:
+        raise SettingsError(f"--port {args.port} is outside 1..65535")
+    auth: tuple[tuple[str, str], ...] = ()
+    if args.auth:
+        auth += parse_auth_entries(args.auth)
+    if args.auth_file:
+        try:
+            auth += parse_auth_entries(args.auth_file.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise SettingsError(f"cannot read --auth-file {args.auth_file}: {error}") from error
+    known = {f.name for f in fields(Settings)}
+    checkpoints_in_ram = args.checkpoints_in_ram or int(config.get("checkpoints_in_ram", 2))
+    if checkpoints_in_ram < 1:
+        raise SettingsError("--checkpoints-in-ram must be at least 1")
+    return Settings(
+        data_dir=data_dir,
+        ckpt_dir=args.ckpt_dir,
+        lora_dir=args.lora_dir,
+        vae_dir=args.vae_dir,
+        embeddings_dir=args.embeddings_dir,
+        outputs_dir=args.outputs_dir,
+        listen=args.listen,
+        port=args.port,
+        share=args.share,
+        api=args.api,
+        nowebui=args.nowebui,
+        device=args.device,
+        precision=args.precision,
+        auth=auth,
+        checkpoints_in_ram=checkpoints_in_ram,
+        skip_install=args.skip_install,
+        extra={k: v for k, v in config.items() if k not in known},
+    )

@@ -1,0 +1,93 @@
+"""The gradio Blocks: quicksettings bar (checkpoint) above the tabs, one build function per tab."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webui.context import AppContext
+from webui.ui.errors import user_error
+from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
+from webui.ui.png_info_tab import build_png_info_tab
+from webui.ui.txt2img_tab import build_txt2img_tab
+
+CSS = """
+.sd-progress {position: relative; height: 1.6em; border: 1px solid var(--border-color-primary); border-radius: 4px; overflow: hidden;}
+.sd-progress-bar {position: absolute; left: 0; top: 0; bottom: 0; background: var(--color-accent-soft);}
+.sd-progress-text {position: relative; padding-left: 0.5em; font-size: 0.9em;}
+.sd-pnginfo th {text-align: left; padding-right: 1em;}
+"""
+
+# System fonts only: the UI must work offline, without fetching web fonts.
+THEME = gr.themes.Default(
+    font=[gr.themes.Font("system-ui"), gr.themes.Font("sans-serif")],
+    font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("monospace")],
+)
+
+
+def native_size(ctx: AppContext) -> int:
+    """Default width/height: the native resolution of the checkpoint that will be loaded first."""
+    by_family = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+    records = ctx.catalog.usable_records()
+    if not records:
+        return 512
+    record = records[0]
+    if record.format == "diffusers":
+        import json
+
+        try:
+            unet = json.loads((record.path / "unet" / "config.json").read_text(encoding="utf-8"))
+            vae = json.loads((record.path / "vae" / "config.json").read_text(encoding="utf-8"))
+            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        except (OSError, KeyError, ValueError):
+            pass
+    return by_family.get(record.architecture.family if record.architecture else "sd1", 512)
+
+
+def build_ui(ctx: AppContext) -> gr.Blocks:
+    with gr.Blocks(title="SD Studio", analytics_enabled=False) as blocks:
+        with gr.Row(elem_id="quicksettings"):
+            checkpoint = gr.Dropdown(
+                label="Stable Diffusion checkpoint", choices=ctx.checkpoint_titles(),
+                value=ctx.current_checkpoint_title() or next(iter(ctx.checkpoint_titles()), None),
+                elem_id="setting_sd_model_checkpoint", scale=4,
+            )
+            refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=48)
+            unusable = gr.Markdown(elem_id="unusable_checkpoints")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                txt2img = build_txt2img_tab(ctx, native_size(ctx))
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                pnginfo_raw, send_to_txt2img = build_png_info_tab()
+
+        def unusable_note() -> str:
+            broken = [r for r in ctx.catalog.records() if not r.usable]
+            return "\n".join(f"⚠️ **{r.path.name}** cannot be loaded: {r.error}" for r in broken)
+
+        def refresh_checkpoints():
+            ctx.refresh_checkpoints()
+            return gr.update(choices=ctx.checkpoint_titles(), value=ctx.current_checkpoint_title()), unusable_note()
+
+        def choose_checkpoint(title: str):
+            if not title:
+                return gr.update()
+            try:
+                record = ctx.select_checkpoint(title)
+            except Exception as error:  # the previous model stays loaded and usable
+                raise gr.Error(user_error(error)) from None
+            return gr.update(choices=ctx.checkpoint_titles(), value=record.title)
+
+        refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable])
+        checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)
+        blocks.load(refresh_checkpoints, outputs=[checkpoint, unusable])
+
+        def send_infotext(text: str):
+            if not text:
+                raise gr.Error("No generation parameters to send: drop an image with parameters first.")
+            values = txt2img_values_from_infotext(text)
+            return [values.get(name, gr.update()) for name in TXT2IMG_FIELDS] + [gr.Tabs(selected="txt2img")]
+
+        send_to_txt2img.click(
+            send_infotext, inputs=pnginfo_raw,
+            outputs=[txt2img.fields[name] for name in TXT2IMG_FIELDS] + [tabs],
+        )
+    return blocks

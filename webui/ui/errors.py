@@ -1,0 +1,15 @@
+"""Turn engine exceptions into one-line messages a user can act on (never a traceback)."""
+
+from __future__ import annotations
+
+from webui.models.checkpoint_loading import CheckpointLoadError
+
+USER_ERRORS = (ValueError, LookupError, OSError, CheckpointLoadError)
+
+
+def user_error(error: BaseException) -> str:
+    """The message for a failed request; unexpected errors keep their type name for bug reports."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, USER_ERRORS):
+        return message
+    return f"Generation failed ({type(error).__name__}): {message}"

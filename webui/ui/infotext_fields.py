@@ -1,0 +1,45 @@
+"""Infotext <-> txt2img field values: the mapping behind "Send to txt2img" and the paste button.
+
+Kept as data (field name -> parser) so every tab that accepts pasted parameters uses one table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from webui.generation.infotext import parse_infotext
+from webui.generation.samplers import find_sampler, schedule_type_names
+
+# txt2img control name -> (infotext key, converter)
+TXT2IMG_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "prompt": ("Prompt", str),
+    "negative_prompt": ("Negative prompt", str),
+    "steps": ("Steps", int),
+    "sampler_name": ("Sampler", lambda value: find_sampler(value).name),
+    "scheduler": ("Schedule type", lambda value: value if value in schedule_type_names() else "Automatic"),
+    "cfg_scale": ("CFG scale", float),
+    "seed": ("Seed", int),
+    "width": ("Size-1", int),
+    "height": ("Size-2", int),
+    "subseed": ("Variation seed", int),
+    "subseed_strength": ("Variation seed strength", float),
+    "clip_skip": ("Clip skip", int),
+}
+
+# Values A1111 leaves out of the infotext when they are at their default.
+DEFAULTS_WHEN_ABSENT = {"negative_prompt": "", "scheduler": "Automatic", "subseed": -1, "subseed_strength": 0.0, "clip_skip": 1}
+
+
+def txt2img_values_from_infotext(text: str) -> dict[str, Any]:
+    """Field values for every txt2img control the infotext determines (unparseable values skipped)."""
+    parsed = parse_infotext(text)
+    values: dict[str, Any] = {}
+    for name, (key, convert) in TXT2IMG_FIELDS.items():
+        if key in parsed:
+            try:
+                values[name] = convert(parsed[key])
+            except (TypeError, ValueError):
+                continue
+        elif name in DEFAULTS_WHEN_ABSENT and "Steps" in parsed:
+            values[name] = DEFAULTS_WHEN_ABSENT[name]
+    return values
