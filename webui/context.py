@@ -32,7 +32,7 @@ class AppContext:
     # ---- generation ----
     def validate_txt2img(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """Everything that can be checked before queueing: values, styles, checkpoint name."""
-        request.validate(self.limits)
+        request = request.validate(self.limits)
         unknown_styles = [name for name in request.styles if name not in self.styles.names()]
         if unknown_styles:
             raise RequestError(f"unknown style(s) {', '.join(unknown_styles)}; available: {', '.join(self.styles.names()) or '(none)'}")

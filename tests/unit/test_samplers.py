@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import inspect
 import math
+from typing import Any, Callable
 
 import diffusers
 import numpy as np
@@ -24,16 +24,19 @@ from webui.generation.samplers import (
     resolve_sampler_and_schedule,
     sampler_names,
     schedule_type_names,
+    scheduler_config,
     schedule_types_for,
 )
 
-# An SD1.5 pipeline's scheduler config (PNDM), plus the seed the engine passes for DPM++ SDE's Brownian tree.
-# diffusers 0.42.1's DPM2 schedulers feed torch tensors to NumPy, which warns on every call; it is not ours.
+# diffusers 0.42.1's DPM2 schedulers feed torch tensors to NumPy, which warns on every call, and torchsde warns
+# when DPM++ SDE's float32 sigmas round a hair below the Brownian tree's float64 start; neither is ours.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Should have ta>=t0:UserWarning"),
 ]
 
+# An SD1.5 pipeline's scheduler config (PNDM), plus the seed the engine passes for DPM++ SDE's Brownian tree.
 SD15_CONFIG = {
     "_class_name": "PNDMScheduler",
     "_diffusers_version": "0.6.0",
@@ -58,23 +61,35 @@ SD15_SIGMAS = ((1 - SD15_ALPHAS_CUMPROD) / SD15_ALPHAS_CUMPROD) ** 0.5
 SIGMA_MIN, SIGMA_MAX = float(SD15_SIGMAS[0]), float(SD15_SIGMAS[-1])
 
 # Schedule types that are the same schedule under two A1111 names.
-SAME_SCHEDULE = {frozenset({"Uniform", "Normal"}), frozenset({"SGM Uniform", "Simple"}),
-                 frozenset({"Exponential", "Polyexponential"})}
+SAME_SCHEDULE = {
+    frozenset({"Uniform", "Normal"}),
+    frozenset({"SGM Uniform", "Simple"}),
+    frozenset({"Exponential", "Polyexponential"}),
+}
 
-SAMPLER_SCHEDULE_PAIRS = [
-    (spec.name, schedule) for spec in SAMPLERS for schedule in schedule_types_for(spec.name)
-]
+SAMPLER_SCHEDULE_PAIRS = [(spec.name, schedule) for spec in SAMPLERS for schedule in schedule_types_for(spec.name)]
 
-
-@functools.cache
-def _built_once(sampler: str, schedule: str, config_name: str, noise_seed: int):
-    return build_scheduler(sampler, schedule, {**BASE_CONFIGS[config_name], "noise_sampler_seed": noise_seed})
+Builder = Callable[..., Any]
 
 
-def built(sampler: str, schedule: str, config_name: str = "sd15", noise_seed: int = 7):
-    """build_scheduler on a named base config; diffusers' DPM2 classes take ~0.5 s to construct, so each pair
-    is built once and every test gets its own copy to step."""
-    return copy.deepcopy(_built_once(sampler, schedule, config_name, noise_seed))
+@pytest.fixture(scope="module")
+def built() -> Builder:
+    """build_scheduler on a named base config, each distinct scheduler built once per module.
+
+    diffusers' DPM2 classes take about half a second to construct; pairs with the same constructor arguments
+    (an alias schedule type, "Automatic" and the default) share one build, and every caller steps its own copy.
+    """
+    cache: dict[tuple, Any] = {}
+
+    def build(sampler: str, schedule: str, config_name: str = "sd15", noise_seed: int = 7) -> Any:
+        base = {**BASE_CONFIGS[config_name], "noise_sampler_seed": noise_seed}
+        class_name, arguments = scheduler_config(sampler, schedule, base)
+        key = (class_name, tuple(sorted(arguments.items())))
+        if key not in cache:
+            cache[key] = build_scheduler(sampler, schedule, base)
+        return copy.deepcopy(cache[key])
+
+    return build
 
 
 def denoise(scheduler, steps: int = 20, seed: int = 0, max_calls: int | None = None) -> torch.Tensor:
@@ -102,7 +117,7 @@ def schedule_of(scheduler) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("sampler", "schedule"), SAMPLER_SCHEDULE_PAIRS)
-def test_every_supported_pair_samples_20_steps_to_finite_latents(sampler: str, schedule: str) -> None:
+def test_every_supported_pair_samples_20_steps_to_finite_latents(sampler: str, schedule: str, built: Builder) -> None:
     spec = find_sampler(sampler)
     scheduler = built(sampler, schedule)
     assert type(scheduler).__name__ == spec.scheduler_class
@@ -114,7 +129,7 @@ def test_every_supported_pair_samples_20_steps_to_finite_latents(sampler: str, s
 
 
 @pytest.mark.parametrize("spec", SAMPLERS, ids=lambda spec: spec.name)
-def test_v_prediction_models_sample_finite_latents_and_keep_their_prediction_type(spec: SamplerSpec) -> None:
+def test_v_prediction_models_sample_finite_latents(spec: SamplerSpec, built: Builder) -> None:
     scheduler = built(spec.name, "Automatic", "v_prediction")
     assert scheduler.config.prediction_type == "v_prediction"
     v_latent = denoise(scheduler, max_calls=4)
@@ -125,7 +140,7 @@ def test_v_prediction_models_sample_finite_latents_and_keep_their_prediction_typ
 
 @pytest.mark.parametrize("spec", SAMPLERS, ids=lambda spec: spec.name)
 @pytest.mark.parametrize("config_name", BASE_CONFIGS)
-def test_training_parameters_of_the_base_config_are_kept(spec: SamplerSpec, config_name: str) -> None:
+def test_training_parameters_of_the_base_config_are_kept(spec: SamplerSpec, config_name: str, built: Builder) -> None:
     base = BASE_CONFIGS[config_name]
     scheduler = built(spec.name, "Automatic", config_name)
     for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "steps_offset", "prediction_type"):
@@ -140,7 +155,7 @@ def test_base_config_keys_the_target_class_does_not_take_are_dropped() -> None:
     assert "noise_sampler_seed" not in scheduler.config
 
 
-def test_a_different_beta_schedule_in_the_base_config_changes_the_noise_levels() -> None:
+def test_a_different_beta_schedule_in_the_base_config_changes_the_noise_levels(built: Builder) -> None:
     linear = build_scheduler("Euler", "Uniform", {**SD15_CONFIG, "beta_schedule": "linear"})
     scaled = built("Euler", "Uniform")
     assert linear.config.beta_schedule == "linear"
@@ -148,7 +163,7 @@ def test_a_different_beta_schedule_in_the_base_config_changes_the_noise_levels()
 
 
 @pytest.mark.parametrize("spec", [s for s in SAMPLERS if "Karras" in s.schedule_types], ids=lambda s: s.name)
-def test_karras_sigmas_differ_from_the_uniform_schedule(spec: SamplerSpec) -> None:
+def test_karras_sigmas_differ_from_the_uniform_schedule(spec: SamplerSpec, built: Builder) -> None:
     karras = schedule_of(built(spec.name, "Karras"))
     uniform = schedule_of(built(spec.name, "Uniform"))
     assert karras.shape != uniform.shape or not torch.allclose(karras, uniform)
@@ -161,14 +176,14 @@ def a1111_karras_sigmas(steps: int, rho: float = 7.0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M", "LMS"])
-def test_karras_schedule_matches_a1111s_karras_formula_over_the_full_sigma_range(sampler: str) -> None:
+def test_karras_schedule_matches_a1111s_karras_formula(sampler: str, built: Builder) -> None:
     sigmas = schedule_of(built(sampler, "Karras"))
     np.testing.assert_allclose(sigmas[:-1].numpy(), a1111_karras_sigmas(20), rtol=1e-4)
     assert float(sigmas[-1]) == 0.0
 
 
 @pytest.mark.parametrize("schedule", ["Exponential", "Polyexponential"])
-def test_exponential_and_polyexponential_follow_a1111s_exponential_formula(schedule: str) -> None:
+def test_exponential_and_polyexponential_follow_a1111s_formula(schedule: str, built: Builder) -> None:
     sigmas = schedule_of(built("Euler", schedule))
     expected = np.exp(np.linspace(math.log(SIGMA_MAX), math.log(SIGMA_MIN), 20))
     np.testing.assert_allclose(sigmas[:-1].numpy(), expected, rtol=1e-4)
@@ -181,7 +196,7 @@ def test_sgm_uniform_and_simple_start_at_the_last_training_timestep_and_step_eve
         np.testing.assert_allclose(scheduler.timesteps.numpy(), np.arange(999, 0, -50), atol=1)
 
 
-def test_ddim_schedule_type_uses_a1111s_ddim_timesteps() -> None:
+def test_ddim_schedule_type_uses_a1111s_ddim_timesteps(built: Builder) -> None:
     # A1111's DDIM spacing for 20 steps: 951, 901, ..., 1 (1000 // 20 apart, offset by one).
     for sampler in ("Euler", "DDIM", "Heun"):
         scheduler = built(sampler, "DDIM")
@@ -189,14 +204,14 @@ def test_ddim_schedule_type_uses_a1111s_ddim_timesteps() -> None:
         assert sorted(set(scheduler.timesteps.round().int().tolist()), reverse=True) == list(range(951, 0, -50))
 
 
-def test_uniform_schedule_spans_the_whole_timestep_range_for_euler() -> None:
+def test_uniform_schedule_spans_the_whole_timestep_range_for_euler(built: Builder) -> None:
     scheduler = built("Euler", "Uniform")
     scheduler.set_timesteps(20)
     np.testing.assert_allclose(scheduler.timesteps.numpy(), np.linspace(999, 0, 20), atol=1e-3)
 
 
 @pytest.mark.parametrize("spec", SAMPLERS, ids=lambda spec: spec.name)
-def test_each_supported_schedule_type_really_changes_the_schedule(spec: SamplerSpec) -> None:
+def test_each_supported_schedule_type_really_changes_the_schedule(spec: SamplerSpec, built: Builder) -> None:
     schedules = {name: schedule_of(built(spec.name, name)) for name in spec.schedule_types}
     names = list(schedules)
     for index, first in enumerate(names):
@@ -208,7 +223,16 @@ def test_each_supported_schedule_type_really_changes_the_schedule(spec: SamplerS
 
 
 @pytest.mark.parametrize("spec", SAMPLERS, ids=lambda spec: spec.name)
-def test_automatic_means_the_samplers_a1111_default_schedule(spec: SamplerSpec) -> None:
+def test_scheduler_config_is_exactly_what_the_built_scheduler_was_given(spec: SamplerSpec, built: Builder) -> None:
+    class_name, arguments = scheduler_config(spec.name, "Automatic", SD15_CONFIG)
+    scheduler = built(spec.name, "Automatic")
+    assert type(scheduler).__name__ == class_name == spec.scheduler_class
+    for key, value in arguments.items():
+        assert scheduler.config[key] == value, key
+
+
+@pytest.mark.parametrize("spec", SAMPLERS, ids=lambda spec: spec.name)
+def test_automatic_means_the_samplers_a1111_default_schedule(spec: SamplerSpec, built: Builder) -> None:
     automatic = built(spec.name, "Automatic")
     explicit = built(spec.name, spec.default_schedule)
     assert dict(automatic.config) == dict(explicit.config)
@@ -255,7 +279,7 @@ def test_zero_terminal_snr_models_are_refused_by_classes_that_cannot_rescale_bet
 
 
 @pytest.mark.parametrize("spec", SAMPLERS, ids=lambda spec: spec.name)
-def test_sampler_options_and_schedule_options_are_constructor_arguments_of_the_class(spec: SamplerSpec) -> None:
+def test_sampler_options_are_constructor_arguments_and_reach_the_scheduler(spec: SamplerSpec, built: Builder) -> None:
     accepted = set(inspect.signature(getattr(diffusers, spec.scheduler_class).__init__).parameters)
     assert set(spec.options) <= accepted
     scheduler = built(spec.name, "Automatic")
@@ -264,7 +288,7 @@ def test_sampler_options_and_schedule_options_are_constructor_arguments_of_the_c
 
 
 @pytest.mark.parametrize("spec", SAMPLERS, ids=lambda spec: spec.name)
-def test_stochastic_flag_tells_whether_the_step_noise_changes_the_result(spec: SamplerSpec) -> None:
+def test_stochastic_flag_tells_whether_the_step_noise_changes_the_result(spec: SamplerSpec, built: Builder) -> None:
     def run(seed: int) -> torch.Tensor:
         # The seed drives the step generator, and DPM++ SDE's Brownian tree through its config.
         return denoise(built(spec.name, "Automatic", noise_seed=seed), steps=8, seed=seed)

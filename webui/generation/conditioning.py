@@ -89,6 +89,12 @@ def _apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return weighted * (original_mean / new_mean).to(hidden.dtype)
 
 
+def _final_layer_norm(encoder) -> torch.nn.Module:
+    """The CLIP text model's last LayerNorm (transformers 5 dropped the `text_model` level on CLIPTextModel)."""
+    inner = getattr(encoder, "text_model", encoder)
+    return inner.final_layer_norm
+
+
 class PromptEncoder:
     """Encodes prompts for one loaded pipeline; caches by text within a request."""
 
@@ -107,7 +113,7 @@ class PromptEncoder:
         ids = torch.tensor([chunk.ids], device=self._device)
         output = encoder(ids, output_hidden_states=self.clip_skip > 1)
         if self.clip_skip > 1:
-            hidden = encoder.text_model.final_layer_norm(output.hidden_states[-self.clip_skip])
+            hidden = _final_layer_norm(encoder)(output.hidden_states[-self.clip_skip])
         else:
             hidden = output.last_hidden_state
         return _apply_weights(hidden, torch.tensor(chunk.weights, device=hidden.device))

@@ -60,6 +60,10 @@ _SIGNED_NUMBER = re.compile(
 )
 
 
+# The characters that mean something to the schedule grammar; runs of anything else are read in one go.
+_SPECIAL_CHAR = re.compile(r"[\\\[\]():|]")
+
+
 @dataclass(frozen=True)
 class _Edit:
     """`[before:after:when]`; `before` is empty for the `[after:when]` form."""
@@ -70,13 +74,20 @@ class _Edit:
 
 
 @dataclass(frozen=True)
+class _Group:
+    """Emphasis brackets `(a)`, `(a:b)`, `[a]`, kept verbatim (with any edits inside them) for the attention pass."""
+
+    items: tuple[_Item, ...]
+
+
+@dataclass(frozen=True)
 class _Alternation:
     """`[a|b|c]`: option `(step - 1) % len(options)` is used at each step."""
 
     options: tuple[tuple[_Item, ...], ...]
 
 
-_Item = Union[str, _Edit, _Alternation]
+_Item = Union[str, _Group, _Edit, _Alternation]
 
 
 class _Unparseable(Exception):
@@ -112,34 +123,33 @@ def _spill_open_brackets(stack: list[_OpenBracket], top_level: list[_Item]) -> N
     stack.clear()
 
 
-def _close_bracket(bracket: _OpenBracket, closer: str) -> list[_Item] | None:
-    """The items a just-closed bracket turns into, or None when its content is not a valid construct."""
+def _close_bracket(bracket: _OpenBracket, closer: str) -> _Item | None:
+    """The item a just-closed bracket turns into, or None when its content is not a valid construct."""
     segments = bracket.segments
     delimiters = bracket.delimiters
     if bracket.opener == "(":
-        # Emphasis, `(a)` or `(a:b)`: only matters to parse_prompt_attention, so it stays literal text.
         if closer != ")" or len(delimiters) > 1 or "|" in delimiters:
             return None
         if delimiters:
-            return ["(", *segments[0], ":", *segments[1], ")"]
-        return ["(", *segments[0], ")"]
+            return _Group(("(", *segments[0], ":", *segments[1], ")"))
+        return _Group(("(", *segments[0], ")"))
 
     if closer != "]":
         return None
     if not delimiters:
-        return ["[", *segments[0], "]"]
+        return _Group(("[", *segments[0], "]"))
     if all(delimiter == "|" for delimiter in delimiters):
-        return [_Alternation(tuple(tuple(option) for option in segments))]
+        return _Alternation(tuple(tuple(option) for option in segments))
     if "|" in delimiters or len(delimiters) > 2:
         return None
-    when_items = segments[-1]
-    if not all(isinstance(item, str) for item in when_items):
+    when_texts = [item for item in segments[-1] if isinstance(item, str)]
+    if len(when_texts) != len(segments[-1]):
         return None
-    number = _SIGNED_NUMBER.fullmatch("".join(when_items))  # type: ignore[arg-type]
+    number = _SIGNED_NUMBER.fullmatch("".join(when_texts))
     if number is None:
         return None
     before = tuple(segments[0]) if len(delimiters) == 2 else ()
-    return [_Edit(before=before, after=tuple(segments[-2]), when_text=number.group(1))]
+    return _Edit(before=before, after=tuple(segments[-2]), when_text=number.group(1))
 
 
 def _parse_schedule_syntax(prompt: str) -> list[_Item]:
@@ -176,7 +186,7 @@ def _parse_schedule_syntax(prompt: str) -> list[_Item]:
                     top_level.append(char)
                 else:
                     stack.pop()
-                    current().extend(replacement)
+                    current().append(replacement)
             else:
                 top_level.append(char)
         elif char in ":|":
@@ -188,7 +198,11 @@ def _parse_schedule_syntax(prompt: str) -> list[_Item]:
             else:
                 top_level.append(char)
         else:
-            current().append(char)
+            next_special = _SPECIAL_CHAR.search(prompt, position)
+            run_end = next_special.start() if next_special else length
+            current().append(prompt[position:run_end])
+            position = run_end
+            continue
         position += 1
     _spill_open_brackets(stack, top_level)
     return top_level
@@ -199,7 +213,9 @@ def _iter_nodes(items: list[_Item]) -> Iterator[_Edit | _Alternation]:
     pending: list[tuple[_Item, ...] | list[_Item]] = [items]
     while pending:
         for item in pending.pop():
-            if isinstance(item, _Edit):
+            if isinstance(item, _Group):
+                pending.append(item.items)
+            elif isinstance(item, _Edit):
                 yield item
                 pending.extend((item.before, item.after))
             elif isinstance(item, _Alternation):
@@ -216,7 +232,9 @@ def _render(items: list[_Item], step: int, switch_step: Callable[[_Edit], int]) 
             if isinstance(item, str):
                 pieces.append(item)
                 continue
-            if isinstance(item, _Edit):
+            if isinstance(item, _Group):
+                chosen = item.items
+            elif isinstance(item, _Edit):
                 chosen = item.before if step <= switch_step(item) else item.after
             else:
                 chosen = item.options[(step - 1) % len(item.options)]

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from webui.generation.samplers import find_sampler, schedule_type_names
+from webui.generation.samplers import resolve_sampler_and_schedule, schedule_types_for
 
 
 class RequestError(ValueError):
@@ -56,7 +56,7 @@ class Txt2ImgRequest:
         return self.batch_count * self.batch_size
 
     def validate(self, limits: GenerationLimits = GenerationLimits()) -> "Txt2ImgRequest":
-        """Return self if every field is usable, else raise RequestError naming the field."""
+        """The request with canonical sampler names if every field is usable, else RequestError naming the field."""
         _check_int("steps", self.steps, 1, limits.max_steps)
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -72,12 +72,16 @@ class Txt2ImgRequest:
         _check_float("subseed_strength", self.subseed_strength, 0.0, 1.0)
         for name in ("seed", "subseed"):
             _check_int(name, getattr(self, name), -1, 2**32 - 1)
-        find_sampler(self.sampler_name)  # raises with the list of valid names
-        if self.scheduler not in schedule_type_names():
-            raise RequestError(f"unknown schedule type {self.scheduler!r}; valid: {', '.join(schedule_type_names())}")
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise RequestError("prompt and negative_prompt must be text")
-        return self
+        # Accepts A1111 aliases and legacy names ("DPM++ 2M Karras") and returns canonical ones.
+        sampler, schedule = resolve_sampler_and_schedule(self.sampler_name, self.scheduler)
+        if schedule not in schedule_types_for(sampler.name):
+            raise RequestError(
+                f"sampler {sampler.name!r} cannot use schedule type {schedule!r}; "
+                f"valid for it: {', '.join(schedule_types_for(sampler.name))}"
+            )
+        return replace(self, sampler_name=sampler.name, scheduler=schedule)
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

@@ -15,8 +15,11 @@ Only what diffusers 0.42.1 can really do is listed; nothing is approximated sile
 * A schedule type a class has no option for (e.g. Karras for "Euler a", whose diffusers class has no
   `use_karras_sigmas`) raises `UnknownSamplerError` instead of being dropped.
 
-Known small differences that remain: A1111 drops the penultimate sigma for DPM2 / DPM2 a; the SDE samplers
-draw Gaussian noise per step where A1111 uses a Brownian tree (same distribution, different numbers).
+Known small differences that remain: A1111 drops the penultimate sigma for DPM2 / DPM2 a; "DPM++ 2M SDE" and
+"DPM++ 2M SDE Heun" draw Gaussian noise per step where A1111 uses a Brownian tree (same distribution,
+different numbers); diffusers' multistep solvers (DPM++ 2M family, UniPC) space "Uniform" / "Normal" over
+steps + 1 points and so make their last model call one interval above t=0, and space "DDIM" by
+1000 // (steps + 1).
 "DPM++ SDE" (`DPMSolverSDEScheduler`, needs `torchsde`) draws its noise from a Brownian tree seeded by the
 `noise_sampler_seed` config value rather than from a `generator`: put the seed in `base_config` to make it
 reproducible.
@@ -98,7 +101,12 @@ _SCHEDULE_ALIASES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 
 # Config flags that choose the shape of the sigma schedule: a base config saved with one of them switched on
 # (e.g. a checkpoint shipped with "DPM++ 2M Karras") must not leak into a different schedule type.
-_SIGMA_SHAPE_FLAGS: tuple[str, ...] = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+_SIGMA_SHAPE_FLAGS: tuple[str, ...] = (
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "use_lu_lambdas",
+)
 
 # Every schedule type for classes with the karras/exponential/beta sigma options; spacing-only otherwise.
 _ALL_SCHEDULES: tuple[str, ...] = tuple(_SCHEDULE_OPTIONS)
@@ -325,13 +333,11 @@ def _constructor_parameters(scheduler_class: type) -> frozenset[str]:
     )
 
 
-def build_scheduler(sampler: str, schedule_type: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
-    """A fresh diffusers scheduler for an A1111 (sampler, schedule type) pair.
+def scheduler_config(sampler: str, schedule_type: str, base_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The diffusers class name and constructor arguments `build_scheduler` would use.
 
-    `base_config` is the loaded pipeline's `scheduler.config`: its training parameters (betas, prediction
-    type, steps_offset, ...) are kept, keys the target class does not take are dropped, then the sampler's
-    options and the schedule type's options are applied. Raises UnknownSamplerError for unknown names and for
-    combinations diffusers cannot do, rather than silently sampling with a different schedule.
+    Lets a caller see whether the scheduler it already holds is the one a request needs (building some classes,
+    e.g. the DPM2 ones, takes half a second) and validates a request without constructing anything.
     """
     import diffusers  # deferred: importing diffusers takes seconds and the name tables do not need it
 
@@ -344,9 +350,7 @@ def build_scheduler(sampler: str, schedule_type: str, base_config: Mapping[str, 
             f"{', '.join(schedule_types_for(spec.name))}"
         )
 
-    scheduler_class = getattr(diffusers, spec.scheduler_class)
-    accepted = _constructor_parameters(scheduler_class)
-
+    accepted = _constructor_parameters(getattr(diffusers, spec.scheduler_class))
     if base_config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in accepted:
         raise UnknownSamplerError(
             f"Sampler {spec.name!r} cannot be used with this model: it was trained with zero terminal SNR "
@@ -364,4 +368,18 @@ def build_scheduler(sampler: str, schedule_type: str, base_config: Mapping[str, 
             f"{spec.scheduler_class} does not accept {', '.join(missing)}."
         )
     config.update(schedule_options)
-    return scheduler_class(**config)
+    return spec.scheduler_class, config
+
+
+def build_scheduler(sampler: str, schedule_type: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
+    """A fresh diffusers scheduler for an A1111 (sampler, schedule type) pair.
+
+    `base_config` is the loaded pipeline's `scheduler.config`: its training parameters (betas, prediction
+    type, steps_offset, ...) are kept, keys the target class does not take are dropped, then the sampler's
+    options and the schedule type's options are applied. Raises UnknownSamplerError for unknown names and for
+    combinations diffusers cannot do, rather than silently sampling with a different schedule.
+    """
+    import diffusers
+
+    class_name, config = scheduler_config(sampler, schedule_type, base_config)
+    return getattr(diffusers, class_name)(**config)

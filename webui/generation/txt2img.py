@@ -150,7 +150,9 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
 
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     pipeline = model.pipeline
-    pipeline.scheduler = build_scheduler(request.sampler_name, request.scheduler, model.scheduler_config)
+    # DPM++ SDE draws its noise from a seeded sampler of its own rather than from `generator`.
+    scheduler_config = {**model.scheduler_config, "noise_sampler_seed": seed}
+    pipeline.scheduler = build_scheduler(request.sampler_name, request.scheduler, scheduler_config)
     encoder = PromptEncoder(pipeline, model.family, request.clip_skip)
     conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative, request.steps)
     shape = _latent_shape(model, request)

@@ -158,9 +158,11 @@ def _describe_non_checkpoint(keys: list[str]) -> str:
         return "a ControlNet"
     if _any_key_starts(keys, "down_blocks.", "mid_block.", "text_model.", "encoder.down_blocks."):
         return "a diffusers-format component (not a single-file LDM checkpoint)"
-    if _any_key_starts(keys, "model.diffusion_model.") and not _any_key_starts(keys, "model.diffusion_model.input_blocks."):
+    has_unet_blocks = _any_key_starts(keys, LDM_UNET_PREFIX + "input_blocks.")
+    if _any_key_starts(keys, LDM_UNET_PREFIX) and not has_unet_blocks:
         return "a transformer (DiT) model, not a Stable Diffusion UNet"
-    if keys and all(key.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")) for key in keys):
+    vae_parts = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+    if keys and all(key.startswith(vae_parts) for key in keys):
         return "a standalone VAE"
     if _any_key_starts(keys, LDM_UNET_PREFIX):
         return "Stable Diffusion UNet weights without a text encoder"
@@ -207,7 +209,9 @@ def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architectu
         )
     in_channels = int(conv_in_shape[1])
     if in_channels == 8:
-        raise UnsupportedCheckpointError("Unsupported checkpoint: looks like InstructPix2Pix (8-channel UNet)")
+        raise UnsupportedCheckpointError(
+            "Unsupported checkpoint: looks like InstructPix2Pix (8-channel UNet)"
+        )
     if in_channels not in (4, 9):
         raise UnsupportedCheckpointError(
             f"Unsupported checkpoint: the UNet takes {in_channels} input channels "
@@ -491,7 +495,7 @@ def _open_clip_to_ldm(text_state: Mapping[str, Tensor], prefix: str) -> dict[str
     qkv_parts: dict[tuple[int, str], dict[str, Tensor]] = {}
     for key, value in text_state.items():
         if key == "text_projection.weight":
-            converted[prefix + "text_projection"] = value.contiguous()
+            converted[prefix + "text_projection"] = value.T.contiguous()
             continue
         name = key.removeprefix("text_model.")
         if name.endswith("position_ids"):

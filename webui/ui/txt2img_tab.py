@@ -15,7 +15,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.generation.requests import Txt2ImgRequest
-from webui.generation.samplers import sampler_names, schedule_type_names
+from webui.generation.samplers import sampler_names, schedule_types_for
 from webui.jobs.progress import ProgressSnapshot
 from webui.ui.errors import user_error
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
@@ -68,7 +68,7 @@ def build_txt2img_tab(ctx: AppContext, default_size: int) -> Txt2ImgControls:
             with gr.Row():
                 sampler_name = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="DPM++ 2M",
                                            elem_id="txt2img_sampling")
-                scheduler = gr.Dropdown(label="Schedule type", choices=schedule_type_names(), value="Automatic",
+                scheduler = gr.Dropdown(label="Schedule type", choices=schedule_types_for("DPM++ 2M"), value="Automatic",
                                         elem_id="txt2img_scheduler")
             steps = gr.Slider(label="Sampling steps", minimum=1, maximum=ctx.limits.max_steps, step=1, value=20,
                               elem_id="txt2img_steps")
@@ -154,6 +154,11 @@ def build_txt2img_tab(ctx: AppContext, default_size: int) -> Txt2ImgControls:
     prompt.submit(run_generation, inputs=inputs, outputs=outputs)
     interrupt.click(lambda: ctx.queue.interrupt_current(), inputs=None, outputs=None)
     skip.click(lambda: ctx.queue.skip_current(), inputs=None, outputs=None)
+    def schedules_for_sampler(sampler: str, current: str):
+        choices = schedule_types_for(sampler)
+        return gr.update(choices=choices, value=current if current in choices else "Automatic")
+
+    sampler_name.change(schedules_for_sampler, inputs=[sampler_name, scheduler], outputs=scheduler)
     random_seed.click(lambda: -1, inputs=None, outputs=seed)
     reuse_seed.click(lambda seeds: (seeds[0] if seeds else -1), inputs=seeds_state, outputs=seed)
 

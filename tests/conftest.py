@@ -1,0 +1,99 @@
+"""Shared fixtures: a data dir with the embedded default model, and a real running server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def default_model_folder(tmp_path_factory) -> Path:
+    """The embedded default model, built once per test session."""
+    from webui.models.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+
+    folder = tmp_path_factory.mktemp("default-model")
+    ensure_default_model(folder)
+    return folder / DEFAULT_MODEL_NAME
+
+
+@pytest.fixture
+def data_dir(tmp_path, default_model_folder) -> Path:
+    """A fresh --data-dir holding a copy of the default model."""
+    checkpoints = tmp_path / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
+    return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+def start_server(data_dir: Path, *extra_args: str, timeout: float = 180) -> RunningServer:
+    """Run `launch.py` as a user would, in a subprocess, and wait until it answers HTTP."""
+    import requests
+
+    port = free_port()
+    log_file = data_dir / "server.log"
+    handle = open(log_file, "w")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), "--skip-install", "--port", str(port), "--data-dir", str(data_dir), *extra_args],
+        cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_file.read_text()}")
+        try:
+            requests.get(url + "/", timeout=2)
+            return RunningServer(url, data_dir, process, log_file)
+        except requests.RequestException:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"server did not start in {timeout}s:\n{log_file.read_text()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, default_model_folder) -> RunningServer:
+    """One server with UI + API on the default model, plus a corrupt checkpoint beside it."""
+    data = tmp_path_factory.mktemp("server-data")
+    checkpoints = data / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
+    (checkpoints / "broken-download.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": trunc")
+    running = start_server(data, "--api")
+    yield running
+    stop_server(running)
