@@ -197,7 +197,8 @@ def copy_weights_into(pipeline, weights: CheckpointWeights) -> None:
     for name, state_dict in weights.state_dicts.items():
         module: torch.nn.Module = getattr(pipeline, name)
         module.load_state_dict(state_dict, strict=True)
-    tokenizers = load_tokenizers(weights.tokenizer_folder, weights.architecture.family)
-    pipeline.tokenizer = tokenizers[0]
-    if len(tokenizers) > 1:
-        pipeline.tokenizer_2 = tokenizers[1]
+    if Path(pipeline.tokenizer.name_or_path).parent != weights.tokenizer_folder:
+        tokenizers = load_tokenizers(weights.tokenizer_folder, weights.architecture.family)
+        pipeline.tokenizer = tokenizers[0]
+        if len(tokenizers) > 1:
+            pipeline.tokenizer_2 = tokenizers[1]
