@@ -22,6 +22,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     from webui.context import build_context
 
     ctx = build_context(settings)
+    ctx.queue.submit("load-checkpoint", lambda control: ctx.manager.select(None))  # warm start, like A1111
     if settings.serve_ui:
         from webui.api.sdapi import install_api
         from webui.ui.app_ui import CSS, THEME, build_ui

@@ -65,7 +65,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         def refresh_checkpoints():
             ctx.refresh_checkpoints()
-            return gr.update(choices=ctx.checkpoint_titles(), value=ctx.current_checkpoint_title()), unusable_note()
+            titles = ctx.checkpoint_titles()
+            return gr.update(choices=titles, value=ctx.current_checkpoint_title() or next(iter(titles), None)), unusable_note()
 
         def choose_checkpoint(title: str):
             if not title:

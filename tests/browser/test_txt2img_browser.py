@@ -1,0 +1,107 @@
+"""A person in a real headless Chromium: type a prompt, Generate, see the image, its infotext, PNG Info."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from webui.generation.infotext import parse_infotext, read_infotext
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("SDSTUDIO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Debian's chromium is not installed: run `python3 run_tests.py`, which installs it")
+    return path
+
+
+@pytest.fixture
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.set_default_timeout(120_000)
+        tab.goto(server.url + "/")
+        tab.wait_for_selector("#txt2img_prompt textarea")
+        yield tab
+        browser.close()
+
+
+def set_number(page, selector: str, value: str) -> None:
+    page.fill(selector, value)
+    page.press(selector, "Tab")
+
+
+def fill_small_request(page, prompt: str, seed: str) -> None:
+    page.fill("#txt2img_prompt textarea", prompt)
+    set_number(page, "#txt2img_width input[type=number]", "64")
+    set_number(page, "#txt2img_height input[type=number]", "64")
+    set_number(page, "#txt2img_steps input[type=number]", "6")
+    set_number(page, "#txt2img_seed input", seed)
+
+
+def test_generate_from_the_browser_saves_an_image_with_its_parameters(page, server):
+    assert page.input_value("#setting_sd_model_checkpoint input").startswith("sd-studio-tiny")
+    fill_small_request(page, "a red circle on the left", "123")
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img")
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 123')")
+    infotext = page.input_value("#txt2img_infotext textarea")
+    assert infotext.startswith("a red circle on the left\n")
+    assert "Steps: 6" in infotext and "Size: 64x64" in infotext and "Model: sd-studio-tiny" in infotext
+    assert "Done: 1 image" in page.inner_text("#txt2img_progress")
+
+    day = datetime.date.today().isoformat()
+    saved = sorted((server.data_dir / "outputs" / "txt2img-images" / day).glob("*-123.png"))
+    assert saved, "the generated image was not saved"
+    params = parse_infotext(read_infotext(Image.open(saved[-1])))
+    assert params["Prompt"] == "a red circle on the left" and params["Seed"] == "123"
+
+    # PNG Info reads the saved file and sends every field back to txt2img.
+    page.fill("#txt2img_prompt textarea", "something else")
+    set_number(page, "#txt2img_seed input", "-1")
+    page.click("button[role=tab]:has-text('PNG Info')")
+    page.set_input_files("#pnginfo_image input[type=file]", str(saved[-1]))
+    page.wait_for_function("document.querySelector('#pnginfo_parameters textarea').value.includes('Seed: 123')")
+    assert "Sampler" in page.inner_text("#pnginfo_table")
+    page.click("#pnginfo_send_txt2img")
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a red circle on the left'")
+    assert page.is_visible("#txt2img_generate")
+    assert page.input_value("#txt2img_seed input") == "123"
+    assert page.input_value("#txt2img_steps input[type=number]") == "6"
+    assert page.input_value("#txt2img_width input[type=number]") == "64"
+
+
+def test_progress_preview_and_interrupt(page):
+    fill_small_request(page, "a long job", "5")
+    set_number(page, "#txt2img_steps input[type=number]", "150")
+    set_number(page, "#txt2img_batch_count input[type=number]", "3")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Step ')")
+    assert "ETA" in page.inner_text("#txt2img_progress") or "Step" in page.inner_text("#txt2img_progress")
+    page.wait_for_selector("#txt2img_preview img")
+    page.click("#txt2img_interrupt")
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('interrupted')")
+    assert page.locator("#txt2img_gallery img").count() >= 1
+
+
+def test_bad_input_shows_a_clear_message_and_the_page_keeps_working(page):
+    fill_small_request(page, "bad width", "1")
+    set_number(page, "#txt2img_width input[type=number]", "100")
+    page.click("#txt2img_generate")
+    page.wait_for_selector("text=width 100 is not a multiple of 8")
+    assert "broken-download" in page.inner_text("#unusable_checkpoints")
+    set_number(page, "#txt2img_width input[type=number]", "64")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('bad width')")
