@@ -102,17 +102,19 @@ def studio_seconds(ctx, checkpoint: str, size: int, steps: int, repeats: int) ->
     return (time.perf_counter() - start) / repeats
 
 
-def switch_seconds(ctx, first: str, second: str, rounds: int) -> dict[str, float]:
-    timings = []
-    for index in range(rounds):
-        for name in (first, second):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            ctx.select_checkpoint(name)
-            torch.cuda.synchronize()
-            timings.append(time.perf_counter() - start)
-    warm = timings[4:] if len(timings) > 4 else timings
-    return {"first_load_s": timings[0], "warm_switch_median_s": sorted(warm)[len(warm) // 2],
+def timed_select(ctx, name: str) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    ctx.select_checkpoint(name)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def switch_seconds(ctx, loaded: str, other: str, rounds: int) -> dict[str, float]:
+    """Cold: `other` read from disk and converted; warm: both in the RAM cache, weights copied in place."""
+    cold = timed_select(ctx, other)
+    warm = sorted(timed_select(ctx, name) for _ in range(rounds) for name in (loaded, other))
+    return {"cold_switch_s": cold, "warm_switch_median_s": warm[len(warm) // 2],
             "copied": ctx.manager.switch_count["copied"], "rebuilt": ctx.manager.switch_count["rebuilt"]}
 
 

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from webui.context import build_context
@@ -84,14 +85,14 @@ def test_prompt_features_change_the_conditioning(ctx):
         plain = encoder.encode("a red circle").hidden
         weighted = encoder.encode("a (red:1.5) circle").hidden
         assert plain.shape == weighted.shape == (1, 77, 64)
-        assert not np.allclose(plain.numpy(), weighted.numpy())
+        assert not torch.allclose(plain, weighted)
         # BREAK starts a new 77-token chunk; >75 tokens also spill into a second chunk.
         assert encoder.encode("a red circle BREAK blue").hidden.shape[1] == 154
         long_prompt = ", ".join(["red circle"] * 40)
         assert len(tokenize_weighted(model.pipeline.tokenizer, long_prompt)) == 2
         assert encoder.encode(long_prompt).hidden.shape[1] == 154
         clip_skip = PromptEncoder(model.pipeline, model.family, clip_skip=2).encode("a red circle").hidden
-        assert not np.allclose(plain.numpy(), clip_skip.numpy())
+        assert not torch.allclose(plain, clip_skip)
         # [from:to:when] gives a different embedding after the switch step; negatives are padded to match.
         schedule = build_conditioning(encoder, "[a cat:a dog:2] BREAK x", "", steps=4)
         assert schedule.positive[0] is not schedule.positive[3]

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+MIN_PREVIEW_SECONDS = 0.5
+
 
 @dataclass
 class ProgressSnapshot:
@@ -46,6 +48,7 @@ class JobControl:
     _preview_serial: int = 0
     _message: str = ""
     _state: str = "queued"
+    _last_preview_at: float = 0.0
 
     # ---- called by the engine ----
     def start(self, batch_count: int, total_steps: int) -> None:
@@ -66,7 +69,15 @@ class JobControl:
                 self._total_steps = total
 
     def wants_preview(self, step: int) -> bool:
-        return self.preview_every_n_steps > 0 and step % self.preview_every_n_steps == 0
+        """Every N steps, but at most every `MIN_PREVIEW_SECONDS`: a preview copies latents to the CPU,
+        which stalls the GPU's queue of launched kernels, so fast GPUs must not pay it every step."""
+        if self.preview_every_n_steps <= 0 or step % self.preview_every_n_steps:
+            return False
+        now = time.monotonic()
+        if now - self._last_preview_at < MIN_PREVIEW_SECONDS:
+            return False
+        self._last_preview_at = now
+        return True
 
     def set_preview(self, image: Any) -> None:
         with self._lock:

@@ -1,0 +1,509 @@
+"""Measure what a toy-world image shows, attribute by attribute.
+
+The analyzer is the judge for every generation and training feature: it reads
+a (possibly imperfect) model output and reports shape, colour, background,
+position, size, count and texture, or ``"unknown"`` where the picture does not
+clearly show one of the toy world's values. It never raises on odd input.
+
+Pipeline: the background is the dominant colour of the image border; objects
+are connected regions that differ from it (specks ignored); each object is
+described by geometric features of its mask (bounding-box fill, convex-hull
+solidity, the harmonics of its radial outline) and by the colours inside it.
+Colours are compared in CIELAB, where distances roughly match what people see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from webui.eval import toy_world
+from webui.eval.toy_world import ATTRIBUTES, Scene
+
+UNKNOWN = "unknown"
+ANALYSIS_SIZE = toy_world.NATIVE_SIZE
+MIN_INPUT_SIDE = 16
+MAX_ASPECT_DEVIATION = 0.05
+# Colour thresholds in CIELAB units (delta E 1976).
+BORDER_WIDTH = 3
+BORDER_UNIFORMITY = 12.0  # median border distance from its own median colour; noise images are far above
+BORDER_MAJORITY = 0.5  # share of border pixels that must be background-coloured
+FOREGROUND_DISTANCE = 20.0  # a pixel this far from the background belongs to an object
+COLOR_MATCH_DISTANCE = 30.0  # farther from every palette entry -> "unknown" colour
+TEXTURE_CONTRAST = 14.0  # spread of colours inside an object that counts as a pattern
+STRIPE_COHERENCE = 0.5  # structure-tensor coherence above this -> stripes, below -> dots
+MIN_OBJECT_AREA = 0.0015  # fraction of the image; smaller regions are specks
+RELATIVE_OBJECT_AREA = 0.25  # regions below this share of the largest object are debris
+POSITION_TOLERANCE = 0.15  # farther from every anchor (fraction of the side) -> "unknown" position
+SIZE_THRESHOLD = float(np.sqrt(toy_world.SIZE_EXTENTS["small"] * toy_world.SIZE_EXTENTS["large"]))
+SIZE_RANGE = (0.09, 0.5)  # object extents outside this range are neither small nor large
+# Blurred edges mix object and background colours over ~3 px; colour and texture
+# are read further inside.
+INTERIOR_EROSION = 3
+MIN_INTERIOR_PIXELS = 12
+MODE_SEEKING_RADIUS = 12.0
+MODE_SEEKING_STEPS = 4
+TEXTURE_SMOOTHING = 0.8  # pixels (Gaussian sigma)
+RADIAL_BINS = 128
+OUTLINE_CLOSING = 1.5  # pixels
+SUPERSAMPLE = 4  # object masks are traced at 4x for sub-pixel outlines
+
+
+@dataclass(frozen=True)
+class ShapeFeatures:
+    """Scale-invariant geometry of one object mask (also the basis of subject similarity)."""
+
+    fill: float  # area / bounding-box area
+    solidity: float  # area / convex-hull area
+    aspect: float  # bounding-box height / width
+    harmonics: tuple[float, ...]  # |FFT| of the radial outline for k = 1..12, relative to the mean radius
+
+    def vector(self) -> np.ndarray:
+        """Flat numeric form for distance computations."""
+        return np.array([self.fill, self.solidity, self.aspect, *self.harmonics], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ObjectReport:
+    """What the analyzer measured for one object."""
+
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 in analysis pixels (exclusive end)
+    area: int
+    center: tuple[float, float]  # bounding-box centre, fractions of the image side
+    extent: float  # larger bounding-box side, fraction of the image side
+    shape: str
+    color: str
+    texture: str
+    features: ShapeFeatures | None
+    color_distance: float
+    texture_contrast: float
+    texture_coherence: float
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The attributes an image shows; each a toy-world value or ``"unknown"``.
+
+    ``diagnostics`` says why a value is unknown and holds the raw measurements
+    (distances, feature values, per-object reports) for debugging.
+    """
+
+    shape: str = UNKNOWN
+    color: str = UNKNOWN
+    background: str = UNKNOWN
+    position: str = UNKNOWN
+    size: str = UNKNOWN
+    count: int | str = UNKNOWN
+    texture: str = UNKNOWN
+    diagnostics: dict[str, object] = field(default_factory=dict, compare=False)
+
+    def attributes(self) -> dict[str, object]:
+        """The seven attributes as a dict."""
+        return {attribute: getattr(self, attribute) for attribute in ATTRIBUTES}
+
+    def matches(self, expected: Scene | Mapping[str, object]) -> dict[str, bool]:
+        """Per attribute, whether the image shows what ``expected`` asks for.
+
+        A mapping may name only some attributes (a hand-written prompt); only
+        those are compared. "unknown" never matches.
+        """
+        wanted = expected.attributes() if isinstance(expected, Scene) else dict(expected)
+        unknown_names = sorted(set(wanted) - set(ATTRIBUTES))
+        if unknown_names:
+            raise ValueError(f"unknown attribute(s) {', '.join(unknown_names)}; valid attributes: {', '.join(ATTRIBUTES)}")
+        return {attribute: getattr(self, attribute) == value for attribute, value in wanted.items()}
+
+    @property
+    def objects(self) -> list[ObjectReport]:
+        """Per-object measurements (empty when no object was found)."""
+        reports = self.diagnostics.get("objects", [])
+        return list(reports) if isinstance(reports, list) else []
+
+
+# ---------------------------------------------------------------------------
+# Colour
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of sRGB values in 0..255, any leading shape."""
+    linear = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(linear <= 0.04045, linear / 12.92, ((linear + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+    )
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    delta = 6 / 29
+    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def palette_lab(names: tuple[str, ...]) -> np.ndarray:
+    """Lab coordinates of named toy-world colours, one row per name."""
+    return srgb_to_lab(np.array([toy_world.COLOR_RGB[name] for name in names], dtype=np.float64))
+
+
+def nearest_color(lab: np.ndarray, names: tuple[str, ...]) -> tuple[str, float]:
+    """Closest palette name to one Lab colour and its distance; "unknown" when too far."""
+    distances = np.linalg.norm(palette_lab(names) - np.asarray(lab, dtype=np.float64), axis=1)
+    best = int(np.argmin(distances))
+    name = names[best] if distances[best] <= COLOR_MATCH_DISTANCE else UNKNOWN
+    return name, float(distances[best])
+
+
+# ---------------------------------------------------------------------------
+# Input handling
+
+
+def to_rgb_array(image: object) -> tuple[np.ndarray | None, str]:
+    """The image as a square ANALYSIS_SIZE RGB float array, or None and the reason it cannot be read.
+
+    Opaque RGBA/palette images are read as RGB; grayscale, transparent,
+    non-square and tiny images are refused because their colours or geometry
+    would be guesses.
+    """
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim != 3 or array.shape[2] not in (3, 4) or array.size == 0:
+            return None, f"array of shape {array.shape} is not an H x W x 3 colour image"
+        if not np.all(np.isfinite(array)):
+            return None, "array contains NaN or infinite values"
+        if array.dtype != np.uint8:
+            scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0
+            array = np.clip(array.astype(np.float64) * scale, 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(np.ascontiguousarray(array), "RGBA" if array.shape[2] == 4 else "RGB")
+    if not isinstance(image, Image.Image):
+        return None, f"not an image: {type(image).__name__}"
+    width, height = image.size
+    if min(width, height) < MIN_INPUT_SIDE:
+        return None, f"image is {width}x{height}; at least {MIN_INPUT_SIDE} px a side is needed"
+    if abs(width / height - 1) > MAX_ASPECT_DEVIATION:
+        return None, f"image is {width}x{height}; toy-world images are square"
+    if image.mode in ("L", "I", "I;16", "F", "1", "LA"):
+        return None, f"{image.mode} image has no colour information"
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "RGBa", "PA"):
+        alpha = np.asarray(image.getchannel("A"))
+        if alpha.min() < 255:
+            return None, "image has transparent pixels; their colour is undefined"
+    try:
+        rgb = image.convert("RGB")
+    except (ValueError, OSError) as error:
+        return None, f"cannot convert {image.mode} image to RGB: {error}"
+    if rgb.size != (ANALYSIS_SIZE, ANALYSIS_SIZE):
+        resample = Image.Resampling.BOX if width > ANALYSIS_SIZE else Image.Resampling.BICUBIC
+        rgb = rgb.resize((ANALYSIS_SIZE, ANALYSIS_SIZE), resample)
+    return np.asarray(rgb, dtype=np.float64), ""
+
+
+# ---------------------------------------------------------------------------
+# Geometry
+
+
+def _convex_hull_area(points: np.ndarray) -> float:
+    """Area of the convex hull of 2-D points (Andrew's monotone chain + shoelace)."""
+    unique = np.unique(points, axis=0)
+    if len(unique) < 3:
+        return 0.0
+    ordered = unique[np.lexsort((unique[:, 1], unique[:, 0]))]
+
+    def half_hull(sequence: np.ndarray) -> list[np.ndarray]:
+        hull: list[np.ndarray] = []
+        for point in sequence:
+            while len(hull) >= 2:
+                (ax, ay), (bx, by) = hull[-2], hull[-1]
+                if (bx - ax) * (point[1] - ay) - (by - ay) * (point[0] - ax) > 0:
+                    break
+                hull.pop()
+            hull.append(point)
+        return hull
+
+    lower = half_hull(ordered)
+    upper = half_hull(ordered[::-1])
+    hull = np.array(lower[:-1] + upper[:-1], dtype=np.float64)
+    x, y = hull[:, 0], hull[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def shape_features(mask: np.ndarray) -> ShapeFeatures | None:
+    """Geometry of a binary object mask; None when the mask is empty or degenerate.
+
+    The radial outline (farthest mask pixel from the centroid per angle bin)
+    captures corners: a circle has flat harmonics, a triangle a strong 3rd, a
+    square a 4th, a star a 5th and a hexagon a 6th harmonic.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 12:
+        return None
+    width = xs.max() - xs.min() + 1
+    height = ys.max() - ys.min() + 1
+    area = float(len(xs))
+    # Pixel corners make the hull of the pixel squares, matching the pixel-count area.
+    boundary = mask & ~ndimage.binary_erosion(mask)
+    by, bx = np.nonzero(boundary)
+    corners = np.concatenate(
+        [np.stack([bx + dx, by + dy], axis=1) for dx in (0, 1) for dy in (0, 1)], axis=0
+    ).astype(np.float64)
+    hull_area = _convex_hull_area(corners)
+    if hull_area <= 0:
+        return None
+    center_x, center_y = xs.mean() + 0.5, ys.mean() + 0.5
+    px, py = bx + 0.5 - center_x, by + 0.5 - center_y
+    angles = np.arctan2(py, px)
+    radii = np.hypot(px, py) + 0.5
+    bins = ((angles + np.pi) / (2 * np.pi) * RADIAL_BINS).astype(int) % RADIAL_BINS
+    profile = np.zeros(RADIAL_BINS)
+    np.maximum.at(profile, bins, radii)
+    filled = profile > 0
+    if filled.sum() < RADIAL_BINS // 2:
+        return None
+    if not filled.all():  # bins a small object's outline skipped: interpolate around the circle
+        positions = np.arange(RADIAL_BINS)
+        profile = np.interp(positions, positions[filled], profile[filled], period=RADIAL_BINS)
+    spectrum = np.abs(np.fft.rfft(profile)) / RADIAL_BINS
+    harmonics = tuple(float(2 * value / spectrum[0]) for value in spectrum[1:13])
+    return ShapeFeatures(
+        fill=area / float(width * height),
+        solidity=min(1.0, area / hull_area),
+        aspect=float(height) / float(width),
+        harmonics=harmonics,
+    )
+
+
+def classify_shape(features: ShapeFeatures | None) -> str:
+    """Name the toy-world shape that matches the features, or "unknown"."""
+    if features is None:
+        return UNKNOWN
+    h = features.harmonics
+    if features.solidity < 0.8:
+        return "star" if h[4] > 0.08 and h[4] > 1.5 * max(h[2], h[3], h[5]) else UNKNOWN
+    if features.solidity < 0.9:
+        return UNKNOWN
+    if features.fill > 0.88 and 0.85 < features.aspect < 1.18 and h[3] > 0.05:
+        return "square"
+    if 0.42 < features.fill < 0.62 and h[2] > 0.08 and h[2] > 1.5 * h[3]:
+        return "triangle"
+    if 0.68 < features.fill < 0.84 and max(h[1], h[2], h[3], h[4]) < 0.03:
+        if h[5] > 0.03 and features.aspect < 0.95:
+            return "hexagon"
+        if h[5] < 0.02 and 0.9 < features.aspect < 1.1:
+            return "circle"
+    return UNKNOWN
+
+
+# ---------------------------------------------------------------------------
+# Analysis
+
+
+def _unanimous(values: list[str]) -> str:
+    """The value every object agrees on; "unknown" for mixed or empty lists.
+
+    The toy world's objects are identical, so disagreement means the image does
+    not show one clear value.
+    """
+    return values[0] if values and all(value == values[0] for value in values) else UNKNOWN
+
+
+def _find_background(lab: np.ndarray, diagnostics: dict[str, object]) -> tuple[np.ndarray | None, str]:
+    """Reference Lab colour of the background and its palette name (or "unknown")."""
+    border = np.concatenate(
+        [
+            lab[:BORDER_WIDTH].reshape(-1, 3),
+            lab[-BORDER_WIDTH:].reshape(-1, 3),
+            lab[BORDER_WIDTH:-BORDER_WIDTH, :BORDER_WIDTH].reshape(-1, 3),
+            lab[BORDER_WIDTH:-BORDER_WIDTH, -BORDER_WIDTH:].reshape(-1, 3),
+        ]
+    )
+    median = np.median(border, axis=0)
+    spread = float(np.median(np.linalg.norm(border - median, axis=1)))
+    diagnostics["border_spread"] = spread
+    if spread > BORDER_UNIFORMITY:
+        diagnostics["reason"] = "the image border has no dominant colour (no flat background)"
+        return None, UNKNOWN
+    palette = palette_lab(toy_world.BACKGROUNDS)
+    distances = np.linalg.norm(border[:, None, :] - palette[None, :, :], axis=2)
+    nearest = np.argmin(distances, axis=1)
+    close = distances[np.arange(len(border)), nearest] <= COLOR_MATCH_DISTANCE
+    shares = np.bincount(nearest[close], minlength=len(palette)) / len(border)
+    best = int(np.argmax(shares))
+    diagnostics["background_share"] = float(shares[best])
+    if shares[best] >= BORDER_MAJORITY:
+        chosen = close & (nearest == best)
+        reference = np.median(border[chosen], axis=0)
+        name, distance = nearest_color(reference, toy_world.BACKGROUNDS)
+        diagnostics["background_distance"] = distance
+        return reference, name
+    diagnostics["background_distance"] = float(np.min(np.linalg.norm(palette - median, axis=1)))
+    return median, UNKNOWN
+
+
+def _object_mask_supersampled(distance: np.ndarray, component: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
+    """The object's outline traced at SUPERSAMPLE x resolution from the smooth background-distance map."""
+    x0, y0, x1, y1 = bbox
+    margin = 2
+    top, left = max(0, y0 - margin), max(0, x0 - margin)
+    bottom, right = min(distance.shape[0], y1 + margin), min(distance.shape[1], x1 + margin)
+    crop = distance[top:bottom, left:right]
+    region = ndimage.binary_dilation(component[top:bottom, left:right], iterations=1)
+    fine = ndimage.zoom(crop, SUPERSAMPLE, order=1, mode="nearest", grid_mode=True)
+    fine_region = np.kron(region, np.ones((SUPERSAMPLE, SUPERSAMPLE), dtype=bool))[: fine.shape[0], : fine.shape[1]]
+    mask = ndimage.binary_fill_holes((fine > FOREGROUND_DISTANCE) & fine_region)
+    # Stripes or dots that touch the edge contrast less with the background, so
+    # the traced outline dents there; closing fills dents without touching
+    # convex corners.
+    radius = int(round(OUTLINE_CLOSING * SUPERSAMPLE))
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disk = xx * xx + yy * yy <= radius * radius
+    mask = ndimage.binary_closing(np.pad(mask, radius + 1), structure=disk)[radius + 1 : -radius - 1, radius + 1 : -radius - 1]
+    labels, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    return mask
+
+
+def _main_color(pixels: np.ndarray) -> np.ndarray:
+    """The dominant colour among an object's pixels (mode-seeking, so stripes or dots do not pull it)."""
+    estimate = np.median(pixels, axis=0)
+    for _ in range(MODE_SEEKING_STEPS):
+        near = pixels[np.linalg.norm(pixels - estimate, axis=1) < MODE_SEEKING_RADIUS]
+        if len(near) == 0:
+            break
+        estimate = np.median(near, axis=0)
+    return estimate
+
+
+def _texture_measures(lab: np.ndarray, interior: np.ndarray, main_color: np.ndarray) -> tuple[float, float]:
+    """Pattern contrast inside the object and its coherence (1 = parallel stripes, 0 = isotropic dots).
+
+    Everything outside the interior is painted the main colour first, so the
+    object's blurred outline cannot pass for a pattern; a light blur then
+    averages away pixel noise, which has no spatial structure, while stripes
+    and dots several pixels wide survive it.
+    """
+    painted = np.where(interior[..., None], lab, main_color)
+    painted = ndimage.gaussian_filter(painted, sigma=(TEXTURE_SMOOTHING, TEXTURE_SMOOTHING, 0))
+    deviation = np.linalg.norm(painted - main_color, axis=2)
+    contrast = float(np.percentile(deviation[interior], 90))
+    gx = ndimage.sobel(deviation, axis=1)
+    gy = ndimage.sobel(deviation, axis=0)
+    jxx, jyy, jxy = (gx * gx)[interior].sum(), (gy * gy)[interior].sum(), (gx * gy)[interior].sum()
+    total = jxx + jyy
+    coherence = 0.0 if total <= 1e-9 else float(np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / total)
+    return contrast, coherence
+
+
+def _describe_object(lab: np.ndarray, distance: np.ndarray, component: np.ndarray, bbox: tuple[int, int, int, int]) -> ObjectReport:
+    """Shape, colour and texture of one connected object (``component`` is its mask within ``bbox``)."""
+    x0, y0, x1, y1 = bbox
+    side = float(lab.shape[0])
+    features = shape_features(_object_mask_supersampled(distance, component, bbox))
+    margin = 2
+    top, left = max(0, y0 - margin), max(0, x0 - margin)
+    bottom, right = min(lab.shape[0], y1 + margin), min(lab.shape[1], x1 + margin)
+    local_lab = lab[top:bottom, left:right]
+    local_mask = component[top:bottom, left:right]
+    interior = ndimage.binary_erosion(local_mask, iterations=INTERIOR_EROSION)
+    if interior.sum() < MIN_INTERIOR_PIXELS:
+        interior = ndimage.binary_erosion(local_mask, iterations=1)
+    if interior.sum() < MIN_INTERIOR_PIXELS:
+        interior = local_mask
+    main_color = _main_color(local_lab[interior])
+    color, color_distance = nearest_color(main_color, toy_world.COLORS)
+    contrast, coherence = _texture_measures(local_lab, interior, main_color)
+    if contrast < TEXTURE_CONTRAST:
+        texture = "solid"
+    else:
+        texture = "striped" if coherence > STRIPE_COHERENCE else "dotted"
+    return ObjectReport(
+        bbox=bbox,
+        area=int(local_mask.sum()),
+        center=((x0 + x1) / 2 / side, (y0 + y1) / 2 / side),
+        extent=max(x1 - x0, y1 - y0) / side,
+        shape=classify_shape(features),
+        color=color,
+        texture=texture,
+        features=features,
+        color_distance=color_distance,
+        texture_contrast=contrast,
+        texture_coherence=coherence,
+    )
+
+
+def _classify_position(center: tuple[float, float]) -> str:
+    """The anchor nearest the group centre, or "unknown" when it is between anchors."""
+    names = list(toy_world.POSITION_ANCHORS)
+    anchors = np.array([toy_world.POSITION_ANCHORS[name] for name in names])
+    distances = np.linalg.norm(anchors - np.asarray(center), axis=1)
+    best = int(np.argmin(distances))
+    return names[best] if distances[best] <= POSITION_TOLERANCE else UNKNOWN
+
+
+def _classify_size(extent: float) -> str:
+    """Small or large by the larger bounding-box side, "unknown" when implausible."""
+    if not SIZE_RANGE[0] <= extent <= SIZE_RANGE[1]:
+        return UNKNOWN
+    return "large" if extent >= SIZE_THRESHOLD else "small"
+
+
+def analyze(image: object) -> Analysis:
+    """Read the toy-world attributes an image shows; never raises on bad input.
+
+    Accepts a PIL image or an H x W x 3 array (uint8 or floats in 0..1). Images
+    that are not square RGB toy-world pictures come back all "unknown" with the
+    reason in ``diagnostics["reason"]``.
+    """
+    diagnostics: dict[str, object] = {}
+    try:
+        rgb, reason = to_rgb_array(image)
+    except Exception as error:  # a corrupt or exotic image object must not crash an evaluation
+        rgb, reason = None, f"unreadable image: {error}"
+    if rgb is None:
+        diagnostics["reason"] = reason
+        return Analysis(diagnostics=diagnostics)
+    smooth_rgb = ndimage.gaussian_filter(rgb, sigma=(0.7, 0.7, 0))
+    lab = srgb_to_lab(smooth_rgb)
+    reference, background = _find_background(lab, diagnostics)
+    if reference is None:
+        return Analysis(diagnostics=diagnostics)
+    distance = np.linalg.norm(lab - reference, axis=2)
+    foreground = ndimage.binary_fill_holes(distance > FOREGROUND_DISTANCE)
+    labels, found = ndimage.label(foreground, structure=np.ones((3, 3), dtype=bool))
+    side = lab.shape[0]
+    if found == 0:
+        diagnostics["reason"] = "no object differs from the background"
+        return Analysis(background=background, diagnostics=diagnostics)
+    areas = ndimage.sum_labels(foreground, labels, index=np.arange(1, found + 1))
+    min_area = max(MIN_OBJECT_AREA * side * side, RELATIVE_OBJECT_AREA * float(areas.max()))
+    kept = [index + 1 for index, area in enumerate(areas) if area >= min_area]
+    diagnostics["components"] = int(found)
+    diagnostics["ignored_specks"] = int(found - len(kept))
+    if not kept:
+        diagnostics["reason"] = "only specks differ from the background"
+        return Analysis(background=background, diagnostics=diagnostics)
+    slices = ndimage.find_objects(labels)
+    reports = []
+    for label in kept:
+        rows, cols = slices[label - 1]
+        bbox = (cols.start, rows.start, cols.stop, rows.stop)
+        reports.append(_describe_object(lab, distance, labels == label, bbox))
+    diagnostics["objects"] = reports
+    diagnostics["object_count"] = len(reports)
+    group_center = (float(np.mean([r.center[0] for r in reports])), float(np.mean([r.center[1] for r in reports])))
+    mean_extent = float(np.mean([r.extent for r in reports]))
+    diagnostics["group_center"] = group_center
+    diagnostics["mean_extent"] = mean_extent
+    return Analysis(
+        shape=_unanimous([r.shape for r in reports]),
+        color=_unanimous([r.color for r in reports]),
+        background=background,
+        position=_classify_position(group_center),
+        size=_classify_size(mean_extent),
+        count=len(reports) if len(reports) in toy_world.COUNTS else UNKNOWN,
+        texture=_unanimous([r.texture for r in reports]),
+        diagnostics=diagnostics,
+    )
