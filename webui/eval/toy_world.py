@@ -66,8 +66,8 @@ OBJECT_JITTER = 0.006
 # Texture scale in pixels of a 128 px image (it scales with the image).
 STRIPE_PERIOD = 8.0
 STRIPE_SHADE_WIDTH = 3.0
-DOT_SPACING = 6.5
-DOT_RADIUS = 2.0
+DOT_SPACING = 7.2
+DOT_RADIUS = 2.3
 SHADE_DARKEN = 0.5  # stripes/dots are the object colour at half brightness ...
 SHADE_LIGHTEN = 0.45  # ... or, for black, mixed 45 % towards white
 SUPERSAMPLING = 4
