@@ -1,0 +1,246 @@
+"""Train the toy-world default model from scratch: VAE, then text encoder + UNet, with SD1.x classes.
+
+The result is an ordinary diffusers Stable Diffusion folder (AutoencoderKL, UNet2DConditionModel,
+CLIPTextModel, the real CLIP tokenizer), so LoRA, DreamBooth, TI and pivotal tuning exercise the same
+layers as on a downloaded SD1.5. Everything is seeded; step counts are fixed so a run is reproducible
+up to GPU kernel nondeterminism. Run on a GPU machine:
+
+    python -m webui.eval.toy_model_training --out models/toy --vae-steps 2500 --unet-steps 6000
+
+It renders a training set from the toy world (held-out shapes/textures excluded), trains, saves fp16
+weights, and writes `training_report.json` with throughput and an evaluation on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from webui.eval import toy_world
+
+SCALED_LINEAR = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def model_configs() -> dict[str, dict]:
+    """Small SD1.x-architecture components sized to fit 30 MB in fp16 and run 20 steps < 1 s on 2 CPU cores."""
+    return {
+        "vae": dict(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
+            block_out_channels=(32, 64, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, sample_size=toy_world.NATIVE_SIZE,
+        ),
+        "unet": dict(
+            sample_size=toy_world.NATIVE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(48, 96, 144), norm_num_groups=16, cross_attention_dim=96, attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        ),
+        "text_encoder": dict(
+            vocab_size=49408, hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+            pad_token_id=49407, projection_dim=96,
+        ),
+    }
+
+
+def _render_chunk(arguments: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
+    seed, start, count = arguments
+    scenes = toy_world.dataset_scenes(start + count, seed)[start:]
+    images = np.stack([np.asarray(toy_world.render(s, seed=seed * 1_000_003 + start + i)) for i, s in enumerate(scenes)])
+    return images, [toy_world.caption(s) for s in scenes]
+
+
+def render_dataset(n: int, seed: int, workers: int) -> tuple[torch.Tensor, list[str]]:
+    chunk = math.ceil(n / workers)
+    jobs = [(seed, start, min(chunk, n - start)) for start in range(0, n, chunk)]
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(_render_chunk, jobs))
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
+    return images, [c for p in parts for c in p[1]]
+
+
+def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
+    return batch.float() / 127.5 - 1.0
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, batch: int, device: str, seed: int, log) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    vae.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        index = torch.randint(len(images), (batch,), generator=generator)
+        x = to_unit_range(images[index].to(device, non_blocking=True))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.sample()
+            reconstruction = vae.decode(z).sample
+        loss = F.l1_loss(reconstruction.float(), x) + F.mse_loss(reconstruction.float(), x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        optimizer.step()
+        if step % 500 == 0 or step == steps - 1:
+            log(f"vae step {step} loss {loss.item():.4f}")
+    vae.eval()
+    return {"steps": steps, "seconds": time.perf_counter() - start, "final_loss": float(loss.item())}
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, device: str, batch: int = 512) -> torch.Tensor:
+    chunks = []
+    for start in range(0, len(images), batch):
+        x = to_unit_range(images[start:start + batch].to(device))
+        chunks.append(vae.encode(x).latent_dist.mean.float().cpu())
+    return torch.cat(chunks)
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def train_unet(unet, text_encoder, latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor,
+               steps: int, batch: int, device: str, seed: int, log, deadline: float = math.inf) -> dict:
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(**SCALED_LINEAR)
+    alphas = scheduler.alphas_cumprod.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=4e-4, weight_decay=1e-2)
+    unet.train()
+    text_encoder.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        index = torch.randint(len(latents), (batch,), generator=generator)
+        x0 = latents[index].to(device)
+        ids = token_ids[index].clone()
+        dropped = torch.rand(batch, generator=generator) < 0.1  # caption dropout teaches the unconditional branch
+        ids[dropped] = empty_ids
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+        alpha = alphas[timesteps].view(-1, 1, 1, 1)
+        noisy = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            hidden = text_encoder(ids.to(device)).last_hidden_state
+            prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        # min-SNR-5 weighting speeds up convergence of epsilon prediction.
+        snr = alpha.view(-1) / (1 - alpha.view(-1))
+        weight = torch.clamp(snr, max=5.0) / snr
+        loss = (weight * F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = 4e-4 * min(1.0, (step + 1) / 300) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        optimizer.step()
+        if step % 500 == 0 or step == steps - 1:
+            log(f"unet step {step} loss {loss.item():.4f}")
+        if time.perf_counter() > deadline:
+            log(f"time budget reached: stopping the UNet at step {step + 1} of {steps}")
+            steps = step + 1
+            break
+    unet.eval()
+    text_encoder.eval()
+    return {"steps": steps, "seconds": time.perf_counter() - start, "final_loss": float(loss.item())}
+
+
+def evaluate(pipeline, prompts_seed: int, count: int, device: str, training_captions: set[str]) -> dict:
+    """Prompt fidelity on prompts absent from the training captions, at default settings (DPM++ 2M Karras, 20, CFG 7)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from webui.eval.analyzer import analyze
+
+    rng = np.random.default_rng(prompts_seed)
+    scenes = []
+    while len(scenes) < count:
+        scene = toy_world.random_scene(rng)
+        if toy_world.caption(scene) not in training_captions:
+            scenes.append(scene)
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, use_karras_sigmas=True)
+    correct = {attribute: 0 for attribute in toy_world.ATTRIBUTES}
+    all_correct = 0
+    for start in range(0, count, 50):
+        group = scenes[start:start + 50]
+        images = pipeline([toy_world.caption(s) for s in group], num_inference_steps=20, guidance_scale=7.0,
+                          generator=torch.Generator("cpu").manual_seed(start), height=128, width=128).images
+        for scene, image in zip(group, images):
+            analysis = analyze(image)
+            matches = [getattr(analysis, a) == getattr(scene, a) for a in toy_world.ATTRIBUTES]
+            for attribute, ok in zip(toy_world.ATTRIBUTES, matches):
+                correct[attribute] += ok
+            all_correct += all(matches)
+    return {"prompts": count, "all_attributes_match": all_correct / count,
+            "per_attribute": {a: c / count for a, c in correct.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--images", type=int, default=40_000)
+    parser.add_argument("--vae-steps", type=int, default=2500)
+    parser.add_argument("--unet-steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--eval-prompts", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--time-budget-minutes", type=float, default=math.inf,
+                        help="stop UNet training early (recorded in the report) so the run fits a machine lease")
+    args = parser.parse_args()
+
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from webui.models.model_configs import config_dir, load_component_config
+
+    started = time.perf_counter()
+    log = lambda message: print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)  # noqa: E731
+    torch.manual_seed(args.seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    images, captions = render_dataset(args.images, args.seed, args.workers)
+    log(f"rendered {len(images)} images")
+    configs = model_configs()
+    vae = AutoencoderKL(**configs["vae"]).to(args.device)
+    report = {"command": vars(args) | {"out": str(args.out)}, "configs": configs}
+    report["vae"] = train_vae(vae, images, args.vae_steps, 64, args.device, args.seed, log)
+    latents = encode_latents(vae, images, args.device)
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    log(f"latents {tuple(latents.shape)} scaling {scaling:.4f}")
+
+    tokenizer = CLIPTokenizer.from_pretrained(config_dir("sd1") / "tokenizer", local_files_only=True)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])).to(args.device)
+    unet = UNet2DConditionModel(**configs["unet"]).to(args.device)
+    report["unet"] = train_unet(unet, text_encoder, latents, tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0],
+                                args.unet_steps, args.batch, args.device, args.seed, log,
+                                deadline=started + 60 * args.time_budget_minutes - 90)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler.from_config(load_component_config("sd1", "scheduler")),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    report["evaluation"] = evaluate(pipeline, args.seed + 1, args.eval_prompts, args.device, set(captions))
+    log(f"evaluation {report['evaluation']}")
+    pipeline.to(dtype=torch.float16).save_pretrained(args.out, safe_serialization=True)
+    report["parameters"] = {name: sum(p.numel() for p in getattr(pipeline, name).parameters())
+                            for name in ("unet", "vae", "text_encoder")}
+    report["total_seconds"] = time.perf_counter() - started
+    report["device"] = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    (args.out / "training_report.json").write_text(json.dumps(report, indent=1))
+    log(f"saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,493 @@
+"""LoRA files matched to the loaded model, and exact, reversible merging of their updates.
+
+:func:`read_lora` turns a file in any format of :mod:`webui.models.lora_formats` into one
+:class:`LoraPatch` per layer, each naming a module of the *installed* pipeline. kohya's underscore
+names are ambiguous (module names contain underscores), so they are looked up in the set of the
+model's own module names written the kohya way, including the LDM spelling SDXL LoRAs use
+(``input_blocks_4_1_...``) and the ``text_model_`` level that transformers 5 removed from
+``CLIPTextModel``. A file for another architecture is refused with the reason rather than applied in
+part; keys that match no layer are reported, never silently dropped.
+
+:class:`LoraApplier` merges weighted updates into the weights in place (no per-step cost while
+generating) and keeps a copy of every weight it touched, so :meth:`LoraApplier.restore` gives back
+the bitwise original however often LoRAs are switched or re-weighted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from webui.models.checkpoint_files import CheckpointReadError, read_metadata, read_state_dict
+from webui.models.ldm_conversion import (
+    FAMILY_SD1,
+    FAMILY_SD2,
+    FAMILY_SDXL,
+    LDM_UNET_PREFIX,
+    diffusers_to_ldm,
+)
+from webui.models.lora_formats import (
+    COMPONENT_TE,
+    COMPONENT_TE2,
+    COMPONENT_UNET,
+    KIND_DIFF,
+    LoraFileError,
+    LoraPatch,
+    RawLayer,
+    classify,
+    describe_non_lora,
+    group_layers,
+    patch_bias_delta,
+    patch_delta,
+    update_shape,
+)
+
+__all__ = ["LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
+
+FAMILY_LABELS = {FAMILY_SD1: "SD1.x", FAMILY_SD2: "SD2.x", FAMILY_SDXL: "SDXL"}
+_TARGETABLE_MODULES = (nn.Linear, nn.Conv2d)
+# UNet modules that have an LDM name (the rest, e.g. class embeddings, are not in SD checkpoints).
+_LDM_NAMED_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out",
+                         "time_embedding.linear_", "add_embedding.linear_")
+_CLIP_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm")
+# Cross-attention key/value input width -> the family whose text encoder produces it.
+_CROSS_ATTENTION_WIDTHS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+_FUSABLE_PROJECTIONS = ("to_q", "to_k", "to_v")
+
+
+# --------------------------------------------------------------------------------------------
+# The parsed file
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoraFile:
+    """A LoRA read against one loaded model: its patches plus what the UI shows about it."""
+
+    path: Path
+    name: str
+    family: str
+    patches: list[LoraPatch]
+    unmatched_keys: list[str]
+    metadata: dict[str, str]
+    notes: list[str] = field(default_factory=list)  # why layers were skipped, for the user
+
+    @property
+    def base_model(self) -> str | None:
+        """What the file says it was trained on (kohya ``ss_base_model_version`` or modelspec)."""
+        return self.metadata.get("ss_base_model_version") or self.metadata.get("modelspec.architecture")
+
+    @property
+    def network_rank(self) -> int | None:
+        value = self.metadata.get("ss_network_dim")
+        if value is not None and value.strip().isdigit():
+            return int(value)
+        ranks = Counter(patch.rank for patch in self.patches if patch.rank > 0)
+        return ranks.most_common(1)[0][0] if ranks else None
+
+    @property
+    def network_alpha(self) -> float | None:
+        value = self.metadata.get("ss_network_alpha")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:  # e.g. "Dynamic"
+            return None
+
+    def top_tags(self, limit: int = 10) -> list[str]:
+        """The most frequent caption tags of the training set (``ss_tag_frequency``), most used first."""
+        try:
+            frequencies = json.loads(self.metadata.get("ss_tag_frequency", "{}"))
+        except json.JSONDecodeError:
+            return []
+        counts: Counter[str] = Counter()
+        if isinstance(frequencies, dict):
+            for tags in frequencies.values():
+                if isinstance(tags, dict):
+                    for tag, count in tags.items():
+                        if isinstance(count, (int, float)):
+                            counts[str(tag).strip()] += count
+        return [tag for tag, _ in counts.most_common(limit) if tag]
+
+    @property
+    def trigger_words(self) -> list[str]:
+        """The author's trigger phrase when given, else the most common training tags."""
+        phrase = self.metadata.get("modelspec.trigger_phrase", "")
+        words = [word.strip() for word in phrase.split(",") if word.strip()]
+        return words or self.top_tags()
+
+
+def declared_family(metadata: Mapping[str, str]) -> str | None:
+    """The family a file's training metadata names, if it names one of ours."""
+    version = metadata.get("ss_base_model_version", "").lower()
+    architecture = metadata.get("modelspec.architecture", "").lower()
+    if version.startswith("sdxl") or architecture.startswith("stable-diffusion-xl-v1-base"):
+        return FAMILY_SDXL
+    if version.startswith("sd_v2") or architecture.startswith("stable-diffusion-v2"):
+        return FAMILY_SD2
+    if version.startswith("sd_v1") or architecture.startswith("stable-diffusion-v1"):
+        return FAMILY_SD1
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Module names of the loaded model, in every spelling LoRA files use
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ComponentIndex:
+    """Spellings of one component's LoRA-targetable modules -> their installed paths."""
+
+    dotted: dict[str, str] = field(default_factory=dict)
+    underscored: dict[str, str] = field(default_factory=dict)
+    shapes: dict[str, torch.Size] = field(default_factory=dict)
+
+    def add(self, spelling: str, path: str) -> None:
+        for table, key in ((self.dotted, spelling), (self.underscored, spelling.replace(".", "_"))):
+            if table.get(key, path) != path:
+                table[key] = ""  # two modules share this spelling: ambiguous, never matched
+            else:
+                table[key] = path
+
+    def resolve(self, layer: RawLayer) -> str | None:
+        table = self.dotted if layer.dotted else self.underscored
+        return table.get(layer.name) or None
+
+
+def _unet_ldm_names(paths: Sequence[str]) -> dict[str, str]:
+    """LDM module name -> diffusers path, using the tested checkpoint converter for the renaming.
+
+    The converter renames parameter keys; each key carries its own index as the value so the
+    renamed keys can be traced back whatever order the converter produces.
+    """
+    named = [path for path in paths if path.startswith(_LDM_NAMED_UNET_ROOTS)]
+    numbered = {f"{path}.weight": torch.tensor(position) for position, path in enumerate(named)}
+    try:
+        converted = diffusers_to_ldm({"unet": numbered, "text_encoder": {}}, FAMILY_SD1)
+    except (ValueError, KeyError):
+        return {}  # a UNet layout the LDM naming cannot express: diffusers names still work
+    names: dict[str, str] = {}
+    for key, position in converted.items():
+        if key.startswith(LDM_UNET_PREFIX) and key.endswith(".weight"):
+            names[key[len(LDM_UNET_PREFIX): -len(".weight")]] = named[int(position)]
+    return names
+
+
+def _index_component(component: str, module: nn.Module) -> _ComponentIndex:
+    index = _ComponentIndex()
+    paths = []
+    for path, child in module.named_modules():
+        if path and isinstance(child, _TARGETABLE_MODULES):
+            paths.append(path)
+            index.shapes[path] = child.weight.shape
+    for path in paths:
+        index.add(path, path)
+        if component != COMPONENT_UNET:
+            # Files name CLIP layers "text_model.encoder..." whether or not this install has that level.
+            if path.startswith("text_model."):
+                index.add(path.removeprefix("text_model."), path)
+            elif path.startswith(_CLIP_TEXT_MODEL_PARTS):
+                index.add("text_model." + path, path)
+    if component == COMPONENT_UNET:
+        for ldm_name, path in _unet_ldm_names(paths).items():
+            index.add(ldm_name, path)
+    return index
+
+
+def _peft_alpha(metadata: Mapping[str, str], layer: RawLayer) -> float | None:
+    """lora_alpha from diffusers' ``lora_adapter_metadata`` (PEFT config), per-module patterns first."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw or not layer.dotted:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    patterns = config.get(f"{layer.component}.alpha_pattern") or {}
+    for pattern, value in patterns.items() if isinstance(patterns, dict) else ():
+        try:
+            if re.fullmatch(rf"(.*\.)?{pattern}", layer.name):
+                return float(value)
+        except (re.error, TypeError, ValueError):
+            continue
+    alpha = config.get(f"{layer.component}.lora_alpha")
+    return float(alpha) if isinstance(alpha, (int, float)) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def _shape_mismatch_reason(mismatches: list[tuple[str, tuple[int, int], torch.Size]], family: str) -> str:
+    guess = ""
+    for target, (_, in_features), _ in mismatches:
+        if target.endswith(("attn2.to_k", "attn2.to_v")) and in_features in _CROSS_ATTENTION_WIDTHS:
+            guess = f" (its cross-attention takes {in_features}-wide text features: {_CROSS_ATTENTION_WIDTHS[in_features]})"
+            break
+    target, (out_features, in_features), shape = mismatches[0]
+    return (
+        f"made for a different architecture{guess}; {len(mismatches)} layer(s) differ in shape from the "
+        f"loaded {FAMILY_LABELS.get(family, family)} model, e.g. {target} is {tuple(shape)} here but "
+        f"{out_features}x{in_features} in the file"
+    )
+
+
+def _layer_label(layer: RawLayer) -> str:
+    return f"{layer.component}:{layer.name}"
+
+
+def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str) -> LoraFile:
+    """Parse a LoRA / LyCORIS file and match every layer to a module of the loaded pipeline.
+
+    ``pipeline_modules`` maps "unet", "text_encoder" and (SDXL) "text_encoder_2" to the loaded
+    modules. Raises :class:`LoraFileError` for unreadable files, files that are no LoRA and files
+    made for another architecture.
+    """
+    path = Path(path)
+    label = FAMILY_LABELS.get(family, family)
+    try:
+        state_dict = read_state_dict(path)
+        metadata = read_metadata(path)
+    except CheckpointReadError as error:
+        raise LoraFileError(path, error.reason) from error
+    layers, unmatched = group_layers(state_dict)
+    if not layers:
+        raise LoraFileError(path, describe_non_lora(list(state_dict)))
+    declared = declared_family(metadata)
+    if declared is not None and declared != family:
+        raise LoraFileError(
+            path, f"made for {FAMILY_LABELS[declared]} (metadata: {metadata.get('ss_base_model_version') or metadata.get('modelspec.architecture')}); "
+                  f"the loaded model is {label}"
+        )
+    if any(layer.component == COMPONENT_TE2 for layer in layers) and COMPONENT_TE2 not in pipeline_modules:
+        raise LoraFileError(
+            path, f"made for SDXL: it changes a second text encoder, which the loaded {label} model does not have"
+        )
+    indexes = {
+        component: _index_component(component, module)
+        for component, module in pipeline_modules.items()
+        if component in (COMPONENT_UNET, COMPONENT_TE, COMPONENT_TE2)
+    }
+    patches: list[LoraPatch] = []
+    notes: list[str] = []
+    missing_layers: list[RawLayer] = []
+    mismatches: list[tuple[str, tuple[int, int], torch.Size]] = []
+    targets: set[str] = set()
+    for layer in layers:
+        classified = classify(layer.tensors)
+        if isinstance(classified, str):
+            unmatched.extend(layer.keys)
+            notes.append(f"{_layer_label(layer)}: {classified}")
+            continue
+        kind, rank = classified
+        index = indexes.get(layer.component)
+        module_path = index.resolve(layer) if index is not None else None
+        if index is None or module_path is None:
+            unmatched.extend(layer.keys)
+            missing_layers.append(layer)
+            continue
+        target = f"{layer.component}.{module_path}"
+        if target in targets:
+            unmatched.extend(layer.keys)
+            notes.append(f"{_layer_label(layer)}: a second update of {target}, ignored")
+            continue
+        targets.add(target)
+        try:
+            update = update_shape(kind, layer.tensors)
+        except ValueError as error:
+            raise LoraFileError(path, f"layer {_layer_label(layer)} is malformed: {error}") from error
+        shape = index.shapes[module_path]
+        bias = layer.tensors.get("diff_b")
+        if update != (shape[0], math.prod(shape[1:])) or (bias is not None and bias.numel() != shape[0]):
+            mismatches.append((target, update, shape))
+            continue
+        alpha_tensor = layer.tensors.get("alpha")
+        alpha = float(alpha_tensor.item()) if alpha_tensor is not None else _peft_alpha(metadata, layer)
+        tensors = {role: tensor for role, tensor in layer.tensors.items() if role != "alpha"}
+        patches.append(LoraPatch(target=target, kind=kind, tensors=tensors, alpha=alpha, rank=rank))
+    if mismatches:
+        raise LoraFileError(path, _shape_mismatch_reason(mismatches, family))
+    if missing_layers and len(missing_layers) >= len(patches):
+        example = _layer_label(missing_layers[0])
+        raise LoraFileError(
+            path,
+            f"{len(missing_layers)} of its {len(missing_layers) + len(patches)} layers do not exist in the "
+            f"loaded {label} model (e.g. {example}); it was probably made for another architecture",
+        )
+    if not patches:
+        raise LoraFileError(path, "no usable layer: " + "; ".join(notes[:3]))
+    if missing_layers:
+        notes.append(f"{len(missing_layers)} layer(s) match no module of the model, e.g. "
+                     f"{_layer_label(missing_layers[0])}")
+    return LoraFile(path=path, name=path.stem, family=family, patches=patches,
+                    unmatched_keys=unmatched, metadata=metadata, notes=notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Applying
+# --------------------------------------------------------------------------------------------
+
+ActiveLora = tuple[LoraFile, float, float]  # (file, text encoder weight, UNet weight)
+
+
+class LoraApplier:
+    """Merges weighted LoRA deltas into module weights in place, reversibly.
+
+    The original of every touched parameter is kept (on the CPU by default, or on its own device
+    with ``backup_device="same"``) and every merge is computed from that original, so re-weighting
+    never accumulates error and :meth:`restore` is bitwise exact. If the model's weights are replaced
+    behind the applier's back (a checkpoint switch copying into the same modules), call
+    :meth:`forget` so stale originals are not written back. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        pipeline_modules: Mapping[str, nn.Module],
+        family: str,
+        *,
+        reader: Callable[[Path, Mapping[str, nn.Module], str], LoraFile] = read_lora,
+        backup_device: str = "cpu",
+        max_cached_files: int = 16,
+    ) -> None:
+        if backup_device not in ("cpu", "same"):
+            raise ValueError("backup_device must be 'cpu' or 'same'")
+        self._modules = dict(pipeline_modules)
+        self._family = family
+        self._reader = reader
+        self._backup_on_cpu = backup_device == "cpu"
+        self._max_cached_files = max(1, max_cached_files)
+        self._cache: OrderedDict[tuple[str, int, int], LoraFile] = OrderedDict()
+        self._originals: dict[tuple[str, str], Tensor] = {}
+        self._active: tuple[ActiveLora, ...] = ()
+        self._lock = threading.RLock()
+
+    @property
+    def active(self) -> tuple[ActiveLora, ...]:
+        return self._active
+
+    def read(self, path: Path) -> LoraFile:
+        """The parsed file, re-read only when its path, size or modification time changed."""
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise LoraFileError(path, "file does not exist") from error
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        lora = self._reader(path, self._modules, self._family)
+        with self._lock:
+            self._cache[key] = lora
+            while len(self._cache) > self._max_cached_files:
+                self._cache.popitem(last=False)
+        return lora
+
+    def set_active(self, loras: Sequence[ActiveLora]) -> None:
+        """Make exactly ``loras`` merged into the model; a no-op when that is already the case.
+
+        On any failure the model is left with its original weights and no LoRA active.
+        """
+        requested = tuple((lora, float(te_weight), float(unet_weight)) for lora, te_weight, unet_weight in loras)
+        with self._lock:
+            if self._is_active(requested):
+                return
+            try:
+                self._merge(requested)
+            except BaseException:
+                self._restore_all()
+                raise
+            self._active = requested
+
+    def restore(self) -> None:
+        """Put every touched weight back to its bitwise original."""
+        with self._lock:
+            self._restore_all()
+
+    def forget(self) -> None:
+        """Drop the kept originals without writing them back (the weights were replaced elsewhere)."""
+        with self._lock:
+            self._originals.clear()
+            self._active = ()
+
+    def _is_active(self, requested: tuple[ActiveLora, ...]) -> bool:
+        if len(requested) != len(self._active):
+            return False
+        return all(new[0] is old[0] and new[1:] == old[1:] for new, old in zip(requested, self._active))
+
+    def _restore_all(self) -> None:
+        for key in list(self._originals):
+            self._put_back(key)
+        self._active = ()
+
+    def _parameter(self, target: str, name: str) -> nn.Parameter:
+        component, module_path = target.split(".", 1)
+        module = self._modules[component].get_submodule(module_path)
+        parent_path, _, leaf = module_path.rpartition(".")
+        parent = self._modules[component].get_submodule(parent_path)
+        if leaf in _FUSABLE_PROJECTIONS and getattr(parent, "fused_projections", False):
+            raise RuntimeError(
+                f"cannot apply a LoRA to {target}: its attention uses fused QKV projections; unfuse first"
+            )
+        parameter = getattr(module, name)
+        if not isinstance(parameter, torch.Tensor):
+            raise RuntimeError(f"{target} has no {name} to apply a LoRA to")
+        return parameter
+
+    def _put_back(self, key: tuple[str, str]) -> None:
+        original = self._originals.pop(key)
+        with torch.no_grad():
+            self._parameter(*key).copy_(original)
+
+    def _original(self, key: tuple[str, str], parameter: Tensor) -> Tensor:
+        original = self._originals.get(key)
+        if original is None:
+            device = torch.device("cpu") if self._backup_on_cpu else parameter.device
+            original = parameter.detach().to(device=device, copy=True)
+            self._originals[key] = original
+        return original
+
+    @staticmethod
+    def _contributions(requested: tuple[ActiveLora, ...]) -> dict[tuple[str, str], list[tuple[LoraPatch, float]]]:
+        contributions: dict[tuple[str, str], list[tuple[LoraPatch, float]]] = {}
+        for lora, te_weight, unet_weight in requested:
+            for patch in lora.patches:
+                weight = unet_weight if patch.component == COMPONENT_UNET else te_weight
+                if weight == 0.0:
+                    continue
+                contributions.setdefault((patch.target, "weight"), []).append((patch, weight))
+                if patch.kind == KIND_DIFF and "diff_b" in patch.tensors:
+                    contributions.setdefault((patch.target, "bias"), []).append((patch, weight))
+        return contributions
+
+    def _merge(self, requested: tuple[ActiveLora, ...]) -> None:
+        contributions = self._contributions(requested)
+        for key in list(self._originals):
+            if key not in contributions:
+                self._put_back(key)
+        for key, updates in contributions.items():
+            parameter = self._parameter(*key)
+            original = self._original(key, parameter)
+            merged = original.to(device=parameter.device, dtype=torch.float32, copy=True)
+            for patch, weight in updates:
+                if key[1] == "weight":
+                    delta = patch_delta(patch, parameter.shape, device=parameter.device)
+                else:
+                    delta = patch_bias_delta(patch, device=parameter.device)
+                merged.add_(delta, alpha=weight)
+            with torch.no_grad():
+                parameter.copy_(merged)
