@@ -34,8 +34,8 @@ BORDER_UNIFORMITY = 12.0  # median border distance from its own median colour; n
 BORDER_MAJORITY = 0.5  # share of border pixels that must be background-coloured
 FOREGROUND_DISTANCE = 20.0  # a pixel this far from the background belongs to an object
 COLOR_MATCH_DISTANCE = 32.0  # farther from every palette entry -> "unknown" colour
-TEXTURE_CONTRAST = 7.0  # 90th-percentile deviation from the main colour that counts as a pattern
-STRIPE_COHERENCE = 0.3  # structure-tensor coherence above this -> stripes, below -> dots
+TEXTURE_CONTRAST = 5.5  # 90th-percentile deviation from the main colour that counts as a pattern
+STRIPE_COHERENCE = 0.32  # structure-tensor coherence above this -> stripes, below -> dots
 MIN_OBJECT_AREA = 0.0015  # fraction of the image; smaller regions are specks
 RELATIVE_OBJECT_AREA = 0.25  # regions below this share of the largest object are debris
 POSITION_TOLERANCE = 0.15  # farther from every anchor (fraction of the side) -> "unknown" position
@@ -50,6 +50,7 @@ PALETTE_CAPTURE_SHARE = 0.2
 MODE_SEEKING_RADIUS = 12.0
 MODE_SEEKING_STEPS = 4
 TEXTURE_SMOOTHING = 0.8  # pixels (Gaussian sigma)
+CHROMA_WEIGHTS = np.array([1.0, 0.35, 0.35])
 RADIAL_BINS = 128
 # Circle vs hexagon: 6th harmonic plus the hexagon's 0.87 bounding-box aspect.
 HEXAGON_ASPECT_WEIGHT = 0.4
@@ -412,7 +413,7 @@ def _texture_measures(lab: np.ndarray, interior: np.ndarray, main_color: np.ndar
     """
     painted = np.where(interior[..., None], lab, main_color)
     painted = ndimage.gaussian_filter(painted, sigma=(TEXTURE_SMOOTHING, TEXTURE_SMOOTHING, 0))
-    deviation = np.abs(painted[..., 0] - main_color[0])
+    deviation = np.linalg.norm((painted - main_color) * CHROMA_WEIGHTS, axis=2)
     contrast = float(np.percentile(deviation[interior], 90))
     gx = ndimage.sobel(deviation, axis=1)
     gy = ndimage.sobel(deviation, axis=0)

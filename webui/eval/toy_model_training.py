@@ -73,12 +73,13 @@ def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
 
 def train_vae(vae, images: torch.Tensor, steps: int, batch: int, device: str, seed: int, log) -> dict:
     generator = torch.Generator().manual_seed(seed)
+    images = images.to(device)  # the whole uint8 set fits on the GPU; batches are then free to gather
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     vae.train()
     start = time.perf_counter()
     for step in range(steps):
-        index = torch.randint(len(images), (batch,), generator=generator)
-        x = to_unit_range(images[index].to(device, non_blocking=True))
+        index = torch.randint(len(images), (batch,), generator=generator).to(device)
+        x = to_unit_range(images[index])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             posterior = vae.encode(x).latent_dist
             z = posterior.sample()
@@ -115,23 +116,24 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, token_ids: torch.Tenso
     scheduler = DDPMScheduler(**SCALED_LINEAR)
     alphas = scheduler.alphas_cumprod.to(device)
     generator = torch.Generator().manual_seed(seed)
+    latents, token_ids, empty_ids = latents.to(device), token_ids.to(device), empty_ids.to(device)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=4e-4, weight_decay=1e-2)
     unet.train()
     text_encoder.train()
     start = time.perf_counter()
     for step in range(steps):
-        index = torch.randint(len(latents), (batch,), generator=generator)
-        x0 = latents[index].to(device)
+        index = torch.randint(len(latents), (batch,), generator=generator).to(device)
+        x0 = latents[index]
         ids = token_ids[index].clone()
-        dropped = torch.rand(batch, generator=generator) < 0.1  # caption dropout teaches the unconditional branch
+        dropped = (torch.rand(batch, generator=generator) < 0.1).to(device)  # caption dropout: unconditional branch
         ids[dropped] = empty_ids
         noise = torch.randn(x0.shape, generator=generator).to(device)
         timesteps = torch.randint(0, 1000, (batch,), generator=generator).to(device)
         alpha = alphas[timesteps].view(-1, 1, 1, 1)
         noisy = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-            hidden = text_encoder(ids.to(device)).last_hidden_state
+            hidden = text_encoder(ids).last_hidden_state
             prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
         # min-SNR-5 weighting speeds up convergence of epsilon prediction.
         snr = alpha.view(-1) / (1 - alpha.view(-1))

@@ -12,7 +12,6 @@ encoder of the loaded model and each has that encoder's width.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
+from tokenizers import Tokenizer
 from transformers import AddedToken, CLIPTextModel
 
 from webui.models.checkpoint_files import (
@@ -218,6 +218,9 @@ def read_embedding(path: Path) -> Embedding:
             contents = _read_pickle_checkpoint(path)
     except CheckpointReadError as error:
         raise EmbeddingFileError(path, error.reason) from error
+    except Exception as error:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise EmbeddingFileError(path, f"corrupt or not a PyTorch file ({type(error).__name__}: {detail})") from error
     if not isinstance(contents, Mapping):
         raise EmbeddingFileError(path, f"contains a {type(contents).__name__}, not a dict")
     vectors, step = _vectors_from_contents(path, {str(key): value for key, value in contents.items()})
@@ -328,16 +331,22 @@ class EmbeddingCatalog:
 
 
 @dataclass
-class _EncoderInjection:
-    """What was changed in one (tokenizer, text encoder) pair, so it can be undone exactly."""
+class _EncoderChange:
+    """What was changed in one text encoder, so it can be undone exactly."""
 
-    tokenizer: object
     text_encoder: nn.Module
     original_rows: int
     original_vocab_size: int | None
-    original_tokenizer_length: int
     original_eos_ids: list[tuple[CLIPTextModel, int | None]]
-    added_tokens: list[str]
+
+
+@dataclass
+class _TokenizerChange:
+    """A tokenizer whose backend was swapped for a copy with our tokens added."""
+
+    tokenizer: object
+    original: Tokenizer
+    working: Tokenizer
 
 
 def _token_embedding(text_encoder: nn.Module) -> nn.Embedding:
@@ -352,22 +361,27 @@ def _replace_embedding_weight(embedding: nn.Embedding, weight: Tensor, requires_
     embedding.num_embeddings = int(weight.shape[0])
 
 
-def _remove_added_tokens(tokenizer: object, tokens: set[str]) -> None:
-    """Drop our added tokens from a tokenizers-backed tokenizer, in place (same Python object).
+def _backend(tokenizer: object) -> Tokenizer:
+    """The Rust tokenizer that holds all of a transformers 5 tokenizer's vocabulary state."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not backed by a `tokenizers` Tokenizer; cannot add tokens reversibly"
+        )
+    return backend
 
-    The Rust tokenizer cannot forget an added token, so it is rebuilt from its own serialisation
-    minus those tokens; this is the only state a transformers 5 CLIP tokenizer keeps.
+
+def _install_working_copy(tokenizer: object) -> tuple[Tokenizer, Tokenizer]:
+    """Give the tokenizer a private copy of its backend to add tokens to; return (original, copy).
+
+    A Rust tokenizer cannot forget added tokens, so undoing means putting the untouched original
+    back: the same object, hence exactly the same vocabulary and settings.
     """
-    from tokenizers import Tokenizer
-
-    backend = tokenizer._tokenizer  # noqa: SLF001 - the one place transformers keeps the vocabulary
-    serialised = json.loads(backend.to_str())
-    serialised["added_tokens"] = [
-        entry for entry in serialised.get("added_tokens", []) if entry.get("content") not in tokens
-    ]
-    rebuilt = Tokenizer.from_str(json.dumps(serialised))
-    rebuilt.encode_special_tokens = backend.encode_special_tokens
-    tokenizer._tokenizer = rebuilt  # noqa: SLF001
+    original = _backend(tokenizer)
+    working = Tokenizer.from_str(original.to_str())
+    working.encode_special_tokens = original.encode_special_tokens
+    tokenizer._tokenizer = working  # noqa: SLF001 - the one place transformers keeps the vocabulary
+    return original, working
 
 
 def _clip_models_with_eos(text_encoder: nn.Module) -> list[CLIPTextModel]:
@@ -404,7 +418,8 @@ class EmbeddingInjector:
         self.family = family
         self._active: dict[str, Embedding] = {}
         self._tokens: dict[str, list[str]] = {}
-        self._injections: list[_EncoderInjection] = []
+        self._encoder_changes: list[_EncoderChange] = []
+        self._tokenizer_changes: list[_TokenizerChange] = []
         self._name_pattern: re.Pattern[str] | None = None
 
     # -- queries -------------------------------------------------------------------------------
@@ -483,21 +498,21 @@ class EmbeddingInjector:
 
     def _assign_tokens(self, embeddings: Mapping[str, Embedding]) -> dict[str, list[str]]:
         """Unique token strings per vector that clash with nothing already in any tokenizer."""
+        backends = [_backend(tokenizer) for tokenizer, _ in self._encoder_pairs().values()]
         taken: set[str] = set()
-        for tokenizer, _ in self._encoder_pairs().values():
-            taken |= set(tokenizer.get_vocab())
+
+        def is_free(token: str) -> bool:
+            return token not in taken and all(backend.token_to_id(token) is None for backend in backends)
+
         assigned: dict[str, list[str]] = {}
         for name in sorted(embeddings):
             count = embeddings[name].vector_count
             stem, attempt = f"emb_{_slug(name)}", 1
-            while True:
-                candidate = [f"{stem}_{index}" for index in range(count)]
-                if not taken.intersection(candidate):
-                    break
+            while not all(is_free(f"{stem}_{index}") for index in range(count)):
                 attempt += 1
                 stem = f"emb{attempt}_{_slug(name)}"
-            taken.update(candidate)
-            assigned[name] = candidate
+            assigned[name] = [f"{stem}_{index}" for index in range(count)]
+            taken.update(assigned[name])
         return assigned
 
     def _inject(
@@ -508,69 +523,64 @@ class EmbeddingInjector:
         embeddings: Mapping[str, Embedding],
         tokens: Mapping[str, list[str]],
     ) -> None:
-        if not hasattr(tokenizer, "_tokenizer"):
-            raise TypeError(f"{type(tokenizer).__name__} is not a tokenizers-backed tokenizer; cannot add tokens reversibly")
         table = _token_embedding(text_encoder)
-        clip_models = _clip_models_with_eos(text_encoder)
-        injection = _EncoderInjection(
-            tokenizer=tokenizer,
-            text_encoder=text_encoder,
-            original_rows=table.num_embeddings,
-            original_vocab_size=getattr(text_encoder.config, "vocab_size", None),
-            original_tokenizer_length=len(tokenizer),
-            original_eos_ids=[(model, model.eos_token_id) for model in clip_models],
-            added_tokens=[],
-        )
         names = sorted(embeddings)
         new_tokens = [token for name in names for token in tokens[name]]
-        shared_tokenizer = any(done.tokenizer is tokenizer for done in self._injections)
-        if not shared_tokenizer:
-            if injection.original_tokenizer_length != injection.original_rows:
-                raise RuntimeError(
-                    f"tokenizer has {injection.original_tokenizer_length} tokens but the text encoder has "
-                    f"{injection.original_rows} rows; refusing to add embeddings to a mismatched pair"
-                )
-            self._injections.append(injection)
-            injection.added_tokens = new_tokens
+        change = next((done for done in self._tokenizer_changes if done.tokenizer is tokenizer), None)
+        if change is None:
+            original, working = _install_working_copy(tokenizer)
+            change = _TokenizerChange(tokenizer, original, working)
+            self._tokenizer_changes.append(change)
             tokenizer.add_tokens([AddedToken(token, normalized=False, special=False) for token in new_tokens])
-        else:
-            injection.original_tokenizer_length -= len(new_tokens)
-            self._injections.append(injection)
+        original_length = change.original.get_vocab_size(with_added_tokens=True)
+        if original_length != table.num_embeddings:
+            raise RuntimeError(
+                f"tokenizer has {original_length} tokens but the text encoder has {table.num_embeddings} rows; "
+                "refusing to add embeddings to a mismatched pair"
+            )
         token_ids = tokenizer.convert_tokens_to_ids(new_tokens)
-        expected_ids = list(range(injection.original_rows, injection.original_rows + len(new_tokens)))
-        if token_ids != expected_ids:
-            raise RuntimeError(f"new tokens got ids {token_ids[:3]}..., expected them right after row {injection.original_rows}")
+        if token_ids != list(range(original_length, original_length + len(new_tokens))):
+            raise RuntimeError(f"new tokens got ids {token_ids[:3]}..., expected them right after id {original_length - 1}")
+
+        clip_models = _clip_models_with_eos(text_encoder)
+        self._encoder_changes.append(
+            _EncoderChange(
+                text_encoder=text_encoder,
+                original_rows=table.num_embeddings,
+                original_vocab_size=getattr(text_encoder.config, "vocab_size", None),
+                original_eos_ids=[(model, model.eos_token_id) for model in clip_models],
+            )
+        )
         weight = table.weight
         vectors = torch.cat([embeddings[name].vectors[encoder_key] for name in names])
         with torch.no_grad():
             extended = torch.cat([weight.detach(), vectors.to(device=weight.device, dtype=weight.dtype)])
         _replace_embedding_weight(table, extended, weight.requires_grad)
-        if injection.original_vocab_size is not None:
+        if getattr(text_encoder.config, "vocab_size", None) is not None:
             text_encoder.config.vocab_size = int(extended.shape[0])
-        eos_id = tokenizer.eos_token_id
         for model in clip_models:
-            model.eos_token_id = eos_id
+            model.eos_token_id = tokenizer.eos_token_id
 
     def clear(self) -> None:
-        """Remove every injected token and row; the tokenizer and token table are as before, bitwise."""
-        for injection in reversed(self._injections):
-            table = _token_embedding(injection.text_encoder)
-            if table.num_embeddings > injection.original_rows:
+        """Remove every injected token and row; the tokenizer and token table are as before, bitwise.
+
+        A tokenizer whose backend someone else replaced meanwhile is left as they set it.
+        """
+        for change in reversed(self._encoder_changes):
+            table = _token_embedding(change.text_encoder)
+            if table.num_embeddings > change.original_rows:
                 with torch.no_grad():
-                    kept = table.weight.detach()[: injection.original_rows].clone()
+                    kept = table.weight.detach()[: change.original_rows].clone()
                 _replace_embedding_weight(table, kept, table.weight.requires_grad)
-            if injection.original_vocab_size is not None:
-                injection.text_encoder.config.vocab_size = injection.original_vocab_size
-            for model, eos_id in injection.original_eos_ids:
+            if change.original_vocab_size is not None:
+                change.text_encoder.config.vocab_size = change.original_vocab_size
+            for model, eos_id in change.original_eos_ids:
                 model.eos_token_id = eos_id
-            if injection.added_tokens:
-                _remove_added_tokens(injection.tokenizer, set(injection.added_tokens))
-                if len(injection.tokenizer) != injection.original_tokenizer_length:
-                    raise RuntimeError(
-                        f"tokenizer has {len(injection.tokenizer)} tokens after removing embeddings, "
-                        f"expected {injection.original_tokenizer_length}; it was changed by someone else meanwhile"
-                    )
-        self._injections = []
+        for tokenizer_change in self._tokenizer_changes:
+            if tokenizer_change.tokenizer._tokenizer is tokenizer_change.working:  # noqa: SLF001
+                tokenizer_change.tokenizer._tokenizer = tokenizer_change.original  # noqa: SLF001
+        self._encoder_changes = []
+        self._tokenizer_changes = []
         self._active = {}
         self._tokens = {}
         self._name_pattern = None
