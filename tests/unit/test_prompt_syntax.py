@@ -141,6 +141,9 @@ def test_emphasis_and_escapes_are_left_for_the_attention_parser():
         "[a:2] ends with a backslash\\",
         "[a|b:2]",
         "[a:2] \\\nb",
+        "(a|b) [c:2]",
+        "[a|(b|c)] [d:2]",
+        "[a|b [c:2]",
     ],
 )
 def test_prompts_a1111_rejects_are_used_verbatim(prompt):

@@ -48,6 +48,7 @@ class ScheduledPrompt:
     `end_at_step` is the 1-based number of the last sampling step that uses `text`; the span starts right
     after the previous entry's `end_at_step` (or at step 1). With a 0-based sampler step index `i`, the text
     to use is the one of the first entry with `i < end_at_step`. The last entry always ends at the step count.
+    (A1111's samplers compare `i <= end_at_step`, which switches one step later than that.)
     """
 
     end_at_step: int
@@ -296,7 +297,9 @@ def get_prompt_schedule(
     Like A1111, a prompt its grammar rejects (a `|` outside any `[...]`, a trailing backslash) is used
     verbatim for all steps, and unbalanced brackets are plain characters. Unlike A1111, consecutive steps
     with identical text are merged into one entry (A1111 lists an entry per potential switch step; the
-    text used at each step is the same).
+    text used at each step is the same). Where A1111's grammar is ambiguous (an edit directly next to a
+    stray bracket or colon, e.g. `[a:2]))`), lark 1.1.2 picks a reading that can change from one process
+    to the next; here a well-formed edit is always recognised.
     """
     if steps < 1 or (hires_steps is not None and hires_steps < 1):
         raise PromptSyntaxError(f"step counts must be at least 1, got steps={steps}, hires_steps={hires_steps}")

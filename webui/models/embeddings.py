@@ -540,7 +540,9 @@ class EmbeddingInjector:
             )
         token_ids = tokenizer.convert_tokens_to_ids(new_tokens)
         if token_ids != list(range(original_length, original_length + len(new_tokens))):
-            raise RuntimeError(f"new tokens got ids {token_ids[:3]}..., expected them right after id {original_length - 1}")
+            raise RuntimeError(
+                f"new tokens got ids {token_ids[:3]}..., expected them right after id {original_length - 1}"
+            )
 
         clip_models = _clip_models_with_eos(text_encoder)
         self._encoder_changes.append(

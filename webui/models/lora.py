@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -28,13 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from webui.models.checkpoint_files import CheckpointReadError, read_metadata, read_state_dict
-from webui.models.ldm_conversion import (
-    FAMILY_SD1,
-    FAMILY_SD2,
-    FAMILY_SDXL,
-    LDM_UNET_PREFIX,
-    diffusers_to_ldm,
-)
+from webui.models.ldm_conversion import FAMILY_SD1, FAMILY_SD2, FAMILY_SDXL
 from webui.models.lora_formats import (
     COMPONENT_TE,
     COMPONENT_TE2,
@@ -46,19 +39,16 @@ from webui.models.lora_formats import (
     classify,
     describe_non_lora,
     group_layers,
+    index_module_names,
     patch_bias_delta,
     patch_delta,
+    peft_alpha,
     update_shape,
 )
 
 __all__ = ["LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
 
 FAMILY_LABELS = {FAMILY_SD1: "SD1.x", FAMILY_SD2: "SD2.x", FAMILY_SDXL: "SDXL"}
-_TARGETABLE_MODULES = (nn.Linear, nn.Conv2d)
-# UNet modules that have an LDM name (the rest, e.g. class embeddings, are not in SD checkpoints).
-_LDM_NAMED_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out",
-                         "time_embedding.linear_", "add_embedding.linear_")
-_CLIP_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm")
 # Cross-attention key/value input width -> the family whose text encoder produces it.
 _CROSS_ATTENTION_WIDTHS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 _FUSABLE_PROJECTIONS = ("to_q", "to_k", "to_v")
@@ -69,7 +59,7 @@ _FUSABLE_PROJECTIONS = ("to_q", "to_k", "to_v")
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class LoraFile:
     """A LoRA read against one loaded model: its patches plus what the UI shows about it."""
 
@@ -139,93 +129,6 @@ def declared_family(metadata: Mapping[str, str]) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Module names of the loaded model, in every spelling LoRA files use
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _ComponentIndex:
-    """Spellings of one component's LoRA-targetable modules -> their installed paths."""
-
-    dotted: dict[str, str] = field(default_factory=dict)
-    underscored: dict[str, str] = field(default_factory=dict)
-    shapes: dict[str, torch.Size] = field(default_factory=dict)
-
-    def add(self, spelling: str, path: str) -> None:
-        for table, key in ((self.dotted, spelling), (self.underscored, spelling.replace(".", "_"))):
-            if table.get(key, path) != path:
-                table[key] = ""  # two modules share this spelling: ambiguous, never matched
-            else:
-                table[key] = path
-
-    def resolve(self, layer: RawLayer) -> str | None:
-        table = self.dotted if layer.dotted else self.underscored
-        return table.get(layer.name) or None
-
-
-def _unet_ldm_names(paths: Sequence[str]) -> dict[str, str]:
-    """LDM module name -> diffusers path, using the tested checkpoint converter for the renaming.
-
-    The converter renames parameter keys; each key carries its own index as the value so the
-    renamed keys can be traced back whatever order the converter produces.
-    """
-    named = [path for path in paths if path.startswith(_LDM_NAMED_UNET_ROOTS)]
-    numbered = {f"{path}.weight": torch.tensor(position) for position, path in enumerate(named)}
-    try:
-        converted = diffusers_to_ldm({"unet": numbered, "text_encoder": {}}, FAMILY_SD1)
-    except (ValueError, KeyError):
-        return {}  # a UNet layout the LDM naming cannot express: diffusers names still work
-    names: dict[str, str] = {}
-    for key, position in converted.items():
-        if key.startswith(LDM_UNET_PREFIX) and key.endswith(".weight"):
-            names[key[len(LDM_UNET_PREFIX): -len(".weight")]] = named[int(position)]
-    return names
-
-
-def _index_component(component: str, module: nn.Module) -> _ComponentIndex:
-    index = _ComponentIndex()
-    paths = []
-    for path, child in module.named_modules():
-        if path and isinstance(child, _TARGETABLE_MODULES):
-            paths.append(path)
-            index.shapes[path] = child.weight.shape
-    for path in paths:
-        index.add(path, path)
-        if component != COMPONENT_UNET:
-            # Files name CLIP layers "text_model.encoder..." whether or not this install has that level.
-            if path.startswith("text_model."):
-                index.add(path.removeprefix("text_model."), path)
-            elif path.startswith(_CLIP_TEXT_MODEL_PARTS):
-                index.add("text_model." + path, path)
-    if component == COMPONENT_UNET:
-        for ldm_name, path in _unet_ldm_names(paths).items():
-            index.add(ldm_name, path)
-    return index
-
-
-def _peft_alpha(metadata: Mapping[str, str], layer: RawLayer) -> float | None:
-    """lora_alpha from diffusers' ``lora_adapter_metadata`` (PEFT config), per-module patterns first."""
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw or not layer.dotted:
-        return None
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(config, dict):
-        return None
-    patterns = config.get(f"{layer.component}.alpha_pattern") or {}
-    for pattern, value in patterns.items() if isinstance(patterns, dict) else ():
-        try:
-            if re.fullmatch(rf"(.*\.)?{pattern}", layer.name):
-                return float(value)
-        except (re.error, TypeError, ValueError):
-            continue
-    alpha = config.get(f"{layer.component}.lora_alpha")
-    return float(alpha) if isinstance(alpha, (int, float)) else None
-
-
-# --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
 
@@ -234,7 +137,8 @@ def _shape_mismatch_reason(mismatches: list[tuple[str, tuple[int, int], torch.Si
     guess = ""
     for target, (_, in_features), _ in mismatches:
         if target.endswith(("attn2.to_k", "attn2.to_v")) and in_features in _CROSS_ATTENTION_WIDTHS:
-            guess = f" (its cross-attention takes {in_features}-wide text features: {_CROSS_ATTENTION_WIDTHS[in_features]})"
+            family_guess = _CROSS_ATTENTION_WIDTHS[in_features]
+            guess = f" (its cross-attention takes {in_features}-wide text features: {family_guess})"
             break
     target, (out_features, in_features), shape = mismatches[0]
     return (
@@ -267,16 +171,17 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
         raise LoraFileError(path, describe_non_lora(list(state_dict)))
     declared = declared_family(metadata)
     if declared is not None and declared != family:
+        source = metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
         raise LoraFileError(
-            path, f"made for {FAMILY_LABELS[declared]} (metadata: {metadata.get('ss_base_model_version') or metadata.get('modelspec.architecture')}); "
-                  f"the loaded model is {label}"
+            path, f"made for {FAMILY_LABELS[declared]} (metadata: {source}); the loaded model is {label}"
         )
     if any(layer.component == COMPONENT_TE2 for layer in layers) and COMPONENT_TE2 not in pipeline_modules:
         raise LoraFileError(
-            path, f"made for SDXL: it changes a second text encoder, which the loaded {label} model does not have"
+            path,
+            f"made for SDXL: it changes a second text encoder, which the loaded {label} model does not have",
         )
     indexes = {
-        component: _index_component(component, module)
+        component: index_module_names(component, module)
         for component, module in pipeline_modules.items()
         if component in (COMPONENT_UNET, COMPONENT_TE, COMPONENT_TE2)
     }
@@ -314,7 +219,7 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
             mismatches.append((target, update, shape))
             continue
         alpha_tensor = layer.tensors.get("alpha")
-        alpha = float(alpha_tensor.item()) if alpha_tensor is not None else _peft_alpha(metadata, layer)
+        alpha = float(alpha_tensor.item()) if alpha_tensor is not None else peft_alpha(metadata, layer)
         tensors = {role: tensor for role, tensor in layer.tensors.items() if role != "alpha"}
         patches.append(LoraPatch(target=target, kind=kind, tensors=tensors, alpha=alpha, rank=rank))
     if mismatches:
@@ -402,7 +307,13 @@ class LoraApplier:
 
         On any failure the model is left with its original weights and no LoRA active.
         """
-        requested = tuple((lora, float(te_weight), float(unet_weight)) for lora, te_weight, unet_weight in loras)
+        requested = tuple((lora, float(te_weight), float(unet_weight))
+                          for lora, te_weight, unet_weight in loras)
+        for lora, _, _ in requested:
+            if lora.family != self._family:
+                raise ValueError(
+                    f"LoRA '{lora.name}' was read for a {lora.family} model, this one is {self._family}"
+                )
         with self._lock:
             if self._is_active(requested):
                 return
@@ -456,13 +367,20 @@ class LoraApplier:
     def _original(self, key: tuple[str, str], parameter: Tensor) -> Tensor:
         original = self._originals.get(key)
         if original is None:
-            device = torch.device("cpu") if self._backup_on_cpu else parameter.device
-            original = parameter.detach().to(device=device, copy=True)
+            if not self._backup_on_cpu:
+                original = parameter.detach().clone()
+            else:
+                # Pinned host memory makes the copy back to a GPU on every re-weight fast.
+                original = torch.empty(parameter.shape, dtype=parameter.dtype, device="cpu",
+                                       pin_memory=parameter.is_cuda)
+                original.copy_(parameter.detach())
             self._originals[key] = original
         return original
 
     @staticmethod
-    def _contributions(requested: tuple[ActiveLora, ...]) -> dict[tuple[str, str], list[tuple[LoraPatch, float]]]:
+    def _contributions(
+        requested: tuple[ActiveLora, ...],
+    ) -> dict[tuple[str, str], list[tuple[LoraPatch, float]]]:
         contributions: dict[tuple[str, str], list[tuple[LoraPatch, float]]] = {}
         for lora, te_weight, unet_weight in requested:
             for patch in lora.patches:
@@ -482,7 +400,8 @@ class LoraApplier:
         for key, updates in contributions.items():
             parameter = self._parameter(*key)
             original = self._original(key, parameter)
-            merged = original.to(device=parameter.device, dtype=torch.float32, copy=True)
+            # Move in the stored precision, widen on the device; the copy keeps the original intact.
+            merged = original.to(parameter.device, non_blocking=True).to(torch.float32, copy=True)
             for patch, weight in updates:
                 if key[1] == "weight":
                     delta = patch_delta(patch, parameter.shape, device=parameter.device)

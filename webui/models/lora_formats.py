@@ -1,8 +1,9 @@
 """LoRA / LyCORIS file formats: which tensors form one layer's update, and the update's math.
 
-A LoRA file is a flat dict of tensors. This module groups the tensors by the layer they change and
-names the layer as the file does (kohya's underscore names, diffusers / PEFT dotted paths). Matching
-those names against a loaded model is done by :mod:`webui.models.lora`, which knows the modules.
+A LoRA file is a flat dict of tensors. This module groups the tensors by the layer they change,
+names the layer as the file does (kohya's underscore names, diffusers / PEFT dotted paths), computes
+each layer's weight update, and lists a loaded model's module names in every spelling files use
+(:func:`index_module_names`). :mod:`webui.models.lora` puts these together against a loaded model.
 
 Formats understood (the layer name, then the tensor roles):
 
@@ -18,13 +19,17 @@ Formats understood (the layer name, then the tensor roles):
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from webui.models.ldm_conversion import FAMILY_SD1, LDM_UNET_PREFIX, diffusers_to_ldm
 
 KIND_LORA = "lora"
 KIND_LOCON = "locon"
@@ -84,6 +89,13 @@ _PROCESSOR_LAYERS = {
 }
 
 
+_TARGETABLE_MODULES = (nn.Linear, nn.Conv2d)
+# UNet modules that have an LDM name (the rest, e.g. class embeddings, are not in SD checkpoints).
+_LDM_NAMED_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out",
+                         "time_embedding.linear_", "add_embedding.linear_")
+_CLIP_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm")
+
+
 class LoraFileError(ValueError):
     """A LoRA file cannot be used with the loaded model; the message names the file and the reason."""
 
@@ -93,7 +105,7 @@ class LoraFileError(ValueError):
         super().__init__(f"LoRA '{self.path.name}': {reason}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity semantics: tensors have no meaningful ==
 class LoraPatch:
     """The update of one layer: ``target`` is a dotted path relative to the pipeline as installed
     (e.g. ``unet.mid_block.attentions.0.proj_in``); ``tensors`` holds the factors by role."""
@@ -338,3 +350,94 @@ def patch_bias_delta(patch: LoraPatch, device: torch.device | str | None = None)
     """The fp32 bias update (only full-weight "diff" layers carry one)."""
     bias = patch.tensors.get("diff_b")
     return None if bias is None else bias.to(device=device, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Module names of the loaded model, in every spelling LoRA files use
+#
+# kohya joins module paths with underscores, which module names also contain, so names are
+# resolved by writing the model's own module names the same way, never by splitting them.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModuleNameIndex:
+    """Spellings of one component's LoRA-targetable modules -> their installed paths."""
+
+    dotted: dict[str, str] = field(default_factory=dict)
+    underscored: dict[str, str] = field(default_factory=dict)
+    shapes: dict[str, torch.Size] = field(default_factory=dict)
+
+    def add(self, spelling: str, path: str) -> None:
+        for table, key in ((self.dotted, spelling), (self.underscored, spelling.replace(".", "_"))):
+            if table.get(key, path) != path:
+                table[key] = ""  # two modules share this spelling: ambiguous, never matched
+            else:
+                table[key] = path
+
+    def resolve(self, layer: RawLayer) -> str | None:
+        table = self.dotted if layer.dotted else self.underscored
+        return table.get(layer.name) or None
+
+
+def _unet_ldm_names(paths: Sequence[str]) -> dict[str, str]:
+    """LDM module name -> diffusers path, using the tested checkpoint converter for the renaming.
+
+    The converter renames parameter keys; each key carries its own index as the value so the
+    renamed keys can be traced back whatever order the converter produces.
+    """
+    named = [path for path in paths if path.startswith(_LDM_NAMED_UNET_ROOTS)]
+    numbered = {f"{path}.weight": torch.tensor(position) for position, path in enumerate(named)}
+    try:
+        converted = diffusers_to_ldm({"unet": numbered, "text_encoder": {}}, FAMILY_SD1)
+    except (ValueError, KeyError):
+        return {}  # a UNet layout the LDM naming cannot express: diffusers names still work
+    names: dict[str, str] = {}
+    for key, position in converted.items():
+        if key.startswith(LDM_UNET_PREFIX) and key.endswith(".weight"):
+            names[key[len(LDM_UNET_PREFIX): -len(".weight")]] = named[int(position)]
+    return names
+
+
+def index_module_names(component: str, module: nn.Module) -> ModuleNameIndex:
+    """Every Linear / Conv2d of a pipeline component under each name a LoRA file may give it."""
+    index = ModuleNameIndex()
+    paths = []
+    for path, child in module.named_modules():
+        if path and isinstance(child, _TARGETABLE_MODULES):
+            paths.append(path)
+            index.shapes[path] = child.weight.shape
+    for path in paths:
+        index.add(path, path)
+        if component != COMPONENT_UNET:
+            # Files name CLIP layers "text_model.encoder..." whether or not this install has that level.
+            if path.startswith("text_model."):
+                index.add(path.removeprefix("text_model."), path)
+            elif path.startswith(_CLIP_TEXT_MODEL_PARTS):
+                index.add("text_model." + path, path)
+    if component == COMPONENT_UNET:
+        for ldm_name, path in _unet_ldm_names(paths).items():
+            index.add(ldm_name, path)
+    return index
+
+
+def peft_alpha(metadata: Mapping[str, str], layer: RawLayer) -> float | None:
+    """lora_alpha from diffusers' ``lora_adapter_metadata`` (PEFT config), per-module patterns first."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw or not layer.dotted:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    patterns = config.get(f"{layer.component}.alpha_pattern") or {}
+    for pattern, value in patterns.items() if isinstance(patterns, dict) else ():
+        try:
+            if re.fullmatch(rf"(.*\.)?{pattern}", layer.name):
+                return float(value)
+        except (re.error, TypeError, ValueError):
+            continue
+    alpha = config.get(f"{layer.component}.lora_alpha")
+    return float(alpha) if isinstance(alpha, (int, float)) else None

@@ -191,6 +191,9 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
         return read_state_dict(source)
     except CheckpointReadError as error:
         raise VaeFileError(path, error.reason) from error
+    except Exception as error:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise VaeFileError(path, f"corrupt or not a PyTorch file ({type(error).__name__}: {detail})") from error
 
 
 def _rename_deprecated_attention(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -213,7 +216,8 @@ def _convert_ldm(path: Path, vae_state: dict[str, Tensor], vae_config: Mapping[s
     try:
         converted = convert_ldm_vae_checkpoint(vae_state, dict(vae_config))
     except (KeyError, AttributeError, TypeError, IndexError, RuntimeError, ValueError) as error:
-        raise VaeFileError(path, f"incomplete or unexpected LDM VAE layout ({type(error).__name__}: {error})") from error
+        reason = f"incomplete or unexpected LDM VAE layout ({type(error).__name__}: {error})"
+        raise VaeFileError(path, reason) from error
     converted = {key: value for key, value in converted.items() if value is not None}
     if len(converted) < len(vae_state):
         raise VaeFileError(
@@ -257,9 +261,8 @@ def _check_fits(path: Path, state_dict: Mapping[str, Tensor], vae_config: Mappin
     if unexpected:
         problems.append(f"{len(unexpected)} tensors are unknown to this model (e.g. {unexpected[0]})")
     if problems:
-        raise VaeFileError(
-            path, "does not fit this model's VAE: " + "; ".join(problems) + _latent_channels_hint(state_dict, vae_config)
-        )
+        hint = _latent_channels_hint(state_dict, vae_config)
+        raise VaeFileError(path, "does not fit this model's VAE: " + "; ".join(problems) + hint)
 
 
 def read_vae_state_dict(path: Path, vae_config: dict) -> dict[str, Tensor]:
