@@ -8,8 +8,8 @@ if [ "$phase" = start ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     rm -rf /tmp/toy; mkdir -p /tmp/toy
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 setsid nohup python3 -m webui.eval.toy_model_training \
-        --out /tmp/toy/model --images ${IMAGES:-40000} --vae-steps ${VAE_STEPS:-3000} --unet-steps ${UNET_STEPS:-20000} \
-        --workers 14 --time-budget-minutes ${BUDGET:-17} > /tmp/toy/train.log 2>&1 < /dev/null &
+        --out /tmp/toy/model --images ${IMAGES:-40000} --vae-steps ${VAE_STEPS:-5000} --unet-steps ${UNET_STEPS:-20000} \
+        --workers 14 --time-budget-minutes ${BUDGET:-21} > /tmp/toy/train.log 2>&1 < /dev/null &
     sleep ${WAIT:-570}; grep -v torchvision /tmp/toy/train.log | tail -30
 else
     for _ in $(seq 1 115); do [ -f /tmp/toy/model/training_report.json ] && break; sleep 5; done

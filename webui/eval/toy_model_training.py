@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -34,19 +35,19 @@ def model_configs() -> dict[str, dict]:
     return {
         "vae": dict(
             in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
-            block_out_channels=(32, 64, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+            block_out_channels=(48, 96, 96, 96), down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, sample_size=toy_world.NATIVE_SIZE,
         ),
         "unet": dict(
             sample_size=toy_world.NATIVE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(48, 96, 144), norm_num_groups=16, cross_attention_dim=96, attention_head_dim=8,
+            block_out_channels=(48, 96, 144), norm_num_groups=16, cross_attention_dim=64, attention_head_dim=8,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         ),
         "text_encoder": dict(
-            vocab_size=49408, hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+            vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
             max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
-            pad_token_id=49407, projection_dim=96,
+            pad_token_id=49407, projection_dim=64,
         ),
     }
 
@@ -189,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--images", type=int, default=40_000)
-    parser.add_argument("--vae-steps", type=int, default=2500)
+    parser.add_argument("--vae-steps", type=int, default=5000)
     parser.add_argument("--unet-steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seed", type=int, default=2026)
@@ -236,6 +237,9 @@ def main() -> None:
     report["evaluation"] = evaluate(pipeline, args.seed + 1, args.eval_prompts, args.device, set(captions))
     log(f"evaluation {report['evaluation']}")
     pipeline.to(dtype=torch.float16).save_pretrained(args.out, safe_serialization=True)
+    # Ship CLIP's vocab/merges files (1.5 MB) rather than the 3.6 MB tokenizer.json transformers writes.
+    shutil.rmtree(args.out / "tokenizer")
+    shutil.copytree(config_dir("sd1") / "tokenizer", args.out / "tokenizer")
     report["parameters"] = {name: sum(p.numel() for p in getattr(pipeline, name).parameters())
                             for name in ("unet", "vae", "text_encoder")}
     report["total_seconds"] = time.perf_counter() - started
