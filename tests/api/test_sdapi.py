@@ -64,13 +64,13 @@ def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server,
 
 def test_model_listing_options_and_broken_model(server):
     models = requests.get(f"{server.url}/sdapi/v1/sd-models", timeout=30).json()
-    assert [m["model_name"] for m in models] == ["sd-studio-tiny"]
+    assert [m["model_name"] for m in models] == ["sd-studio-toy"]
     refreshed = requests.post(f"{server.url}/sdapi/v1/refresh-checkpoints", timeout=30).json()
     assert "broken-download" in refreshed["unusable"]
     response = post(server, "options", {"sd_model_checkpoint": "broken-download"})
     assert response.status_code == 422 and "broken-download" in response.text
-    chosen = post(server, "options", {"sd_model_checkpoint": "sd-studio-tiny"}).json()["sd_model_checkpoint"]
-    assert chosen.startswith("sd-studio-tiny [") and len(chosen.split("[")[1].rstrip("]")) == 10
+    chosen = post(server, "options", {"sd_model_checkpoint": "sd-studio-toy"}).json()["sd_model_checkpoint"]
+    assert chosen.startswith("sd-studio-toy [") and len(chosen.split("[")[1].rstrip("]")) == 10
     assert requests.get(f"{server.url}/sdapi/v1/options", timeout=30).json()["sd_model_checkpoint"] == chosen
 
 

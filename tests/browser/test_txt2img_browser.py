@@ -52,14 +52,14 @@ def fill_small_request(page, prompt: str, seed: str) -> None:
 
 
 def test_generate_from_the_browser_saves_an_image_with_its_parameters(page, server):
-    assert page.input_value("#setting_sd_model_checkpoint input").startswith("sd-studio-tiny")
+    assert page.input_value("#setting_sd_model_checkpoint input").startswith("sd-studio-toy")
     fill_small_request(page, "a red circle on the left", "123")
     page.click("#txt2img_generate")
     page.wait_for_selector("#txt2img_gallery img")
     page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 123')")
     infotext = page.input_value("#txt2img_infotext textarea")
     assert infotext.startswith("a red circle on the left\n")
-    assert "Steps: 6" in infotext and "Size: 64x64" in infotext and "Model: sd-studio-tiny" in infotext
+    assert "Steps: 6" in infotext and "Size: 64x64" in infotext and "Model: sd-studio-toy" in infotext
     assert "Done: 1 image" in page.inner_text("#txt2img_progress")
 
     day = datetime.date.today().isoformat()

@@ -41,14 +41,14 @@ def image_bytes(ctx, checkpoint: str) -> bytes:
 
 def test_catalog_lists_usable_models_and_explains_the_broken_one(ctx):
     names = {record.name: record for record in ctx.catalog.records()}
-    assert {"sd-studio-tiny", "variant-b", "wide-c", "truncated"} <= set(names)
+    assert {"sd-studio-toy", "variant-b", "wide-c", "truncated"} <= set(names)
     assert names["truncated"].error and "truncated" in names["truncated"].error.lower() or "cannot read" in names["truncated"].error.lower()
-    assert all(names[n].usable for n in ("sd-studio-tiny", "variant-b", "wide-c"))
-    assert names["sd-studio-tiny"].architecture.family == "sd1"
+    assert all(names[n].usable for n in ("sd-studio-toy", "variant-b", "wide-c"))
+    assert names["sd-studio-toy"].architecture.family == "sd1"
 
 
 def test_same_layout_switch_copies_weights_and_matches_a_fresh_load(ctx, data_dir):
-    image_a = image_bytes(ctx, "sd-studio-tiny")
+    image_a = image_bytes(ctx, "sd-studio-toy")
     image_b = image_bytes(ctx, "variant-b")
     assert ctx.manager.switch_count == {"rebuilt": 1, "copied": 1}
     assert image_a != image_b
@@ -58,12 +58,12 @@ def test_same_layout_switch_copies_weights_and_matches_a_fresh_load(ctx, data_di
         assert fresh.submit_txt2img(Txt2ImgRequest(**REQUEST, checkpoint="variant-b")).result(300).images[0].tobytes() == image_b
     finally:
         fresh.queue.shutdown()
-    assert image_bytes(ctx, "sd-studio-tiny") == image_a
+    assert image_bytes(ctx, "sd-studio-toy") == image_a
     assert ctx.manager.switch_count == {"rebuilt": 1, "copied": 2}
 
 
 def test_different_layout_rebuilds(ctx):
-    ctx.select_checkpoint("sd-studio-tiny")
+    ctx.select_checkpoint("sd-studio-toy")
     ctx.select_checkpoint("wide-c")
     assert ctx.manager.switch_count["rebuilt"] == 2
     with ctx.manager.checkout() as model:
@@ -74,13 +74,13 @@ def test_different_layout_rebuilds(ctx):
 def test_switching_back_and_forth_twenty_times_keeps_memory_flat(ctx):
     process = psutil.Process()
     for _ in range(5):  # warm-up: first reads fill the RAM cache and the allocator's pools
-        ctx.select_checkpoint("sd-studio-tiny")
+        ctx.select_checkpoint("sd-studio-toy")
         ctx.select_checkpoint("variant-b")
     gc.collect()
     baseline = process.memory_info().rss
     device_baseline = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
     for _ in range(20):
-        ctx.select_checkpoint("sd-studio-tiny")
+        ctx.select_checkpoint("sd-studio-toy")
         ctx.select_checkpoint("variant-b")
     gc.collect()
     growth = process.memory_info().rss - baseline
@@ -106,7 +106,7 @@ def test_corrupt_checkpoint_is_refused_and_the_loaded_model_keeps_working(ctx):
 
 
 def test_switch_requested_during_generation_waits_for_it(ctx):
-    ctx.select_checkpoint("sd-studio-tiny")
+    ctx.select_checkpoint("sd-studio-toy")
     job = ctx.submit_txt2img(Txt2ImgRequest(**{**REQUEST, "steps": 30}))
     while job.control.snapshot().step < 2 and not job.done:
         time.sleep(0.01)
@@ -122,7 +122,7 @@ def test_switch_requested_during_generation_waits_for_it(ctx):
     finished_at = time.monotonic()
     thread.join(60)
     assert switched_at and switched_at[0] >= finished_at - 0.5
-    assert "Model: sd-studio-tiny" in result.infotexts[0]
+    assert "Model: sd-studio-toy" in result.infotexts[0]
     assert ctx.manager.current.name == "variant-b"
 
 

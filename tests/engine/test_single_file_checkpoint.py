@@ -60,7 +60,7 @@ def test_sd15_single_file_and_unsafe_ckpt(tmp_path, monkeypatch):
         assert records["v1-5-pruned-emaonly"].format == "safetensors"
         assert not records["evil"].usable and "unpickling" in records["evil"].error
         # The default model is not created when the folder already holds a model.
-        assert "sd-studio-tiny" not in records
+        assert "sd-studio-toy" not in records
 
         result = ctx.submit_txt2img(Txt2ImgRequest(
             prompt="a photo of a cat", width=64, height=64, steps=2, seed=1, sampler_name="Euler",

@@ -51,7 +51,7 @@ def test_batch_uses_consecutive_seeds_and_saves_images_grid_and_infotext(ctx, da
         params = parse_infotext(read_infotext(Image.open(path)))
         assert params["Prompt"] == "blue square" and params["Negative prompt"] == "blurry"
         assert params["Seed"] == str(seed) and params["Steps"] == "4" and params["Size-1"] == "64"
-        assert params["Model"] == "sd-studio-tiny" and len(params["Model hash"]) == 10
+        assert params["Model"] == "sd-studio-toy" and len(params["Model hash"]) == 10
     assert result.grid_path is not None and result.grid_path.parent.parent.name == "txt2img-grids"
     assert Image.open(result.grid_path).size == (128, 128)
     # An image of the batch equals the same seed generated alone: seeds, not batch position, decide.

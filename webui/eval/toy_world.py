@@ -15,6 +15,7 @@ personalization features, the way DreamBooth teaches a model a new subject.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ SHAPES = BASE_SHAPES + HELD_OUT_SHAPES
 BASE_TEXTURES = ("solid", "striped")
 HELD_OUT_TEXTURES = ("dotted",)
 TEXTURES = BASE_TEXTURES + HELD_OUT_TEXTURES
-# Colours sit far apart in CIELAB (every pair more than 50 units), so a slightly
+# Colours sit far apart in CIELAB (every pair more than 60 units), so a slightly
 # off colour from an imperfect model still has one clear nearest name.
 COLOR_RGB: Mapping[str, tuple[int, int, int]] = {
     "red": (210, 40, 40),
@@ -58,16 +59,16 @@ POSITION_ANCHORS: Mapping[str, tuple[float, float]] = {
 # Larger side of an object's bounding box, as a fraction of the image side. The
 # same for every shape and count, so "large" means one thing everywhere; three
 # large objects still fit in a column on the left or right.
-SIZE_EXTENTS: Mapping[str, float] = {"small": 0.17, "large": 0.28}
-SIZE_JITTER = 0.06  # extents vary by up to +-6 %
-GROUP_GAP = 0.04  # empty space between neighbouring objects of a group
-ANCHOR_JITTER = 0.012
-OBJECT_JITTER = 0.006
+SIZE_EXTENTS: Mapping[str, float] = {"small": 0.17, "large": 0.27}
+SIZE_JITTER = 0.05  # extents vary by up to +-5 %
+GROUP_GAP = 0.055  # empty space between neighbouring objects (7 px at 128: blur must not merge them)
+ANCHOR_JITTER = 0.01
+OBJECT_JITTER = 0.005
 # Texture scale in pixels of a 128 px image (it scales with the image).
-STRIPE_PERIOD = 8.0
-STRIPE_SHADE_WIDTH = 3.0
-DOT_SPACING = 7.2
-DOT_RADIUS = 2.3
+STRIPE_PERIOD = 11.0
+STRIPE_SHADE_WIDTH = 4.5
+DOT_SPACING = 9.5
+DOT_RADIUS = 3.0
 SHADE_DARKEN = 0.5  # stripes/dots are the object colour at half brightness ...
 SHADE_LIGHTEN = 0.45  # ... or, for black, mixed 45 % towards white
 SUPERSAMPLING = 4
@@ -126,13 +127,14 @@ class Scene:
         for attribute in ATTRIBUTES:
             value = getattr(self, attribute)
             allowed = valid_values(attribute)
-            if attribute == "count" and isinstance(value, bool):
-                raise ValueError(f"count must be one of {', '.join(map(str, COUNTS))}, got {value!r}")
+            if attribute == "count" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise ValueError(f"count must be an integer, one of {', '.join(map(str, COUNTS))}; got {value!r}")
             if value not in allowed:
                 listing = ", ".join(str(option) for option in allowed)
                 raise ValueError(f"invalid {attribute} {value!r}; valid values: {listing}")
         if self.color == self.background:
             raise ValueError(f"the object colour and the background are both {self.color!r}; they must differ")
+        object.__setattr__(self, "count", int(self.count))  # numpy integers become plain ints (JSON, hashing)
 
     @property
     def is_held_out(self) -> bool:
@@ -421,7 +423,7 @@ def degrade(image: Image.Image, blur_radius: float = 1.0, noise_sigma: float = 8
     blurred = image.convert("RGB").filter(ImageFilter.GaussianBlur(blur_radius)) if blur_radius > 0 else image.convert("RGB")
     pixels = np.asarray(blurred, dtype=np.float32)
     noise = np.random.default_rng([seed, 0xD06]).normal(0.0, noise_sigma, pixels.shape)
-    return Image.fromarray(np.clip(pixels + noise, 0, 255).round().astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).round().astype(np.uint8))
 
 
 # ---------------------------------------------------------------------------
