@@ -158,17 +158,17 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, token_ids: torch.Tenso
 
 
 def evaluate(pipeline, prompts_seed: int, count: int, device: str, training_captions: set[str]) -> dict:
-    """Prompt fidelity on prompts absent from the training captions, at default settings (DPM++ 2M Karras, 20, CFG 7)."""
+    """Prompt fidelity on fresh random prompts at default settings (DPM++ 2M Karras, 20 steps, CFG 7).
+
+    The world has ~4,500 attribute combinations, so nearly every caption also occurs in a 40,000-image
+    training set; the report says how many did (new images of known combinations are what is tested).
+    """
     from diffusers import DPMSolverMultistepScheduler
 
     from webui.eval.analyzer import analyze
 
     rng = np.random.default_rng(prompts_seed)
-    scenes = []
-    while len(scenes) < count:
-        scene = toy_world.random_scene(rng)
-        if toy_world.caption(scene) not in training_captions:
-            scenes.append(scene)
+    scenes = [toy_world.random_scene(rng) for _ in range(count)]
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, use_karras_sigmas=True)
     correct = {attribute: 0 for attribute in toy_world.ATTRIBUTES}
     all_correct = 0
@@ -182,7 +182,8 @@ def evaluate(pipeline, prompts_seed: int, count: int, device: str, training_capt
             for attribute, ok in zip(toy_world.ATTRIBUTES, matches):
                 correct[attribute] += ok
             all_correct += all(matches)
-    return {"prompts": count, "all_attributes_match": all_correct / count,
+    return {"prompts": count, "captions_seen_in_training": sum(toy_world.caption(s) in training_captions for s in scenes),
+            "all_attributes_match": all_correct / count,
             "per_attribute": {a: c / count for a, c in correct.items()}}
 
 
