@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.requests import GenerationLimits, RequestError, Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
@@ -16,6 +17,7 @@ from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.default_model import ensure_default_model
 from webui.models.hashing import HashCache
+from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager, resolve_device, resolve_dtype
 from webui.settings import Settings
 
@@ -28,6 +30,7 @@ class AppContext:
     queue: JobQueue
     styles: StyleDatabase
     limits: GenerationLimits
+    loras: LoraCatalog
 
     # ---- generation ----
     def validate_txt2img(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
@@ -42,12 +45,18 @@ class AppContext:
                 raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
         return request
 
+    def lora_uses(self, request: Txt2ImgRequest) -> tuple[LoraUse, ...]:
+        """The LoRAs the (styled) prompt's `<lora:name:weight>` tags ask for; unknown names raise."""
+        prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
+        return self.loras.resolve_tags(extract_network_tags(prompt)[1] + extract_network_tags(negative)[1])
+
     def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
         """Validate, then queue; the returned job carries progress and, when done, a GenerationResult."""
         request = self.validate_txt2img(request)
+        loras = self.lora_uses(request)
 
         def work(control: JobControl) -> GenerationResult:
-            with self.manager.checkout(request.checkpoint) as model:
+            with self.manager.checkout(request.checkpoint, loras) as model:
                 return run_txt2img(model, request, outputs_root=self.settings.outputs_folder,
                                    styles=self.styles, control=control)
 
@@ -78,7 +87,8 @@ def build_context(settings: Settings) -> AppContext:
                    settings.embeddings_folder, settings.outputs_folder, settings.cache_folder):
         folder.mkdir(parents=True, exist_ok=True)
     ensure_default_model(settings.checkpoint_folder)
-    catalog = CheckpointCatalog(settings.checkpoint_folder, HashCache(settings.cache_folder / "hashes.json"))
+    catalog_hashes = HashCache(settings.cache_folder / "hashes.json")
+    catalog = CheckpointCatalog(settings.checkpoint_folder, catalog_hashes)
     catalog.refresh()
     device = resolve_device(settings.device)
     manager = ModelManager(
@@ -93,4 +103,5 @@ def build_context(settings: Settings) -> AppContext:
         queue=JobQueue(preview_every_n_steps=settings.preview_every_n_steps),
         styles=StyleDatabase(settings.styles_file),
         limits=GenerationLimits(max_side=settings.max_image_side, max_images=settings.max_batch_images),
+        loras=LoraCatalog(settings.lora_folder, catalog_hashes),
     )

@@ -133,7 +133,7 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         "Variation seed": subseed if request.subseed_strength > 0 else None,
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
-        "Styles array": None,
+        "Lora hashes": ", ".join(f"{use.name}: {use.shorthash}" for use in model.loras) or None,
         "Version": f"SD Studio {__version__}",
     }
 

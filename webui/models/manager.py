@@ -14,11 +14,13 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
+from webui.models.lora import LoraApplier
+from webui.models.lora_catalog import LoraUse
 from webui.models.checkpoint_loading import (
     CheckpointLoadError,
     CheckpointWeights,
@@ -38,6 +40,12 @@ class LoadedModel:
     scheduler_config: dict
     device: torch.device
     dtype: torch.dtype
+    loras: tuple[LoraUse, ...] = ()
+
+
+def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
+    names = ("unet", "text_encoder", "text_encoder_2")
+    return {name: getattr(pipeline, name) for name in names if getattr(pipeline, name, None) is not None}
 
 
 class CheckpointRamCache:
@@ -88,6 +96,7 @@ class ModelManager:
         self._ram = CheckpointRamCache(checkpoints_in_ram, pin_memory=device.type == "cuda")
         self._pipeline: Any = None
         self._weights: CheckpointWeights | None = None
+        self._lora: LoraApplier | None = None
         self.switch_count = {"copied": 0, "rebuilt": 0}
 
     @property
@@ -117,19 +126,22 @@ class ModelManager:
         record = self.catalog.with_hash(record)
         weights = self._weights_for(record)  # may raise; the resident model is untouched until here
         weights.record = record
+        if self._lora is not None:
+            self._lora.restore()  # merged LoRAs must not survive into the next checkpoint's weights
         if self._pipeline is not None and self._weights is not None and (
             weights.layout_signature == self._weights.layout_signature
         ):
             copy_weights_into(self._pipeline, weights)
             self.switch_count["copied"] += 1
         else:
-            self._pipeline = None
+            self._pipeline = self._lora = None
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._pipeline = build_pipeline(weights, self.device, self.dtype)
             self.switch_count["rebuilt"] += 1
         self._weights = weights
+        self._lora = LoraApplier(_weight_modules(self._pipeline), weights.architecture.family)
         if self._on_model_loaded:
             self._on_model_loaded(record)
 
@@ -139,8 +151,10 @@ class ModelManager:
             return model.record
 
     @contextmanager
-    def checkout(self, wanted: str | None = None) -> Iterator[LoadedModel]:
-        """Hold the model for one job, loaded as requested; other callers wait until the block ends."""
+    def checkout(self, wanted: str | None = None, loras: Sequence[LoraUse] = ()) -> Iterator[LoadedModel]:
+        """Hold the model for one job in the requested state (checkpoint + exactly these LoRAs merged);
+        other callers wait until the block ends. LoRA files are parsed once and cached; changing only
+        weights re-merges from the kept originals and never reloads the checkpoint."""
         with self._lock:
             if wanted:
                 record = self.catalog.find(wanted)
@@ -148,7 +162,8 @@ class ModelManager:
                     self._switch_to(record)
             elif self._pipeline is None:
                 self._switch_to(self._default_record())
-            assert self._weights is not None
+            assert self._weights is not None and self._lora is not None
+            self._lora.set_active([(self._lora.read(use.path), use.te_weight, use.unet_weight) for use in loras])
             yield LoadedModel(
                 pipeline=self._pipeline,
                 record=self._weights.record,
@@ -156,6 +171,7 @@ class ModelManager:
                 scheduler_config=dict(self._weights.scheduler_config),
                 device=self.device,
                 dtype=self.dtype,
+                loras=tuple(loras),
             )
 
 

@@ -1,0 +1,74 @@
+"""`<lora:name:w>` in a prompt: applied for that generation, gone without a trace afterwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from webui.context import build_context
+from webui.generation.infotext import parse_infotext
+from webui.generation.requests import Txt2ImgRequest
+from webui.settings import settings_from_args
+
+BASE = dict(width=64, height=64, steps=4, seed=21, sampler_name="Euler")
+
+
+def write_kohya_lora(path, unet: torch.nn.Module, rank: int = 4, seed: int = 0) -> None:
+    """A kohya-format LoRA on every attention projection of the UNet, from seeded random factors."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".attn" in name and name.split(".")[-1] in {"to_q", "to_k", "to_v"}:
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.3
+            tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.3
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path), metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(rank)})
+
+
+@pytest.fixture
+def ctx(data_dir):
+    context = build_context(settings_from_args(["--data-dir", str(data_dir)]))
+    with context.manager.checkout() as model:
+        write_kohya_lora(data_dir / "models" / "Lora" / "shapes.safetensors", model.pipeline.unet)
+    yield context
+    context.queue.shutdown()
+
+
+def generate(ctx, prompt: str):
+    return ctx.submit_txt2img(Txt2ImgRequest(prompt=prompt, **BASE)).result(timeout=300)
+
+
+def unet_weights(ctx) -> dict[str, torch.Tensor]:
+    with ctx.manager.checkout() as model:
+        return {k: v.clone() for k, v in model.pipeline.unet.state_dict().items()}
+
+
+def test_lora_tag_changes_the_image_and_its_removal_restores_it_bitwise(ctx):
+    original_weights = unet_weights(ctx)
+    plain = generate(ctx, "a large red circle in the center, blue background")
+    with_lora = generate(ctx, "a large red circle in the center, blue background <lora:shapes:0.8>")
+    assert with_lora.images[0].tobytes() != plain.images[0].tobytes()
+    params = parse_infotext(with_lora.infotexts[0])
+    assert params["Lora hashes"].startswith("shapes: ") and len(params["Lora hashes"].split(": ")[1]) == 12
+    assert "<lora:shapes:0.8>" in params["Prompt"]  # pasting the infotext back restores the tag
+    stronger = generate(ctx, "a large red circle in the center, blue background <lora:shapes:1.5>")
+    assert stronger.images[0].tobytes() != with_lora.images[0].tobytes()
+    again = generate(ctx, "a large red circle in the center, blue background")
+    assert again.images[0].tobytes() == plain.images[0].tobytes()
+    assert all(torch.equal(original_weights[k], v) for k, v in unet_weights(ctx).items())
+    # Adding, re-weighting and removing LoRAs never reloaded the checkpoint.
+    assert ctx.manager.switch_count == {"rebuilt": 1, "copied": 0}
+
+
+def test_bad_lora_tags_are_refused_with_the_tag_named(ctx):
+    with pytest.raises(ValueError, match="'missing' not found"):
+        generate(ctx, "a circle <lora:missing:1>")
+    with pytest.raises(ValueError, match="<lora:shapes:abc> is not a number"):
+        generate(ctx, "a circle <lora:shapes:abc>")
+    (ctx.settings.lora_folder / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="broken"):
+        generate(ctx, "a circle <lora:broken:1>")
+    # The server-side state is clean: a plain generation still works and matches a fresh one.
+    assert len(generate(ctx, "a circle").images) == 1
