@@ -16,6 +16,7 @@ from webui.jobs.progress import JobControl
 from webui.jobs.queue import Job, JobQueue
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.default_model import ensure_default_model
+from webui.models.embeddings import EmbeddingCatalog
 from webui.models.hashing import HashCache
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager, resolve_device, resolve_dtype
@@ -95,6 +96,7 @@ def build_context(settings: Settings) -> AppContext:
         catalog, device, resolve_dtype(settings.precision, device),
         checkpoints_in_ram=settings.checkpoints_in_ram,
         preferred_checkpoint=settings.extra.get("sd_model_checkpoint"),
+        embedding_catalog=EmbeddingCatalog(settings.embeddings_folder),
     )
     return AppContext(
         settings=settings,

@@ -72,3 +72,23 @@ def test_bad_lora_tags_are_refused_with_the_tag_named(ctx):
         generate(ctx, "a circle <lora:broken:1>")
     # The server-side state is clean: a plain generation still works and matches a fresh one.
     assert len(generate(ctx, "a circle").images) == 1
+
+
+def test_textual_inversion_by_file_name_and_incompatible_width_ignored(ctx, data_dir):
+    embeddings = data_dir / "models" / "embeddings"
+    embeddings.mkdir(parents=True, exist_ok=True)
+    with ctx.manager.checkout() as model:
+        width = model.pipeline.text_encoder.get_input_embeddings().embedding_dim
+    generator = torch.Generator().manual_seed(3)
+    save_file({"emb_params": torch.randn(2, width, generator=generator)}, str(embeddings / "hexstyle.safetensors"))
+    save_file({"emb_params": torch.randn(1, width + 8, generator=generator)}, str(embeddings / "widething.safetensors"))
+    plain = generate(ctx, "a large red circle in the center, blue background")
+    styled = generate(ctx, "a large red hexstyle in the center, blue background")
+    assert styled.images[0].tobytes() != plain.images[0].tobytes()
+    ti = parse_infotext(styled.infotexts[0])["TI hashes"]
+    assert ti.startswith("hexstyle: ") and len(ti.split(": ")[1]) == 12
+    # An embedding of the wrong width is not loaded: its name stays an ordinary word.
+    assert "TI hashes" not in parse_infotext(generate(ctx, "a widething").infotexts[0])
+    # Injected embeddings only add new token rows: prompts that do not use them are unchanged.
+    again = generate(ctx, "a large red circle in the center, blue background")
+    assert again.images[0].tobytes() == plain.images[0].tobytes()

@@ -26,6 +26,7 @@ from webui.generation.requests import Txt2ImgRequest
 from webui.generation.samplers import build_scheduler
 from webui.generation.styles import StyleDatabase
 from webui.jobs.progress import JobControl
+from webui.models.hashing import sha256_of_file
 from webui.models.manager import LoadedModel
 
 MAX_SEED = 2**32 - 1
@@ -119,7 +120,8 @@ def _step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch
     return callback
 
 
-def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int, subseed: int) -> dict[str, Any]:
+def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int, subseed: int,
+                          ti_hashes: str | None = None) -> dict[str, Any]:
     """The infotext's key/value line, in A1111's order."""
     return {
         "Steps": request.steps,
@@ -134,6 +136,7 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{use.name}: {use.shorthash}" for use in model.loras) or None,
+        "TI hashes": ti_hashes,
         "Version": f"SD Studio {__version__}",
     }
 
@@ -147,6 +150,15 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     # Network tags (<lora:...>) are resolved by the model manager; the text encoder never sees them.
     encoder_prompt, _tags = extract_network_tags(prompt)
     encoder_negative, _ = extract_network_tags(negative_prompt)
+    ti_hashes = None
+    if model.embeddings is not None:
+        used = model.embeddings.names_in_prompt(encoder_prompt + "\n" + encoder_negative)
+        # A1111's "TI hashes": name and the first 12 hex digits of the file's sha256.
+        ti_hashes = ", ".join(
+            f"{name}: {sha256_of_file(model.embeddings.active_embedding(name).path)[:12]}" for name in used
+        ) or None
+        encoder_prompt = model.embeddings.expand_prompt(encoder_prompt)
+        encoder_negative = model.embeddings.expand_prompt(encoder_negative)
 
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     pipeline = model.pipeline
@@ -172,7 +184,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         noise = torch.stack([initial_noise(shape, s, v, request.subseed_strength) for s, v in zip(seeds, subseeds)])
         images = _denoise_batch(model, request, conditioning, noise, seeds, control)
         for image, image_seed, image_subseed in zip(images, seeds, subseeds):
-            infotext = create_infotext(prompt, negative_prompt, generation_parameters(request, model, image_seed, image_subseed))
+            infotext = create_infotext(prompt, negative_prompt, generation_parameters(request, model, image_seed, image_subseed, ti_hashes))
             result.images.append(image)
             result.infotexts.append(infotext)
             result.seeds.append(image_seed)

@@ -441,6 +441,10 @@ class EmbeddingInjector:
     def active_names(self) -> list[str]:
         return sorted(self._active)
 
+    def active_embedding(self, name: str) -> Embedding:
+        """The injected embedding called `name` (as returned by `names_in_prompt`)."""
+        return self._active[name]
+
     def tokens_for(self, name: str) -> list[str]:
         """The token sequence that stands for an active embedding in a prompt."""
         return list(self._tokens[name])

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
+from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
 from webui.models.lora import LoraApplier
 from webui.models.lora_catalog import LoraUse
 from webui.models.checkpoint_loading import (
@@ -41,6 +42,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     loras: tuple[LoraUse, ...] = ()
+    embeddings: EmbeddingInjector | None = None
 
 
 def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
@@ -86,6 +88,7 @@ class ModelManager:
 
     def __init__(self, catalog: CheckpointCatalog, device: torch.device, dtype: torch.dtype,
                  checkpoints_in_ram: int = 2, preferred_checkpoint: str | None = None,
+                 embedding_catalog: EmbeddingCatalog | None = None,
                  on_model_loaded: Callable[[CheckpointRecord], None] | None = None):
         self.catalog = catalog
         self.device = device
@@ -97,6 +100,8 @@ class ModelManager:
         self._pipeline: Any = None
         self._weights: CheckpointWeights | None = None
         self._lora: LoraApplier | None = None
+        self._embedding_catalog = embedding_catalog
+        self._embeddings: EmbeddingInjector | None = None
         self.switch_count = {"copied": 0, "rebuilt": 0}
 
     @property
@@ -128,13 +133,15 @@ class ModelManager:
         weights.record = record
         if self._lora is not None:
             self._lora.restore()  # merged LoRAs must not survive into the next checkpoint's weights
+        if self._embeddings is not None:
+            self._embeddings.clear()  # the token table must have the checkpoint's shape to be copied into
         if self._pipeline is not None and self._weights is not None and (
             weights.layout_signature == self._weights.layout_signature
         ):
             copy_weights_into(self._pipeline, weights)
             self.switch_count["copied"] += 1
         else:
-            self._pipeline = self._lora = None
+            self._pipeline = self._lora = self._embeddings = None
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -142,6 +149,7 @@ class ModelManager:
             self.switch_count["rebuilt"] += 1
         self._weights = weights
         self._lora = LoraApplier(_weight_modules(self._pipeline), weights.architecture.family)
+        self._embeddings = EmbeddingInjector(self._pipeline, weights.architecture.family)
         if self._on_model_loaded:
             self._on_model_loaded(record)
 
@@ -164,6 +172,10 @@ class ModelManager:
                 self._switch_to(self._default_record())
             assert self._weights is not None and self._lora is not None
             self._lora.set_active([(self._lora.read(use.path), use.te_weight, use.unet_weight) for use in loras])
+            if self._embedding_catalog is not None and self._embeddings is not None:
+                # Like A1111, every compatible embedding in the folder is usable by its file name.
+                self._embedding_catalog.refresh()
+                self._embeddings.set_active(self._embedding_catalog.compatible(self._embeddings.encoder_widths))
             yield LoadedModel(
                 pipeline=self._pipeline,
                 record=self._weights.record,
@@ -172,6 +184,7 @@ class ModelManager:
                 device=self.device,
                 dtype=self.dtype,
                 loras=tuple(loras),
+                embeddings=self._embeddings,
             )
 
 
