@@ -50,7 +50,7 @@ def progress_html(snapshot: ProgressSnapshot) -> str:
 def build_txt2img_tab(ctx: AppContext, default_size: int) -> Txt2ImgControls:
     with gr.Row():
         with gr.Column(scale=4):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (press Ctrl+Enter to generate)",
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt",
                                 elem_id="txt2img_prompt")
             negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
         with gr.Column(scale=1, min_width=220):
