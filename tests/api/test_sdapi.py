@@ -53,6 +53,7 @@ def test_same_seed_over_http_is_reproducible(server):
     ({"override_settings": {"sd_model_checkpoint": "missing-model"}}, 404, "not found"),
     ({"override_settings": {"sd_model_checkpoint": "broken-download"}}, 422, "cannot be loaded"),
     ({"steps": "many"}, 422, "steps"),
+    ({"prompt": "a circle <lora:nowhere:1>"}, 422, "'nowhere' not found"),
 ])
 def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server, body, status, reason):
     response = post(server, "txt2img", {**SMALL, **body})

@@ -135,6 +135,16 @@ def build_api_router(ctx: AppContext) -> APIRouter:
         records = ctx.refresh_checkpoints()
         return {"checkpoints": len(records), "unusable": {r.name: r.error for r in records if not r.usable}}
 
+    @router.get("/loras")
+    @translate_errors
+    def loras() -> list[dict[str, Any]]:
+        return [{"name": name, "alias": name, "path": str(path)} for name, path in ctx.loras.files().items()]
+
+    @router.post("/refresh-loras")
+    @translate_errors
+    def refresh_loras() -> dict[str, Any]:
+        return {"loras": len(ctx.loras.files())}  # the folder is rescanned on every use
+
     @router.get("/samplers")
     @translate_errors
     def samplers() -> list[dict[str, Any]]:
