@@ -105,3 +105,25 @@ def test_bad_input_shows_a_clear_message_and_the_page_keeps_working(page):
     set_number(page, "#txt2img_width input[type=number]", "64")
     page.click("#txt2img_generate")
     page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('bad width')")
+
+
+def test_lora_card_click_inserts_the_tag_and_the_hash_reaches_the_infotext(page, server):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from tests.engine.test_lora_generation import write_kohya_lora
+
+    unet = UNet2DConditionModel.from_pretrained(server.data_dir / "models" / "Stable-diffusion" / "sd-studio-toy" / "unet")
+    write_kohya_lora(server.data_dir / "models" / "Lora" / "browser_style.safetensors", unet)
+    del unet, torch
+    fill_small_request(page, "a large red circle in the center, blue background", "8")
+    page.click("#extra_networks button:has-text('Extra networks')")
+    page.click("button[role=tab]:has-text('LoRA')")
+    page.click("#extra_networks_refresh")
+    page.wait_for_selector("#extra_networks_lora img")
+    assert "rank 4" in page.inner_text("#extra_networks_lora")
+    page.locator("#extra_networks_lora img").first.click()
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('<lora:browser_style:1>')")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Lora hashes')")
+    assert "browser_style: " in page.input_value("#txt2img_infotext textarea")

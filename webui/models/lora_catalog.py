@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from webui.generation.prompt_syntax import NetworkTag
+from webui.models.checkpoint_files import CheckpointReadError, read_metadata
 from webui.models.hashing import HashCache
 
 LORA_TAG_KINDS = ("lora", "lyco")
@@ -32,6 +33,49 @@ class LoraUse:
     shorthash: str
 
 
+@dataclass(frozen=True)
+class NetworkCard:
+    """What the extra-networks panel shows for one file: name, preview and the metadata people look for."""
+
+    name: str
+    path: Path
+    preview: Path | None
+    description: str
+
+
+def preview_image_for(path: Path) -> Path | None:
+    """A1111 previews: `name.png` or `name.preview.png` beside the file."""
+    for candidate in (path.with_suffix(".png"), path.with_suffix(".preview.png")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def describe_lora_metadata(metadata: dict[str, str]) -> str:
+    """Base model, rank and trigger words from kohya `ss_*` / `modelspec.*` metadata (header only)."""
+    parts = []
+    base = metadata.get("modelspec.architecture") or metadata.get("ss_base_model_version")
+    if base:
+        parts.append(f"base: {base}")
+    if metadata.get("ss_network_dim"):
+        parts.append(f"rank {metadata['ss_network_dim']}")
+    triggers = metadata.get("modelspec.trigger_phrase", "")
+    if not triggers and metadata.get("ss_tag_frequency"):
+        import json
+
+        try:
+            counts: dict[str, int] = {}
+            for folder_tags in json.loads(metadata["ss_tag_frequency"]).values():
+                for tag, count in folder_tags.items():
+                    counts[tag.strip()] = counts.get(tag.strip(), 0) + int(count)
+            triggers = ", ".join(sorted(counts, key=lambda tag: -counts[tag])[:3])
+        except (ValueError, AttributeError, TypeError):
+            triggers = ""
+    if triggers:
+        parts.append(f"triggers: {triggers}")
+    return " · ".join(parts)
+
+
 class LoraCatalog:
     def __init__(self, folder: Path, hash_cache: HashCache):
         self.folder = folder
@@ -46,6 +90,18 @@ class LoraCatalog:
             if path.is_file() and path.suffix.lower() in LORA_SUFFIXES:
                 found[path.relative_to(self.folder).with_suffix("").as_posix()] = path
         return found
+
+    def cards(self, query: str = "") -> list[NetworkCard]:
+        """Cards for the files whose name or description contains `query` (case-insensitive)."""
+        cards = []
+        for name, path in self.files().items():
+            try:
+                description = describe_lora_metadata(read_metadata(path))
+            except CheckpointReadError as error:
+                description = f"unreadable: {error.reason}"
+            if query.lower() in f"{name} {description}".lower():
+                cards.append(NetworkCard(name, path, preview_image_for(path), description))
+        return cards
 
     def find(self, name: str) -> Path:
         files = self.files()

@@ -105,6 +105,10 @@ class ModelManager:
         self.switch_count = {"copied": 0, "rebuilt": 0}
 
     @property
+    def embedding_catalog(self) -> EmbeddingCatalog | None:
+        return self._embedding_catalog
+
+    @property
     def current(self) -> CheckpointRecord | None:
         weights = self._weights
         return weights.record if weights else None

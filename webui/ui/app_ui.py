@@ -55,7 +55,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             unusable = gr.Markdown(elem_id="unusable_checkpoints")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                txt2img = build_txt2img_tab(ctx, native_size(ctx))
+                txt2img = build_txt2img_tab(ctx, native_size(ctx), checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_raw, send_to_txt2img = build_png_info_tab()
 

@@ -18,6 +18,7 @@ from webui.generation.requests import Txt2ImgRequest
 from webui.generation.samplers import sampler_names, schedule_types_for
 from webui.jobs.progress import ProgressSnapshot
 from webui.ui.errors import user_error
+from webui.ui.extra_networks import build_extra_networks
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 
 POLL_SECONDS = 0.25
@@ -47,12 +48,13 @@ def progress_html(snapshot: ProgressSnapshot) -> str:
     )
 
 
-def build_txt2img_tab(ctx: AppContext, default_size: int) -> Txt2ImgControls:
+def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdown | None = None) -> Txt2ImgControls:
     with gr.Row():
         with gr.Column(scale=4):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt",
                                 elem_id="txt2img_prompt")
             negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+            build_extra_networks(ctx, prompt, checkpoint)
         with gr.Column(scale=1, min_width=220):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
             with gr.Row():
