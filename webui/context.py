@@ -7,6 +7,7 @@ HTTP layers receive a context and call its methods, so they stay thin and never 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.requests import GenerationLimits, RequestError, Txt2ImgRequest
@@ -19,7 +20,8 @@ from webui.models.default_model import ensure_default_model
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.hashing import HashCache
 from webui.models.lora_catalog import LoraCatalog, LoraUse
-from webui.models.manager import ModelManager, resolve_device, resolve_dtype
+from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager, resolve_device, resolve_dtype
+from webui.models.vae import scan_vaes
 from webui.settings import Settings
 
 
@@ -46,6 +48,22 @@ class AppContext:
                 raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
         return request
 
+    def vae_names(self) -> list[str]:
+        """Choices for the VAE dropdown: A1111's Automatic and None, then the usable files in models/VAE."""
+        return [AUTOMATIC_VAE, CHECKPOINT_VAE] + [r.name for r in scan_vaes(self.settings.vae_folder) if r.error is None]
+
+    def resolve_vae(self, name: str) -> str | Path:
+        """A dropdown/API VAE name -> what the manager reconciles to; unknown or broken files raise."""
+        if name in (AUTOMATIC_VAE, CHECKPOINT_VAE):
+            return name
+        records = {record.name: record for record in scan_vaes(self.settings.vae_folder)}
+        record = records.get(name) or next((r for r in records.values() if Path(r.name).stem == name), None)
+        if record is None:
+            raise RequestError(f"VAE {name!r} not found; available: {', '.join(self.vae_names())}")
+        if record.error:
+            raise RequestError(f"VAE {record.name} cannot be used: {record.error}")
+        return record.path
+
     def lora_uses(self, request: Txt2ImgRequest) -> tuple[LoraUse, ...]:
         """The LoRAs the (styled) prompt's `<lora:name:weight>` tags ask for; unknown names raise."""
         prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
@@ -55,9 +73,10 @@ class AppContext:
         """Validate, then queue; the returned job carries progress and, when done, a GenerationResult."""
         request = self.validate_txt2img(request)
         loras = self.lora_uses(request)
+        vae = self.resolve_vae(request.vae)
 
         def work(control: JobControl) -> GenerationResult:
-            with self.manager.checkout(request.checkpoint, loras) as model:
+            with self.manager.checkout(request.checkpoint, loras, vae) as model:
                 return run_txt2img(model, request, outputs_root=self.settings.outputs_folder,
                                    styles=self.styles, control=control)
 

@@ -92,3 +92,28 @@ def test_textual_inversion_by_file_name_and_incompatible_width_ignored(ctx, data
     # Injected embeddings only add new token rows: prompts that do not use them are unchanged.
     again = generate(ctx, "a large red circle in the center, blue background")
     assert again.images[0].tobytes() == plain.images[0].tobytes()
+
+
+def test_vae_choice_automatic_none_file_and_beside_checkpoint(ctx, data_dir):
+    with ctx.manager.checkout() as model:
+        vae_state = {k: v.clone() for k, v in model.pipeline.vae.state_dict().items()}
+    generator = torch.Generator().manual_seed(5)
+    altered = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+               for k, v in vae_state.items()}
+    save_file(altered, str(data_dir / "models" / "VAE" / "sharper.safetensors"))
+    own = generate(ctx, "a circle")
+    external = ctx.submit_txt2img(Txt2ImgRequest(prompt="a circle", vae="sharper", **BASE)).result(300)
+    assert external.images[0].tobytes() != own.images[0].tobytes()
+    params = parse_infotext(external.infotexts[0])
+    assert params["VAE"] == "sharper.safetensors" and len(params["VAE hash"]) == 10
+    # "None" and "Automatic" (nothing beside the checkpoint) give back the checkpoint's own VAE exactly.
+    for choice in ("None", "Automatic"):
+        again = ctx.submit_txt2img(Txt2ImgRequest(prompt="a circle", vae=choice, **BASE)).result(300)
+        assert again.images[0].tobytes() == own.images[0].tobytes()
+    # A `<checkpoint>.vae.safetensors` beside the checkpoint is what Automatic picks.
+    save_file(altered, str(data_dir / "models" / "Stable-diffusion" / "sd-studio-toy.vae.safetensors"))
+    automatic = generate(ctx, "a circle")
+    assert automatic.images[0].tobytes() == external.images[0].tobytes()
+    assert ctx.manager.switch_count == {"rebuilt": 1, "copied": 0}
+    with pytest.raises(ValueError, match="VAE 'missing' not found"):
+        ctx.submit_txt2img(Txt2ImgRequest(prompt="x", vae="missing", **BASE))

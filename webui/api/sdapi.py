@@ -102,6 +102,7 @@ def txt2img_request_from_body(body: Txt2ImgBody, default_checkpoint: str | None)
         seed=body.seed, subseed=body.subseed, subseed_strength=body.subseed_strength, batch_count=body.n_iter,
         batch_size=body.batch_size, clip_skip=int(overrides.get("CLIP_stop_at_last_layers", 1)),
         checkpoint=overrides.get("sd_model_checkpoint") or default_checkpoint, save_images=body.save_images,
+        vae=overrides.get("sd_vae") or "Automatic",
     )
 
 
@@ -144,6 +145,11 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @translate_errors
     def refresh_loras() -> dict[str, Any]:
         return {"loras": len(ctx.loras.files())}  # the folder is rescanned on every use
+
+    @router.get("/sd-vae")
+    @translate_errors
+    def sd_vae() -> list[dict[str, Any]]:
+        return [{"model_name": name, "filename": name} for name in ctx.vae_names()[2:]]
 
     @router.get("/samplers")
     @translate_errors

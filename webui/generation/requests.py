@@ -44,6 +44,7 @@ class Txt2ImgRequest:
     batch_size: int = 1
     clip_skip: int = 1
     checkpoint: str | None = None  # None = the currently loaded one
+    vae: str = "Automatic"         # "Automatic", "None" (the checkpoint's own) or a file name in models/VAE
     save_images: bool = True
     save_grid: bool = True
     extra: dict[str, Any] = field(default_factory=dict)

@@ -121,7 +121,7 @@ def _step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch
 
 
 def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int, subseed: int,
-                          ti_hashes: str | None = None) -> dict[str, Any]:
+                          ti_hashes: str | None = None, model_extras: dict[str, Any] | None = None) -> dict[str, Any]:
     """The infotext's key/value line, in A1111's order."""
     return {
         "Steps": request.steps,
@@ -132,6 +132,7 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         "Size": f"{request.width}x{request.height}",
         "Model hash": model.record.shorthash,
         "Model": model.record.name,
+        **(model_extras or {}),
         "Variation seed": subseed if request.subseed_strength > 0 else None,
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
@@ -159,6 +160,8 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         ) or None
         encoder_prompt = model.embeddings.expand_prompt(encoder_prompt)
         encoder_negative = model.embeddings.expand_prompt(encoder_negative)
+    # Hashed once per request: A1111's 10-digit VAE short hash and the file name.
+    vae_extras = {"VAE hash": sha256_of_file(model.vae_path)[:10], "VAE": model.vae_path.name} if model.vae_path else {}
 
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     pipeline = model.pipeline
@@ -184,7 +187,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         noise = torch.stack([initial_noise(shape, s, v, request.subseed_strength) for s, v in zip(seeds, subseeds)])
         images = _denoise_batch(model, request, conditioning, noise, seeds, control)
         for image, image_seed, image_subseed in zip(images, seeds, subseeds):
-            infotext = create_infotext(prompt, negative_prompt, generation_parameters(request, model, image_seed, image_subseed, ti_hashes))
+            infotext = create_infotext(prompt, negative_prompt, generation_parameters(request, model, image_seed, image_subseed, ti_hashes, vae_extras))
             result.images.append(image)
             result.infotexts.append(infotext)
             result.seeds.append(image_seed)

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -22,6 +23,10 @@ from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
 from webui.models.lora import LoraApplier
 from webui.models.lora_catalog import LoraUse
+from webui.models.vae import read_vae_state_dict, vae_beside_checkpoint
+
+AUTOMATIC_VAE = "Automatic"  # a `<checkpoint>.vae.safetensors` beside the checkpoint, else its own VAE
+CHECKPOINT_VAE = "None"      # always the checkpoint's own VAE
 from webui.models.checkpoint_loading import (
     CheckpointLoadError,
     CheckpointWeights,
@@ -43,6 +48,7 @@ class LoadedModel:
     dtype: torch.dtype
     loras: tuple[LoraUse, ...] = ()
     embeddings: EmbeddingInjector | None = None
+    vae_path: Path | None = None  # an external VAE file in use; None = the checkpoint's own
 
 
 def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
@@ -102,6 +108,8 @@ class ModelManager:
         self._lora: LoraApplier | None = None
         self._embedding_catalog = embedding_catalog
         self._embeddings: EmbeddingInjector | None = None
+        self._vae_path: Path | None = None
+        self._vae_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self.switch_count = {"copied": 0, "rebuilt": 0}
 
     @property
@@ -152,10 +160,35 @@ class ModelManager:
             self._pipeline = build_pipeline(weights, self.device, self.dtype)
             self.switch_count["rebuilt"] += 1
         self._weights = weights
+        self._vae_path = None  # copying or rebuilding put the checkpoint's own VAE in place
         self._lora = LoraApplier(_weight_modules(self._pipeline), weights.architecture.family)
         self._embeddings = EmbeddingInjector(self._pipeline, weights.architecture.family)
         if self._on_model_loaded:
             self._on_model_loaded(record)
+
+    def _reconcile_vae(self, vae: str | Path) -> None:
+        """Copy the wanted VAE's weights into the resident VAE (the checkpoint's own come from the RAM cache)."""
+        assert self._weights is not None
+        if vae == AUTOMATIC_VAE:
+            path = vae_beside_checkpoint(self._weights.record.path)
+        else:
+            path = None if vae == CHECKPOINT_VAE else Path(vae)
+        if path == self._vae_path:
+            return
+        if path is None:
+            state = self._weights.state_dicts["vae"]
+        else:
+            stat = path.stat()
+            key = (str(path), stat.st_size, stat.st_mtime)
+            state = self._vae_cache.get(key)
+            if state is None:
+                state = {k: v.to(self.dtype) if v.is_floating_point() else v
+                         for k, v in read_vae_state_dict(path, self._weights.configs["vae"]).items()}
+                self._vae_cache[key] = state
+                while len(self._vae_cache) > 2:
+                    self._vae_cache.popitem(last=False)
+        self._pipeline.vae.load_state_dict(state, strict=True)
+        self._vae_path = path
 
     def select(self, wanted: str | None = None) -> CheckpointRecord:
         """Make `wanted` (a title/name/hash; None = keep current or default) the loaded checkpoint."""
@@ -163,8 +196,9 @@ class ModelManager:
             return model.record
 
     @contextmanager
-    def checkout(self, wanted: str | None = None, loras: Sequence[LoraUse] = ()) -> Iterator[LoadedModel]:
-        """Hold the model for one job in the requested state (checkpoint + exactly these LoRAs merged);
+    def checkout(self, wanted: str | None = None, loras: Sequence[LoraUse] = (),
+                 vae: str | Path = AUTOMATIC_VAE) -> Iterator[LoadedModel]:
+        """Hold the model for one job in the requested state (checkpoint, VAE, exactly these LoRAs merged);
         other callers wait until the block ends. LoRA files are parsed once and cached; changing only
         weights re-merges from the kept originals and never reloads the checkpoint."""
         with self._lock:
@@ -175,6 +209,7 @@ class ModelManager:
             elif self._pipeline is None:
                 self._switch_to(self._default_record())
             assert self._weights is not None and self._lora is not None
+            self._reconcile_vae(vae)
             self._lora.set_active([(self._lora.read(use.path), use.te_weight, use.unet_weight) for use in loras])
             if self._embedding_catalog is not None and self._embeddings is not None:
                 # Like A1111, every compatible embedding in the folder is usable by its file name.
@@ -189,6 +224,7 @@ class ModelManager:
                 dtype=self.dtype,
                 loras=tuple(loras),
                 embeddings=self._embeddings,
+                vae_path=self._vae_path,
             )
 
 

@@ -52,10 +52,11 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 elem_id="setting_sd_model_checkpoint", scale=4,
             )
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=48)
+            vae = gr.Dropdown(label="SD VAE", choices=ctx.vae_names(), value="Automatic", elem_id="setting_sd_vae", scale=2)
             unusable = gr.Markdown(elem_id="unusable_checkpoints")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                txt2img = build_txt2img_tab(ctx, native_size(ctx), checkpoint)
+                txt2img = build_txt2img_tab(ctx, native_size(ctx), checkpoint, vae)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_raw, send_to_txt2img = build_png_info_tab()
 
@@ -66,7 +67,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         def refresh_checkpoints():
             ctx.refresh_checkpoints()
             titles = ctx.checkpoint_titles()
-            return gr.update(choices=titles, value=ctx.current_checkpoint_title() or next(iter(titles), None)), unusable_note()
+            return (gr.update(choices=titles, value=ctx.current_checkpoint_title() or next(iter(titles), None)),
+                    unusable_note(), gr.update(choices=ctx.vae_names()))
 
         def choose_checkpoint(title: str):
             if not title:
@@ -77,9 +79,9 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 raise gr.Error(user_error(error)) from None
             return gr.update(choices=ctx.checkpoint_titles(), value=record.title)
 
-        refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable])
+        refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
         checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)
-        blocks.load(refresh_checkpoints, outputs=[checkpoint, unusable])
+        blocks.load(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
 
         def send_infotext(text: str):
             if not text:

@@ -48,7 +48,8 @@ def progress_html(snapshot: ProgressSnapshot) -> str:
     )
 
 
-def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdown | None = None) -> Txt2ImgControls:
+def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdown | None = None,
+                      vae: gr.Dropdown | None = None) -> Txt2ImgControls:
     with gr.Row():
         with gr.Column(scale=4):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt",
@@ -116,8 +117,9 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
     field_names = list(fields)
 
     def run_generation(*values: Any) -> Iterator[tuple]:
-        named = dict(zip(field_names, values[:-1]))
-        style_names = tuple(values[-1] or ())
+        named = dict(zip(field_names, values))
+        style_names = tuple(values[len(field_names)] or ())
+        vae_name = values[len(field_names) + 1] if vae is not None else "Automatic"
         try:
             request = Txt2ImgRequest(
                 prompt=named["prompt"] or "", negative_prompt=named["negative_prompt"] or "",
@@ -127,7 +129,7 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
                 height=_int(named["height"], "Height"), seed=_int(named["seed"], "Seed"),
                 subseed=_int(named["subseed"], "Variation seed"), subseed_strength=float(named["subseed_strength"]),
                 batch_count=_int(named["batch_count"], "Batch count"), batch_size=_int(named["batch_size"], "Batch size"),
-                clip_skip=_int(named["clip_skip"], "Clip skip"),
+                clip_skip=_int(named["clip_skip"], "Clip skip"), vae=vae_name or "Automatic",
             )
             job = ctx.submit_txt2img(request)
         except (ValueError, LookupError) as error:
@@ -150,7 +152,7 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         done = f'<div class="sd-progress-done">Done: {len(result.images)} image(s){note}</div>'
         yield images, (texts[0] if texts else ""), done, None, texts, result.seeds
 
-    inputs = [fields[name] for name in field_names] + [styles]
+    inputs = [fields[name] for name in field_names] + [styles] + ([vae] if vae is not None else [])
     outputs = [gallery, infotext, progress, preview, infotexts_state, seeds_state]
     generate.click(run_generation, inputs=inputs, outputs=outputs, api_name="txt2img")
     prompt.submit(run_generation, inputs=inputs, outputs=outputs)
