@@ -54,7 +54,7 @@ class RunningServer:
 
 
 def start_server(data_dir: Path, *extra_args: str, timeout: float = 180) -> RunningServer:
-    """Run `launch.py` as a user would, in a subprocess, and wait until it answers HTTP."""
+    """Run `launch.py` as a user would, in a subprocess, and wait until it says it is running and answers."""
     import requests
 
     port = free_port()
@@ -70,10 +70,12 @@ def start_server(data_dir: Path, *extra_args: str, timeout: float = 180) -> Runn
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_file.read_text()}")
         try:
-            requests.get(url + "/", timeout=2)
-            return RunningServer(url, data_dir, process, log_file)
+            if "running on" in log_file.read_text(errors="replace"):
+                requests.get(url + "/", timeout=2)
+                return RunningServer(url, data_dir, process, log_file)
         except requests.RequestException:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"server did not start in {timeout}s:\n{log_file.read_text()}")
 
