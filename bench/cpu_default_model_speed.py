@@ -1,9 +1,11 @@
-"""CPU speed of the embedded default model: 20 steps at its native 128x128, SD Studio vs plain diffusers.
+"""CPU speed of the embedded default model: 20 steps at its native 128x128, SD Studio vs plain diffusers,
+and the cost of changing a LoRA's weight between two generations.
 
     python bench/cpu_default_model_speed.py [--repeats 5]
 
 Both run the same weights on the CPU with DPM++ 2M (Karras), CFG 7, batch 1; the SD Studio figure goes
-through the queue, the model manager and run_txt2img, like a click on Generate.
+through the queue, the model manager and run_txt2img, like a click on Generate. The LoRA figure times
+`manager.checkout` alone when only the weight of a rank-16 LoRA on every attention projection changes.
 """
 
 from __future__ import annotations
@@ -53,9 +55,34 @@ def main() -> None:
         ctx = build_context(settings_from_args(["--data-dir", data_dir, "--device", "cpu"]))
         request = Txt2ImgRequest(prompt=PROMPT, width=128, height=128, steps=20, seed=1, save_images=False)
         studio_seconds = timed(lambda: ctx.submit_txt2img(request).result(), args.repeats)
+        reweight_seconds = lora_reweight_seconds(ctx, Path(data_dir), args.repeats)
         ctx.queue.shutdown()
     print(json.dumps({"threads": torch.get_num_threads(), "plain_diffusers_s": round(plain_seconds, 3),
-                      "sd_studio_s": round(studio_seconds, 3)}))
+                      "sd_studio_s": round(studio_seconds, 3), "lora_reweight_s": round(reweight_seconds, 4)}))
+
+
+def lora_reweight_seconds(ctx, data_dir: Path, repeats: int) -> float:
+    from safetensors.torch import save_file
+
+    from webui.models.lora_catalog import LoraUse
+
+    with ctx.manager.checkout() as model:
+        tensors = {}
+        for name, module in model.pipeline.unet.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".attn" in name:
+                key = "lora_unet_" + name.replace(".", "_")
+                tensors[f"{key}.lora_down.weight"] = torch.randn(16, module.in_features) * 0.1
+                tensors[f"{key}.lora_up.weight"] = torch.randn(module.out_features, 16) * 0.1
+    path = data_dir / "models" / "Lora" / "bench.safetensors"
+    save_file(tensors, str(path))
+    weights = iter(0.1 * (i + 1) for i in range(10 * repeats + 10))
+
+    def reweight() -> None:
+        weight = next(weights)
+        with ctx.manager.checkout(None, [LoraUse("bench", path, weight, weight, "")]):
+            pass
+
+    return timed(reweight, repeats)
 
 
 if __name__ == "__main__":
