@@ -58,6 +58,7 @@ def test_lora_tag_changes_the_image_and_its_removal_restores_it_bitwise(ctx):
     again = generate(ctx, "a large red circle in the center, blue background")
     assert again.images[0].tobytes() == plain.images[0].tobytes()
     assert all(torch.equal(original_weights[k], v) for k, v in unet_weights(ctx).items())
+    assert with_lora.warnings == ()
     # Adding, re-weighting and removing LoRAs never reloaded the checkpoint.
     assert ctx.manager.switch_count == {"rebuilt": 1, "copied": 0}
 
@@ -67,6 +68,14 @@ def test_bad_lora_tags_are_refused_with_the_tag_named(ctx):
         generate(ctx, "a circle <lora:missing:1>")
     with pytest.raises(ValueError, match="<lora:shapes:abc> is not a number"):
         generate(ctx, "a circle <lora:shapes:abc>")
+    from safetensors.torch import load_file
+
+    extra = load_file(str(ctx.settings.lora_folder / "shapes.safetensors"))
+    extra["lora_unet_no_such_block_attn1_to_q.lora_down.weight"] = torch.zeros(4, 8)
+    extra["lora_unet_no_such_block_attn1_to_q.lora_up.weight"] = torch.zeros(8, 4)
+    save_file(extra, str(ctx.settings.lora_folder / "partial.safetensors"))
+    partial = generate(ctx, "a circle <lora:partial:1>")
+    assert len(partial.warnings) == 1 and "lora_unet_no_such_block_attn1_to_q" in partial.warnings[0]
     (ctx.settings.lora_folder / "broken.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="broken"):
         generate(ctx, "a circle <lora:broken:1>")

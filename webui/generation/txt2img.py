@@ -44,6 +44,7 @@ class GenerationResult:
     grid: Image.Image | None = None
     grid_path: Path | None = None
     interrupted: bool = False
+    warnings: tuple[str, ...] = ()
 
     def info(self, request: Txt2ImgRequest) -> dict[str, Any]:
         """A1111's `info` JSON (returned as a string by /sdapi/v1/txt2img)."""
@@ -57,7 +58,7 @@ class GenerationResult:
             "sampler_name": request.sampler_name, "scheduler": request.scheduler, "cfg_scale": request.cfg_scale,
             "steps": request.steps, "batch_size": request.batch_size, "clip_skip": request.clip_skip,
             "styles": list(request.styles), "infotexts": self.infotexts, "interrupted": self.interrupted,
-            "saved_paths": [str(p) for p in self.saved_paths],
+            "saved_paths": [str(p) for p in self.saved_paths], "warnings": list(self.warnings),
         }
 
 
@@ -172,7 +173,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative, request.steps)
     shape = _latent_shape(model, request)
 
-    result = GenerationResult([], [], [], [], prompt, negative_prompt)
+    result = GenerationResult([], [], [], [], prompt, negative_prompt, warnings=model.warnings)
     if control is not None:
         control.start(request.batch_count, request.steps)
     for batch_index in range(request.batch_count):

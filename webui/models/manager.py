@@ -49,6 +49,7 @@ class LoadedModel:
     loras: tuple[LoraUse, ...] = ()
     embeddings: EmbeddingInjector | None = None
     vae_path: Path | None = None  # an external VAE file in use; None = the checkpoint's own
+    warnings: tuple[str, ...] = ()  # things the user should know, e.g. LoRA keys that matched no layer
 
 
 def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
@@ -210,7 +211,13 @@ class ModelManager:
                 self._switch_to(self._default_record())
             assert self._weights is not None and self._lora is not None
             self._reconcile_vae(vae)
-            self._lora.set_active([(self._lora.read(use.path), use.te_weight, use.unet_weight) for use in loras])
+            files = [self._lora.read(use.path) for use in loras]
+            self._lora.set_active([(file, use.te_weight, use.unet_weight) for file, use in zip(files, loras)])
+            warnings = tuple(
+                f"LoRA {file.name}: {len(file.unmatched_keys)} key(s) matched no layer and were ignored: "
+                + ", ".join(file.unmatched_keys[:5]) + (" ..." if len(file.unmatched_keys) > 5 else "")
+                for file in files if file.unmatched_keys
+            )
             if self._embedding_catalog is not None and self._embeddings is not None:
                 # Like A1111, every compatible embedding in the folder is usable by its file name.
                 self._embedding_catalog.refresh()
@@ -225,6 +232,7 @@ class ModelManager:
                 loras=tuple(loras),
                 embeddings=self._embeddings,
                 vae_path=self._vae_path,
+                warnings=warnings,
             )
 
 

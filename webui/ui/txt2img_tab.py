@@ -149,7 +149,8 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         images = ([result.grid] if result.grid is not None else []) + result.images
         texts = ([result.infotexts[0]] if result.grid is not None else []) + result.infotexts
         note = " (interrupted)" if result.interrupted else ""
-        done = f'<div class="sd-progress-done">Done: {len(result.images)} image(s){note}</div>'
+        warnings = "".join(f"<div class=\"sd-warning\">⚠️ {html.escape(w)}</div>" for w in result.warnings)
+        done = f'<div class="sd-progress-done">Done: {len(result.images)} image(s){note}</div>{warnings}'
         yield images, (texts[0] if texts else ""), done, None, texts, result.seeds
 
     inputs = [fields[name] for name in field_names] + [styles] + ([vae] if vae is not None else [])
