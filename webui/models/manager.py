@@ -160,10 +160,11 @@ class ModelManager:
                 torch.cuda.empty_cache()
             self._pipeline = build_pipeline(weights, self.device, self.dtype)
             self.switch_count["rebuilt"] += 1
+            # New modules need new appliers; after a copy the old ones (restored, cleared) keep their caches.
+            self._lora = LoraApplier(_weight_modules(self._pipeline), weights.architecture.family)
+            self._embeddings = EmbeddingInjector(self._pipeline, weights.architecture.family)
         self._weights = weights
         self._vae_path = None  # copying or rebuilding put the checkpoint's own VAE in place
-        self._lora = LoraApplier(_weight_modules(self._pipeline), weights.architecture.family)
-        self._embeddings = EmbeddingInjector(self._pipeline, weights.architecture.family)
         if self._on_model_loaded:
             self._on_model_loaded(record)
 
