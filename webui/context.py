@@ -19,6 +19,7 @@ from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.default_model import ensure_default_model
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.hashing import HashCache
+from webui.models.hub import looks_like_repo_id
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager, resolve_device, resolve_dtype
 from webui.models.vae import scan_vaes
@@ -42,7 +43,7 @@ class AppContext:
         unknown_styles = [name for name in request.styles if name not in self.styles.names()]
         if unknown_styles:
             raise RequestError(f"unknown style(s) {', '.join(unknown_styles)}; available: {', '.join(self.styles.names()) or '(none)'}")
-        if request.checkpoint:
+        if request.checkpoint and not looks_like_repo_id(request.checkpoint):
             record = self.catalog.find(request.checkpoint)
             if not record.usable:
                 raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
@@ -91,6 +92,8 @@ class AppContext:
 
     def select_checkpoint(self, wanted: str) -> CheckpointRecord:
         """Load a checkpoint as the current one, in turn with other GPU work."""
+        if looks_like_repo_id(wanted):  # may download: do it on the worker, in turn with other jobs
+            return self.queue.run("load-checkpoint", lambda control: self.manager.select(wanted))
         record = self.catalog.find(wanted)
         if not record.usable:
             raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")

@@ -132,3 +132,11 @@ def test_unusable_records_cannot_be_loaded_directly(ctx):
 
     with pytest.raises(CheckpointLoadError, match="truncated"):
         read_checkpoint_weights(record, torch.float32)
+
+
+def test_hub_repo_id_offline_gives_a_clear_error_and_keeps_the_model(ctx, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ctx.select_checkpoint("variant-b")
+    with pytest.raises(LookupError, match="could not be downloaded from the Hugging Face Hub"):
+        ctx.select_checkpoint("someone/some-model")
+    assert ctx.manager.current.name == "variant-b"

@@ -144,6 +144,19 @@ class CheckpointCatalog:
         names = ", ".join(record.title for record in self.records()) or "(none)"
         raise UnknownCheckpointError(f"checkpoint {wanted!r} not found; available: {names}")
 
+    def find_or_fetch(self, wanted: str) -> CheckpointRecord:
+        """`find`, and for an unknown `owner/name` a download from the Hugging Face Hub when online."""
+        from webui.models.hub import fetch_diffusers_model, looks_like_repo_id
+
+        try:
+            return self.find(wanted)
+        except UnknownCheckpointError:
+            if not looks_like_repo_id(wanted):
+                raise
+        fetch_diffusers_model(wanted.strip(), self.folder)
+        self.refresh()
+        return self.find(wanted.strip().replace("/", "--"))
+
     def with_hash(self, record: CheckpointRecord) -> CheckpointRecord:
         """The record with its sha256 filled in (computed once, then cached on disk)."""
         if record.sha256:

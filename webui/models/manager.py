@@ -205,7 +205,7 @@ class ModelManager:
         weights re-merges from the kept originals and never reloads the checkpoint."""
         with self._lock:
             if wanted:
-                record = self.catalog.find(wanted)
+                record = self.catalog.find_or_fetch(wanted)
                 if self.current is None or record.path != self.current.path:
                     self._switch_to(record)
             elif self._pipeline is None:
