@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_interrupt_stops_within_a_step_and_returns_what_is_finished(ctx):
 
     def interrupt_after_first_batch():
         while job.control.snapshot().batch_index < 1 and not job.done:
-            pass
+            time.sleep(0.01)  # a busy loop would starve the worker of the GIL
         ctx.queue.interrupt_current()
         stopped_at.set()
 
