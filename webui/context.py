@@ -110,8 +110,8 @@ def build_context(settings: Settings) -> AppContext:
                    settings.embeddings_folder, settings.outputs_folder, settings.cache_folder):
         folder.mkdir(parents=True, exist_ok=True)
     ensure_default_model(settings.checkpoint_folder)
-    catalog_hashes = HashCache(settings.cache_folder / "hashes.json")
-    catalog = CheckpointCatalog(settings.checkpoint_folder, catalog_hashes)
+    hash_cache = HashCache(settings.cache_folder / "hashes.json")
+    catalog = CheckpointCatalog(settings.checkpoint_folder, hash_cache)
     catalog.refresh()
     device = resolve_device(settings.device)
     manager = ModelManager(
@@ -127,5 +127,5 @@ def build_context(settings: Settings) -> AppContext:
         queue=JobQueue(preview_every_n_steps=settings.preview_every_n_steps),
         styles=StyleDatabase(settings.styles_file),
         limits=GenerationLimits(max_side=settings.max_image_side, max_images=settings.max_batch_images),
-        loras=LoraCatalog(settings.lora_folder, catalog_hashes),
+        loras=LoraCatalog(settings.lora_folder, hash_cache),
     )

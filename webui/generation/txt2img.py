@@ -179,7 +179,6 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     for batch_index in range(request.batch_count):
         if control is not None:
             if control.interrupted:
-                result.interrupted = True
                 break
             control.begin_batch(batch_index)
         offset = batch_index * request.batch_size
@@ -196,8 +195,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
             if request.save_images and outputs_root is not None:
                 folder = dated_folder(outputs_root, "txt2img-images")
                 result.saved_paths.append(save_image(image, folder, image_seed, infotext))
-    if control is not None and control.interrupted:
-        result.interrupted = True
+    result.interrupted = control is not None and control.interrupted
     if len(result.images) > 1 and request.save_grid:
         result.grid = image_grid(result.images)
         if request.save_images and outputs_root is not None:
