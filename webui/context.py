@@ -22,7 +22,8 @@ from webui.models.hashing import HashCache
 from webui.models.hub import looks_like_repo_id
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager, resolve_device, resolve_dtype
-from webui.models.vae import scan_vaes
+from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
+from webui.models.vae import read_vae_state_dict, scan_vaes
 from webui.settings import Settings
 
 
@@ -98,6 +99,26 @@ class AppContext:
         if not record.usable:
             raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
         return self.queue.run("load-checkpoint", lambda control: self.manager.select(record.title))
+
+    def merge_checkpoints(self, recipe: MergeRecipe, output_name: str) -> CheckpointRecord:
+        """Merge on the worker (it reads whole checkpoints), save beside the others, list it at once."""
+        names = [recipe.primary, recipe.secondary] + ([recipe.tertiary] if recipe.tertiary else [])
+        records = [self.catalog.find(name) for name in names]
+        for record in records:
+            if not record.usable:
+                raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
+        vae_path = self.resolve_vae(recipe.baked_vae) if recipe.baked_vae else None
+
+        def work(control: JobControl) -> CheckpointRecord:
+            weights = [self.manager.weights_of(record) for record in records]
+            merged = merge_state_dicts(recipe, weights[0], weights[1], weights[2] if len(weights) > 2 else None)
+            if isinstance(vae_path, Path):
+                merged["vae"] = read_vae_state_dict(vae_path, weights[0].configs["vae"])
+            path = save_merged(recipe, merged, weights[0], self.settings.checkpoint_folder, output_name)
+            self.catalog.refresh()
+            return next(r for r in self.catalog.records() if r.path == path)
+
+        return self.queue.run("merge-checkpoints", work)
 
     def current_checkpoint_title(self) -> str | None:
         current = self.manager.current

@@ -127,3 +127,22 @@ def test_lora_card_click_inserts_the_tag_and_the_hash_reaches_the_infotext(page,
     page.click("#txt2img_generate")
     page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Lora hashes')")
     assert "browser_style: " in page.input_value("#txt2img_infotext textarea")
+
+
+def test_checkpoint_merger_tab_saves_a_model_that_appears_in_the_dropdown(page, server):
+    import shutil
+
+    checkpoints = server.data_dir / "models" / "Stable-diffusion"
+    if not (checkpoints / "toy-twin").exists():
+        shutil.copytree(checkpoints / "sd-studio-toy", checkpoints / "toy-twin")
+    page.click("#refresh_sd_model_checkpoint")
+    page.click("button[role=tab]:has-text('Checkpoint Merger')")
+    for selector, option in (("#merger_primary", "sd-studio-toy"), ("#merger_secondary", "toy-twin")):
+        page.click(f"{selector} input")
+        page.click(f"[role=option]:has-text('{option}')")
+    page.fill("#merger_name textarea, #merger_name input", "browser-merge")
+    page.click("#merger_merge")
+    page.wait_for_selector("#merger_result:has-text('Saved')")
+    assert (checkpoints / "browser-merge" / "model_index.json").is_file()
+    page.click("#setting_sd_model_checkpoint input")
+    assert page.locator("[role=option]:has-text('browser-merge')").count() == 1

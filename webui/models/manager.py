@@ -140,6 +140,11 @@ class ModelManager:
             self._ram.put(record, weights)
         return weights
 
+    def weights_of(self, record: CheckpointRecord) -> CheckpointWeights:
+        """A checkpoint's weights in CPU memory (from the RAM cache when recent), e.g. for merging."""
+        with self._lock:
+            return self._weights_for(self.catalog.with_hash(record))
+
     def _switch_to(self, record: CheckpointRecord) -> None:
         record = self.catalog.with_hash(record)
         weights = self._weights_for(record)  # may raise; the resident model is untouched until here

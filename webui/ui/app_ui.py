@@ -6,6 +6,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.ui.errors import user_error
+from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
 from webui.ui.txt2img_tab import build_txt2img_tab
@@ -59,6 +60,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 txt2img = build_txt2img_tab(ctx, native_size(ctx), checkpoint, vae)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_raw, send_to_txt2img = build_png_info_tab()
+            with gr.Tab("Checkpoint Merger", id="merger", elem_id="tab_merger") as merger_tab:
+                build_merger_tab(ctx, checkpoint, merger_tab)
 
         def unusable_note() -> str:
             broken = [r for r in ctx.catalog.records() if not r.usable]
