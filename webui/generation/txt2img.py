@@ -143,6 +143,11 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
     }
 
 
+def _sha256(model: LoadedModel, path: Path) -> str:
+    """File hash for the infotext, from the shared on-disk cache so large VAEs are not re-read per request."""
+    return model.hashes.sha256(path) if model.hashes is not None else sha256_of_file(path)
+
+
 def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Path | None,
                 styles: StyleDatabase | None = None, control: JobControl | None = None) -> GenerationResult:
     """Generate every image of the request; saves them (and a grid) under outputs_root when asked."""
@@ -157,12 +162,12 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         used = model.embeddings.names_in_prompt(encoder_prompt + "\n" + encoder_negative)
         # A1111's "TI hashes": name and the first 12 hex digits of the file's sha256.
         ti_hashes = ", ".join(
-            f"{name}: {sha256_of_file(model.embeddings.active_embedding(name).path)[:12]}" for name in used
+            f"{name}: {_sha256(model, model.embeddings.active_embedding(name).path)[:12]}" for name in used
         ) or None
         encoder_prompt = model.embeddings.expand_prompt(encoder_prompt)
         encoder_negative = model.embeddings.expand_prompt(encoder_negative)
     # Hashed once per request: A1111's 10-digit VAE short hash and the file name.
-    vae_extras = {"VAE hash": sha256_of_file(model.vae_path)[:10], "VAE": model.vae_path.name} if model.vae_path else {}
+    vae_extras = {"VAE hash": _sha256(model, model.vae_path)[:10], "VAE": model.vae_path.name} if model.vae_path else {}
 
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     pipeline = model.pipeline

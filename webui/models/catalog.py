@@ -50,9 +50,10 @@ class CheckpointRecord:
     def matches(self, wanted: str) -> bool:
         """A1111 accepts a title, a bare name, a file name or a short hash."""
         wanted = wanted.strip()
-        return wanted in {self.title, self.name, self.path.name, self.path.stem} or (
-            bool(self.shorthash) and wanted == self.shorthash
-        ) or (bool(self.shorthash) and wanted.split(" [")[0] == self.name)
+        if wanted in {self.title, self.name, self.path.name, self.path.stem}:
+            return True
+        # "name [hash]" with a stale hash still names this model; a bare short hash does too.
+        return wanted.split(" [")[0] == self.name or (self.shorthash is not None and wanted == self.shorthash)
 
 
 def architecture_of_diffusers_folder(folder: Path) -> Architecture:
@@ -125,6 +126,11 @@ class CheckpointCatalog:
             result = (None, str(error))
         self._classified[key] = result
         return result
+
+    @property
+    def hashes(self) -> HashCache:
+        """The on-disk sha256 cache, shared with other model files (VAEs, embeddings, LoRAs)."""
+        return self._hashes
 
     def records(self) -> list[CheckpointRecord]:
         with self._lock:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
+from webui.models.hashing import HashCache
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
 from webui.models.lora import LoraApplier
 from webui.models.lora_catalog import LoraUse
@@ -50,6 +51,7 @@ class LoadedModel:
     embeddings: EmbeddingInjector | None = None
     vae_path: Path | None = None  # an external VAE file in use; None = the checkpoint's own
     warnings: tuple[str, ...] = ()  # things the user should know, e.g. LoRA keys that matched no layer
+    hashes: HashCache | None = None  # sha256 of model files, computed once per file version
 
 
 def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
@@ -239,6 +241,7 @@ class ModelManager:
                 embeddings=self._embeddings,
                 vae_path=self._vae_path,
                 warnings=warnings,
+                hashes=self.catalog.hashes,
             )
 
 
