@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Train the toy-world default model on the lent GPU machine. Phase "start" launches the training in its own
-# process session and waits; phase "finish" waits for it to end and packs the model into $OUT (split in
-# 15 MB parts, the device tool's per-file limit). Reassemble here with: cat toy.tar.part-* | tar x -C DIR
+# process session and waits; phase "finish" waits up to ~10 minutes for it to end (call it again while it
+# runs) and then packs the model into $OUT in 15 MB parts (the device tool's per-file limit).
+# Reassemble here with: cat toy.tar.part-* | tar x -C DIR
+# A second run may continue from the first: carry its model folder and set INIT_FROM=that/folder VAE_STEPS=0.
 set -uo pipefail
 phase=${1:-start}
 if [ "$phase" = start ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     rm -rf /tmp/toy; mkdir -p /tmp/toy
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 setsid nohup python3 -m webui.eval.toy_model_training \
-        --out /tmp/toy/model --images ${IMAGES:-40000} --vae-steps ${VAE_STEPS:-5000} --unet-steps ${UNET_STEPS:-20000} \
-        --workers 14 --time-budget-minutes ${BUDGET:-21} > /tmp/toy/train.log 2>&1 < /dev/null &
+        --out /tmp/toy/model --images ${IMAGES:-40000} --vae-steps ${VAE_STEPS:-40000} --vae-batch ${VAE_BATCH:-128} \
+        --vae-minutes ${VAE_MINUTES:-12} --unet-steps ${UNET_STEPS:-20000} --batch ${BATCH:-512} \
+        --unet-lr ${UNET_LR:-4e-4} ${INIT_FROM:+--init-from $INIT_FROM} \
+        --workers 14 --time-budget-minutes ${BUDGET:-25} > /tmp/toy/train.log 2>&1 < /dev/null &
     sleep ${WAIT:-570}; grep -v torchvision /tmp/toy/train.log | tail -30
 else
-    for _ in $(seq 1 115); do [ -f /tmp/toy/model/training_report.json ] && break; sleep 5; done
+    for _ in $(seq 1 118); do [ -f /tmp/toy/model/training_report.json ] && break; sleep 5; done
     grep -v torchvision /tmp/toy/train.log | tail -40
+    [ -f /tmp/toy/model/training_report.json ] || { echo "still training: call finish again"; exit 3; }
     cp /tmp/toy/train.log "$OUT/train.log"
     tar cf - -C /tmp/toy/model . | split -b 15M - "$OUT/toy.tar.part-"
     ls -la "$OUT"

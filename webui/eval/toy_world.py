@@ -430,10 +430,36 @@ def degrade(image: Image.Image, blur_radius: float = 1.0, noise_sigma: float = 8
 # Datasets
 
 
-def dataset_scenes(n: int, seed: int, include_held_out: bool = False) -> list[Scene]:
-    """The scenes ``write_dataset`` would write, without rendering them."""
+def dataset_scenes(n: int, seed: int, include_held_out: bool = False,
+                   exclude_captions: frozenset[str] = frozenset()) -> list[Scene]:
+    """The scenes ``write_dataset`` would write, without rendering them.
+
+    ``exclude_captions`` keeps whole attribute combinations out (the evaluation prompts), so the
+    prompt-fidelity test measures combinations the model never saw.
+    """
     rng = np.random.default_rng([seed, 0x5CE])
-    return [random_scene(rng, include_held_out) for _ in range(n)]
+    scenes: list[Scene] = []
+    while len(scenes) < n:
+        scene = random_scene(rng, include_held_out)
+        if caption(scene) not in exclude_captions:
+            scenes.append(scene)
+    return scenes
+
+
+EVALUATION_SEED = 7
+
+
+def evaluation_scenes(count: int = 200, seed: int = EVALUATION_SEED) -> list[Scene]:
+    """The base-concept scenes whose captions are the prompt-fidelity evaluation set.
+
+    Distinct captions only; the training script excludes these combinations from the training set.
+    """
+    rng = np.random.default_rng([seed, 0xE7A1])
+    scenes: dict[str, Scene] = {}
+    while len(scenes) < count:
+        scene = random_scene(rng)
+        scenes.setdefault(caption(scene), scene)
+    return list(scenes.values())
 
 
 def write_dataset(folder: str | Path, n: int, seed: int, include_held_out: bool = False, size: int = NATIVE_SIZE) -> list[Path]:
