@@ -47,6 +47,18 @@ class Txt2ImgRequest:
     vae: str = "Automatic"         # "Automatic", "None" (the checkpoint's own) or a file name in models/VAE
     save_images: bool = True
     save_grid: bool = True
+    # Hires fix (A1111's txt2img second pass); field names as in A1111's API.
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0   # 0 = as many as the first pass
+    hr_resize_x: int = 0            # non-zero width/height = "resize to" instead of "upscale by"
+    hr_resize_y: int = 0
+    hr_sampler_name: str = ""       # "" = the first pass's sampler
+    hr_scheduler: str = ""
+    hr_prompt: str = ""             # "" = the first pass's prompt
+    hr_negative_prompt: str = ""
+    denoising_strength: float = 0.7
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_changes(self, **changes: Any) -> "Txt2ImgRequest":
