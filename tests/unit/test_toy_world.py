@@ -197,3 +197,14 @@ def test_degrade_blurs_and_adds_noise_deterministically() -> None:
     assert noisy.tobytes() == degrade(clean, blur_radius=1.0, noise_sigma=8.0, seed=3).tobytes()
     difference = pixels(noisy) - pixels(clean)
     assert 5 < difference[:20, :20].std() < 11  # the flat corner only shows the noise
+
+
+def test_evaluation_combinations_can_be_kept_out_of_a_training_set():
+    from webui.eval.toy_world import caption, dataset_scenes, evaluation_scenes
+
+    evaluation = {caption(s) for s in evaluation_scenes(200)}
+    assert len(evaluation) == 200
+    assert all(not s.is_held_out for s in evaluation_scenes(200))
+    training = {caption(s) for s in dataset_scenes(5000, seed=3, exclude_captions=frozenset(evaluation))}
+    assert not training & evaluation
+    assert {caption(s) for s in dataset_scenes(5000, seed=3)} & evaluation  # without exclusion they do occur

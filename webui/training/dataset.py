@@ -1,0 +1,467 @@
+"""Training images and captions: folder layouts, trigger words, aspect-ratio buckets, latent caching.
+
+A dataset is a folder of images with optional caption sidecars (`image.txt` beside `image.png`). The
+kohya layout is understood too: subfolders named `N_trigger class` (e.g. `10_nosnja girl`) give their
+images N repeats, a trigger word and a class word. Captions never go missing silently: each image's
+caption source is counted, so the UI can say "12 captions from .txt, 3 from template".
+
+Images keep their aspect ratio through bucketing: every bucket has an area of at most resolution^2 and
+sides that are multiples of the bucket step; each image goes to the bucket with the nearest aspect
+ratio, is scaled to cover it and centre-cropped. A batch only ever holds one bucket's images.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from webui.training.config import IMAGE_SUFFIXES, TrainingConfig
+
+KOHYA_FOLDER_PATTERN = re.compile(r"^(\d+)_(.+)$")
+SIDECAR_EXTENSIONS = (".txt", ".caption")
+TEMPLATE_SOURCE = "template"
+CLASS_SOURCE = "class prompt"
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as it is; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class DatasetItem:
+    """One training image and everything decided about it at scan time."""
+
+    path: Path
+    caption: str
+    caption_source: str             # the sidecar's extension (".txt"), "template" or "class prompt"
+    folder: str                     # the folder it came from (ss_tag_frequency key)
+    repeats: int
+    size: tuple[int, int]           # (width, height) after EXIF orientation
+    bucket: tuple[int, int]         # (width, height) it is trained at
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BatchSample:
+    """One image in one batch of one epoch: which image, flipped or not, and its caption this time."""
+
+    index: int
+    flip: bool
+    caption: str
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What the UI shows before training starts."""
+
+    image_count: int
+    samples_per_epoch: int
+    repeats: dict[str, int]
+    bucket_counts: dict[str, int]
+    caption_sources: dict[str, int]
+    tag_frequency: dict[str, dict[str, int]]
+    trigger_words: list[str]
+    skipped: list[SkippedImage] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One readable paragraph, e.g. '15 images (150 per epoch); 12 captions from .txt, 3 from template'."""
+        sources = ", ".join(
+            f"{count} from {source}" if source in (TEMPLATE_SOURCE, CLASS_SOURCE) else f"{count} captions from {source}"
+            for source, count in sorted(self.caption_sources.items(), key=lambda pair: -pair[1])
+        )
+        buckets = ", ".join(f"{name}: {count}" for name, count in self.bucket_counts.items())
+        text = f"{self.image_count} images ({self.samples_per_epoch} per epoch); {sources}; buckets {buckets}"
+        if self.skipped:
+            text += "; skipped " + ", ".join(f"{s.name} ({s.reason})" for s in self.skipped)
+        return text
+
+
+# --------------------------------------------------------------------------------------------
+# Buckets and image preparation
+# --------------------------------------------------------------------------------------------
+
+
+def bucket_resolutions(resolution: int, min_side: int, max_side: int, step: int) -> list[tuple[int, int]]:
+    """All (width, height) buckets: area <= resolution^2, sides multiples of `step` within [min_side, max_side].
+
+    For each width the tallest fitting height is kept, so every aspect ratio gets as many pixels as the
+    area budget allows; every landscape bucket has its portrait twin, and the square bucket
+    resolution x resolution is always included.
+    """
+    max_area = resolution * resolution
+    buckets = {(resolution, resolution)}
+    for width in range(min_side, max_side + 1, step):
+        height = min(max_side, (max_area // width) // step * step)
+        if height >= min_side:
+            buckets.update({(width, height), (height, width)})
+    return sorted(buckets)
+
+
+def nearest_bucket(size: tuple[int, int], buckets: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest (in log space) to the image's; larger area wins ties."""
+    aspect = math.log(size[0] / size[1])
+    return min(buckets, key=lambda bucket: (round(abs(math.log(bucket[0] / bucket[1]) - aspect), 9), -bucket[0] * bucket[1]))
+
+
+def cover_and_crop(image: Image.Image, bucket: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """Scale the image to cover the bucket, centre-crop it; also return the crop's (top, left)."""
+    width, height = image.size
+    target_width, target_height = bucket
+    scale = max(target_width / width, target_height / height)
+    resized_width = max(target_width, round(width * scale))
+    resized_height = max(target_height, round(height * scale))
+    if (resized_width, resized_height) != (width, height):
+        image = image.resize((resized_width, resized_height), Image.Resampling.LANCZOS)
+    left = (resized_width - target_width) // 2
+    top = (resized_height - target_height) // 2
+    return image.crop((left, top, left + target_width, top + target_height)), (top, left)
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Decode fully (so truncated files fail here), honour EXIF rotation, flatten alpha onto white."""
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            return background
+        return image.convert("RGB")
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor [3, H, W] in [-1, 1], the VAE's input range."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------------
+
+
+def fill_template(template: str, trigger: str, class_word: str) -> str:
+    """The template with {trigger} and {class}; dangling separators from empty words are removed."""
+    text = template.replace("{trigger}", trigger.strip()).replace("{class}", class_word.strip())
+    text = re.sub(r"\b(a|an|the)\s*$", "", text.strip()).strip()
+    text = re.sub(r"\s+", " ", text)
+    return re.sub(r"^[\s,]+|[\s,]+$", "", text)
+
+
+def contains_word(text: str, word: str) -> bool:
+    return bool(word) and re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", text, flags=re.IGNORECASE) is not None
+
+
+def with_trigger(caption: str, trigger: str) -> str:
+    """kohya/A1111 habit: the trigger word first, unless the caption already names it."""
+    if not trigger or contains_word(caption, trigger):
+        return caption
+    return f"{trigger}, {caption}" if caption else trigger
+
+
+def caption_tags(caption: str) -> list[str]:
+    return [tag.strip() for tag in caption.split(",") if tag.strip()]
+
+
+def shuffled_caption(caption: str, keep_tokens: int, rng: np.random.Generator) -> str:
+    """Shuffle comma-separated tags except the first `keep_tokens` (kohya's shuffle_caption)."""
+    tags = caption_tags(caption)
+    head, tail = tags[:keep_tokens], tags[keep_tokens:]
+    return ", ".join(head + [tail[i] for i in rng.permutation(len(tail))])
+
+
+def read_sidecar(image_path: Path, preferred_extension: str) -> tuple[str, str] | None:
+    """(caption, extension) from the preferred sidecar, else from another known caption extension."""
+    extensions = [preferred_extension] + [ext for ext in SIDECAR_EXTENSIONS if ext != preferred_extension]
+    for extension in extensions:
+        sidecar = image_path.with_suffix(extension)
+        if sidecar.is_file():
+            text = sidecar.read_text(encoding="utf-8", errors="replace")
+            text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+            if text:
+                return text, extension
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ImageGroup:
+    """Images of one folder with the words and repeats that folder implies."""
+
+    folder: Path
+    label: str
+    repeats: int
+    trigger: str
+    class_word: str
+
+
+class TrainingDataset:
+    """Scanned, captioned, bucketed images; produces seeded epoch plans and pixel/latent tensors."""
+
+    def __init__(self, items: Sequence[DatasetItem], *, skipped: Sequence[SkippedImage] = (),
+                 notes: Sequence[str] = (), trigger_words: Sequence[str] = (), flip_augment: bool = False,
+                 shuffle_captions: bool = False, keep_tokens: int = 1):
+        if not items:
+            raise DatasetError("the dataset has no usable images")
+        self.items: tuple[DatasetItem, ...] = tuple(items)
+        self.skipped = list(skipped)
+        self.notes = list(notes)
+        self.trigger_words = list(trigger_words)
+        self.flip_augment = flip_augment
+        self.shuffle_captions = shuffle_captions
+        self.keep_tokens = keep_tokens
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def buckets(self) -> list[tuple[int, int]]:
+        return sorted({item.bucket for item in self.items})
+
+    def summary(self) -> DatasetSummary:
+        repeats = {item.folder: item.repeats for item in self.items}
+        bucket_counts = Counter(f"{item.bucket[0]}x{item.bucket[1]}" for item in self.items)
+        tag_frequency: dict[str, Counter[str]] = defaultdict(Counter)
+        for item in self.items:
+            tag_frequency[item.folder].update(caption_tags(item.caption))
+        return DatasetSummary(
+            image_count=len(self.items),
+            samples_per_epoch=sum(item.repeats for item in self.items),
+            repeats=repeats,
+            bucket_counts=dict(sorted(bucket_counts.items())),
+            caption_sources=dict(Counter(item.caption_source for item in self.items)),
+            tag_frequency={folder: dict(counts) for folder, counts in tag_frequency.items()},
+            trigger_words=list(self.trigger_words),
+            skipped=list(self.skipped),
+            notes=list(self.notes),
+        )
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        per_bucket = Counter()
+        for item in self.items:
+            per_bucket[item.bucket] += item.repeats
+        return sum(math.ceil(count / batch_size) for count in per_bucket.values())
+
+    def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> list[list[BatchSample]]:
+        """The batches of one epoch: every image `repeats` times, shuffled, one bucket per batch.
+
+        Depends only on (seed, epoch), so a resumed run sees the same data order as an uninterrupted one.
+        """
+        rng = np.random.default_rng([seed, epoch, 0xDA7A])
+        expanded = [index for index, item in enumerate(self.items) for _ in range(item.repeats)]
+        order = [expanded[i] for i in rng.permutation(len(expanded))]
+        flips = rng.random(len(order)) < 0.5 if self.flip_augment else np.zeros(len(order), dtype=bool)
+        by_bucket: dict[tuple[int, int], list[BatchSample]] = defaultdict(list)
+        for position, index in enumerate(order):
+            caption = self.items[index].caption
+            if self.shuffle_captions:
+                caption = shuffled_caption(caption, self.keep_tokens, rng)
+            by_bucket[self.items[index].bucket].append(BatchSample(index, bool(flips[position]), caption))
+        batches = [samples[start:start + batch_size] for _, samples in sorted(by_bucket.items())
+                   for start in range(0, len(samples), batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def pixels(self, index: int, flip: bool = False) -> torch.Tensor:
+        """The image as the model sees it: bucket-sized, [-1, 1], [3, H, W]."""
+        item = self.items[index]
+        image, _ = cover_and_crop(open_rgb(item.path), item.bucket)
+        if flip:
+            image = ImageOps.mirror(image)
+        return image_to_tensor(image)
+
+    def crop_top_left(self, index: int) -> tuple[int, int]:
+        """Where the bucket crop starts in the scaled image (SDXL's crop conditioning)."""
+        item = self.items[index]
+        width, height = item.size
+        scale = max(item.bucket[0] / width, item.bucket[1] / height)
+        return ((max(item.bucket[1], round(height * scale)) - item.bucket[1]) // 2,
+                (max(item.bucket[0], round(width * scale)) - item.bucket[0]) // 2)
+
+
+def _group_for(folder: Path, config: TrainingConfig) -> _ImageGroup:
+    """Words and repeats for one folder: from a kohya `N_trigger class` name, else from the config."""
+    match = KOHYA_FOLDER_PATTERN.match(folder.name)
+    if match and int(match.group(1)) > 0:
+        words = match.group(2).split()
+        trigger = words[0] if words else ""
+        class_word = " ".join(words[1:]) or config.class_word
+        return _ImageGroup(folder, folder.name, int(match.group(1)), trigger, class_word)
+    return _ImageGroup(folder, folder.name, config.repeats, config.trigger_word.strip(), config.class_word)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _image_groups(root: Path, config: TrainingConfig) -> tuple[list[tuple[_ImageGroup, list[Path]]], list[str]]:
+    notes = []
+    groups = []
+    root_images = _image_files(root)
+    if root_images:
+        groups.append((_group_for(root, config), root_images))
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = _image_files(sub)
+        if not images:
+            continue
+        group = _group_for(sub, config)
+        if not KOHYA_FOLDER_PATTERN.match(sub.name):
+            notes.append(f"folder {sub.name!r} has no 'N_' repeats prefix (kohya layout, e.g. 10_{sub.name}); "
+                         f"its images use {config.repeats} repeat(s)")
+        groups.append((group, images))
+    return groups, notes
+
+
+def scan_dataset(config: TrainingConfig, folder: Path | None = None) -> TrainingDataset:
+    """Read the dataset folder of `config` (or `folder`): captions, triggers, repeats and buckets."""
+    root = Path(folder if folder is not None else config.dataset_dir).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
+    groups, notes = _image_groups(root, config)
+    if not groups:
+        raise DatasetError(
+            f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)} in it and in its subfolders, "
+            "e.g. the kohya layout 10_trigger class/)"
+        )
+    if config.enable_bucketing:
+        buckets = bucket_resolutions(config.resolution, config.min_bucket_resolution,
+                                     config.max_bucket_resolution, config.bucket_step)
+    else:
+        buckets = [(config.resolution, config.resolution)]
+    items: list[DatasetItem] = []
+    skipped: list[SkippedImage] = []
+    trigger_words: list[str] = []
+    for group, paths in groups:
+        trigger = config.effective_token if config.uses_embedding else group.trigger
+        if trigger and trigger not in trigger_words:
+            trigger_words.append(trigger)
+        for path in paths:
+            try:
+                with open_rgb(path) as image:
+                    size = image.size
+            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+                skipped.append(SkippedImage(path.name, f"unreadable: {str(error).splitlines()[0][:120] or type(error).__name__}"))
+                continue
+            sidecar = read_sidecar(path, config.caption_extension)
+            if sidecar is not None:
+                caption, source = sidecar
+                if config.uses_embedding and group.trigger and group.trigger.lower() != trigger:
+                    caption = re.sub(rf"(?<![\w]){re.escape(group.trigger)}(?![\w])", trigger, caption, flags=re.IGNORECASE)
+            else:
+                caption, source = fill_template(config.caption_template, trigger, group.class_word), TEMPLATE_SOURCE
+            if config.prepend_trigger or config.uses_embedding:
+                caption = with_trigger(caption, trigger)
+            items.append(DatasetItem(path, caption, source, group.label, group.repeats, size, nearest_bucket(size, buckets)))
+    if not items:
+        names = ", ".join(f"{s.name} ({s.reason})" for s in skipped)
+        raise DatasetError(f"none of the images in {root} could be read: {names}")
+    if config.caption_extension not in {item.caption_source for item in items} and any(
+            item.caption_source in SIDECAR_EXTENSIONS for item in items):
+        notes.append(f"no {config.caption_extension} captions found; used the {', '.join(sorted({i.caption_source for i in items if i.caption_source in SIDECAR_EXTENSIONS}))} files instead")
+    return TrainingDataset(items, skipped=skipped, notes=notes, trigger_words=trigger_words,
+                           flip_augment=config.flip_augment, shuffle_captions=config.shuffle_captions,
+                           keep_tokens=config.keep_tokens)
+
+
+def caption_missing_images(config: TrainingConfig, *, model_dir: Path | None = None, model_id: str | None = None,
+                           device: str = "cpu") -> tuple[list[Path], list[str]]:
+    """Write a caption sidecar for every dataset image that has none (BLIP when available, else the template).
+
+    Existing sidecars are never touched (users hand-edit them). Each kohya folder is captioned with its own
+    trigger and class word. Returns the sidecars written and notes saying which captioner was used and why.
+    """
+    from webui.training.captioning import caption_images, write_caption_files
+
+    root = Path(config.dataset_dir).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
+    groups, _ = _image_groups(root, config)
+    written: list[Path] = []
+    notes: list[str] = []
+    for group, paths in groups:
+        missing = [path for path in paths if read_sidecar(path, config.caption_extension) is None]
+        if not missing:
+            continue
+        trigger = config.effective_token if config.uses_embedding else group.trigger
+        result = caption_images(missing, trigger=trigger, class_word=group.class_word,
+                                template=config.caption_template, model_dir=model_dir, model_id=model_id, device=device)
+        written += write_caption_files(result.captions, extension=config.caption_extension)
+        notes.append(f"{group.label}: {len(missing)} caption(s) from {result.source}")
+        notes += result.notes
+    return written, notes
+
+
+def class_image_dataset(paths: list[Path], prompt: str, resolution: int) -> TrainingDataset:
+    """Prior-preservation images: square, all captioned with the class prompt, never flipped."""
+    items = [DatasetItem(path, prompt, CLASS_SOURCE, "class", 1, (resolution, resolution), (resolution, resolution))
+             for path in paths]
+    return TrainingDataset(items)
+
+
+# --------------------------------------------------------------------------------------------
+# Latents
+# --------------------------------------------------------------------------------------------
+
+
+class LatentCache:
+    """The VAE's latent distribution of every (image, flip) pair, encoded once on the training device.
+
+    Distribution parameters (mean and log-variance) are cached rather than one sample, so each step still
+    draws a fresh seeded sample, exactly as training without a cache does.
+    """
+
+    def __init__(self, parameters: dict[tuple[int, bool], torch.Tensor]):
+        self._parameters = parameters
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, dataset: TrainingDataset, vae: torch.nn.Module, device: torch.device,
+              on_progress: Callable[[int, int], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> LatentCache | None:
+        """Encode everything; returns None if `should_stop` asked to stop part-way."""
+        flips = (False, True) if dataset.flip_augment else (False,)
+        keys = [(index, flip) for index in range(len(dataset)) for flip in flips]
+        parameters = {}
+        for done, (index, flip) in enumerate(keys, start=1):
+            if should_stop is not None and should_stop():
+                return None
+            pixels = dataset.pixels(index, flip).unsqueeze(0).to(device=device, dtype=vae.dtype)
+            parameters[(index, flip)] = vae.encode(pixels).latent_dist.parameters[0]
+            if on_progress is not None:
+                on_progress(done, len(keys))
+        return cls(parameters)
+
+    def get(self, index: int, flip: bool) -> torch.Tensor:
+        return self._parameters[(index, flip)]
+
+
+def sample_latents(parameters: torch.Tensor, vae_config: dict, generator: torch.Generator) -> torch.Tensor:
+    """Draw latents from cached/encoded distribution parameters [B, 2C, h, w] and scale them for the UNet."""
+    mean, log_variance = torch.chunk(parameters, 2, dim=1)
+    log_variance = log_variance.clamp(-30.0, 20.0)
+    noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype).to(mean.device)
+    latents = mean + torch.exp(0.5 * log_variance) * noise
+    shift = vae_config.get("shift_factor") or 0.0
+    return (latents - shift) * vae_config.get("scaling_factor", 0.18215)

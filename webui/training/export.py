@@ -1,0 +1,587 @@
+"""Write training results in the file formats every Stable Diffusion tool loads.
+
+A trained LoRA is only useful if A1111, ComfyUI, Forge, Civitai and diffusers can all read it, so LoRAs
+are written in kohya-ss's layout (``lora_unet_*`` / ``lora_te*_`` names, ``lora_down`` / ``lora_up`` /
+``alpha`` tensors, ``ss_*`` and ``modelspec.*`` metadata), not in diffusers' PEFT layout, which A1111
+cannot load. Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an
+A1111-layout single ``.safetensors`` when the model has a standard SD1/SD2/SDXL shape (a diffusers
+folder otherwise, e.g. for the shipped toy model). Every file is written to a temporary name and
+renamed into place, so a crash or a full disk never leaves a half-written model that the catalogs
+would list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from safetensors.torch import save as serialize_safetensors
+from safetensors.torch import save_file
+from torch import Tensor
+
+from webui.models.checkpoint_loading import CheckpointWeights
+from webui.models.ldm_conversion import (
+    FAMILY_SD1,
+    FAMILY_SD2,
+    FAMILY_SDXL,
+    LDM_UNET_PREFIX,
+    SUPPORTED_FAMILIES,
+    diffusers_to_ldm,
+)
+from webui.models.merger import _matches_shipped_configs
+from webui.models.model_configs import load_component_config
+
+COMPONENT_UNET = "unet"
+COMPONENT_TE = "text_encoder"
+COMPONENT_TE2 = "text_encoder_2"
+COMPONENT_VAE = "vae"
+
+# kohya's layer-name prefix per pipeline component; SDXL numbers its two text encoders.
+_KOHYA_PREFIXES: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    FAMILY_SD1: MappingProxyType({COMPONENT_UNET: "lora_unet_", COMPONENT_TE: "lora_te_"}),
+    FAMILY_SD2: MappingProxyType({COMPONENT_UNET: "lora_unet_", COMPONENT_TE: "lora_te_"}),
+    FAMILY_SDXL: MappingProxyType({COMPONENT_UNET: "lora_unet_", COMPONENT_TE: "lora_te1_",
+                                   COMPONENT_TE2: "lora_te2_"}),
+})
+# What kohya writes as ss_base_model_version; A1111 decides SDXL vs SD1 from it.
+_BASE_MODEL_VERSIONS: Mapping[str, str] = MappingProxyType(
+    {FAMILY_SD1: "sd_v1", FAMILY_SD2: "sd_v2", FAMILY_SDXL: "sdxl_base_v1-0"}
+)
+_NATIVE_RESOLUTIONS: Mapping[str, int] = MappingProxyType({FAMILY_SD1: 512, FAMILY_SD2: 768, FAMILY_SDXL: 1024})
+MODELSPEC_VERSION = "1.0.0"
+# modelspec.implementation values as kohya writes them: SD1/SD2 LoRAs use diffusers' module names,
+# SDXL LoRAs, embeddings and checkpoints the original (SGM / LDM) code's.
+IMPLEMENTATION_DIFFUSERS = "diffusers"
+IMPLEMENTATION_STABILITY = "https://github.com/Stability-AI/generative-models"
+LORA_NETWORK_MODULE = "networks.lora"
+# A1111's textual-inversion .pt files map the placeholder "*" to its CLIP token id.
+A1111_PLACEHOLDER = "*"
+A1111_PLACEHOLDER_TOKEN_ID = 265
+SDXL_EMBEDDING_KEYS = ("clip_l", "clip_g")
+# CLIP module roots below "text_model." in kohya names (transformers >= 5.6 drops that level).
+_CLIP_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm")
+# UNet parameters that have an LDM name (the converter rejects anything else).
+_LDM_NAMED_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in.", "conv_out.", "conv_norm_out.",
+                         "time_embedding.linear_", "add_embedding.linear_")
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_family(family: str) -> None:
+    if family not in SUPPORTED_FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(SUPPORTED_FAMILIES)}")
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` on a hidden temporary file beside ``path``, then rename it into place.
+
+    The temporary name does not end in a model suffix, so folder scans never list a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """safetensors metadata must be str -> str; say which entry is not, instead of failing deep inside."""
+    checked: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata must map strings to strings; {key!r} -> {type(value).__name__}")
+        checked[key] = value
+    return checked
+
+
+def _data_section_sha256(serialized: bytes) -> str:
+    """sha256 of a safetensors file's tensor bytes (after the header): kohya's ``sshs_model_hash``.
+
+    The tensor bytes do not depend on the metadata, so the hash can be stored in the same file.
+    """
+    header_length = int.from_bytes(serialized[:8], "little")
+    return hashlib.sha256(memoryview(serialized)[8 + header_length:]).hexdigest()
+
+
+def _iso_date() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _resolution_pair(resolution: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(resolution, int):
+        return resolution, resolution
+    values = tuple(int(value) for value in resolution)
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) != 2:
+        raise ValueError(f"resolution must be a size or (width, height), got {resolution!r}")
+    return values[0], values[1]
+
+
+def _architecture(family: str, prediction_type: str) -> str:
+    """modelspec architecture id of a base model (SD2 has distinct 512-epsilon and 768-v variants)."""
+    if family == FAMILY_SDXL:
+        return "stable-diffusion-xl-v1-base"
+    if family == FAMILY_SD2:
+        return "stable-diffusion-v2-768-v" if prediction_type == "v" else "stable-diffusion-v2-512"
+    return "stable-diffusion-v1"
+
+
+def _default_prediction_type(family: str, resolution: tuple[int, int]) -> str:
+    """SD2 at 768 is the v-prediction model (SD2.1, the shipped SD2 config); everything else epsilon."""
+    return "v" if family == FAMILY_SD2 and max(resolution) >= 768 else "epsilon"
+
+
+def _as_metadata_value(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA (kohya-ss layout)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no meaningful ==
+class LoraLayerWeights:
+    """The trained factors of one layer: delta W = alpha / rank * up @ down.
+
+    ``down`` is ``[rank, in]`` (linear) or ``[rank, in, kh, kw]`` (convolution); ``up`` is ``[out, rank]``
+    or ``[out, rank, 1, 1]``.
+    """
+
+    down: Tensor
+    up: Tensor
+    alpha: float
+
+    def __post_init__(self) -> None:
+        if self.down.ndim not in (2, 4) or self.up.ndim not in (2, 4):
+            raise ValueError(f"LoRA factors must be 2-D or 4-D; got down {tuple(self.down.shape)}, "
+                             f"up {tuple(self.up.shape)}")
+        if self.up.shape[1] != self.down.shape[0]:
+            raise ValueError(f"up has rank {self.up.shape[1]} but down has rank {self.down.shape[0]}")
+        if self.up.ndim == 4 and tuple(self.up.shape[2:]) != (1, 1):
+            raise ValueError(f"a convolution's up factor must be [out, rank, 1, 1], got {tuple(self.up.shape)}")
+        if not math.isfinite(float(self.alpha)):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha!r}")
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self) -> Tensor:
+        """The fp32 weight update at strength 1, flattened to ``[out, in * kh * kw]``."""
+        up = self.up.detach().float().reshape(self.up.shape[0], -1)
+        down = self.down.detach().float().reshape(self.rank, -1)
+        return (float(self.alpha) / self.rank) * (up @ down)
+
+
+def _split_component(layer_key: str) -> tuple[str, str]:
+    component, separator, module_path = layer_key.partition(".")
+    if not separator or not module_path:
+        raise ValueError(f"LoRA layer {layer_key!r} is not '<component>.<module path>'")
+    return component, module_path
+
+
+def _kohya_text_path(module_path: str) -> str:
+    """kohya names CLIP layers under "text_model." whatever the installed transformers' layout."""
+    return f"text_model.{module_path}" if module_path.startswith(_CLIP_TEXT_MODEL_PARTS) else module_path
+
+
+def unet_ldm_module_names(unet_config: Mapping[str, Any]) -> dict[str, str]:
+    """diffusers UNet module path -> LDM module name (``input_blocks.4.1...``), for a UNet config.
+
+    The LDM numbering depends on the whole UNet layout (layers per block, which up blocks have
+    attention), so the UNet is built weightless on the meta device and every parameter name is run
+    through the project's tested checkpoint converter, each carrying its own index to trace it back.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(dict(unet_config))
+    parameter_names = [name for name in unet.state_dict() if name.startswith(_LDM_NAMED_UNET_ROOTS)]
+    numbered = {name: torch.tensor(position) for position, name in enumerate(parameter_names)}
+    converted = diffusers_to_ldm({COMPONENT_UNET: numbered, COMPONENT_TE: {}}, FAMILY_SD1)
+    names: dict[str, str] = {}
+    for ldm_key, position in converted.items():
+        if ldm_key.startswith(LDM_UNET_PREFIX) and ldm_key.endswith(".weight"):
+            diffusers_name = parameter_names[int(position)]
+            names[diffusers_name.removesuffix(".weight")] = ldm_key[len(LDM_UNET_PREFIX):].removesuffix(".weight")
+    return names
+
+
+def kohya_layer_names(layer_keys: Sequence[str], family: str,
+                      unet_config: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Our layer keys (``"unet.<diffusers path>"``, ``"text_encoder.<path>"``...) -> kohya layer names.
+
+    SD1/SD2 UNet layers keep their diffusers path (dots become underscores); SDXL UNet layers get their
+    LDM names, which is what kohya and A1111 use for SDXL. ``unet_config`` describes the SDXL UNet
+    (the shipped SDXL base config when omitted).
+    """
+    _check_family(family)
+    prefixes = _KOHYA_PREFIXES[family]
+    ldm_names: dict[str, str] | None = None
+    names: dict[str, str] = {}
+    for layer_key in layer_keys:
+        component, module_path = _split_component(layer_key)
+        prefix = prefixes.get(component)
+        if prefix is None:
+            raise ValueError(f"LoRA layer {layer_key!r}: unknown component {component!r} for {family}; "
+                             f"expected one of {', '.join(prefixes)}")
+        if component == COMPONENT_UNET and family == FAMILY_SDXL:
+            if ldm_names is None:
+                ldm_names = unet_ldm_module_names(unet_config or load_component_config(FAMILY_SDXL, COMPONENT_UNET))
+            if module_path not in ldm_names:
+                raise ValueError(f"LoRA layer {layer_key!r} is not a weight layer of the SDXL UNet "
+                                 "(no LDM name for it)")
+            module_path = ldm_names[module_path]
+        elif component != COMPONENT_UNET:
+            module_path = _kohya_text_path(module_path)
+        names[layer_key] = prefix + module_path.replace(".", "_")
+    clashes = len(names) - len(set(names.values()))
+    if clashes:
+        raise ValueError(f"{clashes} LoRA layer(s) map to the same kohya name; are there duplicate layer keys?")
+    return names
+
+
+def save_kohya_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata: Mapping[str, str], family: str,
+                    *, dtype: torch.dtype = torch.float16, unet_config: Mapping[str, Any] | None = None) -> Path:
+    """Write a kohya-ss LoRA ``.safetensors`` that A1111, ComfyUI, kohya and diffusers all load.
+
+    ``layers`` keys are ``"unet.<diffusers module path>"``, ``"text_encoder.<path>"`` and (SDXL)
+    ``"text_encoder_2.<path>"``. Factors are stored in ``dtype``; alpha as an fp32 scalar so that its
+    exact value survives. The file also records ``sshs_model_hash`` (sha256 of the tensor data, as
+    kohya writes it) and, when the metadata carries modelspec keys, ``modelspec.hash_sha256``.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"a kohya LoRA must be a .safetensors file, got {path.name!r}")
+    if not layers:
+        raise ValueError("no LoRA layers to save")
+    file_metadata = _check_metadata(metadata)
+    names = kohya_layer_names(list(layers), family, unet_config)
+    tensors: dict[str, Tensor] = {}
+    for layer_key, weights in layers.items():
+        name = names[layer_key]
+        tensors[f"{name}.lora_down.weight"] = weights.down.detach().to("cpu", dtype).contiguous()
+        tensors[f"{name}.lora_up.weight"] = weights.up.detach().to("cpu", dtype).contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(float(weights.alpha), dtype=torch.float32)
+    data_hash = _data_section_sha256(serialize_safetensors(tensors))
+    file_metadata["sshs_model_hash"] = data_hash
+    if any(key.startswith("modelspec.") for key in file_metadata):
+        file_metadata["modelspec.hash_sha256"] = "0x" + data_hash
+    serialized = serialize_safetensors(tensors, metadata=file_metadata)
+    return _atomic_write(path, lambda temporary: temporary.write_bytes(serialized))
+
+
+def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: str, base_model_hash: str,
+                  family: str, resolution: int | Sequence[int], steps: int, epochs: int, rank: int, alpha: float,
+                  tag_frequency: Mapping[str, Mapping[str, int]], extra: Mapping[str, object] | None = None,
+                  prediction_type: str | None = None) -> dict[str, str]:
+    """The ``ss_*`` (kohya) and ``modelspec.*`` (Stability) metadata that A1111, Civitai and kohya read.
+
+    ``tag_frequency`` is ``{dataset folder: {caption tag: count}}``, which A1111 shows as the LoRA's
+    training tags. ``extra`` adds or overrides keys (non-string values are written as JSON / str).
+    ``prediction_type`` ("epsilon" / "v") defaults to v only for SD2 trained at 768 or more.
+    """
+    _check_family(family)
+    if isinstance(trigger_words, str):
+        trigger_words = [trigger_words]
+    triggers = [word.strip() for word in trigger_words if word.strip()]
+    width, height = _resolution_pair(resolution)
+    prediction = prediction_type or _default_prediction_type(family, (width, height))
+    if prediction not in ("epsilon", "v"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v', got {prediction!r}")
+    frequencies = {str(folder): {str(tag): int(count) for tag, count in tags.items()}
+                   for folder, tags in tag_frequency.items()}
+    trigger_phrase = ", ".join(triggers)
+    metadata = {
+        "ss_output_name": name,
+        "ss_network_module": LORA_NETWORK_MODULE,
+        "ss_network_dim": str(int(rank)),
+        "ss_network_alpha": str(float(alpha)),
+        "ss_base_model_version": _BASE_MODEL_VERSIONS[family],
+        "ss_v2": str(family == FAMILY_SD2),
+        "ss_sd_model_name": base_model_name,
+        "ss_sd_model_hash": base_model_hash,
+        "ss_resolution": f"({width}, {height})",
+        "ss_steps": str(int(steps)),
+        "ss_max_train_steps": str(int(steps)),
+        "ss_epoch": str(int(epochs)),
+        "ss_num_epochs": str(int(epochs)),
+        "ss_tag_frequency": json.dumps(frequencies),
+        "ss_training_finished_at": str(time.time()),
+        "ss_training_comment": (f"Trigger words: {trigger_phrase}. " if trigger_phrase else "")
+        + "Trained with SD Studio.",
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": f"{_architecture(family, prediction)}/lora",
+        "modelspec.implementation": IMPLEMENTATION_STABILITY if family == FAMILY_SDXL else IMPLEMENTATION_DIFFUSERS,
+        "modelspec.title": name,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.prediction_type": prediction,
+        "modelspec.date": _iso_date(),
+    }
+    if _SHA256_HEX.match(base_model_hash or ""):
+        metadata["ss_new_sd_model_hash"] = base_model_hash.lower()
+    if trigger_phrase:
+        metadata["modelspec.trigger_phrase"] = trigger_phrase
+        metadata["modelspec.usage_hint"] = f"Trigger words: {trigger_phrase}"
+    for key, value in (extra or {}).items():
+        metadata[str(key)] = _as_metadata_value(value)
+    return metadata
+
+
+# --------------------------------------------------------------------------------------------
+# Textual inversion
+# --------------------------------------------------------------------------------------------
+
+
+def _vector_matrix(label: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        raise ValueError(f"{label} must be a floating point tensor")
+    matrix = value.detach().to("cpu", torch.float32)
+    if matrix.ndim == 1:
+        matrix = matrix.unsqueeze(0)
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise ValueError(f"{label} must be [vectors, width], got {tuple(value.shape)}")
+    return matrix.contiguous()
+
+
+def _embedding_family(vectors: Mapping[str, Tensor]) -> str | None:
+    """The family an embedding's widths belong to (None for non-standard widths such as the toy model's)."""
+    if set(vectors) == set(SDXL_EMBEDDING_KEYS):
+        return FAMILY_SDXL if (vectors["clip_l"].shape[1], vectors["clip_g"].shape[1]) == (768, 1280) else None
+    width = int(next(iter(vectors.values())).shape[1])
+    return {768: FAMILY_SD1, 1024: FAMILY_SD2}.get(width)
+
+
+def save_embedding(path: Path, vectors: Tensor | Mapping[str, Tensor], token: str, step: int) -> Path:
+    """Write a textual-inversion embedding that A1111 (and this app) loads under the file's name.
+
+    SD1/SD2: ``vectors`` is ``[n, width]``; a ``.safetensors`` path gets kohya's ``{"emb_params": T}``
+    plus token/step metadata, a ``.pt`` path A1111's own dict layout. SDXL: ``vectors`` is
+    ``{"clip_l": [n, 768], "clip_g": [n, 1280]}``, stored under those keys in either format.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".safetensors", ".pt"):
+        raise ValueError(f"an embedding must be a .safetensors or .pt file, got {path.name!r}")
+    if not token or not token.strip():
+        raise ValueError("the embedding needs a token (its name in prompts)")
+    if isinstance(vectors, Mapping):
+        if set(vectors) != set(SDXL_EMBEDDING_KEYS):
+            raise ValueError(f"SDXL embedding vectors must be keyed {SDXL_EMBEDDING_KEYS}, got {sorted(vectors)}")
+        tensors = {key: _vector_matrix(key, vectors[key]) for key in SDXL_EMBEDDING_KEYS}
+        if tensors["clip_l"].shape[0] != tensors["clip_g"].shape[0]:
+            raise ValueError(f"clip_l has {tensors['clip_l'].shape[0]} vectors but clip_g has "
+                             f"{tensors['clip_g'].shape[0]}; they must match")
+    else:
+        tensors = {"emb_params": _vector_matrix("vectors", vectors)}
+    family = _embedding_family(tensors)
+    if suffix == ".pt":
+        if "emb_params" in tensors:
+            content: dict[str, object] = {
+                "string_to_token": {A1111_PLACEHOLDER: A1111_PLACEHOLDER_TOKEN_ID},
+                "string_to_param": {A1111_PLACEHOLDER: tensors["emb_params"]},
+                "name": token,
+                "step": int(step),
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": None,
+            }
+        else:
+            content = dict(tensors)
+        return _atomic_write(path, lambda temporary: torch.save(content, temporary))
+    metadata = {"token": token, "step": str(int(step))}
+    if family is not None:
+        resolution = _NATIVE_RESOLUTIONS[family]
+        metadata.update({
+            "modelspec.sai_model_spec": MODELSPEC_VERSION,
+            "modelspec.architecture": f"{_architecture(family, _default_prediction_type(family, (resolution,) * 2))}"
+                                      "/textual-inversion",
+            "modelspec.implementation": IMPLEMENTATION_STABILITY,
+            "modelspec.title": token,
+            "modelspec.date": _iso_date(),
+        })
+    return _atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+
+
+# --------------------------------------------------------------------------------------------
+# Full checkpoints (DreamBooth)
+# --------------------------------------------------------------------------------------------
+
+
+def _cast(state_dict: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """Float tensors to ``dtype`` on the CPU; integer buffers (position ids) keep their type."""
+    return {key: (tensor.detach().to("cpu", dtype) if tensor.is_floating_point() else tensor.detach().cpu())
+            .contiguous() for key, tensor in state_dict.items()}
+
+
+def save_single_file_checkpoint(path: Path, state_dicts: Mapping[str, Mapping[str, Tensor]], family: str,
+                                metadata: Mapping[str, str] | None = None,
+                                dtype: torch.dtype = torch.float16) -> Path:
+    """Write diffusers component state dicts as one A1111-layout ``.safetensors`` checkpoint.
+
+    Needs "unet", "text_encoder" and "vae" (+ "text_encoder_2" for SDXL), diffusers-named. The file
+    loads in A1111, ComfyUI, this app's catalog and diffusers' ``from_single_file``.
+    """
+    path = Path(path)
+    _check_family(family)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"a single-file checkpoint must be a .safetensors file, got {path.name!r}")
+    required = [COMPONENT_UNET, COMPONENT_TE, COMPONENT_VAE] + ([COMPONENT_TE2] if family == FAMILY_SDXL else [])
+    missing = [name for name in required if name not in state_dicts]
+    if missing:
+        raise ValueError(f"a {family} checkpoint needs components {missing}; a checkpoint without them "
+                         "would not load in A1111")
+    extra_metadata = _check_metadata(metadata)
+    cast = {component: _cast(state_dicts[component], dtype) for component in required}
+    ldm_state = {key: tensor.contiguous() for key, tensor in diffusers_to_ldm(cast, family).items()}
+    prediction = _default_prediction_type(family, (_NATIVE_RESOLUTIONS[family],) * 2)
+    resolution = _NATIVE_RESOLUTIONS[family]
+    file_metadata = {
+        "format": "pt",
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": _architecture(family, prediction),
+        "modelspec.implementation": IMPLEMENTATION_STABILITY,
+        "modelspec.title": path.stem,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.prediction_type": prediction,
+        "modelspec.date": _iso_date(),
+        **extra_metadata,
+    }
+    return _atomic_write(path, lambda temporary: save_file(ldm_state, str(temporary), metadata=file_metadata))
+
+
+def _weights_file_name(component: str) -> str:
+    """The file name diffusers / transformers look for in a component folder."""
+    return "model.safetensors" if component.startswith(COMPONENT_TE) else "diffusion_pytorch_model.safetensors"
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+# Files of the base model that describe the base model, not the result.
+_BASE_ONLY_FILES = frozenset({"README.md", "training_report.json", "merge_recipe.json"})
+
+
+def _replace_folder(staged: Path, target: Path, overwrite: bool) -> None:
+    """Move a fully written folder into place, replacing ``target`` only when asked to."""
+    if target.exists():
+        if not overwrite:
+            raise FileExistsError(f"{target} already exists")
+        retired = target.with_name(f".{target.name}.replaced-{os.getpid()}-{time.monotonic_ns()}")
+        target.rename(retired)
+        staged.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staged.rename(target)
+
+
+def save_diffusers_folder(folder: Path, state_dicts: Mapping[str, Mapping[str, Tensor]], base_folder: Path, *,
+                          dtype: torch.dtype = torch.float16, metadata: Mapping[str, str] | None = None,
+                          overwrite: bool = False) -> Path:
+    """Write a diffusers model folder: the base model's configs and tokenizer, with new weights.
+
+    Components in ``state_dicts`` get new ``.safetensors`` weights; the others (e.g. an untouched VAE)
+    keep the base model's files. Used for models whose shapes are not a standard SD family (the
+    shipped toy model), which a single-file checkpoint cannot describe.
+    """
+    folder, base_folder = Path(folder), Path(base_folder)
+    if not (base_folder / "model_index.json").is_file():
+        raise ValueError(f"{base_folder} is not a diffusers model folder (no model_index.json)")
+    for component in state_dicts:
+        if not (base_folder / component / "config.json").is_file():
+            raise ValueError(f"the base model {base_folder.name} has no {component}/config.json")
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} already exists")
+    file_metadata = {"format": "pt", **_check_metadata(metadata)}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        here = Path(directory)
+        if here == base_folder:
+            # model_index.json is what makes a folder a model: it is copied last (below).
+            return {name for name in names if name in _BASE_ONLY_FILES or name == "model_index.json"}
+        if here.parent == base_folder and here.name in state_dicts:
+            return {name for name in names if name.endswith(_WEIGHT_SUFFIXES) or name.endswith(".index.json")}
+        return set()
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as staging:
+        staged = Path(staging) / folder.name
+        shutil.copytree(base_folder, staged, ignore=ignore)
+        for component, state_dict in state_dicts.items():
+            save_file(_cast(state_dict, dtype), str(staged / component / _weights_file_name(component)),
+                      metadata=file_metadata)
+        shutil.copy2(base_folder / "model_index.json", staged / "model_index.json")
+        _replace_folder(staged, folder, overwrite)
+    return folder
+
+
+def _check_same_shapes(state_dicts: Mapping[str, Mapping[str, Tensor]], base: CheckpointWeights) -> None:
+    """A trained model must keep the base layout, or neither output format could describe it."""
+    for component, state_dict in state_dicts.items():
+        base_state = base.state_dicts.get(component)
+        if base_state is None:
+            raise ValueError(f"the base model has no component {component!r}")
+        if set(state_dict) != set(base_state):
+            unknown = sorted(set(state_dict) ^ set(base_state))
+            raise ValueError(f"{component} parameters differ from the base model's, e.g. {unknown[:3]}")
+        for key, tensor in state_dict.items():
+            if tuple(tensor.shape) != tuple(base_state[key].shape):
+                raise ValueError(
+                    f"{component}.{key} is {tuple(tensor.shape)} but {tuple(base_state[key].shape)} in the base "
+                    "model; new tokens belong in an embedding file, not in the checkpoint"
+                )
+
+
+def save_trained_checkpoint(folder: Path, name: str, state_dicts: Mapping[str, Mapping[str, Tensor]],
+                            base: CheckpointWeights, *, metadata: Mapping[str, str] | None = None,
+                            dtype: torch.dtype = torch.float16, overwrite: bool = False) -> Path:
+    """Save a fine-tuned model into the checkpoint ``folder`` so the catalog lists it at once.
+
+    Models with the shipped SD1/SD2/SDXL shapes become ``<name>.safetensors`` in the A1111 layout;
+    others (the toy model) become a diffusers folder ``<name>/`` copied from the base model's folder.
+    Components missing from ``state_dicts`` (typically the VAE) are taken from ``base``.
+    """
+    if not name or any(character in name for character in "/\\") or name.startswith("."):
+        raise ValueError(f"invalid model name {name!r}: use a plain file name")
+    _check_same_shapes(state_dicts, base)
+    folder = Path(folder)
+    if _matches_shipped_configs(base):
+        target = folder / f"{name}.safetensors"
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} already exists")
+        complete = {component: state_dicts.get(component, base_state)
+                    for component, base_state in base.state_dicts.items()}
+        return save_single_file_checkpoint(target, complete, base.architecture.family, metadata, dtype)
+    if base.record.format != "diffusers":
+        raise ValueError(f"{base.record.name} does not match the shipped {base.architecture.label} configs and is "
+                         "not a diffusers folder; there is no format to save its fine-tune in")
+    return save_diffusers_folder(folder / name, state_dicts, base.record.path, dtype=dtype, metadata=metadata,
+                                 overwrite=overwrite)

@@ -1,0 +1,706 @@
+"""The one training loop every method shares: data, noise, loss, optimizer steps, samples, saves, resume.
+
+The trainer builds its own fp32 copy of the model from the app's `CheckpointWeights` with
+`build_pipeline`, so the pipeline the app generates with is never touched (mixed precision is autocast
+over fp32 weights, and only on CUDA). Noise follows the base model's scheduler config (epsilon or
+v-prediction) through diffusers' `DDPMScheduler`; min-SNR-gamma weighting and noise offset are kohya's.
+
+Every random draw (data order, flips, latent samples, noise, timesteps) comes from the seed, and resumable
+state holds the trained tensors, the optimizer, the lr schedule and the noise generator, so a resumed run
+continues exactly where the saved one stopped. Files are written under temporary names and renamed, so a
+cancelled or crashed run never leaves a half-written LoRA, embedding, checkpoint or state behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from webui.models.checkpoint_loading import CheckpointWeights, build_pipeline
+from webui.models.hashing import sha256_of_file, sha256_of_folder
+from webui.training.config import TrainingConfig, TrainingConfigError
+from webui.training.dataset import (
+    BatchSample,
+    DatasetSummary,
+    LatentCache,
+    TrainingDataset,
+    class_image_dataset,
+    sample_latents,
+    scan_dataset,
+)
+from webui.training.methods import SaveRequest, TrainerModels, TrainingMethod, create_method, epoch_suffix
+from webui.training.optim import build_lr_scheduler, build_optimizer
+
+STATE_FORMAT = "sd-studio-training-state"
+STATE_VERSION = 1
+SMOOTHING = 0.9
+
+
+class TrainingError(RuntimeError):
+    """Training started but cannot go on (diverged loss, a state that does not fit...)."""
+
+
+@dataclass(frozen=True)
+class TrainingPaths:
+    """Where results go: the app's model folders, plus a work folder for state, class images and samples."""
+
+    lora_dir: Path
+    embeddings_dir: Path
+    checkpoints_dir: Path
+    work_dir: Path
+
+    @property
+    def states_dir(self) -> Path:
+        return Path(self.work_dir) / "states"
+
+    @property
+    def class_images_dir(self) -> Path:
+        return Path(self.work_dir) / "class_images"
+
+    @property
+    def samples_dir(self) -> Path:
+        return Path(self.work_dir) / "samples"
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """One report to the UI/CLI: after each optimizer step, and for phases (class images, caching)."""
+
+    step: int
+    total_steps: int
+    epoch: int                      # the epoch in progress, from 1; 0 before training starts
+    total_epochs: int
+    loss: float | None = None
+    smoothed_loss: float | None = None
+    lr: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    samples: tuple[tuple[str, Image.Image], ...] = ()
+    files_saved: tuple[Path, ...] = ()
+    message: str = ""
+
+
+@dataclass
+class TrainingResult:
+    files: list[Path]
+    cancelled: bool
+    steps_done: int
+    epochs_done: int
+    final_loss: float | None
+    warnings: list[str] = field(default_factory=list)
+    state_dir: Path | None = None
+    summary: DatasetSummary | None = None
+    usage: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Progress bookkeeping
+# --------------------------------------------------------------------------------------------
+
+
+class _ProgressTracker:
+    """Smoothed loss, ETA and the latest samples/files, turned into `TrainingProgress` reports."""
+
+    def __init__(self, on_progress: Callable[[TrainingProgress], None] | None):
+        self._on_progress = on_progress
+        self._started = time.monotonic()
+        self._loop_started: float | None = None
+        self._first_step = 0
+        self.total_steps = 0
+        self.total_epochs = 0
+        self.smoothed: float | None = None
+        self._updates = 0
+        self._raw_average = 0.0
+        self.last_loss: float | None = None
+        self.samples: tuple[tuple[str, Image.Image], ...] = ()
+        self.files: list[Path] = []
+
+    def start_loop(self, first_step: int, total_steps: int, total_epochs: int) -> None:
+        self._loop_started = time.monotonic()
+        self._first_step = first_step
+        self.total_steps, self.total_epochs = total_steps, total_epochs
+
+    def record_loss(self, loss: float) -> None:
+        """Exponential moving average with bias correction, so early values are not pulled to zero."""
+        self.last_loss = loss
+        self._updates += 1
+        self._raw_average = SMOOTHING * self._raw_average + (1 - SMOOTHING) * loss
+        self.smoothed = self._raw_average / (1 - SMOOTHING ** self._updates)
+
+    def restore_smoothed(self, value: float | None) -> None:
+        if value is not None:
+            self.smoothed = value
+            self._raw_average = value
+            self._updates = 10_000  # the average is already warmed up
+
+    def report(self, step: int, epoch: int, lr: float | None = None, message: str = "") -> None:
+        if self._on_progress is None:
+            return
+        elapsed = time.monotonic() - self._started
+        eta = None
+        if self._loop_started is not None and step > self._first_step:
+            per_step = (time.monotonic() - self._loop_started) / (step - self._first_step)
+            eta = per_step * max(0, self.total_steps - step)
+        self._on_progress(TrainingProgress(
+            step=step, total_steps=self.total_steps, epoch=epoch, total_epochs=self.total_epochs,
+            loss=self.last_loss, smoothed_loss=self.smoothed, lr=lr, elapsed_s=elapsed, eta_s=eta,
+            samples=self.samples, files_saved=tuple(self.files), message=message,
+        ))
+
+
+# --------------------------------------------------------------------------------------------
+# Model pieces
+# --------------------------------------------------------------------------------------------
+
+
+def _checkpoint_hash(base: CheckpointWeights) -> str:
+    """The base model's sha256 (known from the catalog's cache, else computed once here)."""
+    record = base.record
+    if record.sha256:
+        return record.sha256
+    path = Path(record.path)
+    if path.is_dir():
+        return sha256_of_folder(path)
+    return sha256_of_file(path) if path.is_file() else ""
+
+
+def _precision(config: TrainingConfig, device: torch.device, warnings: list[str]) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether fp16 loss scaling is needed)."""
+    if config.mixed_precision == "no":
+        return None, False
+    if device.type != "cuda":
+        warnings.append(f"mixed_precision {config.mixed_precision} only applies on CUDA; "
+                        f"training on {device.type} runs in fp32")
+        return None, False
+    if config.mixed_precision == "bf16":
+        if not torch.cuda.is_bf16_supported():
+            warnings.append("this GPU has no bf16; training in fp16 with loss scaling instead")
+            return torch.float16, True
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def _final_layer_norm(encoder: torch.nn.Module) -> torch.nn.Module:
+    return getattr(encoder, "text_model", encoder).final_layer_norm
+
+
+def encode_captions(models: TrainerModels, captions: list[str], clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text conditioning as the app's generation computes it (A1111 clip skip; SDXL penultimate layers)."""
+    ids = []
+    for tokenizer, encoder in zip(models.tokenizers, models.text_encoders):
+        length = int(encoder.config.max_position_embeddings)
+        ids.append(tokenizer(captions, padding="max_length", max_length=length, truncation=True,
+                             return_tensors="pt").input_ids.to(models.device))
+    if models.family == "sdxl":
+        layer = -(clip_skip + 1)
+        first = models.text_encoders[0](ids[0], output_hidden_states=True)
+        second = models.text_encoders[1](ids[1], output_hidden_states=True)
+        hidden = torch.cat([first.hidden_states[layer], second.hidden_states[layer]], dim=-1)
+        return hidden, second.text_embeds
+    encoder = models.text_encoders[0]
+    output = encoder(ids[0], output_hidden_states=clip_skip > 1)
+    if clip_skip > 1:
+        return _final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
+    return output.last_hidden_state, None
+
+
+def _enable_text_encoder_checkpointing(encoder: torch.nn.Module) -> None:
+    """transformers 5 renamed gradient checkpointing to activation checkpointing; use whichever exists."""
+    options = {"use_reentrant": False}
+    if hasattr(encoder, "activation_checkpointing_enable"):
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def prediction_target(noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
+                      timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet must predict: the noise (epsilon models) or the velocity (v-prediction, SD2-768)."""
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    if prediction_type == "epsilon":
+        return noise
+    raise TrainingError(f"the base model's scheduler predicts {prediction_type!r}; only epsilon and "
+                        "v_prediction models can be trained")
+
+
+def min_snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Per-sample loss weights min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v-prediction)."""
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1.0) if v_prediction else clipped / snr
+
+
+# --------------------------------------------------------------------------------------------
+# Class images (DreamBooth prior preservation)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_images(models: TrainerModels, prompts: list[str], generators: list[torch.Generator], *, steps: int,
+                    cfg: float, resolution: int, clip_skip: int, autocast: Any = None) -> list[Image.Image]:
+    """Generate with the trainer's copy, conditioned exactly as in training (same encoder path, clip skip).
+
+    Prompts are encoded here rather than by the pipeline, so new TI tokens are spelled out once, by the
+    method, and diffusers' own multi-vector expansion never runs on them a second time.
+    """
+    hidden, pooled = encode_captions(models, prompts, clip_skip)
+    negative, negative_pooled = encode_captions(models, [""] * len(prompts), clip_skip)
+    extra = {}
+    if models.family == "sdxl":
+        extra = {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+    with autocast if autocast is not None else nullcontext():
+        return models.pipeline(
+            prompt_embeds=hidden, negative_prompt_embeds=negative, num_inference_steps=steps, guidance_scale=cfg,
+            height=resolution, width=resolution, generator=generators, output_type="pil", **extra,
+        ).images
+
+
+def class_images_folder(paths: TrainingPaths, base_hash: str, prompt: str, resolution: int) -> Path:
+    """Cache folder keyed by (base checkpoint hash, class prompt, resolution), reused across runs."""
+    key = hashlib.sha256(json.dumps([base_hash, prompt, resolution]).encode("utf-8")).hexdigest()[:16]
+    return paths.class_images_dir / key
+
+
+def _save_image_atomically(image: Image.Image, path: Path) -> None:
+    temporary = path.with_name(f".{path.stem}.partial.png")
+    image.save(temporary, format="PNG")
+    os.replace(temporary, path)
+
+
+def ensure_class_images(config: TrainingConfig, models: TrainerModels, paths: TrainingPaths,
+                        tracker: _ProgressTracker, should_stop: Callable[[], bool]) -> list[Path] | None:
+    """`num_class_images` images of the class prompt from the base model; generates only the missing ones.
+
+    Returns None when asked to stop part-way (images already written stay for the next run).
+    """
+    prompt = config.effective_class_prompt
+    folder = class_images_folder(paths, models.base_hash, prompt, config.resolution)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "about.json").write_text(json.dumps({"base_model": models.base_name, "base_hash": models.base_hash,
+                                                   "prompt": prompt, "resolution": config.resolution}, indent=1))
+    wanted = [folder / f"{index:05d}.png" for index in range(config.num_class_images)]
+    missing = [path for path in wanted if not path.is_file()]
+    if missing:
+        tracker.report(0, 0, message=f"generating {len(missing)} class image(s) of '{prompt}' "
+                                     f"({len(wanted) - len(missing)} cached)")
+    batch_size = 4 if models.device.type == "cuda" else 1
+    for start in range(0, len(missing), batch_size):
+        if should_stop():
+            return None
+        chunk = missing[start:start + batch_size]
+        generators = [torch.Generator("cpu").manual_seed(int(path.stem)) for path in chunk]
+        images = generate_images(models, [prompt] * len(chunk), generators, steps=config.sample_steps,
+                                 cfg=config.sample_cfg, resolution=config.resolution, clip_skip=config.clip_skip)
+        for image, path in zip(images, chunk):
+            _save_image_atomically(image, path)
+        tracker.report(0, 0, message=f"class images {len(wanted) - len(missing) + start + len(chunk)}/{len(wanted)}")
+    return wanted
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable state
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where training stands: optimizer steps done, the current epoch and micro-batches done in it."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0
+
+
+def _write_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod, optimizer: torch.optim.Optimizer,
+                 lr_scheduler: Any, scaler: Any, generator: torch.Generator, position: _Position,
+                 models: TrainerModels, smoothed_loss: float | None) -> Path:
+    """Write a state folder atomically (staged under a hidden name, then renamed into place)."""
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in method.trainable_state().items()},
+              str(staging / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                "grad_scaler": scaler.state_dict() if scaler is not None else None}, staging / "optimizer.pt")
+    save_file({"noise_generator": generator.get_state()}, str(staging / "rng.safetensors"))
+    (staging / "state.json").write_text(json.dumps({
+        "format": STATE_FORMAT, "version": STATE_VERSION, "step": position.step, "epoch": position.epoch,
+        "batches_done_in_epoch": position.batches_done, "method": config.method,
+        "base_checkpoint": models.base_name, "base_hash": models.base_hash, "smoothed_loss": smoothed_loss,
+        "config": config.to_dict(),
+    }, indent=1), encoding="utf-8")
+    if folder.exists():
+        retired = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        folder.rename(retired)
+        staging.rename(folder)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(folder)
+    return folder
+
+
+def read_state_info(folder: Path) -> dict[str, Any]:
+    """The JSON part of a saved state (step, epoch, method, config), checked for format."""
+    folder = Path(folder)
+    info_file = folder / "state.json"
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise TrainingConfigError("resume_from", f"{folder} is not a saved training state ({error})") from error
+    if info.get("format") != STATE_FORMAT:
+        raise TrainingConfigError("resume_from", f"{folder} is not a saved training state of this app")
+    return info
+
+
+def _load_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod, optimizer: torch.optim.Optimizer,
+                lr_scheduler: Any, scaler: Any, generator: torch.Generator, models: TrainerModels,
+                warnings: list[str]) -> tuple[_Position, float | None]:
+    from safetensors.torch import load_file
+
+    info = read_state_info(folder)
+    if info.get("method") != config.method:
+        raise TrainingConfigError("resume_from", f"the state was saved by a {info.get('method')!r} run; "
+                                                 f"this run is {config.method!r}")
+    if info.get("base_hash") and models.base_hash and info["base_hash"] != models.base_hash:
+        warnings.append(f"resuming a state trained on {info.get('base_checkpoint')!r} with base {models.base_name!r}")
+    try:
+        method.load_trainable_state(load_file(str(folder / "trainable.safetensors"), device=str(models.device)))
+    except ValueError as error:
+        raise TrainingConfigError("resume_from", str(error)) from error
+    saved = torch.load(folder / "optimizer.pt", map_location=models.device, weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    if scaler is not None and saved.get("grad_scaler"):
+        scaler.load_state_dict(saved["grad_scaler"])
+    generator.set_state(load_file(str(folder / "rng.safetensors"))["noise_generator"])
+    position = _Position(int(info["step"]), int(info["epoch"]), int(info.get("batches_done_in_epoch", 0)))
+    return position, info.get("smoothed_loss")
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+class _Trainer:
+    """One run's moving parts; `run_training` builds it and drives `train`."""
+
+    def __init__(self, config: TrainingConfig, models: TrainerModels, method: TrainingMethod,
+                 dataset: TrainingDataset, class_dataset: TrainingDataset | None, paths: TrainingPaths,
+                 tracker: _ProgressTracker, should_stop: Callable[[], bool], warnings: list[str]):
+        from diffusers import DDPMScheduler
+
+        self.config, self.models, self.method = config, models, method
+        self.dataset, self.class_dataset = dataset, class_dataset
+        self.paths, self.tracker, self.should_stop, self.warnings = paths, tracker, should_stop, warnings
+        self.noise_scheduler = DDPMScheduler.from_config(models.base.scheduler_config)
+        self.v_prediction = self.noise_scheduler.config.prediction_type == "v_prediction"
+        self.generator = torch.Generator("cpu").manual_seed(config.seed)
+        self.autocast_dtype, needs_scaler = _precision(config, models.device, warnings)
+        self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+        self.latent_cache: LatentCache | None = None
+        self.class_latent_cache: LatentCache | None = None
+        self.batches_per_epoch = dataset.batches_per_epoch(config.train_batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
+        if config.max_train_steps:
+            self.total_steps = config.max_train_steps
+            self.total_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        else:
+            self.total_epochs = config.max_train_epochs
+            self.total_steps = self.total_epochs * self.steps_per_epoch
+        self.files: list[Path] = []
+        self.state_dir: Path | None = None
+        self.position = _Position()
+        self._set_up_modules()
+
+    # ---- set-up ----
+    def _set_up_modules(self) -> None:
+        """Train modes, checkpointing, optimizer and lr schedule over the method's parameter groups."""
+        config, models = self.config, self.models
+        models.unet.train()
+        if config.gradient_checkpointing:
+            models.unet.enable_gradient_checkpointing()
+        if self.method.text_encoder_trains():
+            for encoder in models.text_encoders:
+                encoder.train()
+                if config.gradient_checkpointing:
+                    _enable_text_encoder_checkpointing(encoder)
+        groups = self.method.parameter_groups()
+        for group in groups:
+            group.setdefault("weight_decay", config.weight_decay)
+        self.trained_parameters = [parameter for group in groups for parameter in group["params"]]
+        self.optimizer = build_optimizer(config.optimizer, groups, weight_decay=config.weight_decay)
+        self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, self.optimizer, total_steps=self.total_steps,
+                                               warmup_steps=config.lr_warmup_steps, cycles=config.lr_cycles,
+                                               power=config.lr_power)
+        if config.optimizer == "Prodigy" and min(group["lr"] for group in groups) < 0.1:
+            self.warnings.append("Prodigy adapts its own step size; learning rates around 1.0 are usual with it")
+
+    def cache_latents(self) -> bool:
+        """Encode every image once; False when cancelled part-way."""
+        vae, device = self.models.vae, self.models.device
+
+        def report(done: int, total: int) -> None:
+            if done == total or done % 10 == 0:
+                self.tracker.report(0, 0, message=f"caching latents {done}/{total}")
+
+        self.latent_cache = LatentCache.build(self.dataset, vae, device, report, self.should_stop)
+        if self.latent_cache is None:
+            return False
+        if self.class_dataset is not None:
+            self.class_latent_cache = LatentCache.build(self.class_dataset, vae, device, report, self.should_stop)
+            return self.class_latent_cache is not None
+        return True
+
+    # ---- one micro-batch ----
+    def _latent_parameters(self, dataset: TrainingDataset, cache: LatentCache | None,
+                           samples: list[BatchSample]) -> torch.Tensor:
+        if cache is not None:
+            return torch.stack([cache.get(s.index, s.flip) for s in samples])
+        pixels = torch.stack([dataset.pixels(s.index, s.flip) for s in samples]).to(self.models.device)
+        with torch.no_grad():
+            return self.models.vae.encode(pixels.to(self.models.vae.dtype)).latent_dist.parameters
+
+    def _time_ids(self, dataset: TrainingDataset, samples: list[BatchSample]) -> torch.Tensor:
+        """SDXL micro-conditioning: original size, crop top-left, target size (all height, width)."""
+        rows = []
+        for sample in samples:
+            item = dataset.items[sample.index]
+            top, left = dataset.crop_top_left(sample.index)
+            rows.append([item.size[1], item.size[0], top, left, item.bucket[1], item.bucket[0]])
+        return torch.tensor(rows, dtype=torch.float32, device=self.models.device)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.models.device.type, dtype=self.autocast_dtype)
+
+    def batch_loss(self, dataset: TrainingDataset, cache: LatentCache | None, samples: list[BatchSample]) -> torch.Tensor:
+        config, models, device = self.config, self.models, self.models.device
+        parameters = self._latent_parameters(dataset, cache, samples)
+        latents = sample_latents(parameters.float(), models.vae.config, self.generator).to(device)
+        captions = [self.method.expand_prompt(sample.caption) for sample in samples]
+        text_grad = self.method.text_encoder_trains()
+        with self._autocast(), (nullcontext() if text_grad else torch.no_grad()):
+            hidden, pooled = encode_captions(models, captions, config.clip_skip)
+        noise = torch.randn(latents.shape, generator=self.generator).to(device)
+        if config.noise_offset:
+            noise = noise + config.noise_offset * torch.randn(
+                (latents.shape[0], latents.shape[1], 1, 1), generator=self.generator).to(device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                  generator=self.generator).to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = prediction_target(self.noise_scheduler, latents, noise, timesteps)
+        extra = {}
+        if models.family == "sdxl":
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self._time_ids(dataset, samples)}
+        with self._autocast():
+            prediction = models.unet(noisy, timesteps, hidden, **extra).sample
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if config.min_snr_gamma:
+            per_sample = per_sample * min_snr_weights(self.noise_scheduler, timesteps, config.min_snr_gamma,
+                                                      self.v_prediction)
+        return per_sample.mean()
+
+    def class_samples(self, micro_index: int) -> list[BatchSample]:
+        """The prior-preservation images for one micro-batch: cycling through a seeded order."""
+        count = len(self.class_dataset)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed)).tolist()
+        size = self.config.train_batch_size
+        return [BatchSample(order[(micro_index * size + j) % count], False, self.class_dataset.items[0].caption)
+                for j in range(size)]
+
+    # ---- the loop ----
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def optimizer_step(self, batches: list[list[BatchSample]], first_micro_index: int) -> float | None:
+        """Accumulate gradients over `batches`, then one optimizer step; None when cancelled mid-way."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for offset, samples in enumerate(batches):
+            if self.should_stop():
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            loss = self.batch_loss(self.dataset, self.latent_cache, samples)
+            if self.class_dataset is not None:
+                prior = self.batch_loss(self.class_dataset, self.class_latent_cache,
+                                        self.class_samples(first_micro_index + offset))
+                loss = loss + self.config.prior_loss_weight * prior
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {loss.item()} at step {self.position.step + 1}; lower the "
+                                    "learning rate, or use bf16 instead of fp16")
+            scaled = loss / len(batches)
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            total += float(loss.detach()) / len(batches)
+        parameters = [p for p in self.trained_parameters if p.requires_grad]  # pivotal freezes some mid-run
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.max_grad_norm > 0 and parameters:
+            torch.nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.method.after_optimizer_step()
+        return total
+
+    def sample_images(self, step: int) -> tuple[tuple[str, Image.Image], ...]:
+        """Images from the sample prompts with a fixed seed, on the trainer's own (training) copy."""
+        config, models = self.config, self.models
+        prompts = [prompt for prompt in config.sample_prompts if prompt.strip()]
+        samples = []
+        folder = self.paths.samples_dir / config.output_name
+        folder.mkdir(parents=True, exist_ok=True)
+        models.unet.eval()
+        try:
+            for index, prompt in enumerate(prompts):
+                generator = torch.Generator("cpu").manual_seed(config.sample_seed + index)
+                image = generate_images(models, [self.method.expand_prompt(prompt)], [generator],
+                                        steps=config.sample_steps, cfg=config.sample_cfg, resolution=config.resolution,
+                                        clip_skip=config.clip_skip, autocast=self._autocast())[0]
+                _save_image_atomically(image, folder / f"{step:06d}-{index}.png")
+                samples.append((prompt, image))
+        finally:
+            models.unet.train()
+        return tuple(samples)
+
+    def save(self, epoch: int, final: bool) -> None:
+        request = SaveRequest(paths=self.paths, suffix="" if final else epoch_suffix(epoch), step=self.position.step,
+                              epoch=epoch, summary=self.dataset.summary())
+        written = self.method.save_outputs(request)
+        self.files.extend(written)
+        self.tracker.files.extend(written)
+        if self.config.save_state:
+            name = f"{self.config.output_name}{'' if final else epoch_suffix(epoch)}-state"
+            self.state_dir = _write_state(
+                self.paths.states_dir / name, config=self.config, method=self.method, optimizer=self.optimizer,
+                lr_scheduler=self.lr_scheduler, scaler=self.scaler, generator=self.generator, position=self.position,
+                models=self.models, smoothed_loss=self.tracker.smoothed,
+            )
+        self.tracker.report(self.position.step, epoch, self.lr(),
+                            message="saved " + ", ".join(path.name for path in written))
+
+    def train(self, start: _Position) -> bool:
+        """Run from `start` to the end; False when cancelled."""
+        config = self.config
+        self.position = start
+        accumulation = config.gradient_accumulation_steps
+        self.tracker.start_loop(start.step, self.total_steps, self.total_epochs)
+        epoch = start.epoch
+        while epoch < self.total_epochs and self.position.step < self.total_steps:
+            batches = self.dataset.epoch_batches(epoch, config.train_batch_size, config.seed)
+            done = self.position.batches_done if epoch == start.epoch else 0
+            while done < len(batches) and self.position.step < self.total_steps:
+                group = batches[done:done + accumulation]
+                self.method.on_step_start(self.position.step, self.total_steps)
+                loss = self.optimizer_step(group, epoch * self.batches_per_epoch + done)
+                if loss is None:
+                    return False
+                done += len(group)
+                step = self.position.step + 1
+                self.position = _Position(step, epoch, done)
+                self.tracker.record_loss(loss)
+                if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
+                    self.tracker.samples = self.sample_images(step)
+                self.tracker.report(step, epoch + 1, self.lr())
+            if done >= len(batches):
+                epoch += 1
+                self.position = _Position(self.position.step, epoch, 0)
+                finished = epoch >= self.total_epochs or self.position.step >= self.total_steps
+                if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not finished:
+                    self.save(epoch, final=False)
+        return True
+
+
+def run_training(config: TrainingConfig, base: CheckpointWeights, paths: TrainingPaths, device: torch.device, *,
+                 on_progress: Callable[[TrainingProgress], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> TrainingResult:
+    """Train `config.method` on a private copy of `base`; write the results into `paths`.
+
+    Raises `TrainingConfigError` / `DatasetError` for bad input before any training starts. Cancelling
+    (`should_stop()` returning True) stops before the next micro-batch and keeps what was saved so far.
+    """
+    config.validate()
+    stop = should_stop or (lambda: False)
+    warnings: list[str] = []
+    tracker = _ProgressTracker(on_progress)
+    dataset = scan_dataset(config)
+    summary = dataset.summary()
+    warnings += [f"skipped {s.name}: {s.reason}" for s in summary.skipped] + summary.notes
+    tracker.report(0, 0, message="dataset: " + summary.describe())
+
+    pipeline = build_pipeline(base, device, torch.float32)
+    models = TrainerModels(pipeline=pipeline, family=base.architecture.family, device=device, base=base,
+                           base_hash=_checkpoint_hash(base))
+    method = create_method(config, models)
+    method.dataset_trigger_words = list(summary.trigger_words)
+    for path in method.final_output_paths(paths):
+        if path.exists():
+            warnings.append(f"{path.name} already exists and will be replaced when training finishes")
+
+    def cancelled_result(trainer: _Trainer | None = None) -> TrainingResult:
+        return TrainingResult(
+            files=list(trainer.files) if trainer else [], cancelled=True,
+            steps_done=trainer.position.step if trainer else 0,
+            epochs_done=trainer.position.epoch if trainer else 0,
+            final_loss=tracker.last_loss, warnings=warnings, state_dir=trainer.state_dir if trainer else None,
+            summary=summary, usage=method.usage_hint(),
+        )
+
+    class_dataset = None
+    if config.uses_prior_preservation:
+        class_paths = ensure_class_images(config, models, paths, tracker, stop)
+        if class_paths is None:
+            return cancelled_result()
+        class_dataset = class_image_dataset(class_paths, config.effective_class_prompt, config.resolution)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # PEFT initialises new adapters (on the CPU) from torch's global generator
+        method.prepare()
+
+    trainer = _Trainer(config, models, method, dataset, class_dataset, paths, tracker, stop, warnings)
+    if config.cache_latents and not trainer.cache_latents():
+        return cancelled_result(trainer)
+    start = _Position()
+    if config.resume_from:
+        start, smoothed = _load_state(Path(config.resume_from).expanduser(), config=config, method=method,
+                                      optimizer=trainer.optimizer, lr_scheduler=trainer.lr_scheduler,
+                                      scaler=trainer.scaler, generator=trainer.generator, models=models,
+                                      warnings=warnings)
+        tracker.restore_smoothed(smoothed)
+        if start.step >= trainer.total_steps:
+            warnings.append(f"the saved state is already at step {start.step} of {trainer.total_steps}; "
+                            "nothing left to train")
+        tracker.report(start.step, start.epoch, trainer.lr(), message=f"resumed at step {start.step}")
+    if not trainer.train(start):
+        return cancelled_result(trainer)
+    epochs_run = trainer.position.epoch + (1 if trainer.position.batches_done else 0)
+    trainer.save(epochs_run, final=True)
+    return TrainingResult(
+        files=list(trainer.files), cancelled=False, steps_done=trainer.position.step,
+        epochs_done=epochs_run, final_loss=tracker.last_loss, warnings=warnings,
+        state_dir=trainer.state_dir, summary=summary, usage=method.usage_hint(),
+    )

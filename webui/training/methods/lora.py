@@ -1,0 +1,196 @@
+"""LoRA (and DreamBooth-LoRA): PEFT adapters on the UNet attention, optionally the text encoder and convs.
+
+Adapters are PEFT `LoraConfig` layers injected into the trainer's copy of the model, so the forward pass
+is PEFT's, not hand-written. The result is exported in kohya's format (what A1111, ComfyUI and Civitai
+load) from each adapter's A (down) and B (up) matrices and its alpha; PEFT's scale alpha / rank is the
+same as kohya's, so the file reproduces exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from webui.training.config import TrainingConfig, TrainingConfigError
+from webui.training.methods import SaveRequest, TrainerModels, TrainingMethod, load_named_tensors
+
+if TYPE_CHECKING:
+    from webui.training.loop import TrainingPaths
+
+ADAPTER_NAME = "default"
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# 3x3 convolutions kohya's LoCon trains with conv_dim: ResNet convs and the down/upsamplers.
+_CONV_PARENTS = re.compile(r"(^|\.)(resnets\.\d+\.(conv1|conv2)|downsamplers\.\d+\.conv|upsamplers\.\d+\.conv)$")
+
+
+def unet_target_names(unet: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+    """Full paths of UNet layers inside transformer blocks whose names end with one of `suffixes`."""
+    names = []
+    for name, module in unet.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) or ".attentions." not in f".{name}":
+            continue
+        if any(name == suffix or name.endswith("." + suffix) for suffix in suffixes):
+            names.append(name)
+    return names
+
+
+def unet_conv_names(unet: nn.Module) -> list[str]:
+    """Full paths of the 3x3 convolutions LoCon adapts (conv_rank > 0)."""
+    return [name for name, module in unet.named_modules()
+            if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1) and _CONV_PARENTS.search(name)]
+
+
+def text_encoder_target_names(text_encoder: nn.Module) -> list[str]:
+    return [name for name, module in text_encoder.named_modules()
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TEXT_ENCODER_TARGETS]
+
+
+def inject_lora(module: nn.Module, targets: list[str], rank: int, alpha: float,
+                conv_targets: list[str] = (), conv_rank: int = 0, conv_alpha: float = 0.0) -> None:
+    """Add one PEFT LoRA adapter to exactly the named layers (B starts at zero: no change at step 0)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    all_targets = list(targets) + list(conv_targets)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True, target_modules=all_targets,
+        rank_pattern={re.escape(name): conv_rank for name in conv_targets},
+        alpha_pattern={re.escape(name): conv_alpha for name in conv_targets},
+    )
+    inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
+
+
+def lora_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """The adapter parameters by name (only these train)."""
+    return {name: parameter for name, parameter in module.named_parameters() if ".lora_" in name}
+
+
+def exported_layers(component: str, module: nn.Module) -> dict[str, Any]:
+    """`LoraLayerWeights` per adapted layer, keyed `<component>.<module path>` for `save_kohya_lora`."""
+    from peft.tuners.lora import LoraLayer
+
+    from webui.training.export import LoraLayerWeights
+
+    layers = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
+            layers[f"{component}.{name}"] = LoraLayerWeights(
+                down=layer.lora_A[ADAPTER_NAME].weight.detach().float().cpu().clone(),
+                up=layer.lora_B[ADAPTER_NAME].weight.detach().float().cpu().clone(),
+                alpha=float(layer.lora_alpha[ADAPTER_NAME]),
+            )
+    return layers
+
+
+class LoraAdapters:
+    """The LoRA part of a run: which modules get adapters, their parameters, their export."""
+
+    def __init__(self, config: TrainingConfig, models: TrainerModels) -> None:
+        self.config = config
+        self.models = models
+        self.components: dict[str, nn.Module] = {}
+
+    def inject(self) -> None:
+        config, unet = self.config, self.models.unet
+        targets = unet_target_names(unet, tuple(config.target_modules))
+        convs = unet_conv_names(unet) if config.conv_rank > 0 else []
+        if not targets:
+            raise TrainingConfigError("target_modules", f"no UNet layer matches {list(config.target_modules)}")
+        inject_lora(unet, targets, config.rank, config.alpha, convs, config.conv_rank, config.conv_alpha)
+        self.components["unet"] = unet
+        if config.train_text_encoder:
+            for name, encoder in zip(self.models.text_encoder_names, self.models.text_encoders):
+                inject_lora(encoder, text_encoder_target_names(encoder), config.rank, config.alpha)
+                self.components[name] = encoder
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        groups = [{"params": list(lora_parameters(self.components["unet"]).values()), "lr": self.config.unet_lr}]
+        text_parameters = [p for name, module in self.components.items() if name != "unet"
+                           for p in lora_parameters(module).values()]
+        if text_parameters:
+            groups.append({"params": text_parameters, "lr": self.config.text_encoder_lr})
+        return groups
+
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{component}.{name}": parameter for component, module in self.components.items()
+                for name, parameter in lora_parameters(module).items()}
+
+    def layers(self) -> dict[str, Any]:
+        layers = {}
+        for component, module in self.components.items():
+            layers.update(exported_layers(component, module))
+        return layers
+
+    def save(self, path: Path, request: SaveRequest, trigger_words: list[str], extra: dict[str, str]) -> Path:
+        from webui.training.export import lora_metadata, save_kohya_lora
+
+        config, models = self.config, self.models
+        metadata = lora_metadata(
+            name=path.stem, trigger_words=trigger_words, base_model_name=models.base_name,
+            base_model_hash=models.base_hash, family=models.family, resolution=config.resolution,
+            steps=request.step, epochs=request.epoch, rank=config.rank, alpha=config.alpha,
+            tag_frequency=request.summary.tag_frequency, extra=extra,
+        )
+        return save_kohya_lora(path, self.layers(), metadata, models.family, unet_config=models.unet_config)
+
+
+def training_metadata(config: TrainingConfig) -> dict[str, str]:
+    """Hyperparameters as kohya's ss_* keys (what Civitai and A1111's metadata viewer show)."""
+    return {
+        "ss_training_method": config.method,
+        "ss_learning_rate": str(config.unet_lr),
+        "ss_unet_lr": str(config.unet_lr),
+        "ss_text_encoder_lr": str(config.text_encoder_lr if config.train_text_encoder else 0),
+        "ss_lr_scheduler": config.lr_scheduler,
+        "ss_lr_warmup_steps": str(config.lr_warmup_steps),
+        "ss_optimizer": config.optimizer,
+        "ss_batch_size_per_device": str(config.train_batch_size),
+        "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
+        "ss_clip_skip": str(config.clip_skip),
+        "ss_min_snr_gamma": str(config.min_snr_gamma),
+        "ss_noise_offset": str(config.noise_offset),
+        "ss_seed": str(config.seed),
+        "ss_mixed_precision": config.mixed_precision,
+        "ss_enable_bucket": str(config.enable_bucketing),
+        "ss_flip_aug": str(config.flip_augment),
+        "ss_prior_loss_weight": str(config.prior_loss_weight if config.uses_prior_preservation else 0),
+        "ss_network_args": "{" + (f'"conv_dim": "{config.conv_rank}", "conv_alpha": "{config.conv_alpha}"'
+                                  if config.conv_rank else "") + "}",
+    }
+
+
+class LoraMethod(TrainingMethod):
+    """LoRA; with prior preservation (always for `dreambooth_lora`) it is DreamBooth-LoRA."""
+
+    def __init__(self, config: TrainingConfig, models: TrainerModels) -> None:
+        super().__init__(config, models)
+        self.adapters = LoraAdapters(config, models)
+
+    def prepare(self) -> None:
+        self.adapters.inject()
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return self.adapters.parameter_groups()
+
+    def text_encoder_trains(self) -> bool:
+        return self.config.train_text_encoder
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return self.adapters.named_tensors()
+
+    def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        load_named_tensors(self.adapters.named_tensors(), tensors, "LoRA")
+
+    def final_output_paths(self, paths: TrainingPaths) -> list[Path]:
+        return [Path(paths.lora_dir) / f"{self.config.output_name}.safetensors"]
+
+    def save_outputs(self, request: SaveRequest) -> list[Path]:
+        path = Path(request.paths.lora_dir) / f"{self.config.output_name}{request.suffix}.safetensors"
+        return [self.adapters.save(path, request, self.trigger_words(), training_metadata(self.config))]
+
+    def usage_hint(self) -> str:
+        words = ", ".join(self.trigger_words())
+        return f"<lora:{self.config.output_name}:1>" + (f" {words}" if words else "")
