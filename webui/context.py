@@ -6,7 +6,7 @@ HTTP layers receive a context and call its methods, so they stay thin and never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.generation.prompt_syntax import extract_network_tags
@@ -25,6 +25,10 @@ from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager, re
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
 from webui.models.vae import read_vae_state_dict, scan_vaes
 from webui.settings import Settings
+from webui.training.config import TrainingConfig
+from webui.training.dataset import scan_dataset
+from webui.training.loop import TrainingPaths, TrainingResult, run_training
+from webui.training.monitor import TrainingMonitor
 
 
 @dataclass
@@ -36,6 +40,7 @@ class AppContext:
     styles: StyleDatabase
     limits: GenerationLimits
     loras: LoraCatalog
+    training: TrainingMonitor | None = field(default=None)  # the latest training run, for reconnecting UIs
 
     # ---- generation ----
     def validate_txt2img(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
@@ -74,15 +79,65 @@ class AppContext:
     def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
         """Validate, then queue; the returned job carries progress and, when done, a GenerationResult."""
         request = self.validate_txt2img(request)
-        loras = self.lora_uses(request)
-        vae = self.resolve_vae(request.vae)
+        loras, vae = self.lora_uses(request), self.resolve_vae(request.vae)
+        return self.queue.submit("txt2img", lambda control: self._generate(request, loras, vae, control))
 
-        def work(control: JobControl) -> GenerationResult:
-            with self.manager.checkout(request.checkpoint, loras, vae) as model:
-                return run_txt2img(model, request, outputs_root=self.settings.outputs_folder,
-                                   styles=self.styles, control=control)
+    def generate_now(self, request: Txt2ImgRequest, control: JobControl | None = None) -> GenerationResult:
+        """Validate and generate on the calling thread. Only for code already running inside a queue job
+        (X/Y/Z cells, batch folders): submitting from there would wait on the single worker forever."""
+        request = self.validate_txt2img(request)
+        return self._generate(request, self.lora_uses(request), self.resolve_vae(request.vae), control)
 
-        return self.queue.submit("txt2img", work)
+    def _generate(self, request: Txt2ImgRequest, loras: tuple[LoraUse, ...], vae: str | Path,
+                  control: JobControl | None) -> GenerationResult:
+        with self.manager.checkout(request.checkpoint, loras, vae) as model:
+            return run_txt2img(model, request, outputs_root=self.settings.outputs_folder,
+                               styles=self.styles, control=control)
+
+    # ---- training ----
+    def training_paths(self) -> TrainingPaths:
+        return TrainingPaths(lora_dir=self.settings.lora_folder, embeddings_dir=self.settings.embeddings_folder,
+                             checkpoints_dir=self.settings.checkpoint_folder,
+                             work_dir=self.settings.data_dir / "training")
+
+    def submit_training(self, config: TrainingConfig) -> Job:
+        """Check the config and dataset now (errors reach the user at once), then train on the worker.
+
+        The base checkpoint defaults to the loaded one. Results are listed as soon as the job ends.
+        """
+        base_name = config.base_checkpoint or self.current_checkpoint_title() or ""
+        record = self.catalog.find(base_name)
+        if not record.usable:
+            raise RequestError(f"checkpoint {record.name} cannot be trained: {record.error}")
+        config = config.replace(base_checkpoint=record.title).validate()
+        scan_dataset(config)  # raises DatasetError with the reason before anything is queued
+        monitor = TrainingMonitor(config)
+        self.training = monitor
+
+        def work(control: JobControl) -> TrainingResult:
+            def report(progress) -> None:
+                monitor.record(progress)
+                control.report_step(progress.step, total=max(progress.total_steps, 1))
+                control.set_message(progress.message)
+
+            try:
+                result = run_training(config, self.manager.weights_of(record), self.training_paths(),
+                                      self.manager.device, on_progress=report,
+                                      should_stop=lambda: control.interrupted)
+            except Exception as error:
+                monitor.finish(error=str(error))
+                raise
+            self.refresh_trained_models()
+            monitor.finish(result)
+            return result
+
+        return self.queue.submit("train", work)
+
+    def refresh_trained_models(self) -> None:
+        """Make new LoRAs, embeddings and checkpoints usable without a restart."""
+        self.catalog.refresh()  # LoRA files are rescanned on every listing already
+        if self.manager.embedding_catalog is not None:
+            self.manager.embedding_catalog.refresh()
 
     # ---- models ----
     def checkpoint_titles(self) -> list[str]:

@@ -62,6 +62,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 pnginfo_raw, send_to_txt2img = build_png_info_tab()
             with gr.Tab("Checkpoint Merger", id="merger", elem_id="tab_merger") as merger_tab:
                 build_merger_tab(ctx, checkpoint, merger_tab)
+            # tabs: Train (the Train tab's block goes below this line)
+            # tabs: X/Y/Z plot (the X/Y/Z tab's block goes below this line)
 
         def unusable_note() -> str:
             broken = [r for r in ctx.catalog.records() if not r.usable]
