@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.generation.prompt_syntax import extract_network_tags
-from webui.generation.requests import GenerationLimits, RequestError, Txt2ImgRequest
+from webui.generation.image_ops import check_image_size
+from webui.generation.img2img import run_img2img
+from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
 from webui.jobs.progress import JobControl
@@ -46,6 +48,10 @@ class AppContext:
     def validate_txt2img(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """Everything that can be checked before queueing: values, styles, checkpoint name."""
         request = request.validate(self.limits)
+        if isinstance(request, Img2ImgRequest):
+            for image in (*request.init_images[:1], request.mask):
+                if image is not None:
+                    check_image_size(image, self.limits.max_side)
         unknown_styles = [name for name in request.styles if name not in self.styles.names()]
         if unknown_styles:
             raise RequestError(f"unknown style(s) {', '.join(unknown_styles)}; available: {', '.join(self.styles.names()) or '(none)'}")
@@ -82,6 +88,12 @@ class AppContext:
         loras, vae = self.lora_uses(request), self.resolve_vae(request.vae)
         return self.queue.submit("txt2img", lambda control: self._generate(request, loras, vae, control))
 
+    def submit_img2img(self, request: Img2ImgRequest) -> Job:
+        """img2img / inpaint / outpaint: same checks and the same worker as txt2img."""
+        request = self.validate_txt2img(request)
+        loras, vae = self.lora_uses(request), self.resolve_vae(request.vae)
+        return self.queue.submit("img2img", lambda control: self._generate(request, loras, vae, control))
+
     def generate_now(self, request: Txt2ImgRequest, control: JobControl | None = None) -> GenerationResult:
         """Validate and generate on the calling thread. Only for code already running inside a queue job
         (X/Y/Z cells, batch folders): submitting from there would wait on the single worker forever."""
@@ -90,9 +102,9 @@ class AppContext:
 
     def _generate(self, request: Txt2ImgRequest, loras: tuple[LoraUse, ...], vae: str | Path,
                   control: JobControl | None) -> GenerationResult:
+        run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
         with self.manager.checkout(request.checkpoint, loras, vae) as model:
-            return run_txt2img(model, request, outputs_root=self.settings.outputs_folder,
-                               styles=self.styles, control=control)
+            return run(model, request, outputs_root=self.settings.outputs_folder, styles=self.styles, control=control)
 
     # ---- training ----
     def training_paths(self) -> TrainingPaths:

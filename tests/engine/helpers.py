@@ -36,3 +36,22 @@ def different_layout_copy(source: Path, target: Path) -> Path:
     shutil.rmtree(target / "unet")
     unet.save_pretrained(target / "unet", safe_serialization=True)
     return target
+
+
+def inpainting_copy(source: Path, target: Path) -> Path:
+    """The default model as a 9-channel inpainting checkpoint (like sd-v1-5-inpainting): its UNet's first
+    conv takes latents + mask + masked-image latents; the extra input channels start at zero."""
+    from diffusers import UNet2DConditionModel
+
+    shutil.copytree(source, target)
+    unet = UNet2DConditionModel.from_pretrained(source / "unet")
+    config = dict(unet.config)
+    config["in_channels"] = 9
+    widened = UNet2DConditionModel.from_config(config)
+    state = unet.state_dict()
+    conv = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([conv, torch.zeros(conv.shape[0], 5, *conv.shape[2:], dtype=conv.dtype)], dim=1)
+    widened.load_state_dict(state)
+    shutil.rmtree(target / "unet")
+    widened.save_pretrained(target / "unet", safe_serialization=True)
+    return target

@@ -248,6 +248,9 @@ def basic_auth_dependency(ctx: AppContext):
 def install_api(app: FastAPI, ctx: AppContext) -> None:
     """Add the API routes; works on an app that is already serving (gradio's), like A1111's API."""
     app.include_router(build_api_router(ctx))
+    from webui.api.train_api import install_train_api  # here, not at the top: train_api imports this module
+
+    install_train_api(app, ctx)
 
 
 def translate_errors(handler: Callable) -> Callable:

@@ -94,6 +94,8 @@ class Txt2ImgRequest:
                 f"sampler {sampler.name!r} cannot use schedule type {schedule!r}; "
                 f"valid for it: {', '.join(schedule_types_for(sampler.name))}"
             )
+        _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        _check_hires(self, limits)
         return replace(self, sampler_name=sampler.name, scheduler=schedule)
 
 
@@ -113,3 +115,75 @@ def _check_float(name: str, value: Any, low: float, high: float) -> None:
 
 def request_field_names() -> list[str]:
     return [f.name for f in fields(Txt2ImgRequest)]
+
+
+HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Latent (bicubic)", "Lanczos", "Nearest")
+MAX_OUTPAINT_PIXELS = 1024
+
+
+def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits) -> None:
+    if not request.enable_hr:
+        return
+    if request.hr_upscaler not in HIRES_UPSCALERS:
+        raise RequestError(f"hires upscaler {request.hr_upscaler!r} is unknown; valid: {', '.join(HIRES_UPSCALERS)}")
+    _check_float("hr_scale", request.hr_scale, 1.0, 4.0)
+    _check_int("hr_second_pass_steps", request.hr_second_pass_steps, 0, limits.max_steps)
+    for name in ("hr_resize_x", "hr_resize_y"):
+        _check_int(name, getattr(request, name), 0, limits.max_side)
+    width, height = hires_size(request)
+    for name, value in (("hires width", width), ("hires height", height)):
+        if value > limits.max_side:
+            raise RequestError(f"{name} {value} exceeds the limit of {limits.max_side} pixels")
+    if request.hr_sampler_name:
+        resolve_sampler_and_schedule(request.hr_sampler_name, request.hr_scheduler or "Automatic")
+
+
+def hires_size(request: Txt2ImgRequest) -> tuple[int, int]:
+    """Second-pass size: "resize to" when given (a zero side keeps the aspect ratio), else "upscale by";
+    rounded down to a multiple of 8 as the VAE needs."""
+    if request.hr_resize_x or request.hr_resize_y:
+        width = request.hr_resize_x or round(request.width * request.hr_resize_y / request.height)
+        height = request.hr_resize_y or round(request.height * request.hr_resize_x / request.width)
+    else:
+        width, height = round(request.width * request.hr_scale), round(request.height * request.hr_scale)
+    return width - width % 8, height - height % 8
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest(Txt2ImgRequest):
+    """img2img / inpaint / outpaint: the txt2img fields plus the source image, mask and A1111's inpaint options.
+
+    Integer codes match A1111's API: resize_mode 0 Just resize, 1 Crop and resize, 2 Resize and fill,
+    3 Just resize (latent upscale); inpainting_fill 0 fill, 1 original, 2 latent noise, 3 latent nothing.
+    """
+
+    init_images: tuple[Any, ...] = ()   # PIL images; the first is used (A1111 does the same)
+    mask: Any | None = None             # PIL image; white = change, or transparent strokes over alpha
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    mask_blur: int = 4
+    inpainting_mask_invert: int = 0     # 1 = inpaint the area NOT painted
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False      # "Only masked": work on a crop around the mask at full resolution
+    inpaint_full_res_padding: int = 32
+    outpaint_left: int = 0              # the Outpainting script: extend the canvas by these many pixels
+    outpaint_right: int = 0
+    outpaint_up: int = 0
+    outpaint_down: int = 0
+
+    def validate(self, limits: GenerationLimits = GenerationLimits()) -> "Img2ImgRequest":
+        if not self.init_images:
+            raise RequestError("img2img needs an input image")
+        request = super().validate(limits)
+        _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        _check_int("mask_blur", self.mask_blur, 0, 64)
+        _check_int("resize_mode", self.resize_mode, 0, 3)
+        _check_int("inpainting_fill", self.inpainting_fill, 0, 3)
+        _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, 256)
+        for side in ("left", "right", "up", "down"):
+            _check_int(f"outpaint_{side}", getattr(self, f"outpaint_{side}"), 0, MAX_OUTPAINT_PIXELS)
+        return request
+
+    @property
+    def outpaints(self) -> bool:
+        return any((self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down))

@@ -11,19 +11,19 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
 
 from webui import __version__
-from webui.generation.conditioning import ConditioningSchedule, PromptEncoder, batch_repeat, build_conditioning
+from webui.generation.conditioning import ConditioningSchedule, PromptEncoder, build_conditioning
+from webui.generation.denoise import common_arguments, pipeline_for, use_sampler, uses_inpainting_unet
+from webui.generation.hires import HiresPass, hires_parameters
 from webui.generation.infotext import create_infotext
-from webui.generation.live_preview import latents_to_preview
 from webui.generation.outputs import dated_folder, image_grid, save_grid, save_image
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.requests import Txt2ImgRequest
-from webui.generation.samplers import build_scheduler
 from webui.generation.styles import StyleDatabase
 from webui.jobs.progress import JobControl
 from webui.models.hashing import sha256_of_file
@@ -88,37 +88,7 @@ def initial_noise(shape: tuple[int, ...], seed: int, subseed: int, subseed_stren
 def _latent_shape(model: LoadedModel, request: Txt2ImgRequest) -> tuple[int, int, int]:
     pipeline = model.pipeline
     factor = pipeline.vae_scale_factor
-    return (pipeline.unet.config.in_channels, request.height // factor, request.width // factor)
-
-
-def _step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_size: int,
-                   control: JobControl | None) -> Callable:
-    """diffusers callback_on_step_end: progress, preview, stop flags, per-step prompt schedule."""
-
-    def callback(pipeline, step: int, timestep, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        updates: dict[str, torch.Tensor] = {}
-        if control is not None:
-            control.report_step(step + 1, total=pipeline.num_timesteps)
-            if control.wants_preview(step + 1):
-                control.set_preview(latents_to_preview(tensors["latents"], model.family))
-            if control.should_stop_batch:
-                pipeline._interrupt = True  # diffusers' documented way to end the denoising loop early
-        scheduled_step = min(step, len(conditioning.positive) - 1)
-        if conditioning.changes_after(scheduled_step):
-            positive = conditioning.positive[scheduled_step + 1]
-            negative = conditioning.negative[scheduled_step + 1]
-            hidden = batch_repeat(positive.hidden, batch_size)
-            if pipeline.do_classifier_free_guidance:
-                hidden = torch.cat([batch_repeat(negative.hidden, batch_size), hidden])
-            updates["prompt_embeds"] = hidden
-            if positive.pooled is not None:
-                pooled = batch_repeat(positive.pooled, batch_size)
-                if pipeline.do_classifier_free_guidance:
-                    pooled = torch.cat([batch_repeat(negative.pooled, batch_size), pooled])
-                updates["add_text_embeds"] = pooled
-        return updates
-
-    return callback
+    return (pipeline.vae.config.latent_channels, request.height // factor, request.width // factor)
 
 
 def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int, subseed: int,
@@ -137,6 +107,7 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         "Variation seed": subseed if request.subseed_strength > 0 else None,
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        **hires_parameters(request),
         "Lora hashes": ", ".join(f"{use.name}: {use.shorthash}" for use in model.loras) or None,
         "TI hashes": ti_hashes,
         "Version": f"SD Studio {__version__}",
@@ -148,12 +119,22 @@ def _sha256(model: LoadedModel, path: Path) -> str:
     return model.hashes.sha256(path) if model.hashes is not None else sha256_of_file(path)
 
 
-def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Path | None,
-                styles: StyleDatabase | None = None, control: JobControl | None = None) -> GenerationResult:
-    """Generate every image of the request; saves them (and a grid) under outputs_root when asked."""
-    prompt, negative_prompt = request.prompt, request.negative_prompt
-    if request.styles and styles is not None:
-        prompt, negative_prompt = styles.apply(prompt, negative_prompt, request.styles)
+@dataclass(frozen=True)
+class PreparedPrompts:
+    """Styled prompts as shown in the infotext, and what the text encoder gets (tags out, embeddings in)."""
+
+    prompt: str
+    negative_prompt: str
+    encoder_prompt: str
+    encoder_negative: str
+    ti_hashes: str | None
+    model_extras: dict[str, Any]
+
+
+def prepare_prompts(model: LoadedModel, prompt: str, negative_prompt: str, style_names: tuple[str, ...],
+                    styles: StyleDatabase | None) -> PreparedPrompts:
+    if style_names and styles is not None:
+        prompt, negative_prompt = styles.apply(prompt, negative_prompt, style_names)
     # Network tags (<lora:...>) are resolved by the model manager; the text encoder never sees them.
     encoder_prompt, _tags = extract_network_tags(prompt)
     encoder_negative, _ = extract_network_tags(negative_prompt)
@@ -168,70 +149,97 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         encoder_negative = model.embeddings.expand_prompt(encoder_negative)
     # Hashed once per request: A1111's 10-digit VAE short hash and the file name.
     vae_extras = {"VAE hash": _sha256(model, model.vae_path)[:10], "VAE": model.vae_path.name} if model.vae_path else {}
+    return PreparedPrompts(prompt, negative_prompt, encoder_prompt, encoder_negative, ti_hashes, vae_extras)
 
+
+def batch_seeds(seed: int, subseed: int, batch_index: int, batch_size: int) -> tuple[list[int], list[int]]:
+    offset = batch_index * batch_size
+    return ([(seed + offset + i) % MAX_SEED for i in range(batch_size)],
+            [(subseed + offset + i) % MAX_SEED for i in range(batch_size)])
+
+
+def collect_image(result: GenerationResult, image: Image.Image, infotext: str, seed: int, subseed: int,
+                  save_to: Path | None) -> None:
+    result.images.append(image)
+    result.infotexts.append(infotext)
+    result.seeds.append(seed)
+    result.subseeds.append(subseed)
+    if save_to is not None:
+        result.saved_paths.append(save_image(image, save_to, seed, infotext))
+
+
+def finish_grid(result: GenerationResult, save_grid_wanted: bool, grids_folder: Path | None) -> None:
+    if len(result.images) > 1 and save_grid_wanted:
+        result.grid = image_grid(result.images)
+        if grids_folder is not None:
+            result.grid_path = save_grid(result.images, grids_folder, result.seeds[0], result.infotexts[0])
+
+
+def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Path | None,
+                styles: StyleDatabase | None = None, control: JobControl | None = None) -> GenerationResult:
+    """Generate every image of the request (with the hires-fix pass when enabled); saves them (and a grid)
+    under outputs_root when asked."""
+    prompts = prepare_prompts(model, request.prompt, request.negative_prompt, request.styles, styles)
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
-    pipeline = model.pipeline
-    # DPM++ SDE draws its noise from a seeded sampler of its own rather than from `generator`.
-    scheduler_config = {**model.scheduler_config, "noise_sampler_seed": seed}
-    pipeline.scheduler = build_scheduler(request.sampler_name, request.scheduler, scheduler_config)
-    encoder = PromptEncoder(pipeline, model.family, request.clip_skip)
-    conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative, request.steps)
+    use_sampler(model, request.sampler_name, request.scheduler, seed)
+    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+    conditioning = build_conditioning(encoder, prompts.encoder_prompt, prompts.encoder_negative, request.steps)
+    hires = None
+    if request.enable_hr:
+        hires_prompts = prompts
+        if request.hr_prompt or request.hr_negative_prompt:
+            hires_prompts = prepare_prompts(model, request.hr_prompt or request.prompt,
+                                            request.hr_negative_prompt or request.negative_prompt, request.styles, styles)
+        hires = HiresPass.plan(model, request, hires_prompts.encoder_prompt, hires_prompts.encoder_negative)
     shape = _latent_shape(model, request)
+    saving = request.save_images and outputs_root is not None
 
-    result = GenerationResult([], [], [], [], prompt, negative_prompt, warnings=model.warnings)
+    result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt, warnings=model.warnings)
     if control is not None:
-        control.start(request.batch_count, request.steps)
+        control.start(request.batch_count, request.steps + (hires.steps if hires else 0))
     for batch_index in range(request.batch_count):
         if control is not None:
             if control.interrupted:
                 break
             control.begin_batch(batch_index)
-        offset = batch_index * request.batch_size
-        seeds = [(seed + offset + i) % MAX_SEED for i in range(request.batch_size)]
-        subseeds = [(subseed + offset + i) % MAX_SEED for i in range(request.batch_size)]
+        seeds, subseeds = batch_seeds(seed, subseed, batch_index, request.batch_size)
         noise = torch.stack([initial_noise(shape, s, v, request.subseed_strength) for s, v in zip(seeds, subseeds)])
-        images = _denoise_batch(model, request, conditioning, noise, seeds, control)
+        if hires is None:
+            images = _denoise_batch(model, request, conditioning, noise, seeds, control, output_type="pil")
+        else:
+            use_sampler(model, request.sampler_name, request.scheduler, seed)
+            first = _denoise_batch(model, request, conditioning, noise, seeds, control,
+                                   output_type="latent" if hires.in_latent_space else "pil")
+            if control is not None and control.should_stop_batch:
+                images = first if not hires.in_latent_space else hires.decode(first)
+            else:
+                images = hires.run(first, seeds, control, step_offset=request.steps, seed=seed)
         for image, image_seed, image_subseed in zip(images, seeds, subseeds):
-            infotext = create_infotext(prompt, negative_prompt, generation_parameters(request, model, image_seed, image_subseed, ti_hashes, vae_extras))
-            result.images.append(image)
-            result.infotexts.append(infotext)
-            result.seeds.append(image_seed)
-            result.subseeds.append(image_subseed)
-            if request.save_images and outputs_root is not None:
-                folder = dated_folder(outputs_root, "txt2img-images")
-                result.saved_paths.append(save_image(image, folder, image_seed, infotext))
+            parameters = generation_parameters(request, model, image_seed, image_subseed, prompts.ti_hashes,
+                                               prompts.model_extras)
+            infotext = create_infotext(prompts.prompt, prompts.negative_prompt, parameters)
+            collect_image(result, image, infotext, image_seed, image_subseed,
+                          dated_folder(outputs_root, "txt2img-images") if saving else None)
     result.interrupted = control is not None and control.interrupted
-    if len(result.images) > 1 and request.save_grid:
-        result.grid = image_grid(result.images)
-        if request.save_images and outputs_root is not None:
-            result.grid_path = save_grid(result.images, dated_folder(outputs_root, "txt2img-grids"),
-                                         result.seeds[0], result.infotexts[0])
+    finish_grid(result, request.save_grid, dated_folder(outputs_root, "txt2img-grids") if saving else None)
     return result
 
 
 @torch.no_grad()
 def _denoise_batch(model: LoadedModel, request: Txt2ImgRequest, conditioning: ConditioningSchedule,
-                   noise: torch.Tensor, seeds: list[int], control: JobControl | None) -> list[Image.Image]:
-    pipeline = model.pipeline
+                   noise: torch.Tensor, seeds: list[int], control: JobControl | None, output_type: str) -> Any:
     batch_size = noise.shape[0]
-    first_positive, first_negative = conditioning.positive[0], conditioning.negative[0]
-    arguments: dict[str, Any] = dict(
-        prompt_embeds=first_positive.hidden,
-        negative_prompt_embeds=first_negative.hidden,
-        num_images_per_prompt=batch_size,
-        num_inference_steps=request.steps,
-        guidance_scale=request.cfg_scale,
-        width=request.width,
-        height=request.height,
-        latents=noise.to(device=model.device, dtype=model.dtype),
-        # One CPU generator per image keeps ancestral/SDE noise tied to the image's own seed.
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        callback_on_step_end=_step_callback(model, conditioning, batch_size, control),
-        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]
-        + (["add_text_embeds"] if model.family == "sdxl" else []),
-        output_type="pil",
-    )
-    if model.family == "sdxl":
-        arguments["pooled_prompt_embeds"] = first_positive.pooled
-        arguments["negative_pooled_prompt_embeds"] = first_negative.pooled
-    return list(pipeline(**arguments).images)
+    arguments = common_arguments(model, conditioning, batch_size=batch_size, steps=request.steps,
+                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control)
+    arguments.update(width=request.width, height=request.height, output_type=output_type)
+    if uses_inpainting_unet(model):
+        # An inpainting checkpoint in txt2img: everything is "masked", the masked image is blank (A1111 does the same).
+        pipeline = pipeline_for(model, "inpaint")
+        blank = Image.new("RGB", (request.width, request.height), (127, 127, 127))
+        arguments.update(image=blank, mask_image=Image.new("L", blank.size, 255), strength=1.0,
+                         latents=noise.to(device=model.device, dtype=model.dtype))
+        output = pipeline(**arguments)
+    else:
+        arguments.update(latents=noise.to(device=model.device, dtype=model.dtype))
+        output = model.pipeline(**arguments)
+    return output.images if output_type == "latent" else list(output.images)

@@ -9,7 +9,9 @@ from webui.ui.errors import user_error
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
+from webui.ui.train_tab import build_train_tab
 from webui.ui.txt2img_tab import build_txt2img_tab
+from webui.ui.xyz_tab import build_xyz_tab
 
 CSS = """
 .sd-progress {position: relative; height: 1.6em; border: 1px solid var(--border-color-primary); border-radius: 4px; overflow: hidden;}
@@ -63,7 +65,11 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Checkpoint Merger", id="merger", elem_id="tab_merger") as merger_tab:
                 build_merger_tab(ctx, checkpoint, merger_tab)
             # tabs: Train (the Train tab's block goes below this line)
+            with gr.Tab("Train", id="train", elem_id="tab_train") as train_tab_component:
+                train_tab = build_train_tab(ctx, blocks, train_tab_component, native_size(ctx))
             # tabs: X/Y/Z plot (the X/Y/Z tab's block goes below this line)
+            with gr.Tab("X/Y/Z plot", id="xyz", elem_id="tab_xyz"):
+                xyz = build_xyz_tab(ctx, native_size(ctx), vae)
 
         def unusable_note() -> str:
             broken = [r for r in ctx.catalog.records() if not r.usable]

@@ -1,0 +1,173 @@
+"""X/Y/Z plots through the real AppContext on the default model: grid, checkpoint restore, interrupt, checks."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from webui.context import build_context
+from webui.generation.infotext import parse_infotext, read_infotext
+from webui.generation.requests import Txt2ImgRequest
+from webui.settings import settings_from_args
+from webui.xyz.grid import plan_grid_layout
+from webui.xyz.job import XyzOptions, XyzRun, axis_choices, cell_progress, plan_xyz, submit_xyz
+from webui.xyz.plot import AxisSpec, parse_xyz_fields
+from webui.xyz.ranges import AxisValueError
+
+BASE = Txt2ImgRequest(prompt="a red circle", width=64, height=64, steps=2, seed=3, sampler_name="Euler")
+TWIN = "toy-twin"
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, default_model_folder):
+    """One context for the module (building it and loading the model is most of the cost)."""
+    data = tmp_path_factory.mktemp("xyz-data")
+    checkpoints = data / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
+    shutil.copytree(default_model_folder, checkpoints / TWIN)
+    context = build_context(settings_from_args(["--data-dir", str(data)]))
+    yield context
+    context.queue.shutdown()
+
+
+def run(ctx, x=None, y=None, z=None, base=BASE, **options) -> XyzRun:
+    return submit_xyz(ctx, base, x, y, z, XyzOptions(**options)).result(timeout=300)
+
+
+def test_seed_by_steps_plot_gives_a_labelled_2x2_grid_of_different_cells(ctx):
+    plot = run(ctx, AxisSpec("Seed", "1, 2"), AxisSpec("Steps", "2, 3"), include_sub_images=True)
+    result = plot.result
+    assert not plot.interrupted and result.completed_cells == 4
+    layout = plan_grid_layout(2, 2, (64, 64), ["Seed: 1", "Seed: 2"], ["Steps: 2", "Steps: 3"])
+    assert layout.top_band > 0 and layout.left_band > 0
+    assert plot.grid.size == (layout.width, layout.height)
+    assert plot.grid.width > 128 and plot.grid.height > 128
+
+    cells = [np.asarray(image, dtype=np.int16) for image in result.cell_images]
+    assert all(cell.shape == (64, 64, 3) for cell in cells)
+    for first in range(4):
+        for second in range(first + 1, 4):
+            assert np.abs(cells[first] - cells[second]).mean() > 0.5, (first, second)
+    # The grid holds the cells below and right of the legend bands, which are white with dark text.
+    grid = np.asarray(plot.grid, dtype=np.int16)
+    top, left = layout.top_band, layout.left_band
+    assert np.array_equal(grid[top:top + 64, left:left + 64], cells[0])
+    assert np.array_equal(grid[top + 64:top + 128, left + 64:left + 128], cells[3])
+    band = grid[:top, left:]
+    assert band.max() == 255 and band.min() < 128
+
+    # Gallery: the grid, then the four cell images, each with its own infotext.
+    assert len(plot.images) == 5 and plot.images[0] is plot.grid
+    assert "Seed: 2" in plot.infotexts[2] and "Steps: 2" in plot.infotexts[2]
+    assert "Seed: 1" in plot.infotexts[3] and "Steps: 3" in plot.infotexts[3]
+    assert len(plot.saved_paths) == 1 and plot.saved_paths[0].parent.parent.name == "txt2img-grids"
+    assert Image.open(plot.saved_paths[0]).size == plot.grid.size
+
+
+def test_saved_grid_infotext_round_trips_to_the_axes(ctx):
+    x = AxisSpec("Sampler", values=["Euler", "euler a"])
+    y = AxisSpec("Seed", "-1, 5")
+    plot = run(ctx, x, y)
+    params = parse_infotext(read_infotext(Image.open(plot.saved_paths[0])))
+    assert params["Script"] == "X/Y/Z plot" and params["Prompt"] == "a red circle"
+    specs = parse_xyz_fields(params)
+    assert specs["x"] == AxisSpec("Sampler", "Euler, euler a")
+    assert specs["z"] == AxisSpec("Nothing")
+    assert specs["y"].label == "Seed"
+    fixed = [int(value) for value in specs["y"].values_text.split(",")]
+    assert fixed[1] == 5 and fixed[0] != -1  # the random seed was fixed and recorded
+    # Pasting the axes back plans exactly the requests that made the grid.
+    replanned = plan_xyz(ctx, BASE, specs["x"], specs["y"], specs["z"])
+    def made(plan) -> list[tuple[str, int]]:
+        return [(cell.request.sampler_name, cell.request.seed) for cell in plan.cells]
+
+    assert made(replanned) == made(plot.result.plan)
+    assert made(replanned)[0] == ("Euler", fixed[0]) and made(replanned)[-1] == ("Euler a", 5)
+
+
+def test_checkpoint_axis_restores_the_checkpoint_the_user_had_loaded(ctx):
+    original = ctx.select_checkpoint("sd-studio-toy")
+    assert any(title.startswith(TWIN) for title in axis_choices(ctx).checkpoints)
+    plot = run(ctx, AxisSpec("Checkpoint name", f"sd-studio-toy, {TWIN}"), include_sub_images=True)
+    assert plot.result.completed_cells == 2
+    assert "Model: sd-studio-toy," in plot.infotexts[1] and f"Model: {TWIN}," in plot.infotexts[2]
+    assert ctx.manager.current.path == original.path
+    assert ctx.current_checkpoint_title() == original.title
+
+
+def test_interrupt_mid_plot_returns_the_partial_grid(ctx):
+    job = submit_xyz(ctx, BASE.with_changes(steps=6), AxisSpec("Seed", "1-6"), None, None, XyzOptions())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        progress = cell_progress(job.control.snapshot())
+        if progress is not None and progress[0] >= 2:
+            break
+        time.sleep(0.02)
+    assert progress is not None and progress[0] >= 2, "the plot never reached its second cell"
+    assert ctx.queue.interrupt_current()
+    plot = job.result(timeout=300)
+    assert plot.interrupted
+    assert 1 <= plot.result.completed_cells < 6
+    assert plot.result.cell_images[-1] is None
+    # The grid keeps its full size; missing cells are blank.
+    layout = plan_grid_layout(6, 1, (64, 64), [f"Seed: {seed}" for seed in range(1, 7)], [""])
+    assert plot.grid.size == (layout.width, layout.height)
+    last_cell = np.asarray(plot.grid)[layout.top_band:, -64:]
+    assert last_cell.max() == 0
+    assert "interrupted" in job.control.snapshot().message
+
+
+@pytest.mark.parametrize("x, y, base, expected", [
+    (AxisSpec("Sampler", "Euler, Eular a"), None, BASE, "unknown value 'Eular a'"),
+    (AxisSpec("Checkpoint name", "sd-studio-toy, nowhere"), None, BASE, "unknown value 'nowhere'"),
+    (AxisSpec("Steps", "1-5 (+0)"), None, BASE, "increment of 0"),
+    (AxisSpec("Steps", "1-"), None, BASE, "is not a whole number or a range"),
+    (AxisSpec("Seed", "1-40"), AxisSpec("Steps", "1-40"), BASE, "the limit is 1000"),
+    (AxisSpec("Seed", "  "), None, BASE, "has no values"),
+    (AxisSpec("Size", "64x64, 4096x64"), None, BASE, "width 4096 is outside"),
+    (AxisSpec("LoRA weight", "0.5, 1"), None, BASE.with_changes(prompt="cat <lora:missing:1>"), "missing"),
+])
+def test_bad_axes_raise_before_anything_is_queued(ctx, x, y, base, expected):
+    before = ctx.queue.submit("probe", lambda control: None)
+    before.result(timeout=60)
+    with pytest.raises(AxisValueError) as raised:
+        submit_xyz(ctx, base, x, y, None, XyzOptions())
+    assert expected in str(raised.value)
+    assert ctx.queue.pending == 0 and ctx.queue.current is None
+    after = ctx.queue.submit("probe", lambda control: None)
+    after.result(timeout=60)
+    assert after.job_id == before.job_id + 1  # no job was created in between
+
+
+def test_bad_option_is_refused_before_queueing(ctx):
+    with pytest.raises(AxisValueError, match="margin"):
+        submit_xyz(ctx, BASE, AxisSpec("Seed", "1, 2"), None, None, XyzOptions(margin=-4))
+    assert ctx.queue.pending == 0
+
+
+def test_progress_reports_cell_i_of_n_while_running(ctx):
+    job = submit_xyz(ctx, BASE, AxisSpec("CFG Scale", "5, 7, 9"), None, None, XyzOptions(save_grid=False))
+    seen: set[tuple[int, int]] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            progress = cell_progress(job.control.snapshot())
+            if progress is not None:
+                seen.add(progress)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    plot = job.result(timeout=300)
+    stop.set()
+    watcher.join()
+    assert plot.saved_paths == []
+    assert seen and all(total == 3 for _, total in seen) and max(index for index, _ in seen) == 3
+    assert job.control.snapshot().message == "Done: 3 of 3 cells"

@@ -1,0 +1,89 @@
+"""Training over HTTP (/sdapi/v1/train...): start a run from a TrainingConfig JSON, follow it, cancel it.
+
+The body of POST /sdapi/v1/train is the same JSON `python -m webui.train` and the presets use, so a
+config saved from the Train tab can be posted as it is. A config or dataset that cannot work is refused
+with 422 and the reason before anything is queued; a second run while one is active gets 409.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+
+from webui.api.sdapi import API_PREFIX, basic_auth_dependency, translate_errors
+from webui.context import AppContext
+from webui.training.config import TrainingConfig, load_preset
+from webui.ui.errors import user_error
+from webui.ui.train_service import (
+    TrainingBusyError,
+    cancel_training,
+    current_job_is_training,
+    preset_names,
+    start_training,
+    training_status,
+    user_presets_folder,
+)
+
+
+def build_train_router(ctx: AppContext) -> APIRouter:
+    dependencies = [Depends(basic_auth_dependency(ctx))] if ctx.settings.auth else []
+    router = APIRouter(prefix=f"{API_PREFIX}/train", dependencies=dependencies)
+
+    @router.post("", status_code=202)
+    @translate_errors
+    def start(body: Any = Body(...)) -> JSONResponse:
+        """Queue a run: 202 with the job's state, 422 with the reason for a bad config or dataset."""
+        if not isinstance(body, dict):
+            raise HTTPException(422, "the body must be a JSON object of TrainingConfig fields")
+        try:
+            config = TrainingConfig.from_dict(body)
+            if not config.base_checkpoint:
+                config = config.replace(base_checkpoint=ctx.current_checkpoint_title() or "")
+            job = start_training(ctx, config)
+        except TrainingBusyError as error:
+            raise HTTPException(409, str(error)) from None
+        except (ValueError, LookupError) as error:  # config, dataset and checkpoint problems
+            raise HTTPException(422, user_error(error)) from None
+        status = training_status(ctx)
+        return JSONResponse(status_code=202, content={
+            "job": f"job-{job.job_id}", "state": status["state"], "name": config.output_name,
+            "method": config.method, "config": ctx.training.config.to_dict() if ctx.training else config.to_dict(),
+            "progress_url": f"{API_PREFIX}/train/progress",
+        })
+
+    @router.get("/progress")
+    @translate_errors
+    def progress() -> dict[str, Any]:
+        """step, total, epoch, loss, eta, messages, finished, files, error (and more) of the latest run."""
+        return training_status(ctx)
+
+    @router.post("/cancel")
+    @translate_errors
+    def cancel() -> dict[str, Any]:
+        was_training = current_job_is_training(ctx)
+        return {"cancelled": was_training, "message": cancel_training(ctx)}
+
+    @router.get("/presets")
+    @translate_errors
+    def presets() -> list[dict[str, Any]]:
+        """Presets for the loaded model's family and the user's own, each with the values it sets."""
+        folder = user_presets_folder(ctx)
+        user = {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
+        answer = []
+        for name in preset_names(ctx):
+            entry: dict[str, Any] = {"name": name, "user": name in user}
+            try:
+                entry["config"] = load_preset(name, folder).to_dict()
+            except ValueError as error:  # one hand-edited broken file must not hide the others
+                entry["error"] = user_error(error)
+            answer.append(entry)
+        return answer
+
+    return router
+
+
+def install_train_api(app: FastAPI, ctx: AppContext) -> None:
+    """Add the training routes (same auth as the rest of the API)."""
+    app.include_router(build_train_router(ctx))

@@ -1,0 +1,136 @@
+"""The denoising call every mode shares: txt2img, the hires-fix second pass, img2img and inpaint.
+
+Each mode is a diffusers pipeline class built around the *same* loaded modules (no second copy of any
+weights: the img2img/inpaint pipelines are new wrappers around the txt2img pipeline's UNet, VAE and text
+encoders). Prompt embeddings, seeds, progress, previews, interrupt and per-step prompt schedules are wired
+the same way for all of them, here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from webui.generation.conditioning import ConditioningSchedule, batch_repeat
+from webui.generation.live_preview import latents_to_preview
+from webui.generation.samplers import build_scheduler
+from webui.jobs.progress import JobControl
+from webui.models.manager import LoadedModel
+
+PIPELINE_CLASS_NAMES = {
+    ("sd", "txt2img"): "StableDiffusionPipeline",
+    ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
+    ("sd", "inpaint"): "StableDiffusionInpaintPipeline",
+    ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+    ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
+}
+
+
+def pipeline_for(model: LoadedModel, mode: str) -> Any:
+    """A diffusers pipeline of the mode's class sharing every module with the loaded pipeline."""
+    import diffusers
+
+    base = model.pipeline
+    class_name = PIPELINE_CLASS_NAMES[("sdxl" if model.family == "sdxl" else "sd", mode)]
+    if type(base).__name__ == class_name:
+        return base
+    cls = getattr(diffusers, class_name)
+    accepted = inspect.signature(cls.__init__).parameters
+    options = {"requires_safety_checker": False} if "requires_safety_checker" in accepted else {}
+    if "requires_aesthetics_score" in accepted:
+        options["requires_aesthetics_score"] = False
+    pipeline = cls(**{name: module for name, module in base.components.items() if name in accepted}, **options)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def use_sampler(model: LoadedModel, sampler_name: str, schedule: str, seed: int) -> None:
+    """Install the A1111-named sampler on the loaded pipeline (the mode wrappers share its scheduler slot
+    only at build time, so call this before `pipeline_for`)."""
+    # DPM++ SDE draws its noise from a seeded sampler of its own rather than from `generator`.
+    scheduler_config = {**model.scheduler_config, "noise_sampler_seed": seed}
+    model.pipeline.scheduler = build_scheduler(sampler_name, schedule, scheduler_config)
+
+
+def uses_inpainting_unet(model: LoadedModel) -> bool:
+    """9-channel UNets (sd-v1-5-inpainting and the like) take the mask and masked image as extra input."""
+    return model.pipeline.unet.config.in_channels == 9
+
+
+def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_size: int,
+                  control: JobControl | None, step_offset: int = 0, total_steps: int | None = None) -> Callable:
+    """diffusers callback_on_step_end: progress, preview, stop flags, per-step prompt schedule.
+
+    ``step_offset``/``total_steps`` let a second pass (hires fix) continue the first pass's progress bar.
+    """
+
+    def callback(pipeline, step: int, timestep, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        updates: dict[str, torch.Tensor] = {}
+        if control is not None:
+            control.report_step(step_offset + step + 1, total=total_steps or step_offset + pipeline.num_timesteps)
+            if control.wants_preview(step + 1):
+                control.set_preview(latents_to_preview(tensors["latents"], model.family))
+            if control.should_stop_batch:
+                pipeline._interrupt = True  # diffusers' documented way to end the denoising loop early
+        scheduled_step = min(step, len(conditioning.positive) - 1)
+        if conditioning.changes_after(scheduled_step):
+            positive = conditioning.positive[scheduled_step + 1]
+            negative = conditioning.negative[scheduled_step + 1]
+            hidden = batch_repeat(positive.hidden, batch_size)
+            if pipeline.do_classifier_free_guidance:
+                hidden = torch.cat([batch_repeat(negative.hidden, batch_size), hidden])
+            updates["prompt_embeds"] = hidden
+            if positive.pooled is not None:
+                pooled = batch_repeat(positive.pooled, batch_size)
+                if pipeline.do_classifier_free_guidance:
+                    pooled = torch.cat([batch_repeat(negative.pooled, batch_size), pooled])
+                updates["add_text_embeds"] = pooled
+        return updates
+
+    return callback
+
+
+def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, batch_size: int, steps: int,
+                     cfg_scale: float, seeds: list[int], control: JobControl | None, step_offset: int = 0,
+                     total_steps: int | None = None) -> dict[str, Any]:
+    """Keyword arguments every pipeline call takes: embeddings, guidance, seeded generators, callbacks."""
+    first_positive, first_negative = conditioning.positive[0], conditioning.negative[0]
+    arguments: dict[str, Any] = dict(
+        prompt_embeds=first_positive.hidden,
+        negative_prompt_embeds=first_negative.hidden,
+        num_images_per_prompt=batch_size,
+        num_inference_steps=steps,
+        guidance_scale=cfg_scale,
+        # One CPU generator per image keeps sampler noise tied to the image's own seed (A1111 semantics).
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        callback_on_step_end=step_callback(model, conditioning, batch_size, control, step_offset, total_steps),
+        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]
+        + (["add_text_embeds"] if model.family == "sdxl" else []),
+    )
+    if model.family == "sdxl":
+        arguments["pooled_prompt_embeds"] = first_positive.pooled
+        arguments["negative_pooled_prompt_embeds"] = first_negative.pooled
+    return arguments
+
+
+def executed_steps(steps: int, strength: float) -> int:
+    """Steps an img2img pass really runs: diffusers (like A1111) skips the first (1 - strength) of them."""
+    return min(int(steps * strength), steps)
+
+
+@torch.no_grad()
+def encode_images(model: LoadedModel, images: list[Image.Image]) -> torch.Tensor:
+    """Pixel images -> scaled latents (the distribution's mean: deterministic, as A1111's img2img)."""
+    vae = model.pipeline.vae
+    pixels = torch.stack([
+        torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+        for image in images
+    ]).to(device=model.device, dtype=vae.dtype)
+    latents = vae.encode(pixels).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor

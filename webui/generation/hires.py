@@ -1,0 +1,103 @@
+"""Hires fix: txt2img at the base size, upscale (in latent or pixel space), then an img2img pass at the
+larger size. The second pass uses the same loaded modules through an img2img pipeline wrapper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from webui.generation.conditioning import ConditioningSchedule, PromptEncoder, build_conditioning
+from webui.generation.denoise import common_arguments, executed_steps, pipeline_for, use_sampler, uses_inpainting_unet
+from webui.generation.requests import Txt2ImgRequest, hires_size
+from webui.jobs.progress import JobControl
+from webui.models.manager import LoadedModel
+
+LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact", "Latent (bicubic)": "bicubic"}
+PIXEL_FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+
+
+def hires_parameters(request: Txt2ImgRequest) -> dict[str, Any]:
+    """The infotext fields A1111 writes for the hires pass."""
+    if not request.enable_hr:
+        return {}
+    width, height = hires_size(request)
+    resized = bool(request.hr_resize_x or request.hr_resize_y)
+    return {
+        "Denoising strength": request.denoising_strength,
+        "Hires upscale": None if resized else request.hr_scale,
+        "Hires resize": f"{width}x{height}" if resized else None,
+        "Hires steps": request.hr_second_pass_steps or None,
+        "Hires upscaler": request.hr_upscaler,
+        "Hires sampler": request.hr_sampler_name or None,
+        "Hires schedule type": request.hr_scheduler or None,
+        "Hires prompt": request.hr_prompt or None,
+        "Hires negative prompt": request.hr_negative_prompt or None,
+    }
+
+
+@dataclass
+class HiresPass:
+    model: LoadedModel
+    request: Txt2ImgRequest
+    width: int
+    height: int
+    requested_steps: int
+    conditioning: ConditioningSchedule
+
+    @classmethod
+    def plan(cls, model: LoadedModel, request: Txt2ImgRequest, encoder_prompt: str, encoder_negative: str) -> "HiresPass":
+        width, height = hires_size(request)
+        requested = request.hr_second_pass_steps or request.steps
+        encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+        conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative,
+                                          max(executed_steps(requested, request.denoising_strength), 1))
+        return cls(model, request, width, height, requested, conditioning)
+
+    @property
+    def in_latent_space(self) -> bool:
+        return self.request.hr_upscaler in LATENT_MODES
+
+    @property
+    def steps(self) -> int:
+        return executed_steps(self.requested_steps, self.request.denoising_strength)
+
+    def upscale(self, first: Any) -> Any:
+        if self.in_latent_space:
+            size = (self.height // self.model.pipeline.vae_scale_factor, self.width // self.model.pipeline.vae_scale_factor)
+            return F.interpolate(first, size=size, mode=LATENT_MODES[self.request.hr_upscaler])
+        return [image.resize((self.width, self.height), PIXEL_FILTERS[self.request.hr_upscaler]) for image in first]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """First-pass latents as images (when the user interrupts before the second pass)."""
+        vae = self.model.pipeline.vae
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return self.model.pipeline.image_processor.postprocess(decoded, output_type="pil")
+
+    @torch.no_grad()
+    def run(self, first: Any, seeds: list[int], control: JobControl | None, *, step_offset: int, seed: int) -> list[Image.Image]:
+        request = self.request
+        if self.steps == 0:  # denoising 0: nothing to redraw, only the upscale
+            upscaled = self.upscale(first)
+            return self.decode(upscaled) if self.in_latent_space else upscaled
+        use_sampler(self.model, request.hr_sampler_name or request.sampler_name,
+                    request.hr_scheduler or request.scheduler, seed)
+        arguments = common_arguments(self.model, self.conditioning, batch_size=len(seeds), steps=self.requested_steps,
+                                     cfg_scale=request.cfg_scale, seeds=seeds, control=control,
+                                     step_offset=step_offset, total_steps=step_offset + self.steps)
+        arguments.update(image=self.upscale(first), strength=request.denoising_strength, output_type="pil",
+                         width=self.width, height=self.height)
+        if uses_inpainting_unet(self.model):
+            pipeline = pipeline_for(self.model, "inpaint")
+            arguments["mask_image"] = Image.new("L", (self.width, self.height), 255)
+            if self.in_latent_space:
+                arguments["masked_image_latents"] = arguments["image"]
+        else:
+            pipeline = pipeline_for(self.model, "img2img")
+            del arguments["width"], arguments["height"]  # img2img takes the size from the image
+        return list(pipeline(**arguments).images)

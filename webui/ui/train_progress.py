@@ -1,0 +1,102 @@
+"""What the Train tab shows about a run: progress bar, loss curve data, sample gallery, the final message.
+
+Pure functions of `training_status(ctx)` and the run's monitor, so a reloaded page renders the same view
+as the page that started the run, and the timer only sends what changed since the last tick.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from webui.training.monitor import TrainingMonitor
+
+LOSS_SERIES = "loss"
+SMOOTHED_SERIES = "smoothed loss"
+LOG_LINES = 12
+STATE_WORDS = {"queued": "Waiting for the GPU worker", "running": "Training", "done": "Finished",
+               "cancelled": "Cancelled", "failed": "Failed"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def progress_html(status: dict[str, Any]) -> str:
+    """A bar like txt2img's: percentage, step/total, epoch, ETA and loss of the latest run."""
+    if status["state"] == "idle":
+        return '<div class="sd-progress-text" data-state="idle">No training run yet.</div>'
+    total = max(int(status["total"] or 0), 0)
+    percent = 100 if status["state"] == "done" else int(100 * status["step"] / total) if total else 0
+    parts = [f"{STATE_WORDS.get(status['state'], status['state'])} {status['name']}"]
+    if total:
+        parts.append(f"step {status['step']}/{total}")
+    if status["total_epochs"]:
+        parts.append(f"epoch {status['epoch']}/{status['total_epochs']}")
+    if status["state"] == "running" and status["eta"] is not None:
+        parts.append(f"ETA {_duration(status['eta'])}")
+    if status["loss"] is not None:
+        parts.append(f"loss {status['loss']:.4f}")
+    if status["smoothed_loss"] is not None:
+        parts.append(f"avg {status['smoothed_loss']:.4f}")
+    if status["state"] in ("queued", "running") and status["messages"] and not total:
+        parts.append(status["messages"][-1])
+    label = " · ".join(parts)
+    return (
+        f'<div class="sd-progress" data-state="{status["state"]}" data-percent="{percent}">'
+        f'<div class="sd-progress-bar" style="width:{percent}%"></div>'
+        f'<span class="sd-progress-text">{percent}% - {html.escape(label)}</span></div>'
+    )
+
+
+def loss_frame(monitor: TrainingMonitor | None) -> pd.DataFrame:
+    """Long-format rows (step, loss, series) for a LinePlot with one line per series."""
+    rows = []
+    for step, loss, smoothed in (monitor.losses() if monitor is not None else []):
+        rows.append({"step": step, "loss": loss, "series": LOSS_SERIES})
+        rows.append({"step": step, "loss": smoothed, "series": SMOOTHED_SERIES})
+    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+
+
+def sample_gallery(monitor: TrainingMonitor | None) -> list[tuple[Any, str]]:
+    """The latest sample images with their prompts as captions."""
+    return [(image, prompt) for prompt, image in (monitor.samples() if monitor is not None else ())]
+
+
+def result_markdown(status: dict[str, Any]) -> str:
+    """The end of a run in words: what was written and how to use it, or why it stopped."""
+    state = status["state"]
+    if state in ("idle", "queued", "running"):
+        return ""
+    if state == "failed":
+        saved = _file_list(status["files"])
+        return (f"⚠️ **Training {status['name']} failed:** {status['error']}"
+                + (f"\n\nKept the epochs saved before the failure:\n{saved}" if saved else ""))
+    files = _file_list(status["files"])
+    if state == "cancelled":
+        text = f"**Training {status['name']} was cancelled** at step {status['step']}."
+        return text + (f" Kept:\n{files}" if files else " No epoch had been saved yet.")
+    text = f"**Training {status['name']} finished**: {status['step']} steps, {status['total_epochs']} epoch(s)."
+    if status["usage"]:
+        text += f"\n\nUse it in a prompt: `{status['usage']}`"
+    if files:
+        text += f"\n\nFiles written:\n{files}"
+    if status["warnings"]:
+        text += "\n\nNotes:\n" + "\n".join(f"- {html.escape(w)}" for w in status["warnings"])
+    return text
+
+
+def _file_list(files: list[str]) -> str:
+    return "\n".join(f"- `{Path(file).name}` ({Path(file).parent})" for file in files)
+
+
+def log_text(status: dict[str, Any]) -> str:
+    return "\n".join(status["messages"][-LOG_LINES:])

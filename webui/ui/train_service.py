@@ -1,0 +1,388 @@
+"""Training operations the Train tab and the training HTTP API share, as plain functions over `AppContext`.
+
+Both front ends need the same answers (where datasets and user presets live, which presets fit the loaded
+model, what the latest run is doing, whether Cancel may interrupt the current job), so they are decided
+once here, without gradio, and both layers stay thin. Errors are `ValueError`s whose message is shown to
+the user as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from webui.context import AppContext
+from webui.jobs.queue import Job
+from webui.training.config import IMAGE_SUFFIXES, PRESETS_FOLDER, TrainingConfig, TrainingConfigError, list_presets
+from webui.training.dataset import read_sidecar
+from webui.training.model_card import write_model_card
+
+TRAIN_JOB_KIND = "train"  # the kind `AppContext.submit_training` queues its job under
+EXPORTS_FOLDER_NAME = "exports"
+MAX_LOG_MESSAGES = 200
+# Fields that describe one job rather than a way of training: kept out of presets and model cards.
+JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint")
+_EPOCH_NAME = re.compile(r"^(?P<base>.+)-(?P<epoch>\d{6})$")  # kohya's `name-000002` per-epoch files
+
+
+class TrainingBusyError(RuntimeError):
+    """A run is already queued or training; a second one would hide its progress."""
+
+
+# --------------------------------------------------------------------------------------------
+# Folders and presets
+# --------------------------------------------------------------------------------------------
+
+
+def training_root(ctx: AppContext) -> Path:
+    return Path(ctx.training_paths().work_dir)
+
+
+def datasets_root(ctx: AppContext) -> Path:
+    """Uploaded images go to `<data>/training/datasets/<output name>/`."""
+    return training_root(ctx) / "datasets"
+
+
+def user_presets_folder(ctx: AppContext) -> Path:
+    return training_root(ctx) / "presets"
+
+
+def exports_root(ctx: AppContext) -> Path:
+    return training_root(ctx) / EXPORTS_FOLDER_NAME
+
+
+def model_family(ctx: AppContext) -> str:
+    """The family ("sd1", "sd2", "sdxl") of the loaded checkpoint, else of the one that loads first."""
+    title = ctx.current_checkpoint_title()
+    records = ctx.catalog.usable_records()
+    record = next((r for r in records if r.title == title), None) or (records[0] if records else None)
+    if record is None or record.architecture is None:
+        return "sd1"
+    return record.architecture.family
+
+
+def preset_names(ctx: AppContext) -> list[str]:
+    """Shipped presets for the model's family (SD2 shares the SD1 ones), then the user's own presets."""
+    family = model_family(ctx)
+    prefix = "sdxl_" if family == "sdxl" else "sd1_"
+    shipped = sorted(path.stem for path in PRESETS_FOLDER.glob("*.json") if path.stem.startswith(prefix))
+    folder = user_presets_folder(ctx)
+    user = [name for name in list_presets(folder) if (folder / f"{name}.json").is_file()]
+    return shipped + [name for name in user if name not in shipped]
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset folder: importing images, captions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    folder: Path
+    copied: list[Path]
+    skipped: list[str] = field(default_factory=list)  # "name (reason)"
+
+    def describe(self) -> str:
+        text = f"Copied {len(self.copied)} image(s) to `{self.folder}`."
+        if self.skipped:
+            text += " Skipped: " + "; ".join(self.skipped) + "."
+        return text
+
+
+def dataset_folder_for(ctx: AppContext, output_name: str) -> Path:
+    """The upload folder of a run; the name must be usable as a file name, by the config's own rule."""
+    name = (output_name or "").strip()
+    if not name:
+        raise ValueError("output_name: enter an output name first; uploaded images go to a folder of that name")
+    try:
+        TrainingConfig(output_name=name).validate()
+    except TrainingConfigError as error:
+        if error.field == "output_name":
+            raise
+    return datasets_root(ctx) / name
+
+
+def import_images(files: list[str | Path], folder: Path) -> ImportResult:
+    """Copy uploaded images into `folder`, checking each one decodes; unusable files are named, not copied.
+
+    Files keep their names (a caption sidecar uploaded with them stays paired); a name already in the
+    folder is replaced, so uploading the same set twice does not duplicate it.
+    """
+    if not files:
+        raise ValueError("no files were uploaded")
+    folder.mkdir(parents=True, exist_ok=True)
+    copied: list[Path] = []
+    skipped: list[str] = []
+    for source in (Path(file) for file in files):
+        name = _upload_name(source)
+        suffix = Path(name).suffix.lower()
+        if suffix in (".txt", ".caption"):
+            shutil.copyfile(source, folder / name)
+            continue
+        if suffix not in IMAGE_SUFFIXES:
+            skipped.append(f"{name} (not an image: use {', '.join(IMAGE_SUFFIXES)})")
+            continue
+        try:
+            with Image.open(source) as image:
+                image.load()
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as error:
+            skipped.append(f"{name} (unreadable: {str(error).splitlines()[0][:120] if str(error) else type(error).__name__})")
+            continue
+        target = folder / name
+        shutil.copyfile(source, target)
+        copied.append(target)
+    if not copied and not skipped:
+        raise ValueError("the upload held no images")
+    return ImportResult(folder, copied, skipped)
+
+
+def _upload_name(path: Path) -> str:
+    """The file name to store: the uploaded name without any folder part or leading dots."""
+    name = path.name.lstrip(".") or "image"
+    return re.sub(r"[\x00-\x1f/\\]", "_", name)
+
+
+def dataset_images(folder: Path) -> list[Path]:
+    """Every image of a dataset folder and its kohya `N_name` subfolders, in a stable order."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"dataset_dir: {folder} does not exist or is not a folder")
+    images = []
+    for directory in [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images += sorted(p for p in directory.iterdir()
+                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return images
+
+
+def caption_rows(folder: Path, extension: str) -> list[list[str]]:
+    """[file relative to the folder, caption] for each image; an empty caption means the template is used."""
+    rows = []
+    for image in dataset_images(folder):
+        found = read_sidecar(image, extension)
+        rows.append([image.relative_to(Path(folder).expanduser()).as_posix(), found[0] if found else ""])
+    return rows
+
+
+def save_caption_rows(folder: Path, rows: list[list[Any]], extension: str) -> tuple[int, int]:
+    """Write each row's caption to the image's sidecar; an emptied caption deletes it. Returns (written, removed).
+
+    Every row must name an image inside the folder, so a table edit cannot write files elsewhere.
+    """
+    if not extension.startswith(".") or len(extension) < 2:
+        raise ValueError(f"caption_extension: must look like '.txt' (got {extension!r})")
+    root = Path(folder).expanduser().resolve()
+    known = {image.resolve() for image in dataset_images(root)}
+    planned: list[tuple[Path, str]] = []
+    for row in rows:
+        if not row or all(cell in (None, "") for cell in row):
+            continue
+        name = str(row[0] or "").strip()
+        caption = " ".join(str(row[1] if len(row) > 1 and row[1] is not None else "").split())
+        image = (root / name).resolve()
+        if image not in known:
+            raise ValueError(f"captions: {name!r} is not an image in {root}; reload the table")
+        planned.append((image, caption))
+    written = removed = 0
+    for image, caption in planned:
+        sidecar = image.with_suffix(extension)
+        if caption:
+            sidecar.write_text(caption + "\n", encoding="utf-8")
+            written += 1
+        elif sidecar.is_file():
+            sidecar.unlink()
+            removed += 1
+    return written, removed
+
+
+# --------------------------------------------------------------------------------------------
+# Running, watching and cancelling
+# --------------------------------------------------------------------------------------------
+
+
+def training_active(ctx: AppContext) -> bool:
+    return ctx.training is not None and not ctx.training.finished
+
+
+def start_training(ctx: AppContext, config: TrainingConfig) -> Job:
+    """Queue a run unless one is already queued or training (its progress would be lost from view)."""
+    if training_active(ctx):
+        raise TrainingBusyError(f"training {ctx.training.config.output_name!r} is still running: "
+                                "cancel it or wait until it finishes")
+    return ctx.submit_training(config)
+
+
+def current_job_is_training(ctx: AppContext) -> bool:
+    job = ctx.queue.current
+    return job is not None and job.kind == TRAIN_JOB_KIND
+
+
+def cancel_training(ctx: AppContext) -> str:
+    """Interrupt the running training job, and only that: a txt2img job must not be stopped by the Train tab."""
+    if current_job_is_training(ctx):
+        ctx.queue.interrupt_current()
+        return "Cancelling: training stops before the next step and keeps the epochs saved so far."
+    if training_active(ctx):
+        return "The training job is waiting for the worker; it has not started, so there is nothing to stop yet."
+    return "No training is running."
+
+
+def training_status(ctx: AppContext) -> dict[str, Any]:
+    """The latest run as JSON-friendly values (the API answer and the Train tab's polling source)."""
+    monitor = ctx.training
+    if monitor is None:
+        return {"state": "idle", "name": None, "method": None, "step": 0, "total": 0, "epoch": 0, "total_epochs": 0,
+                "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
+                "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None}
+    latest = monitor.latest
+    result = monitor.result
+    if monitor.finished:
+        state = "failed" if monitor.error else ("cancelled" if result is not None and result.cancelled else "done")
+    else:
+        state = "running" if latest is not None or current_job_is_training(ctx) else "queued"
+    files = [str(path) for path in (result.files if result is not None else (latest.files_saved if latest else ()))]
+    return {
+        "state": state,
+        "name": monitor.config.output_name,
+        "method": monitor.config.method,
+        "step": latest.step if latest else 0,
+        "total": latest.total_steps if latest else 0,
+        "epoch": latest.epoch if latest else 0,
+        "total_epochs": latest.total_epochs if latest else 0,
+        "loss": _finite(latest.loss if latest else None),
+        "smoothed_loss": _finite(latest.smoothed_loss if latest else None),
+        "lr": _finite(latest.lr if latest else None),
+        "eta": _finite(latest.eta_s if latest else None),
+        "elapsed": round(latest.elapsed_s, 2) if latest else 0.0,
+        "messages": monitor.messages()[-MAX_LOG_MESSAGES:],
+        "finished": monitor.finished,
+        "cancelled": bool(result is not None and result.cancelled),
+        "files": files,
+        "usage": result.usage if result is not None else "",
+        "warnings": list(result.warnings) if result is not None else [],
+        "error": monitor.error,
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN or infinity; a diverged loss is reported through `error` instead."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------------------------
+# After a run: epochs to compare, export, model card
+# --------------------------------------------------------------------------------------------
+
+
+def last_run_lora_names(ctx: AppContext) -> tuple[list[str], list[str]]:
+    """(epoch LoRA names in epoch order, final LoRA names) of the latest run, as `<lora:...>` tags name them."""
+    monitor = ctx.training
+    if monitor is None or monitor.result is None:
+        return [], []
+    lora_dir = Path(ctx.settings.lora_folder).resolve()
+    by_path = {path.resolve(): name for name, path in ctx.loras.files().items()}
+    epochs: list[tuple[int, str]] = []
+    finals: list[str] = []
+    for path in monitor.result.files:
+        resolved = Path(path).resolve()
+        if resolved.parent != lora_dir or resolved not in by_path:
+            continue
+        match = _EPOCH_NAME.match(resolved.stem)
+        if match and match.group("base") == monitor.config.output_name:
+            epochs.append((int(match.group("epoch")), by_path[resolved]))
+        else:
+            finals.append(by_path[resolved])
+    return [name for _, name in sorted(epochs)], finals
+
+
+def default_sample_prompt(config: TrainingConfig) -> str:
+    """The run's first sample prompt, else its caption template filled with the trigger and class words."""
+    prompts = [prompt.strip() for prompt in config.sample_prompts if prompt.strip()]
+    if prompts:
+        return prompts[0]
+    from webui.training.dataset import fill_template
+
+    return fill_template(config.caption_template, config.effective_trigger, config.class_word) or config.output_name
+
+
+def is_epoch_file(path: Path) -> bool:
+    """Whether a run's output is a per-epoch copy (`name-000002.safetensors`) rather than a final file."""
+    return _EPOCH_NAME.match(Path(path).name.removesuffix(".safetensors")) is not None
+
+
+def trigger_words_of(config: TrainingConfig) -> list[str]:
+    """The words that call up the result: pivotal tuning names its token after the output."""
+    if config.method == "pivotal":
+        return [config.output_name]
+    return [config.effective_trigger] if config.effective_trigger else []
+
+
+def export_run(ctx: AppContext, license_name: str, include_epochs: bool = False) -> tuple[Path, Path]:
+    """Gather the latest run's files, a model card and a sample grid into `<data>/training/exports/<name>/`.
+
+    Files are hard-linked where the file system allows (a DreamBooth checkpoint is gigabytes), else copied.
+    Returns (export folder, card path); the folder is what "Upload to the Hub" sends.
+    """
+    monitor = ctx.training
+    if monitor is None or not monitor.finished:
+        raise ValueError("no finished training run to export: train first, and wait until it finishes")
+    result = monitor.result
+    if result is None or not result.files:
+        raise ValueError("the last run wrote no files to export" + (f" ({monitor.error})" if monitor.error else ""))
+    config = monitor.config
+    files = [Path(f) for f in result.files if Path(f).exists()]
+    chosen = files if include_epochs else [path for path in files if not is_epoch_file(path)]
+    if not chosen:
+        raise ValueError("the last run was cancelled before its final files were written; "
+                         "tick 'Include epoch files' to export the saved epochs")
+    folder = exports_root(ctx) / config.output_name
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    ordered = sorted(chosen, key=is_epoch_file)  # final files first: the card's usage snippets use the first
+    exported = [_link_or_copy(path, folder / path.name) for path in ordered]
+    card = write_model_card(
+        folder, name=config.output_name, method=config.method, base_model=_base_model_name(ctx, config),
+        trigger_words=trigger_words_of(config),
+        settings=card_settings(config, result.steps_done, result.epochs_done, result.final_loss),
+        sample_images=[image for _, image in monitor.samples()], license=license_name, files=exported,
+    )
+    return folder, card
+
+
+def _base_model_name(ctx: AppContext, config: TrainingConfig) -> str:
+    """The checkpoint's plain name for the card (its title carries a hash); the title if it is gone."""
+    try:
+        return ctx.catalog.find(config.base_checkpoint).name
+    except LookupError:
+        return config.base_checkpoint
+
+
+def card_settings(config: TrainingConfig, steps: int, epochs: int, final_loss: float | None) -> dict[str, Any]:
+    """What a model card lists: the training values, without local paths or job-only fields."""
+    values = {key: value for key, value in config.to_dict().items() if key not in JOB_FIELDS}
+    values.update({"steps trained": steps, "epochs trained": epochs})
+    if final_loss is not None and math.isfinite(final_loss):
+        values["final loss"] = round(final_loss, 5)
+    return values
+
+
+def _link_or_copy(source: Path, target: Path) -> Path:
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=_link_or_copy_file)
+    else:
+        _link_or_copy_file(source, target)
+    return target
+
+
+def _link_or_copy_file(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

@@ -1,0 +1,271 @@
+"""X/Y/Z plot as one queue job: the glue between the app (catalogs, model manager, outputs) and the engine.
+
+`submit_xyz` builds and checks the whole plan on the caller's thread, so a typo in any axis or a cell the
+app cannot run (unknown LoRA tag, broken checkpoint, over-limit size) is reported before anything is
+queued. The job then generates every cell itself through `ctx.generate_now` (a job submitting jobs would
+wait forever on the single worker), reports `Cell i of N`, honours Interrupt between and inside cells,
+draws and saves the grid with an infotext that records the axes, and puts the user's checkpoint back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from webui.generation.infotext import create_infotext
+from webui.generation.outputs import dated_folder, save_grid
+from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
+from webui.generation.samplers import sampler_names, schedule_type_names
+from webui.jobs.progress import JobControl, ProgressSnapshot
+from webui.jobs.queue import Job
+from webui.xyz.axes import VAE_SPECIAL_CHOICES, AxisChoices, AxisRegistry, default_axis_registry
+from webui.xyz.plot import AxisSpec, PlotCell, PlotLimits, XYZPlan, XYZResult, build_plan, run_plan
+from webui.xyz.ranges import AxisValueError
+
+if TYPE_CHECKING:  # the context imports the whole engine; only its type is needed here
+    from webui.context import AppContext
+
+JOB_KIND = "xyz-plot"
+GRIDS_FOLDER = "txt2img-grids"
+_CELL_MESSAGE = re.compile(r"Cell (?P<index>\d+) of (?P<total>\d+)")
+
+
+@dataclass(frozen=True)
+class XyzOptions:
+    """The plot options of A1111's X/Y/Z script, plus whether the finished grid is saved."""
+
+    draw_legend: bool = True
+    keep_seeds: bool = False          # keep -1 seeds random per cell instead of fixing one seed for all
+    include_sub_images: bool = False  # show every cell image after the grid
+    include_sub_grids: bool = False   # show each Z grid on its own after the combined one
+    margin: int = 0
+    save_grid: bool = True
+
+    def validate(self) -> "XyzOptions":
+        """Refuse a margin the grid drawer would refuse later, inside the job."""
+        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or not 0 <= self.margin <= 500:
+            raise AxisValueError(f"grid margin must be a whole number of pixels from 0 to 500, got {self.margin!r}")
+        return self
+
+
+@dataclass
+class XyzRun:
+    """What the job returns: the engine's result plus what the app showed and saved.
+
+    `images` is the gallery order (combined grid, then the sub grids and cell images that were asked for),
+    with one infotext per image in `infotexts`; `infotext` is the grid's, the one saved in its PNG.
+    """
+
+    result: XYZResult
+    images: list[Image.Image]
+    infotexts: list[str]
+    infotext: str
+    saved_paths: list[Path] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.result.interrupted
+
+    @property
+    def grid(self) -> Image.Image:
+        return self.result.combined
+
+
+def axis_choices(ctx: AppContext) -> AxisChoices:
+    """What the axes may name right now; read on every call because models and styles change at runtime."""
+    return AxisChoices(
+        samplers=tuple(sampler_names()),
+        schedule_types=tuple(schedule_type_names()),
+        checkpoints=tuple(ctx.checkpoint_titles()),
+        # The VAE axis always offers Automatic and None itself; only the files are listed here.
+        vaes=tuple(name for name in ctx.vae_names() if name not in VAE_SPECIAL_CHOICES),
+        loras=tuple(ctx.loras.files()),
+        styles=tuple(ctx.styles.names()),
+        hires_upscalers=tuple(HIRES_UPSCALERS),
+    )
+
+
+def plan_xyz(
+    ctx: AppContext,
+    base_request: Txt2ImgRequest,
+    x: AxisSpec | None,
+    y: AxisSpec | None,
+    z: AxisSpec | None,
+    options: XyzOptions = XyzOptions(),
+    *,
+    registry: AxisRegistry | None = None,
+    limits: PlotLimits = PlotLimits(),
+) -> XYZPlan:
+    """Build the plan and run the app's own checks on every cell; raises ValueError naming what is wrong.
+
+    The engine checks values and request fields; the app adds what only it knows: the size and step
+    limits it runs with, styles, checkpoint files, LoRA tags in the prompt and VAE files.
+    """
+    options.validate()
+    base_request = ctx.validate_txt2img(base_request)
+    plan = build_plan(
+        base_request, x, y, z, registry or default_axis_registry(), axis_choices(ctx), limits, options.keep_seeds
+    )
+    _check_cells_with_app(ctx, plan)
+    return plan
+
+
+def submit_xyz(
+    ctx: AppContext,
+    base_request: Txt2ImgRequest,
+    x: AxisSpec | None,
+    y: AxisSpec | None,
+    z: AxisSpec | None,
+    options: XyzOptions = XyzOptions(),
+    *,
+    registry: AxisRegistry | None = None,
+    limits: PlotLimits = PlotLimits(),
+) -> Job:
+    """Validate the whole plot now (errors raise here, nothing is queued), then queue ONE job running it.
+
+    The job's result is an `XyzRun`; its progress message reads `Cell i of N`.
+    """
+    plan = plan_xyz(ctx, base_request, x, y, z, options, registry=registry, limits=limits)
+    return ctx.queue.submit(JOB_KIND, lambda control: run_xyz(ctx, plan, options, control))
+
+
+def run_xyz(ctx: AppContext, plan: XYZPlan, options: XyzOptions, control: JobControl | None = None) -> XyzRun:
+    """Generate every cell of a checked plan on the calling thread (a queue job), draw and save the grid.
+
+    The checkpoint loaded before the plot is loaded again afterwards when a cell changed it, also when
+    the plot was interrupted or failed.
+    """
+    changes_checkpoint = any(cell.request.checkpoint for cell in plan.cells)
+    if changes_checkpoint and ctx.manager.current is None:
+        ctx.manager.select()  # load the user's checkpoint first, so there is one to come back to
+    users_checkpoint = ctx.manager.current
+    cell_infotexts: dict[int, str] = {}
+    warnings: list[str] = []
+    running_cell = 0  # plan index of the cell being generated, set by on_cell
+
+    def on_cell(done: int, total: int) -> None:
+        nonlocal running_cell
+        running_cell = done
+        if control is not None:
+            control.set_message(cell_message(done + 1, total))
+
+    def generate(request: Txt2ImgRequest) -> list[Image.Image]:
+        # One image file per cell as txt2img saves it; no per-cell grid on top of the plot's grid.
+        generated = ctx.generate_now(dataclasses.replace(request, save_grid=False), control)
+        cell = plan.cells[running_cell]
+        if generated.infotexts:
+            cell_infotexts[plan.grid_index(cell.x_index, cell.y_index, cell.z_index)] = generated.infotexts[0]
+        warnings.extend(warning for warning in generated.warnings if warning not in warnings)
+        return generated.images
+
+    try:
+        result = run_plan(
+            plan,
+            generate,
+            on_cell=on_cell,
+            should_stop=(lambda: control.interrupted) if control is not None else None,
+            draw_legend=options.draw_legend,
+            include_sub_grids=options.include_sub_grids,
+            margin=options.margin,
+        )
+    finally:
+        if users_checkpoint is not None:
+            current = ctx.manager.current
+            if current is None or current.path != users_checkpoint.path:
+                if control is not None:
+                    control.set_message(f"Loading {users_checkpoint.name} again")
+                ctx.manager.select(users_checkpoint.title)
+
+    grid_text = grid_infotext(plan, result, cell_infotexts)
+    images, infotexts = list(result.images), [grid_text] * len(result.images)
+    if options.include_sub_images:
+        for index, image in enumerate(result.cell_images):
+            if image is not None:
+                images.append(image)
+                infotexts.append(cell_infotexts.get(index, grid_text))
+    saved: list[Path] = []
+    if options.save_grid and result.completed_cells:
+        folder = dated_folder(ctx.settings.outputs_folder, GRIDS_FOLDER)
+        seed = int(getattr(_first_done_cell(plan, result).request, "seed", 0))
+        saved = [save_grid([image], folder, seed, grid_text) for image in result.images]
+    if control is not None:
+        note = " (interrupted)" if result.interrupted else ""
+        control.set_message(f"Done: {result.completed_cells} of {plan.cell_count} cells{note}")
+    return XyzRun(result, images, infotexts, grid_text, saved, tuple(warnings))
+
+
+def grid_infotext(plan: XYZPlan, result: XYZResult, cell_infotexts: dict[int, str]) -> str:
+    """The first cell's infotext with the axes appended (A1111's layout), so PNG Info can restore the plot.
+
+    Without any finished cell, the base request's prompts carry the axes alone.
+    """
+    axes = create_infotext("", "", plan.infotext_fields())  # just the rendered `Key: value` pairs
+    done = [index for index, image in enumerate(result.cell_images) if image is not None and index in cell_infotexts]
+    if not done:
+        return create_infotext(plan.base_request.prompt, plan.base_request.negative_prompt, plan.infotext_fields())
+    return f"{cell_infotexts[done[0]]}, {axes}"
+
+
+def _first_done_cell(plan: XYZPlan, result: XYZResult) -> PlotCell:
+    for cell in plan.cells:
+        if result.cell_images[plan.grid_index(cell.x_index, cell.y_index, cell.z_index)] is not None:
+            return cell
+    return plan.cells[0]
+
+
+def cell_message(index: int, total: int) -> str:
+    """The progress message of the cell being generated (1-based)."""
+    return f"Cell {index} of {total}"
+
+
+def cell_progress(snapshot: ProgressSnapshot) -> tuple[int, int] | None:
+    """(cell, cells) from a plot job's progress, or None before the first cell started."""
+    match = _CELL_MESSAGE.fullmatch(snapshot.message)
+    return (int(match["index"]), int(match["total"])) if match else None
+
+
+def overall_fraction(snapshot: ProgressSnapshot) -> float:
+    """How much of the whole plot is done: finished cells plus the running cell's step fraction."""
+    progress = cell_progress(snapshot)
+    if progress is None:
+        return 1.0 if snapshot.state in ("done", "interrupted") else 0.0
+    index, total = progress
+    return min(1.0, (index - 1 + snapshot.fraction) / max(total, 1))
+
+
+def _check_cells_with_app(ctx: AppContext, plan: XYZPlan) -> None:
+    """Run the app's checks on every cell, naming the cell that fails.
+
+    Limits are checked per cell; styles, checkpoint, LoRA tags and VAE (which read folders) once per
+    distinct combination, so a 1000-cell seed plot does not rescan the LoRA folder 1000 times.
+    """
+    seen: set[Hashable] = set()
+    for cell in plan.cells:
+        try:
+            request: Txt2ImgRequest = cell.request.validate(ctx.limits)
+            key = (request.checkpoint, request.vae, request.prompt, request.negative_prompt, request.styles)
+            if key in seen:
+                continue
+            seen.add(key)
+            ctx.validate_txt2img(request)
+            ctx.lora_uses(request)
+            ctx.resolve_vae(request.vae)
+        except (ValueError, LookupError) as error:
+            message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+            raise AxisValueError(f"cell {_describe(plan, cell)}: {message}") from error
+
+
+def _describe(plan: XYZPlan, cell: PlotCell) -> str:
+    legends = [
+        axis.legends[index]
+        for axis, index in zip((plan.x, plan.y, plan.z), (cell.x_index, cell.y_index, cell.z_index))
+        if not axis.is_nothing
+    ]
+    return ", ".join(legends) if legends else "the only cell"
