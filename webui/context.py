@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.generation.prompt_syntax import extract_network_tags
-from webui.generation.image_ops import check_image_size
+from PIL import Image
+
+from webui.generation.image_ops import check_image_size, open_user_image
+from webui.generation.infotext import write_png_info
 from webui.generation.img2img import run_img2img
 from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
@@ -27,7 +30,7 @@ from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager, re
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
 from webui.models.vae import read_vae_state_dict, scan_vaes
 from webui.settings import Settings
-from webui.training.config import TrainingConfig
+from webui.training.config import IMAGE_SUFFIXES, TrainingConfig
 from webui.training.dataset import scan_dataset
 from webui.training.loop import TrainingPaths, TrainingResult, run_training
 from webui.training.monitor import TrainingMonitor
@@ -93,6 +96,53 @@ class AppContext:
         request = self.validate_txt2img(request)
         loras, vae = self.lora_uses(request), self.resolve_vae(request.vae)
         return self.queue.submit("img2img", lambda control: self._generate(request, loras, vae, control))
+
+    def submit_img2img_batch(self, template: Img2ImgRequest, input_folder: str, output_folder: str,
+                             mask_folder: str = "") -> Job:
+        """A1111's Batch tab: every image in a folder (with the same-named mask when a mask folder is given)
+        through one queued job; results are saved into the output folder with their infotext."""
+        inputs = Path(input_folder).expanduser()
+        if not inputs.is_dir():
+            raise RequestError(f"input folder {input_folder!r} does not exist")
+        files = sorted(p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise RequestError(f"input folder {inputs} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        outputs = Path(output_folder).expanduser() if output_folder else self.settings.outputs_folder / "img2img-batch"
+        masks = Path(mask_folder).expanduser() if mask_folder else None
+        if masks is not None and not masks.is_dir():
+            raise RequestError(f"mask folder {mask_folder!r} does not exist")
+        probe = template.with_changes(init_images=(Image.new("RGB", (template.width, template.height)),))
+        self.validate_txt2img(probe)
+
+        def work(control: JobControl) -> GenerationResult:
+            outputs.mkdir(parents=True, exist_ok=True)
+            combined = GenerationResult([], [], [], [], template.prompt, template.negative_prompt)
+            notes = []
+            for index, path in enumerate(files):
+                if control.interrupted:
+                    break
+                control.set_message(f"image {index + 1} of {len(files)}: {path.name}")
+                try:
+                    image = open_user_image(path.read_bytes())
+                    mask_path = next((m for m in masks.glob(path.stem + ".*")), None) if masks else None
+                    mask = open_user_image(mask_path.read_bytes()) if mask_path else None
+                    request = template.with_changes(init_images=(image,), mask=mask, save_images=False)
+                    result = self.generate_now(request, control)
+                except (ValueError, OSError) as error:
+                    notes.append(f"{path.name}: {error}")
+                    continue
+                for number, (picture, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds)):
+                    suffix = f"-{number}" if len(result.images) > 1 else ""
+                    picture.save(outputs / f"{path.stem}{suffix}.png", pnginfo=write_png_info(text))
+                    combined.images.append(picture)
+                    combined.infotexts.append(text)
+                    combined.seeds.append(seed)
+                    combined.subseeds.append(seed)
+            combined.warnings = tuple(notes)
+            combined.interrupted = control.interrupted
+            return combined
+
+        return self.queue.submit("img2img-batch", work)
 
     def generate_now(self, request: Txt2ImgRequest, control: JobControl | None = None) -> GenerationResult:
         """Validate and generate on the calling thread. Only for code already running inside a queue job

@@ -28,7 +28,7 @@ def page(server):
 
 def choose(page, dropdown: str, option: str) -> None:
     page.click(f"{dropdown} input")
-    page.locator(f"{dropdown} [role=option]").get_by_text(option, exact=True).click()
+    page.click(f"{dropdown} [role=option][aria-label='{option}']")
 
 
 def small_base(page, prompt: str) -> None:

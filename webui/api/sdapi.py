@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from webui.context import AppContext
 from webui.generation.infotext import parse_infotext, read_infotext
-from webui.generation.requests import Txt2ImgRequest
+from webui.generation.requests import HIRES_UPSCALERS, Img2ImgRequest, Txt2ImgRequest
 from webui.generation.samplers import SAMPLERS, schedule_type_names
 from webui.ui.errors import user_error
 
@@ -55,6 +55,30 @@ class Txt2ImgBody(BaseModel):
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
     save_images: bool = False
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    denoising_strength: float | None = None
+
+
+class Img2ImgBody(Txt2ImgBody):
+    """A1111's StableDiffusionImg2ImgProcessingAPI: the txt2img fields plus images and inpaint options."""
+
+    init_images: list[str] = Field(default_factory=list)
+    mask: str | None = None
+    resize_mode: int = 0
+    mask_blur: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
 
 
 class OptionsBody(BaseModel):
@@ -93,17 +117,50 @@ def decode_image(data: str) -> Image.Image:
     return image
 
 
-def txt2img_request_from_body(body: Txt2ImgBody, default_checkpoint: str | None) -> Txt2ImgRequest:
+def _common_fields(body: Txt2ImgBody) -> dict[str, Any]:
     overrides = body.override_settings or {}
-    return Txt2ImgRequest(
+    return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, styles=tuple(body.styles),
         steps=body.steps, sampler_name=body.sampler_name or body.sampler_index or "DPM++ 2M",
         scheduler=body.scheduler or "Automatic", cfg_scale=body.cfg_scale, width=body.width, height=body.height,
         seed=body.seed, subseed=body.subseed, subseed_strength=body.subseed_strength, batch_count=body.n_iter,
         batch_size=body.batch_size, clip_skip=int(overrides.get("CLIP_stop_at_last_layers", 1)),
-        checkpoint=overrides.get("sd_model_checkpoint") or default_checkpoint, save_images=body.save_images,
+        checkpoint=overrides.get("sd_model_checkpoint") or None, save_images=body.save_images,
         vae=overrides.get("sd_vae") or "Automatic",
     )
+
+
+def txt2img_request_from_body(body: Txt2ImgBody) -> Txt2ImgRequest:
+    hires = dict(
+        enable_hr=body.enable_hr, hr_scale=body.hr_scale, hr_upscaler=body.hr_upscaler,
+        hr_second_pass_steps=body.hr_second_pass_steps, hr_resize_x=body.hr_resize_x, hr_resize_y=body.hr_resize_y,
+        hr_sampler_name=body.hr_sampler_name or "", hr_scheduler=body.hr_scheduler or "", hr_prompt=body.hr_prompt,
+        hr_negative_prompt=body.hr_negative_prompt,
+    )
+    if body.denoising_strength is not None:
+        hires["denoising_strength"] = body.denoising_strength
+    return Txt2ImgRequest(**_common_fields(body), **hires)
+
+
+def img2img_request_from_body(body: Img2ImgBody) -> Img2ImgRequest:
+    if not body.init_images:
+        raise HTTPException(422, "init_images must hold at least one base64 image")
+    return Img2ImgRequest(
+        **_common_fields(body), init_images=(decode_image(body.init_images[0]),),
+        mask=decode_image(body.mask) if body.mask else None, resize_mode=body.resize_mode,
+        denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength,
+        mask_blur=body.mask_blur, inpainting_fill=body.inpainting_fill, inpaint_full_res=body.inpaint_full_res,
+        inpaint_full_res_padding=body.inpaint_full_res_padding, inpainting_mask_invert=body.inpainting_mask_invert,
+    )
+
+
+def generation_response(body: Txt2ImgBody, request: Txt2ImgRequest, result) -> dict[str, Any]:
+    """A1111's response: base64 PNGs (grid first when there is one), the request echoed, info as a JSON string."""
+    images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts)] if body.send_images else []
+    if body.send_images and result.grid is not None:
+        images.insert(0, encode_png(result.grid, result.infotexts[0]))
+    parameters = body.model_dump(exclude={"init_images", "mask"})
+    return {"images": images, "parameters": parameters, "info": json.dumps(result.info(request))}
 
 
 def build_api_router(ctx: AppContext) -> APIRouter:
@@ -113,13 +170,27 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @router.post("/txt2img")
     @translate_errors
     async def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
-        request = txt2img_request_from_body(body, None)
+        request = txt2img_request_from_body(body)
         job = ctx.submit_txt2img(request)  # validation errors raise before queueing
-        result = await run_in_threadpool(job.result)
-        images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts)] if body.send_images else []
-        if body.send_images and result.grid is not None:
-            images.insert(0, encode_png(result.grid, result.infotexts[0]))
-        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(result.info(request))}
+        return generation_response(body, request, await run_in_threadpool(job.result))
+
+    @router.post("/img2img")
+    @translate_errors
+    async def img2img(body: Img2ImgBody) -> dict[str, Any]:
+        request = img2img_request_from_body(body)
+        job = ctx.submit_img2img(request)
+        return generation_response(body, request, await run_in_threadpool(job.result))
+
+    @router.get("/upscalers")
+    @translate_errors
+    def upscalers() -> list[dict[str, Any]]:
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 2}
+                for name in HIRES_UPSCALERS if not name.startswith("Latent")]
+
+    @router.get("/latent-upscale-modes")
+    @translate_errors
+    def latent_upscale_modes() -> list[dict[str, str]]:
+        return [{"name": name} for name in HIRES_UPSCALERS if name.startswith("Latent")]
 
     @router.get("/sd-models")
     @translate_errors

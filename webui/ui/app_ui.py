@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gradio as gr
+from PIL import Image
 
 from webui.context import AppContext
 from webui.ui.errors import user_error
@@ -10,6 +11,8 @@ from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
 from webui.ui.train_tab import build_train_tab
+from webui.ui.generation_controls import GenerationControls
+from webui.ui.img2img_tab import build_img2img_tab
 from webui.ui.txt2img_tab import build_txt2img_tab
 from webui.ui.xyz_tab import build_xyz_tab
 
@@ -60,6 +63,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 txt2img = build_txt2img_tab(ctx, native_size(ctx), checkpoint, vae)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                img2img = build_img2img_tab(ctx, native_size(ctx), checkpoint, vae)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_raw, send_to_txt2img = build_png_info_tab()
             with gr.Tab("Checkpoint Merger", id="merger", elem_id="tab_merger") as merger_tab:
@@ -94,14 +99,56 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)
         blocks.load(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
 
-        def send_infotext(text: str):
-            if not text:
-                raise gr.Error("No generation parameters to send: drop an image with parameters first.")
-            values = txt2img_values_from_infotext(text)
-            return [values.get(name, gr.update()) for name in TXT2IMG_FIELDS] + [gr.Tabs(selected="txt2img")]
-
-        send_to_txt2img.click(
-            send_infotext, inputs=pnginfo_raw,
-            outputs=[txt2img.fields[name] for name in TXT2IMG_FIELDS] + [tabs],
-        )
+        wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img)
     return blocks
+
+
+def pasted_values(controls: GenerationControls, text: str | None) -> list:
+    """Updates for every control of a tab that the infotext determines (others unchanged)."""
+    values = txt2img_values_from_infotext(text) if text else {}
+    return [values.get(name, gr.update()) for name in TXT2IMG_FIELDS if name in controls.fields]
+
+
+def pastable(controls: GenerationControls) -> list:
+    return [controls.fields[name] for name in TXT2IMG_FIELDS if name in controls.fields]
+
+
+def wire_send_buttons(tabs: gr.Tabs, txt2img: GenerationControls, img2img: GenerationControls,
+                      pnginfo_raw: gr.Textbox, pnginfo_send: gr.Button) -> None:
+    """A1111's "Send to" buttons: the selected output image (and its parameters) into another tab."""
+
+    def chosen(images: list, selected: int, texts_holder: str) -> tuple[Image.Image, str]:
+        if not images:
+            raise gr.Error("Generate an image first: there is nothing to send.")
+        item = images[selected if 0 <= selected < len(images) else 0]
+        return (item[0] if isinstance(item, (tuple, list)) else item), texts_holder
+
+    mode_tabs, mode = img2img.extra["mode_tabs"], img2img.extra["mode"]
+    for source in (txt2img, img2img):
+        if "img2img" in source.send:
+            def to_img2img(images, selected, text, source=source):
+                image, text = chosen(images, selected, text)
+                return [image, gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img"), "img2img",
+                        *pasted_values(img2img, text)]
+
+            source.send["img2img"].click(
+                to_img2img, inputs=[source.images, source.selected, source.infotext],
+                outputs=[img2img.extra["init_img"], tabs, mode_tabs, mode, *pastable(img2img)])
+        if "inpaint" in source.send:
+            def to_inpaint(images, selected, text, source=source):
+                image, text = chosen(images, selected, text)
+                editor = {"background": image, "layers": [], "composite": image}
+                return [editor, gr.Tabs(selected="img2img"), gr.Tabs(selected="inpaint"), "inpaint",
+                        *pasted_values(img2img, text)]
+
+            source.send["inpaint"].click(
+                to_inpaint, inputs=[source.images, source.selected, source.infotext],
+                outputs=[img2img.extra["inpaint"], tabs, mode_tabs, mode, *pastable(img2img)])
+
+    def to_txt2img(text: str):
+        if not text:
+            raise gr.Error("No generation parameters to send: generate or drop an image with parameters first.")
+        return [*pasted_values(txt2img, text), gr.Tabs(selected="txt2img")]
+
+    img2img.send["txt2img"].click(to_txt2img, inputs=img2img.infotext, outputs=[*pastable(txt2img), tabs])
+    pnginfo_send.click(to_txt2img, inputs=pnginfo_raw, outputs=[*pastable(txt2img), tabs])

@@ -72,19 +72,21 @@ def checkpoint_cards(ctx: AppContext, query: str) -> list[Card]:
     return cards
 
 
-def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dropdown | None) -> None:
-    """The panel; wire its clicks into `prompt` (and the checkpoint dropdown, when given)."""
-    with gr.Accordion("Extra networks", open=False, elem_id="extra_networks") as panel:
+def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dropdown | None,
+                         prefix: str = "txt2img") -> None:
+    """The panel under a tab's prompt, its clicks wired into `prompt` (and the checkpoint dropdown, when
+    given); elem_ids are `<prefix>_extra_networks...`, as txt2img and img2img each have one."""
+    with gr.Accordion("Extra networks", open=False, elem_id=f"{prefix}_extra_networks") as panel:
         with gr.Row():
-            search = gr.Textbox(label="Search", scale=4, elem_id="extra_networks_search")
-            refresh = gr.Button("🔄 Refresh", scale=0, min_width=100, elem_id="extra_networks_refresh")
+            search = gr.Textbox(label="Search", scale=4, elem_id=f"{prefix}_extra_networks_search")
+            refresh = gr.Button("🔄 Refresh", scale=0, min_width=100, elem_id=f"{prefix}_extra_networks_refresh")
         galleries = {}
         with gr.Tabs():
             for kind, label in (("checkpoints", "Checkpoints"), ("lora", "LoRA"), ("embeddings", "Textual Inversion")):
-                with gr.Tab(label, elem_id=f"extra_networks_tab_{kind}"):
+                with gr.Tab(label, elem_id=f"{prefix}_extra_networks_tab_{kind}"):
                     galleries[kind] = (
                         gr.Gallery(columns=6, height=260, allow_preview=False, show_label=False,
-                                   elem_id=f"extra_networks_{kind}"),
+                                   elem_id=f"{prefix}_extra_networks_{kind}"),
                         gr.State([]),
                     )
     builders = {"checkpoints": checkpoint_cards, "lora": lora_cards, "embeddings": embedding_cards}

@@ -24,10 +24,17 @@ TXT2IMG_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "subseed": ("Variation seed", int),
     "subseed_strength": ("Variation seed strength", float),
     "clip_skip": ("Clip skip", int),
+    "denoising_strength": ("Denoising strength", float),
+    "enable_hr": ("Hires upscaler", lambda value: True),
+    "hr_upscaler": ("Hires upscaler", str),
+    "hr_scale": ("Hires upscale", float),
+    "hr_second_pass_steps": ("Hires steps", int),
+    "mask_blur": ("Mask blur", int),
 }
 
 # Values A1111 leaves out of the infotext when they are at their default.
-DEFAULTS_WHEN_ABSENT = {"negative_prompt": "", "scheduler": "Automatic", "subseed": -1, "subseed_strength": 0.0, "clip_skip": 1}
+DEFAULTS_WHEN_ABSENT = {"negative_prompt": "", "scheduler": "Automatic", "subseed": -1, "subseed_strength": 0.0, "clip_skip": 1,
+                        "enable_hr": False}
 
 
 def txt2img_values_from_infotext(text: str) -> dict[str, Any]:

@@ -128,6 +128,16 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     ),
 }
 
+# Short elem_ids for the accordions (tests and CSS open them by these).
+GROUP_IDS: dict[str, str] = {
+    "Network (LoRA)": "train_group_network",
+    "Learning rate and optimizer": "train_group_optimizer",
+    "Steps and batch": "train_group_steps",
+    "Precision and loss": "train_group_precision",
+    "Saving, samples and resume": "train_group_saving",
+    "Prior preservation (DreamBooth)": "train_group_prior",
+    "Textual inversion / pivotal": "train_group_embedding",
+}
 # Set by their own widgets (names, folders, checkpoint, method), not by the spec table.
 JOB_WIDGET_FIELDS = ("method", "output_name", "base_checkpoint", "dataset_dir")
 # Accordions that only some methods use; hidden for the others so the form shows what matters.

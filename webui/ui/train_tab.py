@@ -23,6 +23,7 @@ from webui.ui.train_dataset_section import (
     wire_dataset_section,
 )
 from webui.ui.train_fields import (
+    GROUP_IDS,
     GROUP_METHODS,
     HYPERPARAMETER_GROUPS,
     JOB_WIDGET_FIELDS,
@@ -106,7 +107,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     accordions: dict[str, gr.Accordion] = {}
     for group, specs in HYPERPARAMETER_GROUPS.items():
         with gr.Accordion(group, open=False, visible=defaults.method in GROUP_METHODS.get(group, (defaults.method,)),
-                          elem_id="train_group_" + group.split()[0].lower()) as accordion:
+                          elem_id=GROUP_IDS[group]) as accordion:
             for start in range(0, len(specs), 4):
                 with gr.Row():
                     for spec in specs[start:start + 4]:

@@ -1,0 +1,229 @@
+"""Training through a real AppContext, as the Train tab and the training API drive it.
+
+One tiny LoRA run on the toy model (four hexagon renders, 64 px, a few steps) is shared by the tests
+that look at its results: listed at once, usable in txt2img, the app's loaded UNet untouched, epochs to
+compare, an export with a model card. The other tests check what must be refused before anything is
+queued, and the small pure helpers behind the tab (captions, uploads, the form, progress text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+
+import gradio as gr
+import pytest
+import torch
+from PIL import Image
+
+from webui.context import build_context
+from webui.eval.toy_world import held_out_concept_images
+from webui.generation.requests import Txt2ImgRequest
+from webui.settings import settings_from_args
+from webui.training.config import TrainingConfig, TrainingConfigError
+from webui.training.dataset import DatasetError
+from webui.ui.train_fields import all_specs, config_from_widgets, JOB_WIDGET_FIELDS
+from webui.ui.train_progress import progress_html, result_markdown
+from webui.ui.train_service import (
+    TrainingBusyError,
+    caption_rows,
+    cancel_training,
+    dataset_folder_for,
+    export_run,
+    import_images,
+    save_caption_rows,
+    start_training,
+    training_status,
+)
+from webui.ui.train_tab import compare_epochs_request
+
+IMAGE = dict(width=64, height=64, steps=4, seed=321, sampler_name="Euler")
+
+
+def tiny_config(dataset, **changes) -> TrainingConfig:
+    values = dict(method="lora", output_name="hexsvc", dataset_dir=str(dataset), trigger_word="hxgn",
+                  class_word="shape", resolution=64, min_bucket_resolution=32, max_bucket_resolution=128,
+                  bucket_step=32, rank=4, alpha=4.0, unet_lr=2e-3, max_train_epochs=2, max_train_steps=0,
+                  train_batch_size=2, save_every_n_epochs=1, sample_every_n_steps=2,
+                  sample_prompts=("hxgn, a shape",), sample_steps=2, seed=3)
+    values.update(changes)
+    return TrainingConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, default_model_folder):
+    data = tmp_path_factory.mktemp("train-service")
+    checkpoints = data / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
+    context = build_context(settings_from_args(["--data-dir", str(data)]))
+    yield context
+    context.queue.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hexagons(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hexagons")
+    for index, image in enumerate(held_out_concept_images("hexagon", 4)):
+        image.save(folder / f"hexagon_{index}.png")
+    return folder
+
+
+def unet_snapshot(ctx) -> dict[str, torch.Tensor]:
+    with ctx.manager.checkout() as model:
+        return {key: value.detach().clone() for key, value in model.pipeline.unet.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def trained(ctx, hexagons):
+    """(UNet before training, the finished job's result) of one tiny LoRA run through `start_training`."""
+    before = unet_snapshot(ctx)
+    job = start_training(ctx, tiny_config(hexagons))
+    return before, job.result(timeout=600)
+
+
+def test_the_lora_is_listed_at_once_and_changes_txt2img(ctx, trained):
+    _, result = trained
+    assert not result.cancelled and result.steps_done == 4 and result.epochs_done == 2
+    assert {"hexsvc", "hexsvc-000001"} <= set(ctx.loras.files())
+    plain = ctx.submit_txt2img(Txt2ImgRequest(prompt="hxgn, a shape", **IMAGE)).result(timeout=300)
+    with_lora = ctx.submit_txt2img(Txt2ImgRequest(prompt="hxgn, a shape <lora:hexsvc:1>", **IMAGE)).result(timeout=300)
+    assert plain.images[0].tobytes() != with_lora.images[0].tobytes()
+    assert "hexsvc" in with_lora.infotexts[0]
+
+
+def test_training_leaves_the_loaded_unet_bitwise_unchanged(ctx, trained):
+    before, _ = trained
+    after = unet_snapshot(ctx)
+    assert before.keys() == after.keys()
+    changed = [key for key in before if not torch.equal(before[key], after[key])]
+    assert changed == []
+
+
+def test_status_reports_the_finished_run_with_files_usage_and_losses(ctx, trained):
+    status = training_status(ctx)
+    assert status["state"] == "done" and status["finished"] and status["error"] is None
+    assert status["step"] == status["total"] == 4 and status["epoch"] == 2
+    assert [name.rsplit("/", 1)[-1] for name in status["files"]] == ["hexsvc-000001.safetensors", "hexsvc.safetensors"]
+    assert status["usage"] == "<lora:hexsvc:1> hxgn"
+    assert len(ctx.training.losses()) == 4 and ctx.training.samples()
+    assert "Use it in a prompt: `<lora:hexsvc:1> hxgn`" in result_markdown(status)
+    assert 'data-percent="100"' in progress_html(status) and "step 4/4" in progress_html(status)
+
+
+def test_compare_epochs_names_each_epoch_lora_in_order(ctx, trained):
+    prompt, names, weights = compare_epochs_request(ctx)
+    assert prompt == "hxgn, a shape"
+    assert names == ["hexsvc-000001", "hexsvc"]
+    assert weights == [0.6, 0.8, 1.0]
+
+
+def test_export_writes_a_model_card_with_the_sample_grid_beside_the_lora(ctx, trained):
+    folder, card = export_run(ctx, "mit")
+    assert sorted(path.name for path in folder.iterdir()) == ["README.md", "hexsvc.safetensors", "samples.png"]
+    text = card.read_text()
+    assert 'license: "mit"' in text and "<lora:hexsvc:0.8> hxgn" in text and "dataset_dir" not in text
+    folder, _ = export_run(ctx, "mit", include_epochs=True)
+    assert (folder / "hexsvc-000001.safetensors").is_file()
+
+
+@pytest.mark.parametrize("changes,field_or_reason", [
+    ({"unet_lr": 0.0}, "unet_lr"),
+    ({"unet_lr": float("nan")}, "unet_lr"),
+    ({"rank": 0}, "rank"),
+    ({"output_name": "bad/name"}, "output_name"),
+    ({"max_train_epochs": 0, "max_train_steps": 0}, "max_train_steps"),
+])
+def test_a_bad_config_raises_before_anything_is_queued(ctx, hexagons, trained, changes, field_or_reason):
+    monitor = ctx.training
+    with pytest.raises(TrainingConfigError) as caught:
+        start_training(ctx, tiny_config(hexagons, **changes))
+    assert caught.value.field == field_or_reason
+    assert ctx.training is monitor and ctx.queue.pending == 0
+
+
+def test_a_folder_without_usable_images_raises_before_queueing(ctx, trained, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    monitor = ctx.training
+    with pytest.raises(DatasetError, match="broken.png"):
+        start_training(ctx, tiny_config(tmp_path))
+    with pytest.raises(DatasetError, match="does not exist"):
+        start_training(ctx, tiny_config(tmp_path / "missing"))
+    assert ctx.training is monitor and ctx.queue.pending == 0
+
+
+def test_cancel_stops_only_training_and_a_second_run_is_refused_while_one_is_active(ctx, hexagons, trained):
+    release = threading.Event()
+    other = ctx.queue.submit("txt2img", lambda control: release.wait(60))
+    try:
+        job = start_training(ctx, tiny_config(hexagons, output_name="hexlong", max_train_steps=500,
+                                              sample_every_n_steps=0, save_every_n_epochs=0))
+        assert training_status(ctx)["state"] == "queued"
+        with pytest.raises(TrainingBusyError, match="hexlong"):
+            start_training(ctx, tiny_config(hexagons, output_name="another"))
+        assert "has not started" in cancel_training(ctx)
+        assert not other.control.interrupted  # the Train tab never stops someone's txt2img
+    finally:
+        release.set()
+    while not job.done and ctx.training.latest is None:
+        job.wait(0.2)
+    assert "Cancelling" in cancel_training(ctx)
+    result = job.result(timeout=300)
+    assert result.cancelled and result.steps_done < 500
+    status = training_status(ctx)
+    assert status["state"] == "cancelled" and "cancelled" in result_markdown(status)
+    assert "No training is running" in cancel_training(ctx)
+    with pytest.raises(gr.Error, match="No epoch files"):  # the cancelled run saved no epoch
+        compare_epochs_request(ctx)
+
+
+# ---- the pure helpers behind the tab ----
+
+
+def test_uploads_copy_readable_images_and_name_the_rest(tmp_path):
+    sources = tmp_path / "picked"
+    sources.mkdir()
+    Image.new("RGB", (32, 48), "red").save(sources / "a.png")
+    (sources / "a.txt").write_text("hxgn, a red thing")
+    (sources / "b.jpg").write_bytes(b"not really a jpeg")
+    (sources / "c.pdf").write_bytes(b"%PDF")
+    result = import_images([sources / name for name in ("a.png", "a.txt", "b.jpg", "c.pdf")], tmp_path / "ds")
+    assert [path.name for path in result.copied] == ["a.png"]
+    assert (tmp_path / "ds" / "a.txt").read_text() == "hxgn, a red thing"
+    assert any("b.jpg (unreadable" in s for s in result.skipped) and any("c.pdf (not an image" in s for s in result.skipped)
+    assert caption_rows(tmp_path / "ds", ".txt") == [["a.png", "hxgn, a red thing"]]
+
+
+def test_caption_table_saves_sidecars_removes_emptied_ones_and_refuses_other_paths(tmp_path):
+    for name in ("one.png", "two.png"):
+        Image.new("RGB", (16, 16)).save(tmp_path / name)
+    (tmp_path / "two.txt").write_text("old caption")
+    assert save_caption_rows(tmp_path, [["one.png", "  hxgn,  a   shape "], ["two.png", ""]], ".txt") == (1, 1)
+    assert (tmp_path / "one.txt").read_text() == "hxgn, a shape\n" and not (tmp_path / "two.txt").exists()
+    with pytest.raises(ValueError, match="not an image"):
+        save_caption_rows(tmp_path, [["../outside.png", "x"]], ".txt")
+    assert not (tmp_path.parent / "outside.txt").exists()
+
+
+def test_upload_folder_needs_a_usable_output_name(ctx):
+    assert dataset_folder_for(ctx, "my lora").parts[-3:] == ("training", "datasets", "my lora")
+    for bad in ("", "a/b", "x:y"):
+        with pytest.raises(ValueError, match="output_name"):
+            dataset_folder_for(ctx, bad)
+
+
+def test_every_config_field_has_exactly_one_widget_and_values_convert_back():
+    names = list(JOB_WIDGET_FIELDS) + [spec.name for spec in all_specs()]
+    assert sorted(names) == sorted(field.name for field in dataclasses.fields(TrainingConfig))
+    assert len(names) == len(set(names))
+    config = config_from_widgets({"method": "pivotal", "rank": 8.0, "unet_lr": 0.0002, "sample_prompts": "a\n\n b \n",
+                                  "target_modules": ["to_k", "to_v"], "output_name": " hx ", "flip_augment": 1})
+    assert (config.method, config.rank, config.unet_lr) == ("pivotal", 8, 0.0002)
+    assert config.sample_prompts == ("a", "b") and config.target_modules == ("to_k", "to_v")
+    assert config.output_name == "hx" and config.flip_augment is True
+    with pytest.raises(TrainingConfigError, match="rank: must be a whole number"):
+        config_from_widgets({"rank": 4.5})
+    with pytest.raises(TrainingConfigError, match="seed: enter a number"):
+        config_from_widgets({"seed": None})
