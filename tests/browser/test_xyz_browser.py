@@ -58,24 +58,29 @@ def test_seed_by_steps_plot_shows_a_labelled_grid_and_pasting_its_infotext_resto
 
     # Paste the grid's infotext back after changing the axes: both axes and the prompt come back.
     choose(page, "#xyz_x_type", "Nothing")
+    page.fill("#xyz_x_values textarea", "")
     page.fill("#xyz_y_values textarea", "20")
     page.fill("#xyz_prompt textarea", "something else")
     page.click("text=Paste parameters")  # open the accordion
     page.fill("#xyz_paste_text textarea", infotext)
     page.click("#xyz_paste")
     page.wait_for_function("document.querySelector('#xyz_x_values textarea').value === '1, 2'")
-    assert page.input_value("#xyz_x_type input") == "Seed"
+    page.wait_for_function("document.querySelector('#xyz_x_type input').value === 'Seed'")
     assert page.input_value("#xyz_y_type input") == "Steps"
     assert page.input_value("#xyz_y_values textarea") == "4, 6"
     assert page.input_value("#xyz_prompt textarea") == "a blue square"
+    assert page.input_value("#xyz_seed input") == "1"  # the grid's first cell
 
 
-def test_fill_all_puts_every_sampler_into_the_values(page):
+def test_sampler_picker_and_fill_all_write_the_values(page):
     assert not page.is_visible("#xyz_x_fill")
     choose(page, "#xyz_x_type", "Sampler")
     page.wait_for_selector("#xyz_x_fill", state="visible")
+    choose(page, "#xyz_x_picker", "Heun")
+    choose(page, "#xyz_x_picker", "Euler a")
+    page.wait_for_function("document.querySelector('#xyz_x_values textarea').value === 'Heun, Euler a'")
     page.click("#xyz_x_fill")
-    page.wait_for_function("document.querySelector('#xyz_x_values textarea').value.includes('Euler a')")
+    page.wait_for_function("document.querySelector('#xyz_x_values textarea').value.startsWith('DPM++ 2M,')")
     assert page.input_value("#xyz_x_values textarea") == ", ".join(sampler_names())
 
 

@@ -171,3 +171,23 @@ def test_progress_reports_cell_i_of_n_while_running(ctx):
     assert plot.saved_paths == []
     assert seen and all(total == 3 for _, total in seen) and max(index for index, _ in seen) == 3
     assert job.control.snapshot().message == "Done: 3 of 3 cells"
+
+
+def test_compare_epochs_fills_axes_that_plot_every_epoch_at_every_weight(ctx, default_model_folder):
+    from diffusers import UNet2DConditionModel
+
+    from tests.engine.test_lora_generation import write_kohya_lora
+    from webui.ui.xyz_tab import epoch_comparison_updates
+
+    unet = UNet2DConditionModel.from_pretrained(default_model_folder / "unet")
+    ctx.settings.lora_folder.mkdir(parents=True, exist_ok=True)
+    for epoch in (1, 2):
+        write_kohya_lora(ctx.settings.lora_folder / f"folk-{epoch:06d}.safetensors", unet, seed=epoch)
+    updates = epoch_comparison_updates("a dancer", ["folk-000001", "folk-000002"], [0.5, 1.0])
+    prompt, x_type, x_values, y_type, y_values = (update["value"] for update in updates)
+    assert (prompt, x_type, y_type) == ("a dancer", "LoRA name", "LoRA weight")
+    plan = plan_xyz(ctx, BASE.with_changes(prompt=prompt), AxisSpec(x_type, x_values), AxisSpec(y_type, y_values), None)
+    assert plan.shape == (2, 2, 1)
+    prompts = {(cell.x_index, cell.y_index): cell.request.prompt for cell in plan.cells}
+    assert prompts[(0, 0)] == "a dancer <lora:folk-000001:0.5>"
+    assert prompts[(1, 1)] == "a dancer <lora:folk-000002:1>"

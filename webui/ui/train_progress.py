@@ -63,7 +63,9 @@ def loss_frame(monitor: TrainingMonitor | None) -> pd.DataFrame:
     for step, loss, smoothed in (monitor.losses() if monitor is not None else []):
         rows.append({"step": step, "loss": loss, "series": LOSS_SERIES})
         rows.append({"step": step, "loss": smoothed, "series": SMOOTHED_SERIES})
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    # Typed columns even when empty: the plot picks its axis types from them (object dtype = categories).
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64",
+                                                                         "series": "str"})
 
 
 def sample_gallery(monitor: TrainingMonitor | None) -> list[tuple[Any, str]]:

@@ -34,7 +34,15 @@ from webui.ui.train_fields import (
     make_widget,
     widget_value,
 )
-from webui.ui.train_progress import loss_frame, log_text, progress_html, result_markdown, sample_gallery
+from webui.ui.train_progress import (
+    LOSS_SERIES,
+    SMOOTHED_SERIES,
+    log_text,
+    loss_frame,
+    progress_html,
+    result_markdown,
+    sample_gallery,
+)
 from webui.ui.train_service import (
     JOB_FIELDS,
     TrainingBusyError,
@@ -50,6 +58,7 @@ from webui.ui.train_service import (
 
 POLL_SECONDS = 1.0
 COMPARE_WEIGHTS = [0.6, 0.8, 1.0]
+LOSS_COLORS = {LOSS_SERIES: "#9ca3af", SMOOTHED_SERIES: "#f97316"}
 LICENSES = ["creativeml-openrail-m", "openrail++", "openrail", "cc-by-4.0", "cc-by-nc-4.0", "mit", "apache-2.0", "other"]
 
 
@@ -122,8 +131,9 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     progress = gr.HTML(elem_id="train_progress")
     result = gr.Markdown(elem_id="train_result")
     with gr.Row():
-        loss_plot = gr.LinePlot(loss_frame(None), x="step", y="loss", color="series", title="Loss",
-                                label="Loss", height=280, elem_id="train_loss_plot")
+        # A fixed color_map: without it the plot keeps the (empty) series list of its first render.
+        loss_plot = gr.LinePlot(loss_frame(None), x="step", y="loss", color="series", title="Loss", label="Loss",
+                                color_map=LOSS_COLORS, height=280, elem_id="train_loss_plot")
         samples = gr.Gallery(label="Latest samples", columns=4, height=280, object_fit="contain",
                              interactive=False, elem_id="train_samples")
     log = gr.Textbox(label="Log", lines=4, max_lines=12, interactive=False, elem_id="train_log")

@@ -26,7 +26,14 @@ from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.queue import Job
 from webui.ui.errors import user_error
 from webui.ui.infotext_fields import txt2img_values_from_infotext
-from webui.xyz.axes import NOTHING_LABEL, AxisOption, AxisRegistry, default_axis_registry, format_axis_value, match_ignoring_case
+from webui.xyz.axes import (
+    NOTHING_LABEL,
+    AxisOption,
+    AxisRegistry,
+    default_axis_registry,
+    format_axis_value,
+    match_ignoring_case,
+)
 from webui.xyz.job import XyzOptions, XyzRun, axis_choices, cell_progress, overall_fraction, submit_xyz
 from webui.xyz.plot import AxisSpec, parse_xyz_fields
 from webui.xyz.ranges import AxisValueError, join_values, split_values

@@ -181,7 +181,7 @@ def run_xyz(ctx: AppContext, plan: XYZPlan, options: XyzOptions, control: JobCon
             if current is None or current.path != users_checkpoint.path:
                 if control is not None:
                     control.set_message(f"Loading {users_checkpoint.name} again")
-                pass
+                ctx.manager.select(users_checkpoint.title)
 
     grid_text = grid_infotext(plan, result, cell_infotexts)
     images, infotexts = list(result.images), [grid_text] * len(result.images)

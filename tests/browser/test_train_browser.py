@@ -1,0 +1,177 @@
+"""The Train tab in a real headless Chromium: upload, train a tiny LoRA, watch it, reconnect, use it, cancel."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+
+import pytest
+
+from webui.eval.toy_world import held_out_concept_images
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+LOSS_LINES = "#train_loss_plot path[aria-roledescription='line mark']"
+
+
+def chromium_path() -> str:
+    path = os.environ.get("SDSTUDIO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Debian's chromium is not installed: run `python3 run_tests.py`, which installs it")
+    return path
+
+
+@pytest.fixture
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.set_default_timeout(120_000)
+        tab.goto(server.url + "/")
+        open_train_tab(tab)
+        yield tab
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def hexagon_files(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("browser-hexagons")
+    paths = []
+    for index, image in enumerate(held_out_concept_images("hexagon", 4)):
+        image.save(folder / f"hexagon_{index}.png")
+        paths.append(str(folder / f"hexagon_{index}.png"))
+    return paths
+
+
+def open_train_tab(page) -> None:
+    page.wait_for_selector("#txt2img_prompt textarea")
+    page.click("button[role=tab]:has-text('Train')")
+    page.wait_for_selector("#train_output_name")
+
+
+def fill_text(page, elem_id: str, value: str) -> None:
+    page.fill(f"#{elem_id} textarea, #{elem_id} input", value)
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    selector = f"#{elem_id} input[type=number]"
+    page.fill(selector, str(value))
+    page.press(selector, "Tab")
+    page.wait_for_function(f"document.querySelector('{selector}').value === '{value}'")
+
+
+def open_group(page, elem_id: str) -> None:
+    page.click(f"#{elem_id} button")
+    page.wait_for_selector(f"#{elem_id} input", state="visible")
+
+
+def prepare_tiny_lora(page, name: str, images: list[str], steps: int, samples: bool) -> None:
+    """Upload, words, LoRA, 64 px and a few steps, as a user fills the form."""
+    fill_text(page, "train_output_name", name)
+    page.set_input_files("#train_upload input[type=file]", images)
+    page.wait_for_selector("#train_upload_message:has-text('Copied 4 image(s)')")
+    assert page.input_value("#train_dataset_dir textarea, #train_dataset_dir input").endswith(
+        f"training/datasets/{name}")
+    fill_text(page, "train_trigger_word", "hxgn")
+    fill_text(page, "train_class_word", "shape")
+    page.locator("#train_method").get_by_label("LoRA", exact=True).check()
+    for elem_id, value in (("train_resolution", 64), ("train_min_bucket_resolution", 32),
+                           ("train_max_bucket_resolution", 128), ("train_bucket_step", 32)):
+        set_number(page, elem_id, value)
+    open_group(page, "train_group_network")
+    set_number(page, "train_rank", 4)
+    open_group(page, "train_group_steps")
+    set_number(page, "train_max_train_steps", steps)
+    open_group(page, "train_group_saving")
+    set_number(page, "train_save_every_n_epochs", 1)
+    if samples:
+        set_number(page, "train_sample_every_n_steps", 3)
+        set_number(page, "train_sample_steps", 2)
+        page.fill("#train_sample_prompts textarea", "hxgn, a shape")
+
+
+def loss_points(page) -> int:
+    """Points on the plotted raw-loss line (0 before any step)."""
+    lines = page.locator(LOSS_LINES)
+    if lines.count() == 0:
+        return 0
+    path = lines.first.get_attribute("d") or ""
+    return len(re.findall(r"[ML]", path))
+
+
+def test_train_a_lora_watch_it_reconnect_and_generate_with_it(page, server, hexagon_files):
+    prepare_tiny_lora(page, "browser_hex", hexagon_files, steps=6, samples=True)
+    page.click("#train_start")
+    page.wait_for_selector("#train_summary:has-text('4 images')")
+
+    seen_steps, seen_points = set(), set()
+    deadline = time.monotonic() + 300
+    while "Finished" not in page.inner_text("#train_progress") and time.monotonic() < deadline:
+        match = re.search(r"step (\d+)/6", page.inner_text("#train_progress"))
+        if match:
+            seen_steps.add(int(match.group(1)))
+        seen_points.add(loss_points(page))
+        time.sleep(0.3)
+    assert "Finished" in page.inner_text("#train_progress"), page.inner_text("#train_progress")
+    assert seen_steps & {1, 2, 3, 4, 5}, f"no progress seen mid-run: {seen_steps}"
+    assert len(seen_points - {0}) >= 1
+    page.wait_for_function(f"document.querySelectorAll(\"{LOSS_LINES}\").length === 2")
+    page.wait_for_function(f"(document.querySelector(\"{LOSS_LINES}\").getAttribute('d').match(/L/g) || []).length === 5")
+    result = page.inner_text("#train_result")
+    assert "browser_hex finished" in result and "<lora:browser_hex:1> hxgn" in result
+    assert "browser_hex-000001.safetensors" in result and "browser_hex.safetensors" in result
+    page.wait_for_selector("#train_samples img")
+    assert (server.data_dir / "models" / "Lora" / "browser_hex.safetensors").is_file()
+
+    # A reloaded page shows the last run's results without any click.
+    page.reload()
+    open_train_tab(page)
+    page.wait_for_selector("#train_result:has-text('<lora:browser_hex:1> hxgn')")
+    assert "100%" in page.inner_text("#train_progress")
+    page.wait_for_function(f"document.querySelectorAll(\"{LOSS_LINES}\").length === 2")
+
+    # The new LoRA is usable in txt2img at once.
+    page.click("button[role=tab]:has-text('txt2img')")
+    page.fill("#txt2img_prompt textarea", "hxgn, a shape <lora:browser_hex:1>")
+    set_number(page, "txt2img_width", 64)
+    set_number(page, "txt2img_height", 64)
+    set_number(page, "txt2img_steps", 4)
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Lora hashes')")
+    assert "browser_hex: " in page.input_value("#txt2img_infotext textarea")
+
+
+def test_a_reload_during_training_shows_the_running_job_and_cancel_stops_it(page, server, hexagon_files):
+    prepare_tiny_lora(page, "browser_long", hexagon_files, steps=400, samples=False)
+    page.click("#train_start")
+    page.wait_for_function("/step \\d+\\/400/.test(document.querySelector('#train_progress').innerText)")
+
+    page.reload()
+    open_train_tab(page)
+    page.wait_for_function("/Training browser_long.*step \\d+\\/400/.test(document.querySelector('#train_progress').innerText)")
+    first = int(re.search(r"step (\d+)/400", page.inner_text("#train_progress")).group(1))
+    page.wait_for_function(
+        f"Number((document.querySelector('#train_progress').innerText.match(/step (\\d+)\\/400/) || [0, 0])[1]) > {first}")
+    page.click("#train_cancel")
+    page.wait_for_selector("#train_result:has-text('browser_long was cancelled')", timeout=180_000)
+    assert "Cancelled" in page.inner_text("#train_progress")
+
+
+def test_bad_values_show_the_configs_message_and_nothing_starts(page, server, hexagon_files):
+    page.set_input_files("#train_upload input[type=file]", hexagon_files[:1])
+    page.wait_for_selector("text=enter an output name first")
+    page.reload()  # a fresh upload box
+    open_train_tab(page)
+    prepare_tiny_lora(page, "browser_bad", hexagon_files, steps=4, samples=False)
+    open_group(page, "train_group_optimizer")
+    set_number(page, "train_unet_lr", 0)
+    before = page.inner_text("#train_progress")
+    page.click("#train_start")
+    page.wait_for_selector("text=unet_lr: must be a number above 0")
+    assert "browser_bad" not in page.inner_text("#train_progress") and page.inner_text("#train_progress") == before
