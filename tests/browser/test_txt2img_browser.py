@@ -146,3 +146,18 @@ def test_checkpoint_merger_tab_saves_a_model_that_appears_in_the_dropdown(page, 
     assert (checkpoints / "browser-merge" / "model_index.json").is_file()
     page.click("#setting_sd_model_checkpoint input")
     assert page.locator("[role=option]:has-text('browser-merge')").count() == 1
+
+
+def test_xyz_plot_script_in_txt2img_makes_a_grid(page):
+    fill_small_request(page, "a small red circle on the left, blue background", "3")
+    page.click("#txt2img_script input")
+    page.get_by_role("option", name="X/Y/Z plot", exact=True).click()
+    page.click("#txt2img_script_xyz_x_type input")
+    page.get_by_role("option", name="Seed", exact=True).click()
+    page.fill("#txt2img_script_xyz_x_values textarea, #txt2img_script_xyz_x_values input", "1, 2")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('X/Y/Z plot: 2 cell')")
+    assert "X Type: Seed" in page.input_value("#txt2img_infotext textarea")
+    page.fill("#txt2img_script_xyz_x_values textarea, #txt2img_script_xyz_x_values input", "1-")
+    page.click("#txt2img_generate")
+    page.wait_for_selector("text=1-")

@@ -19,6 +19,9 @@ from webui.jobs.queue import Job
 from webui.ui.errors import user_error
 from webui.ui.extra_networks import build_extra_networks
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
+from webui.xyz.axes import default_axis_registry
+from webui.xyz.job import XyzOptions, XyzRun, submit_xyz
+from webui.xyz.plot import AxisSpec
 
 POLL_SECONDS = 0.25
 
@@ -197,12 +200,17 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
             result = job.result()
         except Exception as error:  # shown to the user; the worker and server keep running
             raise gr.Error(user_error(error)) from None
-        images = ([result.grid] if result.grid is not None else []) + result.images
-        texts = ([result.infotexts[0]] if result.grid is not None else []) + result.infotexts
         note = " (interrupted)" if result.interrupted else ""
         warnings = "".join(f'<div class="sd-warning">⚠️ {html.escape(w)}</div>' for w in result.warnings)
-        done = f'<div class="sd-progress-done">Done: {len(result.images)} image(s){note}</div>{warnings}'
-        yield images, (texts[0] if texts else ""), done, None, texts, result.seeds, images, 0
+        if isinstance(result, XyzRun):  # the X/Y/Z plot script: grid first, then what was asked for
+            images, texts, seeds = result.images, result.infotexts, []
+            summary = f"X/Y/Z plot: {result.result.completed_cells} cell(s)"
+        else:
+            images = ([result.grid] if result.grid is not None else []) + result.images
+            texts = ([result.infotexts[0]] if result.grid is not None else []) + result.infotexts
+            seeds, summary = result.seeds, f"{len(result.images)} image(s)"
+        done = f'<div class="sd-progress-done">Done: {summary}{note}</div>{warnings}'
+        yield images, (texts[0] if texts else ""), done, None, texts, seeds, images, 0
 
     inputs = [fields[name] for name in fields] + list(extra_inputs.values()) + [prompt_area.styles] + (
         [vae] if vae is not None else [])
@@ -230,6 +238,37 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
     prompt_area.paste.click(paste_from_prompt, inputs=prompt_area.prompt, outputs=[all_fields[n] for n in pastable])
     return GenerationControls(prefix, all_fields, output.gallery, output.infotext, prompt_area.generate,
                               prompt_area.styles, selected_state, images_state, output.send)
+
+
+XYZ_SCRIPT = "X/Y/Z plot"
+
+
+def build_xyz_script_controls(prefix: str) -> tuple[gr.Group, dict[str, gr.components.Component]]:
+    """A1111's X/Y/Z plot as a script inside a generation tab: three axis rows and the main options."""
+    labels = default_axis_registry().labels()
+    controls: dict[str, gr.components.Component] = {}
+    with gr.Group(visible=False, elem_id=f"{prefix}_script_xyz") as group:
+        for axis in ("x", "y", "z"):
+            with gr.Row():
+                controls[f"xyz_{axis}_type"] = gr.Dropdown(label=f"{axis.upper()} type", choices=labels,
+                                                          value="Nothing", elem_id=f"{prefix}_script_xyz_{axis}_type")
+                controls[f"xyz_{axis}_values"] = gr.Textbox(label=f"{axis.upper()} values", scale=3,
+                                                            elem_id=f"{prefix}_script_xyz_{axis}_values")
+        with gr.Row():
+            controls["xyz_draw_legend"] = gr.Checkbox(label="Draw legend", value=True)
+            controls["xyz_keep_seeds"] = gr.Checkbox(label="Keep -1 for seeds", value=False)
+            controls["xyz_sub_images"] = gr.Checkbox(label="Include Sub Images", value=False)
+    return group, controls
+
+
+def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any]) -> Job:
+    """Run the tab's request as the base of an X/Y/Z plot (validated before anything is queued)."""
+    def spec(axis: str) -> AxisSpec:
+        return AxisSpec(label=named[f"xyz_{axis}_type"] or "Nothing", values_text=named[f"xyz_{axis}_values"] or "")
+
+    options = XyzOptions(draw_legend=bool(named["xyz_draw_legend"]), keep_seeds=bool(named["xyz_keep_seeds"]),
+                         include_sub_images=bool(named["xyz_sub_images"]))
+    return submit_xyz(ctx, request, spec("x"), spec("y"), spec("z"), options)
 
 
 def to_int(value: Any, label: str) -> int:

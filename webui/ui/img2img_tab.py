@@ -17,7 +17,10 @@ from webui.generation.image_ops import ResizeMode
 from webui.generation.masks import MaskedContent
 from webui.generation.requests import Img2ImgRequest
 from webui.ui.generation_controls import (
+    XYZ_SCRIPT,
     GenerationControls,
+    build_xyz_script_controls,
+    submit_xyz_script,
     build_output_area,
     build_prompt_area,
     build_sampling_controls,
@@ -29,7 +32,7 @@ from webui.ui.generation_controls import (
 MODES = ("img2img", "sketch", "inpaint", "inpaint_sketch", "inpaint_upload", "batch")
 MODE_LABELS = {"img2img": "img2img", "sketch": "Sketch", "inpaint": "Inpaint", "inpaint_sketch": "Inpaint sketch",
                "inpaint_upload": "Inpaint upload", "batch": "Batch"}
-SCRIPTS = ("None", "Outpainting")
+SCRIPTS = ("None", "Outpainting", XYZ_SCRIPT)
 OUTPAINT_DIRECTIONS = ("left", "right", "up", "down")
 
 
@@ -131,7 +134,9 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
                                             elem_id="img2img_outpaint_pixels")
                 outpaint_directions = gr.CheckboxGroup(label="Outpainting direction", choices=list(OUTPAINT_DIRECTIONS),
                                                        value=list(OUTPAINT_DIRECTIONS), elem_id="img2img_outpaint_directions")
-            script.change(lambda name: gr.update(visible=name == "Outpainting"), inputs=script, outputs=outpaint_group)
+            xyz_group, xyz_controls = build_xyz_script_controls("img2img")
+            script.change(lambda name: (gr.update(visible=name == "Outpainting"), gr.update(visible=name == XYZ_SCRIPT)),
+                          inputs=script, outputs=[outpaint_group, xyz_group])
         with gr.Column(scale=1):
             output = build_output_area("img2img")
 
@@ -141,7 +146,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         "batch_output": batch_output, "batch_masks": batch_masks, "resize_mode": resize_mode, "resize_by": resize_by,
         "denoising_strength": denoising_strength, "mask_blur": mask_blur, "mask_mode": mask_mode,
         "masked_content": masked_content, "inpaint_area": inpaint_area, "padding": padding, "script": script,
-        "outpaint_pixels": outpaint_pixels, "outpaint_directions": outpaint_directions,
+        "outpaint_pixels": outpaint_pixels, "outpaint_directions": outpaint_directions, **xyz_controls,
     }
 
     def submit(named: dict[str, Any]):
@@ -172,7 +177,10 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         if scale > 0:
             values["width"] = max(64, int(image.width * scale) // 8 * 8)
             values["height"] = max(64, int(image.height * scale) // 8 * 8)
-        return ctx.submit_img2img(Img2ImgRequest(**values, **options, init_images=(image,), mask=mask))
+        request = Img2ImgRequest(**values, **options, init_images=(image,), mask=mask)
+        if named["script"] == XYZ_SCRIPT:
+            return submit_xyz_script(ctx, request, named)
+        return ctx.submit_img2img(request)
 
     controls = wire_generation(ctx, "img2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs)
     controls.extra.update(mode_tabs=mode_tabs, mode=mode, init_img=init_img, inpaint=inpaint)

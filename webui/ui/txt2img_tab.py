@@ -15,7 +15,10 @@ from webui.context import AppContext
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
 from webui.generation.samplers import sampler_names
 from webui.ui.generation_controls import (
+    XYZ_SCRIPT,
     GenerationControls,
+    build_xyz_script_controls,
+    submit_xyz_script,
     build_output_area,
     build_prompt_area,
     build_sampling_controls,
@@ -76,11 +79,17 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         with gr.Column(scale=1):
             fields = build_sampling_controls(ctx, "txt2img", default_size)
             hires = build_hires_controls(ctx)
+            script = gr.Dropdown(label="Script", choices=["None", XYZ_SCRIPT], value="None", elem_id="txt2img_script")
+            xyz_group, xyz_controls = build_xyz_script_controls("txt2img")
+            script.change(lambda name: gr.update(visible=name == XYZ_SCRIPT), inputs=script, outputs=xyz_group)
         with gr.Column(scale=1):
             output = build_output_area("txt2img")
 
     def submit(named: dict[str, Any]):
         request = Txt2ImgRequest(**request_values(named, named["styles"], named["vae"]), **hires_values(named))
+        if named["script"] == XYZ_SCRIPT:
+            return submit_xyz_script(ctx, request, named)
         return ctx.submit_txt2img(request)
 
-    return wire_generation(ctx, "txt2img", prompt_area, fields, output, vae, submit, extra_inputs=hires)
+    extra_inputs = {**hires, "script": script, **xyz_controls}
+    return wire_generation(ctx, "txt2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs)
