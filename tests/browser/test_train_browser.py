@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import time
 
 import pytest
+import requests
 
 from webui.eval.toy_world import held_out_concept_images
 
@@ -55,15 +57,24 @@ def open_train_tab(page) -> None:
     page.wait_for_selector("#train_output_name")
 
 
+def fill_until_kept(page, selector: str, value: str) -> None:
+    """Type a value and leave the field; again if the field was re-mounted meanwhile (an accordion's
+    first opening renders its widgets anew, dropping what was typed into the old ones)."""
+    for _ in range(10):
+        page.fill(selector, value)
+        page.press(selector, "Tab")
+        page.wait_for_timeout(250)
+        if page.input_value(selector) == value:
+            return
+    raise AssertionError(f"{selector} did not keep {value!r}")
+
+
 def fill_text(page, elem_id: str, value: str) -> None:
-    page.fill(f"#{elem_id} textarea, #{elem_id} input", value)
+    fill_until_kept(page, f"#{elem_id} textarea, #{elem_id} input", value)
 
 
 def set_number(page, elem_id: str, value: int) -> None:
-    selector = f"#{elem_id} input[type=number]"
-    page.fill(selector, str(value))
-    page.press(selector, "Tab")
-    page.wait_for_function(f"document.querySelector('{selector}').value === '{value}'")
+    fill_until_kept(page, f"#{elem_id} input[type=number]", str(value))
 
 
 def open_group(page, elem_id: str) -> None:
@@ -93,7 +104,7 @@ def prepare_tiny_lora(page, name: str, images: list[str], steps: int, samples: b
     if samples:
         set_number(page, "train_sample_every_n_steps", 3)
         set_number(page, "train_sample_steps", 2)
-        page.fill("#train_sample_prompts textarea", "hxgn, a shape")
+        fill_until_kept(page, "#train_sample_prompts textarea", "hxgn, a shape")
 
 
 def loss_points(page) -> int:
@@ -136,8 +147,14 @@ def test_train_a_lora_watch_it_reconnect_and_generate_with_it(page, server, hexa
     assert "100%" in page.inner_text("#train_progress")
     page.wait_for_function(f"document.querySelectorAll(\"{LOSS_LINES}\").length === 2")
 
+    # "Compare epochs" opens the X/Y/Z plot of the saved epochs x LoRA weight.
+    page.click("#train_compare_epochs")
+    page.wait_for_function("(box => box !== null && box.value.includes('browser_hex-000001'))"
+                           "(document.querySelector('#xyz_x_values textarea, #xyz_x_values input'))")
+    assert "0.6" in page.input_value("#xyz_y_values textarea, #xyz_y_values input")
+
     # The new LoRA is usable in txt2img at once.
-    page.click("button[role=tab]:has-text('txt2img')")
+    page.click("#tab_txt2img-button")
     page.fill("#txt2img_prompt textarea", "hxgn, a shape <lora:browser_hex:1>")
     set_number(page, "txt2img_width", 64)
     set_number(page, "txt2img_height", 64)
@@ -171,7 +188,27 @@ def test_bad_values_show_the_configs_message_and_nothing_starts(page, server, he
     prepare_tiny_lora(page, "browser_bad", hexagon_files, steps=4, samples=False)
     open_group(page, "train_group_optimizer")
     set_number(page, "train_unet_lr", 0)
-    before = page.inner_text("#train_progress")
     page.click("#train_start")
     page.wait_for_selector("text=unet_lr: must be a number above 0")
-    assert "browser_bad" not in page.inner_text("#train_progress") and page.inner_text("#train_progress") == before
+    assert "browser_bad" not in page.inner_text("#train_progress")
+    latest = requests.get(server.url + "/sdapi/v1/train/progress", timeout=30).json()
+    assert latest["name"] != "browser_bad"
+
+
+def test_presets_fill_the_form_and_the_users_own_are_saved_for_later(page, server):
+    page.click("#train_preset input")
+    page.click("[role=option]:has-text('sd1_textual_inversion')")
+    page.click("#train_load_preset")
+    page.wait_for_selector("#train_preset_message:has-text('Loaded preset')")
+    assert page.locator("#train_method").get_by_label("Textual Inversion", exact=True).is_checked()
+    assert page.input_value("#train_resolution input[type=number]") == "512"
+    assert page.is_visible("#train_group_embedding") and not page.is_visible("#train_group_network")
+
+    set_number(page, "train_repeats", 7)
+    fill_text(page, "train_preset_name", "browser_preset")
+    page.click("#train_save_preset")
+    page.wait_for_selector("#train_preset_message:has-text('Saved preset')")
+    saved = json.loads((server.data_dir / "training" / "presets" / "browser_preset.json").read_text())
+    assert saved["method"] == "textual_inversion" and saved["repeats"] == 7 and "output_name" not in saved
+    page.click("#train_preset input")
+    assert page.locator("[role=option]:has-text('browser_preset')").count() == 1

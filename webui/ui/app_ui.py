@@ -10,7 +10,7 @@ from webui.ui.errors import user_error
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
-from webui.ui.train_tab import build_train_tab
+from webui.ui.train_tab import build_train_tab, compare_epochs_request
 from webui.ui.generation_controls import GenerationControls
 from webui.ui.img2img_tab import build_img2img_tab
 from webui.ui.txt2img_tab import build_txt2img_tab
@@ -100,6 +100,14 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         blocks.load(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
 
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img)
+
+        def compare_epochs():
+            """Train tab -> X/Y/Z plot of the saved epochs x LoRA weight over the first sample prompt."""
+            prompt, names, weights = compare_epochs_request(ctx)
+            return [*xyz.fill_epoch_comparison(prompt, names, weights), gr.Tabs(selected="xyz")]
+
+        train_tab.compare_epochs.click(
+            compare_epochs, outputs=[xyz.prompt, xyz.x_type, xyz.x_values, xyz.y_type, xyz.y_values, tabs])
     return blocks
 
 

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from webui.context import AppContext
 from webui.jobs.queue import Job
 from webui.training.config import IMAGE_SUFFIXES, PRESETS_FOLDER, TrainingConfig, TrainingConfigError, list_presets
-from webui.training.dataset import read_sidecar
+from webui.training.dataset import fill_template, read_sidecar
 from webui.training.model_card import write_model_card
 
 TRAIN_JOB_KIND = "train"  # the kind `AppContext.submit_training` queues its job under
@@ -306,8 +306,6 @@ def default_sample_prompt(config: TrainingConfig) -> str:
     prompts = [prompt.strip() for prompt in config.sample_prompts if prompt.strip()]
     if prompts:
         return prompts[0]
-    from webui.training.dataset import fill_template
-
     return fill_template(config.caption_template, config.effective_trigger, config.class_word) or config.output_name
 
 

@@ -227,15 +227,17 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     cancel.click(stop, inputs=None, outputs=None)
     timer.tick(render, inputs=shown, outputs=run_outputs, show_progress="hidden")
 
-    def reconnect():
-        """On page load: show the current or last run, poll while it runs, list models added since start."""
+    def reconnect(chosen: str | None):
+        """Show the current or last run, poll while it runs, list models and presets added since."""
         titles = ctx.checkpoint_titles()
-        chosen = ctx.current_checkpoint_title() or next(iter(titles), None)
+        if chosen not in titles:
+            chosen = ctx.current_checkpoint_title() or next(iter(titles), None)
         return render({}) + (gr.update(choices=titles, value=chosen), gr.update(choices=preset_names(ctx)))
 
-    blocks.load(reconnect, outputs=run_outputs + [base_checkpoint, preset], show_progress="hidden")
-    tab.select(lambda: (gr.update(choices=ctx.checkpoint_titles()), gr.update(choices=preset_names(ctx))),
-               outputs=[base_checkpoint, preset])
+    reconnect_outputs = run_outputs + [base_checkpoint, preset]
+    blocks.load(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
+    # Opening the tab shows runs started meanwhile elsewhere (the API, another browser) and new models.
+    tab.select(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
 
     # ---- share ----
     def export_files(license_value: str, epochs: bool) -> str:
