@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.test_txt2img_browser import fill_small_request, page, set_number  # noqa: F401  (fixture)
+from tests.browser.conftest import set_number
+from tests.browser.test_txt2img_browser import fill_small_request
 from webui.eval.toy_world import render, scene_from_attributes
 
 pytestmark = pytest.mark.browser

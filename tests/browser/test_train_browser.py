@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 
 import pytest
@@ -15,30 +13,13 @@ from webui.eval.toy_world import held_out_concept_images
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 LOSS_LINES = "#train_loss_plot path[aria-roledescription='line mark']"
 
 
-def chromium_path() -> str:
-    path = os.environ.get("SDSTUDIO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.fail("Debian's chromium is not installed: run `python3 run_tests.py`, which installs it")
-    return path
-
-
 @pytest.fixture
-def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.set_default_timeout(120_000)
-        tab.goto(server.url + "/")
-        open_train_tab(tab)
-        yield tab
-        browser.close()
+def page(browser_page):
+    open_train_tab(browser_page)
+    return browser_page
 
 
 @pytest.fixture(scope="module")

@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import os
-import shutil
 
 import pytest
 from PIL import Image
 
+from tests.browser.conftest import set_number
 from webui.generation.infotext import parse_infotext, read_infotext
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str:
-    path = os.environ.get("SDSTUDIO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.fail("Debian's chromium is not installed: run `python3 run_tests.py`, which installs it")
-    return path
-
-
-@pytest.fixture
-def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.set_default_timeout(120_000)
-        tab.goto(server.url + "/")
-        tab.wait_for_selector("#txt2img_prompt textarea")
-        yield tab
-        browser.close()
-
-
-def set_number(page, selector: str, value: str) -> None:
-    page.fill(selector, value)
-    page.press(selector, "Tab")
 
 
 def fill_small_request(page, prompt: str, seed: str) -> None:
@@ -119,8 +89,10 @@ def test_lora_card_click_inserts_the_tag_and_the_hash_reaches_the_infotext(page,
     fill_small_request(page, "a large red circle in the center, blue background", "8")
     page.click("#txt2img_extra_networks button:has-text('Extra networks')")
     page.click("button[role=tab]:has-text('LoRA')")
+    # Other tests train LoRAs on the same server: search narrows the cards down to this one.
+    page.fill("#txt2img_extra_networks_search textarea, #txt2img_extra_networks_search input", "browser_style")
     page.click("#txt2img_extra_networks_refresh")
-    page.wait_for_selector("#txt2img_extra_networks_lora img")
+    page.wait_for_function("document.querySelectorAll('#txt2img_extra_networks_lora img').length === 1")
     assert "rank 4" in page.inner_text("#txt2img_extra_networks_lora")
     page.locator("#txt2img_extra_networks_lora img").first.click()
     page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('<lora:browser_style:1>')")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.test_txt2img_browser import CHROMIUM_ARGS, chromium_path, set_number
+from tests.browser.conftest import set_number
 from webui.generation.samplers import sampler_names
 from webui.xyz.grid import plan_grid_layout
 
@@ -12,18 +12,10 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1200})
-        tab.set_default_timeout(120_000)
-        tab.goto(server.url + "/")
-        tab.click("button[role=tab]:has-text('X/Y/Z plot')")
-        tab.wait_for_selector("#xyz_prompt textarea")
-        yield tab
-        browser.close()
+def page(browser_page):
+    browser_page.click("button[role=tab]:has-text('X/Y/Z plot')")
+    browser_page.wait_for_selector("#xyz_prompt textarea")
+    return browser_page
 
 
 def choose(page, dropdown: str, option: str) -> None:

@@ -66,3 +66,38 @@ def test_bad_merges_are_refused_before_anything_is_written(ctx, data_dir):
     with pytest.raises(ValueError, match="already exists"):
         ctx.merge_checkpoints(recipe(), "variant-b")
     assert sorted(p.name for p in (data_dir / "models" / "Stable-diffusion").iterdir()) == before
+
+
+def test_full_size_sd15_merges_into_one_a1111_layout_safetensors_file(tmp_path):
+    """Models with the standard SD1.5 layout are saved as one single-file checkpoint (the toy model, whose
+    shapes are its own, takes the diffusers-folder branch tested above)."""
+    import gc
+
+    from tests.engine.test_single_file_checkpoint import write_zero_sd15_checkpoint
+    from webui.models.catalog import CheckpointCatalog
+    from webui.models.checkpoint_loading import read_checkpoint_weights
+    from webui.models.hashing import HashCache
+    from webui.models.merger import merge_state_dicts, save_merged
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    write_zero_sd15_checkpoint(folder / "zero-a.safetensors")
+    gc.collect()
+    catalog = CheckpointCatalog(folder, HashCache(tmp_path / "hashes.json"))
+    catalog.refresh()
+    weights = read_checkpoint_weights(catalog.find("zero-a"), torch.float16)
+    recipe = MergeRecipe(WEIGHTED_SUM, 0.5, "zero-a", "zero-a", None, "fp16", None)
+    merged = merge_state_dicts(recipe, weights, weights, None)
+    del weights
+    gc.collect()
+    path = save_merged(recipe, merged, read_checkpoint_weights(catalog.find("zero-a"), torch.float16), folder, "half-half")
+    del merged
+    gc.collect()
+    assert path == folder / "half-half.safetensors" and path.is_file()
+    with safe_open(str(path), "pt") as handle:
+        assert json.loads(handle.metadata()["sd_merge_recipe"])["method"] == WEIGHTED_SUM
+        assert "model.diffusion_model.input_blocks.0.0.weight" in handle.keys()
+        assert handle.get_tensor("model.diffusion_model.input_blocks.0.0.weight").dtype == torch.float16
+    catalog.refresh()
+    record = catalog.find("half-half")
+    assert record.usable and record.format == "safetensors" and record.architecture.label == "SD1.x"
