@@ -129,3 +129,40 @@ def test_auth_covers_ui_and_api(tmp_path, default_model_folder):
         assert requests.get(f"{secured.url}/config", timeout=30).status_code in (401, 403, 404)
     finally:
         stop_server(secured)
+
+
+def encode(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_img2img_and_inpaint_over_http_like_a1111_clients(server):
+    source = Image.new("RGB", (64, 64), (230, 200, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    response = post(server, "img2img", {**SMALL, "prompt": "a red circle", "seed": 4, "init_images": [encode(source)],
+                                        "mask": encode(mask), "mask_blur": 0, "inpainting_fill": 1,
+                                        "inpaint_full_res": False, "denoising_strength": 1.0})
+    assert response.status_code == 200, response.text
+    result = decode(response.json()["images"][0]).convert("RGB")
+    assert result.crop((32, 0, 64, 64)).tobytes() == source.crop((32, 0, 64, 64)).tobytes()
+    assert result.crop((0, 0, 32, 64)).tobytes() != source.crop((0, 0, 32, 64)).tobytes()
+    params = parse_infotext(read_infotext(decode(response.json()["images"][0])))
+    assert params["Denoising strength"] == "1.0" and params["Mask blur"] == "0"
+    hires = post(server, "txt2img", {**SMALL, "prompt": "x", "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 2})
+    assert decode(hires.json()["images"][0]).size == (128, 128)
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"init_images": []}, "init_images"),
+    ({"init_images": ["bm90IGFuIGltYWdl"]}, "not an image"),
+    ({"denoising_strength": 2.0}, "denoising_strength"),
+    ({"init_images": ["SOURCE"], "width": 4096}, "width 4096"),
+])
+def test_bad_img2img_input_gets_a_reason(server, body, reason):
+    source = encode(Image.new("RGB", (64, 64), (10, 20, 30)))
+    body = {**SMALL, "init_images": [source], **body}
+    body["init_images"] = [source if item == "SOURCE" else item for item in body["init_images"]]
+    response = post(server, "img2img", body)
+    assert response.status_code == 422 and reason in response.json()["detail"], response.text

@@ -12,7 +12,7 @@ from webui.context import build_context
 from webui.eval.toy_world import render, scene_from_attributes
 from webui.generation.denoise import pipeline_for
 from webui.generation.image_ops import ImageInputError
-from webui.generation.infotext import parse_infotext
+from webui.generation.infotext import parse_infotext, read_infotext
 from webui.generation.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
 from webui.settings import settings_from_args
 
@@ -165,3 +165,23 @@ def test_inpainting_checkpoint_is_detected_and_used(data_dir, default_model_fold
         assert plain.images[0].size == (SIZE, SIZE)
     finally:
         context.queue.shutdown()
+
+
+def test_batch_folder_processes_every_image_with_same_named_masks(ctx, source, tmp_path):
+    inputs, masks, outputs = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    inputs.mkdir()
+    masks.mkdir()
+    source.save(inputs / "first.png")
+    source.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(inputs / "second.png")
+    (inputs / "notes.txt").write_text("not an image")
+    (inputs / "broken.png").write_bytes(b"\x89PNG truncated")
+    left_half_mask().save(masks / "first.png")
+    template = Img2ImgRequest(denoising_strength=0.9, mask_blur=0, **SMALL)
+    result = ctx.submit_img2img_batch(template, str(inputs), str(outputs), str(masks)).result(timeout=300)
+    assert sorted(p.name for p in outputs.iterdir()) == ["first.png", "second.png"]
+    assert any("broken.png" in note for note in result.warnings)
+    first = pixels(Image.open(outputs / "first.png"))
+    assert np.array_equal(first[:, SIZE // 2:], pixels(source)[:, SIZE // 2:])  # masked: right half kept
+    assert parse_infotext(read_infotext(Image.open(outputs / "second.png")))["Denoising strength"] == "0.9"
+    with pytest.raises(RequestError, match="does not exist"):
+        ctx.submit_img2img_batch(template, str(tmp_path / "missing"), str(outputs))
