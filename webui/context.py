@@ -6,6 +6,7 @@ HTTP layers receive a context and call its methods, so they stay thin and never 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from webui.settings import Settings
 from webui.training.config import IMAGE_SUFFIXES, TrainingConfig
 from webui.training.dataset import scan_dataset
 from webui.training.loop import TrainingPaths, TrainingResult, run_training
-from webui.training.monitor import TrainingMonitor
+from webui.training.monitor import TrainingBusyError, TrainingMonitor
 
 
 @dataclass
@@ -46,6 +47,7 @@ class AppContext:
     limits: GenerationLimits
     loras: LoraCatalog
     training: TrainingMonitor | None = field(default=None)  # the latest training run, for reconnecting UIs
+    _training_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ---- generation ----
     def validate_txt2img(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
@@ -173,8 +175,12 @@ class AppContext:
             raise RequestError(f"checkpoint {record.name} cannot be trained: {record.error}")
         config = config.replace(base_checkpoint=record.title).validate()
         scan_dataset(config)  # raises DatasetError with the reason before anything is queued
-        monitor = TrainingMonitor(config)
-        self.training = monitor
+        with self._training_lock:  # check and claim in one step: two clicks must not start two runs
+            if self.training is not None and not self.training.finished:
+                raise TrainingBusyError(f"training {self.training.config.output_name!r} is still running: "
+                                        "cancel it or wait until it finishes")
+            monitor = TrainingMonitor(config)
+            self.training = monitor
 
         def work(control: JobControl) -> TrainingResult:
             def report(progress) -> None:

@@ -25,8 +25,8 @@ from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.dataset import DatasetError
 from webui.ui.train_fields import all_specs, config_from_widgets, JOB_WIDGET_FIELDS
 from webui.ui.train_progress import progress_html, result_markdown
+from webui.training.monitor import TrainingBusyError
 from webui.ui.train_service import (
-    TrainingBusyError,
     caption_rows,
     cancel_training,
     dataset_folder_for,

@@ -16,8 +16,8 @@ from webui.api.sdapi import API_PREFIX, basic_auth_dependency, translate_errors
 from webui.context import AppContext
 from webui.training.config import TrainingConfig, load_preset
 from webui.ui.errors import user_error
+from webui.training.monitor import TrainingBusyError
 from webui.ui.train_service import (
-    TrainingBusyError,
     cancel_training,
     current_job_is_training,
     preset_names,

@@ -15,6 +15,10 @@ from webui.training.config import TrainingConfig
 from webui.training.loop import TrainingProgress, TrainingResult
 
 
+class TrainingBusyError(RuntimeError):
+    """A run is already queued or training; a second one would hide its progress."""
+
+
 @dataclass
 class TrainingMonitor:
     config: TrainingConfig

@@ -32,10 +32,6 @@ JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resum
 _EPOCH_NAME = re.compile(r"^(?P<base>.+)-(?P<epoch>\d{6})$")  # kohya's `name-000002` per-epoch files
 
 
-class TrainingBusyError(RuntimeError):
-    """A run is already queued or training; a second one would hide its progress."""
-
-
 # --------------------------------------------------------------------------------------------
 # Folders and presets
 # --------------------------------------------------------------------------------------------
@@ -211,10 +207,7 @@ def training_active(ctx: AppContext) -> bool:
 
 
 def start_training(ctx: AppContext, config: TrainingConfig) -> Job:
-    """Queue a run unless one is already queued or training (its progress would be lost from view)."""
-    if training_active(ctx):
-        raise TrainingBusyError(f"training {ctx.training.config.output_name!r} is still running: "
-                                "cancel it or wait until it finishes")
+    """Queue a run unless one is already queued or training (AppContext checks that atomically)."""
     return ctx.submit_training(config)
 
 

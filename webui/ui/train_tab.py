@@ -43,9 +43,9 @@ from webui.ui.train_progress import (
     result_markdown,
     sample_gallery,
 )
+from webui.training.monitor import TrainingBusyError
 from webui.ui.train_service import (
     JOB_FIELDS,
-    TrainingBusyError,
     cancel_training,
     default_sample_prompt,
     export_run,
