@@ -25,6 +25,7 @@ from webui.generation.samplers import sampler_names
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.queue import Job
 from webui.ui.errors import user_error
+from webui.ui.generation_controls import to_int
 from webui.ui.infotext_fields import txt2img_values_from_infotext
 from webui.xyz.axes import (
     NOTHING_LABEL,
@@ -251,12 +252,12 @@ def build_xyz_tab(
         try:
             request = Txt2ImgRequest(
                 prompt=prompt_text or "", negative_prompt=negative_text or "", sampler_name=sampler or "DPM++ 2M",
-                steps=_int(step_count, "Sampling steps"), cfg_scale=float(cfg), width=_int(image_width, "Width"),
-                height=_int(image_height, "Height"), seed=_int(seed_value, "Seed"), vae=vae_name or "Automatic",
+                steps=to_int(step_count, "Sampling steps"), cfg_scale=float(cfg), width=to_int(image_width, "Width"),
+                height=to_int(image_height, "Height"), seed=to_int(seed_value, "Seed"), vae=vae_name or "Automatic",
             )
             specs = [AxisSpec(axis_values[i] or NOTHING_LABEL, axis_values[i + 1] or "") for i in (0, 2, 4)]
             options = XyzOptions(draw_legend=bool(legend), keep_seeds=bool(keep), include_sub_images=bool(sub_images),
-                                 include_sub_grids=bool(sub_grids), margin=_int(margin_px, "Grid margins"))
+                                 include_sub_grids=bool(sub_grids), margin=to_int(margin_px, "Grid margins"))
             job = submit_xyz(ctx, request, *specs, options, registry=axes_registry)
         except (ValueError, LookupError) as error:
             raise gr.Error(user_error(error)) from None
@@ -324,14 +325,3 @@ def build_xyz_tab(
         infotext=infotext,
         generate=generate,
     )
-
-
-def _int(value: Any, label: str) -> int:
-    """A whole number from a widget value, or a ValueError naming the field."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{label} must be a number, got {value!r}") from None
-    if number != int(number):
-        raise ValueError(f"{label} must be a whole number, got {value!r}")
-    return int(number)
