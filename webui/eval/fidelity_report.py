@@ -25,6 +25,21 @@ from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.settings import PROJECT_ROOT, settings_from_args
 
 
+TRAINING_SECTION_TITLE = "## 4. Training methods"
+
+
+def with_training_section(report: str, section: str | None) -> str:
+    """The report with section 4 (written by `python -m webui.eval.training_fidelity`, which takes half an hour)
+    appended, so regenerating sections 1-3 keeps it and vice versa."""
+    return report.rstrip("\n") + "\n\n" + section.strip("\n") + "\n" if section else report
+
+
+def training_section(document: str) -> str | None:
+    """Section 4 of an existing report, if it has one."""
+    start = document.find(TRAINING_SECTION_TITLE)
+    return document[start:] if start >= 0 else None
+
+
 def evaluation_prompts(count: int) -> tuple[list[toy_world.Scene], int]:
     """The evaluation scenes and how many of their captions occur verbatim in the shipped model's training set.
 
@@ -134,7 +149,9 @@ def main() -> None:
     parser.add_argument("--concept-prompts", type=int, default=50)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "FIDELITY.md")
     args = parser.parse_args()
-    args.out.write_text(build_report(args.prompts, args.concept_prompts), encoding="utf-8")
+    previous = training_section(args.out.read_text(encoding="utf-8")) if args.out.is_file() else None
+    args.out.write_text(with_training_section(build_report(args.prompts, args.concept_prompts), previous),
+                        encoding="utf-8")
     print(f"wrote {args.out}")
 
 
