@@ -32,6 +32,7 @@ from webui.ui.train_service import (
     dataset_folder_for,
     export_run,
     import_images,
+    preset_names,
     save_caption_rows,
     start_training,
     training_status,
@@ -227,3 +228,9 @@ def test_every_config_field_has_exactly_one_widget_and_values_convert_back():
         config_from_widgets({"rank": 4.5})
     with pytest.raises(TrainingConfigError, match="seed: enter a number"):
         config_from_widgets({"seed": None})
+
+
+def test_the_default_model_offers_its_own_presets_first_then_the_sd1_ones(ctx):
+    names = preset_names(ctx)
+    assert names[:5] == sorted(name for name in names if name.startswith("toy_")) and len(names[:5]) == 5
+    assert "sd1_lora" in names and not any(name.startswith("sdxl_") for name in names)

@@ -125,7 +125,7 @@ def test_json_errors_name_the_setting(tmp_path):
 
 def test_every_shipped_preset_loads_and_validates():
     names = list_presets()
-    for family in ("sd1", "sdxl"):
+    for family in ("sd1", "sdxl", "toy"):
         for method in ("lora", "dreambooth", "dreambooth_lora", "textual_inversion", "pivotal"):
             assert f"{family}_{method}" in names
     for name in names:
@@ -148,7 +148,17 @@ def test_presets_carry_the_recipes_people_use():
     pivotal = load_preset("sd1_pivotal")
     assert pivotal.embedding_train_fraction == 0.5 and pivotal.num_vectors == 2
     assert load_preset("sdxl_lora").resolution == 1024 and load_preset("sdxl_pivotal").resolution == 1024
-    assert all(load_preset(name).mixed_precision == "bf16" for name in list_presets())
+    assert all(load_preset(name).mixed_precision == "bf16" for name in list_presets() if not name.startswith("toy_"))
+
+
+def test_the_default_models_presets_train_at_its_native_size_in_full_precision():
+    """The toy_* presets are for the embedded 128 px model, which people mostly train on a CPU (no bf16 there)."""
+    toy = [name for name in list_presets() if name.startswith("toy_")]
+    assert len(toy) == 5
+    for name in toy:
+        preset = load_preset(name)
+        assert (preset.resolution, preset.mixed_precision, preset.gradient_checkpointing) == (128, "no", False)
+        assert preset.min_bucket_resolution <= 128 <= preset.max_bucket_resolution
 
 
 def test_user_presets_save_without_job_fields_and_shadow_nothing(tmp_path):

@@ -17,7 +17,7 @@ from webui.training.dataset import (
     LatentCache,
     bucket_resolutions,
     nearest_bucket,
-    sample_latents,
+    unet_latents,
     scan_dataset,
 )
 
@@ -258,9 +258,8 @@ def test_latent_cache_encodes_each_image_and_flip_once(tmp_path):
     assert vae.calls == 6 and len(cache) == 6  # 3 images, each plain and mirrored
     assert not torch.equal(cache.get(0, False), cache.get(0, True))
     parameters = cache.get(1, True).unsqueeze(0)
-    latents = sample_latents(parameters, {"scaling_factor": 0.5}, torch.Generator().manual_seed(0))
-    mean = parameters[:, :4]
-    assert torch.allclose(latents, mean * 0.5, atol=1e-6)  # log-variance -40 (clamped -30): essentially the mean
+    latents = unet_latents(parameters, {"scaling_factor": 0.5, "shift_factor": 0.25})
+    assert torch.equal(latents, (parameters[:, :4] - 0.25) * 0.5)  # the mean half, shifted and scaled
     stopped = LatentCache.build(dataset, _FakeVae(), torch.device("cpu"), should_stop=lambda: True)
     assert stopped is None
 

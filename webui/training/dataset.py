@@ -457,11 +457,14 @@ class LatentCache:
         return self._parameters[(index, flip)]
 
 
-def sample_latents(parameters: torch.Tensor, vae_config: dict, generator: torch.Generator) -> torch.Tensor:
-    """Draw latents from cached/encoded distribution parameters [B, 2C, h, w] and scale them for the UNet."""
-    mean, log_variance = torch.chunk(parameters, 2, dim=1)
-    log_variance = log_variance.clamp(-30.0, 20.0)
-    noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype).to(mean.device)
-    latents = mean + torch.exp(0.5 * log_variance) * noise
+def unet_latents(parameters: torch.Tensor, vae_config: dict) -> torch.Tensor:
+    """The posterior means of cached/encoded distribution parameters [B, 2C, h, w], scaled for the UNet.
+
+    Means, not draws: a model is fine-tuned on the latents it was pretrained on. SD's VAE posterior is so
+    narrow that a draw is the mean for practical purposes, but the toy default model's VAE has a standard
+    deviation of about 0.6 against latents spread 0.77 (its UNet was trained on means); draws taught LoRAs
+    to paint speckled, lumpy shapes and drowned the concept (subject fidelity 0.03 instead of learning it).
+    """
+    latents = torch.chunk(parameters, 2, dim=1)[0]
     shift = vae_config.get("shift_factor") or 0.0
     return (latents - shift) * vae_config.get("scaling_factor", 0.18215)

@@ -38,7 +38,7 @@ from webui.training.dataset import (
     LatentCache,
     TrainingDataset,
     class_image_dataset,
-    sample_latents,
+    unet_latents,
     scan_dataset,
 )
 from webui.training.methods import SaveRequest, TrainerModels, TrainingMethod, create_method, epoch_suffix
@@ -498,7 +498,7 @@ class _Trainer:
     def batch_loss(self, dataset: TrainingDataset, cache: LatentCache | None, samples: list[BatchSample]) -> torch.Tensor:
         config, models, device = self.config, self.models, self.models.device
         parameters = self._latent_parameters(dataset, cache, samples)
-        latents = sample_latents(parameters.float(), models.vae.config, self.generator).to(device)
+        latents = unet_latents(parameters.float(), models.vae.config).to(device)
         captions = [self.method.expand_prompt(sample.caption) for sample in samples]
         text_grad = self.method.text_encoder_trains()
         with self._autocast(), (nullcontext() if text_grad else torch.no_grad()):

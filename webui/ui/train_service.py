@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from webui.context import AppContext
 from webui.jobs.queue import Job
+from webui.models.default_model import DEFAULT_MODEL_NAME
 from webui.training.config import IMAGE_SUFFIXES, PRESETS_FOLDER, TrainingConfig, TrainingConfigError, list_presets
 from webui.training.dataset import fill_template, read_sidecar
 from webui.training.model_card import write_model_card
@@ -54,21 +55,32 @@ def exports_root(ctx: AppContext) -> Path:
     return training_root(ctx) / EXPORTS_FOLDER_NAME
 
 
-def model_family(ctx: AppContext) -> str:
-    """The family ("sd1", "sd2", "sdxl") of the loaded checkpoint, else of the one that loads first."""
+def _current_record(ctx: AppContext):
+    """The loaded checkpoint's catalog record, else the one that loads first (None with no usable model)."""
     title = ctx.current_checkpoint_title()
     records = ctx.catalog.usable_records()
-    record = next((r for r in records if r.title == title), None) or (records[0] if records else None)
+    return next((r for r in records if r.title == title), None) or (records[0] if records else None)
+
+
+def model_family(ctx: AppContext) -> str:
+    """The family ("sd1", "sd2", "sdxl") of the loaded checkpoint, else of the one that loads first."""
+    record = _current_record(ctx)
     if record is None or record.architecture is None:
         return "sd1"
     return record.architecture.family
 
 
 def preset_names(ctx: AppContext) -> list[str]:
-    """Shipped presets for the model's family (SD2 shares the SD1 ones), then the user's own presets."""
-    family = model_family(ctx)
-    prefix = "sdxl_" if family == "sdxl" else "sd1_"
-    shipped = sorted(path.stem for path in PRESETS_FOLDER.glob("*.json") if path.stem.startswith(prefix))
+    """Shipped presets for the model's family (SD2 shares the SD1 ones), then the user's own presets.
+
+    On the embedded default model its own `toy_*` presets (128 px, learning rates measured on it) come first.
+    """
+    record = _current_record(ctx)
+    prefixes = ("sdxl_",) if model_family(ctx) == "sdxl" else ("sd1_",)
+    if record is not None and record.name == DEFAULT_MODEL_NAME:
+        prefixes = ("toy_",) + prefixes
+    shipped = [name for prefix in prefixes
+               for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
     folder = user_presets_folder(ctx)
     user = [name for name in list_presets(folder) if (folder / f"{name}.json").is_file()]
     return shipped + [name for name in user if name not in shipped]

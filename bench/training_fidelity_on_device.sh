@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The training engine on the lent GPU: the headless smoke run (bench/train_smoke_on_device.sh), then the
+# training-methods fidelity table (`python -m webui.eval.training_fidelity --device cuda`) in its own process
+# session. Phase "start" does both and waits; "finish" waits for the table again and copies it to $OUT.
+set -uo pipefail
+phase=${1:-start}
+if [ "$phase" = start ]; then
+    bash bench/train_smoke_on_device.sh
+    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 setsid nohup python3 -m webui.eval.training_fidelity --device cuda \
+        --out /tmp/table/FIDELITY_TRAINING.md ${ARGS:-} > /tmp/table.log 2>&1 < /dev/null &
+fi
+for _ in $(seq 1 ${POLLS:-100}); do [ -f /tmp/table/FIDELITY_TRAINING.md ] && break; sleep 5; done
+grep -v torchvision /tmp/table.log | tail -25
+[ -f /tmp/table/FIDELITY_TRAINING.md ] || { echo "still running: call finish"; exit 3; }
+cp /tmp/table/FIDELITY_TRAINING.md /tmp/table.log "$OUT/"
