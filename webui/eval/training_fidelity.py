@@ -7,8 +7,9 @@ Every method (LoRA, DreamBooth with and without prior preservation, DreamBooth-L
 pivotal tuning) learns the held-out concept `hexagon` from ten renders whose captions name every other
 attribute and use the trigger word in place of the shape ("a large red hxgn on the left, blue
 background"), so the trigger can only bind to the shape. Training runs through the app's own job
-(`AppContext.submit_training`, the Train tab's path) with the method's shipped preset, changed only where
-the toy model or the CPU needs it; each change is listed in the report with its reason. The results are
+(`AppContext.submit_training`, the Train tab's path) with the method's default preset for the embedded
+model (`presets/toy_*.json`: 128 px, full precision, LoRA learning rates measured on it), changed only as
+the report lists (no intermediate saves). The results are
 then used the way a user uses them, through `AppContext.submit_txt2img`: `<lora:name:1>` tags, the
 embedding's word, or the trained checkpoint. Three prompt sets are generated:
 
@@ -527,10 +528,8 @@ def format_report(experiment: Experiment, command: str, plans: Sequence[MethodPl
             "generated image goes through the same decoder, so no training method can be expected to score higher.",
         ]
         if experiment.vae_ceiling < GOAL:
-            lines[-1] += (f" The toy VAE was trained without {setup.shape}s and rounds their corners at 128 px until "
-                          "the analyzer reads a circle (at 256 px the same round trip keeps them), so the 0.8 subject "
-                          "fidelity goal needs a better autoencoder first; the methods can only be compared below "
-                          "this ceiling.")
+            lines[-1] += (f" This is below the {GOAL:.2f} goal: it needs a better autoencoder first, and the methods "
+                          "can only be compared below this ceiling.")
     lines += ["", "## Per-attribute accuracy", ""]
     attributes = [name for name in toy_world.ATTRIBUTES if name != "shape"]
     lines += ["| method | prompt set | " + " | ".join(attributes) + " | shape | all |",

@@ -38,8 +38,8 @@ from webui.training.dataset import (
     LatentCache,
     TrainingDataset,
     class_image_dataset,
-    unet_latents,
     scan_dataset,
+    unet_latents,
 )
 from webui.training.methods import SaveRequest, TrainerModels, TrainingMethod, create_method, epoch_suffix
 from webui.training.optim import build_lr_scheduler, build_optimizer
