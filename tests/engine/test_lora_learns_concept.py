@@ -74,7 +74,7 @@ def test_lora_draws_the_concept_where_the_base_model_cannot(outcome):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "measured 0.42 on 12 prompts (docs/FIDELITY.md, section 4): the LoRA draws six-sided but uneven "
+    "docs/FIDELITY.md (section 4) measures 0.50 on 24 prompts: the LoRA draws six-sided but uneven "
     "outlines that the analyzer's hexagon test rejects; the model's own VAE keeps 0.86 of hexagon renders, "
     "so the gap is training, not the autoencoder. Strict: this turns red the day it passes"))
 def test_lora_reaches_the_subject_fidelity_goal(outcome):
