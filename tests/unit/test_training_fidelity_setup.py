@@ -61,3 +61,9 @@ def test_regenerating_either_report_keeps_the_other_ones_section():
     assert "New calibration" in regenerated and training_section(regenerated) == table
     assert training_section("# no table yet\n") is None
     assert with_training_section("# report\n", None) == "# report\n"
+
+
+def test_a_new_table_replaces_the_old_section_4():
+    document = with_training_section("# Fidelity report\n", f"{TRAINING_SECTION_TITLE}\n\nold table\n")
+    updated = with_training_section(document, f"{TRAINING_SECTION_TITLE}\n\nnew table\n")
+    assert "new table" in updated and "old table" not in updated and updated.count(TRAINING_SECTION_TITLE) == 1

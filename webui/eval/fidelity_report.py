@@ -29,9 +29,11 @@ TRAINING_SECTION_TITLE = "## 4. Training methods"
 
 
 def with_training_section(report: str, section: str | None) -> str:
-    """The report with section 4 (written by `python -m webui.eval.training_fidelity`, which takes half an hour)
-    appended, so regenerating sections 1-3 keeps it and vice versa."""
-    return report.rstrip("\n") + "\n\n" + section.strip("\n") + "\n" if section else report
+    """The report with its section 4 replaced by ``section`` (written by `python -m webui.eval.training_fidelity`,
+    which takes half an hour), so regenerating sections 1-3 keeps it and vice versa."""
+    start = report.find(TRAINING_SECTION_TITLE)
+    body = report[:start] if start >= 0 else report
+    return body.rstrip("\n") + "\n\n" + section.strip("\n") + "\n" if section else body
 
 
 def training_section(document: str) -> str | None:

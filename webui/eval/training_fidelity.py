@@ -579,9 +579,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(report, encoding="utf-8")
     print(f"wrote {args.out}")
     if args.summary_in.is_file():
-        document = args.summary_in.read_text(encoding="utf-8")
-        start = document.find(TRAINING_SECTION_TITLE)
-        sections = document[:start] if start >= 0 else document
         section = "\n".join([
             TRAINING_SECTION_TITLE, "",
             f"DreamBooth-paper-style table from `{command.strip()}` on {machine_description(device=args.device)}, "
@@ -590,7 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"preset details: [{args.out.name}]({args.out.name}).", "",
             *summary_table(experiment.rows), "",
         ])
-        args.summary_in.write_text(with_training_section(sections, section), encoding="utf-8")
+        document = args.summary_in.read_text(encoding="utf-8")
+        args.summary_in.write_text(with_training_section(document, section), encoding="utf-8")
         print(f"updated {args.summary_in}")
     return 0
 
