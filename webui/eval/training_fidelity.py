@@ -8,9 +8,8 @@ pivotal tuning) learns the held-out concept `hexagon` from ten renders whose cap
 attribute and use the trigger word in place of the shape ("a large red hxgn on the left, blue
 background"), so the trigger can only bind to the shape. Training runs through the app's own job
 (`AppContext.submit_training`, the Train tab's path) with the method's default preset for the embedded
-model (`presets/toy_*.json`: 128 px, full precision, LoRA learning rates measured on it), changed only as
-the report lists (no intermediate saves). The results are
-then used the way a user uses them, through `AppContext.submit_txt2img`: `<lora:name:1>` tags, the
+model (`presets/toy_*.json`: 128 px, full precision, values from docs/TRAINING_PRESET_SWEEP.md), changed
+only as the report lists (no intermediate saves). The results are then used the way a user uses them, through `AppContext.submit_txt2img`: `<lora:name:1>` tags, the
 embedding's word, or the trained checkpoint. Three prompt sets are generated:
 
 (a) the trigger in fresh contexts (colour, background, position combinations absent from the training
@@ -120,7 +119,7 @@ class MethodPlan:
 
 
 # Changes every method gets: the experiment evaluates only the final result. The toy_* presets are the
-# Train tab's defaults for the embedded model (128 px, learning rates measured on it).
+# Train tab's defaults for the embedded model (128 px, values from docs/TRAINING_PRESET_SWEEP.md).
 COMMON_CHANGES: tuple[PresetChange, ...] = (
     PresetChange("save_every_n_epochs", 0, "only the final result is evaluated"),
     PresetChange("save_state", False, "no resuming in an experiment"),
@@ -366,19 +365,11 @@ def vae_round_trip_fidelity(ctx: AppContext, setup: ConceptSetup, count: int, se
     Generation ends in the same decoder, so no method can be expected to beat this: it is the
     ceiling the autoencoder sets for subject fidelity at the native resolution.
     """
-    import torch
-
-    from webui.training.dataset import image_to_tensor
+    from webui.eval.toy_decoder_finetune import vae_round_trip
 
     renders = toy_world.held_out_concept_images(setup.shape, count, seed)
-    decoded = []
-    with ctx.manager.checkout(BASE_CHECKPOINT) as model, torch.no_grad():
-        vae = model.pipeline.vae
-        for image in renders:
-            pixels = image_to_tensor(image).unsqueeze(0).to(device=vae.device, dtype=vae.dtype)
-            output = vae.decode(vae.encode(pixels).latent_dist.mode()).sample[0].float().clamp(-1, 1)
-            array = ((output + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-            decoded.append(Image.fromarray(array))
+    with ctx.manager.checkout(BASE_CHECKPOINT) as model:
+        decoded = vae_round_trip(model.pipeline.vae, renders)
     return subject_fidelity(decoded, concept_reference(setup.images()))
 
 
