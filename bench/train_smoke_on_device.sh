@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The training engine on the lent GPU: LoRA (bf16 autocast, gradient checkpointing) and Textual Inversion
-# on the toy default model, headless through `python -m webui.train`, the Train tab's code path.
+# The training engine on the lent GPU: LoRA (bf16 autocast, gradient checkpointing), LoRA in fp16 with loss
+# scaling, and Textual Inversion on the toy default model, headless through `python -m webui.train`, the Train tab's code path.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -17,13 +17,23 @@ common = dict(base_checkpoint="sd-studio-toy", dataset_dir=folder, trigger_word=
               max_train_steps=200, train_batch_size=4, save_every_n_epochs=0, seed=1)
 json.dump(dict(common, method="lora", output_name="gpu_lora", rank=8, alpha=8, unet_lr=1e-3, train_text_encoder=True),
           open("/tmp/smoke/lora.json", "w"))
+json.dump(dict(common, method="lora", output_name="gpu_lora_fp16", rank=8, alpha=8, unet_lr=1e-3, train_text_encoder=True,
+               mixed_precision="fp16"), open("/tmp/smoke/lora_fp16.json", "w"))
 json.dump(dict(common, method="textual_inversion", output_name="gpu_ti", token="hxgn", init_word="shape",
                num_vectors=2, embedding_lr=5e-3), open("/tmp/smoke/ti.json", "w"))
 PY
 nvidia-smi --query-gpu=name --format=csv,noheader
-for job in lora ti; do
+for job in lora lora_fp16 ti; do
     SECONDS=0
     python3 -m webui.train /tmp/smoke/$job.json --data-dir /tmp/smoke/data --device cuda 2>&1 | grep -v torchvision | tail -4
     echo "$job exit ${PIPESTATUS[0]} wall ${SECONDS}s"
 done
 ls -la /tmp/smoke/data/models/Lora /tmp/smoke/data/models/embeddings 2>&1
+python3 - <<'PY'
+import glob, torch
+from safetensors.torch import load_file
+for path in sorted(glob.glob("/tmp/smoke/data/models/*/gpu_*.safetensors")):
+    tensors = load_file(path)
+    finite = all(torch.isfinite(t.float()).all() for t in tensors.values())
+    print(f"{path.split('/')[-1]}: {len(tensors)} tensors, all finite: {finite}")
+PY

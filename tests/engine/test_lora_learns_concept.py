@@ -64,7 +64,7 @@ def outcome(tmp_path_factory) -> Outcome:
     return Outcome(base, lora)
 
 
-def test_lora_keeps_the_prompt_attributes_around_the_concept(outcome):
+def test_lora_keeps_the_prompt_attributes_around_the_concept(outcome):  # issue goal: prompt fidelity >= 0.8
     assert outcome.lora.prompt_fidelity >= 0.8, outcome.lora.per_attribute
 
 
@@ -73,9 +73,5 @@ def test_lora_draws_the_concept_where_the_base_model_cannot(outcome):
     assert outcome.lora.subject_fidelity >= outcome.base.subject_fidelity + 0.25
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "docs/FIDELITY.md (section 4) measures 0.50 on 24 prompts: the LoRA draws six-sided but uneven "
-    "outlines that the analyzer's hexagon test rejects; the model's own VAE keeps 0.86 of hexagon renders, "
-    "so the gap is training, not the autoencoder. Strict: this turns red the day it passes"))
 def test_lora_reaches_the_subject_fidelity_goal(outcome):
     assert outcome.lora.subject_fidelity >= 0.8

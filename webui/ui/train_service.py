@@ -73,7 +73,8 @@ def model_family(ctx: AppContext) -> str:
 def preset_names(ctx: AppContext) -> list[str]:
     """Shipped presets for the model's family (SD2 shares the SD1 ones), then the user's own presets.
 
-    On the embedded default model its own `toy_*` presets (128 px, learning rates measured on it) come first.
+    On the embedded default model its own `toy_*` presets come first (128 px; values chosen by the sweep in
+    docs/TRAINING_PRESET_SWEEP.md).
     """
     record = _current_record(ctx)
     prefixes = ("sdxl_",) if model_family(ctx) == "sdxl" else ("sd1_",)
