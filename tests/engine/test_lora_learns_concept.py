@@ -2,7 +2,8 @@
 
 Training and generation go through the app (`submit_training`, then `submit_txt2img` with
 `<lora:name:1>`), with the exact setup of `python -m webui.eval.training_fidelity`, so this is the LoRA
-row of docs/FIDELITY.md's training table on fewer, fresh prompts. Slow by nature: a real training run on
+row of docs/FIDELITY.md's training table on fewer, fresh prompts, held to the Train tab's goals (subject
+and prompt fidelity at least 0.8). Slow by nature: a real training run on
 the CPU (its time is printed and reported in that document, not asserted).
 """
 
@@ -64,7 +65,7 @@ def outcome(tmp_path_factory) -> Outcome:
     return Outcome(base, lora)
 
 
-def test_lora_keeps_the_prompt_attributes_around_the_concept(outcome):  # issue goal: prompt fidelity >= 0.8
+def test_lora_keeps_the_prompt_attributes_around_the_concept(outcome):
     assert outcome.lora.prompt_fidelity >= 0.8, outcome.lora.per_attribute
 
 
