@@ -43,8 +43,10 @@ def test_inpaint_with_a_painted_mask_changes_only_the_painted_area(page, server,
     page.click("#tab_img2img-button")
     page.click("#img2img_inpaint_tab-button")
     page.locator("#img2maskimg input[type=file]").first.set_input_files(str(source_path))
-    page.wait_for_selector("#img2maskimg canvas")
-    page.wait_for_timeout(2500)  # the editor loads and draws the uploaded background
+    # Loading the picture as the editor's background is its first undoable step: under load it can take seconds,
+    # and painting or generating before it leaves the editor without a background.
+    page.wait_for_selector("#img2maskimg button[aria-label='Undo']:not([disabled])", timeout=60_000)
+    page.wait_for_timeout(1000)  # the editor fits the picture into its canvas
     paint_strokes(page, "#img2maskimg", (0.05, 0.12, 0.19))
     page.wait_for_timeout(500)
     page.fill("#img2img_prompt textarea", "a large blue square in the center, white background")

@@ -17,6 +17,8 @@ from webui.settings import PROJECT_ROOT
 
 DEFAULT_MODEL_NAME = "sd-studio-toy"
 SHIPPED_DEFAULT_MODEL = PROJECT_ROOT / "models" / "default" / DEFAULT_MODEL_NAME
+# How the default model was made; they describe that model only, so copies, merges and trained results drop them.
+TRAINING_RECORD_FILES = ("training_report.json", "decoder_finetune_report.json")
 
 
 def ensure_default_model(checkpoint_folder: Path) -> Path | None:
@@ -35,7 +37,7 @@ def ensure_default_model(checkpoint_folder: Path) -> Path | None:
     target = checkpoint_folder / DEFAULT_MODEL_NAME
     with tempfile.TemporaryDirectory(dir=checkpoint_folder, prefix=".copying-") as staging:
         staged = Path(staging) / DEFAULT_MODEL_NAME
-        shutil.copytree(SHIPPED_DEFAULT_MODEL, staged, ignore=shutil.ignore_patterns("training_report.json"))
+        shutil.copytree(SHIPPED_DEFAULT_MODEL, staged, ignore=shutil.ignore_patterns(*TRAINING_RECORD_FILES))
         if target.exists():
             shutil.rmtree(target)  # an incomplete earlier copy
         staged.rename(target)

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from webui.models.checkpoint_loading import CheckpointWeights, _shape_relevant
+from webui.models.default_model import TRAINING_RECORD_FILES
 from webui.models.ldm_conversion import diffusers_to_ldm
 from webui.models.model_configs import load_component_config
 
@@ -110,7 +111,7 @@ def save_merged(recipe: MergeRecipe, merged: dict[str, dict[str, torch.Tensor]],
     with tempfile.TemporaryDirectory(dir=folder, prefix=".merging-") as staging:
         staged = Path(staging) / name
         shutil.copytree(template.record.path, staged,
-                        ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "README.md", "training_report.json"))
+                        ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "README.md", *TRAINING_RECORD_FILES))
         for component, state in cast.items():
             file = "model.safetensors" if component.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"
             save_file({k: v.contiguous() for k, v in state.items()}, str(staged / component / file),

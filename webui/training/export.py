@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from webui.models.checkpoint_loading import CheckpointWeights
+from webui.models.default_model import TRAINING_RECORD_FILES
 from webui.models.ldm_conversion import (
     FAMILY_SD1,
     FAMILY_SD2,
@@ -487,7 +488,7 @@ def _weights_file_name(component: str) -> str:
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 # Files of the base model that describe the base model, not the result.
-_BASE_ONLY_FILES = frozenset({"README.md", "training_report.json", "merge_recipe.json"})
+_BASE_ONLY_FILES = frozenset({"README.md", "merge_recipe.json", *TRAINING_RECORD_FILES})
 
 
 def _replace_folder(staged: Path, target: Path, overwrite: bool) -> None:
