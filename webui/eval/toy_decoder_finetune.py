@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from webui.eval import toy_world
-from webui.eval.toy_model_training import cosine_factor, image_gradient_loss, render_dataset, to_unit_range
+from webui.eval.toy_model_training import cosine_factor, reconstruction_loss, render_dataset, to_unit_range
 
 # Corner counts of the generic polygons: 6 (hexagon) and 10 (a five-pointed star's outline) stay unseen.
 GENERIC_CORNER_COUNTS = (3, 4, 5, 7, 8, 9)
@@ -142,7 +141,7 @@ def finetune_decoder(vae, images: torch.Tensor, steps: int, batch: int, device: 
             with torch.no_grad():
                 latents = vae.encode(x).latent_dist.mode()
             reconstruction = vae.decode(latents).sample.float()
-        loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x) + image_gradient_loss(reconstruction, x)
+        loss = reconstruction_loss(reconstruction, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)

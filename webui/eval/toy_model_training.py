@@ -91,6 +91,11 @@ def image_gradient_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> t
     return F.l1_loss(dx(reconstruction), dx(target)) + F.l1_loss(dy(reconstruction), dy(target))
 
 
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The autoencoder's pixel loss: L1 + MSE + image-gradient L1."""
+    return F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target) + image_gradient_loss(reconstruction, target)
+
+
 def cosine_factor(step: int, steps: int, start: float, deadline: float, floor: float) -> float:
     """Cosine decay to ``floor`` over the steps or the time budget, whichever runs out first.
 
@@ -118,8 +123,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, device: str, se
             z = posterior.sample()
             reconstruction = vae.decode(z).sample
         reconstruction = reconstruction.float()
-        loss = (F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
-                + image_gradient_loss(reconstruction, x) + 1e-6 * posterior.kl().mean())
+        loss = reconstruction_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
