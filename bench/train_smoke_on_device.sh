@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The training engine on the lent GPU: LoRA (bf16 autocast, gradient checkpointing), LoRA in fp16 with loss
-# scaling, and Textual Inversion on the toy default model, headless through `python -m webui.train`, the Train tab's code path.
+# scaling, and Textual Inversion on the toy default model, headless through `python -m webui.train` (the Train
+# tab's code path).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
