@@ -29,7 +29,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from webui.eval import toy_world
-from webui.eval.toy_model_training import cosine_factor, reconstruction_loss, render_dataset, to_unit_range
+from webui.eval.toy_model_training import (
+    cosine_factor,
+    random_batch,
+    reconstruction_loss,
+    render_dataset,
+    to_unit_range,
+)
 
 # Corner counts of the generic polygons: 6 (hexagon) and 10 (a five-pointed star's outline) stay unseen.
 GENERIC_CORNER_COUNTS = (3, 4, 5, 7, 8, 9)
@@ -135,8 +141,7 @@ def finetune_decoder(vae, images: torch.Tensor, steps: int, batch: int, device: 
     vae.train()
     start = time.perf_counter()
     for step in range(steps):
-        index = torch.randint(len(images), (batch,), generator=generator).to(device)
-        x = to_unit_range(images[index])
+        x = random_batch(images, batch, generator, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             with torch.no_grad():
                 latents = vae.encode(x).latent_dist.mode()

@@ -91,6 +91,11 @@ def image_gradient_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> t
     return F.l1_loss(dx(reconstruction), dx(target)) + F.l1_loss(dy(reconstruction), dy(target))
 
 
+def random_batch(images: torch.Tensor, batch: int, generator: torch.Generator, device: str) -> torch.Tensor:
+    """``batch`` images drawn with replacement from a uint8 set on ``device``, in [-1, 1]."""
+    return to_unit_range(images[torch.randint(len(images), (batch,), generator=generator).to(device)])
+
+
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The autoencoder's pixel loss: L1 + MSE + image-gradient L1."""
     return F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target) + image_gradient_loss(reconstruction, target)
@@ -116,8 +121,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, device: str, se
     vae.train()
     start = time.perf_counter()
     for step in range(steps):
-        index = torch.randint(len(images), (batch,), generator=generator).to(device)
-        x = to_unit_range(images[index])
+        x = random_batch(images, batch, generator, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             posterior = vae.encode(x).latent_dist
             z = posterior.sample()
