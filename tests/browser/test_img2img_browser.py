@@ -42,9 +42,11 @@ def test_inpaint_with_a_painted_mask_changes_only_the_painted_area(page, server,
     render(scene_from_attributes(shape="circle", color="red", background="yellow", size="large"), size=64).save(source_path)
     page.click("#tab_img2img-button")
     page.click("#img2img_inpaint_tab-button")
-    page.locator("#img2maskimg input[type=file]").first.set_input_files(str(source_path))
-    # Loading the picture as the editor's background is its first undoable step: under load it can take seconds,
-    # and painting or generating before it leaves the editor without a background.
+    # Through the editor's Upload button, as a person does: setting the hidden file input directly is lost when the
+    # editor has not finished mounting. The loaded background is the editor's first undoable step.
+    with page.expect_file_chooser() as chooser:
+        page.click("#img2maskimg button[aria-label='Upload']")
+    chooser.value.set_files(str(source_path))
     page.wait_for_selector("#img2maskimg button[aria-label='Undo']:not([disabled])", timeout=60_000)
     page.wait_for_timeout(1000)  # the editor fits the picture into its canvas
     paint_strokes(page, "#img2maskimg", (0.05, 0.12, 0.19))
