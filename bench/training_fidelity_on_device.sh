@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The training engine on the lent GPU: the headless smoke run (bench/train_smoke_on_device.sh), then the
 # training-methods fidelity table (`python -m webui.eval.training_fidelity --device cuda`) in its own process
-# session. Phase "start" does both and waits; "finish" waits for the table again and copies it to $OUT.
+# session. Phase "start" does both (SMOKE=0 skips the smoke run) and waits; "finish" waits for the table again
+# and copies it to $OUT. ARGS go to the table (e.g. ARGS="--prompts 24").
 set -uo pipefail
 phase=${1:-start}
 if [ "$phase" = start ]; then
-    bash bench/train_smoke_on_device.sh
+    if [ "${SMOKE:-1}" = 1 ]; then
+        bash bench/train_smoke_on_device.sh
+    else
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    fi
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 setsid nohup python3 -m webui.eval.training_fidelity --device cuda \
-        --out /tmp/table/FIDELITY_TRAINING.md ${ARGS:-} > /tmp/table.log 2>&1 < /dev/null &
+        --out /tmp/table/FIDELITY_TRAINING.md --summary-in /tmp/table/none ${ARGS:-} > /tmp/table.log 2>&1 < /dev/null &
 fi
 for _ in $(seq 1 ${POLLS:-100}); do [ -f /tmp/table/FIDELITY_TRAINING.md ] && break; sleep 5; done
 grep -v torchvision /tmp/table.log | tail -25
