@@ -47,7 +47,7 @@ def test_inpaint_with_a_painted_mask_changes_only_the_painted_area(page, server,
     with page.expect_file_chooser() as chooser:
         page.click("#img2maskimg button[aria-label='Upload']")
     chooser.value.set_files(str(source_path))
-    page.wait_for_selector("#img2maskimg button[aria-label='Undo']:not([disabled])", timeout=60_000)
+    page.wait_for_selector("#img2maskimg button[aria-label='Undo']:not([disabled])")
     page.wait_for_timeout(1000)  # the editor fits the picture into its canvas
     paint_strokes(page, "#img2maskimg", (0.05, 0.12, 0.19))
     page.wait_for_timeout(500)

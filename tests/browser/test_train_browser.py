@@ -183,7 +183,9 @@ def test_presets_fill_the_form_and_the_users_own_are_saved_for_later(page, serve
     page.wait_for_selector("#train_preset_message:has-text('Loaded preset')")
     assert page.locator("#train_method").get_by_label("Textual Inversion", exact=True).is_checked()
     assert page.input_value("#train_resolution input[type=number]") == "512"
-    assert page.is_visible("#train_group_embedding") and not page.is_visible("#train_group_network")
+    # The method's settings groups follow the method in a second event: wait for them (fails on timeout).
+    page.wait_for_selector("#train_group_embedding", state="visible")
+    page.wait_for_selector("#train_group_network", state="hidden")
 
     set_number(page, "train_repeats", 7)
     fill_text(page, "train_preset_name", "browser_preset")
@@ -192,4 +194,5 @@ def test_presets_fill_the_form_and_the_users_own_are_saved_for_later(page, serve
     saved = json.loads((server.data_dir / "training" / "presets" / "browser_preset.json").read_text())
     assert saved["method"] == "textual_inversion" and saved["repeats"] == 7 and "output_name" not in saved
     page.click("#train_preset input")
+    page.wait_for_selector("[role=option]:has-text('browser_preset')")
     assert page.locator("[role=option]:has-text('browser_preset')").count() == 1

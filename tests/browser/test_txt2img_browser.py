@@ -117,6 +117,7 @@ def test_checkpoint_merger_tab_saves_a_model_that_appears_in_the_dropdown(page, 
     page.wait_for_selector("#merger_result:has-text('Saved')")
     assert (checkpoints / "browser-merge" / "model_index.json").is_file()
     page.click("#setting_sd_model_checkpoint input")
+    page.wait_for_selector("[role=option]:has-text('browser-merge')")
     assert page.locator("[role=option]:has-text('browser-merge')").count() == 1
 
 
