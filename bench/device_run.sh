@@ -2,8 +2,7 @@
 # How GPU figures in docs/BENCHMARKS.md were produced on the lent GPU machine (which lacks diffusers):
 # wheels carried in .whl/, installed to /tmp/site, then the benchmark and the engine tests on CUDA.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+source bench/device_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 python3 bench/txt2img_speed.py --device cuda --families ${FAMILIES:-sd1 sdxl} --out "${OUT:-/tmp}/txt2img_speed.json" 2>&1 | grep -v torchvision

@@ -3,8 +3,7 @@
 # scaling, and Textual Inversion on the toy default model, headless through `python -m webui.train` (the Train
 # tab's code path).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source bench/device_env.sh
 rm -rf /tmp/smoke && mkdir -p /tmp/smoke/data
 python3 - <<'PY'
 import json

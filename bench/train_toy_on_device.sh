@@ -10,9 +10,9 @@
 set -uo pipefail
 phase=${1:-start}
 if [ "$phase" = start ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    source bench/device_env.sh
     rm -rf /tmp/toy; mkdir -p /tmp/toy
-    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 setsid nohup python3 -m webui.eval.toy_model_training \
+    setsid nohup python3 -m webui.eval.toy_model_training \
         --out /tmp/toy/model --images ${IMAGES:-60000} \
         --vae-steps ${VAE_STEPS:-100000} --vae-batch ${VAE_BATCH:-64} --vae-lr ${VAE_LR:-5e-4} \
         --vae-minutes ${VAE_MINUTES:-8} --unet-steps ${UNET_STEPS:-100000} --batch ${BATCH:-512} \

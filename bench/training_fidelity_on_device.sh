@@ -6,12 +6,9 @@
 set -uo pipefail
 phase=${1:-start}
 if [ "$phase" = start ]; then
-    if [ "${SMOKE:-1}" = 1 ]; then
-        bash bench/train_smoke_on_device.sh
-    else
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    fi
-    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 setsid nohup python3 -m webui.eval.training_fidelity --device cuda \
+    [ "${SMOKE:-1}" = 1 ] && bash bench/train_smoke_on_device.sh
+    source bench/device_env.sh
+    setsid nohup python3 -m webui.eval.training_fidelity --device cuda \
         --out /tmp/table/FIDELITY_TRAINING.md --summary-in /tmp/table/none ${ARGS:-} > /tmp/table.log 2>&1 < /dev/null &
 fi
 for _ in $(seq 1 ${POLLS:-100}); do [ -f /tmp/table/FIDELITY_TRAINING.md ] && break; sleep 5; done

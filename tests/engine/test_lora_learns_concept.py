@@ -3,8 +3,8 @@
 Training and generation go through the app (`submit_training`, then `submit_txt2img` with
 `<lora:name:1>`), with the exact setup of `python -m webui.eval.training_fidelity`, so this is the LoRA
 row of docs/FIDELITY.md's training table on fewer, fresh prompts, held to the Train tab's goals (subject
-and prompt fidelity at least 0.8). Slow by nature: a real training run on
-the CPU (its time is printed and reported in that document, not asserted).
+and prompt fidelity at least 0.8). Slow by nature: a real training run on the CPU (its time is printed and
+reported in that document, not asserted).
 """
 
 from __future__ import annotations

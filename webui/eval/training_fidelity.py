@@ -10,7 +10,8 @@ background"), so the trigger can only bind to the shape. Training runs through t
 (`AppContext.submit_training`, the Train tab's path) with the method's default preset for the embedded
 model (`presets/toy_*.json`: 128 px, full precision, values from docs/TRAINING_PRESET_SWEEP.md), changed
 only as the report lists (no intermediate saves). The results are then used the way a user uses them,
-through `AppContext.submit_txt2img`: `<lora:name:1>` tags, the embedding's word, or the trained checkpoint. Three prompt sets are generated:
+through `AppContext.submit_txt2img`: `<lora:name:1>` tags, the embedding's word, or the trained checkpoint.
+Three prompt sets are generated:
 
 (a) the trigger in fresh contexts (colour, background, position combinations absent from the training
     captions): subject fidelity, and prompt fidelity for those attributes;

@@ -1,0 +1,4 @@
+# Sourced by the *_on_device.sh scripts: the lent GPU machine lacks diffusers and its helpers, so the wheels
+# carried in .whl/ go to /tmp/site, which (with the repository) comes first on PYTHONPATH.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
