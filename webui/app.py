@@ -10,18 +10,24 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from webui.settings import Settings, SettingsError, settings_from_args
+
+if TYPE_CHECKING:
+    from starlette.middleware import Middleware
 
 log = logging.getLogger("sdstudio")
 
 
-def serve(settings: Settings, ready: threading.Event | None = None) -> None:
-    """Build everything and serve until interrupted."""
+def serve(settings: Settings, ready: threading.Event | None = None, middleware: Sequence[Middleware] = ()) -> None:
+    """Build everything and serve until interrupted. `middleware` wraps every HTTP request, UI and API alike
+    (outermost first), e.g. the layer that authenticates callers."""
     from webui.context import build_context
+    from webui.security.limits import guard_library_decoders
 
     ctx = build_context(settings)
+    guard_library_decoders(ctx.request_limits)
     ctx.queue.submit("load-checkpoint", lambda control: ctx.manager.select(None))  # warm start, like A1111
     if settings.serve_ui:
         from webui.api.sdapi import install_api
@@ -32,7 +38,9 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
         app, local_url, share_url = blocks.launch(
             server_name=settings.host, server_port=settings.port, share=settings.share,
             auth=list(settings.auth) or None, prevent_thread_lock=True, show_error=True, quiet=True,
-            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None}, theme=THEME, css=CSS,
+            max_file_size=ctx.request_limits.max_upload_bytes,
+            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None, "middleware": list(middleware)},
+            theme=THEME, css=CSS,
         )
         if settings.serve_api:
             install_api(app, ctx)
@@ -46,7 +54,8 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
 
         from webui.api.sdapi import install_api
 
-        app = FastAPI(title="SD Studio API", docs_url=None, redoc_url=None, openapi_url=None)
+        app = FastAPI(title="SD Studio API", docs_url=None, redoc_url=None, openapi_url=None,
+                      middleware=list(middleware))
         install_api(app, ctx)
         print(f"SD Studio API running on http://{settings.host}:{settings.port}/sdapi/v1", flush=True)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

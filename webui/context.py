@@ -13,14 +13,14 @@ from pathlib import Path
 from webui.generation.prompt_syntax import extract_network_tags
 from PIL import Image
 
-from webui.generation.image_ops import check_image_size, open_user_image
+from webui.generation.image_ops import check_image_size
 from webui.generation.infotext import write_png_info
 from webui.generation.img2img import run_img2img
 from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
 from webui.jobs.progress import JobControl
-from webui.jobs.queue import Job, JobQueue
+from webui.jobs.queue import Job, JobQueue, QueueFullError
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.default_model import ensure_default_model
 from webui.models.embeddings import EmbeddingCatalog
@@ -30,6 +30,7 @@ from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager, resolve_device, resolve_dtype
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
 from webui.models.vae import read_vae_state_dict, scan_vaes
+from webui.security.limits import RequestLimits
 from webui.settings import Settings
 from webui.training.config import IMAGE_SUFFIXES, TrainingConfig
 from webui.training.dataset import scan_dataset
@@ -46,6 +47,7 @@ class AppContext:
     styles: StyleDatabase
     limits: GenerationLimits
     loras: LoraCatalog
+    request_limits: RequestLimits = field(default_factory=RequestLimits)  # its `generation` is `limits`
     training: TrainingMonitor | None = field(default=None)  # the latest training run, for reconnecting UIs
     _training_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -87,20 +89,22 @@ class AppContext:
         prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
         return self.loras.resolve_tags(extract_network_tags(prompt)[1] + extract_network_tags(negative)[1])
 
-    def submit_txt2img(self, request: Txt2ImgRequest) -> Job:
+    # Every submit_* takes the owner: the name of the user asking (`User.name`), None for the app's own
+    # and command-line work. The queue bounds jobs per owner and only the owner or an admin stops a job.
+    def submit_txt2img(self, request: Txt2ImgRequest, owner: str | None = None) -> Job:
         """Validate, then queue; the returned job carries progress and, when done, a GenerationResult."""
         request = self.validate_txt2img(request)
         loras, vae = self.lora_uses(request), self.resolve_vae(request.vae)
-        return self.queue.submit("txt2img", lambda control: self._generate(request, loras, vae, control))
+        return self.queue.submit("txt2img", lambda control: self._generate(request, loras, vae, control), owner)
 
-    def submit_img2img(self, request: Img2ImgRequest) -> Job:
+    def submit_img2img(self, request: Img2ImgRequest, owner: str | None = None) -> Job:
         """img2img / inpaint / outpaint: same checks and the same worker as txt2img."""
         request = self.validate_txt2img(request)
         loras, vae = self.lora_uses(request), self.resolve_vae(request.vae)
-        return self.queue.submit("img2img", lambda control: self._generate(request, loras, vae, control))
+        return self.queue.submit("img2img", lambda control: self._generate(request, loras, vae, control), owner)
 
     def submit_img2img_batch(self, template: Img2ImgRequest, input_folder: str, output_folder: str,
-                             mask_folder: str = "") -> Job:
+                             mask_folder: str = "", owner: str | None = None) -> Job:
         """A1111's Batch tab: every image in a folder (with the same-named mask when a mask folder is given)
         through one queued job; results are saved into the output folder with their infotext."""
         inputs = Path(input_folder).expanduser()
@@ -125,9 +129,9 @@ class AppContext:
                     break
                 control.set_message(f"image {index + 1} of {len(files)}: {path.name}")
                 try:
-                    image = open_user_image(path.read_bytes())
+                    image = self.request_limits.open_image(path, path.name)
                     mask_path = next((m for m in masks.glob(path.stem + ".*")), None) if masks else None
-                    mask = open_user_image(mask_path.read_bytes()) if mask_path else None
+                    mask = self.request_limits.open_image(mask_path, mask_path.name) if mask_path else None
                     request = template.with_changes(init_images=(image,), mask=mask, save_images=False)
                     result = self.generate_now(request, control)
                 except (ValueError, OSError) as error:
@@ -144,7 +148,7 @@ class AppContext:
             combined.interrupted = control.interrupted
             return combined
 
-        return self.queue.submit("img2img-batch", work)
+        return self.queue.submit("img2img-batch", work, owner)
 
     def generate_now(self, request: Txt2ImgRequest, control: JobControl | None = None) -> GenerationResult:
         """Validate and generate on the calling thread. Only for code already running inside a queue job
@@ -164,7 +168,7 @@ class AppContext:
                              checkpoints_dir=self.settings.checkpoint_folder,
                              work_dir=self.settings.data_dir / "training")
 
-    def submit_training(self, config: TrainingConfig) -> Job:
+    def submit_training(self, config: TrainingConfig, owner: str | None = None) -> Job:
         """Check the config and dataset now (errors reach the user at once), then train on the worker.
 
         The base checkpoint defaults to the loaded one. Results are listed as soon as the job ends.
@@ -179,7 +183,7 @@ class AppContext:
             if self.training is not None and not self.training.finished:
                 raise TrainingBusyError(f"training {self.training.config.output_name!r} is still running: "
                                         "cancel it or wait until it finishes")
-            monitor = TrainingMonitor(config)
+            previous, monitor = self.training, TrainingMonitor(config)
             self.training = monitor
 
         def work(control: JobControl) -> TrainingResult:
@@ -199,7 +203,12 @@ class AppContext:
             monitor.finish(result)
             return result
 
-        return self.queue.submit("train", work)
+        try:
+            return self.queue.submit("train", work, owner)
+        except QueueFullError:
+            with self._training_lock:  # nothing was queued: give the claim back
+                self.training = previous
+            raise
 
     def refresh_trained_models(self) -> None:
         """Make new LoRAs, embeddings and checkpoints usable without a restart."""
@@ -214,16 +223,16 @@ class AppContext:
     def refresh_checkpoints(self) -> list[CheckpointRecord]:
         return self.catalog.refresh()
 
-    def select_checkpoint(self, wanted: str) -> CheckpointRecord:
+    def select_checkpoint(self, wanted: str, owner: str | None = None) -> CheckpointRecord:
         """Load a checkpoint as the current one, in turn with other GPU work."""
         if looks_like_repo_id(wanted):  # may download: do it on the worker, in turn with other jobs
-            return self.queue.run("load-checkpoint", lambda control: self.manager.select(wanted))
+            return self.queue.run("load-checkpoint", lambda control: self.manager.select(wanted), owner=owner)
         record = self.catalog.find(wanted)
         if not record.usable:
             raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
-        return self.queue.run("load-checkpoint", lambda control: self.manager.select(record.title))
+        return self.queue.run("load-checkpoint", lambda control: self.manager.select(record.title), owner=owner)
 
-    def merge_checkpoints(self, recipe: MergeRecipe, output_name: str) -> CheckpointRecord:
+    def merge_checkpoints(self, recipe: MergeRecipe, output_name: str, owner: str | None = None) -> CheckpointRecord:
         """Merge on the worker (it reads whole checkpoints), save beside the others, list it at once."""
         names = [recipe.primary, recipe.secondary] + ([recipe.tertiary] if recipe.tertiary else [])
         records = [self.catalog.find(name) for name in names]
@@ -241,7 +250,7 @@ class AppContext:
             self.catalog.refresh()
             return next(r for r in self.catalog.records() if r.path == path)
 
-        return self.queue.run("merge-checkpoints", work)
+        return self.queue.run("merge-checkpoints", work, owner=owner)
 
     def current_checkpoint_title(self) -> str | None:
         current = self.manager.current
@@ -264,12 +273,15 @@ def build_context(settings: Settings) -> AppContext:
         preferred_checkpoint=settings.extra.get("sd_model_checkpoint"),
         embedding_catalog=EmbeddingCatalog(settings.embeddings_folder),
     )
+    request_limits = RequestLimits.from_settings(settings)
     return AppContext(
         settings=settings,
         catalog=catalog,
         manager=manager,
-        queue=JobQueue(preview_every_n_steps=settings.preview_every_n_steps),
+        queue=JobQueue(preview_every_n_steps=settings.preview_every_n_steps, max_jobs=request_limits.max_queue,
+                       max_jobs_per_owner=request_limits.max_queue_per_user),
         styles=StyleDatabase(settings.styles_file),
-        limits=GenerationLimits(max_side=settings.max_image_side, max_images=settings.max_batch_images),
+        limits=request_limits.generation,
         loras=LoraCatalog(settings.lora_folder, hash_cache),
+        request_limits=request_limits,
     )

@@ -44,6 +44,9 @@ class Settings:
     preview_every_n_steps: int = 2
     max_image_side: int = 2048
     max_batch_images: int = 64
+    max_image_pixels: int = 4096 * 4096   # uploads with more pixels are refused before decoding
+    max_queue: int = 64                   # jobs queued or running, everyone together
+    max_queue_per_user: int = 16          # jobs queued or running for one user
     skip_install: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -114,6 +117,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", default=None, help="require login: user:pass[,user2:pass2]")
     parser.add_argument("--auth-file", type=Path, default=None, help="file with user:pass entries, one per line or comma-separated")
     parser.add_argument("--checkpoints-in-ram", type=int, default=None, help="recent checkpoints kept in RAM for fast switching (default 2)")
+    parser.add_argument("--max-image-pixels", type=int, default=None,
+                        help="refuse uploaded images with more pixels than this, before decoding them "
+                        "(default 16777216 = 4096x4096)")
+    parser.add_argument("--max-queue", type=int, default=None,
+                        help="jobs queued or running at once, all users together; more are refused with 503 (default 64)")
+    parser.add_argument("--max-queue-per-user", type=int, default=None,
+                        help="jobs queued or running at once for one user; more are refused with 429 (default 16)")
     parser.add_argument("--skip-install", action="store_true", help="do not create/update the virtual environment")
     return parser
 
@@ -164,7 +174,16 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
     checkpoints_in_ram = args.checkpoints_in_ram or int(config.get("checkpoints_in_ram", 2))
     if checkpoints_in_ram < 1:
         raise SettingsError("--checkpoints-in-ram must be at least 1")
+    limits = {}
+    for flag, name in (("--max-image-pixels", "max_image_pixels"), ("--max-queue", "max_queue"),
+                       ("--max-queue-per-user", "max_queue_per_user")):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SettingsError(f"{flag} must be at least 1")
+        if value is not None:
+            limits[name] = value
     return Settings(
+        **limits,
         data_dir=data_dir,
         ckpt_dir=args.ckpt_dir,
         lora_dir=args.lora_dir,

@@ -3,11 +3,17 @@
 Field names, defaults and response shapes follow A1111's modules/api so existing clients work
 unchanged. Bad input is answered with a 4xx and a reason (`{"detail": ...}`), never a traceback;
 generation goes through the same queue as the UI, so overlapping calls run one after another.
+
+JSON hygiene: fields this server does not know are ignored and never echoed; NaN, Infinity and
+numbers out of range (`1e400` for an int) are refused with 422 naming the field. Images are decoded
+through the request limits' checked opener, and all decoding and encoding runs on worker threads: the
+event loop only awaits, so a flood of waiting requests cannot starve `progress`.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import inspect
 import io
@@ -15,26 +21,43 @@ import json
 import secrets
 from typing import Any, Callable
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from webui.api.job_wait import wait_for_job
 from webui.context import AppContext
+from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.infotext import parse_infotext, read_infotext
 from webui.generation.requests import HIRES_UPSCALERS, Img2ImgRequest, Txt2ImgRequest
 from webui.generation.samplers import SAMPLERS, schedule_type_names
+from webui.jobs.queue import JobCancelled, QueueFullError
+from webui.security.identity import Forbidden, NotAuthenticated, User, request_user
+from webui.security.limits import RequestLimits
 from webui.ui.errors import user_error
 
 API_PREFIX = "/sdapi/v1"
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+STRICT_JSON = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class OverrideSettings(BaseModel):
+    """The `override_settings` keys this server applies per request; A1111 clients send many more, ignored."""
+
+    model_config = STRICT_JSON
+
+    sd_model_checkpoint: str | None = None
+    sd_vae: str | None = None
+    CLIP_stop_at_last_layers: int = 1
 
 
 class Txt2ImgBody(BaseModel):
     """A1111's StableDiffusionTxt2ImgProcessingAPI fields that this server honours; others are ignored."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_JSON
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -51,7 +74,7 @@ class Txt2ImgBody(BaseModel):
     cfg_scale: float = 7.0
     width: int = 512
     height: int = 512
-    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings: OverrideSettings = Field(default_factory=OverrideSettings)
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
     save_images: bool = False
@@ -82,13 +105,43 @@ class Img2ImgBody(Txt2ImgBody):
 
 
 class OptionsBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_JSON
 
     sd_model_checkpoint: str | None = None
 
 
 class PngInfoBody(BaseModel):
+    model_config = STRICT_JSON
+
     image: str
+
+
+class ReasonedValidationRoute(APIRoute):
+    """A body that does not validate gets 422 naming each field and the problem, never the value.
+
+    FastAPI's default answer echoes the offending input: a NaN cannot be written as JSON (that was a
+    500) and an echoed 200 MB field makes a 200 MB answer.
+    """
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Any:
+            try:
+                return await handler(request)
+            except RequestValidationError as error:
+                raise HTTPException(422, validation_reason(error)) from None
+
+        return answer
+
+
+def validation_reason(error: RequestValidationError) -> str:
+    """`seed: Input should be a finite number; width: ...`: field paths without the `body` prefix."""
+    parts = []
+    for problem in error.errors():
+        location = [str(part) for part in problem.get("loc", ()) if part != "body"]
+        parts.append(f"{'.'.join(location) or 'body'}: {problem.get('msg', 'invalid value')}")
+    return "; ".join(parts[:10]) or "the request body is not valid"
 
 
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
@@ -99,34 +152,34 @@ def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_image(data: str) -> Image.Image:
-    """A base64 image (optionally a data: URL) -> PIL image, or a 422 naming the problem."""
+def decode_image(data: str, limits: RequestLimits, field_name: str = "image") -> Image.Image:
+    """A base64 image (optionally a data: URL) -> PIL image through the checked opener: 413 for too many
+    bytes or pixels (judged before decoding), 422 naming the problem otherwise. Call it off the event loop."""
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
+    limits.check_upload_bytes(len(data) * 3 // 4, field_name)  # before spending time on base64
     try:
         raw = base64.b64decode(data, validate=False)
-    except (ValueError, TypeError):
-        raise HTTPException(422, "image is not valid base64") from None
-    if len(raw) > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, f"image is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+    except (ValueError, TypeError, binascii.Error):
+        raise HTTPException(422, f"{field_name} is not valid base64") from None
     try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (UnidentifiedImageError, OSError):
-        raise HTTPException(422, "data is not an image Pillow can read") from None
-    return image
+        return limits.open_image(raw, field_name)
+    except ImageTooLargeError as error:
+        raise HTTPException(413, f"{field_name}: {error}") from None
+    except ValueError:
+        raise HTTPException(422, f"{field_name}: data is not an image Pillow can read") from None
 
 
 def _common_fields(body: Txt2ImgBody) -> dict[str, Any]:
-    overrides = body.override_settings or {}
+    overrides = body.override_settings
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, styles=tuple(body.styles),
         steps=body.steps, sampler_name=body.sampler_name or body.sampler_index or "DPM++ 2M",
         scheduler=body.scheduler or "Automatic", cfg_scale=body.cfg_scale, width=body.width, height=body.height,
         seed=body.seed, subseed=body.subseed, subseed_strength=body.subseed_strength, batch_count=body.n_iter,
-        batch_size=body.batch_size, clip_skip=int(overrides.get("CLIP_stop_at_last_layers", 1)),
-        checkpoint=overrides.get("sd_model_checkpoint") or None, save_images=body.save_images,
-        vae=overrides.get("sd_vae") or "Automatic",
+        batch_size=body.batch_size, clip_skip=overrides.CLIP_stop_at_last_layers,
+        checkpoint=overrides.sd_model_checkpoint or None, save_images=body.save_images,
+        vae=overrides.sd_vae or "Automatic",
     )
 
 
@@ -142,12 +195,13 @@ def txt2img_request_from_body(body: Txt2ImgBody) -> Txt2ImgRequest:
     return Txt2ImgRequest(**_common_fields(body), **hires)
 
 
-def img2img_request_from_body(body: Img2ImgBody) -> Img2ImgRequest:
+def img2img_request_from_body(body: Img2ImgBody, limits: RequestLimits) -> Img2ImgRequest:
+    """Decodes the images: call it off the event loop."""
     if not body.init_images:
         raise HTTPException(422, "init_images must hold at least one base64 image")
     return Img2ImgRequest(
-        **_common_fields(body), init_images=(decode_image(body.init_images[0]),),
-        mask=decode_image(body.mask) if body.mask else None, resize_mode=body.resize_mode,
+        **_common_fields(body), init_images=(decode_image(body.init_images[0], limits, "init_images[0]"),),
+        mask=decode_image(body.mask, limits, "mask") if body.mask else None, resize_mode=body.resize_mode,
         denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength,
         mask_blur=body.mask_blur, inpainting_fill=body.inpainting_fill, inpaint_full_res=body.inpaint_full_res,
         inpaint_full_res_padding=body.inpaint_full_res_padding, inpainting_mask_invert=body.inpainting_mask_invert,
@@ -155,7 +209,8 @@ def img2img_request_from_body(body: Img2ImgBody) -> Img2ImgRequest:
 
 
 def generation_response(body: Txt2ImgBody, request: Txt2ImgRequest, result) -> dict[str, Any]:
-    """A1111's response: base64 PNGs (grid first when there is one), the request echoed, info as a JSON string."""
+    """A1111's response: base64 PNGs (grid first when there is one), the known request fields echoed, info
+    as a JSON string. Encodes PNGs: call it off the event loop."""
     images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts)] if body.send_images else []
     if body.send_images and result.grid is not None:
         images.insert(0, encode_png(result.grid, result.infotexts[0]))
@@ -163,23 +218,35 @@ def generation_response(body: Txt2ImgBody, request: Txt2ImgRequest, result) -> d
     return {"images": images, "parameters": parameters, "info": json.dumps(result.info(request))}
 
 
+async def api_user(request: Request) -> User:
+    """FastAPI dependency: the caller the auth middleware attached to the request; 401 when there is none."""
+    try:
+        return request_user(request)
+    except NotAuthenticated as error:
+        raise HTTPException(401, str(error)) from None
+
+
 def build_api_router(ctx: AppContext) -> APIRouter:
     dependencies = [Depends(basic_auth_dependency(ctx))] if ctx.settings.auth else []
-    router = APIRouter(prefix=API_PREFIX, dependencies=dependencies)
+    router = APIRouter(prefix=API_PREFIX, dependencies=dependencies, route_class=ReasonedValidationRoute)
+    limits = ctx.request_limits
 
     @router.post("/txt2img")
     @translate_errors
-    async def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
+    async def txt2img(body: Txt2ImgBody, http: Request, user: User = Depends(api_user)) -> dict[str, Any]:
         request = txt2img_request_from_body(body)
-        job = ctx.submit_txt2img(request)  # validation errors raise before queueing
-        return generation_response(body, request, await run_in_threadpool(job.result))
+        # Validation (files, styles, LoRA folder) and queueing on a worker thread; errors raise before queueing.
+        job = await run_in_threadpool(ctx.submit_txt2img, request, user.name)
+        result = await wait_for_job(ctx.queue, job, http)
+        return await run_in_threadpool(generation_response, body, request, result)
 
     @router.post("/img2img")
     @translate_errors
-    async def img2img(body: Img2ImgBody) -> dict[str, Any]:
-        request = img2img_request_from_body(body)
-        job = ctx.submit_img2img(request)
-        return generation_response(body, request, await run_in_threadpool(job.result))
+    async def img2img(body: Img2ImgBody, http: Request, user: User = Depends(api_user)) -> dict[str, Any]:
+        request = await run_in_threadpool(img2img_request_from_body, body, limits)
+        job = await run_in_threadpool(ctx.submit_img2img, request, user.name)
+        result = await wait_for_job(ctx.queue, job, http)
+        return await run_in_threadpool(generation_response, body, request, result)
 
     @router.get("/upscalers")
     @translate_errors
@@ -239,18 +306,24 @@ def build_api_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/options")
     @translate_errors
-    async def set_options(body: OptionsBody) -> dict[str, Any]:
+    async def set_options(body: OptionsBody, user: User = Depends(api_user)) -> dict[str, Any]:
         if body.sd_model_checkpoint:
-            record = await run_in_threadpool(ctx.select_checkpoint, body.sd_model_checkpoint)
+            record = await run_in_threadpool(ctx.select_checkpoint, body.sd_model_checkpoint, user.name)
             return {"sd_model_checkpoint": record.title}
         return get_options()
 
     @router.get("/progress")
     @translate_errors
-    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+    def progress(skip_current_image: bool = False, user: User = Depends(api_user)) -> dict[str, Any]:
+        """A1111's progress for the caller's own running job (an admin sees any). Others learn only that
+        the server is busy, how many jobs there are and where their own first job stands
+        (`queue_position`: 0 running, 1 next, None when they have none)."""
         job = ctx.queue.current
-        if job is None:
-            return {"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": ctx.queue.pending, "interrupted": False},
+        position = ctx.queue.first_position_of(user.name)
+        if job is None or not user.may_act_on(job.owner):
+            return {"progress": 0.0, "eta_relative": 0.0,
+                    "state": {"job_count": ctx.queue.pending + (job is not None), "busy": job is not None,
+                              "queue_position": position, "interrupted": False},
                     "current_image": None, "textinfo": None}
         snapshot = job.control.snapshot()
         current_image = None
@@ -261,25 +334,27 @@ def build_api_router(ctx: AppContext) -> APIRouter:
             "eta_relative": snapshot.eta_seconds or 0.0,
             "state": {"job": f"job-{job.job_id}", "job_count": ctx.queue.pending + 1, "job_no": snapshot.batch_index,
                       "sampling_step": snapshot.step, "sampling_steps": snapshot.total_steps,
-                      "interrupted": job.control.interrupted},
+                      "interrupted": job.control.interrupted, "busy": True, "queue_position": position},
             "current_image": current_image,
             "textinfo": snapshot.message or None,
         }
 
     @router.post("/interrupt")
     @translate_errors
-    def interrupt() -> dict[str, Any]:
-        return {"interrupted": ctx.queue.interrupt_current()}
+    def interrupt(user: User = Depends(api_user)) -> dict[str, Any]:
+        check_may_stop_current(ctx, user, "interrupt")
+        return {"interrupted": ctx.queue.interrupt_current(user.may_act_on)}
 
     @router.post("/skip")
     @translate_errors
-    def skip() -> dict[str, Any]:
-        return {"skipped": ctx.queue.skip_current()}
+    def skip(user: User = Depends(api_user)) -> dict[str, Any]:
+        check_may_stop_current(ctx, user, "skip")
+        return {"skipped": ctx.queue.skip_current(user.may_act_on)}
 
     @router.post("/png-info")
     @translate_errors
-    def png_info(body: PngInfoBody) -> dict[str, Any]:
-        image = decode_image(body.image)
+    def png_info(body: PngInfoBody) -> dict[str, Any]:  # a plain def: FastAPI runs it on a worker thread
+        image = decode_image(body.image, limits)
         text = read_infotext(image) or ""
         parsed = parse_infotext(text) if text else {}
         return {"info": text, "items": {"parameters": text} if text else {}, "parameters": parsed}
@@ -301,6 +376,13 @@ def build_api_router(ctx: AppContext) -> APIRouter:
                 "precision": s.precision, "data_dir": str(s.data_dir), "auth": bool(s.auth)}
 
     return router
+
+
+def check_may_stop_current(ctx: AppContext, user: User, action: str) -> None:
+    """403 when the running job belongs to someone else and the caller is not an admin."""
+    job = ctx.queue.current
+    if job is not None and not user.may_act_on(job.owner):
+        raise Forbidden(f"cannot {action}: the running job belongs to another user; only they or an admin can stop it")
 
 
 def basic_auth_dependency(ctx: AppContext):
@@ -325,11 +407,22 @@ def install_api(app: FastAPI, ctx: AppContext) -> None:
 
 
 def translate_errors(handler: Callable) -> Callable:
-    """Engine errors -> HTTP answers with the reason: unknown names 404, bad values 422, disk 507."""
+    """Engine errors -> HTTP answers with the reason: unknown names 404, bad values 422, too large 413,
+    not signed in 401, not allowed 403, queue full 503 (this user's share full: 429), disk 507."""
 
     def convert(error: Exception) -> HTTPException:
         if isinstance(error, HTTPException):
             return error
+        if isinstance(error, NotAuthenticated):
+            return HTTPException(401, str(error))
+        if isinstance(error, Forbidden):
+            return HTTPException(403, str(error))
+        if isinstance(error, QueueFullError):
+            return HTTPException(429 if error.per_owner else 503, str(error), headers={"Retry-After": "10"})
+        if isinstance(error, JobCancelled):
+            return HTTPException(409, str(error))
+        if isinstance(error, ImageTooLargeError):
+            return HTTPException(413, user_error(error))
         if isinstance(error, LookupError):
             return HTTPException(404, user_error(error))
         if isinstance(error, ValueError):

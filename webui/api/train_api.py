@@ -12,8 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
-from webui.api.sdapi import API_PREFIX, basic_auth_dependency, translate_errors
+from webui.api.sdapi import API_PREFIX, api_user, basic_auth_dependency, translate_errors
 from webui.context import AppContext
+from webui.security.identity import User
 from webui.training.config import TrainingConfig, load_preset
 from webui.ui.errors import user_error
 from webui.training.monitor import TrainingBusyError
@@ -33,7 +34,7 @@ def build_train_router(ctx: AppContext) -> APIRouter:
 
     @router.post("", status_code=202)
     @translate_errors
-    def start(body: Any = Body(...)) -> JSONResponse:
+    def start(body: Any = Body(...), user: User = Depends(api_user)) -> JSONResponse:
         """Queue a run: 202 with the job's state, 422 with the reason for a bad config or dataset."""
         if not isinstance(body, dict):
             raise HTTPException(422, "the body must be a JSON object of TrainingConfig fields")
@@ -41,7 +42,7 @@ def build_train_router(ctx: AppContext) -> APIRouter:
             config = TrainingConfig.from_dict(body)
             if not config.base_checkpoint:
                 config = config.replace(base_checkpoint=ctx.current_checkpoint_title() or "")
-            job = start_training(ctx, config)
+            job = start_training(ctx, config, user.name)
         except TrainingBusyError as error:
             raise HTTPException(409, str(error)) from None
         except (ValueError, LookupError) as error:  # config, dataset and checkpoint problems
@@ -61,9 +62,10 @@ def build_train_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/cancel")
     @translate_errors
-    def cancel() -> dict[str, Any]:
-        was_training = current_job_is_training(ctx)
-        return {"cancelled": was_training, "message": cancel_training(ctx)}
+    def cancel(user: User = Depends(api_user)) -> dict[str, Any]:
+        job = ctx.queue.current
+        was_training = current_job_is_training(ctx) and job is not None and user.may_act_on(job.owner)
+        return {"cancelled": was_training, "message": cancel_training(ctx, user)}
 
     @router.get("/presets")
     @translate_errors

@@ -35,6 +35,10 @@ class ImageInputError(ValueError):
     """A user-supplied image cannot be used; the message is meant for the user."""
 
 
+class ImageTooLargeError(ImageInputError):
+    """A user-supplied image has more pixels (or bytes) than the server decodes (HTTP 413)."""
+
+
 class LabelledChoice(int, enum.Enum):
     """An int enum whose members also carry the label A1111 shows in its UI.
 
@@ -151,18 +155,43 @@ def to_rgb(
         raise ImageInputError(f"images in colour mode {image.mode!r} are not supported") from error
 
 
-def open_user_image(source: bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image) -> Image.Image:
+def check_pixel_count(size: tuple[int, int], max_pixels: int | None, description: str = "the image") -> None:
+    """Refuse an image whose width x height exceeds ``max_pixels`` (None: no limit), naming both numbers.
+
+    Called with the size Pillow reads from the file header, before any pixel is decoded: a 450 KB PNG
+    can hold 12000x12000 pixels, which decodes to over 400 MB, so the size must be judged first.
+    """
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{description} is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels "
+            "(scale it down first)"
+        )
+
+
+def bomb_message(description: str, max_pixels: int | None, error: Exception) -> str:
+    """The refusal for an image Pillow's own guard stopped in `Image.open` (before decoding)."""
+    limit = f"; the limit is {max_pixels:,} pixels" if max_pixels is not None else ""
+    return f"{description} has too many pixels to decode safely{limit} ({error})"
+
+
+def open_user_image(
+    source: bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image, max_pixels: int | None = None
+) -> Image.Image:
     """Decode an upload, file path or PIL image fully, with the EXIF rotation applied.
 
-    Decoding everything up front (``load``) surfaces truncated files here, as an
-    :class:`ImageInputError` the UI can show, instead of as an obscure error
-    deep inside generation. Phone photos store their rotation in EXIF; browsers
-    display it applied, so we apply it too, or the user's portrait would be
-    processed lying on its side. The colour mode is kept (masks need alpha).
+    The pixel count is checked from the header (``Image.open`` is lazy) before anything is decoded, so
+    an image with more than ``max_pixels`` pixels costs no memory; Pillow's own bomb guard becomes the
+    same :class:`ImageTooLargeError`. Decoding everything up front (``load``) surfaces truncated files
+    here, as an :class:`ImageInputError` the UI can show, instead of as an obscure error deep inside
+    generation. Phone photos store their rotation in EXIF; browsers display it applied, so we apply it
+    too, or the user's portrait would be processed lying on its side. The colour mode is kept (masks
+    need alpha).
     """
     if isinstance(source, Image.Image):
         image = source
         description = "the image"
+        check_pixel_count(image.size, max_pixels, description)
         try:
             image.load()
         except _DECODE_ERRORS as error:
@@ -180,10 +209,13 @@ def open_user_image(source: bytes | bytearray | memoryview | str | os.PathLike[s
                 raise ImageInputError(f"image file not found: {stream}")
         try:
             with Image.open(stream) as opened:
+                check_pixel_count(opened.size, max_pixels, description)
                 opened.load()
                 image = opened
+        except ImageTooLargeError:
+            raise
         except Image.DecompressionBombError as error:
-            raise ImageInputError(f"{description} has too many pixels to decode safely ({error})") from error
+            raise ImageTooLargeError(bomb_message(description, max_pixels, error)) from error
         except Image.UnidentifiedImageError as error:
             raise ImageInputError(
                 f"{description} is not an image Pillow can read (expected PNG, JPEG, WebP, BMP, GIF, TIFF ...)"

@@ -19,11 +19,18 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class GenerationLimits:
-    """Server-side caps so a single request cannot exhaust memory or run forever."""
+    """Server-side caps so a single request cannot exhaust memory or run forever.
+
+    `max_total_steps` bounds the whole request's work: images x (steps + hires steps), so a batch of
+    64 images at 150 steps cannot hold the GPU for an hour while others wait. `max_prompt_chars`
+    applies to each prompt field; real prompts, LoRA tags included, stay far below it.
+    """
 
     max_side: int = 2048
     max_steps: int = 150
     max_images: int = 64
+    max_total_steps: int = 4000
+    max_prompt_chars: int = 20000
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,12 @@ class Txt2ImgRequest:
         _check_float("subseed_strength", self.subseed_strength, 0.0, 1.0)
         for name in ("seed", "subseed"):
             _check_int(name, getattr(self, name), -1, 2**32 - 1)
-        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
-            raise RequestError("prompt and negative_prompt must be text")
+        for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+            text = getattr(self, name)
+            if not isinstance(text, str):
+                raise RequestError(f"{name} must be text")
+            if len(text) > limits.max_prompt_chars:
+                raise RequestError(f"{name} is {len(text):,} characters long; the limit is {limits.max_prompt_chars:,}")
         # Accepts A1111 aliases and legacy names ("DPM++ 2M Karras") and returns canonical ones.
         sampler, schedule = resolve_sampler_and_schedule(self.sampler_name, self.scheduler)
         if schedule not in schedule_types_for(sampler.name):
@@ -96,6 +107,12 @@ class Txt2ImgRequest:
             )
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_hires(self, limits)
+        total_steps = self.image_count * (self.steps + (self.hr_second_pass_steps or self.steps if self.enable_hr else 0))
+        if total_steps > limits.max_total_steps:
+            raise RequestError(
+                f"batch_count x batch_size x steps (hires steps included) = {total_steps} exceeds the limit of "
+                f"{limits.max_total_steps} steps per request; split it into smaller requests"
+            )
         return replace(self, sampler_name=sampler.name, scheduler=schedule)
 
 

@@ -9,6 +9,7 @@ from webui.context import AppContext
 from webui.ui.errors import user_error
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
+from webui.ui.caller import ui_user
 from webui.ui.png_info_tab import build_png_info_tab
 from webui.ui.train_tab import build_train_tab, compare_epochs_request
 from webui.ui.generation_controls import GenerationControls
@@ -66,7 +67,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = build_img2img_tab(ctx, native_size(ctx), checkpoint, vae)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                pnginfo_raw, send_to_txt2img = build_png_info_tab()
+                pnginfo_raw, send_to_txt2img = build_png_info_tab(ctx.request_limits)
             with gr.Tab("Checkpoint Merger", id="merger", elem_id="tab_merger") as merger_tab:
                 build_merger_tab(ctx, checkpoint, merger_tab)
             # tabs: Train (the Train tab's block goes below this line)
@@ -86,11 +87,12 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             return (gr.update(choices=titles, value=ctx.current_checkpoint_title() or next(iter(titles), None)),
                     unusable_note(), gr.update(choices=ctx.vae_names()))
 
-        def choose_checkpoint(title: str):
+        def choose_checkpoint(title: str, request: gr.Request):
             if not title:
                 return gr.update()
+            owner = ui_user(request).name
             try:
-                record = ctx.select_checkpoint(title)
+                record = ctx.select_checkpoint(title, owner)
             except Exception as error:  # the previous model stays loaded and usable
                 raise gr.Error(user_error(error)) from None
             return gr.update(choices=ctx.checkpoint_titles(), value=record.title)

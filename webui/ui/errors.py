@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from webui.jobs.queue import JobCancelled, QueueFullError
 from webui.models.checkpoint_loading import CheckpointLoadError
 
-USER_ERRORS = (ValueError, LookupError, OSError, CheckpointLoadError)
+USER_ERRORS = (ValueError, LookupError, OSError, CheckpointLoadError, QueueFullError, JobCancelled)
 
 
 def user_error(error: BaseException) -> str:

@@ -14,6 +14,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from webui.context import AppContext
+from webui.ui.caller import ui_user
 from webui.ui.errors import user_error
 
 TILE_SIZE = 160
@@ -120,9 +121,10 @@ def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dro
     if checkpoint is not None:
         checkpoint_gallery, checkpoint_names = galleries["checkpoints"]
 
-        def load_checkpoint(names: list[str], event: gr.SelectData):
+        def load_checkpoint(names: list[str], event: gr.SelectData, request: gr.Request):
+            owner = ui_user(request).name
             try:
-                record = ctx.select_checkpoint(names[event.index])
+                record = ctx.select_checkpoint(names[event.index], owner)
             except Exception as error:  # the current model stays loaded
                 raise gr.Error(user_error(error)) from None
             return gr.update(choices=ctx.checkpoint_titles(), value=record.title)

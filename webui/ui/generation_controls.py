@@ -15,7 +15,8 @@ import gradio as gr
 from webui.context import AppContext
 from webui.generation.samplers import sampler_names, schedule_types_for
 from webui.jobs.progress import ProgressSnapshot
-from webui.jobs.queue import Job
+from webui.jobs.queue import Job, QueueFullError
+from webui.ui.caller import ui_user
 from webui.ui.errors import user_error
 from webui.ui.extra_networks import build_extra_networks
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
@@ -84,8 +85,16 @@ def build_prompt_area(ctx: AppContext, prefix: str, checkpoint: gr.Dropdown | No
             styles = gr.Dropdown(label="Styles", choices=ctx.styles.names(), multiselect=True, elem_id=f"{prefix}_styles")
             refresh_styles = gr.Button("🔄 Refresh styles", size="sm")
     refresh_styles.click(lambda: gr.update(choices=ctx.styles.names()), inputs=None, outputs=styles)
-    interrupt.click(lambda: ctx.queue.interrupt_current(), inputs=None, outputs=None)
-    skip.click(lambda: ctx.queue.skip_current(), inputs=None, outputs=None)
+
+    def interrupt_own(request: gr.Request) -> None:
+        """Stop the running job if it is the caller's (an admin may stop anyone's)."""
+        ctx.queue.interrupt_current(ui_user(request).may_act_on)
+
+    def skip_own(request: gr.Request) -> None:
+        ctx.queue.skip_current(ui_user(request).may_act_on)
+
+    interrupt.click(interrupt_own, inputs=None, outputs=None)
+    skip.click(skip_own, inputs=None, outputs=None)
     return PromptArea(prompt, negative_prompt, generate, interrupt, skip, paste, styles)
 
 
@@ -170,9 +179,10 @@ def request_values(named: dict[str, Any], style_names: tuple[str, ...], vae_name
 
 
 def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, fields: dict[str, Any], output: OutputArea,
-                    vae: gr.Dropdown | None, submit: Callable[[dict[str, Any]], Job],
+                    vae: gr.Dropdown | None, submit: Callable[[dict[str, Any], str], Job],
                     extra_inputs: dict[str, gr.components.Component] | None = None) -> GenerationControls:
-    """Generate/paste/seed/gallery wiring; `submit(values)` turns named widget values into a queued job."""
+    """Generate/paste/seed/gallery wiring; `submit(values, owner)` turns named widget values into a job
+    queued for the signed-in user named `owner`."""
     reuse_seed = fields.pop("_reuse_seed")
     fields = {"prompt": prompt_area.prompt, "negative_prompt": prompt_area.negative_prompt, **fields}
     extra_inputs = extra_inputs or {}
@@ -180,13 +190,14 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
     infotexts_state, seeds_state = gr.State([]), gr.State([])
     images_state, selected_state = gr.State([]), gr.State(0)
 
-    def run_generation(*values: Any) -> Iterator[tuple]:
+    def run_generation(request: gr.Request, *values: Any) -> Iterator[tuple]:
+        owner = ui_user(request).name
         named = dict(zip(names, values))
         named["styles"] = tuple(values[len(names)] or ())
         named["vae"] = values[len(names) + 1] if vae is not None else "Automatic"
         try:
-            job = submit(named)
-        except (ValueError, LookupError) as error:
+            job = submit(named, owner)
+        except (ValueError, LookupError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
         shown_preview = -1
         while not job.wait(POLL_SECONDS):
@@ -261,14 +272,14 @@ def build_xyz_script_controls(prefix: str) -> tuple[gr.Group, dict[str, gr.compo
     return group, controls
 
 
-def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any]) -> Job:
+def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any], owner: str) -> Job:
     """Run the tab's request as the base of an X/Y/Z plot (validated before anything is queued)."""
     def spec(axis: str) -> AxisSpec:
         return AxisSpec(label=named[f"xyz_{axis}_type"] or "Nothing", values_text=named[f"xyz_{axis}_values"] or "")
 
     options = XyzOptions(draw_legend=bool(named["xyz_draw_legend"]), keep_seeds=bool(named["xyz_keep_seeds"]),
                          include_sub_images=bool(named["xyz_sub_images"]))
-    return submit_xyz(ctx, request, spec("x"), spec("y"), spec("z"), options)
+    return submit_xyz(ctx, request, spec("x"), spec("y"), spec("z"), options, owner=owner)
 
 
 def to_int(value: Any, label: str) -> int:

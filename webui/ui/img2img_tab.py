@@ -16,6 +16,8 @@ from webui.context import AppContext
 from webui.generation.image_ops import ResizeMode
 from webui.generation.masks import MaskedContent
 from webui.generation.requests import Img2ImgRequest
+from webui.security.limits import RequestLimits
+from webui.ui.caller import open_upload
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
     GenerationControls,
@@ -49,10 +51,12 @@ def strokes_mask(editor_value: dict | None) -> Image.Image | None:
     return union
 
 
-def source_and_mask(mode: str, named: dict[str, Any]) -> tuple[Image.Image | None, Image.Image | None]:
-    """The init image and mask the chosen sub-tab provides."""
+def source_and_mask(mode: str, named: dict[str, Any], limits: RequestLimits) -> tuple[Image.Image | None, Image.Image | None]:
+    """The init image and mask the chosen sub-tab provides. The plain image widgets hand over file paths,
+    decoded here through the checked opener; the editors' images were decoded by gradio (their size is
+    bounded by Pillow's decompression guard, set from the same limit when the server starts)."""
     if mode == "img2img":
-        return named["init_img"], None
+        return open_upload(limits, named["init_img"], "RGBA", "the img2img image"), None
     if mode == "sketch":
         editor = named["sketch"] or {}
         return editor.get("composite"), None
@@ -63,7 +67,8 @@ def source_and_mask(mode: str, named: dict[str, Any]) -> tuple[Image.Image | Non
         editor = named["inpaint_sketch"] or {}
         return editor.get("composite"), strokes_mask(editor)
     if mode == "inpaint_upload":
-        return named["upload_image"], named["upload_mask"]
+        return (open_upload(limits, named["upload_image"], "RGBA", "the inpaint image"),
+                open_upload(limits, named["upload_mask"], "RGBA", "the inpaint mask"))
     return None, None
 
 
@@ -82,7 +87,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         with gr.Column(scale=1):
             with gr.Tabs(elem_id="img2img_mode_tabs") as mode_tabs:
                 with gr.Tab("img2img", id="img2img", elem_id="img2img_img2img_tab") as tab_img2img:
-                    init_img = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA", height=420,
+                    init_img = gr.Image(label="Image for img2img", type="filepath", image_mode=None, height=420,
                                         elem_id="img2img_image", sources=["upload", "clipboard"])
                 with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab_sketch:
                     sketch = _editor("img2img_sketch", ["#000000", "#ffffff", "#ff0000", "#00aa00", "#0000ff"], False)
@@ -91,10 +96,10 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
                 with gr.Tab("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab") as tab_isketch:
                     inpaint_sketch = _editor("inpaint_sketch", ["#000000", "#ffffff", "#ff0000", "#00aa00", "#0000ff"], False)
                 with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab_upload:
-                    upload_image = gr.Image(label="Image", type="pil", image_mode="RGBA", height=300,
+                    upload_image = gr.Image(label="Image", type="filepath", image_mode=None, height=300,
                                             elem_id="img_inpaint_base")
-                    upload_mask = gr.Image(label="Mask (white = change)", type="pil", image_mode="RGBA", height=300,
-                                           elem_id="img_inpaint_mask")
+                    upload_mask = gr.Image(label="Mask (white = change)", type="filepath", image_mode=None,
+                                           height=300, elem_id="img_inpaint_mask")
                 with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab_batch:
                     gr.Markdown("Every image in the input folder is processed with the settings below; a mask with "
                                 "the same file name in the mask folder makes it an inpaint.")
@@ -149,7 +154,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         "outpaint_pixels": outpaint_pixels, "outpaint_directions": outpaint_directions, **xyz_controls,
     }
 
-    def submit(named: dict[str, Any]):
+    def submit(named: dict[str, Any], owner: str):
         values = request_values(named, named["styles"], named["vae"])
         outpaint = {}
         if named["script"] == "Outpainting":
@@ -169,8 +174,8 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         if named["mode"] == "batch":
             template = Img2ImgRequest(**values, **options)
             return ctx.submit_img2img_batch(template, named["batch_input"] or "", named["batch_output"] or "",
-                                            named["batch_masks"] or "")
-        image, mask = source_and_mask(named["mode"], named)
+                                            named["batch_masks"] or "", owner)
+        image, mask = source_and_mask(named["mode"], named, ctx.request_limits)
         if image is None:
             raise ValueError(f"Upload an image in the {MODE_LABELS[named['mode']]} tab first")
         scale = float(named["resize_by"] or 0)
@@ -179,8 +184,8 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
             values["height"] = max(64, int(image.height * scale) // 8 * 8)
         request = Img2ImgRequest(**values, **options, init_images=(image,), mask=mask)
         if named["script"] == XYZ_SCRIPT:
-            return submit_xyz_script(ctx, request, named)
-        return ctx.submit_img2img(request)
+            return submit_xyz_script(ctx, request, named, owner)
+        return ctx.submit_img2img(request, owner)
 
     controls = wire_generation(ctx, "img2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs)
     controls.extra.update(mode_tabs=mode_tabs, mode=mode, init_img=init_img, inpaint=inpaint)

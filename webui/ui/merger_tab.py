@@ -6,6 +6,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.models.merger import ADD_DIFFERENCE, MERGE_METHODS, WEIGHTED_SUM, MergeRecipe
+from webui.ui.caller import ui_user
 from webui.ui.errors import user_error
 
 NO_MODEL = "None"
@@ -29,14 +30,15 @@ def build_merger_tab(ctx: AppContext, checkpoint: gr.Dropdown, tab: gr.Tab) -> N
     merge = gr.Button("Merge", variant="primary", elem_id="merger_merge")
     result = gr.Markdown(elem_id="merger_result")
 
-    def run_merge(a, b, c, output_name, m, chosen_method, dtype, vae):
+    def run_merge(a, b, c, output_name, m, chosen_method, dtype, vae, request: gr.Request):
+        owner = ui_user(request).name
         if not a or not b:
             raise gr.Error("Choose a primary and a secondary model.")
         recipe = MergeRecipe(method=chosen_method, multiplier=float(m), primary=a, secondary=b,
                              tertiary=None if c in (None, NO_MODEL) else c, save_dtype=dtype,
                              baked_vae=None if vae in (None, NO_MODEL) else vae)
         try:
-            record = ctx.merge_checkpoints(recipe, (output_name or "").strip())
+            record = ctx.merge_checkpoints(recipe, (output_name or "").strip(), owner)
         except Exception as error:  # shown to the user; nothing is half-written
             raise gr.Error(user_error(error)) from None
         titles = ctx.checkpoint_titles()

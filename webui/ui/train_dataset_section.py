@@ -101,7 +101,7 @@ def wire_dataset_section(ctx: AppContext, section: DatasetSection, output_name: 
         if not files:
             return gr.update(), gr.update(), gr.update()
         try:
-            result = import_images(files, dataset_folder_for(ctx, name))
+            result = import_images(files, dataset_folder_for(ctx, name), ctx.request_limits)
             rows = caption_rows(result.folder, ext or ".txt")
         except ValueError as error:
             raise gr.Error(user_error(error)) from None

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from webui.context import AppContext
 from webui.jobs.queue import Job
+from webui.security.identity import User
+from webui.security.limits import RequestLimits
 from webui.models.default_model import DEFAULT_MODEL_NAME
 from webui.training.config import IMAGE_SUFFIXES, PRESETS_FOLDER, TrainingConfig, TrainingConfigError, list_presets
 from webui.training.dataset import fill_template, read_sidecar
@@ -118,8 +118,9 @@ def dataset_folder_for(ctx: AppContext, output_name: str) -> Path:
     return datasets_root(ctx) / name
 
 
-def import_images(files: list[str | Path], folder: Path) -> ImportResult:
-    """Copy uploaded images into `folder`, checking each one decodes; unusable files are named, not copied.
+def import_images(files: list[str | Path], folder: Path, limits: RequestLimits) -> ImportResult:
+    """Copy uploaded images into `folder`, checking each one decodes (through the request limits' checked
+    opener, so an oversized image is refused before decoding); unusable files are named, not copied.
 
     Files keep their names (a caption sidecar uploaded with them stays paired); a name already in the
     folder is replaced, so uploading the same set twice does not duplicate it.
@@ -139,9 +140,8 @@ def import_images(files: list[str | Path], folder: Path) -> ImportResult:
             skipped.append(f"{name} (not an image: use {', '.join(IMAGE_SUFFIXES)})")
             continue
         try:
-            with Image.open(source) as image:
-                image.load()
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as error:
+            limits.open_image(source, name).close()
+        except (OSError, ValueError) as error:
             skipped.append(f"{name} (unreadable: {str(error).splitlines()[0][:120] if str(error) else type(error).__name__})")
             continue
         target = folder / name
@@ -219,9 +219,9 @@ def training_active(ctx: AppContext) -> bool:
     return ctx.training is not None and not ctx.training.finished
 
 
-def start_training(ctx: AppContext, config: TrainingConfig) -> Job:
-    """Queue a run unless one is already queued or training (AppContext checks that atomically)."""
-    return ctx.submit_training(config)
+def start_training(ctx: AppContext, config: TrainingConfig, owner: str | None = None) -> Job:
+    """Queue a run for `owner` unless one is already queued or training (AppContext checks that atomically)."""
+    return ctx.submit_training(config, owner)
 
 
 def current_job_is_training(ctx: AppContext) -> bool:
@@ -229,10 +229,14 @@ def current_job_is_training(ctx: AppContext) -> bool:
     return job is not None and job.kind == TRAIN_JOB_KIND
 
 
-def cancel_training(ctx: AppContext) -> str:
-    """Interrupt the running training job, and only that: a txt2img job must not be stopped by the Train tab."""
-    if current_job_is_training(ctx):
-        ctx.queue.interrupt_current()
+def cancel_training(ctx: AppContext, user: User) -> str:
+    """Interrupt the running training job, and only that: a txt2img job must not be stopped by the Train tab,
+    and only its owner or an admin may stop it."""
+    job = ctx.queue.current
+    if job is not None and job.kind == TRAIN_JOB_KIND:
+        if not user.may_act_on(job.owner):
+            return "The running training belongs to another user; only they or an admin can cancel it."
+        job.control.interrupt()
         return "Cancelling: training stops before the next step and keeps the epochs saved so far."
     if training_active(ctx):
         return "The training job is waiting for the worker; it has not started, so there is nothing to stop yet."

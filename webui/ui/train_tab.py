@@ -15,6 +15,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.training.config import TrainingConfig, load_preset, save_user_preset
 from webui.training.hub_upload import upload_to_hub
+from webui.ui.caller import ui_user
 from webui.ui.errors import user_error
 from webui.ui.train_dataset_section import (
     DatasetSection,
@@ -43,6 +44,7 @@ from webui.ui.train_progress import (
     result_markdown,
     sample_gallery,
 )
+from webui.jobs.queue import QueueFullError
 from webui.training.monitor import TrainingBusyError
 from webui.ui.train_service import (
     JOB_FIELDS,
@@ -209,19 +211,20 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         return (progress_html(status), result_markdown(status), plot, gallery, log_text(status),
                 gr.Timer(active=running), now)
 
-    def start(*values: Any):
+    def start(request: gr.Request, *values: Any):
+        owner = ui_user(request).name
         try:
             config = form_config(*values)
             summary = dataset_summary_text(config.validate())
-            start_training(ctx, config)
+            start_training(ctx, config, owner)
         except TrainingBusyError as error:
             raise gr.Error(str(error)) from None
-        except (ValueError, LookupError, OSError) as error:
+        except (ValueError, LookupError, OSError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
         return (summary,) + render({})
 
-    def stop() -> None:
-        gr.Info(cancel_training(ctx))
+    def stop(request: gr.Request) -> None:
+        gr.Info(cancel_training(ctx, ui_user(request)))
 
     train.click(start, inputs=form_inputs, outputs=[dataset.summary] + run_outputs)
     cancel.click(stop, inputs=None, outputs=None)

@@ -85,11 +85,11 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         with gr.Column(scale=1):
             output = build_output_area("txt2img")
 
-    def submit(named: dict[str, Any]):
+    def submit(named: dict[str, Any], owner: str):
         request = Txt2ImgRequest(**request_values(named, named["styles"], named["vae"]), **hires_values(named))
         if named["script"] == XYZ_SCRIPT:
-            return submit_xyz_script(ctx, request, named)
-        return ctx.submit_txt2img(request)
+            return submit_xyz_script(ctx, request, named, owner)
+        return ctx.submit_txt2img(request, owner)
 
     extra_inputs = {**hires, "script": script, **xyz_controls}
     return wire_generation(ctx, "txt2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs)

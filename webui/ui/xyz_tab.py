@@ -23,7 +23,8 @@ from webui.generation.infotext import parse_infotext
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.samplers import sampler_names
 from webui.jobs.progress import ProgressSnapshot
-from webui.jobs.queue import Job
+from webui.jobs.queue import Job, QueueFullError
+from webui.ui.caller import ui_user
 from webui.ui.errors import user_error
 from webui.ui.generation_controls import to_int
 from webui.ui.infotext_fields import txt2img_values_from_infotext
@@ -244,13 +245,14 @@ def build_xyz_tab(
     }
     base_inputs = list(base_fields.values())
 
-    def start_plot(*values: Any) -> tuple[Any, ...]:
+    def start_plot(request: gr.Request, *values: Any) -> tuple[Any, ...]:
+        owner = ui_user(request).name
         (prompt_text, negative_text, sampler, step_count, cfg, image_width, image_height, seed_value) = values[:8]
         axis_values = values[8:14]
         legend, keep, sub_images, sub_grids, margin_px = values[14:19]
         vae_name = values[19] if vae is not None else "Automatic"
         try:
-            request = Txt2ImgRequest(
+            plot_request = Txt2ImgRequest(
                 prompt=prompt_text or "", negative_prompt=negative_text or "", sampler_name=sampler or "DPM++ 2M",
                 steps=to_int(step_count, "Sampling steps"), cfg_scale=float(cfg), width=to_int(image_width, "Width"),
                 height=to_int(image_height, "Height"), seed=to_int(seed_value, "Seed"), vae=vae_name or "Automatic",
@@ -258,8 +260,8 @@ def build_xyz_tab(
             specs = [AxisSpec(axis_values[i] or NOTHING_LABEL, axis_values[i + 1] or "") for i in (0, 2, 4)]
             options = XyzOptions(draw_legend=bool(legend), keep_seeds=bool(keep), include_sub_images=bool(sub_images),
                                  include_sub_grids=bool(sub_grids), margin=to_int(margin_px, "Grid margins"))
-            job = submit_xyz(ctx, request, *specs, options, registry=axes_registry)
-        except (ValueError, LookupError) as error:
+            job = submit_xyz(ctx, plot_request, *specs, options, registry=axes_registry, owner=owner)
+        except (ValueError, LookupError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
         return job, gr.Timer(active=True), progress_html(job.control.snapshot())
 

@@ -127,13 +127,15 @@ def submit_xyz(
     *,
     registry: AxisRegistry | None = None,
     limits: PlotLimits = PlotLimits(),
+    owner: str | None = None,
 ) -> Job:
-    """Validate the whole plot now (errors raise here, nothing is queued), then queue ONE job running it.
+    """Validate the whole plot now (errors raise here, nothing is queued), then queue ONE job running it,
+    owned by `owner` (the user asking; None for scripts run by the machine's owner).
 
     The job's result is an `XyzRun`; its progress message reads `Cell i of N`.
     """
     plan = plan_xyz(ctx, base_request, x, y, z, options, registry=registry, limits=limits)
-    return ctx.queue.submit(JOB_KIND, lambda control: run_xyz(ctx, plan, options, control))
+    return ctx.queue.submit(JOB_KIND, lambda control: run_xyz(ctx, plan, options, control), owner)
 
 
 def run_xyz(ctx: AppContext, plan: XYZPlan, options: XyzOptions, control: JobControl | None = None) -> XyzRun:
