@@ -61,8 +61,8 @@ def serve(settings: Settings, ready: threading.Event | None = None, middleware: 
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 
 
-def run(argv: Sequence[str]) -> int:
-    """Entry point used by launch.py; returns a process exit code."""
+def run(argv: Sequence[str], middleware: Sequence[Middleware] = ()) -> int:
+    """Entry point used by launch.py; returns a process exit code. `middleware` as in `serve`."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(argv)
@@ -70,7 +70,7 @@ def run(argv: Sequence[str]) -> int:
         print(f"launch.py: error: {error}", file=sys.stderr)
         return 2
     try:
-        serve(settings)
+        serve(settings, middleware=middleware)
     except KeyboardInterrupt:
         return 0
     return 0

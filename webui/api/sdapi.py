@@ -139,6 +139,9 @@ def validation_reason(error: RequestValidationError) -> str:
     """`seed: Input should be a finite number; width: ...`: field paths without the `body` prefix."""
     parts = []
     for problem in error.errors():
+        if problem.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({problem.get('ctx', {}).get('error', 'decode error')})")
+            continue
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
         parts.append(f"{'.'.join(location) or 'body'}: {problem.get('msg', 'invalid value')}")
     return "; ".join(parts[:10]) or "the request body is not valid"
