@@ -17,9 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.support.oversized_png import oversized_png
 from webui.context import build_context
 from webui.eval.toy_world import held_out_concept_images
 from webui.generation.requests import Txt2ImgRequest
+from webui.security.identity import LOCAL_ADMIN, User
+from webui.security.limits import RequestLimits
 from webui.settings import settings_from_args
 from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.dataset import DatasetError
@@ -160,22 +163,25 @@ def test_cancel_stops_only_training_and_a_second_run_is_refused_while_one_is_act
     other = ctx.queue.submit("txt2img", lambda control: release.wait(60))
     try:
         job = start_training(ctx, tiny_config(hexagons, output_name="hexlong", max_train_steps=500,
-                                              sample_every_n_steps=0, save_every_n_epochs=0))
+                                              sample_every_n_steps=0, save_every_n_epochs=0), "alice")
+        assert job.owner == "alice"
         assert training_status(ctx)["state"] == "queued"
         with pytest.raises(TrainingBusyError, match="hexlong"):
             start_training(ctx, tiny_config(hexagons, output_name="another"))
-        assert "has not started" in cancel_training(ctx)
+        assert "has not started" in cancel_training(ctx, User("alice"))
         assert not other.control.interrupted  # the Train tab never stops someone's txt2img
     finally:
         release.set()
     while not job.done and ctx.training.latest is None:
         job.wait(0.2)
-    assert "Cancelling" in cancel_training(ctx)
+    assert "belongs to another user" in cancel_training(ctx, User("bob"))  # only its owner or an admin
+    assert not job.control.interrupted
+    assert "Cancelling" in cancel_training(ctx, User("alice"))
     result = job.result(timeout=300)
     assert result.cancelled and result.steps_done < 500
     status = training_status(ctx)
     assert status["state"] == "cancelled" and "cancelled" in result_markdown(status)
-    assert "No training is running" in cancel_training(ctx)
+    assert "No training is running" in cancel_training(ctx, LOCAL_ADMIN)
     with pytest.raises(gr.Error, match="No epoch files"):  # the cancelled run saved no epoch
         compare_epochs_request(ctx)
 
@@ -190,8 +196,11 @@ def test_uploads_copy_readable_images_and_name_the_rest(tmp_path):
     (sources / "a.txt").write_text("hxgn, a red thing")
     (sources / "b.jpg").write_bytes(b"not really a jpeg")
     (sources / "c.pdf").write_bytes(b"%PDF")
-    result = import_images([sources / name for name in ("a.png", "a.txt", "b.jpg", "c.pdf")], tmp_path / "ds")
+    (sources / "d.png").write_bytes(oversized_png(2000, 1000, channels=1))
+    names = ("a.png", "a.txt", "b.jpg", "c.pdf", "d.png")
+    result = import_images([sources / name for name in names], tmp_path / "ds", RequestLimits(max_image_pixels=10**6))
     assert [path.name for path in result.copied] == ["a.png"]
+    assert any("d.png (too large: " in s and "2000x1000 = 2,000,000 pixels" in s for s in result.skipped)
     assert (tmp_path / "ds" / "a.txt").read_text() == "hxgn, a red thing"
     assert any("b.jpg (unreadable" in s for s in result.skipped) and any("c.pdf (not an image" in s for s in result.skipped)
     assert caption_rows(tmp_path / "ds", ".txt") == [["a.png", "hxgn, a red thing"]]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.context import AppContext
+from webui.generation.image_ops import ImageTooLargeError
 from webui.jobs.queue import Job
 from webui.security.identity import User
 from webui.security.limits import RequestLimits
@@ -141,6 +142,9 @@ def import_images(files: list[str | Path], folder: Path, limits: RequestLimits) 
             continue
         try:
             limits.open_image(source, name).close()
+        except ImageTooLargeError as error:
+            skipped.append(f"{name} (too large: {str(error)[:160]})")
+            continue
         except (OSError, ValueError) as error:
             skipped.append(f"{name} (unreadable: {str(error).splitlines()[0][:120] if str(error) else type(error).__name__})")
             continue
