@@ -88,10 +88,12 @@ def build_prompt_area(ctx: AppContext, prefix: str, checkpoint: gr.Dropdown | No
 
     def interrupt_own(request: gr.Request) -> None:
         """Stop the running job if it is the caller's (an admin may stop anyone's)."""
-        ctx.queue.interrupt_current(ui_user(request).may_act_on)
+        if not ctx.queue.interrupt_current(ui_user(request).may_act_on) and ctx.queue.current is not None:
+            gr.Warning("The running job belongs to another user; only they or an admin can stop it.")
 
     def skip_own(request: gr.Request) -> None:
-        ctx.queue.skip_current(ui_user(request).may_act_on)
+        if not ctx.queue.skip_current(ui_user(request).may_act_on) and ctx.queue.current is not None:
+            gr.Warning("The running job belongs to another user; only they or an admin can skip it.")
 
     interrupt.click(interrupt_own, inputs=None, outputs=None)
     skip.click(skip_own, inputs=None, outputs=None)
