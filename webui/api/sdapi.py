@@ -12,15 +12,14 @@ import functools
 import inspect
 import io
 import json
-import secrets
 from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from webui.api.common import admin_caller
 from webui.context import AppContext
 from webui.generation.infotext import parse_infotext, read_infotext
 from webui.generation.requests import HIRES_UPSCALERS, Img2ImgRequest, Txt2ImgRequest
@@ -164,8 +163,7 @@ def generation_response(body: Txt2ImgBody, request: Txt2ImgRequest, result) -> d
 
 
 def build_api_router(ctx: AppContext) -> APIRouter:
-    dependencies = [Depends(basic_auth_dependency(ctx))] if ctx.settings.auth else []
-    router = APIRouter(prefix=API_PREFIX, dependencies=dependencies)
+    router = APIRouter(prefix=API_PREFIX)
 
     @router.post("/txt2img")
     @translate_errors
@@ -201,7 +199,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
             for r in ctx.catalog.usable_records()
         ]
 
-    @router.post("/refresh-checkpoints")
+    @router.post("/refresh-checkpoints", dependencies=[Depends(admin_caller)])
     @translate_errors
     def refresh_checkpoints() -> dict[str, Any]:
         records = ctx.refresh_checkpoints()
@@ -303,19 +301,6 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     return router
 
 
-def basic_auth_dependency(ctx: AppContext):
-    """HTTP Basic auth with the same credentials as the UI login."""
-    security = HTTPBasic()
-
-    def check(credentials: HTTPBasicCredentials = Depends(security)) -> None:
-        for user, password in ctx.settings.auth:
-            if secrets.compare_digest(credentials.username, user) and secrets.compare_digest(credentials.password, password):
-                return
-        raise HTTPException(401, "incorrect username or password", headers={"WWW-Authenticate": "Basic"})
-
-    return check
-
-
 def install_api(app: FastAPI, ctx: AppContext) -> None:
     """Add the API routes; works on an app that is already serving (gradio's), like A1111's API."""
     app.include_router(build_api_router(ctx))
@@ -330,6 +315,8 @@ def translate_errors(handler: Callable) -> Callable:
     def convert(error: Exception) -> HTTPException:
         if isinstance(error, HTTPException):
             return error
+        if isinstance(error, PermissionError):  # before OSError, of which it is a subclass
+            return HTTPException(403, user_error(error))
         if isinstance(error, LookupError):
             return HTTPException(404, user_error(error))
         if isinstance(error, ValueError):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Body, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
-from webui.api.sdapi import API_PREFIX, basic_auth_dependency, translate_errors
+from webui.api.sdapi import API_PREFIX, translate_errors
 from webui.context import AppContext
 from webui.training.config import TrainingConfig, load_preset
 from webui.ui.errors import user_error
@@ -28,8 +28,7 @@ from webui.ui.train_service import (
 
 
 def build_train_router(ctx: AppContext) -> APIRouter:
-    dependencies = [Depends(basic_auth_dependency(ctx))] if ctx.settings.auth else []
-    router = APIRouter(prefix=f"{API_PREFIX}/train", dependencies=dependencies)
+    router = APIRouter(prefix=f"{API_PREFIX}/train")
 
     @router.post("", status_code=202)
     @translate_errors

@@ -6,6 +6,8 @@ import gradio as gr
 from PIL import Image
 
 from webui.context import AppContext
+from webui.security.accounts import AccountService
+from webui.ui.account_tab import build_account_tab
 from webui.ui.errors import user_error
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
@@ -49,7 +51,7 @@ def native_size(ctx: AppContext) -> int:
     return by_family.get(record.architecture.family if record.architecture else "sd1", 512)
 
 
-def build_ui(ctx: AppContext) -> gr.Blocks:
+def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
     with gr.Blocks(title="SD Studio", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="quicksettings"):
             checkpoint = gr.Dropdown(
@@ -75,6 +77,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             # tabs: X/Y/Z plot (the X/Y/Z tab's block goes below this line)
             with gr.Tab("X/Y/Z plot", id="xyz", elem_id="tab_xyz"):
                 xyz = build_xyz_tab(ctx, native_size(ctx), vae)
+            with gr.Tab("Account", id="account", elem_id="tab_account") as account_tab:
+                build_account_tab(accounts, account_tab)
 
         def unusable_note() -> str:
             broken = [r for r in ctx.catalog.records() if not r.usable]
