@@ -224,3 +224,30 @@ def test_accounts_from_the_environment_and_bad_origins_in_flags(tmp_path):
 
     with pytest.raises(SettingsError, match="cors-allow-origins"):
         settings_from_args(["--cors-allow-origins", "evil.example/path"], environ={})
+
+
+def test_a_running_store_sees_accounts_written_by_another_process_and_survives_a_broken_file(tmp_path):
+    path = tmp_path / "users.json"
+    running = UserStore(path, flag_accounts=(("root", "from the flag"),))
+    UserStore(path).add_user("kim", "long enough", USER)
+    secret = UserStore(path).create_token("kim", "cli")
+    assert running.user_for_token(secret) == User("kim", USER)
+    assert running.check_password("root", "from the flag") == User("root", ADMIN)
+    path.write_text("{broken")
+    assert running.user_for_token(secret) == User("kim", USER)
+    with pytest.raises(AccountError, match="cannot read"):
+        UserStore(path)
+
+
+def test_the_accounts_command_line_adds_lists_and_mints_tokens(tmp_path, capsys, monkeypatch):
+    from webui.security.users_cli import main
+
+    monkeypatch.setenv("SDSTUDIO_PASSWORD", "typed at a prompt")
+    assert main(["--data-dir", str(tmp_path), "add", "lee", "--role", "admin"]) == 0
+    assert main(["--data-dir", str(tmp_path), "token", "lee", "--label", "bot"]) == 0
+    secret = capsys.readouterr().out.strip().splitlines()[-1]
+    assert UserStore(tmp_path / "users.json").user_for_token(secret) == User("lee", ADMIN)
+    assert main(["--data-dir", str(tmp_path), "add", "lee"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "list"]) == 0
+    assert "lee\tadmin\t1 token(s)" in capsys.readouterr().out

@@ -82,20 +82,42 @@ class UserStore:
         self._path = path
         self._lock = threading.Lock()
         self._accounts: dict[str, Account] = {}
-        if path is not None and path.is_file():
-            self._load(path)
+        self._loaded_mtime: float | None = None
         for name, password in flag_accounts:
             self._accounts[name] = Account(name, ADMIN, hash_password(password), stored=False)
+        self._reload_if_changed(strict=True)
+
+    def _reload_if_changed(self, strict: bool = False) -> None:
+        """Pick up accounts and tokens another process (the CLI, a second server) wrote to the file.
+
+        At start a broken file is an error (`strict`); later the accounts already loaded stay in force."""
+        if self._path is None:
+            return
+        try:
+            mtime = self._path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        with self._lock:
+            if mtime != self._loaded_mtime:
+                try:
+                    self._load(self._path)
+                except AccountError:
+                    if strict:
+                        raise
+                self._loaded_mtime = mtime
 
     # ---- reading ----
     def __len__(self) -> int:
+        self._reload_if_changed()
         return len(self._accounts)
 
     def users(self) -> list[User]:
+        self._reload_if_changed()
         with self._lock:
             return [account.user for account in sorted(self._accounts.values(), key=lambda a: a.name)]
 
     def check_password(self, name: str, password: str) -> User | None:
+        self._reload_if_changed()
         account = self._accounts.get(name)
         if account is None:
             verify_password(password, hash_password("timing"))  # same work for unknown names
@@ -106,6 +128,7 @@ class UserStore:
         if not secret.startswith(TOKEN_PREFIX):
             return None
         digest = _token_digest(secret)
+        self._reload_if_changed()
         with self._lock:
             for account in self._accounts.values():
                 if any(hmac.compare_digest(token.digest, digest) for token in account.tokens):
@@ -167,11 +190,15 @@ class UserStore:
 
     # ---- file ----
     def _load(self, path: Path) -> None:
+        """Replace the stored accounts with the file's (flag accounts stay); call with the lock held."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            stored = {}
             for name, entry in data.get("users", {}).items():
                 tokens = [TokenRecord(**token) for token in entry.get("tokens", [])]
-                self._accounts[name] = Account(name, entry["role"], entry["password"], tokens)
+                stored[name] = Account(name, entry["role"], entry["password"], tokens)
+            flags = {name: account for name, account in self._accounts.items() if not account.stored}
+            self._accounts = {**stored, **flags}
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise AccountError(f"cannot read {path}: {error}") from error
 
@@ -188,3 +215,4 @@ class UserStore:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=1)
         os.replace(temporary, self._path)
+        self._loaded_mtime = self._path.stat().st_mtime
