@@ -148,6 +148,26 @@ def test_login_form_sets_a_session_for_the_ui(accounts):
     assert answer.status_code == 200 and "txt2img_prompt" in answer.text
 
 
+def gradio_call(session: requests.Session, url: str, name: str, data: list) -> str:
+    """Call a gradio endpoint like its client does; the text of the event stream that answers."""
+    started = session.post(f"{url}/gradio_api/call/{name}", json={"data": data}, timeout=30)
+    assert started.status_code == 200, started.text
+    return session.get(f"{url}/gradio_api/call/{name}/{started.json()['event_id']}", timeout=120).text
+
+
+def test_a_plain_user_cannot_merge_checkpoints_in_the_ui_but_an_admin_can_try(accounts):
+    user, admin = requests.Session(), requests.Session()
+    user.post(accounts.url + "/login", data={"username": "ulla", "password": "user password"}, timeout=30)
+    admin.post(accounts.url + "/login", data={"username": "boss", "password": "admin-password-9"}, timeout=30)
+    title = requests.get(f"{accounts.url}/sdapi/v1/sd-models", auth=("boss", "admin-password-9"), timeout=30).json()[0]["title"]
+    args = [title, title, "None", "merged", 0.5, "Weighted sum", "fp16", "None"]
+    refused = gradio_call(user, accounts.url, "run_merge", args)
+    assert "event: error" in refused and "admin" in refused
+    assert not list((accounts.data_dir / "models" / "Stable-diffusion").glob("merged*"))
+    done = gradio_call(admin, accounts.url, "run_merge", args)
+    assert "event: complete" in done and "merged" in done
+
+
 # ---- login backoff (last: it throttles this client address for a few seconds) ----
 
 def test_repeated_wrong_tokens_are_throttled_then_allowed_again(listening):

@@ -5,20 +5,14 @@ from __future__ import annotations
 import gradio as gr
 
 from webui.security.accounts import AccountService
-from webui.security.identity import ROLES, USER, User, request_user
+from webui.security.identity import ROLES, USER, User
+from webui.ui.access import caller_of
 from webui.ui.errors import user_error
 
 TOKEN_HEADERS = ["id", "label", "created"]
 USER_HEADERS = ["name", "role"]
 LOGOUT_FORM = ('<form method="post" action="/logout" id="logout_form">'
                '<button type="submit" class="lg secondary" id="logout_button">Log out</button></form>')
-
-
-def _caller(request: gr.Request) -> User:
-    try:
-        return request_user(request)
-    except PermissionError as error:
-        raise gr.Error(str(error)) from None
 
 
 def build_account_tab(accounts: AccountService, tab: gr.Tab) -> None:
@@ -59,7 +53,7 @@ def build_account_tab(accounts: AccountService, tab: gr.Tab) -> None:
     view = [who, tokens, revoke_id, admin_group, users, remove_name]
 
     def show(request: gr.Request):
-        return refresh(_caller(request))
+        return refresh(caller_of(request))
 
     def finish(caller: User, action, *values) -> list:
         """Run an account action for the caller; errors become gr.Error, the view is refreshed after."""
@@ -70,7 +64,7 @@ def build_account_tab(accounts: AccountService, tab: gr.Tab) -> None:
         return [*refresh(caller), secret, note]
 
     def create_token(text: str, request: gr.Request):
-        caller = _caller(request)
+        caller = caller_of(request)
         return finish(caller, lambda c: ("Token created.", accounts.create_token(c, text)))
 
     def revoke_token(token_id: str | None, request: gr.Request):
@@ -79,13 +73,13 @@ def build_account_tab(accounts: AccountService, tab: gr.Tab) -> None:
                 raise ValueError("choose a token to revoke")
             accounts.revoke_token(caller, token_id)
             return f"Token {token_id} revoked.", ""
-        return finish(_caller(request), action)
+        return finish(caller_of(request), action)
 
     def add_user(name: str, password: str, role: str, request: gr.Request):
         def action(caller: User):
             created = accounts.add_user(caller, name, password, role)
             return f"Account {created.name} ({created.role}) added.", ""
-        return finish(_caller(request), action)
+        return finish(caller_of(request), action)
 
     def remove_user(name: str | None, request: gr.Request):
         def action(caller: User):
@@ -93,7 +87,7 @@ def build_account_tab(accounts: AccountService, tab: gr.Tab) -> None:
                 raise ValueError("choose an account to remove")
             accounts.remove_user(caller, name)
             return f"Account {name} removed.", ""
-        return finish(_caller(request), action)
+        return finish(caller_of(request), action)
 
     outputs = [*view, new_token, message]
     tab.select(show, outputs=view)

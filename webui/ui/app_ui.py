@@ -7,6 +7,7 @@ from PIL import Image
 
 from webui.context import AppContext
 from webui.security.accounts import AccountService
+from webui.ui.access import caller_of
 from webui.ui.account_tab import build_account_tab
 from webui.ui.errors import user_error
 from webui.ui.merger_tab import build_merger_tab
@@ -84,8 +85,9 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
             broken = [r for r in ctx.catalog.records() if not r.usable]
             return "\n".join(f"⚠️ **{r.path.name}** cannot be loaded: {r.error}" for r in broken)
 
-        def refresh_checkpoints():
-            ctx.refresh_checkpoints()
+        def refresh_checkpoints(request: gr.Request):
+            if caller_of(request).is_admin:  # rescanning the folders is an admin's; others get the listing
+                ctx.refresh_checkpoints()
             titles = ctx.checkpoint_titles()
             return (gr.update(choices=titles, value=ctx.current_checkpoint_title() or next(iter(titles), None)),
                     unusable_note(), gr.update(choices=ctx.vae_names()))

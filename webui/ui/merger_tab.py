@@ -6,6 +6,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.models.merger import ADD_DIFFERENCE, MERGE_METHODS, WEIGHTED_SUM, MergeRecipe
+from webui.ui.access import require_admin
 from webui.ui.errors import user_error
 
 NO_MODEL = "None"
@@ -29,7 +30,8 @@ def build_merger_tab(ctx: AppContext, checkpoint: gr.Dropdown, tab: gr.Tab) -> N
     merge = gr.Button("Merge", variant="primary", elem_id="merger_merge")
     result = gr.Markdown(elem_id="merger_result")
 
-    def run_merge(a, b, c, output_name, m, chosen_method, dtype, vae):
+    def run_merge(a, b, c, output_name, m, chosen_method, dtype, vae, request: gr.Request):
+        require_admin(request, "Merging checkpoints")
         if not a or not b:
             raise gr.Error("Choose a primary and a secondary model.")
         recipe = MergeRecipe(method=chosen_method, multiplier=float(m), primary=a, secondary=b,
