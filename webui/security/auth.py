@@ -11,6 +11,7 @@ One `Authenticator` per server. Modes:
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import secrets
 import threading
@@ -22,6 +23,7 @@ from webui.security.users import UserStore
 
 SESSION_COOKIE = "sdstudio_session"
 SESSION_SECONDS = 7 * 24 * 3600
+BASIC_CACHE_SECONDS = 600  # A1111 clients send Basic on every call: hash the password once per 10 minutes
 ACCESS_TOKEN_USER = User("admin", ADMIN)  # whoever holds the start-up token started the server
 
 
@@ -89,6 +91,7 @@ class Authenticator:
         self.access_token = access_token
         self.throttle = throttle or LoginThrottle()
         self._sessions: dict[str, tuple[User, float]] = {}
+        self._basic_cache: dict[str, tuple[User, float]] = {}  # digest of a verified Basic header -> user
         self._lock = threading.Lock()
 
     @property
@@ -146,6 +149,28 @@ class Authenticator:
             self.throttle.failed(key)
         return user
 
+    def _basic_user(self, value: str, client: str) -> User | None:
+        key = hashlib.sha256(value.encode()).hexdigest()
+        with self._lock:
+            cached = self._basic_cache.get(key)
+        if cached is not None and cached[1] > time.time() and self._still_exists(cached[0]):
+            return cached[0]
+        try:
+            name, _, password = base64.b64decode(value).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        user = self.login(name, password, client)
+        if user is not None:
+            with self._lock:
+                if len(self._basic_cache) > 1000:
+                    self._basic_cache.clear()
+                self._basic_cache[key] = (user, time.time() + BASIC_CACHE_SECONDS)
+        return user
+
+    def needs_hashing(self, credentials: Credentials) -> bool:
+        """Whether checking these credentials may run scrypt (then the caller runs it off the event loop)."""
+        return (credentials.authorization or "").lower().startswith("basic ")
+
     def authenticate(self, credentials: Credentials) -> User | None:
         """The user these credentials prove, or None. Raises TooManyAttempts while throttled."""
         if self.open:
@@ -158,11 +183,7 @@ class Authenticator:
         if scheme.lower() == "bearer" and value:
             return self.token_user(value.strip(), credentials.client)
         if scheme.lower() == "basic" and value:
-            try:
-                name, _, password = base64.b64decode(value.strip()).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                return None
-            return self.login(name, password, credentials.client)
+            return self._basic_user(value.strip(), credentials.client)
         if credentials.query_token:
             return self.token_user(credentials.query_token, credentials.client)
         return None

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+
+import anyio
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any, Awaitable, Callable
@@ -106,7 +108,10 @@ class SecurityMiddleware:
         query_token = query.get("token", [None])[0] if method == "GET" else None
         credentials = Credentials(_client(scope), cookie, headers.get("authorization"), query_token)
         try:
-            user = self.authenticator.authenticate(credentials)
+            if self.authenticator.needs_hashing(credentials):  # scrypt takes ~50 ms: not on the event loop
+                user = await anyio.to_thread.run_sync(self.authenticator.authenticate, credentials)
+            else:
+                user = self.authenticator.authenticate(credentials)
         except TooManyAttempts as error:
             await self._answer(scope, send, 429, str(error), [("retry-after", str(int(error.retry_after) + 1))])
             return
@@ -211,7 +216,8 @@ class SecurityMiddleware:
             if field_of("token"):
                 user = self.authenticator.token_user(field_of("token").strip(), client)
             else:
-                user = self.authenticator.login(field_of("username"), field_of("password"), client)
+                user = await anyio.to_thread.run_sync(self.authenticator.login, field_of("username"),
+                                                      field_of("password"), client)
         except TooManyAttempts as error:
             await _respond(send, 429, login_page(next_path, str(error), self.authenticator.access_token is not None),
                            "text/html; charset=utf-8", [("retry-after", str(int(error.retry_after) + 1))])
