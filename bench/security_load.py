@@ -62,11 +62,11 @@ def free_port() -> int:
 class Server:
     """The app in a subprocess, as a user starts it; stopped by `stop()` whatever happened."""
 
-    def __init__(self, data_dir: Path, launcher: Path, extra_args: list[str]):
+    def __init__(self, data_dir: Path, extra_args: list[str]):
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = data_dir / "server.log"
-        command = [sys.executable, str(launcher), "--api", "--skip-install", "--data-dir", str(data_dir),
+        command = [sys.executable, str(ROOT / "launch.py"), "--api", "--skip-install", "--data-dir", str(data_dir),
                    "--port", str(self.port), *extra_args]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         self.ps = psutil.Process(self.process.pid)
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
     started_run = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="sdstudio-load-"))
     ensure_default_model(work / "models" / "Stable-diffusion")
-    server = Server(work, Path(args.launcher).resolve(), args.server_arg)
+    server = Server(work, args.server_arg)
     watchdog = threading.Timer(DEADLINE_SECONDS, server.stop)  # past the deadline every request fails fast
     watchdog.start()
     results: dict = {}
@@ -290,7 +290,6 @@ def main() -> int:
     parser.add_argument("--token", help="API token sent as `Authorization: Bearer`")
     parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                         help="extra header on every request (repeatable)")
-    parser.add_argument("--launcher", default=str(ROOT / "launch.py"), help="script that serves the app (default launch.py)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the server (repeatable)")
     parser.add_argument("--note", default="", help="a sentence written under the table (e.g. how the run differed)")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/BENCHMARKS.md")

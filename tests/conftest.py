@@ -53,17 +53,15 @@ class RunningServer:
         return self.log_file.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, *extra_args: str, timeout: float = 180, script: Path = ROOT / "launch.py") -> RunningServer:
-    """Run `launch.py` as a user would, in a subprocess, and wait until it says it is running and answers.
-
-    `script` serves the same app another way (tests/support/serve_with_test_users.py: users from a header)."""
+def start_server(data_dir: Path, *extra_args: str, timeout: float = 180) -> RunningServer:
+    """Run `launch.py` as a user would, in a subprocess, and wait until it says it is running and answers."""
     import requests
 
     port = free_port()
     log_file = data_dir / "server.log"
     handle = open(log_file, "w")
     process = subprocess.Popen(
-        [sys.executable, str(script), "--skip-install", "--port", str(port), "--data-dir", str(data_dir), *extra_args],
+        [sys.executable, str(ROOT / "launch.py"), "--skip-install", "--port", str(port), "--data-dir", str(data_dir), *extra_args],
         cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     url = f"http://127.0.0.1:{port}"

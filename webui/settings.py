@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +41,10 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     auth: tuple[tuple[str, str], ...] = ()
+    insecure_no_auth: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    cors_allow_origins: tuple[str, ...] = ()
+    max_body_mb: int = 100
     checkpoints_in_ram: int = 2
     preview_every_n_steps: int = 2
     max_image_side: int = 2048
@@ -74,6 +79,15 @@ class Settings:
     @property
     def cache_folder(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def users_file(self) -> Path:
+        """Accounts made in the Account tab or with `python -m webui.security.users_cli` (hashed)."""
+        return self.data_dir / "users.json"
+
+    @property
+    def reachable_from_network(self) -> bool:
+        return self.listen or self.share
 
     @property
     def styles_file(self) -> Path:
@@ -114,8 +128,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="compute device (default: auto)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="weights/compute dtype (auto: fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--auth", default=None, help="require login: user:pass[,user2:pass2]")
+    parser.add_argument("--auth", default=None, help="require login: user:pass[,user2:pass2] (admins; visible in ps: "
+                        "prefer --auth-file or the SDSTUDIO_AUTH environment variable)")
     parser.add_argument("--auth-file", type=Path, default=None, help="file with user:pass entries, one per line or comma-separated")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="with --listen/--share, serve WITHOUT any login: anyone who can reach the port can use "
+                        "the machine's GPU and the app's files")
+    parser.add_argument("--allowed-hosts", default="",
+                        help="comma-separated host names the server answers to besides localhost and IP addresses "
+                        "(e.g. the DNS name of a rented machine); '*' allows any")
+    parser.add_argument("--cors-allow-origins", default="",
+                        help="comma-separated origins (https://example.com) that may call the API from a browser")
+    parser.add_argument("--max-body-mb", type=int, default=100, help="largest request body accepted, in MB (default 100)")
     parser.add_argument("--checkpoints-in-ram", type=int, default=None, help="recent checkpoints kept in RAM for fast switching (default 2)")
     parser.add_argument("--max-image-pixels", type=int, default=None,
                         help="refuse uploaded images with more pixels than this, before decoding them "
@@ -155,9 +179,18 @@ def load_config_file(path: Path) -> dict:
     return data
 
 
-def settings_from_args(argv: Sequence[str]) -> Settings:
-    """Build Settings from a command line: flags win over config.json, which wins over defaults."""
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Settings:
+    """Build Settings from a command line: flags win over config.json, which wins over defaults.
+
+    `environ` (default: the process environment) may hold SDSTUDIO_AUTH, same form as --auth, so that
+    passwords need not appear in the process list.
+    """
     args = build_arg_parser().parse_args(list(argv))
+    environ = os.environ if environ is None else environ
     data_dir = (args.data_dir or PROJECT_ROOT).resolve()
     config = load_config_file(data_dir / "config.json")
     if not 1 <= args.port <= 65535:
@@ -165,6 +198,14 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
     auth: tuple[tuple[str, str], ...] = ()
     if args.auth:
         auth += parse_auth_entries(args.auth)
+    if environ.get("SDSTUDIO_AUTH"):
+        auth += parse_auth_entries(environ["SDSTUDIO_AUTH"])
+    if args.max_body_mb < 1:
+        raise SettingsError("--max-body-mb must be at least 1")
+    origins = _comma_list(args.cors_allow_origins)
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise SettingsError(f"--cors-allow-origins entry {origin!r} must look like https://host[:port]")
     if args.auth_file:
         try:
             auth += parse_auth_entries(args.auth_file.read_text(encoding="utf-8"))
@@ -198,6 +239,10 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
         device=args.device,
         precision=args.precision,
         auth=auth,
+        insecure_no_auth=args.insecure_no_auth,
+        allowed_hosts=tuple(h.lower() for h in _comma_list(args.allowed_hosts)),
+        cors_allow_origins=origins,
+        max_body_mb=args.max_body_mb,
         checkpoints_in_ram=checkpoints_in_ram,
         skip_install=args.skip_install,
         extra={k: v for k, v in config.items() if k not in known},

@@ -18,17 +18,16 @@ import functools
 import inspect
 import io
 import json
-import secrets
 from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from webui.api.common import admin_caller, caller
 from webui.api.job_wait import wait_for_job
 from webui.context import AppContext
 from webui.generation.image_ops import ImageTooLargeError
@@ -36,7 +35,7 @@ from webui.generation.infotext import parse_infotext, read_infotext
 from webui.generation.requests import HIRES_UPSCALERS, Img2ImgRequest, Txt2ImgRequest
 from webui.generation.samplers import SAMPLERS, schedule_type_names
 from webui.jobs.queue import JobCancelled, QueueFullError
-from webui.security.identity import Forbidden, NotAuthenticated, User, request_user
+from webui.security.identity import Forbidden, NotAuthenticated, User
 from webui.security.limits import RequestLimits
 from webui.ui.errors import user_error
 
@@ -221,22 +220,13 @@ def generation_response(body: Txt2ImgBody, request: Txt2ImgRequest, result) -> d
     return {"images": images, "parameters": parameters, "info": json.dumps(result.info(request))}
 
 
-async def api_user(request: Request) -> User:
-    """FastAPI dependency: the caller the auth middleware attached to the request; 401 when there is none."""
-    try:
-        return request_user(request)
-    except NotAuthenticated as error:
-        raise HTTPException(401, str(error)) from None
-
-
 def build_api_router(ctx: AppContext) -> APIRouter:
-    dependencies = [Depends(basic_auth_dependency(ctx))] if ctx.settings.auth else []
-    router = APIRouter(prefix=API_PREFIX, dependencies=dependencies, route_class=ReasonedValidationRoute)
+    router = APIRouter(prefix=API_PREFIX, route_class=ReasonedValidationRoute)
     limits = ctx.request_limits
 
     @router.post("/txt2img")
     @translate_errors
-    async def txt2img(body: Txt2ImgBody, http: Request, user: User = Depends(api_user)) -> dict[str, Any]:
+    async def txt2img(body: Txt2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         request = txt2img_request_from_body(body)
         # Validation (files, styles, LoRA folder) and queueing on a worker thread; errors raise before queueing.
         job = await run_in_threadpool(ctx.submit_txt2img, request, user.name)
@@ -245,7 +235,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/img2img")
     @translate_errors
-    async def img2img(body: Img2ImgBody, http: Request, user: User = Depends(api_user)) -> dict[str, Any]:
+    async def img2img(body: Img2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         request = await run_in_threadpool(img2img_request_from_body, body, limits)
         job = await run_in_threadpool(ctx.submit_img2img, request, user.name)
         result = await wait_for_job(ctx.queue, job, http)
@@ -271,7 +261,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
             for r in ctx.catalog.usable_records()
         ]
 
-    @router.post("/refresh-checkpoints")
+    @router.post("/refresh-checkpoints", dependencies=[Depends(admin_caller)])
     @translate_errors
     def refresh_checkpoints() -> dict[str, Any]:
         records = ctx.refresh_checkpoints()
@@ -309,7 +299,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/options")
     @translate_errors
-    async def set_options(body: OptionsBody, user: User = Depends(api_user)) -> dict[str, Any]:
+    async def set_options(body: OptionsBody, user: User = Depends(caller)) -> dict[str, Any]:
         if body.sd_model_checkpoint:
             record = await run_in_threadpool(ctx.select_checkpoint, body.sd_model_checkpoint, user.name)
             return {"sd_model_checkpoint": record.title}
@@ -317,7 +307,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
 
     @router.get("/progress")
     @translate_errors
-    def progress(skip_current_image: bool = False, user: User = Depends(api_user)) -> dict[str, Any]:
+    def progress(skip_current_image: bool = False, user: User = Depends(caller)) -> dict[str, Any]:
         """A1111's progress for the caller's own running job (an admin sees any). Others learn only that
         the server is busy, how many jobs there are and where their own first job stands
         (`queue_position`: 0 running, 1 next, None when they have none)."""
@@ -344,13 +334,13 @@ def build_api_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/interrupt")
     @translate_errors
-    def interrupt(user: User = Depends(api_user)) -> dict[str, Any]:
+    def interrupt(user: User = Depends(caller)) -> dict[str, Any]:
         check_may_stop_current(ctx, user, "interrupt")
         return {"interrupted": ctx.queue.interrupt_current(user.may_act_on)}
 
     @router.post("/skip")
     @translate_errors
-    def skip(user: User = Depends(api_user)) -> dict[str, Any]:
+    def skip(user: User = Depends(caller)) -> dict[str, Any]:
         check_may_stop_current(ctx, user, "skip")
         return {"skipped": ctx.queue.skip_current(user.may_act_on)}
 
@@ -388,19 +378,6 @@ def check_may_stop_current(ctx: AppContext, user: User, action: str) -> None:
         raise Forbidden(f"cannot {action}: the running job belongs to another user; only they or an admin can stop it")
 
 
-def basic_auth_dependency(ctx: AppContext):
-    """HTTP Basic auth with the same credentials as the UI login."""
-    security = HTTPBasic()
-
-    def check(credentials: HTTPBasicCredentials = Depends(security)) -> None:
-        for user, password in ctx.settings.auth:
-            if secrets.compare_digest(credentials.username, user) and secrets.compare_digest(credentials.password, password):
-                return
-        raise HTTPException(401, "incorrect username or password", headers={"WWW-Authenticate": "Basic"})
-
-    return check
-
-
 def install_api(app: FastAPI, ctx: AppContext) -> None:
     """Add the API routes; works on an app that is already serving (gradio's), like A1111's API."""
     app.include_router(build_api_router(ctx))
@@ -418,8 +395,8 @@ def translate_errors(handler: Callable) -> Callable:
             return error
         if isinstance(error, NotAuthenticated):
             return HTTPException(401, str(error))
-        if isinstance(error, Forbidden):
-            return HTTPException(403, str(error))
+        if isinstance(error, PermissionError):  # Forbidden and others; before OSError, of which it is a subclass
+            return HTTPException(403, user_error(error))
         if isinstance(error, QueueFullError):
             return HTTPException(429 if error.per_owner else 503, str(error), headers={"Retry-After": "10"})
         if isinstance(error, JobCancelled):

@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
-from webui.api.sdapi import API_PREFIX, api_user, basic_auth_dependency, translate_errors
+from webui.api.common import caller
+from webui.api.sdapi import API_PREFIX, translate_errors
 from webui.context import AppContext
 from webui.security.identity import User
 from webui.training.config import TrainingConfig, load_preset
@@ -29,12 +30,11 @@ from webui.ui.train_service import (
 
 
 def build_train_router(ctx: AppContext) -> APIRouter:
-    dependencies = [Depends(basic_auth_dependency(ctx))] if ctx.settings.auth else []
-    router = APIRouter(prefix=f"{API_PREFIX}/train", dependencies=dependencies)
+    router = APIRouter(prefix=f"{API_PREFIX}/train")
 
     @router.post("", status_code=202)
     @translate_errors
-    def start(body: Any = Body(...), user: User = Depends(api_user)) -> JSONResponse:
+    def start(body: Any = Body(...), user: User = Depends(caller)) -> JSONResponse:
         """Queue a run: 202 with the job's state, 422 with the reason for a bad config or dataset."""
         if not isinstance(body, dict):
             raise HTTPException(422, "the body must be a JSON object of TrainingConfig fields")
@@ -62,7 +62,7 @@ def build_train_router(ctx: AppContext) -> APIRouter:
 
     @router.post("/cancel")
     @translate_errors
-    def cancel(user: User = Depends(api_user)) -> dict[str, Any]:
+    def cancel(user: User = Depends(caller)) -> dict[str, Any]:
         job = ctx.queue.current
         was_training = current_job_is_training(ctx) and job is not None and user.may_act_on(job.owner)
         return {"cancelled": was_training, "message": cancel_training(ctx, user)}

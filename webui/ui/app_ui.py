@@ -6,10 +6,12 @@ import gradio as gr
 from PIL import Image
 
 from webui.context import AppContext
+from webui.security.accounts import AccountService
+from webui.ui.access import caller_of
+from webui.ui.account_tab import build_account_tab
 from webui.ui.errors import user_error
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
-from webui.ui.caller import ui_user
 from webui.ui.png_info_tab import build_png_info_tab
 from webui.ui.train_tab import build_train_tab, compare_epochs_request
 from webui.ui.generation_controls import GenerationControls
@@ -50,7 +52,7 @@ def native_size(ctx: AppContext) -> int:
     return by_family.get(record.architecture.family if record.architecture else "sd1", 512)
 
 
-def build_ui(ctx: AppContext) -> gr.Blocks:
+def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
     with gr.Blocks(title="SD Studio", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="quicksettings"):
             checkpoint = gr.Dropdown(
@@ -76,13 +78,16 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             # tabs: X/Y/Z plot (the X/Y/Z tab's block goes below this line)
             with gr.Tab("X/Y/Z plot", id="xyz", elem_id="tab_xyz"):
                 xyz = build_xyz_tab(ctx, native_size(ctx), vae)
+            with gr.Tab("Account", id="account", elem_id="tab_account") as account_tab:
+                build_account_tab(accounts, account_tab)
 
         def unusable_note() -> str:
             broken = [r for r in ctx.catalog.records() if not r.usable]
             return "\n".join(f"⚠️ **{r.path.name}** cannot be loaded: {r.error}" for r in broken)
 
-        def refresh_checkpoints():
-            ctx.refresh_checkpoints()
+        def refresh_checkpoints(request: gr.Request):
+            if caller_of(request).is_admin:  # rescanning the folders is an admin's; others get the listing
+                ctx.refresh_checkpoints()
             titles = ctx.checkpoint_titles()
             return (gr.update(choices=titles, value=ctx.current_checkpoint_title() or next(iter(titles), None)),
                     unusable_note(), gr.update(choices=ctx.vae_names()))
@@ -90,7 +95,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         def choose_checkpoint(title: str, request: gr.Request):
             if not title:
                 return gr.update()
-            owner = ui_user(request).name
+            owner = caller_of(request).name
             try:
                 record = ctx.select_checkpoint(title, owner)
             except Exception as error:  # the previous model stays loaded and usable

@@ -14,7 +14,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from webui.context import AppContext
-from webui.ui.caller import ui_user
+from webui.ui.access import caller_of
 from webui.ui.errors import user_error
 
 TILE_SIZE = 160
@@ -122,7 +122,7 @@ def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dro
         checkpoint_gallery, checkpoint_names = galleries["checkpoints"]
 
         def load_checkpoint(names: list[str], event: gr.SelectData, request: gr.Request):
-            owner = ui_user(request).name
+            owner = caller_of(request).name
             try:
                 record = ctx.select_checkpoint(names[event.index], owner)
             except Exception as error:  # the current model stays loaded

@@ -16,7 +16,7 @@ from webui.context import AppContext
 from webui.generation.samplers import sampler_names, schedule_types_for
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.queue import Job, QueueFullError
-from webui.ui.caller import ui_user
+from webui.ui.access import caller_of
 from webui.ui.errors import user_error
 from webui.ui.extra_networks import build_extra_networks
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
@@ -88,11 +88,11 @@ def build_prompt_area(ctx: AppContext, prefix: str, checkpoint: gr.Dropdown | No
 
     def interrupt_own(request: gr.Request) -> None:
         """Stop the running job if it is the caller's (an admin may stop anyone's)."""
-        if not ctx.queue.interrupt_current(ui_user(request).may_act_on) and ctx.queue.current is not None:
+        if not ctx.queue.interrupt_current(caller_of(request).may_act_on) and ctx.queue.current is not None:
             gr.Warning("The running job belongs to another user; only they or an admin can stop it.")
 
     def skip_own(request: gr.Request) -> None:
-        if not ctx.queue.skip_current(ui_user(request).may_act_on) and ctx.queue.current is not None:
+        if not ctx.queue.skip_current(caller_of(request).may_act_on) and ctx.queue.current is not None:
             gr.Warning("The running job belongs to another user; only they or an admin can skip it.")
 
     interrupt.click(interrupt_own, inputs=None, outputs=None)
@@ -193,7 +193,7 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
     images_state, selected_state = gr.State([]), gr.State(0)
 
     def run_generation(request: gr.Request, *values: Any) -> Iterator[tuple]:
-        owner = ui_user(request).name
+        owner = caller_of(request).name
         named = dict(zip(names, values))
         named["styles"] = tuple(values[len(names)] or ())
         named["vae"] = values[len(names) + 1] if vae is not None else "Automatic"

@@ -17,7 +17,7 @@ from webui.generation.image_ops import ResizeMode
 from webui.generation.masks import MaskedContent
 from webui.generation.requests import Img2ImgRequest
 from webui.security.limits import RequestLimits
-from webui.ui.caller import open_upload
+from webui.ui.uploads import open_upload
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
     GenerationControls,

@@ -6,7 +6,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.models.merger import ADD_DIFFERENCE, MERGE_METHODS, WEIGHTED_SUM, MergeRecipe
-from webui.ui.caller import ui_user
+from webui.ui.access import require_admin
 from webui.ui.errors import user_error
 
 NO_MODEL = "None"
@@ -31,7 +31,7 @@ def build_merger_tab(ctx: AppContext, checkpoint: gr.Dropdown, tab: gr.Tab) -> N
     result = gr.Markdown(elem_id="merger_result")
 
     def run_merge(a, b, c, output_name, m, chosen_method, dtype, vae, request: gr.Request):
-        owner = ui_user(request).name
+        owner = require_admin(request, "Merging checkpoints").name
         if not a or not b:
             raise gr.Error("Choose a primary and a secondary model.")
         recipe = MergeRecipe(method=chosen_method, multiplier=float(m), primary=a, secondary=b,

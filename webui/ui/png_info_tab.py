@@ -12,7 +12,7 @@ import gradio as gr
 
 from webui.generation.infotext import parse_infotext, read_infotext
 from webui.security.limits import RequestLimits
-from webui.ui.caller import open_upload
+from webui.ui.uploads import open_upload
 
 
 def parameters_table(text: str) -> str:

@@ -15,7 +15,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.training.config import TrainingConfig, load_preset, save_user_preset
 from webui.training.hub_upload import upload_to_hub
-from webui.ui.caller import ui_user
+from webui.ui.access import caller_of
 from webui.ui.errors import user_error
 from webui.ui.train_dataset_section import (
     DatasetSection,
@@ -212,7 +212,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
                 gr.Timer(active=running), now)
 
     def start(request: gr.Request, *values: Any):
-        owner = ui_user(request).name
+        owner = caller_of(request).name
         try:
             config = form_config(*values)
             summary = dataset_summary_text(config.validate())
@@ -224,7 +224,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         return (summary,) + render({})
 
     def stop(request: gr.Request) -> None:
-        gr.Info(cancel_training(ctx, ui_user(request)))
+        gr.Info(cancel_training(ctx, caller_of(request)))
 
     train.click(start, inputs=form_inputs, outputs=[dataset.summary] + run_outputs)
     cancel.click(stop, inputs=None, outputs=None)

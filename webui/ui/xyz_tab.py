@@ -24,7 +24,7 @@ from webui.generation.requests import Txt2ImgRequest
 from webui.generation.samplers import sampler_names
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.queue import Job, QueueFullError
-from webui.ui.caller import ui_user
+from webui.ui.access import caller_of
 from webui.ui.errors import user_error
 from webui.ui.generation_controls import to_int
 from webui.ui.infotext_fields import txt2img_values_from_infotext
@@ -246,7 +246,7 @@ def build_xyz_tab(
     base_inputs = list(base_fields.values())
 
     def start_plot(request: gr.Request, *values: Any) -> tuple[Any, ...]:
-        owner = ui_user(request).name
+        owner = caller_of(request).name
         (prompt_text, negative_text, sampler, step_count, cfg, image_width, image_height, seed_value) = values[:8]
         axis_values = values[8:14]
         legend, keep, sub_images, sub_grids, margin_px = values[14:19]

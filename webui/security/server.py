@@ -1,0 +1,55 @@
+"""Security for one server, built from Settings: accounts, the start-up token, the middleware, the banner.
+
+The decision "does this server need a login" is made here once: a server reachable from the network
+(`--listen`, `--share`) always has one, from accounts or else a random access token printed at start
+(like Jupyter), unless `--insecure-no-auth` says otherwise, which is announced as a warning.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from starlette.middleware import Middleware
+
+from webui.security.auth import Authenticator
+from webui.security.middleware import NetworkPolicy, SecurityMiddleware
+from webui.security.users import UserStore
+from webui.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    authenticator: Authenticator
+    policy: NetworkPolicy
+
+    def middleware(self) -> list[Middleware]:
+        """For FastAPI(middleware=...) / gradio's app_kwargs: every route passes through it."""
+        return [Middleware(SecurityMiddleware, authenticator=self.authenticator, policy=self.policy)]
+
+
+def build_server_security(settings: Settings) -> ServerSecurity:
+    users = UserStore(settings.users_file, settings.auth)
+    needs_token = settings.reachable_from_network and len(users) == 0 and not settings.insecure_no_auth
+    authenticator = Authenticator(users, access_token=secrets.token_urlsafe(24) if needs_token else None)
+    policy = NetworkPolicy(allowed_hosts=settings.allowed_hosts, allowed_origins=settings.cors_allow_origins,
+                           max_body_bytes=settings.max_body_mb * 1024 * 1024)
+    return ServerSecurity(authenticator, policy)
+
+
+def startup_banner(settings: Settings, security: ServerSecurity, path: str = "/") -> list[str]:
+    """What the console says at start: the real bind address, how to log in, and any risk taken."""
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [f"SD Studio running on {base}{path}" + (" (all network interfaces)" if settings.listen else " (this machine only)")]
+    token = security.authenticator.access_token
+    if token:
+        shown = "127.0.0.1" if not settings.listen else "<this machine's address>"
+        lines.append(f"Login with the access token: http://{shown}:{settings.port}/?token={token}")
+        lines.append("  (no --auth was given, so a random token protects this server; it changes at every start)")
+    elif not security.authenticator.open:
+        lines.append(f"Login required ({len(security.authenticator.users)} account(s)); API clients use HTTP Basic "
+                     "or an API token from the Account tab")
+    if settings.reachable_from_network and security.authenticator.open:
+        lines.append("WARNING: --insecure-no-auth: anyone who can reach this port can generate, train, read the "
+                     "app's outputs and models and change its files. Use it only on a network you trust.")
+    return lines
