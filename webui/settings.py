@@ -45,6 +45,7 @@ class Settings:
     max_image_side: int = 2048
     max_batch_images: int = 64
     skip_install: bool = False
+    allow_hub: bool = False  # may a request make the server download from / upload to the Hugging Face Hub
     extra: dict = field(default_factory=dict)
 
     # Folder properties resolve A1111's defaults under --data-dir so a single flag moves everything.
@@ -67,6 +68,20 @@ class Settings:
     @property
     def outputs_folder(self) -> Path:
         return self.outputs_dir or self.data_dir / "outputs"
+
+    @property
+    def datasets_folder(self) -> Path:
+        """Training datasets: uploads land in `datasets/<output name>`, typed folders must be in here."""
+        return self.data_dir / "datasets"
+
+    @property
+    def training_folder(self) -> Path:
+        """Training work folder: resumable states, class images, samples, exports, user presets."""
+        return self.data_dir / "training"
+
+    @property
+    def extensions_folder(self) -> Path:
+        return self.data_dir / "extensions"
 
     @property
     def cache_folder(self) -> Path:
@@ -115,6 +130,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-file", type=Path, default=None, help="file with user:pass entries, one per line or comma-separated")
     parser.add_argument("--checkpoints-in-ram", type=int, default=None, help="recent checkpoints kept in RAM for fast switching (default 2)")
     parser.add_argument("--skip-install", action="store_true", help="do not create/update the virtual environment")
+    parser.add_argument("--allow-hub", action="store_true",
+                        help="let requests download checkpoints and captioning models from the Hugging Face Hub "
+                             "and upload trained models to it (default: off, the server never reaches the network)")
     return parser
 
 
@@ -181,5 +199,6 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
         auth=auth,
         checkpoints_in_ram=checkpoints_in_ram,
         skip_install=args.skip_install,
+        allow_hub=args.allow_hub,
         extra={k: v for k, v in config.items() if k not in known},
     )
