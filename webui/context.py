@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 
 from webui.generation.prompt_syntax import extract_network_tags
@@ -25,12 +26,13 @@ from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.default_model import ensure_default_model
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.hashing import HashCache
-from webui.models.hub import looks_like_repo_id
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager, resolve_device, resolve_dtype
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
 from webui.models.vae import read_vae_state_dict, scan_vaes
 from webui.security.limits import RequestLimits
+from webui.security.network import NetworkPolicy
+from webui.security.paths import BATCH_INPUT, BATCH_MASKS, BATCH_OUTPUT, FileAccess, is_within
 from webui.settings import Settings
 from webui.training.config import IMAGE_SUFFIXES, TrainingConfig
 from webui.training.dataset import scan_dataset
@@ -48,6 +50,8 @@ class AppContext:
     limits: GenerationLimits
     loras: LoraCatalog
     request_limits: RequestLimits = field(default_factory=RequestLimits)  # its `generation` is `limits`
+    files: FileAccess        # where user-supplied paths may point (webui.security.paths)
+    network: NetworkPolicy   # whether a request may reach the Hugging Face Hub (webui.security.network)
     training: TrainingMonitor | None = field(default=None)  # the latest training run, for reconnecting UIs
     _training_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -62,9 +66,9 @@ class AppContext:
         unknown_styles = [name for name in request.styles if name not in self.styles.names()]
         if unknown_styles:
             raise RequestError(f"unknown style(s) {', '.join(unknown_styles)}; available: {', '.join(self.styles.names()) or '(none)'}")
-        if request.checkpoint and not looks_like_repo_id(request.checkpoint):
-            record = self.catalog.find(request.checkpoint)
-            if not record.usable:
+        if request.checkpoint:
+            record = self.catalog.check_available(request.checkpoint)  # None: a Hub id the owner allowed
+            if record is not None and not record.usable:
                 raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
         return request
 
@@ -106,15 +110,20 @@ class AppContext:
     def submit_img2img_batch(self, template: Img2ImgRequest, input_folder: str, output_folder: str,
                              mask_folder: str = "", owner: str | None = None) -> Job:
         """A1111's Batch tab: every image in a folder (with the same-named mask when a mask folder is given)
-        through one queued job; results are saved into the output folder with their infotext."""
-        inputs = Path(input_folder).expanduser()
+        through one queued job; results are saved into the output folder with their infotext.
+
+        The folders are confined by `self.files` (datasets/ and outputs/); files that are symlinks leading
+        out of their folder are left alone."""
+        inputs = self.files.resolve(input_folder, BATCH_INPUT)
         if not inputs.is_dir():
             raise RequestError(f"input folder {input_folder!r} does not exist")
-        files = sorted(p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and is_within(p, inputs))
         if not files:
-            raise RequestError(f"input folder {inputs} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        outputs = Path(output_folder).expanduser() if output_folder else self.settings.outputs_folder / "img2img-batch"
-        masks = Path(mask_folder).expanduser() if mask_folder else None
+            raise RequestError(f"input folder {input_folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        outputs = (self.files.resolve(output_folder, BATCH_OUTPUT) if (output_folder or "").strip()
+                   else self.settings.outputs_folder / "img2img-batch")
+        masks = self.files.resolve(mask_folder, BATCH_MASKS) if (mask_folder or "").strip() else None
         if masks is not None and not masks.is_dir():
             raise RequestError(f"mask folder {mask_folder!r} does not exist")
         probe = template.with_changes(init_images=(Image.new("RGB", (template.width, template.height)),))
@@ -130,7 +139,8 @@ class AppContext:
                 control.set_message(f"image {index + 1} of {len(files)}: {path.name}")
                 try:
                     image = self.request_limits.open_image(path, path.name)
-                    mask_path = next((m for m in masks.glob(path.stem + ".*")), None) if masks else None
+                    mask_path = next((m for m in masks.glob(glob_escape(path.stem) + ".*")
+                                      if is_within(m, masks)), None) if masks else None
                     mask = self.request_limits.open_image(mask_path, mask_path.name) if mask_path else None
                     request = template.with_changes(init_images=(image,), mask=mask, save_images=False)
                     result = self.generate_now(request, control)
@@ -139,7 +149,11 @@ class AppContext:
                     continue
                 for number, (picture, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds)):
                     suffix = f"-{number}" if len(result.images) > 1 else ""
-                    picture.save(outputs / f"{path.stem}{suffix}.png", pnginfo=write_png_info(text))
+                    target = outputs / f"{path.stem}{suffix}.png"
+                    if not is_within(target, outputs):  # an existing symlink there must not be written through
+                        notes.append(f"{target.name}: not written (it links outside the output folder)")
+                        continue
+                    picture.save(target, pnginfo=write_png_info(text))
                     combined.images.append(picture)
                     combined.infotexts.append(text)
                     combined.seeds.append(seed)
@@ -166,7 +180,7 @@ class AppContext:
     def training_paths(self) -> TrainingPaths:
         return TrainingPaths(lora_dir=self.settings.lora_folder, embeddings_dir=self.settings.embeddings_folder,
                              checkpoints_dir=self.settings.checkpoint_folder,
-                             work_dir=self.settings.data_dir / "training")
+                             work_dir=self.settings.training_folder)
 
     def submit_training(self, config: TrainingConfig, owner: str | None = None) -> Job:
         """Check the config and dataset now (errors reach the user at once), then train on the worker.
@@ -225,9 +239,9 @@ class AppContext:
 
     def select_checkpoint(self, wanted: str, owner: str | None = None) -> CheckpointRecord:
         """Load a checkpoint as the current one, in turn with other GPU work."""
-        if looks_like_repo_id(wanted):  # may download: do it on the worker, in turn with other jobs
+        record = self.catalog.check_available(wanted)  # refuses a Hub id unless --allow-hub, before queueing
+        if record is None:  # an allowed Hub download: on the worker, in turn with other jobs
             return self.queue.run("load-checkpoint", lambda control: self.manager.select(wanted), owner=owner)
-        record = self.catalog.find(wanted)
         if not record.usable:
             raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
         return self.queue.run("load-checkpoint", lambda control: self.manager.select(record.title), owner=owner)
@@ -260,11 +274,13 @@ class AppContext:
 def build_context(settings: Settings) -> AppContext:
     """Create folders, the default model if needed, and every engine service."""
     for folder in (settings.checkpoint_folder, settings.lora_folder, settings.vae_folder,
-                   settings.embeddings_folder, settings.outputs_folder, settings.cache_folder):
+                   settings.embeddings_folder, settings.outputs_folder, settings.cache_folder,
+                   settings.datasets_folder):
         folder.mkdir(parents=True, exist_ok=True)
     ensure_default_model(settings.checkpoint_folder)
     hash_cache = HashCache(settings.cache_folder / "hashes.json")
-    catalog = CheckpointCatalog(settings.checkpoint_folder, hash_cache)
+    network = NetworkPolicy.from_settings(settings)
+    catalog = CheckpointCatalog(settings.checkpoint_folder, hash_cache, network)
     catalog.refresh()
     device = resolve_device(settings.device)
     manager = ModelManager(
@@ -284,4 +300,6 @@ def build_context(settings: Settings) -> AppContext:
         limits=request_limits.generation,
         loras=LoraCatalog(settings.lora_folder, hash_cache),
         request_limits=request_limits,
+        files=FileAccess.from_settings(settings),
+        network=network,
     )

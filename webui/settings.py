@@ -53,6 +53,7 @@ class Settings:
     max_queue: int = 64                   # jobs queued or running, everyone together
     max_queue_per_user: int = 16          # jobs queued or running for one user
     skip_install: bool = False
+    allow_hub: bool = False  # may a request make the server download from / upload to the Hugging Face Hub
     extra: dict = field(default_factory=dict)
 
     # Folder properties resolve A1111's defaults under --data-dir so a single flag moves everything.
@@ -75,6 +76,20 @@ class Settings:
     @property
     def outputs_folder(self) -> Path:
         return self.outputs_dir or self.data_dir / "outputs"
+
+    @property
+    def datasets_folder(self) -> Path:
+        """Training datasets: uploads land in `datasets/<output name>`, typed folders must be in here."""
+        return self.data_dir / "datasets"
+
+    @property
+    def training_folder(self) -> Path:
+        """Training work folder: resumable states, class images, samples, exports, user presets."""
+        return self.data_dir / "training"
+
+    @property
+    def extensions_folder(self) -> Path:
+        return self.data_dir / "extensions"
 
     @property
     def cache_folder(self) -> Path:
@@ -149,6 +164,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue-per-user", type=int, default=None,
                         help="jobs queued or running at once for one user; more are refused with 429 (default 16)")
     parser.add_argument("--skip-install", action="store_true", help="do not create/update the virtual environment")
+    parser.add_argument("--allow-hub", action="store_true",
+                        help="let requests download checkpoints and captioning models from the Hugging Face Hub "
+                             "and upload trained models to it (default: off, the server never reaches the network)")
     return parser
 
 
@@ -245,5 +263,6 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         max_body_mb=args.max_body_mb,
         checkpoints_in_ram=checkpoints_in_ram,
         skip_install=args.skip_install,
+        allow_hub=args.allow_hub,
         extra={k: v for k, v in config.items() if k not in known},
     )

@@ -14,6 +14,7 @@ from webui.generation.denoise import pipeline_for
 from webui.generation.image_ops import ImageInputError
 from webui.generation.infotext import parse_infotext, read_infotext
 from webui.generation.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
+from webui.security.paths import PathRefused
 from webui.settings import settings_from_args
 
 SIZE = 64
@@ -167,8 +168,9 @@ def test_inpainting_checkpoint_is_detected_and_used(data_dir, default_model_fold
         context.queue.shutdown()
 
 
-def test_batch_folder_processes_every_image_with_same_named_masks(ctx, source, tmp_path):
-    inputs, masks, outputs = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+def test_batch_folder_processes_every_image_with_same_named_masks(ctx, source, data_dir):
+    # Batch folders live in the data folder's datasets/ and outputs/ (a plain name means datasets/<name>).
+    inputs, masks, outputs = data_dir / "datasets" / "in", data_dir / "datasets" / "masks", data_dir / "outputs" / "out"
     inputs.mkdir()
     masks.mkdir()
     source.save(inputs / "first.png")
@@ -177,11 +179,30 @@ def test_batch_folder_processes_every_image_with_same_named_masks(ctx, source, t
     (inputs / "broken.png").write_bytes(b"\x89PNG truncated")
     left_half_mask().save(masks / "first.png")
     template = Img2ImgRequest(denoising_strength=0.9, mask_blur=0, **SMALL)
-    result = ctx.submit_img2img_batch(template, str(inputs), str(outputs), str(masks)).result(timeout=300)
+    result = ctx.submit_img2img_batch(template, "in", str(outputs), "masks").result(timeout=300)
     assert sorted(p.name for p in outputs.iterdir()) == ["first.png", "second.png"]
     assert any("broken.png" in note for note in result.warnings)
     first = pixels(Image.open(outputs / "first.png"))
     assert np.array_equal(first[:, SIZE // 2:], pixels(source)[:, SIZE // 2:])  # masked: right half kept
     assert parse_infotext(read_infotext(Image.open(outputs / "second.png")))["Denoising strength"] == "0.9"
     with pytest.raises(RequestError, match="does not exist"):
-        ctx.submit_img2img_batch(template, str(tmp_path / "missing"), str(outputs))
+        ctx.submit_img2img_batch(template, "missing", str(outputs))
+
+
+def test_batch_folders_outside_datasets_and_outputs_are_refused_before_anything_runs(ctx, source, data_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    source.save(outside / "private.png")
+    (data_dir / "datasets" / "in").mkdir(parents=True)
+    source.save(data_dir / "datasets" / "in" / "mine.png")
+    (data_dir / "datasets" / "leads-out").symlink_to(outside, target_is_directory=True)
+    template = Img2ImgRequest(denoising_strength=0.0, **SMALL)
+    for folder in (str(outside), str(data_dir), "../outside", str(data_dir / "datasets" / "leads-out"), "~", "%2e%2e%2f"):
+        with pytest.raises(PathRefused, match="datasets/, outputs/"):
+            ctx.submit_img2img_batch(template, folder, "")
+        with pytest.raises(PathRefused, match="outputs/, datasets/"):
+            ctx.submit_img2img_batch(template, "in", folder)
+        with pytest.raises(PathRefused, match="datasets/, outputs/"):
+            ctx.submit_img2img_batch(template, "in", "", folder)
+    assert ctx.queue.pending == 0 and sorted(path.name for path in outside.iterdir()) == ["private.png"]
+    assert not (data_dir / "models" / "mine.png").exists()

@@ -14,6 +14,7 @@ from tests.engine.helpers import different_layout_copy, perturbed_copy
 from webui.context import build_context
 from webui.generation.requests import Txt2ImgRequest
 from webui.models.checkpoint_loading import CheckpointLoadError
+from webui.security.network import HubDisabled
 from webui.settings import settings_from_args
 
 REQUEST = dict(prompt="a circle", width=64, height=64, steps=3, seed=11, sampler_name="Euler")
@@ -134,9 +135,24 @@ def test_unusable_records_cannot_be_loaded_directly(ctx):
         read_checkpoint_weights(record, torch.float32)
 
 
-def test_hub_repo_id_offline_gives_a_clear_error_and_keeps_the_model(ctx, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_repo_id_is_refused_without_allow_hub_and_keeps_the_model(ctx, data_dir):
     ctx.select_checkpoint("variant-b")
-    with pytest.raises(LookupError, match="could not be downloaded from the Hugging Face Hub"):
-        ctx.select_checkpoint("someone/some-model")
-    assert ctx.manager.current.name == "variant-b"
+    for attempt in (lambda: ctx.select_checkpoint("someone/some-model"),
+                    lambda: ctx.submit_txt2img(Txt2ImgRequest(**REQUEST, checkpoint="someone/some-model"))):
+        with pytest.raises(HubDisabled, match="--allow-hub") as refused:
+            attempt()
+        assert "models/Stable-diffusion" in str(refused.value)
+    assert ctx.queue.pending == 0 and ctx.manager.current.name == "variant-b"
+    assert not (data_dir / "models" / "Stable-diffusion" / "someone--some-model").exists()
+
+
+def test_hub_repo_id_offline_with_allow_hub_gives_a_clear_error_and_keeps_the_model(data_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ctx = build_context(settings_from_args(["--data-dir", str(data_dir), "--allow-hub"]))
+    try:
+        ctx.select_checkpoint("sd-studio-toy")
+        with pytest.raises(LookupError, match="could not be downloaded from the Hugging Face Hub"):
+            ctx.select_checkpoint("someone/some-model")
+        assert ctx.manager.current.name == "sd-studio-toy"
+    finally:
+        ctx.queue.shutdown()

@@ -23,6 +23,8 @@ from webui.eval.toy_world import held_out_concept_images
 from webui.generation.requests import Txt2ImgRequest
 from webui.security.identity import LOCAL_ADMIN, User
 from webui.security.limits import RequestLimits
+from webui.security.network import HubDisabled
+from webui.security.paths import PathRefused
 from webui.settings import settings_from_args
 from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.dataset import DatasetError
@@ -32,13 +34,17 @@ from webui.training.monitor import TrainingBusyError
 from webui.ui.train_service import (
     caption_rows,
     cancel_training,
+    confine_config,
+    dataset_folder,
     dataset_folder_for,
+    dataset_images,
     export_run,
     import_images,
     preset_names,
     save_caption_rows,
     start_training,
     training_status,
+    upload_run,
 )
 from webui.ui.train_tab import compare_epochs_request
 
@@ -67,8 +73,9 @@ def ctx(tmp_path_factory, default_model_folder):
 
 
 @pytest.fixture(scope="module")
-def hexagons(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hexagons")
+def hexagons(ctx):
+    folder = ctx.settings.datasets_folder / "hexagons"  # datasets come from uploads or from folders in datasets/
+    folder.mkdir(parents=True)
     for index, image in enumerate(held_out_concept_images("hexagon", 4)):
         image.save(folder / f"hexagon_{index}.png")
     return folder
@@ -147,15 +154,44 @@ def test_a_bad_config_raises_before_anything_is_queued(ctx, hexagons, trained, c
     assert ctx.training is monitor and ctx.queue.pending == 0
 
 
-def test_a_folder_without_usable_images_raises_before_queueing(ctx, trained, tmp_path):
-    (tmp_path / "notes.txt").write_text("not an image")
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+def test_a_folder_without_usable_images_raises_before_queueing(ctx, trained):
+    broken = ctx.settings.datasets_folder / "broken-set"
+    broken.mkdir()
+    (broken / "notes.txt").write_text("not an image")
+    (broken / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     monitor = ctx.training
     with pytest.raises(DatasetError, match="broken.png"):
-        start_training(ctx, tiny_config(tmp_path))
+        start_training(ctx, tiny_config("broken-set"))  # a plain name means datasets/<name>
     with pytest.raises(DatasetError, match="does not exist"):
-        start_training(ctx, tiny_config(tmp_path / "missing"))
+        start_training(ctx, tiny_config("missing"))
     assert ctx.training is monitor and ctx.queue.pending == 0
+
+
+def test_folders_outside_datasets_and_training_states_are_refused_before_queueing(ctx, trained, tmp_path):
+    for index, image in enumerate(held_out_concept_images("hexagon", 2)):
+        image.save(tmp_path / f"outside_{index}.png")
+    (ctx.settings.datasets_folder / "leads-out").symlink_to(tmp_path, target_is_directory=True)
+    monitor = ctx.training
+    refusals = [str(ctx.settings.data_dir), str(tmp_path), "leads-out", "../hexagons/../..", "~/x", "%2e%2e%2f"]
+    for dataset in refusals:
+        with pytest.raises(PathRefused, match="datasets/"):
+            start_training(ctx, tiny_config(dataset))
+    with pytest.raises(PathRefused, match="training/states/"):
+        start_training(ctx, tiny_config("hexagons", resume_from=str(ctx.settings.datasets_folder / "hexagons")))
+    with pytest.raises(TrainingConfigError, match="caption_extension"):
+        start_training(ctx, tiny_config("hexagons", caption_extension=".json"))
+    assert ctx.training is monitor and ctx.queue.pending == 0
+    confined = confine_config(ctx, tiny_config("hexagons", resume_from="hexsvc-state"))
+    assert confined.dataset_dir == str((ctx.settings.datasets_folder / "hexagons").resolve())
+    assert confined.resume_from == str((ctx.settings.training_folder / "states" / "hexsvc-state").resolve())
+
+
+def test_uploading_to_the_hub_is_refused_before_exporting_without_allow_hub(ctx, trained):
+    exports = ctx.settings.training_folder / "exports"
+    before = sorted(str(path) for path in exports.rglob("*")) if exports.exists() else []
+    with pytest.raises(HubDisabled, match="--allow-hub"):
+        upload_run(ctx, "someone/hexsvc", "hf_token", private=True, license_name="mit")
+    assert (sorted(str(path) for path in exports.rglob("*")) if exports.exists() else []) == before
 
 
 def test_cancel_stops_only_training_and_a_second_run_is_refused_while_one_is_active(ctx, hexagons, trained):
@@ -215,10 +251,32 @@ def test_caption_table_saves_sidecars_removes_emptied_ones_and_refuses_other_pat
     with pytest.raises(ValueError, match="not an image"):
         save_caption_rows(tmp_path, [["../outside.png", "x"]], ".txt")
     assert not (tmp_path.parent / "outside.txt").exists()
+    for extension in (".json", ".pth", ".png", "/../../x.txt"):
+        with pytest.raises(ValueError, match="caption_extension"):
+            save_caption_rows(tmp_path, [["one.png", "API_KEY=x"]], extension)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["one.png", "one.txt", "two.png"]
+
+
+def test_symlinks_leading_out_of_a_dataset_are_not_listed_read_or_written(tmp_path):
+    dataset, outside = tmp_path / "set", tmp_path / "outside"
+    (dataset / "10_sks dog").mkdir(parents=True)
+    outside.mkdir()
+    Image.new("RGB", (16, 16)).save(dataset / "inside.png")
+    Image.new("RGB", (16, 16)).save(outside / "secret.png")
+    (outside / "secret.txt").write_text("API_KEY=do-not-leak")
+    (dataset / "linked").symlink_to(outside, target_is_directory=True)  # a kohya-looking subfolder elsewhere
+    (dataset / "linked.png").symlink_to(outside / "secret.png")
+    (dataset / "inside.txt").symlink_to(outside / "secret.txt")  # a sidecar that is a link
+    assert [path.name for path in dataset_images(dataset)] == ["inside.png"]
+    assert caption_rows(dataset, ".txt") == [["inside.png", ""]]
+    with pytest.raises(ValueError, match="links outside"):
+        save_caption_rows(dataset, [["inside.png", "overwrite"]], ".txt")
+    assert (outside / "secret.txt").read_text() == "API_KEY=do-not-leak"
 
 
 def test_upload_folder_needs_a_usable_output_name(ctx):
-    assert dataset_folder_for(ctx, "my lora").parts[-3:] == ("training", "datasets", "my lora")
+    assert dataset_folder_for(ctx, "my lora") == (ctx.settings.datasets_folder / "my lora").resolve()
+    assert dataset_folder(ctx, "my lora") == dataset_folder_for(ctx, "my lora")
     for bad in ("", "a/b", "x:y"):
         with pytest.raises(ValueError, match="output_name"):
             dataset_folder_for(ctx, bad)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from webui.security.network import HubDisabled, NetworkPolicy
 from webui.training.captioning import (
     CaptionResult,
     caption_images,
@@ -118,8 +119,19 @@ def test_model_that_fails_to_load_falls_back_with_the_reason(images, tmp_path):
     empty = caption_images(images, trigger="sks", class_word="cat", model_dir=not_a_model)
     assert empty.source == "template" and "could not be loaded" in empty.notes[0]
 
-    bad_id = caption_images(images, trigger="sks", class_word="cat", model_id="not a valid hub id!")
+    bad_id = caption_images(images, trigger="sks", class_word="cat", model_id="not a valid hub id!",
+                            network=NetworkPolicy(allow_hub=True))
     assert bad_id.source == "template" and "not a valid hub id!" in bad_id.notes[0]
+
+
+def test_a_hub_id_is_refused_without_allow_hub_before_anything_is_looked_up(images, tmp_path):
+    """The default server never reaches the Hub for a caption model: a clear refusal, no template fallback."""
+    for policy in ({}, {"network": NetworkPolicy()}):
+        with pytest.raises(HubDisabled, match="--allow-hub") as refused:
+            caption_images(images, trigger="sks", class_word="cat", model_id="Salesforce/blip-image-captioning-base",
+                           **policy)
+        assert "Salesforce/blip-image-captioning-base" in str(refused.value) and "models/" in str(refused.value)
+    assert not any(path.with_suffix(".txt").exists() for path in images)
 
 
 def test_hub_id_while_offline_falls_back_quickly_with_the_reason(images, tmp_path):
@@ -128,8 +140,10 @@ def test_hub_id_while_offline_falls_back_quickly_with_the_reason(images, tmp_pat
         "import json, sys\n"
         "from pathlib import Path\n"
         "from webui.training.captioning import caption_images\n"
+        "from webui.security.network import NetworkPolicy\n"
         "result = caption_images([Path(p) for p in sys.argv[1:]], trigger='sks', class_word='dog',\n"
-        "                        model_id='Salesforce/blip-image-captioning-base')\n"
+        "                        model_id='Salesforce/blip-image-captioning-base',\n"
+        "                        network=NetworkPolicy(allow_hub=True))\n"
         "print(json.dumps({'source': result.source, 'notes': result.notes,\n"
         "                  'captions': sorted(set(result.captions.values()))}))\n"
     )
@@ -159,3 +173,12 @@ def test_caption_files_are_written_beside_images_without_clobbering_edits(images
     assert images[2].with_suffix(".txt").read_text(encoding="utf-8") == "sks, caption 2\n"
     write_caption_files(captions, extension=".caption", overwrite=True)
     assert images[0].with_suffix(".caption").read_text(encoding="utf-8") == "sks, caption 0\n"
+
+
+@pytest.mark.parametrize("extension", [".json", ".pth", ".png", "", "txt", "/../x.txt"])
+def test_captions_are_only_ever_written_as_txt_or_caption_files(images, extension):
+    before = sorted(path.name for path in images[0].parent.iterdir())
+    with pytest.raises(ValueError, match="caption_extension"):
+        write_caption_files({images[0]: "API_KEY=overwritten"}, extension=extension, overwrite=True)
+    assert sorted(path.name for path in images[0].parent.iterdir()) == before
+

@@ -85,6 +85,23 @@ def test_unknown_name_lists_available_models(folder, tmp_path):
         catalog.find("nope")
 
 
+def test_a_hub_repo_id_is_refused_without_allow_hub_and_names_the_checkpoint_folder(folder, tmp_path):
+    from webui.security.network import HubDisabled, NetworkPolicy
+
+    for catalog in (CheckpointCatalog(folder, HashCache(tmp_path / "hashes.json")),
+                    CheckpointCatalog(folder, HashCache(tmp_path / "hashes.json"), NetworkPolicy(allow_hub=False))):
+        for call in (catalog.check_available, catalog.find_or_fetch):
+            with pytest.raises(HubDisabled, match="--allow-hub") as refused:
+                call("someone/some-model")
+            assert str(folder) in str(refused.value) and isinstance(refused.value, LookupError)
+        assert not (folder / "someone--some-model").exists()
+        assert catalog.check_available("sub/two").name == "sub/two"  # a local folder that looks like an id
+        with pytest.raises(LookupError, match="available"):
+            catalog.check_available("not-here")
+    allowed = CheckpointCatalog(folder, HashCache(tmp_path / "hashes.json"), NetworkPolicy(allow_hub=True))
+    assert allowed.check_available("someone/some-model") is None  # would be downloaded by find_or_fetch
+
+
 def test_settings_flags_config_and_safe_defaults(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"sd_model_checkpoint": "one", "checkpoints_in_ram": 3}))
     settings = settings_from_args(["--data-dir", str(tmp_path), "--auth", "a:b,c:d", "--port", "7999"])
@@ -93,6 +110,8 @@ def test_settings_flags_config_and_safe_defaults(tmp_path):
     assert settings.checkpoints_in_ram == 3 and settings.extra["sd_model_checkpoint"] == "one"
     assert settings.checkpoint_folder == tmp_path / "models" / "Stable-diffusion"
     assert settings.outputs_folder == tmp_path / "outputs"
+    assert settings.datasets_folder == tmp_path / "datasets" and settings.training_folder == tmp_path / "training"
+    assert settings.allow_hub is False and settings_from_args(["--allow-hub"]).allow_hub is True
     assert settings_from_args(["--listen"]).host == "0.0.0.0"
     assert settings_from_args(["--nowebui"]).serve_api and not settings_from_args(["--nowebui"]).serve_ui
     custom = settings_from_args(["--ckpt-dir", str(tmp_path / "ck"), "--outputs-dir", str(tmp_path / "o")])
@@ -111,9 +130,10 @@ def test_help_lists_every_documented_flag_without_installing_or_touching_cuda():
                             text=True, timeout=60).stdout
     for flag in ("--listen", "--port", "--share", "--api", "--nowebui", "--data-dir", "--ckpt-dir", "--lora-dir",
                  "--vae-dir", "--embeddings-dir", "--outputs-dir", "--device", "--precision", "--auth",
-                 "--auth-file", "--skip-install"):
+                 "--auth-file", "--skip-install", "--allow-hub"):
         assert flag in output
     readme = (PROJECT_ROOT / "README.md").read_text()
+    assert "| `--allow-hub` |" in readme
     assert "python3 launch.py" in readme and "python3 run_tests.py" in readme
 
 

@@ -53,6 +53,8 @@ def test_a_filled_in_default_config_is_valid_for_every_method():
     ({"sample_every_n_steps": 50}, "sample_prompts", ["at least one prompt"]),
     ({"min_bucket_resolution": 1024}, "min_bucket_resolution", ["64 to 512"]),
     ({"base_checkpoint": " "}, "base_checkpoint", ["checkpoint"]),
+    ({"caption_extension": ".json"}, "caption_extension", ["'.json'", ".txt", ".caption"]),
+    ({"caption_extension": ".pth"}, "caption_extension", ["'.pth'", ".txt", ".caption"]),
 ])
 def test_validation_names_the_field_and_what_it_accepts(changes, field, words):
     error = error_of(job_config(**changes))
@@ -173,6 +175,17 @@ def test_user_presets_save_without_job_fields_and_shadow_nothing(tmp_path):
         load_preset("nope", tmp_path)
     with pytest.raises(TrainingConfigError):
         save_user_preset(config, tmp_path, "../escape")
+
+
+def test_a_preset_name_cannot_read_json_outside_the_preset_folders(tmp_path):
+    presets, outside = tmp_path / "presets", tmp_path / "outside"
+    presets.mkdir()
+    outside.mkdir()
+    (outside / "secret.json").write_text(json.dumps({"rank": 99}))
+    for name in ("../outside/secret", str(outside / "secret"), ".hidden", "a/b", None):
+        with pytest.raises(TrainingConfigError) as refused:
+            load_preset(name, presets)
+        assert refused.value.field == "preset" and "99" not in str(refused.value)
 
 
 def _learning_rates(name: str, total: int, warmup: int = 0) -> list[float]:

@@ -16,6 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
+from webui.security.network import HubDisabled, NetworkPolicy
 from webui.training.export import LoraLayerWeights, save_embedding, save_kohya_lora
 from webui.training.hub_upload import HubUploadError, upload_to_hub
 from webui.training.model_card import write_model_card
@@ -123,6 +124,9 @@ def test_card_header_survives_quotes_and_colons(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+HUB_ON = NetworkPolicy(allow_hub=True)  # as with --allow-hub; without it every upload is refused (last test)
+
+
 class RecordingApi:
     """Stands in for huggingface_hub.HfApi: records calls, answers like the Hub, or raises ``error``."""
 
@@ -152,7 +156,7 @@ class _RepoUrl(str):
 
 def test_upload_creates_a_private_repo_then_uploads_the_folder(lora_run):
     api = RecordingApi()
-    url = upload_to_hub(lora_run, "someone/red-circles", "hf_secret", api=api)
+    url = upload_to_hub(lora_run, "someone/red-circles", "hf_secret", network=HUB_ON, api=api)
     assert url == "https://huggingface.co/someone/red-circles"
     (first, create), (second, upload) = api.calls
     assert first == "create_repo" and second == "upload_folder"
@@ -162,7 +166,7 @@ def test_upload_creates_a_private_repo_then_uploads_the_folder(lora_run):
     assert upload["token"] == "hf_secret"
 
     public = RecordingApi()
-    upload_to_hub(lora_run, "someone/red-circles", "hf_secret", private=False, api=public)
+    upload_to_hub(lora_run, "someone/red-circles", "hf_secret", private=False, network=HUB_ON, api=public)
     assert public.calls[0][1]["private"] is False
 
 
@@ -170,7 +174,7 @@ def test_upload_creates_a_private_repo_then_uploads_the_folder(lora_run):
 def test_upload_without_a_token_says_where_to_get_one(lora_run, token):
     api = RecordingApi()
     with pytest.raises(HubUploadError, match="settings/tokens"):
-        upload_to_hub(lora_run, "someone/red-circles", token, api=api)
+        upload_to_hub(lora_run, "someone/red-circles", token, network=HUB_ON, api=api)
     assert api.calls == []
 
 
@@ -178,7 +182,7 @@ def test_upload_without_a_token_says_where_to_get_one(lora_run, token):
 def test_upload_to_a_malformed_repo_id_is_refused_before_any_call(lora_run, repo_id):
     api = RecordingApi()
     with pytest.raises(HubUploadError, match="repo id"):
-        upload_to_hub(lora_run, repo_id, "hf_secret", api=api)
+        upload_to_hub(lora_run, repo_id, "hf_secret", network=HUB_ON, api=api)
     assert api.calls == []
 
 
@@ -186,17 +190,28 @@ def test_upload_network_and_auth_failures_become_clear_errors(lora_run, tmp_path
     from huggingface_hub.errors import HfHubHTTPError
 
     with pytest.raises(HubUploadError, match="cannot reach the Hugging Face Hub") as down:
-        upload_to_hub(lora_run, "someone/red-circles", "hf_secret",
+        upload_to_hub(lora_run, "someone/red-circles", "hf_secret", network=HUB_ON,
                       api=RecordingApi(ConnectionError("Name or service not known")))
     assert isinstance(down.value, ValueError)
     unauthorized = HfHubHTTPError("401 Client Error: Unauthorized",
                                   response=SimpleNamespace(status_code=401, headers={}, request=None))
     with pytest.raises(HubUploadError, match="rejected the token"):
-        upload_to_hub(lora_run, "someone/red-circles", "hf_bad", api=RecordingApi(unauthorized))
+        upload_to_hub(lora_run, "someone/red-circles", "hf_bad", network=HUB_ON, api=RecordingApi(unauthorized))
     forbidden = HfHubHTTPError("403 Forbidden", response=SimpleNamespace(status_code=403, headers={}, request=None))
     with pytest.raises(HubUploadError, match="may not write to 'someone/red-circles'"):
-        upload_to_hub(lora_run, "someone/red-circles", "hf_read_only", api=RecordingApi(forbidden))
+        upload_to_hub(lora_run, "someone/red-circles", "hf_read_only", network=HUB_ON, api=RecordingApi(forbidden))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(HubUploadError, match="empty"):
-        upload_to_hub(empty, "someone/red-circles", "hf_secret", api=RecordingApi())
+        upload_to_hub(empty, "someone/red-circles", "hf_secret", network=HUB_ON, api=RecordingApi())
+
+
+def test_upload_is_refused_before_any_call_unless_the_hub_is_allowed(lora_run):
+    from webui.settings import settings_from_args
+
+    api = RecordingApi()
+    default = NetworkPolicy.from_settings(settings_from_args(["--data-dir", str(lora_run)]))  # no --allow-hub
+    with pytest.raises(HubDisabled, match="--allow-hub") as refused:
+        upload_to_hub(lora_run, "someone/red-circles", "hf_secret", network=default, api=api)
+    assert api.calls == []
+    assert isinstance(refused.value, LookupError)  # 404 over HTTP, like any name that is not here

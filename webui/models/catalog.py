@@ -15,6 +15,7 @@ from pathlib import Path
 from webui.models.checkpoint_files import CheckpointReadError, read_key_shapes
 from webui.models.hashing import HashCache
 from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture
+from webui.security.network import NetworkPolicy
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
@@ -79,11 +80,16 @@ def is_diffusers_folder(path: Path) -> bool:
 
 
 class CheckpointCatalog:
-    """The list of checkpoints in one folder; `refresh()` rescans without restarting the app."""
+    """The list of checkpoints in one folder; `refresh()` rescans without restarting the app.
 
-    def __init__(self, folder: Path, hash_cache: HashCache):
+    A name that is not in the folder but looks like a Hub repo id (`owner/name`) is downloaded only when
+    `network` allows the Hub (off by default: see `webui.security.network`).
+    """
+
+    def __init__(self, folder: Path, hash_cache: HashCache, network: NetworkPolicy = NetworkPolicy()):
         self.folder = folder
         self._hashes = hash_cache
+        self._network = network
         self._lock = threading.Lock()
         self._records: list[CheckpointRecord] = []
         self._classified: dict[tuple, tuple[Architecture | None, str | None]] = {}
@@ -150,15 +156,30 @@ class CheckpointCatalog:
         names = ", ".join(record.title for record in self.records()) or "(none)"
         raise UnknownCheckpointError(f"checkpoint {wanted!r} not found; available: {names}")
 
-    def find_or_fetch(self, wanted: str) -> CheckpointRecord:
-        """`find`, and for an unknown `owner/name` a download from the Hugging Face Hub when online."""
-        from webui.models.hub import fetch_diffusers_model, looks_like_repo_id
+    def check_available(self, wanted: str) -> CheckpointRecord | None:
+        """The local record `wanted` names, or None for a Hub repo id that `find_or_fetch` may download.
+
+        Touches no network: an unknown `owner/name` raises `HubDisabled` (naming this folder) unless the
+        Hub is allowed, and any other unknown name raises `UnknownCheckpointError`.
+        """
+        from webui.models.hub import looks_like_repo_id
 
         try:
             return self.find(wanted)
         except UnknownCheckpointError:
             if not looks_like_repo_id(wanted):
                 raise
+        self._network.require_hub(f"checkpoint {wanted.strip()!r}",
+                                  f"put the model (a .safetensors file or a diffusers folder) in {self.folder}")
+        return None
+
+    def find_or_fetch(self, wanted: str) -> CheckpointRecord:
+        """`find`, and for an unknown `owner/name` a download from the Hugging Face Hub when that is allowed."""
+        from webui.models.hub import fetch_diffusers_model
+
+        record = self.check_available(wanted)
+        if record is not None:
+            return record
         fetch_diffusers_model(wanted.strip(), self.folder)
         self.refresh()
         return self.find(wanted.strip().replace("/", "--"))

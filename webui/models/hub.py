@@ -1,7 +1,8 @@
 """Fetch a diffusers model from the Hugging Face Hub by repo id, when the machine is online.
 
-Everything else in SD Studio is offline; this is the one place that may reach the network, and only
-when a user names a checkpoint as `owner/name` that is not in the checkpoint folder. The download
+Everything else in SD Studio is offline; this is the one place that may download a checkpoint, and only
+when a user names a checkpoint as `owner/name` that is not in the checkpoint folder and the server was
+started with `--allow-hub` (the catalog asks `webui.security.network.NetworkPolicy` first). The download
 lands in the checkpoint folder as an ordinary diffusers folder, so it is listed and loaded like any
 other model afterwards (and works offline from then on).
 """

@@ -1,8 +1,8 @@
 """Caption training images, with a BLIP model when one is available and a template otherwise.
 
 Captions decide what a LoRA learns to tie to its trigger word, so the Train tab offers to write them:
-a BLIP captioning model (from a local folder, or a Hub id when online) describes each image and the
-trigger word is put in front (``"sks, a dog sitting on grass"``). Without a usable model the captions
+a BLIP captioning model (from a local folder, or a Hub id when the server was started with
+`--allow-hub`: see `webui.security.network`) describes each image and the trigger word is put in front (``"sks, a dog sitting on grass"``). Without a usable model the captions
 fall back to a template (``"sks, a dog"``); the result always says which was used and why, so a
 missing model never goes unnoticed.
 """
@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from webui.security.network import NetworkPolicy
+from webui.security.paths import is_within
+from webui.training.config import check_caption_extension
 
 DEFAULT_TEMPLATE = "{trigger}, a {class}"
 TEMPLATE_SOURCE = "template"
@@ -76,6 +80,13 @@ def _check_hub_reachable(timeout_s: float = 3.0) -> None:
         raise OSError(f"cannot reach {endpoint.hostname} ({error}); offline?") from None
 
 
+def check_model_allowed(model_dir: Path | None, model_id: str | None, network: NetworkPolicy) -> None:
+    """A Hub id needs the Hub (even a cached one lives outside the app's folders); a folder does not."""
+    if model_dir is None and model_id:
+        network.require_hub(f"captioning model {model_id!r}",
+                            "put a BLIP model folder under models/ and enter that folder instead")
+
+
 def _load_blip(model_dir: Path | None, model_id: str | None, device: str):
     """(processor, model, name) of a BLIP captioning model; raises what loading raises.
 
@@ -113,10 +124,11 @@ def _describe_images(images: list, processor, model, device: str, max_new_tokens
 
 def caption_images(paths: Sequence[Path], *, trigger: str, class_word: str, template: str = DEFAULT_TEMPLATE,
                    model_dir: Path | None = None, model_id: str | None = None, device: str = "cpu",
-                   max_new_tokens: int = MAX_CAPTION_TOKENS) -> CaptionResult:
+                   max_new_tokens: int = MAX_CAPTION_TOKENS, network: NetworkPolicy = NetworkPolicy()) -> CaptionResult:
     """Caption every image: BLIP description with the trigger in front, else the filled template.
 
-    Greedy decoding, so the same images and model always give the same captions.
+    Greedy decoding, so the same images and model always give the same captions. A Hub id (`model_id`)
+    is refused with `HubDisabled` unless `network` allows the Hub, before anything is looked up.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -126,6 +138,7 @@ def caption_images(paths: Sequence[Path], *, trigger: str, class_word: str, temp
     if model_dir is None and not model_id:
         return CaptionResult({path: fallback for path in paths}, TEMPLATE_SOURCE,
                              ["no captioning model given (a BLIP folder or Hub id); every caption is the template"])
+    check_model_allowed(model_dir, model_id, network)
     try:
         processor, model, name = _load_blip(model_dir, model_id, device)
     except (OSError, ValueError, RuntimeError, ImportError) as error:
@@ -160,13 +173,12 @@ def write_caption_files(captions: dict[Path, str], *, extension: str = ".txt", o
 
     Existing caption files are kept unless ``overwrite``: users often hand-edit them.
     """
-    if not extension.startswith(".") or len(extension) < 2:
-        raise ValueError(f"caption extension must look like '.txt', got {extension!r}")
+    check_caption_extension(extension)
     written = []
     for image_path, caption in captions.items():
         caption_path = Path(image_path).with_suffix(extension)
-        if caption_path.exists() and not overwrite:
-            continue
+        if (caption_path.exists() and not overwrite) or not is_within(caption_path, Path(image_path).parent):
+            continue  # kept, or a (dangling) symlink that would write outside the dataset
         caption_path.write_text(caption + "\n", encoding="utf-8")
         written.append(caption_path)
     return written

@@ -30,6 +30,9 @@ FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2")
 PROJECTION_TARGETS = ("proj_in", "proj_out")
 UNET_TARGET_CHOICES = ATTENTION_TARGETS + FEED_FORWARD_TARGETS + PROJECTION_TARGETS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Caption sidecars are written beside images from a request: a fixed list, so a caption can never be
+# saved as `.json`, `.pth` or any other file something else would read.
+CAPTION_EXTENSIONS = (".txt", ".caption")
 PRESETS_FOLDER = Path(__file__).resolve().parent / "presets"
 # Characters that break file names on some OS or prompt parsing (`<lora:name:1>`, `(word:1.2)`).
 _FORBIDDEN_NAME_CHARACTERS = set('/\\:<>"|?*()[]{},')
@@ -219,8 +222,7 @@ class TrainingConfig:
         return self
 
     def _validate_dataset(self) -> None:
-        if not self.caption_extension.startswith(".") or len(self.caption_extension) < 2:
-            raise TrainingConfigError("caption_extension", f"must look like '.txt' or '.caption' (got {self.caption_extension!r})")
+        check_caption_extension(self.caption_extension)
         if "{trigger}" not in self.caption_template and "{class}" not in self.caption_template:
             raise TrainingConfigError("caption_template", "must contain {trigger} and/or {class}")
         _int_range("keep_tokens", self.keep_tokens, 0, 75)
@@ -344,6 +346,12 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def check_caption_extension(extension: Any) -> str:
+    """The caption sidecar extension if it is one of CAPTION_EXTENSIONS; TrainingConfigError otherwise."""
+    _one_of("caption_extension", extension, CAPTION_EXTENSIONS)
+    return extension
+
+
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise TrainingConfigError(name, f"{value!r} is not one of {', '.join(allowed)}")
@@ -393,7 +401,13 @@ def list_presets(user_folder: Path | None = None) -> list[str]:
 
 
 def load_preset(name: str, user_folder: Path | None = None) -> TrainingConfig:
-    """A preset's values over the defaults; the user's folder is searched before the shipped presets."""
+    """A preset's values over the defaults; the user's folder is searched before the shipped presets.
+
+    The name must be a plain file name, so a request cannot make it read `../../somewhere.json`.
+    """
+    if not isinstance(name, str):
+        raise TrainingConfigError("preset", f"must be a preset name (got {name!r})")
+    _file_name("preset", name)
     candidates = ([Path(user_folder) / f"{name}.json"] if user_folder is not None else []) + [PRESETS_FOLDER / f"{name}.json"]
     for path in candidates:
         if path.is_file():

@@ -23,10 +23,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from webui.training.config import IMAGE_SUFFIXES, TrainingConfig
+from webui.security.network import NetworkPolicy
+from webui.security.paths import is_within
+from webui.training.config import CAPTION_EXTENSIONS, IMAGE_SUFFIXES, TrainingConfig
 
 KOHYA_FOLDER_PATTERN = re.compile(r"^(\d+)_(.+)$")
-SIDECAR_EXTENSIONS = (".txt", ".caption")
+SIDECAR_EXTENSIONS = CAPTION_EXTENSIONS
 TEMPLATE_SOURCE = "template"
 CLASS_SOURCE = "class prompt"
 
@@ -186,11 +188,14 @@ def shuffled_caption(caption: str, keep_tokens: int, rng: np.random.Generator) -
 
 
 def read_sidecar(image_path: Path, preferred_extension: str) -> tuple[str, str] | None:
-    """(caption, extension) from the preferred sidecar, else from another known caption extension."""
-    extensions = [preferred_extension] + [ext for ext in SIDECAR_EXTENSIONS if ext != preferred_extension]
+    """(caption, extension) from the preferred sidecar, else from another known caption extension.
+
+    Only the fixed caption extensions are ever read, whatever `preferred_extension` says.
+    """
+    extensions = sorted(SIDECAR_EXTENSIONS, key=lambda extension: extension != preferred_extension)
     for extension in extensions:
         sidecar = image_path.with_suffix(extension)
-        if sidecar.is_file():
+        if sidecar.is_file() and is_within(sidecar, image_path.parent):
             text = sidecar.read_text(encoding="utf-8", errors="replace")
             text = " ".join(line.strip() for line in text.splitlines() if line.strip())
             if text:
@@ -308,19 +313,25 @@ def _group_for(folder: Path, config: TrainingConfig) -> _ImageGroup:
     return _ImageGroup(folder, folder.name, config.repeats, config.trigger_word.strip(), config.class_word)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path, root: Path) -> list[Path]:
+    """Images directly in `folder`; a symlink leading out of the dataset `root` is not part of the dataset."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+                  and not p.name.startswith(".") and is_within(p, root))
+
+
+def dataset_subfolders(root: Path) -> list[Path]:
+    """The kohya-style subfolders of a dataset (hidden ones and symlinks leading out of it are skipped)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_within(p, root))
 
 
 def _image_groups(root: Path, config: TrainingConfig) -> tuple[list[tuple[_ImageGroup, list[Path]]], list[str]]:
     notes = []
     groups = []
-    root_images = _image_files(root)
+    root_images = _image_files(root, root)
     if root_images:
         groups.append((_group_for(root, config), root_images))
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = _image_files(sub)
+    for sub in dataset_subfolders(root):
+        images = _image_files(sub, root)
         if not images:
             continue
         group = _group_for(sub, config)
@@ -383,14 +394,15 @@ def scan_dataset(config: TrainingConfig, folder: Path | None = None) -> Training
 
 
 def caption_missing_images(config: TrainingConfig, *, model_dir: Path | None = None, model_id: str | None = None,
-                           device: str = "cpu") -> tuple[list[Path], list[str]]:
+                           device: str = "cpu", network: NetworkPolicy = NetworkPolicy()) -> tuple[list[Path], list[str]]:
     """Write a caption sidecar for every dataset image that has none (BLIP when available, else the template).
 
     Existing sidecars are never touched (users hand-edit them). Each kohya folder is captioned with its own
     trigger and class word. Returns the sidecars written and notes saying which captioner was used and why.
     """
-    from webui.training.captioning import caption_images, write_caption_files
+    from webui.training.captioning import caption_images, check_model_allowed, write_caption_files
 
+    check_model_allowed(model_dir, model_id, network)  # a Hub id without --allow-hub fails before any work
     root = Path(config.dataset_dir).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
@@ -403,7 +415,8 @@ def caption_missing_images(config: TrainingConfig, *, model_dir: Path | None = N
             continue
         trigger = config.effective_token if config.uses_embedding else group.trigger
         result = caption_images(missing, trigger=trigger, class_word=group.class_word,
-                                template=config.caption_template, model_dir=model_dir, model_id=model_id, device=device)
+                                template=config.caption_template, model_dir=model_dir, model_id=model_id, device=device,
+                                network=network)
         written += write_caption_files(result.captions, extension=config.caption_extension)
         notes.append(f"{group.label}: {len(missing)} caption(s) from {result.source}")
         notes += result.notes

@@ -3,13 +3,16 @@
 One call creates the model repo if needed (private by default: a user's face or product LoRA should
 not become public by accident) and uploads the folder in one commit. Every way this can fail (no
 token, a malformed repo id, a rejected token, no network) becomes a :class:`HubUploadError` whose
-message says what to do, so the Train tab can show it as is.
+message says what to do, so the Train tab can show it as is. Nothing is sent unless the server was
+started with `--allow-hub` (`webui.security.network.NetworkPolicy`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Protocol
+
+from webui.security.network import NetworkPolicy
 
 HUB_TOKEN_PAGE = "https://huggingface.co/settings/tokens"
 
@@ -62,9 +65,19 @@ def _describe_failure(error: BaseException, repo_id: str) -> str:
             "connection, and that HF_HUB_OFFLINE is not set")
 
 
-def upload_to_hub(folder: Path, repo_id: str, token: str | None, *, private: bool = True,
+def check_upload_allowed(network: NetworkPolicy) -> None:
+    """`HubDisabled` unless the owner allowed the Hub: callers check before preparing an upload, too."""
+    network.require_hub("uploading to the Hugging Face Hub",
+                        "copy the exported folder (training/exports) yourself, or restart the server with the flag")
+
+
+def upload_to_hub(folder: Path, repo_id: str, token: str | None, *, network: NetworkPolicy, private: bool = True,
                   api: HubApi | None = None) -> str:
-    """Create ``repo_id`` (if it does not exist) and upload every file of ``folder``; return the repo URL."""
+    """Create ``repo_id`` (if it does not exist) and upload every file of ``folder``; return the repo URL.
+
+    Refused with `HubDisabled` before anything else when ``network`` does not allow the Hub.
+    """
+    check_upload_allowed(network)
     folder = Path(folder)
     if not token or not token.strip():
         raise HubUploadError(f"no Hugging Face token: create one with write access at {HUB_TOKEN_PAGE} "

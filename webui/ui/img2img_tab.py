@@ -102,11 +102,14 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
                                            height=300, elem_id="img_inpaint_mask")
                 with gr.Tab("Batch", id="batch", elem_id="img2img_batch_tab") as tab_batch:
                     gr.Markdown("Every image in the input folder is processed with the settings below; a mask with "
-                                "the same file name in the mask folder makes it an inpaint.")
-                    batch_input = gr.Textbox(label="Input directory", elem_id="img2img_batch_input_dir")
-                    batch_output = gr.Textbox(label="Output directory (empty = outputs/img2img-batch)",
-                                              elem_id="img2img_batch_output_dir")
-                    batch_masks = gr.Textbox(label="Inpaint batch mask directory (optional)",
+                                "the same file name in the mask folder makes it an inpaint. Folders are in the "
+                                "data folder's `datasets/` or `outputs/`; a plain name means `datasets/<name>` for the "
+                                "input and mask folders and `outputs/<name>` for the output folder.")
+                    batch_input = gr.Textbox(label="Input directory (in datasets/ or outputs/)",
+                                             elem_id="img2img_batch_input_dir")
+                    batch_output = gr.Textbox(label="Output directory (in outputs/ or datasets/; empty = "
+                                                    "outputs/img2img-batch)", elem_id="img2img_batch_output_dir")
+                    batch_masks = gr.Textbox(label="Inpaint batch mask directory (optional; in datasets/ or outputs/)",
                                              elem_id="img2img_batch_inpaint_mask_dir")
             for tab, name in ((tab_img2img, "img2img"), (tab_sketch, "sketch"), (tab_inpaint, "inpaint"),
                               (tab_isketch, "inpaint_sketch"), (tab_upload, "inpaint_upload"), (tab_batch, "batch")):

@@ -14,11 +14,12 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.models.hub import looks_like_repo_id
-from webui.training.config import TrainingConfig
+from webui.security.paths import CAPTION_MODEL
+from webui.training.config import TrainingConfig, check_caption_extension
 from webui.training.dataset import caption_missing_images, scan_dataset
 from webui.ui.errors import user_error
 from webui.ui.train_fields import DATASET_GROUPS, make_widget
-from webui.ui.train_service import caption_rows, dataset_folder_for, import_images, save_caption_rows
+from webui.ui.train_service import caption_rows, dataset_folder, dataset_folder_for, import_images, save_caption_rows
 
 FormConfig = Callable[..., TrainingConfig]  # widget values (in the form's input order) -> config
 
@@ -47,15 +48,15 @@ def build_dataset_section(defaults: TrainingConfig) -> DatasetSection:
                          file_types=["image", ".txt", ".caption"], elem_id="train_upload", scale=2)
         with gr.Column(scale=3):
             dataset_dir = gr.Textbox(label="Dataset folder", elem_id="train_dataset_dir",
-                                     info="uploads go to training/datasets/<output name>; or type a folder "
-                                          "(kohya layout 10_trigger class/ works too)")
+                                     info="uploads go to datasets/<output name>; or type the name of a folder "
+                                          "in datasets/ (kohya layout 10_trigger class/ works too)")
             upload_message = gr.Markdown(elem_id="train_upload_message")
     with gr.Row():
         for spec in DATASET_GROUPS["words"]:
             fields[spec.name] = make_widget(spec, getattr(defaults, spec.name))
     with gr.Row():
-        caption_model = gr.Textbox(label="Captioning model (BLIP folder or Hub id; empty = template)",
-                                   elem_id="train_caption_model", scale=3)
+        caption_model = gr.Textbox(label="Captioning model (BLIP folder in models/, or a Hub id with --allow-hub; "
+                                         "empty = template)", elem_id="train_caption_model", scale=3)
         autocaption = gr.Button("Auto-caption images without a caption", elem_id="train_autocaption", scale=1)
     caption_message = gr.Markdown(elem_id="train_caption_message")
     captions = gr.Dataframe(headers=["file", "caption"], datatype=["str", "str"], column_count=2, type="array",
@@ -82,12 +83,13 @@ def dataset_summary_text(config: TrainingConfig) -> str:
     return f"**Dataset:** {summary.describe()}{notes}"
 
 
-def captioning_model(text: str | None) -> tuple[Path | None, str | None]:
-    """(model folder, Hub id) from the textbox: an existing folder wins over a Hub-id-looking path."""
+def captioning_model(ctx: AppContext, text: str | None) -> tuple[Path | None, str | None]:
+    """(model folder, Hub id) from the textbox. A folder is confined to models/ (a relative name starts
+    there); an existing folder wins over a Hub-id-looking name, which the engine refuses without --allow-hub."""
     text = (text or "").strip()
     if not text:
         return None, None
-    folder = Path(text).expanduser()
+    folder = ctx.files.resolve(text, CAPTION_MODEL)
     if folder.is_dir() or not looks_like_repo_id(text):
         return folder, None
     return None, text
@@ -101,8 +103,9 @@ def wire_dataset_section(ctx: AppContext, section: DatasetSection, output_name: 
         if not files:
             return gr.update(), gr.update(), gr.update()
         try:
+            extension = check_caption_extension(ext or ".txt")
             result = import_images(files, dataset_folder_for(ctx, name), ctx.request_limits)
-            rows = caption_rows(result.folder, ext or ".txt")
+            rows = caption_rows(result.folder, extension)
         except ValueError as error:
             raise gr.Error(user_error(error)) from None
         return str(result.folder), result.describe(), rows
@@ -111,7 +114,7 @@ def wire_dataset_section(ctx: AppContext, section: DatasetSection, output_name: 
         if not (folder or "").strip():
             raise gr.Error("Choose a dataset folder or upload images first.")
         try:
-            return caption_rows(Path(folder.strip()), ext or ".txt")
+            return caption_rows(dataset_folder(ctx, folder), check_caption_extension(ext or ".txt"))
         except ValueError as error:
             raise gr.Error(user_error(error)) from None
 
@@ -119,8 +122,9 @@ def wire_dataset_section(ctx: AppContext, section: DatasetSection, output_name: 
         if not (folder or "").strip():
             raise gr.Error("Choose a dataset folder or upload images first.")
         try:
-            written, removed = save_caption_rows(Path(folder.strip()), rows or [], ext or ".txt")
-            fresh = caption_rows(Path(folder.strip()), ext or ".txt")
+            root, extension = dataset_folder(ctx, folder), check_caption_extension(ext or ".txt")
+            written, removed = save_caption_rows(root, rows or [], extension)
+            fresh = caption_rows(root, extension)
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         note = f" Removed {removed} emptied caption file(s); those images use the template." if removed else ""
@@ -129,13 +133,14 @@ def wire_dataset_section(ctx: AppContext, section: DatasetSection, output_name: 
     def autocaption(model: str, *values: Any):
         # BLIP runs here on the CPU rather than on the GPU worker, so captioning never waits behind a training run.
         try:
-            config = form_config(*values)
+            config = form_config(*values)  # folders confined, caption extension checked
             if not config.dataset_dir:
                 raise ValueError("dataset_dir: choose a dataset folder or upload images first")
-            model_dir, model_id = captioning_model(model)
-            written, notes = caption_missing_images(config, model_dir=model_dir, model_id=model_id)
-            rows = caption_rows(Path(config.dataset_dir).expanduser(), config.caption_extension)
-        except (ValueError, OSError) as error:
+            model_dir, model_id = captioning_model(ctx, model)
+            written, notes = caption_missing_images(config, model_dir=model_dir, model_id=model_id,
+                                                    network=ctx.network)
+            rows = caption_rows(Path(config.dataset_dir), config.caption_extension)
+        except (ValueError, LookupError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         if not written:
             return "Every image already has a caption file; edit captions in the table.", rows

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from webui.training.config import (
+    CAPTION_EXTENSIONS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
     OPTIMIZERS,
@@ -47,7 +48,7 @@ DATASET_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("trigger_word", "Trigger word", "text", info="the new word that calls up your subject, e.g. sks"),
         _spec("class_word", "Class word", "text", info="what it is: person, dog, style..."),
         _spec("caption_template", "Caption template", "text", info="for images without a caption file"),
-        _spec("caption_extension", "Caption extension", "text"),
+        _spec("caption_extension", "Caption extension", "choice", CAPTION_EXTENSIONS),
     ),
     "captions": (
         _spec("prepend_trigger", "Put the trigger word first in captions", "bool"),
@@ -111,7 +112,8 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("sample_steps", "Sample steps", "int"),
         _spec("sample_cfg", "Sample CFG scale", "float"),
         _spec("sample_seed", "Sample seed", "int"),
-        _spec("resume_from", "Resume from state folder", "text", info="a folder under training/states"),
+        _spec("resume_from", "Resume from state folder", "text",
+              info="the name of a saved state in training/states (e.g. my_lora-state)"),
     ),
     "Prior preservation (DreamBooth)": (
         _spec("with_prior_preservation", "Use prior preservation (class images)", "bool",

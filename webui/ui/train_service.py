@@ -22,8 +22,17 @@ from webui.jobs.queue import Job
 from webui.security.identity import User
 from webui.security.limits import RequestLimits
 from webui.models.default_model import DEFAULT_MODEL_NAME
-from webui.training.config import IMAGE_SUFFIXES, PRESETS_FOLDER, TrainingConfig, TrainingConfigError, list_presets
-from webui.training.dataset import fill_template, read_sidecar
+from webui.security.paths import DATASET, RESUME_STATE, is_within
+from webui.training.config import (
+    IMAGE_SUFFIXES,
+    PRESETS_FOLDER,
+    TrainingConfig,
+    TrainingConfigError,
+    check_caption_extension,
+    list_presets,
+)
+from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar
+from webui.training.hub_upload import check_upload_allowed, upload_to_hub
 from webui.training.model_card import write_model_card
 
 TRAIN_JOB_KIND = "train"  # the kind `AppContext.submit_training` queues its job under
@@ -44,8 +53,8 @@ def training_root(ctx: AppContext) -> Path:
 
 
 def datasets_root(ctx: AppContext) -> Path:
-    """Uploaded images go to `<data>/training/datasets/<output name>/`."""
-    return training_root(ctx) / "datasets"
+    """Datasets live in `<data>/datasets/`: uploads go to `<output name>/` there, typed folders must be in it."""
+    return ctx.settings.datasets_folder
 
 
 def user_presets_folder(ctx: AppContext) -> Path:
@@ -107,7 +116,8 @@ class ImportResult:
 
 
 def dataset_folder_for(ctx: AppContext, output_name: str) -> Path:
-    """The upload folder of a run; the name must be usable as a file name, by the config's own rule."""
+    """The upload folder of a run, `datasets/<output name>`; the name must be usable as a file name, by the
+    config's own rule, and the folder goes through the file-access rule like a typed one."""
     name = (output_name or "").strip()
     if not name:
         raise ValueError("output_name: enter an output name first; uploaded images go to a folder of that name")
@@ -116,7 +126,27 @@ def dataset_folder_for(ctx: AppContext, output_name: str) -> Path:
     except TrainingConfigError as error:
         if error.field == "output_name":
             raise
-    return datasets_root(ctx) / name
+    return ctx.files.resolve(name, DATASET)
+
+
+def dataset_folder(ctx: AppContext, typed: str) -> Path:
+    """A dataset folder typed by the user or sent by a client, confined to `datasets/` (relative names start there)."""
+    return ctx.files.resolve(typed, DATASET)
+
+
+def confine_config(ctx: AppContext, config: TrainingConfig) -> TrainingConfig:
+    """The config with `dataset_dir` and `resume_from` mapped into the app's folders, and a fixed caption extension.
+
+    Every config that arrives from a request (Train tab, HTTP API) passes here before its folders are read;
+    `python -m webui.train`, run by the machine's owner, does not.
+    """
+    check_caption_extension(config.caption_extension)
+    changes = {}
+    if config.dataset_dir.strip():
+        changes["dataset_dir"] = str(dataset_folder(ctx, config.dataset_dir))
+    if config.resume_from.strip():
+        changes["resume_from"] = str(ctx.files.resolve(config.resume_from, RESUME_STATE))
+    return config.replace(**changes)
 
 
 def import_images(files: list[str | Path], folder: Path, limits: RequestLimits) -> ImportResult:
@@ -163,34 +193,40 @@ def _upload_name(path: Path) -> str:
 
 
 def dataset_images(folder: Path) -> list[Path]:
-    """Every image of a dataset folder and its kohya `N_name` subfolders, in a stable order."""
-    folder = Path(folder).expanduser()
+    """Every image of a dataset folder and its kohya `N_name` subfolders, in a stable order.
+
+    `folder` is an already confined path (`dataset_folder`); entries that are symlinks leading out of it
+    are skipped, so a confined folder never lists or reads anything elsewhere.
+    """
+    folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"dataset_dir: {folder} does not exist or is not a folder")
     images = []
-    for directory in [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for directory in [folder] + dataset_subfolders(folder):
         images += sorted(p for p in directory.iterdir()
-                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                         and is_within(p, folder))
     return images
 
 
 def caption_rows(folder: Path, extension: str) -> list[list[str]]:
     """[file relative to the folder, caption] for each image; an empty caption means the template is used."""
+    check_caption_extension(extension)
     rows = []
     for image in dataset_images(folder):
         found = read_sidecar(image, extension)
-        rows.append([image.relative_to(Path(folder).expanduser()).as_posix(), found[0] if found else ""])
+        rows.append([image.relative_to(Path(folder)).as_posix(), found[0] if found else ""])
     return rows
 
 
 def save_caption_rows(folder: Path, rows: list[list[Any]], extension: str) -> tuple[int, int]:
     """Write each row's caption to the image's sidecar; an emptied caption deletes it. Returns (written, removed).
 
-    Every row must name an image inside the folder, so a table edit cannot write files elsewhere.
+    Every row must name an image inside the folder, so a table edit cannot write files elsewhere, and the
+    extension is one of the fixed caption extensions, so it cannot write anything but captions.
     """
-    if not extension.startswith(".") or len(extension) < 2:
-        raise ValueError(f"caption_extension: must look like '.txt' (got {extension!r})")
-    root = Path(folder).expanduser().resolve()
+    check_caption_extension(extension)
+    root = Path(folder).resolve()
     known = {image.resolve() for image in dataset_images(root)}
     planned: list[tuple[Path, str]] = []
     for row in rows:
@@ -201,6 +237,8 @@ def save_caption_rows(folder: Path, rows: list[list[Any]], extension: str) -> tu
         image = (root / name).resolve()
         if image not in known:
             raise ValueError(f"captions: {name!r} is not an image in {root}; reload the table")
+        if not is_within(image.with_suffix(extension), image.parent):
+            raise ValueError(f"captions: the caption file of {name!r} links outside the dataset; nothing was changed")
         planned.append((image, caption))
     written = removed = 0
     for image, caption in planned:
@@ -224,8 +262,11 @@ def training_active(ctx: AppContext) -> bool:
 
 
 def start_training(ctx: AppContext, config: TrainingConfig, owner: str | None = None) -> Job:
-    """Queue a run for `owner` unless one is already queued or training (AppContext checks that atomically)."""
-    return ctx.submit_training(config, owner)
+    """Queue a run for `owner` unless one is already queued or training (AppContext checks that atomically).
+
+    The config's folders are confined first (`confine_config`): this is how requests start training.
+    """
+    return ctx.submit_training(confine_config(ctx, config), owner)
 
 
 def current_job_is_training(ctx: AppContext) -> bool:
@@ -366,6 +407,17 @@ def export_run(ctx: AppContext, license_name: str, include_epochs: bool = False)
         sample_images=[image for _, image in monitor.samples()], license=license_name, files=exported,
     )
     return folder, card
+
+
+def upload_run(ctx: AppContext, repo_id: str, token: str | None, *, private: bool, license_name: str,
+               include_epochs: bool = False) -> tuple[Path, str]:
+    """Export the latest run with its card and upload that folder to the Hub: (export folder, repo URL).
+
+    Refused (`HubDisabled`) before exporting anything unless the server was started with --allow-hub.
+    """
+    check_upload_allowed(ctx.network)
+    folder, _ = export_run(ctx, license_name, include_epochs)  # re-export: the Hub gets exactly the latest run
+    return folder, upload_to_hub(folder, (repo_id or "").strip(), token, network=ctx.network, private=private)
 
 
 def _base_model_name(ctx: AppContext, config: TrainingConfig) -> str:

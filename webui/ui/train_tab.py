@@ -14,8 +14,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.training.config import TrainingConfig, load_preset, save_user_preset
-from webui.training.hub_upload import upload_to_hub
-from webui.ui.access import caller_of
+from webui.ui.access import caller_of, require_admin
 from webui.ui.errors import user_error
 from webui.ui.train_dataset_section import (
     DatasetSection,
@@ -49,12 +48,14 @@ from webui.training.monitor import TrainingBusyError
 from webui.ui.train_service import (
     JOB_FIELDS,
     cancel_training,
+    confine_config,
     default_sample_prompt,
     export_run,
     last_run_lora_names,
     preset_names,
     start_training,
     training_status,
+    upload_run,
     user_presets_folder,
 )
 
@@ -159,11 +160,16 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     form_inputs = [method, output_name, base_checkpoint, dataset.dataset_dir] + [fields[name] for name in spec_names]
     form_names = list(JOB_WIDGET_FIELDS) + spec_names
 
-    def form_config(*values: Any) -> TrainingConfig:
+    def form_values(*values: Any) -> TrainingConfig:
+        """The form as a config, folders as typed (for presets, which leave the folders out)."""
         config = config_from_widgets(dict(zip(form_names, values)))
         if not config.base_checkpoint:  # nothing chosen: train on the loaded (or first) checkpoint
             config = config.replace(base_checkpoint=ctx.current_checkpoint_title() or next(iter(ctx.checkpoint_titles()), ""))
         return config
+
+    def form_config(*values: Any) -> TrainingConfig:
+        """The form as a config whose dataset and resume folders are confined to the app's folders."""
+        return confine_config(ctx, form_values(*values))
 
     wire_dataset_section(ctx, dataset, output_name, form_inputs, form_config)
 
@@ -185,7 +191,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
 
     def store_preset(name: str, *values: Any):
         try:
-            path = save_user_preset(form_config(*values), user_presets_folder(ctx), (name or "").strip())
+            path = save_user_preset(form_values(*values), user_presets_folder(ctx), (name or "").strip())
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         return f"Saved preset **{path.stem}** to `{path}`.", gr.update(choices=preset_names(ctx), value=path.stem)
@@ -251,11 +257,13 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         names = ", ".join(f"`{path.name}`" for path in sorted(folder.iterdir()))
         return f"Exported to `{folder}`: {names}. The model card is `{card.name}`."
 
-    def upload_files(repo: str, hub_token: str, is_private: bool, license_value: str, epochs: bool) -> str:
-        try:  # re-export first, so the Hub gets exactly the latest run with its card
-            folder, _ = export_run(ctx, license_value or LICENSES[0], bool(epochs))
-            url = upload_to_hub(folder, (repo or "").strip(), hub_token, private=bool(is_private))
-        except (ValueError, OSError) as error:
+    def upload_files(repo: str, hub_token: str, is_private: bool, license_value: str, epochs: bool,
+                     request: gr.Request) -> str:
+        require_admin(request, "Uploading to the Hub")
+        try:
+            folder, url = upload_run(ctx, repo, hub_token, private=bool(is_private),
+                                     license_name=license_value or LICENSES[0], include_epochs=bool(epochs))
+        except (ValueError, LookupError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         return f"Uploaded `{folder.name}` to {url}"
 
