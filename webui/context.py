@@ -49,9 +49,9 @@ class AppContext:
     styles: StyleDatabase
     limits: GenerationLimits
     loras: LoraCatalog
-    request_limits: RequestLimits = field(default_factory=RequestLimits)  # its `generation` is `limits`
     files: FileAccess        # where user-supplied paths may point (webui.security.paths)
     network: NetworkPolicy   # whether a request may reach the Hugging Face Hub (webui.security.network)
+    request_limits: RequestLimits = field(default_factory=RequestLimits)  # its `generation` is `limits`
     training: TrainingMonitor | None = field(default=None)  # the latest training run, for reconnecting UIs
     _training_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
