@@ -69,7 +69,7 @@ def prepare_tiny_lora(page, name: str, images: list[str], steps: int, samples: b
     page.set_input_files("#train_upload input[type=file]", images)
     page.wait_for_selector("#train_upload_message:has-text('Copied 4 image(s)')")
     assert page.input_value("#train_dataset_dir textarea, #train_dataset_dir input").endswith(
-        f"training/datasets/{name}")
+        f"datasets/{name}")
     fill_text(page, "train_trigger_word", "hxgn")
     fill_text(page, "train_class_word", "shape")
     page.locator("#train_method").get_by_label("LoRA", exact=True).check()
