@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from webui.eval import toy_world
+from webui.eval import caption_variants, toy_world
 
 SCALED_LINEAR = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -63,20 +63,40 @@ def training_scenes(n: int, seed: int) -> list[toy_world.Scene]:
     return toy_world.dataset_scenes(n, seed, exclude_captions=excluded)
 
 
-def _render_chunk(arguments: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:
-    seed, start, count = arguments
+def _render_chunk(arguments: tuple[int, int, int, int]) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+    seed, start, count, caption_count = arguments
     scenes = training_scenes(start + count, seed)[start:]
     images = np.stack([np.asarray(toy_world.render(s, seed=seed * 1_000_003 + start + i)) for i, s in enumerate(scenes)])
-    return images, [toy_world.caption(s) for s in scenes]
+    if caption_count == 0:  # the first models' captions: the full grammar only
+        captions = [[toy_world.caption(s)] for s in scenes]
+    else:
+        captions = caption_variants.training_captions(scenes, seed * 1_000_003 + start, per_scene=caption_count)
+    # Tokenized here, in parallel: CLIP's Python tokenizer takes minutes for a quarter million captions.
+    ids = tokenize(clip_tokenizer(), [text for texts in captions for text in texts]).numpy()
+    return images, captions, ids.reshape(len(scenes), len(captions[0]), -1)
 
 
-def render_dataset(n: int, seed: int, workers: int) -> tuple[torch.Tensor, list[str]]:
+def clip_tokenizer():
+    """The real CLIP tokenizer the default model ships with."""
+    from transformers import CLIPTokenizer
+
+    from webui.models.model_configs import config_dir
+
+    return CLIPTokenizer.from_pretrained(config_dir("sd1") / "tokenizer", local_files_only=True)
+
+
+def render_dataset(n: int, seed: int, workers: int,
+                   caption_count: int = 0) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
+    """``n`` training renders (uint8, NCHW), per image its captions, ``caption_count`` varied ones
+    (``caption_variants.training_caption``) or with 0 the one full-grammar caption, and their token ids
+    (images x captions x 77)."""
     chunk = math.ceil(n / workers)
-    jobs = [(seed, start, min(chunk, n - start)) for start in range(0, n, chunk)]
+    jobs = [(seed, start, min(chunk, n - start), caption_count) for start in range(0, n, chunk)]
     with ProcessPoolExecutor(workers) as pool:
         parts = list(pool.map(_render_chunk, jobs))
     images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
-    return images, [c for p in parts for c in p[1]]
+    token_ids = torch.from_numpy(np.concatenate([p[2] for p in parts]))
+    return images, [c for p in parts for c in p[1]], token_ids
 
 
 def to_unit_range(batch: torch.Tensor) -> torch.Tensor:
@@ -160,13 +180,25 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 
 def train_unet(unet, text_encoder, latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor,
                steps: int, batch: int, device: str, seed: int, log, deadline: float = math.inf,
-               learning_rate: float = 4e-4, ema_decay: float = 0.999) -> dict:
+               learning_rate: float = 4e-4, ema_decay: float = 0.999, negative_ids: torch.Tensor | None = None,
+               negative_share: float = 0.0) -> dict:
+    """Train text encoder and UNet jointly; the saved weights are the exponential moving average.
+
+    ``token_ids`` holds one or more captions per latent (N x captions x 77); each sample takes one at random.
+    10 % of the samples are unconditional (caption dropout, for classifier-free guidance): their caption is
+    empty, or at ``negative_share`` a typical negative prompt (``negative_ids``), so that a negative prompt of
+    such words steers like an empty one instead of pulling towards an arbitrary picture.
+    """
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(**SCALED_LINEAR)
     alphas = scheduler.alphas_cumprod.to(device)
     generator = torch.Generator().manual_seed(seed)
     latents, token_ids, empty_ids = latents.to(device), token_ids.to(device), empty_ids.to(device)
+    if token_ids.dim() == 2:
+        token_ids = token_ids.unsqueeze(1)
+    if negative_ids is not None:
+        negative_ids = negative_ids.to(device)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=1e-2)
     averaged = [p.detach().clone() for p in parameters]
@@ -176,9 +208,14 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, token_ids: torch.Tenso
     for step in range(steps):
         index = torch.randint(len(latents), (batch,), generator=generator).to(device)
         x0 = latents[index]
-        ids = token_ids[index].clone()
+        variant = torch.randint(token_ids.shape[1], (batch,), generator=generator).to(device)
+        ids = token_ids[index, variant].clone()
         dropped = (torch.rand(batch, generator=generator) < 0.1).to(device)  # caption dropout: unconditional branch
         ids[dropped] = empty_ids
+        if negative_ids is not None and negative_share > 0:
+            negative = dropped & (torch.rand(batch, generator=generator) < negative_share).to(device)
+            picks = torch.randint(len(negative_ids), (batch,), generator=generator).to(device)
+            ids[negative] = negative_ids[picks[negative]]
         noise = torch.randn(x0.shape, generator=generator).to(device)
         timesteps = torch.randint(0, 1000, (batch,), generator=generator).to(device)
         alpha = alphas[timesteps].view(-1, 1, 1, 1)
@@ -260,11 +297,17 @@ def main() -> None:
     parser.add_argument("--time-budget-minutes", type=float, default=math.inf,
                         help="stop UNet training early (recorded in the report) so the run fits a machine lease")
     parser.add_argument("--init-from", type=Path,
-                        help="continue from a previous run's model folder (its VAE is kept when --vae-steps is 0)")
+                        help="continue from a previous run's model folder (its VAE and latent scaling are kept "
+                             "when --vae-steps is 0: a fine-tune of text encoder and UNet)")
+    parser.add_argument("--caption-variants", type=int, default=4,
+                        help="varied captions per image (webui/eval/caption_variants.py); 0 = the full caption "
+                             "grammar only, as the models before issue 23 were trained")
+    parser.add_argument("--negative-share", type=float, default=0.5,
+                        help="share of the unconditional (dropped) captions replaced by a typical negative prompt")
     args = parser.parse_args()
 
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from webui.models.model_configs import config_dir, load_component_config
 
@@ -273,8 +316,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-    images, captions = render_dataset(args.images, args.seed, args.workers)
-    log(f"rendered {len(images)} images")
+    images, captions, token_ids = render_dataset(args.images, args.seed, args.workers, args.caption_variants)
+    log(f"rendered {len(images)} images; captions of the first: {captions[0]}")
     configs = model_configs()
     report = {"command": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "configs": configs}
     if args.init_from:
@@ -286,42 +329,50 @@ def main() -> None:
     report["vae"] = train_vae(vae, images, args.vae_steps, args.vae_batch, args.device, args.seed, log,
                               deadline=started + 60 * args.vae_minutes, learning_rate=args.vae_lr)
     latents = encode_latents(vae, images, args.device)
-    scaling = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scaling)
+    if args.init_from and args.vae_steps == 0:
+        scaling = float(vae.config.scaling_factor)  # the UNet being fine-tuned learnt latents at this scale
+    else:
+        scaling = float(1.0 / latents.std())
+        vae.register_to_config(scaling_factor=scaling)
     latents = latents * scaling
     log(f"latents {tuple(latents.shape)} scaling {scaling:.4f}")
 
-    tokenizer = CLIPTokenizer.from_pretrained(config_dir("sd1") / "tokenizer", local_files_only=True)
+    tokenizer = clip_tokenizer()
     if args.init_from:
         text_encoder, unet = load(CLIPTextModel, "text_encoder"), load(UNet2DConditionModel, "unet")
     else:
         text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])).to(args.device)
         unet = UNet2DConditionModel(**configs["unet"]).to(args.device)
-    report["unet"] = train_unet(unet, text_encoder, latents, tokenize(tokenizer, captions), tokenize(tokenizer, [""])[0],
+    negatives = [caption_variants.negative_prompt(np.random.default_rng([args.seed, index])) for index in range(512)]
+    report["unet"] = train_unet(unet, text_encoder, latents, token_ids, tokenize(tokenizer, [""])[0],
                                 args.unet_steps, args.batch, args.device, args.seed, log,
                                 deadline=started + 60 * args.time_budget_minutes - 90, learning_rate=args.unet_lr,
-                                ema_decay=args.ema_decay)
+                                ema_decay=args.ema_decay, negative_ids=tokenize(tokenizer, negatives),
+                                negative_share=args.negative_share if args.caption_variants else 0.0)
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=PNDMScheduler.from_config(load_component_config("sd1", "scheduler")),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
-    try:
-        report["evaluation"] = evaluate(pipeline, args.eval_prompts, set(captions))
-        log(f"evaluation {report['evaluation']}")
-    except ImportError as error:  # the analyzer needs scipy, which a bare GPU machine may lack
-        log(f"evaluation skipped: {error}")
+    # Saved before the evaluation, so a run cut off by its machine lease still leaves the model.
     pipeline.to(dtype=torch.float16).save_pretrained(args.out, safe_serialization=True)
     # Ship CLIP's vocab/merges files (1.5 MB) rather than the 3.6 MB tokenizer.json transformers writes.
     shutil.rmtree(args.out / "tokenizer")
     shutil.copytree(config_dir("sd1") / "tokenizer", args.out / "tokenizer")
     report["parameters"] = {name: sum(p.numel() for p in getattr(pipeline, name).parameters())
                             for name in ("unet", "vae", "text_encoder")}
-    report["total_seconds"] = time.perf_counter() - started
     report["device"] = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    report["total_seconds"] = time.perf_counter() - started
     (args.out / "training_report.json").write_text(json.dumps(report, indent=1))
     log(f"saved to {args.out}")
+    if args.eval_prompts:
+        try:  # on the fp16 weights as saved
+            report["evaluation"] = evaluate(pipeline, args.eval_prompts, {text for texts in captions for text in texts})
+            log(f"evaluation {report['evaluation']}")
+        except ImportError as error:  # the analyzer needs scipy, which a bare GPU machine may lack
+            log(f"evaluation skipped: {error}")
+        (args.out / "training_report.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -227,6 +227,14 @@ def _set_once(found: dict[str, object], attribute: str, value: object, text: str
     found[attribute] = value
 
 
+_NOUN_PHRASE_WORDS = frozenset(COLOR_RGB) | frozenset(_SIZE_WORDS) | frozenset(_TEXTURE_WORDS) | frozenset(_NUMBER_WORDS)
+
+
+def _leads_noun_phrase(tokens: list[str], index: int, shape_index: int) -> bool:
+    """Whether only number, size, texture and colour words stand between ``tokens[index]`` and the shape."""
+    return all(token in _NOUN_PHRASE_WORDS for token in tokens[index + 1:shape_index])
+
+
 def parse_prompt(text: str) -> dict[str, object]:
     """Read whatever toy-world attributes a hand-written prompt names.
 
@@ -255,8 +263,9 @@ def parse_prompt(text: str) -> dict[str, object]:
                 _set_once(found, "size", _SIZE_WORDS[token], text)
             elif token in _TEXTURE_WORDS:
                 _set_once(found, "texture", _TEXTURE_WORDS[token], text)
-            elif token in _NUMBER_WORDS:
-                # The number word nearest the shape counts: "a photo of two circles" is two.
+            elif token in _NUMBER_WORDS and _leads_noun_phrase(tokens, index, shape_index):
+                # Only a number word that starts the shape's noun phrase counts: "a photo of two circles"
+                # is two, and the "a" of "a picture of red circles" names no count.
                 found["count"] = _NUMBER_WORDS[token]
         elif index == shape_index:
             shape, plural = _SHAPE_WORDS[token]

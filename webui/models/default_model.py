@@ -17,6 +17,10 @@ from webui.settings import PROJECT_ROOT
 
 DEFAULT_MODEL_NAME = "sd-studio-toy"
 SHIPPED_DEFAULT_MODEL = PROJECT_ROOT / "models" / "default" / DEFAULT_MODEL_NAME
+# The txt2img prompt box starts with this prompt, so a newcomer's first Generate shows what the default model
+# does; and the README's example. The fidelity report checks both on 10 seeds (`webui.eval.prompt_sets`).
+EXAMPLE_PROMPT = "a red circle on a blue background"
+README_EXAMPLE_PROMPT = "two large striped red squares on the left, blue background"
 # How the default model was made; they describe that model only, so copies, merges and trained results drop them.
 TRAINING_RECORD_FILES = ("training_report.json", "decoder_finetune_report.json")
 
