@@ -11,7 +11,8 @@ from fastapi import Depends, HTTPException, Request
 from webui.security.identity import NotAuthenticated, User, request_user
 
 
-def caller(request: Request) -> User:
+async def caller(request: Request) -> User:
+    """Async, so that reading the user costs no worker thread (it only looks at the request scope)."""
     try:
         return request_user(request)
     except NotAuthenticated as error:

@@ -307,10 +307,12 @@ def build_api_router(ctx: AppContext) -> APIRouter:
 
     @router.get("/progress")
     @translate_errors
-    def progress(skip_current_image: bool = False, user: User = Depends(caller)) -> dict[str, Any]:
+    async def progress(skip_current_image: bool = False, user: User = Depends(caller)) -> dict[str, Any]:
         """A1111's progress for the caller's own running job (an admin sees any). Others learn only that
         the server is busy, how many jobs there are and where their own first job stands
-        (`queue_position`: 0 running, 1 next, None when they have none)."""
+        (`queue_position`: 0 running, 1 next, None when they have none). It only reads the queue's state
+        on the event loop (no thread is needed while generation requests flood the pool); a preview PNG
+        is encoded on a worker thread."""
         job = ctx.queue.current
         position = ctx.queue.first_position_of(user.name)
         if job is None or not user.may_act_on(job.owner):
@@ -321,7 +323,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
         snapshot = job.control.snapshot()
         current_image = None
         if snapshot.preview is not None and not skip_current_image:
-            current_image = encode_png(snapshot.preview)
+            current_image = await run_in_threadpool(encode_png, snapshot.preview)
         return {
             "progress": snapshot.fraction,
             "eta_relative": snapshot.eta_seconds or 0.0,
