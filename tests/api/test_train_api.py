@@ -14,7 +14,7 @@ from webui.eval.toy_world import held_out_concept_images
 TRAIN = "/sdapi/v1/train"
 
 
-def tiny_body(dataset: Path, **changes) -> dict:
+def tiny_body(dataset: Path | str, **changes) -> dict:
     body = {"method": "lora", "output_name": "api_hex", "dataset_dir": str(dataset), "trigger_word": "hxgn",
             "class_word": "shape", "resolution": 64, "min_bucket_resolution": 32, "max_bucket_resolution": 128,
             "bucket_step": 32, "rank": 4, "alpha": 4.0, "unet_lr": 0.002, "max_train_steps": 4,
@@ -25,8 +25,8 @@ def tiny_body(dataset: Path, **changes) -> dict:
 
 @pytest.fixture(scope="module")
 def hexagons(server) -> Path:
-    folder = server.data_dir / "api-hexagons"
-    folder.mkdir(exist_ok=True)
+    folder = server.data_dir / "datasets" / "api-hexagons"  # a client names folders in the data folder's datasets/
+    folder.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(held_out_concept_images("hexagon", 4)):
         image.save(folder / f"hexagon_{index}.png")
     return folder
@@ -49,7 +49,7 @@ def wait_until(server, condition, timeout: float = 400) -> dict:
 
 
 def test_train_over_http_and_follow_it_until_the_files_exist(server, hexagons):
-    response = requests.post(server.url + TRAIN, json=tiny_body(hexagons), timeout=60)
+    response = requests.post(server.url + TRAIN, json=tiny_body(hexagons.name), timeout=60)  # datasets/<name>
     assert response.status_code == 202, response.text
     started = response.json()
     assert started["state"] in ("queued", "running") and started["name"] == "api_hex"
@@ -77,7 +77,12 @@ def test_train_over_http_and_follow_it_until_the_files_exist(server, hexagons):
     ({"unet_lr": 0}, "unet_lr: must be a number above 0"),
     ({"rank": "big"}, "rank: must be a whole number"),
     ({"learning_rate": 1e-4}, "learning_rate: unknown setting"),
-    ({"dataset_dir": "/nowhere/at/all"}, "does not exist"),
+    ({"dataset_dir": "nowhere-at-all"}, "does not exist"),
+    ({"dataset_dir": "/nowhere/at/all"}, "use a folder under datasets/"),
+    ({"dataset_dir": "/etc"}, "use a folder under datasets/"),
+    ({"dataset_dir": "../../../../../../../../etc"}, "use a folder under datasets/"),
+    ({"resume_from": "/etc"}, "use a folder under training/states/"),
+    ({"caption_extension": ".json"}, "caption_extension: '.json' is not one of .txt, .caption"),
     ({"output_name": ""}, "output_name"),
     ({"optimizer": "SGD"}, "optimizer: 'SGD' is not one of"),
 ])
