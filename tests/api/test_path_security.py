@@ -459,6 +459,24 @@ def test_every_sdapi_route_with_path_like_values(world):
     assert root_listing() == root_before
 
 
+def test_gradios_file_route_serves_nothing_outside_its_own_cache(world):
+    """`/gradio_api/file=<path>` is gradio's own path-taking route: it must refuse the sentinel like a missing file."""
+    walk = Walk(world)
+
+    def fetch(path: str) -> Answer:
+        response = walk.http.get(f"{world.server.url}/gradio_api/file={path}", timeout=60)
+        return Answer(str(response.status_code), response.text, response.text)
+
+    probes = [Probe("GET /gradio_api/file=", present, absent, fetch) for present, absent in path_pairs(world)]
+    probes += [Probe("GET /gradio_api/file=", str(world.sentinel / leaf), str(world.missing / leaf), fetch)
+               for leaf in ("sentinel_picture.png", "sentinel_picture.json")]
+    probes.append(Probe("GET /gradio_api/file= (the server's own files)", str(ROOT / "launch.py"),
+                        str(ROOT / "launch.missing"), fetch))
+    walk.ask(probes)
+    walk.assert_clean()
+    assert fetch(str(world.sentinel / "sentinel_picture.txt")).kind == "403"
+
+
 # --------------------------------------------------------------------------------------------
 # The Hub (item 7): refused with 404 and the folder to use, nothing downloaded
 # --------------------------------------------------------------------------------------------
