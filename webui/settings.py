@@ -166,7 +166,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-install", action="store_true", help="do not create/update the virtual environment")
     parser.add_argument("--allow-hub", action="store_true",
                         help="let requests download checkpoints and captioning models from the Hugging Face Hub "
-                             "and upload trained models to it (default: off, the server never reaches the network)")
+                             "and upload trained models to it (default: off, no request makes the server contact the Hub)")
     return parser
 
 

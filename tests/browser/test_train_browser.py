@@ -68,8 +68,8 @@ def prepare_tiny_lora(page, name: str, images: list[str], steps: int, samples: b
     fill_text(page, "train_output_name", name)
     page.set_input_files("#train_upload input[type=file]", images)
     page.wait_for_selector("#train_upload_message:has-text('Copied 4 image(s)')")
-    assert page.input_value("#train_dataset_dir textarea, #train_dataset_dir input").endswith(
-        f"datasets/{name}")
+    folder = page.input_value("#train_dataset_dir textarea, #train_dataset_dir input")
+    assert folder.endswith(f"/datasets/{name}") and "/training/" not in folder  # uploads go to datasets/<name>
     fill_text(page, "train_trigger_word", "hxgn")
     fill_text(page, "train_class_word", "shape")
     page.locator("#train_method").get_by_label("LoRA", exact=True).check()
@@ -196,3 +196,17 @@ def test_presets_fill_the_form_and_the_users_own_are_saved_for_later(page, serve
     page.click("#train_preset input")
     page.wait_for_selector("[role=option]:has-text('browser_preset')")
     assert page.locator("[role=option]:has-text('browser_preset')").count() == 1
+
+
+def test_a_dataset_folder_outside_datasets_is_refused_with_the_folder_to_use(page, server, tmp_path):
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "photo.png").write_bytes(b"")
+    (outside / "photo.txt").write_text("API_KEY=do-not-show")
+    fill_text(page, "train_dataset_dir", str(outside))
+    page.click("#train_load_captions")
+    page.wait_for_selector("text=use a folder under datasets/")
+    assert "API_KEY" not in page.inner_text("#train_captions")
+    fill_text(page, "train_dataset_dir", "not-made-yet")  # a plain name inside datasets/ may just not exist
+    page.click("#train_load_captions")
+    page.wait_for_selector("text=does not exist or is not a folder")

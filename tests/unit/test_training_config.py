@@ -213,3 +213,14 @@ def test_lr_schedules_have_their_shapes():
     assert restarts[49] < 0.01 and restarts[50] == pytest.approx(1.0)  # two cycles
     polynomial = _learning_rates("polynomial", 10)
     assert polynomial[5] < linear[5]  # power 2 decays faster early than linear
+
+
+def test_saving_one_preset_name_from_several_requests_at_once_never_fails(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    configs = [job_config(rank=rank) for rank in range(1, 17)]
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda config: save_user_preset(config, tmp_path, "shared"), configs))
+    assert set(paths) == {tmp_path / "shared.json"}
+    assert 1 <= load_preset("shared", tmp_path).rank <= 16
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shared.json"]

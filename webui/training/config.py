@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,12 +172,7 @@ class TrainingConfig:
 
     def save(self, path: Path) -> Path:
         """Write the config as JSON atomically (a temp file, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_text(self.to_json() + "\n", encoding="utf-8")
-        temporary.replace(path)
-        return path
+        return _write_atomically(Path(path), self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
@@ -420,10 +416,17 @@ def save_user_preset(config: TrainingConfig, folder: Path, name: str) -> Path:
     _file_name("preset", name)
     job_fields = {"output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint"}
     values = {key: value for key, value in config.to_dict().items() if key not in job_fields}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    return _write_atomically(Path(folder) / f"{name}.json", json.dumps(values, indent=2) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> Path:
+    """Write through a temporary file of its own, then rename: two saves of one name at once (two browser
+    tabs, two API clients) each replace the file whole instead of tripping over one shared temporary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path

@@ -52,11 +52,6 @@ def training_root(ctx: AppContext) -> Path:
     return Path(ctx.training_paths().work_dir)
 
 
-def datasets_root(ctx: AppContext) -> Path:
-    """Datasets live in `<data>/datasets/`: uploads go to `<output name>/` there, typed folders must be in it."""
-    return ctx.settings.datasets_folder
-
-
 def user_presets_folder(ctx: AppContext) -> Path:
     return training_root(ctx) / "presets"
 
