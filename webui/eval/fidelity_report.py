@@ -16,6 +16,7 @@ import json
 import platform
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,10 @@ class PromptStyleResult:
         return self.correct / self.prompts
 
 
-def measure_prompt_styles(ctx, per_row: int) -> list[PromptStyleResult]:
-    """Generate one image per prompt of every prompt-styles row (seeds counting up from PROMPT_STYLE_SEED)."""
+def measure_prompt_styles(ctx, per_row: int,
+                          progress: Callable[[PromptStyleResult], None] | None = None) -> list[PromptStyleResult]:
+    """Generate one image per prompt of every prompt-styles row (seeds counting up from PROMPT_STYLE_SEED);
+    ``progress`` hears of each row as it is done (the table takes minutes)."""
     results = []
     for row in prompt_sets.prompt_rows(per_row):
         prompt_sets.check_prompts(row.prompts)
@@ -97,6 +100,8 @@ def measure_prompt_styles(ctx, per_row: int) -> list[PromptStyleResult]:
         accuracy = attribute_accuracy(images, [p.named for p in row.prompts])
         results.append(PromptStyleResult(row.key, row.title, len(row.prompts),
                                          round(accuracy["all"] * len(row.prompts)), accuracy))
+        if progress:
+            progress(results[-1])
     return results
 
 
@@ -222,7 +227,8 @@ def prompt_styles_only(per_row: int) -> list[PromptStyleResult]:
     with tempfile.TemporaryDirectory() as data_dir:
         ctx = build_context(settings_from_args(["--data-dir", data_dir, "--device", "cpu"]))
         try:
-            return measure_prompt_styles(ctx, per_row)
+            return measure_prompt_styles(
+                ctx, per_row, lambda row: print(f"{row.title}: {row.correct}/{row.prompts}", flush=True))
         finally:
             ctx.queue.shutdown()
 

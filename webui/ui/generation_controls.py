@@ -69,10 +69,12 @@ class PromptArea:
     styles: gr.Dropdown
 
 
-def build_prompt_area(ctx: AppContext, prefix: str, checkpoint: gr.Dropdown | None) -> PromptArea:
+def build_prompt_area(ctx: AppContext, prefix: str, checkpoint: gr.Dropdown | None,
+                      initial_prompt: str = "") -> PromptArea:
     with gr.Row():
         with gr.Column(scale=4):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt", elem_id=f"{prefix}_prompt")
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt", value=initial_prompt,
+                                elem_id=f"{prefix}_prompt")
             negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
             build_extra_networks(ctx, prompt, checkpoint, prefix=prefix)
         with gr.Column(scale=1, min_width=220):

@@ -14,6 +14,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
 from webui.generation.samplers import sampler_names
+from webui.models.default_model import EXAMPLE_PROMPT
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
     GenerationControls,
@@ -74,7 +75,8 @@ def hires_values(named: dict[str, Any]) -> dict[str, Any]:
 
 def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdown | None = None,
                       vae: gr.Dropdown | None = None) -> GenerationControls:
-    prompt_area = build_prompt_area(ctx, "txt2img", checkpoint)
+    # Pre-filled, so a newcomer's first Generate shows what the embedded default model draws.
+    prompt_area = build_prompt_area(ctx, "txt2img", checkpoint, initial_prompt=EXAMPLE_PROMPT)
     with gr.Row():
         with gr.Column(scale=1):
             fields = build_sampling_controls(ctx, "txt2img", default_size)
