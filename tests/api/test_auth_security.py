@@ -168,6 +168,15 @@ def test_a_plain_user_cannot_merge_checkpoints_in_the_ui_but_an_admin_can_try(ac
     assert "event: complete" in done and "merged" in done
 
 
+def test_the_ui_never_fetches_a_url_a_client_names(listening):
+    session = session_for(listening)
+    remote = {"data": [{"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}]}
+    answer = session.post(listening.url + "/gradio_api/call/read", json=remote, timeout=30)
+    assert answer.status_code == 403 and "upload" in answer.json()["detail"]
+    proxied = session.get(listening.url + "/gradio_api/file=https://example.invalid/x.png", timeout=30)
+    assert proxied.status_code == 403
+
+
 # ---- login backoff (last: it throttles this client address for a few seconds) ----
 
 def test_repeated_wrong_tokens_are_throttled_then_allowed_again(listening):

@@ -251,3 +251,29 @@ def test_the_accounts_command_line_adds_lists_and_mints_tokens(tmp_path, capsys,
     assert "already exists" in capsys.readouterr().err
     assert main(["--data-dir", str(tmp_path), "list"]) == 0
     assert "lee\tadmin\t1 token(s)" in capsys.readouterr().out
+
+
+def test_gradio_is_never_asked_to_fetch_a_url_for_a_client():
+    app = FastAPI()
+
+    @app.post("/gradio_api/call/{name}")
+    async def call(name: str, request: Request) -> dict:
+        return {"got": len(await request.body())}
+
+    @app.get("/gradio_api/file={path:path}")
+    def file(path: str) -> dict:
+        return {"path": path}
+
+    app.add_middleware(SecurityMiddleware, authenticator=Authenticator(UserStore(None)), policy=NetworkPolicy())
+    client = TestClient(app, base_url="http://127.0.0.1:7860")
+    remote = {"data": [{"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}]}
+    refused = client.post("/gradio_api/call/img2img", json=remote)
+    assert refused.status_code == 403 and "upload" in refused.json()["detail"]
+    prompt_mentioning_it = {"data": ['a prompt with "path": "https://example.invalid" in it']}
+    assert client.post("/gradio_api/call/txt2img", json=prompt_mentioning_it).status_code == 200
+    local = {"data": [{"path": "/tmp/gradio/abc/x.png", "url": "http://127.0.0.1:7860/gradio_api/file=/tmp/gradio/abc/x.png"}]}
+    assert client.post("/gradio_api/call/img2img", json=local).status_code == 200
+    for path in ("/gradio_api/file=https://example.invalid/x", "/gradio_api/file=https%3A//example.invalid/x",
+                 "/gradio_api/proxy=http://example.invalid/"):
+        assert client.get(path).status_code == 403, path
+    assert client.get("/gradio_api/file=/tmp/gradio/abc/x.png").status_code == 200

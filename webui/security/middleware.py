@@ -12,6 +12,7 @@ In order, for each HTTP/websocket request:
    goes to the login page, anything else gets 401.
 5. A state-changing request authenticated only by the session cookie must show it came from our own
    page: a same-origin `Origin` or a JSON body.
+6. gradio routes that would fetch a URL for the client are refused (`webui.security.remote_fetch`).
 The user is stored in the scope for `webui.security.identity.request_user`.
 """
 
@@ -29,6 +30,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from webui.security.auth import SESSION_COOKIE, SESSION_SECONDS, Authenticator, Credentials, TooManyAttempts
 from webui.security.identity import SCOPE_KEY, User
 from webui.security.login_page import login_page
+from webui.security.remote_fetch import REFUSAL, inspects_body, refused_body, refused_route
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -125,8 +127,11 @@ class SecurityMiddleware:
                 and origin is None and not headers.get("content-type", "").startswith("application/json")):
             await self._answer(scope, send, 403, "cross-site request refused: send JSON or an Origin header")
             return
+        if refused_route(path):
+            await self._answer(scope, send, 403, REFUSAL)
+            return
         if scope["type"] == "http":
-            receive = await self._bounded_body(scope, receive, send, headers)
+            receive = await self._bounded_body(scope, receive, send, headers, inspects_body(path, method))
             if receive is None:
                 return
         scope.setdefault("state", {})[SCOPE_KEY] = user
@@ -146,15 +151,19 @@ class SecurityMiddleware:
         return None
 
     async def _bounded_body(self, scope: Scope, receive: Receive, send: Send,
-                            headers: dict[str, str]) -> Receive | None:
-        """A chunked body (no Content-Length) is read here within the limit and replayed to the app;
-        with a Content-Length the server itself stops the body at the declared size. None: refused."""
-        if "chunked" not in headers.get("transfer-encoding", "").lower():
+                            headers: dict[str, str], inspect: bool) -> Receive | None:
+        """A chunked body (no Content-Length), or one to `inspect` for remote fetches, is read here within
+        the limit and replayed to the app; with a Content-Length the server itself stops the body at the
+        declared size. None: refused (the answer is sent)."""
+        if not inspect and "chunked" not in headers.get("transfer-encoding", "").lower():
             return receive
         try:
             body = await _read_body(receive, self.policy.max_body_bytes)
         except BodyTooLarge:
             await self._answer(scope, send, 413, f"request body is larger than {self.policy.max_body_bytes // (1024 * 1024)} MB")
+            return None
+        if inspect and refused_body(body):
+            await self._answer(scope, send, 403, REFUSAL)
             return None
         replayed = False
 
