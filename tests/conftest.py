@@ -27,13 +27,18 @@ def default_model_folder(tmp_path_factory) -> Path:
     return folder / DEFAULT_MODEL_NAME
 
 
+def with_default_model(data: Path, default_model_folder: Path) -> Path:
+    """Make `data` a --data-dir holding a copy of the default model; returns it."""
+    checkpoints = data / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
+    return data
+
+
 @pytest.fixture
 def data_dir(tmp_path, default_model_folder) -> Path:
     """A fresh --data-dir holding a copy of the default model."""
-    checkpoints = tmp_path / "models" / "Stable-diffusion"
-    checkpoints.mkdir(parents=True)
-    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
-    return tmp_path
+    return with_default_model(tmp_path, default_model_folder)
 
 
 def free_port() -> int:

@@ -7,27 +7,19 @@ one with accounts (`--auth-file` admin + a plain user with an API token in users
 from __future__ import annotations
 
 import re
-import shutil
 import time
 
 import psutil
 import pytest
 import requests
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import start_server, stop_server, with_default_model
 from webui.security.users import UserStore
-
-
-def copy_default_model(data, default_model_folder) -> None:
-    checkpoints = data / "models" / "Stable-diffusion"
-    checkpoints.mkdir(parents=True)
-    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
 
 
 @pytest.fixture(scope="module")
 def listening(tmp_path_factory, default_model_folder):
-    data = tmp_path_factory.mktemp("listen")
-    copy_default_model(data, default_model_folder)
+    data = with_default_model(tmp_path_factory.mktemp("listen"), default_model_folder)
     running = start_server(data, "--listen", "--api", "--max-body-mb", "1")
     running.token = re.search(r"\?token=([A-Za-z0-9_-]+)", running.log()).group(1)
     yield running
@@ -36,8 +28,7 @@ def listening(tmp_path_factory, default_model_folder):
 
 @pytest.fixture(scope="module")
 def accounts(tmp_path_factory, default_model_folder):
-    data = tmp_path_factory.mktemp("accounts")
-    copy_default_model(data, default_model_folder)
+    data = with_default_model(tmp_path_factory.mktemp("accounts"), default_model_folder)
     store = UserStore(data / "users.json")
     store.add_user("ulla", "user password", "user")
     auth_file = data / "auth.txt"

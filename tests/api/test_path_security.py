@@ -412,9 +412,11 @@ def app_routes() -> list[tuple[str, str, bool]]:
 
     from webui.api.sdapi import build_api_router
     from webui.api.train_api import build_train_router
+    from webui.security.limits import RequestLimits
     from webui.settings import Settings
 
-    holder = types.SimpleNamespace(settings=Settings())  # the routers read only settings while being built
+    settings = Settings()  # while being built, the routers read only the settings and the request limits
+    holder = types.SimpleNamespace(settings=settings, request_limits=RequestLimits.from_settings(settings))
     routes = []
     for router in (build_api_router(holder), build_train_router(holder)):
         for route in router.routes:

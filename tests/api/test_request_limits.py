@@ -12,7 +12,6 @@ import base64
 import http.client
 import io
 import json
-import shutil
 import threading
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import start_server, stop_server, with_default_model
 from tests.support.oversized_png import oversized_png, oversized_png_base64
 from webui.security.users import UserStore
 
@@ -37,10 +36,7 @@ TOKENS: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, default_model_folder):
-    data = tmp_path_factory.mktemp("limits-server")
-    checkpoints = data / "models" / "Stable-diffusion"
-    checkpoints.mkdir(parents=True)
-    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
+    data = with_default_model(tmp_path_factory.mktemp("limits-server"), default_model_folder)
     store = UserStore(data / "users.json")
     for name in USERS + (ADMIN,):
         store.add_user(name, f"{name}-password", "admin" if name == ADMIN else "user")

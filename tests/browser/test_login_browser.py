@@ -10,19 +10,14 @@ import pytest
 import requests
 
 from tests.browser.conftest import CHROMIUM_ARGS, chromium_path
-from tests.conftest import start_server, stop_server
+from tests.conftest import start_server, stop_server, with_default_model
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def listening_server(tmp_path_factory, default_model_folder):
-    import shutil
-
-    data = tmp_path_factory.mktemp("listen-data")
-    checkpoints = data / "models" / "Stable-diffusion"
-    checkpoints.mkdir(parents=True)
-    shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
+    data = with_default_model(tmp_path_factory.mktemp("listen-data"), default_model_folder)
     running = start_server(data, "--listen", "--api")
     yield running
     stop_server(running)
