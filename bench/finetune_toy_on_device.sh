@@ -4,7 +4,10 @@
 # model comes back in $OUT as toy.tar.part-* (15 MB parts: the device tool's per-file limit) with its log,
 # packed as soon as it is saved, before the script's own GPU evaluation.
 # Reassemble here with: cat toy.tar.part-* | tar x -C DIR
-# Usage (from the folder that holds webui/, bench/ and .whl/): MODEL=path/to/sd-studio-toy bash bench/finetune_toy_on_device.sh
+# Usage (from the folder that holds webui/, bench/ and .whl/):
+#   MODEL=path/to/sd-studio-toy [BUDGET=8 BATCH=512 UNET_LR=3e-4] bash bench/finetune_toy_on_device.sh [more training args]
+# The shipped model (2026-12-05): a first call with MODEL=the previous model, BUDGET=8, BATCH=512 (2,473 steps), then
+# a second call from its result with BUDGET=8.5, BATCH=1024 (2,992 steps); see the model card.
 set -uo pipefail
 # Carried wheels only where the machine lacks the package or has one too old for diffusers 0.42.1: replacing a
 # newer huggingface_hub would break the machine's own transformers.
@@ -29,7 +32,7 @@ rm -rf /tmp/toy; mkdir -p /tmp/toy
 python3 -m webui.eval.toy_model_training --out /tmp/toy/model --init-from "${MODEL:?set MODEL}" --vae-steps 0 \
     --images ${IMAGES:-60000} --caption-variants ${CAPTIONS:-4} --unet-steps ${UNET_STEPS:-100000} \
     --batch ${BATCH:-512} --unet-lr ${UNET_LR:-3e-4} --workers 14 --time-budget-minutes ${BUDGET:-8} \
-    --eval-prompts ${EVAL_PROMPTS:-100} > /tmp/toy/train.log 2>&1 < /dev/null &
+    --eval-prompts ${EVAL_PROMPTS:-100} "$@" > /tmp/toy/train.log 2>&1 < /dev/null &
 trainer=$!
 while kill -0 $trainer 2>/dev/null && [ ! -f /tmp/toy/model/training_report.json ]; do sleep 3; done
 sleep 2

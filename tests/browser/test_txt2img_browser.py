@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 from tests.browser.conftest import set_number
+from webui.eval.analyzer import analyze
+from webui.eval.toy_world import parse_prompt
 from webui.generation.infotext import parse_infotext, read_infotext
+from webui.models.default_model import EXAMPLE_PROMPT
 
 pytestmark = pytest.mark.browser
 
@@ -19,6 +22,22 @@ def fill_small_request(page, prompt: str, seed: str) -> None:
     set_number(page, "#txt2img_height input[type=number]", "64")
     set_number(page, "#txt2img_steps input[type=number]", "6")
     set_number(page, "#txt2img_seed input", seed)
+
+
+def test_a_newcomer_presses_generate_on_the_pre_filled_prompt_and_gets_it(page, server):
+    """The first thing a new user does: Generate on what the page offers, at its default settings."""
+    assert page.input_value("#txt2img_prompt textarea") == EXAMPLE_PROMPT
+    set_number(page, "#txt2img_seed input", "5003")  # the fidelity report draws this prompt right on 10 of 10 seeds
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 5003')")
+    infotext = page.input_value("#txt2img_infotext textarea")
+    assert "Steps: 20" in infotext and "Size: 128x128" in infotext and "CFG scale: 7" in infotext
+    day = datetime.date.today().isoformat()
+    saved = sorted((server.data_dir / "outputs" / "txt2img-images" / day).glob("*-5003.png"))
+    analysis = analyze(Image.open(saved[-1]))
+    # A red circle on a blue background, as the prompt says.
+    assert analysis.matches(parse_prompt(EXAMPLE_PROMPT)) == {"count": True, "color": True, "shape": True,
+                                                              "background": True}
 
 
 def test_generate_from_the_browser_saves_an_image_with_its_parameters(page, server):

@@ -108,3 +108,15 @@ def test_number_words_count_only_at_the_head_of_the_noun_phrase() -> None:
     assert parse_prompt("against a blue background, three squares") == {"background": "blue", "count": 3, "shape": "square"}
     with pytest.raises(ValueError, match="plural"):
         parse_prompt("a red circles")
+
+
+def test_training_chunks_carry_varied_captions_and_their_tokens() -> None:
+    from webui.eval.toy_model_training import _render_chunk, clip_tokenizer, tokenize
+
+    images, captions, ids = _render_chunk((2026, 0, 6, 3))
+    assert images.shape == (6, 128, 128, 3) and ids.shape == (6, 3, 77)
+    assert sum(len(set(texts)) > 1 for texts in captions) >= 4  # an image's captions differ
+    assert (tokenize(clip_tokenizer(), [captions[4][2]])[0].numpy() == ids[4, 2]).all()
+    _, legacy, legacy_ids = _render_chunk((2026, 0, 6, 0))
+    assert legacy_ids.shape == (6, 1, 77) and all(len(texts) == 1 for texts in legacy)
+    assert all(toy_world.parse_caption(texts[0]).attributes() for texts in legacy)
