@@ -13,13 +13,13 @@ from fastapi.testclient import TestClient
 from webui.security.accounts import AccountService
 from webui.security.auth import SESSION_COOKIE, Authenticator, LoginThrottle, TooManyAttempts
 from webui.security.identity import ADMIN, LOCAL_ADMIN, USER, Forbidden, User, request_user
-from webui.security.middleware import NetworkPolicy, SecurityMiddleware
+from webui.security.middleware import HttpPolicy, SecurityMiddleware
 from webui.security.server import build_server_security, startup_banner
 from webui.security.users import AccountError, UserStore, verify_password
 from webui.settings import settings_from_args
 
 
-def make_app(authenticator: Authenticator, policy: NetworkPolicy | None = None) -> TestClient:
+def make_app(authenticator: Authenticator, policy: HttpPolicy | None = None) -> TestClient:
     app = FastAPI()
 
     @app.get("/whoami")
@@ -31,7 +31,7 @@ def make_app(authenticator: Authenticator, policy: NetworkPolicy | None = None) 
     async def act(request: Request) -> dict:
         return {"by": request_user(request).name, "size": len(await request.body())}
 
-    app.add_middleware(SecurityMiddleware, authenticator=authenticator, policy=policy or NetworkPolicy())
+    app.add_middleware(SecurityMiddleware, authenticator=authenticator, policy=policy or HttpPolicy())
     return TestClient(app, base_url="http://127.0.0.1:7860")
 
 
@@ -139,7 +139,7 @@ def test_open_server_is_the_local_admin_but_still_refuses_foreign_hosts_and_orig
 
 
 def test_allowed_hosts_and_origins_come_from_the_policy():
-    policy = NetworkPolicy(allowed_hosts=("gpu.example.net",), allowed_origins=("https://app.example",))
+    policy = HttpPolicy(allowed_hosts=("gpu.example.net",), allowed_origins=("https://app.example",))
     client = make_app(Authenticator(UserStore(None)), policy)
     assert client.get("/whoami", headers={"Host": "gpu.example.net:7860"}).status_code == 200
     answer = client.get("/whoami", headers={"Origin": "https://app.example"})
@@ -188,7 +188,7 @@ def test_login_redirects_only_inside_the_server_and_wrong_logins_back_off():
 
 
 def test_body_limit_refuses_declared_and_chunked_bodies():
-    client = make_app(Authenticator(UserStore(None)), NetworkPolicy(max_body_bytes=1000))
+    client = make_app(Authenticator(UserStore(None)), HttpPolicy(max_body_bytes=1000))
     assert client.post("/act", content=b"x" * 999).json()["size"] == 999
     assert client.post("/act", content=b"x" * 1001).status_code == 413
 
@@ -264,7 +264,7 @@ def test_gradio_is_never_asked_to_fetch_a_url_for_a_client():
     def file(path: str) -> dict:
         return {"path": path}
 
-    app.add_middleware(SecurityMiddleware, authenticator=Authenticator(UserStore(None)), policy=NetworkPolicy())
+    app.add_middleware(SecurityMiddleware, authenticator=Authenticator(UserStore(None)), policy=HttpPolicy())
     client = TestClient(app, base_url="http://127.0.0.1:7860")
     remote = {"data": [{"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}]}
     refused = client.post("/gradio_api/call/img2img", json=remote)

@@ -48,7 +48,7 @@ LOOPBACK_CLIENTS = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
-class NetworkPolicy:
+class HttpPolicy:
     """What the middleware lets through, from Settings."""
 
     allowed_hosts: tuple[str, ...] = ()  # extra host names; "*" allows any
@@ -81,7 +81,7 @@ class BodyTooLarge(Exception):
 class SecurityMiddleware:
     app: Callable
     authenticator: Authenticator
-    policy: NetworkPolicy = field(default_factory=NetworkPolicy)
+    policy: HttpPolicy = field(default_factory=HttpPolicy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from starlette.middleware import Middleware
 
 from webui.security.auth import Authenticator
-from webui.security.middleware import NetworkPolicy, SecurityMiddleware
+from webui.security.middleware import HttpPolicy, SecurityMiddleware
 from webui.security.users import UserStore
 from webui.settings import Settings
 
@@ -21,7 +21,7 @@ from webui.settings import Settings
 @dataclass(frozen=True)
 class ServerSecurity:
     authenticator: Authenticator
-    policy: NetworkPolicy
+    policy: HttpPolicy
 
     def middleware(self) -> list[Middleware]:
         """For FastAPI(middleware=...) / gradio's app_kwargs: every route passes through it."""
@@ -32,7 +32,7 @@ def build_server_security(settings: Settings) -> ServerSecurity:
     users = UserStore(settings.users_file, settings.auth)
     needs_token = settings.reachable_from_network and len(users) == 0 and not settings.insecure_no_auth
     authenticator = Authenticator(users, access_token=secrets.token_urlsafe(24) if needs_token else None)
-    policy = NetworkPolicy(allowed_hosts=settings.allowed_hosts, allowed_origins=settings.cors_allow_origins,
+    policy = HttpPolicy(allowed_hosts=settings.allowed_hosts, allowed_origins=settings.cors_allow_origins,
                            max_body_bytes=settings.max_body_mb * 1024 * 1024)
     return ServerSecurity(authenticator, policy)
 
