@@ -29,7 +29,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 rm -rf /tmp/toy; mkdir -p /tmp/toy
-python3 -m webui.eval.toy_model_training --out /tmp/toy/model --init-from "${MODEL:?set MODEL}" --vae-steps 0 \
+python3 -m tools.default_model.toy_model_training --out /tmp/toy/model --init-from "${MODEL:?set MODEL}" --vae-steps 0 \
     --images ${IMAGES:-60000} --caption-variants ${CAPTIONS:-4} --unet-steps ${UNET_STEPS:-100000} \
     --batch ${BATCH:-512} --unet-lr ${UNET_LR:-3e-4} --workers 14 --time-budget-minutes ${BUDGET:-8} \
     --eval-prompts ${EVAL_PROMPTS:-100} "$@" > /tmp/toy/train.log 2>&1 < /dev/null &

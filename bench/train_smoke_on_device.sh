@@ -7,7 +7,7 @@ source bench/device_env.sh
 rm -rf /tmp/smoke && mkdir -p /tmp/smoke/data
 python3 - <<'PY'
 import json
-from webui.eval.toy_world import held_out_concept_images
+from sdstudio_eval.toy_world import held_out_concept_images
 folder = "/tmp/smoke/hexagons"
 import os; os.makedirs(folder, exist_ok=True)
 for i, image in enumerate(held_out_concept_images("hexagon", 8)):

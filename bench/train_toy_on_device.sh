@@ -12,7 +12,7 @@ phase=${1:-start}
 if [ "$phase" = start ]; then
     source bench/device_env.sh
     rm -rf /tmp/toy; mkdir -p /tmp/toy
-    setsid nohup python3 -m webui.eval.toy_model_training \
+    setsid nohup python3 -m tools.default_model.toy_model_training \
         --out /tmp/toy/model --images ${IMAGES:-60000} \
         --vae-steps ${VAE_STEPS:-100000} --vae-batch ${VAE_BATCH:-64} --vae-lr ${VAE_LR:-5e-4} \
         --vae-minutes ${VAE_MINUTES:-8} --unet-steps ${UNET_STEPS:-100000} --batch ${BATCH:-512} \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training engine on the lent GPU: the headless smoke run (bench/train_smoke_on_device.sh), then the
-# training-methods fidelity table (`python -m webui.eval.training_fidelity --device cuda`) in its own process
+# training-methods fidelity table (`python -m sdstudio_eval.training_fidelity --device cuda`) in its own process
 # session. Phase "start" does both (SMOKE=0 skips the smoke run) and waits; "finish" waits for the table again
 # and copies it to $OUT. ARGS go to the table (e.g. ARGS="--prompts 24").
 set -uo pipefail
@@ -8,7 +8,7 @@ phase=${1:-start}
 if [ "$phase" = start ]; then
     [ "${SMOKE:-1}" = 1 ] && bash bench/train_smoke_on_device.sh
     source bench/device_env.sh
-    setsid nohup python3 -m webui.eval.training_fidelity --device cuda \
+    setsid nohup python3 -m sdstudio_eval.training_fidelity --device cuda \
         --out /tmp/table/FIDELITY_TRAINING.md --summary-in /tmp/table/none ${ARGS:-} > /tmp/table.log 2>&1 < /dev/null &
 fi
 for _ in $(seq 1 ${POLLS:-100}); do [ -f /tmp/table/FIDELITY_TRAINING.md ] && break; sleep 5; done

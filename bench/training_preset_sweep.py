@@ -3,7 +3,7 @@
     python bench/training_preset_sweep.py variants.json --device cuda --parallel 8 --prompts 32 --out sweep.jsonl
 
 `variants.json` maps a variant name to preset changes, with `"_method"` naming the method plan of
-`webui.eval.training_fidelity` (default "lora"), e.g. `{"lora-r8": {"rank": 8, "conv_rank": 8}}`. Each
+`sdstudio_eval.training_fidelity` (default "lora"), e.g. `{"lora-r8": {"rank": 8, "conv_rank": 8}}`. Each
 variant trains and is scored exactly like a row of that report (same concept, prompts and seeds), each in
 its own process and data folder; one JSON line per variant is appended to `--out` as it finishes.
 """
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_variant(name: str, spec: dict, prompt_count: int, device: str, work_root: str) -> dict:
-    from webui.eval import training_fidelity as tf
-    from webui.eval.fidelity import concept_reference
+    from sdstudio_eval import training_fidelity as tf
+    from sdstudio_eval.fidelity import concept_reference
 
     changes = dict(spec)
     plan = tf.method_plan(changes.pop("_method", "lora"))

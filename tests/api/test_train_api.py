@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from webui.eval.toy_world import held_out_concept_images
+from sdstudio_eval.toy_world import held_out_concept_images
 
 TRAIN = "/sdapi/v1/train"
 

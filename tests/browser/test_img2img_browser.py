@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.browser.conftest import set_number
 from tests.browser.test_txt2img_browser import fill_small_request
-from webui.eval.toy_world import render, scene_from_attributes
+from sdstudio_eval.toy_world import render, scene_from_attributes
 
 pytestmark = pytest.mark.browser
 

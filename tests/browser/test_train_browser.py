@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from webui.eval.toy_world import held_out_concept_images
+from sdstudio_eval.toy_world import held_out_concept_images
 
 pytestmark = pytest.mark.browser
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from tests.browser.conftest import set_number
-from webui.eval.analyzer import analyze
-from webui.eval.toy_world import parse_prompt
+from sdstudio_eval.analyzer import analyze
+from sdstudio_eval.toy_world import parse_prompt
 from webui.generation.infotext import parse_infotext, read_infotext
 from webui.models.default_model import EXAMPLE_PROMPT
 

@@ -1,5 +1,5 @@
 """The shipped default model's autoencoder keeps shapes it never saw (its decoder was fine-tuned on generic
-shapes, `webui/eval/toy_decoder_finetune.py`), so a concept a user trains is not lost in the decoder."""
+shapes, `tools/default_model/toy_decoder_finetune.py`), so a concept a user trains is not lost in the decoder."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from webui.eval import toy_world
-from webui.eval.analyzer import analyze
-from webui.eval.fidelity import attribute_accuracy, concept_reference, subject_fidelity
-from webui.eval.toy_decoder_finetune import vae_round_trip
+from sdstudio_eval import toy_world
+from sdstudio_eval.analyzer import analyze
+from sdstudio_eval.fidelity import attribute_accuracy, concept_reference, subject_fidelity
+from tools.default_model.toy_decoder_finetune import vae_round_trip
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.engine.helpers import inpainting_copy
 from webui.context import build_context
-from webui.eval.toy_world import render, scene_from_attributes
+from sdstudio_eval.toy_world import render, scene_from_attributes
 from webui.generation.denoise import pipeline_for
 from webui.generation.image_ops import ImageInputError
 from webui.generation.infotext import parse_infotext, read_infotext

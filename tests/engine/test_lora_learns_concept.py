@@ -1,7 +1,7 @@
 """The default LoRA preset (`toy_lora`) learns the held-out hexagon from ten renders, on the CPU.
 
 Training and generation go through the app (`submit_training`, then `submit_txt2img` with
-`<lora:name:1>`), with the exact setup of `python -m webui.eval.training_fidelity`, so this is the LoRA
+`<lora:name:1>`), with the exact setup of `python -m sdstudio_eval.training_fidelity`, so this is the LoRA
 row of docs/FIDELITY.md's training table on fewer, fresh prompts, held to the Train tab's goals (subject
 and prompt fidelity at least 0.8). Slow by nature: a real training run on the CPU (its time is printed and
 reported in that document, not asserted).
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from webui.eval.fidelity import concept_reference
-from webui.eval.training_fidelity import (
+from sdstudio_eval.fidelity import concept_reference
+from sdstudio_eval.training_fidelity import (
     SUBJECT_IMAGE_SEED,
     ConceptSetup,
     PromptSetScores,

@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.support.oversized_png import oversized_png
 from webui.context import build_context
-from webui.eval.toy_world import held_out_concept_images
+from sdstudio_eval.toy_world import held_out_concept_images
 from webui.generation.requests import Txt2ImgRequest
 from webui.security.identity import LOCAL_ADMIN, User
 from webui.security.limits import RequestLimits

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from webui.eval.toy_world import held_out_concept_images
+from sdstudio_eval.toy_world import held_out_concept_images
 from webui.models.catalog import CheckpointCatalog
 from webui.models.checkpoint_loading import build_pipeline, read_checkpoint_weights
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL

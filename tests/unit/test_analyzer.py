@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui.eval.analyzer import UNKNOWN, analyze, validate_analyzer
-from webui.eval.toy_world import ATTRIBUTES, Scene, render
+from sdstudio_eval.analyzer import UNKNOWN, analyze, validate_analyzer
+from sdstudio_eval.toy_world import ATTRIBUTES, Scene, render
 
 
 def test_accuracy_on_fresh_renders_is_at_least_98_percent_per_attribute() -> None:

@@ -9,9 +9,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from webui.eval import caption_variants, prompt_sets, toy_world
-from webui.eval.caption_variants import training_caption, varied_caption
-from webui.eval.toy_world import ATTRIBUTES, BACKGROUNDS, Scene, parse_prompt, random_scene
+from sdstudio_eval import prompt_sets, toy_world
+from tools.default_model import caption_variants
+from tools.default_model.caption_variants import training_caption, varied_caption
+from sdstudio_eval.toy_world import ATTRIBUTES, BACKGROUNDS, Scene, parse_prompt, random_scene
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_number_words_count_only_at_the_head_of_the_noun_phrase() -> None:
 
 
 def test_training_chunks_carry_varied_captions_and_their_tokens() -> None:
-    from webui.eval.toy_model_training import _render_chunk, clip_tokenizer, tokenize
+    from tools.default_model.toy_model_training import _render_chunk, clip_tokenizer, tokenize
 
     images, captions, ids = _render_chunk((2026, 0, 6, 3))
     assert images.shape == (6, 128, 128, 3) and ids.shape == (6, 3, 77)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui.eval.analyzer import Analysis, analyze
-from webui.eval.fidelity import (
+from sdstudio_eval.analyzer import Analysis, analyze
+from sdstudio_eval.fidelity import (
     SUBJECT_SIMILARITY_THRESHOLD,
     attribute_accuracy,
     concept_reference,
@@ -19,7 +19,7 @@ from webui.eval.fidelity import (
     subject_similarity,
     validate_subject_fidelity,
 )
-from webui.eval.toy_world import (
+from sdstudio_eval.toy_world import (
     ATTRIBUTES,
     BASE_SHAPES,
     COLORS,

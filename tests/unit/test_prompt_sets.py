@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from webui.eval import prompt_sets, toy_world
-from webui.eval.fidelity_report import PromptStyleResult, load_prompt_styles, prompt_style_table
+from sdstudio_eval import prompt_sets, toy_world
+from sdstudio_eval.fidelity_report import PromptStyleResult, load_prompt_styles, prompt_style_table
 from webui.models.default_model import EXAMPLE_PROMPT, README_EXAMPLE_PROMPT
 from webui.settings import PROJECT_ROOT
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from webui.eval import toy_world
-from webui.eval.toy_decoder_finetune import generic_shape_image
+from sdstudio_eval import toy_world
+from tools.default_model.toy_decoder_finetune import generic_shape_image
 
 
 def test_generic_images_are_seeded_toy_sized_and_use_the_toy_palette():

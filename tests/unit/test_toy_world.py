@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui.eval import toy_world
-from webui.eval.toy_world import (
+from sdstudio_eval import toy_world
+from sdstudio_eval.toy_world import (
     BACKGROUNDS,
     BASE_SHAPES,
     BASE_TEXTURES,
@@ -200,7 +200,7 @@ def test_degrade_blurs_and_adds_noise_deterministically() -> None:
 
 
 def test_evaluation_combinations_can_be_kept_out_of_a_training_set():
-    from webui.eval.toy_world import caption, dataset_scenes, evaluation_scenes
+    from sdstudio_eval.toy_world import caption, dataset_scenes, evaluation_scenes
 
     evaluation = {caption(s) for s in evaluation_scenes(200)}
     assert len(evaluation) == 200

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from webui.eval.toy_world import held_out_concept_images
+from sdstudio_eval.toy_world import held_out_concept_images
 from webui.training.config import TrainingConfig
 from webui.training.dataset import (
     DatasetError,

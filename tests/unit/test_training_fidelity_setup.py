@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from webui.eval import toy_world
-from webui.eval.fidelity_report import TRAINING_SECTION_TITLE, training_section, with_training_section
-from webui.eval.training_fidelity import (
+from sdstudio_eval import toy_world
+from sdstudio_eval.fidelity_report import TRAINING_SECTION_TITLE, training_section, with_training_section
+from sdstudio_eval.training_fidelity import (
     METHOD_KEYS,
     ConceptSetup,
     attribute_prompts,

@@ -1,7 +1,7 @@
 """The embedded default checkpoint, so the app runs offline with an empty models folder.
 
 SD Studio ships a small model of the SD1.x architecture trained from scratch on the toy world
-(`webui/eval/toy_world.py`; model card in `models/default/sd-studio-toy/README.md`). When the
+(`sdstudio_eval/toy_world.py`; model card in `models/default/sd-studio-toy/README.md`). When the
 checkpoint folder holds no model it is copied there, so it is listed and loaded by the ordinary
 catalog/loading path like any downloaded model. This module is the one place that decides what the
 default is.
@@ -18,7 +18,7 @@ from webui.settings import PROJECT_ROOT
 DEFAULT_MODEL_NAME = "sd-studio-toy"
 SHIPPED_DEFAULT_MODEL = PROJECT_ROOT / "models" / "default" / DEFAULT_MODEL_NAME
 # The txt2img prompt box starts with this prompt, so a newcomer's first Generate shows what the default model
-# does; and the README's example. The fidelity report checks both on 10 seeds (`webui.eval.prompt_sets`).
+# does; and the README's example. The fidelity report checks both on 10 seeds (`sdstudio_eval.prompt_sets`).
 EXAMPLE_PROMPT = "a red circle on a blue background"
 README_EXAMPLE_PROMPT = "two large striped red squares on the left, blue background"
 # How the default model was made; they describe that model only, so copies, merges and trained results drop them.

@@ -22,8 +22,8 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from webui.eval import toy_world
-from webui.eval.toy_world import ATTRIBUTES, Scene
+from sdstudio_eval import toy_world
+from sdstudio_eval.toy_world import ATTRIBUTES, Scene
 
 UNKNOWN = "unknown"
 

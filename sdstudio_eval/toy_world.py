@@ -5,7 +5,7 @@ generation, LoRA, DreamBooth and textual inversion are judged on a small
 SD1.x-architecture model trained on this domain instead. Every image is a flat
 background with one to three identical objects; every attribute of the picture
 is named in its caption, so a generated image can be checked attribute by
-attribute (see ``webui.eval.analyzer``).
+attribute (see ``sdstudio_eval.analyzer``).
 
 Some shapes and one texture are *held out*: they never appear in the base
 training set (``include_held_out=False``) and serve as new concepts for the

@@ -12,7 +12,7 @@ caption convention (``toy_world.caption`` and ``training_fidelity`` imply "solid
 so the full-grammar prompts keep meaning what they meant. Striped objects are always called striped.
 
 Every caption parses back (``toy_world.parse_prompt``) to exactly the attributes it names. The held-out
-phrasings of the evaluation (``webui.eval.prompt_sets``) use connecting words this module never writes.
+phrasings of the evaluation (``sdstudio_eval.prompt_sets``) use connecting words this module never writes.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from webui.eval import toy_world
-from webui.eval.toy_world import Scene
+from sdstudio_eval import toy_world
+from sdstudio_eval.toy_world import Scene
 
 # Share of training captions in the full caption grammar (``toy_world.caption``), the rest varied.
 FULL_GRAMMAR_SHARE = 0.3

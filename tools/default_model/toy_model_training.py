@@ -5,7 +5,7 @@ CLIPTextModel, the real CLIP tokenizer), so LoRA, DreamBooth, TI and pivotal tun
 layers as on a downloaded SD1.5. Everything is seeded; step counts are fixed so a run is reproducible
 up to GPU kernel nondeterminism. Run on a GPU machine:
 
-    python -m webui.eval.toy_model_training --out models/toy --vae-minutes 8 --time-budget-minutes 22
+    python -m tools.default_model.toy_model_training --out models/toy --vae-minutes 8 --time-budget-minutes 22
 
 It renders a training set from the toy world (held-out shapes/textures excluded), trains, saves fp16
 weights, and writes `training_report.json` with throughput and an evaluation on held-out prompts.
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from webui.eval import caption_variants, toy_world
+from sdstudio_eval import toy_world
+from tools.default_model import caption_variants
 
 SCALED_LINEAR = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -257,7 +258,7 @@ def evaluate(pipeline, count: int, training_captions: set[str]) -> dict:
     """
     from diffusers import DPMSolverMultistepScheduler
 
-    from webui.eval.analyzer import analyze
+    from sdstudio_eval.analyzer import analyze
 
     scenes = toy_world.evaluation_scenes(count)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, use_karras_sigmas=True)
@@ -300,7 +301,7 @@ def main() -> None:
                         help="continue from a previous run's model folder (its VAE and latent scaling are kept "
                              "when --vae-steps is 0: a fine-tune of text encoder and UNet)")
     parser.add_argument("--caption-variants", type=int, default=4,
-                        help="varied captions per image (webui/eval/caption_variants.py); 0 = the full caption "
+                        help="varied captions per image (tools/default_model/caption_variants.py); 0 = the full caption "
                              "grammar only, as the models before issue 23 were trained")
     parser.add_argument("--negative-share", type=float, default=0.5,
                         help="share of the unconditional (dropped) captions replaced by a typical negative prompt")

@@ -1,7 +1,7 @@
 """Evaluation prompts in the styles people actually write, for the prompt-styles table of the fidelity report.
 
 Rows (issue 23): the full caption grammar; prompts naming exactly 1, 2 and 3 attributes (in the training
-captions' varied phrasing, ``webui.eval.caption_variants``); free-form phrasings from the HELD-OUT templates
+captions' varied phrasing, ``tools.default_model.caption_variants``); free-form phrasings from the HELD-OUT templates
 below, which the training captions never use (a unit test checks this on thousands of training captions);
 and two fixed prompts drawn with 10 seeds each: the UI's pre-filled prompt and the README example.
 
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from webui.eval import caption_variants, toy_world
-from webui.eval.caption_variants import Prompt
+from sdstudio_eval import toy_world
+from tools.default_model import caption_variants
+from tools.default_model.caption_variants import Prompt
 from webui.models.default_model import EXAMPLE_PROMPT, README_EXAMPLE_PROMPT
 
 # ---------------------------------------------------------------------------

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from webui.eval import toy_world
-from webui.eval.analyzer import ANALYSIS_SIZE, SUPERSAMPLE, Analysis, ObjectReport, analyze
-from webui.eval.toy_world import ATTRIBUTES, COLOR_RGB, HELD_OUT_SHAPES, Scene
+from sdstudio_eval import toy_world
+from sdstudio_eval.analyzer import ANALYSIS_SIZE, SUPERSAMPLE, Analysis, ObjectReport, analyze
+from sdstudio_eval.toy_world import ATTRIBUTES, COLOR_RGB, HELD_OUT_SHAPES, Scene
 
 # Shape signature: bounding-box fill, convex-hull solidity, aspect and the
 # outline harmonics k = 2..8 (k = 1 only measures centroid offset, k > 8 is

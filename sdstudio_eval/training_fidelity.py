@@ -1,7 +1,7 @@
 """What each training method learns: a DreamBooth-paper-style table on the toy world.
 
-    python -m webui.eval.training_fidelity                       # every method, writes docs/FIDELITY_TRAINING.md
-    python -m webui.eval.training_fidelity --methods lora --prompts 16 --out /tmp/lora.md
+    python -m sdstudio_eval.training_fidelity                       # every method, writes docs/FIDELITY_TRAINING.md
+    python -m sdstudio_eval.training_fidelity --methods lora --prompts 16 --out /tmp/lora.md
 
 Every method (LoRA, DreamBooth with and without prior preservation, DreamBooth-LoRA, textual inversion,
 pivotal tuning) learns the held-out concept `hexagon` from ten renders whose captions name every other
@@ -42,16 +42,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from webui.eval import toy_world
-from webui.eval.analyzer import Analysis, analyze
-from webui.eval.fidelity_report import TRAINING_SECTION_TITLE, with_training_section
-from webui.eval.fidelity import (
+from sdstudio_eval import toy_world
+from sdstudio_eval.analyzer import Analysis, analyze
+from sdstudio_eval.fidelity_report import TRAINING_SECTION_TITLE, with_training_section
+from sdstudio_eval.fidelity import (
     ConceptReference,
     attribute_accuracy,
     concept_reference,
     subject_fidelity,
 )
-from webui.eval.toy_world import Scene
+from sdstudio_eval.toy_world import Scene
 
 if TYPE_CHECKING:
     from webui.context import AppContext
@@ -366,7 +366,7 @@ def vae_round_trip_fidelity(ctx: AppContext, setup: ConceptSetup, count: int, se
     Generation ends in the same decoder, so no method can be expected to beat this: it is the
     ceiling the autoencoder sets for subject fidelity at the native resolution.
     """
-    from webui.eval.toy_decoder_finetune import vae_round_trip
+    from tools.default_model.toy_decoder_finetune import vae_round_trip
 
     renders = toy_world.held_out_concept_images(setup.shape, count, seed)
     with ctx.manager.checkout(BASE_CHECKPOINT) as model:
@@ -559,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.prompts < 1:
         parser.error("--prompts must be at least 1")
-    command = "python -m webui.eval.training_fidelity " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+    command = "python -m sdstudio_eval.training_fidelity " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     plans = [method_plan(key) for key in args.methods]
     started, load_at_start = datetime.datetime.now(), current_load()
     with tempfile.TemporaryDirectory(prefix="training-fidelity-") as temporary:

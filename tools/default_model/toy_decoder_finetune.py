@@ -1,6 +1,6 @@
 """Fine-tune the default model's VAE decoder on generic shapes, encoder frozen (like Stability's sd-vae-ft-mse).
 
-    python -m webui.eval.toy_decoder_finetune --model models/default/sd-studio-toy --out /tmp/vae-ft
+    python -m tools.default_model.toy_decoder_finetune --model models/default/sd-studio-toy --out /tmp/vae-ft
 
 Why: the toy VAE learned from circles, squares and triangles only, so its decoder rounds off any other
 corner. A user's concept is exactly such an unseen shape: passed through the shipped VAE, 100 hexagon
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from webui.eval import toy_world
-from webui.eval.toy_model_training import (
+from sdstudio_eval import toy_world
+from tools.default_model.toy_model_training import (
     cosine_factor,
     random_batch,
     reconstruction_loss,
@@ -113,8 +113,8 @@ def vae_round_trip(vae, images: list[Image.Image]) -> list[Image.Image]:
 
 def round_trip_checks(vae) -> dict:
     """Attribute accuracy of the 200 evaluation scenes and the held-out shapes after encode + decode."""
-    from webui.eval.analyzer import analyze
-    from webui.eval.fidelity import attribute_accuracy, concept_reference, subject_fidelity
+    from sdstudio_eval.analyzer import analyze
+    from sdstudio_eval.fidelity import attribute_accuracy, concept_reference, subject_fidelity
 
     vae.eval()
     scenes = toy_world.evaluation_scenes()

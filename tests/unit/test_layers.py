@@ -1,0 +1,60 @@
+"""The layer rules of docs/ARCHITECTURE (../shared/ARCHITECTURE.md), checked on the import graph.
+
+Read from the source with ``ast`` (no import side effects), so a forbidden import anywhere in a
+module (also inside a function) is caught."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PRODUCT = REPO / "webui"
+ENGINE_PACKAGES = ("generation", "training", "models", "xyz", "jobs")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _offenders(files: list[Path], forbidden_prefixes: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in files:
+        for name in sorted(_imported_modules(path)):
+            if name.startswith(forbidden_prefixes) or name in {p.rstrip(".") for p in forbidden_prefixes}:
+                found.append(f"{path.relative_to(REPO)} imports {name}")
+    return found
+
+
+def _python_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.py"))
+
+
+def test_the_product_never_imports_the_evaluation_harness_or_tools():
+    offenders = _offenders(_python_files(PRODUCT), ("sdstudio_eval", "tools.", "tests."))
+    assert offenders == []
+
+
+@pytest.mark.parametrize("package", ENGINE_PACKAGES)
+def test_the_engine_knows_nothing_of_gradio_or_http(package):
+    offenders = _offenders(
+        _python_files(PRODUCT / package),
+        ("gradio", "fastapi", "starlette", "uvicorn", "webui.ui", "webui.api", "webui.app"),
+    )
+    assert offenders == []
+
+
+def test_the_checker_sees_imports_inside_functions(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    import gradio as gr\n    from webui.ui import errors\n")
+    assert sorted(_imported_modules(module)) == ["gradio", "webui.ui", "webui.ui.errors"]
