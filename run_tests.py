@@ -1,7 +1,7 @@
 """Install everything the test suite needs (venv, test extras, Debian chromium) and run it all.
 
-    python3 run_tests.py            # the whole suite
-    python3 run_tests.py -k prompt  # extra arguments go to pytest
+    python3 run_tests.py                 # ruff, then the whole suite
+    python3 run_tests.py -m "not slow"   # the quick tier (tests/unit); extra arguments go to pytest
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     if chromium:
         env["SDSTUDIO_CHROMIUM"] = chromium
+    lint = subprocess.call([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT)
+    if lint != 0:
+        print("ruff found problems (rules in pyproject.toml); fix them first", file=sys.stderr)
+        return lint
     return subprocess.call([sys.executable, "-m", "pytest", "tests", *argv], cwd=ROOT, env=env)
 
 

@@ -54,7 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         ctx = build_context(settings_from_args(["--data-dir", data_dir, "--device", "cpu"]))
         request = Txt2ImgRequest(prompt=PROMPT, width=128, height=128, steps=20, seed=1, save_images=False)
-        studio_seconds = timed(lambda: ctx.submit_txt2img(request).result(), args.repeats)
+        studio_seconds = timed(lambda: ctx.generation.submit_txt2img(request).result(), args.repeats)
         reweight_seconds = lora_reweight_seconds(ctx, Path(data_dir), args.repeats)
         ctx.queue.shutdown()
     print(json.dumps({"threads": torch.get_num_threads(), "plain_diffusers_s": round(plain_seconds, 3),

@@ -51,7 +51,7 @@ def random_components(family: str, device: str, seed: int) -> dict[str, torch.nn
     # Random init gives huge activations in deep nets; scale weights down so fp16 stays finite.
     with torch.no_grad():
         for module in components.values():
-            for name, parameter in module.named_parameters():
+            for parameter in module.parameters():
                 if parameter.dim() > 1:
                     parameter.mul_(0.5)
     return {name: module.half().eval() for name, module in components.items()}
@@ -93,11 +93,11 @@ def plain_diffusers_seconds(components, family: str, size: int, steps: int, repe
 def studio_seconds(ctx, checkpoint: str, size: int, steps: int, repeats: int) -> float:
     request = Txt2ImgRequest(prompt="a photo of a red circle", negative_prompt="blurry", width=size, height=size,
                              steps=steps, seed=1, sampler_name="DPM++ 2M", checkpoint=checkpoint, save_images=False)
-    ctx.submit_txt2img(request).result()
+    ctx.generation.submit_txt2img(request).result()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
-        ctx.submit_txt2img(request).result()
+        ctx.generation.submit_txt2img(request).result()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeats
 
@@ -105,7 +105,7 @@ def studio_seconds(ctx, checkpoint: str, size: int, steps: int, repeats: int) ->
 def timed_select(ctx, name: str) -> float:
     torch.cuda.synchronize()
     start = time.perf_counter()
-    ctx.select_checkpoint(name)
+    ctx.models.select_checkpoint(name)
     torch.cuda.synchronize()
     return time.perf_counter() - start
 

@@ -67,7 +67,7 @@ def generate(ctx, prompts: list[str], seed: int, negative_prompts: list[str] | N
         request = Txt2ImgRequest(prompt=prompt, negative_prompt=negative_prompts[index] if negative_prompts else "",
                                  width=toy_world.NATIVE_SIZE, height=toy_world.NATIVE_SIZE,
                                  seed=seed + index, save_images=False)
-        images.extend(ctx.submit_txt2img(request).result().images)
+        images.extend(ctx.generation.submit_txt2img(request).result().images)
     return images
 
 

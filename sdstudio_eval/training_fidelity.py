@@ -201,7 +201,7 @@ def train_concept(ctx: AppContext, plan: MethodPlan, setup: ConceptSetup, datase
     """Train through the app's training job (as the Train tab does) and time it on this machine."""
     config = training_config(plan, setup, dataset_dir)
     started = time.perf_counter()
-    result = ctx.submit_training(config).result()
+    result = ctx.training.submit(config).result()
     seconds = time.perf_counter() - started
     if result.cancelled:
         raise RuntimeError(f"{plan.label}: training was cancelled")
@@ -287,7 +287,7 @@ def generate(ctx: AppContext, concept: TrainedConcept, prompts: Sequence[Evaluat
         request = Txt2ImgRequest(prompt=concept.prompt(prompt.text), width=toy_world.NATIVE_SIZE,
                                  height=toy_world.NATIVE_SIZE, seed=first_seed + index, checkpoint=concept.checkpoint,
                                  save_images=False, save_grid=False)
-        images.extend(ctx.submit_txt2img(request).result().images)
+        images.extend(ctx.generation.submit_txt2img(request).result().images)
     return images
 
 

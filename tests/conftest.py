@@ -104,3 +104,18 @@ def server(tmp_path_factory, default_model_folder) -> RunningServer:
     running = start_server(data, "--api")
     yield running
     stop_server(running)
+
+
+# The tiers, by folder: `unit` runs in about a minute; the others start pipelines, servers or a browser.
+# `python3 run_tests.py -m "not slow"` is the quick tier; the README's command runs everything.
+_TIER_OF_FOLDER = {"unit": "unit", "api": "api", "engine": "engine", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        tier = _TIER_OF_FOLDER.get(folder)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+            if tier != "unit":
+                item.add_marker(pytest.mark.slow)

@@ -29,7 +29,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     guard_library_decoders(ctx.request_limits)
     ctx.queue.submit("load-checkpoint", lambda control: ctx.manager.select(None))  # warm start, like A1111
     if settings.serve_ui:
-        from webui.api.sdapi import install_api
+        from webui.api.routes import install_api
         from webui.security.accounts import AccountService
         from webui.ui.app_ui import CSS, THEME, build_ui
 
@@ -52,7 +52,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
         import uvicorn
         from fastapi import FastAPI
 
-        from webui.api.sdapi import install_api
+        from webui.api.routes import install_api
 
         app = FastAPI(title="SD Studio API", docs_url=None, redoc_url=None, openapi_url=None,
                       middleware=security.middleware())

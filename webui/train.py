@@ -9,7 +9,7 @@ Exit codes: 0 done, 1 training failed, 2 bad config / dataset / checkpoint, 130 
 
 This command is run by the machine's owner, so its `dataset_dir`, `resume_from` and `--caption-model`
 may be any folder: it is deliberately not confined by `webui.security.paths` (configs that arrive from
-a request, through the Train tab or `POST /sdapi/v1/train`, are; see `webui.ui.train_service.confine_config`).
+a request, through the Train tab or `POST /sdapi/v1/train`, are; see `webui.training.service.confine_config`).
 """
 
 from __future__ import annotations

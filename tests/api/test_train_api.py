@@ -131,7 +131,7 @@ def test_training_routes_need_the_api_login_when_auth_is_on(tmp_path):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from webui.api.train_api import install_train_api
+    from webui.api.train_api import build_train_router
     from webui.context import build_context
     from webui.security.server import build_server_security
     from webui.settings import settings_from_args
@@ -141,7 +141,7 @@ def test_training_routes_need_the_api_login_when_auth_is_on(tmp_path):
     ctx = build_context(settings)
     try:
         app = FastAPI(middleware=build_server_security(settings).middleware())  # as webui.app serves it
-        install_train_api(app, ctx)
+        app.include_router(build_train_router(ctx))
         client = TestClient(app, base_url="http://127.0.0.1:7860")
         assert client.get(TRAIN + "/progress").status_code == 401
         assert client.post(TRAIN, json={"method": "lora"}, auth=("alice", "wrong")).status_code == 401

@@ -42,7 +42,7 @@ def left_half_mask(size: int = SIZE) -> Image.Image:
 
 
 def img2img(ctx, source, **fields):
-    return ctx.submit_img2img(Img2ImgRequest(init_images=(source,), **{**SMALL, **fields})).result(timeout=300)
+    return ctx.generation.submit_img2img(Img2ImgRequest(init_images=(source,), **{**SMALL, **fields})).result(timeout=300)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -103,11 +103,11 @@ def test_mask_problems_are_explained_not_fatal(ctx, source):
 
 def test_bad_images_are_refused_before_queueing(ctx, source):
     with pytest.raises(ImageInputError, match="limit is 2048"):
-        ctx.submit_img2img(Img2ImgRequest(init_images=(Image.new("RGB", (4096, 64)),), **SMALL))
+        ctx.generation.submit_img2img(Img2ImgRequest(init_images=(Image.new("RGB", (4096, 64)),), **SMALL))
     with pytest.raises(RequestError, match="input image"):
-        ctx.submit_img2img(Img2ImgRequest(**SMALL))
+        ctx.generation.submit_img2img(Img2ImgRequest(**SMALL))
     with pytest.raises(RequestError, match="denoising_strength"):
-        ctx.submit_img2img(Img2ImgRequest(init_images=(source,), denoising_strength=1.5, **SMALL))
+        ctx.generation.submit_img2img(Img2ImgRequest(init_images=(source,), denoising_strength=1.5, **SMALL))
     assert ctx.queue.pending == 0
 
 
@@ -120,17 +120,17 @@ def test_outpainting_extends_the_canvas_and_keeps_the_original(ctx, source):
 
 def test_hires_fix_upscales_in_latent_and_pixel_space(ctx):
     for upscaler in ("Latent", "Lanczos"):
-        result = ctx.submit_txt2img(Txt2ImgRequest(**{**SMALL, "enable_hr": True, "hr_scale": 1.5,
+        result = ctx.generation.submit_txt2img(Txt2ImgRequest(**{**SMALL, "enable_hr": True, "hr_scale": 1.5,
                                                       "hr_upscaler": upscaler, "hr_second_pass_steps": 4,
                                                       "denoising_strength": 0.5})).result(timeout=300)
         assert result.images[0].size == (96, 96)
         fields = parse_infotext(result.infotexts[0])
         assert fields["Hires upscaler"] == upscaler and fields["Hires upscale"] == "1.5"
-    resized = ctx.submit_txt2img(Txt2ImgRequest(**{**SMALL, "enable_hr": True, "hr_resize_x": 128,
+    resized = ctx.generation.submit_txt2img(Txt2ImgRequest(**{**SMALL, "enable_hr": True, "hr_resize_x": 128,
                                                    "hr_resize_y": 96})).result(timeout=300)
     assert resized.images[0].size == (128, 96)
     with pytest.raises(RequestError, match="hires upscaler"):
-        ctx.submit_txt2img(Txt2ImgRequest(**{**SMALL, "enable_hr": True, "hr_upscaler": "ESRGAN_4x"}))
+        ctx.generation.submit_txt2img(Txt2ImgRequest(**{**SMALL, "enable_hr": True, "hr_upscaler": "ESRGAN_4x"}))
 
 
 def test_modes_share_one_copy_of_the_model(ctx, source):
@@ -138,7 +138,7 @@ def test_modes_share_one_copy_of_the_model(ctx, source):
     process = psutil.Process()
     before = process.memory_info().rss
     for _ in range(3):
-        ctx.submit_txt2img(Txt2ImgRequest(**SMALL)).result(timeout=300)
+        ctx.generation.submit_txt2img(Txt2ImgRequest(**SMALL)).result(timeout=300)
         img2img(ctx, source, denoising_strength=0.5)
         img2img(ctx, source, mask=left_half_mask(), denoising_strength=0.5)
     grown = process.memory_info().rss - before
@@ -179,14 +179,14 @@ def test_batch_folder_processes_every_image_with_same_named_masks(ctx, source, d
     (inputs / "broken.png").write_bytes(b"\x89PNG truncated")
     left_half_mask().save(masks / "first.png")
     template = Img2ImgRequest(denoising_strength=0.9, mask_blur=0, **SMALL)
-    result = ctx.submit_img2img_batch(template, "in", str(outputs), "masks").result(timeout=300)
+    result = ctx.generation.submit_img2img_batch(template, "in", str(outputs), "masks").result(timeout=300)
     assert sorted(p.name for p in outputs.iterdir()) == ["first.png", "second.png"]
     assert any("broken.png" in note for note in result.warnings)
     first = pixels(Image.open(outputs / "first.png"))
     assert np.array_equal(first[:, SIZE // 2:], pixels(source)[:, SIZE // 2:])  # masked: right half kept
     assert parse_infotext(read_infotext(Image.open(outputs / "second.png")))["Denoising strength"] == "0.9"
     with pytest.raises(RequestError, match="does not exist"):
-        ctx.submit_img2img_batch(template, "missing", str(outputs))
+        ctx.generation.submit_img2img_batch(template, "missing", str(outputs))
 
 
 def test_batch_folders_outside_datasets_and_outputs_are_refused_before_anything_runs(ctx, source, data_dir, tmp_path):
@@ -199,10 +199,10 @@ def test_batch_folders_outside_datasets_and_outputs_are_refused_before_anything_
     template = Img2ImgRequest(denoising_strength=0.0, **SMALL)
     for folder in (str(outside), str(data_dir), "../outside", str(data_dir / "datasets" / "leads-out"), "~", "%2e%2e%2f"):
         with pytest.raises(PathRefused, match="datasets/, outputs/"):
-            ctx.submit_img2img_batch(template, folder, "")
+            ctx.generation.submit_img2img_batch(template, folder, "")
         with pytest.raises(PathRefused, match="outputs/, datasets/"):
-            ctx.submit_img2img_batch(template, "in", folder)
+            ctx.generation.submit_img2img_batch(template, "in", folder)
         with pytest.raises(PathRefused, match="datasets/, outputs/"):
-            ctx.submit_img2img_batch(template, "in", "", folder)
+            ctx.generation.submit_img2img_batch(template, "in", "", folder)
     assert ctx.queue.pending == 0 and sorted(path.name for path in outside.iterdir()) == ["private.png"]
     assert not (data_dir / "models" / "mine.png").exists()

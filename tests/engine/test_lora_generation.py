@@ -37,7 +37,7 @@ def ctx(data_dir):
 
 
 def generate(ctx, prompt: str):
-    return ctx.submit_txt2img(Txt2ImgRequest(prompt=prompt, **BASE)).result(timeout=300)
+    return ctx.generation.submit_txt2img(Txt2ImgRequest(prompt=prompt, **BASE)).result(timeout=300)
 
 
 def unet_weights(ctx) -> dict[str, torch.Tensor]:
@@ -111,13 +111,13 @@ def test_vae_choice_automatic_none_file_and_beside_checkpoint(ctx, data_dir):
                for k, v in vae_state.items()}
     save_file(altered, str(data_dir / "models" / "VAE" / "sharper.safetensors"))
     own = generate(ctx, "a circle")
-    external = ctx.submit_txt2img(Txt2ImgRequest(prompt="a circle", vae="sharper", **BASE)).result(300)
+    external = ctx.generation.submit_txt2img(Txt2ImgRequest(prompt="a circle", vae="sharper", **BASE)).result(300)
     assert external.images[0].tobytes() != own.images[0].tobytes()
     params = parse_infotext(external.infotexts[0])
     assert params["VAE"] == "sharper.safetensors" and len(params["VAE hash"]) == 10
     # "None" and "Automatic" (nothing beside the checkpoint) give back the checkpoint's own VAE exactly.
     for choice in ("None", "Automatic"):
-        again = ctx.submit_txt2img(Txt2ImgRequest(prompt="a circle", vae=choice, **BASE)).result(300)
+        again = ctx.generation.submit_txt2img(Txt2ImgRequest(prompt="a circle", vae=choice, **BASE)).result(300)
         assert again.images[0].tobytes() == own.images[0].tobytes()
     # A `<checkpoint>.vae.safetensors` beside the checkpoint is what Automatic picks.
     save_file(altered, str(data_dir / "models" / "Stable-diffusion" / "sd-studio-toy.vae.safetensors"))
@@ -125,4 +125,4 @@ def test_vae_choice_automatic_none_file_and_beside_checkpoint(ctx, data_dir):
     assert automatic.images[0].tobytes() == external.images[0].tobytes()
     assert ctx.manager.switch_count == {"rebuilt": 1, "copied": 0}
     with pytest.raises(ValueError, match="VAE 'missing' not found"):
-        ctx.submit_txt2img(Txt2ImgRequest(prompt="x", vae="missing", **BASE))
+        ctx.generation.submit_txt2img(Txt2ImgRequest(prompt="x", vae="missing", **BASE))

@@ -37,7 +37,7 @@ def unet_state(ctx) -> dict[str, torch.Tensor]:
 
 
 def image_bytes(ctx, checkpoint: str) -> bytes:
-    return ctx.submit_txt2img(Txt2ImgRequest(**REQUEST, checkpoint=checkpoint)).result(300).images[0].tobytes()
+    return ctx.generation.submit_txt2img(Txt2ImgRequest(**REQUEST, checkpoint=checkpoint)).result(300).images[0].tobytes()
 
 
 def test_catalog_lists_usable_models_and_explains_the_broken_one(ctx):
@@ -64,8 +64,8 @@ def test_same_layout_switch_copies_weights_and_matches_a_fresh_load(ctx, data_di
 
 
 def test_different_layout_rebuilds(ctx):
-    ctx.select_checkpoint("sd-studio-toy")
-    ctx.select_checkpoint("wide-c")
+    ctx.models.select_checkpoint("sd-studio-toy")
+    ctx.models.select_checkpoint("wide-c")
     assert ctx.manager.switch_count["rebuilt"] == 2
     with ctx.manager.checkout() as model:
         assert model.pipeline.unet.config.layers_per_block == 2
@@ -75,17 +75,17 @@ def test_different_layout_rebuilds(ctx):
 def test_switching_back_and_forth_twenty_times_keeps_memory_flat(ctx):
     process = psutil.Process()
     for _ in range(5):  # warm-up: first reads fill the RAM cache and the allocator's pools
-        ctx.select_checkpoint("sd-studio-toy")
-        ctx.select_checkpoint("variant-b")
+        ctx.models.select_checkpoint("sd-studio-toy")
+        ctx.models.select_checkpoint("variant-b")
     gc.collect()
     baseline = process.memory_info().rss
     device_baseline = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
     for _ in range(20):
-        ctx.select_checkpoint("sd-studio-toy")
-        ctx.select_checkpoint("variant-b")
+        ctx.models.select_checkpoint("sd-studio-toy")
+        ctx.models.select_checkpoint("variant-b")
     gc.collect()
     growth = process.memory_info().rss - baseline
-    model_bytes = ctx.manager._ram.get(ctx.manager.current).nbytes()
+    model_bytes = ctx.manager.weights_of(ctx.manager.current).nbytes()
     assert ctx.manager.switch_count["copied"] == 49 and ctx.manager.switch_count["rebuilt"] == 1
     # A leaked copy per switch would grow RSS by 40 models; allocator noise stays within a few.
     assert growth < 5 * model_bytes, f"RSS grew {growth / 1e6:.1f} MB over 40 switches (model {model_bytes / 1e6:.1f} MB)"
@@ -94,12 +94,12 @@ def test_switching_back_and_forth_twenty_times_keeps_memory_flat(ctx):
 
 
 def test_corrupt_checkpoint_is_refused_and_the_loaded_model_keeps_working(ctx):
-    ctx.select_checkpoint("variant-b")
+    ctx.models.select_checkpoint("variant-b")
     before = unet_state(ctx)
     with pytest.raises(ValueError, match="truncated"):
-        ctx.select_checkpoint("truncated")
+        ctx.models.select_checkpoint("truncated")
     with pytest.raises(LookupError, match="not found"):
-        ctx.select_checkpoint("no-such-model")
+        ctx.models.select_checkpoint("no-such-model")
     assert ctx.manager.current.name == "variant-b"
     after = unet_state(ctx)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -107,8 +107,8 @@ def test_corrupt_checkpoint_is_refused_and_the_loaded_model_keeps_working(ctx):
 
 
 def test_switch_requested_during_generation_waits_for_it(ctx):
-    ctx.select_checkpoint("sd-studio-toy")
-    job = ctx.submit_txt2img(Txt2ImgRequest(**{**REQUEST, "steps": 30}))
+    ctx.models.select_checkpoint("sd-studio-toy")
+    job = ctx.generation.submit_txt2img(Txt2ImgRequest(**{**REQUEST, "steps": 30}))
     while job.control.snapshot().step < 2 and not job.done:
         time.sleep(0.01)
     switched_at: list[float] = []
@@ -136,9 +136,9 @@ def test_unusable_records_cannot_be_loaded_directly(ctx):
 
 
 def test_hub_repo_id_is_refused_without_allow_hub_and_keeps_the_model(ctx, data_dir):
-    ctx.select_checkpoint("variant-b")
-    for attempt in (lambda: ctx.select_checkpoint("someone/some-model"),
-                    lambda: ctx.submit_txt2img(Txt2ImgRequest(**REQUEST, checkpoint="someone/some-model"))):
+    ctx.models.select_checkpoint("variant-b")
+    for attempt in (lambda: ctx.models.select_checkpoint("someone/some-model"),
+                    lambda: ctx.generation.submit_txt2img(Txt2ImgRequest(**REQUEST, checkpoint="someone/some-model"))):
         with pytest.raises(HubDisabled, match="--allow-hub") as refused:
             attempt()
         assert "models/Stable-diffusion" in str(refused.value)
@@ -150,9 +150,9 @@ def test_hub_repo_id_offline_with_allow_hub_gives_a_clear_error_and_keeps_the_mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ctx = build_context(settings_from_args(["--data-dir", str(data_dir), "--allow-hub"]))
     try:
-        ctx.select_checkpoint("sd-studio-toy")
+        ctx.models.select_checkpoint("sd-studio-toy")
         with pytest.raises(LookupError, match="could not be downloaded from the Hugging Face Hub"):
-            ctx.select_checkpoint("someone/some-model")
+            ctx.models.select_checkpoint("someone/some-model")
         assert ctx.manager.current.name == "sd-studio-toy"
     finally:
         ctx.queue.shutdown()

@@ -37,7 +37,7 @@ def recipe(**changes) -> MergeRecipe:
 
 def test_weighted_sum_and_add_difference_match_the_formulas_and_are_listed(ctx):
     a, b, c = weights(ctx, "sd-studio-toy"), weights(ctx, "variant-b"), weights(ctx, "variant-c")
-    summed = ctx.merge_checkpoints(recipe(), "mix-ab")
+    summed = ctx.models.merge_checkpoints(recipe(), "mix-ab")
     assert summed.name == "mix-ab" and summed.usable and "mix-ab" in [r.name for r in ctx.catalog.usable_records()]
     merged = weights(ctx, "mix-ab")
     key = next(iter(a))
@@ -45,26 +45,26 @@ def test_weighted_sum_and_add_difference_match_the_formulas_and_are_listed(ctx):
     with safe_open(str(summed.path / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
         stored = json.loads(handle.metadata()["sd_merge_recipe"])
     assert stored["method"] == WEIGHTED_SUM and stored["multiplier"] == 0.3 and stored["secondary"] == "variant-b"
-    difference = ctx.merge_checkpoints(recipe(method=ADD_DIFFERENCE, tertiary="variant-c", multiplier=0.5), "mix-diff")
+    difference = ctx.models.merge_checkpoints(recipe(method=ADD_DIFFERENCE, tertiary="variant-c", multiplier=0.5), "mix-diff")
     merged = weights(ctx, difference.name)
     torch.testing.assert_close(merged[key], a[key] + (b[key] - c[key]) * 0.5, rtol=1e-6, atol=1e-6)
     # The merged model generates like any other checkpoint.
     from webui.generation.requests import Txt2ImgRequest
 
-    result = ctx.submit_txt2img(Txt2ImgRequest(prompt="a circle", width=64, height=64, steps=3, checkpoint="mix-ab"))
+    result = ctx.generation.submit_txt2img(Txt2ImgRequest(prompt="a circle", width=64, height=64, steps=3, checkpoint="mix-ab"))
     assert "Model: mix-ab" in result.result(300).infotexts[0]
 
 
 def test_bad_merges_are_refused_before_anything_is_written(ctx, data_dir):
     before = sorted(p.name for p in (data_dir / "models" / "Stable-diffusion").iterdir())
     with pytest.raises(ValueError, match="tertiary"):
-        ctx.merge_checkpoints(recipe(method=ADD_DIFFERENCE), "x")
+        ctx.models.merge_checkpoints(recipe(method=ADD_DIFFERENCE), "x")
     with pytest.raises(ValueError, match="another layout"):
-        ctx.merge_checkpoints(recipe(secondary="wide-c"), "x")
+        ctx.models.merge_checkpoints(recipe(secondary="wide-c"), "x")
     with pytest.raises(LookupError, match="not found"):
-        ctx.merge_checkpoints(recipe(secondary="nope"), "x")
+        ctx.models.merge_checkpoints(recipe(secondary="nope"), "x")
     with pytest.raises(ValueError, match="already exists"):
-        ctx.merge_checkpoints(recipe(), "variant-b")
+        ctx.models.merge_checkpoints(recipe(), "variant-b")
     assert sorted(p.name for p in (data_dir / "models" / "Stable-diffusion").iterdir()) == before
 
 

@@ -62,7 +62,7 @@ def test_sd15_single_file_and_unsafe_ckpt(tmp_path, monkeypatch):
         # The default model is not created when the folder already holds a model.
         assert "sd-studio-toy" not in records
 
-        result = ctx.submit_txt2img(Txt2ImgRequest(
+        result = ctx.generation.submit_txt2img(Txt2ImgRequest(
             prompt="a photo of a cat", width=64, height=64, steps=2, seed=1, sampler_name="Euler",
             checkpoint="v1-5-pruned-emaonly",
         )).result(timeout=600)
@@ -72,6 +72,6 @@ def test_sd15_single_file_and_unsafe_ckpt(tmp_path, monkeypatch):
             assert model.pipeline.unet.config.cross_attention_dim == 768
             assert sum(p.numel() for p in model.pipeline.unet.parameters()) == 859_520_964
         with pytest.raises(ValueError, match="unpickling"):
-            ctx.select_checkpoint("evil")
+            ctx.models.select_checkpoint("evil")
     finally:
         ctx.queue.shutdown()

@@ -31,7 +31,7 @@ from webui.training.dataset import DatasetError
 from webui.ui.train_fields import all_specs, config_from_widgets, JOB_WIDGET_FIELDS
 from webui.ui.train_progress import progress_html, result_markdown
 from webui.training.monitor import TrainingBusyError
-from webui.ui.train_service import (
+from webui.training.service import (
     caption_rows,
     cancel_training,
     confine_config,
@@ -90,7 +90,7 @@ def unet_snapshot(ctx) -> dict[str, torch.Tensor]:
 def trained(ctx, hexagons):
     """(UNet before training, the finished job's result) of one tiny LoRA run through `start_training`."""
     before = unet_snapshot(ctx)
-    job = start_training(ctx, tiny_config(hexagons))
+    job = start_training(ctx.training, tiny_config(hexagons))
     return before, job.result(timeout=600)
 
 
@@ -98,8 +98,8 @@ def test_the_lora_is_listed_at_once_and_changes_txt2img(ctx, trained):
     _, result = trained
     assert not result.cancelled and result.steps_done == 4 and result.epochs_done == 2
     assert {"hexsvc", "hexsvc-000001"} <= set(ctx.loras.files())
-    plain = ctx.submit_txt2img(Txt2ImgRequest(prompt="hxgn, a shape", **IMAGE)).result(timeout=300)
-    with_lora = ctx.submit_txt2img(Txt2ImgRequest(prompt="hxgn, a shape <lora:hexsvc:1>", **IMAGE)).result(timeout=300)
+    plain = ctx.generation.submit_txt2img(Txt2ImgRequest(prompt="hxgn, a shape", **IMAGE)).result(timeout=300)
+    with_lora = ctx.generation.submit_txt2img(Txt2ImgRequest(prompt="hxgn, a shape <lora:hexsvc:1>", **IMAGE)).result(timeout=300)
     assert plain.images[0].tobytes() != with_lora.images[0].tobytes()
     assert "hexsvc" in with_lora.infotexts[0]
 
@@ -113,12 +113,12 @@ def test_training_leaves_the_loaded_unet_bitwise_unchanged(ctx, trained):
 
 
 def test_status_reports_the_finished_run_with_files_usage_and_losses(ctx, trained):
-    status = training_status(ctx)
+    status = training_status(ctx.training)
     assert status["state"] == "done" and status["finished"] and status["error"] is None
     assert status["step"] == status["total"] == 4 and status["epoch"] == 2
     assert [name.rsplit("/", 1)[-1] for name in status["files"]] == ["hexsvc-000001.safetensors", "hexsvc.safetensors"]
     assert status["usage"] == "<lora:hexsvc:1> hxgn"
-    assert len(ctx.training.losses()) == 4 and ctx.training.samples()
+    assert len(ctx.training.monitor.losses()) == 4 and ctx.training.monitor.samples()
     assert "Use it in a prompt: `<lora:hexsvc:1> hxgn`" in result_markdown(status)
     assert 'data-percent="100"' in progress_html(status) and "step 4/4" in progress_html(status)
 
@@ -131,11 +131,11 @@ def test_compare_epochs_names_each_epoch_lora_in_order(ctx, trained):
 
 
 def test_export_writes_a_model_card_with_the_sample_grid_beside_the_lora(ctx, trained):
-    folder, card = export_run(ctx, "mit")
+    folder, card = export_run(ctx.training, "mit")
     assert sorted(path.name for path in folder.iterdir()) == ["README.md", "hexsvc.safetensors", "samples.png"]
     text = card.read_text()
     assert 'license: "mit"' in text and "<lora:hexsvc:0.8> hxgn" in text and "dataset_dir" not in text
-    folder, _ = export_run(ctx, "mit", include_epochs=True)
+    folder, _ = export_run(ctx.training, "mit", include_epochs=True)
     assert (folder / "hexsvc-000001.safetensors").is_file()
 
 
@@ -147,11 +147,11 @@ def test_export_writes_a_model_card_with_the_sample_grid_beside_the_lora(ctx, tr
     ({"max_train_epochs": 0, "max_train_steps": 0}, "max_train_steps"),
 ])
 def test_a_bad_config_raises_before_anything_is_queued(ctx, hexagons, trained, changes, field_or_reason):
-    monitor = ctx.training
+    monitor = ctx.training.monitor
     with pytest.raises(TrainingConfigError) as caught:
-        start_training(ctx, tiny_config(hexagons, **changes))
+        start_training(ctx.training, tiny_config(hexagons, **changes))
     assert caught.value.field == field_or_reason
-    assert ctx.training is monitor and ctx.queue.pending == 0
+    assert ctx.training.monitor is monitor and ctx.queue.pending == 0
 
 
 def test_a_folder_without_usable_images_raises_before_queueing(ctx, trained):
@@ -159,29 +159,29 @@ def test_a_folder_without_usable_images_raises_before_queueing(ctx, trained):
     broken.mkdir()
     (broken / "notes.txt").write_text("not an image")
     (broken / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    monitor = ctx.training
+    monitor = ctx.training.monitor
     with pytest.raises(DatasetError, match="broken.png"):
-        start_training(ctx, tiny_config("broken-set"))  # a plain name means datasets/<name>
+        start_training(ctx.training, tiny_config("broken-set"))  # a plain name means datasets/<name>
     with pytest.raises(DatasetError, match="does not exist"):
-        start_training(ctx, tiny_config("missing"))
-    assert ctx.training is monitor and ctx.queue.pending == 0
+        start_training(ctx.training, tiny_config("missing"))
+    assert ctx.training.monitor is monitor and ctx.queue.pending == 0
 
 
 def test_folders_outside_datasets_and_training_states_are_refused_before_queueing(ctx, trained, tmp_path):
     for index, image in enumerate(held_out_concept_images("hexagon", 2)):
         image.save(tmp_path / f"outside_{index}.png")
     (ctx.settings.datasets_folder / "leads-out").symlink_to(tmp_path, target_is_directory=True)
-    monitor = ctx.training
+    monitor = ctx.training.monitor
     refusals = [str(ctx.settings.data_dir), str(tmp_path), "leads-out", "../hexagons/../..", "~/x", "%2e%2e%2f"]
     for dataset in refusals:
         with pytest.raises(PathRefused, match="datasets/"):
-            start_training(ctx, tiny_config(dataset))
+            start_training(ctx.training, tiny_config(dataset))
     with pytest.raises(PathRefused, match="training/states/"):
-        start_training(ctx, tiny_config("hexagons", resume_from=str(ctx.settings.datasets_folder / "hexagons")))
+        start_training(ctx.training, tiny_config("hexagons", resume_from=str(ctx.settings.datasets_folder / "hexagons")))
     with pytest.raises(TrainingConfigError, match="caption_extension"):
-        start_training(ctx, tiny_config("hexagons", caption_extension=".json"))
-    assert ctx.training is monitor and ctx.queue.pending == 0
-    confined = confine_config(ctx, tiny_config("hexagons", resume_from="hexsvc-state"))
+        start_training(ctx.training, tiny_config("hexagons", caption_extension=".json"))
+    assert ctx.training.monitor is monitor and ctx.queue.pending == 0
+    confined = confine_config(ctx.training, tiny_config("hexagons", resume_from="hexsvc-state"))
     assert confined.dataset_dir == str((ctx.settings.datasets_folder / "hexagons").resolve())
     assert confined.resume_from == str((ctx.settings.training_folder / "states" / "hexsvc-state").resolve())
 
@@ -190,7 +190,7 @@ def test_uploading_to_the_hub_is_refused_before_exporting_without_allow_hub(ctx,
     exports = ctx.settings.training_folder / "exports"
     before = sorted(str(path) for path in exports.rglob("*")) if exports.exists() else []
     with pytest.raises(HubDisabled, match="--allow-hub"):
-        upload_run(ctx, "someone/hexsvc", "hf_token", private=True, license_name="mit")
+        upload_run(ctx.training, "someone/hexsvc", "hf_token", private=True, license_name="mit")
     assert (sorted(str(path) for path in exports.rglob("*")) if exports.exists() else []) == before
 
 
@@ -198,26 +198,26 @@ def test_cancel_stops_only_training_and_a_second_run_is_refused_while_one_is_act
     release = threading.Event()
     other = ctx.queue.submit("txt2img", lambda control: release.wait(60))
     try:
-        job = start_training(ctx, tiny_config(hexagons, output_name="hexlong", max_train_steps=500,
+        job = start_training(ctx.training, tiny_config(hexagons, output_name="hexlong", max_train_steps=500,
                                               sample_every_n_steps=0, save_every_n_epochs=0), "alice")
         assert job.owner == "alice"
-        assert training_status(ctx)["state"] == "queued"
+        assert training_status(ctx.training)["state"] == "queued"
         with pytest.raises(TrainingBusyError, match="hexlong"):
-            start_training(ctx, tiny_config(hexagons, output_name="another"))
-        assert "has not started" in cancel_training(ctx, User("alice"))
+            start_training(ctx.training, tiny_config(hexagons, output_name="another"))
+        assert "has not started" in cancel_training(ctx.training, User("alice"))
         assert not other.control.interrupted  # the Train tab never stops someone's txt2img
     finally:
         release.set()
-    while not job.done and ctx.training.latest is None:
+    while not job.done and ctx.training.monitor.latest is None:
         job.wait(0.2)
-    assert "belongs to another user" in cancel_training(ctx, User("bob"))  # only its owner or an admin
+    assert "belongs to another user" in cancel_training(ctx.training, User("bob"))  # only its owner or an admin
     assert not job.control.interrupted
-    assert "Cancelling" in cancel_training(ctx, User("alice"))
+    assert "Cancelling" in cancel_training(ctx.training, User("alice"))
     result = job.result(timeout=300)
     assert result.cancelled and result.steps_done < 500
-    status = training_status(ctx)
+    status = training_status(ctx.training)
     assert status["state"] == "cancelled" and "cancelled" in result_markdown(status)
-    assert "No training is running" in cancel_training(ctx, LOCAL_ADMIN)
+    assert "No training is running" in cancel_training(ctx.training, LOCAL_ADMIN)
     with pytest.raises(gr.Error, match="No epoch files"):  # the cancelled run saved no epoch
         compare_epochs_request(ctx)
 
@@ -275,11 +275,11 @@ def test_symlinks_leading_out_of_a_dataset_are_not_listed_read_or_written(tmp_pa
 
 
 def test_upload_folder_needs_a_usable_output_name(ctx):
-    assert dataset_folder_for(ctx, "my lora") == (ctx.settings.datasets_folder / "my lora").resolve()
-    assert dataset_folder(ctx, "my lora") == dataset_folder_for(ctx, "my lora")
+    assert dataset_folder_for(ctx.training, "my lora") == (ctx.settings.datasets_folder / "my lora").resolve()
+    assert dataset_folder(ctx.training, "my lora") == dataset_folder_for(ctx.training, "my lora")
     for bad in ("", "a/b", "x:y"):
         with pytest.raises(ValueError, match="output_name"):
-            dataset_folder_for(ctx, bad)
+            dataset_folder_for(ctx.training, bad)
 
 
 def test_every_config_field_has_exactly_one_widget_and_values_convert_back():
@@ -298,6 +298,6 @@ def test_every_config_field_has_exactly_one_widget_and_values_convert_back():
 
 
 def test_the_default_model_offers_its_own_presets_first_then_the_sd1_ones(ctx):
-    names = preset_names(ctx)
+    names = preset_names(ctx.training)
     assert names[:5] == sorted(name for name in names if name.startswith("toy_")) and len(names[:5]) == 5
     assert "sd1_lora" in names and not any(name.startswith("sdxl_") for name in names)

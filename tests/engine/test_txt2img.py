@@ -27,7 +27,7 @@ def ctx(data_dir):
 
 
 def generate(ctx, **fields) -> object:
-    return ctx.submit_txt2img(Txt2ImgRequest(**{**SMALL, **fields})).result(timeout=300)
+    return ctx.generation.submit_txt2img(Txt2ImgRequest(**{**SMALL, **fields})).result(timeout=300)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -113,7 +113,7 @@ def test_styles_are_applied_and_unknown_styles_rejected(ctx, data_dir):
     result = generate(ctx, prompt="a circle", styles=("vivid",), seed=1)
     assert result.infotexts[0].startswith("a circle, vivid colors\nNegative prompt: dull\n")
     with pytest.raises(RequestError, match="unknown style"):
-        ctx.submit_txt2img(Txt2ImgRequest(**SMALL, styles=("nope",)))
+        ctx.generation.submit_txt2img(Txt2ImgRequest(**SMALL, styles=("nope",)))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -123,12 +123,12 @@ def test_styles_are_applied_and_unknown_styles_rejected(ctx, data_dir):
 ])
 def test_bad_values_are_rejected_before_queueing(ctx, change, message):
     with pytest.raises(ValueError, match=message):
-        ctx.submit_txt2img(Txt2ImgRequest(**{**SMALL, **change}))
+        ctx.generation.submit_txt2img(Txt2ImgRequest(**{**SMALL, **change}))
     assert ctx.queue.pending == 0
 
 
 def test_interrupt_stops_within_a_step_and_returns_what_is_finished(ctx):
-    job = ctx.submit_txt2img(Txt2ImgRequest(width=64, height=64, steps=40, batch_count=5, seed=1, sampler_name="Euler"))
+    job = ctx.generation.submit_txt2img(Txt2ImgRequest(width=64, height=64, steps=40, batch_count=5, seed=1, sampler_name="Euler"))
     stopped_at = threading.Event()
 
     def interrupt_after_first_batch():

@@ -305,7 +305,7 @@ def test_multi_vector_rows_equal_the_file_and_clear_restores_bitwise_over_cycles
     one = _sd1_embedding(tmp_path, "one-vec", count=1, seed=32)
     injector = EmbeddingInjector(sd1_pipeline, "sd1")
 
-    for cycle in range(3):
+    for _ in range(3):
         for active in ({"three-vec": three}, {"three-vec": three, "one-vec": one}, {"one-vec": one}):
             injector.set_active(active)
             table = encoder.get_input_embeddings()

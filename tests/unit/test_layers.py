@@ -58,3 +58,17 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    import gradio as gr\n    from webui.ui import errors\n")
     assert sorted(_imported_modules(module)) == ["gradio", "webui.ui", "webui.ui.errors"]
+
+
+def test_the_ui_and_the_http_api_never_import_each_other():
+    assert _offenders(_python_files(PRODUCT / "api"), ("webui.ui",)) == []
+    assert _offenders(_python_files(PRODUCT / "ui"), ("webui.api",)) == []
+
+
+def test_only_the_composition_root_and_adapters_import_the_context():
+    """Services and the engine get their collaborators passed in; the context only wires them."""
+    allowed = {"app.py", "train.py", "context.py"}
+    importers = [path for path in _python_files(PRODUCT) if "webui.context" in _imported_modules(path)]
+    misplaced = [str(path.relative_to(REPO)) for path in importers
+                 if path.parent.name not in ("ui", "api") and path.name not in allowed]
+    assert misplaced == []

@@ -14,32 +14,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import inspect
 import io
 import json
-from typing import Any, Callable
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from webui.api.common import admin_caller, caller
+from webui.api.common import API_PREFIX, ReasonedValidationRoute, admin_caller, caller, translate_errors
 from webui.api.job_wait import wait_for_job
 from webui.context import AppContext
 from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.infotext import parse_infotext, read_infotext
 from webui.generation.requests import HIRES_UPSCALERS, Img2ImgRequest, Txt2ImgRequest
 from webui.generation.samplers import SAMPLERS, schedule_type_names
-from webui.jobs.queue import JobCancelled, QueueFullError
-from webui.security.identity import Forbidden, NotAuthenticated, User
+from webui.security.identity import Forbidden, User
 from webui.security.limits import RequestLimits
-from webui.ui.errors import user_error
 
-API_PREFIX = "/sdapi/v1"
 STRICT_JSON = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
@@ -113,37 +106,6 @@ class PngInfoBody(BaseModel):
     model_config = STRICT_JSON
 
     image: str
-
-
-class ReasonedValidationRoute(APIRoute):
-    """A body that does not validate gets 422 naming each field and the problem, never the value.
-
-    FastAPI's default answer echoes the offending input: a NaN cannot be written as JSON (that was a
-    500) and an echoed 200 MB field makes a 200 MB answer.
-    """
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def answer(request: Request) -> Any:
-            try:
-                return await handler(request)
-            except RequestValidationError as error:
-                raise HTTPException(422, validation_reason(error)) from None
-
-        return answer
-
-
-def validation_reason(error: RequestValidationError) -> str:
-    """`seed: Input should be a finite number; width: ...`: field paths without the `body` prefix."""
-    parts = []
-    for problem in error.errors():
-        if problem.get("type") == "json_invalid":
-            parts.append(f"the body is not valid JSON ({problem.get('ctx', {}).get('error', 'decode error')})")
-            continue
-        location = [str(part) for part in problem.get("loc", ()) if part != "body"]
-        parts.append(f"{'.'.join(location) or 'body'}: {problem.get('msg', 'invalid value')}")
-    return "; ".join(parts[:10]) or "the request body is not valid"
 
 
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
@@ -229,7 +191,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     async def txt2img(body: Txt2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         request = txt2img_request_from_body(body)
         # Validation (files, styles, LoRA folder) and queueing on a worker thread; errors raise before queueing.
-        job = await run_in_threadpool(ctx.submit_txt2img, request, user.name)
+        job = await run_in_threadpool(ctx.generation.submit_txt2img, request, user.name)
         result = await wait_for_job(ctx.queue, job, http)
         return await run_in_threadpool(generation_response, body, request, result)
 
@@ -237,7 +199,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @translate_errors
     async def img2img(body: Img2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         request = await run_in_threadpool(img2img_request_from_body, body, limits)
-        job = await run_in_threadpool(ctx.submit_img2img, request, user.name)
+        job = await run_in_threadpool(ctx.generation.submit_img2img, request, user.name)
         result = await wait_for_job(ctx.queue, job, http)
         return await run_in_threadpool(generation_response, body, request, result)
 
@@ -264,7 +226,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @router.post("/refresh-checkpoints", dependencies=[Depends(admin_caller)])
     @translate_errors
     def refresh_checkpoints() -> dict[str, Any]:
-        records = ctx.refresh_checkpoints()
+        records = ctx.models.refresh_checkpoints()
         return {"checkpoints": len(records), "unusable": {r.name: r.error for r in records if not r.usable}}
 
     @router.get("/loras")
@@ -280,7 +242,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @router.get("/sd-vae")
     @translate_errors
     def sd_vae() -> list[dict[str, Any]]:
-        return [{"model_name": name, "filename": name} for name in ctx.vae_names()[2:]]
+        return [{"model_name": name, "filename": name} for name in ctx.models.vae_names()[2:]]
 
     @router.get("/samplers")
     @translate_errors
@@ -295,13 +257,13 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @router.get("/options")
     @translate_errors
     def get_options() -> dict[str, Any]:
-        return {"sd_model_checkpoint": ctx.current_checkpoint_title()}
+        return {"sd_model_checkpoint": ctx.models.current_checkpoint_title()}
 
     @router.post("/options")
     @translate_errors
     async def set_options(body: OptionsBody, user: User = Depends(caller)) -> dict[str, Any]:
         if body.sd_model_checkpoint:
-            record = await run_in_threadpool(ctx.select_checkpoint, body.sd_model_checkpoint, user.name)
+            record = await run_in_threadpool(ctx.models.select_checkpoint, body.sd_model_checkpoint, user.name)
             return {"sd_model_checkpoint": record.title}
         return get_options()
 
@@ -378,56 +340,3 @@ def check_may_stop_current(ctx: AppContext, user: User, action: str) -> None:
     job = ctx.queue.current
     if job is not None and not user.may_act_on(job.owner):
         raise Forbidden(f"cannot {action}: the running job belongs to another user; only they or an admin can stop it")
-
-
-def install_api(app: FastAPI, ctx: AppContext) -> None:
-    """Add the API routes; works on an app that is already serving (gradio's), like A1111's API."""
-    app.include_router(build_api_router(ctx))
-    from webui.api.train_api import install_train_api  # here, not at the top: train_api imports this module
-
-    install_train_api(app, ctx)
-
-
-def translate_errors(handler: Callable) -> Callable:
-    """Engine errors -> HTTP answers with the reason: unknown names 404, bad values 422, too large 413,
-    not signed in 401, not allowed 403, queue full 503 (this user's share full: 429), disk 507."""
-
-    def convert(error: Exception) -> HTTPException:
-        if isinstance(error, HTTPException):
-            return error
-        if isinstance(error, NotAuthenticated):
-            return HTTPException(401, str(error))
-        if isinstance(error, PermissionError):  # Forbidden and others; before OSError, of which it is a subclass
-            return HTTPException(403, user_error(error))
-        if isinstance(error, QueueFullError):
-            return HTTPException(429 if error.per_owner else 503, str(error), headers={"Retry-After": "10"})
-        if isinstance(error, JobCancelled):
-            return HTTPException(409, str(error))
-        if isinstance(error, ImageTooLargeError):
-            return HTTPException(413, user_error(error))
-        if isinstance(error, LookupError):
-            return HTTPException(404, user_error(error))
-        if isinstance(error, ValueError):
-            return HTTPException(422, user_error(error))
-        if isinstance(error, OSError):
-            return HTTPException(507, user_error(error))
-        return HTTPException(500, user_error(error))
-
-    if inspect.iscoroutinefunction(handler):
-        @functools.wraps(handler)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await handler(*args, **kwargs)
-            except Exception as error:
-                raise convert(error) from None
-
-        return async_wrapper
-
-    @functools.wraps(handler)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return handler(*args, **kwargs)
-        except Exception as error:
-            raise convert(error) from None
-
-    return wrapper

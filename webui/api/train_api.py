@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Body, Depends, HTTPException
 from fastapi.responses import JSONResponse
 
-from webui.api.common import caller
-from webui.api.sdapi import API_PREFIX, translate_errors
+from webui.api.common import API_PREFIX, caller, translate_errors
 from webui.context import AppContext
 from webui.security.identity import User
 from webui.training.config import TrainingConfig, load_preset
-from webui.ui.errors import user_error
+from webui.errors import user_error
 from webui.training.monitor import TrainingBusyError
-from webui.ui.train_service import (
+from webui.training.service import (
     cancel_training,
     current_job_is_training,
     preset_names,
@@ -43,16 +42,16 @@ def build_train_router(ctx: AppContext) -> APIRouter:
         try:
             config = TrainingConfig.from_dict(body)
             if not config.base_checkpoint:
-                config = config.replace(base_checkpoint=ctx.current_checkpoint_title() or "")
-            job = start_training(ctx, config, user.name)
+                config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or "")
+            job = start_training(ctx.training, config, user.name)
         except TrainingBusyError as error:
             raise HTTPException(409, str(error)) from None
         except (ValueError, LookupError) as error:  # config, dataset and checkpoint problems
             raise HTTPException(422, user_error(error)) from None
-        status = training_status(ctx)
+        status = training_status(ctx.training)
         return JSONResponse(status_code=202, content={
             "job": f"job-{job.job_id}", "state": status["state"], "name": config.output_name,
-            "method": config.method, "config": ctx.training.config.to_dict() if ctx.training else config.to_dict(),
+            "method": config.method, "config": ctx.training.monitor.config.to_dict() if ctx.training.monitor else config.to_dict(),
             "progress_url": f"{API_PREFIX}/train/progress",
         })
 
@@ -60,23 +59,23 @@ def build_train_router(ctx: AppContext) -> APIRouter:
     @translate_errors
     def progress() -> dict[str, Any]:
         """step, total, epoch, loss, eta, messages, finished, files, error (and more) of the latest run."""
-        return training_status(ctx)
+        return training_status(ctx.training)
 
     @router.post("/cancel")
     @translate_errors
     def cancel(user: User = Depends(caller)) -> dict[str, Any]:
         job = ctx.queue.current
-        was_training = current_job_is_training(ctx) and job is not None and user.may_act_on(job.owner)
-        return {"cancelled": was_training, "message": cancel_training(ctx, user)}
+        was_training = current_job_is_training(ctx.training) and job is not None and user.may_act_on(job.owner)
+        return {"cancelled": was_training, "message": cancel_training(ctx.training, user)}
 
     @router.get("/presets")
     @translate_errors
     def presets() -> list[dict[str, Any]]:
         """Presets for the loaded model's family and the user's own, each with the values it sets."""
-        folder = user_presets_folder(ctx)
+        folder = user_presets_folder(ctx.training)
         user = {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
         answer = []
-        for name in preset_names(ctx):
+        for name in preset_names(ctx.training):
             entry: dict[str, Any] = {"name": name, "user": name in user}
             try:
                 entry["config"] = load_preset(name, folder).to_dict()
@@ -86,8 +85,3 @@ def build_train_router(ctx: AppContext) -> APIRouter:
         return answer
 
     return router
-
-
-def install_train_api(app: FastAPI, ctx: AppContext) -> None:
-    """Add the training routes (same auth as the rest of the API)."""
-    app.include_router(build_train_router(ctx))

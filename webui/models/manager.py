@@ -25,9 +25,6 @@ from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
 from webui.models.lora import LoraApplier
 from webui.models.lora_catalog import LoraUse
 from webui.models.vae import read_vae_state_dict, vae_beside_checkpoint
-
-AUTOMATIC_VAE = "Automatic"  # a `<checkpoint>.vae.safetensors` beside the checkpoint, else its own VAE
-CHECKPOINT_VAE = "None"      # always the checkpoint's own VAE
 from webui.models.checkpoint_loading import (
     CheckpointLoadError,
     CheckpointWeights,
@@ -35,6 +32,9 @@ from webui.models.checkpoint_loading import (
     copy_weights_into,
     read_checkpoint_weights,
 )
+
+AUTOMATIC_VAE = "Automatic"  # a `<checkpoint>.vae.safetensors` beside the checkpoint, else its own VAE
+CHECKPOINT_VAE = "None"      # always the checkpoint's own VAE
 
 
 @dataclass(frozen=True)
@@ -60,36 +60,54 @@ def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
 
 
 class CheckpointRamCache:
-    """LRU of checkpoint weights in CPU memory, keyed by file path and version."""
+    """LRU of checkpoint weights in CPU memory, keyed by file path, version and dtype.
+
+    One cache can serve several model managers (one per worker): weights read once are shared, not
+    duplicated, and two workers asking for the same file at once read it once (the second waits).
+    """
 
     def __init__(self, capacity: int, pin_memory: bool):
         self.capacity = max(1, capacity)
         self._pin = pin_memory
         self._entries: OrderedDict[tuple, CheckpointWeights] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple, threading.Lock] = {}
 
     @staticmethod
-    def key(record: CheckpointRecord) -> tuple:
+    def key(record: CheckpointRecord, dtype: torch.dtype) -> tuple:
         stat = record.path.stat()
-        return (str(record.path), stat.st_size, stat.st_mtime)
+        return (str(record.path), stat.st_size, stat.st_mtime, str(dtype))
 
-    def get(self, record: CheckpointRecord) -> CheckpointWeights | None:
-        key = self.key(record)
-        weights = self._entries.get(key)
-        if weights is not None:
-            self._entries.move_to_end(key)
-        return weights
-
-    def put(self, record: CheckpointRecord, weights: CheckpointWeights) -> None:
-        if self._pin:
-            for component, state_dict in weights.state_dicts.items():
-                weights.state_dicts[component] = {k: v.pin_memory() for k, v in state_dict.items()}
-        self._entries[self.key(record)] = weights
-        self._entries.move_to_end(self.key(record))
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+    def get_or_load(self, record: CheckpointRecord, dtype: torch.dtype,
+                    load: Callable[[], CheckpointWeights]) -> CheckpointWeights:
+        """The cached weights, else `load()` (once per key, even when several workers ask together)."""
+        key = self.key(record, dtype)
+        with self._lock:
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                weights = self._entries.get(key)
+                if weights is not None:
+                    self._entries.move_to_end(key)
+                    return weights
+            try:
+                weights = load()  # may raise: nothing is cached then
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            if self._pin:
+                for component, state_dict in weights.state_dicts.items():
+                    weights.state_dicts[component] = {k: v.pin_memory() for k, v in state_dict.items()}
+            with self._lock:
+                self._entries[key] = weights
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
+            return weights
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
 
 class ModelManager:
@@ -98,14 +116,17 @@ class ModelManager:
     def __init__(self, catalog: CheckpointCatalog, device: torch.device, dtype: torch.dtype,
                  checkpoints_in_ram: int = 2, preferred_checkpoint: str | None = None,
                  embedding_catalog: EmbeddingCatalog | None = None,
-                 on_model_loaded: Callable[[CheckpointRecord], None] | None = None):
+                 on_model_loaded: Callable[[CheckpointRecord], None] | None = None,
+                 ram_cache: CheckpointRamCache | None = None):
         self.catalog = catalog
         self.device = device
         self.dtype = dtype
         self.preferred_checkpoint = preferred_checkpoint
         self._on_model_loaded = on_model_loaded
         self._lock = threading.RLock()
-        self._ram = CheckpointRamCache(checkpoints_in_ram, pin_memory=device.type == "cuda")
+        # Pass one `ram_cache` to several managers (one per worker) to share the weights they read.
+        self._ram = ram_cache if ram_cache is not None else CheckpointRamCache(
+            checkpoints_in_ram, pin_memory=device.type == "cuda")
         self._pipeline: Any = None
         self._weights: CheckpointWeights | None = None
         self._lora: LoraApplier | None = None
@@ -136,11 +157,7 @@ class ModelManager:
         return usable[0]
 
     def _weights_for(self, record: CheckpointRecord) -> CheckpointWeights:
-        weights = self._ram.get(record)
-        if weights is None:
-            weights = read_checkpoint_weights(record, self.dtype)
-            self._ram.put(record, weights)
-        return weights
+        return self._ram.get_or_load(record, self.dtype, lambda: read_checkpoint_weights(record, self.dtype))
 
     def weights_of(self, record: CheckpointRecord) -> CheckpointWeights:
         """A checkpoint's weights in CPU memory (from the RAM cache when recent), e.g. for merging."""

@@ -7,7 +7,7 @@ import gradio as gr
 from webui.security.accounts import AccountService
 from webui.security.identity import ROLES, USER, User
 from webui.ui.access import caller_of
-from webui.ui.errors import user_error
+from webui.errors import user_error
 
 TOKEN_HEADERS = ["id", "label", "created"]
 USER_HEADERS = ["name", "role"]

@@ -9,7 +9,7 @@ from webui.context import AppContext
 from webui.security.accounts import AccountService
 from webui.ui.access import caller_of
 from webui.ui.account_tab import build_account_tab
-from webui.ui.errors import user_error
+from webui.errors import user_error
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
@@ -56,12 +56,12 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
     with gr.Blocks(title="SD Studio", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="quicksettings"):
             checkpoint = gr.Dropdown(
-                label="Stable Diffusion checkpoint", choices=ctx.checkpoint_titles(),
-                value=ctx.current_checkpoint_title() or next(iter(ctx.checkpoint_titles()), None),
+                label="Stable Diffusion checkpoint", choices=ctx.models.checkpoint_titles(),
+                value=ctx.models.current_checkpoint_title() or next(iter(ctx.models.checkpoint_titles()), None),
                 elem_id="setting_sd_model_checkpoint", scale=4,
             )
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=48)
-            vae = gr.Dropdown(label="SD VAE", choices=ctx.vae_names(), value="Automatic", elem_id="setting_sd_vae", scale=2)
+            vae = gr.Dropdown(label="SD VAE", choices=ctx.models.vae_names(), value="Automatic", elem_id="setting_sd_vae", scale=2)
             unusable = gr.Markdown(elem_id="unusable_checkpoints")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
@@ -87,20 +87,20 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
 
         def refresh_checkpoints(request: gr.Request):
             if caller_of(request).is_admin:  # rescanning the folders is an admin's; others get the listing
-                ctx.refresh_checkpoints()
-            titles = ctx.checkpoint_titles()
-            return (gr.update(choices=titles, value=ctx.current_checkpoint_title() or next(iter(titles), None)),
-                    unusable_note(), gr.update(choices=ctx.vae_names()))
+                ctx.models.refresh_checkpoints()
+            titles = ctx.models.checkpoint_titles()
+            return (gr.update(choices=titles, value=ctx.models.current_checkpoint_title() or next(iter(titles), None)),
+                    unusable_note(), gr.update(choices=ctx.models.vae_names()))
 
         def choose_checkpoint(title: str, request: gr.Request):
             if not title:
                 return gr.update()
             owner = caller_of(request).name
             try:
-                record = ctx.select_checkpoint(title, owner)
+                record = ctx.models.select_checkpoint(title, owner)
             except Exception as error:  # the previous model stays loaded and usable
                 raise gr.Error(user_error(error)) from None
-            return gr.update(choices=ctx.checkpoint_titles(), value=record.title)
+            return gr.update(choices=ctx.models.checkpoint_titles(), value=record.title)
 
         refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
         checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)

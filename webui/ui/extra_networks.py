@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from webui.context import AppContext
 from webui.ui.access import caller_of
-from webui.ui.errors import user_error
+from webui.errors import user_error
 
 TILE_SIZE = 160
 
@@ -94,7 +94,7 @@ def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dro
 
     def fill(query: str):
         outputs = []
-        for kind, build in builders.items():
+        for build in builders.values():
             cards = build(ctx, query or "")
             outputs += [[(card.image, card.caption) for card in cards], [card.name for card in cards]]
         return outputs
@@ -124,9 +124,9 @@ def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dro
         def load_checkpoint(names: list[str], event: gr.SelectData, request: gr.Request):
             owner = caller_of(request).name
             try:
-                record = ctx.select_checkpoint(names[event.index], owner)
+                record = ctx.models.select_checkpoint(names[event.index], owner)
             except Exception as error:  # the current model stays loaded
                 raise gr.Error(user_error(error)) from None
-            return gr.update(choices=ctx.checkpoint_titles(), value=record.title)
+            return gr.update(choices=ctx.models.checkpoint_titles(), value=record.title)
 
         checkpoint_gallery.select(load_checkpoint, inputs=checkpoint_names, outputs=checkpoint)

@@ -17,11 +17,11 @@ from webui.generation.samplers import sampler_names, schedule_types_for
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.queue import Job, QueueFullError
 from webui.ui.access import caller_of
-from webui.ui.errors import user_error
+from webui.errors import user_error
 from webui.ui.extra_networks import build_extra_networks
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.xyz.axes import default_axis_registry
-from webui.xyz.job import XyzOptions, XyzRun, submit_xyz
+from webui.xyz.service import XyzOptions, XyzRun, submit_xyz
 from webui.xyz.plot import AxisSpec
 
 POLL_SECONDS = 0.25
@@ -283,7 +283,7 @@ def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any], owne
 
     options = XyzOptions(draw_legend=bool(named["xyz_draw_legend"]), keep_seeds=bool(named["xyz_keep_seeds"]),
                          include_sub_images=bool(named["xyz_sub_images"]))
-    return submit_xyz(ctx, request, spec("x"), spec("y"), spec("z"), options, owner=owner)
+    return submit_xyz(ctx.generation, request, spec("x"), spec("y"), spec("z"), options, owner=owner)
 
 
 def to_int(value: Any, label: str) -> int:

@@ -176,7 +176,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         )
         if named["mode"] == "batch":
             template = Img2ImgRequest(**values, **options)
-            return ctx.submit_img2img_batch(template, named["batch_input"] or "", named["batch_output"] or "",
+            return ctx.generation.submit_img2img_batch(template, named["batch_input"] or "", named["batch_output"] or "",
                                             named["batch_masks"] or "", owner)
         image, mask = source_and_mask(named["mode"], named, ctx.request_limits)
         if image is None:
@@ -188,7 +188,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         request = Img2ImgRequest(**values, **options, init_images=(image,), mask=mask)
         if named["script"] == XYZ_SCRIPT:
             return submit_xyz_script(ctx, request, named, owner)
-        return ctx.submit_img2img(request, owner)
+        return ctx.generation.submit_img2img(request, owner)
 
     controls = wire_generation(ctx, "img2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs)
     controls.extra.update(mode_tabs=mode_tabs, mode=mode, init_img=init_img, inpaint=inpaint)

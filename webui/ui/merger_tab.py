@@ -7,13 +7,13 @@ import gradio as gr
 from webui.context import AppContext
 from webui.models.merger import ADD_DIFFERENCE, MERGE_METHODS, WEIGHTED_SUM, MergeRecipe
 from webui.ui.access import require_admin
-from webui.ui.errors import user_error
+from webui.errors import user_error
 
 NO_MODEL = "None"
 
 
 def build_merger_tab(ctx: AppContext, checkpoint: gr.Dropdown, tab: gr.Tab) -> None:
-    titles = ctx.checkpoint_titles()
+    titles = ctx.models.checkpoint_titles()
     with gr.Row():
         primary = gr.Dropdown(label="Primary model (A)", choices=titles, elem_id="merger_primary")
         secondary = gr.Dropdown(label="Secondary model (B)", choices=titles, elem_id="merger_secondary")
@@ -25,7 +25,7 @@ def build_merger_tab(ctx: AppContext, checkpoint: gr.Dropdown, tab: gr.Tab) -> N
                       info=f"{WEIGHTED_SUM}: A*(1-M)+B*M · {ADD_DIFFERENCE}: A+(B-C)*M")
     with gr.Row():
         save_as = gr.Radio(label="Save as", choices=["fp16", "fp32"], value="fp16", elem_id="merger_dtype")
-        bake_vae = gr.Dropdown(label="Bake in VAE", choices=[NO_MODEL] + ctx.vae_names()[2:], value=NO_MODEL,
+        bake_vae = gr.Dropdown(label="Bake in VAE", choices=[NO_MODEL] + ctx.models.vae_names()[2:], value=NO_MODEL,
                                elem_id="merger_vae")
     merge = gr.Button("Merge", variant="primary", elem_id="merger_merge")
     result = gr.Markdown(elem_id="merger_result")
@@ -38,16 +38,16 @@ def build_merger_tab(ctx: AppContext, checkpoint: gr.Dropdown, tab: gr.Tab) -> N
                              tertiary=None if c in (None, NO_MODEL) else c, save_dtype=dtype,
                              baked_vae=None if vae in (None, NO_MODEL) else vae)
         try:
-            record = ctx.merge_checkpoints(recipe, (output_name or "").strip(), owner)
+            record = ctx.models.merge_checkpoints(recipe, (output_name or "").strip(), owner)
         except Exception as error:  # shown to the user; nothing is half-written
             raise gr.Error(user_error(error)) from None
-        titles = ctx.checkpoint_titles()
+        titles = ctx.models.checkpoint_titles()
         return f"Saved **{record.title}** to `{record.path}`.", gr.update(choices=titles)
 
     def current_choices():
-        titles = ctx.checkpoint_titles()
+        titles = ctx.models.checkpoint_titles()
         return (gr.update(choices=titles), gr.update(choices=titles), gr.update(choices=[NO_MODEL] + titles),
-                gr.update(choices=[NO_MODEL] + ctx.vae_names()[2:]))
+                gr.update(choices=[NO_MODEL] + ctx.models.vae_names()[2:]))
 
     tab.select(current_choices, outputs=[primary, secondary, tertiary, bake_vae])  # models added since start
     merge.click(run_merge, inputs=[primary, secondary, tertiary, name, multiplier, method, save_as, bake_vae],

@@ -17,9 +17,9 @@ from webui.models.hub import looks_like_repo_id
 from webui.security.paths import CAPTION_MODEL
 from webui.training.config import TrainingConfig, check_caption_extension
 from webui.training.dataset import caption_missing_images, scan_dataset
-from webui.ui.errors import user_error
+from webui.errors import user_error
 from webui.ui.train_fields import DATASET_GROUPS, make_widget
-from webui.ui.train_service import caption_rows, dataset_folder, dataset_folder_for, import_images, save_caption_rows
+from webui.training.service import caption_rows, dataset_folder, dataset_folder_for, import_images, save_caption_rows
 
 FormConfig = Callable[..., TrainingConfig]  # widget values (in the form's input order) -> config
 
@@ -104,7 +104,7 @@ def wire_dataset_section(ctx: AppContext, section: DatasetSection, output_name: 
             return gr.update(), gr.update(), gr.update()
         try:
             extension = check_caption_extension(ext or ".txt")
-            result = import_images(files, dataset_folder_for(ctx, name), ctx.request_limits)
+            result = import_images(files, dataset_folder_for(ctx.training, name), ctx.request_limits)
             rows = caption_rows(result.folder, extension)
         except ValueError as error:
             raise gr.Error(user_error(error)) from None
@@ -114,7 +114,7 @@ def wire_dataset_section(ctx: AppContext, section: DatasetSection, output_name: 
         if not (folder or "").strip():
             raise gr.Error("Choose a dataset folder or upload images first.")
         try:
-            return caption_rows(dataset_folder(ctx, folder), check_caption_extension(ext or ".txt"))
+            return caption_rows(dataset_folder(ctx.training, folder), check_caption_extension(ext or ".txt"))
         except ValueError as error:
             raise gr.Error(user_error(error)) from None
 
@@ -122,7 +122,7 @@ def wire_dataset_section(ctx: AppContext, section: DatasetSection, output_name: 
         if not (folder or "").strip():
             raise gr.Error("Choose a dataset folder or upload images first.")
         try:
-            root, extension = dataset_folder(ctx, folder), check_caption_extension(ext or ".txt")
+            root, extension = dataset_folder(ctx.training, folder), check_caption_extension(ext or ".txt")
             written, removed = save_caption_rows(root, rows or [], extension)
             fresh = caption_rows(root, extension)
         except (ValueError, OSError) as error:

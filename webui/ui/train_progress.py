@@ -1,6 +1,6 @@
 """What the Train tab shows about a run: progress bar, loss curve data, sample gallery, the final message.
 
-Pure functions of `training_status(ctx)` and the run's monitor, so a reloaded page renders the same view
+Pure functions of `training_status(service)` and the run's monitor, so a reloaded page renders the same view
 as the page that started the run, and the timer only sends what changed since the last tick.
 """
 

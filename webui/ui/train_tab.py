@@ -1,7 +1,7 @@
 """The Train tab: dataset, method and preset, hyperparameters, run with live progress, share.
 
 Training runs on the queue worker (`AppContext.submit_training`); this tab only builds the config from
-its widgets and polls `ctx.training` with a timer. Because the poll reads the context's monitor rather
+its widgets and polls `ctx.training.monitor` with a timer. Because the poll reads the context's monitor rather
 than anything held by one browser tab, a reloaded page picks up the running (or last) run at once.
 """
 
@@ -15,7 +15,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.training.config import TrainingConfig, load_preset, save_user_preset
 from webui.ui.access import caller_of, require_admin
-from webui.ui.errors import user_error
+from webui.errors import user_error
 from webui.ui.train_dataset_section import (
     DatasetSection,
     build_dataset_section,
@@ -45,7 +45,7 @@ from webui.ui.train_progress import (
 )
 from webui.jobs.queue import QueueFullError
 from webui.training.monitor import TrainingBusyError
-from webui.ui.train_service import (
+from webui.training.service import (
     JOB_FIELDS,
     cancel_training,
     confine_config,
@@ -87,20 +87,20 @@ class TrainTab:
 
 def compare_epochs_request(ctx: AppContext) -> tuple[str, list[str], list[float]]:
     """(a sample prompt, the last run's LoRA names from first epoch to final, weights) for an X/Y/Z grid."""
-    epochs, finals = last_run_lora_names(ctx)
+    epochs, finals = last_run_lora_names(ctx.training)
     if not epochs:
         raise gr.Error("No epoch files to compare: train a LoRA method with 'Save every N epochs' above 0 first.")
-    return default_sample_prompt(ctx.training.config), epochs + finals, list(COMPARE_WEIGHTS)
+    return default_sample_prompt(ctx.training.monitor.config), epochs + finals, list(COMPARE_WEIGHTS)
 
 
 def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_resolution: int = 512) -> TrainTab:
     defaults = default_form_config(native_resolution)
-    titles = ctx.checkpoint_titles()
+    titles = ctx.models.checkpoint_titles()
     with gr.Row():
         output_name = gr.Textbox(label="Output name", elem_id="train_output_name", scale=2,
                                  info="file name of the LoRA / embedding / checkpoint")
         base_checkpoint = gr.Dropdown(label="Base checkpoint", choices=titles, elem_id="train_base_checkpoint",
-                                      value=ctx.current_checkpoint_title() or next(iter(titles), None), scale=3)
+                                      value=ctx.models.current_checkpoint_title() or next(iter(titles), None), scale=3)
     gr.Markdown("### Dataset")
     dataset = build_dataset_section(defaults)
     fields: dict[str, gr.components.Component] = dict(dataset.fields)
@@ -109,7 +109,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     method = gr.Radio(label="Training method", choices=list(METHOD_CHOICES), value=defaults.method,
                       elem_id="train_method")
     with gr.Row():
-        preset = gr.Dropdown(label="Preset", choices=preset_names(ctx), value=None, elem_id="train_preset", scale=3)
+        preset = gr.Dropdown(label="Preset", choices=preset_names(ctx.training), value=None, elem_id="train_preset", scale=3)
         load_preset_button = gr.Button("Load preset", elem_id="train_load_preset", scale=1)
         preset_name = gr.Textbox(label="Save current settings as preset", elem_id="train_preset_name", scale=2)
         save_preset_button = gr.Button("Save preset", elem_id="train_save_preset", scale=1)
@@ -164,12 +164,12 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         """The form as a config, folders as typed (for presets, which leave the folders out)."""
         config = config_from_widgets(dict(zip(form_names, values)))
         if not config.base_checkpoint:  # nothing chosen: train on the loaded (or first) checkpoint
-            config = config.replace(base_checkpoint=ctx.current_checkpoint_title() or next(iter(ctx.checkpoint_titles()), ""))
+            config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or next(iter(ctx.models.checkpoint_titles()), ""))
         return config
 
     def form_config(*values: Any) -> TrainingConfig:
         """The form as a config whose dataset and resume folders are confined to the app's folders."""
-        return confine_config(ctx, form_values(*values))
+        return confine_config(ctx.training, form_values(*values))
 
     wire_dataset_section(ctx, dataset, output_name, form_inputs, form_config)
 
@@ -183,7 +183,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         if not name:
             raise gr.Error("Choose a preset to load.")
         try:
-            config = load_preset(name, user_presets_folder(ctx))
+            config = load_preset(name, user_presets_folder(ctx.training))
         except ValueError as error:
             raise gr.Error(user_error(error)) from None
         values = [widget_value(specs_by_name[field], getattr(config, field)) for field in preset_fields]
@@ -191,10 +191,10 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
 
     def store_preset(name: str, *values: Any):
         try:
-            path = save_user_preset(form_values(*values), user_presets_folder(ctx), (name or "").strip())
+            path = save_user_preset(form_values(*values), user_presets_folder(ctx.training), (name or "").strip())
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
-        return f"Saved preset **{path.stem}** to `{path}`.", gr.update(choices=preset_names(ctx), value=path.stem)
+        return f"Saved preset **{path.stem}** to `{path}`.", gr.update(choices=preset_names(ctx.training), value=path.stem)
 
     load_preset_button.click(apply_preset, inputs=preset,
                              outputs=[method] + [fields[name] for name in preset_fields] + [preset_message])
@@ -205,8 +205,8 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
 
     def render(seen: dict[str, Any]) -> tuple:
         """The run's view; the loss plot and gallery are only re-sent when they changed since `seen`."""
-        monitor = ctx.training
-        status = training_status(ctx)
+        monitor = ctx.training.monitor
+        status = training_status(ctx.training)
         losses = len(monitor.losses()) if monitor is not None else 0
         sample_key = id(monitor.samples()) if monitor is not None and monitor.samples() else None
         now = {"run": id(monitor), "losses": losses, "samples": sample_key}
@@ -222,7 +222,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         try:
             config = form_config(*values)
             summary = dataset_summary_text(config.validate())
-            start_training(ctx, config, owner)
+            start_training(ctx.training, config, owner)
         except TrainingBusyError as error:
             raise gr.Error(str(error)) from None
         except (ValueError, LookupError, OSError, QueueFullError) as error:
@@ -230,7 +230,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         return (summary,) + render({})
 
     def stop(request: gr.Request) -> None:
-        gr.Info(cancel_training(ctx, caller_of(request)))
+        gr.Info(cancel_training(ctx.training, caller_of(request)))
 
     train.click(start, inputs=form_inputs, outputs=[dataset.summary] + run_outputs)
     cancel.click(stop, inputs=None, outputs=None)
@@ -238,10 +238,10 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
 
     def reconnect(chosen: str | None):
         """Show the current or last run, poll while it runs, list models and presets added since."""
-        titles = ctx.checkpoint_titles()
+        titles = ctx.models.checkpoint_titles()
         if chosen not in titles:
-            chosen = ctx.current_checkpoint_title() or next(iter(titles), None)
-        return render({}) + (gr.update(choices=titles, value=chosen), gr.update(choices=preset_names(ctx)))
+            chosen = ctx.models.current_checkpoint_title() or next(iter(titles), None)
+        return render({}) + (gr.update(choices=titles, value=chosen), gr.update(choices=preset_names(ctx.training)))
 
     reconnect_outputs = run_outputs + [base_checkpoint, preset]
     blocks.load(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
@@ -251,7 +251,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     # ---- share ----
     def export_files(license_value: str, epochs: bool) -> str:
         try:
-            folder, card = export_run(ctx, license_value or LICENSES[0], bool(epochs))
+            folder, card = export_run(ctx.training, license_value or LICENSES[0], bool(epochs))
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         names = ", ".join(f"`{path.name}`" for path in sorted(folder.iterdir()))
@@ -261,7 +261,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
                      request: gr.Request) -> str:
         require_admin(request, "Uploading to the Hub")
         try:
-            folder, url = upload_run(ctx, repo, hub_token, private=bool(is_private),
+            folder, url = upload_run(ctx.training, repo, hub_token, private=bool(is_private),
                                      license_name=license_value or LICENSES[0], include_epochs=bool(epochs))
         except (ValueError, LookupError, OSError) as error:
             raise gr.Error(user_error(error)) from None

@@ -91,7 +91,7 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         request = Txt2ImgRequest(**request_values(named, named["styles"], named["vae"]), **hires_values(named))
         if named["script"] == XYZ_SCRIPT:
             return submit_xyz_script(ctx, request, named, owner)
-        return ctx.submit_txt2img(request, owner)
+        return ctx.generation.submit_txt2img(request, owner)
 
     extra_inputs = {**hires, "script": script, **xyz_controls}
     return wire_generation(ctx, "txt2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs)

@@ -25,7 +25,7 @@ from webui.generation.samplers import sampler_names
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.queue import Job, QueueFullError
 from webui.ui.access import caller_of
-from webui.ui.errors import user_error
+from webui.errors import user_error
 from webui.ui.generation_controls import to_int
 from webui.ui.infotext_fields import txt2img_values_from_infotext
 from webui.xyz.axes import (
@@ -36,7 +36,7 @@ from webui.xyz.axes import (
     format_axis_value,
     match_ignoring_case,
 )
-from webui.xyz.job import XyzOptions, XyzRun, axis_choices, cell_progress, overall_fraction, submit_xyz
+from webui.xyz.service import XyzOptions, XyzRun, axis_choices, cell_progress, overall_fraction, submit_xyz
 from webui.xyz.plot import AxisSpec, parse_xyz_fields
 from webui.xyz.ranges import AxisValueError, join_values, split_values
 
@@ -216,7 +216,7 @@ def build_xyz_tab(
             raise gr.Error(user_error(error)) from None
 
     def choices_for(option: AxisOption) -> list[str]:
-        return list(option.choices(axis_choices(ctx))) if option.choices is not None else []
+        return list(option.choices(axis_choices(ctx.generation))) if option.choices is not None else []
 
     def sync_picker(label: str, values_text: str) -> tuple[Any, Any]:
         option = option_for(label)
@@ -260,7 +260,7 @@ def build_xyz_tab(
             specs = [AxisSpec(axis_values[i] or NOTHING_LABEL, axis_values[i + 1] or "") for i in (0, 2, 4)]
             options = XyzOptions(draw_legend=bool(legend), keep_seeds=bool(keep), include_sub_images=bool(sub_images),
                                  include_sub_grids=bool(sub_grids), margin=to_int(margin_px, "Grid margins"))
-            job = submit_xyz(ctx, plot_request, *specs, options, registry=axes_registry, owner=owner)
+            job = submit_xyz(ctx.generation, plot_request, *specs, options, registry=axes_registry, owner=owner)
         except (ValueError, LookupError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
         return job, gr.Timer(active=True), progress_html(job.control.snapshot())

@@ -120,10 +120,10 @@ class TrainingMethod(ABC):
         """Whether gradients must flow through the text encoder this step."""
         return False
 
-    def on_step_start(self, step: int, total_steps: int) -> None:
+    def on_step_start(self, step: int, total_steps: int) -> None:  # noqa: B027 (an optional hook)
         """Called before each optimizer step (pivotal tuning freezes its embeddings here)."""
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self) -> None:  # noqa: B027 (an optional hook)
         """Called after each optimizer step (textual inversion restores the frozen token rows here)."""
 
     def expand_prompt(self, text: str) -> str:

@@ -1,8 +1,8 @@
-"""X/Y/Z plot as one queue job: the glue between the app (catalogs, model manager, outputs) and the engine.
+"""X/Y/Z plot use case, one queue job: the glue between the generation service and the plot engine.
 
 `submit_xyz` builds and checks the whole plan on the caller's thread, so a typo in any axis or a cell the
 app cannot run (unknown LoRA tag, broken checkpoint, over-limit size) is reported before anything is
-queued. The job then generates every cell itself through `ctx.generate_now` (a job submitting jobs would
+queued. The job then generates every cell itself through `generation.generate_now` (a job submitting jobs would
 wait forever on the single worker), reports `Cell i of N`, honours Interrupt between and inside cells,
 draws and saves the grid with an infotext that records the axes, and puts the user's checkpoint back.
 """
@@ -28,8 +28,8 @@ from webui.xyz.axes import VAE_SPECIAL_CHOICES, AxisChoices, AxisRegistry, defau
 from webui.xyz.plot import AxisSpec, PlotCell, PlotLimits, XYZPlan, XYZResult, build_plan, run_plan
 from webui.xyz.ranges import AxisValueError
 
-if TYPE_CHECKING:  # the context imports the whole engine; only its type is needed here
-    from webui.context import AppContext
+if TYPE_CHECKING:  # only its type is needed here
+    from webui.generation.service import GenerationService
 
 JOB_KIND = "xyz-plot"
 GRIDS_FOLDER = "txt2img-grids"
@@ -78,22 +78,22 @@ class XyzRun:
         return self.result.combined
 
 
-def axis_choices(ctx: AppContext) -> AxisChoices:
+def axis_choices(generation: GenerationService) -> AxisChoices:
     """What the axes may name right now; read on every call because models and styles change at runtime."""
     return AxisChoices(
         samplers=tuple(sampler_names()),
         schedule_types=tuple(schedule_type_names()),
-        checkpoints=tuple(ctx.checkpoint_titles()),
+        checkpoints=tuple(generation.models.checkpoint_titles()),
         # The VAE axis always offers Automatic and None itself; only the files are listed here.
-        vaes=tuple(name for name in ctx.vae_names() if name not in VAE_SPECIAL_CHOICES),
-        loras=tuple(ctx.loras.files()),
-        styles=tuple(ctx.styles.names()),
+        vaes=tuple(name for name in generation.models.vae_names() if name not in VAE_SPECIAL_CHOICES),
+        loras=tuple(generation.loras.files()),
+        styles=tuple(generation.styles.names()),
         hires_upscalers=tuple(HIRES_UPSCALERS),
     )
 
 
 def plan_xyz(
-    ctx: AppContext,
+    generation: GenerationService,
     base_request: Txt2ImgRequest,
     x: AxisSpec | None,
     y: AxisSpec | None,
@@ -109,16 +109,16 @@ def plan_xyz(
     limits it runs with, styles, checkpoint files, LoRA tags in the prompt and VAE files.
     """
     options.validate()
-    base_request = ctx.validate_txt2img(base_request)
+    base_request = generation.validate_txt2img(base_request)
     plan = build_plan(
-        base_request, x, y, z, registry or default_axis_registry(), axis_choices(ctx), limits, options.keep_seeds
+        base_request, x, y, z, registry or default_axis_registry(), axis_choices(generation), limits, options.keep_seeds
     )
-    _check_cells_with_app(ctx, plan)
+    _check_cells_with_app(generation, plan)
     return plan
 
 
 def submit_xyz(
-    ctx: AppContext,
+    generation: GenerationService,
     base_request: Txt2ImgRequest,
     x: AxisSpec | None,
     y: AxisSpec | None,
@@ -134,20 +134,20 @@ def submit_xyz(
 
     The job's result is an `XyzRun`; its progress message reads `Cell i of N`.
     """
-    plan = plan_xyz(ctx, base_request, x, y, z, options, registry=registry, limits=limits)
-    return ctx.queue.submit(JOB_KIND, lambda control: run_xyz(ctx, plan, options, control), owner)
+    plan = plan_xyz(generation, base_request, x, y, z, options, registry=registry, limits=limits)
+    return generation.queue.submit(JOB_KIND, lambda control: run_xyz(generation, plan, options, control), owner)
 
 
-def run_xyz(ctx: AppContext, plan: XYZPlan, options: XyzOptions, control: JobControl | None = None) -> XyzRun:
+def run_xyz(generation: GenerationService, plan: XYZPlan, options: XyzOptions, control: JobControl | None = None) -> XyzRun:
     """Generate every cell of a checked plan on the calling thread (a queue job), draw and save the grid.
 
     The checkpoint loaded before the plot is loaded again afterwards when a cell changed it, also when
     the plot was interrupted or failed.
     """
     changes_checkpoint = any(cell.request.checkpoint for cell in plan.cells)
-    if changes_checkpoint and ctx.manager.current is None:
-        ctx.manager.select()  # load the user's checkpoint first, so there is one to come back to
-    users_checkpoint = ctx.manager.current
+    if changes_checkpoint and generation.manager.current is None:
+        generation.manager.select()  # load the user's checkpoint first, so there is one to come back to
+    users_checkpoint = generation.manager.current
     cell_infotexts: dict[int, str] = {}
     warnings: list[str] = []
     running_cell = 0  # plan index of the cell being generated, set by on_cell
@@ -160,7 +160,7 @@ def run_xyz(ctx: AppContext, plan: XYZPlan, options: XyzOptions, control: JobCon
 
     def generate(request: Txt2ImgRequest) -> list[Image.Image]:
         # One image file per cell as txt2img saves it; no per-cell grid on top of the plot's grid.
-        generated = ctx.generate_now(dataclasses.replace(request, save_grid=False), control)
+        generated = generation.generate_now(dataclasses.replace(request, save_grid=False), control)
         cell = plan.cells[running_cell]
         if generated.infotexts:
             cell_infotexts[plan.grid_index(cell.x_index, cell.y_index, cell.z_index)] = generated.infotexts[0]
@@ -179,11 +179,11 @@ def run_xyz(ctx: AppContext, plan: XYZPlan, options: XyzOptions, control: JobCon
         )
     finally:
         if users_checkpoint is not None:
-            current = ctx.manager.current
+            current = generation.manager.current
             if current is None or current.path != users_checkpoint.path:
                 if control is not None:
                     control.set_message(f"Loading {users_checkpoint.name} again")
-                ctx.manager.select(users_checkpoint.title)
+                generation.manager.select(users_checkpoint.title)
 
     grid_text = grid_infotext(plan, result, cell_infotexts)
     images, infotexts = list(result.images), [grid_text] * len(result.images)
@@ -194,7 +194,7 @@ def run_xyz(ctx: AppContext, plan: XYZPlan, options: XyzOptions, control: JobCon
                 infotexts.append(cell_infotexts.get(index, grid_text))
     saved: list[Path] = []
     if options.save_grid and result.completed_cells:
-        folder = dated_folder(ctx.settings.outputs_folder, GRIDS_FOLDER)
+        folder = dated_folder(generation.outputs_folder, GRIDS_FOLDER)
         seed = int(getattr(_first_done_cell(plan, result).request, "seed", 0))
         saved = [save_grid([image], folder, seed, grid_text) for image in result.images]
     if control is not None:
@@ -242,7 +242,7 @@ def overall_fraction(snapshot: ProgressSnapshot) -> float:
     return min(1.0, (index - 1 + snapshot.fraction) / max(total, 1))
 
 
-def _check_cells_with_app(ctx: AppContext, plan: XYZPlan) -> None:
+def _check_cells_with_app(generation: GenerationService, plan: XYZPlan) -> None:
     """Run the app's checks on every cell, naming the cell that fails.
 
     Limits are checked per cell; styles, checkpoint, LoRA tags and VAE (which read folders) once per
@@ -251,14 +251,14 @@ def _check_cells_with_app(ctx: AppContext, plan: XYZPlan) -> None:
     seen: set[Hashable] = set()
     for cell in plan.cells:
         try:
-            request: Txt2ImgRequest = cell.request.validate(ctx.limits)
+            request: Txt2ImgRequest = cell.request.validate(generation.limits)
             key = (request.checkpoint, request.vae, request.prompt, request.negative_prompt, request.styles)
             if key in seen:
                 continue
             seen.add(key)
-            ctx.validate_txt2img(request)
-            ctx.lora_uses(request)
-            ctx.resolve_vae(request.vae)
+            generation.validate_txt2img(request)
+            generation.lora_uses(request)
+            generation.models.resolve_vae(request.vae)
         except (ValueError, LookupError) as error:
             message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
             raise AxisValueError(f"cell {_describe(plan, cell)}: {message}") from error

@@ -1,4 +1,4 @@
-"""Training operations the Train tab and the training HTTP API share, as plain functions over `AppContext`.
+"""Training use cases the Train tab and the training HTTP API share: `TrainingService` and plain functions over it.
 
 Both front ends need the same answers (where datasets and user presets live, which presets fit the loaded
 model, what the latest run is doing, whether Cancel may interrupt the current job), so they are decided
@@ -12,17 +12,23 @@ import math
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webui.context import AppContext
 from webui.generation.image_ops import ImageTooLargeError
-from webui.jobs.queue import Job
+from webui.generation.requests import RequestError
+from webui.jobs.progress import JobControl
+from webui.jobs.queue import Job, JobQueue, QueueFullError
+from webui.models.lora_catalog import LoraCatalog
+from webui.models.manager import ModelManager
+from webui.models.service import ModelService
+from webui.security.network import NetworkPolicy
 from webui.security.identity import User
 from webui.security.limits import RequestLimits
 from webui.models.default_model import DEFAULT_MODEL_NAME
-from webui.security.paths import DATASET, RESUME_STATE, is_within
+from webui.security.paths import DATASET, RESUME_STATE, FileAccess, is_within
 from webui.training.config import (
     IMAGE_SUFFIXES,
     PRESETS_FOLDER,
@@ -31,11 +37,13 @@ from webui.training.config import (
     check_caption_extension,
     list_presets,
 )
-from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar
+from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar, scan_dataset
 from webui.training.hub_upload import check_upload_allowed, upload_to_hub
+from webui.training.loop import TrainingPaths, TrainingResult, run_training
 from webui.training.model_card import write_model_card
+from webui.training.monitor import TrainingBusyError, TrainingMonitor
 
-TRAIN_JOB_KIND = "train"  # the kind `AppContext.submit_training` queues its job under
+TRAIN_JOB_KIND = "train"  # the kind `TrainingService.submit` queues its job under
 EXPORTS_FOLDER_NAME = "exports"
 MAX_LOG_MESSAGES = 200
 # Fields that describe one job rather than a way of training: kept out of presets and model cards.
@@ -43,51 +51,108 @@ JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resum
 _EPOCH_NAME = re.compile(r"^(?P<base>.+)-(?P<epoch>\d{6})$")  # kohya's `name-000002` per-epoch files
 
 
+@dataclass
+class TrainingService:
+    """Queues training runs (one at a time) and keeps the latest run's monitor for reconnecting UIs."""
+
+    models: ModelService
+    manager: ModelManager
+    queue: JobQueue
+    files: FileAccess        # datasets and resume states are confined to the app's folders
+    loras: LoraCatalog
+    network: NetworkPolicy   # whether the Hub upload may run (webui.security.network)
+    paths: TrainingPaths     # where results and working files go
+    monitor: TrainingMonitor | None = None  # the latest run
+    _claim_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def submit(self, config: TrainingConfig, owner: str | None = None) -> Job:
+        """Check the config and dataset now (errors reach the user at once), then train on the worker.
+
+        The base checkpoint defaults to the loaded one. Results are listed as soon as the job ends.
+        Callers that take paths from a request go through `start_training`, which confines them first.
+        """
+        base_name = config.base_checkpoint or self.models.current_checkpoint_title() or ""
+        record = self.models.catalog.find(base_name)
+        if not record.usable:
+            raise RequestError(f"checkpoint {record.name} cannot be trained: {record.error}")
+        config = config.replace(base_checkpoint=record.title).validate()
+        scan_dataset(config)  # raises DatasetError with the reason before anything is queued
+        with self._claim_lock:  # check and claim in one step: two clicks must not start two runs
+            if self.monitor is not None and not self.monitor.finished:
+                raise TrainingBusyError(f"training {self.monitor.config.output_name!r} is still running: "
+                                        "cancel it or wait until it finishes")
+            previous, monitor = self.monitor, TrainingMonitor(config)
+            self.monitor = monitor
+
+        def work(control: JobControl) -> TrainingResult:
+            def report(progress) -> None:
+                monitor.record(progress)
+                control.report_step(progress.step, total=max(progress.total_steps, 1))
+                control.set_message(progress.message)
+
+            try:
+                result = run_training(config, self.manager.weights_of(record), self.paths, self.manager.device,
+                                      on_progress=report, should_stop=lambda: control.interrupted)
+            except Exception as error:
+                monitor.finish(error=str(error))
+                raise
+            self.models.refresh_trained_models()
+            monitor.finish(result)
+            return result
+
+        try:
+            return self.queue.submit(TRAIN_JOB_KIND, work, owner)
+        except QueueFullError:
+            with self._claim_lock:  # nothing was queued: give the claim back
+                self.monitor = previous
+            raise
+
+
 # --------------------------------------------------------------------------------------------
 # Folders and presets
 # --------------------------------------------------------------------------------------------
 
 
-def training_root(ctx: AppContext) -> Path:
-    return Path(ctx.training_paths().work_dir)
+def training_root(service: TrainingService) -> Path:
+    return Path(service.paths.work_dir)
 
 
-def user_presets_folder(ctx: AppContext) -> Path:
-    return training_root(ctx) / "presets"
+def user_presets_folder(service: TrainingService) -> Path:
+    return training_root(service) / "presets"
 
 
-def exports_root(ctx: AppContext) -> Path:
-    return training_root(ctx) / EXPORTS_FOLDER_NAME
+def exports_root(service: TrainingService) -> Path:
+    return training_root(service) / EXPORTS_FOLDER_NAME
 
 
-def _current_record(ctx: AppContext):
+def _current_record(service: TrainingService):
     """The loaded checkpoint's catalog record, else the one that loads first (None with no usable model)."""
-    title = ctx.current_checkpoint_title()
-    records = ctx.catalog.usable_records()
+    title = service.models.current_checkpoint_title()
+    records = service.models.catalog.usable_records()
     return next((r for r in records if r.title == title), None) or (records[0] if records else None)
 
 
-def model_family(ctx: AppContext) -> str:
+def model_family(service: TrainingService) -> str:
     """The family ("sd1", "sd2", "sdxl") of the loaded checkpoint, else of the one that loads first."""
-    record = _current_record(ctx)
+    record = _current_record(service)
     if record is None or record.architecture is None:
         return "sd1"
     return record.architecture.family
 
 
-def preset_names(ctx: AppContext) -> list[str]:
+def preset_names(service: TrainingService) -> list[str]:
     """Shipped presets for the model's family (SD2 shares the SD1 ones), then the user's own presets.
 
     On the embedded default model its own `toy_*` presets come first (128 px; values chosen by the sweep in
     docs/TRAINING_PRESET_SWEEP.md).
     """
-    record = _current_record(ctx)
-    prefixes = ("sdxl_",) if model_family(ctx) == "sdxl" else ("sd1_",)
+    record = _current_record(service)
+    prefixes = ("sdxl_",) if model_family(service) == "sdxl" else ("sd1_",)
     if record is not None and record.name == DEFAULT_MODEL_NAME:
         prefixes = ("toy_",) + prefixes
     shipped = [name for prefix in prefixes
                for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
-    folder = user_presets_folder(ctx)
+    folder = user_presets_folder(service)
     user = [name for name in list_presets(folder) if (folder / f"{name}.json").is_file()]
     return shipped + [name for name in user if name not in shipped]
 
@@ -110,7 +175,7 @@ class ImportResult:
         return text
 
 
-def dataset_folder_for(ctx: AppContext, output_name: str) -> Path:
+def dataset_folder_for(service: TrainingService, output_name: str) -> Path:
     """The upload folder of a run, `datasets/<output name>`; the name must be usable as a file name, by the
     config's own rule, and the folder goes through the file-access rule like a typed one."""
     name = (output_name or "").strip()
@@ -121,15 +186,15 @@ def dataset_folder_for(ctx: AppContext, output_name: str) -> Path:
     except TrainingConfigError as error:
         if error.field == "output_name":
             raise
-    return ctx.files.resolve(name, DATASET)
+    return service.files.resolve(name, DATASET)
 
 
-def dataset_folder(ctx: AppContext, typed: str) -> Path:
+def dataset_folder(service: TrainingService, typed: str) -> Path:
     """A dataset folder typed by the user or sent by a client, confined to `datasets/` (relative names start there)."""
-    return ctx.files.resolve(typed, DATASET)
+    return service.files.resolve(typed, DATASET)
 
 
-def confine_config(ctx: AppContext, config: TrainingConfig) -> TrainingConfig:
+def confine_config(service: TrainingService, config: TrainingConfig) -> TrainingConfig:
     """The config with `dataset_dir` and `resume_from` mapped into the app's folders, and a fixed caption extension.
 
     Every config that arrives from a request (Train tab, HTTP API) passes here before its folders are read;
@@ -138,9 +203,9 @@ def confine_config(ctx: AppContext, config: TrainingConfig) -> TrainingConfig:
     check_caption_extension(config.caption_extension)
     changes = {}
     if config.dataset_dir.strip():
-        changes["dataset_dir"] = str(dataset_folder(ctx, config.dataset_dir))
+        changes["dataset_dir"] = str(dataset_folder(service, config.dataset_dir))
     if config.resume_from.strip():
-        changes["resume_from"] = str(ctx.files.resolve(config.resume_from, RESUME_STATE))
+        changes["resume_from"] = str(service.files.resolve(config.resume_from, RESUME_STATE))
     return config.replace(**changes)
 
 
@@ -252,40 +317,40 @@ def save_caption_rows(folder: Path, rows: list[list[Any]], extension: str) -> tu
 # --------------------------------------------------------------------------------------------
 
 
-def training_active(ctx: AppContext) -> bool:
-    return ctx.training is not None and not ctx.training.finished
+def training_active(service: TrainingService) -> bool:
+    return service.monitor is not None and not service.monitor.finished
 
 
-def start_training(ctx: AppContext, config: TrainingConfig, owner: str | None = None) -> Job:
-    """Queue a run for `owner` unless one is already queued or training (AppContext checks that atomically).
+def start_training(service: TrainingService, config: TrainingConfig, owner: str | None = None) -> Job:
+    """Queue a run for `owner` unless one is already queued or training (`TrainingService.submit` checks that atomically).
 
     The config's folders are confined first (`confine_config`): this is how requests start training.
     """
-    return ctx.submit_training(confine_config(ctx, config), owner)
+    return service.submit(confine_config(service, config), owner)
 
 
-def current_job_is_training(ctx: AppContext) -> bool:
-    job = ctx.queue.current
+def current_job_is_training(service: TrainingService) -> bool:
+    job = service.queue.current
     return job is not None and job.kind == TRAIN_JOB_KIND
 
 
-def cancel_training(ctx: AppContext, user: User) -> str:
+def cancel_training(service: TrainingService, user: User) -> str:
     """Interrupt the running training job, and only that: a txt2img job must not be stopped by the Train tab,
     and only its owner or an admin may stop it."""
-    job = ctx.queue.current
+    job = service.queue.current
     if job is not None and job.kind == TRAIN_JOB_KIND:
         if not user.may_act_on(job.owner):
             return "The running training belongs to another user; only they or an admin can cancel it."
         job.control.interrupt()
         return "Cancelling: training stops before the next step and keeps the epochs saved so far."
-    if training_active(ctx):
+    if training_active(service):
         return "The training job is waiting for the worker; it has not started, so there is nothing to stop yet."
     return "No training is running."
 
 
-def training_status(ctx: AppContext) -> dict[str, Any]:
+def training_status(service: TrainingService) -> dict[str, Any]:
     """The latest run as JSON-friendly values (the API answer and the Train tab's polling source)."""
-    monitor = ctx.training
+    monitor = service.monitor
     if monitor is None:
         return {"state": "idle", "name": None, "method": None, "step": 0, "total": 0, "epoch": 0, "total_epochs": 0,
                 "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
@@ -295,7 +360,7 @@ def training_status(ctx: AppContext) -> dict[str, Any]:
     if monitor.finished:
         state = "failed" if monitor.error else ("cancelled" if result is not None and result.cancelled else "done")
     else:
-        state = "running" if latest is not None or current_job_is_training(ctx) else "queued"
+        state = "running" if latest is not None or current_job_is_training(service) else "queued"
     files = [str(path) for path in (result.files if result is not None else (latest.files_saved if latest else ()))]
     return {
         "state": state,
@@ -330,13 +395,13 @@ def _finite(value: float | None) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def last_run_lora_names(ctx: AppContext) -> tuple[list[str], list[str]]:
+def last_run_lora_names(service: TrainingService) -> tuple[list[str], list[str]]:
     """(epoch LoRA names in epoch order, final LoRA names) of the latest run, as `<lora:...>` tags name them."""
-    monitor = ctx.training
+    monitor = service.monitor
     if monitor is None or monitor.result is None:
         return [], []
-    lora_dir = Path(ctx.settings.lora_folder).resolve()
-    by_path = {path.resolve(): name for name, path in ctx.loras.files().items()}
+    lora_dir = Path(service.paths.lora_dir).resolve()
+    by_path = {path.resolve(): name for name, path in service.loras.files().items()}
     epochs: list[tuple[int, str]] = []
     finals: list[str] = []
     for path in monitor.result.files:
@@ -371,13 +436,13 @@ def trigger_words_of(config: TrainingConfig) -> list[str]:
     return [config.effective_trigger] if config.effective_trigger else []
 
 
-def export_run(ctx: AppContext, license_name: str, include_epochs: bool = False) -> tuple[Path, Path]:
+def export_run(service: TrainingService, license_name: str, include_epochs: bool = False) -> tuple[Path, Path]:
     """Gather the latest run's files, a model card and a sample grid into `<data>/training/exports/<name>/`.
 
     Files are hard-linked where the file system allows (a DreamBooth checkpoint is gigabytes), else copied.
     Returns (export folder, card path); the folder is what "Upload to the Hub" sends.
     """
-    monitor = ctx.training
+    monitor = service.monitor
     if monitor is None or not monitor.finished:
         raise ValueError("no finished training run to export: train first, and wait until it finishes")
     result = monitor.result
@@ -389,14 +454,14 @@ def export_run(ctx: AppContext, license_name: str, include_epochs: bool = False)
     if not chosen:
         raise ValueError("the last run was cancelled before its final files were written; "
                          "tick 'Include epoch files' to export the saved epochs")
-    folder = exports_root(ctx) / config.output_name
+    folder = exports_root(service) / config.output_name
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     ordered = sorted(chosen, key=is_epoch_file)  # final files first: the card's usage snippets use the first
     exported = [_link_or_copy(path, folder / path.name) for path in ordered]
     card = write_model_card(
-        folder, name=config.output_name, method=config.method, base_model=_base_model_name(ctx, config),
+        folder, name=config.output_name, method=config.method, base_model=_base_model_name(service, config),
         trigger_words=trigger_words_of(config),
         settings=card_settings(config, result.steps_done, result.epochs_done, result.final_loss),
         sample_images=[image for _, image in monitor.samples()], license=license_name, files=exported,
@@ -404,21 +469,21 @@ def export_run(ctx: AppContext, license_name: str, include_epochs: bool = False)
     return folder, card
 
 
-def upload_run(ctx: AppContext, repo_id: str, token: str | None, *, private: bool, license_name: str,
+def upload_run(service: TrainingService, repo_id: str, token: str | None, *, private: bool, license_name: str,
                include_epochs: bool = False) -> tuple[Path, str]:
     """Export the latest run with its card and upload that folder to the Hub: (export folder, repo URL).
 
     Refused (`HubDisabled`) before exporting anything unless the server was started with --allow-hub.
     """
-    check_upload_allowed(ctx.network)
-    folder, _ = export_run(ctx, license_name, include_epochs)  # re-export: the Hub gets exactly the latest run
-    return folder, upload_to_hub(folder, (repo_id or "").strip(), token, network=ctx.network, private=private)
+    check_upload_allowed(service.network)
+    folder, _ = export_run(service, license_name, include_epochs)  # re-export: the Hub gets exactly the latest run
+    return folder, upload_to_hub(folder, (repo_id or "").strip(), token, network=service.network, private=private)
 
 
-def _base_model_name(ctx: AppContext, config: TrainingConfig) -> str:
+def _base_model_name(service: TrainingService, config: TrainingConfig) -> str:
     """The checkpoint's plain name for the card (its title carries a hash); the title if it is gone."""
     try:
-        return ctx.catalog.find(config.base_checkpoint).name
+        return service.models.catalog.find(config.base_checkpoint).name
     except LookupError:
         return config.base_checkpoint
 

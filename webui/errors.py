@@ -1,4 +1,7 @@
-"""Turn engine exceptions into one-line messages a user can act on (never a traceback)."""
+"""Turn engine exceptions into one-line messages a user can act on (never a traceback).
+
+Shared by the UI (gr.Error) and the HTTP API (4xx detail), so it lives outside both.
+"""
 
 from __future__ import annotations
 

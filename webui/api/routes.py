@@ -1,0 +1,15 @@
+"""Every HTTP route group, installed on one FastAPI app (gradio's when the UI runs, else a bare one)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from webui.api.sdapi import build_api_router
+from webui.api.train_api import build_train_router
+from webui.context import AppContext
+
+
+def install_api(app: FastAPI, ctx: AppContext) -> None:
+    """Add the API routes; works on an app that is already serving (gradio's), like A1111's API."""
+    app.include_router(build_api_router(ctx))
+    app.include_router(build_train_router(ctx))
