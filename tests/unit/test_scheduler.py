@@ -3,6 +3,7 @@ ETA, cancel, interrupt, bounds, failures, events, restart recovery, retention, t
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
 import threading
@@ -197,7 +198,7 @@ def test_a_job_keeps_a_bounded_number_of_events_and_always_its_start_and_end(mak
     assert len(events) == 6
     assert [events[0].type, events[1].type, events[-1].type] == ["queued", "started", "finished"]
     assert [event.data["step"] for event in events[2:-1]] == [48, 49, 50]
-    assert all(a.seq < b.seq for a, b in zip(events, events[1:]))
+    assert all(a.seq < b.seq for a, b in itertools.pairwise(events))
 
 
 def test_queued_jobs_survive_a_restart_and_a_running_one_becomes_interrupted(make, studio, tmp_path):

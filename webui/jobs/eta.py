@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import heapq
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 SAMPLES_PER_KIND = 10
 

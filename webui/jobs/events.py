@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 QUEUED, STARTED, PROGRESS, PREVIEW, FINISHED = "queued", "started", "progress", "preview", "finished"
 _KEPT_TYPES = (QUEUED, STARTED, FINISHED)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from webui.jobs.errors import JobCancelled
 from webui.jobs.events import EventLog
@@ -87,7 +88,7 @@ class Job:
             raise self._error
         return self._result
 
-    def add_done_callback(self, callback: Callable[["Job"], None]) -> None:
+    def add_done_callback(self, callback: Callable[[Job], None]) -> None:
         """Call `callback(job)` once the job has finished (at once if it has). It runs on the worker
         thread, so it must only hand the news on (e.g. `loop.call_soon_threadsafe`), never block."""
         with self._callbacks_lock:

@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from webui.jobs.errors import JobCancelled, QueueFullError, SchedulerClosed, UnknownJob
 from webui.jobs.eta import SAMPLES_PER_KIND, SpeedBook, finish_time
@@ -142,12 +143,13 @@ class Scheduler:
         with self._changed:
             self._idle.append(worker)
             self._changed.notify_all()  # for wait_until_idle
+            job: Job | None = None
             try:
                 while not self._closed and (job := self._pick(worker)) is None:
                     self._changed.wait()
             finally:
                 self._idle.remove(worker)
-            if self._closed:
+            if self._closed or job is None:
                 return None
             self._waiting.remove(job)
             self._running[job.job_id] = job

@@ -9,8 +9,9 @@ the kind's handler, which receives that worker's resources (its model manager).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from webui.jobs.errors import UnknownJobKind
 from webui.jobs.progress import JobControl
@@ -70,7 +71,7 @@ class JobKind:
     """
 
     name: str
-    run: Callable[["Worker", Any, JobControl], Any]
+    run: Callable[[Worker, Any, JobControl], Any]
     encode: Callable[[Any], dict[str, Any]]
     decode: Callable[[dict[str, Any]], Any]
     model_key: Callable[[Any], str | None] = _no_model

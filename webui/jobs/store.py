@@ -15,9 +15,10 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +93,19 @@ class JobStore:
     # ---- opening ----
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
+        try:  # read-only checks first: a file that fails them is moved aside exactly as it was
             check = connection.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"written by a newer version (schema {version} > {SCHEMA_VERSION})")
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+            if columns and not set(_COLUMNS) <= columns:
+                raise sqlite3.DatabaseError(f"its jobs table lacks {', '.join(sorted(set(_COLUMNS) - columns))}")
+            connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(_SCHEMA)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            connection.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs LIMIT 0")  # a foreign table fails here
         except BaseException:
             connection.close()
             raise

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from webui.jobs.job import Job
 
@@ -20,9 +21,9 @@ log = logging.getLogger(__name__)
 class JobSource(Protocol):
     """What a worker needs from the scheduler: the next job for it (None: stop) and a place for outcomes."""
 
-    def next_job_for(self, worker: "Worker") -> Job | None: ...
+    def next_job_for(self, worker: Worker) -> Job | None: ...
 
-    def finish(self, job: Job, worker: "Worker", result: Any, error: BaseException | None) -> None: ...
+    def finish(self, job: Job, worker: Worker, result: Any, error: BaseException | None) -> None: ...
 
 
 def _holds_nothing() -> str | None:
