@@ -23,7 +23,8 @@ WAIT = 10.0  # seconds a handler waits for the test before it gives up (only rea
 @dataclass(frozen=True)
 class Paint:
     """A request: `hold` waits for `studio.release(label)` (or an interrupt); `meet` waits until job `meet` has started too;
-    `fail` raises; `units` is the cost; `model` the checkpoint it wants."""
+    `fail` raises; `units` is the cost; `model` the checkpoint it wants; `nest` submits a job from inside
+    the handler (through `studio.scheduler`), which the scheduler must refuse."""
 
     label: str
     units: float = 1.0
@@ -32,6 +33,7 @@ class Paint:
     meet: str | None = None
     fail: bool = False
     steps: int = 4
+    nest: bool = False
 
 
 class Studio:
@@ -40,6 +42,7 @@ class Studio:
     def __init__(self) -> None:
         self.ran: list[tuple[str, str]] = []
         self.forgotten: list[dict[str, Any]] = []
+        self.scheduler: Any = None  # set by a test that needs a handler to reach its scheduler
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -59,6 +62,8 @@ class Studio:
         self.started(request.label).set()
         if request.hold:
             self._hold(request.label, control)
+        if request.nest:
+            self.scheduler.submit(paint(f"inside {request.label}"))
         if request.meet is not None and not self.started(request.meet).wait(WAIT):
             raise TimeoutError(f"{request.label} never ran at the same time as {request.meet}")
         control.start(1, request.steps)

@@ -168,6 +168,9 @@ def test_a_failed_job_records_its_error_and_the_scheduler_keeps_running(make, st
 def test_events_come_in_order_and_watchers_can_wait_for_new_ones(make, studio):
     scheduler = make()
     job = hold(scheduler, studio, "watched")
+    notified: list[int] = []
+    scheduler.subscribe(job.job_id, lambda: notified.append(job.events.last_seq))
+    scheduler.subscribe(job.job_id, lambda: notified.append(-1))()  # unsubscribed at once: never called
     seen = scheduler.wait_events(job.job_id, 0, WAIT)
     assert [event.type for event in seen] == ["queued", "started"] and seen[1].data == {"worker": "w0"}
     assert scheduler.wait_events(job.job_id, seen[-1].seq, 0.05) == []  # nothing new while it is held
@@ -187,7 +190,18 @@ def test_events_come_in_order_and_watchers_can_wait_for_new_ones(make, studio):
     kinds = [event.type for event in seen]
     assert kinds.index("preview") == kinds.index("progress") + 3  # right after step 2
     assert seen[-1].data == {"state": "done", "error": None}
+    assert notified == [event.seq for event in seen[2:]]  # one call per event after subscribing
     assert scheduler.wait_events(job.job_id, seen[-1].seq, WAIT) == []  # closed: returns at once
+
+
+def test_a_handler_cannot_submit_a_job_it_must_run_its_sub_steps_inline(make, studio):
+    scheduler = make()
+    studio.scheduler = scheduler
+    nested = scheduler.submit(paint("outer", nest=True))
+    with pytest.raises(RuntimeError, match="a job cannot submit another job"):
+        nested.result(WAIT)
+    assert [record.summary for record in scheduler.history()] == ["paint outer"]
+    assert scheduler.run(paint("after"), WAIT)  # and the worker carries on
 
 
 def test_a_job_keeps_a_bounded_number_of_events_and_always_its_start_and_end(make, studio):
@@ -232,7 +246,7 @@ def test_retention_prunes_old_records_and_lets_the_kind_forget_them(make, studio
     assert len(jobs) == 3
     assert [record.summary for record in scheduler.history()] == ["paint three", "paint two"]
     assert studio.forgotten == [{"label": "one", "units": 1.0, "model": None, "hold": False, "meet": None,
-                                 "fail": False, "steps": 4}]
+                                 "fail": False, "steps": 4, "nest": False}]
 
 
 def test_two_workers_run_two_jobs_at_the_same_time(make, studio):

@@ -9,11 +9,14 @@ behind sees a gap in the sequence numbers, never a reordering.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 QUEUED, STARTED, PROGRESS, PREVIEW, FINISHED = "queued", "started", "progress", "preview", "finished"
 _KEPT_TYPES = (QUEUED, STARTED, FINISHED)
@@ -41,6 +44,7 @@ class EventLog:
         self._next_seq = 1
         self._closed = False
         self._changed = threading.Condition()
+        self._subscribers: list[Callable[[], None]] = []
 
     def append(self, type_: str, **data: Any) -> JobEvent:
         """Record an event; `finished` closes the log (nothing follows it)."""
@@ -54,7 +58,27 @@ class EventLog:
                 self._drop_oldest_droppable()
             self._closed = type_ == FINISHED
             self._changed.notify_all()
-            return event
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            try:
+                subscriber()
+            except Exception:  # a watcher's bug must not break the job that reports
+                log.exception("an event subscriber failed")
+        return event
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback()` after every new event, on the thread that appended it; returns the function
+        that unsubscribes. For async watchers (an SSE endpoint): the callback only hands the news to
+        the event loop (`loop.call_soon_threadsafe`), so no thread is held while a client waits."""
+        with self._changed:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._changed:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
 
     def _drop_oldest_droppable(self) -> None:
         for index, event in enumerate(self._events):

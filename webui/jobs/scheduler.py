@@ -64,6 +64,9 @@ class Scheduler:
     def submit(self, spec: JobSpec) -> Job:
         """Queue a job. UnknownJobKind for a kind with no handler, ValueError for a request its kind
         cannot store, QueueFullError when the server or this owner has no room left (nothing queued)."""
+        if any(worker.runs_a_handler_here() for worker in self.workers):
+            raise RuntimeError("a job cannot submit another job (with every worker busy it would wait forever); "
+                               "run the sub-step inline on the worker that runs this job")
         kind = self._kinds.get(spec.kind)
         encoded = kind.encode(spec.request)
         try:
@@ -343,6 +346,16 @@ class Scheduler:
         job = self.get(job_id)
         return job.events.wait_after(after_seq, timeout) if job is not None else self._stored_events(job_id, after_seq)
 
+    def subscribe(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback()` after each new event of a live job (see `EventLog.subscribe`); returns the
+        unsubscribe function. A job known only from the store gets no new events: a no-op is returned.
+        UnknownJob if no such job."""
+        job = self.get(job_id)
+        if job is not None:
+            return job.events.subscribe(callback)
+        self._stored_events(job_id, 0)  # raises UnknownJob
+        return _nothing
+
     def _stored_events(self, job_id: str, after_seq: int) -> list[JobEvent]:
         record = self._store.get(job_id)
         if record is None:
@@ -408,6 +421,10 @@ class Scheduler:
         for worker in workers:
             if not worker.join(timeout):
                 log.warning("worker %s did not stop within %.0f s", worker.name, timeout)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _progress_text(control: JobControl) -> str:

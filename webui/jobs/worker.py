@@ -42,6 +42,7 @@ class Worker:
         self.resources = resources
         self._current_model_key = current_model_key
         self._thread: threading.Thread | None = None
+        self._in_handler = False
 
     def __repr__(self) -> str:
         return f"Worker({self.name!r}, device={self.device!r})"
@@ -63,14 +64,21 @@ class Worker:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def runs_a_handler_here(self) -> bool:
+        """True when called from inside a handler this worker runs (the scheduler refuses nested jobs)."""
+        return self._in_handler and threading.current_thread() is self._thread
+
     def _work(self, source: JobSource) -> None:
         while (job := source.next_job_for(self)) is not None:
             result: Any = None
             error: BaseException | None = None
+            self._in_handler = True
             try:
                 result = job.kind_entry.run(self, job.request, job.control)
             except BaseException as failure:  # the worker must survive any job failure
                 error = failure
+            finally:
+                self._in_handler = False
             try:
                 source.finish(job, self, result, error)
             except Exception:  # e.g. the store's disk is full: keep serving the queue
