@@ -6,11 +6,21 @@ device) take jobs from here. Everything a caller may see (order, positions, stat
 lock, so two workers never take the same job and a cancelled job never runs. Owner checks are the
 caller's business (`Job.owner` and `User.may_act_on`); the scheduler only records owners and counts
 them for the per-owner bound.
+
+Wiring (the composition root does this once):
+
+    kinds = JobKinds([JobKind("txt2img", run=..., encode=..., decode=..., model_key=..., cost=...)])
+    scheduler = Scheduler(kinds, JobStore(data / "jobs.sqlite3", keep_finished=1000, keep_days=30),
+                          max_jobs=..., max_jobs_per_owner=..., preview_every_n_steps=...)
+    scheduler.add_worker(Worker("cpu0", device, manager, current_model_key=manager_key))
+    job = scheduler.submit(JobSpec("txt2img", request, owner=user.name))   # then job.result(), or
+    scheduler.position(job.job_id); scheduler.eta(job.job_id); scheduler.events(job.job_id, after_seq)
+    scheduler.stop(job.job_id)                      # cancel if waiting, interrupt if running
+    scheduler.shutdown(interrupt_running=True)      # at exit; queued jobs stay in the store
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
@@ -19,10 +29,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from webui.jobs.errors import JobCancelled, QueueFullError, SchedulerClosed, UnknownJob
-from webui.jobs.eta import SAMPLES_PER_KIND, SpeedBook, finish_time
+from webui.jobs.errors import JobCancelled, SchedulerClosed, UnknownJob
+from webui.jobs.eta import SAMPLES_PER_KIND, SpeedBook
 from webui.jobs.events import FINISHED, PREVIEW, PROGRESS, QUEUED, STARTED, EventLog, JobEvent
 from webui.jobs.job import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Job
+from webui.jobs.lineup import Lineup
 from webui.jobs.progress import JobControl
 from webui.jobs.spec import JobKind, JobKinds, JobSpec
 from webui.jobs.store import JobRecord, JobStore
@@ -44,16 +55,11 @@ class Scheduler:
                  preview_every_n_steps: int = 0, max_events_per_job: int = 256, finished_in_memory: int = 100):
         self._kinds = kinds
         self._store = store
-        self._max_jobs = max_jobs
-        self._max_per_owner = max_jobs_per_owner
         self._clock = clock
         self._preview_every = preview_every_n_steps
         self._max_events = max_events_per_job
-        self._finished_in_memory = finished_in_memory
-        self._changed = threading.Condition()
-        self._waiting: list[Job] = []
-        self._running: dict[str, Job] = {}
-        self._finished: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._changed = threading.Condition()  # guards the lineup, the worker lists and the flag below
+        self._line = Lineup(max_jobs, max_jobs_per_owner, finished_in_memory)
         self._workers: list[Worker] = []
         self._idle: list[Worker] = []
         self._closed = False
@@ -77,7 +83,7 @@ class Scheduler:
         with self._changed:
             if self._closed:
                 raise SchedulerClosed("the server is shutting down and accepts no new jobs")
-            self._check_room(spec.owner)
+            self._line.check_room(spec.owner)
             job = self._new_job(spec, kind, uuid.uuid4().hex, self._clock(), cost)
             self._store.add(JobRecord(job.job_id, spec.kind, spec.owner, encoded, "queued", cost, summary,
                                       job.created_at))
@@ -88,17 +94,6 @@ class Scheduler:
         """Submit and wait for the result (for callers that have nothing to show meanwhile)."""
         return self.submit(spec).result(timeout)
 
-    def _check_room(self, owner: str | None) -> None:
-        jobs = self._waiting + list(self._running.values())
-        if owner is not None and self._max_per_owner is not None:
-            mine = sum(1 for job in jobs if job.owner == owner)
-            if mine >= self._max_per_owner:
-                raise QueueFullError(
-                    f"you already have {mine} job(s) queued or running, the most one user may have "
-                    f"({self._max_per_owner}); wait until one finishes", per_owner=True)
-        if self._max_jobs is not None and len(jobs) >= self._max_jobs:
-            raise QueueFullError(f"the server's queue is full ({len(jobs)} jobs); try again later", per_owner=False)
-
     def _new_job(self, spec: JobSpec, kind: JobKind, job_id: str, created_at: float, cost: float) -> Job:
         control = JobControl(preview_every_n_steps=self._preview_every)
         job = Job(job_id, spec, kind, control, EventLog(self._max_events, self._clock), created_at, cost)
@@ -107,8 +102,8 @@ class Scheduler:
         return job
 
     def _enqueue(self, job: Job) -> None:
-        self._waiting.append(job)
-        job.events.append(QUEUED, position=len(self._waiting))
+        self._line.waiting.append(job)
+        job.events.append(QUEUED, position=len(self._line.waiting))
         self._changed.notify_all()
 
     def _restore(self, records: list[JobRecord]) -> None:
@@ -148,29 +143,18 @@ class Scheduler:
             self._changed.notify_all()  # for wait_until_idle
             job: Job | None = None
             try:
-                while not self._closed and (job := self._pick(worker)) is None:
+                while not self._closed and (job := self._line.pick(worker, self._idle)) is None:
                     self._changed.wait()
             finally:
                 self._idle.remove(worker)
             if self._closed or job is None:
                 return None
-            self._waiting.remove(job)
-            self._running[job.job_id] = job
+            self._line.start(job)
             job.state, job.started_at, job.worker_name = RUNNING, self._clock(), worker.name
             job.events.append(STARTED, worker=worker.name)
             self._guarded(self._store.mark_running, job.job_id, job.started_at, worker.name)
             self._changed.notify_all()
             return job
-
-    def _pick(self, worker: Worker) -> Job | None:
-        if not self._waiting:
-            return None
-        mine = worker.current_model_key()
-        held_by_others = {other.current_model_key() for other in self._idle if other is not worker}
-        for job in self._waiting:
-            if job.model_key is None or job.model_key == mine or job.model_key not in held_by_others:
-                return job
-        return None
 
     def finish(self, job: Job, worker: Worker, result: Any, error: BaseException | None) -> None:
         """Record a job's outcome (called by the worker that ran it)."""
@@ -188,8 +172,7 @@ class Scheduler:
         now = self._clock()
         with self._changed:
             job.state, job.finished_at, job.error_text = state, now, error_text
-            self._running.pop(job.job_id, None)
-            self._remember(job)
+            self._line.end(job)
             if state == DONE and job.started_at is not None and job.cost > 0:
                 self._speeds.add(job.kind, (now - job.started_at) / job.cost)
             self._changed.notify_all()
@@ -212,11 +195,6 @@ class Scheduler:
             log.exception("%s failed; the scheduler carries on", getattr(action, "__name__", action))
             return None
 
-    def _remember(self, job: Job) -> None:
-        self._finished[job.job_id] = job
-        while len(self._finished) > self._finished_in_memory:
-            self._finished.popitem(last=False)
-
     def _report_progress(self, job: Job, emitted: dict[str, Any]) -> None:
         """JobControl's listener: new step or batch -> `progress` event, new preview -> `preview` event."""
         try:
@@ -236,11 +214,10 @@ class Scheduler:
     def cancel(self, job_id: str) -> bool:
         """Remove a waiting job; it never runs. False when it runs or has finished; UnknownJob if no such job."""
         with self._changed:
-            job = next((waiting for waiting in self._waiting if waiting.job_id == job_id), None)
+            job = self._line.take_waiting(job_id)
             if job is not None:
-                self._waiting.remove(job)
                 job.state, job.finished_at = CANCELLED, self._clock()
-                self._remember(job)
+                self._line.end(job)
                 self._changed.notify_all()
         if job is None:
             self._require_known(job_id)
@@ -267,7 +244,7 @@ class Scheduler:
 
     def _signal(self, job_id: str, action: Callable[[JobControl], None]) -> bool:
         with self._changed:
-            job = self._running.get(job_id)
+            job = self._line.running.get(job_id)
         if job is None:
             self._require_known(job_id)
             return False
@@ -282,8 +259,7 @@ class Scheduler:
     def get(self, job_id: str) -> Job | None:
         """The live handle of a queued, running or recently finished job (None otherwise: see `record`)."""
         with self._changed:
-            return (self._running.get(job_id) or self._finished.get(job_id)
-                    or next((job for job in self._waiting if job.job_id == job_id), None))
+            return self._line.get(job_id)
 
     def record(self, job_id: str) -> JobRecord | None:
         """The stored record of any job the retention limits kept."""
@@ -297,43 +273,18 @@ class Scheduler:
     def jobs(self) -> list[Job]:
         """The live queue: running jobs (in start order), then the waiting ones in order."""
         with self._changed:
-            return list(self._running.values()) + list(self._waiting)
+            return self._line.live()
 
     def position(self, job_id: str) -> int | None:
         """0 while the job runs, 1.. while it waits (1 = next), None otherwise."""
         with self._changed:
-            if job_id in self._running:
-                return 0
-            return next((place for place, job in enumerate(self._waiting, 1) if job.job_id == job_id), None)
+            return self._line.position(job_id)
 
     def eta(self, job_id: str) -> float | None:
         """Seconds until the job should finish, from the measured speed of finished jobs of each kind
         involved; None when one of them has no measurement yet, or the job is not queued or running."""
         with self._changed:
-            now = self._clock()
-            if job_id in self._running:
-                return self._left(self._running[job_id], now)
-            place = self.position(job_id)
-            if place is None:
-                return None
-            job = self._waiting[place - 1]
-            busy = [self._left(running, now) for running in self._running.values()]
-            ahead = [self._duration(waiting) for waiting in self._waiting[: place - 1]]
-            own = self._duration(job)
-            if own is None or None in busy or None in ahead:
-                return None
-            free = max(0, len(self._workers) - len(self._running))
-            return finish_time(busy, free, ahead, own)  # type: ignore[arg-type]
-
-    def _duration(self, job: Job) -> float | None:
-        seconds_per_unit = self._speeds.seconds_per_unit(job.kind)
-        return None if seconds_per_unit is None else seconds_per_unit * job.cost
-
-    def _left(self, job: Job, now: float) -> float | None:
-        duration = self._duration(job)
-        if duration is None:
-            return None
-        return max(0.0, duration - (now - (job.started_at or now)))
+            return self._line.eta(job_id, self._clock(), self._speeds, len(self._workers))
 
     def events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
         """The job's events after `after_seq`. A job known only from the store (finished before a
@@ -369,20 +320,18 @@ class Scheduler:
     def current(self) -> Job | None:
         """The running job that started first (None when all workers are idle)."""
         with self._changed:
-            return next(iter(self._running.values()), None)
+            return next(iter(self._line.running.values()), None)
 
     @property
     def pending(self) -> int:
         """How many jobs wait for a worker (running ones not counted)."""
         with self._changed:
-            return len(self._waiting)
+            return len(self._line.waiting)
 
     def first_position_of(self, owner: str) -> int | None:
         """Where the owner's first job stands (0 = running, 1.. = waiting), None when they have none."""
         with self._changed:
-            if any(job.owner == owner for job in self._running.values()):
-                return 0
-            return next((place for place, job in enumerate(self._waiting, 1) if job.owner == owner), None)
+            return self._line.first_position_of(owner)
 
     def interrupt_current(self, may_act_on: Callable[[str | None], bool] | None = None) -> bool:
         """Interrupt every running job whose owner `may_act_on` allows (all without it); True if any."""
@@ -395,7 +344,7 @@ class Scheduler:
     def _signal_running(self, action: Callable[[JobControl], None],
                         may_act_on: Callable[[str | None], bool] | None) -> bool:
         with self._changed:
-            chosen = [job for job in self._running.values() if may_act_on is None or may_act_on(job.owner)]
+            chosen = [job for job in self._line.running.values() if may_act_on is None or may_act_on(job.owner)]
         for job in chosen:
             action(job.control)
         return bool(chosen)
@@ -405,7 +354,7 @@ class Scheduler:
         """Wait until no job waits or runs and every worker is free; False on timeout."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: not self._waiting and not self._running and len(self._idle) == len(self._workers), timeout)
+                lambda: not self._line.live() and len(self._idle) == len(self._workers), timeout)
 
     def shutdown(self, interrupt_running: bool = False, timeout: float = 30.0) -> None:
         """Stop accepting jobs, let the running ones finish (or interrupt them), and join the workers.
@@ -414,7 +363,7 @@ class Scheduler:
         with self._changed:
             self._closed = True
             if interrupt_running:
-                for job in self._running.values():
+                for job in self._line.running.values():
                     job.control.interrupt()
             self._changed.notify_all()
             workers = list(self._workers)
