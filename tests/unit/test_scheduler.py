@@ -89,6 +89,19 @@ def test_eta_appears_once_a_job_of_the_kind_has_finished(make, studio):
     assert scheduler.eta(queued.job_id) is None  # finished jobs have no ETA
 
 
+def test_the_measured_speed_survives_a_restart(make, studio):
+    clock = FakeClock(0.0)
+    first = make(clock=clock)
+    measured = hold(first, studio, "measured", units=4)
+    clock.now = 8.0
+    studio.release("measured").set()
+    measured.result(WAIT)  # 2 s per unit, kept in its record
+    first.shutdown()
+    second = make(workers=0, clock=clock)
+    queued = second.submit(paint("next", units=3))
+    assert second.eta(queued.job_id) == pytest.approx(6.0)
+
+
 def test_a_cancelled_waiting_job_never_runs_and_its_place_is_freed(make, studio):
     scheduler = make()
     running = hold(scheduler, studio, "running")
