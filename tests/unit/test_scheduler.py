@@ -301,3 +301,16 @@ def test_shutdown_interrupts_the_running_job_on_request_and_joins_the_workers(ma
     assert all(worker.join(0) for worker in scheduler.workers)
     with pytest.raises(SchedulerClosed):
         scheduler.submit(paint("too late"))
+
+
+def test_a_worker_that_cannot_tell_its_model_still_takes_jobs(tmp_path, studio):
+    def broken_key() -> str:
+        raise OSError("the manager is gone")
+
+    scheduler = Scheduler(studio.kinds(), JobStore(tmp_path / "jobs.sqlite3"))
+    scheduler.add_worker(Worker("w0", "cpu", "manager", broken_key))
+    scheduler.add_worker(Worker("w1", "cpu", "manager", broken_key))
+    try:
+        assert scheduler.run(paint("anyway", model="model-a"), WAIT) == "painted anyway on manager"
+    finally:
+        scheduler.shutdown()

@@ -48,7 +48,12 @@ class Worker:
         return f"Worker({self.name!r}, device={self.device!r})"
 
     def current_model_key(self) -> str | None:
-        return self._current_model_key()
+        """The model the resources hold; None when unknown (a failing callable only costs the affinity)."""
+        try:
+            return self._current_model_key()
+        except Exception:
+            log.exception("worker %s could not tell its current model", self.name)
+            return None
 
     def start(self, source: JobSource) -> None:
         """Start the thread that takes jobs from `source` until it answers None."""
