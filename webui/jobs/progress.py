@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 MIN_PREVIEW_SECONDS = 0.5
 
@@ -49,6 +49,17 @@ class JobControl:
     _message: str = ""
     _state: str = "queued"
     _last_preview_at: float = 0.0
+    _listener: Callable[[], None] | None = field(default=None, repr=False)
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Call `listener()` after each change of step, batch or preview (the scheduler turns these into
+        the job's events). It runs on the engine's thread, so it must be quick and must not raise."""
+        self._listener = listener
+
+    def _notify(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener()
 
     # ---- called by the engine ----
     def start(self, batch_count: int, total_steps: int) -> None:
@@ -56,10 +67,12 @@ class JobControl:
             self._state, self._started = "running", time.monotonic()
             self._batch_count, self._total_steps = max(1, batch_count), max(1, total_steps)
             self._batch_index = self._step = 0
+        self._notify()
 
     def begin_batch(self, batch_index: int) -> None:
         with self._lock:
             self._batch_index, self._step, self._skipped = batch_index, 0, False
+        self._notify()
 
     def report_step(self, step: int, total: int | None = None) -> None:
         """`total` corrects the step count for samplers that take two model calls per step (Heun, DPM2)."""
@@ -67,6 +80,7 @@ class JobControl:
             self._step = step
             if total:
                 self._total_steps = total
+        self._notify()
 
     def wants_preview(self, step: int) -> bool:
         """Every N steps, but at most every `MIN_PREVIEW_SECONDS`: a preview copies latents to the CPU,
@@ -82,6 +96,7 @@ class JobControl:
     def set_preview(self, image: Any) -> None:
         with self._lock:
             self._preview, self._preview_serial = image, self._preview_serial + 1
+        self._notify()
 
     def set_message(self, message: str) -> None:
         with self._lock:

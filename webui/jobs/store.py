@@ -1,0 +1,244 @@
+"""Durable job records in SQLite: queued jobs survive a restart, and finished ones form the history.
+
+The standard library's sqlite3 is enough for one process: WAL mode lets readers (the Queue tab, the
+job API) read while a worker writes, and one connection behind a lock keeps writes ordered. The file
+is the app's own (`<data>/jobs.sqlite3`); if it cannot be read (a torn copy, a disk error, a newer
+schema), it is moved aside as `<name>.corrupt-<time>` with a warning and a fresh store is created,
+because a server that refuses to start over its job history helps nobody.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+FINAL_STATES = ("done", "failed", "cancelled", "interrupted")
+_COLUMNS = ("job_id", "kind", "owner", "request", "state", "cost", "summary", "created_at", "started_at",
+            "finished_at", "worker", "progress", "result", "error")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    owner TEXT,
+    request TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cost REAL NOT NULL,
+    summary TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    worker TEXT,
+    progress TEXT NOT NULL DEFAULT '',
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
+"""
+INTERRUPTED_BY_RESTART = "the server stopped while this job ran"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored: the encoded request (JSON), its state, timings, and outcome."""
+
+    job_id: str
+    kind: str
+    owner: str | None
+    request: dict[str, Any]
+    state: str
+    cost: float
+    summary: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    progress: str = ""
+    result: Any = None
+    error: str | None = None
+
+
+class JobStore:
+    """The job table. `keep_finished` and `keep_days` bound the history (None: no bound); queued and
+    running records are never pruned."""
+
+    def __init__(self, path: Path | str, keep_finished: int | None = 1000, keep_days: float | None = 30.0,
+                 clock: Callable[[], float] = time.time):
+        if keep_finished is not None and keep_finished < 0 or keep_days is not None and keep_days < 0:
+            raise ValueError("keep_finished and keep_days must not be negative")
+        self.path = Path(path)
+        self._keep_finished = keep_finished
+        self._keep_days = keep_days
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._connection = self._connect()
+        except sqlite3.DatabaseError as error:
+            self._move_aside(error)
+            self._connection = self._connect()
+
+    # ---- opening ----
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        try:  # read-only checks first: a file that fails them is moved aside exactly as it was
+            check = connection.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"written by a newer version (schema {version} > {SCHEMA_VERSION})")
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+            if columns and not set(_COLUMNS) <= columns:
+                raise sqlite3.DatabaseError(f"its jobs table lacks {', '.join(sorted(set(_COLUMNS) - columns))}")
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(_SCHEMA)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _move_aside(self, error: BaseException) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._clock()))
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        counter = 1
+        while target.exists():
+            counter += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{counter}")
+        for suffix in ("-wal", "-shm"):  # the journal belongs to the broken file, not to the new one
+            sidecar = self.path.with_name(self.path.name + suffix)
+            if sidecar.exists():
+                sidecar.replace(target.with_name(target.name + suffix))
+        self.path.replace(target)
+        log.warning("the job store %s could not be read (%s); moved it to %s and started an empty one",
+                    self.path, error, target.name)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._connection
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    # ---- writing ----
+    def add(self, record: JobRecord) -> None:
+        values = _row_values(record)
+        with self._transaction() as db:
+            db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                       values)
+
+    def mark_running(self, job_id: str, started_at: float, worker: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = 'running', started_at = ?, worker = ? WHERE job_id = ?",
+                       (started_at, worker, job_id))
+
+    def mark_finished(self, job_id: str, state: str, finished_at: float, progress: str = "",
+                      result: Any = None, error: str | None = None) -> list[JobRecord]:
+        """Record the outcome, then apply the retention limits; returns the records they removed."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"{state!r} is not a final state")
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, finished_at = ?, progress = ?, result = ?, error = ? "
+                       "WHERE job_id = ?", (state, finished_at, progress, _dump(result), error, job_id))
+        return self.prune()
+
+    def recover(self) -> list[JobRecord]:
+        """At start: a record still `running` belongs to a process that died, so it becomes `interrupted`;
+        the `queued` ones are returned in submission order, to be run again."""
+        now = self._clock()
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = 'interrupted', finished_at = ?, error = ? WHERE state = 'running'",
+                       (now, INTERRUPTED_BY_RESTART))
+            rows = db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state = 'queued' ORDER BY seq").fetchall()
+        return [_record(row) for row in rows]
+
+    def prune(self) -> list[JobRecord]:
+        """Delete finished records beyond `keep_finished` (the oldest first) or older than `keep_days`."""
+        final = ", ".join(f"'{state}'" for state in FINAL_STATES)
+        select = f"SELECT seq, {', '.join(_COLUMNS)} FROM jobs WHERE state IN ({final})"
+        with self._transaction() as db:
+            doomed: list[tuple[Any, ...]] = []
+            if self._keep_days is not None:
+                cutoff = self._clock() - self._keep_days * 86400
+                doomed += db.execute(f"{select} AND finished_at < ?", (cutoff,)).fetchall()
+            if self._keep_finished is not None:
+                doomed += db.execute(f"{select} ORDER BY finished_at DESC, seq DESC LIMIT -1 OFFSET ?",
+                                     (self._keep_finished,)).fetchall()
+            unique = {row[0]: row for row in doomed}
+            db.executemany("DELETE FROM jobs WHERE seq = ?", [(seq,) for seq in unique])
+        return [_record(row[1:]) for _, row in sorted(unique.items())]
+
+    # ---- reading ----
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._connection.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?",
+                                           (job_id,)).fetchone()
+        return _record(row) if row else None
+
+    def history(self, owner: str | None = None, states: tuple[str, ...] | None = None,
+                limit: int = 100) -> list[JobRecord]:
+        """Records, newest first; `owner` and `states` filter (the Queue tab and `GET /api/v1/jobs`)."""
+        clauses, values = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            values.append(owner)
+        if states:
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            values.extend(states)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._connection.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*values, limit)
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def seconds_per_unit(self, per_kind: int) -> dict[str, list[float]]:
+        """For each kind, the run time per cost unit of its latest `per_kind` completed jobs (newest first),
+        so that the ETA is known right after a restart."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT kind, (finished_at - started_at) / cost FROM jobs WHERE state = 'done' AND cost > 0 "
+                "AND started_at IS NOT NULL AND finished_at >= started_at ORDER BY seq DESC").fetchall()
+        speeds: dict[str, list[float]] = {}
+        for kind, seconds in rows:
+            kept = speeds.setdefault(kind, [])
+            if len(kept) < per_kind:
+                kept.append(float(seconds))
+        return speeds
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _row_values(record: JobRecord) -> tuple[Any, ...]:
+    values = {**record.__dict__, "request": json.dumps(record.request), "result": _dump(record.result)}
+    return tuple(values[name] for name in _COLUMNS)
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    values = dict(zip(_COLUMNS, row))
+    values["request"] = json.loads(values["request"])
+    values["result"] = None if values["result"] is None else json.loads(values["result"])
+    return JobRecord(**values)

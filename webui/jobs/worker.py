@@ -1,0 +1,90 @@
+"""A worker: one device, the resources a handler needs there (its model manager), and one thread.
+
+diffusers pipelines are not safe to call concurrently, and a model switch must not happen in the middle
+of a generation, so each device runs one job at a time; several devices (or two CPU workers) mean
+several workers taking jobs from one scheduler. A handler runs its sub-steps (X/Y/Z cells, batch folders)
+inline on its worker, so no job ever waits for another job and nothing can deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from webui.jobs.job import Job
+
+log = logging.getLogger(__name__)
+
+
+class JobSource(Protocol):
+    """What a worker needs from the scheduler: the next job for it (None: stop) and a place for outcomes."""
+
+    def next_job_for(self, worker: Worker) -> Job | None: ...
+
+    def finish(self, job: Job, worker: Worker, result: Any, error: BaseException | None) -> None: ...
+
+
+def _holds_nothing() -> str | None:
+    return None
+
+
+class Worker:
+    """Runs jobs on `device` with `resources` (e.g. a ModelManager). `current_model_key` says which
+    checkpoint the resources hold now, so the scheduler can hand a job to the worker that already has
+    its model; it is called from other threads and must be quick and must not block."""
+
+    def __init__(self, name: str, device: Any, resources: Any,
+                 current_model_key: Callable[[], str | None] = _holds_nothing):
+        self.name = name
+        self.device = device
+        self.resources = resources
+        self._current_model_key = current_model_key
+        self._thread: threading.Thread | None = None
+        self._in_handler = False
+
+    def __repr__(self) -> str:
+        return f"Worker({self.name!r}, device={self.device!r})"
+
+    def current_model_key(self) -> str | None:
+        """The model the resources hold; None when unknown (a failing callable only costs the affinity)."""
+        try:
+            return self._current_model_key()
+        except Exception:
+            log.exception("worker %s could not tell its current model", self.name)
+            return None
+
+    def start(self, source: JobSource) -> None:
+        """Start the thread that takes jobs from `source` until it answers None."""
+        if self._thread is not None:
+            raise RuntimeError(f"worker {self.name} is running already")
+        self._thread = threading.Thread(target=self._work, args=(source,), name=f"worker-{self.name}", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; False if it still runs after `timeout`."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def runs_a_handler_here(self) -> bool:
+        """True when called from inside a handler this worker runs (the scheduler refuses nested jobs)."""
+        return self._in_handler and threading.current_thread() is self._thread
+
+    def _work(self, source: JobSource) -> None:
+        while (job := source.next_job_for(self)) is not None:
+            result: Any = None
+            error: BaseException | None = None
+            self._in_handler = True
+            try:
+                result = job.kind_entry.run(self, job.request, job.control)
+            except BaseException as failure:  # the worker must survive any job failure
+                error = failure
+            finally:
+                self._in_handler = False
+            try:
+                source.finish(job, self, result, error)
+            except Exception:  # e.g. the store's disk is full: keep serving the queue
+                log.exception("worker %s could not record the end of job %s", self.name, job.job_id)
