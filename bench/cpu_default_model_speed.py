@@ -56,7 +56,7 @@ def main() -> None:
         request = Txt2ImgRequest(prompt=PROMPT, width=128, height=128, steps=20, seed=1, save_images=False)
         studio_seconds = timed(lambda: ctx.generation.submit_txt2img(request).result(), args.repeats)
         reweight_seconds = lora_reweight_seconds(ctx, Path(data_dir), args.repeats)
-        ctx.queue.shutdown()
+        ctx.close()
     print(json.dumps({"threads": torch.get_num_threads(), "plain_diffusers_s": round(plain_seconds, 3),
                       "sd_studio_s": round(studio_seconds, 3), "lora_reweight_s": round(reweight_seconds, 4)}))
 

@@ -26,9 +26,7 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,53 +42,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.server_harness import Server, write_section  # noqa: E402
 from tests.support.oversized_png import oversized_png_base64  # noqa: E402
 from webui.models.default_model import ensure_default_model  # noqa: E402
 
-HOST = "127.0.0.1"  # never anything else: this script floods the server it starts
 DEADLINE_SECONDS = 900
 REQUEST_TIMEOUT = 120
 SECTION_START, SECTION_END = "<!-- security_load:start -->", "<!-- security_load:end -->"
 DEVICE = "2-core CPU (this dev machine)"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """The app in a subprocess, as a user starts it; stopped by `stop()` whatever happened."""
-
-    def __init__(self, data_dir: Path, extra_args: list[str]):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.log_path = data_dir / "server.log"
-        command = [sys.executable, str(ROOT / "launch.py"), "--api", "--skip-install", "--data-dir", str(data_dir),
-                   "--port", str(self.port), *extra_args]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
-        self.ps = psutil.Process(self.process.pid)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log_path.read_text(errors='replace')[-3000:]}")
-            if "running on" in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.5)
-        raise RuntimeError(f"server not ready in {timeout}s")
-
-    def rss(self) -> int:
-        return self.ps.memory_info().rss
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 class Client:
@@ -275,17 +234,6 @@ def markdown(results: dict, note: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md, or append it."""
-    current = path.read_text(encoding="utf-8")
-    if SECTION_START in current and SECTION_END in current:
-        before = current.split(SECTION_START)[0]
-        after = current.split(SECTION_END, 1)[1]
-        path.write_text(before + text + after, encoding="utf-8")
-    else:
-        path.write_text(current.rstrip("\n") + "\n\n" + text + "\n", encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--user", help="login for HTTP Basic auth, when the server requires one")
@@ -300,7 +248,7 @@ def main() -> int:
     results = run(args)
     print(json.dumps(results, indent=2))
     if args.write:
-        write_section(markdown(results, args.note), ROOT / "docs" / "BENCHMARKS.md")
+        write_section(markdown(results, args.note), ROOT / "docs" / "BENCHMARKS.md", SECTION_START, SECTION_END)
         print("written to docs/BENCHMARKS.md")
     return 0
 

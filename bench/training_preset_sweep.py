@@ -41,7 +41,7 @@ def run_variant(name: str, spec: dict, prompt_count: int, device: str, work_root
         row = tf.evaluate_concept(ctx, name, concept, tf.PromptSets.build(setup, prompt_count),
                                   concept_reference(setup.images()))
     finally:
-        ctx.queue.shutdown()
+        ctx.close()
     return {"name": name, "spec": spec, "steps": concept.steps, "train_s": round(concept.train_seconds, 1),
             "subject": row.subject.subject_fidelity, "prompt": row.subject.prompt_fidelity,
             "new_attributes": row.attributes.prompt_fidelity, "prior_preservation": row.prior_preservation,

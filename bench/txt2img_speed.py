@@ -133,7 +133,7 @@ def bench_family(family: str, device: str, steps: int, repeats: int, data_dir: P
         studio = studio_seconds(ctx, f"{family}-a", size, steps, repeats)
         switching = switch_seconds(ctx, f"{family}-a", f"{family}-b", rounds=4)
     finally:
-        ctx.queue.shutdown()
+        ctx.close()
     for path in checkpoints.glob(f"{family}-*.safetensors"):
         path.unlink()
     return {"size": size, "steps": steps, "plain_diffusers_s_per_image": baseline,

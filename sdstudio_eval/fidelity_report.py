@@ -168,7 +168,7 @@ def build_report(prompt_count: int, concept_prompt_count: int, style_prompt_coun
                 concept_rows.append((shape, subject_fidelity(outputs, concept_images)))
             styles = measure_prompt_styles(ctx, style_prompt_count)
         finally:
-            ctx.queue.shutdown()
+            ctx.close()
 
     fidelity = prompt_fidelity(base_analyses, scenes)
     per_attribute = attribute_accuracy(base_analyses, scenes)
@@ -230,7 +230,7 @@ def prompt_styles_only(per_row: int) -> list[PromptStyleResult]:
             return measure_prompt_styles(
                 ctx, per_row, lambda row: print(f"{row.title}: {row.correct}/{row.prompts}", flush=True))
         finally:
-            ctx.queue.shutdown()
+            ctx.close()
 
 
 def load_prompt_styles(path: Path) -> list[PromptStyleResult]:

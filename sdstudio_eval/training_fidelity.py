@@ -397,7 +397,7 @@ class Experiment:
                                               prompts, reference))
             self.on_message(describe_row(self.rows[-1]))
         finally:
-            base_ctx.queue.shutdown()
+            base_ctx.close()
         for plan in plans:
             folder = self.work_dir / plan.key
             dataset = folder / "dataset"
@@ -410,7 +410,7 @@ class Experiment:
                 self.rows.append(evaluate_concept(ctx, plan.label, concept, prompts, reference))
                 self.on_message(describe_row(self.rows[-1]))
             finally:
-                ctx.queue.shutdown()
+                ctx.close()
         return self.rows
 
 

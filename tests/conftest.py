@@ -58,16 +58,17 @@ class RunningServer:
         return self.log_file.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, *extra_args: str, timeout: float = 180) -> RunningServer:
+def start_server(data_dir: Path, *extra_args: str, timeout: float = 180,
+                 env: dict[str, str] | None = None) -> RunningServer:
     """Run `launch.py` as a user would, in a subprocess, and wait until it says it is running and answers."""
     import requests
 
     port = free_port()
     log_file = data_dir / "server.log"
-    handle = open(log_file, "w")
+    handle = open(log_file, "a")  # a restarted server appends to the same log
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "launch.py"), "--skip-install", "--port", str(port), "--data-dir", str(data_dir), *extra_args],
-        cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

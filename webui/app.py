@@ -18,6 +18,10 @@ from webui.settings import Settings, SettingsError, settings_from_args
 log = logging.getLogger("sdstudio")
 
 
+# The HTTP API's OpenAPI description and its browsable page; behind the login like every route.
+API_DOCS = {"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.json"}
+
+
 def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     """Build everything and serve until interrupted."""
     from webui.context import build_context
@@ -27,7 +31,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     security = build_server_security(settings)
     ctx = build_context(settings)
     guard_library_decoders(ctx.request_limits)
-    ctx.queue.submit("load-checkpoint", lambda control: ctx.manager.select(None))  # warm start, like A1111
+    ctx.models.warm_start()  # load the model at start, like A1111
     if settings.serve_ui:
         from webui.api.routes import install_api
         from webui.security.accounts import AccountService
@@ -39,7 +43,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
             server_name=settings.host, server_port=settings.port, share=settings.share,
             prevent_thread_lock=True, show_error=True, quiet=True, theme=THEME, css=CSS,
             max_file_size=ctx.request_limits.max_upload_bytes,
-            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None, "middleware": security.middleware()},
+            app_kwargs={**API_DOCS, "middleware": security.middleware()},
         )
         if settings.serve_api:
             install_api(app, ctx)
@@ -54,7 +58,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
 
         from webui.api.routes import install_api
 
-        app = FastAPI(title="SD Studio API", docs_url=None, redoc_url=None, openapi_url=None,
+        app = FastAPI(title="SD Studio API", **API_DOCS,
                       middleware=security.middleware())
         install_api(app, ctx)
         for line in startup_banner(settings, security, path="/sdapi/v1"):

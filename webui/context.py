@@ -1,8 +1,9 @@
 """The composition root of the engine: builds every service once from Settings.
 
-This module only wires (folders, catalogs, the model manager, the queue, the services); the use cases
-live in the services (`generation/service.py`, `models/service.py`, `training/service.py`,
-`xyz/service.py`). The gradio UI, the HTTP API and extensions receive the context and call its services.
+This module only wires (folders, catalogs, one model manager per worker, the scheduler and its job
+store, the services); the use cases live in the services (`generation/service.py`,
+`models/service.py`, `training/service.py`, `xyz/service.py`), which also add their job kinds to the
+scheduler's table. The gradio UI, the HTTP API and extensions receive the context and call its services.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from dataclasses import dataclass
 from webui.generation.requests import GenerationLimits
 from webui.generation.service import GenerationService
 from webui.generation.styles import StyleDatabase
-from webui.jobs.queue import JobQueue
+from webui.jobs.queue_service import QueueService
+from webui.jobs.scheduler import Scheduler
+from webui.jobs.spec import JobKinds
+from webui.jobs.store import JobStore, open_owned_store
+from webui.jobs.webhooks import WebhookSender, read_webhook_secret
+from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog
 from webui.models.default_model import ensure_default_model
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.hashing import HashCache
 from webui.models.lora_catalog import LoraCatalog
-from webui.models.manager import ModelManager, resolve_device, resolve_dtype
+from webui.models.manager import CheckpointRamCache, ModelManager, resolve_device, resolve_dtype
 from webui.models.service import ModelService
 from webui.security.limits import RequestLimits
 from webui.security.network import NetworkPolicy
@@ -26,6 +32,9 @@ from webui.security.paths import FileAccess
 from webui.settings import Settings
 from webui.training.loop import TrainingPaths
 from webui.training.service import TrainingService
+from webui.xyz.service import XyzService
+
+JOB_STORE_FILE = "jobs.sqlite3"
 
 
 @dataclass
@@ -34,8 +43,8 @@ class AppContext:
 
     settings: Settings
     catalog: CheckpointCatalog
-    manager: ModelManager
-    queue: JobQueue
+    manager: ModelManager    # the first worker's (what "the loaded model" means with one worker)
+    scheduler: Scheduler
     styles: StyleDatabase
     loras: LoraCatalog
     files: FileAccess        # where user-supplied paths may point (webui.security.paths)
@@ -44,6 +53,15 @@ class AppContext:
     models: ModelService
     generation: GenerationService
     training: TrainingService
+    xyz: XyzService
+    webhooks: WebhookSender
+    jobs: QueueService       # who sees and stops which job (job API, Queue tab)
+    job_store: JobStore
+
+    def close(self) -> None:
+        """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
+        self.scheduler.shutdown(interrupt_running=True)
+        self.job_store.close()
 
     @property
     def limits(self) -> GenerationLimits:
@@ -61,26 +79,53 @@ def build_context(settings: Settings) -> AppContext:
     network = NetworkPolicy.from_settings(settings)
     catalog = CheckpointCatalog(settings.checkpoint_folder, hash_cache, network)
     catalog.refresh()
-    device = resolve_device(settings.device)
-    manager = ModelManager(
-        catalog, device, resolve_dtype(settings.precision, device),
-        checkpoints_in_ram=settings.checkpoints_in_ram,
-        preferred_checkpoint=settings.extra.get("sd_model_checkpoint"),
-        embedding_catalog=EmbeddingCatalog(settings.embeddings_folder),
-    )
     request_limits = RequestLimits.from_settings(settings)
-    queue = JobQueue(preview_every_n_steps=settings.preview_every_n_steps, max_jobs=request_limits.max_queue,
-                     max_jobs_per_owner=request_limits.max_queue_per_user)
+    kinds = JobKinds()
+    job_store = open_owned_store(settings.data_dir / JOB_STORE_FILE, settings.job_history, settings.job_history_days)
+    scheduler = Scheduler(kinds, job_store,
+                          max_jobs=request_limits.max_queue, max_jobs_per_owner=request_limits.max_queue_per_user,
+                          preview_every_n_steps=settings.preview_every_n_steps, recover_stored_jobs=False)
+    managers = _worker_managers(settings, catalog)
     files = FileAccess.from_settings(settings)
     styles = StyleDatabase(settings.styles_file)
     loras = LoraCatalog(settings.lora_folder, hash_cache)
-    models = ModelService(catalog, manager, queue, checkpoint_folder=settings.checkpoint_folder,
+    models = ModelService(catalog, scheduler, managers, checkpoint_folder=settings.checkpoint_folder,
                           vae_folder=settings.vae_folder)
-    generation = GenerationService(models, manager, queue, styles, loras, files, request_limits,
-                                   outputs_folder=settings.outputs_folder)
-    training = TrainingService(models, manager, queue, files, loras, network, paths=TrainingPaths(
+    generation = GenerationService(models, scheduler, styles, loras, files, request_limits,
+                                   outputs_folder=settings.outputs_folder,
+                                   inputs_folder=settings.data_dir / "jobs" / "inputs")
+    training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
         checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder))
-    return AppContext(settings=settings, catalog=catalog, manager=manager, queue=queue, styles=styles, loras=loras,
-                      files=files, network=network, request_limits=request_limits, models=models,
-                      generation=generation, training=training)
+    xyz = XyzService(generation)
+    for service in (models, generation, training, xyz):
+        for kind in service.job_kinds():
+            kinds.register(kind)
+    webhooks = WebhookSender(scheduler, settings.allow_webhooks, read_webhook_secret(settings.webhook_secret))
+    scheduler.recover_stored_jobs()  # every kind is known now: queued jobs of the last run go back in line
+    for index, manager in enumerate(managers):
+        scheduler.add_worker(Worker(f"{manager.device}#{index}", manager.device, manager,
+                                    current_model_key=lambda manager=manager: _loaded_path(manager)))
+    return AppContext(settings=settings, catalog=catalog, manager=managers[0], scheduler=scheduler, styles=styles,
+                      loras=loras, files=files, network=network, request_limits=request_limits, models=models,
+                      generation=generation, training=training, xyz=xyz, webhooks=webhooks,
+                      jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store)
+
+
+def _worker_managers(settings: Settings, catalog: CheckpointCatalog) -> list[ModelManager]:
+    """One model manager per worker: per listed CUDA device, else `--workers` on `--device`. They share
+    the embeddings catalog and the RAM cache of checkpoint weights (read once, not once per worker)."""
+    if settings.device_ids:
+        devices = [resolve_device(f"cuda:{device_id}") for device_id in settings.device_ids]
+    else:
+        devices = [resolve_device(settings.device)] * max(1, settings.workers)
+    ram = CheckpointRamCache(settings.checkpoints_in_ram, pin_memory=devices[0].type == "cuda")
+    embeddings = EmbeddingCatalog(settings.embeddings_folder)
+    return [ModelManager(catalog, device, resolve_dtype(settings.precision, device), ram_cache=ram,
+                         preferred_checkpoint=settings.extra.get("sd_model_checkpoint"),
+                         embedding_catalog=embeddings) for device in devices]
+
+
+def _loaded_path(manager: ModelManager) -> str | None:
+    current = manager.current
+    return str(current.path) if current is not None else None

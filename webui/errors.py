@@ -5,7 +5,7 @@ Shared by the UI (gr.Error) and the HTTP API (4xx detail), so it lives outside b
 
 from __future__ import annotations
 
-from webui.jobs.queue import JobCancelled, QueueFullError
+from webui.jobs.errors import JobCancelled, QueueFullError
 from webui.models.checkpoint_loading import CheckpointLoadError
 
 USER_ERRORS = (ValueError, LookupError, OSError, CheckpointLoadError, QueueFullError, JobCancelled)

@@ -52,6 +52,12 @@ class Settings:
     max_image_pixels: int = 4096 * 4096   # uploads with more pixels are refused before decoding
     max_queue: int = 64                   # jobs queued or running, everyone together
     max_queue_per_user: int = 16          # jobs queued or running for one user
+    workers: int = 1                      # workers on --device (each holds its own model)
+    device_ids: tuple[str, ...] = ()      # one worker per listed CUDA device ("0,1")
+    job_history: int = 1000               # finished jobs kept in the job history
+    job_history_days: int = 30            # ... and for at most this many days
+    allow_webhooks: bool = False          # may a job name a URL the server POSTs to when it ends
+    webhook_secret: str = field(default="", repr=False)  # HMAC key for webhook signatures (SDSTUDIO_WEBHOOK_SECRET)
     skip_install: bool = False
     allow_hub: bool = False  # may a request make the server download from / upload to the Hugging Face Hub
     extra: dict = field(default_factory=dict)
@@ -163,6 +169,19 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="jobs queued or running at once, all users together; more are refused with 503 (default 64)")
     parser.add_argument("--max-queue-per-user", type=int, default=None,
                         help="jobs queued or running at once for one user; more are refused with 429 (default 16)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="workers taking jobs on --device, each with its own copy of the model (default 1; "
+                        "two on a CPU let two checkpoints generate at once)")
+    parser.add_argument("--device-ids", default="",
+                        help="comma-separated CUDA device numbers, one worker each (e.g. 0,1); overrides --workers")
+    parser.add_argument("--job-history", type=int, default=None,
+                        help="finished jobs kept in the job history (default 1000)")
+    parser.add_argument("--job-history-days", type=int, default=None,
+                        help="days a finished job is kept in the job history (default 30)")
+    parser.add_argument("--allow-webhooks", action="store_true",
+                        help="let jobs name a webhook URL the server POSTs to when they end (signed with "
+                        "HMAC-SHA256 when SDSTUDIO_WEBHOOK_SECRET is set); off by default, since it makes the server "
+                        "contact addresses a client chooses")
     parser.add_argument("--skip-install", action="store_true", help="do not create/update the virtual environment")
     parser.add_argument("--allow-hub", action="store_true",
                         help="let requests download checkpoints and captioning models from the Hugging Face Hub "
@@ -235,14 +254,22 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         raise SettingsError("--checkpoints-in-ram must be at least 1")
     limits = {}
     for flag, name in (("--max-image-pixels", "max_image_pixels"), ("--max-queue", "max_queue"),
-                       ("--max-queue-per-user", "max_queue_per_user")):
+                       ("--max-queue-per-user", "max_queue_per_user"), ("--workers", "workers"),
+                       ("--job-history", "job_history"), ("--job-history-days", "job_history_days")):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SettingsError(f"{flag} must be at least 1")
         if value is not None:
             limits[name] = value
+    device_ids = _comma_list(args.device_ids)
+    for device_id in device_ids:
+        if not device_id.isdigit():
+            raise SettingsError(f"--device-ids entry {device_id!r} must be a CUDA device number such as 0")
     return Settings(
         **limits,
+        device_ids=device_ids,
+        allow_webhooks=args.allow_webhooks,
+        webhook_secret=environ.get("SDSTUDIO_WEBHOOK_SECRET", ""),
         data_dir=data_dir,
         ckpt_dir=args.ckpt_dir,
         lora_dir=args.lora_dir,

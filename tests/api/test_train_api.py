@@ -148,4 +148,4 @@ def test_training_routes_need_the_api_login_when_auth_is_on(tmp_path):
         assert client.post(TRAIN + "/cancel").status_code == 401
         assert client.get(TRAIN + "/progress", auth=("alice", "s3cret")).json()["state"] == "idle"
     finally:
-        ctx.queue.shutdown()
+        ctx.close()

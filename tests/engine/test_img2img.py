@@ -26,7 +26,7 @@ SMALL = dict(prompt="a large blue square in the center, white background", width
 def ctx(data_dir):
     context = build_context(settings_from_args(["--data-dir", str(data_dir)]))
     yield context
-    context.queue.shutdown()
+    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_bad_images_are_refused_before_queueing(ctx, source):
         ctx.generation.submit_img2img(Img2ImgRequest(**SMALL))
     with pytest.raises(RequestError, match="denoising_strength"):
         ctx.generation.submit_img2img(Img2ImgRequest(init_images=(source,), denoising_strength=1.5, **SMALL))
-    assert ctx.queue.pending == 0
+    assert ctx.scheduler.pending == 0
 
 
 def test_outpainting_extends_the_canvas_and_keeps_the_original(ctx, source):
@@ -158,14 +158,14 @@ def test_inpainting_checkpoint_is_detected_and_used(data_dir, default_model_fold
         assert record.architecture.unet_in_channels == 9
         request = Img2ImgRequest(init_images=(source,), mask=left_half_mask(), checkpoint=record.title,
                                  denoising_strength=1.0, mask_blur=0, **SMALL)
-        result = context.submit_img2img(request).result(timeout=300)
+        result = context.generation.submit_img2img(request).result(timeout=300)
         out, original = pixels(result.images[0]), pixels(source)
         assert np.array_equal(out[:, SIZE // 2:], original[:, SIZE // 2:])
         assert np.abs(out[:, : SIZE // 2] - original[:, : SIZE // 2]).mean() > 2
-        plain = context.submit_txt2img(Txt2ImgRequest(checkpoint=record.title, **SMALL)).result(timeout=300)
+        plain = context.generation.submit_txt2img(Txt2ImgRequest(checkpoint=record.title, **SMALL)).result(timeout=300)
         assert plain.images[0].size == (SIZE, SIZE)
     finally:
-        context.queue.shutdown()
+        context.close()
 
 
 def test_batch_folder_processes_every_image_with_same_named_masks(ctx, source, data_dir):
@@ -204,5 +204,5 @@ def test_batch_folders_outside_datasets_and_outputs_are_refused_before_anything_
             ctx.generation.submit_img2img_batch(template, "in", folder)
         with pytest.raises(PathRefused, match="datasets/, outputs/"):
             ctx.generation.submit_img2img_batch(template, "in", "", folder)
-    assert ctx.queue.pending == 0 and sorted(path.name for path in outside.iterdir()) == ["private.png"]
+    assert ctx.scheduler.pending == 0 and sorted(path.name for path in outside.iterdir()) == ["private.png"]
     assert not (data_dir / "models" / "mine.png").exists()

@@ -33,7 +33,7 @@ def ctx(data_dir):
     with context.manager.checkout() as model:
         write_kohya_lora(data_dir / "models" / "Lora" / "shapes.safetensors", model.pipeline.unet)
     yield context
-    context.queue.shutdown()
+    context.close()
 
 
 def generate(ctx, prompt: str):

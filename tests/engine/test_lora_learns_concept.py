@@ -58,7 +58,7 @@ def outcome(tmp_path_factory) -> Outcome:
         assert concept.image_count == 10 and concept.lora_name
         lora = score_images(generate(ctx, concept, prompts, FRESH_IMAGE_SEED), prompts, reference)
     finally:
-        ctx.queue.shutdown()
+        ctx.close()
     for name, scores in (("base", base), ("LoRA", lora)):
         print(f"{name}: subject fidelity {scores.subject_fidelity:.3f}, prompt fidelity {scores.prompt_fidelity:.3f}, "
               f"per attribute {scores.per_attribute}")

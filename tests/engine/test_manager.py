@@ -28,7 +28,7 @@ def ctx(data_dir, default_model_folder):
     (checkpoints / "truncated.safetensors").write_bytes(b"\x00" * 7)
     context = build_context(settings_from_args(["--data-dir", str(data_dir), "--checkpoints-in-ram", "2"]))
     yield context
-    context.queue.shutdown()
+    context.close()
 
 
 def unet_state(ctx) -> dict[str, torch.Tensor]:
@@ -56,9 +56,9 @@ def test_same_layout_switch_copies_weights_and_matches_a_fresh_load(ctx, data_di
     # The copied-in weights give exactly what loading B from scratch gives.
     fresh = build_context(settings_from_args(["--data-dir", str(data_dir)]))
     try:
-        assert fresh.submit_txt2img(Txt2ImgRequest(**REQUEST, checkpoint="variant-b")).result(300).images[0].tobytes() == image_b
+        assert fresh.generation.submit_txt2img(Txt2ImgRequest(**REQUEST, checkpoint="variant-b")).result(300).images[0].tobytes() == image_b
     finally:
-        fresh.queue.shutdown()
+        fresh.close()
     assert image_bytes(ctx, "sd-studio-toy") == image_a
     assert ctx.manager.switch_count == {"rebuilt": 1, "copied": 2}
 
@@ -142,7 +142,7 @@ def test_hub_repo_id_is_refused_without_allow_hub_and_keeps_the_model(ctx, data_
         with pytest.raises(HubDisabled, match="--allow-hub") as refused:
             attempt()
         assert "models/Stable-diffusion" in str(refused.value)
-    assert ctx.queue.pending == 0 and ctx.manager.current.name == "variant-b"
+    assert ctx.scheduler.pending == 0 and ctx.manager.current.name == "variant-b"
     assert not (data_dir / "models" / "Stable-diffusion" / "someone--some-model").exists()
 
 
@@ -155,4 +155,4 @@ def test_hub_repo_id_offline_with_allow_hub_gives_a_clear_error_and_keeps_the_mo
             ctx.models.select_checkpoint("someone/some-model")
         assert ctx.manager.current.name == "sd-studio-toy"
     finally:
-        ctx.queue.shutdown()
+        ctx.close()

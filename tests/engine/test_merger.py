@@ -22,7 +22,7 @@ def ctx(data_dir, default_model_folder):
     different_layout_copy(default_model_folder, checkpoints / "wide-c")
     context = build_context(settings_from_args(["--data-dir", str(data_dir)]))
     yield context
-    context.queue.shutdown()
+    context.close()
 
 
 def weights(ctx, name: str) -> dict[str, torch.Tensor]:

@@ -74,4 +74,4 @@ def test_sd15_single_file_and_unsafe_ckpt(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="unpickling"):
             ctx.models.select_checkpoint("evil")
     finally:
-        ctx.queue.shutdown()
+        ctx.close()

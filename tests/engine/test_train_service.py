@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import threading
 
 import gradio as gr
 import pytest
 import torch
 from PIL import Image
 
+from tests.support.fake_jobs import Studio, paint
 from tests.support.oversized_png import oversized_png
 from webui.context import build_context
 from sdstudio_eval.toy_world import held_out_concept_images
@@ -69,7 +69,7 @@ def ctx(tmp_path_factory, default_model_folder):
     shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
     context = build_context(settings_from_args(["--data-dir", str(data)]))
     yield context
-    context.queue.shutdown()
+    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_a_bad_config_raises_before_anything_is_queued(ctx, hexagons, trained, c
     with pytest.raises(TrainingConfigError) as caught:
         start_training(ctx.training, tiny_config(hexagons, **changes))
     assert caught.value.field == field_or_reason
-    assert ctx.training.monitor is monitor and ctx.queue.pending == 0
+    assert ctx.training.monitor is monitor and ctx.scheduler.pending == 0
 
 
 def test_a_folder_without_usable_images_raises_before_queueing(ctx, trained):
@@ -164,7 +164,7 @@ def test_a_folder_without_usable_images_raises_before_queueing(ctx, trained):
         start_training(ctx.training, tiny_config("broken-set"))  # a plain name means datasets/<name>
     with pytest.raises(DatasetError, match="does not exist"):
         start_training(ctx.training, tiny_config("missing"))
-    assert ctx.training.monitor is monitor and ctx.queue.pending == 0
+    assert ctx.training.monitor is monitor and ctx.scheduler.pending == 0
 
 
 def test_folders_outside_datasets_and_training_states_are_refused_before_queueing(ctx, trained, tmp_path):
@@ -180,7 +180,7 @@ def test_folders_outside_datasets_and_training_states_are_refused_before_queuein
         start_training(ctx.training, tiny_config("hexagons", resume_from=str(ctx.settings.datasets_folder / "hexagons")))
     with pytest.raises(TrainingConfigError, match="caption_extension"):
         start_training(ctx.training, tiny_config("hexagons", caption_extension=".json"))
-    assert ctx.training.monitor is monitor and ctx.queue.pending == 0
+    assert ctx.training.monitor is monitor and ctx.scheduler.pending == 0
     confined = confine_config(ctx.training, tiny_config("hexagons", resume_from="hexsvc-state"))
     assert confined.dataset_dir == str((ctx.settings.datasets_folder / "hexagons").resolve())
     assert confined.resume_from == str((ctx.settings.training_folder / "states" / "hexsvc-state").resolve())
@@ -195,8 +195,10 @@ def test_uploading_to_the_hub_is_refused_before_exporting_without_allow_hub(ctx,
 
 
 def test_cancel_stops_only_training_and_a_second_run_is_refused_while_one_is_active(ctx, hexagons, trained):
-    release = threading.Event()
-    other = ctx.queue.submit("txt2img", lambda control: release.wait(60))
+    studio = Studio()
+    ctx.scheduler.kinds.register(studio.kind())
+    other = ctx.scheduler.submit(paint("someone's txt2img", owner="carol", hold=True))
+    assert studio.started("someone's txt2img").wait(60)
     try:
         job = start_training(ctx.training, tiny_config(hexagons, output_name="hexlong", max_train_steps=500,
                                               sample_every_n_steps=0, save_every_n_epochs=0), "alice")
@@ -207,7 +209,7 @@ def test_cancel_stops_only_training_and_a_second_run_is_refused_while_one_is_act
         assert "has not started" in cancel_training(ctx.training, User("alice"))
         assert not other.control.interrupted  # the Train tab never stops someone's txt2img
     finally:
-        release.set()
+        studio.release("someone's txt2img").set()
     while not job.done and ctx.training.monitor.latest is None:
         job.wait(0.2)
     assert "belongs to another user" in cancel_training(ctx.training, User("bob"))  # only its owner or an admin

@@ -23,7 +23,7 @@ SMALL = dict(width=64, height=64, steps=4)
 def ctx(data_dir):
     context = build_context(settings_from_args(["--data-dir", str(data_dir)]))
     yield context
-    context.queue.shutdown()
+    context.close()
 
 
 def generate(ctx, **fields) -> object:
@@ -124,7 +124,7 @@ def test_styles_are_applied_and_unknown_styles_rejected(ctx, data_dir):
 def test_bad_values_are_rejected_before_queueing(ctx, change, message):
     with pytest.raises(ValueError, match=message):
         ctx.generation.submit_txt2img(Txt2ImgRequest(**{**SMALL, **change}))
-    assert ctx.queue.pending == 0
+    assert ctx.scheduler.pending == 0
 
 
 def test_interrupt_stops_within_a_step_and_returns_what_is_finished(ctx):
@@ -134,7 +134,7 @@ def test_interrupt_stops_within_a_step_and_returns_what_is_finished(ctx):
     def interrupt_after_first_batch():
         while job.control.snapshot().batch_index < 1 and not job.done:
             time.sleep(0.01)  # a busy loop would starve the worker of the GIL
-        ctx.queue.interrupt_current()
+        ctx.scheduler.interrupt_current()
         stopped_at.set()
 
     watcher = threading.Thread(target=interrupt_after_first_batch)

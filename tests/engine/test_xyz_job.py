@@ -16,7 +16,7 @@ from webui.generation.infotext import parse_infotext, read_infotext
 from webui.generation.requests import Txt2ImgRequest
 from webui.settings import settings_from_args
 from webui.xyz.grid import plan_grid_layout
-from webui.xyz.service import XyzOptions, XyzRun, axis_choices, cell_progress, plan_xyz, submit_xyz
+from webui.xyz.service import XyzOptions, XyzRun, cell_progress
 from webui.xyz.plot import AxisSpec, parse_xyz_fields
 from webui.xyz.ranges import AxisValueError
 
@@ -35,11 +35,11 @@ def ctx(tmp_path_factory, default_model_folder):
     shutil.copytree(default_model_folder, checkpoints / TWIN)
     context = build_context(settings_from_args(["--data-dir", str(data)]))
     yield context
-    context.queue.shutdown()
+    context.close()
 
 
 def run(ctx, x=None, y=None, z=None, base=BASE, **options) -> XyzRun:
-    return submit_xyz(ctx.generation, base, x, y, z, XyzOptions(**options)).result(timeout=300)
+    return ctx.xyz.submit(base, x, y, z, XyzOptions(**options)).result(timeout=300)
 
 
 def test_seed_by_steps_plot_gives_a_labelled_2x2_grid_of_different_cells(ctx):
@@ -86,7 +86,7 @@ def test_saved_grid_infotext_round_trips_to_the_axes(ctx):
     fixed = [int(value) for value in specs["y"].values_text.split(",")]
     assert fixed[1] == 5 and fixed[0] != -1  # the random seed was fixed and recorded
     # Pasting the axes back plans exactly the requests that made the grid.
-    replanned = plan_xyz(ctx.generation, BASE, specs["x"], specs["y"], specs["z"])
+    replanned = ctx.xyz.plan(BASE, specs["x"], specs["y"], specs["z"])
     def made(plan) -> list[tuple[str, int]]:
         return [(cell.request.sampler_name, cell.request.seed) for cell in plan.cells]
 
@@ -96,7 +96,7 @@ def test_saved_grid_infotext_round_trips_to_the_axes(ctx):
 
 def test_checkpoint_axis_restores_the_checkpoint_the_user_had_loaded(ctx):
     original = ctx.models.select_checkpoint("sd-studio-toy")
-    assert any(title.startswith(TWIN) for title in axis_choices(ctx.generation).checkpoints)
+    assert any(title.startswith(TWIN) for title in ctx.xyz.axis_choices().checkpoints)
     plot = run(ctx, AxisSpec("Checkpoint name", f"sd-studio-toy, {TWIN}"), include_sub_images=True)
     assert plot.result.completed_cells == 2
     assert "Model: sd-studio-toy," in plot.infotexts[1] and f"Model: {TWIN}," in plot.infotexts[2]
@@ -105,7 +105,7 @@ def test_checkpoint_axis_restores_the_checkpoint_the_user_had_loaded(ctx):
 
 
 def test_interrupt_mid_plot_returns_the_partial_grid(ctx):
-    job = submit_xyz(ctx.generation, BASE.with_changes(steps=6), AxisSpec("Seed", "1-6"), None, None, XyzOptions())
+    job = ctx.xyz.submit(BASE.with_changes(steps=6), AxisSpec("Seed", "1-6"), None, None, XyzOptions())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         progress = cell_progress(job.control.snapshot())
@@ -113,7 +113,7 @@ def test_interrupt_mid_plot_returns_the_partial_grid(ctx):
             break
         time.sleep(0.02)
     assert progress is not None and progress[0] >= 2, "the plot never reached its second cell"
-    assert ctx.queue.interrupt_current()
+    assert ctx.scheduler.interrupt_current()
     plot = job.result(timeout=300)
     assert plot.interrupted
     assert 1 <= plot.result.completed_cells < 6
@@ -137,25 +137,22 @@ def test_interrupt_mid_plot_returns_the_partial_grid(ctx):
     (AxisSpec("LoRA weight", "0.5, 1"), None, BASE.with_changes(prompt="cat <lora:missing:1>"), "missing"),
 ])
 def test_bad_axes_raise_before_anything_is_queued(ctx, x, y, base, expected):
-    before = ctx.queue.submit("probe", lambda control: None)
-    before.result(timeout=60)
+    recorded = len(ctx.scheduler.history(limit=10_000))
     with pytest.raises(AxisValueError) as raised:
-        submit_xyz(ctx.generation, base, x, y, None, XyzOptions())
+        ctx.xyz.submit(base, x, y, None, XyzOptions())
     assert expected in str(raised.value)
-    assert ctx.queue.pending == 0 and ctx.queue.current is None
-    after = ctx.queue.submit("probe", lambda control: None)
-    after.result(timeout=60)
-    assert after.job_id == before.job_id + 1  # no job was created in between
+    assert ctx.scheduler.pending == 0 and ctx.scheduler.current is None
+    assert len(ctx.scheduler.history(limit=10_000)) == recorded  # no job was created
 
 
 def test_bad_option_is_refused_before_queueing(ctx):
     with pytest.raises(AxisValueError, match="margin"):
-        submit_xyz(ctx.generation, BASE, AxisSpec("Seed", "1, 2"), None, None, XyzOptions(margin=-4))
-    assert ctx.queue.pending == 0
+        ctx.xyz.submit(BASE, AxisSpec("Seed", "1, 2"), None, None, XyzOptions(margin=-4))
+    assert ctx.scheduler.pending == 0
 
 
 def test_progress_reports_cell_i_of_n_while_running(ctx):
-    job = submit_xyz(ctx.generation, BASE, AxisSpec("CFG Scale", "5, 7, 9"), None, None, XyzOptions(save_grid=False))
+    job = ctx.xyz.submit(BASE, AxisSpec("CFG Scale", "5, 7, 9"), None, None, XyzOptions(save_grid=False))
     seen: set[tuple[int, int]] = set()
     stop = threading.Event()
 
@@ -189,7 +186,7 @@ def test_compare_epochs_fills_axes_that_plot_every_epoch_at_every_weight(ctx, de
     updates = epoch_comparison_updates("a dancer", ["folk-000001", "folk-000002"], [0.5, 1.0])
     prompt, x_type, x_values, y_type, y_values = (update["value"] for update in updates)
     assert (prompt, x_type, y_type) == ("a dancer", "LoRA name", "LoRA weight")
-    plan = plan_xyz(ctx.generation, BASE.with_changes(prompt=prompt), AxisSpec(x_type, x_values), AxisSpec(y_type, y_values), None)
+    plan = ctx.xyz.plan(BASE.with_changes(prompt=prompt), AxisSpec(x_type, x_values), AxisSpec(y_type, y_values), None)
     assert plan.shape == (2, 2, 1)
     prompts = {(cell.x_index, cell.y_index): cell.request.prompt for cell in plan.cells}
     assert prompts[(0, 0)] == "a dancer <lora:folk-000001:0.5>"

@@ -131,3 +131,25 @@ def test_a_queued_record_whose_kind_is_gone_fails_with_the_reason_instead_of_blo
         assert orphan.state == "failed" and "unknown job kind 'sculpt'" in orphan.error
     finally:
         scheduler.shutdown()
+
+
+def test_a_second_process_on_the_same_data_folder_keeps_its_jobs_in_memory(tmp_path):
+    """Only one process runs the stored queue; another (a CLI beside the server) must not take its jobs."""
+    import subprocess
+    import sys
+
+    from webui.jobs.store import open_owned_store
+
+    first = open_owned_store(tmp_path / "jobs.sqlite3")
+    try:
+        probe = ("import sys; from pathlib import Path; from webui.jobs.store import open_owned_store; "
+                 "store = open_owned_store(Path(sys.argv[1])); print(store.path)")
+        other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "jobs.sqlite3")], capture_output=True,
+                               text=True, timeout=60)
+        assert other.stdout.strip() == ":memory:", other.stderr
+        assert "another SD Studio process owns the job store" in other.stderr
+    finally:
+        first.close()
+    again = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "jobs.sqlite3")], capture_output=True,
+                           text=True, timeout=60)
+    assert again.stdout.strip().endswith("jobs.sqlite3")

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 
 from webui.errors import user_error
 from webui.generation.image_ops import ImageTooLargeError
-from webui.jobs.queue import JobCancelled, QueueFullError
+from webui.jobs.errors import JobCancelled, QueueFullError
 
 from webui.security.identity import NotAuthenticated, User, request_user
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from webui.jobs.queue import Job, JobQueue
+from webui.jobs.job import Job
+from webui.jobs.scheduler import Scheduler
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away"; nobody is left to read it
 
 
-async def wait_for_job(queue: JobQueue, job: Job, request: Request) -> Any:
+async def wait_for_job(scheduler: Scheduler, job: Job, request: Request) -> Any:
     """The job's result (or its exception), awaited on the event loop; cancels the job if the client leaves."""
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
@@ -41,7 +42,7 @@ async def wait_for_job(queue: JobQueue, job: Job, request: Request) -> Any:
     finally:
         client_left.cancel()
         if not finished.done():  # the client left, or this request itself was cancelled
-            queue.cancel(job)
+            scheduler.stop(job.job_id)
     if not job.done:
         raise HTTPException(CLIENT_CLOSED_REQUEST, "the client disconnected; its job was cancelled")
     return job.result(timeout=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from webui.api.jobs_api import build_jobs_router
 from webui.api.sdapi import build_api_router
 from webui.api.train_api import build_train_router
 from webui.context import AppContext
@@ -13,3 +14,4 @@ def install_api(app: FastAPI, ctx: AppContext) -> None:
     """Add the API routes; works on an app that is already serving (gradio's), like A1111's API."""
     app.include_router(build_api_router(ctx))
     app.include_router(build_train_router(ctx))
+    app.include_router(build_jobs_router(ctx))

@@ -192,7 +192,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
         request = txt2img_request_from_body(body)
         # Validation (files, styles, LoRA folder) and queueing on a worker thread; errors raise before queueing.
         job = await run_in_threadpool(ctx.generation.submit_txt2img, request, user.name)
-        result = await wait_for_job(ctx.queue, job, http)
+        result = await wait_for_job(ctx.scheduler, job, http)
         return await run_in_threadpool(generation_response, body, request, result)
 
     @router.post("/img2img")
@@ -200,7 +200,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     async def img2img(body: Img2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         request = await run_in_threadpool(img2img_request_from_body, body, limits)
         job = await run_in_threadpool(ctx.generation.submit_img2img, request, user.name)
-        result = await wait_for_job(ctx.queue, job, http)
+        result = await wait_for_job(ctx.scheduler, job, http)
         return await run_in_threadpool(generation_response, body, request, result)
 
     @router.get("/upscalers")
@@ -275,11 +275,11 @@ def build_api_router(ctx: AppContext) -> APIRouter:
         (`queue_position`: 0 running, 1 next, None when they have none). It only reads the queue's state
         on the event loop (no thread is needed while generation requests flood the pool); a preview PNG
         is encoded on a worker thread."""
-        job = ctx.queue.current
-        position = ctx.queue.first_position_of(user.name)
+        job = ctx.scheduler.current
+        position = ctx.scheduler.first_position_of(user.name)
         if job is None or not user.may_act_on(job.owner):
             return {"progress": 0.0, "eta_relative": 0.0,
-                    "state": {"job_count": ctx.queue.pending + (job is not None), "busy": job is not None,
+                    "state": {"job_count": ctx.scheduler.pending + (job is not None), "busy": job is not None,
                               "queue_position": position, "interrupted": False},
                     "current_image": None, "textinfo": None}
         snapshot = job.control.snapshot()
@@ -289,7 +289,7 @@ def build_api_router(ctx: AppContext) -> APIRouter:
         return {
             "progress": snapshot.fraction,
             "eta_relative": snapshot.eta_seconds or 0.0,
-            "state": {"job": f"job-{job.job_id}", "job_count": ctx.queue.pending + 1, "job_no": snapshot.batch_index,
+            "state": {"job": f"job-{job.job_id}", "job_count": ctx.scheduler.pending + 1, "job_no": snapshot.batch_index,
                       "sampling_step": snapshot.step, "sampling_steps": snapshot.total_steps,
                       "interrupted": job.control.interrupted, "busy": True, "queue_position": position},
             "current_image": current_image,
@@ -300,13 +300,13 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @translate_errors
     def interrupt(user: User = Depends(caller)) -> dict[str, Any]:
         check_may_stop_current(ctx, user, "interrupt")
-        return {"interrupted": ctx.queue.interrupt_current(user.may_act_on)}
+        return {"interrupted": ctx.scheduler.interrupt_current(user.may_act_on)}
 
     @router.post("/skip")
     @translate_errors
     def skip(user: User = Depends(caller)) -> dict[str, Any]:
         check_may_stop_current(ctx, user, "skip")
-        return {"skipped": ctx.queue.skip_current(user.may_act_on)}
+        return {"skipped": ctx.scheduler.skip_current(user.may_act_on)}
 
     @router.post("/png-info")
     @translate_errors
@@ -337,6 +337,6 @@ def build_api_router(ctx: AppContext) -> APIRouter:
 
 def check_may_stop_current(ctx: AppContext, user: User, action: str) -> None:
     """403 when the running job belongs to someone else and the caller is not an admin."""
-    job = ctx.queue.current
+    job = ctx.scheduler.current
     if job is not None and not user.may_act_on(job.owner):
         raise Forbidden(f"cannot {action}: the running job belongs to another user; only they or an admin can stop it")

@@ -22,8 +22,8 @@ from webui.errors import user_error
 from webui.training.monitor import TrainingBusyError
 from webui.training.service import (
     cancel_training,
-    current_job_is_training,
     preset_names,
+    running_training_job,
     start_training,
     training_status,
     user_presets_folder,
@@ -64,8 +64,8 @@ def build_train_router(ctx: AppContext) -> APIRouter:
     @router.post("/cancel")
     @translate_errors
     def cancel(user: User = Depends(caller)) -> dict[str, Any]:
-        job = ctx.queue.current
-        was_training = current_job_is_training(ctx.training) and job is not None and user.may_act_on(job.owner)
+        job = running_training_job(ctx.training)
+        was_training = job is not None and user.may_act_on(job.owner)
         return {"cancelled": was_training, "message": cancel_training(ctx.training, user)}
 
     @router.get("/presets")

@@ -32,7 +32,6 @@ def encode_request(request: Txt2ImgRequest, image_folder: Path) -> dict[str, Any
         if spec.name not in _IMAGE_FIELDS:
             values[spec.name] = getattr(request, spec.name)
     if isinstance(request, Img2ImgRequest):
-        image_folder.mkdir(parents=True, exist_ok=True)
         values["init_images"] = [_save(image, image_folder / f"init-{index}.png")
                                  for index, image in enumerate(request.init_images)]
         values["mask"] = _save(request.mask, image_folder / "mask.png") if request.mask is not None else None
@@ -62,6 +61,7 @@ def decode_request(data: dict[str, Any], image_folder: Path) -> Txt2ImgRequest:
 
 
 def _save(image: Image.Image, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
     return path.name
 

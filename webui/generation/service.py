@@ -2,14 +2,18 @@
 
 Everything that can be refused is refused here, before a job is queued (values, styles, checkpoint,
 LoRA tags, VAE name, image sizes), so a bad request costs no queue slot and every front end (UI, HTTP
-API, X/Y/Z) gets the same answer. The work itself runs on the GPU worker.
+API, X/Y/Z) gets the same answer. The work itself runs on a worker, with that worker's model manager;
+the kinds this service adds to the scheduler's table are `txt2img`, `img2img` and `img2img-batch`.
 """
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from dataclasses import dataclass
 from glob import escape as glob_escape
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -17,11 +21,15 @@ from webui.generation.image_ops import check_image_size
 from webui.generation.img2img import run_img2img
 from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
+from webui.generation.request_codec import decode_request, encode_request
 from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
 from webui.jobs.progress import JobControl
-from webui.jobs.queue import Job, JobQueue
+from webui.jobs.job import Job
+from webui.jobs.scheduler import Scheduler
+from webui.jobs.spec import JobKind, JobSpec
+from webui.jobs.worker import Worker
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
 from webui.models.service import ModelService
@@ -30,16 +38,29 @@ from webui.security.paths import BATCH_INPUT, BATCH_MASKS, BATCH_OUTPUT, FileAcc
 from webui.training.config import IMAGE_SUFFIXES
 
 
+TXT2IMG, IMG2IMG, IMG2IMG_BATCH = "txt2img", "img2img", "img2img-batch"
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """A1111's img2img Batch tab as a job: the template request and the (confined) folders."""
+
+    template: Img2ImgRequest
+    input_folder: str
+    output_folder: str
+    mask_folder: str = ""
+
+
 @dataclass
 class GenerationService:
     models: ModelService
-    manager: ModelManager
-    queue: JobQueue
+    scheduler: Scheduler
     styles: StyleDatabase
     loras: LoraCatalog
     files: FileAccess              # where user-supplied paths may point (webui.security.paths)
     request_limits: RequestLimits  # its `generation` part bounds request values
     outputs_folder: Path
+    inputs_folder: Path            # where queued img2img jobs keep their images until they are pruned
 
     @property
     def limits(self) -> GenerationLimits:
@@ -66,19 +87,34 @@ class GenerationService:
         return self.loras.resolve_tags(extract_network_tags(prompt)[1] + extract_network_tags(negative)[1])
 
     # Every submit_* takes the owner: the name of the user asking (`User.name`), None for the app's own
-    # and command-line work. The queue bounds jobs per owner and only the owner or an admin stops a job.
-    def submit_txt2img(self, request: Txt2ImgRequest, owner: str | None = None) -> Job:
+    # and command-line work. The scheduler bounds jobs per owner and only the owner or an admin stops a job.
+    def submit_txt2img(self, request: Txt2ImgRequest, owner: str | None = None,
+                       webhook_url: str | None = None) -> Job:
         """Validate, then queue; the returned job carries progress and, when done, a GenerationResult."""
-        return self._submit("txt2img", request, owner)
+        return self._submit(TXT2IMG, request, owner, webhook_url)
 
-    def submit_img2img(self, request: Img2ImgRequest, owner: str | None = None) -> Job:
-        """img2img / inpaint / outpaint: same checks and the same worker as txt2img."""
-        return self._submit("img2img", request, owner)
+    def submit_img2img(self, request: Img2ImgRequest, owner: str | None = None,
+                       webhook_url: str | None = None) -> Job:
+        """img2img / inpaint / outpaint: same checks and the same workers as txt2img."""
+        return self._submit(IMG2IMG, request, owner, webhook_url)
 
-    def _submit(self, kind: str, request: Txt2ImgRequest, owner: str | None) -> Job:
-        request = self.validate_txt2img(request)
-        loras, vae = self.lora_uses(request), self.models.resolve_vae(request.vae)
-        return self.queue.submit(kind, lambda control: self._generate(request, loras, vae, control), owner)
+    def _submit(self, kind: str, request: Txt2ImgRequest, owner: str | None, webhook_url: str | None) -> Job:
+        request = self.prepare(request)
+        return self.scheduler.submit(JobSpec(kind, request, owner), webhook_url)
+
+    def prepare(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
+        """Validate a request and pin the checkpoint it runs on (the selected one when it names none),
+        so that any worker draws it alike; LoRA tags and the VAE name are checked too."""
+        request = self.pin_checkpoint(self.validate_txt2img(request))
+        self.lora_uses(request)
+        self.models.resolve_vae(request.vae)
+        return request
+
+    def pin_checkpoint(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
+        """The request with the selected checkpoint filled in when it names none."""
+        if not request.checkpoint and self.models.selected:
+            return request.with_changes(checkpoint=self.models.selected)
+        return request
 
     def submit_img2img_batch(self, template: Img2ImgRequest, input_folder: str, output_folder: str,
                              mask_folder: str = "", owner: str | None = None) -> Job:
@@ -87,64 +123,135 @@ class GenerationService:
 
         The folders are confined by `self.files` (datasets/ and outputs/); files that are symlinks leading
         out of their folder are left alone."""
-        inputs = self.files.resolve(input_folder, BATCH_INPUT)
+        job = BatchJob(template, input_folder, output_folder, mask_folder)
+        self._batch_files(job)  # every refusal before queueing
+        probe = template.with_changes(init_images=(Image.new("RGB", (template.width, template.height)),))
+        self.validate_txt2img(probe)
+        return self.scheduler.submit(JobSpec(IMG2IMG_BATCH, job, owner))
+
+    def _batch_files(self, job: BatchJob) -> tuple[list[Path], Path, Path | None]:
+        """(input images, output folder, mask folder), confined; raises with the reason."""
+        inputs = self.files.resolve(job.input_folder, BATCH_INPUT)
         if not inputs.is_dir():
-            raise RequestError(f"input folder {input_folder!r} does not exist")
+            raise RequestError(f"input folder {job.input_folder!r} does not exist")
         files = sorted(p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                        and is_within(p, inputs))
         if not files:
-            raise RequestError(f"input folder {input_folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        outputs = (self.files.resolve(output_folder, BATCH_OUTPUT) if (output_folder or "").strip()
+            raise RequestError(f"input folder {job.input_folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        outputs = (self.files.resolve(job.output_folder, BATCH_OUTPUT) if (job.output_folder or "").strip()
                    else self.outputs_folder / "img2img-batch")
-        masks = self.files.resolve(mask_folder, BATCH_MASKS) if (mask_folder or "").strip() else None
+        masks = self.files.resolve(job.mask_folder, BATCH_MASKS) if (job.mask_folder or "").strip() else None
         if masks is not None and not masks.is_dir():
-            raise RequestError(f"mask folder {mask_folder!r} does not exist")
-        probe = template.with_changes(init_images=(Image.new("RGB", (template.width, template.height)),))
-        self.validate_txt2img(probe)
+            raise RequestError(f"mask folder {job.mask_folder!r} does not exist")
+        return files, outputs, masks
 
-        def work(control: JobControl) -> GenerationResult:
-            outputs.mkdir(parents=True, exist_ok=True)
-            combined = GenerationResult([], [], [], [], template.prompt, template.negative_prompt)
-            notes = []
-            for index, path in enumerate(files):
-                if control.interrupted:
-                    break
-                control.set_message(f"image {index + 1} of {len(files)}: {path.name}")
-                try:
-                    image = self.request_limits.open_image(path, path.name)
-                    mask_path = next((m for m in masks.glob(glob_escape(path.stem) + ".*")
-                                      if is_within(m, masks)), None) if masks else None
-                    mask = self.request_limits.open_image(mask_path, mask_path.name) if mask_path else None
-                    request = template.with_changes(init_images=(image,), mask=mask, save_images=False)
-                    result = self.generate_now(request, control)
-                except (ValueError, OSError) as error:
-                    notes.append(f"{path.name}: {error}")
+    def _run_batch(self, worker: Worker, job: BatchJob, control: JobControl) -> GenerationResult:
+        files, outputs, masks = self._batch_files(job)
+        template = job.template
+        outputs.mkdir(parents=True, exist_ok=True)
+        combined = GenerationResult([], [], [], [], template.prompt, template.negative_prompt)
+        notes = []
+        for index, path in enumerate(files):
+            if control.interrupted:
+                break
+            control.set_message(f"image {index + 1} of {len(files)}: {path.name}")
+            try:
+                image = self.request_limits.open_image(path, path.name)
+                mask_path = next((m for m in masks.glob(glob_escape(path.stem) + ".*")
+                                  if is_within(m, masks)), None) if masks else None
+                mask = self.request_limits.open_image(mask_path, mask_path.name) if mask_path else None
+                request = template.with_changes(init_images=(image,), mask=mask, save_images=False)
+                result = self.generate_inline(worker.resources, request, control)
+            except (ValueError, OSError) as error:
+                notes.append(f"{path.name}: {error}")
+                continue
+            for number, (picture, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds)):
+                suffix = f"-{number}" if len(result.images) > 1 else ""
+                target = outputs / f"{path.stem}{suffix}.png"
+                if not is_within(target, outputs):  # an existing symlink there must not be written through
+                    notes.append(f"{target.name}: not written (it links outside the output folder)")
                     continue
-                for number, (picture, text, seed) in enumerate(zip(result.images, result.infotexts, result.seeds)):
-                    suffix = f"-{number}" if len(result.images) > 1 else ""
-                    target = outputs / f"{path.stem}{suffix}.png"
-                    if not is_within(target, outputs):  # an existing symlink there must not be written through
-                        notes.append(f"{target.name}: not written (it links outside the output folder)")
-                        continue
-                    picture.save(target, pnginfo=write_png_info(text))
-                    combined.images.append(picture)
-                    combined.infotexts.append(text)
-                    combined.seeds.append(seed)
-                    combined.subseeds.append(seed)
-            combined.warnings = tuple(notes)
-            combined.interrupted = control.interrupted
-            return combined
+                picture.save(target, pnginfo=write_png_info(text))
+                combined.images.append(picture)
+                combined.infotexts.append(text)
+                combined.seeds.append(seed)
+                combined.subseeds.append(seed)
+                combined.saved_paths.append(target)
+        combined.warnings = tuple(notes)
+        combined.interrupted = control.interrupted
+        return combined
 
-        return self.queue.submit("img2img-batch", work, owner)
-
-    def generate_now(self, request: Txt2ImgRequest, control: JobControl | None = None) -> GenerationResult:
-        """Validate and generate on the calling thread. Only for code already running inside a queue job
-        (X/Y/Z cells, batch folders): submitting from there would wait on the single worker forever."""
+    def generate_inline(self, manager: ModelManager, request: Txt2ImgRequest,
+                        control: JobControl | None = None) -> GenerationResult:
+        """Validate and generate on the calling thread with `manager`: for code already running inside a
+        job on a worker (X/Y/Z cells, batch folders), which runs its sub-steps inline, never as new jobs."""
         request = self.validate_txt2img(request)
-        return self._generate(request, self.lora_uses(request), self.models.resolve_vae(request.vae), control)
-
-    def _generate(self, request: Txt2ImgRequest, loras: tuple[LoraUse, ...], vae: str | Path,
-                  control: JobControl | None) -> GenerationResult:
+        loras, vae = self.lora_uses(request), self.models.resolve_vae(request.vae)
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
-        with self.manager.checkout(request.checkpoint, loras, vae) as model:
+        with manager.checkout(request.checkpoint, loras, vae) as model:
             return run(model, request, outputs_root=self.outputs_folder, styles=self.styles, control=control)
+
+    # ---- jobs ----
+    def job_kinds(self) -> list[JobKind]:
+        generation = {"run": self._run_generation, "encode": self._encode, "decode": self._decode,
+                      "model_key": lambda request: self.models.model_key(request.checkpoint),
+                      "summary": describe_request, "cost": generation_cost, "result_record": result_record,
+                      "forget": self._forget}
+        return [
+            JobKind(TXT2IMG, **generation),
+            JobKind(IMG2IMG, **generation),
+            JobKind(IMG2IMG_BATCH, run=self._run_batch, encode=self._encode_batch, decode=self._decode_batch,
+                    model_key=lambda job: self.models.model_key(job.template.checkpoint),
+                    summary=lambda job: f"batch {job.input_folder}: {describe_request(job.template)}",
+                    result_record=result_record),
+        ]
+
+    def _run_generation(self, worker: Worker, request: Txt2ImgRequest, control: JobControl) -> GenerationResult:
+        return self.generate_inline(worker.resources, request, control)
+
+    def _encode(self, request: Txt2ImgRequest) -> dict[str, Any]:
+        folder = uuid.uuid4().hex
+        data = encode_request(request, self.inputs_folder / folder)
+        return {"request": data, "folder": folder}
+
+    def _decode(self, data: dict[str, Any]) -> Txt2ImgRequest:
+        return decode_request(data["request"], self.inputs_folder / data["folder"])
+
+    def _forget(self, data: dict[str, Any]) -> None:
+        folder = self.inputs_folder / str(data.get("folder", ""))
+        if data.get("folder") and folder.parent == self.inputs_folder and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def _encode_batch(job: BatchJob) -> dict[str, Any]:
+        template = job.template.with_changes(init_images=(), mask=None)  # each image comes from the folder
+        return {"template": encode_request(template, Path("/nonexistent")), "input_folder": job.input_folder,
+                "output_folder": job.output_folder, "mask_folder": job.mask_folder}
+
+    @staticmethod
+    def _decode_batch(data: dict[str, Any]) -> BatchJob:
+        template = decode_request(data["template"], Path("/nonexistent"))
+        return BatchJob(template, data["input_folder"], data["output_folder"], data.get("mask_folder", ""))
+
+
+def describe_request(request: Txt2ImgRequest) -> str:
+    """The Queue tab's line: the prompt's start and the size."""
+    prompt = " ".join(request.prompt.split())
+    prompt = prompt if len(prompt) <= 80 else prompt[:79] + "…"
+    images = request.batch_size * request.batch_count
+    return f"{prompt or '(empty prompt)'} ({request.width}x{request.height}, {request.steps} steps" + (
+        f", {images} images)" if images > 1 else ")")
+
+
+def generation_cost(request: Txt2ImgRequest) -> float:
+    """Work in megapixel-steps: the run time of a job grows with it (hires fix adds its second pass)."""
+    steps = request.steps
+    if request.enable_hr:
+        steps += request.hr_second_pass_steps or request.steps
+    return request.batch_size * request.batch_count * steps * request.width * request.height / 1e6
+
+
+def result_record(result: GenerationResult) -> dict[str, Any]:
+    """What the job history keeps: saved files, infotexts and seeds (the images themselves are files)."""
+    return {"images": [str(path) for path in result.saved_paths], "infotexts": list(result.infotexts),
+            "seeds": list(result.seeds), "interrupted": bool(result.interrupted), "warnings": list(result.warnings)}

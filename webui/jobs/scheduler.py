@@ -52,7 +52,8 @@ class Scheduler:
 
     def __init__(self, kinds: JobKinds, store: JobStore, max_jobs: int | None = None,
                  max_jobs_per_owner: int | None = None, clock: Callable[[], float] = time.time,
-                 preview_every_n_steps: int = 0, max_events_per_job: int = 256, finished_in_memory: int = 100):
+                 preview_every_n_steps: int = 0, max_events_per_job: int = 256, finished_in_memory: int = 100,
+                 recover_stored_jobs: bool = True):
         self._kinds = kinds
         self._store = store
         self._clock = clock
@@ -61,15 +62,23 @@ class Scheduler:
         self._changed = threading.Condition()  # guards the lineup, the worker lists and the flag below
         self._line = Lineup(max_jobs, max_jobs_per_owner, finished_in_memory)
         self._workers: list[Worker] = []
+        self._finish_listeners: list[Callable[[str], None]] = []
         self._idle: list[Worker] = []
         self._closed = False
         self._speeds = SpeedBook(store.seconds_per_unit(SAMPLES_PER_KIND))
-        self._restore(store.recover())
+        if recover_stored_jobs:
+            self.recover_stored_jobs()
+
+    @property
+    def kinds(self) -> JobKinds:
+        """The kinds table; services (and extensions) register their kinds here before jobs of them arrive."""
+        return self._kinds
 
     # ---- submitting ----
-    def submit(self, spec: JobSpec) -> Job:
+    def submit(self, spec: JobSpec, webhook_url: str | None = None) -> Job:
         """Queue a job. UnknownJobKind for a kind with no handler, ValueError for a request its kind
-        cannot store, QueueFullError when the server or this owner has no room left (nothing queued)."""
+        cannot store, QueueFullError when the server or this owner has no room left (nothing queued).
+        `webhook_url` is stored with the job for the finish listeners (see `webui.jobs.webhooks`)."""
         if any(worker.runs_a_handler_here() for worker in self.workers):
             raise RuntimeError("a job cannot submit another job (with every worker busy it would wait forever); "
                                "run the sub-step inline on the worker that runs this job")
@@ -86,7 +95,7 @@ class Scheduler:
             self._line.check_room(spec.owner)
             job = self._new_job(spec, kind, uuid.uuid4().hex, self._clock(), cost)
             self._store.add(JobRecord(job.job_id, spec.kind, spec.owner, encoded, "queued", cost, summary,
-                                      job.created_at))
+                                      job.created_at, webhook={"url": webhook_url} if webhook_url else None))
             self._enqueue(job)
         return job
 
@@ -106,9 +115,11 @@ class Scheduler:
         job.events.append(QUEUED, position=len(self._line.waiting))
         self._changed.notify_all()
 
-    def _restore(self, records: list[JobRecord]) -> None:
-        """Queue again the jobs a previous process had queued; one that cannot be decoded is failed."""
-        for record in records:
+    def recover_stored_jobs(self) -> None:
+        """Queue again the jobs a previous process had queued (a job it was running is marked interrupted);
+        one whose kind is unknown or that cannot be decoded is failed. Done at construction unless the
+        kinds table is filled afterwards (`recover_stored_jobs=False`), then called once it is."""
+        for record in self._store.recover():
             try:
                 kind = self._kinds.get(record.kind)
                 spec = JobSpec(record.kind, kind.decode(record.request), record.owner)
@@ -186,6 +197,16 @@ class Scheduler:
             if record.kind in self._kinds:
                 self._guarded(self._kinds.get(record.kind).forget, record.request)
         job.events.append(FINISHED, state=state, error=error_text)
+        for listener in list(self._finish_listeners):
+            self._guarded(listener, job.job_id)
+
+    def add_finish_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(job_id)` after every job ended and its record was written (on the worker's
+        thread, or the cancelling caller's: hand slow work to another thread)."""
+        self._finish_listeners.append(listener)
+
+    def record_webhook_status(self, job_id: str, status: str) -> None:
+        self._guarded(self._store.set_webhook_status, job_id, status)
 
     def _guarded(self, action: Callable[..., Any], *args: Any) -> Any:
         """Run a store or clean-up call whose failure must not stop the queue (it is logged)."""
@@ -315,7 +336,7 @@ class Scheduler:
             return []
         return [JobEvent(1, FINISHED, {"state": record.state, "error": record.error}, record.finished_at or 0.0)]
 
-    # ---- the old JobQueue's single-worker view, for today's callers ----
+    # ---- the running job and the caller's place, as A1111's progress route and the UI show them ----
     @property
     def current(self) -> Job | None:
         """The running job that started first (None when all workers are idle)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FINAL_STATES = ("done", "failed", "cancelled", "interrupted")
 _COLUMNS = ("job_id", "kind", "owner", "request", "state", "cost", "summary", "created_at", "started_at",
-            "finished_at", "worker", "progress", "result", "error")
+            "finished_at", "worker", "progress", "result", "error", "webhook")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker TEXT,
     progress TEXT NOT NULL DEFAULT '',
     result TEXT,
-    error TEXT
+    error TEXT,
+    webhook TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
@@ -68,6 +70,7 @@ class JobRecord:
     progress: str = ""
     result: Any = None
     error: str | None = None
+    webhook: dict[str, Any] | None = None  # {"url": ..., "status": ...}: called when the job ends
 
 
 class JobStore:
@@ -79,11 +82,13 @@ class JobStore:
         if keep_finished is not None and keep_finished < 0 or keep_days is not None and keep_days < 0:
             raise ValueError("keep_finished and keep_days must not be negative")
         self.path = Path(path)
+        self.owner_lock: Any = None  # set by `open_owned_store`; kept open while the store is in use
         self._keep_finished = keep_finished
         self._keep_days = keep_days
         self._clock = clock
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._connection = self._connect()
         except sqlite3.DatabaseError as error:
@@ -140,6 +145,9 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+        if self.owner_lock is not None:  # another process may own the stored queue now
+            self.owner_lock.close()
+            self.owner_lock = None
 
     # ---- writing ----
     def add(self, record: JobRecord) -> None:
@@ -162,6 +170,15 @@ class JobStore:
             db.execute("UPDATE jobs SET state = ?, finished_at = ?, progress = ?, result = ?, error = ? "
                        "WHERE job_id = ?", (state, finished_at, progress, _dump(result), error, job_id))
         return self.prune()
+
+    def set_webhook_status(self, job_id: str, status: str) -> None:
+        """What happened when the job's webhook was called (delivered, or why not)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT webhook FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None or row[0] is None:
+                return
+            webhook = {**json.loads(row[0]), "status": status}
+            db.execute("UPDATE jobs SET webhook = ? WHERE job_id = ?", (json.dumps(webhook), job_id))
 
     def recover(self) -> list[JobRecord]:
         """At start: a record still `running` belongs to a process that died, so it becomes `interrupted`;
@@ -233,7 +250,8 @@ def _dump(value: Any) -> str | None:
 
 
 def _row_values(record: JobRecord) -> tuple[Any, ...]:
-    values = {**record.__dict__, "request": json.dumps(record.request), "result": _dump(record.result)}
+    values = {**record.__dict__, "request": json.dumps(record.request), "result": _dump(record.result),
+              "webhook": _dump(record.webhook)}
     return tuple(values[name] for name in _COLUMNS)
 
 
@@ -241,4 +259,40 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
     values = dict(zip(_COLUMNS, row))
     values["request"] = json.loads(values["request"])
     values["result"] = None if values["result"] is None else json.loads(values["result"])
+    values["webhook"] = None if values["webhook"] is None else json.loads(values["webhook"])
     return JobRecord(**values)
+
+
+def open_owned_store(path: Path, keep_finished: int | None = 1000, keep_days: float | None = 30.0) -> JobStore:
+    """The store at `path` when this process can own it, else an in-memory one with a warning.
+
+    Only one process may run the stored queue: a second one on the same data folder (a second server,
+    or `python -m webui.train` beside a running server) would otherwise mark the first one's running job
+    interrupted and run its queued jobs too. Ownership is an OS lock on `<path>.lock`, released when the
+    process ends, so a crash never leaves a stale lock behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 (held for the process's life)
+    if _try_lock(lock):
+        store = JobStore(path, keep_finished, keep_days)
+        store.owner_lock = lock
+        return store
+    lock.close()
+    log.warning("another SD Studio process owns the job store %s; this one keeps its jobs in memory", path)
+    return JobStore(":memory:", keep_finished, keep_days)
+
+
+def _try_lock(handle: Any) -> bool:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False

@@ -1,18 +1,25 @@
 """Model use cases: list, refresh, select and merge checkpoints; VAE choices.
 
-The UI, the HTTP API and other services ask this service rather than the catalog or the manager, so a
-rule such as "a Hub id is refused before anything is queued" or "a merge runs on the worker" holds for
-every front end. GPU work (loading, merging) is queued in turn with generation.
+The UI, the HTTP API and other services ask this service rather than the catalog or a manager, so a
+rule such as "a Hub id is refused before anything is queued" or "a merge runs on a worker" holds for
+every front end. GPU work (loading, merging) is queued as jobs in turn with generation.
+
+With several workers each holds its own model; the checkpoint a user selects is the service's
+`selected` title, which requests without a checkpoint of their own get when they are queued, so every
+worker draws them with the same model (the worker already holding it is preferred).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from webui.generation.requests import RequestError
 from webui.jobs.progress import JobControl
-from webui.jobs.queue import JobQueue
+from webui.jobs.scheduler import Scheduler
+from webui.jobs.spec import JobKind, JobSpec
+from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager
@@ -20,20 +27,41 @@ from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
 from webui.models.vae import read_vae_state_dict, scan_vaes
 
 
+LOAD_CHECKPOINT = "load-checkpoint"
+MERGE_CHECKPOINTS = "merge-checkpoints"
+
+
+@dataclass(frozen=True)
+class CheckpointLoad:
+    """A load-checkpoint job: the title to load (None: the configured or first usable one)."""
+
+    wanted: str | None = None
+
+
+@dataclass(frozen=True)
+class MergeJob:
+    recipe: MergeRecipe
+    output_name: str
+
+
 @dataclass
 class ModelService:
     catalog: CheckpointCatalog
-    manager: ModelManager
-    queue: JobQueue
+    scheduler: Scheduler
+    managers: list[ModelManager]  # one per worker; the first answers "what is loaded" before any selection
     checkpoint_folder: Path
     vae_folder: Path
+    selected: str | None = field(default=None)  # the title users chose (UI dropdown, /sdapi/v1/options)
 
     # ---- checkpoints ----
     def checkpoint_titles(self) -> list[str]:
         return [record.title for record in self.catalog.usable_records()]
 
     def current_checkpoint_title(self) -> str | None:
-        current = self.manager.current
+        """The selected checkpoint, else the one the first worker holds."""
+        if self.selected:
+            return self.selected
+        current = self.managers[0].current
         return current.title if current else None
 
     def refresh_checkpoints(self) -> list[CheckpointRecord]:
@@ -42,7 +70,7 @@ class ModelService:
     def refresh_trained_models(self) -> None:
         """Make new LoRAs, embeddings and checkpoints usable without a restart."""
         self.catalog.refresh()  # LoRA files are rescanned on every listing already
-        embeddings: EmbeddingCatalog | None = self.manager.embedding_catalog
+        embeddings: EmbeddingCatalog | None = self.managers[0].embedding_catalog  # one catalog, shared
         if embeddings is not None:
             embeddings.refresh()
 
@@ -54,31 +82,68 @@ class ModelService:
             raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
         return record
 
+    def model_key(self, wanted: str | None) -> str | None:
+        """The file a checkpoint name stands for (None: any), for the scheduler's worker affinity."""
+        try:
+            return str(self.catalog.find(wanted).path) if wanted else None
+        except LookupError:
+            return wanted
+
     def select_checkpoint(self, wanted: str, owner: str | None = None) -> CheckpointRecord:
-        """Load a checkpoint as the current one, in turn with other GPU work."""
+        """Make a checkpoint the selected one and load it on a worker, in turn with other GPU work."""
         record = self.check_usable(wanted)
-        title = wanted if record is None else record.title
-        return self.queue.run("load-checkpoint", lambda control: self.manager.select(title), owner=owner)
+        loaded = self.scheduler.run(JobSpec(LOAD_CHECKPOINT, CheckpointLoad(wanted if record is None else record.title),
+                                            owner))
+        self.selected = loaded.title
+        return loaded
+
+    def warm_start(self) -> None:
+        """Load the configured checkpoint on a worker at start, as A1111 does, without waiting for it."""
+        self.scheduler.submit(JobSpec(LOAD_CHECKPOINT, CheckpointLoad(None)))
 
     def merge_checkpoints(self, recipe: MergeRecipe, output_name: str, owner: str | None = None) -> CheckpointRecord:
-        """Merge on the worker (it reads whole checkpoints), save beside the others, list it at once."""
+        """Merge on a worker (it reads whole checkpoints), save beside the others, list it at once."""
+        self._merge_inputs(recipe)
+        return self.scheduler.run(JobSpec(MERGE_CHECKPOINTS, MergeJob(recipe, output_name), owner))
+
+    def _merge_inputs(self, recipe: MergeRecipe) -> tuple[list[CheckpointRecord], str | Path | None]:
         names = [recipe.primary, recipe.secondary] + ([recipe.tertiary] if recipe.tertiary else [])
         records = [self.catalog.find(name) for name in names]
         for record in records:
             if not record.usable:
                 raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
-        vae_path = self.resolve_vae(recipe.baked_vae) if recipe.baked_vae else None
+        return records, self.resolve_vae(recipe.baked_vae) if recipe.baked_vae else None
 
-        def work(control: JobControl) -> CheckpointRecord:
-            weights = [self.manager.weights_of(record) for record in records]
-            merged = merge_state_dicts(recipe, weights[0], weights[1], weights[2] if len(weights) > 2 else None)
-            if isinstance(vae_path, Path):
-                merged["vae"] = read_vae_state_dict(vae_path, weights[0].configs["vae"])
-            path = save_merged(recipe, merged, weights[0], self.checkpoint_folder, output_name)
-            self.catalog.refresh()
-            return next(r for r in self.catalog.records() if r.path == path)
+    # ---- jobs ----
+    def job_kinds(self) -> list[JobKind]:
+        return [
+            JobKind(LOAD_CHECKPOINT, run=self._run_load, encode=lambda load: {"wanted": load.wanted},
+                    decode=lambda data: CheckpointLoad(data.get("wanted")),
+                    model_key=lambda load: self.model_key(load.wanted),
+                    summary=lambda load: f"load {load.wanted or 'the default checkpoint'}",
+                    result_record=lambda record: {"checkpoint": record.title}),
+            JobKind(MERGE_CHECKPOINTS, run=self._run_merge,
+                    encode=lambda job: {"recipe": dataclasses.asdict(job.recipe), "output_name": job.output_name},
+                    decode=lambda data: MergeJob(MergeRecipe(**data["recipe"]), data["output_name"]),
+                    summary=lambda job: f"merge {job.recipe.primary} + {job.recipe.secondary} -> {job.output_name}",
+                    result_record=lambda record: {"checkpoint": record.title}),
+        ]
 
-        return self.queue.run("merge-checkpoints", work, owner=owner)
+    @staticmethod
+    def _run_load(worker: Worker, load: CheckpointLoad, control: JobControl) -> CheckpointRecord:
+        return worker.resources.select(load.wanted)
+
+    def _run_merge(self, worker: Worker, job: MergeJob, control: JobControl) -> CheckpointRecord:
+        manager: ModelManager = worker.resources
+        records, vae_path = self._merge_inputs(job.recipe)
+        weights = [manager.weights_of(record) for record in records]
+        recipe = job.recipe
+        merged = merge_state_dicts(recipe, weights[0], weights[1], weights[2] if len(weights) > 2 else None)
+        if isinstance(vae_path, Path):
+            merged["vae"] = read_vae_state_dict(vae_path, weights[0].configs["vae"])
+        path = save_merged(recipe, merged, weights[0], self.checkpoint_folder, job.output_name)
+        self.catalog.refresh()
+        return next(r for r in self.catalog.records() if r.path == path)
 
     # ---- VAEs ----
     def vae_names(self) -> list[str]:

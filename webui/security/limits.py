@@ -8,7 +8,7 @@ client hold the GPU for everyone. Every such limit is one field here, built once
   every image a request brings: API base64 fields, PNG Info, gradio uploads, training uploads);
 - upload bytes for one image;
 - prompt length and images x steps per request (`GenerationLimits`, checked with the request);
-- jobs queued or running, in total and per user (the `JobQueue` bounds).
+- jobs queued or running, in total and per user (the scheduler's bounds).
 
 Refusals are `ImageTooLargeError` (HTTP 413) or `RequestError` (422) with the limit in the message;
 a full queue is the queue's `QueueFullError` (503 for the server, 429 for one user).

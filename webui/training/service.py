@@ -20,9 +20,12 @@ from typing import Any
 from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.requests import RequestError
 from webui.jobs.progress import JobControl
-from webui.jobs.queue import Job, JobQueue, QueueFullError
+from webui.jobs.errors import QueueFullError
+from webui.jobs.job import RUNNING, Job
+from webui.jobs.scheduler import Scheduler
+from webui.jobs.spec import JobKind, JobSpec
+from webui.jobs.worker import Worker
 from webui.models.lora_catalog import LoraCatalog
-from webui.models.manager import ModelManager
 from webui.models.service import ModelService
 from webui.security.network import NetworkPolicy
 from webui.security.identity import User
@@ -56,8 +59,7 @@ class TrainingService:
     """Queues training runs (one at a time) and keeps the latest run's monitor for reconnecting UIs."""
 
     models: ModelService
-    manager: ModelManager
-    queue: JobQueue
+    scheduler: Scheduler
     files: FileAccess        # datasets and resume states are confined to the app's folders
     loras: LoraCatalog
     network: NetworkPolicy   # whether the Hub upload may run (webui.security.network)
@@ -65,47 +67,65 @@ class TrainingService:
     monitor: TrainingMonitor | None = None  # the latest run
     _claim_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def submit(self, config: TrainingConfig, owner: str | None = None) -> Job:
-        """Check the config and dataset now (errors reach the user at once), then train on the worker.
+    def submit(self, config: TrainingConfig, owner: str | None = None, webhook_url: str | None = None) -> Job:
+        """Check the config and dataset now (errors reach the user at once), then train on a worker.
 
         The base checkpoint defaults to the loaded one. Results are listed as soon as the job ends.
         Callers that take paths from a request go through `start_training`, which confines them first.
         """
+        config = self._checked(config)
+        with self._claim_lock:  # check and claim in one step: two clicks must not start two runs
+            if self.monitor is not None and not self.monitor.finished:
+                raise TrainingBusyError(f"training {self.monitor.config.output_name!r} is still running: "
+                                        "cancel it or wait until it finishes")
+            previous, self.monitor = self.monitor, TrainingMonitor(config)
+        try:
+            return self.scheduler.submit(JobSpec(TRAIN_JOB_KIND, config, owner), webhook_url)
+        except (QueueFullError, ValueError):
+            with self._claim_lock:  # nothing was queued: give the claim back
+                self.monitor = previous
+            raise
+
+    def _checked(self, config: TrainingConfig) -> TrainingConfig:
         base_name = config.base_checkpoint or self.models.current_checkpoint_title() or ""
         record = self.models.catalog.find(base_name)
         if not record.usable:
             raise RequestError(f"checkpoint {record.name} cannot be trained: {record.error}")
         config = config.replace(base_checkpoint=record.title).validate()
         scan_dataset(config)  # raises DatasetError with the reason before anything is queued
-        with self._claim_lock:  # check and claim in one step: two clicks must not start two runs
-            if self.monitor is not None and not self.monitor.finished:
-                raise TrainingBusyError(f"training {self.monitor.config.output_name!r} is still running: "
-                                        "cancel it or wait until it finishes")
-            previous, monitor = self.monitor, TrainingMonitor(config)
-            self.monitor = monitor
+        return config
 
-        def work(control: JobControl) -> TrainingResult:
+    def job_kinds(self) -> list[JobKind]:
+        return [JobKind(TRAIN_JOB_KIND, run=self._run, encode=lambda config: config.to_dict(),
+                        decode=TrainingConfig.from_dict,
+                        summary=lambda config: f"train {config.method} {config.output_name!r}",
+                        cost=lambda config: float(config.max_train_steps or 1),
+                        result_record=lambda result: {"files": [str(path) for path in result.files],
+                                                      "cancelled": bool(result.cancelled)})]
+
+    def _run(self, worker: Worker, config: TrainingConfig, control: JobControl) -> TrainingResult:
+        with self._claim_lock:  # a run queued before a restart has no monitor yet
+            if self.monitor is None or self.monitor.config != config:
+                self.monitor = TrainingMonitor(config)
+            monitor = self.monitor
+        try:
+            config = self._checked(config)
+            record = self.models.catalog.find(config.base_checkpoint)
+
             def report(progress) -> None:
                 monitor.record(progress)
                 control.report_step(progress.step, total=max(progress.total_steps, 1))
                 control.set_message(progress.message)
 
-            try:
-                result = run_training(config, self.manager.weights_of(record), self.paths, self.manager.device,
-                                      on_progress=report, should_stop=lambda: control.interrupted)
-            except Exception as error:
-                monitor.finish(error=str(error))
-                raise
-            self.models.refresh_trained_models()
-            monitor.finish(result)
-            return result
-
-        try:
-            return self.queue.submit(TRAIN_JOB_KIND, work, owner)
-        except QueueFullError:
-            with self._claim_lock:  # nothing was queued: give the claim back
-                self.monitor = previous
+            manager = worker.resources
+            result = run_training(config, manager.weights_of(record), self.paths, manager.device,
+                                  on_progress=report, should_stop=lambda: control.interrupted)
+        except Exception as error:
+            monitor.finish(error=str(error))
             raise
+        self.models.refresh_trained_models()
+        monitor.finish(result)
+        return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,24 +341,28 @@ def training_active(service: TrainingService) -> bool:
     return service.monitor is not None and not service.monitor.finished
 
 
-def start_training(service: TrainingService, config: TrainingConfig, owner: str | None = None) -> Job:
+def start_training(service: TrainingService, config: TrainingConfig, owner: str | None = None,
+                   webhook_url: str | None = None) -> Job:
     """Queue a run for `owner` unless one is already queued or training (`TrainingService.submit` checks that atomically).
 
     The config's folders are confined first (`confine_config`): this is how requests start training.
     """
-    return service.submit(confine_config(service, config), owner)
+    return service.submit(confine_config(service, config), owner, webhook_url)
+
+
+def running_training_job(service: TrainingService) -> Job | None:
+    return next((job for job in service.scheduler.jobs() if job.kind == TRAIN_JOB_KIND and job.state == RUNNING), None)
 
 
 def current_job_is_training(service: TrainingService) -> bool:
-    job = service.queue.current
-    return job is not None and job.kind == TRAIN_JOB_KIND
+    return running_training_job(service) is not None
 
 
 def cancel_training(service: TrainingService, user: User) -> str:
     """Interrupt the running training job, and only that: a txt2img job must not be stopped by the Train tab,
     and only its owner or an admin may stop it."""
-    job = service.queue.current
-    if job is not None and job.kind == TRAIN_JOB_KIND:
+    job = running_training_job(service)
+    if job is not None:
         if not user.may_act_on(job.owner):
             return "The running training belongs to another user; only they or an admin can cancel it."
         job.control.interrupt()

@@ -13,6 +13,7 @@ from webui.errors import user_error
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
+from webui.ui.queue_tab import QueueTab, build_queue_tab
 from webui.ui.train_tab import build_train_tab, compare_epochs_request
 from webui.ui.generation_controls import GenerationControls
 from webui.ui.img2img_tab import build_img2img_tab
@@ -78,6 +79,8 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
             # tabs: X/Y/Z plot (the X/Y/Z tab's block goes below this line)
             with gr.Tab("X/Y/Z plot", id="xyz", elem_id="tab_xyz"):
                 xyz = build_xyz_tab(ctx, native_size(ctx), vae)
+            with gr.Tab("Queue", id="queue", elem_id="tab_queue") as queue_tab_component:
+                queue = build_queue_tab(ctx, queue_tab_component)
             with gr.Tab("Account", id="account", elem_id="tab_account") as account_tab:
                 build_account_tab(accounts, account_tab)
 
@@ -106,7 +109,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
         checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)
         blocks.load(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
 
-        wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img)
+        wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img, queue)
 
         def compare_epochs():
             """Train tab -> X/Y/Z plot of the saved epochs x LoRA weight over the first sample prompt."""
@@ -129,7 +132,7 @@ def pastable(controls: GenerationControls) -> list:
 
 
 def wire_send_buttons(tabs: gr.Tabs, txt2img: GenerationControls, img2img: GenerationControls,
-                      pnginfo_raw: gr.Textbox, pnginfo_send: gr.Button) -> None:
+                      pnginfo_raw: gr.Textbox, pnginfo_send: gr.Button, queue: QueueTab) -> None:
     """A1111's "Send to" buttons: the selected output image (and its parameters) into another tab."""
 
     def chosen(images: list, selected: int, texts_holder: str) -> tuple[Image.Image, str]:
@@ -167,3 +170,16 @@ def wire_send_buttons(tabs: gr.Tabs, txt2img: GenerationControls, img2img: Gener
 
     img2img.send["txt2img"].click(to_txt2img, inputs=img2img.infotext, outputs=[*pastable(txt2img), tabs])
     pnginfo_send.click(to_txt2img, inputs=pnginfo_raw, outputs=[*pastable(txt2img), tabs])
+    queue.send_txt2img.click(to_txt2img, inputs=queue.infotext, outputs=[*pastable(txt2img), tabs])
+
+    def queue_to_img2img(path: str, text: str):
+        if not path:
+            raise gr.Error("Click a result image first: there is nothing to send.")
+        with Image.open(path) as image:  # a file the queue tab listed from the outputs folder
+            image.load()
+            picture = image.copy()
+        return [picture, gr.Tabs(selected="img2img"), gr.Tabs(selected="img2img"), "img2img",
+                *pasted_values(img2img, text)]
+
+    queue.send_img2img.click(queue_to_img2img, inputs=[queue.picked, queue.infotext],
+                             outputs=[img2img.extra["init_img"], tabs, mode_tabs, mode, *pastable(img2img)])

@@ -15,13 +15,14 @@ import gradio as gr
 from webui.context import AppContext
 from webui.generation.samplers import sampler_names, schedule_types_for
 from webui.jobs.progress import ProgressSnapshot
-from webui.jobs.queue import Job, QueueFullError
+from webui.jobs.errors import QueueFullError
+from webui.jobs.job import Job
 from webui.ui.access import caller_of
 from webui.errors import user_error
 from webui.ui.extra_networks import build_extra_networks
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.xyz.axes import default_axis_registry
-from webui.xyz.service import XyzOptions, XyzRun, submit_xyz
+from webui.xyz.service import XyzOptions, XyzRun
 from webui.xyz.plot import AxisSpec
 
 POLL_SECONDS = 0.25
@@ -43,12 +44,17 @@ class GenerationControls:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def progress_html(snapshot: ProgressSnapshot) -> str:
-    """A1111-style bar: percentage, step, batch and ETA."""
+def queued_label(position: int | None) -> str:
+    """What a waiting job's bar says: its place in the queue (1 = next)."""
+    return f"Queued, position {position}..." if position else "Waiting for a worker..."
+
+
+def progress_html(snapshot: ProgressSnapshot, position: int | None = None) -> str:
+    """A1111-style bar: percentage, step, batch and ETA; a waiting job shows its place in the queue."""
     percent = int(snapshot.fraction * 100)
     eta = f", ETA {snapshot.eta_seconds:.0f}s" if snapshot.eta_seconds is not None else ""
     batch = f" (batch {snapshot.batch_index + 1}/{snapshot.batch_count})" if snapshot.batch_count > 1 else ""
-    label = "Waiting for the GPU worker..." if snapshot.state == "queued" else (
+    label = queued_label(position) if snapshot.state == "queued" else (
         snapshot.message or f"Step {snapshot.step}/{snapshot.total_steps}{batch}{eta}"
     )
     return (
@@ -90,11 +96,11 @@ def build_prompt_area(ctx: AppContext, prefix: str, checkpoint: gr.Dropdown | No
 
     def interrupt_own(request: gr.Request) -> None:
         """Stop the running job if it is the caller's (an admin may stop anyone's)."""
-        if not ctx.queue.interrupt_current(caller_of(request).may_act_on) and ctx.queue.current is not None:
+        if not ctx.scheduler.interrupt_current(caller_of(request).may_act_on) and ctx.scheduler.current is not None:
             gr.Warning("The running job belongs to another user; only they or an admin can stop it.")
 
     def skip_own(request: gr.Request) -> None:
-        if not ctx.queue.skip_current(caller_of(request).may_act_on) and ctx.queue.current is not None:
+        if not ctx.scheduler.skip_current(caller_of(request).may_act_on) and ctx.scheduler.current is not None:
             gr.Warning("The running job belongs to another user; only they or an admin can skip it.")
 
     interrupt.click(interrupt_own, inputs=None, outputs=None)
@@ -210,7 +216,8 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
             if snapshot.preview is not None and snapshot.preview_serial != shown_preview:
                 shown_preview = snapshot.preview_serial
                 preview_update = snapshot.preview
-            yield (gr.update(),) * 2 + (progress_html(snapshot), preview_update) + (gr.update(),) * 4
+            bar = progress_html(snapshot, ctx.scheduler.position(job.job_id))
+            yield (gr.update(),) * 2 + (bar, preview_update) + (gr.update(),) * 4
         try:
             result = job.result()
         except Exception as error:  # shown to the user; the worker and server keep running
@@ -283,7 +290,7 @@ def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any], owne
 
     options = XyzOptions(draw_legend=bool(named["xyz_draw_legend"]), keep_seeds=bool(named["xyz_keep_seeds"]),
                          include_sub_images=bool(named["xyz_sub_images"]))
-    return submit_xyz(ctx.generation, request, spec("x"), spec("y"), spec("z"), options, owner=owner)
+    return ctx.xyz.submit(request, spec("x"), spec("y"), spec("z"), options, owner=owner)
 
 
 def to_int(value: Any, label: str) -> int:

@@ -43,7 +43,7 @@ from webui.ui.train_progress import (
     result_markdown,
     sample_gallery,
 )
-from webui.jobs.queue import QueueFullError
+from webui.jobs.errors import QueueFullError
 from webui.training.monitor import TrainingBusyError
 from webui.training.service import (
     JOB_FIELDS,

@@ -1,6 +1,6 @@
 """The X/Y/Z plot tab: a compact base request, three axes, the plot options, and the grid.
 
-Generate only turns widget values into a request and three `AxisSpec`s and calls `submit_xyz`, which
+Generate only turns widget values into a request and three `AxisSpec`s and calls the X/Y/Z service's `submit`, which
 checks every axis and cell first, so a typo becomes a message before anything runs. The running job is
 kept in the session's state and polled by a `gr.Timer` ("Cell i of N") until the grid arrives.
 
@@ -23,20 +23,19 @@ from webui.generation.infotext import parse_infotext
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.samplers import sampler_names
 from webui.jobs.progress import ProgressSnapshot
-from webui.jobs.queue import Job, QueueFullError
+from webui.jobs.errors import QueueFullError
+from webui.jobs.job import Job
 from webui.ui.access import caller_of
 from webui.errors import user_error
-from webui.ui.generation_controls import to_int
+from webui.ui.generation_controls import queued_label, to_int
 from webui.ui.infotext_fields import txt2img_values_from_infotext
 from webui.xyz.axes import (
     NOTHING_LABEL,
     AxisOption,
-    AxisRegistry,
-    default_axis_registry,
     format_axis_value,
     match_ignoring_case,
 )
-from webui.xyz.service import XyzOptions, XyzRun, axis_choices, cell_progress, overall_fraction, submit_xyz
+from webui.xyz.service import XyzOptions, XyzRun, cell_progress, overall_fraction
 from webui.xyz.plot import AxisSpec, parse_xyz_fields
 from webui.xyz.ranges import AxisValueError, join_values, split_values
 
@@ -93,12 +92,12 @@ def epoch_comparison_updates(prompt: str, lora_names: Sequence[str], weights: Se
     ]
 
 
-def progress_html(snapshot: ProgressSnapshot) -> str:
+def progress_html(snapshot: ProgressSnapshot, position: int | None = None) -> str:
     """A bar over the whole plot, labelled with the cell and the step of the running image."""
     percent = int(overall_fraction(snapshot) * 100)
     cells = cell_progress(snapshot)
     if snapshot.state == "queued":
-        label = "Waiting for the GPU worker..."
+        label = queued_label(position)
     elif cells is None:
         label = snapshot.message or "Starting..."
     else:
@@ -142,11 +141,10 @@ def build_xyz_tab(
     ctx: AppContext,
     default_size: int,
     vae: gr.Dropdown | None = None,
-    registry: AxisRegistry | None = None,
 ) -> XyzTab:
-    """Build the tab; `vae` is the quicksettings VAE dropdown (used like txt2img), `registry` the axis table
-    extensions registered on (a fresh built-in one when None)."""
-    axes_registry = registry or default_axis_registry()
+    """Build the tab; `vae` is the quicksettings VAE dropdown (used like txt2img). The axes are the X/Y/Z
+    service's table (the one its jobs plan with; extensions add rows to it)."""
+    axes_registry = ctx.xyz.registry
     labels = axes_registry.labels()
 
     with gr.Row():
@@ -216,7 +214,7 @@ def build_xyz_tab(
             raise gr.Error(user_error(error)) from None
 
     def choices_for(option: AxisOption) -> list[str]:
-        return list(option.choices(axis_choices(ctx.generation))) if option.choices is not None else []
+        return list(option.choices(ctx.xyz.axis_choices())) if option.choices is not None else []
 
     def sync_picker(label: str, values_text: str) -> tuple[Any, Any]:
         option = option_for(label)
@@ -260,17 +258,17 @@ def build_xyz_tab(
             specs = [AxisSpec(axis_values[i] or NOTHING_LABEL, axis_values[i + 1] or "") for i in (0, 2, 4)]
             options = XyzOptions(draw_legend=bool(legend), keep_seeds=bool(keep), include_sub_images=bool(sub_images),
                                  include_sub_grids=bool(sub_grids), margin=to_int(margin_px, "Grid margins"))
-            job = submit_xyz(ctx.generation, plot_request, *specs, options, registry=axes_registry, owner=owner)
+            job = ctx.xyz.submit(plot_request, *specs, options, owner=owner)
         except (ValueError, LookupError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
-        return job, gr.Timer(active=True), progress_html(job.control.snapshot())
+        return job, gr.Timer(active=True), progress_html(job.control.snapshot(), ctx.scheduler.position(job.job_id))
 
     def poll(job: Job | None) -> tuple[Any, ...]:
         unchanged = (gr.update(), gr.update(), gr.update())
         if job is None:
             return (None, gr.Timer(active=False), gr.update(), *unchanged)
         if not job.done:
-            return (job, gr.update(), progress_html(job.control.snapshot()), *unchanged)
+            return (job, gr.update(), progress_html(job.control.snapshot(), ctx.scheduler.position(job.job_id)), *unchanged)
         try:
             run: XyzRun = job.result()
         except Exception as error:  # shown to the user; the worker and the server keep running

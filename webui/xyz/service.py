@@ -2,8 +2,8 @@
 
 `submit_xyz` builds and checks the whole plan on the caller's thread, so a typo in any axis or a cell the
 app cannot run (unknown LoRA tag, broken checkpoint, over-limit size) is reported before anything is
-queued. The job then generates every cell itself through `generation.generate_now` (a job submitting jobs would
-wait forever on the single worker), reports `Cell i of N`, honours Interrupt between and inside cells,
+queued. The job then generates every cell itself, inline on its worker (a job never submits jobs),
+reports `Cell i of N`, honours Interrupt between and inside cells,
 draws and saves the grid with an infotext that records the axes, and puts the user's checkpoint back.
 """
 
@@ -14,7 +14,7 @@ import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -23,13 +23,18 @@ from webui.generation.outputs import dated_folder, save_grid
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
 from webui.generation.samplers import sampler_names, schedule_type_names
 from webui.jobs.progress import JobControl, ProgressSnapshot
-from webui.jobs.queue import Job
+from webui.generation.request_codec import decode_request, encode_request
+from webui.jobs.job import Job
+from webui.jobs.spec import JobKind, JobSpec
+from webui.generation.service import describe_request
 from webui.xyz.axes import VAE_SPECIAL_CHOICES, AxisChoices, AxisRegistry, default_axis_registry
 from webui.xyz.plot import AxisSpec, PlotCell, PlotLimits, XYZPlan, XYZResult, build_plan, run_plan
 from webui.xyz.ranges import AxisValueError
 
-if TYPE_CHECKING:  # only its type is needed here
+if TYPE_CHECKING:  # only their types are needed here
     from webui.generation.service import GenerationService
+    from webui.jobs.worker import Worker
+    from webui.models.manager import ModelManager
 
 JOB_KIND = "xyz-plot"
 GRIDS_FOLDER = "txt2img-grids"
@@ -78,76 +83,111 @@ class XyzRun:
         return self.result.combined
 
 
-def axis_choices(generation: GenerationService) -> AxisChoices:
-    """What the axes may name right now; read on every call because models and styles change at runtime."""
-    return AxisChoices(
-        samplers=tuple(sampler_names()),
-        schedule_types=tuple(schedule_type_names()),
-        checkpoints=tuple(generation.models.checkpoint_titles()),
-        # The VAE axis always offers Automatic and None itself; only the files are listed here.
-        vaes=tuple(name for name in generation.models.vae_names() if name not in VAE_SPECIAL_CHOICES),
-        loras=tuple(generation.loras.files()),
-        styles=tuple(generation.styles.names()),
-        hires_upscalers=tuple(HIRES_UPSCALERS),
-    )
+@dataclass(frozen=True)
+class XyzJob:
+    """A plot as a job: the base request, the three axes as the user set them, options and limits."""
+
+    base_request: Txt2ImgRequest
+    x: AxisSpec | None
+    y: AxisSpec | None
+    z: AxisSpec | None
+    options: XyzOptions = XyzOptions()
+    limits: PlotLimits = PlotLimits()
 
 
-def plan_xyz(
-    generation: GenerationService,
-    base_request: Txt2ImgRequest,
-    x: AxisSpec | None,
-    y: AxisSpec | None,
-    z: AxisSpec | None,
-    options: XyzOptions = XyzOptions(),
-    *,
-    registry: AxisRegistry | None = None,
-    limits: PlotLimits = PlotLimits(),
-) -> XYZPlan:
-    """Build the plan and run the app's own checks on every cell; raises ValueError naming what is wrong.
+@dataclass
+class XyzService:
+    """Plans, checks and queues plots; its job kind runs the cells inline on the worker that took it."""
 
-    The engine checks values and request fields; the app adds what only it knows: the size and step
-    limits it runs with, styles, checkpoint files, LoRA tags in the prompt and VAE files.
-    """
-    options.validate()
-    base_request = generation.validate_txt2img(base_request)
-    plan = build_plan(
-        base_request, x, y, z, registry or default_axis_registry(), axis_choices(generation), limits, options.keep_seeds
-    )
-    _check_cells_with_app(generation, plan)
-    return plan
+    generation: GenerationService
+    registry: AxisRegistry = field(default_factory=default_axis_registry)  # the axis table (extensions add rows)
+
+    def axis_choices(self) -> AxisChoices:
+        """What the axes may name right now; read on every call because models and styles change at runtime."""
+        generation = self.generation
+        return AxisChoices(
+            samplers=tuple(sampler_names()),
+            schedule_types=tuple(schedule_type_names()),
+            checkpoints=tuple(generation.models.checkpoint_titles()),
+            # The VAE axis always offers Automatic and None itself; only the files are listed here.
+            vaes=tuple(name for name in generation.models.vae_names() if name not in VAE_SPECIAL_CHOICES),
+            loras=tuple(generation.loras.files()),
+            styles=tuple(generation.styles.names()),
+            hires_upscalers=tuple(HIRES_UPSCALERS),
+        )
+
+    def plan(self, base_request: Txt2ImgRequest, x: AxisSpec | None, y: AxisSpec | None, z: AxisSpec | None,
+             options: XyzOptions = XyzOptions(), limits: PlotLimits = PlotLimits()) -> XYZPlan:
+        """Build the plan and run the app's own checks on every cell; raises ValueError naming what is wrong.
+
+        The engine checks values and request fields; the app adds what only it knows: the size and step
+        limits it runs with, styles, checkpoint files, LoRA tags in the prompt and VAE files.
+        """
+        options.validate()
+        base_request = self.generation.pin_checkpoint(self.generation.validate_txt2img(base_request))
+        plan = build_plan(base_request, x, y, z, self.registry, self.axis_choices(), limits, options.keep_seeds)
+        _check_cells_with_app(self.generation, plan)
+        return plan
+
+    def submit(self, base_request: Txt2ImgRequest, x: AxisSpec | None, y: AxisSpec | None, z: AxisSpec | None,
+               options: XyzOptions = XyzOptions(), *, limits: PlotLimits = PlotLimits(),
+               owner: str | None = None, webhook_url: str | None = None) -> Job:
+        """Validate the whole plot now (errors raise here, nothing is queued), then queue ONE job running it,
+        owned by `owner` (the user asking; None for scripts run by the machine's owner).
+
+        The job's result is an `XyzRun`; its progress message reads `Cell i of N`.
+        """
+        plan = self.plan(base_request, x, y, z, options, limits)
+        job = XyzJob(plan.base_request, x, y, z, options, limits)
+        return self.generation.scheduler.submit(JobSpec(JOB_KIND, job, owner), webhook_url)
+
+    def job_kinds(self) -> list[JobKind]:
+        return [JobKind(JOB_KIND, run=self._run, encode=_encode_job, decode=_decode_job,
+                        model_key=lambda job: self.generation.models.model_key(job.base_request.checkpoint),
+                        summary=lambda job: f"X/Y/Z plot: {describe_request(job.base_request)}",
+                        result_record=lambda run: {"images": [str(path) for path in run.saved_paths],
+                                                   "infotexts": [run.infotext], "interrupted": run.interrupted})]
+
+    def _run(self, worker: Worker, job: XyzJob, control: JobControl) -> XyzRun:
+        plan = self.plan(job.base_request, job.x, job.y, job.z, job.options, job.limits)
+        return run_xyz(self.generation, worker.resources, plan, job.options, control)
 
 
-def submit_xyz(
-    generation: GenerationService,
-    base_request: Txt2ImgRequest,
-    x: AxisSpec | None,
-    y: AxisSpec | None,
-    z: AxisSpec | None,
-    options: XyzOptions = XyzOptions(),
-    *,
-    registry: AxisRegistry | None = None,
-    limits: PlotLimits = PlotLimits(),
-    owner: str | None = None,
-) -> Job:
-    """Validate the whole plot now (errors raise here, nothing is queued), then queue ONE job running it,
-    owned by `owner` (the user asking; None for scripts run by the machine's owner).
+def _encode_job(job: XyzJob) -> dict[str, Any]:
+    def axis(spec: AxisSpec | None) -> dict[str, Any] | None:
+        if spec is None:
+            return None
+        return {"label": spec.label, "values_text": spec.values_text,
+                "values": list(spec.values) if spec.values is not None else None}
 
-    The job's result is an `XyzRun`; its progress message reads `Cell i of N`.
-    """
-    plan = plan_xyz(generation, base_request, x, y, z, options, registry=registry, limits=limits)
-    return generation.queue.submit(JOB_KIND, lambda control: run_xyz(generation, plan, options, control), owner)
+    return {"base_request": encode_request(job.base_request, Path("/nonexistent")), "x": axis(job.x),
+            "y": axis(job.y), "z": axis(job.z), "options": dataclasses.asdict(job.options),
+            "limits": dataclasses.asdict(job.limits)}
 
 
-def run_xyz(generation: GenerationService, plan: XYZPlan, options: XyzOptions, control: JobControl | None = None) -> XyzRun:
-    """Generate every cell of a checked plan on the calling thread (a queue job), draw and save the grid.
+def _decode_job(data: dict[str, Any]) -> XyzJob:
+    def axis(values: dict[str, Any] | None) -> AxisSpec | None:
+        if values is None:
+            return None
+        listed = values.get("values")
+        return AxisSpec(values["label"], values.get("values_text", ""), tuple(listed) if listed is not None else None)
+
+    return XyzJob(decode_request(data["base_request"], Path("/nonexistent")), axis(data["x"]), axis(data["y"]),
+                  axis(data["z"]), XyzOptions(**data["options"]), PlotLimits(**data["limits"]))
+
+
+def run_xyz(generation: GenerationService, manager: ModelManager, plan: XYZPlan, options: XyzOptions,
+            control: JobControl | None = None) -> XyzRun:
+    """Generate every cell of a checked plan on the calling thread (a worker's job) with that worker's
+    model manager, draw and save the grid.
 
     The checkpoint loaded before the plot is loaded again afterwards when a cell changed it, also when
     the plot was interrupted or failed.
     """
     changes_checkpoint = any(cell.request.checkpoint for cell in plan.cells)
-    if changes_checkpoint and generation.manager.current is None:
-        generation.manager.select()  # load the user's checkpoint first, so there is one to come back to
-    users_checkpoint = generation.manager.current
+    if changes_checkpoint and manager.current is None:
+        manager.select()  # load the user's checkpoint first, so there is one to come back to
+    users_checkpoint = manager.current
     cell_infotexts: dict[int, str] = {}
     warnings: list[str] = []
     running_cell = 0  # plan index of the cell being generated, set by on_cell
@@ -160,7 +200,7 @@ def run_xyz(generation: GenerationService, plan: XYZPlan, options: XyzOptions, c
 
     def generate(request: Txt2ImgRequest) -> list[Image.Image]:
         # One image file per cell as txt2img saves it; no per-cell grid on top of the plot's grid.
-        generated = generation.generate_now(dataclasses.replace(request, save_grid=False), control)
+        generated = generation.generate_inline(manager, dataclasses.replace(request, save_grid=False), control)
         cell = plan.cells[running_cell]
         if generated.infotexts:
             cell_infotexts[plan.grid_index(cell.x_index, cell.y_index, cell.z_index)] = generated.infotexts[0]
@@ -179,11 +219,11 @@ def run_xyz(generation: GenerationService, plan: XYZPlan, options: XyzOptions, c
         )
     finally:
         if users_checkpoint is not None:
-            current = generation.manager.current
+            current = manager.current
             if current is None or current.path != users_checkpoint.path:
                 if control is not None:
                     control.set_message(f"Loading {users_checkpoint.name} again")
-                generation.manager.select(users_checkpoint.title)
+                manager.select(users_checkpoint.title)
 
     grid_text = grid_infotext(plan, result, cell_infotexts)
     images, infotexts = list(result.images), [grid_text] * len(result.images)

@@ -1,0 +1,61 @@
+"""The Queue tab in a real headless Chromium: two jobs waiting behind a long one, cancel the second,
+watch the others finish, and send a result's parameters to txt2img."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.browser
+
+JOBS = "/api/v1/jobs"
+TINY = {"width": 64, "height": 64, "steps": 2}
+
+
+def submit(server, prompt: str, **changes) -> str:
+    """Queue a txt2img job the way a script would (the test server has no accounts: the local admin)."""
+    body = {"kind": "txt2img", "request": {**TINY, "prompt": prompt, **changes}}
+    response = requests.post(server.url + JOBS, json=body, timeout=60)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def state_of(server, job_id: str) -> str:
+    return requests.get(f"{server.url}{JOBS}/{job_id}", timeout=30).json()["state"]
+
+
+def table_row(page, job_id: str):
+    return page.locator("#queue_table tr", has_text=job_id[:8])
+
+
+def test_two_waiting_jobs_show_in_the_queue_and_the_second_is_cancelled(page, server):
+    blocker = submit(server, "a long job", steps=40, n_iter=6)
+    first = submit(server, "a green triangle on a white background", seed=3)
+    second = submit(server, "a job the user cancels", seed=4)
+
+    page.click("button[role=tab]:has-text('Queue')")
+    page.wait_for_selector("#queue_table")
+    row = table_row(page, second)
+    row.wait_for()
+    assert "queued" in row.inner_text()
+    assert "a job the user cancels" in row.inner_text()
+    assert "queued" in table_row(page, first).inner_text()
+
+    row.locator("td").first.click()
+    page.click("#queue_cancel")
+    page.wait_for_function("document.querySelector('#queue_status').innerText.includes('was cancelled')")
+    assert state_of(server, second) == "cancelled"
+    table_row(page, second).filter(has_text="cancelled").wait_for()
+
+    requests.delete(f"{server.url}{JOBS}/{blocker}", timeout=30)  # no need to wait for the long one
+    table_row(page, first).filter(has_text="done").wait_for(timeout=300_000)
+    assert state_of(server, first) == "done" and state_of(server, second) == "cancelled"
+
+    # The finished job's image is in the results; its parameters go to txt2img.
+    page.locator("#queue_gallery img").first.wait_for()
+    page.locator("#queue_gallery img").first.click()
+    page.wait_for_function(
+        "document.querySelector('#queue_infotext textarea').value.includes('a green triangle on a white background')")
+    page.click("#queue_send_txt2img")
+    page.wait_for_function(
+        "document.querySelector('#txt2img_prompt textarea').value === 'a green triangle on a white background'")

@@ -1,0 +1,209 @@
+"""The job API (/api/v1/jobs): submit any kind of job, list the queue and history, watch one job as
+server-sent events, cancel it, download its images.
+
+The A1111 routes wait for their job inside one request; this API returns at once with the job's id,
+so a client (or a bot) can queue work, go away and come back, or follow it live. Bodies are the ones
+clients already know: A1111's txt2img/img2img JSON, the training config of `python -m webui.train`.
+Everyone sees and stops only their own jobs (admins see all); a job of someone else answers 404, as a
+missing one does, so ids cannot be probed (the rule lives in `webui.jobs.queue_service`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from webui.api.common import ReasonedValidationRoute, caller, translate_errors, validation_reason
+from webui.api.sdapi import STRICT_JSON, Img2ImgBody, Txt2ImgBody, img2img_request_from_body, txt2img_request_from_body
+from webui.context import AppContext
+from webui.jobs.events import FINISHED
+from webui.jobs.job import Job
+from webui.security.identity import User
+from webui.training.config import TrainingConfig
+from webui.training.service import start_training
+from webui.xyz.plot import AxisSpec
+from webui.xyz.service import JOB_KIND as XYZ_KIND
+from webui.xyz.service import XyzOptions
+
+JOBS_PREFIX = "/api/v1/jobs"
+SUBMITTABLE_KINDS = ("txt2img", "img2img", XYZ_KIND, "train")
+KEEP_ALIVE_S = 15.0
+
+
+class JobBody(BaseModel):
+    """`kind` and its request: A1111's txt2img/img2img body, a training config, or for `xyz-plot` a txt2img
+    body plus `x`/`y`/`z` axes (`{"type": "CFG Scale", "values": "5, 7, 9"}`) and `options`."""
+
+    model_config = STRICT_JSON
+
+    kind: str
+    request: dict[str, Any] = Field(default_factory=dict)
+    webhook: str | None = None
+
+
+class AxisBody(BaseModel):
+    model_config = STRICT_JSON
+
+    type: str
+    values: str = ""
+
+
+class XyzBody(Txt2ImgBody):
+    x: AxisBody | None = None
+    y: AxisBody | None = None
+    z: AxisBody | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def build_jobs_router(ctx: AppContext) -> APIRouter:
+    router = APIRouter(prefix=JOBS_PREFIX, route_class=ReasonedValidationRoute, tags=["jobs"])
+    scheduler = ctx.scheduler
+
+    def submit(body: JobBody, user: User) -> Job:
+        """Runs on a worker thread: images are decoded and folders read while checking."""
+        webhook = ctx.webhooks.check_url(body.webhook) if body.webhook else None
+        owner = user.name
+        if body.kind == "txt2img":
+            request = txt2img_request_from_body(_parse(Txt2ImgBody, body.request)).with_changes(save_images=True)
+            return ctx.generation.submit_txt2img(request, owner, webhook_url=webhook)
+        if body.kind == "img2img":
+            request = img2img_request_from_body(_parse(Img2ImgBody, body.request), ctx.request_limits)
+            return ctx.generation.submit_img2img(request.with_changes(save_images=True), owner, webhook_url=webhook)
+        if body.kind == XYZ_KIND:
+            plot = _parse(XyzBody, body.request)
+            axes = [AxisSpec(axis.type, axis.values) if axis is not None else None for axis in (plot.x, plot.y, plot.z)]
+            options = XyzOptions(**plot.options)
+            return ctx.xyz.submit(txt2img_request_from_body(plot), *axes, options, owner=owner, webhook_url=webhook)
+        if body.kind == "train":
+            config = TrainingConfig.from_dict(body.request)
+            if not config.base_checkpoint:
+                config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or "")
+            return start_training(ctx.training, config, owner, webhook_url=webhook)
+        raise HTTPException(422, f"kind {body.kind!r} cannot be submitted here; use one of "
+                                 f"{', '.join(SUBMITTABLE_KINDS)}")
+
+    def describe(view: dict[str, Any]) -> dict[str, Any]:
+        """A job view with URLs instead of file names."""
+        job_id = view["id"]
+        answer = {key: value for key, value in view.items() if key not in ("image_files", "preview_serial")}
+        answer["images"] = [f"{JOBS_PREFIX}/{job_id}/images/{index}" for index in range(len(view["image_files"]))]
+        answer["events_url"] = f"{JOBS_PREFIX}/{job_id}/events"
+        answer["preview_url"] = (f"{JOBS_PREFIX}/{job_id}/preview?serial={view['preview_serial']}"
+                                 if view["preview_serial"] is not None else None)
+        return answer
+
+    def job_view(user: User, job_id: str) -> dict[str, Any]:
+        return describe(ctx.jobs.view(*ctx.jobs.find(user, job_id)))
+
+    @router.post("", status_code=202)
+    @translate_errors
+    async def create(body: JobBody, user: User = Depends(caller)) -> dict[str, Any]:
+        job = await run_in_threadpool(submit, body, user)
+        return job_view(user, job.job_id)
+
+    @router.get("")
+    @translate_errors
+    def list_jobs(state: str | None = None, kind: str | None = None, owner: str | None = None, limit: int = 50,
+                  user: User = Depends(caller)) -> dict[str, Any]:
+        """Newest first: the caller's jobs (an admin's: everyone's, or `owner`'s), queued, running and
+        finished; `state` (comma-separated) and `kind` filter."""
+        if not 1 <= limit <= 500:
+            raise HTTPException(422, "limit must be between 1 and 500")
+        states = tuple(part.strip() for part in state.split(",") if part.strip()) if state else None
+        return {"jobs": [describe(view) for view in ctx.jobs.list(user, owner, states, kind, limit)]}
+
+    @router.get("/{job_id}")
+    @translate_errors
+    def get_job(job_id: str, user: User = Depends(caller)) -> dict[str, Any]:
+        return job_view(user, job_id)
+
+    @router.delete("/{job_id}")
+    @translate_errors
+    def delete_job(job_id: str, user: User = Depends(caller)) -> dict[str, Any]:
+        """Cancel a waiting job or interrupt a running one; a finished job answers 409."""
+        outcome = ctx.jobs.stop(user, job_id)
+        if outcome is None:
+            raise HTTPException(409, f"job {job_id} has already finished")
+        return {"id": job_id, "stopped": outcome}
+
+    @router.get("/{job_id}/images/{index}")
+    @translate_errors
+    def image(job_id: str, index: int, user: User = Depends(caller)) -> FileResponse:
+        return FileResponse(ctx.jobs.image_path(user, job_id, index), media_type="image/png")
+
+    @router.get("/{job_id}/preview")
+    @translate_errors
+    async def preview(job_id: str, user: User = Depends(caller)) -> Response:
+        job, _ = ctx.jobs.find(user, job_id)
+        snapshot = job.control.snapshot() if job is not None else None
+        if snapshot is None or snapshot.preview is None:
+            raise HTTPException(404, f"job {job_id} has no preview (yet)")
+        png = await run_in_threadpool(_png_bytes, snapshot.preview)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @router.get("/{job_id}/events")
+    @translate_errors
+    async def events(job_id: str, request: Request, after: int = 0, user: User = Depends(caller)) -> StreamingResponse:
+        """Server-sent events: `queued`, `started`, `progress` (step/total), `preview` (with its URL) and
+        `finished` (state, error, and the job as GET returns it); the stream ends after `finished`.
+        A reconnecting client sends `Last-Event-ID` (or `?after=`) and gets only what it missed."""
+        ctx.jobs.find(user, job_id)
+        last_seen = request.headers.get("last-event-id", "")
+        after = int(last_seen) if last_seen.isdigit() else after
+        return StreamingResponse(_event_stream(job_id, after, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _event_stream(job_id: str, after: int, request: Request):
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+
+        def nudge() -> None:  # on the worker's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server is stopping
+                loop.call_soon_threadsafe(wake.set)
+
+        unsubscribe = scheduler.subscribe(job_id, nudge)
+        try:
+            while True:
+                wake.clear()
+                for event in scheduler.events(job_id, after):
+                    after = event.seq
+                    data: dict[str, Any] = {**event.data, "time": event.time}
+                    if event.type == "preview":
+                        data["preview_url"] = f"{JOBS_PREFIX}/{job_id}/preview?serial={event.data.get('serial', 0)}"
+                    if event.type == FINISHED:
+                        data["job"] = describe(ctx.jobs.view(scheduler.get(job_id), scheduler.record(job_id)))
+                    yield f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(data)}\n\n"
+                    if event.type == FINISHED:
+                        return
+                try:
+                    await asyncio.wait_for(wake.wait(), KEEP_ALIVE_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield ": keep-alive\n\n"
+        finally:
+            unsubscribe()
+
+    return router
+
+
+def _parse(model: type[BaseModel], values: dict[str, Any]) -> Any:
+    """A request body of the given shape; a 422 naming the fields (never echoing values) otherwise."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        raise HTTPException(422, "request: " + validation_reason(error)) from None
+
+
+def _png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
