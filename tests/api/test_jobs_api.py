@@ -138,11 +138,13 @@ def test_a_waiting_job_is_cancelled_and_never_runs_and_a_running_one_is_interrup
     assert detail["state"] == "cancelled" and detail["started_at"] is None and detail["images"] == []
 
     follow_until_started(server, long["id"])
+    assert call(server, "POST", f"{JOBS}/{long['id']}/skip").json()["skipped"] is True
     assert call(server, "DELETE", f"{JOBS}/{long['id']}").json()["stopped"] == "interrupted"
     finished = wait_done(server, long["id"])
     assert finished["state"] == "interrupted" and finished["result"]["interrupted"] is True
     again = call(server, "DELETE", f"{JOBS}/{long['id']}")
     assert again.status_code == 409 and "finished" in again.json()["detail"]
+    assert call(server, "POST", f"{JOBS}/{long['id']}/skip").status_code == 409
 
 
 def follow_until_started(server, job_id: str) -> list[tuple[int, str, dict]]:

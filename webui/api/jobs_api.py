@@ -134,6 +134,14 @@ def build_jobs_router(ctx: AppContext) -> APIRouter:
             raise HTTPException(409, f"job {job_id} has already finished")
         return {"id": job_id, "stopped": outcome}
 
+    @router.post("/{job_id}/skip")
+    @translate_errors
+    def skip_job(job_id: str, user: User = Depends(caller)) -> dict[str, Any]:
+        """End the running job's current image batch and go on with the next (A1111's Skip)."""
+        if not ctx.jobs.skip(user, job_id):
+            raise HTTPException(409, f"job {job_id} is not running")
+        return {"id": job_id, "skipped": True}
+
     @router.get("/{job_id}/images/{index}")
     @translate_errors
     def image(job_id: str, index: int, user: User = Depends(caller)) -> FileResponse:

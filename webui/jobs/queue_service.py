@@ -47,6 +47,11 @@ class QueueService:
         self.find(user, job_id)
         return self.scheduler.stop(job_id)
 
+    def skip(self, user: User, job_id: str) -> bool:
+        """End the running job's current batch; False when it is not running."""
+        self.find(user, job_id)
+        return self.scheduler.skip(job_id)
+
     def image_path(self, user: User, job_id: str, index: int) -> Path:
         """A result image's file; LookupError when there is no such image (any more)."""
         _, record = self.find(user, job_id)
