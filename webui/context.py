@@ -95,17 +95,23 @@ class AppContext:
 
     # Every submit_* takes the owner: the name of the user asking (`User.name`), None for the app's own
     # and command-line work. The queue bounds jobs per owner and only the owner or an admin stops a job.
-    def submit_txt2img(self, request: Txt2ImgRequest, owner: str | None = None) -> Job:
+    # `restore_checkpoint` (A1111's override_settings_restore_afterwards): a request naming a checkpoint
+    # loads the one that was current before again when it ends, inside the same job.
+    def submit_txt2img(self, request: Txt2ImgRequest, owner: str | None = None,
+                       restore_checkpoint: bool = False) -> Job:
         """Validate, then queue; the returned job carries progress and, when done, a GenerationResult."""
         request = self.validate_txt2img(request)
         loras, vae = self.lora_uses(request), self.resolve_vae(request.vae)
-        return self.queue.submit("txt2img", lambda control: self._generate(request, loras, vae, control), owner)
+        generate = self._generate_and_restore if restore_checkpoint else self._generate
+        return self.queue.submit("txt2img", lambda control: generate(request, loras, vae, control), owner)
 
-    def submit_img2img(self, request: Img2ImgRequest, owner: str | None = None) -> Job:
+    def submit_img2img(self, request: Img2ImgRequest, owner: str | None = None,
+                       restore_checkpoint: bool = False) -> Job:
         """img2img / inpaint / outpaint: same checks and the same worker as txt2img."""
         request = self.validate_txt2img(request)
         loras, vae = self.lora_uses(request), self.resolve_vae(request.vae)
-        return self.queue.submit("img2img", lambda control: self._generate(request, loras, vae, control), owner)
+        generate = self._generate_and_restore if restore_checkpoint else self._generate
+        return self.queue.submit("img2img", lambda control: generate(request, loras, vae, control), owner)
 
     def submit_img2img_batch(self, template: Img2ImgRequest, input_folder: str, output_folder: str,
                              mask_folder: str = "", owner: str | None = None) -> Job:
@@ -175,6 +181,22 @@ class AppContext:
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
         with self.manager.checkout(request.checkpoint, loras, vae) as model:
             return run(model, request, outputs_root=self.settings.outputs_folder, styles=self.styles, control=control)
+
+    def _generate_and_restore(self, request: Txt2ImgRequest, loras: tuple[LoraUse, ...], vae: str | Path,
+                              control: JobControl | None) -> GenerationResult:
+        """Generate on the request's checkpoint, then make the checkpoint current before it current again
+        (also when the generation failed or was interrupted)."""
+        if not request.checkpoint:
+            return self._generate(request, loras, vae, control)
+        if self.manager.current is None:
+            self.manager.select()  # the default checkpoint is the one to come back to
+        previous = self.manager.current
+        try:
+            return self._generate(request, loras, vae, control)
+        finally:
+            current = self.manager.current
+            if previous is not None and (current is None or current.path != previous.path):
+                self.manager.select(previous.title)
 
     # ---- training ----
     def training_paths(self) -> TrainingPaths:

@@ -19,7 +19,7 @@ from webui.api.sdapi import API_PREFIX, translate_errors
 from webui.context import AppContext
 from webui.security.identity import User
 from webui.training.config import TrainingConfig, load_preset
-from webui.ui.errors import user_error
+from webui.user_errors import user_error
 from webui.training.monitor import TrainingBusyError
 from webui.ui.train_service import (
     cancel_training,

@@ -206,7 +206,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     saving = request.save_images and outputs_root is not None
     size = prepared.canvas.size
     result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt,
-                              warnings=tuple(model.warnings) + tuple(prepared.notes))
+                              warnings=tuple(model.warnings) + tuple(prepared.notes)).describe_model(model, prompts)
     if control is not None:
         control.start(request.batch_count, steps)
     for batch_index in range(request.batch_count):
@@ -228,7 +228,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
             parameters["Size"] = f"{size[0]}x{size[1]}"
             infotext = create_infotext(prompts.prompt, prompts.negative_prompt, parameters)
             collect_image(result, image, infotext, image_seed, image_subseed,
-                          dated_folder(outputs_root, "img2img-images") if saving else None)
+                          dated_folder(outputs_root, "img2img-images") if saving else None, parameters)
     result.interrupted = control is not None and control.interrupted
     finish_grid(result, request.save_grid, dated_folder(outputs_root, "img2img-grids") if saving else None)
     return result

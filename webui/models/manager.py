@@ -124,6 +124,12 @@ class ModelManager:
         weights = self._weights
         return weights.record if weights else None
 
+    @property
+    def encoder_widths(self) -> dict[str, int] | None:
+        """Text-encoder widths of the loaded model (which embeddings fit it); None before any load."""
+        injector = self._embeddings
+        return injector.encoder_widths if injector is not None else None
+
     def _default_record(self) -> CheckpointRecord:
         if self.preferred_checkpoint:
             try:

@@ -1,16 +1,7 @@
-"""Turn engine exceptions into one-line messages a user can act on (never a traceback)."""
+"""The UI's name for the shared error messages (`webui.user_errors`, also used by the HTTP API)."""
 
 from __future__ import annotations
 
-from webui.jobs.queue import JobCancelled, QueueFullError
-from webui.models.checkpoint_loading import CheckpointLoadError
+from webui.user_errors import USER_ERRORS, user_error
 
-USER_ERRORS = (ValueError, LookupError, OSError, CheckpointLoadError, QueueFullError, JobCancelled)
-
-
-def user_error(error: BaseException) -> str:
-    """The message for a failed request; unexpected errors keep their type name for bug reports."""
-    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    if isinstance(error, USER_ERRORS):
-        return message
-    return f"Generation failed ({type(error).__name__}): {message}"
+__all__ = ["USER_ERRORS", "user_error"]

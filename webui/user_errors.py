@@ -1,0 +1,19 @@
+"""Turn engine exceptions into one-line messages a user can act on (never a traceback).
+
+Shared by the gradio UI and the HTTP API, so it lives outside both (neither imports the other).
+"""
+
+from __future__ import annotations
+
+from webui.jobs.queue import JobCancelled, QueueFullError
+from webui.models.checkpoint_loading import CheckpointLoadError
+
+USER_ERRORS = (ValueError, LookupError, OSError, CheckpointLoadError, QueueFullError, JobCancelled)
+
+
+def user_error(error: BaseException) -> str:
+    """The message for a failed request; unexpected errors keep their type name for bug reports."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, USER_ERRORS):
+        return message
+    return f"Generation failed ({type(error).__name__}): {message}"
