@@ -375,7 +375,8 @@ def test_empty_alwayson_scripts_and_no_script_are_plain_generation(a1111):
 # ---- 5. a real A1111 client package -------------------------------------------------------------
 
 def test_webuiapi_client_drives_txt2img_img2img_options_progress_and_xyz(a1111):
-    webuiapi = pytest.importorskip("webuiapi")
+    import webuiapi  # a test extra (pyproject.toml)
+
     port = int(a1111.url.rsplit(":", 1)[1])
     client = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=2)
     result = client.txt2img(prompt="a red circle on a blue background", width=64, height=64, seed=11)
