@@ -11,7 +11,9 @@ afterwards. Here the four keys that change what a generation does are honoured:
   when this option is on and the body says `save_images: true`).
 
 Other keys A1111 clients send are ignored. With `override_settings_restore_afterwards: false` the
-overrides become the server's options, as in A1111. The options live in one `ApiOptions` per API
+overrides become the server's options, as in A1111; since they then apply to every user's requests,
+only an admin may keep them or set them with POST /options (a plain user gets 403; anyone may override
+them for one request, and the checkpoint stays shared by everyone as it was before). The options live in one `ApiOptions` per API
 router (not in module state); `GET/POST /options` read and change them.
 """
 

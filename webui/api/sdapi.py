@@ -252,6 +252,9 @@ def build_api_router(ctx: AppContext) -> APIRouter:
         """Run a txt2img/img2img request or its script; keep the overrides when the body says not to
         restore them. Validation and queueing run on a worker thread; errors raise before queueing."""
         is_img2img = isinstance(body, Img2ImgBody)
+        if not body.override_settings_restore_afterwards and body.override_settings.option_changes():
+            user.require_admin("keeping override_settings as everyone's options "
+                               "(override_settings_restore_afterwards: false)")
         script = script_call(body.script_name, body.script_args, body.alwayson_scripts, is_img2img,
                              save_grid=request.save_images)
         if script is not None:
@@ -342,6 +345,8 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @translate_errors
     async def set_options(body: OptionsBody, user: User = Depends(caller)) -> dict[str, Any]:
         changes = body.option_changes()
+        if changes:  # they apply to everyone's requests; the checkpoint is shared as in A1111 (and before)
+            user.require_admin(f"changing {', '.join(changes)} for everyone")
         await run_in_threadpool(check_option_values, changes, ctx.resolve_vae)
         if body.sd_model_checkpoint:
             await run_in_threadpool(ctx.select_checkpoint, body.sd_model_checkpoint, user.name)
