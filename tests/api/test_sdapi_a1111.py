@@ -357,6 +357,17 @@ def test_xyz_script_by_a1111_axis_indices(a1111):
     assert params["Y Type"] == "Checkpoint name" and current_checkpoint(a1111).startswith("sd-studio-toy [")
 
 
+def test_xyz_script_on_img2img_uses_the_img2img_axis_list(a1111):
+    source = encode(Image.new("RGB", (64, 64), (20, 160, 40)))
+    response = post(a1111, "img2img", {**SMALL, "prompt": "a green square", "seed": 5, "init_images": [source],
+                                        "denoising_strength": 0.6, "script_name": "x/y/z plot",
+                                        "script_args": xyz_args(22, "0.3, 0.9", include_lone_images=True)})
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert parse_infotext(info["infotexts"][0])["X Type"] == "Denoising"  # index 22 on img2img, 23 on txt2img
+    assert [parse_infotext(text)["Denoising strength"] for text in info["infotexts"][1:]] == ["0.3", "0.9"]
+
+
 @pytest.mark.parametrize("fields,reason", [
     ({"script_name": "x/y/z plot", "script_args": xyz_args(12, "1, 2")}, "Negative Guidance minimum sigma"),
     ({"script_name": "x/y/z plot", "script_args": xyz_args(99, "1")}, "0..37"),

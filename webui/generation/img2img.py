@@ -20,6 +20,7 @@ from webui.generation.denoise import (
     common_arguments,
     encode_images,
     executed_steps,
+    pipeline_strength,
     pipeline_for,
     use_sampler,
     uses_inpainting_unet,
@@ -163,7 +164,8 @@ def _denoise(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedSour
                                  cfg_scale=request.cfg_scale, seeds=seeds, control=control)
     start = _latent_start(model, request, prepared, seeds, subseeds)
     image: Any = start if start is not None else prepared.work_image
-    arguments.update(image=image, strength=request.denoising_strength, output_type="pil")
+    arguments.update(image=image, strength=pipeline_strength(request.steps, request.denoising_strength),
+                     output_type="pil")
     if prepared.work_mask is None and not uses_inpainting_unet(model):
         return list(pipeline_for(model, "img2img")(**arguments).images)
     mask = prepared.work_mask or Image.new("L", prepared.work_image.size, 255)
