@@ -356,6 +356,12 @@ def test_xyz_script_by_a1111_axis_indices(a1111):
     assert params["X Type"] == "Sampler" and params["X Values"] == "Euler, Euler a"
     assert params["Y Type"] == "Checkpoint name" and current_checkpoint(a1111).startswith("sd-studio-toy [")
 
+    kept = txt2img(a1111, prompt="a red circle", seed=9, script_name="x/y/z plot", script_args=xyz_args(4, "1, 2"),
+                   override_settings={"sd_model_checkpoint": COPY}, override_settings_restore_afterwards=False)
+    assert parse_infotext(kept["info"]["infotexts"][0])["Model"] == COPY
+    assert current_checkpoint(a1111).startswith(f"{COPY} [")
+    assert post(a1111, "options", {"sd_model_checkpoint": "sd-studio-toy"}).status_code == 200
+
 
 def test_xyz_script_on_img2img_uses_the_img2img_axis_list(a1111):
     source = encode(Image.new("RGB", (64, 64), (20, 160, 40)))

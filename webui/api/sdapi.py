@@ -262,6 +262,9 @@ def build_api_router(ctx: AppContext) -> APIRouter:
                 submit_xyz, ctx, request, script.x, script.y, script.z, script.options, owner=user.name))
             run = await wait_for_job(ctx.queue, job, http)
             answer = await run_in_threadpool(xyz_response, body, request, run)
+            if request.checkpoint and not body.override_settings_restore_afterwards:
+                # A plot always loads the checkpoint it started with again; keeping the override means this one.
+                await run_in_threadpool(ctx.select_checkpoint, request.checkpoint, user.name)
         else:
             submit = ctx.submit_img2img if is_img2img else ctx.submit_txt2img
             restore = body.override_settings_restore_afterwards
