@@ -70,7 +70,7 @@ def test_extras_sizes_follow_a1111():
     blended = ExtrasRequest(upscaler_1="Nearest", upscaler_2="Lanczos", extras_upscaler_2_visibility=0.5).validate()
     result, info = upscale_image(image, blended, None)
     assert result.size == (60, 20) and "Postprocess upscaler 2: Lanczos" in info
-    assert upscale_image(image, ExtrasRequest().validate(), None) [0].size == (30, 10)  # "None" keeps the image
+    assert upscale_image(image, ExtrasRequest().validate(), None)[0].size == (30, 10)  # "None" keeps the image
     with pytest.raises(ImageTooLargeError):
         upscale_image(image, ExtrasRequest(upscaler_1="Lanczos", upscaling_resize=8).validate(), 1000)
     with pytest.raises(RequestError, match="None, Lanczos, Nearest"):
