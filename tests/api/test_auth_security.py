@@ -6,6 +6,7 @@ one with accounts (`--auth-file` admin + a plain user with an API token in users
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -58,6 +59,8 @@ def test_listen_prints_the_real_bind_address_and_a_token_login(listening):
     ("GET", "/"), ("GET", "/config"), ("GET", "/gradio_api/info"), ("POST", "/gradio_api/call/load_captions"),
     ("POST", "/gradio_api/upload"), ("GET", "/sdapi/v1/sd-models"), ("POST", "/sdapi/v1/train"),
     ("POST", "/sdapi/v1/interrupt"), ("GET", "/sdapi/v1/cmd-flags"),
+    ("GET", "/sdapi/v1/memory"), ("GET", "/sdapi/v1/embeddings"), ("GET", "/sdapi/v1/script-info"),
+    ("POST", "/sdapi/v1/extra-single-image"),
 ])
 def test_every_route_needs_the_token_and_leaks_nothing(listening, method, path):
     answer = requests.request(method, listening.url + path, json={"data": ["/etc", ".txt"]}, timeout=30,
@@ -123,6 +126,24 @@ def test_admin_and_user_roles_over_http(accounts):
     bearer = {"Authorization": f"Bearer {accounts.user_token}"}
     assert requests.get(f"{url}/sd-models", headers=bearer, timeout=30).status_code == 200
     assert requests.get(f"{url}/sd-models", headers={"Authorization": "Bearer sds_forged"}, timeout=30).status_code == 401
+
+
+def test_only_an_admin_changes_everyones_options_but_anyone_overrides_for_one_request(accounts):
+    admin, user = ("boss", "admin-password-9"), ("ulla", "user password")
+    url = accounts.url + "/sdapi/v1"
+    tiny = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+    refused = requests.post(f"{url}/options", json={"samples_save": False}, auth=user, timeout=30)
+    assert refused.status_code == 403 and "admin" in refused.json()["detail"]
+    kept = requests.post(f"{url}/txt2img", json={**tiny, "override_settings": {"CLIP_stop_at_last_layers": 2},
+                                                  "override_settings_restore_afterwards": False}, auth=user, timeout=300)
+    assert kept.status_code == 403 and "override_settings_restore_afterwards" in kept.json()["detail"]
+    once = requests.post(f"{url}/txt2img", json={**tiny, "override_settings": {"CLIP_stop_at_last_layers": 2}},
+                         auth=user, timeout=300)
+    assert once.status_code == 200 and json.loads(once.json()["info"])["clip_skip"] == 2
+    assert requests.get(f"{url}/options", auth=user, timeout=30).json()["CLIP_stop_at_last_layers"] == 1
+    assert requests.post(f"{url}/options", json={"CLIP_stop_at_last_layers": 2}, auth=admin, timeout=30).status_code == 200
+    assert requests.get(f"{url}/options", auth=user, timeout=30).json()["CLIP_stop_at_last_layers"] == 2
+    assert requests.post(f"{url}/options", json={"CLIP_stop_at_last_layers": 1}, auth=admin, timeout=30).status_code == 200
 
 
 def test_secrets_are_not_in_flags_the_process_list_or_the_log(accounts):

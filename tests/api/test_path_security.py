@@ -388,6 +388,7 @@ LIST_FIELDS = {"styles", "init_images", "sample_prompts", "target_modules"}
 def route_table() -> dict[tuple[str, str], tuple[dict, list[str]]]:
     """(method, path) -> (a valid body, the fields that get path-like text) for every route that takes input."""
     from webui.api.sdapi import Img2ImgBody, OptionsBody, PngInfoBody, Txt2ImgBody
+    from webui.api.sdapi_extras import ExtrasBatchBody, ExtrasSingleBody
 
     tiny = {"prompt": "a red square", "steps": 1, "width": 64, "height": 64, "seed": 3, "subseed": 5,
             "sampler_name": "Euler"}
@@ -401,6 +402,10 @@ def route_table() -> dict[tuple[str, str], tuple[dict, list[str]]]:
                                         _string_fields(Img2ImgBody) + overrides),
         ("POST", "/sdapi/v1/options"): ({}, _string_fields(OptionsBody)),
         ("POST", "/sdapi/v1/png-info"): ({"image": tiny_png()}, _string_fields(PngInfoBody)),
+        ("POST", "/sdapi/v1/extra-single-image"): ({"image": tiny_png(), "upscaler_1": "Lanczos"},
+                                                   _string_fields(ExtrasSingleBody)),
+        ("POST", "/sdapi/v1/extra-batch-images"): ({"imageList": [{"data": tiny_png(), "name": "a"}],
+                                                    "upscaler_1": "Lanczos"}, _string_fields(ExtrasBatchBody)),
         ("POST", "/sdapi/v1/train"): (training, _training_string_fields()),
         ("GET", "/sdapi/v1/progress"): ({}, []),  # its one query parameter is a bool
     }

@@ -91,7 +91,8 @@ def test_unknown_fields_are_ignored_and_never_echoed(server):
     assert len(response.content) < 200 * 1024 and "xxxxxxxx" not in response.text
     parameters = response.json()["parameters"]
     assert "pad" not in parameters and parameters["prompt"] == "echo check"
-    assert set(parameters["override_settings"]) == {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"}
+    assert set(parameters["override_settings"]) == {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers",
+                                                    "samples_save"}
 
 
 # ---- item 6: NaN, Infinity and out-of-range numbers -------------------------------------------------

@@ -49,6 +49,16 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
+def test_fewer_than_one_step_of_denoising_still_runs_one_step(ctx, source):
+    """2 steps at strength 0.3 is 0.6 of a step: diffusers would schedule none and fail; A1111 runs one,
+    at the smallest noise level, so the image changes only a little."""
+    result = img2img(ctx, source, steps=2, denoising_strength=0.3)
+    change = np.abs(pixels(result.images[0]) - pixels(source)).mean()
+    assert 0 < change < np.abs(pixels(img2img(ctx, source, steps=2, denoising_strength=1.0).images[0])
+                               - pixels(source)).mean()
+    assert parse_infotext(result.infotexts[0])["Denoising strength"] == "0.3"
+
+
 def test_img2img_redraws_the_image_reproducibly_and_strength_zero_keeps_it(ctx, source):
     first = img2img(ctx, source, denoising_strength=0.6)
     again = img2img(ctx, source, denoising_strength=0.6)

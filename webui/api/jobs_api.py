@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from webui.api.a1111_options import ApiOptions
 from webui.api.common import ReasonedValidationRoute, caller, translate_errors, validation_reason
 from webui.api.sdapi import STRICT_JSON, Img2ImgBody, Txt2ImgBody, img2img_request_from_body, txt2img_request_from_body
 from webui.context import AppContext
@@ -63,7 +64,7 @@ class XyzBody(Txt2ImgBody):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-def build_jobs_router(ctx: AppContext) -> APIRouter:
+def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
     router = APIRouter(prefix=JOBS_PREFIX, route_class=ReasonedValidationRoute, tags=["jobs"])
     scheduler = ctx.scheduler
 
@@ -72,16 +73,20 @@ def build_jobs_router(ctx: AppContext) -> APIRouter:
         webhook = ctx.webhooks.check_url(body.webhook) if body.webhook else None
         owner = user.name
         if body.kind == "txt2img":
-            request = txt2img_request_from_body(_parse(Txt2ImgBody, body.request)).with_changes(save_images=True)
+            parsed = _parse(Txt2ImgBody, body.request)
+            request = txt2img_request_from_body(parsed, options.effective(parsed.override_settings))
+            request = request.with_changes(save_images=True)  # a job's images are served from their files
             return ctx.generation.submit_txt2img(request, owner, webhook_url=webhook)
         if body.kind == "img2img":
-            request = img2img_request_from_body(_parse(Img2ImgBody, body.request), ctx.request_limits)
+            parsed = _parse(Img2ImgBody, body.request)
+            request = img2img_request_from_body(parsed, ctx.request_limits, options.effective(parsed.override_settings))
             return ctx.generation.submit_img2img(request.with_changes(save_images=True), owner, webhook_url=webhook)
         if body.kind == XYZ_KIND:
             plot = _parse(XyzBody, body.request)
             axes = [AxisSpec(axis.type, axis.values) if axis is not None else None for axis in (plot.x, plot.y, plot.z)]
-            options = XyzOptions(**plot.options)
-            return ctx.xyz.submit(txt2img_request_from_body(plot), *axes, options, owner=owner, webhook_url=webhook)
+            plot_options = XyzOptions(**plot.options)
+            base = txt2img_request_from_body(plot, options.effective(plot.override_settings))
+            return ctx.xyz.submit(base, *axes, plot_options, owner=owner, webhook_url=webhook)
         if body.kind == "train":
             config = TrainingConfig.from_dict(body.request)
             if not config.base_checkpoint:

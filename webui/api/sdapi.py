@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 from typing import Any
@@ -21,10 +22,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from webui.api.a1111_options import ApiOptions, OverrideSettings, check_option_values
 from webui.api.common import API_PREFIX, ReasonedValidationRoute, admin_caller, caller, translate_errors
 from webui.api.job_wait import wait_for_job
+from webui.api.sdapi_scripts import build_scripts_router, script_call, xyz_info
 from webui.context import AppContext
 from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.infotext import parse_infotext, read_infotext
@@ -34,16 +37,6 @@ from webui.security.identity import Forbidden, User
 from webui.security.limits import RequestLimits
 
 STRICT_JSON = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-
-class OverrideSettings(BaseModel):
-    """The `override_settings` keys this server applies per request; A1111 clients send many more, ignored."""
-
-    model_config = STRICT_JSON
-
-    sd_model_checkpoint: str | None = None
-    sd_vae: str | None = None
-    CLIP_stop_at_last_layers: int = 1
 
 
 class Txt2ImgBody(BaseModel):
@@ -81,6 +74,27 @@ class Txt2ImgBody(BaseModel):
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     denoising_strength: float | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("script_args")
+    @classmethod
+    def _finite_script_args(cls, value: list[Any]) -> list[Any]:
+        """Script arguments are echoed in `parameters`: a NaN or Infinity there could not be written back."""
+        if not _finite_json(value):
+            raise ValueError("script_args may not hold NaN or Infinity")
+        return value
+
+
+def _finite_json(value: Any) -> bool:
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, list):
+        return all(_finite_json(item) for item in value)
+    if isinstance(value, dict):
+        return all(_finite_json(item) for item in value.values())
+    return True
 
 
 class Img2ImgBody(Txt2ImgBody):
@@ -96,10 +110,8 @@ class Img2ImgBody(Txt2ImgBody):
     inpainting_mask_invert: int = 0
 
 
-class OptionsBody(BaseModel):
-    model_config = STRICT_JSON
-
-    sd_model_checkpoint: str | None = None
+class OptionsBody(OverrideSettings):
+    """POST /options: the checkpoint and the options `ApiOptions` keeps; other A1111 options are ignored."""
 
 
 class PngInfoBody(BaseModel):
@@ -134,20 +146,22 @@ def decode_image(data: str, limits: RequestLimits, field_name: str = "image") ->
         raise HTTPException(422, f"{field_name}: data is not an image Pillow can read") from None
 
 
-def _common_fields(body: Txt2ImgBody) -> dict[str, Any]:
+def _common_fields(body: Txt2ImgBody, options: dict[str, Any]) -> dict[str, Any]:
+    """Request fields shared by txt2img and img2img; `options` are the effective server options
+    (`ApiOptions.effective`: the server's with the body's override_settings on top)."""
     overrides = body.override_settings
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, styles=tuple(body.styles),
         steps=body.steps, sampler_name=body.sampler_name or body.sampler_index or "DPM++ 2M",
         scheduler=body.scheduler or "Automatic", cfg_scale=body.cfg_scale, width=body.width, height=body.height,
         seed=body.seed, subseed=body.subseed, subseed_strength=body.subseed_strength, batch_count=body.n_iter,
-        batch_size=body.batch_size, clip_skip=overrides.CLIP_stop_at_last_layers,
-        checkpoint=overrides.sd_model_checkpoint or None, save_images=body.save_images,
-        vae=overrides.sd_vae or "Automatic",
+        batch_size=body.batch_size, clip_skip=options["CLIP_stop_at_last_layers"],
+        checkpoint=overrides.sd_model_checkpoint or None, save_images=body.save_images and options["samples_save"],
+        vae=options["sd_vae"] or "Automatic",
     )
 
 
-def txt2img_request_from_body(body: Txt2ImgBody) -> Txt2ImgRequest:
+def txt2img_request_from_body(body: Txt2ImgBody, options: dict[str, Any]) -> Txt2ImgRequest:
     hires = dict(
         enable_hr=body.enable_hr, hr_scale=body.hr_scale, hr_upscaler=body.hr_upscaler,
         hr_second_pass_steps=body.hr_second_pass_steps, hr_resize_x=body.hr_resize_x, hr_resize_y=body.hr_resize_y,
@@ -156,15 +170,15 @@ def txt2img_request_from_body(body: Txt2ImgBody) -> Txt2ImgRequest:
     )
     if body.denoising_strength is not None:
         hires["denoising_strength"] = body.denoising_strength
-    return Txt2ImgRequest(**_common_fields(body), **hires)
+    return Txt2ImgRequest(**_common_fields(body, options), **hires)
 
 
-def img2img_request_from_body(body: Img2ImgBody, limits: RequestLimits) -> Img2ImgRequest:
+def img2img_request_from_body(body: Img2ImgBody, limits: RequestLimits, options: dict[str, Any]) -> Img2ImgRequest:
     """Decodes the images: call it off the event loop."""
     if not body.init_images:
         raise HTTPException(422, "init_images must hold at least one base64 image")
     return Img2ImgRequest(
-        **_common_fields(body), init_images=(decode_image(body.init_images[0], limits, "init_images[0]"),),
+        **_common_fields(body, options), init_images=(decode_image(body.init_images[0], limits, "init_images[0]"),),
         mask=decode_image(body.mask, limits, "mask") if body.mask else None, resize_mode=body.resize_mode,
         denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength,
         mask_blur=body.mask_blur, inpainting_fill=body.inpainting_fill, inpaint_full_res=body.inpaint_full_res,
@@ -182,26 +196,60 @@ def generation_response(body: Txt2ImgBody, request: Txt2ImgRequest, result) -> d
     return {"images": images, "parameters": parameters, "info": json.dumps(result.info(request))}
 
 
-def build_api_router(ctx: AppContext) -> APIRouter:
+def xyz_response(body: Txt2ImgBody, request: Txt2ImgRequest, run) -> dict[str, Any]:
+    """The X/Y/Z script's answer in the same shape: the grid (then sub grids and cells when asked for)."""
+    images = [encode_png(image, text) for image, text in zip(run.images, run.infotexts)] if body.send_images else []
+    parameters = body.model_dump(exclude={"init_images", "mask"})
+    return {"images": images, "parameters": parameters, "info": json.dumps(xyz_info(request, run))}
+
+
+def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIRouter:
+    """The /sdapi/v1 routes; `options` are A1111's server options (shared with the job API)."""
+    from webui.api.sdapi_extras import build_extras_router  # here: it imports this module's helpers
+
     router = APIRouter(prefix=API_PREFIX, route_class=ReasonedValidationRoute)
     limits = ctx.request_limits
+    options = options if options is not None else ApiOptions()  # see webui.api.a1111_options
+
+    async def generate(body: Txt2ImgBody, request: Txt2ImgRequest, http: Request, user: User) -> dict[str, Any]:
+        """Run a txt2img/img2img request or its script; keep the overrides when the body says not to
+        restore them. Validation and queueing run on a worker thread; errors raise before queueing."""
+        is_img2img = isinstance(body, Img2ImgBody)
+        if not body.override_settings_restore_afterwards and body.override_settings.option_changes():
+            user.require_admin("keeping override_settings as everyone's options "
+                               "(override_settings_restore_afterwards: false)")
+        script = script_call(body.script_name, body.script_args, body.alwayson_scripts, is_img2img,
+                             save_grid=request.save_images)
+        if script is not None:
+            job = await run_in_threadpool(functools.partial(
+                ctx.xyz.submit, request, script.x, script.y, script.z, script.options, owner=user.name))
+            run = await wait_for_job(ctx.scheduler, job, http)
+            answer = await run_in_threadpool(xyz_response, body, request, run)
+        else:
+            submit = ctx.generation.submit_img2img if is_img2img else ctx.generation.submit_txt2img
+            job = await run_in_threadpool(submit, request, user.name)
+            result = await wait_for_job(ctx.scheduler, job, http)
+            answer = await run_in_threadpool(generation_response, body, request, result)
+        # A checkpoint override is the request's own: the selected checkpoint stays, so it is current again
+        # afterwards (A1111's restore). Keeping the override makes it everyone's selected checkpoint.
+        if not body.override_settings_restore_afterwards:
+            if request.checkpoint:
+                await run_in_threadpool(ctx.models.select_checkpoint, request.checkpoint, user.name)
+            options.update(body.override_settings.option_changes())
+        return answer
 
     @router.post("/txt2img")
     @translate_errors
     async def txt2img(body: Txt2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
-        request = txt2img_request_from_body(body)
-        # Validation (files, styles, LoRA folder) and queueing on a worker thread; errors raise before queueing.
-        job = await run_in_threadpool(ctx.generation.submit_txt2img, request, user.name)
-        result = await wait_for_job(ctx.scheduler, job, http)
-        return await run_in_threadpool(generation_response, body, request, result)
+        request = txt2img_request_from_body(body, options.effective(body.override_settings))
+        return await generate(body, request, http, user)
 
     @router.post("/img2img")
     @translate_errors
     async def img2img(body: Img2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
-        request = await run_in_threadpool(img2img_request_from_body, body, limits)
-        job = await run_in_threadpool(ctx.generation.submit_img2img, request, user.name)
-        result = await wait_for_job(ctx.scheduler, job, http)
-        return await run_in_threadpool(generation_response, body, request, result)
+        request = await run_in_threadpool(img2img_request_from_body, body, limits,
+                                          options.effective(body.override_settings))
+        return await generate(body, request, http, user)
 
     @router.get("/upscalers")
     @translate_errors
@@ -257,14 +305,18 @@ def build_api_router(ctx: AppContext) -> APIRouter:
     @router.get("/options")
     @translate_errors
     def get_options() -> dict[str, Any]:
-        return {"sd_model_checkpoint": ctx.models.current_checkpoint_title()}
+        return {"sd_model_checkpoint": ctx.models.current_checkpoint_title(), **options.values()}
 
     @router.post("/options")
     @translate_errors
     async def set_options(body: OptionsBody, user: User = Depends(caller)) -> dict[str, Any]:
+        changes = body.option_changes()
+        if changes:  # they apply to everyone's requests; the checkpoint is shared as in A1111 (and before)
+            user.require_admin(f"changing {', '.join(changes)} for everyone")
+        await run_in_threadpool(check_option_values, changes, ctx.models.resolve_vae)
         if body.sd_model_checkpoint:
-            record = await run_in_threadpool(ctx.models.select_checkpoint, body.sd_model_checkpoint, user.name)
-            return {"sd_model_checkpoint": record.title}
+            await run_in_threadpool(ctx.models.select_checkpoint, body.sd_model_checkpoint, user.name)
+        options.update(changes)
         return get_options()
 
     @router.get("/progress")
@@ -332,6 +384,8 @@ def build_api_router(ctx: AppContext) -> APIRouter:
         return {"listen": s.listen, "port": s.port, "api": s.api, "nowebui": s.nowebui, "device": s.device,
                 "precision": s.precision, "data_dir": str(s.data_dir), "auth": bool(s.auth)}
 
+    router.include_router(build_extras_router(ctx))
+    router.include_router(build_scripts_router())
     return router
 
 

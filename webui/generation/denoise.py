@@ -118,6 +118,16 @@ def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, 
     return arguments
 
 
+def pipeline_strength(steps: int, strength: float) -> float:
+    """The strength handed to diffusers: enough for at least one step when any is asked for.
+
+    With steps x strength < 1 diffusers would schedule no step at all and fail on an empty timestep list;
+    A1111 runs one step at the smallest noise level there, which a strength of just over 1/steps gives."""
+    if strength <= 0 or executed_steps(steps, strength) >= 1:
+        return strength
+    return min(1.0, 1.000001 / steps)
+
+
 def executed_steps(steps: int, strength: float) -> int:
     """Steps an img2img pass really runs: diffusers (like A1111) skips the first (1 - strength) of them."""
     return min(int(steps * strength), steps)

@@ -20,6 +20,7 @@ from webui.generation.denoise import (
     common_arguments,
     encode_images,
     executed_steps,
+    pipeline_strength,
     pipeline_for,
     use_sampler,
     uses_inpainting_unet,
@@ -163,7 +164,8 @@ def _denoise(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedSour
                                  cfg_scale=request.cfg_scale, seeds=seeds, control=control)
     start = _latent_start(model, request, prepared, seeds, subseeds)
     image: Any = start if start is not None else prepared.work_image
-    arguments.update(image=image, strength=request.denoising_strength, output_type="pil")
+    arguments.update(image=image, strength=pipeline_strength(request.steps, request.denoising_strength),
+                     output_type="pil")
     if prepared.work_mask is None and not uses_inpainting_unet(model):
         return list(pipeline_for(model, "img2img")(**arguments).images)
     mask = prepared.work_mask or Image.new("L", prepared.work_image.size, 255)
@@ -206,7 +208,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     saving = request.save_images and outputs_root is not None
     size = prepared.canvas.size
     result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt,
-                              warnings=tuple(model.warnings) + tuple(prepared.notes))
+                              warnings=tuple(model.warnings) + tuple(prepared.notes)).describe_model(model, prompts)
     if control is not None:
         control.start(request.batch_count, steps)
     for batch_index in range(request.batch_count):
@@ -228,7 +230,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
             parameters["Size"] = f"{size[0]}x{size[1]}"
             infotext = create_infotext(prompts.prompt, prompts.negative_prompt, parameters)
             collect_image(result, image, infotext, image_seed, image_subseed,
-                          dated_folder(outputs_root, "img2img-images") if saving else None)
+                          dated_folder(outputs_root, "img2img-images") if saving else None, parameters)
     result.interrupted = control is not None and control.interrupted
     finish_grid(result, request.save_grid, dated_folder(outputs_root, "img2img-grids") if saving else None)
     return result

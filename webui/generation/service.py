@@ -112,8 +112,9 @@ class GenerationService:
 
     def pin_checkpoint(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """The request with the selected checkpoint filled in when it names none."""
-        if not request.checkpoint and self.models.selected:
-            return request.with_changes(checkpoint=self.models.selected)
+        if not request.checkpoint:
+            selected = self.models.current_checkpoint_title()
+            return request.with_changes(checkpoint=selected) if selected else request
         return request
 
     def submit_img2img_batch(self, template: Img2ImgRequest, input_folder: str, output_folder: str,

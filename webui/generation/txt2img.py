@@ -9,6 +9,7 @@ from diffusers' `callback_on_step_end`.
 from __future__ import annotations
 
 import random
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,16 @@ from webui.models.manager import LoadedModel
 MAX_SEED = 2**32 - 1
 
 
+# Infotext keys A1111's `create_infotext` writes from the processing object itself; every other key of an
+# image's parameters is what A1111 keeps in `extra_generation_params` (hires, LoRA and TI hashes, masks...).
+CORE_INFOTEXT_KEYS = frozenset({
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
+    "Model hash", "Model", "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Seed resize from",
+    "Denoising strength", "Conditional mask weight", "Clip skip", "ENSD", "Tiling", "Init image hash", "RNG",
+    "Version",
+})
+
+
 @dataclass
 class GenerationResult:
     images: list[Image.Image]
@@ -45,20 +56,53 @@ class GenerationResult:
     grid_path: Path | None = None
     interrupted: bool = False
     warnings: tuple[str, ...] = ()
+    # What the images were made with, for A1111's `info` JSON (filled by `describe_model`).
+    model_name: str | None = None
+    model_hash: str | None = None
+    vae_name: str | None = None
+    vae_hash: str | None = None
+    inpainting_conditioning: bool = False
+    job_timestamp: str = field(default_factory=lambda: datetime.now().strftime("%Y%m%d%H%M%S"))
+    parameters: dict[str, Any] = field(default_factory=dict)  # the first image's infotext pairs
+
+    def describe_model(self, model: LoadedModel, prompts: "PreparedPrompts") -> "GenerationResult":
+        """Record the checkpoint and VAE the images come from (A1111's sd_model_* and sd_vae_* fields)."""
+        self.model_name, self.model_hash = model.record.name, model.record.shorthash
+        self.vae_name, self.vae_hash = prompts.model_extras.get("VAE"), prompts.model_extras.get("VAE hash")
+        self.inpainting_conditioning = uses_inpainting_unet(model)
+        return self
 
     def info(self, request: Txt2ImgRequest) -> dict[str, Any]:
-        """A1111's `info` JSON (returned as a string by /sdapi/v1/txt2img)."""
+        """A1111's `info` JSON (returned as a string by /sdapi/v1/txt2img), field for field as A1111's
+        `Processed.js()`, plus this server's `scheduler`, `interrupted`, `saved_paths` and `warnings`.
+
+        `infotexts` lines up with the images a client receives: the grid, when there is one, comes first
+        and carries the first image's infotext (A1111 does the same); `index_of_first_image` says where
+        the single images start."""
+        count = len(self.images)
+        hires_or_img2img = request.enable_hr or hasattr(request, "init_images")
+        infotexts = ([self.infotexts[0]] if self.grid is not None and self.infotexts else []) + self.infotexts
         return {
-            "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-            "all_prompts": [self.prompt] * len(self.images),
-            "all_negative_prompts": [self.negative_prompt] * len(self.images),
-            "seed": self.seeds[0] if self.seeds else request.seed, "all_seeds": self.seeds,
-            "subseed": self.subseeds[0] if self.subseeds else request.subseed, "all_subseeds": self.subseeds,
+            "prompt": self.prompt, "all_prompts": [self.prompt] * count,
+            "negative_prompt": self.negative_prompt, "all_negative_prompts": [self.negative_prompt] * count,
+            "seed": self.seeds[0] if self.seeds else request.seed, "all_seeds": list(self.seeds),
+            "subseed": self.subseeds[0] if self.subseeds else request.subseed, "all_subseeds": list(self.subseeds),
             "subseed_strength": request.subseed_strength, "width": request.width, "height": request.height,
             "sampler_name": request.sampler_name, "scheduler": request.scheduler, "cfg_scale": request.cfg_scale,
-            "steps": request.steps, "batch_size": request.batch_size, "clip_skip": request.clip_skip,
-            "styles": list(request.styles), "infotexts": self.infotexts, "interrupted": self.interrupted,
-            "saved_paths": [str(p) for p in self.saved_paths], "warnings": list(self.warnings),
+            "steps": request.steps, "batch_size": request.batch_size,
+            "restore_faces": False, "face_restoration_model": None,  # no face restorers exist here
+            "sd_model_name": self.model_name, "sd_model_hash": self.model_hash,
+            "sd_vae_name": self.vae_name, "sd_vae_hash": self.vae_hash,
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1,  # seed resizing is not implemented: never used
+            "denoising_strength": request.denoising_strength if hires_or_img2img else None,
+            "extra_generation_params": {key: value for key, value in self.parameters.items()
+                                        if key not in CORE_INFOTEXT_KEYS and value is not None},
+            "index_of_first_image": 1 if self.grid is not None else 0,
+            "infotexts": infotexts, "styles": list(request.styles), "job_timestamp": self.job_timestamp,
+            "clip_skip": request.clip_skip, "is_using_inpainting_conditioning": self.inpainting_conditioning,
+            "version": f"SD Studio {__version__}",
+            "interrupted": self.interrupted, "saved_paths": [str(p) for p in self.saved_paths],
+            "warnings": list(self.warnings),
         }
 
 
@@ -159,7 +203,9 @@ def batch_seeds(seed: int, subseed: int, batch_index: int, batch_size: int) -> t
 
 
 def collect_image(result: GenerationResult, image: Image.Image, infotext: str, seed: int, subseed: int,
-                  save_to: Path | None) -> None:
+                  save_to: Path | None, parameters: dict[str, Any] | None = None) -> None:
+    if parameters is not None and not result.images:
+        result.parameters = dict(parameters)
     result.images.append(image)
     result.infotexts.append(infotext)
     result.seeds.append(seed)
@@ -194,7 +240,8 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     shape = _latent_shape(model, request)
     saving = request.save_images and outputs_root is not None
 
-    result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt, warnings=model.warnings)
+    result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt,
+                              warnings=model.warnings).describe_model(model, prompts)
     if control is not None:
         control.start(request.batch_count, request.steps + (hires.steps if hires else 0))
     for batch_index in range(request.batch_count):
@@ -219,7 +266,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
                                                prompts.model_extras)
             infotext = create_infotext(prompts.prompt, prompts.negative_prompt, parameters)
             collect_image(result, image, infotext, image_seed, image_subseed,
-                          dated_folder(outputs_root, "txt2img-images") if saving else None)
+                          dated_folder(outputs_root, "txt2img-images") if saving else None, parameters)
     result.interrupted = control is not None and control.interrupted
     finish_grid(result, request.save_grid, dated_folder(outputs_root, "txt2img-grids") if saving else None)
     return result

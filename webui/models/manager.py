@@ -145,7 +145,13 @@ class ModelManager:
         weights = self._weights
         return weights.record if weights else None
 
-    def _default_record(self) -> CheckpointRecord:
+    @property
+    def encoder_widths(self) -> dict[str, int] | None:
+        """Text-encoder widths of the loaded model (which embeddings fit it); None before any load."""
+        injector = self._embeddings
+        return injector.encoder_widths if injector is not None else None
+
+    def default_record(self) -> CheckpointRecord:
         if self.preferred_checkpoint:
             try:
                 return self.catalog.find(self.preferred_checkpoint)
@@ -233,7 +239,7 @@ class ModelManager:
                 if self.current is None or record.path != self.current.path:
                     self._switch_to(record)
             elif self._pipeline is None:
-                self._switch_to(self._default_record())
+                self._switch_to(self.default_record())
             assert self._weights is not None and self._lora is not None
             self._reconcile_vae(vae)
             files = [self._lora.read(use.path) for use in loras]

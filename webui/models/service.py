@@ -21,6 +21,7 @@ from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
+from webui.models.checkpoint_loading import CheckpointLoadError
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
@@ -58,11 +59,15 @@ class ModelService:
         return [record.title for record in self.catalog.usable_records()]
 
     def current_checkpoint_title(self) -> str | None:
-        """The selected checkpoint, else the one the first worker holds."""
+        """The checkpoint requests without one of their own use: the one users selected, else the configured
+        default (`sd_model_checkpoint` in config.json, else the first usable). A request's own checkpoint
+        (A1111's override_settings) never changes it."""
         if self.selected:
             return self.selected
-        current = self.managers[0].current
-        return current.title if current else None
+        try:
+            return self.managers[0].default_record().title
+        except CheckpointLoadError:  # no usable checkpoint at all: requests get that error when they run
+            return None
 
     def refresh_checkpoints(self) -> list[CheckpointRecord]:
         return self.catalog.refresh()

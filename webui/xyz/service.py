@@ -1,6 +1,6 @@
 """X/Y/Z plot use case, one queue job: the glue between the generation service and the plot engine.
 
-`submit_xyz` builds and checks the whole plan on the caller's thread, so a typo in any axis or a cell the
+`XyzService.submit` builds and checks the whole plan on the caller's thread, so a typo in any axis or a cell the
 app cannot run (unknown LoRA tag, broken checkpoint, over-limit size) is reported before anything is
 queued. The job then generates every cell itself, inline on its worker (a job never submits jobs),
 reports `Cell i of N`, honours Interrupt between and inside cells,
