@@ -408,6 +408,10 @@ def route_table() -> dict[tuple[str, str], tuple[dict, list[str]]]:
                                                     "upscaler_1": "Lanczos"}, _string_fields(ExtrasBatchBody)),
         ("POST", "/sdapi/v1/train"): (training, _training_string_fields()),
         ("GET", "/sdapi/v1/progress"): ({}, []),  # its one query parameter is a bool
+        ("POST", "/api/v1/jobs"): ({"kind": "train", "request": training},
+                                   [f"request.{name}" for name in _training_string_fields()]),
+        ("GET", "/api/v1/jobs"): ({}, []),  # filters (state, kind, owner) name no files
+        ("GET", "/api/v1/jobs/{job_id}/events"): ({}, []),  # `after` is a number
     }
 
 
@@ -415,6 +419,8 @@ def app_routes() -> list[tuple[str, str, bool]]:
     """(method, path, takes input) of every route the app's API routers define, read from the routers."""
     from fastapi.routing import APIRoute
 
+    from webui.api.a1111_options import ApiOptions
+    from webui.api.jobs_api import build_jobs_router
     from webui.api.sdapi import build_api_router
     from webui.api.train_api import build_train_router
     from webui.security.limits import RequestLimits
@@ -423,7 +429,7 @@ def app_routes() -> list[tuple[str, str, bool]]:
     settings = Settings()  # while being built, the routers read only the settings and the request limits
     holder = types.SimpleNamespace(settings=settings, request_limits=RequestLimits.from_settings(settings))
     routes = []
-    for router in (build_api_router(holder), build_train_router(holder)):
+    for router in (build_api_router(holder), build_train_router(holder), build_jobs_router(holder, ApiOptions())):
         for route in router.routes:
             if isinstance(route, APIRoute):
                 takes_input = route.body_field is not None or bool(route.dependant.query_params)
@@ -433,11 +439,12 @@ def app_routes() -> list[tuple[str, str, bool]]:
 
 def with_values(body: dict, fields: list[str], value: str) -> dict:
     changed = json.loads(json.dumps(body))
-    for field in fields:
-        if field.startswith("override_settings."):
-            changed.setdefault("override_settings", {})[field.split(".", 1)[1]] = value
-        else:
-            changed[field] = [value] if field in LIST_FIELDS else value
+    for field in fields:  # "override_settings.sd_vae", "request.dataset_dir": a field inside an object
+        *parents, leaf = field.split(".")
+        target = changed
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = [value] if leaf in LIST_FIELDS else value
     return changed
 
 

@@ -66,7 +66,6 @@ class XyzBody(Txt2ImgBody):
 
 def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
     router = APIRouter(prefix=JOBS_PREFIX, route_class=ReasonedValidationRoute, tags=["jobs"])
-    scheduler = ctx.scheduler
 
     def submit(body: JobBody, user: User) -> Job:
         """Runs on a worker thread: images are decoded and folders read while checking."""
@@ -182,17 +181,17 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
             with contextlib.suppress(RuntimeError):  # the loop closed: the server is stopping
                 loop.call_soon_threadsafe(wake.set)
 
-        unsubscribe = scheduler.subscribe(job_id, nudge)
+        unsubscribe = ctx.scheduler.subscribe(job_id, nudge)
         try:
             while True:
                 wake.clear()
-                for event in scheduler.events(job_id, after):
+                for event in ctx.scheduler.events(job_id, after):
                     after = event.seq
                     data: dict[str, Any] = {**event.data, "time": event.time}
                     if event.type == "preview":
                         data["preview_url"] = f"{JOBS_PREFIX}/{job_id}/preview?serial={event.data.get('serial', 0)}"
                     if event.type == FINISHED:
-                        data["job"] = describe(ctx.jobs.view(scheduler.get(job_id), scheduler.record(job_id)))
+                        data["job"] = describe(ctx.jobs.view(ctx.scheduler.get(job_id), ctx.scheduler.record(job_id)))
                     yield f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(data)}\n\n"
                     if event.type == FINISHED:
                         return
