@@ -197,7 +197,7 @@ class AppContext:
             if self.training is not None and not self.training.finished:
                 raise TrainingBusyError(f"training {self.training.config.output_name!r} is still running: "
                                         "cancel it or wait until it finishes")
-            previous, monitor = self.training, TrainingMonitor(config)
+            previous, monitor = self.training, TrainingMonitor(config, owner)
             self.training = monitor
 
         def work(control: JobControl) -> TrainingResult:

@@ -108,9 +108,9 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
 
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img)
 
-        def compare_epochs():
+        def compare_epochs(request: gr.Request):
             """Train tab -> X/Y/Z plot of the saved epochs x LoRA weight over the first sample prompt."""
-            prompt, names, weights = compare_epochs_request(ctx)
+            prompt, names, weights = compare_epochs_request(ctx, request)
             return [*xyz.fill_epoch_comparison(prompt, names, weights), gr.Tabs(selected="xyz")]
 
         train_tab.compare_epochs.click(

@@ -32,6 +32,7 @@ from webui.training.config import (
     list_presets,
 )
 from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar
+from webui.training.monitor import TrainingMonitor
 from webui.training.hub_upload import check_upload_allowed, upload_to_hub
 from webui.training.model_card import write_model_card
 
@@ -283,13 +284,35 @@ def cancel_training(ctx: AppContext, user: User) -> str:
     return "No training is running."
 
 
-def training_status(ctx: AppContext) -> dict[str, Any]:
-    """The latest run as JSON-friendly values (the API answer and the Train tab's polling source)."""
+IDLE_STATUS: dict[str, Any] = {
+    "state": "idle", "name": None, "method": None, "step": 0, "total": 0, "epoch": 0, "total_epochs": 0,
+    "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
+    "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None}
+BUSY_MESSAGE = "Another user's training run is using the trainer; yours can start when it ends."
+
+
+def visible_run(ctx: AppContext, viewer: User | None) -> TrainingMonitor | None:
+    """The latest run's monitor if `viewer` may see it (its owner or an admin; None: the app's own code)."""
+    monitor = ctx.training
+    if monitor is None or viewer is None or viewer.may_act_on(monitor.owner):
+        return monitor
+    return None
+
+
+def training_status(ctx: AppContext, viewer: User | None = None) -> dict[str, Any]:
+    """The latest run as JSON-friendly values (the API answer and the Train tab's polling source).
+
+    A run's config, losses, samples and files are its owner's: another plain user only learns that the
+    trainer is busy (state "busy", without the owner's name) while it runs, and nothing once it ended.
+    An admin sees every run, with `owner`. `viewer` None is the app's own code, which sees everything.
+    """
     monitor = ctx.training
     if monitor is None:
-        return {"state": "idle", "name": None, "method": None, "step": 0, "total": 0, "epoch": 0, "total_epochs": 0,
-                "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
-                "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None}
+        return dict(IDLE_STATUS, messages=[], files=[], warnings=[])
+    if visible_run(ctx, viewer) is None:
+        if monitor.finished:
+            return dict(IDLE_STATUS, messages=[], files=[], warnings=[])
+        return dict(IDLE_STATUS, state="busy", messages=[BUSY_MESSAGE], files=[], warnings=[])
     latest = monitor.latest
     result = monitor.result
     if monitor.finished:
@@ -317,6 +340,7 @@ def training_status(ctx: AppContext) -> dict[str, Any]:
         "usage": result.usage if result is not None else "",
         "warnings": list(result.warnings) if result is not None else [],
         "error": monitor.error,
+        "owner": monitor.owner,
     }
 
 
@@ -330,9 +354,10 @@ def _finite(value: float | None) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def last_run_lora_names(ctx: AppContext) -> tuple[list[str], list[str]]:
-    """(epoch LoRA names in epoch order, final LoRA names) of the latest run, as `<lora:...>` tags name them."""
-    monitor = ctx.training
+def last_run_lora_names(ctx: AppContext, viewer: User | None = None) -> tuple[list[str], list[str]]:
+    """(epoch LoRA names in epoch order, final LoRA names) of the latest run, as `<lora:...>` tags name them;
+    nothing when `viewer` may not see that run."""
+    monitor = visible_run(ctx, viewer)
     if monitor is None or monitor.result is None:
         return [], []
     lora_dir = Path(ctx.settings.lora_folder).resolve()
@@ -371,13 +396,15 @@ def trigger_words_of(config: TrainingConfig) -> list[str]:
     return [config.effective_trigger] if config.effective_trigger else []
 
 
-def export_run(ctx: AppContext, license_name: str, include_epochs: bool = False) -> tuple[Path, Path]:
+def export_run(ctx: AppContext, license_name: str, include_epochs: bool = False,
+               viewer: User | None = None) -> tuple[Path, Path]:
     """Gather the latest run's files, a model card and a sample grid into `<data>/training/exports/<name>/`.
 
     Files are hard-linked where the file system allows (a DreamBooth checkpoint is gigabytes), else copied.
-    Returns (export folder, card path); the folder is what "Upload to the Hub" sends.
+    Returns (export folder, card path); the folder is what "Upload to the Hub" sends. Only the run's owner
+    or an admin (`viewer`) may export it.
     """
-    monitor = ctx.training
+    monitor = visible_run(ctx, viewer)
     if monitor is None or not monitor.finished:
         raise ValueError("no finished training run to export: train first, and wait until it finishes")
     result = monitor.result
@@ -405,13 +432,13 @@ def export_run(ctx: AppContext, license_name: str, include_epochs: bool = False)
 
 
 def upload_run(ctx: AppContext, repo_id: str, token: str | None, *, private: bool, license_name: str,
-               include_epochs: bool = False) -> tuple[Path, str]:
+               include_epochs: bool = False, viewer: User | None = None) -> tuple[Path, str]:
     """Export the latest run with its card and upload that folder to the Hub: (export folder, repo URL).
 
     Refused (`HubDisabled`) before exporting anything unless the server was started with --allow-hub.
     """
     check_upload_allowed(ctx.network)
-    folder, _ = export_run(ctx, license_name, include_epochs)  # re-export: the Hub gets exactly the latest run
+    folder, _ = export_run(ctx, license_name, include_epochs, viewer)  # re-export: the Hub gets exactly the latest run
     return folder, upload_to_hub(folder, (repo_id or "").strip(), token, network=ctx.network, private=private)
 
 

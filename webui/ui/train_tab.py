@@ -55,6 +55,7 @@ from webui.ui.train_service import (
     preset_names,
     start_training,
     training_status,
+    visible_run,
     upload_run,
     user_presets_folder,
 )
@@ -85,9 +86,9 @@ class TrainTab:
     timer: gr.Timer
 
 
-def compare_epochs_request(ctx: AppContext) -> tuple[str, list[str], list[float]]:
+def compare_epochs_request(ctx: AppContext, request: gr.Request) -> tuple[str, list[str], list[float]]:
     """(a sample prompt, the last run's LoRA names from first epoch to final, weights) for an X/Y/Z grid."""
-    epochs, finals = last_run_lora_names(ctx)
+    epochs, finals = last_run_lora_names(ctx, caller_of(request))
     if not epochs:
         raise gr.Error("No epoch files to compare: train a LoRA method with 'Save every N epochs' above 0 first.")
     return default_sample_prompt(ctx.training.config), epochs + finals, list(COMPARE_WEIGHTS)
@@ -203,17 +204,19 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     # ---- run ----
     run_outputs = [progress, result, loss_plot, samples, log, timer, shown]
 
-    def render(seen: dict[str, Any]) -> tuple:
-        """The run's view; the loss plot and gallery are only re-sent when they changed since `seen`."""
-        monitor = ctx.training
-        status = training_status(ctx)
+    def render(seen: dict[str, Any], request: gr.Request) -> tuple:
+        """The run's view as the caller may see it (another user's run only shows the trainer is busy);
+        the loss plot and gallery are only re-sent when they changed since `seen`."""
+        viewer = caller_of(request)
+        monitor = visible_run(ctx, viewer)
+        status = training_status(ctx, viewer)
         losses = len(monitor.losses()) if monitor is not None else 0
         sample_key = id(monitor.samples()) if monitor is not None and monitor.samples() else None
         now = {"run": id(monitor), "losses": losses, "samples": sample_key}
         same_run = seen.get("run") == now["run"]
         plot = gr.update() if same_run and seen.get("losses") == losses else loss_frame(monitor)
         gallery = gr.update() if same_run and seen.get("samples") == sample_key else sample_gallery(monitor)
-        running = status["state"] in ("queued", "running")
+        running = status["state"] in ("queued", "running", "busy")
         return (progress_html(status), result_markdown(status), plot, gallery, log_text(status),
                 gr.Timer(active=running), now)
 
@@ -227,7 +230,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
             raise gr.Error(str(error)) from None
         except (ValueError, LookupError, OSError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
-        return (summary,) + render({})
+        return (summary,) + render({}, request)
 
     def stop(request: gr.Request) -> None:
         gr.Info(cancel_training(ctx, caller_of(request)))
@@ -236,12 +239,12 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     cancel.click(stop, inputs=None, outputs=None)
     timer.tick(render, inputs=shown, outputs=run_outputs, show_progress="hidden")
 
-    def reconnect(chosen: str | None):
+    def reconnect(chosen: str | None, request: gr.Request):
         """Show the current or last run, poll while it runs, list models and presets added since."""
         titles = ctx.checkpoint_titles()
         if chosen not in titles:
             chosen = ctx.current_checkpoint_title() or next(iter(titles), None)
-        return render({}) + (gr.update(choices=titles, value=chosen), gr.update(choices=preset_names(ctx)))
+        return render({}, request) + (gr.update(choices=titles, value=chosen), gr.update(choices=preset_names(ctx)))
 
     reconnect_outputs = run_outputs + [base_checkpoint, preset]
     blocks.load(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
@@ -249,9 +252,9 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     tab.select(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
 
     # ---- share ----
-    def export_files(license_value: str, epochs: bool) -> str:
+    def export_files(license_value: str, epochs: bool, request: gr.Request) -> str:
         try:
-            folder, card = export_run(ctx, license_value or LICENSES[0], bool(epochs))
+            folder, card = export_run(ctx, license_value or LICENSES[0], bool(epochs), caller_of(request))
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         names = ", ".join(f"`{path.name}`" for path in sorted(folder.iterdir()))
@@ -262,7 +265,8 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         require_admin(request, "Uploading to the Hub")
         try:
             folder, url = upload_run(ctx, repo, hub_token, private=bool(is_private),
-                                     license_name=license_value or LICENSES[0], include_epochs=bool(epochs))
+                                     license_name=license_value or LICENSES[0], include_epochs=bool(epochs),
+                                     viewer=caller_of(request))
         except (ValueError, LookupError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         return f"Uploaded `{folder.name}` to {url}"
