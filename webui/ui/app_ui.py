@@ -85,12 +85,24 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
             broken = [r for r in ctx.catalog.records() if not r.usable]
             return "\n".join(f"⚠️ **{r.path.name}** cannot be loaded: {r.error}" for r in broken)
 
-        def refresh_checkpoints(request: gr.Request):
-            if caller_of(request).is_admin:  # rescanning the folders is an admin's; others get the listing
-                ctx.refresh_checkpoints()
+        def listing():
             titles = ctx.checkpoint_titles()
             return (gr.update(choices=titles, value=ctx.current_checkpoint_title() or next(iter(titles), None)),
                     unusable_note(), gr.update(choices=ctx.vae_names()))
+
+        def refresh_checkpoints(request: gr.Request):
+            """The 🔄 button: rescanning the model folders is an admin's; others are told and get the listing."""
+            if caller_of(request).is_admin:
+                ctx.refresh_checkpoints()
+            else:
+                gr.Warning("Rescanning the model folders needs an admin account; this is the current list.")
+            return listing()
+
+        def show_checkpoints(request: gr.Request):
+            """On page load: an admin's page rescans the folders (new files appear), everyone gets the list."""
+            if caller_of(request).is_admin:
+                ctx.refresh_checkpoints()
+            return listing()
 
         def choose_checkpoint(title: str, request: gr.Request):
             if not title:
@@ -104,7 +116,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
 
         refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
         checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)
-        blocks.load(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
+        blocks.load(show_checkpoints, outputs=[checkpoint, unusable, vae])
 
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img)
 

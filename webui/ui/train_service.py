@@ -257,12 +257,36 @@ def training_active(ctx: AppContext) -> bool:
     return ctx.training is not None and not ctx.training.finished
 
 
-def start_training(ctx: AppContext, config: TrainingConfig, owner: str | None = None) -> Job:
+def start_training(ctx: AppContext, config: TrainingConfig, owner: str | None = None,
+                   may_replace_models: bool = True) -> Job:
     """Queue a run for `owner` unless one is already queued or training (AppContext checks that atomically).
 
     The config's folders are confined first (`confine_config`): this is how requests start training.
+    Without `may_replace_models` (a plain user's run) an output name that already names a LoRA,
+    embedding or checkpoint is refused: the run would replace a model everyone uses, an admin's action.
     """
+    if not may_replace_models:
+        existing = models_named(ctx, config.output_name)
+        if existing:
+            raise ValueError(f"output name {config.output_name!r} would replace existing model file(s) "
+                             f"({', '.join(sorted(path.name for path in existing)[:5])}); choose another name "
+                             "(replacing models needs an admin account)")
     return ctx.submit_training(confine_config(ctx, config), owner)
+
+
+def models_named(ctx: AppContext, output_name: str) -> list[Path]:
+    """Files or folders in the LoRA, embedding and checkpoint folders that a run named `output_name`
+    would write over: `<name>.*`, its per-epoch files `<name>-000001.*` and a `<name>` diffusers folder."""
+    found = []
+    for folder in (ctx.settings.lora_folder, ctx.settings.embeddings_folder, ctx.settings.checkpoint_folder):
+        if not Path(folder).is_dir():
+            continue
+        for entry in Path(folder).iterdir():
+            stem = entry.name if entry.is_dir() else entry.stem
+            epoch = _EPOCH_NAME.match(stem)
+            if stem == output_name or (epoch is not None and epoch.group("base") == output_name):
+                found.append(entry)
+    return found
 
 
 def current_job_is_training(ctx: AppContext) -> bool:

@@ -190,9 +190,12 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         values = [widget_value(specs_by_name[field], getattr(config, field)) for field in preset_fields]
         return [config.method] + values + [f"Loaded preset **{name}**."]
 
-    def store_preset(name: str, *values: Any):
+    def store_preset(request: gr.Request, name: str, *values: Any):
+        name = (name or "").strip()
+        if name in preset_names(ctx):  # presets are shared: replacing one changes it for everybody
+            require_admin(request, f"Replacing the preset {name!r}")
         try:
-            path = save_user_preset(form_values(*values), user_presets_folder(ctx), (name or "").strip())
+            path = save_user_preset(form_values(*values), user_presets_folder(ctx), name)
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         return f"Saved preset **{path.stem}** to `{path}`.", gr.update(choices=preset_names(ctx), value=path.stem)
@@ -221,11 +224,11 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
                 gr.Timer(active=running), now)
 
     def start(request: gr.Request, *values: Any):
-        owner = caller_of(request).name
+        user = caller_of(request)
         try:
             config = form_config(*values)
             summary = dataset_summary_text(config.validate())
-            start_training(ctx, config, owner)
+            start_training(ctx, config, user.name, may_replace_models=user.is_admin)
         except TrainingBusyError as error:
             raise gr.Error(str(error)) from None
         except (ValueError, LookupError, OSError, QueueFullError) as error:
