@@ -33,7 +33,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     from webui.security.limits import guard_library_decoders
     from webui.security.server import build_server_security, startup_banner
 
-    security = build_server_security(settings)
+    security = build_server_security(settings, gradio_upload_folder() if settings.serve_ui else None)
     ctx = build_context(settings)
     guard_library_decoders(ctx.request_limits)
     ctx.queue.submit("load-checkpoint", lambda control: ctx.manager.select(None))  # warm start, like A1111
@@ -72,6 +72,13 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
             thread.join(0.5)
     finally:
         server.should_exit = True
+
+
+def gradio_upload_folder() -> str:
+    """Where gradio keeps uploads and the files it shows (`GRADIO_TEMP_DIR`, default <tmp>/gradio)."""
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
 
 
 def share_link(settings: Settings, blocks) -> str | None:

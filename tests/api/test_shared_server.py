@@ -152,6 +152,9 @@ def test_a_user_fetches_only_the_images_gradio_showed_them(shared, tmp_path):
     assert start_call(shared, "vera", "read", [{"path": f"{folder}/../{os.path.basename(folder)}/{leaf}",
                                                 "meta": FILE_DATA}]).status_code == 404
     assert gradio_call(shared, "ulla", "read", as_input)[0] == "complete"
+    # Outside gradio's upload folder no file is an input, not even for an admin (the saved PNG of that image).
+    saved = next((shared.data_dir / "outputs").glob("**/*-31.png"))
+    assert start_call(shared, "boss", "read", [{"path": str(saved), "meta": FILE_DATA}]).status_code == 404
 
 
 def test_uploads_belong_to_their_uploader(shared):

@@ -14,7 +14,8 @@ In order, for each HTTP/websocket request:
    page: a same-origin `Origin` or a JSON body.
 6. gradio routes that would fetch a URL for the client are refused (`webui.security.remote_fetch`).
 7. A plain user fetches (`/gradio_api/file=`) or passes as input only the files gradio handed to them;
-   the files in their uploads and event streams are recorded as they go out (`webui.security.served_files`).
+   the files in their uploads and event streams are recorded as they go out; nobody passes a file from
+   outside gradio's upload folder (`webui.security.served_files`).
 The user is stored in the scope for `webui.security.identity.request_user`.
 """
 
@@ -177,8 +178,7 @@ class SecurityMiddleware:
         if inspect and refused_body(body):
             await self._answer(scope, send, 403, REFUSAL)
             return None
-        if inspect and not user.is_admin and any(not self.served.belongs_to(path, user.name)
-                                                 for path in body_file_paths(body)):
+        if inspect and any(not self.served.may_pass(path, user.name, user.is_admin) for path in body_file_paths(body)):
             await self._answer(scope, send, 404, NOT_FOUND)
             return None
         replayed = False

@@ -7,6 +7,10 @@ such a path as its input (`{"path": ...}`), which makes a handler read it. The n
 without the bytes and the install's seed, but they reach other users wherever a path is shown, and the
 files stay until the cache is cleared.
 
+gradio's own rule for inputs (only files in its upload folder) is not applied to an app mounted with
+`gr.mount_gradio_app`, as SD Studio's is, so it is applied here, for every user, admins included: a file
+value in a gradio call must lie in gradio's upload folder (`roots`).
+
 So the middleware keeps a record, per server, of which user each served file was handed to: the paths
 gradio returns from an upload, and the file values (`{"path": ...}` objects, and the `path` edits of a
 streamed update) in the answers a user's own gradio calls stream back to them. A plain user may then
@@ -23,6 +27,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
+
+from webui.security.paths import is_within
 
 FILE_ROUTE = "/gradio_api/file="
 UPLOAD_ROUTE = "/gradio_api/upload"
@@ -48,6 +54,7 @@ def file_route_target(route: str) -> str | None:
 class ServedFiles:
     """Which users each served file belongs to (a file with the same bytes may belong to several)."""
 
+    roots: tuple[str, ...] = ()  # gradio's upload folder(s): the only place a call's file inputs may be
     max_entries: int = MAX_RECORDED
     _owners: OrderedDict[str, set[str]] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -61,6 +68,14 @@ class ServedFiles:
             self._owners.move_to_end(key)
             while len(self._owners) > self.max_entries:
                 self._owners.popitem(last=False)
+
+    def may_pass(self, path: str, owner: str, is_admin: bool) -> bool:
+        """Whether a gradio call may name this file as an input: inside gradio's upload folder, and for
+        a plain user handed to them (an admin may pass anyone's)."""
+        if not path or "\x00" in path:
+            return False
+        inside = any(is_within(file_key(path), root) for root in self.roots)
+        return inside and (is_admin or self.belongs_to(path, owner))
 
     def belongs_to(self, path: str, owner: str) -> bool:
         if not path or "\x00" in path:

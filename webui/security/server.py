@@ -39,7 +39,8 @@ class ServerSecurity:
                            allow_headers=["authorization", "content-type"])]
 
 
-def build_server_security(settings: Settings) -> ServerSecurity:
+def build_server_security(settings: Settings, gradio_upload_folder: str | None = None) -> ServerSecurity:
+    """`gradio_upload_folder`: where gradio stores uploads and shown files (the UI's only file inputs)."""
     users = UserStore(settings.users_file, settings.auth)
     needs_token = settings.reachable_from_network and len(users) == 0 and not settings.insecure_no_auth
     authenticator = Authenticator(users, access_token=secrets.token_urlsafe(24) if needs_token else None)
@@ -48,7 +49,8 @@ def build_server_security(settings: Settings) -> ServerSecurity:
     share_hosts = (SHARE_HOST_SUFFIX,) if settings.share else ()
     policy = HttpPolicy(allowed_hosts=settings.allowed_hosts + share_hosts, allowed_origins=settings.cors_allow_origins,
                            max_body_bytes=settings.max_body_mb * 1024 * 1024)
-    return ServerSecurity(authenticator, policy, ServedFiles())
+    served = ServedFiles(roots=(gradio_upload_folder,) if gradio_upload_folder else ())
+    return ServerSecurity(authenticator, policy, served)
 
 
 def startup_banner(settings: Settings, security: ServerSecurity, path: str = "/") -> list[str]:
