@@ -50,7 +50,8 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
 
         blocks = build_ui(ctx, AccountService(security.authenticator))
         blocks.queue(default_concurrency_limit=4)
-        gr.mount_gradio_app(app, blocks, path="/", theme=THEME, css=CSS, show_error=True,
+        # run_history off: its routes would make the server call the Hugging Face Hub with a client's token.
+        gr.mount_gradio_app(app, blocks, path="/", theme=THEME, css=CSS, show_error=True, run_history=False,
                             max_file_size=ctx.request_limits.max_upload_bytes,
                             app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None})
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))

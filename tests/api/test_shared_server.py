@@ -220,6 +220,9 @@ def test_admin_actions_are_refused_to_a_plain_user_in_the_ui_and_the_api(shared)
         assert kind == "error" and "admin" in payload, (name, payload)
     assert not list(checkpoints.glob("merged*"))
     assert "dropped-in" in gradio_call(shared, "boss", "refresh_checkpoints", [])[1]  # an admin's rescan lists it
+    # gradio's run history would make the server call the Hub with a client's token: not served.
+    for route in ("/gradio_api/run-history/buckets", "/gradio_api/run-history/records"):
+        assert requests.get(shared.url + route, headers=bearer("boss"), timeout=30).status_code == 404, route
     refused = requests.post(f"{shared.url}/sdapi/v1/refresh-checkpoints", headers=bearer("ulla"), timeout=30)
     assert refused.status_code == 403 and "admin" in refused.json()["detail"]
     (checkpoints / "dropped-in.safetensors").unlink()

@@ -122,7 +122,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
 
         def compare_epochs(request: gr.Request):
             """Train tab -> X/Y/Z plot of the saved epochs x LoRA weight over the first sample prompt."""
-            prompt, names, weights = compare_epochs_request(ctx, request)
+            prompt, names, weights = compare_epochs_request(ctx, caller_of(request))
             return [*xyz.fill_epoch_comparison(prompt, names, weights), gr.Tabs(selected="xyz")]
 
         train_tab.compare_epochs.click(

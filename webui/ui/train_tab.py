@@ -14,6 +14,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.training.config import TrainingConfig, load_preset, save_user_preset
+from webui.security.identity import User
 from webui.ui.access import caller_of, require_admin
 from webui.ui.errors import user_error
 from webui.ui.train_dataset_section import (
@@ -86,9 +87,10 @@ class TrainTab:
     timer: gr.Timer
 
 
-def compare_epochs_request(ctx: AppContext, request: gr.Request) -> tuple[str, list[str], list[float]]:
-    """(a sample prompt, the last run's LoRA names from first epoch to final, weights) for an X/Y/Z grid."""
-    epochs, finals = last_run_lora_names(ctx, caller_of(request))
+def compare_epochs_request(ctx: AppContext, viewer: User | None = None) -> tuple[str, list[str], list[float]]:
+    """(a sample prompt, the last run's LoRA names from first epoch to final, weights) for an X/Y/Z grid;
+    only of a run `viewer` may see (theirs, or any for an admin)."""
+    epochs, finals = last_run_lora_names(ctx, viewer)
     if not epochs:
         raise gr.Error("No epoch files to compare: train a LoRA method with 'Save every N epochs' above 0 first.")
     return default_sample_prompt(ctx.training.config), epochs + finals, list(COMPARE_WEIGHTS)
