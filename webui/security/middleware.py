@@ -45,10 +45,6 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"
 MAX_LOGIN_FORM_BYTES = 4096
-# gradio's launch() calls this route over HTTP to start its queue; it takes no input and only runs the
-# start-up events once, so the server's own loopback call may pass without a login.
-GRADIO_STARTUP_PATH = "/gradio_api/startup-events"
-LOOPBACK_CLIENTS = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -108,9 +104,6 @@ class SecurityMiddleware:
         path = scope.get("path", "/")
         if scope["type"] == "http" and path in (LOGIN_PATH, LOGOUT_PATH):
             await self._login_routes(scope, receive, send, headers, method, path)
-            return
-        if path == GRADIO_STARTUP_PATH and method == "GET" and _client(scope) in LOOPBACK_CLIENTS:
-            await self.app(scope, receive, send)
             return
         cookie = _cookies(headers).get(SESSION_COOKIE)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
