@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -315,3 +316,23 @@ def test_a_ui_generation_whose_client_leaves_is_cancelled_and_the_next_job_runs(
     assert kind == "complete", payload
     assert list(outputs.glob("**/*-4343.png")), "the next job did not run"
     assert not list(outputs.glob("**/*-4242.png")), "the job of the tab that went away ran"
+
+
+def test_a_closed_page_stops_the_xyz_plot_it_started(shared):
+    """The X/Y/Z tab follows its job with a timer, not a stream: gradio's `unload` (the page's heartbeat
+    connection closes) is what tells the server the page is gone."""
+    page = uuid.uuid4().hex
+    heartbeat = http.client.HTTPConnection(shared.url.removeprefix("http://"), timeout=600)
+    heartbeat.request("GET", f"/gradio_api/heartbeat/{page}", headers=bearer("vera"))
+    heartbeat.getresponse()
+    data = call_data(shared, "start_plot", **{"X type": "Seed", "X values": "1-10", "Sampling steps": 150,
+                                               "Prompt": "a plot nobody will see"})
+    started = requests.post(f"{shared.url}/gradio_api/call/start_plot", json={"data": data, "session_hash": page},
+                            headers=bearer("vera"), timeout=60)
+    assert started.status_code == 200, started.text
+    answer = requests.get(f"{shared.url}/gradio_api/call/start_plot/{started.json()['event_id']}",
+                          headers=bearer("vera"), timeout=120).text
+    assert "event: complete" in answer, answer[-500:]
+    wait_until(lambda: api_progress(shared, "vera")["state"].get("sampling_step", 0) >= 1, message="the plot running")
+    heartbeat.close()  # the page is closed
+    wait_until(lambda: not api_progress(shared, "boss")["state"]["busy"], timeout=60, message="the plot stopped")

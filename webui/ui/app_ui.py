@@ -77,7 +77,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
                 train_tab = build_train_tab(ctx, blocks, train_tab_component, native_size(ctx))
             # tabs: X/Y/Z plot (the X/Y/Z tab's block goes below this line)
             with gr.Tab("X/Y/Z plot", id="xyz", elem_id="tab_xyz"):
-                xyz = build_xyz_tab(ctx, native_size(ctx), vae)
+                xyz = build_xyz_tab(ctx, native_size(ctx), vae, blocks=blocks)
             with gr.Tab("Account", id="account", elem_id="tab_account") as account_tab:
                 build_account_tab(accounts, account_tab)
 
