@@ -1,8 +1,11 @@
 """Composition root: Settings -> AppContext -> gradio UI and/or HTTP API -> serve.
 
-Like A1111, the UI is started with gradio's own `launch` (so `--share` and login work as gradio
-implements them) and the API routes are added to the same FastAPI app; with `--nowebui` only the
-API is served, by uvicorn directly.
+One FastAPI app carries the security middleware (outermost: every answer passes it last) and the API
+routes; the gradio UI is mounted on it with `gr.mount_gradio_app` and uvicorn serves it. This replaced
+gradio's `launch`, which put gradio's own CORS layer outside our middleware, where it copied
+`Access-Control-Allow-Origin` for localhost origins onto our refusals. A mounted gradio leaves CORS to
+the parent app's `CORSMiddleware` (configured with `--cors-allow-origins` only). `--share` asks gradio's
+tunnel for a public link once the server is up, as `launch` did.
 """
 
 from __future__ import annotations
@@ -10,60 +13,90 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from typing import Sequence
 
 from webui.security.users import AccountError
 from webui.settings import Settings, SettingsError, settings_from_args
 
 log = logging.getLogger("sdstudio")
-
-
+START_TIMEOUT_S = 60
 # The HTTP API's OpenAPI description and its browsable page; behind the login like every route.
 API_DOCS = {"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.json"}
 
 
 def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     """Build everything and serve until interrupted."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from webui.api.routes import install_api
     from webui.context import build_context
     from webui.security.limits import guard_library_decoders
     from webui.security.server import build_server_security, startup_banner
 
-    security = build_server_security(settings)
+    security = build_server_security(settings, gradio_upload_folder() if settings.serve_ui else None)
     ctx = build_context(settings)
     guard_library_decoders(ctx.request_limits)
     ctx.models.warm_start()  # load the model at start, like A1111
+    app = FastAPI(title="SD Studio", **API_DOCS, middleware=security.middleware())
+    if settings.serve_api:  # before the UI: gradio is mounted at "/" and would take every later route
+        install_api(app, ctx)
+    blocks = None
     if settings.serve_ui:
-        from webui.api.routes import install_api
+        import gradio as gr
+
         from webui.security.accounts import AccountService
         from webui.ui.app_ui import CSS, THEME, build_ui
 
         blocks = build_ui(ctx, AccountService(security.authenticator))
         blocks.queue(default_concurrency_limit=4)
-        app, local_url, share_url = blocks.launch(
-            server_name=settings.host, server_port=settings.port, share=settings.share,
-            prevent_thread_lock=True, show_error=True, quiet=True, theme=THEME, css=CSS,
-            max_file_size=ctx.request_limits.max_upload_bytes,
-            app_kwargs={**API_DOCS, "middleware": security.middleware()},
-        )
-        if settings.serve_api:
-            install_api(app, ctx)
-        for line in startup_banner(settings, security) + ([f"Public share link: {share_url}"] if share_url else []):
-            print(line, flush=True)
-        if ready:
-            ready.set()
-        blocks.block_thread()
-    else:
-        import uvicorn
-        from fastapi import FastAPI
+        # run_history off: its routes would make the server call the Hugging Face Hub with a client's token.
+        gr.mount_gradio_app(app, blocks, path="/", theme=THEME, css=CSS, show_error=True, run_history=False,
+                            max_file_size=ctx.request_limits.max_upload_bytes,
+                            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None})
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="http-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the HTTP server did not start on {settings.host}:{settings.port} (is the port in use?)")
+        time.sleep(0.05)
+    share_url = share_link(settings, blocks) if blocks is not None and settings.share else None
+    path = "/" if settings.serve_ui else "/sdapi/v1"
+    for line in startup_banner(settings, security, path=path) + ([f"Public share link: {share_url}"] if share_url else []):
+        print(line if settings.serve_ui else line.replace("SD Studio running", "SD Studio API running"), flush=True)
+    if ready:
+        ready.set()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    finally:
+        server.should_exit = True
 
-        from webui.api.routes import install_api
 
-        app = FastAPI(title="SD Studio API", **API_DOCS,
-                      middleware=security.middleware())
-        install_api(app, ctx)
-        for line in startup_banner(settings, security, path="/sdapi/v1"):
-            print(line.replace("SD Studio running", "SD Studio API running"), flush=True)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+def gradio_upload_folder() -> str:
+    """Where gradio keeps uploads and the files it shows (`GRADIO_TEMP_DIR`, default <tmp>/gradio)."""
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
+
+
+def share_link(settings: Settings, blocks) -> str | None:
+    """A public gradio.live link to this server through gradio's share tunnel (needs internet); None and a
+    warning when it cannot be made. The tunnel's host name is served (see `HttpPolicy`)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from gradio import networking
+
+    try:
+        url = networking.setup_tunnel(local_host="127.0.0.1", local_port=settings.port, share_token=blocks.share_token,
+                                      share_server_address=None, share_server_tls_certificate=None)
+        return urlunsplit(("https",) + tuple(urlsplit(url))[1:])  # the share server terminates TLS
+    except Exception as error:  # no internet, blocked port: the local server keeps running
+        log.warning("could not create a share link: %s", error)
+        return None
 
 
 def run(argv: Sequence[str]) -> int:

@@ -157,7 +157,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         "the machine's GPU and the app's files")
     parser.add_argument("--allowed-hosts", default="",
                         help="comma-separated host names the server answers to besides localhost and IP addresses "
-                        "(e.g. the DNS name of a rented machine); '*' allows any")
+                        "(e.g. the DNS name of a rented machine); '.example.com' allows its subdomains; '*' allows any")
     parser.add_argument("--cors-allow-origins", default="",
                         help="comma-separated origins (https://example.com) that may call the API from a browser")
     parser.add_argument("--max-body-mb", type=int, default=100, help="largest request body accepted, in MB (default 100)")

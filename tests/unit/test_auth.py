@@ -14,6 +14,7 @@ from webui.security.accounts import AccountService
 from webui.security.auth import SESSION_COOKIE, Authenticator, LoginThrottle, TooManyAttempts
 from webui.security.identity import ADMIN, LOCAL_ADMIN, USER, Forbidden, User, request_user
 from webui.security.middleware import HttpPolicy, SecurityMiddleware
+from webui.security.served_files import ServedFiles
 from webui.security.server import build_server_security, startup_banner
 from webui.security.users import AccountError, UserStore, verify_password
 from webui.settings import settings_from_args
@@ -264,7 +265,8 @@ def test_gradio_is_never_asked_to_fetch_a_url_for_a_client():
     def file(path: str) -> dict:
         return {"path": path}
 
-    app.add_middleware(SecurityMiddleware, authenticator=Authenticator(UserStore(None)), policy=HttpPolicy())
+    app.add_middleware(SecurityMiddleware, authenticator=Authenticator(UserStore(None)), policy=HttpPolicy(),
+                       served=ServedFiles(roots=("/tmp/gradio",)))
     client = TestClient(app, base_url="http://127.0.0.1:7860")
     remote = {"data": [{"path": "https://example.invalid/x.png", "meta": {"_type": "gradio.FileData"}}]}
     refused = client.post("/gradio_api/call/img2img", json=remote)

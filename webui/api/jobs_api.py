@@ -90,7 +90,7 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
             config = TrainingConfig.from_dict(body.request)
             if not config.base_checkpoint:
                 config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or "")
-            return start_training(ctx.training, config, owner, webhook_url=webhook)
+            return start_training(ctx.training, config, owner, webhook_url=webhook, may_replace_models=user.is_admin)
         raise HTTPException(422, f"kind {body.kind!r} cannot be submitted here; use one of "
                                  f"{', '.join(SUBMITTABLE_KINDS)}")
 

@@ -43,12 +43,12 @@ def build_train_router(ctx: AppContext) -> APIRouter:
             config = TrainingConfig.from_dict(body)
             if not config.base_checkpoint:
                 config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or "")
-            job = start_training(ctx.training, config, user.name)
+            job = start_training(ctx.training, config, user.name, may_replace_models=user.is_admin)
         except TrainingBusyError as error:
             raise HTTPException(409, str(error)) from None
         except (ValueError, LookupError) as error:  # config, dataset and checkpoint problems
             raise HTTPException(422, user_error(error)) from None
-        status = training_status(ctx.training)
+        status = training_status(ctx.training, user)
         return JSONResponse(status_code=202, content={
             "job": f"job-{job.job_id}", "state": status["state"], "name": config.output_name,
             "method": config.method, "config": ctx.training.monitor.config.to_dict() if ctx.training.monitor else config.to_dict(),
@@ -57,9 +57,10 @@ def build_train_router(ctx: AppContext) -> APIRouter:
 
     @router.get("/progress")
     @translate_errors
-    def progress() -> dict[str, Any]:
-        """step, total, epoch, loss, eta, messages, finished, files, error (and more) of the latest run."""
-        return training_status(ctx.training)
+    def progress(user: User = Depends(caller)) -> dict[str, Any]:
+        """step, total, epoch, loss, eta, messages, finished, files, error (and more) of the latest run,
+        for its owner or an admin; another user gets state "busy" while it runs and "idle" after."""
+        return training_status(ctx.training, user)
 
     @router.post("/cancel")
     @translate_errors

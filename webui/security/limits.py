@@ -98,9 +98,9 @@ def _byte_size(source: ImageSource) -> int:
 def guard_library_decoders(limits: RequestLimits) -> None:
     """Set Pillow's process-wide decompression-bomb threshold from the pixel limit; call once at start-up.
 
-    Not every decoder is ours: gradio's ImageEditor decodes its uploads before any handler runs, and
-    cannot be routed through `open_image`. Pillow's `Image.open` refuses, before decoding, any image
-    above twice `Image.MAX_IMAGE_PIXELS` (its documented setting; 2 x 89 M pixels by default), so this
-    bounds those decoders at twice the limit instead. Our own opener applies the limit itself, exactly.
+    A backstop for decoders that are not ours (gradio's components; the brush editors are sized by
+    `webui.ui.uploads.CheckedImageEditor` first): Pillow's `Image.open` refuses, before decoding, any
+    image above twice `Image.MAX_IMAGE_PIXELS` (its documented setting; 2 x 89 M pixels by default), so
+    such decoders are bounded at twice the limit. Our own opener applies the limit itself, exactly.
     """
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels

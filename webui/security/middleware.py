@@ -13,6 +13,9 @@ In order, for each HTTP/websocket request:
 5. A state-changing request authenticated only by the session cookie must show it came from our own
    page: a same-origin `Origin` or a JSON body.
 6. gradio routes that would fetch a URL for the client are refused (`webui.security.remote_fetch`).
+7. A plain user fetches (`/gradio_api/file=`) or passes as input only the files gradio handed to them;
+   the files in their uploads and event streams are recorded as they go out; nobody passes a file from
+   outside gradio's upload folder (`webui.security.served_files`).
 The user is stored in the scope for `webui.security.identity.request_user`.
 """
 
@@ -30,7 +33,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from webui.security.auth import SESSION_COOKIE, SESSION_SECONDS, Authenticator, Credentials, TooManyAttempts
 from webui.security.identity import SCOPE_KEY, User
 from webui.security.login_page import login_page
-from webui.security.remote_fetch import REFUSAL, inspects_body, refused_body, refused_route
+from webui.security.remote_fetch import GRADIO_PREFIX, REFUSAL, inspects_body, refused_body, refused_route
+from webui.security.served_files import NOT_FOUND, ServedFiles, body_file_paths, file_route_target, recording_send
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -41,23 +45,21 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"
 MAX_LOGIN_FORM_BYTES = 4096
-# gradio's launch() calls this route over HTTP to start its queue; it takes no input and only runs the
-# start-up events once, so the server's own loopback call may pass without a login.
-GRADIO_STARTUP_PATH = "/gradio_api/startup-events"
-LOOPBACK_CLIENTS = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
 class HttpPolicy:
     """What the middleware lets through, from Settings."""
 
-    allowed_hosts: tuple[str, ...] = ()  # extra host names; "*" allows any
+    allowed_hosts: tuple[str, ...] = ()  # extra host names; ".example.com" allows its subdomains; "*" any
     allowed_origins: tuple[str, ...] = ()  # full origins (scheme://host[:port]) given CORS access
     max_body_bytes: int = 100 * 1024 * 1024
 
     def host_allowed(self, host: str) -> bool:
         name = _host_name(host)
         if "*" in self.allowed_hosts or name in LOCAL_HOST_NAMES or name in self.allowed_hosts:
+            return True
+        if any(entry.startswith(".") and name.endswith(entry) for entry in self.allowed_hosts):
             return True
         try:
             ipaddress.ip_address(name)  # an address, not a name: DNS rebinding needs a name
@@ -82,6 +84,7 @@ class SecurityMiddleware:
     app: Callable
     authenticator: Authenticator
     policy: HttpPolicy = field(default_factory=HttpPolicy)
+    served: ServedFiles = field(default_factory=ServedFiles)  # whose files gradio serves (per server)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -101,9 +104,6 @@ class SecurityMiddleware:
         path = scope.get("path", "/")
         if scope["type"] == "http" and path in (LOGIN_PATH, LOGOUT_PATH):
             await self._login_routes(scope, receive, send, headers, method, path)
-            return
-        if path == GRADIO_STARTUP_PATH and method == "GET" and _client(scope) in LOOPBACK_CLIENTS:
-            await self.app(scope, receive, send)
             return
         cookie = _cookies(headers).get(SESSION_COOKIE)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -130,10 +130,16 @@ class SecurityMiddleware:
         if refused_route(path):
             await self._answer(scope, send, 403, REFUSAL)
             return
+        served_file = file_route_target(path)
+        if served_file is not None and not user.is_admin and not self.served.belongs_to(served_file, user.name):
+            await self._answer(scope, send, 404, NOT_FOUND)
+            return
         if scope["type"] == "http":
-            receive = await self._bounded_body(scope, receive, send, headers, inspects_body(path, method))
+            receive = await self._bounded_body(scope, receive, send, headers, inspects_body(path, method), user)
             if receive is None:
                 return
+            if not user.is_admin and path.startswith(GRADIO_PREFIX) and served_file is None:
+                send = recording_send(send, self.served, user.name, path)
         scope.setdefault("state", {})[SCOPE_KEY] = user
         await self.app(scope, receive, _with_cors(send, cors))
 
@@ -151,10 +157,10 @@ class SecurityMiddleware:
         return None
 
     async def _bounded_body(self, scope: Scope, receive: Receive, send: Send,
-                            headers: dict[str, str], inspect: bool) -> Receive | None:
-        """A chunked body (no Content-Length), or one to `inspect` for remote fetches, is read here within
-        the limit and replayed to the app; with a Content-Length the server itself stops the body at the
-        declared size. None: refused (the answer is sent)."""
+                            headers: dict[str, str], inspect: bool, user: User) -> Receive | None:
+        """A chunked body (no Content-Length), or a gradio call's body to `inspect` (remote fetches, files
+        that are not the user's), is read here within the limit and replayed to the app; with a
+        Content-Length the server itself stops the body at the declared size. None: refused (answered)."""
         if not inspect and "chunked" not in headers.get("transfer-encoding", "").lower():
             return receive
         try:
@@ -164,6 +170,9 @@ class SecurityMiddleware:
             return None
         if inspect and refused_body(body):
             await self._answer(scope, send, 403, REFUSAL)
+            return None
+        if inspect and any(not self.served.may_pass(path, user.name, user.is_admin) for path in body_file_paths(body)):
+            await self._answer(scope, send, 404, NOT_FOUND)
             return None
         replayed = False
 

@@ -11,30 +11,46 @@ import secrets
 from dataclasses import dataclass
 
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from webui.security.auth import Authenticator
 from webui.security.middleware import HttpPolicy, SecurityMiddleware
+from webui.security.served_files import ServedFiles
 from webui.security.users import UserStore
 from webui.settings import Settings
+
+SHARE_HOST_SUFFIX = ".gradio.live"
 
 
 @dataclass(frozen=True)
 class ServerSecurity:
     authenticator: Authenticator
     policy: HttpPolicy
+    served: ServedFiles  # which user each file gradio serves belongs to
 
     def middleware(self) -> list[Middleware]:
         """For FastAPI(middleware=...) / gradio's app_kwargs: every route passes through it."""
-        return [Middleware(SecurityMiddleware, authenticator=self.authenticator, policy=self.policy)]
+        return [Middleware(SecurityMiddleware, authenticator=self.authenticator, policy=self.policy,
+                           served=self.served),
+                # CORS headers for the configured origins only. Its presence also tells a mounted gradio
+                # to add none of its own (gradio's layer would allow any localhost origin).
+                Middleware(CORSMiddleware, allow_origins=list(self.policy.allowed_origins), allow_credentials=True,
+                           allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                           allow_headers=["authorization", "content-type"])]
 
 
-def build_server_security(settings: Settings) -> ServerSecurity:
+def build_server_security(settings: Settings, gradio_upload_folder: str | None = None) -> ServerSecurity:
+    """`gradio_upload_folder`: where gradio stores uploads and shown files (the UI's only file inputs)."""
     users = UserStore(settings.users_file, settings.auth)
     needs_token = settings.reachable_from_network and len(users) == 0 and not settings.insecure_no_auth
     authenticator = Authenticator(users, access_token=secrets.token_urlsafe(24) if needs_token else None)
-    policy = HttpPolicy(allowed_hosts=settings.allowed_hosts, allowed_origins=settings.cors_allow_origins,
+    # The share link's requests arrive through gradio's tunnel with its host name (<random>.gradio.live):
+    # a name nobody can point at this machine, so serving it opens no DNS-rebinding hole.
+    share_hosts = (SHARE_HOST_SUFFIX,) if settings.share else ()
+    policy = HttpPolicy(allowed_hosts=settings.allowed_hosts + share_hosts, allowed_origins=settings.cors_allow_origins,
                            max_body_bytes=settings.max_body_mb * 1024 * 1024)
-    return ServerSecurity(authenticator, policy)
+    served = ServedFiles(roots=(gradio_upload_folder,) if gradio_upload_folder else ())
+    return ServerSecurity(authenticator, policy, served)
 
 
 def startup_banner(settings: Settings, security: ServerSecurity, path: str = "/") -> list[str]:

@@ -22,6 +22,7 @@ class TrainingBusyError(RuntimeError):
 @dataclass
 class TrainingMonitor:
     config: TrainingConfig
+    owner: str | None = None  # who started the run (a user name; None: the app or the command line)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _latest: TrainingProgress | None = None
     _losses: list[tuple[int, float, float]] = field(default_factory=list)  # step, loss, smoothed loss

@@ -78,7 +78,7 @@ class TrainingService:
             if self.monitor is not None and not self.monitor.finished:
                 raise TrainingBusyError(f"training {self.monitor.config.output_name!r} is still running: "
                                         "cancel it or wait until it finishes")
-            previous, self.monitor = self.monitor, TrainingMonitor(config)
+            previous, self.monitor = self.monitor, TrainingMonitor(config, owner)
         try:
             return self.scheduler.submit(JobSpec(TRAIN_JOB_KIND, config, owner), webhook_url)
         except (QueueFullError, ValueError):
@@ -342,12 +342,35 @@ def training_active(service: TrainingService) -> bool:
 
 
 def start_training(service: TrainingService, config: TrainingConfig, owner: str | None = None,
-                   webhook_url: str | None = None) -> Job:
+                   webhook_url: str | None = None, may_replace_models: bool = True) -> Job:
     """Queue a run for `owner` unless one is already queued or training (`TrainingService.submit` checks that atomically).
 
     The config's folders are confined first (`confine_config`): this is how requests start training.
+    Without `may_replace_models` (a plain user's run) an output name that already names a LoRA,
+    embedding or checkpoint is refused: the run would replace a model everyone uses, an admin's action.
     """
+    if not may_replace_models:
+        existing = models_named(service, config.output_name)
+        if existing:
+            raise ValueError(f"output name {config.output_name!r} would replace existing model file(s) "
+                             f"({', '.join(sorted(path.name for path in existing)[:5])}); choose another name "
+                             "(replacing models needs an admin account)")
     return service.submit(confine_config(service, config), owner, webhook_url)
+
+
+def models_named(service: TrainingService, output_name: str) -> list[Path]:
+    """Files or folders in the LoRA, embedding and checkpoint folders that a run named `output_name`
+    would write over: `<name>.*`, its per-epoch files `<name>-000001.*` and a `<name>` diffusers folder."""
+    found = []
+    for folder in (service.paths.lora_dir, service.paths.embeddings_dir, service.paths.checkpoints_dir):
+        if not Path(folder).is_dir():
+            continue
+        for entry in Path(folder).iterdir():
+            stem = entry.name if entry.is_dir() else entry.stem
+            epoch = _EPOCH_NAME.match(stem)
+            if stem == output_name or (epoch is not None and epoch.group("base") == output_name):
+                found.append(entry)
+    return found
 
 
 def running_training_job(service: TrainingService) -> Job | None:
@@ -372,13 +395,35 @@ def cancel_training(service: TrainingService, user: User) -> str:
     return "No training is running."
 
 
-def training_status(service: TrainingService) -> dict[str, Any]:
-    """The latest run as JSON-friendly values (the API answer and the Train tab's polling source)."""
+IDLE_STATUS: dict[str, Any] = {
+    "state": "idle", "name": None, "method": None, "step": 0, "total": 0, "epoch": 0, "total_epochs": 0,
+    "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
+    "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None}
+BUSY_MESSAGE = "Another user's training run is using the trainer; yours can start when it ends."
+
+
+def visible_run(service: TrainingService, viewer: User | None) -> TrainingMonitor | None:
+    """The latest run's monitor if `viewer` may see it (its owner or an admin; None: the app's own code)."""
+    monitor = service.monitor
+    if monitor is None or viewer is None or viewer.may_act_on(monitor.owner):
+        return monitor
+    return None
+
+
+def training_status(service: TrainingService, viewer: User | None = None) -> dict[str, Any]:
+    """The latest run as JSON-friendly values (the API answer and the Train tab's polling source).
+
+    A run's config, losses, samples and files are its owner's: another plain user only learns that the
+    trainer is busy (state "busy", without the owner's name) while it runs, and nothing once it ended.
+    An admin sees every run, with `owner`. `viewer` None is the app's own code, which sees everything.
+    """
     monitor = service.monitor
     if monitor is None:
-        return {"state": "idle", "name": None, "method": None, "step": 0, "total": 0, "epoch": 0, "total_epochs": 0,
-                "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
-                "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None}
+        return dict(IDLE_STATUS, messages=[], files=[], warnings=[])
+    if visible_run(service, viewer) is None:
+        if monitor.finished:
+            return dict(IDLE_STATUS, messages=[], files=[], warnings=[])
+        return dict(IDLE_STATUS, state="busy", messages=[BUSY_MESSAGE], files=[], warnings=[])
     latest = monitor.latest
     result = monitor.result
     if monitor.finished:
@@ -406,6 +451,7 @@ def training_status(service: TrainingService) -> dict[str, Any]:
         "usage": result.usage if result is not None else "",
         "warnings": list(result.warnings) if result is not None else [],
         "error": monitor.error,
+        "owner": monitor.owner,
     }
 
 
@@ -419,9 +465,10 @@ def _finite(value: float | None) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def last_run_lora_names(service: TrainingService) -> tuple[list[str], list[str]]:
-    """(epoch LoRA names in epoch order, final LoRA names) of the latest run, as `<lora:...>` tags name them."""
-    monitor = service.monitor
+def last_run_lora_names(service: TrainingService, viewer: User | None = None) -> tuple[list[str], list[str]]:
+    """(epoch LoRA names in epoch order, final LoRA names) of the latest run, as `<lora:...>` tags name them;
+    nothing when `viewer` may not see that run."""
+    monitor = visible_run(service, viewer)
     if monitor is None or monitor.result is None:
         return [], []
     lora_dir = Path(service.paths.lora_dir).resolve()
@@ -460,13 +507,15 @@ def trigger_words_of(config: TrainingConfig) -> list[str]:
     return [config.effective_trigger] if config.effective_trigger else []
 
 
-def export_run(service: TrainingService, license_name: str, include_epochs: bool = False) -> tuple[Path, Path]:
+def export_run(service: TrainingService, license_name: str, include_epochs: bool = False,
+               viewer: User | None = None) -> tuple[Path, Path]:
     """Gather the latest run's files, a model card and a sample grid into `<data>/training/exports/<name>/`.
 
     Files are hard-linked where the file system allows (a DreamBooth checkpoint is gigabytes), else copied.
-    Returns (export folder, card path); the folder is what "Upload to the Hub" sends.
+    Returns (export folder, card path); the folder is what "Upload to the Hub" sends. Only the run's owner
+    or an admin (`viewer`) may export it.
     """
-    monitor = service.monitor
+    monitor = visible_run(service, viewer)
     if monitor is None or not monitor.finished:
         raise ValueError("no finished training run to export: train first, and wait until it finishes")
     result = monitor.result
@@ -494,13 +543,13 @@ def export_run(service: TrainingService, license_name: str, include_epochs: bool
 
 
 def upload_run(service: TrainingService, repo_id: str, token: str | None, *, private: bool, license_name: str,
-               include_epochs: bool = False) -> tuple[Path, str]:
+               include_epochs: bool = False, viewer: User | None = None) -> tuple[Path, str]:
     """Export the latest run with its card and upload that folder to the Hub: (export folder, repo URL).
 
     Refused (`HubDisabled`) before exporting anything unless the server was started with --allow-hub.
     """
     check_upload_allowed(service.network)
-    folder, _ = export_run(service, license_name, include_epochs)  # re-export: the Hub gets exactly the latest run
+    folder, _ = export_run(service, license_name, include_epochs, viewer)  # re-export: the Hub gets exactly the latest run
     return folder, upload_to_hub(folder, (repo_id or "").strip(), token, network=service.network, private=private)
 
 

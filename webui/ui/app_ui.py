@@ -60,6 +60,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
                 label="Stable Diffusion checkpoint", choices=ctx.models.checkpoint_titles(),
                 value=ctx.models.current_checkpoint_title() or next(iter(ctx.models.checkpoint_titles()), None),
                 elem_id="setting_sd_model_checkpoint", scale=4,
+                allow_custom_value=True,  # a title gains its hash once hashed; the catalog decides what a name means
             )
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=48)
             vae = gr.Dropdown(label="SD VAE", choices=ctx.models.vae_names(), value="Automatic", elem_id="setting_sd_vae", scale=2)
@@ -78,7 +79,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
                 train_tab = build_train_tab(ctx, blocks, train_tab_component, native_size(ctx))
             # tabs: X/Y/Z plot (the X/Y/Z tab's block goes below this line)
             with gr.Tab("X/Y/Z plot", id="xyz", elem_id="tab_xyz"):
-                xyz = build_xyz_tab(ctx, native_size(ctx), vae)
+                xyz = build_xyz_tab(ctx, native_size(ctx), vae, blocks=blocks)
             with gr.Tab("Queue", id="queue", elem_id="tab_queue") as queue_tab_component:
                 queue = build_queue_tab(ctx, queue_tab_component)
             with gr.Tab("Account", id="account", elem_id="tab_account") as account_tab:
@@ -88,12 +89,24 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
             broken = [r for r in ctx.catalog.records() if not r.usable]
             return "\n".join(f"⚠️ **{r.path.name}** cannot be loaded: {r.error}" for r in broken)
 
-        def refresh_checkpoints(request: gr.Request):
-            if caller_of(request).is_admin:  # rescanning the folders is an admin's; others get the listing
-                ctx.models.refresh_checkpoints()
+        def listing():
             titles = ctx.models.checkpoint_titles()
             return (gr.update(choices=titles, value=ctx.models.current_checkpoint_title() or next(iter(titles), None)),
                     unusable_note(), gr.update(choices=ctx.models.vae_names()))
+
+        def refresh_checkpoints(request: gr.Request):
+            """The 🔄 button: rescanning the model folders is an admin's; others are told and get the listing."""
+            if caller_of(request).is_admin:
+                ctx.models.refresh_checkpoints()
+            else:
+                gr.Warning("Rescanning the model folders needs an admin account; this is the current list.")
+            return listing()
+
+        def show_checkpoints(request: gr.Request):
+            """On page load: an admin's page rescans the folders (new files appear), everyone gets the list."""
+            if caller_of(request).is_admin:
+                ctx.models.refresh_checkpoints()
+            return listing()
 
         def choose_checkpoint(title: str, request: gr.Request):
             if not title:
@@ -107,13 +120,13 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
 
         refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
         checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)
-        blocks.load(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
+        blocks.load(show_checkpoints, outputs=[checkpoint, unusable, vae])
 
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img, queue)
 
-        def compare_epochs():
+        def compare_epochs(request: gr.Request):
             """Train tab -> X/Y/Z plot of the saved epochs x LoRA weight over the first sample prompt."""
-            prompt, names, weights = compare_epochs_request(ctx)
+            prompt, names, weights = compare_epochs_request(ctx, caller_of(request))
             return [*xyz.fill_epoch_comparison(prompt, names, weights), gr.Tabs(selected="xyz")]
 
         train_tab.compare_epochs.click(

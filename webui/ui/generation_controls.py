@@ -210,14 +210,20 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
         except (ValueError, LookupError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
         shown_preview = -1
-        while not job.wait(POLL_SECONDS):
-            snapshot = job.control.snapshot()
-            preview_update = gr.update()
-            if snapshot.preview is not None and snapshot.preview_serial != shown_preview:
-                shown_preview = snapshot.preview_serial
-                preview_update = snapshot.preview
-            bar = progress_html(snapshot, ctx.scheduler.position(job.job_id))
-            yield (gr.update(),) * 2 + (bar, preview_update) + (gr.update(),) * 4
+        try:
+            while not job.wait(POLL_SECONDS):
+                snapshot = job.control.snapshot()
+                preview_update = gr.update()
+                if snapshot.preview is not None and snapshot.preview_serial != shown_preview:
+                    shown_preview = snapshot.preview_serial
+                    preview_update = snapshot.preview
+                yield (gr.update(),) * 2 + (progress_html(snapshot, ctx.scheduler.position(job.job_id)), preview_update) + (gr.update(),) * 4
+        finally:
+            # gradio closes this generator (GeneratorExit at the yield) when the event is cancelled: the
+            # browser tab went away or its Stop was pressed. Nobody will see the images, so a job still
+            # waiting is dropped and a running one interrupted, as the API does for a client that left.
+            if not job.done:
+                ctx.scheduler.stop(job.job_id)
         try:
             result = job.result()
         except Exception as error:  # shown to the user; the worker and server keep running

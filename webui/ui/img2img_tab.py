@@ -17,7 +17,7 @@ from webui.generation.image_ops import ResizeMode
 from webui.generation.masks import MaskedContent
 from webui.generation.requests import Img2ImgRequest
 from webui.security.limits import RequestLimits
-from webui.ui.uploads import open_upload
+from webui.ui.uploads import checked_editor, open_upload
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
     GenerationControls,
@@ -72,10 +72,10 @@ def source_and_mask(mode: str, named: dict[str, Any], limits: RequestLimits) -> 
     return None, None
 
 
-def _editor(elem_id: str, colors: list[str], fixed: bool) -> gr.ImageEditor:
+def _editor(limits: RequestLimits, elem_id: str, colors: list[str], fixed: bool) -> gr.ImageEditor:
     brush = gr.Brush(colors=colors, default_color=colors[0], color_mode="fixed" if fixed else "defaults",
                      default_size=12)
-    return gr.ImageEditor(type="pil", image_mode="RGBA", brush=brush, eraser=gr.Eraser(default_size=12),
+    return checked_editor(limits, type="pil", image_mode="RGBA", brush=brush, eraser=gr.Eraser(default_size=12),
                           layers=False, height=420, elem_id=elem_id, sources=["upload", "clipboard"])
 
 
@@ -90,11 +90,11 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
                     init_img = gr.Image(label="Image for img2img", type="filepath", image_mode=None, height=420,
                                         elem_id="img2img_image", sources=["upload", "clipboard"])
                 with gr.Tab("Sketch", id="sketch", elem_id="img2img_img2img_sketch_tab") as tab_sketch:
-                    sketch = _editor("img2img_sketch", ["#000000", "#ffffff", "#ff0000", "#00aa00", "#0000ff"], False)
+                    sketch = _editor(ctx.request_limits, "img2img_sketch", ["#000000", "#ffffff", "#ff0000", "#00aa00", "#0000ff"], False)
                 with gr.Tab("Inpaint", id="inpaint", elem_id="img2img_inpaint_tab") as tab_inpaint:
-                    inpaint = _editor("img2maskimg", ["#ffffff"], True)
+                    inpaint = _editor(ctx.request_limits, "img2maskimg", ["#ffffff"], True)
                 with gr.Tab("Inpaint sketch", id="inpaint_sketch", elem_id="img2img_inpaint_sketch_tab") as tab_isketch:
-                    inpaint_sketch = _editor("inpaint_sketch", ["#000000", "#ffffff", "#ff0000", "#00aa00", "#0000ff"], False)
+                    inpaint_sketch = _editor(ctx.request_limits, "inpaint_sketch", ["#000000", "#ffffff", "#ff0000", "#00aa00", "#0000ff"], False)
                 with gr.Tab("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab") as tab_upload:
                     upload_image = gr.Image(label="Image", type="filepath", image_mode=None, height=300,
                                             elem_id="img_inpaint_base")

@@ -15,9 +15,14 @@ NO_MODEL = "None"
 def build_merger_tab(ctx: AppContext, checkpoint: gr.Dropdown, tab: gr.Tab) -> None:
     titles = ctx.models.checkpoint_titles()
     with gr.Row():
-        primary = gr.Dropdown(label="Primary model (A)", choices=titles, elem_id="merger_primary")
-        secondary = gr.Dropdown(label="Secondary model (B)", choices=titles, elem_id="merger_secondary")
+        # Custom values allowed: a title gains its hash once the file was hashed, and the catalog (not a
+        # possibly stale choice list) decides what a name means, with a message naming the known ones.
+        primary = gr.Dropdown(label="Primary model (A)", choices=titles, elem_id="merger_primary",
+                              allow_custom_value=True)
+        secondary = gr.Dropdown(label="Secondary model (B)", choices=titles, elem_id="merger_secondary",
+                                allow_custom_value=True)
         tertiary = gr.Dropdown(label="Tertiary model (C)", choices=[NO_MODEL] + titles, value=NO_MODEL,
+                               allow_custom_value=True,
                                elem_id="merger_tertiary")
     name = gr.Textbox(label="Custom name", elem_id="merger_name")
     multiplier = gr.Slider(label="Multiplier (M)", minimum=0.0, maximum=1.0, step=0.05, value=0.3, elem_id="merger_multiplier")

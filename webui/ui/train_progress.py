@@ -34,6 +34,8 @@ def progress_html(status: dict[str, Any]) -> str:
     """A bar like txt2img's: percentage, step/total, epoch, ETA and loss of the latest run."""
     if status["state"] == "idle":
         return '<div class="sd-progress-text" data-state="idle">No training run yet.</div>'
+    if status["state"] == "busy":  # another user's run: only that the trainer is taken
+        return f'<div class="sd-progress-text" data-state="busy">{html.escape(" ".join(status["messages"]))}</div>'
     total = max(int(status["total"] or 0), 0)
     percent = 100 if status["state"] == "done" else int(100 * status["step"] / total) if total else 0
     parts = [f"{STATE_WORDS.get(status['state'], status['state'])} {status['name']}"]
@@ -76,7 +78,7 @@ def sample_gallery(monitor: TrainingMonitor | None) -> list[tuple[Any, str]]:
 def result_markdown(status: dict[str, Any]) -> str:
     """The end of a run in words: what was written and how to use it, or why it stopped."""
     state = status["state"]
-    if state in ("idle", "queued", "running"):
+    if state in ("idle", "busy", "queued", "running"):
         return ""
     if state == "failed":
         saved = _file_list(status["files"])

@@ -14,6 +14,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.training.config import TrainingConfig, load_preset, save_user_preset
+from webui.security.identity import User
 from webui.ui.access import caller_of, require_admin
 from webui.errors import user_error
 from webui.ui.train_dataset_section import (
@@ -55,6 +56,7 @@ from webui.training.service import (
     preset_names,
     start_training,
     training_status,
+    visible_run,
     upload_run,
     user_presets_folder,
 )
@@ -85,9 +87,10 @@ class TrainTab:
     timer: gr.Timer
 
 
-def compare_epochs_request(ctx: AppContext) -> tuple[str, list[str], list[float]]:
-    """(a sample prompt, the last run's LoRA names from first epoch to final, weights) for an X/Y/Z grid."""
-    epochs, finals = last_run_lora_names(ctx.training)
+def compare_epochs_request(ctx: AppContext, viewer: User | None = None) -> tuple[str, list[str], list[float]]:
+    """(a sample prompt, the last run's LoRA names from first epoch to final, weights) for an X/Y/Z grid;
+    only of a run `viewer` may see (theirs, or any for an admin)."""
+    epochs, finals = last_run_lora_names(ctx.training, viewer)
     if not epochs:
         raise gr.Error("No epoch files to compare: train a LoRA method with 'Save every N epochs' above 0 first.")
     return default_sample_prompt(ctx.training.monitor.config), epochs + finals, list(COMPARE_WEIGHTS)
@@ -100,6 +103,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         output_name = gr.Textbox(label="Output name", elem_id="train_output_name", scale=2,
                                  info="file name of the LoRA / embedding / checkpoint")
         base_checkpoint = gr.Dropdown(label="Base checkpoint", choices=titles, elem_id="train_base_checkpoint",
+                                      allow_custom_value=True,  # titles gain their hash; the catalog decides
                                       value=ctx.models.current_checkpoint_title() or next(iter(titles), None), scale=3)
     gr.Markdown("### Dataset")
     dataset = build_dataset_section(defaults)
@@ -189,9 +193,12 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         values = [widget_value(specs_by_name[field], getattr(config, field)) for field in preset_fields]
         return [config.method] + values + [f"Loaded preset **{name}**."]
 
-    def store_preset(name: str, *values: Any):
+    def store_preset(request: gr.Request, name: str, *values: Any):
+        name = (name or "").strip()
+        if name in preset_names(ctx.training):  # presets are shared: replacing one changes it for everybody
+            require_admin(request, f"Replacing the preset {name!r}")
         try:
-            path = save_user_preset(form_values(*values), user_presets_folder(ctx.training), (name or "").strip())
+            path = save_user_preset(form_values(*values), user_presets_folder(ctx.training), name)
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         return f"Saved preset **{path.stem}** to `{path}`.", gr.update(choices=preset_names(ctx.training), value=path.stem)
@@ -203,31 +210,33 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     # ---- run ----
     run_outputs = [progress, result, loss_plot, samples, log, timer, shown]
 
-    def render(seen: dict[str, Any]) -> tuple:
-        """The run's view; the loss plot and gallery are only re-sent when they changed since `seen`."""
-        monitor = ctx.training.monitor
-        status = training_status(ctx.training)
+    def render(seen: dict[str, Any], request: gr.Request) -> tuple:
+        """The run's view as the caller may see it (another user's run only shows the trainer is busy);
+        the loss plot and gallery are only re-sent when they changed since `seen`."""
+        viewer = caller_of(request)
+        monitor = visible_run(ctx.training, viewer)
+        status = training_status(ctx.training, viewer)
         losses = len(monitor.losses()) if monitor is not None else 0
         sample_key = id(monitor.samples()) if monitor is not None and monitor.samples() else None
         now = {"run": id(monitor), "losses": losses, "samples": sample_key}
         same_run = seen.get("run") == now["run"]
         plot = gr.update() if same_run and seen.get("losses") == losses else loss_frame(monitor)
         gallery = gr.update() if same_run and seen.get("samples") == sample_key else sample_gallery(monitor)
-        running = status["state"] in ("queued", "running")
+        running = status["state"] in ("queued", "running", "busy")
         return (progress_html(status), result_markdown(status), plot, gallery, log_text(status),
                 gr.Timer(active=running), now)
 
     def start(request: gr.Request, *values: Any):
-        owner = caller_of(request).name
+        user = caller_of(request)
         try:
             config = form_config(*values)
             summary = dataset_summary_text(config.validate())
-            start_training(ctx.training, config, owner)
+            start_training(ctx.training, config, user.name, may_replace_models=user.is_admin)
         except TrainingBusyError as error:
             raise gr.Error(str(error)) from None
         except (ValueError, LookupError, OSError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
-        return (summary,) + render({})
+        return (summary,) + render({}, request)
 
     def stop(request: gr.Request) -> None:
         gr.Info(cancel_training(ctx.training, caller_of(request)))
@@ -236,12 +245,12 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     cancel.click(stop, inputs=None, outputs=None)
     timer.tick(render, inputs=shown, outputs=run_outputs, show_progress="hidden")
 
-    def reconnect(chosen: str | None):
+    def reconnect(chosen: str | None, request: gr.Request):
         """Show the current or last run, poll while it runs, list models and presets added since."""
         titles = ctx.models.checkpoint_titles()
         if chosen not in titles:
             chosen = ctx.models.current_checkpoint_title() or next(iter(titles), None)
-        return render({}) + (gr.update(choices=titles, value=chosen), gr.update(choices=preset_names(ctx.training)))
+        return render({}, request) + (gr.update(choices=titles, value=chosen), gr.update(choices=preset_names(ctx.training)))
 
     reconnect_outputs = run_outputs + [base_checkpoint, preset]
     blocks.load(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
@@ -249,9 +258,9 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     tab.select(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
 
     # ---- share ----
-    def export_files(license_value: str, epochs: bool) -> str:
+    def export_files(license_value: str, epochs: bool, request: gr.Request) -> str:
         try:
-            folder, card = export_run(ctx.training, license_value or LICENSES[0], bool(epochs))
+            folder, card = export_run(ctx.training, license_value or LICENSES[0], bool(epochs), caller_of(request))
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         names = ", ".join(f"`{path.name}`" for path in sorted(folder.iterdir()))
@@ -262,7 +271,8 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         require_admin(request, "Uploading to the Hub")
         try:
             folder, url = upload_run(ctx.training, repo, hub_token, private=bool(is_private),
-                                     license_name=license_value or LICENSES[0], include_epochs=bool(epochs))
+                                     license_name=license_value or LICENSES[0], include_epochs=bool(epochs),
+                                     viewer=caller_of(request))
         except (ValueError, LookupError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         return f"Uploaded `{folder.name}` to {url}"

@@ -141,9 +141,11 @@ def build_xyz_tab(
     ctx: AppContext,
     default_size: int,
     vae: gr.Dropdown | None = None,
+    blocks: gr.Blocks | None = None,
 ) -> XyzTab:
     """Build the tab; `vae` is the quicksettings VAE dropdown (used like txt2img). The axes are the X/Y/Z
-    service's table (the one its jobs plan with; extensions add rows to it)."""
+    service's table (the one its jobs plan with; extensions add rows to it). With `blocks`, a page that
+    closes stops the plot it started (gradio's `unload`), as a closed txt2img page stops its generation."""
     axes_registry = ctx.xyz.registry
     labels = axes_registry.labels()
 
@@ -204,6 +206,7 @@ def build_xyz_tab(
 
     job_state = gr.State(None)
     infotexts_state = gr.State([])
+    plots_by_page: dict[str, Job] = {}  # gradio session -> its running plot, for `unload`
     timer = gr.Timer(POLL_SECONDS, active=False)
 
     # ---- axis rows: the picker and fill-all button follow the axis type and the typed values ----
@@ -261,14 +264,17 @@ def build_xyz_tab(
             job = ctx.xyz.submit(plot_request, *specs, options, owner=owner)
         except (ValueError, LookupError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
+        if request.session_hash:
+            plots_by_page[request.session_hash] = job
         return job, gr.Timer(active=True), progress_html(job.control.snapshot(), ctx.scheduler.position(job.job_id))
 
-    def poll(job: Job | None) -> tuple[Any, ...]:
+    def poll(job: Job | None, request: gr.Request) -> tuple[Any, ...]:
         unchanged = (gr.update(), gr.update(), gr.update())
         if job is None:
             return (None, gr.Timer(active=False), gr.update(), *unchanged)
         if not job.done:
             return (job, gr.update(), progress_html(job.control.snapshot(), ctx.scheduler.position(job.job_id)), *unchanged)
+        plots_by_page.pop(request.session_hash or "", None)
         try:
             run: XyzRun = job.result()
         except Exception as error:  # shown to the user; the worker and the server keep running
@@ -287,6 +293,15 @@ def build_xyz_tab(
     timer.tick(poll, inputs=job_state, outputs=[job_state, timer, progress, gallery, infotext, infotexts_state],
                show_progress="hidden")
     interrupt.click(stop, inputs=job_state, outputs=None)
+
+    def stop_abandoned_plot(request: gr.Request) -> None:
+        """The page closed: nobody will see the plot, so a waiting one is dropped, a running one stopped."""
+        job = plots_by_page.pop(request.session_hash or "", None)
+        if job is not None and not job.done and caller_of(request).may_act_on(job.owner):
+            ctx.scheduler.stop(job.job_id)
+
+    if blocks is not None:
+        blocks.unload(stop_abandoned_plot)
 
     def show_selected(texts: list[str], event: gr.SelectData) -> str:
         return texts[event.index] if texts and 0 <= event.index < len(texts) else ""
