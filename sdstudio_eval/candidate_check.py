@@ -19,15 +19,16 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdstudio_eval import prompt_sets, toy_world
+from sdstudio_eval import prompt_sets
 from sdstudio_eval.analyzer import analyze
 from sdstudio_eval.fidelity_report import PROMPT_STYLE_SEED, generate
 
 # The fidelity report's seed for the full-grammar evaluation prompts (section 2).
 FULL_GRAMMAR_SEED = 1000
+Row = tuple[str, Sequence[prompt_sets.Prompt], int]  # key, prompts, first seed
 
 
-def score_rows(ctx, rows: Sequence[tuple[str, Sequence[prompt_sets.Prompt], int]]) -> dict[str, dict]:
+def score_rows(ctx, rows: Sequence[Row]) -> dict[str, dict]:
     """Per row: prompts, correct count, per-attribute accuracy and the failing prompts with what came out."""
     results = {}
     for key, prompts, seed in rows:
@@ -48,15 +49,20 @@ def score_rows(ctx, rows: Sequence[tuple[str, Sequence[prompt_sets.Prompt], int]
     return results
 
 
-def check_model(model: Path, device: str, style_prompts: int, prompts: int) -> dict[str, dict]:
+def standard_rows(style_prompts: int, prompts: int) -> list[Row]:
+    """The prompt-styles rows with the fidelity report's seeds, then the full grammar on ``prompts`` captions."""
+    rows: list[Row] = [(row.key, row.prompts, PROMPT_STYLE_SEED) for row in prompt_sets.prompt_rows(style_prompts)]
+    if prompts:
+        rows.append((f"full_grammar_{prompts}", tuple(prompt_sets.full_grammar_prompts(prompts)), FULL_GRAMMAR_SEED))
+    return rows
+
+
+def check_model(model: Path, device: str, rows: Sequence[Row]) -> dict[str, dict]:
     """Score one model folder (copied into a fresh checkpoint folder, so the app loads it as its default)."""
     from webui.context import build_context
     from webui.models.default_model import DEFAULT_MODEL_NAME
     from webui.settings import settings_from_args
 
-    rows = [(row.key, row.prompts, PROMPT_STYLE_SEED) for row in prompt_sets.prompt_rows(style_prompts)]
-    if prompts:
-        rows.append((f"full_grammar_{prompts}", tuple(prompt_sets.full_grammar_prompts(prompts)), FULL_GRAMMAR_SEED))
     with tempfile.TemporaryDirectory() as data_dir:
         checkpoints = Path(data_dir) / "checkpoints"
         shutil.copytree(model, checkpoints / DEFAULT_MODEL_NAME)
@@ -76,10 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=200, help="full-grammar evaluation prompts (0: none)")
     parser.add_argument("--json", type=Path, help="write every result, failing prompts included, here")
     args = parser.parse_args(argv)
+    for model in args.model:
+        if not (model / "model_index.json").is_file():
+            parser.error(f"{model} is not a diffusers model folder (it has no model_index.json)")
     everything = {}
     for model in args.model:
         print(f"{model}:", flush=True)
-        everything[str(model)] = check_model(model, args.device, args.style_prompts, args.prompts)
+        everything[str(model)] = check_model(model, args.device, standard_rows(args.style_prompts, args.prompts))
     if args.json:
         args.json.write_text(json.dumps(everything, indent=1))
     keys = list(next(iter(everything.values())))
