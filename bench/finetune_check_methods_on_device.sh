@@ -13,6 +13,10 @@
 #   bash bench/finetune_check_methods_on_device.sh finish
 # METHODS (default: all six), PROMPTS (prompts per set of the methods table, default 24) and DEADLINE (seconds
 # the start call may take, default 570) tune it.
+# Not yet completed on a device: its one try (2026-12-05, H100, BUDGET=8 BATCH=1024 UNET_LR=2.5e-4) ended with "the
+# device machine stopped answering" at the call's limit and brought nothing back, and no machine could be started
+# after it. Whether the eight concurrent processes played a part is unknown: a next try can set METHODS to fewer
+# methods, or run bench/finetune_toy_on_device.sh alone first (proven twice) and this script's checks after it.
 set -uo pipefail
 phase=${1:-start}
 methods=${METHODS:-lora dreambooth dreambooth_no_prior dreambooth_lora textual_inversion pivotal}
