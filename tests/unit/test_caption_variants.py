@@ -121,3 +121,25 @@ def test_training_chunks_carry_varied_captions_and_their_tokens() -> None:
     _, legacy, legacy_ids = _render_chunk((2026, 0, 6, 0))
     assert legacy_ids.shape == (6, 1, 77) and all(len(texts) == 1 for texts in legacy)
     assert all(toy_world.parse_caption(texts[0]).attributes() for texts in legacy)
+
+
+def test_positions_and_leading_backgrounds_come_in_many_surroundings(training_set) -> None:
+    # The first fine-tune missed positions written in phrasings it had not seen ("near the middle"): each position
+    # word must occur in many phrasings, sometimes after a verb, not in a few fixed phrases.
+    texts = [prompt.text for _, prompt in training_set]
+    for position in toy_world.POSITIONS:
+        used = {phrase for phrase in set(caption_variants.POSITION_PHRASES[position])
+                if any(re.search(rf"(^|[ ,]){re.escape(phrase)}($|[ ,])", text) for text in texts)}
+        assert len(used) >= 10, (position, used)
+    verbs = "|".join(caption_variants.POSITION_VERBS)
+    assert sum(bool(re.search(rf"\b({verbs}) (on|at|in|along|far|left|right|top|bottom|center|middle)", t))
+               for t in texts) > 50
+    joins = {join for join in (" with ", " and ", " featuring ", " containing ")
+             for text in texts if re.match(rf"^(on a |against a |a )?\w+ background,?{join}", text)}
+    assert len(joins) == 4
+
+
+def test_long_prompts_with_many_unknown_words_occur(training_set) -> None:
+    lengths = [len(re.findall(r"\w+", prompt.text)) for _, prompt in training_set]
+    assert sum(length >= 18 for length in lengths) > 0.02 * len(lengths)
+    assert max(lengths) <= 60  # well inside CLIP's 77 tokens

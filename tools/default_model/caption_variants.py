@@ -25,8 +25,9 @@ import numpy as np
 from sdstudio_eval import toy_world
 from sdstudio_eval.toy_world import Scene
 
-# Share of training captions in the full caption grammar (``toy_world.caption``), the rest varied.
-FULL_GRAMMAR_SHARE = 0.3
+# Share of training captions in the full caption grammar (``toy_world.caption``), the rest varied. Raised from
+# 0.3 for the second fine-tune: the full grammar had slipped from 96.5 % to 95.0 % on the 200 evaluation prompts.
+FULL_GRAMMAR_SHARE = 0.35
 # Attributes that describe the object itself; naming any of them needs the shape noun.
 OBJECT_ATTRIBUTES = ("count", "size", "texture", "color")
 
@@ -37,22 +38,47 @@ COUNT_PHRASES: Mapping[int, tuple[str, ...]] = {
 }
 SIZE_WORDS: Mapping[str, tuple[str, ...]] = {"small": ("small",), "large": ("large", "large", "big")}
 TEXTURE_WORDS: Mapping[str, tuple[str, ...]] = {"solid": ("solid", "plain"), "striped": ("striped",)}
+# Each position word in many surroundings, so the model keys on the word, not on one phrase around it (the
+# first fine-tune missed 11 % of positions written in phrasings it had not seen).
 POSITION_PHRASES: Mapping[str, tuple[str, ...]] = {
-    "left": ("on the left", "on the left", "at the left", "on the left side", "left"),
-    "center": ("in the center", "in the middle", "centered", "in the centre", "center", "in the middle of the image"),
-    "right": ("on the right", "on the right", "at the right", "on the right side", "right"),
-    "top": ("at the top", "at the top", "on top", "top", "at the top of the image"),
-    "bottom": ("at the bottom", "at the bottom", "on the bottom", "bottom", "at the bottom of the image"),
+    "left": ("on the left", "on the left", "at the left", "on the left side", "left", "at the far left",
+             "on the far left", "in the left half", "on the left-hand side", "at the left of the picture",
+             "left side", "far left"),
+    "center": ("in the center", "in the middle", "centered", "in the centre", "center", "in the middle of the image",
+               "at the center", "in the exact center", "in the center of the picture", "middle", "in the middle of the frame",
+               "at the centre", "exactly in the middle"),
+    "right": ("on the right", "on the right", "at the right", "on the right side", "right", "at the far right",
+              "on the far right", "in the right half", "on the right-hand side", "at the right of the picture",
+              "right side", "far right"),
+    "top": ("at the top", "at the top", "on top", "top", "at the top of the image", "in the top half",
+            "along the top", "at the top of the frame", "top side", "high at the top", "in the top part"),
+    "bottom": ("at the bottom", "at the bottom", "on the bottom", "bottom", "at the bottom of the image",
+               "in the bottom half", "along the bottom", "at the bottom of the frame", "bottom side", "low at the bottom",
+               "in the bottom part"),
 }
+# Words that may stand between the object and its position ("a red circle floating on the left").
+POSITION_VERBS = ("located", "positioned", "shown", "drawn", "floating", "standing", "set", "lying", "resting",
+                  "seen", "appearing", "painted", "rendered")
 # "{}" is the background colour.
 BACKGROUND_PHRASES = (
     "{} background", "{} background", "on a {} background", "on a {} background", "with a {} background",
-    "against a {} background", "in front of a {} background", "on {} background",
+    "against a {} background", "in front of a {} background", "on {} background", "with {} background",
+    "and a {} background", "upon a {} background", "set against a {} background",
+    "in front of {} background", "against {} background", "on a flat {} background",
 )
-# Background phrases that read well at the start of a prompt.
-LEADING_BACKGROUND_PHRASES = ("{} background", "on a {} background", "against a {} background")
-SUBJECT_PREFIXES = ("a picture of", "an image of", "a drawing of", "a photo of", "a render of")
-STYLE_TAGS = ("high quality", "masterpiece", "simple", "best quality", "minimal", "clean", "flat colors", "4k")
+# Background phrases that read well at the start of a prompt, and what may join them to the object.
+LEADING_BACKGROUND_PHRASES = ("{} background", "on a {} background", "against a {} background", "a {} background")
+LEADING_BACKGROUND_JOINS = (", ", ", ", " ", " with ", " and ", " featuring ", " containing ", ", with ")
+SUBJECT_PREFIXES = ("a picture of", "an image of", "a drawing of", "a photo of", "a render of", "an illustration of",
+                    "a painting of", "a sketch of", "a cartoon of", "a poster of", "a graphic of", "artwork of",
+                    "a scene with", "a composition of", "generate", "create", "make", "a view of",
+                    "a still of", "a screenshot of", "a print of")
+STYLE_TAGS = ("high quality", "masterpiece", "simple", "best quality", "minimal", "clean", "flat colors", "4k",
+              "highly detailed", "sharp focus", "illustration", "concept art", "octane render", "studio lighting",
+              "award winning", "8k", "hd", "beautiful", "professional", "wallpaper", "geometric", "abstract",
+              "flat design", "minimalist", "smooth", "vivid colors", "detailed", "photorealistic", "unreal engine",
+              "cinematic", "soft lighting", "sharp", "ultra detailed", "aesthetic", "crisp edges",
+              "by a famous artist", "popular on the internet")
 # What shape-less captions call the object; none of these is a toy-world word.
 GENERIC_SUBJECTS = ("something", "an object", "objects", "a thing")
 # Typical negative-prompt words, none of them a toy-world word. The training uses them as the unconditional
@@ -149,26 +175,36 @@ def varied_caption(scene: Scene, names: frozenset[str] | set[str], rng: np.rando
     if not expressible(scene, names):
         raise ValueError(f"no prompt names exactly {sorted(names)} of {scene}")
     subject = noun_phrase(scene, names, rng)
-    if rng.random() < 0.25:
+    if rng.random() < 0.3:
         subject = f"{choose(rng, SUBJECT_PREFIXES)} {subject}"
     position = position_phrase(scene, rng) if "position" in names else None
     order = rng.random()
-    if "background" in names and order < 0.2:  # "blue background, a red circle on the left"
-        clauses = [background_phrase(scene, rng, leading=True), subject] + ([position] if position else [])
-    elif position and order < 0.35:  # "on the left, a red circle, blue background"
+    separator = ", " if rng.random() < 0.5 else " "
+    if "background" in names and order < 0.25:  # "blue background, a red circle on the left"
+        head = background_phrase(scene, rng, leading=True) + choose(rng, LEADING_BACKGROUND_JOINS) + subject
+        clauses = [head] + ([position] if position else [])
+    elif position and order < 0.4:  # "on the left, a red circle, blue background"
         clauses = [position, subject] + ([background_phrase(scene, rng)] if "background" in names else [])
     else:
+        if position and rng.random() < 0.2:  # "a red circle floating on the left"
+            position = f"{choose(rng, POSITION_VERBS)} {position}"
         middle = [position] if position else []
         if "background" in names:
             middle.append(background_phrase(scene, rng))
             if len(middle) == 2 and rng.random() < 0.3:
                 middle.reverse()  # "a red circle on a blue background, on the left"
         clauses = [subject] + middle
-    separator = ", " if rng.random() < 0.5 else " "
     text = separator.join(clauses)
-    if rng.random() < 0.3:
-        tags = [STYLE_TAGS[int(i)] for i in rng.choice(len(STYLE_TAGS), size=1 + int(rng.integers(2)), replace=False)]
-        text = ", ".join([*tags, text] if rng.random() < 0.3 else [text, *tags])
+    if rng.random() < 0.4:  # style tags before or after, now and then many: long prompts are common
+        size = 1 + int(rng.integers(4 if rng.random() < 0.3 else 2))
+        tags = [STYLE_TAGS[int(i)] for i in rng.choice(len(STYLE_TAGS), size=size, replace=False)]
+        where = rng.random()
+        if where < 0.25:
+            text = ", ".join([*tags, text])
+        elif where < 0.35 and len(tags) > 1:
+            text = ", ".join([tags[0], text, *tags[1:]])
+        else:
+            text = ", ".join([text, *tags])
     return text
 
 
