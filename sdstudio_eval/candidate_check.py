@@ -3,7 +3,7 @@
     python -m sdstudio_eval.candidate_check --model DIR [--model DIR2 ...] [--device cuda] [--json OUT]
 
 Each DIR is a diffusers folder (a fine-tune's output, or ``models/default/sd-studio-toy``). It is drawn
-through SD Studio's own engine (AppContext -> queue -> txt2img at default settings), exactly as
+through SD Studio's own engine (AppContext -> scheduler -> txt2img at default settings), exactly as
 ``fidelity_report`` draws the shipped model, on the prompt-styles rows (``prompt_sets``) and the full caption
 grammar on ``--prompts`` evaluation captions, with the report's seeds. Every failing prompt is listed with
 the attributes that came out wrong, so a fine-tune can be steered by what fails (issue 23), and a GPU
@@ -71,7 +71,7 @@ def check_model(model: Path, device: str, rows: Sequence[Row]) -> dict[str, dict
         try:
             return score_rows(ctx, rows)
         finally:
-            ctx.queue.shutdown()
+            ctx.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
