@@ -111,7 +111,7 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
     @translate_errors
     async def create(body: JobBody, user: User = Depends(caller)) -> dict[str, Any]:
         job = await run_in_threadpool(submit, body, user)
-        return job_view(user, job.job_id)
+        return await run_in_threadpool(job_view, user, job.job_id)  # reads the store: not on the event loop
 
     @router.get("")
     @translate_errors
@@ -154,7 +154,7 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
     @router.get("/{job_id}/preview")
     @translate_errors
     async def preview(job_id: str, user: User = Depends(caller)) -> Response:
-        job, _ = ctx.jobs.find(user, job_id)
+        job, _ = await run_in_threadpool(ctx.jobs.find, user, job_id)
         snapshot = job.control.snapshot() if job is not None else None
         if snapshot is None or snapshot.preview is None:
             raise HTTPException(404, f"job {job_id} has no preview (yet)")
@@ -167,7 +167,7 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
         """Server-sent events: `queued`, `started`, `progress` (step/total), `preview` (with its URL) and
         `finished` (state, error, and the job as GET returns it); the stream ends after `finished`.
         A reconnecting client sends `Last-Event-ID` (or `?after=`) and gets only what it missed."""
-        ctx.jobs.find(user, job_id)
+        await run_in_threadpool(ctx.jobs.find, user, job_id)  # 404 before the stream starts
         last_seen = request.headers.get("last-event-id", "")
         after = int(last_seen) if last_seen.isdigit() else after
         return StreamingResponse(_event_stream(job_id, after, request), media_type="text/event-stream",
@@ -185,13 +185,15 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
         try:
             while True:
                 wake.clear()
-                for event in ctx.scheduler.events(job_id, after):
+                for event in await run_in_threadpool(ctx.scheduler.events, job_id, after):
                     after = event.seq
                     data: dict[str, Any] = {**event.data, "time": event.time}
                     if event.type == "preview":
                         data["preview_url"] = f"{JOBS_PREFIX}/{job_id}/preview?serial={event.data.get('serial', 0)}"
                     if event.type == FINISHED:
-                        data["job"] = describe(ctx.jobs.view(ctx.scheduler.get(job_id), ctx.scheduler.record(job_id)))
+                        view = await run_in_threadpool(lambda: ctx.jobs.view(ctx.scheduler.get(job_id),
+                                                                             ctx.scheduler.record(job_id)))
+                        data["job"] = describe(view)
                     yield f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(data)}\n\n"
                     if event.type == FINISHED:
                         return

@@ -109,6 +109,9 @@ class JobStore:
             if columns and not set(_COLUMNS) <= columns:
                 raise sqlite3.DatabaseError(f"its jobs table lacks {', '.join(sorted(set(_COLUMNS) - columns))}")
             connection.execute("PRAGMA journal_mode=WAL")
+            # WAL with NORMAL sync survives an app crash; a power cut may lose the last records, which is
+            # fine for a job history, and no commit waits for an fsync while readers wait for the lock.
+            connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:

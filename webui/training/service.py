@@ -20,7 +20,6 @@ from typing import Any
 from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.requests import RequestError
 from webui.jobs.progress import JobControl
-from webui.jobs.errors import QueueFullError
 from webui.jobs.job import RUNNING, Job
 from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
@@ -81,8 +80,8 @@ class TrainingService:
             previous, self.monitor = self.monitor, TrainingMonitor(config, owner)
         try:
             return self.scheduler.submit(JobSpec(TRAIN_JOB_KIND, config, owner), webhook_url)
-        except (QueueFullError, ValueError):
-            with self._claim_lock:  # nothing was queued: give the claim back
+        except Exception:  # queue full, shutting down, a request it cannot store: nothing was queued
+            with self._claim_lock:  # give the claim back
                 self.monitor = previous
             raise
 
