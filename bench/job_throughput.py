@@ -34,7 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.server_harness import Server, write_section  # noqa: E402
+from bench.server_harness import Server, publish  # noqa: E402
 from webui.models.default_model import ensure_default_model  # noqa: E402
 
 SECTION_START, SECTION_END = "<!-- job_throughput:start -->", "<!-- job_throughput:end -->"
@@ -163,10 +163,7 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="write the figures into docs/BENCHMARKS.md")
     args = parser.parse_args()
     results = run(args)
-    print(json.dumps(results, indent=2))
-    if args.write:
-        write_section(markdown(results, args.note), ROOT / "docs" / "BENCHMARKS.md", SECTION_START, SECTION_END)
-        print("written to docs/BENCHMARKS.md")
+    publish(results, markdown(results, args.note), args.write, SECTION_START, SECTION_END)
     failed = sum(phase["errors"] + phase["mismatches"] for phase in results["phases"].values())
     return 1 if failed else 0
 

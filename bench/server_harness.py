@@ -3,6 +3,7 @@ replacement of one benchmark's section in docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -63,3 +64,11 @@ def write_section(text: str, path: Path, start: str, end: str) -> None:
         path.write_text(before + text + after, encoding="utf-8")
     else:
         path.write_text(current.rstrip("\n") + "\n\n" + text + "\n", encoding="utf-8")
+
+
+def publish(results: dict, markdown: str, write: bool, start: str, end: str) -> None:
+    """Print a benchmark's figures as JSON and, with `write`, put its section into docs/BENCHMARKS.md."""
+    print(json.dumps(results, indent=2))
+    if write:
+        write_section(markdown, ROOT / "docs" / "BENCHMARKS.md", start, end)
+        print("written to docs/BENCHMARKS.md")
