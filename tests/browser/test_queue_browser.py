@@ -1,10 +1,13 @@
 """The Queue tab in a real headless Chromium: two jobs waiting behind a long one, cancel the second,
-watch the others finish, and send a result's parameters to txt2img."""
+watch the others finish, and send a result's parameters to txt2img; and the Generate button that says
+where a waiting job stands."""
 
 from __future__ import annotations
 
 import pytest
 import requests
+
+from tests.browser.conftest import set_number
 
 pytestmark = pytest.mark.browser
 
@@ -59,3 +62,16 @@ def test_two_waiting_jobs_show_in_the_queue_and_the_second_is_cancelled(page, se
     page.click("#queue_send_txt2img")
     page.wait_for_function(
         "document.querySelector('#txt2img_prompt textarea').value === 'a green triangle on a white background'")
+
+
+def test_the_generate_button_says_where_a_waiting_job_stands(page, server):
+    blocker = submit(server, "a long job ahead of the user's", steps=40, n_iter=6)
+    page.fill("#txt2img_prompt textarea", "a red circle on a blue background")
+    set_number(page, "#txt2img_width input[type=number]", "64")
+    set_number(page, "#txt2img_height input[type=number]", "64")
+    page.click("#txt2img_generate")
+    page.wait_for_function("/^Queued, position \\d+$/.test(document.querySelector('#txt2img_generate').innerText.trim())")
+    assert "Queued, position" in page.inner_text("#txt2img_progress")
+    requests.delete(f"{server.url}{JOBS}/{blocker}", timeout=30)
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done')", timeout=300_000)
+    assert page.inner_text("#txt2img_generate").strip() == "Generate"

@@ -44,9 +44,17 @@ class GenerationControls:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+GENERATE_LABEL = "Generate"
+
+
 def queued_label(position: int | None) -> str:
     """What a waiting job's bar says: its place in the queue (1 = next)."""
     return f"Queued, position {position}..." if position else "Waiting for a worker..."
+
+
+def generate_button_label(snapshot: ProgressSnapshot, position: int | None) -> str:
+    """The Generate button while the user's job waits: "Queued, position 3"; "Generate" otherwise."""
+    return f"Queued, position {position}" if snapshot.state == "queued" and position else GENERATE_LABEL
 
 
 def progress_html(snapshot: ProgressSnapshot, position: int | None = None) -> str:
@@ -84,7 +92,7 @@ def build_prompt_area(ctx: AppContext, prefix: str, checkpoint: gr.Dropdown | No
             negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
             build_extra_networks(ctx, prompt, checkpoint, prefix=prefix)
         with gr.Column(scale=1, min_width=220):
-            generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
+            generate = gr.Button(GENERATE_LABEL, variant="primary", elem_id=f"{prefix}_generate")
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", size="sm")
                 skip = gr.Button("Skip", elem_id=f"{prefix}_skip", size="sm")
@@ -210,14 +218,17 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
         except (ValueError, LookupError, QueueFullError) as error:
             raise gr.Error(user_error(error)) from None
         shown_preview = -1
+        reset_button = gr.update(value=GENERATE_LABEL)
         try:
             while not job.wait(POLL_SECONDS):
                 snapshot = job.control.snapshot()
+                position = ctx.scheduler.position(job.job_id)
                 preview_update = gr.update()
                 if snapshot.preview is not None and snapshot.preview_serial != shown_preview:
                     shown_preview = snapshot.preview_serial
                     preview_update = snapshot.preview
-                yield (gr.update(),) * 2 + (progress_html(snapshot, ctx.scheduler.position(job.job_id)), preview_update) + (gr.update(),) * 4
+                yield ((gr.update(),) * 2 + (progress_html(snapshot, position), preview_update) + (gr.update(),) * 4
+                       + (gr.update(value=generate_button_label(snapshot, position)),))
         finally:
             # gradio closes this generator (GeneratorExit at the yield) when the event is cancelled: the
             # browser tab went away or its Stop was pressed. Nobody will see the images, so a job still
@@ -227,6 +238,7 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
         try:
             result = job.result()
         except Exception as error:  # shown to the user; the worker and server keep running
+            yield (gr.update(),) * 8 + (reset_button,)
             raise gr.Error(user_error(error)) from None
         note = " (interrupted)" if result.interrupted else ""
         warnings = "".join(f'<div class="sd-warning">⚠️ {html.escape(w)}</div>' for w in result.warnings)
@@ -238,12 +250,12 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
             texts = ([result.infotexts[0]] if result.grid is not None else []) + result.infotexts
             seeds, summary = result.seeds, f"{len(result.images)} image(s)"
         done = f'<div class="sd-progress-done">Done: {summary}{note}</div>{warnings}'
-        yield images, (texts[0] if texts else ""), done, None, texts, seeds, images, 0
+        yield images, (texts[0] if texts else ""), done, None, texts, seeds, images, 0, reset_button
 
     inputs = [fields[name] for name in fields] + list(extra_inputs.values()) + [prompt_area.styles] + (
         [vae] if vae is not None else [])
     outputs = [output.gallery, output.infotext, output.progress, output.preview, infotexts_state, seeds_state,
-               images_state, selected_state]
+               images_state, selected_state, prompt_area.generate]
     prompt_area.generate.click(run_generation, inputs=inputs, outputs=outputs, api_name=prefix)
     prompt_area.prompt.submit(run_generation, inputs=inputs, outputs=outputs)
     reuse_seed.click(lambda seeds: (seeds[0] if seeds else -1), inputs=seeds_state, outputs=fields["seed"])
