@@ -63,7 +63,7 @@ def open_group(page, elem_id: str) -> None:
     page.wait_for_selector(f"#{elem_id} input", state="visible")
 
 
-def prepare_tiny_lora(page, name: str, images: list[str], steps: int, samples: bool) -> None:
+def prepare_tiny_lora(page, name: str, images: list[str], steps: int, samples: bool, sample_steps: int = 2) -> None:
     """Upload, words, LoRA, 64 px and a few steps, as a user fills the form."""
     fill_text(page, "train_output_name", name)
     page.set_input_files("#train_upload input[type=file]", images)
@@ -84,7 +84,7 @@ def prepare_tiny_lora(page, name: str, images: list[str], steps: int, samples: b
     set_number(page, "train_save_every_n_epochs", 1)
     if samples:
         set_number(page, "train_sample_every_n_steps", 3)
-        set_number(page, "train_sample_steps", 2)
+        set_number(page, "train_sample_steps", sample_steps)
         fill_until_kept(page, "#train_sample_prompts textarea", "hxgn, a shape")
 
 
@@ -98,7 +98,9 @@ def loss_points(page) -> int:
 
 
 def test_train_a_lora_watch_it_reconnect_and_generate_with_it(page, server, hexagon_files):
-    prepare_tiny_lora(page, "browser_hex", hexagon_files, steps=6, samples=True)
+    # The step-3 sample takes 24 sampling steps: long enough (over a second) that the tab, polling once a
+    # second, shows the run mid-way even on an idle machine where six training steps take a moment.
+    prepare_tiny_lora(page, "browser_hex", hexagon_files, steps=6, samples=True, sample_steps=24)
     page.click("#train_start")
     page.wait_for_selector("#train_summary:has-text('4 images')")
 
