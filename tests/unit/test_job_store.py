@@ -153,3 +153,14 @@ def test_a_second_process_on_the_same_data_folder_keeps_its_jobs_in_memory(tmp_p
     again = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "jobs.sqlite3")], capture_output=True,
                            text=True, timeout=60)
     assert again.stdout.strip().endswith("jobs.sqlite3")
+
+
+def test_history_filters_by_kind_in_the_query(tmp_path):
+    from webui.jobs.store import JobRecord, JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for index, kind in enumerate(("txt2img", "train", "txt2img")):
+        store.add(JobRecord(f"k{index}", kind, None, {}, "queued", 1.0, "", float(index)))
+    assert [r.job_id for r in store.history(kind="txt2img")] == ["k2", "k0"]
+    assert [r.job_id for r in store.history(kind="txt2img", limit=1)] == ["k2"]
+    store.close()

@@ -38,8 +38,7 @@ class QueueService:
         if owner is not None and not user.is_admin and owner != user.name:
             raise PermissionError("only an admin may list another user's jobs")
         wanted = owner if owner is not None else (None if user.is_admin else user.name)
-        records = self.scheduler.history(wanted, states, limit=limit if kind is None else max(limit, 500))
-        records = [record for record in records if kind is None or record.kind == kind][:limit]
+        records = self.scheduler.history(wanted, states, limit=limit, kind=kind)
         return [self.view(self.scheduler.get(record.job_id), record) for record in records]
 
     def stop(self, user: User, job_id: str) -> str | None:

@@ -287,9 +287,9 @@ class Scheduler:
         return self._store.get(job_id)
 
     def history(self, owner: str | None = None, states: tuple[str, ...] | None = None,
-                limit: int = 100) -> list[JobRecord]:
+                limit: int = 100, kind: str | None = None) -> list[JobRecord]:
         """Stored records, newest first (queued, running and finished)."""
-        return self._store.history(owner, states, limit)
+        return self._store.history(owner, states, limit, kind)
 
     def jobs(self) -> list[Job]:
         """The live queue: running jobs (in start order), then the waiting ones in order."""

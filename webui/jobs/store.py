@@ -217,9 +217,12 @@ class JobStore:
         return _record(row) if row else None
 
     def history(self, owner: str | None = None, states: tuple[str, ...] | None = None,
-                limit: int = 100) -> list[JobRecord]:
-        """Records, newest first; `owner` and `states` filter (the Queue tab and `GET /api/v1/jobs`)."""
+                limit: int = 100, kind: str | None = None) -> list[JobRecord]:
+        """Records, newest first; `owner`, `states` and `kind` filter (the Queue tab and `GET /api/v1/jobs`)."""
         clauses, values = [], []
+        if kind is not None:
+            clauses.append("kind = ?")
+            values.append(kind)
         if owner is not None:
             clauses.append("owner = ?")
             values.append(owner)
