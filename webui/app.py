@@ -32,6 +32,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
 
     from webui.api.routes import install_api
     from webui.context import build_context
+    from webui.extensions.host import announce_app_started, extension_data_root, mount_routes
     from webui.security.limits import guard_library_decoders
     from webui.security.server import build_server_security, startup_banner
 
@@ -42,6 +43,7 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     app = FastAPI(title="SD Studio", **API_DOCS, middleware=security.middleware())
     if settings.serve_api:  # before the UI: gradio is mounted at "/" and would take every later route
         install_api(app, ctx)
+    mount_routes(app, ctx.extensions)
     blocks = None
     if settings.serve_ui:
         import gradio as gr
@@ -63,6 +65,8 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"the HTTP server did not start on {settings.host}:{settings.port} (is the port in use?)")
         time.sleep(0.05)
+    announce_app_started(ctx.extensions, f"http://127.0.0.1:{settings.port}", ctx,
+                         extension_data_root(settings))
     share_url = share_link(settings, blocks) if blocks is not None and settings.share else None
     path = "/" if settings.serve_ui else "/sdapi/v1"
     for line in startup_banner(settings, security, path=path) + ([f"Public share link: {share_url}"] if share_url else []):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from webui.extensions.host import load_for_app
+from webui.extensions.registry import ExtensionRegistry
 from webui.generation.requests import GenerationLimits
 from webui.generation.service import GenerationService
 from webui.generation.styles import StyleDatabase
@@ -57,6 +59,7 @@ class AppContext:
     webhooks: WebhookSender
     jobs: QueueService       # who sees and stops which job (job API, Queue tab)
     job_store: JobStore
+    extensions: ExtensionRegistry  # what the loaded extensions registered (webui.extensions)
 
     def close(self) -> None:
         """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
@@ -75,6 +78,7 @@ def build_context(settings: Settings) -> AppContext:
                    settings.datasets_folder):
         folder.mkdir(parents=True, exist_ok=True)
     ensure_default_model(settings.checkpoint_folder)
+    extensions = load_for_app(settings)  # first: services are built with the hooks extensions registered
     hash_cache = HashCache(settings.cache_folder / "hashes.json")
     network = NetworkPolicy.from_settings(settings)
     catalog = CheckpointCatalog(settings.checkpoint_folder, hash_cache, network)
@@ -109,7 +113,8 @@ def build_context(settings: Settings) -> AppContext:
     return AppContext(settings=settings, catalog=catalog, manager=managers[0], scheduler=scheduler, styles=styles,
                       loras=loras, files=files, network=network, request_limits=request_limits, models=models,
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
-                      jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store)
+                      jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
+                      extensions=extensions)
 
 
 def _worker_managers(settings: Settings, catalog: CheckpointCatalog) -> list[ModelManager]:

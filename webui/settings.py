@@ -59,6 +59,8 @@ class Settings:
     allow_webhooks: bool = False          # may a job name a URL the server POSTs to when it ends
     webhook_secret: str = field(default="", repr=False)  # HMAC key for webhook signatures (SDSTUDIO_WEBHOOK_SECRET)
     skip_install: bool = False
+    disable_all_extensions: bool = False    # A1111's flag: load no extension, shipped ones included
+    disable_extra_extensions: bool = False  # A1111's flag: load only the shipped extensions-builtin/
     allow_hub: bool = False  # may a request make the server download from / upload to the Hugging Face Hub
     extra: dict = field(default_factory=dict)
 
@@ -96,6 +98,10 @@ class Settings:
     @property
     def extensions_folder(self) -> Path:
         return self.data_dir / "extensions"
+
+    @property
+    def builtin_extensions_folder(self) -> Path:
+        return PROJECT_ROOT / "extensions-builtin"
 
     @property
     def cache_folder(self) -> Path:
@@ -182,6 +188,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="let jobs name a webhook URL the server POSTs to when they end (signed with "
                         "HMAC-SHA256 when SDSTUDIO_WEBHOOK_SECRET is set); off by default, since it makes the server "
                         "contact addresses a client chooses")
+    parser.add_argument("--disable-all-extensions", action="store_true",
+                        help="load no extension (the Extensions tab still lists them)")
+    parser.add_argument("--disable-extra-extensions", action="store_true",
+                        help="load only the shipped extensions in extensions-builtin/")
     parser.add_argument("--skip-install", action="store_true", help="do not create/update the virtual environment")
     parser.add_argument("--allow-hub", action="store_true",
                         help="let requests download checkpoints and captioning models from the Hugging Face Hub "
@@ -290,6 +300,8 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         max_body_mb=args.max_body_mb,
         checkpoints_in_ram=checkpoints_in_ram,
         skip_install=args.skip_install,
+        disable_all_extensions=args.disable_all_extensions,
+        disable_extra_extensions=args.disable_extra_extensions,
         allow_hub=args.allow_hub,
         extra={k: v for k, v in config.items() if k not in known},
     )

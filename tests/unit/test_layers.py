@@ -72,3 +72,16 @@ def test_only_the_composition_root_and_adapters_import_the_context():
     misplaced = [str(path.relative_to(REPO)) for path in importers
                  if path.parent.name not in ("ui", "api") and path.name not in allowed]
     assert misplaced == []
+
+
+@pytest.mark.parametrize("package", ENGINE_PACKAGES)
+def test_the_engine_never_imports_the_extension_layer(package):
+    """Extensions plug into seams the engine defines (webui.generation.hooks); the engine does not know them."""
+    assert _offenders(_python_files(PRODUCT / package), ("webui.extensions",)) == []
+
+
+def test_shipped_extensions_use_only_the_public_extension_module():
+    files = _python_files(REPO / "extensions-builtin")
+    offenders = [f"{path.relative_to(REPO)} imports {name}" for path in files for name in sorted(_imported_modules(path))
+                 if name.startswith("webui") and name not in ("webui.extensions", "webui.extensions.api")]
+    assert offenders == []

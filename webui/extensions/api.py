@@ -1,0 +1,177 @@
+"""SD Studio's extension API: the one module an extension imports.
+
+Version: `API_VERSION` (semantic versioning). Every name in `__all__` is stable for the whole major
+version: it is not removed or renamed, a function keeps accepting what it accepted, and a dataclass
+handed to a hook keeps its fields (new fields may be added, with defaults). A minor version adds names;
+tests/unit/test_extension_api.py fails when a name disappears without a major bump. Anything not in
+`__all__` (and everything outside this module) may change in any release.
+
+An extension is a folder with `extension.toml` (see `webui.extensions.manifest`) and an entry module
+that defines::
+
+    from webui.extensions import api
+
+    def setup(ext: api.ExtensionSetup) -> None:
+        ext.on_app_started(lambda started: ...)
+        ext.add_router(router)          # a fastapi.APIRouter, served under the app's login
+
+`setup` only registers; it runs once at start, before the server answers. Each hook has one signature,
+given by the type aliases below. Hooks run isolated: an exception, or a return value of the wrong type,
+switches the extension off until the next start and shows the traceback in the Extensions tab; the app
+and the running job go on without it (the job's warnings say so). Each call is timed. GPU work goes only
+through the scheduler (`Services.submit_txt2img`, ...), never straight to a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, Registration
+from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
+from webui.security.identity import NotAuthenticated, request_user
+
+API_VERSION = "1.0.0"
+
+__all__ = [
+    "API_VERSION", "ExtensionSetup", "ExtensionError", "Services", "AppStarted", "AppStartedHook", "Caller",
+    "caller_of", "Txt2ImgRequest", "Img2ImgRequest", "JobOutcome",
+]
+
+# Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
+RESERVED_PREFIXES = ("/sdapi", "/api", "/gradio_api", "/login", "/logout", "/docs", "/openapi.json", "/file",
+                     "/assets", "/static", "/config", "/theme", "/queue", "/upload", "/info", "/manifest")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$")
+
+# Hook names: the keys of the registry's table (strings so that the table is data).
+APP_STARTED = "app_started"
+ROUTER = "router"
+
+
+class ExtensionError(ValueError):
+    """A registration the app refuses (a bad route prefix, a duplicate name ...); raised inside `setup`, it
+    marks the extension as failed with this message."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request to an extension's route or tab: jobs an extension queues for them carry this name,
+    so they count against that user's queue bound and only they (or an admin) see and stop them."""
+
+    name: str
+    is_admin: bool
+
+
+def caller_of(request: Any) -> Caller:
+    """The logged-in caller of a FastAPI `Request` or a gradio `gr.Request` (the app's login covers every
+    route, so a handler always has one); ExtensionError when the request carries none."""
+    try:
+        user = request_user(request)
+    except NotAuthenticated as error:
+        raise ExtensionError(str(error)) from None
+    return Caller(user.name, user.is_admin)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A finished generation job as an extension sees it."""
+
+    images: list[Image.Image]
+    infotexts: list[str]
+    warnings: list[str]
+
+
+class Services:
+    """What an extension may ask of the running app. A thin, stable face over the app's services: job
+    submission goes through the scheduler, so an extension's work waits its turn like a user's and is
+    checked like a user's (values, limits, checkpoint names: a ValueError says what is wrong)."""
+
+    def __init__(self, context: Any):
+        self._context = context
+
+    def checkpoint_titles(self) -> list[str]:
+        """The checkpoints a user can pick, as the checkpoint dropdown shows them."""
+        return list(self._context.models.checkpoint_titles())
+
+    def submit_txt2img(self, request: Txt2ImgRequest, caller: Caller | None = None) -> str:
+        """Queue a txt2img job (for `caller`, or as the app's own work); returns the job id."""
+        return self._context.generation.submit_txt2img(request, owner=caller.name if caller else None).job_id
+
+    def submit_img2img(self, request: Img2ImgRequest, caller: Caller | None = None) -> str:
+        """Queue an img2img / inpaint job; returns the job id."""
+        return self._context.generation.submit_img2img(request, owner=caller.name if caller else None).job_id
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
+        """Wait for a job this extension queued; raises the job's error, or TimeoutError."""
+        job = self._context.scheduler.get(job_id)
+        if job is None:
+            raise ExtensionError(f"no job {job_id!r} is known")
+        result = job.result(timeout)
+        return JobOutcome(list(result.images), list(result.infotexts), list(result.warnings))
+
+
+@dataclass(frozen=True)
+class AppStarted:
+    """Handed to `on_app_started` hooks once the server answers requests."""
+
+    base_url: str            # where this server is reached locally, e.g. "http://127.0.0.1:7860"
+    services: Services
+    data_folder: Path        # a folder of the extension's own, for files it keeps between starts
+
+
+AppStartedHook = Callable[[AppStarted], None]
+
+
+class ExtensionSetup:
+    """Handed to an extension's `setup(ext)`: one registration method per hook."""
+
+    def __init__(self, registry: ExtensionRegistry, record: ExtensionRecord, data_root: Path):
+        self._registry = registry
+        self._record = record
+        self._data_root = data_root
+
+    @property
+    def name(self) -> str:
+        """The extension's name from its manifest."""
+        return self._record.name
+
+    @property
+    def folder(self) -> Path:
+        """The extension's own folder (read its bundled files from here)."""
+        return self._record.folder
+
+    @property
+    def data_folder(self) -> Path:
+        """`<data>/extension-data/<name>/`: where the extension may keep files; created on first use."""
+        folder = self._data_root / self._record.name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _add(self, hook: str, function: Callable[..., Any], returns: Any = None, payload: Any = None) -> None:
+        if not callable(function):
+            raise ExtensionError(f"{hook}: expected a function, got {type(function).__name__}")
+        self._registry.register(Registration(self._record.name, hook, function, returns, payload))
+
+    def on_app_started(self, hook: AppStartedHook) -> None:
+        """Called once the server answers requests (after every extension's setup)."""
+        self._add(APP_STARTED, hook, returns=type(None))
+
+    def add_router(self, router: Any, prefix: str | None = None) -> None:
+        """Serve a `fastapi.APIRouter`'s routes at `prefix` (default `/extensions/<name>`), behind the same
+        login, limits and CSRF rules as the app's own API. Prefixes the app uses are refused."""
+        from fastapi import APIRouter
+
+        if not isinstance(router, APIRouter):
+            raise ExtensionError(f"add_router: expected a fastapi.APIRouter, got {type(router).__name__}")
+        prefix = prefix if prefix is not None else f"/extensions/{self._record.name}"
+        if not _PREFIX.match(prefix) or any(prefix == reserved or prefix.startswith(reserved + "/")
+                                           or reserved.startswith(prefix + "/") for reserved in RESERVED_PREFIXES):
+            raise ExtensionError(f"add_router: prefix {prefix!r} is not allowed (use a path such as "
+                                 f"'/extensions/{self._record.name}'; the app's own paths are "
+                                 f"{', '.join(RESERVED_PREFIXES)})")
+        self._add(ROUTER, lambda: router, payload=prefix)

@@ -1,0 +1,63 @@
+"""The app's side of the extension API: load the extensions for a Settings, mount their routes, and
+announce the start. The composition root (`webui.context`, `webui.app`) calls these; nothing else does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from webui.extensions import api
+from webui.extensions.loader import SWITCHES_FILE, ExtensionSwitches, load_extensions
+from webui.extensions.registry import ExtensionRegistry, HookFailure
+from webui.settings import Settings
+
+EXTENSION_DATA_FOLDER = "extension-data"
+
+
+def extension_data_root(settings: Settings) -> Path:
+    """Where each extension gets a folder of its own (`<data>/extension-data/<name>`)."""
+    return settings.data_dir / EXTENSION_DATA_FOLDER
+
+
+def extension_roots(settings: Settings) -> list[tuple[Path, bool]]:
+    """(folder, shipped?) pairs, shipped first."""
+    return [(settings.builtin_extensions_folder, True), (settings.extensions_folder, False)]
+
+
+def switches_for(settings: Settings) -> ExtensionSwitches:
+    return ExtensionSwitches(settings.data_dir / SWITCHES_FILE)
+
+
+def load_for_app(settings: Settings) -> ExtensionRegistry:
+    """Discover and load every extension the settings allow; problems become records, never exceptions."""
+    registry = ExtensionRegistry(api.API_VERSION)
+    data_root = extension_data_root(settings)
+    return load_extensions(registry, extension_roots(settings), switches_for(settings),
+                           lambda record: api.ExtensionSetup(registry, record, data_root),
+                           load_user_extensions=not settings.disable_extra_extensions,
+                           load_any=not settings.disable_all_extensions)
+
+
+def mount_routes(app: Any, registry: ExtensionRegistry) -> None:
+    """Include every extension's APIRouter in the FastAPI app (before gradio takes "/")."""
+    for row in registry.rows(api.ROUTER):
+        try:
+            router = registry.call_one(row)
+            app.include_router(router, prefix=row.payload)
+        except HookFailure:
+            continue
+        except Exception as error:  # FastAPI refusing the router: the extension is off, the app goes on
+            registry.fail(row.extension, f"its routes cannot be served: {error}", "")
+
+
+def announce_app_started(registry: ExtensionRegistry, base_url: str, context: Any, data_root: Path) -> None:
+    """Run every `on_app_started` hook once the server answers."""
+    services = api.Services(context)
+    for row in registry.rows(api.APP_STARTED):
+        started = api.AppStarted(base_url=base_url, services=services,
+                                 data_folder=data_root / row.extension)
+        started.data_folder.mkdir(parents=True, exist_ok=True)
+        try:
+            registry.call_one(row, started)
+        except HookFailure:
+            continue
