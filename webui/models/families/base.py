@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+import torch
+
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"
 
 # Generation modes a family's pipeline classes are named for.
@@ -75,6 +77,20 @@ class ModelFamily:
             raise ValueError(f"{self.label} has no pipeline for mode {mode!r}; "
                              f"known: {', '.join(self.pipeline_classes)}") from None
 
+    def encode_token_ids(self, text_encoders: list[torch.nn.Module], token_ids: list[torch.Tensor],
+                         clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids (one [batch, 77] tensor per text encoder) -> (hidden states for cross-attention, pooled
+        text embedding or None), with A1111's clip skip. The ONE encoding rule generation (weighted prompt
+        chunks) and training (captions) share.
+
+        Default, one CLIP encoder (SD1/SD2): the last layer, or with clip skip N the N-th layer from the end
+        passed through the final LayerNorm."""
+        encoder = text_encoders[0]
+        output = encoder(token_ids[0], output_hidden_states=clip_skip > 1)
+        if clip_skip > 1:
+            return final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
+        return output.last_hidden_state, None
+
     def architecture_label(self, unet_in_channels: int) -> str:
         return f"{self.label} inpainting" if unet_in_channels == 9 else self.label
 
@@ -102,6 +118,11 @@ class ModelFamily:
 
     def __repr__(self) -> str:
         return f"<ModelFamily {self.name}>"
+
+
+def final_layer_norm(encoder: torch.nn.Module) -> torch.nn.Module:
+    """The CLIP text model's last LayerNorm (transformers 5 dropped the `text_model` level on CLIPTextModel)."""
+    return getattr(encoder, "text_model", encoder).final_layer_norm
 
 
 def frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:

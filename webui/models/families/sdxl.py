@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, LdmTextEncoder, ModelFamily, frozen
 
 LDM_CLIP_PREFIX = "conditioner.embedders.0.transformer."
@@ -40,6 +42,15 @@ class StableDiffusionXL(ModelFamily):
 
     def modelspec_architecture(self, prediction_type: str) -> str:
         return "stable-diffusion-xl-v1-base"
+
+    def encode_token_ids(self, text_encoders: list[torch.nn.Module], token_ids: list[torch.Tensor],
+                         clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both encoders' penultimate layers (clip skip N moves N-1 further back), without the final norm,
+        concatenated; the pooled embedding is the second encoder's projection."""
+        layer = -(clip_skip + 1)
+        first = text_encoders[0](token_ids[0], output_hidden_states=True)
+        second = text_encoders[1](token_ids[1], output_hidden_states=True)
+        return torch.cat([first.hidden_states[layer], second.hidden_states[layer]], dim=-1), second.text_embeds
 
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
         return unet_config.get("addition_embed_type") == "text_time" or "text_encoder_2" in component_folders
