@@ -34,7 +34,8 @@ from torch import Tensor
 from webui.models.checkpoint_loading import CheckpointWeights
 from webui.models.default_model import TRAINING_RECORD_FILES
 from webui.models.families import FAMILIES, ModelFamily, family_named
-from webui.models.ldm_conversion import LDM_UNET_PREFIX, diffusers_to_ldm, unet_to_ldm
+from webui.models.formats.kohya import kohya_text_path, unet_ldm_names_for_config
+from webui.models.ldm_conversion import diffusers_to_ldm
 from webui.models.merger import _matches_shipped_configs
 from webui.models.model_configs import load_component_config
 
@@ -53,11 +54,6 @@ LORA_NETWORK_MODULE = "networks.lora"
 A1111_PLACEHOLDER = "*"
 A1111_PLACEHOLDER_TOKEN_ID = 265
 SDXL_EMBEDDING_KEYS = ("clip_l", "clip_g")
-# CLIP module roots below "text_model." in kohya names (transformers >= 5.6 drops that level).
-_CLIP_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm")
-# UNet parameters that have an LDM name (the converter rejects anything else).
-_LDM_NAMED_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in.", "conv_out.", "conv_norm_out.",
-                         "time_embedding.linear_", "add_embedding.linear_")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -178,34 +174,6 @@ def _split_component(layer_key: str) -> tuple[str, str]:
     return component, module_path
 
 
-def _kohya_text_path(module_path: str) -> str:
-    """kohya names CLIP layers under "text_model." whatever the installed transformers' layout."""
-    return f"text_model.{module_path}" if module_path.startswith(_CLIP_TEXT_MODEL_PARTS) else module_path
-
-
-def unet_ldm_module_names(unet_config: Mapping[str, Any]) -> dict[str, str]:
-    """diffusers UNet module path -> LDM module name (``input_blocks.4.1...``), for a UNet config.
-
-    The LDM numbering depends on the whole UNet layout (layers per block, which up blocks have
-    attention), so the UNet is built weightless on the meta device and every parameter name is run
-    through the project's tested checkpoint converter, each carrying its own index to trace it back.
-    """
-    from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(dict(unet_config))
-    parameter_names = [name for name in unet.state_dict() if name.startswith(_LDM_NAMED_UNET_ROOTS)]
-    numbered = {name: torch.tensor(position) for position, name in enumerate(parameter_names)}
-    converted = unet_to_ldm(numbered)
-    names: dict[str, str] = {}
-    for ldm_key, position in converted.items():
-        if ldm_key.startswith(LDM_UNET_PREFIX) and ldm_key.endswith(".weight"):
-            diffusers_name = parameter_names[int(position)]
-            names[diffusers_name.removesuffix(".weight")] = ldm_key[len(LDM_UNET_PREFIX):].removesuffix(".weight")
-    return names
-
-
 def kohya_layer_names(layer_keys: Sequence[str], family: str,
                       unet_config: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Our layer keys (``"unet.<diffusers path>"``, ``"text_encoder.<path>"``...) -> kohya layer names.
@@ -226,13 +194,13 @@ def kohya_layer_names(layer_keys: Sequence[str], family: str,
                              f"expected one of {', '.join(prefixes)}")
         if component == COMPONENT_UNET and model_family.lora_module_naming == "sgm":
             if ldm_names is None:
-                ldm_names = unet_ldm_module_names(unet_config or load_component_config(family, COMPONENT_UNET))
+                ldm_names = unet_ldm_names_for_config(unet_config or load_component_config(family, COMPONENT_UNET))
             if module_path not in ldm_names:
                 raise ValueError(f"LoRA layer {layer_key!r} is not a weight layer of the {model_family.label} UNet "
                                  "(no LDM name for it)")
             module_path = ldm_names[module_path]
         elif component != COMPONENT_UNET:
-            module_path = _kohya_text_path(module_path)
+            module_path = kohya_text_path(module_path)
         names[layer_key] = prefix + module_path.replace(".", "_")
     clashes = len(names) - len(set(names.values()))
     if clashes:
