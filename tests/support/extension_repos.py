@@ -11,8 +11,12 @@ HELLO_CODE = '''
 from webui.extensions import api
 
 
+def started(event: api.AppStarted) -> None:
+    (event.data_folder / "hello.txt").write_text("{version}")
+
+
 def setup(ext: api.ExtensionSetup) -> None:
-    ext.on_app_started(lambda started: (started.data_folder / "hello.txt").write_text("{version}"))
+    ext.on_app_started(started)
 '''
 
 

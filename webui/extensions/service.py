@@ -25,7 +25,7 @@ from webui.extensions.loader import ExtensionSwitches, discover
 from webui.extensions.manifest import ExtensionManifest, ManifestError, read_manifest
 from webui.extensions.registry import DISABLED, ExtensionRegistry
 from webui.extensions.requirements import PipInstaller, app_pins
-from webui.security.extension_access import check_extension_changes, check_git_url
+from webui.security.extension_access import check_extension_changes, check_git_url, network_refusal
 from webui.security.identity import User
 from webui.settings import Settings
 
@@ -124,6 +124,10 @@ class ExtensionService:
                              enabled=name not in disabled, problem=problem, traceback=traceback,
                              import_seconds=import_seconds, hooks=hooks, slow_hooks=slow, folder=folder,
                              remote=git.remote, branch=git.branch, commit=git.commit, commit_date=git.commit_date)
+
+    def changes_refusal(self) -> str:
+        """Why installs, updates and uninstalls are off on this server; "" when an admin may make them."""
+        return network_refusal(self.settings)
 
     def names(self) -> list[str]:
         return [row.name for row in self.records() if row.state != UNINSTALLED]

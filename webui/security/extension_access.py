@@ -25,10 +25,17 @@ class ExtensionAccessRefused(Forbidden):
 def check_extension_changes(settings: Settings, caller: User, action: str) -> None:
     """Raise ExtensionAccessRefused unless `caller` may install/update/uninstall extensions on this server."""
     caller.require_admin(action)
-    if settings.reachable_from_network and not settings.enable_insecure_extension_access:
-        flag = "--listen" if settings.listen else "--share"
-        raise ExtensionAccessRefused(
-            f"{action} is turned off because the server is reachable from the network ({flag}): an extension "
+    refusal = network_refusal(settings, action)
+    if refusal:
+        raise ExtensionAccessRefused(refusal)
+
+
+def network_refusal(settings: Settings, action: str = "Installing, updating and uninstalling extensions") -> str:
+    """Why extension changes are off on this server ("" when they are allowed), for the refusal and the tab."""
+    if not settings.reachable_from_network or settings.enable_insecure_extension_access:
+        return ""
+    flag = "--listen" if settings.listen else "--share"
+    return (f"{action} is turned off because the server is reachable from the network ({flag}): an extension "
             "runs code with the app's rights. Restart with --enable-insecure-extension-access to allow admins "
             "to do it anyway.")
 
