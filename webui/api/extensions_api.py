@@ -40,7 +40,8 @@ def full_entry(row: ExtensionInfo) -> dict[str, Any]:
     return {"name": row.name, "version": row.version, "description": row.description, "builtin": row.builtin,
             "state": row.state, "enabled": row.enabled, "pending": row.pending, "problem": row.problem,
             "traceback": row.traceback, "import_seconds": round(row.import_seconds, 4), "hooks": list(row.hooks),
-            "slow_hooks": list(row.slow_hooks), "folder": str(row.folder), "remote": row.remote,
+            "slow_hooks": list(row.slow_hooks), "hook_calls": dict(row.hook_calls), "routes": list(row.routes),
+            "folder": str(row.folder), "remote": row.remote,
             "branch": row.branch, "commit": row.commit, "commit_date": row.commit_date}
 
 

@@ -126,10 +126,14 @@ class ExtensionRegistry:
     def has(self, hook: str) -> bool:
         return bool(self.rows(hook))
 
-    def hooks_of(self, extension: str) -> list[str]:
-        """The hooks an extension registered, in registration order (for the Extensions tab and the check)."""
+    def registrations(self, extension: str) -> list[Registration]:
+        """Everything an extension registered, in order, whether or not it is still on (for the Extensions
+        tab and the check)."""
         with self._lock:
-            return list(dict.fromkeys(row.hook for row in self._rows if row.extension == extension))
+            return [row for row in self._rows if row.extension == extension]
+
+    def hooks_of(self, extension: str) -> list[str]:
+        return list(dict.fromkeys(row.hook for row in self.registrations(extension)))
 
     def switch_off(self, extension: str) -> bool:
         """A loaded extension's hooks stop at once (the user disabled it); what it added to the UI or the

@@ -17,10 +17,11 @@ import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from webui.extensions import git_repo
+from webui.extensions.api import ROUTER
 from webui.extensions.loader import ExtensionSwitches, discover
 from webui.extensions.manifest import ExtensionManifest, ManifestError, read_manifest
 from webui.extensions.registry import DISABLED, ExtensionRegistry
@@ -54,6 +55,8 @@ class ExtensionInfo:
     hooks: tuple[str, ...]          # what it registered
     slow_hooks: tuple[str, ...]     # hooks whose calls were slow, with their timings
     folder: Path
+    routes: tuple[str, ...] = ()    # the path prefixes its routers are served at
+    hook_calls: dict[str, int] = field(default_factory=dict)   # hook -> calls so far
     remote: str = ""                # git-installed ones: where from, which branch and commit
     branch: str = ""
     commit: str = ""
@@ -98,10 +101,13 @@ class ExtensionService:
         rows = []
         for record in self.registry.records.values():
             gone = not record.folder.is_dir()
-            rows.append(self._info(record.name, record.manifest, record.builtin, record.folder,
-                                   UNINSTALLED if gone else record.state, disabled, record.problem,
-                                   record.traceback, record.import_seconds, tuple(self.registry.hooks_of(record.name)),
-                                   tuple(record.slow_hooks())))
+            info = self._info(record.name, record.manifest, record.builtin, record.folder,
+                              UNINSTALLED if gone else record.state, disabled, record.problem, record.traceback,
+                              record.import_seconds, tuple(self.registry.hooks_of(record.name)),
+                              tuple(record.slow_hooks()))
+            rows.append(replace(info, hook_calls={hook: timing.calls for hook, timing in record.timings.items()},
+                                routes=tuple(row.payload for row in self.registry.registrations(record.name)
+                                             if row.hook == ROUTER)))
         known = {record.folder.resolve() for record in self.registry.records.values() if record.folder.is_dir()}
         for folder in discover([(self.settings.extensions_folder, False)]):
             if folder.path.resolve() in known:
