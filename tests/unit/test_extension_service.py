@@ -101,6 +101,8 @@ def test_an_update_with_a_broken_manifest_is_refused_and_the_old_commit_stays(tm
     ("ftp://example.com/x.git", "not an accepted git URL"),
     ("file://relative/path", "absolute path"),
     ("https:///no-host", "names no host"),
+    ("git@-oProxyCommand=touch:repo", "not an accepted git URL"),
+    ("git@host:-repo", "not an accepted git URL"),
 ])
 def test_bad_git_urls_are_refused_before_git_runs(tmp_path, url, reason):
     service = make_service(tmp_path)
@@ -176,6 +178,15 @@ def test_requirements_that_fit_are_installed_and_skip_install_skips_them(tmp_pat
     result = make_service(tmp_path / "b", skip_install=True).install(ADMIN, url)
     assert "NOT installed (--skip-install is on): packaging>=20" in result.message
     assert installed(tmp_path / "b") == ["deps"]
+    assert next(row for row in make_service(tmp_path / "b").records() if row.name == "deps").problem == ""
+
+
+def test_an_extension_whose_requirements_are_missing_says_so(tmp_path):
+    data = tmp_path / "data"
+    write_extension(data / "extensions" / "needy", "needy",
+                    requirements=("sdstudio-no-such-package>=1", "numpy<1", "packaging>=20"))
+    problem = next(row for row in make_service(data).records() if row.name == "needy").problem
+    assert problem.startswith("requirements not installed: sdstudio-no-such-package>=1, numpy<1 (found 2.")
 
 
 @pytest.mark.parametrize("flags", [{"listen": True}, {"share": True}])

@@ -119,6 +119,8 @@ def _check_start(report: ExtensionReport, record: dict | None) -> None:
     if record["state"] == "failed":
         report.add("PROBLEM", f"failed at start: {record['problem']}", record["traceback"])
         return
+    if record["problem"]:
+        report.add("warning", record["problem"])
     seconds = record["import_seconds"]
     level = "warning" if seconds > SLOW_IMPORT_S else "ok"
     report.add(level, f"imported and set up in {seconds * 1000:.0f} ms"

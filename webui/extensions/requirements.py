@@ -68,6 +68,23 @@ def direct_conflicts(requirements: Sequence[str], pins: dict[str, str]) -> list[
     return found
 
 
+def unmet(requirements: Sequence[str]) -> list[str]:
+    """The requirements the app's environment does not satisfy (not installed, or another version)."""
+    missing = []
+    for line in requirements:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            missing.append(f"{line} (found {installed})")
+    return missing
+
+
 def pip_reason(output: str) -> str:
     """The lines of pip's output that say what went wrong, without its generic advice."""
     lines = [line.strip() for line in output.splitlines()]

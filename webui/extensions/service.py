@@ -25,7 +25,7 @@ from webui.extensions.api import ROUTER
 from webui.extensions.loader import ExtensionSwitches, discover
 from webui.extensions.manifest import ExtensionManifest, ManifestError, read_manifest
 from webui.extensions.registry import DISABLED, ExtensionRegistry
-from webui.extensions.requirements import PipInstaller, app_pins
+from webui.extensions.requirements import PipInstaller, app_pins, unmet
 from webui.security.extension_access import check_extension_changes, check_git_url, network_refusal
 from webui.security.identity import User
 from webui.settings import Settings
@@ -125,6 +125,11 @@ class ExtensionService:
               disabled: set[str], problem: str, traceback: str, import_seconds: float, hooks: tuple[str, ...],
               slow: tuple[str, ...]) -> ExtensionInfo:
         git = git_repo.info(folder) if not builtin and state != UNINSTALLED else git_repo.GitInfo()
+        missing = unmet(manifest.requirements) if manifest and state != UNINSTALLED else []
+        if missing:
+            note = (f"requirements not installed: {', '.join(missing)} (installed with --skip-install, or by hand? "
+                    "install them into the app's environment)")
+            problem = f"{problem}; {note}" if problem else note
         return ExtensionInfo(name=name, version=manifest.version if manifest else "",
                              description=manifest.description if manifest else "", builtin=builtin, state=state,
                              enabled=name not in disabled, problem=problem, traceback=traceback,

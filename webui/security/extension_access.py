@@ -14,7 +14,7 @@ import re
 from webui.security.identity import Forbidden, User
 from webui.settings import Settings
 
-_SCP_STYLE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-][^\s]*$")
+_SCP_STYLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:[A-Za-z0-9._~/][^\s]*$")
 _ALLOWED_SCHEMES = ("https://", "ssh://", "file://")
 
 
