@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.extensions.manifest import ExtensionManifest
+from webui.extensions.settings_store import ExtensionSettings
 
 log = logging.getLogger("sdstudio.extensions")
 
@@ -97,8 +98,9 @@ class HookFailure(Exception):
 class ExtensionRegistry:
     """The extensions found at start and everything they registered."""
 
-    def __init__(self, api_version: str):
+    def __init__(self, api_version: str, settings: ExtensionSettings | None = None):
         self.api_version = api_version
+        self.settings = settings if settings is not None else ExtensionSettings(None)
         self.records: dict[str, ExtensionRecord] = {}
         self._rows: list[Registration] = []
         self._lock = threading.Lock()
@@ -112,9 +114,10 @@ class ExtensionRegistry:
             self._rows.append(registration)
 
     def forget(self, extension: str) -> None:
-        """Drop every row of an extension whose setup failed half way."""
+        """Drop every row (and setting) of an extension whose setup failed half way."""
         with self._lock:
             self._rows = [row for row in self._rows if row.extension != extension]
+        self.settings.forget(extension)
 
     # -- read by the app ---------------------------------------------------------------------------
     def rows(self, hook: str) -> list[Registration]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from webui.models.ldm_conversion import FAMILY_SD1, LDM_UNET_PREFIX, diffusers_to_ldm
+from webui.models.ldm_conversion import LDM_UNET_PREFIX, unet_to_ldm
 
 KIND_LORA = "lora"
 KIND_LOCON = "locon"
@@ -389,7 +389,7 @@ def _unet_ldm_names(paths: Sequence[str]) -> dict[str, str]:
     named = [path for path in paths if path.startswith(_LDM_NAMED_UNET_ROOTS)]
     numbered = {f"{path}.weight": torch.tensor(position) for position, path in enumerate(named)}
     try:
-        converted = diffusers_to_ldm({"unet": numbered, "text_encoder": {}}, FAMILY_SD1)
+        converted = unet_to_ldm(numbered)
     except (ValueError, KeyError):
         return {}  # a UNet layout the LDM naming cannot express: diffusers names still work
     names: dict[str, str] = {}

@@ -204,7 +204,7 @@ def encode_captions(models: TrainerModels, captions: list[str], clip_skip: int) 
         length = int(encoder.config.max_position_embeddings)
         ids.append(tokenizer(captions, padding="max_length", max_length=length, truncation=True,
                              return_tensors="pt").input_ids.to(models.device))
-    if models.family == "sdxl":
+    if models.model_family.conditions_on_pooled_text:
         layer = -(clip_skip + 1)
         first = models.text_encoders[0](ids[0], output_hidden_states=True)
         second = models.text_encoders[1](ids[1], output_hidden_states=True)
@@ -262,7 +262,7 @@ def generate_images(models: TrainerModels, prompts: list[str], generators: list[
     hidden, pooled = encode_captions(models, prompts, clip_skip)
     negative, negative_pooled = encode_captions(models, [""] * len(prompts), clip_skip)
     extra = {}
-    if models.family == "sdxl":
+    if models.model_family.conditions_on_pooled_text:
         extra = {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
     with autocast if autocast is not None else nullcontext():
         return models.pipeline(
@@ -512,7 +512,7 @@ class _Trainer:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = prediction_target(self.noise_scheduler, latents, noise, timesteps)
         extra = {}
-        if models.family == "sdxl":
+        if models.model_family.conditions_on_pooled_text:
             extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self._time_ids(dataset, samples)}
         with self._autocast():
             prediction = models.unet(noisy, timesteps, hidden, **extra).sample

@@ -6,6 +6,7 @@ import gradio as gr
 from PIL import Image
 
 from webui.context import AppContext
+from webui.models.families import DEFAULT_FAMILY, family_named
 from webui.security.accounts import AccountService
 from webui.ui.access import caller_of
 from webui.ui.account_tab import build_account_tab
@@ -39,10 +40,9 @@ THEME = gr.themes.Default(
 
 def native_size(ctx: AppContext) -> int:
     """Default width/height: the native resolution of the checkpoint that will be loaded first."""
-    by_family = {"sd1": 512, "sd2": 768, "sdxl": 1024}
     records = ctx.catalog.usable_records()
     if not records:
-        return 512
+        return DEFAULT_FAMILY.native_size
     record = records[0]
     if record.format == "diffusers":
         import json
@@ -53,7 +53,7 @@ def native_size(ctx: AppContext) -> int:
             return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
         except (OSError, KeyError, ValueError):
             pass
-    return by_family.get(record.architecture.family if record.architecture else "sd1", 512)
+    return family_named(record.architecture.family).native_size if record.architecture else DEFAULT_FAMILY.native_size
 
 
 def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
