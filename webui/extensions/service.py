@@ -95,8 +95,9 @@ class ExtensionService:
         self._changing = threading.Lock()   # one install/update/uninstall at a time
 
     # -- reading -----------------------------------------------------------------------------------
-    def records(self) -> list[ExtensionInfo]:
-        """Every extension this start knows, plus those installed since; shipped ones first."""
+    def records(self, with_origin: bool = True) -> list[ExtensionInfo]:
+        """Every extension this start knows, plus those installed since; shipped ones first. `with_origin`
+        asks git where each user extension came from (a few git calls each)."""
         disabled = self.switches.disabled()
         rows = []
         for record in self.registry.records.values():
@@ -104,7 +105,7 @@ class ExtensionService:
             info = self._info(record.name, record.manifest, record.builtin, record.folder,
                               UNINSTALLED if gone else record.state, disabled, record.problem, record.traceback,
                               record.import_seconds, tuple(self.registry.hooks_of(record.name)),
-                              tuple(record.slow_hooks()))
+                              tuple(record.slow_hooks()), with_origin)
             rows.append(replace(info, hook_calls={hook: timing.calls for hook, timing in record.timings.items()},
                                 routes=tuple(row.payload for row in self.registry.registrations(record.name)
                                              if row.hook == ROUTER)))
@@ -118,13 +119,15 @@ class ExtensionService:
             except ManifestError as error:
                 manifest, problem = None, str(error)
             name = manifest.name if manifest else folder.path.name
-            rows.append(self._info(name, manifest, False, folder.path, NOT_LOADED, disabled, problem, "", 0.0, (), ()))
+            rows.append(self._info(name, manifest, False, folder.path, NOT_LOADED, disabled, problem, "", 0.0, (), (),
+                                   with_origin))
         return sorted(rows, key=lambda row: (not row.builtin, row.name.casefold()))
 
     def _info(self, name: str, manifest: ExtensionManifest | None, builtin: bool, folder: Path, state: str,
               disabled: set[str], problem: str, traceback: str, import_seconds: float, hooks: tuple[str, ...],
-              slow: tuple[str, ...]) -> ExtensionInfo:
-        git = git_repo.info(folder) if not builtin and state != UNINSTALLED else git_repo.GitInfo()
+              slow: tuple[str, ...], with_origin: bool) -> ExtensionInfo:
+        wanted = with_origin and not builtin and state != UNINSTALLED
+        git = git_repo.info(folder) if wanted else git_repo.GitInfo()
         missing = unmet(manifest.requirements) if manifest and state != UNINSTALLED else []
         if missing:
             note = (f"requirements not installed: {', '.join(missing)} (installed with --skip-install, or by hand? "
@@ -141,7 +144,7 @@ class ExtensionService:
         return network_refusal(self.settings)
 
     def names(self) -> list[str]:
-        return [row.name for row in self.records() if row.state != UNINSTALLED]
+        return [row.name for row in self.records(with_origin=False) if row.state != UNINSTALLED]
 
     # -- switching on and off ----------------------------------------------------------------------
     def set_enabled(self, caller: User, name: str, enabled: bool) -> str:
@@ -160,7 +163,7 @@ class ExtensionService:
         """The tab's checkboxes: switch on exactly `enabled_names`; the message lists what changed."""
         caller.require_admin("Enabling or disabling extensions")
         wanted = set(enabled_names)
-        rows = [row for row in self.records() if row.state != UNINSTALLED]
+        rows = [row for row in self.records(with_origin=False) if row.state != UNINSTALLED]
         unknown = wanted - {row.name for row in rows}
         if unknown:
             raise LookupError(f"no extension named {', '.join(map(repr, sorted(unknown)))} is installed")
@@ -278,7 +281,7 @@ class ExtensionService:
     def _user_folder(self, name: str, done: str) -> Path:
         """The folder of a user-installed extension, checked to be directly inside `<data>/extensions`."""
         root = self.settings.extensions_folder.resolve()
-        rows = [row for row in self.records() if row.name == name and row.state != UNINSTALLED]
+        rows = [row for row in self.records(with_origin=False) if row.name == name and row.state != UNINSTALLED]
         if not rows:
             raise LookupError(f"no extension named {name!r} is installed")
         row = rows[0]
