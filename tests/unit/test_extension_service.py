@@ -66,6 +66,16 @@ def test_install_update_and_uninstall_from_a_local_git_repository(tmp_path):
     assert "hello" not in service.names()
 
 
+def test_a_staging_folder_left_by_a_killed_install_is_cleared_by_the_next_install(tmp_path):
+    data = tmp_path / "data"
+    leftover = data / "extensions" / ".installing-0123456789ab"
+    write_extension(leftover, "half")
+    service = make_service(data)
+    assert "half" not in service.names()  # hidden folders are never discovered
+    service.install(ADMIN, extension_repo(tmp_path / "repo", "hello"))
+    assert installed(data) == ["hello"]
+
+
 def test_an_installed_extension_loads_at_the_next_start_and_its_hooks_stop_when_uninstalled(tmp_path):
     data = tmp_path / "data"
     make_service(data).install(ADMIN, extension_repo(tmp_path / "repo", "hello"))

@@ -179,6 +179,8 @@ class ExtensionService:
         root = self.settings.extensions_folder
         root.mkdir(parents=True, exist_ok=True)
         with self._changing:
+            for leftover in root.glob(f"{INSTALLING_PREFIX}*"):  # an install cut short by a crash or a kill
+                _remove_tree(leftover)
             staging = root / f"{INSTALLING_PREFIX}{uuid.uuid4().hex[:12]}"
             try:
                 try:
