@@ -80,6 +80,7 @@ def test_the_check_passes_a_good_extension_and_every_shipped_one(tmp_path):
     assert "== good" in report and "manifest: good 0.3.0" in report
     assert "route GET /extensions/good/ping answered 200" in report
     assert "txt2img with the extension loaded: 1 image(s)" in report
+    assert "img2img with the extension loaded: 1 image(s)" in report
     assert "hooks that ran: app_started (1x), router (1x)" in report
     for folder in shipped_extensions():
         assert f"({folder})" in report and "(shipped in extensions-builtin)" in report

@@ -4,7 +4,8 @@ It starts the real app (on a temporary data folder with the default model, UI an
 extensions, so they go through the real discovery path, manifest and API-version checks, import and
 `setup`, the UI build, route mounting and the app-started hooks. Then it calls every GET route the
 extension serves that needs no parameters, and runs one txt2img through the scheduler, so that every
-generation hook it registered runs once. It reports per extension what happened and every problem
+generation hook it registered runs once, and one img2img from that image (for the VAE-encode and
+img2img paths). It reports per extension what happened and every problem
 (refused manifest, API range, import or setup error, a hook that raised or returned the wrong type,
 a route answering 5xx) with its traceback, and warns about slow imports and slow hooks. Exit code 0
 when no extension has a problem, 1 when one has, 2 when the check itself could not run.
@@ -80,10 +81,10 @@ def check(folders: Sequence[Path], out=sys.stdout) -> int:
             records = _records_by_folder(client, app.data_dir)
             for report in reports:
                 _check_start(report, records.get(report.folder))
-            generation = _check_routes_and_generation(client, reports, records)
+            runs = _check_routes_and_generation(client, reports, records)
             after = _records_by_folder(client, app.data_dir)
             for report in reports:
-                _check_after(report, after.get(report.folder), generation)
+                _check_after(report, after.get(report.folder), runs)
     except (AppDidNotStart, FileNotFoundError) as error:
         print(f"the check could not run: {error}", file=out)
         return 2
@@ -129,7 +130,7 @@ def _check_start(report: ExtensionReport, record: dict | None) -> None:
 
 
 def _check_routes_and_generation(client: Client, reports: list[ExtensionReport],
-                                 records: dict[Path, dict]) -> tuple[int, Any]:
+                                 records: dict[Path, dict]) -> list[tuple[str, int, Any]]:
     status, schema = client.call("GET", "/openapi.json")
     paths = schema.get("paths", {}) if status == 200 and isinstance(schema, dict) else {}
     for report in reports:
@@ -148,25 +149,29 @@ def _check_routes_and_generation(client: Client, reports: list[ExtensionReport],
                                    "" if answer < 400 else str(body)[:2000])
                     else:
                         report.add("note", f"route {method.upper()} {path} not called (it needs parameters or a body)")
-    return client.call("POST", "/sdapi/v1/txt2img", TXT2IMG)
+    runs = [("txt2img", *client.call("POST", "/sdapi/v1/txt2img", TXT2IMG))]
+    _, status, body = runs[0]
+    if status == 200 and isinstance(body, dict) and body.get("images"):
+        img2img = {**TXT2IMG, "init_images": [body["images"][0]], "denoising_strength": 0.5}
+        runs.append(("img2img", *client.call("POST", "/sdapi/v1/img2img", img2img)))
+    return runs
 
 
-def _check_after(report: ExtensionReport, record: dict | None, generation: tuple[int, Any]) -> None:
+def _check_after(report: ExtensionReport, record: dict | None, runs: list[tuple[str, int, Any]]) -> None:
     if not record or record["state"] in ("refused",) or any(f.text.startswith("failed at start") for f in report.problems):
         return
-    status, body = generation
-    warnings: list[str] = []
-    if status == 200 and isinstance(body, dict):
-        try:
-            warnings = json.loads(body.get("info") or "{}").get("warnings", [])
-        except ValueError:
-            warnings = []
-        mine = [text for text in warnings if f"'{record['name']}'" in text]
-        report.add("PROBLEM" if mine else "ok", f"txt2img with the extension loaded: {len(body.get('images', []))} "
-                   "image(s)" + (f"; warnings: {'; '.join(mine)}" if mine else ""))
-    else:
-        detail = body.get("detail") if isinstance(body, dict) else body
-        report.add("PROBLEM", f"txt2img with the extension loaded answered {status}: {detail}")
+    for label, status, body in runs:
+        if status == 200 and isinstance(body, dict):
+            try:
+                warnings = json.loads(body.get("info") or "{}").get("warnings", [])
+            except (ValueError, AttributeError):
+                warnings = []
+            mine = [text for text in warnings if f"'{record['name']}'" in text]
+            report.add("PROBLEM" if mine else "ok", f"{label} with the extension loaded: "
+                       f"{len(body.get('images', []))} image(s)" + (f"; warnings: {'; '.join(mine)}" if mine else ""))
+        else:
+            detail = body.get("detail") if isinstance(body, dict) else body
+            report.add("PROBLEM", f"{label} with the extension loaded answered {status}: {detail}")
     if record["state"] == "failed":
         report.add("PROBLEM", f"switched off while running: {record['problem']}", record["traceback"])
     for slow in record["slow_hooks"]:
