@@ -10,8 +10,9 @@ from pathlib import Path
 
 GIT_TIMEOUT_S = 300.0
 # No credential prompts, no system-wide hooks or helpers that a repository could name.
-_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
-_SAFE = ["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never", "-c", "core.hooksPath=/dev/null"]
+_ENV = (("GIT_TERMINAL_PROMPT", "0"), ("GIT_ASKPASS", "true"), ("SSH_ASKPASS", "true"),
+        ("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"))
+_SAFE = ("-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never", "-c", "core.hooksPath=/dev/null")
 
 
 class GitError(RuntimeError):
@@ -32,7 +33,7 @@ def run_git(*args: str, cwd: Path | None = None) -> str:
     """git's stdout; GitError with git's message when it fails or cannot be run."""
     try:
         done = subprocess.run(["git", *_SAFE, *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=GIT_TIMEOUT_S, env=dict(os.environ, **_ENV))
+                              timeout=GIT_TIMEOUT_S, env={**os.environ, **dict(_ENV)})
     except FileNotFoundError:
         raise GitError("git is not installed on the server") from None
     except subprocess.TimeoutExpired:
