@@ -129,6 +129,25 @@ class ExtensionRegistry:
     def has(self, hook: str) -> bool:
         return bool(self.rows(hook))
 
+    def registrations(self, extension: str) -> list[Registration]:
+        """Everything an extension registered, in order, whether or not it is still on (for the Extensions
+        tab and the check)."""
+        with self._lock:
+            return [row for row in self._rows if row.extension == extension]
+
+    def hooks_of(self, extension: str) -> list[str]:
+        return list(dict.fromkeys(row.hook for row in self.registrations(extension)))
+
+    def switch_off(self, extension: str) -> bool:
+        """A loaded extension's hooks stop at once (the user disabled it); what it added to the UI or the
+        routes stays until the next start. False when it was not loaded."""
+        record = self.records.get(extension)
+        with self._lock:
+            if record is None or record.state != LOADED:
+                return False
+            record.state = DISABLED
+        return True
+
     def call_one(self, row: Registration, *args: Any, warnings: list[str] | None = None) -> Any:
         """Call one row, timed and isolated. A failure switches the extension off, appends a warning and
         raises HookFailure, so the caller can go on without the extension's contribution."""
