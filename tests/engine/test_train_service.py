@@ -181,7 +181,7 @@ def test_folders_outside_datasets_and_training_states_are_refused_before_queuein
     with pytest.raises(TrainingConfigError, match="caption_extension"):
         start_training(ctx.training, tiny_config("hexagons", caption_extension=".json"))
     assert ctx.training.monitor is monitor and ctx.scheduler.pending == 0
-    confined = confine_config(ctx.training, tiny_config("hexagons", resume_from="hexsvc-state"))
+    confined = confine_config(ctx.training, tiny_config("hexagons", resume_from="hexsvc-state"), None)
     assert confined.dataset_dir == str((ctx.settings.datasets_folder / "hexagons").resolve())
     assert confined.resume_from == str((ctx.settings.training_folder / "states" / "hexsvc-state").resolve())
 
@@ -277,11 +277,11 @@ def test_symlinks_leading_out_of_a_dataset_are_not_listed_read_or_written(tmp_pa
 
 
 def test_upload_folder_needs_a_usable_output_name(ctx):
-    assert dataset_folder_for(ctx.training, "my lora") == (ctx.settings.datasets_folder / "my lora").resolve()
-    assert dataset_folder(ctx.training, "my lora") == dataset_folder_for(ctx.training, "my lora")
+    assert dataset_folder_for(ctx.training, "my lora", None) == (ctx.settings.datasets_folder / "my lora").resolve()
+    assert dataset_folder(ctx.training, "my lora", None) == dataset_folder_for(ctx.training, "my lora", None)
     for bad in ("", "a/b", "x:y"):
         with pytest.raises(ValueError, match="output_name"):
-            dataset_folder_for(ctx.training, bad)
+            dataset_folder_for(ctx.training, bad, None)
 
 
 def test_every_config_field_has_exactly_one_widget_and_values_convert_back():

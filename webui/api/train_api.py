@@ -43,7 +43,7 @@ def build_train_router(ctx: AppContext) -> APIRouter:
             config = TrainingConfig.from_dict(body)
             if not config.base_checkpoint:
                 config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or "")
-            job = start_training(ctx.training, config, user.name, may_replace_models=user.is_admin)
+            job = start_training(ctx.training, config, user)
         except TrainingBusyError as error:
             raise HTTPException(409, str(error)) from None
         except (ValueError, LookupError) as error:  # config, dataset and checkpoint problems

@@ -16,6 +16,7 @@ from webui.context import AppContext
 from webui.generation.image_ops import ResizeMode
 from webui.generation.masks import MaskedContent
 from webui.generation.requests import Img2ImgRequest
+from webui.security.identity import User
 from webui.security.limits import RequestLimits
 from webui.ui.uploads import checked_editor, open_upload
 from webui.ui.generation_controls import (
@@ -157,7 +158,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         "outpaint_pixels": outpaint_pixels, "outpaint_directions": outpaint_directions, **xyz_controls,
     }
 
-    def submit(named: dict[str, Any], owner: str):
+    def submit(named: dict[str, Any], owner: User):
         values = request_values(named, named["styles"], named["vae"])
         outpaint = {}
         if named["script"] == "Outpainting":
