@@ -62,7 +62,7 @@ class GenerationService:
     loras: LoraCatalog
     files: FileAccess              # where user-supplied paths may point (webui.security.paths)
     request_limits: RequestLimits  # its `generation` part bounds request values
-    outputs_folder: Path
+    outputs_folder: Path           # outputs/ as a whole; a request saves under `outputs_root_of(request)`
     inputs_folder: Path            # where queued img2img jobs keep their images until they are pruned
 
     @property

@@ -52,7 +52,8 @@ def build_dataset_section(defaults: TrainingConfig) -> DatasetSection:
         with gr.Column(scale=3):
             dataset_dir = gr.Textbox(label="Dataset folder", elem_id="train_dataset_dir",
                                      info="uploads go to datasets/<output name>; or type the name of a folder "
-                                          "in datasets/ (kohya layout 10_trigger class/ works too)")
+                                          "in datasets/ (kohya layout 10_trigger class/ works too); with accounts, a "
+                                          "plain user's datasets/ is their own datasets/users/<name>/")
             upload_message = gr.Markdown(elem_id="train_upload_message")
     with gr.Row():
         for spec in DATASET_GROUPS["words"]:
