@@ -21,7 +21,7 @@ from tests.support.oversized_png import oversized_png
 from webui.context import build_context
 from sdstudio_eval.toy_world import held_out_concept_images
 from webui.generation.requests import Txt2ImgRequest
-from webui.security.identity import LOCAL_ADMIN, User
+from webui.security.identity import ADMIN, LOCAL_ADMIN, User
 from webui.security.limits import RequestLimits
 from webui.security.network import HubDisabled
 from webui.security.paths import PathRefused
@@ -201,7 +201,8 @@ def test_cancel_stops_only_training_and_a_second_run_is_refused_while_one_is_act
     assert studio.started("someone's txt2img").wait(60)
     try:
         job = start_training(ctx.training, tiny_config(hexagons, output_name="hexlong", max_train_steps=500,
-                                              sample_every_n_steps=0, save_every_n_epochs=0), "alice")
+                                              sample_every_n_steps=0, save_every_n_epochs=0),
+                             User("alice", ADMIN))  # an admin: the shared datasets/ folder is hers to use
         assert job.owner == "alice"
         assert training_status(ctx.training)["state"] == "queued"
         with pytest.raises(TrainingBusyError, match="hexlong"):

@@ -351,13 +351,14 @@ def start_training(service: TrainingService, config: TrainingConfig, user: User 
     training. For a plain user an output name that already names a LoRA, embedding or checkpoint is
     refused: the run would replace a model everyone uses, an admin's action.
     """
+    owner = name_of(user)  # a bare name is refused: the role decides which datasets are the user's
     if user is not None and not user.is_admin:
         existing = models_named(service, config.output_name)
         if existing:
             raise ValueError(f"output name {config.output_name!r} would replace existing model file(s) "
                              f"({', '.join(sorted(path.name for path in existing)[:5])}); choose another name "
                              "(replacing models needs an admin account)")
-    return service.submit(confine_config(service, config, user), name_of(user), webhook_url)
+    return service.submit(confine_config(service, config, user), owner, webhook_url)
 
 
 def models_named(service: TrainingService, output_name: str) -> list[Path]:
