@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,10 +128,24 @@ class ExtensionSettings:
 
     def set(self, extension: str, key: str, value: object) -> SettingValue:
         """Check, store and return the new value (written at once, atomically)."""
-        checked = self.spec(extension, key).check(value)
+        return self.set_many({(extension, key): value})[(extension, key)]
+
+    def set_many(self, changes: Mapping[tuple[str, str], object]) -> dict[tuple[str, str], SettingValue]:
+        """Check every change first, then store them all in one write: one refused value (SettingError
+        naming each refused setting and its extension) stores nothing."""
+        checked: dict[tuple[str, str], SettingValue] = {}
+        problems = []
+        for (extension, key), value in changes.items():
+            try:
+                checked[(extension, key)] = self.spec(extension, key).check(value)
+            except SettingError as error:
+                problems.append(f"{extension}: {error}")
+        if problems:
+            raise SettingError("; ".join(problems))
         with self._lock:
-            self._stored.setdefault(extension, {})[key] = checked
-            if self.path is None:
+            for (extension, key), value in checked.items():
+                self._stored.setdefault(extension, {})[key] = value
+            if self.path is None or not checked:
                 return checked
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_suffix(".json.partial")
