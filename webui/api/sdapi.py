@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from webui.api.a1111_options import ApiOptions, OverrideSettings, check_option_values
 from webui.api.common import API_PREFIX, ReasonedValidationRoute, admin_caller, caller, translate_errors
 from webui.api.job_wait import wait_for_job
-from webui.api.sdapi_scripts import build_scripts_router, script_call, xyz_info
+from webui.api.sdapi_scripts import ExtensionScriptCall, alwayson_args, build_scripts_router, script_call, xyz_info
+from webui.extensions.scripts import ExtensionScripts
 from webui.context import AppContext
 from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.infotext import parse_infotext, read_infotext
@@ -75,12 +76,12 @@ class Txt2ImgBody(BaseModel):
     hr_negative_prompt: str = ""
     denoising_strength: float | None = None
     script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
+    script_args: list[Any] | dict[str, Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("script_args")
     @classmethod
-    def _finite_script_args(cls, value: list[Any]) -> list[Any]:
+    def _finite_script_args(cls, value: list[Any] | dict[str, Any]) -> list[Any] | dict[str, Any]:
         """Script arguments are echoed in `parameters`: a NaN or Infinity there could not be written back."""
         if not _finite_json(value):
             raise ValueError("script_args may not hold NaN or Infinity")
@@ -218,9 +219,16 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
         if not body.override_settings_restore_afterwards and body.override_settings.option_changes():
             user.require_admin("keeping override_settings as everyone's options "
                                "(override_settings_restore_afterwards: false)")
+        scripts = ExtensionScripts(ctx.extensions)
         script = script_call(body.script_name, body.script_args, body.alwayson_scripts, is_img2img,
-                             save_grid=request.save_images)
-        if script is not None:
+                             save_grid=request.save_images, scripts=scripts)
+        request = scripts.with_alwayson(request, alwayson_args(body.alwayson_scripts))
+        if isinstance(script, ExtensionScriptCall):
+            job = await run_in_threadpool(functools.partial(
+                scripts.submit, ctx.scripts, script.title, request, script.args, owner=user.name))
+            result = await wait_for_job(ctx.scheduler, job, http)
+            answer = await run_in_threadpool(generation_response, body, request, result)
+        elif script is not None:
             job = await run_in_threadpool(functools.partial(
                 ctx.xyz.submit, request, script.x, script.y, script.z, script.options, owner=user.name))
             run = await wait_for_job(ctx.scheduler, job, http)
@@ -241,14 +249,14 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
     @router.post("/txt2img")
     @translate_errors
     async def txt2img(body: Txt2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
-        request = txt2img_request_from_body(body, options.effective(body.override_settings))
+        request = txt2img_request_from_body(body, options.effective(body.override_settings.option_changes()))
         return await generate(body, request, http, user)
 
     @router.post("/img2img")
     @translate_errors
     async def img2img(body: Img2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         request = await run_in_threadpool(img2img_request_from_body, body, limits,
-                                          options.effective(body.override_settings))
+                                          options.effective(body.override_settings.option_changes()))
         return await generate(body, request, http, user)
 
     @router.get("/upscalers")
@@ -385,7 +393,7 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
                 "precision": s.precision, "data_dir": str(s.data_dir), "auth": bool(s.auth)}
 
     router.include_router(build_extras_router(ctx))
-    router.include_router(build_scripts_router())
+    router.include_router(build_scripts_router(lambda: ExtensionScripts(ctx.extensions)))
     return router
 
 

@@ -67,6 +67,10 @@ class Txt2ImgRequest:
     hr_negative_prompt: str = ""
     denoising_strength: float = 0.7
     extra: dict[str, Any] = field(default_factory=dict)
+    # Always-on scripts' values by script title ({field name: value}, JSON-able): hooks read their script's.
+    script_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Extra `Key: value` pairs for every image's infotext (scripts record their values here for PNG Info).
+    infotext_fields: dict[str, Any] = field(default_factory=dict)
 
     def with_changes(self, **changes: Any) -> "Txt2ImgRequest":
         return replace(self, **changes)
