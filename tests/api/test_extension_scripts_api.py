@@ -142,3 +142,18 @@ def test_a_crashing_script_is_switched_off_and_the_server_goes_on(served):
     scripts = requests.get(url(served, "scripts"), timeout=30).json()
     assert "crasher" not in scripts["txt2img"] and "prompt matrix" in scripts["txt2img"]
     assert txt2img(served, prompt="a cat").status_code == 200
+
+
+def test_options_carry_extension_settings_as_extension_dot_key(served):
+    options = requests.get(url(served, "options"), timeout=30).json()
+    assert options["hello-tab.greeting"] == "Hello" and options["CLIP_stop_at_last_layers"] == 1
+    refused = requests.post(url(served, "options"), json={"hello-tab.greeting": 5, "CLIP_stop_at_last_layers": 2},
+                            timeout=30)
+    assert refused.status_code == 422
+    assert "hello-tab: Greeting the Hello tab and its route say: expected text, got 5" in refused.json()["detail"]
+    assert requests.get(url(served, "options"), timeout=30).json()["CLIP_stop_at_last_layers"] == 1  # nothing kept
+    kept = requests.post(url(served, "options"), json={"hello-tab.greeting": "Hi", "some.other": 1}, timeout=30)
+    assert kept.status_code == 200 and kept.json()["hello-tab.greeting"] == "Hi"
+    assert requests.get(f"{served.url}/extensions/hello-tab/greeting", timeout=30).json() == {"greeting": "Hi, local!"}
+    stored = json.loads((served.data_dir / "extension_settings.json").read_text())
+    assert stored["hello-tab"]["greeting"] == "Hi"

@@ -112,7 +112,10 @@ class Img2ImgBody(Txt2ImgBody):
 
 
 class OptionsBody(OverrideSettings):
-    """POST /options: the checkpoint and the options `ApiOptions` keeps; other A1111 options are ignored."""
+    """POST /options: the checkpoint, the options `ApiOptions` keeps and extension settings as
+    `<extension>.<key>` (kept as extra fields); other A1111 options are ignored."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class PngInfoBody(BaseModel):
@@ -313,15 +316,19 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
     @router.get("/options")
     @translate_errors
     def get_options() -> dict[str, Any]:
-        return {"sd_model_checkpoint": ctx.models.current_checkpoint_title(), **options.values()}
+        return {"sd_model_checkpoint": ctx.models.current_checkpoint_title(), **options.values(),
+                **ctx.extensions.settings.dotted_values()}
 
     @router.post("/options")
     @translate_errors
     async def set_options(body: OptionsBody, user: User = Depends(caller)) -> dict[str, Any]:
         changes = body.option_changes()
-        if changes:  # they apply to everyone's requests; the checkpoint is shared as in A1111 (and before)
-            user.require_admin(f"changing {', '.join(changes)} for everyone")
+        extension_changes = ctx.extensions.settings.dotted_changes(body.model_extra or {})
+        if changes or extension_changes:  # everyone's; the checkpoint is shared as in A1111 (and before)
+            user.require_admin(f"changing {', '.join([*changes, *(f'{e}.{k}' for e, k in extension_changes)])} "
+                               "for everyone")
         await run_in_threadpool(check_option_values, changes, ctx.models.resolve_vae)
+        ctx.extensions.settings.set_many(extension_changes)  # all checked before any is kept
         if body.sd_model_checkpoint:
             await run_in_threadpool(ctx.models.select_checkpoint, body.sd_model_checkpoint, user.name)
         options.update(changes)

@@ -126,6 +126,16 @@ class ExtensionSettings:
         except SettingError:
             return spec.default
 
+    def dotted_values(self) -> dict[str, SettingValue]:
+        """Every declared setting as `<extension>.<key>`: value (how /sdapi/v1/options lists them)."""
+        return {f"{extension}.{spec.key}": self.value(extension, spec.key) for extension, spec in self.declared()}
+
+    def dotted_changes(self, items: Mapping[str, object]) -> dict[tuple[str, str], object]:
+        """The `<extension>.<key>` items that name declared settings; other keys are left out, as A1111
+        ignores options it does not know."""
+        declared = {f"{extension}.{spec.key}": (extension, spec.key) for extension, spec in self.declared()}
+        return {declared[name]: value for name, value in items.items() if name in declared}
+
     def set(self, extension: str, key: str, value: object) -> SettingValue:
         """Check, store and return the new value (written at once, atomically)."""
         return self.set_many({(extension, key): value})[(extension, key)]
