@@ -41,8 +41,8 @@ class OverrideSettings(BaseModel):
 
     def option_changes(self) -> dict[str, Any]:
         """The options this override sets (the checkpoint excluded: the model manager holds that)."""
-        return {key: value for key, value in self.model_dump().items()
-                if value is not None and key != "sd_model_checkpoint"}
+        return {key: getattr(self, key) for key in type(self).model_fields
+                if getattr(self, key) is not None and key != "sd_model_checkpoint"}
 
 
 # The server-wide options a request falls back on: one ServerOptions, kept in <data>/config.json and
