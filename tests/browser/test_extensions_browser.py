@@ -74,6 +74,12 @@ def open_tab(page, title: str) -> None:
     page.click(f"button[role=tab]:has-text('{title}')")
 
 
+def open_settings(page) -> None:
+    """The Settings tab, once the page load filled in the current values (it then shows Apply)."""
+    open_tab(page, "Settings")
+    page.wait_for_selector("#settings_apply", state="visible")
+
+
 def text_box(page, elem_id: str):
     return page.locator(f"#{elem_id}").locator("textarea, input").first
 
@@ -85,7 +91,7 @@ def choose(page, dropdown: str, option: str) -> None:
 
 def test_the_settings_tab_changes_settings_that_survive_a_restart(served, playwright):
     browser, page = open_page(playwright, served.running.url)
-    open_tab(page, "Settings")
+    open_settings(page)
     greeting = text_box(page, "setting_hello-tab_greeting")
     assert greeting.input_value() == "Hello"
     greeting.fill("Howdy")
@@ -100,7 +106,7 @@ def test_the_settings_tab_changes_settings_that_survive_a_restart(served, playwr
 
     served.restart()
     browser, page = open_page(playwright, served.running.url)
-    open_tab(page, "Settings")
+    open_settings(page)
     page.wait_for_function("document.querySelector('#setting_CLIP_stop_at_last_layers input[type=number]').value === '3'")
     assert text_box(page, "setting_hello-tab_greeting").input_value() == "Howdy"
     browser.close()
@@ -126,9 +132,9 @@ def test_the_prompt_matrix_script_shows_its_controls_and_generates_a_grid(served
     assert "Prompt matrix put at start: True" in infotext
 
     # Paste the parameters back after switching the script off: the script and its controls come back.
+    page.uncheck("#txt2img_script_prompt_matrix_put_at_start input")
     choose(page, "#txt2img_script", "None")
     page.wait_for_selector("#txt2img_script_prompt_matrix", state="hidden")
-    page.uncheck("#txt2img_script_prompt_matrix_put_at_start input", force=True)
     page.fill("#txt2img_prompt textarea", infotext)
     page.click("#txt2img_paste")
     page.wait_for_function("document.querySelector('#txt2img_script input').value === 'Prompt matrix'")

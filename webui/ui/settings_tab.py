@@ -61,7 +61,8 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
                 extension_controls[(extension, spec.key)] = (spec, control)
     if not by_extension:
         gr.Markdown("No loaded extension declares settings.")
-    apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply")
+    # Shown by the page load for an admin, once the controls hold the current values.
+    apply = gr.Button("Apply settings", variant="primary", elem_id="settings_apply", visible=False)
     result = gr.Markdown(elem_id="settings_result")
 
     app_keys, extension_keys = list(app_controls), list(extension_controls)
