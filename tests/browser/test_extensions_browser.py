@@ -156,3 +156,41 @@ def test_an_extension_tab_appears_with_its_styles_and_script_and_a_broken_one_is
     border = page.evaluate("getComputedStyle(document.querySelector('.hello-tab-note')).borderLeftColor")
     assert border == "rgb(64, 128, 255)"
     browser.close()
+
+
+@pytest.fixture(scope="module")
+def accounts_server(tmp_path_factory, default_model_folder) -> Iterator[RunningServer]:
+    from webui.security.users import UserStore
+
+    data = with_default_model(tmp_path_factory.mktemp("ext-accounts"), default_model_folder)
+    store = UserStore(data / "users.json")
+    store.add_user("boss", "boss-password-1", "admin")
+    store.add_user("ulla", "ulla-password-1", "user")
+    running = start_server(data)
+    yield running
+    stop_server(running)
+
+
+def log_in(browser, url: str, name: str):
+    page = browser.new_context(viewport={"width": 1600, "height": 1200}).new_page()
+    page.set_default_timeout(120_000)
+    page.goto(url + "/")
+    page.fill("#login_username", name)
+    page.fill("#login_password", f"{name}-password-1")
+    page.click("#login_submit")
+    page.wait_for_selector("#txt2img_prompt textarea")
+    return page
+
+
+def test_a_plain_user_sees_the_settings_read_only_and_an_admin_may_change_them(accounts_server, playwright):
+    browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+    ulla = log_in(browser, accounts_server.url, "ulla")
+    open_tab(ulla, "Settings")
+    ulla.wait_for_function("document.querySelector('#settings_access').innerText.includes('Only an admin')")
+    assert not ulla.is_visible("#settings_apply")
+    assert text_box(ulla, "setting_hello-tab_greeting").is_disabled()
+    boss = log_in(browser, accounts_server.url, "boss")
+    open_settings(boss)
+    assert text_box(boss, "setting_hello-tab_greeting").is_enabled()
+    assert "Only an admin" not in boss.inner_text("#settings_access")
+    browser.close()
