@@ -157,3 +157,16 @@ def test_options_carry_extension_settings_as_extension_dot_key(served):
     assert requests.get(f"{served.url}/extensions/hello-tab/greeting", timeout=30).json() == {"greeting": "Hi, local!"}
     stored = json.loads((served.data_dir / "extension_settings.json").read_text())
     assert stored["hello-tab"]["greeting"] == "Hi"
+
+
+def test_prompt_matrix_on_img2img_runs_from_the_init_image(served):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
+    body = {**SMALL, "prompt": "a square|striped", "init_images": [base64.b64encode(buffer.getvalue()).decode()],
+            "denoising_strength": 0.5, "script_name": "prompt matrix", "script_args": {"prompt_type": "positive"}}
+    answer = requests.post(url(served, "img2img"), json=body, timeout=600)
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert len(answer.json()["images"]) == 3
+    assert [parse_infotext(text)["Prompt"] for text in info["infotexts"][1:]] == ["a square", "a square, striped"]
+    assert parse_infotext(info["infotexts"][1])["Denoising strength"] == "0.5"

@@ -8,7 +8,7 @@ or from its own builder (`ui=`, called through the registry). Component names in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import gradio as gr
@@ -118,9 +118,7 @@ def _build_fields(ctx: AppContext, definition: ScriptDefinition, prefix: str) ->
                     spec, spec.default, f"{prefix}_script_{_slug(definition.title)}_{spec.key}")
                 for spec in definition.specs}
     row = next(row for row in ctx.extensions.rows(api.SCRIPT) if row.payload is definition)
-    from dataclasses import replace
-
-    ui_row = replace(row, function=definition.ui, returns=dict)
+    ui_row = replace(row, function=definition.ui, returns=dict)  # called like a hook: isolated and timed
     try:
         built = ctx.extensions.call_one(ui_row, api.ScriptUi(prefix, f"{prefix}_script_{_slug(definition.title)}"))
     except HookFailure:

@@ -21,7 +21,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.errors import user_error
 from webui.extensions.settings_store import SettingError, SettingSpec
-from webui.generation.server_options import OPTION_DEFAULTS, OPTION_LABELS, check_options
+from webui.generation.server_options import OPTION_LABELS, check_options
 from webui.ui.access import caller_of, require_admin
 from webui.ui.typed_controls import control_for, typed_value
 
@@ -70,8 +70,7 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
 
     def apply_settings(request: gr.Request, *values: Any) -> str:
         require_admin(request, "Changing settings")
-        app_changes = {key: typed_value(SettingSpec(key, key, OPTION_DEFAULTS[key]), value)
-                       for key, value in zip(app_keys, values)}
+        app_changes = dict(zip(app_keys, values))  # check_options types them (a slider's 3.0 is clip skip 3)
         extension_changes = {key: typed_value(extension_controls[key][0], value)
                              for key, value in zip(extension_keys, values[len(app_keys):])}
         problems = []
