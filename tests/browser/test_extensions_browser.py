@@ -95,6 +95,14 @@ def test_the_settings_tab_changes_settings_that_survive_a_restart(served, playwr
     greeting = text_box(page, "setting_hello-tab_greeting")
     assert greeting.input_value() == "Hello"
     greeting.fill("Howdy")
+    # A VAE that is not installed: refused by name, and nothing else is applied either.
+    page.fill("#setting_sd_vae_default input", "no-such-vae.safetensors")
+    page.press("#setting_sd_vae_default input", "Enter")
+    page.click("#settings_apply")
+    page.wait_for_selector("text=Nothing was applied. SD Studio:")
+    assert requests.get(f"{served.running.url}/extensions/hello-tab/greeting", timeout=30).json() == {
+        "greeting": "Hello, local!"}
+    choose(page, "#setting_sd_vae_default", "Automatic")
     set_number(page, "#setting_CLIP_stop_at_last_layers input[type=number]", "3")
     page.click("#settings_apply")
     page.wait_for_function("document.querySelector('#settings_result').innerText.includes('Applied')")
