@@ -14,6 +14,7 @@
 #   MODEL=path/to/sd-studio-toy BUDGET=8 BATCH=1024 UNET_LR=2.5e-4 bash bench/finetune_check_methods_on_device.sh start
 #   bash bench/finetune_check_methods_on_device.sh methods
 #   bash bench/finetune_check_methods_on_device.sh finish
+# CHECKS (which models the start phase checks: "new previous" by default, "new" to save device time),
 # METHOD_GROUPS (space-separated groups of comma-separated method keys; default: three groups balanced by the H100
 # train seconds of 2026-11-23), PROMPTS (prompts per set of the methods table, default 24) and DEADLINE (seconds
 # a call may take, default 570) tune it.
@@ -32,14 +33,14 @@ if [ "$phase" = start ]; then
     cp -r . /tmp/mw && rm -rf /tmp/mw/models/default/sd-studio-toy && mkdir -p /tmp/mw/models/default
     cp -r /tmp/toy/model /tmp/mw/models/default/sd-studio-toy
     cd /tmp/mw && export PYTHONPATH=/tmp/site:/tmp/mw PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-    for name in new previous; do
+    for name in ${CHECKS:-new previous}; do
         model=/tmp/toy/model; [ $name = previous ] && model=/tmp/previous
         setsid nohup python3 -m sdstudio_eval.candidate_check --device cuda --model $model \
             --json /tmp/results/check_$name.json > /tmp/results/check_$name.log 2>&1 < /dev/null &
     done
     echo "checks started at ${SECONDS}s (this script's clock)"
-    while [ "$SECONDS" -lt "${DEADLINE:-560}" ] && ! { [ -f /tmp/results/check_new.json ] && [ -f /tmp/results/check_previous.json ]; }; do sleep 3; done
-    for name in new previous; do echo "== check $name"; filtered /tmp/results/check_$name.log 14; done
+    while [ "$SECONDS" -lt "${DEADLINE:-560}" ] && [ "$(ls /tmp/results/check_*.json 2>/dev/null | wc -l)" -lt "$(echo ${CHECKS:-new previous} | wc -w)" ]; do sleep 3; done
+    for name in ${CHECKS:-new previous}; do echo "== check $name"; filtered /tmp/results/check_$name.log 14; done
     cd /tmp/results && tar czf "$OUT/check.tgz" $(ls check_* 2>/dev/null)
     ls -la "$OUT"
     exit 0
