@@ -193,6 +193,15 @@ def model_family(service: TrainingService) -> ModelFamily:
     return family_named(record.architecture.family)
 
 
+def shipped_preset_names(service: TrainingService) -> list[str]:
+    """The presets that ship with the app for the model's family; the same for every user."""
+    record = _current_record(service)
+    prefixes = (model_family(service).preset_prefix,)
+    if record is not None and record.name == DEFAULT_MODEL_NAME:
+        prefixes = ("toy_",) + prefixes
+    return [name for prefix in prefixes for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
+
+
 def preset_names(service: TrainingService, user: User | None) -> list[str]:
     """Shipped presets for the model's family (SD2 shares the SD1 ones), then `user`'s own presets
     (another user's are never listed: they are in that user's training folder).
@@ -200,12 +209,7 @@ def preset_names(service: TrainingService, user: User | None) -> list[str]:
     On the embedded default model its own `toy_*` presets come first (128 px; values chosen by the sweep in
     docs/TRAINING_PRESET_SWEEP.md).
     """
-    record = _current_record(service)
-    prefixes = (model_family(service).preset_prefix,)
-    if record is not None and record.name == DEFAULT_MODEL_NAME:
-        prefixes = ("toy_",) + prefixes
-    shipped = [name for prefix in prefixes
-               for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
+    shipped = shipped_preset_names(service)
     folder = user_presets_folder(service, user)
     own = [name for name in list_presets(folder) if (folder / f"{name}.json").is_file()]
     return shipped + [name for name in own if name not in shipped]
@@ -295,7 +299,12 @@ def confine_config(service: TrainingService, config: TrainingConfig, user: User 
     if config.dataset_dir.strip():
         changes["dataset_dir"] = str(dataset_folder(service, config.dataset_dir, user))
     if config.resume_from.strip():
-        changes["resume_from"] = str(service.files.resolve(config.resume_from, RESUME_STATE, user))
+        state = service.files.resolve(config.resume_from, RESUME_STATE, user)
+        if not state.is_dir():  # said now, not when the queued job fails on the worker
+            raise TrainingConfigError("resume_from", f"no saved state {config.resume_from.strip()!r} in "
+                                                     f"{service.files.describe(RESUME_STATE, user)} (yours are listed "
+                                                     "by GET /sdapi/v1/train/states)")
+        changes["resume_from"] = str(state)
     return config.replace(**changes)
 
 

@@ -54,6 +54,7 @@ from webui.training.service import (
     export_run,
     last_run_lora_names,
     preset_names,
+    shipped_preset_names,
     start_training,
     training_status,
     visible_run,
@@ -113,8 +114,9 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     method = gr.Radio(label="Training method", choices=list(METHOD_CHOICES), value=defaults.method,
                       elem_id="train_method")
     with gr.Row():
-        # Filled per user when the page loads (`reconnect`): each user sees the shipped presets and their own.
-        preset = gr.Dropdown(label="Preset", choices=[], value=None, elem_id="train_preset", scale=3)
+        # The user's own presets join the list when the page loads (`reconnect`): nobody sees another's.
+        preset = gr.Dropdown(label="Preset", choices=shipped_preset_names(ctx.training), value=None,
+                             elem_id="train_preset", scale=3)
         load_preset_button = gr.Button("Load preset", elem_id="train_load_preset", scale=1)
         preset_name = gr.Textbox(label="Save current settings as preset", elem_id="train_preset_name", scale=2)
         save_preset_button = gr.Button("Save preset", elem_id="train_save_preset", scale=1)
