@@ -358,7 +358,7 @@ def test_an_export_is_its_owners_to_list_and_download(folks, annas_state):
     assert not (folks.data / "training" / "exports").exists() and folder.is_dir()
 
 
-def test_presets_are_each_users_own(folks):
+def test_presets_are_each_users_own_and_the_train_tab_lists_only_ones_own(folks, annas_state):
     presets = "/sdapi/v1/train/presets"
     saved = folks.post(presets, "anna", json={"name": "annas-fast", "config": {"method": "lora", "rank": 2}})
     assert saved.status_code == 200, saved.text
@@ -371,12 +371,14 @@ def test_presets_are_each_users_own(folks):
     assert listed("anna")["annas-fast"]["config"]["rank"] == 2 and listed("anna")["annas-fast"]["user"] is True
     assert "annas-fast" not in listed("ben") and "annas-fast" not in listed("boss")
     assert "toy_lora" in listed("ben")  # the shipped ones are everyone's
-    # In the Train tab, as the page loads it: Anna's list has her preset and loads it, Ben's has not.
+    # In the Train tab, as the page loads it: Anna's lists have her preset (which she loads) and her saved
+    # states (in the resume box's hint); Ben's have neither.
     sessions = {}
     for user in ("anna", "ben"):
         sessions[user] = uuid.uuid4().hex
         kind, page = folks.call(user, "reconnect", folks.values("reconnect"), sessions[user])
         assert kind == "complete" and ("annas-fast" in page) == (user == "anna"), page
+        assert ("annas-lora-state" in page) == (user == "anna"), page
     kind, payload = folks.call("anna", "apply_preset", ["annas-fast"], sessions["anna"])
     assert kind == "complete" and "Loaded preset" in payload, payload
     kind, payload = folks.call("ben", "apply_preset", ["annas-fast"], sessions["ben"])

@@ -54,6 +54,7 @@ from webui.training.service import (
     export_run,
     last_run_lora_names,
     preset_names,
+    saved_states,
     shipped_preset_names,
     start_training,
     training_status,
@@ -86,6 +87,14 @@ class TrainTab:
     samples: gr.Gallery
     result: gr.Markdown
     timer: gr.Timer
+
+
+def resume_info(states: list[str]) -> str:
+    """The resume box's hint: the caller's own saved states (another user's are never listed)."""
+    if not states:
+        return "none of your runs saved a state yet: tick 'Save training state' to resume a run later"
+    shown = ", ".join(states[:8]) + (f" and {len(states) - 8} more" if len(states) > 8 else "")
+    return f"one of your saved states, newest first: {shown}"
 
 
 def compare_epochs_request(ctx: AppContext, viewer: User | None = None) -> tuple[str, list[str], list[float]]:
@@ -254,10 +263,12 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         titles = ctx.models.checkpoint_titles()
         if chosen not in titles:
             chosen = ctx.models.current_checkpoint_title() or next(iter(titles), None)
-        presets = preset_names(ctx.training, caller_of(request))
-        return render({}, request) + (gr.update(choices=titles, value=chosen), gr.update(choices=presets))
+        user = caller_of(request)
+        return render({}, request) + (gr.update(choices=titles, value=chosen),
+                                      gr.update(choices=preset_names(ctx.training, user)),
+                                      gr.update(info=resume_info(saved_states(ctx.training, user))))
 
-    reconnect_outputs = run_outputs + [base_checkpoint, preset]
+    reconnect_outputs = run_outputs + [base_checkpoint, preset, fields["resume_from"]]
     blocks.load(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
     # Opening the tab shows runs started meanwhile elsewhere (the API, another browser) and new models.
     tab.select(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
