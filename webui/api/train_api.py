@@ -116,8 +116,8 @@ def build_train_router(ctx: AppContext) -> APIRouter:
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             raise HTTPException(422, "name: enter a preset name")
-        path = save_user_preset(TrainingConfig.from_dict(body.get("config", {})), user_presets_folder(ctx.training, user),
-                                name.strip())
+        config = TrainingConfig.from_dict(body.get("config", {}))
+        path = save_user_preset(config, user_presets_folder(ctx.training, user), name.strip())
         return {"name": path.stem}
 
     @router.get("/presets")

@@ -199,7 +199,8 @@ def shipped_preset_names(service: TrainingService) -> list[str]:
     prefixes = (model_family(service).preset_prefix,)
     if record is not None and record.name == DEFAULT_MODEL_NAME:
         prefixes = ("toy_",) + prefixes
-    return [name for prefix in prefixes for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
+    return [name for prefix in prefixes
+            for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
 
 
 def preset_names(service: TrainingService, user: User | None) -> list[str]:
