@@ -5,7 +5,9 @@ routes; the gradio UI is mounted on it with `gr.mount_gradio_app` and uvicorn se
 gradio's `launch`, which put gradio's own CORS layer outside our middleware, where it copied
 `Access-Control-Allow-Origin` for localhost origins onto our refusals. A mounted gradio leaves CORS to
 the parent app's `CORSMiddleware` (configured with `--cors-allow-origins` only). `--share` asks gradio's
-tunnel for a public link once the server is up, as `launch` did.
+tunnel for a public link once the server is up and serving, on a thread of its own: without internet that
+request can hang for long (gradio waits 30 s per step), so the start never waits for it, and after
+`SHARE_TIMEOUT_S` a warning says there is no link yet.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from typing import Sequence
 
 from webui.security.users import AccountError
-from webui.settings import Settings, SettingsError, settings_from_args
+from webui.settings import SHARE_TIMEOUT_S, Settings, SettingsError, settings_from_args
 
 log = logging.getLogger("sdstudio")
 START_TIMEOUT_S = 60
@@ -70,10 +72,14 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
         time.sleep(0.05)
     announce_app_started(ctx.extensions, f"http://127.0.0.1:{settings.port}", ctx,
                          extension_data_root(settings))
-    share_url = share_link(settings, blocks) if blocks is not None and settings.share else None
     path = "/" if settings.serve_ui else "/sdapi/v1"
-    for line in startup_banner(settings, security, path=path) + ([f"Public share link: {share_url}"] if share_url else []):
+    for line in startup_banner(settings, security, path=path):
         print(line if settings.serve_ui else line.replace("SD Studio running", "SD Studio API running"), flush=True)
+    if settings.share and blocks is None:
+        log.warning("--share needs the web UI: with --nowebui there is no share link")
+    elif settings.share:
+        threading.Thread(target=announce_share_link, args=(settings, blocks, SHARE_TIMEOUT_S), name="share-link",
+                         daemon=True).start()
     if ready:
         ready.set()
     try:
@@ -88,6 +94,23 @@ def gradio_upload_folder() -> str:
     from gradio.utils import get_upload_folder
 
     return get_upload_folder()
+
+
+def announce_share_link(settings: Settings, blocks, timeout_s: float) -> None:
+    """Ask for the share link and print it; if no answer came within `timeout_s`, warn that the server
+    serves without one (a link that still comes later is printed then)."""
+
+    def attempt() -> None:
+        url = share_link(settings, blocks)
+        if url:
+            print(f"Public share link: {url}", flush=True)
+
+    worker = threading.Thread(target=attempt, name="share-tunnel", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("could not create a share link: no answer from gradio's share server within %.0f s "
+                    "(no internet?); serving on %s:%s without one", timeout_s, settings.host, settings.port)
 
 
 def share_link(settings: Settings, blocks) -> str | None:

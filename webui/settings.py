@@ -17,6 +17,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+SHARE_TIMEOUT_S = 15  # seconds without gradio's share link before a warning says there is none (webui.app)
 
 
 class SettingsError(ValueError):
@@ -144,7 +145,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 instead of 127.0.0.1")
     parser.add_argument("--port", type=int, default=7860, help="HTTP port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="ask gradio for a public share link (needs internet)")
+    parser.add_argument("--share", action="store_true",
+                        help="ask gradio for a public share link (needs internet; asked once the server is up, "
+                             f"which never waits for it: after {SHARE_TIMEOUT_S} s without an answer a warning says "
+                             "there is no link, and the server keeps serving). A login is required as with --listen")
     parser.add_argument("--api", action="store_true", help="also serve the A1111-compatible /sdapi/v1 API")
     parser.add_argument("--nowebui", action="store_true", help="serve only the API, no browser UI")
     parser.add_argument("--data-dir", type=Path, default=None, help="root for models/, outputs/, cache/, config.json")

@@ -407,6 +407,11 @@ def route_table() -> dict[tuple[str, str], tuple[dict, list[str]]]:
         ("POST", "/sdapi/v1/extra-batch-images"): ({"imageList": [{"data": tiny_png(), "name": "a"}],
                                                     "upscaler_1": "Lanczos"}, _string_fields(ExtrasBatchBody)),
         ("POST", "/sdapi/v1/train"): (training, _training_string_fields()),
+        ("POST", "/sdapi/v1/train/export"): ({"license": "mit"}, ["license"]),
+        ("POST", "/sdapi/v1/train/presets"): ({"name": "walk", "config": {"method": "lora"}},
+                                              ["name"] + [f"config.{name}" for name in _training_string_fields()]),
+        # Path parameters ("{file}") get the value URL-encoded into the path.
+        ("GET", "/sdapi/v1/train/exports/{name}/{file}"): ({}, ["{name}", "{file}"]),
         ("GET", "/sdapi/v1/progress"): ({}, []),  # its one query parameter is a bool
         ("POST", "/api/v1/jobs"): ({"kind": "train", "request": training},
                                    [f"request.{name}" for name in _training_string_fields()]),
@@ -457,8 +462,13 @@ def test_every_sdapi_route_with_path_like_values(world):
 
     def sender(method: str, path: str, base: dict, fields: list[str]) -> Callable[[str], Answer]:
         def send(value: str) -> Answer:
-            body = with_values(base, fields, value) if method == "POST" else None
-            response = walk.http.request(method, world.server.url + path, json=body, timeout=300)
+            body_fields = [field for field in fields if not field.startswith("{")]
+            body = with_values(base, body_fields, value) if method == "POST" else None
+            url_path = path
+            for field in fields:
+                if field.startswith("{"):
+                    url_path = url_path.replace(field, quote(value, safe=""))
+            response = walk.http.request(method, world.server.url + url_path, json=body, timeout=300)
             return Answer(str(response.status_code), response.text, response.text)
         return send
 

@@ -263,6 +263,140 @@ def test_without_accounts_saved_images_keep_a1111s_layout(server):
     assert list(folder.glob("*-5151.png")) and not (server.data_dir / "outputs" / "users").exists()
 
 
+# ---- training work: each user's states, exports and presets ------------------------------------
+
+TRAIN_BODY = {"method": "lora", "output_name": "annas-lora", "dataset_dir": "cats", "trigger_word": "cat",
+              "resolution": 64, "min_bucket_resolution": 32, "max_bucket_resolution": 128, "bucket_step": 32,
+              "rank": 4, "alpha": 4.0, "unet_lr": 0.002, "max_train_steps": 2, "train_batch_size": 2,
+              "sample_every_n_steps": 0, "save_every_n_epochs": 0, "save_state": True}
+
+
+def train(folks: Folks, user: str, **changes) -> requests.Response:
+    return folks.post("/sdapi/v1/train", user, json={**TRAIN_BODY, **changes})
+
+
+def finished_run(folks: Folks, user: str) -> dict:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        state = folks.get("/sdapi/v1/train/progress", user).json()
+        if state["finished"]:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"{user}'s training run did not finish: {state}")
+
+
+@pytest.fixture(scope="module")
+def annas_state(folks, annas_dataset) -> Path:
+    """Anna trains a 2-step LoRA on her `cats` over the API, saving its state: the state folder."""
+    started = train(folks, "anna")
+    assert started.status_code == 202, started.text
+    state = finished_run(folks, "anna")
+    assert state["state"] == "done", state
+    return folks.data / "training" / "users" / "anna" / "states" / "annas-lora-state"
+
+
+def test_a_run_saves_its_state_in_its_owners_folder_and_only_they_resume_from_it(folks, annas_state):
+    assert (annas_state / "trainable.safetensors").is_file()
+    assert not (folks.data / "training" / "states").exists()  # nothing in the admin's (shared) part
+    assert folks.get("/sdapi/v1/train/states", "anna").json() == {"states": ["annas-lora-state"]}
+    assert folks.get("/sdapi/v1/train/states", "ben").json() == {"states": []}
+    assert folks.get("/sdapi/v1/train/states", "boss").json() == {"states": []}  # an admin's own are training/states
+    bens_set = folks.data / "datasets" / "users" / "ben" / "bens-set"
+    bens_set.mkdir(parents=True, exist_ok=True)
+    for color in ("green", "yellow"):
+        (bens_set / f"{color}.png").write_bytes(png(color))
+    # Ben names Anna's state by every spelling: he gets the answer a state of hers that does not exist gets.
+    missing = str(annas_state.parent / "no-such-state")
+    refused_missing = train(folks, "ben", output_name="bens-lora", dataset_dir="bens-set", resume_from=missing)
+    assert refused_missing.status_code == 422 and "users/ben/states/" in refused_missing.json()["detail"]
+    for spelling in (str(annas_state), "../../anna/states/annas-lora-state", f"{annas_state}/../annas-lora-state"):
+        refused = train(folks, "ben", output_name="bens-lora", dataset_dir="bens-set", resume_from=spelling)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"].replace(spelling, "<typed>") == \
+            refused_missing.json()["detail"].replace(missing, "<typed>")
+    # Her state's plain name is looked up among Ben's own states, where there is none.
+    by_name = train(folks, "ben", output_name="bens-lora", dataset_dir="bens-set", resume_from="annas-lora-state")
+    assert by_name.status_code == 422 and "no saved state 'annas-lora-state'" in by_name.json()["detail"], by_name.text
+    assert folks.get("/sdapi/v1/train/progress", "ben").json()["state"] == "idle"  # nothing was queued
+    # Anna resumes her own state by its plain name (into a new output name: the first one is a LoRA now).
+    resumed = train(folks, "anna", output_name="annas-lora-more", resume_from="annas-lora-state", max_train_steps=3)
+    assert resumed.status_code == 202, resumed.text
+    state = finished_run(folks, "anna")
+    assert state["state"] == "done" and "resumed at step 2" in state["messages"], state
+    assert (annas_state.parent / "annas-lora-more-state").is_dir()
+    # The trained LoRAs themselves are in the shared models folder, where everyone finds them.
+    assert (folks.data / "models" / "Lora" / "annas-lora.safetensors").is_file()
+
+
+def test_an_export_is_its_owners_to_list_and_download(folks, annas_state):
+    refused = folks.post("/sdapi/v1/train/export", "ben", json={})
+    assert refused.status_code == 422 and "no finished training run" in refused.json()["detail"]
+    exported = folks.post("/sdapi/v1/train/export", "anna", json={"license": "mit"})
+    assert exported.status_code == 200, exported.text
+    name, files = exported.json()["name"], exported.json()["files"]
+    folder = folks.data / "training" / "users" / "anna" / "exports" / name
+    assert "README.md" in files and sorted(tree(folder)) == files
+    assert not (folks.data / "training" / "exports").exists()
+    assert folks.get("/sdapi/v1/train/exports", "anna").json() == {"exports": {name: files}}
+    assert folks.get("/sdapi/v1/train/exports", "ben").json() == {"exports": {}}
+    card = folks.get(f"/sdapi/v1/train/exports/{name}/README.md", "anna")
+    assert card.status_code == 200 and card.content == (folder / "README.md").read_bytes()
+    # Ben asks for her file by its name: the same 404 as an export that does not exist.
+    theirs = folks.get(f"/sdapi/v1/train/exports/{name}/README.md", "ben")
+    nothing = folks.get("/sdapi/v1/train/exports/no-such-export/README.md", "ben")
+    assert theirs.status_code == nothing.status_code == 404
+    assert theirs.json()["detail"].replace(name, "<name>") == nothing.json()["detail"].replace("no-such-export", "<name>")
+    # Or climbs into her folder from his own: refused, her card never sent.
+    for path in (f"x/%2e%2e%2f%2e%2e%2f%2e%2e%2fanna%2fexports%2f{name}%2fREADME.md",
+                 f"%2e%2e/%2e%2e/anna/exports/{name}/README.md",
+                 f"x/{'%2e%2e/' * 3}anna/exports/{name}/README.md"):
+        answer = requests.get(f"{folks.server.url}/sdapi/v1/train/exports/{path}", headers=folks.headers("ben"), timeout=60)
+        assert answer.status_code in (400, 404), (path, answer.status_code, answer.text)
+        assert card.content not in answer.content
+    # An admin exporting Anna's run puts the export with her run, not in the admin's folder.
+    assert folks.post("/sdapi/v1/train/export", "boss", json={}).status_code == 200
+    assert not (folks.data / "training" / "exports").exists() and folder.is_dir()
+
+
+def test_presets_are_each_users_own_and_the_train_tab_lists_only_ones_own(folks, annas_state):
+    presets = "/sdapi/v1/train/presets"
+    saved = folks.post(presets, "anna", json={"name": "annas-fast", "config": {"method": "lora", "rank": 2}})
+    assert saved.status_code == 200, saved.text
+    annas = folks.data / "training" / "users" / "anna" / "presets" / "annas-fast.json"
+    assert json.loads(annas.read_text())["rank"] == 2
+
+    def listed(user: str) -> dict[str, dict]:
+        return {entry["name"]: entry for entry in folks.get(presets, user).json()}
+
+    assert listed("anna")["annas-fast"]["config"]["rank"] == 2 and listed("anna")["annas-fast"]["user"] is True
+    assert "annas-fast" not in listed("ben") and "annas-fast" not in listed("boss")
+    assert "toy_lora" in listed("ben")  # the shipped ones are everyone's
+    # In the Train tab, as the page loads it: Anna's lists have her preset (which she loads) and her saved
+    # states (in the resume box's hint); Ben's have neither.
+    sessions = {}
+    for user in ("anna", "ben"):
+        sessions[user] = uuid.uuid4().hex
+        kind, page = folks.call(user, "reconnect", folks.values("reconnect"), sessions[user])
+        assert kind == "complete" and ("annas-fast" in page) == (user == "anna"), page
+        assert ("annas-lora-state" in page) == (user == "anna"), page
+    kind, payload = folks.call("anna", "apply_preset", ["annas-fast"], sessions["anna"])
+    assert kind == "complete" and "Loaded preset" in payload, payload
+    kind, payload = folks.call("ben", "apply_preset", ["annas-fast"], sessions["ben"])
+    assert kind == "error" and "Loaded preset" not in payload, payload
+    # Saving under her name, over the API or in the Train tab, makes Ben's own preset; hers stays as it was.
+    before = annas.read_bytes()
+    assert folks.post(presets, "ben", json={"name": "annas-fast", "config": {"rank": 8}}).status_code == 200
+    label = "Save current settings as preset"
+    kind, payload = folks.call("ben", "store_preset", folks.values("store_preset", **{label: "annas-fast"}))
+    assert kind == "complete", payload
+    bens = folks.data / "training" / "users" / "ben" / "presets" / "annas-fast.json"
+    assert bens.is_file() and annas.read_bytes() == before
+    for name in ("../../anna/presets/annas-fast", "/etc/passwd", "..", ""):
+        refused = folks.post(presets, "ben", json={"name": name, "config": {"rank": 16}})
+        assert refused.status_code == 422, (name, refused.text)
+    assert annas.read_bytes() == before
+
+
 # Last: it restarts the module's server.
 def test_a_login_and_whose_files_are_whose_survive_a_restart(folks):
     login = requests.post(folks.server.url + "/login", data={"username": "anna", "password": "anna-password-1"},

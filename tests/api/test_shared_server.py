@@ -226,12 +226,14 @@ def test_admin_actions_are_refused_to_a_plain_user_in_the_ui_and_the_api(shared)
     refused = requests.post(f"{shared.url}/sdapi/v1/refresh-checkpoints", headers=bearer("ulla"), timeout=30)
     assert refused.status_code == 403 and "admin" in refused.json()["detail"]
     (checkpoints / "dropped-in.safetensors").unlink()
-    # Presets are shared: a plain user adds new ones but does not replace one everybody uses.
+    # Presets are each user's own: the same name saved by three people is three files, none replaced.
     preset_label = "Save current settings as preset"
-    assert gradio_call(shared, "ulla", "store_preset", call_data(shared, "store_preset", **{preset_label: "ullas"}))[0] == "complete"
-    kind, payload = gradio_call(shared, "vera", "store_preset", call_data(shared, "store_preset", **{preset_label: "ullas"}))
-    assert kind == "error" and "admin" in payload
-    assert gradio_call(shared, "boss", "store_preset", call_data(shared, "store_preset", **{preset_label: "ullas"}))[0] == "complete"
+    for user in ("ulla", "vera", "boss"):
+        kind, payload = gradio_call(shared, user, "store_preset", call_data(shared, "store_preset", **{preset_label: "ullas"}))
+        assert kind == "complete", payload
+    training = shared.data_dir / "training"
+    assert all(path.is_file() for path in (training / "users/ulla/presets/ullas.json",
+                                           training / "users/vera/presets/ullas.json", training / "presets/ullas.json"))
     # Training over an existing model's name would replace it: an admin's action.
     replacing = requests.post(f"{shared.url}/sdapi/v1/train", headers=bearer("vera"), timeout=60,
                               json=train_body(shared, output_name="sd-studio-toy"))

@@ -301,6 +301,6 @@ def test_every_config_field_has_exactly_one_widget_and_values_convert_back():
 
 
 def test_the_default_model_offers_its_own_presets_first_then_the_sd1_ones(ctx):
-    names = preset_names(ctx.training)
+    names = preset_names(ctx.training, None)
     assert names[:5] == sorted(name for name in names if name.startswith("toy_")) and len(names[:5]) == 5
     assert "sd1_lora" in names and not any(name.startswith("sdxl_") for name in names)

@@ -213,3 +213,22 @@ def test_a_stored_outputs_subfolder_must_stay_inside_outputs(files, layout):
     for bad in ("..", "users/../../datasets", "/etc", str(data / "outputs")):
         with pytest.raises(PathRefused):
             files.saved_outputs(bad)
+
+
+def test_training_work_is_per_user_and_its_subfolders_follow(files, layout):
+    data, _, _ = layout
+    real = Path(os.path.realpath(data))
+    (data / "training" / "users" / "anna" / "states" / "cats-state").mkdir(parents=True)
+    assert files.training_for(ANNA) == data / "training" / "users" / "anna"
+    assert files.root_for(TRAINING_STATES, ANNA) == data / "training" / "users" / "anna" / "states"
+    assert files.resolve("cats-state", RESUME_STATE, ANNA) == real / "training" / "users" / "anna" / "states" / "cats-state"
+    for who in (None, LOCAL_ADMIN, User("boss", ADMIN)):  # admins and the app keep training/ as it was
+        assert files.training_for(who) == data / "training"
+        assert files.resolve("run-state", RESUME_STATE, who) == real / "training" / "states" / "run-state"
+    # Anna's state, and the admin's, are outside Ben's states: refused like a path that does not exist.
+    for present, absent in ((str(data / "training/users/anna/states/cats-state"), str(data / "training/users/anna/states/x")),
+                            ("../../anna/states/cats-state", "../../anna/states/x"),
+                            ("../../../states/run-state", "../../../states/x")):
+        first = refusal(files, present, RESUME_STATE, BEN).replace(present, "<typed>")
+        assert first == refusal(files, absent, RESUME_STATE, BEN).replace(absent, "<typed>")
+        assert "training/users/ben/states/" in first and "anna" not in first

@@ -52,3 +52,18 @@ def test_a_queued_batch_keeps_whose_folders_it_may_use():
     back = GenerationService._decode_batch(GenerationService._encode_batch(job))
     assert back == job  # after a restart it is judged against Anna's folders again, not the whole ones
     assert GenerationService._decode_batch(GenerationService._encode_batch(BatchJob(template, "a", "b"))).user is None
+
+
+def test_a_queued_training_run_keeps_whose_training_folder_it_writes_to():
+    import json
+
+    from webui.security.identity import ADMIN, USER, User
+    from webui.training.config import TrainingConfig
+    from webui.training.service import TrainingJob
+
+    config = TrainingConfig(output_name="cats", dataset_dir="/data/datasets/users/anna/cats", rank=4)
+    for user in (User("anna", USER), User("boss", ADMIN), None):
+        job = TrainingJob(config, user)
+        assert TrainingJob.decode(json.loads(json.dumps(job.encode()))) == job  # as the job store keeps it
+    # A run stored before jobs kept their user (a bare config) runs as the app's own: training/ itself.
+    assert TrainingJob.decode(config.to_dict()) == TrainingJob(config, None)

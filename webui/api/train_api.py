@@ -5,7 +5,10 @@ config saved from the Train tab can be posted as it is. A config or dataset that
 with 422 and the reason before anything is queued; a second run while one is active gets 409.
 `dataset_dir` must be a folder in the data folder's `datasets/` (a plain name means `datasets/<name>`;
 for a plain user both mean their own `datasets/users/<user>/`) and `resume_from` a saved state in
-`training/states/`; anything else is refused with 422.
+`training/states/` (a plain user's: `training/users/<user>/states/`, listed by GET /train/states); anything
+else is refused with 422. Exports and presets are the caller's own in the same way: GET /train/exports lists
+theirs, GET /train/exports/<name>/<file> downloads one file, POST /train/export exports the latest run,
+GET and POST /train/presets list and save presets.
 """
 
 from __future__ import annotations
@@ -13,17 +16,21 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from webui.api.common import API_PREFIX, caller, translate_errors
 from webui.context import AppContext
 from webui.security.identity import User
-from webui.training.config import TrainingConfig, load_preset
+from webui.training.config import TrainingConfig, load_preset, save_user_preset
 from webui.errors import user_error
 from webui.training.monitor import TrainingBusyError
 from webui.training.service import (
     cancel_training,
+    export_file,
+    export_run,
+    exported_runs,
     preset_names,
+    saved_states,
     running_training_job,
     start_training,
     training_status,
@@ -70,15 +77,58 @@ def build_train_router(ctx: AppContext) -> APIRouter:
         was_training = job is not None and user.may_act_on(job.owner)
         return {"cancelled": was_training, "message": cancel_training(ctx.training, user)}
 
+    @router.get("/states")
+    @translate_errors
+    def states(user: User = Depends(caller)) -> dict[str, Any]:
+        """The saved states the caller may name in `resume_from` (their own), newest first."""
+        return {"states": saved_states(ctx.training, user)}
+
+    @router.post("/export")
+    @translate_errors
+    def export(body: Any = Body(default=None), user: User = Depends(caller)) -> dict[str, Any]:
+        """Export the latest run (the caller's, or any for an admin) with a model card: its name and files."""
+        body = body if isinstance(body, dict) else {}
+        license_name = body.get("license") or "creativeml-openrail-m"
+        if not isinstance(license_name, str):
+            raise HTTPException(422, "license must be a string")
+        folder, _ = export_run(ctx.training, license_name, bool(body.get("include_epochs")), user)
+        return {"name": folder.name, "files": sorted(path.relative_to(folder).as_posix()
+                                                     for path in folder.rglob("*") if path.is_file())}
+
+    @router.get("/exports")
+    @translate_errors
+    def exports(user: User = Depends(caller)) -> dict[str, Any]:
+        """The caller's exports: {name: [files]}; download one with GET /exports/<name>/<file>."""
+        return {"exports": exported_runs(ctx.training, user)}
+
+    @router.get("/exports/{name}/{file:path}")
+    @translate_errors
+    def download(name: str, file: str, user: User = Depends(caller)) -> FileResponse:
+        """One file of one of the caller's exports; anything else answers the same 404."""
+        return FileResponse(export_file(ctx.training, user, name, file))
+
+    @router.post("/presets")
+    @translate_errors
+    def save_preset(body: Any = Body(...), user: User = Depends(caller)) -> dict[str, Any]:
+        """Save {"name", "config"} as one of the caller's presets (job fields such as folders are left out)."""
+        if not isinstance(body, dict) or not isinstance(body.get("config", {}), dict):
+            raise HTTPException(422, 'the body must be {"name": "...", "config": {TrainingConfig fields}}')
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise HTTPException(422, "name: enter a preset name")
+        config = TrainingConfig.from_dict(body.get("config", {}))
+        path = save_user_preset(config, user_presets_folder(ctx.training, user), name.strip())
+        return {"name": path.stem}
+
     @router.get("/presets")
     @translate_errors
-    def presets() -> list[dict[str, Any]]:
-        """Presets for the loaded model's family and the user's own, each with the values it sets."""
-        folder = user_presets_folder(ctx.training)
-        user = {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
+    def presets(user: User = Depends(caller)) -> list[dict[str, Any]]:
+        """Presets for the loaded model's family and the caller's own, each with the values it sets."""
+        folder = user_presets_folder(ctx.training, user)
+        own = {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
         answer = []
-        for name in preset_names(ctx.training):
-            entry: dict[str, Any] = {"name": name, "user": name in user}
+        for name in preset_names(ctx.training, user):
+            entry: dict[str, Any] = {"name": name, "user": name in own}
             try:
                 entry["config"] = load_preset(name, folder).to_dict()
             except ValueError as error:  # one hand-edited broken file must not hide the others

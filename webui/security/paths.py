@@ -11,9 +11,11 @@ that are allowed and echoes what the user typed, but its text is the same whethe
 exists, so a refusal is never a way to probe the machine's file system. Inside an owned folder, saying
 "does not exist" is the caller's business and fine.
 
-Each user has their own part of `outputs/` and `datasets/`. A plain user's paths are judged against
-`outputs/users/<name>/` and `datasets/users/<name>/` instead of the whole folders (a relative name starts
-there, and their saved generations go there); everything else, other users' folders included, is refused
+Each user has their own part of `outputs/`, `datasets/` and `training/`. A plain user's paths are judged
+against `outputs/users/<name>/`, `datasets/users/<name>/` and `training/users/<name>/` instead of the whole
+folders (a relative name starts there, their saved generations go there, and their training runs keep their
+states, exports, presets, samples and class images there: `states/` is then
+`training/users/<name>/states/`); everything else, other users' folders included, is refused
 with the same text as any outside path, whether it exists or not. Admins, and the single person at a
 server without accounts (`LOCAL_ADMIN`), keep the whole folders, so an A1111 user who runs alone still
 finds `outputs/txt2img-images/`. The `users/` level keeps a user's folder apart from the app's own
@@ -50,11 +52,17 @@ DATASETS = "datasets"
 EXTENSIONS = "extensions"
 TRAINING = "training"
 TRAINING_STATES = "training states"
+TRAINING_EXPORTS = "training exports"
+TRAINING_PRESETS = "training presets"
 TRAINING_STATES_FOLDER = "states"  # `TrainingPaths.states_dir` is <training work folder>/states
 
 # A plain user's own part of these roots is <root>/users/<name>/ (see the module docstring).
-PER_USER_ROOTS = frozenset({OUTPUTS, DATASETS})
+PER_USER_ROOTS = frozenset({OUTPUTS, DATASETS, TRAINING})
 USERS_FOLDER = "users"
+# Roots that are a fixed subfolder of another root, in whichever part of it the user has: a plain user's
+# resume states are training/users/<name>/states/, an admin's training/states/.
+SUBFOLDER_ROOTS = {TRAINING_STATES: (TRAINING, TRAINING_STATES_FOLDER), TRAINING_EXPORTS: (TRAINING, "exports"),
+                   TRAINING_PRESETS: (TRAINING, "presets")}
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -86,6 +94,7 @@ BATCH_OUTPUT = PathUse("batch output folder", (OUTPUTS, DATASETS))
 CAPTION_MODEL = PathUse("captioning model folder", (MODELS,))
 # Training states are read back with torch's loader: only folders the training loop itself wrote.
 RESUME_STATE = PathUse("resume_from (training state folder)", (TRAINING_STATES,))
+TRAINING_EXPORT = PathUse("training export", (TRAINING_EXPORTS,))
 
 
 def is_within(path: Path | str, folder: Path | str) -> bool:
@@ -132,19 +141,27 @@ class FileAccess:
             DATASETS: settings.datasets_folder,
             EXTENSIONS: settings.extensions_folder,
             TRAINING: settings.training_folder,
-            TRAINING_STATES: settings.training_folder / TRAINING_STATES_FOLDER,
         }
         return cls(roots, settings.data_dir)
 
     def root(self, name: str) -> Path:
         """The folder a root name stands for (as configured, symlinks not resolved)."""
-        return self._roots[name]
+        return self.root_for(name, None)
 
     def root_for(self, name: str, user: User | None) -> Path:
         """The part of root `name` that `user` may touch: a plain user's own `<root>/users/<name>/` for
-        outputs/ and datasets/, the whole folder otherwise (admins, the app's own code, shared roots)."""
+        outputs/, datasets/ and training/ (and the subfolders of their part of training/), the whole folder
+        otherwise (admins, the app's own code, shared roots)."""
+        if name in SUBFOLDER_ROOTS:
+            parent, subfolder = SUBFOLDER_ROOTS[name]
+            return self.root_for(parent, user) / subfolder
         owner = confined_user(user) if name in PER_USER_ROOTS else None
         return self._roots[name] if owner is None else self._roots[name] / USERS_FOLDER / owner
+
+    def training_for(self, user: User | None) -> Path:
+        """`user`'s training work folder (states, exports, presets, samples, class images): training/ for an
+        admin or the app's own code, training/users/<name>/ for a plain user."""
+        return self.root_for(TRAINING, user)
 
     def outputs_for(self, user: User | None) -> Path:
         """Where `user`'s saved generations go: outputs/ for an admin (A1111's layout), their own folder otherwise."""

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from webui.security.identity import User
 from webui.training.config import TrainingConfig
 from webui.training.loop import TrainingProgress, TrainingResult
 
@@ -23,6 +24,7 @@ class TrainingBusyError(RuntimeError):
 class TrainingMonitor:
     config: TrainingConfig
     owner: str | None = None  # who started the run (a user name; None: the app or the command line)
+    user: User | None = None  # the same person with their role: it decides where the run's export goes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _latest: TrainingProgress | None = None
     _losses: list[tuple[int, float, float]] = field(default_factory=list)  # step, loss, smoothed loss

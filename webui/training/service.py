@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,18 @@ from webui.models.families import DEFAULT_FAMILY, ModelFamily, family_named
 from webui.models.lora_catalog import LoraCatalog
 from webui.models.service import ModelService
 from webui.security.network import NetworkPolicy
-from webui.security.identity import User, name_of
+from webui.security.identity import USER, User, name_of
 from webui.security.limits import RequestLimits
 from webui.models.default_model import DEFAULT_MODEL_NAME
-from webui.security.paths import DATASET, RESUME_STATE, FileAccess, is_within
+from webui.security.paths import (
+    DATASET,
+    RESUME_STATE,
+    TRAINING_EXPORT,
+    TRAINING_EXPORTS,
+    TRAINING_PRESETS,
+    FileAccess,
+    is_within,
+)
 from webui.training.config import (
     IMAGE_SUFFIXES,
     PRESETS_FOLDER,
@@ -47,11 +55,32 @@ from webui.training.model_card import write_model_card
 from webui.training.monitor import TrainingBusyError, TrainingMonitor
 
 TRAIN_JOB_KIND = "train"  # the kind `TrainingService.submit` queues its job under
-EXPORTS_FOLDER_NAME = "exports"
 MAX_LOG_MESSAGES = 200
 # Fields that describe one job rather than a way of training: kept out of presets and model cards.
 JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint")
 _EPOCH_NAME = re.compile(r"^(?P<base>.+)-(?P<epoch>\d{6})$")  # kohya's `name-000002` per-epoch files
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """A queued run: its config and the user it runs for, whose role decides where its states, samples and
+    class images go (`FileAccess.training_for`); kept through the job store like a batch job's user."""
+
+    config: TrainingConfig
+    user: User | None = None
+
+    def encode(self) -> dict[str, Any]:
+        user = {"name": self.user.name, "role": self.user.role} if self.user is not None else None
+        return {"config": self.config.to_dict(), "user": user}
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> TrainingJob:
+        """A stored job; a record from before jobs kept their user (a bare config) runs as the app's own."""
+        if "config" not in data:
+            return cls(TrainingConfig.from_dict(data))
+        user = data.get("user")
+        return cls(TrainingConfig.from_dict(data["config"]),
+                   User(str(user["name"]), str(user.get("role", USER))) if user else None)
 
 
 @dataclass
@@ -63,24 +92,26 @@ class TrainingService:
     files: FileAccess        # datasets and resume states are confined to the app's folders
     loras: LoraCatalog
     network: NetworkPolicy   # whether the Hub upload may run (webui.security.network)
-    paths: TrainingPaths     # where results and working files go
+    paths: TrainingPaths     # where results go (models/); the work folder is each run's owner's (`work_paths`)
     monitor: TrainingMonitor | None = None  # the latest run
     _claim_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def submit(self, config: TrainingConfig, owner: str | None = None, webhook_url: str | None = None) -> Job:
-        """Check the config and dataset now (errors reach the user at once), then train on a worker.
+    def submit(self, config: TrainingConfig, user: User | None = None, webhook_url: str | None = None) -> Job:
+        """Check the config and dataset now (errors reach the user at once), then train on a worker for
+        `user` (None: the app's own), whose training folder receives the run's states and samples.
 
         The base checkpoint defaults to the loaded one. Results are listed as soon as the job ends.
         Callers that take paths from a request go through `start_training`, which confines them first.
         """
+        owner = name_of(user)  # a bare name is refused: the role decides which folders are the user's
         config = self._checked(config)
         with self._claim_lock:  # check and claim in one step: two clicks must not start two runs
             if self.monitor is not None and not self.monitor.finished:
                 raise TrainingBusyError(f"training {self.monitor.config.output_name!r} is still running: "
                                         "cancel it or wait until it finishes")
-            previous, self.monitor = self.monitor, TrainingMonitor(config, owner)
+            previous, self.monitor = self.monitor, TrainingMonitor(config, owner, user)
         try:
-            return self.scheduler.submit(JobSpec(TRAIN_JOB_KIND, config, owner), webhook_url)
+            return self.scheduler.submit(JobSpec(TRAIN_JOB_KIND, TrainingJob(config, user), owner), webhook_url)
         except Exception:  # queue full, shutting down, a request it cannot store: nothing was queued
             with self._claim_lock:  # give the claim back
                 self.monitor = previous
@@ -95,18 +126,22 @@ class TrainingService:
         scan_dataset(config)  # raises DatasetError with the reason before anything is queued
         return config
 
+    def work_paths(self, user: User | None) -> TrainingPaths:
+        """Where a run for `user` writes: the shared model folders, and `user`'s training work folder."""
+        return replace(self.paths, work_dir=self.files.training_for(user))
+
     def job_kinds(self) -> list[JobKind]:
-        return [JobKind(TRAIN_JOB_KIND, run=self._run, encode=lambda config: config.to_dict(),
-                        decode=TrainingConfig.from_dict,
-                        summary=lambda config: f"train {config.method} {config.output_name!r}",
-                        cost=lambda config: float(config.max_train_steps or 1),
+        return [JobKind(TRAIN_JOB_KIND, run=self._run, encode=TrainingJob.encode, decode=TrainingJob.decode,
+                        summary=lambda job: f"train {job.config.method} {job.config.output_name!r}",
+                        cost=lambda job: float(job.config.max_train_steps or 1),
                         result_record=lambda result: {"files": [str(path) for path in result.files],
                                                       "cancelled": bool(result.cancelled)})]
 
-    def _run(self, worker: Worker, config: TrainingConfig, control: JobControl) -> TrainingResult:
+    def _run(self, worker: Worker, job: TrainingJob, control: JobControl) -> TrainingResult:
+        config = job.config
         with self._claim_lock:  # a run queued before a restart has no monitor yet
             if self.monitor is None or self.monitor.config != config:
-                self.monitor = TrainingMonitor(config)
+                self.monitor = TrainingMonitor(config, name_of(job.user), job.user)
             monitor = self.monitor
         try:
             config = self._checked(config)
@@ -118,7 +153,7 @@ class TrainingService:
                 control.set_message(progress.message)
 
             manager = worker.resources
-            result = run_training(config, manager.weights_of(record), self.paths, manager.device,
+            result = run_training(config, manager.weights_of(record), self.work_paths(job.user), manager.device,
                                   on_progress=report, should_stop=lambda: control.interrupted)
         except Exception as error:
             monitor.finish(error=str(error))
@@ -133,16 +168,14 @@ class TrainingService:
 # --------------------------------------------------------------------------------------------
 
 
-def training_root(service: TrainingService) -> Path:
-    return Path(service.paths.work_dir)
+def user_presets_folder(service: TrainingService, user: User | None) -> Path:
+    """Where `user`'s own presets are: training/presets for an admin, training/users/<name>/presets otherwise."""
+    return service.files.root_for(TRAINING_PRESETS, user)
 
 
-def user_presets_folder(service: TrainingService) -> Path:
-    return training_root(service) / "presets"
-
-
-def exports_root(service: TrainingService) -> Path:
-    return training_root(service) / EXPORTS_FOLDER_NAME
+def exports_root(service: TrainingService, user: User | None) -> Path:
+    """Where runs of `user` are exported: training/exports for an admin, training/users/<name>/exports otherwise."""
+    return service.files.root_for(TRAINING_EXPORTS, user)
 
 
 def _current_record(service: TrainingService):
@@ -160,21 +193,61 @@ def model_family(service: TrainingService) -> ModelFamily:
     return family_named(record.architecture.family)
 
 
-def preset_names(service: TrainingService) -> list[str]:
-    """Shipped presets for the model's family (SD2 shares the SD1 ones), then the user's own presets.
-
-    On the embedded default model its own `toy_*` presets come first (128 px; values chosen by the sweep in
-    docs/TRAINING_PRESET_SWEEP.md).
-    """
+def shipped_preset_names(service: TrainingService) -> list[str]:
+    """The presets that ship with the app for the model's family; the same for every user."""
     record = _current_record(service)
     prefixes = (model_family(service).preset_prefix,)
     if record is not None and record.name == DEFAULT_MODEL_NAME:
         prefixes = ("toy_",) + prefixes
-    shipped = [name for prefix in prefixes
-               for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
-    folder = user_presets_folder(service)
-    user = [name for name in list_presets(folder) if (folder / f"{name}.json").is_file()]
-    return shipped + [name for name in user if name not in shipped]
+    return [name for prefix in prefixes
+            for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
+
+
+def preset_names(service: TrainingService, user: User | None) -> list[str]:
+    """Shipped presets for the model's family (SD2 shares the SD1 ones), then `user`'s own presets
+    (another user's are never listed: they are in that user's training folder).
+
+    On the embedded default model its own `toy_*` presets come first (128 px; values chosen by the sweep in
+    docs/TRAINING_PRESET_SWEEP.md).
+    """
+    shipped = shipped_preset_names(service)
+    folder = user_presets_folder(service, user)
+    own = [name for name in list_presets(folder) if (folder / f"{name}.json").is_file()]
+    return shipped + [name for name in own if name not in shipped]
+
+
+def saved_states(service: TrainingService, user: User | None) -> list[str]:
+    """Names of the training states `user` may resume from (`resume_from`), newest first: the folders in
+    their own states folder (training/states for an admin, training/users/<name>/states otherwise)."""
+    folder = service.work_paths(user).states_dir
+    if not folder.is_dir():
+        return []
+    states = [entry for entry in folder.iterdir()
+              if entry.is_dir() and not entry.name.startswith(".") and is_within(entry, folder)]
+    return [entry.name for entry in sorted(states, key=lambda entry: entry.stat().st_mtime, reverse=True)]
+
+
+def exported_runs(service: TrainingService, user: User | None) -> dict[str, list[str]]:
+    """{export name: its files} in `user`'s exports folder (an admin's: training/exports)."""
+    root = exports_root(service, user)
+    if not root.is_dir():
+        return {}
+    return {folder.name: sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                                if path.is_file() and is_within(path, folder))
+            for folder in sorted(root.iterdir()) if folder.is_dir() and is_within(folder, root)}
+
+
+def export_file(service: TrainingService, user: User | None, name: str, file: str) -> Path:
+    """One file of one of `user`'s exports, through the file-access rule (`TRAINING_EXPORT`); a file that
+    is missing and one that is not theirs get the same `LookupError`, so names cannot be probed."""
+    try:
+        path = service.files.resolve(f"{name}/{file}", TRAINING_EXPORT, user)
+    except ValueError:
+        path = None
+    if path is None or not path.is_file() or not (name or "").strip() or "/" in name:
+        raise LookupError(f"no exported file {file!r} in an export named {name!r} of yours; "
+                          "GET /sdapi/v1/train/exports lists them")
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +300,12 @@ def confine_config(service: TrainingService, config: TrainingConfig, user: User 
     if config.dataset_dir.strip():
         changes["dataset_dir"] = str(dataset_folder(service, config.dataset_dir, user))
     if config.resume_from.strip():
-        changes["resume_from"] = str(service.files.resolve(config.resume_from, RESUME_STATE, user))
+        state = service.files.resolve(config.resume_from, RESUME_STATE, user)
+        if not state.is_dir():  # said now, not when the queued job fails on the worker
+            raise TrainingConfigError("resume_from", f"no saved state {config.resume_from.strip()!r} in "
+                                                     f"{service.files.describe(RESUME_STATE, user)} (yours are listed "
+                                                     "by GET /sdapi/v1/train/states)")
+        changes["resume_from"] = str(state)
     return config.replace(**changes)
 
 
@@ -352,14 +430,14 @@ def start_training(service: TrainingService, config: TrainingConfig, user: User 
     training. For a plain user an output name that already names a LoRA, embedding or checkpoint is
     refused: the run would replace a model everyone uses, an admin's action.
     """
-    owner = name_of(user)  # a bare name is refused: the role decides which datasets are the user's
+    name_of(user)  # a bare name is refused: the role decides which datasets are the user's
     if user is not None and not user.is_admin:
         existing = models_named(service, config.output_name)
         if existing:
             raise ValueError(f"output name {config.output_name!r} would replace existing model file(s) "
                              f"({', '.join(sorted(path.name for path in existing)[:5])}); choose another name "
                              "(replacing models needs an admin account)")
-    return service.submit(confine_config(service, config, user), owner, webhook_url)
+    return service.submit(confine_config(service, config, user), user, webhook_url)
 
 
 def models_named(service: TrainingService, output_name: str) -> list[Path]:
@@ -513,7 +591,9 @@ def trigger_words_of(config: TrainingConfig) -> list[str]:
 
 def export_run(service: TrainingService, license_name: str, include_epochs: bool = False,
                viewer: User | None = None) -> tuple[Path, Path]:
-    """Gather the latest run's files, a model card and a sample grid into `<data>/training/exports/<name>/`.
+    """Gather the latest run's files, a model card and a sample grid into `exports/<name>/` of the run's
+    owner's training folder (`training/exports/` for an admin's run, `training/users/<name>/exports/` for
+    a plain user's, also when an admin exports it: the export belongs with the run).
 
     Files are hard-linked where the file system allows (a DreamBooth checkpoint is gigabytes), else copied.
     Returns (export folder, card path); the folder is what "Upload to the Hub" sends. Only the run's owner
@@ -531,7 +611,7 @@ def export_run(service: TrainingService, license_name: str, include_epochs: bool
     if not chosen:
         raise ValueError("the last run was cancelled before its final files were written; "
                          "tick 'Include epoch files' to export the saved epochs")
-    folder = exports_root(service) / config.output_name
+    folder = exports_root(service, monitor.user) / config.output_name
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

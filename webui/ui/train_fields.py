@@ -113,7 +113,7 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("sample_cfg", "Sample CFG scale", "float"),
         _spec("sample_seed", "Sample seed", "int"),
         _spec("resume_from", "Resume from state folder", "text",
-              info="the name of a saved state in training/states (e.g. my_lora-state)"),
+              info="the name of one of your saved states (e.g. my_lora-state); listed here when the page loads"),
     ),
     "Prior preservation (DreamBooth)": (
         _spec("with_prior_preservation", "Use prior preservation (class images)", "bool",

@@ -54,6 +54,8 @@ from webui.training.service import (
     export_run,
     last_run_lora_names,
     preset_names,
+    saved_states,
+    shipped_preset_names,
     start_training,
     training_status,
     visible_run,
@@ -87,6 +89,14 @@ class TrainTab:
     timer: gr.Timer
 
 
+def resume_info(states: list[str]) -> str:
+    """The resume box's hint: the caller's own saved states (another user's are never listed)."""
+    if not states:
+        return "none of your runs saved a state yet: tick 'Save training state' to resume a run later"
+    shown = ", ".join(states[:8]) + (f" and {len(states) - 8} more" if len(states) > 8 else "")
+    return f"one of your saved states, newest first: {shown}"
+
+
 def compare_epochs_request(ctx: AppContext, viewer: User | None = None) -> tuple[str, list[str], list[float]]:
     """(a sample prompt, the last run's LoRA names from first epoch to final, weights) for an X/Y/Z grid;
     only of a run `viewer` may see (theirs, or any for an admin)."""
@@ -113,7 +123,9 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     method = gr.Radio(label="Training method", choices=list(METHOD_CHOICES), value=defaults.method,
                       elem_id="train_method")
     with gr.Row():
-        preset = gr.Dropdown(label="Preset", choices=preset_names(ctx.training), value=None, elem_id="train_preset", scale=3)
+        # The user's own presets join the list when the page loads (`reconnect`): nobody sees another's.
+        preset = gr.Dropdown(label="Preset", choices=shipped_preset_names(ctx.training), value=None,
+                             elem_id="train_preset", scale=3)
         load_preset_button = gr.Button("Load preset", elem_id="train_load_preset", scale=1)
         preset_name = gr.Textbox(label="Save current settings as preset", elem_id="train_preset_name", scale=2)
         save_preset_button = gr.Button("Save preset", elem_id="train_save_preset", scale=1)
@@ -183,25 +195,26 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     preset_fields = [name for name in spec_names if name not in JOB_FIELDS]
     specs_by_name = {spec.name: spec for spec in all_specs()}
 
-    def apply_preset(name: str | None):
+    def apply_preset(name: str | None, request: gr.Request):
         if not name:
             raise gr.Error("Choose a preset to load.")
         try:
-            config = load_preset(name, user_presets_folder(ctx.training))
+            config = load_preset(name, user_presets_folder(ctx.training, caller_of(request)))
         except ValueError as error:
             raise gr.Error(user_error(error)) from None
         values = [widget_value(specs_by_name[field], getattr(config, field)) for field in preset_fields]
         return [config.method] + values + [f"Loaded preset **{name}**."]
 
     def store_preset(request: gr.Request, name: str, *values: Any):
+        """Save into the caller's own presets (training/users/<name>/presets for a plain user): nobody
+        else's list changes, so replacing one's own preset needs no admin."""
+        user = caller_of(request)
         name = (name or "").strip()
-        if name in preset_names(ctx.training):  # presets are shared: replacing one changes it for everybody
-            require_admin(request, f"Replacing the preset {name!r}")
         try:
-            path = save_user_preset(form_values(*values), user_presets_folder(ctx.training), name)
+            path = save_user_preset(form_values(*values), user_presets_folder(ctx.training, user), name)
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
-        return f"Saved preset **{path.stem}** to `{path}`.", gr.update(choices=preset_names(ctx.training), value=path.stem)
+        return f"Saved preset **{path.stem}**.", gr.update(choices=preset_names(ctx.training, user), value=path.stem)
 
     load_preset_button.click(apply_preset, inputs=preset,
                              outputs=[method] + [fields[name] for name in preset_fields] + [preset_message])
@@ -250,9 +263,12 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         titles = ctx.models.checkpoint_titles()
         if chosen not in titles:
             chosen = ctx.models.current_checkpoint_title() or next(iter(titles), None)
-        return render({}, request) + (gr.update(choices=titles, value=chosen), gr.update(choices=preset_names(ctx.training)))
+        user = caller_of(request)
+        return render({}, request) + (gr.update(choices=titles, value=chosen),
+                                      gr.update(choices=preset_names(ctx.training, user)),
+                                      gr.update(info=resume_info(saved_states(ctx.training, user))))
 
-    reconnect_outputs = run_outputs + [base_checkpoint, preset]
+    reconnect_outputs = run_outputs + [base_checkpoint, preset, fields["resume_from"]]
     blocks.load(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
     # Opening the tab shows runs started meanwhile elsewhere (the API, another browser) and new models.
     tab.select(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")
@@ -264,7 +280,8 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
         names = ", ".join(f"`{path.name}`" for path in sorted(folder.iterdir()))
-        return f"Exported to `{folder}`: {names}. The model card is `{card.name}`."
+        return (f"Exported to `{folder}`: {names}. The model card is `{card.name}`. "
+                f"API clients download the files from `/sdapi/v1/train/exports/{folder.name}/<file>`.")
 
     def upload_files(repo: str, hub_token: str, is_private: bool, license_value: str, epochs: bool,
                      request: gr.Request) -> str:
