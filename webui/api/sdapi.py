@@ -219,7 +219,7 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
             user.require_admin("keeping override_settings as everyone's options "
                                "(override_settings_restore_afterwards: false)")
         script = script_call(body.script_name, body.script_args, body.alwayson_scripts, is_img2img,
-                             save_grid=request.save_images)
+                             save_grid=request.save_images, registry=ctx.xyz.registry)
         if script is not None:
             job = await run_in_threadpool(functools.partial(
                 ctx.xyz.submit, request, script.x, script.y, script.z, script.options, owner=user.name))
@@ -295,7 +295,8 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
     @router.get("/samplers")
     @translate_errors
     def samplers() -> list[dict[str, Any]]:
-        return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
+        added = [{"name": name, "aliases": [], "options": {}} for name in ctx.generation.hooks.samplers()]
+        return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS] + added
 
     @router.get("/schedulers")
     @translate_errors
@@ -385,7 +386,7 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
                 "precision": s.precision, "data_dir": str(s.data_dir), "auth": bool(s.auth)}
 
     router.include_router(build_extras_router(ctx))
-    router.include_router(build_scripts_router())
+    router.include_router(build_scripts_router(lambda: ctx.xyz.registry))  # extensions' axes included
     return router
 
 
