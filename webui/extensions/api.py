@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, Registration
+from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.security.identity import NotAuthenticated, request_user
 
@@ -53,6 +54,9 @@ __all__ = [
 # Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
 RESERVED_PREFIXES = ("/sdapi", "/api", "/gradio_api", "/login", "/logout", "/docs", "/openapi.json", "/file",
                      "/assets", "/static", "/config", "/theme", "/queue", "/upload", "/info", "/manifest")
+# Folders of the data folder the app uses itself (an extension's `user_folder` is never one of them).
+APP_FOLDERS = frozenset({"models", "outputs", "datasets", "training", "extensions", "extension-data", "cache", "jobs",
+                         "inputs", "embeddings", "logs"})
 _PREFIX = re.compile(r"^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$")
 
 # Hook names: the keys of the registry's table (strings so that the table is data).
@@ -197,9 +201,10 @@ class ImageReady:
 
     def set_parameter(self, key: str, value: Any) -> None:
         """Write `key: value` into this image's infotext (PNG Info and send-to read it back)."""
-        if not isinstance(key, str) or not key.strip() or any(c in key for c in ":,\n"):
-            raise ExtensionError(f"set_parameter: {key!r} is not a usable infotext key (no ':', ',' or newline)")
-        self._added[key.strip()] = value
+        if not is_valid_infotext_key(key):
+            raise ExtensionError(f"set_parameter: {key!r} is not a usable infotext key (at least 2 characters: "
+                                 "letters, digits, '_', spaces, '-' or '/', starting with a letter or digit)")
+        self._added[key] = value
 
     def inpaint(self, image: Image.Image, mask: Image.Image, *, prompt: str | None = None,
                 negative_prompt: str | None = None, denoising_strength: float = 0.4, steps: int | None = None,
@@ -366,6 +371,14 @@ class ExtensionSetup:
         folder = self._data_root / self._record.name
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def user_folder(self, name: str) -> Path:
+        """`<data>/<name>/`: a folder of files the user keeps for extensions to read (e.g. `wildcards`); one
+        plain name, not a folder the app itself uses (models, outputs, extensions, ...). Not created."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or "") or name.casefold() in APP_FOLDERS:
+            raise ExtensionError(f"user_folder: {name!r} is not allowed (one plain name that is not one of "
+                                 f"{', '.join(sorted(APP_FOLDERS))})")
+        return self._data_root.parent / name
 
     def _add(self, hook: str, function: Callable[..., Any], returns: Any = None, payload: Any = None) -> None:
         if not callable(function):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from webui.extensions import api
 from webui.extensions.registry import ExtensionRegistry, HookFailure, Registration
-from webui.generation.hooks import DenoisingHooks, GenerationHooks, ImageInfo, JobInfo, SchedulerFactory, UNetCall, UNetInput
+from webui.generation.hooks import DenoisingHooks, GenerationHooks, ImageInfo, JobInfo, SchedulerFactory, UNetInput
 from webui.xyz.axes import AxisOption, AxisRegistry, default_axis_registry
 from webui.xyz.ranges import AxisValueError
 
@@ -149,7 +149,7 @@ class ExtensionDenoising(DenoisingHooks):
     def residuals(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
-        call = UNetCall(unet_input.sample, unet_input.timestep, unet_input.encoder_hidden_states, self._job.request)
+        call = api.UNetCall(unet_input.sample, unet_input.timestep, unet_input.encoder_hidden_states, self._job.request)
         for row in self._registry.rows(api.UNET_RESIDUALS):
             ok, added = self._hooks._call(row, call, self._warnings)
             if not ok or added is None:

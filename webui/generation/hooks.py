@@ -57,7 +57,7 @@ class UNetInput:
     extra: Mapping[str, Any] = field(default_factory=dict)  # the pipeline's other keyword arguments
 
 
-UNetCall = Callable[[UNetInput], torch.Tensor]
+UNetFunction = Callable[[UNetInput], torch.Tensor]
 
 
 class DenoisingHooks:
@@ -76,7 +76,7 @@ class DenoisingHooks:
         """Extra down-block and mid-block residuals for this UNet call ((None, None) = none)."""
         return None, None
 
-    def call_unet(self, unet_input: UNetInput, call: UNetCall) -> torch.Tensor:
+    def call_unet(self, unet_input: UNetInput, call: UNetFunction) -> torch.Tensor:
         """Run the UNet (possibly differently, e.g. tiled) through `call`; returns its noise prediction."""
         return call(unet_input)
 
