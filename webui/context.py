@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from webui.extensions.generation_hooks import ExtensionGenerationHooks, extension_axes
-from webui.extensions.host import load_for_app
+from webui.extensions.host import load_for_app, switches_for
 from webui.extensions.registry import ExtensionRegistry
+from webui.extensions.service import ExtensionService
 from webui.generation.hooks import GenerationHooks
 from webui.generation.requests import GenerationLimits
 from webui.generation.service import GenerationService
@@ -62,6 +63,7 @@ class AppContext:
     jobs: QueueService       # who sees and stops which job (job API, Queue tab)
     job_store: JobStore
     extensions: ExtensionRegistry  # what the loaded extensions registered (webui.extensions)
+    extension_service: ExtensionService  # the Extensions tab's use cases: list, switch, install, update, uninstall
 
     def close(self) -> None:
         """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
@@ -117,7 +119,8 @@ def build_context(settings: Settings) -> AppContext:
                       loras=loras, files=files, network=network, request_limits=request_limits, models=models,
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
                       jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
-                      extensions=extensions)
+                      extensions=extensions,
+                      extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 
 def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: GenerationHooks) -> list[ModelManager]:

@@ -61,6 +61,7 @@ class Settings:
     skip_install: bool = False
     disable_all_extensions: bool = False    # A1111's flag: load no extension, shipped ones included
     disable_extra_extensions: bool = False  # A1111's flag: load only the shipped extensions-builtin/
+    enable_insecure_extension_access: bool = False  # A1111's flag: extension installs with --listen/--share
     allow_hub: bool = False  # may a request make the server download from / upload to the Hugging Face Hub
     extra: dict = field(default_factory=dict)
 
@@ -192,7 +193,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="load no extension (the Extensions tab still lists them)")
     parser.add_argument("--disable-extra-extensions", action="store_true",
                         help="load only the shipped extensions in extensions-builtin/")
-    parser.add_argument("--skip-install", action="store_true", help="do not create/update the virtual environment")
+    parser.add_argument("--enable-insecure-extension-access", action="store_true",
+                        help="with --listen/--share, still let admins install, update and uninstall extensions from "
+                        "the Extensions tab (an extension runs code with the app's rights; refused by default)")
+    parser.add_argument("--skip-install", action="store_true",
+                        help="do not create/update the virtual environment, nor install extensions' requirements")
     parser.add_argument("--allow-hub", action="store_true",
                         help="let requests download checkpoints and captioning models from the Hugging Face Hub "
                              "and upload trained models to it (default: off, no request makes the server contact the Hub)")
@@ -302,6 +307,7 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         skip_install=args.skip_install,
         disable_all_extensions=args.disable_all_extensions,
         disable_extra_extensions=args.disable_extra_extensions,
+        enable_insecure_extension_access=args.enable_insecure_extension_access,
         allow_hub=args.allow_hub,
         extra={k: v for k, v in config.items() if k not in known},
     )

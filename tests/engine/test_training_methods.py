@@ -391,3 +391,23 @@ def test_the_target_follows_the_base_scheduler_prediction_type(base):
     alphas = velocity.alphas_cumprod[timesteps].reshape(2, 1, 1, 1)
     expected = alphas.sqrt() * noise - (1 - alphas).sqrt() * latents
     assert torch.allclose(prediction_target(velocity, latents, noise, timesteps), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+def test_generation_and_training_encode_text_with_one_rule(base, tmp_path, clip_skip):
+    """Issue 17: the app's prompt encoder and the trainer's caption encoder agree for a prompt of one chunk,
+    on SD1 (the default model) and SDXL (both encoders, penultimate layers, pooled output)."""
+    from webui.generation.conditioning import PromptEncoder
+    from webui.training.loop import encode_captions
+
+    for weights in (base, tiny_sdxl_weights(tmp_path)):
+        pipeline = build_pipeline(weights, CPU, torch.float32)
+        family = weights.architecture.family
+        models = TrainerModels(pipeline=pipeline, family=family, device=CPU, base=weights, base_hash="")
+        generated = PromptEncoder(pipeline, family, clip_skip).encode("a red circle on a blue background")
+        with torch.no_grad():
+            hidden, pooled = encode_captions(models, ["a red circle on a blue background"], clip_skip)
+        assert torch.allclose(generated.hidden, hidden, atol=1e-6), family
+        assert (generated.pooled is None) == (pooled is None) == (family != "sdxl")
+        if pooled is not None:
+            assert torch.allclose(generated.pooled, pooled, atol=1e-6)

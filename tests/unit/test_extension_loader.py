@@ -198,3 +198,51 @@ def test_a_route_prefix_the_app_uses_is_refused(tmp_path, prefix):
     """)
     record = load(tmp_path).records["routes"]
     assert record.state == FAILED and "is not allowed" in record.problem
+
+
+def test_extension_settings_are_declared_checked_and_kept_across_restarts(tmp_path):
+    from webui.extensions.settings_store import ExtensionSettings
+
+    code = """
+        from webui.extensions import api
+
+        def setup(ext):
+            ext.add_setting(api.Setting("mode", "Mode", "random", choices=("random", "combinatorial")))
+            ext.add_setting(api.Setting("max_count", "Most images", 100, minimum=1, maximum=1000))
+            ext.add_setting(api.Setting("enabled", "On", True))
+            ext.on_app_started(lambda started: None)
+            (ext.data_folder / "seen.txt").write_text(str(ext.setting("max_count")))
+    """
+    write_extension(tmp_path / "extensions", "tuned", code)
+
+    def load_with_settings():
+        registry = ExtensionRegistry(api.API_VERSION, ExtensionSettings(tmp_path / "extension_settings.json"))
+        return load_extensions(registry, [(tmp_path / "extensions", False)], ExtensionSwitches(tmp_path / "x.json"),
+                               lambda record: api.ExtensionSetup(registry, record, tmp_path / "extension-data"))
+
+    settings = load_with_settings().settings
+    assert [(extension, spec.key) for extension, spec in settings.declared()] == [
+        ("tuned", "mode"), ("tuned", "max_count"), ("tuned", "enabled")]
+    assert (tmp_path / "extension-data" / "tuned" / "seen.txt").read_text() == "100"
+    assert settings.set("tuned", "max_count", "250") == 250
+    for key, bad, reason in [("mode", "sideways", "is not one of random, combinatorial"),
+                             ("max_count", 0, "outside"), ("max_count", "many", "not an integer"),
+                             ("enabled", "yes", "expected true or false"), ("nothing", 1, "declares no setting")]:
+        with pytest.raises(ValueError, match=reason):
+            settings.set("tuned", key, bad)
+    load_with_settings()
+    assert (tmp_path / "extension-data" / "tuned" / "seen.txt").read_text() == "250"
+
+
+def test_a_bad_setting_declaration_fails_the_extension(tmp_path):
+    write_extension(tmp_path / "extensions", "twice", """
+        from webui.extensions import api
+
+        def setup(ext):
+            ext.add_setting(api.Setting("mode", "Mode", "a", choices=("a", "b")))
+            ext.add_setting(api.Setting("mode", "Mode again", "a"))
+    """)
+    registry = load(tmp_path)
+    assert registry.records["twice"].state == FAILED
+    assert "declared twice" in registry.records["twice"].problem
+    assert registry.settings.declared() == []

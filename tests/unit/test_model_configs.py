@@ -26,8 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if __name__ == "__main__":  # run as the offline probe: make `webui` importable
     sys.path.insert(0, str(REPO_ROOT))
 
+from webui.models.families import family_names  # noqa: E402
 from webui.models.model_configs import (  # noqa: E402
-    FAMILIES,
     component_names,
     config_dir,
     load_component_config,
@@ -36,6 +36,7 @@ from webui.models.model_configs import (  # noqa: E402
     tokenizer_folders,
 )
 
+FAMILIES = tuple(sorted(family_names()))  # ("sd1", "sd2", "sdxl")
 START, END = 49406, 49407
 EXCLAMATION_ID = 0  # "!" is the first byte character, the pad token of OpenCLIP encoders
 CLIP_LENGTH = 77

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from webui.api.a1111_options import ApiOptions
+from webui.api.extensions_api import build_extensions_router
 from webui.api.jobs_api import build_jobs_router
 from webui.api.sdapi import build_api_router
 from webui.api.train_api import build_train_router
@@ -17,3 +18,4 @@ def install_api(app: FastAPI, ctx: AppContext) -> None:
     app.include_router(build_api_router(ctx, options))
     app.include_router(build_train_router(ctx))
     app.include_router(build_jobs_router(ctx, options))
+    app.include_router(build_extensions_router(ctx))

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, Registration
+from webui.extensions.settings_store import SettingError, SettingSpec, SettingValue
 from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.security.identity import NotAuthenticated, request_user
@@ -42,7 +43,7 @@ API_VERSION = "1.0.0"
 
 __all__ = [
     "API_VERSION", "ExtensionSetup", "ExtensionError", "Services", "AppStarted", "AppStartedHook", "Caller",
-    "caller_of", "Txt2ImgRequest", "Img2ImgRequest", "JobOutcome",
+    "caller_of", "Txt2ImgRequest", "Img2ImgRequest", "JobOutcome", "Setting", "SettingValue",
     # -- generation-time hooks (ext-gen) --
     "PromptExpansion", "PromptExpansionHook", "BeforeRequest", "BeforeRequestHook", "ImageReady",
     "AfterImageHook", "BatchDone", "AfterBatchHook", "DenoisingStep", "DenoisingStepHook", "UNetCall",
@@ -76,6 +77,11 @@ VAE_ENCODE = "vae_encode"
 MODEL_LOADED = "model_loaded"
 SAMPLER = "sampler"
 XYZ_AXIS = "xyz_axis"
+
+
+# A setting an extension declares: key, label, default (its type is the setting's type: bool, int, float
+# or str), optional choices (a dropdown), minimum/maximum for numbers, help text. Shown in the Settings tab.
+Setting = SettingSpec
 
 
 class ExtensionError(ValueError):
@@ -384,6 +390,19 @@ class ExtensionSetup:
         if not callable(function):
             raise ExtensionError(f"{hook}: expected a function, got {type(function).__name__}")
         self._registry.register(Registration(self._record.name, hook, function, returns, payload))
+
+    def add_setting(self, setting: Setting) -> None:
+        """Declare a setting (shown in the Settings tab under the extension's name, kept across restarts)."""
+        if not isinstance(setting, SettingSpec):
+            raise ExtensionError(f"add_setting: expected an api.Setting, got {type(setting).__name__}")
+        try:
+            self._registry.settings.declare(self._record.name, setting)
+        except SettingError as error:
+            raise ExtensionError(f"add_setting: {error}") from None
+
+    def setting(self, key: str) -> SettingValue:
+        """The setting's current value (read at each call: a change in the Settings tab applies at once)."""
+        return self._registry.settings.value(self._record.name, key)
 
     def on_app_started(self, hook: AppStartedHook) -> None:
         """Called once the server answers requests (after every extension's setup)."""

@@ -9,6 +9,7 @@ from typing import Any
 from webui.extensions import api
 from webui.extensions.loader import SWITCHES_FILE, ExtensionSwitches, load_extensions
 from webui.extensions.registry import ExtensionRegistry, HookFailure
+from webui.extensions.settings_store import SETTINGS_FILE, ExtensionSettings
 from webui.settings import Settings
 
 EXTENSION_DATA_FOLDER = "extension-data"
@@ -30,7 +31,7 @@ def switches_for(settings: Settings) -> ExtensionSwitches:
 
 def load_for_app(settings: Settings) -> ExtensionRegistry:
     """Discover and load every extension the settings allow; problems become records, never exceptions."""
-    registry = ExtensionRegistry(api.API_VERSION)
+    registry = ExtensionRegistry(api.API_VERSION, ExtensionSettings(settings.data_dir / SETTINGS_FILE))
     data_root = extension_data_root(settings)
     return load_extensions(registry, extension_roots(settings), switches_for(settings),
                            lambda record: api.ExtensionSetup(registry, record, data_root),

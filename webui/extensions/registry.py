@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.extensions.manifest import ExtensionManifest
+from webui.extensions.settings_store import ExtensionSettings
 
 log = logging.getLogger("sdstudio.extensions")
 
@@ -97,8 +98,9 @@ class HookFailure(Exception):
 class ExtensionRegistry:
     """The extensions found at start and everything they registered."""
 
-    def __init__(self, api_version: str):
+    def __init__(self, api_version: str, settings: ExtensionSettings | None = None):
         self.api_version = api_version
+        self.settings = settings if settings is not None else ExtensionSettings(None)
         self.records: dict[str, ExtensionRecord] = {}
         self._rows: list[Registration] = []
         self._lock = threading.Lock()
@@ -112,9 +114,10 @@ class ExtensionRegistry:
             self._rows.append(registration)
 
     def forget(self, extension: str) -> None:
-        """Drop every row of an extension whose setup failed half way."""
+        """Drop every row (and setting) of an extension whose setup failed half way."""
         with self._lock:
             self._rows = [row for row in self._rows if row.extension != extension]
+        self.settings.forget(extension)
 
     # -- read by the app ---------------------------------------------------------------------------
     def rows(self, hook: str) -> list[Registration]:
@@ -125,6 +128,25 @@ class ExtensionRegistry:
 
     def has(self, hook: str) -> bool:
         return bool(self.rows(hook))
+
+    def registrations(self, extension: str) -> list[Registration]:
+        """Everything an extension registered, in order, whether or not it is still on (for the Extensions
+        tab and the check)."""
+        with self._lock:
+            return [row for row in self._rows if row.extension == extension]
+
+    def hooks_of(self, extension: str) -> list[str]:
+        return list(dict.fromkeys(row.hook for row in self.registrations(extension)))
+
+    def switch_off(self, extension: str) -> bool:
+        """A loaded extension's hooks stop at once (the user disabled it); what it added to the UI or the
+        routes stays until the next start. False when it was not loaded."""
+        record = self.records.get(extension)
+        with self._lock:
+            if record is None or record.state != LOADED:
+                return False
+            record.state = DISABLED
+        return True
 
     def call_one(self, row: Registration, *args: Any, warnings: list[str] | None = None) -> Any:
         """Call one row, timed and isolated. A failure switches the extension off, appends a warning and

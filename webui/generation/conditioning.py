@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from webui.generation.prompt_syntax import BREAK_MARKER, get_prompt_schedule, parse_prompt_attention
+from webui.models.families import family_named
 
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
@@ -89,18 +90,12 @@ def _apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return weighted * (original_mean / new_mean).to(hidden.dtype)
 
 
-def _final_layer_norm(encoder) -> torch.nn.Module:
-    """The CLIP text model's last LayerNorm (transformers 5 dropped the `text_model` level on CLIPTextModel)."""
-    inner = getattr(encoder, "text_model", encoder)
-    return inner.final_layer_norm
-
-
 class PromptEncoder:
     """Encodes prompts for one loaded pipeline; caches by text within a request."""
 
     def __init__(self, pipeline, family: str, clip_skip: int = 1):
         self.pipeline = pipeline
-        self.family = family
+        self.family = family_named(family)
         self.clip_skip = max(1, clip_skip)
         self._cache: dict[str, PromptEmbedding] = {}
 
@@ -108,36 +103,21 @@ class PromptEncoder:
     def _device(self) -> torch.device:
         return self.pipeline.text_encoder.device
 
-    def _encode_chunk_sd(self, chunk: TokenChunk) -> torch.Tensor:
-        encoder = self.pipeline.text_encoder
-        ids = torch.tensor([chunk.ids], device=self._device)
-        output = encoder(ids, output_hidden_states=self.clip_skip > 1)
-        if self.clip_skip > 1:
-            hidden = _final_layer_norm(encoder)(output.hidden_states[-self.clip_skip])
-        else:
-            hidden = output.last_hidden_state
-        return _apply_weights(hidden, torch.tensor(chunk.weights, device=hidden.device))
-
-    def _encode_chunk_sdxl(self, chunk_l: TokenChunk, chunk_g: TokenChunk) -> tuple[torch.Tensor, torch.Tensor]:
-        # SDXL conditions on the penultimate layer of both encoders, without the final norm.
-        layer = -(self.clip_skip + 1)
-        out_l = self.pipeline.text_encoder(torch.tensor([chunk_l.ids], device=self._device), output_hidden_states=True)
-        out_g = self.pipeline.text_encoder_2(torch.tensor([chunk_g.ids], device=self._device), output_hidden_states=True)
-        hidden = torch.cat([out_l.hidden_states[layer], out_g.hidden_states[layer]], dim=-1)
-        return _apply_weights(hidden, torch.tensor(chunk_l.weights, device=hidden.device)), out_g.text_embeds
-
     @torch.no_grad()
     def encode(self, prompt: str) -> PromptEmbedding:
+        """Each text encoder tokenizes the prompt into chunks (the same split for all: they share CLIP's
+        vocabulary); each chunk is encoded by the family's rule and weighted by the first tokenizer's weights."""
         if prompt in self._cache:
             return self._cache[prompt]
-        if self.family == "sdxl":
-            chunks_l = tokenize_weighted(self.pipeline.tokenizer, prompt)
-            chunks_g = tokenize_weighted(self.pipeline.tokenizer_2, prompt)
-            parts = [self._encode_chunk_sdxl(a, b) for a, b in zip(chunks_l, chunks_g)]
-            embedding = PromptEmbedding(torch.cat([p[0] for p in parts], dim=1), parts[0][1])
-        else:
-            chunks = tokenize_weighted(self.pipeline.tokenizer, prompt)
-            embedding = PromptEmbedding(torch.cat([self._encode_chunk_sd(c) for c in chunks], dim=1), None)
+        encoders = [getattr(self.pipeline, name) for name in self.family.text_encoders]
+        chunked = [tokenize_weighted(getattr(self.pipeline, name), prompt) for name in self.family.tokenizers]
+        hidden_parts, pooled = [], None
+        for chunks in zip(*chunked):
+            ids = [torch.tensor([chunk.ids], device=self._device) for chunk in chunks]
+            hidden, chunk_pooled = self.family.encode_token_ids(encoders, ids, self.clip_skip)
+            hidden_parts.append(_apply_weights(hidden, torch.tensor(chunks[0].weights, device=hidden.device)))
+            pooled = chunk_pooled if pooled is None else pooled  # the first chunk's pooled vector, like A1111
+        embedding = PromptEmbedding(torch.cat(hidden_parts, dim=1), pooled)
         self._cache[prompt] = embedding
         return embedding
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webui.models.checkpoint_files import CheckpointReadError, read_key_shapes
+from webui.models.families import family_of_diffusers
 from webui.models.hashing import HashCache
 from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture
 from webui.security.network import NetworkPolicy
@@ -58,21 +59,14 @@ class CheckpointRecord:
 
 
 def architecture_of_diffusers_folder(folder: Path) -> Architecture:
-    """Tell SD1/SD2/SDXL apart from a diffusers folder's UNet config."""
+    """The family of a diffusers folder, from its UNet config and component folders."""
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise UnsupportedCheckpointError(f"{folder.name}: unreadable unet/config.json ({error})") from error
     in_channels = int(unet.get("in_channels", 4))
-    if unet.get("addition_embed_type") == "text_time" or (folder / "text_encoder_2").is_dir():
-        family, label = "sdxl", "SDXL"
-    elif unet.get("cross_attention_dim") == 1024:
-        family, label = "sd2", "SD2.x"
-    else:
-        family, label = "sd1", "SD1.x"
-    if in_channels == 9:
-        label += " inpainting"
-    return Architecture(family=family, unet_in_channels=in_channels, label=label)
+    family = family_of_diffusers(unet, {path.name for path in folder.iterdir() if path.is_dir()})
+    return Architecture(family=family.name, unet_in_channels=in_channels, label=family.architecture_label(in_channels))
 
 
 def is_diffusers_folder(path: Path) -> bool:

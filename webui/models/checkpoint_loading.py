@@ -17,11 +17,9 @@ import torch
 
 from webui.models.catalog import CheckpointRecord
 from webui.models.checkpoint_files import CheckpointReadError, read_state_dict
+from webui.models.families import TXT2IMG, family_named
 from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture, ldm_to_diffusers
 from webui.models.model_configs import config_dir, load_component_config
-
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
-
 
 class CheckpointLoadError(ValueError):
     """The checkpoint cannot be turned into a pipeline; the message names the file and the reason."""
@@ -53,7 +51,7 @@ def _shape_relevant(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _component_names(family: str) -> tuple[str, ...]:
-    return ("unet", "vae", "text_encoder", "text_encoder_2") if family == "sdxl" else ("unet", "vae", "text_encoder")
+    return family_named(family).components
 
 
 def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype) -> CheckpointWeights:
@@ -164,30 +162,30 @@ def build_module(component: str, config: dict[str, Any], state_dict: dict[str, t
 def load_tokenizers(folder: Path, family: str) -> list:
     from transformers import CLIPTokenizer
 
-    names = ("tokenizer", "tokenizer_2") if family == "sdxl" else ("tokenizer",)
-    return [CLIPTokenizer.from_pretrained(folder / name, local_files_only=True) for name in names]
+    return [CLIPTokenizer.from_pretrained(folder / name, local_files_only=True)
+            for name in family_named(family).tokenizers]
 
 
 def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torch.dtype):
-    """A diffusers text-to-image pipeline for these weights (SD1/SD2 or SDXL class)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    """A diffusers text-to-image pipeline of the family's class for these weights."""
+    import inspect
 
-    modules = {
+    import diffusers
+
+    family = family_named(weights.architecture.family)
+    modules: dict[str, Any] = {
         name: build_module(name, weights.configs[name], weights.state_dicts[name], device, dtype)
         for name in weights.configs
     }
-    tokenizers = load_tokenizers(weights.tokenizer_folder, weights.architecture.family)
-    scheduler = EulerDiscreteScheduler.from_config(weights.scheduler_config)
-    if weights.architecture.family == "sdxl":
-        pipeline = StableDiffusionXLPipeline(
-            vae=modules["vae"], text_encoder=modules["text_encoder"], text_encoder_2=modules["text_encoder_2"],
-            tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], unet=modules["unet"], scheduler=scheduler,
-        )
-    else:
-        pipeline = StableDiffusionPipeline(
-            vae=modules["vae"], text_encoder=modules["text_encoder"], tokenizer=tokenizers[0], unet=modules["unet"],
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+    modules.update(zip(family.tokenizers, load_tokenizers(weights.tokenizer_folder, family.name)))
+    modules["scheduler"] = diffusers.EulerDiscreteScheduler.from_config(weights.scheduler_config)
+    pipeline_class = getattr(diffusers, family.pipeline_class_name(TXT2IMG))
+    accepted = inspect.signature(pipeline_class.__init__).parameters
+    # Optional components a single-file checkpoint never holds (SD's safety checker) are left out.
+    options = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder") if name in accepted}
+    if "requires_safety_checker" in accepted:
+        options["requires_safety_checker"] = False
+    pipeline = pipeline_class(**modules, **options)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

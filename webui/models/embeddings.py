@@ -29,7 +29,7 @@ from webui.models.checkpoint_files import (
     read_key_shapes,
     read_state_dict,
 )
-from webui.models.ldm_conversion import FAMILY_SD1, FAMILY_SD2, FAMILY_SDXL
+from webui.models.families import family_named
 
 EMBEDDING_SUFFIXES = frozenset({".pt", ".bin", ".safetensors"})
 FIRST_ENCODER = "te1"
@@ -412,10 +412,8 @@ class EmbeddingInjector:
     """
 
     def __init__(self, pipeline: object, family: str) -> None:
-        if family not in (FAMILY_SD1, FAMILY_SD2, FAMILY_SDXL):
-            raise ValueError(f"unknown model family {family!r}")
         self.pipeline = pipeline
-        self.family = family
+        self.family = family_named(family)  # ValueError for an unknown family
         self._active: dict[str, Embedding] = {}
         self._tokens: dict[str, list[str]] = {}
         self._encoder_changes: list[_EncoderChange] = []
@@ -425,10 +423,10 @@ class EmbeddingInjector:
     # -- queries -------------------------------------------------------------------------------
 
     def _encoder_pairs(self) -> dict[str, tuple[object, nn.Module]]:
-        pairs = {FIRST_ENCODER: (self.pipeline.tokenizer, self.pipeline.text_encoder)}
-        if self.family == FAMILY_SDXL:
-            pairs[SECOND_ENCODER] = (self.pipeline.tokenizer_2, self.pipeline.text_encoder_2)
-        return pairs
+        # An embedding file has one vector table per text encoder of the family, in encoder order.
+        return {key: (getattr(self.pipeline, tokenizer), getattr(self.pipeline, encoder))
+                for key, tokenizer, encoder in zip((FIRST_ENCODER, SECOND_ENCODER), self.family.tokenizers,
+                                                   self.family.text_encoders)}
 
     @property
     def encoder_widths(self) -> dict[str, int]:

@@ -25,21 +25,17 @@ from diffusers.loaders.single_file_utils import (
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
-FAMILY_SD1 = "sd1"
-FAMILY_SD2 = "sd2"
-FAMILY_SDXL = "sdxl"
-SUPPORTED_FAMILIES = (FAMILY_SD1, FAMILY_SD2, FAMILY_SDXL)
+from webui.models.families import family_names, family_named, family_of_ldm_keys, sd1, sd2, sdxl
+from webui.models.families.base import LdmTextEncoder
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
-SD1_CLIP_PREFIX = "cond_stage_model.transformer."
-SD2_OPEN_CLIP_PREFIX = "cond_stage_model.model."
-SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
-SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+SD1_CLIP_PREFIX = sd1.LDM_CLIP_PREFIX
+SD2_OPEN_CLIP_PREFIX = sd2.LDM_OPEN_CLIP_PREFIX
+SDXL_CLIP_PREFIX = sdxl.LDM_CLIP_PREFIX
+SDXL_OPEN_CLIP_PREFIX = sdxl.LDM_OPEN_CLIP_PREFIX
 SDXL_EMBEDDER_PREFIX = "conditioner.embedders."
 UNET_CONV_IN_KEY = LDM_UNET_PREFIX + "input_blocks.0.0.weight"
-
-_FAMILY_LABELS = ((FAMILY_SD1, "SD1.x"), (FAMILY_SD2, "SD2.x"), (FAMILY_SDXL, "SDXL"))
 
 # diffusers ResnetBlock2D parameter names -> LDM ResBlock names (UNet).
 _UNET_RESNET_TO_LDM = (
@@ -171,21 +167,6 @@ def _describe_non_checkpoint(keys: list[str]) -> str:
     return "not a Stable Diffusion model"
 
 
-def _text_encoder_family(keys: list[str]) -> str | None:
-    if _any_key_starts(keys, SDXL_CLIP_PREFIX) and _any_key_starts(keys, SDXL_OPEN_CLIP_PREFIX):
-        return FAMILY_SDXL
-    if _any_key_starts(keys, SD2_OPEN_CLIP_PREFIX):
-        return FAMILY_SD2
-    if _any_key_starts(keys, SD1_CLIP_PREFIX):
-        return FAMILY_SD1
-    return None
-
-
-def _label(family: str, unet_in_channels: int) -> str:
-    base = dict(_FAMILY_LABELS)[family]
-    return f"{base} inpainting" if unet_in_channels == 9 else base
-
-
 def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architecture:
     """Classify an LDM-layout checkpoint from its key names and shapes (no tensor data needed)."""
     keys = list(key_shapes)
@@ -194,9 +175,10 @@ def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architectu
     foreign = _foreign_model_with_sd_like_keys(keys)
     if foreign is not None:
         raise UnsupportedCheckpointError(
-            f"Unsupported checkpoint: looks like {foreign}; only SD1.x, SD2.x and SDXL are supported"
+            f"Unsupported checkpoint: looks like {foreign}; only "
+            f"{', '.join(family_named(name).label for name in reversed(family_names()))} are supported"
         )
-    family = _text_encoder_family(keys)
+    family = family_of_ldm_keys(keys)
     conv_in_shape = key_shapes.get(UNET_CONV_IN_KEY)
     if family is None or conv_in_shape is None:
         raise UnsupportedCheckpointError(
@@ -217,17 +199,12 @@ def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architectu
             f"Unsupported checkpoint: the UNet takes {in_channels} input channels "
             "(only 4 = text-to-image and 9 = inpainting are supported)"
         )
-    return Architecture(family=family, unet_in_channels=in_channels, label=_label(family, in_channels))
+    return Architecture(family=family.name, unet_in_channels=in_channels, label=family.architecture_label(in_channels))
 
 
 # --------------------------------------------------------------------------------------------
 # LDM -> diffusers (diffusers' own converters, plus the fit-up they leave to the caller)
 # --------------------------------------------------------------------------------------------
-
-
-def _check_family(family: str) -> None:
-    if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"Unknown model family {family!r}; expected one of {SUPPORTED_FAMILIES}")
 
 
 def _with_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -290,10 +267,10 @@ def _drop_open_clip_layers_beyond(
 
 
 def _convert_clip_l(
-    state_dict: Mapping[str, Tensor], prefix: str, config: Mapping[str, object]
+    state_dict: Mapping[str, Tensor], prefix: str, config: Mapping[str, object], legacy_key_fixup: bool = False
 ) -> dict[str, Tensor]:
     clip_state = _with_prefix(state_dict, prefix)
-    if prefix == SD1_CLIP_PREFIX:
+    if legacy_key_fixup:
         clip_state = _normalise_legacy_sd1_clip_keys(clip_state)
     converted = convert_ldm_clip_checkpoint(clip_state)
     model = _build_text_model_on_meta(config, with_projection=False)
@@ -321,7 +298,7 @@ def ldm_to_diffusers(
     ``load_state_dict(strict=True)``. A checkpoint saved without a VAE yields no "vae" entry, so the
     caller can fall back to a separate VAE file.
     """
-    _check_family(family)
+    text_encoders = family_named(family).ldm_text_encoders  # ValueError for an unknown family, first
     unet_state = _with_prefix(state_dict, LDM_UNET_PREFIX)
     if not unet_state:
         raise UnsupportedCheckpointError("Unsupported checkpoint: no UNet weights (model.diffusion_model.*)")
@@ -331,18 +308,16 @@ def ldm_to_diffusers(
     vae_state = _with_prefix(state_dict, LDM_VAE_PREFIX)
     if vae_state:
         components["vae"] = convert_ldm_vae_checkpoint(vae_state, dict(configs["vae"]))
-    if family == FAMILY_SD1:
-        components["text_encoder"] = _convert_clip_l(state_dict, SD1_CLIP_PREFIX, configs["text_encoder"])
-    elif family == FAMILY_SD2:
-        components["text_encoder"] = _convert_open_clip(
-            state_dict, SD2_OPEN_CLIP_PREFIX, configs["text_encoder"], with_projection=False
-        )
-    else:
-        components["text_encoder"] = _convert_clip_l(state_dict, SDXL_CLIP_PREFIX, configs["text_encoder"])
-        components["text_encoder_2"] = _convert_open_clip(
-            state_dict, SDXL_OPEN_CLIP_PREFIX, configs["text_encoder_2"], with_projection=True
-        )
+    for encoder in text_encoders:
+        components[encoder.component] = _text_encoder_from_ldm(state_dict, encoder, configs[encoder.component])
     return components
+
+
+def _text_encoder_from_ldm(state_dict: Mapping[str, Tensor], encoder: LdmTextEncoder,
+                           config: Mapping[str, object]) -> dict[str, Tensor]:
+    if encoder.kind == "clip":
+        return _convert_clip_l(state_dict, encoder.prefix, config, encoder.legacy_key_fixup)
+    return _convert_open_clip(state_dict, encoder.prefix, config, with_projection=encoder.with_projection)
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,7 +381,7 @@ def _unet_key_to_ldm(
         raise ValueError(f"UNet parameter {key!r} has no LDM equivalent") from None
 
 
-def _unet_to_ldm(unet_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def unet_to_ldm(unet_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     keys = list(unet_state)
     down_resnets = _indices(keys, r"^down_blocks\.0\.resnets\.(\d+)\.")
     if not down_resnets:
@@ -529,19 +504,14 @@ def diffusers_to_ldm(components: Mapping[str, Mapping[str, Tensor]], family: str
     Needs "unet" and the family's text encoder(s) ("text_encoder", plus "text_encoder_2" for SDXL);
     "vae" is written when given. The result is detected by :func:`detect_architecture` as ``family``.
     """
-    _check_family(family)
-    required = ["unet", "text_encoder"] + (["text_encoder_2"] if family == FAMILY_SDXL else [])
+    required = ["unet", *family_named(family).text_encoders]
     missing = [name for name in required if name not in components]
     if missing:
         raise ValueError(f"{family} export needs components {missing}")
-    ldm_state = _unet_to_ldm(components["unet"])
+    ldm_state = unet_to_ldm(components["unet"])
     if "vae" in components:
         ldm_state.update(_vae_to_ldm(components["vae"]))
-    if family == FAMILY_SD1:
-        ldm_state.update(_clip_l_to_ldm(components["text_encoder"], SD1_CLIP_PREFIX))
-    elif family == FAMILY_SD2:
-        ldm_state.update(_open_clip_to_ldm(components["text_encoder"], SD2_OPEN_CLIP_PREFIX))
-    else:
-        ldm_state.update(_clip_l_to_ldm(components["text_encoder"], SDXL_CLIP_PREFIX))
-        ldm_state.update(_open_clip_to_ldm(components["text_encoder_2"], SDXL_OPEN_CLIP_PREFIX))
+    for encoder in family_named(family).ldm_text_encoders:
+        to_ldm = _clip_l_to_ldm if encoder.kind == "clip" else _open_clip_to_ldm
+        ldm_state.update(to_ldm(components[encoder.component], encoder.prefix))
     return ldm_state

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from webui.models.checkpoint_files import CheckpointReadError, read_metadata, read_state_dict
-from webui.models.ldm_conversion import FAMILY_SD1, FAMILY_SD2, FAMILY_SDXL
+from webui.models.families import FAMILIES, family_named, family_of_lora_metadata
 from webui.models.lora_formats import (
     COMPONENT_TE,
     COMPONENT_TE2,
@@ -48,9 +48,8 @@ from webui.models.lora_formats import (
 
 __all__ = ["LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
 
-FAMILY_LABELS = {FAMILY_SD1: "SD1.x", FAMILY_SD2: "SD2.x", FAMILY_SDXL: "SDXL"}
 # Cross-attention key/value input width -> the family whose text encoder produces it.
-_CROSS_ATTENTION_WIDTHS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+_CROSS_ATTENTION_WIDTHS = {family.cross_attention_width: family.label for family in FAMILIES}
 _FUSABLE_PROJECTIONS = ("to_q", "to_k", "to_v")
 
 
@@ -117,15 +116,16 @@ class LoraFile:
 
 def declared_family(metadata: Mapping[str, str]) -> str | None:
     """The family a file's training metadata names, if it names one of ours."""
-    version = metadata.get("ss_base_model_version", "").lower()
-    architecture = metadata.get("modelspec.architecture", "").lower()
-    if version.startswith("sdxl") or architecture.startswith("stable-diffusion-xl-v1-base"):
-        return FAMILY_SDXL
-    if version.startswith("sd_v2") or architecture.startswith("stable-diffusion-v2"):
-        return FAMILY_SD2
-    if version.startswith("sd_v1") or architecture.startswith("stable-diffusion-v1"):
-        return FAMILY_SD1
-    return None
+    family = family_of_lora_metadata(metadata.get("ss_base_model_version", "").lower(),
+                                     metadata.get("modelspec.architecture", "").lower())
+    return family.name if family is not None else None
+
+
+def _label(family: str) -> str:
+    try:
+        return family_named(family).label
+    except ValueError:
+        return family
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def _shape_mismatch_reason(mismatches: list[tuple[str, tuple[int, int], torch.Si
     target, (out_features, in_features), shape = mismatches[0]
     return (
         f"made for a different architecture{guess}; {len(mismatches)} layer(s) differ in shape from the "
-        f"loaded {FAMILY_LABELS.get(family, family)} model, e.g. {target} is {tuple(shape)} here but "
+        f"loaded {_label(family)} model, e.g. {target} is {tuple(shape)} here but "
         f"{out_features}x{in_features} in the file"
     )
 
@@ -160,7 +160,7 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
     made for another architecture.
     """
     path = Path(path)
-    label = FAMILY_LABELS.get(family, family)
+    label = _label(family)
     try:
         state_dict = read_state_dict(path)
         metadata = read_metadata(path)
@@ -173,7 +173,7 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
     if declared is not None and declared != family:
         source = metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
         raise LoraFileError(
-            path, f"made for {FAMILY_LABELS[declared]} (metadata: {source}); the loaded model is {label}"
+            path, f"made for {_label(declared)} (metadata: {source}); the loaded model is {label}"
         )
     if any(layer.component == COMPONENT_TE2 for layer in layers) and COMPONENT_TE2 not in pipeline_modules:
         raise LoraFileError(

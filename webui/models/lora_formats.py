@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from webui.models.ldm_conversion import FAMILY_SD1, LDM_UNET_PREFIX, diffusers_to_ldm
+from webui.models.formats.kohya import CLIP_TEXT_MODEL_PARTS, reader_prefixes, targetable_module_paths, unet_ldm_names
 
 KIND_LORA = "lora"
 KIND_LOCON = "locon"
@@ -41,13 +41,8 @@ COMPONENT_UNET = "unet"
 COMPONENT_TE = "text_encoder"
 COMPONENT_TE2 = "text_encoder_2"
 
-# kohya prefix -> pipeline component. Longest first: "lora_te_" must not swallow "lora_te1_".
-KOHYA_PREFIXES = (
-    ("lora_unet_", COMPONENT_UNET),
-    ("lora_te1_", COMPONENT_TE),
-    ("lora_te2_", COMPONENT_TE2),
-    ("lora_te_", COMPONENT_TE),
-)
+# kohya prefix -> pipeline component, longest first (the table is the families', webui.models.formats.kohya).
+KOHYA_PREFIXES = reader_prefixes()
 DOTTED_PREFIXES = (
     ("text_encoder_2.", COMPONENT_TE2),
     ("text_encoder.", COMPONENT_TE),
@@ -89,11 +84,6 @@ _PROCESSOR_LAYERS = {
 }
 
 
-_TARGETABLE_MODULES = (nn.Linear, nn.Conv2d)
-# UNet modules that have an LDM name (the rest, e.g. class embeddings, are not in SD checkpoints).
-_LDM_NAMED_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out",
-                         "time_embedding.linear_", "add_embedding.linear_")
-_CLIP_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm")
 
 
 class LoraFileError(ValueError):
@@ -380,43 +370,21 @@ class ModuleNameIndex:
         return table.get(layer.name) or None
 
 
-def _unet_ldm_names(paths: Sequence[str]) -> dict[str, str]:
-    """LDM module name -> diffusers path, using the tested checkpoint converter for the renaming.
-
-    The converter renames parameter keys; each key carries its own index as the value so the
-    renamed keys can be traced back whatever order the converter produces.
-    """
-    named = [path for path in paths if path.startswith(_LDM_NAMED_UNET_ROOTS)]
-    numbered = {f"{path}.weight": torch.tensor(position) for position, path in enumerate(named)}
-    try:
-        converted = diffusers_to_ldm({"unet": numbered, "text_encoder": {}}, FAMILY_SD1)
-    except (ValueError, KeyError):
-        return {}  # a UNet layout the LDM naming cannot express: diffusers names still work
-    names: dict[str, str] = {}
-    for key, position in converted.items():
-        if key.startswith(LDM_UNET_PREFIX) and key.endswith(".weight"):
-            names[key[len(LDM_UNET_PREFIX): -len(".weight")]] = named[int(position)]
-    return names
-
-
 def index_module_names(component: str, module: nn.Module) -> ModuleNameIndex:
     """Every Linear / Conv2d of a pipeline component under each name a LoRA file may give it."""
     index = ModuleNameIndex()
-    paths = []
-    for path, child in module.named_modules():
-        if path and isinstance(child, _TARGETABLE_MODULES):
-            paths.append(path)
-            index.shapes[path] = child.weight.shape
+    paths = targetable_module_paths(module)
     for path in paths:
+        index.shapes[path] = module.get_submodule(path).weight.shape
         index.add(path, path)
         if component != COMPONENT_UNET:
             # Files name CLIP layers "text_model.encoder..." whether or not this install has that level.
             if path.startswith("text_model."):
                 index.add(path.removeprefix("text_model."), path)
-            elif path.startswith(_CLIP_TEXT_MODEL_PARTS):
+            elif path.startswith(CLIP_TEXT_MODEL_PARTS):
                 index.add("text_model." + path, path)
     if component == COMPONENT_UNET:
-        for ldm_name, path in _unet_ldm_names(paths).items():
+        for path, ldm_name in unet_ldm_names(paths).items():
             index.add(ldm_name, path)
     return index
 

@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -34,14 +33,9 @@ from torch import Tensor
 
 from webui.models.checkpoint_loading import CheckpointWeights
 from webui.models.default_model import TRAINING_RECORD_FILES
-from webui.models.ldm_conversion import (
-    FAMILY_SD1,
-    FAMILY_SD2,
-    FAMILY_SDXL,
-    LDM_UNET_PREFIX,
-    SUPPORTED_FAMILIES,
-    diffusers_to_ldm,
-)
+from webui.models.families import FAMILIES, ModelFamily, family_named
+from webui.models.formats.kohya import kohya_text_path, unet_ldm_names_for_config
+from webui.models.ldm_conversion import diffusers_to_ldm
 from webui.models.merger import _matches_shipped_configs
 from webui.models.model_configs import load_component_config
 
@@ -50,18 +44,6 @@ COMPONENT_TE = "text_encoder"
 COMPONENT_TE2 = "text_encoder_2"
 COMPONENT_VAE = "vae"
 
-# kohya's layer-name prefix per pipeline component; SDXL numbers its two text encoders.
-_KOHYA_PREFIXES: Mapping[str, Mapping[str, str]] = MappingProxyType({
-    FAMILY_SD1: MappingProxyType({COMPONENT_UNET: "lora_unet_", COMPONENT_TE: "lora_te_"}),
-    FAMILY_SD2: MappingProxyType({COMPONENT_UNET: "lora_unet_", COMPONENT_TE: "lora_te_"}),
-    FAMILY_SDXL: MappingProxyType({COMPONENT_UNET: "lora_unet_", COMPONENT_TE: "lora_te1_",
-                                   COMPONENT_TE2: "lora_te2_"}),
-})
-# What kohya writes as ss_base_model_version; A1111 decides SDXL vs SD1 from it.
-_BASE_MODEL_VERSIONS: Mapping[str, str] = MappingProxyType(
-    {FAMILY_SD1: "sd_v1", FAMILY_SD2: "sd_v2", FAMILY_SDXL: "sdxl_base_v1-0"}
-)
-_NATIVE_RESOLUTIONS: Mapping[str, int] = MappingProxyType({FAMILY_SD1: 512, FAMILY_SD2: 768, FAMILY_SDXL: 1024})
 MODELSPEC_VERSION = "1.0.0"
 # modelspec.implementation values as kohya writes them: SD1/SD2 LoRAs use diffusers' module names,
 # SDXL LoRAs, embeddings and checkpoints the original (SGM / LDM) code's.
@@ -72,11 +54,6 @@ LORA_NETWORK_MODULE = "networks.lora"
 A1111_PLACEHOLDER = "*"
 A1111_PLACEHOLDER_TOKEN_ID = 265
 SDXL_EMBEDDING_KEYS = ("clip_l", "clip_g")
-# CLIP module roots below "text_model." in kohya names (transformers >= 5.6 drops that level).
-_CLIP_TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm")
-# UNet parameters that have an LDM name (the converter rejects anything else).
-_LDM_NAMED_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in.", "conv_out.", "conv_norm_out.",
-                         "time_embedding.linear_", "add_embedding.linear_")
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -85,9 +62,9 @@ _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 # --------------------------------------------------------------------------------------------
 
 
-def _check_family(family: str) -> None:
-    if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(SUPPORTED_FAMILIES)}")
+def _implementation(family: ModelFamily) -> str:
+    """modelspec.implementation of a LoRA: whose module names its keys use."""
+    return IMPLEMENTATION_STABILITY if family.lora_module_naming == "sgm" else IMPLEMENTATION_DIFFUSERS
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -141,20 +118,6 @@ def _resolution_pair(resolution: int | Sequence[int]) -> tuple[int, int]:
     if len(values) != 2:
         raise ValueError(f"resolution must be a size or (width, height), got {resolution!r}")
     return values[0], values[1]
-
-
-def _architecture(family: str, prediction_type: str) -> str:
-    """modelspec architecture id of a base model (SD2 has distinct 512-epsilon and 768-v variants)."""
-    if family == FAMILY_SDXL:
-        return "stable-diffusion-xl-v1-base"
-    if family == FAMILY_SD2:
-        return "stable-diffusion-v2-768-v" if prediction_type == "v" else "stable-diffusion-v2-512"
-    return "stable-diffusion-v1"
-
-
-def _default_prediction_type(family: str, resolution: tuple[int, int]) -> str:
-    """SD2 at 768 is the v-prediction model (SD2.1, the shipped SD2 config); everything else epsilon."""
-    return "v" if family == FAMILY_SD2 and max(resolution) >= 768 else "epsilon"
 
 
 def _as_metadata_value(value: object) -> str:
@@ -211,34 +174,6 @@ def _split_component(layer_key: str) -> tuple[str, str]:
     return component, module_path
 
 
-def _kohya_text_path(module_path: str) -> str:
-    """kohya names CLIP layers under "text_model." whatever the installed transformers' layout."""
-    return f"text_model.{module_path}" if module_path.startswith(_CLIP_TEXT_MODEL_PARTS) else module_path
-
-
-def unet_ldm_module_names(unet_config: Mapping[str, Any]) -> dict[str, str]:
-    """diffusers UNet module path -> LDM module name (``input_blocks.4.1...``), for a UNet config.
-
-    The LDM numbering depends on the whole UNet layout (layers per block, which up blocks have
-    attention), so the UNet is built weightless on the meta device and every parameter name is run
-    through the project's tested checkpoint converter, each carrying its own index to trace it back.
-    """
-    from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(dict(unet_config))
-    parameter_names = [name for name in unet.state_dict() if name.startswith(_LDM_NAMED_UNET_ROOTS)]
-    numbered = {name: torch.tensor(position) for position, name in enumerate(parameter_names)}
-    converted = diffusers_to_ldm({COMPONENT_UNET: numbered, COMPONENT_TE: {}}, FAMILY_SD1)
-    names: dict[str, str] = {}
-    for ldm_key, position in converted.items():
-        if ldm_key.startswith(LDM_UNET_PREFIX) and ldm_key.endswith(".weight"):
-            diffusers_name = parameter_names[int(position)]
-            names[diffusers_name.removesuffix(".weight")] = ldm_key[len(LDM_UNET_PREFIX):].removesuffix(".weight")
-    return names
-
-
 def kohya_layer_names(layer_keys: Sequence[str], family: str,
                       unet_config: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Our layer keys (``"unet.<diffusers path>"``, ``"text_encoder.<path>"``...) -> kohya layer names.
@@ -247,8 +182,8 @@ def kohya_layer_names(layer_keys: Sequence[str], family: str,
     LDM names, which is what kohya and A1111 use for SDXL. ``unet_config`` describes the SDXL UNet
     (the shipped SDXL base config when omitted).
     """
-    _check_family(family)
-    prefixes = _KOHYA_PREFIXES[family]
+    model_family = family_named(family)
+    prefixes = model_family.kohya_lora_prefixes
     ldm_names: dict[str, str] | None = None
     names: dict[str, str] = {}
     for layer_key in layer_keys:
@@ -257,15 +192,15 @@ def kohya_layer_names(layer_keys: Sequence[str], family: str,
         if prefix is None:
             raise ValueError(f"LoRA layer {layer_key!r}: unknown component {component!r} for {family}; "
                              f"expected one of {', '.join(prefixes)}")
-        if component == COMPONENT_UNET and family == FAMILY_SDXL:
+        if component == COMPONENT_UNET and model_family.lora_module_naming == "sgm":
             if ldm_names is None:
-                ldm_names = unet_ldm_module_names(unet_config or load_component_config(FAMILY_SDXL, COMPONENT_UNET))
+                ldm_names = unet_ldm_names_for_config(unet_config or load_component_config(family, COMPONENT_UNET))
             if module_path not in ldm_names:
-                raise ValueError(f"LoRA layer {layer_key!r} is not a weight layer of the SDXL UNet "
+                raise ValueError(f"LoRA layer {layer_key!r} is not a weight layer of the {model_family.label} UNet "
                                  "(no LDM name for it)")
             module_path = ldm_names[module_path]
         elif component != COMPONENT_UNET:
-            module_path = _kohya_text_path(module_path)
+            module_path = kohya_text_path(module_path)
         names[layer_key] = prefix + module_path.replace(".", "_")
     clashes = len(names) - len(set(names.values()))
     if clashes:
@@ -313,12 +248,12 @@ def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: s
     training tags. ``extra`` adds or overrides keys (non-string values are written as JSON / str).
     ``prediction_type`` ("epsilon" / "v") defaults to v only for SD2 trained at 768 or more.
     """
-    _check_family(family)
+    model_family = family_named(family)
     if isinstance(trigger_words, str):
         trigger_words = [trigger_words]
     triggers = [word.strip() for word in trigger_words if word.strip()]
     width, height = _resolution_pair(resolution)
-    prediction = prediction_type or _default_prediction_type(family, (width, height))
+    prediction = prediction_type or model_family.default_prediction_type((width, height))
     if prediction not in ("epsilon", "v"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v', got {prediction!r}")
     frequencies = {str(folder): {str(tag): int(count) for tag, count in tags.items()}
@@ -329,8 +264,8 @@ def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: s
         "ss_network_module": LORA_NETWORK_MODULE,
         "ss_network_dim": str(int(rank)),
         "ss_network_alpha": str(float(alpha)),
-        "ss_base_model_version": _BASE_MODEL_VERSIONS[family],
-        "ss_v2": str(family == FAMILY_SD2),
+        "ss_base_model_version": model_family.kohya_base_model_version,
+        "ss_v2": str(model_family.kohya_is_v2),
         "ss_sd_model_name": base_model_name,
         "ss_sd_model_hash": base_model_hash,
         "ss_resolution": f"({width}, {height})",
@@ -343,8 +278,8 @@ def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: s
         "ss_training_comment": (f"Trigger words: {trigger_phrase}. " if trigger_phrase else "")
         + "Trained with SD Studio.",
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": f"{_architecture(family, prediction)}/lora",
-        "modelspec.implementation": IMPLEMENTATION_STABILITY if family == FAMILY_SDXL else IMPLEMENTATION_DIFFUSERS,
+        "modelspec.architecture": f"{model_family.modelspec_architecture(prediction)}/lora",
+        "modelspec.implementation": _implementation(model_family),
         "modelspec.title": name,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.prediction_type": prediction,
@@ -376,12 +311,13 @@ def _vector_matrix(label: str, value: object) -> Tensor:
     return matrix.contiguous()
 
 
-def _embedding_family(vectors: Mapping[str, Tensor]) -> str | None:
+def _embedding_family(vectors: Mapping[str, Tensor]) -> ModelFamily | None:
     """The family an embedding's widths belong to (None for non-standard widths such as the toy model's)."""
     if set(vectors) == set(SDXL_EMBEDDING_KEYS):
-        return FAMILY_SDXL if (vectors["clip_l"].shape[1], vectors["clip_g"].shape[1]) == (768, 1280) else None
-    width = int(next(iter(vectors.values())).shape[1])
-    return {768: FAMILY_SD1, 1024: FAMILY_SD2}.get(width)
+        widths = tuple(int(vectors[key].shape[1]) for key in SDXL_EMBEDDING_KEYS)
+    else:
+        widths = (int(next(iter(vectors.values())).shape[1]),)
+    return next((family for family in FAMILIES if family.text_encoder_widths == widths), None)
 
 
 def save_embedding(path: Path, vectors: Tensor | Mapping[str, Tensor], token: str, step: int) -> Path:
@@ -422,10 +358,10 @@ def save_embedding(path: Path, vectors: Tensor | Mapping[str, Tensor], token: st
         return _atomic_write(path, lambda temporary: torch.save(content, temporary))
     metadata = {"token": token, "step": str(int(step))}
     if family is not None:
-        resolution = _NATIVE_RESOLUTIONS[family]
+        resolution = (family.native_size,) * 2
         metadata.update({
             "modelspec.sai_model_spec": MODELSPEC_VERSION,
-            "modelspec.architecture": f"{_architecture(family, _default_prediction_type(family, (resolution,) * 2))}"
+            "modelspec.architecture": f"{family.modelspec_architecture(family.default_prediction_type(resolution))}"
                                       "/textual-inversion",
             "modelspec.implementation": IMPLEMENTATION_STABILITY,
             "modelspec.title": token,
@@ -454,10 +390,10 @@ def save_single_file_checkpoint(path: Path, state_dicts: Mapping[str, Mapping[st
     loads in A1111, ComfyUI, this app's catalog and diffusers' ``from_single_file``.
     """
     path = Path(path)
-    _check_family(family)
+    model_family = family_named(family)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"a single-file checkpoint must be a .safetensors file, got {path.name!r}")
-    required = [COMPONENT_UNET, COMPONENT_TE, COMPONENT_VAE] + ([COMPONENT_TE2] if family == FAMILY_SDXL else [])
+    required = list(model_family.components)
     missing = [name for name in required if name not in state_dicts]
     if missing:
         raise ValueError(f"a {family} checkpoint needs components {missing}; a checkpoint without them "
@@ -465,12 +401,12 @@ def save_single_file_checkpoint(path: Path, state_dicts: Mapping[str, Mapping[st
     extra_metadata = _check_metadata(metadata)
     cast = {component: _cast(state_dicts[component], dtype) for component in required}
     ldm_state = {key: tensor.contiguous() for key, tensor in diffusers_to_ldm(cast, family).items()}
-    prediction = _default_prediction_type(family, (_NATIVE_RESOLUTIONS[family],) * 2)
-    resolution = _NATIVE_RESOLUTIONS[family]
+    resolution = model_family.native_size
+    prediction = model_family.default_prediction_type((resolution, resolution))
     file_metadata = {
         "format": "pt",
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": _architecture(family, prediction),
+        "modelspec.architecture": model_family.modelspec_architecture(prediction),
         "modelspec.implementation": IMPLEMENTATION_STABILITY,
         "modelspec.title": path.stem,
         "modelspec.resolution": f"{resolution}x{resolution}",

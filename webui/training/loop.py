@@ -193,28 +193,15 @@ def _precision(config: TrainingConfig, device: torch.device, warnings: list[str]
     return torch.float16, True
 
 
-def _final_layer_norm(encoder: torch.nn.Module) -> torch.nn.Module:
-    return getattr(encoder, "text_model", encoder).final_layer_norm
-
-
 def encode_captions(models: TrainerModels, captions: list[str], clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Text conditioning as the app's generation computes it (A1111 clip skip; SDXL penultimate layers)."""
+    """Text conditioning as the app's generation computes it (the family's encoding rule, A1111 clip skip);
+    captions are cut at the encoders' 77 tokens."""
     ids = []
     for tokenizer, encoder in zip(models.tokenizers, models.text_encoders):
         length = int(encoder.config.max_position_embeddings)
         ids.append(tokenizer(captions, padding="max_length", max_length=length, truncation=True,
                              return_tensors="pt").input_ids.to(models.device))
-    if models.family == "sdxl":
-        layer = -(clip_skip + 1)
-        first = models.text_encoders[0](ids[0], output_hidden_states=True)
-        second = models.text_encoders[1](ids[1], output_hidden_states=True)
-        hidden = torch.cat([first.hidden_states[layer], second.hidden_states[layer]], dim=-1)
-        return hidden, second.text_embeds
-    encoder = models.text_encoders[0]
-    output = encoder(ids[0], output_hidden_states=clip_skip > 1)
-    if clip_skip > 1:
-        return _final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
-    return output.last_hidden_state, None
+    return models.model_family.encode_token_ids(models.text_encoders, ids, clip_skip)
 
 
 def _enable_text_encoder_checkpointing(encoder: torch.nn.Module) -> None:
@@ -262,7 +249,7 @@ def generate_images(models: TrainerModels, prompts: list[str], generators: list[
     hidden, pooled = encode_captions(models, prompts, clip_skip)
     negative, negative_pooled = encode_captions(models, [""] * len(prompts), clip_skip)
     extra = {}
-    if models.family == "sdxl":
+    if models.model_family.conditions_on_pooled_text:
         extra = {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
     with autocast if autocast is not None else nullcontext():
         return models.pipeline(
@@ -512,7 +499,7 @@ class _Trainer:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = prediction_target(self.noise_scheduler, latents, noise, timesteps)
         extra = {}
-        if models.family == "sdxl":
+        if models.model_family.conditions_on_pooled_text:
             extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self._time_ids(dataset, samples)}
         with self._autocast():
             prediction = models.unet(noisy, timesteps, hidden, **extra).sample

@@ -19,7 +19,8 @@ from PIL import Image
 
 from webui.models.checkpoint_files import CheckpointReadError, read_key_shapes
 from webui.models.hub import looks_like_repo_id
-from webui.models.ldm_conversion import FAMILY_SDXL, UnsupportedCheckpointError, detect_architecture
+from webui.models.families import DEFAULT_FAMILY, TXT2IMG, family_named
+from webui.models.ldm_conversion import UnsupportedCheckpointError, detect_architecture
 
 CARD_NAME = "README.md"
 SAMPLE_GRID_NAME = "samples.png"
@@ -153,10 +154,10 @@ def _usage_webui(name: str, triggers: list[str], loras: list[Path], embeddings: 
 def _pipeline_class_of(checkpoint: Path) -> str:
     """The diffusers pipeline class for a single-file checkpoint, from its header."""
     try:
-        family = detect_architecture(read_key_shapes(checkpoint)).family
+        family = family_named(detect_architecture(read_key_shapes(checkpoint)).family)
     except (CheckpointReadError, UnsupportedCheckpointError):
-        return "StableDiffusionPipeline"
-    return "StableDiffusionXLPipeline" if family == FAMILY_SDXL else "StableDiffusionPipeline"
+        family = DEFAULT_FAMILY
+    return family.pipeline_class_name(TXT2IMG)
 
 
 def _checkpoint_reference(checkpoint: Path, folder: Path, source: str) -> str:

@@ -24,6 +24,7 @@ from webui.jobs.job import RUNNING, Job
 from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
+from webui.models.families import DEFAULT_FAMILY, ModelFamily, family_named
 from webui.models.lora_catalog import LoraCatalog
 from webui.models.service import ModelService
 from webui.security.network import NetworkPolicy
@@ -151,12 +152,12 @@ def _current_record(service: TrainingService):
     return next((r for r in records if r.title == title), None) or (records[0] if records else None)
 
 
-def model_family(service: TrainingService) -> str:
-    """The family ("sd1", "sd2", "sdxl") of the loaded checkpoint, else of the one that loads first."""
+def model_family(service: TrainingService) -> ModelFamily:
+    """The family of the loaded checkpoint, else of the one that loads first."""
     record = _current_record(service)
     if record is None or record.architecture is None:
-        return "sd1"
-    return record.architecture.family
+        return DEFAULT_FAMILY
+    return family_named(record.architecture.family)
 
 
 def preset_names(service: TrainingService) -> list[str]:
@@ -166,7 +167,7 @@ def preset_names(service: TrainingService) -> list[str]:
     docs/TRAINING_PRESET_SWEEP.md).
     """
     record = _current_record(service)
-    prefixes = ("sdxl_",) if model_family(service) == "sdxl" else ("sd1_",)
+    prefixes = (model_family(service).preset_prefix,)
     if record is not None and record.name == DEFAULT_MODEL_NAME:
         prefixes = ("toy_",) + prefixes
     shipped = [name for prefix in prefixes

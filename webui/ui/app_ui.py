@@ -6,10 +6,12 @@ import gradio as gr
 from PIL import Image
 
 from webui.context import AppContext
+from webui.models.families import DEFAULT_FAMILY, family_named
 from webui.security.accounts import AccountService
 from webui.ui.access import caller_of
 from webui.ui.account_tab import build_account_tab
 from webui.errors import user_error
+from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
@@ -25,6 +27,8 @@ CSS = """
 .sd-progress-bar {position: absolute; left: 0; top: 0; bottom: 0; background: var(--color-accent-soft);}
 .sd-progress-text {position: relative; padding-left: 0.5em; font-size: 0.9em;}
 .sd-pnginfo th {text-align: left; padding-right: 1em;}
+.sd-extensions th, .sd-extensions td {text-align: left; vertical-align: top; padding: 0.2em 0.8em 0.2em 0;}
+.sd-extensions pre {white-space: pre-wrap; font-size: 0.8em;}
 """
 
 # System fonts only: the UI must work offline, without fetching web fonts.
@@ -36,10 +40,9 @@ THEME = gr.themes.Default(
 
 def native_size(ctx: AppContext) -> int:
     """Default width/height: the native resolution of the checkpoint that will be loaded first."""
-    by_family = {"sd1": 512, "sd2": 768, "sdxl": 1024}
     records = ctx.catalog.usable_records()
     if not records:
-        return 512
+        return DEFAULT_FAMILY.native_size
     record = records[0]
     if record.format == "diffusers":
         import json
@@ -50,7 +53,7 @@ def native_size(ctx: AppContext) -> int:
             return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
         except (OSError, KeyError, ValueError):
             pass
-    return by_family.get(record.architecture.family if record.architecture else "sd1", 512)
+    return family_named(record.architecture.family).native_size if record.architecture else DEFAULT_FAMILY.native_size
 
 
 def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
@@ -84,6 +87,8 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
                 queue = build_queue_tab(ctx, queue_tab_component)
             with gr.Tab("Account", id="account", elem_id="tab_account") as account_tab:
                 build_account_tab(accounts, account_tab)
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as extensions_tab:
+                build_extensions_tab(ctx.extension_service, extensions_tab)
 
         def unusable_note() -> str:
             broken = [r for r in ctx.catalog.records() if not r.usable]

@@ -22,10 +22,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from webui.models.families import family_named
+
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
-
-FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
 
 CONFIG_ROOT: Path = Path(__file__).resolve().parent
 MODEL_INDEX_NAME = "model_index.json"
@@ -38,9 +38,7 @@ _MODEL_CONFIG_NAME = "config.json"
 
 def config_dir(family: str) -> Path:
     """Folder to pass as ``config=`` when building a pipeline of ``family`` from a single file."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of: {', '.join(FAMILIES)}")
-    return CONFIG_ROOT / family
+    return family_named(family).config_folder  # ValueError naming the known families
 
 
 def load_model_index(family: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from webui.training.config import TrainingConfig
+from webui.models.families import ModelFamily, family_named
 
 if TYPE_CHECKING:
     from webui.models.checkpoint_loading import CheckpointWeights
@@ -32,6 +33,10 @@ class TrainerModels:
     device: torch.device
     base: CheckpointWeights            # the app's weights: read, never written
     base_hash: str
+
+    @property
+    def model_family(self) -> ModelFamily:
+        return family_named(self.family)
 
     @property
     def base_name(self) -> str:

@@ -1,0 +1,47 @@
+"""The model families SD Studio knows, each in its own file, and the lookups the rest of the app uses.
+
+`FAMILIES` is in detection order: the most specific family first (SDXL's two text encoders before SD2's
+OpenCLIP before SD1's CLIP, which is the fallback for diffusers folders)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, ModelFamily
+from webui.models.families.sd1 import StableDiffusion1
+from webui.models.families.sd2 import StableDiffusion2
+from webui.models.families.sdxl import StableDiffusionXL
+
+SD1, SD2, SDXL = StableDiffusion1(), StableDiffusion2(), StableDiffusionXL()
+FAMILIES: tuple[ModelFamily, ...] = (SDXL, SD2, SD1)
+DEFAULT_FAMILY = SD1  # what a checkpoint that cannot be read yet is assumed to be (A1111 assumes SD1 too)
+
+__all__ = ["FAMILIES", "DEFAULT_FAMILY", "ModelFamily", "family_named", "family_names", "family_of_ldm_keys",
+           "family_of_diffusers", "family_of_lora_metadata", "TXT2IMG", "IMG2IMG", "INPAINT"]
+
+
+def family_names() -> tuple[str, ...]:
+    return tuple(family.name for family in FAMILIES)
+
+
+def family_named(name: str) -> ModelFamily:
+    """The family with this id; ValueError naming the known ones otherwise."""
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise ValueError(f"unknown model family {name!r}; expected one of {', '.join(family_names())}")
+
+
+def family_of_ldm_keys(keys: list[str]) -> ModelFamily | None:
+    """The family of a single-file checkpoint from its tensor names, None when no text encoder is recognised."""
+    return next((family for family in FAMILIES if family.matches_ldm_keys(keys)), None)
+
+
+def family_of_diffusers(unet_config: Mapping[str, Any], component_folders: set[str]) -> ModelFamily:
+    return next(family for family in FAMILIES if family.matches_diffusers(unet_config, component_folders))
+
+
+def family_of_lora_metadata(base_model_version: str, architecture: str) -> ModelFamily | None:
+    """The family a LoRA's training metadata names, if it names one of ours."""
+    return next((family for family in FAMILIES if family.matches_lora_metadata(base_model_version, architecture)), None)

@@ -1,0 +1,133 @@
+"""`ModelFamily`: everything that differs between model families (SD1, SD2, SDXL ...), behind one interface.
+
+Code outside `webui/models/families/` never compares a family name; it asks the family: which diffusers
+pipeline class runs a mode, which text encoders and tokenizers the pipeline has, whether the UNet is
+conditioned on pooled text, how a LoRA's kohya names start, what a live preview's colours are. A new
+family is one new file here (a subclass) and one line in `families/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import torch
+
+MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"
+
+# Generation modes a family's pipeline classes are named for.
+TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
+
+
+@dataclass(frozen=True)
+class LdmTextEncoder:
+    """Where one text encoder sits in a single-file (LDM/SGM layout) checkpoint and how it converts."""
+
+    component: str             # the diffusers component: "text_encoder", "text_encoder_2"
+    prefix: str                # its tensors' name prefix in the single file
+    kind: str                  # "clip" (OpenAI CLIP, transformers layout) or "open_clip" (OpenCLIP layout)
+    with_projection: bool = False    # CLIPTextModelWithProjection (SDXL's second encoder: pooled output)
+    legacy_key_fixup: bool = False   # SD1 files saved by old transformers lack the "text_model." level
+
+
+class ModelFamily:
+    """One model family. Subclasses set the class attributes and override what their family does differently;
+    instances are stateless singletons (see `families/__init__.py`)."""
+
+    name: ClassVar[str]                      # the id stored in records and job data: "sd1", "sd2", "sdxl"
+    label: ClassVar[str]                     # what users read: "SD1.x"
+    native_size: ClassVar[int]               # the side length the family was trained at
+    preset_prefix: ClassVar[str]             # shipped training presets for it: webui/training/presets/<prefix>*.json
+    text_encoders: ClassVar[tuple[str, ...]]  # pipeline component names, in encoder order
+    tokenizers: ClassVar[tuple[str, ...]]
+    pipeline_classes: ClassVar[Mapping[str, str]]  # mode -> diffusers pipeline class name
+    text_encoder_widths: ClassVar[tuple[int, ...]]  # hidden width of each text encoder (an embedding's vectors)
+    cross_attention_width: ClassVar[int]     # the text features' width the UNet's cross-attention takes
+    # SDXL-style conditioning: the UNet also takes the pooled text embedding and size/crop time ids.
+    conditions_on_pooled_text: ClassVar[bool] = False
+    # "Approx cheap" live preview: RGB weights per latent channel (least-squares fits for the family's VAE).
+    preview_coefficients: ClassVar[tuple[tuple[float, float, float], ...]]
+    # The text encoders of a single-file checkpoint, in `text_encoders` order.
+    ldm_text_encoders: ClassVar[tuple[LdmTextEncoder, ...]]
+    # kohya LoRA key prefixes per component, and what kohya writes as `ss_base_model_version`.
+    kohya_lora_prefixes: ClassVar[Mapping[str, str]]
+    kohya_base_model_version: ClassVar[str]
+    kohya_is_v2: ClassVar[bool] = False   # kohya's `ss_v2` flag (SD2's OpenCLIP text encoder)
+    # Whose module names kohya uses for this family's LoRAs: diffusers' ("diffusers") or the original
+    # LDM/SGM code's ("sgm"); written as `modelspec.implementation`.
+    lora_module_naming: ClassVar[str] = "diffusers"
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The weight-bearing components of a checkpoint of this family."""
+        return ("unet", "vae", *self.text_encoders)
+
+    @property
+    def config_folder(self) -> Path:
+        """The shipped diffusers configs and tokenizer files (offline building of single-file checkpoints)."""
+        return MODEL_CONFIGS / self.name
+
+    def pipeline_class_name(self, mode: str) -> str:
+        try:
+            return self.pipeline_classes[mode]
+        except KeyError:
+            raise ValueError(f"{self.label} has no pipeline for mode {mode!r}; "
+                             f"known: {', '.join(self.pipeline_classes)}") from None
+
+    def encode_token_ids(self, text_encoders: list[torch.nn.Module], token_ids: list[torch.Tensor],
+                         clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids (one [batch, 77] tensor per text encoder) -> (hidden states for cross-attention, pooled
+        text embedding or None), with A1111's clip skip. The ONE encoding rule generation (weighted prompt
+        chunks) and training (captions) share.
+
+        Default, one CLIP encoder (SD1/SD2): the last layer, or with clip skip N the N-th layer from the end
+        passed through the final LayerNorm."""
+        encoder = text_encoders[0]
+        output = encoder(token_ids[0], output_hidden_states=clip_skip > 1)
+        if clip_skip > 1:
+            return final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
+        return output.last_hidden_state, None
+
+    def architecture_label(self, unet_in_channels: int) -> str:
+        return f"{self.label} inpainting" if unet_in_channels == 9 else self.label
+
+    def default_prediction_type(self, resolution: tuple[int, int]) -> str:
+        """"epsilon" or "v" for a model of this family trained at `resolution` (when its config does not say)."""
+        return "epsilon"
+
+    def modelspec_architecture(self, prediction_type: str) -> str:
+        """The modelspec `architecture` id of a base model of this family."""
+        raise NotImplementedError
+
+    # -- detection -------------------------------------------------------------------------------
+    def matches_ldm_keys(self, keys: list[str]) -> bool:
+        """Does a single-file (LDM layout) checkpoint with these tensor names belong to this family? Every
+        text encoder's prefix is present (families are tried most specific first)."""
+        return all(has_key_prefix(keys, encoder.prefix) for encoder in self.ldm_text_encoders)
+
+    def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
+        """Does a diffusers folder (its UNet config and component sub-folders) belong to this family?"""
+        raise NotImplementedError
+
+    def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
+        """Does a LoRA's training metadata (`ss_base_model_version`, `modelspec.architecture`) name this family?"""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<ModelFamily {self.name}>"
+
+
+def final_layer_norm(encoder: torch.nn.Module) -> torch.nn.Module:
+    """The CLIP text model's last LayerNorm (transformers 5 dropped the `text_model` level on CLIPTextModel)."""
+    return getattr(encoder, "text_model", encoder).final_layer_norm
+
+
+def frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping))
+
+
+def has_key_prefix(keys: list[str], prefix: str) -> bool:
+    return any(key.startswith(prefix) for key in keys)
