@@ -68,6 +68,16 @@ def test_prompt_expansion_draws_one_image_per_prompt_with_consecutive_seeds(ctx)
     assert np.abs(pixels(alone.images[0]) - pixels(result.images[1])).max() <= 1
 
 
+def test_expanded_prompts_carry_the_style_once(ctx):
+    (ctx.settings.data_dir / "styles.csv").write_text('name,prompt,negative_prompt\nvivid,"{prompt}, vivid colors",dull\n')
+    result = generate(ctx, prompt="a PACKCOLORS circle", styles=("vivid",))
+    fields = [parse_infotext(text) for text in result.infotexts]
+    assert [f["Prompt"] for f in fields] == [f"a {c} circle, vivid colors" for c in ("red", "green", "blue")]
+    assert all(f["Negative prompt"] == "dull" for f in fields)
+    plain = parse_infotext(generate(ctx, prompt="a circle", styles=("vivid",)).infotexts[0])
+    assert plain["Prompt"] == "a circle, vivid colors"
+
+
 def test_after_batch_hook_sees_each_batch(ctx):
     generate(ctx, prompt="PACKCOLORS square", batch_size=2)
     batches = [event for event in events(ctx) if event["event"] == "batch"][-2:]

@@ -40,7 +40,7 @@ from webui.generation.masks import (
     prepare_mask,
 )
 from webui.generation.outputs import dated_folder
-from webui.generation.processing import SubBatch, run_batches
+from webui.generation.processing import SubBatch, prompt_preparer, run_batches
 from webui.generation.requests import Img2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import (
@@ -214,12 +214,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     saving = request.save_images and outputs_root is not None
     size = prepared.canvas.size
     conditionings: dict[tuple[str, str], Any] = {}
-    prepared_prompts: dict[str, PreparedPrompts] = {request.prompt: prompts}
-
-    def prepare(text: str) -> PreparedPrompts:
-        if text not in prepared_prompts:
-            prepared_prompts[text] = prepare_prompts(model, text, request.negative_prompt, request.styles, styles)
-        return prepared_prompts[text]
+    prepare = prompt_preparer(prompts, lambda text, negative: prepare_prompts(model, text, negative, (), None))
 
     def draw(batch: SubBatch) -> list[Image.Image]:
         use_sampler(model, request.sampler_name, request.scheduler, batch.seeds[0], hooks.samplers())

@@ -43,6 +43,20 @@ class SubBatch:
     subseeds: list[int]
 
 
+def prompt_preparer(first: "PreparedPrompts",
+                    prepare: Callable[[str, str], "PreparedPrompts"]) -> Callable[[str], "PreparedPrompts"]:
+    """Prepared prompts for each image prompt, once per distinct text. Expanded prompts come from the styled
+    prompt, so `prepare(prompt, negative_prompt)` must not apply the styles again."""
+    cache = {first.prompt: first}
+
+    def get(text: str) -> "PreparedPrompts":
+        if text not in cache:
+            cache[text] = prepare(text, first.negative_prompt)
+        return cache[text]
+
+    return get
+
+
 def image_prompts(hooks: GenerationHooks, job: JobInfo, prompt: str, negative_prompt: str, count: int,
                   seed: int) -> list[str]:
     """One prompt per image: the expansion's when an extension expands the prompt, else `prompt` x count."""
@@ -96,7 +110,7 @@ def run_batches(model: "LoadedModel", request: Any, result: "GenerationResult", 
             image_seed, image_subseed = (seed + index) % MAX_SEED, (subseed + index) % MAX_SEED
             parameters = parameters_for(prepared, image_seed, image_subseed)
             info = ImageInfo(index, image_seed, image_subseed, prepared.prompt, prepared.negative_prompt,
-                             dict(parameters), inline_inpaint(model, request, image_seed, hooks))
+                             dict(parameters), inline_inpaint(model, request, image_seed, prepared, hooks))
             image, added = hooks.after_image(job, image, info)
             parameters.update(added)
             infotext = create_infotext(prepared.prompt, prepared.negative_prompt, parameters)
@@ -129,11 +143,12 @@ _NOT_INHERITED = {"enable_hr", "batch_count", "batch_size", "save_images", "save
 INPAINT_DEFAULTS = dict(denoising_strength=0.4, inpaint_full_res=True, inpaint_full_res_padding=32, mask_blur=4)
 
 
-def inline_inpaint(model: "LoadedModel", request: Any, seed: int,
+def inline_inpaint(model: "LoadedModel", request: Any, seed: int, prompts: "PreparedPrompts",
                    hooks: GenerationHooks) -> Callable[[Image.Image, Image.Image, dict[str, Any]], Image.Image]:
     """An inpaint pass over one image through the job's own model, on the calling (worker) thread: the
-    request's prompt, sampler, steps and CFG unless `changes` say otherwise; the image's seed; "only
-    masked" at the request's size by default (what face detailers do). No hooks run inside it."""
+    image's own (expanded, styled) prompts, the request's sampler, steps and CFG unless `changes` say
+    otherwise; the image's seed; "only masked" at the request's size by default (what face detailers do).
+    No hooks but the added samplers run inside it."""
 
     def inpaint(image: Image.Image, mask: Image.Image, changes: dict[str, Any]) -> Image.Image:
         # Imported here: img2img's run builds on this module's loop.
@@ -141,7 +156,8 @@ def inline_inpaint(model: "LoadedModel", request: Any, seed: int,
         from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 
         inherited = {f.name: getattr(request, f.name) for f in fields(Txt2ImgRequest) if f.name not in _NOT_INHERITED}
-        values = {**inherited, **INPAINT_DEFAULTS, "seed": seed, **changes}
+        values = {**inherited, **INPAINT_DEFAULTS, "seed": seed, "prompt": prompts.prompt,
+                  "negative_prompt": prompts.negative_prompt, **changes}
         samplers = hooks.samplers()
         inpaint_request = Img2ImgRequest(**values, init_images=(image,), mask=mask, save_images=False,
                                          save_grid=False).validate(added_samplers=tuple(samplers))

@@ -30,7 +30,7 @@ from webui.generation.denoise import (
 from webui.generation.hires import HiresPass, hires_parameters
 from webui.generation.hooks import DenoisingHooks, GenerationHooks, JobInfo
 from webui.generation.outputs import dated_folder, image_grid, save_grid
-from webui.generation.processing import MAX_SEED, SubBatch, run_batches
+from webui.generation.processing import MAX_SEED, SubBatch, prompt_preparer, run_batches
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
@@ -229,12 +229,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     saving = request.save_images and outputs_root is not None
     conditionings: dict[tuple[str, str], ConditioningSchedule] = {}
     hires_passes: dict[tuple[str, str], HiresPass] = {}
-    prepared: dict[str, PreparedPrompts] = {request.prompt: prompts}
-
-    def prepare(text: str) -> PreparedPrompts:
-        if text not in prepared:
-            prepared[text] = prepare_prompts(model, text, request.negative_prompt, request.styles, styles)
-        return prepared[text]
+    prepare = prompt_preparer(prompts, lambda text, negative: prepare_prompts(model, text, negative, (), None))
 
     def draw(batch: SubBatch) -> list[Image.Image]:
         key = (batch.prompts.encoder_prompt, batch.prompts.encoder_negative)
