@@ -97,6 +97,14 @@ def test_before_request_hook_changes_the_request(ctx):
     assert parse_infotext(result.infotexts[0])["Steps"] == "2"
 
 
+def test_a_request_change_the_app_refuses_is_dropped_with_a_warning(ctx):
+    result = generate(ctx, prompt="PACKBADSTEPS circle", steps=3)
+    assert parse_infotext(result.infotexts[0])["Steps"] == "3"
+    assert any("'pack-prompts'" in w and "change to the request was not used" in w and "steps 100000" in w
+               for w in result.warnings)
+    assert ctx.extensions.records["pack-prompts"].state == LOADED
+
+
 def test_after_image_hook_replaces_the_saved_image_and_adds_an_infotext_field(ctx):
     result = generate(ctx, prompt="PACKREPLACE circle")
     assert result.images[0].getpixel((5, 5)) == (255, 0, 255)

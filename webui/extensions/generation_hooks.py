@@ -45,7 +45,7 @@ class ExtensionGenerationHooks(GenerationHooks):
         except HookFailure:
             return False, None
 
-    def before_request(self, request: Any, warnings: list[str]) -> Any:
+    def before_request(self, request: Any, warnings: list[str], check: Callable[[Any], Any]) -> Any:
         for row in self._registry.rows(api.BEFORE_REQUEST):
             ok, changed = self._call(row, api.BeforeRequest(request), warnings)
             if not ok or changed is None:
@@ -54,7 +54,10 @@ class ExtensionGenerationHooks(GenerationHooks):
                 self._refuse(row, f"returned a {type(changed).__name__}, expected a {type(request).__name__} "
                                   "(the request it was given, changed) or None", warnings)
                 continue
-            request = changed
+            try:
+                request = check(changed)
+            except ValueError as error:  # a value the app refuses: the request goes on unchanged
+                warnings.append(f"extension '{row.extension}': its change to the request was not used ({error})")
         return request
 
     def expand_prompts(self, job: JobInfo, prompt: str, negative_prompt: str, count: int,

@@ -97,8 +97,9 @@ class DenoisingHooks:
 class GenerationHooks:
     """No-op default of every generation-time hook. Subclassed by the extension layer."""
 
-    def before_request(self, request: Any, warnings: list[str]) -> Any:
-        """The request a job runs: the one given, or a changed one of the same type."""
+    def before_request(self, request: Any, warnings: list[str], check: Callable[[Any], Any]) -> Any:
+        """The request a job runs: the one given, or a changed one of the same type that passed `check`
+        (the app's own checks: it returns the checked request or raises ValueError with the reason)."""
         return request
 
     def expand_prompts(self, job: JobInfo, prompt: str, negative_prompt: str, count: int,

@@ -201,17 +201,11 @@ class GenerationService:
         """Validate and generate on the calling thread with `manager`: for code already running inside a
         job on a worker (X/Y/Z cells, batch folders), which runs its sub-steps inline, never as new jobs.
 
-        Extensions' `before_request` hooks may change the request first; a change that does not validate
-        is dropped (the job's warnings say so)."""
+        Extensions' `before_request` hooks may change the request first; a change that the app's checks
+        refuse is dropped (the job's warnings say so)."""
         request = self.validate_txt2img(request)
         warnings: list[str] = []
-        changed = self.hooks.before_request(request, warnings)
-        if changed is not request:
-            try:
-                request = self.validate_txt2img(changed)
-                self.lora_uses(request)
-            except ValueError as error:
-                warnings.append(f"a before-request hook's change was not used: {error}")
+        request = self.hooks.before_request(request, warnings, self._check_changed)
         loras, vae = self.lora_uses(request), self.models.resolve_vae(request.vae)
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
         with manager.checkout(request.checkpoint, loras, vae) as model:
@@ -219,6 +213,13 @@ class GenerationService:
                          hooks=self.hooks)
         result.warnings = tuple(warnings) + tuple(result.warnings)
         return result
+
+    def _check_changed(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
+        """What a request changed by an extension must pass before it runs (as a user's would)."""
+        request = self.validate_txt2img(request)
+        self.lora_uses(request)
+        self.models.resolve_vae(request.vae)
+        return request
 
     # ---- jobs ----
     def job_kinds(self) -> list[JobKind]:

@@ -21,6 +21,8 @@ def setup(ext: api.ExtensionSetup) -> None:
         return [context.prompt.replace("PACKCOLORS", color) for color in COLORS]
 
     def before(context: api.BeforeRequest):
+        if "PACKBADSTEPS" in context.request.prompt:
+            return context.request.with_changes(steps=100000)  # the app's checks refuse this change
         if "PACKSTEPS2" not in context.request.prompt:
             return None
         return context.request.with_changes(steps=2)
