@@ -245,7 +245,8 @@ def title(server) -> str:
 # ---- 2. training progress belongs to the run's owner --------------------------------------------
 
 def train_body(server, **changes) -> dict:
-    folder = server.data_dir / "datasets" / "shared-hexagons"
+    """Ulla's run on her own dataset (a plain user's `datasets/` is `datasets/users/<name>/`)."""
+    folder = server.data_dir / "datasets" / "users" / "ulla" / "shared-hexagons"
     if not folder.is_dir():
         folder.mkdir(parents=True)
         for index, image in enumerate(held_out_concept_images("hexagon", 4)):

@@ -21,7 +21,7 @@ from tests.support.oversized_png import oversized_png
 from webui.context import build_context
 from sdstudio_eval.toy_world import held_out_concept_images
 from webui.generation.requests import Txt2ImgRequest
-from webui.security.identity import LOCAL_ADMIN, User
+from webui.security.identity import ADMIN, LOCAL_ADMIN, User
 from webui.security.limits import RequestLimits
 from webui.security.network import HubDisabled
 from webui.security.paths import PathRefused
@@ -181,7 +181,7 @@ def test_folders_outside_datasets_and_training_states_are_refused_before_queuein
     with pytest.raises(TrainingConfigError, match="caption_extension"):
         start_training(ctx.training, tiny_config("hexagons", caption_extension=".json"))
     assert ctx.training.monitor is monitor and ctx.scheduler.pending == 0
-    confined = confine_config(ctx.training, tiny_config("hexagons", resume_from="hexsvc-state"))
+    confined = confine_config(ctx.training, tiny_config("hexagons", resume_from="hexsvc-state"), None)
     assert confined.dataset_dir == str((ctx.settings.datasets_folder / "hexagons").resolve())
     assert confined.resume_from == str((ctx.settings.training_folder / "states" / "hexsvc-state").resolve())
 
@@ -201,7 +201,8 @@ def test_cancel_stops_only_training_and_a_second_run_is_refused_while_one_is_act
     assert studio.started("someone's txt2img").wait(60)
     try:
         job = start_training(ctx.training, tiny_config(hexagons, output_name="hexlong", max_train_steps=500,
-                                              sample_every_n_steps=0, save_every_n_epochs=0), "alice")
+                                              sample_every_n_steps=0, save_every_n_epochs=0),
+                             User("alice", ADMIN))  # an admin: the shared datasets/ folder is hers to use
         assert job.owner == "alice"
         assert training_status(ctx.training)["state"] == "queued"
         with pytest.raises(TrainingBusyError, match="hexlong"):
@@ -277,11 +278,11 @@ def test_symlinks_leading_out_of_a_dataset_are_not_listed_read_or_written(tmp_pa
 
 
 def test_upload_folder_needs_a_usable_output_name(ctx):
-    assert dataset_folder_for(ctx.training, "my lora") == (ctx.settings.datasets_folder / "my lora").resolve()
-    assert dataset_folder(ctx.training, "my lora") == dataset_folder_for(ctx.training, "my lora")
+    assert dataset_folder_for(ctx.training, "my lora", None) == (ctx.settings.datasets_folder / "my lora").resolve()
+    assert dataset_folder(ctx.training, "my lora", None) == dataset_folder_for(ctx.training, "my lora", None)
     for bad in ("", "a/b", "x:y"):
         with pytest.raises(ValueError, match="output_name"):
-            dataset_folder_for(ctx.training, bad)
+            dataset_folder_for(ctx.training, bad, None)
 
 
 def test_every_config_field_has_exactly_one_widget_and_values_convert_back():

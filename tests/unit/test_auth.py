@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from webui.security.accounts import AccountService
-from webui.security.auth import SESSION_COOKIE, Authenticator, LoginThrottle, TooManyAttempts
+from webui.security.auth import SESSION_COOKIE, Authenticator, Credentials, LoginThrottle, TooManyAttempts
 from webui.security.identity import ADMIN, LOCAL_ADMIN, USER, Forbidden, User, request_user
 from webui.security.middleware import HttpPolicy, SecurityMiddleware
 from webui.security.served_files import ServedFiles
@@ -70,6 +70,8 @@ def test_tokens_are_shown_once_stored_as_digests_and_revocable(tmp_path):
 
 @pytest.mark.parametrize("name,password,role,reason", [
     ("../etc", "long enough", USER, "user name"),
+    ("..", "long enough", USER, "user name"),  # also a folder name: outputs/users/<name>/
+    (".hidden", "long enough", USER, "user name"),
     ("carol", "short", USER, "at least"),
     ("carol", "long enough", "root", "role"),
 ])
@@ -159,6 +161,26 @@ def test_token_link_starts_a_session_and_drops_the_token_from_the_url():
     assert SESSION_COOKIE in link.cookies
     assert client.get("/whoami").json()["role"] == ADMIN
     assert client.get("/whoami?token=wrong").status_code == 200  # the session still holds
+
+
+def test_sessions_outlive_the_authenticator_but_not_their_account_or_the_start_up_token(tmp_path):
+    from webui.security.store import SecurityStore
+
+    users = UserStore(tmp_path / "users.json")
+    users.add_user("root", "long enough", ADMIN)
+    users.add_user("ida", "long enough", USER)
+    first = Authenticator(users, store=SecurityStore(tmp_path / "security.sqlite3"))
+    session = first.start_session(User("ida", USER))
+    restarted = Authenticator(UserStore(tmp_path / "users.json"), store=SecurityStore(tmp_path / "security.sqlite3"))
+    assert restarted.authenticate(Credentials("1.2.3.4", session=session)) == User("ida", USER)
+    users.remove_user("ida")
+    assert restarted.authenticate(Credentials("1.2.3.4", session=session)) is None
+    by_token = Authenticator(UserStore(None), access_token="first-token", store=SecurityStore(tmp_path / "t.sqlite3"))
+    token_session = by_token.start_session(by_token.token_user("first-token", "1.2.3.4"))
+    again = Authenticator(UserStore(None), access_token="first-token", store=SecurityStore(tmp_path / "t.sqlite3"))
+    assert again.authenticate(Credentials("1.2.3.4", session=token_session)) is not None
+    next_start = Authenticator(UserStore(None), access_token="new-token", store=SecurityStore(tmp_path / "t.sqlite3"))
+    assert next_start.authenticate(Credentials("1.2.3.4", session=token_session)) is None
 
 
 def test_cookie_sessions_need_json_or_an_origin_for_changes_bearer_clients_do_not():

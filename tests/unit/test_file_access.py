@@ -23,7 +23,10 @@ from webui.security.paths import (
     PathRefused,
     is_within,
 )
+from webui.security.identity import ADMIN, LOCAL_ADMIN, USER, User
 from webui.settings import settings_from_args
+
+ANNA, BEN = User("anna", USER), User("ben", USER)
 
 
 @pytest.fixture
@@ -45,9 +48,9 @@ def files(layout) -> FileAccess:
     return FileAccess.from_settings(settings_from_args(["--data-dir", str(data)]))
 
 
-def refusal(files: FileAccess, text, use=DATASET) -> str:
+def refusal(files: FileAccess, text, use=DATASET, user: User | None = None) -> str:
     with pytest.raises(PathRefused) as refused:
-        files.resolve(text, use)
+        files.resolve(text, use, user)
     assert isinstance(refused.value, ValueError)  # 422 over HTTP, a gr.Error in the UI
     return str(refused.value)
 
@@ -55,15 +58,15 @@ def refusal(files: FileAccess, text, use=DATASET) -> str:
 def test_relative_names_start_in_the_uses_main_folder(files, layout):
     data, _, _ = layout
     real = Path(os.path.realpath(data))
-    assert files.resolve("my-set", DATASET) == real / "datasets" / "my-set"
-    assert files.resolve("  my-set  ", DATASET) == real / "datasets" / "my-set"
-    assert files.resolve("not-made-yet", DATASET) == real / "datasets" / "not-made-yet"  # existence is the caller's
-    assert files.resolve("my-set/10_sks dog/../10_sks dog", DATASET) == real / "datasets" / "my-set" / "10_sks dog"
-    assert files.resolve(str(data / "datasets" / "my-set"), DATASET) == real / "datasets" / "my-set"
-    assert files.resolve("batch-out", BATCH_OUTPUT) == real / "outputs" / "batch-out"
-    assert files.resolve(str(data / "datasets" / "my-set"), BATCH_OUTPUT) == real / "datasets" / "my-set"
-    assert files.resolve("blip", CAPTION_MODEL) == real / "models" / "blip"
-    assert files.resolve("run-state", RESUME_STATE) == real / "training" / "states" / "run-state"
+    assert files.resolve("my-set", DATASET, None) == real / "datasets" / "my-set"
+    assert files.resolve("  my-set  ", DATASET, None) == real / "datasets" / "my-set"
+    assert files.resolve("not-made-yet", DATASET, None) == real / "datasets" / "not-made-yet"  # existence is the caller's
+    assert files.resolve("my-set/10_sks dog/../10_sks dog", DATASET, None) == real / "datasets" / "my-set" / "10_sks dog"
+    assert files.resolve(str(data / "datasets" / "my-set"), DATASET, None) == real / "datasets" / "my-set"
+    assert files.resolve("batch-out", BATCH_OUTPUT, None) == real / "outputs" / "batch-out"
+    assert files.resolve(str(data / "datasets" / "my-set"), BATCH_OUTPUT, None) == real / "datasets" / "my-set"
+    assert files.resolve("blip", CAPTION_MODEL, None) == real / "models" / "blip"
+    assert files.resolve("run-state", RESUME_STATE, None) == real / "training" / "states" / "run-state"
 
 
 def test_each_use_accepts_only_its_own_folders(files, layout):
@@ -92,7 +95,7 @@ def test_a_symlink_inside_pointing_outside_is_refused_and_one_outside_pointing_i
     assert "datasets/" in refusal(files, str(data / "datasets" / "escape" / "secret.txt"))
     shortcut = tmp_path / "shortcut"
     shortcut.symlink_to(data / "datasets" / "my-set", target_is_directory=True)
-    assert files.resolve(str(shortcut), DATASET) == Path(os.path.realpath(data / "datasets" / "my-set"))
+    assert files.resolve(str(shortcut), DATASET, None) == Path(os.path.realpath(data / "datasets" / "my-set"))
 
 
 @pytest.mark.parametrize("text", [
@@ -132,7 +135,7 @@ def test_wrong_types_and_empty_text_are_refused(files):
 def test_folder_flags_add_their_folders(tmp_path):
     data, elsewhere = tmp_path / "data", tmp_path / "my-outputs"
     files = FileAccess.from_settings(settings_from_args(["--data-dir", str(data), "--outputs-dir", str(elsewhere)]))
-    assert files.resolve("x", BATCH_OUTPUT) == Path(os.path.realpath(elsewhere)) / "x"
+    assert files.resolve("x", BATCH_OUTPUT, None) == Path(os.path.realpath(elsewhere)) / "x"
     assert str(elsewhere) in refusal(files, str(data / "outputs"), BATCH_OUTPUT)
 
 
@@ -153,3 +156,60 @@ def test_is_within_resolves_symlinks(layout):
     assert not is_within(datasets / "escape", datasets)
     assert not is_within(datasets / "escape" / "secret.txt", datasets)
     assert not is_within(data / "datasets-other", datasets)  # a name that only starts the same
+
+
+def test_a_plain_user_works_in_their_own_part_of_datasets_and_outputs(files, layout):
+    data, _, _ = layout
+    real = Path(os.path.realpath(data))
+    assert files.resolve("my-set", DATASET, ANNA) == real / "datasets" / "users" / "anna" / "my-set"
+    assert files.resolve("in", BATCH_INPUT, ANNA) == real / "datasets" / "users" / "anna" / "in"
+    assert files.resolve("out", BATCH_OUTPUT, ANNA) == real / "outputs" / "users" / "anna" / "out"
+    own_outputs = str(data / "outputs" / "users" / "anna" / "txt2img-images")
+    assert files.resolve(own_outputs, BATCH_INPUT, ANNA) == real / "outputs" / "users" / "anna" / "txt2img-images"
+    assert files.outputs_for(ANNA) == data / "outputs" / "users" / "anna"
+    assert files.outputs_subfolder(ANNA) == "users/anna"
+    # shared roots stay shared: the captioning model folder and training states are not per user
+    assert files.resolve("blip", CAPTION_MODEL, ANNA) == real / "models" / "blip"
+
+
+def test_admins_and_the_app_keep_the_whole_folders_in_a1111_layout(files, layout):
+    data, _, _ = layout
+    real = Path(os.path.realpath(data))
+    for who in (None, LOCAL_ADMIN, User("boss", ADMIN)):
+        assert files.resolve("my-set", DATASET, who) == real / "datasets" / "my-set"
+        assert files.resolve("users/anna/my-set", DATASET, who) == real / "datasets" / "users" / "anna" / "my-set"
+        assert files.outputs_for(who) == data / "outputs"
+        assert files.outputs_subfolder(who) == ""
+
+
+def test_another_users_folder_is_refused_like_an_outside_path_whether_or_not_it_exists(files, layout):
+    data, _, _ = layout
+    (data / "datasets" / "users" / "anna" / "cats").mkdir(parents=True)
+    (data / "outputs" / "users" / "anna" / "txt2img-images").mkdir(parents=True)
+    pairs = [
+        (str(data / "datasets" / "users" / "anna" / "cats"), str(data / "datasets" / "users" / "anna" / "dogs")),
+        (str(data / "outputs" / "users" / "anna" / "txt2img-images"), str(data / "outputs" / "users" / "nobody")),
+        ("../anna/cats", "../anna/dogs"),
+        ("../../my-set", "../../no-set"),  # the admin's folder beside the users' folders
+        (str(data / "datasets" / "my-set"), str(data / "datasets" / "no-set")),
+    ]
+    for use in (DATASET, BATCH_INPUT, BATCH_OUTPUT):
+        for present, absent in pairs:
+            first = refusal(files, present, use, BEN).replace(present, "<typed>")
+            assert first == refusal(files, absent, use, BEN).replace(absent, "<typed>")
+            assert "users/ben/" in first and "anna" not in first
+
+
+def test_an_account_name_that_is_no_folder_name_gets_no_folder(files):
+    for name in ("..", ".", ".hidden"):
+        with pytest.raises(PathRefused):
+            files.resolve("my-set", DATASET, User(name, USER))
+
+
+def test_a_stored_outputs_subfolder_must_stay_inside_outputs(files, layout):
+    data, _, _ = layout
+    assert files.saved_outputs("users/anna") == data / "outputs" / "users" / "anna"
+    assert files.saved_outputs("") == data / "outputs"  # A1111's layout, as configured
+    for bad in ("..", "users/../../datasets", "/etc", str(data / "outputs")):
+        with pytest.raises(PathRefused):
+            files.saved_outputs(bad)

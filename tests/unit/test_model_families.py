@@ -84,3 +84,20 @@ def test_the_guard_sees_a_family_comparison(tmp_path):
     module = tmp_path / "m.py"
     module.write_text('"""about sdxl"""\ndef f(model):\n    return model.family == "sdxl"\n')
     assert family_name_literals(module) == ["line 3: 'sdxl'"]
+
+
+def test_a_v_prediction_sdxl_file_gets_a_v_prediction_scheduler_with_its_sampler():
+    """Issue 17 item 3: the `v_pred` / `ztsnr` marker keys of v-prediction SDXL fine-tunes reach the sampler."""
+    from webui.generation.samplers import build_scheduler
+    from webui.models.checkpoint_loading import single_file_scheduler_config
+
+    plain = single_file_scheduler_config("sdxl", ["model.diffusion_model.out.2.weight"])
+    vpred = single_file_scheduler_config("sdxl", ["model.diffusion_model.out.2.weight", "v_pred"])
+    ztsnr = single_file_scheduler_config("sdxl", ["v_pred", "ztsnr"])
+    assert plain["prediction_type"] == "epsilon" and vpred["prediction_type"] == "v_prediction"
+    assert not vpred.get("rescale_betas_zero_snr") and ztsnr["rescale_betas_zero_snr"] is True
+    scheduler = build_scheduler("Euler", "Automatic", ztsnr)
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    scheduler.set_timesteps(20)
+    assert float(scheduler.alphas_cumprod[-1]) < 1e-6  # the last training step is pure noise (zero SNR)
+    assert single_file_scheduler_config("sd1", ["v_pred"]) == single_file_scheduler_config("sd1", [])

@@ -12,7 +12,8 @@ from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 
 def test_a_txt2img_request_round_trips_without_files(tmp_path):
     request = Txt2ImgRequest(prompt="a red circle", styles=("one", "two"), steps=7, seed=42, enable_hr=True,
-                             hr_scale=1.5, checkpoint="toy.safetensors [abc]", extra={"sd_vae": "x"})
+                             hr_scale=1.5, checkpoint="toy.safetensors [abc]", extra={"sd_vae": "x"},
+                             outputs_subfolder="users/anna")  # a queued job saves where its owner's images go
     data = encode_request(request, tmp_path / "images")
     assert decode_request(data, tmp_path / "images") == request
     assert not (tmp_path / "images").exists()
@@ -40,3 +41,14 @@ def test_bad_stored_requests_are_refused_with_the_reason(tmp_path):
         decode_request({"type": "img2img", "fields": {"init_images": ["../etc.png"]}}, tmp_path)
     with pytest.raises(RequestCodecError, match="JSON"):
         encode_request(Txt2ImgRequest(extra={"image": object()}), tmp_path)
+
+
+def test_a_queued_batch_keeps_whose_folders_it_may_use():
+    from webui.generation.service import BatchJob, GenerationService
+    from webui.security.identity import USER, User
+
+    template = Img2ImgRequest(prompt="p", denoising_strength=0.3, outputs_subfolder="users/anna")
+    job = BatchJob(template, "cats", "", "", User("anna", USER))
+    back = GenerationService._decode_batch(GenerationService._encode_batch(job))
+    assert back == job  # after a restart it is judged against Anna's folders again, not the whole ones
+    assert GenerationService._decode_batch(GenerationService._encode_batch(BatchJob(template, "a", "b"))).user is None

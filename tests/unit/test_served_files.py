@@ -8,6 +8,7 @@ import json
 from webui.security.middleware import HttpPolicy
 from webui.security.served_files import ServedFiles, body_file_paths, file_paths, file_route_target, recording_send
 from webui.security.server import build_server_security
+from webui.security.store import SecurityStore
 from webui.settings import settings_from_args
 
 
@@ -39,11 +40,45 @@ def test_a_file_belongs_to_whoever_was_handed_it_under_any_spelling(tmp_path):
     assert not served.belongs_to(f"{image}\x00", "ulla")
 
 
-def test_the_record_is_bounded_oldest_first():
-    served = ServedFiles(max_entries=2)
+def test_the_record_is_bounded_oldest_first_and_forgets_old_files():
+    now = [1000.0]
+    served = ServedFiles(store=SecurityStore(":memory:", max_served=2, served_days=1, clock=lambda: now[0],
+                                             prune_every=1))
     for name in ("/c/1", "/c/2", "/c/3"):
+        now[0] += 1
         served.record(name, "ulla")
-    assert not served.belongs_to("/c/1", "ulla") and served.belongs_to("/c/3", "ulla")
+    assert not served.belongs_to("/c/1", "ulla") and served.belongs_to("/c/2", "ulla")
+    now[0] += 2 * 24 * 3600  # past `served_days`: no longer fetchable, even before it is pruned
+    assert not served.belongs_to("/c/3", "ulla")
+
+
+def test_the_record_and_sessions_survive_a_new_store_on_the_same_file(tmp_path):
+    from webui.security.identity import USER, User
+
+    path = tmp_path / "security.sqlite3"
+    first = SecurityStore(path)
+    ServedFiles(store=first).record("/c/ulla.png", "ulla")
+    first.add_session("cookie-value", User("ulla", USER), expires=9e12)
+    first.add_session("token-login", User("admin", "admin"), expires=9e12, access_token="start-token")
+    first.close()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert b"cookie-value" not in path.read_bytes()  # only a digest of the cookie is stored
+    again = SecurityStore(path)
+    assert ServedFiles(store=again).belongs_to("/c/ulla.png", "ulla")
+    assert not ServedFiles(store=again).belongs_to("/c/ulla.png", "vera")
+    assert again.session("cookie-value", access_token=None) == (User("ulla", USER), False)
+    assert again.session("token-login", access_token="next-start-token") is None  # a new token ends them
+    assert again.session("token-login", access_token="start-token") is None  # and they were deleted
+    assert again.session("unknown", access_token=None) is None
+
+
+def test_an_unreadable_store_is_moved_aside_and_a_fresh_one_used(tmp_path):
+    path = tmp_path / "security.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    store = SecurityStore(path)
+    store.record_files(["/c/x"], "ulla")
+    assert store.file_belongs_to("/c/x", "ulla")
+    assert [p.name for p in tmp_path.glob("security.sqlite3.corrupt-*")]
 
 
 def test_the_file_route_names_its_target():

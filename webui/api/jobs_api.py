@@ -70,7 +70,7 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
     def submit(body: JobBody, user: User) -> Job:
         """Runs on a worker thread: images are decoded and folders read while checking."""
         webhook = ctx.webhooks.check_url(body.webhook) if body.webhook else None
-        owner = user.name
+        owner = user
         if body.kind == "txt2img":
             parsed = _parse(Txt2ImgBody, body.request)
             request = txt2img_request_from_body(parsed, options.effective(parsed.override_settings))
@@ -90,7 +90,7 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
             config = TrainingConfig.from_dict(body.request)
             if not config.base_checkpoint:
                 config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or "")
-            return start_training(ctx.training, config, owner, webhook_url=webhook, may_replace_models=user.is_admin)
+            return start_training(ctx.training, config, user, webhook_url=webhook)
         raise HTTPException(422, f"kind {body.kind!r} cannot be submitted here; use one of "
                                  f"{', '.join(SUBMITTABLE_KINDS)}")
 

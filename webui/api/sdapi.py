@@ -222,12 +222,12 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
                              save_grid=request.save_images, registry=ctx.xyz.registry)
         if script is not None:
             job = await run_in_threadpool(functools.partial(
-                ctx.xyz.submit, request, script.x, script.y, script.z, script.options, owner=user.name))
+                ctx.xyz.submit, request, script.x, script.y, script.z, script.options, owner=user))
             run = await wait_for_job(ctx.scheduler, job, http)
             answer = await run_in_threadpool(xyz_response, body, request, run)
         else:
             submit = ctx.generation.submit_img2img if is_img2img else ctx.generation.submit_txt2img
-            job = await run_in_threadpool(submit, request, user.name)
+            job = await run_in_threadpool(submit, request, user)
             result = await wait_for_job(ctx.scheduler, job, http)
             answer = await run_in_threadpool(generation_response, body, request, result)
         # A checkpoint override is the request's own: the selected checkpoint stays, so it is current again

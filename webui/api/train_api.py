@@ -3,8 +3,9 @@
 The body of POST /sdapi/v1/train is the same JSON `python -m webui.train` and the presets use, so a
 config saved from the Train tab can be posted as it is. A config or dataset that cannot work is refused
 with 422 and the reason before anything is queued; a second run while one is active gets 409.
-`dataset_dir` must be a folder in the data folder's `datasets/` (a plain name means `datasets/<name>`)
-and `resume_from` a saved state in `training/states/`; anything else is refused with 422.
+`dataset_dir` must be a folder in the data folder's `datasets/` (a plain name means `datasets/<name>`;
+for a plain user both mean their own `datasets/users/<user>/`) and `resume_from` a saved state in
+`training/states/`; anything else is refused with 422.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def build_train_router(ctx: AppContext) -> APIRouter:
             config = TrainingConfig.from_dict(body)
             if not config.base_checkpoint:
                 config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or "")
-            job = start_training(ctx.training, config, user.name, may_replace_models=user.is_admin)
+            job = start_training(ctx.training, config, user)
         except TrainingBusyError as error:
             raise HTTPException(409, str(error)) from None
         except (ValueError, LookupError) as error:  # config, dataset and checkpoint problems

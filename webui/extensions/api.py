@@ -37,7 +37,7 @@ from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, Regist
 from webui.extensions.settings_store import SettingError, SettingSpec, SettingValue
 from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
-from webui.security.identity import NotAuthenticated, request_user
+from webui.security.identity import ADMIN, USER, NotAuthenticated, User, request_user
 
 API_VERSION = "1.0.0"
 
@@ -108,6 +108,11 @@ def caller_of(request: Any) -> Caller:
     return Caller(user.name, user.is_admin)
 
 
+def _user_of(caller: Caller | None) -> User | None:
+    """The app's identity for a caller (its folders, queue bound and job ownership follow from it)."""
+    return None if caller is None else User(caller.name, ADMIN if caller.is_admin else USER)
+
+
 @dataclass(frozen=True)
 class JobOutcome:
     """A finished generation job as an extension sees it."""
@@ -131,11 +136,11 @@ class Services:
 
     def submit_txt2img(self, request: Txt2ImgRequest, caller: Caller | None = None) -> str:
         """Queue a txt2img job (for `caller`, or as the app's own work); returns the job id."""
-        return self._context.generation.submit_txt2img(request, owner=caller.name if caller else None).job_id
+        return self._context.generation.submit_txt2img(request, owner=_user_of(caller)).job_id
 
     def submit_img2img(self, request: Img2ImgRequest, caller: Caller | None = None) -> str:
         """Queue an img2img / inpaint job; returns the job id."""
-        return self._context.generation.submit_img2img(request, owner=caller.name if caller else None).job_id
+        return self._context.generation.submit_img2img(request, owner=_user_of(caller)).job_id
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
         """Wait for a job this extension queued; raises the job's error, or TimeoutError."""

@@ -68,6 +68,9 @@ class Txt2ImgRequest:
     hr_negative_prompt: str = ""
     denoising_strength: float = 0.7
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where saved images go, below outputs/ ("" = outputs/ itself, A1111's layout): the owner's own folder,
+    # set by GenerationService from the caller's identity at submit (webui.security.paths), never by a client.
+    outputs_subfolder: str = ""
 
     def with_changes(self, **changes: Any) -> "Txt2ImgRequest":
         return replace(self, **changes)

@@ -35,6 +35,7 @@ from webui.jobs.worker import Worker
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
 from webui.models.service import ModelService
+from webui.security.identity import USER, User, name_of
 from webui.security.limits import RequestLimits
 from webui.security.paths import BATCH_INPUT, BATCH_MASKS, BATCH_OUTPUT, FileAccess, is_within
 from webui.training.config import IMAGE_SUFFIXES
@@ -45,12 +46,14 @@ TXT2IMG, IMG2IMG, IMG2IMG_BATCH = "txt2img", "img2img", "img2img-batch"
 
 @dataclass(frozen=True)
 class BatchJob:
-    """A1111's img2img Batch tab as a job: the template request and the (confined) folders."""
+    """A1111's img2img Batch tab as a job: the template request, the folders as typed, and the user whose
+    folders they are judged against (again when the job runs; None: the app's own, the whole folders)."""
 
     template: Img2ImgRequest
     input_folder: str
     output_folder: str
     mask_folder: str = ""
+    user: User | None = None
 
 
 @dataclass
@@ -61,7 +64,7 @@ class GenerationService:
     loras: LoraCatalog
     files: FileAccess              # where user-supplied paths may point (webui.security.paths)
     request_limits: RequestLimits  # its `generation` part bounds request values
-    outputs_folder: Path
+    outputs_folder: Path           # outputs/ as a whole; a request saves under `outputs_root_of(request)`
     inputs_folder: Path            # where queued img2img jobs keep their images until they are pruned
     # What extensions do during a job (webui.generation.hooks); the composition root passes the extension
     # layer's, the default does nothing.
@@ -99,21 +102,31 @@ class GenerationService:
         prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
         return self.loras.resolve_tags(extract_network_tags(prompt)[1] + extract_network_tags(negative)[1])
 
-    # Every submit_* takes the owner: the name of the user asking (`User.name`), None for the app's own
-    # and command-line work. The scheduler bounds jobs per owner and only the owner or an admin stops a job.
-    def submit_txt2img(self, request: Txt2ImgRequest, owner: str | None = None,
+    # Every submit_* takes the owner: the user asking (`User`), None for the app's own and command-line
+    # work. The job records the name (the scheduler bounds jobs per owner and only the owner or an admin
+    # stops a job); the role decides where saved images go (`owned_by`).
+    def submit_txt2img(self, request: Txt2ImgRequest, owner: User | None = None,
                        webhook_url: str | None = None) -> Job:
         """Validate, then queue; the returned job carries progress and, when done, a GenerationResult."""
         return self._submit(TXT2IMG, request, owner, webhook_url)
 
-    def submit_img2img(self, request: Img2ImgRequest, owner: str | None = None,
+    def submit_img2img(self, request: Img2ImgRequest, owner: User | None = None,
                        webhook_url: str | None = None) -> Job:
         """img2img / inpaint / outpaint: same checks and the same workers as txt2img."""
         return self._submit(IMG2IMG, request, owner, webhook_url)
 
-    def _submit(self, kind: str, request: Txt2ImgRequest, owner: str | None, webhook_url: str | None) -> Job:
-        request = self.prepare(request)
-        return self.scheduler.submit(JobSpec(kind, request, owner), webhook_url)
+    def _submit(self, kind: str, request: Txt2ImgRequest, owner: User | None, webhook_url: str | None) -> Job:
+        request = self.prepare(self.owned_by(request, owner))
+        return self.scheduler.submit(JobSpec(kind, request, name_of(owner)), webhook_url)
+
+    def owned_by(self, request: Txt2ImgRequest, owner: User | None) -> Txt2ImgRequest:
+        """The request saving into `owner`'s outputs folder (outputs/ itself for an admin or the app)."""
+        name_of(owner)  # a bare name is refused
+        return request.with_changes(outputs_subfolder=self.files.outputs_subfolder(owner))
+
+    def outputs_root_of(self, request: Txt2ImgRequest) -> Path:
+        """Where a (submitted) request saves: its owner's folder, checked to lie inside outputs/."""
+        return self.files.saved_outputs(request.outputs_subfolder)
 
     def prepare(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """Validate a request and pin the checkpoint it runs on (the selected one when it names none),
@@ -131,30 +144,30 @@ class GenerationService:
         return request
 
     def submit_img2img_batch(self, template: Img2ImgRequest, input_folder: str, output_folder: str,
-                             mask_folder: str = "", owner: str | None = None) -> Job:
+                             mask_folder: str = "", owner: User | None = None) -> Job:
         """A1111's Batch tab: every image in a folder (with the same-named mask when a mask folder is given)
         through one queued job; results are saved into the output folder with their infotext.
 
-        The folders are confined by `self.files` (datasets/ and outputs/); files that are symlinks leading
-        out of their folder are left alone."""
-        job = BatchJob(template, input_folder, output_folder, mask_folder)
+        The folders are confined by `self.files` to the owner's part of datasets/ and outputs/ (all of
+        them for an admin); files that are symlinks leading out of their folder are left alone."""
+        job = BatchJob(self.owned_by(template, owner), input_folder, output_folder, mask_folder, owner)
         self._batch_files(job)  # every refusal before queueing
         probe = template.with_changes(init_images=(Image.new("RGB", (template.width, template.height)),))
         self.validate_txt2img(probe)
-        return self.scheduler.submit(JobSpec(IMG2IMG_BATCH, job, owner))
+        return self.scheduler.submit(JobSpec(IMG2IMG_BATCH, job, name_of(owner)))
 
     def _batch_files(self, job: BatchJob) -> tuple[list[Path], Path, Path | None]:
         """(input images, output folder, mask folder), confined; raises with the reason."""
-        inputs = self.files.resolve(job.input_folder, BATCH_INPUT)
+        inputs = self.files.resolve(job.input_folder, BATCH_INPUT, job.user)
         if not inputs.is_dir():
             raise RequestError(f"input folder {job.input_folder!r} does not exist")
         files = sorted(p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                        and is_within(p, inputs))
         if not files:
             raise RequestError(f"input folder {job.input_folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        outputs = (self.files.resolve(job.output_folder, BATCH_OUTPUT) if (job.output_folder or "").strip()
-                   else self.outputs_folder / "img2img-batch")
-        masks = self.files.resolve(job.mask_folder, BATCH_MASKS) if (job.mask_folder or "").strip() else None
+        outputs = (self.files.resolve(job.output_folder, BATCH_OUTPUT, job.user) if (job.output_folder or "").strip()
+                   else self.files.outputs_for(job.user) / "img2img-batch")
+        masks = self.files.resolve(job.mask_folder, BATCH_MASKS, job.user) if (job.mask_folder or "").strip() else None
         if masks is not None and not masks.is_dir():
             raise RequestError(f"mask folder {job.mask_folder!r} does not exist")
         return files, outputs, masks
@@ -205,12 +218,14 @@ class GenerationService:
         refuse is dropped (the job's warnings say so)."""
         request = self.validate_txt2img(request)
         warnings: list[str] = []
-        request = self.hooks.before_request(request, warnings, self._check_changed)
+        owners_folder = request.outputs_subfolder  # an extension never moves where a user's images go
+        request = self.hooks.before_request(
+            request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
         loras, vae = self.lora_uses(request), self.models.resolve_vae(request.vae)
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
         with manager.checkout(request.checkpoint, loras, vae) as model:
-            result = run(model, request, outputs_root=self.outputs_folder, styles=self.styles, control=control,
-                         hooks=self.hooks)
+            result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
+                         control=control, hooks=self.hooks)
         result.warnings = tuple(warnings) + tuple(result.warnings)
         return result
 
@@ -255,13 +270,16 @@ class GenerationService:
     @staticmethod
     def _encode_batch(job: BatchJob) -> dict[str, Any]:
         template = job.template.with_changes(init_images=(), mask=None)  # each image comes from the folder
+        user = {"name": job.user.name, "role": job.user.role} if job.user is not None else None
         return {"template": encode_request(template, Path("/nonexistent")), "input_folder": job.input_folder,
-                "output_folder": job.output_folder, "mask_folder": job.mask_folder}
+                "output_folder": job.output_folder, "mask_folder": job.mask_folder, "user": user}
 
     @staticmethod
     def _decode_batch(data: dict[str, Any]) -> BatchJob:
         template = decode_request(data["template"], Path("/nonexistent"))
-        return BatchJob(template, data["input_folder"], data["output_folder"], data.get("mask_folder", ""))
+        user = data.get("user")
+        return BatchJob(template, data["input_folder"], data["output_folder"], data.get("mask_folder", ""),
+                        User(str(user["name"]), str(user.get("role", USER))) if user else None)
 
 
 def describe_request(request: Txt2ImgRequest) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,13 @@ def _read_single_file(record: CheckpointRecord) -> CheckpointWeights:
         configs=configs,
         state_dicts=state_dicts,
         tokenizer_folder=config_dir(family),
-        scheduler_config=load_component_config(family, "scheduler"),
+        scheduler_config=single_file_scheduler_config(family, state_dict.keys()),
     )
+
+
+def single_file_scheduler_config(family: str, keys: Collection[str]) -> dict[str, Any]:
+    """The family's shipped scheduler config with what the file's marker keys declare (v-prediction ...)."""
+    return {**load_component_config(family, "scheduler"), **family_named(family).scheduler_overrides(keys)}
 
 
 def _read_component_folder(folder: Path) -> dict[str, torch.Tensor]:

@@ -6,6 +6,10 @@ One `Authenticator` per server. Modes:
 - secured: accounts (`--auth`, `users.json`) and/or a start-up access token (created when `--listen` or
   `--share` is given without accounts, like Jupyter's). Requests prove themselves with a session cookie
   (from the login form or `?token=`), `Authorization: Bearer <token>` or HTTP Basic (A1111 clients).
+
+Login sessions are kept in the `SecurityStore` (webui.security.store), so they survive a restart: a
+browser or an A1111 client with a cookie stays logged in. Sessions made with the start-up access token
+end with it (a new token is made at every start).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from webui.security.identity import ADMIN, LOCAL_ADMIN, User
+from webui.security.store import SecurityStore
 from webui.security.users import UserStore
 
 SESSION_COOKIE = "sdstudio_session"
@@ -86,11 +91,12 @@ class Credentials:
 
 
 class Authenticator:
-    def __init__(self, users: UserStore, access_token: str | None = None, throttle: LoginThrottle | None = None):
+    def __init__(self, users: UserStore, access_token: str | None = None, throttle: LoginThrottle | None = None,
+                 store: SecurityStore | None = None):
         self.users = users
         self.access_token = access_token
         self.throttle = throttle or LoginThrottle()
-        self._sessions: dict[str, tuple[User, float]] = {}
+        self.store = store if store is not None else SecurityStore.in_memory()  # where sessions are kept
         self._basic_cache: dict[str, tuple[User, float]] = {}  # digest of a verified Basic header -> user
         self._lock = threading.Lock()
 
@@ -102,24 +108,23 @@ class Authenticator:
     # ---- sessions ----
     def start_session(self, user: User) -> str:
         session_id = secrets.token_urlsafe(32)
-        with self._lock:
-            self._sessions[session_id] = (user, time.time() + SESSION_SECONDS)
+        by_token = user == ACCESS_TOKEN_USER and self.access_token is not None and user not in self.users.users()
+        self.store.add_session(session_id, user, time.time() + SESSION_SECONDS,
+                               self.access_token if by_token else None)
         return session_id
 
     def end_session(self, session_id: str) -> None:
-        with self._lock:
-            self._sessions.pop(session_id, None)
+        self.store.end_session(session_id)
 
     def _session_user(self, session_id: str) -> User | None:
-        with self._lock:
-            entry = self._sessions.get(session_id)
-            if entry is None:
-                return None
-            user, expires = entry
-            if expires < time.time() or not self._still_exists(user):
-                del self._sessions[session_id]
-                return None
-            return user
+        found = self.store.session(session_id, self.access_token)
+        if found is None:
+            return None
+        user, by_token = found
+        if not by_token and user not in self.users.users():  # removed, or the role changed
+            self.store.end_session(session_id)
+            return None
+        return user
 
     def _still_exists(self, user: User) -> bool:
         return user == ACCESS_TOKEN_USER and self.access_token is not None or user in self.users.users()

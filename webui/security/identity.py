@@ -50,6 +50,17 @@ class User:
 LOCAL_ADMIN = User("local", ADMIN)
 
 
+def name_of(user: User | None) -> str | None:
+    """The owner name a job records for `user` (None: the app's own work).
+
+    Services take the caller's `User`, not a name, because the role decides which folders are theirs
+    (webui.security.paths); a bare name is refused here so that a caller still passing one fails loudly.
+    """
+    if user is not None and not isinstance(user, User):
+        raise TypeError(f"pass the caller's User (webui.security.identity), not {type(user).__name__} {user!r}")
+    return user.name if user is not None else None
+
+
 def user_from_scope(scope: Mapping[str, Any]) -> User:
     """The user the middleware attached to an ASGI scope; NotAuthenticated when there is none."""
     user = (scope.get("state") or {}).get(SCOPE_KEY)

@@ -11,29 +11,32 @@ gradio's own rule for inputs (only files in its upload folder) is not applied to
 `gr.mount_gradio_app`, as SD Studio's is, so it is applied here, for every user, admins included: a file
 value in a gradio call must lie in gradio's upload folder (`roots`).
 
-So the middleware keeps a record, per server, of which user each served file was handed to: the paths
+So the middleware keeps a record, per data folder, of which user each served file was handed to: the paths
 gradio returns from an upload, and the file values (`{"path": ...}` objects, and the `path` edits of a
 streamed update) in the answers a user's own gradio calls stream back to them. A plain user may then
 fetch, or pass as input, only files recorded as theirs; anything else, existing or not, gets the same
 404. Admins are not limited. Paths are compared after resolving `..` and symlinks, so no spelling of a
 path (absolute, relative, `..`, percent-encoded, through a link) reaches a file that is not theirs.
+
+The record lives in the `SecurityStore` (webui.security.store), so it survives a restart: a user can
+still fetch the images they were shown before it, and nobody else can. Two users who upload identical
+bytes get the same cache file (gradio names it by content hash); it is then recorded for both, which
+reveals nothing: each already holds those bytes (docs/SECURITY.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from webui.security.paths import is_within
+from webui.security.store import SecurityStore
 
 FILE_ROUTE = "/gradio_api/file="
 UPLOAD_ROUTE = "/gradio_api/upload"
 NOT_FOUND = "file not found: it was never shown to you on this server (upload it again)"
-MAX_RECORDED = 200_000  # files remembered (oldest forgotten first): ~40 MB of paths at most
 MAX_JSON_ANSWER = 16 * 1024 * 1024  # larger JSON answers are passed on without being read for paths
 
 Send = Callable[[dict], Awaitable[None]]
@@ -55,19 +58,21 @@ class ServedFiles:
     """Which users each served file belongs to (a file with the same bytes may belong to several)."""
 
     roots: tuple[str, ...] = ()  # gradio's upload folder(s): the only place a call's file inputs may be
-    max_entries: int = MAX_RECORDED
-    _owners: OrderedDict[str, set[str]] = field(default_factory=OrderedDict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    store: SecurityStore = field(default_factory=SecurityStore.in_memory, repr=False)  # where the record lives
 
     def record(self, path: str, owner: str) -> None:
-        if not path or "\x00" in path:
-            return
-        key = file_key(path)
-        with self._lock:
-            self._owners.setdefault(key, set()).add(owner)
-            self._owners.move_to_end(key)
-            while len(self._owners) > self.max_entries:
-                self._owners.popitem(last=False)
+        self.record_many([path], owner)
+
+    def record_many(self, paths: Iterable[str], owner: str) -> None:
+        """Record files handed to `owner` in one write (a gallery answer names many)."""
+        keys = []
+        for path in paths:
+            if path and "\x00" not in path:
+                try:
+                    keys.append(file_key(path))
+                except (OSError, ValueError):
+                    continue
+        self.store.record_files(keys, owner)
 
     def may_pass(self, path: str, owner: str, is_admin: bool) -> bool:
         """Whether a gradio call may name this file as an input: inside gradio's upload folder, and for
@@ -84,8 +89,7 @@ class ServedFiles:
             key = file_key(path)
         except (OSError, ValueError):
             return False
-        with self._lock:
-            return owner in self._owners.get(key, ())
+        return self.store.file_belongs_to(key, owner)
 
 
 # ---- file values in gradio's JSON ----
@@ -128,12 +132,9 @@ def recording_send(send: Send, served: ServedFiles, owner: str, route: str) -> S
         except (ValueError, RecursionError):
             return
         if route == UPLOAD_ROUTE and isinstance(value, list):
-            for item in value:
-                if isinstance(item, str):
-                    served.record(item, owner)
+            served.record_many((item for item in value if isinstance(item, str)), owner)
             return
-        for path in file_paths(value):
-            served.record(path, owner)
+        served.record_many(file_paths(value), owner)
 
     def record_stream(chunk: bytes, final: bool) -> None:
         state["buffer"] += chunk

@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from webui.security.auth import Authenticator
 from webui.security.middleware import HttpPolicy, SecurityMiddleware
 from webui.security.served_files import ServedFiles
+from webui.security.store import SECURITY_STORE_FILE, SecurityStore
 from webui.security.users import UserStore
 from webui.settings import Settings
 
@@ -42,14 +43,15 @@ class ServerSecurity:
 def build_server_security(settings: Settings, gradio_upload_folder: str | None = None) -> ServerSecurity:
     """`gradio_upload_folder`: where gradio stores uploads and shown files (the UI's only file inputs)."""
     users = UserStore(settings.users_file, settings.auth)
+    store = SecurityStore(settings.data_dir / SECURITY_STORE_FILE)  # sessions and file owners survive a restart
     needs_token = settings.reachable_from_network and len(users) == 0 and not settings.insecure_no_auth
-    authenticator = Authenticator(users, access_token=secrets.token_urlsafe(24) if needs_token else None)
+    authenticator = Authenticator(users, access_token=secrets.token_urlsafe(24) if needs_token else None, store=store)
     # The share link's requests arrive through gradio's tunnel with its host name (<random>.gradio.live):
     # a name nobody can point at this machine, so serving it opens no DNS-rebinding hole.
     share_hosts = (SHARE_HOST_SUFFIX,) if settings.share else ()
     policy = HttpPolicy(allowed_hosts=settings.allowed_hosts + share_hosts, allowed_origins=settings.cors_allow_origins,
                            max_body_bytes=settings.max_body_mb * 1024 * 1024)
-    served = ServedFiles(roots=(gradio_upload_folder,) if gradio_upload_folder else ())
+    served = ServedFiles(roots=(gradio_upload_folder,) if gradio_upload_folder else (), store=store)
     return ServerSecurity(authenticator, policy, served)
 
 

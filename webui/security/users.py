@@ -25,7 +25,8 @@ from pathlib import Path
 from webui.security.identity import ADMIN, ROLES, User
 
 TOKEN_PREFIX = "sds_"
-USER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+# Also a folder name (outputs/users/<name>/, webui.security.paths): no leading dot, so never "." or "..".
+USER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_@-][A-Za-z0-9_.@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -143,7 +144,7 @@ class UserStore:
     # ---- changing ----
     def add_user(self, name: str, password: str, role: str) -> User:
         if not USER_NAME_PATTERN.match(name):
-            raise AccountError("user name: use 1-64 letters, digits, '_', '.', '@' or '-'")
+            raise AccountError("user name: use 1-64 letters, digits, '_', '.', '@' or '-', not starting with '.'")
         if role not in ROLES:
             raise AccountError(f"role must be one of {', '.join(ROLES)}")
         if len(password) < MIN_PASSWORD_LENGTH:

@@ -28,7 +28,7 @@ from webui.models.families import DEFAULT_FAMILY, ModelFamily, family_named
 from webui.models.lora_catalog import LoraCatalog
 from webui.models.service import ModelService
 from webui.security.network import NetworkPolicy
-from webui.security.identity import User
+from webui.security.identity import User, name_of
 from webui.security.limits import RequestLimits
 from webui.models.default_model import DEFAULT_MODEL_NAME
 from webui.security.paths import DATASET, RESUME_STATE, FileAccess, is_within
@@ -195,9 +195,10 @@ class ImportResult:
         return text
 
 
-def dataset_folder_for(service: TrainingService, output_name: str) -> Path:
-    """The upload folder of a run, `datasets/<output name>`; the name must be usable as a file name, by the
-    config's own rule, and the folder goes through the file-access rule like a typed one."""
+def dataset_folder_for(service: TrainingService, output_name: str, user: User | None) -> Path:
+    """The upload folder of a run, `datasets/<output name>` in `user`'s part of datasets/; the name must be
+    usable as a file name, by the config's own rule, and the folder goes through the file-access rule like
+    a typed one."""
     name = (output_name or "").strip()
     if not name:
         raise ValueError("output_name: enter an output name first; uploaded images go to a folder of that name")
@@ -206,16 +207,17 @@ def dataset_folder_for(service: TrainingService, output_name: str) -> Path:
     except TrainingConfigError as error:
         if error.field == "output_name":
             raise
-    return service.files.resolve(name, DATASET)
+    return service.files.resolve(name, DATASET, user)
 
 
-def dataset_folder(service: TrainingService, typed: str) -> Path:
-    """A dataset folder typed by the user or sent by a client, confined to `datasets/` (relative names start there)."""
-    return service.files.resolve(typed, DATASET)
+def dataset_folder(service: TrainingService, typed: str, user: User | None) -> Path:
+    """A dataset folder typed by `user` or sent by their client, confined to their part of `datasets/`
+    (all of it for an admin; relative names start there)."""
+    return service.files.resolve(typed, DATASET, user)
 
 
-def confine_config(service: TrainingService, config: TrainingConfig) -> TrainingConfig:
-    """The config with `dataset_dir` and `resume_from` mapped into the app's folders, and a fixed caption extension.
+def confine_config(service: TrainingService, config: TrainingConfig, user: User | None) -> TrainingConfig:
+    """The config with `dataset_dir` and `resume_from` mapped into `user`'s folders, and a fixed caption extension.
 
     Every config that arrives from a request (Train tab, HTTP API) passes here before its folders are read;
     `python -m webui.train`, run by the machine's owner, does not.
@@ -223,9 +225,9 @@ def confine_config(service: TrainingService, config: TrainingConfig) -> Training
     check_caption_extension(config.caption_extension)
     changes = {}
     if config.dataset_dir.strip():
-        changes["dataset_dir"] = str(dataset_folder(service, config.dataset_dir))
+        changes["dataset_dir"] = str(dataset_folder(service, config.dataset_dir, user))
     if config.resume_from.strip():
-        changes["resume_from"] = str(service.files.resolve(config.resume_from, RESUME_STATE))
+        changes["resume_from"] = str(service.files.resolve(config.resume_from, RESUME_STATE, user))
     return config.replace(**changes)
 
 
@@ -341,21 +343,23 @@ def training_active(service: TrainingService) -> bool:
     return service.monitor is not None and not service.monitor.finished
 
 
-def start_training(service: TrainingService, config: TrainingConfig, owner: str | None = None,
-                   webhook_url: str | None = None, may_replace_models: bool = True) -> Job:
-    """Queue a run for `owner` unless one is already queued or training (`TrainingService.submit` checks that atomically).
+def start_training(service: TrainingService, config: TrainingConfig, user: User | None = None,
+                   webhook_url: str | None = None) -> Job:
+    """Queue a run for `user` (None: the app's own) unless one is already queued or training
+    (`TrainingService.submit` checks that atomically).
 
-    The config's folders are confined first (`confine_config`): this is how requests start training.
-    Without `may_replace_models` (a plain user's run) an output name that already names a LoRA,
-    embedding or checkpoint is refused: the run would replace a model everyone uses, an admin's action.
+    The config's folders are confined to `user`'s first (`confine_config`): this is how requests start
+    training. For a plain user an output name that already names a LoRA, embedding or checkpoint is
+    refused: the run would replace a model everyone uses, an admin's action.
     """
-    if not may_replace_models:
+    owner = name_of(user)  # a bare name is refused: the role decides which datasets are the user's
+    if user is not None and not user.is_admin:
         existing = models_named(service, config.output_name)
         if existing:
             raise ValueError(f"output name {config.output_name!r} would replace existing model file(s) "
                              f"({', '.join(sorted(path.name for path in existing)[:5])}); choose another name "
                              "(replacing models needs an admin account)")
-    return service.submit(confine_config(service, config), owner, webhook_url)
+    return service.submit(confine_config(service, config, user), owner, webhook_url)
 
 
 def models_named(service: TrainingService, output_name: str) -> list[Path]:

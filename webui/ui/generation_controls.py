@@ -17,6 +17,7 @@ from webui.generation.samplers import schedule_types_for
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.errors import QueueFullError
 from webui.jobs.job import Job
+from webui.security.identity import User
 from webui.ui.access import caller_of
 from webui.errors import user_error
 from webui.ui.extra_networks import build_extra_networks
@@ -197,10 +198,10 @@ def request_values(named: dict[str, Any], style_names: tuple[str, ...], vae_name
 
 
 def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, fields: dict[str, Any], output: OutputArea,
-                    vae: gr.Dropdown | None, submit: Callable[[dict[str, Any], str], Job],
+                    vae: gr.Dropdown | None, submit: Callable[[dict[str, Any], User], Job],
                     extra_inputs: dict[str, gr.components.Component] | None = None) -> GenerationControls:
     """Generate/paste/seed/gallery wiring; `submit(values, owner)` turns named widget values into a job
-    queued for the signed-in user named `owner`."""
+    queued for the signed-in `owner` (a `User`: the role decides where its images are saved)."""
     reuse_seed = fields.pop("_reuse_seed")
     fields = {"prompt": prompt_area.prompt, "negative_prompt": prompt_area.negative_prompt, **fields}
     extra_inputs = extra_inputs or {}
@@ -209,7 +210,7 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
     images_state, selected_state = gr.State([]), gr.State(0)
 
     def run_generation(request: gr.Request, *values: Any) -> Iterator[tuple]:
-        owner = caller_of(request).name
+        owner = caller_of(request)
         named = dict(zip(names, values))
         named["styles"] = tuple(values[len(names)] or ())
         named["vae"] = values[len(names) + 1] if vae is not None else "Automatic"
@@ -302,7 +303,7 @@ def build_xyz_script_controls(prefix: str, labels: list[str] | None = None) -> t
     return group, controls
 
 
-def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any], owner: str) -> Job:
+def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any], owner: User) -> Job:
     """Run the tab's request as the base of an X/Y/Z plot (validated before anything is queued)."""
     def spec(axis: str) -> AxisSpec:
         return AxisSpec(label=named[f"xyz_{axis}_type"] or "Nothing", values_text=named[f"xyz_{axis}_values"] or "")

@@ -16,6 +16,7 @@ from webui.context import AppContext
 from webui.generation.image_ops import ResizeMode
 from webui.generation.masks import MaskedContent
 from webui.generation.requests import Img2ImgRequest
+from webui.security.identity import User
 from webui.security.limits import RequestLimits
 from webui.ui.uploads import checked_editor, open_upload
 from webui.ui.generation_controls import (
@@ -104,7 +105,9 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
                     gr.Markdown("Every image in the input folder is processed with the settings below; a mask with "
                                 "the same file name in the mask folder makes it an inpaint. Folders are in the "
                                 "data folder's `datasets/` or `outputs/`; a plain name means `datasets/<name>` for the "
-                                "input and mask folders and `outputs/<name>` for the output folder.")
+                                "input and mask folders and `outputs/<name>` for the output folder. With accounts, a "
+                                "plain user's folders are their own `datasets/users/<name>/` and "
+                                "`outputs/users/<name>/`.")
                     batch_input = gr.Textbox(label="Input directory (in datasets/ or outputs/)",
                                              elem_id="img2img_batch_input_dir")
                     batch_output = gr.Textbox(label="Output directory (in outputs/ or datasets/; empty = "
@@ -157,7 +160,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         "outpaint_pixels": outpaint_pixels, "outpaint_directions": outpaint_directions, **xyz_controls,
     }
 
-    def submit(named: dict[str, Any], owner: str):
+    def submit(named: dict[str, Any], owner: User):
         values = request_values(named, named["styles"], named["vae"])
         outpaint = {}
         if named["script"] == "Outpainting":

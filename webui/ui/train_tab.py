@@ -171,9 +171,9 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
             config = config.replace(base_checkpoint=ctx.models.current_checkpoint_title() or next(iter(ctx.models.checkpoint_titles()), ""))
         return config
 
-    def form_config(*values: Any) -> TrainingConfig:
-        """The form as a config whose dataset and resume folders are confined to the app's folders."""
-        return confine_config(ctx.training, form_values(*values))
+    def form_config(user: User, *values: Any) -> TrainingConfig:
+        """The form as a config whose dataset and resume folders are confined to `user`'s folders."""
+        return confine_config(ctx.training, form_values(*values), user)
 
     wire_dataset_section(ctx, dataset, output_name, form_inputs, form_config)
 
@@ -229,9 +229,9 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
     def start(request: gr.Request, *values: Any):
         user = caller_of(request)
         try:
-            config = form_config(*values)
+            config = form_config(user, *values)
             summary = dataset_summary_text(config.validate())
-            start_training(ctx.training, config, user.name, may_replace_models=user.is_admin)
+            start_training(ctx.training, config, user)
         except TrainingBusyError as error:
             raise gr.Error(str(error)) from None
         except (ValueError, LookupError, OSError, QueueFullError) as error:

@@ -14,6 +14,7 @@ import gradio as gr
 from webui.context import AppContext
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
 from webui.models.default_model import EXAMPLE_PROMPT
+from webui.security.identity import User
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
     GenerationControls,
@@ -86,7 +87,7 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         with gr.Column(scale=1):
             output = build_output_area("txt2img")
 
-    def submit(named: dict[str, Any], owner: str):
+    def submit(named: dict[str, Any], owner: User):
         request = Txt2ImgRequest(**request_values(named, named["styles"], named["vae"]), **hires_values(named))
         if named["script"] == XYZ_SCRIPT:
             return submit_xyz_script(ctx, request, named, owner)

@@ -246,7 +246,7 @@ def build_xyz_tab(
     base_inputs = list(base_fields.values())
 
     def start_plot(request: gr.Request, *values: Any) -> tuple[Any, ...]:
-        owner = caller_of(request).name
+        owner = caller_of(request)
         (prompt_text, negative_text, sampler, step_count, cfg, image_width, image_height, seed_value) = values[:8]
         axis_values = values[8:14]
         legend, keep, sub_images, sub_grids, margin_px = values[14:19]

@@ -27,6 +27,7 @@ from webui.generation.request_codec import decode_request, encode_request
 from webui.jobs.job import Job
 from webui.jobs.spec import JobKind, JobSpec
 from webui.generation.service import describe_request
+from webui.security.identity import User, name_of
 from webui.xyz.axes import VAE_SPECIAL_CHOICES, AxisChoices, AxisRegistry, default_axis_registry
 from webui.xyz.plot import AxisSpec, PlotCell, PlotLimits, XYZPlan, XYZResult, build_plan, run_plan
 from webui.xyz.ranges import AxisValueError
@@ -131,15 +132,16 @@ class XyzService:
 
     def submit(self, base_request: Txt2ImgRequest, x: AxisSpec | None, y: AxisSpec | None, z: AxisSpec | None,
                options: XyzOptions = XyzOptions(), *, limits: PlotLimits = PlotLimits(),
-               owner: str | None = None, webhook_url: str | None = None) -> Job:
+               owner: User | None = None, webhook_url: str | None = None) -> Job:
         """Validate the whole plot now (errors raise here, nothing is queued), then queue ONE job running it,
-        owned by `owner` (the user asking; None for scripts run by the machine's owner).
+        owned by `owner` (the user asking; None for scripts run by the machine's owner), whose outputs
+        folder its cells and grid are saved in.
 
         The job's result is an `XyzRun`; its progress message reads `Cell i of N`.
         """
-        plan = self.plan(base_request, x, y, z, options, limits)
+        plan = self.plan(self.generation.owned_by(base_request, owner), x, y, z, options, limits)
         job = XyzJob(plan.base_request, x, y, z, options, limits)
-        return self.generation.scheduler.submit(JobSpec(JOB_KIND, job, owner), webhook_url)
+        return self.generation.scheduler.submit(JobSpec(JOB_KIND, job, name_of(owner)), webhook_url)
 
     def job_kinds(self) -> list[JobKind]:
         return [JobKind(JOB_KIND, run=self._run, encode=_encode_job, decode=_decode_job,
@@ -234,7 +236,7 @@ def run_xyz(generation: GenerationService, manager: ModelManager, plan: XYZPlan,
                 infotexts.append(cell_infotexts.get(index, grid_text))
     saved: list[Path] = []
     if options.save_grid and result.completed_cells:
-        folder = dated_folder(generation.outputs_folder, GRIDS_FOLDER)
+        folder = dated_folder(generation.outputs_root_of(plan.base_request), GRIDS_FOLDER)
         seed = int(getattr(_first_done_cell(plan, result).request, "seed", 0))
         saved = [save_grid([image], folder, seed, grid_text) for image in result.images]
     if control is not None:

@@ -8,7 +8,7 @@ family is one new file here (a subclass) and one line in `families/__init__.py`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -101,6 +101,10 @@ class ModelFamily:
     def modelspec_architecture(self, prediction_type: str) -> str:
         """The modelspec `architecture` id of a base model of this family."""
         raise NotImplementedError
+
+    def scheduler_overrides(self, single_file_keys: Collection[str]) -> dict[str, Any]:
+        """Scheduler settings a single-file checkpoint declares by marker keys (none by default)."""
+        return {}
 
     # -- detection -------------------------------------------------------------------------------
     def matches_ldm_keys(self, keys: list[str]) -> bool:

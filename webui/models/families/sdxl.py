@@ -4,7 +4,7 @@ and single-file checkpoints use the original SGM module names."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -42,6 +42,17 @@ class StableDiffusionXL(ModelFamily):
 
     def modelspec_architecture(self, prediction_type: str) -> str:
         return "stable-diffusion-xl-v1-base"
+
+    def scheduler_overrides(self, single_file_keys: Collection[str]) -> dict[str, Any]:
+        """v-prediction fine-tunes (NoobAI-XL v-pred and the like) carry an empty `v_pred` tensor, and those
+        trained with zero terminal SNR also `ztsnr` (the markers ComfyUI and Forge read): rescaled betas make
+        the last training timestep pure noise, which every A1111 schedule here starts from."""
+        if "v_pred" not in single_file_keys:
+            return {}
+        overrides: dict[str, Any] = {"prediction_type": "v_prediction"}
+        if "ztsnr" in single_file_keys:
+            overrides["rescale_betas_zero_snr"] = True
+        return overrides
 
     def encode_token_ids(self, text_encoders: list[torch.nn.Module], token_ids: list[torch.Tensor],
                          clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
