@@ -136,6 +136,15 @@ def test_step_hook_that_zeroes_the_latents_decides_the_image(ctx):
     assert np.abs(np.diff(flat, axis=1)).mean() < np.abs(np.diff(normal, axis=1)).mean()
 
 
+def test_step_hooks_reach_the_hires_pass(ctx):
+    hires = dict(enable_hr=True, hr_scale=2.0, hr_upscaler="Latent", denoising_strength=0.5)
+    flat = generate(ctx, prompt="a red circle PACKFLAT", **hires)
+    other = generate(ctx, prompt="two blue squares PACKFLAT", seed=5, **hires)
+    # The step count runs on through the second pass: its last step is the job's last, zeroed there.
+    assert flat.images[0].size == (128, 128)
+    assert np.array_equal(pixels(flat.images[0]), pixels(other.images[0]))
+
+
 def test_unet_residuals_change_the_image(ctx):
     normal = pixels(generate(ctx, prompt="a red circle PACKNONE").images[0])
     with_residuals = pixels(generate(ctx, prompt="a red circle PACKRESIDUAL").images[0])
