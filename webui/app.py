@@ -49,12 +49,15 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
         import gradio as gr
 
         from webui.security.accounts import AccountService
+        from webui.extensions.host import page_assets
         from webui.ui.app_ui import CSS, THEME, build_ui
 
         blocks = build_ui(ctx, AccountService(security.authenticator))
+        extension_css, extension_head = page_assets(ctx.extensions)
         blocks.queue(default_concurrency_limit=4)
         # run_history off: its routes would make the server call the Hugging Face Hub with a client's token.
-        gr.mount_gradio_app(app, blocks, path="/", theme=THEME, css=CSS, show_error=True, run_history=False,
+        gr.mount_gradio_app(app, blocks, path="/", theme=THEME, css=CSS + extension_css,
+                            head=extension_head or None, show_error=True, run_history=False,
                             max_file_size=ctx.request_limits.max_upload_bytes,
                             app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None})
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))

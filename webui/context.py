@@ -8,7 +8,7 @@ scheduler's table. The gradio UI, the HTTP API and extensions receive the contex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from webui.extensions.generation_hooks import ExtensionGenerationHooks, extension_axes
 from webui.extensions.host import load_for_app, switches_for
@@ -16,6 +16,9 @@ from webui.extensions.registry import ExtensionRegistry
 from webui.extensions.service import ExtensionService
 from webui.generation.hooks import GenerationHooks
 from webui.generation.requests import GenerationLimits
+from webui.extensions.scripts import ExtensionScripts
+from webui.generation.scripts import ScriptService
+from webui.generation.server_options import CONFIG_FILE, ServerOptions
 from webui.generation.service import GenerationService
 from webui.generation.styles import StyleDatabase
 from webui.jobs.queue_service import QueueService
@@ -64,6 +67,9 @@ class AppContext:
     job_store: JobStore
     extensions: ExtensionRegistry  # what the loaded extensions registered (webui.extensions)
     extension_service: ExtensionService  # the Extensions tab's use cases: list, switch, install, update, uninstall
+    # A1111's runtime options (POST /sdapi/v1/options, the Settings tab), kept in <data>/config.json
+    options: ServerOptions = field(default_factory=ServerOptions)
+    scripts: ScriptService | None = None  # the Script dropdown's extension scripts as jobs (webui.generation.scripts)
 
     def close(self) -> None:
         """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
@@ -107,7 +113,8 @@ def build_context(settings: Settings) -> AppContext:
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
         checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder))
     xyz = XyzService(generation, registry=extension_axes(extensions))
-    for service in (models, generation, training, xyz):
+    scripts = ScriptService(generation, ExtensionScripts(extensions).runners)
+    for service in (models, generation, training, xyz, scripts):
         for kind in service.job_kinds():
             kinds.register(kind)
     webhooks = WebhookSender(scheduler, settings.allow_webhooks, read_webhook_secret(settings.webhook_secret))
@@ -119,7 +126,8 @@ def build_context(settings: Settings) -> AppContext:
                       loras=loras, files=files, network=network, request_limits=request_limits, models=models,
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
                       jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
-                      extensions=extensions,
+                      extensions=extensions, options=ServerOptions(settings.data_dir / CONFIG_FILE),
+                      scripts=scripts,
                       extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 

@@ -210,7 +210,9 @@ def test_embeddings_memory_scripts_and_script_info(a1111):
     assert 100 * 2**20 < ram["used"] < ram["total"] and ram["free"] == ram["total"] - ram["used"]
     assert memory["cuda"] == {"error": "unavailable"}  # CPU server, as A1111 reports it
 
-    assert get(a1111, "scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": ["x/y/z plot"]}
+    # X/Y/Z first, then the shipped extension scripts (extensions-builtin/prompt-matrix)
+    assert get(a1111, "scripts").json() == {"txt2img": ["x/y/z plot", "prompt matrix"],
+                                            "img2img": ["x/y/z plot", "prompt matrix"]}
     infos = get(a1111, "script-info").json()
     txt2img_info = next(i for i in infos if i["name"] == "x/y/z plot" and not i["is_img2img"])
     labels = [arg["label"] for arg in txt2img_info["args"]]

@@ -4,6 +4,8 @@ a refused URL and an uninstall go through the tab."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.browser.conftest import CHROMIUM_ARGS, chromium_path
@@ -47,7 +49,9 @@ def row(page, name: str):
 
 
 def checkbox(page, name: str):
-    return page.locator("#extensions_enabled label", has_text=name).locator("input[type=checkbox]")
+    # The exact name: shipped extensions such as "hello-tab" contain the test extensions' names.
+    return page.locator("#extensions_enabled label", has_text=re.compile(rf"^\s*{re.escape(name)}\s*$")).locator(
+        "input[type=checkbox]")
 
 
 def test_a_broken_extension_shows_its_problem_and_traceback(served, browser):

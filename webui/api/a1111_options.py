@@ -13,19 +13,18 @@ afterwards. Here the four keys that change what a generation does are honoured:
 Other keys A1111 clients send are ignored. With `override_settings_restore_afterwards: false` the
 overrides become the server's options, as in A1111; since they then apply to every user's requests,
 only an admin may keep them or set them with POST /options (a plain user gets 403; anyone may override
-them for one request, and the checkpoint stays shared by everyone as it was before). The options live in one `ApiOptions` per API
-router (not in module state); `GET/POST /options` read and change them.
+them for one request, and the checkpoint stays shared by everyone as it was before). The options live in
+the context's one `ServerOptions` (kept in `<data>/config.json`, also shown in the Settings tab);
+`GET/POST /options` read and change them.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from webui.generation.requests import RequestError
+from webui.generation.server_options import ServerOptions, check_options
 
 HONOURED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_save")
 
@@ -42,39 +41,16 @@ class OverrideSettings(BaseModel):
 
     def option_changes(self) -> dict[str, Any]:
         """The options this override sets (the checkpoint excluded: the model manager holds that)."""
-        return {key: value for key, value in self.model_dump().items()
-                if value is not None and key != "sd_model_checkpoint"}
+        return {key: getattr(self, key) for key in type(self).model_fields
+                if getattr(self, key) is not None and key != "sd_model_checkpoint"}
 
 
-@dataclass
-class ApiOptions:
-    """The server-wide options a request falls back on; changed by POST /options or a kept override."""
-
-    sd_vae: str = "Automatic"
-    CLIP_stop_at_last_layers: int = 1
-    samples_save: bool = True
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def values(self) -> dict[str, Any]:
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
-
-    def effective(self, overrides: OverrideSettings) -> dict[str, Any]:
-        """The options one request runs with: the server's, with the request's overrides on top."""
-        return {**self.values(), **overrides.option_changes()}
-
-    def update(self, changes: dict[str, Any]) -> None:
-        """Keep new option values (already checked by `check_option_values`)."""
-        with self._lock:
-            for key, value in changes.items():
-                setattr(self, key, value)
+# The server-wide options a request falls back on: one ServerOptions, kept in <data>/config.json and
+# shared with the Settings tab (webui.generation.server_options).
+ApiOptions = ServerOptions
 
 
 def check_option_values(changes: dict[str, Any], vae_check: Any) -> None:
     """Refuse values that cannot work before they are kept or used: RequestError naming the key.
     `vae_check(name)` raises for a VAE that is not installed."""
-    clip_skip = changes.get("CLIP_stop_at_last_layers")
-    if clip_skip is not None and not 1 <= clip_skip <= 12:
-        raise RequestError(f"CLIP_stop_at_last_layers {clip_skip} is outside 1..12")
-    if changes.get("sd_vae") is not None:
-        vae_check(changes["sd_vae"])
+    check_options(changes, vae_check)

@@ -73,18 +73,18 @@ def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
         owner = user
         if body.kind == "txt2img":
             parsed = _parse(Txt2ImgBody, body.request)
-            request = txt2img_request_from_body(parsed, options.effective(parsed.override_settings))
+            request = txt2img_request_from_body(parsed, options.effective(parsed.override_settings.option_changes()))
             request = request.with_changes(save_images=True)  # a job's images are served from their files
             return ctx.generation.submit_txt2img(request, owner, webhook_url=webhook)
         if body.kind == "img2img":
             parsed = _parse(Img2ImgBody, body.request)
-            request = img2img_request_from_body(parsed, ctx.request_limits, options.effective(parsed.override_settings))
+            request = img2img_request_from_body(parsed, ctx.request_limits, options.effective(parsed.override_settings.option_changes()))
             return ctx.generation.submit_img2img(request.with_changes(save_images=True), owner, webhook_url=webhook)
         if body.kind == XYZ_KIND:
             plot = _parse(XyzBody, body.request)
             axes = [AxisSpec(axis.type, axis.values) if axis is not None else None for axis in (plot.x, plot.y, plot.z)]
             plot_options = XyzOptions(**plot.options)
-            base = txt2img_request_from_body(plot, options.effective(plot.override_settings))
+            base = txt2img_request_from_body(plot, options.effective(plot.override_settings.option_changes()))
             return ctx.xyz.submit(base, *axes, plot_options, owner=owner, webhook_url=webhook)
         if body.kind == "train":
             config = TrainingConfig.from_dict(body.request)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from webui.api.a1111_options import ApiOptions
 from webui.api.extensions_api import build_extensions_router
 from webui.api.jobs_api import build_jobs_router
 from webui.api.sdapi import build_api_router
@@ -14,7 +13,7 @@ from webui.context import AppContext
 
 def install_api(app: FastAPI, ctx: AppContext) -> None:
     """Add the API routes; works on an app that is already serving (gradio's), like A1111's API."""
-    options = ApiOptions()  # A1111's server options: POST /options changes what both APIs' requests fall back on
+    options = ctx.options  # A1111's server options: POST /options and the Settings tab change what requests fall back on
     app.include_router(build_api_router(ctx, options))
     app.include_router(build_train_router(ctx))
     app.include_router(build_jobs_router(ctx, options))

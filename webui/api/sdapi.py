@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from webui.api.a1111_options import ApiOptions, OverrideSettings, check_option_values
 from webui.api.common import API_PREFIX, ReasonedValidationRoute, admin_caller, caller, translate_errors
 from webui.api.job_wait import wait_for_job
-from webui.api.sdapi_scripts import build_scripts_router, script_call, xyz_info
+from webui.api.sdapi_scripts import ExtensionScriptCall, alwayson_args, build_scripts_router, script_call, xyz_info
+from webui.extensions.scripts import ExtensionScripts
 from webui.context import AppContext
 from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.infotext import parse_infotext, read_infotext
@@ -75,12 +76,12 @@ class Txt2ImgBody(BaseModel):
     hr_negative_prompt: str = ""
     denoising_strength: float | None = None
     script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
+    script_args: list[Any] | dict[str, Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("script_args")
     @classmethod
-    def _finite_script_args(cls, value: list[Any]) -> list[Any]:
+    def _finite_script_args(cls, value: list[Any] | dict[str, Any]) -> list[Any] | dict[str, Any]:
         """Script arguments are echoed in `parameters`: a NaN or Infinity there could not be written back."""
         if not _finite_json(value):
             raise ValueError("script_args may not hold NaN or Infinity")
@@ -111,7 +112,10 @@ class Img2ImgBody(Txt2ImgBody):
 
 
 class OptionsBody(OverrideSettings):
-    """POST /options: the checkpoint and the options `ApiOptions` keeps; other A1111 options are ignored."""
+    """POST /options: the checkpoint, the options `ApiOptions` keeps and extension settings as
+    `<extension>.<key>` (kept as extra fields); other A1111 options are ignored."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class PngInfoBody(BaseModel):
@@ -218,9 +222,16 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
         if not body.override_settings_restore_afterwards and body.override_settings.option_changes():
             user.require_admin("keeping override_settings as everyone's options "
                                "(override_settings_restore_afterwards: false)")
+        scripts = ExtensionScripts(ctx.extensions)
         script = script_call(body.script_name, body.script_args, body.alwayson_scripts, is_img2img,
-                             save_grid=request.save_images, registry=ctx.xyz.registry)
-        if script is not None:
+                             save_grid=request.save_images, registry=ctx.xyz.registry, scripts=scripts)
+        request = scripts.with_alwayson(request, alwayson_args(body.alwayson_scripts))
+        if isinstance(script, ExtensionScriptCall):
+            job = await run_in_threadpool(functools.partial(
+                scripts.submit, ctx.scripts, script.title, request, script.args, owner=user))
+            result = await wait_for_job(ctx.scheduler, job, http)
+            answer = await run_in_threadpool(generation_response, body, request, result)
+        elif script is not None:
             job = await run_in_threadpool(functools.partial(
                 ctx.xyz.submit, request, script.x, script.y, script.z, script.options, owner=user))
             run = await wait_for_job(ctx.scheduler, job, http)
@@ -241,14 +252,14 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
     @router.post("/txt2img")
     @translate_errors
     async def txt2img(body: Txt2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
-        request = txt2img_request_from_body(body, options.effective(body.override_settings))
+        request = txt2img_request_from_body(body, options.effective(body.override_settings.option_changes()))
         return await generate(body, request, http, user)
 
     @router.post("/img2img")
     @translate_errors
     async def img2img(body: Img2ImgBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         request = await run_in_threadpool(img2img_request_from_body, body, limits,
-                                          options.effective(body.override_settings))
+                                          options.effective(body.override_settings.option_changes()))
         return await generate(body, request, http, user)
 
     @router.get("/upscalers")
@@ -306,15 +317,19 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
     @router.get("/options")
     @translate_errors
     def get_options() -> dict[str, Any]:
-        return {"sd_model_checkpoint": ctx.models.current_checkpoint_title(), **options.values()}
+        return {"sd_model_checkpoint": ctx.models.current_checkpoint_title(), **options.values(),
+                **ctx.extensions.settings.dotted_values()}
 
     @router.post("/options")
     @translate_errors
     async def set_options(body: OptionsBody, user: User = Depends(caller)) -> dict[str, Any]:
         changes = body.option_changes()
-        if changes:  # they apply to everyone's requests; the checkpoint is shared as in A1111 (and before)
-            user.require_admin(f"changing {', '.join(changes)} for everyone")
+        extension_changes = ctx.extensions.settings.dotted_changes(body.model_extra or {})
+        if changes or extension_changes:  # everyone's; the checkpoint is shared as in A1111 (and before)
+            user.require_admin(f"changing {', '.join([*changes, *(f'{e}.{k}' for e, k in extension_changes)])} "
+                               "for everyone")
         await run_in_threadpool(check_option_values, changes, ctx.models.resolve_vae)
+        ctx.extensions.settings.set_many(extension_changes)  # all checked before any is kept
         if body.sd_model_checkpoint:
             await run_in_threadpool(ctx.models.select_checkpoint, body.sd_model_checkpoint, user.name)
         options.update(changes)
@@ -386,7 +401,8 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
                 "precision": s.precision, "data_dir": str(s.data_dir), "auth": bool(s.auth)}
 
     router.include_router(build_extras_router(ctx))
-    router.include_router(build_scripts_router(lambda: ctx.xyz.registry))  # extensions' axes included
+    router.include_router(build_scripts_router(lambda: ExtensionScripts(ctx.extensions),
+                                               lambda: ctx.xyz.registry))  # extensions' axes included
     return router
 
 

@@ -9,8 +9,13 @@ Two layouts are in use by A1111 versions and both are read:
 - 16 (v1.10) or 15 (v1.6) items: ..., no_fixed_seeds, margin_size, csv_mode[, raw_mode]
 - 19 items (v1.7-1.9): ..., no_fixed_seeds, vary_seeds_x, vary_seeds_y, vary_seeds_z, margin_size, csv_mode
 
-Missing trailing items take A1111's UI defaults. No always-on script exists yet, so any named in
-`alwayson_scripts` is refused with the (empty) list of known ones rather than silently ignored.
+Missing trailing items take A1111's UI defaults.
+
+Extension scripts (`ext.add_script`) are listed beside it and called the same way: `script_name` is the
+script's title (any case), `script_args` a dict of its argument names or, for A1111 clients, a list in
+its arguments' order (`/script-info` gives the order, names and bounds). `alwayson_scripts` is A1111's
+`{"<title>": {"args": [...] or {...}}}`; an unknown always-on script is refused with the list of known ones
+rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
+from webui.extensions.script_values import ScriptDefinition
+from webui.extensions.scripts import ExtensionScripts
 from webui.generation.infotext import parse_infotext
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.txt2img import GenerationResult
@@ -30,7 +37,6 @@ from webui.xyz.plot import AxisSpec
 
 XYZ_SCRIPT = "x/y/z plot"   # A1111's script name: its title, lower case
 XYZ_TITLE = "X/Y/Z plot"
-ALWAYSON_SCRIPTS: tuple[str, ...] = ()  # none exist yet
 MAX_MARGIN = 500
 
 # A1111 v1.10's argument list (what /script-info describes), after the nine axis arguments.
@@ -53,25 +59,53 @@ class XyzCall:
     options: XyzOptions
 
 
-def check_alwayson_scripts(alwayson_scripts: dict[str, Any]) -> None:
-    """422 naming the scripts this server does not have, with the list of those it has."""
-    unknown = [name for name in alwayson_scripts if name.casefold() not in ALWAYSON_SCRIPTS]
+@dataclass(frozen=True)
+class ExtensionScriptCall:
+    """A body's call of an extension script: its title and its arguments as sent (checked when submitted)."""
+
+    title: str
+    args: Any
+
+
+def alwayson_args(alwayson_scripts: dict[str, Any]) -> dict[str, Any]:
+    """{title: args} from A1111's `{"<title>": {"args": [...]}}` (a bare list or dict of names is read too)."""
+    found = {}
+    for title, value in alwayson_scripts.items():
+        found[title] = value.get("args") if isinstance(value, dict) and set(value) <= {"args"} else value
+    return found
+
+
+def check_alwayson_scripts(alwayson_scripts: dict[str, Any], is_img2img: bool,
+                           scripts: ExtensionScripts | None) -> None:
+    """422 naming the always-on scripts this server does not have, with the list of those it has."""
+    unknown = [name for name in alwayson_scripts
+               if scripts is None or scripts.find(name, is_img2img, alwayson=True) is None]
     if unknown:
-        known = ", ".join(ALWAYSON_SCRIPTS) or "none"
+        known = ", ".join(d.title for d in scripts.alwayson(is_img2img)) if scripts else ""
         raise HTTPException(422, f"alwayson_scripts: unknown script(s) {', '.join(map(repr, unknown))}; "
-                                 f"always-on scripts on this server: {known}")
+                                 f"always-on scripts on this server: {known or 'none'}")
 
 
-def script_call(script_name: str | None, script_args: list[Any], alwayson_scripts: dict[str, Any],
-                is_img2img: bool, save_grid: bool, registry: AxisRegistry | None = None) -> XyzCall | None:
-    """The script a body asks for (None: plain generation); 422 for unknown scripts or bad arguments."""
-    check_alwayson_scripts(alwayson_scripts)
+def script_call(script_name: str | None, script_args: list[Any] | dict[str, Any], alwayson_scripts: dict[str, Any],
+                is_img2img: bool, save_grid: bool, registry: AxisRegistry | None = None,
+                scripts: ExtensionScripts | None = None) -> XyzCall | ExtensionScriptCall | None:
+    """The script a body asks for (None: plain generation); 422 for unknown scripts or bad X/Y/Z arguments
+    (an extension script's arguments are checked when it is submitted, always-on ones by
+    `ExtensionScripts.with_alwayson`)."""
+    check_alwayson_scripts(alwayson_scripts, is_img2img, scripts)
     name = (script_name or "").strip()
     if not name:
         return None
-    if name.casefold() != XYZ_SCRIPT:
-        raise HTTPException(422, f"script_name {name!r} is unknown; scripts on this server: {XYZ_SCRIPT}")
-    return xyz_call(script_args, is_img2img, save_grid, registry or default_axis_registry())
+    if name.casefold() == XYZ_SCRIPT:
+        if not isinstance(script_args, list):
+            raise HTTPException(422, "script_args: X/Y/Z plot takes a list of A1111's positional arguments")
+        return xyz_call(script_args, is_img2img, save_grid, registry or default_axis_registry())
+    found = scripts.find(name, is_img2img, alwayson=False) if scripts is not None else None
+    if found is None:
+        known = [XYZ_SCRIPT] + [d.title.casefold() for d in (scripts.selectable(is_img2img) if scripts else [])]
+        raise HTTPException(422, f"script_name {name!r} is unknown; scripts on this server's "
+                                 f"{'img2img' if is_img2img else 'txt2img'}: {', '.join(known)}")
+    return ExtensionScriptCall(found.title, script_args)
 
 
 def xyz_call(args: list[Any], is_img2img: bool, save_grid: bool, registry: AxisRegistry) -> XyzCall:
@@ -138,20 +172,48 @@ def xyz_info(request: Txt2ImgRequest, run: XyzRun) -> dict[str, Any]:
     return info
 
 
-def build_scripts_router(registry_factory: Any = default_axis_registry) -> APIRouter:
-    """`/scripts` and `/script-info` (mounted under the API prefix by `build_api_router`)."""
+def build_scripts_router(scripts_factory: Any = None, registry_factory: Any = default_axis_registry) -> APIRouter:
+    """`/scripts` and `/script-info` (mounted under the API prefix by `build_api_router`);
+    `scripts_factory()` gives the extension scripts (read per request: a failed extension's are gone)."""
     router = APIRouter()
+
+    def extension_scripts() -> ExtensionScripts | None:
+        return scripts_factory() if scripts_factory is not None else None
 
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [XYZ_SCRIPT], "img2img": [XYZ_SCRIPT]}
+        catalog = extension_scripts()
+        listed = {}
+        for tab, is_img2img in (("txt2img", False), ("img2img", True)):
+            extra = [d.title.casefold() for d in catalog.selectable(is_img2img)] if catalog else []
+            listed[tab] = [XYZ_SCRIPT, *extra]
+        return listed
 
     @router.get("/script-info")
     def script_info() -> list[dict[str, Any]]:
         registry = registry_factory()
-        return [_xyz_script_info(is_img2img, registry) for is_img2img in (False, True)]
+        catalog = extension_scripts()
+        infos = [_xyz_script_info(is_img2img, registry) for is_img2img in (False, True)]
+        for is_img2img in (False, True):
+            for definition in (catalog.definitions() if catalog else []):
+                if definition.shows_on(is_img2img):
+                    infos.append(extension_script_info(definition, is_img2img))
+        return infos
 
     return router
+
+
+def extension_script_info(definition: ScriptDefinition, is_img2img: bool) -> dict[str, Any]:
+    """A1111's ScriptInfo for an extension script: its arguments in order, each with its `name` (the key
+    `script_args` may use instead of the position)."""
+    args = []
+    for spec in definition.specs:
+        kind = type(spec.default)
+        step = 1 if kind is int else None
+        args.append({"label": spec.label, "name": spec.key, "value": spec.default, "minimum": spec.minimum,
+                     "maximum": spec.maximum, "step": step, "choices": list(spec.choices) or None})
+    return {"name": definition.title.casefold(), "is_alwayson": definition.alwayson, "is_img2img": is_img2img,
+            "args": args}
 
 
 def _xyz_script_info(is_img2img: bool, registry: AxisRegistry) -> dict[str, Any]:

@@ -24,8 +24,9 @@ through the scheduler (`Services.submit_txt2img`, ...), never straight to a mode
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import torch
 from PIL import Image
 
 from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, Registration
+from webui.extensions.script_values import FIELD_META, ScriptArgsError, ScriptDefinition, define_script
 from webui.extensions.settings_store import SettingError, SettingSpec, SettingValue
 from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
@@ -50,6 +52,9 @@ __all__ = [
     "UNetResiduals", "UNetResidualsHook", "ModelCall", "ModelCallWrapper", "AttentionSetup",
     "AttentionProcessorsHook", "VaeCall", "VaeWrapper", "ModelLoaded", "ModelLoadedHook", "SamplerFactory",
     "XyzAxisApply",
+    # ext-ui: UI tabs, JS/CSS, scripts
+    "TabContext", "TabBuilder", "script_field", "ScriptContext", "ScriptResult", "ScriptRunHook", "ScriptUi",
+    "ScriptUiBuilder", "ScriptHandle", "labelled_grid",
 ]
 
 # Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
@@ -77,6 +82,10 @@ VAE_ENCODE = "vae_encode"
 MODEL_LOADED = "model_loaded"
 SAMPLER = "sampler"
 XYZ_AXIS = "xyz_axis"
+TAB = "tab"
+JAVASCRIPT = "javascript"
+CSS = "css"
+SCRIPT = "script"
 
 
 # A setting an extension declares: key, label, default (its type is the setting's type: bool, int, float
@@ -161,6 +170,121 @@ class AppStarted:
 
 
 AppStartedHook = Callable[[AppStarted], None]
+
+# ---- ext-ui: UI tabs, JS/CSS and scripts ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TabContext:
+    """Handed to a tab's build function, inside the tab the app opened for it: create gradio components
+    there. In event handlers, `caller_of(request)` (take a `gr.Request` argument) says who clicked."""
+
+    services: Services
+    extension: str           # the extension's name
+    data_folder: Path        # the extension's own folder for files it keeps
+
+
+TabBuilder = Callable[[TabContext], None]
+
+
+def script_field(default: SettingValue, label: str = "", *, choices: Sequence[str] = (), minimum: float | None = None,
+                 maximum: float | None = None, help: str = "", infotext: str = "") -> Any:
+    """A field of a script's values dataclass with what its control shows: `x: int = api.script_field(3,
+    "Rows", minimum=1, maximum=8)`. The default's type is the field's type (bool, int, float or str);
+    `choices` makes a dropdown; `infotext` is the key under which the value is written into the images'
+    infotext (default: "<script title> <field name>")."""
+    return dataclasses.field(default=default, metadata={FIELD_META: {
+        "label": label, "choices": tuple(choices), "minimum": minimum, "maximum": maximum, "help": help,
+        "infotext": infotext}})
+
+
+@dataclass(frozen=True)
+class ScriptResult:
+    """What a selectable script's run returns: its images with one infotext each, and a grid (shown and
+    saved first, with the first image's infotext) or None."""
+
+    images: list[Image.Image]
+    infotexts: list[str]
+    grid: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class ScriptContext:
+    """Handed to a selectable script's run, inside the ONE queued job that runs the script on a worker.
+
+    `request` is the tab's (or the API body's) request, already checked, its checkpoint pinned and the
+    script's values recorded in its infotext fields: derive the requests you generate from it
+    (`context.request.with_changes(prompt=...)`). `values` is an instance of the script's dataclass."""
+
+    request: Txt2ImgRequest
+    values: Any
+    is_img2img: bool
+    _generate: Callable[[Txt2ImgRequest], JobOutcome]
+    _set_message: Callable[[str], None]
+    _interrupted: Callable[[], bool]
+
+    def generate(self, request: Txt2ImgRequest) -> JobOutcome:
+        """Generate `request` now, on this job's worker (images are saved as the request says; no grid)."""
+        return self._generate(request)
+
+    def set_message(self, message: str) -> None:
+        """The progress text the user sees, e.g. "Image 3 of 8"."""
+        self._set_message(message)
+
+    @property
+    def interrupted(self) -> bool:
+        """True once the user pressed Interrupt: return what you have."""
+        return self._interrupted()
+
+
+ScriptRunHook = Callable[[ScriptContext], ScriptResult]
+
+
+@dataclass(frozen=True)
+class ScriptUi:
+    """Handed to a script's custom control builder, inside the script's group in a generation tab."""
+
+    tab: str                 # "txt2img" or "img2img"
+    elem_prefix: str         # prefix for elem_ids that are unique on the page
+
+
+# Returns {field name: gradio component} for every field of the script's values dataclass.
+ScriptUiBuilder = Callable[[ScriptUi], dict]
+
+
+class ScriptHandle:
+    """What `add_script` returns: the script's title, and for an always-on script its values in a request."""
+
+    def __init__(self, definition: ScriptDefinition):
+        self._definition = definition
+
+    @property
+    def title(self) -> str:
+        return self._definition.title
+
+    def values_of(self, request: Txt2ImgRequest) -> Any | None:
+        """An always-on script's values (its dataclass) in a request that carries them, else None: read it
+        in your generation hooks, whose contexts carry the request (`request.script_values[title]`)."""
+        raw = request.script_values.get(self._definition.title)
+        return self._definition.parse(raw) if raw is not None else None
+
+
+def labelled_grid(images: Sequence[Image.Image], columns: int, column_labels: Sequence[str] = (),
+                  row_labels: Sequence[str] = (), margin: int = 0) -> Image.Image:
+    """The app's labelled grid (as the X/Y/Z plot draws it): images left to right, top to bottom, with a
+    label above each column and left of each row (empty: no band), `margin` pixels between cells."""
+    from webui.xyz.grid import draw_grid
+
+    if columns < 1 or not images:
+        raise ExtensionError("labelled_grid needs at least one image and one column")
+    rows = -(-len(images) // columns)
+    cells = list(images) + [None] * (rows * columns - len(images))
+    size = (max(image.width for image in images), max(image.height for image in images))
+    try:
+        return draw_grid(cells, columns, rows, size, list(column_labels) or [""] * columns,
+                         list(row_labels) or [""] * rows, margin=margin)
+    except ValueError as error:
+        raise ExtensionError(f"labelled_grid: {error}") from None
+
 
 
 # ---- generation-time hooks (ext-gen) -------------------------------------------------------------------
@@ -501,3 +625,47 @@ class ExtensionSetup:
         if not isinstance(label, str) or not label.strip():
             raise ExtensionError("add_xyz_axis: the label must be non-empty text")
         self._add(XYZ_AXIS, apply, returns=Txt2ImgRequest, payload=(label.strip(), kind, tuple(choices or ())))
+
+    # ---- ext-ui: UI tabs, JS/CSS and scripts ----------------------------------------------------------
+    def add_tab(self, title: str, build: TabBuilder) -> None:
+        """A tab after the app's tabs; `build(context)` creates its components (called once per page
+        build). A build that raises switches the extension off and the UI is built without the tab."""
+        if not isinstance(title, str) or not title.strip():
+            raise ExtensionError("add_tab: the title must be non-empty text")
+        self._add(TAB, build, returns=type(None), payload=title.strip())
+
+    def add_javascript(self, path: str) -> None:
+        """Load a JavaScript file of your folder in the page (`javascript/*.js` is loaded without asking)."""
+        self._add_asset(JAVASCRIPT, path, ".js")
+
+    def add_css(self, path: str) -> None:
+        """Add a CSS file of your folder to the page (`style.css` is added without asking)."""
+        self._add_asset(CSS, path, ".css")
+
+    def _add_asset(self, hook: str, path: str, suffix: str) -> None:
+        folder = self._record.folder.resolve()
+        target = (folder / str(path)).resolve()
+        if not target.is_relative_to(folder) or not target.is_file() or target.suffix != suffix:
+            raise ExtensionError(f"{'add_javascript' if hook == JAVASCRIPT else 'add_css'}: {path!r} is not a "
+                                 f"{suffix} file inside the extension's folder")
+        self._add(hook, target.read_text, returns=str, payload=target)
+
+    def add_script(self, title: str, values: type, run: ScriptRunHook | None = None, *, alwayson: bool = False,
+                   txt2img: bool = True, img2img: bool = True, ui: ScriptUiBuilder | None = None) -> ScriptHandle:
+        """A script: in the Script dropdown (selectable: `run` makes the images) or always on (no `run`: your
+        generation hooks read its values with `ScriptHandle.values_of`). `values` is a dataclass whose
+        fields (all with defaults; see `script_field`) are the script's controls and its API arguments."""
+        try:
+            definition = define_script(self._record.name, title, values, alwayson=alwayson, txt2img=txt2img,
+                                       img2img=img2img, run=run, ui=ui)
+        except ScriptArgsError as error:
+            raise ExtensionError(f"add_script: {error}") from None
+        taken = {row.payload.title.casefold() for row in self._registry.rows(SCRIPT)}
+        if definition.title.casefold() in taken:
+            raise ExtensionError(f"add_script: a script titled {definition.title!r} exists already")
+        self._add(SCRIPT, run if run is not None else _no_run, returns=ScriptResult, payload=definition)
+        return ScriptHandle(definition)
+
+
+def _no_run(context: ScriptContext) -> ScriptResult:
+    raise ExtensionError("an always-on script is not run from the Script dropdown")

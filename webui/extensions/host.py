@@ -62,3 +62,37 @@ def announce_app_started(registry: ExtensionRegistry, base_url: str, context: An
             registry.call_one(row, started)
         except HookFailure:
             continue
+
+
+# ---- ext-ui: page assets -----------------------------------------------------------------------------
+CONVENTIONAL_JS_FOLDER = "javascript"   # A1111's convention: every javascript/*.js of an extension is loaded
+CONVENTIONAL_CSS_FILE = "style.css"     # and its style.css added
+
+
+def page_assets(registry: ExtensionRegistry) -> tuple[str, str]:
+    """(CSS, `<head>` HTML with the scripts) that the loaded extensions add to the page: the files they
+    registered with add_css/add_javascript, then A1111's conventional files, in load order. A file that
+    cannot be read switches its extension off; the page is served without it."""
+    css: list[str] = []
+    scripts: list[str] = []
+    seen: set[Path] = set()
+    for hook, into in ((api.CSS, css), (api.JAVASCRIPT, scripts)):
+        for row, text in registry.call_each(hook):
+            seen.add(row.payload)
+            into.append(f"/* extension {row.extension}: {row.payload.name} */\n{text}")
+    for record in list(registry.records.values()):
+        if not record.active:
+            continue
+        folder = record.folder.resolve()
+        conventional = [(css, folder / CONVENTIONAL_CSS_FILE)]
+        conventional += [(scripts, path) for path in sorted((folder / CONVENTIONAL_JS_FOLDER).glob("*.js"))]
+        for into, path in conventional:
+            if path in seen or not path.is_file() or not path.resolve().is_relative_to(folder):
+                continue
+            try:
+                into.append(f"/* extension {record.name}: {path.name} */\n{path.read_text(encoding='utf-8')}")
+            except (OSError, UnicodeDecodeError) as error:
+                registry.fail(record.name, f"{path.name} cannot be read: {error}", "")
+                break
+    head = "".join(f"<script>\n{text.replace('</script', '<' + chr(92) + '/script')}\n</script>\n" for text in scripts)
+    return "\n".join(css), head

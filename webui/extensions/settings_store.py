@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,12 +126,36 @@ class ExtensionSettings:
         except SettingError:
             return spec.default
 
+    def dotted_values(self) -> dict[str, SettingValue]:
+        """Every declared setting as `<extension>.<key>`: value (how /sdapi/v1/options lists them)."""
+        return {f"{extension}.{spec.key}": self.value(extension, spec.key) for extension, spec in self.declared()}
+
+    def dotted_changes(self, items: Mapping[str, object]) -> dict[tuple[str, str], object]:
+        """The `<extension>.<key>` items that name declared settings; other keys are left out, as A1111
+        ignores options it does not know."""
+        declared = {f"{extension}.{spec.key}": (extension, spec.key) for extension, spec in self.declared()}
+        return {declared[name]: value for name, value in items.items() if name in declared}
+
     def set(self, extension: str, key: str, value: object) -> SettingValue:
         """Check, store and return the new value (written at once, atomically)."""
-        checked = self.spec(extension, key).check(value)
+        return self.set_many({(extension, key): value})[(extension, key)]
+
+    def set_many(self, changes: Mapping[tuple[str, str], object]) -> dict[tuple[str, str], SettingValue]:
+        """Check every change first, then store them all in one write: one refused value (SettingError
+        naming each refused setting and its extension) stores nothing."""
+        checked: dict[tuple[str, str], SettingValue] = {}
+        problems = []
+        for (extension, key), value in changes.items():
+            try:
+                checked[(extension, key)] = self.spec(extension, key).check(value)
+            except SettingError as error:
+                problems.append(f"{extension}: {error}")
+        if problems:
+            raise SettingError("; ".join(problems))
         with self._lock:
-            self._stored.setdefault(extension, {})[key] = checked
-            if self.path is None:
+            for (extension, key), value in checked.items():
+                self._stored.setdefault(extension, {})[key] = value
+            if self.path is None or not checked:
                 return checked
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_suffix(".json.partial")

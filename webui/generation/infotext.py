@@ -55,6 +55,11 @@ _DIMENSIONS_VALUE = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMETER_PAIRS = 3
 
 
+def readable_key(key: str) -> bool:
+    """Whether `parse_infotext` reads a pair with this key back (what extensions' keys must satisfy)."""
+    return bool(_VALID_KEY.fullmatch(key))
+
+
 def quote_value(value: Any) -> str:
     """Render one parameter value, JSON-quoting it when it would break the line.
 

@@ -71,6 +71,10 @@ class Txt2ImgRequest:
     # Where saved images go, below outputs/ ("" = outputs/ itself, A1111's layout): the owner's own folder,
     # set by GenerationService from the caller's identity at submit (webui.security.paths), never by a client.
     outputs_subfolder: str = ""
+    # Always-on scripts' values by script title ({field name: value}, JSON-able): hooks read their script's.
+    script_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Extra `Key: value` pairs for every image's infotext (scripts record their values here for PNG Info).
+    infotext_fields: dict[str, Any] = field(default_factory=dict)
 
     def with_changes(self, **changes: Any) -> "Txt2ImgRequest":
         return replace(self, **changes)

@@ -161,6 +161,7 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         **hires_parameters(request),
         "Lora hashes": ", ".join(f"{use.name}: {use.shorthash}" for use in model.loras) or None,
         "TI hashes": ti_hashes,
+        **request.infotext_fields,
         "Version": f"SD Studio {__version__}",
     }
 

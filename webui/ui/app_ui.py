@@ -13,7 +13,7 @@ from webui.ui.account_tab import build_account_tab
 from webui.errors import user_error
 from webui.ui.extensions_tab import build_extensions_tab
 from webui.ui.merger_tab import build_merger_tab
-from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
+from webui.ui.infotext_fields import txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
 from webui.ui.queue_tab import QueueTab, build_queue_tab
 from webui.ui.train_tab import build_train_tab, compare_epochs_request
@@ -21,6 +21,8 @@ from webui.ui.generation_controls import GenerationControls
 from webui.ui.img2img_tab import build_img2img_tab
 from webui.ui.txt2img_tab import build_txt2img_tab
 from webui.ui.xyz_tab import build_xyz_tab
+from webui.ui.extension_tabs import build_extension_tabs
+from webui.ui.settings_tab import build_settings_tab
 
 CSS = """
 .sd-progress {position: relative; height: 1.6em; border: 1px solid var(--border-color-primary); border-radius: 4px; overflow: hidden;}
@@ -89,6 +91,9 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
                 build_account_tab(accounts, account_tab)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as extensions_tab:
                 build_extensions_tab(ctx.extension_service, extensions_tab)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                build_settings_tab(ctx, blocks)
+            build_extension_tabs(ctx)  # after the app's own tabs
 
         def unusable_note() -> str:
             broken = [r for r in ctx.catalog.records() if not r.usable]
@@ -141,12 +146,12 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
 
 def pasted_values(controls: GenerationControls, text: str | None) -> list:
     """Updates for every control of a tab that the infotext determines (others unchanged)."""
-    values = txt2img_values_from_infotext(text) if text else {}
-    return [values.get(name, gr.update()) for name in TXT2IMG_FIELDS if name in controls.fields]
+    values = txt2img_values_from_infotext(text, controls.paste_fields) if text else {}
+    return [values.get(name, gr.update()) for name in controls.paste_fields]
 
 
 def pastable(controls: GenerationControls) -> list:
-    return [controls.fields[name] for name in TXT2IMG_FIELDS if name in controls.fields]
+    return [controls.fields[name] for name in controls.paste_fields]
 
 
 def wire_send_buttons(tabs: gr.Tabs, txt2img: GenerationControls, img2img: GenerationControls,

@@ -21,7 +21,7 @@ from webui.security.identity import User
 from webui.ui.access import caller_of
 from webui.errors import user_error
 from webui.ui.extra_networks import build_extra_networks
-from webui.ui.infotext_fields import TXT2IMG_FIELDS, txt2img_values_from_infotext
+from webui.ui.infotext_fields import tab_fields, txt2img_values_from_infotext
 from webui.xyz.axes import default_axis_registry
 from webui.xyz.service import XyzOptions, XyzRun
 from webui.xyz.plot import AxisSpec
@@ -43,6 +43,8 @@ class GenerationControls:
     images: gr.State    # the PIL images shown, in gallery order
     send: dict[str, gr.Button] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # control name -> (infotext key, converter): what pasting parameters restores (webui.ui.infotext_fields)
+    paste_fields: dict[str, Any] = field(default_factory=dict)
 
 
 GENERATE_LABEL = "Generate"
@@ -199,9 +201,11 @@ def request_values(named: dict[str, Any], style_names: tuple[str, ...], vae_name
 
 def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, fields: dict[str, Any], output: OutputArea,
                     vae: gr.Dropdown | None, submit: Callable[[dict[str, Any], User], Job],
-                    extra_inputs: dict[str, gr.components.Component] | None = None) -> GenerationControls:
+                    extra_inputs: dict[str, gr.components.Component] | None = None,
+                    paste_fields: dict[str, Any] | None = None) -> GenerationControls:
     """Generate/paste/seed/gallery wiring; `submit(values, owner)` turns named widget values into a job
-    queued for the signed-in `owner` (a `User`: the role decides where its images are saved)."""
+    queued for the signed-in `owner` (a `User`: the role decides where its images are saved); `paste_fields`
+    adds the tab's own infotext fields (its scripts' controls) to what pasting parameters restores."""
     reuse_seed = fields.pop("_reuse_seed")
     fields = {"prompt": prompt_area.prompt, "negative_prompt": prompt_area.negative_prompt, **fields}
     extra_inputs = extra_inputs or {}
@@ -267,18 +271,19 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
 
     output.gallery.select(show_selected, inputs=infotexts_state, outputs=[output.infotext, selected_state])
 
-    pastable = [name for name in TXT2IMG_FIELDS if name in fields or name in extra_inputs]
+    table = {name: entry for name, entry in tab_fields(paste_fields).items() if name in fields or name in extra_inputs}
+    pastable = list(table)
     all_fields = {**fields, **extra_inputs}
 
     def paste_from_prompt(text: str) -> list:
         if "Steps" not in (text or ""):
             raise gr.Error("The prompt box holds no generation parameters to read (paste an A1111 infotext first).")
-        values = txt2img_values_from_infotext(text or "")
+        values = txt2img_values_from_infotext(text or "", table)
         return [values.get(name, gr.update()) for name in pastable]
 
     prompt_area.paste.click(paste_from_prompt, inputs=prompt_area.prompt, outputs=[all_fields[n] for n in pastable])
     return GenerationControls(prefix, all_fields, output.gallery, output.infotext, prompt_area.generate,
-                              prompt_area.styles, selected_state, images_state, output.send)
+                              prompt_area.styles, selected_state, images_state, output.send, paste_fields=table)
 
 
 XYZ_SCRIPT = "X/Y/Z plot"

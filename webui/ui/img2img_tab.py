@@ -19,6 +19,7 @@ from webui.generation.requests import Img2ImgRequest
 from webui.security.identity import User
 from webui.security.limits import RequestLimits
 from webui.ui.uploads import checked_editor, open_upload
+from webui.ui.script_controls import build_script_controls, script_titles
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
     GenerationControls,
@@ -139,15 +140,18 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
                                         elem_id="img2img_inpaint_full_res_padding")
             fields = build_sampling_controls(ctx, "img2img", default_size)
             with gr.Row():
-                script = gr.Dropdown(label="Script", choices=list(SCRIPTS), value="None", elem_id="img2img_script")
+                script = gr.Dropdown(label="Script", choices=[*SCRIPTS, *script_titles(ctx, True)], value="None",
+                                     elem_id="img2img_script")
             with gr.Group(visible=False) as outpaint_group:
                 outpaint_pixels = gr.Slider(label="Pixels to expand", minimum=8, maximum=256, step=8, value=128,
                                             elem_id="img2img_outpaint_pixels")
                 outpaint_directions = gr.CheckboxGroup(label="Outpainting direction", choices=list(OUTPAINT_DIRECTIONS),
                                                        value=list(OUTPAINT_DIRECTIONS), elem_id="img2img_outpaint_directions")
             xyz_group, xyz_controls = build_xyz_script_controls("img2img", ctx.xyz.registry.labels())
-            script.change(lambda name: (gr.update(visible=name == "Outpainting"), gr.update(visible=name == XYZ_SCRIPT)),
-                          inputs=script, outputs=[outpaint_group, xyz_group])
+            scripts = build_script_controls(ctx, "img2img", True, list(SCRIPTS), script)
+            script.change(lambda name: [gr.update(visible=name == "Outpainting"), gr.update(visible=name == XYZ_SCRIPT),
+                                        *scripts.visibility(name)],
+                          inputs=script, outputs=[outpaint_group, xyz_group, *scripts.groups])
         with gr.Column(scale=1):
             output = build_output_area("img2img")
 
@@ -158,6 +162,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         "denoising_strength": denoising_strength, "mask_blur": mask_blur, "mask_mode": mask_mode,
         "masked_content": masked_content, "inpaint_area": inpaint_area, "padding": padding, "script": script,
         "outpaint_pixels": outpaint_pixels, "outpaint_directions": outpaint_directions, **xyz_controls,
+        **scripts.inputs,
     }
 
     def submit(named: dict[str, Any], owner: User):
@@ -188,11 +193,12 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         if scale > 0:
             values["width"] = max(64, int(image.width * scale) // 8 * 8)
             values["height"] = max(64, int(image.height * scale) // 8 * 8)
-        request = Img2ImgRequest(**values, **options, init_images=(image,), mask=mask)
+        request = scripts.prepare(ctx, Img2ImgRequest(**values, **options, init_images=(image,), mask=mask), named)
         if named["script"] == XYZ_SCRIPT:
             return submit_xyz_script(ctx, request, named, owner)
-        return ctx.generation.submit_img2img(request, owner)
+        return scripts.submit(ctx, request, named, owner) or ctx.generation.submit_img2img(request, owner)
 
-    controls = wire_generation(ctx, "img2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs)
+    controls = wire_generation(ctx, "img2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs,
+                               paste_fields=scripts.paste_fields)
     controls.extra.update(mode_tabs=mode_tabs, mode=mode, init_img=init_img, inpaint=inpaint)
     return controls

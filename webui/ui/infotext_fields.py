@@ -34,14 +34,16 @@ TXT2IMG_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 # Values A1111 leaves out of the infotext when they are at their default.
 DEFAULTS_WHEN_ABSENT = {"negative_prompt": "", "scheduler": "Automatic", "subseed": -1, "subseed_strength": 0.0, "clip_skip": 1,
-                        "enable_hr": False}
+                        "enable_hr": False, "script": "None"}
 
 
-def txt2img_values_from_infotext(text: str) -> dict[str, Any]:
-    """Field values for every txt2img control the infotext determines (unparseable values skipped)."""
+def txt2img_values_from_infotext(text: str, table: dict[str, tuple[str, Callable[[str], Any]]] | None = None
+                                 ) -> dict[str, Any]:
+    """Field values for every control the infotext determines (unparseable values skipped). `table` is a
+    tab's own field table (`tab_fields`: these fields plus its scripts'); default: these fields."""
     parsed = parse_infotext(text)
     values: dict[str, Any] = {}
-    for name, (key, convert) in TXT2IMG_FIELDS.items():
+    for name, (key, convert) in (TXT2IMG_FIELDS if table is None else table).items():
         if key in parsed:
             try:
                 values[name] = convert(parsed[key])
@@ -50,3 +52,8 @@ def txt2img_values_from_infotext(text: str) -> dict[str, Any]:
         elif name in DEFAULTS_WHEN_ABSENT and "Steps" in parsed:
             values[name] = DEFAULTS_WHEN_ABSENT[name]
     return values
+
+
+def tab_fields(extra: dict[str, tuple[str, Callable[[str], Any]]] | None) -> dict[str, tuple[str, Callable[[str], Any]]]:
+    """A tab's infotext-field registry: the fields above plus what the tab adds (its scripts' controls)."""
+    return {**TXT2IMG_FIELDS, **(extra or {})}

@@ -15,6 +15,7 @@ from webui.context import AppContext
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
 from webui.models.default_model import EXAMPLE_PROMPT
 from webui.security.identity import User
+from webui.ui.script_controls import build_script_controls, script_titles
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
     GenerationControls,
@@ -81,17 +82,23 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         with gr.Column(scale=1):
             fields = build_sampling_controls(ctx, "txt2img", default_size)
             hires = build_hires_controls(ctx)
-            script = gr.Dropdown(label="Script", choices=["None", XYZ_SCRIPT], value="None", elem_id="txt2img_script")
+            builtin = ["None", XYZ_SCRIPT]
+            script = gr.Dropdown(label="Script", choices=builtin + script_titles(ctx, False), value="None",
+                                 elem_id="txt2img_script")
             xyz_group, xyz_controls = build_xyz_script_controls("txt2img", ctx.xyz.registry.labels())
-            script.change(lambda name: gr.update(visible=name == XYZ_SCRIPT), inputs=script, outputs=xyz_group)
+            scripts = build_script_controls(ctx, "txt2img", False, builtin, script)
+            script.change(lambda name: [gr.update(visible=name == XYZ_SCRIPT), *scripts.visibility(name)],
+                          inputs=script, outputs=[xyz_group, *scripts.groups])
         with gr.Column(scale=1):
             output = build_output_area("txt2img")
 
     def submit(named: dict[str, Any], owner: User):
         request = Txt2ImgRequest(**request_values(named, named["styles"], named["vae"]), **hires_values(named))
+        request = scripts.prepare(ctx, request, named)
         if named["script"] == XYZ_SCRIPT:
             return submit_xyz_script(ctx, request, named, owner)
-        return ctx.generation.submit_txt2img(request, owner)
+        return scripts.submit(ctx, request, named, owner) or ctx.generation.submit_txt2img(request, owner)
 
-    extra_inputs = {**hires, "script": script, **xyz_controls}
-    return wire_generation(ctx, "txt2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs)
+    extra_inputs = {**hires, "script": script, **xyz_controls, **scripts.inputs}
+    return wire_generation(ctx, "txt2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs,
+                           paste_fields=scripts.paste_fields)
