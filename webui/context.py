@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from webui.extensions.generation_hooks import ExtensionGenerationHooks, extension_axes
 from webui.extensions.host import load_for_app, switches_for
 from webui.extensions.registry import ExtensionRegistry
 from webui.extensions.service import ExtensionService
+from webui.generation.hooks import GenerationHooks
 from webui.generation.requests import GenerationLimits
 from webui.extensions.scripts import ExtensionScripts
 from webui.generation.scripts import ScriptService
@@ -97,7 +99,8 @@ def build_context(settings: Settings) -> AppContext:
     scheduler = Scheduler(kinds, job_store,
                           max_jobs=request_limits.max_queue, max_jobs_per_owner=request_limits.max_queue_per_user,
                           preview_every_n_steps=settings.preview_every_n_steps, recover_stored_jobs=False)
-    managers = _worker_managers(settings, catalog)
+    hooks = ExtensionGenerationHooks(extensions, request_limits.generation.max_images)
+    managers = _worker_managers(settings, catalog, hooks)
     files = FileAccess.from_settings(settings)
     styles = StyleDatabase(settings.styles_file)
     loras = LoraCatalog(settings.lora_folder, hash_cache)
@@ -105,11 +108,11 @@ def build_context(settings: Settings) -> AppContext:
                           vae_folder=settings.vae_folder)
     generation = GenerationService(models, scheduler, styles, loras, files, request_limits,
                                    outputs_folder=settings.outputs_folder,
-                                   inputs_folder=settings.data_dir / "jobs" / "inputs")
+                                   inputs_folder=settings.data_dir / "jobs" / "inputs", hooks=hooks)
     training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
         checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder))
-    xyz = XyzService(generation)
+    xyz = XyzService(generation, registry=extension_axes(extensions))
     scripts = ScriptService(generation, ExtensionScripts(extensions).runners)
     for service in (models, generation, training, xyz, scripts):
         for kind in service.job_kinds():
@@ -128,7 +131,7 @@ def build_context(settings: Settings) -> AppContext:
                       extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 
-def _worker_managers(settings: Settings, catalog: CheckpointCatalog) -> list[ModelManager]:
+def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: GenerationHooks) -> list[ModelManager]:
     """One model manager per worker: per listed CUDA device, else `--workers` on `--device`. They share
     the embeddings catalog and the RAM cache of checkpoint weights (read once, not once per worker)."""
     if settings.device_ids:
@@ -139,7 +142,9 @@ def _worker_managers(settings: Settings, catalog: CheckpointCatalog) -> list[Mod
     embeddings = EmbeddingCatalog(settings.embeddings_folder)
     return [ModelManager(catalog, device, resolve_dtype(settings.precision, device), ram_cache=ram,
                          preferred_checkpoint=settings.extra.get("sd_model_checkpoint"),
-                         embedding_catalog=embeddings) for device in devices]
+                         embedding_catalog=embeddings,
+                         on_model_loaded=lambda record, family: hooks.model_loaded(record.name, record.shorthash, family))
+            for device in devices]
 
 
 def _loaded_path(manager: ModelManager) -> str | None:

@@ -224,7 +224,7 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
                                "(override_settings_restore_afterwards: false)")
         scripts = ExtensionScripts(ctx.extensions)
         script = script_call(body.script_name, body.script_args, body.alwayson_scripts, is_img2img,
-                             save_grid=request.save_images, scripts=scripts)
+                             save_grid=request.save_images, registry=ctx.xyz.registry, scripts=scripts)
         request = scripts.with_alwayson(request, alwayson_args(body.alwayson_scripts))
         if isinstance(script, ExtensionScriptCall):
             job = await run_in_threadpool(functools.partial(
@@ -306,7 +306,8 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
     @router.get("/samplers")
     @translate_errors
     def samplers() -> list[dict[str, Any]]:
-        return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
+        added = [{"name": name, "aliases": [], "options": {}} for name in ctx.generation.hooks.samplers()]
+        return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS] + added
 
     @router.get("/schedulers")
     @translate_errors
@@ -400,7 +401,8 @@ def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIR
                 "precision": s.precision, "data_dir": str(s.data_dir), "auth": bool(s.auth)}
 
     router.include_router(build_extras_router(ctx))
-    router.include_router(build_scripts_router(lambda: ExtensionScripts(ctx.extensions)))
+    router.include_router(build_scripts_router(lambda: ExtensionScripts(ctx.extensions),
+                                               lambda: ctx.xyz.registry))  # extensions' axes included
     return router
 
 

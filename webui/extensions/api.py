@@ -27,15 +27,17 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, Registration
 from webui.extensions.script_values import FIELD_META, ScriptArgsError, ScriptDefinition, define_script
 from webui.extensions.settings_store import SettingError, SettingSpec, SettingValue
+from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.security.identity import ADMIN, USER, NotAuthenticated, User, request_user
 
@@ -44,6 +46,12 @@ API_VERSION = "1.0.0"
 __all__ = [
     "API_VERSION", "ExtensionSetup", "ExtensionError", "Services", "AppStarted", "AppStartedHook", "Caller",
     "caller_of", "Txt2ImgRequest", "Img2ImgRequest", "JobOutcome", "Setting", "SettingValue",
+    # -- generation-time hooks (ext-gen) --
+    "PromptExpansion", "PromptExpansionHook", "BeforeRequest", "BeforeRequestHook", "ImageReady",
+    "AfterImageHook", "BatchDone", "AfterBatchHook", "DenoisingStep", "DenoisingStepHook", "UNetCall",
+    "UNetResiduals", "UNetResidualsHook", "ModelCall", "ModelCallWrapper", "AttentionSetup",
+    "AttentionProcessorsHook", "VaeCall", "VaeWrapper", "ModelLoaded", "ModelLoadedHook", "SamplerFactory",
+    "XyzAxisApply",
     # ext-ui: UI tabs, JS/CSS, scripts
     "TabContext", "TabBuilder", "script_field", "ScriptContext", "ScriptResult", "ScriptRunHook", "ScriptUi",
     "ScriptUiBuilder", "ScriptHandle", "labelled_grid",
@@ -52,11 +60,28 @@ __all__ = [
 # Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
 RESERVED_PREFIXES = ("/sdapi", "/api", "/gradio_api", "/login", "/logout", "/docs", "/openapi.json", "/file",
                      "/assets", "/static", "/config", "/theme", "/queue", "/upload", "/info", "/manifest")
+# Folders of the data folder the app uses itself (an extension's `user_folder` is never one of them).
+APP_FOLDERS = frozenset({"models", "outputs", "datasets", "training", "extensions", "extension-data", "cache", "jobs",
+                         "inputs", "embeddings", "logs"})
 _PREFIX = re.compile(r"^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$")
 
 # Hook names: the keys of the registry's table (strings so that the table is data).
 APP_STARTED = "app_started"
 ROUTER = "router"
+# -- generation-time hooks (ext-gen) --
+PROMPT_EXPANSION = "prompt_expansion"
+BEFORE_REQUEST = "before_request"
+AFTER_IMAGE = "after_image"
+AFTER_BATCH = "after_batch"
+DENOISING_STEP = "denoising_step"
+UNET_RESIDUALS = "unet_residuals"
+MODEL_CALL = "model_call"
+ATTENTION_PROCESSORS = "attention_processors"
+VAE_DECODE = "vae_decode"
+VAE_ENCODE = "vae_encode"
+MODEL_LOADED = "model_loaded"
+SAMPLER = "sampler"
+XYZ_AXIS = "xyz_axis"
 TAB = "tab"
 JAVASCRIPT = "javascript"
 CSS = "css"
@@ -262,6 +287,201 @@ def labelled_grid(images: Sequence[Image.Image], columns: int, column_labels: Se
 
 
 
+# ---- generation-time hooks (ext-gen) -------------------------------------------------------------------
+# What the hooks of a running job receive. A job's hooks run on the worker thread that runs the job, in
+# load order; tensors are on the job's device, in its dtype.
+
+@dataclass(frozen=True)
+class PromptExpansion:
+    """Handed to `on_prompt_expansion` hooks before any seed is used. Return one prompt per image to draw
+    (image i gets prompt i and seed `seed + i`; the number of images may differ from `image_count`), or
+    None to leave the prompt alone. The first extension (in load order) that returns a list decides."""
+
+    prompt: str
+    negative_prompt: str
+    image_count: int         # batch_count x batch_size
+    seed: int                # the job's first seed (already fixed when the request asked for a random one)
+    request: Txt2ImgRequest  # a Txt2ImgRequest or an Img2ImgRequest
+
+
+PromptExpansionHook = Callable[[PromptExpansion], list[str] | None]
+
+
+@dataclass(frozen=True)
+class BeforeRequest:
+    """Handed to `on_before_request` hooks before a job runs (before its checkpoint is loaded). Return a
+    changed request of the same type (`request.with_changes(...)`), or None. A change that the app's
+    checks refuse is dropped and the job's warnings say why."""
+
+    request: Txt2ImgRequest
+
+
+BeforeRequestHook = Callable[[BeforeRequest], Txt2ImgRequest | None]
+
+
+@dataclass(frozen=True)
+class ImageReady:
+    """Handed to `on_after_image` hooks for each image, before its infotext is written and it is saved.
+    Return a replacement image (what a detailer does) or None."""
+
+    image: Image.Image
+    index: int               # the image's position in the job
+    seed: int
+    prompt: str              # this image's own prompt (after prompt expansion)
+    negative_prompt: str
+    request: Txt2ImgRequest
+    parameters: dict[str, Any]   # a copy of the image's infotext fields so far
+    _inpaint: Callable[..., Image.Image] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _added: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def set_parameter(self, key: str, value: Any) -> None:
+        """Write `key: value` into this image's infotext (PNG Info and send-to read it back)."""
+        if not is_valid_infotext_key(key):
+            raise ExtensionError(f"set_parameter: {key!r} is not a usable infotext key (at least 2 characters: "
+                                 "letters, digits, '_', spaces, '-' or '/', starting with a letter or digit)")
+        self._added[key] = value
+
+    def inpaint(self, image: Image.Image, mask: Image.Image, *, prompt: str | None = None,
+                negative_prompt: str | None = None, denoising_strength: float = 0.4, steps: int | None = None,
+                seed: int | None = None, mask_blur: int = 4, padding: int = 32,
+                only_masked: bool = True) -> Image.Image:
+        """Run an inpaint pass over `image` where `mask` is white, through the job's own model and worker,
+        right now (no new job is queued): the job's prompt, sampler, steps and CFG unless given, this
+        image's seed, "only masked" at the job's size by default. Returns the inpainted image; bad values
+        raise ValueError."""
+        changes: dict[str, Any] = {"denoising_strength": denoising_strength, "mask_blur": mask_blur,
+                                   "inpaint_full_res": only_masked, "inpaint_full_res_padding": padding}
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt), ("steps", steps),
+                            ("seed", seed)):
+            if value is not None:
+                changes[name] = value
+        return self._inpaint(image, mask, changes)
+
+
+AfterImageHook = Callable[[ImageReady], Image.Image | None]
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """Handed to `on_after_batch` hooks after each batch (images as they will be saved)."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    prompts: list[str]
+    request: Txt2ImgRequest
+
+
+AfterBatchHook = Callable[[BatchDone], None]
+
+
+@dataclass(frozen=True)
+class DenoisingStep:
+    """Handed to `on_denoising_step` hooks after each denoising step. Return changed latents of the same
+    shape (they replace the job's), or None."""
+
+    latents: torch.Tensor
+    step: int                # 0-based index of the step just done (hires fix continues the count)
+    total_steps: int
+    sigma: float             # the noise level of `latents` now (0 after the last step)
+    request: Txt2ImgRequest
+
+
+DenoisingStepHook = Callable[[DenoisingStep], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class UNetCall:
+    """One call of the UNet (classifier-free guidance doubles the batch: negative first, then positive)."""
+
+    sample: torch.Tensor
+    timestep: Any
+    encoder_hidden_states: torch.Tensor
+    request: Txt2ImgRequest
+
+
+@dataclass(frozen=True)
+class UNetResiduals:
+    """Residuals added to the UNet's skip connections (`down`, one per down-block output, as ControlNet
+    produces them) and to its middle block (`mid`). Several extensions' residuals are summed."""
+
+    down: tuple[torch.Tensor, ...] = ()
+    mid: torch.Tensor | None = None
+
+
+UNetResidualsHook = Callable[[UNetCall], UNetResiduals | None]
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """Handed to `wrap_model_call` hooks for each UNet call: call `call(...)` (the UNet, or the next
+    wrapper) as often as you like, e.g. per tile, and return the noise prediction for `sample`."""
+
+    sample: torch.Tensor
+    timestep: Any
+    encoder_hidden_states: torch.Tensor
+    request: Txt2ImgRequest
+    _next: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor] = field(repr=False, compare=False,
+                                                                             default=None)  # type: ignore[assignment]
+
+    def call(self, sample: torch.Tensor | None = None, timestep: Any = None,
+             encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's prediction for these inputs (each defaults to this call's own)."""
+        return self._next(self.sample if sample is None else sample, self.timestep if timestep is None else timestep,
+                          self.encoder_hidden_states if encoder_hidden_states is None else encoder_hidden_states)
+
+
+ModelCallWrapper = Callable[[ModelCall], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionSetup:
+    """Handed to `set_attention_processors` hooks when a job starts: the UNet's processors by name
+    (diffusers' `attn_processors`). Return {name: processor} for those to replace during the job, or None;
+    the previous ones are put back when the job ends."""
+
+    processors: dict[str, Any]
+    request: Txt2ImgRequest
+
+
+AttentionProcessorsHook = Callable[[AttentionSetup], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class VaeCall:
+    """Handed to `wrap_vae_decode` / `wrap_vae_encode` hooks. Decode: `tensor` is latents (already divided
+    by the VAE's scaling factor) and the result pixels in [-1, 1]. Encode: `tensor` is pixels in [-1, 1] and
+    the result the latent distribution's parameters (mean and log-variance stacked on the channel axis)."""
+
+    tensor: torch.Tensor
+    request: Txt2ImgRequest
+    _next: Callable[[torch.Tensor], torch.Tensor] = field(repr=False, compare=False,
+                                                          default=None)  # type: ignore[assignment]
+
+    def call(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """The VAE (or the next wrapper) on `tensor` (default: this call's own)."""
+        return self._next(self.tensor if tensor is None else tensor)
+
+
+VaeWrapper = Callable[[VaeCall], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """Handed to `on_model_loaded` hooks after a checkpoint is loaded or switched to."""
+
+    name: str
+    hash: str | None         # A1111's short hash (10 hex digits) once known
+    family: str              # "sd1", "sd2", "sdxl", ...
+
+
+ModelLoadedHook = Callable[[ModelLoaded], None]
+
+# The loaded model's scheduler config (a dict) in, a diffusers scheduler out.
+SamplerFactory = Callable[[dict[str, Any]], Any]
+# An X/Y/Z axis: the cell's request and one value of the axis in, the changed request out.
+XyzAxisApply = Callable[[Txt2ImgRequest, Any], Txt2ImgRequest]
+
+
 class ExtensionSetup:
     """Handed to an extension's `setup(ext)`: one registration method per hook."""
 
@@ -286,6 +506,14 @@ class ExtensionSetup:
         folder = self._data_root / self._record.name
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def user_folder(self, name: str) -> Path:
+        """`<data>/<name>/`: a folder of files the user keeps for extensions to read (e.g. `wildcards`); one
+        plain name, not a folder the app itself uses (models, outputs, extensions, ...). Not created."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or "") or name.casefold() in APP_FOLDERS:
+            raise ExtensionError(f"user_folder: {name!r} is not allowed (one plain name that is not one of "
+                                 f"{', '.join(sorted(APP_FOLDERS))})")
+        return self._data_root.parent / name
 
     def _add(self, hook: str, function: Callable[..., Any], returns: Any = None, payload: Any = None) -> None:
         if not callable(function):
@@ -323,6 +551,80 @@ class ExtensionSetup:
                                  f"'/extensions/{self._record.name}'; the app's own paths are "
                                  f"{', '.join(RESERVED_PREFIXES)})")
         self._add(ROUTER, lambda: router, payload=prefix)
+
+    # ---- generation-time hooks (ext-gen) ---------------------------------------------------------------
+    def on_prompt_expansion(self, hook: PromptExpansionHook) -> None:
+        """Expand a job's prompt into one prompt per image before seeds are used (dynamic prompts)."""
+        self._add(PROMPT_EXPANSION, hook, returns=(list, type(None)))
+
+    def on_before_request(self, hook: BeforeRequestHook) -> None:
+        """See (and possibly change) each request before its job runs."""
+        self._add(BEFORE_REQUEST, hook, returns=(Txt2ImgRequest, type(None)))
+
+    def on_after_image(self, hook: AfterImageHook) -> None:
+        """Each image before it is saved: replace it, add infotext fields, run an inpaint pass."""
+        self._add(AFTER_IMAGE, hook, returns=(Image.Image, type(None)))
+
+    def on_after_batch(self, hook: AfterBatchHook) -> None:
+        """After each batch of a job."""
+        self._add(AFTER_BATCH, hook, returns=type(None))
+
+    def on_denoising_step(self, hook: DenoisingStepHook) -> None:
+        """After each denoising step, with the latents (may return changed ones)."""
+        self._add(DENOISING_STEP, hook, returns=(torch.Tensor, type(None)))
+
+    def add_unet_residuals(self, hook: UNetResidualsHook) -> None:
+        """Extra down-block / mid-block residuals for each UNet call (what ControlNet adds)."""
+        self._add(UNET_RESIDUALS, hook, returns=(UNetResiduals, type(None)))
+
+    def wrap_model_call(self, hook: ModelCallWrapper) -> None:
+        """Wrap each UNet call (tiled diffusion and the like); wrappers nest in load order."""
+        self._add(MODEL_CALL, hook, returns=torch.Tensor)
+
+    def set_attention_processors(self, hook: AttentionProcessorsHook) -> None:
+        """Attention processors installed for each job and restored after it (regional prompting)."""
+        self._add(ATTENTION_PROCESSORS, hook, returns=(dict, type(None)))
+
+    def wrap_vae_decode(self, hook: VaeWrapper) -> None:
+        """Wrap each VAE decode (tiled VAE)."""
+        self._add(VAE_DECODE, hook, returns=torch.Tensor)
+
+    def wrap_vae_encode(self, hook: VaeWrapper) -> None:
+        """Wrap each VAE encode (tiled VAE)."""
+        self._add(VAE_ENCODE, hook, returns=torch.Tensor)
+
+    def on_model_loaded(self, hook: ModelLoadedHook) -> None:
+        """After a checkpoint is loaded or switched to (on the worker that loaded it)."""
+        self._add(MODEL_LOADED, hook, returns=type(None))
+
+    def add_sampler(self, name: str, factory: SamplerFactory) -> None:
+        """A sampler listed beside the built-in ones (UI, /sdapi/v1/samplers, X/Y/Z), built by
+        `factory(scheduler_config)` each time a job uses it. A name already taken is refused."""
+        from webui.generation.samplers import UnknownSamplerError, find_sampler
+
+        if not isinstance(name, str) or not name.strip():
+            raise ExtensionError("add_sampler: the name must be non-empty text")
+        try:
+            find_sampler(name)
+        except UnknownSamplerError:
+            pass
+        else:
+            raise ExtensionError(f"add_sampler: {name!r} is a built-in sampler's name")
+        if any(row.payload == name for row in self._registry.rows(SAMPLER)):
+            raise ExtensionError(f"add_sampler: another extension already added a sampler named {name!r}")
+        self._add(SAMPLER, factory, returns=None, payload=name.strip())
+
+    def add_xyz_axis(self, label: str, apply: XyzAxisApply, kind: str = "str",
+                     choices: list[str] | None = None) -> None:
+        """An X/Y/Z plot axis: `kind` "int", "float" or "str" (values as typed; numbers accept ranges like
+        A1111's) or "choice" (one of `choices`); `apply(request, value)` returns the cell's request."""
+        if kind not in ("int", "float", "str", "choice"):
+            raise ExtensionError(f"add_xyz_axis: kind must be int, float, str or choice, not {kind!r}")
+        if kind == "choice" and not choices:
+            raise ExtensionError("add_xyz_axis: a choice axis needs its choices")
+        if not isinstance(label, str) or not label.strip():
+            raise ExtensionError("add_xyz_axis: the label must be non-empty text")
+        self._add(XYZ_AXIS, apply, returns=Txt2ImgRequest, payload=(label.strip(), kind, tuple(choices or ())))
 
     # ---- ext-ui: UI tabs, JS/CSS and scripts ----------------------------------------------------------
     def add_tab(self, title: str, build: TabBuilder) -> None:

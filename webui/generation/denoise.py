@@ -9,6 +9,8 @@ the same way for all of them, here.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from PIL import Image
 
 from webui.generation.conditioning import ConditioningSchedule, batch_repeat
+from webui.generation.hooks import DenoisingHooks, SchedulerFactory
 from webui.generation.live_preview import latents_to_preview
 from webui.generation.samplers import build_scheduler
 from webui.jobs.progress import JobControl
@@ -31,30 +34,80 @@ PIPELINE_CLASS_NAMES = {
 }
 
 
-def pipeline_for(model: LoadedModel, mode: str) -> Any:
-    """A diffusers pipeline of the mode's class sharing every module with the loaded pipeline."""
+def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None = None) -> Any:
+    """A diffusers pipeline of the mode's class sharing every module with the loaded pipeline.
+
+    When the job's denoising hooks need them, its UNet and/or VAE component is a wrapper around the
+    resident module (webui.generation.hooked_modules says why); otherwise the modules themselves."""
     import diffusers
 
     base = model.pipeline
     class_name = PIPELINE_CLASS_NAMES[("sdxl" if model.family == "sdxl" else "sd", mode)]
-    if type(base).__name__ == class_name:
+    wraps = denoising is not None and (denoising.wants_unet or denoising.wants_vae)
+    if type(base).__name__ == class_name and not wraps:
         return base
     cls = getattr(diffusers, class_name)
     accepted = inspect.signature(cls.__init__).parameters
     options = {"requires_safety_checker": False} if "requires_safety_checker" in accepted else {}
     if "requires_aesthetics_score" in accepted:
         options["requires_aesthetics_score"] = False
-    pipeline = cls(**{name: module for name, module in base.components.items() if name in accepted}, **options)
+    components = {name: module for name, module in base.components.items() if name in accepted}
+    if wraps:
+        from webui.generation.hooked_modules import HookedUNet, HookedVAE
+
+        assert denoising is not None
+        if denoising.wants_unet:
+            components["unet"] = HookedUNet(components["unet"], denoising)
+        if denoising.wants_vae:
+            components["vae"] = HookedVAE(components["vae"], denoising)
+    pipeline = cls(**components, **options)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
-def use_sampler(model: LoadedModel, sampler_name: str, schedule: str, seed: int) -> None:
+def use_sampler(model: LoadedModel, sampler_name: str, schedule: str, seed: int,
+                added: Mapping[str, SchedulerFactory] | None = None) -> None:
     """Install the A1111-named sampler on the loaded pipeline (the mode wrappers share its scheduler slot
-    only at build time, so call this before `pipeline_for`)."""
+    only at build time, so call this before `pipeline_for`). `added` are samplers extensions added."""
+    if added and sampler_name in added:
+        model.pipeline.scheduler = added[sampler_name](dict(model.scheduler_config))
+        return
     # DPM++ SDE draws its noise from a seeded sampler of its own rather than from `generator`.
     scheduler_config = {**model.scheduler_config, "noise_sampler_seed": seed}
     model.pipeline.scheduler = build_scheduler(sampler_name, schedule, scheduler_config)
+
+
+@contextmanager
+def attention_installed(model: LoadedModel, denoising: DenoisingHooks | None) -> Iterator[None]:
+    """The job's attention processors on the UNet for the block, the previous ones back afterwards
+    (diffusers' public `attn_processors` / `set_attn_processor`)."""
+    unet = model.pipeline.unet
+    wanted = denoising.attention_processors(unet.attn_processors) if denoising is not None else {}
+    if not wanted:
+        yield
+        return
+    previous = dict(unet.attn_processors)
+    unet.set_attn_processor({**previous, **wanted})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(previous)
+
+
+def noise_level(scheduler: Any, step: int) -> float:
+    """The sigma of the latents after `step` (0-based) of the scheduler's current run: from its sigma table
+    at its step index when it keeps one (k-diffusion style samplers; img2img starts part-way in), else from
+    the training schedule's alphas at the next timestep; 0 after the last step."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    index = getattr(scheduler, "step_index", None)
+    if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 and index is not None and index < len(sigmas):
+        return float(sigmas[index])
+    timesteps = getattr(scheduler, "timesteps", None)
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if timesteps is None or alphas is None or step + 1 >= len(timesteps):
+        return 0.0
+    alpha = float(alphas[int(timesteps[step + 1])])
+    return ((1 - alpha) / alpha) ** 0.5
 
 
 def uses_inpainting_unet(model: LoadedModel) -> bool:
@@ -63,14 +116,21 @@ def uses_inpainting_unet(model: LoadedModel) -> bool:
 
 
 def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_size: int,
-                  control: JobControl | None, step_offset: int = 0, total_steps: int | None = None) -> Callable:
-    """diffusers callback_on_step_end: progress, preview, stop flags, per-step prompt schedule.
+                  control: JobControl | None, step_offset: int = 0, total_steps: int | None = None,
+                  denoising: DenoisingHooks | None = None) -> Callable:
+    """diffusers callback_on_step_end: progress, preview, stop flags, per-step prompt schedule, and the
+    job's per-step hook (which may hand back changed latents).
 
     ``step_offset``/``total_steps`` let a second pass (hires fix) continue the first pass's progress bar.
     """
 
     def callback(pipeline, step: int, timestep, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         updates: dict[str, torch.Tensor] = {}
+        if denoising is not None:
+            changed = denoising.on_step(tensors["latents"], step_offset + step, total_steps or step_offset
+                                        + pipeline.num_timesteps, noise_level(pipeline.scheduler, step))
+            if changed is not None:
+                updates["latents"] = changed
         if control is not None:
             control.report_step(step_offset + step + 1, total=total_steps or step_offset + pipeline.num_timesteps)
             if control.wants_preview(step + 1):
@@ -97,7 +157,7 @@ def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_
 
 def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, batch_size: int, steps: int,
                      cfg_scale: float, seeds: list[int], control: JobControl | None, step_offset: int = 0,
-                     total_steps: int | None = None) -> dict[str, Any]:
+                     total_steps: int | None = None, denoising: DenoisingHooks | None = None) -> dict[str, Any]:
     """Keyword arguments every pipeline call takes: embeddings, guidance, seeded generators, callbacks."""
     first_positive, first_negative = conditioning.positive[0], conditioning.negative[0]
     arguments: dict[str, Any] = dict(
@@ -108,7 +168,8 @@ def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, 
         guidance_scale=cfg_scale,
         # One CPU generator per image keeps sampler noise tied to the image's own seed (A1111 semantics).
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        callback_on_step_end=step_callback(model, conditioning, batch_size, control, step_offset, total_steps),
+        callback_on_step_end=step_callback(model, conditioning, batch_size, control, step_offset, total_steps,
+                                           denoising),
         callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]
         + (["add_text_embeds"] if model.family == "sdxl" else []),
     )
@@ -134,9 +195,9 @@ def executed_steps(steps: int, strength: float) -> int:
 
 
 @torch.no_grad()
-def encode_images(model: LoadedModel, images: list[Image.Image]) -> torch.Tensor:
+def encode_images(model: LoadedModel, images: list[Image.Image], denoising: DenoisingHooks | None = None) -> torch.Tensor:
     """Pixel images -> scaled latents (the distribution's mean: deterministic, as A1111's img2img)."""
-    vae = model.pipeline.vae
+    vae = job_vae(model, denoising)
     pixels = torch.stack([
         torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
         for image in images
@@ -144,3 +205,12 @@ def encode_images(model: LoadedModel, images: list[Image.Image]) -> torch.Tensor
     latents = vae.encode(pixels).latent_dist.mean
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
+
+
+def job_vae(model: LoadedModel, denoising: DenoisingHooks | None) -> Any:
+    """The VAE a job's own encode/decode calls use: the hooked wrapper when its hooks want one."""
+    if denoising is not None and denoising.wants_vae:
+        from webui.generation.hooked_modules import HookedVAE
+
+        return HookedVAE(model.pipeline.vae, denoising)
+    return model.pipeline.vae

@@ -4,7 +4,8 @@ larger size. The second pass uses the same loaded modules through an img2img pip
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,7 +13,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from webui.generation.conditioning import ConditioningSchedule, PromptEncoder, build_conditioning
-from webui.generation.denoise import common_arguments, executed_steps, pipeline_for, use_sampler, uses_inpainting_unet
+from webui.generation.denoise import (
+    common_arguments,
+    executed_steps,
+    job_vae,
+    pipeline_for,
+    use_sampler,
+    uses_inpainting_unet,
+)
+from webui.generation.hooks import DenoisingHooks, SchedulerFactory
 from webui.generation.requests import Txt2ImgRequest, hires_size
 from webui.jobs.progress import JobControl
 from webui.models.manager import LoadedModel
@@ -48,15 +57,19 @@ class HiresPass:
     height: int
     requested_steps: int
     conditioning: ConditioningSchedule
+    samplers: Mapping[str, SchedulerFactory] = field(default_factory=dict)  # samplers extensions added
+    denoising: DenoisingHooks | None = None  # the job's denoising hooks (webui.generation.hooks)
 
     @classmethod
-    def plan(cls, model: LoadedModel, request: Txt2ImgRequest, encoder_prompt: str, encoder_negative: str) -> "HiresPass":
+    def plan(cls, model: LoadedModel, request: Txt2ImgRequest, encoder_prompt: str, encoder_negative: str,
+             samplers: Mapping[str, SchedulerFactory] | None = None,
+             denoising: DenoisingHooks | None = None) -> "HiresPass":
         width, height = hires_size(request)
         requested = request.hr_second_pass_steps or request.steps
         encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
         conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative,
                                           max(executed_steps(requested, request.denoising_strength), 1))
-        return cls(model, request, width, height, requested, conditioning)
+        return cls(model, request, width, height, requested, conditioning, dict(samplers or {}), denoising)
 
     @property
     def in_latent_space(self) -> bool:
@@ -75,7 +88,7 @@ class HiresPass:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """First-pass latents as images (when the user interrupts before the second pass)."""
-        vae = self.model.pipeline.vae
+        vae = job_vae(self.model, self.denoising)
         decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         return self.model.pipeline.image_processor.postprocess(decoded, output_type="pil")
 
@@ -86,18 +99,19 @@ class HiresPass:
             upscaled = self.upscale(first)
             return self.decode(upscaled) if self.in_latent_space else upscaled
         use_sampler(self.model, request.hr_sampler_name or request.sampler_name,
-                    request.hr_scheduler or request.scheduler, seed)
+                    request.hr_scheduler or request.scheduler, seed, self.samplers)
         arguments = common_arguments(self.model, self.conditioning, batch_size=len(seeds), steps=self.requested_steps,
                                      cfg_scale=request.cfg_scale, seeds=seeds, control=control,
-                                     step_offset=step_offset, total_steps=step_offset + self.steps)
+                                     step_offset=step_offset, total_steps=step_offset + self.steps,
+                                     denoising=self.denoising)
         arguments.update(image=self.upscale(first), strength=request.denoising_strength, output_type="pil",
                          width=self.width, height=self.height)
         if uses_inpainting_unet(self.model):
-            pipeline = pipeline_for(self.model, "inpaint")
+            pipeline = pipeline_for(self.model, "inpaint", self.denoising)
             arguments["mask_image"] = Image.new("L", (self.width, self.height), 255)
             if self.in_latent_space:
                 arguments["masked_image_latents"] = arguments["image"]
         else:
-            pipeline = pipeline_for(self.model, "img2img")
+            pipeline = pipeline_for(self.model, "img2img", self.denoising)
             del arguments["width"], arguments["height"]  # img2img takes the size from the image
         return list(pipeline(**arguments).images)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from webui.generation.conditioning import PromptEncoder, build_conditioning
 from webui.generation.denoise import (
+    attention_installed,
     common_arguments,
     encode_images,
     executed_steps,
@@ -26,7 +27,7 @@ from webui.generation.denoise import (
     uses_inpainting_unet,
 )
 from webui.generation.image_ops import ResizeMode, outpaint_canvas, resize_image, to_rgb
-from webui.generation.infotext import create_infotext
+from webui.generation.hooks import DenoisingHooks, GenerationHooks, JobInfo
 from webui.generation.masks import (
     MaskedContent,
     blur_mask,
@@ -39,12 +40,12 @@ from webui.generation.masks import (
     prepare_mask,
 )
 from webui.generation.outputs import dated_folder
+from webui.generation.processing import SubBatch, prompt_preparer, run_batches
 from webui.generation.requests import Img2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import (
     GenerationResult,
-    batch_seeds,
-    collect_image,
+    PreparedPrompts,
     finish_grid,
     generation_parameters,
     initial_noise,
@@ -127,7 +128,7 @@ def img2img_parameters(request: Img2ImgRequest, prepared: PreparedSource) -> dic
 
 
 def _latent_start(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedSource, seeds: list[int],
-                  subseeds: list[int]) -> torch.Tensor | None:
+                  subseeds: list[int], denoising: DenoisingHooks | None = None) -> torch.Tensor | None:
     """Start latents when pixels are not enough: "latent noise"/"latent nothing" masked content, and the
     latent-upscale resize mode (A1111 encodes at the source size and resizes the latents)."""
     fill = MaskedContent.from_value(request.inpainting_fill)
@@ -138,12 +139,13 @@ def _latent_start(model: LoadedModel, request: Img2ImgRequest, prepared: Prepare
     if latent_resize and prepared.region is None:
         source, _ = to_rgb(request.init_images[0])
         width, height = source.width - source.width % 8, source.height - source.height % 8
-        latents = encode_images(model, [source.resize((max(width, 8), max(height, 8)), Image.Resampling.LANCZOS)])
+        latents = encode_images(model, [source.resize((max(width, 8), max(height, 8)), Image.Resampling.LANCZOS)],
+                                denoising)
         size = (prepared.work_image.height // model.pipeline.vae_scale_factor,
                 prepared.work_image.width // model.pipeline.vae_scale_factor)
         latents = torch.nn.functional.interpolate(latents, size=size, mode="bilinear")
     else:
-        latents = encode_images(model, [prepared.work_image])
+        latents = encode_images(model, [prepared.work_image], denoising)
     latents = latents.repeat(len(seeds), 1, 1, 1)
     if prepared.work_mask is not None and fill in latent_modes:
         height, width = latents.shape[-2:]
@@ -159,15 +161,15 @@ def _latent_start(model: LoadedModel, request: Img2ImgRequest, prepared: Prepare
 
 @torch.no_grad()
 def _denoise(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedSource, conditioning, seeds: list[int],
-             subseeds: list[int], control: JobControl | None) -> list[Image.Image]:
+             subseeds: list[int], control: JobControl | None, denoising: DenoisingHooks | None = None) -> list[Image.Image]:
     arguments = common_arguments(model, conditioning, batch_size=len(seeds), steps=request.steps,
-                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control)
-    start = _latent_start(model, request, prepared, seeds, subseeds)
+                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising)
+    start = _latent_start(model, request, prepared, seeds, subseeds, denoising)
     image: Any = start if start is not None else prepared.work_image
     arguments.update(image=image, strength=pipeline_strength(request.steps, request.denoising_strength),
                      output_type="pil")
     if prepared.work_mask is None and not uses_inpainting_unet(model):
-        return list(pipeline_for(model, "img2img")(**arguments).images)
+        return list(pipeline_for(model, "img2img", denoising)(**arguments).images)
     mask = prepared.work_mask or Image.new("L", prepared.work_image.size, 255)
     width, height = prepared.work_image.size
     arguments.update(mask_image=mask, width=width, height=height)
@@ -176,10 +178,10 @@ def _denoise(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedSour
         # the masked area blanked (diffusers' convention) for 9-channel UNets; unused by ordinary ones.
         if uses_inpainting_unet(model):
             blank = Image.composite(Image.new("RGB", (width, height), (127, 127, 127)), prepared.work_image, mask)
-            arguments["masked_image_latents"] = encode_images(model, [blank]).repeat(len(seeds), 1, 1, 1)
+            arguments["masked_image_latents"] = encode_images(model, [blank], denoising).repeat(len(seeds), 1, 1, 1)
         else:
             arguments["masked_image_latents"] = start
-    return list(pipeline_for(model, "inpaint")(**arguments).images)
+    return list(pipeline_for(model, "inpaint", denoising)(**arguments).images)
 
 
 def _put_back(prepared: PreparedSource, generated: Image.Image, mask_blur: int) -> Image.Image:
@@ -197,40 +199,46 @@ def _put_back(prepared: PreparedSource, generated: Image.Image, mask_blur: int) 
 
 
 def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Path | None,
-                styles: StyleDatabase | None = None, control: JobControl | None = None) -> GenerationResult:
-    """Generate every image of an img2img/inpaint/outpaint request; saves under outputs_root when asked."""
+                styles: StyleDatabase | None = None, control: JobControl | None = None,
+                hooks: GenerationHooks | None = None) -> GenerationResult:
+    """Generate every image of an img2img/inpaint/outpaint request; saves under outputs_root when asked.
+    `hooks` are the extensions' (webui.generation.hooks; none by default)."""
+    hooks = hooks or GenerationHooks()
     prompts = prepare_prompts(model, request.prompt, request.negative_prompt, request.styles, styles)
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     prepared = prepare_source(request, seed)
+    job = JobInfo(request, list(model.warnings) + list(prepared.notes))
+    denoising = hooks.denoising(job)
     encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
     steps = max(executed_steps(request.steps, request.denoising_strength), 1)
-    conditioning = build_conditioning(encoder, prompts.encoder_prompt, prompts.encoder_negative, steps)
     saving = request.save_images and outputs_root is not None
     size = prepared.canvas.size
-    result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt,
-                              warnings=tuple(model.warnings) + tuple(prepared.notes)).describe_model(model, prompts)
-    if control is not None:
-        control.start(request.batch_count, steps)
-    for batch_index in range(request.batch_count):
-        if control is not None:
-            if control.interrupted:
-                break
-            control.begin_batch(batch_index)
-        seeds, subseeds = batch_seeds(seed, subseed, batch_index, request.batch_size)
-        use_sampler(model, request.sampler_name, request.scheduler, seeds[0])
+    conditionings: dict[tuple[str, str], Any] = {}
+    prepare = prompt_preparer(prompts, lambda text, negative: prepare_prompts(model, text, negative, (), None))
+
+    def draw(batch: SubBatch) -> list[Image.Image]:
+        use_sampler(model, request.sampler_name, request.scheduler, batch.seeds[0], hooks.samplers())
         if request.denoising_strength == 0:
-            images = [prepared.canvas.copy() for _ in seeds]  # nothing to redraw
-        else:
-            images = [_put_back(prepared, image, request.mask_blur)
-                      for image in _denoise(model, request, prepared, conditioning, seeds, subseeds, control)]
-        for image, image_seed, image_subseed in zip(images, seeds, subseeds):
-            parameters = generation_parameters(request, model, image_seed, image_subseed, prompts.ti_hashes,
-                                               prompts.model_extras)
-            parameters.update(img2img_parameters(request, prepared))
-            parameters["Size"] = f"{size[0]}x{size[1]}"
-            infotext = create_infotext(prompts.prompt, prompts.negative_prompt, parameters)
-            collect_image(result, image, infotext, image_seed, image_subseed,
-                          dated_folder(outputs_root, "img2img-images") if saving else None, parameters)
+            return [prepared.canvas.copy() for _ in batch.seeds]  # nothing to redraw
+        key = (batch.prompts.encoder_prompt, batch.prompts.encoder_negative)
+        if key not in conditionings:
+            conditionings[key] = build_conditioning(encoder, *key, steps)
+        return [_put_back(prepared, image, request.mask_blur)
+                for image in _denoise(model, request, prepared, conditionings[key], batch.seeds, batch.subseeds,
+                                      control, denoising)]
+
+    def parameters_for(image_prompts: PreparedPrompts, image_seed: int, image_subseed: int) -> dict[str, Any]:
+        parameters = generation_parameters(request, model, image_seed, image_subseed, image_prompts.ti_hashes,
+                                           image_prompts.model_extras)
+        parameters.update(img2img_parameters(request, prepared))
+        parameters["Size"] = f"{size[0]}x{size[1]}"
+        return parameters
+
+    result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt).describe_model(model, prompts)
+    with attention_installed(model, denoising):
+        run_batches(model, request, result, hooks=hooks, job=job, seed=seed, subseed=subseed, prepare=prepare,
+                    draw=draw, parameters_for=parameters_for, steps_per_batch=steps,
+                    images_folder=dated_folder(outputs_root, "img2img-images") if saving else None, control=control)
     result.interrupted = control is not None and control.interrupted
     finish_grid(result, request.save_grid, dated_folder(outputs_root, "img2img-grids") if saving else None)
     return result

@@ -89,6 +89,11 @@ def unquote_value(text: str) -> str:
     return decoded if isinstance(decoded, str) else text
 
 
+def is_valid_infotext_key(key: str) -> bool:
+    """Whether `key` can be written into an infotext and read back (see `create_infotext`)."""
+    return isinstance(key, str) and _VALID_KEY.fullmatch(key) is not None
+
+
 def create_infotext(prompt: str, negative_prompt: str, parameters: Mapping[str, Any]) -> str:
     """Build the A1111 infotext for one image.
 
@@ -101,7 +106,7 @@ def create_infotext(prompt: str, negative_prompt: str, parameters: Mapping[str, 
     for key, value in parameters.items():
         if value is None:
             continue
-        if not _VALID_KEY.fullmatch(key):
+        if not is_valid_infotext_key(key):
             raise ValueError(
                 f"infotext key {key!r} cannot be read back: keys must start with a letter, digit or "
                 "underscore and contain only those, spaces, '-' or '/' (at least 2 characters)"

@@ -7,10 +7,11 @@ queue, so validation happens once, here, and produces messages a user can act on
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from webui.generation.samplers import resolve_sampler_and_schedule, schedule_types_for
+from webui.generation.samplers import AUTOMATIC, resolve_sampler_and_schedule, schedule_types_for
 
 
 class RequestError(ValueError):
@@ -82,8 +83,10 @@ class Txt2ImgRequest:
     def image_count(self) -> int:
         return self.batch_count * self.batch_size
 
-    def validate(self, limits: GenerationLimits = GenerationLimits()) -> "Txt2ImgRequest":
-        """The request with canonical sampler names if every field is usable, else RequestError naming the field."""
+    def validate(self, limits: GenerationLimits = GenerationLimits(),
+                 added_samplers: Collection[str] = ()) -> "Txt2ImgRequest":
+        """The request with canonical sampler names if every field is usable, else RequestError naming the field.
+        `added_samplers` are sampler names extensions added (used with the "Automatic" schedule type)."""
         _check_int("steps", self.steps, 1, limits.max_steps)
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -105,22 +108,31 @@ class Txt2ImgRequest:
                 raise RequestError(f"{name} must be text")
             if len(text) > limits.max_prompt_chars:
                 raise RequestError(f"{name} is {len(text):,} characters long; the limit is {limits.max_prompt_chars:,}")
-        # Accepts A1111 aliases and legacy names ("DPM++ 2M Karras") and returns canonical ones.
-        sampler, schedule = resolve_sampler_and_schedule(self.sampler_name, self.scheduler)
-        if schedule not in schedule_types_for(sampler.name):
-            raise RequestError(
-                f"sampler {sampler.name!r} cannot use schedule type {schedule!r}; "
-                f"valid for it: {', '.join(schedule_types_for(sampler.name))}"
-            )
+        sampler_name, schedule = _check_sampler(self.sampler_name, self.scheduler, added_samplers)
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
-        _check_hires(self, limits)
+        _check_hires(self, limits, added_samplers)
         total_steps = self.image_count * (self.steps + (self.hr_second_pass_steps or self.steps if self.enable_hr else 0))
         if total_steps > limits.max_total_steps:
             raise RequestError(
                 f"batch_count x batch_size x steps (hires steps included) = {total_steps} exceeds the limit of "
                 f"{limits.max_total_steps} steps per request; split it into smaller requests"
             )
-        return replace(self, sampler_name=sampler.name, scheduler=schedule)
+        return replace(self, sampler_name=sampler_name, scheduler=schedule)
+
+
+def _check_sampler(name: str, schedule: str, added_samplers: Collection[str]) -> tuple[str, str]:
+    """Canonical (sampler, schedule type); accepts A1111 aliases and legacy names ("DPM++ 2M Karras")."""
+    if name in added_samplers:
+        if schedule not in ("", AUTOMATIC):
+            raise RequestError(f"sampler {name!r} (added by an extension) takes no schedule type; use {AUTOMATIC!r}")
+        return name, AUTOMATIC
+    sampler, schedule = resolve_sampler_and_schedule(name, schedule)
+    if schedule not in schedule_types_for(sampler.name):
+        raise RequestError(
+            f"sampler {sampler.name!r} cannot use schedule type {schedule!r}; "
+            f"valid for it: {', '.join(schedule_types_for(sampler.name))}"
+        )
+    return sampler.name, schedule
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -145,7 +157,7 @@ HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Latent (bicubic)", "Lanc
 MAX_OUTPAINT_PIXELS = 1024
 
 
-def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits) -> None:
+def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits, added_samplers: Collection[str] = ()) -> None:
     if not request.enable_hr:
         return
     if request.hr_upscaler not in HIRES_UPSCALERS:
@@ -159,7 +171,7 @@ def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits) -> None:
         if value > limits.max_side:
             raise RequestError(f"{name} {value} exceeds the limit of {limits.max_side} pixels")
     if request.hr_sampler_name:
-        resolve_sampler_and_schedule(request.hr_sampler_name, request.hr_scheduler or "Automatic")
+        _check_sampler(request.hr_sampler_name, request.hr_scheduler or AUTOMATIC, added_samplers)
 
 
 def hires_size(request: Txt2ImgRequest) -> tuple[int, int]:
@@ -195,10 +207,11 @@ class Img2ImgRequest(Txt2ImgRequest):
     outpaint_up: int = 0
     outpaint_down: int = 0
 
-    def validate(self, limits: GenerationLimits = GenerationLimits()) -> "Img2ImgRequest":
+    def validate(self, limits: GenerationLimits = GenerationLimits(),
+                 added_samplers: Collection[str] = ()) -> "Img2ImgRequest":
         if not self.init_images:
             raise RequestError("img2img needs an input image")
-        request = super().validate(limits)
+        request = super().validate(limits, added_samplers)
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_int("mask_blur", self.mask_blur, 0, 64)
         _check_int("resize_mode", self.resize_mode, 0, 3)

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from webui.generation.hooks import GenerationHooks
 from webui.generation.image_ops import check_image_size
 from webui.generation.img2img import run_img2img
 from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.request_codec import decode_request, encode_request
+from webui.generation.samplers import AUTOMATIC, sampler_names, schedule_types_for
 from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
@@ -64,6 +66,9 @@ class GenerationService:
     request_limits: RequestLimits  # its `generation` part bounds request values
     outputs_folder: Path           # outputs/ as a whole; a request saves under `outputs_root_of(request)`
     inputs_folder: Path            # where queued img2img jobs keep their images until they are pruned
+    # What extensions do during a job (webui.generation.hooks); the composition root passes the extension
+    # layer's, the default does nothing.
+    hooks: GenerationHooks = field(default_factory=GenerationHooks)
 
     @property
     def limits(self) -> GenerationLimits:
@@ -71,7 +76,7 @@ class GenerationService:
 
     def validate_txt2img(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """Everything that can be checked before queueing: values, styles, checkpoint name."""
-        request = request.validate(self.limits)
+        request = request.validate(self.limits, tuple(self.hooks.samplers()))
         if isinstance(request, Img2ImgRequest):
             for image in (*request.init_images[:1], request.mask):
                 if image is not None:
@@ -83,6 +88,14 @@ class GenerationService:
         if request.checkpoint:
             self.models.check_usable(request.checkpoint)
         return request
+
+    def sampler_names(self) -> list[str]:
+        """Every sampler a request may name: the built-in table, then those extensions added."""
+        return sampler_names() + [name for name in self.hooks.samplers() if name not in sampler_names()]
+
+    def schedule_types_for(self, sampler: str) -> list[str]:
+        """The schedule types a UI offers for a sampler (only "Automatic" for those extensions added)."""
+        return [AUTOMATIC] if sampler in self.hooks.samplers() else schedule_types_for(sampler)
 
     def lora_uses(self, request: Txt2ImgRequest) -> tuple[LoraUse, ...]:
         """The LoRAs the (styled) prompt's `<lora:name:weight>` tags ask for; unknown names raise."""
@@ -191,6 +204,7 @@ class GenerationService:
                 combined.seeds.append(seed)
                 combined.subseeds.append(seed)
                 combined.saved_paths.append(target)
+            notes += [f"{path.name}: {warning}" for warning in result.warnings]
         combined.warnings = tuple(notes)
         combined.interrupted = control.interrupted
         return combined
@@ -198,12 +212,29 @@ class GenerationService:
     def generate_inline(self, manager: ModelManager, request: Txt2ImgRequest,
                         control: JobControl | None = None) -> GenerationResult:
         """Validate and generate on the calling thread with `manager`: for code already running inside a
-        job on a worker (X/Y/Z cells, batch folders), which runs its sub-steps inline, never as new jobs."""
+        job on a worker (X/Y/Z cells, batch folders), which runs its sub-steps inline, never as new jobs.
+
+        Extensions' `before_request` hooks may change the request first; a change that the app's checks
+        refuse is dropped (the job's warnings say so)."""
         request = self.validate_txt2img(request)
+        warnings: list[str] = []
+        owners_folder = request.outputs_subfolder  # an extension never moves where a user's images go
+        request = self.hooks.before_request(
+            request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
         loras, vae = self.lora_uses(request), self.models.resolve_vae(request.vae)
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
         with manager.checkout(request.checkpoint, loras, vae) as model:
-            return run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles, control=control)
+            result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
+                         control=control, hooks=self.hooks)
+        result.warnings = tuple(warnings) + tuple(result.warnings)
+        return result
+
+    def _check_changed(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
+        """What a request changed by an extension must pass before it runs (as a user's would)."""
+        request = self.validate_txt2img(request)
+        self.lora_uses(request)
+        self.models.resolve_vae(request.vae)
+        return request
 
     # ---- jobs ----
     def job_kinds(self) -> list[JobKind]:

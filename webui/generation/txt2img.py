@@ -19,18 +19,24 @@ from PIL import Image
 
 from webui import __version__
 from webui.generation.conditioning import ConditioningSchedule, PromptEncoder, build_conditioning
-from webui.generation.denoise import common_arguments, pipeline_for, use_sampler, uses_inpainting_unet
+from webui.generation.denoise import (
+    attention_installed,
+    common_arguments,
+    executed_steps,
+    pipeline_for,
+    use_sampler,
+    uses_inpainting_unet,
+)
 from webui.generation.hires import HiresPass, hires_parameters
-from webui.generation.infotext import create_infotext
-from webui.generation.outputs import dated_folder, image_grid, save_grid, save_image
+from webui.generation.hooks import DenoisingHooks, GenerationHooks, JobInfo
+from webui.generation.outputs import dated_folder, image_grid, save_grid
+from webui.generation.processing import MAX_SEED, SubBatch, prompt_preparer, run_batches
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.jobs.progress import JobControl
 from webui.models.hashing import sha256_of_file
 from webui.models.manager import LoadedModel
-
-MAX_SEED = 2**32 - 1
 
 
 # Infotext keys A1111's `create_infotext` writes from the processing object itself; every other key of an
@@ -64,6 +70,7 @@ class GenerationResult:
     inpainting_conditioning: bool = False
     job_timestamp: str = field(default_factory=lambda: datetime.now().strftime("%Y%m%d%H%M%S"))
     parameters: dict[str, Any] = field(default_factory=dict)  # the first image's infotext pairs
+    prompts: list[str] = field(default_factory=list)  # each image's own prompt (prompt expansion may vary it)
 
     def describe_model(self, model: LoadedModel, prompts: "PreparedPrompts") -> "GenerationResult":
         """Record the checkpoint and VAE the images come from (A1111's sd_model_* and sd_vae_* fields)."""
@@ -83,7 +90,7 @@ class GenerationResult:
         hires_or_img2img = request.enable_hr or hasattr(request, "init_images")
         infotexts = ([self.infotexts[0]] if self.grid is not None and self.infotexts else []) + self.infotexts
         return {
-            "prompt": self.prompt, "all_prompts": [self.prompt] * count,
+            "prompt": self.prompt, "all_prompts": list(self.prompts) or [self.prompt] * count,
             "negative_prompt": self.negative_prompt, "all_negative_prompts": [self.negative_prompt] * count,
             "seed": self.seeds[0] if self.seeds else request.seed, "all_seeds": list(self.seeds),
             "subseed": self.subseeds[0] if self.subseeds else request.subseed, "all_subseeds": list(self.subseeds),
@@ -197,24 +204,6 @@ def prepare_prompts(model: LoadedModel, prompt: str, negative_prompt: str, style
     return PreparedPrompts(prompt, negative_prompt, encoder_prompt, encoder_negative, ti_hashes, vae_extras)
 
 
-def batch_seeds(seed: int, subseed: int, batch_index: int, batch_size: int) -> tuple[list[int], list[int]]:
-    offset = batch_index * batch_size
-    return ([(seed + offset + i) % MAX_SEED for i in range(batch_size)],
-            [(subseed + offset + i) % MAX_SEED for i in range(batch_size)])
-
-
-def collect_image(result: GenerationResult, image: Image.Image, infotext: str, seed: int, subseed: int,
-                  save_to: Path | None, parameters: dict[str, Any] | None = None) -> None:
-    if parameters is not None and not result.images:
-        result.parameters = dict(parameters)
-    result.images.append(image)
-    result.infotexts.append(infotext)
-    result.seeds.append(seed)
-    result.subseeds.append(subseed)
-    if save_to is not None:
-        result.saved_paths.append(save_image(image, save_to, seed, infotext))
-
-
 def finish_grid(result: GenerationResult, save_grid_wanted: bool, grids_folder: Path | None) -> None:
     if len(result.images) > 1 and save_grid_wanted:
         result.grid = image_grid(result.images)
@@ -223,51 +212,57 @@ def finish_grid(result: GenerationResult, save_grid_wanted: bool, grids_folder: 
 
 
 def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Path | None,
-                styles: StyleDatabase | None = None, control: JobControl | None = None) -> GenerationResult:
+                styles: StyleDatabase | None = None, control: JobControl | None = None,
+                hooks: GenerationHooks | None = None) -> GenerationResult:
     """Generate every image of the request (with the hires-fix pass when enabled); saves them (and a grid)
-    under outputs_root when asked."""
+    under outputs_root when asked. `hooks` are the extensions' (webui.generation.hooks; none by default)."""
+    hooks = hooks or GenerationHooks()
     prompts = prepare_prompts(model, request.prompt, request.negative_prompt, request.styles, styles)
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
-    use_sampler(model, request.sampler_name, request.scheduler, seed)
+    job = JobInfo(request, list(model.warnings))
+    denoising = hooks.denoising(job)
     encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
-    conditioning = build_conditioning(encoder, prompts.encoder_prompt, prompts.encoder_negative, request.steps)
-    hires = None
-    if request.enable_hr:
-        hires_prompts = prompts
-        if request.hr_prompt or request.hr_negative_prompt:
-            hires_prompts = prepare_prompts(model, request.hr_prompt or request.prompt,
-                                            request.hr_negative_prompt or request.negative_prompt, request.styles, styles)
-        hires = HiresPass.plan(model, request, hires_prompts.encoder_prompt, hires_prompts.encoder_negative)
+    hires_prompts = None
+    if request.enable_hr and (request.hr_prompt or request.hr_negative_prompt):
+        hires_prompts = prepare_prompts(model, request.hr_prompt or request.prompt,
+                                        request.hr_negative_prompt or request.negative_prompt, request.styles, styles)
     shape = _latent_shape(model, request)
     saving = request.save_images and outputs_root is not None
+    conditionings: dict[tuple[str, str], ConditioningSchedule] = {}
+    hires_passes: dict[tuple[str, str], HiresPass] = {}
+    prepare = prompt_preparer(prompts, lambda text, negative: prepare_prompts(model, text, negative, (), None))
 
-    result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt,
-                              warnings=model.warnings).describe_model(model, prompts)
-    if control is not None:
-        control.start(request.batch_count, request.steps + (hires.steps if hires else 0))
-    for batch_index in range(request.batch_count):
-        if control is not None:
-            if control.interrupted:
-                break
-            control.begin_batch(batch_index)
-        seeds, subseeds = batch_seeds(seed, subseed, batch_index, request.batch_size)
-        noise = torch.stack([initial_noise(shape, s, v, request.subseed_strength) for s, v in zip(seeds, subseeds)])
-        if hires is None:
-            images = _denoise_batch(model, request, conditioning, noise, seeds, control, output_type="pil")
-        else:
-            use_sampler(model, request.sampler_name, request.scheduler, seed)
-            first = _denoise_batch(model, request, conditioning, noise, seeds, control,
-                                   output_type="latent" if hires.in_latent_space else "pil")
-            if control is not None and control.should_stop_batch:
-                images = first if not hires.in_latent_space else hires.decode(first)
-            else:
-                images = hires.run(first, seeds, control, step_offset=request.steps, seed=seed)
-        for image, image_seed, image_subseed in zip(images, seeds, subseeds):
-            parameters = generation_parameters(request, model, image_seed, image_subseed, prompts.ti_hashes,
-                                               prompts.model_extras)
-            infotext = create_infotext(prompts.prompt, prompts.negative_prompt, parameters)
-            collect_image(result, image, infotext, image_seed, image_subseed,
-                          dated_folder(outputs_root, "txt2img-images") if saving else None, parameters)
+    def draw(batch: SubBatch) -> list[Image.Image]:
+        key = (batch.prompts.encoder_prompt, batch.prompts.encoder_negative)
+        if key not in conditionings:
+            conditionings[key] = build_conditioning(encoder, *key, request.steps)
+        noise = torch.stack([initial_noise(shape, s, v, request.subseed_strength)
+                             for s, v in zip(batch.seeds, batch.subseeds)])
+        use_sampler(model, request.sampler_name, request.scheduler, seed, hooks.samplers())
+        if not request.enable_hr:
+            return _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control, "pil", denoising)
+        if key not in hires_passes:
+            source = hires_prompts or batch.prompts
+            hires_passes[key] = HiresPass.plan(model, request, source.encoder_prompt, source.encoder_negative,
+                                               hooks.samplers(), denoising)
+        hires = hires_passes[key]
+        first = _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control,
+                               "latent" if hires.in_latent_space else "pil", denoising)
+        if control is not None and control.should_stop_batch:
+            return first if not hires.in_latent_space else hires.decode(first)
+        return hires.run(first, batch.seeds, control, step_offset=request.steps, seed=seed)
+
+    def parameters_for(image_prompts: PreparedPrompts, image_seed: int, image_subseed: int) -> dict[str, Any]:
+        return generation_parameters(request, model, image_seed, image_subseed, image_prompts.ti_hashes,
+                                     image_prompts.model_extras)
+
+    result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt).describe_model(model, prompts)
+    hires_steps = executed_steps(request.hr_second_pass_steps or request.steps, request.denoising_strength)
+    with attention_installed(model, denoising):
+        run_batches(model, request, result, hooks=hooks, job=job, seed=seed, subseed=subseed, prepare=prepare,
+                    draw=draw, parameters_for=parameters_for,
+                    steps_per_batch=request.steps + (hires_steps if request.enable_hr else 0),
+                    images_folder=dated_folder(outputs_root, "txt2img-images") if saving else None, control=control)
     result.interrupted = control is not None and control.interrupted
     finish_grid(result, request.save_grid, dated_folder(outputs_root, "txt2img-grids") if saving else None)
     return result
@@ -275,19 +270,20 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
 
 @torch.no_grad()
 def _denoise_batch(model: LoadedModel, request: Txt2ImgRequest, conditioning: ConditioningSchedule,
-                   noise: torch.Tensor, seeds: list[int], control: JobControl | None, output_type: str) -> Any:
+                   noise: torch.Tensor, seeds: list[int], control: JobControl | None, output_type: str,
+                   denoising: DenoisingHooks | None = None) -> Any:
     batch_size = noise.shape[0]
     arguments = common_arguments(model, conditioning, batch_size=batch_size, steps=request.steps,
-                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control)
+                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising)
     arguments.update(width=request.width, height=request.height, output_type=output_type)
     if uses_inpainting_unet(model):
         # An inpainting checkpoint in txt2img: everything is "masked", the masked image is blank (A1111 does the same).
-        pipeline = pipeline_for(model, "inpaint")
+        pipeline = pipeline_for(model, "inpaint", denoising)
         blank = Image.new("RGB", (request.width, request.height), (127, 127, 127))
         arguments.update(image=blank, mask_image=Image.new("L", blank.size, 255), strength=1.0,
                          latents=noise.to(device=model.device, dtype=model.dtype))
         output = pipeline(**arguments)
     else:
         arguments.update(latents=noise.to(device=model.device, dtype=model.dtype))
-        output = model.pipeline(**arguments)
+        output = pipeline_for(model, "txt2img", denoising)(**arguments)
     return output.images if output_type == "latent" else list(output.images)

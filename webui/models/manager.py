@@ -116,7 +116,7 @@ class ModelManager:
     def __init__(self, catalog: CheckpointCatalog, device: torch.device, dtype: torch.dtype,
                  checkpoints_in_ram: int = 2, preferred_checkpoint: str | None = None,
                  embedding_catalog: EmbeddingCatalog | None = None,
-                 on_model_loaded: Callable[[CheckpointRecord], None] | None = None,
+                 on_model_loaded: Callable[[CheckpointRecord, str], None] | None = None,
                  ram_cache: CheckpointRamCache | None = None):
         self.catalog = catalog
         self.device = device
@@ -195,8 +195,8 @@ class ModelManager:
             self._embeddings = EmbeddingInjector(self._pipeline, weights.architecture.family)
         self._weights = weights
         self._vae_path = None  # copying or rebuilding put the checkpoint's own VAE in place
-        if self._on_model_loaded:
-            self._on_model_loaded(record)
+        if self._on_model_loaded:  # (record, family): e.g. extensions' model-loaded hooks
+            self._on_model_loaded(record, weights.architecture.family)
 
     def _reconcile_vae(self, vae: str | Path) -> None:
         """Copy the wanted VAE's weights into the resident VAE (the checkpoint's own come from the RAM cache)."""

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from webui.context import AppContext
-from webui.generation.samplers import sampler_names, schedule_types_for
+from webui.generation.samplers import schedule_types_for
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.errors import QueueFullError
 from webui.jobs.job import Job
@@ -122,7 +122,7 @@ def build_prompt_area(ctx: AppContext, prefix: str, checkpoint: gr.Dropdown | No
 def build_sampling_controls(ctx: AppContext, prefix: str, default_size: int) -> dict[str, gr.components.Component]:
     """Sampler, schedule, steps, size, batch, CFG, seed and the "Extra" seed options."""
     with gr.Row():
-        sampler_name = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="DPM++ 2M",
+        sampler_name = gr.Dropdown(label="Sampling method", choices=ctx.generation.sampler_names(), value="DPM++ 2M",
                                    elem_id=f"{prefix}_sampling")
         scheduler = gr.Dropdown(label="Schedule type", choices=schedule_types_for("DPM++ 2M"), value="Automatic",
                                 elem_id=f"{prefix}_scheduler")
@@ -150,7 +150,7 @@ def build_sampling_controls(ctx: AppContext, prefix: str, default_size: int) -> 
         clip_skip = gr.Slider(label="Clip skip", minimum=1, maximum=12, step=1, value=1, elem_id=f"{prefix}_clip_skip")
 
     def schedules_for_sampler(sampler: str, current: str):
-        choices = schedule_types_for(sampler)
+        choices = ctx.generation.schedule_types_for(sampler)
         return gr.update(choices=choices, value=current if current in choices else "Automatic")
 
     sampler_name.change(schedules_for_sampler, inputs=[sampler_name, scheduler], outputs=scheduler)
@@ -289,9 +289,10 @@ def wire_generation(ctx: AppContext, prefix: str, prompt_area: PromptArea, field
 XYZ_SCRIPT = "X/Y/Z plot"
 
 
-def build_xyz_script_controls(prefix: str) -> tuple[gr.Group, dict[str, gr.components.Component]]:
-    """A1111's X/Y/Z plot as a script inside a generation tab: three axis rows and the main options."""
-    labels = default_axis_registry().labels()
+def build_xyz_script_controls(prefix: str, labels: list[str] | None = None) -> tuple[gr.Group, dict[str, gr.components.Component]]:
+    """A1111's X/Y/Z plot as a script inside a generation tab: three axis rows and the main options
+    (`labels`: the app's axis table, extensions' axes included)."""
+    labels = labels if labels is not None else default_axis_registry().labels()
     controls: dict[str, gr.components.Component] = {}
     with gr.Group(visible=False, elem_id=f"{prefix}_script_xyz") as group:
         for axis in ("x", "y", "z"):

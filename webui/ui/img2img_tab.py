@@ -147,7 +147,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
                                             elem_id="img2img_outpaint_pixels")
                 outpaint_directions = gr.CheckboxGroup(label="Outpainting direction", choices=list(OUTPAINT_DIRECTIONS),
                                                        value=list(OUTPAINT_DIRECTIONS), elem_id="img2img_outpaint_directions")
-            xyz_group, xyz_controls = build_xyz_script_controls("img2img")
+            xyz_group, xyz_controls = build_xyz_script_controls("img2img", ctx.xyz.registry.labels())
             scripts = build_script_controls(ctx, "img2img", True, list(SCRIPTS), script)
             script.change(lambda name: [gr.update(visible=name == "Outpainting"), gr.update(visible=name == XYZ_SCRIPT),
                                         *scripts.visibility(name)],

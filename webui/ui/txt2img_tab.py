@@ -13,7 +13,6 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
-from webui.generation.samplers import sampler_names
 from webui.models.default_model import EXAMPLE_PROMPT
 from webui.security.identity import User
 from webui.ui.script_controls import build_script_controls, script_titles
@@ -50,7 +49,7 @@ def build_hires_controls(ctx: AppContext) -> dict[str, gr.components.Component]:
                                     elem_id="txt2img_hr_resize_x")
             hr_resize_y = gr.Slider(label="Resize height to", minimum=0, maximum=ctx.limits.max_side, step=8, value=0,
                                     elem_id="txt2img_hr_resize_y")
-        hr_sampler_name = gr.Dropdown(label="Hires sampling method", choices=[SAME_SAMPLER] + sampler_names(),
+        hr_sampler_name = gr.Dropdown(label="Hires sampling method", choices=[SAME_SAMPLER] + ctx.generation.sampler_names(),
                                       value=SAME_SAMPLER, elem_id="txt2img_hr_sampler")
         hr_prompt = gr.Textbox(label="Hires prompt", lines=2, placeholder="empty = the main prompt",
                                elem_id="txt2img_hr_prompt")
@@ -86,7 +85,7 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
             builtin = ["None", XYZ_SCRIPT]
             script = gr.Dropdown(label="Script", choices=builtin + script_titles(ctx, False), value="None",
                                  elem_id="txt2img_script")
-            xyz_group, xyz_controls = build_xyz_script_controls("txt2img")
+            xyz_group, xyz_controls = build_xyz_script_controls("txt2img", ctx.xyz.registry.labels())
             scripts = build_script_controls(ctx, "txt2img", False, builtin, script)
             script.change(lambda name: [gr.update(visible=name == XYZ_SCRIPT), *scripts.visibility(name)],
                           inputs=script, outputs=[xyz_group, *scripts.groups])

@@ -21,7 +21,6 @@ import gradio as gr
 from webui.context import AppContext
 from webui.generation.infotext import parse_infotext
 from webui.generation.requests import Txt2ImgRequest
-from webui.generation.samplers import sampler_names
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.errors import QueueFullError
 from webui.jobs.job import Job
@@ -160,7 +159,7 @@ def build_xyz_tab(
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
-                sampler_name = gr.Dropdown(label="Sampling method", choices=sampler_names(), value="DPM++ 2M",
+                sampler_name = gr.Dropdown(label="Sampling method", choices=ctx.generation.sampler_names(), value="DPM++ 2M",
                                            elem_id="xyz_sampling")
                 steps = gr.Slider(label="Sampling steps", minimum=1, maximum=ctx.limits.max_steps, step=1, value=20,
                                   elem_id="xyz_steps")

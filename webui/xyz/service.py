@@ -21,7 +21,7 @@ from PIL import Image
 from webui.generation.infotext import create_infotext
 from webui.generation.outputs import dated_folder, save_grid
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
-from webui.generation.samplers import sampler_names, schedule_type_names
+from webui.generation.samplers import schedule_type_names
 from webui.jobs.progress import JobControl, ProgressSnapshot
 from webui.generation.request_codec import decode_request, encode_request
 from webui.jobs.job import Job
@@ -107,7 +107,7 @@ class XyzService:
         """What the axes may name right now; read on every call because models and styles change at runtime."""
         generation = self.generation
         return AxisChoices(
-            samplers=tuple(sampler_names()),
+            samplers=tuple(generation.sampler_names()),  # extensions' samplers included
             schedule_types=tuple(schedule_type_names()),
             checkpoints=tuple(generation.models.checkpoint_titles()),
             # The VAE axis always offers Automatic and None itself; only the files are listed here.
@@ -293,7 +293,7 @@ def _check_cells_with_app(generation: GenerationService, plan: XYZPlan) -> None:
     seen: set[Hashable] = set()
     for cell in plan.cells:
         try:
-            request: Txt2ImgRequest = cell.request.validate(generation.limits)
+            request: Txt2ImgRequest = cell.request.validate(generation.limits, tuple(generation.hooks.samplers()))
             key = (request.checkpoint, request.vae, request.prompt, request.negative_prompt, request.styles)
             if key in seen:
                 continue

@@ -1,0 +1,137 @@
+"""The generation engine's seam for code that is not the engine (extensions): what a job offers to others.
+
+The engine runs a job with a `GenerationHooks` object handed to it explicitly (by `GenerationService`, which
+gets it from the composition root); the default one does nothing. The extension layer
+(`webui.extensions.generation_hooks`) subclasses it and fills each method from what extensions registered,
+so the engine never imports webui.extensions and knows nothing of isolation or timing: every method here
+takes the job's `warnings` list, and the implementation appends to it when an extension fails.
+
+Denoising hooks (per-step callbacks, UNet residuals, attention processors, model-call and VAE wrappers) are
+asked for once per job by `denoising(job)`: None means none are wanted, and then no wrapper is installed and
+the pipeline runs exactly as without this seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+# A scheduler factory: the loaded model's scheduler config in, a diffusers scheduler out.
+SchedulerFactory = Callable[[dict[str, Any]], Any]
+# Runs an inpaint pass through the job's own model: (image, mask, changes to the request) -> image.
+InpaintPass = Callable[[Image.Image, Image.Image, dict[str, Any]], Image.Image]
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What every hook of one job may read: the request as it runs (a Txt2ImgRequest or Img2ImgRequest)."""
+
+    request: Any
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One finished image before it is saved."""
+
+    index: int                  # position in the job (0 = first image)
+    seed: int
+    subseed: int
+    prompt: str                 # this image's own prompt (after expansion)
+    negative_prompt: str
+    parameters: Mapping[str, Any]  # its infotext fields so far
+    inpaint: InpaintPass
+
+
+@dataclass(frozen=True)
+class UNetInput:
+    """One call of the UNet inside the denoising loop (classifier-free guidance doubles the batch)."""
+
+    sample: torch.Tensor
+    timestep: Any
+    encoder_hidden_states: torch.Tensor
+    extra: Mapping[str, Any] = field(default_factory=dict)  # the pipeline's other keyword arguments
+
+
+UNetFunction = Callable[[UNetInput], torch.Tensor]
+
+
+class DenoisingHooks:
+    """The per-job denoising hooks; every method's default leaves the pipeline's behaviour unchanged.
+
+    `wants_unet` / `wants_vae` say whether a wrapper module is needed at all."""
+
+    wants_unet: bool = False
+    wants_vae: bool = False
+
+    def on_step(self, latents: torch.Tensor, step: int, total_steps: int, sigma: float) -> torch.Tensor | None:
+        """After each denoising step: changed latents, or None."""
+        return None
+
+    def residuals(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+        """Extra down-block and mid-block residuals for this UNet call ((None, None) = none)."""
+        return None, None
+
+    def call_unet(self, unet_input: UNetInput, call: UNetFunction) -> torch.Tensor:
+        """Run the UNet (possibly differently, e.g. tiled) through `call`; returns its noise prediction."""
+        return call(unet_input)
+
+    def attention_processors(self, current: Mapping[str, Any]) -> dict[str, Any]:
+        """Processors to install for the job (name -> processor); restored when the job ends."""
+        return {}
+
+    def decode(self, latents: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """VAE decode: scaled-back latents -> pixels in [-1, 1], through `call` or otherwise."""
+        return call(latents)
+
+    def encode(self, pixels: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """VAE encode: pixels in [-1, 1] -> the latent distribution's parameters (mean and log-variance
+        stacked on the channel axis), through `call` or otherwise."""
+        return call(pixels)
+
+
+class GenerationHooks:
+    """No-op default of every generation-time hook. Subclassed by the extension layer."""
+
+    def before_request(self, request: Any, warnings: list[str], check: Callable[[Any], Any]) -> Any:
+        """The request a job runs: the one given, or a changed one of the same type that passed `check`
+        (the app's own checks: it returns the checked request or raises ValueError with the reason)."""
+        return request
+
+    def expand_prompts(self, job: JobInfo, prompt: str, negative_prompt: str, count: int,
+                       seed: int) -> list[str] | None:
+        """Per-image prompts (their number may differ from `count`), or None to keep the prompt."""
+        return None
+
+    def after_image(self, job: JobInfo, image: Image.Image, info: ImageInfo) -> tuple[Image.Image, dict[str, Any]]:
+        """The image to save (the same or a replacement) and infotext fields to add to it."""
+        return image, {}
+
+    def after_batch(self, job: JobInfo, images: list[Image.Image], seeds: list[int], prompts: list[str]) -> None:
+        """After each batch of images."""
+
+    def denoising(self, job: JobInfo) -> DenoisingHooks | None:
+        """The job's denoising hooks, or None when nothing hooks the denoising (no wrapper is installed)."""
+        return None
+
+    def model_loaded(self, name: str, shorthash: str | None, family: str) -> None:
+        """A checkpoint was loaded or switched to (outside any job's warnings: failures are only logged)."""
+
+    def samplers(self) -> Mapping[str, SchedulerFactory]:
+        """Samplers added beside the built-in table: name -> scheduler factory."""
+        return {}
+
+
+class SamplersOnly(GenerationHooks):
+    """Hooks that only know the added samplers: for work a job runs inside itself (an inline inpaint pass),
+    where no other hook may run again."""
+
+    def __init__(self, samplers: Mapping[str, SchedulerFactory]):
+        self._samplers = dict(samplers)
+
+    def samplers(self) -> Mapping[str, SchedulerFactory]:
+        return self._samplers
