@@ -16,8 +16,6 @@ from webui.models.families import (
 )
 
 PRODUCT = Path(__file__).resolve().parents[2] / "webui"
-# Modules that still compare family names, until they move behind the family interface (issue 17).
-NOT_YET_MOVED = {"generation/denoise.py"}
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.name)
@@ -72,7 +70,7 @@ def test_no_module_outside_families_names_a_family():
     offenders = {}
     for path in sorted(PRODUCT.rglob("*.py")):
         relative = path.relative_to(PRODUCT).as_posix()
-        if relative.startswith("models/families/") or relative in NOT_YET_MOVED:
+        if relative.startswith("models/families/"):
             continue
         found = family_name_literals(path)
         if found:

@@ -22,17 +22,8 @@ from webui.generation.hooks import DenoisingHooks, SchedulerFactory
 from webui.generation.live_preview import latents_to_preview
 from webui.generation.samplers import build_scheduler
 from webui.jobs.progress import JobControl
+from webui.models.families import family_named
 from webui.models.manager import LoadedModel
-
-PIPELINE_CLASS_NAMES = {
-    ("sd", "txt2img"): "StableDiffusionPipeline",
-    ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
-    ("sd", "inpaint"): "StableDiffusionInpaintPipeline",
-    ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
-    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline",
-    ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
-}
-
 
 def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None = None) -> Any:
     """A diffusers pipeline of the mode's class sharing every module with the loaded pipeline.
@@ -42,7 +33,7 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
     import diffusers
 
     base = model.pipeline
-    class_name = PIPELINE_CLASS_NAMES[("sdxl" if model.family == "sdxl" else "sd", mode)]
+    class_name = family_named(model.family).pipeline_class_name(mode)
     wraps = denoising is not None and (denoising.wants_unet or denoising.wants_vae)
     if type(base).__name__ == class_name and not wraps:
         return base
@@ -160,6 +151,7 @@ def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, 
                      total_steps: int | None = None, denoising: DenoisingHooks | None = None) -> dict[str, Any]:
     """Keyword arguments every pipeline call takes: embeddings, guidance, seeded generators, callbacks."""
     first_positive, first_negative = conditioning.positive[0], conditioning.negative[0]
+    pooled = family_named(model.family).conditions_on_pooled_text
     arguments: dict[str, Any] = dict(
         prompt_embeds=first_positive.hidden,
         negative_prompt_embeds=first_negative.hidden,
@@ -171,9 +163,9 @@ def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, 
         callback_on_step_end=step_callback(model, conditioning, batch_size, control, step_offset, total_steps,
                                            denoising),
         callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]
-        + (["add_text_embeds"] if model.family == "sdxl" else []),
+        + (["add_text_embeds"] if pooled else []),
     )
-    if model.family == "sdxl":
+    if pooled:
         arguments["pooled_prompt_embeds"] = first_positive.pooled
         arguments["negative_pooled_prompt_embeds"] = first_negative.pooled
     return arguments
