@@ -9,6 +9,7 @@ configs are equal can share resident modules: the manager just copies the new we
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,7 @@ def build_module(component: str, config: dict[str, Any], state_dict: dict[str, t
         key: tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
         for key, tensor in state_dict.items()
     }
+    owned = with_tied_weights(module, owned)
     try:
         module.load_state_dict(owned, strict=True, assign=True)
     except RuntimeError as error:
@@ -185,6 +187,19 @@ def build_module(component: str, config: dict[str, Any], state_dict: dict[str, t
         _keep_in_fp32(module)
     module.eval().requires_grad_(False)
     return module
+
+
+def with_tied_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fill the parameters transformers ties to another (T5's `encoder.embed_tokens` is `shared`), which
+    saved files store once, with the very tensor they are tied to."""
+    tied = getattr(module, "_tied_weights_keys", None)
+    if not isinstance(tied, Mapping):
+        return state_dict
+    filled = dict(state_dict)
+    for target, source in tied.items():
+        if target not in filled and source in filled:
+            filled[target] = filled[source]
+    return filled
 
 
 def _keep_in_fp32(module: torch.nn.Module) -> None:
@@ -236,7 +251,7 @@ def copy_weights_into(pipeline, weights: CheckpointWeights) -> None:
     """Hot-swap: overwrite the resident modules' tensors in place (no new modules, no new GPU memory)."""
     for name, state_dict in weights.state_dicts.items():
         module: torch.nn.Module = getattr(pipeline, name)
-        module.load_state_dict(state_dict, strict=True)
+        module.load_state_dict(with_tied_weights(module, state_dict), strict=True)
     if Path(pipeline.tokenizer.name_or_path).parent != weights.tokenizer_folder:
         family = family_named(weights.architecture.family)
         tokenizers = load_tokenizers(weights.tokenizer_folder, family.name)
