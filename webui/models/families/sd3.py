@@ -96,11 +96,12 @@ class StableDiffusion3(ModelFamily):
         return VARIANT_LABELS.get(variant or "", self.label)
 
     # -- prompt encoding -------------------------------------------------------------------------
-    def encode_token_ids(self, text_encoders: list[torch.nn.Module], token_ids: list[torch.Tensor],
-                         clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_token_ids(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                         clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """SD3's conditioning: the two CLIP encoders' penultimate layers (clip skip N moves N-1 further back)
         concatenated and zero-padded to T5's width, followed along the sequence by T5's last layer (zeros
-        when the checkpoint has no T5, as ComfyUI and diffusers do); pooled: both CLIP projections."""
+        when the checkpoint has no T5, as ComfyUI and diffusers do: `joint_width` wide, the transformer's
+        `joint_attention_dim`, default T5-XXL's); pooled: both CLIP projections side by side."""
         layer = -(clip_skip + 1)
         clip_l = text_encoders[0](token_ids[0], output_hidden_states=True)
         clip_g = text_encoders[1](token_ids[1], output_hidden_states=True)
@@ -111,7 +112,7 @@ class StableDiffusion3(ModelFamily):
             t5_states = t5(token_ids[2]).last_hidden_state
         else:
             length = token_ids[2].shape[1] if len(token_ids) > 2 else CLIP_SEQUENCE_LENGTH
-            t5_states = clip_states.new_zeros(clip_states.shape[0], length, self.cross_attention_width)
+            t5_states = clip_states.new_zeros(clip_states.shape[0], length, joint_width or self.cross_attention_width)
         padded = torch.nn.functional.pad(clip_states, (0, t5_states.shape[-1] - clip_states.shape[-1]))
         return torch.cat([padded, t5_states.to(padded.dtype)], dim=-2), pooled
 
