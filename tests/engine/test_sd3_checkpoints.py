@@ -123,3 +123,33 @@ def test_a_transformer_only_file_without_text_encoders_names_the_files_and_the_f
     # The manager keeps serving: the bundled checkpoint still loads.
     with manager.checkout("sd3.5_medium_incl_clips_t5xxl") as model:
         assert model.record.name == "sd3.5_medium_incl_clips_t5xxl"
+
+
+def test_fp8_scaled_files_load_as_their_dequantized_weights(tmp_path):
+    """sd3.5_large_fp8_scaled / t5xxl_fp8_e4m3fn_scaled: float8 weights times their scale_weight."""
+    from safetensors.torch import save_file
+
+    from tests.support.sd3_files import t5_file_state, to_scaled_fp8, transformer_to_original
+    from webui.models.ldm_conversion import _vae_to_ldm
+
+    modules = tiny_sd3_modules(LARGE, seed=4)
+    checkpoints, encoders = tmp_path / "Stable-diffusion", tmp_path / "text_encoder"
+    checkpoints.mkdir()
+    write_text_encoder_files(encoders, modules, t5=False, dtype=torch.float32)
+    transformer = transformer_to_original(modules["transformer"].state_dict())
+    single = to_scaled_fp8(transformer, prefix="model.diffusion_model.")
+    single.update(_vae_to_ldm(modules["vae"].state_dict()))
+    save_file({k: v.contiguous() for k, v in single.items()}, str(checkpoints / "sd3.5_large_fp8_scaled.safetensors"))
+    save_file({k: v.contiguous() for k, v in to_scaled_fp8(t5_file_state(modules["text_encoder_3"])).items()},
+              str(encoders / "t5xxl_fp8_e4m3fn_scaled.safetensors"))
+
+    manager = ModelManager(catalog_of(tmp_path), torch.device("cpu"), torch.float32)
+    with manager.checkout("sd3.5_large_fp8_scaled") as model:
+        assert model.record.architecture.label == "SD3.5 Large" and model.warnings == ()
+        for component in ("transformer", "text_encoder_3"):
+            loaded = getattr(model.pipeline, component).state_dict()
+            for key, original in modules[component].state_dict().items():
+                tolerance = 0.07 * float(original.abs().max()) + 1e-6  # e4m3 keeps 3 mantissa bits
+                assert loaded[key].dtype == torch.float32
+                assert torch.allclose(loaded[key], original, atol=tolerance), f"{component}.{key}"
+        assert np.isfinite(denoise(model.pipeline)).all()

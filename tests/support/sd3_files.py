@@ -144,3 +144,17 @@ def write_text_encoder_files(folder: Path, modules: dict[str, torch.nn.Module], 
         files["t5xxl_fp16.safetensors"] = t5_file_state(modules["text_encoder_3"])
     for name, state in files.items():
         save_file({key: value.to(dtype).contiguous() for key, value in state.items()}, str(folder / name))
+
+
+def to_scaled_fp8(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """ComfyUI's fp8_scaled layout: each 2-D `.weight` as float8_e4m3fn divided by its `.scale_weight`,
+    plus the `scaled_fp8` marker (under `prefix`, as the files put it beside the weights)."""
+    out: dict[str, Tensor] = {prefix + "scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for key, value in state.items():
+        if key.endswith(".weight") and value.ndim == 2:
+            scale = value.abs().max().float() / 448
+            out[key] = (value.float() / scale).to(torch.float8_e4m3fn)
+            out[key[: -len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            out[key] = value
+    return out

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from webui.models.catalog import CheckpointRecord
-from webui.models.checkpoint_files import CheckpointReadError, read_state_dict
+from webui.models.checkpoint_files import CheckpointReadError, dequantize_scaled_fp8, read_state_dict
 from webui.models.families import TXT2IMG, ModelFamily, family_named
 from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture, ldm_to_diffusers
 from webui.models.model_configs import config_dir, load_component_config, load_model_index, tokenizer_class_name
@@ -80,7 +80,7 @@ def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype,
 
 
 def _read_single_file(record: CheckpointRecord, text_encoder_folder: Path) -> CheckpointWeights:
-    state_dict = read_state_dict(record.path)
+    state_dict = dequantize_scaled_fp8(read_state_dict(record.path))
     architecture = detect_architecture({key: tuple(tensor.shape) for key, tensor in state_dict.items()})
     family = family_named(architecture.family)
     configs = {name: load_component_config(family.name, name) for name in family.components}

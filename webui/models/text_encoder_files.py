@@ -1,7 +1,7 @@
 """Separate text-encoder files (models/text_encoder) for checkpoints that ship without them.
 
 SD3.5 single files often hold only the transformer and VAE; people download `clip_l.safetensors`,
-`clip_g.safetensors` and `t5xxl_fp16.safetensors` (or `t5xxl_fp8_e4m3fn.safetensors`) once, in ComfyUI's and
+`clip_g.safetensors` and `t5xxl_fp16.safetensors` (or an fp8 / fp8-scaled `t5xxl_*` file) once, in ComfyUI's and
 Forge's names, and share them between checkpoints. The family says which files fit which component
 (`ModelFamily.separate_text_encoder_files`); this module finds them, converts them with the same converters
 as bundled encoders, and says what is missing: a required encoder is an error naming the files and the
@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from webui.models.checkpoint_files import read_state_dict
+from webui.models.checkpoint_files import dequantize_scaled_fp8, read_state_dict
 from webui.models.families import ModelFamily
 from webui.models.ldm_conversion import text_encoder_from_single_file
 
@@ -65,7 +65,7 @@ def read_separate_text_encoders(family: ModelFamily, components: list[str], fold
                 missing_required.append(wanted)
             continue
         encoder = encoders[component]
-        state = read_state_dict(path)
+        state = dequantize_scaled_fp8(read_state_dict(path))
         if not any(key.startswith(encoder.prefix) for key in state):
             state = {encoder.prefix + key: value for key, value in state.items()}
         found.state_dicts[component] = text_encoder_from_single_file(state, encoder, configs[component])
