@@ -70,7 +70,8 @@ def transformer_to_original(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {
         "pos_embed": state["pos_embed.pos_embed"],
         "x_embedder.proj.weight": state["pos_embed.proj.weight"], "x_embedder.proj.bias": state["pos_embed.proj.bias"],
-        "context_embedder.weight": state["context_embedder.weight"], "context_embedder.bias": state["context_embedder.bias"],
+        "context_embedder.weight": state["context_embedder.weight"],
+        "context_embedder.bias": state["context_embedder.bias"],
         "final_layer.linear.weight": state["proj_out.weight"], "final_layer.linear.bias": state["proj_out.bias"],
         "final_layer.adaLN_modulation.1.weight": _swap_halves(state["norm_out.linear.weight"]),
         "final_layer.adaLN_modulation.1.bias": _swap_halves(state["norm_out.linear.bias"]),
@@ -89,7 +90,8 @@ def transformer_to_original(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out[f"{o}x_block.attn.proj.{kind}"] = state[f"{d}attn.to_out.0.{kind}"]
             out[f"{o}x_block.adaLN_modulation.1.{kind}"] = state[f"{d}norm1.linear.{kind}"]
             context_norm = state[f"{d}norm1_context.linear.{kind}"]
-            out[f"{o}context_block.adaLN_modulation.1.{kind}"] = _swap_halves(context_norm) if i == last else context_norm
+            context_norm = _swap_halves(context_norm) if i == last else context_norm
+            out[f"{o}context_block.adaLN_modulation.1.{kind}"] = context_norm
             out[f"{o}x_block.mlp.fc1.{kind}"] = state[f"{d}ff.net.0.proj.{kind}"]
             out[f"{o}x_block.mlp.fc2.{kind}"] = state[f"{d}ff.net.2.{kind}"]
             if i != last:

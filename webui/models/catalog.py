@@ -66,7 +66,8 @@ def architecture_of_diffusers_folder(folder: Path) -> Architecture:
     try:
         denoiser = json.loads((folder / denoiser_folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise UnsupportedCheckpointError(f"{folder.name}: unreadable {denoiser_folder}/config.json ({error})") from error
+        raise UnsupportedCheckpointError(
+            f"{folder.name}: unreadable {denoiser_folder}/config.json ({error})") from error
     in_channels = int(denoiser.get("in_channels", 4))
     family = family_of_diffusers(denoiser, {path.name for path in folder.iterdir() if path.is_dir()})
     if family.denoiser != denoiser_folder:

@@ -166,7 +166,8 @@ def _empty_module(family: str, component: str, config: dict[str, Any]) -> torch.
         if "CLIPTextModelWithProjection" in config.get("architectures", []):
             class_name = "CLIPTextModelWithProjection"
         model_class = getattr(importlib.import_module(library), class_name)
-        return model_class(model_class.config_class.from_dict({k: v for k, v in config.items() if k != "architectures"}))
+        settings = {key: value for key, value in config.items() if key != "architectures"}
+        return model_class(model_class.config_class.from_dict(settings))
 
 
 def build_module(component: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor],
@@ -215,8 +216,8 @@ def load_tokenizers(folder: Path, family: str) -> list:
     """The family's tokenizers from `folder`, each of the class its shipped model_index.json names."""
     import transformers
 
-    return [getattr(transformers, tokenizer_class_name(family, name)).from_pretrained(folder / name, local_files_only=True)
-            for name in family_named(family).tokenizers]
+    return [getattr(transformers, tokenizer_class_name(family, name)).from_pretrained(
+        folder / name, local_files_only=True) for name in family_named(family).tokenizers]
 
 
 def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torch.dtype):

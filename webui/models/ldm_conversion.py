@@ -346,7 +346,8 @@ def ldm_to_diffusers(
     }
     vae_state = _with_prefix(state_dict, LDM_VAE_PREFIX)
     if vae_state:
-        components["vae"] = convert_ldm_vae_checkpoint(vae_state, _fitted_ldm_vae_config(model_family, configs, vae_state))
+        vae_config = _fitted_ldm_vae_config(model_family, configs, vae_state)
+        components["vae"] = convert_ldm_vae_checkpoint(vae_state, vae_config)
     for encoder in model_family.ldm_text_encoders:
         if encoder.component in model_family.separate_text_encoder_files and not any(
                 key.startswith(encoder.prefix) for key in state_dict):
@@ -368,7 +369,8 @@ def _denoiser_from_ldm(state_dict: Mapping[str, Tensor], family: ModelFamily,
         return convert_ldm_unet_checkpoint(unet_state, dict(config))
     transformer_state = sd3.ldm_transformer_state(state_dict)
     if not any(key.startswith(sd3.JOINT_BLOCKS) for key in transformer_state):
-        raise UnsupportedCheckpointError("Unsupported checkpoint: no MMDiT weights (model.diffusion_model.joint_blocks.*)")
+        raise UnsupportedCheckpointError(
+            "Unsupported checkpoint: no MMDiT weights (model.diffusion_model.joint_blocks.*)")
     return convert_sd3_transformer_checkpoint_to_diffusers(dict(transformer_state))  # it pops what it converts
 
 
