@@ -169,3 +169,21 @@ def test_merging_sd3_single_files_is_refused_with_a_reason(models_dir, tmp_path)
     with pytest.raises(MergeError, match="SD3.5 Medium single file"):
         save_merged(recipe, merged, weights, tmp_path, "merged")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diffusers_folder_without_t5_loads_with_clip_only_and_says_so(models_dir, tmp_path):
+    import shutil
+
+    root, sources = models_dir
+    checkpoints = tmp_path / "Stable-diffusion"
+    folder = checkpoints / "sd3.5-medium-no-t5"
+    shutil.copytree(root / "Stable-diffusion" / "sd3.5-medium-diffusers", folder,
+                    ignore=shutil.ignore_patterns("text_encoder_3", "tokenizer_3"))
+    manager = ModelManager(catalog_of(tmp_path), torch.device("cpu"), torch.float32)
+    with manager.checkout("sd3.5-medium-no-t5") as model:
+        assert model.record.architecture.label == "SD3.5 Medium"
+        assert model.pipeline.text_encoder_3 is None and model.pipeline.tokenizer_3 is None
+        assert len(model.warnings) == 1 and "text_encoder_3" in model.warnings[0]
+        image = denoise(model.pipeline)
+    np.testing.assert_allclose(image, reference_image(sources["sd3.5-medium-diffusers"], text_encoder_3=False),
+                               atol=1e-5)

@@ -212,12 +212,15 @@ def _keep_in_fp32(module: torch.nn.Module) -> None:
             parameter.data = parameter.data.float()
 
 
-def load_tokenizers(folder: Path, family: str) -> list:
-    """The family's tokenizers from `folder`, each of the class its shipped model_index.json names."""
+def load_tokenizers(folder: Path, family: str, present: set[str] | None = None) -> list:
+    """The family's tokenizers from `folder`, each of the class its shipped model_index.json names; None for
+    the tokenizer of a text encoder not in `present` (an optional encoder the checkpoint lacks)."""
     import transformers
 
+    model_family = family_named(family)
     return [getattr(transformers, tokenizer_class_name(family, name)).from_pretrained(
-        folder / name, local_files_only=True) for name in family_named(family).tokenizers]
+        folder / name, local_files_only=True) if present is None or encoder in present else None
+        for encoder, name in zip(model_family.text_encoders, model_family.tokenizers)]
 
 
 def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torch.dtype):
@@ -231,11 +234,11 @@ def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torc
         name: build_module(name, weights.configs[name], weights.state_dicts[name], device, dtype, family.name)
         for name in weights.configs
     }
-    tokenizers = load_tokenizers(weights.tokenizer_folder, family.name)
+    tokenizers = load_tokenizers(weights.tokenizer_folder, family.name, set(weights.configs))
     for encoder, tokenizer_name, tokenizer in zip(family.text_encoders, family.tokenizers, tokenizers):
         # An optional encoder the checkpoint lacks (SD3's T5) is passed as None, with its tokenizer.
         modules.setdefault(encoder, None)
-        modules[tokenizer_name] = tokenizer if modules[encoder] is not None else None
+        modules[tokenizer_name] = tokenizer
     modules["scheduler"] = getattr(diffusers, family.scheduler_class).from_config(weights.scheduler_config)
     pipeline_class = getattr(diffusers, family.pipeline_class_name(TXT2IMG))
     accepted = inspect.signature(pipeline_class.__init__).parameters
@@ -255,7 +258,6 @@ def copy_weights_into(pipeline, weights: CheckpointWeights) -> None:
         module.load_state_dict(with_tied_weights(module, state_dict), strict=True)
     if Path(pipeline.tokenizer.name_or_path).parent != weights.tokenizer_folder:
         family = family_named(weights.architecture.family)
-        tokenizers = load_tokenizers(weights.tokenizer_folder, family.name)
-        for encoder, tokenizer_name, tokenizer in zip(family.text_encoders, family.tokenizers, tokenizers):
-            if getattr(pipeline, encoder, None) is not None:
-                setattr(pipeline, tokenizer_name, tokenizer)
+        tokenizers = load_tokenizers(weights.tokenizer_folder, family.name, set(weights.configs))
+        for tokenizer_name, tokenizer in zip(family.tokenizers, tokenizers):
+            setattr(pipeline, tokenizer_name, tokenizer)
