@@ -58,6 +58,8 @@ TOKENIZER_PAD_TOKENS: dict[tuple[str, str], str] = {
     ("sd2", "tokenizer"): "!",
     ("sdxl", "tokenizer"): END_TOKEN,
     ("sdxl", "tokenizer_2"): "!",
+    ("sd3", "tokenizer"): END_TOKEN,     # SD3's CLIP-L, as SDXL's first encoder
+    ("sd3", "tokenizer_2"): "!",         # SD3's OpenCLIP bigG, as SDXL's second encoder
 }
 
 

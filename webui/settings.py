@@ -32,6 +32,7 @@ class Settings:
     ckpt_dir: Path | None = None
     lora_dir: Path | None = None
     vae_dir: Path | None = None
+    text_encoder_dir: Path | None = None
     embeddings_dir: Path | None = None
     outputs_dir: Path | None = None
     listen: bool = False
@@ -78,6 +79,11 @@ class Settings:
     @property
     def vae_folder(self) -> Path:
         return self.vae_dir or self.data_dir / "models" / "VAE"
+
+    @property
+    def text_encoder_folder(self) -> Path:
+        """Separate text encoders (clip_l, clip_g, t5xxl) for checkpoints that ship without them (SD3.5)."""
+        return self.text_encoder_dir or self.data_dir / "models" / "text_encoder"
 
     @property
     def embeddings_folder(self) -> Path:
@@ -155,6 +161,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt-dir", type=Path, default=None, help="checkpoint folder (default models/Stable-diffusion)")
     parser.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder (default models/Lora)")
     parser.add_argument("--vae-dir", type=Path, default=None, help="VAE folder (default models/VAE)")
+    parser.add_argument("--text-encoder-dir", type=Path, default=None,
+                        help="separate text encoders such as clip_l/clip_g/t5xxl (default models/text_encoder)")
     parser.add_argument("--embeddings-dir", type=Path, default=None, help="embeddings folder (default models/embeddings)")
     parser.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default outputs/)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="compute device (default: auto)")
@@ -293,6 +301,7 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         ckpt_dir=args.ckpt_dir,
         lora_dir=args.lora_dir,
         vae_dir=args.vae_dir,
+        text_encoder_dir=args.text_encoder_dir,
         embeddings_dir=args.embeddings_dir,
         outputs_dir=args.outputs_dir,
         listen=args.listen,

@@ -116,6 +116,8 @@ def test_settings_flags_config_and_safe_defaults(tmp_path):
     assert settings_from_args(["--nowebui"]).serve_api and not settings_from_args(["--nowebui"]).serve_ui
     custom = settings_from_args(["--ckpt-dir", str(tmp_path / "ck"), "--outputs-dir", str(tmp_path / "o")])
     assert custom.checkpoint_folder == tmp_path / "ck" and custom.outputs_folder == tmp_path / "o"
+    assert settings.text_encoder_folder == tmp_path / "models" / "text_encoder"
+    assert settings_from_args(["--text-encoder-dir", str(tmp_path / "te")]).text_encoder_folder == tmp_path / "te"
     auth_file = tmp_path / "users.txt"
     auth_file.write_text("x:y\nz:w\n")
     assert settings_from_args(["--auth-file", str(auth_file)]).auth == (("x", "y"), ("z", "w"))
@@ -129,7 +131,7 @@ def test_help_lists_every_documented_flag_without_installing_or_touching_cuda():
     output = subprocess.run([sys.executable, str(PROJECT_ROOT / "launch.py"), "--help"], capture_output=True,
                             text=True, timeout=60).stdout
     for flag in ("--listen", "--port", "--share", "--api", "--nowebui", "--data-dir", "--ckpt-dir", "--lora-dir",
-                 "--vae-dir", "--embeddings-dir", "--outputs-dir", "--device", "--precision", "--auth",
+                 "--vae-dir", "--text-encoder-dir", "--embeddings-dir", "--outputs-dir", "--device", "--precision", "--auth",
                  "--auth-file", "--skip-install", "--allow-hub"):
         assert flag in output
     readme = (PROJECT_ROOT / "README.md").read_text()

@@ -339,6 +339,31 @@ def _sd1_like_keys(in_channels: int = 4) -> dict[str, tuple[int, ...]]:
     }
 
 
+def _sd3_keys(blocks: int, width: int, dual_attention: bool, qk_norm: bool) -> dict[str, tuple[int, ...]]:
+    """The header of a Stability/ComfyUI SD3 single file (transformer names only: the variant is in them)."""
+    keys = {"model.diffusion_model.x_embedder.proj.weight": (width, 16, 2, 2),
+            "model.diffusion_model.pos_embed": (1, 384 * 384 if dual_attention else 192 * 192, width),
+            "first_stage_model.decoder.conv_in.weight": (512, 16, 3, 3)}
+    for block in range(blocks):
+        keys[f"model.diffusion_model.joint_blocks.{block}.x_block.attn.qkv.weight"] = (3 * width, width)
+        if qk_norm:
+            keys[f"model.diffusion_model.joint_blocks.{block}.x_block.attn.ln_q.weight"] = (64,)
+        if dual_attention and block < 13:
+            keys[f"model.diffusion_model.joint_blocks.{block}.x_block.attn2.qkv.weight"] = (3 * width, width)
+    return keys
+
+
+@pytest.mark.parametrize(("keys", "variant", "label"), [
+    (_sd3_keys(24, 1536, dual_attention=True, qk_norm=True), "sd3.5-medium", "SD3.5 Medium"),
+    (_sd3_keys(38, 2432, dual_attention=False, qk_norm=True), "sd3.5-large", "SD3.5 Large"),
+    (_sd3_keys(24, 1536, dual_attention=False, qk_norm=False), "sd3-medium", "SD3 Medium"),
+], ids=["sd3.5-medium", "sd3.5-large", "sd3-medium"])
+def test_sd3_single_files_are_told_apart_by_their_block_structure(keys, variant, label) -> None:
+    bundled = dict(keys, **{"text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": (768,)})
+    for header in (keys, bundled):  # with and without bundled text encoders
+        assert detect_architecture(header) == Architecture("sd3", 16, label, variant)
+
+
 def test_detects_real_size_shapes_without_tensor_data() -> None:
     assert detect_architecture(_sd1_like_keys(9)) == Architecture("sd1", 9, "SD1.x inpainting")
     sdxl_keys = {
@@ -353,11 +378,18 @@ def test_detects_real_size_shapes_without_tensor_data() -> None:
     ("keys", "named"),
     [
         (
-            {
-                "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,),
-                "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": (768,),
-            },
-            "Stable Diffusion 3",
+            {"text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": (768,),
+             "text_encoders.t5xxl.transformer.shared.weight": (32128, 4096)},
+            "Stable Diffusion 3 / 3.5 text encoders without the MMDiT transformer",
+        ),
+        (
+            {"model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,)},
+            "SD3.5 but has no transformer input projection",
+        ),
+        (
+            {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": (4608, 1536),
+             "model.diffusion_model.x_embedder.proj.weight": (1536, 4, 2, 2)},
+            "transformer takes 4 input channels",
         ),
         ({"double_blocks.0.img_attn.norm.key_norm.scale": (128,), "img_in.weight": (3072, 64)}, "Flux"),
         (

@@ -1,4 +1,4 @@
-"""The shipped SD1/SD2/SDXL configs must rebuild the real architectures and tokenizers offline.
+"""The shipped SD1/SD2/SDXL/SD3.5 configs must rebuild the real architectures and tokenizers offline.
 
 Reference values are published figures, not numbers read back from our own files:
 parameter counts as reported for the hub models (e.g. diffusers' ``num_parameters``
@@ -36,7 +36,7 @@ from webui.models.model_configs import (  # noqa: E402
     tokenizer_folders,
 )
 
-FAMILIES = tuple(sorted(family_names()))  # ("sd1", "sd2", "sdxl")
+FAMILIES = tuple(sorted(family_names()))  # ("sd1", "sd2", "sd3", "sdxl")
 START, END = 49406, 49407
 EXCLAMATION_ID = 0  # "!" is the first byte character, the pad token of OpenCLIP encoders
 CLIP_LENGTH = 77
@@ -45,6 +45,8 @@ EXPECTED_COMPONENTS = {
     "sd1": ("scheduler", "text_encoder", "tokenizer", "unet", "vae"),
     "sd2": ("scheduler", "text_encoder", "tokenizer", "unet", "vae"),
     "sdxl": ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"),
+    "sd3": ("scheduler", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
+            "tokenizer_3", "transformer", "vae"),
 }
 
 # Published parameter counts of the original models' components.
@@ -81,6 +83,8 @@ TOKENIZER_PAD_IDS = {
     ("sd2", 0): EXCLAMATION_ID,
     ("sdxl", 0): END,
     ("sdxl", 1): EXCLAMATION_ID,
+    ("sd3", 0): END,             # SD3's CLIP-L pads like SDXL's first encoder,
+    ("sd3", 1): EXCLAMATION_ID,  # its OpenCLIP bigG like SDXL's second
 }
 
 # Values that change outputs without changing any tensor shape, as the built components
@@ -117,6 +121,18 @@ OUTPUT_AFFECTING_VALUES = {
         ("unet", "addition_embed_type", "text_time"),
         ("unet", "addition_time_embed_dim", 256),
         ("unet", "sample_size", 128),
+    ],
+    "sd3": [
+        ("scheduler", "shift", 3.0),
+        ("scheduler", "use_dynamic_shifting", False),
+        ("vae", "scaling_factor", 1.5305),
+        ("vae", "shift_factor", 0.0609),
+        ("vae", "latent_channels", 16),
+        ("text_encoder", "hidden_act", "quick_gelu"),
+        ("text_encoder_2", "hidden_act", "gelu"),
+        ("text_encoder_3", "feed_forward_proj", "gated-gelu"),
+        ("transformer", "qk_norm", "rms_norm"),
+        ("transformer", "dual_attention_layers", list(range(13))),
     ],
 }
 
@@ -209,7 +225,7 @@ def offline_skeletons(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
 
 def test_config_dir_rejects_unknown_family_and_names_the_valid_ones() -> None:
     with pytest.raises(ValueError) as excinfo:
-        config_dir("sd3")
+        config_dir("sd9")
     for family in FAMILIES:
         assert family in str(excinfo.value)
     with pytest.raises(ValueError):
@@ -261,12 +277,13 @@ def test_long_prompts_truncate_to_the_text_encoder_context() -> None:
 
 
 def test_tokenizer_count_per_family() -> None:
-    assert [len(load_tokenizers(family)) for family in FAMILIES] == [1, 1, 2]
+    assert [len(load_tokenizers(family)) for family in FAMILIES] == [1, 1, 3, 2]
 
 
 def test_all_tokenizer_folders_share_one_vocabulary() -> None:
-    folders = [folder for family in FAMILIES for folder in tokenizer_folders(family)]
-    assert len(folders) == 4
+    folders = [folder for family in FAMILIES for folder in tokenizer_folders(family)
+               if (folder / "vocab.json").is_file()]  # the CLIP ones (SD3's T5 has its own)
+    assert len(folders) == 6
     for file_name in ("vocab.json", "merges.txt"):
         contents = {(folder / file_name).read_bytes() for folder in folders}
         assert len(contents) == 1, file_name
@@ -291,7 +308,24 @@ def test_output_affecting_config_values(offline_skeletons: dict[str, Any], famil
         assert components[component]["config"][key] == expected, f"{family}/{component}.{key}"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def test_sd3_skeleton_assembles_offline_with_matching_widths(offline_skeletons: dict[str, Any]) -> None:
+    built = offline_skeletons["sd3"]
+    components = built["components"]
+    assert built["pipeline_class"] == "StableDiffusion3Pipeline"
+    assert sorted(components) == list(EXPECTED_COMPONENTS["sd3"])
+    assert built["vae_scale_factor"] == 8
+    transformer = components["transformer"]["config"]
+    assert transformer["in_channels"] == components["vae"]["config"]["latent_channels"] == 16
+    # The joint attention takes T5's width; the pooled input is both CLIP projections side by side.
+    assert transformer["joint_attention_dim"] == components["text_encoder_3"]["config"]["d_model"] == 4096
+    assert transformer["pooled_projection_dim"] == sum(
+        components[name]["config"]["projection_dim"] for name in ("text_encoder", "text_encoder_2")) == 2048
+    assert components["tokenizer"]["model_max_length"] == components["tokenizer_2"]["model_max_length"] == CLIP_LENGTH
+    assert components["tokenizer_3"]["model_max_length"] == 256 and components["tokenizer_3"]["pad_token_id"] == 0
+    assert components["text_encoder"]["class"] == components["text_encoder_2"]["class"] == "CLIPTextModelWithProjection"
+
+
+@pytest.mark.parametrize("family", [name for name in FAMILIES if "unet" in EXPECTED_COMPONENTS[name]])
 def test_pipeline_skeleton_assembles_offline_from_the_config_folder(
     offline_skeletons: dict[str, Any], family: str
 ) -> None:

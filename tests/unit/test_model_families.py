@@ -20,9 +20,9 @@ PRODUCT = Path(__file__).resolve().parents[2] / "webui"
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.name)
 def test_a_family_recognises_its_own_shipped_diffusers_config(family):
-    unet = json.loads((family.config_folder / "unet" / "config.json").read_text())
+    denoiser = json.loads((family.config_folder / family.denoiser / "config.json").read_text())
     folders = {path.name for path in family.config_folder.iterdir() if path.is_dir()}
-    assert family_of_diffusers(unet, folders) is family
+    assert family_of_diffusers(denoiser, folders) is family
     assert set(family.components) | set(family.tokenizers) <= folders
 
 
@@ -33,20 +33,24 @@ def test_a_family_names_pipelines_diffusers_has_and_covers_its_encoders(family):
     assert len(family.text_encoders) == len(family.tokenizers) == len(family.ldm_text_encoders)
     assert len(family.text_encoder_widths) == len(family.text_encoders)
     assert [encoder.component for encoder in family.ldm_text_encoders] == list(family.text_encoders)
-    assert set(family.kohya_lora_prefixes) == {"unet", *family.text_encoders}
-    assert len(family.preview_coefficients) == 4
+    assert set(family.kohya_lora_prefixes) == {family.denoiser, *family.text_encoders}
+    assert len(family.preview_coefficients) == family.latent_channels
+    assert hasattr(diffusers, family.scheduler_class)
+    assert set(family.optional_text_encoders) <= set(family.text_encoders)
+    assert set(family.separate_text_encoder_files) <= set(family.text_encoders)
     with pytest.raises(ValueError, match="no pipeline for mode 'video'"):
         family.pipeline_class_name("video")
 
 
 def test_lookup_by_name_and_lora_metadata():
     assert [family_named(name).name for name in family_names()] == list(family_names())
-    with pytest.raises(ValueError, match="unknown model family 'sd9'; expected one of sdxl, sd2, sd1"):
+    with pytest.raises(ValueError, match="unknown model family 'sd9'; expected one of sd3, sdxl, sd2, sd1"):
         family_named("sd9")
     assert family_of_lora_metadata("sdxl_base_v1-0", "").name == "sdxl"
     assert family_of_lora_metadata("", "stable-diffusion-v2-768-v/lora").name == "sd2"
     assert family_of_lora_metadata("sd_v1", "").name == "sd1"
     assert family_of_lora_metadata("flux1", "flux-1-dev/lora") is None
+    assert family_of_lora_metadata("", "stable-diffusion-3.5-large/lora").name == "sd3"
 
 
 def test_sd2_at_768_predicts_v_and_its_modelspec_says_so():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webui.models.checkpoint_files import CheckpointReadError, read_key_shapes
-from webui.models.families import family_of_diffusers
+from webui.models.families import denoiser_folders, family_of_diffusers
 from webui.models.hashing import HashCache
 from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture
 from webui.security.network import NetworkPolicy
@@ -59,14 +59,24 @@ class CheckpointRecord:
 
 
 def architecture_of_diffusers_folder(folder: Path) -> Architecture:
-    """The family of a diffusers folder, from its UNet config and component folders."""
+    """The family of a diffusers folder, from its denoiser's config (unet/ or transformer/) and its
+    component folders."""
+    names = denoiser_folders()
+    denoiser_folder = next((name for name in names if (folder / name / "config.json").is_file()), names[-1])
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        denoiser = json.loads((folder / denoiser_folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise UnsupportedCheckpointError(f"{folder.name}: unreadable unet/config.json ({error})") from error
-    in_channels = int(unet.get("in_channels", 4))
-    family = family_of_diffusers(unet, {path.name for path in folder.iterdir() if path.is_dir()})
-    return Architecture(family=family.name, unet_in_channels=in_channels, label=family.architecture_label(in_channels))
+        raise UnsupportedCheckpointError(
+            f"{folder.name}: unreadable {denoiser_folder}/config.json ({error})") from error
+    in_channels = int(denoiser.get("in_channels", 4))
+    family = family_of_diffusers(denoiser, {path.name for path in folder.iterdir() if path.is_dir()})
+    if family.denoiser != denoiser_folder:
+        raise UnsupportedCheckpointError(
+            f"{folder.name}: a {denoiser_folder}/ denoiser ({denoiser.get('_class_name', 'unknown class')}) "
+            f"of no supported family")
+    variant = family.variant_of_denoiser_config(denoiser)
+    return Architecture(family=family.name, unet_in_channels=in_channels,
+                        label=family.architecture_label(in_channels, variant), variant=variant)
 
 
 def is_diffusers_folder(path: Path) -> bool:
@@ -80,8 +90,12 @@ class CheckpointCatalog:
     `network` allows the Hub (off by default: see `webui.security.network`).
     """
 
-    def __init__(self, folder: Path, hash_cache: HashCache, network: NetworkPolicy = NetworkPolicy()):
+    def __init__(self, folder: Path, hash_cache: HashCache, network: NetworkPolicy = NetworkPolicy(),
+                 text_encoder_folder: Path | None = None):
         self.folder = folder
+        # Separate text encoders (clip_l, clip_g, t5xxl) for checkpoints without them: A1111/Forge keep
+        # models/text_encoder beside models/Stable-diffusion.
+        self.text_encoder_folder = text_encoder_folder or folder.parent / "text_encoder"
         self._hashes = hash_cache
         self._network = network
         self._lock = threading.Lock()

@@ -138,3 +138,24 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise CheckpointReadError(path, _describe_safetensors_error(error)) from error
     except (OSError, ValueError, RuntimeError) as error:
         raise CheckpointReadError(path, f"corrupt safetensors file ({error})") from error
+
+
+# ComfyUI's "fp8_scaled" files (e.g. sd3.5_large_fp8_scaled, t5xxl_fp8_e4m3fn_scaled) store each linear weight
+# as float8 next to a `<module>.scale_weight` factor, plus `scale_input` factors for fp8 matmuls and a
+# `scaled_fp8` marker tensor.
+SCALED_FP8_MARKER = "scaled_fp8"
+
+
+def dequantize_scaled_fp8(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scaled-fp8 weights as ordinary float32 weights (weight * scale_weight); markers and input scales
+    dropped. Files without scales come back unchanged (plain fp8 files are upcast by the caller's cast)."""
+    if not any(key.endswith(".scale_weight") or key.rsplit(".", 1)[-1] == SCALED_FP8_MARKER for key in state_dict):
+        return state_dict
+    plain: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        last = key.rsplit(".", 1)[-1]
+        if last in (SCALED_FP8_MARKER, "scale_weight", "scale_input"):
+            continue
+        scale = state_dict.get(key[: -len("weight")] + "scale_weight") if key.endswith("weight") else None
+        plain[key] = value.float() * scale.float() if scale is not None else value
+    return plain

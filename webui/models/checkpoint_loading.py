@@ -9,6 +9,7 @@ configs are equal can share resident modules: the manager just copies the new we
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from collections.abc import Collection
 from pathlib import Path
@@ -17,10 +18,11 @@ from typing import Any
 import torch
 
 from webui.models.catalog import CheckpointRecord
-from webui.models.checkpoint_files import CheckpointReadError, read_state_dict
-from webui.models.families import TXT2IMG, family_named
+from webui.models.checkpoint_files import CheckpointReadError, dequantize_scaled_fp8, read_state_dict
+from webui.models.families import TXT2IMG, ModelFamily, family_named
 from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture, ldm_to_diffusers
-from webui.models.model_configs import config_dir, load_component_config
+from webui.models.model_configs import config_dir, load_component_config, load_model_index, tokenizer_class_name
+from webui.models.text_encoder_files import MissingTextEncoderError, read_separate_text_encoders
 
 class CheckpointLoadError(ValueError):
     """The checkpoint cannot be turned into a pipeline; the message names the file and the reason."""
@@ -34,8 +36,9 @@ class CheckpointWeights:
     architecture: Architecture
     configs: dict[str, dict[str, Any]]            # component -> config dict (diffusers/transformers)
     state_dicts: dict[str, dict[str, torch.Tensor]]
-    tokenizer_folder: Path                         # holds tokenizer/ (and tokenizer_2/ for SDXL)
+    tokenizer_folder: Path                         # holds tokenizer/ (and tokenizer_2/ for SDXL ...)
     scheduler_config: dict[str, Any]
+    notes: tuple[str, ...] = ()                    # what the user should know (e.g. an optional encoder missing)
 
     @property
     def layout_signature(self) -> str:
@@ -55,16 +58,18 @@ def _component_names(family: str) -> tuple[str, ...]:
     return family_named(family).components
 
 
-def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype) -> CheckpointWeights:
-    """Read a checkpoint into CPU state dicts in `dtype`, converting the LDM single-file layout."""
+def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype,
+                            text_encoder_folder: Path | None = None) -> CheckpointWeights:
+    """Read a checkpoint into CPU state dicts in `dtype`, converting the LDM single-file layout. Text encoders
+    a single file leaves out come from `text_encoder_folder` (models/text_encoder) when its family allows."""
     if record.error:
         raise CheckpointLoadError(f"{record.path.name} cannot be loaded: {record.error}")
     try:
         if record.format == "diffusers":
             weights = _read_diffusers_folder(record)
         else:
-            weights = _read_single_file(record)
-    except (CheckpointReadError, UnsupportedCheckpointError) as error:
+            weights = _read_single_file(record, text_encoder_folder or record.path.parent / "text_encoder")
+    except (CheckpointReadError, UnsupportedCheckpointError, MissingTextEncoderError) as error:
         raise CheckpointLoadError(str(error)) from error
     except (KeyError, RuntimeError, ValueError, OSError) as error:
         raise CheckpointLoadError(f"{record.path.name} could not be converted: {error}") from error
@@ -75,27 +80,45 @@ def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype) -> Che
     return weights
 
 
-def _read_single_file(record: CheckpointRecord) -> CheckpointWeights:
-    state_dict = read_state_dict(record.path)
+def _read_single_file(record: CheckpointRecord, text_encoder_folder: Path) -> CheckpointWeights:
+    state_dict = dequantize_scaled_fp8(read_state_dict(record.path))
     architecture = detect_architecture({key: tuple(tensor.shape) for key, tensor in state_dict.items()})
-    family = architecture.family
-    configs = {name: load_component_config(family, name) for name in _component_names(family)}
-    if architecture.unet_in_channels != configs["unet"].get("in_channels", 4):
-        configs["unet"] = dict(configs["unet"], in_channels=architecture.unet_in_channels)
-    state_dicts = ldm_to_diffusers(state_dict, family, configs)
+    family = family_named(architecture.family)
+    configs = {name: load_component_config(family.name, name) for name in family.components}
+    denoiser = configs[family.denoiser]
+    if architecture.unet_in_channels != denoiser.get("in_channels", 4):
+        configs[family.denoiser] = dict(denoiser, in_channels=architecture.unet_in_channels)
+    state_dicts = ldm_to_diffusers(state_dict, family.name, configs)
+    scheduler_config = single_file_scheduler_config(family.name, state_dict.keys())  # marker keys (v_pred ...)
+    del state_dict
+    notes: list[str] = []
+    lacking = [name for name in family.text_encoders if name not in state_dicts]
+    if lacking:
+        separate = read_separate_text_encoders(family, lacking, text_encoder_folder, configs, record.path.name)
+        state_dicts.update(separate.state_dicts)
+        notes.extend(separate.notes)
+    configs = _present_components(family, family.fit_configs(configs, state_dicts), state_dicts)
     return CheckpointWeights(
         record=record,
         architecture=architecture,
         configs=configs,
         state_dicts=state_dicts,
-        tokenizer_folder=config_dir(family),
-        scheduler_config=single_file_scheduler_config(family, state_dict.keys()),
+        tokenizer_folder=config_dir(family.name),
+        scheduler_config=scheduler_config,
+        notes=tuple(notes),
     )
 
 
 def single_file_scheduler_config(family: str, keys: Collection[str]) -> dict[str, Any]:
     """The family's shipped scheduler config with what the file's marker keys declare (v-prediction ...)."""
     return {**load_component_config(family, "scheduler"), **family_named(family).scheduler_overrides(keys)}
+
+
+def _present_components(family: ModelFamily, configs: dict[str, dict[str, Any]],
+                        state_dicts: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
+    """Drop the configs of optional text encoders the checkpoint has no weights for (the pipeline gets None)."""
+    return {name: config for name, config in configs.items()
+            if name in state_dicts or name not in family.optional_text_encoders}
 
 
 def _read_component_folder(folder: Path) -> dict[str, torch.Tensor]:
@@ -114,8 +137,12 @@ def _read_diffusers_folder(record: CheckpointRecord) -> CheckpointWeights:
 
     folder = record.path
     architecture = architecture_of_diffusers_folder(folder)
-    configs, state_dicts = {}, {}
-    for name in _component_names(architecture.family):
+    family = family_named(architecture.family)
+    configs, state_dicts, notes = {}, {}, []
+    for name in family.components:
+        if name in family.optional_text_encoders and not (folder / name).is_dir():
+            notes.append(f"{record.name} has no {name}/ folder; generating without that text encoder")
+            continue
         config_file = folder / name / "config.json"
         try:
             configs[name] = json.loads(config_file.read_text(encoding="utf-8"))
@@ -128,48 +155,79 @@ def _read_diffusers_folder(record: CheckpointRecord) -> CheckpointWeights:
         else load_component_config(architecture.family, "scheduler")
     )
     tokenizer_folder = folder if (folder / "tokenizer").is_dir() else config_dir(architecture.family)
-    return CheckpointWeights(record, architecture, configs, state_dicts, tokenizer_folder, scheduler_config)
+    return CheckpointWeights(record, architecture, configs, state_dicts, tokenizer_folder, scheduler_config,
+                             tuple(notes))
 
 
-def _empty_module(component: str, config: dict[str, Any]) -> torch.nn.Module:
-    """A module with parameters on the meta device (no memory), to be filled by `assign` loading."""
+def _empty_module(family: str, component: str, config: dict[str, Any]) -> torch.nn.Module:
+    """A module with parameters on the meta device (no memory), to be filled by `assign` loading; its class
+    is the one the family's shipped model_index.json names (a CLIP config may ask for the projection)."""
+    import importlib
+
     from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    library, class_name = load_model_index(family)[component]
     with init_empty_weights():
-        if component == "unet":
-            return UNet2DConditionModel.from_config(config)
-        if component == "vae":
-            return AutoencoderKL.from_config(config)
-        text_config = CLIPTextConfig.from_dict({k: v for k, v in config.items() if k != "architectures"})
-        if component == "text_encoder_2" or "CLIPTextModelWithProjection" in config.get("architectures", []):
-            return CLIPTextModelWithProjection(text_config)
-        return CLIPTextModel(text_config)
+        if library == "diffusers":
+            return getattr(importlib.import_module(library), class_name).from_config(config)
+        if "CLIPTextModelWithProjection" in config.get("architectures", []):
+            class_name = "CLIPTextModelWithProjection"
+        model_class = getattr(importlib.import_module(library), class_name)
+        settings = {key: value for key, value in config.items() if key != "architectures"}
+        return model_class(model_class.config_class.from_dict(settings))
 
 
 def build_module(component: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor],
-                 device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+                 device: torch.device, dtype: torch.dtype, family: str) -> torch.nn.Module:
     """Instantiate a component and give it its own copy of the weights on `device`."""
-    module = _empty_module(component, config)
+    module = _empty_module(family, component, config)
     owned = {
         key: tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
         for key, tensor in state_dict.items()
     }
+    owned = with_tied_weights(module, owned)
     try:
         module.load_state_dict(owned, strict=True, assign=True)
     except RuntimeError as error:
         raise CheckpointLoadError(f"{component} weights do not fit its config: {str(error)[:500]}") from error
     module.to(device=device)  # buffers that are not in the state dict
+    if dtype == torch.float16:
+        _keep_in_fp32(module)
     module.eval().requires_grad_(False)
     return module
 
 
-def load_tokenizers(folder: Path, family: str) -> list:
-    from transformers import CLIPTokenizer
+def with_tied_weights(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fill the parameters transformers ties to another (T5's `encoder.embed_tokens` is `shared`), which
+    saved files store once, with the very tensor they are tied to."""
+    tied = getattr(module, "_tied_weights_keys", None)
+    if not isinstance(tied, Mapping):
+        return state_dict
+    filled = dict(state_dict)
+    for target, source in tied.items():
+        if target not in filled and source in filled:
+            filled[target] = filled[source]
+    return filled
 
-    return [CLIPTokenizer.from_pretrained(folder / name, local_files_only=True)
-            for name in family_named(family).tokenizers]
+
+def _keep_in_fp32(module: torch.nn.Module) -> None:
+    """Modules transformers marks as overflowing in fp16 (T5's feed-forward output `wo`) stay fp32; the
+    model casts activations to their dtype itself."""
+    names = getattr(module, "_keep_in_fp32_modules", None) or []
+    for path, parameter in module.named_parameters():
+        if any(name in path.split(".") for name in names):
+            parameter.data = parameter.data.float()
+
+
+def load_tokenizers(folder: Path, family: str, present: set[str] | None = None) -> list:
+    """The family's tokenizers from `folder`, each of the class its shipped model_index.json names; None for
+    the tokenizer of a text encoder not in `present` (an optional encoder the checkpoint lacks)."""
+    import transformers
+
+    model_family = family_named(family)
+    return [getattr(transformers, tokenizer_class_name(family, name)).from_pretrained(
+        folder / name, local_files_only=True) if present is None or encoder in present else None
+        for encoder, name in zip(model_family.text_encoders, model_family.tokenizers)]
 
 
 def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torch.dtype):
@@ -180,11 +238,15 @@ def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torc
 
     family = family_named(weights.architecture.family)
     modules: dict[str, Any] = {
-        name: build_module(name, weights.configs[name], weights.state_dicts[name], device, dtype)
+        name: build_module(name, weights.configs[name], weights.state_dicts[name], device, dtype, family.name)
         for name in weights.configs
     }
-    modules.update(zip(family.tokenizers, load_tokenizers(weights.tokenizer_folder, family.name)))
-    modules["scheduler"] = diffusers.EulerDiscreteScheduler.from_config(weights.scheduler_config)
+    tokenizers = load_tokenizers(weights.tokenizer_folder, family.name, set(weights.configs))
+    for encoder, tokenizer_name, tokenizer in zip(family.text_encoders, family.tokenizers, tokenizers):
+        # An optional encoder the checkpoint lacks (SD3's T5) is passed as None, with its tokenizer.
+        modules.setdefault(encoder, None)
+        modules[tokenizer_name] = tokenizer
+    modules["scheduler"] = getattr(diffusers, family.scheduler_class).from_config(weights.scheduler_config)
     pipeline_class = getattr(diffusers, family.pipeline_class_name(TXT2IMG))
     accepted = inspect.signature(pipeline_class.__init__).parameters
     # Optional components a single-file checkpoint never holds (SD's safety checker) are left out.
@@ -200,9 +262,9 @@ def copy_weights_into(pipeline, weights: CheckpointWeights) -> None:
     """Hot-swap: overwrite the resident modules' tensors in place (no new modules, no new GPU memory)."""
     for name, state_dict in weights.state_dicts.items():
         module: torch.nn.Module = getattr(pipeline, name)
-        module.load_state_dict(state_dict, strict=True)
+        module.load_state_dict(with_tied_weights(module, state_dict), strict=True)
     if Path(pipeline.tokenizer.name_or_path).parent != weights.tokenizer_folder:
-        tokenizers = load_tokenizers(weights.tokenizer_folder, weights.architecture.family)
-        pipeline.tokenizer = tokenizers[0]
-        if len(tokenizers) > 1:
-            pipeline.tokenizer_2 = tokenizers[1]
+        family = family_named(weights.architecture.family)
+        tokenizers = load_tokenizers(weights.tokenizer_folder, family.name, set(weights.configs))
+        for tokenizer_name, tokenizer in zip(family.tokenizers, tokenizers):
+            setattr(pipeline, tokenizer_name, tokenizer)

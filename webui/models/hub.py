@@ -14,8 +14,10 @@ from pathlib import Path
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Only what a text-to-image pipeline needs: configs, tokenizer files and safetensors weights.
+# The denoiser is unet/ (SD1/SD2/SDXL) or transformer/ (SD3.5).
 ALLOW_PATTERNS = ["model_index.json", "*/config.json", "*/scheduler_config.json", "tokenizer*/*",
-                  "unet/*.safetensors", "vae/*.safetensors", "text_encoder*/*.safetensors"]
+                  "unet/*.safetensors", "transformer/*.safetensors", "vae/*.safetensors",
+                  "text_encoder*/*.safetensors"]
 
 
 class HubDownloadError(LookupError):

@@ -21,11 +21,13 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
+    convert_sd3_t5_checkpoint_to_diffusers,
+    convert_sd3_transformer_checkpoint_to_diffusers,
 )
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
-from webui.models.families import family_names, family_named, family_of_ldm_keys, sd1, sd2, sdxl
+from webui.models.families import ModelFamily, family_names, family_named, family_of_ldm_keys, sd1, sd2, sd3, sdxl
 from webui.models.families.base import LdmTextEncoder
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -90,12 +92,13 @@ class Architecture:
     """What a single-file checkpoint is, as far as loading it is concerned."""
 
     family: str
-    unet_in_channels: int
+    unet_in_channels: int          # the denoiser's input channels (UNet or transformer)
     label: str
+    variant: str | None = None     # which model of the family (SD3.5 "sd3.5-medium" / "sd3.5-large" ...)
 
 
 class UnsupportedCheckpointError(ValueError):
-    """The file is not an SD1.x / SD2.x / SDXL checkpoint; the message says what it looks like."""
+    """The file is not a checkpoint of a supported family; the message says what it looks like."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,8 +116,11 @@ def _any_key_contains(keys: Iterable[str], *fragments: str) -> bool:
 
 def _foreign_model_with_sd_like_keys(keys: list[str]) -> str | None:
     """Models that share LDM key prefixes with SD but cannot be loaded as SD1/SD2/SDXL."""
-    if _any_key_contains(keys, "joint_blocks.") or _any_key_starts(keys, "text_encoders."):
-        return "Stable Diffusion 3 / 3.5 (MMDiT)"
+    if _any_key_starts(keys, "text_encoders.") and not _any_key_contains(keys, "joint_blocks."):
+        return ("Stable Diffusion 3 / 3.5 text encoders without the MMDiT transformer "
+                "(text-encoder files belong in models/text_encoder)")
+    if _any_key_contains(keys, "joint_blocks."):
+        return "an MMDiT (SD3-like) model whose transformer is not at model.diffusion_model.joint_blocks"
     if _any_key_contains(keys, "double_blocks.", "single_blocks."):
         return "Flux (or a Flux derivative such as Chroma)"
     if "edm_mean" in keys or "edm_std" in keys:
@@ -172,13 +178,15 @@ def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architectu
     keys = list(key_shapes)
     if not keys:
         raise UnsupportedCheckpointError("Unsupported checkpoint: the file holds no tensors")
+    family = family_of_ldm_keys(keys)
+    if family is not None and family.single_file_denoiser != LDM_UNET_FORMAT:
+        return _transformer_architecture(family, key_shapes)
     foreign = _foreign_model_with_sd_like_keys(keys)
     if foreign is not None:
         raise UnsupportedCheckpointError(
             f"Unsupported checkpoint: looks like {foreign}; only "
             f"{', '.join(family_named(name).label for name in reversed(family_names()))} are supported"
         )
-    family = family_of_ldm_keys(keys)
     conv_in_shape = key_shapes.get(UNET_CONV_IN_KEY)
     if family is None or conv_in_shape is None:
         raise UnsupportedCheckpointError(
@@ -200,6 +208,24 @@ def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architectu
             "(only 4 = text-to-image and 9 = inpainting are supported)"
         )
     return Architecture(family=family.name, unet_in_channels=in_channels, label=family.architecture_label(in_channels))
+
+
+def _transformer_architecture(family: ModelFamily, key_shapes: Mapping[str, tuple[int, ...]]) -> Architecture:
+    """A DiT family's single file: its variant from the block structure, its channels from the patch
+    embedding (text encoders may be missing: the loader reads them from models/text_encoder)."""
+    keys = list(key_shapes)
+    in_channels = family.ldm_in_channels(key_shapes)
+    if in_channels is None:
+        raise UnsupportedCheckpointError(
+            f"Unsupported checkpoint: looks like {family.label} but has no transformer input projection "
+            f"({sd3.LDM_TRANSFORMER_PREFIX}{sd3.IN_CHANNELS_KEY})")
+    if in_channels != family.latent_channels:
+        raise UnsupportedCheckpointError(
+            f"Unsupported checkpoint: the {family.label} transformer takes {in_channels} input channels "
+            f"(only {family.latent_channels}, text-to-image, is supported)")
+    variant = family.variant_of_ldm_keys(keys)
+    return Architecture(family=family.name, unet_in_channels=in_channels,
+                        label=family.architecture_label(in_channels, variant), variant=variant)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,14 +293,30 @@ def _drop_open_clip_layers_beyond(
 
 
 def _convert_clip_l(
-    state_dict: Mapping[str, Tensor], prefix: str, config: Mapping[str, object], legacy_key_fixup: bool = False
+    state_dict: Mapping[str, Tensor], prefix: str, config: Mapping[str, object], legacy_key_fixup: bool = False,
+    with_projection: bool = False,
 ) -> dict[str, Tensor]:
+    """CLIP in transformers' layout under `prefix` (SD1, SDXL's first encoder, both of SD3's)."""
     clip_state = _with_prefix(state_dict, prefix)
     if legacy_key_fixup:
         clip_state = _normalise_legacy_sd1_clip_keys(clip_state)
-    converted = convert_ldm_clip_checkpoint(clip_state)
-    model = _build_text_model_on_meta(config, with_projection=False)
+    converted = convert_ldm_clip_checkpoint(clip_state, remove_prefix=prefix)
+    if with_projection and "text_projection.weight" not in converted:
+        # SD3's CLIP-L files often leave out the projection diffusers' pipeline applies: it is the identity.
+        width = int(converted["text_model.embeddings.token_embedding.weight"].shape[1])
+        converted["text_projection.weight"] = torch.eye(width, dtype=converted[
+            "text_model.embeddings.token_embedding.weight"].dtype)
+    model = _build_text_model_on_meta(config, with_projection=with_projection)
     return _fit_text_encoder_keys(converted, model)
+
+
+def _convert_t5(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """SD3's T5-XXL encoder: transformers' names under `prefix`; the token table is also the encoder's
+    input embedding (tied in T5EncoderModel, stored once in the files)."""
+    converted = convert_sd3_t5_checkpoint_to_diffusers({k.replace(prefix, sd3.LDM_T5_PREFIX, 1): v
+                                                        for k, v in _with_prefix(state_dict, prefix).items()})
+    converted.setdefault("encoder.embed_tokens.weight", converted["shared.weight"])
+    return converted
 
 
 def _convert_open_clip(
@@ -298,25 +340,62 @@ def ldm_to_diffusers(
     ``load_state_dict(strict=True)``. A checkpoint saved without a VAE yields no "vae" entry, so the
     caller can fall back to a separate VAE file.
     """
-    text_encoders = family_named(family).ldm_text_encoders  # ValueError for an unknown family, first
-    unet_state = _with_prefix(state_dict, LDM_UNET_PREFIX)
-    if not unet_state:
-        raise UnsupportedCheckpointError("Unsupported checkpoint: no UNet weights (model.diffusion_model.*)")
+    model_family = family_named(family)  # ValueError for an unknown family, first
     components: dict[str, dict[str, Tensor]] = {
-        "unet": convert_ldm_unet_checkpoint(unet_state, dict(configs["unet"]))
+        model_family.denoiser: _denoiser_from_ldm(state_dict, model_family, configs[model_family.denoiser])
     }
     vae_state = _with_prefix(state_dict, LDM_VAE_PREFIX)
     if vae_state:
-        components["vae"] = convert_ldm_vae_checkpoint(vae_state, dict(configs["vae"]))
-    for encoder in text_encoders:
-        components[encoder.component] = _text_encoder_from_ldm(state_dict, encoder, configs[encoder.component])
+        vae_config = _fitted_ldm_vae_config(model_family, configs, vae_state)
+        components["vae"] = convert_ldm_vae_checkpoint(vae_state, vae_config)
+    for encoder in model_family.ldm_text_encoders:
+        if encoder.component in model_family.separate_text_encoder_files and not any(
+                key.startswith(encoder.prefix) for key in state_dict):
+            continue  # left for the loader to read from models/text_encoder
+        components[encoder.component] = text_encoder_from_single_file(state_dict, encoder, configs[encoder.component])
     return components
 
 
-def _text_encoder_from_ldm(state_dict: Mapping[str, Tensor], encoder: LdmTextEncoder,
-                           config: Mapping[str, object]) -> dict[str, Tensor]:
+LDM_UNET_FORMAT = "ldm_unet"
+
+
+def _denoiser_from_ldm(state_dict: Mapping[str, Tensor], family: ModelFamily,
+                       config: Mapping[str, object]) -> dict[str, Tensor]:
+    """The denoiser's weights through diffusers' converter for the family's single-file layout."""
+    if family.single_file_denoiser == LDM_UNET_FORMAT:
+        unet_state = _with_prefix(state_dict, LDM_UNET_PREFIX)
+        if not unet_state:
+            raise UnsupportedCheckpointError("Unsupported checkpoint: no UNet weights (model.diffusion_model.*)")
+        return convert_ldm_unet_checkpoint(unet_state, dict(config))
+    transformer_state = sd3.ldm_transformer_state(state_dict)
+    if not any(key.startswith(sd3.JOINT_BLOCKS) for key in transformer_state):
+        raise UnsupportedCheckpointError(
+            "Unsupported checkpoint: no MMDiT weights (model.diffusion_model.joint_blocks.*)")
+    return convert_sd3_transformer_checkpoint_to_diffusers(dict(transformer_state))  # it pops what it converts
+
+
+def _fitted_ldm_vae_config(family: ModelFamily, configs: Mapping[str, dict],
+                           vae_state: Mapping[str, Tensor]) -> dict:
+    """diffusers' VAE converter counts levels from the config; a family that fits sizes to the weights
+    (SD3) gets the file's level count, read from the LDM names (`encoder.down.<level>.`)."""
+    config = dict(configs["vae"])
+    if family.single_file_denoiser == LDM_UNET_FORMAT:
+        return config
+    levels = len(_indices(vae_state, re.escape(LDM_VAE_PREFIX) + r"encoder\.down\.(\d+)\."))
+    config["down_block_types"] = [config["down_block_types"][0]] * levels
+    config["up_block_types"] = [config["up_block_types"][0]] * levels
+    return config
+
+
+def text_encoder_from_single_file(state_dict: Mapping[str, Tensor], encoder: LdmTextEncoder,
+                                  config: Mapping[str, object]) -> dict[str, Tensor]:
+    """One text encoder's diffusers weights from its tensors under `encoder.prefix` (in a checkpoint, or a
+    separate text-encoder file given that prefix)."""
     if encoder.kind == "clip":
-        return _convert_clip_l(state_dict, encoder.prefix, config, encoder.legacy_key_fixup)
+        return _convert_clip_l(state_dict, encoder.prefix, config, encoder.legacy_key_fixup,
+                               with_projection=encoder.with_projection)
+    if encoder.kind == "t5":
+        return _convert_t5(state_dict, encoder.prefix)
     return _convert_open_clip(state_dict, encoder.prefix, config, with_projection=encoder.with_projection)
 
 

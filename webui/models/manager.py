@@ -163,7 +163,8 @@ class ModelManager:
         return usable[0]
 
     def _weights_for(self, record: CheckpointRecord) -> CheckpointWeights:
-        return self._ram.get_or_load(record, self.dtype, lambda: read_checkpoint_weights(record, self.dtype))
+        return self._ram.get_or_load(record, self.dtype, lambda: read_checkpoint_weights(
+            record, self.dtype, self.catalog.text_encoder_folder))
 
     def weights_of(self, record: CheckpointRecord) -> CheckpointWeights:
         """A checkpoint's weights in CPU memory (from the RAM cache when recent), e.g. for merging."""
@@ -244,7 +245,7 @@ class ModelManager:
             self._reconcile_vae(vae)
             files = [self._lora.read(use.path) for use in loras]
             self._lora.set_active([(file, use.te_weight, use.unet_weight) for file, use in zip(files, loras)])
-            warnings = tuple(
+            warnings = self._weights.notes + tuple(
                 f"LoRA {file.name}: {len(file.unmatched_keys)} key(s) matched no layer and were ignored: "
                 + ", ".join(file.unmatched_keys[:5]) + (" ..." if len(file.unmatched_keys) > 5 else "")
                 for file in files if file.unmatched_keys

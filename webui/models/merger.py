@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 from webui.models.checkpoint_loading import CheckpointWeights, _shape_relevant
 from webui.models.default_model import TRAINING_RECORD_FILES
-from webui.models.ldm_conversion import diffusers_to_ldm
+from webui.models.families import family_named
+from webui.models.ldm_conversion import LDM_UNET_FORMAT, diffusers_to_ldm
 from webui.models.model_configs import load_component_config
 
 WEIGHTED_SUM = "Weighted sum"
@@ -83,6 +84,8 @@ def merge_state_dicts(recipe: MergeRecipe, primary: CheckpointWeights, secondary
 
 def _matches_shipped_configs(weights: CheckpointWeights) -> bool:
     family = weights.architecture.family
+    if family_named(family).single_file_denoiser != LDM_UNET_FORMAT:
+        return False  # only UNet families have an LDM single-file writer (diffusers_to_ldm)
     return all(_shape_relevant(config) == _shape_relevant(load_component_config(family, name))
                for name, config in weights.configs.items() if name != "unet") and all(
         _shape_relevant(weights.configs["unet"]).get(key) == value
@@ -105,6 +108,9 @@ def save_merged(recipe: MergeRecipe, merged: dict[str, dict[str, torch.Tensor]],
         save_file(state, str(temporary), metadata=recipe.metadata())
         temporary.rename(target)
         return target
+    if template.record.format != "diffusers":
+        raise MergeError(f"{template.record.name} is a {template.architecture.label} single file; merges of "
+                         f"{template.architecture.label} can be written only from diffusers folders for now")
     target = folder / name
     if target.exists():
         raise MergeError(f"{target.name} already exists; choose another name")

@@ -1,7 +1,7 @@
 """The model families SD Studio knows, each in its own file, and the lookups the rest of the app uses.
 
-`FAMILIES` is in detection order: the most specific family first (SDXL's two text encoders before SD2's
-OpenCLIP before SD1's CLIP, which is the fallback for diffusers folders)."""
+`FAMILIES` is in detection order: the most specific family first (SD3's MMDiT, then SDXL's two text encoders
+before SD2's OpenCLIP before SD1's CLIP, which is the fallback for diffusers folders)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from typing import Any
 from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, ModelFamily
 from webui.models.families.sd1 import StableDiffusion1
 from webui.models.families.sd2 import StableDiffusion2
+from webui.models.families.sd3 import StableDiffusion3
 from webui.models.families.sdxl import StableDiffusionXL
 
-SD1, SD2, SDXL = StableDiffusion1(), StableDiffusion2(), StableDiffusionXL()
-FAMILIES: tuple[ModelFamily, ...] = (SDXL, SD2, SD1)
+SD1, SD2, SDXL, SD3 = StableDiffusion1(), StableDiffusion2(), StableDiffusionXL(), StableDiffusion3()
+FAMILIES: tuple[ModelFamily, ...] = (SD3, SDXL, SD2, SD1)
 DEFAULT_FAMILY = SD1  # what a checkpoint that cannot be read yet is assumed to be (A1111 assumes SD1 too)
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "ModelFamily", "family_named", "family_names", "family_of_ldm_keys",
-           "family_of_diffusers", "family_of_lora_metadata", "TXT2IMG", "IMG2IMG", "INPAINT"]
+           "family_of_diffusers", "family_of_lora_metadata", "denoiser_folders", "TXT2IMG", "IMG2IMG", "INPAINT"]
 
 
 def family_names() -> tuple[str, ...]:
@@ -38,7 +39,13 @@ def family_of_ldm_keys(keys: list[str]) -> ModelFamily | None:
     return next((family for family in FAMILIES if family.matches_ldm_keys(keys)), None)
 
 
+def denoiser_folders() -> tuple[str, ...]:
+    """The sub-folders a diffusers model keeps its denoiser in ("transformer", "unet"), in detection order."""
+    return tuple(dict.fromkeys(family.denoiser for family in FAMILIES))
+
+
 def family_of_diffusers(unet_config: Mapping[str, Any], component_folders: set[str]) -> ModelFamily:
+    """The family of a diffusers folder from its denoiser's config and its component sub-folders."""
     return next(family for family in FAMILIES if family.matches_diffusers(unet_config, component_folders))
 
 

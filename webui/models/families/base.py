@@ -28,7 +28,8 @@ class LdmTextEncoder:
 
     component: str             # the diffusers component: "text_encoder", "text_encoder_2"
     prefix: str                # its tensors' name prefix in the single file
-    kind: str                  # "clip" (OpenAI CLIP, transformers layout) or "open_clip" (OpenCLIP layout)
+    kind: str                  # "clip" (OpenAI CLIP, transformers layout), "open_clip" (OpenCLIP layout) or
+                               # "t5" (T5 encoder, transformers layout)
     with_projection: bool = False    # CLIPTextModelWithProjection (SDXL's second encoder: pooled output)
     legacy_key_fixup: bool = False   # SD1 files saved by old transformers lack the "text_model." level
 
@@ -59,11 +60,25 @@ class ModelFamily:
     # Whose module names kohya uses for this family's LoRAs: diffusers' ("diffusers") or the original
     # LDM/SGM code's ("sgm"); written as `modelspec.implementation`.
     lora_module_naming: ClassVar[str] = "diffusers"
+    # The pipeline component that denoises ("unet", or "transformer" for DiT families), how a single file
+    # stores it ("ldm_unet" or "sd3_mmdit": which diffusers converter reads it) and the latent channels.
+    denoiser: ClassVar[str] = "unet"
+    single_file_denoiser: ClassVar[str] = "ldm_unet"
+    latent_channels: ClassVar[int] = 4
+    # A1111's "Clip skip" applies to the family's prompt encoding (families without CLIP-only prompts lack it).
+    uses_clip_skip: ClassVar[bool] = True
+    # The scheduler class a freshly built pipeline starts with (the generation engine may swap it per sampler).
+    scheduler_class: ClassVar[str] = "EulerDiscreteScheduler"
+    # Text encoders a checkpoint may lack and still generate (the pipeline gets None for them).
+    optional_text_encoders: ClassVar[tuple[str, ...]] = ()
+    # Text encoders a checkpoint may leave out and the loader then reads from the text-encoder folder
+    # (models/text_encoder, ComfyUI/Forge file names, most preferred first; globs allowed).
+    separate_text_encoder_files: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
 
     @property
     def components(self) -> tuple[str, ...]:
         """The weight-bearing components of a checkpoint of this family."""
-        return ("unet", "vae", *self.text_encoders)
+        return (self.denoiser, "vae", *self.text_encoders)
 
     @property
     def config_folder(self) -> Path:
@@ -91,8 +106,19 @@ class ModelFamily:
             return final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
         return output.last_hidden_state, None
 
-    def architecture_label(self, unet_in_channels: int) -> str:
+    def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return f"{self.label} inpainting" if unet_in_channels == 9 else self.label
+
+    def variant_of_denoiser_config(self, config: Mapping[str, Any]) -> str | None:
+        """Which model of the family a denoiser config describes (e.g. SD3.5 "medium" or "large"); None when
+        the family has one architecture."""
+        return None
+
+    def fit_configs(self, configs: Mapping[str, dict[str, Any]],
+                    state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
+        """The shipped component configs adjusted to the shapes of these (diffusers-keyed) weights. The SD
+        families ship one config per component and use it as is."""
+        return {name: dict(config) for name, config in configs.items()}
 
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         """"epsilon" or "v" for a model of this family trained at `resolution` (when its config does not say)."""
@@ -111,6 +137,15 @@ class ModelFamily:
         """Does a single-file (LDM layout) checkpoint with these tensor names belong to this family? Every
         text encoder's prefix is present (families are tried most specific first)."""
         return all(has_key_prefix(keys, encoder.prefix) for encoder in self.ldm_text_encoders)
+
+    def ldm_in_channels(self, key_shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+        """The denoiser's input channels in a single file (its first convolution / patch embedding)."""
+        shape = key_shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+        return int(shape[1]) if shape is not None and len(shape) == 4 else None
+
+    def variant_of_ldm_keys(self, keys: list[str]) -> str | None:
+        """Which model of the family a single file's tensor names describe; None for one-model families."""
+        return None
 
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
         """Does a diffusers folder (its UNet config and component sub-folders) belong to this family?"""

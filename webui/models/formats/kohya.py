@@ -31,8 +31,11 @@ TARGETABLE_MODULES = (nn.Linear, nn.Conv2d)
 def reader_prefixes() -> tuple[tuple[str, str], ...]:
     """(kohya prefix, component) of every family, longest first so "lora_te_" never swallows "lora_te1_".
     SDXL's first text encoder is spelled "lora_te1_" and SD1's "lora_te_": both mean "text_encoder"."""
-    pairs = {(prefix, component) for family in FAMILIES for component, prefix in family.kohya_lora_prefixes.items()}
-    return tuple(sorted(pairs, key=lambda pair: (-len(pair[0]), pair[0])))
+    claimed: dict[str, str] = {}
+    for family in reversed(FAMILIES):  # a prefix two families share keeps the older family's meaning:
+        for component, prefix in family.kohya_lora_prefixes.items():  # "lora_unet_" is the UNet (SD3's MMDiT
+            claimed.setdefault(prefix, component)                     # LoRAs need a per-family reader)
+    return tuple(sorted(claimed.items(), key=lambda pair: (-len(pair[0]), pair[0])))
 
 
 def kohya_text_path(module_path: str) -> str:
