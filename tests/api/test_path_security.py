@@ -221,22 +221,38 @@ class Walk:
 
     def ask(self, probes: list[Probe]) -> None:
         with ThreadPoolExecutor(self.THREADS) as pool:
-            answers = list(pool.map(lambda probe: (probe.send(probe.present), probe.send(probe.absent)), probes))
-        for probe, (present, absent) in zip(probes, answers):
+            answers = list(pool.map(self._ask_one, probes))
+        for probe, (present, absent, first_present) in zip(probes, answers):
             self._check(probe, present, absent)
+            self._check_leaks(probe, probe.present, first_present)
+
+    def _ask_one(self, probe: Probe) -> tuple[Answer, Answer, Answer]:
+        """Present, then absent; when they differ, present once more: an endpoint whose first call changed
+        state (switching extensions off: "X is off", then "Nothing changed") is compared in the new state,
+        while an answer that depends on the path differs again."""
+        first = present = probe.send(probe.present)
+        absent = probe.send(probe.absent)
+        if self._key(probe.present, present) != self._key(probe.absent, absent):
+            present = probe.send(probe.present)
+        return present, absent, first
+
+    def _key(self, typed: str, answer: Answer) -> tuple[str, str]:
+        return answer.kind, normalized(answer.data, typed, self.world)
 
     def _check(self, probe: Probe, present: Answer, absent: Answer) -> None:
         for typed, answer in ((probe.present, present), (probe.absent, absent)):
             self.calls += 1
-            for secret in self.world.secrets:
-                if secret in answer.raw:
-                    self.leaks.append(f"{probe.where} with {typed!r} answered the secret: {answer.raw[:300]}")
-            if self.world.unlisted in answer.raw:
-                self.leaks.append(f"{probe.where} with {typed!r} listed the sentinel folder: {answer.raw[:300]}")
-        first = (present.kind, normalized(present.data, probe.present, self.world))
-        second = (absent.kind, normalized(absent.data, probe.absent, self.world))
+            self._check_leaks(probe, typed, answer)
+        first, second = self._key(probe.present, present), self._key(probe.absent, absent)
         if first != second:
             self.mismatches.append(f"{probe.where}: {probe.present!r} -> {first} but {probe.absent!r} -> {second}")
+
+    def _check_leaks(self, probe: Probe, typed: str, answer: Answer) -> None:
+        for secret in self.world.secrets:
+            if secret in answer.raw:
+                self.leaks.append(f"{probe.where} with {typed!r} answered the secret: {answer.raw[:300]}")
+        if self.world.unlisted in answer.raw:
+            self.leaks.append(f"{probe.where} with {typed!r} listed the sentinel folder: {answer.raw[:300]}")
 
     def assert_clean(self) -> None:
         assert self.leaks == [], "\n".join(self.leaks[:20])
