@@ -229,3 +229,35 @@ def test_a_hook_returning_the_wrong_type_is_refused_with_a_clear_message(ctx):
     assert record.state == FAILED
     assert record.problem == "before_request returned str, expected Txt2ImgRequest or None"
     assert any("pack-wrongtype" in warning for warning in result.warnings)
+
+
+def test_an_extension_network_type_sees_its_tags_and_lists_its_cards(ctx):
+    """`<packstyle:crimson:1>` reaches the network type's activate hook, which adds its words; the tag never
+    reaches the text encoder; its cards are listed for the Extra networks panel."""
+    from webui.extensions.generation_hooks import network_cards
+
+    tagged = generate(ctx, prompt="a circle <packstyle:crimson:1>", negative_prompt="<packstyle:navy:1>")
+    fields = parse_infotext(tagged.infotexts[0])
+    assert fields["Prompt"] == "a circle <packstyle:crimson:1>, red background"
+    assert fields["Negative prompt"] == "<packstyle:navy:1>, blue background"
+    # The tags themselves draw nothing: the same prompts with the tags cut out (as the encoder gets them).
+    plain = generate(ctx, prompt="a circle , red background", negative_prompt=", blue background")
+    assert np.abs(pixels(plain.images[0]) - pixels(tagged.images[0])).max() <= 1
+    untouched = generate(ctx, prompt="a circle")
+    assert parse_infotext(untouched.infotexts[0])["Prompt"] == "a circle"
+    cards = {network.kind: network for network in network_cards(ctx.extensions)}
+    assert cards["packstyle"].label == "Pack styles"
+    assert [item.name for item in cards["packstyle"].items] == ["crimson", "navy"]
+
+
+def test_the_extra_networks_panel_has_a_tab_for_an_extension_network_type(ctx):
+    import gradio as gr
+
+    from webui.ui.extra_networks import build_extra_networks, extension_network_cards
+
+    cards = extension_network_cards(ctx, "packstyle", "navy")
+    assert [(card.name, card.caption) for card in cards] == [("navy", "navy · adds 'blue background'")]
+    with gr.Blocks() as blocks:
+        build_extra_networks(ctx, gr.Textbox(), None, prefix="t")
+    ids = {block.elem_id for block in blocks.blocks.values()}
+    assert {"t_extra_networks_tab_packstyle", "t_extra_networks_packstyle"} <= ids

@@ -246,3 +246,16 @@ def test_a_bad_setting_declaration_fails_the_extension(tmp_path):
     assert registry.records["twice"].state == FAILED
     assert "declared twice" in registry.records["twice"].problem
     assert registry.settings.declared() == []
+
+
+@pytest.mark.parametrize("kind, reason", [("lora", "not one the app reads"), ("Bad Kind", "lower-case"),
+                                          ("x", "2-32")])
+def test_a_network_type_needs_a_kind_of_its_own(tmp_path, kind, reason):
+    write_extension(tmp_path / "extensions", "nets", f"""
+        from webui.extensions import api
+
+        def setup(ext):
+            ext.add_network_type({kind!r}, "Nets", lambda: [], lambda activation: None)
+    """)
+    record = load(tmp_path).records["nets"]
+    assert record.state == FAILED and reason in record.problem

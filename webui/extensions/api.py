@@ -55,6 +55,8 @@ __all__ = [
     # ext-ui: UI tabs, JS/CSS, scripts
     "TabContext", "TabBuilder", "script_field", "ScriptContext", "ScriptResult", "ScriptRunHook", "ScriptUi",
     "ScriptUiBuilder", "ScriptHandle", "labelled_grid",
+    # extra-network types
+    "NetworkItem", "NetworkItemsHook", "NetworkUse", "NetworkActivation", "NetworkActivateHook",
 ]
 
 # Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
@@ -86,6 +88,10 @@ TAB = "tab"
 JAVASCRIPT = "javascript"
 CSS = "css"
 SCRIPT = "script"
+NETWORK_TYPE = "network_type"
+# Tag kinds the app reads itself (LoRA); an extension's network type needs a kind of its own.
+BUILT_IN_NETWORK_KINDS = frozenset({"lora", "lyco"})
+_NETWORK_KIND = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 
 
 # A setting an extension declares: key, label, default (its type is the setting's type: bool, int, float
@@ -476,6 +482,40 @@ class ModelLoaded:
 
 ModelLoadedHook = Callable[[ModelLoaded], None]
 
+@dataclass(frozen=True)
+class NetworkItem:
+    """One card of an extension's extra-network type in the Extra networks panel; clicking it puts
+    `<kind:name:1>` in the prompt."""
+
+    name: str
+    description: str = ""
+    preview: Path | None = None     # an image file shown on the card (a name tile when None)
+
+
+NetworkItemsHook = Callable[[], list[NetworkItem]]
+
+
+@dataclass(frozen=True)
+class NetworkUse:
+    """One `<kind:name:arg1:arg2...>` tag of the extension's kind in a prompt (or its negative prompt)."""
+
+    name: str
+    args: tuple[str, ...]
+    negative: bool = False          # the tag was in the negative prompt
+
+
+@dataclass(frozen=True)
+class NetworkActivation:
+    """Handed to a network type's `activate` hook before a job whose prompts use its tags runs (before
+    the `on_before_request` hooks). Return a changed request (`request.with_changes(...)`) or None. The
+    tags themselves never reach the text encoder, like A1111's."""
+
+    request: Txt2ImgRequest
+    uses: tuple[NetworkUse, ...]
+
+
+NetworkActivateHook = Callable[[NetworkActivation], Txt2ImgRequest | None]
+
 # The loaded model's scheduler config (a dict) in, a diffusers scheduler out.
 SamplerFactory = Callable[[dict[str, Any]], Any]
 # An X/Y/Z axis: the cell's request and one value of the axis in, the changed request out.
@@ -665,6 +705,24 @@ class ExtensionSetup:
             raise ExtensionError(f"add_script: a script titled {definition.title!r} exists already")
         self._add(SCRIPT, run if run is not None else _no_run, returns=ScriptResult, payload=definition)
         return ScriptHandle(definition)
+
+
+    # ---- extra-network types ----------------------------------------------------------------------
+    def add_network_type(self, kind: str, label: str, items: NetworkItemsHook, activate: NetworkActivateHook) -> None:
+        """An extra-network type with its own prompt tag, `<kind:name:...>` (A1111's hypernetworks and the
+        like): `items()` gives the cards of its tab in the Extra networks panel, `activate` sees the tags a
+        job's prompts use and may change the request. The kind must be new (not `lora`/`lyco`, not
+        another extension's): 2-32 lower-case letters, digits or '_', starting with a letter."""
+        if not isinstance(kind, str) or not _NETWORK_KIND.match(kind) or kind in BUILT_IN_NETWORK_KINDS:
+            raise ExtensionError(f"add_network_type: kind {kind!r} must be 2-32 lower-case letters, digits or '_' "
+                                 f"and not one the app reads ({', '.join(sorted(BUILT_IN_NETWORK_KINDS))})")
+        if any(row.payload[0] == kind for row in self._registry.rows(NETWORK_TYPE)):
+            raise ExtensionError(f"add_network_type: another extension already added the kind {kind!r}")
+        if not isinstance(label, str) or not label.strip():
+            raise ExtensionError("add_network_type: the label must be non-empty text")
+        if not callable(items):
+            raise ExtensionError("add_network_type: items must be a function returning a list of NetworkItem")
+        self._add(NETWORK_TYPE, activate, returns=(Txt2ImgRequest, type(None)), payload=(kind, label.strip(), items))
 
 
 def _no_run(context: ScriptContext) -> ScriptResult:

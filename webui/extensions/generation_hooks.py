@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from PIL import Image
 
 from webui.extensions import api
 from webui.extensions.registry import ExtensionRegistry, HookFailure, Registration
+from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.hooks import DenoisingHooks, GenerationHooks, ImageInfo, JobInfo, SchedulerFactory, UNetInput
 from webui.xyz.axes import AxisOption, AxisRegistry, default_axis_registry
 from webui.xyz.ranges import AxisValueError
@@ -46,19 +48,31 @@ class ExtensionGenerationHooks(GenerationHooks):
             return False, None
 
     def before_request(self, request: Any, warnings: list[str], check: Callable[[Any], Any]) -> Any:
+        """Network types whose tags the prompts use first, then every `on_before_request` hook; each change
+        goes through the app's checks before the next extension sees the request."""
+        for row in self._registry.rows(api.NETWORK_TYPE):
+            uses = network_uses(request, row.payload[0])
+            if uses:
+                request = self._apply_change(row, api.NetworkActivation(request, uses), request, warnings, check)
         for row in self._registry.rows(api.BEFORE_REQUEST):
-            ok, changed = self._call(row, api.BeforeRequest(request), warnings)
-            if not ok or changed is None:
-                continue
-            if type(changed) is not type(request):
-                self._refuse(row, f"returned a {type(changed).__name__}, expected a {type(request).__name__} "
-                                  "(the request it was given, changed) or None", warnings)
-                continue
-            try:
-                request = check(changed)
-            except ValueError as error:  # a value the app refuses: the request goes on unchanged
-                warnings.append(f"extension '{row.extension}': its change to the request was not used ({error})")
+            request = self._apply_change(row, api.BeforeRequest(request), request, warnings, check)
         return request
+
+    def _apply_change(self, row: Registration, argument: Any, request: Any, warnings: list[str],
+                      check: Callable[[Any], Any]) -> Any:
+        """The request the hook returned, once the app's checks accept it; otherwise the request as it was."""
+        ok, changed = self._call(row, argument, warnings)
+        if not ok or changed is None:
+            return request
+        if type(changed) is not type(request):
+            self._refuse(row, f"returned a {type(changed).__name__}, expected a {type(request).__name__} "
+                              "(the request it was given, changed) or None", warnings)
+            return request
+        try:
+            return check(changed)
+        except ValueError as error:  # a value the app refuses: the request goes on unchanged
+            warnings.append(f"extension '{row.extension}': its change to the request was not used ({error})")
+            return request
 
     def expand_prompts(self, job: JobInfo, prompt: str, negative_prompt: str, count: int,
                        seed: int) -> list[str] | None:
@@ -258,3 +272,37 @@ def _isolated_apply(registry: ExtensionRegistry, row: Registration) -> Callable[
         return changed
 
     return apply
+
+
+def network_uses(request: Any, kind: str) -> tuple[api.NetworkUse, ...]:
+    """The `<kind:...>` tags of the request's prompt and negative prompt, in order."""
+    uses = []
+    for text, negative in ((request.prompt, False), (request.negative_prompt, True)):
+        uses += [api.NetworkUse(tag.name, tuple(tag.args), negative)
+                 for tag in extract_network_tags(text or "")[1] if tag.kind == kind]
+    return tuple(uses)
+
+
+@dataclass(frozen=True)
+class NetworkCards:
+    kind: str
+    label: str
+    items: list[api.NetworkItem]
+
+
+def network_cards(registry: ExtensionRegistry) -> list[NetworkCards]:
+    """Every extension network type with its current items (an `items` function that fails or returns
+    something else switches its extension off, and its tab is left out)."""
+    found = []
+    for row in registry.rows(api.NETWORK_TYPE):
+        kind, label, items = row.payload
+        listing = Registration(row.extension, "network_items", items, returns=list)
+        try:
+            listed = registry.call_one(listing)
+        except HookFailure:
+            continue
+        if not all(isinstance(item, api.NetworkItem) for item in listed):
+            registry.fail(row.extension, "network_items returned something other than NetworkItem values", "")
+            continue
+        found.append(NetworkCards(kind, label, listed))
+    return found

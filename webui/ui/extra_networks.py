@@ -1,8 +1,9 @@
-"""Extra networks panel under the prompt: cards for checkpoints, LoRAs and embeddings.
+"""Extra networks panel under the prompt: cards for checkpoints, LoRAs, embeddings and the network types
+extensions add.
 
-Clicking a LoRA card appends `<lora:name:1>` to the prompt, an embedding card its name, a checkpoint
-card loads that checkpoint, as in A1111. Cards show the preview image beside the file when there is
-one, else a tile with the name.
+Clicking a LoRA card appends `<lora:name:1>` to the prompt, an extension network's card
+`<kind:name:1>`, an embedding card its name, a checkpoint card loads that checkpoint, as in A1111. Cards
+show the preview image beside the file when there is one, else a tile with the name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from webui.context import AppContext
+from webui.extensions.generation_hooks import network_cards
 from webui.ui.access import caller_of
 from webui.errors import user_error
 
@@ -73,6 +75,24 @@ def checkpoint_cards(ctx: AppContext, query: str) -> list[Card]:
     return cards
 
 
+def extension_network_cards(ctx: AppContext, kind: str, query: str) -> list[Card]:
+    """The cards of one extension network type (its preview files read here, so no path is served)."""
+    for network in network_cards(ctx.extensions):
+        if network.kind == kind:
+            return [Card(item.name, _preview(item.preview) or name_tile(item.name),
+                         item.name + (f" · {item.description}" if item.description else ""))
+                    for item in network.items if query.lower() in f"{item.name} {item.description}".lower()]
+    return []
+
+
+def _preview(path: Path | None) -> Image.Image | None:
+    try:
+        with Image.open(path) as image:  # type: ignore[arg-type]
+            return image.convert("RGB")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dropdown | None,
                          prefix: str = "txt2img") -> None:
     """The panel under a tab's prompt, its clicks wired into `prompt` (and the checkpoint dropdown, when
@@ -82,15 +102,19 @@ def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dro
             search = gr.Textbox(label="Search", scale=4, elem_id=f"{prefix}_extra_networks_search")
             refresh = gr.Button("🔄 Refresh", scale=0, min_width=100, elem_id=f"{prefix}_extra_networks_refresh")
         galleries = {}
+        extension_kinds = [(network.kind, network.label) for network in network_cards(ctx.extensions)]
         with gr.Tabs():
-            for kind, label in (("checkpoints", "Checkpoints"), ("lora", "LoRA"), ("embeddings", "Textual Inversion")):
+            for kind, label in (("checkpoints", "Checkpoints"), ("lora", "LoRA"), ("embeddings", "Textual Inversion"),
+                                *extension_kinds):
                 with gr.Tab(label, elem_id=f"{prefix}_extra_networks_tab_{kind}"):
                     galleries[kind] = (
                         gr.Gallery(columns=6, height=260, allow_preview=False, show_label=False,
                                    elem_id=f"{prefix}_extra_networks_{kind}"),
                         gr.State([]),
                     )
-    builders = {"checkpoints": checkpoint_cards, "lora": lora_cards, "embeddings": embedding_cards}
+    builders = {"checkpoints": checkpoint_cards, "lora": lora_cards, "embeddings": embedding_cards,
+                **{kind: (lambda ctx, query, kind=kind: extension_network_cards(ctx, kind, query))
+                   for kind, _ in extension_kinds}}
 
     def fill(query: str):
         outputs = []
@@ -118,6 +142,12 @@ def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dro
     lora_gallery.select(insert_lora, inputs=[lora_names, prompt], outputs=prompt)
     embedding_gallery, embedding_names = galleries["embeddings"]
     embedding_gallery.select(insert_embedding, inputs=[embedding_names, prompt], outputs=prompt)
+    for kind, _ in extension_kinds:
+        def insert_network(names: list[str], text: str, event: gr.SelectData, kind: str = kind) -> str:
+            return append(text, f"<{kind}:{names[event.index]}:1>")
+
+        network_gallery, network_names = galleries[kind]
+        network_gallery.select(insert_network, inputs=[network_names, prompt], outputs=prompt)
     if checkpoint is not None:
         checkpoint_gallery, checkpoint_names = galleries["checkpoints"]
 
