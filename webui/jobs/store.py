@@ -9,17 +9,16 @@ because a server that refuses to start over its job history helps nobody.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from webui.sqlite_file import SqliteFile
 
 log = logging.getLogger(__name__)
 
@@ -86,68 +85,11 @@ class JobStore:
         self._keep_finished = keep_finished
         self._keep_days = keep_days
         self._clock = clock
-        self._lock = threading.Lock()
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._connection = self._connect()
-        except sqlite3.DatabaseError as error:
-            self._move_aside(error)
-            self._connection = self._connect()
-
-    # ---- opening ----
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        try:  # read-only checks first: a file that fails them is moved aside exactly as it was
-            check = connection.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"written by a newer version (schema {version} > {SCHEMA_VERSION})")
-            columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
-            if columns and not set(_COLUMNS) <= columns:
-                raise sqlite3.DatabaseError(f"its jobs table lacks {', '.join(sorted(set(_COLUMNS) - columns))}")
-            connection.execute("PRAGMA journal_mode=WAL")
-            # WAL with NORMAL sync survives an app crash; a power cut may lose the last records, which is
-            # fine for a job history, and no commit waits for an fsync while readers wait for the lock.
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(_SCHEMA)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    def _move_aside(self, error: BaseException) -> None:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._clock()))
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        counter = 1
-        while target.exists():
-            counter += 1
-            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{counter}")
-        for suffix in ("-wal", "-shm"):  # the journal belongs to the broken file, not to the new one
-            sidecar = self.path.with_name(self.path.name + suffix)
-            if sidecar.exists():
-                sidecar.replace(target.with_name(target.name + suffix))
-        self.path.replace(target)
-        log.warning("the job store %s could not be read (%s); moved it to %s and started an empty one",
-                    self.path, error, target.name)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._connection
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
+        self._db = SqliteFile(path, _SCHEMA, SCHEMA_VERSION, {"jobs": set(_COLUMNS)}, "job store", clock)
+        self._transaction = self._db.transaction
 
     def close(self) -> None:
-        with self._lock:
-            self._connection.close()
+        self._db.close()
         if self.owner_lock is not None:  # another process may own the stored queue now
             self.owner_lock.close()
             self.owner_lock = None
@@ -211,10 +153,8 @@ class JobStore:
 
     # ---- reading ----
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._connection.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?",
-                                           (job_id,)).fetchone()
-        return _record(row) if row else None
+        rows = self._db.query(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,))
+        return _record(rows[0]) if rows else None
 
     def history(self, owner: str | None = None, states: tuple[str, ...] | None = None,
                 limit: int = 100, kind: str | None = None) -> list[JobRecord]:
@@ -230,19 +170,16 @@ class JobStore:
             clauses.append(f"state IN ({', '.join('?' * len(states))})")
             values.extend(states)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock:
-            rows = self._connection.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*values, limit)
-            ).fetchall()
+        rows = self._db.query(f"SELECT {', '.join(_COLUMNS)} FROM jobs {where} ORDER BY seq DESC LIMIT ?",
+                              (*values, limit))
         return [_record(row) for row in rows]
 
     def seconds_per_unit(self, per_kind: int) -> dict[str, list[float]]:
         """For each kind, the run time per cost unit of its latest `per_kind` completed jobs (newest first),
         so that the ETA is known right after a restart."""
-        with self._lock:
-            rows = self._connection.execute(
-                "SELECT kind, (finished_at - started_at) / cost FROM jobs WHERE state = 'done' AND cost > 0 "
-                "AND started_at IS NOT NULL AND finished_at >= started_at ORDER BY seq DESC").fetchall()
+        rows = self._db.query(
+            "SELECT kind, (finished_at - started_at) / cost FROM jobs WHERE state = 'done' AND cost > 0 "
+            "AND started_at IS NOT NULL AND finished_at >= started_at ORDER BY seq DESC")
         speeds: dict[str, list[float]] = {}
         for kind, seconds in rows:
             kept = speeds.setdefault(kind, [])

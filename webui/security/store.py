@@ -19,17 +19,15 @@ fresh one is started: the cost is that users log in again, which is better than 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from webui.security.identity import User
+from webui.sqlite_file import SqliteFile
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +71,11 @@ class SecurityStore:
         self._served_seconds = served_days * 24 * 3600
         self._max_served = max_served
         self._clock = clock
-        self._lock = threading.Lock()
         self._writes = 0
         self._prune_every = prune_every
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _create_owner_only(self.path)
-        try:
-            self._connection = self._connect()
-        except sqlite3.DatabaseError as error:
-            self._move_aside(error)
-            self._connection = self._connect()
+        self._db = SqliteFile(path, _SCHEMA, SCHEMA_VERSION, _TABLES, "security store", clock,
+                              prepare=_create_owner_only)
+        self._transaction, self._query = self._db.transaction, self._db.query
         self.prune()
 
     @classmethod
@@ -91,60 +83,8 @@ class SecurityStore:
         """A store that lasts as long as the object (unit tests, servers built without a data folder)."""
         return cls(":memory:")
 
-    # ---- opening ----
-    def _connect(self) -> sqlite3.Connection:
-        target = str(self.path) if self.path is not None else ":memory:"
-        connection = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=10)
-        try:
-            check = connection.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"written by a newer version (schema {version} > {SCHEMA_VERSION})")
-            for table, wanted in _TABLES.items():
-                columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-                if columns and not wanted <= columns:
-                    raise sqlite3.DatabaseError(f"its {table} table lacks {', '.join(sorted(wanted - columns))}")
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")  # an app crash loses nothing; no fsync per login
-            connection.executescript(_SCHEMA)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    def _move_aside(self, error: BaseException) -> None:
-        assert self.path is not None  # an in-memory database cannot be corrupt on open
-        target = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        for suffix in ("-wal", "-shm"):
-            sidecar = self.path.with_name(self.path.name + suffix)
-            if sidecar.exists():
-                sidecar.replace(target.with_name(target.name + suffix))
-        self.path.replace(target)
-        _create_owner_only(self.path)
-        log.warning("the security store %s could not be read (%s); moved it to %s and started an empty one "
-                    "(users log in again)", self.path, error, target.name)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._connection
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
-
-    def _query(self, sql: str, values: tuple) -> list[tuple]:
-        with self._lock:
-            return self._connection.execute(sql, values).fetchall()
-
     def close(self) -> None:
-        with self._lock:
-            self._connection.close()
+        self._db.close()
 
     # ---- sessions ----
     def add_session(self, session_id: str, user: User, expires: float, access_token: str | None = None) -> None:
