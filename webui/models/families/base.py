@@ -8,6 +8,7 @@ family is one new file here (a subclass) and one line in `families/__init__.py`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ class LdmTextEncoder:
     legacy_key_fixup: bool = False   # SD1 files saved by old transformers lack the "text_model." level
 
 
-class ModelFamily:
+class ModelFamily(ABC):
     """One model family. Subclasses set the class attributes and override what their family does differently;
     instances are stateless singletons (see `families/__init__.py`)."""
 
@@ -124,9 +125,10 @@ class ModelFamily:
         """"epsilon" or "v" for a model of this family trained at `resolution` (when its config does not say)."""
         return "epsilon"
 
+    @abstractmethod
     def modelspec_architecture(self, prediction_type: str) -> str:
         """The modelspec `architecture` id of a base model of this family."""
-        raise NotImplementedError
+        ...
 
     def scheduler_overrides(self, single_file_keys: Collection[str]) -> dict[str, Any]:
         """Scheduler settings a single-file checkpoint declares by marker keys (none by default)."""
@@ -147,13 +149,15 @@ class ModelFamily:
         """Which model of the family a single file's tensor names describe; None for one-model families."""
         return None
 
+    @abstractmethod
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
         """Does a diffusers folder (its UNet config and component sub-folders) belong to this family?"""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
         """Does a LoRA's training metadata (`ss_base_model_version`, `modelspec.architecture`) name this family?"""
-        raise NotImplementedError
+        ...
 
     def __repr__(self) -> str:
         return f"<ModelFamily {self.name}>"
