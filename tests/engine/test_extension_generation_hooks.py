@@ -234,7 +234,7 @@ def test_a_hook_returning_the_wrong_type_is_refused_with_a_clear_message(ctx):
 def test_an_extension_network_type_sees_its_tags_and_lists_its_cards(ctx):
     """`<packstyle:crimson:1>` reaches the network type's activate hook, which adds its words; the tag never
     reaches the text encoder; its cards are listed for the Extra networks panel."""
-    from webui.extensions.generation_hooks import network_cards
+    from webui.extensions.generation_hooks import network_items, network_types
 
     tagged = generate(ctx, prompt="a circle <packstyle:crimson:1>", negative_prompt="<packstyle:navy:1>")
     fields = parse_infotext(tagged.infotexts[0])
@@ -245,9 +245,9 @@ def test_an_extension_network_type_sees_its_tags_and_lists_its_cards(ctx):
     assert np.abs(pixels(plain.images[0]) - pixels(tagged.images[0])).max() <= 1
     untouched = generate(ctx, prompt="a circle")
     assert parse_infotext(untouched.infotexts[0])["Prompt"] == "a circle"
-    cards = {network.kind: network for network in network_cards(ctx.extensions)}
-    assert cards["packstyle"].label == "Pack styles"
-    assert [item.name for item in cards["packstyle"].items] == ["crimson", "navy"]
+    labels = dict(network_types(ctx.extensions))
+    assert labels["packstyle"] == "Pack styles"
+    assert [item.name for item in network_items(ctx.extensions, "packstyle")] == ["crimson", "navy"]
 
 
 def test_the_extra_networks_panel_has_a_tab_for_an_extension_network_type(ctx):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -283,26 +282,24 @@ def network_uses(request: Any, kind: str) -> tuple[api.NetworkUse, ...]:
     return tuple(uses)
 
 
-@dataclass(frozen=True)
-class NetworkCards:
-    kind: str
-    label: str
-    items: list[api.NetworkItem]
+def network_types(registry: ExtensionRegistry) -> list[tuple[str, str]]:
+    """(kind, label) of every extension network type, in load order (nothing is called)."""
+    return [(row.payload[0], row.payload[1]) for row in registry.rows(api.NETWORK_TYPE)]
 
 
-def network_cards(registry: ExtensionRegistry) -> list[NetworkCards]:
-    """Every extension network type with its current items (an `items` function that fails or returns
-    something else switches its extension off, and its tab is left out)."""
-    found = []
+def network_items(registry: ExtensionRegistry, kind: str) -> list[api.NetworkItem]:
+    """The current cards of one network type ([] when none has that kind; an `items` function that fails or
+    returns something else switches its extension off)."""
     for row in registry.rows(api.NETWORK_TYPE):
-        kind, label, items = row.payload
-        listing = Registration(row.extension, "network_items", items, returns=list)
+        if row.payload[0] != kind:
+            continue
+        listing = Registration(row.extension, "network_items", row.payload[2], returns=list)
         try:
             listed = registry.call_one(listing)
         except HookFailure:
-            continue
+            return []
         if not all(isinstance(item, api.NetworkItem) for item in listed):
             registry.fail(row.extension, "network_items returned something other than NetworkItem values", "")
-            continue
-        found.append(NetworkCards(kind, label, listed))
-    return found
+            return []
+        return listed
+    return []

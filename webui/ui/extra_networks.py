@@ -15,7 +15,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from webui.context import AppContext
-from webui.extensions.generation_hooks import network_cards
+from webui.extensions.generation_hooks import network_items, network_types
 from webui.ui.access import caller_of
 from webui.errors import user_error
 
@@ -77,12 +77,10 @@ def checkpoint_cards(ctx: AppContext, query: str) -> list[Card]:
 
 def extension_network_cards(ctx: AppContext, kind: str, query: str) -> list[Card]:
     """The cards of one extension network type (its preview files read here, so no path is served)."""
-    for network in network_cards(ctx.extensions):
-        if network.kind == kind:
-            return [Card(item.name, _preview(item.preview) or name_tile(item.name),
-                         item.name + (f" · {item.description}" if item.description else ""))
-                    for item in network.items if query.lower() in f"{item.name} {item.description}".lower()]
-    return []
+    return [Card(item.name, _preview(item.preview) or name_tile(item.name),
+                 item.name + (f" · {item.description}" if item.description else ""))
+            for item in network_items(ctx.extensions, kind)
+            if query.lower() in f"{item.name} {item.description}".lower()]
 
 
 def _preview(path: Path | None) -> Image.Image | None:
@@ -102,7 +100,7 @@ def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dro
             search = gr.Textbox(label="Search", scale=4, elem_id=f"{prefix}_extra_networks_search")
             refresh = gr.Button("🔄 Refresh", scale=0, min_width=100, elem_id=f"{prefix}_extra_networks_refresh")
         galleries = {}
-        extension_kinds = [(network.kind, network.label) for network in network_cards(ctx.extensions)]
+        extension_kinds = network_types(ctx.extensions)
         with gr.Tabs():
             for kind, label in (("checkpoints", "Checkpoints"), ("lora", "LoRA"), ("embeddings", "Textual Inversion"),
                                 *extension_kinds):
