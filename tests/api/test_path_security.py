@@ -440,7 +440,7 @@ def app_routes() -> list[tuple[str, str, bool]]:
     """(method, path, takes input) of every route the app's API routers define, read from the routers."""
     from fastapi.routing import APIRoute
 
-    from webui.api.a1111_options import ApiOptions
+    from webui.generation.server_options import ServerOptions
     from webui.api.jobs_api import build_jobs_router
     from webui.api.sdapi import build_api_router
     from webui.api.train_api import build_train_router
@@ -450,7 +450,7 @@ def app_routes() -> list[tuple[str, str, bool]]:
     settings = Settings()  # while being built, the routers read only the settings and the request limits
     holder = types.SimpleNamespace(settings=settings, request_limits=RequestLimits.from_settings(settings))
     routes = []
-    for router in (build_api_router(holder), build_train_router(holder), build_jobs_router(holder, ApiOptions())):
+    for router in (build_api_router(holder), build_train_router(holder), build_jobs_router(holder, ServerOptions())):
         for route in router.routes:
             if isinstance(route, APIRoute):
                 takes_input = route.body_field is not None or bool(route.dependant.query_params)

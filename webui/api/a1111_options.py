@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from webui.generation.server_options import ServerOptions, check_options
+from webui.generation.server_options import check_options
 
 HONOURED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_save")
 
@@ -44,10 +44,6 @@ class OverrideSettings(BaseModel):
         return {key: getattr(self, key) for key in type(self).model_fields
                 if getattr(self, key) is not None and key != "sd_model_checkpoint"}
 
-
-# The server-wide options a request falls back on: one ServerOptions, kept in <data>/config.json and
-# shared with the Settings tab (webui.generation.server_options).
-ApiOptions = ServerOptions
 
 
 def check_option_values(changes: dict[str, Any], vae_check: Any) -> None:

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from webui.api.a1111_options import ApiOptions
+from webui.generation.server_options import ServerOptions
 from webui.api.common import ReasonedValidationRoute, caller, translate_errors, validation_reason
 from webui.api.sdapi import STRICT_JSON, Img2ImgBody, Txt2ImgBody, img2img_request_from_body, txt2img_request_from_body
 from webui.context import AppContext
@@ -64,7 +64,7 @@ class XyzBody(Txt2ImgBody):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-def build_jobs_router(ctx: AppContext, options: ApiOptions) -> APIRouter:
+def build_jobs_router(ctx: AppContext, options: ServerOptions) -> APIRouter:
     router = APIRouter(prefix=JOBS_PREFIX, route_class=ReasonedValidationRoute, tags=["jobs"])
 
     def submit(body: JobBody, user: User) -> Job:

@@ -24,7 +24,8 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from webui.api.a1111_options import ApiOptions, OverrideSettings, check_option_values
+from webui.api.a1111_options import OverrideSettings, check_option_values
+from webui.generation.server_options import ServerOptions
 from webui.api.common import API_PREFIX, ReasonedValidationRoute, admin_caller, caller, translate_errors
 from webui.api.job_wait import wait_for_job
 from webui.api.sdapi_scripts import ExtensionScriptCall, alwayson_args, build_scripts_router, script_call, xyz_info
@@ -112,7 +113,7 @@ class Img2ImgBody(Txt2ImgBody):
 
 
 class OptionsBody(OverrideSettings):
-    """POST /options: the checkpoint, the options `ApiOptions` keeps and extension settings as
+    """POST /options: the checkpoint, the options `ServerOptions` keeps and extension settings as
     `<extension>.<key>` (kept as extra fields); other A1111 options are ignored."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
@@ -152,7 +153,7 @@ def decode_image(data: str, limits: RequestLimits, field_name: str = "image") ->
 
 def _common_fields(body: Txt2ImgBody, options: dict[str, Any]) -> dict[str, Any]:
     """Request fields shared by txt2img and img2img; `options` are the effective server options
-    (`ApiOptions.effective`: the server's with the body's override_settings on top)."""
+    (`ServerOptions.effective`: the server's with the body's override_settings on top)."""
     overrides = body.override_settings
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, styles=tuple(body.styles),
@@ -207,13 +208,13 @@ def xyz_response(body: Txt2ImgBody, request: Txt2ImgRequest, run) -> dict[str, A
     return {"images": images, "parameters": parameters, "info": json.dumps(xyz_info(request, run))}
 
 
-def build_api_router(ctx: AppContext, options: ApiOptions | None = None) -> APIRouter:
+def build_api_router(ctx: AppContext, options: ServerOptions | None = None) -> APIRouter:
     """The /sdapi/v1 routes; `options` are A1111's server options (shared with the job API)."""
     from webui.api.sdapi_extras import build_extras_router  # here: it imports this module's helpers
 
     router = APIRouter(prefix=API_PREFIX, route_class=ReasonedValidationRoute)
     limits = ctx.request_limits
-    options = options if options is not None else ApiOptions()  # see webui.api.a1111_options
+    options = options if options is not None else ServerOptions()  # in memory: a router built without a context
 
     async def generate(body: Txt2ImgBody, request: Txt2ImgRequest, http: Request, user: User) -> dict[str, Any]:
         """Run a txt2img/img2img request or its script; keep the overrides when the body says not to
