@@ -43,8 +43,9 @@ class ModelFamily(ABC):
     label: ClassVar[str]                     # what users read: "SD1.x"
     native_size: ClassVar[int]               # the side length the family was trained at
     preset_prefix: ClassVar[str]             # shipped training presets for it: webui/training/presets/<prefix>*.json
-    text_encoders: ClassVar[tuple[str, ...]]  # pipeline component names, in encoder order
-    tokenizers: ClassVar[tuple[str, ...]]
+    # Pipeline component names, in encoder order (default: one CLIP encoder, as SD1/SD2).
+    text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
     pipeline_classes: ClassVar[Mapping[str, str]]  # mode -> diffusers pipeline class name
     text_encoder_widths: ClassVar[tuple[int, ...]]  # hidden width of each text encoder (an embedding's vectors)
     cross_attention_width: ClassVar[int]     # the text features' width the UNet's cross-attention takes
@@ -55,7 +56,8 @@ class ModelFamily(ABC):
     # The text encoders of a single-file checkpoint, in `text_encoders` order.
     ldm_text_encoders: ClassVar[tuple[LdmTextEncoder, ...]]
     # kohya LoRA key prefixes per component, and what kohya writes as `ss_base_model_version`.
-    kohya_lora_prefixes: ClassVar[Mapping[str, str]]
+    kohya_lora_prefixes: ClassVar[Mapping[str, str]] = MappingProxyType({"unet": "lora_unet_",
+                                                                          "text_encoder": "lora_te_"})
     kohya_base_model_version: ClassVar[str]
     kohya_is_v2: ClassVar[bool] = False   # kohya's `ss_v2` flag (SD2's OpenCLIP text encoder)
     # Whose module names kohya uses for this family's LoRAs: diffusers' ("diffusers") or the original

@@ -28,12 +28,9 @@ class StableDiffusion1(ModelFamily):
     cross_attention_width = 768
     preset_prefix = "sd1_"
     native_size = 512
-    text_encoders = ("text_encoder",)
-    tokenizers = ("tokenizer",)
     pipeline_classes = SD_PIPELINES
     preview_coefficients = SD_PREVIEW_COEFFICIENTS
     ldm_text_encoders = (LdmTextEncoder("text_encoder", LDM_CLIP_PREFIX, "clip", legacy_key_fixup=True),)
-    kohya_lora_prefixes = frozen({"unet": "lora_unet_", "text_encoder": "lora_te_"})
     kohya_base_model_version = "sd_v1"
 
     def modelspec_architecture(self, prediction_type: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webui.models.families.base import LdmTextEncoder, ModelFamily, frozen
+from webui.models.families.base import LdmTextEncoder, ModelFamily
 from webui.models.families.sd1 import SD_PIPELINES, SD_PREVIEW_COEFFICIENTS
 
 LDM_OPEN_CLIP_PREFIX = "cond_stage_model.model."
@@ -19,12 +19,9 @@ class StableDiffusion2(ModelFamily):
     cross_attention_width = 1024
     preset_prefix = "sd1_"
     native_size = 768
-    text_encoders = ("text_encoder",)
-    tokenizers = ("tokenizer",)
     pipeline_classes = SD_PIPELINES
     preview_coefficients = SD_PREVIEW_COEFFICIENTS
     ldm_text_encoders = (LdmTextEncoder("text_encoder", LDM_OPEN_CLIP_PREFIX, "open_clip"),)
-    kohya_lora_prefixes = frozen({"unet": "lora_unet_", "text_encoder": "lora_te_"})
     kohya_base_model_version = "sd_v2"
     kohya_is_v2 = True
 
