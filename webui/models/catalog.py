@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webui.models.checkpoint_files import CheckpointReadError, read_key_shapes
-from webui.models.families import denoiser_folders, family_of_diffusers
+from webui.models.companion_files import CompanionFolders, CompanionNeeds
+from webui.models.families import denoiser_folders, family_named, family_of_diffusers
 from webui.models.hashing import HashCache
 from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture
 from webui.security.network import NetworkPolicy
@@ -91,16 +92,17 @@ class CheckpointCatalog:
     """
 
     def __init__(self, folder: Path, hash_cache: HashCache, network: NetworkPolicy = NetworkPolicy(),
-                 text_encoder_folder: Path | None = None):
+                 text_encoder_folder: Path | None = None, vae_folder: Path | None = None):
         self.folder = folder
-        # Separate text encoders (clip_l, clip_g, t5xxl) for checkpoints without them: A1111/Forge keep
-        # models/text_encoder beside models/Stable-diffusion.
+        # Separate text encoders (clip_l, clip_g, t5xxl) and VAEs (Flux's ae.safetensors) for checkpoints
+        # without them: A1111/Forge keep models/text_encoder and models/VAE beside models/Stable-diffusion.
         self.text_encoder_folder = text_encoder_folder or folder.parent / "text_encoder"
+        self.vae_folder = vae_folder or folder.parent / "VAE"
         self._hashes = hash_cache
         self._network = network
         self._lock = threading.Lock()
         self._records: list[CheckpointRecord] = []
-        self._classified: dict[tuple, tuple[Architecture | None, str | None]] = {}
+        self._classified: dict[tuple, tuple[Architecture | None, str | None, CompanionNeeds | None]] = {}
 
     def refresh(self) -> list[CheckpointRecord]:
         records = []
@@ -120,24 +122,29 @@ class CheckpointCatalog:
         name = path.relative_to(self.folder).as_posix()
         if file_format != "diffusers":
             name = name.rsplit(".", 1)[0]
-        architecture, error = self._classify(path, file_format)
+        architecture, error, needs = self._classify(path, file_format)
+        if needs is not None and error is None:  # companions are looked for at every scan: they may come later
+            error = needs.missing_message(CompanionFolders(self.vae_folder, self.text_encoder_folder), path.name)
         return CheckpointRecord(
             name=name, path=path, format=file_format, architecture=architecture,
             sha256=self._hashes.cached(path), error=error,
         )
 
-    def _classify(self, path: Path, file_format: str) -> tuple[Architecture | None, str | None]:
+    def _classify(self, path: Path, file_format: str
+                  ) -> tuple[Architecture | None, str | None, CompanionNeeds | None]:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime)
         if key in self._classified:
             return self._classified[key]
         try:
             if file_format == "diffusers":
-                result = (architecture_of_diffusers_folder(path), None)
+                result = (architecture_of_diffusers_folder(path), None, None)
             else:
-                result = (detect_architecture(read_key_shapes(path)), None)
+                key_shapes = read_key_shapes(path)
+                architecture = detect_architecture(key_shapes)
+                result = (architecture, None, CompanionNeeds.of_keys(family_named(architecture.family), key_shapes))
         except (CheckpointReadError, UnsupportedCheckpointError) as error:
-            result = (None, str(error))
+            result = (None, str(error), None)
         self._classified[key] = result
         return result
 

@@ -77,6 +77,11 @@ class ModelFamily(ABC):
     # Text encoders a checkpoint may leave out and the loader then reads from the text-encoder folder
     # (models/text_encoder, ComfyUI/Forge file names, most preferred first; globs allowed).
     separate_text_encoder_files: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    # VAE files a checkpoint may leave out and the loader then reads from the VAE folder (models/VAE; Flux's
+    # `ae.safetensors`); empty: the checkpoint must bundle its VAE.
+    separate_vae_files: ClassVar[tuple[str, ...]] = ()
+    # Prefixes under which a single file bundles its VAE (LDM: `first_stage_model.`; ComfyUI's Flux: `vae.`).
+    ldm_vae_prefixes: ClassVar[tuple[str, ...]] = ("first_stage_model.",)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -87,6 +92,16 @@ class ModelFamily(ABC):
     def config_folder(self) -> Path:
         """The shipped diffusers configs and tokenizer files (offline building of single-file checkpoints)."""
         return MODEL_CONFIGS / self.name
+
+    @property
+    def denoiser_in_channels(self) -> int:
+        """The input channels of the denoiser's first layer for text-to-image (Flux packs 2x2 latent patches:
+        4 x its 16 latent channels)."""
+        return self.latent_channels
+
+    def shipped_tokenizer_folder(self, tokenizer: str) -> Path:
+        """Where the shipped files of one tokenizer are (a family may share another family's files)."""
+        return self.config_folder / tokenizer
 
     def pipeline_class_name(self, mode: str) -> str:
         try:
