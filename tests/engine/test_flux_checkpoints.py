@@ -2,7 +2,8 @@
 
 Tiny seeded models of the exact architecture (tests/support/flux_files.py) are written as real files:
 `flux1-dev.safetensors` (BFL names, transformer only) with `models/VAE/ae.safetensors` and
-`models/text_encoder/clip_l.safetensors` + `t5xxl_fp16.safetensors`; a ComfyUI-prefixed schnell transformer;
+`models/text_encoder/clip_l.safetensors` + `t5xxl_fp16.safetensors`; a ComfyUI-prefixed schnell transformer in
+`models/unet`;
 an "all in one" schnell file bundling `vae.` and `text_encoders.*`; and a diffusers folder. Each is listed with
 its family and variant, loads through `ModelManager.checkout`, and the FluxPipeline `build_pipeline` made
 denoises exactly as a FluxPipeline assembled directly from the modules the file was written from.
@@ -26,7 +27,7 @@ from webui.models.checkpoint_loading import CheckpointLoadError, build_pipeline
 from webui.models.hashing import HashCache
 from webui.models.manager import ModelManager
 
-SCHNELL_NAMES = {"flux1-schnell-comfyui", "flux1-schnell-aio"}
+SCHNELL_NAMES = {"unet/flux1-schnell-comfyui", "flux1-schnell-aio"}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +38,10 @@ def models_dir(tmp_path_factory) -> tuple[Path, dict[str, dict[str, torch.nn.Mod
     write_transformer_file(checkpoints / "flux1-dev.safetensors", dev, prefix="")
     write_companions(root, dev)
     schnell_transformer_only = {**dev, "transformer": schnell["transformer"]}  # shares the companions
-    write_transformer_file(checkpoints / "flux1-schnell-comfyui.safetensors", schnell_transformer_only)
+    write_transformer_file(root / "unet" / "flux1-schnell-comfyui.safetensors", schnell_transformer_only)
     write_all_in_one(checkpoints / "flux1-schnell-aio.safetensors", schnell)
     write_diffusers_folder(checkpoints / "flux1-dev-diffusers", dev)
-    return root, {"flux1-dev": dev, "flux1-schnell-comfyui": schnell_transformer_only,
+    return root, {"flux1-dev": dev, "unet/flux1-schnell-comfyui": schnell_transformer_only,
                   "flux1-schnell-aio": schnell, "flux1-dev-diffusers": dev}
 
 
@@ -71,13 +72,14 @@ def test_the_catalog_lists_every_layout_with_family_and_variant(models_dir):
                  for name, r in records.items()}
     assert described == {
         "flux1-dev": ("flux", "Flux.1 dev", DEV, "safetensors", None),
-        "flux1-schnell-comfyui": ("flux", "Flux.1 schnell", SCHNELL, "safetensors", None),
+        "unet/flux1-schnell-comfyui": ("flux", "Flux.1 schnell", SCHNELL, "safetensors", None),
         "flux1-schnell-aio": ("flux", "Flux.1 schnell", SCHNELL, "safetensors", None),
         "flux1-dev-diffusers": ("flux", "Flux.1 dev", DEV, "diffusers", None),
     }
 
 
-@pytest.mark.parametrize("name", ["flux1-dev", "flux1-schnell-comfyui", "flux1-schnell-aio", "flux1-dev-diffusers"])
+@pytest.mark.parametrize("name", ["flux1-dev", "unet/flux1-schnell-comfyui", "flux1-schnell-aio",
+                                  "flux1-dev-diffusers"])
 def test_each_layout_loads_through_the_manager_and_denoises_like_its_source_modules(models_dir, reference_images,
                                                                                     name):
     root, sources = models_dir
@@ -169,3 +171,61 @@ def test_a_diffusers_folder_without_t5_is_refused_with_a_reason(models_dir, tmp_
     with pytest.raises(CheckpointLoadError, match="text_encoder_2"):
         with manager.checkout("flux-no-t5"):
             pass
+
+
+def test_companion_files_of_another_model_are_refused_at_load_naming_the_file_to_check(models_dir, tmp_path):
+    """An SD-style 4-channel VAE saved as ae.safetensors, a wider CLIP saved as clip_l: clear load errors."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tests.support.flux_files import ae_state, clip_l_file_state, save
+
+    root, sources = models_dir
+    modules = sources["flux1-dev"]
+    sd_vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                           block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=32)
+    wide_clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=1, max_position_embeddings=77))
+    cases = {"vae": ({**modules, "vae": sd_vae}, "4 latent channels", "ae.safetensors"),
+             "clip": ({**modules, "text_encoder": wide_clip}, "64 wide", "clip_l.safetensors")}
+    for case, (companions, problem, file_name) in cases.items():
+        folder = tmp_path / case
+        write_companions(folder, companions)
+        manager = ModelManager(catalog_of(root, folder / "text_encoder", folder / "VAE"), torch.device("cpu"),
+                               torch.float32)
+        with pytest.raises(CheckpointLoadError) as caught:
+            with manager.checkout("flux1-dev"):
+                pass
+        assert problem in str(caught.value) and file_name in str(caught.value), str(caught.value)
+
+
+def test_a_truncated_flux_file_is_listed_as_unusable_with_the_reason(models_dir, tmp_path):
+    root, _ = models_dir
+    checkpoints = tmp_path / "Stable-diffusion"
+    checkpoints.mkdir()
+    data = (root / "Stable-diffusion" / "flux1-dev.safetensors").read_bytes()
+    (checkpoints / "flux1-dev-broken.safetensors").write_bytes(data[: len(data) // 2])
+    record = catalog_of(tmp_path, root / "text_encoder", root / "VAE").find("flux1-dev-broken")
+    assert not record.usable and "truncated" in record.error
+
+
+def test_the_img2img_and_inpaint_pipelines_take_the_loaded_components(models_dir):
+    import diffusers
+    from PIL import Image
+
+    from webui.models.families import TXT2IMG, family_named
+
+    root, _ = models_dir
+    manager = ModelManager(catalog_of(root), torch.device("cpu"), torch.float32)
+    flux = family_named("flux")
+    with manager.checkout("flux1-dev") as model:
+        assert flux.pipeline_class_name(TXT2IMG) == type(model.pipeline).__name__
+        img2img = getattr(diffusers, flux.pipeline_class_name("img2img"))(**model.pipeline.components)
+        img2img.set_progress_bar_config(disable=True)
+        image = img2img("a photo of a cat", image=Image.new("RGB", (32, 32), (200, 30, 30)), strength=0.5,
+                        num_inference_steps=2, height=32, width=32,
+                        **{**flux.pipeline_arguments(model.record.architecture.variant), "max_sequence_length": 32},
+                        generator=torch.Generator().manual_seed(1), output_type="np").images
+        inpaint = getattr(diffusers, flux.pipeline_class_name("inpaint"))(**model.pipeline.components)
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+    assert type(inpaint).__name__ == "FluxInpaintPipeline"

@@ -124,6 +124,8 @@ def test_the_engine_gets_each_variants_published_call_arguments():
     assert FLUX.pipeline_arguments(DEV, 5.0) == {"guidance_scale": 5.0, "max_sequence_length": 512}
     assert FLUX.pipeline_arguments(SCHNELL, 5.0) == {"guidance_scale": 0.0, "max_sequence_length": 256}
     assert (FLUX.generation_defaults(DEV).steps, FLUX.generation_defaults(SCHNELL).steps) == (28, 4)
+    assert FLUX.distilled_guidance and not any(family.distilled_guidance for family in FAMILIES if family is not FLUX)
+    assert all(family.pipeline_arguments(None, 7.0) == {} for family in FAMILIES if family is not FLUX)
     assert FLUX.pipeline_class_name("txt2img") == "FluxPipeline"
     assert FLUX.pipeline_class_name("img2img") == "FluxImg2ImgPipeline"
     assert FLUX.pipeline_class_name("inpaint") == "FluxInpaintPipeline"

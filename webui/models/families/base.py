@@ -70,6 +70,9 @@ class ModelFamily(ABC):
     latent_channels: ClassVar[int] = 4
     # A1111's "Clip skip" applies to the family's prompt encoding (families without CLIP-only prompts lack it).
     uses_clip_skip: ClassVar[bool] = True
+    # The CFG scale is an input of a guidance-distilled model (Flux.1 dev) instead of classifier-free guidance:
+    # one denoiser pass per step, no negative prompt. `pipeline_arguments` says what the pipeline call takes.
+    distilled_guidance: ClassVar[bool] = False
     # The scheduler class a freshly built pipeline starts with (the generation engine may swap it per sampler).
     scheduler_class: ClassVar[str] = "EulerDiscreteScheduler"
     # Text encoders a checkpoint may lack and still generate (the pipeline gets None for them).
@@ -137,6 +140,10 @@ class ModelFamily(ABC):
         """The shipped component configs adjusted to the shapes of these (diffusers-keyed) weights. The SD
         families ship one config per component and use it as is."""
         return {name: dict(config) for name, config in configs.items()}
+
+    def pipeline_arguments(self, variant: str | None, guidance_scale: float | None = None) -> dict[str, Any]:
+        """Family-specific arguments of a pipeline call (Flux: distilled guidance, T5 length); none by default."""
+        return {}
 
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         """"epsilon" or "v" for a model of this family trained at `resolution` (when its config does not say)."""

@@ -78,6 +78,7 @@ class Flux1(ModelFamily):
     single_file_denoiser = "bfl_flux"
     latent_channels = 16
     uses_clip_skip = False  # the pooled CLIP output and T5's last layer; no A1111 clip skip
+    distilled_guidance = True  # dev's CFG scale is a model input (one pass, no negative prompt); see pipeline_arguments
     scheduler_class = "FlowMatchEulerDiscreteScheduler"
     text_encoders = ("text_encoder", "text_encoder_2")
     tokenizers = ("tokenizer", "tokenizer_2")
@@ -184,8 +185,32 @@ class Flux1(ModelFamily):
                     state_dicts: Mapping[str, StateDict]) -> dict[str, dict[str, Any]]:
         fitters = {"transformer": fit_transformer_config, "vae": fit_vae_config, "text_encoder": fit_clip_config,
                    "text_encoder_2": fit_t5_config}
-        return {name: fitters[name](config, state_dicts[name]) if name in state_dicts else dict(config)
-                for name, config in configs.items()}
+        fitted = {name: fitters[name](config, state_dicts[name]) if name in state_dicts else dict(config)
+                  for name, config in configs.items()}
+        problems = mismatched_components(fitted)
+        if problems:
+            raise ValueError(f"its {self.label} components do not fit together: {'; '.join(problems)}")
+        return fitted
+
+
+def mismatched_components(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Companion files that are not the transformer's (an SD VAE saved as ae.safetensors, CLIP-G as clip_l):
+    each would build, then fail at the first generation; said here, at load, with the file to check."""
+    transformer, clip, t5, vae = (configs.get(name) for name in ("transformer", "text_encoder", "text_encoder_2",
+                                                                   "vae"))
+    if transformer is None:
+        return []
+    problems = []
+    if clip is not None and clip["hidden_size"] != transformer["pooled_projection_dim"]:
+        problems.append(f"the CLIP text encoder is {clip['hidden_size']} wide but the transformer takes "
+                        f"{transformer['pooled_projection_dim']}-wide pooled text (is clip_l.safetensors CLIP-L?)")
+    if t5 is not None and t5["d_model"] != transformer["joint_attention_dim"]:
+        problems.append(f"the T5 text encoder is {t5['d_model']} wide but the transformer takes "
+                        f"{transformer['joint_attention_dim']}-wide text (is the t5xxl file T5-XXL?)")
+    if vae is not None and 4 * vae["latent_channels"] != transformer["in_channels"]:
+        problems.append(f"the VAE has {vae['latent_channels']} latent channels but the transformer takes "
+                        f"{transformer['in_channels'] // 4} (is ae.safetensors Flux's VAE?)")
+    return problems
 
 
 def rope_axes(head_width: int) -> list[int]:
