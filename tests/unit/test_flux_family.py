@@ -98,6 +98,11 @@ def test_flux_fill_and_flux_derivatives_are_refused_with_a_reason():
     chroma = {key: shape for key, shape in fill.items() if ".vector_in." not in key}  # Chroma has no vector_in
     with pytest.raises(UnsupportedCheckpointError, match="Flux derivative"):
         detect_architecture(chroma)
+    nf4 = {key: tuple(value.shape) for key, value in state.items()}  # Forge's flux1-dev-bnb-nf4 layout
+    nf4["model.diffusion_model.double_blocks.0.img_attn.qkv.weight.absmax"] = (1024,)
+    nf4["model.diffusion_model.double_blocks.0.img_attn.qkv.weight.quant_state.bitsandbytes__nf4"] = (200,)
+    with pytest.raises(UnsupportedCheckpointError, match="NF4.*fp8, fp16 or bf16"):
+        detect_architecture(nf4)
 
 
 def test_the_family_encoding_rule_is_diffusers_flux_encoding():
@@ -129,3 +134,23 @@ def test_the_engine_gets_each_variants_published_call_arguments():
     assert FLUX.pipeline_class_name("txt2img") == "FluxPipeline"
     assert FLUX.pipeline_class_name("img2img") == "FluxImg2ImgPipeline"
     assert FLUX.pipeline_class_name("inpaint") == "FluxInpaintPipeline"
+
+
+@pytest.mark.parametrize("variant", [DEV, SCHNELL])
+def test_full_size_bfl_names_convert_to_exactly_the_published_models_tensors(variant):
+    """At Flux.1's own width (3072, which diffusers' converter assumes) on the meta device: BFL names of the
+    full-size model (19 + 38 blocks) are detected with their variant and convert to every tensor of the
+    diffusers model, shape for shape."""
+    from webui.models.ldm_conversion import flux_transformer_from_bfl
+
+    shipped = load_component_config("flux", "transformer")
+    transformer = meta_transformer({**shipped, "guidance_embeds": variant == DEV})
+    expected = transformer.state_dict()
+    bfl = transformer_to_bfl(dict(expected))
+    assert len([key for key in bfl if key.endswith("linear1.weight")]) == 38
+    architecture = detect_architecture({key: tuple(value.shape) for key, value in bfl.items()})
+    assert (architecture.family, architecture.variant) == ("flux", variant)
+    converted = flux_transformer_from_bfl({key.removeprefix("model.diffusion_model."): value
+                                           for key, value in bfl.items()})
+    assert {key: tuple(value.shape) for key, value in converted.items()} == {
+        key: tuple(value.shape) for key, value in expected.items()}
