@@ -131,6 +131,7 @@ def test_the_engine_gets_each_variants_published_call_arguments():
     assert (FLUX.generation_defaults(DEV).steps, FLUX.generation_defaults(SCHNELL).steps) == (28, 4)
     assert FLUX.distilled_guidance and not any(family.distilled_guidance for family in FAMILIES if family is not FLUX)
     assert all(family.pipeline_arguments(None, 7.0) == {} for family in FAMILIES if family is not FLUX)
+    assert FLUX.generation_defaults(SCHNELL).sampler == "Euler"
     assert FLUX.pipeline_class_name("txt2img") == "FluxPipeline"
     assert FLUX.pipeline_class_name("img2img") == "FluxImg2ImgPipeline"
     assert FLUX.pipeline_class_name("inpaint") == "FluxInpaintPipeline"
@@ -154,3 +155,13 @@ def test_full_size_bfl_names_convert_to_exactly_the_published_models_tensors(var
                                            for key, value in bfl.items()})
     assert {key: tuple(value.shape) for key, value in converted.items()} == {
         key: tuple(value.shape) for key, value in expected.items()}
+
+
+def test_packed_latents_unpack_for_the_live_preview_as_the_pipeline_packs_them():
+    latents = torch.randn(1, 16, 128, 96)  # a 1024x768 image's latents
+    packed = diffusers.FluxPipeline._pack_latents(latents, 1, 16, 128, 96)
+    assert packed.shape == (1, 64 * 48, 64)
+    torch.testing.assert_close(FLUX.unpack_latents(packed, 1024, 768), latents, rtol=0, atol=0)
+    assert FLUX.unpack_latents(latents, 1024, 768) is latents
+    sd3 = family_named("sd3")
+    assert sd3.unpack_latents(latents, 1024, 768) is latents
