@@ -165,3 +165,26 @@ def test_packed_latents_unpack_for_the_live_preview_as_the_pipeline_packs_them()
     assert FLUX.unpack_latents(latents, 1024, 768) is latents
     sd3 = family_named("sd3")
     assert sd3.unpack_latents(latents, 1024, 768) is latents
+
+
+def test_at_the_published_width_our_conversion_equals_diffusers_own_converter():
+    """Flux.1's 3072-wide blocks (one double, one single: the converter's hard-coded width applies): the
+    wrapper that splits the single-stream `linear1` itself gives diffusers' converter's result, tensor for
+    tensor."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from webui.models.ldm_conversion import flux_transformer_from_bfl
+
+    shipped = load_component_config("flux", "transformer")
+    layout = meta_transformer({**shipped, "num_layers": 1, "num_single_layers": 1}).state_dict()
+    # Every element a different number (the conversion only moves, splits and joins tensors): any misplaced
+    # element shows.
+    state, start = {}, 0
+    for key, value in layout.items():
+        state[key] = torch.arange(start, start + value.numel(), dtype=torch.int32).view(value.shape)
+        start += value.numel()
+    bfl = transformer_to_bfl(state, prefix="")
+    ours = flux_transformer_from_bfl(bfl)
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    assert set(ours) == set(theirs) == set(state)
+    assert all(torch.equal(ours[key], theirs[key]) and torch.equal(ours[key], state[key]) for key in state)
