@@ -367,7 +367,8 @@ SD3_MMDIT_FORMAT = "sd3_mmdit"
 BFL_FLUX_FORMAT = "bfl_flux"
 
 
-def vae_from_ldm(vae_state: Mapping[str, Tensor], family: ModelFamily, configs: Mapping[str, dict]) -> dict[str, Tensor]:
+def vae_from_ldm(vae_state: Mapping[str, Tensor], family: ModelFamily,
+                 configs: Mapping[str, dict]) -> dict[str, Tensor]:
     """A VAE in LDM names under `first_stage_model.` (a checkpoint's, or a standalone file such as Flux's
     ae.safetensors given that prefix) -> diffusers names, through diffusers' converter."""
     return convert_ldm_vae_checkpoint(dict(vae_state), _fitted_ldm_vae_config(family, configs, vae_state))
