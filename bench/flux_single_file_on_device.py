@@ -97,6 +97,7 @@ def main() -> None:
     start = time.perf_counter()
     report.update(write_files(models))
     report["write_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(report), flush=True)  # progress, in case the run is cut off
 
     catalog = CheckpointCatalog(models / "Stable-diffusion", HashCache(args.work / "hashes.json"))
     record = catalog.find("unet/flux1-dev-fp8")
@@ -114,6 +115,7 @@ def main() -> None:
         seconds, finite = timed_denoise(pipeline, args.steps)
         report["s_per_image"], report["image_finite"] = round(seconds, 2), finite
         report["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
+        print(json.dumps(report), flush=True)
         ours = pipeline.transformer.state_dict()
         import diffusers
 
