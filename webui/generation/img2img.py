@@ -23,6 +23,7 @@ from webui.generation.denoise import (
     executed_steps,
     pipeline_strength,
     pipeline_for,
+    sized,
     use_sampler,
     uses_inpainting_unet,
 )
@@ -163,13 +164,16 @@ def _latent_start(model: LoadedModel, request: Img2ImgRequest, prepared: Prepare
 def _denoise(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedSource, conditioning, seeds: list[int],
              subseeds: list[int], control: JobControl | None, denoising: DenoisingHooks | None = None) -> list[Image.Image]:
     arguments = common_arguments(model, conditioning, batch_size=len(seeds), steps=request.steps,
-                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising)
+                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising,
+                                 image_size=(prepared.work_image.height, prepared.work_image.width))
     start = _latent_start(model, request, prepared, seeds, subseeds, denoising)
     image: Any = start if start is not None else prepared.work_image
     arguments.update(image=image, strength=pipeline_strength(request.steps, request.denoising_strength),
                      output_type="pil")
     if prepared.work_mask is None and not uses_inpainting_unet(model):
-        return list(pipeline_for(model, "img2img", denoising)(**arguments).images)
+        pipeline = pipeline_for(model, "img2img", denoising)
+        width, height = prepared.work_image.size
+        return list(pipeline(**sized(pipeline, arguments, width, height)).images)
     mask = prepared.work_mask or Image.new("L", prepared.work_image.size, 255)
     width, height = prepared.work_image.size
     arguments.update(mask_image=mask, width=width, height=height)

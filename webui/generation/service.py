@@ -24,7 +24,13 @@ from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.request_codec import decode_request, encode_request
 from webui.generation.samplers import AUTOMATIC, sampler_names, schedule_types_for
-from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
+from webui.generation.requests import (
+    GenerationLimits,
+    Img2ImgRequest,
+    RequestError,
+    Txt2ImgRequest,
+    check_samplers_for_family,
+)
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
 from webui.jobs.progress import JobControl
@@ -32,6 +38,7 @@ from webui.jobs.job import Job
 from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
+from webui.models.families import family_named
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
 from webui.models.service import ModelService
@@ -86,7 +93,10 @@ class GenerationService:
             raise RequestError(f"unknown style(s) {', '.join(unknown_styles)}; "
                                f"available: {', '.join(self.styles.names()) or '(none)'}")
         if request.checkpoint:
-            self.models.check_usable(request.checkpoint)
+            record = self.models.check_usable(request.checkpoint)
+            if record is not None and record.architecture is not None:
+                family = family_named(record.architecture.family)
+                check_samplers_for_family(request, family.flow_matching, family.label, tuple(self.hooks.samplers()))
         return request
 
     def sampler_names(self) -> list[str]:
@@ -131,7 +141,7 @@ class GenerationService:
     def prepare(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """Validate a request and pin the checkpoint it runs on (the selected one when it names none),
         so that any worker draws it alike; LoRA tags and the VAE name are checked too."""
-        request = self.pin_checkpoint(self.validate_txt2img(request))
+        request = self.validate_txt2img(self.pin_checkpoint(request))
         self.lora_uses(request)
         self.models.resolve_vae(request.vae)
         return request

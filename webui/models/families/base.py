@@ -77,6 +77,19 @@ class ModelFamily(ABC):
     # Text encoders a checkpoint may leave out and the loader then reads from the text-encoder folder
     # (models/text_encoder, ComfyUI/Forge file names, most preferred first; globs allowed).
     separate_text_encoder_files: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    # A text encoder that reads the whole prompt once (T5), not in 77-token CLIP chunks: its component, its
+    # tokenizer and how many tokens it reads (longer prompts are cut there and the user is told). None: every
+    # text encoder reads CLIP chunks.
+    sequence_text_encoder: ClassVar[str | None] = None
+    sequence_tokenizer: ClassVar[str | None] = None
+    sequence_max_tokens: ClassVar[int] = 0
+    # Sampling: flow-matching families (SD3, Flux) use the flow sampler table of webui.generation.samplers;
+    # the sampler a UI preselects for the family.
+    flow_matching: ClassVar[bool] = False
+    default_sampler: ClassVar[str] = "DPM++ 2M"
+    # The tensor a pipeline's step callback may hand back to change the pooled text embedding mid-run (SDXL's
+    # "add_text_embeds"); None where the pipeline reads none back (a prompt schedule then keeps the first one).
+    pooled_step_input: ClassVar[str | None] = None
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -108,6 +121,48 @@ class ModelFamily(ABC):
         if clip_skip > 1:
             return final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
         return output.last_hidden_state, None
+
+    def encode_chunk(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                     clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One 77-token chunk of the CLIP encoders (those before `sequence_text_encoder`) -> (hidden states,
+        pooled or None). `joint_width`: the denoiser's text width, for families that pad CLIP to it."""
+        return self.encode_token_ids(text_encoders, token_ids, clip_skip)
+
+    def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
+                        joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """The `sequence_text_encoder`'s hidden states for a whole prompt (only families that have one)."""
+        raise NotImplementedError(f"{self.label} has no whole-prompt text encoder")
+
+    def joint_width(self, denoiser_config: Mapping[str, Any]) -> int:
+        """The text features' width the loaded denoiser takes (its config may differ from the family's
+        published width, e.g. tiny test models)."""
+        return int(denoiser_config.get("joint_attention_dim") or denoiser_config.get("cross_attention_dim")
+                   or self.cross_attention_width)
+
+    def pipeline_arguments(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
+                           pooled: torch.Tensor | None, negative_pooled: torch.Tensor | None,
+                           cfg_scale: float) -> dict[str, Any]:
+        """What the family's diffusers pipelines take for the prompt and the guidance: our own embeddings,
+        and the pooled ones for families conditioned on pooled text (Flux-like families change this: their
+        distilled guidance and no negative prompt)."""
+        arguments: dict[str, Any] = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                         guidance_scale=cfg_scale)
+        if self.conditions_on_pooled_text:
+            arguments.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        return arguments
+
+    def latent_shape(self, height: int, width: int, vae_scale_factor: int) -> tuple[int, int, int]:
+        """One image's initial-noise shape (A1111 draws noise in the VAE's latent layout)."""
+        return (self.latent_channels, height // vae_scale_factor, width // vae_scale_factor)
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents in the VAE's layout -> what the pipeline's `latents` argument takes (Flux packs 2x2)."""
+        return latents
+
+    def vae_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The pipeline's latents (step callback, "latent" output) -> the VAE's layout, for previews and the
+        latent hires fix (the inverse of `pipeline_latents`)."""
+        return latents
 
     def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return f"{self.label} inpainting" if unet_in_channels == 9 else self.label
