@@ -230,3 +230,21 @@ def test_the_infotext_pastes_back_into_the_same_image(ctx):
                                               "seed", "cfg_scale", "width", "height")}
     again = txt2img(ctx, **fields)
     assert again.images[0].tobytes() == first.images[0].tobytes()
+
+
+def test_a_batch_draws_each_image_as_its_own_seed_would(ctx):
+    scheduled = "[a red car:a blue boat:1]"  # a prompt schedule too: the T5 part changes after step 2 of 4
+    batch = txt2img(ctx, batch_size=2, prompt=scheduled, steps=4)
+    assert batch.seeds == [7, 8] and len(batch.images) == 2
+    for image, seed in zip(batch.images, (7, 8)):
+        alone = txt2img(ctx, seed=seed, prompt=scheduled, steps=4).images[0]
+        assert np.abs(pixels(image) - pixels(alone)).max() <= 1
+    unscheduled = txt2img(ctx, seed=7, prompt="a red car", steps=4).images[0]
+    assert np.abs(pixels(batch.images[0]) - pixels(unscheduled)).mean() > 0.02  # (a tiny random model: small)
+
+
+def test_clip_skip_moves_the_clip_layers_and_is_written(ctx):
+    plain = txt2img(ctx)
+    skipped = txt2img(ctx, clip_skip=2)
+    assert skipped.parameters["Clip skip"] == 2 and "Clip skip" not in plain.infotexts[0]
+    assert np.abs(pixels(plain.images[0]) - pixels(skipped.images[0])).mean() > 0.02

@@ -172,9 +172,9 @@ def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, 
     first_positive, first_negative = conditioning.positive[0], conditioning.negative[0]
     family = family_named(model.family)
     arguments: dict[str, Any] = family.pipeline_arguments(first_positive.embeds, first_negative.embeds,
-                                                          first_positive.pooled, first_negative.pooled, cfg_scale)
+                                                          first_positive.pooled, first_negative.pooled, cfg_scale,
+                                                          batch_size)
     arguments.update(
-        num_images_per_prompt=batch_size,
         num_inference_steps=steps,
         # One CPU generator per image keeps sampler noise tied to the image's own seed (A1111 semantics).
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],

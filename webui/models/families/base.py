@@ -90,6 +90,9 @@ class ModelFamily(ABC):
     # The tensor a pipeline's step callback may hand back to change the pooled text embedding mid-run (SDXL's
     # "add_text_embeds"); None where the pipeline reads none back (a prompt schedule then keeps the first one).
     pooled_step_input: ClassVar[str | None] = None
+    # Whether the pipelines repeat given `prompt_embeds` for `num_images_per_prompt` (SD1/SDXL do; SD3's
+    # use given embeddings as they are).
+    repeats_given_embeddings: ClassVar[bool] = True
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -141,12 +144,19 @@ class ModelFamily(ABC):
 
     def pipeline_arguments(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
                            pooled: torch.Tensor | None, negative_pooled: torch.Tensor | None,
-                           cfg_scale: float) -> dict[str, Any]:
-        """What the family's diffusers pipelines take for the prompt and the guidance: our own embeddings,
-        and the pooled ones for families conditioned on pooled text (Flux-like families change this: their
-        distilled guidance and no negative prompt)."""
+                           cfg_scale: float, batch_size: int) -> dict[str, Any]:
+        """What the family's diffusers pipelines take for one prompt's `batch_size` images and the guidance:
+        our own embeddings (one row each), and the pooled ones for families conditioned on pooled text.
+        Pipelines that do not repeat given embeddings per image (`repeats_given_embeddings`) get them
+        repeated here. Flux-like families change this: their distilled guidance and no negative prompt."""
+        per_prompt = batch_size
+        if not self.repeats_given_embeddings:
+            prompt_embeds, negative_prompt_embeds, pooled, negative_pooled = (
+                None if tensor is None else tensor.repeat(batch_size, *([1] * (tensor.dim() - 1)))
+                for tensor in (prompt_embeds, negative_prompt_embeds, pooled, negative_pooled))
+            per_prompt = 1
         arguments: dict[str, Any] = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-                                         guidance_scale=cfg_scale)
+                                         guidance_scale=cfg_scale, num_images_per_prompt=per_prompt)
         if self.conditions_on_pooled_text:
             arguments.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
         return arguments

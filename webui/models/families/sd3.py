@@ -60,6 +60,7 @@ class StableDiffusion3(ModelFamily):
     # T5 reads the whole prompt once, up to diffusers' default `max_sequence_length`; CLIP reads 77-token chunks.
     sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_3", "tokenizer_3", 256
     flow_matching = True
+    repeats_given_embeddings = False
     default_sampler = "Euler"
     separate_text_encoder_files = frozen({
         "text_encoder": ("clip_l.safetensors", "clip_l*.safetensors"),
