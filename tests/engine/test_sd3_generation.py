@@ -248,3 +248,20 @@ def test_clip_skip_moves_the_clip_layers_and_is_written(ctx):
     skipped = txt2img(ctx, clip_skip=2)
     assert skipped.parameters["Clip skip"] == 2 and "Clip skip" not in plain.infotexts[0]
     assert np.abs(pixels(plain.images[0]) - pixels(skipped.images[0])).mean() > 0.02
+
+
+def test_progress_is_reported_and_interrupt_stops_after_the_current_step(ctx):
+    control = JobControl()
+    steps_seen: list[int] = []
+
+    def on_change() -> None:
+        step = control.snapshot().step
+        if step and (not steps_seen or steps_seen[-1] != step):
+            steps_seen.append(step)
+            if step == 2:
+                control.interrupt()
+
+    control.listen(on_change)
+    result = txt2img(ctx, control=control, steps=6, batch_count=2)
+    assert steps_seen == [1, 2]  # the denoising loop ended right after the step that asked to stop
+    assert result.interrupted and len(result.images) == 1  # the second batch never started
