@@ -117,6 +117,8 @@ def test_a_checkpoint_without_t5_generates_from_clip_and_says_so(ctx):
     assert result.images[0].size == (64, 64) and pixels(result.images[0]).std() > 1
     assert len(result.warnings) == 1 and "t5xxl_fp16.safetensors" in result.warnings[0], result.warnings
     assert result.parameters["T5"] == "absent" and ", T5: absent," in result.infotexts[0]
+    redrawn = img2img(ctx, source_image(), checkpoint=LARGE_FILE, denoising_strength=0.5)
+    assert redrawn.parameters["T5"] == "absent" and "t5xxl_fp16.safetensors" in redrawn.warnings[0]
 
 
 def test_a_prompt_over_t5s_limit_is_truncated_with_a_warning(ctx):

@@ -50,6 +50,7 @@ from webui.generation.txt2img import (
     finish_grid,
     generation_parameters,
     initial_noise,
+    note_job,
     prepare_prompts,
     resolve_seed,
 )
@@ -232,8 +233,10 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
                                       control, denoising)]
 
     def parameters_for(image_prompts: PreparedPrompts, image_seed: int, image_subseed: int) -> dict[str, Any]:
+        note_job(job, encoder)
         parameters = generation_parameters(request, model, image_seed, image_subseed, image_prompts.ti_hashes,
-                                           image_prompts.model_extras)
+                                           image_prompts.model_extras,
+                                           encoder.sequence_infotext(image_prompts.encoder_prompt, steps))
         parameters.update(img2img_parameters(request, prepared))
         parameters["Size"] = f"{size[0]}x{size[1]}"
         return parameters
