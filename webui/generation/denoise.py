@@ -171,9 +171,11 @@ def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, 
     the pipeline takes for the prompt and the guidance is the family's decision)."""
     first_positive, first_negative = conditioning.positive[0], conditioning.negative[0]
     family = family_named(model.family)
-    arguments: dict[str, Any] = family.pipeline_arguments(first_positive.embeds, first_negative.embeds,
-                                                          first_positive.pooled, first_negative.pooled, cfg_scale,
-                                                          batch_size)
+    arguments: dict[str, Any] = family.prompt_arguments(first_positive.embeds, first_negative.embeds,
+                                                        first_positive.pooled, first_negative.pooled, cfg_scale,
+                                                        batch_size)
+    architecture = model.record.architecture
+    arguments.update(family.pipeline_arguments(architecture.variant if architecture else None, cfg_scale))
     arguments.update(
         num_inference_steps=steps,
         # One CPU generator per image keeps sampler noise tied to the image's own seed (A1111 semantics).

@@ -70,6 +70,9 @@ class ModelFamily(ABC):
     latent_channels: ClassVar[int] = 4
     # A1111's "Clip skip" applies to the family's prompt encoding (families without CLIP-only prompts lack it).
     uses_clip_skip: ClassVar[bool] = True
+    # The CFG scale is an input of a guidance-distilled model (Flux.1 dev) instead of classifier-free guidance:
+    # one denoiser pass per step, no negative prompt. `pipeline_arguments` says what the pipeline call takes.
+    distilled_guidance: ClassVar[bool] = False
     # The scheduler class a freshly built pipeline starts with (the generation engine may swap it per sampler).
     scheduler_class: ClassVar[str] = "EulerDiscreteScheduler"
     # Text encoders a checkpoint may lack and still generate (the pipeline gets None for them).
@@ -93,6 +96,11 @@ class ModelFamily(ABC):
     # Whether the pipelines repeat given `prompt_embeds` for `num_images_per_prompt` (SD1/SDXL do; SD3's
     # use given embeddings as they are).
     repeats_given_embeddings: ClassVar[bool] = True
+    # VAE files a checkpoint may leave out and the loader then reads from the VAE folder (models/VAE; Flux's
+    # `ae.safetensors`); empty: the checkpoint must bundle its VAE.
+    separate_vae_files: ClassVar[tuple[str, ...]] = ()
+    # Prefixes under which a single file bundles its VAE (LDM: `first_stage_model.`; ComfyUI's Flux: `vae.`).
+    ldm_vae_prefixes: ClassVar[tuple[str, ...]] = ("first_stage_model.",)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -103,6 +111,16 @@ class ModelFamily(ABC):
     def config_folder(self) -> Path:
         """The shipped diffusers configs and tokenizer files (offline building of single-file checkpoints)."""
         return MODEL_CONFIGS / self.name
+
+    @property
+    def denoiser_in_channels(self) -> int:
+        """The input channels of the denoiser's first layer for text-to-image (Flux packs 2x2 latent patches:
+        4 x its 16 latent channels)."""
+        return self.latent_channels
+
+    def shipped_tokenizer_folder(self, tokenizer: str) -> Path:
+        """Where the shipped files of one tokenizer are (a family may share another family's files)."""
+        return self.config_folder / tokenizer
 
     def pipeline_class_name(self, mode: str) -> str:
         try:
@@ -142,13 +160,14 @@ class ModelFamily(ABC):
         return int(denoiser_config.get("joint_attention_dim") or denoiser_config.get("cross_attention_dim")
                    or self.cross_attention_width)
 
-    def pipeline_arguments(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
-                           pooled: torch.Tensor | None, negative_pooled: torch.Tensor | None,
-                           cfg_scale: float, batch_size: int) -> dict[str, Any]:
+    def prompt_arguments(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
+                         pooled: torch.Tensor | None, negative_pooled: torch.Tensor | None,
+                         cfg_scale: float, batch_size: int) -> dict[str, Any]:
         """What the family's diffusers pipelines take for one prompt's `batch_size` images and the guidance:
         our own embeddings (one row each), and the pooled ones for families conditioned on pooled text.
         Pipelines that do not repeat given embeddings per image (`repeats_given_embeddings`) get them
-        repeated here. Flux-like families change this: their distilled guidance and no negative prompt."""
+        repeated here. `pipeline_arguments` then adds (and may replace) what the family's calls take besides
+        (Flux: its distilled guidance)."""
         per_prompt = batch_size
         if not self.repeats_given_embeddings:
             prompt_embeds, negative_prompt_embeds, pooled, negative_pooled = (
@@ -187,6 +206,10 @@ class ModelFamily(ABC):
         """The shipped component configs adjusted to the shapes of these (diffusers-keyed) weights. The SD
         families ship one config per component and use it as is."""
         return {name: dict(config) for name, config in configs.items()}
+
+    def pipeline_arguments(self, variant: str | None, guidance_scale: float | None = None) -> dict[str, Any]:
+        """Family-specific arguments of a pipeline call (Flux: distilled guidance, T5 length); none by default."""
+        return {}
 
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         """"epsilon" or "v" for a model of this family trained at `resolution` (when its config does not say)."""
