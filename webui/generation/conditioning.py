@@ -140,9 +140,10 @@ class PromptEncoder:
     """Encodes prompts for one loaded pipeline; caches by text within a request. `notes` collects what the
     user should know about the encoding (a prompt cut at T5's limit), once each."""
 
-    def __init__(self, pipeline, family: str, clip_skip: int = 1):
+    def __init__(self, pipeline, family: str, clip_skip: int = 1, variant: str | None = None):
         self.pipeline = pipeline
         self.family = family_named(family)
+        self.sequence_tokens = self.family.sequence_limit(variant)  # T5's limit (Flux: per variant)
         self.clip_skip = max(1, clip_skip)
         self._cache: dict[str, PromptEmbedding] = {}
         self.notes: list[str] = []
@@ -194,15 +195,15 @@ class PromptEncoder:
         tokenizer = getattr(self.pipeline, family.sequence_tokenizer or "", None)
         clip_ids = torch.zeros(1, 1, dtype=torch.long, device=self._device)
         if encoder is None or tokenizer is None:  # a checkpoint without T5: zeros (the load warned about it)
-            zeros = family.encode_sequence(None, None, self._joint_width, clip_ids, family.sequence_max_tokens)
+            zeros = family.encode_sequence(None, None, self._joint_width, clip_ids, self.sequence_tokens)
             return zeros.to(clip_hidden)
-        tokens = tokenize_sequence(tokenizer, prompt, family.sequence_max_tokens)
+        tokens = tokenize_sequence(tokenizer, prompt, self.sequence_tokens)
         if tokens.truncated:
             self._truncated[prompt] = tokens
             if sequence_note(tokens) not in self.notes:
                 self.notes.append(sequence_note(tokens))
         ids = torch.tensor([tokens.ids], device=encoder.device)
-        states = family.encode_sequence(encoder, ids, self._joint_width, clip_ids, family.sequence_max_tokens)
+        states = family.encode_sequence(encoder, ids, self._joint_width, clip_ids, self.sequence_tokens)
         return _apply_weights(states.to(clip_hidden.dtype), torch.tensor(tokens.weights, device=states.device))
 
     def sequence_infotext(self, prompt: str, steps: int) -> str | None:

@@ -109,6 +109,12 @@ def noise_level(scheduler: Any, step: int) -> float:
     return ((1 - alpha) / alpha) ** 0.5
 
 
+def model_variant(model: LoadedModel) -> str | None:
+    """Which model of its family the checkpoint is (SD3.5 Medium/Large, Flux dev/schnell), None if unknown."""
+    architecture = model.record.architecture
+    return architecture.variant if architecture is not None else None
+
+
 def denoiser_of(model: LoadedModel) -> Any:
     """The loaded pipeline's denoiser: its UNet, or the transformer of DiT families (SD3, Flux)."""
     return getattr(model.pipeline, family_named(model.family).denoiser)
@@ -150,12 +156,13 @@ def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_
             positive = conditioning.positive[scheduled_step + 1]
             negative = conditioning.negative[scheduled_step + 1]
             hidden = batch_repeat(positive.embeds, batch_size)
-            if pipeline.do_classifier_free_guidance:
+            guided = getattr(pipeline, "do_classifier_free_guidance", False)  # (Flux: distilled, one pass)
+            if guided:
                 hidden = torch.cat([batch_repeat(negative.embeds, batch_size), hidden])
             updates["prompt_embeds"] = hidden
             if positive.pooled is not None and family.pooled_step_input is not None:
                 pooled = batch_repeat(positive.pooled, batch_size)
-                if pipeline.do_classifier_free_guidance:
+                if guided:
                     pooled = torch.cat([batch_repeat(negative.pooled, batch_size), pooled])
                 updates[family.pooled_step_input] = pooled
         return updates
@@ -174,8 +181,7 @@ def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, 
     arguments: dict[str, Any] = family.prompt_arguments(first_positive.embeds, first_negative.embeds,
                                                         first_positive.pooled, first_negative.pooled, cfg_scale,
                                                         batch_size)
-    architecture = model.record.architecture
-    arguments.update(family.pipeline_arguments(architecture.variant if architecture else None, cfg_scale))
+    arguments.update(family.pipeline_arguments(model_variant(model), cfg_scale))
     arguments.update(
         num_inference_steps=steps,
         # One CPU generator per image keeps sampler noise tied to the image's own seed (A1111 semantics).

@@ -16,6 +16,7 @@ from webui.generation.conditioning import ConditioningSchedule, PromptEncoder, b
 from webui.generation.denoise import (
     common_arguments,
     executed_steps,
+    model_variant,
     job_vae,
     pipeline_for,
     sized,
@@ -69,7 +70,7 @@ class HiresPass:
              denoising: DenoisingHooks | None = None) -> "HiresPass":
         width, height = hires_size(request)
         requested = request.hr_second_pass_steps or request.steps
-        encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+        encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
         conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative,
                                           max(executed_steps(requested, request.denoising_strength), 1))
         return cls(model, request, width, height, requested, conditioning, dict(samplers or {}), denoising)

@@ -21,6 +21,7 @@ from webui.generation.denoise import (
     common_arguments,
     encode_images,
     executed_steps,
+    model_variant,
     pipeline_strength,
     pipeline_for,
     sized,
@@ -214,7 +215,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     prepared = prepare_source(request, seed)
     job = JobInfo(request, list(model.warnings) + list(prepared.notes))
     denoising = hooks.denoising(job)
-    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
     steps = max(executed_steps(request.steps, request.denoising_strength), 1)
     saving = request.save_images and outputs_root is not None
     size = prepared.canvas.size

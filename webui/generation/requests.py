@@ -127,9 +127,10 @@ class Txt2ImgRequest:
 
 
 def check_samplers_for_family(request: "Txt2ImgRequest", flow_matching: bool, family_label: str,
-                              added_samplers: Collection[str] = ()) -> None:
-    """Refuse samplers the checkpoint's family cannot use (flow-matching families: SD3, Flux), naming those
-    that work; the request's first pass is from an image for img2img/inpaint, its hires pass always is."""
+                              added_samplers: Collection[str] = (), allowed: Collection[str] | None = None) -> None:
+    """Refuse samplers the checkpoint's family cannot use (flow-matching families: SD3, Flux; `allowed`: the
+    flow samplers its pipelines can drive, None for all), naming those that work; the request's first pass
+    is from an image for img2img/inpaint, its hires pass always is."""
     if not flow_matching:
         return
     from_image = isinstance(request, Img2ImgRequest)
@@ -141,7 +142,7 @@ def check_samplers_for_family(request: "Txt2ImgRequest", flow_matching: bool, fa
         if sampler in added_samplers:
             continue
         try:
-            check_flow_sampler(sampler, schedule, from_image=noised, family_label=family_label)
+            check_flow_sampler(sampler, schedule, from_image=noised, family_label=family_label, allowed=allowed)
         except UnknownSamplerError as error:
             raise RequestError(f"{'hires fix: ' if noised and not from_image else ''}{error}") from None
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
@@ -312,10 +312,12 @@ def noises_images(spec: SamplerSpec) -> bool:
 
 
 def check_flow_sampler(sampler: str, schedule_type: str | None, *, from_image: bool,
-                       family_label: str = "this model") -> str:
+                       family_label: str = "this model", allowed: Collection[str] | None = None) -> str:
     """The canonical flow sampler name for a request on a flow-matching model, or UnknownSamplerError naming
-    the samplers (and schedule types) that work for it; `from_image`: img2img, inpaint or a hires pass."""
-    usable = [spec for spec in FLOW_SAMPLERS if not from_image or noises_images(spec)]
+    the samplers (and schedule types) that work for it; `from_image`: img2img, inpaint or a hires pass;
+    `allowed`: the flow samplers the family's pipelines can drive (`ModelFamily.flow_sampler_names`)."""
+    usable = [spec for spec in FLOW_SAMPLERS if (not from_image or noises_images(spec))
+              and (allowed is None or spec.name in allowed)]
     names = ", ".join(spec.name for spec in usable)
     what = f"{family_label} ({'img2img, inpaint and hires fix' if from_image else 'txt2img'})"
     try:
@@ -323,6 +325,9 @@ def check_flow_sampler(sampler: str, schedule_type: str | None, *, from_image: b
     except UnknownSamplerError:
         raise UnknownSamplerError(f"Sampler {sampler!r} cannot sample {what}: it is a flow-matching model. "
                                   f"Samplers that work: {names}") from None
+    if allowed is not None and spec.name not in allowed:
+        raise UnknownSamplerError(f"Sampler {spec.name!r} cannot sample {what}: its pipeline cannot drive diffusers' "
+                                  f"{spec.scheduler_class}. Samplers that work: {names}")
     if spec not in usable:
         raise UnknownSamplerError(f"Sampler {spec.name!r} cannot sample {what}: diffusers' {spec.scheduler_class} "
                                   f"cannot start from a noised image. Samplers that work: {names}")

@@ -96,7 +96,9 @@ class GenerationService:
             record = self.models.check_usable(request.checkpoint)
             if record is not None and record.architecture is not None:
                 family = family_named(record.architecture.family)
-                check_samplers_for_family(request, family.flow_matching, family.label, tuple(self.hooks.samplers()))
+                label = family.architecture_label(0, record.architecture.variant)
+                check_samplers_for_family(request, family.flow_matching, label, tuple(self.hooks.samplers()),
+                                          family.flow_sampler_names(record.architecture.variant))
         return request
 
     def sampler_names(self) -> list[str]:

@@ -23,6 +23,7 @@ from webui.generation.denoise import (
     attention_installed,
     common_arguments,
     executed_steps,
+    model_variant,
     pipeline_for,
     use_sampler,
     uses_inpainting_unet,
@@ -228,7 +229,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     job = JobInfo(request, list(model.warnings))
     denoising = hooks.denoising(job)
-    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
     hires_prompts = None
     if request.enable_hr and (request.hr_prompt or request.hr_negative_prompt):
         hires_prompts = prepare_prompts(model, request.hr_prompt or request.prompt,

@@ -149,6 +149,15 @@ class ModelFamily(ABC):
         pooled or None). `joint_width`: the denoiser's text width, for families that pad CLIP to it."""
         return self.encode_token_ids(text_encoders, token_ids, clip_skip)
 
+    def flow_sampler_names(self, variant: str | None) -> tuple[str, ...] | None:
+        """The flow samplers (webui.generation.samplers.FLOW_SAMPLERS names) this family's pipelines can drive
+        for a model `variant`; None: all of them."""
+        return None
+
+    def sequence_limit(self, variant: str | None) -> int:
+        """How many tokens the `sequence_text_encoder` reads for a model of this family (EOS included)."""
+        return self.sequence_max_tokens
+
     def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
                         joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
         """The `sequence_text_encoder`'s hidden states for a whole prompt (only families that have one)."""
