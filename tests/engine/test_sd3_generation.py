@@ -267,3 +267,31 @@ def test_progress_is_reported_and_interrupt_stops_after_the_current_step(ctx):
     result = txt2img(ctx, control=control, steps=6, batch_count=2)
     assert steps_seen == [1, 2]  # the denoising loop ended right after the step that asked to stop
     assert result.interrupted and len(result.images) == 1  # the second batch never started
+
+
+def test_per_step_hooks_run_and_unet_call_hooks_are_reported_as_not_applying(ctx):
+    from webui.generation.hooks import DenoisingHooks, GenerationHooks
+    from webui.generation.txt2img import run_txt2img
+
+    class StepCounter(DenoisingHooks):
+        wants_unet = True  # e.g. an extension's UNet residuals: they speak the UNet's call, not the MMDiT's
+        steps: list[int] = []
+
+        def on_step(self, latents, step, total_steps, sigma):
+            self.steps.append(step)
+            return None
+
+    hooks_for_job = StepCounter()
+
+    class Hooks(GenerationHooks):
+        def denoising(self, job):
+            return hooks_for_job
+
+    request = ctx.generation.prepare(Txt2ImgRequest(**{**SMALL, "prompt": "a red car", "negative_prompt": "blurry",
+                                                       "seed": 7, "checkpoint": MEDIUM_FILE, "steps": 3}))
+    with ctx.models.managers[0].checkout(request.checkpoint) as model:
+        result = run_txt2img(model, request, outputs_root=None, hooks=Hooks())
+    assert hooks_for_job.steps == [0, 1, 2]
+    assert result.warnings == ("extension hooks on the UNet's calls do not apply to SD3.5's transformer: not used",)
+    plain = txt2img(ctx, steps=3)
+    assert result.images[0].tobytes() == plain.images[0].tobytes()

@@ -56,6 +56,15 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
     return pipeline
 
 
+def unet_hooks_note(model: LoadedModel, denoising: DenoisingHooks | None) -> list[str]:
+    """What the user should know when extensions hook UNet calls on a model whose denoiser is a transformer
+    (SD3, Flux): those hooks speak the UNet's call and are left out (`pipeline_for`)."""
+    family = family_named(model.family)
+    if denoising is None or not denoising.wants_unet or family.denoiser == "unet":
+        return []
+    return [f"extension hooks on the UNet's calls do not apply to {family.label}'s {family.denoiser}: not used"]
+
+
 def sized(pipeline: Any, arguments: dict[str, Any], width: int, height: int) -> dict[str, Any]:
     """`arguments` plus the output size where the pipeline takes one: SD1/SDXL img2img pipelines take the
     size from the image and have no such parameters; SD3's default to the family's native size otherwise."""

@@ -25,6 +25,7 @@ from webui.generation.denoise import (
     pipeline_strength,
     pipeline_for,
     sized,
+    unet_hooks_note,
     use_sampler,
     uses_inpainting_unet,
 )
@@ -215,6 +216,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     prepared = prepare_source(request, seed)
     job = JobInfo(request, list(model.warnings) + list(prepared.notes))
     denoising = hooks.denoising(job)
+    job.warnings.extend(unet_hooks_note(model, denoising))
     encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
     steps = max(executed_steps(request.steps, request.denoising_strength), 1)
     saving = request.save_images and outputs_root is not None

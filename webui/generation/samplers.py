@@ -30,9 +30,11 @@ schedulers; "DPM++ 2M", "DPM++ 2M SDE" and "UniPC" are the multistep solvers wit
 `prediction_type="flow_prediction"` (the model's `shift` becomes their `flow_shift`; UniPC in its bh2 variant,
 as bh1 cannot take the last step to sigma 0 and a flow schedule's sigma_min leaves noise). Those solvers have no
 `scale_noise`, which diffusers' SD3/Flux img2img and inpaint pipelines call, so they draw txt2img only (no
-img2img, inpaint or hires fix). Every flow schedule starts from the model's own shifted sigmas: "Simple" (the
-default; "Normal", "SGM Uniform" and "Uniform" are the same even spacing in t for a flow model), and "Karras",
-"Exponential" and "Beta" re-spaced by diffusers' FlowMatch Euler scheduler.
+img2img, inpaint or hires fix). A family may narrow the table further (`ModelFamily.flow_sampler_names`:
+FluxPipeline passes its own sigmas and shift, which not every scheduler takes). Every flow schedule starts
+from the model's own shifted sigmas: "Simple" (the default; "Normal", "SGM Uniform" and "Uniform" are the
+same even spacing in t for a flow model), and "Karras", "Exponential" and "Beta" re-spaced by diffusers'
+FlowMatch Euler scheduler.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from webui.generation.denoise import (
     executed_steps,
     model_variant,
     pipeline_for,
+    unet_hooks_note,
     use_sampler,
     uses_inpainting_unet,
 )
@@ -229,6 +230,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     job = JobInfo(request, list(model.warnings))
     denoising = hooks.denoising(job)
+    job.warnings.extend(unet_hooks_note(model, denoising))
     encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
     hires_prompts = None
     if request.enable_hr and (request.hr_prompt or request.hr_negative_prompt):
