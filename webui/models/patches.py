@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from webui.models.embeddings import Embedding, EmbeddingInjector
-from webui.models.lora_formats import COMPONENT_UNET, KIND_DIFF, LoraPatch, patch_bias_delta, patch_delta
+from webui.models.lora_formats import COMPONENT_TE, KIND_DIFF, LoraPatch, patch_bias_delta, patch_delta
 
 __all__ = ["ModelPatcher", "PatchSet", "TokenPatch", "WeightPatch", "WeightPatcher", "token_patches",
            "weight_patches"]
@@ -62,11 +62,13 @@ class WeightPatch:
 
 def weight_patches(updates: Iterable[LoraPatch], te_strength: float, unet_strength: float,
                    source: str) -> tuple[WeightPatch, ...]:
-    """One file's layer updates as patches: the UNet's at ``unet_strength``, every text encoder's at
-    ``te_strength``; a strength of 0 leaves those weights out entirely (they stay bitwise original)."""
+    """One file's layer updates as patches: every text encoder's (``text_encoder``, ``text_encoder_2``,
+    ...) at ``te_strength``, the denoiser's (``unet``, or a transformer) at ``unet_strength``; a strength
+    of 0 leaves those weights out entirely (they stay bitwise original)."""
     patches: list[WeightPatch] = []
     for update in updates:
-        strength = float(unet_strength if update.component == COMPONENT_UNET else te_strength)
+        is_text_encoder = update.component.startswith(COMPONENT_TE)
+        strength = float(te_strength if is_text_encoder else unet_strength)
         if strength == 0.0:
             continue
         patches.append(WeightPatch(update.target, WEIGHT, update, strength, source))

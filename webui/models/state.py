@@ -85,14 +85,6 @@ class ModelState:
     def lora_uses(self) -> tuple[LoraUse, ...]:
         return tuple(lora.use for lora in self.loras)
 
-    def describe(self) -> str:
-        """A short line for logs and errors: checkpoint, VAE and LoRAs by name."""
-        parts = [self.checkpoint.name]
-        if self.vae is not None:
-            parts.append(f"VAE {self.vae.name}")
-        parts += [f"<lora:{lora.file.name}:{lora.te_weight:g}:{lora.unet_weight:g}>" for lora in self.loras]
-        return " ".join(parts)
-
 
 def model_file(name: str, path: Path, hashes: HashCache) -> ModelFile:
     """A file named in a state, hashed through the shared cache (read once per file version)."""
