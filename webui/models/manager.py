@@ -273,7 +273,10 @@ class ModelManager:
         for attempt in range(2):
             for record in self.catalog.records():
                 if record.path == checkpoint.path:
-                    return dataclasses.replace(record, sha256=checkpoint.sha256)
+                    record = self.catalog.with_hash(record)  # the catalog's titles show the hash from now on
+                    if record.sha256 != checkpoint.sha256:  # the catalog's hash predates a change of the file
+                        record = dataclasses.replace(record, sha256=checkpoint.sha256)
+                    return record
             if attempt == 0:
                 self.catalog.refresh()
         raise UnknownCheckpointError(f"checkpoint {checkpoint.name!r} ({checkpoint.path}) is no longer in the catalog")
