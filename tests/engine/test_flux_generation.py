@@ -43,6 +43,12 @@ def txt2img(ctx, variant: str = DEV, **fields):
     return ctx.generation.submit_txt2img(request).result(timeout=300)
 
 
+def checkout(ctx, checkpoint: str):
+    """The first worker's model, checked out as the generation service does (no LoRAs, its own VAE)."""
+    manager = ctx.models.managers[0]
+    return manager.checkout(manager.state_for(checkpoint))
+
+
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float64)
 
@@ -105,7 +111,7 @@ def test_live_previews_unpack_the_latents_and_a_long_prompt_is_cut_at_t5s_length
     long_prompt = ", ".join(f"word{i}" for i in range(120))  # over schnell's 256 T5 tokens
     request = ctx.generation.prepare(Txt2ImgRequest(**{**SMALL, "prompt": long_prompt, "seed": 7,
                                                        "checkpoint": NAMES[SCHNELL]}))
-    with ctx.models.managers[0].checkout(request.checkpoint) as model:
+    with checkout(ctx, request.checkpoint) as model:
         factor = model.pipeline.vae_scale_factor
         result = run_txt2img(model, request, outputs_root=None, control=control)
     shown = [preview for preview in previews if preview is not None]

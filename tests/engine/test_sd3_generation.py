@@ -55,7 +55,7 @@ def txt2img(ctx, checkpoint: str = MEDIUM_FILE, control: JobControl | None = Non
     if control is None:
         return ctx.generation.submit_txt2img(request).result(timeout=300)
     request = ctx.generation.prepare(request)
-    with ctx.models.managers[0].checkout(request.checkpoint) as model:
+    with checkout(ctx, request.checkpoint) as model:
         from webui.generation.txt2img import run_txt2img
 
         return run_txt2img(model, request, outputs_root=None, control=control)
@@ -65,6 +65,12 @@ def img2img(ctx, image: Image.Image, **fields):
     request = Img2ImgRequest(**{**SMALL, "prompt": "a red car", "seed": 7, "checkpoint": MEDIUM_FILE,
                                 "init_images": (image,), **fields})
     return ctx.generation.submit_img2img(request).result(timeout=300)
+
+
+def checkout(ctx, checkpoint: str):
+    """The first worker's model, checked out as the generation service does (no LoRAs, its own VAE)."""
+    manager = ctx.models.managers[0]
+    return manager.checkout(manager.state_for(checkpoint))
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -78,7 +84,7 @@ def source_image() -> Image.Image:
 
 def test_prompt_embeddings_are_diffusers_sd3_encoding(ctx):
     """CLIP-L/G in a 77-token chunk, then T5 over the prompt at 256 tokens: what `encode_prompt` makes."""
-    with ctx.models.managers[0].checkout(MEDIUM_FILE) as model:
+    with checkout(ctx, MEDIUM_FILE) as model:
         encoder = PromptEncoder(model.pipeline, model.family)
         ours = encoder.encode("a photo of a cat on a sofa")
         expected, _, expected_pooled, _ = model.pipeline.encode_prompt(
@@ -99,7 +105,7 @@ def test_txt2img_draws_what_diffusers_sd3_pipeline_draws_and_is_deterministic(ct
     assert image.tobytes() == again.images[0].tobytes()
     assert np.abs(pixels(image) - pixels(other_seed.images[0])).mean() > 1
     assert np.abs(pixels(image) - pixels(other_prompt.images[0])).mean() > 0.1
-    with ctx.models.managers[0].checkout(checkpoint) as model:
+    with checkout(ctx, checkpoint) as model:
         modules = {name: module for name, module in model.pipeline.components.items() if name != "scheduler"}
         reference = diffusers.StableDiffusion3Pipeline(
             **modules, scheduler=diffusers.FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config))
@@ -127,7 +133,7 @@ def test_a_prompt_over_t5s_limit_is_truncated_with_a_warning(ctx):
     assert result.parameters["T5"] == "truncated at 255 tokens"
     assert len(result.warnings) == 1 and "T5 reads 255 tokens" in result.warnings[0]
     # T5 saw only the first 255 tokens: what follows them changes the CLIP chunks, not the T5 part.
-    with ctx.models.managers[0].checkout(MEDIUM_FILE) as model:
+    with checkout(ctx, MEDIUM_FILE) as model:
         encoder = PromptEncoder(model.pipeline, model.family)
         first, second = encoder.encode(long_prompt), encoder.encode(long_prompt + ", a green tree")
         shorter = encoder.encode(", ".join(f"word{i}" for i in range(20)))
@@ -141,7 +147,7 @@ def test_a_prompt_over_t5s_limit_is_truncated_with_a_warning(ctx):
 
 
 def test_emphasis_weights_the_clip_and_t5_parts(ctx):
-    with ctx.models.managers[0].checkout(MEDIUM_FILE) as model:
+    with checkout(ctx, MEDIUM_FILE) as model:
         encoder = PromptEncoder(model.pipeline, model.family)
         plain, weighted = encoder.encode("a red car"), encoder.encode("a (red:1.4) car")
     assert not torch.allclose(plain.hidden, weighted.hidden)
@@ -182,7 +188,7 @@ def test_hires_fix_redraws_at_the_larger_size(ctx, upscaler):
 
 def test_img2img_keeps_the_image_at_low_strength_and_redraws_it_at_full_strength(ctx):
     source = source_image()
-    with ctx.models.managers[0].checkout(MEDIUM_FILE) as model:
+    with checkout(ctx, MEDIUM_FILE) as model:
         # The tiny VAE is random, so "the image" is what the VAE reconstructs of it (shift/scale applied).
         vae = model.pipeline.vae
         decoded = vae.decode(to_vae_latents(vae, encode_images(model, [source]))).sample
@@ -213,7 +219,7 @@ def test_live_previews_are_rgb_at_the_latent_size(ctx):
     txt2img(ctx, control=control, steps=2)
     shown = [preview for preview in previews if preview is not None]
     assert shown, "no preview was made"
-    with ctx.models.managers[0].checkout(MEDIUM_FILE) as model:
+    with checkout(ctx, MEDIUM_FILE) as model:
         factor = model.pipeline.vae_scale_factor  # 2 for the tiny two-block VAE (8 for SD3's)
     assert shown[-1].mode == "RGB" and shown[-1].size == (64 // factor, 64 // factor)
     assert pixels(shown[-1]).std() > 0
@@ -289,7 +295,7 @@ def test_per_step_hooks_run_and_unet_call_hooks_are_reported_as_not_applying(ctx
 
     request = ctx.generation.prepare(Txt2ImgRequest(**{**SMALL, "prompt": "a red car", "negative_prompt": "blurry",
                                                        "seed": 7, "checkpoint": MEDIUM_FILE, "steps": 3}))
-    with ctx.models.managers[0].checkout(request.checkpoint) as model:
+    with checkout(ctx, request.checkpoint) as model:
         result = run_txt2img(model, request, outputs_root=None, hooks=Hooks())
     assert hooks_for_job.steps == [0, 1, 2]
     assert result.warnings == ("extension hooks on the UNet's calls do not apply to SD3.5's transformer: not used",)
