@@ -117,3 +117,16 @@ def test_live_previews_unpack_the_latents_and_a_long_prompt_is_cut_at_t5s_length
     shown = [preview for preview in previews if preview is not None]
     assert shown and shown[-1].mode == "RGB" and shown[-1].size == (64 // factor, 64 // factor)
     assert result.parameters["T5"] == "truncated at 255 tokens" and "T5 reads 255 tokens" in result.warnings[0]
+
+
+def test_inpaint_changes_only_the_masked_area(flux):
+    ctx, _ = flux
+    source = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (16, 16, 40, 40))
+    request = Img2ImgRequest(**{**SMALL, "prompt": "a cat", "seed": 3, "checkpoint": NAMES[DEV], "init_images": (source,),
+                                "mask": mask, "mask_blur": 0, "denoising_strength": 0.9})
+    result = ctx.generation.submit_img2img(request).result(timeout=300)
+    changed = np.abs(pixels(result.images[0]) - pixels(source)).sum(axis=-1) > 0
+    inside = np.asarray(mask) > 0
+    assert not changed[~inside].any() and changed[inside].mean() > 0.9
