@@ -25,7 +25,8 @@ from tests.support.sd3_files import MEDIUM, tiny_sd3_modules, transformer_to_ori
 from webui.models.catalog import CheckpointCatalog
 from webui.models.hashing import HashCache
 from webui.models.lora import LoraFileError
-from webui.models.lora_catalog import LoraUse
+from webui.generation.prompt_syntax import extract_network_tags
+from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
 
 CHECKPOINT = "sd3.5_medium_incl_clips_t5xxl"
@@ -212,22 +213,39 @@ def test_diffusers_module_names_merge_the_expected_delta(manager, tmp_path, nami
     assert_restored(manager, original)
 
 
-def denoise(pipeline) -> np.ndarray:
-    return pipeline("a photo of a cat", num_inference_steps=2, height=32, width=32, guidance_scale=4.5,
+def denoise(pipeline, prompt: str) -> np.ndarray:
+    return pipeline(prompt, num_inference_steps=2, height=32, width=32, guidance_scale=4.5,
                     generator=torch.Generator().manual_seed(7), output_type="np").images
 
 
-def test_a_lora_changes_the_image_and_removing_it_gives_the_same_image_back(manager, tmp_path):
+def prompt_loras(folder: Path, prompt: str) -> tuple[str, tuple[LoraUse, ...]]:
+    """A prompt's `<lora:name:te:unet>` tags as the generation service resolves them, and the prompt without them."""
+    text, tags = extract_network_tags(prompt)
+    return text, LoraCatalog(folder, HashCache(folder / "hashes.json")).resolve_tags(tags)
+
+
+def test_a_lora_tag_changes_the_image_and_removing_it_gives_the_same_image_back(manager, tmp_path):
     modules = loaded_modules(manager)
-    path, _ = original_names_file(tmp_path / "style.safetensors", modules, "kohya", seed=13)
+    original = snapshot(modules)
+    original_names_file(tmp_path / "style.safetensors", modules, "kohya", seed=13)
+    plain_prompt, none = prompt_loras(tmp_path, "a photo of a cat")
+    prompt, loras = prompt_loras(tmp_path, "a photo of a cat <lora:style:0:0.8>")
+    assert none == () and prompt.strip() == plain_prompt
+    assert [(use.name, use.te_weight, use.unet_weight) for use in loras] == [("style", 0.0, 0.8)]
     with manager.checkout(CHECKPOINT) as model:
-        plain = denoise(model.pipeline)
-    with manager.checkout(CHECKPOINT, loras=[use(path)]) as model:
-        styled = denoise(model.pipeline)
+        plain = denoise(model.pipeline, plain_prompt)
+    with manager.checkout(CHECKPOINT, loras=loras) as model:
+        styled = denoise(model.pipeline, prompt)
+        # Text-encoder weight 0: the encoders are untouched, the transformer carries the LoRA.
+        for component in TEXT_ENCODERS:
+            assert all(torch.equal(value, original[component][key])
+                       for key, value in getattr(model.pipeline, component).state_dict().items())
+        assert not torch.equal(model.pipeline.transformer.proj_out.weight, original["transformer"]["proj_out.weight"])
     with manager.checkout(CHECKPOINT) as model:
-        again = denoise(model.pipeline)
+        again = denoise(model.pipeline, plain_prompt)
     assert np.abs(styled - plain).max() > 1e-3
     np.testing.assert_array_equal(again, plain)
+    assert manager.switch_count["copied"] == 0  # adding and removing LoRAs never reloaded the checkpoint
 
 
 def test_an_sd1_lora_on_sd3_is_refused_with_both_family_names(manager, tmp_path):
