@@ -70,3 +70,20 @@ def test_a_fused_layer_of_the_wrong_width_is_refused_with_its_shapes(transformer
                "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.zeros(144, 2)}, str(path))
     with pytest.raises(LoraFileError, match=r"joint_blocks\.0\.x_block\.attn\.qkv is \(96, 32\) here but 144x48"):
         read_lora(Path(path), {"transformer": transformer}, "sd3")
+
+
+def test_a_lora_in_the_sd_families_naming_is_refused_on_sd3_with_both_names(transformer, tmp_path):
+    path = tmp_path / "sd1_text.safetensors"
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(2, 32),
+               "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(32, 2),
+               f"{name}.lora_down.weight": torch.zeros(2, 32), f"{name}.lora_up.weight": torch.zeros(32, 2)},
+              str(path))
+    with pytest.raises(LoraFileError, match=r"do not exist in the loaded SD3\.5 model.*SD1\.x"):
+        read_lora(Path(path), {"transformer": transformer}, "sd3")
+    text_only = tmp_path / "text_only.safetensors"
+    save_file({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(2, 32),
+               "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(32, 2)},
+              str(text_only))
+    with pytest.raises(LoraFileError, match=r"none of its layers is named as SD3\.5 LoRAs name them"):
+        read_lora(Path(text_only), {"transformer": transformer}, "sd3")

@@ -181,7 +181,13 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
         metadata = read_metadata(path)
     except CheckpointReadError as error:
         raise LoraFileError(path, error.reason) from error
-    layers, unmatched = group_layers(state_dict, model_family.lora_key_prefixes if model_family else ())
+    own_prefixes = model_family.lora_key_prefixes if model_family else ()
+    layers, unmatched = group_layers(state_dict, own_prefixes)
+    sd_named = group_layers(state_dict)[0] if not layers and own_prefixes else []
+    if sd_named:  # named as the SD families' LoRAs are (lora_te_, unet., ...), none as this family's
+        raise LoraFileError(
+            path, f"none of its layers is named as {label} LoRAs name them (e.g. {next(iter(state_dict))}); it was "
+                  f"made for another architecture" + _named_by_other_families(sd_named, family))
     if not layers:
         raise LoraFileError(path, describe_non_lora(list(state_dict)))
     declared = declared_family(metadata)
