@@ -167,7 +167,7 @@ class ModelManager:
 
     def _weights_for(self, record: CheckpointRecord) -> CheckpointWeights:
         return self._ram.get_or_load(record, self.dtype, lambda: read_checkpoint_weights(
-            record, self.dtype, self.catalog.text_encoder_folder))
+            record, self.dtype, self.catalog.text_encoder_folder, self.catalog.vae_folder))
 
     def weights_of(self, record: CheckpointRecord) -> CheckpointWeights:
         """A checkpoint's weights in CPU memory (from the RAM cache when recent), e.g. for merging."""
