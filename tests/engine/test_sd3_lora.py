@@ -158,15 +158,19 @@ def test_a_lora_tag_changes_the_image_and_removing_it_gives_the_same_image_back(
     assert manager.switch_count["copied"] == 0  # adding and removing LoRAs never reloaded the checkpoint
 
 
-def test_an_sd1_lora_on_sd3_is_refused_with_both_family_names(manager, tmp_path):
-    tensors = {}
-    for name in ("down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
-                 "up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"):
-        tensors |= {f"lora_unet_{name}.lora_down.weight": torch.zeros(2, 32),
-                    f"lora_unet_{name}.lora_up.weight": torch.zeros(32, 2)}
-    path = write_file(tmp_path / "sd1_style.safetensors", tensors)
-    with pytest.raises(LoraFileError, match=r"do not exist in the loaded SD3\.5 model.*SD1\.x"):
+SD1_LORA = {f"lora_unet_{name}.{role}": torch.zeros(shape) for name in (
+    "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", "up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k")
+    for role, shape in (("lora_down.weight", (2, 32)), ("lora_up.weight", (32, 2)))}
+FLUX_LORA = {f"{name}.{role}": torch.zeros(shape) for name, rows in (
+    ("lora_unet_double_blocks_0_img_attn_qkv", 96), ("lora_unet_single_blocks_0_linear1", 224))
+    for role, shape in (("lora_down.weight", (2, 32)), ("lora_up.weight", (rows, 2)), ("alpha", ()))}
+
+
+@pytest.mark.parametrize(("tensors", "other"), [(SD1_LORA, r"SD1\.x"), (FLUX_LORA, r"Flux\.1")], ids=["sd1", "flux"])
+def test_a_lora_of_another_family_is_refused_with_both_family_names(manager, tmp_path, tensors, other):
+    path = write_file(tmp_path / "other.safetensors", tensors)
+    with pytest.raises(LoraFileError, match=rf"other\.safetensors.*do not exist in the loaded SD3\.5 model.*{other}"):
         with manager.checkout(CHECKPOINT, loras=[use(path)]):
             pass
     with manager.checkout(CHECKPOINT) as model:  # the manager keeps serving, without the LoRA
-        assert model.loras == ()
+        assert model.loras == () and model.warnings == ()

@@ -33,7 +33,8 @@ LDM_T5_PREFIX = "text_encoders.t5xxl.transformer."
 IN_CHANNELS_KEY = "x_embedder.proj.weight"
 
 # The original MMDiT's modules -> diffusers' SD3Transformer2DModel's, as diffusers' single-file converter maps
-# the weights (`convert_sd3_transformer_checkpoint_to_diffusers`; tests/unit/test_dit_lora.py checks the two agree).
+# the weights (`convert_sd3_transformer_checkpoint_to_diffusers`; tests/engine/test_sd3_lora.py checks LoRA merges
+# against that converter).
 MMDIT_TOP_LEVEL = (
     layer("x_embedder.proj", "pos_embed.proj"), layer("context_embedder", "context_embedder"),
     layer("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"),
