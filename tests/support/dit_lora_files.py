@@ -100,12 +100,16 @@ def _text_encoder_tensors(modules: Mapping[str, nn.Module], kohya_prefixes: Mapp
 
 def original_names_file(path: Path, modules: Mapping[str, nn.Module], original_weights: Mapping[str, Tensor],
                         naming: str, text_encoder_prefixes: Mapping[str, str], seed: int) -> tuple[Path, Updates]:
-    """Every Linear of the denoiser under its original name: KOHYA `lora_unet_<name with underscores>`, COMFYUI
-    `diffusion_model.<name>` (lora_down/up + alpha), plus kohya text-encoder layers (`text_encoder_prefixes`)."""
+    """Every Linear of the denoiser under its original name: KOHYA `lora_unet_<name with underscores>` (lora_down/up
+    + alpha), COMFYUI `diffusion_model.<name>` as ai-toolkit writes it (lora_A/B, no alpha), plus kohya
+    text-encoder layers (`text_encoder_prefixes`)."""
     updates, tensors = Updates(seed), {}
     for name, weight in original_weights.items():
-        key = "lora_unet_" + name.replace(".", "_") if naming == KOHYA else "diffusion_model." + name
-        tensors |= _kohya_tensors(key, updates.add(name, *weight.shape))
+        if naming == KOHYA:
+            tensors |= _kohya_tensors("lora_unet_" + name.replace(".", "_"), updates.add(name, *weight.shape))
+        else:
+            down, up, _ = updates.add(name, *weight.shape, alpha=float(RANK))
+            tensors |= {f"diffusion_model.{name}.lora_A.weight": down, f"diffusion_model.{name}.lora_B.weight": up}
     tensors |= _text_encoder_tensors(modules, text_encoder_prefixes, updates, dotted=False)
     return write_file(path, tensors), updates
 
