@@ -2,8 +2,9 @@
 
 A tiny SD3.5 Medium single file (tests/support/sd3_files.py) is loaded by `ModelManager.checkout`; each test
 writes a LoRA file of seeded random low-rank updates in one naming (tests/support/dit_lora_files.py: sd-scripts
-`lora_unet_` + MMDiT names, ComfyUI/ai-toolkit `diffusion_model.` + MMDiT names (lora_A/B), diffusers/PEFT `transformer.`, OneTrainer
-`lora_transformer_`, with the text encoders' `lora_te1/2/3_` or `text_encoder*.`), checks out the model with
+`lora_unet_` + MMDiT names, ComfyUI/ai-toolkit `diffusion_model.` + MMDiT names (lora_A/B), diffusers/PEFT
+`transformer.`, OneTrainer `lora_transformer_`, with the text encoders' `lora_te1/2/3_` or `text_encoder*.`),
+checks out the model with
 it and compares every weight with the expected merge: for the original MMDiT names, diffusers' own single-file
 converter applied to (original weights + update) is the oracle, so fused `qkv` layers and swapped modulation
 halves are split as a checkpoint's are; for a few layers W + scale * up @ down is also written out here.
