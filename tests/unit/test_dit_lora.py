@@ -87,3 +87,15 @@ def test_a_lora_in_the_sd_families_naming_is_refused_on_sd3_with_both_names(tran
               str(text_only))
     with pytest.raises(LoraFileError, match=r"none of its layers is named as SD3\.5 LoRAs name them"):
         read_lora(Path(text_only), {"transformer": transformer}, "sd3")
+
+
+def test_an_ai_toolkit_flux_lora_on_an_sd1_model_is_refused_with_both_names(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                                num_attention_heads=4, max_position_embeddings=77))
+    path = tmp_path / "flux_style.safetensors"
+    save_file({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(2, 64),
+               "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": torch.zeros(192, 2)}, str(path))
+    with pytest.raises(LoraFileError, match=r"none of its layers is named as SD1\.x LoRAs.*those of Flux\.1"):
+        read_lora(Path(path), {"text_encoder": text_encoder}, "sd1")

@@ -183,12 +183,14 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
         raise LoraFileError(path, error.reason) from error
     own_prefixes = model_family.lora_key_prefixes if model_family else ()
     layers, unmatched = group_layers(state_dict, own_prefixes)
-    sd_named = group_layers(state_dict)[0] if not layers and own_prefixes else []
-    if sd_named:  # named as the SD families' LoRAs are (lora_te_, unet., ...), none as this family's
-        raise LoraFileError(
-            path, f"none of its layers is named as {label} LoRAs name them (e.g. {next(iter(state_dict))}); it was "
-                  f"made for another architecture" + _named_by_other_families(sd_named, family))
     if not layers:
+        # Named as another family's files are (e.g. diffusion_model.double_blocks... on an SD1 model), or no LoRA.
+        foreign = [layer for other in FAMILIES if other.name != family
+                   for layer in group_layers(state_dict, other.lora_key_prefixes)[0]]
+        if foreign:
+            raise LoraFileError(
+                path, f"none of its layers is named as {label} LoRAs name them (e.g. {next(iter(state_dict))}); it "
+                      f"was made for another architecture" + _named_by_other_families(foreign, family))
         raise LoraFileError(path, describe_non_lora(list(state_dict)))
     declared = declared_family(metadata)
     if declared is not None and declared != family:
