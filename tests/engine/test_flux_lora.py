@@ -48,7 +48,7 @@ def manager(tmp_path_factory) -> ModelManager:
 
 
 def loaded_modules(manager: ModelManager) -> dict[str, torch.nn.Module]:
-    with manager.checkout(CHECKPOINT) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT)) as model:
         assert model.family == "flux"
         return {name: getattr(model.pipeline, name) for name in ("transformer", *TEXT_ENCODERS)}
 
@@ -70,7 +70,7 @@ def assert_text_encoders_merged(modules, original, updates: Updates) -> None:
 
 
 def assert_restored(manager: ModelManager, original) -> None:
-    with manager.checkout(CHECKPOINT, loras=()) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT, ())) as model:
         for component, state in original.items():
             loaded = getattr(model.pipeline, component).state_dict()
             assert all(torch.equal(loaded[key], value) for key, value in state.items()), component
@@ -81,7 +81,7 @@ def test_bfl_names_merge_like_the_checkpoint_converter_splits_them(manager, tmp_
     modules = loaded_modules(manager)
     original = snapshot(modules)
     path, updates = bfl_names_file(tmp_path / f"{naming}.safetensors", modules, naming, seed=21)
-    with manager.checkout(CHECKPOINT, loras=[use(path)]) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
         assert model.warnings == ()  # every key matched a layer
         merged = model.pipeline.transformer.state_dict()
         expected = expected_from_original(original["transformer"], updates, DENOISER_WEIGHT, to_bfl, "",
@@ -119,7 +119,7 @@ def test_diffusers_module_names_merge_the_expected_delta(manager, tmp_path, nami
     modules = loaded_modules(manager)
     original = snapshot(modules)
     path, updates = diffusers_names_file(tmp_path / f"{naming}.safetensors", modules, naming, TEXT_ENCODERS, seed=22)
-    with manager.checkout(CHECKPOINT, loras=[use(path)]) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
         assert model.warnings == ()
         merged = model.pipeline.transformer.state_dict()
         for target in updates.of_denoiser():
@@ -133,11 +133,11 @@ def test_diffusers_module_names_merge_the_expected_delta(manager, tmp_path, nami
 def test_a_flux_lora_changes_the_image_and_an_sd3_lora_is_refused_with_both_names(manager, tmp_path):
     modules = loaded_modules(manager)
     path, _ = bfl_names_file(tmp_path / "style.safetensors", modules, KOHYA, seed=23)
-    with manager.checkout(CHECKPOINT) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT)) as model:
         plain = denoise(model.pipeline)
-    with manager.checkout(CHECKPOINT, loras=[use(path)]) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
         styled = denoise(model.pipeline)
-    with manager.checkout(CHECKPOINT) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT)) as model:
         again = denoise(model.pipeline)
     assert np.abs(styled - plain).max() > 1e-3
     np.testing.assert_array_equal(again, plain)
@@ -145,5 +145,5 @@ def test_a_flux_lora_changes_the_image_and_an_sd3_lora_is_refused_with_both_name
         "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": torch.zeros(2, 32),
         "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.zeros(96, 2)})
     with pytest.raises(LoraFileError, match=r"do not exist in the loaded Flux\.1 model.*SD3\.5"):
-        with manager.checkout(CHECKPOINT, loras=[use(mmdit)]):
+        with manager.checkout(manager.state_for(CHECKPOINT, [use(mmdit)])):
             pass

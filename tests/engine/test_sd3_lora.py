@@ -50,7 +50,7 @@ def manager(tmp_path_factory) -> ModelManager:
 
 
 def loaded_modules(manager: ModelManager) -> dict[str, torch.nn.Module]:
-    with manager.checkout(CHECKPOINT) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT)) as model:
         return {name: getattr(model.pipeline, name) for name in ("transformer", *TEXT_ENCODERS)}
 
 
@@ -71,7 +71,7 @@ def assert_text_encoders_merged(modules, original, updates: Updates) -> None:
 
 
 def assert_restored(manager: ModelManager, original) -> None:
-    with manager.checkout(CHECKPOINT, loras=()) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT, ())) as model:
         for component, state in original.items():
             loaded = getattr(model.pipeline, component).state_dict()
             assert all(torch.equal(loaded[key], value) for key, value in state.items()), component
@@ -82,7 +82,7 @@ def test_original_mmdit_names_merge_like_the_checkpoint_converter_splits_them(ma
     modules = loaded_modules(manager)
     original = snapshot(modules)
     path, updates = mmdit_names_file(tmp_path / f"{naming}.safetensors", modules, naming, seed=11)
-    with manager.checkout(CHECKPOINT, loras=[use(path)]) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
         assert model.warnings == ()  # every key matched a layer
         merged = model.pipeline.transformer.state_dict()
         expected = expected_from_original(original["transformer"], updates, DENOISER_WEIGHT, transformer_to_original,
@@ -113,7 +113,7 @@ def test_diffusers_module_names_merge_the_expected_delta(manager, tmp_path, nami
     modules = loaded_modules(manager)
     original = snapshot(modules)
     path, updates = diffusers_names_file(tmp_path / f"{naming}.safetensors", modules, naming, TEXT_ENCODERS, seed=12)
-    with manager.checkout(CHECKPOINT, loras=[use(path)]) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
         assert model.warnings == ()
         merged = model.pipeline.transformer.state_dict()
         for target in updates.of_denoiser():
@@ -143,16 +143,16 @@ def test_a_lora_tag_changes_the_image_and_removing_it_gives_the_same_image_back(
     prompt, loras = prompt_loras(tmp_path, "a photo of a cat <lora:style:0:0.8>")
     assert none == () and prompt.strip() == plain_prompt
     assert [(use.name, use.te_weight, use.unet_weight) for use in loras] == [("style", 0.0, 0.8)]
-    with manager.checkout(CHECKPOINT) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT)) as model:
         plain = denoise(model.pipeline, plain_prompt)
-    with manager.checkout(CHECKPOINT, loras=loras) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT, loras)) as model:
         styled = denoise(model.pipeline, prompt)
         # Text-encoder weight 0: the encoders are untouched, the transformer carries the LoRA.
         for component in TEXT_ENCODERS:
             assert all(torch.equal(value, original[component][key])
                        for key, value in getattr(model.pipeline, component).state_dict().items())
         assert not torch.equal(model.pipeline.transformer.proj_out.weight, original["transformer"]["proj_out.weight"])
-    with manager.checkout(CHECKPOINT) as model:
+    with manager.checkout(manager.state_for(CHECKPOINT)) as model:
         again = denoise(model.pipeline, plain_prompt)
     assert np.abs(styled - plain).max() > 1e-3
     np.testing.assert_array_equal(again, plain)
@@ -171,7 +171,7 @@ FLUX_LORA = {f"{name}.{role}": torch.zeros(shape) for name, rows in (
 def test_a_lora_of_another_family_is_refused_with_both_family_names(manager, tmp_path, tensors, other):
     path = write_file(tmp_path / "other.safetensors", tensors)
     with pytest.raises(LoraFileError, match=rf"other\.safetensors.*do not exist in the loaded SD3\.5 model.*{other}"):
-        with manager.checkout(CHECKPOINT, loras=[use(path)]):
+        with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])):
             pass
-    with manager.checkout(CHECKPOINT) as model:  # the manager keeps serving, without the LoRA
+    with manager.checkout(manager.state_for(CHECKPOINT)) as model:  # the manager keeps serving, without the LoRA
         assert model.loras == () and model.warnings == ()
