@@ -5,8 +5,11 @@
 names are ambiguous (module names contain underscores), so they are looked up in the set of the
 model's own module names written the kohya way, including the LDM spelling SDXL LoRAs use
 (``input_blocks_4_1_...``) and the ``text_model_`` level that transformers 5 removed from
-``CLIPTextModel``. A file for another architecture is refused with the reason rather than applied in
-part; keys that match no layer are reported, never silently dropped.
+``CLIPTextModel``. Transformer (DiT) families name their files' key prefixes and their original module
+names themselves (``ModelFamily.lora_key_prefixes`` / ``lora_original_names``); an original fused layer
+(SD3's ``qkv``, Flux's ``linear1``) becomes one patch per installed module with that module's rows. A file
+for another architecture is refused with the reason (naming the family its layer names are from) rather than
+applied in part; keys that match no layer are reported, never silently dropped.
 
 :class:`LoraApplier` caches parsed files per pipeline and turns the requested uses into weight
 patches; :mod:`webui.models.patches` merges them in place (no per-step cost while generating) and
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from webui.models.checkpoint_files import CheckpointReadError, read_metadata, read_state_dict
+from webui.models.formats.dit_lora import RowPart
 from webui.models.families import FAMILIES, ModelFamily, families_of_lora_names, family_named, family_of_lora_metadata
 from webui.models.lora_formats import (
     COMPONENT_TE,
@@ -166,6 +170,21 @@ def _named_by_other_families(layers: list[RawLayer], family: str) -> str:
     return f" (its layer names are those of {' or '.join(other.label for other in named)})"
 
 
+def _part_patches(whole: LoraPatch, parts: Sequence[RowPart], targets: Sequence[str]) -> list[LoraPatch]:
+    """One layer's update as patches of the installed modules it maps to: itself for a plain module, each
+    module's rows of it for an original fused layer (`formats/dit_lora.py`)."""
+    patches = []
+    for part, target in zip(parts, targets):
+        if part.rows is None:
+            patches.append(LoraPatch(target=target, kind=whole.kind, tensors=whole.tensors, alpha=whole.alpha,
+                                     rank=whole.rank))
+            continue
+        kind, tensors = rows_of(whole.kind, whole.tensors, part.rows, patch_scale(whole))
+        patches.append(LoraPatch(target=target, kind=kind, tensors=tensors,
+                                 alpha=whole.alpha if kind == whole.kind else None, rank=whole.rank))
+    return patches
+
+
 def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str) -> LoraFile:
     """Parse a LoRA / LyCORIS file and match every layer to a module of the loaded pipeline.
 
@@ -254,14 +273,8 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
         alpha = float(alpha_tensor.item()) if alpha_tensor is not None else peft_alpha(metadata, layer)
         tensors = {role: tensor for role, tensor in layer.tensors.items() if role != "alpha"}
         matched += 1
-        for part, target in zip(parts, layer_targets):
-            if part.rows is None:
-                patches.append(LoraPatch(target=target, kind=kind, tensors=tensors, alpha=alpha, rank=rank))
-                continue
-            scale = patch_scale(LoraPatch(target=target, kind=kind, tensors=tensors, alpha=alpha, rank=rank))
-            part_kind, part_tensors = rows_of(kind, tensors, part.rows, scale)
-            patches.append(LoraPatch(target=target, kind=part_kind, tensors=part_tensors,
-                                     alpha=alpha if part_kind == kind else None, rank=rank))
+        whole = LoraPatch(target="", kind=kind, tensors=tensors, alpha=alpha, rank=rank)
+        patches.extend(_part_patches(whole, parts, layer_targets))
     if mismatches:
         raise LoraFileError(path, _shape_mismatch_reason(mismatches, family) + _named_by_other_families(layers, family))
     if missing_layers and len(missing_layers) >= matched:
