@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord, UnknownCheckpointError
+from webui.models.families import family_named
 from webui.models.hashing import HashCache
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
 from webui.models.lora import LoraApplier
@@ -67,8 +68,10 @@ class LoadedModel:
     state_key: str | None = None
 
 
-def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
-    names = ("unet", "text_encoder", "text_encoder_2")
+def _weight_modules(pipeline: Any, family: str) -> dict[str, torch.nn.Module]:
+    """The modules LoRAs change: the family's denoiser (UNet or transformer) and every text encoder it has."""
+    model_family = family_named(family)
+    names = (model_family.denoiser, *model_family.text_encoders)
     return {name: getattr(pipeline, name) for name in names if getattr(pipeline, name, None) is not None}
 
 
@@ -218,7 +221,8 @@ class ModelManager:
             self._pipeline = build_pipeline(weights, self.device, self.dtype)
             self.switch_count["rebuilt"] += 1
             # New modules need new appliers; after a copy the old ones (restored, cleared) keep their caches.
-            self._lora = LoraApplier(_weight_modules(self._pipeline), weights.architecture.family)
+            self._lora = LoraApplier(_weight_modules(self._pipeline, weights.architecture.family),
+                                     weights.architecture.family)
             self._embeddings = EmbeddingInjector(self._pipeline, weights.architecture.family)
             self._patches = ModelPatcher(self._lora.patcher, self._embeddings)
         self._weights = weights

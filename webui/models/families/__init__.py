@@ -22,7 +22,7 @@ FAMILIES: tuple[ModelFamily, ...] = (FLUX, SD3, SDXL, SD2, SD1)
 DEFAULT_FAMILY = SD1  # what a checkpoint that cannot be read yet is assumed to be (A1111 assumes SD1 too)
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "ModelFamily", "family_named", "family_names", "family_of_ldm_keys",
-           "family_of_diffusers", "family_of_lora_metadata", "denoiser_folders", "TXT2IMG", "IMG2IMG", "INPAINT"]
+           "family_of_diffusers", "family_of_lora_metadata", "families_of_lora_names", "denoiser_folders", "TXT2IMG", "IMG2IMG", "INPAINT"]
 
 
 def family_names() -> tuple[str, ...]:
@@ -55,3 +55,9 @@ def family_of_diffusers(unet_config: Mapping[str, Any], component_folders: set[s
 def family_of_lora_metadata(base_model_version: str, architecture: str) -> ModelFamily | None:
     """The family a LoRA's training metadata names, if it names one of ours."""
     return next((family for family in FAMILIES if family.matches_lora_metadata(base_model_version, architecture)), None)
+
+
+def families_of_lora_names(layer_names: list[str]) -> list[ModelFamily]:
+    """The families whose own module names (`ModelFamily.lora_key_markers`) a LoRA file's layers use."""
+    return [family for family in FAMILIES
+            if family.lora_key_markers and any(marker in name for name in layer_names for marker in family.lora_key_markers)]

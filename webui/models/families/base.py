@@ -17,10 +17,16 @@ from typing import Any, ClassVar
 
 import torch
 
+from webui.models.formats.dit_lora import RowPart
+
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"
 
 # Generation modes a family's pipeline classes are named for.
 TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
+
+
+# Block names of diffusers' UNet, in the LoRA files of every UNet family.
+UNET_LORA_MARKERS = ("down_blocks", "mid_block", "up_blocks")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,12 @@ class ModelFamily(ABC):
     # Whose module names kohya uses for this family's LoRAs: diffusers' ("diffusers") or the original
     # LDM/SGM code's ("sgm"); written as `modelspec.implementation`.
     lora_module_naming: ClassVar[str] = "diffusers"
+    # LoRA key prefixes of the family's own files, (prefix, component, dotted), tried in order; empty = the SD
+    # families' shared table (`lora_formats`: every family's kohya prefixes, `unet.`, `text_encoder*.` ...).
+    lora_key_prefixes: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+    # Substrings of LoRA layer names that files of this family have and other families' lack (which family a
+    # file that fits no layer of the loaded model was made for, for the message); default: diffusers' UNet.
+    lora_key_markers: ClassVar[tuple[str, ...]] = UNET_LORA_MARKERS
     # The pipeline component that denoises ("unet", or "transformer" for DiT families), how a single file
     # stores it ("ldm_unet" or "sd3_mmdit": which diffusers converter reads it) and the latent channels.
     denoiser: ClassVar[str] = "unet"
@@ -204,6 +216,12 @@ class ModelFamily(ABC):
 
     def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return f"{self.label} inpainting" if unet_in_channels == 9 else self.label
+
+    def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
+        """The denoiser's original module names (those of the model's own code, which kohya/ComfyUI LoRA files
+        use) -> the installed modules and rows they became (`formats/dit_lora.py`). The SD families' UNet
+        names come from the checkpoint converter instead (`formats/kohya.unet_ldm_names`): none here."""
+        return {}
 
     def variant_of_denoiser_config(self, config: Mapping[str, Any]) -> str | None:
         """Which model of the family a denoiser config describes (e.g. SD3.5 "medium" or "large"); None when

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, LdmTextEncoder, ModelFamily, frozen
+from webui.models.formats.dit_lora import RowPart, layer, original_names
 from webui.models.families.fitted_configs import (
     StateDict, count_indexed, fit_clip_config, fit_t5_config, fit_vae_config,
 )
@@ -70,6 +71,34 @@ def transformer_key(key: str) -> str:
     return key[len(LDM_TRANSFORMER_PREFIX):] if key.startswith(LDM_TRANSFORMER_PREFIX) else key
 
 
+# BFL's Flux modules -> diffusers' FluxTransformer2DModel's, as the checkpoint loader maps the weights (diffusers'
+# converter, `ldm_conversion.flux_transformer_from_bfl`): fused qkv / linear1 split by rows, final modulation
+# swapped (tests/engine/test_flux_lora.py checks LoRA merges against that converter).
+BFL_TOP_LEVEL = (
+    layer("img_in", "x_embedder"), layer("txt_in", "context_embedder"),
+    layer("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+    layer("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+    layer("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+    layer("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+    layer("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),  # dev only
+    layer("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
+    layer("final_layer.linear", "proj_out"),
+    layer("final_layer.adaLN_modulation.1", "norm_out.linear", swapped=True),
+)
+BFL_DOUBLE_BLOCK = (
+    layer("img_attn.qkv", "attn.to_q", "attn.to_k", "attn.to_v"),
+    layer("txt_attn.qkv", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    layer("img_attn.proj", "attn.to_out.0"), layer("txt_attn.proj", "attn.to_add_out"),
+    layer("img_mlp.0", "ff.net.0.proj"), layer("img_mlp.2", "ff.net.2"),
+    layer("txt_mlp.0", "ff_context.net.0.proj"), layer("txt_mlp.2", "ff_context.net.2"),
+    layer("img_mod.lin", "norm1.linear"), layer("txt_mod.lin", "norm1_context.linear"),
+)
+BFL_SINGLE_BLOCK = (
+    layer("linear1", "attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),  # q, k, v and the MLP input, fused
+    layer("linear2", "proj_out"), layer("modulation.lin", "norm.linear"),
+)
+
+
 class Flux1(ModelFamily):
     name = "flux"
     label = "Flux.1"
@@ -111,6 +140,18 @@ class Flux1(ModelFamily):
                                   "text_encoder_2": "lora_te3_"})
     kohya_base_model_version = "flux1"
     lora_module_naming = "sgm"
+    # LoRA files name the transformer by BFL's modules (sd-scripts "lora_unet_double_blocks_0_img_attn_qkv",
+    # ComfyUI/ai-toolkit "diffusion_model.double_blocks.0.img_attn.qkv") or by diffusers' ("transformer.
+    # transformer_blocks.0.attn.to_q", OneTrainer "lora_transformer_..."); sd-scripts writes CLIP-L as lora_te1_
+    # and T5 as lora_te3_.
+    lora_key_prefixes = (
+        ("lora_unet_", "transformer", False), ("lora_transformer_", "transformer", False),
+        ("lora_te1_", "text_encoder", False), ("lora_te3_", "text_encoder_2", False),
+        ("transformer.", "transformer", True), ("diffusion_model.", "transformer", True),
+        ("text_encoder.", "text_encoder", True), ("text_encoder_2.", "text_encoder_2", True),
+    )
+    lora_key_markers = ("double_blocks", "single_blocks", "single_transformer_blocks")
+
     # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
     flow_matching = True
     default_sampler = "Euler"
@@ -200,6 +241,10 @@ class Flux1(ModelFamily):
         pooled = text_encoders[0](token_ids[0], output_hidden_states=False).pooler_output
         hidden = text_encoders[1](token_ids[1], output_hidden_states=False).last_hidden_state
         return hidden, pooled
+
+    def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
+        return original_names(denoiser, BFL_TOP_LEVEL, (("double_blocks", "transformer_blocks", BFL_DOUBLE_BLOCK),
+                                                        ("single_blocks", "single_transformer_blocks", BFL_SINGLE_BLOCK)))
 
     # -- detection -------------------------------------------------------------------------------
     def matches_ldm_keys(self, keys: list[str]) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, LdmTextEncoder, ModelFamily, frozen
+from webui.models.formats.dit_lora import RowPart, layer, original_names
 from webui.models.families.fitted_configs import (
     StateDict, count_indexed, fit_clip_config, fit_t5_config, fit_vae_config, indexed,
 )
@@ -30,6 +31,32 @@ LDM_CLIP_L_PREFIX = "text_encoders.clip_l.transformer."
 LDM_CLIP_G_PREFIX = "text_encoders.clip_g.transformer."
 LDM_T5_PREFIX = "text_encoders.t5xxl.transformer."
 IN_CHANNELS_KEY = "x_embedder.proj.weight"
+
+# The original MMDiT's modules -> diffusers' SD3Transformer2DModel's, as diffusers' single-file converter maps
+# the weights (`convert_sd3_transformer_checkpoint_to_diffusers`; tests/engine/test_sd3_lora.py checks LoRA merges
+# against that converter).
+MMDIT_TOP_LEVEL = (
+    layer("x_embedder.proj", "pos_embed.proj"), layer("context_embedder", "context_embedder"),
+    layer("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"),
+    layer("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2"),
+    layer("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1"),
+    layer("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2"),
+    layer("final_layer.linear", "proj_out"),
+    layer("final_layer.adaLN_modulation.1", "norm_out.linear", swapped=True),
+)
+MMDIT_BLOCK = (
+    layer("x_block.attn.qkv", "attn.to_q", "attn.to_k", "attn.to_v"),
+    layer("context_block.attn.qkv", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    layer("x_block.attn.proj", "attn.to_out.0"), layer("context_block.attn.proj", "attn.to_add_out"),
+    layer("x_block.attn2.qkv", "attn2.to_q", "attn2.to_k", "attn2.to_v"),  # MMDiT-X (SD3.5 Medium) only
+    layer("x_block.attn2.proj", "attn2.to_out.0"),
+    layer("x_block.mlp.fc1", "ff.net.0.proj"), layer("x_block.mlp.fc2", "ff.net.2"),
+    layer("context_block.mlp.fc1", "ff_context.net.0.proj"), layer("context_block.mlp.fc2", "ff_context.net.2"),
+    layer("x_block.adaLN_modulation.1", "norm1.linear"),
+    layer("context_block.adaLN_modulation.1", "norm1_context.linear"),
+)
+# The last block's context half only modulates (AdaLayerNormContinuous: shift/scale swapped, like final_layer's).
+MMDIT_LAST_BLOCK = MMDIT_BLOCK[:-1] + (layer("context_block.adaLN_modulation.1", "norm1_context.linear", swapped=True),)
 
 # Variants, as detected from the transformer's structure.
 SD35_MEDIUM, SD35_LARGE, SD3_MEDIUM = "sd3.5-medium", "sd3.5-large", "sd3-medium"
@@ -90,6 +117,19 @@ class StableDiffusion3(ModelFamily):
                                   "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_"})
     kohya_base_model_version = "sd3"
     lora_module_naming = "sgm"
+    # LoRA files name the MMDiT by its original modules (sd-scripts "lora_unet_joint_blocks_0_x_block_attn_qkv",
+    # ComfyUI/ai-toolkit "diffusion_model.joint_blocks.0.x_block.attn.qkv") or by diffusers' (diffusers/PEFT
+    # "transformer.transformer_blocks.0.attn.to_q", OneTrainer/SimpleTuner "lora_transformer_transformer_blocks_0_
+    # attn_to_q"); both spellings are looked up under every prefix of the transformer.
+    lora_key_prefixes = (
+        ("lora_unet_", "transformer", False), ("lora_transformer_", "transformer", False),
+        ("lora_te1_", "text_encoder", False), ("lora_te2_", "text_encoder_2", False),
+        ("lora_te3_", "text_encoder_3", False),
+        ("transformer.", "transformer", True), ("diffusion_model.", "transformer", True),
+        ("text_encoder.", "text_encoder", True), ("text_encoder_2.", "text_encoder_2", True),
+        ("text_encoder_3.", "text_encoder_3", True),
+    )
+    lora_key_markers = ("joint_blocks", "context_block", "x_block")
 
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "flow"
@@ -133,6 +173,10 @@ class StableDiffusion3(ModelFamily):
         if encoder is None or token_ids is None:
             return torch.zeros(clip_ids.shape[0], length, joint_width, device=clip_ids.device)
         return encoder(token_ids).last_hidden_state
+
+    def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
+        return original_names(denoiser, MMDIT_TOP_LEVEL, (("joint_blocks", "transformer_blocks", MMDIT_BLOCK),),
+                              last_block_rules={"joint_blocks": MMDIT_LAST_BLOCK})
 
     # -- detection -------------------------------------------------------------------------------
     def matches_ldm_keys(self, keys: list[str]) -> bool:

@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
-from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, LdmTextEncoder, ModelFamily, frozen
+from webui.models.families.base import (
+    IMG2IMG, INPAINT, TXT2IMG, UNET_LORA_MARKERS, LdmTextEncoder, ModelFamily, frozen,
+)
 
 LDM_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 LDM_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
@@ -39,6 +41,7 @@ class StableDiffusionXL(ModelFamily):
                          LdmTextEncoder("text_encoder_2", LDM_OPEN_CLIP_PREFIX, "open_clip", with_projection=True))
     kohya_lora_prefixes = frozen({"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"})
     kohya_base_model_version = "sdxl_base_v1-0"
+    lora_key_markers = (*UNET_LORA_MARKERS, "input_blocks", "middle_block", "output_blocks")  # + its kohya LDM names
     lora_module_naming = "sgm"
 
     def modelspec_architecture(self, prediction_type: str) -> str:
