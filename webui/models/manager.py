@@ -27,10 +27,10 @@ from webui.models.catalog import CheckpointCatalog, CheckpointRecord, UnknownChe
 from webui.models.families import family_named
 from webui.models.hashing import HashCache
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
-from webui.models.lora import LoraApplier
+from webui.models.lora import ForeignLoraError, LoraApplier, LoraFile
 from webui.models.lora_catalog import LoraUse
 from webui.models.patches import ModelPatcher, PatchSet, token_patches
-from webui.models.state import ModelFile, ModelState, build_state
+from webui.models.state import LoraChoice, ModelFile, ModelState, build_state
 from webui.models.vae import read_vae_state_dict, vae_beside_checkpoint
 from webui.models.checkpoint_loading import (
     CheckpointLoadError,
@@ -313,9 +313,9 @@ class ModelManager:
                 self._switch_to(record)
             assert self._weights is not None and self._lora is not None and self._patches is not None
             self._reconcile_vae(state.vae.path if state.vae is not None else None)
-            files = [self._lora.read(lora.file.path) for lora in state.loras]
+            files, used, skipped = self._read_loras(state)
             weights = self._lora.patches([(file, lora.te_weight, lora.unet_weight)
-                                          for file, lora in zip(files, state.loras)])
+                                          for file, lora in zip(files, used)])
             tokens = ()
             if self._embedding_catalog is not None and self._embeddings is not None:
                 fitting = self._embedding_catalog.compatible(self._embeddings.encoder_widths)
@@ -324,7 +324,7 @@ class ModelManager:
             self._state_key = None
             self._patches.apply(PatchSet(weights, tokens))
             self._state_key = state.key()
-            warnings = self._weights.notes + tuple(
+            warnings = self._weights.notes + skipped + tuple(
                 f"LoRA {file.name}: {len(file.unmatched_keys)} key(s) matched no layer and were ignored: "
                 + ", ".join(file.unmatched_keys[:5]) + (" ..." if len(file.unmatched_keys) > 5 else "")
                 for file in files if file.unmatched_keys
@@ -336,7 +336,7 @@ class ModelManager:
                 scheduler_config=dict(self._weights.scheduler_config),
                 device=self.device,
                 dtype=self.dtype,
-                loras=state.lora_uses,
+                loras=tuple(lora.use for lora in used),
                 embeddings=self._embeddings,
                 vae_path=self._vae_path,
                 warnings=warnings,
@@ -344,6 +344,24 @@ class ModelManager:
                 state=state,
                 state_key=self._state_key,
             )
+
+
+    def _read_loras(self, state: ModelState) -> tuple[list[LoraFile], list[LoraChoice], tuple[str, ...]]:
+        """The state's LoRA files parsed for the loaded model. One made for another family or architecture is
+        left out with a warning naming both (the generation goes on without it, as A1111 does); any other
+        unusable file (unreadable, not a LoRA) still fails the job with its reason."""
+        assert self._lora is not None
+        files: list[LoraFile] = []
+        used: list[LoraChoice] = []
+        skipped: list[str] = []
+        for lora in state.loras:
+            try:
+                files.append(self._lora.read(lora.file.path))
+            except ForeignLoraError as error:
+                skipped.append(f"{error}; generated without it")
+                continue
+            used.append(lora)
+        return files, used, tuple(skipped)
 
 
 def resolve_device(name: str) -> torch.device:
