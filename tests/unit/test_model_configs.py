@@ -47,6 +47,7 @@ EXPECTED_COMPONENTS = {
     "sdxl": ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"),
     "sd3": ("scheduler", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
             "tokenizer_3", "transformer", "vae"),
+    "sdxl_refiner": ("scheduler", "text_encoder_2", "tokenizer_2", "unet", "vae"),
 }
 
 # Published parameter counts of the original models' components.
@@ -85,6 +86,7 @@ TOKENIZER_PAD_IDS = {
     ("sdxl", 1): EXCLAMATION_ID,
     ("sd3", 0): END,             # SD3's CLIP-L pads like SDXL's first encoder,
     ("sd3", 1): EXCLAMATION_ID,  # its OpenCLIP bigG like SDXL's second
+    ("sdxl_refiner", 0): EXCLAMATION_ID,  # the refiner's only encoder is SDXL's second
 }
 
 # Values that change outputs without changing any tensor shape, as the built components
@@ -121,6 +123,16 @@ OUTPUT_AFFECTING_VALUES = {
         ("unet", "addition_embed_type", "text_time"),
         ("unet", "addition_time_embed_dim", 256),
         ("unet", "sample_size", 128),
+    ],
+    "sdxl_refiner": [
+        ("scheduler", "prediction_type", "epsilon"),
+        ("vae", "scaling_factor", 0.13025),
+        ("text_encoder_2", "hidden_act", "gelu"),
+        ("unet", "use_linear_projection", True),
+        ("unet", "addition_embed_type", "text_time"),
+        ("unet", "addition_time_embed_dim", 256),
+        ("unet", "cross_attention_dim", 1280),
+        ("unet", "projection_class_embeddings_input_dim", 1280 + 5 * 256),  # pooled bigG + 5 time ids
     ],
     "sd3": [
         ("scheduler", "shift", 3.0),
@@ -277,13 +289,13 @@ def test_long_prompts_truncate_to_the_text_encoder_context() -> None:
 
 
 def test_tokenizer_count_per_family() -> None:
-    assert [len(load_tokenizers(family)) for family in FAMILIES] == [1, 1, 3, 2]
+    assert [len(load_tokenizers(family)) for family in FAMILIES] == [1, 1, 3, 2, 1]
 
 
 def test_all_tokenizer_folders_share_one_vocabulary() -> None:
     folders = [folder for family in FAMILIES for folder in tokenizer_folders(family)
                if (folder / "vocab.json").is_file()]  # the CLIP ones (SD3's T5 has its own)
-    assert len(folders) == 6
+    assert len(folders) == 7
     for file_name in ("vocab.json", "merges.txt"):
         contents = {(folder / file_name).read_bytes() for folder in folders}
         assert len(contents) == 1, file_name
@@ -334,6 +346,10 @@ def test_pipeline_skeleton_assembles_offline_from_the_config_folder(
     if family == "sdxl":
         assert built["is_stable_diffusion_xl"] is True
         assert built["pipeline_config"]["force_zeros_for_empty_prompt"] is True
+    elif family == "sdxl_refiner":
+        assert built["pipeline_class"] == "StableDiffusionXLImg2ImgPipeline"
+        assert built["pipeline_config"]["requires_aesthetics_score"] is True
+        assert built["empty_components"] == ["text_encoder", "tokenizer"]
     else:
         assert built["is_stable_diffusion"] is True
         assert built["empty_components"] == ["feature_extractor", "safety_checker"]
@@ -344,7 +360,8 @@ def test_pipeline_skeleton_assembles_offline_from_the_config_folder(
     unet = components["unet"]["config"]
     assert unet["in_channels"] == components["vae"]["config"]["latent_channels"] == 4
     # The UNet's cross-attention width must equal what the text encoder(s) emit.
-    encoders = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
+    encoders = {"sdxl": ["text_encoder", "text_encoder_2"], "sdxl_refiner": ["text_encoder_2"]}.get(
+        family, ["text_encoder"])
     assert unet["cross_attention_dim"] == sum(components[name]["config"]["hidden_size"] for name in encoders)
     if family == "sdxl":
         # Added conditioning: pooled bigG projection + 6 size/crop numbers embedded at 256 each.
@@ -353,7 +370,7 @@ def test_pipeline_skeleton_assembles_offline_from_the_config_folder(
     for name in components:
         if name.startswith("tokenizer"):
             assert components[name]["model_max_length"] == CLIP_LENGTH
-    assert components["text_encoder"]["config"]["max_position_embeddings"] == CLIP_LENGTH
+    assert components[encoders[0]]["config"]["max_position_embeddings"] == CLIP_LENGTH
 
 
 if __name__ == "__main__":

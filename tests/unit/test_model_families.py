@@ -28,8 +28,9 @@ def test_a_family_recognises_its_own_shipped_diffusers_config(family):
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.name)
 def test_a_family_names_pipelines_diffusers_has_and_covers_its_encoders(family):
-    for mode in (TXT2IMG, IMG2IMG, INPAINT):
+    for mode in (TXT2IMG, IMG2IMG, INPAINT) if family.makes_images_from_text else (IMG2IMG, INPAINT):
         assert hasattr(diffusers, family.pipeline_class_name(mode))
+    assert family.resident_mode in family.pipeline_classes
     assert len(family.text_encoders) == len(family.tokenizers) == len(family.ldm_text_encoders)
     assert len(family.text_encoder_widths) == len(family.text_encoders)
     assert [encoder.component for encoder in family.ldm_text_encoders] == list(family.text_encoders)
@@ -44,9 +45,10 @@ def test_a_family_names_pipelines_diffusers_has_and_covers_its_encoders(family):
 
 def test_lookup_by_name_and_lora_metadata():
     assert [family_named(name).name for name in family_names()] == list(family_names())
-    with pytest.raises(ValueError, match="unknown model family 'sd9'; expected one of sd3, sdxl, sd2, sd1"):
+    with pytest.raises(ValueError, match="unknown model family 'sd9'; expected one of sd3, sdxl_refiner, sdxl, sd2, sd1"):
         family_named("sd9")
     assert family_of_lora_metadata("sdxl_base_v1-0", "").name == "sdxl"
+    assert family_of_lora_metadata("", "stable-diffusion-xl-v1-refiner/lora").name == "sdxl_refiner"
     assert family_of_lora_metadata("", "stable-diffusion-v2-768-v/lora").name == "sd2"
     assert family_of_lora_metadata("sd_v1", "").name == "sd1"
     assert family_of_lora_metadata("flux1", "flux-1-dev/lora") is None

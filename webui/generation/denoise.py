@@ -33,7 +33,8 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
     import diffusers
 
     base = model.pipeline
-    class_name = family_named(model.family).pipeline_class_name(mode)
+    family = family_named(model.family)
+    class_name = family.pipeline_class_name(mode)
     wraps = denoising is not None and (denoising.wants_unet or denoising.wants_vae)
     if type(base).__name__ == class_name and not wraps:
         return base
@@ -42,6 +43,7 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
     options = {"requires_safety_checker": False} if "requires_safety_checker" in accepted else {}
     if "requires_aesthetics_score" in accepted:
         options["requires_aesthetics_score"] = False
+    options.update({name: value for name, value in family.pipeline_options.items() if name in accepted})
     components = {name: module for name, module in base.components.items() if name in accepted}
     if wraps:
         from webui.generation.hooked_modules import HookedUNet, HookedVAE

@@ -32,6 +32,8 @@ from webui.jobs.job import Job
 from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
+from webui.models.catalog import CheckpointRecord
+from webui.models.families import family_named
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
 from webui.models.service import ModelService
@@ -85,8 +87,9 @@ class GenerationService:
         if unknown_styles:
             raise RequestError(f"unknown style(s) {', '.join(unknown_styles)}; "
                                f"available: {', '.join(self.styles.names()) or '(none)'}")
-        if request.checkpoint:
-            self.models.check_usable(request.checkpoint)
+        base = self.models.check_usable(request.checkpoint) if request.checkpoint else self.models.current_record()
+        if base is not None and not isinstance(request, Img2ImgRequest):
+            check_makes_images_from_text(base)
         return request
 
     def sampler_names(self) -> list[str]:
@@ -280,6 +283,14 @@ class GenerationService:
         user = data.get("user")
         return BatchJob(template, data["input_folder"], data["output_folder"], data.get("mask_folder", ""),
                         User(str(user["name"]), str(user.get("role", USER))) if user else None)
+
+
+def check_makes_images_from_text(record: CheckpointRecord) -> None:
+    """txt2img needs a model that starts from noise; the SDXL refiner only finishes pictures."""
+    family = family_named(record.architecture.family) if record.architecture else None
+    if family is not None and not family.makes_images_from_text:
+        raise RequestError(f"{record.name} is an {family.label} model: it cannot make a picture from text alone; "
+                           "use it in img2img or as txt2img's Refiner, with another model as the checkpoint")
 
 
 def describe_request(request: Txt2ImgRequest) -> str:

@@ -69,6 +69,14 @@ class ModelService:
         except CheckpointLoadError:  # no usable checkpoint at all: requests get that error when they run
             return None
 
+    def current_record(self) -> CheckpointRecord | None:
+        """The record of `current_checkpoint_title()`, None when there is none (or it is a Hub id)."""
+        title = self.current_checkpoint_title()
+        try:
+            return self.catalog.find(title) if title else None
+        except LookupError:
+            return None
+
     def refresh_checkpoints(self) -> list[CheckpointRecord]:
         return self.catalog.refresh()
 
