@@ -22,6 +22,7 @@ from webui.generation.image_ops import check_image_size
 from webui.generation.img2img import run_img2img
 from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
+from webui.generation.refiner import check_refiner_pair
 from webui.generation.request_codec import decode_request, encode_request
 from webui.generation.samplers import AUTOMATIC, sampler_names, schedule_types_for
 from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
@@ -90,6 +91,15 @@ class GenerationService:
         base = self.models.check_usable(request.checkpoint) if request.checkpoint else self.models.current_record()
         if base is not None and not isinstance(request, Img2ImgRequest):
             check_makes_images_from_text(base)
+        if request.refiner_checkpoint:
+            try:
+                refiner = self.models.check_usable(request.refiner_checkpoint)
+            except LookupError as error:
+                raise RequestError(f"refiner: {error.args[0] if error.args else error}") from None
+            if refiner is None:
+                raise RequestError(f"refiner {request.refiner_checkpoint!r} must be a checkpoint in the models folder")
+            if base is not None:
+                check_refiner_pair(base, refiner)
         return request
 
     def sampler_names(self) -> list[str]:
@@ -226,7 +236,8 @@ class GenerationService:
             request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
         loras, vae = self.lora_uses(request), self.models.resolve_vae(request.vae)
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
-        with manager.checkout(request.checkpoint, loras, vae) as model:
+        refiner = request.refiner_checkpoint if request.uses_refiner else None
+        with manager.checkout(request.checkpoint, loras, vae, refiner) as model:
             result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
                          control=control, hooks=self.hooks)
         result.warnings = tuple(warnings) + tuple(result.warnings)

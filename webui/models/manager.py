@@ -52,6 +52,8 @@ class LoadedModel:
     vae_path: Path | None = None  # an external VAE file in use; None = the checkpoint's own
     warnings: tuple[str, ...] = ()  # things the user should know, e.g. LoRA keys that matched no layer
     hashes: HashCache | None = None  # sha256 of model files, computed once per file version
+    # txt2img's Refiner for this job (a second resident pipeline, or this one when the same checkpoint).
+    refiner: "LoadedModel | None" = None
 
 
 def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
@@ -134,6 +136,9 @@ class ModelManager:
         self._embeddings: EmbeddingInjector | None = None
         self._vae_path: Path | None = None
         self._vae_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        # txt2img's Refiner: a second pipeline, held only while jobs ask for one (see `_reconcile_refiner`).
+        self._refiner_pipeline: Any = None
+        self._refiner_weights: CheckpointWeights | None = None
         self.switch_count = {"copied": 0, "rebuilt": 0}
 
     @property
@@ -223,6 +228,37 @@ class ModelManager:
         self._pipeline.vae.load_state_dict(state, strict=True)
         self._vae_path = path
 
+    def _reconcile_refiner(self, wanted: str | None) -> "LoadedModel | None":
+        """The job's refiner as a second resident pipeline, built from the RAM cache's weights (the refiner
+        and the base both stay in CPU RAM: the cache holds two checkpoints by default). Holding two pipelines
+        costs the refiner's modules in device memory (an SDXL refiner: about 6 GB in fp16) for as long as jobs
+        ask for it; a job without a refiner lets it go. A refiner that is the loaded checkpoint itself is the
+        resident pipeline (A1111 does not switch then either)."""
+        if not wanted:
+            self._refiner_pipeline = self._refiner_weights = None
+            return None
+        assert self._weights is not None
+        record = self.catalog.with_hash(self.catalog.find(wanted))
+        if record.path == self._weights.record.path:
+            pipeline, weights = self._pipeline, self._weights
+        else:
+            current = self._refiner_weights
+            if current is None or current.record.path != record.path:
+                weights = self._weights_for(record)
+                weights.record = record
+                if self._refiner_pipeline is not None and current is not None and (
+                        weights.layout_signature == current.layout_signature):
+                    copy_weights_into(self._refiner_pipeline, weights)
+                else:
+                    self._refiner_pipeline = None
+                    gc.collect()
+                    self._refiner_pipeline = build_pipeline(weights, self.device, self.dtype)
+                self._refiner_weights = weights
+            pipeline, weights = self._refiner_pipeline, self._refiner_weights
+        return LoadedModel(pipeline=pipeline, record=weights.record, family=weights.architecture.family,
+                           scheduler_config=dict(weights.scheduler_config), device=self.device, dtype=self.dtype,
+                           hashes=self.catalog.hashes)
+
     def select(self, wanted: str | None = None) -> CheckpointRecord:
         """Make `wanted` (a title/name/hash; None = keep current or default) the loaded checkpoint."""
         with self.checkout(wanted) as model:
@@ -230,10 +266,11 @@ class ModelManager:
 
     @contextmanager
     def checkout(self, wanted: str | None = None, loras: Sequence[LoraUse] = (),
-                 vae: str | Path = AUTOMATIC_VAE) -> Iterator[LoadedModel]:
-        """Hold the model for one job in the requested state (checkpoint, VAE, exactly these LoRAs merged);
-        other callers wait until the block ends. LoRA files are parsed once and cached; changing only
-        weights re-merges from the kept originals and never reloads the checkpoint."""
+                 vae: str | Path = AUTOMATIC_VAE, refiner: str | None = None) -> Iterator[LoadedModel]:
+        """Hold the model for one job in the requested state (checkpoint, VAE, exactly these LoRAs merged,
+        the txt2img Refiner checkpoint or none); other callers wait until the block ends. LoRA files are
+        parsed once and cached; changing only weights re-merges from the kept originals and never reloads
+        the checkpoint. LoRAs and embeddings apply to the checkpoint, not to the refiner."""
         with self._lock:
             if wanted:
                 record = self.catalog.find_or_fetch(wanted)
@@ -243,6 +280,7 @@ class ModelManager:
                 self._switch_to(self.default_record())
             assert self._weights is not None and self._lora is not None
             self._reconcile_vae(vae)
+            refiner_model = self._reconcile_refiner(refiner)
             files = [self._lora.read(use.path) for use in loras]
             self._lora.set_active([(file, use.te_weight, use.unet_weight) for file, use in zip(files, loras)])
             warnings = self._weights.notes + tuple(
@@ -266,6 +304,7 @@ class ModelManager:
                 vae_path=self._vae_path,
                 warnings=warnings,
                 hashes=self.catalog.hashes,
+                refiner=refiner_model,
             )
 
 
