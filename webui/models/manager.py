@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
+from webui.models.checkpoint_settings import CheckpointSettings
 from webui.models.hashing import HashCache
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
 from webui.models.lora import LoraApplier
@@ -119,12 +120,14 @@ class ModelManager:
                  checkpoints_in_ram: int = 2, preferred_checkpoint: str | None = None,
                  embedding_catalog: EmbeddingCatalog | None = None,
                  on_model_loaded: Callable[[CheckpointRecord, str], None] | None = None,
-                 ram_cache: CheckpointRamCache | None = None):
+                 ram_cache: CheckpointRamCache | None = None,
+                 checkpoint_settings: CheckpointSettings | None = None):
         self.catalog = catalog
         self.device = device
         self.dtype = dtype
         self.preferred_checkpoint = preferred_checkpoint
         self._on_model_loaded = on_model_loaded
+        self._checkpoint_settings = checkpoint_settings  # per-checkpoint user choices (v-prediction ...)
         self._lock = threading.RLock()
         # Pass one `ram_cache` to several managers (one per worker) to share the weights they read.
         self._ram = ram_cache if ram_cache is not None else CheckpointRamCache(
@@ -228,6 +231,13 @@ class ModelManager:
         self._pipeline.vae.load_state_dict(state, strict=True)
         self._vae_path = path
 
+    def scheduler_config_of(self, weights: CheckpointWeights) -> dict:
+        """The checkpoint's scheduler config with its user settings on top (read at every checkout, so a
+        changed setting applies to the next job without reloading the weights)."""
+        overrides = (self._checkpoint_settings.scheduler_overrides(weights.record.name)
+                     if self._checkpoint_settings is not None else {})
+        return {**weights.scheduler_config, **overrides}
+
     def _reconcile_refiner(self, wanted: str | None) -> "LoadedModel | None":
         """The job's refiner as a second resident pipeline, built from the RAM cache's weights (the refiner
         and the base both stay in CPU RAM: the cache holds two checkpoints by default). Holding two pipelines
@@ -256,7 +266,7 @@ class ModelManager:
                 self._refiner_weights = weights
             pipeline, weights = self._refiner_pipeline, self._refiner_weights
         return LoadedModel(pipeline=pipeline, record=weights.record, family=weights.architecture.family,
-                           scheduler_config=dict(weights.scheduler_config), device=self.device, dtype=self.dtype,
+                           scheduler_config=self.scheduler_config_of(weights), device=self.device, dtype=self.dtype,
                            hashes=self.catalog.hashes)
 
     def select(self, wanted: str | None = None) -> CheckpointRecord:
@@ -296,7 +306,7 @@ class ModelManager:
                 pipeline=self._pipeline,
                 record=self._weights.record,
                 family=self._weights.architecture.family,
-                scheduler_config=dict(self._weights.scheduler_config),
+                scheduler_config=self.scheduler_config_of(self._weights),
                 device=self.device,
                 dtype=self.dtype,
                 loras=tuple(loras),
