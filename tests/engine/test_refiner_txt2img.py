@@ -91,3 +91,16 @@ def test_incompatible_pairs_and_a_refiner_alone_are_refused_with_the_models_name
         generate(ctx, checkpoint=TOY, refiner_checkpoint="no-such-model")
     # "None" is A1111's "no refiner".
     assert "Refiner" not in generate(ctx, checkpoint=TOY, refiner_checkpoint="None").infotexts[0]
+
+
+def test_the_sdxl_refiner_as_the_checkpoint_refines_an_image_in_img2img(ctx):
+    from PIL import Image
+
+    source = generate(ctx, checkpoint="xl_base", steps=3).images[0]
+    request = Img2ImgRequest(**{**SMALL, "steps": 4}, checkpoint="xl_refiner", init_images=(source,),
+                             denoising_strength=0.5)
+    result = ctx.generation.submit_img2img(request).result(timeout=300)
+    assert result.images[0].size == (64, 64) and isinstance(result.images[0], Image.Image)
+    assert parse_infotext(result.infotexts[0])["Model"] == "xl_refiner"
+    with pytest.raises(RequestError, match="the Refiner works in txt2img only"):
+        ctx.generation.submit_img2img(Img2ImgRequest(**SMALL, init_images=(source,), refiner_checkpoint="toy-refiner"))
