@@ -105,3 +105,20 @@ def test_a_v_prediction_sdxl_file_gets_a_v_prediction_scheduler_with_its_sampler
     scheduler.set_timesteps(20)
     assert float(scheduler.alphas_cumprod[-1]) < 1e-6  # the last training step is pure noise (zero SNR)
     assert single_file_scheduler_config("sd1", ["v_pred"]) == single_file_scheduler_config("sd1", [])
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sdxl_refiner"])
+def test_fitting_the_published_unet_to_its_own_weights_gives_the_shipped_config_back(name):
+    """The SDXL families read UNet sizes from the weights (reduced models load); published files must get
+    exactly the shipped configs (checked on a weightless meta-device UNet of the shipped shape)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from webui.models.families.fitted_configs import fit_text_time_unet_config
+    from webui.models.model_configs import load_component_config
+
+    family = family_named(name)
+    config = load_component_config(name, "unet")
+    with torch.device("meta"):
+        state = UNet2DConditionModel.from_config(config).state_dict()
+    assert fit_text_time_unet_config(config, state, 1280, len(family.time_ids(1024, 1024, True))) == config
