@@ -70,6 +70,7 @@ def test_an_admin_sets_a_checkpoints_prediction_type_in_settings(tab, refiner_se
     choose(tab, "#setting_checkpoint_prediction", "v_prediction")
     tab.check("#setting_checkpoint_zero_snr input")
     tab.click("#setting_checkpoint_save")
-    tab.wait_for_function("document.querySelector('#setting_checkpoint_result').innerText.includes('Saved for toy-refiner')")
+    tab.wait_for_function(
+        "document.querySelector('#setting_checkpoint_result').innerText.includes('Saved for toy-refiner')")
     stored = json.loads((refiner_server.data_dir / "checkpoint_settings.json").read_text())
     assert stored == {"toy-refiner": {"prediction": "v_prediction", "zero_terminal_snr": True}}

@@ -17,7 +17,8 @@ from webui.models.manager import ModelManager
 def manager_of(root, settings_file) -> ModelManager:
     catalog = CheckpointCatalog(root / "Stable-diffusion", HashCache(root / "hashes.json"))
     catalog.refresh()
-    return ModelManager(catalog, torch.device("cpu"), torch.float32, checkpoint_settings=CheckpointSettings(settings_file))
+    return ModelManager(catalog, torch.device("cpu"), torch.float32,
+                        checkpoint_settings=CheckpointSettings(settings_file))
 
 
 def test_the_v_prediction_setting_reaches_the_scheduler_and_survives_a_restart(tmp_path):

@@ -83,7 +83,8 @@ def test_the_tiny_base_single_file_loads_as_sdxl_with_its_fitted_sizes(models_di
     with manager_of(models_dir).checkout("sd_xl_base_tiny") as model:
         assert type(model.pipeline).__name__ == "StableDiffusionXLPipeline"
         unet = model.pipeline.unet.config
-        assert (list(unet.block_out_channels), unet.cross_attention_dim, unet.addition_time_embed_dim) == ([32, 64], 128, 8)
+        sizes = (list(unet.block_out_channels), unet.cross_attention_dim, unet.addition_time_embed_dim)
+        assert sizes == ([32, 64], 128, 8)
         reference = tiny_sdxl_modules(BASE, seed=1)["unet"].state_dict()
         loaded = model.pipeline.unet.state_dict()
         assert all(torch.equal(loaded[key], value) for key, value in reference.items())

@@ -34,7 +34,8 @@ def tiny_sdxl_modules(kind: str = BASE, seed: int = 0) -> dict[str, torch.nn.Mod
 
     torch.manual_seed(seed)
     refiner = kind == REFINER
-    levels = ("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D") if refiner else ("DownBlock2D", "CrossAttnDownBlock2D")
+    levels = (("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D") if refiner
+              else ("DownBlock2D", "CrossAttnDownBlock2D"))
     up = ("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D") if refiner else ("CrossAttnUpBlock2D", "UpBlock2D")
     widths = (32, 64, 64) if refiner else (32, 64)
     cross_width = CLIP_WIDTH if refiner else 2 * CLIP_WIDTH
@@ -55,7 +56,8 @@ def tiny_sdxl_modules(kind: str = BASE, seed: int = 0) -> dict[str, torch.nn.Mod
     return modules
 
 
-def write_single_file(path: Path, kind: str = BASE, seed: int = 0, extra: dict[str, torch.Tensor] | None = None) -> Path:
+def write_single_file(path: Path, kind: str = BASE, seed: int = 0,
+                      extra: dict[str, torch.Tensor] | None = None) -> Path:
     """The model as one SGM-layout `.safetensors` (`extra`: marker tensors such as `v_pred`)."""
     modules = tiny_sdxl_modules(kind, seed)
     state = diffusers_to_ldm({name: module.state_dict() for name, module in modules.items()}, kind)

@@ -35,7 +35,8 @@ def test_settings_become_the_scheduler_overrides_the_v_pred_marker_gives(setting
 
 def test_unknown_values_are_refused_and_a_hand_edited_bad_file_entry_changes_nothing(tmp_path):
     store = CheckpointSettings(tmp_path / "s.json")
-    with pytest.raises(CheckpointSettingError, match="prediction 'v' is unknown; choose one of Automatic, epsilon, v_prediction"):
+    with pytest.raises(CheckpointSettingError,
+                       match="prediction 'v' is unknown; choose one of Automatic, epsilon, v_prediction"):
         store.set("m", CheckpointSetting("v"))
     (tmp_path / "s.json").write_text(json.dumps({"m": {"prediction": "sample", "zero_terminal_snr": True}}))
     assert store.get("m") == CheckpointSetting()

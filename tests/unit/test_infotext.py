@@ -204,4 +204,5 @@ def test_refiner_fields_paste_back_into_txt2img_and_their_absence_clears_the_ref
             "Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.8, Version: v1.10.1")
     values = txt2img_values_from_infotext(text)
     assert values["refiner_checkpoint"] == "sd_xl_refiner_1.0 [7440042bbd]" and values["refiner_switch_at"] == 0.8
-    assert txt2img_values_from_infotext("a cat\nSteps: 20, Seed: 1, Size: 64x64")["refiner_checkpoint"] == NO_REFINER_CHOICE
+    without = txt2img_values_from_infotext("a cat\nSteps: 20, Seed: 1, Size: 64x64")
+    assert without["refiner_checkpoint"] == NO_REFINER_CHOICE

@@ -45,7 +45,8 @@ def test_a_family_names_pipelines_diffusers_has_and_covers_its_encoders(family):
 
 def test_lookup_by_name_and_lora_metadata():
     assert [family_named(name).name for name in family_names()] == list(family_names())
-    with pytest.raises(ValueError, match="unknown model family 'sd9'; expected one of sd3, sdxl_refiner, sdxl, sd2, sd1"):
+    with pytest.raises(ValueError,
+                       match="unknown model family 'sd9'; expected one of sd3, sdxl_refiner, sdxl, sd2, sd1"):
         family_named("sd9")
     assert family_of_lora_metadata("sdxl_base_v1-0", "").name == "sdxl"
     assert family_of_lora_metadata("", "stable-diffusion-xl-v1-refiner/lora").name == "sdxl_refiner"

@@ -254,8 +254,9 @@ def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torc
     # are components the family lacks (the SDXL refiner's first text encoder and tokenizer).
     options: dict[str, Any] = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder")
                                if name in accepted}
-    options.update({name: None for name, parameter in accepted.items() if name != "self" and name not in modules
-                    and parameter.default is inspect.Parameter.empty and parameter.kind is parameter.POSITIONAL_OR_KEYWORD})
+    options.update({name: None for name, parameter in accepted.items()
+                    if name != "self" and name not in modules and parameter.default is inspect.Parameter.empty
+                    and parameter.kind is parameter.POSITIONAL_OR_KEYWORD})
     if "requires_safety_checker" in accepted:
         options["requires_safety_checker"] = False
     options.update({name: value for name, value in family.pipeline_options.items() if name in accepted})

@@ -344,7 +344,7 @@ def ldm_to_diffusers(
     }
     vae_state = _with_prefix(state_dict, LDM_VAE_PREFIX)
     if vae_state:
-        vae_config = _fitted_ldm_vae_config(model_family, configs, vae_state)
+        vae_config = _fitted_ldm_vae_config(configs, vae_state)
         components["vae"] = convert_ldm_vae_checkpoint(vae_state, vae_config)
     for encoder in model_family.ldm_text_encoders:
         if encoder.component in model_family.separate_text_encoder_files and not any(
@@ -372,8 +372,7 @@ def _denoiser_from_ldm(state_dict: Mapping[str, Tensor], family: ModelFamily,
     return convert_sd3_transformer_checkpoint_to_diffusers(dict(transformer_state))  # it pops what it converts
 
 
-def _fitted_ldm_vae_config(family: ModelFamily, configs: Mapping[str, dict],
-                           vae_state: Mapping[str, Tensor]) -> dict:
+def _fitted_ldm_vae_config(configs: Mapping[str, dict], vae_state: Mapping[str, Tensor]) -> dict:
     """diffusers' VAE converter counts levels from the config; it gets the file's level count, read from the
     LDM names (`encoder.down.<level>.`): the published VAEs have the shipped four, reduced ones (families
     that fit sizes to the weights: SDXL, SD3) may have fewer."""

@@ -136,7 +136,8 @@ class ModelService:
         store = self.checkpoint_settings
         return record, store.get(record.name) if store is not None else CheckpointSetting()
 
-    def set_checkpoint_setting(self, wanted: str, setting: CheckpointSetting) -> tuple[CheckpointRecord, CheckpointSetting]:
+    def set_checkpoint_setting(self, wanted: str,
+                               setting: CheckpointSetting) -> tuple[CheckpointRecord, CheckpointSetting]:
         """Store a checkpoint's settings (CheckpointSettingError for a bad value); the next job uses them."""
         record = self.catalog.find(wanted)
         if self.checkpoint_settings is None:

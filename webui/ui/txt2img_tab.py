@@ -67,7 +67,8 @@ def build_refiner_controls(ctx: AppContext) -> dict[str, gr.components.Component
     with gr.Accordion("Refiner", open=False, elem_id="txt2img_refiner"):
         with gr.Row():
             checkpoint = gr.Dropdown(label="Checkpoint", choices=[NO_REFINER_CHOICE] + ctx.models.checkpoint_titles(),
-                                     value=NO_REFINER_CHOICE, allow_custom_value=True, elem_id="txt2img_refiner_checkpoint")
+                                     value=NO_REFINER_CHOICE, allow_custom_value=True,
+                                     elem_id="txt2img_refiner_checkpoint")
             switch_at = gr.Slider(label="Switch at", minimum=0.01, maximum=1.0, step=0.01, value=0.8,
                                   elem_id="txt2img_refiner_switch_at")
         checkpoint.focus(lambda: gr.update(choices=[NO_REFINER_CHOICE] + ctx.models.checkpoint_titles()),
@@ -76,7 +77,8 @@ def build_refiner_controls(ctx: AppContext) -> dict[str, gr.components.Component
 
 
 def refiner_values(named: dict[str, Any]) -> dict[str, Any]:
-    return dict(refiner_checkpoint=named["refiner_checkpoint"] or "", refiner_switch_at=float(named["refiner_switch_at"]))
+    return dict(refiner_checkpoint=named["refiner_checkpoint"] or "",
+                refiner_switch_at=float(named["refiner_switch_at"]))
 
 
 def hires_values(named: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from webui.models.families.base import IMG2IMG, INPAINT, LdmTextEncoder, ModelFamily, frozen, has_key_prefix
+from webui.models.families.base import IMG2IMG, INPAINT, LdmTextEncoder, frozen, has_key_prefix
 from webui.models.families.sdxl import StableDiffusionXL
 
 LDM_OPEN_CLIP_PREFIX = "conditioner.embedders.0.model."
@@ -34,7 +34,8 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     preset_prefix = "sdxl_refiner_"
     text_encoders = ("text_encoder_2",)
     tokenizers = ("tokenizer_2",)
-    pipeline_classes = frozen({IMG2IMG: "StableDiffusionXLImg2ImgPipeline", INPAINT: "StableDiffusionXLInpaintPipeline"})
+    pipeline_classes = frozen({IMG2IMG: "StableDiffusionXLImg2ImgPipeline",
+                               INPAINT: "StableDiffusionXLInpaintPipeline"})
     pipeline_options = frozen({"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False})
     ldm_text_encoders = (LdmTextEncoder("text_encoder_2", LDM_OPEN_CLIP_PREFIX, "open_clip", with_projection=True),)
     kohya_lora_prefixes = frozen({"unet": "lora_unet_", "text_encoder_2": "lora_te2_"})
@@ -61,4 +62,5 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
                 and "text_encoder" not in component_folders)
 
     def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
-        return base_model_version.startswith("sdxl_refiner") or architecture.startswith("stable-diffusion-xl-v1-refiner")
+        return (base_model_version.startswith("sdxl_refiner")
+                or architecture.startswith("stable-diffusion-xl-v1-refiner"))
