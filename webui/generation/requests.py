@@ -14,8 +14,9 @@ from typing import Any
 from webui.generation.samplers import AUTOMATIC, resolve_sampler_and_schedule, schedule_types_for
 
 
-# Refiner names that mean "no refiner" (A1111's API and UI use "None").
-NO_REFINER = ("", "None", "none")
+# Refiner names that mean "no refiner"; A1111's API, UI and X/Y/Z axis use "None".
+NO_REFINER_CHOICE = "None"
+NO_REFINER = ("", NO_REFINER_CHOICE, "none")
 
 
 class RequestError(ValueError):

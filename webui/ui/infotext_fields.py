@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from webui.generation.infotext import parse_infotext
+from webui.generation.requests import NO_REFINER_CHOICE
 from webui.generation.samplers import find_sampler, schedule_type_names
-
-NO_REFINER_CHOICE = "None"  # the Refiner dropdown's "no refiner" (A1111's)
 
 # txt2img control name -> (infotext key, converter)
 TXT2IMG_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {

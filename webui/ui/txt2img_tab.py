@@ -15,7 +15,7 @@ from webui.context import AppContext
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
 from webui.models.default_model import EXAMPLE_PROMPT
 from webui.security.identity import User
-from webui.ui.infotext_fields import NO_REFINER_CHOICE
+from webui.generation.requests import NO_REFINER_CHOICE
 from webui.ui.script_controls import build_script_controls, script_titles
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
