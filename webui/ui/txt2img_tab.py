@@ -12,10 +12,9 @@ from typing import Any
 import gradio as gr
 
 from webui.context import AppContext
-from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
+from webui.generation.requests import HIRES_UPSCALERS, NO_REFINER_CHOICE, Txt2ImgRequest
 from webui.models.default_model import EXAMPLE_PROMPT
 from webui.security.identity import User
-from webui.generation.requests import NO_REFINER_CHOICE
 from webui.ui.script_controls import build_script_controls, script_titles
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
