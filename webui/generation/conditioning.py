@@ -101,7 +101,7 @@ class PromptEncoder:
 
     @property
     def _device(self) -> torch.device:
-        return self.pipeline.text_encoder.device
+        return getattr(self.pipeline, self.family.text_encoders[0]).device
 
     @torch.no_grad()
     def encode(self, prompt: str) -> PromptEmbedding:
