@@ -178,7 +178,6 @@ def test_companion_files_of_another_model_are_refused_at_load_naming_the_file_to
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.support.flux_files import ae_state, clip_l_file_state, save
 
     root, sources = models_dir
     modules = sources["flux1-dev"]

@@ -13,6 +13,7 @@ Removal must give back the weights bitwise.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ from tests.support.sd3_files import MEDIUM, tiny_sd3_modules, transformer_to_ori
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.models.catalog import CheckpointCatalog
 from webui.models.hashing import HashCache
-from webui.models.lora import LoraFileError
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
 
@@ -168,10 +168,13 @@ FLUX_LORA = {f"{name}.{role}": torch.zeros(shape) for name, rows in (
 
 
 @pytest.mark.parametrize(("tensors", "other"), [(SD1_LORA, r"SD1\.x"), (FLUX_LORA, r"Flux\.1")], ids=["sd1", "flux"])
-def test_a_lora_of_another_family_is_refused_with_both_family_names(manager, tmp_path, tensors, other):
+def test_a_lora_of_another_family_is_skipped_with_a_warning_naming_both_families(manager, tmp_path, tensors, other):
     path = write_file(tmp_path / "other.safetensors", tensors)
-    with pytest.raises(LoraFileError, match=rf"other\.safetensors.*do not exist in the loaded SD3\.5 model.*{other}"):
-        with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])):
-            pass
-    with manager.checkout(manager.state_for(CHECKPOINT)) as model:  # the manager keeps serving, without the LoRA
-        assert model.loras == () and model.warnings == ()
+    with manager.checkout(manager.state_for(CHECKPOINT)) as model:
+        plain = denoise(model.pipeline, "a cat")
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:  # generates on, without it
+        assert model.loras == ()
+        assert len(model.warnings) == 1
+        assert re.search(rf"other\.safetensors.*do not exist in the loaded SD3\.5 model.*{other}.*without it",
+                         model.warnings[0]), model.warnings
+        np.testing.assert_array_equal(denoise(model.pipeline, "a cat"), plain)

@@ -76,6 +76,8 @@ class Txt2ImgBody(BaseModel):
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     denoising_strength: float | None = None
+    refiner_checkpoint: str | None = None   # A1111's txt2img Refiner; None/"" /"None" = none
+    refiner_switch_at: float = 0.8
     script_name: str | None = None
     script_args: list[Any] | dict[str, Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
@@ -171,7 +173,8 @@ def txt2img_request_from_body(body: Txt2ImgBody, options: dict[str, Any]) -> Txt
         enable_hr=body.enable_hr, hr_scale=body.hr_scale, hr_upscaler=body.hr_upscaler,
         hr_second_pass_steps=body.hr_second_pass_steps, hr_resize_x=body.hr_resize_x, hr_resize_y=body.hr_resize_y,
         hr_sampler_name=body.hr_sampler_name or "", hr_scheduler=body.hr_scheduler or "", hr_prompt=body.hr_prompt,
-        hr_negative_prompt=body.hr_negative_prompt,
+        hr_negative_prompt=body.hr_negative_prompt, refiner_checkpoint=body.refiner_checkpoint or "",
+        refiner_switch_at=body.refiner_switch_at,
     )
     if body.denoising_strength is not None:
         hires["denoising_strength"] = body.denoising_strength

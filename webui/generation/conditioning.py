@@ -151,7 +151,7 @@ class PromptEncoder:
 
     @property
     def _device(self) -> torch.device:
-        return self.pipeline.text_encoder.device
+        return getattr(self.pipeline, self.family.text_encoders[0]).device
 
     @property
     def _chunk_components(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -25,23 +25,27 @@ from webui.jobs.progress import JobControl
 from webui.models.families import family_named
 from webui.models.manager import LoadedModel
 
-def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None = None) -> Any:
+def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None = None,
+                 unet_wrapper: Callable[[Any], Any] | None = None) -> Any:
     """A diffusers pipeline of the mode's class sharing every module with the loaded pipeline.
 
     When the job's denoising hooks need them, its UNet and/or VAE component is a wrapper around the
-    resident module (webui.generation.hooked_modules says why); otherwise the modules themselves."""
+    resident module (webui.generation.hooked_modules says why); otherwise the modules themselves.
+    `unet_wrapper` wraps the UNet last (txt2img's Refiner: webui.generation.refiner)."""
     import diffusers
 
     base = model.pipeline
-    class_name = family_named(model.family).pipeline_class_name(mode)
+    family = family_named(model.family)
+    class_name = family.pipeline_class_name(mode)
     wraps = denoising is not None and ((denoising.wants_unet and "unet" in base.components) or denoising.wants_vae)
-    if type(base).__name__ == class_name and not wraps:
+    if type(base).__name__ == class_name and not wraps and unet_wrapper is None:
         return base
     cls = getattr(diffusers, class_name)
     accepted = inspect.signature(cls.__init__).parameters
     options = {"requires_safety_checker": False} if "requires_safety_checker" in accepted else {}
     if "requires_aesthetics_score" in accepted:
         options["requires_aesthetics_score"] = False
+    options.update({name: value for name, value in family.pipeline_options.items() if name in accepted})
     components = {name: module for name, module in base.components.items() if name in accepted}
     if wraps:
         from webui.generation.hooked_modules import HookedUNet, HookedVAE
@@ -51,6 +55,8 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
             components["unet"] = HookedUNet(components["unet"], denoising)
         if denoising.wants_vae:
             components["vae"] = HookedVAE(components["vae"], denoising)
+    if unet_wrapper is not None:
+        components["unet"] = unet_wrapper(components["unet"])
     pipeline = cls(**components, **options)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,10 @@ class HiresPass:
         return self.model.pipeline.image_processor.postprocess(decoded, output_type="pil")
 
     @torch.no_grad()
-    def run(self, first: Any, seeds: list[int], control: JobControl | None, *, step_offset: int, seed: int) -> list[Image.Image]:
+    def run(self, first: Any, seeds: list[int], control: JobControl | None, *, step_offset: int, seed: int,
+            unet_wrapper: Callable[[Any], Any] | None = None) -> list[Image.Image]:
+        """The second pass over the first pass's result; `unet_wrapper` hands the UNet over to txt2img's
+        Refiner part-way (webui.generation.refiner)."""
         request = self.request
         if self.steps == 0:  # denoising 0: nothing to redraw, only the upscale
             upscaled = self.upscale(first)
@@ -121,12 +124,12 @@ class HiresPass:
         arguments.update(image=self.upscale(first), strength=request.denoising_strength, output_type="pil",
                          width=self.width, height=self.height)
         if uses_inpainting_unet(self.model):
-            pipeline = pipeline_for(self.model, "inpaint", self.denoising)
+            pipeline = pipeline_for(self.model, "inpaint", self.denoising, unet_wrapper)
             arguments["mask_image"] = Image.new("L", (self.width, self.height), 255)
             if self.in_latent_space:
                 arguments["masked_image_latents"] = arguments["image"]
         else:
-            pipeline = pipeline_for(self.model, "img2img", self.denoising)
+            pipeline = pipeline_for(self.model, "img2img", self.denoising, unet_wrapper)
             del arguments["width"], arguments["height"]
             arguments = sized(pipeline, arguments, self.width, self.height)
         return list(pipeline(**arguments).images)

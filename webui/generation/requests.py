@@ -20,6 +20,11 @@ from webui.generation.samplers import (
 )
 
 
+# Refiner names that mean "no refiner"; A1111's API, UI and X/Y/Z axis use "None".
+NO_REFINER_CHOICE = "None"
+NO_REFINER = ("", NO_REFINER_CHOICE, "none")
+
+
 class RequestError(ValueError):
     """A request value that cannot work; the message names the field and the allowed range."""
 
@@ -73,6 +78,9 @@ class Txt2ImgRequest:
     hr_prompt: str = ""             # "" = the first pass's prompt
     hr_negative_prompt: str = ""
     denoising_strength: float = 0.7
+    # A1111's Refiner (txt2img): another checkpoint takes over once `refiner_switch_at` of the denoising is done.
+    refiner_checkpoint: str = ""    # "" = no refiner
+    refiner_switch_at: float = 0.8
     extra: dict[str, Any] = field(default_factory=dict)
     # Where saved images go, below outputs/ ("" = outputs/ itself, A1111's layout): the owner's own folder,
     # set by GenerationService from the caller's identity at submit (webui.security.paths), never by a client.
@@ -84,6 +92,11 @@ class Txt2ImgRequest:
 
     def with_changes(self, **changes: Any) -> "Txt2ImgRequest":
         return replace(self, **changes)
+
+    @property
+    def uses_refiner(self) -> bool:
+        """Whether a refiner takes part (at switch 1.0 it never would: A1111 then runs the checkpoint alone)."""
+        return self.refiner_checkpoint not in NO_REFINER and self.refiner_switch_at < 1.0
 
     @property
     def image_count(self) -> int:
@@ -117,13 +130,18 @@ class Txt2ImgRequest:
         sampler_name, schedule = _check_sampler(self.sampler_name, self.scheduler, added_samplers)
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_hires(self, limits, added_samplers)
+        if not isinstance(self.refiner_checkpoint, str):
+            raise RequestError("refiner_checkpoint must be a checkpoint name")
+        if self.refiner_checkpoint not in NO_REFINER:
+            _check_float("refiner_switch_at", self.refiner_switch_at, 0.01, 1.0)
         total_steps = self.image_count * (self.steps + (self.hr_second_pass_steps or self.steps if self.enable_hr else 0))
         if total_steps > limits.max_total_steps:
             raise RequestError(
                 f"batch_count x batch_size x steps (hires steps included) = {total_steps} exceeds the limit of "
                 f"{limits.max_total_steps} steps per request; split it into smaller requests"
             )
-        return replace(self, sampler_name=sampler_name, scheduler=schedule)
+        refiner = "" if self.refiner_checkpoint in NO_REFINER else self.refiner_checkpoint
+        return replace(self, sampler_name=sampler_name, scheduler=schedule, refiner_checkpoint=refiner)
 
 
 def check_samplers_for_family(request: "Txt2ImgRequest", flow_matching: bool, family_label: str,
@@ -238,6 +256,8 @@ class Img2ImgRequest(Txt2ImgRequest):
                  added_samplers: Collection[str] = ()) -> "Img2ImgRequest":
         if not self.init_images:
             raise RequestError("img2img needs an input image")
+        if self.refiner_checkpoint not in NO_REFINER:
+            raise RequestError("the Refiner works in txt2img only; img2img runs one checkpoint")
         request = super().validate(limits, added_samplers)
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_int("mask_blur", self.mask_blur, 0, 64)

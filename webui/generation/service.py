@@ -22,6 +22,7 @@ from webui.generation.image_ops import check_image_size
 from webui.generation.img2img import run_img2img
 from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
+from webui.generation.refiner import check_refiner_pair
 from webui.generation.request_codec import decode_request, encode_request
 from webui.generation.samplers import AUTOMATIC, sampler_names, schedule_types_for
 from webui.generation.requests import (
@@ -38,6 +39,7 @@ from webui.jobs.job import Job
 from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
+from webui.models.catalog import CheckpointRecord
 from webui.models.families import family_named
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
@@ -92,13 +94,23 @@ class GenerationService:
         if unknown_styles:
             raise RequestError(f"unknown style(s) {', '.join(unknown_styles)}; "
                                f"available: {', '.join(self.styles.names()) or '(none)'}")
-        if request.checkpoint:
-            record = self.models.check_usable(request.checkpoint)
-            if record is not None and record.architecture is not None:
-                family = family_named(record.architecture.family)
-                label = family.architecture_label(0, record.architecture.variant)
-                check_samplers_for_family(request, family.flow_matching, label, tuple(self.hooks.samplers()),
-                                          family.flow_sampler_names(record.architecture.variant))
+        base = self.models.check_usable(request.checkpoint) if request.checkpoint else self.models.current_record()
+        if base is not None and not isinstance(request, Img2ImgRequest):
+            check_makes_images_from_text(base)
+        if base is not None and base.architecture is not None:
+            family = family_named(base.architecture.family)
+            label = family.architecture_label(0, base.architecture.variant)
+            check_samplers_for_family(request, family.flow_matching, label, tuple(self.hooks.samplers()),
+                                      family.flow_sampler_names(base.architecture.variant))
+        if request.refiner_checkpoint:
+            try:
+                refiner = self.models.check_usable(request.refiner_checkpoint)
+            except LookupError as error:
+                raise RequestError(f"refiner: {error.args[0] if error.args else error}") from None
+            if refiner is None:
+                raise RequestError(f"refiner {request.refiner_checkpoint!r} must be a checkpoint in the models folder")
+            if base is not None:
+                check_refiner_pair(base, refiner)
         return request
 
     def sampler_names(self) -> list[str]:
@@ -235,7 +247,8 @@ class GenerationService:
             request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
         state = manager.state_for(request.checkpoint, self.lora_uses(request), self.models.resolve_vae(request.vae))
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
-        with manager.checkout(state) as model:
+        refiner = request.refiner_checkpoint if request.uses_refiner else None
+        with manager.checkout(state, refiner=refiner) as model:
             result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
                          control=control, hooks=self.hooks)
         result.warnings = tuple(warnings) + tuple(result.warnings)
@@ -292,6 +305,14 @@ class GenerationService:
         user = data.get("user")
         return BatchJob(template, data["input_folder"], data["output_folder"], data.get("mask_folder", ""),
                         User(str(user["name"]), str(user.get("role", USER))) if user else None)
+
+
+def check_makes_images_from_text(record: CheckpointRecord) -> None:
+    """txt2img needs a model that starts from noise; the SDXL refiner only finishes pictures."""
+    family = family_named(record.architecture.family) if record.architecture else None
+    if family is not None and not family.makes_images_from_text:
+        raise RequestError(f"{record.name} is an {family.label} model: it cannot make a picture from text alone; "
+                           "use it in img2img or as txt2img's Refiner, with another model as the checkpoint")
 
 
 def describe_request(request: Txt2ImgRequest) -> str:

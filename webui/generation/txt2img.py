@@ -12,7 +12,7 @@ import random
 from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -34,6 +34,7 @@ from webui.generation.hooks import DenoisingHooks, GenerationHooks, JobInfo
 from webui.generation.outputs import dated_folder, image_grid, save_grid
 from webui.generation.processing import MAX_SEED, SubBatch, prompt_preparer, run_batches
 from webui.generation.prompt_syntax import extract_network_tags
+from webui.generation.refiner import refiner_parameters, refiner_switch
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.jobs.progress import JobControl
@@ -163,6 +164,7 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "T5": t5,
         **hires_parameters(request),
+        **refiner_parameters(request, model),
         "Lora hashes": ", ".join(f"{use.name}: {use.shorthash}" for use in model.loras) or None,
         "TI hashes": ti_hashes,
         **request.infotext_fields,
@@ -250,7 +252,10 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
                              for s, v in zip(batch.seeds, batch.subseeds)])
         use_sampler(model, request.sampler_name, request.scheduler, seed, hooks.samplers())
         if not request.enable_hr:
-            return _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control, "pil", denoising)
+            refined = refiner_switch(model, request, batch.prompts.prompt, batch.prompts.negative_prompt,
+                                     request.steps, request.width, request.height, len(batch.seeds))
+            return _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control, "pil", denoising,
+                                  refined)
         if key not in hires_passes:
             source = hires_prompts or batch.prompts
             hires_passes[key] = HiresPass.plan(model, request, source.encoder_prompt, source.encoder_negative,
@@ -260,7 +265,12 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
                                "latent" if hires.in_latent_space else "pil", denoising)
         if control is not None and control.should_stop_batch:
             return first if not hires.in_latent_space else hires.decode(first, (request.height, request.width))
-        return hires.run(first, batch.seeds, control, step_offset=request.steps, seed=seed)
+        # A1111's default: with hires fix the refiner takes over in the second pass.
+        source = hires_prompts or batch.prompts
+        refined = refiner_switch(model, request, source.prompt, source.negative_prompt,
+                                 request.hr_second_pass_steps or request.steps, hires.width, hires.height,
+                                 len(batch.seeds))
+        return hires.run(first, batch.seeds, control, step_offset=request.steps, seed=seed, unet_wrapper=refined)
 
     def parameters_for(image_prompts: PreparedPrompts, image_seed: int, image_subseed: int) -> dict[str, Any]:
         note_job(job, encoder)
@@ -283,7 +293,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
 @torch.no_grad()
 def _denoise_batch(model: LoadedModel, request: Txt2ImgRequest, conditioning: ConditioningSchedule,
                    noise: torch.Tensor, seeds: list[int], control: JobControl | None, output_type: str,
-                   denoising: DenoisingHooks | None = None) -> Any:
+                   denoising: DenoisingHooks | None = None, unet_wrapper: Callable[[Any], Any] | None = None) -> Any:
     batch_size = noise.shape[0]
     arguments = common_arguments(model, conditioning, batch_size=batch_size, steps=request.steps,
                                  cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising,
@@ -292,11 +302,11 @@ def _denoise_batch(model: LoadedModel, request: Txt2ImgRequest, conditioning: Co
     arguments.update(width=request.width, height=request.height, output_type=output_type)
     if uses_inpainting_unet(model):
         # An inpainting checkpoint in txt2img: everything is "masked", the masked image is blank (A1111 does the same).
-        pipeline = pipeline_for(model, "inpaint", denoising)
+        pipeline = pipeline_for(model, "inpaint", denoising, unet_wrapper)
         blank = Image.new("RGB", (request.width, request.height), (127, 127, 127))
         arguments.update(image=blank, mask_image=Image.new("L", blank.size, 255), strength=1.0, latents=latents)
         output = pipeline(**arguments)
     else:
         arguments.update(latents=latents)
-        output = pipeline_for(model, "txt2img", denoising)(**arguments)
+        output = pipeline_for(model, "txt2img", denoising, unet_wrapper)(**arguments)
     return output.images if output_type == "latent" else list(output.images)

@@ -136,7 +136,7 @@ def _separate_vae(path: Path, family: ModelFamily, configs: Mapping[str, dict[st
     if was_float8:
         notes.append(float8_note(path.name, dtype))
     if layout == "ldm":
-        return vae_from_ldm({"first_stage_model." + key: value for key, value in tensors.items()}, family, configs)
+        return vae_from_ldm({"first_stage_model." + key: value for key, value in tensors.items()}, configs)
     return tensors
 
 
@@ -270,7 +270,8 @@ def tokenizer_path(folder: Path, family: ModelFamily, tokenizer: str) -> Path:
 
 
 def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torch.dtype):
-    """A diffusers text-to-image pipeline of the family's class for these weights."""
+    """A diffusers pipeline of the family's class for these weights (text-to-image, or img2img for a family
+    without text-to-image)."""
     import inspect
 
     import diffusers
@@ -286,12 +287,18 @@ def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torc
         modules.setdefault(encoder, None)
         modules[tokenizer_name] = tokenizer
     modules["scheduler"] = getattr(diffusers, family.scheduler_class).from_config(weights.scheduler_config)
-    pipeline_class = getattr(diffusers, family.pipeline_class_name(TXT2IMG))
+    pipeline_class = getattr(diffusers, family.pipeline_class_name(family.resident_mode))
     accepted = inspect.signature(pipeline_class.__init__).parameters
-    # Optional components a single-file checkpoint never holds (SD's safety checker) are left out.
-    options = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder") if name in accepted}
+    # Optional components a single-file checkpoint never holds (SD's safety checker) are left out, and so
+    # are components the family lacks (the SDXL refiner's first text encoder and tokenizer).
+    options: dict[str, Any] = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder")
+                               if name in accepted}
+    options.update({name: None for name, parameter in accepted.items()
+                    if name != "self" and name not in modules and parameter.default is inspect.Parameter.empty
+                    and parameter.kind is parameter.POSITIONAL_OR_KEYWORD})
     if "requires_safety_checker" in accepted:
         options["requires_safety_checker"] = False
+    options.update({name: value for name, value in family.pipeline_options.items() if name in accepted})
     pipeline = pipeline_class(**modules, **options)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -28,7 +28,9 @@ from diffusers.loaders.single_file_utils import (
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
-from webui.models.families import ModelFamily, family_names, family_named, family_of_ldm_keys, flux, sd1, sd2, sd3, sdxl
+from webui.models.families import (
+    SDXL_REFINER, ModelFamily, family_names, family_named, family_of_ldm_keys, flux, sd1, sd2, sd3, sdxl,
+)
 from webui.models.families.base import LdmTextEncoder
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -127,13 +129,9 @@ def _foreign_model_with_sd_like_keys(keys: list[str]) -> str | None:
     if "edm_mean" in keys or "edm_std" in keys:
         return "Playground v2.5 (EDM-parameterised SDXL)"
     has_sdxl_embedders = _any_key_starts(keys, SDXL_EMBEDDER_PREFIX)
-    if _any_key_starts(keys, "conditioner.embedders.0.model.") and not _any_key_starts(
-        keys, "conditioner.embedders.1."
-    ):
-        return "the SDXL refiner"
     if has_sdxl_embedders and not (
         _any_key_starts(keys, SDXL_CLIP_PREFIX) and _any_key_starts(keys, SDXL_OPEN_CLIP_PREFIX)
-    ):
+    ) and not SDXL_REFINER.matches_ldm_keys(keys):
         embedder_ids = {key.split(".")[2] for key in keys if key.startswith(SDXL_EMBEDDER_PREFIX)}
         return f"an SGM model with text embedders {sorted(embedder_ids)} (not SDXL base)"
     if _any_key_starts(keys, "embedder.model.", "noise_augmentor."):
@@ -349,7 +347,7 @@ def ldm_to_diffusers(
                        if any(key.startswith(prefix) for key in state_dict)), None)
     if vae_prefix is not None:
         components["vae"] = vae_from_ldm({LDM_VAE_PREFIX + key[len(vae_prefix):]: value for key, value
-                                          in state_dict.items() if key.startswith(vae_prefix)}, model_family, configs)
+                                          in state_dict.items() if key.startswith(vae_prefix)}, configs)
     for encoder in model_family.ldm_text_encoders:
         if encoder.component in model_family.separate_text_encoder_files and not any(
                 key.startswith(encoder.prefix) for key in state_dict):
@@ -363,10 +361,10 @@ SD3_MMDIT_FORMAT = "sd3_mmdit"
 BFL_FLUX_FORMAT = "bfl_flux"
 
 
-def vae_from_ldm(vae_state: Mapping[str, Tensor], family: ModelFamily, configs: Mapping[str, dict]) -> dict[str, Tensor]:
+def vae_from_ldm(vae_state: Mapping[str, Tensor], configs: Mapping[str, dict]) -> dict[str, Tensor]:
     """A VAE in LDM names under `first_stage_model.` (a checkpoint's, or a standalone file such as Flux's
     ae.safetensors given that prefix) -> diffusers names, through diffusers' converter."""
-    return convert_ldm_vae_checkpoint(dict(vae_state), _fitted_ldm_vae_config(family, configs, vae_state))
+    return convert_ldm_vae_checkpoint(dict(vae_state), _fitted_ldm_vae_config(configs, vae_state))
 
 
 def flux_transformer_from_bfl(transformer_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -416,13 +414,11 @@ def _denoiser_from_ldm(state_dict: Mapping[str, Tensor], family: ModelFamily,
     return convert_sd3_transformer_checkpoint_to_diffusers(dict(transformer_state))  # it pops what it converts
 
 
-def _fitted_ldm_vae_config(family: ModelFamily, configs: Mapping[str, dict],
-                           vae_state: Mapping[str, Tensor]) -> dict:
-    """diffusers' VAE converter counts levels from the config; a family that fits sizes to the weights
-    (SD3) gets the file's level count, read from the LDM names (`encoder.down.<level>.`)."""
+def _fitted_ldm_vae_config(configs: Mapping[str, dict], vae_state: Mapping[str, Tensor]) -> dict:
+    """diffusers' VAE converter counts levels from the config; it gets the file's level count, read from the
+    LDM names (`encoder.down.<level>.`): the published VAEs have the shipped four, reduced ones (families
+    that fit sizes to the weights: SDXL, SD3) may have fewer."""
     config = dict(configs["vae"])
-    if family.single_file_denoiser == LDM_UNET_FORMAT:
-        return config
     levels = len(_indices(vae_state, re.escape(LDM_VAE_PREFIX) + r"encoder\.down\.(\d+)\."))
     config["down_block_types"] = [config["down_block_types"][0]] * levels
     config["up_block_types"] = [config["up_block_types"][0]] * levels

@@ -36,6 +36,7 @@ from webui.models.lora_formats import (
     COMPONENT_TE,
     COMPONENT_TE2,
     COMPONENT_UNET,
+    ForeignLoraError,
     LoraFileError,
     LoraPatch,
     RawLayer,
@@ -51,7 +52,7 @@ from webui.models.lora_formats import (
 )
 from webui.models.patches import WeightPatch, WeightPatcher, weight_patches
 
-__all__ = ["LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
+__all__ = ["ForeignLoraError", "LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
 
 # Cross-attention key/value input width -> the family whose text encoder produces it.
 _CROSS_ATTENTION_WIDTHS = {family.cross_attention_width: family.label for family in FAMILIES}
@@ -211,18 +212,18 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
         foreign = [layer for other in FAMILIES if other.name != family
                    for layer in group_layers(state_dict, other.lora_key_prefixes)[0]]
         if foreign:
-            raise LoraFileError(
+            raise ForeignLoraError(
                 path, f"none of its layers is named as {label} LoRAs name them (e.g. {next(iter(state_dict))}); it "
                       f"was made for another architecture" + _named_by_other_families(foreign, family))
         raise LoraFileError(path, describe_non_lora(list(state_dict)))
     declared = declared_family(metadata)
     if declared is not None and declared != family:
         source = metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
-        raise LoraFileError(
+        raise ForeignLoraError(
             path, f"made for {_label(declared)} (metadata: {source}); the loaded model is {label}"
         )
     if any(layer.component == COMPONENT_TE2 for layer in layers) and COMPONENT_TE2 not in pipeline_modules:
-        raise LoraFileError(
+        raise ForeignLoraError(
             path,
             f"made for SDXL: it changes a second text encoder, which the loaded {label} model does not have",
         )
@@ -276,10 +277,10 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
         whole = LoraPatch(target="", kind=kind, tensors=tensors, alpha=alpha, rank=rank)
         patches.extend(_part_patches(whole, parts, layer_targets))
     if mismatches:
-        raise LoraFileError(path, _shape_mismatch_reason(mismatches, family) + _named_by_other_families(layers, family))
+        raise ForeignLoraError(path, _shape_mismatch_reason(mismatches, family) + _named_by_other_families(layers, family))
     if missing_layers and len(missing_layers) >= matched:
         example = _layer_label(missing_layers[0])
-        raise LoraFileError(
+        raise ForeignLoraError(
             path,
             f"{len(missing_layers)} of its {len(missing_layers) + matched} layers do not exist in the "
             f"loaded {label} model (e.g. {example}); it was probably made for another architecture"

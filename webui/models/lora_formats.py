@@ -100,6 +100,11 @@ class LoraFileError(ValueError):
         super().__init__(f"LoRA '{self.path.name}': {reason}")
 
 
+class ForeignLoraError(LoraFileError):
+    """A readable LoRA made for another model family or architecture. The issue's rule (and A1111's habit of
+    generating on when a network does not fit) is to skip it with a warning rather than fail the job."""
+
+
 @dataclass(frozen=True, eq=False)  # identity semantics: tensors have no meaningful ==
 class LoraPatch:
     """The update of one layer: ``target`` is a dotted path relative to the pipeline as installed

@@ -22,6 +22,7 @@ from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.checkpoint_loading import CheckpointLoadError
+from webui.models.checkpoint_settings import CheckpointSetting, CheckpointSettingError, CheckpointSettings
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
@@ -53,6 +54,7 @@ class ModelService:
     checkpoint_folder: Path
     vae_folder: Path
     selected: str | None = field(default=None)  # the title users chose (UI dropdown, /sdapi/v1/options)
+    checkpoint_settings: CheckpointSettings | None = None  # per-checkpoint user settings (prediction type)
 
     # ---- checkpoints ----
     def checkpoint_titles(self) -> list[str]:
@@ -67,6 +69,14 @@ class ModelService:
         try:
             return self.managers[0].default_record().title
         except CheckpointLoadError:  # no usable checkpoint at all: requests get that error when they run
+            return None
+
+    def current_record(self) -> CheckpointRecord | None:
+        """The record of `current_checkpoint_title()`, None when there is none (or it is a Hub id)."""
+        title = self.current_checkpoint_title()
+        try:
+            return self.catalog.find(title) if title else None
+        except LookupError:
             return None
 
     def refresh_checkpoints(self) -> list[CheckpointRecord]:
@@ -118,6 +128,21 @@ class ModelService:
             if not record.usable:
                 raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
         return records, self.resolve_vae(recipe.baked_vae) if recipe.baked_vae else None
+
+    # ---- per-checkpoint settings (callers check that the user is an admin: they change a shared model) ----
+    def checkpoint_setting(self, wanted: str) -> tuple[CheckpointRecord, CheckpointSetting]:
+        """The checkpoint a title/name/hash names and its settings; LookupError for an unknown one."""
+        record = self.catalog.find(wanted)
+        store = self.checkpoint_settings
+        return record, store.get(record.name) if store is not None else CheckpointSetting()
+
+    def set_checkpoint_setting(self, wanted: str,
+                               setting: CheckpointSetting) -> tuple[CheckpointRecord, CheckpointSetting]:
+        """Store a checkpoint's settings (CheckpointSettingError for a bad value); the next job uses them."""
+        record = self.catalog.find(wanted)
+        if self.checkpoint_settings is None:
+            raise CheckpointSettingError("this server keeps no checkpoint settings")
+        return record, self.checkpoint_settings.set(record.name, setting.check())
 
     # ---- jobs ----
     def job_kinds(self) -> list[JobKind]:

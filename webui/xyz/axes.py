@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from webui.generation import samplers as sampler_tables
+from webui.generation.requests import NO_REFINER_CHOICE
 from webui.xyz.ranges import AxisValueError, DEFAULT_MAX_VALUES, parse_float_values, parse_int_values, value_items
 
 AxisKind = Literal["int", "float", "str", "choice"]
@@ -572,6 +573,12 @@ def builtin_axis_options() -> list[AxisOption]:
             "Styles", "str", _apply_styles,
             choices=lambda available: available.styles, prepare=_prepare_styles, format_value=_format_styles,
         ),
+        AxisOption(
+            "Refiner checkpoint", "choice", set_field("refiner_checkpoint"),
+            choices=lambda available: [NO_REFINER_CHOICE, *sorted(available.checkpoints, key=str.casefold)],
+            match_choice=_match_checkpoint, format_value=_format_checkpoint, cost=CHECKPOINT_COST,
+        ),
+        AxisOption("Refiner switch at", "float", set_field("refiner_switch_at"), validate=numbers_between(0.01, 1.0)),
     ]
 
 

@@ -53,6 +53,8 @@ class ModelFamily(ABC):
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
     pipeline_classes: ClassVar[Mapping[str, str]]  # mode -> diffusers pipeline class name
+    # Options the family's pipelines are built with (e.g. the SDXL refiner's `requires_aesthetics_score`).
+    pipeline_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     text_encoder_widths: ClassVar[tuple[int, ...]]  # hidden width of each text encoder (an embedding's vectors)
     cross_attention_width: ClassVar[int]     # the text features' width the UNet's cross-attention takes
     # SDXL-style conditioning: the UNet also takes the pooled text embedding and size/crop time ids.
@@ -133,6 +135,20 @@ class ModelFamily(ABC):
     def shipped_tokenizer_folder(self, tokenizer: str) -> Path:
         """Where the shipped files of one tokenizer are (a family may share another family's files)."""
         return self.config_folder / tokenizer
+
+    @property
+    def makes_images_from_text(self) -> bool:
+        """Whether the family has a text-to-image pipeline (the SDXL refiner only refines given latents)."""
+        return TXT2IMG in self.pipeline_classes
+
+    @property
+    def resident_mode(self) -> str:
+        """The mode whose pipeline class the manager builds (the other modes wrap its modules)."""
+        return TXT2IMG if self.makes_images_from_text else IMG2IMG
+
+    def time_ids(self, height: int, width: int, positive: bool) -> list[float]:
+        """The size/crop time ids a pooled-text UNet takes for a `height` x `width` picture (none by default)."""
+        return []
 
     def pipeline_class_name(self, mode: str) -> str:
         try:

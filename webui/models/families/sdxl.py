@@ -12,6 +12,7 @@ import torch
 from webui.models.families.base import (
     IMG2IMG, INPAINT, TXT2IMG, UNET_LORA_MARKERS, LdmTextEncoder, ModelFamily, frozen,
 )
+from webui.models.families.fitted_configs import fit_clip_config, fit_text_time_unet_config, fit_vae_config
 
 LDM_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 LDM_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
@@ -47,6 +48,10 @@ class StableDiffusionXL(ModelFamily):
     def modelspec_architecture(self, prediction_type: str) -> str:
         return "stable-diffusion-xl-v1-base"
 
+    def time_ids(self, height: int, width: int, positive: bool) -> list[float]:
+        """Original size, crop corner (none) and target size, as the SDXL pipelines default them."""
+        return [height, width, 0, 0, height, width]
+
     def scheduler_overrides(self, single_file_keys: Collection[str]) -> dict[str, Any]:
         """v-prediction fine-tunes (NoobAI-XL v-pred and the like) carry an empty `v_pred` tensor, and those
         trained with zero terminal SNR also `ztsnr` (the markers ComfyUI and Forge read): rescaled betas make
@@ -57,6 +62,19 @@ class StableDiffusionXL(ModelFamily):
         if "ztsnr" in single_file_keys:
             overrides["rescale_betas_zero_snr"] = True
         return overrides
+
+    def fit_configs(self, configs: Mapping[str, dict[str, Any]],
+                    state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
+        """Sizes from the weights (published files give the shipped configs back; reduced test models fit)."""
+        projection = state_dicts.get("text_encoder_2", {}).get("text_projection.weight")
+        fitters = {
+            "unet": lambda config, state: fit_text_time_unet_config(
+                config, state, int(projection.shape[0]) if projection is not None else None,
+                len(self.time_ids(1, 1, True))),
+            "vae": fit_vae_config, "text_encoder": fit_clip_config, "text_encoder_2": fit_clip_config,
+        }
+        return {name: fitters[name](config, state_dicts[name]) if name in state_dicts else dict(config)
+                for name, config in configs.items()}
 
     def encode_token_ids(self, text_encoders: list[torch.nn.Module], token_ids: list[torch.Tensor],
                          clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
