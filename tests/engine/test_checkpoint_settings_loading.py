@@ -25,14 +25,15 @@ def test_the_v_prediction_setting_reaches_the_scheduler_and_survives_a_restart(t
     write_single_file(tmp_path / "Stable-diffusion" / "noob_vpred_tiny.safetensors", BASE, seed=3)
     settings_file = tmp_path / "data" / "checkpoint_settings.json"
     manager = manager_of(tmp_path, settings_file)
-    with manager.checkout("noob_vpred_tiny") as model:
+    with manager.checkout(manager.state_for("noob_vpred_tiny")) as model:
         assert model.scheduler_config["prediction_type"] == "epsilon"
     CheckpointSettings(settings_file).set("noob_vpred_tiny", CheckpointSetting(V_PREDICTION, zero_terminal_snr=True))
-    with manager.checkout("noob_vpred_tiny") as model:  # the next job, no reload
+    with manager.checkout(manager.state_for("noob_vpred_tiny")) as model:  # the next job, no reload
         use_sampler(model, "Euler a", "Automatic", seed=1)
         assert model.pipeline.scheduler.config.prediction_type == "v_prediction"
         assert model.pipeline.scheduler.config.rescale_betas_zero_snr is True
         assert float(model.pipeline.scheduler.alphas_cumprod[-1]) < 1e-6  # the last step is pure noise
-    with manager_of(tmp_path, settings_file).checkout("noob_vpred_tiny") as model:
+    manager = manager_of(tmp_path, settings_file)
+    with manager.checkout(manager.state_for("noob_vpred_tiny")) as model:
         assert model.scheduler_config["prediction_type"] == "v_prediction"
         assert model.scheduler_config["rescale_betas_zero_snr"] is True

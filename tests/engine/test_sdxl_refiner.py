@@ -68,7 +68,8 @@ def test_the_catalog_lists_the_refiner_with_its_label_in_both_layouts(models_dir
 @pytest.mark.parametrize("name", ["sd_xl_refiner_tiny", "refiner-diffusers"])
 def test_the_refiner_loads_as_an_img2img_pipeline_that_denoises_like_diffusers(models_dir, name):
     image = Image.fromarray((np.indices((32, 32)).sum(0) * 4 % 255).astype(np.uint8)).convert("RGB")
-    with manager_of(models_dir).checkout(name) as model:
+    manager = manager_of(models_dir)
+    with manager.checkout(manager.state_for(name)) as model:
         assert type(model.pipeline).__name__ == "StableDiffusionXLImg2ImgPipeline"
         assert model.pipeline.config.requires_aesthetics_score is True
         assert model.pipeline.text_encoder is None and model.pipeline.unet.config.cross_attention_dim == 64
@@ -80,7 +81,8 @@ def test_the_refiner_loads_as_an_img2img_pipeline_that_denoises_like_diffusers(m
 
 
 def test_the_tiny_base_single_file_loads_as_sdxl_with_its_fitted_sizes(models_dir):
-    with manager_of(models_dir).checkout("sd_xl_base_tiny") as model:
+    manager = manager_of(models_dir)
+    with manager.checkout(manager.state_for("sd_xl_base_tiny")) as model:
         assert type(model.pipeline).__name__ == "StableDiffusionXLPipeline"
         unet = model.pipeline.unet.config
         sizes = (list(unet.block_out_channels), unet.cross_attention_dim, unet.addition_time_embed_dim)
