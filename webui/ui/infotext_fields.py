@@ -18,6 +18,8 @@ TXT2IMG_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "sampler_name": ("Sampler", lambda value: find_sampler(value).name),
     "scheduler": ("Schedule type", lambda value: value if value in schedule_type_names() else "Automatic"),
     "cfg_scale": ("CFG scale", float),
+    "distilled_cfg_scale": ("Distilled CFG Scale", float),
+    "shift": ("Shift", float),
     "seed": ("Seed", int),
     "width": ("Size-1", int),
     "height": ("Size-2", int),
@@ -29,6 +31,7 @@ TXT2IMG_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "hr_upscaler": ("Hires upscaler", str),
     "hr_scale": ("Hires upscale", float),
     "hr_second_pass_steps": ("Hires steps", int),
+    "hr_distilled_cfg": ("Hires Distilled CFG Scale", float),
     "mask_blur": ("Mask blur", int),
 }
 

@@ -8,6 +8,7 @@ family is one new file here (a subclass) and one line in `families/__init__.py`.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ class ModelFamily(ABC):
     latent_channels: ClassVar[int] = 4
     # A1111's "Clip skip" applies to the family's prompt encoding (families without CLIP-only prompts lack it).
     uses_clip_skip: ClassVar[bool] = True
+    # Guidance-distilled models (Forge's "Distilled CFG Scale") take the guidance strength as an input of the
+    # denoiser instead of (or besides) running classifier-free guidance.
+    takes_distilled_guidance: ClassVar[bool] = False
+    # Flow-matching models sample along a shifted sigma schedule; the shift ("Shift") is a user setting.
+    is_flow_matching: ClassVar[bool] = False
     # The scheduler class a freshly built pipeline starts with (the generation engine may swap it per sampler).
     scheduler_class: ClassVar[str] = "EulerDiscreteScheduler"
     # Text encoders a checkpoint may lack and still generate (the pipeline gets None for them).
@@ -87,6 +93,22 @@ class ModelFamily(ABC):
     def config_folder(self) -> Path:
         """The shipped diffusers configs and tokenizer files (offline building of single-file checkpoints)."""
         return MODEL_CONFIGS / self.name
+
+    def default_shift(self, model_folder: Path | None = None) -> float | None:
+        """The flow shift a model of this family samples with unless the user sets one: the `shift` of its
+        scheduler config (a diffusers folder's own when `model_folder` is one, else the shipped config);
+        None for families that are not flow-matching or a config that names none."""
+        if not self.is_flow_matching:
+            return None
+        for folder in ([model_folder] if model_folder is not None else []) + [self.config_folder]:
+            config = folder / "scheduler" / "scheduler_config.json"
+            try:
+                shift = json.loads(config.read_text(encoding="utf-8")).get("shift")
+            except (OSError, ValueError):
+                continue
+            if isinstance(shift, (int, float)) and not isinstance(shift, bool):
+                return float(shift)
+        return None
 
     def pipeline_class_name(self, mode: str) -> str:
         try:

@@ -1,0 +1,152 @@
+"""Per-family request fields: Forge's "Distilled CFG Scale" and the flow models' "Shift" (issue #17).
+
+Which family uses which setting is asked of the family object; these tests pin the rule for the families
+that exist (SD1/SD2/SDXL/SD3.5) and for a guidance-distilled family without clip skip (what Flux.1 dev
+declares), the request validation, the infotext keys as Forge writes them and their paste-back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from webui.generation.family_fields import (
+    FAMILY_FIELDS, family_uses, sampling_shift, shown_fields, unused_field_message,
+)
+from webui.generation.infotext import create_infotext, parse_infotext
+from webui.generation.request_codec import decode_request, encode_request
+from webui.generation.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
+from webui.generation.txt2img import family_parameters, hires_family_parameters
+from webui.models.families import SD1, SD2, SD3, SDXL
+from webui.models.families.sd3 import StableDiffusion3
+from webui.ui.infotext_fields import txt2img_values_from_infotext
+from webui.xyz.axes import default_axis_registry
+
+# An image Forge made with Flux.1 dev (its infotext line, as Forge writes it).
+FORGE_FLUX_INFOTEXT = (
+    "a lighthouse at dusk\n"
+    "Steps: 20, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5, Seed: 42, "
+    "Size: 896x1152, Model hash: 7d3d6c6b4c, Model: flux1-dev-bnb-nf4-v2, Denoising strength: 0.7, "
+    "Hires upscale: 1.5, Hires upscaler: Latent, Hires Distilled CFG Scale: 2.8, "
+    "Version: f2.0.1v1.10.1-previous-313-g8a042934"
+)
+
+
+class GuidanceDistilledFamily(StableDiffusion3):
+    """A family declaring what Flux.1 dev declares: distilled guidance, flow matching, no clip skip."""
+
+    name = "distilled-test"
+    uses_clip_skip = False
+    takes_distilled_guidance = True
+
+
+@pytest.mark.parametrize("family", [SD1, SD2, SDXL])
+def test_the_sd_families_keep_their_controls_and_gain_none(family):
+    assert shown_fields(family) == {"clip_skip": True, "distilled_cfg_scale": False, "hr_distilled_cfg": False,
+                                    "shift": False}
+    assert family.default_shift() is None
+
+
+def test_sd3_shows_shift_with_its_scheduler_configs_default_and_keeps_clip_skip():
+    assert shown_fields(SD3) == {"clip_skip": True, "distilled_cfg_scale": False, "hr_distilled_cfg": False,
+                                 "shift": True}
+    shipped = json.loads((SD3.config_folder / "scheduler" / "scheduler_config.json").read_text())
+    assert SD3.default_shift() == shipped["shift"] == 3.0
+
+
+def test_a_diffusers_folder_supplies_its_own_shift(tmp_path):
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"shift": 1.75}))
+    assert SD3.default_shift(tmp_path) == 1.75
+    assert SD3.default_shift(tmp_path / "elsewhere") == 3.0  # no config there: the shipped one
+    assert SD1.default_shift(tmp_path) is None  # not a flow model, whatever the folder says
+
+
+def test_a_guidance_distilled_family_hides_clip_skip_and_shows_distilled_cfg():
+    family = GuidanceDistilledFamily()
+    assert shown_fields(family) == {"clip_skip": False, "distilled_cfg_scale": True, "hr_distilled_cfg": True,
+                                    "shift": True}
+    assert family_uses(family, "steps") and family_uses(SD1, "cfg_scale")  # fields every family has
+
+
+def test_request_defaults_follow_forge_and_validation_names_the_field():
+    request = Txt2ImgRequest().validate()
+    assert request.distilled_cfg_scale == 3.5 and request.hr_distilled_cfg == 3.5 and request.shift is None
+    assert Txt2ImgRequest(distilled_cfg_scale=0.0, shift=0.1).validate().shift == 0.1
+    for changes, field in (({"distilled_cfg_scale": 30.5}, "distilled_cfg_scale"),
+                           ({"distilled_cfg_scale": math.nan}, "distilled_cfg_scale"),
+                           ({"distilled_cfg_scale": "3.5"}, "distilled_cfg_scale"),
+                           ({"shift": 0.0}, "shift"), ({"shift": 25.0}, "shift"), ({"shift": math.inf}, "shift"),
+                           ({"enable_hr": True, "hr_distilled_cfg": -1.0}, "hr_distilled_cfg")):
+        with pytest.raises(RequestError, match=field):
+            Txt2ImgRequest(**changes).validate()
+    # Without hires fix its distilled scale is not used, so it is not checked (A1111's rule for hires fields).
+    assert Txt2ImgRequest(hr_distilled_cfg=-1.0).validate().hr_distilled_cfg == -1.0
+    with pytest.raises(RequestError, match="shift"):
+        Img2ImgRequest(init_images=("image",), shift=-2.0).validate()
+
+
+def test_the_new_fields_survive_a_queued_job_being_stored(tmp_path):
+    request = Txt2ImgRequest(distilled_cfg_scale=2.5, shift=4.0, hr_distilled_cfg=1.5)
+    assert decode_request(encode_request(request, tmp_path), tmp_path) == request
+
+
+def test_infotext_keys_are_written_only_for_families_that_use_them():
+    request = Txt2ImgRequest(distilled_cfg_scale=2.5, shift=None, enable_hr=True, hr_distilled_cfg=1.5)
+    assert family_parameters(request, SD1, {}) == {"Distilled CFG Scale": None, "Shift": None}
+    assert hires_family_parameters(request, SDXL) == {"Hires Distilled CFG Scale": None}
+    # A flow model without a shift of its own in the request samples with its scheduler config's.
+    assert family_parameters(request, SD3, {"shift": 3.0}) == {"Distilled CFG Scale": None, "Shift": 3.0}
+    distilled = GuidanceDistilledFamily()
+    assert family_parameters(request.with_changes(shift=1.15), distilled, {"shift": 3.0}) == {
+        "Distilled CFG Scale": 2.5, "Shift": 1.15}
+    assert hires_family_parameters(request, distilled) == {"Hires Distilled CFG Scale": 1.5}
+    assert hires_family_parameters(request.with_changes(enable_hr=False), distilled) == {
+        "Hires Distilled CFG Scale": None}
+
+
+def test_forges_strings_are_written_and_read_back_exactly():
+    request = Txt2ImgRequest(cfg_scale=1.0, distilled_cfg_scale=3.5, shift=3.0)
+    line = create_infotext("a lighthouse", "", {"Steps": 20, "CFG scale": 1.0,
+                                                **family_parameters(request, GuidanceDistilledFamily(), {}),
+                                                "Seed": 42})
+    assert line == "a lighthouse\nSteps: 20, CFG scale: 1.0, Distilled CFG Scale: 3.5, Shift: 3.0, Seed: 42"
+    values = txt2img_values_from_infotext(line)
+    assert values["distilled_cfg_scale"] == 3.5 and values["shift"] == 3.0 and values["cfg_scale"] == 1.0
+
+
+def test_a_forge_flux_infotext_pastes_into_the_fields():
+    parsed = parse_infotext(FORGE_FLUX_INFOTEXT)
+    assert parsed["Distilled CFG Scale"] == "3.5" and parsed["Hires Distilled CFG Scale"] == "2.8"
+    values = txt2img_values_from_infotext(FORGE_FLUX_INFOTEXT)
+    assert values["distilled_cfg_scale"] == 3.5 and values["hr_distilled_cfg"] == 2.8 and values["cfg_scale"] == 1.0
+    assert "shift" not in values  # Forge wrote none: the control keeps the model's default
+    # An SD1 infotext (no such keys) leaves both controls alone as well.
+    sd1_values = txt2img_values_from_infotext("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1")
+    assert "distilled_cfg_scale" not in sd1_values and "shift" not in sd1_values
+
+
+def test_the_xyz_axes_name_the_field_whose_family_rule_applies():
+    registry = default_axis_registry()
+    assert registry.get("Distilled CFG Scale").request_field == "distilled_cfg_scale"
+    assert registry.get("Shift").request_field == "shift"
+    assert registry.get("Steps").request_field is None
+    for label in ("Distilled CFG Scale", "Shift"):
+        assert registry.get(label).request_field in FAMILY_FIELDS
+    applied = registry.get("Shift").apply(Txt2ImgRequest(), 2.0)
+    assert applied.shift == 2.0
+
+
+def test_the_refusal_says_what_the_setting_is_and_who_has_it():
+    message = unused_field_message(SD1, "shift", "toy [abc]")
+    assert message == "Shift does not apply to toy [abc] (SD1.x): only flow-matching models have it"
+    assert "Distilled CFG Scale" in unused_field_message(SDXL, "distilled_cfg_scale", "xl")
+
+
+def test_sampling_shift_prefers_the_request_and_ignores_non_flow_families():
+    assert sampling_shift(SD3, 2.0, {"shift": 3.0}) == 2.0
+    assert sampling_shift(SD3, None, {"shift": 3}) == 3.0
+    assert sampling_shift(SD3, None, {}) is None
+    assert sampling_shift(SDXL, 2.0, {"shift": 3.0}) is None
