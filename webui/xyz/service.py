@@ -318,8 +318,7 @@ def _check_axes_apply(generation: GenerationService, plan: XYZPlan, checkpoint: 
         field_name = axis.option.request_field
         if not axis.is_nothing and field_name and not family_uses(family, field_name):
             shown = checkpoint or generation.models.current_checkpoint_title() or "the current checkpoint"
-            raise AxisValueError(f"the {axis.name} axis ({axis.label}): "
-                                 f"{unused_field_message(family, field_name, shown)}")
+            raise AxisValueError(f"{axis.name} axis: {unused_field_message(family, field_name, shown)}")
 
 
 def _describe(plan: XYZPlan, cell: PlotCell) -> str:
