@@ -3,7 +3,7 @@
 Some request fields only mean something for some families: "Clip skip" for CLIP-prompted models, Forge's
 "Distilled CFG Scale" for guidance-distilled models (Flux.1 dev), "Shift" for flow-matching models (SD3.5,
 Flux). The family object says which it is (`ModelFamily.uses_clip_skip`, `takes_distilled_guidance`,
-`is_flow_matching`); this table maps request fields to those answers, so the UI (which controls it shows),
+`flow_matching`); this table maps request fields to those answers, so the UI (which controls it shows),
 the infotext (which keys it writes) and the X/Y/Z plot (which axes it refuses) agree without naming a family.
 """
 
@@ -31,7 +31,7 @@ FAMILY_FIELDS: Mapping[str, FamilyField] = MappingProxyType({
                                        "guidance-distilled models"),
     "hr_distilled_cfg": FamilyField("takes_distilled_guidance", "Hires Distilled CFG Scale",
                                     "guidance-distilled models"),
-    "shift": FamilyField("is_flow_matching", "Shift", "flow-matching models"),
+    "shift": FamilyField("flow_matching", "Shift", "flow-matching models"),
 })
 
 
@@ -57,7 +57,7 @@ def unused_field_message(family: ModelFamily, field_name: str, checkpoint: str) 
 def sampling_shift(family: ModelFamily, shift: float | None, scheduler_config: Mapping[str, object]) -> float | None:
     """The shift a model samples with: the request's, else its own scheduler config's; None for families
     that are not flow-matching (what the infotext writes as "Shift" and flow schedulers get)."""
-    if not family.is_flow_matching:
+    if not family.flow_matching:
         return None
     if shift is not None:
         return float(shift)

@@ -74,8 +74,8 @@ class ModelFamily(ABC):
     # Guidance-distilled models (Forge's "Distilled CFG Scale") take the guidance strength as an input of the
     # denoiser instead of (or besides) running classifier-free guidance.
     takes_distilled_guidance: ClassVar[bool] = False
-    # Flow-matching models sample along a shifted sigma schedule; the shift ("Shift") is a user setting.
-    is_flow_matching: ClassVar[bool] = False
+    # Flow-matching models (SD3, Flux) sample along a shifted sigma schedule; the shift ("Shift") is a user setting.
+    flow_matching: ClassVar[bool] = False
     # The scheduler class a freshly built pipeline starts with (the generation engine may swap it per sampler).
     scheduler_class: ClassVar[str] = "EulerDiscreteScheduler"
     # Text encoders a checkpoint may lack and still generate (the pipeline gets None for them).
@@ -98,7 +98,7 @@ class ModelFamily(ABC):
         """The flow shift a model of this family samples with unless the user sets one: the `shift` of its
         scheduler config (a diffusers folder's own when `model_folder` is one, else the shipped config);
         None for families that are not flow-matching or a config that names none."""
-        if not self.is_flow_matching:
+        if not self.flow_matching:
             return None
         for folder in ([model_folder] if model_folder is not None else []) + [self.config_folder]:
             config = folder / "scheduler" / "scheduler_config.json"
