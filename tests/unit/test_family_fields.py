@@ -39,7 +39,7 @@ class GuidanceDistilledFamily(StableDiffusion3):
 
     name = "distilled-test"
     uses_clip_skip = False
-    takes_distilled_guidance = True
+    distilled_guidance = True
 
 
 @pytest.mark.parametrize("family", [SD1, SD2, SDXL])

@@ -2,7 +2,7 @@
 
 Some request fields only mean something for some families: "Clip skip" for CLIP-prompted models, Forge's
 "Distilled CFG Scale" for guidance-distilled models (Flux.1 dev), "Shift" for flow-matching models (SD3.5,
-Flux). The family object says which it is (`ModelFamily.uses_clip_skip`, `takes_distilled_guidance`,
+Flux). The family object says which it is (`ModelFamily.uses_clip_skip`, `distilled_guidance`,
 `flow_matching`); this table maps request fields to those answers, so the UI (which controls it shows),
 the infotext (which keys it writes) and the X/Y/Z plot (which axes it refuses) agree without naming a family.
 """
@@ -27,9 +27,9 @@ class FamilyField:
 
 FAMILY_FIELDS: Mapping[str, FamilyField] = MappingProxyType({
     "clip_skip": FamilyField("uses_clip_skip", "Clip skip", "models prompted through CLIP alone"),
-    "distilled_cfg_scale": FamilyField("takes_distilled_guidance", "Distilled CFG Scale",
+    "distilled_cfg_scale": FamilyField("distilled_guidance", "Distilled CFG Scale",
                                        "guidance-distilled models"),
-    "hr_distilled_cfg": FamilyField("takes_distilled_guidance", "Hires Distilled CFG Scale",
+    "hr_distilled_cfg": FamilyField("distilled_guidance", "Hires Distilled CFG Scale",
                                     "guidance-distilled models"),
     "shift": FamilyField("flow_matching", "Shift", "flow-matching models"),
 })

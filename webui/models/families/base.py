@@ -73,7 +73,7 @@ class ModelFamily(ABC):
     uses_clip_skip: ClassVar[bool] = True
     # Guidance-distilled models (Forge's "Distilled CFG Scale") take the guidance strength as an input of the
     # denoiser instead of (or besides) running classifier-free guidance.
-    takes_distilled_guidance: ClassVar[bool] = False
+    distilled_guidance: ClassVar[bool] = False
     # Flow-matching models (SD3, Flux) sample along a shifted sigma schedule; the shift ("Shift") is a user setting.
     flow_matching: ClassVar[bool] = False
     # The scheduler class a freshly built pipeline starts with (the generation engine may swap it per sampler).
