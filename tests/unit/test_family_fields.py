@@ -11,6 +11,9 @@ import json
 import math
 
 import pytest
+import torch
+
+from safetensors.torch import save_file
 
 from webui.generation.family_fields import (
     FAMILY_FIELDS, family_uses, sampling_shift, shown_fields, unused_field_message,
@@ -19,7 +22,11 @@ from webui.generation.infotext import create_infotext, parse_infotext
 from webui.generation.request_codec import decode_request, encode_request
 from webui.generation.requests import Img2ImgRequest, RequestError, Txt2ImgRequest
 from webui.generation.txt2img import family_parameters, hires_family_parameters
+from webui.models.catalog import CheckpointRecord
+from webui.models.checkpoint_files import CheckpointReadError
+from webui.models.checkpoint_loading import scheduler_config_of
 from webui.models.families import SD1, SD2, SD3, SDXL
+from webui.models.ldm_conversion import Architecture
 from webui.models.families.sd3 import StableDiffusion3
 from webui.ui.infotext_fields import txt2img_values_from_infotext
 from webui.xyz.axes import default_axis_registry
@@ -46,22 +53,32 @@ class GuidanceDistilledFamily(StableDiffusion3):
 def test_the_sd_families_keep_their_controls_and_gain_none(family):
     assert shown_fields(family) == {"clip_skip": True, "distilled_cfg_scale": False, "hr_distilled_cfg": False,
                                     "shift": False}
-    assert family.default_shift() is None
+    assert sampling_shift(family, None, {"shift": 3.0}) is None
 
 
-def test_sd3_shows_shift_with_its_scheduler_configs_default_and_keeps_clip_skip():
+def test_sd3_shows_shift_and_keeps_clip_skip():
     assert shown_fields(SD3) == {"clip_skip": True, "distilled_cfg_scale": False, "hr_distilled_cfg": False,
                                  "shift": True}
+
+
+def sd3_record(path, file_format: str, architecture: bool = True) -> CheckpointRecord:
+    return CheckpointRecord(name=path.stem, path=path, format=file_format, error=None if architecture else "bad",
+                            architecture=Architecture("sd3", 16, "SD3.5 Medium", "sd3.5-medium") if architecture
+                            else None)
+
+
+def test_a_checkpoints_default_shift_is_the_scheduler_config_it_loads_with(tmp_path):
     shipped = json.loads((SD3.config_folder / "scheduler" / "scheduler_config.json").read_text())
-    assert SD3.default_shift() == shipped["shift"] == 3.0
-
-
-def test_a_diffusers_folder_supplies_its_own_shift(tmp_path):
-    (tmp_path / "scheduler").mkdir()
-    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"shift": 1.75}))
-    assert SD3.default_shift(tmp_path) == 1.75
-    assert SD3.default_shift(tmp_path / "elsewhere") == 3.0  # no config there: the shipped one
-    assert SD1.default_shift(tmp_path) is None  # not a flow model, whatever the folder says
+    single = tmp_path / "sd3.safetensors"
+    save_file({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(2, 2)}, str(single))
+    assert sampling_shift(SD3, None, scheduler_config_of(sd3_record(single, "safetensors"))) == shipped["shift"] == 3.0
+    folder = tmp_path / "flowy"
+    (folder / "scheduler").mkdir(parents=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"shift": 1.75}))
+    assert sampling_shift(SD3, None, scheduler_config_of(sd3_record(folder, "diffusers"))) == 1.75
+    assert scheduler_config_of(sd3_record(tmp_path / "bare", "diffusers"))["shift"] == 3.0  # no config: shipped
+    with pytest.raises(CheckpointReadError, match="bad"):
+        scheduler_config_of(sd3_record(single, "safetensors", architecture=False))
 
 
 def test_a_guidance_distilled_family_hides_clip_skip_and_shows_distilled_cfg():

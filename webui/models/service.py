@@ -21,7 +21,9 @@ from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
-from webui.models.checkpoint_loading import CheckpointLoadError
+from webui.generation.family_fields import sampling_shift
+from webui.models.checkpoint_files import CheckpointReadError
+from webui.models.checkpoint_loading import CheckpointLoadError, scheduler_config_of
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.families import ModelFamily, family_named
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager
@@ -89,13 +91,16 @@ class ModelService:
         return family_named(record.architecture.family) if record.architecture else None
 
     def default_shift(self, wanted: str | None) -> float | None:
-        """The flow shift the checkpoint samples with unless a request sets one (its scheduler config's);
-        None for checkpoints of families without a shift."""
+        """The flow shift the checkpoint (None: the current one) samples with unless a request sets one: its
+        scheduler config's, as loading builds it; None for families without a shift or an unreadable file."""
         family = self.family_of(wanted)
-        if family is None:
+        if family is None or not family.flow_matching:
             return None
-        record = self.catalog.find(wanted or self.current_checkpoint_title() or "")
-        return family.default_shift(record.path if record.format == "diffusers" else None)
+        try:
+            config = scheduler_config_of(self.catalog.find(wanted or self.current_checkpoint_title() or ""))
+        except (LookupError, CheckpointReadError, OSError, ValueError):
+            return None
+        return sampling_shift(family, None, config)
 
     def refresh_checkpoints(self) -> list[CheckpointRecord]:
         return self.catalog.refresh()

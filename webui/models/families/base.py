@@ -8,7 +8,6 @@ family is one new file here (a subclass) and one line in `families/__init__.py`.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -93,22 +92,6 @@ class ModelFamily(ABC):
     def config_folder(self) -> Path:
         """The shipped diffusers configs and tokenizer files (offline building of single-file checkpoints)."""
         return MODEL_CONFIGS / self.name
-
-    def default_shift(self, model_folder: Path | None = None) -> float | None:
-        """The flow shift a model of this family samples with unless the user sets one: the `shift` of its
-        scheduler config (a diffusers folder's own when `model_folder` is one, else the shipped config);
-        None for families that are not flow-matching or a config that names none."""
-        if not self.flow_matching:
-            return None
-        for folder in ([model_folder] if model_folder is not None else []) + [self.config_folder]:
-            config = folder / "scheduler" / "scheduler_config.json"
-            try:
-                shift = json.loads(config.read_text(encoding="utf-8")).get("shift")
-            except (OSError, ValueError):
-                continue
-            if isinstance(shift, (int, float)) and not isinstance(shift, bool):
-                return float(shift)
-        return None
 
     def pipeline_class_name(self, mode: str) -> str:
         try:
