@@ -166,4 +166,13 @@ def test_sampling_shift_prefers_the_request_and_ignores_non_flow_families():
     assert sampling_shift(SD3, 2.0, {"shift": 3.0}) == 2.0
     assert sampling_shift(SD3, None, {"shift": 3}) == 3.0
     assert sampling_shift(SD3, None, {}) is None
+    # A resolution-dependent schedule (Flux.1 dev's) has no fixed shift unless the request sets one.
+    assert sampling_shift(SD3, None, {"shift": 3.0, "use_dynamic_shifting": True}) is None
+    assert sampling_shift(SD3, 2.0, {"shift": 3.0, "use_dynamic_shifting": True}) == 2.0
     assert sampling_shift(SDXL, 2.0, {"shift": 3.0}) is None
+
+
+def test_the_shift_sliders_zero_means_the_models_own_schedule():
+    from webui.ui.generation_controls import shift_of
+
+    assert shift_of(0.0) is None and shift_of(2.5) == 2.5

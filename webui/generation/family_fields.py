@@ -55,11 +55,15 @@ def unused_field_message(family: ModelFamily, field_name: str, checkpoint: str) 
 
 
 def sampling_shift(family: ModelFamily, shift: float | None, scheduler_config: Mapping[str, object]) -> float | None:
-    """The shift a model samples with: the request's, else its own scheduler config's; None for families
-    that are not flow-matching (what the infotext writes as "Shift" and flow schedulers get)."""
+    """The fixed shift a model samples with: the request's, else its own scheduler config's; None for
+    families that are not flow-matching and for configs whose shift follows the image size (diffusers'
+    `use_dynamic_shifting`, Flux.1 dev) when the request sets none. What the infotext writes as "Shift" and
+    a flow scheduler is built with."""
     if not family.flow_matching:
         return None
     if shift is not None:
         return float(shift)
+    if scheduler_config.get("use_dynamic_shifting"):
+        return None
     configured = scheduler_config.get("shift")
     return float(configured) if isinstance(configured, (int, float)) and not isinstance(configured, bool) else None

@@ -14,7 +14,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.generation.family_fields import FAMILY_FIELDS, shown_fields
-from webui.generation.requests import DEFAULT_DISTILLED_CFG_SCALE, MAX_DISTILLED_CFG_SCALE, MAX_SHIFT, MIN_SHIFT
+from webui.generation.requests import DEFAULT_DISTILLED_CFG_SCALE, MAX_DISTILLED_CFG_SCALE, MAX_SHIFT
 from webui.generation.samplers import schedule_types_for
 from webui.models.families import DEFAULT_FAMILY
 from webui.jobs.progress import ProgressSnapshot
@@ -30,7 +30,7 @@ from webui.xyz.service import XyzOptions, XyzRun
 from webui.xyz.plot import AxisSpec
 
 POLL_SECONDS = 0.25
-FALLBACK_SHIFT = 3.0  # the Shift slider's value before a flow-matching checkpoint supplies its own
+AUTOMATIC_SHIFT = 0.0  # the Shift slider's "the model's own schedule" (a request's shift None)
 FAMILY_CONTROLS = tuple(FAMILY_FIELDS)  # request fields whose controls depend on the checkpoint's family
 
 
@@ -148,7 +148,8 @@ def build_sampling_controls(ctx: AppContext, prefix: str, default_size: int) -> 
     distilled_cfg_scale = gr.Slider(label="Distilled CFG Scale", minimum=0.0, maximum=MAX_DISTILLED_CFG_SCALE,
                                     step=0.1, value=DEFAULT_DISTILLED_CFG_SCALE, visible=shown["distilled_cfg_scale"],
                                     elem_id=f"{prefix}_distilled_cfg_scale")
-    shift = gr.Slider(label="Shift", minimum=MIN_SHIFT, maximum=MAX_SHIFT, step=0.05, value=default_shift_value(ctx, None),
+    shift = gr.Slider(label="Shift", minimum=AUTOMATIC_SHIFT, maximum=MAX_SHIFT, step=0.05,
+                      value=default_shift_value(ctx, None), info="0 = the model's own (resolution-dependent) schedule",
                       visible=shown["shift"], elem_id=f"{prefix}_shift")
     with gr.Row():
         seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{prefix}_seed")
@@ -183,19 +184,18 @@ def family_controls_shown(ctx: AppContext, checkpoint: str | None) -> dict[str, 
 
 
 def default_shift_value(ctx: AppContext, checkpoint: str | None) -> float:
-    """The Shift slider's value for a checkpoint: its scheduler config's shift (the shipped flow default for
-    checkpoints without one, while the slider is hidden anyway)."""
+    """The Shift slider's value for a checkpoint: its scheduler config's fixed shift; 0 ("the model's own")
+    for models whose shift depends on the image size and for families without one (the slider is hidden)."""
     shift = ctx.models.default_shift(checkpoint)
-    return shift if shift is not None else FALLBACK_SHIFT
+    return shift if shift is not None else AUTOMATIC_SHIFT
 
 
 def family_control_updates(ctx: AppContext, checkpoint: str | None, names: list[str]) -> list[Any]:
     """Updates for the named controls when the checkpoint changes: each family-dependent control is shown
     only for families that use it, and Shift takes the new model's default."""
     shown = family_controls_shown(ctx, checkpoint)
-    shift = default_shift_value(ctx, checkpoint) if shown["shift"] else None
-    return [gr.update(visible=shown[name], **({"value": shift} if name == "shift" and shift is not None else {}))
-            for name in names]
+    shift = default_shift_value(ctx, checkpoint)
+    return [gr.update(visible=shown[name], **({"value": shift} if name == "shift" else {})) for name in names]
 
 
 @dataclass
@@ -229,7 +229,7 @@ def request_values(named: dict[str, Any], style_names: tuple[str, ...], vae_name
         steps=to_int(named["steps"], "Sampling steps"), sampler_name=named["sampler_name"],
         scheduler=named["scheduler"], cfg_scale=float(named["cfg_scale"]),
         distilled_cfg_scale=to_float(named["distilled_cfg_scale"], "Distilled CFG Scale"),
-        shift=to_float(named["shift"], "Shift"), width=to_int(named["width"], "Width"),
+        shift=shift_of(to_float(named["shift"], "Shift")), width=to_int(named["width"], "Width"),
         height=to_int(named["height"], "Height"), seed=to_int(named["seed"], "Seed"),
         subseed=to_int(named["subseed"], "Variation seed"), subseed_strength=float(named["subseed_strength"]),
         batch_count=to_int(named["batch_count"], "Batch count"), batch_size=to_int(named["batch_size"], "Batch size"),
@@ -354,6 +354,11 @@ def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any], owne
     options = XyzOptions(draw_legend=bool(named["xyz_draw_legend"]), keep_seeds=bool(named["xyz_keep_seeds"]),
                          include_sub_images=bool(named["xyz_sub_images"]))
     return ctx.xyz.submit(request, spec("x"), spec("y"), spec("z"), options, owner=owner)
+
+
+def shift_of(slider_value: float) -> float | None:
+    """The Shift slider's value as a request's shift: None (the model's own schedule) for its 0."""
+    return None if slider_value == AUTOMATIC_SHIFT else slider_value
 
 
 def to_float(value: Any, label: str) -> float:
