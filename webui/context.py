@@ -91,7 +91,8 @@ def build_context(settings: Settings) -> AppContext:
     extensions = load_for_app(settings)  # first: services are built with the hooks extensions registered
     hash_cache = HashCache(settings.cache_folder / "hashes.json")
     network = NetworkPolicy.from_settings(settings)
-    catalog = CheckpointCatalog(settings.checkpoint_folder, hash_cache, network, settings.text_encoder_folder)
+    catalog = CheckpointCatalog(settings.checkpoint_folder, hash_cache, network, settings.text_encoder_folder,
+                                settings.vae_folder, settings.denoiser_folders)
     catalog.refresh()
     request_limits = RequestLimits.from_settings(settings)
     kinds = JobKinds()

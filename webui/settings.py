@@ -33,6 +33,7 @@ class Settings:
     lora_dir: Path | None = None
     vae_dir: Path | None = None
     text_encoder_dir: Path | None = None
+    unet_dir: Path | None = None
     embeddings_dir: Path | None = None
     outputs_dir: Path | None = None
     listen: bool = False
@@ -84,6 +85,13 @@ class Settings:
     def text_encoder_folder(self) -> Path:
         """Separate text encoders (clip_l, clip_g, t5xxl) for checkpoints that ship without them (SD3.5)."""
         return self.text_encoder_dir or self.data_dir / "models" / "text_encoder"
+
+    @property
+    def denoiser_folders(self) -> tuple[Path, ...]:
+        """Transformer/UNet-only files as ComfyUI keeps them, listed with the checkpoints."""
+        if self.unet_dir is not None:
+            return (self.unet_dir,)
+        return (self.data_dir / "models" / "unet", self.data_dir / "models" / "diffusion_models")
 
     @property
     def embeddings_folder(self) -> Path:
@@ -163,6 +171,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vae-dir", type=Path, default=None, help="VAE folder (default models/VAE)")
     parser.add_argument("--text-encoder-dir", type=Path, default=None,
                         help="separate text encoders such as clip_l/clip_g/t5xxl (default models/text_encoder)")
+    parser.add_argument("--unet-dir", type=Path, default=None,
+                        help="transformer-only checkpoints such as flux1-dev.safetensors, listed with the "
+                             "checkpoints as unet/<name> (default: models/unet and models/diffusion_models)")
     parser.add_argument("--embeddings-dir", type=Path, default=None, help="embeddings folder (default models/embeddings)")
     parser.add_argument("--outputs-dir", type=Path, default=None, help="where images are saved (default outputs/)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="compute device (default: auto)")
@@ -302,6 +313,7 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         lora_dir=args.lora_dir,
         vae_dir=args.vae_dir,
         text_encoder_dir=args.text_encoder_dir,
+        unet_dir=args.unet_dir,
         embeddings_dir=args.embeddings_dir,
         outputs_dir=args.outputs_dir,
         listen=args.listen,

@@ -118,6 +118,8 @@ def test_settings_flags_config_and_safe_defaults(tmp_path):
     assert custom.checkpoint_folder == tmp_path / "ck" and custom.outputs_folder == tmp_path / "o"
     assert settings.text_encoder_folder == tmp_path / "models" / "text_encoder"
     assert settings_from_args(["--text-encoder-dir", str(tmp_path / "te")]).text_encoder_folder == tmp_path / "te"
+    assert settings.denoiser_folders == (tmp_path / "models" / "unet", tmp_path / "models" / "diffusion_models")
+    assert settings_from_args(["--unet-dir", str(tmp_path / "u")]).denoiser_folders == (tmp_path / "u",)
     auth_file = tmp_path / "users.txt"
     auth_file.write_text("x:y\nz:w\n")
     assert settings_from_args(["--auth-file", str(auth_file)]).auth == (("x", "y"), ("z", "w"))
@@ -132,10 +134,10 @@ def test_help_lists_every_documented_flag_without_installing_or_touching_cuda():
                             text=True, timeout=60).stdout
     for flag in ("--listen", "--port", "--share", "--api", "--nowebui", "--data-dir", "--ckpt-dir", "--lora-dir",
                  "--vae-dir", "--text-encoder-dir", "--embeddings-dir", "--outputs-dir", "--device", "--precision", "--auth",
-                 "--auth-file", "--skip-install", "--allow-hub"):
+                 "--auth-file", "--skip-install", "--allow-hub", "--unet-dir"):
         assert flag in output
     readme = (PROJECT_ROOT / "README.md").read_text()
-    assert "| `--allow-hub` |" in readme
+    assert "| `--allow-hub` |" in readme and "| `--unet-dir DIR` |" in readme
     assert "python3 launch.py" in readme and "python3 run_tests.py" in readme
 
 

@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if __name__ == "__main__":  # run as the offline probe: make `webui` importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from webui.models.families import family_names  # noqa: E402
+from webui.models.families import family_named, family_names  # noqa: E402
 from webui.models.model_configs import (  # noqa: E402
     component_names,
     config_dir,
@@ -36,7 +36,7 @@ from webui.models.model_configs import (  # noqa: E402
     tokenizer_folders,
 )
 
-FAMILIES = tuple(sorted(family_names()))  # ("sd1", "sd2", "sd3", "sdxl")
+FAMILIES = tuple(sorted(family_names()))  # ("flux", "sd1", "sd2", "sd3", "sdxl")
 START, END = 49406, 49407
 EXCLAMATION_ID = 0  # "!" is the first byte character, the pad token of OpenCLIP encoders
 CLIP_LENGTH = 77
@@ -47,7 +47,12 @@ EXPECTED_COMPONENTS = {
     "sdxl": ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"),
     "sd3": ("scheduler", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
             "tokenizer_3", "transformer", "vae"),
+    "flux": ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae"),
 }
+
+# FLUX.1-dev's transformer and autoencoder as the Hugging Face pages of black-forest-labs/FLUX.1-dev count
+# their safetensors ("12B params": 11,901,408,320; ae: 83,819,683).
+FLUX_DEV_TRANSFORMER, FLUX_VAE = 11_901_408_320, 83_819_683
 
 # Published parameter counts of the original models' components.
 PUBLISHED_PARAMETER_COUNTS = {
@@ -61,6 +66,10 @@ PUBLISHED_PARAMETER_COUNTS = {
     ("sdxl", "vae"): 83_653_863,
     ("sdxl", "text_encoder"): 123_060_480,
     ("sdxl", "text_encoder_2"): 694_659_840,
+    # FLUX.1-dev as diffusers builds black-forest-labs' published configs ("12 billion parameters").
+    ("flux", "transformer"): FLUX_DEV_TRANSFORMER,
+    ("flux", "vae"): FLUX_VAE,
+    ("flux", "text_encoder"): 123_060_480,  # CLIP ViT-L/14's text tower, as SD1's
 }
 
 # Token ids from CLIP's reference tokenizer (published in other projects' test suites).
@@ -85,6 +94,7 @@ TOKENIZER_PAD_IDS = {
     ("sdxl", 1): EXCLAMATION_ID,
     ("sd3", 0): END,             # SD3's CLIP-L pads like SDXL's first encoder,
     ("sd3", 1): EXCLAMATION_ID,  # its OpenCLIP bigG like SDXL's second
+    ("flux", 0): END,            # Flux's CLIP-L is SD3's tokenizer files
 }
 
 # Values that change outputs without changing any tensor shape, as the built components
@@ -122,6 +132,19 @@ OUTPUT_AFFECTING_VALUES = {
         ("unet", "addition_time_embed_dim", 256),
         ("unet", "sample_size", 128),
     ],
+    "flux": [
+        ("scheduler", "shift", 3.0),
+        ("scheduler", "use_dynamic_shifting", True),
+        ("scheduler", "base_shift", 0.5),
+        ("scheduler", "max_shift", 1.15),
+        ("vae", "scaling_factor", 0.3611),
+        ("vae", "shift_factor", 0.1159),
+        ("vae", "latent_channels", 16),
+        ("text_encoder", "hidden_act", "quick_gelu"),
+        ("text_encoder_2", "feed_forward_proj", "gated-gelu"),
+        ("transformer", "guidance_embeds", True),
+        ("transformer", "axes_dims_rope", [16, 56, 56]),
+    ],
     "sd3": [
         ("scheduler", "shift", 3.0),
         ("scheduler", "use_dynamic_shifting", False),
@@ -144,7 +167,10 @@ def build_meta_component(family: str, name: str) -> Any:
     library, class_name = load_model_index(family)[name]
     component_class = getattr(importlib.import_module(library), class_name)
     folder = str(config_dir(family))
-    if name.startswith("tokenizer") or name == "scheduler":
+    if name.startswith("tokenizer"):  # where the family keeps them (Flux: SD3's files)
+        return component_class.from_pretrained(str(family_named(family).shipped_tokenizer_folder(name)),
+                                               local_files_only=True)
+    if name == "scheduler":
         return component_class.from_pretrained(folder, subfolder=name, local_files_only=True)
     with init_empty_weights():
         if library == "diffusers":
@@ -243,7 +269,9 @@ def test_load_component_config_rejects_components_the_family_lacks() -> None:
 def test_family_declares_exactly_the_components_a_single_file_pipeline_needs(family: str) -> None:
     assert component_names(family) == EXPECTED_COMPONENTS[family]
     for name in component_names(family):
-        assert (config_dir(family) / name).is_dir()
+        folder = (family_named(family).shipped_tokenizer_folder(name) if name.startswith("tokenizer")
+                  else config_dir(family) / name)
+        assert folder.is_dir()
         assert isinstance(load_component_config(family, name), dict)
 
 
@@ -277,13 +305,13 @@ def test_long_prompts_truncate_to_the_text_encoder_context() -> None:
 
 
 def test_tokenizer_count_per_family() -> None:
-    assert [len(load_tokenizers(family)) for family in FAMILIES] == [1, 1, 3, 2]
+    assert [len(load_tokenizers(family)) for family in FAMILIES] == [2, 1, 1, 3, 2]
 
 
 def test_all_tokenizer_folders_share_one_vocabulary() -> None:
-    folders = [folder for family in FAMILIES for folder in tokenizer_folders(family)
-               if (folder / "vocab.json").is_file()]  # the CLIP ones (SD3's T5 has its own)
-    assert len(folders) == 6
+    folders = list(dict.fromkeys(folder for family in FAMILIES for folder in tokenizer_folders(family)
+                                 if (folder / "vocab.json").is_file()))  # the CLIP ones (SD3's T5 has its own)
+    assert len(folders) == 6  # Flux uses SD3's files, no seventh copy
     for file_name in ("vocab.json", "merges.txt"):
         contents = {(folder / file_name).read_bytes() for folder in folders}
         assert len(contents) == 1, file_name
@@ -323,6 +351,23 @@ def test_sd3_skeleton_assembles_offline_with_matching_widths(offline_skeletons: 
     assert components["tokenizer"]["model_max_length"] == components["tokenizer_2"]["model_max_length"] == CLIP_LENGTH
     assert components["tokenizer_3"]["model_max_length"] == 256 and components["tokenizer_3"]["pad_token_id"] == 0
     assert components["text_encoder"]["class"] == components["text_encoder_2"]["class"] == "CLIPTextModelWithProjection"
+
+
+def test_flux_skeleton_assembles_offline_with_matching_widths(offline_skeletons: dict[str, Any]) -> None:
+    built = offline_skeletons["flux"]
+    components = built["components"]
+    assert built["pipeline_class"] == "FluxPipeline"
+    assert sorted(components) == list(EXPECTED_COMPONENTS["flux"])
+    assert built["vae_scale_factor"] == 8
+    transformer = components["transformer"]["config"]
+    # 2x2 patches of the 16 latent channels are packed into 64-wide tokens.
+    assert transformer["in_channels"] == 4 * components["vae"]["config"]["latent_channels"] == 64
+    assert transformer["joint_attention_dim"] == components["text_encoder_2"]["config"]["d_model"] == 4096
+    assert transformer["pooled_projection_dim"] == components["text_encoder"]["config"]["hidden_size"] == 768
+    assert sum(transformer["axes_dims_rope"]) == transformer["attention_head_dim"] == 128
+    assert components["text_encoder"]["class"] == "CLIPTextModel"
+    assert components["tokenizer"]["model_max_length"] == CLIP_LENGTH
+    assert components["tokenizer_2"]["pad_token_id"] == 0
 
 
 @pytest.mark.parametrize("family", [name for name in FAMILIES if "unet" in EXPECTED_COMPONENTS[name]])

@@ -221,9 +221,9 @@ class GenerationService:
         owners_folder = request.outputs_subfolder  # an extension never moves where a user's images go
         request = self.hooks.before_request(
             request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
-        loras, vae = self.lora_uses(request), self.models.resolve_vae(request.vae)
+        state = manager.state_for(request.checkpoint, self.lora_uses(request), self.models.resolve_vae(request.vae))
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
-        with manager.checkout(request.checkpoint, loras, vae) as model:
+        with manager.checkout(state) as model:
             result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
                          control=control, hooks=self.hooks)
         result.warnings = tuple(warnings) + tuple(result.warnings)

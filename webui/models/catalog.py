@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webui.models.checkpoint_files import CheckpointReadError, read_key_shapes
-from webui.models.families import denoiser_folders, family_of_diffusers
+from webui.models.companion_files import CompanionFolders, CompanionNeeds
+from webui.models.families import denoiser_folders, family_named, family_of_diffusers
 from webui.models.hashing import HashCache
 from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture
 from webui.security.network import NetworkPolicy
@@ -91,53 +92,70 @@ class CheckpointCatalog:
     """
 
     def __init__(self, folder: Path, hash_cache: HashCache, network: NetworkPolicy = NetworkPolicy(),
-                 text_encoder_folder: Path | None = None):
+                 text_encoder_folder: Path | None = None, vae_folder: Path | None = None,
+                 denoiser_folders: tuple[Path, ...] | None = None):
         self.folder = folder
-        # Separate text encoders (clip_l, clip_g, t5xxl) for checkpoints without them: A1111/Forge keep
-        # models/text_encoder beside models/Stable-diffusion.
+        # Transformer/UNet-only files where ComfyUI keeps them (models/unet, models/diffusion_models), listed
+        # after the checkpoint folder's and named "<folder name>/<file>" so that names never collide.
+        self.denoiser_folders = tuple(denoiser_folders if denoiser_folders is not None else (
+            folder.parent / "unet", folder.parent / "diffusion_models"))
+        # Separate text encoders (clip_l, clip_g, t5xxl) and VAEs (Flux's ae.safetensors) for checkpoints
+        # without them: A1111/Forge keep models/text_encoder and models/VAE beside models/Stable-diffusion.
         self.text_encoder_folder = text_encoder_folder or folder.parent / "text_encoder"
+        self.vae_folder = vae_folder or folder.parent / "VAE"
         self._hashes = hash_cache
         self._network = network
         self._lock = threading.Lock()
         self._records: list[CheckpointRecord] = []
-        self._classified: dict[tuple, tuple[Architecture | None, str | None]] = {}
+        self._classified: dict[tuple, tuple[Architecture | None, str | None, CompanionNeeds | None]] = {}
 
     def refresh(self) -> list[CheckpointRecord]:
-        records = []
-        if self.folder.is_dir():
-            for path in sorted(self.folder.rglob("*")):
-                if is_diffusers_folder(path):
-                    records.append(self._record(path, "diffusers"))
-                elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES and not any(
-                    is_diffusers_folder(parent) for parent in path.parents
-                ) and not path.name.endswith(".vae.safetensors"):
-                    records.append(self._record(path, path.suffix.lower().lstrip(".")))
+        records = self._scan(self.folder, prefix="")
+        for folder in self.denoiser_folders:
+            if folder.resolve() != self.folder.resolve():
+                records.extend(self._scan(folder, prefix=f"{folder.name}/", diffusers=False))
         with self._lock:
             self._records = records
         return list(records)
 
-    def _record(self, path: Path, file_format: str) -> CheckpointRecord:
-        name = path.relative_to(self.folder).as_posix()
-        if file_format != "diffusers":
-            name = name.rsplit(".", 1)[0]
-        architecture, error = self._classify(path, file_format)
+    def _scan(self, folder: Path, prefix: str, diffusers: bool = True) -> list[CheckpointRecord]:
+        records: list[CheckpointRecord] = []
+        if not folder.is_dir():
+            return records
+        for path in sorted(folder.rglob("*")):
+            if diffusers and is_diffusers_folder(path):
+                records.append(self._record(path, "diffusers", prefix + path.relative_to(folder).as_posix()))
+            elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES and not any(
+                is_diffusers_folder(parent) for parent in path.parents
+            ) and not path.name.endswith(".vae.safetensors"):
+                name = prefix + path.relative_to(folder).as_posix().rsplit(".", 1)[0]
+                records.append(self._record(path, path.suffix.lower().lstrip("."), name))
+        return records
+
+    def _record(self, path: Path, file_format: str, name: str) -> CheckpointRecord:
+        architecture, error, needs = self._classify(path, file_format)
+        if needs is not None and error is None:  # companions are looked for at every scan: they may come later
+            error = needs.missing_message(CompanionFolders(self.vae_folder, self.text_encoder_folder), path.name)
         return CheckpointRecord(
             name=name, path=path, format=file_format, architecture=architecture,
             sha256=self._hashes.cached(path), error=error,
         )
 
-    def _classify(self, path: Path, file_format: str) -> tuple[Architecture | None, str | None]:
+    def _classify(self, path: Path, file_format: str
+                  ) -> tuple[Architecture | None, str | None, CompanionNeeds | None]:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime)
         if key in self._classified:
             return self._classified[key]
         try:
             if file_format == "diffusers":
-                result = (architecture_of_diffusers_folder(path), None)
+                result = (architecture_of_diffusers_folder(path), None, None)
             else:
-                result = (detect_architecture(read_key_shapes(path)), None)
+                key_shapes = read_key_shapes(path)
+                architecture = detect_architecture(key_shapes)
+                result = (architecture, None, CompanionNeeds.of_keys(family_named(architecture.family), key_shapes))
         except (CheckpointReadError, UnsupportedCheckpointError) as error:
-            result = (None, str(error))
+            result = (None, str(error), None)
         self._classified[key] = result
         return result
 

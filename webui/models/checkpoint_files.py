@@ -159,3 +159,16 @@ def dequantize_scaled_fp8(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
         scale = state_dict.get(key[: -len("weight")] + "scale_weight") if key.endswith("weight") else None
         plain[key] = value.float() * scale.float() if scale is not None else value
     return plain
+
+
+FLOAT8_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2})
+
+
+def upcast_float8(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], bool]:
+    """Plain fp8 files (flux1-dev-fp8, t5xxl_fp8_e4m3fn): float8 tensors as `dtype`, before any conversion
+    (diffusers' converters concatenate tensors, which float8 does not support on every device); True when
+    the file held float8 tensors, so the loader can say the weights are fp8-quality."""
+    if not any(tensor.dtype in FLOAT8_DTYPES for tensor in state_dict.values()):
+        return state_dict, False
+    return {key: tensor.to(dtype) if tensor.dtype in FLOAT8_DTYPES else tensor
+            for key, tensor in state_dict.items()}, True

@@ -19,12 +19,16 @@ import torch
 
 from webui.models.catalog import CheckpointRecord
 from webui.models.checkpoint_files import (
-    CheckpointReadError, dequantize_scaled_fp8, read_key_shapes, read_state_dict,
+    CheckpointReadError, dequantize_scaled_fp8, read_key_shapes, read_state_dict, upcast_float8,
 )
+from webui.models.companion_files import CompanionFolders, CompanionNeeds
 from webui.models.families import TXT2IMG, ModelFamily, family_named
-from webui.models.ldm_conversion import Architecture, UnsupportedCheckpointError, detect_architecture, ldm_to_diffusers
+from webui.models.ldm_conversion import (
+    Architecture, UnsupportedCheckpointError, detect_architecture, ldm_to_diffusers, vae_from_ldm,
+)
 from webui.models.model_configs import config_dir, load_component_config, load_model_index, tokenizer_class_name
-from webui.models.text_encoder_files import MissingTextEncoderError, read_separate_text_encoders
+from webui.models.text_encoder_files import MissingTextEncoderError, float8_note, read_separate_text_encoders
+from webui.models.vae import VaeFileError, read_vae_tensors
 
 class CheckpointLoadError(ValueError):
     """The checkpoint cannot be turned into a pipeline; the message names the file and the reason."""
@@ -61,17 +65,20 @@ def _component_names(family: str) -> tuple[str, ...]:
 
 
 def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype,
-                            text_encoder_folder: Path | None = None) -> CheckpointWeights:
+                            text_encoder_folder: Path | None = None, vae_folder: Path | None = None) -> CheckpointWeights:
     """Read a checkpoint into CPU state dicts in `dtype`, converting the LDM single-file layout. Text encoders
-    a single file leaves out come from `text_encoder_folder` (models/text_encoder) when its family allows."""
+    and the VAE a single file leaves out come from `text_encoder_folder` (models/text_encoder) and
+    `vae_folder` (models/VAE) when its family allows."""
     if record.error:
         raise CheckpointLoadError(f"{record.path.name} cannot be loaded: {record.error}")
+    folders = CompanionFolders(vae=vae_folder or record.path.parent.parent / "VAE",
+                               text_encoder=text_encoder_folder or record.path.parent / "text_encoder")
     try:
         if record.format == "diffusers":
             weights = _read_diffusers_folder(record)
         else:
-            weights = _read_single_file(record, text_encoder_folder or record.path.parent / "text_encoder")
-    except (CheckpointReadError, UnsupportedCheckpointError, MissingTextEncoderError) as error:
+            weights = _read_single_file(record, folders, dtype)
+    except (CheckpointReadError, UnsupportedCheckpointError, MissingTextEncoderError, VaeFileError) as error:
         raise CheckpointLoadError(str(error)) from error
     except (KeyError, RuntimeError, ValueError, OSError) as error:
         raise CheckpointLoadError(f"{record.path.name} could not be converted: {error}") from error
@@ -82,10 +89,18 @@ def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype,
     return weights
 
 
-def _read_single_file(record: CheckpointRecord, text_encoder_folder: Path) -> CheckpointWeights:
+def _read_single_file(record: CheckpointRecord, folders: CompanionFolders, dtype: torch.dtype) -> CheckpointWeights:
+    notes: list[str] = []
     state_dict = dequantize_scaled_fp8(read_state_dict(record.path))
     architecture = detect_architecture({key: tuple(tensor.shape) for key, tensor in state_dict.items()})
     family = family_named(architecture.family)
+    needs = CompanionNeeds.of_keys(family, state_dict.keys())
+    missing = needs.missing_message(folders, record.path.name)
+    if missing:
+        raise CheckpointLoadError(missing)
+    state_dict, was_float8 = upcast_float8(state_dict, dtype)
+    if was_float8:
+        notes.append(float8_note(record.path.name, dtype))
     configs = {name: load_component_config(family.name, name) for name in family.components}
     denoiser = configs[family.denoiser]
     if architecture.unet_in_channels != denoiser.get("in_channels", 4):
@@ -93,10 +108,13 @@ def _read_single_file(record: CheckpointRecord, text_encoder_folder: Path) -> Ch
     state_dicts = ldm_to_diffusers(state_dict, family.name, configs)
     scheduler_config = single_file_scheduler_config(family.name, state_dict.keys())  # marker keys (v_pred ...)
     del state_dict
-    notes: list[str] = []
+    vae_file = needs.vae_file(folders)
+    if vae_file is not None:
+        state_dicts["vae"] = _separate_vae(vae_file, family, configs, dtype, notes)
     lacking = [name for name in family.text_encoders if name not in state_dicts]
     if lacking:
-        separate = read_separate_text_encoders(family, lacking, text_encoder_folder, configs, record.path.name)
+        separate = read_separate_text_encoders(family, lacking, folders.text_encoder, configs, record.path.name,
+                                               dtype)
         state_dicts.update(separate.state_dicts)
         notes.extend(separate.notes)
     configs = _present_components(family, family.fit_configs(configs, state_dicts), state_dicts)
@@ -109,6 +127,19 @@ def _read_single_file(record: CheckpointRecord, text_encoder_folder: Path) -> Ch
         scheduler_config=scheduler_config,
         notes=tuple(notes),
     )
+
+
+def _separate_vae(path: Path, family: ModelFamily, configs: Mapping[str, dict[str, Any]], dtype: torch.dtype,
+                  notes: list[str]) -> dict[str, torch.Tensor]:
+    """The VAE of a checkpoint that leaves it out, from the VAE folder (Flux's ae.safetensors, BFL/LDM names
+    or diffusers names), in diffusers names; its sizes are fitted with the other components'."""
+    tensors, layout = read_vae_tensors(path)
+    tensors, was_float8 = upcast_float8(tensors, dtype)
+    if was_float8:
+        notes.append(float8_note(path.name, dtype))
+    if layout == "ldm":
+        return vae_from_ldm({"first_stage_model." + key: value for key, value in tensors.items()}, family, configs)
+    return tensors
 
 
 def single_file_scheduler_config(family: str, keys: Collection[str]) -> dict[str, Any]:
@@ -167,7 +198,8 @@ def _read_diffusers_folder(record: CheckpointRecord) -> CheckpointWeights:
         try:
             configs[name] = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise CheckpointReadError(f"{record.name}: cannot read {name}/config.json ({error})") from error
+            raise CheckpointReadError(config_file, f"{record.name} lacks its {name} or its config "
+                                                   f"({type(error).__name__}: {error})") from error
         state_dicts[name] = _read_component_folder(folder / name)
     scheduler_config = diffusers_scheduler_config(folder, architecture.family)
     tokenizer_folder = folder if (folder / "tokenizer").is_dir() else config_dir(architecture.family)
@@ -242,8 +274,15 @@ def load_tokenizers(folder: Path, family: str, present: set[str] | None = None) 
 
     model_family = family_named(family)
     return [getattr(transformers, tokenizer_class_name(family, name)).from_pretrained(
-        folder / name, local_files_only=True) if present is None or encoder in present else None
+        tokenizer_path(folder, model_family, name), local_files_only=True)
+        if present is None or encoder in present else None
         for encoder, name in zip(model_family.text_encoders, model_family.tokenizers)]
+
+
+def tokenizer_path(folder: Path, family: ModelFamily, tokenizer: str) -> Path:
+    """One tokenizer's files: in a diffusers folder its sub-folder, in the shipped configs wherever the family
+    keeps them (Flux shares SD3's CLIP-L and T5 tokenizer files)."""
+    return family.shipped_tokenizer_folder(tokenizer) if folder == family.config_folder else folder / tokenizer
 
 
 def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torch.dtype):
@@ -279,8 +318,8 @@ def copy_weights_into(pipeline, weights: CheckpointWeights) -> None:
     for name, state_dict in weights.state_dicts.items():
         module: torch.nn.Module = getattr(pipeline, name)
         module.load_state_dict(with_tied_weights(module, state_dict), strict=True)
-    if Path(pipeline.tokenizer.name_or_path).parent != weights.tokenizer_folder:
-        family = family_named(weights.architecture.family)
+    family = family_named(weights.architecture.family)
+    if Path(pipeline.tokenizer.name_or_path) != tokenizer_path(weights.tokenizer_folder, family, family.tokenizers[0]):
         tokenizers = load_tokenizers(weights.tokenizer_folder, family.name, set(weights.configs))
         for tokenizer_name, tokenizer in zip(family.tokenizers, tokenizers):
             setattr(pipeline, tokenizer_name, tokenizer)

@@ -20,6 +20,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
+    convert_flux_transformer_checkpoint_to_diffusers,
     convert_open_clip_checkpoint,
     convert_sd3_t5_checkpoint_to_diffusers,
     convert_sd3_transformer_checkpoint_to_diffusers,
@@ -27,7 +28,7 @@ from diffusers.loaders.single_file_utils import (
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
-from webui.models.families import ModelFamily, family_names, family_named, family_of_ldm_keys, sd1, sd2, sd3, sdxl
+from webui.models.families import ModelFamily, family_names, family_named, family_of_ldm_keys, flux, sd1, sd2, sd3, sdxl
 from webui.models.families.base import LdmTextEncoder
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -122,7 +123,7 @@ def _foreign_model_with_sd_like_keys(keys: list[str]) -> str | None:
     if _any_key_contains(keys, "joint_blocks."):
         return "an MMDiT (SD3-like) model whose transformer is not at model.diffusion_model.joint_blocks"
     if _any_key_contains(keys, "double_blocks.", "single_blocks."):
-        return "Flux (or a Flux derivative such as Chroma)"
+        return "a Flux derivative (e.g. Chroma or Flux.2) whose transformer is not Flux.1's"
     if "edm_mean" in keys or "edm_std" in keys:
         return "Playground v2.5 (EDM-parameterised SDXL)"
     has_sdxl_embedders = _any_key_starts(keys, SDXL_EMBEDDER_PREFIX)
@@ -217,12 +218,12 @@ def _transformer_architecture(family: ModelFamily, key_shapes: Mapping[str, tupl
     in_channels = family.ldm_in_channels(key_shapes)
     if in_channels is None:
         raise UnsupportedCheckpointError(
-            f"Unsupported checkpoint: looks like {family.label} but has no transformer input projection "
-            f"({sd3.LDM_TRANSFORMER_PREFIX}{sd3.IN_CHANNELS_KEY})")
-    if in_channels != family.latent_channels:
+            f"Unsupported checkpoint: looks like {family.label} but has no transformer input projection")
+    if in_channels != family.denoiser_in_channels:
         raise UnsupportedCheckpointError(
             f"Unsupported checkpoint: the {family.label} transformer takes {in_channels} input channels "
-            f"(only {family.latent_channels}, text-to-image, is supported)")
+            f"(only {family.denoiser_in_channels}, text-to-image, is supported; Fill/Depth/inpainting models "
+            f"are not)")
     variant = family.variant_of_ldm_keys(keys)
     return Architecture(family=family.name, unet_in_channels=in_channels,
                         label=family.architecture_label(in_channels, variant), variant=variant)
@@ -344,10 +345,11 @@ def ldm_to_diffusers(
     components: dict[str, dict[str, Tensor]] = {
         model_family.denoiser: _denoiser_from_ldm(state_dict, model_family, configs[model_family.denoiser])
     }
-    vae_state = _with_prefix(state_dict, LDM_VAE_PREFIX)
-    if vae_state:
-        vae_config = _fitted_ldm_vae_config(model_family, configs, vae_state)
-        components["vae"] = convert_ldm_vae_checkpoint(vae_state, vae_config)
+    vae_prefix = next((prefix for prefix in model_family.ldm_vae_prefixes
+                       if any(key.startswith(prefix) for key in state_dict)), None)
+    if vae_prefix is not None:
+        components["vae"] = vae_from_ldm({LDM_VAE_PREFIX + key[len(vae_prefix):]: value for key, value
+                                          in state_dict.items() if key.startswith(vae_prefix)}, model_family, configs)
     for encoder in model_family.ldm_text_encoders:
         if encoder.component in model_family.separate_text_encoder_files and not any(
                 key.startswith(encoder.prefix) for key in state_dict):
@@ -357,6 +359,44 @@ def ldm_to_diffusers(
 
 
 LDM_UNET_FORMAT = "ldm_unet"
+SD3_MMDIT_FORMAT = "sd3_mmdit"
+BFL_FLUX_FORMAT = "bfl_flux"
+
+
+def vae_from_ldm(vae_state: Mapping[str, Tensor], family: ModelFamily, configs: Mapping[str, dict]) -> dict[str, Tensor]:
+    """A VAE in LDM names under `first_stage_model.` (a checkpoint's, or a standalone file such as Flux's
+    ae.safetensors given that prefix) -> diffusers names, through diffusers' converter."""
+    return convert_ldm_vae_checkpoint(dict(vae_state), _fitted_ldm_vae_config(family, configs, vae_state))
+
+
+def flux_transformer_from_bfl(transformer_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Flux.1's transformer in BFL names (prefix removed) -> diffusers names, through diffusers' converter.
+
+    The converter splits each single-stream block's fused `linear1` (q, k, v and the MLP input) at Flux.1's
+    published width (3072); every other tensor it maps by name. So that narrower models of the same
+    architecture (test models) take the same path, `linear1` is split here at the width the weights have
+    (`img_in`'s output width, MLP ratio 4) and the converter is handed shape-only placeholders of the
+    published sizes (zero-stride views: no memory) whose results are replaced."""
+    state = dict(transformer_state)
+    width = int(state["img_in.weight"].shape[0])
+    sizes = (width, width, width, 4 * width)
+    published = (3072, 3072, 3072, 4 * 3072)
+    blocks = sorted({int(key.split(".")[1]) for key in state if key.startswith("single_blocks.")})
+    splits: dict[str, tuple[Tensor, ...]] = {}
+    for block in blocks:
+        for kind in ("weight", "bias"):
+            key = f"single_blocks.{block}.linear1.{kind}"
+            splits[key] = torch.split(state[key], sizes, dim=0)
+            shape = (sum(published),) + (1,) * (state[key].ndim - 1)
+            state[key] = state[key].new_zeros((1,) * state[key].ndim).expand(shape)
+    converted = convert_flux_transformer_checkpoint_to_diffusers(state)  # pops what it converts
+    for block in blocks:
+        for kind in ("weight", "bias"):
+            q, k, v, mlp = splits[f"single_blocks.{block}.linear1.{kind}"]
+            prefix = f"single_transformer_blocks.{block}."
+            for name, part in (("attn.to_q", q), ("attn.to_k", k), ("attn.to_v", v), ("proj_mlp", mlp)):
+                converted[f"{prefix}{name}.{kind}"] = part.contiguous()
+    return converted
 
 
 def _denoiser_from_ldm(state_dict: Mapping[str, Tensor], family: ModelFamily,
@@ -367,6 +407,8 @@ def _denoiser_from_ldm(state_dict: Mapping[str, Tensor], family: ModelFamily,
         if not unet_state:
             raise UnsupportedCheckpointError("Unsupported checkpoint: no UNet weights (model.diffusion_model.*)")
         return convert_ldm_unet_checkpoint(unet_state, dict(config))
+    if family.single_file_denoiser == BFL_FLUX_FORMAT:
+        return flux_transformer_from_bfl(flux.ldm_transformer_state(state_dict))
     transformer_state = sd3.ldm_transformer_state(state_dict)
     if not any(key.startswith(sd3.JOINT_BLOCKS) for key in transformer_state):
         raise UnsupportedCheckpointError(

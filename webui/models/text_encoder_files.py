@@ -17,7 +17,10 @@ from typing import Any
 
 from torch import Tensor
 
-from webui.models.checkpoint_files import dequantize_scaled_fp8, read_state_dict
+import torch
+
+from webui.models.checkpoint_files import dequantize_scaled_fp8, read_state_dict, upcast_float8
+from webui.models.companion_files import find_first
 from webui.models.families import ModelFamily
 from webui.models.ldm_conversion import text_encoder_from_single_file
 
@@ -35,27 +38,17 @@ class SeparateTextEncoders:
     notes: list[str] = field(default_factory=list)
 
 
-def find_text_encoder_file(folder: Path, patterns: tuple[str, ...]) -> Path | None:
-    """The first file in `folder` matching the patterns, in their order of preference."""
-    if not folder.is_dir():
-        return None
-    for pattern in patterns:
-        matches = sorted(path for path in folder.glob(pattern) if path.is_file())
-        if matches:
-            return matches[0]
-    return None
-
-
 def read_separate_text_encoders(family: ModelFamily, components: list[str], folder: Path,
-                                configs: Mapping[str, Mapping[str, Any]], checkpoint_name: str) -> SeparateTextEncoders:
+                                configs: Mapping[str, Mapping[str, Any]], checkpoint_name: str,
+                                dtype: torch.dtype = torch.float32) -> SeparateTextEncoders:
     """Read `components` (text encoders the checkpoint lacks) from `folder`; raise when a required one is
-    missing, note an optional one."""
+    missing, note an optional one. Float8 files (t5xxl_fp8_e4m3fn) are upcast to `dtype`, with a note."""
     found = SeparateTextEncoders()
     missing_required: list[str] = []
     encoders = {encoder.component: encoder for encoder in family.ldm_text_encoders}
     for component in components:
         patterns = family.separate_text_encoder_files.get(component, ())
-        path = find_text_encoder_file(folder, patterns)
+        path = find_first(folder, patterns)
         if path is None:
             wanted = patterns[0] if patterns else component
             if component in family.optional_text_encoders:
@@ -65,7 +58,9 @@ def read_separate_text_encoders(family: ModelFamily, components: list[str], fold
                 missing_required.append(wanted)
             continue
         encoder = encoders[component]
-        state = dequantize_scaled_fp8(read_state_dict(path))
+        state, was_float8 = upcast_float8(dequantize_scaled_fp8(read_state_dict(path)), dtype)
+        if was_float8:
+            found.notes.append(float8_note(path.name, dtype))
         if not any(key.startswith(encoder.prefix) for key in state):
             state = {encoder.prefix + key: value for key, value in state.items()}
         found.state_dicts[component] = text_encoder_from_single_file(state, encoder, configs[component])
@@ -78,3 +73,9 @@ def read_separate_text_encoders(family: ModelFamily, components: list[str], fold
             f"{checkpoint_name} holds no text encoders: put {' and '.join(missing_required)}{extra} "
             f"in {folder} ({family.label} checkpoints without bundled encoders use those files)")
     return found
+
+
+def float8_note(file_name: str, dtype: torch.dtype) -> str:
+    """The load note for a file stored in float8: its weights were upcast, their precision is fp8's."""
+    return (f"{file_name} stores float8 weights; they were upcast to {str(dtype).removeprefix('torch.')} "
+            f"(memory as for that precision, quality as the fp8 file's)")

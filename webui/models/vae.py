@@ -265,12 +265,9 @@ def _check_fits(path: Path, state_dict: Mapping[str, Tensor], vae_config: Mappin
         raise VaeFileError(path, "does not fit this model's VAE: " + "; ".join(problems) + hint)
 
 
-def read_vae_state_dict(path: Path, vae_config: dict) -> dict[str, Tensor]:
-    """A diffusers ``AutoencoderKL`` state dict from an LDM/A1111 or diffusers VAE file or folder.
-
-    ``vae_config`` is the loaded model's VAE config (as in its config.json); the result loads into an
-    AutoencoderKL built from it with ``strict=True``, or :class:`VaeFileError` says why it cannot.
-    """
+def read_vae_tensors(path: Path) -> tuple[dict[str, Tensor], str]:
+    """A VAE file's own tensors (a full checkpoint's VAE part, prefix removed) and their layout, "ldm" (BFL's
+    and LDM's `encoder.down...` names, e.g. Flux's ae.safetensors) or "diffusers", not yet converted."""
     path = Path(path)
     if not path.exists():
         raise VaeFileError(path, "file does not exist")
@@ -278,6 +275,17 @@ def read_vae_state_dict(path: Path, vae_config: dict) -> dict[str, Tensor]:
     layout = _layout_of(list(vae_state))
     if layout is None:
         raise VaeFileError(path, f"holds no VAE weights (found {_sample_keys(list(vae_state))})")
+    return vae_state, layout
+
+
+def read_vae_state_dict(path: Path, vae_config: dict) -> dict[str, Tensor]:
+    """A diffusers ``AutoencoderKL`` state dict from an LDM/A1111 or diffusers VAE file or folder.
+
+    ``vae_config`` is the loaded model's VAE config (as in its config.json); the result loads into an
+    AutoencoderKL built from it with ``strict=True``, or :class:`VaeFileError` says why it cannot.
+    """
+    path = Path(path)
+    vae_state, layout = read_vae_tensors(path)
     if layout == "ldm":
         converted = _convert_ldm(path, vae_state, vae_config)
     else:

@@ -1,7 +1,8 @@
 """The model families SD Studio knows, each in its own file, and the lookups the rest of the app uses.
 
-`FAMILIES` is in detection order: the most specific family first (SD3's MMDiT, then SDXL's two text encoders
-before SD2's OpenCLIP before SD1's CLIP, which is the fallback for diffusers folders)."""
+`FAMILIES` is in detection order: the most specific family first (Flux.1's double/single-stream blocks, SD3's
+MMDiT, then SDXL's two text encoders before SD2's OpenCLIP before SD1's CLIP, which is the fallback for diffusers
+folders)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, ModelFamily
+from webui.models.families.flux import Flux1
 from webui.models.families.sd1 import StableDiffusion1
 from webui.models.families.sd2 import StableDiffusion2
 from webui.models.families.sd3 import StableDiffusion3
 from webui.models.families.sdxl import StableDiffusionXL
 
 SD1, SD2, SDXL, SD3 = StableDiffusion1(), StableDiffusion2(), StableDiffusionXL(), StableDiffusion3()
-FAMILIES: tuple[ModelFamily, ...] = (SD3, SDXL, SD2, SD1)
+FLUX = Flux1()
+FAMILIES: tuple[ModelFamily, ...] = (FLUX, SD3, SDXL, SD2, SD1)
 DEFAULT_FAMILY = SD1  # what a checkpoint that cannot be read yet is assumed to be (A1111 assumes SD1 too)
 
 __all__ = ["FAMILIES", "DEFAULT_FAMILY", "ModelFamily", "family_named", "family_names", "family_of_ldm_keys",

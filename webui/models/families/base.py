@@ -70,8 +70,9 @@ class ModelFamily(ABC):
     latent_channels: ClassVar[int] = 4
     # A1111's "Clip skip" applies to the family's prompt encoding (families without CLIP-only prompts lack it).
     uses_clip_skip: ClassVar[bool] = True
-    # Guidance-distilled models (Forge's "Distilled CFG Scale") take the guidance strength as an input of the
-    # denoiser instead of (or besides) running classifier-free guidance.
+    # The CFG scale is an input of a guidance-distilled model (Flux.1 dev) instead of classifier-free guidance:
+    # one denoiser pass per step, no negative prompt (Forge's "Distilled CFG Scale", the request's
+    # `distilled_cfg_scale`). `pipeline_arguments` says what the pipeline call takes.
     distilled_guidance: ClassVar[bool] = False
     # Flow-matching models (SD3, Flux) sample along a shifted sigma schedule; the shift ("Shift") is a user setting.
     flow_matching: ClassVar[bool] = False
@@ -82,6 +83,11 @@ class ModelFamily(ABC):
     # Text encoders a checkpoint may leave out and the loader then reads from the text-encoder folder
     # (models/text_encoder, ComfyUI/Forge file names, most preferred first; globs allowed).
     separate_text_encoder_files: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    # VAE files a checkpoint may leave out and the loader then reads from the VAE folder (models/VAE; Flux's
+    # `ae.safetensors`); empty: the checkpoint must bundle its VAE.
+    separate_vae_files: ClassVar[tuple[str, ...]] = ()
+    # Prefixes under which a single file bundles its VAE (LDM: `first_stage_model.`; ComfyUI's Flux: `vae.`).
+    ldm_vae_prefixes: ClassVar[tuple[str, ...]] = ("first_stage_model.",)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -92,6 +98,16 @@ class ModelFamily(ABC):
     def config_folder(self) -> Path:
         """The shipped diffusers configs and tokenizer files (offline building of single-file checkpoints)."""
         return MODEL_CONFIGS / self.name
+
+    @property
+    def denoiser_in_channels(self) -> int:
+        """The input channels of the denoiser's first layer for text-to-image (Flux packs 2x2 latent patches:
+        4 x its 16 latent channels)."""
+        return self.latent_channels
+
+    def shipped_tokenizer_folder(self, tokenizer: str) -> Path:
+        """Where the shipped files of one tokenizer are (a family may share another family's files)."""
+        return self.config_folder / tokenizer
 
     def pipeline_class_name(self, mode: str) -> str:
         try:
@@ -127,6 +143,10 @@ class ModelFamily(ABC):
         """The shipped component configs adjusted to the shapes of these (diffusers-keyed) weights. The SD
         families ship one config per component and use it as is."""
         return {name: dict(config) for name, config in configs.items()}
+
+    def pipeline_arguments(self, variant: str | None, guidance_scale: float | None = None) -> dict[str, Any]:
+        """Family-specific arguments of a pipeline call (Flux: distilled guidance, T5 length); none by default."""
+        return {}
 
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         """"epsilon" or "v" for a model of this family trained at `resolution` (when its config does not say)."""

@@ -11,6 +11,10 @@ normally download from the Hugging Face hub. Each family folder here is a
 * ``sdxl`` - stabilityai/stable-diffusion-xl-base-1.0 (CLIP-L + OpenCLIP bigG, Euler).
 * ``sd3``  - stabilityai/stable-diffusion-3.5-medium (MMDiT-X, 16-channel VAE, CLIP-L + bigG with
   projections, T5-XXL, flow-matching Euler); the loader fits sizes to the weights (Large, SD3 Medium).
+* ``flux`` - black-forest-labs/FLUX.1-dev's published diffusers configs (transformer, vae, text_encoder =
+  CLIP-L, text_encoder_2 = T5-XXL, scheduler with resolution-dependent shift, model_index). FLUX.1-schnell
+  differs only in what its weights show (no guidance embedding: fitted) and its scheduler (shift 1, no
+  dynamic shifting: the family's `scheduler_overrides`). Its tokenizers are SD3's files (not copied).
 
 Safety checker and feature extractor are declared ``null`` in the SD1/SD2 model
 indexes: their weights are never part of a single-file checkpoint, and loading
@@ -69,7 +73,9 @@ def load_component_config(family: str, component: str) -> dict[str, Any]:
     known = component_names(family)
     if component not in known:
         raise ValueError(f"{family} has no component {component!r}; expected one of: {', '.join(known)}")
-    folder = config_dir(family) / component
+    model_family = family_named(family)
+    folder = (model_family.shipped_tokenizer_folder(component) if component in model_family.tokenizers
+              else config_dir(family) / component)
     for file_name in (_MODEL_CONFIG_NAME, _SCHEDULER_CONFIG_NAME, _TOKENIZER_CONFIG_NAME):
         candidate = folder / file_name
         if candidate.is_file():
@@ -79,8 +85,9 @@ def load_component_config(family: str, component: str) -> dict[str, Any]:
 
 def tokenizer_folders(family: str) -> list[Path]:
     """Tokenizer folders in pipeline order (``tokenizer`` then ``tokenizer_2``)."""
-    folder = config_dir(family)
-    return [folder / name for name in component_names(family) if name.startswith("tokenizer")]
+    model_family = family_named(family)
+    return [model_family.shipped_tokenizer_folder(name) for name in component_names(family)
+            if name.startswith("tokenizer")]
 
 
 def tokenizer_class_name(family: str, tokenizer: str) -> str:
@@ -94,8 +101,9 @@ def load_tokenizers(family: str) -> list[PreTrainedTokenizerBase]:
     folders = tokenizer_folders(family)  # validates the family before paying for the transformers import
     import transformers
 
-    return [getattr(transformers, tokenizer_class_name(family, folder.name)).from_pretrained(
-        str(folder), local_files_only=True) for folder in folders]
+    names = [name for name in component_names(family) if name.startswith("tokenizer")]
+    return [getattr(transformers, tokenizer_class_name(family, name)).from_pretrained(
+        str(folder), local_files_only=True) for name, folder in zip(names, folders)]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,0 +1,250 @@
+"""Flux.1 (Black Forest Labs): a rectified-flow transformer (`FluxTransformer2DModel`: 19 double-stream and 38
+single-stream blocks) over a 16-channel VAE whose latents it reads as 2x2 patches packed into 64-wide tokens,
+conditioned on CLIP-L's pooled output (the `vector_in` embedding) and T5-XXL's last hidden states (the joint
+attention's text tokens). T5 is required: Flux has no CLIP-only prompt path.
+
+Flux.1 dev and schnell are one family with the same shapes; dev is guidance-distilled and carries a guidance
+embedding (`guidance_in.*`, diffusers' `time_text_embed.guidance_embedder`), schnell is timestep-distilled (few
+steps, no guidance input, no resolution-dependent shift). The variant is read from the weights.
+
+Single files come as BFL and ComfyUI ship them: the transformer alone in BFL names (`double_blocks.N...`,
+`single_blocks.N...`, `img_in`, `txt_in`, `time_in`, `vector_in`, `guidance_in`, `final_layer`), with or
+without a `model.diffusion_model.` prefix, beside `ae.safetensors` (models/VAE) and `clip_l.safetensors` +
+`t5xxl_fp16.safetensors` / `t5xxl_fp8_e4m3fn.safetensors` (models/text_encoder); or "all in one" files that
+bundle `vae.` and `text_encoders.clip_l/t5xxl.transformer.` parts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, LdmTextEncoder, ModelFamily, frozen
+from webui.models.families.fitted_configs import (
+    StateDict, count_indexed, fit_clip_config, fit_t5_config, fit_vae_config,
+)
+
+LDM_TRANSFORMER_PREFIX = "model.diffusion_model."
+DOUBLE_BLOCKS = "double_blocks."
+IN_CHANNELS_KEY = "img_in.weight"
+GUIDANCE_KEY = "guidance_in.in_layer.weight"
+LDM_CLIP_L_PREFIX = "text_encoders.clip_l.transformer."
+LDM_T5_PREFIX = "text_encoders.t5xxl.transformer."
+# Parts an "all in one" file bundles beside the transformer (never transformer tensors).
+OTHER_PARTS = re.compile(r"^(vae|first_stage_model|text_encoders|conditioner|cond_stage_model)\.")
+
+DEV, SCHNELL = "flux.1-dev", "flux.1-schnell"
+VARIANT_LABELS = MappingProxyType({DEV: "Flux.1 dev", SCHNELL: "Flux.1 schnell"})
+# FLUX.1-schnell's published scheduler: a fixed shift of 1 instead of dev's resolution-dependent one.
+SCHNELL_SCHEDULER = MappingProxyType({"shift": 1.0, "use_dynamic_shifting": False})
+
+
+@dataclass(frozen=True)
+class FluxGenerationDefaults:
+    """What the generation engine needs to run one variant as BFL publishes it."""
+
+    steps: int                   # dev: 28 (guidance-distilled), schnell: 4 (timestep-distilled)
+    guidance_scale: float        # the distilled guidance fed to the guidance embedding (schnell has none)
+    max_sequence_length: int     # T5 tokens (dev 512, schnell 256)
+
+
+VARIANT_DEFAULTS = MappingProxyType({
+    DEV: FluxGenerationDefaults(steps=28, guidance_scale=3.5, max_sequence_length=512),
+    SCHNELL: FluxGenerationDefaults(steps=4, guidance_scale=0.0, max_sequence_length=256),
+})
+
+
+def variant_of_guidance(has_guidance_embedding: bool) -> str:
+    return DEV if has_guidance_embedding else SCHNELL
+
+
+def transformer_key(key: str) -> str:
+    """A BFL transformer name without ComfyUI's `model.diffusion_model.` prefix."""
+    return key[len(LDM_TRANSFORMER_PREFIX):] if key.startswith(LDM_TRANSFORMER_PREFIX) else key
+
+
+class Flux1(ModelFamily):
+    name = "flux"
+    label = "Flux.1"
+    native_size = 1024
+    preset_prefix = "flux_"
+    denoiser = "transformer"
+    single_file_denoiser = "bfl_flux"
+    latent_channels = 16
+    uses_clip_skip = False  # the pooled CLIP output and T5's last layer; no A1111 clip skip
+    distilled_guidance = True  # dev's CFG scale is a model input (one pass, no negative prompt); see pipeline_arguments
+    scheduler_class = "FlowMatchEulerDiscreteScheduler"
+    flow_matching = True
+    text_encoders = ("text_encoder", "text_encoder_2")
+    tokenizers = ("tokenizer", "tokenizer_2")
+    separate_text_encoder_files = frozen({
+        "text_encoder": ("clip_l.safetensors", "clip_l*.safetensors"),
+        "text_encoder_2": ("t5xxl_fp16.safetensors", "t5xxl_fp32.safetensors", "t5xxl*.safetensors"),
+    })
+    separate_vae_files = ("ae.safetensors", "flux_vae.safetensors", "flux*ae*.safetensors")
+    ldm_vae_prefixes = ("vae.", "first_stage_model.")
+    pipeline_classes = frozen({TXT2IMG: "FluxPipeline", IMG2IMG: "FluxImg2ImgPipeline",
+                               INPAINT: "FluxInpaintPipeline"})
+    text_encoder_widths = (768, 4096)
+    cross_attention_width = 4096  # the joint attention's text tokens are T5-XXL's
+    conditions_on_pooled_text = True
+    # Published least-squares fit of the Flux VAE's 16 latent channels to RGB (ComfyUI's Flux latent format;
+    # recalled and checked against its published table, not re-fitted here: only preview colours use it).
+    preview_coefficients = (
+        (-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433), (-0.0174, 0.0160, 0.0617),
+        (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115), (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259),
+        (-0.0245, 0.0250, 0.1180), (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
+        (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499), (-0.1262, -0.0982, -0.0778),
+    )
+    ldm_text_encoders = (
+        LdmTextEncoder("text_encoder", LDM_CLIP_L_PREFIX, "clip"),
+        LdmTextEncoder("text_encoder_2", LDM_T5_PREFIX, "t5"),
+    )
+    # sd-scripts' Flux LoRAs: "lora_unet_" for the transformer (BFL module names), te1 for CLIP-L, te3 for T5.
+    kohya_lora_prefixes = frozen({"transformer": "lora_unet_", "text_encoder": "lora_te1_",
+                                  "text_encoder_2": "lora_te3_"})
+    kohya_base_model_version = "flux1"
+    lora_module_naming = "sgm"
+
+    @property
+    def denoiser_in_channels(self) -> int:
+        return self.latent_channels * 4  # 2x2 patches of the 16 latent channels, packed into one token
+
+    def shipped_tokenizer_folder(self, tokenizer: str) -> Path:
+        """CLIP-L's and T5's tokenizer files are SD3's (one shipped copy): tokenizer and tokenizer_3 there."""
+        return (self.config_folder.parent / "sd3" / {"tokenizer": "tokenizer", "tokenizer_2": "tokenizer_3"}[tokenizer])
+
+    def default_prediction_type(self, resolution: tuple[int, int]) -> str:
+        return "flow"
+
+    def modelspec_architecture(self, prediction_type: str) -> str:
+        return "flux-1-dev"
+
+    def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
+        return VARIANT_LABELS.get(variant or "", self.label)
+
+    def generation_defaults(self, variant: str | None) -> FluxGenerationDefaults:
+        """Steps, distilled guidance and T5 length for a variant (dev's when unknown)."""
+        return VARIANT_DEFAULTS.get(variant or DEV, VARIANT_DEFAULTS[DEV])
+
+    def pipeline_arguments(self, variant: str | None, guidance_scale: float | None = None) -> dict[str, Any]:
+        """Arguments a Flux pipeline call takes beyond the prompt embeddings: the distilled guidance (dev reads
+        it through its guidance embedding; there is no negative prompt pass, `true_cfg_scale` stays 1) and the
+        T5 length. FluxPipeline packs the latents into 2x2 patches and builds `txt_ids`/`img_ids` itself."""
+        defaults = self.generation_defaults(variant)
+        guidance = defaults.guidance_scale if guidance_scale is None or variant == SCHNELL else guidance_scale
+        return {"guidance_scale": guidance, "max_sequence_length": defaults.max_sequence_length}
+
+    # -- prompt encoding -------------------------------------------------------------------------
+    def encode_token_ids(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                         clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Flux's conditioning: T5's last hidden states are the text tokens, CLIP-L's pooled output (the final
+        LayerNorm at the end token) the pooled vector; clip skip does not apply (`uses_clip_skip`)."""
+        if len(text_encoders) < 2 or text_encoders[1] is None:
+            raise ValueError(f"{self.label} needs its T5-XXL text encoder "
+                             f"({self.separate_text_encoder_files['text_encoder_2'][0]} in models/text_encoder)")
+        pooled = text_encoders[0](token_ids[0], output_hidden_states=False).pooler_output
+        hidden = text_encoders[1](token_ids[1], output_hidden_states=False).last_hidden_state
+        return hidden, pooled
+
+    # -- detection -------------------------------------------------------------------------------
+    def matches_ldm_keys(self, keys: list[str]) -> bool:
+        """BFL's double-stream blocks with Flux.1's input embeddings (Chroma and other derivatives lack
+        `vector_in`)."""
+        names = {transformer_key(key) for key in keys if not OTHER_PARTS.match(key)}
+        return (any(name.startswith(DOUBLE_BLOCKS) for name in names)
+                and {"img_in.weight", "txt_in.weight", "vector_in.in_layer.weight", "time_in.in_layer.weight"} <= names)
+
+    def variant_of_ldm_keys(self, keys: list[str]) -> str:
+        return variant_of_guidance(any(transformer_key(key) == GUIDANCE_KEY for key in keys))
+
+    def ldm_in_channels(self, key_shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+        shape = key_shapes.get(LDM_TRANSFORMER_PREFIX + IN_CHANNELS_KEY) or key_shapes.get(IN_CHANNELS_KEY)
+        return int(shape[1]) if shape is not None and len(shape) == 2 else None
+
+    def scheduler_overrides(self, single_file_keys: Collection[str]) -> dict[str, Any]:
+        """schnell runs a fixed shift of 1; the shipped scheduler is dev's (resolution-dependent shift)."""
+        return dict(SCHNELL_SCHEDULER) if self.variant_of_ldm_keys(list(single_file_keys)) == SCHNELL else {}
+
+    def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
+        return unet_config.get("_class_name") == "FluxTransformer2DModel"
+
+    def variant_of_denoiser_config(self, config: Mapping[str, Any]) -> str:
+        return variant_of_guidance(bool(config.get("guidance_embeds")))
+
+    def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
+        return base_model_version.startswith("flux") or architecture.startswith("flux-1")
+
+    # -- configs from weights --------------------------------------------------------------------
+    def fit_configs(self, configs: Mapping[str, dict[str, Any]],
+                    state_dicts: Mapping[str, StateDict]) -> dict[str, dict[str, Any]]:
+        fitters = {"transformer": fit_transformer_config, "vae": fit_vae_config, "text_encoder": fit_clip_config,
+                   "text_encoder_2": fit_t5_config}
+        fitted = {name: fitters[name](config, state_dicts[name]) if name in state_dicts else dict(config)
+                  for name, config in configs.items()}
+        problems = mismatched_components(fitted)
+        if problems:
+            raise ValueError(f"its {self.label} components do not fit together: {'; '.join(problems)}")
+        return fitted
+
+
+def mismatched_components(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Companion files that are not the transformer's (an SD VAE saved as ae.safetensors, CLIP-G as clip_l):
+    each would build, then fail at the first generation; said here, at load, with the file to check."""
+    transformer, clip, t5, vae = (configs.get(name) for name in ("transformer", "text_encoder", "text_encoder_2",
+                                                                   "vae"))
+    if transformer is None:
+        return []
+    problems = []
+    if clip is not None and clip["hidden_size"] != transformer["pooled_projection_dim"]:
+        problems.append(f"the CLIP text encoder is {clip['hidden_size']} wide but the transformer takes "
+                        f"{transformer['pooled_projection_dim']}-wide pooled text (is clip_l.safetensors CLIP-L?)")
+    if t5 is not None and t5["d_model"] != transformer["joint_attention_dim"]:
+        problems.append(f"the T5 text encoder is {t5['d_model']} wide but the transformer takes "
+                        f"{transformer['joint_attention_dim']}-wide text (is the t5xxl file T5-XXL?)")
+    if vae is not None and 4 * vae["latent_channels"] != transformer["in_channels"]:
+        problems.append(f"the VAE has {vae['latent_channels']} latent channels but the transformer takes "
+                        f"{transformer['in_channels'] // 4} (is ae.safetensors Flux's VAE?)")
+    return problems
+
+
+def rope_axes(head_width: int) -> list[int]:
+    """The rotary embedding's split of a head over (index, height, width) positions. It is not in the weights;
+    Flux.1 splits its 128-wide heads 16/56/56, i.e. 1/8, 7/16, 7/16 (narrower test models keep the ratio)."""
+    first = head_width // 8
+    rest = (head_width - first) // 2
+    return [first, rest, head_width - first - rest]
+
+
+def fit_transformer_config(config: Mapping[str, Any], state: StateDict) -> dict[str, Any]:
+    """Every size of a `FluxTransformer2DModel` from its diffusers-keyed weights, and dev vs schnell from the
+    guidance embedding."""
+    fitted = dict(config)
+    inner, in_channels = state["x_embedder.weight"].shape
+    head_width = int(state["transformer_blocks.0.attn.norm_q.weight"].shape[0])
+    fitted.update(
+        in_channels=int(in_channels),
+        num_layers=count_indexed(state, r"transformer_blocks\.(\d+)\."),
+        num_single_layers=count_indexed(state, r"single_transformer_blocks\.(\d+)\."),
+        attention_head_dim=head_width, num_attention_heads=int(inner) // head_width,
+        joint_attention_dim=int(state["context_embedder.weight"].shape[1]),
+        pooled_projection_dim=int(state["time_text_embed.text_embedder.linear_1.weight"].shape[1]),
+        guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in state,
+        axes_dims_rope=list(config.get("axes_dims_rope") or []) if head_width == sum(
+            config.get("axes_dims_rope") or []) else rope_axes(head_width),
+    )
+    out_channels = int(state["proj_out.weight"].shape[0])
+    fitted["out_channels"] = None if out_channels == int(in_channels) else out_channels  # None: as in_channels
+    return fitted
+
+
+def ldm_transformer_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The transformer's tensors of a single file in BFL names (prefix removed; bundled parts left out)."""
+    return {transformer_key(key): value for key, value in state_dict.items()
+            if key.startswith(LDM_TRANSFORMER_PREFIX) or not OTHER_PARTS.match(key)}
