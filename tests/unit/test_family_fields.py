@@ -1,8 +1,8 @@
 """Per-family request fields: Forge's "Distilled CFG Scale" and the flow models' "Shift" (issue #17).
 
-Which family uses which setting is asked of the family object; these tests pin the rule for the families
-that exist (SD1/SD2/SDXL/SD3.5) and for a guidance-distilled family without clip skip (what Flux.1 dev
-declares), the request validation, the infotext keys as Forge writes them and their paste-back.
+Which family uses which setting is asked of the family object; these tests pin the rule for every family
+(SD1/SD2/SDXL keep what they had, SD3.5 gains Shift, Flux.1 loses clip skip and gains Distilled CFG Scale and
+Shift), the request validation, the infotext keys as Forge writes them and their paste-back.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from webui.generation.txt2img import family_parameters, hires_family_parameters
 from webui.models.catalog import CheckpointRecord
 from webui.models.checkpoint_files import CheckpointReadError
 from webui.models.checkpoint_loading import scheduler_config_of
-from webui.models.families import SD1, SD2, SD3, SDXL
+from webui.models.families import FLUX, SD1, SD2, SD3, SDXL
 from webui.models.ldm_conversion import Architecture
-from webui.models.families.sd3 import StableDiffusion3
 from webui.ui.infotext_fields import txt2img_values_from_infotext
 from webui.xyz.axes import default_axis_registry
 
@@ -39,14 +38,6 @@ FORGE_FLUX_INFOTEXT = (
     "Hires upscale: 1.5, Hires upscaler: Latent, Hires Distilled CFG Scale: 2.8, "
     "Version: f2.0.1v1.10.1-previous-313-g8a042934"
 )
-
-
-class GuidanceDistilledFamily(StableDiffusion3):
-    """A family declaring what Flux.1 dev declares: distilled guidance, flow matching, no clip skip."""
-
-    name = "distilled-test"
-    uses_clip_skip = False
-    distilled_guidance = True
 
 
 @pytest.mark.parametrize("family", [SD1, SD2, SDXL])
@@ -81,11 +72,30 @@ def test_a_checkpoints_default_shift_is_the_scheduler_config_it_loads_with(tmp_p
         scheduler_config_of(sd3_record(single, "safetensors", architecture=False))
 
 
-def test_a_guidance_distilled_family_hides_clip_skip_and_shows_distilled_cfg():
-    family = GuidanceDistilledFamily()
-    assert shown_fields(family) == {"clip_skip": False, "distilled_cfg_scale": True, "hr_distilled_cfg": True,
-                                    "shift": True}
-    assert family_uses(family, "steps") and family_uses(SD1, "cfg_scale")  # fields every family has
+def test_flux_hides_clip_skip_and_shows_distilled_cfg_and_shift():
+    assert shown_fields(FLUX) == {"clip_skip": False, "distilled_cfg_scale": True, "hr_distilled_cfg": True,
+                                  "shift": True}
+    assert family_uses(FLUX, "steps") and family_uses(SD1, "cfg_scale")  # fields every family has
+
+
+def test_flux_dev_has_no_fixed_shift_and_schnell_samples_at_one(tmp_path):
+    from tests.support.flux_files import SCHNELL, tiny_flux_modules, write_all_in_one, write_transformer_file
+
+    dev_file = write_transformer_file(tmp_path / "flux1-dev.safetensors", tiny_flux_modules(), prefix="")
+    schnell_file = write_all_in_one(tmp_path / "flux1-schnell-aio.safetensors", tiny_flux_modules(SCHNELL))
+
+    def record(path):
+        return CheckpointRecord(name=path.stem, path=path, format="safetensors",
+                                architecture=Architecture("flux", 64, "Flux.1", None))
+
+    # dev's scheduler shifts by image size (the Shift slider's 0); a request's shift still applies.
+    assert sampling_shift(FLUX, None, scheduler_config_of(record(dev_file))) is None
+    assert sampling_shift(FLUX, 2.0, scheduler_config_of(record(dev_file))) == 2.0
+    assert sampling_shift(FLUX, None, scheduler_config_of(record(schnell_file))) == 1.0
+    request = Txt2ImgRequest(distilled_cfg_scale=2.5, enable_hr=True, hr_distilled_cfg=3.0)
+    assert family_parameters(request, FLUX, scheduler_config_of(record(dev_file))) == {
+        "Distilled CFG Scale": 2.5, "Shift": None}
+    assert hires_family_parameters(request, FLUX) == {"Hires Distilled CFG Scale": 3.0}
 
 
 def test_request_defaults_follow_forge_and_validation_names_the_field():
@@ -116,18 +126,17 @@ def test_infotext_keys_are_written_only_for_families_that_use_them():
     assert hires_family_parameters(request, SDXL) == {"Hires Distilled CFG Scale": None}
     # A flow model without a shift of its own in the request samples with its scheduler config's.
     assert family_parameters(request, SD3, {"shift": 3.0}) == {"Distilled CFG Scale": None, "Shift": 3.0}
-    distilled = GuidanceDistilledFamily()
-    assert family_parameters(request.with_changes(shift=1.15), distilled, {"shift": 3.0}) == {
+    assert family_parameters(request.with_changes(shift=1.15), FLUX, {"shift": 3.0}) == {
         "Distilled CFG Scale": 2.5, "Shift": 1.15}
-    assert hires_family_parameters(request, distilled) == {"Hires Distilled CFG Scale": 1.5}
-    assert hires_family_parameters(request.with_changes(enable_hr=False), distilled) == {
+    assert hires_family_parameters(request, FLUX) == {"Hires Distilled CFG Scale": 1.5}
+    assert hires_family_parameters(request.with_changes(enable_hr=False), FLUX) == {
         "Hires Distilled CFG Scale": None}
 
 
 def test_forges_strings_are_written_and_read_back_exactly():
     request = Txt2ImgRequest(cfg_scale=1.0, distilled_cfg_scale=3.5, shift=3.0)
     line = create_infotext("a lighthouse", "", {"Steps": 20, "CFG scale": 1.0,
-                                                **family_parameters(request, GuidanceDistilledFamily(), {}),
+                                                **family_parameters(request, FLUX, {}),
                                                 "Seed": 42})
     assert line == "a lighthouse\nSteps: 20, CFG scale: 1.0, Distilled CFG Scale: 3.5, Shift: 3.0, Seed: 42"
     values = txt2img_values_from_infotext(line)

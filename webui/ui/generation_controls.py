@@ -155,7 +155,7 @@ def build_sampling_controls(ctx: AppContext, prefix: str, default_size: int) -> 
         seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{prefix}_seed")
         random_seed = gr.Button("🎲️", size="sm", elem_id=f"{prefix}_random_seed", min_width=40)
         reuse_seed = gr.Button("♻️", size="sm", elem_id=f"{prefix}_reuse_seed", min_width=40)
-    with gr.Accordion("Extra", open=False):
+    with gr.Accordion("Extra", open=False, elem_id=f"{prefix}_extra_options"):
         with gr.Row():
             subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id=f"{prefix}_subseed")
             subseed_strength = gr.Slider(label="Variation strength", minimum=0.0, maximum=1.0, step=0.01, value=0.0,
