@@ -1,7 +1,7 @@
 """Forge's per-family fields over HTTP: `distilled_cfg_scale`, `hr_distilled_cfg` and `shift` in A1111-style
 bodies, their validation, the infotext of a model that does not use them, and the X/Y/Z axes that are only
 accepted for checkpoints whose family uses the setting. One server: the default SD1 model and a tiny SD3.5
-Medium single file of the exact architecture (tests/support/sd3_files.py)."""
+Medium single file and a tiny Flux.1 dev "all in one" file of the exact architectures (tests/support/)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ import torch
 from PIL import Image
 
 from tests.conftest import start_server, stop_server
+from tests.support.flux_files import tiny_flux_modules, write_all_in_one
 from tests.support.sd3_files import tiny_sd3_modules, write_single_file
 from webui.generation.infotext import parse_infotext, read_infotext
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "seed": 9}
 SD3_FILE = "tiny-sd3.5-medium"
+FLUX_FILE = "tiny-flux1-dev-aio"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def served(tmp_path_factory, default_model_folder):
     checkpoints.mkdir(parents=True)
     shutil.copytree(default_model_folder, checkpoints / default_model_folder.name)
     write_single_file(checkpoints / f"{SD3_FILE}.safetensors", tiny_sd3_modules(), dtype=torch.float32)
+    write_all_in_one(checkpoints / f"{FLUX_FILE}.safetensors", tiny_flux_modules())
     running = start_server(data, "--api")
     yield running
     stop_server(running)
@@ -92,9 +95,22 @@ def test_a_shift_axis_on_a_flow_model_is_planned_but_distilled_cfg_is_not(served
     requests.delete(f"{jobs}/{accepted.json()['id']}", timeout=60)  # its cells need the SD3 engine (branch sd3gen)
 
 
-def test_sd_models_keeps_a1111s_fields_and_lists_the_sd3_file(served):
+def test_on_flux_distilled_cfg_is_planned_and_clip_skip_refused(served):
+    jobs = f"{served.url}/api/v1/jobs"
+    on_flux = {**SMALL, "prompt": "a red circle", "override_settings": {"sd_model_checkpoint": FLUX_FILE}}
+    refused = requests.post(jobs, json={"kind": "xyz-plot", "request": {
+        **on_flux, "x": {"type": "Clip skip", "values": "1, 2"}}}, timeout=60)
+    assert refused.status_code == 422, refused.text
+    assert "Clip skip does not apply to tiny-flux1-dev-aio (Flux.1)" in refused.json()["detail"]
+    accepted = requests.post(jobs, json={"kind": "xyz-plot", "request": {
+        **on_flux, "x": {"type": "Distilled CFG Scale", "values": "2, 4"}}}, timeout=60)
+    assert accepted.status_code == 202, accepted.text
+    requests.delete(f"{jobs}/{accepted.json()['id']}", timeout=60)
+
+
+def test_sd_models_keeps_a1111s_fields_and_lists_every_family(served):
     models = requests.get(f"{served.url}/sdapi/v1/sd-models", timeout=30).json()
-    assert {model["model_name"] for model in models} == {"sd-studio-toy", SD3_FILE}
+    assert {model["model_name"] for model in models} == {"sd-studio-toy", SD3_FILE, FLUX_FILE}
     for model in models:
         assert set(model) == {"title", "model_name", "hash", "sha256", "filename", "config"}
 
