@@ -109,6 +109,7 @@ class Flux1(ModelFamily):
     uses_clip_skip = False  # the pooled CLIP output and T5's last layer; no A1111 clip skip
     distilled_guidance = True  # dev's CFG scale is a model input (one pass, no negative prompt); see pipeline_arguments
     scheduler_class = "FlowMatchEulerDiscreteScheduler"
+    flow_matching = True
     text_encoders = ("text_encoder", "text_encoder_2")
     tokenizers = ("tokenizer", "tokenizer_2")
     separate_text_encoder_files = frozen({

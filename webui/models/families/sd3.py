@@ -81,6 +81,7 @@ class StableDiffusion3(ModelFamily):
     single_file_denoiser = "sd3_mmdit"
     latent_channels = 16
     scheduler_class = "FlowMatchEulerDiscreteScheduler"
+    flow_matching = True
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
     optional_text_encoders = ("text_encoder_3",)
