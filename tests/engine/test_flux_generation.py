@@ -21,7 +21,7 @@ from webui.jobs.progress import JobControl
 from webui.settings import settings_from_args
 
 NAMES = {DEV: "flux1-dev-aio", SCHNELL: "flux1-schnell-aio"}
-SMALL = dict(width=64, height=64, steps=2, cfg_scale=3.5, sampler_name="Euler", save_images=False, save_grid=False)
+SMALL = dict(width=64, height=64, steps=2, sampler_name="Euler", save_images=False, save_grid=False)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +67,25 @@ def test_txt2img_draws_what_diffusers_flux_pipeline_draws(flux, variant):
     assert (result.parameters["Sampler"], result.parameters["Model"]) == ("Euler", NAMES[variant])
 
 
-def test_dev_reads_the_cfg_scale_as_its_distilled_guidance(flux):
-    ctx, _ = flux
-    low, high = txt2img(ctx, cfg_scale=1.0), txt2img(ctx, cfg_scale=6.0)
+def test_dev_takes_the_distilled_cfg_scale_as_its_guidance_input(flux):
+    ctx, modules = flux
+    low, high = txt2img(ctx, distilled_cfg_scale=1.0), txt2img(ctx, distilled_cfg_scale=6.0)
     assert np.abs(pixels(low.images[0]) - pixels(high.images[0])).mean() > 0.02
+    assert high.parameters["Distilled CFG Scale"] == 6.0
+    expected = reference_pipeline(modules[DEV])(
+        "a photo of a cat", num_inference_steps=2, height=64, width=64, guidance_scale=6.0, max_sequence_length=512,
+        generator=torch.Generator().manual_seed(7)).images[0]
+    assert np.abs(pixels(high.images[0]) - pixels(expected)).max() <= 1
+    # The CFG scale itself is not what dev reads (no true-CFG pass).
+    assert txt2img(ctx, distilled_cfg_scale=6.0, cfg_scale=9.0).images[0].tobytes() == high.images[0].tobytes()
+
+
+def test_a_requested_shift_replaces_dev_s_resolution_dependent_one(flux):
+    ctx, _ = flux
+    own, shifted = txt2img(ctx), txt2img(ctx, shift=6.0)
+    assert "Shift" not in own.parameters or own.parameters["Shift"] is None
+    assert shifted.parameters["Shift"] == 6.0
+    assert np.abs(pixels(own.images[0]) - pixels(shifted.images[0])).mean() > 0.02
 
 
 @pytest.mark.parametrize(("variant", "sampler"), [(DEV, "DPM++ 2M"), (DEV, "DPM++ 2M SDE"), (DEV, "UniPC"),

@@ -301,3 +301,12 @@ def test_per_step_hooks_run_and_unet_call_hooks_are_reported_as_not_applying(ctx
     assert result.warnings == ("extension hooks on the UNet's calls do not apply to SD3.5's transformer: not used",)
     plain = txt2img(ctx, steps=3)
     assert result.images[0].tobytes() == plain.images[0].tobytes()
+
+
+def test_the_shift_comes_from_the_model_unless_the_request_sets_one(ctx):
+    own, shifted = txt2img(ctx), txt2img(ctx, shift=6.0)
+    assert own.parameters["Shift"] == 3.0 and shifted.parameters["Shift"] == 6.0  # SD3's scheduler config: 3.0
+    assert txt2img(ctx, shift=3.0).images[0].tobytes() == own.images[0].tobytes()
+    assert np.abs(pixels(own.images[0]) - pixels(shifted.images[0])).mean() > 0.02
+    dpm = txt2img(ctx, sampler_name="DPM++ 2M", shift=6.0)  # the multistep solvers take it as flow_shift
+    assert np.abs(pixels(dpm.images[0]) - pixels(txt2img(ctx, sampler_name="DPM++ 2M").images[0])).mean() > 0.02

@@ -323,7 +323,7 @@ def test_tokenizer_count_per_family() -> None:
 def test_all_tokenizer_folders_share_one_vocabulary() -> None:
     folders = list(dict.fromkeys(folder for family in FAMILIES for folder in tokenizer_folders(family)
                                  if (folder / "vocab.json").is_file()))  # the CLIP ones (SD3's T5 has its own)
-    assert len(folders) == 7  # Flux uses SD3's files, no eighth copy
+    assert len(folders) == 6  # Flux uses SD3's files and the SDXL refiner SDXL's: no further copies
     for file_name in ("vocab.json", "merges.txt"):
         contents = {(folder / file_name).read_bytes() for folder in folders}
         assert len(contents) == 1, file_name

@@ -79,14 +79,18 @@ def sized(pipeline: Any, arguments: dict[str, Any], width: int, height: int) -> 
 
 
 def use_sampler(model: LoadedModel, sampler_name: str, schedule: str, seed: int,
-                added: Mapping[str, SchedulerFactory] | None = None) -> None:
+                added: Mapping[str, SchedulerFactory] | None = None, shift: float | None = None) -> None:
     """Install the A1111-named sampler on the loaded pipeline (the mode wrappers share its scheduler slot
-    only at build time, so call this before `pipeline_for`). `added` are samplers extensions added."""
+    only at build time, so call this before `pipeline_for`). `added` are samplers extensions added; `shift`
+    is a flow model's requested "Shift" (None: the model's own, fixed or resolution-dependent)."""
+    base_config = dict(model.scheduler_config)
+    if shift is not None and family_named(model.family).flow_matching:
+        base_config.update(shift=float(shift), use_dynamic_shifting=False)  # a fixed shift replaces the dynamic one
     if added and sampler_name in added:
-        model.pipeline.scheduler = added[sampler_name](dict(model.scheduler_config))
+        model.pipeline.scheduler = added[sampler_name](base_config)
         return
     # DPM++ SDE draws its noise from a seeded sampler of its own rather than from `generator`.
-    scheduler_config = {**model.scheduler_config, "noise_sampler_seed": seed}
+    scheduler_config = {**base_config, "noise_sampler_seed": seed}
     table = sampler_table(family_named(model.family).flow_matching)
     model.pipeline.scheduler = build_scheduler(sampler_name, schedule, scheduler_config, table)
 
@@ -188,7 +192,7 @@ def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_
 def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, batch_size: int, steps: int,
                      cfg_scale: float, seeds: list[int], control: JobControl | None, step_offset: int = 0,
                      total_steps: int | None = None, denoising: DenoisingHooks | None = None,
-                     image_size: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+                     image_size: tuple[int, int] = (0, 0), distilled_cfg: float | None = None) -> dict[str, Any]:
     """Keyword arguments every pipeline call takes: embeddings, guidance, seeded generators, callbacks (what
     the pipeline takes for the prompt and the guidance is the family's decision)."""
     first_positive, first_negative = conditioning.positive[0], conditioning.negative[0]
@@ -196,7 +200,9 @@ def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, 
     arguments: dict[str, Any] = family.prompt_arguments(first_positive.embeds, first_negative.embeds,
                                                         first_positive.pooled, first_negative.pooled, cfg_scale,
                                                         batch_size)
-    arguments.update(family.pipeline_arguments(model_variant(model), cfg_scale))
+    # Guidance-distilled families (Flux.1 dev) take Forge's "Distilled CFG Scale" as a model input.
+    guidance = distilled_cfg if family.distilled_guidance and distilled_cfg is not None else cfg_scale
+    arguments.update(family.pipeline_arguments(model_variant(model), guidance))
     arguments.update(
         num_inference_steps=steps,
         # One CPU generator per image keeps sampler noise tied to the image's own seed (A1111 semantics).

@@ -116,11 +116,12 @@ class HiresPass:
             upscaled = self.upscale(first)
             return self.decode(upscaled) if self.in_latent_space else upscaled
         use_sampler(self.model, request.hr_sampler_name or request.sampler_name,
-                    request.hr_scheduler or request.scheduler, seed, self.samplers)
+                    request.hr_scheduler or request.scheduler, seed, self.samplers, request.shift)
         arguments = common_arguments(self.model, self.conditioning, batch_size=len(seeds), steps=self.requested_steps,
                                      cfg_scale=request.cfg_scale, seeds=seeds, control=control,
                                      step_offset=step_offset, total_steps=step_offset + self.steps,
-                                     denoising=self.denoising, image_size=(self.height, self.width))
+                                     denoising=self.denoising, image_size=(self.height, self.width),
+                                     distilled_cfg=request.hr_distilled_cfg)
         arguments.update(image=self.upscale(first), strength=request.denoising_strength, output_type="pil",
                          width=self.width, height=self.height)
         if uses_inpainting_unet(self.model):

@@ -168,7 +168,8 @@ def _denoise(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedSour
              subseeds: list[int], control: JobControl | None, denoising: DenoisingHooks | None = None) -> list[Image.Image]:
     arguments = common_arguments(model, conditioning, batch_size=len(seeds), steps=request.steps,
                                  cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising,
-                                 image_size=(prepared.work_image.height, prepared.work_image.width))
+                                 image_size=(prepared.work_image.height, prepared.work_image.width),
+                                 distilled_cfg=request.distilled_cfg_scale)
     start = _latent_start(model, request, prepared, seeds, subseeds, denoising)
     image: Any = start if start is not None else prepared.work_image
     arguments.update(image=image, strength=pipeline_strength(request.steps, request.denoising_strength),
@@ -225,7 +226,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     prepare = prompt_preparer(prompts, lambda text, negative: prepare_prompts(model, text, negative, (), None))
 
     def draw(batch: SubBatch) -> list[Image.Image]:
-        use_sampler(model, request.sampler_name, request.scheduler, batch.seeds[0], hooks.samplers())
+        use_sampler(model, request.sampler_name, request.scheduler, batch.seeds[0], hooks.samplers(), request.shift)
         if request.denoising_strength == 0:
             return [prepared.canvas.copy() for _ in batch.seeds]  # nothing to redraw
         key = (batch.prompts.encoder_prompt, batch.prompts.encoder_negative)

@@ -23,6 +23,9 @@ from webui.generation.samplers import (
 # Refiner names that mean "no refiner"; A1111's API, UI and X/Y/Z axis use "None".
 NO_REFINER_CHOICE = "None"
 NO_REFINER = ("", NO_REFINER_CHOICE, "none")
+DEFAULT_DISTILLED_CFG_SCALE = 3.5  # Forge's default and range for "Distilled CFG Scale"
+MAX_DISTILLED_CFG_SCALE = 30.0
+MIN_SHIFT, MAX_SHIFT = 0.1, 20.0  # flow shift: 0 would collapse the schedule; published models use 1..6
 
 
 class RequestError(ValueError):
@@ -54,6 +57,10 @@ class Txt2ImgRequest:
     sampler_name: str = "DPM++ 2M"
     scheduler: str = "Automatic"
     cfg_scale: float = 7.0
+    # Forge's guidance-distilled models' guidance and flow-matching models' sigma shift; only the families
+    # that use them read them (webui.generation.family_fields). shift None = the model's scheduler config.
+    distilled_cfg_scale: float = DEFAULT_DISTILLED_CFG_SCALE
+    shift: float | None = None
     width: int = 512
     height: int = 512
     seed: int = -1
@@ -77,6 +84,7 @@ class Txt2ImgRequest:
     hr_scheduler: str = ""
     hr_prompt: str = ""             # "" = the first pass's prompt
     hr_negative_prompt: str = ""
+    hr_distilled_cfg: float = DEFAULT_DISTILLED_CFG_SCALE  # Forge's name: the hires pass's distilled guidance
     denoising_strength: float = 0.7
     # A1111's Refiner (txt2img): another checkpoint takes over once `refiner_switch_at` of the denoising is done.
     refiner_checkpoint: str = ""    # "" = no refiner
@@ -118,6 +126,9 @@ class Txt2ImgRequest:
             raise RequestError(f"batch_count x batch_size = {self.image_count} exceeds the limit of {limits.max_images} images")
         _check_int("clip_skip", self.clip_skip, 1, 12)
         _check_float("cfg_scale", self.cfg_scale, 0.0, 30.0)
+        _check_float("distilled_cfg_scale", self.distilled_cfg_scale, 0.0, MAX_DISTILLED_CFG_SCALE)
+        if self.shift is not None:
+            _check_float("shift", self.shift, MIN_SHIFT, MAX_SHIFT)
         _check_float("subseed_strength", self.subseed_strength, 0.0, 1.0)
         for name in ("seed", "subseed"):
             _check_int(name, getattr(self, name), -1, 2**32 - 1)
@@ -208,6 +219,7 @@ def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits, added_sample
     if request.hr_upscaler not in HIRES_UPSCALERS:
         raise RequestError(f"hires upscaler {request.hr_upscaler!r} is unknown; valid: {', '.join(HIRES_UPSCALERS)}")
     _check_float("hr_scale", request.hr_scale, 1.0, 4.0)
+    _check_float("hr_distilled_cfg", request.hr_distilled_cfg, 0.0, MAX_DISTILLED_CFG_SCALE)
     _check_int("hr_second_pass_steps", request.hr_second_pass_steps, 0, limits.max_steps)
     for name in ("hr_resize_x", "hr_resize_y"):
         _check_int(name, getattr(request, name), 0, limits.max_side)

@@ -9,6 +9,7 @@ from diffusers' `callback_on_step_end`.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from webui.generation.denoise import (
     use_sampler,
     uses_inpainting_unet,
 )
+from webui.generation.family_fields import family_uses, sampling_shift
 from webui.generation.hires import HiresPass, hires_parameters
 from webui.generation.hooks import DenoisingHooks, GenerationHooks, JobInfo
 from webui.generation.outputs import dated_folder, image_grid, save_grid
@@ -38,7 +40,7 @@ from webui.generation.refiner import refiner_parameters, refiner_switch
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.jobs.progress import JobControl
-from webui.models.families import family_named
+from webui.models.families import ModelFamily, family_named
 from webui.models.hashing import sha256_of_file
 from webui.models.manager import LoadedModel
 
@@ -48,7 +50,7 @@ from webui.models.manager import LoadedModel
 CORE_INFOTEXT_KEYS = frozenset({
     "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
     "Model hash", "Model", "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Seed resize from",
-    "Denoising strength", "Conditional mask weight", "Clip skip", "ENSD", "Tiling", "Init image hash", "RNG",
+    "Distilled CFG Scale", "Denoising strength", "Conditional mask weight", "Clip skip", "ENSD", "Tiling", "Init image hash", "RNG",
     "Version",
 })
 
@@ -147,13 +149,15 @@ def _latent_shape(model: LoadedModel, request: Txt2ImgRequest) -> tuple[int, int
 def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int, subseed: int,
                           ti_hashes: str | None = None, model_extras: dict[str, Any] | None = None,
                           t5: str | None = None) -> dict[str, Any]:
-    """The infotext's key/value line, in A1111's order; `t5` notes a whole-prompt encoder that was absent or
-    cut the prompt (`PromptEncoder.sequence_infotext`)."""
+    """The infotext's key/value line, in A1111's order (Forge's per-family keys where the family has them);
+    `t5` notes a whole-prompt encoder that was absent or cut the prompt (`PromptEncoder.sequence_infotext`)."""
+    family = family_named(model.family)
     return {
         "Steps": request.steps,
         "Sampler": request.sampler_name,
         "Schedule type": None if request.scheduler == "Automatic" else request.scheduler,
         "CFG scale": request.cfg_scale,
+        **family_parameters(request, family, model.scheduler_config),
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model hash": model.record.shorthash,
@@ -161,15 +165,33 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         **(model_extras or {}),
         "Variation seed": subseed if request.subseed_strength > 0 else None,
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
-        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        "Clip skip": request.clip_skip if request.clip_skip > 1 and family_uses(family, "clip_skip") else None,
         "T5": t5,
         **hires_parameters(request),
         **refiner_parameters(request, model),
+        **hires_family_parameters(request, family),
         "Lora hashes": ", ".join(f"{use.name}: {use.shorthash}" for use in model.loras) or None,
         "TI hashes": ti_hashes,
         **request.infotext_fields,
         "Version": f"SD Studio {__version__}",
     }
+
+
+def family_parameters(request: Txt2ImgRequest, family: ModelFamily, scheduler_config: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+    """Forge's per-family keys, written only for the families that use them: "Distilled CFG Scale" for
+    guidance-distilled models, "Shift" (the request's, else the model's scheduler config's) for flow-matching
+    ones."""
+    return {
+        "Distilled CFG Scale": request.distilled_cfg_scale if family_uses(family, "distilled_cfg_scale") else None,
+        "Shift": sampling_shift(family, request.shift, scheduler_config),
+    }
+
+
+def hires_family_parameters(request: Txt2ImgRequest, family: ModelFamily) -> dict[str, Any]:
+    """Forge's "Hires Distilled CFG Scale", after the other hires keys, for guidance-distilled models."""
+    used = request.enable_hr and family_uses(family, "hr_distilled_cfg")
+    return {"Hires Distilled CFG Scale": request.hr_distilled_cfg if used else None}
 
 
 def _sha256(model: LoadedModel, path: Path) -> str:
@@ -250,7 +272,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
             conditionings[key] = build_conditioning(encoder, *key, request.steps)
         noise = torch.stack([initial_noise(shape, s, v, request.subseed_strength)
                              for s, v in zip(batch.seeds, batch.subseeds)])
-        use_sampler(model, request.sampler_name, request.scheduler, seed, hooks.samplers())
+        use_sampler(model, request.sampler_name, request.scheduler, seed, hooks.samplers(), request.shift)
         if not request.enable_hr:
             refined = refiner_switch(model, request, batch.prompts.prompt, batch.prompts.negative_prompt,
                                      request.steps, request.width, request.height, len(batch.seeds))
@@ -297,7 +319,7 @@ def _denoise_batch(model: LoadedModel, request: Txt2ImgRequest, conditioning: Co
     batch_size = noise.shape[0]
     arguments = common_arguments(model, conditioning, batch_size=batch_size, steps=request.steps,
                                  cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising,
-                                 image_size=(request.height, request.width))
+                                 image_size=(request.height, request.width), distilled_cfg=request.distilled_cfg_scale)
     latents = family_named(model.family).pipeline_latents(noise.to(device=model.device, dtype=model.dtype))
     arguments.update(width=request.width, height=request.height, output_type=output_type)
     if uses_inpainting_unet(model):

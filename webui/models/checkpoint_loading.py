@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from webui.models.catalog import CheckpointRecord
-from webui.models.checkpoint_files import CheckpointReadError, dequantize_scaled_fp8, read_state_dict, upcast_float8
+from webui.models.checkpoint_files import (
+    CheckpointReadError, dequantize_scaled_fp8, read_key_shapes, read_state_dict, upcast_float8,
+)
 from webui.models.companion_files import CompanionFolders, CompanionNeeds
 from webui.models.families import TXT2IMG, ModelFamily, family_named
 from webui.models.ldm_conversion import (
@@ -145,6 +147,24 @@ def single_file_scheduler_config(family: str, keys: Collection[str]) -> dict[str
     return {**load_component_config(family, "scheduler"), **family_named(family).scheduler_overrides(keys)}
 
 
+def diffusers_scheduler_config(folder: Path, family: str) -> dict[str, Any]:
+    """A diffusers folder's own scheduler config, else the family's shipped one."""
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    if scheduler_file.is_file():
+        return json.loads(scheduler_file.read_text(encoding="utf-8"))
+    return load_component_config(family, "scheduler")
+
+
+def scheduler_config_of(record: CheckpointRecord) -> dict[str, Any]:
+    """The scheduler config a checkpoint loads with, without reading its weights (a single file's header
+    only): what the UI shows as the model's defaults (its flow shift) before it is loaded."""
+    if record.architecture is None:
+        raise CheckpointReadError(record.path, record.error or "not a checkpoint of a known model family")
+    if record.format == "diffusers":
+        return diffusers_scheduler_config(record.path, record.architecture.family)
+    return single_file_scheduler_config(record.architecture.family, read_key_shapes(record.path).keys())
+
+
 def _present_components(family: ModelFamily, configs: dict[str, dict[str, Any]],
                         state_dicts: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
     """Drop the configs of optional text encoders the checkpoint has no weights for (the pipeline gets None)."""
@@ -181,11 +201,7 @@ def _read_diffusers_folder(record: CheckpointRecord) -> CheckpointWeights:
             raise CheckpointReadError(config_file, f"{record.name} lacks its {name} or its config "
                                                    f"({type(error).__name__}: {error})") from error
         state_dicts[name] = _read_component_folder(folder / name)
-    scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    scheduler_config = (
-        json.loads(scheduler_file.read_text(encoding="utf-8")) if scheduler_file.is_file()
-        else load_component_config(architecture.family, "scheduler")
-    )
+    scheduler_config = diffusers_scheduler_config(folder, architecture.family)
     tokenizer_folder = folder if (folder / "tokenizer").is_dir() else config_dir(architecture.family)
     return CheckpointWeights(record, architecture, configs, state_dicts, tokenizer_folder, scheduler_config,
                              tuple(notes))

@@ -21,9 +21,12 @@ from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
-from webui.models.checkpoint_loading import CheckpointLoadError
+from webui.generation.family_fields import sampling_shift
+from webui.models.checkpoint_files import CheckpointReadError
+from webui.models.checkpoint_loading import CheckpointLoadError, scheduler_config_of
 from webui.models.checkpoint_settings import CheckpointSetting, CheckpointSettingError, CheckpointSettings
 from webui.models.embeddings import EmbeddingCatalog
+from webui.models.families import ModelFamily, family_named
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
 from webui.models.vae import read_vae_state_dict, scan_vaes
@@ -78,6 +81,35 @@ class ModelService:
             return self.catalog.find(title) if title else None
         except LookupError:
             return None
+    def checkpoint_choices(self) -> list[tuple[str, str]]:
+        """(what the dropdown shows, title) per usable checkpoint: the title with its family or variant, e.g.
+        `model [0123456789] (SDXL)`; the value stays the A1111 title every other caller uses."""
+        return [(f"{record.title} ({record.architecture.label})" if record.architecture else record.title, record.title)
+                for record in self.catalog.usable_records()]
+
+    def family_of(self, wanted: str | None) -> ModelFamily | None:
+        """The family of the checkpoint a title names (None: the current one); None when no such local
+        checkpoint is known or it could not be classified (a Hub id, a broken file)."""
+        title = wanted or self.current_checkpoint_title()
+        if not title:
+            return None
+        try:
+            record = self.catalog.find(title)
+        except LookupError:
+            return None
+        return family_named(record.architecture.family) if record.architecture else None
+
+    def default_shift(self, wanted: str | None) -> float | None:
+        """The flow shift the checkpoint (None: the current one) samples with unless a request sets one: its
+        scheduler config's, as loading builds it; None for families without a shift or an unreadable file."""
+        family = self.family_of(wanted)
+        if family is None or not family.flow_matching:
+            return None
+        try:
+            config = scheduler_config_of(self.catalog.find(wanted or self.current_checkpoint_title() or ""))
+        except (LookupError, CheckpointReadError, OSError, ValueError):
+            return None
+        return sampling_shift(family, None, config)
 
     def refresh_checkpoints(self) -> list[CheckpointRecord]:
         return self.catalog.refresh()

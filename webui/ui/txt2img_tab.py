@@ -12,7 +12,9 @@ from typing import Any
 import gradio as gr
 
 from webui.context import AppContext
-from webui.generation.requests import HIRES_UPSCALERS, NO_REFINER_CHOICE, Txt2ImgRequest
+from webui.generation.requests import (
+    DEFAULT_DISTILLED_CFG_SCALE, HIRES_UPSCALERS, MAX_DISTILLED_CFG_SCALE, NO_REFINER_CHOICE, Txt2ImgRequest,
+)
 from webui.models.default_model import EXAMPLE_PROMPT
 from webui.security.identity import User
 from webui.ui.script_controls import build_script_controls, script_titles
@@ -24,7 +26,9 @@ from webui.ui.generation_controls import (
     build_output_area,
     build_prompt_area,
     build_sampling_controls,
+    family_controls_shown,
     request_values,
+    to_float,
     to_int,
     wire_generation,
 )
@@ -49,6 +53,10 @@ def build_hires_controls(ctx: AppContext) -> dict[str, gr.components.Component]:
                                     elem_id="txt2img_hr_resize_x")
             hr_resize_y = gr.Slider(label="Resize height to", minimum=0, maximum=ctx.limits.max_side, step=8, value=0,
                                     elem_id="txt2img_hr_resize_y")
+        hr_distilled_cfg = gr.Slider(label="Hires Distilled CFG Scale", minimum=0.0, maximum=MAX_DISTILLED_CFG_SCALE,
+                                     step=0.1, value=DEFAULT_DISTILLED_CFG_SCALE,
+                                     visible=family_controls_shown(ctx, None)["hr_distilled_cfg"],
+                                     elem_id="txt2img_hr_distilled_cfg")
         hr_sampler_name = gr.Dropdown(label="Hires sampling method", choices=[SAME_SAMPLER] + ctx.generation.sampler_names(),
                                       value=SAME_SAMPLER, elem_id="txt2img_hr_sampler")
         hr_prompt = gr.Textbox(label="Hires prompt", lines=2, placeholder="empty = the main prompt",
@@ -58,7 +66,7 @@ def build_hires_controls(ctx: AppContext) -> dict[str, gr.components.Component]:
     return {"enable_hr": enable_hr, "hr_upscaler": hr_upscaler, "hr_second_pass_steps": hr_second_pass_steps,
             "denoising_strength": denoising_strength, "hr_scale": hr_scale, "hr_resize_x": hr_resize_x,
             "hr_resize_y": hr_resize_y, "hr_sampler_name": hr_sampler_name, "hr_prompt": hr_prompt,
-            "hr_negative_prompt": hr_negative_prompt}
+            "hr_negative_prompt": hr_negative_prompt, "hr_distilled_cfg": hr_distilled_cfg}
 
 
 def build_refiner_controls(ctx: AppContext) -> dict[str, gr.components.Component]:
@@ -90,6 +98,7 @@ def hires_values(named: dict[str, Any]) -> dict[str, Any]:
         hr_resize_y=to_int(named["hr_resize_y"], "Resize height to"),
         hr_sampler_name="" if sampler in (None, "", SAME_SAMPLER) else sampler,
         hr_prompt=named["hr_prompt"] or "", hr_negative_prompt=named["hr_negative_prompt"] or "",
+        hr_distilled_cfg=to_float(named["hr_distilled_cfg"], "Hires Distilled CFG Scale"),
     )
 
 

@@ -85,8 +85,11 @@ class ModelFamily(ABC):
     # A1111's "Clip skip" applies to the family's prompt encoding (families without CLIP-only prompts lack it).
     uses_clip_skip: ClassVar[bool] = True
     # The CFG scale is an input of a guidance-distilled model (Flux.1 dev) instead of classifier-free guidance:
-    # one denoiser pass per step, no negative prompt. `pipeline_arguments` says what the pipeline call takes.
+    # one denoiser pass per step, no negative prompt (Forge's "Distilled CFG Scale", the request's
+    # `distilled_cfg_scale`). `pipeline_arguments` says what the pipeline call takes.
     distilled_guidance: ClassVar[bool] = False
+    # Flow-matching models (SD3, Flux) sample along a shifted sigma schedule; the shift ("Shift") is a user setting.
+    flow_matching: ClassVar[bool] = False
     # The scheduler class a freshly built pipeline starts with (the generation engine may swap it per sampler).
     scheduler_class: ClassVar[str] = "EulerDiscreteScheduler"
     # Text encoders a checkpoint may lack and still generate (the pipeline gets None for them).
@@ -100,9 +103,7 @@ class ModelFamily(ABC):
     sequence_text_encoder: ClassVar[str | None] = None
     sequence_tokenizer: ClassVar[str | None] = None
     sequence_max_tokens: ClassVar[int] = 0
-    # Sampling: flow-matching families (SD3, Flux) use the flow sampler table of webui.generation.samplers;
-    # the sampler a UI preselects for the family.
-    flow_matching: ClassVar[bool] = False
+    # The sampler a UI preselects for the family (flow-matching ones use webui.generation.samplers' flow table).
     default_sampler: ClassVar[str] = "DPM++ 2M"
     # The tensor a pipeline's step callback may hand back to change the pooled text embedding mid-run (SDXL's
     # "add_text_embeds"); None where the pipeline reads none back (a prompt schedule then keeps the first one).

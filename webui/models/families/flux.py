@@ -110,6 +110,7 @@ class Flux1(ModelFamily):
     uses_clip_skip = False  # the pooled CLIP output and T5's last layer; no A1111 clip skip
     distilled_guidance = True  # dev's CFG scale is a model input (one pass, no negative prompt); see pipeline_arguments
     scheduler_class = "FlowMatchEulerDiscreteScheduler"
+    flow_matching = True
     text_encoders = ("text_encoder", "text_encoder_2")
     tokenizers = ("tokenizer", "tokenizer_2")
     separate_text_encoder_files = frozen({
@@ -153,7 +154,6 @@ class Flux1(ModelFamily):
     lora_key_markers = ("double_blocks", "single_blocks", "single_transformer_blocks")
 
     # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
-    flow_matching = True
     default_sampler = "Euler"
     repeats_given_embeddings = False  # FluxPipeline uses given embeddings as they are
     sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_2", "tokenizer_2", 512

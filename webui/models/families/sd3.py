@@ -81,12 +81,12 @@ class StableDiffusion3(ModelFamily):
     single_file_denoiser = "sd3_mmdit"
     latent_channels = 16
     scheduler_class = "FlowMatchEulerDiscreteScheduler"
+    flow_matching = True
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
     optional_text_encoders = ("text_encoder_3",)
     # T5 reads the whole prompt once, up to diffusers' default `max_sequence_length`; CLIP reads 77-token chunks.
     sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_3", "tokenizer_3", 256
-    flow_matching = True
     repeats_given_embeddings = False
     default_sampler = "Euler"
     separate_text_encoder_files = frozen({

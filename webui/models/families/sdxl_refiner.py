@@ -12,6 +12,7 @@ text encoder), the pipeline classes, the conditioning rule, the shipped configs 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +44,10 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
 
     def modelspec_architecture(self, prediction_type: str) -> str:
         return "stable-diffusion-xl-v1-refiner"
+
+    def shipped_tokenizer_folder(self, tokenizer: str) -> Path:
+        """bigG's tokenizer files are SDXL's second tokenizer (one shipped copy)."""
+        return self.config_folder.parent / "sdxl" / tokenizer
 
     def encode_token_ids(self, text_encoders: list[torch.nn.Module], token_ids: list[torch.Tensor],
                          clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
