@@ -102,6 +102,8 @@ def test_samplers_its_pipeline_cannot_drive_are_refused_with_those_that_work(flu
         txt2img(ctx, SCHNELL, sampler_name="DPM++ 2M")
     with pytest.raises(RequestError, match="Samplers that work: Euler, DPM\\+\\+ 2M, DPM\\+\\+ 2M SDE, UniPC$"):
         txt2img(ctx, DEV, sampler_name="Heun")
+    with pytest.raises(RequestError, match="Flux.1 dev .*Samplers that work: Euler, UniPC$"):
+        txt2img(ctx, DEV, sampler_name="DPM++ 2M", shift=2.0)  # a fixed shift: no resolution shift to hand over
     with pytest.raises(RequestError, match="hires fix: .*Samplers that work: Euler$"):
         txt2img(ctx, DEV, sampler_name="UniPC", enable_hr=True, hr_scale=1.5, denoising_strength=0.5)
 
@@ -139,8 +141,8 @@ def test_inpaint_changes_only_the_masked_area(flux):
     source = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
     mask = Image.new("L", source.size, 0)
     mask.paste(255, (16, 16, 40, 40))
-    request = Img2ImgRequest(**{**SMALL, "prompt": "a cat", "seed": 3, "checkpoint": NAMES[DEV], "init_images": (source,),
-                                "mask": mask, "mask_blur": 0, "denoising_strength": 0.9})
+    request = Img2ImgRequest(**{**SMALL, "prompt": "a cat", "seed": 3, "checkpoint": NAMES[DEV],
+                                "init_images": (source,), "mask": mask, "mask_blur": 0, "denoising_strength": 0.9})
     result = ctx.generation.submit_img2img(request).result(timeout=300)
     changed = np.abs(pixels(result.images[0]) - pixels(source)).sum(axis=-1) > 0
     inside = np.asarray(mask) > 0

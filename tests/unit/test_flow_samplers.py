@@ -31,8 +31,10 @@ def test_flow_families_use_the_flow_table_and_the_others_keep_theirs():
     ("k_euler", "beta", "FlowMatchEulerDiscreteScheduler", {"use_beta_sigmas": True}),
     ("Heun", "Simple", "FlowMatchHeunDiscreteScheduler", {"shift": 3.0}),
     ("DPM++ 2M", "Automatic", "DPMSolverMultistepScheduler",
-     {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0, "algorithm_type": "dpmsolver++"}),
-    ("DPM++ 2M SDE", "Automatic", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "flow_shift": 3.0}),
+     {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0,
+      "algorithm_type": "dpmsolver++"}),
+    ("DPM++ 2M SDE", "Automatic", "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++", "flow_shift": 3.0}),
     ("UniPC", "Automatic", "UniPCMultistepScheduler",
      {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0, "final_sigmas_type": "zero"}),
 ])
@@ -54,7 +56,8 @@ def test_check_flow_sampler_names_the_samplers_that_work():
     assert check_flow_sampler("k_dpmpp_2m", "Automatic", from_image=False) == "DPM++ 2M"
     with pytest.raises(UnknownSamplerError) as caught:
         check_flow_sampler("Euler a", "Automatic", from_image=False, family_label="SD3.5")
-    assert "SD3.5" in str(caught.value) and "Samplers that work: Euler, Heun, DPM++ 2M, DPM++ 2M SDE, UniPC" in str(caught.value)
+    message = str(caught.value)
+    assert "SD3.5" in message and "Samplers that work: Euler, Heun, DPM++ 2M, DPM++ 2M SDE, UniPC" in message
     with pytest.raises(UnknownSamplerError, match="cannot start from a noised image. Samplers that work: Euler, Heun$"):
         check_flow_sampler("UniPC", "Automatic", from_image=True)
 

@@ -101,7 +101,7 @@ class GenerationService:
             family = family_named(base.architecture.family)
             label = family.architecture_label(0, base.architecture.variant)
             check_samplers_for_family(request, family.flow_matching, label, tuple(self.hooks.samplers()),
-                                      family.flow_sampler_names(base.architecture.variant))
+                                      family.flow_sampler_names(base.architecture.variant, request.shift is not None))
         if request.refiner_checkpoint:
             try:
                 refiner = self.models.check_usable(request.refiner_checkpoint)

@@ -178,9 +178,9 @@ class ModelFamily(ABC):
         pooled or None). `joint_width`: the denoiser's text width, for families that pad CLIP to it."""
         return self.encode_token_ids(text_encoders, token_ids, clip_skip)
 
-    def flow_sampler_names(self, variant: str | None) -> tuple[str, ...] | None:
+    def flow_sampler_names(self, variant: str | None, fixed_shift: bool = False) -> tuple[str, ...] | None:
         """The flow samplers (webui.generation.samplers.FLOW_SAMPLERS names) this family's pipelines can drive
-        for a model `variant`; None: all of them."""
+        for a model `variant` (`fixed_shift`: the request sets its own "Shift"); None: all of them."""
         return None
 
     def sequence_limit(self, variant: str | None) -> int:

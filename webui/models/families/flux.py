@@ -188,10 +188,11 @@ class Flux1(ModelFamily):
         return {"guidance_scale": guidance, "max_sequence_length": defaults.max_sequence_length}
 
     # -- prompt encoding -------------------------------------------------------------------------
-    def flow_sampler_names(self, variant: str | None) -> tuple[str, ...]:
+    def flow_sampler_names(self, variant: str | None, fixed_shift: bool = False) -> tuple[str, ...]:
         """FluxPipeline hands the scheduler its own sigmas (FlowMatch Heun takes none) and a resolution shift
-        `mu` (the DPM-Solver schedulers take it only with dynamic shifting, which schnell's fixed shift lacks)."""
-        if variant == SCHNELL:
+        `mu` (the DPM-Solver schedulers take it only with dynamic shifting, which schnell's fixed shift and a
+        requested Shift lack)."""
+        if variant == SCHNELL or fixed_shift:
             return ("Euler", "UniPC")
         return ("Euler", "DPM++ 2M", "DPM++ 2M SDE", "UniPC")
 
