@@ -11,7 +11,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from webui.generation.samplers import AUTOMATIC, resolve_sampler_and_schedule, schedule_types_for
+from webui.generation.samplers import (
+    AUTOMATIC,
+    UnknownSamplerError,
+    check_flow_sampler,
+    resolve_sampler_and_schedule,
+    schedule_types_for,
+)
 
 
 # Refiner names that mean "no refiner"; A1111's API, UI and X/Y/Z axis use "None".
@@ -147,6 +153,27 @@ class Txt2ImgRequest:
             )
         refiner = "" if self.refiner_checkpoint in NO_REFINER else self.refiner_checkpoint
         return replace(self, sampler_name=sampler_name, scheduler=schedule, refiner_checkpoint=refiner)
+
+
+def check_samplers_for_family(request: "Txt2ImgRequest", flow_matching: bool, family_label: str,
+                              added_samplers: Collection[str] = (), allowed: Collection[str] | None = None) -> None:
+    """Refuse samplers the checkpoint's family cannot use (flow-matching families: SD3, Flux; `allowed`: the
+    flow samplers its pipelines can drive, None for all), naming those that work; the request's first pass
+    is from an image for img2img/inpaint, its hires pass always is."""
+    if not flow_matching:
+        return
+    from_image = isinstance(request, Img2ImgRequest)
+    passes = [(request.sampler_name, request.scheduler, from_image)]
+    if request.enable_hr and not from_image:
+        passes.append((request.hr_sampler_name or request.sampler_name, request.hr_scheduler or request.scheduler,
+                       True))
+    for sampler, schedule, noised in passes:
+        if sampler in added_samplers:
+            continue
+        try:
+            check_flow_sampler(sampler, schedule, from_image=noised, family_label=family_label, allowed=allowed)
+        except UnknownSamplerError as error:
+            raise RequestError(f"{'hires fix: ' if noised and not from_image else ''}{error}") from None
 
 
 def _check_sampler(name: str, schedule: str, added_samplers: Collection[str]) -> tuple[str, str]:

@@ -25,7 +25,13 @@ from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.refiner import check_refiner_pair
 from webui.generation.request_codec import decode_request, encode_request
 from webui.generation.samplers import AUTOMATIC, sampler_names, schedule_types_for
-from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
+from webui.generation.requests import (
+    GenerationLimits,
+    Img2ImgRequest,
+    RequestError,
+    Txt2ImgRequest,
+    check_samplers_for_family,
+)
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
 from webui.jobs.progress import JobControl
@@ -91,6 +97,11 @@ class GenerationService:
         base = self.models.check_usable(request.checkpoint) if request.checkpoint else self.models.current_record()
         if base is not None and not isinstance(request, Img2ImgRequest):
             check_makes_images_from_text(base)
+        if base is not None and base.architecture is not None:
+            family = family_named(base.architecture.family)
+            label = family.architecture_label(0, base.architecture.variant)
+            check_samplers_for_family(request, family.flow_matching, label, tuple(self.hooks.samplers()),
+                                      family.flow_sampler_names(base.architecture.variant, request.shift is not None))
         if request.refiner_checkpoint:
             try:
                 refiner = self.models.check_usable(request.refiner_checkpoint)
@@ -144,7 +155,7 @@ class GenerationService:
     def prepare(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """Validate a request and pin the checkpoint it runs on (the selected one when it names none),
         so that any worker draws it alike; LoRA tags and the VAE name are checked too."""
-        request = self.pin_checkpoint(self.validate_txt2img(request))
+        request = self.validate_txt2img(self.pin_checkpoint(request))
         self.lora_uses(request)
         self.models.resolve_vae(request.vae)
         return request

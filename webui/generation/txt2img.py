@@ -24,7 +24,9 @@ from webui.generation.denoise import (
     attention_installed,
     common_arguments,
     executed_steps,
+    model_variant,
     pipeline_for,
+    unet_hooks_note,
     use_sampler,
     uses_inpainting_unet,
 )
@@ -38,8 +40,8 @@ from webui.generation.refiner import refiner_parameters, refiner_switch
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.jobs.progress import JobControl
-from webui.models.hashing import sha256_of_file
 from webui.models.families import ModelFamily, family_named
+from webui.models.hashing import sha256_of_file
 from webui.models.manager import LoadedModel
 
 
@@ -141,14 +143,14 @@ def initial_noise(shape: tuple[int, ...], seed: int, subseed: int, subseed_stren
 
 
 def _latent_shape(model: LoadedModel, request: Txt2ImgRequest) -> tuple[int, int, int]:
-    pipeline = model.pipeline
-    factor = pipeline.vae_scale_factor
-    return (pipeline.vae.config.latent_channels, request.height // factor, request.width // factor)
+    return family_named(model.family).latent_shape(request.height, request.width, model.pipeline.vae_scale_factor)
 
 
 def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int, subseed: int,
-                          ti_hashes: str | None = None, model_extras: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The infotext's key/value line, in A1111's order (Forge's per-family keys where the family has them)."""
+                          ti_hashes: str | None = None, model_extras: dict[str, Any] | None = None,
+                          t5: str | None = None) -> dict[str, Any]:
+    """The infotext's key/value line, in A1111's order (Forge's per-family keys where the family has them);
+    `t5` notes a whole-prompt encoder that was absent or cut the prompt (`PromptEncoder.sequence_infotext`)."""
     family = family_named(model.family)
     return {
         "Steps": request.steps,
@@ -164,6 +166,7 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         "Variation seed": subseed if request.subseed_strength > 0 else None,
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 and family_uses(family, "clip_skip") else None,
+        "T5": t5,
         **hires_parameters(request),
         **refiner_parameters(request, model),
         **hires_family_parameters(request, family),
@@ -229,6 +232,11 @@ def prepare_prompts(model: LoadedModel, prompt: str, negative_prompt: str, style
     return PreparedPrompts(prompt, negative_prompt, encoder_prompt, encoder_negative, ti_hashes, vae_extras)
 
 
+def note_job(job: JobInfo, encoder: PromptEncoder) -> None:
+    """The prompt encoder's notes (a prompt cut at T5's limit) among the job's warnings, once each."""
+    job.warnings.extend(note for note in encoder.notes if note not in job.warnings)
+
+
 def finish_grid(result: GenerationResult, save_grid_wanted: bool, grids_folder: Path | None) -> None:
     if len(result.images) > 1 and save_grid_wanted:
         result.grid = image_grid(result.images)
@@ -246,7 +254,8 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     job = JobInfo(request, list(model.warnings))
     denoising = hooks.denoising(job)
-    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+    job.warnings.extend(unet_hooks_note(model, denoising))
+    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
     hires_prompts = None
     if request.enable_hr and (request.hr_prompt or request.hr_negative_prompt):
         hires_prompts = prepare_prompts(model, request.hr_prompt or request.prompt,
@@ -263,7 +272,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
             conditionings[key] = build_conditioning(encoder, *key, request.steps)
         noise = torch.stack([initial_noise(shape, s, v, request.subseed_strength)
                              for s, v in zip(batch.seeds, batch.subseeds)])
-        use_sampler(model, request.sampler_name, request.scheduler, seed, hooks.samplers())
+        use_sampler(model, request.sampler_name, request.scheduler, seed, hooks.samplers(), request.shift)
         if not request.enable_hr:
             refined = refiner_switch(model, request, batch.prompts.prompt, batch.prompts.negative_prompt,
                                      request.steps, request.width, request.height, len(batch.seeds))
@@ -277,7 +286,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         first = _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control,
                                "latent" if hires.in_latent_space else "pil", denoising)
         if control is not None and control.should_stop_batch:
-            return first if not hires.in_latent_space else hires.decode(first)
+            return first if not hires.in_latent_space else hires.decode(first, (request.height, request.width))
         # A1111's default: with hires fix the refiner takes over in the second pass.
         source = hires_prompts or batch.prompts
         refined = refiner_switch(model, request, source.prompt, source.negative_prompt,
@@ -286,8 +295,10 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         return hires.run(first, batch.seeds, control, step_offset=request.steps, seed=seed, unet_wrapper=refined)
 
     def parameters_for(image_prompts: PreparedPrompts, image_seed: int, image_subseed: int) -> dict[str, Any]:
+        note_job(job, encoder)
         return generation_parameters(request, model, image_seed, image_subseed, image_prompts.ti_hashes,
-                                     image_prompts.model_extras)
+                                     image_prompts.model_extras,
+                                     encoder.sequence_infotext(image_prompts.encoder_prompt, request.steps))
 
     result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt).describe_model(model, prompts)
     hires_steps = executed_steps(request.hr_second_pass_steps or request.steps, request.denoising_strength)
@@ -307,16 +318,17 @@ def _denoise_batch(model: LoadedModel, request: Txt2ImgRequest, conditioning: Co
                    denoising: DenoisingHooks | None = None, unet_wrapper: Callable[[Any], Any] | None = None) -> Any:
     batch_size = noise.shape[0]
     arguments = common_arguments(model, conditioning, batch_size=batch_size, steps=request.steps,
-                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising)
+                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising,
+                                 image_size=(request.height, request.width), distilled_cfg=request.distilled_cfg_scale)
+    latents = family_named(model.family).pipeline_latents(noise.to(device=model.device, dtype=model.dtype))
     arguments.update(width=request.width, height=request.height, output_type=output_type)
     if uses_inpainting_unet(model):
         # An inpainting checkpoint in txt2img: everything is "masked", the masked image is blank (A1111 does the same).
         pipeline = pipeline_for(model, "inpaint", denoising, unet_wrapper)
         blank = Image.new("RGB", (request.width, request.height), (127, 127, 127))
-        arguments.update(image=blank, mask_image=Image.new("L", blank.size, 255), strength=1.0,
-                         latents=noise.to(device=model.device, dtype=model.dtype))
+        arguments.update(image=blank, mask_image=Image.new("L", blank.size, 255), strength=1.0, latents=latents)
         output = pipeline(**arguments)
     else:
-        arguments.update(latents=noise.to(device=model.device, dtype=model.dtype))
+        arguments.update(latents=latents)
         output = pipeline_for(model, "txt2img", denoising, unet_wrapper)(**arguments)
     return output.images if output_type == "latent" else list(output.images)

@@ -97,6 +97,20 @@ class ModelFamily(ABC):
     # Text encoders a checkpoint may leave out and the loader then reads from the text-encoder folder
     # (models/text_encoder, ComfyUI/Forge file names, most preferred first; globs allowed).
     separate_text_encoder_files: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    # A text encoder that reads the whole prompt once (T5), not in 77-token CLIP chunks: its component, its
+    # tokenizer and how many tokens it reads (longer prompts are cut there and the user is told). None: every
+    # text encoder reads CLIP chunks.
+    sequence_text_encoder: ClassVar[str | None] = None
+    sequence_tokenizer: ClassVar[str | None] = None
+    sequence_max_tokens: ClassVar[int] = 0
+    # The sampler a UI preselects for the family (flow-matching ones use webui.generation.samplers' flow table).
+    default_sampler: ClassVar[str] = "DPM++ 2M"
+    # The tensor a pipeline's step callback may hand back to change the pooled text embedding mid-run (SDXL's
+    # "add_text_embeds"); None where the pipeline reads none back (a prompt schedule then keeps the first one).
+    pooled_step_input: ClassVar[str | None] = None
+    # Whether the pipelines repeat given `prompt_embeds` for `num_images_per_prompt` (SD1/SDXL do; SD3's
+    # use given embeddings as they are).
+    repeats_given_embeddings: ClassVar[bool] = True
     # VAE files a checkpoint may leave out and the loader then reads from the VAE folder (models/VAE; Flux's
     # `ae.safetensors`); empty: the checkpoint must bundle its VAE.
     separate_vae_files: ClassVar[tuple[str, ...]] = ()
@@ -157,6 +171,65 @@ class ModelFamily(ABC):
         if clip_skip > 1:
             return final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
         return output.last_hidden_state, None
+
+    def encode_chunk(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                     clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One 77-token chunk of the CLIP encoders (those before `sequence_text_encoder`) -> (hidden states,
+        pooled or None). `joint_width`: the denoiser's text width, for families that pad CLIP to it."""
+        return self.encode_token_ids(text_encoders, token_ids, clip_skip)
+
+    def flow_sampler_names(self, variant: str | None, fixed_shift: bool = False) -> tuple[str, ...] | None:
+        """The flow samplers (webui.generation.samplers.FLOW_SAMPLERS names) this family's pipelines can drive
+        for a model `variant` (`fixed_shift`: the request sets its own "Shift"); None: all of them."""
+        return None
+
+    def sequence_limit(self, variant: str | None) -> int:
+        """How many tokens the `sequence_text_encoder` reads for a model of this family (EOS included)."""
+        return self.sequence_max_tokens
+
+    def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
+                        joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """The `sequence_text_encoder`'s hidden states for a whole prompt (only families that have one)."""
+        raise NotImplementedError(f"{self.label} has no whole-prompt text encoder")
+
+    def joint_width(self, denoiser_config: Mapping[str, Any]) -> int:
+        """The text features' width the loaded denoiser takes (its config may differ from the family's
+        published width, e.g. tiny test models)."""
+        return int(denoiser_config.get("joint_attention_dim") or denoiser_config.get("cross_attention_dim")
+                   or self.cross_attention_width)
+
+    def prompt_arguments(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
+                         pooled: torch.Tensor | None, negative_pooled: torch.Tensor | None,
+                         cfg_scale: float, batch_size: int) -> dict[str, Any]:
+        """What the family's diffusers pipelines take for one prompt's `batch_size` images and the guidance:
+        our own embeddings (one row each), and the pooled ones for families conditioned on pooled text.
+        Pipelines that do not repeat given embeddings per image (`repeats_given_embeddings`) get them
+        repeated here. `pipeline_arguments` then adds (and may replace) what the family's calls take besides
+        (Flux: its distilled guidance)."""
+        per_prompt = batch_size
+        if not self.repeats_given_embeddings:
+            prompt_embeds, negative_prompt_embeds, pooled, negative_pooled = (
+                None if tensor is None else tensor.repeat(batch_size, *([1] * (tensor.dim() - 1)))
+                for tensor in (prompt_embeds, negative_prompt_embeds, pooled, negative_pooled))
+            per_prompt = 1
+        arguments: dict[str, Any] = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                         guidance_scale=cfg_scale, num_images_per_prompt=per_prompt)
+        if self.conditions_on_pooled_text:
+            arguments.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        return arguments
+
+    def latent_shape(self, height: int, width: int, vae_scale_factor: int) -> tuple[int, int, int]:
+        """One image's initial-noise shape (A1111 draws noise in the VAE's latent layout)."""
+        return (self.latent_channels, height // vae_scale_factor, width // vae_scale_factor)
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents in the VAE's layout -> what the pipeline's `latents` argument takes (Flux packs 2x2)."""
+        return latents
+
+    def vae_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The pipeline's latents (step callback, "latent" output) -> the VAE's layout, for previews and the
+        latent hires fix (the inverse of `pipeline_latents`)."""
+        return latents
 
     def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return f"{self.label} inpainting" if unet_in_channels == 9 else self.label

@@ -16,6 +16,7 @@ bundle `vae.` and `text_encoders.clip_l/t5xxl.transformer.` parts.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -152,6 +153,10 @@ class Flux1(ModelFamily):
     )
     lora_key_markers = ("double_blocks", "single_blocks", "single_transformer_blocks")
 
+    # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
+    default_sampler = "Euler"
+    repeats_given_embeddings = False  # FluxPipeline uses given embeddings as they are
+    sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_2", "tokenizer_2", 512
 
     @property
     def denoiser_in_channels(self) -> int:
@@ -183,6 +188,50 @@ class Flux1(ModelFamily):
         return {"guidance_scale": guidance, "max_sequence_length": defaults.max_sequence_length}
 
     # -- prompt encoding -------------------------------------------------------------------------
+    def flow_sampler_names(self, variant: str | None, fixed_shift: bool = False) -> tuple[str, ...]:
+        """FluxPipeline hands the scheduler its own sigmas (FlowMatch Heun takes none) and a resolution shift
+        `mu` (the DPM-Solver schedulers take it only with dynamic shifting, which schnell's fixed shift and a
+        requested Shift lack)."""
+        if variant == SCHNELL or fixed_shift:
+            return ("Euler", "UniPC")
+        return ("Euler", "DPM++ 2M", "DPM++ 2M SDE", "UniPC")
+
+    def sequence_limit(self, variant: str | None) -> int:
+        """T5 tokens per prompt: dev 512, schnell 256 (BFL's published lengths)."""
+        return self.generation_defaults(variant).max_sequence_length
+
+    def encode_chunk(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                     clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A CLIP-L chunk gives only the pooled vector (its pooler output): no CLIP hidden states join T5's
+        text tokens (an empty sequence `joint_width` wide)."""
+        pooled = text_encoders[0](token_ids[0], output_hidden_states=False).pooler_output
+        return pooled.new_zeros(pooled.shape[0], 0, joint_width or self.cross_attention_width), pooled
+
+    def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
+                        joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """T5's last hidden states over the whole prompt: the transformer's text tokens (T5 is required)."""
+        if encoder is None or token_ids is None:
+            raise ValueError(f"{self.label} needs its T5-XXL text encoder "
+                             f"({self.separate_text_encoder_files['text_encoder_2'][0]} in models/text_encoder)")
+        return encoder(token_ids).last_hidden_state
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[batch, 16, h, w] VAE-layout latents -> FluxPipeline's 2x2-packed tokens [batch, h/2 * w/2, 64]."""
+        from diffusers import FluxPipeline
+
+        batch, channels, height, width = latents.shape
+        return FluxPipeline._pack_latents(latents, batch, channels, height, width)
+
+    def vae_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed tokens (step callback, "latent" output) of a `height` x `width` image -> the VAE's layout
+        (the VAE's scale factor follows from the token count: each token is 2x2 cells of `factor` pixels)."""
+        if latents.dim() != 3:
+            return latents
+        from diffusers import FluxPipeline
+
+        factor = math.isqrt(height * width // (4 * latents.shape[1]))
+        return FluxPipeline._unpack_latents(latents, height, width, factor)
+
     def encode_token_ids(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
                          clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Flux's conditioning: T5's last hidden states are the text tokens, CLIP-L's pooled output (the final

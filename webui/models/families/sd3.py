@@ -85,6 +85,10 @@ class StableDiffusion3(ModelFamily):
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
     optional_text_encoders = ("text_encoder_3",)
+    # T5 reads the whole prompt once, up to diffusers' default `max_sequence_length`; CLIP reads 77-token chunks.
+    sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_3", "tokenizer_3", 256
+    repeats_given_embeddings = False
+    default_sampler = "Euler"
     separate_text_encoder_files = frozen({
         "text_encoder": ("clip_l.safetensors", "clip_l*.safetensors"),
         "text_encoder_2": ("clip_g.safetensors", "clip_g*.safetensors"),
@@ -139,23 +143,36 @@ class StableDiffusion3(ModelFamily):
     # -- prompt encoding -------------------------------------------------------------------------
     def encode_token_ids(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
                          clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """SD3's conditioning: the two CLIP encoders' penultimate layers (clip skip N moves N-1 further back)
-        concatenated and zero-padded to T5's width, followed along the sequence by T5's last layer (zeros
-        when the checkpoint has no T5, as ComfyUI and diffusers do: `joint_width` wide, the transformer's
-        `joint_attention_dim`, default T5-XXL's); pooled: both CLIP projections side by side."""
+        """SD3's conditioning for one CLIP chunk and one T5 sequence (what training's captions and diffusers'
+        `encode_prompt` make): `encode_chunk` followed along the sequence by `encode_sequence`; pooled: both
+        CLIP projections side by side."""
+        t5 = text_encoders[2] if len(text_encoders) > 2 else None
+        t5_ids = token_ids[2] if len(token_ids) > 2 else None
+        t5_states = self.encode_sequence(t5, t5_ids, joint_width or self.cross_attention_width, clip_ids=token_ids[0],
+                                         length=CLIP_SEQUENCE_LENGTH if t5_ids is None else t5_ids.shape[1])
+        clip_states, pooled = self.encode_chunk(text_encoders[:2], token_ids[:2], clip_skip, t5_states.shape[-1])
+        return torch.cat([clip_states, t5_states.to(clip_states.dtype)], dim=-2), pooled
+
+    def encode_chunk(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                     clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One 77-token CLIP chunk: the two CLIP encoders' penultimate layers (clip skip N moves N-1 further
+        back) concatenated and zero-padded to the transformer's joint width; pooled: both projections."""
         layer = -(clip_skip + 1)
         clip_l = text_encoders[0](token_ids[0], output_hidden_states=True)
         clip_g = text_encoders[1](token_ids[1], output_hidden_states=True)
         clip_states = torch.cat([clip_l.hidden_states[layer], clip_g.hidden_states[layer]], dim=-1)
         pooled = torch.cat([clip_l.text_embeds, clip_g.text_embeds], dim=-1)
-        t5 = text_encoders[2] if len(text_encoders) > 2 else None
-        if t5 is not None:
-            t5_states = t5(token_ids[2]).last_hidden_state
-        else:
-            length = token_ids[2].shape[1] if len(token_ids) > 2 else CLIP_SEQUENCE_LENGTH
-            t5_states = clip_states.new_zeros(clip_states.shape[0], length, joint_width or self.cross_attention_width)
-        padded = torch.nn.functional.pad(clip_states, (0, t5_states.shape[-1] - clip_states.shape[-1]))
-        return torch.cat([padded, t5_states.to(padded.dtype)], dim=-2), pooled
+        width = joint_width or self.cross_attention_width
+        return torch.nn.functional.pad(clip_states, (0, width - clip_states.shape[-1])), pooled
+
+    def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
+                        joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """T5's last layer over the whole prompt's tokens; without T5 (or its tokens), `length` zero vectors
+        `joint_width` wide (the transformer's `joint_attention_dim`), as diffusers does with its
+        `max_sequence_length`, one row per row of `clip_ids`."""
+        if encoder is None or token_ids is None:
+            return torch.zeros(clip_ids.shape[0], length, joint_width, device=clip_ids.device)
+        return encoder(token_ids).last_hidden_state
 
     def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
         return original_names(denoiser, MMDIT_TOP_LEVEL, (("joint_blocks", "transformer_blocks", MMDIT_BLOCK),),

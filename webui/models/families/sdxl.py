@@ -30,6 +30,7 @@ class StableDiffusionXL(ModelFamily):
     pipeline_classes = frozen({TXT2IMG: "StableDiffusionXLPipeline", IMG2IMG: "StableDiffusionXLImg2ImgPipeline",
                                INPAINT: "StableDiffusionXLInpaintPipeline"})
     conditions_on_pooled_text = True
+    pooled_step_input = "add_text_embeds"
     # Published least-squares fit of the SDXL VAE's latent channels to RGB.
     preview_coefficients = (
         (0.3448, 0.4168, 0.4395),
