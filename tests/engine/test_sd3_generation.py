@@ -8,7 +8,6 @@ the reference for correctness is diffusers' own `StableDiffusion3Pipeline` with 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import diffusers
 import numpy as np
