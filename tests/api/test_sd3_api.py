@@ -55,3 +55,20 @@ def test_txt2img_with_an_sd3_checkpoint_chosen_per_request(sd3_server):
     samplers = {s["name"] for s in requests.get(f"{sd3_server.url}/sdapi/v1/samplers", timeout=30).json()}
     assert "DDIM" in samplers
     assert post(sd3_server, {**SMALL, "prompt": "a circle", "sampler_name": "DDIM"}).status_code == 200
+
+
+def sampler_of(response: requests.Response) -> str:
+    assert response.status_code == 200, response.text
+    return parse_infotext(read_infotext(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))))["Sampler"]
+
+
+def test_a_body_without_a_sampler_gets_the_model_familys_default(sd3_server):
+    """A1111 clients often send no sampler: SD3.5 then samples with Euler (DPM++ 2M cannot start img2img from a
+    noised image on a flow model), the SD1 default model with DPM++ 2M as before."""
+    source = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(source, format="PNG")
+    img2img = {**SMALL, "prompt": "a car", "seed": 3, "denoising_strength": 0.6,
+               "init_images": [base64.b64encode(source.getvalue()).decode()],
+               "override_settings": {"sd_model_checkpoint": SD3_NAME}}
+    assert sampler_of(requests.post(f"{sd3_server.url}/sdapi/v1/img2img", json=img2img, timeout=300)) == "Euler"
+    assert sampler_of(post(sd3_server, {**SMALL, "prompt": "a circle"})) == "DPM++ 2M"

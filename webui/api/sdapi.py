@@ -162,7 +162,7 @@ def _common_fields(body: Txt2ImgBody, options: dict[str, Any]) -> dict[str, Any]
     overrides = body.override_settings
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, styles=tuple(body.styles),
-        steps=body.steps, sampler_name=body.sampler_name or body.sampler_index or "DPM++ 2M",
+        steps=body.steps, sampler_name=body.sampler_name or body.sampler_index or "",  # "": the model's default
         scheduler=body.scheduler or "Automatic", cfg_scale=body.cfg_scale, distilled_cfg_scale=body.distilled_cfg_scale,
         shift=body.shift, width=body.width, height=body.height,
         seed=body.seed, subseed=body.subseed, subseed_strength=body.subseed_strength, batch_count=body.n_iter,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,10 @@ class GenerationService:
         return self.request_limits.generation
 
     def validate_txt2img(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
-        """Everything that can be checked before queueing: values, styles, checkpoint name."""
+        """Everything that can be checked before queueing: values, styles, checkpoint name. A request that
+        names no sampler (an API body without `sampler_name`) gets its model family's default sampler."""
+        if not request.sampler_name:
+            request = replace(request, sampler_name=self.models.default_sampler(request.checkpoint))
         request = request.validate(self.limits, tuple(self.hooks.samplers()))
         if isinstance(request, Img2ImgRequest):
             for image in (*request.init_images[:1], request.mask):

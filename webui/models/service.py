@@ -26,7 +26,7 @@ from webui.models.checkpoint_files import CheckpointReadError
 from webui.models.checkpoint_loading import CheckpointLoadError, scheduler_config_of
 from webui.models.checkpoint_settings import CheckpointSetting, CheckpointSettingError, CheckpointSettings
 from webui.models.embeddings import EmbeddingCatalog
-from webui.models.families import ModelFamily, family_named
+from webui.models.families import DEFAULT_FAMILY, ModelFamily, family_named
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
 from webui.models.vae import read_vae_state_dict, scan_vaes
@@ -98,6 +98,11 @@ class ModelService:
         except LookupError:
             return None
         return family_named(record.architecture.family) if record.architecture else None
+
+    def default_sampler(self, wanted: str | None) -> str:
+        """The sampler a request on this checkpoint (None: the current one) uses when it names none: its
+        family's (Euler for flow-matching families, whose pipelines cannot drive every sampler)."""
+        return (self.family_of(wanted) or DEFAULT_FAMILY).default_sampler
 
     def default_shift(self, wanted: str | None) -> float | None:
         """The flow shift the checkpoint (None: the current one) samples with unless a request sets one: its
