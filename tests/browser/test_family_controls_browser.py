@@ -1,5 +1,6 @@
 """Per-family controls in real Chromium: the checkpoint dropdown names each model's family, choosing an SD3.5
-checkpoint shows "Shift" (at its scheduler config's 3.0) in txt2img and img2img, choosing the SD1 default
+checkpoint shows "Shift" (at its scheduler config's 3.0) in txt2img and img2img and switches img2img's sampler
+to Euler (DPM++ 2M cannot start from an image on a flow model), choosing the SD1 default
 model hides it again; "Distilled CFG Scale" stays hidden for both (neither is guidance-distilled). A Flux.1 dev
 checkpoint shows "Distilled CFG Scale" (Forge's 3.5) and "Shift" (0: its resolution-dependent schedule) and
 hides "Clip skip"."""
@@ -69,6 +70,7 @@ def test_choosing_a_flow_checkpoint_shows_shift_and_the_sd1_model_hides_it(page,
     page.wait_for_selector("#txt2img_shift", state="visible")
     assert float(page.input_value("#txt2img_shift input[type=number]")) == 3.0  # the shipped SD3.5 scheduler's
     assert not page.is_visible("#txt2img_distilled_cfg_scale")
+    assert page.input_value("#txt2img_sampling input") == "DPM++ 2M"  # SD3.5 can use it for txt2img
     # Pasted Forge-style parameters fill the shown Shift control.
     page.fill("#txt2img_prompt textarea", "a red circle\nSteps: 4, Sampler: Euler, CFG scale: 4.5, Shift: 2.5, "
                                           "Seed: 7, Size: 64x64")
@@ -77,6 +79,8 @@ def test_choosing_a_flow_checkpoint_shows_shift_and_the_sd1_model_hides_it(page,
     page.click("button[role=tab]:has-text('img2img')")
     page.wait_for_selector("#img2img_shift", state="visible")
     assert not page.is_visible("#img2img_distilled_cfg_scale")
+    # ... but not to start from an image: img2img's sampler became the family's default.
+    assert page.input_value("#img2img_sampling input") == "Euler"
 
     page.click("button[role=tab]:has-text('txt2img')")
     assert choose_checkpoint(page, "sd-studio-toy").endswith("(SD1.x)")

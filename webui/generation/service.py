@@ -24,7 +24,9 @@ from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.refiner import check_refiner_pair
 from webui.generation.request_codec import decode_request, encode_request
-from webui.generation.samplers import AUTOMATIC, sampler_names, schedule_types_for
+from webui.generation.samplers import (
+    AUTOMATIC, UnknownSamplerError, check_flow_sampler, sampler_names, schedule_types_for,
+)
 from webui.generation.requests import (
     GenerationLimits,
     Img2ImgRequest,
@@ -115,6 +117,22 @@ class GenerationService:
             if base is not None:
                 check_refiner_pair(base, refiner)
         return request
+
+    def sampler_for(self, checkpoint: str | None, sampler: str, from_image: bool) -> str:
+        """`sampler` when the checkpoint's family (None: the current one) can sample with it in this mode (img2img
+        and inpaint start from an image), else the family's default: what a UI switches to with the model."""
+        record = self.models.catalog_record(checkpoint)
+        if record is None or record.architecture is None:
+            return sampler
+        family = family_named(record.architecture.family)
+        if not family.flow_matching or sampler in self.hooks.samplers():
+            return sampler
+        try:
+            check_flow_sampler(sampler, AUTOMATIC, from_image=from_image,
+                               allowed=family.flow_sampler_names(record.architecture.variant))
+        except UnknownSamplerError:
+            return family.default_sampler
+        return sampler
 
     def sampler_names(self) -> list[str]:
         """Every sampler a request may name: the built-in table, then those extensions added."""

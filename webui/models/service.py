@@ -76,28 +76,30 @@ class ModelService:
 
     def current_record(self) -> CheckpointRecord | None:
         """The record of `current_checkpoint_title()`, None when there is none (or it is a Hub id)."""
-        title = self.current_checkpoint_title()
-        try:
-            return self.catalog.find(title) if title else None
-        except LookupError:
-            return None
+        return self.catalog_record(None)
+
     def checkpoint_choices(self) -> list[tuple[str, str]]:
         """(what the dropdown shows, title) per usable checkpoint: the title with its family or variant, e.g.
         `model [0123456789] (SDXL)`; the value stays the A1111 title every other caller uses."""
         return [(f"{record.title} ({record.architecture.label})" if record.architecture else record.title, record.title)
                 for record in self.catalog.usable_records()]
 
-    def family_of(self, wanted: str | None) -> ModelFamily | None:
-        """The family of the checkpoint a title names (None: the current one); None when no such local
-        checkpoint is known or it could not be classified (a Hub id, a broken file)."""
+    def catalog_record(self, wanted: str | None) -> CheckpointRecord | None:
+        """The catalog's record of the checkpoint a title names (None: the current one); None when no such
+        local checkpoint is known (a Hub id, a removed file)."""
         title = wanted or self.current_checkpoint_title()
         if not title:
             return None
         try:
-            record = self.catalog.find(title)
+            return self.catalog.find(title)
         except LookupError:
             return None
-        return family_named(record.architecture.family) if record.architecture else None
+
+    def family_of(self, wanted: str | None) -> ModelFamily | None:
+        """The family of the checkpoint a title names (None: the current one); None when no such local
+        checkpoint is known or it could not be classified (a broken file)."""
+        record = self.catalog_record(wanted)
+        return family_named(record.architecture.family) if record is not None and record.architecture else None
 
     def default_sampler(self, wanted: str | None) -> str:
         """The sampler a request on this checkpoint (None: the current one) uses when it names none: its

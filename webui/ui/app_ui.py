@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 from PIL import Image
 
@@ -151,7 +153,16 @@ def wire_family_controls(ctx: AppContext, checkpoint: gr.Dropdown, tabs: tuple[G
     its family uses and hides the others (Clip skip, Distilled CFG Scale, Shift)."""
     names = [name for controls in tabs for name in FAMILY_CONTROLS if name in controls.fields]
     outputs = [controls.fields[name] for controls in tabs for name in FAMILY_CONTROLS if name in controls.fields]
-    checkpoint.change(lambda title: family_control_updates(ctx, title, names), inputs=checkpoint, outputs=outputs)
+    samplers = [controls.fields["sampler_name"] for controls in tabs]
+    from_image = [controls.prefix != "txt2img" for controls in tabs]
+
+    def updates(title: str | None, *chosen: str) -> list[Any]:
+        # A sampler the new model's family cannot use in that tab becomes the family's default (Euler on
+        # SD3.5/Flux), as Forge's per-model presets do; a usable one stays.
+        return family_control_updates(ctx, title, names) + [
+            ctx.generation.sampler_for(title, sampler, image) for sampler, image in zip(chosen, from_image)]
+
+    checkpoint.change(updates, inputs=[checkpoint, *samplers], outputs=[*outputs, *samplers])
 
 
 def pasted_values(controls: GenerationControls, text: str | None) -> list:
