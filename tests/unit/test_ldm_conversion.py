@@ -412,3 +412,15 @@ def test_detects_real_size_shapes_without_tensor_data() -> None:
 def test_unsupported_checkpoints_are_named(keys: dict[str, tuple[int, ...]], named: str) -> None:
     with pytest.raises(UnsupportedCheckpointError, match=named):
         detect_architecture(keys)
+
+
+def test_a_file_no_family_recognises_is_refused_with_the_names_looked_for_and_those_it_holds() -> None:
+    with pytest.raises(UnsupportedCheckpointError) as refused:
+        detect_architecture({"foo.bar.weight": (2, 2), "model.something.else": (3,)})
+    message = str(refused.value)
+    assert "not a Stable Diffusion model" in message
+    for looked_for in ("SD1.x: cond_stage_model.transformer.*", "SD2.x: cond_stage_model.model.*",
+                       "SDXL: conditioner.embedders.0.transformer.* + conditioner.embedders.1.model.*",
+                       "SD3.5: model.diffusion_model.joint_blocks.*", "Flux.1: double_blocks.*"):
+        assert looked_for in message, message
+    assert "the file holds foo.bar.weight, model.something.else" in message

@@ -29,7 +29,7 @@ from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
 from webui.models.families import (
-    SDXL_REFINER, ModelFamily, family_names, family_named, family_of_ldm_keys, flux, sd1, sd2, sd3, sdxl,
+    FAMILIES, SDXL_REFINER, ModelFamily, family_names, family_named, family_of_ldm_keys, flux, sd1, sd2, sd3, sdxl,
 )
 from webui.models.families.base import LdmTextEncoder
 
@@ -145,6 +145,9 @@ def _foreign_model_with_sd_like_keys(keys: list[str]) -> str | None:
     return None
 
 
+NOT_A_MODEL = "not a Stable Diffusion model"
+
+
 def _describe_non_checkpoint(keys: list[str]) -> str:
     """Best guess at what a file without a complete SD checkpoint is, for the error message."""
     if _any_key_starts(keys, "lora_unet_", "lora_te", "lora_transformer_") or _any_key_contains(
@@ -169,7 +172,7 @@ def _describe_non_checkpoint(keys: list[str]) -> str:
         return "Stable Diffusion UNet weights without a text encoder"
     if _any_key_starts(keys, SD1_CLIP_PREFIX, SD2_OPEN_CLIP_PREFIX, SDXL_EMBEDDER_PREFIX):
         return "a text encoder without UNet weights"
-    return "not a Stable Diffusion model"
+    return NOT_A_MODEL
 
 
 def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architecture:
@@ -188,9 +191,12 @@ def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architectu
         )
     conv_in_shape = key_shapes.get(UNET_CONV_IN_KEY)
     if family is None or conv_in_shape is None:
-        raise UnsupportedCheckpointError(
-            f"Unsupported checkpoint: looks like {_describe_non_checkpoint(keys)}"
-        )
+        described = _describe_non_checkpoint(keys)
+        if described == NOT_A_MODEL:  # name what was looked for, and what the file holds
+            looked_for = "; ".join(f"{known.label}: {known.ldm_detection_names()}" for known in FAMILIES)
+            shown = ", ".join(keys[:4]) + (f" ... ({len(keys)} tensors)" if len(keys) > 4 else "")
+            described += f" (no family's tensor names were found; looked for {looked_for}; the file holds {shown})"
+        raise UnsupportedCheckpointError(f"Unsupported checkpoint: looks like {described}")
     if len(conv_in_shape) != 4:
         raise UnsupportedCheckpointError(
             f"Unsupported checkpoint: UNet input convolution has shape {tuple(conv_in_shape)}, "

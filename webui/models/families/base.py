@@ -274,6 +274,11 @@ class ModelFamily(ABC):
         text encoder's prefix is present (families are tried most specific first)."""
         return all(has_key_prefix(keys, encoder.prefix) for encoder in self.ldm_text_encoders)
 
+    def ldm_detection_names(self) -> str:
+        """The tensor names `matches_ldm_keys` looks for, as a user reads them in a refusal ("no known family's
+        names were found: ...")."""
+        return " + ".join(f"{encoder.prefix}*" for encoder in self.ldm_text_encoders)
+
     def ldm_in_channels(self, key_shapes: Mapping[str, tuple[int, ...]]) -> int | None:
         """The denoiser's input channels in a single file (its first convolution / patch embedding)."""
         shape = key_shapes.get("model.diffusion_model.input_blocks.0.0.weight")

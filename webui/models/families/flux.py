@@ -248,6 +248,9 @@ class Flux1(ModelFamily):
                                                         ("single_blocks", "single_transformer_blocks", BFL_SINGLE_BLOCK)))
 
     # -- detection -------------------------------------------------------------------------------
+    def ldm_detection_names(self) -> str:
+        return f"{DOUBLE_BLOCKS}* with img_in, txt_in, vector_in and time_in (bare or under model.diffusion_model.)"
+
     def matches_ldm_keys(self, keys: list[str]) -> bool:
         """BFL's double-stream blocks with Flux.1's input embeddings (Chroma and other derivatives lack
         `vector_in`)."""

@@ -182,6 +182,9 @@ class StableDiffusion3(ModelFamily):
     def matches_ldm_keys(self, keys: list[str]) -> bool:
         return any(key.startswith((LDM_TRANSFORMER_PREFIX + JOINT_BLOCKS, JOINT_BLOCKS)) for key in keys)
 
+    def ldm_detection_names(self) -> str:
+        return f"{LDM_TRANSFORMER_PREFIX}{JOINT_BLOCKS}* (or bare {JOINT_BLOCKS}*)"
+
     def variant_of_ldm_keys(self, keys: list[str]) -> str:
         return variant_of_structure(any(".x_block.attn2." in key for key in keys),
                                     any(".attn.ln_q." in key for key in keys))

@@ -62,6 +62,9 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     def matches_ldm_keys(self, keys: list[str]) -> bool:
         return has_key_prefix(keys, LDM_OPEN_CLIP_PREFIX) and not has_key_prefix(keys, SECOND_EMBEDDER_PREFIX)
 
+    def ldm_detection_names(self) -> str:
+        return f"{LDM_OPEN_CLIP_PREFIX}* without {SECOND_EMBEDDER_PREFIX}*"
+
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
         return (unet_config.get("addition_embed_type") == "text_time" and "text_encoder_2" in component_folders
                 and "text_encoder" not in component_folders)
