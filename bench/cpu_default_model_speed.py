@@ -79,7 +79,7 @@ def lora_reweight_seconds(ctx, data_dir: Path, repeats: int) -> float:
 
     def reweight() -> None:
         weight = next(weights)
-        with ctx.manager.checkout(None, [LoraUse("bench", path, weight, weight, "")]):
+        with ctx.manager.checkout(ctx.manager.state_for(None, [LoraUse("bench", path, weight, weight, "")])):
             pass
 
     return timed(reweight, repeats)

@@ -105,7 +105,7 @@ def main() -> None:
     manager = ModelManager(catalog, torch.device("cuda"), torch.bfloat16)
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with manager.checkout(record.name) as model:
+    with manager.checkout(manager.state_for(record.name)) as model:
         report["load_s"] = round(time.perf_counter() - start, 1)
         report["notes"] = list(model.warnings)
         pipeline = model.pipeline

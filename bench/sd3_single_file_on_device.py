@@ -83,7 +83,7 @@ def main() -> None:
     report["label"], report["variant"] = record.architecture.label, record.architecture.variant
     manager = ModelManager(catalog, torch.device("cuda"), torch.float16)
     start = time.perf_counter()
-    with manager.checkout(record.name) as model:
+    with manager.checkout(manager.state_for(record.name)) as model:
         report["load_s"] = round(time.perf_counter() - start, 1)
         pipeline = model.pipeline
         report["pipeline"] = type(pipeline).__name__

@@ -369,7 +369,7 @@ def vae_round_trip_fidelity(ctx: AppContext, setup: ConceptSetup, count: int, se
     from tools.default_model.toy_decoder_finetune import vae_round_trip
 
     renders = toy_world.held_out_concept_images(setup.shape, count, seed)
-    with ctx.manager.checkout(BASE_CHECKPOINT) as model:
+    with ctx.manager.checkout(ctx.manager.state_for(BASE_CHECKPOINT)) as model:
         decoded = vae_round_trip(model.pipeline.vae, renders)
     return subject_fidelity(decoded, concept_reference(setup.images()))
 

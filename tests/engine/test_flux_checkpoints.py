@@ -85,7 +85,7 @@ def test_each_layout_loads_through_the_manager_and_denoises_like_its_source_modu
     root, sources = models_dir
     manager = ModelManager(catalog_of(root), torch.device("cpu"), torch.float32)
     schnell = name in SCHNELL_NAMES
-    with manager.checkout(name) as model:
+    with manager.checkout(manager.state_for(name)) as model:
         pipeline = model.pipeline
         assert type(pipeline).__name__ == "FluxPipeline"
         assert model.family == "flux" and model.warnings == ()
@@ -129,10 +129,10 @@ def test_a_transformer_without_its_companions_is_unusable_and_the_message_names_
     assert catalog.find("flux1-schnell-aio").usable  # it bundles everything
     manager = ModelManager(catalog, torch.device("cpu"), torch.float32)
     with pytest.raises(CheckpointLoadError) as caught:
-        with manager.checkout("flux1-dev"):
+        with manager.checkout(manager.state_for("flux1-dev")):
             pass
     assert all(part in str(caught.value) for part in wanted)
-    with manager.checkout("flux1-schnell-aio") as model:  # the manager keeps serving
+    with manager.checkout(manager.state_for("flux1-schnell-aio")) as model:  # the manager keeps serving
         assert model.record.name == "flux1-schnell-aio"
     # The user puts the files in place and rescans: the checkpoint becomes usable.
     write_companions(companions, sources["flux1-dev"])
@@ -147,7 +147,7 @@ def test_fp8_transformer_and_t5_files_load_upcast_to_the_run_dtype_with_a_note(t
                            dtype=torch.float8_e4m3fn)
     write_companions(tmp_path, modules, t5_name="t5xxl_fp8_e4m3fn.safetensors", t5_dtype=torch.float8_e4m3fn)
     manager = ModelManager(catalog_of(tmp_path), torch.device("cpu"), torch.float32)
-    with manager.checkout("flux1-dev-fp8") as model:
+    with manager.checkout(manager.state_for("flux1-dev-fp8")) as model:
         assert model.record.architecture.label == "Flux.1 dev"
         assert len(model.warnings) == 2
         assert any("flux1-dev-fp8.safetensors" in note and "float8" in note and "float32" in note
@@ -169,7 +169,7 @@ def test_a_diffusers_folder_without_t5_is_refused_with_a_reason(models_dir, tmp_
                     ignore=shutil.ignore_patterns("text_encoder_2"))
     manager = ModelManager(catalog_of(tmp_path), torch.device("cpu"), torch.float32)
     with pytest.raises(CheckpointLoadError, match="text_encoder_2"):
-        with manager.checkout("flux-no-t5"):
+        with manager.checkout(manager.state_for("flux-no-t5")):
             pass
 
 
@@ -192,7 +192,7 @@ def test_companion_files_of_another_model_are_refused_at_load_naming_the_file_to
         manager = ModelManager(catalog_of(root, folder / "text_encoder", folder / "VAE"), torch.device("cpu"),
                                torch.float32)
         with pytest.raises(CheckpointLoadError) as caught:
-            with manager.checkout("flux1-dev"):
+            with manager.checkout(manager.state_for("flux1-dev")):
                 pass
         assert problem in str(caught.value) and file_name in str(caught.value), str(caught.value)
 
@@ -216,7 +216,7 @@ def test_the_img2img_and_inpaint_pipelines_take_the_loaded_components(models_dir
     root, _ = models_dir
     manager = ModelManager(catalog_of(root), torch.device("cpu"), torch.float32)
     flux = family_named("flux")
-    with manager.checkout("flux1-dev") as model:
+    with manager.checkout(manager.state_for("flux1-dev")) as model:
         assert flux.pipeline_class_name(TXT2IMG) == type(model.pipeline).__name__
         img2img = getattr(diffusers, flux.pipeline_class_name("img2img"))(**model.pipeline.components)
         img2img.set_progress_bar_config(disable=True)
@@ -239,6 +239,6 @@ def test_a_diffusers_named_vae_file_serves_as_ae_safetensors(models_dir, tmp_pat
     save(modules["vae"].state_dict(), tmp_path / "VAE" / "ae.safetensors")
     manager = ModelManager(catalog_of(root, tmp_path / "text_encoder", tmp_path / "VAE"), torch.device("cpu"),
                            torch.float32)
-    with manager.checkout("flux1-dev") as model:
+    with manager.checkout(manager.state_for("flux1-dev")) as model:
         loaded = model.pipeline.vae.state_dict()
         assert all(torch.equal(loaded[key], value) for key, value in modules["vae"].state_dict().items())

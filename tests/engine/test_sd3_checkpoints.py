@@ -84,7 +84,7 @@ def test_the_catalog_lists_every_layout_with_family_and_variant(models_dir):
 def test_each_layout_loads_through_the_manager_and_denoises_like_its_source_modules(models_dir, name):
     root, sources = models_dir
     manager = ModelManager(catalog_of(root), torch.device("cpu"), torch.float32)
-    with manager.checkout(name) as model:
+    with manager.checkout(manager.state_for(name)) as model:
         pipeline = model.pipeline
         assert type(pipeline).__name__ == "StableDiffusion3Pipeline"
         assert model.family == "sd3" and model.warnings == ()
@@ -102,7 +102,7 @@ def test_without_a_t5_file_the_checkpoint_loads_with_clip_only_and_says_so(model
     clip_only = tmp_path / "text_encoder"
     write_text_encoder_files(clip_only, sources["sd3.5_large"], t5=False, dtype=torch.float32)
     manager = ModelManager(catalog_of(root, clip_only), torch.device("cpu"), torch.float32)
-    with manager.checkout("sd3.5_large") as model:
+    with manager.checkout(manager.state_for("sd3.5_large")) as model:
         assert model.pipeline.text_encoder_3 is None and model.pipeline.tokenizer_3 is None
         assert len(model.warnings) == 1
         assert "t5xxl_fp16.safetensors" in model.warnings[0] and str(clip_only) in model.warnings[0]
@@ -115,13 +115,13 @@ def test_a_transformer_only_file_without_text_encoders_names_the_files_and_the_f
     empty = tmp_path / "no_encoders"
     manager = ModelManager(catalog_of(root, empty), torch.device("cpu"), torch.float32)
     with pytest.raises(CheckpointLoadError) as caught:
-        with manager.checkout("sd3.5_large"):
+        with manager.checkout(manager.state_for("sd3.5_large")):
             pass
     message = str(caught.value)
     for wanted in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors", str(empty)):
         assert wanted in message
     # The manager keeps serving: the bundled checkpoint still loads.
-    with manager.checkout("sd3.5_medium_incl_clips_t5xxl") as model:
+    with manager.checkout(manager.state_for("sd3.5_medium_incl_clips_t5xxl")) as model:
         assert model.record.name == "sd3.5_medium_incl_clips_t5xxl"
 
 
@@ -144,7 +144,7 @@ def test_fp8_scaled_files_load_as_their_dequantized_weights(tmp_path):
               str(encoders / "t5xxl_fp8_e4m3fn_scaled.safetensors"))
 
     manager = ModelManager(catalog_of(tmp_path), torch.device("cpu"), torch.float32)
-    with manager.checkout("sd3.5_large_fp8_scaled") as model:
+    with manager.checkout(manager.state_for("sd3.5_large_fp8_scaled")) as model:
         assert model.record.architecture.label == "SD3.5 Large" and model.warnings == ()
         for component in ("transformer", "text_encoder_3"):
             loaded = getattr(model.pipeline, component).state_dict()
@@ -180,7 +180,7 @@ def test_a_diffusers_folder_without_t5_loads_with_clip_only_and_says_so(models_d
     shutil.copytree(root / "Stable-diffusion" / "sd3.5-medium-diffusers", folder,
                     ignore=shutil.ignore_patterns("text_encoder_3", "tokenizer_3"))
     manager = ModelManager(catalog_of(tmp_path), torch.device("cpu"), torch.float32)
-    with manager.checkout("sd3.5-medium-no-t5") as model:
+    with manager.checkout(manager.state_for("sd3.5-medium-no-t5")) as model:
         assert model.record.architecture.label == "SD3.5 Medium"
         assert model.pipeline.text_encoder_3 is None and model.pipeline.tokenizer_3 is None
         assert len(model.warnings) == 1 and "text_encoder_3" in model.warnings[0]

@@ -5,18 +5,21 @@
 names are ambiguous (module names contain underscores), so they are looked up in the set of the
 model's own module names written the kohya way, including the LDM spelling SDXL LoRAs use
 (``input_blocks_4_1_...``) and the ``text_model_`` level that transformers 5 removed from
-``CLIPTextModel``. A file for another architecture is refused with the reason rather than applied in
-part; keys that match no layer are reported, never silently dropped.
+``CLIPTextModel``. Transformer (DiT) families name their files' key prefixes and their original module
+names themselves (``ModelFamily.lora_key_prefixes`` / ``lora_original_names``); an original fused layer
+(SD3's ``qkv``, Flux's ``linear1``) becomes one patch per installed module with that module's rows. A file
+for another architecture is refused with the reason (naming the family its layer names are from) rather than
+applied in part; keys that match no layer are reported, never silently dropped.
 
-:class:`LoraApplier` merges weighted updates into the weights in place (no per-step cost while
-generating) and keeps a copy of every weight it touched, so :meth:`LoraApplier.restore` gives back
-the bitwise original however often LoRAs are switched or re-weighted.
+:class:`LoraApplier` caches parsed files per pipeline and turns the requested uses into weight
+patches; :mod:`webui.models.patches` merges them in place (no per-step cost while generating) and
+keeps a copy of every weight it touched, so :meth:`LoraApplier.restore` gives back the bitwise
+original however often LoRAs are switched or re-weighted.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -24,15 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from webui.models.checkpoint_files import CheckpointReadError, read_metadata, read_state_dict
-from webui.models.families import FAMILIES, family_named, family_of_lora_metadata
+from webui.models.formats.dit_lora import RowPart
+from webui.models.families import FAMILIES, ModelFamily, families_of_lora_names, family_named, family_of_lora_metadata
 from webui.models.lora_formats import (
     COMPONENT_TE,
     COMPONENT_TE2,
     COMPONENT_UNET,
-    KIND_DIFF,
+    ForeignLoraError,
     LoraFileError,
     LoraPatch,
     RawLayer,
@@ -40,17 +44,18 @@ from webui.models.lora_formats import (
     describe_non_lora,
     group_layers,
     index_module_names,
-    patch_bias_delta,
     patch_delta,
+    patch_scale,
     peft_alpha,
+    rows_of,
     update_shape,
 )
+from webui.models.patches import WeightPatch, WeightPatcher, weight_patches
 
-__all__ = ["LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
+__all__ = ["ForeignLoraError", "LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
 
 # Cross-attention key/value input width -> the family whose text encoder produces it.
 _CROSS_ATTENTION_WIDTHS = {family.cross_attention_width: family.label for family in FAMILIES}
-_FUSABLE_PROJECTIONS = ("to_q", "to_k", "to_v")
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,6 +74,7 @@ class LoraFile:
     unmatched_keys: list[str]
     metadata: dict[str, str]
     notes: list[str] = field(default_factory=list)  # why layers were skipped, for the user
+    source: str = ""  # the file version read (`file_version`); part of its patches' keys
 
     @property
     def base_model(self) -> str | None:
@@ -121,11 +127,16 @@ def declared_family(metadata: Mapping[str, str]) -> str | None:
     return family.name if family is not None else None
 
 
-def _label(family: str) -> str:
+def _family(family: str) -> ModelFamily | None:
     try:
-        return family_named(family).label
+        return family_named(family)
     except ValueError:
-        return family
+        return None
+
+
+def _label(family: str) -> str:
+    model_family = _family(family)
+    return model_family.label if model_family is not None else family
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,44 +163,83 @@ def _layer_label(layer: RawLayer) -> str:
     return f"{layer.component}:{layer.name}"
 
 
+def _named_by_other_families(layers: list[RawLayer], family: str) -> str:
+    """" (its layer names are those of X)" when the file's layer names say which other family it is for."""
+    named = families_of_lora_names([layer.name for layer in layers])
+    if not named or any(other.name == family for other in named):
+        return ""
+    return f" (its layer names are those of {' or '.join(other.label for other in named)})"
+
+
+def _part_patches(whole: LoraPatch, parts: Sequence[RowPart], targets: Sequence[str]) -> list[LoraPatch]:
+    """One layer's update as patches of the installed modules it maps to: itself for a plain module, each
+    module's rows of it for an original fused layer (`formats/dit_lora.py`)."""
+    patches = []
+    for part, target in zip(parts, targets):
+        if part.rows is None:
+            patches.append(LoraPatch(target=target, kind=whole.kind, tensors=whole.tensors, alpha=whole.alpha,
+                                     rank=whole.rank))
+            continue
+        kind, tensors = rows_of(whole.kind, whole.tensors, part.rows, patch_scale(whole))
+        patches.append(LoraPatch(target=target, kind=kind, tensors=tensors,
+                                 alpha=whole.alpha if kind == whole.kind else None, rank=whole.rank))
+    return patches
+
+
 def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str) -> LoraFile:
     """Parse a LoRA / LyCORIS file and match every layer to a module of the loaded pipeline.
 
-    ``pipeline_modules`` maps "unet", "text_encoder" and (SDXL) "text_encoder_2" to the loaded
-    modules. Raises :class:`LoraFileError` for unreadable files, files that are no LoRA and files
+    ``pipeline_modules`` maps the family's denoiser ("unet" or "transformer") and text encoders to the
+    loaded modules. Raises :class:`LoraFileError` for unreadable files, files that are no LoRA and files
     made for another architecture.
     """
     path = Path(path)
     label = _label(family)
+    model_family = _family(family)
+    try:
+        source = file_version(path)
+    except OSError as error:
+        raise LoraFileError(path, "file does not exist") from error
     try:
         state_dict = read_state_dict(path)
         metadata = read_metadata(path)
     except CheckpointReadError as error:
         raise LoraFileError(path, error.reason) from error
-    layers, unmatched = group_layers(state_dict)
+    own_prefixes = model_family.lora_key_prefixes if model_family else ()
+    layers, unmatched = group_layers(state_dict, own_prefixes)
     if not layers:
+        # Named as another family's files are (e.g. diffusion_model.double_blocks... on an SD1 model), or no LoRA.
+        foreign = [layer for other in FAMILIES if other.name != family
+                   for layer in group_layers(state_dict, other.lora_key_prefixes)[0]]
+        if foreign:
+            raise ForeignLoraError(
+                path, f"none of its layers is named as {label} LoRAs name them (e.g. {next(iter(state_dict))}); it "
+                      f"was made for another architecture" + _named_by_other_families(foreign, family))
         raise LoraFileError(path, describe_non_lora(list(state_dict)))
     declared = declared_family(metadata)
     if declared is not None and declared != family:
         source = metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
-        raise LoraFileError(
+        raise ForeignLoraError(
             path, f"made for {_label(declared)} (metadata: {source}); the loaded model is {label}"
         )
     if any(layer.component == COMPONENT_TE2 for layer in layers) and COMPONENT_TE2 not in pipeline_modules:
-        raise LoraFileError(
+        raise ForeignLoraError(
             path,
             f"made for SDXL: it changes a second text encoder, which the loaded {label} model does not have",
         )
+    denoiser = model_family.denoiser if model_family else COMPONENT_UNET
     indexes = {
-        component: index_module_names(component, module)
+        component: index_module_names(component, module, model_family.lora_original_names(module)
+                                      if model_family and component == denoiser else None)
         for component, module in pipeline_modules.items()
-        if component in (COMPONENT_UNET, COMPONENT_TE, COMPONENT_TE2)
+        if component in (denoiser, *(model_family.text_encoders if model_family else (COMPONENT_TE, COMPONENT_TE2)))
     }
     patches: list[LoraPatch] = []
     notes: list[str] = []
     missing_layers: list[RawLayer] = []
     mismatches: list[tuple[str, tuple[int, int], torch.Size]] = []
     targets: set[str] = set()
+    matched = 0  # layers of the file that update the model (a fused one gives several patches)
     for layer in layers:
         classified = classify(layer.tensors)
         if isinstance(classified, str):
@@ -198,38 +248,43 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
             continue
         kind, rank = classified
         index = indexes.get(layer.component)
-        module_path = index.resolve(layer) if index is not None else None
-        if index is None or module_path is None:
+        resolved = index.resolve(layer) if index is not None else None
+        if index is None or resolved is None:
             unmatched.extend(layer.keys)
             missing_layers.append(layer)
             continue
-        target = f"{layer.component}.{module_path}"
-        if target in targets:
+        parts = index.parts(resolved)
+        layer_targets = [f"{layer.component}.{part.path}" for part in parts]
+        if targets.intersection(layer_targets):
             unmatched.extend(layer.keys)
-            notes.append(f"{_layer_label(layer)}: a second update of {target}, ignored")
+            notes.append(f"{_layer_label(layer)}: a second update of {', '.join(layer_targets)}, ignored")
             continue
-        targets.add(target)
+        targets.update(layer_targets)
         try:
             update = update_shape(kind, layer.tensors)
         except ValueError as error:
             raise LoraFileError(path, f"layer {_layer_label(layer)} is malformed: {error}") from error
-        shape = index.shapes[module_path]
+        expected = index.update_shape(resolved)
         bias = layer.tensors.get("diff_b")
-        if update != (shape[0], math.prod(shape[1:])) or (bias is not None and bias.numel() != shape[0]):
-            mismatches.append((target, update, shape))
+        if update != expected or (bias is not None and bias.numel() != expected[0]):
+            shape = torch.Size(expected) if resolved in index.fused else index.shapes[resolved]
+            mismatches.append((f"{layer.component}.{resolved}", update, shape))
             continue
         alpha_tensor = layer.tensors.get("alpha")
         alpha = float(alpha_tensor.item()) if alpha_tensor is not None else peft_alpha(metadata, layer)
         tensors = {role: tensor for role, tensor in layer.tensors.items() if role != "alpha"}
-        patches.append(LoraPatch(target=target, kind=kind, tensors=tensors, alpha=alpha, rank=rank))
+        matched += 1
+        whole = LoraPatch(target="", kind=kind, tensors=tensors, alpha=alpha, rank=rank)
+        patches.extend(_part_patches(whole, parts, layer_targets))
     if mismatches:
-        raise LoraFileError(path, _shape_mismatch_reason(mismatches, family))
-    if missing_layers and len(missing_layers) >= len(patches):
+        raise ForeignLoraError(path, _shape_mismatch_reason(mismatches, family) + _named_by_other_families(layers, family))
+    if missing_layers and len(missing_layers) >= matched:
         example = _layer_label(missing_layers[0])
-        raise LoraFileError(
+        raise ForeignLoraError(
             path,
-            f"{len(missing_layers)} of its {len(missing_layers) + len(patches)} layers do not exist in the "
-            f"loaded {label} model (e.g. {example}); it was probably made for another architecture",
+            f"{len(missing_layers)} of its {len(missing_layers) + matched} layers do not exist in the "
+            f"loaded {label} model (e.g. {example}); it was probably made for another architecture"
+            + _named_by_other_families(layers, family),
         )
     if not patches:
         raise LoraFileError(path, "no usable layer: " + "; ".join(notes[:3]))
@@ -237,7 +292,7 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
         notes.append(f"{len(missing_layers)} layer(s) match no module of the model, e.g. "
                      f"{_layer_label(missing_layers[0])}")
     return LoraFile(path=path, name=path.stem, family=family, patches=patches,
-                    unmatched_keys=unmatched, metadata=metadata, notes=notes)
+                    unmatched_keys=unmatched, metadata=metadata, notes=notes, source=source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,14 +302,19 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
 ActiveLora = tuple[LoraFile, float, float]  # (file, text encoder weight, UNet weight)
 
 
-class LoraApplier:
-    """Merges weighted LoRA deltas into module weights in place, reversibly.
+def file_version(path: Path) -> str:
+    """Which version of a file was read: its resolved path, modification time and size."""
+    stat = path.stat()
+    return f"{path.resolve()}@{stat.st_mtime_ns}:{stat.st_size}"
 
-    The original of every touched parameter is kept (on the CPU by default, or on its own device
-    with ``backup_device="same"``) and every merge is computed from that original, so re-weighting
-    never accumulates error and :meth:`restore` is bitwise exact. If the model's weights are replaced
-    behind the applier's back (a checkpoint switch copying into the same modules), call
-    :meth:`forget` so stale originals are not written back. Thread-safe.
+
+class LoraApplier:
+    """Reads LoRA files for one loaded pipeline (each file version once) and keeps exactly the requested
+    LoRAs merged, as :class:`~webui.models.patches.WeightPatch` es on a
+    :class:`~webui.models.patches.WeightPatcher` that owns the merging and the exact restore.
+
+    Re-weighting builds new patches from the parsed file in memory; ``reads`` counts the files parsed.
+    Thread-safe.
     """
 
     def __init__(
@@ -266,17 +326,15 @@ class LoraApplier:
         backup_device: str = "cpu",
         max_cached_files: int = 16,
     ) -> None:
-        if backup_device not in ("cpu", "same"):
-            raise ValueError("backup_device must be 'cpu' or 'same'")
         self._modules = dict(pipeline_modules)
         self._family = family
         self._reader = reader
-        self._backup_on_cpu = backup_device == "cpu"
+        self._patcher = WeightPatcher(self._modules, backup_device=backup_device)
         self._max_cached_files = max(1, max_cached_files)
         self._cache: OrderedDict[tuple[str, int, int], LoraFile] = OrderedDict()
-        self._originals: dict[tuple[str, str], Tensor] = {}
         self._active: tuple[ActiveLora, ...] = ()
         self._lock = threading.RLock()
+        self.reads = 0
 
     @property
     def active(self) -> tuple[ActiveLora, ...]:
@@ -297,116 +355,50 @@ class LoraApplier:
                 return cached
         lora = self._reader(path, self._modules, self._family)
         with self._lock:
+            self.reads += 1
             self._cache[key] = lora
             while len(self._cache) > self._max_cached_files:
                 self._cache.popitem(last=False)
         return lora
+
+    def patches(self, loras: Sequence[ActiveLora]) -> tuple[WeightPatch, ...]:
+        """The weight patches of these (file, text encoder weight, UNet weight) uses, in order."""
+        patches: list[WeightPatch] = []
+        for lora, te_weight, unet_weight in loras:
+            if lora.family != self._family:
+                raise ValueError(
+                    f"LoRA '{lora.name}' was read for a {lora.family} model, this one is {self._family}"
+                )
+            # A file built in memory has no version; its identity tells it apart while it is active.
+            source = lora.source or f"object:{id(lora)}"
+            patches.extend(weight_patches(lora.patches, te_weight, unet_weight, source))
+        return tuple(patches)
 
     def set_active(self, loras: Sequence[ActiveLora]) -> None:
         """Make exactly ``loras`` merged into the model; a no-op when that is already the case.
 
         On any failure the model is left with its original weights and no LoRA active.
         """
-        requested = tuple((lora, float(te_weight), float(unet_weight))
-                          for lora, te_weight, unet_weight in loras)
-        for lora, _, _ in requested:
-            if lora.family != self._family:
-                raise ValueError(
-                    f"LoRA '{lora.name}' was read for a {lora.family} model, this one is {self._family}"
-                )
+        requested = tuple((lora, float(te_weight), float(unet_weight)) for lora, te_weight, unet_weight in loras)
+        patches = self.patches(requested)
         with self._lock:
-            if self._is_active(requested):
-                return
-            try:
-                self._merge(requested)
-            except BaseException:
-                self._restore_all()
-                raise
+            self._active = ()
+            self._patcher.apply(patches)
             self._active = requested
 
     def restore(self) -> None:
         """Put every touched weight back to its bitwise original."""
         with self._lock:
-            self._restore_all()
+            self._patcher.restore()
+            self._active = ()
 
     def forget(self) -> None:
         """Drop the kept originals without writing them back (the weights were replaced elsewhere)."""
         with self._lock:
-            self._originals.clear()
+            self._patcher.forget()
             self._active = ()
 
-    def _is_active(self, requested: tuple[ActiveLora, ...]) -> bool:
-        if len(requested) != len(self._active):
-            return False
-        return all(new[0] is old[0] and new[1:] == old[1:] for new, old in zip(requested, self._active))
-
-    def _restore_all(self) -> None:
-        for key in list(self._originals):
-            self._put_back(key)
-        self._active = ()
-
-    def _parameter(self, target: str, name: str) -> nn.Parameter:
-        component, module_path = target.split(".", 1)
-        module = self._modules[component].get_submodule(module_path)
-        parent_path, _, leaf = module_path.rpartition(".")
-        parent = self._modules[component].get_submodule(parent_path)
-        if leaf in _FUSABLE_PROJECTIONS and getattr(parent, "fused_projections", False):
-            raise RuntimeError(
-                f"cannot apply a LoRA to {target}: its attention uses fused QKV projections; unfuse first"
-            )
-        parameter = getattr(module, name)
-        if not isinstance(parameter, torch.Tensor):
-            raise RuntimeError(f"{target} has no {name} to apply a LoRA to")
-        return parameter
-
-    def _put_back(self, key: tuple[str, str]) -> None:
-        original = self._originals.pop(key)
-        with torch.no_grad():
-            self._parameter(*key).copy_(original)
-
-    def _original(self, key: tuple[str, str], parameter: Tensor) -> Tensor:
-        original = self._originals.get(key)
-        if original is None:
-            if not self._backup_on_cpu:
-                original = parameter.detach().clone()
-            else:
-                # Pinned host memory makes the copy back to a GPU on every re-weight fast.
-                original = torch.empty(parameter.shape, dtype=parameter.dtype, device="cpu",
-                                       pin_memory=parameter.is_cuda)
-                original.copy_(parameter.detach())
-            self._originals[key] = original
-        return original
-
-    @staticmethod
-    def _contributions(
-        requested: tuple[ActiveLora, ...],
-    ) -> dict[tuple[str, str], list[tuple[LoraPatch, float]]]:
-        contributions: dict[tuple[str, str], list[tuple[LoraPatch, float]]] = {}
-        for lora, te_weight, unet_weight in requested:
-            for patch in lora.patches:
-                weight = unet_weight if patch.component == COMPONENT_UNET else te_weight
-                if weight == 0.0:
-                    continue
-                contributions.setdefault((patch.target, "weight"), []).append((patch, weight))
-                if patch.kind == KIND_DIFF and "diff_b" in patch.tensors:
-                    contributions.setdefault((patch.target, "bias"), []).append((patch, weight))
-        return contributions
-
-    def _merge(self, requested: tuple[ActiveLora, ...]) -> None:
-        contributions = self._contributions(requested)
-        for key in list(self._originals):
-            if key not in contributions:
-                self._put_back(key)
-        for key, updates in contributions.items():
-            parameter = self._parameter(*key)
-            original = self._original(key, parameter)
-            # Move in the stored precision, widen on the device; the copy keeps the original intact.
-            merged = original.to(parameter.device, non_blocking=True).to(torch.float32, copy=True)
-            for patch, weight in updates:
-                if key[1] == "weight":
-                    delta = patch_delta(patch, parameter.shape, device=parameter.device)
-                else:
-                    delta = patch_bias_delta(patch, device=parameter.device)
-                merged.add_(delta, alpha=weight)
-            with torch.no_grad():
-                parameter.copy_(merged)
+    @property
+    def patcher(self) -> WeightPatcher:
+        """The patcher that merges this applier's patches (shared with token patches by the manager)."""
+        return self._patcher

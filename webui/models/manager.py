@@ -1,14 +1,18 @@
 """The model manager: one object that owns the loaded pipeline and serializes all use of it.
 
-Callers declare what they want (`with manager.checkout("model-b") as model:`) and the manager
-reconciles: nothing to do when it is already loaded, copy weights into the resident modules when the
-new checkpoint has the same layout, rebuild only when the architecture differs. Recently used
-checkpoints stay in CPU RAM (a bounded LRU) so switching back and forth never re-reads files and never
-grows memory. A switch asked for during a generation waits for the lock that the generation holds.
+Callers declare what they want as one value, a :class:`~webui.models.state.ModelState` (checkpoint,
+VAE, LoRAs, embeddings; build it with :meth:`ModelManager.state_for`), and
+``with manager.checkout(state) as model:`` reconciles: nothing to do when it is already loaded, copy
+weights into the resident modules when the new checkpoint has the same layout, rebuild only when the
+architecture differs; LoRAs and embeddings are patches over the untouched base weights
+(:mod:`webui.models.patches`). Recently used checkpoints stay in CPU RAM (a bounded LRU) so switching
+back and forth never re-reads files and never grows memory. A switch asked for during a generation
+waits for the lock that the generation holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 from collections import OrderedDict
@@ -19,11 +23,16 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from webui.models.catalog import CheckpointCatalog, CheckpointRecord, UnknownCheckpointError
+from webui.models.families import family_named
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
+from webui.models.checkpoint_settings import CheckpointSettings
 from webui.models.hashing import HashCache
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
-from webui.models.lora import LoraApplier
+from webui.models.lora import ForeignLoraError, LoraApplier, LoraFile
 from webui.models.lora_catalog import LoraUse
+from webui.models.patches import ModelPatcher, PatchSet, token_patches
+from webui.models.state import LoraChoice, ModelFile, ModelState, build_state
 from webui.models.vae import read_vae_state_dict, vae_beside_checkpoint
 from webui.models.checkpoint_loading import (
     CheckpointLoadError,
@@ -39,7 +48,12 @@ CHECKPOINT_VAE = "None"      # always the checkpoint's own VAE
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """What a generation gets while it holds the manager: the pipeline and what it was built from."""
+    """What a generation gets while it holds the manager: the pipeline and what it was built from.
+
+    ``state`` is the wanted state the model was reconciled to and ``state_key`` its content key
+    (:meth:`ModelState.key`): the scheduler can compare a job's state key with the key a worker holds
+    to prefer the worker that needs no switch at all (today it compares checkpoint paths only).
+    """
 
     pipeline: Any
     record: CheckpointRecord
@@ -52,10 +66,16 @@ class LoadedModel:
     vae_path: Path | None = None  # an external VAE file in use; None = the checkpoint's own
     warnings: tuple[str, ...] = ()  # things the user should know, e.g. LoRA keys that matched no layer
     hashes: HashCache | None = None  # sha256 of model files, computed once per file version
+    state: ModelState | None = None
+    state_key: str | None = None
+    # txt2img's Refiner for this job (a second resident pipeline, or this one when the same checkpoint).
+    refiner: "LoadedModel | None" = None
 
 
-def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
-    names = ("unet", "text_encoder", "text_encoder_2")
+def _weight_modules(pipeline: Any, family: str) -> dict[str, torch.nn.Module]:
+    """The modules LoRAs change: the family's denoiser (UNet or transformer) and every text encoder it has."""
+    model_family = family_named(family)
+    names = (model_family.denoiser, *model_family.text_encoders)
     return {name: getattr(pipeline, name) for name in names if getattr(pipeline, name, None) is not None}
 
 
@@ -117,23 +137,30 @@ class ModelManager:
                  checkpoints_in_ram: int = 2, preferred_checkpoint: str | None = None,
                  embedding_catalog: EmbeddingCatalog | None = None,
                  on_model_loaded: Callable[[CheckpointRecord, str], None] | None = None,
-                 ram_cache: CheckpointRamCache | None = None):
+                 ram_cache: CheckpointRamCache | None = None,
+                 checkpoint_settings: CheckpointSettings | None = None):
         self.catalog = catalog
         self.device = device
         self.dtype = dtype
         self.preferred_checkpoint = preferred_checkpoint
         self._on_model_loaded = on_model_loaded
+        self._checkpoint_settings = checkpoint_settings  # per-checkpoint user choices (v-prediction ...)
         self._lock = threading.RLock()
         # Pass one `ram_cache` to several managers (one per worker) to share the weights they read.
         self._ram = ram_cache if ram_cache is not None else CheckpointRamCache(
             checkpoints_in_ram, pin_memory=device.type == "cuda")
         self._pipeline: Any = None
         self._weights: CheckpointWeights | None = None
-        self._lora: LoraApplier | None = None
+        self._lora: LoraApplier | None = None  # reads LoRA files into patches for the resident modules
         self._embedding_catalog = embedding_catalog
         self._embeddings: EmbeddingInjector | None = None
+        self._patches: ModelPatcher | None = None  # LoRA and embedding patches over the base weights
+        self._state_key: str | None = None
         self._vae_path: Path | None = None
         self._vae_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        # txt2img's Refiner: a second pipeline, held only while jobs ask for one (see `_reconcile_refiner`).
+        self._refiner_pipeline: Any = None
+        self._refiner_weights: CheckpointWeights | None = None
         self.switch_count = {"copied": 0, "rebuilt": 0}
 
     @property
@@ -144,6 +171,16 @@ class ModelManager:
     def current(self) -> CheckpointRecord | None:
         weights = self._weights
         return weights.record if weights else None
+
+    @property
+    def held_state_key(self) -> str | None:
+        """The key of the state the resident model was last reconciled to (None before any checkout)."""
+        return self._state_key
+
+    @property
+    def lora_reads(self) -> int:
+        """How many LoRA files were parsed for the resident pipeline (re-weighting parses none)."""
+        return self._lora.reads if self._lora is not None else 0
 
     @property
     def encoder_widths(self) -> dict[str, int] | None:
@@ -175,37 +212,36 @@ class ModelManager:
         record = self.catalog.with_hash(record)
         weights = self._weights_for(record)  # may raise; the resident model is untouched until here
         weights.record = record
-        if self._lora is not None:
-            self._lora.restore()  # merged LoRAs must not survive into the next checkpoint's weights
-        if self._embeddings is not None:
-            self._embeddings.clear()  # the token table must have the checkpoint's shape to be copied into
+        self._state_key = None
+        if self._patches is not None:
+            # Merged LoRAs must not survive into the next checkpoint's weights, and the token tables must
+            # have the checkpoint's shape to be copied into.
+            self._patches.remove()
         if self._pipeline is not None and self._weights is not None and (
             weights.layout_signature == self._weights.layout_signature
         ):
             copy_weights_into(self._pipeline, weights)
             self.switch_count["copied"] += 1
         else:
-            self._pipeline = self._lora = self._embeddings = None
+            self._pipeline = self._lora = self._embeddings = self._patches = None
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._pipeline = build_pipeline(weights, self.device, self.dtype)
             self.switch_count["rebuilt"] += 1
             # New modules need new appliers; after a copy the old ones (restored, cleared) keep their caches.
-            self._lora = LoraApplier(_weight_modules(self._pipeline), weights.architecture.family)
+            self._lora = LoraApplier(_weight_modules(self._pipeline, weights.architecture.family),
+                                     weights.architecture.family)
             self._embeddings = EmbeddingInjector(self._pipeline, weights.architecture.family)
+            self._patches = ModelPatcher(self._lora.patcher, self._embeddings)
         self._weights = weights
         self._vae_path = None  # copying or rebuilding put the checkpoint's own VAE in place
         if self._on_model_loaded:  # (record, family): e.g. extensions' model-loaded hooks
             self._on_model_loaded(record, weights.architecture.family)
 
-    def _reconcile_vae(self, vae: str | Path) -> None:
-        """Copy the wanted VAE's weights into the resident VAE (the checkpoint's own come from the RAM cache)."""
+    def _reconcile_vae(self, path: Path | None) -> None:
+        """Copy the wanted VAE's weights into the resident VAE (None: the checkpoint's own, from the RAM cache)."""
         assert self._weights is not None
-        if vae == AUTOMATIC_VAE:
-            path = vae_beside_checkpoint(self._weights.record.path)
-        else:
-            path = None if vae == CHECKPOINT_VAE else Path(vae)
         if path == self._vae_path:
             return
         if path is None:
@@ -223,50 +259,159 @@ class ModelManager:
         self._pipeline.vae.load_state_dict(state, strict=True)
         self._vae_path = path
 
+    def state_for(self, wanted: str | None = None, loras: Sequence[LoraUse] = (),
+                  vae: str | Path = AUTOMATIC_VAE) -> ModelState:
+        """The wanted state for what callers know today: a checkpoint title/name/hash (None: the loaded
+        one, else the default), the LoRAs of a prompt's tags and a VAE choice (``AUTOMATIC_VAE``,
+        ``CHECKPOINT_VAE`` or a file). A Hub id is downloaded here when allowed; every file is hashed
+        once per version (see :mod:`webui.models.state`)."""
+        if wanted:
+            record = self.catalog.find_or_fetch(wanted)
+        else:
+            record = self.current or self.default_record()
+        if vae == AUTOMATIC_VAE:
+            vae_path = vae_beside_checkpoint(record.path)
+        else:
+            vae_path = None if vae == CHECKPOINT_VAE else Path(vae)
+        embeddings = None
+        if self._embedding_catalog is not None:
+            # Like A1111, every embedding in the folder is usable by its file name (those that fit the
+            # checkpoint's text encoders are injected).
+            self._embedding_catalog.refresh()
+            embeddings = self._embedding_catalog.embeddings
+        return build_state(record, self.catalog.hashes, loras, vae_path, embeddings)
+
+    def _record_of(self, checkpoint: ModelFile) -> CheckpointRecord:
+        """The catalog's record of a state's checkpoint file, with the state's content hash."""
+        for attempt in range(2):
+            for record in self.catalog.records():
+                if record.path == checkpoint.path:
+                    record = self.catalog.with_hash(record)  # the catalog's titles show the hash from now on
+                    if record.sha256 != checkpoint.sha256:  # the catalog's hash predates a change of the file
+                        record = dataclasses.replace(record, sha256=checkpoint.sha256)
+                    return record
+            if attempt == 0:
+                self.catalog.refresh()
+        raise UnknownCheckpointError(f"checkpoint {checkpoint.name!r} ({checkpoint.path}) is no longer in the catalog")
+    def scheduler_config_of(self, weights: CheckpointWeights) -> dict:
+        """The checkpoint's scheduler config with its user settings on top (read at every checkout, so a
+        changed setting applies to the next job without reloading the weights)."""
+        overrides = (self._checkpoint_settings.scheduler_overrides(weights.record.name)
+                     if self._checkpoint_settings is not None else {})
+        return {**weights.scheduler_config, **overrides}
+
+    def _reconcile_refiner(self, wanted: str | None) -> "LoadedModel | None":
+        """The job's refiner as a second resident pipeline, built from the RAM cache's weights (the refiner
+        and the base both stay in CPU RAM: the cache holds two checkpoints by default). Holding two pipelines
+        costs the refiner's modules in device memory (an SDXL refiner: about 6 GB in fp16) for as long as jobs
+        ask for it; a job without a refiner lets it go. A refiner that is the loaded checkpoint itself is the
+        resident pipeline (A1111 does not switch then either)."""
+        if not wanted:
+            self._refiner_pipeline = self._refiner_weights = None
+            return None
+        assert self._weights is not None
+        record = self.catalog.with_hash(self.catalog.find(wanted))
+        if record.path == self._weights.record.path:
+            pipeline, weights = self._pipeline, self._weights
+        else:
+            current = self._refiner_weights
+            if current is None or current.record.path != record.path:
+                weights = self._weights_for(record)
+                weights.record = record
+                if self._refiner_pipeline is not None and current is not None and (
+                        weights.layout_signature == current.layout_signature):
+                    copy_weights_into(self._refiner_pipeline, weights)
+                else:
+                    self._refiner_pipeline = None
+                    gc.collect()
+                    self._refiner_pipeline = build_pipeline(weights, self.device, self.dtype)
+                self._refiner_weights = weights
+            pipeline, weights = self._refiner_pipeline, self._refiner_weights
+        return LoadedModel(pipeline=pipeline, record=weights.record, family=weights.architecture.family,
+                           scheduler_config=self.scheduler_config_of(weights), device=self.device, dtype=self.dtype,
+                           hashes=self.catalog.hashes)
+
     def select(self, wanted: str | None = None) -> CheckpointRecord:
         """Make `wanted` (a title/name/hash; None = keep current or default) the loaded checkpoint."""
-        with self.checkout(wanted) as model:
+        with self.checkout(self.state_for(wanted)) as model:
             return model.record
 
     @contextmanager
-    def checkout(self, wanted: str | None = None, loras: Sequence[LoraUse] = (),
-                 vae: str | Path = AUTOMATIC_VAE) -> Iterator[LoadedModel]:
-        """Hold the model for one job in the requested state (checkpoint, VAE, exactly these LoRAs merged);
-        other callers wait until the block ends. LoRA files are parsed once and cached; changing only
-        weights re-merges from the kept originals and never reloads the checkpoint."""
+    def checkout(self, state: ModelState | None = None, refiner: str | None = None) -> Iterator[LoadedModel]:
+        """Hold the model for one job reconciled to ``state`` (None: ``state_for()``, the loaded or default
+        checkpoint with nothing patched on it) and, for txt2img's Refiner, the ``refiner`` checkpoint as a second
+        resident pipeline (None: none); other callers wait until the block ends.
+
+        The checkpoint is switched when its file or content differs from the loaded one; the VAE is
+        copied in when it differs; exactly the state's LoRAs (in order, at their weights) and its
+        embeddings that fit the text encoders are patched on. LoRA files are parsed once per file
+        version; changing only weights re-merges from the kept originals and never reloads anything,
+        and the same patches as last time touch nothing. LoRAs and embeddings apply to the checkpoint, not
+        to the refiner.
+        """
+        if state is not None and not isinstance(state, ModelState):
+            raise TypeError(f"checkout takes a ModelState (build one with state_for(name, loras, vae)), "
+                            f"not {type(state).__name__}")
         with self._lock:
-            if wanted:
-                record = self.catalog.find_or_fetch(wanted)
-                if self.current is None or record.path != self.current.path:
-                    self._switch_to(record)
-            elif self._pipeline is None:
-                self._switch_to(self.default_record())
-            assert self._weights is not None and self._lora is not None
-            self._reconcile_vae(vae)
-            files = [self._lora.read(use.path) for use in loras]
-            self._lora.set_active([(file, use.te_weight, use.unet_weight) for file, use in zip(files, loras)])
-            warnings = self._weights.notes + tuple(
+            if state is None:
+                state = self.state_for()
+            record = self._record_of(state.checkpoint)
+            current = self.current
+            if current is None or record.path != current.path or record.sha256 != current.sha256:
+                self._switch_to(record)
+            assert self._weights is not None and self._lora is not None and self._patches is not None
+            self._reconcile_vae(state.vae.path if state.vae is not None else None)
+            refiner_model = self._reconcile_refiner(refiner)
+            files, used, skipped = self._read_loras(state)
+            weights = self._lora.patches([(file, lora.te_weight, lora.unet_weight)
+                                          for file, lora in zip(files, used)])
+            tokens = ()
+            if self._embedding_catalog is not None and self._embeddings is not None:
+                fitting = self._embedding_catalog.compatible(self._embeddings.encoder_widths)
+                wanted = {file.name: fitting[file.name] for file in state.embeddings if file.name in fitting}
+                tokens = token_patches(wanted, {file.name: file.sha256 for file in state.embeddings})
+            self._state_key = None
+            self._patches.apply(PatchSet(weights, tokens))
+            self._state_key = state.key()
+            warnings = self._weights.notes + skipped + tuple(
                 f"LoRA {file.name}: {len(file.unmatched_keys)} key(s) matched no layer and were ignored: "
                 + ", ".join(file.unmatched_keys[:5]) + (" ..." if len(file.unmatched_keys) > 5 else "")
                 for file in files if file.unmatched_keys
             )
-            if self._embedding_catalog is not None and self._embeddings is not None:
-                # Like A1111, every compatible embedding in the folder is usable by its file name.
-                self._embedding_catalog.refresh()
-                self._embeddings.set_active(self._embedding_catalog.compatible(self._embeddings.encoder_widths))
             yield LoadedModel(
                 pipeline=self._pipeline,
                 record=self._weights.record,
                 family=self._weights.architecture.family,
-                scheduler_config=dict(self._weights.scheduler_config),
+                scheduler_config=self.scheduler_config_of(self._weights),
                 device=self.device,
                 dtype=self.dtype,
-                loras=tuple(loras),
+                loras=tuple(lora.use for lora in used),
                 embeddings=self._embeddings,
                 vae_path=self._vae_path,
                 warnings=warnings,
                 hashes=self.catalog.hashes,
+                state=state,
+                state_key=self._state_key,
+                refiner=refiner_model,
             )
+
+
+    def _read_loras(self, state: ModelState) -> tuple[list[LoraFile], list[LoraChoice], tuple[str, ...]]:
+        """The state's LoRA files parsed for the loaded model. One made for another family or architecture is
+        left out with a warning naming both (the generation goes on without it, as A1111 does); any other
+        unusable file (unreadable, not a LoRA) still fails the job with its reason."""
+        assert self._lora is not None
+        files: list[LoraFile] = []
+        used: list[LoraChoice] = []
+        skipped: list[str] = []
+        for lora in state.loras:
+            try:
+                files.append(self._lora.read(lora.file.path))
+            except ForeignLoraError as error:
+                skipped.append(f"{error}; generated without it")
+                continue
+            used.append(lora)
+        return files, used, tuple(skipped)
 
 
 def resolve_device(name: str) -> torch.device:
