@@ -65,7 +65,8 @@ def _component_names(family: str) -> tuple[str, ...]:
 
 
 def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype,
-                            text_encoder_folder: Path | None = None, vae_folder: Path | None = None) -> CheckpointWeights:
+                            text_encoder_folder: Path | None = None,
+                            vae_folder: Path | None = None) -> CheckpointWeights:
     """Read a checkpoint into CPU state dicts in `dtype`, converting the LDM single-file layout. Text encoders
     and the VAE a single file leaves out come from `text_encoder_folder` (models/text_encoder) and
     `vae_folder` (models/VAE) when its family allows."""

@@ -219,6 +219,10 @@ def _transformer_architecture(family: ModelFamily, key_shapes: Mapping[str, tupl
     """A DiT family's single file: its variant from the block structure, its channels from the patch
     embedding (text encoders may be missing: the loader reads them from models/text_encoder)."""
     keys = list(key_shapes)
+    if _any_key_contains(keys, ".quant_state.", ".absmax", ".quant_map"):
+        raise UnsupportedCheckpointError(
+            f"Unsupported checkpoint: a bitsandbytes NF4/FP4-quantized {family.label} model (such as Forge's "
+            f"*-bnb-nf4 files); use its fp8, fp16 or bf16 file")
     in_channels = family.ldm_in_channels(key_shapes)
     if in_channels is None:
         raise UnsupportedCheckpointError(

@@ -251,6 +251,11 @@ class ModelFamily(ABC):
         families ship one config per component and use it as is."""
         return {name: dict(config) for name, config in configs.items()}
 
+    def unpack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """A pipeline's latents during denoising (what step callbacks see) as [batch, channels, h, w] for the
+        live preview; families that denoise packed tokens (Flux) unpack them. Identity by default."""
+        return latents
+
     def pipeline_arguments(self, variant: str | None, guidance_scale: float | None = None) -> dict[str, Any]:
         """Family-specific arguments of a pipeline call (Flux: distilled guidance, T5 length); none by default."""
         return {}

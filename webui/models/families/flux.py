@@ -41,6 +41,7 @@ LDM_T5_PREFIX = "text_encoders.t5xxl.transformer."
 # Parts an "all in one" file bundles beside the transformer (never transformer tensors).
 OTHER_PARTS = re.compile(r"^(vae|first_stage_model|text_encoders|conditioner|cond_stage_model)\.")
 
+VAE_SCALE_FACTOR = 8  # the Flux VAE's 4 levels halve the image 3 times
 DEV, SCHNELL = "flux.1-dev", "flux.1-schnell"
 VARIANT_LABELS = MappingProxyType({DEV: "Flux.1 dev", SCHNELL: "Flux.1 schnell"})
 # FLUX.1-schnell's published scheduler: a fixed shift of 1 instead of dev's resolution-dependent one.
@@ -52,13 +53,14 @@ class FluxGenerationDefaults:
     """What the generation engine needs to run one variant as BFL publishes it."""
 
     steps: int                   # dev: 28 (guidance-distilled), schnell: 4 (timestep-distilled)
+    sampler: str                 # A1111 name: flow-matching Euler (the shift is in the scheduler config)
     guidance_scale: float        # the distilled guidance fed to the guidance embedding (schnell has none)
     max_sequence_length: int     # T5 tokens (dev 512, schnell 256)
 
 
 VARIANT_DEFAULTS = MappingProxyType({
-    DEV: FluxGenerationDefaults(steps=28, guidance_scale=3.5, max_sequence_length=512),
-    SCHNELL: FluxGenerationDefaults(steps=4, guidance_scale=0.0, max_sequence_length=256),
+    DEV: FluxGenerationDefaults(steps=28, sampler="Euler", guidance_scale=3.5, max_sequence_length=512),
+    SCHNELL: FluxGenerationDefaults(steps=4, sampler="Euler", guidance_scale=0.0, max_sequence_length=256),
 })
 
 
@@ -178,6 +180,15 @@ class Flux1(ModelFamily):
     def generation_defaults(self, variant: str | None) -> FluxGenerationDefaults:
         """Steps, distilled guidance and T5 length for a variant (dev's when unknown)."""
         return VARIANT_DEFAULTS.get(variant or DEV, VARIANT_DEFAULTS[DEV])
+
+    def unpack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """FluxPipeline denoises [batch, tokens, 64] (2x2 patches of 16 channels); diffusers' own unpacking
+        (the VAE's 8x downscale) gives [batch, 16, height/8, width/8]. Already unpacked latents pass."""
+        if latents.ndim == 4:
+            return latents
+        from diffusers import FluxPipeline
+
+        return FluxPipeline._unpack_latents(latents, height, width, VAE_SCALE_FACTOR)
 
     def pipeline_arguments(self, variant: str | None, guidance_scale: float | None = None) -> dict[str, Any]:
         """Arguments a Flux pipeline call takes beyond the prompt embeddings: the distilled guidance (dev reads
