@@ -9,6 +9,9 @@
 #            after the other (`python -m sdstudio_eval.training_fidelity --methods ...`), all in their own process
 #            sessions; waits until all are done or DEADLINE seconds passed, and brings back what is done;
 #   finish:  waits again for what the methods phase left running and brings back everything.
+# EARLY_METHODS=1 starts the methods table in the start phase, as soon as the checks are started (2026-12-06: failed
+# machine starts had left too little device time for three calls); the next call is then `finish`, with the same
+# METHOD_GROUPS. METHOD_THREADS sets the methods' OMP_NUM_THREADS (default 4).
 # A check that a call's deadline cut short keeps running, and the next phase's call waits for it and brings it back.
 # The new model is installed into a copy of this folder under /tmp/mw (its models/default/sd-studio-toy), so
 # the methods train on it exactly as the app would, and the next call's re-sent tree cannot disturb the runs.
@@ -35,6 +38,14 @@ start_check() {  # $1: "new" (the fine-tune's result) or "previous" (MODEL as it
     setsid nohup python3 -m sdstudio_eval.candidate_check --device cuda --model $model \
         --json /tmp/results/check_$1.json > /tmp/results/check_$1.log 2>&1 < /dev/null &
 }
+start_methods() {  # the training-methods table on the new model, one process per group; runs in /tmp/mw
+    for group in $groups; do
+        OMP_NUM_THREADS=${METHOD_THREADS:-4} setsid nohup python3 -m sdstudio_eval.training_fidelity --device cuda \
+            --methods ${group//,/ } --prompts "${PROMPTS:-24}" --out "/tmp/results/FIDELITY_TRAINING_${group%%,*}.md" \
+            --summary-in /tmp/results/none > "/tmp/results/methods_${group%%,*}.log" 2>&1 < /dev/null &
+    done
+    echo "methods started at ${SECONDS}s (this script's clock): $groups"
+}
 checks_running() {  # true while a started check has not written its JSON
     [ "$(ls /tmp/results/check_*.json 2>/dev/null | wc -l)" -lt "$(ls /tmp/results/check_*.log 2>/dev/null | wc -l)" ]
 }
@@ -47,9 +58,10 @@ if [ "$phase" = start ]; then
     cd /tmp/mw && export PYTHONPATH=/tmp/site:/tmp/mw PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
     for name in ${CHECKS-new}; do start_check $name; done
     echo "checks started at ${SECONDS}s (this script's clock): ${CHECKS-new}"
+    [ -n "${EARLY_METHODS:-}" ] && start_methods
     while [ "$SECONDS" -lt "${DEADLINE:-560}" ] && checks_running; do sleep 3; done
     for log in /tmp/results/check_*.log; do echo "== $log"; filtered "$log" 14; done
-    cd /tmp/results && tar czf "$OUT/check.tgz" $(ls check_* 2>/dev/null)
+    cd /tmp/results && tar czf "$OUT/check.tgz" $(ls check_* methods_*.log 2>/dev/null)
     ls -la "$OUT"
     exit 0
 fi
@@ -57,12 +69,7 @@ fi
 cd /tmp/mw && export PYTHONPATH=/tmp/site:/tmp/mw PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 if [ "$phase" = methods ]; then
     for name in ${LATE_CHECKS-previous}; do [ -f /tmp/results/check_$name.log ] || start_check $name; done
-    for group in $groups; do
-        setsid nohup python3 -m sdstudio_eval.training_fidelity --device cuda --methods ${group//,/ } \
-            --prompts "${PROMPTS:-24}" --out "/tmp/results/FIDELITY_TRAINING_${group%%,*}.md" \
-            --summary-in /tmp/results/none > "/tmp/results/methods_${group%%,*}.log" 2>&1 < /dev/null &
-    done
-    echo "methods started: $groups"
+    start_methods
 fi
 expected=$(echo $groups | wc -w)
 while [ "$SECONDS" -lt "${DEADLINE:-570}" ] && { checks_running || [ "$(ls /tmp/results/FIDELITY_TRAINING_*.md 2>/dev/null | wc -l)" -lt "$expected" ]; }; do
