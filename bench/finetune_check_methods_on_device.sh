@@ -28,6 +28,9 @@
 # History: its first form (2026-12-05, H100) started the fine-tune, the check and one process per method (eight
 # processes) in one call, which ended with "the device machine stopped answering" and brought nothing back; so
 # the check and the table now run in separate calls, with at most three processes at a time.
+# 2026-12-06 (H100): `start` with CHECKS="new previous" BUDGET=7 (2,705 steps) and DEADLINE=515 ran in 517 s;
+# the two checks drew their prompt-styles rows in about 170 s and needed a 95 s `finish` call for the full grammar
+# on 200 prompts; the methods table did not run (no device time left).
 set -uo pipefail
 phase=${1:-start}
 groups=${METHOD_GROUPS:-textual_inversion,dreambooth_no_prior dreambooth_lora,lora dreambooth,pivotal}
