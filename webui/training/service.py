@@ -123,6 +123,8 @@ class TrainingService:
         if not record.usable:
             raise RequestError(f"checkpoint {record.name} cannot be trained: {record.error}")
         config = config.replace(base_checkpoint=record.title).validate()
+        if record.architecture is not None:
+            config.check_family(family_named(record.architecture.family))
         scan_dataset(config)  # raises DatasetError with the reason before anything is queued
         return config
 
