@@ -154,3 +154,29 @@ def test_the_sd3_presets_are_offered_for_an_sd3_model_and_methods_it_cannot_trai
         start_training(ctx.training, sd3_config(method="textual_inversion", output_name="sd3ti"))
     assert caught.value.field == "method" and "SD3.5" in str(caught.value)
     assert ctx.training.monitor is monitor and ctx.scheduler.pending == 0
+
+
+def test_dreambooth_lora_with_text_encoders_feed_forwards_and_samples_loads_whole_into_diffusers(ctx, trained):
+    changes = dict(method="dreambooth_lora", output_name="sd3db", train_text_encoder=True, num_class_images=1,
+                   sample_every_n_steps=2, sample_prompts=("hxgn, a shape",), sample_steps=2, min_snr_gamma=5.0,
+                   target_modules=("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"))
+    result = start_training(ctx.training, sd3_config(**changes)).result(timeout=600)
+    assert not result.cancelled and math.isfinite(result.final_loss)
+    assert any("ignores" in warning and "min_snr_gamma" in warning for warning in result.warnings)
+    assert ctx.training.monitor.samples()
+    [path] = result.files
+    saved = load_file(str(path))
+    # CLIP-L and bigG get adapters; T5 (the optional third encoder) stays frozen
+    assert {key.split(".")[0] for key in saved} == {"transformer", "text_encoder", "text_encoder_2"}
+    assert any(".ff_context.net.2." in key for key in saved) and any(".ff.net.0.proj." in key for key in saved)
+    pipeline = diffusers.StableDiffusion3Pipeline(
+        **tiny_sd3_modules(MEDIUM, seed=SEED), **dict(zip(("tokenizer", "tokenizer_2", "tokenizer_3"),
+                                                          load_tokenizers("sd3"))),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipeline.load_lora_weights(str(path))
+    from peft.tuners.lora import LoraLayer
+    loaded = {f"{component}.{name}.lora_{part}.weight"
+              for component in ("transformer", "text_encoder", "text_encoder_2")
+              for name, layer in getattr(pipeline, component).named_modules() if isinstance(layer, LoraLayer)
+              for part in "AB"}
+    assert loaded == set(saved)
