@@ -98,6 +98,9 @@ class Flux1(ModelFamily):
     label = "Flux.1"
     native_size = 1024
     preset_prefix = "flux_"
+    training_objective = "flow_matching"
+    trained_lora_layout = "diffusers"  # `transformer.<diffusers path>.lora_A/B`, what FluxPipeline.load_lora_weights reads
+    training_methods = ("lora", "dreambooth_lora")  # no Flux single-file writer for full fine-tunes yet
     denoiser = "transformer"
     single_file_denoiser = "bfl_flux"
     latent_channels = 16
@@ -134,9 +137,6 @@ class Flux1(ModelFamily):
                                   "text_encoder_2": "lora_te3_"})
     kohya_base_model_version = "flux1"
     lora_module_naming = "sgm"
-    training_objective = "flow_matching"
-    trained_lora_layout = "diffusers"  # `transformer.<diffusers path>.lora_A/B`, what FluxPipeline.load_lora_weights reads
-    training_methods = ("lora", "dreambooth_lora")  # no Flux single-file writer for full fine-tunes yet
 
     @property
     def denoiser_in_channels(self) -> int:
@@ -179,46 +179,6 @@ class Flux1(ModelFamily):
         hidden = text_encoders[1](token_ids[1], output_hidden_states=False).last_hidden_state
         return hidden, pooled
 
-    # -- training --------------------------------------------------------------------------------
-    def lora_training_targets(self, denoiser: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
-        """Double-stream blocks: each chosen image-stream layer and its text-stream twin (as SD3's joint blocks);
-        single-stream blocks: q/k/v, and their fused output `proj_out` for `to_out.0`, the MLP input `proj_mlp`
-        for `ff.net.0.proj` (diffusers' Flux DreamBooth-LoRA script adapts the same attention layers)."""
-        wanted = set(suffixes) | {FLUX_TWINS[suffix] for suffix in suffixes if suffix in FLUX_TWINS}
-        single = {FLUX_SINGLE_BLOCK_TARGETS[suffix] for suffix in suffixes if suffix in FLUX_SINGLE_BLOCK_TARGETS}
-        names = []
-        for name, module in denoiser.named_modules():
-            if not isinstance(module, torch.nn.Linear):
-                continue
-            if name.startswith("transformer_blocks.") and any(name.endswith("." + suffix) for suffix in wanted):
-                names.append(name)
-            elif name.startswith("single_transformer_blocks.") and (
-                    any(name.endswith(".attn." + suffix) for suffix in suffixes if suffix in ("to_q", "to_k", "to_v"))
-                    or name.rsplit(".", 1)[-1] in single):
-                names.append(name)
-        return names
-
-    def denoiser_training_call(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
-                               text_states: torch.Tensor, pooled: torch.Tensor | None,
-                               time_ids: torch.Tensor) -> torch.Tensor:
-        """Flux takes 2x2 latent patches as tokens with their (0, row, column) position ids, T5 tokens with zero
-        ids, the timestep as a fraction (sigma) and, dev only, the distilled guidance (1.0 while training, as
-        LoRA trainers for dev use); the prediction is unpacked back to the latent grid."""
-        batch, channels, height, width = noisy.shape
-        tokens = pack_latents(noisy)
-        rows = torch.arange(height // 2, device=noisy.device, dtype=noisy.dtype)
-        columns = torch.arange(width // 2, device=noisy.device, dtype=noisy.dtype)
-        image_ids = torch.stack([torch.zeros(height // 2, width // 2, device=noisy.device, dtype=noisy.dtype),
-                                 rows[:, None].expand(-1, width // 2), columns[None, :].expand(height // 2, -1)],
-                                dim=-1).reshape(-1, 3)
-        text_ids = torch.zeros(text_states.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
-        extra = {}
-        if denoiser.config.guidance_embeds:
-            extra["guidance"] = torch.full((batch,), TRAINING_GUIDANCE, device=noisy.device, dtype=noisy.dtype)
-        prediction = denoiser(hidden_states=tokens, timestep=timesteps / 1000, encoder_hidden_states=text_states,
-                              pooled_projections=pooled, img_ids=image_ids, txt_ids=text_ids, **extra).sample
-        return unpack_latents(prediction, channels, height, width)
-
     # -- detection -------------------------------------------------------------------------------
     def matches_ldm_keys(self, keys: list[str]) -> bool:
         """BFL's double-stream blocks with Flux.1's input embeddings (Chroma and other derivatives lack
@@ -258,6 +218,46 @@ class Flux1(ModelFamily):
         if problems:
             raise ValueError(f"its {self.label} components do not fit together: {'; '.join(problems)}")
         return fitted
+
+    # -- training --------------------------------------------------------------------------------
+    def lora_training_targets(self, denoiser: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+        """Double-stream blocks: each chosen image-stream layer and its text-stream twin (as SD3's joint blocks);
+        single-stream blocks: q/k/v, and their fused output `proj_out` for `to_out.0`, the MLP input `proj_mlp`
+        for `ff.net.0.proj` (diffusers' Flux DreamBooth-LoRA script adapts the same attention layers)."""
+        wanted = set(suffixes) | {FLUX_TWINS[suffix] for suffix in suffixes if suffix in FLUX_TWINS}
+        single = {FLUX_SINGLE_BLOCK_TARGETS[suffix] for suffix in suffixes if suffix in FLUX_SINGLE_BLOCK_TARGETS}
+        names = []
+        for name, module in denoiser.named_modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            if name.startswith("transformer_blocks.") and any(name.endswith("." + suffix) for suffix in wanted):
+                names.append(name)
+            elif name.startswith("single_transformer_blocks.") and (
+                    any(name.endswith(".attn." + suffix) for suffix in suffixes if suffix in ("to_q", "to_k", "to_v"))
+                    or name.rsplit(".", 1)[-1] in single):
+                names.append(name)
+        return names
+
+    def denoiser_training_call(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                               text_states: torch.Tensor, pooled: torch.Tensor | None,
+                               time_ids: torch.Tensor) -> torch.Tensor:
+        """Flux takes 2x2 latent patches as tokens with their (0, row, column) position ids, T5 tokens with zero
+        ids, the timestep as a fraction (sigma) and, dev only, the distilled guidance (1.0 while training, as
+        LoRA trainers for dev use); the prediction is unpacked back to the latent grid."""
+        batch, channels, height, width = noisy.shape
+        tokens = pack_latents(noisy)
+        rows = torch.arange(height // 2, device=noisy.device, dtype=noisy.dtype)
+        columns = torch.arange(width // 2, device=noisy.device, dtype=noisy.dtype)
+        image_ids = torch.stack([torch.zeros(height // 2, width // 2, device=noisy.device, dtype=noisy.dtype),
+                                 rows[:, None].expand(-1, width // 2), columns[None, :].expand(height // 2, -1)],
+                                dim=-1).reshape(-1, 3)
+        text_ids = torch.zeros(text_states.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
+        extra = {}
+        if denoiser.config.guidance_embeds:
+            extra["guidance"] = torch.full((batch,), TRAINING_GUIDANCE, device=noisy.device, dtype=noisy.dtype)
+        prediction = denoiser(hidden_states=tokens, timestep=timesteps / 1000, encoder_hidden_states=text_states,
+                              pooled_projections=pooled, img_ids=image_ids, txt_ids=text_ids, **extra).sample
+        return unpack_latents(prediction, channels, height, width)
 
 
 def mismatched_components(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -54,6 +54,14 @@ class StableDiffusion3(ModelFamily):
     label = "SD3.5"
     native_size = 1024
     preset_prefix = "sd3_"
+    training_objective = "flow_matching"
+    # Trained LoRAs are saved with diffusers' module names (`transformer.transformer_blocks.0.attn.to_q.lora_A`),
+    # the layout diffusers' `StableDiffusion3Pipeline.load_lora_weights`, ComfyUI and this app's reader all load;
+    # sd-scripts' `lora_unet_joint_blocks_..._attn_qkv` names fuse q/k/v, which diffusers' SD3 loader cannot read.
+    trained_lora_layout = "diffusers"
+    # LoRA only: a full fine-tune (DreamBooth) has no SD3 single-file writer yet, and textual inversion / pivotal
+    # tuning would need T5 embeddings too.
+    training_methods = ("lora", "dreambooth_lora")
     denoiser = "transformer"
     single_file_denoiser = "sd3_mmdit"
     latent_channels = 16
@@ -89,14 +97,6 @@ class StableDiffusion3(ModelFamily):
                                   "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_"})
     kohya_base_model_version = "sd3"
     lora_module_naming = "sgm"
-    training_objective = "flow_matching"
-    # Trained LoRAs are saved with diffusers' module names (`transformer.transformer_blocks.0.attn.to_q.lora_A`),
-    # the layout diffusers' `StableDiffusion3Pipeline.load_lora_weights`, ComfyUI and this app's reader all load;
-    # sd-scripts' `lora_unet_joint_blocks_..._attn_qkv` names fuse q/k/v, which diffusers' SD3 loader cannot read.
-    trained_lora_layout = "diffusers"
-    # LoRA only: a full fine-tune (DreamBooth) has no SD3 single-file writer yet, and textual inversion / pivotal
-    # tuning would need T5 embeddings too.
-    training_methods = ("lora", "dreambooth_lora")
 
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "flow"
@@ -128,28 +128,6 @@ class StableDiffusion3(ModelFamily):
         padded = torch.nn.functional.pad(clip_states, (0, t5_states.shape[-1] - clip_states.shape[-1]))
         return torch.cat([padded, t5_states.to(padded.dtype)], dim=-2), pooled
 
-    # -- training --------------------------------------------------------------------------------
-    def lora_training_targets(self, denoiser: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
-        """The MMDiT's joint blocks: each chosen image-stream layer and its text-stream twin (`to_q` also trains
-        `add_q_proj`, `to_out.0` `to_add_out`, `ff.net.2` `ff_context.net.2`), and the MMDiT-X second attention
-        (`attn2.to_q`...) of SD3.5 Medium. Both streams, as diffusers' SD3 DreamBooth-LoRA script and sd-scripts
-        adapt them: the text tokens attend jointly with the image, so a concept's caption words learn there."""
-        wanted = set(suffixes) | {JOINT_TEXT_TWINS[suffix] for suffix in suffixes if suffix in JOINT_TEXT_TWINS}
-        return [name for name, module in denoiser.named_modules()
-                if isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")
-                and any(name.endswith("." + suffix) for suffix in wanted)]
-
-    def denoiser_training_call(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
-                               text_states: torch.Tensor, pooled: torch.Tensor | None,
-                               time_ids: torch.Tensor) -> torch.Tensor:
-        """The MMDiT takes the joint text sequence and the pooled CLIP projections; no size conditioning."""
-        return denoiser(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=text_states,
-                        pooled_projections=pooled).sample
-
-    def text_encoding_options(self, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
-        """The width of the zeros standing in for a missing T5 is the transformer's joint attention width."""
-        return {"joint_width": int(denoiser_config.get("joint_attention_dim") or self.cross_attention_width)}
-
     # -- detection -------------------------------------------------------------------------------
     def matches_ldm_keys(self, keys: list[str]) -> bool:
         return any(key.startswith((LDM_TRANSFORMER_PREFIX + JOINT_BLOCKS, JOINT_BLOCKS)) for key in keys)
@@ -178,6 +156,28 @@ class StableDiffusion3(ModelFamily):
                    "text_encoder_2": fit_clip_config, "text_encoder_3": fit_t5_config}
         return {name: fitters[name](config, state_dicts[name]) if name in state_dicts else dict(config)
                 for name, config in configs.items()}
+
+    # -- training --------------------------------------------------------------------------------
+    def lora_training_targets(self, denoiser: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+        """The MMDiT's joint blocks: each chosen image-stream layer and its text-stream twin (`to_q` also trains
+        `add_q_proj`, `to_out.0` `to_add_out`, `ff.net.2` `ff_context.net.2`), and the MMDiT-X second attention
+        (`attn2.to_q`...) of SD3.5 Medium. Both streams, as diffusers' SD3 DreamBooth-LoRA script and sd-scripts
+        adapt them: the text tokens attend jointly with the image, so a concept's caption words learn there."""
+        wanted = set(suffixes) | {JOINT_TEXT_TWINS[suffix] for suffix in suffixes if suffix in JOINT_TEXT_TWINS}
+        return [name for name, module in denoiser.named_modules()
+                if isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")
+                and any(name.endswith("." + suffix) for suffix in wanted)]
+
+    def denoiser_training_call(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                               text_states: torch.Tensor, pooled: torch.Tensor | None,
+                               time_ids: torch.Tensor) -> torch.Tensor:
+        """The MMDiT takes the joint text sequence and the pooled CLIP projections; no size conditioning."""
+        return denoiser(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=text_states,
+                        pooled_projections=pooled).sample
+
+    def text_encoding_options(self, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
+        """The width of the zeros standing in for a missing T5 is the transformer's joint attention width."""
+        return {"joint_width": int(denoiser_config.get("joint_attention_dim") or self.cross_attention_width)}
 
 
 def fit_transformer_config(config: Mapping[str, Any], state: StateDict) -> dict[str, Any]:
