@@ -180,3 +180,20 @@ def test_dreambooth_lora_with_text_encoders_feed_forwards_and_samples_loads_whol
               for name, layer in getattr(pipeline, component).named_modules() if isinstance(layer, LoraLayer)
               for part in "AB"}
     assert loaded == set(saved)
+
+
+def test_a_resumed_sd3_run_ends_where_the_uninterrupted_one_does(ctx, trained):
+    """Every flow-matching draw (noise levels and noise) comes from the run's seeded generator, which the state keeps."""
+    config = sd3_config(output_name="sd3full", max_train_steps=0, max_train_epochs=2, save_every_n_epochs=1)
+    uninterrupted = start_training(ctx.training, config).result(timeout=600)
+    assert uninterrupted.steps_done == 4
+    state = ctx.settings.training_folder / "states" / "sd3full-000001-state"
+    resumed = start_training(ctx.training, config.replace(output_name="sd3resumed", resume_from=str(state))
+                             ).result(timeout=600)
+    assert resumed.steps_done == 4
+    full = load_file(str(ctx.settings.lora_folder / "sd3full.safetensors"))
+    continued = load_file(str(ctx.settings.lora_folder / "sd3resumed.safetensors"))
+    assert full.keys() == continued.keys()
+    for key in full:
+        assert torch.allclose(full[key].float(), continued[key].float(), atol=1e-3), key
+    assert resumed.final_loss == pytest.approx(uninterrupted.final_loss, rel=1e-4)
