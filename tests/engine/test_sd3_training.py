@@ -153,6 +153,8 @@ def test_the_sd3_presets_are_offered_for_an_sd3_model_and_methods_it_cannot_trai
     with pytest.raises(TrainingConfigError) as caught:
         start_training(ctx.training, sd3_config(method="textual_inversion", output_name="sd3ti"))
     assert caught.value.field == "method" and "SD3.5" in str(caught.value)
+    with pytest.raises(TrainingConfigError, match="resolution: must be a multiple of 16 for SD3.5"):
+        start_training(ctx.training, sd3_config(resolution=72))  # 9x9 latents: the 2x2 patch embedding cannot
     assert ctx.training.monitor is monitor and ctx.scheduler.pending == 0
 
 

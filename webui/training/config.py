@@ -227,10 +227,19 @@ class TrainingConfig:
         return self
 
     def check_family(self, family: ModelFamily) -> TrainingConfig:
-        """Refuse a method the base model's family cannot be trained with (SD3: LoRA methods only)."""
+        """Refuse what the base model's family cannot train: a method it lacks (SD3: LoRA methods only), image
+        sides its denoiser cannot take (SD3/Flux: multiples of 16)."""
         if self.method not in family.training_methods:
             raise TrainingConfigError("method", f"{family.label} checkpoints can be trained with "
                                                 f"{', '.join(family.training_methods)}; not {self.method}")
+        sizes = [("resolution", self.resolution)]
+        if self.enable_bucketing:
+            sizes += [("bucket_step", self.bucket_step), ("min_bucket_resolution", self.min_bucket_resolution),
+                      ("max_bucket_resolution", self.max_bucket_resolution)]
+        for name, value in sizes:
+            if value % family.training_size_multiple:
+                raise TrainingConfigError(name, f"must be a multiple of {family.training_size_multiple} for "
+                                                f"{family.label} (got {value})")
         return self
 
     def _validate_dataset(self) -> None:

@@ -101,6 +101,7 @@ class Flux1(ModelFamily):
     training_objective = "flow_matching"
     trained_lora_layout = "diffusers"  # `transformer.<diffusers path>.lora_A/B`, what FluxPipeline.load_lora_weights reads
     training_methods = ("lora", "dreambooth_lora")  # no Flux single-file writer for full fine-tunes yet
+    training_size_multiple = 16
     denoiser = "transformer"
     single_file_denoiser = "bfl_flux"
     latent_channels = 16

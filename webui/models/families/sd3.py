@@ -62,6 +62,7 @@ class StableDiffusion3(ModelFamily):
     # LoRA only: a full fine-tune (DreamBooth) has no SD3 single-file writer yet, and textual inversion / pivotal
     # tuning would need T5 embeddings too.
     training_methods = ("lora", "dreambooth_lora")
+    training_size_multiple = 16
     denoiser = "transformer"
     single_file_denoiser = "sd3_mmdit"
     latent_channels = 16
