@@ -28,6 +28,7 @@ from webui.jobs.store import JobStore, open_owned_store
 from webui.jobs.webhooks import WebhookSender, read_webhook_secret
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog
+from webui.models.checkpoint_settings import CHECKPOINT_SETTINGS_FILE, CheckpointSettings
 from webui.models.default_model import ensure_default_model
 from webui.models.embeddings import EmbeddingCatalog
 from webui.models.hashing import HashCache
@@ -101,12 +102,13 @@ def build_context(settings: Settings) -> AppContext:
                           max_jobs=request_limits.max_queue, max_jobs_per_owner=request_limits.max_queue_per_user,
                           preview_every_n_steps=settings.preview_every_n_steps, recover_stored_jobs=False)
     hooks = ExtensionGenerationHooks(extensions, request_limits.generation.max_images)
-    managers = _worker_managers(settings, catalog, hooks)
+    checkpoint_settings = CheckpointSettings(settings.data_dir / CHECKPOINT_SETTINGS_FILE)
+    managers = _worker_managers(settings, catalog, hooks, checkpoint_settings)
     files = FileAccess.from_settings(settings)
     styles = StyleDatabase(settings.styles_file)
     loras = LoraCatalog(settings.lora_folder, hash_cache)
     models = ModelService(catalog, scheduler, managers, checkpoint_folder=settings.checkpoint_folder,
-                          vae_folder=settings.vae_folder)
+                          vae_folder=settings.vae_folder, checkpoint_settings=checkpoint_settings)
     generation = GenerationService(models, scheduler, styles, loras, files, request_limits,
                                    outputs_folder=settings.outputs_folder,
                                    inputs_folder=settings.data_dir / "jobs" / "inputs", hooks=hooks)
@@ -132,7 +134,8 @@ def build_context(settings: Settings) -> AppContext:
                       extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 
-def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: GenerationHooks) -> list[ModelManager]:
+def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: GenerationHooks,
+                     checkpoint_settings: CheckpointSettings | None = None) -> list[ModelManager]:
     """One model manager per worker: per listed CUDA device, else `--workers` on `--device`. They share
     the embeddings catalog and the RAM cache of checkpoint weights (read once, not once per worker)."""
     if settings.device_ids:
@@ -143,7 +146,7 @@ def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: Gene
     embeddings = EmbeddingCatalog(settings.embeddings_folder)
     return [ModelManager(catalog, device, resolve_dtype(settings.precision, device), ram_cache=ram,
                          preferred_checkpoint=settings.extra.get("sd_model_checkpoint"),
-                         embedding_catalog=embeddings,
+                         embedding_catalog=embeddings, checkpoint_settings=checkpoint_settings,
                          on_model_loaded=lambda record, family: hooks.model_loaded(record.name, record.shorthash, family))
             for device in devices]
 

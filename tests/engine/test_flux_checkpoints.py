@@ -178,8 +178,6 @@ def test_companion_files_of_another_model_are_refused_at_load_naming_the_file_to
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.support.flux_files import ae_state, clip_l_file_state, save
-
     root, sources = models_dir
     modules = sources["flux1-dev"]
     sd_vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -229,3 +227,18 @@ def test_the_img2img_and_inpaint_pipelines_take_the_loaded_components(models_dir
         inpaint = getattr(diffusers, flux.pipeline_class_name("inpaint"))(**model.pipeline.components)
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
     assert type(inpaint).__name__ == "FluxInpaintPipeline"
+
+
+def test_a_diffusers_named_vae_file_serves_as_ae_safetensors(models_dir, tmp_path):
+    """Some people save the diffusers VAE (vae/diffusion_pytorch_model.safetensors) as models/VAE/ae.safetensors."""
+    from tests.support.flux_files import save
+
+    root, sources = models_dir
+    modules = sources["flux1-dev"]
+    write_companions(tmp_path, modules, vae=False)
+    save(modules["vae"].state_dict(), tmp_path / "VAE" / "ae.safetensors")
+    manager = ModelManager(catalog_of(root, tmp_path / "text_encoder", tmp_path / "VAE"), torch.device("cpu"),
+                           torch.float32)
+    with manager.checkout(manager.state_for("flux1-dev")) as model:
+        loaded = model.pipeline.vae.state_dict()
+        assert all(torch.equal(loaded[key], value) for key, value in modules["vae"].state_dict().items())

@@ -98,6 +98,11 @@ def test_flux_fill_and_flux_derivatives_are_refused_with_a_reason():
     chroma = {key: shape for key, shape in fill.items() if ".vector_in." not in key}  # Chroma has no vector_in
     with pytest.raises(UnsupportedCheckpointError, match="Flux derivative"):
         detect_architecture(chroma)
+    nf4 = {key: tuple(value.shape) for key, value in state.items()}  # Forge's flux1-dev-bnb-nf4 layout
+    nf4["model.diffusion_model.double_blocks.0.img_attn.qkv.weight.absmax"] = (1024,)
+    nf4["model.diffusion_model.double_blocks.0.img_attn.qkv.weight.quant_state.bitsandbytes__nf4"] = (200,)
+    with pytest.raises(UnsupportedCheckpointError, match="NF4.*fp8, fp16 or bf16"):
+        detect_architecture(nf4)
 
 
 def test_the_family_encoding_rule_is_diffusers_flux_encoding():
@@ -126,6 +131,60 @@ def test_the_engine_gets_each_variants_published_call_arguments():
     assert (FLUX.generation_defaults(DEV).steps, FLUX.generation_defaults(SCHNELL).steps) == (28, 4)
     assert FLUX.distilled_guidance and not any(family.distilled_guidance for family in FAMILIES if family is not FLUX)
     assert all(family.pipeline_arguments(None, 7.0) == {} for family in FAMILIES if family is not FLUX)
+    assert FLUX.generation_defaults(SCHNELL).sampler == "Euler"
     assert FLUX.pipeline_class_name("txt2img") == "FluxPipeline"
     assert FLUX.pipeline_class_name("img2img") == "FluxImg2ImgPipeline"
     assert FLUX.pipeline_class_name("inpaint") == "FluxInpaintPipeline"
+
+
+@pytest.mark.parametrize("variant", [DEV, SCHNELL])
+def test_full_size_bfl_names_convert_to_exactly_the_published_models_tensors(variant):
+    """At Flux.1's own width (3072, which diffusers' converter assumes) on the meta device: BFL names of the
+    full-size model (19 + 38 blocks) are detected with their variant and convert to every tensor of the
+    diffusers model, shape for shape."""
+    from webui.models.ldm_conversion import flux_transformer_from_bfl
+
+    shipped = load_component_config("flux", "transformer")
+    transformer = meta_transformer({**shipped, "guidance_embeds": variant == DEV})
+    expected = transformer.state_dict()
+    bfl = transformer_to_bfl(dict(expected))
+    assert len([key for key in bfl if key.endswith("linear1.weight")]) == 38
+    architecture = detect_architecture({key: tuple(value.shape) for key, value in bfl.items()})
+    assert (architecture.family, architecture.variant) == ("flux", variant)
+    converted = flux_transformer_from_bfl({key.removeprefix("model.diffusion_model."): value
+                                           for key, value in bfl.items()})
+    assert {key: tuple(value.shape) for key, value in converted.items()} == {
+        key: tuple(value.shape) for key, value in expected.items()}
+
+
+def test_packed_latents_unpack_for_the_live_preview_as_the_pipeline_packs_them():
+    latents = torch.randn(1, 16, 128, 96)  # a 1024x768 image's latents
+    packed = diffusers.FluxPipeline._pack_latents(latents, 1, 16, 128, 96)
+    assert packed.shape == (1, 64 * 48, 64)
+    torch.testing.assert_close(FLUX.unpack_latents(packed, 1024, 768), latents, rtol=0, atol=0)
+    assert FLUX.unpack_latents(latents, 1024, 768) is latents
+    sd3 = family_named("sd3")
+    assert sd3.unpack_latents(latents, 1024, 768) is latents
+
+
+def test_at_the_published_width_our_conversion_equals_diffusers_own_converter():
+    """Flux.1's 3072-wide blocks (one double, one single: the converter's hard-coded width applies): the
+    wrapper that splits the single-stream `linear1` itself gives diffusers' converter's result, tensor for
+    tensor."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from webui.models.ldm_conversion import flux_transformer_from_bfl
+
+    shipped = load_component_config("flux", "transformer")
+    layout = meta_transformer({**shipped, "num_layers": 1, "num_single_layers": 1}).state_dict()
+    # Every element a different number (the conversion only moves, splits and joins tensors): any misplaced
+    # element shows.
+    state, start = {}, 0
+    for key, value in layout.items():
+        state[key] = torch.arange(start, start + value.numel(), dtype=torch.int32).view(value.shape)
+        start += value.numel()
+    bfl = transformer_to_bfl(state, prefix="")
+    ours = flux_transformer_from_bfl(bfl)
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(bfl))
+    assert set(ours) == set(theirs) == set(state)
+    assert all(torch.equal(ours[key], theirs[key]) and torch.equal(ours[key], state[key]) for key in state)

@@ -195,3 +195,14 @@ def test_read_infotext_is_none_without_metadata(tmp_path: Path) -> None:
         saved = save_image(Image.new("RGB", (8, 8)), tmp_path, 1, None, extension=extension)
         with Image.open(saved) as reopened:
             assert read_infotext(reopened) is None, extension
+
+
+def test_refiner_fields_paste_back_into_txt2img_and_their_absence_clears_the_refiner() -> None:
+    from webui.ui.infotext_fields import NO_REFINER_CHOICE, txt2img_values_from_infotext
+
+    text = ("a cat\nSteps: 20, Sampler: Euler, Seed: 1, Size: 1024x1024, Model: sd_xl_base_1.0, "
+            "Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.8, Version: v1.10.1")
+    values = txt2img_values_from_infotext(text)
+    assert values["refiner_checkpoint"] == "sd_xl_refiner_1.0 [7440042bbd]" and values["refiner_switch_at"] == 0.8
+    without = txt2img_values_from_infotext("a cat\nSteps: 20, Seed: 1, Size: 64x64")
+    assert without["refiner_checkpoint"] == NO_REFINER_CHOICE

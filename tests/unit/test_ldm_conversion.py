@@ -372,6 +372,13 @@ def test_detects_real_size_shapes_without_tensor_data() -> None:
         "conditioner.embedders.1.model.ln_final.weight": (1280,),
     }
     assert detect_architecture(sdxl_keys) == Architecture("sdxl", 9, "SDXL inpainting")
+    # The refiner (sd_xl_refiner_1.0.safetensors): OpenCLIP bigG alone, as embedder 0.
+    refiner_keys = {
+        "model.diffusion_model.input_blocks.0.0.weight": (384, 4, 3, 3),
+        "conditioner.embedders.0.model.ln_final.weight": (1280,),
+        "conditioner.embedders.0.model.text_projection": (1280, 1280),
+    }
+    assert detect_architecture(refiner_keys) == Architecture("sdxl_refiner", 4, "SDXL Refiner")
 
 
 @pytest.mark.parametrize(
@@ -392,14 +399,6 @@ def test_detects_real_size_shapes_without_tensor_data() -> None:
             "transformer takes 4 input channels",
         ),
         ({"double_blocks.0.img_attn.norm.key_norm.scale": (128,), "img_in.weight": (3072, 64)}, "Flux"),
-        (
-            {
-                "model.diffusion_model.input_blocks.0.0.weight": (384, 4, 3, 3),
-                "conditioner.embedders.0.model.ln_final.weight": (1280,),
-                "conditioner.embedders.0.model.text_projection": (1280, 1280),
-            },
-            "SDXL refiner",
-        ),
         ({"edm_mean": (1, 4, 1, 1), **_sd1_like_keys()}, "Playground"),
         ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)}, "LoRA"),
         ({"emb_params": (2, 768)}, "textual inversion"),
@@ -413,3 +412,15 @@ def test_detects_real_size_shapes_without_tensor_data() -> None:
 def test_unsupported_checkpoints_are_named(keys: dict[str, tuple[int, ...]], named: str) -> None:
     with pytest.raises(UnsupportedCheckpointError, match=named):
         detect_architecture(keys)
+
+
+def test_a_file_no_family_recognises_is_refused_with_the_names_looked_for_and_those_it_holds() -> None:
+    with pytest.raises(UnsupportedCheckpointError) as refused:
+        detect_architecture({"foo.bar.weight": (2, 2), "model.something.else": (3,)})
+    message = str(refused.value)
+    assert "not a Stable Diffusion model" in message
+    for looked_for in ("SD1.x: cond_stage_model.transformer.*", "SD2.x: cond_stage_model.model.*",
+                       "SDXL: conditioner.embedders.0.transformer.* + conditioner.embedders.1.model.*",
+                       "SD3.5: model.diffusion_model.joint_blocks.*", "Flux.1: double_blocks.*"):
+        assert looked_for in message, message
+    assert "the file holds foo.bar.weight, model.something.else" in message

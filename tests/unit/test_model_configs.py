@@ -36,7 +36,7 @@ from webui.models.model_configs import (  # noqa: E402
     tokenizer_folders,
 )
 
-FAMILIES = tuple(sorted(family_names()))  # ("flux", "sd1", "sd2", "sd3", "sdxl")
+FAMILIES = tuple(sorted(family_names()))  # ("flux", "sd1", "sd2", "sd3", "sdxl", "sdxl_refiner")
 START, END = 49406, 49407
 EXCLAMATION_ID = 0  # "!" is the first byte character, the pad token of OpenCLIP encoders
 CLIP_LENGTH = 77
@@ -48,6 +48,7 @@ EXPECTED_COMPONENTS = {
     "sd3": ("scheduler", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
             "tokenizer_3", "transformer", "vae"),
     "flux": ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae"),
+    "sdxl_refiner": ("scheduler", "text_encoder_2", "tokenizer_2", "unet", "vae"),
 }
 
 # FLUX.1-dev's transformer and autoencoder as the Hugging Face pages of black-forest-labs/FLUX.1-dev count
@@ -95,6 +96,7 @@ TOKENIZER_PAD_IDS = {
     ("sd3", 0): END,             # SD3's CLIP-L pads like SDXL's first encoder,
     ("sd3", 1): EXCLAMATION_ID,  # its OpenCLIP bigG like SDXL's second
     ("flux", 0): END,            # Flux's CLIP-L is SD3's tokenizer files
+    ("sdxl_refiner", 0): EXCLAMATION_ID,  # the refiner's only encoder is SDXL's second
 }
 
 # Values that change outputs without changing any tensor shape, as the built components
@@ -144,6 +146,16 @@ OUTPUT_AFFECTING_VALUES = {
         ("text_encoder_2", "feed_forward_proj", "gated-gelu"),
         ("transformer", "guidance_embeds", True),
         ("transformer", "axes_dims_rope", [16, 56, 56]),
+    ],
+    "sdxl_refiner": [
+        ("scheduler", "prediction_type", "epsilon"),
+        ("vae", "scaling_factor", 0.13025),
+        ("text_encoder_2", "hidden_act", "gelu"),
+        ("unet", "use_linear_projection", True),
+        ("unet", "addition_embed_type", "text_time"),
+        ("unet", "addition_time_embed_dim", 256),
+        ("unet", "cross_attention_dim", 1280),
+        ("unet", "projection_class_embeddings_input_dim", 1280 + 5 * 256),  # pooled bigG + 5 time ids
     ],
     "sd3": [
         ("scheduler", "shift", 3.0),
@@ -305,13 +317,13 @@ def test_long_prompts_truncate_to_the_text_encoder_context() -> None:
 
 
 def test_tokenizer_count_per_family() -> None:
-    assert [len(load_tokenizers(family)) for family in FAMILIES] == [2, 1, 1, 3, 2]
+    assert [len(load_tokenizers(family)) for family in FAMILIES] == [2, 1, 1, 3, 2, 1]
 
 
 def test_all_tokenizer_folders_share_one_vocabulary() -> None:
     folders = list(dict.fromkeys(folder for family in FAMILIES for folder in tokenizer_folders(family)
                                  if (folder / "vocab.json").is_file()))  # the CLIP ones (SD3's T5 has its own)
-    assert len(folders) == 6  # Flux uses SD3's files, no seventh copy
+    assert len(folders) == 6  # Flux uses SD3's files and the SDXL refiner SDXL's: no further copies
     for file_name in ("vocab.json", "merges.txt"):
         contents = {(folder / file_name).read_bytes() for folder in folders}
         assert len(contents) == 1, file_name
@@ -379,6 +391,10 @@ def test_pipeline_skeleton_assembles_offline_from_the_config_folder(
     if family == "sdxl":
         assert built["is_stable_diffusion_xl"] is True
         assert built["pipeline_config"]["force_zeros_for_empty_prompt"] is True
+    elif family == "sdxl_refiner":
+        assert built["pipeline_class"] == "StableDiffusionXLImg2ImgPipeline"
+        assert built["pipeline_config"]["requires_aesthetics_score"] is True
+        assert built["empty_components"] == ["text_encoder", "tokenizer"]
     else:
         assert built["is_stable_diffusion"] is True
         assert built["empty_components"] == ["feature_extractor", "safety_checker"]
@@ -389,7 +405,8 @@ def test_pipeline_skeleton_assembles_offline_from_the_config_folder(
     unet = components["unet"]["config"]
     assert unet["in_channels"] == components["vae"]["config"]["latent_channels"] == 4
     # The UNet's cross-attention width must equal what the text encoder(s) emit.
-    encoders = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
+    encoders = {"sdxl": ["text_encoder", "text_encoder_2"], "sdxl_refiner": ["text_encoder_2"]}.get(
+        family, ["text_encoder"])
     assert unet["cross_attention_dim"] == sum(components[name]["config"]["hidden_size"] for name in encoders)
     if family == "sdxl":
         # Added conditioning: pooled bigG projection + 6 size/crop numbers embedded at 256 each.
@@ -398,7 +415,7 @@ def test_pipeline_skeleton_assembles_offline_from_the_config_folder(
     for name in components:
         if name.startswith("tokenizer"):
             assert components[name]["model_max_length"] == CLIP_LENGTH
-    assert components["text_encoder"]["config"]["max_position_embeddings"] == CLIP_LENGTH
+    assert components[encoders[0]]["config"]["max_position_embeddings"] == CLIP_LENGTH
 
 
 if __name__ == "__main__":

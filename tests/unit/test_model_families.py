@@ -30,8 +30,9 @@ def test_a_family_recognises_its_own_shipped_diffusers_config(family):
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.name)
 def test_a_family_names_pipelines_diffusers_has_and_covers_its_encoders(family):
-    for mode in (TXT2IMG, IMG2IMG, INPAINT):
+    for mode in (TXT2IMG, IMG2IMG, INPAINT) if family.makes_images_from_text else (IMG2IMG, INPAINT):
         assert hasattr(diffusers, family.pipeline_class_name(mode))
+    assert family.resident_mode in family.pipeline_classes
     assert len(family.text_encoders) == len(family.tokenizers) == len(family.ldm_text_encoders)
     assert len(family.text_encoder_widths) == len(family.text_encoders)
     assert [encoder.component for encoder in family.ldm_text_encoders] == list(family.text_encoders)
@@ -46,9 +47,11 @@ def test_a_family_names_pipelines_diffusers_has_and_covers_its_encoders(family):
 
 def test_lookup_by_name_and_lora_metadata():
     assert [family_named(name).name for name in family_names()] == list(family_names())
-    with pytest.raises(ValueError, match="unknown model family 'sd9'; expected one of flux, sd3, sdxl, sd2, sd1"):
+    with pytest.raises(ValueError,
+                       match="unknown model family 'sd9'; expected one of flux, sd3, sdxl_refiner, sdxl, sd2, sd1"):
         family_named("sd9")
     assert family_of_lora_metadata("sdxl_base_v1-0", "").name == "sdxl"
+    assert family_of_lora_metadata("", "stable-diffusion-xl-v1-refiner/lora").name == "sdxl_refiner"
     assert family_of_lora_metadata("", "stable-diffusion-v2-768-v/lora").name == "sd2"
     assert family_of_lora_metadata("sd_v1", "").name == "sd1"
     assert family_of_lora_metadata("flux1", "flux-1-dev/lora").name == "flux"
@@ -105,3 +108,20 @@ def test_a_v_prediction_sdxl_file_gets_a_v_prediction_scheduler_with_its_sampler
     scheduler.set_timesteps(20)
     assert float(scheduler.alphas_cumprod[-1]) < 1e-6  # the last training step is pure noise (zero SNR)
     assert single_file_scheduler_config("sd1", ["v_pred"]) == single_file_scheduler_config("sd1", [])
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sdxl_refiner"])
+def test_fitting_the_published_unet_to_its_own_weights_gives_the_shipped_config_back(name):
+    """The SDXL families read UNet sizes from the weights (reduced models load); published files must get
+    exactly the shipped configs (checked on a weightless meta-device UNet of the shipped shape)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from webui.models.families.fitted_configs import fit_text_time_unet_config
+    from webui.models.model_configs import load_component_config
+
+    family = family_named(name)
+    config = load_component_config(name, "unet")
+    with torch.device("meta"):
+        state = UNet2DConditionModel.from_config(config).state_dict()
+    assert fit_text_time_unet_config(config, state, 1280, len(family.time_ids(1024, 1024, True))) == config

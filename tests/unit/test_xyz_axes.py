@@ -278,3 +278,12 @@ def test_extension_axis_goes_through_the_same_parsing() -> None:
     option = registry.get("Tile")
     values = resolve_axis_values(option, "1-3", "X axis (Tile)", CHOICES)
     assert [option.apply(BASE, value).extra for value in values] == [{"tile": 1}, {"tile": 2}, {"tile": 3}]
+
+
+def test_refiner_axes_set_the_refiner_and_its_switch() -> None:
+    refined = apply_all("Refiner checkpoint", "realistic, None", BASE)
+    assert [request.refiner_checkpoint for request in refined] == ["realistic [abcdef0123]", "None"]
+    assert [r.validate().refiner_checkpoint for r in refined] == ["realistic [abcdef0123]", ""]
+    assert [r.refiner_switch_at for r in apply_all("Refiner switch at", "0.5, 0.9", BASE)] == [0.5, 0.9]
+    with pytest.raises(AxisValueError):
+        resolve("Refiner switch at", "0, 0.5", CHOICES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from webui.api.checkpoint_settings_api import build_checkpoint_settings_router
 from webui.api.extensions_api import build_extensions_router
 from webui.api.jobs_api import build_jobs_router
 from webui.api.sdapi import build_api_router
@@ -18,3 +19,4 @@ def install_api(app: FastAPI, ctx: AppContext) -> None:
     app.include_router(build_train_router(ctx))
     app.include_router(build_jobs_router(ctx, options))
     app.include_router(build_extensions_router(ctx))
+    app.include_router(build_checkpoint_settings_router(ctx))

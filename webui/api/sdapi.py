@@ -33,7 +33,7 @@ from webui.extensions.scripts import ExtensionScripts
 from webui.context import AppContext
 from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.infotext import parse_infotext, read_infotext
-from webui.generation.requests import HIRES_UPSCALERS, Img2ImgRequest, Txt2ImgRequest
+from webui.generation.requests import DEFAULT_DISTILLED_CFG_SCALE, HIRES_UPSCALERS, Img2ImgRequest, Txt2ImgRequest
 from webui.generation.samplers import SAMPLERS, schedule_type_names
 from webui.security.identity import Forbidden, User
 from webui.security.limits import RequestLimits
@@ -59,6 +59,8 @@ class Txt2ImgBody(BaseModel):
     n_iter: int = 1
     steps: int = 50
     cfg_scale: float = 7.0
+    distilled_cfg_scale: float = DEFAULT_DISTILLED_CFG_SCALE  # Forge's; used by guidance-distilled models only
+    shift: float | None = None  # flow-matching models' sigma shift; None = the model's scheduler config
     width: int = 512
     height: int = 512
     override_settings: OverrideSettings = Field(default_factory=OverrideSettings)
@@ -75,7 +77,10 @@ class Txt2ImgBody(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_distilled_cfg: float = DEFAULT_DISTILLED_CFG_SCALE  # Forge's
     denoising_strength: float | None = None
+    refiner_checkpoint: str | None = None   # A1111's txt2img Refiner; None/"" /"None" = none
+    refiner_switch_at: float = 0.8
     script_name: str | None = None
     script_args: list[Any] | dict[str, Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
@@ -157,8 +162,9 @@ def _common_fields(body: Txt2ImgBody, options: dict[str, Any]) -> dict[str, Any]
     overrides = body.override_settings
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt, styles=tuple(body.styles),
-        steps=body.steps, sampler_name=body.sampler_name or body.sampler_index or "DPM++ 2M",
-        scheduler=body.scheduler or "Automatic", cfg_scale=body.cfg_scale, width=body.width, height=body.height,
+        steps=body.steps, sampler_name=body.sampler_name or body.sampler_index or "",  # "": the model's default
+        scheduler=body.scheduler or "Automatic", cfg_scale=body.cfg_scale, distilled_cfg_scale=body.distilled_cfg_scale,
+        shift=body.shift, width=body.width, height=body.height,
         seed=body.seed, subseed=body.subseed, subseed_strength=body.subseed_strength, batch_count=body.n_iter,
         batch_size=body.batch_size, clip_skip=options["CLIP_stop_at_last_layers"],
         checkpoint=overrides.sd_model_checkpoint or None, save_images=body.save_images and options["samples_save"],
@@ -171,7 +177,8 @@ def txt2img_request_from_body(body: Txt2ImgBody, options: dict[str, Any]) -> Txt
         enable_hr=body.enable_hr, hr_scale=body.hr_scale, hr_upscaler=body.hr_upscaler,
         hr_second_pass_steps=body.hr_second_pass_steps, hr_resize_x=body.hr_resize_x, hr_resize_y=body.hr_resize_y,
         hr_sampler_name=body.hr_sampler_name or "", hr_scheduler=body.hr_scheduler or "", hr_prompt=body.hr_prompt,
-        hr_negative_prompt=body.hr_negative_prompt,
+        hr_negative_prompt=body.hr_negative_prompt, hr_distilled_cfg=body.hr_distilled_cfg,
+        refiner_checkpoint=body.refiner_checkpoint or "", refiner_switch_at=body.refiner_switch_at,
     )
     if body.denoising_strength is not None:
         hires["denoising_strength"] = body.denoising_strength

@@ -20,59 +20,86 @@ from PIL import Image
 from webui.generation.conditioning import ConditioningSchedule, batch_repeat
 from webui.generation.hooks import DenoisingHooks, SchedulerFactory
 from webui.generation.live_preview import latents_to_preview
-from webui.generation.samplers import build_scheduler
+from webui.generation.samplers import build_scheduler, sampler_table
 from webui.jobs.progress import JobControl
 from webui.models.families import family_named
 from webui.models.manager import LoadedModel
 
-def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None = None) -> Any:
+def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None = None,
+                 unet_wrapper: Callable[[Any], Any] | None = None) -> Any:
     """A diffusers pipeline of the mode's class sharing every module with the loaded pipeline.
 
     When the job's denoising hooks need them, its UNet and/or VAE component is a wrapper around the
-    resident module (webui.generation.hooked_modules says why); otherwise the modules themselves."""
+    resident module (webui.generation.hooked_modules says why); otherwise the modules themselves.
+    `unet_wrapper` wraps the UNet last (txt2img's Refiner: webui.generation.refiner)."""
     import diffusers
 
     base = model.pipeline
-    class_name = family_named(model.family).pipeline_class_name(mode)
-    wraps = denoising is not None and (denoising.wants_unet or denoising.wants_vae)
-    if type(base).__name__ == class_name and not wraps:
+    family = family_named(model.family)
+    class_name = family.pipeline_class_name(mode)
+    wraps = denoising is not None and ((denoising.wants_unet and "unet" in base.components) or denoising.wants_vae)
+    if type(base).__name__ == class_name and not wraps and unet_wrapper is None:
         return base
     cls = getattr(diffusers, class_name)
     accepted = inspect.signature(cls.__init__).parameters
     options = {"requires_safety_checker": False} if "requires_safety_checker" in accepted else {}
     if "requires_aesthetics_score" in accepted:
         options["requires_aesthetics_score"] = False
+    options.update({name: value for name, value in family.pipeline_options.items() if name in accepted})
     components = {name: module for name, module in base.components.items() if name in accepted}
     if wraps:
         from webui.generation.hooked_modules import HookedUNet, HookedVAE
 
         assert denoising is not None
-        if denoising.wants_unet:
+        if denoising.wants_unet and "unet" in components:  # the UNet call hooks know UNets only
             components["unet"] = HookedUNet(components["unet"], denoising)
         if denoising.wants_vae:
             components["vae"] = HookedVAE(components["vae"], denoising)
+    if unet_wrapper is not None:
+        components["unet"] = unet_wrapper(components["unet"])
     pipeline = cls(**components, **options)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
+def unet_hooks_note(model: LoadedModel, denoising: DenoisingHooks | None) -> list[str]:
+    """What the user should know when extensions hook UNet calls on a model whose denoiser is a transformer
+    (SD3, Flux): those hooks speak the UNet's call and are left out (`pipeline_for`)."""
+    family = family_named(model.family)
+    if denoising is None or not denoising.wants_unet or family.denoiser == "unet":
+        return []
+    return [f"extension hooks on the UNet's calls do not apply to {family.label}'s {family.denoiser}: not used"]
+
+
+def sized(pipeline: Any, arguments: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+    """`arguments` plus the output size where the pipeline takes one: SD1/SDXL img2img pipelines take the
+    size from the image and have no such parameters; SD3's default to the family's native size otherwise."""
+    accepted = inspect.signature(pipeline.__call__).parameters
+    return {**arguments, **({"width": width, "height": height} if "width" in accepted else {})}
+
+
 def use_sampler(model: LoadedModel, sampler_name: str, schedule: str, seed: int,
-                added: Mapping[str, SchedulerFactory] | None = None) -> None:
+                added: Mapping[str, SchedulerFactory] | None = None, shift: float | None = None) -> None:
     """Install the A1111-named sampler on the loaded pipeline (the mode wrappers share its scheduler slot
-    only at build time, so call this before `pipeline_for`). `added` are samplers extensions added."""
+    only at build time, so call this before `pipeline_for`). `added` are samplers extensions added; `shift`
+    is a flow model's requested "Shift" (None: the model's own, fixed or resolution-dependent)."""
+    base_config = dict(model.scheduler_config)
+    if shift is not None and family_named(model.family).flow_matching:
+        base_config.update(shift=float(shift), use_dynamic_shifting=False)  # a fixed shift replaces the dynamic one
     if added and sampler_name in added:
-        model.pipeline.scheduler = added[sampler_name](dict(model.scheduler_config))
+        model.pipeline.scheduler = added[sampler_name](base_config)
         return
     # DPM++ SDE draws its noise from a seeded sampler of its own rather than from `generator`.
-    scheduler_config = {**model.scheduler_config, "noise_sampler_seed": seed}
-    model.pipeline.scheduler = build_scheduler(sampler_name, schedule, scheduler_config)
+    scheduler_config = {**base_config, "noise_sampler_seed": seed}
+    table = sampler_table(family_named(model.family).flow_matching)
+    model.pipeline.scheduler = build_scheduler(sampler_name, schedule, scheduler_config, table)
 
 
 @contextmanager
 def attention_installed(model: LoadedModel, denoising: DenoisingHooks | None) -> Iterator[None]:
     """The job's attention processors on the UNet for the block, the previous ones back afterwards
     (diffusers' public `attn_processors` / `set_attn_processor`)."""
-    unet = model.pipeline.unet
+    unet = denoiser_of(model)
     wanted = denoising.attention_processors(unet.attn_processors) if denoising is not None else {}
     if not wanted:
         yield
@@ -101,19 +128,33 @@ def noise_level(scheduler: Any, step: int) -> float:
     return ((1 - alpha) / alpha) ** 0.5
 
 
+def model_variant(model: LoadedModel) -> str | None:
+    """Which model of its family the checkpoint is (SD3.5 Medium/Large, Flux dev/schnell), None if unknown."""
+    architecture = model.record.architecture
+    return architecture.variant if architecture is not None else None
+
+
+def denoiser_of(model: LoadedModel) -> Any:
+    """The loaded pipeline's denoiser: its UNet, or the transformer of DiT families (SD3, Flux)."""
+    return getattr(model.pipeline, family_named(model.family).denoiser)
+
+
 def uses_inpainting_unet(model: LoadedModel) -> bool:
     """9-channel UNets (sd-v1-5-inpainting and the like) take the mask and masked image as extra input."""
-    return model.pipeline.unet.config.in_channels == 9
+    family = family_named(model.family)
+    return family.denoiser == "unet" and denoiser_of(model).config.in_channels == 9
 
 
 def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_size: int,
                   control: JobControl | None, step_offset: int = 0, total_steps: int | None = None,
-                  denoising: DenoisingHooks | None = None) -> Callable:
+                  denoising: DenoisingHooks | None = None, image_size: tuple[int, int] = (0, 0)) -> Callable:
     """diffusers callback_on_step_end: progress, preview, stop flags, per-step prompt schedule, and the
     job's per-step hook (which may hand back changed latents).
 
-    ``step_offset``/``total_steps`` let a second pass (hires fix) continue the first pass's progress bar.
+    ``step_offset``/``total_steps`` let a second pass (hires fix) continue the first pass's progress bar;
+    ``image_size`` (height, width) is what families with packed latents need to unpack them for a preview.
     """
+    family = family_named(model.family)
 
     def callback(pipeline, step: int, timestep, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         updates: dict[str, torch.Tensor] = {}
@@ -125,22 +166,24 @@ def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_
         if control is not None:
             control.report_step(step_offset + step + 1, total=total_steps or step_offset + pipeline.num_timesteps)
             if control.wants_preview(step + 1):
-                control.set_preview(latents_to_preview(tensors["latents"], model.family))
+                control.set_preview(latents_to_preview(family.vae_latents(tensors["latents"], *image_size),
+                                                       model.family))
             if control.should_stop_batch:
                 pipeline._interrupt = True  # diffusers' documented way to end the denoising loop early
         scheduled_step = min(step, len(conditioning.positive) - 1)
         if conditioning.changes_after(scheduled_step):
             positive = conditioning.positive[scheduled_step + 1]
             negative = conditioning.negative[scheduled_step + 1]
-            hidden = batch_repeat(positive.hidden, batch_size)
-            if pipeline.do_classifier_free_guidance:
-                hidden = torch.cat([batch_repeat(negative.hidden, batch_size), hidden])
+            hidden = batch_repeat(positive.embeds, batch_size)
+            guided = getattr(pipeline, "do_classifier_free_guidance", False)  # (Flux: distilled, one pass)
+            if guided:
+                hidden = torch.cat([batch_repeat(negative.embeds, batch_size), hidden])
             updates["prompt_embeds"] = hidden
-            if positive.pooled is not None:
+            if positive.pooled is not None and family.pooled_step_input is not None:
                 pooled = batch_repeat(positive.pooled, batch_size)
-                if pipeline.do_classifier_free_guidance:
+                if guided:
                     pooled = torch.cat([batch_repeat(negative.pooled, batch_size), pooled])
-                updates["add_text_embeds"] = pooled
+                updates[family.pooled_step_input] = pooled
         return updates
 
     return callback
@@ -148,26 +191,27 @@ def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_
 
 def common_arguments(model: LoadedModel, conditioning: ConditioningSchedule, *, batch_size: int, steps: int,
                      cfg_scale: float, seeds: list[int], control: JobControl | None, step_offset: int = 0,
-                     total_steps: int | None = None, denoising: DenoisingHooks | None = None) -> dict[str, Any]:
-    """Keyword arguments every pipeline call takes: embeddings, guidance, seeded generators, callbacks."""
+                     total_steps: int | None = None, denoising: DenoisingHooks | None = None,
+                     image_size: tuple[int, int] = (0, 0), distilled_cfg: float | None = None) -> dict[str, Any]:
+    """Keyword arguments every pipeline call takes: embeddings, guidance, seeded generators, callbacks (what
+    the pipeline takes for the prompt and the guidance is the family's decision)."""
     first_positive, first_negative = conditioning.positive[0], conditioning.negative[0]
-    pooled = family_named(model.family).conditions_on_pooled_text
-    arguments: dict[str, Any] = dict(
-        prompt_embeds=first_positive.hidden,
-        negative_prompt_embeds=first_negative.hidden,
-        num_images_per_prompt=batch_size,
+    family = family_named(model.family)
+    arguments: dict[str, Any] = family.prompt_arguments(first_positive.embeds, first_negative.embeds,
+                                                        first_positive.pooled, first_negative.pooled, cfg_scale,
+                                                        batch_size)
+    # Guidance-distilled families (Flux.1 dev) take Forge's "Distilled CFG Scale" as a model input.
+    guidance = distilled_cfg if family.distilled_guidance and distilled_cfg is not None else cfg_scale
+    arguments.update(family.pipeline_arguments(model_variant(model), guidance))
+    arguments.update(
         num_inference_steps=steps,
-        guidance_scale=cfg_scale,
         # One CPU generator per image keeps sampler noise tied to the image's own seed (A1111 semantics).
         generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
         callback_on_step_end=step_callback(model, conditioning, batch_size, control, step_offset, total_steps,
-                                           denoising),
+                                           denoising, image_size),
         callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]
-        + (["add_text_embeds"] if pooled else []),
+        + ([family.pooled_step_input] if family.pooled_step_input else []),
     )
-    if pooled:
-        arguments["pooled_prompt_embeds"] = first_positive.pooled
-        arguments["negative_pooled_prompt_embeds"] = first_negative.pooled
     return arguments
 
 
@@ -194,9 +238,22 @@ def encode_images(model: LoadedModel, images: list[Image.Image], denoising: Deno
         torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
         for image in images
     ]).to(device=model.device, dtype=vae.dtype)
-    latents = vae.encode(pixels).latent_dist.mean
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
+    return to_model_latents(vae, vae.encode(pixels).latent_dist.mean)
+
+
+def to_model_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """VAE latents -> the denoiser's latent space: `(z - shift_factor) * scaling_factor`, both from the VAE's
+    config (SD3/Flux VAEs have a shift; SD1/SDXL's have none)."""
+    return (latents - vae_shift(vae)) * vae.config.scaling_factor
+
+
+def to_vae_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of `to_model_latents`: what `vae.decode` takes."""
+    return latents / vae.config.scaling_factor + vae_shift(vae)
+
+
+def vae_shift(vae: Any) -> float:
+    return getattr(vae.config, "shift_factor", None) or 0.0
 
 
 def job_vae(model: LoadedModel, denoising: DenoisingHooks | None) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +16,18 @@ from webui.generation.conditioning import ConditioningSchedule, PromptEncoder, b
 from webui.generation.denoise import (
     common_arguments,
     executed_steps,
+    model_variant,
     job_vae,
     pipeline_for,
+    sized,
+    to_vae_latents,
     use_sampler,
     uses_inpainting_unet,
 )
 from webui.generation.hooks import DenoisingHooks, SchedulerFactory
 from webui.generation.requests import Txt2ImgRequest, hires_size
 from webui.jobs.progress import JobControl
+from webui.models.families import family_named
 from webui.models.manager import LoadedModel
 
 LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact", "Latent (bicubic)": "bicubic"}
@@ -66,7 +70,7 @@ class HiresPass:
              denoising: DenoisingHooks | None = None) -> "HiresPass":
         width, height = hires_size(request)
         requested = request.hr_second_pass_steps or request.steps
-        encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+        encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
         conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative,
                                           max(executed_steps(requested, request.denoising_strength), 1))
         return cls(model, request, width, height, requested, conditioning, dict(samplers or {}), denoising)
@@ -80,38 +84,53 @@ class HiresPass:
         return executed_steps(self.requested_steps, self.request.denoising_strength)
 
     def upscale(self, first: Any) -> Any:
+        """The first pass's output at the hires size: pixels resized, or latents (in the VAE's layout)
+        interpolated."""
         if self.in_latent_space:
-            size = (self.height // self.model.pipeline.vae_scale_factor, self.width // self.model.pipeline.vae_scale_factor)
-            return F.interpolate(first, size=size, mode=LATENT_MODES[self.request.hr_upscaler])
+            factor = self.model.pipeline.vae_scale_factor
+            size = (self.height // factor, self.width // factor)
+            latents = self._vae_layout(first, self.request.height, self.request.width)
+            return F.interpolate(latents, size=size, mode=LATENT_MODES[self.request.hr_upscaler])
         return [image.resize((self.width, self.height), PIXEL_FILTERS[self.request.hr_upscaler]) for image in first]
 
+    def _vae_layout(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return family_named(self.model.family).vae_latents(latents, height, width)
+
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """First-pass latents as images (when the user interrupts before the second pass)."""
+    def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> list[Image.Image]:
+        """Latents as images: the first pass's (when the user interrupts before the second pass; `size` is
+        their (height, width), the request's by default) or upscaled ones already in the VAE's layout."""
         vae = job_vae(self.model, self.denoising)
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        if size is not None:
+            latents = self._vae_layout(latents, *size)
+        decoded = vae.decode(to_vae_latents(vae, latents.to(vae.dtype))).sample
         return self.model.pipeline.image_processor.postprocess(decoded, output_type="pil")
 
     @torch.no_grad()
-    def run(self, first: Any, seeds: list[int], control: JobControl | None, *, step_offset: int, seed: int) -> list[Image.Image]:
+    def run(self, first: Any, seeds: list[int], control: JobControl | None, *, step_offset: int, seed: int,
+            unet_wrapper: Callable[[Any], Any] | None = None) -> list[Image.Image]:
+        """The second pass over the first pass's result; `unet_wrapper` hands the UNet over to txt2img's
+        Refiner part-way (webui.generation.refiner)."""
         request = self.request
         if self.steps == 0:  # denoising 0: nothing to redraw, only the upscale
             upscaled = self.upscale(first)
             return self.decode(upscaled) if self.in_latent_space else upscaled
         use_sampler(self.model, request.hr_sampler_name or request.sampler_name,
-                    request.hr_scheduler or request.scheduler, seed, self.samplers)
+                    request.hr_scheduler or request.scheduler, seed, self.samplers, request.shift)
         arguments = common_arguments(self.model, self.conditioning, batch_size=len(seeds), steps=self.requested_steps,
                                      cfg_scale=request.cfg_scale, seeds=seeds, control=control,
                                      step_offset=step_offset, total_steps=step_offset + self.steps,
-                                     denoising=self.denoising)
+                                     denoising=self.denoising, image_size=(self.height, self.width),
+                                     distilled_cfg=request.hr_distilled_cfg)
         arguments.update(image=self.upscale(first), strength=request.denoising_strength, output_type="pil",
                          width=self.width, height=self.height)
         if uses_inpainting_unet(self.model):
-            pipeline = pipeline_for(self.model, "inpaint", self.denoising)
+            pipeline = pipeline_for(self.model, "inpaint", self.denoising, unet_wrapper)
             arguments["mask_image"] = Image.new("L", (self.width, self.height), 255)
             if self.in_latent_space:
                 arguments["masked_image_latents"] = arguments["image"]
         else:
-            pipeline = pipeline_for(self.model, "img2img", self.denoising)
-            del arguments["width"], arguments["height"]  # img2img takes the size from the image
+            pipeline = pipeline_for(self.model, "img2img", self.denoising, unet_wrapper)
+            del arguments["width"], arguments["height"]
+            arguments = sized(pipeline, arguments, self.width, self.height)
         return list(pipeline(**arguments).images)

@@ -21,8 +21,11 @@ from webui.generation.denoise import (
     common_arguments,
     encode_images,
     executed_steps,
+    model_variant,
     pipeline_strength,
     pipeline_for,
+    sized,
+    unet_hooks_note,
     use_sampler,
     uses_inpainting_unet,
 )
@@ -49,6 +52,7 @@ from webui.generation.txt2img import (
     finish_grid,
     generation_parameters,
     initial_noise,
+    note_job,
     prepare_prompts,
     resolve_seed,
 )
@@ -163,13 +167,17 @@ def _latent_start(model: LoadedModel, request: Img2ImgRequest, prepared: Prepare
 def _denoise(model: LoadedModel, request: Img2ImgRequest, prepared: PreparedSource, conditioning, seeds: list[int],
              subseeds: list[int], control: JobControl | None, denoising: DenoisingHooks | None = None) -> list[Image.Image]:
     arguments = common_arguments(model, conditioning, batch_size=len(seeds), steps=request.steps,
-                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising)
+                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising,
+                                 image_size=(prepared.work_image.height, prepared.work_image.width),
+                                 distilled_cfg=request.distilled_cfg_scale)
     start = _latent_start(model, request, prepared, seeds, subseeds, denoising)
     image: Any = start if start is not None else prepared.work_image
     arguments.update(image=image, strength=pipeline_strength(request.steps, request.denoising_strength),
                      output_type="pil")
     if prepared.work_mask is None and not uses_inpainting_unet(model):
-        return list(pipeline_for(model, "img2img", denoising)(**arguments).images)
+        pipeline = pipeline_for(model, "img2img", denoising)
+        width, height = prepared.work_image.size
+        return list(pipeline(**sized(pipeline, arguments, width, height)).images)
     mask = prepared.work_mask or Image.new("L", prepared.work_image.size, 255)
     width, height = prepared.work_image.size
     arguments.update(mask_image=mask, width=width, height=height)
@@ -209,7 +217,8 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     prepared = prepare_source(request, seed)
     job = JobInfo(request, list(model.warnings) + list(prepared.notes))
     denoising = hooks.denoising(job)
-    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+    job.warnings.extend(unet_hooks_note(model, denoising))
+    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
     steps = max(executed_steps(request.steps, request.denoising_strength), 1)
     saving = request.save_images and outputs_root is not None
     size = prepared.canvas.size
@@ -217,7 +226,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     prepare = prompt_preparer(prompts, lambda text, negative: prepare_prompts(model, text, negative, (), None))
 
     def draw(batch: SubBatch) -> list[Image.Image]:
-        use_sampler(model, request.sampler_name, request.scheduler, batch.seeds[0], hooks.samplers())
+        use_sampler(model, request.sampler_name, request.scheduler, batch.seeds[0], hooks.samplers(), request.shift)
         if request.denoising_strength == 0:
             return [prepared.canvas.copy() for _ in batch.seeds]  # nothing to redraw
         key = (batch.prompts.encoder_prompt, batch.prompts.encoder_negative)
@@ -228,8 +237,10 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
                                       control, denoising)]
 
     def parameters_for(image_prompts: PreparedPrompts, image_seed: int, image_subseed: int) -> dict[str, Any]:
+        note_job(job, encoder)
         parameters = generation_parameters(request, model, image_seed, image_subseed, image_prompts.ti_hashes,
-                                           image_prompts.model_extras)
+                                           image_prompts.model_extras,
+                                           encoder.sequence_infotext(image_prompts.encoder_prompt, steps))
         parameters.update(img2img_parameters(request, prepared))
         parameters["Size"] = f"{size[0]}x{size[1]}"
         return parameters

@@ -1,8 +1,10 @@
 """Cheap live previews: latents -> RGB with a fixed linear map, no VAE decode.
 
-This is A1111's "Approx cheap" idea: each RGB channel is a weighted sum of the 4 latent channels, with
-the family's published least-squares coefficients (`ModelFamily.preview_coefficients`); for other latent
-spaces (the tiny default model) the picture is only indicative, which is all a preview needs.
+This is A1111's "Approx cheap" idea: each RGB channel is a weighted sum of the latent channels (4 for SD1/SDXL,
+16 for SD3), with the family's published least-squares coefficients (`ModelFamily.preview_coefficients`); for
+other latent spaces (the tiny default model) the picture is only indicative, which is all a preview needs.
+Families with packed latents (Flux) unpack them first (`ModelFamily.vae_latents`, in the step callback). There
+is no TAESD decoder here, for any family.
 """
 
 from __future__ import annotations

@@ -11,7 +11,21 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from webui.generation.samplers import AUTOMATIC, resolve_sampler_and_schedule, schedule_types_for
+from webui.generation.samplers import (
+    AUTOMATIC,
+    UnknownSamplerError,
+    check_flow_sampler,
+    resolve_sampler_and_schedule,
+    schedule_types_for,
+)
+
+
+# Refiner names that mean "no refiner"; A1111's API, UI and X/Y/Z axis use "None".
+NO_REFINER_CHOICE = "None"
+NO_REFINER = ("", NO_REFINER_CHOICE, "none")
+DEFAULT_DISTILLED_CFG_SCALE = 3.5  # Forge's default and range for "Distilled CFG Scale"
+MAX_DISTILLED_CFG_SCALE = 30.0
+MIN_SHIFT, MAX_SHIFT = 0.1, 20.0  # flow shift: 0 would collapse the schedule; published models use 1..6
 
 
 class RequestError(ValueError):
@@ -43,6 +57,10 @@ class Txt2ImgRequest:
     sampler_name: str = "DPM++ 2M"
     scheduler: str = "Automatic"
     cfg_scale: float = 7.0
+    # Forge's guidance-distilled models' guidance and flow-matching models' sigma shift; only the families
+    # that use them read them (webui.generation.family_fields). shift None = the model's scheduler config.
+    distilled_cfg_scale: float = DEFAULT_DISTILLED_CFG_SCALE
+    shift: float | None = None
     width: int = 512
     height: int = 512
     seed: int = -1
@@ -66,7 +84,11 @@ class Txt2ImgRequest:
     hr_scheduler: str = ""
     hr_prompt: str = ""             # "" = the first pass's prompt
     hr_negative_prompt: str = ""
+    hr_distilled_cfg: float = DEFAULT_DISTILLED_CFG_SCALE  # Forge's name: the hires pass's distilled guidance
     denoising_strength: float = 0.7
+    # A1111's Refiner (txt2img): another checkpoint takes over once `refiner_switch_at` of the denoising is done.
+    refiner_checkpoint: str = ""    # "" = no refiner
+    refiner_switch_at: float = 0.8
     extra: dict[str, Any] = field(default_factory=dict)
     # Where saved images go, below outputs/ ("" = outputs/ itself, A1111's layout): the owner's own folder,
     # set by GenerationService from the caller's identity at submit (webui.security.paths), never by a client.
@@ -78,6 +100,11 @@ class Txt2ImgRequest:
 
     def with_changes(self, **changes: Any) -> "Txt2ImgRequest":
         return replace(self, **changes)
+
+    @property
+    def uses_refiner(self) -> bool:
+        """Whether a refiner takes part (at switch 1.0 it never would: A1111 then runs the checkpoint alone)."""
+        return self.refiner_checkpoint not in NO_REFINER and self.refiner_switch_at < 1.0
 
     @property
     def image_count(self) -> int:
@@ -99,6 +126,9 @@ class Txt2ImgRequest:
             raise RequestError(f"batch_count x batch_size = {self.image_count} exceeds the limit of {limits.max_images} images")
         _check_int("clip_skip", self.clip_skip, 1, 12)
         _check_float("cfg_scale", self.cfg_scale, 0.0, 30.0)
+        _check_float("distilled_cfg_scale", self.distilled_cfg_scale, 0.0, MAX_DISTILLED_CFG_SCALE)
+        if self.shift is not None:
+            _check_float("shift", self.shift, MIN_SHIFT, MAX_SHIFT)
         _check_float("subseed_strength", self.subseed_strength, 0.0, 1.0)
         for name in ("seed", "subseed"):
             _check_int(name, getattr(self, name), -1, 2**32 - 1)
@@ -111,13 +141,39 @@ class Txt2ImgRequest:
         sampler_name, schedule = _check_sampler(self.sampler_name, self.scheduler, added_samplers)
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_hires(self, limits, added_samplers)
+        if not isinstance(self.refiner_checkpoint, str):
+            raise RequestError("refiner_checkpoint must be a checkpoint name")
+        if self.refiner_checkpoint not in NO_REFINER:
+            _check_float("refiner_switch_at", self.refiner_switch_at, 0.01, 1.0)
         total_steps = self.image_count * (self.steps + (self.hr_second_pass_steps or self.steps if self.enable_hr else 0))
         if total_steps > limits.max_total_steps:
             raise RequestError(
                 f"batch_count x batch_size x steps (hires steps included) = {total_steps} exceeds the limit of "
                 f"{limits.max_total_steps} steps per request; split it into smaller requests"
             )
-        return replace(self, sampler_name=sampler_name, scheduler=schedule)
+        refiner = "" if self.refiner_checkpoint in NO_REFINER else self.refiner_checkpoint
+        return replace(self, sampler_name=sampler_name, scheduler=schedule, refiner_checkpoint=refiner)
+
+
+def check_samplers_for_family(request: "Txt2ImgRequest", flow_matching: bool, family_label: str,
+                              added_samplers: Collection[str] = (), allowed: Collection[str] | None = None) -> None:
+    """Refuse samplers the checkpoint's family cannot use (flow-matching families: SD3, Flux; `allowed`: the
+    flow samplers its pipelines can drive, None for all), naming those that work; the request's first pass
+    is from an image for img2img/inpaint, its hires pass always is."""
+    if not flow_matching:
+        return
+    from_image = isinstance(request, Img2ImgRequest)
+    passes = [(request.sampler_name, request.scheduler, from_image)]
+    if request.enable_hr and not from_image:
+        passes.append((request.hr_sampler_name or request.sampler_name, request.hr_scheduler or request.scheduler,
+                       True))
+    for sampler, schedule, noised in passes:
+        if sampler in added_samplers:
+            continue
+        try:
+            check_flow_sampler(sampler, schedule, from_image=noised, family_label=family_label, allowed=allowed)
+        except UnknownSamplerError as error:
+            raise RequestError(f"{'hires fix: ' if noised and not from_image else ''}{error}") from None
 
 
 def _check_sampler(name: str, schedule: str, added_samplers: Collection[str]) -> tuple[str, str]:
@@ -163,6 +219,7 @@ def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits, added_sample
     if request.hr_upscaler not in HIRES_UPSCALERS:
         raise RequestError(f"hires upscaler {request.hr_upscaler!r} is unknown; valid: {', '.join(HIRES_UPSCALERS)}")
     _check_float("hr_scale", request.hr_scale, 1.0, 4.0)
+    _check_float("hr_distilled_cfg", request.hr_distilled_cfg, 0.0, MAX_DISTILLED_CFG_SCALE)
     _check_int("hr_second_pass_steps", request.hr_second_pass_steps, 0, limits.max_steps)
     for name in ("hr_resize_x", "hr_resize_y"):
         _check_int(name, getattr(request, name), 0, limits.max_side)
@@ -211,6 +268,8 @@ class Img2ImgRequest(Txt2ImgRequest):
                  added_samplers: Collection[str] = ()) -> "Img2ImgRequest":
         if not self.init_images:
             raise RequestError("img2img needs an input image")
+        if self.refiner_checkpoint not in NO_REFINER:
+            raise RequestError("the Refiner works in txt2img only; img2img runs one checkpoint")
         request = super().validate(limits, added_samplers)
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_int("mask_blur", self.mask_blur, 0, 64)

@@ -23,6 +23,18 @@ steps + 1 points and so make their last model call one interval above t=0, and s
 "DPM++ SDE" (`DPMSolverSDEScheduler`, needs `torchsde`) draws its noise from a Brownian tree seeded by the
 `noise_sampler_seed` config value rather than from a `generator`: put the seed in `base_config` to make it
 reproducible.
+
+Flow-matching families (SD3, Flux: `ModelFamily.flow_matching`) sample with `FLOW_SAMPLERS`: the A1111 names
+whose diffusers scheduler can take a velocity-predicting model. "Euler" and "Heun" are the FlowMatch
+schedulers; "DPM++ 2M", "DPM++ 2M SDE" and "UniPC" are the multistep solvers with `use_flow_sigmas` and
+`prediction_type="flow_prediction"` (the model's `shift` becomes their `flow_shift`; UniPC in its bh2 variant,
+as bh1 cannot take the last step to sigma 0 and a flow schedule's sigma_min leaves noise). Those solvers have no
+`scale_noise`, which diffusers' SD3/Flux img2img and inpaint pipelines call, so they draw txt2img only (no
+img2img, inpaint or hires fix). A family may narrow the table further (`ModelFamily.flow_sampler_names`:
+FluxPipeline passes its own sigmas and shift, which not every scheduler takes). Every flow schedule starts
+from the model's own shifted sigmas: "Simple" (the default; "Normal", "SGM Uniform" and "Uniform" are the
+same even spacing in t for a flow model), and "Karras", "Exponential" and "Beta" re-spaced by diffusers'
+FlowMatch Euler scheduler.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
@@ -254,6 +266,79 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
 )
 
 
+# Flow-matching schedule types -> scheduler options (the shift always comes from the model's config).
+_FLOW_EVEN = MappingProxyType({})
+_FLOW_SCHEDULE_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "Simple": _FLOW_EVEN, "Normal": _FLOW_EVEN, "SGM Uniform": _FLOW_EVEN, "Uniform": _FLOW_EVEN,
+    "Karras": MappingProxyType({"use_karras_sigmas": True}),
+    "Exponential": MappingProxyType({"use_exponential_sigmas": True}),
+    "Beta": MappingProxyType({"use_beta_sigmas": True}),
+})
+_FLOW_EVEN_SCHEDULES = ("Simple", "Normal", "SGM Uniform", "Uniform")
+_FLOW_SOLVER = MappingProxyType({"use_flow_sigmas": True, "prediction_type": "flow_prediction"})
+
+FLOW_SAMPLERS: tuple[SamplerSpec, ...] = (
+    SamplerSpec(name="Euler", scheduler_class="FlowMatchEulerDiscreteScheduler", options={}, aliases=("k_euler",),
+                default_schedule="Simple", stochastic=False, schedule_types=tuple(_FLOW_SCHEDULE_OPTIONS)),
+    SamplerSpec(name="Heun", scheduler_class="FlowMatchHeunDiscreteScheduler", options={}, aliases=("k_heun",),
+                default_schedule="Simple", stochastic=False, schedule_types=_FLOW_EVEN_SCHEDULES),
+    SamplerSpec(name="DPM++ 2M", scheduler_class="DPMSolverMultistepScheduler",
+                options={**_FLOW_SOLVER, "algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint"},
+                aliases=("k_dpmpp_2m",), default_schedule="Simple", stochastic=False,
+                schedule_types=_FLOW_EVEN_SCHEDULES),
+    SamplerSpec(name="DPM++ 2M SDE", scheduler_class="DPMSolverMultistepScheduler",
+                options={**_FLOW_SOLVER, "algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                         "solver_type": "midpoint"},
+                aliases=("k_dpmpp_2m_sde",), default_schedule="Simple", stochastic=True,
+                schedule_types=_FLOW_EVEN_SCHEDULES),
+    SamplerSpec(name="UniPC", scheduler_class="UniPCMultistepScheduler",
+                options={**_FLOW_SOLVER, "solver_type": "bh2", "solver_order": 3, "lower_order_final": True,
+                         "predict_x0": True, "final_sigmas_type": "zero"},
+                aliases=("unipc",), default_schedule="Simple", stochastic=False, schedule_types=_FLOW_EVEN_SCHEDULES),
+)
+
+
+def sampler_table(flow_matching: bool) -> tuple[SamplerSpec, ...]:
+    """The samplers a model family can use (`ModelFamily.flow_matching`)."""
+    return FLOW_SAMPLERS if flow_matching else SAMPLERS
+
+
+def noises_images(spec: SamplerSpec) -> bool:
+    """Can the sampler start part-way from a noised image (img2img, inpaint, hires fix)? Flow pipelines call
+    the scheduler's `scale_noise`; the multistep solvers have none."""
+    if spec not in FLOW_SAMPLERS:
+        return True
+    import diffusers
+
+    return hasattr(getattr(diffusers, spec.scheduler_class), "scale_noise")
+
+
+def check_flow_sampler(sampler: str, schedule_type: str | None, *, from_image: bool,
+                       family_label: str = "this model", allowed: Collection[str] | None = None) -> str:
+    """The canonical flow sampler name for a request on a flow-matching model, or UnknownSamplerError naming
+    the samplers (and schedule types) that work for it; `from_image`: img2img, inpaint or a hires pass;
+    `allowed`: the flow samplers the family's pipelines can drive (`ModelFamily.flow_sampler_names`)."""
+    usable = [spec for spec in FLOW_SAMPLERS if (not from_image or noises_images(spec))
+              and (allowed is None or spec.name in allowed)]
+    names = ", ".join(spec.name for spec in usable)
+    what = f"{family_label} ({'img2img, inpaint and hires fix' if from_image else 'txt2img'})"
+    try:
+        spec, schedule = resolve_sampler_and_schedule(sampler, schedule_type, FLOW_SAMPLERS)
+    except UnknownSamplerError:
+        raise UnknownSamplerError(f"Sampler {sampler!r} cannot sample {what}: it is a flow-matching model. "
+                                  f"Samplers that work: {names}") from None
+    if allowed is not None and spec.name not in allowed:
+        raise UnknownSamplerError(f"Sampler {spec.name!r} cannot sample {what}: its pipeline cannot drive diffusers' "
+                                  f"{spec.scheduler_class}. Samplers that work: {names}")
+    if spec not in usable:
+        raise UnknownSamplerError(f"Sampler {spec.name!r} cannot sample {what}: diffusers' {spec.scheduler_class} "
+                                  f"cannot start from a noised image. Samplers that work: {names}")
+    if schedule != AUTOMATIC and schedule not in spec.schedule_types:
+        raise UnknownSamplerError(f"Sampler {spec.name!r} cannot use schedule type {schedule!r} on {family_label}. "
+                                  f"Schedule types for it: {', '.join((AUTOMATIC, *spec.schedule_types))}")
+    return spec.name
+
+
 def sampler_names() -> list[str]:
     """Sampler display names in A1111 UI order (for dropdowns and the /sdapi/v1/samplers endpoint)."""
     return [spec.name for spec in SAMPLERS]
@@ -264,13 +349,13 @@ def schedule_type_names() -> list[str]:
     return list(SCHEDULE_TYPES)
 
 
-def find_sampler(name: str) -> SamplerSpec:
+def find_sampler(name: str, table: tuple[SamplerSpec, ...] = SAMPLERS) -> SamplerSpec:
     """The sampler whose display name or alias equals `name`, ignoring case and surrounding spaces."""
     wanted = name.strip().casefold()
-    for spec in SAMPLERS:
+    for spec in table:
         if wanted == spec.name.casefold() or wanted in (alias.casefold() for alias in spec.aliases):
             return spec
-    raise UnknownSamplerError(f"Unknown sampler {name!r}. Valid samplers: {', '.join(sampler_names())}")
+    raise UnknownSamplerError(f"Unknown sampler {name!r}. Valid samplers: {', '.join(spec.name for spec in table)}")
 
 
 def find_schedule_type(name: str) -> str:
@@ -301,7 +386,8 @@ def _split_legacy_name(name: str) -> tuple[str, str] | None:
     return None
 
 
-def resolve_sampler_and_schedule(sampler: str, schedule_type: str | None = None) -> tuple[SamplerSpec, str]:
+def resolve_sampler_and_schedule(sampler: str, schedule_type: str | None = None,
+                                 table: tuple[SamplerSpec, ...] = SAMPLERS) -> tuple[SamplerSpec, str]:
     """The sampler spec and canonical schedule label for a request, accepting A1111's legacy combined names.
 
     Old clients and infotexts send "DPM++ 2M Karras" as the sampler; like A1111, the schedule named in the
@@ -309,17 +395,17 @@ def resolve_sampler_and_schedule(sampler: str, schedule_type: str | None = None)
     """
     schedule_label = find_schedule_type(schedule_type) if schedule_type else AUTOMATIC
     try:
-        return find_sampler(sampler), schedule_label
+        return find_sampler(sampler, table), schedule_label
     except UnknownSamplerError:
         legacy = _split_legacy_name(sampler)
         if legacy is None:
             raise
         base_name, legacy_schedule = legacy
         try:
-            return find_sampler(base_name), legacy_schedule
+            return find_sampler(base_name, table), legacy_schedule
         except UnknownSamplerError:
             raise UnknownSamplerError(
-                f"Unknown sampler {sampler!r}. Valid samplers: {', '.join(sampler_names())}"
+                f"Unknown sampler {sampler!r}. Valid samplers: {', '.join(spec.name for spec in table)}"
             ) from None
 
 
@@ -333,7 +419,8 @@ def _constructor_parameters(scheduler_class: type) -> frozenset[str]:
     )
 
 
-def scheduler_config(sampler: str, schedule_type: str, base_config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def scheduler_config(sampler: str, schedule_type: str, base_config: Mapping[str, Any],
+                     table: tuple[SamplerSpec, ...] = SAMPLERS) -> tuple[str, dict[str, Any]]:
     """The diffusers class name and constructor arguments `build_scheduler` would use.
 
     Lets a caller see whether the scheduler it already holds is the one a request needs (building some classes,
@@ -341,13 +428,13 @@ def scheduler_config(sampler: str, schedule_type: str, base_config: Mapping[str,
     """
     import diffusers  # deferred: importing diffusers takes seconds and the name tables do not need it
 
-    spec, requested_schedule = resolve_sampler_and_schedule(sampler, schedule_type)
+    spec, requested_schedule = resolve_sampler_and_schedule(sampler, schedule_type, table)
     effective_schedule = spec.default_schedule if requested_schedule == AUTOMATIC else requested_schedule
     if effective_schedule not in spec.schedule_types:
         raise UnknownSamplerError(
             f"Sampler {spec.name!r} cannot use schedule type {requested_schedule!r}: diffusers' "
             f"{spec.scheduler_class} has no option for it. Schedule types for {spec.name!r}: "
-            f"{', '.join(schedule_types_for(spec.name))}"
+            f"{', '.join((AUTOMATIC, *spec.schedule_types))}"
         )
 
     accepted = _constructor_parameters(getattr(diffusers, spec.scheduler_class))
@@ -360,7 +447,9 @@ def scheduler_config(sampler: str, schedule_type: str, base_config: Mapping[str,
     config = {key: value for key, value in base_config.items() if key in accepted}
     config.update({flag: False for flag in _SIGMA_SHAPE_FLAGS if flag in accepted})
     config.update(spec.options)
-    schedule_options = _SCHEDULE_OPTIONS[effective_schedule]
+    if table is FLOW_SAMPLERS and "flow_shift" in accepted and "shift" in base_config:
+        config["flow_shift"] = base_config["shift"]  # the FlowMatch config's shift, as the solvers name it
+    schedule_options = (_FLOW_SCHEDULE_OPTIONS if table is FLOW_SAMPLERS else _SCHEDULE_OPTIONS)[effective_schedule]
     missing = sorted(set(schedule_options) - accepted)
     if missing:
         raise UnknownSamplerError(
@@ -371,7 +460,8 @@ def scheduler_config(sampler: str, schedule_type: str, base_config: Mapping[str,
     return spec.scheduler_class, config
 
 
-def build_scheduler(sampler: str, schedule_type: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
+def build_scheduler(sampler: str, schedule_type: str, base_config: Mapping[str, Any],
+                    table: tuple[SamplerSpec, ...] = SAMPLERS) -> SchedulerMixin:
     """A fresh diffusers scheduler for an A1111 (sampler, schedule type) pair.
 
     `base_config` is the loaded pipeline's `scheduler.config`: its training parameters (betas, prediction
@@ -381,5 +471,5 @@ def build_scheduler(sampler: str, schedule_type: str, base_config: Mapping[str, 
     """
     import diffusers
 
-    class_name, config = scheduler_config(sampler, schedule_type, base_config)
+    class_name, config = scheduler_config(sampler, schedule_type, base_config, table)
     return getattr(diffusers, class_name)(**config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,18 @@ from webui.generation.image_ops import check_image_size
 from webui.generation.img2img import run_img2img
 from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
+from webui.generation.refiner import check_refiner_pair
 from webui.generation.request_codec import decode_request, encode_request
-from webui.generation.samplers import AUTOMATIC, sampler_names, schedule_types_for
-from webui.generation.requests import GenerationLimits, Img2ImgRequest, RequestError, Txt2ImgRequest
+from webui.generation.samplers import (
+    AUTOMATIC, UnknownSamplerError, check_flow_sampler, sampler_names, schedule_types_for,
+)
+from webui.generation.requests import (
+    GenerationLimits,
+    Img2ImgRequest,
+    RequestError,
+    Txt2ImgRequest,
+    check_samplers_for_family,
+)
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
 from webui.jobs.progress import JobControl
@@ -32,6 +41,8 @@ from webui.jobs.job import Job
 from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
+from webui.models.catalog import CheckpointRecord
+from webui.models.families import family_named
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
 from webui.models.service import ModelService
@@ -75,7 +86,10 @@ class GenerationService:
         return self.request_limits.generation
 
     def validate_txt2img(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
-        """Everything that can be checked before queueing: values, styles, checkpoint name."""
+        """Everything that can be checked before queueing: values, styles, checkpoint name. A request that
+        names no sampler (an API body without `sampler_name`) gets its model family's default sampler."""
+        if not request.sampler_name:
+            request = replace(request, sampler_name=self.models.default_sampler(request.checkpoint))
         request = request.validate(self.limits, tuple(self.hooks.samplers()))
         if isinstance(request, Img2ImgRequest):
             for image in (*request.init_images[:1], request.mask):
@@ -85,9 +99,40 @@ class GenerationService:
         if unknown_styles:
             raise RequestError(f"unknown style(s) {', '.join(unknown_styles)}; "
                                f"available: {', '.join(self.styles.names()) or '(none)'}")
-        if request.checkpoint:
-            self.models.check_usable(request.checkpoint)
+        base = self.models.check_usable(request.checkpoint) if request.checkpoint else self.models.current_record()
+        if base is not None and not isinstance(request, Img2ImgRequest):
+            check_makes_images_from_text(base)
+        if base is not None and base.architecture is not None:
+            family = family_named(base.architecture.family)
+            label = family.architecture_label(0, base.architecture.variant)
+            check_samplers_for_family(request, family.flow_matching, label, tuple(self.hooks.samplers()),
+                                      family.flow_sampler_names(base.architecture.variant, request.shift is not None))
+        if request.refiner_checkpoint:
+            try:
+                refiner = self.models.check_usable(request.refiner_checkpoint)
+            except LookupError as error:
+                raise RequestError(f"refiner: {error.args[0] if error.args else error}") from None
+            if refiner is None:
+                raise RequestError(f"refiner {request.refiner_checkpoint!r} must be a checkpoint in the models folder")
+            if base is not None:
+                check_refiner_pair(base, refiner)
         return request
+
+    def sampler_for(self, checkpoint: str | None, sampler: str, from_image: bool) -> str:
+        """`sampler` when the checkpoint's family (None: the current one) can sample with it in this mode (img2img
+        and inpaint start from an image), else the family's default: what a UI switches to with the model."""
+        record = self.models.catalog_record(checkpoint)
+        if record is None or record.architecture is None:
+            return sampler
+        family = family_named(record.architecture.family)
+        if not family.flow_matching or sampler in self.hooks.samplers():
+            return sampler
+        try:
+            check_flow_sampler(sampler, AUTOMATIC, from_image=from_image,
+                               allowed=family.flow_sampler_names(record.architecture.variant))
+        except UnknownSamplerError:
+            return family.default_sampler
+        return sampler
 
     def sampler_names(self) -> list[str]:
         """Every sampler a request may name: the built-in table, then those extensions added."""
@@ -131,7 +176,7 @@ class GenerationService:
     def prepare(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """Validate a request and pin the checkpoint it runs on (the selected one when it names none),
         so that any worker draws it alike; LoRA tags and the VAE name are checked too."""
-        request = self.pin_checkpoint(self.validate_txt2img(request))
+        request = self.validate_txt2img(self.pin_checkpoint(request))
         self.lora_uses(request)
         self.models.resolve_vae(request.vae)
         return request
@@ -223,7 +268,8 @@ class GenerationService:
             request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
         state = manager.state_for(request.checkpoint, self.lora_uses(request), self.models.resolve_vae(request.vae))
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
-        with manager.checkout(state) as model:
+        refiner = request.refiner_checkpoint if request.uses_refiner else None
+        with manager.checkout(state, refiner=refiner) as model:
             result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
                          control=control, hooks=self.hooks)
         result.warnings = tuple(warnings) + tuple(result.warnings)
@@ -280,6 +326,14 @@ class GenerationService:
         user = data.get("user")
         return BatchJob(template, data["input_folder"], data["output_folder"], data.get("mask_folder", ""),
                         User(str(user["name"]), str(user.get("role", USER))) if user else None)
+
+
+def check_makes_images_from_text(record: CheckpointRecord) -> None:
+    """txt2img needs a model that starts from noise; the SDXL refiner only finishes pictures."""
+    family = family_named(record.architecture.family) if record.architecture else None
+    if family is not None and not family.makes_images_from_text:
+        raise RequestError(f"{record.name} is an {family.label} model: it cannot make a picture from text alone; "
+                           "use it in img2img or as txt2img's Refiner, with another model as the checkpoint")
 
 
 def describe_request(request: Txt2ImgRequest) -> str:

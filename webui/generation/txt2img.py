@@ -9,10 +9,11 @@ from diffusers' `callback_on_step_end`.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -23,18 +24,23 @@ from webui.generation.denoise import (
     attention_installed,
     common_arguments,
     executed_steps,
+    model_variant,
     pipeline_for,
+    unet_hooks_note,
     use_sampler,
     uses_inpainting_unet,
 )
+from webui.generation.family_fields import family_uses, sampling_shift
 from webui.generation.hires import HiresPass, hires_parameters
 from webui.generation.hooks import DenoisingHooks, GenerationHooks, JobInfo
 from webui.generation.outputs import dated_folder, image_grid, save_grid
 from webui.generation.processing import MAX_SEED, SubBatch, prompt_preparer, run_batches
 from webui.generation.prompt_syntax import extract_network_tags
+from webui.generation.refiner import refiner_parameters, refiner_switch
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.styles import StyleDatabase
 from webui.jobs.progress import JobControl
+from webui.models.families import ModelFamily, family_named
 from webui.models.hashing import sha256_of_file
 from webui.models.manager import LoadedModel
 
@@ -44,7 +50,7 @@ from webui.models.manager import LoadedModel
 CORE_INFOTEXT_KEYS = frozenset({
     "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
     "Model hash", "Model", "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Seed resize from",
-    "Denoising strength", "Conditional mask weight", "Clip skip", "ENSD", "Tiling", "Init image hash", "RNG",
+    "Distilled CFG Scale", "Denoising strength", "Conditional mask weight", "Clip skip", "ENSD", "Tiling", "Init image hash", "RNG",
     "Version",
 })
 
@@ -137,19 +143,21 @@ def initial_noise(shape: tuple[int, ...], seed: int, subseed: int, subseed_stren
 
 
 def _latent_shape(model: LoadedModel, request: Txt2ImgRequest) -> tuple[int, int, int]:
-    pipeline = model.pipeline
-    factor = pipeline.vae_scale_factor
-    return (pipeline.vae.config.latent_channels, request.height // factor, request.width // factor)
+    return family_named(model.family).latent_shape(request.height, request.width, model.pipeline.vae_scale_factor)
 
 
 def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int, subseed: int,
-                          ti_hashes: str | None = None, model_extras: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The infotext's key/value line, in A1111's order."""
+                          ti_hashes: str | None = None, model_extras: dict[str, Any] | None = None,
+                          t5: str | None = None) -> dict[str, Any]:
+    """The infotext's key/value line, in A1111's order (Forge's per-family keys where the family has them);
+    `t5` notes a whole-prompt encoder that was absent or cut the prompt (`PromptEncoder.sequence_infotext`)."""
+    family = family_named(model.family)
     return {
         "Steps": request.steps,
         "Sampler": request.sampler_name,
         "Schedule type": None if request.scheduler == "Automatic" else request.scheduler,
         "CFG scale": request.cfg_scale,
+        **family_parameters(request, family, model.scheduler_config),
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model hash": model.record.shorthash,
@@ -157,13 +165,33 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         **(model_extras or {}),
         "Variation seed": subseed if request.subseed_strength > 0 else None,
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
-        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        "Clip skip": request.clip_skip if request.clip_skip > 1 and family_uses(family, "clip_skip") else None,
+        "T5": t5,
         **hires_parameters(request),
+        **refiner_parameters(request, model),
+        **hires_family_parameters(request, family),
         "Lora hashes": ", ".join(f"{use.name}: {use.shorthash}" for use in model.loras) or None,
         "TI hashes": ti_hashes,
         **request.infotext_fields,
         "Version": f"SD Studio {__version__}",
     }
+
+
+def family_parameters(request: Txt2ImgRequest, family: ModelFamily, scheduler_config: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+    """Forge's per-family keys, written only for the families that use them: "Distilled CFG Scale" for
+    guidance-distilled models, "Shift" (the request's, else the model's scheduler config's) for flow-matching
+    ones."""
+    return {
+        "Distilled CFG Scale": request.distilled_cfg_scale if family_uses(family, "distilled_cfg_scale") else None,
+        "Shift": sampling_shift(family, request.shift, scheduler_config),
+    }
+
+
+def hires_family_parameters(request: Txt2ImgRequest, family: ModelFamily) -> dict[str, Any]:
+    """Forge's "Hires Distilled CFG Scale", after the other hires keys, for guidance-distilled models."""
+    used = request.enable_hr and family_uses(family, "hr_distilled_cfg")
+    return {"Hires Distilled CFG Scale": request.hr_distilled_cfg if used else None}
 
 
 def _sha256(model: LoadedModel, path: Path) -> str:
@@ -204,6 +232,11 @@ def prepare_prompts(model: LoadedModel, prompt: str, negative_prompt: str, style
     return PreparedPrompts(prompt, negative_prompt, encoder_prompt, encoder_negative, ti_hashes, vae_extras)
 
 
+def note_job(job: JobInfo, encoder: PromptEncoder) -> None:
+    """The prompt encoder's notes (a prompt cut at T5's limit) among the job's warnings, once each."""
+    job.warnings.extend(note for note in encoder.notes if note not in job.warnings)
+
+
 def finish_grid(result: GenerationResult, save_grid_wanted: bool, grids_folder: Path | None) -> None:
     if len(result.images) > 1 and save_grid_wanted:
         result.grid = image_grid(result.images)
@@ -221,7 +254,8 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     job = JobInfo(request, list(model.warnings))
     denoising = hooks.denoising(job)
-    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip)
+    job.warnings.extend(unet_hooks_note(model, denoising))
+    encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
     hires_prompts = None
     if request.enable_hr and (request.hr_prompt or request.hr_negative_prompt):
         hires_prompts = prepare_prompts(model, request.hr_prompt or request.prompt,
@@ -238,9 +272,12 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
             conditionings[key] = build_conditioning(encoder, *key, request.steps)
         noise = torch.stack([initial_noise(shape, s, v, request.subseed_strength)
                              for s, v in zip(batch.seeds, batch.subseeds)])
-        use_sampler(model, request.sampler_name, request.scheduler, seed, hooks.samplers())
+        use_sampler(model, request.sampler_name, request.scheduler, seed, hooks.samplers(), request.shift)
         if not request.enable_hr:
-            return _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control, "pil", denoising)
+            refined = refiner_switch(model, request, batch.prompts.prompt, batch.prompts.negative_prompt,
+                                     request.steps, request.width, request.height, len(batch.seeds))
+            return _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control, "pil", denoising,
+                                  refined)
         if key not in hires_passes:
             source = hires_prompts or batch.prompts
             hires_passes[key] = HiresPass.plan(model, request, source.encoder_prompt, source.encoder_negative,
@@ -249,12 +286,19 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         first = _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control,
                                "latent" if hires.in_latent_space else "pil", denoising)
         if control is not None and control.should_stop_batch:
-            return first if not hires.in_latent_space else hires.decode(first)
-        return hires.run(first, batch.seeds, control, step_offset=request.steps, seed=seed)
+            return first if not hires.in_latent_space else hires.decode(first, (request.height, request.width))
+        # A1111's default: with hires fix the refiner takes over in the second pass.
+        source = hires_prompts or batch.prompts
+        refined = refiner_switch(model, request, source.prompt, source.negative_prompt,
+                                 request.hr_second_pass_steps or request.steps, hires.width, hires.height,
+                                 len(batch.seeds))
+        return hires.run(first, batch.seeds, control, step_offset=request.steps, seed=seed, unet_wrapper=refined)
 
     def parameters_for(image_prompts: PreparedPrompts, image_seed: int, image_subseed: int) -> dict[str, Any]:
+        note_job(job, encoder)
         return generation_parameters(request, model, image_seed, image_subseed, image_prompts.ti_hashes,
-                                     image_prompts.model_extras)
+                                     image_prompts.model_extras,
+                                     encoder.sequence_infotext(image_prompts.encoder_prompt, request.steps))
 
     result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt).describe_model(model, prompts)
     hires_steps = executed_steps(request.hr_second_pass_steps or request.steps, request.denoising_strength)
@@ -271,19 +315,20 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
 @torch.no_grad()
 def _denoise_batch(model: LoadedModel, request: Txt2ImgRequest, conditioning: ConditioningSchedule,
                    noise: torch.Tensor, seeds: list[int], control: JobControl | None, output_type: str,
-                   denoising: DenoisingHooks | None = None) -> Any:
+                   denoising: DenoisingHooks | None = None, unet_wrapper: Callable[[Any], Any] | None = None) -> Any:
     batch_size = noise.shape[0]
     arguments = common_arguments(model, conditioning, batch_size=batch_size, steps=request.steps,
-                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising)
+                                 cfg_scale=request.cfg_scale, seeds=seeds, control=control, denoising=denoising,
+                                 image_size=(request.height, request.width), distilled_cfg=request.distilled_cfg_scale)
+    latents = family_named(model.family).pipeline_latents(noise.to(device=model.device, dtype=model.dtype))
     arguments.update(width=request.width, height=request.height, output_type=output_type)
     if uses_inpainting_unet(model):
         # An inpainting checkpoint in txt2img: everything is "masked", the masked image is blank (A1111 does the same).
-        pipeline = pipeline_for(model, "inpaint", denoising)
+        pipeline = pipeline_for(model, "inpaint", denoising, unet_wrapper)
         blank = Image.new("RGB", (request.width, request.height), (127, 127, 127))
-        arguments.update(image=blank, mask_image=Image.new("L", blank.size, 255), strength=1.0,
-                         latents=noise.to(device=model.device, dtype=model.dtype))
+        arguments.update(image=blank, mask_image=Image.new("L", blank.size, 255), strength=1.0, latents=latents)
         output = pipeline(**arguments)
     else:
-        arguments.update(latents=noise.to(device=model.device, dtype=model.dtype))
-        output = pipeline_for(model, "txt2img", denoising)(**arguments)
+        arguments.update(latents=latents)
+        output = pipeline_for(model, "txt2img", denoising, unet_wrapper)(**arguments)
     return output.images if output_type == "latent" else list(output.images)

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from webui.models.catalog import CheckpointRecord
-from webui.models.checkpoint_files import CheckpointReadError, dequantize_scaled_fp8, read_state_dict, upcast_float8
+from webui.models.checkpoint_files import (
+    CheckpointReadError, dequantize_scaled_fp8, read_key_shapes, read_state_dict, upcast_float8,
+)
 from webui.models.companion_files import CompanionFolders, CompanionNeeds
 from webui.models.families import TXT2IMG, ModelFamily, family_named
 from webui.models.ldm_conversion import (
@@ -63,7 +65,8 @@ def _component_names(family: str) -> tuple[str, ...]:
 
 
 def read_checkpoint_weights(record: CheckpointRecord, dtype: torch.dtype,
-                            text_encoder_folder: Path | None = None, vae_folder: Path | None = None) -> CheckpointWeights:
+                            text_encoder_folder: Path | None = None,
+                            vae_folder: Path | None = None) -> CheckpointWeights:
     """Read a checkpoint into CPU state dicts in `dtype`, converting the LDM single-file layout. Text encoders
     and the VAE a single file leaves out come from `text_encoder_folder` (models/text_encoder) and
     `vae_folder` (models/VAE) when its family allows."""
@@ -136,13 +139,31 @@ def _separate_vae(path: Path, family: ModelFamily, configs: Mapping[str, dict[st
     if was_float8:
         notes.append(float8_note(path.name, dtype))
     if layout == "ldm":
-        return vae_from_ldm({"first_stage_model." + key: value for key, value in tensors.items()}, family, configs)
+        return vae_from_ldm({"first_stage_model." + key: value for key, value in tensors.items()}, configs)
     return tensors
 
 
 def single_file_scheduler_config(family: str, keys: Collection[str]) -> dict[str, Any]:
     """The family's shipped scheduler config with what the file's marker keys declare (v-prediction ...)."""
     return {**load_component_config(family, "scheduler"), **family_named(family).scheduler_overrides(keys)}
+
+
+def diffusers_scheduler_config(folder: Path, family: str) -> dict[str, Any]:
+    """A diffusers folder's own scheduler config, else the family's shipped one."""
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    if scheduler_file.is_file():
+        return json.loads(scheduler_file.read_text(encoding="utf-8"))
+    return load_component_config(family, "scheduler")
+
+
+def scheduler_config_of(record: CheckpointRecord) -> dict[str, Any]:
+    """The scheduler config a checkpoint loads with, without reading its weights (a single file's header
+    only): what the UI shows as the model's defaults (its flow shift) before it is loaded."""
+    if record.architecture is None:
+        raise CheckpointReadError(record.path, record.error or "not a checkpoint of a known model family")
+    if record.format == "diffusers":
+        return diffusers_scheduler_config(record.path, record.architecture.family)
+    return single_file_scheduler_config(record.architecture.family, read_key_shapes(record.path).keys())
 
 
 def _present_components(family: ModelFamily, configs: dict[str, dict[str, Any]],
@@ -181,11 +202,7 @@ def _read_diffusers_folder(record: CheckpointRecord) -> CheckpointWeights:
             raise CheckpointReadError(config_file, f"{record.name} lacks its {name} or its config "
                                                    f"({type(error).__name__}: {error})") from error
         state_dicts[name] = _read_component_folder(folder / name)
-    scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    scheduler_config = (
-        json.loads(scheduler_file.read_text(encoding="utf-8")) if scheduler_file.is_file()
-        else load_component_config(architecture.family, "scheduler")
-    )
+    scheduler_config = diffusers_scheduler_config(folder, architecture.family)
     tokenizer_folder = folder if (folder / "tokenizer").is_dir() else config_dir(architecture.family)
     return CheckpointWeights(record, architecture, configs, state_dicts, tokenizer_folder, scheduler_config,
                              tuple(notes))
@@ -270,7 +287,8 @@ def tokenizer_path(folder: Path, family: ModelFamily, tokenizer: str) -> Path:
 
 
 def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torch.dtype):
-    """A diffusers text-to-image pipeline of the family's class for these weights."""
+    """A diffusers pipeline of the family's class for these weights (text-to-image, or img2img for a family
+    without text-to-image)."""
     import inspect
 
     import diffusers
@@ -286,12 +304,18 @@ def build_pipeline(weights: CheckpointWeights, device: torch.device, dtype: torc
         modules.setdefault(encoder, None)
         modules[tokenizer_name] = tokenizer
     modules["scheduler"] = getattr(diffusers, family.scheduler_class).from_config(weights.scheduler_config)
-    pipeline_class = getattr(diffusers, family.pipeline_class_name(TXT2IMG))
+    pipeline_class = getattr(diffusers, family.pipeline_class_name(family.resident_mode))
     accepted = inspect.signature(pipeline_class.__init__).parameters
-    # Optional components a single-file checkpoint never holds (SD's safety checker) are left out.
-    options = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder") if name in accepted}
+    # Optional components a single-file checkpoint never holds (SD's safety checker) are left out, and so
+    # are components the family lacks (the SDXL refiner's first text encoder and tokenizer).
+    options: dict[str, Any] = {name: None for name in ("safety_checker", "feature_extractor", "image_encoder")
+                               if name in accepted}
+    options.update({name: None for name, parameter in accepted.items()
+                    if name != "self" and name not in modules and parameter.default is inspect.Parameter.empty
+                    and parameter.kind is parameter.POSITIONAL_OR_KEYWORD})
     if "requires_safety_checker" in accepted:
         options["requires_safety_checker"] = False
+    options.update({name: value for name, value in family.pipeline_options.items() if name in accepted})
     pipeline = pipeline_class(**modules, **options)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -72,6 +72,6 @@ class CompanionNeeds:
             wanted.append(f"{' and '.join(missing_encoders)}{extra} in {folders.text_encoder}")
         if not wanted:
             return None
-        parts = (["its VAE"] if self.vae else []) + (["text encoders"] if self.text_encoders else [])
+        parts = (["VAE"] if self.vae else []) + (["text encoders"] if self.text_encoders else [])
         return (f"{checkpoint_name} holds no {' and no '.join(parts)}: put {'; and '.join(wanted)} "
                 f"({family.label} checkpoints without them use those files)")

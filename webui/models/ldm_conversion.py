@@ -28,7 +28,9 @@ from diffusers.loaders.single_file_utils import (
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel
 
-from webui.models.families import ModelFamily, family_names, family_named, family_of_ldm_keys, flux, sd1, sd2, sd3, sdxl
+from webui.models.families import (
+    FAMILIES, SDXL_REFINER, ModelFamily, family_names, family_named, family_of_ldm_keys, flux, sd1, sd2, sd3, sdxl,
+)
 from webui.models.families.base import LdmTextEncoder
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -127,13 +129,9 @@ def _foreign_model_with_sd_like_keys(keys: list[str]) -> str | None:
     if "edm_mean" in keys or "edm_std" in keys:
         return "Playground v2.5 (EDM-parameterised SDXL)"
     has_sdxl_embedders = _any_key_starts(keys, SDXL_EMBEDDER_PREFIX)
-    if _any_key_starts(keys, "conditioner.embedders.0.model.") and not _any_key_starts(
-        keys, "conditioner.embedders.1."
-    ):
-        return "the SDXL refiner"
     if has_sdxl_embedders and not (
         _any_key_starts(keys, SDXL_CLIP_PREFIX) and _any_key_starts(keys, SDXL_OPEN_CLIP_PREFIX)
-    ):
+    ) and not SDXL_REFINER.matches_ldm_keys(keys):
         embedder_ids = {key.split(".")[2] for key in keys if key.startswith(SDXL_EMBEDDER_PREFIX)}
         return f"an SGM model with text embedders {sorted(embedder_ids)} (not SDXL base)"
     if _any_key_starts(keys, "embedder.model.", "noise_augmentor."):
@@ -145,6 +143,9 @@ def _foreign_model_with_sd_like_keys(keys: list[str]) -> str | None:
     if _any_key_starts(keys, "low_scale_model."):
         return "the SD2 x4 upscaler"
     return None
+
+
+NOT_A_MODEL = "not a Stable Diffusion model"
 
 
 def _describe_non_checkpoint(keys: list[str]) -> str:
@@ -171,7 +172,7 @@ def _describe_non_checkpoint(keys: list[str]) -> str:
         return "Stable Diffusion UNet weights without a text encoder"
     if _any_key_starts(keys, SD1_CLIP_PREFIX, SD2_OPEN_CLIP_PREFIX, SDXL_EMBEDDER_PREFIX):
         return "a text encoder without UNet weights"
-    return "not a Stable Diffusion model"
+    return NOT_A_MODEL
 
 
 def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architecture:
@@ -190,9 +191,12 @@ def detect_architecture(key_shapes: Mapping[str, tuple[int, ...]]) -> Architectu
         )
     conv_in_shape = key_shapes.get(UNET_CONV_IN_KEY)
     if family is None or conv_in_shape is None:
-        raise UnsupportedCheckpointError(
-            f"Unsupported checkpoint: looks like {_describe_non_checkpoint(keys)}"
-        )
+        described = _describe_non_checkpoint(keys)
+        if described == NOT_A_MODEL:  # name what was looked for, and what the file holds
+            looked_for = "; ".join(f"{known.label}: {known.ldm_detection_names()}" for known in FAMILIES)
+            shown = ", ".join(keys[:4]) + (f" ... ({len(keys)} tensors)" if len(keys) > 4 else "")
+            described += f" (no family's tensor names were found; looked for {looked_for}; the file holds {shown})"
+        raise UnsupportedCheckpointError(f"Unsupported checkpoint: looks like {described}")
     if len(conv_in_shape) != 4:
         raise UnsupportedCheckpointError(
             f"Unsupported checkpoint: UNet input convolution has shape {tuple(conv_in_shape)}, "
@@ -215,6 +219,10 @@ def _transformer_architecture(family: ModelFamily, key_shapes: Mapping[str, tupl
     """A DiT family's single file: its variant from the block structure, its channels from the patch
     embedding (text encoders may be missing: the loader reads them from models/text_encoder)."""
     keys = list(key_shapes)
+    if _any_key_contains(keys, ".quant_state.", ".absmax", ".quant_map"):
+        raise UnsupportedCheckpointError(
+            f"Unsupported checkpoint: a bitsandbytes NF4/FP4-quantized {family.label} model (such as Forge's "
+            f"*-bnb-nf4 files); use its fp8, fp16 or bf16 file")
     in_channels = family.ldm_in_channels(key_shapes)
     if in_channels is None:
         raise UnsupportedCheckpointError(
@@ -349,7 +357,7 @@ def ldm_to_diffusers(
                        if any(key.startswith(prefix) for key in state_dict)), None)
     if vae_prefix is not None:
         components["vae"] = vae_from_ldm({LDM_VAE_PREFIX + key[len(vae_prefix):]: value for key, value
-                                          in state_dict.items() if key.startswith(vae_prefix)}, model_family, configs)
+                                          in state_dict.items() if key.startswith(vae_prefix)}, configs)
     for encoder in model_family.ldm_text_encoders:
         if encoder.component in model_family.separate_text_encoder_files and not any(
                 key.startswith(encoder.prefix) for key in state_dict):
@@ -363,10 +371,10 @@ SD3_MMDIT_FORMAT = "sd3_mmdit"
 BFL_FLUX_FORMAT = "bfl_flux"
 
 
-def vae_from_ldm(vae_state: Mapping[str, Tensor], family: ModelFamily, configs: Mapping[str, dict]) -> dict[str, Tensor]:
+def vae_from_ldm(vae_state: Mapping[str, Tensor], configs: Mapping[str, dict]) -> dict[str, Tensor]:
     """A VAE in LDM names under `first_stage_model.` (a checkpoint's, or a standalone file such as Flux's
     ae.safetensors given that prefix) -> diffusers names, through diffusers' converter."""
-    return convert_ldm_vae_checkpoint(dict(vae_state), _fitted_ldm_vae_config(family, configs, vae_state))
+    return convert_ldm_vae_checkpoint(dict(vae_state), _fitted_ldm_vae_config(configs, vae_state))
 
 
 def flux_transformer_from_bfl(transformer_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -416,13 +424,11 @@ def _denoiser_from_ldm(state_dict: Mapping[str, Tensor], family: ModelFamily,
     return convert_sd3_transformer_checkpoint_to_diffusers(dict(transformer_state))  # it pops what it converts
 
 
-def _fitted_ldm_vae_config(family: ModelFamily, configs: Mapping[str, dict],
-                           vae_state: Mapping[str, Tensor]) -> dict:
-    """diffusers' VAE converter counts levels from the config; a family that fits sizes to the weights
-    (SD3) gets the file's level count, read from the LDM names (`encoder.down.<level>.`)."""
+def _fitted_ldm_vae_config(configs: Mapping[str, dict], vae_state: Mapping[str, Tensor]) -> dict:
+    """diffusers' VAE converter counts levels from the config; it gets the file's level count, read from the
+    LDM names (`encoder.down.<level>.`): the published VAEs have the shipped four, reduced ones (families
+    that fit sizes to the weights: SDXL, SD3) may have fewer."""
     config = dict(configs["vae"])
-    if family.single_file_denoiser == LDM_UNET_FORMAT:
-        return config
     levels = len(_indices(vae_state, re.escape(LDM_VAE_PREFIX) + r"encoder\.down\.(\d+)\."))
     config["down_block_types"] = [config["down_block_types"][0]] * levels
     config["up_block_types"] = [config["up_block_types"][0]] * levels

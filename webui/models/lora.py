@@ -5,8 +5,11 @@
 names are ambiguous (module names contain underscores), so they are looked up in the set of the
 model's own module names written the kohya way, including the LDM spelling SDXL LoRAs use
 (``input_blocks_4_1_...``) and the ``text_model_`` level that transformers 5 removed from
-``CLIPTextModel``. A file for another architecture is refused with the reason rather than applied in
-part; keys that match no layer are reported, never silently dropped.
+``CLIPTextModel``. Transformer (DiT) families name their files' key prefixes and their original module
+names themselves (``ModelFamily.lora_key_prefixes`` / ``lora_original_names``); an original fused layer
+(SD3's ``qkv``, Flux's ``linear1``) becomes one patch per installed module with that module's rows. A file
+for another architecture is refused with the reason (naming the family its layer names are from) rather than
+applied in part; keys that match no layer are reported, never silently dropped.
 
 :class:`LoraApplier` caches parsed files per pipeline and turns the requested uses into weight
 patches; :mod:`webui.models.patches` merges them in place (no per-step cost while generating) and
@@ -17,7 +20,6 @@ original however often LoRAs are switched or re-weighted.
 from __future__ import annotations
 
 import json
-import math
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -28,11 +30,13 @@ import torch
 from torch import nn
 
 from webui.models.checkpoint_files import CheckpointReadError, read_metadata, read_state_dict
-from webui.models.families import FAMILIES, family_named, family_of_lora_metadata
+from webui.models.formats.dit_lora import RowPart
+from webui.models.families import FAMILIES, ModelFamily, families_of_lora_names, family_named, family_of_lora_metadata
 from webui.models.lora_formats import (
     COMPONENT_TE,
     COMPONENT_TE2,
     COMPONENT_UNET,
+    ForeignLoraError,
     LoraFileError,
     LoraPatch,
     RawLayer,
@@ -41,12 +45,14 @@ from webui.models.lora_formats import (
     group_layers,
     index_module_names,
     patch_delta,
+    patch_scale,
     peft_alpha,
+    rows_of,
     update_shape,
 )
 from webui.models.patches import WeightPatch, WeightPatcher, weight_patches
 
-__all__ = ["LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
+__all__ = ["ForeignLoraError", "LoraApplier", "LoraFile", "LoraFileError", "LoraPatch", "patch_delta", "read_lora"]
 
 # Cross-attention key/value input width -> the family whose text encoder produces it.
 _CROSS_ATTENTION_WIDTHS = {family.cross_attention_width: family.label for family in FAMILIES}
@@ -121,11 +127,16 @@ def declared_family(metadata: Mapping[str, str]) -> str | None:
     return family.name if family is not None else None
 
 
-def _label(family: str) -> str:
+def _family(family: str) -> ModelFamily | None:
     try:
-        return family_named(family).label
+        return family_named(family)
     except ValueError:
-        return family
+        return None
+
+
+def _label(family: str) -> str:
+    model_family = _family(family)
+    return model_family.label if model_family is not None else family
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,15 +163,39 @@ def _layer_label(layer: RawLayer) -> str:
     return f"{layer.component}:{layer.name}"
 
 
+def _named_by_other_families(layers: list[RawLayer], family: str) -> str:
+    """" (its layer names are those of X)" when the file's layer names say which other family it is for."""
+    named = families_of_lora_names([layer.name for layer in layers])
+    if not named or any(other.name == family for other in named):
+        return ""
+    return f" (its layer names are those of {' or '.join(other.label for other in named)})"
+
+
+def _part_patches(whole: LoraPatch, parts: Sequence[RowPart], targets: Sequence[str]) -> list[LoraPatch]:
+    """One layer's update as patches of the installed modules it maps to: itself for a plain module, each
+    module's rows of it for an original fused layer (`formats/dit_lora.py`)."""
+    patches = []
+    for part, target in zip(parts, targets):
+        if part.rows is None:
+            patches.append(LoraPatch(target=target, kind=whole.kind, tensors=whole.tensors, alpha=whole.alpha,
+                                     rank=whole.rank))
+            continue
+        kind, tensors = rows_of(whole.kind, whole.tensors, part.rows, patch_scale(whole))
+        patches.append(LoraPatch(target=target, kind=kind, tensors=tensors,
+                                 alpha=whole.alpha if kind == whole.kind else None, rank=whole.rank))
+    return patches
+
+
 def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str) -> LoraFile:
     """Parse a LoRA / LyCORIS file and match every layer to a module of the loaded pipeline.
 
-    ``pipeline_modules`` maps "unet", "text_encoder" and (SDXL) "text_encoder_2" to the loaded
-    modules. Raises :class:`LoraFileError` for unreadable files, files that are no LoRA and files
+    ``pipeline_modules`` maps the family's denoiser ("unet" or "transformer") and text encoders to the
+    loaded modules. Raises :class:`LoraFileError` for unreadable files, files that are no LoRA and files
     made for another architecture.
     """
     path = Path(path)
     label = _label(family)
+    model_family = _family(family)
     try:
         source = file_version(path)
     except OSError as error:
@@ -170,30 +205,41 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
         metadata = read_metadata(path)
     except CheckpointReadError as error:
         raise LoraFileError(path, error.reason) from error
-    layers, unmatched = group_layers(state_dict)
+    own_prefixes = model_family.lora_key_prefixes if model_family else ()
+    layers, unmatched = group_layers(state_dict, own_prefixes)
     if not layers:
+        # Named as another family's files are (e.g. diffusion_model.double_blocks... on an SD1 model), or no LoRA.
+        foreign = [layer for other in FAMILIES if other.name != family
+                   for layer in group_layers(state_dict, other.lora_key_prefixes)[0]]
+        if foreign:
+            raise ForeignLoraError(
+                path, f"none of its layers is named as {label} LoRAs name them (e.g. {next(iter(state_dict))}); it "
+                      f"was made for another architecture" + _named_by_other_families(foreign, family))
         raise LoraFileError(path, describe_non_lora(list(state_dict)))
     declared = declared_family(metadata)
     if declared is not None and declared != family:
         source = metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
-        raise LoraFileError(
+        raise ForeignLoraError(
             path, f"made for {_label(declared)} (metadata: {source}); the loaded model is {label}"
         )
     if any(layer.component == COMPONENT_TE2 for layer in layers) and COMPONENT_TE2 not in pipeline_modules:
-        raise LoraFileError(
+        raise ForeignLoraError(
             path,
             f"made for SDXL: it changes a second text encoder, which the loaded {label} model does not have",
         )
+    denoiser = model_family.denoiser if model_family else COMPONENT_UNET
     indexes = {
-        component: index_module_names(component, module)
+        component: index_module_names(component, module, model_family.lora_original_names(module)
+                                      if model_family and component == denoiser else None)
         for component, module in pipeline_modules.items()
-        if component in (COMPONENT_UNET, COMPONENT_TE, COMPONENT_TE2)
+        if component in (denoiser, *(model_family.text_encoders if model_family else (COMPONENT_TE, COMPONENT_TE2)))
     }
     patches: list[LoraPatch] = []
     notes: list[str] = []
     missing_layers: list[RawLayer] = []
     mismatches: list[tuple[str, tuple[int, int], torch.Size]] = []
     targets: set[str] = set()
+    matched = 0  # layers of the file that update the model (a fused one gives several patches)
     for layer in layers:
         classified = classify(layer.tensors)
         if isinstance(classified, str):
@@ -202,38 +248,43 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
             continue
         kind, rank = classified
         index = indexes.get(layer.component)
-        module_path = index.resolve(layer) if index is not None else None
-        if index is None or module_path is None:
+        resolved = index.resolve(layer) if index is not None else None
+        if index is None or resolved is None:
             unmatched.extend(layer.keys)
             missing_layers.append(layer)
             continue
-        target = f"{layer.component}.{module_path}"
-        if target in targets:
+        parts = index.parts(resolved)
+        layer_targets = [f"{layer.component}.{part.path}" for part in parts]
+        if targets.intersection(layer_targets):
             unmatched.extend(layer.keys)
-            notes.append(f"{_layer_label(layer)}: a second update of {target}, ignored")
+            notes.append(f"{_layer_label(layer)}: a second update of {', '.join(layer_targets)}, ignored")
             continue
-        targets.add(target)
+        targets.update(layer_targets)
         try:
             update = update_shape(kind, layer.tensors)
         except ValueError as error:
             raise LoraFileError(path, f"layer {_layer_label(layer)} is malformed: {error}") from error
-        shape = index.shapes[module_path]
+        expected = index.update_shape(resolved)
         bias = layer.tensors.get("diff_b")
-        if update != (shape[0], math.prod(shape[1:])) or (bias is not None and bias.numel() != shape[0]):
-            mismatches.append((target, update, shape))
+        if update != expected or (bias is not None and bias.numel() != expected[0]):
+            shape = torch.Size(expected) if resolved in index.fused else index.shapes[resolved]
+            mismatches.append((f"{layer.component}.{resolved}", update, shape))
             continue
         alpha_tensor = layer.tensors.get("alpha")
         alpha = float(alpha_tensor.item()) if alpha_tensor is not None else peft_alpha(metadata, layer)
         tensors = {role: tensor for role, tensor in layer.tensors.items() if role != "alpha"}
-        patches.append(LoraPatch(target=target, kind=kind, tensors=tensors, alpha=alpha, rank=rank))
+        matched += 1
+        whole = LoraPatch(target="", kind=kind, tensors=tensors, alpha=alpha, rank=rank)
+        patches.extend(_part_patches(whole, parts, layer_targets))
     if mismatches:
-        raise LoraFileError(path, _shape_mismatch_reason(mismatches, family))
-    if missing_layers and len(missing_layers) >= len(patches):
+        raise ForeignLoraError(path, _shape_mismatch_reason(mismatches, family) + _named_by_other_families(layers, family))
+    if missing_layers and len(missing_layers) >= matched:
         example = _layer_label(missing_layers[0])
-        raise LoraFileError(
+        raise ForeignLoraError(
             path,
-            f"{len(missing_layers)} of its {len(missing_layers) + len(patches)} layers do not exist in the "
-            f"loaded {label} model (e.g. {example}); it was probably made for another architecture",
+            f"{len(missing_layers)} of its {len(missing_layers) + matched} layers do not exist in the "
+            f"loaded {label} model (e.g. {example}); it was probably made for another architecture"
+            + _named_by_other_families(layers, family),
         )
     if not patches:
         raise LoraFileError(path, "no usable layer: " + "; ".join(notes[:3]))

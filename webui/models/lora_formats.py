@@ -15,6 +15,10 @@ Formats understood (the layer name, then the tensor roles):
 * diffusers / PEFT: ``unet.<path>.lora_A.weight`` / ``.lora_B.weight`` (also ``text_encoder.`` and
   ``text_encoder_2.``), older diffusers ``.lora.down.weight`` / ``.lora.up.weight``,
   ``.lora_linear_layer.down/up.weight`` and attention-processor names (``attn1.processor.to_q_lora``).
+* Transformer (DiT) families name their files' prefixes themselves (``ModelFamily.lora_key_prefixes``,
+  e.g. SD3's ``lora_unet_`` / ``diffusion_model.`` over the original MMDiT names and ``transformer.`` /
+  ``lora_transformer_`` over diffusers'); original fused layers are split by rows
+  (:mod:`webui.models.formats.dit_lora`, :func:`rows_of`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from webui.models.formats.dit_lora import RowPart
 from webui.models.formats.kohya import CLIP_TEXT_MODEL_PARTS, reader_prefixes, targetable_module_paths, unet_ldm_names
 
 KIND_LORA = "lora"
@@ -95,6 +100,11 @@ class LoraFileError(ValueError):
         super().__init__(f"LoRA '{self.path.name}': {reason}")
 
 
+class ForeignLoraError(LoraFileError):
+    """A readable LoRA made for another model family or architecture. The issue's rule (and A1111's habit of
+    generating on when a network does not fit) is to skip it with a warning rather than fail the job."""
+
+
 @dataclass(frozen=True, eq=False)  # identity semantics: tensors have no meaningful ==
 class LoraPatch:
     """The update of one layer: ``target`` is a dotted path relative to the pipeline as installed
@@ -149,8 +159,16 @@ def _rename_processor_layer(name: str, component: str) -> str:
     return name
 
 
-def _locate_layer(layer: str) -> tuple[str, str, bool] | None:
-    """(component, name, dotted) of a layer name in any supported naming scheme."""
+LayerPrefixes = Sequence[tuple[str, str, bool]]  # (key prefix, component, dotted name) a family's files use
+
+
+def _locate_layer(layer: str, prefixes: LayerPrefixes = ()) -> tuple[str, str, bool] | None:
+    """(component, name, dotted) of a layer name in any supported naming scheme: a family's own `prefixes`
+    when it has them (`ModelFamily.lora_key_prefixes`), else the SD families' shared tables."""
+    if prefixes:
+        layer = layer.removeprefix("base_model.model.")
+        return next(((component, layer[len(prefix):], dotted) for prefix, component, dotted in prefixes
+                     if layer.startswith(prefix)), None)
     for prefix, component in KOHYA_PREFIXES:
         if layer.startswith(prefix):
             return component, layer[len(prefix):], False
@@ -165,18 +183,19 @@ def _locate_layer(layer: str) -> tuple[str, str, bool] | None:
     return None
 
 
-def group_layers(state_dict: Mapping[str, Tensor]) -> tuple[list[RawLayer], list[str]]:
+def group_layers(state_dict: Mapping[str, Tensor],
+                 prefixes: LayerPrefixes = ()) -> tuple[list[RawLayer], list[str]]:
     """Group file tensors by layer; keys in no known naming scheme come back as the second value."""
     layers: dict[tuple[str, str], RawLayer] = {}
     stray: list[str] = []
     for key, tensor in state_dict.items():
         split = _split_role(key)
-        located = _locate_layer(split[0]) if split is not None else None
+        located = _locate_layer(split[0], prefixes) if split is not None else None
         if split is None or located is None:
             stray.append(key)
             continue
         component, name, dotted = located
-        if dotted:
+        if dotted and not prefixes:
             name = _rename_processor_layer(name, component)
         layer = layers.setdefault((component, name), RawLayer(component, name, dotted))
         if split[1] in layer.tensors:  # the same role under two spellings: keep the first
@@ -336,6 +355,25 @@ def patch_delta(patch: LoraPatch, weight_shape: torch.Size | tuple[int, ...],
     return delta.reshape(weight_shape) * patch_scale(patch)
 
 
+def rows_of(kind: str, tensors: Mapping[str, Tensor], rows: tuple[tuple[int, int], ...],
+            scale: float) -> tuple[str, dict[str, Tensor]]:
+    """(kind, tensors) of the update of only these rows of a layer's weight (a fused layer's share of one
+    installed module). Row-factored kinds keep their factors (LoRA: the up rows; LoHa: both out factors);
+    others become a full "diff" of those rows with `scale` (alpha / rank) applied, as a diff has no alpha."""
+    index = torch.cat([torch.arange(start, stop) for start, stop in rows])
+    if kind in (KIND_LORA, KIND_LOCON) and "mid" not in tensors:
+        return kind, {**tensors, "up": tensors["up"].index_select(0, index)}
+    if kind == KIND_LOHA and "hada_t1" not in tensors and "hada_t2" not in tensors:
+        return kind, {**tensors, "hada_w1_a": tensors["hada_w1_a"].index_select(0, index),
+                      "hada_w2_a": tensors["hada_w2_a"].index_select(0, index)}
+    full = LoraPatch(target="", kind=kind, tensors=tensors, alpha=None, rank=0)
+    delta = patch_delta(full, update_shape(kind, tensors)) if kind != KIND_DIFF else tensors["diff"].float()
+    diff = {"diff": delta.reshape(delta.shape[0], -1).index_select(0, index) * (1.0 if kind == KIND_DIFF else scale)}
+    if "diff_b" in tensors:
+        diff["diff_b"] = tensors["diff_b"].index_select(0, index)
+    return KIND_DIFF, diff
+
+
 def patch_bias_delta(patch: LoraPatch, device: torch.device | str | None = None) -> Tensor | None:
     """The fp32 bias update (only full-weight "diff" layers carry one)."""
     bias = patch.tensors.get("diff_b")
@@ -352,11 +390,13 @@ def patch_bias_delta(patch: LoraPatch, device: torch.device | str | None = None)
 
 @dataclass
 class ModuleNameIndex:
-    """Spellings of one component's LoRA-targetable modules -> their installed paths."""
+    """Spellings of one component's LoRA-targetable modules -> their installed paths; an original (fused)
+    module name of a DiT resolves to its own name, whose installed parts `fused` holds."""
 
     dotted: dict[str, str] = field(default_factory=dict)
     underscored: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, torch.Size] = field(default_factory=dict)
+    fused: dict[str, tuple[RowPart, ...]] = field(default_factory=dict)
 
     def add(self, spelling: str, path: str) -> None:
         for table, key in ((self.dotted, spelling), (self.underscored, spelling.replace(".", "_"))):
@@ -369,15 +409,31 @@ class ModuleNameIndex:
         table = self.dotted if layer.dotted else self.underscored
         return table.get(layer.name) or None
 
+    def parts(self, resolved: str) -> tuple[RowPart, ...]:
+        """The installed modules (and their rows) a resolved name updates."""
+        return self.fused.get(resolved) or (RowPart(resolved),)
 
-def index_module_names(component: str, module: nn.Module) -> ModuleNameIndex:
-    """Every Linear / Conv2d of a pipeline component under each name a LoRA file may give it."""
+    def update_shape(self, resolved: str) -> tuple[int, int]:
+        """(rows, columns) a layer's update must have: a fused layer's rows are its parts' rows together."""
+        if resolved not in self.fused:
+            shape = self.shapes[resolved]
+            return int(shape[0]), math.prod(shape[1:])
+        parts = self.fused[resolved]
+        shape = self.shapes[parts[0].path]
+        rows = sum(stop - start for part in parts for start, stop in part.rows or ((0, self.shapes[part.path][0]),))
+        return rows, math.prod(shape[1:])
+
+
+def index_module_names(component: str, module: nn.Module,
+                       original_names: Mapping[str, tuple[RowPart, ...]] | None = None) -> ModuleNameIndex:
+    """Every Linear / Conv2d of a pipeline component under each name a LoRA file may give it, plus the
+    denoiser's `original_names` (a DiT family's: `ModelFamily.lora_original_names`)."""
     index = ModuleNameIndex()
     paths = targetable_module_paths(module)
     for path in paths:
         index.shapes[path] = module.get_submodule(path).weight.shape
         index.add(path, path)
-        if component != COMPONENT_UNET:
+        if component.startswith(COMPONENT_TE):
             # Files name CLIP layers "text_model.encoder..." whether or not this install has that level.
             if path.startswith("text_model."):
                 index.add(path.removeprefix("text_model."), path)
@@ -386,6 +442,12 @@ def index_module_names(component: str, module: nn.Module) -> ModuleNameIndex:
     if component == COMPONENT_UNET:
         for path, ldm_name in unet_ldm_names(paths).items():
             index.add(ldm_name, path)
+    for name, parts in (original_names or {}).items():
+        if len(parts) == 1 and parts[0].rows is None:
+            index.add(name, parts[0].path)
+        else:
+            index.fused[name] = parts
+            index.add(name, name)
     return index
 
 

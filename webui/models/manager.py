@@ -24,12 +24,15 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord, UnknownCheckpointError
+from webui.models.families import family_named
+from webui.models.catalog import CheckpointCatalog, CheckpointRecord
+from webui.models.checkpoint_settings import CheckpointSettings
 from webui.models.hashing import HashCache
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
-from webui.models.lora import LoraApplier
+from webui.models.lora import ForeignLoraError, LoraApplier, LoraFile
 from webui.models.lora_catalog import LoraUse
 from webui.models.patches import ModelPatcher, PatchSet, token_patches
-from webui.models.state import ModelFile, ModelState, build_state
+from webui.models.state import LoraChoice, ModelFile, ModelState, build_state
 from webui.models.vae import read_vae_state_dict, vae_beside_checkpoint
 from webui.models.checkpoint_loading import (
     CheckpointLoadError,
@@ -65,10 +68,14 @@ class LoadedModel:
     hashes: HashCache | None = None  # sha256 of model files, computed once per file version
     state: ModelState | None = None
     state_key: str | None = None
+    # txt2img's Refiner for this job (a second resident pipeline, or this one when the same checkpoint).
+    refiner: "LoadedModel | None" = None
 
 
-def _weight_modules(pipeline: Any) -> dict[str, torch.nn.Module]:
-    names = ("unet", "text_encoder", "text_encoder_2")
+def _weight_modules(pipeline: Any, family: str) -> dict[str, torch.nn.Module]:
+    """The modules LoRAs change: the family's denoiser (UNet or transformer) and every text encoder it has."""
+    model_family = family_named(family)
+    names = (model_family.denoiser, *model_family.text_encoders)
     return {name: getattr(pipeline, name) for name in names if getattr(pipeline, name, None) is not None}
 
 
@@ -130,12 +137,14 @@ class ModelManager:
                  checkpoints_in_ram: int = 2, preferred_checkpoint: str | None = None,
                  embedding_catalog: EmbeddingCatalog | None = None,
                  on_model_loaded: Callable[[CheckpointRecord, str], None] | None = None,
-                 ram_cache: CheckpointRamCache | None = None):
+                 ram_cache: CheckpointRamCache | None = None,
+                 checkpoint_settings: CheckpointSettings | None = None):
         self.catalog = catalog
         self.device = device
         self.dtype = dtype
         self.preferred_checkpoint = preferred_checkpoint
         self._on_model_loaded = on_model_loaded
+        self._checkpoint_settings = checkpoint_settings  # per-checkpoint user choices (v-prediction ...)
         self._lock = threading.RLock()
         # Pass one `ram_cache` to several managers (one per worker) to share the weights they read.
         self._ram = ram_cache if ram_cache is not None else CheckpointRamCache(
@@ -149,6 +158,9 @@ class ModelManager:
         self._state_key: str | None = None
         self._vae_path: Path | None = None
         self._vae_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        # txt2img's Refiner: a second pipeline, held only while jobs ask for one (see `_reconcile_refiner`).
+        self._refiner_pipeline: Any = None
+        self._refiner_weights: CheckpointWeights | None = None
         self.switch_count = {"copied": 0, "rebuilt": 0}
 
     @property
@@ -218,7 +230,8 @@ class ModelManager:
             self._pipeline = build_pipeline(weights, self.device, self.dtype)
             self.switch_count["rebuilt"] += 1
             # New modules need new appliers; after a copy the old ones (restored, cleared) keep their caches.
-            self._lora = LoraApplier(_weight_modules(self._pipeline), weights.architecture.family)
+            self._lora = LoraApplier(_weight_modules(self._pipeline, weights.architecture.family),
+                                     weights.architecture.family)
             self._embeddings = EmbeddingInjector(self._pipeline, weights.architecture.family)
             self._patches = ModelPatcher(self._lora.patcher, self._embeddings)
         self._weights = weights
@@ -280,6 +293,43 @@ class ModelManager:
             if attempt == 0:
                 self.catalog.refresh()
         raise UnknownCheckpointError(f"checkpoint {checkpoint.name!r} ({checkpoint.path}) is no longer in the catalog")
+    def scheduler_config_of(self, weights: CheckpointWeights) -> dict:
+        """The checkpoint's scheduler config with its user settings on top (read at every checkout, so a
+        changed setting applies to the next job without reloading the weights)."""
+        overrides = (self._checkpoint_settings.scheduler_overrides(weights.record.name)
+                     if self._checkpoint_settings is not None else {})
+        return {**weights.scheduler_config, **overrides}
+
+    def _reconcile_refiner(self, wanted: str | None) -> "LoadedModel | None":
+        """The job's refiner as a second resident pipeline, built from the RAM cache's weights (the refiner
+        and the base both stay in CPU RAM: the cache holds two checkpoints by default). Holding two pipelines
+        costs the refiner's modules in device memory (an SDXL refiner: about 6 GB in fp16) for as long as jobs
+        ask for it; a job without a refiner lets it go. A refiner that is the loaded checkpoint itself is the
+        resident pipeline (A1111 does not switch then either)."""
+        if not wanted:
+            self._refiner_pipeline = self._refiner_weights = None
+            return None
+        assert self._weights is not None
+        record = self.catalog.with_hash(self.catalog.find(wanted))
+        if record.path == self._weights.record.path:
+            pipeline, weights = self._pipeline, self._weights
+        else:
+            current = self._refiner_weights
+            if current is None or current.record.path != record.path:
+                weights = self._weights_for(record)
+                weights.record = record
+                if self._refiner_pipeline is not None and current is not None and (
+                        weights.layout_signature == current.layout_signature):
+                    copy_weights_into(self._refiner_pipeline, weights)
+                else:
+                    self._refiner_pipeline = None
+                    gc.collect()
+                    self._refiner_pipeline = build_pipeline(weights, self.device, self.dtype)
+                self._refiner_weights = weights
+            pipeline, weights = self._refiner_pipeline, self._refiner_weights
+        return LoadedModel(pipeline=pipeline, record=weights.record, family=weights.architecture.family,
+                           scheduler_config=self.scheduler_config_of(weights), device=self.device, dtype=self.dtype,
+                           hashes=self.catalog.hashes)
 
     def select(self, wanted: str | None = None) -> CheckpointRecord:
         """Make `wanted` (a title/name/hash; None = keep current or default) the loaded checkpoint."""
@@ -287,15 +337,17 @@ class ModelManager:
             return model.record
 
     @contextmanager
-    def checkout(self, state: ModelState | None = None) -> Iterator[LoadedModel]:
+    def checkout(self, state: ModelState | None = None, refiner: str | None = None) -> Iterator[LoadedModel]:
         """Hold the model for one job reconciled to ``state`` (None: ``state_for()``, the loaded or default
-        checkpoint with nothing patched on it); other callers wait until the block ends.
+        checkpoint with nothing patched on it) and, for txt2img's Refiner, the ``refiner`` checkpoint as a second
+        resident pipeline (None: none); other callers wait until the block ends.
 
         The checkpoint is switched when its file or content differs from the loaded one; the VAE is
         copied in when it differs; exactly the state's LoRAs (in order, at their weights) and its
         embeddings that fit the text encoders are patched on. LoRA files are parsed once per file
         version; changing only weights re-merges from the kept originals and never reloads anything,
-        and the same patches as last time touch nothing.
+        and the same patches as last time touch nothing. LoRAs and embeddings apply to the checkpoint, not
+        to the refiner.
         """
         if state is not None and not isinstance(state, ModelState):
             raise TypeError(f"checkout takes a ModelState (build one with state_for(name, loras, vae)), "
@@ -309,9 +361,10 @@ class ModelManager:
                 self._switch_to(record)
             assert self._weights is not None and self._lora is not None and self._patches is not None
             self._reconcile_vae(state.vae.path if state.vae is not None else None)
-            files = [self._lora.read(lora.file.path) for lora in state.loras]
+            refiner_model = self._reconcile_refiner(refiner)
+            files, used, skipped = self._read_loras(state)
             weights = self._lora.patches([(file, lora.te_weight, lora.unet_weight)
-                                          for file, lora in zip(files, state.loras)])
+                                          for file, lora in zip(files, used)])
             tokens = ()
             if self._embedding_catalog is not None and self._embeddings is not None:
                 fitting = self._embedding_catalog.compatible(self._embeddings.encoder_widths)
@@ -320,7 +373,7 @@ class ModelManager:
             self._state_key = None
             self._patches.apply(PatchSet(weights, tokens))
             self._state_key = state.key()
-            warnings = self._weights.notes + tuple(
+            warnings = self._weights.notes + skipped + tuple(
                 f"LoRA {file.name}: {len(file.unmatched_keys)} key(s) matched no layer and were ignored: "
                 + ", ".join(file.unmatched_keys[:5]) + (" ..." if len(file.unmatched_keys) > 5 else "")
                 for file in files if file.unmatched_keys
@@ -329,17 +382,36 @@ class ModelManager:
                 pipeline=self._pipeline,
                 record=self._weights.record,
                 family=self._weights.architecture.family,
-                scheduler_config=dict(self._weights.scheduler_config),
+                scheduler_config=self.scheduler_config_of(self._weights),
                 device=self.device,
                 dtype=self.dtype,
-                loras=state.lora_uses,
+                loras=tuple(lora.use for lora in used),
                 embeddings=self._embeddings,
                 vae_path=self._vae_path,
                 warnings=warnings,
                 hashes=self.catalog.hashes,
                 state=state,
                 state_key=self._state_key,
+                refiner=refiner_model,
             )
+
+
+    def _read_loras(self, state: ModelState) -> tuple[list[LoraFile], list[LoraChoice], tuple[str, ...]]:
+        """The state's LoRA files parsed for the loaded model. One made for another family or architecture is
+        left out with a warning naming both (the generation goes on without it, as A1111 does); any other
+        unusable file (unreadable, not a LoRA) still fails the job with its reason."""
+        assert self._lora is not None
+        files: list[LoraFile] = []
+        used: list[LoraChoice] = []
+        skipped: list[str] = []
+        for lora in state.loras:
+            try:
+                files.append(self._lora.read(lora.file.path))
+            except ForeignLoraError as error:
+                skipped.append(f"{error}; generated without it")
+                continue
+            used.append(lora)
+        return files, used, tuple(skipped)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -21,8 +21,12 @@ from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKind, JobSpec
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord
-from webui.models.checkpoint_loading import CheckpointLoadError
+from webui.generation.family_fields import sampling_shift
+from webui.models.checkpoint_files import CheckpointReadError
+from webui.models.checkpoint_loading import CheckpointLoadError, scheduler_config_of
+from webui.models.checkpoint_settings import CheckpointSetting, CheckpointSettingError, CheckpointSettings
 from webui.models.embeddings import EmbeddingCatalog
+from webui.models.families import DEFAULT_FAMILY, ModelFamily, family_named
 from webui.models.manager import AUTOMATIC_VAE, CHECKPOINT_VAE, ModelManager
 from webui.models.merger import MergeRecipe, merge_state_dicts, save_merged
 from webui.models.vae import read_vae_state_dict, scan_vaes
@@ -53,6 +57,7 @@ class ModelService:
     checkpoint_folder: Path
     vae_folder: Path
     selected: str | None = field(default=None)  # the title users chose (UI dropdown, /sdapi/v1/options)
+    checkpoint_settings: CheckpointSettings | None = None  # per-checkpoint user settings (prediction type)
 
     # ---- checkpoints ----
     def checkpoint_titles(self) -> list[str]:
@@ -68,6 +73,50 @@ class ModelService:
             return self.managers[0].default_record().title
         except CheckpointLoadError:  # no usable checkpoint at all: requests get that error when they run
             return None
+
+    def current_record(self) -> CheckpointRecord | None:
+        """The record of `current_checkpoint_title()`, None when there is none (or it is a Hub id)."""
+        return self.catalog_record(None)
+
+    def checkpoint_choices(self) -> list[tuple[str, str]]:
+        """(what the dropdown shows, title) per usable checkpoint: the title with its family or variant, e.g.
+        `model [0123456789] (SDXL)`; the value stays the A1111 title every other caller uses."""
+        return [(f"{record.title} ({record.architecture.label})" if record.architecture else record.title, record.title)
+                for record in self.catalog.usable_records()]
+
+    def catalog_record(self, wanted: str | None) -> CheckpointRecord | None:
+        """The catalog's record of the checkpoint a title names (None: the current one); None when no such
+        local checkpoint is known (a Hub id, a removed file)."""
+        title = wanted or self.current_checkpoint_title()
+        if not title:
+            return None
+        try:
+            return self.catalog.find(title)
+        except LookupError:
+            return None
+
+    def family_of(self, wanted: str | None) -> ModelFamily | None:
+        """The family of the checkpoint a title names (None: the current one); None when no such local
+        checkpoint is known or it could not be classified (a broken file)."""
+        record = self.catalog_record(wanted)
+        return family_named(record.architecture.family) if record is not None and record.architecture else None
+
+    def default_sampler(self, wanted: str | None) -> str:
+        """The sampler a request on this checkpoint (None: the current one) uses when it names none: its
+        family's (Euler for flow-matching families, whose pipelines cannot drive every sampler)."""
+        return (self.family_of(wanted) or DEFAULT_FAMILY).default_sampler
+
+    def default_shift(self, wanted: str | None) -> float | None:
+        """The flow shift the checkpoint (None: the current one) samples with unless a request sets one: its
+        scheduler config's, as loading builds it; None for families without a shift or an unreadable file."""
+        family = self.family_of(wanted)
+        if family is None or not family.flow_matching:
+            return None
+        try:
+            config = scheduler_config_of(self.catalog.find(wanted or self.current_checkpoint_title() or ""))
+        except (LookupError, CheckpointReadError, OSError, ValueError):
+            return None
+        return sampling_shift(family, None, config)
 
     def refresh_checkpoints(self) -> list[CheckpointRecord]:
         return self.catalog.refresh()
@@ -118,6 +167,21 @@ class ModelService:
             if not record.usable:
                 raise RequestError(f"checkpoint {record.name} cannot be loaded: {record.error}")
         return records, self.resolve_vae(recipe.baked_vae) if recipe.baked_vae else None
+
+    # ---- per-checkpoint settings (callers check that the user is an admin: they change a shared model) ----
+    def checkpoint_setting(self, wanted: str) -> tuple[CheckpointRecord, CheckpointSetting]:
+        """The checkpoint a title/name/hash names and its settings; LookupError for an unknown one."""
+        record = self.catalog.find(wanted)
+        store = self.checkpoint_settings
+        return record, store.get(record.name) if store is not None else CheckpointSetting()
+
+    def set_checkpoint_setting(self, wanted: str,
+                               setting: CheckpointSetting) -> tuple[CheckpointRecord, CheckpointSetting]:
+        """Store a checkpoint's settings (CheckpointSettingError for a bad value); the next job uses them."""
+        record = self.catalog.find(wanted)
+        if self.checkpoint_settings is None:
+            raise CheckpointSettingError("this server keeps no checkpoint settings")
+        return record, self.checkpoint_settings.set(record.name, setting.check())
 
     # ---- jobs ----
     def job_kinds(self) -> list[JobKind]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 from PIL import Image
 
@@ -17,7 +19,7 @@ from webui.ui.infotext_fields import txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
 from webui.ui.queue_tab import QueueTab, build_queue_tab
 from webui.ui.train_tab import build_train_tab, compare_epochs_request
-from webui.ui.generation_controls import GenerationControls
+from webui.ui.generation_controls import FAMILY_CONTROLS, GenerationControls, family_control_updates
 from webui.ui.img2img_tab import build_img2img_tab
 from webui.ui.txt2img_tab import build_txt2img_tab
 from webui.ui.xyz_tab import build_xyz_tab
@@ -62,7 +64,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
     with gr.Blocks(title="SD Studio", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="quicksettings"):
             checkpoint = gr.Dropdown(
-                label="Stable Diffusion checkpoint", choices=ctx.models.checkpoint_titles(),
+                label="Stable Diffusion checkpoint", choices=ctx.models.checkpoint_choices(),
                 value=ctx.models.current_checkpoint_title() or next(iter(ctx.models.checkpoint_titles()), None),
                 elem_id="setting_sd_model_checkpoint", scale=4,
                 allow_custom_value=True,  # a title gains its hash once hashed; the catalog decides what a name means
@@ -101,7 +103,8 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
 
         def listing():
             titles = ctx.models.checkpoint_titles()
-            return (gr.update(choices=titles, value=ctx.models.current_checkpoint_title() or next(iter(titles), None)),
+            return (gr.update(choices=ctx.models.checkpoint_choices(),
+                              value=ctx.models.current_checkpoint_title() or next(iter(titles), None)),
                     unusable_note(), gr.update(choices=ctx.models.vae_names()))
 
         def refresh_checkpoints(request: gr.Request):
@@ -126,13 +129,14 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
                 record = ctx.models.select_checkpoint(title, owner)
             except Exception as error:  # the previous model stays loaded and usable
                 raise gr.Error(user_error(error)) from None
-            return gr.update(choices=ctx.models.checkpoint_titles(), value=record.title)
+            return gr.update(choices=ctx.models.checkpoint_choices(), value=record.title)
 
         refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
         checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)
         blocks.load(show_checkpoints, outputs=[checkpoint, unusable, vae])
 
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img, queue)
+        wire_family_controls(ctx, checkpoint, (txt2img, img2img))
 
         def compare_epochs(request: gr.Request):
             """Train tab -> X/Y/Z plot of the saved epochs x LoRA weight over the first sample prompt."""
@@ -142,6 +146,23 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
         train_tab.compare_epochs.click(
             compare_epochs, outputs=[xyz.prompt, xyz.x_type, xyz.x_values, xyz.y_type, xyz.y_values, tabs])
     return blocks
+
+
+def wire_family_controls(ctx: AppContext, checkpoint: gr.Dropdown, tabs: tuple[GenerationControls, ...]) -> None:
+    """Whenever the checkpoint changes (chosen, loaded at page load, refreshed), every tab shows the controls
+    its family uses and hides the others (Clip skip, Distilled CFG Scale, Shift)."""
+    names = [name for controls in tabs for name in FAMILY_CONTROLS if name in controls.fields]
+    outputs = [controls.fields[name] for controls in tabs for name in FAMILY_CONTROLS if name in controls.fields]
+    samplers = [controls.fields["sampler_name"] for controls in tabs]
+    from_image = [controls.prefix != "txt2img" for controls in tabs]
+
+    def updates(title: str | None, *chosen: str) -> list[Any]:
+        # A sampler the new model's family cannot use in that tab becomes the family's default (Euler on
+        # SD3.5/Flux), as Forge's per-model presets do; a usable one stays.
+        return family_control_updates(ctx, title, names) + [
+            ctx.generation.sampler_for(title, sampler, image) for sampler, image in zip(chosen, from_image)]
+
+    checkpoint.change(updates, inputs=[checkpoint, *samplers], outputs=[*outputs, *samplers])
 
 
 def pasted_values(controls: GenerationControls, text: str | None) -> list:

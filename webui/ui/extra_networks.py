@@ -155,6 +155,6 @@ def build_extra_networks(ctx: AppContext, prompt: gr.Textbox, checkpoint: gr.Dro
                 record = ctx.models.select_checkpoint(names[event.index], owner)
             except Exception as error:  # the current model stays loaded
                 raise gr.Error(user_error(error)) from None
-            return gr.update(choices=ctx.models.checkpoint_titles(), value=record.title)
+            return gr.update(choices=ctx.models.checkpoint_choices(), value=record.title)
 
         checkpoint_gallery.select(load_checkpoint, inputs=checkpoint_names, outputs=checkpoint)

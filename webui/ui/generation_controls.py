@@ -13,7 +13,10 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from webui.context import AppContext
+from webui.generation.family_fields import FAMILY_FIELDS, shown_fields
+from webui.generation.requests import DEFAULT_DISTILLED_CFG_SCALE, MAX_DISTILLED_CFG_SCALE, MAX_SHIFT
 from webui.generation.samplers import schedule_types_for
+from webui.models.families import DEFAULT_FAMILY
 from webui.jobs.progress import ProgressSnapshot
 from webui.jobs.errors import QueueFullError
 from webui.jobs.job import Job
@@ -27,6 +30,8 @@ from webui.xyz.service import XyzOptions, XyzRun
 from webui.xyz.plot import AxisSpec
 
 POLL_SECONDS = 0.25
+AUTOMATIC_SHIFT = 0.0  # the Shift slider's "the model's own schedule" (a request's shift None)
+FAMILY_CONTROLS = tuple(FAMILY_FIELDS)  # request fields whose controls depend on the checkpoint's family
 
 
 @dataclass
@@ -138,16 +143,25 @@ def build_sampling_controls(ctx: AppContext, prefix: str, default_size: int) -> 
                                 elem_id=f"{prefix}_batch_count")
         batch_size = gr.Slider(label="Batch size", minimum=1, maximum=8, step=1, value=1, elem_id=f"{prefix}_batch_size")
     cfg_scale = gr.Slider(label="CFG Scale", minimum=1.0, maximum=30.0, step=0.5, value=7.0, elem_id=f"{prefix}_cfg_scale")
+    shown = family_controls_shown(ctx, None)
+    # Shown for the families that use them (see `family_control_updates`), as Forge does.
+    distilled_cfg_scale = gr.Slider(label="Distilled CFG Scale", minimum=0.0, maximum=MAX_DISTILLED_CFG_SCALE,
+                                    step=0.1, value=DEFAULT_DISTILLED_CFG_SCALE, visible=shown["distilled_cfg_scale"],
+                                    elem_id=f"{prefix}_distilled_cfg_scale")
+    shift = gr.Slider(label="Shift", minimum=AUTOMATIC_SHIFT, maximum=MAX_SHIFT, step=0.05,
+                      value=default_shift_value(ctx, None), info="0 = the model's own (resolution-dependent) schedule",
+                      visible=shown["shift"], elem_id=f"{prefix}_shift")
     with gr.Row():
         seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{prefix}_seed")
         random_seed = gr.Button("🎲️", size="sm", elem_id=f"{prefix}_random_seed", min_width=40)
         reuse_seed = gr.Button("♻️", size="sm", elem_id=f"{prefix}_reuse_seed", min_width=40)
-    with gr.Accordion("Extra", open=False):
+    with gr.Accordion("Extra", open=False, elem_id=f"{prefix}_extra_options"):
         with gr.Row():
             subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id=f"{prefix}_subseed")
             subseed_strength = gr.Slider(label="Variation strength", minimum=0.0, maximum=1.0, step=0.01, value=0.0,
                                          elem_id=f"{prefix}_subseed_strength")
-        clip_skip = gr.Slider(label="Clip skip", minimum=1, maximum=12, step=1, value=1, elem_id=f"{prefix}_clip_skip")
+        clip_skip = gr.Slider(label="Clip skip", minimum=1, maximum=12, step=1, value=1, visible=shown["clip_skip"],
+                              elem_id=f"{prefix}_clip_skip")
 
     def schedules_for_sampler(sampler: str, current: str):
         choices = ctx.generation.schedule_types_for(sampler)
@@ -156,10 +170,32 @@ def build_sampling_controls(ctx: AppContext, prefix: str, default_size: int) -> 
     sampler_name.change(schedules_for_sampler, inputs=[sampler_name, scheduler], outputs=scheduler)
     random_seed.click(lambda: -1, inputs=None, outputs=seed)
     fields = {"steps": steps, "sampler_name": sampler_name, "scheduler": scheduler, "cfg_scale": cfg_scale,
+              "distilled_cfg_scale": distilled_cfg_scale, "shift": shift,
               "seed": seed, "width": width, "height": height, "subseed": subseed, "subseed_strength": subseed_strength,
               "clip_skip": clip_skip, "batch_count": batch_count, "batch_size": batch_size}
     fields["_reuse_seed"] = reuse_seed  # wired once the output area exists
     return fields
+
+
+def family_controls_shown(ctx: AppContext, checkpoint: str | None) -> dict[str, bool]:
+    """Which family-dependent controls the checkpoint's family uses (None: the current checkpoint; one that
+    cannot be classified counts as the default family, as loading assumes)."""
+    return shown_fields(ctx.models.family_of(checkpoint) or DEFAULT_FAMILY)
+
+
+def default_shift_value(ctx: AppContext, checkpoint: str | None) -> float:
+    """The Shift slider's value for a checkpoint: its scheduler config's fixed shift; 0 ("the model's own")
+    for models whose shift depends on the image size and for families without one (the slider is hidden)."""
+    shift = ctx.models.default_shift(checkpoint)
+    return shift if shift is not None else AUTOMATIC_SHIFT
+
+
+def family_control_updates(ctx: AppContext, checkpoint: str | None, names: list[str]) -> list[Any]:
+    """Updates for the named controls when the checkpoint changes: each family-dependent control is shown
+    only for families that use it, and Shift takes the new model's default."""
+    shown = family_controls_shown(ctx, checkpoint)
+    shift = default_shift_value(ctx, checkpoint)
+    return [gr.update(visible=shown[name], **({"value": shift} if name == "shift" else {})) for name in names]
 
 
 @dataclass
@@ -191,7 +227,9 @@ def request_values(named: dict[str, Any], style_names: tuple[str, ...], vae_name
     return dict(
         prompt=named["prompt"] or "", negative_prompt=named["negative_prompt"] or "", styles=style_names,
         steps=to_int(named["steps"], "Sampling steps"), sampler_name=named["sampler_name"],
-        scheduler=named["scheduler"], cfg_scale=float(named["cfg_scale"]), width=to_int(named["width"], "Width"),
+        scheduler=named["scheduler"], cfg_scale=float(named["cfg_scale"]),
+        distilled_cfg_scale=to_float(named["distilled_cfg_scale"], "Distilled CFG Scale"),
+        shift=shift_of(to_float(named["shift"], "Shift")), width=to_int(named["width"], "Width"),
         height=to_int(named["height"], "Height"), seed=to_int(named["seed"], "Seed"),
         subseed=to_int(named["subseed"], "Variation seed"), subseed_strength=float(named["subseed_strength"]),
         batch_count=to_int(named["batch_count"], "Batch count"), batch_size=to_int(named["batch_size"], "Batch size"),
@@ -316,6 +354,18 @@ def submit_xyz_script(ctx: AppContext, request: Any, named: dict[str, Any], owne
     options = XyzOptions(draw_legend=bool(named["xyz_draw_legend"]), keep_seeds=bool(named["xyz_keep_seeds"]),
                          include_sub_images=bool(named["xyz_sub_images"]))
     return ctx.xyz.submit(request, spec("x"), spec("y"), spec("z"), options, owner=owner)
+
+
+def shift_of(slider_value: float) -> float | None:
+    """The Shift slider's value as a request's shift: None (the model's own schedule) for its 0."""
+    return None if slider_value == AUTOMATIC_SHIFT else slider_value
+
+
+def to_float(value: Any, label: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} must be a number, got {value!r}") from None
 
 
 def to_int(value: Any, label: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from webui.generation.infotext import parse_infotext
+from webui.generation.requests import NO_REFINER_CHOICE
 from webui.generation.samplers import find_sampler, schedule_type_names
 
 # txt2img control name -> (infotext key, converter)
@@ -18,6 +19,8 @@ TXT2IMG_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "sampler_name": ("Sampler", lambda value: find_sampler(value).name),
     "scheduler": ("Schedule type", lambda value: value if value in schedule_type_names() else "Automatic"),
     "cfg_scale": ("CFG scale", float),
+    "distilled_cfg_scale": ("Distilled CFG Scale", float),
+    "shift": ("Shift", float),
     "seed": ("Seed", int),
     "width": ("Size-1", int),
     "height": ("Size-2", int),
@@ -29,12 +32,15 @@ TXT2IMG_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "hr_upscaler": ("Hires upscaler", str),
     "hr_scale": ("Hires upscale", float),
     "hr_second_pass_steps": ("Hires steps", int),
+    "hr_distilled_cfg": ("Hires Distilled CFG Scale", float),
     "mask_blur": ("Mask blur", int),
+    "refiner_checkpoint": ("Refiner", str),
+    "refiner_switch_at": ("Refiner switch at", float),
 }
 
 # Values A1111 leaves out of the infotext when they are at their default.
 DEFAULTS_WHEN_ABSENT = {"negative_prompt": "", "scheduler": "Automatic", "subseed": -1, "subseed_strength": 0.0, "clip_skip": 1,
-                        "enable_hr": False, "script": "None"}
+                        "enable_hr": False, "script": "None", "refiner_checkpoint": NO_REFINER_CHOICE}
 
 
 def txt2img_values_from_infotext(text: str, table: dict[str, tuple[str, Callable[[str], Any]]] | None = None

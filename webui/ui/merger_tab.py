@@ -46,8 +46,7 @@ def build_merger_tab(ctx: AppContext, checkpoint: gr.Dropdown, tab: gr.Tab) -> N
             record = ctx.models.merge_checkpoints(recipe, (output_name or "").strip(), owner)
         except Exception as error:  # shown to the user; nothing is half-written
             raise gr.Error(user_error(error)) from None
-        titles = ctx.models.checkpoint_titles()
-        return f"Saved **{record.title}** to `{record.path}`.", gr.update(choices=titles)
+        return f"Saved **{record.title}** to `{record.path}`.", gr.update(choices=ctx.models.checkpoint_choices())
 
     def current_choices():
         titles = ctx.models.checkpoint_titles()

@@ -23,6 +23,7 @@ from webui.errors import user_error
 from webui.extensions.settings_store import SettingError, SettingSpec
 from webui.generation.server_options import OPTION_LABELS, check_options
 from webui.ui.access import caller_of, require_admin
+from webui.ui.checkpoint_settings_ui import build_checkpoint_settings
 from webui.ui.typed_controls import control_for, typed_value
 
 READ_ONLY_NOTE = "Only an admin can change settings; these are the current values."
@@ -48,6 +49,7 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
             "samples_save": gr.Checkbox(label=OPTION_LABELS["samples_save"], value=app_values["samples_save"],
                                         elem_id="setting_samples_save"),
         }
+    build_checkpoint_settings(ctx, blocks)
     by_extension: dict[str, list[SettingSpec]] = defaultdict(list)
     for extension, spec in ctx.extensions.settings.declared():
         by_extension[extension].append(spec)

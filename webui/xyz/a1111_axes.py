@@ -56,8 +56,8 @@ A1111_AXES: tuple[tuple[str, Tab, str | None], ...] = (
     ("Token merging ratio high-res", "both", None),
     ("Always discard next-to-last sigma", "both", None),
     ("SGM noise multiplier", "both", None),
-    ("Refiner checkpoint", "both", None),
-    ("Refiner switch at", "both", None),
+    ("Refiner checkpoint", "both", "Refiner checkpoint"),
+    ("Refiner switch at", "both", "Refiner switch at"),
     ("RNG source", "both", None),
 )
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from webui.generation import samplers as sampler_tables
+from webui.generation.requests import MAX_DISTILLED_CFG_SCALE, MAX_SHIFT, MIN_SHIFT, NO_REFINER_CHOICE
 from webui.xyz.ranges import AxisValueError, DEFAULT_MAX_VALUES, parse_float_values, parse_int_values, value_items
 
 AxisKind = Literal["int", "float", "str", "choice"]
@@ -83,6 +84,9 @@ class AxisOption:
     prepare: Callable[[list[Any], AxisChoices], Iterable[Any]] | None = None
     match_choice: Callable[[str, Sequence[str]], str | None] | None = None
     format_value: Callable[[Any], str] | None = None
+    # The request field the axis varies when only some model families use it ("shift"): the app refuses the
+    # axis for checkpoints whose family lacks it (webui.generation.family_fields).
+    request_field: str | None = None
 
     @property
     def is_nothing(self) -> bool:
@@ -532,6 +536,10 @@ def builtin_axis_options() -> list[AxisOption]:
             "Hires steps", "int", set_field("hr_second_pass_steps", enable_hr=True), validate=numbers_between(0)
         ),
         AxisOption("CFG Scale", "float", set_field("cfg_scale"), validate=numbers_between(0.0)),
+        AxisOption("Distilled CFG Scale", "float", set_field("distilled_cfg_scale"),
+                   validate=numbers_between(0.0, MAX_DISTILLED_CFG_SCALE), request_field="distilled_cfg_scale"),
+        AxisOption("Shift", "float", set_field("shift"), validate=numbers_between(MIN_SHIFT, MAX_SHIFT),
+                   request_field="shift"),
         AxisOption(
             "Prompt S/R", "str", _apply_search_replace,
             prepare=_prepare_search_replace, format_value=lambda value: value.replacement,
@@ -554,7 +562,7 @@ def builtin_axis_options() -> list[AxisOption]:
             "VAE", "choice", set_field("vae"),
             choices=lambda available: [*VAE_SPECIAL_CHOICES, *available.vaes], cost=VAE_COST,
         ),
-        AxisOption("Clip skip", "int", set_field("clip_skip"), validate=numbers_between(1, 12)),
+        AxisOption("Clip skip", "int", set_field("clip_skip"), validate=numbers_between(1, 12), request_field="clip_skip"),
         AxisOption("Size", "str", _apply_size, prepare=_parse_sizes, format_value=_format_size),
         AxisOption("Denoising", "float", set_field("denoising_strength"), validate=numbers_between(0.0, 1.0)),
         AxisOption(
@@ -572,6 +580,12 @@ def builtin_axis_options() -> list[AxisOption]:
             "Styles", "str", _apply_styles,
             choices=lambda available: available.styles, prepare=_prepare_styles, format_value=_format_styles,
         ),
+        AxisOption(
+            "Refiner checkpoint", "choice", set_field("refiner_checkpoint"),
+            choices=lambda available: [NO_REFINER_CHOICE, *sorted(available.checkpoints, key=str.casefold)],
+            match_choice=_match_checkpoint, format_value=_format_checkpoint, cost=CHECKPOINT_COST,
+        ),
+        AxisOption("Refiner switch at", "float", set_field("refiner_switch_at"), validate=numbers_between(0.01, 1.0)),
     ]
 
 

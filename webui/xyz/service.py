@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from webui.generation.family_fields import family_uses, unused_field_message
 from webui.generation.infotext import create_infotext
 from webui.generation.outputs import dated_folder, save_grid
 from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
@@ -301,9 +302,23 @@ def _check_cells_with_app(generation: GenerationService, plan: XYZPlan) -> None:
             generation.validate_txt2img(request)
             generation.lora_uses(request)
             generation.models.resolve_vae(request.vae)
+            _check_axes_apply(generation, plan, request.checkpoint)
         except (ValueError, LookupError) as error:
             message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
             raise AxisValueError(f"cell {_describe(plan, cell)}: {message}") from error
+
+
+def _check_axes_apply(generation: GenerationService, plan: XYZPlan, checkpoint: str | None) -> None:
+    """Refuse an axis that varies a setting the cell's checkpoint family lacks (Shift on an SD1 model):
+    every cell would look the same and the plot would mislead."""
+    family = generation.models.family_of(checkpoint)
+    if family is None:
+        return
+    for axis in (plan.x, plan.y, plan.z):
+        field_name = axis.option.request_field
+        if not axis.is_nothing and field_name and not family_uses(family, field_name):
+            shown = checkpoint or generation.models.current_checkpoint_title() or "the current checkpoint"
+            raise AxisValueError(f"{axis.name} axis: {unused_field_message(family, field_name, shown)}")
 
 
 def _describe(plan: XYZPlan, cell: PlotCell) -> str:

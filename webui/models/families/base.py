@@ -17,10 +17,16 @@ from typing import Any, ClassVar
 
 import torch
 
+from webui.models.formats.dit_lora import RowPart
+
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"
 
 # Generation modes a family's pipeline classes are named for.
 TXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
+
+
+# Block names of diffusers' UNet, in the LoRA files of every UNet family.
+UNET_LORA_MARKERS = ("down_blocks", "mid_block", "up_blocks")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class ModelFamily(ABC):
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
     pipeline_classes: ClassVar[Mapping[str, str]]  # mode -> diffusers pipeline class name
+    # Options the family's pipelines are built with (e.g. the SDXL refiner's `requires_aesthetics_score`).
+    pipeline_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     text_encoder_widths: ClassVar[tuple[int, ...]]  # hidden width of each text encoder (an embedding's vectors)
     cross_attention_width: ClassVar[int]     # the text features' width the UNet's cross-attention takes
     # SDXL-style conditioning: the UNet also takes the pooled text embedding and size/crop time ids.
@@ -63,6 +71,12 @@ class ModelFamily(ABC):
     # Whose module names kohya uses for this family's LoRAs: diffusers' ("diffusers") or the original
     # LDM/SGM code's ("sgm"); written as `modelspec.implementation`.
     lora_module_naming: ClassVar[str] = "diffusers"
+    # LoRA key prefixes of the family's own files, (prefix, component, dotted), tried in order; empty = the SD
+    # families' shared table (`lora_formats`: every family's kohya prefixes, `unet.`, `text_encoder*.` ...).
+    lora_key_prefixes: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+    # Substrings of LoRA layer names that files of this family have and other families' lack (which family a
+    # file that fits no layer of the loaded model was made for, for the message); default: diffusers' UNet.
+    lora_key_markers: ClassVar[tuple[str, ...]] = UNET_LORA_MARKERS
     # The pipeline component that denoises ("unet", or "transformer" for DiT families), how a single file
     # stores it ("ldm_unet" or "sd3_mmdit": which diffusers converter reads it) and the latent channels.
     denoiser: ClassVar[str] = "unet"
@@ -71,8 +85,11 @@ class ModelFamily(ABC):
     # A1111's "Clip skip" applies to the family's prompt encoding (families without CLIP-only prompts lack it).
     uses_clip_skip: ClassVar[bool] = True
     # The CFG scale is an input of a guidance-distilled model (Flux.1 dev) instead of classifier-free guidance:
-    # one denoiser pass per step, no negative prompt. `pipeline_arguments` says what the pipeline call takes.
+    # one denoiser pass per step, no negative prompt (Forge's "Distilled CFG Scale", the request's
+    # `distilled_cfg_scale`). `pipeline_arguments` says what the pipeline call takes.
     distilled_guidance: ClassVar[bool] = False
+    # Flow-matching models (SD3, Flux) sample along a shifted sigma schedule; the shift ("Shift") is a user setting.
+    flow_matching: ClassVar[bool] = False
     # The scheduler class a freshly built pipeline starts with (the generation engine may swap it per sampler).
     scheduler_class: ClassVar[str] = "EulerDiscreteScheduler"
     # Text encoders a checkpoint may lack and still generate (the pipeline gets None for them).
@@ -80,6 +97,20 @@ class ModelFamily(ABC):
     # Text encoders a checkpoint may leave out and the loader then reads from the text-encoder folder
     # (models/text_encoder, ComfyUI/Forge file names, most preferred first; globs allowed).
     separate_text_encoder_files: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    # A text encoder that reads the whole prompt once (T5), not in 77-token CLIP chunks: its component, its
+    # tokenizer and how many tokens it reads (longer prompts are cut there and the user is told). None: every
+    # text encoder reads CLIP chunks.
+    sequence_text_encoder: ClassVar[str | None] = None
+    sequence_tokenizer: ClassVar[str | None] = None
+    sequence_max_tokens: ClassVar[int] = 0
+    # The sampler a UI preselects for the family (flow-matching ones use webui.generation.samplers' flow table).
+    default_sampler: ClassVar[str] = "DPM++ 2M"
+    # The tensor a pipeline's step callback may hand back to change the pooled text embedding mid-run (SDXL's
+    # "add_text_embeds"); None where the pipeline reads none back (a prompt schedule then keeps the first one).
+    pooled_step_input: ClassVar[str | None] = None
+    # Whether the pipelines repeat given `prompt_embeds` for `num_images_per_prompt` (SD1/SDXL do; SD3's
+    # use given embeddings as they are).
+    repeats_given_embeddings: ClassVar[bool] = True
     # VAE files a checkpoint may leave out and the loader then reads from the VAE folder (models/VAE; Flux's
     # `ae.safetensors`); empty: the checkpoint must bundle its VAE.
     separate_vae_files: ClassVar[tuple[str, ...]] = ()
@@ -119,6 +150,20 @@ class ModelFamily(ABC):
         """Where the shipped files of one tokenizer are (a family may share another family's files)."""
         return self.config_folder / tokenizer
 
+    @property
+    def makes_images_from_text(self) -> bool:
+        """Whether the family has a text-to-image pipeline (the SDXL refiner only refines given latents)."""
+        return TXT2IMG in self.pipeline_classes
+
+    @property
+    def resident_mode(self) -> str:
+        """The mode whose pipeline class the manager builds (the other modes wrap its modules)."""
+        return TXT2IMG if self.makes_images_from_text else IMG2IMG
+
+    def time_ids(self, height: int, width: int, positive: bool) -> list[float]:
+        """The size/crop time ids a pooled-text UNet takes for a `height` x `width` picture (none by default)."""
+        return []
+
     def pipeline_class_name(self, mode: str) -> str:
         try:
             return self.pipeline_classes[mode]
@@ -140,8 +185,73 @@ class ModelFamily(ABC):
             return final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
         return output.last_hidden_state, None
 
+    def encode_chunk(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                     clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One 77-token chunk of the CLIP encoders (those before `sequence_text_encoder`) -> (hidden states,
+        pooled or None). `joint_width`: the denoiser's text width, for families that pad CLIP to it."""
+        return self.encode_token_ids(text_encoders, token_ids, clip_skip)
+
+    def flow_sampler_names(self, variant: str | None, fixed_shift: bool = False) -> tuple[str, ...] | None:
+        """The flow samplers (webui.generation.samplers.FLOW_SAMPLERS names) this family's pipelines can drive
+        for a model `variant` (`fixed_shift`: the request sets its own "Shift"); None: all of them."""
+        return None
+
+    def sequence_limit(self, variant: str | None) -> int:
+        """How many tokens the `sequence_text_encoder` reads for a model of this family (EOS included)."""
+        return self.sequence_max_tokens
+
+    def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
+                        joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """The `sequence_text_encoder`'s hidden states for a whole prompt (only families that have one)."""
+        raise NotImplementedError(f"{self.label} has no whole-prompt text encoder")
+
+    def joint_width(self, denoiser_config: Mapping[str, Any]) -> int:
+        """The text features' width the loaded denoiser takes (its config may differ from the family's
+        published width, e.g. tiny test models)."""
+        return int(denoiser_config.get("joint_attention_dim") or denoiser_config.get("cross_attention_dim")
+                   or self.cross_attention_width)
+
+    def prompt_arguments(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
+                         pooled: torch.Tensor | None, negative_pooled: torch.Tensor | None,
+                         cfg_scale: float, batch_size: int) -> dict[str, Any]:
+        """What the family's diffusers pipelines take for one prompt's `batch_size` images and the guidance:
+        our own embeddings (one row each), and the pooled ones for families conditioned on pooled text.
+        Pipelines that do not repeat given embeddings per image (`repeats_given_embeddings`) get them
+        repeated here. `pipeline_arguments` then adds (and may replace) what the family's calls take besides
+        (Flux: its distilled guidance)."""
+        per_prompt = batch_size
+        if not self.repeats_given_embeddings:
+            prompt_embeds, negative_prompt_embeds, pooled, negative_pooled = (
+                None if tensor is None else tensor.repeat(batch_size, *([1] * (tensor.dim() - 1)))
+                for tensor in (prompt_embeds, negative_prompt_embeds, pooled, negative_pooled))
+            per_prompt = 1
+        arguments: dict[str, Any] = dict(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                         guidance_scale=cfg_scale, num_images_per_prompt=per_prompt)
+        if self.conditions_on_pooled_text:
+            arguments.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        return arguments
+
+    def latent_shape(self, height: int, width: int, vae_scale_factor: int) -> tuple[int, int, int]:
+        """One image's initial-noise shape (A1111 draws noise in the VAE's latent layout)."""
+        return (self.latent_channels, height // vae_scale_factor, width // vae_scale_factor)
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents in the VAE's layout -> what the pipeline's `latents` argument takes (Flux packs 2x2)."""
+        return latents
+
+    def vae_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The pipeline's latents (step callback, "latent" output) -> the VAE's layout, for previews and the
+        latent hires fix (the inverse of `pipeline_latents`)."""
+        return latents
+
     def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return f"{self.label} inpainting" if unet_in_channels == 9 else self.label
+
+    def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
+        """The denoiser's original module names (those of the model's own code, which kohya/ComfyUI LoRA files
+        use) -> the installed modules and rows they became (`formats/dit_lora.py`). The SD families' UNet
+        names come from the checkpoint converter instead (`formats/kohya.unet_ldm_names`): none here."""
+        return {}
 
     def variant_of_denoiser_config(self, config: Mapping[str, Any]) -> str | None:
         """Which model of the family a denoiser config describes (e.g. SD3.5 "medium" or "large"); None when
@@ -153,6 +263,11 @@ class ModelFamily(ABC):
         """The shipped component configs adjusted to the shapes of these (diffusers-keyed) weights. The SD
         families ship one config per component and use it as is."""
         return {name: dict(config) for name, config in configs.items()}
+
+    def unpack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """A pipeline's latents during denoising (what step callbacks see) as [batch, channels, h, w] for the
+        live preview; families that denoise packed tokens (Flux) unpack them. Identity by default."""
+        return latents
 
     def pipeline_arguments(self, variant: str | None, guidance_scale: float | None = None) -> dict[str, Any]:
         """Family-specific arguments of a pipeline call (Flux: distilled guidance, T5 length); none by default."""
@@ -198,6 +313,11 @@ class ModelFamily(ABC):
         """Does a single-file (LDM layout) checkpoint with these tensor names belong to this family? Every
         text encoder's prefix is present (families are tried most specific first)."""
         return all(has_key_prefix(keys, encoder.prefix) for encoder in self.ldm_text_encoders)
+
+    def ldm_detection_names(self) -> str:
+        """The tensor names `matches_ldm_keys` looks for, as a user reads them in a refusal ("no known family's
+        names were found: ...")."""
+        return " + ".join(f"{encoder.prefix}*" for encoder in self.ldm_text_encoders)
 
     def ldm_in_channels(self, key_shapes: Mapping[str, tuple[int, ...]]) -> int | None:
         """The denoiser's input channels in a single file (its first convolution / patch embedding)."""

@@ -81,3 +81,52 @@ def fit_vae_config(config: Mapping[str, Any], state: StateDict) -> dict[str, Any
         use_post_quant_conv="post_quant_conv.weight" in state,
     )
     return fitted
+
+
+def fit_text_time_unet_config(config: Mapping[str, Any], state: StateDict, pooled_width: int | None,
+                              time_id_count: int) -> dict[str, Any]:
+    """An SDXL-style UNet (`UNet2DConditionModel` with text_time added conditioning) fitted to its
+    diffusers-keyed weights: levels, widths, which levels attend, transformer depths, cross-attention width,
+    the added-conditioning sizes. Head counts come from the shipped config's head width (64 in every
+    published SDXL model); `pooled_width` (the pooled text width, None: the shipped one) and `time_id_count`
+    split the added embedding's input into pooled text and time ids. Published weights give the shipped
+    config back unchanged."""
+    fitted = dict(config)
+    levels = count_indexed(state, r"down_blocks\.(\d+)\.")
+    widths = [int(state[f"down_blocks.{level}.resnets.0.conv1.weight"].shape[0]) for level in range(levels)]
+    attends = [any(key.startswith(f"down_blocks.{level}.attentions.") for key in state) for level in range(levels)]
+    up_attends = [any(key.startswith(f"up_blocks.{level}.attentions.") for key in state) for level in range(levels)]
+    shipped_depths = config.get("transformer_layers_per_block", 1)
+    shipped_depths = (list(shipped_depths) if isinstance(shipped_depths, (list, tuple))
+                      else [shipped_depths] * len(config["block_out_channels"]))
+    # Levels without attention have no transformers of their own, but the middle block takes the last
+    # level's depth; the others keep the shipped value unless every counted depth is the same.
+    counted = {level: count_indexed(state, rf"down_blocks\.{level}\.attentions\.0\.transformer_blocks\.(\d+)\.")
+               for level in range(levels) if attends[level]}
+    middle = count_indexed(state, r"mid_block\.attentions\.0\.transformer_blocks\.(\d+)\.")
+    uniform = middle if set(counted.values()) <= {middle} else None
+    depths = [counted.get(level, middle if level == levels - 1 else uniform
+                          or shipped_depths[min(level, len(shipped_depths) - 1)]) for level in range(levels)]
+    shipped_heads = config["attention_head_dim"]
+    first_heads = shipped_heads[0] if isinstance(shipped_heads, (list, tuple)) else shipped_heads
+    head_width = int(config["block_out_channels"][0]) // int(first_heads)
+    heads = [max(1, width // head_width) for width in widths]
+    first_attention = next(level for level in range(levels) if attends[level])
+    cross = state[f"down_blocks.{first_attention}.attentions.0.transformer_blocks.0.attn2.to_k.weight"]
+    added_input = int(state["add_embedding.linear_1.weight"].shape[1])
+    pooled = pooled_width or int(config["projection_class_embeddings_input_dim"]) - time_id_count * int(
+        config["addition_time_embed_dim"])
+    fitted.update(
+        in_channels=int(state["conv_in.weight"].shape[1]), out_channels=int(state["conv_out.weight"].shape[0]),
+        block_out_channels=widths,
+        layers_per_block=count_indexed(state, r"down_blocks\.0\.resnets\.(\d+)\."),
+        down_block_types=["CrossAttnDownBlock2D" if attention else "DownBlock2D" for attention in attends],
+        up_block_types=["CrossAttnUpBlock2D" if attention else "UpBlock2D" for attention in up_attends],
+        transformer_layers_per_block=depths if len(set(depths)) > 1 or isinstance(
+            config.get("transformer_layers_per_block"), (list, tuple)) else depths[0],
+        attention_head_dim=heads,
+        cross_attention_dim=int(cross.shape[1]),
+        projection_class_embeddings_input_dim=added_input,
+        addition_time_embed_dim=(added_input - pooled) // time_id_count,
+    )
+    return fitted

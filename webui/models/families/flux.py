@@ -16,6 +16,7 @@ bundle `vae.` and `text_encoders.clip_l/t5xxl.transformer.` parts.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, LdmTextEncoder, ModelFamily, frozen
+from webui.models.formats.dit_lora import RowPart, layer, original_names
 from webui.models.families.fitted_configs import (
     StateDict, count_indexed, fit_clip_config, fit_t5_config, fit_vae_config,
 )
@@ -39,6 +41,7 @@ LDM_T5_PREFIX = "text_encoders.t5xxl.transformer."
 # Parts an "all in one" file bundles beside the transformer (never transformer tensors).
 OTHER_PARTS = re.compile(r"^(vae|first_stage_model|text_encoders|conditioner|cond_stage_model)\.")
 
+VAE_SCALE_FACTOR = 8  # the Flux VAE's 4 levels halve the image 3 times
 DEV, SCHNELL = "flux.1-dev", "flux.1-schnell"
 VARIANT_LABELS = MappingProxyType({DEV: "Flux.1 dev", SCHNELL: "Flux.1 schnell"})
 # FLUX.1-schnell's published scheduler: a fixed shift of 1 instead of dev's resolution-dependent one.
@@ -50,13 +53,14 @@ class FluxGenerationDefaults:
     """What the generation engine needs to run one variant as BFL publishes it."""
 
     steps: int                   # dev: 28 (guidance-distilled), schnell: 4 (timestep-distilled)
+    sampler: str                 # A1111 name: flow-matching Euler (the shift is in the scheduler config)
     guidance_scale: float        # the distilled guidance fed to the guidance embedding (schnell has none)
     max_sequence_length: int     # T5 tokens (dev 512, schnell 256)
 
 
 VARIANT_DEFAULTS = MappingProxyType({
-    DEV: FluxGenerationDefaults(steps=28, guidance_scale=3.5, max_sequence_length=512),
-    SCHNELL: FluxGenerationDefaults(steps=4, guidance_scale=0.0, max_sequence_length=256),
+    DEV: FluxGenerationDefaults(steps=28, sampler="Euler", guidance_scale=3.5, max_sequence_length=512),
+    SCHNELL: FluxGenerationDefaults(steps=4, sampler="Euler", guidance_scale=0.0, max_sequence_length=256),
 })
 
 
@@ -93,6 +97,34 @@ def transformer_key(key: str) -> str:
     return key[len(LDM_TRANSFORMER_PREFIX):] if key.startswith(LDM_TRANSFORMER_PREFIX) else key
 
 
+# BFL's Flux modules -> diffusers' FluxTransformer2DModel's, as the checkpoint loader maps the weights (diffusers'
+# converter, `ldm_conversion.flux_transformer_from_bfl`): fused qkv / linear1 split by rows, final modulation
+# swapped (tests/engine/test_flux_lora.py checks LoRA merges against that converter).
+BFL_TOP_LEVEL = (
+    layer("img_in", "x_embedder"), layer("txt_in", "context_embedder"),
+    layer("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+    layer("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+    layer("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+    layer("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+    layer("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),  # dev only
+    layer("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
+    layer("final_layer.linear", "proj_out"),
+    layer("final_layer.adaLN_modulation.1", "norm_out.linear", swapped=True),
+)
+BFL_DOUBLE_BLOCK = (
+    layer("img_attn.qkv", "attn.to_q", "attn.to_k", "attn.to_v"),
+    layer("txt_attn.qkv", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    layer("img_attn.proj", "attn.to_out.0"), layer("txt_attn.proj", "attn.to_add_out"),
+    layer("img_mlp.0", "ff.net.0.proj"), layer("img_mlp.2", "ff.net.2"),
+    layer("txt_mlp.0", "ff_context.net.0.proj"), layer("txt_mlp.2", "ff_context.net.2"),
+    layer("img_mod.lin", "norm1.linear"), layer("txt_mod.lin", "norm1_context.linear"),
+)
+BFL_SINGLE_BLOCK = (
+    layer("linear1", "attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),  # q, k, v and the MLP input, fused
+    layer("linear2", "proj_out"), layer("modulation.lin", "norm.linear"),
+)
+
+
 class Flux1(ModelFamily):
     name = "flux"
     label = "Flux.1"
@@ -108,6 +140,7 @@ class Flux1(ModelFamily):
     uses_clip_skip = False  # the pooled CLIP output and T5's last layer; no A1111 clip skip
     distilled_guidance = True  # dev's CFG scale is a model input (one pass, no negative prompt); see pipeline_arguments
     scheduler_class = "FlowMatchEulerDiscreteScheduler"
+    flow_matching = True
     text_encoders = ("text_encoder", "text_encoder_2")
     tokenizers = ("tokenizer", "tokenizer_2")
     separate_text_encoder_files = frozen({
@@ -138,6 +171,22 @@ class Flux1(ModelFamily):
                                   "text_encoder_2": "lora_te3_"})
     kohya_base_model_version = "flux1"
     lora_module_naming = "sgm"
+    # LoRA files name the transformer by BFL's modules (sd-scripts "lora_unet_double_blocks_0_img_attn_qkv",
+    # ComfyUI/ai-toolkit "diffusion_model.double_blocks.0.img_attn.qkv") or by diffusers' ("transformer.
+    # transformer_blocks.0.attn.to_q", OneTrainer "lora_transformer_..."); sd-scripts writes CLIP-L as lora_te1_
+    # and T5 as lora_te3_.
+    lora_key_prefixes = (
+        ("lora_unet_", "transformer", False), ("lora_transformer_", "transformer", False),
+        ("lora_te1_", "text_encoder", False), ("lora_te3_", "text_encoder_2", False),
+        ("transformer.", "transformer", True), ("diffusion_model.", "transformer", True),
+        ("text_encoder.", "text_encoder", True), ("text_encoder_2.", "text_encoder_2", True),
+    )
+    lora_key_markers = ("double_blocks", "single_blocks", "single_transformer_blocks")
+
+    # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
+    default_sampler = "Euler"
+    repeats_given_embeddings = False  # FluxPipeline uses given embeddings as they are
+    sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_2", "tokenizer_2", 512
 
     @property
     def denoiser_in_channels(self) -> int:
@@ -160,6 +209,15 @@ class Flux1(ModelFamily):
         """Steps, distilled guidance and T5 length for a variant (dev's when unknown)."""
         return VARIANT_DEFAULTS.get(variant or DEV, VARIANT_DEFAULTS[DEV])
 
+    def unpack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """FluxPipeline denoises [batch, tokens, 64] (2x2 patches of 16 channels); diffusers' own unpacking
+        (the VAE's 8x downscale) gives [batch, 16, height/8, width/8]. Already unpacked latents pass."""
+        if latents.ndim == 4:
+            return latents
+        from diffusers import FluxPipeline
+
+        return FluxPipeline._unpack_latents(latents, height, width, VAE_SCALE_FACTOR)
+
     def pipeline_arguments(self, variant: str | None, guidance_scale: float | None = None) -> dict[str, Any]:
         """Arguments a Flux pipeline call takes beyond the prompt embeddings: the distilled guidance (dev reads
         it through its guidance embedding; there is no negative prompt pass, `true_cfg_scale` stays 1) and the
@@ -169,6 +227,50 @@ class Flux1(ModelFamily):
         return {"guidance_scale": guidance, "max_sequence_length": defaults.max_sequence_length}
 
     # -- prompt encoding -------------------------------------------------------------------------
+    def flow_sampler_names(self, variant: str | None, fixed_shift: bool = False) -> tuple[str, ...]:
+        """FluxPipeline hands the scheduler its own sigmas (FlowMatch Heun takes none) and a resolution shift
+        `mu` (the DPM-Solver schedulers take it only with dynamic shifting, which schnell's fixed shift and a
+        requested Shift lack)."""
+        if variant == SCHNELL or fixed_shift:
+            return ("Euler", "UniPC")
+        return ("Euler", "DPM++ 2M", "DPM++ 2M SDE", "UniPC")
+
+    def sequence_limit(self, variant: str | None) -> int:
+        """T5 tokens per prompt: dev 512, schnell 256 (BFL's published lengths)."""
+        return self.generation_defaults(variant).max_sequence_length
+
+    def encode_chunk(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                     clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A CLIP-L chunk gives only the pooled vector (its pooler output): no CLIP hidden states join T5's
+        text tokens (an empty sequence `joint_width` wide)."""
+        pooled = text_encoders[0](token_ids[0], output_hidden_states=False).pooler_output
+        return pooled.new_zeros(pooled.shape[0], 0, joint_width or self.cross_attention_width), pooled
+
+    def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
+                        joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """T5's last hidden states over the whole prompt: the transformer's text tokens (T5 is required)."""
+        if encoder is None or token_ids is None:
+            raise ValueError(f"{self.label} needs its T5-XXL text encoder "
+                             f"({self.separate_text_encoder_files['text_encoder_2'][0]} in models/text_encoder)")
+        return encoder(token_ids).last_hidden_state
+
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[batch, 16, h, w] VAE-layout latents -> FluxPipeline's 2x2-packed tokens [batch, h/2 * w/2, 64]."""
+        from diffusers import FluxPipeline
+
+        batch, channels, height, width = latents.shape
+        return FluxPipeline._pack_latents(latents, batch, channels, height, width)
+
+    def vae_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed tokens (step callback, "latent" output) of a `height` x `width` image -> the VAE's layout
+        (the VAE's scale factor follows from the token count: each token is 2x2 cells of `factor` pixels)."""
+        if latents.dim() != 3:
+            return latents
+        from diffusers import FluxPipeline
+
+        factor = math.isqrt(height * width // (4 * latents.shape[1]))
+        return FluxPipeline._unpack_latents(latents, height, width, factor)
+
     def encode_token_ids(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
                          clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Flux's conditioning: T5's last hidden states are the text tokens, CLIP-L's pooled output (the final
@@ -180,7 +282,14 @@ class Flux1(ModelFamily):
         hidden = text_encoders[1](token_ids[1], output_hidden_states=False).last_hidden_state
         return hidden, pooled
 
+    def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
+        return original_names(denoiser, BFL_TOP_LEVEL, (("double_blocks", "transformer_blocks", BFL_DOUBLE_BLOCK),
+                                                        ("single_blocks", "single_transformer_blocks", BFL_SINGLE_BLOCK)))
+
     # -- detection -------------------------------------------------------------------------------
+    def ldm_detection_names(self) -> str:
+        return f"{DOUBLE_BLOCKS}* with img_in, txt_in, vector_in and time_in (bare or under model.diffusion_model.)"
+
     def matches_ldm_keys(self, keys: list[str]) -> bool:
         """BFL's double-stream blocks with Flux.1's input embeddings (Chroma and other derivatives lack
         `vector_in`)."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, LdmTextEncoder, ModelFamily, frozen
+from webui.models.formats.dit_lora import RowPart, layer, original_names
 from webui.models.families.fitted_configs import (
     StateDict, count_indexed, fit_clip_config, fit_t5_config, fit_vae_config, indexed,
 )
@@ -30,6 +31,32 @@ LDM_CLIP_L_PREFIX = "text_encoders.clip_l.transformer."
 LDM_CLIP_G_PREFIX = "text_encoders.clip_g.transformer."
 LDM_T5_PREFIX = "text_encoders.t5xxl.transformer."
 IN_CHANNELS_KEY = "x_embedder.proj.weight"
+
+# The original MMDiT's modules -> diffusers' SD3Transformer2DModel's, as diffusers' single-file converter maps
+# the weights (`convert_sd3_transformer_checkpoint_to_diffusers`; tests/engine/test_sd3_lora.py checks LoRA merges
+# against that converter).
+MMDIT_TOP_LEVEL = (
+    layer("x_embedder.proj", "pos_embed.proj"), layer("context_embedder", "context_embedder"),
+    layer("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1"),
+    layer("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2"),
+    layer("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1"),
+    layer("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2"),
+    layer("final_layer.linear", "proj_out"),
+    layer("final_layer.adaLN_modulation.1", "norm_out.linear", swapped=True),
+)
+MMDIT_BLOCK = (
+    layer("x_block.attn.qkv", "attn.to_q", "attn.to_k", "attn.to_v"),
+    layer("context_block.attn.qkv", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    layer("x_block.attn.proj", "attn.to_out.0"), layer("context_block.attn.proj", "attn.to_add_out"),
+    layer("x_block.attn2.qkv", "attn2.to_q", "attn2.to_k", "attn2.to_v"),  # MMDiT-X (SD3.5 Medium) only
+    layer("x_block.attn2.proj", "attn2.to_out.0"),
+    layer("x_block.mlp.fc1", "ff.net.0.proj"), layer("x_block.mlp.fc2", "ff.net.2"),
+    layer("context_block.mlp.fc1", "ff_context.net.0.proj"), layer("context_block.mlp.fc2", "ff_context.net.2"),
+    layer("x_block.adaLN_modulation.1", "norm1.linear"),
+    layer("context_block.adaLN_modulation.1", "norm1_context.linear"),
+)
+# The last block's context half only modulates (AdaLayerNormContinuous: shift/scale swapped, like final_layer's).
+MMDIT_LAST_BLOCK = MMDIT_BLOCK[:-1] + (layer("context_block.adaLN_modulation.1", "norm1_context.linear", swapped=True),)
 
 # Variants, as detected from the transformer's structure.
 SD35_MEDIUM, SD35_LARGE, SD3_MEDIUM = "sd3.5-medium", "sd3.5-large", "sd3-medium"
@@ -67,9 +94,14 @@ class StableDiffusion3(ModelFamily):
     single_file_denoiser = "sd3_mmdit"
     latent_channels = 16
     scheduler_class = "FlowMatchEulerDiscreteScheduler"
+    flow_matching = True
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
     optional_text_encoders = ("text_encoder_3",)
+    # T5 reads the whole prompt once, up to diffusers' default `max_sequence_length`; CLIP reads 77-token chunks.
+    sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_3", "tokenizer_3", 256
+    repeats_given_embeddings = False
+    default_sampler = "Euler"
     separate_text_encoder_files = frozen({
         "text_encoder": ("clip_l.safetensors", "clip_l*.safetensors"),
         "text_encoder_2": ("clip_g.safetensors", "clip_g*.safetensors"),
@@ -98,6 +130,19 @@ class StableDiffusion3(ModelFamily):
                                   "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_"})
     kohya_base_model_version = "sd3"
     lora_module_naming = "sgm"
+    # LoRA files name the MMDiT by its original modules (sd-scripts "lora_unet_joint_blocks_0_x_block_attn_qkv",
+    # ComfyUI/ai-toolkit "diffusion_model.joint_blocks.0.x_block.attn.qkv") or by diffusers' (diffusers/PEFT
+    # "transformer.transformer_blocks.0.attn.to_q", OneTrainer/SimpleTuner "lora_transformer_transformer_blocks_0_
+    # attn_to_q"); both spellings are looked up under every prefix of the transformer.
+    lora_key_prefixes = (
+        ("lora_unet_", "transformer", False), ("lora_transformer_", "transformer", False),
+        ("lora_te1_", "text_encoder", False), ("lora_te2_", "text_encoder_2", False),
+        ("lora_te3_", "text_encoder_3", False),
+        ("transformer.", "transformer", True), ("diffusion_model.", "transformer", True),
+        ("text_encoder.", "text_encoder", True), ("text_encoder_2.", "text_encoder_2", True),
+        ("text_encoder_3.", "text_encoder_3", True),
+    )
+    lora_key_markers = ("joint_blocks", "context_block", "x_block")
 
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "flow"
@@ -111,27 +156,47 @@ class StableDiffusion3(ModelFamily):
     # -- prompt encoding -------------------------------------------------------------------------
     def encode_token_ids(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
                          clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """SD3's conditioning: the two CLIP encoders' penultimate layers (clip skip N moves N-1 further back)
-        concatenated and zero-padded to T5's width, followed along the sequence by T5's last layer (zeros
-        when the checkpoint has no T5, as ComfyUI and diffusers do: `joint_width` wide, the transformer's
-        `joint_attention_dim`, default T5-XXL's); pooled: both CLIP projections side by side."""
+        """SD3's conditioning for one CLIP chunk and one T5 sequence (what training's captions and diffusers'
+        `encode_prompt` make): `encode_chunk` followed along the sequence by `encode_sequence`; pooled: both
+        CLIP projections side by side."""
+        t5 = text_encoders[2] if len(text_encoders) > 2 else None
+        t5_ids = token_ids[2] if len(token_ids) > 2 else None
+        t5_states = self.encode_sequence(t5, t5_ids, joint_width or self.cross_attention_width, clip_ids=token_ids[0],
+                                         length=CLIP_SEQUENCE_LENGTH if t5_ids is None else t5_ids.shape[1])
+        clip_states, pooled = self.encode_chunk(text_encoders[:2], token_ids[:2], clip_skip, t5_states.shape[-1])
+        return torch.cat([clip_states, t5_states.to(clip_states.dtype)], dim=-2), pooled
+
+    def encode_chunk(self, text_encoders: list[torch.nn.Module | None], token_ids: list[torch.Tensor],
+                     clip_skip: int, joint_width: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One 77-token CLIP chunk: the two CLIP encoders' penultimate layers (clip skip N moves N-1 further
+        back) concatenated and zero-padded to the transformer's joint width; pooled: both projections."""
         layer = -(clip_skip + 1)
         clip_l = text_encoders[0](token_ids[0], output_hidden_states=True)
         clip_g = text_encoders[1](token_ids[1], output_hidden_states=True)
         clip_states = torch.cat([clip_l.hidden_states[layer], clip_g.hidden_states[layer]], dim=-1)
         pooled = torch.cat([clip_l.text_embeds, clip_g.text_embeds], dim=-1)
-        t5 = text_encoders[2] if len(text_encoders) > 2 else None
-        if t5 is not None:
-            t5_states = t5(token_ids[2]).last_hidden_state
-        else:
-            length = token_ids[2].shape[1] if len(token_ids) > 2 else CLIP_SEQUENCE_LENGTH
-            t5_states = clip_states.new_zeros(clip_states.shape[0], length, joint_width or self.cross_attention_width)
-        padded = torch.nn.functional.pad(clip_states, (0, t5_states.shape[-1] - clip_states.shape[-1]))
-        return torch.cat([padded, t5_states.to(padded.dtype)], dim=-2), pooled
+        width = joint_width or self.cross_attention_width
+        return torch.nn.functional.pad(clip_states, (0, width - clip_states.shape[-1])), pooled
+
+    def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
+                        joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """T5's last layer over the whole prompt's tokens; without T5 (or its tokens), `length` zero vectors
+        `joint_width` wide (the transformer's `joint_attention_dim`), as diffusers does with its
+        `max_sequence_length`, one row per row of `clip_ids`."""
+        if encoder is None or token_ids is None:
+            return torch.zeros(clip_ids.shape[0], length, joint_width, device=clip_ids.device)
+        return encoder(token_ids).last_hidden_state
+
+    def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
+        return original_names(denoiser, MMDIT_TOP_LEVEL, (("joint_blocks", "transformer_blocks", MMDIT_BLOCK),),
+                              last_block_rules={"joint_blocks": MMDIT_LAST_BLOCK})
 
     # -- detection -------------------------------------------------------------------------------
     def matches_ldm_keys(self, keys: list[str]) -> bool:
         return any(key.startswith((LDM_TRANSFORMER_PREFIX + JOINT_BLOCKS, JOINT_BLOCKS)) for key in keys)
+
+    def ldm_detection_names(self) -> str:
+        return f"{LDM_TRANSFORMER_PREFIX}{JOINT_BLOCKS}* (or bare {JOINT_BLOCKS}*)"
 
     def variant_of_ldm_keys(self, keys: list[str]) -> str:
         return variant_of_structure(any(".x_block.attn2." in key for key in keys),

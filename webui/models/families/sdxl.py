@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 
-from webui.models.families.base import IMG2IMG, INPAINT, TXT2IMG, LdmTextEncoder, ModelFamily, frozen
+from webui.models.families.base import (
+    IMG2IMG, INPAINT, TXT2IMG, UNET_LORA_MARKERS, LdmTextEncoder, ModelFamily, frozen,
+)
+from webui.models.families.fitted_configs import fit_clip_config, fit_text_time_unet_config, fit_vae_config
 
 LDM_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 LDM_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
@@ -27,6 +30,7 @@ class StableDiffusionXL(ModelFamily):
     pipeline_classes = frozen({TXT2IMG: "StableDiffusionXLPipeline", IMG2IMG: "StableDiffusionXLImg2ImgPipeline",
                                INPAINT: "StableDiffusionXLInpaintPipeline"})
     conditions_on_pooled_text = True
+    pooled_step_input = "add_text_embeds"
     # Published least-squares fit of the SDXL VAE's latent channels to RGB.
     preview_coefficients = (
         (0.3448, 0.4168, 0.4395),
@@ -38,10 +42,15 @@ class StableDiffusionXL(ModelFamily):
                          LdmTextEncoder("text_encoder_2", LDM_OPEN_CLIP_PREFIX, "open_clip", with_projection=True))
     kohya_lora_prefixes = frozen({"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"})
     kohya_base_model_version = "sdxl_base_v1-0"
+    lora_key_markers = (*UNET_LORA_MARKERS, "input_blocks", "middle_block", "output_blocks")  # + its kohya LDM names
     lora_module_naming = "sgm"
 
     def modelspec_architecture(self, prediction_type: str) -> str:
         return "stable-diffusion-xl-v1-base"
+
+    def time_ids(self, height: int, width: int, positive: bool) -> list[float]:
+        """Original size, crop corner (none) and target size, as the SDXL pipelines default them."""
+        return [height, width, 0, 0, height, width]
 
     def scheduler_overrides(self, single_file_keys: Collection[str]) -> dict[str, Any]:
         """v-prediction fine-tunes (NoobAI-XL v-pred and the like) carry an empty `v_pred` tensor, and those
@@ -53,6 +62,19 @@ class StableDiffusionXL(ModelFamily):
         if "ztsnr" in single_file_keys:
             overrides["rescale_betas_zero_snr"] = True
         return overrides
+
+    def fit_configs(self, configs: Mapping[str, dict[str, Any]],
+                    state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
+        """Sizes from the weights (published files give the shipped configs back; reduced test models fit)."""
+        projection = state_dicts.get("text_encoder_2", {}).get("text_projection.weight")
+        fitters = {
+            "unet": lambda config, state: fit_text_time_unet_config(
+                config, state, int(projection.shape[0]) if projection is not None else None,
+                len(self.time_ids(1, 1, True))),
+            "vae": fit_vae_config, "text_encoder": fit_clip_config, "text_encoder_2": fit_clip_config,
+        }
+        return {name: fitters[name](config, state_dicts[name]) if name in state_dicts else dict(config)
+                for name, config in configs.items()}
 
     def encode_token_ids(self, text_encoders: list[torch.nn.Module], token_ids: list[torch.Tensor],
                          clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -33,8 +33,8 @@ def reader_prefixes() -> tuple[tuple[str, str], ...]:
     SDXL's first text encoder is spelled "lora_te1_" and SD1's "lora_te_": both mean "text_encoder"."""
     claimed: dict[str, str] = {}
     for family in reversed(FAMILIES):  # a prefix two families share keeps the older family's meaning:
-        for component, prefix in family.kohya_lora_prefixes.items():  # "lora_unet_" is the UNet (SD3's MMDiT
-            claimed.setdefault(prefix, component)                     # LoRAs need a per-family reader)
+        for component, prefix in family.kohya_lora_prefixes.items():  # "lora_unet_" is the UNet (a DiT family
+            claimed.setdefault(prefix, component)                     # reads its files by its lora_key_prefixes)
     return tuple(sorted(claimed.items(), key=lambda pair: (-len(pair[0]), pair[0])))
 
 

@@ -1,0 +1,101 @@
+"""LoRA names of transformer (DiT) models: the original module names (Stability's MMDiT, BFL's Flux) that
+kohya/sd-scripts, ComfyUI and ai-toolkit files use, mapped onto the diffusers modules the pipeline has.
+
+The original models fuse projections diffusers keeps apart (SD3's `attn.qkv`, Flux's `linear1` = q, k, v and
+the MLP input) and order some modulation outputs the other way round (shift, scale); diffusers' single-file
+converters split and swap those weights by rows when a checkpoint is loaded. A LoRA update of such a layer
+is split the same way: each diffusers module gets the rows of the update that land in its weight
+(:class:`RowPart`). Families describe their names with :func:`original_names` (one table each, in the
+family's file); the LoRA reader (`models/lora.py`) looks names up in the result, so it sees one target
+naming whatever the file's.
+
+diffusers' LoRA converters are not used for this: SD3's `lora_state_dict` converts no kohya names, and the
+Flux one splits `linear1` at the full-size widths (3072/12288) written into it, where the split here follows
+the loaded model's own module sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+RowRanges = tuple[tuple[int, int], ...]  # (start, stop) row ranges of the original weight, concatenated
+
+
+@dataclass(frozen=True)
+class RowPart:
+    """One installed module's share of an original layer: its path, and which rows of the original weight
+    (and of a LoRA update of it) form this module's weight, in order; None = all rows, unchanged."""
+
+    path: str
+    rows: RowRanges | None = None
+
+
+@dataclass(frozen=True)
+class OriginalLayer:
+    """A rule of a family's table: the original module name (relative to a block when in a block table) and
+    the diffusers modules it became, in row order; `swapped` for the (shift, scale) -> (scale, shift) halves."""
+
+    original: str
+    targets: tuple[str, ...]
+    swapped: bool = False
+
+
+def layer(original: str, *targets: str, swapped: bool = False) -> OriginalLayer:
+    return OriginalLayer(original, targets, swapped)
+
+
+def _out_features(module: nn.Module) -> int:
+    return int(module.weight.shape[0])
+
+
+def _parts(denoiser: nn.Module, rule: OriginalLayer, target_prefix: str) -> tuple[RowPart, ...] | None:
+    """The row parts of one rule for the modules the loaded denoiser has; None when one of them is missing."""
+    modules = []
+    for target in rule.targets:
+        try:
+            modules.append((target_prefix + target, denoiser.get_submodule(target_prefix + target)))
+        except AttributeError:
+            return None
+    if rule.swapped:
+        (path, module), = modules
+        rows = _out_features(module)
+        return (RowPart(path, ((rows // 2, rows), (0, rows // 2))),)
+    if len(modules) == 1:
+        return (RowPart(modules[0][0]),)
+    parts, start = [], 0
+    for path, module in modules:
+        stop = start + _out_features(module)
+        parts.append(RowPart(path, ((start, stop),)))
+        start = stop
+    return tuple(parts)
+
+
+def original_names(denoiser: nn.Module, top_level: Iterable[OriginalLayer],
+                   blocks: Sequence[tuple[str, str, Iterable[OriginalLayer]]],
+                   last_block_rules: dict[str, Iterable[OriginalLayer]] | None = None) -> dict[str, tuple[RowPart, ...]]:
+    """Original module name -> the installed modules (and rows) it became, for every rule whose modules the
+    loaded denoiser has. `blocks` holds (original block list, diffusers block list, rules) with the block
+    index in between (`joint_blocks.3.` -> `transformer_blocks.3.`); `last_block_rules` replace a block
+    list's rules in its last block (SD3's last context block only modulates)."""
+    names: dict[str, tuple[RowPart, ...]] = {}
+    for rule in top_level:
+        parts = _parts(denoiser, rule, "")
+        if parts is not None:
+            names[rule.original] = parts
+    for original_list, diffusers_list, rules in blocks:
+        try:
+            count = len(denoiser.get_submodule(diffusers_list))
+        except AttributeError:
+            continue
+        for index in range(count):
+            chosen = rules
+            if last_block_rules and index == count - 1 and original_list in last_block_rules:
+                chosen = last_block_rules[original_list]
+            for rule in chosen:
+                parts = _parts(denoiser, rule, f"{diffusers_list}.{index}.")
+                if parts is not None:
+                    names[f"{original_list}.{index}.{rule.original}"] = parts
+    return names
