@@ -199,3 +199,19 @@ def test_a_resumed_sd3_run_ends_where_the_uninterrupted_one_does(ctx, trained):
     for key in full:
         assert torch.allclose(full[key].float(), continued[key].float(), atol=1e-3), key
     assert resumed.final_loss == pytest.approx(uninterrupted.final_loss, rel=1e-4)
+
+
+def test_captions_are_encoded_at_the_lengths_generation_uses(ctx):
+    """CLIP's 77-token chunk, then T5 at the family's generation length (256 for SD3.5), as txt2img conditions."""
+    from webui.models.checkpoint_loading import build_pipeline
+    from webui.models.families import family_named
+    from webui.training.loop import encode_captions
+    from webui.training.methods import TrainerModels
+
+    weights = ctx.manager.weights_of(ctx.models.catalog.find("sd3.5_medium_tiny"))
+    models = TrainerModels(pipeline=build_pipeline(weights, torch.device("cpu"), torch.float32),
+                           family=weights.architecture.family, device=torch.device("cpu"), base=weights, base_hash="")
+    with torch.no_grad():
+        hidden, pooled = encode_captions(models, ["hxgn, a shape"], clip_skip=1)
+    t5_tokens = family_named(weights.architecture.family).sequence_limit(weights.architecture.variant)
+    assert t5_tokens == 256 and hidden.shape[:2] == (1, 77 + t5_tokens) and pooled.shape == (1, 128)

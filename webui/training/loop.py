@@ -54,7 +54,7 @@ from webui.training.optim import build_lr_scheduler, build_optimizer
 STATE_FORMAT = "sd-studio-training-state"
 STATE_VERSION = 1
 SMOOTHING = 0.9
-CAPTION_TOKENS = 77  # a caption's token length for encoders without a position table (T5)
+CAPTION_TOKENS = 77  # CLIP's caption length, for an encoder whose config does not say
 
 
 class TrainingError(RuntimeError):
@@ -203,14 +203,16 @@ def _precision(config: TrainingConfig, device: torch.device, warnings: list[str]
 
 def encode_captions(models: TrainerModels, captions: list[str], clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Text conditioning as the app's generation computes it (the family's encoding rule, A1111 clip skip);
-    captions are cut at the encoders' 77 tokens."""
+    captions are cut at CLIP's 77 tokens, and at the length generation gives T5 (`ModelFamily.sequence_limit`)."""
+    family = models.model_family
     ids = []
-    for tokenizer, encoder in zip(models.tokenizers, models.prompt_encoders):
-        # CLIP: its 77 positions; T5 (SD3, relative positions) gets the same 77 tokens, present or not.
-        length = int(getattr(getattr(encoder, "config", None), "max_position_embeddings", None) or CAPTION_TOKENS)
+    for name, tokenizer, encoder in zip(family.tokenizers, models.tokenizers, models.prompt_encoders):
+        if name == family.sequence_tokenizer:  # T5 (SD3, Flux): as many tokens as generation gives it
+            length = family.sequence_limit(models.base.architecture.variant)
+        else:  # CLIP: its 77 positions
+            length = int(getattr(getattr(encoder, "config", None), "max_position_embeddings", None) or CAPTION_TOKENS)
         ids.append(tokenizer(captions, padding="max_length", max_length=length, truncation=True,
                              return_tensors="pt").input_ids.to(models.device))
-    family = models.model_family
     return family.encode_token_ids(models.prompt_encoders, ids, clip_skip,
                                    **family.text_encoding_options(models.denoiser_config))
 

@@ -243,7 +243,7 @@ class StableDiffusion3(ModelFamily):
 
     def text_encoding_options(self, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
         """The width of the zeros standing in for a missing T5 is the transformer's joint attention width."""
-        return {"joint_width": int(denoiser_config.get("joint_attention_dim") or self.cross_attention_width)}
+        return {"joint_width": self.joint_width(denoiser_config)}
 
 
 def fit_transformer_config(config: Mapping[str, Any], state: StateDict) -> dict[str, Any]:
