@@ -122,12 +122,13 @@ def build_train_router(ctx: AppContext) -> APIRouter:
 
     @router.get("/presets")
     @translate_errors
-    def presets(user: User = Depends(caller)) -> list[dict[str, Any]]:
-        """Presets for the loaded model's family and the caller's own, each with the values it sets."""
+    def presets(base_checkpoint: str | None = None, user: User = Depends(caller)) -> list[dict[str, Any]]:
+        """Presets for the family of `base_checkpoint` (default: the loaded model) and the caller's own, each
+        with the values it sets."""
         folder = user_presets_folder(ctx.training, user)
         own = {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
         answer = []
-        for name in preset_names(ctx.training, user):
+        for name in preset_names(ctx.training, user, base_checkpoint):
             entry: dict[str, Any] = {"name": name, "user": name in own}
             try:
                 entry["config"] = load_preset(name, folder).to_dict()

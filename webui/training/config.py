@@ -17,7 +17,10 @@ import typing
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from webui.models.families import ModelFamily
 
 METHODS = ("lora", "dreambooth", "dreambooth_lora", "textual_inversion", "pivotal")
 LORA_METHODS = ("lora", "dreambooth_lora", "pivotal")
@@ -26,6 +29,9 @@ PRIOR_PRESERVATION_METHODS = ("lora", "dreambooth", "dreambooth_lora", "pivotal"
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy", "Adafactor")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# How flow-matching models (SD3) draw the noise level of each sample: SD3's logit-normal (most steps at middle
+# noise levels, the paper's best), or uniform over (0, 1). Noise-prediction models ignore it.
+FLOW_TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2")
 PROJECTION_TARGETS = ("proj_in", "proj_out")
@@ -99,6 +105,9 @@ class TrainingConfig:
     clip_skip: int = 1
     min_snr_gamma: float = 0.0
     noise_offset: float = 0.0
+    flow_timestep_sampling: str = "logit_normal"
+    flow_logit_mean: float = 0.0
+    flow_logit_std: float = 1.0
     seed: int = 42
     # --- saving, sampling, resuming ---
     save_every_n_epochs: int = 0
@@ -217,6 +226,22 @@ class TrainingConfig:
         self._validate_method_specific()
         return self
 
+    def check_family(self, family: ModelFamily) -> TrainingConfig:
+        """Refuse what the base model's family cannot train: a method it lacks (SD3: LoRA methods only), image
+        sides its denoiser cannot take (SD3/Flux: multiples of 16)."""
+        if self.method not in family.training_methods:
+            raise TrainingConfigError("method", f"{family.label} checkpoints can be trained with "
+                                                f"{', '.join(family.training_methods)}; not {self.method}")
+        sizes = [("resolution", self.resolution)]
+        if self.enable_bucketing:
+            sizes += [("bucket_step", self.bucket_step), ("min_bucket_resolution", self.min_bucket_resolution),
+                      ("max_bucket_resolution", self.max_bucket_resolution)]
+        for name, value in sizes:
+            if value % family.training_size_multiple:
+                raise TrainingConfigError(name, f"must be a multiple of {family.training_size_multiple} for "
+                                                f"{family.label} (got {value})")
+        return self
+
     def _validate_dataset(self) -> None:
         check_caption_extension(self.caption_extension)
         if "{trigger}" not in self.caption_template and "{class}" not in self.caption_template:
@@ -275,6 +300,9 @@ class TrainingConfig:
         _int_range("clip_skip", self.clip_skip, 1, 12)
         _float_range("min_snr_gamma", self.min_snr_gamma, 0.0, 100.0)
         _float_range("noise_offset", self.noise_offset, 0.0, 1.0)
+        _one_of("flow_timestep_sampling", self.flow_timestep_sampling, FLOW_TIMESTEP_SAMPLINGS)
+        _float_range("flow_logit_mean", self.flow_logit_mean, -10.0, 10.0)
+        _float_range("flow_logit_std", self.flow_logit_std, 0.0, 10.0, low_open=True)
         _int_range("seed", self.seed, 0, 2**63 - 1)
 
     def _validate_saving_and_sampling(self) -> None:

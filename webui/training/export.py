@@ -1,9 +1,10 @@
 """Write training results in the file formats every Stable Diffusion tool loads.
 
-A trained LoRA is only useful if A1111, ComfyUI, Forge, Civitai and diffusers can all read it, so LoRAs
-are written in kohya-ss's layout (``lora_unet_*`` / ``lora_te*_`` names, ``lora_down`` / ``lora_up`` /
+A trained LoRA is only useful if A1111, ComfyUI, Forge, Civitai and diffusers can all read it, so SD1/SD2/SDXL
+LoRAs are written in kohya-ss's layout (``lora_unet_*`` / ``lora_te*_`` names, ``lora_down`` / ``lora_up`` /
 ``alpha`` tensors, ``ss_*`` and ``modelspec.*`` metadata), not in diffusers' PEFT layout, which A1111
-cannot load. Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an
+cannot load. SD3 LoRAs (no A1111 support either way) use diffusers' PEFT keys, the layout diffusers' SD3
+loader reads; the family says which (`ModelFamily.trained_lora_layout`). Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an
 A1111-layout single ``.safetensors`` when the model has a standard SD1/SD2/SDXL shape (a diffusers
 folder otherwise, e.g. for the shipped toy model). Every file is written to a temporary name and
 renamed into place, so a crash or a full disk never leaves a half-written model that the catalogs
@@ -50,6 +51,10 @@ MODELSPEC_VERSION = "1.0.0"
 IMPLEMENTATION_DIFFUSERS = "diffusers"
 IMPLEMENTATION_STABILITY = "https://github.com/Stability-AI/generative-models"
 LORA_NETWORK_MODULE = "networks.lora"
+# The safetensors metadata key holding a diffusers LoRA's PEFT config (diffusers' `LORA_ADAPTER_METADATA_KEY`).
+DIFFUSERS_ADAPTER_METADATA = "lora_adapter_metadata"
+# modelspec.prediction_type values: noise (epsilon), velocity (v) and rectified flow (SD3, Flux).
+PREDICTION_TYPES = ("epsilon", "v", "flow")
 # A1111's textual-inversion .pt files map the placeholder "*" to its CLIP token id.
 A1111_PLACEHOLDER = "*"
 A1111_PLACEHOLDER_TOKEN_ID = 265
@@ -63,7 +68,10 @@ _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def _implementation(family: ModelFamily) -> str:
-    """modelspec.implementation of a LoRA: whose module names its keys use."""
+    """modelspec.implementation of a trained LoRA: whose module names its keys use (diffusers-layout files
+    always diffusers' own)."""
+    if family.trained_lora_layout == "diffusers":
+        return IMPLEMENTATION_DIFFUSERS
     return IMPLEMENTATION_STABILITY if family.lora_module_naming == "sgm" else IMPLEMENTATION_DIFFUSERS
 
 
@@ -238,6 +246,54 @@ def save_kohya_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata
     return _atomic_write(path, lambda temporary: temporary.write_bytes(serialized))
 
 
+def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata: Mapping[str, str],
+                        family: str, *, dtype: torch.dtype = torch.float16) -> Path:
+    """Write a LoRA with diffusers/PEFT keys: ``<component>.<diffusers module path>.lora_A.weight`` (down) and
+    ``.lora_B.weight`` (up), the layout diffusers' DiT pipelines (`StableDiffusion3Pipeline.load_lora_weights`)
+    and ComfyUI load. Such files hold no alpha tensors (diffusers refuses keys without "lora"): rank and alpha
+    go into diffusers' ``lora_adapter_metadata`` (the PEFT config per component, which diffusers and this app's
+    reader apply), beside the ``ss_*`` / ``modelspec.*`` metadata."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"a LoRA must be a .safetensors file, got {path.name!r}")
+    if not layers:
+        raise ValueError("no LoRA layers to save")
+    components = family_named(family).components
+    file_metadata = _check_metadata(metadata)
+    tensors: dict[str, Tensor] = {}
+    adapters: dict[str, dict[str, Any]] = {}
+    for layer_key, weights in layers.items():
+        component, module_path = _split_component(layer_key)
+        if component not in components:
+            raise ValueError(f"LoRA layer {layer_key!r}: {component!r} is not a component of {family}")
+        tensors[f"{layer_key}.lora_A.weight"] = weights.down.detach().to("cpu", dtype).contiguous()
+        tensors[f"{layer_key}.lora_B.weight"] = weights.up.detach().to("cpu", dtype).contiguous()
+        adapter = adapters.setdefault(component, {"r": weights.rank, "lora_alpha": float(weights.alpha),
+                                                  "target_modules": [], "rank_pattern": {}, "alpha_pattern": {}})
+        adapter["target_modules"].append(module_path)
+        if weights.rank != adapter["r"]:
+            adapter["rank_pattern"][module_path] = weights.rank
+        if float(weights.alpha) != adapter["lora_alpha"]:
+            adapter["alpha_pattern"][module_path] = float(weights.alpha)
+    file_metadata[DIFFUSERS_ADAPTER_METADATA] = json.dumps(
+        {f"{component}.{key}": value for component, adapter in adapters.items() for key, value in adapter.items()},
+        sort_keys=True)
+    data_hash = _data_section_sha256(serialize_safetensors(tensors))
+    file_metadata["sshs_model_hash"] = data_hash
+    if any(key.startswith("modelspec.") for key in file_metadata):
+        file_metadata["modelspec.hash_sha256"] = "0x" + data_hash
+    serialized = serialize_safetensors(tensors, metadata=file_metadata)
+    return _atomic_write(path, lambda temporary: temporary.write_bytes(serialized))
+
+
+def save_trained_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata: Mapping[str, str], family: str,
+                      *, denoiser_config: Mapping[str, Any] | None = None) -> Path:
+    """Save a trained LoRA in the layout its family's LoRAs ship in (`ModelFamily.trained_lora_layout`)."""
+    if family_named(family).trained_lora_layout == "diffusers":
+        return save_diffusers_lora(path, layers, metadata, family)
+    return save_kohya_lora(path, layers, metadata, family, unet_config=denoiser_config)
+
+
 def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: str, base_model_hash: str,
                   family: str, resolution: int | Sequence[int], steps: int, epochs: int, rank: int, alpha: float,
                   tag_frequency: Mapping[str, Mapping[str, int]], extra: Mapping[str, object] | None = None,
@@ -246,7 +302,8 @@ def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: s
 
     ``tag_frequency`` is ``{dataset folder: {caption tag: count}}``, which A1111 shows as the LoRA's
     training tags. ``extra`` adds or overrides keys (non-string values are written as JSON / str).
-    ``prediction_type`` ("epsilon" / "v") defaults to v only for SD2 trained at 768 or more.
+    ``prediction_type`` ("epsilon" / "v" / "flow") defaults to the family's: v only for SD2 trained at 768 or
+    more, flow for flow-matching families (SD3).
     """
     model_family = family_named(family)
     if isinstance(trigger_words, str):
@@ -254,8 +311,8 @@ def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: s
     triggers = [word.strip() for word in trigger_words if word.strip()]
     width, height = _resolution_pair(resolution)
     prediction = prediction_type or model_family.default_prediction_type((width, height))
-    if prediction not in ("epsilon", "v"):
-        raise ValueError(f"prediction_type must be 'epsilon' or 'v', got {prediction!r}")
+    if prediction not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction!r}")
     frequencies = {str(folder): {str(tag): int(count) for tag, count in tags.items()}
                    for folder, tags in tag_frequency.items()}
     trigger_phrase = ", ".join(triggers)

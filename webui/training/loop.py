@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from webui.models.checkpoint_loading import CheckpointWeights, build_pipeline
+from webui.models.families import family_named
 from webui.models.hashing import sha256_of_file, sha256_of_folder
 from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.dataset import (
@@ -42,11 +43,18 @@ from webui.training.dataset import (
     unet_latents,
 )
 from webui.training.methods import SaveRequest, TrainerModels, TrainingMethod, create_method, epoch_suffix
+from webui.training.objectives import (  # noqa: F401 (min_snr_weights, prediction_target: re-exported)
+    ObjectiveError,
+    min_snr_weights,
+    objective_for,
+    prediction_target,
+)
 from webui.training.optim import build_lr_scheduler, build_optimizer
 
 STATE_FORMAT = "sd-studio-training-state"
 STATE_VERSION = 1
 SMOOTHING = 0.9
+CAPTION_TOKENS = 77  # CLIP's caption length, for an encoder whose config does not say
 
 
 class TrainingError(RuntimeError):
@@ -195,13 +203,18 @@ def _precision(config: TrainingConfig, device: torch.device, warnings: list[str]
 
 def encode_captions(models: TrainerModels, captions: list[str], clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Text conditioning as the app's generation computes it (the family's encoding rule, A1111 clip skip);
-    captions are cut at the encoders' 77 tokens."""
+    captions are cut at CLIP's 77 tokens, and at the length generation gives T5 (`ModelFamily.sequence_limit`)."""
+    family = models.model_family
     ids = []
-    for tokenizer, encoder in zip(models.tokenizers, models.text_encoders):
-        length = int(encoder.config.max_position_embeddings)
+    for name, tokenizer, encoder in zip(family.tokenizers, models.tokenizers, models.prompt_encoders):
+        if name == family.sequence_tokenizer:  # T5 (SD3, Flux): as many tokens as generation gives it
+            length = family.sequence_limit(models.base.architecture.variant)
+        else:  # CLIP: its 77 positions
+            length = int(getattr(getattr(encoder, "config", None), "max_position_embeddings", None) or CAPTION_TOKENS)
         ids.append(tokenizer(captions, padding="max_length", max_length=length, truncation=True,
                              return_tensors="pt").input_ids.to(models.device))
-    return models.model_family.encode_token_ids(models.text_encoders, ids, clip_skip)
+    return family.encode_token_ids(models.prompt_encoders, ids, clip_skip,
+                                   **family.text_encoding_options(models.denoiser_config))
 
 
 def _enable_text_encoder_checkpointing(encoder: torch.nn.Module) -> None:
@@ -211,26 +224,6 @@ def _enable_text_encoder_checkpointing(encoder: torch.nn.Module) -> None:
         encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
     else:
         encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
-
-
-def prediction_target(noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
-                      timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet must predict: the noise (epsilon models) or the velocity (v-prediction, SD2-768)."""
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type == "v_prediction":
-        return noise_scheduler.get_velocity(latents, noise, timesteps)
-    if prediction_type == "epsilon":
-        return noise
-    raise TrainingError(f"the base model's scheduler predicts {prediction_type!r}; only epsilon and "
-                        "v_prediction models can be trained")
-
-
-def min_snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
-    """Per-sample loss weights min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v-prediction)."""
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alphas_cumprod / (1.0 - alphas_cumprod)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1.0) if v_prediction else clipped / snr
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,13 +388,15 @@ class _Trainer:
     def __init__(self, config: TrainingConfig, models: TrainerModels, method: TrainingMethod,
                  dataset: TrainingDataset, class_dataset: TrainingDataset | None, paths: TrainingPaths,
                  tracker: _ProgressTracker, should_stop: Callable[[], bool], warnings: list[str]):
-        from diffusers import DDPMScheduler
-
         self.config, self.models, self.method = config, models, method
         self.dataset, self.class_dataset = dataset, class_dataset
         self.paths, self.tracker, self.should_stop, self.warnings = paths, tracker, should_stop, warnings
-        self.noise_scheduler = DDPMScheduler.from_config(models.base.scheduler_config)
-        self.v_prediction = self.noise_scheduler.config.prediction_type == "v_prediction"
+        try:
+            self.objective = objective_for(models.model_family.training_objective, config,
+                                           dict(models.base.scheduler_config))
+        except ObjectiveError as error:
+            raise TrainingError(str(error)) from error
+        warnings.extend(self.objective.warnings())
         self.generator = torch.Generator("cpu").manual_seed(config.seed)
         self.autocast_dtype, needs_scaler = _precision(config, models.device, warnings)
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
@@ -424,9 +419,9 @@ class _Trainer:
     def _set_up_modules(self) -> None:
         """Train modes, checkpointing, optimizer and lr schedule over the method's parameter groups."""
         config, models = self.config, self.models
-        models.unet.train()
+        models.denoiser.train()
         if config.gradient_checkpointing:
-            models.unet.enable_gradient_checkpointing()
+            models.denoiser.enable_gradient_checkpointing()
         if self.method.text_encoder_trains():
             for encoder in models.text_encoders:
                 encoder.train()
@@ -494,19 +489,13 @@ class _Trainer:
         if config.noise_offset:
             noise = noise + config.noise_offset * torch.randn(
                 (latents.shape[0], latents.shape[1], 1, 1), generator=self.generator).to(device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=self.generator).to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = prediction_target(self.noise_scheduler, latents, noise, timesteps)
-        extra = {}
-        if models.model_family.conditions_on_pooled_text:
-            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": self._time_ids(dataset, samples)}
+        batch = self.objective.noised(latents, noise, self.generator)
         with self._autocast():
-            prediction = models.unet(noisy, timesteps, hidden, **extra).sample
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if config.min_snr_gamma:
-            per_sample = per_sample * min_snr_weights(self.noise_scheduler, timesteps, config.min_snr_gamma,
-                                                      self.v_prediction)
+            prediction = models.model_family.denoiser_training_call(
+                models.denoiser, batch.noisy, batch.timesteps, hidden, pooled, self._time_ids(dataset, samples))
+        per_sample = F.mse_loss(prediction.float(), batch.target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if batch.weights is not None:
+            per_sample = per_sample * batch.weights
         return per_sample.mean()
 
     def class_samples(self, micro_index: int) -> list[BatchSample]:
@@ -561,7 +550,7 @@ class _Trainer:
         samples = []
         folder = self.paths.samples_dir / config.output_name
         folder.mkdir(parents=True, exist_ok=True)
-        models.unet.eval()
+        models.denoiser.eval()
         try:
             for index, prompt in enumerate(prompts):
                 generator = torch.Generator("cpu").manual_seed(config.sample_seed + index)
@@ -571,7 +560,7 @@ class _Trainer:
                 _save_image_atomically(image, folder / f"{step:06d}-{index}.png")
                 samples.append((prompt, image))
         finally:
-            models.unet.train()
+            models.denoiser.train()
         return tuple(samples)
 
     def save(self, epoch: int, final: bool) -> None:
@@ -630,7 +619,7 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
     Raises `TrainingConfigError` / `DatasetError` for bad input before any training starts. Cancelling
     (`should_stop()` returning True) stops before the next micro-batch and keeps what was saved so far.
     """
-    config.validate()
+    config.validate().check_family(family_named(base.architecture.family))
     stop = should_stop or (lambda: False)
     warnings: list[str] = []
     tracker = _ProgressTracker(on_progress)

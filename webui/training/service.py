@@ -123,6 +123,8 @@ class TrainingService:
         if not record.usable:
             raise RequestError(f"checkpoint {record.name} cannot be trained: {record.error}")
         config = config.replace(base_checkpoint=record.title).validate()
+        if record.architecture is not None:
+            config.check_family(family_named(record.architecture.family))
         scan_dataset(config)  # raises DatasetError with the reason before anything is queued
         return config
 
@@ -178,39 +180,45 @@ def exports_root(service: TrainingService, user: User | None) -> Path:
     return service.files.root_for(TRAINING_EXPORTS, user)
 
 
-def _current_record(service: TrainingService):
-    """The loaded checkpoint's catalog record, else the one that loads first (None with no usable model)."""
-    title = service.models.current_checkpoint_title()
+def _current_record(service: TrainingService, base_checkpoint: str | None = None):
+    """The record of `base_checkpoint` (a title or name the catalog knows), else the loaded checkpoint's, else
+    the one that loads first (None with no usable model)."""
     records = service.models.catalog.usable_records()
+    if base_checkpoint:
+        chosen = next((r for r in records if r.matches(base_checkpoint)), None)
+        if chosen is not None:
+            return chosen
+    title = service.models.current_checkpoint_title()
     return next((r for r in records if r.title == title), None) or (records[0] if records else None)
 
 
-def model_family(service: TrainingService) -> ModelFamily:
-    """The family of the loaded checkpoint, else of the one that loads first."""
-    record = _current_record(service)
+def model_family(service: TrainingService, base_checkpoint: str | None = None) -> ModelFamily:
+    """The family of `base_checkpoint` (the one chosen to train on), else of the loaded checkpoint, else of
+    the one that loads first."""
+    record = _current_record(service, base_checkpoint)
     if record is None or record.architecture is None:
         return DEFAULT_FAMILY
     return family_named(record.architecture.family)
 
 
-def shipped_preset_names(service: TrainingService) -> list[str]:
-    """The presets that ship with the app for the model's family; the same for every user."""
-    record = _current_record(service)
-    prefixes = (model_family(service).preset_prefix,)
+def shipped_preset_names(service: TrainingService, base_checkpoint: str | None = None) -> list[str]:
+    """The presets that ship with the app for the base model's family; the same for every user."""
+    record = _current_record(service, base_checkpoint)
+    prefixes = (model_family(service, base_checkpoint).preset_prefix,)
     if record is not None and record.name == DEFAULT_MODEL_NAME:
         prefixes = ("toy_",) + prefixes
     return [name for prefix in prefixes
             for name in sorted(path.stem for path in PRESETS_FOLDER.glob(f"{prefix}*.json"))]
 
 
-def preset_names(service: TrainingService, user: User | None) -> list[str]:
-    """Shipped presets for the model's family (SD2 shares the SD1 ones), then `user`'s own presets
-    (another user's are never listed: they are in that user's training folder).
+def preset_names(service: TrainingService, user: User | None, base_checkpoint: str | None = None) -> list[str]:
+    """Shipped presets for the base model's family (SD2 shares the SD1 ones; `base_checkpoint`, else the loaded
+    model), then `user`'s own presets (another user's are never listed: they are in that user's training folder).
 
     On the embedded default model its own `toy_*` presets come first (128 px; values chosen by the sweep in
     docs/TRAINING_PRESET_SWEEP.md).
     """
-    shipped = shipped_preset_names(service)
+    shipped = shipped_preset_names(service, base_checkpoint)
     folder = user_presets_folder(service, user)
     own = [name for name in list_presets(folder) if (folder / f"{name}.json").is_file()]
     return shipped + [name for name in own if name not in shipped]

@@ -15,6 +15,7 @@ import gradio as gr
 
 from webui.training.config import (
     CAPTION_EXTENSIONS,
+    FLOW_TIMESTEP_SAMPLINGS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
     OPTIMIZERS,
@@ -103,6 +104,10 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("clip_skip", "Clip skip", "int"),
         _spec("min_snr_gamma", "Min SNR gamma (0 = off)", "float"),
         _spec("noise_offset", "Noise offset", "float"),
+        _spec("flow_timestep_sampling", "Flow matching: timestep sampling", "choice", FLOW_TIMESTEP_SAMPLINGS,
+              info="SD3.5: how noise levels are drawn; logit_normal as SD3 was trained"),
+        _spec("flow_logit_mean", "Flow matching: logit mean", "float", info="above 0: more training at high noise"),
+        _spec("flow_logit_std", "Flow matching: logit std", "float"),
     ),
     "Saving, samples and resume": (
         _spec("save_every_n_epochs", "Save every N epochs (0 = only at the end)", "int"),

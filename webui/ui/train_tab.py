@@ -211,10 +211,12 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         user = caller_of(request)
         name = (name or "").strip()
         try:
-            path = save_user_preset(form_values(*values), user_presets_folder(ctx.training, user), name)
+            config = form_values(*values)
+            path = save_user_preset(config, user_presets_folder(ctx.training, user), name)
         except (ValueError, OSError) as error:
             raise gr.Error(user_error(error)) from None
-        return f"Saved preset **{path.stem}**.", gr.update(choices=preset_names(ctx.training, user), value=path.stem)
+        return f"Saved preset **{path.stem}**.", gr.update(
+            choices=preset_names(ctx.training, user, config.base_checkpoint), value=path.stem)
 
     load_preset_button.click(apply_preset, inputs=preset,
                              outputs=[method] + [fields[name] for name in preset_fields] + [preset_message])
@@ -265,8 +267,14 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
             chosen = ctx.models.current_checkpoint_title() or next(iter(titles), None)
         user = caller_of(request)
         return render({}, request) + (gr.update(choices=titles, value=chosen),
-                                      gr.update(choices=preset_names(ctx.training, user)),
+                                      gr.update(choices=preset_names(ctx.training, user, chosen)),
                                       gr.update(info=resume_info(saved_states(ctx.training, user))))
+
+    def presets_for_base(chosen: str | None, request: gr.Request):
+        """Another base model may be another family (SD1, SDXL, SD3.5...): offer that family's presets."""
+        return gr.update(choices=preset_names(ctx.training, caller_of(request), chosen), value=None)
+
+    base_checkpoint.input(presets_for_base, inputs=base_checkpoint, outputs=preset, show_progress="hidden")
 
     reconnect_outputs = run_outputs + [base_checkpoint, preset, fields["resume_from"]]
     blocks.load(reconnect, inputs=base_checkpoint, outputs=reconnect_outputs, show_progress="hidden")

@@ -116,6 +116,19 @@ class ModelFamily(ABC):
     separate_vae_files: ClassVar[tuple[str, ...]] = ()
     # Prefixes under which a single file bundles its VAE (LDM: `first_stage_model.`; ComfyUI's Flux: `vae.`).
     ldm_vae_prefixes: ClassVar[tuple[str, ...]] = ("first_stage_model.",)
+    # -- training (webui/training asks these; defaults are the SD UNet families') --
+    # What the denoiser learns: "noise_prediction" (DDPM epsilon / v, from the scheduler config) or
+    # "flow_matching" (rectified flow: the velocity noise - latents, SD3/Flux).
+    training_objective: ClassVar[str] = "noise_prediction"
+    # The layout a trained LoRA is saved in: "kohya" (lora_unet_/lora_te_ names, `formats/kohya.py`) or
+    # "diffusers" (PEFT `transformer.<path>.lora_A/B` keys with diffusers' `lora_adapter_metadata`).
+    trained_lora_layout: ClassVar[str] = "kohya"
+    # Image sides training buckets must be multiples of: the VAE's 8, times 2 where the denoiser takes 2x2 latent
+    # patches (SD3's patch embedding, Flux's packing).
+    training_size_multiple: ClassVar[int] = 8
+    # Training methods that work on this family (the loop, the export and the methods' own code).
+    training_methods: ClassVar[tuple[str, ...]] = ("lora", "dreambooth", "dreambooth_lora", "textual_inversion",
+                                                   "pivotal")
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -263,6 +276,28 @@ class ModelFamily(ABC):
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         """"epsilon" or "v" for a model of this family trained at `resolution` (when its config does not say)."""
         return "epsilon"
+
+    def lora_training_targets(self, denoiser: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+        """Full paths of the denoiser layers a LoRA trains for the chosen target suffixes (`to_q`, `ff.net.2`,
+        ... as the Train tab offers them). SD UNets: the layers inside the transformer blocks of its
+        `attentions`, whose names end with a suffix."""
+        return [name for name, module in denoiser.named_modules()
+                if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and ".attentions." in f".{name}"
+                and any(name == suffix or name.endswith("." + suffix) for suffix in suffixes)]
+
+    def denoiser_training_call(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                               text_states: torch.Tensor, pooled: torch.Tensor | None,
+                               time_ids: torch.Tensor) -> torch.Tensor:
+        """One training forward pass of the denoiser -> its prediction. UNets take the text states for
+        cross-attention, SDXL-style ones also the pooled embedding and the size/crop `time_ids`."""
+        extra = {}
+        if self.conditions_on_pooled_text:
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        return denoiser(noisy, timesteps, text_states, **extra).sample
+
+    def text_encoding_options(self, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
+        """Extra keyword arguments of `encode_token_ids` that depend on the denoiser (none by default)."""
+        return {}
 
     @abstractmethod
     def modelspec_architecture(self, prediction_type: str) -> str:

@@ -64,6 +64,30 @@ VARIANT_DEFAULTS = MappingProxyType({
 })
 
 
+# LoRA training: an image-stream target -> its text-stream twin in a double-stream block, and the single-stream
+# block's layer that plays the chosen target's part (its q/k/v are named as the double blocks').
+FLUX_TWINS = MappingProxyType({"to_q": "add_q_proj", "to_k": "add_k_proj", "to_v": "add_v_proj",
+                               "to_out.0": "to_add_out", "ff.net.0.proj": "ff_context.net.0.proj",
+                               "ff.net.2": "ff_context.net.2"})
+FLUX_SINGLE_BLOCK_TARGETS = MappingProxyType({"to_out.0": "proj_out", "ff.net.0.proj": "proj_mlp"})
+TRAINING_GUIDANCE = 1.0
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H/2 * W/2, C * 4]: each 2x2 patch one token, channels first within it (FluxPipeline's
+    packing)."""
+    batch, channels, height, width = latents.shape
+    patches = latents.reshape(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(batch, (height // 2) * (width // 2), channels * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, channels: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of `pack_latents`."""
+    batch = tokens.shape[0]
+    patches = tokens.reshape(batch, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return patches.reshape(batch, channels, height, width)
+
+
 def variant_of_guidance(has_guidance_embedding: bool) -> str:
     return DEV if has_guidance_embedding else SCHNELL
 
@@ -106,6 +130,10 @@ class Flux1(ModelFamily):
     label = "Flux.1"
     native_size = 1024
     preset_prefix = "flux_"
+    training_objective = "flow_matching"
+    trained_lora_layout = "diffusers"  # `transformer.<diffusers path>.lora_A/B`, what FluxPipeline.load_lora_weights reads
+    training_methods = ("lora", "dreambooth_lora")  # no Flux single-file writer for full fine-tunes yet
+    training_size_multiple = 16
     denoiser = "transformer"
     single_file_denoiser = "bfl_flux"
     latent_channels = 16
@@ -300,6 +328,46 @@ class Flux1(ModelFamily):
         if problems:
             raise ValueError(f"its {self.label} components do not fit together: {'; '.join(problems)}")
         return fitted
+
+    # -- training --------------------------------------------------------------------------------
+    def lora_training_targets(self, denoiser: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+        """Double-stream blocks: each chosen image-stream layer and its text-stream twin (as SD3's joint blocks);
+        single-stream blocks: q/k/v, and their fused output `proj_out` for `to_out.0`, the MLP input `proj_mlp`
+        for `ff.net.0.proj` (diffusers' Flux DreamBooth-LoRA script adapts the same attention layers)."""
+        wanted = set(suffixes) | {FLUX_TWINS[suffix] for suffix in suffixes if suffix in FLUX_TWINS}
+        single = {FLUX_SINGLE_BLOCK_TARGETS[suffix] for suffix in suffixes if suffix in FLUX_SINGLE_BLOCK_TARGETS}
+        names = []
+        for name, module in denoiser.named_modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            if name.startswith("transformer_blocks.") and any(name.endswith("." + suffix) for suffix in wanted):
+                names.append(name)
+            elif name.startswith("single_transformer_blocks.") and (
+                    any(name.endswith(".attn." + suffix) for suffix in suffixes if suffix in ("to_q", "to_k", "to_v"))
+                    or name.rsplit(".", 1)[-1] in single):
+                names.append(name)
+        return names
+
+    def denoiser_training_call(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                               text_states: torch.Tensor, pooled: torch.Tensor | None,
+                               time_ids: torch.Tensor) -> torch.Tensor:
+        """Flux takes 2x2 latent patches as tokens with their (0, row, column) position ids, T5 tokens with zero
+        ids, the timestep as a fraction (sigma) and, dev only, the distilled guidance (1.0 while training, as
+        LoRA trainers for dev use); the prediction is unpacked back to the latent grid."""
+        batch, channels, height, width = noisy.shape
+        tokens = pack_latents(noisy)
+        rows = torch.arange(height // 2, device=noisy.device, dtype=noisy.dtype)
+        columns = torch.arange(width // 2, device=noisy.device, dtype=noisy.dtype)
+        image_ids = torch.stack([torch.zeros(height // 2, width // 2, device=noisy.device, dtype=noisy.dtype),
+                                 rows[:, None].expand(-1, width // 2), columns[None, :].expand(height // 2, -1)],
+                                dim=-1).reshape(-1, 3)
+        text_ids = torch.zeros(text_states.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
+        extra = {}
+        if denoiser.config.guidance_embeds:
+            extra["guidance"] = torch.full((batch,), TRAINING_GUIDANCE, device=noisy.device, dtype=noisy.dtype)
+        prediction = denoiser(hidden_states=tokens, timestep=timesteps / 1000, encoder_hidden_states=text_states,
+                              pooled_projections=pooled, img_ids=image_ids, txt_ids=text_ids, **extra).sample
+        return unpack_latents(prediction, channels, height, width)
 
 
 def mismatched_components(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:

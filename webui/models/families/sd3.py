@@ -62,6 +62,10 @@ MMDIT_LAST_BLOCK = MMDIT_BLOCK[:-1] + (layer("context_block.adaLN_modulation.1",
 SD35_MEDIUM, SD35_LARGE, SD3_MEDIUM = "sd3.5-medium", "sd3.5-large", "sd3-medium"
 VARIANT_LABELS = MappingProxyType({SD35_MEDIUM: "SD3.5 Medium", SD35_LARGE: "SD3.5 Large", SD3_MEDIUM: "SD3 Medium"})
 CLIP_SEQUENCE_LENGTH = 77
+# A LoRA target of the image stream -> the same layer of the text (context) stream in a joint block.
+JOINT_TEXT_TWINS = MappingProxyType({"to_q": "add_q_proj", "to_k": "add_k_proj", "to_v": "add_v_proj",
+                                     "to_out.0": "to_add_out", "ff.net.0.proj": "ff_context.net.0.proj",
+                                     "ff.net.2": "ff_context.net.2"})
 
 
 def variant_of_structure(has_dual_attention: bool, has_qk_norm: bool) -> str:
@@ -77,6 +81,15 @@ class StableDiffusion3(ModelFamily):
     label = "SD3.5"
     native_size = 1024
     preset_prefix = "sd3_"
+    training_objective = "flow_matching"
+    # Trained LoRAs are saved with diffusers' module names (`transformer.transformer_blocks.0.attn.to_q.lora_A`),
+    # the layout diffusers' `StableDiffusion3Pipeline.load_lora_weights`, ComfyUI and this app's reader all load;
+    # sd-scripts' `lora_unet_joint_blocks_..._attn_qkv` names fuse q/k/v, which diffusers' SD3 loader cannot read.
+    trained_lora_layout = "diffusers"
+    # LoRA only: a full fine-tune (DreamBooth) has no SD3 single-file writer yet, and textual inversion / pivotal
+    # tuning would need T5 embeddings too.
+    training_methods = ("lora", "dreambooth_lora")
+    training_size_multiple = 16
     denoiser = "transformer"
     single_file_denoiser = "sd3_mmdit"
     latent_channels = 16
@@ -209,6 +222,28 @@ class StableDiffusion3(ModelFamily):
                    "text_encoder_2": fit_clip_config, "text_encoder_3": fit_t5_config}
         return {name: fitters[name](config, state_dicts[name]) if name in state_dicts else dict(config)
                 for name, config in configs.items()}
+
+    # -- training --------------------------------------------------------------------------------
+    def lora_training_targets(self, denoiser: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+        """The MMDiT's joint blocks: each chosen image-stream layer and its text-stream twin (`to_q` also trains
+        `add_q_proj`, `to_out.0` `to_add_out`, `ff.net.2` `ff_context.net.2`), and the MMDiT-X second attention
+        (`attn2.to_q`...) of SD3.5 Medium. Both streams, as diffusers' SD3 DreamBooth-LoRA script and sd-scripts
+        adapt them: the text tokens attend jointly with the image, so a concept's caption words learn there."""
+        wanted = set(suffixes) | {JOINT_TEXT_TWINS[suffix] for suffix in suffixes if suffix in JOINT_TEXT_TWINS}
+        return [name for name, module in denoiser.named_modules()
+                if isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")
+                and any(name.endswith("." + suffix) for suffix in wanted)]
+
+    def denoiser_training_call(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+                               text_states: torch.Tensor, pooled: torch.Tensor | None,
+                               time_ids: torch.Tensor) -> torch.Tensor:
+        """The MMDiT takes the joint text sequence and the pooled CLIP projections; no size conditioning."""
+        return denoiser(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=text_states,
+                        pooled_projections=pooled).sample
+
+    def text_encoding_options(self, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
+        """The width of the zeros standing in for a missing T5 is the transformer's joint attention width."""
+        return {"joint_width": self.joint_width(denoiser_config)}
 
 
 def fit_transformer_config(config: Mapping[str, Any], state: StateDict) -> dict[str, Any]:

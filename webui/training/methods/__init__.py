@@ -43,34 +43,46 @@ class TrainerModels:
         return self.base.record.name
 
     @property
+    def denoiser_config(self) -> dict:
+        """The config of the family's denoiser (the UNet, or SD3's transformer)."""
+        return self.base.configs[self.model_family.denoiser]
+
+    @property
     def unet_config(self) -> dict:
-        return self.base.configs["unet"]
+        return self.denoiser_config
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The family's denoiser component: `pipeline.unet`, or `pipeline.transformer` for DiT families."""
+        return getattr(self.pipeline, self.model_family.denoiser)
 
     @property
     def unet(self) -> nn.Module:
-        return self.pipeline.unet
+        """The denoiser, under the name the SD methods use."""
+        return self.denoiser
 
     @property
     def vae(self) -> nn.Module:
         return self.pipeline.vae
 
     @property
-    def text_encoders(self) -> list[nn.Module]:
-        encoders = [self.pipeline.text_encoder]
-        if getattr(self.pipeline, "text_encoder_2", None) is not None:
-            encoders.append(self.pipeline.text_encoder_2)
-        return encoders
+    def prompt_encoders(self) -> list[nn.Module | None]:
+        """Every text encoder slot of the family, in order; None for an optional one the checkpoint lacks
+        (SD3 without T5): what the family's prompt encoding takes."""
+        return [getattr(self.pipeline, name, None) for name in self.model_family.text_encoders]
 
     @property
     def tokenizers(self) -> list[Any]:
-        tokenizers = [self.pipeline.tokenizer]
-        if getattr(self.pipeline, "tokenizer_2", None) is not None:
-            tokenizers.append(self.pipeline.tokenizer_2)
-        return tokenizers
+        return [getattr(self.pipeline, name) for name in self.model_family.tokenizers]
 
     @property
     def text_encoder_names(self) -> list[str]:
-        return ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
+        """The text encoders the checkpoint has (what can train)."""
+        return [name for name in self.model_family.text_encoders if getattr(self.pipeline, name, None) is not None]
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        return [getattr(self.pipeline, name) for name in self.text_encoder_names]
 
 
 @dataclass(frozen=True)

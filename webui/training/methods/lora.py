@@ -1,9 +1,11 @@
-"""LoRA (and DreamBooth-LoRA): PEFT adapters on the UNet attention, optionally the text encoder and convs.
+"""LoRA (and DreamBooth-LoRA): PEFT adapters on the denoiser's attention (the layers are the family's choice:
+`ModelFamily.lora_training_targets`), optionally the text encoders and convs.
 
 Adapters are PEFT `LoraConfig` layers injected into the trainer's copy of the model, so the forward pass
-is PEFT's, not hand-written. The result is exported in kohya's format (what A1111, ComfyUI and Civitai
-load) from each adapter's A (down) and B (up) matrices and its alpha; PEFT's scale alpha / rank is the
-same as kohya's, so the file reproduces exactly what was trained.
+is PEFT's, not hand-written. The result is exported in the family's layout (`ModelFamily.trained_lora_layout`:
+kohya's for SD1/SD2/SDXL, what A1111, ComfyUI and Civitai load; diffusers' PEFT keys for SD3) from each
+adapter's A (down) and B (up) matrices and its alpha; PEFT's scale alpha / rank is the same as kohya's and
+diffusers', so the file reproduces exactly what was trained.
 """
 
 from __future__ import annotations
@@ -25,17 +27,6 @@ ADAPTER_NAME = "default"
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # 3x3 convolutions kohya's LoCon trains with conv_dim: ResNet convs and the down/upsamplers.
 _CONV_PARENTS = re.compile(r"(^|\.)(resnets\.\d+\.(conv1|conv2)|downsamplers\.\d+\.conv|upsamplers\.\d+\.conv)$")
-
-
-def unet_target_names(unet: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
-    """Full paths of UNet layers inside transformer blocks whose names end with one of `suffixes`."""
-    names = []
-    for name, module in unet.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) or ".attentions." not in f".{name}":
-            continue
-        if any(name == suffix or name.endswith("." + suffix) for suffix in suffixes):
-            names.append(name)
-    return names
 
 
 def unet_conv_names(unet: nn.Module) -> list[str]:
@@ -94,21 +85,25 @@ class LoraAdapters:
         self.components: dict[str, nn.Module] = {}
 
     def inject(self) -> None:
-        config, unet = self.config, self.models.unet
-        targets = unet_target_names(unet, tuple(config.target_modules))
-        convs = unet_conv_names(unet) if config.conv_rank > 0 else []
+        config, denoiser, family = self.config, self.models.denoiser, self.models.model_family
+        targets = family.lora_training_targets(denoiser, tuple(config.target_modules))
+        convs = unet_conv_names(denoiser) if config.conv_rank > 0 else []
         if not targets:
-            raise TrainingConfigError("target_modules", f"no UNet layer matches {list(config.target_modules)}")
-        inject_lora(unet, targets, config.rank, config.alpha, convs, config.conv_rank, config.conv_alpha)
-        self.components["unet"] = unet
+            raise TrainingConfigError("target_modules", f"no {family.denoiser} layer matches "
+                                                        f"{list(config.target_modules)}")
+        inject_lora(denoiser, targets, config.rank, config.alpha, convs, config.conv_rank, config.conv_alpha)
+        self.components[family.denoiser] = denoiser
         if config.train_text_encoder:
             for name, encoder in zip(self.models.text_encoder_names, self.models.text_encoders):
-                inject_lora(encoder, text_encoder_target_names(encoder), config.rank, config.alpha)
-                self.components[name] = encoder
+                encoder_targets = text_encoder_target_names(encoder)
+                if encoder_targets:  # CLIP encoders; T5 (SD3's third) names its projections q/k/v/o and stays frozen
+                    inject_lora(encoder, encoder_targets, config.rank, config.alpha)
+                    self.components[name] = encoder
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        groups = [{"params": list(lora_parameters(self.components["unet"]).values()), "lr": self.config.unet_lr}]
-        text_parameters = [p for name, module in self.components.items() if name != "unet"
+        denoiser = self.models.model_family.denoiser
+        groups = [{"params": list(lora_parameters(self.components[denoiser]).values()), "lr": self.config.unet_lr}]
+        text_parameters = [p for name, module in self.components.items() if name != denoiser
                            for p in lora_parameters(module).values()]
         if text_parameters:
             groups.append({"params": text_parameters, "lr": self.config.text_encoder_lr})
@@ -125,7 +120,7 @@ class LoraAdapters:
         return layers
 
     def save(self, path: Path, request: SaveRequest, trigger_words: list[str], extra: dict[str, str]) -> Path:
-        from webui.training.export import lora_metadata, save_kohya_lora
+        from webui.training.export import lora_metadata, save_trained_lora
 
         config, models = self.config, self.models
         metadata = lora_metadata(
@@ -134,7 +129,7 @@ class LoraAdapters:
             steps=request.step, epochs=request.epoch, rank=config.rank, alpha=config.alpha,
             tag_frequency=request.summary.tag_frequency, extra=extra,
         )
-        return save_kohya_lora(path, self.layers(), metadata, models.family, unet_config=models.unet_config)
+        return save_trained_lora(path, self.layers(), metadata, models.family, denoiser_config=models.denoiser_config)
 
 
 def training_metadata(config: TrainingConfig) -> dict[str, str]:
