@@ -238,6 +238,12 @@ def save_kohya_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata
         tensors[f"{name}.lora_down.weight"] = weights.down.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.lora_up.weight"] = weights.up.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(weights.alpha), dtype=torch.float32)
+    return _write_hashed(path, tensors, file_metadata)
+
+
+def _write_hashed(path: Path, tensors: dict[str, Tensor], file_metadata: dict[str, str]) -> Path:
+    """Write a LoRA file atomically with the hashes kohya and modelspec readers expect of its data section
+    (`sshs_model_hash`, `modelspec.hash_sha256` when the file carries modelspec keys)."""
     data_hash = _data_section_sha256(serialize_safetensors(tensors))
     file_metadata["sshs_model_hash"] = data_hash
     if any(key.startswith("modelspec.") for key in file_metadata):
@@ -278,12 +284,7 @@ def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], meta
     file_metadata[DIFFUSERS_ADAPTER_METADATA] = json.dumps(
         {f"{component}.{key}": value for component, adapter in adapters.items() for key, value in adapter.items()},
         sort_keys=True)
-    data_hash = _data_section_sha256(serialize_safetensors(tensors))
-    file_metadata["sshs_model_hash"] = data_hash
-    if any(key.startswith("modelspec.") for key in file_metadata):
-        file_metadata["modelspec.hash_sha256"] = "0x" + data_hash
-    serialized = serialize_safetensors(tensors, metadata=file_metadata)
-    return _atomic_write(path, lambda temporary: temporary.write_bytes(serialized))
+    return _write_hashed(path, tensors, file_metadata)
 
 
 def save_trained_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata: Mapping[str, str], family: str,
