@@ -22,18 +22,17 @@ import pytest
 import torch
 
 from tests.support.dit_lora_files import (
-    COMFYUI, KOHYA, ONETRAINER, PEFT, Updates, diffusers_names_file, expected_from_original, original_linear_weights,
-    original_names_file, snapshot, write_file,
+    COMFYUI, DENOISER_WEIGHT, KOHYA, ONETRAINER, PEFT, Updates, assert_restored,
+    assert_text_encoders_merged, diffusers_names_file, expected_from_original, original_linear_weights,
+    original_names_file, snapshot, use, write_file,
 )
 from tests.support.flux_files import DEV, denoise, tiny_flux_modules, transformer_to_bfl, write_all_in_one
 from webui.models.catalog import CheckpointCatalog
 from webui.models.hashing import HashCache
 from webui.models.ldm_conversion import flux_transformer_from_bfl
-from webui.models.lora_catalog import LoraUse
 from webui.models.manager import ModelManager
 
 CHECKPOINT = "flux1-dev-aio"
-TE_WEIGHT, DENOISER_WEIGHT = 0.5, 0.75  # A1111's <lora:name:te:unet>; the second weight is the transformer's
 TEXT_ENCODERS = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te3_"}  # sd-scripts: CLIP-L te1, T5 te3
 to_bfl = partial(transformer_to_bfl, prefix="")
 
@@ -53,27 +52,9 @@ def loaded_modules(manager: ModelManager) -> dict[str, torch.nn.Module]:
         return {name: getattr(model.pipeline, name) for name in ("transformer", *TEXT_ENCODERS)}
 
 
-def use(path: Path) -> LoraUse:
-    return LoraUse(path.stem, path, TE_WEIGHT, DENOISER_WEIGHT, "000000000000")
-
-
 def bfl_names_file(path: Path, modules, naming: str, seed: int) -> tuple[Path, Updates]:
     weights = original_linear_weights(to_bfl(modules["transformer"].state_dict()), "")
     return original_names_file(path, modules, weights, naming, TEXT_ENCODERS, seed)
-
-
-def assert_text_encoders_merged(modules, original, updates: Updates) -> None:
-    for target in [name for name in updates.factors if name.startswith("text_encoder")]:
-        component, layer = target.split(".", 1)
-        expected = original[component][f"{layer}.weight"] + TE_WEIGHT * updates.delta(target)
-        torch.testing.assert_close(modules[component].get_submodule(layer).weight, expected, rtol=1e-5, atol=1e-5)
-
-
-def assert_restored(manager: ModelManager, original) -> None:
-    with manager.checkout(manager.state_for(CHECKPOINT, ())) as model:
-        for component, state in original.items():
-            loaded = getattr(model.pipeline, component).state_dict()
-            assert all(torch.equal(loaded[key], value) for key, value in state.items()), component
 
 
 @pytest.mark.parametrize("naming", [KOHYA, COMFYUI])
@@ -111,7 +92,7 @@ def test_bfl_names_merge_like_the_checkpoint_converter_splits_them(manager, tmp_
         torch.testing.assert_close(merged["norm_out.linear.weight"], before["norm_out.linear.weight"]
                                    + DENOISER_WEIGHT * torch.cat([final[half:], final[:half]]), rtol=1e-5, atol=1e-5)
         assert_text_encoders_merged(modules, original, updates)
-    assert_restored(manager, original)
+    assert_restored(manager, CHECKPOINT, original)
 
 
 @pytest.mark.parametrize("naming", [PEFT, ONETRAINER])
@@ -127,7 +108,7 @@ def test_diffusers_module_names_merge_the_expected_delta(manager, tmp_path, nami
             expected = original["transformer"][key] + DENOISER_WEIGHT * updates.delta(target)
             torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-5, msg=key)
         assert_text_encoders_merged(modules, original, updates)
-    assert_restored(manager, original)
+    assert_restored(manager, CHECKPOINT, original)
 
 
 def test_a_flux_lora_changes_the_image_and_an_sd3_lora_is_skipped_with_both_names(manager, tmp_path):

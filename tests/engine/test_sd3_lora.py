@@ -22,8 +22,9 @@ import torch
 from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
 
 from tests.support.dit_lora_files import (
-    COMFYUI, KOHYA, ONETRAINER, PEFT, Updates, diffusers_names_file, expected_from_original, original_linear_weights,
-    original_names_file, snapshot, write_file,
+    COMFYUI, DENOISER_WEIGHT, KOHYA, ONETRAINER, PEFT, Updates, assert_restored,
+    assert_text_encoders_merged, diffusers_names_file, expected_from_original, original_linear_weights,
+    original_names_file, snapshot, use, write_file,
 )
 from tests.support.sd3_files import MEDIUM, tiny_sd3_modules, transformer_to_original, write_single_file
 from webui.generation.prompt_syntax import extract_network_tags
@@ -33,7 +34,6 @@ from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
 
 CHECKPOINT = "sd3.5_medium_incl_clips_t5xxl"
-TE_WEIGHT, DENOISER_WEIGHT = 0.5, 0.75  # A1111's <lora:name:te:unet>; the second weight is the transformer's
 ORIGINAL_PREFIX = "model.diffusion_model."
 TEXT_ENCODERS = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_"}
 
@@ -54,27 +54,9 @@ def loaded_modules(manager: ModelManager) -> dict[str, torch.nn.Module]:
         return {name: getattr(model.pipeline, name) for name in ("transformer", *TEXT_ENCODERS)}
 
 
-def use(path: Path) -> LoraUse:
-    return LoraUse(path.stem, path, TE_WEIGHT, DENOISER_WEIGHT, "000000000000")
-
-
 def mmdit_names_file(path: Path, modules, naming: str, seed: int) -> tuple[Path, Updates]:
     weights = original_linear_weights(transformer_to_original(modules["transformer"].state_dict()), ORIGINAL_PREFIX)
     return original_names_file(path, modules, weights, naming, TEXT_ENCODERS, seed)
-
-
-def assert_text_encoders_merged(modules, original, updates: Updates) -> None:
-    for target in [name for name in updates.factors if name.startswith("text_encoder")]:
-        component, layer = target.split(".", 1)
-        expected = original[component][f"{layer}.weight"] + TE_WEIGHT * updates.delta(target)
-        torch.testing.assert_close(modules[component].get_submodule(layer).weight, expected, rtol=1e-5, atol=1e-5)
-
-
-def assert_restored(manager: ModelManager, original) -> None:
-    with manager.checkout(manager.state_for(CHECKPOINT, ())) as model:
-        for component, state in original.items():
-            loaded = getattr(model.pipeline, component).state_dict()
-            assert all(torch.equal(loaded[key], value) for key, value in state.items()), component
 
 
 @pytest.mark.parametrize("naming", [KOHYA, COMFYUI])
@@ -105,7 +87,7 @@ def test_original_mmdit_names_merge_like_the_checkpoint_converter_splits_them(ma
                                    original["transformer"]["transformer_blocks.0.attn2.to_out.0.weight"]
                                    + DENOISER_WEIGHT * updates.delta("joint_blocks.0.x_block.attn2.proj"))
         assert_text_encoders_merged(modules, original, updates)
-    assert_restored(manager, original)
+    assert_restored(manager, CHECKPOINT, original)
 
 
 @pytest.mark.parametrize("naming", [PEFT, ONETRAINER])
@@ -121,7 +103,7 @@ def test_diffusers_module_names_merge_the_expected_delta(manager, tmp_path, nami
             expected = original["transformer"][key] + DENOISER_WEIGHT * updates.delta(target)
             torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-5, msg=key)
         assert_text_encoders_merged(modules, original, updates)
-    assert_restored(manager, original)
+    assert_restored(manager, CHECKPOINT, original)
 
 
 def denoise(pipeline, prompt: str) -> np.ndarray:

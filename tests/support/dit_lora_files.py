@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from webui.models.lora_catalog import LoraUse
+
 RANK = 2
 KOHYA, COMFYUI, PEFT, ONETRAINER = "kohya", "comfyui", "peft", "onetrainer"
 
@@ -131,3 +133,28 @@ def diffusers_names_file(path: Path, modules: Mapping[str, nn.Module], naming: s
             tensors |= _kohya_tensors("lora_transformer_" + module_path.replace(".", "_"), factors)
     tensors |= _text_encoder_tensors(modules, text_encoder_prefixes, updates, dotted=naming == PEFT)
     return write_file(path, tensors), updates
+
+
+TE_WEIGHT, DENOISER_WEIGHT = 0.5, 0.75  # A1111's <lora:name:te:unet>; the second weight is the transformer's
+
+
+def use(path: Path) -> LoraUse:
+    """A LoRA file as a prompt tag `<lora:name:0.5:0.75>` asks for it."""
+    return LoraUse(path.stem, path, TE_WEIGHT, DENOISER_WEIGHT, "000000000000")
+
+
+def assert_text_encoders_merged(modules: Mapping[str, nn.Module], original: Mapping[str, Mapping[str, Tensor]],
+                                updates: Updates) -> None:
+    """Every text-encoder layer the file changes holds its original weight plus TE_WEIGHT times the update."""
+    for target in [name for name in updates.factors if name.startswith("text_encoder")]:
+        component, layer = target.split(".", 1)
+        expected = original[component][f"{layer}.weight"] + TE_WEIGHT * updates.delta(target)
+        torch.testing.assert_close(modules[component].get_submodule(layer).weight, expected, rtol=1e-5, atol=1e-5)
+
+
+def assert_restored(manager, checkpoint: str, original: Mapping[str, Mapping[str, Tensor]]) -> None:
+    """Checking the checkpoint out without LoRAs gives back every original weight bitwise."""
+    with manager.checkout(manager.state_for(checkpoint, ())) as model:
+        for component, state in original.items():
+            loaded = getattr(model.pipeline, component).state_dict()
+            assert all(torch.equal(loaded[key], value) for key, value in state.items()), component
