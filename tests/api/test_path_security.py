@@ -428,6 +428,7 @@ def route_table() -> dict[tuple[str, str], tuple[dict, list[str]]]:
                                               ["name"] + [f"config.{name}" for name in _training_string_fields()]),
         # Path parameters ("{file}") get the value URL-encoded into the path.
         ("GET", "/sdapi/v1/train/exports/{name}/{file}"): ({}, ["{name}", "{file}"]),
+        ("GET", "/sdapi/v1/train/presets"): ({}, []),  # `base_checkpoint` is matched against the catalog, never opened
         ("GET", "/sdapi/v1/progress"): ({}, []),  # its one query parameter is a bool
         ("POST", "/api/v1/jobs"): ({"kind": "train", "request": training},
                                    [f"request.{name}" for name in _training_string_fields()]),

@@ -78,16 +78,16 @@ def test_choosing_a_flow_checkpoint_shows_shift_and_the_sd1_model_hides_it(page,
     page.wait_for_function("document.querySelector('#txt2img_shift input[type=number]').value == '2.5'")
     page.click("button[role=tab]:has-text('img2img')")
     page.wait_for_selector("#img2img_shift", state="visible")
-    assert not page.is_visible("#img2img_distilled_cfg_scale")
+    page.wait_for_selector("#img2img_distilled_cfg_scale", state="hidden")
     # ... but not to start from an image: img2img's sampler became the family's default.
-    assert page.input_value("#img2img_sampling input") == "Euler"
+    page.wait_for_function("document.querySelector('#img2img_sampling input').value === 'Euler'")
 
     page.click("button[role=tab]:has-text('txt2img')")
     assert choose_checkpoint(page, "sd-studio-toy").endswith("(SD1.x)")
     page.wait_for_selector("#txt2img_shift", state="hidden")
     page.click("button[role=tab]:has-text('img2img')")
     page.wait_for_selector("#img2img_denoising_strength", state="visible")
-    assert not page.is_visible("#img2img_shift")
+    page.wait_for_selector("#img2img_shift", state="hidden")
     assert "cannot be loaded" not in family_server.log()
 
 
@@ -108,4 +108,5 @@ def test_a_flux_checkpoint_shows_distilled_cfg_and_hides_clip_skip(page, family_
 
     assert choose_checkpoint(page, "sd-studio-toy").endswith("(SD1.x)")
     page.wait_for_selector("#txt2img_clip_skip", state="visible")
-    assert not page.is_visible("#txt2img_distilled_cfg_scale") and not page.is_visible("#txt2img_hr_distilled_cfg")
+    page.wait_for_selector("#txt2img_distilled_cfg_scale", state="hidden")
+    page.wait_for_selector("#txt2img_hr_distilled_cfg", state="hidden")
