@@ -202,8 +202,9 @@ class ModelFamily(ABC):
 
     def encode_sequence(self, encoder: torch.nn.Module | None, token_ids: torch.Tensor | None,
                         joint_width: int, clip_ids: torch.Tensor, length: int) -> torch.Tensor:
-        """The `sequence_text_encoder`'s hidden states for a whole prompt (only families that have one)."""
-        raise NotImplementedError(f"{self.label} has no whole-prompt text encoder")
+        """The `sequence_text_encoder`'s hidden states for a whole prompt. Families that have one (SD3, Flux)
+        override this; the engine calls it only for them, so reaching the default is a caller's mistake."""
+        raise TypeError(f"{self.label} has no whole-prompt text encoder (its sequence_text_encoder is None)")
 
     def joint_width(self, denoiser_config: Mapping[str, Any]) -> int:
         """The text features' width the loaded denoiser takes (its config may differ from the family's
