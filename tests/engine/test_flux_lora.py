@@ -23,7 +23,7 @@ import torch
 
 from tests.support.dit_lora_files import (
     COMFYUI, DENOISER_WEIGHT, KOHYA, ONETRAINER, PEFT, Updates, assert_restored,
-    assert_text_encoders_merged, diffusers_names_file, expected_from_original, original_linear_weights,
+    assert_text_encoders_merged, check_diffusers_names_merge, expected_from_original, original_linear_weights,
     original_names_file, snapshot, use, write_file,
 )
 from tests.support.flux_files import DEV, denoise, tiny_flux_modules, transformer_to_bfl, write_all_in_one
@@ -97,18 +97,8 @@ def test_bfl_names_merge_like_the_checkpoint_converter_splits_them(manager, tmp_
 
 @pytest.mark.parametrize("naming", [PEFT, ONETRAINER])
 def test_diffusers_module_names_merge_the_expected_delta(manager, tmp_path, naming):
-    modules = loaded_modules(manager)
-    original = snapshot(modules)
-    path, updates = diffusers_names_file(tmp_path / f"{naming}.safetensors", modules, naming, TEXT_ENCODERS, seed=22)
-    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
-        assert model.warnings == ()
-        merged = model.pipeline.transformer.state_dict()
-        for target in updates.of_denoiser():
-            key = target.removeprefix("transformer.") + ".weight"
-            expected = original["transformer"][key] + DENOISER_WEIGHT * updates.delta(target)
-            torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-5, msg=key)
-        assert_text_encoders_merged(modules, original, updates)
-    assert_restored(manager, CHECKPOINT, original)
+    check_diffusers_names_merge(manager, CHECKPOINT, loaded_modules(manager), tmp_path / f"{naming}.safetensors",
+                                naming, TEXT_ENCODERS, seed=22)
 
 
 def test_a_flux_lora_changes_the_image_and_an_sd3_lora_is_skipped_with_both_names(manager, tmp_path):

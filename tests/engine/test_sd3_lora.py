@@ -23,7 +23,7 @@ from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoi
 
 from tests.support.dit_lora_files import (
     COMFYUI, DENOISER_WEIGHT, KOHYA, ONETRAINER, PEFT, Updates, assert_restored,
-    assert_text_encoders_merged, diffusers_names_file, expected_from_original, original_linear_weights,
+    assert_text_encoders_merged, check_diffusers_names_merge, expected_from_original, original_linear_weights,
     original_names_file, snapshot, use, write_file,
 )
 from tests.support.sd3_files import MEDIUM, tiny_sd3_modules, transformer_to_original, write_single_file
@@ -92,18 +92,8 @@ def test_original_mmdit_names_merge_like_the_checkpoint_converter_splits_them(ma
 
 @pytest.mark.parametrize("naming", [PEFT, ONETRAINER])
 def test_diffusers_module_names_merge_the_expected_delta(manager, tmp_path, naming):
-    modules = loaded_modules(manager)
-    original = snapshot(modules)
-    path, updates = diffusers_names_file(tmp_path / f"{naming}.safetensors", modules, naming, TEXT_ENCODERS, seed=12)
-    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
-        assert model.warnings == ()
-        merged = model.pipeline.transformer.state_dict()
-        for target in updates.of_denoiser():
-            key = target.removeprefix("transformer.") + ".weight"
-            expected = original["transformer"][key] + DENOISER_WEIGHT * updates.delta(target)
-            torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-5, msg=key)
-        assert_text_encoders_merged(modules, original, updates)
-    assert_restored(manager, CHECKPOINT, original)
+    check_diffusers_names_merge(manager, CHECKPOINT, loaded_modules(manager), tmp_path / f"{naming}.safetensors",
+                                naming, TEXT_ENCODERS, seed=12)
 
 
 def denoise(pipeline, prompt: str) -> np.ndarray:

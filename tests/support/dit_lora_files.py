@@ -158,3 +158,21 @@ def assert_restored(manager, checkpoint: str, original: Mapping[str, Mapping[str
         for component, state in original.items():
             loaded = getattr(model.pipeline, component).state_dict()
             assert all(torch.equal(loaded[key], value) for key, value in state.items()), component
+
+
+def check_diffusers_names_merge(manager, checkpoint: str, modules: Mapping[str, nn.Module], path: Path,
+                                naming: str, text_encoders: Mapping[str, str], seed: int) -> None:
+    """A file in diffusers module names (`naming`: PEFT or OneTrainer) merges exactly its deltas into the
+    transformer (at DENOISER_WEIGHT) and text encoders (at TE_WEIGHT), every key is used, and taking it off
+    restores every weight bitwise."""
+    original = snapshot(modules)
+    path, updates = diffusers_names_file(path, modules, naming, text_encoders, seed=seed)
+    with manager.checkout(manager.state_for(checkpoint, [use(path)])) as model:
+        assert model.warnings == ()
+        merged = model.pipeline.transformer.state_dict()
+        for target in updates.of_denoiser():
+            key = target.removeprefix("transformer.") + ".weight"
+            expected = original["transformer"][key] + DENOISER_WEIGHT * updates.delta(target)
+            torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-5, msg=key)
+        assert_text_encoders_merged(modules, original, updates)
+    assert_restored(manager, checkpoint, original)
