@@ -25,7 +25,6 @@ import torch
 
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord, UnknownCheckpointError
 from webui.models.families import family_named
-from webui.models.catalog import CheckpointCatalog, CheckpointRecord
 from webui.models.checkpoint_settings import CheckpointSettings
 from webui.models.hashing import HashCache
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector

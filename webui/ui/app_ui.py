@@ -132,7 +132,9 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
             return gr.update(choices=ctx.models.checkpoint_choices(), value=record.title)
 
         refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
-        checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint)
+        # always_last: a second choice made while the first model still loads runs after it (gradio's default
+        # for input events drops it, and the finished first load would set the dropdown back to itself).
+        checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint, trigger_mode="always_last")
         blocks.load(show_checkpoints, outputs=[checkpoint, unusable, vae])
 
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img, queue)
