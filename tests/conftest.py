@@ -60,11 +60,29 @@ class RunningServer:
 
 def start_server(data_dir: Path, *extra_args: str, timeout: float = 180,
                  env: dict[str, str] | None = None) -> RunningServer:
-    """Run `launch.py` as a user would, in a subprocess, and wait until it says it is running and answers."""
+    """Run `launch.py` as a user would, in a subprocess, and wait until it says it is running and answers.
+
+    A port another test process took between `free_port` and the server's bind (parallel workers) is
+    retried on a new port."""
+    for _ in range(3):
+        try:
+            return _start_server_once(data_dir, extra_args, timeout, env)
+        except _PortTaken:
+            continue
+    raise RuntimeError("three free ports in a row were taken before the server could bind them")
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _start_server_once(data_dir: Path, extra_args: tuple[str, ...], timeout: float,
+                       env: dict[str, str] | None) -> RunningServer:
     import requests
 
     port = free_port()
     log_file = data_dir / "server.log"
+    start = log_file.stat().st_size if log_file.exists() else 0
     handle = open(log_file, "a")  # a restarted server appends to the same log
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "launch.py"), "--skip-install", "--port", str(port), "--data-dir", str(data_dir), *extra_args],
@@ -74,9 +92,12 @@ def start_server(data_dir: Path, *extra_args: str, timeout: float = 180,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            written = _log_since(log_file, start)
+            if "port is in use" in written:  # launch.py's message when the bind fails
+                raise _PortTaken(written)
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_file.read_text()}")
         try:
-            if "running on" in log_file.read_text(errors="replace"):
+            if "running on" in _log_since(log_file, start):
                 requests.get(url + "/", timeout=2)
                 return RunningServer(url, data_dir, process, log_file)
         except requests.RequestException:
@@ -84,6 +105,10 @@ def start_server(data_dir: Path, *extra_args: str, timeout: float = 180,
         time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"server did not start in {timeout}s:\n{log_file.read_text()}")
+
+
+def _log_since(log_file: Path, offset: int) -> str:
+    return log_file.read_bytes()[offset:].decode(errors="replace")
 
 
 def stop_server(server: RunningServer) -> None:
@@ -113,6 +138,9 @@ _TIER_OF_FOLDER = {"unit": "unit", "api": "api", "engine": "engine", "browser": 
 
 
 def pytest_collection_modifyitems(config, items):
+    # Modules marked `long` first: with workers taking whole files in collection order (run_tests.py), a
+    # minutes-long module started last would leave one worker running alone at the end.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
     for item in items:
         folder = Path(str(item.fspath)).parent.name
         tier = _TIER_OF_FOLDER.get(folder)

@@ -22,6 +22,10 @@ from webui.security.users import AccountError
 from webui.settings import SHARE_TIMEOUT_S, Settings, SettingsError, settings_from_args
 
 log = logging.getLogger("sdstudio")
+
+
+class ServerStartError(RuntimeError):
+    """The HTTP server could not bind its address (a port in use): a one-line message, not a traceback."""
 START_TIMEOUT_S = 60
 # The HTTP API's OpenAPI description and its browsable page; behind the login like every route.
 API_DOCS = {"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.json"}
@@ -38,55 +42,74 @@ def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     from webui.security.limits import guard_library_decoders
     from webui.security.server import build_server_security, startup_banner
 
+    check_port_free(settings.host, settings.port)  # before minutes of model loading, not after
     security = build_server_security(settings, gradio_upload_folder() if settings.serve_ui else None)
     ctx = build_context(settings)
-    guard_library_decoders(ctx.request_limits)
-    ctx.models.warm_start()  # load the model at start, like A1111
-    app = FastAPI(title="SD Studio", **API_DOCS, middleware=security.middleware())
-    if settings.serve_api:  # before the UI: gradio is mounted at "/" and would take every later route
-        install_api(app, ctx)
-    mount_routes(app, ctx.extensions)
-    blocks = None
-    if settings.serve_ui:
-        import gradio as gr
-
-        from webui.security.accounts import AccountService
-        from webui.extensions.host import page_assets
-        from webui.ui.app_ui import CSS, THEME, build_ui
-
-        blocks = build_ui(ctx, AccountService(security.authenticator))
-        extension_css, extension_head = page_assets(ctx.extensions)
-        blocks.queue(default_concurrency_limit=4)
-        # run_history off: its routes would make the server call the Hugging Face Hub with a client's token.
-        gr.mount_gradio_app(app, blocks, path="/", theme=THEME, css=CSS + extension_css,
-                            head=extension_head or None, show_error=True, run_history=False,
-                            max_file_size=ctx.request_limits.max_upload_bytes,
-                            app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None})
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="http-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the HTTP server did not start on {settings.host}:{settings.port} (is the port in use?)")
-        time.sleep(0.05)
-    announce_app_started(ctx.extensions, f"http://127.0.0.1:{settings.port}", ctx,
-                         extension_data_root(settings))
-    path = "/" if settings.serve_ui else "/sdapi/v1"
-    for line in startup_banner(settings, security, path=path):
-        print(line if settings.serve_ui else line.replace("SD Studio running", "SD Studio API running"), flush=True)
-    if settings.share and blocks is None:
-        log.warning("--share needs the web UI: with --nowebui there is no share link")
-    elif settings.share:
-        threading.Thread(target=announce_share_link, args=(settings, blocks, SHARE_TIMEOUT_S), name="share-link",
-                         daemon=True).start()
-    if ready:
-        ready.set()
     try:
-        while thread.is_alive():
-            thread.join(0.5)
+        guard_library_decoders(ctx.request_limits)
+        ctx.models.warm_start()  # load the model at start, like A1111
+        app = FastAPI(title="SD Studio", **API_DOCS, middleware=security.middleware())
+        if settings.serve_api:  # before the UI: gradio is mounted at "/" and would take every later route
+            install_api(app, ctx)
+        mount_routes(app, ctx.extensions)
+        blocks = None
+        if settings.serve_ui:
+            import gradio as gr
+
+            from webui.security.accounts import AccountService
+            from webui.extensions.host import page_assets
+            from webui.ui.app_ui import CSS, THEME, build_ui
+
+            blocks = build_ui(ctx, AccountService(security.authenticator))
+            extension_css, extension_head = page_assets(ctx.extensions)
+            blocks.queue(default_concurrency_limit=4)
+            # run_history off: its routes would make the server call the Hugging Face Hub with a client's token.
+            gr.mount_gradio_app(app, blocks, path="/", theme=THEME, css=CSS + extension_css,
+                                head=extension_head or None, show_error=True, run_history=False,
+                                max_file_size=ctx.request_limits.max_upload_bytes,
+                                app_kwargs={"docs_url": None, "redoc_url": None, "openapi_url": None})
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
+        thread = threading.Thread(target=server.run, name="http-server", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ServerStartError(f"the HTTP server could not start on {settings.host}:{settings.port}: the port is "
+                                       f"in use or the address cannot be bound; choose another with --port")
+            time.sleep(0.05)
+        announce_app_started(ctx.extensions, f"http://127.0.0.1:{settings.port}", ctx,
+                             extension_data_root(settings))
+        path = "/" if settings.serve_ui else "/sdapi/v1"
+        for line in startup_banner(settings, security, path=path):
+            print(line if settings.serve_ui else line.replace("SD Studio running", "SD Studio API running"), flush=True)
+        if settings.share and blocks is None:
+            log.warning("--share needs the web UI: with --nowebui there is no share link")
+        elif settings.share:
+            threading.Thread(target=announce_share_link, args=(settings, blocks, SHARE_TIMEOUT_S), name="share-link",
+                             daemon=True).start()
+        if ready:
+            ready.set()
+        try:
+            while thread.is_alive():
+                thread.join(0.5)
+        finally:
+            server.should_exit = True
     finally:
-        server.should_exit = True
+        ctx.close()  # workers and job store stop cleanly, also when the server could not start
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ServerStartError when `host:port` cannot be bound now (another server holds the port)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ServerStartError(f"the HTTP server could not start on {host}:{port}: the port is in use or the "
+                                   f"address cannot be bound ({error.strerror}); choose another with --port") from None
 
 
 def gradio_upload_folder() -> str:
@@ -144,6 +167,9 @@ def run(argv: Sequence[str]) -> int:
     except AccountError as error:
         print(f"launch.py: error: {error}", file=sys.stderr)
         return 2
+    except ServerStartError as error:
+        print(f"launch.py: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     return 0

@@ -44,6 +44,8 @@ FILE_COMPONENTS = {"Image", "Imageeditor", "File", "Gallery", "Video", "Audio", 
 DEEP = 16  # enough `../` to climb from any folder of the app to / before walking down again
 HUB_REPO = "someone/some-model"
 
+pytestmark = pytest.mark.long  # the walk of every gradio endpoint takes about two minutes
+
 
 @dataclass
 class World:

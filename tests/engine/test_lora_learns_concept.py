@@ -33,6 +33,8 @@ PROMPT_COUNT = 16
 FRESH_PROMPT_SEED = 4242
 FRESH_IMAGE_SEED = SUBJECT_IMAGE_SEED + 50_000
 
+pytestmark = pytest.mark.long
+
 
 @dataclass(frozen=True)
 class Outcome:

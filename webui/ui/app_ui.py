@@ -126,14 +126,16 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
                 return gr.update()
             owner = caller_of(request).name
             try:
-                record = ctx.models.select_checkpoint(title, owner)
+                ctx.models.select_checkpoint(title, owner)
             except Exception as error:  # the previous model stays loaded and usable
                 raise gr.Error(user_error(error)) from None
-            return gr.update(choices=ctx.models.checkpoint_choices(), value=record.title)
+            # The choices only: writing the value back would let a load that finishes after the user chose
+            # again put the older choice back into the dropdown.
+            return gr.update(choices=ctx.models.checkpoint_choices())
 
         refresh.click(refresh_checkpoints, outputs=[checkpoint, unusable, vae])
-        # always_last: a second choice made while the first model still loads runs after it (gradio's default
-        # for input events drops it, and the finished first load would set the dropdown back to itself).
+        # always_last: a second choice made while the first model still loads is loaded after it (gradio's
+        # default for input events would drop it, leaving the first model loaded under the second's name).
         checkpoint.input(choose_checkpoint, inputs=checkpoint, outputs=checkpoint, trigger_mode="always_last")
         blocks.load(show_checkpoints, outputs=[checkpoint, unusable, vae])
 
