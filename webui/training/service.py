@@ -137,7 +137,9 @@ class TrainingService:
                         summary=lambda job: f"train {job.config.method} {job.config.output_name!r}",
                         cost=lambda job: float(job.config.max_train_steps or 1),
                         result_record=lambda result: {"files": [str(path) for path in result.files],
-                                                      "cancelled": bool(result.cancelled)})]
+                                                      "cancelled": bool(result.cancelled),
+                                                      "key_checks": [check.to_dict() for check in result.key_checks],
+                                                      "key_problems": result.key_problems})]
 
     def _run(self, worker: Worker, job: TrainingJob, control: JobControl) -> TrainingResult:
         config = job.config
@@ -488,7 +490,10 @@ def cancel_training(service: TrainingService, user: User) -> str:
 IDLE_STATUS: dict[str, Any] = {
     "state": "idle", "name": None, "method": None, "step": 0, "total": 0, "epoch": 0, "total_epochs": 0,
     "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
-    "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None}
+    "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None,
+    "key_checks": [], "key_problems": []}
+# A finished run whose saved files some loader would read only in part: saved, but not "done".
+SAVED_WITH_WARNINGS = "saved_with_warnings"
 BUSY_MESSAGE = "Another user's training run is using the trainer; yours can start when it ends."
 
 
@@ -509,15 +514,18 @@ def training_status(service: TrainingService, viewer: User | None = None) -> dic
     """
     monitor = service.monitor
     if monitor is None:
-        return dict(IDLE_STATUS, messages=[], files=[], warnings=[])
+        return dict(IDLE_STATUS, messages=[], files=[], warnings=[], key_checks=[], key_problems=[])
     if visible_run(service, viewer) is None:
         if monitor.finished:
-            return dict(IDLE_STATUS, messages=[], files=[], warnings=[])
-        return dict(IDLE_STATUS, state="busy", messages=[BUSY_MESSAGE], files=[], warnings=[])
+            return dict(IDLE_STATUS, messages=[], files=[], warnings=[], key_checks=[], key_problems=[])
+        return dict(IDLE_STATUS, state="busy", messages=[BUSY_MESSAGE], files=[], warnings=[], key_checks=[],
+                    key_problems=[])
     latest = monitor.latest
     result = monitor.result
     if monitor.finished:
-        state = "failed" if monitor.error else ("cancelled" if result is not None and result.cancelled else "done")
+        state = "failed" if monitor.error else ("cancelled" if result is not None and result.cancelled else
+                                                SAVED_WITH_WARNINGS if result is not None and result.key_problems
+                                                else "done")
     else:
         state = "running" if latest is not None or current_job_is_training(service) else "queued"
     files = [str(path) for path in (result.files if result is not None else (latest.files_saved if latest else ()))]
@@ -541,6 +549,8 @@ def training_status(service: TrainingService, viewer: User | None = None) -> dic
         "usage": result.usage if result is not None else "",
         "warnings": list(result.warnings) if result is not None else [],
         "error": monitor.error,
+        "key_checks": [check.to_dict() for check in result.key_checks] if result is not None else [],
+        "key_problems": result.key_problems if result is not None else [],
         "owner": monitor.owner,
     }
 

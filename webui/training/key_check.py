@@ -1,0 +1,556 @@
+"""Which keys of a saved LoRA or embedding each loader users run would consume, and which it would ignore.
+
+A LoRA that another UI silently skips in part ("lora key not loaded") is the most common complaint about
+trained files, so every file the trainer writes is checked against:
+
+* this app's own reader (`webui.models.lora.read_lora`, `webui.models.embeddings.read_embedding`);
+* diffusers: its own `lora_state_dict` conversion (kohya -> diffusers names) of the family's pipeline class,
+  then the converted names matched against the model's modules as `load_lora_weights` places them (PEFT on
+  the module path; a text encoder's `text_model.` level dropped where transformers has none), text encoders
+  included, after diffusers' own text-encoder conversion, which fails on some kohya files;
+* ComfyUI (and Forge, whose LoRA loader uses ComfyUI's key maps) and A1111: the layer names each maps for
+  the family, written here as tables from their source-visible naming (`_comfyui_names`, `_a1111_names`),
+  and the tensor suffixes each reads.
+
+Names are matched against the model's modules, so the check runs on weightless (meta-device) modules built
+from the base model's configs: no weights are copied and nothing is trained.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from webui.models.checkpoint_files import CheckpointReadError, read_state_dict
+from webui.models.checkpoint_loading import CheckpointWeights
+from webui.models.families import ModelFamily, family_named
+from webui.models.formats.kohya import targetable_module_paths, unet_ldm_names
+
+LOADER_OWN = "SD Studio"
+LOADER_DIFFUSERS = "diffusers"
+LOADER_COMFYUI = "ComfyUI"
+LOADER_A1111 = "A1111"
+LOADER_FORGE = "Forge"
+KIND_LORA = "lora"
+KIND_EMBEDDING = "embedding"
+LISTED_KEYS = 12  # ignored keys named per loader in messages (the record keeps them all)
+
+# Families whose users load LoRAs in A1111 (kohya names); Flux files go to Forge, which maps them with
+# ComfyUI's tables; A1111 and Forge have no SD3 LoRA loader, so SD3 files are checked for the others only.
+_A1111_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
+_FORGE_FAMILIES = ("flux",)
+
+
+def _underscored(name: str) -> str:
+    return name.replace(".", "_")
+
+
+# --------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoaderKeys:
+    """How many of a file's keys one loader consumes; `ignored` lists the others, `note` says why when the
+    loader refuses the whole file."""
+
+    loader: str
+    loaded: int
+    total: int
+    ignored: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.loaded == self.total and not self.ignored
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loader": self.loader, "loaded": self.loaded, "total": self.total, "ignored": list(self.ignored),
+                "note": self.note}
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """One saved file checked against every loader of its family."""
+
+    file: str          # the file's name
+    kind: str          # KIND_LORA or KIND_EMBEDDING
+    total: int         # keys (tensors) in the file
+    loaders: tuple[LoaderKeys, ...]
+    not_checked: str = ""  # a loader left out, and why (A1111 cannot load a non-standard base model at all)
+
+    @property
+    def complete(self) -> bool:
+        return all(loader.complete for loader in self.loaders)
+
+    def summary(self) -> str:
+        """"a.safetensors: 288 of 288 keys load in SD Studio, diffusers, ComfyUI, A1111", with one clause per
+        differing count when some loader ignores keys."""
+        groups: dict[int, list[str]] = {}
+        for loader in self.loaders:
+            groups.setdefault(loader.loaded, []).append(loader.loader)
+        clauses = [f"{loaded} of {self.total} keys load in {', '.join(names)}"
+                   for loaded, names in sorted(groups.items(), reverse=True)]
+        return f"{self.file}: " + "; ".join(clauses)
+
+    def problems(self) -> list[str]:
+        """One line per loader that ignores keys: which loader, how many, and (some of) the keys."""
+        lines = []
+        for loader in self.loaders:
+            if loader.complete:
+                continue
+            shown = ", ".join(loader.ignored[:LISTED_KEYS])
+            more = f" and {len(loader.ignored) - LISTED_KEYS} more" if len(loader.ignored) > LISTED_KEYS else ""
+            reason = f" ({loader.note})" if loader.note else ""
+            lines.append(f"{self.file}: {loader.loader} would ignore {len(loader.ignored)} of {self.total} "
+                         f"keys{reason}: {shown}{more}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "kind": self.kind, "total": self.total, "complete": self.complete,
+                "summary": self.summary(), "loaders": [loader.to_dict() for loader in self.loaders],
+                "not_checked": self.not_checked}
+
+
+def _result(loader: str, keys: Sequence[str], consumed: Iterable[str], note: str = "") -> LoaderKeys:
+    taken = set(consumed)
+    ignored = tuple(key for key in keys if key not in taken)
+    return LoaderKeys(loader, len(keys) - len(ignored), len(keys), ignored, note)
+
+
+# --------------------------------------------------------------------------------------------
+# File keys: (layer name, tensor suffix)
+# --------------------------------------------------------------------------------------------
+
+# Tensor suffixes after "<layer>." that ComfyUI's LoRA loader reads (LoRA, LoCon, LoHa, LoKr, GLoRA, norms, diff).
+_COMFYUI_SUFFIXES = frozenset({
+    "alpha", "dora_scale", "reshape_weight", "lora_up.weight", "lora_down.weight", "lora_mid.weight",
+    "lora_B.weight", "lora_A.weight", "lora.up.weight", "lora.down.weight", "lora_linear_layer.up.weight",
+    "lora_linear_layer.down.weight", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+    "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "a1.weight", "a2.weight",
+    "b1.weight", "b2.weight", "w_norm", "b_norm", "diff", "diff_b", "set_weight",
+})
+# ComfyUI also reads attention-processor files: "<layer>_lora.up.weight".
+_COMFYUI_PROCESSOR_SUFFIXES = ("_lora.up.weight", "_lora.down.weight")
+# A1111's network modules: kohya LoRA / LoCon, LyCORIS LoHa / LoKr / full / norm / GLoRA / OFT / IA3.
+_A1111_SUFFIXES = frozenset({
+    "alpha", "dora_scale", "lora_up.weight", "lora_down.weight", "lora_mid.weight", "hada_w1_a", "hada_w1_b",
+    "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a",
+    "lokr_w2_b", "lokr_t2", "diff", "diff_b", "w_norm", "b_norm", "a1.weight", "a2.weight", "b1.weight",
+    "b2.weight", "oft_blocks", "oft_diag", "weight",
+})
+
+
+def _consumed_by_table(keys: Sequence[str], layers: set[str], suffixes: frozenset[str],
+                       processor_suffixes: Sequence[str] = ()) -> list[str]:
+    """The keys whose layer name is in `layers` and whose tensor suffix the loader reads."""
+    consumed = []
+    for key in keys:
+        for suffix in processor_suffixes:
+            if key.endswith(suffix) and key[: -len(suffix)] in layers:
+                consumed.append(key)
+                break
+        else:
+            for position in (match.start() for match in re.finditer(r"\.", key)):
+                if key[:position] in layers and key[position + 1:] in suffixes:
+                    consumed.append(key)
+                    break
+    return consumed
+
+
+# --------------------------------------------------------------------------------------------
+# The model's module names, as each loader spells them
+# --------------------------------------------------------------------------------------------
+
+_CLIP_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(mlp\.fc1|mlp\.fc2|self_attn\.[qkv]_proj|self_attn\.out_proj)$")
+
+
+def _clip_paths(module: nn.Module) -> dict[str, str]:
+    """Installed path -> path below `text_model.` (the level transformers 5 removed), for a CLIP encoder."""
+    return {path: path.removeprefix("text_model.") for path in targetable_module_paths(module)}
+
+
+def _is_t5(module: nn.Module) -> bool:
+    return any(path.startswith("encoder.block.") for path in targetable_module_paths(module))
+
+
+# ComfyUI's names for CLIP encoder layers (the six projections of each encoder layer only), per family and
+# component: kohya-style prefixes (followed by "text_model_<layer>") and diffusers-style dotted prefixes.
+_COMFYUI_CLIP_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+    "sd1": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
+    "sd2": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
+    "sdxl": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
+             "text_encoder_2": ("lora_te2_", "text_encoder_2.")},
+    # CLIP-G alone is ComfyUI's first (and only) encoder: lora_te_ / text_encoder., not lora_te2_.
+    "sdxl_refiner": {"text_encoder_2": ("lora_te_", "text_encoder.", "lora_prior_te_")},
+    "sd3": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
+            "text_encoder_2": ("lora_te2_", "text_encoder_2.")},
+    "flux": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
+}
+# ComfyUI's names for T5 layers: "lora_te<N>_<T5 module path underscored>" (OneTrainer's numbering).
+_COMFYUI_T5_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+    "sd3": {"text_encoder_3": ("lora_te3_",)},
+    "flux": {"text_encoder_2": ("lora_te2_", "lora_te3_")},
+}
+
+
+def _comfyui_text_names(family: ModelFamily, component: str, module: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for prefix in _COMFYUI_T5_PREFIXES.get(family.name, {}).get(component, ()):
+        names.update(prefix + _underscored(path) for path in targetable_module_paths(module))
+    for prefix in _COMFYUI_CLIP_PREFIXES.get(family.name, {}).get(component, ()):
+        for path in _clip_paths(module).values():
+            if _CLIP_LAYER.match(path):
+                dotted = prefix.endswith(".")
+                names.add(f"{prefix}text_model.{path}" if dotted else f"{prefix}text_model_{_underscored(path)}")
+    return names
+
+
+def _comfyui_unet_names(unet: nn.Module) -> set[str]:
+    """lora_unet_ + the LDM name or the diffusers path (underscored); the LDM name under diffusion_model.;
+    the diffusers path with attention-processor spelling ("attn1.processor.to_q", "...processor.to_out")."""
+    names: set[str] = set()
+    for path, ldm in unet_ldm_names(targetable_module_paths(unet)).items():
+        names.update({f"lora_unet_{_underscored(ldm)}", f"diffusion_model.{ldm}", f"lora_unet_{_underscored(path)}",
+                      f"lycoris_{_underscored(path)}"})
+        processor = path.replace(".to_", ".processor.to_").removesuffix(".0" if path.endswith(".to_out.0") else "")
+        names.update({processor, f"unet.{processor}"})
+    return names
+
+
+def _comfyui_dit_names(family: ModelFamily, denoiser: nn.Module) -> set[str]:
+    """Original module names (diffusion_model. / lora_unet_) and the diffusers paths they became
+    (transformer. / lora_transformer_ / lycoris_, SD3 also base_model.model.)."""
+    names: set[str] = set()
+    for original, parts in family.lora_original_names(denoiser).items():
+        names.update({f"diffusion_model.{original}", f"lora_unet_{_underscored(original)}"})
+        for part in parts:
+            names.update({f"transformer.{part.path}", f"lora_transformer_{_underscored(part.path)}",
+                          f"lycoris_{_underscored(part.path)}"})
+            if family.name == "sd3":
+                names.add(f"base_model.model.{part.path}")
+    return names
+
+
+def _comfyui_names(family: ModelFamily, modules: Mapping[str, nn.Module]) -> set[str]:
+    names: set[str] = set()
+    denoiser = modules.get(family.denoiser)
+    if denoiser is not None:
+        names |= _comfyui_unet_names(denoiser) if family.denoiser == "unet" else _comfyui_dit_names(family, denoiser)
+    for component in family.text_encoders:
+        if modules.get(component) is not None:
+            names |= _comfyui_text_names(family, component, modules[component])
+    return names
+
+
+# A1111 turns kohya's diffusers-path UNet names into its own (LDM) module names by the SD block numbering:
+# three input / output blocks per level, the resnet sub-modules renamed (`_a1111_unet_name`).
+_A1111_RESNET_PARTS = {"conv1": "in_layers.2", "conv2": "out_layers.3", "norm1": "in_layers.0",
+                       "norm2": "out_layers.0", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+
+
+def _a1111_unet_name(path: str) -> str | None:
+    """The LDM module name A1111 gives a diffusers UNet path of a kohya SD1/SD2 LoRA, or None if it has none."""
+    if path == "conv_in":
+        return "input_blocks.0.0"
+    if path == "conv_out":
+        return "out.2"
+    if match := re.fullmatch(r"time_embedding\.linear_(\d+)", path):
+        return f"time_embed.{int(match[1]) * 2 - 2}"
+    if match := re.fullmatch(r"(down|up)_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)", path):
+        side, level, kind, index, rest = match[1], int(match[2]), match[3], int(match[4]), match[5]
+        block = 1 + 3 * level + index if side == "down" else 3 * level + index
+        if kind == "resnets":
+            rest = _A1111_RESNET_PARTS.get(rest, rest)
+        return f"{'input' if side == 'down' else 'output'}_blocks.{block}.{1 if kind == 'attentions' else 0}.{rest}"
+    if match := re.fullmatch(r"mid_block\.(attentions|resnets)\.(\d+)\.(.+)", path):
+        rest = match[3] if match[1] == "attentions" else _A1111_RESNET_PARTS.get(match[3], match[3])
+        return f"middle_block.{1 if match[1] == 'attentions' else int(match[2]) * 2}.{rest}"
+    if match := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv", path):
+        return f"input_blocks.{3 + 3 * int(match[1])}.0.op"
+    if match := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv", path):
+        level = int(match[1])
+        return f"output_blocks.{2 + 3 * level}.{2 if level > 0 else 1}.conv"
+    return None
+
+
+# A1111's text encoders: which kohya prefix reaches which encoder, and how (`_a1111_text_names`).
+_A1111_OPEN_CLIP_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj",
+                           "mlp_fc1", "mlp_fc2")
+
+
+def _a1111_text_names(family: ModelFamily, component: str, module: nn.Module) -> set[str]:
+    """SD1's CLIP (transformers modules in A1111): every encoder-layer module under lora_te_, every module
+    under lora_te1_; OpenCLIP encoders (SD2, SDXL's second) take only the six projections of each layer
+    (q/k/v go to the fused attention). SDXL's lora_te2_ names go to A1111's second conditioner, which the
+    refiner (CLIP-G is its first) does not have."""
+    paths = list(_clip_paths(module).values())
+    names: set[str] = set()
+    if family.name == "sd1":
+        names.update(f"lora_te_text_model_{_underscored(path)}" for path in paths if path.startswith("encoder.layers."))
+        names.update(f"lora_te1_text_model_{_underscored(path)}" for path in paths)
+    elif family.name == "sdxl" and component == "text_encoder":
+        names.update(f"lora_te1_text_model_{_underscored(path)}" for path in paths)
+    elif (family.name, component) in (("sd2", "text_encoder"), ("sdxl", "text_encoder_2")):
+        prefix = "lora_te_" if family.name == "sd2" else "lora_te2_"
+        for path in paths:
+            match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", path)
+            if match and _underscored(match[2]) in _A1111_OPEN_CLIP_LAYERS:
+                names.add(f"{prefix}text_model_{_underscored(path)}")
+    return names
+
+
+def _a1111_names(family: ModelFamily, modules: Mapping[str, nn.Module]) -> set[str]:
+    names: set[str] = set()
+    unet = modules.get("unet")
+    if unet is not None:
+        for path, ldm in unet_ldm_names(targetable_module_paths(unet)).items():
+            names.add(f"lora_unet_{_underscored(ldm)}")  # SDXL files: lora_unet_ + LDM name
+            if _a1111_unet_name(path) == ldm:              # SD1/SD2 files: diffusers paths, renumbered
+                names.add(f"lora_unet_{_underscored(path)}")
+    for component in family.text_encoders:
+        if modules.get(component) is not None:
+            names |= _a1111_text_names(family, component, modules[component])
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# diffusers
+# --------------------------------------------------------------------------------------------
+
+
+def _diffusers_consumed(path: Path, state_dict: Mapping[str, Tensor], family: ModelFamily,
+                        modules: Mapping[str, nn.Module]) -> tuple[list[str], str]:
+    """(file keys diffusers' `load_lora_weights` would place, why the rest are not) for one file.
+
+    Converted tensors are traced back to the file keys they came from by their storage (each file tensor gets
+    its own copy first); a kohya `.alpha` goes with its layer, since diffusers keeps alphas beside the factors.
+    """
+    import diffusers
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+
+    from webui.models.lora_formats import group_layers
+
+    copies = {key: tensor.clone() for key, tensor in state_dict.items()}
+    origin = {tensor.data_ptr(): key for key, tensor in copies.items() if tensor.numel()}
+    pipeline_class = getattr(diffusers, family.pipeline_class_name(family.resident_mode))
+    try:
+        converted = pipeline_class.lora_state_dict(dict(copies))
+    except Exception as error:  # noqa: BLE001 - whatever diffusers refuses a file with, it loads none of it
+        return [], f"diffusers refuses the file: {type(error).__name__}: {error}"
+    if isinstance(converted, tuple):
+        converted = converted[0]
+    components = (family.denoiser, *family.text_encoders)
+    notes = []
+    for component in family.text_encoders:  # diffusers converts text-encoder keys once more, and may fail
+        prefix = f"{component}."
+        part = {key[len(prefix):]: value for key, value in converted.items() if key.startswith(prefix)}
+        if part:
+            try:
+                convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+            except ValueError as error:
+                notes.append(f"{component}: {error}")
+                converted = {key: value for key, value in converted.items() if not key.startswith(prefix)}
+    prefixes = () if family.denoiser == "unet" else tuple((f"{component}.", component, True) for component in components)
+    layers, _ = group_layers(converted, prefixes)
+    installed = {component: set(targetable_module_paths(module)) for component, module in modules.items()
+                 if module is not None}
+    consumed: set[str] = set()
+    for layer in layers:
+        paths = installed.get(layer.component, set())
+        name = layer.name
+        if name not in paths and layer.component != family.denoiser:
+            name = name.removeprefix("text_model.")
+        if name not in paths:
+            continue
+        for tensor in layer.tensors.values():
+            key = origin.get(tensor.data_ptr())
+            if key is not None:
+                consumed.add(key)
+    for key in state_dict:  # kohya alphas travel with their layer
+        if key.endswith(".alpha") and f"{key[:-len('.alpha')]}.lora_down.weight" in consumed:
+            consumed.add(key)
+    return [key for key in state_dict if key in consumed], "; ".join(notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def _single_file_loader(family: ModelFamily, standard_layout: bool) -> tuple[str | None, str]:
+    """(A1111 or Forge, whichever loads the family's LoRAs, when it applies; why not otherwise)."""
+    loader = LOADER_A1111 if family.name in _A1111_FAMILIES else LOADER_FORGE if family.name in _FORGE_FAMILIES else None
+    if loader is None:
+        return None, f"A1111 and Forge: no {family.label} LoRA loader"
+    if not standard_layout:
+        return None, f"{loader}: not checked, it cannot load a base model without the standard {family.label} layout"
+    return loader, ""
+
+
+def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, standard_layout: bool = True) -> KeyCheck:
+    """Check a LoRA file against its family's loaders; `modules` are the model's denoiser and text encoders
+    (meta-device modules are enough: only names and shapes are read). `standard_layout`: the base model has
+    its family's published layout, so single-file UIs (A1111, Forge) can load it and its LoRAs."""
+    from webui.models.lora import LoraFileError, read_lora
+
+    path = Path(path)
+    model_family = family_named(family)
+    state_dict = read_state_dict(path)
+    keys = list(state_dict)
+    present = {name: module for name, module in modules.items() if module is not None}
+    try:
+        own = _result(LOADER_OWN, keys, set(keys) - set(read_lora(path, present, family).unmatched_keys))
+    except LoraFileError as error:
+        own = _result(LOADER_OWN, keys, (), error.reason)
+    loaded, note = _diffusers_consumed(path, state_dict, model_family, present)
+    loaders = [own, _result(LOADER_DIFFUSERS, keys, loaded, note)]
+    comfy_names = _comfyui_names(model_family, present)
+    comfy = _consumed_by_table(keys, comfy_names, _COMFYUI_SUFFIXES, _COMFYUI_PROCESSOR_SUFFIXES)
+    loaders.append(_result(LOADER_COMFYUI, keys, comfy))
+    single_file, not_checked = _single_file_loader(model_family, standard_layout)
+    if single_file == LOADER_A1111:
+        loaders.append(_result(LOADER_A1111, keys, _consumed_by_table(keys, _a1111_names(model_family, present),
+                                                                      _A1111_SUFFIXES)))
+    elif single_file == LOADER_FORGE:
+        loaders.append(_result(LOADER_FORGE, keys, comfy))
+    return KeyCheck(path.name, KIND_LORA, len(keys), tuple(loaders), not_checked)
+
+
+# Embedding layouts: A1111's .pt dict, kohya's / A1111's safetensors "emb_params", SDXL's clip_l / clip_g.
+_SDXL_EMBEDDING_KEYS = ("clip_l", "clip_g")
+
+
+def _embedding_keys(path: Path) -> dict[str, Tensor]:
+    """An embedding file's tensors by key as loaders see them (A1111's `string_to_param` dict flattened to
+    "string_to_param.<placeholder>"); other entries (name, step, token ids) are metadata, not weights."""
+    if path.suffix.lower() == ".safetensors":
+        return dict(read_state_dict(path))
+    from webui.models.checkpoint_files import _read_pickle_checkpoint  # the weights-only unpickler embeddings use
+
+    contents = _read_pickle_checkpoint(path)
+    if not isinstance(contents, Mapping):
+        return {}
+    tensors: dict[str, Tensor] = {}
+    for key, value in contents.items():
+        if isinstance(value, Tensor):
+            tensors[str(key)] = value
+        elif key == "string_to_param" and isinstance(value, Mapping):
+            tensors.update({f"string_to_param.{name}": tensor for name, tensor in value.items()})
+    return tensors
+
+
+def check_embedding(path: Path, family: str, widths: Mapping[str, int], *, standard_layout: bool = True) -> KeyCheck:
+    """Check an embedding against the loaders: which of its vector tensors each reads for a model whose text
+    encoders are `widths` wide ({"text_encoder": 768} / SDXL {"text_encoder": 768, "text_encoder_2": 1280}).
+
+    A1111 and diffusers read one tensor of an SD1/SD2 file (`string_to_param`'s only entry, `emb_params`, or
+    the only tensor) and both `clip_l` and `clip_g` of an SDXL one (diffusers through its documented two
+    `load_textual_inversion` calls); ComfyUI takes the first tensor (per encoder for SDXL). A tensor whose
+    width is not its encoder's is not loaded."""
+    from webui.models.embeddings import EmbeddingFileError, incompatibility, read_embedding
+
+    path = Path(path)
+    tensors = _embedding_keys(path)
+    keys = list(tensors)
+    try:
+        embedding = read_embedding(path)
+        problem = incompatibility(embedding, widths)
+        own = _result(LOADER_OWN, keys, () if problem else _embedding_reads(tensors, widths, first=False), problem or "")
+    except EmbeddingFileError as error:
+        own = _result(LOADER_OWN, keys, (), error.reason)
+    loaders = [own, _result(LOADER_DIFFUSERS, keys, _embedding_reads(tensors, widths, first=False)),
+               _result(LOADER_COMFYUI, keys, _embedding_reads(tensors, widths, first=True))]
+    single_file, not_checked = _single_file_loader(family_named(family), standard_layout)
+    if single_file is not None:  # A1111 (and Forge, which keeps its embedding loader) read them alike
+        loaders.append(_result(single_file, keys, _embedding_reads(tensors, widths, first=False)))
+    return KeyCheck(path.name, KIND_EMBEDDING, len(keys), tuple(loaders), not_checked)
+
+
+def _embedding_reads(tensors: Mapping[str, Tensor], widths: Mapping[str, int], *, first: bool) -> list[str]:
+    """The tensor keys a loader reads: SDXL's clip_l / clip_g by name; otherwise one tensor, either the
+    only one (or the one named string_to_param.* / emb_params when `first` is False) or, for ComfyUI
+    (`first`), whichever comes first."""
+    def fits(key: str, width: int | None) -> bool:
+        tensor = tensors[key]
+        return width is not None and tensor.ndim in (1, 2) and int(tensor.shape[-1]) == width
+
+    encoder_widths = list(widths.values())
+    if len(encoder_widths) == 2:
+        return [key for key, width in zip(_SDXL_EMBEDDING_KEYS, encoder_widths) if key in tensors and fits(key, width)]
+    width = encoder_widths[0] if encoder_widths else None
+    if first:
+        chosen = next(iter(tensors), None)
+    else:
+        named = [key for key in tensors if key.startswith("string_to_param.") or key == "emb_params"]
+        chosen = named[0] if len(named) == 1 else (next(iter(tensors)) if len(tensors) == 1 else None)
+    return [chosen] if chosen is not None and fits(chosen, width) else []
+
+
+def check_saved_file(path: Path, family: str, modules: Mapping[str, nn.Module], widths: Mapping[str, int], *,
+                     standard_layout: bool = True) -> KeyCheck:
+    """A LoRA or an embedding the trainer wrote (told apart by the folder-independent content: an embedding
+    holds vectors only)."""
+    path = Path(path)
+    try:
+        keys = list(_embedding_keys(path))
+    except CheckpointReadError as error:
+        return KeyCheck(path.name, KIND_LORA, 0, (LoaderKeys(LOADER_OWN, 0, 0, (), error.reason),))
+    vector_keys = {"emb_params", *_SDXL_EMBEDDING_KEYS}
+    if keys and all(key in vector_keys or key.startswith("string_to_param.") for key in keys):
+        return check_embedding(path, family, widths, standard_layout=standard_layout)
+    return check_lora(path, family, modules, standard_layout=standard_layout)
+
+
+def encoder_widths(modules: Mapping[str, nn.Module], family: str) -> dict[str, int]:
+    """The hidden width of each CLIP text encoder an embedding feeds (T5 takes no embeddings)."""
+    widths = {}
+    for component in family_named(family).text_encoders:
+        module = modules.get(component)
+        if module is None or _is_t5(module):
+            continue
+        widths[component] = int(module.config.hidden_size)
+    return widths
+
+
+@dataclass
+class SavedFileChecker:
+    """Checks the LoRAs and embeddings a training run writes (files in `folders`; a DreamBooth checkpoint is no
+    adapter and is not checked) against the base model's module names, building weightless modules once."""
+
+    family: str
+    build_modules: Callable[[], Mapping[str, nn.Module]]
+    folders: tuple[Path, ...]
+    standard_layout: bool = True  # the base model has its family's published layout (A1111 / Forge can load it)
+    _modules: Mapping[str, nn.Module] | None = field(default=None, repr=False)
+
+    def __call__(self, path: Path) -> KeyCheck | None:
+        path = Path(path)
+        if path.parent not in {Path(folder) for folder in self.folders}:
+            return None
+        if self._modules is None:
+            self._modules = self.build_modules()
+        return check_saved_file(path, self.family, self._modules, encoder_widths(self._modules, self.family),
+                                standard_layout=self.standard_layout)
+
+
+def saved_file_checker(base: CheckpointWeights, folders: Sequence[Path]) -> SavedFileChecker:
+    """The checker of a run on `base` whose adapters go to `folders` (the LoRA and embedding folders)."""
+    from webui.models.checkpoint_loading import meta_modules
+    from webui.models.merger import _matches_shipped_configs
+
+    family = family_named(base.architecture.family)
+    # UNet families: A1111 loads only the published layouts (not the toy model); Forge reads any Flux file.
+    standard = family.denoiser != "unet" or _matches_shipped_configs(base)
+    return SavedFileChecker(family.name, lambda: meta_modules(base), tuple(Path(folder) for folder in folders),
+                            standard)
+
+
+__all__ = ["KeyCheck", "LoaderKeys", "SavedFileChecker", "check_embedding", "check_lora", "check_saved_file",
+           "encoder_widths", "saved_file_checker"]
