@@ -333,6 +333,7 @@ def _diffusers_consumed(path: Path, state_dict: Mapping[str, Tensor], family: Mo
     its own copy first); a kohya `.alpha` goes with its layer, since diffusers keeps alphas beside the factors.
     """
     import diffusers
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
     from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
 
     from webui.models.lora_formats import group_layers
@@ -340,12 +341,18 @@ def _diffusers_consumed(path: Path, state_dict: Mapping[str, Tensor], family: Mo
     copies = {key: tensor.clone() for key, tensor in state_dict.items()}
     origin = {tensor.data_ptr(): key for key, tensor in copies.items() if tensor.numel()}
     pipeline_class = getattr(diffusers, family.pipeline_class_name(family.resident_mode))
+    options = {}
+    if issubclass(pipeline_class, StableDiffusionXLLoraLoaderMixin):  # its load_lora_weights passes the UNet's
+        options["unet_config"] = modules[family.denoiser].config     # config: SGM (LDM) names are renumbered
     try:
-        converted = pipeline_class.lora_state_dict(dict(copies))
+        converted = pipeline_class.lora_state_dict(dict(copies), **options)
     except Exception as error:  # noqa: BLE001 - whatever diffusers refuses a file with, it loads none of it
         return [], f"diffusers refuses the file: {type(error).__name__}: {error}"
     if isinstance(converted, tuple):
         converted = converted[0]
+    stray = [key for key in converted if "lora" not in key]
+    if stray:  # load_lora_weights refuses such a file as a whole ("Invalid LoRA checkpoint")
+        return [], f"diffusers refuses the file: keys without 'lora' in their name, e.g. {stray[0]}"
     components = (family.denoiser, *family.text_encoders)
     notes = []
     for component in family.text_encoders:  # diffusers converts text-encoder keys once more, and may fail
@@ -454,14 +461,14 @@ def check_embedding(path: Path, family: str, widths: Mapping[str, int], *, stand
     the only tensor) and both `clip_l` and `clip_g` of an SDXL one (diffusers through its documented two
     `load_textual_inversion` calls); ComfyUI takes the first tensor (per encoder for SDXL). A tensor whose
     width is not its encoder's is not loaded."""
-    from webui.models.embeddings import EmbeddingFileError, incompatibility, read_embedding
+    from webui.models.embeddings import FIRST_ENCODER, SECOND_ENCODER, EmbeddingFileError, incompatibility, read_embedding
 
     path = Path(path)
     tensors = _embedding_keys(path)
     keys = list(tensors)
     try:
         embedding = read_embedding(path)
-        problem = incompatibility(embedding, widths)
+        problem = incompatibility(embedding, dict(zip((FIRST_ENCODER, SECOND_ENCODER), widths.values())))
         own = _result(LOADER_OWN, keys, () if problem else _embedding_reads(tensors, widths, first=False), problem or "")
     except EmbeddingFileError as error:
         own = _result(LOADER_OWN, keys, (), error.reason)

@@ -1,0 +1,272 @@
+"""Every LoRA and embedding the trainer writes loads in full in every loader users run, and a file that would
+load only in part is flagged with the loader and the keys.
+
+Files are written by the trainer's own exporter (`save_trained_lora`, `save_embedding`) for the layers the
+trainer's LoRA method picks (`lora_training_targets`, text-encoder projections, LoCon convolutions), on tiny
+models of each family's exact architecture, and checked with `webui.training.key_check`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from tests.support import flux_files, sd3_files, sdxl_files
+from webui.models.families import family_named
+from webui.training.config import UNET_TARGET_CHOICES
+from webui.training.export import LoraLayerWeights, lora_metadata, save_embedding, save_trained_lora
+from webui.training.key_check import (
+    LOADER_A1111,
+    LOADER_COMFYUI,
+    LOADER_DIFFUSERS,
+    LOADER_FORGE,
+    LOADER_OWN,
+    check_embedding,
+    check_lora,
+    encoder_widths,
+)
+from webui.training.methods.lora import text_encoder_target_names, unet_conv_names
+
+RANK = 2
+
+
+def tiny_sd_modules(family: str) -> dict[str, nn.Module]:
+    """SD1 / SD2 at toy size with their published block layout (two resnets per level, attention on all
+    levels but the last, SD2's linear projections), so A1111's block numbering applies."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, use_linear_projection=family == "sd2")
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=37,
+                                                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77))
+    return {"unet": unet.eval(), "text_encoder": text_encoder.eval()}
+
+
+def trainer_layers(family: str, modules: Mapping[str, nn.Module], *, text_encoders: bool = True,
+                   convs: bool = False) -> dict[str, LoraLayerWeights]:
+    """Random factors for exactly the layers the trainer's LoRA method adapts."""
+    model_family = family_named(family)
+    denoiser = modules[model_family.denoiser]
+    generator = torch.Generator().manual_seed(1)
+    names = [f"{model_family.denoiser}.{path}"
+             for path in model_family.lora_training_targets(denoiser, UNET_TARGET_CHOICES)]
+    if convs:
+        names += [f"{model_family.denoiser}.{path}" for path in unet_conv_names(denoiser)]
+    if text_encoders:
+        names += [f"{component}.{path}" for component in model_family.text_encoders if component in modules
+                  for path in text_encoder_target_names(modules[component])]
+    layers = {}
+    for name in names:
+        component, path = name.split(".", 1)
+        shape = modules[component].get_submodule(path).weight.shape
+        down = torch.randn(RANK, *shape[1:], generator=generator)
+        up = torch.randn(shape[0], RANK, *([1, 1] if len(shape) == 4 else []), generator=generator)
+        layers[name] = LoraLayerWeights(down=down, up=up, alpha=1.0)
+    return layers
+
+
+def save_lora(tmp_path: Path, family: str, modules: Mapping[str, nn.Module], **choices) -> Path:
+    layers = trainer_layers(family, modules, **choices)
+    metadata = lora_metadata(name="hexagon", trigger_words=["sks hexagon"], base_model_name="tiny",
+                             base_model_hash="ab" * 32, family=family, resolution=64, steps=10, epochs=1, rank=RANK,
+                             alpha=1.0, tag_frequency={})
+    config = modules[family_named(family).denoiser].config
+    return save_trained_lora(tmp_path / f"{family}.safetensors", layers, metadata, family, denoiser_config=config)
+
+
+def counts(check) -> dict[str, tuple[int, int]]:
+    return {loader.loader: (loader.loaded, loader.total) for loader in check.loaders}
+
+
+def assert_loads_everywhere(check, loaders: tuple[str, ...], layers: int) -> None:
+    assert [loader.loader for loader in check.loaders] == list(loaders)
+    assert check.total >= 2 * layers
+    assert counts(check) == {loader: (check.total, check.total) for loader in loaders}, check.problems()
+    assert check.complete and check.problems() == []
+    assert check.summary() == f"{check.file}: {check.total} of {check.total} keys load in {', '.join(loaders)}"
+
+
+SD_LOADERS = (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI, LOADER_A1111)
+
+
+# --------------------------------------------------------------------------------------------
+# Each family's export passes every loader
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_sd_lora_with_text_encoder_and_locon_loads_everywhere(tmp_path, family):
+    modules = tiny_sd_modules(family)
+    path = save_lora(tmp_path, family, modules, convs=True)
+    layers = len(trainer_layers(family, modules, convs=True))
+    assert_loads_everywhere(check_lora(path, family, modules), SD_LOADERS, layers)
+
+
+@pytest.mark.parametrize("kind", [sdxl_files.BASE, sdxl_files.REFINER])
+def test_sdxl_lora_loads_everywhere(tmp_path, kind):
+    modules = sdxl_files.tiny_sdxl_modules(kind)
+    text_encoders = kind == sdxl_files.BASE  # see the refiner test below for its text encoder
+    path = save_lora(tmp_path, kind, modules, text_encoders=text_encoders)
+    layers = len(trainer_layers(kind, modules, text_encoders=text_encoders))
+    assert_loads_everywhere(check_lora(path, kind, modules), SD_LOADERS, layers)
+
+
+def test_refiner_text_encoder_keys_are_flagged_for_the_uis_that_do_not_map_them(tmp_path):
+    """kohya's lora_te2_ names the refiner's only encoder; ComfyUI maps CLIP-G alone as its first encoder
+    (lora_te_) and A1111 sends lora_te2_ to a second conditioner the refiner lacks."""
+    modules = sdxl_files.tiny_sdxl_modules(sdxl_files.REFINER)
+    check = check_lora(save_lora(tmp_path, sdxl_files.REFINER, modules), sdxl_files.REFINER, modules)
+    text_keys = [key for key in load_file(str(tmp_path / "sdxl_refiner.safetensors")) if key.startswith("lora_te2_")]
+    assert text_keys and not check.complete
+    by_loader = {loader.loader: loader for loader in check.loaders}
+    assert by_loader[LOADER_OWN].complete and by_loader[LOADER_DIFFUSERS].complete
+    for loader in (LOADER_COMFYUI, LOADER_A1111):
+        assert sorted(by_loader[loader].ignored) == sorted(text_keys)
+
+
+def test_sd3_lora_loads_everywhere(tmp_path):
+    modules = sd3_files.tiny_sd3_modules()
+    path = save_lora(tmp_path, "sd3", modules)
+    layers = len(trainer_layers("sd3", modules))
+    check = check_lora(path, "sd3", modules)
+    assert_loads_everywhere(check, (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI), layers)
+    assert "no SD3" in check.not_checked
+
+
+def test_flux_lora_loads_everywhere(tmp_path):
+    modules = flux_files.tiny_flux_modules()
+    path = save_lora(tmp_path, "flux", modules)
+    layers = len(trainer_layers("flux", modules))
+    assert_loads_everywhere(check_lora(path, "flux", modules), (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI,
+                                                                LOADER_FORGE), layers)
+
+
+def test_a_non_standard_base_model_is_not_checked_against_a1111(tmp_path):
+    """The toy model's UNet (one resnet per level) is no layout A1111 can load, so A1111 is left out and says why."""
+    from webui.models.checkpoint_loading import meta_modules, read_checkpoint_weights
+    from webui.models.catalog import CheckpointCatalog
+    from webui.models.hashing import HashCache
+    from webui.settings import PROJECT_ROOT
+
+    catalog = CheckpointCatalog(PROJECT_ROOT / "models" / "default", HashCache(tmp_path / "hashes.json"))
+    record = next(record for record in catalog.refresh() if record.name == "sd-studio-toy")
+    base = read_checkpoint_weights(record, torch.float32)
+    modules = meta_modules(base)
+    path = save_lora(tmp_path, "sd1", modules)
+    check = check_lora(path, "sd1", modules, standard_layout=False)
+    assert_loads_everywhere(check, (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI), len(trainer_layers("sd1", modules)))
+    assert check.not_checked.startswith("A1111: not checked")
+
+
+# --------------------------------------------------------------------------------------------
+# Files that would load only in part
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_unknown_layer_is_ignored_by_every_loader_and_listed(tmp_path):
+    modules = tiny_sd_modules("sd1")
+    path = save_lora(tmp_path, "sd1", modules, text_encoders=False)
+    tensors = load_file(str(path))
+    unknown = {"lora_unet_not_a_layer.lora_down.weight", "lora_unet_not_a_layer.lora_up.weight"}
+    tensors.update({key: torch.zeros(RANK, 4) for key in unknown})
+    save_file(tensors, str(path))
+    check = check_lora(path, "sd1", modules)
+    assert not check.complete
+    for loader in check.loaders:
+        assert set(loader.ignored) == unknown, loader
+        assert (loader.loaded, loader.total) == (len(tensors) - 2, len(tensors))
+    problems = check.problems()
+    assert len(problems) == 4 and all("lora_unet_not_a_layer.lora_up.weight" in line for line in problems)
+    assert check.summary() == (f"{path.name}: {len(tensors) - 2} of {len(tensors)} keys load in "
+                               "SD Studio, diffusers, ComfyUI, A1111")
+
+
+def test_a_half_layer_makes_diffusers_refuse_the_whole_file(tmp_path):
+    modules = tiny_sd_modules("sd1")
+    path = save_lora(tmp_path, "sd1", modules, text_encoders=False)
+    tensors = load_file(str(path))
+    tensors["lora_unet_not_a_layer.lora_down.weight"] = torch.zeros(RANK, 4)
+    save_file(tensors, str(path))
+    diffusers = next(loader for loader in check_lora(path, "sd1", modules).loaders if loader.loader == LOADER_DIFFUSERS)
+    assert diffusers.loaded == 0 and len(diffusers.ignored) == len(tensors)
+    assert diffusers.note.startswith("diffusers refuses the file")
+
+
+def test_a_key_in_another_familys_naming_is_flagged_by_the_loaders_that_ignore_it(tmp_path):
+    """A Flux layer name (BFL's double_blocks) in an SD1 file is ignored by every loader; an SDXL second-encoder
+    layer (lora_te2_) is ignored by the other loaders, and the project's reader refuses the whole file, saying it
+    was made for SDXL."""
+    modules = tiny_sd_modules("sd1")
+    path = save_lora(tmp_path, "sd1", modules, text_encoders=False)
+    tensors = load_file(str(path))
+    flux = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"}
+    save_file({**tensors, **{key: torch.zeros(RANK, RANK) for key in flux}}, str(path))
+    check = check_lora(path, "sd1", modules)
+    for loader in check.loaders:
+        assert set(loader.ignored) == flux, loader
+    assert len(check.problems()) == 4
+
+    te2 = {"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
+           "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"}
+    save_file({**tensors, **{key: torch.zeros(RANK, RANK) for key in te2}}, str(path))
+    by_loader = {loader.loader: loader for loader in check_lora(path, "sd1", modules).loaders}
+    assert by_loader[LOADER_OWN].loaded == 0 and "made for SDXL" in by_loader[LOADER_OWN].note
+    for loader in (LOADER_DIFFUSERS, LOADER_COMFYUI, LOADER_A1111):
+        assert set(by_loader[loader].ignored) == te2, by_loader[loader]
+
+
+def test_a_peft_named_sd1_file_is_flagged_where_the_uis_do_not_map_peft_names(tmp_path):
+    """PEFT names (unet.<path>.lora_A.weight) load in the project's reader and diffusers; ComfyUI's SD1 table
+    spells attention projections the attention-processor way (attn1.processor.to_q), so it takes only the other
+    layers; A1111 maps kohya names alone."""
+    modules = tiny_sd_modules("sd1")
+    layers = trainer_layers("sd1", modules, text_encoders=False)
+    tensors = {}
+    for name, layer in layers.items():
+        tensors[f"{name}.lora_A.weight"] = layer.down
+        tensors[f"{name}.lora_B.weight"] = layer.up
+    path = tmp_path / "peft.safetensors"
+    save_file(tensors, str(path))
+    check = check_lora(path, "sd1", modules)
+    by_loader = {loader.loader: loader for loader in check.loaders}
+    assert by_loader[LOADER_OWN].complete and by_loader[LOADER_DIFFUSERS].complete
+    attention = {key for key in tensors if re.search(r"\.attn[12]\.to_", key)}
+    assert attention and set(by_loader[LOADER_COMFYUI].ignored) == attention
+    assert by_loader[LOADER_A1111].loaded == 0
+    assert f"A1111 would ignore {len(tensors)} of {len(tensors)} keys" in "\n".join(check.problems())
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_sd1_embedding_loads_everywhere(tmp_path, suffix):
+    modules = tiny_sd_modules("sd1")
+    widths = encoder_widths(modules, "sd1")
+    path = save_embedding(tmp_path / f"hexagon{suffix}", torch.randn(2, 32), "hexagon", step=5)
+    check = check_embedding(path, "sd1", widths)
+    assert_loads_everywhere(check, SD_LOADERS, 0)
+    assert check.total == 1
+
+
+def test_sdxl_embedding_loads_everywhere_and_a_wrong_width_does_not(tmp_path):
+    modules = sdxl_files.tiny_sdxl_modules()
+    widths = encoder_widths(modules, "sdxl")
+    assert widths == {"text_encoder": sdxl_files.CLIP_WIDTH, "text_encoder_2": sdxl_files.CLIP_WIDTH}
+    vectors = {"clip_l": torch.randn(1, sdxl_files.CLIP_WIDTH), "clip_g": torch.randn(1, sdxl_files.CLIP_WIDTH)}
+    check = check_embedding(save_embedding(tmp_path / "xl.safetensors", vectors, "xl", step=1), "sdxl", widths)
+    assert_loads_everywhere(check, SD_LOADERS, 1)
+    wrong = check_embedding(save_embedding(tmp_path / "sd1.safetensors", torch.randn(1, 32), "sd1", step=1), "sdxl",
+                            widths)
+    assert not wrong.complete and all(loader.ignored == ("emb_params",) for loader in wrong.loaders)
