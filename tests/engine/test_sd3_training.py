@@ -182,6 +182,9 @@ def test_dreambooth_lora_with_text_encoders_feed_forwards_and_samples_loads_whol
               for name, layer in getattr(pipeline, component).named_modules() if isinstance(layer, LoraLayer)
               for part in "AB"}
     assert loaded == set(saved)
+    [check] = result.key_checks  # the trainer's own check agrees: every key loads, text encoders included
+    assert check.complete and check.total == len(saved)
+    assert [loader.loader for loader in check.loaders] == ["SD Studio", "diffusers", "ComfyUI"]
 
 
 def test_a_resumed_sd3_run_ends_where_the_uninterrupted_one_does(ctx, trained):
