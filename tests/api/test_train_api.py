@@ -76,7 +76,8 @@ def test_train_over_http_and_follow_it_until_the_files_exist(server, hexagons):
     assert check["summary"] == f"api_hex.safetensors: {total} of {total} keys load in SD Studio, diffusers, ComfyUI"
     assert check["not_checked"].startswith("A1111: not checked")  # the toy model has no A1111 layout
     assert check["summary"] in state["messages"][-1]
-    job = requests.get(f"{server.url}/api/v1/jobs/{started['job']}", timeout=30).json()
+    job_id = started["job"].removeprefix("job-")  # the train API names the job as A1111's progress does
+    job = requests.get(f"{server.url}/api/v1/jobs/{job_id}", timeout=30).json()
     assert job["result"]["key_checks"] == [check] and job["result"]["key_problems"] == []
     loras = requests.get(server.url + "/sdapi/v1/loras", timeout=30).json()
     assert "api_hex" in [lora["name"] for lora in loras]
