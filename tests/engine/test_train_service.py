@@ -135,7 +135,6 @@ def test_a_run_whose_file_a_loader_would_read_in_part_is_saved_with_warnings(ctx
 
     from webui.models.checkpoint_loading import meta_modules
     from webui.training.key_check import check_lora
-    from webui.training.loop import TrainingResult
     from webui.training.monitor import TrainingMonitor
 
     _, result = trained

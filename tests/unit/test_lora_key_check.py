@@ -150,21 +150,33 @@ def test_flux_lora_loads_everywhere(tmp_path):
                                                                 LOADER_FORGE), layers)
 
 
-def test_a_non_standard_base_model_is_not_checked_against_a1111(tmp_path):
-    """The toy model's UNet (one resnet per level) is no layout A1111 can load, so A1111 is left out and says why."""
-    from webui.models.checkpoint_loading import meta_modules, read_checkpoint_weights
+def test_the_trainers_checker_skips_a1111_for_the_toy_model_and_checks_only_adapter_folders(tmp_path):
+    """The toy model's UNet (one resnet per level) is no layout A1111 can load, so A1111 is left out and says
+    why; LoRAs and embeddings are told apart by content; a file outside the adapter folders (a DreamBooth
+    checkpoint) is not checked."""
     from webui.models.catalog import CheckpointCatalog
+    from webui.models.checkpoint_loading import meta_modules, read_checkpoint_weights
     from webui.models.hashing import HashCache
     from webui.settings import PROJECT_ROOT
+    from webui.training.key_check import KIND_EMBEDDING, KIND_LORA, saved_file_checker
 
     catalog = CheckpointCatalog(PROJECT_ROOT / "models" / "default", HashCache(tmp_path / "hashes.json"))
     record = next(record for record in catalog.refresh() if record.name == "sd-studio-toy")
     base = read_checkpoint_weights(record, torch.float32)
     modules = meta_modules(base)
-    path = save_lora(tmp_path, "sd1", modules)
-    check = check_lora(path, "sd1", modules, standard_layout=False)
-    assert_loads_everywhere(check, (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI), len(trainer_layers("sd1", modules)))
-    assert check.not_checked.startswith("A1111: not checked")
+    assert all(parameter.is_meta for module in modules.values() for parameter in module.parameters())
+    lora_dir, embeddings_dir = tmp_path / "Lora", tmp_path / "embeddings"
+    lora_dir.mkdir()
+    checker = saved_file_checker(base, (lora_dir, embeddings_dir))
+    lora = checker(save_lora(lora_dir, "sd1", modules))
+    assert lora.kind == KIND_LORA
+    assert_loads_everywhere(lora, (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI), len(trainer_layers("sd1", modules)))
+    assert lora.not_checked.startswith("A1111: not checked")
+    width = encoder_widths(modules, "sd1")["text_encoder"]
+    embedding = checker(save_embedding(embeddings_dir / "hexagon.safetensors", torch.randn(2, width), "hexagon", 3))
+    assert embedding.kind == KIND_EMBEDDING
+    assert_loads_everywhere(embedding, (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI), 0)
+    assert checker(save_lora(tmp_path, "sd1", modules)) is None
 
 
 # --------------------------------------------------------------------------------------------

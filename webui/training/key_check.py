@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from torch import Tensor, nn
@@ -182,7 +183,7 @@ def _is_t5(module: nn.Module) -> bool:
 
 # ComfyUI's names for CLIP encoder layers (the six projections of each encoder layer only), per family and
 # component: kohya-style prefixes (followed by "text_model_<layer>") and diffusers-style dotted prefixes.
-_COMFYUI_CLIP_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+_COMFYUI_CLIP_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "sd1": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
     "sd2": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
     "sdxl": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
@@ -192,12 +193,12 @@ _COMFYUI_CLIP_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "sd3": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
             "text_encoder_2": ("lora_te2_", "text_encoder_2.")},
     "flux": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
-}
+})
 # ComfyUI's names for T5 layers: "lora_te<N>_<T5 module path underscored>" (OneTrainer's numbering).
-_COMFYUI_T5_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+_COMFYUI_T5_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "sd3": {"text_encoder_3": ("lora_te3_",)},
     "flux": {"text_encoder_2": ("lora_te2_", "lora_te3_")},
-}
+})
 
 
 def _comfyui_text_names(family: ModelFamily, component: str, module: nn.Module) -> set[str]:
@@ -251,8 +252,9 @@ def _comfyui_names(family: ModelFamily, modules: Mapping[str, nn.Module]) -> set
 
 # A1111 turns kohya's diffusers-path UNet names into its own (LDM) module names by the SD block numbering:
 # three input / output blocks per level, the resnet sub-modules renamed (`_a1111_unet_name`).
-_A1111_RESNET_PARTS = {"conv1": "in_layers.2", "conv2": "out_layers.3", "norm1": "in_layers.0",
-                       "norm2": "out_layers.0", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_A1111_RESNET_PARTS = MappingProxyType({
+    "conv1": "in_layers.2", "conv2": "out_layers.3", "norm1": "in_layers.0", "norm2": "out_layers.0",
+    "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"})
 
 
 def _a1111_unet_name(path: str) -> str | None:
