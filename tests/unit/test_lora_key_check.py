@@ -177,6 +177,10 @@ def test_the_trainers_checker_skips_a1111_for_the_toy_model_and_checks_only_adap
     assert embedding.kind == KIND_EMBEDDING
     assert_loads_everywhere(embedding, (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI), 0)
     assert checker(save_lora(tmp_path, "sd1", modules)) is None
+    broken = lora_dir / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    unreadable = checker(broken)
+    assert not unreadable.complete and unreadable.problems()[0].startswith("broken.safetensors: SD Studio: unreadable")
 
 
 # --------------------------------------------------------------------------------------------

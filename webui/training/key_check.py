@@ -69,7 +69,7 @@ class LoaderKeys:
 
     @property
     def complete(self) -> bool:
-        return self.loaded == self.total and not self.ignored
+        return self.loaded == self.total and not self.ignored and not self.note
 
     def to_dict(self) -> dict[str, Any]:
         return {"loader": self.loader, "loaded": self.loaded, "total": self.total, "ignored": list(self.ignored),
@@ -105,6 +105,9 @@ class KeyCheck:
         lines = []
         for loader in self.loaders:
             if loader.complete:
+                continue
+            if not loader.ignored:
+                lines.append(f"{self.file}: {loader.loader}: {loader.note}")
                 continue
             shown = ", ".join(loader.ignored[:LISTED_KEYS])
             more = f" and {len(loader.ignored) - LISTED_KEYS} more" if len(loader.ignored) > LISTED_KEYS else ""
@@ -510,7 +513,7 @@ def check_saved_file(path: Path, family: str, modules: Mapping[str, nn.Module], 
     try:
         keys = list(_embedding_keys(path))
     except CheckpointReadError as error:
-        return KeyCheck(path.name, KIND_LORA, 0, (LoaderKeys(LOADER_OWN, 0, 0, (), error.reason),))
+        return KeyCheck(path.name, KIND_LORA, 0, (LoaderKeys(LOADER_OWN, 0, 0, (), f"unreadable: {error.reason}"),))
     vector_keys = {"emb_params", *_SDXL_EMBEDDING_KEYS}
     if keys and all(key in vector_keys or key.startswith("string_to_param.") for key in keys):
         return check_embedding(path, family, widths, standard_layout=standard_layout)
@@ -543,10 +546,14 @@ class SavedFileChecker:
         path = Path(path)
         if path.parent not in {Path(folder) for folder in self.folders}:
             return None
-        if self._modules is None:
-            self._modules = self.build_modules()
-        return check_saved_file(path, self.family, self._modules, encoder_widths(self._modules, self.family),
-                                standard_layout=self.standard_layout)
+        try:
+            if self._modules is None:
+                self._modules = self.build_modules()
+            return check_saved_file(path, self.family, self._modules, encoder_widths(self._modules, self.family),
+                                    standard_layout=self.standard_layout)
+        except Exception as error:  # noqa: BLE001 - the file is saved; an unchecked file is a warning, not a failure
+            reason = f"the key check could not run ({type(error).__name__}: {error})"
+            return KeyCheck(path.name, KIND_LORA, 0, (LoaderKeys(LOADER_OWN, 0, 0, (), reason),))
 
 
 def saved_file_checker(base: CheckpointWeights, folders: Sequence[Path]) -> SavedFileChecker:
