@@ -79,6 +79,7 @@ def test_train_over_http_and_follow_it_until_the_files_exist(server, hexagons):
     job_id = started["job"].removeprefix("job-")  # the train API names the job as A1111's progress does
     job = requests.get(f"{server.url}/api/v1/jobs/{job_id}", timeout=30).json()
     assert job["result"]["key_checks"] == [check] and job["result"]["key_problems"] == []
+    assert job["result"]["outcome"] == "done"
     loras = requests.get(server.url + "/sdapi/v1/loras", timeout=30).json()
     assert "api_hex" in [lora["name"] for lora in loras]
 

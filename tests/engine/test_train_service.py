@@ -41,6 +41,7 @@ from webui.training.service import (
     export_run,
     import_images,
     preset_names,
+    result_record,
     save_caption_rows,
     start_training,
     training_status,
@@ -144,8 +145,12 @@ def test_a_run_whose_file_a_loader_would_read_in_part_is_saved_with_warnings(ctx
                "lora_unet_not_a_layer.lora_up.weight": torch.zeros(8, 4)}, str(path))
     base = ctx.manager.weights_of(ctx.models.catalog.find(ctx.training.monitor.config.base_checkpoint))
     check = check_lora(path, "sd1", meta_modules(base), standard_layout=False)
+    flagged = dataclasses.replace(result, files=[path], key_checks=[check])
+    record = result_record(flagged)  # what the job history keeps
+    assert record["outcome"] == "saved_with_warnings" and record["key_problems"] == flagged.key_problems
+    assert record["key_checks"] == [check.to_dict()] and not record["key_checks"][0]["complete"]
     monitor = TrainingMonitor(ctx.training.monitor.config)
-    monitor.finish(dataclasses.replace(result, files=[path], key_checks=[check]))
+    monitor.finish(flagged)
     status = training_status(dataclasses.replace(ctx.training, monitor=monitor))
     assert status["state"] == "saved_with_warnings" and status["finished"] and status["error"] is None
     assert len(status["key_problems"]) == 3  # SD Studio, diffusers, ComfyUI

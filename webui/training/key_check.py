@@ -147,7 +147,7 @@ _A1111_SUFFIXES = frozenset({
     "alpha", "dora_scale", "lora_up.weight", "lora_down.weight", "lora_mid.weight", "hada_w1_a", "hada_w1_b",
     "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a",
     "lokr_w2_b", "lokr_t2", "diff", "diff_b", "w_norm", "b_norm", "a1.weight", "a2.weight", "b1.weight",
-    "b2.weight", "oft_blocks", "oft_diag", "weight",
+    "b2.weight", "oft_blocks", "oft_diag",
 })
 
 

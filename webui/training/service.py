@@ -136,10 +136,7 @@ class TrainingService:
         return [JobKind(TRAIN_JOB_KIND, run=self._run, encode=TrainingJob.encode, decode=TrainingJob.decode,
                         summary=lambda job: f"train {job.config.method} {job.config.output_name!r}",
                         cost=lambda job: float(job.config.max_train_steps or 1),
-                        result_record=lambda result: {"files": [str(path) for path in result.files],
-                                                      "cancelled": bool(result.cancelled),
-                                                      "key_checks": [check.to_dict() for check in result.key_checks],
-                                                      "key_problems": result.key_problems})]
+                        result_record=result_record)]
 
     def _run(self, worker: Worker, job: TrainingJob, control: JobControl) -> TrainingResult:
         config = job.config
@@ -170,6 +167,19 @@ class TrainingService:
 # --------------------------------------------------------------------------------------------
 # Folders and presets
 # --------------------------------------------------------------------------------------------
+
+
+def run_outcome(result: TrainingResult) -> str:
+    """How a run that returned ended: "cancelled", "saved_with_warnings" (a loader would ignore keys of a saved
+    file) or "done"."""
+    return "cancelled" if result.cancelled else SAVED_WITH_WARNINGS if result.key_problems else "done"
+
+
+def result_record(result: TrainingResult) -> dict[str, Any]:
+    """What the job history keeps of a run: its files, how it ended, and which loaders read which keys."""
+    return {"files": [str(path) for path in result.files], "cancelled": bool(result.cancelled),
+            "outcome": run_outcome(result), "key_checks": [check.to_dict() for check in result.key_checks],
+            "key_problems": result.key_problems}
 
 
 def user_presets_folder(service: TrainingService, user: User | None) -> Path:
@@ -523,9 +533,7 @@ def training_status(service: TrainingService, viewer: User | None = None) -> dic
     latest = monitor.latest
     result = monitor.result
     if monitor.finished:
-        state = "failed" if monitor.error else ("cancelled" if result is not None and result.cancelled else
-                                                SAVED_WITH_WARNINGS if result is not None and result.key_problems
-                                                else "done")
+        state = "failed" if monitor.error else run_outcome(result) if result is not None else "done"
     else:
         state = "running" if latest is not None or current_job_is_training(service) else "queued"
     files = [str(path) for path in (result.files if result is not None else (latest.files_saved if latest else ()))]
