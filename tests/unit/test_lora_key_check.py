@@ -120,6 +120,33 @@ def test_sdxl_lora_loads_everywhere(tmp_path, kind):
     assert_loads_everywhere(check_lora(path, kind, modules), SD_LOADERS, layers)
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_diffusers_load_lora_weights_places_every_layer_the_check_counts(tmp_path, family):
+    """The outside oracle for the diffusers column: a real pipeline's `load_lora_weights` puts an adapter on
+    every layer of the file, text encoders included."""
+    import diffusers
+    from peft.tuners.lora import LoraLayer
+
+    modules = sdxl_files.tiny_sdxl_modules() if family == "sdxl" else tiny_sd_modules(family)
+    layers = len(trainer_layers(family, modules))
+    path = save_lora(tmp_path, family, modules)
+    diffusers_count = next(loader for loader in check_lora(path, family, modules).loaders
+                           if loader.loader == LOADER_DIFFUSERS)
+    assert diffusers_count.complete and diffusers_count.total == 3 * layers  # down, up, alpha
+    scheduler = diffusers.EulerDiscreteScheduler()
+    if family == "sdxl":
+        pipeline = diffusers.StableDiffusionXLPipeline(**modules, tokenizer=None, tokenizer_2=None, scheduler=scheduler)
+    else:
+        vae = diffusers.AutoencoderKL(block_out_channels=(32,), norm_num_groups=8)
+        pipeline = diffusers.StableDiffusionPipeline(**modules, vae=vae, tokenizer=None, scheduler=scheduler,
+                                                     safety_checker=None, feature_extractor=None,
+                                                     requires_safety_checker=False)
+    pipeline.load_lora_weights(str(path))
+    adapted = [name for component in family_named(family).text_encoders + ("unet",)
+               for name, module in getattr(pipeline, component).named_modules() if isinstance(module, LoraLayer)]
+    assert len(adapted) == layers
+
+
 def test_refiner_text_encoder_keys_are_flagged_for_the_uis_that_do_not_map_them(tmp_path):
     """kohya's lora_te2_ names the refiner's only encoder; ComfyUI maps CLIP-G alone as its first encoder
     (lora_te_) and A1111 sends lora_te2_ to a second conditioner the refiner lacks."""
