@@ -255,8 +255,8 @@ def _write_hashed(path: Path, tensors: dict[str, Tensor], file_metadata: dict[st
 def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata: Mapping[str, str],
                         family: str, *, dtype: torch.dtype = torch.float16) -> Path:
     """Write a LoRA with diffusers/PEFT keys: ``<component>.<diffusers module path>.lora_A.weight`` (down) and
-    ``.lora_B.weight`` (up; CLIP layers under ``text_model.``), the layout diffusers' DiT pipelines (`StableDiffusion3Pipeline.load_lora_weights`)
-    and ComfyUI load. Such files hold no alpha tensors (diffusers refuses keys without "lora"): rank and alpha
+    ``.lora_B.weight`` (up; CLIP layers under ``text_model.``), the layout diffusers' DiT pipelines
+    (`StableDiffusion3Pipeline.load_lora_weights`) and ComfyUI load. Such files hold no alpha tensors (diffusers refuses keys without "lora"): rank and alpha
     go into diffusers' ``lora_adapter_metadata`` (the PEFT config per component, which diffusers and this app's
     reader apply), beside the ``ss_*`` / ``modelspec.*`` metadata."""
     path = Path(path)

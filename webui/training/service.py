@@ -55,6 +55,8 @@ from webui.training.model_card import write_model_card
 from webui.training.monitor import TrainingBusyError, TrainingMonitor
 
 TRAIN_JOB_KIND = "train"  # the kind `TrainingService.submit` queues its job under
+# A finished run whose saved files some loader would read only in part: saved, but not "done".
+SAVED_WITH_WARNINGS = "saved_with_warnings"
 MAX_LOG_MESSAGES = 200
 # Fields that describe one job rather than a way of training: kept out of presets and model cards.
 JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint")
@@ -502,8 +504,6 @@ IDLE_STATUS: dict[str, Any] = {
     "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
     "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None,
     "key_checks": [], "key_problems": []}
-# A finished run whose saved files some loader would read only in part: saved, but not "done".
-SAVED_WITH_WARNINGS = "saved_with_warnings"
 BUSY_MESSAGE = "Another user's training run is using the trainer; yours can start when it ends."
 
 
