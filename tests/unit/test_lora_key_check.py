@@ -108,7 +108,9 @@ def test_sd_lora_with_text_encoder_and_locon_loads_everywhere(tmp_path, family):
     modules = tiny_sd_modules(family)
     path = save_lora(tmp_path, family, modules, convs=True)
     layers = len(trainer_layers(family, modules, convs=True))
-    assert_loads_everywhere(check_lora(path, family, modules), SD_LOADERS, layers)
+    check = check_lora(path, family, modules)
+    assert_loads_everywhere(check, SD_LOADERS, layers)
+    assert check.notes == ()  # kohya files carry their alphas as tensors every loader reads
 
 
 @pytest.mark.parametrize("kind", [sdxl_files.BASE, sdxl_files.REFINER])
@@ -169,12 +171,22 @@ def test_sd3_lora_loads_everywhere(tmp_path):
     assert "no SD3" in check.not_checked
 
 
-def test_flux_lora_loads_everywhere(tmp_path):
+def test_flux_lora_loads_everywhere_and_an_alpha_only_in_metadata_is_noted(tmp_path):
+    from webui.training.service import IDLE_STATUS
+    from webui.ui.train_progress import result_markdown
+
     modules = flux_files.tiny_flux_modules()
     path = save_lora(tmp_path, "flux", modules)
     layers = len(trainer_layers("flux", modules))
-    assert_loads_everywhere(check_lora(path, "flux", modules), (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI,
-                                                                LOADER_FORGE), layers)
+    check = check_lora(path, "flux", modules)
+    assert_loads_everywhere(check, (LOADER_OWN, LOADER_DIFFUSERS, LOADER_COMFYUI, LOADER_FORGE), layers)
+    # alpha 1 at rank 2: the PEFT file keeps it in metadata only, which ComfyUI and Forge do not read
+    [note] = check.notes
+    assert note.startswith("ComfyUI and Forge: the alpha is only in lora_adapter_metadata")
+    assert "transformer (rank 2, alpha 1: x2)" in note and "text_encoder (rank 2, alpha 1: x2)" in note
+    status = dict(IDLE_STATUS, state="done", name="flux", step=2, total=2, total_epochs=1, files=[str(path)],
+                  messages=[], warnings=[], key_checks=[check.to_dict()], key_problems=[])
+    assert f"Loads differently:\n- flux.safetensors: {note}" in result_markdown(status)
 
 
 def test_the_trainers_checker_skips_a1111_for_the_toy_model_and_checks_only_adapter_folders(tmp_path):

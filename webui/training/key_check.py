@@ -85,6 +85,7 @@ class KeyCheck:
     total: int         # keys (tensors) in the file
     loaders: tuple[LoaderKeys, ...]
     not_checked: str = ""  # a loader left out, and why (A1111 cannot load a non-standard base model at all)
+    notes: tuple[str, ...] = ()  # what loads but differs in a loader (an alpha it does not read), for the user
 
     @property
     def complete(self) -> bool:
@@ -119,7 +120,7 @@ class KeyCheck:
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "kind": self.kind, "total": self.total, "complete": self.complete,
                 "summary": self.summary(), "loaders": [loader.to_dict() for loader in self.loaders],
-                "not_checked": self.not_checked}
+                "not_checked": self.not_checked, "notes": list(self.notes)}
 
 
 def _result(loader: str, keys: Sequence[str], consumed: Iterable[str], note: str = "") -> LoaderKeys:
@@ -406,6 +407,37 @@ def _single_file_loader(family: ModelFamily, standard_layout: bool) -> tuple[str
     return loader, ""
 
 
+def _unread_alpha_notes(path: Path, keys: Sequence[str], loaders: Sequence[str]) -> tuple[str, ...]:
+    """A PEFT-keyed file keeps alpha only in diffusers' `lora_adapter_metadata`; ComfyUI (and Forge) read the
+    tensors alone, so where alpha differs from the rank they apply the update at rank / alpha times the
+    strength this app and diffusers use."""
+    import json
+
+    from webui.models.checkpoint_files import read_metadata
+
+    if any(key.endswith(".alpha") for key in keys) or not any(key.endswith(".lora_A.weight") for key in keys):
+        return ()
+    try:
+        config = json.loads(read_metadata(path).get("lora_adapter_metadata") or "{}")
+    except json.JSONDecodeError:
+        return ()
+    if not isinstance(config, dict):
+        return ()
+    components = sorted({key.rsplit(".", 1)[0] for key in config if key.endswith(".r")})
+    differing = []
+    for component in components:
+        rank, alpha = config.get(f"{component}.r"), config.get(f"{component}.lora_alpha")
+        if isinstance(rank, (int, float)) and isinstance(alpha, (int, float)) and (
+                alpha != rank or config.get(f"{component}.alpha_pattern")):
+            differing.append(f"{component} (rank {rank:g}, alpha {alpha:g}: x{rank / alpha:g})" if alpha
+                             else component)
+    readers = [loader for loader in (LOADER_COMFYUI, LOADER_FORGE) if loader in loaders]
+    if not differing or not readers:
+        return ()
+    return (f"{' and '.join(readers)}: the alpha is only in lora_adapter_metadata, which is not read there, so "
+            f"{', '.join(differing)} load at rank / alpha times the strength SD Studio and diffusers use",)
+
+
 def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, standard_layout: bool = True) -> KeyCheck:
     """Check a LoRA file against its family's loaders; `modules` are the model's denoiser and text encoders
     (meta-device modules are enough: only names and shapes are read). `standard_layout`: the base model has
@@ -432,7 +464,8 @@ def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, sta
                                                                       _A1111_SUFFIXES)))
     elif single_file == LOADER_FORGE:
         loaders.append(_result(LOADER_FORGE, keys, comfy))
-    return KeyCheck(path.name, KIND_LORA, len(keys), tuple(loaders), not_checked)
+    return KeyCheck(path.name, KIND_LORA, len(keys), tuple(loaders), not_checked,
+                    _unread_alpha_notes(path, keys, [loader.loader for loader in loaders]))
 
 
 # Embedding layouts: A1111's .pt dict, kohya's / A1111's safetensors "emb_params", SDXL's clip_l / clip_g.

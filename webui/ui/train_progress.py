@@ -110,6 +110,9 @@ def _key_check_text(status: dict[str, Any]) -> str:
     if not checks:
         return ""
     text = "\n\nKeys that load:\n" + "\n".join(f"- {html.escape(check['summary'])}" for check in checks)
+    notes = [f"{check['file']}: {note}" for check in checks for note in check.get("notes", [])]
+    if notes:
+        text += "\n\nLoads differently:\n" + "\n".join(f"- {html.escape(note)}" for note in notes)
     problems = status.get("key_problems") or []
     if problems:
         text += "\n\nIgnored keys:\n" + "\n".join(f"- {html.escape(line)}" for line in problems)
