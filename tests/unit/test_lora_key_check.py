@@ -222,6 +222,20 @@ def test_the_trainers_checker_skips_a1111_for_the_toy_model_and_checks_only_adap
     assert not unreadable.complete and unreadable.problems()[0].startswith("broken.safetensors: SD Studio: unreadable")
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_a1111_block_numbering_names_every_layer_of_the_published_unet_as_the_ldm_converter_does(family):
+    """A1111 renames kohya's diffusers-path UNet layers by the SD block numbering; on the published SD1/SD2 UNet
+    (built weightless from the shipped config) that lands on the same LDM module as the project's tested
+    checkpoint converter, for every LoRA-targetable layer (attention, resnets, samplers, conv_in/out, time)."""
+    from webui.models.formats.kohya import unet_ldm_names_for_config
+    from webui.models.formats.lora_loader_names import a1111_unet_name
+    from webui.models.model_configs import load_component_config
+
+    ldm_names = unet_ldm_names_for_config(load_component_config(family, "unet"))
+    assert len(ldm_names) > 200
+    assert {path: a1111_unet_name(path) for path in ldm_names} == ldm_names
+
+
 # --------------------------------------------------------------------------------------------
 # Files that would load only in part
 # --------------------------------------------------------------------------------------------

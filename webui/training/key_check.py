@@ -9,8 +9,8 @@ trained files, so every file the trainer writes is checked against:
   the module path; a text encoder's `text_model.` level dropped where transformers has none), text encoders
   included, after diffusers' own text-encoder conversion, which fails on some kohya files;
 * ComfyUI (and Forge, whose LoRA loader uses ComfyUI's key maps) and A1111: the layer names each maps for
-  the family, written here as tables from their source-visible naming (`_comfyui_names`, `_a1111_names`),
-  and the tensor suffixes each reads.
+  the family and the tensor suffixes each reads, tables written from their source-visible naming
+  (`webui.models.formats.lora_loader_names`).
 
 Names are matched against the model's modules, so the check runs on weightless (meta-device) modules built
 from the base model's configs: no weights are copied and nothing is trained.
@@ -18,11 +18,9 @@ from the base model's configs: no weights are copied and nothing is trained.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from torch import Tensor, nn
@@ -30,7 +28,15 @@ from torch import Tensor, nn
 from webui.models.checkpoint_files import CheckpointReadError, read_state_dict
 from webui.models.checkpoint_loading import CheckpointWeights
 from webui.models.families import ModelFamily, family_named
-from webui.models.formats.kohya import targetable_module_paths, unet_ldm_names
+from webui.models.formats.kohya import targetable_module_paths
+from webui.models.formats.lora_loader_names import (
+    A1111_SUFFIXES,
+    COMFYUI_PROCESSOR_SUFFIXES,
+    COMFYUI_SUFFIXES,
+    a1111_layer_names,
+    comfyui_layer_names,
+    keys_read,
+)
 
 LOADER_OWN = "SD Studio"
 LOADER_DIFFUSERS = "diffusers"
@@ -45,10 +51,6 @@ LISTED_KEYS = 12  # ignored keys named per loader in messages (the record keeps 
 # ComfyUI's tables; A1111 and Forge have no SD3 LoRA loader, so SD3 files are checked for the others only.
 _A1111_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 _FORGE_FAMILIES = ("flux",)
-
-
-def _underscored(name: str) -> str:
-    return name.replace(".", "_")
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,203 +129,6 @@ def _result(loader: str, keys: Sequence[str], consumed: Iterable[str], note: str
     taken = set(consumed)
     ignored = tuple(key for key in keys if key not in taken)
     return LoaderKeys(loader, len(keys) - len(ignored), len(keys), ignored, note)
-
-
-# --------------------------------------------------------------------------------------------
-# File keys: (layer name, tensor suffix)
-# --------------------------------------------------------------------------------------------
-
-# Tensor suffixes after "<layer>." that ComfyUI's LoRA loader reads (LoRA, LoCon, LoHa, LoKr, GLoRA, norms, diff).
-_COMFYUI_SUFFIXES = frozenset({
-    "alpha", "dora_scale", "reshape_weight", "lora_up.weight", "lora_down.weight", "lora_mid.weight",
-    "lora_B.weight", "lora_A.weight", "lora.up.weight", "lora.down.weight", "lora_linear_layer.up.weight",
-    "lora_linear_layer.down.weight", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
-    "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "a1.weight", "a2.weight",
-    "b1.weight", "b2.weight", "w_norm", "b_norm", "diff", "diff_b", "set_weight",
-})
-# ComfyUI also reads attention-processor files: "<layer>_lora.up.weight".
-_COMFYUI_PROCESSOR_SUFFIXES = ("_lora.up.weight", "_lora.down.weight")
-# A1111's network modules: kohya LoRA / LoCon, LyCORIS LoHa / LoKr / full / norm / GLoRA / OFT / IA3.
-_A1111_SUFFIXES = frozenset({
-    "alpha", "dora_scale", "lora_up.weight", "lora_down.weight", "lora_mid.weight", "hada_w1_a", "hada_w1_b",
-    "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a",
-    "lokr_w2_b", "lokr_t2", "diff", "diff_b", "w_norm", "b_norm", "a1.weight", "a2.weight", "b1.weight",
-    "b2.weight", "oft_blocks", "oft_diag",
-})
-
-
-def _consumed_by_table(keys: Sequence[str], layers: set[str], suffixes: frozenset[str],
-                       processor_suffixes: Sequence[str] = ()) -> list[str]:
-    """The keys whose layer name is in `layers` and whose tensor suffix the loader reads."""
-    consumed = []
-    for key in keys:
-        for suffix in processor_suffixes:
-            if key.endswith(suffix) and key[: -len(suffix)] in layers:
-                consumed.append(key)
-                break
-        else:
-            for position in (match.start() for match in re.finditer(r"\.", key)):
-                if key[:position] in layers and key[position + 1:] in suffixes:
-                    consumed.append(key)
-                    break
-    return consumed
-
-
-# --------------------------------------------------------------------------------------------
-# The model's module names, as each loader spells them
-# --------------------------------------------------------------------------------------------
-
-_CLIP_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(mlp\.fc1|mlp\.fc2|self_attn\.[qkv]_proj|self_attn\.out_proj)$")
-
-
-def _clip_paths(module: nn.Module) -> dict[str, str]:
-    """Installed path -> path below `text_model.` (the level transformers 5 removed), for a CLIP encoder."""
-    return {path: path.removeprefix("text_model.") for path in targetable_module_paths(module)}
-
-
-def _is_t5(module: nn.Module) -> bool:
-    return any(path.startswith("encoder.block.") for path in targetable_module_paths(module))
-
-
-# ComfyUI's names for CLIP encoder layers (the six projections of each encoder layer only), per family and
-# component: kohya-style prefixes (followed by "text_model_<layer>") and diffusers-style dotted prefixes.
-_COMFYUI_CLIP_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
-    "sd1": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
-    "sd2": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
-    "sdxl": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
-             "text_encoder_2": ("lora_te2_", "text_encoder_2.")},
-    # CLIP-G alone is ComfyUI's first (and only) encoder: lora_te_ / text_encoder., not lora_te2_.
-    "sdxl_refiner": {"text_encoder_2": ("lora_te_", "text_encoder.", "lora_prior_te_")},
-    "sd3": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
-            "text_encoder_2": ("lora_te2_", "text_encoder_2.")},
-    "flux": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
-})
-# ComfyUI's names for T5 layers: "lora_te<N>_<T5 module path underscored>" (OneTrainer's numbering).
-_COMFYUI_T5_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
-    "sd3": {"text_encoder_3": ("lora_te3_",)},
-    "flux": {"text_encoder_2": ("lora_te2_", "lora_te3_")},
-})
-
-
-def _comfyui_text_names(family: ModelFamily, component: str, module: nn.Module) -> set[str]:
-    names: set[str] = set()
-    for prefix in _COMFYUI_T5_PREFIXES.get(family.name, {}).get(component, ()):
-        names.update(prefix + _underscored(path) for path in targetable_module_paths(module))
-    for prefix in _COMFYUI_CLIP_PREFIXES.get(family.name, {}).get(component, ()):
-        for path in _clip_paths(module).values():
-            if _CLIP_LAYER.match(path):
-                dotted = prefix.endswith(".")
-                names.add(f"{prefix}text_model.{path}" if dotted else f"{prefix}text_model_{_underscored(path)}")
-    return names
-
-
-def _comfyui_unet_names(unet: nn.Module) -> set[str]:
-    """lora_unet_ + the LDM name or the diffusers path (underscored); the LDM name under diffusion_model.;
-    the diffusers path with attention-processor spelling ("attn1.processor.to_q", "...processor.to_out")."""
-    names: set[str] = set()
-    for path, ldm in unet_ldm_names(targetable_module_paths(unet)).items():
-        names.update({f"lora_unet_{_underscored(ldm)}", f"diffusion_model.{ldm}", f"lora_unet_{_underscored(path)}",
-                      f"lycoris_{_underscored(path)}"})
-        processor = path.replace(".to_", ".processor.to_").removesuffix(".0" if path.endswith(".to_out.0") else "")
-        names.update({processor, f"unet.{processor}"})
-    return names
-
-
-def _comfyui_dit_names(family: ModelFamily, denoiser: nn.Module) -> set[str]:
-    """Original module names (diffusion_model. / lora_unet_) and the diffusers paths they became
-    (transformer. / lora_transformer_ / lycoris_, SD3 also base_model.model.)."""
-    names: set[str] = set()
-    for original, parts in family.lora_original_names(denoiser).items():
-        names.update({f"diffusion_model.{original}", f"lora_unet_{_underscored(original)}"})
-        for part in parts:
-            names.update({f"transformer.{part.path}", f"lora_transformer_{_underscored(part.path)}",
-                          f"lycoris_{_underscored(part.path)}"})
-            if family.name == "sd3":
-                names.add(f"base_model.model.{part.path}")
-    return names
-
-
-def _comfyui_names(family: ModelFamily, modules: Mapping[str, nn.Module]) -> set[str]:
-    names: set[str] = set()
-    denoiser = modules.get(family.denoiser)
-    if denoiser is not None:
-        names |= _comfyui_unet_names(denoiser) if family.denoiser == "unet" else _comfyui_dit_names(family, denoiser)
-    for component in family.text_encoders:
-        if modules.get(component) is not None:
-            names |= _comfyui_text_names(family, component, modules[component])
-    return names
-
-
-# A1111 turns kohya's diffusers-path UNet names into its own (LDM) module names by the SD block numbering:
-# three input / output blocks per level, the resnet sub-modules renamed (`_a1111_unet_name`).
-_A1111_RESNET_PARTS = MappingProxyType({
-    "conv1": "in_layers.2", "conv2": "out_layers.3", "norm1": "in_layers.0", "norm2": "out_layers.0",
-    "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"})
-
-
-def _a1111_unet_name(path: str) -> str | None:
-    """The LDM module name A1111 gives a diffusers UNet path of a kohya SD1/SD2 LoRA, or None if it has none."""
-    if path == "conv_in":
-        return "input_blocks.0.0"
-    if path == "conv_out":
-        return "out.2"
-    if match := re.fullmatch(r"time_embedding\.linear_(\d+)", path):
-        return f"time_embed.{int(match[1]) * 2 - 2}"
-    if match := re.fullmatch(r"(down|up)_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)", path):
-        side, level, kind, index, rest = match[1], int(match[2]), match[3], int(match[4]), match[5]
-        block = 1 + 3 * level + index if side == "down" else 3 * level + index
-        if kind == "resnets":
-            rest = _A1111_RESNET_PARTS.get(rest, rest)
-        return f"{'input' if side == 'down' else 'output'}_blocks.{block}.{1 if kind == 'attentions' else 0}.{rest}"
-    if match := re.fullmatch(r"mid_block\.(attentions|resnets)\.(\d+)\.(.+)", path):
-        rest = match[3] if match[1] == "attentions" else _A1111_RESNET_PARTS.get(match[3], match[3])
-        return f"middle_block.{1 if match[1] == 'attentions' else int(match[2]) * 2}.{rest}"
-    if match := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv", path):
-        return f"input_blocks.{3 + 3 * int(match[1])}.0.op"
-    if match := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv", path):
-        level = int(match[1])
-        return f"output_blocks.{2 + 3 * level}.{2 if level > 0 else 1}.conv"
-    return None
-
-
-# A1111's text encoders: which kohya prefix reaches which encoder, and how (`_a1111_text_names`).
-_A1111_OPEN_CLIP_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj",
-                           "mlp_fc1", "mlp_fc2")
-
-
-def _a1111_text_names(family: ModelFamily, component: str, module: nn.Module) -> set[str]:
-    """SD1's CLIP (transformers modules in A1111): every encoder-layer module under lora_te_, every module
-    under lora_te1_; OpenCLIP encoders (SD2, SDXL's second) take only the six projections of each layer
-    (q/k/v go to the fused attention). SDXL's lora_te2_ names go to A1111's second conditioner, which the
-    refiner (CLIP-G is its first) does not have."""
-    paths = list(_clip_paths(module).values())
-    names: set[str] = set()
-    if family.name == "sd1":
-        names.update(f"lora_te_text_model_{_underscored(path)}" for path in paths if path.startswith("encoder.layers."))
-        names.update(f"lora_te1_text_model_{_underscored(path)}" for path in paths)
-    elif family.name == "sdxl" and component == "text_encoder":
-        names.update(f"lora_te1_text_model_{_underscored(path)}" for path in paths)
-    elif (family.name, component) in (("sd2", "text_encoder"), ("sdxl", "text_encoder_2")):
-        prefix = "lora_te_" if family.name == "sd2" else "lora_te2_"
-        for path in paths:
-            match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", path)
-            if match and _underscored(match[2]) in _A1111_OPEN_CLIP_LAYERS:
-                names.add(f"{prefix}text_model_{_underscored(path)}")
-    return names
-
-
-def _a1111_names(family: ModelFamily, modules: Mapping[str, nn.Module]) -> set[str]:
-    names: set[str] = set()
-    unet = modules.get("unet")
-    if unet is not None:
-        for path, ldm in unet_ldm_names(targetable_module_paths(unet)).items():
-            names.add(f"lora_unet_{_underscored(ldm)}")  # SDXL files: lora_unet_ + LDM name
-            if _a1111_unet_name(path) == ldm:              # SD1/SD2 files: diffusers paths, renumbered
-                names.add(f"lora_unet_{_underscored(path)}")
-    for component in family.text_encoders:
-        if modules.get(component) is not None:
-            names |= _a1111_text_names(family, component, modules[component])
-    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,13 +260,12 @@ def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, sta
         own = _result(LOADER_OWN, keys, (), error.reason)
     loaded, note = _diffusers_consumed(path, state_dict, model_family, present)
     loaders = [own, _result(LOADER_DIFFUSERS, keys, loaded, note)]
-    comfy_names = _comfyui_names(model_family, present)
-    comfy = _consumed_by_table(keys, comfy_names, _COMFYUI_SUFFIXES, _COMFYUI_PROCESSOR_SUFFIXES)
+    comfy = keys_read(keys, comfyui_layer_names(model_family, present), COMFYUI_SUFFIXES, COMFYUI_PROCESSOR_SUFFIXES)
     loaders.append(_result(LOADER_COMFYUI, keys, comfy))
     single_file, not_checked = _single_file_loader(model_family, standard_layout)
     if single_file == LOADER_A1111:
-        loaders.append(_result(LOADER_A1111, keys, _consumed_by_table(keys, _a1111_names(model_family, present),
-                                                                      _A1111_SUFFIXES)))
+        loaders.append(_result(LOADER_A1111, keys, keys_read(keys, a1111_layer_names(model_family, present),
+                                                             A1111_SUFFIXES)))
     elif single_file == LOADER_FORGE:
         loaders.append(_result(LOADER_FORGE, keys, comfy))
     return KeyCheck(path.name, KIND_LORA, len(keys), tuple(loaders), not_checked,
@@ -551,6 +355,10 @@ def check_saved_file(path: Path, family: str, modules: Mapping[str, nn.Module], 
     if keys and all(key in vector_keys or key.startswith("string_to_param.") for key in keys):
         return check_embedding(path, family, widths, standard_layout=standard_layout)
     return check_lora(path, family, modules, standard_layout=standard_layout)
+
+
+def _is_t5(module: nn.Module) -> bool:
+    return any(path.startswith("encoder.block.") for path in targetable_module_paths(module))
 
 
 def encoder_widths(modules: Mapping[str, nn.Module], family: str) -> dict[str, int]:
