@@ -47,11 +47,6 @@ KIND_LORA = "lora"
 KIND_EMBEDDING = "embedding"
 LISTED_KEYS = 12  # ignored keys named per loader in messages (the record keeps them all)
 
-# Families whose users load LoRAs in A1111 (kohya names); Flux files go to Forge, which maps them with
-# ComfyUI's tables; A1111 and Forge have no SD3 LoRA loader, so SD3 files are checked for the others only.
-_A1111_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
-_FORGE_FAMILIES = ("flux",)
-
 
 # --------------------------------------------------------------------------------------------
 # The result
@@ -204,7 +199,7 @@ def _diffusers_consumed(path: Path, state_dict: Mapping[str, Tensor], family: Mo
 
 def _single_file_loader(family: ModelFamily, standard_layout: bool) -> tuple[str | None, str]:
     """(A1111 or Forge, whichever loads the family's LoRAs, when it applies; why not otherwise)."""
-    loader = LOADER_A1111 if family.name in _A1111_FAMILIES else LOADER_FORGE if family.name in _FORGE_FAMILIES else None
+    loader = family.single_file_lora_loader
     if loader is None:
         return None, f"A1111 and Forge: no {family.label} LoRA loader"
     if not standard_layout:

@@ -80,31 +80,13 @@ def _clip_paths(module: nn.Module) -> dict[str, str]:
     return {path: path.removeprefix("text_model.") for path in targetable_module_paths(module)}
 
 
-# ComfyUI's names for CLIP encoder layers (the six projections of each encoder layer only), per family and
-# component: kohya-style prefixes (followed by "text_model_<layer>") and diffusers-style dotted prefixes.
-_COMFYUI_CLIP_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
-    "sd1": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
-    "sd2": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
-    "sdxl": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
-             "text_encoder_2": ("lora_te2_", "text_encoder_2.")},
-    # CLIP-G alone is ComfyUI's first (and only) encoder: lora_te_ / text_encoder., not lora_te2_.
-    "sdxl_refiner": {"text_encoder_2": ("lora_te_", "text_encoder.", "lora_prior_te_")},
-    "sd3": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
-            "text_encoder_2": ("lora_te2_", "text_encoder_2.")},
-    "flux": {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")},
-})
-# ComfyUI's names for T5 layers: "lora_te<N>_<T5 module path underscored>" (OneTrainer's numbering).
-_COMFYUI_T5_PREFIXES: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
-    "sd3": {"text_encoder_3": ("lora_te3_",)},
-    "flux": {"text_encoder_2": ("lora_te2_", "lora_te3_")},
-})
-
-
 def _comfyui_text_names(family: ModelFamily, component: str, module: nn.Module) -> set[str]:
+    """T5 layers under the family's `comfyui_t5_lora_prefixes`; the six projections of each CLIP encoder layer
+    under its `comfyui_clip_lora_prefixes` (ComfyUI maps no other CLIP module)."""
     names: set[str] = set()
-    for prefix in _COMFYUI_T5_PREFIXES.get(family.name, {}).get(component, ()):
+    for prefix in family.comfyui_t5_lora_prefixes.get(component, ()):
         names.update(prefix + _underscored(path) for path in targetable_module_paths(module))
-    for prefix in _COMFYUI_CLIP_PREFIXES.get(family.name, {}).get(component, ()):
+    for prefix in family.comfyui_clip_lora_prefixes.get(component, ()):
         for path in _clip_paths(module).values():
             if _CLIP_LAYER.match(path):
                 dotted = prefix.endswith(".")
@@ -126,15 +108,14 @@ def _comfyui_unet_names(unet: nn.Module) -> set[str]:
 
 def _comfyui_dit_names(family: ModelFamily, denoiser: nn.Module) -> set[str]:
     """Original module names (diffusion_model. / lora_unet_) and the diffusers paths they became
-    (transformer. / lora_transformer_ / lycoris_, SD3 also base_model.model.)."""
+    (transformer. / lora_transformer_ / lycoris_, and the family's `comfyui_extra_dit_lora_prefixes`)."""
     names: set[str] = set()
     for original, parts in family.lora_original_names(denoiser).items():
         names.update({f"diffusion_model.{original}", f"lora_unet_{_underscored(original)}"})
         for part in parts:
             names.update({f"transformer.{part.path}", f"lora_transformer_{_underscored(part.path)}",
                           f"lycoris_{_underscored(part.path)}"})
-            if family.name == "sd3":
-                names.add(f"base_model.model.{part.path}")
+            names.update(prefix + part.path for prefix in family.comfyui_extra_dit_lora_prefixes)
     return names
 
 
@@ -182,34 +163,28 @@ def a1111_unet_name(path: str) -> str | None:
     return None
 
 
-# A1111's text encoders: which kohya prefix reaches which encoder, and how (`_a1111_text_names`).
+# The projections of an OpenCLIP layer A1111 takes kohya CLIP names for (`_a1111_text_names`).
 _A1111_OPEN_CLIP_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj",
                            "mlp_fc1", "mlp_fc2")
 
 
 def _a1111_text_names(family: ModelFamily, component: str, module: nn.Module) -> set[str]:
-    """SD1's CLIP (transformers modules in A1111): every encoder-layer module under lora_te_, every module
-    under lora_te1_; OpenCLIP encoders (SD2, SDXL's second) take only the six projections of each layer
-    (q/k/v go to the fused attention). SDXL's lora_te2_ names go to A1111's second conditioner, which the
-    refiner (CLIP-G is its first) does not have."""
+    """The family's `a1111_text_lora_names` for one encoder: a CLIP (transformers modules in A1111) takes its
+    encoder layers' or every module's names, an OpenCLIP only the six projections of each layer (q/k/v go to
+    the fused attention)."""
     paths = list(_clip_paths(module).values())
     names: set[str] = set()
-    if family.name == "sd1":
-        names.update(f"lora_te_text_model_{_underscored(path)}" for path in paths if path.startswith("encoder.layers."))
-        names.update(f"lora_te1_text_model_{_underscored(path)}" for path in paths)
-    elif family.name == "sdxl" and component == "text_encoder":
-        names.update(f"lora_te1_text_model_{_underscored(path)}" for path in paths)
-    elif (family.name, component) in (("sd2", "text_encoder"), ("sdxl", "text_encoder_2")):
-        prefix = "lora_te_" if family.name == "sd2" else "lora_te2_"
+    for prefix, modules in family.a1111_text_lora_names.get(component, ()):
         for path in paths:
-            match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", path)
-            if match and _underscored(match[2]) in _A1111_OPEN_CLIP_LAYERS:
+            layer = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", path)
+            if (modules == "clip" or (modules == "clip_layers" and layer)
+                    or (modules == "open_clip" and layer and _underscored(layer[2]) in _A1111_OPEN_CLIP_LAYERS)):
                 names.add(f"{prefix}text_model_{_underscored(path)}")
     return names
 
 
 def a1111_layer_names(family: ModelFamily, modules: Mapping[str, nn.Module]) -> set[str]:
-    """Every layer name A1111 maps to a module of this model (SD1, SD2, SDXL and the refiner)."""
+    """Every layer name A1111 maps to a module of this model (families whose `single_file_lora_loader` is A1111)."""
     names: set[str] = set()
     unet = modules.get("unet")
     if unet is not None:
