@@ -157,11 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {warning}", flush=True)
     for path in result.files:
         print(f"wrote {path}", flush=True)
+    for check in result.key_checks:
+        print(f"keys: {check.summary()}", flush=True)
+    for problem in result.key_problems:
+        print(f"warning: {problem}", flush=True)
     if result.cancelled:
         print(f"cancelled after {result.steps_done} step(s)", flush=True)
         return EXIT_CANCELLED
     final_loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
-    print(f"done: {result.steps_done} steps, {result.epochs_done} epoch(s), final loss {final_loss}", flush=True)
+    ended = "saved with warnings" if result.key_problems else "done"  # some loader would ignore keys
+    print(f"{ended}: {result.steps_done} steps, {result.epochs_done} epoch(s), final loss {final_loss}", flush=True)
     if result.usage:
         print(f"use it with: {result.usage}", flush=True)
     return EXIT_OK

@@ -69,6 +69,17 @@ def test_train_over_http_and_follow_it_until_the_files_exist(server, hexagons):
     assert [Path(file).name for file in state["files"]] == ["api_hex.safetensors"]
     assert all(Path(file).is_file() for file in state["files"])
     assert state["usage"] == "<lora:api_hex:1> hxgn"
+    # the saved LoRA's keys were checked against every loader; the job record keeps the same counts
+    [check] = state["key_checks"]
+    total = check["total"]
+    assert total > 0 and check["complete"] and state["key_problems"] == []
+    assert check["summary"] == f"api_hex.safetensors: {total} of {total} keys load in SD Studio, diffusers, ComfyUI"
+    assert check["not_checked"].startswith("A1111: not checked")  # the toy model has no A1111 layout
+    assert check["summary"] in state["messages"][-1]
+    job_id = started["job"].removeprefix("job-")  # the train API names the job as A1111's progress does
+    job = requests.get(f"{server.url}/api/v1/jobs/{job_id}", timeout=30).json()
+    assert job["result"]["key_checks"] == [check] and job["result"]["key_problems"] == []
+    assert job["result"]["outcome"] == "done"
     loras = requests.get(server.url + "/sdapi/v1/loras", timeout=30).json()
     assert "api_hex" in [lora["name"] for lora in loras]
 

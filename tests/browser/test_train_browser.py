@@ -120,6 +120,7 @@ def test_train_a_lora_watch_it_reconnect_and_generate_with_it(page, server, hexa
     result = page.inner_text("#train_result")
     assert "browser_hex finished" in result and "<lora:browser_hex:1> hxgn" in result
     assert "browser_hex-000001.safetensors" in result and "browser_hex.safetensors" in result
+    assert re.search(r"browser_hex\.safetensors: (\d+) of \1 keys load in SD Studio, diffusers, ComfyUI", result), result
     page.wait_for_selector("#train_samples img")
     assert (server.data_dir / "models" / "Lora" / "browser_hex.safetensors").is_file()
 

@@ -71,6 +71,9 @@ def test_two_steps_train_with_a_finite_loss_and_write_a_diffusers_keyed_flux_lor
     assert keys == {f"transformer.{layer}.lora_{part}.weight" for layer in layers for part in "AB"}
     assert (metadata["ss_base_model_version"], metadata["modelspec.architecture"]) == ("flux1", "flux-1-dev/lora")
     assert metadata["modelspec.prediction_type"] == "flow"
+    [check] = trained.key_checks
+    assert check.complete and check.total == len(keys)
+    assert [loader.loader for loader in check.loaders] == ["SD Studio", "diffusers", "ComfyUI", "Forge"]
 
 
 def test_diffusers_flux_pipeline_loads_every_key_and_the_transformer_changes_by_the_trained_update(trained):

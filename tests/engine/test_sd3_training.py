@@ -182,6 +182,14 @@ def test_dreambooth_lora_with_text_encoders_feed_forwards_and_samples_loads_whol
               for name, layer in getattr(pipeline, component).named_modules() if isinstance(layer, LoraLayer)
               for part in "AB"}
     assert loaded == set(saved)
+    [check] = result.key_checks  # the trainer's own check agrees: every key loads, text encoders included
+    assert check.complete and check.total == len(saved)
+    assert [loader.loader for loader in check.loaders] == ["SD Studio", "diffusers", "ComfyUI"]
+    # alpha 2 at rank 4 lives in lora_adapter_metadata only, which ComfyUI does not read: the record says so
+    assert check.notes == ("ComfyUI: the alpha is only in lora_adapter_metadata, which is not read there, so "
+                           "text_encoder (rank 4, alpha 2: x2), text_encoder_2 (rank 4, alpha 2: x2), transformer "
+                           "(rank 4, alpha 2: x2) load at rank / alpha times the strength SD Studio and diffusers use",)
+    assert check.complete  # a note, not an ignored key
 
 
 def test_a_resumed_sd3_run_ends_where_the_uninterrupted_one_does(ctx, trained):

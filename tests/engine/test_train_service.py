@@ -41,6 +41,7 @@ from webui.training.service import (
     export_run,
     import_images,
     preset_names,
+    result_record,
     save_caption_rows,
     start_training,
     training_status,
@@ -120,7 +121,45 @@ def test_status_reports_the_finished_run_with_files_usage_and_losses(ctx, traine
     assert status["usage"] == "<lora:hexsvc:1> hxgn"
     assert len(ctx.training.monitor.losses()) == 4 and ctx.training.monitor.samples()
     assert "Use it in a prompt: `<lora:hexsvc:1> hxgn`" in result_markdown(status)
+    epoch_check, final_check = status["key_checks"]  # every saved file, epochs included, is checked
+    assert [epoch_check["file"], final_check["file"]] == ["hexsvc-000001.safetensors", "hexsvc.safetensors"]
+    total = final_check["total"]
+    assert final_check["summary"] == f"hexsvc.safetensors: {total} of {total} keys load in SD Studio, diffusers, ComfyUI"
+    assert f"- {final_check['summary']}" in result_markdown(status) and status["key_problems"] == []
     assert 'data-percent="100"' in progress_html(status) and "step 4/4" in progress_html(status)
+
+
+def test_a_run_whose_file_a_loader_would_read_in_part_is_saved_with_warnings(ctx, trained, tmp_path):
+    """The finished run's LoRA with one layer no loader knows: the record says "saved with warnings", not done,
+    and lists the ignored keys per loader (status, Train tab)."""
+    from safetensors.torch import load_file, save_file
+
+    from webui.models.checkpoint_loading import meta_modules
+    from webui.training.key_check import check_lora
+    from webui.training.monitor import TrainingMonitor
+
+    _, result = trained
+    path = tmp_path / "hexsvc.safetensors"
+    tensors = load_file(str(result.files[-1]))
+    save_file({**tensors, "lora_unet_not_a_layer.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_not_a_layer.lora_up.weight": torch.zeros(8, 4)}, str(path))
+    base = ctx.manager.weights_of(ctx.models.catalog.find(ctx.training.monitor.config.base_checkpoint))
+    check = check_lora(path, "sd1", meta_modules(base), standard_layout=False)
+    flagged = dataclasses.replace(result, files=[path], key_checks=[check])
+    record = result_record(flagged)  # what the job history keeps
+    assert record["outcome"] == "saved_with_warnings" and record["key_problems"] == flagged.key_problems
+    assert record["key_checks"] == [check.to_dict()] and not record["key_checks"][0]["complete"]
+    monitor = TrainingMonitor(ctx.training.monitor.config)
+    monitor.finish(flagged)
+    status = training_status(dataclasses.replace(ctx.training, monitor=monitor))
+    assert status["state"] == "saved_with_warnings" and status["finished"] and status["error"] is None
+    assert len(status["key_problems"]) == 3  # SD Studio, diffusers, ComfyUI
+    assert all("would ignore 2 of" in line and "lora_unet_not_a_layer.lora_up.weight" in line
+               for line in status["key_problems"])
+    text = result_markdown(status)
+    assert "saved with warnings" in text and "lora_unet_not_a_layer.lora_down.weight" in text
+    assert f"{len(tensors)} of {len(tensors) + 2} keys load in SD Studio, diffusers, ComfyUI" in text
+    assert "Saved with warnings hexsvc" in progress_html(status)
 
 
 def test_compare_epochs_names_each_epoch_lora_in_order(ctx, trained):

@@ -140,6 +140,8 @@ def test_textual_inversion_writes_an_embedding_named_after_the_token(base, base_
     embedding = read_embedding(result.files[0])
     assert embedding.name == "hxgn" and embedding.vector_count == 2 and embedding.width() == {"te1": 64}
     assert result.usage == "hxgn"
+    [check] = result.key_checks  # the embedding's one tensor loads in every loader
+    assert (check.file, check.kind, check.total, check.complete) == ("hxgn.safetensors", "embedding", 1, True)
     assert_base_unchanged(base, base_snapshot)
 
 
@@ -181,6 +183,8 @@ def test_pivotal_saves_a_lora_and_an_embedding_and_freezes_the_vectors_halfway(b
     assert lora.patches and not lora.unmatched_keys and lora.trigger_words == ["hexpivot"]
     assert read_embedding(result.files[1]).vector_count == 2
     assert result.usage == "<lora:hexpivot:1> hexpivot"
+    assert [(check.file, check.kind, check.complete) for check in result.key_checks] == [
+        ("hexpivot.safetensors", "lora", True), ("hexpivot.safetensors", "embedding", True)]
 
     pipeline = build_pipeline(base, CPU, torch.float32)
     method = PivotalMethod(config, TrainerModels(pipeline=pipeline, family="sd1", device=CPU, base=base, base_hash=""))
@@ -200,6 +204,7 @@ def test_dreambooth_with_prior_preservation_saves_a_loadable_checkpoint(base, ba
     result = run_training(config, base, paths, CPU, on_progress=lambda p: messages.append(p.message))
     assert result.steps_done == 2 and math.isfinite(result.final_loss)
     assert result.files == [paths.checkpoints_dir / "hexdb"]
+    assert result.key_checks == []  # a checkpoint is no adapter: nothing to check
 
     class_folder = class_images_folder(paths, base.record.sha256, "a shape", 64)
     assert sorted(p.name for p in class_folder.glob("*.png")) == ["00000.png", "00001.png"]
@@ -223,6 +228,8 @@ def test_dreambooth_with_prior_preservation_saves_a_loadable_checkpoint(base, ba
     mtimes = [p.stat().st_mtime_ns for p in sorted(class_folder.glob("*.png"))]
     result = run_training(config, base, paths, CPU, on_progress=lambda p: lora_messages.append(p.message))
     assert result.files == [paths.lora_dir / "hexdbl.safetensors"]
+    [check] = result.key_checks
+    assert check.complete and check.summary().startswith(f"hexdbl.safetensors: {check.total} of {check.total} keys")
     assert not any("generating" in m for m in lora_messages)
     assert [p.stat().st_mtime_ns for p in sorted(class_folder.glob("*.png"))] == mtimes
 
@@ -344,6 +351,9 @@ def test_sdxl_pivotal_uses_both_encoders_and_writes_sdxl_files(hexagon_folder, t
     embedding = read_embedding(paths.embeddings_dir / "xlpivot.safetensors")
     assert embedding.width() == {"te1": 32, "te2": 32} and embedding.vector_count == 2
     assert any(r.samples for r in reports)
+    lora_check, embedding_check = result.key_checks  # both encoders' keys load everywhere
+    assert lora_check.complete and lora_check.total == len(lora_keys) and embedding_check.complete
+    assert embedding_check.total == 2  # clip_l and clip_g
     assert_base_unchanged(weights, snapshot)
 
 
@@ -371,6 +381,7 @@ def test_headless_cli_trains_into_the_app_folders(data_dir, hexagon_folder, tmp_
     assert "step 1/2" in output and "step 2/2" in output
     lora = data_dir / "models" / "Lora" / "clilora.safetensors"
     assert lora.is_file() and f"wrote {lora}" in output
+    assert "keys: clilora.safetensors: " in output and "done: 2 steps" in output
 
     bad = config.replace(lr_scheduler="sometimes").save(tmp_path / "bad.json")
     assert main([str(bad), "--data-dir", str(data_dir)]) == 2

@@ -331,3 +331,10 @@ def copy_weights_into(pipeline, weights: CheckpointWeights) -> None:
         tokenizers = load_tokenizers(weights.tokenizer_folder, family.name, set(weights.configs))
         for tokenizer_name, tokenizer in zip(family.tokenizers, tokenizers):
             setattr(pipeline, tokenizer_name, tokenizer)
+
+
+def meta_modules(weights: CheckpointWeights) -> dict[str, torch.nn.Module]:
+    """Every component of a checkpoint built weightless on the meta device: its module names and shapes, for
+    code that only matches names (the training key check), at no memory cost."""
+    family = weights.architecture.family
+    return {name: _empty_module(family, name, config) for name, config in weights.configs.items()}

@@ -255,8 +255,8 @@ def _write_hashed(path: Path, tensors: dict[str, Tensor], file_metadata: dict[st
 def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata: Mapping[str, str],
                         family: str, *, dtype: torch.dtype = torch.float16) -> Path:
     """Write a LoRA with diffusers/PEFT keys: ``<component>.<diffusers module path>.lora_A.weight`` (down) and
-    ``.lora_B.weight`` (up), the layout diffusers' DiT pipelines (`StableDiffusion3Pipeline.load_lora_weights`)
-    and ComfyUI load. Such files hold no alpha tensors (diffusers refuses keys without "lora"): rank and alpha
+    ``.lora_B.weight`` (up; CLIP layers under ``text_model.``), the layout diffusers' DiT pipelines
+    (`StableDiffusion3Pipeline.load_lora_weights`) and ComfyUI load. Such files hold no alpha tensors (diffusers refuses keys without "lora"): rank and alpha
     go into diffusers' ``lora_adapter_metadata`` (the PEFT config per component, which diffusers and this app's
     reader apply), beside the ``ss_*`` / ``modelspec.*`` metadata."""
     path = Path(path)
@@ -264,7 +264,9 @@ def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], meta
         raise ValueError(f"a LoRA must be a .safetensors file, got {path.name!r}")
     if not layers:
         raise ValueError("no LoRA layers to save")
-    components = family_named(family).components
+    model_family = family_named(family)
+    components = model_family.components
+    clip_encoders = {encoder.component for encoder in model_family.ldm_text_encoders if encoder.kind != "t5"}
     file_metadata = _check_metadata(metadata)
     tensors: dict[str, Tensor] = {}
     adapters: dict[str, dict[str, Any]] = {}
@@ -272,8 +274,11 @@ def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], meta
         component, module_path = _split_component(layer_key)
         if component not in components:
             raise ValueError(f"LoRA layer {layer_key!r}: {component!r} is not a component of {family}")
-        tensors[f"{layer_key}.lora_A.weight"] = weights.down.detach().to("cpu", dtype).contiguous()
-        tensors[f"{layer_key}.lora_B.weight"] = weights.up.detach().to("cpu", dtype).contiguous()
+        # CLIP layers keep transformers' "text_model." level in the keys (ComfyUI maps only those names;
+        # diffusers drops it where the installed CLIP has none); the PEFT config names the module as installed.
+        key = f"{component}.{kohya_text_path(module_path)}" if component in clip_encoders else layer_key
+        tensors[f"{key}.lora_A.weight"] = weights.down.detach().to("cpu", dtype).contiguous()
+        tensors[f"{key}.lora_B.weight"] = weights.up.detach().to("cpu", dtype).contiguous()
         adapter = adapters.setdefault(component, {"r": weights.rank, "lora_alpha": float(weights.alpha),
                                                   "target_modules": [], "rank_pattern": {}, "alpha_pattern": {}})
         adapter["target_modules"].append(module_path)

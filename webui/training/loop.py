@@ -42,6 +42,7 @@ from webui.training.dataset import (
     scan_dataset,
     unet_latents,
 )
+from webui.training.key_check import KeyCheck, saved_file_checker
 from webui.training.methods import SaveRequest, TrainerModels, TrainingMethod, create_method, epoch_suffix
 from webui.training.objectives import (  # noqa: F401 (min_snr_weights, prediction_target: re-exported)
     ObjectiveError,
@@ -112,6 +113,12 @@ class TrainingResult:
     state_dir: Path | None = None
     summary: DatasetSummary | None = None
     usage: str = ""
+    key_checks: list[KeyCheck] = field(default_factory=list)  # per saved LoRA / embedding: which loaders read it
+
+    @property
+    def key_problems(self) -> list[str]:
+        """Keys of the saved files that a loader would ignore (the run is then "saved with warnings")."""
+        return [line for check in self.key_checks for line in check.problems()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,6 +418,8 @@ class _Trainer:
             self.total_epochs = config.max_train_epochs
             self.total_steps = self.total_epochs * self.steps_per_epoch
         self.files: list[Path] = []
+        self.key_checker = saved_file_checker(models.base, (paths.lora_dir, paths.embeddings_dir))
+        self.key_checks: list[KeyCheck] = []
         self.state_dir: Path | None = None
         self.position = _Position()
         self._set_up_modules()
@@ -576,8 +585,11 @@ class _Trainer:
                 lr_scheduler=self.lr_scheduler, scaler=self.scaler, generator=self.generator, position=self.position,
                 models=self.models, smoothed_loss=self.tracker.smoothed,
             )
+        checks = [check for check in map(self.key_checker, written) if check is not None]
+        self.key_checks.extend(checks)
         self.tracker.report(self.position.step, epoch, self.lr(),
-                            message="saved " + ", ".join(path.name for path in written))
+                            message="; ".join(["saved " + ", ".join(path.name for path in written),
+                                               *(check.summary() for check in checks)]))
 
     def train(self, start: _Position) -> bool:
         """Run from `start` to the end; False when cancelled."""
@@ -643,7 +655,7 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
             steps_done=trainer.position.step if trainer else 0,
             epochs_done=trainer.position.epoch if trainer else 0,
             final_loss=tracker.last_loss, warnings=warnings, state_dir=trainer.state_dir if trainer else None,
-            summary=summary, usage=method.usage_hint(),
+            summary=summary, usage=method.usage_hint(), key_checks=list(trainer.key_checks) if trainer else [],
         )
 
     class_dataset = None
@@ -678,5 +690,5 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
     return TrainingResult(
         files=list(trainer.files), cancelled=False, steps_done=trainer.position.step,
         epochs_done=epochs_run, final_loss=tracker.last_loss, warnings=warnings,
-        state_dir=trainer.state_dir, summary=summary, usage=method.usage_hint(),
+        state_dir=trainer.state_dir, summary=summary, usage=method.usage_hint(), key_checks=list(trainer.key_checks),
     )

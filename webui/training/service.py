@@ -55,6 +55,8 @@ from webui.training.model_card import write_model_card
 from webui.training.monitor import TrainingBusyError, TrainingMonitor
 
 TRAIN_JOB_KIND = "train"  # the kind `TrainingService.submit` queues its job under
+# A finished run whose saved files some loader would read only in part: saved, but not "done".
+SAVED_WITH_WARNINGS = "saved_with_warnings"
 MAX_LOG_MESSAGES = 200
 # Fields that describe one job rather than a way of training: kept out of presets and model cards.
 JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint")
@@ -136,8 +138,7 @@ class TrainingService:
         return [JobKind(TRAIN_JOB_KIND, run=self._run, encode=TrainingJob.encode, decode=TrainingJob.decode,
                         summary=lambda job: f"train {job.config.method} {job.config.output_name!r}",
                         cost=lambda job: float(job.config.max_train_steps or 1),
-                        result_record=lambda result: {"files": [str(path) for path in result.files],
-                                                      "cancelled": bool(result.cancelled)})]
+                        result_record=result_record)]
 
     def _run(self, worker: Worker, job: TrainingJob, control: JobControl) -> TrainingResult:
         config = job.config
@@ -168,6 +169,19 @@ class TrainingService:
 # --------------------------------------------------------------------------------------------
 # Folders and presets
 # --------------------------------------------------------------------------------------------
+
+
+def run_outcome(result: TrainingResult) -> str:
+    """How a run that returned ended: "cancelled", "saved_with_warnings" (a loader would ignore keys of a saved
+    file) or "done"."""
+    return "cancelled" if result.cancelled else SAVED_WITH_WARNINGS if result.key_problems else "done"
+
+
+def result_record(result: TrainingResult) -> dict[str, Any]:
+    """What the job history keeps of a run: its files, how it ended, and which loaders read which keys."""
+    return {"files": [str(path) for path in result.files], "cancelled": bool(result.cancelled),
+            "outcome": run_outcome(result), "key_checks": [check.to_dict() for check in result.key_checks],
+            "key_problems": result.key_problems}
 
 
 def user_presets_folder(service: TrainingService, user: User | None) -> Path:
@@ -488,7 +502,8 @@ def cancel_training(service: TrainingService, user: User) -> str:
 IDLE_STATUS: dict[str, Any] = {
     "state": "idle", "name": None, "method": None, "step": 0, "total": 0, "epoch": 0, "total_epochs": 0,
     "loss": None, "smoothed_loss": None, "lr": None, "eta": None, "elapsed": 0.0, "messages": [],
-    "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None}
+    "finished": False, "cancelled": False, "files": [], "usage": "", "warnings": [], "error": None,
+    "key_checks": [], "key_problems": []}
 BUSY_MESSAGE = "Another user's training run is using the trainer; yours can start when it ends."
 
 
@@ -509,15 +524,16 @@ def training_status(service: TrainingService, viewer: User | None = None) -> dic
     """
     monitor = service.monitor
     if monitor is None:
-        return dict(IDLE_STATUS, messages=[], files=[], warnings=[])
+        return dict(IDLE_STATUS, messages=[], files=[], warnings=[], key_checks=[], key_problems=[])
     if visible_run(service, viewer) is None:
         if monitor.finished:
-            return dict(IDLE_STATUS, messages=[], files=[], warnings=[])
-        return dict(IDLE_STATUS, state="busy", messages=[BUSY_MESSAGE], files=[], warnings=[])
+            return dict(IDLE_STATUS, messages=[], files=[], warnings=[], key_checks=[], key_problems=[])
+        return dict(IDLE_STATUS, state="busy", messages=[BUSY_MESSAGE], files=[], warnings=[], key_checks=[],
+                    key_problems=[])
     latest = monitor.latest
     result = monitor.result
     if monitor.finished:
-        state = "failed" if monitor.error else ("cancelled" if result is not None and result.cancelled else "done")
+        state = "failed" if monitor.error else run_outcome(result) if result is not None else "done"
     else:
         state = "running" if latest is not None or current_job_is_training(service) else "queued"
     files = [str(path) for path in (result.files if result is not None else (latest.files_saved if latest else ()))]
@@ -541,6 +557,8 @@ def training_status(service: TrainingService, viewer: User | None = None) -> dic
         "usage": result.usage if result is not None else "",
         "warnings": list(result.warnings) if result is not None else [],
         "error": monitor.error,
+        "key_checks": [check.to_dict() for check in result.key_checks] if result is not None else [],
+        "key_problems": result.key_problems if result is not None else [],
         "owner": monitor.owner,
     }
 

@@ -18,7 +18,8 @@ LOSS_SERIES = "loss"
 SMOOTHED_SERIES = "smoothed loss"
 LOG_LINES = 12
 STATE_WORDS = {"queued": "Waiting for the GPU worker", "running": "Training", "done": "Finished",
-               "cancelled": "Cancelled", "failed": "Failed"}
+               "saved_with_warnings": "Saved with warnings", "cancelled": "Cancelled", "failed": "Failed"}
+ENDED_SAVED = ("done", "saved_with_warnings")  # the run trained to its end and saved its files
 
 
 def _duration(seconds: float | None) -> str:
@@ -37,7 +38,7 @@ def progress_html(status: dict[str, Any]) -> str:
     if status["state"] == "busy":  # another user's run: only that the trainer is taken
         return f'<div class="sd-progress-text" data-state="busy">{html.escape(" ".join(status["messages"]))}</div>'
     total = max(int(status["total"] or 0), 0)
-    percent = 100 if status["state"] == "done" else int(100 * status["step"] / total) if total else 0
+    percent = 100 if status["state"] in ENDED_SAVED else int(100 * status["step"] / total) if total else 0
     parts = [f"{STATE_WORDS.get(status['state'], status['state'])} {status['name']}"]
     if total:
         parts.append(f"step {status['step']}/{total}")
@@ -88,13 +89,33 @@ def result_markdown(status: dict[str, Any]) -> str:
     if state == "cancelled":
         text = f"**Training {status['name']} was cancelled** at step {status['step']}."
         return text + (f" Kept:\n{files}" if files else " No epoch had been saved yet.")
-    text = f"**Training {status['name']} finished**: {status['step']} steps, {status['total_epochs']} epoch(s)."
+    if state == "saved_with_warnings":
+        text = (f"⚠️ **Training {status['name']} saved with warnings**: {status['step']} steps, "
+                f"{status['total_epochs']} epoch(s); some keys of its files would be ignored by a loader.")
+    else:
+        text = f"**Training {status['name']} finished**: {status['step']} steps, {status['total_epochs']} epoch(s)."
+    text += _key_check_text(status)
     if status["usage"]:
         text += f"\n\nUse it in a prompt: `{status['usage']}`"
     if files:
         text += f"\n\nFiles written:\n{files}"
     if status["warnings"]:
         text += "\n\nNotes:\n" + "\n".join(f"- {html.escape(w)}" for w in status["warnings"])
+    return text
+
+
+def _key_check_text(status: dict[str, Any]) -> str:
+    """Per saved file, which loaders read how many of its keys; then every key some loader would ignore."""
+    checks = status.get("key_checks") or []
+    if not checks:
+        return ""
+    text = "\n\nKeys that load:\n" + "\n".join(f"- {html.escape(check['summary'])}" for check in checks)
+    notes = [f"{check['file']}: {note}" for check in checks for note in check.get("notes", [])]
+    if notes:
+        text += "\n\nLoads differently:\n" + "\n".join(f"- {html.escape(note)}" for note in notes)
+    problems = status.get("key_problems") or []
+    if problems:
+        text += "\n\nIgnored keys:\n" + "\n".join(f"- {html.escape(line)}" for line in problems)
     return text
 
 

@@ -123,6 +123,20 @@ class ModelFamily(ABC):
     # The layout a trained LoRA is saved in: "kohya" (lora_unet_/lora_te_ names, `formats/kohya.py`) or
     # "diffusers" (PEFT `transformer.<path>.lora_A/B` keys with diffusers' `lora_adapter_metadata`).
     trained_lora_layout: ClassVar[str] = "kohya"
+    # -- what other UIs map in this family's LoRAs (`formats/lora_loader_names.py`, the training key check) --
+    # ComfyUI's names for each CLIP encoder's layer projections: prefixes before "text_model_<layer>" (kohya) or,
+    # ending in ".", before "text_model.<layer>" (diffusers); T5 layers under OneTrainer's "lora_te<N>_" numbers.
+    comfyui_clip_lora_prefixes: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+        {"text_encoder": ("lora_te_", "lora_te1_", "text_encoder.")})
+    comfyui_t5_lora_prefixes: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    # Dotted prefixes ComfyUI also maps a DiT's diffusers paths under (besides transformer. / lora_transformer_).
+    comfyui_extra_dit_lora_prefixes: ClassVar[tuple[str, ...]] = ()
+    # The single-file UI whose LoRA loader users run: "A1111", "Forge" (ComfyUI's key maps) or None (neither).
+    single_file_lora_loader: ClassVar[str | None] = "A1111"
+    # A1111's text-encoder names per component: (kohya prefix, which modules: "clip_layers" = a CLIP's encoder
+    # layers, "clip" = every CLIP module, "open_clip" = the six projections of each OpenCLIP layer).
+    a1111_text_lora_names: ClassVar[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyType(
+        {"text_encoder": (("lora_te_", "clip_layers"), ("lora_te1_", "clip"))})
     # Image sides training buckets must be multiples of: the VAE's 8, times 2 where the denoiser takes 2x2 latent
     # patches (SD3's patch embedding, Flux's packing).
     training_size_multiple: ClassVar[int] = 8

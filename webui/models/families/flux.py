@@ -182,6 +182,9 @@ class Flux1(ModelFamily):
         ("text_encoder.", "text_encoder", True), ("text_encoder_2.", "text_encoder_2", True),
     )
     lora_key_markers = ("double_blocks", "single_blocks", "single_transformer_blocks")
+    comfyui_t5_lora_prefixes = MappingProxyType({"text_encoder_2": ("lora_te2_", "lora_te3_")})
+    single_file_lora_loader = "Forge"  # Forge loads Flux LoRAs with ComfyUI's key maps
+    a1111_text_lora_names = MappingProxyType({})
 
     # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
     default_sampler = "Euler"

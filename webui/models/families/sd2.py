@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from webui.models.families.base import LdmTextEncoder, ModelFamily
@@ -13,6 +14,8 @@ LDM_OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
 
 class StableDiffusion2(ModelFamily):
+    # A1111 runs SD2's OpenCLIP: q/k/v/out and the MLP of each layer take kohya's lora_te_ CLIP names.
+    a1111_text_lora_names = MappingProxyType({"text_encoder": (("lora_te_", "open_clip"),)})
     name = "sd2"
     label = "SD2.x"
     text_encoder_widths = (1024,)

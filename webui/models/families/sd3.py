@@ -143,6 +143,12 @@ class StableDiffusion3(ModelFamily):
         ("text_encoder_3.", "text_encoder_3", True),
     )
     lora_key_markers = ("joint_blocks", "context_block", "x_block")
+    comfyui_clip_lora_prefixes = MappingProxyType({"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
+                                                   "text_encoder_2": ("lora_te2_", "text_encoder_2.")})
+    comfyui_t5_lora_prefixes = MappingProxyType({"text_encoder_3": ("lora_te3_",)})
+    comfyui_extra_dit_lora_prefixes = ("base_model.model.",)
+    single_file_lora_loader = None  # neither A1111 nor Forge loads SD3 LoRAs
+    a1111_text_lora_names = MappingProxyType({})
 
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "flow"

@@ -5,6 +5,7 @@ and single-file checkpoints use the original SGM module names."""
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -44,6 +45,10 @@ class StableDiffusionXL(ModelFamily):
     kohya_base_model_version = "sdxl_base_v1-0"
     lora_key_markers = (*UNET_LORA_MARKERS, "input_blocks", "middle_block", "output_blocks")  # + its kohya LDM names
     lora_module_naming = "sgm"
+    comfyui_clip_lora_prefixes = MappingProxyType({"text_encoder": ("lora_te_", "lora_te1_", "text_encoder."),
+                                                   "text_encoder_2": ("lora_te2_", "text_encoder_2.")})
+    a1111_text_lora_names = MappingProxyType({"text_encoder": (("lora_te1_", "clip"),),
+                                              "text_encoder_2": (("lora_te2_", "open_clip"),)})
 
     def modelspec_architecture(self, prediction_type: str) -> str:
         return "stable-diffusion-xl-v1-base"

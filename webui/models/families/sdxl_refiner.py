@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -40,6 +41,10 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     pipeline_options = frozen({"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False})
     ldm_text_encoders = (LdmTextEncoder("text_encoder_2", LDM_OPEN_CLIP_PREFIX, "open_clip", with_projection=True),)
     kohya_lora_prefixes = frozen({"unet": "lora_unet_", "text_encoder_2": "lora_te2_"})
+    # CLIP-G alone is ComfyUI's first encoder (lora_te_, not lora_te2_); A1111 sends lora_te2_ to a second
+    # conditioner the refiner does not have, so it maps no text-encoder name.
+    comfyui_clip_lora_prefixes = MappingProxyType({"text_encoder_2": ("lora_te_", "text_encoder.", "lora_prior_te_")})
+    a1111_text_lora_names = MappingProxyType({})
     kohya_base_model_version = "sdxl_refiner_v1-0"
 
     def modelspec_architecture(self, prediction_type: str) -> str:
