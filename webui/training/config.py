@@ -237,8 +237,8 @@ class TrainingConfig:
             sizes += [("bucket_step", self.bucket_step), ("min_bucket_resolution", self.min_bucket_resolution),
                       ("max_bucket_resolution", self.max_bucket_resolution)]
         for name, value in sizes:
-            if value % family.training_size_multiple:
-                raise TrainingConfigError(name, f"must be a multiple of {family.training_size_multiple} for "
+            if value % family.size_multiple:
+                raise TrainingConfigError(name, f"must be a multiple of {family.size_multiple} for "
                                                 f"{family.label} (got {value})")
         return self
 

@@ -123,9 +123,11 @@ class ModelFamily(ABC):
     # The layout a trained LoRA is saved in: "kohya" (lora_unet_/lora_te_ names, `formats/kohya.py`) or
     # "diffusers" (PEFT `transformer.<path>.lora_A/B` keys with diffusers' `lora_adapter_metadata`).
     trained_lora_layout: ClassVar[str] = "kohya"
-    # Image sides training buckets must be multiples of: the VAE's 8, times 2 where the denoiser takes 2x2 latent
-    # patches (SD3's patch embedding, Flux's packing).
-    training_size_multiple: ClassVar[int] = 8
+    # Image sides the denoiser can take must be multiples of this: the VAE's 8, times 2 where the denoiser reads
+    # 2x2 latent patches (SD3's patch embedding, Flux's packing). Generation requests (width/height, the hires
+    # target) and training buckets both follow it (`webui.generation.requests.check_size_for_family`,
+    # `TrainingConfig.check_family`).
+    size_multiple: ClassVar[int] = 8
     # Training methods that work on this family (the loop, the export and the methods' own code).
     training_methods: ClassVar[tuple[str, ...]] = ("lora", "dreambooth", "dreambooth_lora", "textual_inversion",
                                                    "pivotal")

@@ -133,7 +133,7 @@ class Flux1(ModelFamily):
     training_objective = "flow_matching"
     trained_lora_layout = "diffusers"  # `transformer.<diffusers path>.lora_A/B`, what FluxPipeline.load_lora_weights reads
     training_methods = ("lora", "dreambooth_lora")  # no Flux single-file writer for full fine-tunes yet
-    training_size_multiple = 16
+    size_multiple = 16  # the VAE's 8 x 2x2 latent patches
     denoiser = "transformer"
     single_file_denoiser = "bfl_flux"
     latent_channels = 16

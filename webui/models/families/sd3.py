@@ -89,7 +89,7 @@ class StableDiffusion3(ModelFamily):
     # LoRA only: a full fine-tune (DreamBooth) has no SD3 single-file writer yet, and textual inversion / pivotal
     # tuning would need T5 embeddings too.
     training_methods = ("lora", "dreambooth_lora")
-    training_size_multiple = 16
+    size_multiple = 16  # the VAE's 8 x 2x2 latent patches
     denoiser = "transformer"
     single_file_denoiser = "sd3_mmdit"
     latent_channels = 16
