@@ -298,13 +298,14 @@ def save_trained_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metada
 def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: str, base_model_hash: str,
                   family: str, resolution: int | Sequence[int], steps: int, epochs: int, rank: int, alpha: float,
                   tag_frequency: Mapping[str, Mapping[str, int]], extra: Mapping[str, object] | None = None,
-                  prediction_type: str | None = None) -> dict[str, str]:
+                  prediction_type: str | None = None, variant: str | None = None) -> dict[str, str]:
     """The ``ss_*`` (kohya) and ``modelspec.*`` (Stability) metadata that A1111, Civitai and kohya read.
 
     ``tag_frequency`` is ``{dataset folder: {caption tag: count}}``, which A1111 shows as the LoRA's
     training tags. ``extra`` adds or overrides keys (non-string values are written as JSON / str).
     ``prediction_type`` ("epsilon" / "v" / "flow") defaults to the family's: v only for SD2 trained at 768 or
-    more, flow for flow-matching families (SD3).
+    more, flow for flow-matching families (SD3). ``variant`` names the base model within its family (SD3.5
+    Medium/Large, Flux.1 dev/schnell) for ``modelspec.architecture``.
     """
     model_family = family_named(family)
     if isinstance(trigger_words, str):
@@ -336,7 +337,7 @@ def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: s
         "ss_training_comment": (f"Trigger words: {trigger_phrase}. " if trigger_phrase else "")
         + "Trained with SD Studio.",
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": f"{model_family.modelspec_architecture(prediction)}/lora",
+        "modelspec.architecture": f"{model_family.modelspec_architecture(prediction, variant)}/lora",
         "modelspec.implementation": _implementation(model_family),
         "modelspec.title": name,
         "modelspec.resolution": f"{width}x{height}",
@@ -441,7 +442,7 @@ def _cast(state_dict: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Ten
 
 def save_single_file_checkpoint(path: Path, state_dicts: Mapping[str, Mapping[str, Tensor]], family: str,
                                 metadata: Mapping[str, str] | None = None,
-                                dtype: torch.dtype = torch.float16) -> Path:
+                                dtype: torch.dtype = torch.float16, variant: str | None = None) -> Path:
     """Write diffusers component state dicts as one A1111-layout ``.safetensors`` checkpoint.
 
     Needs "unet", "text_encoder" and "vae" (+ "text_encoder_2" for SDXL), diffusers-named. The file
@@ -464,7 +465,7 @@ def save_single_file_checkpoint(path: Path, state_dicts: Mapping[str, Mapping[st
     file_metadata = {
         "format": "pt",
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": model_family.modelspec_architecture(prediction),
+        "modelspec.architecture": model_family.modelspec_architecture(prediction, variant),
         "modelspec.implementation": IMPLEMENTATION_STABILITY,
         "modelspec.title": path.stem,
         "modelspec.resolution": f"{resolution}x{resolution}",
@@ -574,7 +575,8 @@ def save_trained_checkpoint(folder: Path, name: str, state_dicts: Mapping[str, M
             raise FileExistsError(f"{target} already exists")
         complete = {component: state_dicts.get(component, base_state)
                     for component, base_state in base.state_dicts.items()}
-        return save_single_file_checkpoint(target, complete, base.architecture.family, metadata, dtype)
+        return save_single_file_checkpoint(target, complete, base.architecture.family, metadata, dtype,
+                                           base.architecture.variant)
     if base.record.format != "diffusers":
         raise ValueError(f"{base.record.name} does not match the shipped {base.architecture.label} configs and is "
                          "not a diffusers folder; there is no format to save its fine-tune in")

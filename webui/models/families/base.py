@@ -303,8 +303,9 @@ class ModelFamily(ABC):
         return {}
 
     @abstractmethod
-    def modelspec_architecture(self, prediction_type: str) -> str:
-        """The modelspec `architecture` id of a base model of this family."""
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
+        """The modelspec `architecture` id of a base model of this family (`variant`: which model of the
+        family, as `variant_of_ldm_keys` / `variant_of_denoiser_config` name it; None when unknown)."""
         ...
 
     def scheduler_overrides(self, single_file_keys: Collection[str]) -> dict[str, Any]:

@@ -199,8 +199,9 @@ class Flux1(ModelFamily):
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "flow"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
-        return "flux-1-dev"
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
+        """sd-scripts' ids: "flux-1-dev" (also when unknown) or "flux-1-schnell"."""
+        return "flux-1-schnell" if variant == SCHNELL else "flux-1-dev"
 
     def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return VARIANT_LABELS.get(variant or "", self.label)

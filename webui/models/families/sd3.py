@@ -61,6 +61,10 @@ MMDIT_LAST_BLOCK = MMDIT_BLOCK[:-1] + (layer("context_block.adaLN_modulation.1",
 # Variants, as detected from the transformer's structure.
 SD35_MEDIUM, SD35_LARGE, SD3_MEDIUM = "sd3.5-medium", "sd3.5-large", "sd3-medium"
 VARIANT_LABELS = MappingProxyType({SD35_MEDIUM: "SD3.5 Medium", SD35_LARGE: "SD3.5 Large", SD3_MEDIUM: "SD3 Medium"})
+# modelspec ids (`modelspec.architecture`) of each variant, as sd-scripts' "stable-diffusion-3" stem continues.
+MODELSPEC_ARCHITECTURES = MappingProxyType({SD35_MEDIUM: "stable-diffusion-3.5-medium",
+                                            SD35_LARGE: "stable-diffusion-3.5-large",
+                                            SD3_MEDIUM: "stable-diffusion-3-medium"})
 CLIP_SEQUENCE_LENGTH = 77
 # A LoRA target of the image stream -> the same layer of the text (context) stream in a joint block.
 JOINT_TEXT_TWINS = MappingProxyType({"to_q": "add_q_proj", "to_k": "add_k_proj", "to_v": "add_v_proj",
@@ -147,8 +151,10 @@ class StableDiffusion3(ModelFamily):
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "flow"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
-        return "stable-diffusion-3.5-medium"
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
+        """"stable-diffusion-3.5-medium", "-3.5-large" or "-3-medium" for the model the weights are (SD3.5
+        Medium when unknown: the family's most trained-on model)."""
+        return MODELSPEC_ARCHITECTURES.get(variant or SD35_MEDIUM, MODELSPEC_ARCHITECTURES[SD35_MEDIUM])
 
     def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return VARIANT_LABELS.get(variant or "", self.label)

@@ -45,7 +45,7 @@ class StableDiffusionXL(ModelFamily):
     lora_key_markers = (*UNET_LORA_MARKERS, "input_blocks", "middle_block", "output_blocks")  # + its kohya LDM names
     lora_module_naming = "sgm"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
         return "stable-diffusion-xl-v1-base"
 
     def time_ids(self, height: int, width: int, positive: bool) -> list[float]:

@@ -42,7 +42,7 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     kohya_lora_prefixes = frozen({"unet": "lora_unet_", "text_encoder_2": "lora_te2_"})
     kohya_base_model_version = "sdxl_refiner_v1-0"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
         return "stable-diffusion-xl-v1-refiner"
 
     def shipped_tokenizer_folder(self, tokenizer: str) -> Path:

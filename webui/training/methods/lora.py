@@ -128,6 +128,7 @@ class LoraAdapters:
             base_model_hash=models.base_hash, family=models.family, resolution=config.resolution,
             steps=request.step, epochs=request.epoch, rank=config.rank, alpha=config.alpha,
             tag_frequency=request.summary.tag_frequency, extra=extra,
+            variant=models.model_family.variant_of_denoiser_config(models.denoiser_config or {}),
         )
         return save_trained_lora(path, self.layers(), metadata, models.family, denoiser_config=models.denoiser_config)
 
