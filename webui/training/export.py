@@ -36,9 +36,9 @@ from webui.models.checkpoint_loading import CheckpointWeights
 from webui.models.default_model import TRAINING_RECORD_FILES
 from webui.models.families import FAMILIES, ModelFamily, family_named
 from webui.models.formats.kohya import kohya_text_path, unet_ldm_names_for_config
-from webui.models.ldm_conversion import diffusers_to_ldm
 from webui.models.merger import _matches_shipped_configs
 from webui.models.model_configs import load_component_config
+from webui.models.single_file_writer import single_file_state
 
 COMPONENT_UNET = "unet"
 COMPONENT_TE = "text_encoder"
@@ -442,24 +442,28 @@ def _cast(state_dict: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Ten
 
 def save_single_file_checkpoint(path: Path, state_dicts: Mapping[str, Mapping[str, Tensor]], family: str,
                                 metadata: Mapping[str, str] | None = None,
-                                dtype: torch.dtype = torch.float16, variant: str | None = None) -> Path:
-    """Write diffusers component state dicts as one A1111-layout ``.safetensors`` checkpoint.
+                                dtype: torch.dtype = torch.float16, variant: str | None = None,
+                                configs: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write diffusers component state dicts as one single-file ``.safetensors`` checkpoint (A1111's layout;
+    SD3.5/Flux in the layout their files ship in, `webui.models.single_file_writer`, which needs the
+    denoiser's entry of ``configs``).
 
-    Needs "unet", "text_encoder" and "vae" (+ "text_encoder_2" for SDXL), diffusers-named. The file
-    loads in A1111, ComfyUI, this app's catalog and diffusers' ``from_single_file``.
+    Needs every component but optional text encoders (SD3.5's T5), diffusers-named. The file loads in A1111
+    (UNet families), ComfyUI, this app's catalog and diffusers' ``from_single_file``.
     """
     path = Path(path)
     model_family = family_named(family)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"a single-file checkpoint must be a .safetensors file, got {path.name!r}")
-    required = list(model_family.components)
+    required = [name for name in model_family.components if name not in model_family.optional_text_encoders]
     missing = [name for name in required if name not in state_dicts]
     if missing:
         raise ValueError(f"a {family} checkpoint needs components {missing}; a checkpoint without them "
                          "would not load in A1111")
     extra_metadata = _check_metadata(metadata)
-    cast = {component: _cast(state_dicts[component], dtype) for component in required}
-    ldm_state = {key: tensor.contiguous() for key, tensor in diffusers_to_ldm(cast, family).items()}
+    cast = {component: _cast(state_dicts[component], dtype) for component in model_family.components
+            if component in state_dicts}
+    ldm_state = {key: tensor.contiguous() for key, tensor in single_file_state(cast, family, configs or {}).items()}
     resolution = model_family.native_size
     prediction = model_family.default_prediction_type((resolution, resolution))
     file_metadata = {
@@ -576,7 +580,7 @@ def save_trained_checkpoint(folder: Path, name: str, state_dicts: Mapping[str, M
         complete = {component: state_dicts.get(component, base_state)
                     for component, base_state in base.state_dicts.items()}
         return save_single_file_checkpoint(target, complete, base.architecture.family, metadata, dtype,
-                                           base.architecture.variant)
+                                           base.architecture.variant, base.configs)
     if base.record.format != "diffusers":
         raise ValueError(f"{base.record.name} does not match the shipped {base.architecture.label} configs and is "
                          "not a diffusers folder; there is no format to save its fine-tune in")

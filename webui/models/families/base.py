@@ -256,6 +256,12 @@ class ModelFamily(ABC):
         names come from the checkpoint converter instead (`formats/kohya.unet_ldm_names`): none here."""
         return {}
 
+    def original_parameter_names(self, denoiser: torch.nn.Module) -> Mapping[str, str]:
+        """The denoiser's parameters outside `lora_original_names`' layers (q/k norms, position tables), original
+        parameter name -> installed one, for families whose single files use the model's own names (the
+        single-file writer, `webui.models.single_file_writer`). None for the UNet families."""
+        return {}
+
     def variant_of_denoiser_config(self, config: Mapping[str, Any]) -> str | None:
         """Which model of the family a denoiser config describes (e.g. SD3.5 "medium" or "large"); None when
         the family has one architecture."""

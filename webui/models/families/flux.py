@@ -124,6 +124,10 @@ BFL_SINGLE_BLOCK = (
     layer("linear2", "proj_out"), layer("modulation.lin", "norm.linear"),
 )
 
+# The q/k RMS norms of a double-stream block: BFL -> diffusers (the module's `.scale` is diffusers' `.weight`).
+BFL_DOUBLE_BLOCK_NORMS = (("img_attn.norm.query_norm", "norm_q"), ("img_attn.norm.key_norm", "norm_k"),
+                          ("txt_attn.norm.query_norm", "norm_added_q"), ("txt_attn.norm.key_norm", "norm_added_k"))
+
 
 class Flux1(ModelFamily):
     name = "flux"
@@ -132,7 +136,9 @@ class Flux1(ModelFamily):
     preset_prefix = "flux_"
     training_objective = "flow_matching"
     trained_lora_layout = "diffusers"  # `transformer.<diffusers path>.lora_A/B`, what FluxPipeline.load_lora_weights reads
-    training_methods = ("lora", "dreambooth_lora")  # no Flux single-file writer for full fine-tunes yet
+    # LoRA only: full fine-tunes (DreamBooth) could be saved (`single_file_writer`) but the trainer's full
+    # fine-tune of a 12B transformer is neither fitted to memory nor tested.
+    training_methods = ("lora", "dreambooth_lora")
     size_multiple = 16  # the VAE's 8 x 2x2 latent patches
     denoiser = "transformer"
     single_file_denoiser = "bfl_flux"
@@ -286,6 +292,18 @@ class Flux1(ModelFamily):
     def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
         return original_names(denoiser, BFL_TOP_LEVEL, (("double_blocks", "transformer_blocks", BFL_DOUBLE_BLOCK),
                                                         ("single_blocks", "single_transformer_blocks", BFL_SINGLE_BLOCK)))
+
+    def original_parameter_names(self, denoiser: torch.nn.Module) -> Mapping[str, str]:
+        """The q/k RMS norms (BFL's `.scale`) of every double- and single-stream block."""
+        names = {}
+        for index in range(len(denoiser.transformer_blocks)):
+            for original, installed in BFL_DOUBLE_BLOCK_NORMS:
+                names[f"{DOUBLE_BLOCKS}{index}.{original}.scale"] = f"transformer_blocks.{index}.attn.{installed}.weight"
+        for index in range(len(denoiser.single_transformer_blocks)):
+            for original, installed in (("norm.query_norm", "norm_q"), ("norm.key_norm", "norm_k")):
+                names[f"single_blocks.{index}.{original}.scale"] = (
+                    f"single_transformer_blocks.{index}.attn.{installed}.weight")
+        return names
 
     # -- detection -------------------------------------------------------------------------------
     def ldm_detection_names(self) -> str:
