@@ -106,8 +106,13 @@ class ModelFamily(ABC):
     # The sampler a UI preselects for the family (flow-matching ones use webui.generation.samplers' flow table).
     default_sampler: ClassVar[str] = "DPM++ 2M"
     # The tensor a pipeline's step callback may hand back to change the pooled text embedding mid-run (SDXL's
-    # "add_text_embeds"); None where the pipeline reads none back (a prompt schedule then keeps the first one).
+    # "add_text_embeds"); None where the pipeline reads none back (see `pooled_denoiser_argument`).
     pooled_step_input: ClassVar[str | None] = None
+    # The denoiser's keyword argument carrying the pooled text, for families whose pipelines take no pooled vector
+    # back from the step callback (SD3, Flux: "pooled_projections"); a prompt schedule then switches it in the
+    # denoiser call (webui.generation.pooled_switch). None: the callback's `pooled_step_input` does it, or no
+    # pooled text.
+    pooled_denoiser_argument: ClassVar[str | None] = None
     # Whether the pipelines repeat given `prompt_embeds` for `num_images_per_prompt` (SD1/SDXL do; SD3's
     # use given embeddings as they are).
     repeats_given_embeddings: ClassVar[bool] = True

@@ -192,6 +192,7 @@ class Flux1(ModelFamily):
     # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
     default_sampler = "Euler"
     repeats_given_embeddings = False  # FluxPipeline uses given embeddings as they are
+    pooled_denoiser_argument = "pooled_projections"  # a prompt schedule switches CLIP-L's pooled vector there
     sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_2", "tokenizer_2", 512
 
     @property

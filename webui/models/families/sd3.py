@@ -110,6 +110,7 @@ class StableDiffusion3(ModelFamily):
     # T5 reads the whole prompt once, up to diffusers' default `max_sequence_length`; CLIP reads 77-token chunks.
     sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_3", "tokenizer_3", 256
     repeats_given_embeddings = False
+    pooled_denoiser_argument = "pooled_projections"  # a prompt schedule switches the pooled CLIP projections there
     default_sampler = "Euler"
     separate_text_encoder_files = frozen({
         "text_encoder": ("clip_l.safetensors", "clip_l*.safetensors"),
