@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from webui.models.formats.dit_lora import RowPart
+from webui.models.formats.dit_lora import RowPart, converted_by_diffusers
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"
 
@@ -77,6 +77,9 @@ class ModelFamily(ABC):
     # Substrings of LoRA layer names that files of this family have and other families' lack (which family a
     # file that fits no layer of the loaded model was made for, for the message); default: diffusers' UNet.
     lora_key_markers: ClassVar[tuple[str, ...]] = UNET_LORA_MARKERS
+    # Substrings of LoRA keys in layouts the family's tables do not name but diffusers' converter for its pipeline
+    # does (Flux: XLabs' ".processor."); such files are converted first (`readable_lora_state`).
+    lora_layouts_diffusers_converts: ClassVar[tuple[str, ...]] = ()
     # The pipeline component that denoises ("unet", or "transformer" for DiT families), how a single file
     # stores it ("ldm_unet" or "sd3_mmdit": which diffusers converter reads it) and the latent channels.
     denoiser: ClassVar[str] = "unet"
@@ -266,6 +269,12 @@ class ModelFamily(ABC):
         parameter name -> installed one, for families whose single files use the model's own names (the
         single-file writer, `webui.models.single_file_writer`). None for the UNet families."""
         return {}
+
+    def readable_lora_state(self, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """A LoRA file's tensors as the LoRA reader's tables name them: layouts only diffusers converts
+        (`lora_layouts_diffusers_converts`) through diffusers' converter, others unchanged."""
+        return converted_by_diffusers(state_dict, self.pipeline_class_name(self.resident_mode),
+                                      self.lora_layouts_diffusers_converts)
 
     def variant_of_denoiser_config(self, config: Mapping[str, Any]) -> str | None:
         """Which model of the family a denoiser config describes (e.g. SD3.5 "medium" or "large"); None when

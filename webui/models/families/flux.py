@@ -180,14 +180,18 @@ class Flux1(ModelFamily):
     # LoRA files name the transformer by BFL's modules (sd-scripts "lora_unet_double_blocks_0_img_attn_qkv",
     # ComfyUI/ai-toolkit "diffusion_model.double_blocks.0.img_attn.qkv") or by diffusers' ("transformer.
     # transformer_blocks.0.attn.to_q", OneTrainer "lora_transformer_..."); sd-scripts writes CLIP-L as lora_te1_
-    # and T5 as lora_te3_.
+    # and T5 as lora_te3_. Older files spell sd-scripts' BFL names with "lora_flux_" instead of "lora_unet_".
+    # XLabs' files name attention processors (`double_blocks.0.processor.qkv_lora1.down.weight`): diffusers'
+    # converter brings them to diffusers' names first (`readable_lora_state`).
     lora_key_prefixes = (
-        ("lora_unet_", "transformer", False), ("lora_transformer_", "transformer", False),
+        ("lora_unet_", "transformer", False), ("lora_flux_", "transformer", False),
+        ("lora_transformer_", "transformer", False),
         ("lora_te1_", "text_encoder", False), ("lora_te3_", "text_encoder_2", False),
         ("transformer.", "transformer", True), ("diffusion_model.", "transformer", True),
         ("text_encoder.", "text_encoder", True), ("text_encoder_2.", "text_encoder_2", True),
     )
     lora_key_markers = ("double_blocks", "single_blocks", "single_transformer_blocks")
+    lora_layouts_diffusers_converts = (".processor.proj_lora", ".processor.qkv_lora")
 
     # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
     default_sampler = "Euler"
