@@ -65,7 +65,7 @@ def denoiser_to_original(family: ModelFamily, state: Mapping[str, Tensor],
                          config: Mapping[str, Any]) -> dict[str, Tensor]:
     """A transformer's diffusers-named weights -> its original code's names (no prefix): fused layers joined
     back by rows, swapped modulation halves swapped back."""
-    denoiser = _weightless_denoiser(family, config)
+    denoiser = weightless_denoiser(family, config)
     original: dict[str, Tensor] = {}
     used: set[str] = set()
     for name, parts in family.lora_original_names(denoiser).items():
@@ -104,7 +104,7 @@ def _joined_rows(parts: tuple[RowPart, ...], pieces: list[Tensor]) -> Tensor:
     return joined
 
 
-def _weightless_denoiser(family: ModelFamily, config: Mapping[str, Any]) -> torch.nn.Module:
+def weightless_denoiser(family: ModelFamily, config: Mapping[str, Any]) -> torch.nn.Module:
     """The denoiser built on the meta device (module names and sizes, no memory), from its config."""
     from accelerate import init_empty_weights
 

@@ -71,6 +71,8 @@ class ModelFamily(ABC):
     # Whose module names kohya uses for this family's LoRAs: diffusers' ("diffusers") or the original
     # LDM/SGM code's ("sgm"); written as `modelspec.implementation`.
     lora_module_naming: ClassVar[str] = "diffusers"
+    # The original code whose module names "sgm"-named LoRA files use (modelspec.implementation of such files).
+    original_implementation: ClassVar[str] = "https://github.com/Stability-AI/generative-models"
     # LoRA key prefixes of the family's own files, (prefix, component, dotted), tried in order; empty = the SD
     # families' shared table (`lora_formats`: every family's kohya prefixes, `unet.`, `text_encoder*.` ...).
     lora_key_prefixes: ClassVar[tuple[tuple[str, str, bool], ...]] = ()

@@ -177,6 +177,7 @@ class Flux1(ModelFamily):
                                   "text_encoder_2": "lora_te3_"})
     kohya_base_model_version = "flux1"
     lora_module_naming = "sgm"
+    original_implementation = "https://github.com/black-forest-labs/flux"  # sd-scripts' Flux LoRAs say so
     # LoRA files name the transformer by BFL's modules (sd-scripts "lora_unet_double_blocks_0_img_attn_qkv",
     # ComfyUI/ai-toolkit "diffusion_model.double_blocks.0.img_attn.qkv") or by diffusers' ("transformer.
     # transformer_blocks.0.attn.to_q", OneTrainer "lora_transformer_..."); sd-scripts writes CLIP-L as lora_te1_

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 RowRanges = tuple[tuple[int, int], ...]  # (start, stop) row ranges of the original weight, concatenated
@@ -115,3 +116,26 @@ def converted_by_diffusers(state_dict: Mapping[str, Tensor], pipeline_class: str
 
     converted = getattr(diffusers, pipeline_class).lora_state_dict(dict(state_dict))
     return converted[0] if isinstance(converted, tuple) else converted
+
+
+def joined_lora_factors(parts: Sequence[RowPart], factors: Mapping[str, tuple[Tensor, Tensor, float]],
+                        rows: int) -> tuple[Tensor, Tensor, float]:
+    """One original fused layer's LoRA (down, up, alpha) from LoRAs of some of the installed modules it became
+    (`factors`: module path -> (down [r, in], up [out, r], scale alpha / r)); the inverse of the row split, for
+    writing files in the original names (sd-scripts' `..._attn_qkv`, `..._linear1`). The downs are stacked and
+    each up sits in its module's rows and its own rank's columns (block-diagonal; rows of untrained modules stay
+    zero), each part's scale baked into its up, alpha = the joined rank (scale 1): up @ down is exactly the
+    parts' updates in the original row order. `rows`: the original layer's output rows."""
+    present = [part for part in parts if part.path in factors]
+    down = torch.cat([factors[part.path][0] for part in present])
+    up = down.new_zeros((rows, down.shape[0]))
+    column = 0
+    for part in present:
+        part_down, part_up, scale = factors[part.path]
+        rank = part_down.shape[0]
+        offset = 0
+        for start, stop in part.rows or ((0, part_up.shape[0]),):
+            up[start:stop, column:column + rank] = part_up[offset:offset + stop - start] * scale
+            offset += stop - start
+        column += rank
+    return down, up, float(down.shape[0])
