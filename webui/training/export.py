@@ -3,8 +3,9 @@
 A trained LoRA is only useful if A1111, ComfyUI, Forge, Civitai and diffusers can all read it, so SD1/SD2/SDXL
 LoRAs are written in kohya-ss's layout (``lora_unet_*`` / ``lora_te*_`` names, ``lora_down`` / ``lora_up`` /
 ``alpha`` tensors, ``ss_*`` and ``modelspec.*`` metadata), not in diffusers' PEFT layout, which A1111
-cannot load. SD3 LoRAs (no A1111 support either way) use diffusers' PEFT keys, the layout diffusers' SD3
-loader reads; the family says which (`ModelFamily.trained_lora_layout`). Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an
+cannot load. SD3/Flux LoRAs (no A1111 support either way) use diffusers' PEFT keys by default, the layout
+diffusers' loaders read (`ModelFamily.trained_lora_layout`), or on request (`TrainingConfig.lora_file_layout`)
+sd-scripts' names of the original modules, fused layers joined (`original_named_layers`). Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an
 A1111-layout single ``.safetensors`` when the model has a standard SD1/SD2/SDXL shape (a diffusers
 folder otherwise, e.g. for the shipped toy model). Every file is written to a temporary name and
 renamed into place, so a crash or a full disk never leaves a half-written model that the catalogs
