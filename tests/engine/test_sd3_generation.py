@@ -341,3 +341,10 @@ def test_a_prompt_schedule_switches_the_pooled_vector_with_the_text_at_its_step(
     assert 0 < switch < 4
     assert first_call_with(calls, lambda call: call.pooled[1:], boat.pooled) == switch
     assert all(torch.equal(call.pooled[:1], negative.pooled.to(call.pooled)) for call in calls)
+
+
+def test_outpainting_grows_the_canvas_to_the_familys_multiple_of_16(ctx):
+    """8 more pixels on the right of a 64 px image would be 72, which SD3's 2x2 patches cannot take: the new area
+    grows to 80 (the original pixels stay where they were)."""
+    result = img2img(ctx, source_image(), outpaint_right=8, denoising_strength=1.0)
+    assert result.images[0].size == (80, 64)
