@@ -108,6 +108,17 @@ def test_on_flux_distilled_cfg_is_planned_and_clip_skip_refused(served):
     requests.delete(f"{jobs}/{accepted.json()['id']}", timeout=60)
 
 
+def test_a_size_axis_with_sides_flux_cannot_take_is_refused_naming_the_cell(served):
+    """Flux reads 2x2 patches of the 8x-downscaled latents: a Size axis value of 72x64 is refused before the plot
+    runs, naming the cell and the multiple (the first cell, 64x64, passes)."""
+    on_flux = {**SMALL, "prompt": "a red circle", "override_settings": {"sd_model_checkpoint": FLUX_FILE}}
+    refused = requests.post(f"{served.url}/api/v1/jobs", json={"kind": "xyz-plot", "request": {
+        **on_flux, "x": {"type": "Size", "values": "64x64, 72x64"}}}, timeout=60)
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert "72x64" in detail and "width 72 is not a multiple of 16 for Flux.1 dev" in detail, detail
+
+
 def test_sd_models_keeps_a1111s_fields_and_lists_every_family(served):
     models = requests.get(f"{served.url}/sdapi/v1/sd-models", timeout=30).json()
     assert {model["model_name"] for model in models} == {"sd-studio-toy", SD3_FILE, FLUX_FILE}

@@ -72,3 +72,19 @@ def test_a_body_without_a_sampler_gets_the_model_familys_default(sd3_server):
                "override_settings": {"sd_model_checkpoint": SD3_NAME}}
     assert sampler_of(requests.post(f"{sd3_server.url}/sdapi/v1/img2img", json=img2img, timeout=300)) == "Euler"
     assert sampler_of(post(sd3_server, {**SMALL, "prompt": "a circle"})) == "DPM++ 2M"
+
+
+def test_sides_an_sd3_model_cannot_take_are_refused_up_front_and_the_hires_target_is_rounded(sd3_server):
+    """SD3.5 reads 2x2 patches of the 8x-downscaled latents: sides must be multiples of 16. 72 (a multiple of 8)
+    is a 422 naming 16 before anything is queued; the SD1 default model still takes it. A hires scale whose
+    target is not a multiple of 16 (64 x 1.375 = 88) is rounded down to 80, as A1111 floors its target."""
+    body = {**SMALL, "prompt": "a car", "sampler_name": "Euler", "override_settings": {"sd_model_checkpoint": SD3_NAME}}
+    refused = post(sd3_server, {**body, "width": 72})
+    assert refused.status_code == 422, refused.text
+    assert "width 72 is not a multiple of 16 for SD3.5 Medium (try 64 or 80)" in json.dumps(refused.json())
+    assert post(sd3_server, {**SMALL, "prompt": "a circle", "width": 72}).status_code == 200
+
+    hires = post(sd3_server, {**body, "enable_hr": True, "hr_scale": 1.375, "hr_upscaler": "Latent",
+                              "hr_second_pass_steps": 1, "denoising_strength": 0.5})
+    assert hires.status_code == 200, hires.text
+    assert Image.open(io.BytesIO(base64.b64decode(hires.json()["images"][0]))).size == (80, 80)

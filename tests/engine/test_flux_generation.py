@@ -147,3 +147,25 @@ def test_inpaint_changes_only_the_masked_area(flux):
     changed = np.abs(pixels(result.images[0]) - pixels(source)).sum(axis=-1) > 0
     inside = np.asarray(mask) > 0
     assert not changed[~inside].any() and changed[inside].mean() > 0.9
+
+
+def test_a_prompt_schedule_switches_the_pooled_vector_with_the_text_at_its_step(flux):
+    """`[a photo of a cat:a photo of a dog:1]`: CLIP-L's pooled vector reaches the transformer switched at the
+    same call as the T5 tokens (FluxPipeline reads no pooled vector back from the step callback)."""
+    from tests.support.denoiser_calls import first_call_with, record_denoiser_calls
+    from webui.generation.conditioning import PromptEncoder
+    from webui.generation.denoise import model_variant
+
+    ctx, _ = flux
+    request = ctx.generation.prepare(Txt2ImgRequest(**{**SMALL, "prompt": "[a photo of a cat:a photo of a dog:1]",
+                                                       "steps": 4, "seed": 7, "checkpoint": NAMES[DEV]}))
+    with checkout(ctx, NAMES[DEV]) as model:
+        calls = record_denoiser_calls(model.pipeline.transformer,
+                                      lambda: run_txt2img(model, request, outputs_root=None))
+        encoder = PromptEncoder(model.pipeline, model.family, 1, model_variant(model))
+        cat, dog = (encoder.encode(text) for text in ("a photo of a cat", "a photo of a dog"))
+    assert len(calls) == 4
+    assert torch.equal(calls[0].pooled, cat.pooled.to(calls[0].pooled))
+    assert torch.equal(calls[-1].pooled, dog.pooled.to(calls[-1].pooled))
+    switch = first_call_with(calls, lambda call: call.text, dog.embeds)
+    assert 0 < switch < 4 and first_call_with(calls, lambda call: call.pooled, dog.pooled) == switch

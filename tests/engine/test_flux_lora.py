@@ -120,3 +120,66 @@ def test_a_flux_lora_changes_the_image_and_an_sd3_lora_is_skipped_with_both_name
         assert any(re.search(r"do not exist in the loaded Flux\.1 model.*SD3\.5.*without it", warning)
                    for warning in model.warnings), model.warnings
         np.testing.assert_array_equal(denoise(model.pipeline), plain)
+
+
+def xlabs_file(path: Path, modules, seed: int) -> tuple[Path, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """An XLabs-AI Flux LoRA: attention processors of the double blocks, `qkv_lora1/2` (image/text q, k, v
+    fused, one down for all three) and `proj_lora1/2` (their output projections), `.down/.up.weight`, no alpha
+    (XLabs' layers scale by 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    width = modules["transformer"].config.num_attention_heads * modules["transformer"].config.attention_head_dim
+    factors, tensors = {}, {}
+    for block in range(len(modules["transformer"].transformer_blocks)):
+        for name, rows in (("qkv_lora1", 3 * width), ("qkv_lora2", 3 * width), ("proj_lora1", width),
+                           ("proj_lora2", width)):
+            down = torch.randn(2, width, generator=generator) * 0.5
+            up = torch.randn(rows, 2, generator=generator) * 0.5
+            factors[f"{block}.{name}"] = (down, up)
+            tensors |= {f"double_blocks.{block}.processor.{name}.down.weight": down,
+                        f"double_blocks.{block}.processor.{name}.up.weight": up}
+    return write_file(path, tensors), factors
+
+
+def test_xlabs_processor_loras_are_read_through_diffusers_converter(manager, tmp_path):
+    modules = loaded_modules(manager)
+    original = snapshot(modules)
+    path, factors = xlabs_file(tmp_path / "xlabs_realism.safetensors", modules, seed=24)
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
+        assert model.warnings == () and [lora.name for lora in model.loras] == ["xlabs_realism"]
+        merged = model.pipeline.transformer.state_dict()
+        before = original["transformer"]
+        width = merged["transformer_blocks.0.attn.to_q.weight"].shape[0]
+        targets = {"qkv_lora1": ("attn.to_q", "attn.to_k", "attn.to_v"), "proj_lora1": ("attn.to_out.0",),
+                   "qkv_lora2": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                   "proj_lora2": ("attn.to_add_out",)}
+        changed = set()
+        for name, (down, up) in factors.items():
+            block, layer = name.split(".")
+            for part, module in enumerate(targets[layer]):
+                key = f"transformer_blocks.{block}.{module}.weight"
+                delta = up[part * width:(part + 1) * width] @ down
+                torch.testing.assert_close(merged[key], before[key] + DENOISER_WEIGHT * delta, rtol=1e-5, atol=1e-5,
+                                           msg=key)
+                changed.add(key)
+        assert all(torch.equal(merged[key], value) for key, value in before.items() if key not in changed)
+    assert_restored(manager, CHECKPOINT, original)
+
+
+def test_lora_flux_prefixed_files_read_as_sd_scripts_bfl_names(manager, tmp_path):
+    """Older files spell sd-scripts' `lora_unet_double_blocks_0_img_attn_qkv` as `lora_flux_...`: the same
+    update, merged the same way."""
+    modules = loaded_modules(manager)
+    original = snapshot(modules)["transformer"]
+    path, _ = bfl_names_file(tmp_path / "kohya.safetensors", modules, KOHYA, seed=25)
+    from safetensors.torch import load_file
+
+    renamed = write_file(tmp_path / "old_flux.safetensors", {
+        key.replace("lora_unet_", "lora_flux_", 1): value for key, value in load_file(str(path)).items()})
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(path)])) as model:
+        expected = {key: value.clone() for key, value in model.pipeline.transformer.state_dict().items()}
+    with manager.checkout(manager.state_for(CHECKPOINT, [use(renamed)])) as model:
+        assert model.warnings == ()
+        merged = model.pipeline.transformer.state_dict()
+        assert all(torch.equal(merged[key], value) for key, value in expected.items())
+        assert not torch.equal(merged["transformer_blocks.0.attn.to_q.weight"],
+                               original["transformer_blocks.0.attn.to_q.weight"])

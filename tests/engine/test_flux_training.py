@@ -108,3 +108,23 @@ def test_diffusers_flux_pipeline_loads_every_key_and_the_transformer_changes_by_
         after = transformer(**inputs).sample
     assert not torch.allclose(before, after, atol=1e-5)
     assert torch.allclose(after, expected, atol=1e-4)
+
+
+def test_the_kohya_layout_option_writes_sd_scripts_names_the_app_loads_with_every_key(ctx):
+    """"LoRA file layout: kohya": sd-scripts' BFL names (fused qkv / linear1), BFL's implementation id; checked
+    out with the model, every key is used."""
+    from tests.support.dit_lora_files import use
+
+    config = TrainingConfig(method="lora", output_name="fluxhexk", dataset_dir="hexagons", trigger_word="hxgn",
+                            class_word="shape", resolution=64, enable_bucketing=False, rank=RANK, alpha=ALPHA,
+                            unet_lr=1e-2, max_train_steps=1, max_train_epochs=0, seed=3, lora_file_layout="kohya")
+    [path] = start_training(ctx.training, config).result(timeout=600).files
+    with safe_open(str(path), "pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+    assert {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "lora_unet_double_blocks_0_txt_attn_qkv.alpha",
+            "lora_unet_single_blocks_1_linear1.lora_up.weight"} <= keys
+    assert not any(key.startswith("transformer.") for key in keys)
+    assert metadata["modelspec.implementation"] == "https://github.com/black-forest-labs/flux"
+    manager = ctx.models.managers[0]
+    with manager.checkout(manager.state_for("flux1-dev-tiny", [use(path)])) as model:
+        assert [lora.name for lora in model.loras] == ["fluxhexk"] and model.warnings == ()

@@ -309,3 +309,42 @@ def test_the_shift_comes_from_the_model_unless_the_request_sets_one(ctx):
     assert np.abs(pixels(own.images[0]) - pixels(shifted.images[0])).mean() > 0.02
     dpm = txt2img(ctx, sampler_name="DPM++ 2M", shift=6.0)  # the multistep solvers take it as flow_shift
     assert np.abs(pixels(dpm.images[0]) - pixels(txt2img(ctx, sampler_name="DPM++ 2M").images[0])).mean() > 0.02
+
+
+@pytest.mark.parametrize("mode", ["txt2img", "img2img"])
+def test_a_prompt_schedule_switches_the_pooled_vector_with_the_text_at_its_step(ctx, mode):
+    """`[a red car:a blue boat:1]`: the transformer's pooled input (the CLIP projections) changes at the same
+    call as its text tokens, in txt2img and in img2img (whose diffusers pipeline reads no pooled vector back
+    from the step callback), under CFG: rows [negative; positive]."""
+    from tests.support.denoiser_calls import first_call_with, record_denoiser_calls
+    from webui.generation.img2img import run_img2img
+    from webui.generation.txt2img import run_txt2img
+
+    fields = {**SMALL, "prompt": "[a red car:a blue boat:1]", "negative_prompt": "blurry", "steps": 4, "seed": 7,
+              "checkpoint": MEDIUM_FILE}
+    with checkout(ctx, MEDIUM_FILE) as model:
+        if mode == "txt2img":
+            request = ctx.generation.prepare(Txt2ImgRequest(**fields))
+            run = lambda: run_txt2img(model, request, outputs_root=None)  # noqa: E731
+        else:
+            request = ctx.generation.prepare(Img2ImgRequest(**fields, init_images=(source_image(),),
+                                                            denoising_strength=1.0))
+            run = lambda: run_img2img(model, request, outputs_root=None)  # noqa: E731
+        calls = record_denoiser_calls(model.pipeline.transformer, run)
+        encoder = PromptEncoder(model.pipeline, model.family)
+        car, boat, negative = (encoder.encode(text) for text in ("a red car", "a blue boat", "blurry"))
+    assert len(calls) == 4
+    positive_pooled = [call.pooled[1:] for call in calls]
+    assert torch.equal(calls[0].pooled, torch.cat([negative.pooled, car.pooled]).to(calls[0].pooled))
+    assert torch.equal(positive_pooled[-1], boat.pooled.to(positive_pooled[-1]))
+    switch = first_call_with(calls, lambda call: call.text[1:], boat.embeds)
+    assert 0 < switch < 4
+    assert first_call_with(calls, lambda call: call.pooled[1:], boat.pooled) == switch
+    assert all(torch.equal(call.pooled[:1], negative.pooled.to(call.pooled)) for call in calls)
+
+
+def test_outpainting_grows_the_canvas_to_the_familys_multiple_of_16(ctx):
+    """8 more pixels on the right of a 64 px image would be 72, which SD3's 2x2 patches cannot take: the new area
+    grows to 80 (the original pixels stay where they were)."""
+    result = img2img(ctx, source_image(), outpaint_right=8, denoising_strength=1.0)
+    assert result.images[0].size == (80, 64)

@@ -48,6 +48,7 @@ def test_a_filled_in_default_config_is_valid_for_every_method():
     ({"output_name": ""}, "output_name", ["empty"]),
     ({"output_name": "my/lora"}, "output_name", ["file name"]),
     ({"resolution": 500}, "resolution", ["multiple of 8"]),
+    ({"lora_file_layout": "peft"}, "lora_file_layout", ["auto", "kohya", "diffusers"]),
     ({"target_modules": ("to_q", "attn")}, "target_modules", ["'attn'", "to_out.0", "ff.net.2"]),
     ({"max_train_epochs": 0, "max_train_steps": 0}, "max_train_steps", ["above 0"]),
     ({"sample_every_n_steps": 50}, "sample_prompts", ["at least one prompt"]),

@@ -297,6 +297,19 @@ def test_lora_metadata_has_the_keys_a1111_and_civitai_read():
     assert sd2["modelspec.prediction_type"] == "v"
 
 
+@pytest.mark.parametrize("family, variant, architecture", [
+    ("sd3", "sd3.5-medium", "stable-diffusion-3.5-medium/lora"),
+    ("sd3", "sd3.5-large", "stable-diffusion-3.5-large/lora"),
+    ("sd3", "sd3-medium", "stable-diffusion-3-medium/lora"),
+    ("flux", "flux.1-dev", "flux-1-dev/lora"),
+    ("flux", "flux.1-schnell", "flux-1-schnell/lora"),
+])
+def test_modelspec_architecture_names_the_base_models_variant(family, variant, architecture):
+    metadata = sd1_metadata(family=family, resolution=1024, variant=variant)
+    assert metadata["modelspec.architecture"] == architecture
+    assert metadata["modelspec.prediction_type"] == "flow"
+
+
 def test_written_metadata_is_what_the_reader_and_a1111_see(toy_modules, toy_lora):
     path, _ = toy_lora
     metadata = read_metadata(path)

@@ -20,6 +20,7 @@ from PIL import Image
 from webui.generation.conditioning import ConditioningSchedule, batch_repeat
 from webui.generation.hooks import DenoisingHooks, SchedulerFactory
 from webui.generation.live_preview import latents_to_preview
+from webui.generation.pooled_switch import PooledSwitchingDenoiser
 from webui.generation.samplers import build_scheduler, sampler_table
 from webui.jobs.progress import JobControl
 from webui.models.families import family_named
@@ -38,7 +39,8 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
     family = family_named(model.family)
     class_name = family.pipeline_class_name(mode)
     wraps = denoising is not None and ((denoising.wants_unet and "unet" in base.components) or denoising.wants_vae)
-    if type(base).__name__ == class_name and not wraps and unet_wrapper is None:
+    switches_pooled = family.pooled_denoiser_argument is not None
+    if type(base).__name__ == class_name and not wraps and unet_wrapper is None and not switches_pooled:
         return base
     cls = getattr(diffusers, class_name)
     accepted = inspect.signature(cls.__init__).parameters
@@ -57,6 +59,9 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
             components["vae"] = HookedVAE(components["vae"], denoising)
     if unet_wrapper is not None:
         components["unet"] = unet_wrapper(components["unet"])
+    if switches_pooled:
+        components[family.denoiser] = PooledSwitchingDenoiser(components[family.denoiser],
+                                                              family.pooled_denoiser_argument)
     pipeline = cls(**components, **options)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -179,11 +184,15 @@ def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_
             if guided:
                 hidden = torch.cat([batch_repeat(negative.embeds, batch_size), hidden])
             updates["prompt_embeds"] = hidden
-            if positive.pooled is not None and family.pooled_step_input is not None:
+            if positive.pooled is not None:
                 pooled = batch_repeat(positive.pooled, batch_size)
                 if guided:
                     pooled = torch.cat([batch_repeat(negative.pooled, batch_size), pooled])
-                updates[family.pooled_step_input] = pooled
+                if family.pooled_step_input is not None:
+                    updates[family.pooled_step_input] = pooled
+                denoiser = getattr(pipeline, family.denoiser, None)
+                if isinstance(denoiser, PooledSwitchingDenoiser):
+                    denoiser.switch_pooled(pooled)
         return updates
 
     return callback

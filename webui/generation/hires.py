@@ -34,11 +34,11 @@ LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact",
 PIXEL_FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 
 
-def hires_parameters(request: Txt2ImgRequest) -> dict[str, Any]:
-    """The infotext fields A1111 writes for the hires pass."""
+def hires_parameters(request: Txt2ImgRequest, size_multiple: int) -> dict[str, Any]:
+    """The infotext fields A1111 writes for the hires pass (`size_multiple`: the family's, see `hires_size`)."""
     if not request.enable_hr:
         return {}
-    width, height = hires_size(request)
+    width, height = hires_size(request, size_multiple)
     resized = bool(request.hr_resize_x or request.hr_resize_y)
     return {
         "Denoising strength": request.denoising_strength,
@@ -68,7 +68,7 @@ class HiresPass:
     def plan(cls, model: LoadedModel, request: Txt2ImgRequest, encoder_prompt: str, encoder_negative: str,
              samplers: Mapping[str, SchedulerFactory] | None = None,
              denoising: DenoisingHooks | None = None) -> "HiresPass":
-        width, height = hires_size(request)
+        width, height = hires_size(request, family_named(model.family).size_multiple)
         requested = request.hr_second_pass_steps or request.steps
         encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
         conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative,

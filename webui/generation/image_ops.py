@@ -327,15 +327,16 @@ def _resize_and_fill(image: Image.Image, width: int, height: int, bands_left_rig
     return canvas
 
 
-def _grow_to_multiple(original: int, before: int, after: int) -> tuple[int, int]:
-    """Add the pixels that make ``original + before + after`` a multiple of 8 to the new area.
+def _grow_to_multiple(original: int, before: int, after: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """Add the pixels that make ``original + before + after`` a multiple of ``multiple`` (8; the model family's,
+    16 for SD3/Flux) to the new area.
 
     The extra goes to the sides the user chose to extend (split between them
     when both were chosen); when neither was, it goes after (right/bottom),
     because growing is the only way to reach a multiple of 8 without cutting
     pixels off the user's image.
     """
-    extra = -(original + before + after) % SIZE_MULTIPLE
+    extra = -(original + before + after) % multiple
     if not extra:
         return before, after
     if before and after:
@@ -356,6 +357,7 @@ def outpaint_canvas(
     overlap: int = 8,
     seed: int = 0,
     noise_strength: float = 0.5,
+    size_multiple: int = SIZE_MULTIPLE,
 ) -> tuple[Image.Image, Image.Image]:
     """Enlarge ``image`` for outpainting; return the pre-filled canvas and its inpaint mask.
 
@@ -371,8 +373,8 @@ def outpaint_canvas(
     The mask is white where the model must paint: the new area plus
     ``overlap`` pixels into the original along every extended side, so the
     seam is regenerated and blends. The canvas keeps every original pixel
-    unchanged. Both sizes are rounded up to multiples of 8 by extending the
-    new area (see :func:`_grow_to_multiple`).
+    unchanged. Both sizes are rounded up to multiples of ``size_multiple`` (8;
+    the model family's) by extending the new area (see :func:`_grow_to_multiple`).
     """
     for name, value in (("left", left), ("right", right), ("up", up), ("down", down), ("overlap", overlap)):
         if value < 0:
@@ -386,8 +388,8 @@ def outpaint_canvas(
 
     rgb, _ = to_rgb(image)
     source_width, source_height = rgb.size
-    left, right = _grow_to_multiple(source_width, left, right)
-    up, down = _grow_to_multiple(source_height, up, down)
+    left, right = _grow_to_multiple(source_width, left, right, size_multiple)
+    up, down = _grow_to_multiple(source_height, up, down, size_multiple)
     original = np.asarray(rgb)
     canvas = np.pad(original, ((up, down), (left, right), (0, 0)), mode="edge").astype(np.float32)
 

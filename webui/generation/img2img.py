@@ -57,6 +57,7 @@ from webui.generation.txt2img import (
     resolve_seed,
 )
 from webui.jobs.progress import JobControl
+from webui.models.families import family_named
 from webui.models.manager import LoadedModel
 
 
@@ -76,8 +77,9 @@ def _binarise(mask: Image.Image) -> Image.Image:
     return mask.convert("L").point(lambda value: 255 if value >= 128 else 0)
 
 
-def prepare_source(request: Img2ImgRequest, seed: int) -> PreparedSource:
-    """Apply the resize mode, mask options and the outpainting canvas; collect notes for the user."""
+def prepare_source(request: Img2ImgRequest, seed: int, size_multiple: int = 8) -> PreparedSource:
+    """Apply the resize mode, mask options and the outpainting canvas (its sides multiples of the model family's
+    `size_multiple`); collect notes for the user."""
     notes: list[str] = []
     source, alpha_note = to_rgb(request.init_images[0])
     if alpha_note:
@@ -93,7 +95,8 @@ def prepare_source(request: Img2ImgRequest, seed: int) -> PreparedSource:
         if request.mask is not None:
             notes.append("outpainting makes its own mask: the painted mask was not used")
         canvas, mask = outpaint_canvas(source, request.outpaint_left, request.outpaint_right,
-                                       request.outpaint_up, request.outpaint_down, seed=seed)
+                                       request.outpaint_up, request.outpaint_down, seed=seed,
+                                       size_multiple=size_multiple)
     else:
         mode = ResizeMode.from_value(request.resize_mode)
         canvas = resize_image(source, request.width, request.height, mode)
@@ -214,7 +217,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     hooks = hooks or GenerationHooks()
     prompts = prepare_prompts(model, request.prompt, request.negative_prompt, request.styles, styles)
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
-    prepared = prepare_source(request, seed)
+    prepared = prepare_source(request, seed, family_named(model.family).size_multiple)
     job = JobInfo(request, list(model.warnings) + list(prepared.notes))
     denoising = hooks.denoising(job)
     job.warnings.extend(unet_hooks_note(model, denoising))

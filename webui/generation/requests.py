@@ -25,6 +25,7 @@ NO_REFINER_CHOICE = "None"
 NO_REFINER = ("", NO_REFINER_CHOICE, "none")
 DEFAULT_DISTILLED_CFG_SCALE = 3.5  # Forge's default and range for "Distilled CFG Scale"
 MAX_DISTILLED_CFG_SCALE = 30.0
+VAE_SIZE_MULTIPLE = 8  # every family's VAE halves the image 3 times; families may need more (`size_multiple`)
 MIN_SHIFT, MAX_SHIFT = 0.1, 20.0  # flow shift: 0 would collapse the schedule; published models use 1..6
 
 
@@ -118,8 +119,7 @@ class Txt2ImgRequest:
         for name in ("width", "height"):
             value = getattr(self, name)
             _check_int(name, value, 64, limits.max_side)
-            if value % 8:
-                raise RequestError(f"{name} {value} is not a multiple of 8 (try {value - value % 8} or {value - value % 8 + 8})")
+            _check_multiple(name, value, VAE_SIZE_MULTIPLE)
         _check_int("batch_count", self.batch_count, 1, limits.max_images)
         _check_int("batch_size", self.batch_size, 1, limits.max_images)
         if self.image_count > limits.max_images:
@@ -174,6 +174,22 @@ def check_samplers_for_family(request: "Txt2ImgRequest", flow_matching: bool, fa
             check_flow_sampler(sampler, schedule, from_image=noised, family_label=family_label, allowed=allowed)
         except UnknownSamplerError as error:
             raise RequestError(f"{'hires fix: ' if noised and not from_image else ''}{error}") from None
+
+
+def check_size_for_family(request: "Txt2ImgRequest", size_multiple: int, family_label: str) -> None:
+    """Refuse image sides the checkpoint's denoiser cannot take (SD3/Flux read 2x2 latent patches: multiples of
+    16), up front, naming the multiple and the nearest sides that work. The hires target is not refused: it is
+    derived from a scale the user chose, so `hires_size` rounds it down to the multiple, as A1111 floors it."""
+    for name in ("width", "height"):
+        _check_multiple(name, getattr(request, name), size_multiple, family_label)
+
+
+def _check_multiple(name: str, value: int, multiple: int, family_label: str = "") -> None:
+    if value % multiple:
+        lower = value - value % multiple
+        for_family = f" for {family_label}" if family_label else ""
+        raise RequestError(f"{name} {value} is not a multiple of {multiple}{for_family} "
+                           f"(try {lower} or {lower + multiple})")
 
 
 def _check_sampler(name: str, schedule: str, added_samplers: Collection[str]) -> tuple[str, str]:
@@ -231,15 +247,15 @@ def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits, added_sample
         _check_sampler(request.hr_sampler_name, request.hr_scheduler or AUTOMATIC, added_samplers)
 
 
-def hires_size(request: Txt2ImgRequest) -> tuple[int, int]:
+def hires_size(request: Txt2ImgRequest, size_multiple: int = VAE_SIZE_MULTIPLE) -> tuple[int, int]:
     """Second-pass size: "resize to" when given (a zero side keeps the aspect ratio), else "upscale by";
-    rounded down to a multiple of 8 as the VAE needs."""
+    rounded down to a multiple of the family's `size_multiple` (8 as the VAE needs; 16 for SD3/Flux)."""
     if request.hr_resize_x or request.hr_resize_y:
         width = request.hr_resize_x or round(request.width * request.hr_resize_y / request.height)
         height = request.hr_resize_y or round(request.height * request.hr_resize_x / request.width)
     else:
         width, height = round(request.width * request.hr_scale), round(request.height * request.hr_scale)
-    return width - width % 8, height - height % 8
+    return width - width % size_multiple, height - height % size_multiple
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from webui.generation.requests import (
     RequestError,
     Txt2ImgRequest,
     check_samplers_for_family,
+    check_size_for_family,
 )
 from webui.generation.styles import StyleDatabase
 from webui.generation.txt2img import GenerationResult, run_txt2img
@@ -107,6 +108,7 @@ class GenerationService:
             label = family.architecture_label(0, base.architecture.variant)
             check_samplers_for_family(request, family.flow_matching, label, tuple(self.hooks.samplers()),
                                       family.flow_sampler_names(base.architecture.variant, request.shift is not None))
+            check_size_for_family(request, family.size_multiple, label)
         if request.refiner_checkpoint:
             try:
                 refiner = self.models.check_usable(request.refiner_checkpoint)

@@ -167,7 +167,7 @@ def generation_parameters(request: Txt2ImgRequest, model: LoadedModel, seed: int
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 and family_uses(family, "clip_skip") else None,
         "T5": t5,
-        **hires_parameters(request),
+        **hires_parameters(request, family.size_multiple),
         **refiner_parameters(request, model),
         **hires_family_parameters(request, family),
         "Lora hashes": ", ".join(f"{use.name}: {use.shorthash}" for use in model.loras) or None,

@@ -186,6 +186,17 @@ def _part_patches(whole: LoraPatch, parts: Sequence[RowPart], targets: Sequence[
     return patches
 
 
+def _readable(family: ModelFamily | None, state_dict: Mapping[str, torch.Tensor],
+              path: Path) -> Mapping[str, torch.Tensor]:
+    """The file's tensors as `family`'s tables name them (`ModelFamily.readable_lora_state`)."""
+    if family is None:
+        return state_dict
+    try:
+        return family.readable_lora_state(state_dict)
+    except (AssertionError, ValueError, KeyError, AttributeError, RuntimeError) as error:  # diffusers asserts too
+        raise LoraFileError(path, f"its {family.label} layout could not be converted: {error}") from error
+
+
 def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str) -> LoraFile:
     """Parse a LoRA / LyCORIS file and match every layer to a module of the loaded pipeline.
 
@@ -206,11 +217,11 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
     except CheckpointReadError as error:
         raise LoraFileError(path, error.reason) from error
     own_prefixes = model_family.lora_key_prefixes if model_family else ()
-    layers, unmatched = group_layers(state_dict, own_prefixes)
+    layers, unmatched = group_layers(_readable(model_family, state_dict, path), own_prefixes)
     if not layers:
         # Named as another family's files are (e.g. diffusion_model.double_blocks... on an SD1 model), or no LoRA.
         foreign = [layer for other in FAMILIES if other.name != family
-                   for layer in group_layers(state_dict, other.lora_key_prefixes)[0]]
+                   for layer in group_layers(_readable(other, state_dict, path), other.lora_key_prefixes)[0]]
         if foreign:
             raise ForeignLoraError(
                 path, f"none of its layers is named as {label} LoRAs name them (e.g. {next(iter(state_dict))}); it "

@@ -3,7 +3,9 @@
 Weighted sum: A * (1 - M) + B * M. Add difference: A + (B - C) * M. Merging happens per diffusers
 component in fp32 on the CPU; the result is written next to the other checkpoints with the recipe in
 the file's metadata, so the catalog lists it at once. Checkpoints whose layout matches the shipped
-SD1/SD2/SDXL configs become A1111-layout single `.safetensors` files; others (e.g. the toy default
+SD1/SD2/SDXL configs become A1111-layout single `.safetensors` files, SD3.5 and Flux.1 checkpoints single
+files in the layout of the primary model's file (`single_file_writer`: a Flux transformer-only file stays
+transformer-only, an "all in one" file bundles its VAE and text encoders again); others (e.g. the toy default
 model) become a diffusers folder with `.safetensors` weights, the only layout they load from.
 """
 
@@ -18,11 +20,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from webui.models.checkpoint_files import read_key_shapes
 from webui.models.checkpoint_loading import CheckpointWeights, _shape_relevant
 from webui.models.default_model import TRAINING_RECORD_FILES
-from webui.models.families import family_named
-from webui.models.ldm_conversion import LDM_UNET_FORMAT, diffusers_to_ldm
+from webui.models.families import ModelFamily, family_named
+from webui.models.ldm_conversion import LDM_UNET_FORMAT
 from webui.models.model_configs import load_component_config
+from webui.models.single_file_writer import file_components, single_file_state
 
 WEIGHTED_SUM = "Weighted sum"
 ADD_DIFFERENCE = "Add difference"
@@ -44,8 +48,12 @@ class MergeRecipe:
     save_dtype: str
     baked_vae: str | None
 
-    def metadata(self) -> dict[str, str]:
-        return {"sd_merge_recipe": json.dumps(self.__dict__), "format": "pt"}
+    def metadata(self, architecture: str | None = None) -> dict[str, str]:
+        """The file's metadata: A1111's recipe key, and the modelspec architecture when known."""
+        metadata = {"sd_merge_recipe": json.dumps(self.__dict__), "format": "pt"}
+        if architecture:
+            metadata["modelspec.architecture"] = architecture
+        return metadata
 
 
 def _check_compatible(models: list[CheckpointWeights]) -> None:
@@ -83,13 +91,38 @@ def merge_state_dicts(recipe: MergeRecipe, primary: CheckpointWeights, secondary
 
 
 def _matches_shipped_configs(weights: CheckpointWeights) -> bool:
+    """Whether a single file can describe the model: transformer families' loaders fit every size to the weights
+    (any SD3.5/Flux single file loads); UNet families' files are read with the shipped configs."""
     family = weights.architecture.family
     if family_named(family).single_file_denoiser != LDM_UNET_FORMAT:
-        return False  # only UNet families have an LDM single-file writer (diffusers_to_ldm)
+        return True
     return all(_shape_relevant(config) == _shape_relevant(load_component_config(family, name))
                for name, config in weights.configs.items() if name != "unet") and all(
         _shape_relevant(weights.configs["unet"]).get(key) == value
         for key, value in _shape_relevant(load_component_config(family, "unet")).items() if key != "in_channels")
+
+
+def _bundled_components(template: CheckpointWeights, recipe: MergeRecipe) -> tuple[str, ...]:
+    """The components the merged single file holds: those the primary model's own file holds (a Flux
+    transformer-only file's VAE and text encoders come from companion files, which the merge leaves as they
+    are), and a baked-in VAE."""
+    family = template.architecture.family
+    if template.record.format == "diffusers":
+        held = family_named(family).components
+    else:
+        held = file_components(family, read_key_shapes(template.record.path))
+    return tuple(held) + (("vae",) if recipe.baked_vae and "vae" not in held else ())
+
+
+def modelspec_architecture(weights: CheckpointWeights) -> str:
+    """The modelspec id of a loaded checkpoint: its family, its variant (SD3.5 Medium/Large, Flux.1 dev/schnell)
+    and its prediction type (flow, or v / epsilon from its scheduler)."""
+    family: ModelFamily = family_named(weights.architecture.family)
+    if family.flow_matching:
+        prediction = "flow"
+    else:
+        prediction = "v" if weights.scheduler_config.get("prediction_type") == "v_prediction" else "epsilon"
+    return family.modelspec_architecture(prediction, weights.architecture.variant)
 
 
 def save_merged(recipe: MergeRecipe, merged: dict[str, dict[str, torch.Tensor]], template: CheckpointWeights,
@@ -103,9 +136,11 @@ def save_merged(recipe: MergeRecipe, merged: dict[str, dict[str, torch.Tensor]],
         target = folder / f"{name}.safetensors"
         if target.exists():
             raise MergeError(f"{target.name} already exists; choose another name")
-        state = {k: v.contiguous() for k, v in diffusers_to_ldm(cast, template.architecture.family).items()}
+        written = {component: cast[component] for component in _bundled_components(template, recipe) if component in cast}
+        state = {k: v.contiguous() for k, v in single_file_state(written, template.architecture.family,
+                                                                 template.configs).items()}
         temporary = target.with_suffix(".partial")
-        save_file(state, str(temporary), metadata=recipe.metadata())
+        save_file(state, str(temporary), metadata=recipe.metadata(modelspec_architecture(template)))
         temporary.rename(target)
         return target
     if template.record.format != "diffusers":

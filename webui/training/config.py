@@ -32,6 +32,11 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # How flow-matching models (SD3) draw the noise level of each sample: SD3's logit-normal (most steps at middle
 # noise levels, the paper's best), or uniform over (0, 1). Noise-prediction models ignore it.
 FLOW_TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
+# The key layout of a saved LoRA: the base family's usual one ("auto": kohya's for SD1/SD2/SDXL, diffusers' PEFT
+# keys for SD3.5/Flux), kohya sd-scripts' (`lora_unet_` + the model's original module names, what ComfyUI, Forge
+# and sd-scripts read) or diffusers' (`transformer.`/`unet.` + diffusers module names, what `load_lora_weights`
+# reads).
+LORA_FILE_LAYOUTS = ("auto", "kohya", "diffusers")
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2")
 PROJECTION_TARGETS = ("proj_in", "proj_out")
@@ -111,6 +116,7 @@ class TrainingConfig:
     seed: int = 42
     # --- saving, sampling, resuming ---
     save_every_n_epochs: int = 0
+    lora_file_layout: str = "auto"
     save_state: bool = True
     sample_every_n_steps: int = 0
     sample_prompts: tuple[str, ...] = ()
@@ -237,8 +243,8 @@ class TrainingConfig:
             sizes += [("bucket_step", self.bucket_step), ("min_bucket_resolution", self.min_bucket_resolution),
                       ("max_bucket_resolution", self.max_bucket_resolution)]
         for name, value in sizes:
-            if value % family.training_size_multiple:
-                raise TrainingConfigError(name, f"must be a multiple of {family.training_size_multiple} for "
+            if value % family.size_multiple:
+                raise TrainingConfigError(name, f"must be a multiple of {family.size_multiple} for "
                                                 f"{family.label} (got {value})")
         return self
 
@@ -307,6 +313,8 @@ class TrainingConfig:
 
     def _validate_saving_and_sampling(self) -> None:
         _int_range("save_every_n_epochs", self.save_every_n_epochs, 0, 100_000)
+        if self.lora_file_layout not in LORA_FILE_LAYOUTS:
+            raise TrainingConfigError("lora_file_layout", f"must be one of {', '.join(LORA_FILE_LAYOUTS)}")
         _int_range("sample_every_n_steps", self.sample_every_n_steps, 0, 10_000_000)
         if self.sample_every_n_steps and not any(prompt.strip() for prompt in self.sample_prompts):
             raise TrainingConfigError("sample_prompts", "give at least one prompt, or set sample_every_n_steps to 0")

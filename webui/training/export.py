@@ -3,8 +3,9 @@
 A trained LoRA is only useful if A1111, ComfyUI, Forge, Civitai and diffusers can all read it, so SD1/SD2/SDXL
 LoRAs are written in kohya-ss's layout (``lora_unet_*`` / ``lora_te*_`` names, ``lora_down`` / ``lora_up`` /
 ``alpha`` tensors, ``ss_*`` and ``modelspec.*`` metadata), not in diffusers' PEFT layout, which A1111
-cannot load. SD3 LoRAs (no A1111 support either way) use diffusers' PEFT keys, the layout diffusers' SD3
-loader reads; the family says which (`ModelFamily.trained_lora_layout`). Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an
+cannot load. SD3/Flux LoRAs (no A1111 support either way) use diffusers' PEFT keys by default, the layout
+diffusers' loaders read (`ModelFamily.trained_lora_layout`), or on request (`TrainingConfig.lora_file_layout`)
+sd-scripts' names of the original modules, fused layers joined (`original_named_layers`). Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an
 A1111-layout single ``.safetensors`` when the model has a standard SD1/SD2/SDXL shape (a diffusers
 folder otherwise, e.g. for the shipped toy model). Every file is written to a temporary name and
 renamed into place, so a crash or a full disk never leaves a half-written model that the catalogs
@@ -35,10 +36,11 @@ from torch import Tensor
 from webui.models.checkpoint_loading import CheckpointWeights
 from webui.models.default_model import TRAINING_RECORD_FILES
 from webui.models.families import FAMILIES, ModelFamily, family_named
+from webui.models.formats.dit_lora import joined_lora_factors
 from webui.models.formats.kohya import kohya_text_path, unet_ldm_names_for_config
-from webui.models.ldm_conversion import diffusers_to_ldm
 from webui.models.merger import _matches_shipped_configs
 from webui.models.model_configs import load_component_config
+from webui.models.single_file_writer import single_file_state, weightless_denoiser
 
 COMPONENT_UNET = "unet"
 COMPONENT_TE = "text_encoder"
@@ -50,6 +52,7 @@ MODELSPEC_VERSION = "1.0.0"
 # SDXL LoRAs, embeddings and checkpoints the original (SGM / LDM) code's.
 IMPLEMENTATION_DIFFUSERS = "diffusers"
 IMPLEMENTATION_STABILITY = "https://github.com/Stability-AI/generative-models"
+KOHYA_LAYOUT, DIFFUSERS_LAYOUT = "kohya", "diffusers"
 LORA_NETWORK_MODULE = "networks.lora"
 # The safetensors metadata key holding a diffusers LoRA's PEFT config (diffusers' `LORA_ADAPTER_METADATA_KEY`).
 DIFFUSERS_ADAPTER_METADATA = "lora_adapter_metadata"
@@ -67,12 +70,18 @@ _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 # --------------------------------------------------------------------------------------------
 
 
-def _implementation(family: ModelFamily) -> str:
+def lora_layout(family: ModelFamily, layout: str | None) -> str:
+    """The layout a LoRA is saved in: the one asked for ("kohya" / "diffusers"), else ("auto", None) the
+    family's usual one (`ModelFamily.trained_lora_layout`)."""
+    return layout if layout in (KOHYA_LAYOUT, DIFFUSERS_LAYOUT) else family.trained_lora_layout
+
+
+def _implementation(family: ModelFamily, layout: str | None = None) -> str:
     """modelspec.implementation of a trained LoRA: whose module names its keys use (diffusers-layout files
-    always diffusers' own)."""
-    if family.trained_lora_layout == "diffusers":
+    always diffusers' own; kohya-layout files of "sgm"-named families the original code's)."""
+    if lora_layout(family, layout) == DIFFUSERS_LAYOUT or family.lora_module_naming != "sgm":
         return IMPLEMENTATION_DIFFUSERS
-    return IMPLEMENTATION_STABILITY if family.lora_module_naming == "sgm" else IMPLEMENTATION_DIFFUSERS
+    return family.original_implementation
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -192,6 +201,7 @@ def kohya_layer_names(layer_keys: Sequence[str], family: str,
     """
     model_family = family_named(family)
     prefixes = model_family.kohya_lora_prefixes
+    encoder_kinds = {encoder.component: encoder.kind for encoder in model_family.ldm_text_encoders}
     ldm_names: dict[str, str] | None = None
     names: dict[str, str] = {}
     for layer_key in layer_keys:
@@ -207,13 +217,45 @@ def kohya_layer_names(layer_keys: Sequence[str], family: str,
                 raise ValueError(f"LoRA layer {layer_key!r} is not a weight layer of the {model_family.label} UNet "
                                  "(no LDM name for it)")
             module_path = ldm_names[module_path]
-        elif component != COMPONENT_UNET:
-            module_path = kohya_text_path(module_path)
+        elif component != model_family.denoiser and encoder_kinds.get(component) != "t5":
+            module_path = kohya_text_path(module_path)  # CLIP layers below "text_model."; T5's as they are
         names[layer_key] = prefix + module_path.replace(".", "_")
     clashes = len(names) - len(set(names.values()))
     if clashes:
         raise ValueError(f"{clashes} LoRA layer(s) map to the same kohya name; are there duplicate layer keys?")
     return names
+
+
+def original_named_layers(layers: Mapping[str, LoraLayerWeights], family: ModelFamily,
+                          denoiser_config: Mapping[str, Any]) -> dict[str, LoraLayerWeights]:
+    """A transformer family's trained layers (`transformer.<diffusers path>`) as LoRAs of the model's original
+    modules (`transformer.<original name>`: SD3's `joint_blocks.0.x_block.attn.qkv`, Flux's `single_blocks.0.
+    linear1`), the modules a fused original layer became joined again (`formats/dit_lora.joined_lora_factors`);
+    text-encoder layers as they are. The original names are the family's table the LoRA reader uses."""
+    names = family.lora_original_names(weightless_denoiser(family, denoiser_config))
+    owners = {part.path: original for original, parts in names.items() for part in parts}
+    grouped: dict[str, dict[str, tuple[Tensor, Tensor, float]]] = {}
+    renamed: dict[str, LoraLayerWeights] = {}
+    for layer_key, weights in layers.items():
+        component, module_path = _split_component(layer_key)
+        if component != family.denoiser:
+            renamed[layer_key] = weights
+            continue
+        original = owners.get(module_path)
+        if original is None or weights.down.ndim != 2:
+            raise ValueError(f"LoRA layer {layer_key!r} has no original {family.label} module name to be saved "
+                             "under in kohya's layout; save it in the diffusers layout")
+        grouped.setdefault(original, {})[module_path] = (weights.down.detach().float(), weights.up.detach().float(),
+                                                         float(weights.alpha) / weights.rank)
+    for original, members in grouped.items():
+        parts = names[original]
+        if len(parts) == 1 and parts[0].rows is None:
+            renamed[f"{family.denoiser}.{original}"] = layers[f"{family.denoiser}.{parts[0].path}"]
+            continue
+        rows = sum(stop - start for part in parts for start, stop in part.rows or ())
+        down, up, alpha = joined_lora_factors(parts, members, rows)
+        renamed[f"{family.denoiser}.{original}"] = LoraLayerWeights(down, up, alpha)
+    return renamed
 
 
 def save_kohya_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata: Mapping[str, str], family: str,
@@ -231,6 +273,10 @@ def save_kohya_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata
     if not layers:
         raise ValueError("no LoRA layers to save")
     file_metadata = _check_metadata(metadata)
+    model_family = family_named(family)
+    if model_family.denoiser != COMPONENT_UNET:  # transformer families: sd-scripts names the original modules
+        layers = original_named_layers(layers, model_family, unet_config or load_component_config(
+            family, model_family.denoiser))
     names = kohya_layer_names(list(layers), family, unet_config)
     tensors: dict[str, Tensor] = {}
     for layer_key, weights in layers.items():
@@ -293,9 +339,10 @@ def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], meta
 
 
 def save_trained_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata: Mapping[str, str], family: str,
-                      *, denoiser_config: Mapping[str, Any] | None = None) -> Path:
-    """Save a trained LoRA in the layout its family's LoRAs ship in (`ModelFamily.trained_lora_layout`)."""
-    if family_named(family).trained_lora_layout == "diffusers":
+                      *, denoiser_config: Mapping[str, Any] | None = None, layout: str | None = None) -> Path:
+    """Save a trained LoRA in `layout` ("kohya" / "diffusers"), by default ("auto") in the layout its family's
+    LoRAs ship in (`ModelFamily.trained_lora_layout`)."""
+    if lora_layout(family_named(family), layout) == DIFFUSERS_LAYOUT:
         return save_diffusers_lora(path, layers, metadata, family)
     return save_kohya_lora(path, layers, metadata, family, unet_config=denoiser_config)
 
@@ -303,13 +350,16 @@ def save_trained_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metada
 def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: str, base_model_hash: str,
                   family: str, resolution: int | Sequence[int], steps: int, epochs: int, rank: int, alpha: float,
                   tag_frequency: Mapping[str, Mapping[str, int]], extra: Mapping[str, object] | None = None,
-                  prediction_type: str | None = None) -> dict[str, str]:
+                  prediction_type: str | None = None, variant: str | None = None,
+                  layout: str | None = None) -> dict[str, str]:
     """The ``ss_*`` (kohya) and ``modelspec.*`` (Stability) metadata that A1111, Civitai and kohya read.
 
     ``tag_frequency`` is ``{dataset folder: {caption tag: count}}``, which A1111 shows as the LoRA's
     training tags. ``extra`` adds or overrides keys (non-string values are written as JSON / str).
     ``prediction_type`` ("epsilon" / "v" / "flow") defaults to the family's: v only for SD2 trained at 768 or
-    more, flow for flow-matching families (SD3).
+    more, flow for flow-matching families (SD3). ``variant`` names the base model within its family (SD3.5
+    Medium/Large, Flux.1 dev/schnell) for ``modelspec.architecture``; ``layout`` the file's key layout (see
+    `save_trained_lora`) for ``modelspec.implementation``.
     """
     model_family = family_named(family)
     if isinstance(trigger_words, str):
@@ -341,8 +391,8 @@ def lora_metadata(*, name: str, trigger_words: Sequence[str], base_model_name: s
         "ss_training_comment": (f"Trigger words: {trigger_phrase}. " if trigger_phrase else "")
         + "Trained with SD Studio.",
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": f"{model_family.modelspec_architecture(prediction)}/lora",
-        "modelspec.implementation": _implementation(model_family),
+        "modelspec.architecture": f"{model_family.modelspec_architecture(prediction, variant)}/lora",
+        "modelspec.implementation": _implementation(model_family, layout),
         "modelspec.title": name,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.prediction_type": prediction,
@@ -446,30 +496,34 @@ def _cast(state_dict: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Ten
 
 def save_single_file_checkpoint(path: Path, state_dicts: Mapping[str, Mapping[str, Tensor]], family: str,
                                 metadata: Mapping[str, str] | None = None,
-                                dtype: torch.dtype = torch.float16) -> Path:
-    """Write diffusers component state dicts as one A1111-layout ``.safetensors`` checkpoint.
+                                dtype: torch.dtype = torch.float16, variant: str | None = None,
+                                configs: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write diffusers component state dicts as one single-file ``.safetensors`` checkpoint (A1111's layout;
+    SD3.5/Flux in the layout their files ship in, `webui.models.single_file_writer`, which needs the
+    denoiser's entry of ``configs``).
 
-    Needs "unet", "text_encoder" and "vae" (+ "text_encoder_2" for SDXL), diffusers-named. The file
-    loads in A1111, ComfyUI, this app's catalog and diffusers' ``from_single_file``.
+    Needs every component but optional text encoders (SD3.5's T5), diffusers-named. The file loads in A1111
+    (UNet families), ComfyUI, this app's catalog and diffusers' ``from_single_file``.
     """
     path = Path(path)
     model_family = family_named(family)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"a single-file checkpoint must be a .safetensors file, got {path.name!r}")
-    required = list(model_family.components)
+    required = [name for name in model_family.components if name not in model_family.optional_text_encoders]
     missing = [name for name in required if name not in state_dicts]
     if missing:
         raise ValueError(f"a {family} checkpoint needs components {missing}; a checkpoint without them "
                          "would not load in A1111")
     extra_metadata = _check_metadata(metadata)
-    cast = {component: _cast(state_dicts[component], dtype) for component in required}
-    ldm_state = {key: tensor.contiguous() for key, tensor in diffusers_to_ldm(cast, family).items()}
+    cast = {component: _cast(state_dicts[component], dtype) for component in model_family.components
+            if component in state_dicts}
+    ldm_state = {key: tensor.contiguous() for key, tensor in single_file_state(cast, family, configs or {}).items()}
     resolution = model_family.native_size
     prediction = model_family.default_prediction_type((resolution, resolution))
     file_metadata = {
         "format": "pt",
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": model_family.modelspec_architecture(prediction),
+        "modelspec.architecture": model_family.modelspec_architecture(prediction, variant),
         "modelspec.implementation": IMPLEMENTATION_STABILITY,
         "modelspec.title": path.stem,
         "modelspec.resolution": f"{resolution}x{resolution}",
@@ -579,7 +633,8 @@ def save_trained_checkpoint(folder: Path, name: str, state_dicts: Mapping[str, M
             raise FileExistsError(f"{target} already exists")
         complete = {component: state_dicts.get(component, base_state)
                     for component, base_state in base.state_dicts.items()}
-        return save_single_file_checkpoint(target, complete, base.architecture.family, metadata, dtype)
+        return save_single_file_checkpoint(target, complete, base.architecture.family, metadata, dtype,
+                                           base.architecture.variant, base.configs)
     if base.record.format != "diffusers":
         raise ValueError(f"{base.record.name} does not match the shipped {base.architecture.label} configs and is "
                          "not a diffusers folder; there is no format to save its fine-tune in")

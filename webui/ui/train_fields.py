@@ -16,6 +16,7 @@ import gradio as gr
 from webui.training.config import (
     CAPTION_EXTENSIONS,
     FLOW_TIMESTEP_SAMPLINGS,
+    LORA_FILE_LAYOUTS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
     OPTIMIZERS,
@@ -111,6 +112,8 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     ),
     "Saving, samples and resume": (
         _spec("save_every_n_epochs", "Save every N epochs (0 = only at the end)", "int"),
+        _spec("lora_file_layout", "LoRA file layout", "choice", LORA_FILE_LAYOUTS,
+              info="auto: kohya for SD1/SD2/SDXL, diffusers for SD3.5/Flux; kohya = sd-scripts' lora_unet_ names"),
         _spec("save_state", "Save training state (for resuming)", "bool"),
         _spec("sample_every_n_steps", "Sample every N steps (0 = never)", "int"),
         _spec("sample_prompts", "Sample prompts (one per line)", "lines"),

@@ -288,14 +288,16 @@ def overall_fraction(snapshot: ProgressSnapshot) -> float:
 def _check_cells_with_app(generation: GenerationService, plan: XYZPlan) -> None:
     """Run the app's checks on every cell, naming the cell that fails.
 
-    Limits are checked per cell; styles, checkpoint, LoRA tags and VAE (which read folders) once per
-    distinct combination, so a 1000-cell seed plot does not rescan the LoRA folder 1000 times.
+    Limits are checked per cell; styles, checkpoint, LoRA tags, VAE (which read folders) and what the
+    checkpoint's family allows (image sides, samplers) once per distinct combination, so a 1000-cell seed plot
+    does not rescan the LoRA folder 1000 times.
     """
     seen: set[Hashable] = set()
     for cell in plan.cells:
         try:
             request: Txt2ImgRequest = cell.request.validate(generation.limits, tuple(generation.hooks.samplers()))
-            key = (request.checkpoint, request.vae, request.prompt, request.negative_prompt, request.styles)
+            key = (request.checkpoint, request.vae, request.prompt, request.negative_prompt, request.styles,
+                   request.width, request.height, request.sampler_name, request.scheduler)
             if key in seen:
                 continue
             seen.add(key)

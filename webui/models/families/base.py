@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from webui.models.formats.dit_lora import RowPart
+from webui.models.formats.dit_lora import RowPart, converted_by_diffusers
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"
 
@@ -71,12 +71,17 @@ class ModelFamily(ABC):
     # Whose module names kohya uses for this family's LoRAs: diffusers' ("diffusers") or the original
     # LDM/SGM code's ("sgm"); written as `modelspec.implementation`.
     lora_module_naming: ClassVar[str] = "diffusers"
+    # The original code whose module names "sgm"-named LoRA files use (modelspec.implementation of such files).
+    original_implementation: ClassVar[str] = "https://github.com/Stability-AI/generative-models"
     # LoRA key prefixes of the family's own files, (prefix, component, dotted), tried in order; empty = the SD
     # families' shared table (`lora_formats`: every family's kohya prefixes, `unet.`, `text_encoder*.` ...).
     lora_key_prefixes: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
     # Substrings of LoRA layer names that files of this family have and other families' lack (which family a
     # file that fits no layer of the loaded model was made for, for the message); default: diffusers' UNet.
     lora_key_markers: ClassVar[tuple[str, ...]] = UNET_LORA_MARKERS
+    # Substrings of LoRA keys in layouts the family's tables do not name but diffusers' converter for its pipeline
+    # does (Flux: XLabs' ".processor."); such files are converted first (`readable_lora_state`).
+    lora_layouts_diffusers_converts: ClassVar[tuple[str, ...]] = ()
     # The pipeline component that denoises ("unet", or "transformer" for DiT families), how a single file
     # stores it ("ldm_unet" or "sd3_mmdit": which diffusers converter reads it) and the latent channels.
     denoiser: ClassVar[str] = "unet"
@@ -106,8 +111,13 @@ class ModelFamily(ABC):
     # The sampler a UI preselects for the family (flow-matching ones use webui.generation.samplers' flow table).
     default_sampler: ClassVar[str] = "DPM++ 2M"
     # The tensor a pipeline's step callback may hand back to change the pooled text embedding mid-run (SDXL's
-    # "add_text_embeds"); None where the pipeline reads none back (a prompt schedule then keeps the first one).
+    # "add_text_embeds"); None where the pipeline reads none back (see `pooled_denoiser_argument`).
     pooled_step_input: ClassVar[str | None] = None
+    # The denoiser's keyword argument carrying the pooled text, for families whose pipelines take no pooled vector
+    # back from the step callback (SD3, Flux: "pooled_projections"); a prompt schedule then switches it in the
+    # denoiser call (webui.generation.pooled_switch). None: the callback's `pooled_step_input` does it, or no
+    # pooled text.
+    pooled_denoiser_argument: ClassVar[str | None] = None
     # Whether the pipelines repeat given `prompt_embeds` for `num_images_per_prompt` (SD1/SDXL do; SD3's
     # use given embeddings as they are).
     repeats_given_embeddings: ClassVar[bool] = True
@@ -137,9 +147,11 @@ class ModelFamily(ABC):
     # layers, "clip" = every CLIP module, "open_clip" = the six projections of each OpenCLIP layer).
     a1111_text_lora_names: ClassVar[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyType(
         {"text_encoder": (("lora_te_", "clip_layers"), ("lora_te1_", "clip"))})
-    # Image sides training buckets must be multiples of: the VAE's 8, times 2 where the denoiser takes 2x2 latent
-    # patches (SD3's patch embedding, Flux's packing).
-    training_size_multiple: ClassVar[int] = 8
+    # Image sides the denoiser can take must be multiples of this: the VAE's 8, times 2 where the denoiser reads
+    # 2x2 latent patches (SD3's patch embedding, Flux's packing). Generation requests (width/height, the hires
+    # target) and training buckets both follow it (`webui.generation.requests.check_size_for_family`,
+    # `TrainingConfig.check_family`).
+    size_multiple: ClassVar[int] = 8
     # Training methods that work on this family (the loop, the export and the methods' own code).
     training_methods: ClassVar[tuple[str, ...]] = ("lora", "dreambooth", "dreambooth_lora", "textual_inversion",
                                                    "pivotal")
@@ -268,6 +280,18 @@ class ModelFamily(ABC):
         names come from the checkpoint converter instead (`formats/kohya.unet_ldm_names`): none here."""
         return {}
 
+    def original_parameter_names(self, denoiser: torch.nn.Module) -> Mapping[str, str]:
+        """The denoiser's parameters outside `lora_original_names`' layers (q/k norms, position tables), original
+        parameter name -> installed one, for families whose single files use the model's own names (the
+        single-file writer, `webui.models.single_file_writer`). None for the UNet families."""
+        return {}
+
+    def readable_lora_state(self, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """A LoRA file's tensors as the LoRA reader's tables name them: layouts only diffusers converts
+        (`lora_layouts_diffusers_converts`) through diffusers' converter, others unchanged."""
+        return converted_by_diffusers(state_dict, self.pipeline_class_name(self.resident_mode),
+                                      self.lora_layouts_diffusers_converts)
+
     def variant_of_denoiser_config(self, config: Mapping[str, Any]) -> str | None:
         """Which model of the family a denoiser config describes (e.g. SD3.5 "medium" or "large"); None when
         the family has one architecture."""
@@ -315,8 +339,9 @@ class ModelFamily(ABC):
         return {}
 
     @abstractmethod
-    def modelspec_architecture(self, prediction_type: str) -> str:
-        """The modelspec `architecture` id of a base model of this family."""
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
+        """The modelspec `architecture` id of a base model of this family (`variant`: which model of the
+        family, as `variant_of_ldm_keys` / `variant_of_denoiser_config` name it; None when unknown)."""
         ...
 
     def scheduler_overrides(self, single_file_keys: Collection[str]) -> dict[str, Any]:

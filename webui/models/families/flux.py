@@ -124,6 +124,10 @@ BFL_SINGLE_BLOCK = (
     layer("linear2", "proj_out"), layer("modulation.lin", "norm.linear"),
 )
 
+# The q/k RMS norms of a double-stream block: BFL -> diffusers (the module's `.scale` is diffusers' `.weight`).
+BFL_DOUBLE_BLOCK_NORMS = (("img_attn.norm.query_norm", "norm_q"), ("img_attn.norm.key_norm", "norm_k"),
+                          ("txt_attn.norm.query_norm", "norm_added_q"), ("txt_attn.norm.key_norm", "norm_added_k"))
+
 
 class Flux1(ModelFamily):
     name = "flux"
@@ -132,8 +136,10 @@ class Flux1(ModelFamily):
     preset_prefix = "flux_"
     training_objective = "flow_matching"
     trained_lora_layout = "diffusers"  # `transformer.<diffusers path>.lora_A/B`, what FluxPipeline.load_lora_weights reads
-    training_methods = ("lora", "dreambooth_lora")  # no Flux single-file writer for full fine-tunes yet
-    training_size_multiple = 16
+    # LoRA only: full fine-tunes (DreamBooth) could be saved (`single_file_writer`) but the trainer's full
+    # fine-tune of a 12B transformer is neither fitted to memory nor tested.
+    training_methods = ("lora", "dreambooth_lora")
+    size_multiple = 16  # the VAE's 8 x 2x2 latent patches
     denoiser = "transformer"
     single_file_denoiser = "bfl_flux"
     latent_channels = 16
@@ -171,12 +177,16 @@ class Flux1(ModelFamily):
                                   "text_encoder_2": "lora_te3_"})
     kohya_base_model_version = "flux1"
     lora_module_naming = "sgm"
+    original_implementation = "https://github.com/black-forest-labs/flux"  # sd-scripts' Flux LoRAs say so
     # LoRA files name the transformer by BFL's modules (sd-scripts "lora_unet_double_blocks_0_img_attn_qkv",
     # ComfyUI/ai-toolkit "diffusion_model.double_blocks.0.img_attn.qkv") or by diffusers' ("transformer.
     # transformer_blocks.0.attn.to_q", OneTrainer "lora_transformer_..."); sd-scripts writes CLIP-L as lora_te1_
-    # and T5 as lora_te3_.
+    # and T5 as lora_te3_. Older files spell sd-scripts' BFL names with "lora_flux_" instead of "lora_unet_".
+    # XLabs' files name attention processors (`double_blocks.0.processor.qkv_lora1.down.weight`): diffusers'
+    # converter brings them to diffusers' names first (`readable_lora_state`).
     lora_key_prefixes = (
-        ("lora_unet_", "transformer", False), ("lora_transformer_", "transformer", False),
+        ("lora_unet_", "transformer", False), ("lora_flux_", "transformer", False),
+        ("lora_transformer_", "transformer", False),
         ("lora_te1_", "text_encoder", False), ("lora_te3_", "text_encoder_2", False),
         ("transformer.", "transformer", True), ("diffusion_model.", "transformer", True),
         ("text_encoder.", "text_encoder", True), ("text_encoder_2.", "text_encoder_2", True),
@@ -185,10 +195,12 @@ class Flux1(ModelFamily):
     comfyui_t5_lora_prefixes = MappingProxyType({"text_encoder_2": ("lora_te2_", "lora_te3_")})
     single_file_lora_loader = "Forge"  # Forge loads Flux LoRAs with ComfyUI's key maps
     a1111_text_lora_names = MappingProxyType({})
+    lora_layouts_diffusers_converts = (".processor.proj_lora", ".processor.qkv_lora")
 
     # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
     default_sampler = "Euler"
     repeats_given_embeddings = False  # FluxPipeline uses given embeddings as they are
+    pooled_denoiser_argument = "pooled_projections"  # a prompt schedule switches CLIP-L's pooled vector there
     sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_2", "tokenizer_2", 512
 
     @property
@@ -202,8 +214,9 @@ class Flux1(ModelFamily):
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "flow"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
-        return "flux-1-dev"
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
+        """sd-scripts' ids: "flux-1-dev" (also when unknown) or "flux-1-schnell"."""
+        return "flux-1-schnell" if variant == SCHNELL else "flux-1-dev"
 
     def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return VARIANT_LABELS.get(variant or "", self.label)
@@ -288,6 +301,18 @@ class Flux1(ModelFamily):
     def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
         return original_names(denoiser, BFL_TOP_LEVEL, (("double_blocks", "transformer_blocks", BFL_DOUBLE_BLOCK),
                                                         ("single_blocks", "single_transformer_blocks", BFL_SINGLE_BLOCK)))
+
+    def original_parameter_names(self, denoiser: torch.nn.Module) -> Mapping[str, str]:
+        """The q/k RMS norms (BFL's `.scale`) of every double- and single-stream block."""
+        names = {}
+        for index in range(len(denoiser.transformer_blocks)):
+            for original, installed in BFL_DOUBLE_BLOCK_NORMS:
+                names[f"{DOUBLE_BLOCKS}{index}.{original}.scale"] = f"transformer_blocks.{index}.attn.{installed}.weight"
+        for index in range(len(denoiser.single_transformer_blocks)):
+            for original, installed in (("norm.query_norm", "norm_q"), ("norm.key_norm", "norm_k")):
+                names[f"single_blocks.{index}.{original}.scale"] = (
+                    f"single_transformer_blocks.{index}.attn.{installed}.weight")
+        return names
 
     # -- detection -------------------------------------------------------------------------------
     def ldm_detection_names(self) -> str:

@@ -33,7 +33,7 @@ class StableDiffusion1(ModelFamily):
     ldm_text_encoders = (LdmTextEncoder("text_encoder", LDM_CLIP_PREFIX, "clip", legacy_key_fixup=True),)
     kohya_base_model_version = "sd_v1"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
         return "stable-diffusion-v1"
 
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:

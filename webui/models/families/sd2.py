@@ -31,7 +31,7 @@ class StableDiffusion2(ModelFamily):
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "v" if max(resolution) >= 768 else "epsilon"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
         return "stable-diffusion-v2-768-v" if prediction_type == "v" else "stable-diffusion-v2-512"
 
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:

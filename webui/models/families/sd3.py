@@ -58,9 +58,18 @@ MMDIT_BLOCK = (
 # The last block's context half only modulates (AdaLayerNormContinuous: shift/scale swapped, like final_layer's).
 MMDIT_LAST_BLOCK = MMDIT_BLOCK[:-1] + (layer("context_block.adaLN_modulation.1", "norm1_context.linear", swapped=True),)
 
+# The q/k RMS norms of a joint block (SD3.5; the second attention's in MMDiT-X blocks): original -> diffusers.
+MMDIT_BLOCK_NORMS = (("x_block.attn.ln_q", "attn.norm_q"), ("x_block.attn.ln_k", "attn.norm_k"),
+                     ("context_block.attn.ln_q", "attn.norm_added_q"), ("context_block.attn.ln_k", "attn.norm_added_k"),
+                     ("x_block.attn2.ln_q", "attn2.norm_q"), ("x_block.attn2.ln_k", "attn2.norm_k"))
+
 # Variants, as detected from the transformer's structure.
 SD35_MEDIUM, SD35_LARGE, SD3_MEDIUM = "sd3.5-medium", "sd3.5-large", "sd3-medium"
 VARIANT_LABELS = MappingProxyType({SD35_MEDIUM: "SD3.5 Medium", SD35_LARGE: "SD3.5 Large", SD3_MEDIUM: "SD3 Medium"})
+# modelspec ids (`modelspec.architecture`) of each variant, as sd-scripts' "stable-diffusion-3" stem continues.
+MODELSPEC_ARCHITECTURES = MappingProxyType({SD35_MEDIUM: "stable-diffusion-3.5-medium",
+                                            SD35_LARGE: "stable-diffusion-3.5-large",
+                                            SD3_MEDIUM: "stable-diffusion-3-medium"})
 CLIP_SEQUENCE_LENGTH = 77
 # A LoRA target of the image stream -> the same layer of the text (context) stream in a joint block.
 JOINT_TEXT_TWINS = MappingProxyType({"to_q": "add_q_proj", "to_k": "add_k_proj", "to_v": "add_v_proj",
@@ -86,10 +95,10 @@ class StableDiffusion3(ModelFamily):
     # the layout diffusers' `StableDiffusion3Pipeline.load_lora_weights`, ComfyUI and this app's reader all load;
     # sd-scripts' `lora_unet_joint_blocks_..._attn_qkv` names fuse q/k/v, which diffusers' SD3 loader cannot read.
     trained_lora_layout = "diffusers"
-    # LoRA only: a full fine-tune (DreamBooth) has no SD3 single-file writer yet, and textual inversion / pivotal
-    # tuning would need T5 embeddings too.
+    # LoRA only: a full fine-tune (DreamBooth) could be saved (`single_file_writer`) but the trainer's full
+    # fine-tune of the MMDiT is untested, and textual inversion / pivotal tuning would need T5 embeddings too.
     training_methods = ("lora", "dreambooth_lora")
-    training_size_multiple = 16
+    size_multiple = 16  # the VAE's 8 x 2x2 latent patches
     denoiser = "transformer"
     single_file_denoiser = "sd3_mmdit"
     latent_channels = 16
@@ -101,6 +110,7 @@ class StableDiffusion3(ModelFamily):
     # T5 reads the whole prompt once, up to diffusers' default `max_sequence_length`; CLIP reads 77-token chunks.
     sequence_text_encoder, sequence_tokenizer, sequence_max_tokens = "text_encoder_3", "tokenizer_3", 256
     repeats_given_embeddings = False
+    pooled_denoiser_argument = "pooled_projections"  # a prompt schedule switches the pooled CLIP projections there
     default_sampler = "Euler"
     separate_text_encoder_files = frozen({
         "text_encoder": ("clip_l.safetensors", "clip_l*.safetensors"),
@@ -153,8 +163,10 @@ class StableDiffusion3(ModelFamily):
     def default_prediction_type(self, resolution: tuple[int, int]) -> str:
         return "flow"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
-        return "stable-diffusion-3.5-medium"
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
+        """"stable-diffusion-3.5-medium", "-3.5-large" or "-3-medium" for the model the weights are (SD3.5
+        Medium when unknown: the family's most trained-on model)."""
+        return MODELSPEC_ARCHITECTURES.get(variant or SD35_MEDIUM, MODELSPEC_ARCHITECTURES[SD35_MEDIUM])
 
     def architecture_label(self, unet_in_channels: int, variant: str | None = None) -> str:
         return VARIANT_LABELS.get(variant or "", self.label)
@@ -196,6 +208,14 @@ class StableDiffusion3(ModelFamily):
     def lora_original_names(self, denoiser: torch.nn.Module) -> Mapping[str, tuple[RowPart, ...]]:
         return original_names(denoiser, MMDIT_TOP_LEVEL, (("joint_blocks", "transformer_blocks", MMDIT_BLOCK),),
                               last_block_rules={"joint_blocks": MMDIT_LAST_BLOCK})
+
+    def original_parameter_names(self, denoiser: torch.nn.Module) -> Mapping[str, str]:
+        """The position table and every attention's q/k RMS norms (SD3.5), as diffusers' converter maps them."""
+        names = {"pos_embed": "pos_embed.pos_embed"}
+        for index in range(len(denoiser.transformer_blocks)):
+            for original, installed in MMDIT_BLOCK_NORMS:
+                names[f"{JOINT_BLOCKS}{index}.{original}.weight"] = f"transformer_blocks.{index}.{installed}.weight"
+        return names
 
     # -- detection -------------------------------------------------------------------------------
     def matches_ldm_keys(self, keys: list[str]) -> bool:

@@ -50,7 +50,7 @@ class StableDiffusionXL(ModelFamily):
     a1111_text_lora_names = MappingProxyType({"text_encoder": (("lora_te1_", "clip"),),
                                               "text_encoder_2": (("lora_te2_", "open_clip"),)})
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
         return "stable-diffusion-xl-v1-base"
 
     def time_ids(self, height: int, width: int, positive: bool) -> list[float]:

@@ -47,7 +47,7 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     a1111_text_lora_names = MappingProxyType({})
     kohya_base_model_version = "sdxl_refiner_v1-0"
 
-    def modelspec_architecture(self, prediction_type: str) -> str:
+    def modelspec_architecture(self, prediction_type: str, variant: str | None = None) -> str:
         return "stable-diffusion-xl-v1-refiner"
 
     def shipped_tokenizer_folder(self, tokenizer: str) -> Path:

@@ -9,17 +9,20 @@ is split the same way: each diffusers module gets the rows of the update that la
 family's file); the LoRA reader (`models/lora.py`) looks names up in the result, so it sees one target
 naming whatever the file's.
 
-diffusers' LoRA converters are not used for this: SD3's `lora_state_dict` converts no kohya names, and the
-Flux one splits `linear1` at the full-size widths (3072/12288) written into it, where the split here follows
-the loaded model's own module sizes.
+diffusers' LoRA converters are not used for the namings the families' tables read: SD3's `lora_state_dict`
+converts no kohya names, and the Flux one splits `linear1` at the full-size widths (3072/12288) written into it,
+where the split here follows the loaded model's own module sizes. Layouts no table describes (XLabs' Flux
+attention-processor LoRAs) are brought to diffusers' names by diffusers' own converter, through the pipeline's
+public `lora_state_dict` (:func:`converted_by_diffusers`, the one place that calls it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 RowRanges = tuple[tuple[int, int], ...]  # (start, stop) row ranges of the original weight, concatenated
 
@@ -99,3 +102,40 @@ def original_names(denoiser: nn.Module, top_level: Iterable[OriginalLayer],
                 if parts is not None:
                     names[f"{original_list}.{index}.{rule.original}"] = parts
     return names
+
+
+def converted_by_diffusers(state_dict: Mapping[str, Tensor], pipeline_class: str,
+                           markers: Sequence[str]) -> Mapping[str, Tensor]:
+    """A LoRA state dict in a layout only diffusers converts (a key holds one of `markers`, e.g. XLabs'
+    `double_blocks.0.processor.qkv_lora1.down.weight`), as `<pipeline_class>.lora_state_dict` converts it:
+    `transformer.<diffusers path>.lora_A/lora_B.weight` (no alpha: those layouts scale by 1). Other state
+    dicts come back as they are, for the families' own tables."""
+    if not markers or not any(marker in key for key in state_dict for marker in markers):
+        return state_dict
+    import diffusers
+
+    converted = getattr(diffusers, pipeline_class).lora_state_dict(dict(state_dict))
+    return converted[0] if isinstance(converted, tuple) else converted
+
+
+def joined_lora_factors(parts: Sequence[RowPart], factors: Mapping[str, tuple[Tensor, Tensor, float]],
+                        rows: int) -> tuple[Tensor, Tensor, float]:
+    """One original fused layer's LoRA (down, up, alpha) from LoRAs of some of the installed modules it became
+    (`factors`: module path -> (down [r, in], up [out, r], scale alpha / r)); the inverse of the row split, for
+    writing files in the original names (sd-scripts' `..._attn_qkv`, `..._linear1`). The downs are stacked and
+    each up sits in its module's rows and its own rank's columns (block-diagonal; rows of untrained modules stay
+    zero), each part's scale baked into its up, alpha = the joined rank (scale 1): up @ down is exactly the
+    parts' updates in the original row order. `rows`: the original layer's output rows."""
+    present = [part for part in parts if part.path in factors]
+    down = torch.cat([factors[part.path][0] for part in present])
+    up = down.new_zeros((rows, down.shape[0]))
+    column = 0
+    for part in present:
+        part_down, part_up, scale = factors[part.path]
+        rank = part_down.shape[0]
+        offset = 0
+        for start, stop in part.rows or ((0, part_up.shape[0]),):
+            up[start:stop, column:column + rank] = part_up[offset:offset + stop - start] * scale
+            offset += stop - start
+        column += rank
+    return down, up, float(down.shape[0])

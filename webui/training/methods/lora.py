@@ -128,8 +128,11 @@ class LoraAdapters:
             base_model_hash=models.base_hash, family=models.family, resolution=config.resolution,
             steps=request.step, epochs=request.epoch, rank=config.rank, alpha=config.alpha,
             tag_frequency=request.summary.tag_frequency, extra=extra,
+            variant=models.model_family.variant_of_denoiser_config(models.denoiser_config or {}),
+            layout=config.lora_file_layout,
         )
-        return save_trained_lora(path, self.layers(), metadata, models.family, denoiser_config=models.denoiser_config)
+        return save_trained_lora(path, self.layers(), metadata, models.family, denoiser_config=models.denoiser_config,
+                                 layout=config.lora_file_layout)
 
 
 def training_metadata(config: TrainingConfig) -> dict[str, str]:
