@@ -165,7 +165,8 @@ class ExtensionDenoising(DenoisingHooks):
     def residuals(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
-        call = api.UNetCall(unet_input.sample, unet_input.timestep, unet_input.encoder_hidden_states, self._job.request)
+        call = api.UNetCall(unet_input.sample, unet_input.timestep, unet_input.encoder_hidden_states, self._job.request,
+                            unet_input.step, unet_input.total_steps, dict(unet_input.extra), self._job.model)
         for row in self._registry.rows(api.UNET_RESIDUALS):
             ok, added = self._hooks._call(row, call, self._warnings)
             if not ok or added is None:
