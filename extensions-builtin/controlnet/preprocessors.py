@@ -86,9 +86,9 @@ def canny(image: Image.Image, resolution: int, low: float, high: float, seed: in
     """Canny edges: smoothed gradients, thinned to their ridge, kept where strong or connected to strong
     ones (thresholds on 0..255 gradient magnitude, as sd-webui-controlnet's sliders)."""
     gray = _gray(_at_resolution(image, resolution)) * 255.0
-    smooth = ndimage.gaussian_filter(gray, 1.0)
+    smooth = ndimage.gaussian_filter(gray, 0.7)
     gx, gy = ndimage.sobel(smooth, axis=1), ndimage.sobel(smooth, axis=0)
-    magnitude = np.hypot(gx, gy) / 4.0
+    magnitude = np.hypot(gx, gy)   # OpenCV's scale: a black-to-white step gives about 4 x 255
     angle = (np.rad2deg(np.arctan2(gy, gx)) + 180.0) % 180.0
     direction = np.digitize(angle, [22.5, 67.5, 112.5, 157.5]) % 4   # 0: horizontal gradient, 1: 45, 2: 90, 3: 135
     padded = np.pad(magnitude, 1)
@@ -98,7 +98,7 @@ def canny(image: Image.Image, resolution: int, low: float, high: float, seed: in
     for code, (dy, dx) in offsets.items():
         forward = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
         backward = padded[1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
-        ridge |= (direction == code) & (magnitude >= forward) & (magnitude >= backward)
+        ridge |= (direction == code) & (magnitude >= forward) & (magnitude > backward)  # ties: one side
     thin = magnitude * ridge
     strong, weak = thin >= high, thin >= low
     labels, count = ndimage.label(weak, structure=np.ones((3, 3)))
