@@ -105,3 +105,17 @@ def test_a_controlnet_of_another_family_fails_the_job_naming_both(ctx, control_i
     assert "SD1.x" in str(refused.value)
     assert ctx.extensions.records["controlnet"].active
     assert generate(ctx).images   # the next job runs
+
+
+def test_xyz_weight_axis_changes_unit_zero_per_cell_and_records_it(ctx, control_image):
+    from webui.xyz.plot import AxisSpec
+    from webui.xyz.service import XyzOptions
+
+    base = ExtensionScripts(ctx.extensions).with_alwayson(Txt2ImgRequest(**SMALL), {"controlnet": [unit(control_image)]})
+    plot = ctx.xyz.submit(base, AxisSpec("ControlNet weight", "0, 1"), None, None,
+                          XyzOptions(include_sub_images=True)).result(timeout=300)
+    cells = [np.asarray(image.convert("RGB"), dtype=np.int16) for image in plot.result.cell_images]
+    assert np.array_equal(cells[0], pixels(generate(ctx)))                       # weight 0: as without a unit
+    assert np.array_equal(cells[1], pixels(generate(ctx, [unit(control_image)])))  # weight 1: as the unit
+    lines = [parse_infotext(text).get("ControlNet 0", "") for text in plot.infotexts]
+    assert any("Weight: 0," in line for line in lines) and any("Weight: 1," in line for line in lines)

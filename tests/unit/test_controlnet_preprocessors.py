@@ -157,3 +157,17 @@ def test_resize_modes_fill_the_generation_size_their_way(units):
     filled = gray(units.resized(wide, 64, 64, "Resize and Fill"))
     assert filled[0, 32] == 0 and filled[32, 32] == 255          # padded above and below
     assert gray(units.resized(wide, 64, 64, "Crop and Resize")).min() == 255
+
+
+def test_png_info_of_a_controlnet_image_pastes_back_into_the_units_fields(loaded, units):
+    from webui.generation.infotext import create_infotext, parse_infotext
+
+    registry, _, _ = loaded
+    [definition] = [row.payload for row in registry.rows(api.SCRIPT) if row.payload.title == "ControlNet"]
+    values = units.with_unit(units.ControlNetValues(), 0, enabled=True, module="canny", model="cn [12345678]",
+                             weight=1.25, guidance_start=0.2, resize_mode="Resize and Fill")
+    text = create_infotext("a red circle", "", {"Steps": 4, "Sampler": "Euler", "Seed": 1, **definition.infotext_pairs(values)})
+    pasted = definition.values_from_infotext(parse_infotext(text))
+    assert pasted["unit0_enabled"] is True and pasted["unit0_weight"] == 1.25 and pasted["unit0_guidance_start"] == 0.2
+    assert pasted["unit0_model"] == "cn [12345678]" and pasted["unit0_resize_mode"] == "Resize and Fill"
+    assert "unit1_enabled" not in pasted and "unit0_image" not in pasted
