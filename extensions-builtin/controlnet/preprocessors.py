@@ -70,10 +70,14 @@ def _at_resolution(image: Image.Image, resolution: int) -> Image.Image:
 
 
 def _rgb(mask: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """A [0, 1] map as an RGB image of `size`."""
+    """A [0, 1] map as an RGB image of `size`. A binary map (edges, scribbles) stays binary: a thin line made
+    at a higher resolution would fade to grey if averaged, so every target pixel it touches is kept white."""
     image = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8), "L")
     if image.size != size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
+        binary = bool(np.isin(mask, (0.0, 1.0)).all())
+        image = image.resize(size, Image.Resampling.BOX if binary else Image.Resampling.BILINEAR)
+        if binary:
+            image = image.point(lambda value: 255 if value > 0 else 0)
     return image.convert("RGB")
 
 

@@ -171,3 +171,9 @@ def test_png_info_of_a_controlnet_image_pastes_back_into_the_units_fields(loaded
     assert pasted["unit0_enabled"] is True and pasted["unit0_weight"] == 1.25 and pasted["unit0_guidance_start"] == 0.2
     assert pasted["unit0_model"] == "cn [12345678]" and pasted["unit0_resize_mode"] == "Resize and Fill"
     assert "unit1_enabled" not in pasted and "unit0_image" not in pasted
+
+
+def test_edges_found_at_a_higher_processor_resolution_stay_white_lines_at_the_image_size(pre):
+    edges = gray(pre.run_module("canny", square(), 512, 100, 200))
+    assert edges.shape == (SIZE, SIZE) and set(np.unique(edges)) == {0, 255}
+    assert edges[32, 32] == 0 and (edges[14:18, 20:44] == 255).any(axis=0).mean() > 0.9   # the top side
