@@ -9,6 +9,7 @@ import pytest
 
 from sdstudio_eval.toy_world import render, scene_from_attributes
 from tests.conftest import with_default_model
+from tests.support.sdxl_files import BASE, write_single_file
 from tests.support.controlnet_files import sd1_unet_config, sdxl_unet_config, tiny_controlnet, write_ldm
 from webui.context import build_context
 from webui.extensions.host import announce_app_started
@@ -26,7 +27,8 @@ def ctx(tmp_path_factory, default_model_folder):
     data = with_default_model(tmp_path_factory.mktemp("cn-data"), default_model_folder)
     folder = data / "models" / "ControlNet"
     write_ldm(folder / "control_v11p_sd15_canny.safetensors", tiny_controlnet(sd1_unet_config(), seed=3, scale=8))
-    write_ldm(folder / "controlnet_sdxl_canny.safetensors", tiny_controlnet(sdxl_unet_config(), seed=4))
+    write_ldm(folder / "controlnet_sdxl_canny.safetensors", tiny_controlnet(sdxl_unet_config(), seed=4, scale=8))
+    write_single_file(data / "models" / "Stable-diffusion" / "sd_xl_base_tiny.safetensors", BASE, seed=1)
     context = build_context(settings_from_args(["--data-dir", str(data)]))
     announce_app_started(context.extensions, "http://127.0.0.1:0", context, data / "extension-data")
     yield context
@@ -119,3 +121,12 @@ def test_xyz_weight_axis_changes_unit_zero_per_cell_and_records_it(ctx, control_
     assert np.array_equal(cells[1], pixels(generate(ctx, [unit(control_image)])))  # weight 1: as the unit
     lines = [parse_infotext(text).get("ControlNet 0", "") for text in plot.infotexts]
     assert any("Weight: 0," in line for line in lines) and any("Weight: 1," in line for line in lines)
+
+
+def test_an_sdxl_controlnet_steers_an_sdxl_checkpoint_and_weight_zero_is_no_unit(ctx, control_image):
+    sdxl = dict(checkpoint="sd_xl_base_tiny", cfg_scale=5.0)
+    plain = pixels(generate(ctx, **sdxl))
+    sdxl_unit = unit(control_image, model="controlnet_sdxl_canny")
+    assert np.array_equal(pixels(generate(ctx, [{**sdxl_unit, "weight": 0.0}], **sdxl)), plain)
+    controlled = pixels(generate(ctx, [sdxl_unit], **sdxl))
+    assert np.abs(controlled - plain).mean() > 0.5
