@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -37,6 +38,7 @@ class ControlNetRuntime:
     def __init__(self) -> None:
         self.services: api.Services | None = None
         self._maps: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()   # workers (one per GPU) run jobs at once
 
     def model_titles(self) -> list[str]:
         if self.services is None:
@@ -67,13 +69,15 @@ class ControlNetRuntime:
             request, "init_images", None))
         key = (image_key, unit.module, unit.resize_mode, unit.pixel_perfect, unit.processor_res, unit.threshold_a,
                unit.threshold_b, request.width, request.height, int(request.seed))
-        if key in self._maps:
-            self._maps.move_to_end(key)
-            return self._maps[key]
+        with self._lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
         tensor = torch.from_numpy(preprocessors.control_tensor(self.control_map(unit, request))).unsqueeze(0)
-        self._maps[key] = tensor
-        while len(self._maps) > CACHE_SIZE:
-            self._maps.popitem(last=False)
+        with self._lock:
+            self._maps[key] = tensor
+            while len(self._maps) > CACHE_SIZE:
+                self._maps.popitem(last=False)
         return tensor
 
 
@@ -104,7 +108,11 @@ def setup(ext: api.ExtensionSetup) -> None:
         return None if down is None else api.UNetResiduals(tuple(down), mid)
 
     ext.on_app_started(started)
-    ext.add_unet_residuals(residuals)
+    def applies(request: api.Txt2ImgRequest) -> bool:
+        values = handle.values_of(request)
+        return values is not None and any(unit.enabled and unit.weight != 0 for unit in units.units_of(values))
+
+    ext.add_unet_residuals(residuals, applies)
     _add_axes(ext, handle)
     ext.add_router(_router(runtime), prefix="/controlnet")
 

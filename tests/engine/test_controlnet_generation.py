@@ -130,3 +130,16 @@ def test_an_sdxl_controlnet_steers_an_sdxl_checkpoint_and_weight_zero_is_no_unit
     assert np.array_equal(pixels(generate(ctx, [{**sdxl_unit, "weight": 0.0}], **sdxl)), plain)
     controlled = pixels(generate(ctx, [sdxl_unit], **sdxl))
     assert np.abs(controlled - plain).mean() > 0.5
+
+
+def test_a_job_without_units_gets_no_unet_wrapper(ctx, control_image):
+    from webui.extensions.generation_hooks import ExtensionGenerationHooks
+    from webui.generation.hooks import JobInfo
+
+    hooks = ExtensionGenerationHooks(ctx.extensions, 64)
+    plain = Txt2ImgRequest(**SMALL)
+    disabled = ExtensionScripts(ctx.extensions).with_alwayson(plain, {"controlnet": [unit(control_image, weight=0.0)]})
+    with_unit = ExtensionScripts(ctx.extensions).with_alwayson(plain, {"controlnet": [unit(control_image)]})
+    assert not hooks.denoising(JobInfo(plain, [])).wants_unet
+    assert not hooks.denoising(JobInfo(disabled, [])).wants_unet
+    assert hooks.denoising(JobInfo(with_unit, [])).wants_unet

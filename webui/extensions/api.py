@@ -697,9 +697,14 @@ class ExtensionSetup:
         """After each denoising step, with the latents (may return changed ones)."""
         self._add(DENOISING_STEP, hook, returns=(torch.Tensor, type(None)))
 
-    def add_unet_residuals(self, hook: UNetResidualsHook) -> None:
-        """Extra down-block / mid-block residuals for each UNet call (what ControlNet adds)."""
-        self._add(UNET_RESIDUALS, hook, returns=(UNetResiduals, type(None)))
+    def add_unet_residuals(self, hook: UNetResidualsHook,
+                           applies: Callable[[Txt2ImgRequest], bool] | None = None) -> None:
+        """Extra down-block / mid-block residuals for each UNet call (what ControlNet adds). Since 1.1,
+        `applies(request) -> bool` says whether the hook has work for a job: for a job where no hook applies
+        the UNet is not wrapped at all (and SD3/Flux jobs get no note that UNet hooks do not reach them)."""
+        if applies is not None and not callable(applies):
+            raise ExtensionError("add_unet_residuals: applies must be a function of the request")
+        self._add(UNET_RESIDUALS, hook, returns=(UNetResiduals, type(None)), payload=applies)
 
     def wrap_model_call(self, hook: ModelCallWrapper) -> None:
         """Wrap each UNet call (tiled diffusion and the like); wrappers nest in load order."""
