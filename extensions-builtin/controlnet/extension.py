@@ -100,6 +100,9 @@ def setup(ext: api.ExtensionSetup) -> None:
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         for unit in active:
+            if unit.model == units.NO_MODEL:
+                raise api.JobRefused(f"ControlNet unit {unit.index} is enabled but no model is chosen (models: "
+                                     f"{', '.join(runtime.model_titles()) or 'none in models/ControlNet'})")
             controlnet = runtime.services.controlnet(unit.model, call.model)
             added = controlnet.residuals(call, runtime.control_tensor(unit, call.request), unit.weight,
                                          unit.control_mode)

@@ -106,6 +106,9 @@ def test_a_controlnet_of_another_family_fails_the_job_naming_both(ctx, control_i
     assert "controlnet_sdxl_canny" in str(refused.value) and "SDXL" in str(refused.value)
     assert "SD1.x" in str(refused.value)
     assert ctx.extensions.records["controlnet"].active
+    no_model = {"unit0_enabled": True, "unit0_image": control_image, "unit0_module": "canny"}  # as the UI sends it
+    with pytest.raises(ValueError, match="unit 0 is enabled but no model is chosen.*control_v11p_sd15_canny"):
+        generate(ctx, no_model)
     assert generate(ctx).images   # the next job runs
 
 
