@@ -161,7 +161,7 @@ def _router(runtime: ControlNetRuntime) -> APIRouter:
     @router.post("/detect")
     def detect(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         api.caller_of(request)
-        images = body.get("controlnet_input_images") or []
+        images = body.get("controlnet_input_images") or body.get("controlnet_images") or []  # webuiapi's name
         if not isinstance(images, list) or not images:
             raise HTTPException(422, "controlnet_input_images must be a list of base64 images")
         try:

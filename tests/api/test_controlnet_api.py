@@ -98,3 +98,22 @@ def test_bad_units_get_a_422_with_the_reason_and_the_server_goes_on(url, control
     assert answer.status_code == 422, answer.text
     assert reason in answer.json()["detail"]
     assert requests.get(url + "/controlnet/model_list", timeout=30).status_code == 200
+
+
+def test_the_webuiapi_client_lists_detects_and_generates_with_a_controlnet_unit(url, control_image):
+    import webuiapi  # an A1111 client with sd-webui-controlnet support (a test extra)
+
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), sampler="Euler", steps=3)
+    model = next(title for title in client.controlnet_model_list() if title.startswith("control_v11p_sd15_canny ["))
+    assert "canny" in client.controlnet_module_list()
+    picture = decoded(control_image)
+    detected = client.controlnet_detect([picture], module="canny", processor_res=64, threshold_a=100, threshold_b=200)
+    edges = np.asarray(detected.image.convert("L"))
+    assert edges[32, 32] == 0 and edges.max() == 255
+    unit = webuiapi.ControlNetUnit(image=picture, module="canny", model=model, processor_res=64, threshold_a=100,
+                                   threshold_b=200, control_mode=1)
+    result = client.txt2img(prompt="a red circle on a blue background", width=64, height=64, seed=7, cfg_scale=7,
+                            controlnet_units=[unit])
+    assert result.image.size == (64, 64)
+    assert f'ControlNet 0: "Module: canny, Model: {model}, Weight: 1, Resize Mode: Resize and Fill' in result.info[
+        "infotexts"][0] and "Control Mode: My prompt is more important" in result.info["infotexts"][0]
