@@ -28,6 +28,7 @@ from webui.jobs.store import JobStore, open_owned_store
 from webui.jobs.webhooks import WebhookSender, read_webhook_secret
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointCatalog
+from webui.models.controlnet_store import ControlNetStore
 from webui.models.checkpoint_settings import CHECKPOINT_SETTINGS_FILE, CheckpointSettings
 from webui.models.default_model import ensure_default_model
 from webui.models.embeddings import EmbeddingCatalog
@@ -71,6 +72,7 @@ class AppContext:
     # A1111's runtime options (POST /sdapi/v1/options, the Settings tab), kept in <data>/config.json
     options: ServerOptions = field(default_factory=ServerOptions)
     scripts: ScriptService | None = None  # the Script dropdown's extension scripts as jobs (webui.generation.scripts)
+    controlnets: ControlNetStore | None = None  # models/ControlNet, built modules cached in RAM (webui.models)
 
     def close(self) -> None:
         """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
@@ -84,7 +86,7 @@ class AppContext:
 
 def build_context(settings: Settings) -> AppContext:
     """Create folders, the default model if needed, and every engine service."""
-    for folder in (settings.checkpoint_folder, settings.lora_folder, settings.vae_folder,
+    for folder in (settings.checkpoint_folder, settings.lora_folder, settings.vae_folder, settings.controlnet_folder,
                    settings.embeddings_folder, settings.outputs_folder, settings.cache_folder,
                    settings.datasets_folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -130,7 +132,7 @@ def build_context(settings: Settings) -> AppContext:
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
                       jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
                       extensions=extensions, options=ServerOptions(settings.data_dir / CONFIG_FILE),
-                      scripts=scripts,
+                      scripts=scripts, controlnets=ControlNetStore(settings.controlnet_folder, settings.checkpoints_in_ram),
                       extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 

@@ -31,6 +31,7 @@ class Settings:
     data_dir: Path = PROJECT_ROOT
     ckpt_dir: Path | None = None
     lora_dir: Path | None = None
+    controlnet_dir: Path | None = None
     vae_dir: Path | None = None
     text_encoder_dir: Path | None = None
     unet_dir: Path | None = None
@@ -76,6 +77,11 @@ class Settings:
     @property
     def lora_folder(self) -> Path:
         return self.lora_dir or self.data_dir / "models" / "Lora"
+
+    @property
+    def controlnet_folder(self) -> Path:
+        """ControlNet models (sd-webui-controlnet's folder name in A1111)."""
+        return self.controlnet_dir or self.data_dir / "models" / "ControlNet"
 
     @property
     def vae_folder(self) -> Path:
@@ -168,6 +174,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=None, help="root for models/, outputs/, cache/, config.json")
     parser.add_argument("--ckpt-dir", type=Path, default=None, help="checkpoint folder (default models/Stable-diffusion)")
     parser.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder (default models/Lora)")
+    parser.add_argument("--controlnet-dir", type=Path, default=None,
+                        help="ControlNet models folder (default models/ControlNet)")
     parser.add_argument("--vae-dir", type=Path, default=None, help="VAE folder (default models/VAE)")
     parser.add_argument("--text-encoder-dir", type=Path, default=None,
                         help="separate text encoders such as clip_l/clip_g/t5xxl (default models/text_encoder)")
@@ -311,6 +319,7 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         data_dir=data_dir,
         ckpt_dir=args.ckpt_dir,
         lora_dir=args.lora_dir,
+        controlnet_dir=args.controlnet_dir,
         vae_dir=args.vae_dir,
         text_encoder_dir=args.text_encoder_dir,
         unet_dir=args.unet_dir,

@@ -112,7 +112,7 @@ def test_prompt_matrix_takes_a1111s_positional_arguments(served):
     ({"script_name": "prompt matrix", "script_args": [False, False, "both"]}, "'both' is not one of positive, negative"),
     ({"script_name": "prompt matrix", "script_args": [False] * 6}, "takes at most 5 arguments"),
     ({"script_name": "matrix of prompts"}, "'matrix of prompts' is unknown; scripts on this server's txt2img: x/y/z"),
-    ({"alwayson_scripts": {"Glow": {"args": []}}}, "unknown script(s) 'Glow'; always-on scripts on this server: Tint"),
+    ({"alwayson_scripts": {"Glow": {"args": []}}}, "unknown script(s) 'Glow'; always-on scripts on this server: ControlNet, Tint"),
     ({"alwayson_scripts": {"Tint": {"args": [3]}}}, "Tint: strength: Tint strength: 3.0 is outside 0.0 .. 1.0"),
 ])
 def test_bad_script_values_get_a_422_that_names_them(served, fields, detail):

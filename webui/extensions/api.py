@@ -34,14 +34,16 @@ from typing import Any
 import torch
 from PIL import Image
 
-from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, Registration
+from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, HookRefusal, Registration
+from webui.generation.controlnet import CONTROL_MODES, BALANCED, in_window, unit_residuals
+from webui.generation.hooks import JobModel
 from webui.extensions.script_values import FIELD_META, ScriptArgsError, ScriptDefinition, define_script
 from webui.extensions.settings_store import SettingError, SettingSpec, SettingValue
 from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.security.identity import ADMIN, USER, NotAuthenticated, User, request_user
 
-API_VERSION = "1.0.0"
+API_VERSION = "1.1.0"
 
 __all__ = [
     "API_VERSION", "ExtensionSetup", "ExtensionError", "Services", "AppStarted", "AppStartedHook", "Caller",
@@ -57,6 +59,8 @@ __all__ = [
     "ScriptUiBuilder", "ScriptHandle", "labelled_grid",
     # extra-network types
     "NetworkItem", "NetworkItemsHook", "NetworkUse", "NetworkActivation", "NetworkActivateHook",
+    # 1.1: ControlNet-class extensions (models matched to the job's checkpoint, refusing a job)
+    "JobModel", "JobRefused", "ControlNet", "ControlNetInfo", "CONTROL_MODES", "in_control_window",
 ]
 
 # Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
@@ -102,6 +106,52 @@ Setting = SettingSpec
 class ExtensionError(ValueError):
     """A registration the app refuses (a bad route prefix, a duplicate name ...); raised inside `setup`, it
     marks the extension as failed with this message."""
+
+
+class JobRefused(HookRefusal):
+    """Raise it from a generation hook when the job cannot work as asked (a model made for another family):
+    the job fails with this message (HTTP 422, an error in the UI) and the extension stays on."""
+
+
+# The checkpoint a job runs on (`UNetCall.model`): name, family ("sd1", "sdxl", ...), unet_config (the
+# UNet's diffusers config), device, dtype. Models an extension brings must fit it.
+# (JobModel is imported from the engine's seam above and re-exported as part of this API.)
+
+
+@dataclass(frozen=True)
+class ControlNetInfo:
+    """A file or folder of the ControlNet folder (`models/ControlNet`) as `Services.controlnet_models` lists
+    it: `title` is "name [hash]" (sd-webui-controlnet's model titles), `family` the checkpoint family it is
+    for ("sd1", "sd2", "sdxl"), `problem` why it cannot be used ("" when it can)."""
+
+    title: str
+    name: str
+    family: str
+    problem: str = ""
+
+
+class ControlNet:
+    """A ControlNet loaded for one job's checkpoint (`Services.controlnet`): its residuals for a UNet call."""
+
+    def __init__(self, title: str, module: Any):
+        self.title = title
+        self._module = module
+
+    def residuals(self, call: "UNetCall", image: torch.Tensor, weight: float = 1.0,
+                  control_mode: str = BALANCED) -> "UNetResiduals":
+        """The residuals for `call` of a control image (1 x 3 x H x W, values in [0, 1], any size: it is
+        resized to the call's sample), scaled by `weight` and the control mode (one of CONTROL_MODES). The
+        batch is the call's; with classifier-free guidance (cfg scale > 1) its first half is the negative."""
+        guided = float(getattr(call.request, "cfg_scale", 7.0)) > 1.0
+        down, mid = unit_residuals(self._module, image, call.sample, call.timestep, call.encoder_hidden_states,
+                                   call.extra, weight=weight, mode=control_mode, guided=guided)
+        return UNetResiduals(tuple(down), mid)
+
+
+def in_control_window(call: "UNetCall", start: float, end: float) -> bool:
+    """Whether a unit with starting/ending control step `start`/`end` (fractions of the pass) acts on this
+    call: step / total_steps of the pass within [start, end], sd-webui-controlnet's rule."""
+    return in_window(call.step, call.total_steps, start, end)
 
 
 @dataclass(frozen=True)
@@ -156,6 +206,32 @@ class Services:
     def submit_img2img(self, request: Img2ImgRequest, caller: Caller | None = None) -> str:
         """Queue an img2img / inpaint job; returns the job id."""
         return self._context.generation.submit_img2img(request, owner=_user_of(caller)).job_id
+
+    def controlnet_models(self) -> list[ControlNetInfo]:
+        """Everything in the ControlNet folder, usable or not (with the reason), by name."""
+        from webui.models.controlnet_files import ControlNetFile
+
+        store = self._context.controlnets
+        if store is None:
+            return []
+        return [ControlNetInfo(title, found.name, found.family) if isinstance(found, ControlNetFile)
+                else ControlNetInfo(title, title.rsplit(" [", 1)[0], "", found) for title, found in store.scan()]
+
+    def controlnet(self, name: str, model: JobModel) -> ControlNet:
+        """The ControlNet `name` (title or name) built for the job's checkpoint `model` (kept in RAM between
+        jobs). JobRefused when it is unknown, unusable or made for another family (naming both)."""
+        from webui.models.controlnet_files import ControlNetFileError
+        from webui.models.controlnet_store import UnknownControlNetError
+
+        store = self._context.controlnets
+        if store is None:
+            raise JobRefused("this app has no ControlNet folder")
+        try:
+            found = store.find(name)
+            module = store.load(name, model.family, model.unet_config, model.name, model.device, model.dtype)
+        except (ControlNetFileError, UnknownControlNetError) as error:
+            raise JobRefused(str(error)) from None
+        return ControlNet(f"{found.name}", module)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
         """Wait for a job this extension queued; raises the job's error, or TimeoutError."""
@@ -397,12 +473,20 @@ DenoisingStepHook = Callable[[DenoisingStep], torch.Tensor | None]
 
 @dataclass(frozen=True)
 class UNetCall:
-    """One call of the UNet (classifier-free guidance doubles the batch: negative first, then positive)."""
+    """One call of the UNet (classifier-free guidance doubles the batch: negative first, then positive).
+
+    Since 1.1: `step` / `total_steps` place the call in its pass (txt2img, hires fix and img2img passes
+    count apart; `total_steps` is 0 until the pass's first step ends), `extra` holds the UNet's other
+    inputs (SDXL's `added_cond_kwargs`), `model` the checkpoint it belongs to."""
 
     sample: torch.Tensor
     timestep: Any
     encoder_hidden_states: torch.Tensor
     request: Txt2ImgRequest
+    step: int = 0
+    total_steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    model: JobModel | None = None
 
 
 @dataclass(frozen=True)
@@ -613,9 +697,14 @@ class ExtensionSetup:
         """After each denoising step, with the latents (may return changed ones)."""
         self._add(DENOISING_STEP, hook, returns=(torch.Tensor, type(None)))
 
-    def add_unet_residuals(self, hook: UNetResidualsHook) -> None:
-        """Extra down-block / mid-block residuals for each UNet call (what ControlNet adds)."""
-        self._add(UNET_RESIDUALS, hook, returns=(UNetResiduals, type(None)))
+    def add_unet_residuals(self, hook: UNetResidualsHook,
+                           applies: Callable[[Txt2ImgRequest], bool] | None = None) -> None:
+        """Extra down-block / mid-block residuals for each UNet call (what ControlNet adds). Since 1.1,
+        `applies(request) -> bool` says whether the hook has work for a job: for a job where no hook applies
+        the UNet is not wrapped at all (and SD3/Flux jobs get no note that UNet hooks do not reach them)."""
+        if applies is not None and not callable(applies):
+            raise ExtensionError("add_unet_residuals: applies must be a function of the request")
+        self._add(UNET_RESIDUALS, hook, returns=(UNetResiduals, type(None)), payload=applies)
 
     def wrap_model_call(self, hook: ModelCallWrapper) -> None:
         """Wrap each UNet call (tiled diffusion and the like); wrappers nest in load order."""
@@ -691,13 +780,23 @@ class ExtensionSetup:
         self._add(hook, target.read_text, returns=str, payload=target)
 
     def add_script(self, title: str, values: type, run: ScriptRunHook | None = None, *, alwayson: bool = False,
-                   txt2img: bool = True, img2img: bool = True, ui: ScriptUiBuilder | None = None) -> ScriptHandle:
+                   txt2img: bool = True, img2img: bool = True, ui: ScriptUiBuilder | None = None,
+                   read_args: Callable[[Any], dict] | None = None,
+                   write_infotext: Callable[[Any], dict] | None = None,
+                   read_infotext: Callable[[dict], dict] | None = None) -> ScriptHandle:
         """A script: in the Script dropdown (selectable: `run` makes the images) or always on (no `run`: your
         generation hooks read its values with `ScriptHandle.values_of`). `values` is a dataclass whose
-        fields (all with defaults; see `script_field`) are the script's controls and its API arguments."""
+        fields (all with defaults; see `script_field`) are the script's controls and its API arguments.
+
+        Since 1.1, for argument and infotext formats that are not one value per field:
+        `read_args(args) -> {field: value}` reads what clients send that is not a dict of field names (raise
+        ValueError with the reason: a 422); `write_infotext(values) -> {key: text}` replaces the one pair per
+        field in the images' infotext, and `read_infotext({key: text}) -> {field: value}` reads it back for
+        PNG Info and paste (a field's `script_field(infotext=...)` key says which pair holds it)."""
         try:
             definition = define_script(self._record.name, title, values, alwayson=alwayson, txt2img=txt2img,
-                                       img2img=img2img, run=run, ui=ui)
+                                       img2img=img2img, run=run, ui=ui, read_args=read_args,
+                                       write_infotext=write_infotext, read_infotext=read_infotext)
         except ScriptArgsError as error:
             raise ExtensionError(f"add_script: {error}") from None
         taken = {row.payload.title.casefold() for row in self._registry.rows(SCRIPT)}

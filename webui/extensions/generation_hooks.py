@@ -140,12 +140,21 @@ class ExtensionDenoising(DenoisingHooks):
         self._hooks = hooks
         self._registry = hooks._registry
         self._job = job
-        self.wants_unet = self._registry.has(api.UNET_RESIDUALS) or self._registry.has(api.MODEL_CALL)
+        self._residual_rows = [row for row in self._registry.rows(api.UNET_RESIDUALS) if self._applies(row)]
+        self.wants_unet = bool(self._residual_rows) or self._registry.has(api.MODEL_CALL)
         self.wants_vae = self._registry.has(api.VAE_DECODE) or self._registry.has(api.VAE_ENCODE)
 
     @property
     def _warnings(self) -> list[str]:
         return self._job.warnings
+
+    def _applies(self, row: Registration) -> bool:
+        """Whether a residuals hook has work for this job (its `applies(request)`; no such function: yes)."""
+        if row.payload is None:
+            return True
+        check = Registration(row.extension, "unet_residuals applies", row.payload, returns=bool)
+        ok, answer = self._hooks._call(check, self._job.request, self._warnings)
+        return ok and answer
 
     def on_step(self, latents: torch.Tensor, step: int, total_steps: int, sigma: float) -> torch.Tensor | None:
         changed = None
@@ -165,8 +174,11 @@ class ExtensionDenoising(DenoisingHooks):
     def residuals(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
-        call = api.UNetCall(unet_input.sample, unet_input.timestep, unet_input.encoder_hidden_states, self._job.request)
-        for row in self._registry.rows(api.UNET_RESIDUALS):
+        call = api.UNetCall(unet_input.sample, unet_input.timestep, unet_input.encoder_hidden_states, self._job.request,
+                            unet_input.step, unet_input.total_steps, dict(unet_input.extra), self._job.model)
+        for row in self._residual_rows:
+            if not self._registry.records[row.extension].active:
+                continue
             ok, added = self._hooks._call(row, call, self._warnings)
             if not ok or added is None:
                 continue

@@ -95,6 +95,11 @@ class HookFailure(Exception):
     """Raised by `call_one` when the extension failed; the extension is already switched off."""
 
 
+class HookRefusal(ValueError):
+    """Raised by a generation hook (`api.JobRefused`) to end the job with its message: the request cannot
+    work (a ControlNet made for another model family). Not a bug: the extension stays on."""
+
+
 class ExtensionRegistry:
     """The extensions found at start and everything they registered."""
 
@@ -154,6 +159,9 @@ class ExtensionRegistry:
         started = time.perf_counter()
         try:
             result = row.function(*args)
+        except HookRefusal:  # the job ends with the extension's message; the extension stays on
+            self._record_time(row, started)
+            raise
         except (Exception, SystemExit) as error:  # an extension's bug must never stop the app or the job
             self._record_time(row, started)
             self.fail(row.extension, f"{row.hook} raised {type(error).__name__}: {error}", traceback.format_exc(),

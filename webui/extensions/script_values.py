@@ -44,6 +44,11 @@ class ScriptDefinition:
     img2img: bool = True
     run: Callable[..., Any] | None = None
     ui: Callable[..., Any] | None = None
+    # An always-on script's own readers and writer (api.add_script's read_args / write_infotext /
+    # read_infotext), for formats that are not one value per field (sd-webui-controlnet's unit objects).
+    read_args: Callable[[Any], Mapping[str, Any]] | None = None
+    write_infotext: Callable[[Any], Mapping[str, Any]] | None = None
+    read_infotext: Callable[[Mapping[str, str]], Mapping[str, Any]] | None = None
 
     @property
     def field_names(self) -> list[str]:
@@ -53,7 +58,11 @@ class ScriptDefinition:
         return self.img2img if is_img2img else self.txt2img
 
     def parse(self, args: Any) -> Any:
-        """The values dataclass from a dict by field name, a list in field order, or None (the defaults)."""
+        """The values dataclass from a dict by field name, a list in field order, or None (the defaults);
+        a script with its own `read_args` reads anything that is not a dict of its field names first."""
+        if self.read_args is not None and args is not None and not (
+                isinstance(args, Mapping) and set(args) <= set(self.field_names)):
+            args = self._own_reading(self.read_args, args)
         if args is None:
             given: dict[str, Any] = {}
         elif isinstance(args, Mapping):
@@ -78,6 +87,16 @@ class ScriptDefinition:
                 raise ScriptArgsError(f"{self.title}: {spec.key}: {error}") from None
         return self.values_type(**values)
 
+    def _own_reading(self, reader: Callable[[Any], Any], given: Any) -> dict[str, Any]:
+        """What the script's own reader makes of `given`; its refusals (and bugs) are the caller's 422."""
+        try:
+            read = reader(given)
+        except Exception as error:  # the extension's message, never a traceback
+            raise ScriptArgsError(f"{self.title}: {error}") from None
+        if not isinstance(read, Mapping):
+            raise ScriptArgsError(f"{self.title}: its argument reader returned {type(read).__name__}, not a dict")
+        return dict(read)
+
     def as_dict(self, values: Any) -> dict[str, Any]:
         return {spec.key: getattr(values, spec.key) for spec in self.specs}
 
@@ -86,11 +105,25 @@ class ScriptDefinition:
 
     def infotext_pairs(self, values: Any) -> dict[str, Any]:
         """`Key: value` pairs for the images' infotext (PNG Info and send-to read them back)."""
+        if self.write_infotext is not None:
+            return {str(key): value for key, value in self._own_reading(self.write_infotext, values).items()}
         return {key: getattr(values, spec.key) for key, spec in zip(self.infotext_keys, self.specs)}
 
     def values_from_infotext(self, parameters: Mapping[str, str]) -> dict[str, Any]:
         """Field values an infotext records (parsed `Key: value` pairs); values that do not fit are skipped."""
         found = {}
+        if self.read_infotext is not None:
+            try:
+                read = self._own_reading(self.read_infotext, dict(parameters))
+            except ScriptArgsError:
+                return {}
+            for spec in self.specs:
+                if spec.key in read:
+                    try:
+                        found[spec.key] = spec.check(read[spec.key])
+                    except SettingError:
+                        continue
+            return found
         for key, spec in zip(self.infotext_keys, self.specs):
             if key in parameters:
                 try:
@@ -115,7 +148,10 @@ def from_text(spec: SettingSpec, text: str) -> Any:
 
 
 def define_script(extension: str, title: str, values_type: type, *, alwayson: bool, txt2img: bool, img2img: bool,
-                  run: Callable[..., Any] | None, ui: Callable[..., Any] | None) -> ScriptDefinition:
+                  run: Callable[..., Any] | None, ui: Callable[..., Any] | None,
+                  read_args: Callable[[Any], Mapping[str, Any]] | None = None,
+                  write_infotext: Callable[[Any], Mapping[str, Any]] | None = None,
+                  read_infotext: Callable[[Mapping[str, str]], Mapping[str, Any]] | None = None) -> ScriptDefinition:
     """Check a script registration and describe it; ScriptArgsError says what is wrong."""
     title = (title or "").strip() if isinstance(title, str) else ""
     if not title or _INFOTEXT_KEY.search(title):
@@ -150,5 +186,12 @@ def define_script(extension: str, title: str, values_type: type, *, alwayson: bo
             raise ScriptArgsError(f"script {title!r}: infotext key {key!r} cannot be read back (letters, digits, "
                                   "'_', spaces, '-' or '/', starting with a letter or digit)")
         keys.append(key)
+    for name, reader in (("read_args", read_args), ("write_infotext", write_infotext),
+                         ("read_infotext", read_infotext)):
+        if reader is not None and not callable(reader):
+            raise ScriptArgsError(f"script {title!r}: {name} must be a function")
+    if (write_infotext is None) != (read_infotext is None):
+        raise ScriptArgsError(f"script {title!r}: write_infotext and read_infotext go together (what one "
+                              "writes, the other must read back)")
     return ScriptDefinition(extension, title, values_type, tuple(specs), tuple(keys), alwayson, txt2img, img2img,
-                            run, ui)
+                            run, ui, read_args, write_infotext, read_infotext)

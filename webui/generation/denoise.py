@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from webui.generation.conditioning import ConditioningSchedule, batch_repeat
-from webui.generation.hooks import DenoisingHooks, SchedulerFactory
+from webui.generation.hooks import DenoisingHooks, JobModel, SchedulerFactory
 from webui.generation.live_preview import latents_to_preview
 from webui.generation.pooled_switch import PooledSwitchingDenoiser
 from webui.generation.samplers import build_scheduler, sampler_table
@@ -65,6 +65,13 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
     pipeline = cls(**components, **options)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def job_model(model: LoadedModel) -> JobModel:
+    """The checkpoint as a job's hooks see it (its name, family, denoiser config, device and dtype)."""
+    denoiser = denoiser_of(model)
+    config = dict(denoiser.config) if family_named(model.family).denoiser == "unet" else {}
+    return JobModel(model.record.name, model.family, config, model.device, model.dtype)
 
 
 def unet_hooks_note(model: LoadedModel, denoising: DenoisingHooks | None) -> list[str]:
@@ -164,6 +171,7 @@ def step_callback(model: LoadedModel, conditioning: ConditioningSchedule, batch_
     def callback(pipeline, step: int, timestep, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         updates: dict[str, torch.Tensor] = {}
         if denoising is not None:
+            denoising.step_finished(step, pipeline.num_timesteps)
             changed = denoising.on_step(tensors["latents"], step_offset + step, total_steps or step_offset
                                         + pipeline.num_timesteps, noise_level(pipeline.scheduler, step))
             if changed is not None:

@@ -41,7 +41,8 @@ class HookedUNet(_Delegating):
     def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, *args: Any,
                 **kwargs: Any) -> Any:
         return_dict = kwargs.pop("return_dict", True)
-        unet_input = UNetInput(sample, timestep, encoder_hidden_states, dict(kwargs))
+        step, steps = self._hooks.unet_position(timestep)
+        unet_input = UNetInput(sample, timestep, encoder_hidden_states, dict(kwargs), step, steps)
 
         def call(given: UNetInput) -> torch.Tensor:
             extra = dict(given.extra)

@@ -27,11 +27,23 @@ InpaintPass = Callable[[Image.Image, Image.Image, dict[str, Any]], Image.Image]
 
 
 @dataclass(frozen=True)
+class JobModel:
+    """The checkpoint a job runs on, as hooks that bring their own modules (ControlNet) must match it."""
+
+    name: str
+    family: str                   # "sd1", "sd2", "sdxl", ...
+    unet_config: Mapping[str, Any]  # the denoiser's config ({} for transformer families)
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
 class JobInfo:
     """What every hook of one job may read: the request as it runs (a Txt2ImgRequest or Img2ImgRequest)."""
 
     request: Any
     warnings: list[str]
+    model: JobModel | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,8 @@ class UNetInput:
     timestep: Any
     encoder_hidden_states: torch.Tensor
     extra: Mapping[str, Any] = field(default_factory=dict)  # the pipeline's other keyword arguments
+    step: int = 0          # 0-based step of the current pass (txt2img, hires fix and img2img passes count apart)
+    total_steps: int = 0   # the pass's step count; 0 while unknown (before its first step ends)
 
 
 UNetFunction = Callable[[UNetInput], torch.Tensor]
@@ -67,6 +81,24 @@ class DenoisingHooks:
 
     wants_unet: bool = False
     wants_vae: bool = False
+
+    def step_finished(self, step: int, steps: int) -> None:
+        """The pass's step `step` (0-based) of `steps` ended (the step callback says so): UNet calls that
+        follow belong to the next step. Kept on this per-job object, so jobs never share it."""
+        self.__dict__["_position"] = (step + 1, steps)
+
+    def unet_position(self, timestep: Any) -> tuple[int, int]:
+        """(step, steps) of the pass a UNet call belongs to. Why the timestep: a pass (the hires fix, the
+        next batch) starts at a higher noise level than the last call saw, and then counts from 0 again,
+        also when the previous pass was interrupted before its last step."""
+        now = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        last = self.__dict__.get("_last_timestep")
+        step, steps = self.__dict__.get("_position", (0, 0))
+        if last is not None and now > last:
+            step, steps = 0, 0
+            self.__dict__["_position"] = (0, 0)
+        self.__dict__["_last_timestep"] = now
+        return step, steps
 
     def on_step(self, latents: torch.Tensor, step: int, total_steps: int, sigma: float) -> torch.Tensor | None:
         """After each denoising step: changed latents, or None."""

@@ -21,6 +21,7 @@ from webui.generation.denoise import (
     common_arguments,
     encode_images,
     executed_steps,
+    job_model,
     model_variant,
     pipeline_strength,
     pipeline_for,
@@ -218,7 +219,7 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
     prompts = prepare_prompts(model, request.prompt, request.negative_prompt, request.styles, styles)
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
     prepared = prepare_source(request, seed, family_named(model.family).size_multiple)
-    job = JobInfo(request, list(model.warnings) + list(prepared.notes))
+    job = JobInfo(request, list(model.warnings) + list(prepared.notes), job_model(model))
     denoising = hooks.denoising(job)
     job.warnings.extend(unet_hooks_note(model, denoising))
     encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))

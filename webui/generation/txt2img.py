@@ -24,6 +24,7 @@ from webui.generation.denoise import (
     attention_installed,
     common_arguments,
     executed_steps,
+    job_model,
     model_variant,
     pipeline_for,
     unet_hooks_note,
@@ -252,7 +253,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
     hooks = hooks or GenerationHooks()
     prompts = prepare_prompts(model, request.prompt, request.negative_prompt, request.styles, styles)
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
-    job = JobInfo(request, list(model.warnings))
+    job = JobInfo(request, list(model.warnings), job_model(model))
     denoising = hooks.denoising(job)
     job.warnings.extend(unet_hooks_note(model, denoising))
     encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))

@@ -1,0 +1,221 @@
+"""ControlNet preprocessors that need no weights, each a small function, and the table that names them.
+
+Every preprocessor takes the control image (PIL, already resized to the generation's size by the unit's
+resize mode), the resolution it works at (pixel perfect: the generation's; else the unit's "Processor
+Res"), its two parameters (sd-webui-controlnet's threshold A / B; -1 = the preprocessor's default) and a
+seed, and returns the control map as an RGB image of the input's size. Names are sd-webui-controlnet's,
+so API clients and pasted infotexts keep working.
+
+Annotators that need weights (depth, normal, openpose, lineart, HED ...) run through `controlnet_aux`,
+which cannot be installed here (it needs torchvision, which breaks this environment): they are listed as
+unavailable with that reason and the folder their weights belong in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+from scipy import ndimage
+
+ANNOTATOR_FOLDER = "models/ControlNet/annotators"   # under the data folder, sd-webui-controlnet's downloads
+# Annotators that need weights: name -> what to download.
+NEEDS_WEIGHTS = {
+    "depth_midas": "lllyasviel/Annotators dpt_hybrid-midas-501f0c75.pt",
+    "depth_zoe": "lllyasviel/Annotators ZoeD_M12_N.pt",
+    "normal_bae": "lllyasviel/Annotators scannet.pt",
+    "openpose": "lllyasviel/Annotators body_pose_model.pth",
+    "openpose_full": "lllyasviel/Annotators body_pose_model.pth, hand_pose_model.pth, facenet.pth",
+    "lineart_realistic": "lllyasviel/Annotators sk_model.pth",
+    "lineart_anime": "lllyasviel/Annotators netG.pth",
+    "softedge_hed": "lllyasviel/Annotators ControlNetHED.pth",
+    "softedge_pidinet": "lllyasviel/Annotators table5_pidinet.pth",
+    "mlsd": "lllyasviel/Annotators mlsd_large_512_fp32.pth",
+    "seg_ofade20k": "lllyasviel/Annotators upernet_global_small.pth",
+}
+
+
+def unavailable_reason(name: str) -> str:
+    return (f"preprocessor {name!r} needs annotator weights ({NEEDS_WEIGHTS[name]}) in {ANNOTATOR_FOLDER} and the "
+            "controlnet_aux package, which cannot be installed here (it needs torchvision); send an already "
+            "preprocessed map with module 'none' instead")
+
+
+Preprocessor = Callable[[Image.Image, int, float, float, int], Image.Image]
+
+
+@dataclass(frozen=True)
+class Module:
+    """A preprocessor with sd-webui-controlnet's name and its parameters' defaults."""
+
+    name: str
+    run: Preprocessor
+    default_a: float = -1
+    default_b: float = -1
+    label_a: str = ""
+    label_b: str = ""
+
+
+def _gray(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def _at_resolution(image: Image.Image, resolution: int) -> Image.Image:
+    """The image with its shorter side at `resolution` (where the preprocessor works)."""
+    scale = resolution / min(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def _rgb(mask: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """A [0, 1] map as an RGB image of `size`. A binary map (edges, scribbles) stays binary: a thin line made
+    at a higher resolution would fade to grey if averaged, so every target pixel it touches is kept white."""
+    image = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8), "L")
+    if image.size != size:
+        binary = bool(np.isin(mask, (0.0, 1.0)).all())
+        image = image.resize(size, Image.Resampling.BOX if binary else Image.Resampling.BILINEAR)
+        if binary:
+            image = image.point(lambda value: 255 if value > 0 else 0)
+    return image.convert("RGB")
+
+
+def none(image: Image.Image, resolution: int, a: float, b: float, seed: int) -> Image.Image:
+    """The image as it is (an already made map)."""
+    return image.convert("RGB")
+
+
+def canny(image: Image.Image, resolution: int, low: float, high: float, seed: int) -> Image.Image:
+    """Canny edges: smoothed gradients, thinned to their ridge, kept where strong or connected to strong
+    ones (thresholds on 0..255 gradient magnitude, as sd-webui-controlnet's sliders)."""
+    gray = _gray(_at_resolution(image, resolution)) * 255.0
+    smooth = ndimage.gaussian_filter(gray, 0.7)
+    gx, gy = ndimage.sobel(smooth, axis=1), ndimage.sobel(smooth, axis=0)
+    magnitude = np.hypot(gx, gy)   # OpenCV's scale: a black-to-white step gives about 4 x 255
+    angle = (np.rad2deg(np.arctan2(gy, gx)) + 180.0) % 180.0
+    direction = np.digitize(angle, [22.5, 67.5, 112.5, 157.5]) % 4   # 0: horizontal gradient, 1: 45, 2: 90, 3: 135
+    padded = np.pad(magnitude, 1)
+    h, w = magnitude.shape
+    offsets = {0: (0, 1), 1: (1, 1), 2: (1, 0), 3: (1, -1)}
+    ridge = np.zeros_like(magnitude, dtype=bool)
+    for code, (dy, dx) in offsets.items():
+        forward = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        backward = padded[1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+        ridge |= (direction == code) & (magnitude >= forward) & (magnitude > backward)  # ties: one side
+    thin = magnitude * ridge
+    strong, weak = thin >= high, thin >= low
+    labels, count = ndimage.label(weak, structure=np.ones((3, 3)))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(labels[strong])] = True
+    keep[0] = False
+    return _rgb(keep[labels].astype(np.float32), image.size)
+
+
+def invert(image: Image.Image, resolution: int, a: float, b: float, seed: int) -> Image.Image:
+    """Black lines on white (a drawing) -> white lines on black (what line ControlNets take)."""
+    return _rgb(1.0 - _gray(image), image.size)
+
+
+def scribble_threshold(image: Image.Image, resolution: int, threshold: float, b: float, seed: int) -> Image.Image:
+    """A drawing's dark strokes (darker than `threshold` of 0..255) as white scribbles on black."""
+    return _rgb((_gray(image) * 255.0 < threshold).astype(np.float32), image.size)
+
+
+def threshold(image: Image.Image, resolution: int, level: float, b: float, seed: int) -> Image.Image:
+    """Binary: white where brighter than `level` (0..255), else black."""
+    return _rgb((_gray(image) * 255.0 > level).astype(np.float32), image.size)
+
+
+def tile_resample(image: Image.Image, resolution: int, down: float, b: float, seed: int) -> Image.Image:
+    """The tile ControlNet's input: the image with its detail removed by shrinking it `down` times."""
+    factor = max(1.0, down)
+    small = image.convert("RGB").resize((max(1, round(image.width / factor)), max(1, round(image.height / factor))),
+                                        Image.Resampling.LANCZOS)
+    return small.resize(image.size, Image.Resampling.BICUBIC)
+
+
+def blur_gaussian(image: Image.Image, resolution: int, sigma: float, b: float, seed: int) -> Image.Image:
+    """The image blurred by a Gaussian of `sigma` pixels (tile/blur ControlNets)."""
+    return image.convert("RGB").filter(ImageFilter.GaussianBlur(max(0.0, sigma)))
+
+
+def shuffle(image: Image.Image, resolution: int, a: float, b: float, seed: int) -> Image.Image:
+    """Content shuffle: pixels moved along a smooth random flow field (reproducible from the seed)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    h, w = rgb.shape[:2]
+    generator = np.random.default_rng(seed)
+    flows = [ndimage.gaussian_filter(generator.uniform(0, 1, (h, w)), max(h, w) / 16) for _ in range(2)]
+    flows = [(flow - flow.min()) / max(float(np.ptp(flow)), 1e-6) for flow in flows]
+    rows, cols = (flows[0] * (h - 1)).astype(np.float32), (flows[1] * (w - 1)).astype(np.float32)
+    out = np.stack([ndimage.map_coordinates(rgb[..., c], [rows, cols], order=1) for c in range(3)], axis=-1)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def color_segments(image: Image.Image, resolution: int, colors: float, b: float, seed: int) -> Image.Image:
+    """Segmentation by colour: the image reduced to `colors` flat colour regions (median-cut quantisation,
+    then a mode filter so regions have clean edges) — a stand-in for a segmentation map of flat scenes."""
+    count = int(min(max(colors, 2), 256))
+    quantised = image.convert("RGB").quantize(colors=count, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    return quantised.filter(ImageFilter.ModeFilter(3)).convert("RGB")
+
+
+def inpaint_mask(image: Image.Image, resolution: int, a: float, b: float, seed: int) -> Image.Image:
+    """The inpaint ControlNet's input: the image with the masked area (transparent pixels of an RGBA image,
+    where the mask was drawn) black, and the mask itself kept in the alpha channel for `control_tensor`."""
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    rgb = np.asarray(rgba.convert("RGB")).copy()
+    rgb[alpha < 128] = 0
+    out = Image.fromarray(rgb, "RGB").convert("RGBA")
+    out.putalpha(Image.fromarray(np.where(alpha < 128, 0, 255).astype(np.uint8), "L"))
+    return out
+
+
+MODULES: dict[str, Module] = {module.name: module for module in (
+    Module("none", none),
+    Module("canny", canny, 100, 200, "Canny low threshold", "Canny high threshold"),
+    Module("invert", invert),
+    Module("scribble_threshold", scribble_threshold, 128, -1, "Threshold"),
+    Module("threshold", threshold, 127, -1, "Binarization threshold"),
+    Module("tile_resample", tile_resample, 4, -1, "Down sampling rate"),
+    Module("blur_gaussian", blur_gaussian, 9, -1, "Sigma"),
+    Module("shuffle", shuffle),
+    Module("seg_color_quantize", color_segments, 8, -1, "Colours"),
+    Module("inpaint_only", inpaint_mask),
+)}
+# sd-webui-controlnet's other names for the same preprocessors.
+ALIASES = {"invert (from white bg & black line)": "invert", "binary": "threshold", "tile": "tile_resample",
+           "blur": "blur_gaussian", "inpaint": "inpaint_only", "inpaint_global_harmonious": "inpaint_only",
+           "scribble": "scribble_threshold", "segmentation": "seg_color_quantize"}
+
+
+class UnknownModuleError(ValueError):
+    """A preprocessor name that is not built in; the message lists those that are, or why it is missing."""
+
+
+def find_module(name: str) -> Module:
+    wanted = (name or "none").strip()
+    wanted = ALIASES.get(wanted, wanted)
+    if wanted in MODULES:
+        return MODULES[wanted]
+    if wanted in NEEDS_WEIGHTS:
+        raise UnknownModuleError(unavailable_reason(wanted))
+    raise UnknownModuleError(f"preprocessor {name!r} is unknown; preprocessors: {', '.join(MODULES)}")
+
+
+def run_module(name: str, image: Image.Image, resolution: int, a: float = -1, b: float = -1, seed: int = 0) -> Image.Image:
+    """The control map of `image` by preprocessor `name` (parameters -1: its defaults)."""
+    module = find_module(name)
+    return module.run(image, max(64, int(resolution)), module.default_a if a == -1 else a,
+                      module.default_b if b == -1 else b, seed)
+
+
+def control_tensor(control_map: Image.Image) -> np.ndarray:
+    """The map as the ControlNet's input: 3 x H x W floats in [0, 1]; masked pixels of an inpaint map
+    (alpha 0) are -1, diffusers' convention for the inpaint ControlNet."""
+    rgb = np.asarray(control_map.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    if control_map.mode == "RGBA":
+        masked = np.asarray(control_map.getchannel("A")) < 128
+        rgb[:, masked] = -1.0
+    return rgb

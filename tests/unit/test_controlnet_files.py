@@ -1,0 +1,116 @@
+"""ControlNet files: each layout people download loads into the same module, families are told apart and
+mismatches, control-lora and pickles that need code are refused with the reason; built modules stay in RAM."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.support.controlnet_files import (
+    sd1_unet_config,
+    sdxl_unet_config,
+    tiny_controlnet,
+    write_diffusers_folder,
+    write_ldm,
+)
+from webui.models.controlnet_files import ControlNetFileError, inspect_file
+from webui.models.controlnet_store import ControlNetStore, UnknownControlNetError
+
+CPU = torch.device("cpu")
+
+
+def _same_weights(module, reference) -> None:
+    expected = reference.state_dict()
+    loaded = module.state_dict()
+    assert set(loaded) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.fixture(scope="module")
+def sd1_controlnet():
+    return tiny_controlnet(sd1_unet_config(), seed=1)
+
+
+@pytest.fixture(scope="module")
+def sdxl_controlnet():
+    return tiny_controlnet(sdxl_unet_config(), seed=2)
+
+
+@pytest.mark.parametrize("name, prefix", [("control_v11p_sd15_canny.safetensors", "control_model."),
+                                          ("control_v11p_sd15_scribble.pth", "control_model."),
+                                          ("control_sd15_repacked.safetensors", "")])
+def test_sd1_ldm_files_load_with_the_exact_weights(tmp_path, sd1_controlnet, name, prefix):
+    write_ldm(tmp_path / name, sd1_controlnet, prefix)
+    store = ControlNetStore(tmp_path)
+    [(title, found)] = store.usable()
+    assert title.startswith(name.rsplit(".", 1)[0] + " [") and found.family == "sd1" and found.layout == "ldm"
+    module = store.load(title, "sd1", sd1_unet_config(), "sd-studio-toy", CPU, torch.float32)
+    _same_weights(module, sd1_controlnet)
+
+
+def test_sdxl_diffusers_folder_and_ldm_file_load_and_are_sdxl(tmp_path, sdxl_controlnet):
+    write_diffusers_folder(tmp_path / "controlnet-canny-sdxl-1.0", sdxl_controlnet)
+    write_ldm(tmp_path / "sdxl_canny_ldm.safetensors", sdxl_controlnet)
+    store = ControlNetStore(tmp_path)
+    found = dict((f.name, f) for _, f in store.usable())
+    assert {f.family for f in found.values()} == {"sdxl"}
+    assert found["controlnet-canny-sdxl-1.0"].layout == "diffusers" and found["sdxl_canny_ldm"].layout == "ldm"
+    for name in found:
+        module = store.load(name, "sdxl", sdxl_unet_config(), "tiny-sdxl", CPU, torch.float32)
+        _same_weights(module, sdxl_controlnet)
+
+
+def test_another_family_is_refused_naming_both(tmp_path, sd1_controlnet, sdxl_controlnet):
+    write_ldm(tmp_path / "control_v11p_sd15_canny.safetensors", sd1_controlnet)
+    store = ControlNetStore(tmp_path)
+    with pytest.raises(ControlNetFileError) as refused:
+        store.load("control_v11p_sd15_canny", "sdxl", sdxl_unet_config(), "sd_xl_base_1.0", CPU, torch.float32)
+    assert "control_v11p_sd15_canny" in str(refused.value) and "sd_xl_base_1.0" in str(refused.value)
+    assert "SD1.x" in str(refused.value) and "SDXL" in str(refused.value)
+
+
+def test_control_lora_and_non_controlnets_are_listed_with_the_reason(tmp_path):
+    save_file({"lora_controlnet": torch.zeros(1), "input_blocks.1.0.in_layers.2.up": torch.zeros(4, 2)},
+              str(tmp_path / "control-lora-canny-rank128.safetensors"))
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
+              str(tmp_path / "not_a_controlnet.safetensors"))
+    reasons = dict(ControlNetStore(tmp_path).scan())
+    assert "control-lora" in reasons[next(t for t in reasons if t.startswith("control-lora"))]
+    assert "not a ControlNet" in reasons[next(t for t in reasons if t.startswith("not_a_controlnet"))]
+    assert ControlNetStore(tmp_path).titles() == []
+    with pytest.raises(ControlNetFileError, match="control-lora"):
+        ControlNetStore(tmp_path).find("control-lora-canny-rank128")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pth_that_needs_code_is_refused_without_running_it(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"control_model.zero_convs.0.0.weight": _Payload()}, handle)
+    with pytest.raises(ControlNetFileError, match="cannot be read"):
+        inspect_file(path)
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_unknown_name_lists_the_models_and_built_modules_are_cached_bounded(tmp_path, sd1_controlnet):
+    write_ldm(tmp_path / "a.safetensors", sd1_controlnet)
+    write_ldm(tmp_path / "b.safetensors", sd1_controlnet)
+    write_ldm(tmp_path / "c.safetensors", sd1_controlnet)
+    store = ControlNetStore(tmp_path, capacity=2)
+    with pytest.raises(UnknownControlNetError) as unknown:
+        store.find("control_v11p_sd15_depth [fefefefe]")
+    assert "a [" in str(unknown.value) and "c [" in str(unknown.value)
+    first = store.load("a", "sd1", sd1_unet_config(), "toy", CPU, torch.float32)
+    assert store.load(store.titles()[0], "sd1", sd1_unet_config(), "toy", CPU, torch.float32) is first
+    store.load("b", "sd1", sd1_unet_config(), "toy", CPU, torch.float32)
+    store.load("c", "sd1", sd1_unet_config(), "toy", CPU, torch.float32)
+    assert store.cached_count() == 2
+    assert store.load("a", "sd1", sd1_unet_config(), "toy", CPU, torch.float32) is not first
