@@ -70,6 +70,10 @@ class TrainingConfig:
     prepend_trigger: bool = True
     shuffle_captions: bool = False
     keep_tokens: int = 1
+    # kohya's caption_dropout_rate / caption_tag_dropout_rate: the share of samples trained on an empty caption
+    # (so the subject also comes without its words), and of tags after the first `keep_tokens` dropped per sample.
+    caption_dropout_rate: float = 0.0
+    caption_tag_dropout_rate: float = 0.0
     repeats: int = 1
     resolution: int = 512
     enable_bucketing: bool = True
@@ -247,6 +251,8 @@ class TrainingConfig:
         if "{trigger}" not in self.caption_template and "{class}" not in self.caption_template:
             raise TrainingConfigError("caption_template", "must contain {trigger} and/or {class}")
         _int_range("keep_tokens", self.keep_tokens, 0, 75)
+        _float_range("caption_dropout_rate", self.caption_dropout_rate, 0.0, 1.0)
+        _float_range("caption_tag_dropout_rate", self.caption_tag_dropout_rate, 0.0, 1.0)
         _int_range("repeats", self.repeats, 1, 10_000)
         _int_range("resolution", self.resolution, 64, 4096)
         _multiple_of("resolution", self.resolution, 8)

@@ -187,6 +187,23 @@ def shuffled_caption(caption: str, keep_tokens: int, rng: np.random.Generator) -
     return ", ".join(head + [tail[i] for i in rng.permutation(len(tail))])
 
 
+def dropped_caption(caption: str, keep_tokens: int, caption_rate: float, tag_rate: float,
+                    rng: np.random.Generator) -> str:
+    """kohya's caption dropout: the whole caption becomes empty with probability `caption_rate`, else each tag
+    after the first `keep_tokens` is left out with probability `tag_rate`.
+
+    Draws from `rng` only for a rate above 0, so a run without dropout sees the same data order as before.
+    """
+    if caption_rate and rng.random() < caption_rate:
+        return ""
+    if not tag_rate:
+        return caption
+    tags = caption_tags(caption)
+    head, tail = tags[:keep_tokens], tags[keep_tokens:]
+    draws = rng.random(len(tail))
+    return ", ".join(head + [tag for tag, draw in zip(tail, draws) if draw >= tag_rate])
+
+
 def read_sidecar(image_path: Path, preferred_extension: str) -> tuple[str, str] | None:
     """(caption, extension) from the preferred sidecar, else from another known caption extension.
 
@@ -224,7 +241,8 @@ class TrainingDataset:
 
     def __init__(self, items: Sequence[DatasetItem], *, skipped: Sequence[SkippedImage] = (),
                  notes: Sequence[str] = (), trigger_words: Sequence[str] = (), flip_augment: bool = False,
-                 shuffle_captions: bool = False, keep_tokens: int = 1):
+                 shuffle_captions: bool = False, keep_tokens: int = 1, caption_dropout_rate: float = 0.0,
+                 caption_tag_dropout_rate: float = 0.0):
         if not items:
             raise DatasetError("the dataset has no usable images")
         self.items: tuple[DatasetItem, ...] = tuple(items)
@@ -234,6 +252,8 @@ class TrainingDataset:
         self.flip_augment = flip_augment
         self.shuffle_captions = shuffle_captions
         self.keep_tokens = keep_tokens
+        self.caption_dropout_rate = caption_dropout_rate
+        self.caption_tag_dropout_rate = caption_tag_dropout_rate
 
     def __len__(self) -> int:
         return len(self.items)
@@ -280,6 +300,9 @@ class TrainingDataset:
             caption = self.items[index].caption
             if self.shuffle_captions:
                 caption = shuffled_caption(caption, self.keep_tokens, rng)
+            if self.caption_dropout_rate or self.caption_tag_dropout_rate:
+                caption = dropped_caption(caption, self.keep_tokens, self.caption_dropout_rate,
+                                          self.caption_tag_dropout_rate, rng)
             by_bucket[self.items[index].bucket].append(BatchSample(index, bool(flips[position]), caption))
         batches = [samples[start:start + batch_size] for _, samples in sorted(by_bucket.items())
                    for start in range(0, len(samples), batch_size)]
@@ -390,7 +413,8 @@ def scan_dataset(config: TrainingConfig, folder: Path | None = None) -> Training
         notes.append(f"no {config.caption_extension} captions found; used the {', '.join(sorted({i.caption_source for i in items if i.caption_source in SIDECAR_EXTENSIONS}))} files instead")
     return TrainingDataset(items, skipped=skipped, notes=notes, trigger_words=trigger_words,
                            flip_augment=config.flip_augment, shuffle_captions=config.shuffle_captions,
-                           keep_tokens=config.keep_tokens)
+                           keep_tokens=config.keep_tokens, caption_dropout_rate=config.caption_dropout_rate,
+                           caption_tag_dropout_rate=config.caption_tag_dropout_rate)
 
 
 def caption_missing_images(config: TrainingConfig, *, model_dir: Path | None = None, model_id: str | None = None,

@@ -54,8 +54,14 @@ DATASET_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "captions": (
         _spec("prepend_trigger", "Put the trigger word first in captions", "bool"),
         _spec("shuffle_captions", "Shuffle caption tags", "bool"),
-        _spec("keep_tokens", "Keep first N tags", "int"),
+        _spec("keep_tokens", "Keep first N tags", "int", info="never shuffled or dropped"),
         _spec("repeats", "Repeats", "int", info="times each image is seen per epoch"),
+    ),
+    "dropout": (
+        _spec("caption_dropout_rate", "Caption dropout rate", "float",
+              info="share of samples trained with an empty caption (0 = off)"),
+        _spec("caption_tag_dropout_rate", "Tag dropout rate", "float",
+              info="share of tags after the kept ones left out of each sample (0 = off)"),
     ),
     "buckets": (
         _spec("resolution", "Resolution", "int"),

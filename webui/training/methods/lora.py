@@ -151,6 +151,9 @@ def training_metadata(config: TrainingConfig) -> dict[str, str]:
         "ss_mixed_precision": config.mixed_precision,
         "ss_enable_bucket": str(config.enable_bucketing),
         "ss_flip_aug": str(config.flip_augment),
+        "ss_keep_tokens": str(config.keep_tokens),
+        "ss_caption_dropout_rate": str(config.caption_dropout_rate),
+        "ss_caption_tag_dropout_rate": str(config.caption_tag_dropout_rate),
         "ss_prior_loss_weight": str(config.prior_loss_weight if config.uses_prior_preservation else 0),
         "ss_network_args": "{" + (f'"conv_dim": "{config.conv_rank}", "conv_alpha": "{config.conv_alpha}"'
                                   if config.conv_rank else "") + "}",
