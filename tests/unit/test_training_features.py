@@ -6,9 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
+from sdstudio_eval.toy_world import held_out_concept_images
 from webui.training.config import TrainingConfig, TrainingConfigError
-from webui.training.dataset import DatasetItem, TrainingDataset
+from webui.training.dataset import DatasetError, DatasetItem, TrainingDataset, scan_dataset
+from webui.training.objectives import per_sample_loss
 
 TAGS = ("hxgn", "red", "blue", "large", "small", "left", "right", "top", "bottom", "shape")
 
@@ -54,3 +58,99 @@ def test_a_dropout_rate_outside_0_to_1_is_refused_by_name(field):
     config = TrainingConfig(output_name="x", base_checkpoint="toy", dataset_dir="d", **{field: 1.5})
     with pytest.raises(TrainingConfigError, match=field):
         config.validate()
+
+
+# ---- masked loss ----
+
+def write_masked_dataset(folder: Path, masks: dict[str, Image.Image | None], size: int = 64) -> list[Path]:
+    """Hexagon renders named img_0.png...; `masks` maps an image name to the mask written beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(held_out_concept_images("hexagon", len(masks))):
+        path = folder / f"img_{index}.png"
+        image.resize((size, size)).save(path)
+        paths.append(path)
+    for name, mask in masks.items():
+        if mask is not None:
+            mask.save(folder / f"{Path(name).stem}_mask.png")
+    return paths
+
+
+def left_half_mask(size: int) -> Image.Image:
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (0, 0, size // 2, size))
+    return mask
+
+
+def masked_config(folder: Path, **changes) -> TrainingConfig:
+    values = dict(output_name="hex", base_checkpoint="toy", dataset_dir=str(folder), trigger_word="hxgn",
+                  class_word="shape", resolution=64, min_bucket_resolution=32, max_bucket_resolution=128,
+                  bucket_step=32, masked_loss=True)
+    values.update(changes)
+    return TrainingConfig(**values)
+
+
+def test_masks_beside_images_are_found_and_are_not_training_images(tmp_path):
+    write_masked_dataset(tmp_path, {"img_0.png": left_half_mask(64), "img_1.png": None})
+    dataset = scan_dataset(masked_config(tmp_path))
+    assert [item.path.name for item in dataset.items] == ["img_0.png", "img_1.png"]
+    assert dataset.items[0].mask_path == tmp_path / "img_0_mask.png" and not dataset.items[1].has_mask
+    assert any("img_1.png" in note and "whole picture" in note for note in dataset.notes)
+    mask = dataset.mask(0)
+    assert mask.shape == (1, 64, 64) and mask[0, :, :30].min() == 1.0 and mask[0, :, 34:].max() == 0.0
+    assert torch.equal(dataset.mask(0, flip=True), torch.flip(mask, dims=[2]))
+    # without masked loss the mask files are plain images of the dataset, as before
+    assert len(scan_dataset(masked_config(tmp_path, masked_loss=False)).items) == 3
+
+
+def test_a_mask_of_another_size_is_resized_with_a_note(tmp_path):
+    write_masked_dataset(tmp_path, {"img_0.png": left_half_mask(32)})
+    dataset = scan_dataset(masked_config(tmp_path))
+    assert any("img_0_mask.png is 32x32" in note and "resized" in note for note in dataset.notes)
+    assert dataset.mask(0).shape == (1, 64, 64)
+
+
+@pytest.mark.parametrize(("value", "words"), [(0, "all black"), (255, "all white")])
+def test_a_mask_that_covers_nothing_or_everything_is_refused_by_file_name(tmp_path, value, words):
+    write_masked_dataset(tmp_path, {"img_0.png": left_half_mask(64), "img_1.png": Image.new("L", (64, 64), value)})
+    with pytest.raises(DatasetError, match=f"img_1_mask.png .*{words}"):
+        scan_dataset(masked_config(tmp_path))
+
+
+def test_masks_folder_and_alpha_channel_are_mask_sources(tmp_path):
+    dataset_dir, masks_dir = tmp_path / "data", tmp_path / "masks"
+    paths = write_masked_dataset(dataset_dir, {"img_0.png": None, "img_1.png": None, "img_2.png": None})
+    masks_dir.mkdir()
+    left_half_mask(64).save(masks_dir / "img_0.png")
+    rgba = Image.open(paths[1]).convert("RGBA")
+    rgba.putalpha(left_half_mask(64))
+    rgba.save(paths[1])
+    opaque = Image.open(paths[2]).convert("RGBA")  # an alpha channel without transparency is no mask
+    opaque.save(paths[2])
+    dataset = scan_dataset(masked_config(dataset_dir, masks_dir=str(masks_dir)))
+    assert dataset.items[0].mask_path == masks_dir / "img_0.png"
+    assert dataset.items[1].mask_from_alpha and torch.equal(dataset.mask(1), dataset.mask(0))
+    assert not dataset.items[2].has_mask
+
+
+def test_masked_loss_without_any_mask_is_refused(tmp_path):
+    write_masked_dataset(tmp_path, {"img_0.png": None})
+    with pytest.raises(DatasetError, match="no image has a mask"):
+        scan_dataset(masked_config(tmp_path))
+
+
+def test_the_loss_sees_no_error_from_the_masked_region():
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 4, 8, 8, generator=generator)
+    prediction = torch.randn(2, 4, 8, 8, generator=generator, requires_grad=True)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, :, :4] = 1.0
+    loss = per_sample_loss(prediction, target, mask)
+    loss.sum().backward()
+    assert prediction.grad[..., 4:].abs().max() == 0.0 and prediction.grad[..., :4].abs().min() > 0.0
+    # the loss is the plain error over the kept half; changing the masked half changes nothing
+    assert torch.allclose(loss, ((prediction[..., :4] - target[..., :4]) ** 2).mean(dim=(1, 2, 3)))
+    changed = prediction.detach().clone()
+    changed[..., 4:] += 100.0
+    assert torch.equal(per_sample_loss(changed, target, mask), loss.detach())
+    assert torch.allclose(per_sample_loss(prediction, target), ((prediction - target) ** 2).mean(dim=(1, 2, 3)))

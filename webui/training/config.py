@@ -82,6 +82,10 @@ class TrainingConfig:
     bucket_step: int = 64
     flip_augment: bool = False
     cache_latents: bool = True
+    # Masked loss: each image's loss is weighted by its mask (white = learn, black = ignore), from
+    # `<image>_mask.png` beside it, else `masks_dir/<image>.png`, else the image's alpha channel.
+    masked_loss: bool = False
+    masks_dir: str = ""
     # --- network ---
     rank: int = 16
     alpha: float = 16.0
@@ -251,6 +255,8 @@ class TrainingConfig:
         if "{trigger}" not in self.caption_template and "{class}" not in self.caption_template:
             raise TrainingConfigError("caption_template", "must contain {trigger} and/or {class}")
         _int_range("keep_tokens", self.keep_tokens, 0, 75)
+        if self.masks_dir.strip() and not self.masked_loss:
+            raise TrainingConfigError("masks_dir", "a masks folder is only read with masked_loss on")
         _float_range("caption_dropout_rate", self.caption_dropout_rate, 0.0, 1.0)
         _float_range("caption_tag_dropout_rate", self.caption_tag_dropout_rate, 0.0, 1.0)
         _int_range("repeats", self.repeats, 1, 10_000)

@@ -47,6 +47,7 @@ from webui.training.objectives import (  # noqa: F401 (min_snr_weights, predicti
     ObjectiveError,
     min_snr_weights,
     objective_for,
+    per_sample_loss,
     prediction_target,
 )
 from webui.training.optim import build_lr_scheduler, build_optimizer
@@ -413,6 +414,7 @@ class _Trainer:
         self.files: list[Path] = []
         self.state_dir: Path | None = None
         self.position = _Position()
+        self._masks: dict[tuple[int, int, bool, tuple[int, ...]], torch.Tensor] = {}
         self._set_up_modules()
 
     # ---- set-up ----
@@ -472,6 +474,22 @@ class _Trainer:
             rows.append([item.size[1], item.size[0], top, left, item.bucket[1], item.bucket[0]])
         return torch.tensor(rows, dtype=torch.float32, device=self.models.device)
 
+    def _loss_masks(self, dataset: TrainingDataset, samples: list[BatchSample],
+                    latent_size: tuple[int, ...]) -> torch.Tensor | None:
+        """Masked loss: each sample's mask at latent size [B, 1, h, w] (area-averaged, so a latent cell weighs
+        the share of its pixels the mask keeps); None when no sample in the batch has a mask."""
+        if not self.config.masked_loss or not any(dataset.items[s.index].has_mask for s in samples):
+            return None
+        masks = []
+        for sample in samples:
+            key = (id(dataset), sample.index, sample.flip, tuple(latent_size))
+            if key not in self._masks:
+                pixels = dataset.mask(sample.index, sample.flip)
+                self._masks[key] = (torch.ones((1, *latent_size)) if pixels is None else
+                                    F.interpolate(pixels.unsqueeze(0), size=tuple(latent_size), mode="area")[0])
+            masks.append(self._masks[key])
+        return torch.stack(masks).to(self.models.device)
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
@@ -493,7 +511,7 @@ class _Trainer:
         with self._autocast():
             prediction = models.model_family.denoiser_training_call(
                 models.denoiser, batch.noisy, batch.timesteps, hidden, pooled, self._time_ids(dataset, samples))
-        per_sample = F.mse_loss(prediction.float(), batch.target.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_sample = per_sample_loss(prediction, batch.target, self._loss_masks(dataset, samples, latents.shape[-2:]))
         if batch.weights is not None:
             per_sample = per_sample * batch.weights
         return per_sample.mean()

@@ -67,6 +67,17 @@ class NoisePrediction:
         return NoisedBatch(noisy, timesteps, target, weights)
 
 
+def per_sample_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per sample [B]; with a mask [B, 1, h, w] (1 learns, 0 is ignored) the error is weighted
+    by it and averaged over the part it keeps, so a small mask does not also shrink the step size."""
+    error = (prediction.float() - target.float()) ** 2
+    if mask is None:
+        return error.mean(dim=tuple(range(1, error.ndim)))
+    weights = mask.to(error.dtype).expand_as(error)
+    dims = tuple(range(1, error.ndim))
+    return (error * weights).sum(dim=dims) / weights.sum(dim=dims).clamp_min(1e-8)
+
+
 def prediction_target(noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
                       timesteps: torch.Tensor) -> torch.Tensor:
     """What the UNet must predict: the noise (epsilon models) or the velocity (v-prediction, SD2-768)."""

@@ -305,8 +305,9 @@ def confine_config(service: TrainingService, config: TrainingConfig, user: User 
     """
     check_caption_extension(config.caption_extension)
     changes = {}
-    if config.dataset_dir.strip():
-        changes["dataset_dir"] = str(dataset_folder(service, config.dataset_dir, user))
+    for name in ("dataset_dir", "masks_dir"):
+        if getattr(config, name).strip():
+            changes[name] = str(dataset_folder(service, getattr(config, name), user))
     if config.resume_from.strip():
         state = service.files.resolve(config.resume_from, RESUME_STATE, user)
         if not state.is_dir():  # said now, not when the queued job fails on the worker

@@ -74,6 +74,12 @@ DATASET_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("flip_augment", "Random horizontal flip", "bool"),
         _spec("cache_latents", "Cache latents", "bool"),
     ),
+    "masks": (
+        _spec("masked_loss", "Masked loss", "bool",
+              info="learn only where the mask is white: <image>_mask.png beside each image, the masks folder, "
+                   "or the image's transparency"),
+        _spec("masks_dir", "Masks folder (optional)", "text", info="a folder in datasets/ with <image>.png masks"),
+    ),
 }
 
 HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
