@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from sdstudio_eval.toy_world import held_out_concept_images
 from webui.models.catalog import CheckpointCatalog
@@ -126,3 +127,33 @@ def test_the_masked_half_of_the_pictures_learns_less(base, models, tmp_path):
     # half's error as much as the left's (0.989 -> 0.512, left 0.744 -> 0.446).
     assert left_before - left_after > 0.2
     assert right_before - right_after < 0.2 * (left_before - left_after)
+
+
+def up_matrices(path: Path) -> dict[str, torch.Tensor]:
+    return {key: tensor.float() for key, tensor in load_file(str(path)).items() if key.endswith("lora_up.weight")}
+
+
+def test_ema_weights_are_the_decayed_average_of_the_raw_weights(base, tmp_path):
+    """Two images at batch 2 make one step per epoch, so the epoch files hold the raw weights of every step.
+    LoRA's up matrices start at zero, so their EMA after step 3 is (1-d)(d^2 B1 + d B2 + B3)."""
+    hexagons(tmp_path / "data", 2)
+    decay = 0.6
+    config = tiny_config(tmp_path / "data", use_ema=True, ema_decay=decay, max_train_steps=0, max_train_epochs=3,
+                         save_every_n_epochs=1, unet_lr=1e-2)
+    paths = make_paths(tmp_path)
+    result = run_training(config, base, paths, CPU)
+    names = sorted(path.name for path in result.files)
+    assert names == ["hexlora-000001.safetensors", "hexlora-000002.safetensors", "hexlora.safetensors",
+                     "hexlora_ema-000001.safetensors", "hexlora_ema-000002.safetensors", "hexlora_ema.safetensors"]
+    raw = [up_matrices(paths.lora_dir / name) for name in
+           ("hexlora-000001.safetensors", "hexlora-000002.safetensors", "hexlora.safetensors")]
+    ema = up_matrices(paths.lora_dir / "hexlora_ema.safetensors")
+    first_ema = up_matrices(paths.lora_dir / "hexlora_ema-000001.safetensors")
+    assert ema.keys() == raw[0].keys() and len(ema) > 10
+    for key in ema:
+        expected = (1 - decay) * (decay ** 2 * raw[0][key] + decay * raw[1][key] + raw[2][key])
+        assert torch.allclose(ema[key], expected, atol=1e-4), key  # files hold fp16
+        assert torch.allclose(first_ema[key], (1 - decay) * raw[0][key], atol=1e-4), key
+    # the average lags: it is smaller than the raw weights by about the decay's share
+    raw_norm = sum(float(raw[2][key].norm()) for key in ema)
+    assert sum(float(ema[key].norm()) for key in ema) < 0.8 * raw_norm

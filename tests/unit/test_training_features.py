@@ -12,6 +12,7 @@ from PIL import Image
 from sdstudio_eval.toy_world import held_out_concept_images
 from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.dataset import DatasetError, DatasetItem, TrainingDataset, scan_dataset
+from webui.training.ema import WeightAverage
 from webui.training.objectives import per_sample_loss
 
 TAGS = ("hxgn", "red", "blue", "large", "small", "left", "right", "top", "bottom", "shape")
@@ -154,3 +155,33 @@ def test_the_loss_sees_no_error_from_the_masked_region():
     changed[..., 4:] += 100.0
     assert torch.equal(per_sample_loss(changed, target, mask), loss.detach())
     assert torch.allclose(per_sample_loss(prediction, target), ((prediction - target) ** 2).mean(dim=(1, 2, 3)))
+
+
+# ---- EMA ----
+
+def test_ema_follows_the_closed_form_on_a_known_sequence():
+    parameter = torch.nn.Parameter(torch.tensor([2.0, -1.0]))
+    average = WeightAverage([parameter], decay=0.9)
+    sequence = [torch.tensor([float(k), 10.0 - k]) for k in range(1, 8)]
+    for values in sequence:
+        with torch.no_grad():
+            parameter.copy_(values)
+        average.update()
+    n, decay = len(sequence), 0.9
+    expected = decay ** n * torch.tensor([2.0, -1.0]) + sum(
+        (1 - decay) * decay ** (n - k) * values for k, values in enumerate(sequence, start=1))
+    assert torch.allclose(average.averages[0], expected, atol=1e-6)
+    # the average lags the raw weights: for the ramp 1..7 it sits (about decay/(1-decay) steps) behind 7
+    assert average.averages[0][0] < parameter[0] - 2.0
+    with average.applied():
+        assert torch.allclose(parameter.detach(), expected, atol=1e-6)
+    assert torch.equal(parameter.detach(), sequence[-1])  # the raw weights come back
+
+
+def test_ema_decay_is_checked_only_when_ema_is_on():
+    config = TrainingConfig(output_name="x", base_checkpoint="toy", dataset_dir="d", ema_decay=1.0)
+    with pytest.raises(TrainingConfigError, match="ema_decay") as error:
+        config.replace(use_ema=True).validate()
+    assert error.value.field == "ema_decay"
+    with pytest.raises(TrainingConfigError, match="ema_output"):
+        config.replace(use_ema=True, ema_decay=0.99, ema_output="both").validate()

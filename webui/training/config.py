@@ -32,6 +32,8 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # How flow-matching models (SD3) draw the noise level of each sample: SD3's logit-normal (most steps at middle
 # noise levels, the paper's best), or uniform over (0, 1). Noise-prediction models ignore it.
 FLOW_TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
+# Where the EMA weights go: `<name>_ema.safetensors` beside the raw weights, or in place of them.
+EMA_OUTPUTS = ("beside", "instead")
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2")
 PROJECTION_TARGETS = ("proj_in", "proj_out")
@@ -117,6 +119,10 @@ class TrainingConfig:
     flow_logit_mean: float = 0.0
     flow_logit_std: float = 1.0
     seed: int = 42
+    # --- EMA of the trained weights (SimpleTuner's use_ema / ema_decay) ---
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    ema_output: str = "beside"
     # --- saving, sampling, resuming ---
     save_every_n_epochs: int = 0
     save_state: bool = True
@@ -316,6 +322,9 @@ class TrainingConfig:
         _float_range("flow_logit_mean", self.flow_logit_mean, -10.0, 10.0)
         _float_range("flow_logit_std", self.flow_logit_std, 0.0, 10.0, low_open=True)
         _int_range("seed", self.seed, 0, 2**63 - 1)
+        if self.use_ema:
+            _float_range("ema_decay", self.ema_decay, 0.0, 0.999999, low_open=True)
+            _one_of("ema_output", self.ema_output, EMA_OUTPUTS)
 
     def _validate_saving_and_sampling(self) -> None:
         _int_range("save_every_n_epochs", self.save_every_n_epochs, 0, 100_000)

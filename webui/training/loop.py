@@ -13,6 +13,7 @@ cancelled or crashed run never leaves a half-written LoRA, embedding, checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,6 +51,7 @@ from webui.training.objectives import (  # noqa: F401 (min_snr_weights, predicti
     per_sample_loss,
     prediction_target,
 )
+from webui.training.ema import EMA_SUFFIX, WeightAverage
 from webui.training.optim import build_lr_scheduler, build_optimizer
 
 STATE_FORMAT = "sd-studio-training-state"
@@ -310,7 +312,7 @@ class _Position:
 
 def _write_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod, optimizer: torch.optim.Optimizer,
                  lr_scheduler: Any, scaler: Any, generator: torch.Generator, position: _Position,
-                 models: TrainerModels, smoothed_loss: float | None) -> Path:
+                 models: TrainerModels, smoothed_loss: float | None, ema: WeightAverage | None = None) -> Path:
     """Write a state folder atomically (staged under a hidden name, then renamed into place)."""
     from safetensors.torch import save_file
 
@@ -324,6 +326,8 @@ def _write_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod
     torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                 "grad_scaler": scaler.state_dict() if scaler is not None else None}, staging / "optimizer.pt")
     save_file({"noise_generator": generator.get_state()}, str(staging / "rng.safetensors"))
+    if ema is not None:
+        save_file(ema.state(), str(staging / "ema.safetensors"))
     (staging / "state.json").write_text(json.dumps({
         "format": STATE_FORMAT, "version": STATE_VERSION, "step": position.step, "epoch": position.epoch,
         "batches_done_in_epoch": position.batches_done, "method": config.method,
@@ -355,7 +359,7 @@ def read_state_info(folder: Path) -> dict[str, Any]:
 
 def _load_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod, optimizer: torch.optim.Optimizer,
                 lr_scheduler: Any, scaler: Any, generator: torch.Generator, models: TrainerModels,
-                warnings: list[str]) -> tuple[_Position, float | None]:
+                warnings: list[str], ema: WeightAverage | None = None) -> tuple[_Position, float | None]:
     from safetensors.torch import load_file
 
     info = read_state_info(folder)
@@ -374,6 +378,15 @@ def _load_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod,
     if scaler is not None and saved.get("grad_scaler"):
         scaler.load_state_dict(saved["grad_scaler"])
     generator.set_state(load_file(str(folder / "rng.safetensors"))["noise_generator"])
+    if ema is not None:
+        if (folder / "ema.safetensors").is_file():
+            try:
+                ema.load_state(load_file(str(folder / "ema.safetensors"), device=str(models.device)))
+            except ValueError as error:
+                raise TrainingConfigError("resume_from", str(error)) from error
+        else:
+            ema.restart()
+            warnings.append("the saved state has no EMA weights; the average starts from the resumed weights")
     position = _Position(int(info["step"]), int(info["epoch"]), int(info.get("batches_done_in_epoch", 0)))
     return position, info.get("smoothed_loss")
 
@@ -437,6 +450,7 @@ class _Trainer:
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, self.optimizer, total_steps=self.total_steps,
                                                warmup_steps=config.lr_warmup_steps, cycles=config.lr_cycles,
                                                power=config.lr_power)
+        self.ema = WeightAverage(self.trained_parameters, config.ema_decay) if config.use_ema else None
         if config.optimizer == "Prodigy" and min(group["lr"] for group in groups) < 0.1:
             self.warnings.append("Prodigy adapts its own step size; learning rates around 1.0 are usual with it")
 
@@ -559,6 +573,8 @@ class _Trainer:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.method.after_optimizer_step()
+        if self.ema is not None:
+            self.ema.update()
         return total
 
     def sample_images(self, step: int) -> tuple[tuple[str, Image.Image], ...]:
@@ -582,9 +598,10 @@ class _Trainer:
         return tuple(samples)
 
     def save(self, epoch: int, final: bool) -> None:
-        request = SaveRequest(paths=self.paths, suffix="" if final else epoch_suffix(epoch), step=self.position.step,
-                              epoch=epoch, summary=self.dataset.summary())
-        written = self.method.save_outputs(request)
+        suffix = "" if final else epoch_suffix(epoch)
+        request = SaveRequest(paths=self.paths, suffix=suffix, step=self.position.step, epoch=epoch,
+                              summary=self.dataset.summary())
+        written = self._save_outputs(request)
         self.files.extend(written)
         self.tracker.files.extend(written)
         if self.config.save_state:
@@ -592,10 +609,23 @@ class _Trainer:
             self.state_dir = _write_state(
                 self.paths.states_dir / name, config=self.config, method=self.method, optimizer=self.optimizer,
                 lr_scheduler=self.lr_scheduler, scaler=self.scaler, generator=self.generator, position=self.position,
-                models=self.models, smoothed_loss=self.tracker.smoothed,
+                models=self.models, smoothed_loss=self.tracker.smoothed, ema=self.ema,
             )
         self.tracker.report(self.position.step, epoch, self.lr(),
                             message="saved " + ", ".join(path.name for path in written))
+
+    def _save_outputs(self, request: SaveRequest) -> list[Path]:
+        """The method's files from the raw weights and, with EMA, from the averages: `<name>_ema...` beside
+        them, or under the plain name instead of them."""
+        if self.ema is None:
+            return self.method.save_outputs(request)
+        if self.config.ema_output == "instead":
+            with self.ema.applied():
+                return self.method.save_outputs(request)
+        written = self.method.save_outputs(request)
+        with self.ema.applied():
+            written += self.method.save_outputs(dataclasses.replace(request, suffix=EMA_SUFFIX + request.suffix))
+        return written
 
     def train(self, start: _Position) -> bool:
         """Run from `start` to the end; False when cancelled."""
@@ -683,7 +713,7 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
         start, smoothed = _load_state(Path(config.resume_from).expanduser(), config=config, method=method,
                                       optimizer=trainer.optimizer, lr_scheduler=trainer.lr_scheduler,
                                       scaler=trainer.scaler, generator=trainer.generator, models=models,
-                                      warnings=warnings)
+                                      warnings=warnings, ema=trainer.ema)
         tracker.restore_smoothed(smoothed)
         if start.step >= trainer.total_steps:
             warnings.append(f"the saved state is already at step {start.step} of {trainer.total_steps}; "

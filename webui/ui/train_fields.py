@@ -15,6 +15,7 @@ import gradio as gr
 
 from webui.training.config import (
     CAPTION_EXTENSIONS,
+    EMA_OUTPUTS,
     FLOW_TIMESTEP_SAMPLINGS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
@@ -121,6 +122,12 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("flow_logit_mean", "Flow matching: logit mean", "float", info="above 0: more training at high noise"),
         _spec("flow_logit_std", "Flow matching: logit std", "float"),
     ),
+    "EMA": (
+        _spec("use_ema", "Keep an EMA of the trained weights", "bool"),
+        _spec("ema_decay", "EMA decay", "float", info="averages about the last 1/(1-decay) steps, e.g. 0.999"),
+        _spec("ema_output", "EMA file", "choice", EMA_OUTPUTS,
+              info="beside: <name>_ema.safetensors next to the raw file; instead: only the EMA file"),
+    ),
     "Saving, samples and resume": (
         _spec("save_every_n_epochs", "Save every N epochs (0 = only at the end)", "int"),
         _spec("save_state", "Save training state (for resuming)", "bool"),
@@ -153,6 +160,7 @@ GROUP_IDS: dict[str, str] = {
     "Learning rate and optimizer": "train_group_optimizer",
     "Steps and batch": "train_group_steps",
     "Precision and loss": "train_group_precision",
+    "EMA": "train_group_ema",
     "Saving, samples and resume": "train_group_saving",
     "Prior preservation (DreamBooth)": "train_group_prior",
     "Textual inversion / pivotal": "train_group_embedding",
