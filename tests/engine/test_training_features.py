@@ -157,3 +157,23 @@ def test_ema_weights_are_the_decayed_average_of_the_raw_weights(base, tmp_path):
     # the average lags: it is smaller than the raw weights by about the decay's share
     raw_norm = sum(float(raw[2][key].norm()) for key in ema)
     assert sum(float(ema[key].norm()) for key in ema) < 0.8 * raw_norm
+
+
+def test_validation_loss_is_recorded_and_falls(base, tmp_path):
+    hexagons(tmp_path / "data", 6)
+    reports = []
+    config = tiny_config(tmp_path / "data", validation_split=0.34, validation_every_n_steps=3,
+                         validation_images_every_n_steps=6, sample_steps=2, max_train_steps=6, unet_lr=3e-3)
+    paths = make_paths(tmp_path)
+    result = run_training(config, base, paths, CPU, on_progress=reports.append)
+
+    steps = [step for step, _ in result.validation_losses]
+    losses = [loss for _, loss in result.validation_losses]
+    print("validation", result.validation_losses)
+    assert steps == [0, 3, 6]
+    assert losses[-1] < 0.9 * losses[0]
+    assert [(r.step, r.validation_loss) for r in reports if r.validation_loss is not None] == result.validation_losses
+    assert result.summary.image_count == 4  # two of the six are held out
+    validation_images = sorted((paths.samples_dir / "hexlora").glob("*-validation-*.png"))
+    assert [path.name for path in validation_images] == ["000006-validation-0.png"]
+    assert reports[-1].samples and reports[-1].samples[0][0].startswith("validation: hxgn")

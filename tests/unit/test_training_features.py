@@ -14,6 +14,7 @@ from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.dataset import DatasetError, DatasetItem, TrainingDataset, scan_dataset
 from webui.training.ema import WeightAverage
 from webui.training.objectives import per_sample_loss
+from webui.training.validation import training_sets
 
 TAGS = ("hxgn", "red", "blue", "large", "small", "left", "right", "top", "bottom", "shape")
 
@@ -185,3 +186,48 @@ def test_ema_decay_is_checked_only_when_ema_is_on():
     assert error.value.field == "ema_decay"
     with pytest.raises(TrainingConfigError, match="ema_output"):
         config.replace(use_ema=True, ema_decay=0.99, ema_output="both").validate()
+
+
+# ---- validation ----
+
+def test_a_validation_folder_that_shares_images_with_the_dataset_is_refused_with_the_files(tmp_path):
+    train = write_masked_dataset(tmp_path / "train", {f"img_{i}.png": None for i in range(3)})
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    (held_out / "copy_of_one.png").write_bytes(train[1].read_bytes())
+    (held_out / "img_2.png").write_bytes(train[2].read_bytes())
+    held_out_image = held_out_concept_images("hexagon", 1, seed=99)[0].resize((64, 64))
+    held_out_image.save(held_out / "new.png")
+    config = masked_config(tmp_path / "train", masked_loss=False, validation_dir=str(held_out))
+    with pytest.raises(DatasetError, match=r"overlaps the training set \(2 image\(s\): copy_of_one.png = img_1.png, "
+                                           r"img_2.png\)"):
+        training_sets(config)
+    (held_out / "copy_of_one.png").unlink()
+    (held_out / "img_2.png").unlink()
+    (held_out / "new.txt").write_text("hxgn, a held-out shape")
+    dataset, validation = training_sets(config)
+    assert len(dataset) == 3 and [item.caption for item in validation.items] == ["hxgn, a held-out shape"]
+
+
+def test_a_validation_split_holds_out_a_seeded_share_of_the_images(tmp_path):
+    write_masked_dataset(tmp_path, {f"img_{i}.png": None for i in range(6)})
+    config = masked_config(tmp_path, masked_loss=False, validation_split=0.34, repeats=3)
+    dataset, validation = training_sets(config)
+    assert len(dataset) == 4 and len(validation) == 2 and all(item.repeats == 1 for item in validation.items)
+    assert not {item.path for item in dataset.items} & {item.path for item in validation.items}
+    again = training_sets(config)[1]
+    assert [item.path for item in again.items] == [item.path for item in validation.items]
+    other_seed = training_sets(config.replace(seed=1))[1]
+    assert len(other_seed) == 2
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"validation_every_n_steps": 5}, "validation_every_n_steps"),
+    ({"validation_split": 0.2, "validation_dir": "held_out"}, "validation_split"),
+    ({"validation_split": 0.8}, "validation_split"),
+])
+def test_validation_settings_that_cannot_work_are_refused_by_name(changes, field):
+    config = TrainingConfig(output_name="x", base_checkpoint="toy", dataset_dir="d", **changes)
+    with pytest.raises(TrainingConfigError) as error:
+        config.validate()
+    assert error.value.field == field

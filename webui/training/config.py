@@ -132,6 +132,11 @@ class TrainingConfig:
     sample_steps: int = 20
     sample_cfg: float = 7.0
     resume_from: str = ""
+    # --- validation: held-out images (a folder, or a share of the dataset) ---
+    validation_dir: str = ""
+    validation_split: float = 0.0
+    validation_every_n_steps: int = 0
+    validation_images_every_n_steps: int = 0
     # --- DreamBooth prior preservation ---
     with_prior_preservation: bool = False
     class_prompt: str = ""
@@ -147,6 +152,10 @@ class TrainingConfig:
     @property
     def uses_lora(self) -> bool:
         return self.method in LORA_METHODS
+
+    @property
+    def uses_validation(self) -> bool:
+        return bool(self.validation_dir.strip()) or self.validation_split > 0
 
     @property
     def uses_embedding(self) -> bool:
@@ -334,6 +343,16 @@ class TrainingConfig:
         _int_range("sample_seed", self.sample_seed, 0, 2**63 - 1)
         _int_range("sample_steps", self.sample_steps, 1, 150)
         _float_range("sample_cfg", self.sample_cfg, 1.0, 30.0)
+        _float_range("validation_split", self.validation_split, 0.0, 0.5)
+        _int_range("validation_every_n_steps", self.validation_every_n_steps, 0, 10_000_000)
+        _int_range("validation_images_every_n_steps", self.validation_images_every_n_steps, 0, 10_000_000)
+        if self.validation_dir.strip() and self.validation_split:
+            raise TrainingConfigError("validation_split", "choose a validation folder or a split of the dataset, "
+                                                          "not both")
+        if not self.uses_validation:
+            for name in ("validation_every_n_steps", "validation_images_every_n_steps"):
+                if getattr(self, name):
+                    raise TrainingConfigError(name, "needs validation images: set validation_dir or validation_split")
 
     def _validate_method_specific(self) -> None:
         if self.with_prior_preservation and self.method not in PRIOR_PRESERVATION_METHODS:
@@ -463,7 +482,8 @@ def load_preset(name: str, user_folder: Path | None = None) -> TrainingConfig:
 def save_user_preset(config: TrainingConfig, folder: Path, name: str) -> Path:
     """Save a config as a named preset; job-specific fields (dataset, names, resume) are left out."""
     _file_name("preset", name)
-    job_fields = {"output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint"}
+    job_fields = {"output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint",
+                  "masks_dir", "validation_dir"}
     values = {key: value for key, value in config.to_dict().items() if key not in job_fields}
     return _write_atomically(Path(folder) / f"{name}.json", json.dumps(values, indent=2) + "\n")
 

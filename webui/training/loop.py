@@ -40,7 +40,6 @@ from webui.training.dataset import (
     LatentCache,
     TrainingDataset,
     class_image_dataset,
-    scan_dataset,
     unet_latents,
 )
 from webui.training.methods import SaveRequest, TrainerModels, TrainingMethod, create_method, epoch_suffix
@@ -53,6 +52,7 @@ from webui.training.objectives import (  # noqa: F401 (min_snr_weights, predicti
 )
 from webui.training.ema import EMA_SUFFIX, WeightAverage
 from webui.training.optim import build_lr_scheduler, build_optimizer
+from webui.training.validation import MAX_VALIDATION_IMAGES, VALIDATION_LEVELS, VALIDATION_NOISE_SEED, training_sets
 
 STATE_FORMAT = "sd-studio-training-state"
 STATE_VERSION = 1
@@ -102,6 +102,7 @@ class TrainingProgress:
     samples: tuple[tuple[str, Image.Image], ...] = ()
     files_saved: tuple[Path, ...] = ()
     message: str = ""
+    validation_loss: float | None = None  # set on the report right after a validation measurement
 
 
 @dataclass
@@ -115,6 +116,7 @@ class TrainingResult:
     state_dir: Path | None = None
     summary: DatasetSummary | None = None
     usage: str = ""
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +159,8 @@ class _ProgressTracker:
             self._raw_average = value
             self._updates = 10_000  # the average is already warmed up
 
-    def report(self, step: int, epoch: int, lr: float | None = None, message: str = "") -> None:
+    def report(self, step: int, epoch: int, lr: float | None = None, message: str = "",
+               validation_loss: float | None = None) -> None:
         if self._on_progress is None:
             return
         elapsed = time.monotonic() - self._started
@@ -168,7 +171,7 @@ class _ProgressTracker:
         self._on_progress(TrainingProgress(
             step=step, total_steps=self.total_steps, epoch=epoch, total_epochs=self.total_epochs,
             loss=self.last_loss, smoothed_loss=self.smoothed, lr=lr, elapsed_s=elapsed, eta_s=eta,
-            samples=self.samples, files_saved=tuple(self.files), message=message,
+            samples=self.samples, files_saved=tuple(self.files), message=message, validation_loss=validation_loss,
         ))
 
 
@@ -401,9 +404,14 @@ class _Trainer:
 
     def __init__(self, config: TrainingConfig, models: TrainerModels, method: TrainingMethod,
                  dataset: TrainingDataset, class_dataset: TrainingDataset | None, paths: TrainingPaths,
-                 tracker: _ProgressTracker, should_stop: Callable[[], bool], warnings: list[str]):
+                 tracker: _ProgressTracker, should_stop: Callable[[], bool], warnings: list[str],
+                 validation: TrainingDataset | None = None):
         self.config, self.models, self.method = config, models, method
-        self.dataset, self.class_dataset = dataset, class_dataset
+        self.dataset, self.class_dataset, self.validation = dataset, class_dataset, validation
+        self.validation_cache: LatentCache | None = None
+        self.validation_losses: list[tuple[int, float]] = []
+        self._prompt_samples: tuple[tuple[str, Image.Image], ...] = ()
+        self._validation_samples: tuple[tuple[str, Image.Image], ...] = ()
         self.paths, self.tracker, self.should_stop, self.warnings = paths, tracker, should_stop, warnings
         try:
             self.objective = objective_for(models.model_family.training_objective, config,
@@ -470,6 +478,14 @@ class _Trainer:
             return self.class_latent_cache is not None
         return True
 
+    def cache_validation_latents(self) -> bool:
+        """Validation images are always encoded once: every measurement reuses the same latents."""
+        if self.validation is None:
+            return True
+        self.validation_cache = LatentCache.build(self.validation, self.models.vae, self.models.device,
+                                                  should_stop=self.should_stop)
+        return self.validation_cache is not None
+
     # ---- one micro-batch ----
     def _latent_parameters(self, dataset: TrainingDataset, cache: LatentCache | None,
                            samples: list[BatchSample]) -> torch.Tensor:
@@ -509,14 +525,18 @@ class _Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.models.device.type, dtype=self.autocast_dtype)
 
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text conditioning of training captions (with gradients only when the text side trains)."""
+        prompts = [self.method.expand_prompt(caption) for caption in captions]
+        text_grad = self.method.text_encoder_trains() and torch.is_grad_enabled()
+        with self._autocast(), (nullcontext() if text_grad else torch.no_grad()):
+            return encode_captions(self.models, prompts, self.config.clip_skip)
+
     def batch_loss(self, dataset: TrainingDataset, cache: LatentCache | None, samples: list[BatchSample]) -> torch.Tensor:
         config, models, device = self.config, self.models, self.models.device
         parameters = self._latent_parameters(dataset, cache, samples)
         latents = unet_latents(parameters.float(), models.vae.config).to(device)
-        captions = [self.method.expand_prompt(sample.caption) for sample in samples]
-        text_grad = self.method.text_encoder_trains()
-        with self._autocast(), (nullcontext() if text_grad else torch.no_grad()):
-            hidden, pooled = encode_captions(models, captions, config.clip_skip)
+        hidden, pooled = self.encode([sample.caption for sample in samples])
         noise = torch.randn(latents.shape, generator=self.generator).to(device)
         if config.noise_offset:
             noise = noise + config.noise_offset * torch.randn(
@@ -529,6 +549,43 @@ class _Trainer:
         if batch.weights is not None:
             per_sample = per_sample * batch.weights
         return per_sample.mean()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean error on the validation images at the fixed `VALIDATION_LEVELS` with fixed noise per image (no
+        loss weighting, the masks applied), so measurements differ only because the weights changed."""
+        models, dataset = self.models, self.validation
+        levels = torch.tensor(VALIDATION_LEVELS)
+        losses = []
+        models.denoiser.eval()
+        try:
+            for index, item in enumerate(dataset.items):
+                samples = [BatchSample(index, False, item.caption)] * len(levels)
+                parameters = self._latent_parameters(dataset, self.validation_cache, samples[:1])
+                latents = unet_latents(parameters.float(), models.vae.config).to(models.device).repeat(len(levels), 1, 1, 1)
+                noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(VALIDATION_NOISE_SEED + index))
+                batch = self.objective.at_levels(latents, noise.to(models.device), levels)
+                hidden, pooled = self.encode([item.caption] * len(levels))
+                with self._autocast():
+                    prediction = models.model_family.denoiser_training_call(
+                        models.denoiser, batch.noisy, batch.timesteps, hidden, pooled, self._time_ids(dataset, samples))
+                mask = self._loss_masks(dataset, samples, latents.shape[-2:])
+                losses.append(float(per_sample_loss(prediction, batch.target, mask).mean()))
+        finally:
+            models.denoiser.train()
+        return sum(losses) / len(losses)
+
+    def validate(self, step: int, epoch: int) -> None:
+        loss = self.validation_loss()
+        self.validation_losses.append((step, loss))
+        self.tracker.report(step, epoch, self.lr(), message=f"validation loss {loss:.4f} at step {step}",
+                            validation_loss=loss)
+
+    def validation_images(self, step: int) -> tuple[tuple[str, Image.Image], ...]:
+        """Images from the first validation captions, with the sample settings: what the held-out pictures'
+        captions draw now."""
+        captions = list(dict.fromkeys(item.caption for item in self.validation.items))[:MAX_VALIDATION_IMAGES]
+        return self._generate(captions, step, "validation", label="validation: ")
 
     def class_samples(self, micro_index: int) -> list[BatchSample]:
         """The prior-preservation images for one micro-batch: cycling through a seeded order."""
@@ -579,8 +636,11 @@ class _Trainer:
 
     def sample_images(self, step: int) -> tuple[tuple[str, Image.Image], ...]:
         """Images from the sample prompts with a fixed seed, on the trainer's own (training) copy."""
+        return self._generate([prompt for prompt in self.config.sample_prompts if prompt.strip()], step, "")
+
+    def _generate(self, prompts: list[str], step: int, kind: str, label: str = "") -> tuple[tuple[str, Image.Image], ...]:
+        """One image per prompt (seeds sample_seed, +1, ...), saved as samples/<name>/<step>-[<kind>-]<i>.png."""
         config, models = self.config, self.models
-        prompts = [prompt for prompt in config.sample_prompts if prompt.strip()]
         samples = []
         folder = self.paths.samples_dir / config.output_name
         folder.mkdir(parents=True, exist_ok=True)
@@ -591,8 +651,8 @@ class _Trainer:
                 image = generate_images(models, [self.method.expand_prompt(prompt)], [generator],
                                         steps=config.sample_steps, cfg=config.sample_cfg, resolution=config.resolution,
                                         clip_skip=config.clip_skip, autocast=self._autocast())[0]
-                _save_image_atomically(image, folder / f"{step:06d}-{index}.png")
-                samples.append((prompt, image))
+                _save_image_atomically(image, folder / f"{step:06d}-{kind + '-' if kind else ''}{index}.png")
+                samples.append((label + prompt, image))
         finally:
             models.denoiser.train()
         return tuple(samples)
@@ -634,6 +694,8 @@ class _Trainer:
         accumulation = config.gradient_accumulation_steps
         self.tracker.start_loop(start.step, self.total_steps, self.total_epochs)
         epoch = start.epoch
+        if self.validation is not None:
+            self.validate(start.step, start.epoch)
         while epoch < self.total_epochs and self.position.step < self.total_steps:
             batches = self.dataset.epoch_batches(epoch, config.train_batch_size, config.seed)
             done = self.position.batches_done if epoch == start.epoch else 0
@@ -647,16 +709,29 @@ class _Trainer:
                 step = self.position.step + 1
                 self.position = _Position(step, epoch, done)
                 self.tracker.record_loss(loss)
-                if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
-                    self.tracker.samples = self.sample_images(step)
+                self._sample_and_validate(step)
                 self.tracker.report(step, epoch + 1, self.lr())
+                if config.validation_every_n_steps and step % config.validation_every_n_steps == 0:
+                    self.validate(step, epoch + 1)
             if done >= len(batches):
                 epoch += 1
                 self.position = _Position(self.position.step, epoch, 0)
                 finished = epoch >= self.total_epochs or self.position.step >= self.total_steps
                 if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not finished:
                     self.save(epoch, final=False)
+        if self.validation is not None and self.validation_losses[-1][0] != self.position.step:
+            self.validate(self.position.step, self.position.epoch)
         return True
+
+    def _sample_and_validate(self, step: int) -> None:
+        """Sample-prompt images and validation images when their intervals come round; the gallery shows the
+        latest of both."""
+        config = self.config
+        if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
+            self._prompt_samples = self.sample_images(step)
+        if config.validation_images_every_n_steps and step % config.validation_images_every_n_steps == 0:
+            self._validation_samples = self.validation_images(step)
+        self.tracker.samples = self._prompt_samples + self._validation_samples
 
 
 def run_training(config: TrainingConfig, base: CheckpointWeights, paths: TrainingPaths, device: torch.device, *,
@@ -671,7 +746,7 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
     stop = should_stop or (lambda: False)
     warnings: list[str] = []
     tracker = _ProgressTracker(on_progress)
-    dataset = scan_dataset(config)
+    dataset, validation = training_sets(config)
     summary = dataset.summary()
     warnings += [f"skipped {s.name}: {s.reason}" for s in summary.skipped] + summary.notes
     tracker.report(0, 0, message="dataset: " + summary.describe())
@@ -692,6 +767,7 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
             epochs_done=trainer.position.epoch if trainer else 0,
             final_loss=tracker.last_loss, warnings=warnings, state_dir=trainer.state_dir if trainer else None,
             summary=summary, usage=method.usage_hint(),
+            validation_losses=list(trainer.validation_losses) if trainer else [],
         )
 
     class_dataset = None
@@ -705,8 +781,12 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
         torch.manual_seed(config.seed)  # PEFT initialises new adapters (on the CPU) from torch's global generator
         method.prepare()
 
-    trainer = _Trainer(config, models, method, dataset, class_dataset, paths, tracker, stop, warnings)
+    if validation is not None:
+        tracker.report(0, 0, message=f"validation: {len(validation)} held-out image(s)")
+    trainer = _Trainer(config, models, method, dataset, class_dataset, paths, tracker, stop, warnings, validation)
     if config.cache_latents and not trainer.cache_latents():
+        return cancelled_result(trainer)
+    if not trainer.cache_validation_latents():
         return cancelled_result(trainer)
     start = _Position()
     if config.resume_from:
@@ -727,4 +807,5 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
         files=list(trainer.files), cancelled=False, steps_done=trainer.position.step,
         epochs_done=epochs_run, final_loss=tracker.last_loss, warnings=warnings,
         state_dir=trainer.state_dir, summary=summary, usage=method.usage_hint(),
+        validation_losses=list(trainer.validation_losses),
     )

@@ -58,6 +58,16 @@ class NoisePrediction:
         device = latents.device
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator).to(device)
+        return self._at_timesteps(latents, noise, timesteps)
+
+    def at_levels(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedBatch:
+        """Noised at fixed levels in (0, 1) of the schedule, unweighted (validation)."""
+        last = self.scheduler.config.num_train_timesteps - 1
+        timesteps = (levels * last).round().long().to(latents.device)
+        batch = self._at_timesteps(latents, noise, timesteps)
+        return NoisedBatch(batch.noisy, batch.timesteps, batch.target)
+
+    def _at_timesteps(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> NoisedBatch:
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         target = prediction_target(self.scheduler, latents, noise, timesteps)
         weights = None
@@ -117,10 +127,19 @@ class FlowMatching:
         else:
             u = torch.sigmoid(self.config.flow_logit_mean
                               + self.config.flow_logit_std * torch.randn(count, generator=generator))
+        return self._shifted(u)
+
+    def _shifted(self, u: torch.Tensor) -> torch.Tensor:
         return self.shift * u / (1.0 + (self.shift - 1.0) * u)
 
     def noised(self, latents: torch.Tensor, noise: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
-        sigmas = self.draw_sigmas(latents.shape[0], generator).to(latents.device)
+        return self._at_sigmas(latents, noise, self.draw_sigmas(latents.shape[0], generator).to(latents.device))
+
+    def at_levels(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedBatch:
+        """Noised at fixed levels u in (0, 1), moved by the scheduler's shift as training draws are (validation)."""
+        return self._at_sigmas(latents, noise, self._shifted(levels.to(latents.device)))
+
+    def _at_sigmas(self, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> NoisedBatch:
         broadcast = sigmas.reshape(-1, *([1] * (latents.ndim - 1)))
         noisy = (1.0 - broadcast) * latents + broadcast * noise
         return NoisedBatch(noisy, sigmas * self.num_train_timesteps, noise - latents)

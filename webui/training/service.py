@@ -48,16 +48,18 @@ from webui.training.config import (
     check_caption_extension,
     list_presets,
 )
-from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar, scan_dataset
+from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar
 from webui.training.hub_upload import check_upload_allowed, upload_to_hub
 from webui.training.loop import TrainingPaths, TrainingResult, run_training
 from webui.training.model_card import write_model_card
 from webui.training.monitor import TrainingBusyError, TrainingMonitor
+from webui.training.validation import training_sets
 
 TRAIN_JOB_KIND = "train"  # the kind `TrainingService.submit` queues its job under
 MAX_LOG_MESSAGES = 200
 # Fields that describe one job rather than a way of training: kept out of presets and model cards.
-JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint")
+JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint",
+              "masks_dir", "validation_dir")
 _EPOCH_NAME = re.compile(r"^(?P<base>.+)-(?P<epoch>\d{6})$")  # kohya's `name-000002` per-epoch files
 
 
@@ -125,7 +127,7 @@ class TrainingService:
         config = config.replace(base_checkpoint=record.title).validate()
         if record.architecture is not None:
             config.check_family(family_named(record.architecture.family))
-        scan_dataset(config)  # raises DatasetError with the reason before anything is queued
+        training_sets(config)  # raises DatasetError with the reason (also a validation overlap) before anything is queued
         return config
 
     def work_paths(self, user: User | None) -> TrainingPaths:
@@ -137,7 +139,8 @@ class TrainingService:
                         summary=lambda job: f"train {job.config.method} {job.config.output_name!r}",
                         cost=lambda job: float(job.config.max_train_steps or 1),
                         result_record=lambda result: {"files": [str(path) for path in result.files],
-                                                      "cancelled": bool(result.cancelled)})]
+                                                      "cancelled": bool(result.cancelled),
+                                                      "validation_losses": _loss_points(result.validation_losses)})]
 
     def _run(self, worker: Worker, job: TrainingJob, control: JobControl) -> TrainingResult:
         config = job.config
@@ -305,7 +308,7 @@ def confine_config(service: TrainingService, config: TrainingConfig, user: User 
     """
     check_caption_extension(config.caption_extension)
     changes = {}
-    for name in ("dataset_dir", "masks_dir"):
+    for name in ("dataset_dir", "masks_dir", "validation_dir"):
         if getattr(config, name).strip():
             changes[name] = str(dataset_folder(service, getattr(config, name), user))
     if config.resume_from.strip():
@@ -541,9 +544,15 @@ def training_status(service: TrainingService, viewer: User | None = None) -> dic
         "files": files,
         "usage": result.usage if result is not None else "",
         "warnings": list(result.warnings) if result is not None else [],
+        "validation_losses": _loss_points(monitor.validation_losses()),
         "error": monitor.error,
         "owner": monitor.owner,
     }
+
+
+def _loss_points(points: list[tuple[int, float]]) -> list[list[float]]:
+    """(step, loss) pairs as JSON lists, leaving out a non-finite loss."""
+    return [[step, float(loss)] for step, loss in points if math.isfinite(loss)]
 
 
 def _finite(value: float | None) -> float | None:

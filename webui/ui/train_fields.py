@@ -139,6 +139,14 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("resume_from", "Resume from state folder", "text",
               info="the name of one of your saved states (e.g. my_lora-state); listed here when the page loads"),
     ),
+    "Validation": (
+        _spec("validation_dir", "Validation folder", "text",
+              info="held-out images with captions, a folder in datasets/ (none of them a training image)"),
+        _spec("validation_split", "Or hold out this share of the dataset", "float", info="0 to 0.5; 0 = none"),
+        _spec("validation_every_n_steps", "Validation loss every N steps", "int",
+              info="also measured before the first and after the last step"),
+        _spec("validation_images_every_n_steps", "Validation images every N steps (0 = never)", "int"),
+    ),
     "Prior preservation (DreamBooth)": (
         _spec("with_prior_preservation", "Use prior preservation (class images)", "bool",
               info="DreamBooth-LoRA always uses it"),
@@ -162,6 +170,7 @@ GROUP_IDS: dict[str, str] = {
     "Precision and loss": "train_group_precision",
     "EMA": "train_group_ema",
     "Saving, samples and resume": "train_group_saving",
+    "Validation": "train_group_validation",
     "Prior preservation (DreamBooth)": "train_group_prior",
     "Textual inversion / pivotal": "train_group_embedding",
 }
@@ -170,6 +179,14 @@ JOB_WIDGET_FIELDS = ("method", "output_name", "base_checkpoint", "dataset_dir")
 # Accordions that only some methods use; hidden for the others so the form shows what matters.
 GROUP_METHODS: dict[str, tuple[str, ...]] = {
     "Network (LoRA)": ("lora", "dreambooth_lora", "pivotal"),
+    "Validation": (
+        _spec("validation_dir", "Validation folder", "text",
+              info="held-out images with captions, a folder in datasets/ (none of them a training image)"),
+        _spec("validation_split", "Or hold out this share of the dataset", "float", info="0 to 0.5; 0 = none"),
+        _spec("validation_every_n_steps", "Validation loss every N steps", "int",
+              info="also measured before the first and after the last step"),
+        _spec("validation_images_every_n_steps", "Validation images every N steps (0 = never)", "int"),
+    ),
     "Prior preservation (DreamBooth)": ("lora", "dreambooth", "dreambooth_lora", "pivotal"),
     "Textual inversion / pivotal": ("textual_inversion", "pivotal"),
 }
