@@ -177,3 +177,23 @@ def test_validation_loss_is_recorded_and_falls(base, tmp_path):
     validation_images = sorted((paths.samples_dir / "hexlora").glob("*-validation-*.png"))
     assert [path.name for path in validation_images] == ["000006-validation-0.png"]
     assert reports[-1].samples and reports[-1].samples[0][0].startswith("validation: hxgn")
+
+
+def test_a_unet_block_weighted_0_does_not_move(base, tmp_path):
+    hexagons(tmp_path / "data", 2)
+    config = tiny_config(tmp_path / "data", down_lr_weight=0.0, up_lr_weight=0.5, unet_lr=1e-2, max_train_steps=2)
+    result = run_training(config, base, make_paths(tmp_path), CPU)
+    ups = up_matrices(result.files[-1])
+    by_block = {block: [tensor for key, tensor in ups.items() if f"_{block}_" in key] for block in
+                ("down_blocks", "mid_block", "up_blocks")}
+    assert all(by_block.values())
+    assert all(tensor.abs().max() == 0 for tensor in by_block["down_blocks"])  # LoRA up matrices start at zero
+    assert all(tensor.abs().max() > 0 for tensor in by_block["mid_block"] + by_block["up_blocks"])
+    assert '"down_lr_weight": "0.0"' in read_lora_metadata(result.files[-1])["ss_network_args"]
+
+
+def read_lora_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return handle.metadata()

@@ -13,7 +13,9 @@ from sdstudio_eval.toy_world import held_out_concept_images
 from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.dataset import DatasetError, DatasetItem, TrainingDataset, scan_dataset
 from webui.training.ema import WeightAverage
+from webui.models.families import family_named
 from webui.training.objectives import per_sample_loss
+from webui.training.optim import block_weighted_groups
 from webui.training.validation import training_sets
 
 TAGS = ("hxgn", "red", "blue", "large", "small", "left", "right", "top", "bottom", "shape")
@@ -231,3 +233,31 @@ def test_validation_settings_that_cannot_work_are_refused_by_name(changes, field
     with pytest.raises(TrainingConfigError) as error:
         config.validate()
     assert error.value.field == field
+
+
+# ---- block-wise learning rates ----
+
+def test_block_weights_scale_each_blocks_lr_and_a_weight_of_0_freezes_the_block():
+    names = ["conv_in.weight", "down_blocks.0.attn.lora_A.weight", "down_blocks.1.attn.lora_A.weight",
+             "mid_block.attn.lora_A.weight", "up_blocks.2.attn.lora_A.weight"]
+    parameters = {name: torch.nn.Parameter(torch.zeros(2)) for name in names}
+    groups = block_weighted_groups(parameters, 1e-3, {"down": 0.0, "mid": 2.0, "up": 0.5})
+    lrs = {id(p): group["lr"] for group in groups for p in group["params"]}
+    assert lrs == {id(parameters["conv_in.weight"]): 1e-3, id(parameters["mid_block.attn.lora_A.weight"]): 2e-3,
+                   id(parameters["up_blocks.2.attn.lora_A.weight"]): 5e-4}
+    assert not parameters["down_blocks.0.attn.lora_A.weight"].requires_grad
+    assert not parameters["down_blocks.1.attn.lora_A.weight"].requires_grad
+    assert parameters["mid_block.attn.lora_A.weight"].requires_grad
+    plain = block_weighted_groups(parameters, 1e-3, {"down": 1.0, "mid": 1.0, "up": 1.0})
+    assert len(plain) == 1 and len(plain[0]["params"]) == 5  # no weights: one group, as before
+
+
+def test_block_weights_are_refused_where_no_unet_blocks_train():
+    config = TrainingConfig(output_name="x", base_checkpoint="toy", dataset_dir="d", mid_lr_weight=0.5)
+    config.validate().check_family(family_named("sd1"))
+    with pytest.raises(TrainingConfigError, match="mid_lr_weight: .*transformer, not a UNet"):
+        config.check_family(family_named("sd3"))
+    with pytest.raises(TrainingConfigError, match="mid_lr_weight: textual inversion trains no UNet"):
+        config.replace(method="textual_inversion", trigger_word="hxgn", class_word="shape").validate()
+    with pytest.raises(TrainingConfigError, match="down_lr_weight: .*nothing in the UNet trains"):
+        config.replace(down_lr_weight=0.0, mid_lr_weight=0.0, up_lr_weight=0.0).validate()

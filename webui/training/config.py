@@ -32,6 +32,7 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # How flow-matching models (SD3) draw the noise level of each sample: SD3's logit-normal (most steps at middle
 # noise levels, the paper's best), or uniform over (0, 1). Noise-prediction models ignore it.
 FLOW_TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
+BLOCK_LR_FIELDS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 # Where the EMA weights go: `<name>_ema.safetensors` beside the raw weights, or in place of them.
 EMA_OUTPUTS = ("beside", "instead")
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -98,6 +99,11 @@ class TrainingConfig:
     # --- optimisation ---
     unet_lr: float = 1e-4
     text_encoder_lr: float = 5e-5
+    # kohya's block learning-rate weights: the UNet's down, mid and up blocks train at unet_lr times these
+    # (0 freezes a block). One weight per part, not kohya's per-block lists.
+    down_lr_weight: float = 1.0
+    mid_lr_weight: float = 1.0
+    up_lr_weight: float = 1.0
     embedding_lr: float = 5e-4
     lr_scheduler: str = "constant"
     lr_cycles: int = 1
@@ -152,6 +158,18 @@ class TrainingConfig:
     @property
     def uses_lora(self) -> bool:
         return self.method in LORA_METHODS
+
+    @property
+    def uses_block_lr_weights(self) -> bool:
+        return any(getattr(self, name) != 1.0 for name in BLOCK_LR_FIELDS)
+
+    def _first_block_weight(self) -> str:
+        return next(name for name in BLOCK_LR_FIELDS if getattr(self, name) != 1.0)
+
+    @property
+    def block_lr_weights(self) -> dict[str, float]:
+        """{"down": ..., "mid": ..., "up": ...} for the optimizer's parameter groups."""
+        return {name.split("_")[0]: getattr(self, name) for name in BLOCK_LR_FIELDS}
 
     @property
     def uses_validation(self) -> bool:
@@ -259,6 +277,9 @@ class TrainingConfig:
         if self.enable_bucketing:
             sizes += [("bucket_step", self.bucket_step), ("min_bucket_resolution", self.min_bucket_resolution),
                       ("max_bucket_resolution", self.max_bucket_resolution)]
+        if self.uses_block_lr_weights and family.denoiser != "unet":
+            raise TrainingConfigError(self._first_block_weight(), f"{family.label} models have a {family.denoiser}, "
+                                      "not a UNet with down/mid/up blocks; leave the block weights at 1")
         for name, value in sizes:
             if value % family.training_size_multiple:
                 raise TrainingConfigError(name, f"must be a multiple of {family.training_size_multiple} for "
@@ -303,6 +324,13 @@ class TrainingConfig:
 
         if self.method != "textual_inversion":
             _float_range("unet_lr", self.unet_lr, 0.0, 10.0, low_open=True)
+        for name in BLOCK_LR_FIELDS:
+            _float_range(name, getattr(self, name), 0.0, 10.0)
+        if self.uses_block_lr_weights and self.method == "textual_inversion":
+            raise TrainingConfigError(self._first_block_weight(), "textual inversion trains no UNet weights; "
+                                                                  "leave the block weights at 1")
+        if self.uses_block_lr_weights and not any(getattr(self, name) for name in BLOCK_LR_FIELDS):
+            raise TrainingConfigError("down_lr_weight", "with every block weight at 0 nothing in the UNet trains")
         if self.train_text_encoder:
             _float_range("text_encoder_lr", self.text_encoder_lr, 0.0, 10.0, low_open=True)
         if self.uses_embedding:

@@ -454,6 +454,8 @@ class _Trainer:
         for group in groups:
             group.setdefault("weight_decay", config.weight_decay)
         self.trained_parameters = [parameter for group in groups for parameter in group["params"]]
+        if not self.trained_parameters:
+            raise TrainingConfigError("down_lr_weight", "nothing would train: every trained part is frozen")
         self.optimizer = build_optimizer(config.optimizer, groups, weight_decay=config.weight_decay)
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, self.optimizer, total_steps=self.total_steps,
                                                warmup_steps=config.lr_warmup_steps, cycles=config.lr_cycles,
@@ -597,7 +599,9 @@ class _Trainer:
 
     # ---- the loop ----
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The schedule's current lr (a block-weighted group's lr divided by its weight)."""
+        group = self.optimizer.param_groups[0]
+        return float(group["lr"]) / float(group.get("lr_weight", 1.0))
 
     def optimizer_step(self, batches: list[list[BatchSample]], first_micro_index: int) -> float | None:
         """Accumulate gradients over `batches`, then one optimizer step; None when cancelled mid-way."""

@@ -94,6 +94,9 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "Learning rate and optimizer": (
         _spec("unet_lr", "UNet learning rate", "float"),
         _spec("text_encoder_lr", "Text encoder learning rate", "float"),
+        _spec("down_lr_weight", "UNet down blocks lr weight", "float", info="x UNet lr; 0 freezes them"),
+        _spec("mid_lr_weight", "UNet mid block lr weight", "float", info="x UNet lr; 0 freezes it"),
+        _spec("up_lr_weight", "UNet up blocks lr weight", "float", info="x UNet lr; 0 freezes them"),
         _spec("train_text_encoder", "Train the text encoder", "bool"),
         _spec("embedding_lr", "Embedding learning rate", "float"),
         _spec("lr_scheduler", "LR scheduler", "choice", LR_SCHEDULERS),

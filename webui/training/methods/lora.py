@@ -10,6 +10,7 @@ diffusers', so the file reproduces exactly what was trained.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,8 +102,11 @@ class LoraAdapters:
                     self.components[name] = encoder
 
     def parameter_groups(self) -> list[dict[str, Any]]:
+        from webui.training.optim import block_weighted_groups
+
         denoiser = self.models.model_family.denoiser
-        groups = [{"params": list(lora_parameters(self.components[denoiser]).values()), "lr": self.config.unet_lr}]
+        groups = block_weighted_groups(lora_parameters(self.components[denoiser]), self.config.unet_lr,
+                                       self.config.block_lr_weights)
         text_parameters = [p for name, module in self.components.items() if name != denoiser
                            for p in lora_parameters(module).values()]
         if text_parameters:
@@ -155,9 +159,19 @@ def training_metadata(config: TrainingConfig) -> dict[str, str]:
         "ss_caption_dropout_rate": str(config.caption_dropout_rate),
         "ss_caption_tag_dropout_rate": str(config.caption_tag_dropout_rate),
         "ss_prior_loss_weight": str(config.prior_loss_weight if config.uses_prior_preservation else 0),
-        "ss_network_args": "{" + (f'"conv_dim": "{config.conv_rank}", "conv_alpha": "{config.conv_alpha}"'
-                                  if config.conv_rank else "") + "}",
+        "ss_network_args": json.dumps(network_args(config)),
     }
+
+
+def network_args(config: TrainingConfig) -> dict[str, str]:
+    """kohya's network_args as it records them (string values): LoCon's conv settings, block lr weights."""
+    args = {}
+    if config.conv_rank:
+        args.update(conv_dim=str(config.conv_rank), conv_alpha=str(config.conv_alpha))
+    if config.uses_block_lr_weights:
+        args.update(down_lr_weight=str(config.down_lr_weight), mid_lr_weight=str(config.mid_lr_weight),
+                    up_lr_weight=str(config.up_lr_weight))
+    return args
 
 
 class LoraMethod(TrainingMethod):
