@@ -18,7 +18,7 @@ from webui.models.hashing import HashCache
 from webui.models.lora import read_lora
 from webui.models.patches import WeightPatcher, weight_patches
 from webui.training.config import TrainingConfig
-from webui.training.dataset import image_to_tensor, unet_latents
+from webui.training.dataset import image_to_tensor, scan_dataset, unet_latents
 from webui.training.loop import TrainingPaths, encode_captions, run_training
 from webui.training.methods import TrainerModels
 
@@ -197,3 +197,27 @@ def read_lora_metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), "pt") as handle:
         return handle.metadata()
+
+
+def test_cached_text_encoder_runs_once_per_distinct_caption(base, tmp_path):
+    paths = hexagons(tmp_path / "data", 3)
+    for path, caption in zip(paths, ("hxgn, red, large", "hxgn, blue, small", "hxgn, red, large")):
+        path.with_suffix(".txt").write_text(caption)
+    config = tiny_config(tmp_path / "data", cache_text_encoder_outputs=True, shuffle_captions=True, keep_tokens=1,
+                         train_batch_size=3, max_train_steps=0, max_train_epochs=4)
+    dataset = scan_dataset(config)
+    seen = [sample.caption for epoch in range(4) for batch in dataset.epoch_batches(epoch, 3, config.seed)
+            for sample in batch]
+    encoded_rows = []
+
+    def count_rows(module, inputs, output):
+        if type(module).__name__ == "CLIPTextModel":
+            encoded_rows.append(inputs[0].shape[0])
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count_rows)
+    try:
+        result = run_training(config, base, make_paths(tmp_path), CPU)
+    finally:
+        handle.remove()
+    assert result.steps_done == 4 and len(seen) == 12
+    assert sum(encoded_rows) == len(set(seen)) < len(seen)

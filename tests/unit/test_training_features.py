@@ -261,3 +261,13 @@ def test_block_weights_are_refused_where_no_unet_blocks_train():
         config.replace(method="textual_inversion", trigger_word="hxgn", class_word="shape").validate()
     with pytest.raises(TrainingConfigError, match="down_lr_weight: .*nothing in the UNet trains"):
         config.replace(down_lr_weight=0.0, mid_lr_weight=0.0, up_lr_weight=0.0).validate()
+
+
+def test_text_encoder_caching_is_refused_while_the_text_side_trains():
+    config = TrainingConfig(output_name="x", base_checkpoint="toy", dataset_dir="d", cache_text_encoder_outputs=True,
+                            trigger_word="hxgn", class_word="shape")
+    config.validate()
+    with pytest.raises(TrainingConfigError, match="cache_text_encoder_outputs: needs a frozen text encoder"):
+        config.replace(train_text_encoder=True).validate()
+    with pytest.raises(TrainingConfigError, match="cache_text_encoder_outputs: pivotal trains the new token"):
+        config.replace(method="pivotal").validate()

@@ -89,6 +89,8 @@ class TrainingConfig:
     # `<image>_mask.png` beside it, else `masks_dir/<image>.png`, else the image's alpha channel.
     masked_loss: bool = False
     masks_dir: str = ""
+    # Encode each distinct caption once and reuse it (only while the text encoder is frozen).
+    cache_text_encoder_outputs: bool = False
     # --- network ---
     rank: int = 16
     alpha: float = 16.0
@@ -355,6 +357,12 @@ class TrainingConfig:
         _int_range("clip_skip", self.clip_skip, 1, 12)
         _float_range("min_snr_gamma", self.min_snr_gamma, 0.0, 100.0)
         _float_range("noise_offset", self.noise_offset, 0.0, 1.0)
+        if self.cache_text_encoder_outputs and self.train_text_encoder:
+            raise TrainingConfigError("cache_text_encoder_outputs", "needs a frozen text encoder; turn off "
+                                                                    "train_text_encoder or the cache")
+        if self.cache_text_encoder_outputs and self.uses_embedding:
+            raise TrainingConfigError("cache_text_encoder_outputs", f"{self.method} trains the new token's "
+                                                                    "embedding, so the text encoder's output changes")
         _one_of("flow_timestep_sampling", self.flow_timestep_sampling, FLOW_TIMESTEP_SAMPLINGS)
         _float_range("flow_logit_mean", self.flow_logit_mean, -10.0, 10.0)
         _float_range("flow_logit_std", self.flow_logit_std, 0.0, 10.0, low_open=True)

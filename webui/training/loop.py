@@ -436,6 +436,7 @@ class _Trainer:
         self.state_dir: Path | None = None
         self.position = _Position()
         self._masks: dict[tuple[int, int, bool, tuple[int, ...]], torch.Tensor] = {}
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._set_up_modules()
 
     # ---- set-up ----
@@ -528,11 +529,27 @@ class _Trainer:
         return torch.autocast(device_type=self.models.device.type, dtype=self.autocast_dtype)
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The text conditioning of training captions (with gradients only when the text side trains)."""
+        """The text conditioning of training captions (with gradients only when the text side trains).
+
+        With `cache_text_encoder_outputs` (a frozen text encoder, checked by the config) each distinct caption
+        is encoded once per run and its output reused. The cache is keyed by the caption's text, so a caption
+        that changes (edited between runs, shuffled or dropped out per sample) is encoded anew, never mixed up.
+        """
         prompts = [self.method.expand_prompt(caption) for caption in captions]
-        text_grad = self.method.text_encoder_trains() and torch.is_grad_enabled()
-        with self._autocast(), (nullcontext() if text_grad else torch.no_grad()):
-            return encode_captions(self.models, prompts, self.config.clip_skip)
+        if not self.config.cache_text_encoder_outputs:
+            text_grad = self.method.text_encoder_trains() and torch.is_grad_enabled()
+            with self._autocast(), (nullcontext() if text_grad else torch.no_grad()):
+                return encode_captions(self.models, prompts, self.config.clip_skip)
+        missing = list(dict.fromkeys(prompt for prompt in prompts if prompt not in self._text_cache))
+        if missing:
+            with self._autocast(), torch.no_grad():
+                hidden, pooled = encode_captions(self.models, missing, self.config.clip_skip)
+            for row, prompt in enumerate(missing):
+                self._text_cache[prompt] = (hidden[row].detach(), None if pooled is None else pooled[row].detach())
+        rows = [self._text_cache[prompt] for prompt in prompts]
+        pooled_rows = [row[1] for row in rows]
+        return (torch.stack([row[0] for row in rows]),
+                None if pooled_rows[0] is None else torch.stack(pooled_rows))
 
     def batch_loss(self, dataset: TrainingDataset, cache: LatentCache | None, samples: list[BatchSample]) -> torch.Tensor:
         config, models, device = self.config, self.models, self.models.device

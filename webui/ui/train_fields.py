@@ -74,6 +74,8 @@ DATASET_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "augment": (
         _spec("flip_augment", "Random horizontal flip", "bool"),
         _spec("cache_latents", "Cache latents", "bool"),
+        _spec("cache_text_encoder_outputs", "Cache text encoder outputs", "bool",
+              info="encode each caption once (needs a frozen text encoder; not for TI or pivotal)"),
     ),
     "masks": (
         _spec("masked_loss", "Masked loss", "bool",
