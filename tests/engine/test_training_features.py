@@ -16,11 +16,14 @@ from webui.models.checkpoint_loading import build_pipeline, read_checkpoint_weig
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.models.hashing import HashCache
 from webui.models.lora import read_lora
-from webui.models.patches import WeightPatcher, weight_patches
-from webui.training.config import TrainingConfig
+from webui.models.families import family_named
+from webui.models.patches import WeightPatch, WeightPatcher, weight_patches
+from webui.training.config import ATTENTION_TARGETS, TrainingConfig, TrainingConfigError
 from webui.training.dataset import image_to_tensor, scan_dataset, unet_latents
 from webui.training.loop import TrainingPaths, encode_captions, run_training
+from webui.training.export_lycoris import save_lycoris_lora
 from webui.training.methods import TrainerModels
+from webui.training.methods.lora import exported_layers, inject_lora, lora_parameters, unet_conv_names
 
 CPU = torch.device("cpu")
 SIZE = 64
@@ -221,3 +224,41 @@ def test_cached_text_encoder_runs_once_per_distinct_caption(base, tmp_path):
         handle.remove()
     assert result.steps_done == 4 and len(seen) == 12
     assert sum(encoded_rows) == len(set(seen)) < len(seen)
+
+
+@pytest.mark.parametrize("network_type", ["loha", "lokr"])
+def test_a_lycoris_file_reproduces_exactly_what_peft_trained(base, models, tmp_path, network_type):
+    """Factors set at random in PEFT's LoHa / LoKr layers (attention and 3x3 convs), written as a LyCORIS file
+    and read back by the app's LoRA reader, give every layer PEFT's own weight update."""
+    unet = build_pipeline(base, CPU, torch.float32).unet
+    targets = family_named("sd1").lora_training_targets(unet, ATTENTION_TARGETS)
+    convs = unet_conv_names(unet)[:3]
+    inject_lora(unet, targets, 4, 2.0, convs, 2, 1.0, network_type=network_type)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in lora_parameters(unet).values():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    expected = {name: module.get_delta_weight("default") for name, module in unet.named_modules()
+                if hasattr(module, "get_delta_weight") and "default" in getattr(module, "r", {})}
+    path = save_lycoris_lora(tmp_path / f"{network_type}.safetensors", exported_layers("unet", unet), {}, "sd1",
+                             dtype=torch.float32)
+    lora = read_lora(path, {"unet": models.unet, "text_encoder": models.pipeline.text_encoder}, "sd1")
+    assert lora.unmatched_keys == [] and lora.notes == []
+    assert {patch.target for patch in lora.patches} == {f"unet.{name}" for name in expected}
+    assert len(expected) == len(targets) + 3
+    for patch in lora.patches:
+        want = expected[patch.target.removeprefix("unet.")]
+        got = WeightPatch(patch.target, "weight", patch, 1.0, "test").delta(want.shape, CPU)
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), patch.target
+
+
+def test_loha_trains_and_is_refused_for_a_family_saved_with_diffusers_keys(base, models, tmp_path):
+    hexagons(tmp_path / "data", 2)
+    result = run_training(tiny_config(tmp_path / "data", network_type="loha", unet_lr=1e-2), base,
+                          make_paths(tmp_path), CPU)
+    lora = read_lora(result.files[-1], {"unet": models.unet, "text_encoder": models.pipeline.text_encoder}, "sd1")
+    assert lora.unmatched_keys == [] and {patch.kind for patch in lora.patches} == {"loha"}
+    assert any(float(patch.tensors["hada_w2_b"].abs().max()) > 0 for patch in lora.patches)  # it trained
+    assert '"algo": "loha"' in read_lora_metadata(result.files[-1])["ss_network_args"]
+    with pytest.raises(TrainingConfigError, match="network_type: SD3.* have no lokr; .*LoHa and LoKr train for .*SD1"):
+        tiny_config(tmp_path / "data", network_type="lokr").check_family(family_named("sd3"))

@@ -32,6 +32,9 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # How flow-matching models (SD3) draw the noise level of each sample: SD3's logit-normal (most steps at middle
 # noise levels, the paper's best), or uniform over (0, 1). Noise-prediction models ignore it.
 FLOW_TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
+# The adapter trained by the LoRA methods: plain LoRA (LoCon with conv_rank), or LyCORIS's LoHa / LoKr
+# through PEFT. (DoRA is not offered: this app's LoRA reader cannot apply DoRA files yet.)
+NETWORK_TYPES = ("lora", "loha", "lokr")
 BLOCK_LR_FIELDS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 # Where the EMA weights go: `<name>_ema.safetensors` beside the raw weights, or in place of them.
 EMA_OUTPUTS = ("beside", "instead")
@@ -92,6 +95,7 @@ class TrainingConfig:
     # Encode each distinct caption once and reuse it (only while the text encoder is frozen).
     cache_text_encoder_outputs: bool = False
     # --- network ---
+    network_type: str = "lora"
     rank: int = 16
     alpha: float = 16.0
     train_text_encoder: bool = False
@@ -279,6 +283,13 @@ class TrainingConfig:
         if self.enable_bucketing:
             sizes += [("bucket_step", self.bucket_step), ("min_bucket_resolution", self.min_bucket_resolution),
                       ("max_bucket_resolution", self.max_bucket_resolution)]
+        if self.network_type != "lora" and family.trained_lora_layout != "kohya":
+            from webui.models.families import FAMILIES
+
+            able = [f.label for f in FAMILIES if f.trained_lora_layout == "kohya" and "lora" in f.training_methods]
+            raise TrainingConfigError("network_type", f"{family.label} LoRAs are saved with diffusers' keys, which "
+                                      f"have no {self.network_type}; {family.label} trains: lora. LoHa and LoKr "
+                                      f"train for {', '.join(able)}")
         if self.uses_block_lr_weights and family.denoiser != "unet":
             raise TrainingConfigError(self._first_block_weight(), f"{family.label} models have a {family.denoiser}, "
                                       "not a UNet with down/mid/up blocks; leave the block weights at 1")
@@ -310,7 +321,10 @@ class TrainingConfig:
 
     def _validate_network(self) -> None:
         if not self.uses_lora:
+            if self.network_type != "lora":
+                raise TrainingConfigError("network_type", f"{self.method} trains no LoRA; leave it at lora")
             return
+        _one_of("network_type", self.network_type, NETWORK_TYPES)
         _int_range("rank", self.rank, 1, 1024)
         _float_range("alpha", self.alpha, 0.0, 4096.0, low_open=True)
         _int_range("conv_rank", self.conv_rank, 0, 1024)

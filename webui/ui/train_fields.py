@@ -19,6 +19,7 @@ from webui.training.config import (
     FLOW_TIMESTEP_SAMPLINGS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
+    NETWORK_TYPES,
     OPTIMIZERS,
     UNET_TARGET_CHOICES,
     TrainingConfig,
@@ -87,6 +88,8 @@ DATASET_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
 
 HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "Network (LoRA)": (
+        _spec("network_type", "Network type", "choice", NETWORK_TYPES,
+              info="lora (LoCon with a conv rank), or LyCORIS loha / lokr (SD1, SD2, SDXL)"),
         _spec("rank", "Network rank (dim)", "int"),
         _spec("alpha", "Network alpha", "float"),
         _spec("conv_rank", "Conv rank (LoCon, 0 = off)", "int"),
