@@ -119,15 +119,15 @@ def test_the_masked_half_of_the_pictures_learns_less(base, models, tmp_path):
     mask.paste(255, (0, 0, SIZE // 2, SIZE))  # learn the left half only
     for path in paths:
         mask.save(path.with_name(f"{path.stem}_mask.png"))
-    config = tiny_config(tmp_path / "data", masked_loss=True, max_train_steps=12, unet_lr=3e-3)
+    config = tiny_config(tmp_path / "data", masked_loss=True, max_train_steps=8, unet_lr=4e-3)
     result = run_training(config, base, make_paths(tmp_path), CPU)
     assert result.summary.image_count == 4  # the masks are not training images
 
     caption = "hxgn, a shape"
     left_before, right_before = half_errors(models, paths, caption)
     left_after, right_after = with_lora(models, result.files[-1], lambda: half_errors(models, paths, caption))
-    # Measured: left 0.744 -> 0.366, right 0.989 -> 0.972; the same run without the masks lowers the right
-    # half's error as much as the left's (0.989 -> 0.512, left 0.744 -> 0.446).
+    # Measured: left 0.744 -> 0.391, right 0.989 -> 1.023. Trained on the same pictures without masks (12 steps
+    # at lr 3e-3) the right half learns as much as the left: right 0.989 -> 0.512, left 0.744 -> 0.446.
     assert left_before - left_after > 0.2
     assert right_before - right_after < 0.2 * (left_before - left_after)
 
