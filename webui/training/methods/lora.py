@@ -183,6 +183,7 @@ def training_metadata(config: TrainingConfig) -> dict[str, str]:
         "ss_keep_tokens": str(config.keep_tokens),
         "ss_caption_dropout_rate": str(config.caption_dropout_rate),
         "ss_caption_tag_dropout_rate": str(config.caption_tag_dropout_rate),
+        "ss_masked_loss": str(config.masked_loss),
         "ss_prior_loss_weight": str(config.prior_loss_weight if config.uses_prior_preservation else 0),
         "ss_network_args": json.dumps(network_args(config)),
         **({"ss_network_module": "lycoris.kohya"} if config.network_type != "lora" else {}),
