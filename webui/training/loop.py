@@ -545,7 +545,8 @@ class _Trainer:
             with self._autocast(), torch.no_grad():
                 hidden, pooled = encode_captions(self.models, missing, self.config.clip_skip)
             for row, prompt in enumerate(missing):
-                self._text_cache[prompt] = (hidden[row].detach(), None if pooled is None else pooled[row].detach())
+                self._text_cache[prompt] = (hidden[row].detach().clone(),
+                                             None if pooled is None else pooled[row].detach().clone())
         rows = [self._text_cache[prompt] for prompt in prompts]
         pooled_rows = [row[1] for row in rows]
         return (torch.stack([row[0] for row in rows]),
@@ -730,7 +731,7 @@ class _Trainer:
                 step = self.position.step + 1
                 self.position = _Position(step, epoch, done)
                 self.tracker.record_loss(loss)
-                self._sample_and_validate(step)
+                self._generate_due_images(step)
                 self.tracker.report(step, epoch + 1, self.lr())
                 if config.validation_every_n_steps and step % config.validation_every_n_steps == 0:
                     self.validate(step, epoch + 1)
@@ -744,7 +745,7 @@ class _Trainer:
             self.validate(self.position.step, self.position.epoch)
         return True
 
-    def _sample_and_validate(self, step: int) -> None:
+    def _generate_due_images(self, step: int) -> None:
         """Sample-prompt images and validation images when their intervals come round; the gallery shows the
         latest of both."""
         config = self.config
