@@ -271,3 +271,10 @@ def test_text_encoder_caching_is_refused_while_the_text_side_trains():
         config.replace(train_text_encoder=True).validate()
     with pytest.raises(TrainingConfigError, match="cache_text_encoder_outputs: pivotal trains the new token"):
         config.replace(method="pivotal").validate()
+
+
+def test_an_unreadable_mask_is_refused_by_file_name(tmp_path):
+    write_masked_dataset(tmp_path, {"img_0.png": left_half_mask(64), "img_1.png": None})
+    (tmp_path / "img_1_mask.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="mask img_1_mask.png \\(for img_1.png\\) cannot be read"):
+        scan_dataset(masked_config(tmp_path))

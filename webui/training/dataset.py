@@ -214,8 +214,13 @@ def _mask_for(path: Path, size: tuple[int, int], masks_dir: Path | None, notes: 
     """
     mask_path = find_mask_file(path, masks_dir)
     if mask_path is not None:
-        with Image.open(mask_path) as mask:
-            mask_size = ImageOps.exif_transpose(mask).size
+        try:
+            with Image.open(mask_path) as mask:
+                mask_size = ImageOps.exif_transpose(mask).size
+                mask.load()
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+            raise DatasetError(f"mask {mask_path.name} (for {path.name}) cannot be read: "
+                               f"{str(error).splitlines()[0][:120] or type(error).__name__}") from None
         if mask_size != size:
             notes.append(f"mask {mask_path.name} is {mask_size[0]}x{mask_size[1]} but {path.name} is "
                          f"{size[0]}x{size[1]}: the mask was resized to the image")
