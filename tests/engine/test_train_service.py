@@ -136,6 +136,7 @@ def test_validation_losses_reach_the_loss_plot_and_the_job_record(ctx, trained):
     frame = loss_frame(ctx.training.monitor)
     validation_rows = frame[frame["series"] == "validation loss"]
     assert validation_rows["step"].tolist() == [0, 2, 4]
+    assert f"validation {result.validation_losses[-1][1]:.4f}" in progress_html(status)
     record = ctx.scheduler.history(kind="train")[0]
     assert record.result["validation_losses"] == status["validation_losses"]
 

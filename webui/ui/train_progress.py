@@ -50,6 +50,8 @@ def progress_html(status: dict[str, Any]) -> str:
         parts.append(f"loss {status['loss']:.4f}")
     if status["smoothed_loss"] is not None:
         parts.append(f"avg {status['smoothed_loss']:.4f}")
+    if status.get("validation_losses"):
+        parts.append(f"validation {status['validation_losses'][-1][1]:.4f}")
     if status["state"] in ("queued", "running") and status["messages"] and not total:
         parts.append(status["messages"][-1])
     label = " · ".join(parts)
