@@ -161,6 +161,12 @@ def test_ema_weights_are_the_decayed_average_of_the_raw_weights(base, tmp_path):
     raw_norm = sum(float(raw[2][key].norm()) for key in ema)
     assert sum(float(ema[key].norm()) for key in ema) < 0.8 * raw_norm
 
+    instead = run_training(config.replace(ema_output="instead", max_train_epochs=1, output_name="hexinstead"), base,
+                           paths, CPU)
+    assert [path.name for path in instead.files] == ["hexinstead.safetensors"]  # only the EMA, under the plain name
+    only_ema = up_matrices(instead.files[0])
+    assert all(torch.allclose(only_ema[key], first_ema[key], atol=1e-4) for key in ema)
+
 
 def test_validation_loss_is_recorded_and_falls(base, tmp_path):
     hexagons(tmp_path / "data", 6)
