@@ -265,6 +265,7 @@ def test_loha_trains_and_is_refused_for_a_family_saved_with_diffusers_keys(base,
     lora = read_lora(result.files[-1], {"unet": models.unet, "text_encoder": models.pipeline.text_encoder}, "sd1")
     assert lora.unmatched_keys == [] and {patch.kind for patch in lora.patches} == {"loha"}
     assert any(float(patch.tensors["hada_w2_b"].abs().max()) > 0 for patch in lora.patches)  # it trained
-    assert '"algo": "loha"' in read_lora_metadata(result.files[-1])["ss_network_args"]
+    metadata = read_lora_metadata(result.files[-1])
+    assert '"algo": "loha"' in metadata["ss_network_args"] and metadata["ss_network_module"] == "lycoris.kohya"
     with pytest.raises(TrainingConfigError, match="network_type: SD3.* have no lokr; .*LoHa and LoKr train for .*SD1"):
         tiny_config(tmp_path / "data", network_type="lokr").check_family(family_named("sd3"))
