@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = TrainingConfig.load(args.config)
         folder = args.config.resolve().parent
         config = config.replace(dataset_dir=_resolve_relative(config.dataset_dir, folder),
+                                masks_dir=_resolve_relative(config.masks_dir, folder),
+                                validation_dir=_resolve_relative(config.validation_dir, folder),
                                 resume_from=_resolve_relative(config.resume_from, folder)).validate()
     except TrainingConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -96,6 +96,13 @@ def test_train_over_http_and_follow_it_until_the_files_exist(server, hexagons):
     ({"caption_extension": ".json"}, "caption_extension: '.json' is not one of .txt, .caption"),
     ({"output_name": ""}, "output_name"),
     ({"optimizer": "SGD"}, "optimizer: 'SGD' is not one of"),
+    ({"validation_dir": "api-hexagons"}, "the validation set overlaps the training set (4 image(s): hexagon_0.png"),
+    ({"masked_loss": True}, "masked_loss is on but no image has a mask"),
+    ({"masked_loss": True, "masks_dir": "/etc"}, "use a folder under datasets/"),
+    ({"caption_dropout_rate": 2}, "caption_dropout_rate: must be a number from 0 up to 1"),
+    ({"down_lr_weight": -1}, "down_lr_weight: must be a number from 0 up to 10"),
+    ({"use_ema": True, "ema_decay": 1.5}, "ema_decay: must be a number above 0"),
+    ({"cache_text_encoder_outputs": True, "train_text_encoder": True}, "cache_text_encoder_outputs: needs a frozen"),
 ])
 def test_a_bad_config_gets_422_with_the_reason_and_nothing_starts(server, hexagons, changes, reason):
     before = progress(server)

@@ -29,7 +29,7 @@ from webui.settings import settings_from_args
 from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.dataset import DatasetError
 from webui.ui.train_fields import all_specs, config_from_widgets, JOB_WIDGET_FIELDS
-from webui.ui.train_progress import progress_html, result_markdown
+from webui.ui.train_progress import loss_frame, progress_html, result_markdown
 from webui.training.monitor import TrainingBusyError
 from webui.training.service import (
     caption_rows,
@@ -89,9 +89,14 @@ def unet_snapshot(ctx) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trained(ctx, hexagons):
-    """(UNet before training, the finished job's result) of one tiny LoRA run through `start_training`."""
+    """(UNet before training, the finished job's result) of one tiny LoRA run through `start_training`, with
+    one held-out hexagon as its validation set."""
+    held_out = ctx.settings.datasets_folder / "hexagons_validation"
+    held_out.mkdir()
+    held_out_concept_images("hexagon", 1, seed=77)[0].save(held_out / "held_out.png")
     before = unet_snapshot(ctx)
-    job = start_training(ctx.training, tiny_config(hexagons))
+    job = start_training(ctx.training, tiny_config(hexagons, validation_dir="hexagons_validation",
+                                                   validation_every_n_steps=2))
     return before, job.result(timeout=600)
 
 
@@ -160,6 +165,19 @@ def test_a_run_whose_file_a_loader_would_read_in_part_is_saved_with_warnings(ctx
     assert "saved with warnings" in text and "lora_unet_not_a_layer.lora_down.weight" in text
     assert f"{len(tensors)} of {len(tensors) + 2} keys load in SD Studio, diffusers, ComfyUI" in text
     assert "Saved with warnings hexsvc" in progress_html(status)
+
+
+def test_validation_losses_reach_the_loss_plot_and_the_job_record(ctx, trained):
+    _, result = trained
+    assert [step for step, _ in result.validation_losses] == [0, 2, 4]
+    status = training_status(ctx.training)
+    assert status["validation_losses"] == [[step, loss] for step, loss in result.validation_losses]
+    frame = loss_frame(ctx.training.monitor)
+    validation_rows = frame[frame["series"] == "validation loss"]
+    assert validation_rows["step"].tolist() == [0, 2, 4]
+    assert f"validation {result.validation_losses[-1][1]:.4f}" in progress_html(status)
+    record = ctx.scheduler.history(kind="train")[0]
+    assert record.result["validation_losses"] == status["validation_losses"]
 
 
 def test_compare_epochs_names_each_epoch_lora_in_order(ctx, trained):

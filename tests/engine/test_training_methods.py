@@ -254,7 +254,8 @@ def test_cancel_stops_at_once_and_keeps_only_finished_epochs(base, hexagon_folde
 def test_resume_continues_at_the_saved_step_with_the_same_result(base, hexagon_folder, tmp_path):
     paths = make_paths(tmp_path)
     config = tiny_config(hexagon_folder, output_name="hexfull", train_batch_size=3, max_train_steps=0,
-                         max_train_epochs=2, save_every_n_epochs=1, lr_scheduler="linear", lr_warmup_steps=1)
+                         max_train_epochs=2, save_every_n_epochs=1, lr_scheduler="linear", lr_warmup_steps=1,
+                         use_ema=True, ema_decay=0.7)
     uninterrupted = run_training(config, base, paths, CPU)
     state = paths.states_dir / "hexfull-000001-state"
     assert state.is_dir() and uninterrupted.steps_done == 4
@@ -265,11 +266,12 @@ def test_resume_continues_at_the_saved_step_with_the_same_result(base, hexagon_f
     assert [r.step for r in reports if not r.message] == [3, 4]
     assert any(r.message == "resumed at step 2" for r in reports)
     assert resumed.steps_done == 4 and resumed.epochs_done == 2
-    full = load_file(paths.lora_dir / "hexfull.safetensors")
-    continued = load_file(paths.lora_dir / "hexresumed.safetensors")
-    assert full.keys() == continued.keys()
-    for key in full:
-        assert torch.allclose(full[key].float(), continued[key].float(), atol=1e-3), key
+    for name in ("", "_ema"):  # the raw weights, and their EMA kept in the state
+        full = load_file(paths.lora_dir / f"hexfull{name}.safetensors")
+        continued = load_file(paths.lora_dir / f"hexresumed{name}.safetensors")
+        assert full.keys() == continued.keys()
+        for key in full:
+            assert torch.allclose(full[key].float(), continued[key].float(), atol=1e-3), key
     assert resumed.final_loss == pytest.approx(uninterrupted.final_loss, rel=1e-4)
 
 

@@ -37,6 +37,12 @@ FLOW_TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 # and sd-scripts read) or diffusers' (`transformer.`/`unet.` + diffusers module names, what `load_lora_weights`
 # reads).
 LORA_FILE_LAYOUTS = ("auto", "kohya", "diffusers")
+# The adapter trained by the LoRA methods: plain LoRA (LoCon with conv_rank), or LyCORIS's LoHa / LoKr
+# through PEFT. (DoRA is not offered: this app's LoRA reader cannot apply DoRA files yet.)
+NETWORK_TYPES = ("lora", "loha", "lokr")
+BLOCK_LR_FIELDS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
+# Where the EMA weights go: `<name>_ema.safetensors` beside the raw weights, or in place of them.
+EMA_OUTPUTS = ("beside", "instead")
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2")
 PROJECTION_TARGETS = ("proj_in", "proj_out")
@@ -75,6 +81,10 @@ class TrainingConfig:
     prepend_trigger: bool = True
     shuffle_captions: bool = False
     keep_tokens: int = 1
+    # kohya's caption_dropout_rate / caption_tag_dropout_rate: the share of samples trained on an empty caption
+    # (so the subject also comes without its words), and of tags after the first `keep_tokens` dropped per sample.
+    caption_dropout_rate: float = 0.0
+    caption_tag_dropout_rate: float = 0.0
     repeats: int = 1
     resolution: int = 512
     enable_bucketing: bool = True
@@ -83,7 +93,14 @@ class TrainingConfig:
     bucket_step: int = 64
     flip_augment: bool = False
     cache_latents: bool = True
+    # Masked loss: each image's loss is weighted by its mask (white = learn, black = ignore), from
+    # `<image>_mask.png` beside it, else `masks_dir/<image>.png`, else the image's alpha channel.
+    masked_loss: bool = False
+    masks_dir: str = ""
+    # Encode each distinct caption once and reuse it (only while the text encoder is frozen).
+    cache_text_encoder_outputs: bool = False
     # --- network ---
+    network_type: str = "lora"
     rank: int = 16
     alpha: float = 16.0
     train_text_encoder: bool = False
@@ -93,6 +110,11 @@ class TrainingConfig:
     # --- optimisation ---
     unet_lr: float = 1e-4
     text_encoder_lr: float = 5e-5
+    # kohya's block learning-rate weights: the UNet's down, mid and up blocks train at unet_lr times these
+    # (0 freezes a block). One weight per part, not kohya's per-block lists.
+    down_lr_weight: float = 1.0
+    mid_lr_weight: float = 1.0
+    up_lr_weight: float = 1.0
     embedding_lr: float = 5e-4
     lr_scheduler: str = "constant"
     lr_cycles: int = 1
@@ -114,6 +136,10 @@ class TrainingConfig:
     flow_logit_mean: float = 0.0
     flow_logit_std: float = 1.0
     seed: int = 42
+    # --- EMA of the trained weights (SimpleTuner's use_ema / ema_decay) ---
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    ema_output: str = "beside"
     # --- saving, sampling, resuming ---
     save_every_n_epochs: int = 0
     lora_file_layout: str = "auto"
@@ -124,6 +150,11 @@ class TrainingConfig:
     sample_steps: int = 20
     sample_cfg: float = 7.0
     resume_from: str = ""
+    # --- validation: held-out images (a folder, or a share of the dataset) ---
+    validation_dir: str = ""
+    validation_split: float = 0.0
+    validation_every_n_steps: int = 0
+    validation_images_every_n_steps: int = 0
     # --- DreamBooth prior preservation ---
     with_prior_preservation: bool = False
     class_prompt: str = ""
@@ -139,6 +170,22 @@ class TrainingConfig:
     @property
     def uses_lora(self) -> bool:
         return self.method in LORA_METHODS
+
+    @property
+    def uses_block_lr_weights(self) -> bool:
+        return any(getattr(self, name) != 1.0 for name in BLOCK_LR_FIELDS)
+
+    def _first_block_weight(self) -> str:
+        return next(name for name in BLOCK_LR_FIELDS if getattr(self, name) != 1.0)
+
+    @property
+    def block_lr_weights(self) -> dict[str, float]:
+        """{"down": ..., "mid": ..., "up": ...} for the optimizer's parameter groups."""
+        return {name.split("_")[0]: getattr(self, name) for name in BLOCK_LR_FIELDS}
+
+    @property
+    def uses_validation(self) -> bool:
+        return bool(self.validation_dir.strip()) or self.validation_split > 0
 
     @property
     def uses_embedding(self) -> bool:
@@ -242,6 +289,16 @@ class TrainingConfig:
         if self.enable_bucketing:
             sizes += [("bucket_step", self.bucket_step), ("min_bucket_resolution", self.min_bucket_resolution),
                       ("max_bucket_resolution", self.max_bucket_resolution)]
+        if self.network_type != "lora" and family.trained_lora_layout != "kohya":
+            from webui.models.families import FAMILIES
+
+            able = [f.label for f in FAMILIES if f.trained_lora_layout == "kohya" and "lora" in f.training_methods]
+            raise TrainingConfigError("network_type", f"{family.label} LoRAs are saved with diffusers' keys, which "
+                                      f"have no {self.network_type}; {family.label} trains: lora. LoHa and LoKr "
+                                      f"train for {', '.join(able)}")
+        if self.uses_block_lr_weights and family.denoiser != "unet":
+            raise TrainingConfigError(self._first_block_weight(), f"{family.label} models have a {family.denoiser}, "
+                                      "not a UNet with down/mid/up blocks; leave the block weights at 1")
         for name, value in sizes:
             if value % family.size_multiple:
                 raise TrainingConfigError(name, f"must be a multiple of {family.size_multiple} for "
@@ -253,6 +310,10 @@ class TrainingConfig:
         if "{trigger}" not in self.caption_template and "{class}" not in self.caption_template:
             raise TrainingConfigError("caption_template", "must contain {trigger} and/or {class}")
         _int_range("keep_tokens", self.keep_tokens, 0, 75)
+        if self.masks_dir.strip() and not self.masked_loss:
+            raise TrainingConfigError("masks_dir", "a masks folder is only read with masked_loss on")
+        _float_range("caption_dropout_rate", self.caption_dropout_rate, 0.0, 1.0)
+        _float_range("caption_tag_dropout_rate", self.caption_tag_dropout_rate, 0.0, 1.0)
         _int_range("repeats", self.repeats, 1, 10_000)
         _int_range("resolution", self.resolution, 64, 4096)
         _multiple_of("resolution", self.resolution, 8)
@@ -266,7 +327,10 @@ class TrainingConfig:
 
     def _validate_network(self) -> None:
         if not self.uses_lora:
+            if self.network_type != "lora":
+                raise TrainingConfigError("network_type", f"{self.method} trains no LoRA; leave it at lora")
             return
+        _one_of("network_type", self.network_type, NETWORK_TYPES)
         _int_range("rank", self.rank, 1, 1024)
         _float_range("alpha", self.alpha, 0.0, 4096.0, low_open=True)
         _int_range("conv_rank", self.conv_rank, 0, 1024)
@@ -282,6 +346,13 @@ class TrainingConfig:
 
         if self.method != "textual_inversion":
             _float_range("unet_lr", self.unet_lr, 0.0, 10.0, low_open=True)
+        for name in BLOCK_LR_FIELDS:
+            _float_range(name, getattr(self, name), 0.0, 10.0)
+        if self.uses_block_lr_weights and self.method == "textual_inversion":
+            raise TrainingConfigError(self._first_block_weight(), "textual inversion trains no UNet weights; "
+                                                                  "leave the block weights at 1")
+        if self.uses_block_lr_weights and not any(getattr(self, name) for name in BLOCK_LR_FIELDS):
+            raise TrainingConfigError("down_lr_weight", "with every block weight at 0 nothing in the UNet trains")
         if self.train_text_encoder:
             _float_range("text_encoder_lr", self.text_encoder_lr, 0.0, 10.0, low_open=True)
         if self.uses_embedding:
@@ -306,10 +377,19 @@ class TrainingConfig:
         _int_range("clip_skip", self.clip_skip, 1, 12)
         _float_range("min_snr_gamma", self.min_snr_gamma, 0.0, 100.0)
         _float_range("noise_offset", self.noise_offset, 0.0, 1.0)
+        if self.cache_text_encoder_outputs and self.train_text_encoder:
+            raise TrainingConfigError("cache_text_encoder_outputs", "needs a frozen text encoder; turn off "
+                                                                    "train_text_encoder or the cache")
+        if self.cache_text_encoder_outputs and self.uses_embedding:
+            raise TrainingConfigError("cache_text_encoder_outputs", f"{self.method} trains the new token's "
+                                                                    "embedding, so the text encoder's output changes")
         _one_of("flow_timestep_sampling", self.flow_timestep_sampling, FLOW_TIMESTEP_SAMPLINGS)
         _float_range("flow_logit_mean", self.flow_logit_mean, -10.0, 10.0)
         _float_range("flow_logit_std", self.flow_logit_std, 0.0, 10.0, low_open=True)
         _int_range("seed", self.seed, 0, 2**63 - 1)
+        if self.use_ema:
+            _float_range("ema_decay", self.ema_decay, 0.0, 0.999999, low_open=True)
+            _one_of("ema_output", self.ema_output, EMA_OUTPUTS)
 
     def _validate_saving_and_sampling(self) -> None:
         _int_range("save_every_n_epochs", self.save_every_n_epochs, 0, 100_000)
@@ -321,6 +401,16 @@ class TrainingConfig:
         _int_range("sample_seed", self.sample_seed, 0, 2**63 - 1)
         _int_range("sample_steps", self.sample_steps, 1, 150)
         _float_range("sample_cfg", self.sample_cfg, 1.0, 30.0)
+        _float_range("validation_split", self.validation_split, 0.0, 0.5)
+        _int_range("validation_every_n_steps", self.validation_every_n_steps, 0, 10_000_000)
+        _int_range("validation_images_every_n_steps", self.validation_images_every_n_steps, 0, 10_000_000)
+        if self.validation_dir.strip() and self.validation_split:
+            raise TrainingConfigError("validation_split", "choose a validation folder or a split of the dataset, "
+                                                          "not both")
+        if not self.uses_validation:
+            for name in ("validation_every_n_steps", "validation_images_every_n_steps"):
+                if getattr(self, name):
+                    raise TrainingConfigError(name, "needs validation images: set validation_dir or validation_split")
 
     def _validate_method_specific(self) -> None:
         if self.with_prior_preservation and self.method not in PRIOR_PRESERVATION_METHODS:
@@ -450,7 +540,8 @@ def load_preset(name: str, user_folder: Path | None = None) -> TrainingConfig:
 def save_user_preset(config: TrainingConfig, folder: Path, name: str) -> Path:
     """Save a config as a named preset; job-specific fields (dataset, names, resume) are left out."""
     _file_name("preset", name)
-    job_fields = {"output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint"}
+    job_fields = {"output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint",
+                  "masks_dir", "validation_dir"}
     values = {key: value for key, value in config.to_dict().items() if key not in job_fields}
     return _write_atomically(Path(folder) / f"{name}.json", json.dumps(values, indent=2) + "\n")
 

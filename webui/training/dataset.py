@@ -29,6 +29,7 @@ from webui.training.config import CAPTION_EXTENSIONS, IMAGE_SUFFIXES, TrainingCo
 
 KOHYA_FOLDER_PATTERN = re.compile(r"^(\d+)_(.+)$")
 SIDECAR_EXTENSIONS = CAPTION_EXTENSIONS
+MASK_SUFFIX = "_mask"  # `photo_mask.png` is the mask of `photo.png`
 TEMPLATE_SOURCE = "template"
 CLASS_SOURCE = "class prompt"
 
@@ -48,6 +49,12 @@ class DatasetItem:
     repeats: int
     size: tuple[int, int]           # (width, height) after EXIF orientation
     bucket: tuple[int, int]         # (width, height) it is trained at
+    mask_path: Path | None = None   # masked loss: a mask file for this image
+    mask_from_alpha: bool = False   # masked loss: the image's own alpha channel is its mask
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask_path is not None or self.mask_from_alpha
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,85 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# Loss masks
+# --------------------------------------------------------------------------------------------
+
+
+def is_mask_file(path: Path) -> bool:
+    return path.stem.endswith(MASK_SUFFIX)
+
+
+def find_mask_file(image_path: Path, masks_dir: Path | None) -> Path | None:
+    """`<stem>_mask.<ext>` beside the image, else `<stem>.<ext>` or `<stem>_mask.<ext>` in `masks_dir`."""
+    stem = image_path.stem
+    candidates = [(image_path.with_name(f"{stem}{MASK_SUFFIX}{ext}"), image_path.parent) for ext in IMAGE_SUFFIXES]
+    if masks_dir is not None:
+        candidates += [(masks_dir / f"{name}{ext}", masks_dir) for name in (stem, f"{stem}{MASK_SUFFIX}")
+                       for ext in IMAGE_SUFFIXES]
+    return next((path for path, folder in candidates if path.is_file() and is_within(path, folder)), None)
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def read_mask(item: DatasetItem) -> Image.Image:
+    """The item's mask as 8-bit grey at the image's own (EXIF-oriented) size: 255 learns, 0 is ignored."""
+    if item.mask_from_alpha:
+        with Image.open(item.path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGBA").getchannel("A")
+    if item.mask_path is None:
+        raise ValueError(f"{item.path.name} has no mask")
+    with Image.open(item.mask_path) as mask:
+        mask.load()
+        mask = ImageOps.exif_transpose(mask).convert("L")
+    return mask if mask.size == item.size else mask.resize(item.size, Image.Resampling.BILINEAR)
+
+
+def check_mask(mask: Image.Image, description: str) -> None:
+    """Refuse a mask that leaves nothing to learn (all black) or leaves nothing out (all white)."""
+    low, high = mask.getextrema()
+    if high == 0:
+        raise DatasetError(f"{description} is all black: it leaves nothing of the image to learn; paint the "
+                           "parts to learn white, or remove the mask")
+    if low == 255:
+        raise DatasetError(f"{description} is all white: it leaves nothing out, so masked loss would do nothing; "
+                           "paint the parts to ignore black, or remove the mask")
+
+
+def _mask_for(path: Path, size: tuple[int, int], masks_dir: Path | None, notes: list[str]) -> tuple[Path | None, bool]:
+    """(mask file, whether the alpha channel is the mask) for one image, checked; (None, False) when it has none.
+
+    An alpha channel that is fully opaque is no mask (many editors save RGBA without any transparency).
+    """
+    mask_path = find_mask_file(path, masks_dir)
+    if mask_path is not None:
+        try:
+            with Image.open(mask_path) as mask:
+                mask_size = ImageOps.exif_transpose(mask).size
+                mask.load()
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+            raise DatasetError(f"mask {mask_path.name} (for {path.name}) cannot be read: "
+                               f"{str(error).splitlines()[0][:120] or type(error).__name__}") from None
+        if mask_size != size:
+            notes.append(f"mask {mask_path.name} is {mask_size[0]}x{mask_size[1]} but {path.name} is "
+                         f"{size[0]}x{size[1]}: the mask was resized to the image")
+        probe = DatasetItem(path, "", "", "", 1, size, size, mask_path=mask_path)
+        check_mask(read_mask(probe), f"mask {mask_path.name} (for {path.name})")
+        return mask_path, False
+    with Image.open(path) as image:
+        alpha = has_alpha(image)
+    if not alpha:
+        return None, False
+    channel = read_mask(DatasetItem(path, "", "", "", 1, size, size, mask_from_alpha=True))
+    if channel.getextrema()[0] == 255:
+        return None, False
+    check_mask(channel, f"the alpha channel of {path.name}")
+    return None, True
+
+
+# --------------------------------------------------------------------------------------------
 # Captions
 # --------------------------------------------------------------------------------------------
 
@@ -185,6 +271,23 @@ def shuffled_caption(caption: str, keep_tokens: int, rng: np.random.Generator) -
     tags = caption_tags(caption)
     head, tail = tags[:keep_tokens], tags[keep_tokens:]
     return ", ".join(head + [tail[i] for i in rng.permutation(len(tail))])
+
+
+def dropped_caption(caption: str, keep_tokens: int, caption_rate: float, tag_rate: float,
+                    rng: np.random.Generator) -> str:
+    """kohya's caption dropout: the whole caption becomes empty with probability `caption_rate`, else each tag
+    after the first `keep_tokens` is left out with probability `tag_rate`.
+
+    Draws from `rng` only for a rate above 0, so a run without dropout sees the same data order as before.
+    """
+    if caption_rate and rng.random() < caption_rate:
+        return ""
+    if not tag_rate:
+        return caption
+    tags = caption_tags(caption)
+    head, tail = tags[:keep_tokens], tags[keep_tokens:]
+    draws = rng.random(len(tail))
+    return ", ".join(head + [tag for tag, draw in zip(tail, draws) if draw >= tag_rate])
 
 
 def read_sidecar(image_path: Path, preferred_extension: str) -> tuple[str, str] | None:
@@ -224,7 +327,8 @@ class TrainingDataset:
 
     def __init__(self, items: Sequence[DatasetItem], *, skipped: Sequence[SkippedImage] = (),
                  notes: Sequence[str] = (), trigger_words: Sequence[str] = (), flip_augment: bool = False,
-                 shuffle_captions: bool = False, keep_tokens: int = 1):
+                 shuffle_captions: bool = False, keep_tokens: int = 1, caption_dropout_rate: float = 0.0,
+                 caption_tag_dropout_rate: float = 0.0):
         if not items:
             raise DatasetError("the dataset has no usable images")
         self.items: tuple[DatasetItem, ...] = tuple(items)
@@ -234,6 +338,8 @@ class TrainingDataset:
         self.flip_augment = flip_augment
         self.shuffle_captions = shuffle_captions
         self.keep_tokens = keep_tokens
+        self.caption_dropout_rate = caption_dropout_rate
+        self.caption_tag_dropout_rate = caption_tag_dropout_rate
 
     def __len__(self) -> int:
         return len(self.items)
@@ -280,6 +386,9 @@ class TrainingDataset:
             caption = self.items[index].caption
             if self.shuffle_captions:
                 caption = shuffled_caption(caption, self.keep_tokens, rng)
+            if self.caption_dropout_rate or self.caption_tag_dropout_rate:
+                caption = dropped_caption(caption, self.keep_tokens, self.caption_dropout_rate,
+                                          self.caption_tag_dropout_rate, rng)
             by_bucket[self.items[index].bucket].append(BatchSample(index, bool(flips[position]), caption))
         batches = [samples[start:start + batch_size] for _, samples in sorted(by_bucket.items())
                    for start in range(0, len(samples), batch_size)]
@@ -292,6 +401,16 @@ class TrainingDataset:
         if flip:
             image = ImageOps.mirror(image)
         return image_to_tensor(image)
+
+    def mask(self, index: int, flip: bool = False) -> torch.Tensor | None:
+        """The loss mask as the model sees the image: bucket-sized [1, H, W] in [0, 1]; None without one."""
+        item = self.items[index]
+        if not item.has_mask:
+            return None
+        mask, _ = cover_and_crop(read_mask(item), item.bucket)
+        if flip:
+            mask = ImageOps.mirror(mask)
+        return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0).unsqueeze(0)
 
     def crop_top_left(self, index: int) -> tuple[int, int]:
         """Where the bucket crop starts in the scaled image (SDXL's crop conditioning)."""
@@ -313,10 +432,11 @@ def _group_for(folder: Path, config: TrainingConfig) -> _ImageGroup:
     return _ImageGroup(folder, folder.name, config.repeats, config.trigger_word.strip(), config.class_word)
 
 
-def _image_files(folder: Path, root: Path) -> list[Path]:
-    """Images directly in `folder`; a symlink leading out of the dataset `root` is not part of the dataset."""
+def _image_files(folder: Path, root: Path, skip_masks: bool = False) -> list[Path]:
+    """Images directly in `folder`; a symlink leading out of the dataset `root` is not part of the dataset,
+    and with masked loss neither are the `_mask` files beside the images."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith(".") and is_within(p, root))
+                  and not p.name.startswith(".") and is_within(p, root) and not (skip_masks and is_mask_file(p)))
 
 
 def dataset_subfolders(root: Path) -> list[Path]:
@@ -327,11 +447,15 @@ def dataset_subfolders(root: Path) -> list[Path]:
 def _image_groups(root: Path, config: TrainingConfig) -> tuple[list[tuple[_ImageGroup, list[Path]]], list[str]]:
     notes = []
     groups = []
-    root_images = _image_files(root, root)
+    skip_masks = config.masked_loss
+    masks_dir = Path(config.masks_dir).expanduser().resolve() if config.masked_loss and config.masks_dir.strip() else None
+    root_images = _image_files(root, root, skip_masks)
     if root_images:
         groups.append((_group_for(root, config), root_images))
     for sub in dataset_subfolders(root):
-        images = _image_files(sub, root)
+        if masks_dir is not None and sub.resolve() == masks_dir:
+            continue  # the masks folder inside the dataset holds masks, not training images
+        images = _image_files(sub, root, skip_masks)
         if not images:
             continue
         group = _group_for(sub, config)
@@ -361,6 +485,7 @@ def scan_dataset(config: TrainingConfig, folder: Path | None = None) -> Training
     items: list[DatasetItem] = []
     skipped: list[SkippedImage] = []
     trigger_words: list[str] = []
+    masks_dir = _masks_folder(config)
     for group, paths in groups:
         trigger = config.effective_token if config.uses_embedding else group.trigger
         if trigger and trigger not in trigger_words:
@@ -381,16 +506,43 @@ def scan_dataset(config: TrainingConfig, folder: Path | None = None) -> Training
                 caption, source = fill_template(config.caption_template, trigger, group.class_word), TEMPLATE_SOURCE
             if config.prepend_trigger or config.uses_embedding:
                 caption = with_trigger(caption, trigger)
-            items.append(DatasetItem(path, caption, source, group.label, group.repeats, size, nearest_bucket(size, buckets)))
+            mask_path, from_alpha = _mask_for(path, size, masks_dir, notes) if config.masked_loss else (None, False)
+            items.append(DatasetItem(path, caption, source, group.label, group.repeats, size,
+                                     nearest_bucket(size, buckets), mask_path, from_alpha))
     if not items:
         names = ", ".join(f"{s.name} ({s.reason})" for s in skipped)
         raise DatasetError(f"none of the images in {root} could be read: {names}")
+    if config.masked_loss:
+        notes += _mask_notes(items, masks_dir)
     if config.caption_extension not in {item.caption_source for item in items} and any(
             item.caption_source in SIDECAR_EXTENSIONS for item in items):
         notes.append(f"no {config.caption_extension} captions found; used the {', '.join(sorted({i.caption_source for i in items if i.caption_source in SIDECAR_EXTENSIONS}))} files instead")
     return TrainingDataset(items, skipped=skipped, notes=notes, trigger_words=trigger_words,
                            flip_augment=config.flip_augment, shuffle_captions=config.shuffle_captions,
-                           keep_tokens=config.keep_tokens)
+                           keep_tokens=config.keep_tokens, caption_dropout_rate=config.caption_dropout_rate,
+                           caption_tag_dropout_rate=config.caption_tag_dropout_rate)
+
+
+def _masks_folder(config: TrainingConfig) -> Path | None:
+    if not (config.masked_loss and config.masks_dir.strip()):
+        return None
+    folder = Path(config.masks_dir).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"masks folder {folder} does not exist or is not a folder")
+    return folder
+
+
+def _mask_notes(items: list[DatasetItem], masks_dir: Path | None) -> list[str]:
+    """Masked loss without any mask is refused; images without one train on the whole picture (said once)."""
+    unmasked = [item.path.name for item in items if not item.has_mask]
+    if len(unmasked) == len(items):
+        where = f", or <image>.png in {masks_dir}" if masks_dir is not None else ""
+        raise DatasetError(f"masked_loss is on but no image has a mask: put <image>{MASK_SUFFIX}.png beside an "
+                           f"image{where}, or use images with transparent parts (alpha channel)")
+    if not unmasked:
+        return []
+    shown = ", ".join(unmasked[:8]) + (f" and {len(unmasked) - 8} more" if len(unmasked) > 8 else "")
+    return [f"{len(unmasked)} image(s) have no mask and train on the whole picture: {shown}"]
 
 
 def caption_missing_images(config: TrainingConfig, *, model_dir: Path | None = None, model_id: str | None = None,

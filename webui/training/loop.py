@@ -13,6 +13,7 @@ cancelled or crashed run never leaves a half-written LoRA, embedding, checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -39,7 +40,6 @@ from webui.training.dataset import (
     LatentCache,
     TrainingDataset,
     class_image_dataset,
-    scan_dataset,
     unet_latents,
 )
 from webui.training.key_check import KeyCheck, saved_file_checker
@@ -48,9 +48,12 @@ from webui.training.objectives import (  # noqa: F401 (min_snr_weights, predicti
     ObjectiveError,
     min_snr_weights,
     objective_for,
+    per_sample_loss,
     prediction_target,
 )
+from webui.training.ema import EMA_SUFFIX, WeightAverage
 from webui.training.optim import build_lr_scheduler, build_optimizer
+from webui.training.validation import MAX_VALIDATION_IMAGES, VALIDATION_LEVELS, VALIDATION_NOISE_SEED, training_sets
 
 STATE_FORMAT = "sd-studio-training-state"
 STATE_VERSION = 1
@@ -100,6 +103,7 @@ class TrainingProgress:
     samples: tuple[tuple[str, Image.Image], ...] = ()
     files_saved: tuple[Path, ...] = ()
     message: str = ""
+    validation_loss: float | None = None  # set on the report right after a validation measurement
 
 
 @dataclass
@@ -114,6 +118,7 @@ class TrainingResult:
     summary: DatasetSummary | None = None
     usage: str = ""
     key_checks: list[KeyCheck] = field(default_factory=list)  # per saved LoRA / embedding: which loaders read it
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
 
     @property
     def key_problems(self) -> list[str]:
@@ -161,7 +166,8 @@ class _ProgressTracker:
             self._raw_average = value
             self._updates = 10_000  # the average is already warmed up
 
-    def report(self, step: int, epoch: int, lr: float | None = None, message: str = "") -> None:
+    def report(self, step: int, epoch: int, lr: float | None = None, message: str = "",
+               validation_loss: float | None = None) -> None:
         if self._on_progress is None:
             return
         elapsed = time.monotonic() - self._started
@@ -172,7 +178,7 @@ class _ProgressTracker:
         self._on_progress(TrainingProgress(
             step=step, total_steps=self.total_steps, epoch=epoch, total_epochs=self.total_epochs,
             loss=self.last_loss, smoothed_loss=self.smoothed, lr=lr, elapsed_s=elapsed, eta_s=eta,
-            samples=self.samples, files_saved=tuple(self.files), message=message,
+            samples=self.samples, files_saved=tuple(self.files), message=message, validation_loss=validation_loss,
         ))
 
 
@@ -316,7 +322,7 @@ class _Position:
 
 def _write_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod, optimizer: torch.optim.Optimizer,
                  lr_scheduler: Any, scaler: Any, generator: torch.Generator, position: _Position,
-                 models: TrainerModels, smoothed_loss: float | None) -> Path:
+                 models: TrainerModels, smoothed_loss: float | None, ema: WeightAverage | None = None) -> Path:
     """Write a state folder atomically (staged under a hidden name, then renamed into place)."""
     from safetensors.torch import save_file
 
@@ -330,6 +336,8 @@ def _write_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod
     torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                 "grad_scaler": scaler.state_dict() if scaler is not None else None}, staging / "optimizer.pt")
     save_file({"noise_generator": generator.get_state()}, str(staging / "rng.safetensors"))
+    if ema is not None:
+        save_file(ema.state(), str(staging / "ema.safetensors"))
     (staging / "state.json").write_text(json.dumps({
         "format": STATE_FORMAT, "version": STATE_VERSION, "step": position.step, "epoch": position.epoch,
         "batches_done_in_epoch": position.batches_done, "method": config.method,
@@ -361,7 +369,7 @@ def read_state_info(folder: Path) -> dict[str, Any]:
 
 def _load_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod, optimizer: torch.optim.Optimizer,
                 lr_scheduler: Any, scaler: Any, generator: torch.Generator, models: TrainerModels,
-                warnings: list[str]) -> tuple[_Position, float | None]:
+                warnings: list[str], ema: WeightAverage | None = None) -> tuple[_Position, float | None]:
     from safetensors.torch import load_file
 
     info = read_state_info(folder)
@@ -380,6 +388,15 @@ def _load_state(folder: Path, *, config: TrainingConfig, method: TrainingMethod,
     if scaler is not None and saved.get("grad_scaler"):
         scaler.load_state_dict(saved["grad_scaler"])
     generator.set_state(load_file(str(folder / "rng.safetensors"))["noise_generator"])
+    if ema is not None:
+        if (folder / "ema.safetensors").is_file():
+            try:
+                ema.load_state(load_file(str(folder / "ema.safetensors"), device=str(models.device)))
+            except ValueError as error:
+                raise TrainingConfigError("resume_from", str(error)) from error
+        else:
+            ema.restart()
+            warnings.append("the saved state has no EMA weights; the average starts from the resumed weights")
     position = _Position(int(info["step"]), int(info["epoch"]), int(info.get("batches_done_in_epoch", 0)))
     return position, info.get("smoothed_loss")
 
@@ -394,9 +411,14 @@ class _Trainer:
 
     def __init__(self, config: TrainingConfig, models: TrainerModels, method: TrainingMethod,
                  dataset: TrainingDataset, class_dataset: TrainingDataset | None, paths: TrainingPaths,
-                 tracker: _ProgressTracker, should_stop: Callable[[], bool], warnings: list[str]):
+                 tracker: _ProgressTracker, should_stop: Callable[[], bool], warnings: list[str],
+                 validation: TrainingDataset | None = None):
         self.config, self.models, self.method = config, models, method
-        self.dataset, self.class_dataset = dataset, class_dataset
+        self.dataset, self.class_dataset, self.validation = dataset, class_dataset, validation
+        self.validation_cache: LatentCache | None = None
+        self.validation_losses: list[tuple[int, float]] = []
+        self._prompt_samples: tuple[tuple[str, Image.Image], ...] = ()
+        self._validation_samples: tuple[tuple[str, Image.Image], ...] = ()
         self.paths, self.tracker, self.should_stop, self.warnings = paths, tracker, should_stop, warnings
         try:
             self.objective = objective_for(models.model_family.training_objective, config,
@@ -422,6 +444,8 @@ class _Trainer:
         self.key_checks: list[KeyCheck] = []
         self.state_dir: Path | None = None
         self.position = _Position()
+        self._masks: dict[tuple[int, int, bool, tuple[int, ...]], torch.Tensor] = {}
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._set_up_modules()
 
     # ---- set-up ----
@@ -440,10 +464,13 @@ class _Trainer:
         for group in groups:
             group.setdefault("weight_decay", config.weight_decay)
         self.trained_parameters = [parameter for group in groups for parameter in group["params"]]
+        if not self.trained_parameters:
+            raise TrainingConfigError("down_lr_weight", "nothing would train: every trained part is frozen")
         self.optimizer = build_optimizer(config.optimizer, groups, weight_decay=config.weight_decay)
         self.lr_scheduler = build_lr_scheduler(config.lr_scheduler, self.optimizer, total_steps=self.total_steps,
                                                warmup_steps=config.lr_warmup_steps, cycles=config.lr_cycles,
                                                power=config.lr_power)
+        self.ema = WeightAverage(self.trained_parameters, config.ema_decay) if config.use_ema else None
         if config.optimizer == "Prodigy" and min(group["lr"] for group in groups) < 0.1:
             self.warnings.append("Prodigy adapts its own step size; learning rates around 1.0 are usual with it")
 
@@ -463,6 +490,14 @@ class _Trainer:
             return self.class_latent_cache is not None
         return True
 
+    def cache_validation_latents(self) -> bool:
+        """Validation images are always encoded once: every measurement reuses the same latents."""
+        if self.validation is None:
+            return True
+        self.validation_cache = LatentCache.build(self.validation, self.models.vae, self.models.device,
+                                                  should_stop=self.should_stop)
+        return self.validation_cache is not None
+
     # ---- one micro-batch ----
     def _latent_parameters(self, dataset: TrainingDataset, cache: LatentCache | None,
                            samples: list[BatchSample]) -> torch.Tensor:
@@ -481,19 +516,56 @@ class _Trainer:
             rows.append([item.size[1], item.size[0], top, left, item.bucket[1], item.bucket[0]])
         return torch.tensor(rows, dtype=torch.float32, device=self.models.device)
 
+    def _loss_masks(self, dataset: TrainingDataset, samples: list[BatchSample],
+                    latent_size: tuple[int, ...]) -> torch.Tensor | None:
+        """Masked loss: each sample's mask at latent size [B, 1, h, w] (area-averaged, so a latent cell weighs
+        the share of its pixels the mask keeps); None when no sample in the batch has a mask."""
+        if not self.config.masked_loss or not any(dataset.items[s.index].has_mask for s in samples):
+            return None
+        masks = []
+        for sample in samples:
+            key = (id(dataset), sample.index, sample.flip, tuple(latent_size))
+            if key not in self._masks:
+                pixels = dataset.mask(sample.index, sample.flip)
+                self._masks[key] = (torch.ones((1, *latent_size)) if pixels is None else
+                                    F.interpolate(pixels.unsqueeze(0), size=tuple(latent_size), mode="area")[0])
+            masks.append(self._masks[key])
+        return torch.stack(masks).to(self.models.device)
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.models.device.type, dtype=self.autocast_dtype)
 
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text conditioning of training captions (with gradients only when the text side trains).
+
+        With `cache_text_encoder_outputs` (a frozen text encoder, checked by the config) each distinct caption
+        is encoded once per run and its output reused. The cache is keyed by the caption's text, so a caption
+        that changes (edited between runs, shuffled or dropped out per sample) is encoded anew, never mixed up.
+        """
+        prompts = [self.method.expand_prompt(caption) for caption in captions]
+        if not self.config.cache_text_encoder_outputs:
+            text_grad = self.method.text_encoder_trains() and torch.is_grad_enabled()
+            with self._autocast(), (nullcontext() if text_grad else torch.no_grad()):
+                return encode_captions(self.models, prompts, self.config.clip_skip)
+        missing = list(dict.fromkeys(prompt for prompt in prompts if prompt not in self._text_cache))
+        if missing:
+            with self._autocast(), torch.no_grad():
+                hidden, pooled = encode_captions(self.models, missing, self.config.clip_skip)
+            for row, prompt in enumerate(missing):
+                self._text_cache[prompt] = (hidden[row].detach().clone(),
+                                             None if pooled is None else pooled[row].detach().clone())
+        rows = [self._text_cache[prompt] for prompt in prompts]
+        pooled_rows = [row[1] for row in rows]
+        return (torch.stack([row[0] for row in rows]),
+                None if pooled_rows[0] is None else torch.stack(pooled_rows))
+
     def batch_loss(self, dataset: TrainingDataset, cache: LatentCache | None, samples: list[BatchSample]) -> torch.Tensor:
         config, models, device = self.config, self.models, self.models.device
         parameters = self._latent_parameters(dataset, cache, samples)
         latents = unet_latents(parameters.float(), models.vae.config).to(device)
-        captions = [self.method.expand_prompt(sample.caption) for sample in samples]
-        text_grad = self.method.text_encoder_trains()
-        with self._autocast(), (nullcontext() if text_grad else torch.no_grad()):
-            hidden, pooled = encode_captions(models, captions, config.clip_skip)
+        hidden, pooled = self.encode([sample.caption for sample in samples])
         noise = torch.randn(latents.shape, generator=self.generator).to(device)
         if config.noise_offset:
             noise = noise + config.noise_offset * torch.randn(
@@ -502,10 +574,47 @@ class _Trainer:
         with self._autocast():
             prediction = models.model_family.denoiser_training_call(
                 models.denoiser, batch.noisy, batch.timesteps, hidden, pooled, self._time_ids(dataset, samples))
-        per_sample = F.mse_loss(prediction.float(), batch.target.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_sample = per_sample_loss(prediction, batch.target, self._loss_masks(dataset, samples, latents.shape[-2:]))
         if batch.weights is not None:
             per_sample = per_sample * batch.weights
         return per_sample.mean()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean error on the validation images at the fixed `VALIDATION_LEVELS` with fixed noise per image (no
+        loss weighting, the masks applied), so measurements differ only because the weights changed."""
+        models, dataset = self.models, self.validation
+        levels = torch.tensor(VALIDATION_LEVELS)
+        losses = []
+        models.denoiser.eval()
+        try:
+            for index, item in enumerate(dataset.items):
+                samples = [BatchSample(index, False, item.caption)] * len(levels)
+                parameters = self._latent_parameters(dataset, self.validation_cache, samples[:1])
+                latents = unet_latents(parameters.float(), models.vae.config).to(models.device).repeat(len(levels), 1, 1, 1)
+                noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(VALIDATION_NOISE_SEED + index))
+                batch = self.objective.at_levels(latents, noise.to(models.device), levels)
+                hidden, pooled = self.encode([item.caption] * len(levels))
+                with self._autocast():
+                    prediction = models.model_family.denoiser_training_call(
+                        models.denoiser, batch.noisy, batch.timesteps, hidden, pooled, self._time_ids(dataset, samples))
+                mask = self._loss_masks(dataset, samples, latents.shape[-2:])
+                losses.append(float(per_sample_loss(prediction, batch.target, mask).mean()))
+        finally:
+            models.denoiser.train()
+        return sum(losses) / len(losses)
+
+    def validate(self, step: int, epoch: int) -> None:
+        loss = self.validation_loss()
+        self.validation_losses.append((step, loss))
+        self.tracker.report(step, epoch, self.lr(), message=f"validation loss {loss:.4f} at step {step}",
+                            validation_loss=loss)
+
+    def validation_images(self, step: int) -> tuple[tuple[str, Image.Image], ...]:
+        """Images from the first validation captions, with the sample settings: what the held-out pictures'
+        captions draw now."""
+        captions = list(dict.fromkeys(item.caption for item in self.validation.items))[:MAX_VALIDATION_IMAGES]
+        return self._generate(captions, step, "validation", label="validation: ")
 
     def class_samples(self, micro_index: int) -> list[BatchSample]:
         """The prior-preservation images for one micro-batch: cycling through a seeded order."""
@@ -517,7 +626,9 @@ class _Trainer:
 
     # ---- the loop ----
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The schedule's current lr (a block-weighted group's lr divided by its weight)."""
+        group = self.optimizer.param_groups[0]
+        return float(group["lr"]) / float(group.get("lr_weight", 1.0))
 
     def optimizer_step(self, batches: list[list[BatchSample]], first_micro_index: int) -> float | None:
         """Accumulate gradients over `batches`, then one optimizer step; None when cancelled mid-way."""
@@ -550,12 +661,17 @@ class _Trainer:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.method.after_optimizer_step()
+        if self.ema is not None:
+            self.ema.update()
         return total
 
     def sample_images(self, step: int) -> tuple[tuple[str, Image.Image], ...]:
         """Images from the sample prompts with a fixed seed, on the trainer's own (training) copy."""
+        return self._generate([prompt for prompt in self.config.sample_prompts if prompt.strip()], step, "")
+
+    def _generate(self, prompts: list[str], step: int, kind: str, label: str = "") -> tuple[tuple[str, Image.Image], ...]:
+        """One image per prompt (seeds sample_seed, +1, ...), saved as samples/<name>/<step>-[<kind>-]<i>.png."""
         config, models = self.config, self.models
-        prompts = [prompt for prompt in config.sample_prompts if prompt.strip()]
         samples = []
         folder = self.paths.samples_dir / config.output_name
         folder.mkdir(parents=True, exist_ok=True)
@@ -566,16 +682,17 @@ class _Trainer:
                 image = generate_images(models, [self.method.expand_prompt(prompt)], [generator],
                                         steps=config.sample_steps, cfg=config.sample_cfg, resolution=config.resolution,
                                         clip_skip=config.clip_skip, autocast=self._autocast())[0]
-                _save_image_atomically(image, folder / f"{step:06d}-{index}.png")
-                samples.append((prompt, image))
+                _save_image_atomically(image, folder / f"{step:06d}-{kind + '-' if kind else ''}{index}.png")
+                samples.append((label + prompt, image))
         finally:
             models.denoiser.train()
         return tuple(samples)
 
     def save(self, epoch: int, final: bool) -> None:
-        request = SaveRequest(paths=self.paths, suffix="" if final else epoch_suffix(epoch), step=self.position.step,
-                              epoch=epoch, summary=self.dataset.summary())
-        written = self.method.save_outputs(request)
+        suffix = "" if final else epoch_suffix(epoch)
+        request = SaveRequest(paths=self.paths, suffix=suffix, step=self.position.step, epoch=epoch,
+                              summary=self.dataset.summary())
+        written = self._save_outputs(request)
         self.files.extend(written)
         self.tracker.files.extend(written)
         if self.config.save_state:
@@ -583,13 +700,26 @@ class _Trainer:
             self.state_dir = _write_state(
                 self.paths.states_dir / name, config=self.config, method=self.method, optimizer=self.optimizer,
                 lr_scheduler=self.lr_scheduler, scaler=self.scaler, generator=self.generator, position=self.position,
-                models=self.models, smoothed_loss=self.tracker.smoothed,
+                models=self.models, smoothed_loss=self.tracker.smoothed, ema=self.ema,
             )
         checks = [check for check in map(self.key_checker, written) if check is not None]
         self.key_checks.extend(checks)
         self.tracker.report(self.position.step, epoch, self.lr(),
                             message="; ".join(["saved " + ", ".join(path.name for path in written),
                                                *(check.summary() for check in checks)]))
+
+    def _save_outputs(self, request: SaveRequest) -> list[Path]:
+        """The method's files from the raw weights and, with EMA, from the averages: `<name>_ema...` beside
+        them, or under the plain name instead of them."""
+        if self.ema is None:
+            return self.method.save_outputs(request)
+        if self.config.ema_output == "instead":
+            with self.ema.applied():
+                return self.method.save_outputs(request)
+        written = self.method.save_outputs(request)
+        with self.ema.applied():
+            written += self.method.save_outputs(dataclasses.replace(request, suffix=EMA_SUFFIX + request.suffix))
+        return written
 
     def train(self, start: _Position) -> bool:
         """Run from `start` to the end; False when cancelled."""
@@ -598,6 +728,8 @@ class _Trainer:
         accumulation = config.gradient_accumulation_steps
         self.tracker.start_loop(start.step, self.total_steps, self.total_epochs)
         epoch = start.epoch
+        if self.validation is not None:
+            self.validate(start.step, start.epoch)
         while epoch < self.total_epochs and self.position.step < self.total_steps:
             batches = self.dataset.epoch_batches(epoch, config.train_batch_size, config.seed)
             done = self.position.batches_done if epoch == start.epoch else 0
@@ -611,16 +743,29 @@ class _Trainer:
                 step = self.position.step + 1
                 self.position = _Position(step, epoch, done)
                 self.tracker.record_loss(loss)
-                if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
-                    self.tracker.samples = self.sample_images(step)
+                self._generate_due_images(step)
                 self.tracker.report(step, epoch + 1, self.lr())
+                if config.validation_every_n_steps and step % config.validation_every_n_steps == 0:
+                    self.validate(step, epoch + 1)
             if done >= len(batches):
                 epoch += 1
                 self.position = _Position(self.position.step, epoch, 0)
                 finished = epoch >= self.total_epochs or self.position.step >= self.total_steps
                 if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not finished:
                     self.save(epoch, final=False)
+        if self.validation is not None and self.validation_losses[-1][0] != self.position.step:
+            self.validate(self.position.step, self.position.epoch)
         return True
+
+    def _generate_due_images(self, step: int) -> None:
+        """Sample-prompt images and validation images when their intervals come round; the gallery shows the
+        latest of both."""
+        config = self.config
+        if config.sample_every_n_steps and step % config.sample_every_n_steps == 0:
+            self._prompt_samples = self.sample_images(step)
+        if config.validation_images_every_n_steps and step % config.validation_images_every_n_steps == 0:
+            self._validation_samples = self.validation_images(step)
+        self.tracker.samples = self._prompt_samples + self._validation_samples
 
 
 def run_training(config: TrainingConfig, base: CheckpointWeights, paths: TrainingPaths, device: torch.device, *,
@@ -635,7 +780,7 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
     stop = should_stop or (lambda: False)
     warnings: list[str] = []
     tracker = _ProgressTracker(on_progress)
-    dataset = scan_dataset(config)
+    dataset, validation = training_sets(config)
     summary = dataset.summary()
     warnings += [f"skipped {s.name}: {s.reason}" for s in summary.skipped] + summary.notes
     tracker.report(0, 0, message="dataset: " + summary.describe())
@@ -656,6 +801,7 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
             epochs_done=trainer.position.epoch if trainer else 0,
             final_loss=tracker.last_loss, warnings=warnings, state_dir=trainer.state_dir if trainer else None,
             summary=summary, usage=method.usage_hint(), key_checks=list(trainer.key_checks) if trainer else [],
+            validation_losses=list(trainer.validation_losses) if trainer else [],
         )
 
     class_dataset = None
@@ -669,15 +815,19 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
         torch.manual_seed(config.seed)  # PEFT initialises new adapters (on the CPU) from torch's global generator
         method.prepare()
 
-    trainer = _Trainer(config, models, method, dataset, class_dataset, paths, tracker, stop, warnings)
+    if validation is not None:
+        tracker.report(0, 0, message=f"validation: {len(validation)} held-out image(s)")
+    trainer = _Trainer(config, models, method, dataset, class_dataset, paths, tracker, stop, warnings, validation)
     if config.cache_latents and not trainer.cache_latents():
+        return cancelled_result(trainer)
+    if not trainer.cache_validation_latents():
         return cancelled_result(trainer)
     start = _Position()
     if config.resume_from:
         start, smoothed = _load_state(Path(config.resume_from).expanduser(), config=config, method=method,
                                       optimizer=trainer.optimizer, lr_scheduler=trainer.lr_scheduler,
                                       scaler=trainer.scaler, generator=trainer.generator, models=models,
-                                      warnings=warnings)
+                                      warnings=warnings, ema=trainer.ema)
         tracker.restore_smoothed(smoothed)
         if start.step >= trainer.total_steps:
             warnings.append(f"the saved state is already at step {start.step} of {trainer.total_steps}; "
@@ -691,4 +841,5 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
         files=list(trainer.files), cancelled=False, steps_done=trainer.position.step,
         epochs_done=epochs_run, final_loss=tracker.last_loss, warnings=warnings,
         state_dir=trainer.state_dir, summary=summary, usage=method.usage_hint(), key_checks=list(trainer.key_checks),
+        validation_losses=list(trainer.validation_losses),
     )

@@ -28,6 +28,7 @@ class TrainingMonitor:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _latest: TrainingProgress | None = None
     _losses: list[tuple[int, float, float]] = field(default_factory=list)  # step, loss, smoothed loss
+    _validation_losses: list[tuple[int, float]] = field(default_factory=list)  # step, validation loss
     _samples: tuple[tuple[str, Any], ...] = ()
     _messages: list[str] = field(default_factory=list)
     result: TrainingResult | None = None
@@ -41,6 +42,9 @@ class TrainingMonitor:
             if progress.loss is not None and (not self._losses or self._losses[-1][0] != progress.step):
                 smoothed = progress.smoothed_loss if progress.smoothed_loss is not None else progress.loss
                 self._losses.append((progress.step, progress.loss, smoothed))
+            if progress.validation_loss is not None and (
+                    not self._validation_losses or self._validation_losses[-1][0] != progress.step):
+                self._validation_losses.append((progress.step, progress.validation_loss))
             if progress.samples:
                 self._samples = progress.samples
             if progress.message and (not self._messages or self._messages[-1] != progress.message):
@@ -58,6 +62,10 @@ class TrainingMonitor:
     def losses(self) -> list[tuple[int, float, float]]:
         with self._lock:
             return list(self._losses)
+
+    def validation_losses(self) -> list[tuple[int, float]]:
+        with self._lock:
+            return list(self._validation_losses)
 
     def samples(self) -> tuple[tuple[str, Any], ...]:
         with self._lock:

@@ -58,6 +58,16 @@ class NoisePrediction:
         device = latents.device
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator).to(device)
+        return self._at_timesteps(latents, noise, timesteps)
+
+    def at_levels(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedBatch:
+        """Noised at fixed levels in (0, 1) of the schedule, unweighted (validation)."""
+        last = self.scheduler.config.num_train_timesteps - 1
+        timesteps = (levels * last).round().long().to(latents.device)
+        batch = self._at_timesteps(latents, noise, timesteps)
+        return NoisedBatch(batch.noisy, batch.timesteps, batch.target)
+
+    def _at_timesteps(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> NoisedBatch:
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         target = prediction_target(self.scheduler, latents, noise, timesteps)
         weights = None
@@ -65,6 +75,17 @@ class NoisePrediction:
             weights = min_snr_weights(self.scheduler, timesteps, self.config.min_snr_gamma,
                                       self.prediction_type == "v_prediction")
         return NoisedBatch(noisy, timesteps, target, weights)
+
+
+def per_sample_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per sample [B]; with a mask [B, 1, h, w] (1 learns, 0 is ignored) the error is weighted
+    by it and averaged over the part it keeps, so a small mask does not also shrink the step size."""
+    error = (prediction.float() - target.float()) ** 2
+    if mask is None:
+        return error.mean(dim=tuple(range(1, error.ndim)))
+    weights = mask.to(error.dtype).expand_as(error)
+    dims = tuple(range(1, error.ndim))
+    return (error * weights).sum(dim=dims) / weights.sum(dim=dims).clamp_min(1e-8)
 
 
 def prediction_target(noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor,
@@ -106,10 +127,19 @@ class FlowMatching:
         else:
             u = torch.sigmoid(self.config.flow_logit_mean
                               + self.config.flow_logit_std * torch.randn(count, generator=generator))
+        return self._shifted(u)
+
+    def _shifted(self, u: torch.Tensor) -> torch.Tensor:
         return self.shift * u / (1.0 + (self.shift - 1.0) * u)
 
     def noised(self, latents: torch.Tensor, noise: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
-        sigmas = self.draw_sigmas(latents.shape[0], generator).to(latents.device)
+        return self._at_sigmas(latents, noise, self.draw_sigmas(latents.shape[0], generator).to(latents.device))
+
+    def at_levels(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedBatch:
+        """Noised at fixed levels u in (0, 1), moved by the scheduler's shift as training draws are (validation)."""
+        return self._at_sigmas(latents, noise, self._shifted(levels.to(latents.device)))
+
+    def _at_sigmas(self, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> NoisedBatch:
         broadcast = sigmas.reshape(-1, *([1] * (latents.ndim - 1)))
         noisy = (1.0 - broadcast) * latents + broadcast * noise
         return NoisedBatch(noisy, sigmas * self.num_train_timesteps, noise - latents)

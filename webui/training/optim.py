@@ -29,6 +29,36 @@ def optimizer_unavailable_reason(name: str) -> str | None:
     return None
 
 
+# Where the UNet's parts start in its parameter names (diffusers' UNet2DConditionModel, every SD UNet family).
+UNET_BLOCK_PREFIXES = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
+
+
+def unet_block_of(name: str) -> str | None:
+    """"down", "mid" or "up" for a UNet parameter name; None for the rest (conv_in, time embedding, conv_out)."""
+    return next((block for block, prefix in UNET_BLOCK_PREFIXES.items() if name.startswith(prefix)), None)
+
+
+def block_weighted_groups(named_parameters: dict[str, torch.nn.Parameter], lr: float,
+                          weights: dict[str, float]) -> list[dict[str, Any]]:
+    """UNet parameters as optimizer groups whose lr is `lr` times their block's weight (kohya's down/mid/up
+    lr weights); a block weighted 0 is frozen (no gradient, not in the optimizer). All weights 1 give the one
+    group a run without block weights has, so its saved optimizer states still fit."""
+    if all(weight == 1.0 for weight in weights.values()):
+        return [{"params": list(named_parameters.values()), "lr": lr}]
+    by_block: dict[str | None, list[torch.nn.Parameter]] = {None: [], **{block: [] for block in UNET_BLOCK_PREFIXES}}
+    for name, parameter in named_parameters.items():
+        by_block[unet_block_of(name)].append(parameter)
+    groups = []
+    for block, parameters in by_block.items():
+        weight = 1.0 if block is None else weights[block]
+        if weight == 0.0:
+            for parameter in parameters:
+                parameter.requires_grad_(False)
+        elif parameters:
+            groups.append({"params": parameters, "lr": lr * weight, "lr_weight": weight})
+    return groups
+
+
 def build_optimizer(name: str, parameter_groups: list[dict[str, Any]], *, weight_decay: float) -> torch.optim.Optimizer:
     """An optimizer over groups that each carry their own `lr` (UNet, text encoder, embeddings)."""
     reason = optimizer_unavailable_reason(name)

@@ -48,18 +48,20 @@ from webui.training.config import (
     check_caption_extension,
     list_presets,
 )
-from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar, scan_dataset
+from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar
 from webui.training.hub_upload import check_upload_allowed, upload_to_hub
 from webui.training.loop import TrainingPaths, TrainingResult, run_training
 from webui.training.model_card import write_model_card
 from webui.training.monitor import TrainingBusyError, TrainingMonitor
+from webui.training.validation import training_sets
 
 TRAIN_JOB_KIND = "train"  # the kind `TrainingService.submit` queues its job under
 # A finished run whose saved files some loader would read only in part: saved, but not "done".
 SAVED_WITH_WARNINGS = "saved_with_warnings"
 MAX_LOG_MESSAGES = 200
 # Fields that describe one job rather than a way of training: kept out of presets and model cards.
-JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint")
+JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint",
+              "masks_dir", "validation_dir")
 _EPOCH_NAME = re.compile(r"^(?P<base>.+)-(?P<epoch>\d{6})$")  # kohya's `name-000002` per-epoch files
 
 
@@ -127,7 +129,7 @@ class TrainingService:
         config = config.replace(base_checkpoint=record.title).validate()
         if record.architecture is not None:
             config.check_family(family_named(record.architecture.family))
-        scan_dataset(config)  # raises DatasetError with the reason before anything is queued
+        training_sets(config)  # raises DatasetError with the reason (also a validation overlap) before anything is queued
         return config
 
     def work_paths(self, user: User | None) -> TrainingPaths:
@@ -181,7 +183,7 @@ def result_record(result: TrainingResult) -> dict[str, Any]:
     """What the job history keeps of a run: its files, how it ended, and which loaders read which keys."""
     return {"files": [str(path) for path in result.files], "cancelled": bool(result.cancelled),
             "outcome": run_outcome(result), "key_checks": [check.to_dict() for check in result.key_checks],
-            "key_problems": result.key_problems}
+            "key_problems": result.key_problems, "validation_losses": _loss_points(result.validation_losses)}
 
 
 def user_presets_folder(service: TrainingService, user: User | None) -> Path:
@@ -319,8 +321,9 @@ def confine_config(service: TrainingService, config: TrainingConfig, user: User 
     """
     check_caption_extension(config.caption_extension)
     changes = {}
-    if config.dataset_dir.strip():
-        changes["dataset_dir"] = str(dataset_folder(service, config.dataset_dir, user))
+    for name in ("dataset_dir", "masks_dir", "validation_dir"):
+        if getattr(config, name).strip():
+            changes[name] = str(dataset_folder(service, getattr(config, name), user))
     if config.resume_from.strip():
         state = service.files.resolve(config.resume_from, RESUME_STATE, user)
         if not state.is_dir():  # said now, not when the queued job fails on the worker
@@ -556,11 +559,17 @@ def training_status(service: TrainingService, viewer: User | None = None) -> dic
         "files": files,
         "usage": result.usage if result is not None else "",
         "warnings": list(result.warnings) if result is not None else [],
+        "validation_losses": _loss_points(monitor.validation_losses()),
         "error": monitor.error,
         "key_checks": [check.to_dict() for check in result.key_checks] if result is not None else [],
         "key_problems": result.key_problems if result is not None else [],
         "owner": monitor.owner,
     }
+
+
+def _loss_points(points: list[tuple[int, float]]) -> list[list[float]]:
+    """(step, loss) pairs as JSON lists, leaving out a non-finite loss."""
+    return [[step, float(loss)] for step, loss in points if math.isfinite(loss)]
 
 
 def _finite(value: float | None) -> float | None:

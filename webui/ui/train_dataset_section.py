@@ -69,7 +69,7 @@ def build_dataset_section(defaults: TrainingConfig) -> DatasetSection:
     with gr.Row():
         load_captions = gr.Button("Reload captions", size="sm", elem_id="train_load_captions")
         save_captions = gr.Button("Save captions", size="sm", elem_id="train_save_captions")
-    for group in ("captions", "buckets", "augment"):
+    for group in ("captions", "dropout", "buckets", "augment", "masks"):
         with gr.Row():
             for spec in DATASET_GROUPS[group]:
                 fields[spec.name] = make_widget(spec, getattr(defaults, spec.name))

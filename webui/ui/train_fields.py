@@ -15,10 +15,12 @@ import gradio as gr
 
 from webui.training.config import (
     CAPTION_EXTENSIONS,
+    EMA_OUTPUTS,
     FLOW_TIMESTEP_SAMPLINGS,
     LORA_FILE_LAYOUTS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
+    NETWORK_TYPES,
     OPTIMIZERS,
     UNET_TARGET_CHOICES,
     TrainingConfig,
@@ -55,8 +57,14 @@ DATASET_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "captions": (
         _spec("prepend_trigger", "Put the trigger word first in captions", "bool"),
         _spec("shuffle_captions", "Shuffle caption tags", "bool"),
-        _spec("keep_tokens", "Keep first N tags", "int"),
+        _spec("keep_tokens", "Keep first N tags", "int", info="never shuffled or dropped"),
         _spec("repeats", "Repeats", "int", info="times each image is seen per epoch"),
+    ),
+    "dropout": (
+        _spec("caption_dropout_rate", "Caption dropout rate", "float",
+              info="share of samples trained with an empty caption (0 = off)"),
+        _spec("caption_tag_dropout_rate", "Tag dropout rate", "float",
+              info="share of tags after the kept ones left out of each sample (0 = off)"),
     ),
     "buckets": (
         _spec("resolution", "Resolution", "int"),
@@ -68,11 +76,21 @@ DATASET_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "augment": (
         _spec("flip_augment", "Random horizontal flip", "bool"),
         _spec("cache_latents", "Cache latents", "bool"),
+        _spec("cache_text_encoder_outputs", "Cache text encoder outputs", "bool",
+              info="encode each caption once (needs a frozen text encoder; not for TI or pivotal)"),
+    ),
+    "masks": (
+        _spec("masked_loss", "Masked loss", "bool",
+              info="learn only where the mask is white: <image>_mask.png beside each image, the masks folder, "
+                   "or the image's transparency"),
+        _spec("masks_dir", "Masks folder (optional)", "text", info="a folder in datasets/ with <image>.png masks"),
     ),
 }
 
 HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "Network (LoRA)": (
+        _spec("network_type", "Network type", "choice", NETWORK_TYPES,
+              info="lora (LoCon with a conv rank), or LyCORIS loha / lokr (SD1, SD2, SDXL)"),
         _spec("rank", "Network rank (dim)", "int"),
         _spec("alpha", "Network alpha", "float"),
         _spec("conv_rank", "Conv rank (LoCon, 0 = off)", "int"),
@@ -82,6 +100,9 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "Learning rate and optimizer": (
         _spec("unet_lr", "UNet learning rate", "float"),
         _spec("text_encoder_lr", "Text encoder learning rate", "float"),
+        _spec("down_lr_weight", "UNet down blocks lr weight", "float", info="x UNet lr; 0 freezes them"),
+        _spec("mid_lr_weight", "UNet mid block lr weight", "float", info="x UNet lr; 0 freezes it"),
+        _spec("up_lr_weight", "UNet up blocks lr weight", "float", info="x UNet lr; 0 freezes them"),
         _spec("train_text_encoder", "Train the text encoder", "bool"),
         _spec("embedding_lr", "Embedding learning rate", "float"),
         _spec("lr_scheduler", "LR scheduler", "choice", LR_SCHEDULERS),
@@ -110,6 +131,12 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("flow_logit_mean", "Flow matching: logit mean", "float", info="above 0: more training at high noise"),
         _spec("flow_logit_std", "Flow matching: logit std", "float"),
     ),
+    "EMA": (
+        _spec("use_ema", "Keep an EMA of the trained weights", "bool"),
+        _spec("ema_decay", "EMA decay", "float", info="averages about the last 1/(1-decay) steps, e.g. 0.999"),
+        _spec("ema_output", "EMA file", "choice", EMA_OUTPUTS,
+              info="beside: <name>_ema.safetensors next to the raw file; instead: only the EMA file"),
+    ),
     "Saving, samples and resume": (
         _spec("save_every_n_epochs", "Save every N epochs (0 = only at the end)", "int"),
         _spec("lora_file_layout", "LoRA file layout", "choice", LORA_FILE_LAYOUTS,
@@ -122,6 +149,14 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         _spec("sample_seed", "Sample seed", "int"),
         _spec("resume_from", "Resume from state folder", "text",
               info="the name of one of your saved states (e.g. my_lora-state); listed here when the page loads"),
+    ),
+    "Validation": (
+        _spec("validation_dir", "Validation folder", "text",
+              info="held-out images with captions, a folder in datasets/ (none of them a training image)"),
+        _spec("validation_split", "Or hold out this share of the dataset", "float", info="0 to 0.5; 0 = none"),
+        _spec("validation_every_n_steps", "Validation loss every N steps", "int",
+              info="also measured before the first and after the last step"),
+        _spec("validation_images_every_n_steps", "Validation images every N steps (0 = never)", "int"),
     ),
     "Prior preservation (DreamBooth)": (
         _spec("with_prior_preservation", "Use prior preservation (class images)", "bool",
@@ -144,7 +179,9 @@ GROUP_IDS: dict[str, str] = {
     "Learning rate and optimizer": "train_group_optimizer",
     "Steps and batch": "train_group_steps",
     "Precision and loss": "train_group_precision",
+    "EMA": "train_group_ema",
     "Saving, samples and resume": "train_group_saving",
+    "Validation": "train_group_validation",
     "Prior preservation (DreamBooth)": "train_group_prior",
     "Textual inversion / pivotal": "train_group_embedding",
 }
@@ -153,6 +190,14 @@ JOB_WIDGET_FIELDS = ("method", "output_name", "base_checkpoint", "dataset_dir")
 # Accordions that only some methods use; hidden for the others so the form shows what matters.
 GROUP_METHODS: dict[str, tuple[str, ...]] = {
     "Network (LoRA)": ("lora", "dreambooth_lora", "pivotal"),
+    "Validation": (
+        _spec("validation_dir", "Validation folder", "text",
+              info="held-out images with captions, a folder in datasets/ (none of them a training image)"),
+        _spec("validation_split", "Or hold out this share of the dataset", "float", info="0 to 0.5; 0 = none"),
+        _spec("validation_every_n_steps", "Validation loss every N steps", "int",
+              info="also measured before the first and after the last step"),
+        _spec("validation_images_every_n_steps", "Validation images every N steps (0 = never)", "int"),
+    ),
     "Prior preservation (DreamBooth)": ("lora", "dreambooth", "dreambooth_lora", "pivotal"),
     "Textual inversion / pivotal": ("textual_inversion", "pivotal"),
 }

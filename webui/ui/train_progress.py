@@ -16,6 +16,7 @@ from webui.training.monitor import TrainingMonitor
 
 LOSS_SERIES = "loss"
 SMOOTHED_SERIES = "smoothed loss"
+VALIDATION_SERIES = "validation loss"
 LOG_LINES = 12
 STATE_WORDS = {"queued": "Waiting for the GPU worker", "running": "Training", "done": "Finished",
                "saved_with_warnings": "Saved with warnings", "cancelled": "Cancelled", "failed": "Failed"}
@@ -50,6 +51,8 @@ def progress_html(status: dict[str, Any]) -> str:
         parts.append(f"loss {status['loss']:.4f}")
     if status["smoothed_loss"] is not None:
         parts.append(f"avg {status['smoothed_loss']:.4f}")
+    if status.get("validation_losses"):
+        parts.append(f"validation {status['validation_losses'][-1][1]:.4f}")
     if status["state"] in ("queued", "running") and status["messages"] and not total:
         parts.append(status["messages"][-1])
     label = " · ".join(parts)
@@ -66,6 +69,8 @@ def loss_frame(monitor: TrainingMonitor | None) -> pd.DataFrame:
     for step, loss, smoothed in (monitor.losses() if monitor is not None else []):
         rows.append({"step": step, "loss": loss, "series": LOSS_SERIES})
         rows.append({"step": step, "loss": smoothed, "series": SMOOTHED_SERIES})
+    for step, loss in (monitor.validation_losses() if monitor is not None else []):
+        rows.append({"step": step, "loss": loss, "series": VALIDATION_SERIES})
     # Typed columns even when empty: the plot picks its axis types from them (object dtype = categories).
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64",
                                                                          "series": "str"})

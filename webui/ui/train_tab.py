@@ -38,6 +38,7 @@ from webui.ui.train_fields import (
 from webui.ui.train_progress import (
     LOSS_SERIES,
     SMOOTHED_SERIES,
+    VALIDATION_SERIES,
     log_text,
     loss_frame,
     progress_html,
@@ -65,7 +66,7 @@ from webui.training.service import (
 
 POLL_SECONDS = 1.0
 COMPARE_WEIGHTS = [0.6, 0.8, 1.0]
-LOSS_COLORS = {LOSS_SERIES: "#9ca3af", SMOOTHED_SERIES: "#f97316"}
+LOSS_COLORS = {LOSS_SERIES: "#9ca3af", SMOOTHED_SERIES: "#f97316", VALIDATION_SERIES: "#2563eb"}
 LICENSES = ["creativeml-openrail-m", "openrail++", "openrail", "cc-by-4.0", "cc-by-nc-4.0", "mit", "apache-2.0", "other"]
 
 
@@ -231,7 +232,7 @@ def build_train_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, native_reso
         viewer = caller_of(request)
         monitor = visible_run(ctx.training, viewer)
         status = training_status(ctx.training, viewer)
-        losses = len(monitor.losses()) if monitor is not None else 0
+        losses = (len(monitor.losses()), len(monitor.validation_losses())) if monitor is not None else (0, 0)
         sample_key = id(monitor.samples()) if monitor is not None and monitor.samples() else None
         now = {"run": id(monitor), "losses": losses, "samples": sample_key}
         same_run = seen.get("run") == now["run"]

@@ -31,7 +31,10 @@ class DreamBoothMethod(TrainingMethod):
             module.requires_grad_(True)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        groups = [{"params": list(self.models.unet.parameters()), "lr": self.config.unet_lr}]
+        from webui.training.optim import block_weighted_groups
+
+        groups = block_weighted_groups(dict(self.models.unet.named_parameters()), self.config.unet_lr,
+                                       self.config.block_lr_weights)
         if self.config.train_text_encoder:
             groups.append({"params": [p for encoder in self.models.text_encoders for p in encoder.parameters()],
                            "lr": self.config.text_encoder_lr})

@@ -10,6 +10,7 @@ diffusers', so the file reproduces exactly what was trained.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,31 +42,44 @@ def text_encoder_target_names(text_encoder: nn.Module) -> list[str]:
 
 
 def inject_lora(module: nn.Module, targets: list[str], rank: int, alpha: float,
-                conv_targets: list[str] = (), conv_rank: int = 0, conv_alpha: float = 0.0) -> None:
-    """Add one PEFT LoRA adapter to exactly the named layers (B starts at zero: no change at step 0)."""
-    from peft import LoraConfig, inject_adapter_in_model
+                conv_targets: list[str] = (), conv_rank: int = 0, conv_alpha: float = 0.0,
+                network_type: str = "lora") -> None:
+    """Add one PEFT adapter (LoRA, LoHa or LoKr) to exactly the named layers; each starts as no change (LoRA's B,
+    LoHa's second w1/w2 factor and LoKr's w2 start at zero)."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig, inject_adapter_in_model
 
     all_targets = list(targets) + list(conv_targets)
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True, target_modules=all_targets,
-        rank_pattern={re.escape(name): conv_rank for name in conv_targets},
-        alpha_pattern={re.escape(name): conv_alpha for name in conv_targets},
-    )
+    patterns = {"rank_pattern": {re.escape(name): conv_rank for name in conv_targets},
+                "alpha_pattern": {re.escape(name): conv_alpha for name in conv_targets}}
+    if network_type == "loha":
+        config = LoHaConfig(r=rank, alpha=alpha, target_modules=all_targets, init_weights=True, **patterns)
+    elif network_type == "lokr":
+        config = LoKrConfig(r=rank, alpha=alpha, target_modules=all_targets, init_weights=True, **patterns)
+    else:
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True,
+                            target_modules=all_targets, **patterns)
     inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
 
 
+_ADAPTER_PARAMETER = re.compile(r"\.(lora_|hada_|lokr_)")
+
+
 def lora_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
-    """The adapter parameters by name (only these train)."""
-    return {name: parameter for name, parameter in module.named_parameters() if ".lora_" in name}
+    """The adapter parameters by name (only these train): LoRA's lora_A/B, LoHa's hada_*, LoKr's lokr_*."""
+    return {name: parameter for name, parameter in module.named_parameters() if _ADAPTER_PARAMETER.search(name)}
 
 
 def exported_layers(component: str, module: nn.Module) -> dict[str, Any]:
-    """`LoraLayerWeights` per adapted layer, keyed `<component>.<module path>` for `save_kohya_lora`."""
+    """`LoraLayerWeights` (or `LycorisLayerWeights` for LoHa / LoKr) per adapted layer, keyed
+    `<component>.<module path>` for the writers."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
     from webui.training.export import LoraLayerWeights
+    from webui.training.export_lycoris import LycorisLayerWeights
 
-    layers = {}
+    layers: dict[str, Any] = {}
     for name, layer in module.named_modules():
         if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
             layers[f"{component}.{name}"] = LoraLayerWeights(
@@ -73,6 +87,12 @@ def exported_layers(component: str, module: nn.Module) -> dict[str, Any]:
                 up=layer.lora_B[ADAPTER_NAME].weight.detach().float().cpu().clone(),
                 alpha=float(layer.lora_alpha[ADAPTER_NAME]),
             )
+        elif isinstance(layer, (LoHaLayer, LoKrLayer)) and ADAPTER_NAME in layer.r:
+            tensors = {role: getattr(layer, role)[ADAPTER_NAME].detach().float().cpu().clone()
+                       for role in layer.adapter_layer_names if ADAPTER_NAME in getattr(layer, role)}
+            layers[f"{component}.{name}"] = LycorisLayerWeights(
+                algo="loha" if isinstance(layer, LoHaLayer) else "lokr", tensors=tensors,
+                rank=int(layer.r[ADAPTER_NAME]), alpha=float(layer.alpha[ADAPTER_NAME]))
     return layers
 
 
@@ -91,18 +111,22 @@ class LoraAdapters:
         if not targets:
             raise TrainingConfigError("target_modules", f"no {family.denoiser} layer matches "
                                                         f"{list(config.target_modules)}")
-        inject_lora(denoiser, targets, config.rank, config.alpha, convs, config.conv_rank, config.conv_alpha)
+        inject_lora(denoiser, targets, config.rank, config.alpha, convs, config.conv_rank, config.conv_alpha,
+                    config.network_type)
         self.components[family.denoiser] = denoiser
         if config.train_text_encoder:
             for name, encoder in zip(self.models.text_encoder_names, self.models.text_encoders):
                 encoder_targets = text_encoder_target_names(encoder)
                 if encoder_targets:  # CLIP encoders; T5 (SD3's third) names its projections q/k/v/o and stays frozen
-                    inject_lora(encoder, encoder_targets, config.rank, config.alpha)
+                    inject_lora(encoder, encoder_targets, config.rank, config.alpha, network_type=config.network_type)
                     self.components[name] = encoder
 
     def parameter_groups(self) -> list[dict[str, Any]]:
+        from webui.training.optim import block_weighted_groups
+
         denoiser = self.models.model_family.denoiser
-        groups = [{"params": list(lora_parameters(self.components[denoiser]).values()), "lr": self.config.unet_lr}]
+        groups = block_weighted_groups(lora_parameters(self.components[denoiser]), self.config.unet_lr,
+                                       self.config.block_lr_weights)
         text_parameters = [p for name, module in self.components.items() if name != denoiser
                            for p in lora_parameters(module).values()]
         if text_parameters:
@@ -131,7 +155,12 @@ class LoraAdapters:
             variant=models.model_family.variant_of_denoiser_config(models.denoiser_config or {}),
             layout=config.lora_file_layout,
         )
-        return save_trained_lora(path, self.layers(), metadata, models.family, denoiser_config=models.denoiser_config,
+        layers = self.layers()
+        if config.network_type != "lora":  # LoHa / LoKr: LyCORIS tensors under kohya names (`check_family`)
+            from webui.training.export_lycoris import save_lycoris_lora
+
+            return save_lycoris_lora(path, layers, metadata, models.family, unet_config=models.denoiser_config)
+        return save_trained_lora(path, layers, metadata, models.family, denoiser_config=models.denoiser_config,
                                  layout=config.lora_file_layout)
 
 
@@ -154,10 +183,25 @@ def training_metadata(config: TrainingConfig) -> dict[str, str]:
         "ss_mixed_precision": config.mixed_precision,
         "ss_enable_bucket": str(config.enable_bucketing),
         "ss_flip_aug": str(config.flip_augment),
+        "ss_keep_tokens": str(config.keep_tokens),
+        "ss_caption_dropout_rate": str(config.caption_dropout_rate),
+        "ss_caption_tag_dropout_rate": str(config.caption_tag_dropout_rate),
+        "ss_masked_loss": str(config.masked_loss),
         "ss_prior_loss_weight": str(config.prior_loss_weight if config.uses_prior_preservation else 0),
-        "ss_network_args": "{" + (f'"conv_dim": "{config.conv_rank}", "conv_alpha": "{config.conv_alpha}"'
-                                  if config.conv_rank else "") + "}",
+        "ss_network_args": json.dumps(network_args(config)),
+        **({"ss_network_module": "lycoris.kohya"} if config.network_type != "lora" else {}),
     }
+
+
+def network_args(config: TrainingConfig) -> dict[str, str]:
+    """kohya's network_args as it records them (string values): LoCon's conv settings, block lr weights."""
+    args = {} if config.network_type == "lora" else {"algo": config.network_type}
+    if config.conv_rank:
+        args.update(conv_dim=str(config.conv_rank), conv_alpha=str(config.conv_alpha))
+    if config.uses_block_lr_weights:
+        args.update(down_lr_weight=str(config.down_lr_weight), mid_lr_weight=str(config.mid_lr_weight),
+                    up_lr_weight=str(config.up_lr_weight))
+    return args
 
 
 class LoraMethod(TrainingMethod):
