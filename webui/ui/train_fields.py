@@ -190,14 +190,6 @@ JOB_WIDGET_FIELDS = ("method", "output_name", "base_checkpoint", "dataset_dir")
 # Accordions that only some methods use; hidden for the others so the form shows what matters.
 GROUP_METHODS: dict[str, tuple[str, ...]] = {
     "Network (LoRA)": ("lora", "dreambooth_lora", "pivotal"),
-    "Validation": (
-        _spec("validation_dir", "Validation folder", "text",
-              info="held-out images with captions, a folder in datasets/ (none of them a training image)"),
-        _spec("validation_split", "Or hold out this share of the dataset", "float", info="0 to 0.5; 0 = none"),
-        _spec("validation_every_n_steps", "Validation loss every N steps", "int",
-              info="also measured before the first and after the last step"),
-        _spec("validation_images_every_n_steps", "Validation images every N steps (0 = never)", "int"),
-    ),
     "Prior preservation (DreamBooth)": ("lora", "dreambooth", "dreambooth_lora", "pivotal"),
     "Textual inversion / pivotal": ("textual_inversion", "pivotal"),
 }
