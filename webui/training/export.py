@@ -103,6 +103,18 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def checked_lora_target(path: Path | str, layers: Mapping[str, Any], metadata: Mapping[str, str] | None
+                        ) -> tuple[Path, dict[str, str]]:
+    """The path and metadata of a LoRA about to be written, refused up front when they cannot make a file every
+    loader reads (not .safetensors, no layers, metadata that is not str -> str)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"a LoRA must be a .safetensors file, got {path.name!r}")
+    if not layers:
+        raise ValueError("no LoRA layers to save")
+    return path, _check_metadata(metadata)
+
+
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     """safetensors metadata must be str -> str; say which entry is not, instead of failing deep inside."""
     checked: dict[str, str] = {}
@@ -267,12 +279,7 @@ def save_kohya_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata
     exact value survives. The file also records ``sshs_model_hash`` (sha256 of the tensor data, as
     kohya writes it) and, when the metadata carries modelspec keys, ``modelspec.hash_sha256``.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise ValueError(f"a kohya LoRA must be a .safetensors file, got {path.name!r}")
-    if not layers:
-        raise ValueError("no LoRA layers to save")
-    file_metadata = _check_metadata(metadata)
+    path, file_metadata = checked_lora_target(path, layers, metadata)
     model_family = family_named(family)
     if model_family.denoiser != COMPONENT_UNET:  # transformer families: sd-scripts names the original modules
         layers = original_named_layers(layers, model_family, unet_config or load_component_config(
@@ -305,15 +312,10 @@ def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], meta
     (`StableDiffusion3Pipeline.load_lora_weights`) and ComfyUI load. Such files hold no alpha tensors (diffusers refuses keys without "lora"): rank and alpha
     go into diffusers' ``lora_adapter_metadata`` (the PEFT config per component, which diffusers and this app's
     reader apply), beside the ``ss_*`` / ``modelspec.*`` metadata."""
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise ValueError(f"a LoRA must be a .safetensors file, got {path.name!r}")
-    if not layers:
-        raise ValueError("no LoRA layers to save")
+    path, file_metadata = checked_lora_target(path, layers, metadata)
     model_family = family_named(family)
     components = model_family.components
     clip_encoders = {encoder.component for encoder in model_family.ldm_text_encoders if encoder.kind != "t5"}
-    file_metadata = _check_metadata(metadata)
     tensors: dict[str, Tensor] = {}
     adapters: dict[str, dict[str, Any]] = {}
     for layer_key, weights in layers.items():

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from webui.training.export import _check_metadata, _write_hashed, kohya_layer_names
+from webui.training.export import _write_hashed, checked_lora_target, kohya_layer_names
 
 LOHA_ROLES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
 LOKR_ROLES = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -56,12 +56,7 @@ def save_lycoris_lora(path: Path, layers: Mapping[str, LycorisLayerWeights], met
                       family: str, *, dtype: torch.dtype = torch.float16,
                       unet_config: Mapping[str, Any] | None = None) -> Path:
     """Write LoHa / LoKr layers (keys `"unet.<diffusers path>"`, `"text_encoder.<path>"`) under kohya names."""
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise ValueError(f"a LoRA must be a .safetensors file, got {path.name!r}")
-    if not layers:
-        raise ValueError("no LoRA layers to save")
-    file_metadata = _check_metadata(metadata)
+    path, file_metadata = checked_lora_target(path, layers, metadata)
     names = kohya_layer_names(list(layers), family, unet_config)
     tensors: dict[str, Tensor] = {}
     for layer_key, weights in layers.items():
