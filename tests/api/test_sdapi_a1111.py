@@ -382,8 +382,8 @@ def test_xyz_script_on_img2img_uses_the_img2img_axis_list(a1111):
     ({"script_name": "x/y/z plot", "script_args": xyz_args("Eta", "1")}, "'Eta'"),
     ({"script_name": "x/y/z plot", "script_args": xyz_args(4, "one, two")}, "one"),
     ({"script_name": "outpainting mk2"}, "x/y/z plot"),
-    ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "'ControlNet'"),
-    ({"alwayson_scripts": ["ControlNet"]}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "'ADetailer'"),  # not installed here
+    ({"alwayson_scripts": ["ADetailer"]}, "alwayson_scripts"),
     ({"script_args": [1.0, "NaN"]}, None),
 ])
 def test_bad_scripts_get_422_naming_them(a1111, fields, reason):

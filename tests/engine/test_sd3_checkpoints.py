@@ -155,22 +155,6 @@ def test_fp8_scaled_files_load_as_their_dequantized_weights(tmp_path):
         assert np.isfinite(denoise(model.pipeline)).all()
 
 
-def test_merging_sd3_single_files_is_refused_with_a_reason(models_dir, tmp_path):
-    from webui.models.merger import WEIGHTED_SUM, MergeError, MergeRecipe, merge_state_dicts, save_merged
-
-    root, sources = models_dir
-    catalog = catalog_of(root)
-    manager = ModelManager(catalog, torch.device("cpu"), torch.float32)
-    weights = manager.weights_of(catalog.find("sd3.5_medium_incl_clips_t5xxl"))
-    recipe = MergeRecipe(WEIGHTED_SUM, 0.5, "a", "b", None, "fp16", None)
-    merged = merge_state_dicts(recipe, weights, weights, None)
-    torch.testing.assert_close(merged["transformer"]["proj_out.weight"],
-                               sources["sd3.5_medium_incl_clips_t5xxl"]["transformer"].proj_out.weight)
-    with pytest.raises(MergeError, match="SD3.5 Medium single file"):
-        save_merged(recipe, merged, weights, tmp_path, "merged")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_a_diffusers_folder_without_t5_loads_with_clip_only_and_says_so(models_dir, tmp_path):
     import shutil
 

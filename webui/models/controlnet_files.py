@@ -30,7 +30,6 @@ SUFFIXES = (SAFETENSORS, *PICKLED)
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 LDM_PREFIX = "control_model."
 LDM, DIFFUSERS = "ldm", "diffusers"
-SDXL_CONTEXT, SD2_CONTEXT = 2048, 1024
 # UNet config keys a ControlNet shares with the UNet it was made from (diffusers' ControlNetModel.from_unet).
 SHARED_UNET_KEYS = ("in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention",
                     "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor",
@@ -122,10 +121,16 @@ def context_width_of(tensors: Mapping[str, torch.Tensor]) -> int:
 
 
 def family_of(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SDXL (extra size/pooled-text conditioning), SD2.x (1024-wide text) or SD1.x."""
-    if any(".label_emb." in f".{key}" or key.startswith("add_embedding.") for key in tensors):
-        return "sdxl"
-    return "sd2" if context_width_of(tensors) == SD2_CONTEXT else "sd1"
+    """The family whose UNet the ControlNet fits: asked of each family by its text width and whether it has
+    SDXL's extra size / pooled-text conditioning."""
+    from webui.models.families import FAMILIES
+
+    added = any(".label_emb." in f".{key}" or key.startswith("add_embedding.") for key in tensors)
+    width = context_width_of(tensors)
+    for family in FAMILIES:
+        if family.takes_controlnet(width, added):
+            return family.name
+    raise ControlNetFileError(f"no model family takes a ControlNet with {width}-wide text conditioning")
 
 
 def inspect_file(path: Path) -> ControlNetFile:

@@ -373,6 +373,12 @@ class ModelFamily(ABC):
         """Does a diffusers folder (its UNet config and component sub-folders) belong to this family?"""
         ...
 
+    def takes_controlnet(self, context_width: int, added_conditioning: bool) -> bool:
+        """Whether a UNet ControlNet with this text width (its cross-attention key input) and, SDXL-style, size and
+        pooled-text conditioning belongs to this family. Asked in `FAMILIES` order, the first yes wins; families
+        with no UNet ControlNets say no."""
+        return False
+
     @abstractmethod
     def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
         """Does a LoRA's training metadata (`ss_base_model_version`, `modelspec.architecture`) name this family?"""

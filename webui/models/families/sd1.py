@@ -39,5 +39,8 @@ class StableDiffusion1(ModelFamily):
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
         return True  # the fallback: checked after every other family
 
+    def takes_controlnet(self, context_width: int, added_conditioning: bool) -> bool:
+        return not added_conditioning  # any other text width: SD2 is asked first
+
     def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
         return base_model_version.startswith("sd_v1") or architecture.startswith("stable-diffusion-v1")

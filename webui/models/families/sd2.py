@@ -37,5 +37,8 @@ class StableDiffusion2(ModelFamily):
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
         return unet_config.get("cross_attention_dim") == 1024
 
+    def takes_controlnet(self, context_width: int, added_conditioning: bool) -> bool:
+        return not added_conditioning and context_width == self.cross_attention_width
+
     def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
         return base_model_version.startswith("sd_v2") or architecture.startswith("stable-diffusion-v2")

@@ -93,5 +93,8 @@ class StableDiffusionXL(ModelFamily):
     def matches_diffusers(self, unet_config: Mapping[str, Any], component_folders: set[str]) -> bool:
         return unet_config.get("addition_embed_type") == "text_time" or "text_encoder_2" in component_folders
 
+    def takes_controlnet(self, context_width: int, added_conditioning: bool) -> bool:
+        return added_conditioning
+
     def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
         return base_model_version.startswith("sdxl") or architecture.startswith("stable-diffusion-xl-v1-base")

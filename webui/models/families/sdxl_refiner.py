@@ -74,6 +74,9 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
         return (unet_config.get("addition_embed_type") == "text_time" and "text_encoder_2" in component_folders
                 and "text_encoder" not in component_folders)
 
+    def takes_controlnet(self, context_width: int, added_conditioning: bool) -> bool:
+        return False  # no ControlNets are made for the refiner
+
     def matches_lora_metadata(self, base_model_version: str, architecture: str) -> bool:
         return (base_model_version.startswith("sdxl_refiner")
                 or architecture.startswith("stable-diffusion-xl-v1-refiner"))
