@@ -7,6 +7,7 @@
   holds the call adds its ControlNet's residuals (`api.Services.controlnet` loads the model for the job's
   checkpoint and refuses one of another family). A unit of weight 0 adds nothing at all.
 - Routes `/controlnet/model_list`, `/controlnet/module_list`, `/controlnet/detect` (sd-webui-controlnet's).
+- Each unit's `hr_option` (Both / Low res only / High res only): the hires-fix pass it acts in.
 - Infotext lines `ControlNet 0: "Module: ..., Model: ..., Weight: ..."` and paste-back; X/Y/Z axes for
   unit 0's weight, starting and ending step and model.
 """
@@ -95,7 +96,9 @@ def setup(ext: api.ExtensionSetup) -> None:
         values = handle.values_of(call.request)
         if values is None or call.model is None or runtime.services is None:
             return None
+        hires_enabled = bool(getattr(call.request, "enable_hr", False))
         active = [unit for unit in units.units_of(values) if unit.enabled and unit.weight != 0
+                  and unit.acts_in(hires_enabled, call.hires)
                   and api.in_control_window(call, unit.guidance_start, unit.guidance_end)]
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None

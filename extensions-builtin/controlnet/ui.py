@@ -55,6 +55,8 @@ def _unit(where: api.ScriptUi, index: int, runtime: Any) -> dict[str, Any]:
                             elem_id=f"{prefix}_control_mode")
     resize_mode = gr.Radio(list(units.RESIZE_MODES), value=units.RESIZE_MODES[1], label="Resize Mode",
                            elem_id=f"{prefix}_resize_mode")
+    hr_option = gr.Dropdown(list(units.HR_OPTIONS), value=units.HR_OPTIONS[0], label="Hires fix pass",
+                            info="With hires fix: the pass this unit acts in", elem_id=f"{prefix}_hr_option")
 
     def stored(picture: Image.Image | None) -> tuple[str, Any]:
         """The upload as the unit's base64 value; uploading also enables the unit, as A1111 does."""
@@ -83,5 +85,5 @@ def _unit(where: api.ScriptUi, index: int, runtime: Any) -> dict[str, Any]:
     fields = {"enabled": enabled, "image": image, "module": module, "model": model, "weight": weight,
               "guidance_start": start, "guidance_end": end, "control_mode": control_mode, "resize_mode": resize_mode,
               "pixel_perfect": pixel_perfect, "processor_res": processor_res, "threshold_a": threshold_a,
-              "threshold_b": threshold_b}
+              "threshold_b": threshold_b, "hr_option": hr_option}
     return {f"unit{index}_{name}": component for name, component in fields.items()}

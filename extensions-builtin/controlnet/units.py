@@ -29,9 +29,12 @@ RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 # sd-webui-controlnet's older names and ints for the same modes.
 RESIZE_ALIASES = {"Inner Fit (Scale to Fit)": "Crop and Resize", "Outer Fit (Shrink to Fit)": "Resize and Fill",
                   "Envelope (Outer Fit)": "Resize and Fill", "Scale to Fit (Inner Fit)": "Crop and Resize"}
+# sd-webui-controlnet's `hr_option`: in which pass of hires fix a unit acts (without hires fix there is one
+# pass and the unit acts in it whatever the option says).
+HR_OPTIONS = ("Both", "Low res only", "High res only")
 MAX_IMAGE_PIXELS = 4096 * 4096
 # Keys sd-webui-controlnet clients send that have no effect here.
-IGNORED_KEYS = {"lowvram", "low_vram", "guessmode", "guess_mode", "processor_res_", "hr_option", "save_detected_map",
+IGNORED_KEYS = {"lowvram", "low_vram", "guessmode", "guess_mode", "processor_res_", "save_detected_map",
                 "control_type", "advanced_weighting", "inpaint_crop_input_image", "is_ui", "input_mode", "batch_images",
                 "output_dir", "loopback", "effective_region_mask", "ipadapter_input", "union_control_type", "animatediff_batch",
                 "batch_modifiers", "batch_image_files", "batch_keyframe_idx", "pulid_mode", "mask"}
@@ -55,6 +58,14 @@ class Unit:
     processor_res: int
     threshold_a: float
     threshold_b: float
+    hr_option: str = HR_OPTIONS[0]
+
+    def acts_in(self, hires_enabled: bool, hires_pass: bool) -> bool:
+        """Whether the unit acts in this pass: with hires fix, "Low res only" keeps it out of the second
+        pass and "High res only" out of the first."""
+        if not hires_enabled or self.hr_option == HR_OPTIONS[0]:
+            return True
+        return hires_pass == (self.hr_option == HR_OPTIONS[2])
 
 
 UNIT_FIELDS = [f.name for f in dataclasses.fields(Unit) if f.name != "index"]
@@ -80,6 +91,7 @@ def _unit_fields(index: int) -> list[tuple[str, type, Any]]:
         (f"unit{index}_processor_res", int, field(512, "preprocessor resolution", minimum=64, maximum=2048)),
         (f"unit{index}_threshold_a", float, field(-1.0, "threshold A (-1: the preprocessor's default)")),
         (f"unit{index}_threshold_b", float, field(-1.0, "threshold B (-1: the preprocessor's default)")),
+        (f"unit{index}_hr_option", str, field(HR_OPTIONS[0], "hires fix pass", choices=HR_OPTIONS)),
     ]
 
 
@@ -166,7 +178,7 @@ def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]]) -> d
         raise ValueError(f"unit {index} must be an object of unit settings, got {type(unit).__name__}")
     known = {"enabled", "image", "input_image", "mask", "mask_image", "module", "model", "weight", "guidance_start",
              "guidance_end", "control_mode", "resize_mode", "pixel_perfect", "processor_res", "threshold_a",
-             "threshold_b"}
+             "threshold_b", "hr_option"}
     unknown = sorted(set(unit) - known - IGNORED_KEYS)
     if unknown:
         raise ValueError(f"unit {index}: unknown key(s) {', '.join(unknown)}; keys: {', '.join(sorted(known))}")
@@ -206,6 +218,8 @@ def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]]) -> d
         out["resize_mode"] = _choice(unit["resize_mode"], RESIZE_MODES, RESIZE_ALIASES, f"unit {index}: resize_mode")
     if "pixel_perfect" in unit:
         out["pixel_perfect"] = bool(unit["pixel_perfect"])
+    if "hr_option" in unit:
+        out["hr_option"] = _choice(unit["hr_option"], HR_OPTIONS, {}, f"unit {index}: hr_option")
     return {f"unit{index}_{key}": value for key, value in out.items()}
 
 
@@ -238,7 +252,8 @@ def infotext_lines(values: Any) -> dict[str, str]:
             f"Resize Mode: {unit.resize_mode}", f"Processor Res: {unit.processor_res}",
             f"Threshold A: {_number(unit.threshold_a)}", f"Threshold B: {_number(unit.threshold_b)}",
             f"Guidance Start: {_number(unit.guidance_start)}", f"Guidance End: {_number(unit.guidance_end)}",
-            f"Pixel Perfect: {unit.pixel_perfect}", f"Control Mode: {unit.control_mode}"])
+            f"Pixel Perfect: {unit.pixel_perfect}", f"Control Mode: {unit.control_mode}",
+            *([f"Hr Option: {unit.hr_option}"] if unit.hr_option != HR_OPTIONS[0] else [])])
     return lines
 
 
@@ -247,7 +262,7 @@ _INFOTEXT_KEYS = {"Module": ("module", str), "Model": ("model", str), "Weight": 
                   "Threshold A": ("threshold_a", float), "Threshold B": ("threshold_b", float),
                   "Guidance Start": ("guidance_start", float), "Guidance End": ("guidance_end", float),
                   "Pixel Perfect": ("pixel_perfect", lambda text: text == "True"),
-                  "Control Mode": ("control_mode", str)}
+                  "Control Mode": ("control_mode", str), "Hr Option": ("hr_option", lambda text: _choice(text, HR_OPTIONS, {}, "Hr Option"))}
 
 
 def from_infotext(parameters: Mapping[str, str]) -> dict[str, Any]:
@@ -258,6 +273,7 @@ def from_infotext(parameters: Mapping[str, str]) -> dict[str, Any]:
         if not text:
             continue
         values[f"unit{index}_enabled"] = True
+        values[f"unit{index}_hr_option"] = HR_OPTIONS[0]   # not written when "Both"
         for part in text.split(", "):
             key, _, value = part.partition(": ")
             if key in _INFOTEXT_KEYS:

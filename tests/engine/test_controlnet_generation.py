@@ -146,3 +146,42 @@ def test_a_job_without_units_gets_no_unet_wrapper(ctx, control_image):
     assert not hooks.denoising(JobInfo(plain, [])).wants_unet
     assert not hooks.denoising(JobInfo(disabled, [])).wants_unet
     assert hooks.denoising(JobInfo(with_unit, [])).wants_unet
+
+
+def test_hr_option_picks_the_hires_pass_a_unit_acts_in_and_the_infotext_records_it(ctx, control_image,
+                                                                                   default_model_folder):
+    import torch
+
+    from webui.extensions.generation_hooks import ExtensionGenerationHooks
+    from webui.generation.denoise import job_model
+    from webui.generation.hooks import JobInfo, UNetInput
+
+    hires = dict(enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2, steps=2, denoising_strength=0.5)
+    # Which UNet calls get residuals, asked of the job's hooks for a first-pass and a hires-pass call.
+    hooks = ExtensionGenerationHooks(ctx.extensions, 64)
+    with ctx.manager.checkout(ctx.manager.state_for(default_model_folder.name)) as model:
+        config = job_model(model)
+    sample = torch.zeros(2, config.unet_config["in_channels"], 8, 8, dtype=config.dtype)
+    hidden = torch.zeros(2, 77, config.unet_config["cross_attention_dim"], dtype=config.dtype)
+
+    def acts(option: str, in_hires: bool, **fields) -> bool:
+        request = ExtensionScripts(ctx.extensions).with_alwayson(
+            Txt2ImgRequest(**{**SMALL, **hires, **fields}), {"controlnet": [unit(control_image, hr_option=option)]})
+        denoising = hooks.denoising(JobInfo(request, [], config))
+        down, _ = denoising.residuals(UNetInput(sample, torch.tensor(500), hidden, {}, 0, 2, in_hires))
+        return down is not None
+
+    assert [acts("Both", False), acts("Both", True)] == [True, True]
+    assert [acts("Low res only", False), acts("Low res only", True)] == [True, False]
+    assert [acts(2, False), acts(2, True)] == [False, True]   # sd-webui-controlnet's index for "High res only"
+    assert acts("High res only", False, enable_hr=False)       # without hires fix the one pass is the unit's
+
+    images = {option: generate(ctx, [unit(control_image, hr_option=option)], **hires)
+              for option in ("Both", "Low res only", "High res only")}
+    plain = pixels(generate(ctx, **hires))
+    found = {option: pixels(result) for option, result in images.items()}
+    for option, image in found.items():
+        assert not np.array_equal(image, plain), option
+    assert len({image.tobytes() for image in found.values()}) == 3
+    lines = {option: parse_infotext(result.infotexts[0])["ControlNet 0"] for option, result in images.items()}
+    assert "Hr Option" not in lines["Both"] and lines["Low res only"].endswith("Hr Option: Low res only")

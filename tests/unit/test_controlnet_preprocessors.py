@@ -126,13 +126,16 @@ def test_sd_webui_controlnet_units_are_read_and_bad_ones_refused_with_the_reason
     titles = lambda: ["control_v11p_sd15_canny [d14c016b]"]  # noqa: E731
     read = units.read_args([{"enabled": True, "input_image": _b64(square()), "module": "invert (from white bg & "
                              "black line)", "model": "control_v11p_sd15_canny [d14c016b]", "control_mode": 2,
-                             "resize_mode": "Inner Fit (Scale to Fit)", "lowvram": False, "weight": 0.5}], titles)
+                             "resize_mode": "Inner Fit (Scale to Fit)", "lowvram": False, "weight": 0.5,
+                             "hr_option": 1}, {"model": "control_v11p_sd15_canny", "hr_option": "high res only"}], titles)
     assert read["unit0_module"] == "invert" and read["unit0_control_mode"] == "ControlNet is more important"
     assert read["unit0_resize_mode"] == "Crop and Resize" and read["unit0_weight"] == 0.5
+    assert read["unit0_hr_option"] == "Low res only" and read["unit1_hr_option"] == "High res only"
     for bad, reason in (([{"model": "nope"}], "unknown; models: control_v11p_sd15_canny"),
                         ([{"module": "depth_midas", "model": "control_v11p_sd15_canny"}], "annotators"),
                         ([{"model": "control_v11p_sd15_canny", "control_mode": 7}], "control_mode 7"),
                         ([{"model": "control_v11p_sd15_canny", "image": "aGVsbG8="}], "not an image"),
+                        ([{"model": "control_v11p_sd15_canny", "hr_option": "Later"}], "hr_option 'Later' is unknown"),
                         ([{}] * 4, "at most 3"), ([{"enabled": True}], "names no model")):
         with pytest.raises(ValueError, match=reason):
             units.read_args(bad, titles)
@@ -148,6 +151,10 @@ def test_infotext_lines_read_back_into_the_same_unit(units):
     read = units.from_infotext(lines)
     for name in ("enabled", "module", "model", "weight", "guidance_end", "control_mode", "pixel_perfect"):
         assert read[f"unit1_{name}"] == getattr(values, f"unit1_{name}")
+    assert read["unit1_hr_option"] == "Both" and "Hr Option" not in lines["ControlNet 1"]
+    low = units.infotext_lines(units.with_unit(values, 1, hr_option="Low res only"))
+    assert low["ControlNet 1"].endswith(", Hr Option: Low res only")
+    assert units.from_infotext(low)["unit1_hr_option"] == "Low res only"
 
 
 def test_resize_modes_fill_the_generation_size_their_way(units):

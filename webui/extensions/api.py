@@ -43,7 +43,7 @@ from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.security.identity import ADMIN, USER, NotAuthenticated, User, request_user
 
-API_VERSION = "1.1.0"
+API_VERSION = "1.2.0"
 
 __all__ = [
     "API_VERSION", "ExtensionSetup", "ExtensionError", "Services", "AppStarted", "AppStartedHook", "Caller",
@@ -477,7 +477,8 @@ class UNetCall:
 
     Since 1.1: `step` / `total_steps` place the call in its pass (txt2img, hires fix and img2img passes
     count apart; `total_steps` is 0 until the pass's first step ends), `extra` holds the UNet's other
-    inputs (SDXL's `added_cond_kwargs`), `model` the checkpoint it belongs to."""
+    inputs (SDXL's `added_cond_kwargs`), `model` the checkpoint it belongs to. Since 1.2: `hires` is True
+    for the calls of txt2img's hires-fix pass (a ControlNet unit's "Low res only" / "High res only")."""
 
     sample: torch.Tensor
     timestep: Any
@@ -487,6 +488,7 @@ class UNetCall:
     total_steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     model: JobModel | None = None
+    hires: bool = False      # since 1.2: the call belongs to txt2img's hires-fix pass
 
 
 @dataclass(frozen=True)

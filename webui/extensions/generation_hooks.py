@@ -175,7 +175,8 @@ class ExtensionDenoising(DenoisingHooks):
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         call = api.UNetCall(unet_input.sample, unet_input.timestep, unet_input.encoder_hidden_states, self._job.request,
-                            unet_input.step, unet_input.total_steps, dict(unet_input.extra), self._job.model)
+                            unet_input.step, unet_input.total_steps, dict(unet_input.extra), self._job.model,
+                            unet_input.hires)
         for row in self._residual_rows:
             if not self._registry.records[row.extension].active:
                 continue
@@ -206,7 +207,8 @@ class ExtensionDenoising(DenoisingHooks):
             row, rest = rows[0], rows[1:]
 
             def next_call(sample: torch.Tensor, timestep: Any, hidden: torch.Tensor) -> torch.Tensor:
-                return through(rest, UNetInput(sample, timestep, hidden, given.extra))
+                return through(rest, UNetInput(sample, timestep, hidden, given.extra, given.step, given.total_steps,
+                                               given.hires))
 
             context = api.ModelCall(given.sample, given.timestep, given.encoder_hidden_states, self._job.request,
                                     next_call)

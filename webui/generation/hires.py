@@ -133,4 +133,10 @@ class HiresPass:
             pipeline = pipeline_for(self.model, "img2img", self.denoising, unet_wrapper)
             del arguments["width"], arguments["height"]
             arguments = sized(pipeline, arguments, self.width, self.height)
-        return list(pipeline(**arguments).images)
+        if self.denoising is None:
+            return list(pipeline(**arguments).images)
+        self.denoising.begin_pass(hires=True)
+        try:
+            return list(pipeline(**arguments).images)
+        finally:
+            self.denoising.begin_pass(hires=False)   # the next batch's first pass

@@ -42,7 +42,8 @@ class HookedUNet(_Delegating):
                 **kwargs: Any) -> Any:
         return_dict = kwargs.pop("return_dict", True)
         step, steps = self._hooks.unet_position(timestep)
-        unet_input = UNetInput(sample, timestep, encoder_hidden_states, dict(kwargs), step, steps)
+        unet_input = UNetInput(sample, timestep, encoder_hidden_states, dict(kwargs), step, steps,
+                               self._hooks.in_hires_pass)
 
         def call(given: UNetInput) -> torch.Tensor:
             extra = dict(given.extra)

@@ -69,6 +69,7 @@ class UNetInput:
     extra: Mapping[str, Any] = field(default_factory=dict)  # the pipeline's other keyword arguments
     step: int = 0          # 0-based step of the current pass (txt2img, hires fix and img2img passes count apart)
     total_steps: int = 0   # the pass's step count; 0 while unknown (before its first step ends)
+    hires: bool = False    # the call belongs to txt2img's hires-fix (second) pass
 
 
 UNetFunction = Callable[[UNetInput], torch.Tensor]
@@ -86,6 +87,15 @@ class DenoisingHooks:
         """The pass's step `step` (0-based) of `steps` ended (the step callback says so): UNet calls that
         follow belong to the next step. Kept on this per-job object, so jobs never share it."""
         self.__dict__["_position"] = (step + 1, steps)
+
+    def begin_pass(self, hires: bool) -> None:
+        """The pass that starts now is (or is not) the hires-fix pass: hooks that act in one pass only
+        (a ControlNet unit's `hr_option`) read it from each UNet call. Kept on this per-job object."""
+        self.__dict__["_hires"] = hires
+
+    @property
+    def in_hires_pass(self) -> bool:
+        return bool(self.__dict__.get("_hires", False))
 
     def unet_position(self, timestep: Any) -> tuple[int, int]:
         """(step, steps) of the pass a UNet call belongs to. Why the timestep: a pass (the hires fix, the
