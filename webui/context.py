@@ -105,7 +105,9 @@ def build_context(settings: Settings) -> AppContext:
                           preview_every_n_steps=settings.preview_every_n_steps, recover_stored_jobs=False)
     hooks = ExtensionGenerationHooks(extensions, request_limits.generation.max_images)
     checkpoint_settings = CheckpointSettings(settings.data_dir / CHECKPOINT_SETTINGS_FILE)
-    managers = _worker_managers(settings, catalog, hooks, checkpoint_settings)
+    # Built ControlNets stay in RAM like checkpoints; room for at least one job's three units.
+    controlnets = ControlNetStore(settings.controlnet_folder, max(settings.checkpoints_in_ram, 3))
+    managers = _worker_managers(settings, catalog, hooks, checkpoint_settings, controlnets)
     files = FileAccess.from_settings(settings)
     styles = StyleDatabase(settings.styles_file)
     loras = LoraCatalog(settings.lora_folder, hash_cache)
@@ -132,12 +134,13 @@ def build_context(settings: Settings) -> AppContext:
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
                       jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
                       extensions=extensions, options=ServerOptions(settings.data_dir / CONFIG_FILE),
-                      scripts=scripts, controlnets=ControlNetStore(settings.controlnet_folder, settings.checkpoints_in_ram),
+                      scripts=scripts, controlnets=controlnets,
                       extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 
 def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: GenerationHooks,
-                     checkpoint_settings: CheckpointSettings | None = None) -> list[ModelManager]:
+                     checkpoint_settings: CheckpointSettings | None = None,
+                     controlnets: ControlNetStore | None = None) -> list[ModelManager]:
     """One model manager per worker: per listed CUDA device, else `--workers` on `--device`. They share
     the embeddings catalog and the RAM cache of checkpoint weights (read once, not once per worker)."""
     if settings.device_ids:
@@ -148,7 +151,7 @@ def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: Gene
     embeddings = EmbeddingCatalog(settings.embeddings_folder)
     return [ModelManager(catalog, device, resolve_dtype(settings.precision, device), ram_cache=ram,
                          preferred_checkpoint=settings.extra.get("sd_model_checkpoint"),
-                         embedding_catalog=embeddings, checkpoint_settings=checkpoint_settings,
+                         embedding_catalog=embeddings, checkpoint_settings=checkpoint_settings, controlnets=controlnets,
                          on_model_loaded=lambda record, family: hooks.model_loaded(record.name, record.shorthash, family))
             for device in devices]
 

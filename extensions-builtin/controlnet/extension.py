@@ -118,7 +118,16 @@ def setup(ext: api.ExtensionSetup) -> None:
         values = handle.values_of(request)
         return values is not None and any(unit.enabled and unit.weight != 0 for unit in units.units_of(values))
 
+    def control_models(request: api.Txt2ImgRequest) -> list[str]:
+        """The models of the units that will act: part of the job's model state (built with the checkpoint)."""
+        values = handle.values_of(request)
+        if values is None:
+            return []
+        return [unit.model for unit in units.units_of(values)
+                if unit.enabled and unit.weight != 0 and unit.model != units.NO_MODEL]
+
     ext.add_unet_residuals(residuals, applies)
+    ext.add_control_models(control_models)
     _add_axes(ext, handle)
     ext.add_router(_router(runtime), prefix="/controlnet")
 

@@ -185,3 +185,26 @@ def test_hr_option_picks_the_hires_pass_a_unit_acts_in_and_the_infotext_records_
     assert len({image.tobytes() for image in found.values()}) == 3
     lines = {option: parse_infotext(result.infotexts[0])["ControlNet 0"] for option, result in images.items()}
     assert "Hr Option" not in lines["Both"] and lines["Low res only"].endswith("Hr Option: Low res only")
+
+
+def test_a_units_controlnet_is_part_of_the_model_state_built_once_and_reused(ctx, control_image):
+    write_ldm(ctx.settings.controlnet_folder / "control_v11p_sd15_fresh.safetensors",
+              tiny_controlnet(sd1_unet_config(), seed=9, scale=8))
+    fresh = unit(control_image, model="control_v11p_sd15_fresh")
+    plain = pixels(generate(ctx))
+    without_unit = ctx.manager.held_state_key
+    before = ctx.controlnets.builds
+    # A window holding no step: the unit never adds residuals, yet its model is part of the job's state and
+    # the worker builds it when it takes the job.
+    idle = pixels(generate(ctx, [{**fresh, "guidance_start": 0.6, "guidance_end": 0.7}]))
+    with_unit = ctx.manager.held_state_key
+    assert np.array_equal(idle, plain) and ctx.controlnets.builds == before + 1
+    first = pixels(generate(ctx, [fresh]))
+    second = pixels(generate(ctx, [fresh]))
+    assert ctx.controlnets.builds == before + 1              # the next jobs reuse it
+    assert np.array_equal(first, second) and not np.array_equal(first, plain)
+    assert with_unit != without_unit and ctx.manager.held_state_key == with_unit
+    generate(ctx, [{**fresh, "weight": 0.5}])                # another weight: the same state
+    assert ctx.manager.held_state_key == with_unit and ctx.controlnets.builds == before + 1
+    generate(ctx)
+    assert ctx.manager.held_state_key == without_unit

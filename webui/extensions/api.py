@@ -61,6 +61,8 @@ __all__ = [
     "NetworkItem", "NetworkItemsHook", "NetworkUse", "NetworkActivation", "NetworkActivateHook",
     # 1.1: ControlNet-class extensions (models matched to the job's checkpoint, refusing a job)
     "JobModel", "JobRefused", "ControlNet", "ControlNetInfo", "CONTROL_MODES", "in_control_window",
+    # 1.2: control models in the job's model state; UNetCall.hires
+    "ControlModelsHook",
 ]
 
 # Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
@@ -86,6 +88,7 @@ ATTENTION_PROCESSORS = "attention_processors"
 VAE_DECODE = "vae_decode"
 VAE_ENCODE = "vae_encode"
 MODEL_LOADED = "model_loaded"
+CONTROL_MODELS = "control_models"
 SAMPLER = "sampler"
 XYZ_AXIS = "xyz_axis"
 TAB = "tab"
@@ -228,7 +231,10 @@ class Services:
             raise JobRefused("this app has no ControlNet folder")
         try:
             found = store.find(name)
-            module = store.load(name, model.family, model.unet_config, model.name, model.device, model.dtype)
+            module = model.controls.get(str(found.path))   # built in the job's checkout (add_control_models)
+            if module is None:
+                module = store.module_for(found, model.family, model.unet_config, model.name, model.device,
+                                          model.dtype)
         except (ControlNetFileError, UnknownControlNetError) as error:
             raise JobRefused(str(error)) from None
         return ControlNet(f"{found.name}", module)
@@ -501,6 +507,8 @@ class UNetResiduals:
 
 
 UNetResidualsHook = Callable[[UNetCall], UNetResiduals | None]
+# Since 1.2: the ControlNets (titles or names) a job's hooks will use, for its model state.
+ControlModelsHook = Callable[[Txt2ImgRequest], "list[str] | tuple[str, ...]"]
 
 
 @dataclass(frozen=True)
@@ -707,6 +715,13 @@ class ExtensionSetup:
         if applies is not None and not callable(applies):
             raise ExtensionError("add_unet_residuals: applies must be a function of the request")
         self._add(UNET_RESIDUALS, hook, returns=(UNetResiduals, type(None)), payload=applies)
+
+    def add_control_models(self, hook: ControlModelsHook) -> None:
+        """Since 1.2: `hook(request)` names the ControlNets (titles or names) a job will use. They join the
+        job's model state: the worker builds them for the checkpoint when it takes the job (a ControlNet of
+        another family fails the job naming both), keeps them in RAM for the next jobs, and the state key
+        differs from a job without them. `Services.controlnet` then hands back the module already built."""
+        self._add(CONTROL_MODELS, hook, returns=(list, tuple))
 
     def wrap_model_call(self, hook: ModelCallWrapper) -> None:
         """Wrap each UNet call (tiled diffusion and the like); wrappers nest in load order."""

@@ -110,6 +110,18 @@ class ExtensionGenerationHooks(GenerationHooks):
             return None
         return ExtensionDenoising(self, job)
 
+    def control_models(self, request: Any, warnings: list[str]) -> tuple[str, ...]:
+        names: list[str] = []
+        for row in self._registry.rows(api.CONTROL_MODELS):
+            ok, wanted = self._call(row, request, warnings)
+            if not ok:
+                continue
+            if not all(isinstance(name, str) for name in wanted):
+                self._refuse(row, "returned control model names that are not strings", warnings)
+                continue
+            names += [name for name in wanted if name not in names]
+        return tuple(names)
+
     def model_loaded(self, name: str, shorthash: str | None, family: str) -> None:
         for _ in self._registry.call_each(api.MODEL_LOADED, api.ModelLoaded(name, shorthash, family)):
             pass

@@ -71,7 +71,7 @@ def job_model(model: LoadedModel) -> JobModel:
     """The checkpoint as a job's hooks see it (its name, family, denoiser config, device and dtype)."""
     denoiser = denoiser_of(model)
     config = dict(denoiser.config) if family_named(model.family).denoiser == "unet" else {}
-    return JobModel(model.record.name, model.family, config, model.device, model.dtype)
+    return JobModel(model.record.name, model.family, config, model.device, model.dtype, dict(model.controls))
 
 
 def unet_hooks_note(model: LoadedModel, denoising: DenoisingHooks | None) -> list[str]:

@@ -35,6 +35,8 @@ class JobModel:
     unet_config: Mapping[str, Any]  # the denoiser's config ({} for transformer families)
     device: torch.device
     dtype: torch.dtype
+    # The ControlNet modules of the job's model state (built in the manager's checkout), by file path.
+    controls: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,11 @@ class GenerationHooks:
     def denoising(self, job: JobInfo) -> DenoisingHooks | None:
         """The job's denoising hooks, or None when nothing hooks the denoising (no wrapper is installed)."""
         return None
+
+    def control_models(self, request: Any, warnings: list[str]) -> tuple[str, ...]:
+        """The control models (ControlNet titles or names) the job's hooks will use: they join the job's
+        model state, so the manager builds them in its checkout and the state key names them."""
+        return ()
 
     def model_loaded(self, name: str, shorthash: str | None, family: str) -> None:
         """A checkpoint was loaded or switched to (outside any job's warnings: failures are only logged)."""

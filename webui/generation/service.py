@@ -268,7 +268,8 @@ class GenerationService:
         owners_folder = request.outputs_subfolder  # an extension never moves where a user's images go
         request = self.hooks.before_request(
             request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
-        state = manager.state_for(request.checkpoint, self.lora_uses(request), self.models.resolve_vae(request.vae))
+        state = manager.state_for(request.checkpoint, self.lora_uses(request), self.models.resolve_vae(request.vae),
+                                  self.hooks.control_models(request, warnings))
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
         refiner = request.refiner_checkpoint if request.uses_refiner else None
         with manager.checkout(state, refiner=refiner) as model:

@@ -60,6 +60,7 @@ class ControlNetStore:
         self._lock = threading.Lock()
         self._inspected: dict[str, tuple[tuple[int, float], ControlNetFile | str, str]] = {}
         self._modules: OrderedDict[tuple, Any] = OrderedDict()
+        self.builds = 0   # modules built so far (a reused one is not built again)
 
     def _candidates(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -118,10 +119,22 @@ class ControlNetStore:
         listed = ", ".join(title for title, found in rows if isinstance(found, ControlNetFile)) or "none"
         raise UnknownControlNetError(f"ControlNet model {wanted!r} is not in {self.folder} (models there: {listed})")
 
+    def describe(self, path: Path) -> ControlNetFile:
+        """The usable ControlNet at `path` (a file or diffusers folder a model state names)."""
+        described, _ = self._inspect(Path(path))
+        if isinstance(described, str):
+            raise ControlNetFileError(described)
+        return described
+
     def load(self, wanted: str, family: str, unet_config: Mapping[str, Any], checkpoint_name: str,
              device: torch.device, dtype: torch.dtype) -> Any:
-        """The ControlNet module for a checkpoint (built once per file version, UNet, dtype and device)."""
-        found = self.find(wanted)
+        """The ControlNet module `wanted` (title or name) for a checkpoint."""
+        return self.module_for(self.find(wanted), family, unet_config, checkpoint_name, device, dtype)
+
+    def module_for(self, found: ControlNetFile, family: str, unet_config: Mapping[str, Any], checkpoint_name: str,
+                   device: torch.device, dtype: torch.dtype) -> Any:
+        """The ControlNet module for a checkpoint (built once per file version, UNet, dtype and device;
+        ControlNetFileError naming both when it is made for another family)."""
         key = (str(found.path), _version(found.path), family,
                json.dumps({k: unet_config.get(k) for k in sorted(unet_config) if not str(k).startswith("_")},
                           sort_keys=True, default=str), str(dtype), str(device))
@@ -132,6 +145,7 @@ class ControlNetStore:
                 return module
         module = build_controlnet(found, family, unet_config, checkpoint_name, dtype).to(device)
         with self._lock:
+            self.builds += 1
             self._modules[key] = module
             while len(self._modules) > self.capacity:
                 self._modules.popitem(last=False)

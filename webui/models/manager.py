@@ -17,15 +17,16 @@ import gc
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord, UnknownCheckpointError
 from webui.models.families import family_named
 from webui.models.checkpoint_settings import CheckpointSettings
+from webui.models.controlnet_store import ControlNetStore
 from webui.models.hashing import HashCache
 from webui.models.embeddings import EmbeddingCatalog, EmbeddingInjector
 from webui.models.lora import ForeignLoraError, LoraApplier, LoraFile
@@ -69,6 +70,8 @@ class LoadedModel:
     state_key: str | None = None
     # txt2img's Refiner for this job (a second resident pipeline, or this one when the same checkpoint).
     refiner: "LoadedModel | None" = None
+    # The state's ControlNet modules on this device and dtype, by the file's path (str), built for the checkpoint.
+    controls: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _weight_modules(pipeline: Any, family: str) -> dict[str, torch.nn.Module]:
@@ -137,8 +140,10 @@ class ModelManager:
                  embedding_catalog: EmbeddingCatalog | None = None,
                  on_model_loaded: Callable[[CheckpointRecord, str], None] | None = None,
                  ram_cache: CheckpointRamCache | None = None,
-                 checkpoint_settings: CheckpointSettings | None = None):
+                 checkpoint_settings: CheckpointSettings | None = None,
+                 controlnets: ControlNetStore | None = None):
         self.catalog = catalog
+        self._controlnets = controlnets  # models/ControlNet; built modules are kept there (bounded, shared)
         self.device = device
         self.dtype = dtype
         self.preferred_checkpoint = preferred_checkpoint
@@ -259,11 +264,11 @@ class ModelManager:
         self._vae_path = path
 
     def state_for(self, wanted: str | None = None, loras: Sequence[LoraUse] = (),
-                  vae: str | Path = AUTOMATIC_VAE) -> ModelState:
+                  vae: str | Path = AUTOMATIC_VAE, controls: Sequence[str] = ()) -> ModelState:
         """The wanted state for what callers know today: a checkpoint title/name/hash (None: the loaded
-        one, else the default), the LoRAs of a prompt's tags and a VAE choice (``AUTOMATIC_VAE``,
-        ``CHECKPOINT_VAE`` or a file). A Hub id is downloaded here when allowed; every file is hashed
-        once per version (see :mod:`webui.models.state`)."""
+        one, else the default), the LoRAs of a prompt's tags, a VAE choice (``AUTOMATIC_VAE``,
+        ``CHECKPOINT_VAE`` or a file) and the ControlNets (titles or names) of the job's units. A Hub id is
+        downloaded here when allowed; every file is hashed once per version (see :mod:`webui.models.state`)."""
         if wanted:
             record = self.catalog.find_or_fetch(wanted)
         else:
@@ -278,7 +283,30 @@ class ModelManager:
             # checkpoint's text encoders are injected).
             self._embedding_catalog.refresh()
             embeddings = self._embedding_catalog.embeddings
-        return build_state(record, self.catalog.hashes, loras, vae_path, embeddings)
+        return build_state(record, self.catalog.hashes, loras, vae_path, embeddings, self._control_files(controls))
+
+    def _control_files(self, names: Sequence[str]) -> list[tuple[str, Path]]:
+        """(name, path) of each ControlNet named (UnknownControlNetError lists the folder's models)."""
+        if not names:
+            return []
+        if self._controlnets is None:
+            raise CheckpointLoadError("ControlNets were asked for but this app has no ControlNet folder")
+        found = [self._controlnets.find(name) for name in names]
+        return [(item.name, item.path) for item in found]
+
+    def _reconcile_controls(self, state: ModelState) -> dict[str, Any]:
+        """The state's ControlNet modules for the resident checkpoint, on its device and dtype. The store
+        keeps built modules (bounded, shared by workers), so a ControlNet that the last jobs used is not
+        built again; one made for another family raises ControlNetFileError naming both."""
+        if not state.controls:
+            return {}
+        assert self._controlnets is not None and self._weights is not None and self._pipeline is not None
+        family = self._weights.architecture.family
+        denoiser = getattr(self._pipeline, family_named(family).denoiser)
+        unet_config = dict(denoiser.config) if family_named(family).denoiser == "unet" else {}
+        return {str(control.path): self._controlnets.module_for(
+                    self._controlnets.describe(control.path), family, unet_config, self._weights.record.name,
+                    self.device, self.dtype) for control in state.controls}
 
     def _record_of(self, checkpoint: ModelFile) -> CheckpointRecord:
         """The catalog's record of a state's checkpoint file, with the state's content hash."""
@@ -360,6 +388,7 @@ class ModelManager:
                 self._switch_to(record)
             assert self._weights is not None and self._lora is not None and self._patches is not None
             self._reconcile_vae(state.vae.path if state.vae is not None else None)
+            controls = self._reconcile_controls(state)
             refiner_model = self._reconcile_refiner(refiner)
             files, used, skipped = self._read_loras(state)
             weights = self._lora.patches([(file, lora.te_weight, lora.unet_weight)
@@ -392,6 +421,7 @@ class ModelManager:
                 state=state,
                 state_key=self._state_key,
                 refiner=refiner_model,
+                controls=controls,
             )
 
 

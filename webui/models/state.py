@@ -1,4 +1,4 @@
-"""The wanted model state as one value: checkpoint, VAE, LoRAs, embeddings (and later control models).
+"""The wanted model state as one value: checkpoint, VAE, LoRAs, embeddings and control models (ControlNets).
 
 A job says what model it wants by building a :class:`ModelState`; the manager's ``checkout(state)``
 reconciles the resident model to it. :meth:`ModelState.key` names the state by content, so equal
@@ -26,7 +26,7 @@ from webui.models.embeddings import Embedding
 from webui.models.hashing import HashCache
 from webui.models.lora_catalog import LoraUse
 
-KEY_VERSION = "model-state-1"  # bump when what the key covers changes
+KEY_VERSION = "model-state-2"  # bump when what the key covers changes
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ class ModelState:
     """What a job wants loaded. ``loras`` keep the order they were asked in (the order of merging);
     ``embeddings`` are the embeddings that may be used in prompts, by name (today every readable one in
     the folder; the manager injects those that fit the checkpoint's text encoders). ``vae`` None means
-    the checkpoint's own VAE. ``controls`` is room for control models (ControlNet and the like)."""
+    the checkpoint's own VAE. ``controls`` are the ControlNet files the job's units use (each once, in the order
+    of the units): the manager builds their modules for the checkpoint in ``checkout``."""
 
     checkpoint: ModelFile
     vae: ModelFile | None = None
@@ -67,7 +68,7 @@ class ModelState:
 
     def key(self) -> str:
         """A content key: equal for equal wanted states in any process, different when the checkpoint,
-        the VAE, a LoRA, a LoRA's weight, the LoRAs' order or the embeddings differ. Names and paths
+        the VAE, a LoRA, a LoRA's weight, the LoRAs' order, the embeddings or the control models differ. Names and paths
         are left out (the same file under another name or folder is the same state), except embedding
         names, which are the words prompts use."""
         described = {
@@ -92,9 +93,11 @@ def model_file(name: str, path: Path, hashes: HashCache) -> ModelFile:
 
 
 def build_state(record: CheckpointRecord, hashes: HashCache, loras: Sequence[LoraUse] = (),
-                vae: Path | None = None, embeddings: Mapping[str, Embedding] | None = None) -> ModelState:
+                vae: Path | None = None, embeddings: Mapping[str, Embedding] | None = None,
+                controls: Sequence[tuple[str, Path]] = ()) -> ModelState:
     """The state for what callers pass today: a checkpoint record, the LoRAs of the prompt's tags, a VAE
-    file (None: the checkpoint's own) and the usable embeddings by name."""
+    file (None: the checkpoint's own), the usable embeddings by name and the (name, path) of each control
+    model the job uses."""
     return ModelState(
         checkpoint=model_file(record.name, record.path, hashes),
         vae=model_file(vae.name, vae, hashes) if vae is not None else None,
@@ -102,4 +105,5 @@ def build_state(record: CheckpointRecord, hashes: HashCache, loras: Sequence[Lor
                                float(use.unet_weight)) for use in loras),
         embeddings=tuple(model_file(name, embedding.path, hashes)
                          for name, embedding in sorted((embeddings or {}).items())),
+        controls=tuple(model_file(name, path, hashes) for name, path in dict(controls).items()),
     )
