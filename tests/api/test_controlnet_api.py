@@ -76,7 +76,8 @@ def test_detect_runs_a_preprocessor_and_refuses_unknown_ones(url, control_image)
 def test_recorded_client_request_generates_with_the_unit_and_records_it(url, control_image):
     # Weight 0 is bitwise the image without the unit (tests/engine/test_controlnet_generation.py): the reference.
     zero = requests.post(url + "/sdapi/v1/txt2img", json=recorded_body(control_image, weight=0), timeout=300)
-    controlled = requests.post(url + "/sdapi/v1/txt2img", json=recorded_body(control_image), timeout=300)
+    # hr_option by index (1: "Low res only"); without hires fix the one pass is the unit's, and it is recorded.
+    controlled = requests.post(url + "/sdapi/v1/txt2img", json=recorded_body(control_image, hr_option=1), timeout=300)
     assert controlled.status_code == 200 and zero.status_code == 200, controlled.text + zero.text
     difference = np.abs(np.asarray(decoded(controlled.json()["images"][0]).convert("RGB"), dtype=np.int16)
                         - np.asarray(decoded(zero.json()["images"][0]).convert("RGB"), dtype=np.int16))
@@ -84,6 +85,7 @@ def test_recorded_client_request_generates_with_the_unit_and_records_it(url, con
     infotext = json.loads(controlled.json()["info"])["infotexts"][0]
     assert 'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1,' in infotext
     assert "base64" not in infotext and control_image[:40] not in infotext
+    assert "Hr Option: Low res only" in infotext
 
 
 @pytest.mark.parametrize("unit, reason", [
@@ -92,6 +94,7 @@ def test_recorded_client_request_generates_with_the_unit_and_records_it(url, con
     ({"module": "magic"}, "canny"),
     ({"control_mode": "Whatever"}, "My prompt is more important"),
     ({"model": "controlnet_sdxl_canny"}, "SD1.x"),
+    ({"hr_option": "Sometimes"}, "Both, Low res only, High res only"),
 ])
 def test_bad_units_get_a_422_with_the_reason_and_the_server_goes_on(url, control_image, unit, reason):
     answer = requests.post(url + "/sdapi/v1/txt2img", json=recorded_body(control_image, **unit), timeout=300)
