@@ -7,6 +7,8 @@
   holds the call adds its ControlNet's residuals (`api.Services.controlnet` loads the model for the job's
   checkpoint and refuses one of another family). A unit of weight 0 adds nothing at all.
 - Routes `/controlnet/model_list`, `/controlnet/module_list`, `/controlnet/detect` (sd-webui-controlnet's).
+- The models of the units that act join the job's model state (`add_control_models`): the worker builds them
+  for the checkpoint when it takes the job and keeps them for the next jobs.
 - Each unit's `hr_option` (Both / Low res only / High res only): the hires-fix pass it acts in.
 - Infotext lines `ControlNet 0: "Module: ..., Model: ..., Weight: ..."` and paste-back; X/Y/Z axes for
   unit 0's weight, starting and ending step and model.
