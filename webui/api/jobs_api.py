@@ -112,7 +112,10 @@ def build_jobs_router(ctx: AppContext, options: ServerOptions) -> APIRouter:
     @router.post("", status_code=202)
     @translate_errors
     async def create(body: JobBody, user: User = Depends(caller)) -> dict[str, Any]:
-        job = await run_in_threadpool(submit, body, user)
+        try:
+            job = await run_in_threadpool(submit, body, user)
+        except TrainingBusyError as error:  # another training run holds the trainer
+            raise HTTPException(409, str(error)) from None
         return await run_in_threadpool(job_view, user, job.job_id)  # reads the store: not on the event loop
 
     @router.get("")
