@@ -17,10 +17,9 @@ from pathlib import Path
 
 from webui.jobs.job import CANCELLED, DONE, FAILED, INTERRUPTED, Job
 from webui.jobs.queue_service import QueueService
-from webui.jobs.store import JobRecord
 from webui.security.identity import User
 from webui.security.paths import is_within
-from webui.training.config import TrainingConfigError
+from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.loop import read_state_info
 from webui.training.service import TRAIN_JOB_KIND, TrainingJob, TrainingService
 
@@ -33,15 +32,14 @@ class NotResumable(ValueError):
     """The job exists and the caller may see it, but it cannot be resumed; the message says why."""
 
 
-def last_saved_state(service: TrainingService, job: TrainingJob, record: JobRecord) -> Path | None:
-    """The state this run saved last: among `<output>-state` and `<output>-NNNNNN-state` in its owner's
-    states folder written since the job started, the one at the highest step. A run that saved none
-    starts again from the state it was itself started from (a resumed run cancelled early), if any."""
-    config = job.config
-    folder = service.work_paths(job.user).states_dir
+def last_saved_state(folder: Path, config: TrainingConfig, started_at: float | None) -> Path | None:
+    """The state a run of `config` that started at `started_at` saved last: among `<output>-state` and
+    `<output>-NNNNNN-state` in `folder` (its owner's states folder) written since then, the one at the
+    highest step. A run that saved none starts again from the state it was itself started from (a resumed
+    run cancelled early), if any."""
     name = re.compile(rf"^{re.escape(config.output_name)}(-\d{{6}})?-state$")
     best: tuple[int, Path] | None = None
-    if record.started_at is not None and folder.is_dir():
+    if started_at is not None and folder.is_dir():
         for entry in folder.iterdir():
             if not (entry.is_dir() and name.match(entry.name) and is_within(entry, folder)):
                 continue
@@ -50,7 +48,7 @@ def last_saved_state(service: TrainingService, job: TrainingJob, record: JobReco
                 written = (entry / "state.json").stat().st_mtime
             except (TrainingConfigError, OSError):
                 continue
-            if written < record.started_at or info.get("method") != config.method:
+            if written < started_at or info.get("method") != config.method:
                 continue  # an earlier run's state under the same name, or another method's
             step = int(info.get("step") or 0)
             if best is None or step > best[0]:
@@ -80,7 +78,7 @@ def resume_job(service: TrainingService, queue: QueueService, user: User, job_id
     if record.resumed_as:
         raise NotResumable(f"job {short} was resumed already as job {record.resumed_as[:8]}; resume that one")
     job = TrainingJob.decode(record.request)
-    state = last_saved_state(service, job, record)
+    state = last_saved_state(service.work_paths(job.user).states_dir, job.config, record.started_at)
     if state is None:
         when = "never started" if record.started_at is None else "stopped before it saved a state"
         raise NotResumable(f"job {short} has no saved state to resume from (it {when}); runs save states "
