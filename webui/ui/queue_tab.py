@@ -102,8 +102,10 @@ def build_queue_tab(ctx: AppContext, tab: gr.Tab) -> QueueTab:
             raise gr.Error("Click a cancelled training job in the table first, then Resume.")
         try:
             new, state = resume_job(ctx.training, ctx.jobs, caller_of(request), job_id)
-        except (LookupError, PermissionError, NotResumable, TrainingBusyError) as error:
-            raise gr.Error(user_error(error) if not isinstance(error, TrainingBusyError) else str(error)) from None
+        except TrainingBusyError as error:  # another run holds the trainer
+            raise gr.Error(str(error)) from None
+        except (LookupError, PermissionError, NotResumable) as error:
+            raise gr.Error(user_error(error)) from None
         return f"Job {job_id[:8]} resumes as job {new.job_id[:8]}, from the saved state {state.name}."
 
     def pick_result(paths: list[str], infotexts: list[str], event: gr.SelectData) -> tuple[str, str]:
