@@ -64,7 +64,9 @@ def resume_job(service: TrainingService, queue: QueueService, user: User, job_id
 
     `user` must be the job's owner or an admin (anyone else gets UnknownJob, as for a missing job); the new
     run belongs to the job's owner. NotResumable says why a job cannot be resumed; TrainingBusyError that
-    another run holds the trainer.
+    another run holds the trainer. The config was confined to the owner's folders when the job was first
+    queued and goes to `TrainingService.submit` as stored; `start_training`'s refusal of an output name that
+    names existing models is not repeated, because the files under that name are this run's own epochs.
     """
     _, record = queue.find(user, job_id)
     short = job_id[:8]
