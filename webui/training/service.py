@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,7 @@ class TrainingService:
         return result
 
 
-def _end_unstarted_run(monitor: TrainingMonitor):
+def _end_unstarted_run(monitor: TrainingMonitor) -> Callable[[Job], None]:
     """A done-callback that ends `monitor` as cancelled when its job was cancelled while it waited: the
     run never reaches the worker, and an unfinished monitor would hold the trainer busy until a restart."""
 
