@@ -70,11 +70,11 @@ def resume_job(service: TrainingService, queue: QueueService, user: User, job_id
     """
     _, record = queue.find(user, job_id)
     short = job_id[:8]
+    if record is not None and record.kind != TRAIN_JOB_KIND:
+        raise NotResumable(f"job {short} is a {record.kind} job; only training jobs can be resumed")
     if record is None or record.state not in (*RESUMABLE_STATES, DONE):
         state = record.state if record is not None else "running"
         raise NotResumable(f"job {short} is still {state}; cancel it or wait until it ends, then resume it")
-    if record.kind != TRAIN_JOB_KIND:
-        raise NotResumable(f"job {short} is a {record.kind} job; only training jobs can be resumed")
     if record.state == DONE:
         raise NotResumable(f"job {short} finished all its steps; there is nothing left to train")
     if record.resumed_as:
