@@ -1,5 +1,6 @@
 """The job API (/api/v1/jobs) against a running server: submit, follow as server-sent events, download,
-cancel, webhooks, owners, bad input, and queued jobs surviving a restart.
+cancel, resume a cancelled training run, webhooks, owners, bad input, and queued jobs (a training run
+among them) surviving a restart.
 
 One API-only server with two users and an admin (API tokens), webhooks on and a signing secret.
 """
@@ -11,12 +12,14 @@ import hmac
 import io
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 from PIL import Image
 
+from sdstudio_eval.toy_world import held_out_concept_images
 from tests.conftest import free_port, start_server, stop_server, with_default_model
 from webui.security.users import UserStore
 
@@ -24,6 +27,16 @@ JOBS = "/api/v1/jobs"
 SECRET = "webhook-test-secret"
 TINY = {"prompt": "a red circle on a blue background", "width": 64, "height": 64, "steps": 2, "seed": 5}
 TOKENS: dict[str, str] = {}
+DATASET = "jobs-hexagons"  # alice's datasets/users/alice/jobs-hexagons
+
+
+def tiny_training(output_name: str, **changes) -> dict:
+    """Two 64 px images in one batch: one step per epoch, and a saved state after every epoch."""
+    return {"method": "lora", "output_name": output_name, "dataset_dir": DATASET, "trigger_word": "hxgn",
+            "class_word": "shape", "resolution": 64, "min_bucket_resolution": 32, "max_bucket_resolution": 128,
+            "bucket_step": 32, "rank": 4, "alpha": 4.0, "unet_lr": 0.002, "max_train_steps": 2,
+            "train_batch_size": 2, "sample_every_n_steps": 0, "save_state": True, "save_every_n_epochs": 1,
+            **changes}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +46,10 @@ def server(tmp_path_factory, default_model_folder):
     for name, role in (("alice", "user"), ("bob", "user"), ("root", "admin")):
         store.add_user(name, f"{name}-password", role)
         TOKENS[name] = store.create_token(name, "tests")
+    dataset = data / "datasets" / "users" / "alice" / DATASET
+    dataset.mkdir(parents=True)
+    for index, image in enumerate(held_out_concept_images("hexagon", 2)):
+        image.save(dataset / f"hexagon_{index}.png")
     running = start_server(data, "--nowebui", "--allow-webhooks", env={"SDSTUDIO_WEBHOOK_SECRET": SECRET})
     holder = {"server": running}
     yield holder
@@ -234,9 +251,62 @@ def test_an_xyz_plot_job_runs_every_cell(server):
     assert grid.width >= 128  # two cells side by side
 
 
+def saved_state_steps(server, output_name: str) -> dict[str, int]:
+    """{state folder name: its step} of alice's saved states of `output_name`."""
+    folder = server["server"].data_dir / "training" / "users" / "alice" / "states"
+    return {state.name: json.loads((state / "state.json").read_text())["step"]
+            for state in folder.glob(f"{output_name}-*state") if (state / "state.json").is_file()}
+
+
+def test_a_cancelled_training_run_is_resumed_in_one_call_from_its_last_saved_state(server):
+    # A run cancelled while it waited never started: nothing to resume, and the trainer is free again.
+    blocker = submit(server, "txt2img", {**TINY, "steps": 40, "n_iter": 8})
+    waiting = submit(server, "train", tiny_training("jobs_waits"))
+    assert call(server, "DELETE", f"{JOBS}/{waiting['id']}").json()["stopped"] == "cancelled"
+    refused = call(server, "POST", f"{JOBS}/{waiting['id']}/resume")
+    assert refused.status_code == 409 and "no saved state" in refused.json()["detail"]
+    assert "never started" in refused.json()["detail"]
+    call(server, "DELETE", f"{JOBS}/{blocker['id']}")
+    refused = call(server, "POST", f"{JOBS}/{blocker['id']}/resume")
+    assert refused.status_code == 409 and "only training jobs can be resumed" in refused.json()["detail"]
+
+    # Cancel a run after its first saved state; resume it; it goes on from there to the end.
+    first = submit(server, "train", tiny_training("jobs_hex", max_train_steps=4))
+    deadline = time.monotonic() + 300
+    while not saved_state_steps(server, "jobs_hex") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert call(server, "DELETE", f"{JOBS}/{first['id']}").json()["stopped"] == "interrupted"
+    stopped = wait_done(server, first["id"])
+    assert stopped["state"] == "interrupted" and stopped["result"]["outcome"] == "cancelled"
+    states = saved_state_steps(server, "jobs_hex")
+    last_name, last_step = max(states.items(), key=lambda item: item[1])
+    assert 1 <= last_step < 4, states
+
+    assert call(server, "POST", f"{JOBS}/{first['id']}/resume", "bob").status_code == 404  # not bob's job
+    resumed = call(server, "POST", f"{JOBS}/{first['id']}/resume")
+    assert resumed.status_code == 202, resumed.text
+    new = resumed.json()
+    assert new["kind"] == "train" and new["owner"] == "alice" and new["id"] != first["id"]
+    assert new["resumed_from"] == first["id"] and new["state_name"] == last_name
+    assert call(server, "GET", f"{JOBS}/{first['id']}").json()["resumed_as"] == new["id"]
+    again = call(server, "POST", f"{JOBS}/{first['id']}/resume")
+    assert again.status_code == 409 and f"resumed already as job {new['id'][:8]}" in again.json()["detail"]
+    busy = call(server, "POST", f"{JOBS}/{new['id']}/resume")
+    assert busy.status_code == 409 and "still" in busy.json()["detail"]
+
+    finished = wait_done(server, new["id"])
+    assert finished["state"] == "done" and finished["result"]["outcome"] == "done"
+    assert any(file.endswith("jobs_hex.safetensors") for file in finished["result"]["files"])
+    run = call(server, "GET", "/sdapi/v1/train/progress").json()
+    assert run["step"] == run["total"] == 4 and f"resumed at step {last_step}" in run["messages"]
+    done = call(server, "POST", f"{JOBS}/{new['id']}/resume")
+    assert done.status_code == 409 and "nothing left to train" in done.json()["detail"]
+
+
 def test_queued_jobs_survive_a_restart_and_run_after_it(server):
     running = submit(server, "txt2img", {**TINY, "steps": 40, "n_iter": 8})
     queued = submit(server, "txt2img", {**TINY, "seed": 77})
+    training = submit(server, "train", tiny_training("jobs_after_restart"))
     follow_until_started(server, running["id"])
     data_dir = server["server"].data_dir
     stop_server(server["server"])
@@ -245,3 +315,6 @@ def test_queued_jobs_survive_a_restart_and_run_after_it(server):
     assert interrupted["state"] == "interrupted" and "stopped" in interrupted["error"]
     detail = wait_done(server, queued["id"])
     assert detail["state"] == "done" and "Seed: 77" in detail["infotexts"][0]
+    trained = wait_done(server, training["id"])
+    assert trained["state"] == "done" and trained["started_at"] > detail["started_at"]
+    assert any(file.endswith("jobs_after_restart.safetensors") for file in trained["result"]["files"])

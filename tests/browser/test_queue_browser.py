@@ -1,5 +1,5 @@
-"""The Queue tab in a real headless Chromium: two jobs waiting behind a long one, cancel the second,
-watch the others finish, and send a result's parameters to txt2img; and the Generate button that says
+"""The Queue tab in a real headless Chromium: two jobs waiting behind a long one, cancel the second
+(which Resume refuses: it is no training run), watch the others finish, and send a result's parameters to txt2img; and the Generate button that says
 where a waiting job stands."""
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ def test_two_waiting_jobs_show_in_the_queue_and_the_second_is_cancelled(page, se
     page.wait_for_function("document.querySelector('#queue_status').innerText.includes('was cancelled')")
     assert state_of(server, second) == "cancelled"
     table_row(page, second).filter(has_text="cancelled").wait_for()
+
+    # Resume is for stopped training runs; for this txt2img job it says why not (HTTP tests cover a real resume).
+    page.click("#queue_resume")
+    page.locator("[data-testid=toast-body]", has_text="only training jobs can be resumed").wait_for()
+    assert requests.get(f"{server.url}{JOBS}/{second}", timeout=30).json()["resumed_as"] is None
 
     requests.delete(f"{server.url}{JOBS}/{blocker}", timeout=30)  # no need to wait for the long one
     table_row(page, first).filter(has_text="done").wait_for(timeout=300_000)

@@ -164,3 +164,23 @@ def test_history_filters_by_kind_in_the_query(tmp_path):
     assert [r.job_id for r in store.history(kind="txt2img")] == ["k2", "k0"]
     assert [r.job_id for r in store.history(kind="txt2img", limit=1)] == ["k2"]
     store.close()
+
+
+def test_a_store_written_before_resume_links_keeps_its_history_and_links_a_resumed_job(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(path)  # the schema-1 table as the first release wrote it, without `resumed_as`
+    old.execute("CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL UNIQUE, "
+                "kind TEXT NOT NULL, owner TEXT, request TEXT NOT NULL, state TEXT NOT NULL, cost REAL NOT NULL, "
+                "summary TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, started_at REAL, finished_at REAL, "
+                "worker TEXT, progress TEXT NOT NULL DEFAULT '', result TEXT, error TEXT, webhook TEXT)")
+    old.execute("INSERT INTO jobs (job_id, kind, owner, request, state, cost, created_at) "
+                "VALUES ('old', 'paint', 'alice', '{}', 'interrupted', 1.0, 1.0)")
+    old.commit()
+    old.close()
+    store = JobStore(path)
+    assert store.get("old").state == "interrupted" and store.get("old").resumed_as is None
+    store.add(record("new"))
+    assert store.link_resumed("old", "new") is True
+    assert store.link_resumed("old", "other") is False  # one record never points at two runs
+    assert store.get("old").resumed_as == "new" and store.get("new").resumed_as is None
+    assert not list(tmp_path.glob("*.corrupt-*"))

@@ -1,5 +1,5 @@
 """The job API (/api/v1/jobs): submit any kind of job, list the queue and history, watch one job as
-server-sent events, cancel it, download its images.
+server-sent events, cancel it, resume a stopped training run, download its images.
 
 The A1111 routes wait for their job inside one request; this API returns at once with the job's id,
 so a client (or a bot) can queue work, go away and come back, or follow it live. Bodies are the ones
@@ -29,6 +29,8 @@ from webui.jobs.events import FINISHED
 from webui.jobs.job import Job
 from webui.security.identity import User
 from webui.training.config import TrainingConfig
+from webui.training.monitor import TrainingBusyError
+from webui.training.resume import NotResumable, resume_job
 from webui.training.service import start_training
 from webui.xyz.plot import AxisSpec
 from webui.xyz.service import JOB_KIND as XYZ_KIND
@@ -110,7 +112,10 @@ def build_jobs_router(ctx: AppContext, options: ServerOptions) -> APIRouter:
     @router.post("", status_code=202)
     @translate_errors
     async def create(body: JobBody, user: User = Depends(caller)) -> dict[str, Any]:
-        job = await run_in_threadpool(submit, body, user)
+        try:
+            job = await run_in_threadpool(submit, body, user)
+        except TrainingBusyError as error:  # another training run holds the trainer
+            raise HTTPException(409, str(error)) from None
         return await run_in_threadpool(job_view, user, job.job_id)  # reads the store: not on the event loop
 
     @router.get("")
@@ -145,6 +150,18 @@ def build_jobs_router(ctx: AppContext, options: ServerOptions) -> APIRouter:
         if not ctx.jobs.skip(user, job_id):
             raise HTTPException(409, f"job {job_id} is not running")
         return {"id": job_id, "skipped": True}
+
+    @router.post("/{job_id}/resume", status_code=202)
+    @translate_errors
+    def resume(job_id: str, user: User = Depends(caller)) -> dict[str, Any]:
+        """Queue a cancelled or failed training job again from its last saved state (the job's owner or an
+        admin): 202 with the new job, whose id the old job's record keeps as `resumed_as`; 409 with the
+        reason when it cannot be resumed (not a training job, not ended, no saved state, trainer busy)."""
+        try:
+            new, state = resume_job(ctx.training, ctx.jobs, user, job_id)
+        except (NotResumable, TrainingBusyError) as error:
+            raise HTTPException(409, str(error)) from None
+        return {**job_view(user, new.job_id), "resumed_from": job_id, "state_name": state.name}
 
     @router.get("/{job_id}/images/{index}")
     @translate_errors

@@ -86,6 +86,7 @@ class QueueService:
             "infotexts": _result_list(finished_record, "infotexts"),
             "result": finished_record.result if finished_record is not None else None,
             "webhook": record.webhook if record is not None else None,
+            "resumed_as": record.resumed_as if record is not None else None,
         }
         if job is not None and state == "running":
             snapshot = job.control.snapshot()

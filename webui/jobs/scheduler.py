@@ -208,6 +208,11 @@ class Scheduler:
     def record_webhook_status(self, job_id: str, status: str) -> None:
         self._guarded(self._store.set_webhook_status, job_id, status)
 
+    def link_resumed(self, job_id: str, new_job_id: str) -> bool:
+        """Record that `new_job_id` continues the finished job `job_id` (its record then links to it); False
+        when that job already has a successor."""
+        return self._store.link_resumed(job_id, new_job_id)
+
     def _guarded(self, action: Callable[..., Any], *args: Any) -> Any:
         """Run a store or clean-up call whose failure must not stop the queue (it is logged)."""
         try:

@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FINAL_STATES = ("done", "failed", "cancelled", "interrupted")
 _COLUMNS = ("job_id", "kind", "owner", "request", "state", "cost", "summary", "created_at", "started_at",
-            "finished_at", "worker", "progress", "result", "error", "webhook")
+            "finished_at", "worker", "progress", "result", "error", "webhook", "resumed_as")
+# Columns added after schema 1 shipped: added to an older file on open (ALTER TABLE), so its history is kept,
+# and not required by the open check; an older version of the app reading a newer file ignores them.
+_ADDED_COLUMNS = {"resumed_as": "TEXT"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -43,7 +46,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress TEXT NOT NULL DEFAULT '',
     result TEXT,
     error TEXT,
-    webhook TEXT
+    webhook TEXT,
+    resumed_as TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at);
@@ -70,6 +74,7 @@ class JobRecord:
     result: Any = None
     error: str | None = None
     webhook: dict[str, Any] | None = None  # {"url": ..., "status": ...}: called when the job ends
+    resumed_as: str | None = None  # the id of the job that continues this one (a resumed training run)
 
 
 class JobStore:
@@ -85,8 +90,17 @@ class JobStore:
         self._keep_finished = keep_finished
         self._keep_days = keep_days
         self._clock = clock
-        self._db = SqliteFile(path, _SCHEMA, SCHEMA_VERSION, {"jobs": set(_COLUMNS)}, "job store", clock)
+        self._db = SqliteFile(path, _SCHEMA, SCHEMA_VERSION, {"jobs": set(_COLUMNS) - set(_ADDED_COLUMNS)},
+                              "job store", clock)
         self._transaction = self._db.transaction
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        with self._transaction() as db:
+            present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, sql_type in _ADDED_COLUMNS.items():
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         self._db.close()
@@ -124,6 +138,14 @@ class JobStore:
                 return
             webhook = {**json.loads(row[0]), "status": status}
             db.execute("UPDATE jobs SET webhook = ? WHERE job_id = ?", (json.dumps(webhook), job_id))
+
+    def link_resumed(self, job_id: str, new_job_id: str) -> bool:
+        """Note that `new_job_id` continues `job_id`; False (nothing written) when it already has a successor,
+        so one record never points at two runs."""
+        with self._transaction() as db:
+            cursor = db.execute("UPDATE jobs SET resumed_as = ? WHERE job_id = ? AND resumed_as IS NULL",
+                                (new_job_id, job_id))
+            return cursor.rowcount == 1
 
     def recover(self) -> list[JobRecord]:
         """At start: a record still `running` belongs to a process that died, so it becomes `interrupted`;

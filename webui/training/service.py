@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,13 @@ class TrainingService:
                                         "cancel it or wait until it finishes")
             previous, self.monitor = self.monitor, TrainingMonitor(config, owner, user)
         try:
-            return self.scheduler.submit(JobSpec(TRAIN_JOB_KIND, TrainingJob(config, user), owner), webhook_url)
+            job = self.scheduler.submit(JobSpec(TRAIN_JOB_KIND, TrainingJob(config, user), owner), webhook_url)
         except Exception:  # queue full, shutting down, a request it cannot store: nothing was queued
             with self._claim_lock:  # give the claim back
                 self.monitor = previous
             raise
+        job.add_done_callback(_end_unstarted_run(self.monitor))
+        return job
 
     def _checked(self, config: TrainingConfig) -> TrainingConfig:
         base_name = config.base_checkpoint or self.models.current_checkpoint_title() or ""
@@ -166,6 +169,17 @@ class TrainingService:
         self.models.refresh_trained_models()
         monitor.finish(result)
         return result
+
+
+def _end_unstarted_run(monitor: TrainingMonitor) -> Callable[[Job], None]:
+    """A done-callback that ends `monitor` as cancelled when its job was cancelled while it waited: the
+    run never reaches the worker, and an unfinished monitor would hold the trainer busy until a restart."""
+
+    def ended(job: Job) -> None:
+        if job.cancelled and not monitor.finished:
+            monitor.finish(TrainingResult(files=[], cancelled=True, steps_done=0, epochs_done=0, final_loss=None))
+
+    return ended
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Queue tab: every job of the signed-in user (an admin: everyone's) with its state, place, progress and
-ETA; cancel a waiting job or interrupt a running one; recent results with their parameters, to send on.
+ETA; cancel a waiting job or interrupt a running one; resume a stopped training run from its last saved
+state (`webui.training.resume`); recent results with their parameters, to send on.
 
 The table refreshes on a timer while jobs are live and stops when none is, so an idle tab costs nothing.
 Who sees and stops what is decided by the queue service (`webui.jobs.queue_service`), as for the API.
@@ -19,6 +20,8 @@ from webui.context import AppContext
 from webui.errors import user_error
 from webui.jobs.job import FINAL_STATES
 from webui.security.paths import is_within
+from webui.training.monitor import TrainingBusyError
+from webui.training.resume import NotResumable, resume_job
 from webui.ui.access import caller_of
 
 COLUMNS = ["Job", "Kind", "Owner", "State", "Position", "Progress", "ETA", "Submitted", "Summary"]
@@ -52,6 +55,7 @@ def build_queue_tab(ctx: AppContext, tab: gr.Tab) -> QueueTab:
     with gr.Row():
         refresh = gr.Button("🔄 Refresh", elem_id="queue_refresh", scale=0, min_width=120)
         cancel = gr.Button("Cancel selected job", variant="stop", elem_id="queue_cancel", scale=0, min_width=200)
+        resume = gr.Button("Resume selected training", elem_id="queue_resume", scale=0, min_width=200)
         status = gr.Markdown(elem_id="queue_status")
     table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, wrap=True, elem_id="queue_table")
     selected_id = gr.State("")
@@ -93,6 +97,17 @@ def build_queue_tab(ctx: AppContext, tab: gr.Tab) -> QueueTab:
                 "cancelled": f"Job {job_id[:8]} was cancelled; it will not run.",
                 "interrupted": f"Job {job_id[:8]} is being interrupted; it keeps what it finished."}[outcome]
 
+    def resume_selected(job_id: str, request: gr.Request):
+        if not job_id:
+            raise gr.Error("Click a cancelled training job in the table first, then Resume.")
+        try:
+            new, state = resume_job(ctx.training, ctx.jobs, caller_of(request), job_id)
+        except TrainingBusyError as error:  # another run holds the trainer
+            raise gr.Error(str(error)) from None
+        except (LookupError, PermissionError, NotResumable) as error:
+            raise gr.Error(user_error(error)) from None
+        return f"Job {job_id[:8]} resumes as job {new.job_id[:8]}, from the saved state {state.name}."
+
     def pick_result(paths: list[str], infotexts: list[str], event: gr.SelectData) -> tuple[str, str]:
         index = event.index if isinstance(event.index, int) else 0
         return (infotexts[index], paths[index]) if 0 <= index < len(paths) else ("", "")
@@ -102,6 +117,7 @@ def build_queue_tab(ctx: AppContext, tab: gr.Tab) -> QueueTab:
         trigger(load, inputs=shown, outputs=outputs)
     table.select(select_row, inputs=ids, outputs=selected_id)
     cancel.click(cancel_selected, inputs=selected_id, outputs=status).then(load, inputs=shown, outputs=outputs)
+    resume.click(resume_selected, inputs=selected_id, outputs=status).then(load, inputs=shown, outputs=outputs)
     gallery.select(pick_result, inputs=[shown, texts], outputs=[infotext, picked])
     return QueueTab(infotext, picked, send_txt2img, send_img2img)
 
