@@ -62,7 +62,8 @@ def write_single_file(components: dict[str, torch.nn.Module], family: str, path:
     save_file({k: v.contiguous() for k, v in diffusers_to_ldm(state_dicts, family).items()}, str(path))
 
 
-def plain_diffusers_seconds(components, family: str, size: int, steps: int, repeats: int) -> float:
+def plain_pipeline(components: dict[str, torch.nn.Module], family: str):
+    """Plain diffusers' pipeline around the modules, with DPM++ 2M Karras (the baseline every bench compares to)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
@@ -78,6 +79,11 @@ def plain_diffusers_seconds(components, family: str, size: int, steps: int, repe
         pipeline = StableDiffusionPipeline(tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
                                            feature_extractor=None, requires_safety_checker=False, **components)
     pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def plain_diffusers_seconds(components, family: str, size: int, steps: int, repeats: int) -> float:
+    pipeline = plain_pipeline(components, family)
     run = lambda: pipeline("a photo of a red circle", negative_prompt="blurry", height=size, width=size,  # noqa: E731
                            num_inference_steps=steps, guidance_scale=7.0,
                            generator=torch.Generator("cpu").manual_seed(1))

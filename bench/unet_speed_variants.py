@@ -23,30 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.txt2img_speed import SIZES, random_components  # noqa: E402
+from bench.txt2img_speed import SIZES, plain_pipeline, random_components  # noqa: E402
 
 VARIANTS = ("eager", "channels_last", "cudnn_attention", "compile_blocks", "compile_unet", "compile_unet_vae",
             "compile_unet_cudagraphs")
-
-
-def build_pipeline(family: str, components: dict) -> object:
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-    from transformers import CLIPTokenizer
-
-    from webui.models.model_configs import config_dir, load_component_config
-
-    scheduler = DPMSolverMultistepScheduler.from_config(load_component_config(family, "scheduler"),
-                                                        use_karras_sigmas=True)
-    tokenizer = CLIPTokenizer.from_pretrained(config_dir(family) / "tokenizer")
-    if family == "sdxl":
-        pipeline = StableDiffusionXLPipeline(
-            tokenizer=tokenizer, tokenizer_2=CLIPTokenizer.from_pretrained(config_dir(family) / "tokenizer_2"),
-            scheduler=scheduler, **components)
-    else:
-        pipeline = StableDiffusionPipeline(tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
-                                           feature_extractor=None, requires_safety_checker=False, **components)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def apply_variant(pipeline, variant: str) -> None:
@@ -82,7 +62,7 @@ def run_once(pipeline, size: int, steps: int, loop_times: list[float]) -> object
 def measure(family: str, variant: str, steps: int, repeats: int, reference) -> tuple[dict, object]:
     size = SIZES[family]
     components = random_components(family, "cuda", seed=1)
-    pipeline = build_pipeline(family, components)
+    pipeline = plain_pipeline(components, family)
     apply_variant(pipeline, variant)
     context = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION) \
         if variant == "cudnn_attention" else contextlib.nullcontext()

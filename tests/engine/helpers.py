@@ -55,3 +55,11 @@ def inpainting_copy(source: Path, target: Path) -> Path:
     shutil.rmtree(target / "unet")
     widened.save_pretrained(target / "unet", safe_serialization=True)
     return target
+
+
+def make_paths(root: Path):
+    """The app's model folders and training work folder under `root`, for training runs outside a context."""
+    from webui.training.loop import TrainingPaths
+
+    return TrainingPaths(lora_dir=root / "Lora", embeddings_dir=root / "embeddings",
+                         checkpoints_dir=root / "Stable-diffusion", work_dir=root / "training")

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sdstudio_eval.toy_world import held_out_concept_images
+from tests.engine.helpers import make_paths
 from webui.models.catalog import CheckpointCatalog
 from webui.models.checkpoint_loading import build_pipeline, read_checkpoint_weights
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
@@ -20,7 +21,7 @@ from webui.models.families import family_named
 from webui.models.patches import WeightPatch, WeightPatcher, weight_patches
 from webui.training.config import ATTENTION_TARGETS, TrainingConfig, TrainingConfigError
 from webui.training.dataset import image_to_tensor, scan_dataset, unet_latents
-from webui.training.loop import TrainingPaths, encode_captions, run_training
+from webui.training.loop import encode_captions, run_training
 from webui.training.export_lycoris import save_lycoris_lora
 from webui.training.methods import TrainerModels
 from webui.training.methods.lora import exported_layers, inject_lora, lora_parameters, unet_conv_names
@@ -51,11 +52,6 @@ def hexagons(folder: Path, count: int, seed: int = 0) -> list[Path]:
         image.resize((SIZE, SIZE)).save(path)
         paths.append(path)
     return paths
-
-
-def make_paths(root: Path) -> TrainingPaths:
-    return TrainingPaths(lora_dir=root / "Lora", embeddings_dir=root / "embeddings",
-                         checkpoints_dir=root / "Stable-diffusion", work_dir=root / "training")
 
 
 def tiny_config(dataset: Path, **changes) -> TrainingConfig:

@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sdstudio_eval.toy_world import held_out_concept_images
+from tests.engine.helpers import make_paths
 from webui.models.catalog import CheckpointCatalog
 from webui.models.checkpoint_loading import build_pipeline, read_checkpoint_weights
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
@@ -25,7 +26,6 @@ from webui.models.hashing import HashCache
 from webui.models.lora import read_lora
 from webui.training.config import TrainingConfig
 from webui.training.loop import (
-    TrainingPaths,
     TrainingProgress,
     class_images_folder,
     encode_captions,
@@ -66,11 +66,6 @@ def hexagon_folder(tmp_path_factory) -> Path:
     for index, image in enumerate(held_out_concept_images("hexagon", 6)):
         image.save(folder / f"hexagon_{index}.png")
     return folder
-
-
-def make_paths(root: Path) -> TrainingPaths:
-    return TrainingPaths(lora_dir=root / "Lora", embeddings_dir=root / "embeddings",
-                         checkpoints_dir=root / "Stable-diffusion", work_dir=root / "training")
 
 
 def tiny_config(dataset: Path, **changes) -> TrainingConfig:
