@@ -21,6 +21,11 @@ VENV_DIR = PROJECT_ROOT / ".venv"
 # PyPI's Linux wheel of the same release is the CUDA build.
 TORCH_REQUIREMENT = "torch==2.13.0"
 REEXEC_MARKER = "SDSTUDIO_REEXECUTED"
+# Installed without their declared requirements. spandrel (upscaler architectures) declares torchvision, which
+# only two of its architectures import (neither an upscaler) and whose PyPI wheel, built against CUDA torch,
+# breaks beside CPU torch; its other requirements (numpy, safetensors, einops) are in pyproject.toml.
+# webui/upscaling/spandrel_architectures.py uses spandrel with or without torchvision.
+NO_DEPS_REQUIREMENTS = ("spandrel==0.4.2",)
 
 
 def venv_python() -> Path:
@@ -34,6 +39,7 @@ def running_in_project_venv() -> bool:
 def _requirements_stamp(extras: str) -> str:
     digest = hashlib.sha256((PROJECT_ROOT / "pyproject.toml").read_bytes())
     digest.update(extras.encode())
+    digest.update(" ".join(NO_DEPS_REQUIREMENTS).encode())
     return digest.hexdigest()
 
 
@@ -57,6 +63,7 @@ def ensure_environment(extras: str = "") -> None:
         _pip(TORCH_REQUIREMENT)
     target = f".[{extras}]" if extras else "."
     _pip("-e", target)
+    _pip("--no-deps", *NO_DEPS_REQUIREMENTS)
     stamp_file.write_text(stamp)
 
 
