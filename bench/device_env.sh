@@ -1,4 +1,6 @@
 # Sourced by the *_on_device.sh scripts: the lent GPU machine lacks diffusers and its helpers, so the wheels
-# carried in .whl/ go to /tmp/site, which (with the repository) comes first on PYTHONPATH.
+# carried in .whl/ go to /tmp/site, which (with the repository) comes first on PYTHONPATH. Put them there with
+# `pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata lazy_importer spandrel==0.4.2 einops`
+# (spandrel and einops: the upscaler benchmarks).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
