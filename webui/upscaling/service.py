@@ -23,6 +23,7 @@ from webui.generation.image_ops import check_pixel_count, normalise_bit_depth
 from webui.generation.requests import RequestError
 from webui.jobs.progress import JobControl
 from webui.upscaling.catalog import (
+    BUILTIN_ENTRIES,
     NONE_UPSCALER,
     UnusableUpscaler,
     UpscalerCatalog,
@@ -63,7 +64,11 @@ class UpscalerService:
         self.catalog.refresh()
 
     def check(self, name: str) -> UpscalerEntry:
-        """The usable entry called `name`; RequestError naming the choices (and why, for an unusable file)."""
+        """The usable entry called `name`; RequestError naming the choices (and why, for an unusable file).
+        A built-in name is answered without looking at the model files."""
+        for entry in BUILTIN_ENTRIES:
+            if entry.name == name:
+                return entry
         entries = self.entries()
         usable = ", ".join(entry.name for entry in entries if entry.usable)
         for entry in entries:
