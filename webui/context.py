@@ -14,11 +14,12 @@ from webui.extensions.generation_hooks import ExtensionGenerationHooks, extensio
 from webui.extensions.host import load_for_app, switches_for
 from webui.extensions.registry import ExtensionRegistry
 from webui.extensions.service import ExtensionService
+from webui.generation.extras_jobs import ExtrasService
 from webui.generation.hooks import GenerationHooks
 from webui.generation.requests import GenerationLimits
 from webui.extensions.scripts import ExtensionScripts
 from webui.generation.scripts import ScriptService
-from webui.generation.server_options import CONFIG_FILE, ServerOptions
+from webui.generation.server_options import CONFIG_FILE, ServerOptions, tile_settings
 from webui.generation.service import GenerationService
 from webui.generation.styles import StyleDatabase
 from webui.jobs.queue_service import QueueService
@@ -42,9 +43,13 @@ from webui.security.paths import FileAccess
 from webui.settings import Settings
 from webui.training.loop import TrainingPaths
 from webui.training.service import TrainingService
+from webui.upscaling.catalog import UpscalerCatalog
+from webui.upscaling.service import UpscalerService
 from webui.xyz.service import XyzService
 
 JOB_STORE_FILE = "jobs.sqlite3"
+UPSCALERS_IN_RAM = 2  # built upscaler models kept in RAM (an ESRGAN 4x is about 65 MB)
+UPSCALER_CACHE_FILE = "upscalers.json"  # what spandrel detected in each upscaler file (webui.upscaling)
 
 
 @dataclass
@@ -73,6 +78,8 @@ class AppContext:
     options: ServerOptions = field(default_factory=ServerOptions)
     scripts: ScriptService | None = None  # the Script dropdown's extension scripts as jobs (webui.generation.scripts)
     controlnets: ControlNetStore | None = None  # models/ControlNet, built modules cached in RAM (webui.models)
+    upscalers: UpscalerService | None = None  # built-in and model upscalers (webui.upscaling)
+    extras: ExtrasService | None = None  # the Extras' upscaling as jobs (webui.generation.extras_jobs)
 
     def close(self) -> None:
         """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
@@ -98,6 +105,10 @@ def build_context(settings: Settings) -> AppContext:
                                 settings.vae_folder, settings.denoiser_folders)
     catalog.refresh()
     request_limits = RequestLimits.from_settings(settings)
+    options = ServerOptions(settings.data_dir / CONFIG_FILE)
+    upscalers = UpscalerService(UpscalerCatalog(settings.upscaler_folders, UPSCALERS_IN_RAM,
+                                                cache_file=settings.cache_folder / UPSCALER_CACHE_FILE),
+                                lambda: tile_settings(options.values()), request_limits.max_image_pixels)
     kinds = JobKinds()
     job_store = open_owned_store(settings.data_dir / JOB_STORE_FILE, settings.job_history, settings.job_history_days)
     scheduler = Scheduler(kinds, job_store,
@@ -115,13 +126,16 @@ def build_context(settings: Settings) -> AppContext:
                           vae_folder=settings.vae_folder, checkpoint_settings=checkpoint_settings)
     generation = GenerationService(models, scheduler, styles, loras, files, request_limits,
                                    outputs_folder=settings.outputs_folder,
-                                   inputs_folder=settings.data_dir / "jobs" / "inputs", hooks=hooks)
+                                   inputs_folder=settings.data_dir / "jobs" / "inputs", hooks=hooks,
+                                   upscalers=upscalers)
+    extras = ExtrasService(upscalers, scheduler, settings.data_dir / "jobs" / "inputs",
+                           request_limits.max_image_pixels, request_limits.generation.max_images)
     training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
         checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder))
     xyz = XyzService(generation, registry=extension_axes(extensions))
     scripts = ScriptService(generation, ExtensionScripts(extensions).runners)
-    for service in (models, generation, training, xyz, scripts):
+    for service in (models, generation, training, xyz, scripts, extras):
         for kind in service.job_kinds():
             kinds.register(kind)
     webhooks = WebhookSender(scheduler, settings.allow_webhooks, read_webhook_secret(settings.webhook_secret))
@@ -133,8 +147,8 @@ def build_context(settings: Settings) -> AppContext:
                       loras=loras, files=files, network=network, request_limits=request_limits, models=models,
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
                       jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
-                      extensions=extensions, options=ServerOptions(settings.data_dir / CONFIG_FILE),
-                      scripts=scripts, controlnets=controlnets,
+                      extensions=extensions, options=options,
+                      scripts=scripts, controlnets=controlnets, upscalers=upscalers, extras=extras,
                       extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 
