@@ -189,6 +189,11 @@ def _diffusers_consumed(path: Path, state_dict: Mapping[str, Tensor], family: Mo
     for key in state_dict:  # kohya alphas travel with their layer
         if key.endswith(".alpha") and f"{key[:-len('.alpha')]}.lora_down.weight" in consumed:
             consumed.add(key)
+    dropped = [key for key in state_dict if key.endswith(".dora_scale") and key not in consumed]
+    if dropped:
+        notes.append(f"diffusers {diffusers.__version__} drops kohya DoRA keys (dora_scale: its lora_state_dict "
+                     "filters them out with a warning) and would apply those layers as plain LoRAs; it reads DoRA "
+                     "only from diffusers-layout files (lora_magnitude_vector)")
     return [key for key in state_dict if key in consumed], "; ".join(notes)
 
 
@@ -256,13 +261,15 @@ def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, sta
     loaded, note = _diffusers_consumed(path, state_dict, model_family, present)
     loaders = [own, _result(LOADER_DIFFUSERS, keys, loaded, note)]
     comfy = keys_read(keys, comfyui_layer_names(model_family, present), COMFYUI_SUFFIXES, COMFYUI_PROCESSOR_SUFFIXES)
-    loaders.append(_result(LOADER_COMFYUI, keys, comfy))
+    comfy_note = ("it reads a DoRA magnitude only as kohya's dora_scale, not as PEFT's lora_magnitude_vector"
+                  if any(key.endswith(".lora_magnitude_vector") and key not in comfy for key in keys) else "")
+    loaders.append(_result(LOADER_COMFYUI, keys, comfy, comfy_note))
     single_file, not_checked = _single_file_loader(model_family, standard_layout)
     if single_file == LOADER_A1111:
         loaders.append(_result(LOADER_A1111, keys, keys_read(keys, a1111_layer_names(model_family, present),
                                                              A1111_SUFFIXES)))
     elif single_file == LOADER_FORGE:
-        loaders.append(_result(LOADER_FORGE, keys, comfy))
+        loaders.append(_result(LOADER_FORGE, keys, comfy, comfy_note))
     return KeyCheck(path.name, KIND_LORA, len(keys), tuple(loaders), not_checked,
                     _unread_alpha_notes(path, keys, [loader.loader for loader in loaders]))
 
