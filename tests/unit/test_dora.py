@@ -157,3 +157,65 @@ def test_key_check_reports_which_loaders_drop_the_magnitude(trained, tmp_path):
     # (ComfyUI also maps SD1 attention layers only in the attention-processor spelling, so it misses to_q's factors.)
     assert {f"unet.{layer}.lora_magnitude_vector" for layer in LAYERS} <= set(peft[LOADER_COMFYUI].ignored)
     assert "lora_magnitude_vector" in peft[LOADER_COMFYUI].note
+
+
+def test_an_sd35_dora_in_diffusers_keys_equals_pefts_merge(tmp_path):
+    """SD3.5 DoRA LoRAs are saved with diffusers' keys (`transformer.<path>.lora_magnitude_vector`) and applied
+    by the app as PEFT merges them."""
+    from tests.support.sd3_files import tiny_sd3_modules
+    from webui.models.families import family_named
+    from webui.training.config import ATTENTION_TARGETS
+
+    modules = tiny_sd3_modules()
+    peft_transformer = copy.deepcopy(modules["transformer"])
+    targets = family_named("sd3").lora_training_targets(peft_transformer, ATTENTION_TARGETS)[:4]
+    inject_lora(peft_transformer, targets, 2, 1.0, network_type="dora")
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, parameter in lora_parameters(peft_transformer).items():
+            scale = 1 + 0.5 * torch.rand(parameter.shape, generator=generator)
+            parameter.copy_(parameter * scale if "magnitude" in name
+                            else torch.randn(parameter.shape, generator=generator) * 0.2)
+    path = save_diffusers_lora(tmp_path / "sd3_dora.safetensors", exported_layers("transformer", peft_transformer),
+                               {}, "sd3", dtype=torch.float32)
+    for target in targets:
+        peft_transformer.get_submodule(target).merge(adapter_names=["default"])
+    applier = LoraApplier(modules, "sd3")
+    lora = applier.read(path)
+    assert lora.unmatched_keys == [] and len(lora.patches) == len(targets)
+    applier.set_active([(lora, 1.0, 1.0)])
+    for target in targets:
+        torch.testing.assert_close(modules["transformer"].get_submodule(target).weight,
+                                   peft_transformer.get_submodule(target).base_layer.weight, atol=1e-5, rtol=1e-5)
+    applier.restore()
+
+
+def test_diffusers_load_lora_weights_fuses_a_diffusers_layout_dora_as_the_app_applies_it(tmp_path):
+    """The diffusers-layout file is DoRA to diffusers too: its `load_lora_weights` + `fuse_lora` on the shipped
+    model give the weights the app's reader patches in (linear and 3x3 conv)."""
+    from diffusers import StableDiffusionPipeline
+
+    from webui.models.default_model import SHIPPED_DEFAULT_MODEL
+
+    pipeline = StableDiffusionPipeline.from_pretrained(str(SHIPPED_DEFAULT_MODEL), safety_checker=None)
+    adapted = copy.deepcopy(pipeline.unet)
+    targets = [name for name, _ in adapted.named_modules() if name.endswith("attn1.to_q")][:2]
+    convs = [name for name, _ in adapted.named_modules() if name.endswith("resnets.0.conv1")][:1]
+    inject_lora(adapted, targets, 4, 2.0, convs, 2, 1.0, network_type="dora")
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, parameter in lora_parameters(adapted).items():
+            parameter.copy_(parameter * (1 + 0.5 * torch.rand(parameter.shape, generator=generator))
+                            if "magnitude" in name else torch.randn(parameter.shape, generator=generator) * 0.2)
+    path = save_diffusers_lora(tmp_path / "toy_dora.safetensors", exported_layers("unet", adapted), {}, "sd1",
+                               dtype=torch.float32)
+    ours = copy.deepcopy(pipeline.unet)
+    applier = LoraApplier({"unet": ours}, "sd1")
+    applier.set_active([(applier.read(path), 1.0, 1.0)])
+    pipeline.load_lora_weights(str(tmp_path), weight_name=path.name)
+    pipeline.fuse_lora(lora_scale=1.0)
+    for name in targets + convs:
+        fused = pipeline.unet.get_submodule(name)
+        fused = getattr(fused, "base_layer", fused)
+        assert (ours.get_submodule(name).weight - adapted.get_submodule(name).base_layer.weight).abs().max() > 0.05
+        torch.testing.assert_close(fused.weight, ours.get_submodule(name).weight, atol=1e-5, rtol=1e-5, msg=name)
