@@ -16,13 +16,14 @@ from webui.models.catalog import CheckpointCatalog
 from webui.models.checkpoint_loading import build_pipeline, read_checkpoint_weights
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.models.hashing import HashCache
-from webui.models.lora import read_lora
+from webui.models.lora import LoraApplier, read_lora
 from webui.models.families import family_named
 from webui.models.patches import WeightPatch, WeightPatcher, weight_patches
 from webui.training.config import ATTENTION_TARGETS, TrainingConfig, TrainingConfigError
 from webui.training.dataset import image_to_tensor, scan_dataset, unet_latents
 from webui.training.loop import encode_captions, run_training
 from webui.training.export_lycoris import save_lycoris_lora
+from webui.training.key_check import LOADER_COMFYUI, LOADER_DIFFUSERS, LOADER_OWN
 from webui.training.methods import TrainerModels
 from webui.training.methods.lora import exported_layers, inject_lora, lora_parameters, unet_conv_names
 
@@ -278,9 +279,6 @@ def test_a_dora_run_saves_a_file_the_app_and_comfyui_apply(base, models, tmp_pat
     """DoRA through PEFT: the file keeps kohya's names with a dora_scale per layer; the app applies it (the
     picture changes, half strength lies between, removing it gives the base picture back exactly), the key check
     finds every key read by the app and ComfyUI, and says that diffusers drops the DoRA magnitudes."""
-    from webui.models.lora import LoraApplier
-    from webui.training.key_check import LOADER_COMFYUI, LOADER_DIFFUSERS, LOADER_OWN
-
     hexagons(tmp_path / "data", 2)
     result = run_training(tiny_config(tmp_path / "data", network_type="dora", unet_lr=1e-2, max_train_steps=3),
                           base, make_paths(tmp_path), CPU)

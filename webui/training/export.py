@@ -2,7 +2,7 @@
 
 A trained LoRA is only useful if A1111, ComfyUI, Forge, Civitai and diffusers can all read it, so SD1/SD2/SDXL
 LoRAs are written in kohya-ss's layout (``lora_unet_*`` / ``lora_te*_`` names, ``lora_down`` / ``lora_up`` /
-``alpha`` tensors, ``ss_*`` and ``modelspec.*`` metadata), not in diffusers' PEFT layout, which A1111
+``alpha`` tensors, a DoRA's ``dora_scale``, ``ss_*`` and ``modelspec.*`` metadata), not in diffusers' PEFT layout, which A1111
 cannot load. SD3/Flux LoRAs (no A1111 support either way) use diffusers' PEFT keys by default, the layout
 diffusers' loaders read (`ModelFamily.trained_lora_layout`), or on request (`TrainingConfig.lora_file_layout`)
 sd-scripts' names of the original modules, fused layers joined (`original_named_layers`). Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an

@@ -4,8 +4,9 @@
 Adapters are PEFT `LoraConfig` layers injected into the trainer's copy of the model, so the forward pass
 is PEFT's, not hand-written. The result is exported in the family's layout (`ModelFamily.trained_lora_layout`:
 kohya's for SD1/SD2/SDXL, what A1111, ComfyUI and Civitai load; diffusers' PEFT keys for SD3) from each
-adapter's A (down) and B (up) matrices and its alpha; PEFT's scale alpha / rank is the same as kohya's and
-diffusers', so the file reproduces exactly what was trained.
+adapter's A (down) and B (up) matrices and its alpha (and a DoRA layer's magnitude: kohya `dora_scale`, diffusers
+`lora_magnitude_vector`); PEFT's scale alpha / rank is the same as kohya's and diffusers', so the file reproduces
+exactly what was trained.
 """
 
 from __future__ import annotations
