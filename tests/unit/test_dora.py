@@ -125,6 +125,19 @@ def test_a_wrong_shaped_magnitude_is_refused_with_the_shapes(trained, tmp_path):
         read_lora(tmp_path / "bad.safetensors", {"unet": tiny_unet()}, "sd1")
 
 
+def test_a_lycoris_dora_of_the_update_alone_is_skipped_with_a_note(trained, tmp_path):
+    """LyCORIS's `wd_for_diff` marker means another decomposition (of dW alone): that layer is not applied as
+    DoRA of W + dW but left out, its keys reported."""
+    tensors = load_file(str(saved("kohya", trained[1], tmp_path)))
+    name = "lora_unet_" + LINEAR.replace(".", "_")
+    tensors[f"{name}.wd_for_diff"] = torch.tensor(True)
+    save_file(tensors, str(tmp_path / "diff_dora.safetensors"))
+    lora = read_lora(tmp_path / "diff_dora.safetensors", {"unet": tiny_unet()}, "sd1")
+    assert {patch.target for patch in lora.patches} == {f"unet.{CONV_1X1}", f"unet.{CONV_3X3}"}
+    assert sorted(lora.unmatched_keys) == sorted(key for key in tensors if key.startswith(name + "."))
+    assert any("wd_for_diff" in note for note in lora.notes)
+
+
 def test_rows_of_a_fused_dora_layer_renormalise_like_the_whole():
     """A fused original layer's DoRA (SD3's qkv) split by rows gives each part exactly its rows of the whole."""
     generator = torch.Generator().manual_seed(5)

@@ -76,7 +76,7 @@ _ROLE_SUFFIXES: tuple[tuple[str, str], ...] = tuple(sorted(
         ("lokr_w2", "lokr_w2"), ("lokr_w2_a", "lokr_w2_a"), ("lokr_w2_b", "lokr_w2_b"),
         ("lokr_t2", "lokr_t2"),
         ("diff", "diff"), ("diff_b", "diff_b"),
-        ("dora_scale", "dora_scale"), ("lora_magnitude_vector", "magnitude"),
+        ("dora_scale", "dora_scale"), ("wd_for_diff", "wd_for_diff"), ("lora_magnitude_vector", "magnitude"),
         ("lora_magnitude_vector.weight", "magnitude"), ("lora_magnitude_vector.default.weight", "magnitude"),
     ),
     key=lambda item: -len(item[0]),
@@ -232,6 +232,8 @@ def _has(tensors: Mapping[str, Tensor], *roles: str) -> bool:
 def classify(tensors: Mapping[str, Tensor]) -> tuple[str, int] | str:
     """(kind, rank) of a layer's tensor set, or a reason string when it is not usable. A DoRA layer is its
     factors' kind with a magnitude beside them (`is_dora`)."""
+    if "wd_for_diff" in tensors:  # LyCORIS's marker: the magnitude renormalises the update alone, not W + dW
+        return "DoRA of the update alone (LyCORIS wd_for_diff) is not supported"
     if _has(tensors, "down", "up"):
         down = tensors["down"]
         is_conv = down.ndim == 4 and (tuple(down.shape[2:]) != (1, 1) or "mid" in tensors)
