@@ -164,6 +164,9 @@ def test_key_check_reports_which_loaders_drop_the_magnitude(trained, tmp_path):
     assert sorted(kohya[LOADER_DIFFUSERS].ignored) == sorted(
         f"lora_unet_{layer.replace('.', '_')}.dora_scale" for layer in LAYERS)
     assert "drops kohya DoRA keys" in kohya[LOADER_DIFFUSERS].note
+    notes = check_lora(saved("kohya", trained[1], tmp_path), "sd1", modules).notes
+    assert any(note.startswith("ComfyUI: DoRA layers are divided by the base weight's norm") for note in notes)
+    assert any(note.startswith("A1111: its DoRA code normalises per input channel only") for note in notes)
     peft = {loader.loader: loader for loader in check_lora(saved("diffusers", trained[1], tmp_path), "sd1",
                                                            modules).loaders}
     assert peft[LOADER_OWN].complete and peft[LOADER_DIFFUSERS].complete

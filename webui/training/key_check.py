@@ -243,6 +243,27 @@ def _unread_alpha_notes(path: Path, keys: Sequence[str], loaders: Sequence[str])
             f"{', '.join(differing)} load at rank / alpha times the strength SD Studio and diffusers use",)
 
 
+def _dora_notes(state_dict: Mapping[str, Tensor], loaders: Sequence[str]) -> tuple[str, ...]:
+    """How loaders that read a kohya DoRA's `dora_scale` apply it differently from PEFT (and this app): ComfyUI
+    and Forge divide an output-channel magnitude by the base weight's norm, not by that of W + dW (Comfy-Org/
+    ComfyUI#15458); A1111's network code normalises per input channel only and scales the result by alpha / rank
+    afterwards, so a per-output-channel magnitude (PEFT's, LyCORIS `wd_on_output`) gives other weights there."""
+    per_output = any(key.endswith(".dora_scale") and tensor.ndim >= 2 and tensor.shape[0] != 1
+                     for key, tensor in state_dict.items())
+    if not per_output:
+        return ()
+    notes = []
+    readers = [loader for loader in (LOADER_COMFYUI, LOADER_FORGE) if loader in loaders]
+    if readers:
+        notes.append(f"{' and '.join(readers)}: DoRA layers are divided by the base weight's norm per output channel "
+                     "rather than by that of W + dW (Comfy-Org/ComfyUI#15458), so pictures differ slightly from "
+                     "SD Studio's and PEFT's")
+    if LOADER_A1111 in loaders:
+        notes.append("A1111: its DoRA code normalises per input channel only, so this file's magnitudes per output "
+                     "channel are applied differently there")
+    return tuple(notes)
+
+
 def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, standard_layout: bool = True) -> KeyCheck:
     """Check a LoRA file against its family's loaders; `modules` are the model's denoiser and text encoders
     (meta-device modules are enough: only names and shapes are read). `standard_layout`: the base model has
@@ -270,8 +291,9 @@ def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, sta
                                                              A1111_SUFFIXES)))
     elif single_file == LOADER_FORGE:
         loaders.append(_result(LOADER_FORGE, keys, comfy, comfy_note))
+    names = [loader.loader for loader in loaders]
     return KeyCheck(path.name, KIND_LORA, len(keys), tuple(loaders), not_checked,
-                    _unread_alpha_notes(path, keys, [loader.loader for loader in loaders]))
+                    _unread_alpha_notes(path, keys, names) + _dora_notes(state_dict, names))
 
 
 # Embedding layouts: A1111's .pt dict, kohya's / A1111's safetensors "emb_params", SDXL's clip_l / clip_g.
