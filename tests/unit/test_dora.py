@@ -161,6 +161,8 @@ def test_key_check_reports_which_loaders_drop_the_magnitude(trained, tmp_path):
     kohya = {loader.loader: loader for loader in check_lora(saved("kohya", trained[1], tmp_path), "sd1",
                                                             modules).loaders}
     assert kohya[LOADER_OWN].complete and kohya[LOADER_COMFYUI].complete
+    a1111_ignored = set(kohya["A1111"].ignored)  # (A1111 renumbers only SD's own block layout: not the tiny conv1)
+    assert not {f"lora_unet_{layer.replace('.', '_')}.dora_scale" for layer in (LINEAR, CONV_1X1)} & a1111_ignored
     assert sorted(kohya[LOADER_DIFFUSERS].ignored) == sorted(
         f"lora_unet_{layer.replace('.', '_')}.dora_scale" for layer in LAYERS)
     assert "drops kohya DoRA keys" in kohya[LOADER_DIFFUSERS].note
