@@ -261,7 +261,7 @@ def classify(tensors: Mapping[str, Tensor]) -> tuple[str, int] | str:
 # conv kernels flattened) or, for files of early LyCORIS versions, per input channel (one per column). Which
 # one a file means is told by the magnitude's shape, as ComfyUI tells it: kohya / LyCORIS `dora_scale` of
 # shape (out, 1[, 1, 1]) is per output channel (LyCORIS `wd_on_out`, the DoRA paper's and PEFT's choice),
-# (1, in[, 1, 1]) per input channel; PEFT's `lora_magnitude_vector` ((out,), conv (1, out, 1, 1)) is always
+# (1, in[, 1, 1]) (or a vector of `in` values) per input channel; PEFT's `lora_magnitude_vector` ((out,), conv (1, out, 1, 1)) is always
 # per output channel. At a strength s below 1 the weight is blended, W + s * (W' - W), as ComfyUI and Forge do.
 # --------------------------------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ def dora_magnitude(tensors: Mapping[str, Tensor], weight_shape: Sequence[int]) -
     shape = tuple(scale.shape)
     if shape and shape[0] == out_features and scale.numel() == out_features:
         return scale.reshape(out_features, 1, *trailing), AXIS_OUTPUT
-    if len(shape) >= 2 and shape[0] == 1 and shape[1] == in_features and scale.numel() == in_features:
+    if scale.numel() == in_features and (len(shape) == 1 or shape[:2] == (1, in_features)):
         return scale.reshape(1, in_features, *trailing), AXIS_INPUT
     raise ValueError(f"dora_scale has shape {shape}; a weight of shape {tuple(weight_shape)} takes "
                      f"({out_features}, 1{', 1' * len(trailing)}) (one value per output channel) or "
