@@ -280,7 +280,7 @@ def test_a_dora_run_saves_a_file_the_app_and_comfyui_apply(base, models, tmp_pat
     picture changes, half strength lies between, removing it gives the base picture back exactly), the key check
     finds every key read by the app and ComfyUI, and says that diffusers drops the DoRA magnitudes."""
     hexagons(tmp_path / "data", 2)
-    result = run_training(tiny_config(tmp_path / "data", network_type="dora", unet_lr=1e-2, max_train_steps=3),
+    result = run_training(tiny_config(tmp_path / "data", network_type="dora", unet_lr=1e-2),
                           base, make_paths(tmp_path), CPU)
     path = result.files[-1]
     keys = list(load_file(str(path)))
