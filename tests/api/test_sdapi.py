@@ -166,3 +166,25 @@ def test_bad_img2img_input_gets_a_reason(server, body, reason):
     body["init_images"] = [source if item == "SOURCE" else item for item in body["init_images"]]
     response = post(server, "img2img", body)
     assert response.status_code == 422 and reason in response.json()["detail"], response.text
+
+
+def test_a_dora_lora_whose_magnitude_fits_no_axis_is_refused_with_the_shapes(server):
+    """A DoRA file whose dora_scale fits neither an output nor an input channel per value of its layer fails the
+    request with the shapes (a 4xx, not a traceback), and the server keeps serving."""
+    import torch
+    from safetensors.torch import save_file
+
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"  # the toy model's 48x48 to_q
+    lora_dir = server.data_dir / "models" / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    path = lora_dir / "bad_dora.safetensors"
+    save_file({f"{name}.lora_down.weight": torch.zeros(2, 48), f"{name}.lora_up.weight": torch.zeros(48, 2),
+               f"{name}.alpha": torch.tensor(2.0), f"{name}.dora_scale": torch.ones(49, 1)}, str(path))
+    try:
+        response = post(server, "txt2img", {**SMALL, "prompt": "a circle <lora:bad_dora:1>"})
+    finally:
+        path.unlink()  # the session server's other tests list its LoRAs
+    assert response.status_code == 422, response.text
+    assert "bad_dora.safetensors" in response.text and "dora_scale has shape (49, 1)" in response.text
+    assert "Traceback" not in response.text
+    assert post(server, "txt2img", {**SMALL, "prompt": "still alive"}).status_code == 200

@@ -16,13 +16,14 @@ from webui.models.catalog import CheckpointCatalog
 from webui.models.checkpoint_loading import build_pipeline, read_checkpoint_weights
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.models.hashing import HashCache
-from webui.models.lora import read_lora
+from webui.models.lora import LoraApplier, read_lora
 from webui.models.families import family_named
 from webui.models.patches import WeightPatch, WeightPatcher, weight_patches
 from webui.training.config import ATTENTION_TARGETS, TrainingConfig, TrainingConfigError
 from webui.training.dataset import image_to_tensor, scan_dataset, unet_latents
 from webui.training.loop import encode_captions, run_training
 from webui.training.export_lycoris import save_lycoris_lora
+from webui.training.key_check import LOADER_COMFYUI, LOADER_DIFFUSERS, LOADER_OWN
 from webui.training.methods import TrainerModels
 from webui.training.methods.lora import exported_layers, inject_lora, lora_parameters, unet_conv_names
 
@@ -265,3 +266,45 @@ def test_loha_trains_and_is_refused_for_a_family_saved_with_diffusers_keys(base,
     assert '"algo": "loha"' in metadata["ss_network_args"] and metadata["ss_network_module"] == "lycoris.kohya"
     with pytest.raises(TrainingConfigError, match="network_type: SD3.* have no lokr; .*LoHa and LoKr train for .*SD1"):
         tiny_config(tmp_path / "data", network_type="lokr").check_family(family_named("sd3"))
+
+
+def render(models: TrainerModels, prompt: str):
+    """A 64 px picture from fixed noise (4 steps of the toy pipeline's scheduler), as float pixels."""
+    with torch.no_grad():
+        return models.pipeline(prompt, height=SIZE, width=SIZE, num_inference_steps=4, guidance_scale=5.0,
+                               generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+
+
+def test_a_dora_run_saves_a_file_the_app_and_comfyui_apply(base, models, tmp_path):
+    """DoRA through PEFT: the file keeps kohya's names with a dora_scale per layer; the app applies it (the
+    picture changes, half strength lies between, removing it gives the base picture back exactly), the key check
+    finds every key read by the app and ComfyUI, and says that diffusers drops the DoRA magnitudes."""
+    hexagons(tmp_path / "data", 2)
+    result = run_training(tiny_config(tmp_path / "data", network_type="dora", unet_lr=1e-2),
+                          base, make_paths(tmp_path), CPU)
+    path = result.files[-1]
+    keys = list(load_file(str(path)))
+    dora_keys = [key for key in keys if key.endswith(".dora_scale")]
+    assert len(dora_keys) == sum(key.endswith(".lora_down.weight") for key in keys) > 0
+    assert '"dora_wd": "True"' in read_lora_metadata(path)["ss_network_args"]
+    check = {loader.loader: loader for loader in result.key_checks[-1].loaders}
+    assert check[LOADER_OWN].complete and check[LOADER_COMFYUI].complete
+    assert sorted(check[LOADER_DIFFUSERS].ignored) == sorted(dora_keys)
+    assert "drops kohya DoRA keys" in check[LOADER_DIFFUSERS].note
+
+    applier = LoraApplier({"unet": models.unet, "text_encoder": models.pipeline.text_encoder}, "sd1")
+    lora = applier.read(path)
+    assert lora.unmatched_keys == [] and all("dora_scale" in patch.tensors for patch in lora.patches)
+    prompt = "hxgn, a shape"
+    plain = render(models, prompt)
+    try:
+        applier.set_active([(lora, 1.0, 1.0)])
+        full = render(models, prompt)
+        applier.set_active([(lora, 0.5, 0.5)])
+        half = render(models, prompt)
+    finally:
+        applier.restore()
+    assert (render(models, prompt) == plain).all()
+    to_full, to_half, half_to_full = (abs(a - b).mean() for a, b in ((full, plain), (half, plain), (full, half)))
+    assert to_full > 1e-3
+    assert 0 < to_half < to_full and half_to_full < to_full

@@ -49,6 +49,7 @@ def test_a_filled_in_default_config_is_valid_for_every_method():
     ({"output_name": "my/lora"}, "output_name", ["file name"]),
     ({"resolution": 500}, "resolution", ["multiple of 8"]),
     ({"lora_file_layout": "peft"}, "lora_file_layout", ["auto", "kohya", "diffusers"]),
+    ({"network_type": "boft"}, "network_type", ["'boft'", "lora", "loha", "lokr", "dora"]),
     ({"target_modules": ("to_q", "attn")}, "target_modules", ["'attn'", "to_out.0", "ff.net.2"]),
     ({"max_train_epochs": 0, "max_train_steps": 0}, "max_train_steps", ["above 0"]),
     ({"sample_every_n_steps": 50}, "sample_prompts", ["at least one prompt"]),
@@ -225,3 +226,15 @@ def test_saving_one_preset_name_from_several_requests_at_once_never_fails(tmp_pa
     assert set(paths) == {tmp_path / "shared.json"}
     assert 1 <= load_preset("shared", tmp_path).rank <= 16
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shared.json"]
+
+
+def test_dora_trains_for_every_family_but_not_into_a_dits_original_names():
+    """DoRA has PEFT keys (lora_magnitude_vector), so SD3.5 / Flux take it in their diffusers layout; their kohya
+    layout joins fused layers, whose magnitudes would need every part trained."""
+    from webui.models.families import family_named
+
+    dora = job_config(network_type="dora").validate()
+    assert dora.check_family(family_named("sd1")) and dora.check_family(family_named("sd3"))
+    assert dora.replace(lora_file_layout="kohya").check_family(family_named("sdxl"))
+    with pytest.raises(TrainingConfigError, match="lora_file_layout: .*DoRA.* choose the auto or diffusers layout"):
+        dora.replace(lora_file_layout="kohya").check_family(family_named("flux"))

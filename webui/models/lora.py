@@ -42,8 +42,10 @@ from webui.models.lora_formats import (
     RawLayer,
     classify,
     describe_non_lora,
+    dora_magnitude,
     group_layers,
     index_module_names,
+    is_dora,
     patch_delta,
     patch_scale,
     peft_alpha,
@@ -281,12 +283,21 @@ def read_lora(path: Path, pipeline_modules: Mapping[str, nn.Module], family: str
             shape = torch.Size(expected) if resolved in index.fused else index.shapes[resolved]
             mismatches.append((f"{layer.component}.{resolved}", update, shape))
             continue
+        if is_dora(layer.tensors):
+            weight_shape = torch.Size(expected) if resolved in index.fused else index.shapes[resolved]
+            try:
+                dora_magnitude(layer.tensors, weight_shape)
+            except ValueError as error:
+                raise LoraFileError(path, f"layer {_layer_label(layer)} is malformed: {error}") from error
         alpha_tensor = layer.tensors.get("alpha")
         alpha = float(alpha_tensor.item()) if alpha_tensor is not None else peft_alpha(metadata, layer)
         tensors = {role: tensor for role, tensor in layer.tensors.items() if role != "alpha"}
         matched += 1
         whole = LoraPatch(target="", kind=kind, tensors=tensors, alpha=alpha, rank=rank)
-        patches.extend(_part_patches(whole, parts, layer_targets))
+        try:
+            patches.extend(_part_patches(whole, parts, layer_targets))
+        except ValueError as error:
+            raise LoraFileError(path, f"layer {_layer_label(layer)} cannot be applied: {error}") from error
     if mismatches:
         raise ForeignLoraError(path, _shape_mismatch_reason(mismatches, family) + _named_by_other_families(layers, family))
     if missing_layers and len(missing_layers) >= matched:

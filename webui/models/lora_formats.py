@@ -15,6 +15,8 @@ Formats understood (the layer name, then the tensor roles):
 * diffusers / PEFT: ``unet.<path>.lora_A.weight`` / ``.lora_B.weight`` (also ``text_encoder.`` and
   ``text_encoder_2.``), older diffusers ``.lora.down.weight`` / ``.lora.up.weight``,
   ``.lora_linear_layer.down/up.weight`` and attention-processor names (``attn1.processor.to_q_lora``).
+* DoRA (weight-decomposed) layers of any of these: kohya / LyCORIS ``.dora_scale`` beside the factors, PEFT
+  ``.lora_magnitude_vector``; see :func:`dora_weight` for the math and which axis each layout normalises.
 * Transformer (DiT) families name their files' prefixes themselves (``ModelFamily.lora_key_prefixes``,
   e.g. SD3's ``lora_unet_`` / ``diffusion_model.`` over the original MMDiT names and ``transformer.`` /
   ``lora_transformer_`` over diffusers'); original fused layers are split by rows
@@ -74,8 +76,8 @@ _ROLE_SUFFIXES: tuple[tuple[str, str], ...] = tuple(sorted(
         ("lokr_w2", "lokr_w2"), ("lokr_w2_a", "lokr_w2_a"), ("lokr_w2_b", "lokr_w2_b"),
         ("lokr_t2", "lokr_t2"),
         ("diff", "diff"), ("diff_b", "diff_b"),
-        ("dora_scale", "dora_scale"), ("lora_magnitude_vector", "dora_scale"),
-        ("lora_magnitude_vector.default.weight", "dora_scale"),
+        ("dora_scale", "dora_scale"), ("wd_for_diff", "wd_for_diff"), ("lora_magnitude_vector", "magnitude"),
+        ("lora_magnitude_vector.weight", "magnitude"), ("lora_magnitude_vector.default.weight", "magnitude"),
     ),
     key=lambda item: -len(item[0]),
 ))
@@ -228,9 +230,10 @@ def _has(tensors: Mapping[str, Tensor], *roles: str) -> bool:
 
 
 def classify(tensors: Mapping[str, Tensor]) -> tuple[str, int] | str:
-    """(kind, rank) of a layer's tensor set, or a reason string when it is not usable."""
-    if "dora_scale" in tensors:
-        return "DoRA (weight-decomposed) layers are not supported"
+    """(kind, rank) of a layer's tensor set, or a reason string when it is not usable. A DoRA layer is its
+    factors' kind with a magnitude beside them (`is_dora`)."""
+    if "wd_for_diff" in tensors:  # LyCORIS's marker: the magnitude renormalises the update alone, not W + dW
+        return "DoRA of the update alone (LyCORIS wd_for_diff) is not supported"
     if _has(tensors, "down", "up"):
         down = tensors["down"]
         is_conv = down.ndim == 4 and (tuple(down.shape[2:]) != (1, 1) or "mid" in tensors)
@@ -246,7 +249,64 @@ def classify(tensors: Mapping[str, Tensor]) -> tuple[str, int] | str:
         return KIND_LOKR, 0  # both Kronecker factors stored in full: no rank, scale 1
     if "diff" in tensors:
         return KIND_DIFF, 0
+    if is_dora(tensors):
+        return f"a DoRA magnitude without the factors of its update (tensors: {', '.join(sorted(tensors))})"
     return f"incomplete layer (tensors: {', '.join(sorted(tensors))})"
+
+
+# --------------------------------------------------------------------------------------------
+# DoRA: the update's direction, renormalised to a trained magnitude
+#
+# The patched weight is m * (W + dW) / ||W + dW||, the norm taken per output channel (one value per row of W,
+# conv kernels flattened) or, for files of early LyCORIS versions, per input channel (one per column). Which
+# one a file means is told by the magnitude's shape, as ComfyUI tells it: kohya / LyCORIS `dora_scale` of
+# shape (out, 1[, 1, 1]) is per output channel (LyCORIS `wd_on_out`, the DoRA paper's and PEFT's choice),
+# (1, in[, 1, 1]) (or a vector of `in` values) per input channel; PEFT's `lora_magnitude_vector` ((out,), conv (1, out, 1, 1)) is always
+# per output channel. At a strength s below 1 the weight is blended, W + s * (W' - W), as ComfyUI and Forge do.
+# --------------------------------------------------------------------------------------------
+
+DORA_ROLES = ("dora_scale", "magnitude")
+AXIS_OUTPUT = "output"
+AXIS_INPUT = "input"
+
+
+def is_dora(tensors: Mapping[str, Tensor]) -> bool:
+    """Whether a layer's tensors carry a DoRA magnitude (kohya `dora_scale` or PEFT `lora_magnitude_vector`)."""
+    return any(role in tensors for role in DORA_ROLES)
+
+
+def dora_magnitude(tensors: Mapping[str, Tensor], weight_shape: Sequence[int]) -> tuple[Tensor, str]:
+    """(the magnitude shaped to broadcast over the weight, AXIS_OUTPUT or AXIS_INPUT) of a DoRA layer.
+
+    Raises ValueError naming the shapes a weight of `weight_shape` takes when the file's magnitude fits none."""
+    out_features, in_features = int(weight_shape[0]), int(weight_shape[1])
+    trailing = (1,) * (len(weight_shape) - 2)
+    if "magnitude" in tensors:
+        magnitude = tensors["magnitude"]
+        if magnitude.numel() != out_features:
+            raise ValueError(f"lora_magnitude_vector has shape {tuple(magnitude.shape)}; a weight of shape "
+                             f"{tuple(weight_shape)} takes one value per output channel ({out_features})")
+        return magnitude.reshape(out_features, 1, *trailing), AXIS_OUTPUT
+    scale = tensors["dora_scale"]
+    shape = tuple(scale.shape)
+    if shape and shape[0] == out_features and scale.numel() == out_features:
+        return scale.reshape(out_features, 1, *trailing), AXIS_OUTPUT
+    if scale.numel() == in_features and (len(shape) == 1 or shape[:2] == (1, in_features)):
+        return scale.reshape(1, in_features, *trailing), AXIS_INPUT
+    raise ValueError(f"dora_scale has shape {shape}; a weight of shape {tuple(weight_shape)} takes "
+                     f"({out_features}, 1{', 1' * len(trailing)}) (one value per output channel) or "
+                     f"(1, {in_features}{', 1' * len(trailing)}) (one per input channel)")
+
+
+def dora_weight(base: Tensor, delta: Tensor, magnitude: Tensor, axis: str) -> Tensor:
+    """m * (W + dW) / ||W + dW||, the norm over each output channel (AXIS_OUTPUT) or input channel (AXIS_INPUT);
+    float32 machine epsilon keeps a zero channel finite, as LyCORIS and ComfyUI do."""
+    adapted = base + delta
+    if axis == AXIS_OUTPUT:
+        norm = adapted.reshape(adapted.shape[0], -1).norm(dim=1).reshape(magnitude.shape)
+    else:
+        norm = adapted.transpose(0, 1).reshape(adapted.shape[1], -1).norm(dim=1).reshape(magnitude.shape)
+    return adapted * (magnitude.to(adapted) / (norm + torch.finfo(torch.float32).eps))
 
 
 def _tucker_shape(core: Tensor, out_factor: Tensor, in_factor: Tensor) -> tuple[int, int]:
@@ -333,8 +393,12 @@ def patch_scale(patch: LoraPatch) -> float:
 
 
 def patch_delta(patch: LoraPatch, weight_shape: torch.Size | tuple[int, ...],
-                device: torch.device | str | None = None) -> Tensor:
-    """The fp32 weight update of one layer at strength 1, shaped like the weight it changes."""
+                device: torch.device | str | None = None, base: Tensor | None = None) -> Tensor:
+    """The fp32 weight update of one layer at strength 1, shaped like the weight it changes.
+
+    A DoRA layer's update depends on the weight it changes (`base`, required for it): it is the
+    renormalised weight minus `base` (`dora_weight`), so `base + s * update` is ComfyUI's and Forge's blend
+    at strength s."""
     tensors = {role: tensor.to(device=device, dtype=torch.float32)
                for role, tensor in patch.tensors.items() if role != "diff_b"}
     if patch.kind in (KIND_LORA, KIND_LOCON):
@@ -352,15 +416,39 @@ def patch_delta(patch: LoraPatch, weight_shape: torch.Size | tuple[int, ...],
             f"{patch.target}: the {patch.kind} update has {tuple(delta.shape)} values "
             f"but the weight is {tuple(weight_shape)}"
         )
-    return delta.reshape(weight_shape) * patch_scale(patch)
+    delta = delta.reshape(weight_shape) * patch_scale(patch)
+    if not is_dora(tensors):
+        return delta
+    if base is None:
+        raise ValueError(f"{patch.target}: a DoRA update depends on the weight it changes, which was not given")
+    magnitude, axis = dora_magnitude(tensors, weight_shape)
+    base = base.to(device=delta.device, dtype=torch.float32)
+    return dora_weight(base, delta, magnitude, axis) - base
 
 
 def rows_of(kind: str, tensors: Mapping[str, Tensor], rows: tuple[tuple[int, int], ...],
             scale: float) -> tuple[str, dict[str, Tensor]]:
     """(kind, tensors) of the update of only these rows of a layer's weight (a fused layer's share of one
     installed module). Row-factored kinds keep their factors (LoRA: the up rows; LoHa: both out factors);
-    others become a full "diff" of those rows with `scale` (alpha / rank) applied, as a diff has no alpha."""
+    others become a full "diff" of those rows with `scale` (alpha / rank) applied, as a diff has no alpha.
+    A DoRA magnitude per output channel keeps these rows' values (each row's norm is its own); one per input
+    channel cannot be split (ValueError)."""
     index = torch.cat([torch.arange(start, stop) for start, stop in rows])
+    plain = {role: tensor for role, tensor in tensors.items() if role not in DORA_ROLES}
+    whole_shape = update_shape(kind, plain)
+    kind, part = _rows_of_update(kind, plain, index, scale)
+    if is_dora(tensors):
+        magnitude, axis = dora_magnitude(tensors, whole_shape)
+        if axis != AXIS_OUTPUT:
+            raise ValueError("its DoRA magnitude is per input channel, which cannot be split between the "
+                             "modules this fused layer became")
+        part["dora_scale"] = magnitude.reshape(-1).index_select(0, index).reshape(-1, 1)
+    return kind, part
+
+
+def _rows_of_update(kind: str, tensors: Mapping[str, Tensor], index: Tensor,
+                    scale: float) -> tuple[str, dict[str, Tensor]]:
+    """`rows_of` for a layer without a DoRA magnitude."""
     if kind in (KIND_LORA, KIND_LOCON) and "mid" not in tensors:
         return kind, {**tensors, "up": tensors["up"].index_select(0, index)}
     if kind == KIND_LOHA and "hada_t1" not in tensors and "hada_t2" not in tensors:

@@ -50,10 +50,12 @@ class WeightPatch:
     def key(self) -> tuple[str, str, str, float]:
         return (self.source, self.target, self.parameter, self.strength)
 
-    def delta(self, shape: torch.Size, device: torch.device) -> Tensor:
-        """The fp32 change this patch makes at strength 1, shaped like the parameter."""
+    def delta(self, shape: torch.Size, device: torch.device, current: Tensor | None = None) -> Tensor:
+        """The fp32 change this patch makes at strength 1, shaped like the parameter. `current` is the fp32
+        weight it is added to (the original with earlier patches merged): a DoRA update renormalises it, so the
+        merge `current + strength * delta` is the DoRA weight at strength 1 and a blend toward it below."""
         if self.parameter == WEIGHT:
-            return patch_delta(self.update, shape, device=device)
+            return patch_delta(self.update, shape, device=device, base=current)
         bias = patch_bias_delta(self.update, device=device)
         if bias is None:
             raise ValueError(f"{self.target}: the update carries no bias")
@@ -211,7 +213,7 @@ class WeightPatcher:
             # Move in the stored precision, widen on the device; the copy keeps the original intact.
             merged = original.to(parameter.device, non_blocking=True).to(torch.float32, copy=True)
             for patch in updates:
-                merged.add_(patch.delta(parameter.shape, parameter.device), alpha=patch.strength)
+                merged.add_(patch.delta(parameter.shape, parameter.device, merged), alpha=patch.strength)
             with torch.no_grad():
                 parameter.copy_(merged)
 

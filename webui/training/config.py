@@ -37,9 +37,12 @@ FLOW_TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 # and sd-scripts read) or diffusers' (`transformer.`/`unet.` + diffusers module names, what `load_lora_weights`
 # reads).
 LORA_FILE_LAYOUTS = ("auto", "kohya", "diffusers")
-# The adapter trained by the LoRA methods: plain LoRA (LoCon with conv_rank), or LyCORIS's LoHa / LoKr
-# through PEFT. (DoRA is not offered: this app's LoRA reader cannot apply DoRA files yet.)
-NETWORK_TYPES = ("lora", "loha", "lokr")
+# The adapter trained by the LoRA methods, all through PEFT: plain LoRA (LoCon with conv_rank), LyCORIS's LoHa /
+# LoKr, or DoRA (a LoRA whose weight is renormalised to a trained magnitude per output channel, `use_dora`).
+NETWORK_TYPES = ("lora", "loha", "lokr", "dora")
+NETWORK_TYPE_LABELS = {"lora": "LoRA (LoCon with a conv rank)", "loha": "LoHa", "lokr": "LoKr", "dora": "DoRA"}
+# Network types only LyCORIS's kohya-named layout holds (diffusers' PEFT keys have no LoHa / LoKr).
+LYCORIS_NETWORK_TYPES = ("loha", "lokr")
 BLOCK_LR_FIELDS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 # Where the EMA weights go: `<name>_ema.safetensors` beside the raw weights, or in place of them.
 EMA_OUTPUTS = ("beside", "instead")
@@ -289,7 +292,11 @@ class TrainingConfig:
         if self.enable_bucketing:
             sizes += [("bucket_step", self.bucket_step), ("min_bucket_resolution", self.min_bucket_resolution),
                       ("max_bucket_resolution", self.max_bucket_resolution)]
-        if self.network_type != "lora" and family.trained_lora_layout != "kohya":
+        if self.network_type == "dora" and family.denoiser != "unet" and self.lora_file_layout == "kohya":
+            raise TrainingConfigError("lora_file_layout", f"{family.label} DoRA LoRAs are saved with diffusers' keys "
+                                      "(lora_magnitude_vector): the original fused layers' magnitudes need every "
+                                      "part trained; choose the auto or diffusers layout")
+        if self.network_type in LYCORIS_NETWORK_TYPES and family.trained_lora_layout != "kohya":
             from webui.models.families import FAMILIES
 
             able = [f.label for f in FAMILIES if f.trained_lora_layout == "kohya" and "lora" in f.training_methods]

@@ -2,7 +2,7 @@
 
 A trained LoRA is only useful if A1111, ComfyUI, Forge, Civitai and diffusers can all read it, so SD1/SD2/SDXL
 LoRAs are written in kohya-ss's layout (``lora_unet_*`` / ``lora_te*_`` names, ``lora_down`` / ``lora_up`` /
-``alpha`` tensors, ``ss_*`` and ``modelspec.*`` metadata), not in diffusers' PEFT layout, which A1111
+``alpha`` tensors, a DoRA's ``dora_scale``, ``ss_*`` and ``modelspec.*`` metadata), not in diffusers' PEFT layout, which A1111
 cannot load. SD3/Flux LoRAs (no A1111 support either way) use diffusers' PEFT keys by default, the layout
 diffusers' loaders read (`ModelFamily.trained_lora_layout`), or on request (`TrainingConfig.lora_file_layout`)
 sd-scripts' names of the original modules, fused layers joined (`original_named_layers`). Embeddings are written the way A1111 and kohya write them, and full fine-tunes become an
@@ -167,12 +167,15 @@ class LoraLayerWeights:
     """The trained factors of one layer: delta W = alpha / rank * up @ down.
 
     ``down`` is ``[rank, in]`` (linear) or ``[rank, in, kh, kw]`` (convolution); ``up`` is ``[out, rank]``
-    or ``[out, rank, 1, 1]``.
+    or ``[out, rank, 1, 1]``. A DoRA layer also has PEFT's ``magnitude``, one value per output channel (shaped
+    as PEFT keeps it: ``[out]``, a convolution's ``[1, out, 1, 1]``): the weight becomes
+    magnitude * (W + delta W) / ||W + delta W|| per output channel.
     """
 
     down: Tensor
     up: Tensor
     alpha: float
+    magnitude: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.down.ndim not in (2, 4) or self.up.ndim not in (2, 4):
@@ -184,6 +187,16 @@ class LoraLayerWeights:
             raise ValueError(f"a convolution's up factor must be [out, rank, 1, 1], got {tuple(self.up.shape)}")
         if not math.isfinite(float(self.alpha)):
             raise ValueError(f"alpha must be a finite number, got {self.alpha!r}")
+        if self.magnitude is not None and self.magnitude.numel() != self.up.shape[0]:
+            raise ValueError(f"a DoRA magnitude needs one value per output channel ({self.up.shape[0]}), got "
+                             f"{tuple(self.magnitude.shape)}")
+
+    def dora_scale(self) -> Tensor:
+        """The magnitude as kohya / LyCORIS files store it per output channel (`wd_on_output`): ``[out, 1]``,
+        a convolution's ``[out, 1, 1, 1]``, the shape ComfyUI and Forge tell the output axis by."""
+        if self.magnitude is None:
+            raise ValueError("not a DoRA layer")
+        return self.magnitude.detach().float().reshape(self.up.shape[0], *(1,) * (self.down.ndim - 1))
 
     @property
     def rank(self) -> int:
@@ -254,6 +267,9 @@ def original_named_layers(layers: Mapping[str, LoraLayerWeights], family: ModelF
             renamed[layer_key] = weights
             continue
         original = owners.get(module_path)
+        if weights.magnitude is not None:
+            raise ValueError(f"LoRA layer {layer_key!r} is a DoRA layer; {family.label} DoRA LoRAs are saved in the "
+                             "diffusers layout (a fused original layer's magnitude needs every part)")
         if original is None or weights.down.ndim != 2:
             raise ValueError(f"LoRA layer {layer_key!r} has no original {family.label} module name to be saved "
                              "under in kohya's layout; save it in the diffusers layout")
@@ -291,6 +307,8 @@ def save_kohya_lora(path: Path, layers: Mapping[str, LoraLayerWeights], metadata
         tensors[f"{name}.lora_down.weight"] = weights.down.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.lora_up.weight"] = weights.up.detach().to("cpu", dtype).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(weights.alpha), dtype=torch.float32)
+        if weights.magnitude is not None:  # fp32 like alpha: the weight is renormalised to exactly these norms
+            tensors[f"{name}.dora_scale"] = weights.dora_scale().to("cpu", torch.float32).contiguous()
     return _write_hashed(path, tensors, file_metadata)
 
 
@@ -327,8 +345,12 @@ def save_diffusers_lora(path: Path, layers: Mapping[str, LoraLayerWeights], meta
         key = f"{component}.{kohya_text_path(module_path)}" if component in clip_encoders else layer_key
         tensors[f"{key}.lora_A.weight"] = weights.down.detach().to("cpu", dtype).contiguous()
         tensors[f"{key}.lora_B.weight"] = weights.up.detach().to("cpu", dtype).contiguous()
+        if weights.magnitude is not None:  # PEFT's checkpoint name and shape, fp32 like a kohya file's dora_scale
+            tensors[f"{key}.lora_magnitude_vector"] = weights.magnitude.detach().to("cpu", torch.float32).contiguous()
         adapter = adapters.setdefault(component, {"r": weights.rank, "lora_alpha": float(weights.alpha),
                                                   "target_modules": [], "rank_pattern": {}, "alpha_pattern": {}})
+        if weights.magnitude is not None:
+            adapter["use_dora"] = True
         adapter["target_modules"].append(module_path)
         if weights.rank != adapter["r"]:
             adapter["rank_pattern"][module_path] = weights.rank

@@ -189,6 +189,11 @@ def _diffusers_consumed(path: Path, state_dict: Mapping[str, Tensor], family: Mo
     for key in state_dict:  # kohya alphas travel with their layer
         if key.endswith(".alpha") and f"{key[:-len('.alpha')]}.lora_down.weight" in consumed:
             consumed.add(key)
+    dropped = [key for key in state_dict if key.endswith(".dora_scale") and key not in consumed]
+    if dropped:
+        notes.append(f"diffusers {diffusers.__version__} drops kohya DoRA keys (dora_scale: its lora_state_dict "
+                     "filters them out with a warning) and would apply those layers as plain LoRAs; it reads DoRA "
+                     "only from diffusers-layout files (lora_magnitude_vector)")
     return [key for key in state_dict if key in consumed], "; ".join(notes)
 
 
@@ -238,6 +243,27 @@ def _unread_alpha_notes(path: Path, keys: Sequence[str], loaders: Sequence[str])
             f"{', '.join(differing)} load at rank / alpha times the strength SD Studio and diffusers use",)
 
 
+def _dora_notes(state_dict: Mapping[str, Tensor], loaders: Sequence[str]) -> tuple[str, ...]:
+    """How loaders that read a kohya DoRA's `dora_scale` apply it differently from PEFT (and this app): ComfyUI
+    and Forge divide an output-channel magnitude by the base weight's norm, not by that of W + dW (Comfy-Org/
+    ComfyUI#15458); A1111's network code normalises per input channel only and scales the result by alpha / rank
+    afterwards, so a per-output-channel magnitude (PEFT's, LyCORIS `wd_on_output`) gives other weights there."""
+    per_output = any(key.endswith(".dora_scale") and tensor.ndim >= 2 and tensor.shape[0] != 1
+                     for key, tensor in state_dict.items())
+    if not per_output:
+        return ()
+    notes = []
+    readers = [loader for loader in (LOADER_COMFYUI, LOADER_FORGE) if loader in loaders]
+    if readers:
+        notes.append(f"{' and '.join(readers)}: DoRA layers are divided by the base weight's norm per output channel "
+                     "rather than by that of W + dW (Comfy-Org/ComfyUI#15458), so pictures differ slightly from "
+                     "SD Studio's and PEFT's")
+    if LOADER_A1111 in loaders:
+        notes.append("A1111: its DoRA code normalises per input channel only, so this file's magnitudes per output "
+                     "channel are applied differently there")
+    return tuple(notes)
+
+
 def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, standard_layout: bool = True) -> KeyCheck:
     """Check a LoRA file against its family's loaders; `modules` are the model's denoiser and text encoders
     (meta-device modules are enough: only names and shapes are read). `standard_layout`: the base model has
@@ -256,15 +282,18 @@ def check_lora(path: Path, family: str, modules: Mapping[str, nn.Module], *, sta
     loaded, note = _diffusers_consumed(path, state_dict, model_family, present)
     loaders = [own, _result(LOADER_DIFFUSERS, keys, loaded, note)]
     comfy = keys_read(keys, comfyui_layer_names(model_family, present), COMFYUI_SUFFIXES, COMFYUI_PROCESSOR_SUFFIXES)
-    loaders.append(_result(LOADER_COMFYUI, keys, comfy))
+    comfy_note = ("it reads a DoRA magnitude only as kohya's dora_scale, not as PEFT's lora_magnitude_vector"
+                  if any(key.endswith(".lora_magnitude_vector") and key not in comfy for key in keys) else "")
+    loaders.append(_result(LOADER_COMFYUI, keys, comfy, comfy_note))
     single_file, not_checked = _single_file_loader(model_family, standard_layout)
     if single_file == LOADER_A1111:
         loaders.append(_result(LOADER_A1111, keys, keys_read(keys, a1111_layer_names(model_family, present),
                                                              A1111_SUFFIXES)))
     elif single_file == LOADER_FORGE:
-        loaders.append(_result(LOADER_FORGE, keys, comfy))
+        loaders.append(_result(LOADER_FORGE, keys, comfy, comfy_note))
+    names = [loader.loader for loader in loaders]
     return KeyCheck(path.name, KIND_LORA, len(keys), tuple(loaders), not_checked,
-                    _unread_alpha_notes(path, keys, [loader.loader for loader in loaders]))
+                    _unread_alpha_notes(path, keys, names) + _dora_notes(state_dict, names))
 
 
 # Embedding layouts: A1111's .pt dict, kohya's / A1111's safetensors "emb_params", SDXL's clip_l / clip_g.

@@ -20,6 +20,7 @@ from webui.training.config import (
     LORA_FILE_LAYOUTS,
     LR_SCHEDULERS,
     MIXED_PRECISIONS,
+    NETWORK_TYPE_LABELS,
     NETWORK_TYPES,
     OPTIMIZERS,
     UNET_TARGET_CHOICES,
@@ -89,8 +90,9 @@ DATASET_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
 
 HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "Network (LoRA)": (
-        _spec("network_type", "Network type", "choice", NETWORK_TYPES,
-              info="lora (LoCon with a conv rank), or LyCORIS loha / lokr (SD1, SD2, SDXL)"),
+        _spec("network_type", "Network type", "choice",
+              tuple((NETWORK_TYPE_LABELS[kind], kind) for kind in NETWORK_TYPES),
+              info="LoRA (LoCon with a conv rank), DoRA, or LyCORIS LoHa / LoKr (SD1, SD2, SDXL)"),
         _spec("rank", "Network rank (dim)", "int"),
         _spec("alpha", "Network alpha", "float"),
         _spec("conv_rank", "Conv rank (LoCon, 0 = off)", "int"),

@@ -4,8 +4,9 @@
 Adapters are PEFT `LoraConfig` layers injected into the trainer's copy of the model, so the forward pass
 is PEFT's, not hand-written. The result is exported in the family's layout (`ModelFamily.trained_lora_layout`:
 kohya's for SD1/SD2/SDXL, what A1111, ComfyUI and Civitai load; diffusers' PEFT keys for SD3) from each
-adapter's A (down) and B (up) matrices and its alpha; PEFT's scale alpha / rank is the same as kohya's and
-diffusers', so the file reproduces exactly what was trained.
+adapter's A (down) and B (up) matrices and its alpha (and a DoRA layer's magnitude: kohya `dora_scale`, diffusers
+`lora_magnitude_vector`); PEFT's scale alpha / rank is the same as kohya's and diffusers', so the file reproduces
+exactly what was trained.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from webui.training.config import TrainingConfig, TrainingConfigError
+from webui.training.config import LYCORIS_NETWORK_TYPES, TrainingConfig, TrainingConfigError
 from webui.training.methods import SaveRequest, TrainerModels, TrainingMethod, load_named_tensors
 
 if TYPE_CHECKING:
@@ -44,8 +45,9 @@ def text_encoder_target_names(text_encoder: nn.Module) -> list[str]:
 def inject_lora(module: nn.Module, targets: list[str], rank: int, alpha: float,
                 conv_targets: list[str] = (), conv_rank: int = 0, conv_alpha: float = 0.0,
                 network_type: str = "lora") -> None:
-    """Add one PEFT adapter (LoRA, LoHa or LoKr) to exactly the named layers; each starts as no change (LoRA's B,
-    LoHa's second w1/w2 factor and LoKr's w2 start at zero)."""
+    """Add one PEFT adapter (LoRA, LoHa, LoKr or DoRA) to exactly the named layers; each starts as no change
+    (LoRA's B, LoHa's second w1/w2 factor and LoKr's w2 start at zero; DoRA's magnitude starts as the weight's
+    own norm per output channel)."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig, inject_adapter_in_model
 
     all_targets = list(targets) + list(conv_targets)
@@ -57,7 +59,7 @@ def inject_lora(module: nn.Module, targets: list[str], rank: int, alpha: float,
         config = LoKrConfig(r=rank, alpha=alpha, target_modules=all_targets, init_weights=True, **patterns)
     else:
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=True,
-                            target_modules=all_targets, **patterns)
+                            target_modules=all_targets, use_dora=network_type == "dora", **patterns)
     inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
 
 
@@ -65,13 +67,14 @@ _ADAPTER_PARAMETER = re.compile(r"\.(lora_|hada_|lokr_)")
 
 
 def lora_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
-    """The adapter parameters by name (only these train): LoRA's lora_A/B, LoHa's hada_*, LoKr's lokr_*."""
+    """The adapter parameters by name (only these train): LoRA's lora_A/B (and DoRA's lora_magnitude_vector),
+    LoHa's hada_*, LoKr's lokr_*."""
     return {name: parameter for name, parameter in module.named_parameters() if _ADAPTER_PARAMETER.search(name)}
 
 
 def exported_layers(component: str, module: nn.Module) -> dict[str, Any]:
-    """`LoraLayerWeights` (or `LycorisLayerWeights` for LoHa / LoKr) per adapted layer, keyed
-    `<component>.<module path>` for the writers."""
+    """`LoraLayerWeights` (with DoRA's magnitude when the layer has one; `LycorisLayerWeights` for LoHa / LoKr)
+    per adapted layer, keyed `<component>.<module path>` for the writers."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
@@ -82,10 +85,12 @@ def exported_layers(component: str, module: nn.Module) -> dict[str, Any]:
     layers: dict[str, Any] = {}
     for name, layer in module.named_modules():
         if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
+            magnitude = layer.lora_magnitude_vector[ADAPTER_NAME].weight if layer.use_dora.get(ADAPTER_NAME) else None
             layers[f"{component}.{name}"] = LoraLayerWeights(
                 down=layer.lora_A[ADAPTER_NAME].weight.detach().float().cpu().clone(),
                 up=layer.lora_B[ADAPTER_NAME].weight.detach().float().cpu().clone(),
                 alpha=float(layer.lora_alpha[ADAPTER_NAME]),
+                magnitude=None if magnitude is None else magnitude.detach().float().cpu().clone(),
             )
         elif isinstance(layer, (LoHaLayer, LoKrLayer)) and ADAPTER_NAME in layer.r:
             tensors = {role: getattr(layer, role)[ADAPTER_NAME].detach().float().cpu().clone()
@@ -156,7 +161,7 @@ class LoraAdapters:
             layout=config.lora_file_layout,
         )
         layers = self.layers()
-        if config.network_type != "lora":  # LoHa / LoKr: LyCORIS tensors under kohya names (`check_family`)
+        if config.network_type in LYCORIS_NETWORK_TYPES:  # LyCORIS tensors under kohya names (`check_family`)
             from webui.training.export_lycoris import save_lycoris_lora
 
             return save_lycoris_lora(path, layers, metadata, models.family, unet_config=models.denoiser_config)
@@ -189,13 +194,16 @@ def training_metadata(config: TrainingConfig) -> dict[str, str]:
         "ss_masked_loss": str(config.masked_loss),
         "ss_prior_loss_weight": str(config.prior_loss_weight if config.uses_prior_preservation else 0),
         "ss_network_args": json.dumps(network_args(config)),
-        **({"ss_network_module": "lycoris.kohya"} if config.network_type != "lora" else {}),
+        **({"ss_network_module": "lycoris.kohya"} if config.network_type != "lora" else {}),  # LyCORIS has DoRA
     }
 
 
 def network_args(config: TrainingConfig) -> dict[str, str]:
-    """kohya's network_args as it records them (string values): LoCon's conv settings, block lr weights."""
+    """kohya's network_args as it records them (string values): LoCon's conv settings, block lr weights; LyCORIS's
+    algo (a DoRA is its `lora` with `dora_wd`, the magnitude per output channel: `wd_on_output`)."""
     args = {} if config.network_type == "lora" else {"algo": config.network_type}
+    if config.network_type == "dora":
+        args = {"algo": "lora", "dora_wd": "True", "wd_on_output": "True"}
     if config.conv_rank:
         args.update(conv_dim=str(config.conv_rank), conv_alpha=str(config.conv_alpha))
     if config.uses_block_lr_weights:
