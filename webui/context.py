@@ -18,7 +18,7 @@ from webui.generation.hooks import GenerationHooks
 from webui.generation.requests import GenerationLimits
 from webui.extensions.scripts import ExtensionScripts
 from webui.generation.scripts import ScriptService
-from webui.generation.server_options import CONFIG_FILE, ServerOptions
+from webui.generation.server_options import CONFIG_FILE, ServerOptions, tile_settings
 from webui.generation.service import GenerationService
 from webui.generation.styles import StyleDatabase
 from webui.jobs.queue_service import QueueService
@@ -42,9 +42,12 @@ from webui.security.paths import FileAccess
 from webui.settings import Settings
 from webui.training.loop import TrainingPaths
 from webui.training.service import TrainingService
+from webui.upscaling.catalog import UpscalerCatalog
+from webui.upscaling.service import UpscalerService
 from webui.xyz.service import XyzService
 
 JOB_STORE_FILE = "jobs.sqlite3"
+UPSCALERS_IN_RAM = 2  # built upscaler models kept in RAM (an ESRGAN 4x is about 65 MB)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class AppContext:
     options: ServerOptions = field(default_factory=ServerOptions)
     scripts: ScriptService | None = None  # the Script dropdown's extension scripts as jobs (webui.generation.scripts)
     controlnets: ControlNetStore | None = None  # models/ControlNet, built modules cached in RAM (webui.models)
+    upscalers: UpscalerService | None = None  # built-in and model upscalers (webui.upscaling)
 
     def close(self) -> None:
         """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
@@ -98,6 +102,9 @@ def build_context(settings: Settings) -> AppContext:
                                 settings.vae_folder, settings.denoiser_folders)
     catalog.refresh()
     request_limits = RequestLimits.from_settings(settings)
+    options = ServerOptions(settings.data_dir / CONFIG_FILE)
+    upscalers = UpscalerService(UpscalerCatalog(settings.upscaler_folders, UPSCALERS_IN_RAM),
+                                lambda: tile_settings(options.values()), request_limits.max_image_pixels)
     kinds = JobKinds()
     job_store = open_owned_store(settings.data_dir / JOB_STORE_FILE, settings.job_history, settings.job_history_days)
     scheduler = Scheduler(kinds, job_store,
@@ -133,8 +140,8 @@ def build_context(settings: Settings) -> AppContext:
                       loras=loras, files=files, network=network, request_limits=request_limits, models=models,
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
                       jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
-                      extensions=extensions, options=ServerOptions(settings.data_dir / CONFIG_FILE),
-                      scripts=scripts, controlnets=controlnets,
+                      extensions=extensions, options=options,
+                      scripts=scripts, controlnets=controlnets, upscalers=upscalers,
                       extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 

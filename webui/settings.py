@@ -17,6 +17,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+SHIPPED_UPSCALERS_FOLDER = PROJECT_ROOT / "models" / "default" / "upscalers"  # the toy upscaler, read-only
 SHARE_TIMEOUT_S = 15  # seconds without gradio's share link before a warning says there is none (webui.app)
 
 
@@ -32,6 +33,11 @@ class Settings:
     ckpt_dir: Path | None = None
     lora_dir: Path | None = None
     controlnet_dir: Path | None = None
+    esrgan_models_path: Path | None = None      # A1111's upscaler folder flags
+    realesrgan_models_path: Path | None = None
+    dat_models_path: Path | None = None
+    swinir_models_path: Path | None = None
+    upscaler_dir: Path | None = None            # ComfyUI's models/upscale_models
     vae_dir: Path | None = None
     text_encoder_dir: Path | None = None
     unet_dir: Path | None = None
@@ -82,6 +88,15 @@ class Settings:
     def controlnet_folder(self) -> Path:
         """ControlNet models (sd-webui-controlnet's folder name in A1111)."""
         return self.controlnet_dir or self.data_dir / "models" / "ControlNet"
+
+    @property
+    def upscaler_folders(self) -> tuple[Path, ...]:
+        """Upscaler model files: A1111's four folders, ComfyUI's `upscale_models`, then the shipped ones
+        (read-only; listed last, so a user's file of the same name wins)."""
+        models = self.data_dir / "models"
+        return (self.esrgan_models_path or models / "ESRGAN", self.realesrgan_models_path or models / "RealESRGAN",
+                self.dat_models_path or models / "DAT", self.swinir_models_path or models / "SwinIR",
+                self.upscaler_dir or models / "upscale_models", SHIPPED_UPSCALERS_FOLDER)
 
     @property
     def vae_folder(self) -> Path:
@@ -176,6 +191,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder (default models/Lora)")
     parser.add_argument("--controlnet-dir", type=Path, default=None,
                         help="ControlNet models folder (default models/ControlNet)")
+    for flag, folder in (("--esrgan-models-path", "ESRGAN"), ("--realesrgan-models-path", "RealESRGAN"),
+                         ("--dat-models-path", "DAT"), ("--swinir-models-path", "SwinIR")):
+        parser.add_argument(flag, type=Path, default=None,
+                            help=f"upscaler models folder (default models/{folder}; A1111's flag)")
+    parser.add_argument("--upscaler-dir", type=Path, default=None,
+                        help="ComfyUI's upscaler models folder (default models/upscale_models)")
     parser.add_argument("--vae-dir", type=Path, default=None, help="VAE folder (default models/VAE)")
     parser.add_argument("--text-encoder-dir", type=Path, default=None,
                         help="separate text encoders such as clip_l/clip_g/t5xxl (default models/text_encoder)")
@@ -320,6 +341,11 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         ckpt_dir=args.ckpt_dir,
         lora_dir=args.lora_dir,
         controlnet_dir=args.controlnet_dir,
+        esrgan_models_path=args.esrgan_models_path,
+        realesrgan_models_path=args.realesrgan_models_path,
+        dat_models_path=args.dat_models_path,
+        swinir_models_path=args.swinir_models_path,
+        upscaler_dir=args.upscaler_dir,
         vae_dir=args.vae_dir,
         text_encoder_dir=args.text_encoder_dir,
         unet_dir=args.unet_dir,

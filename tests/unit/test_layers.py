@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCT = REPO / "webui"
-ENGINE_PACKAGES = ("generation", "training", "models", "xyz", "jobs")
+ENGINE_PACKAGES = ("generation", "training", "models", "xyz", "jobs", "upscaling")
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -4,7 +4,9 @@ These are the A1111 options this app honours (A1111 keeps them in its Settings t
 
 - `sd_vae`: the VAE a request uses when it names none ("Automatic", "None" or a file in models/VAE);
 - `CLIP_stop_at_last_layers`: the clip skip of such a request;
-- `samples_save`: whether generated images are saved at all.
+- `samples_save`: whether generated images are saved at all;
+- `ESRGAN_tile`, `ESRGAN_tile_overlap`: the tiles model upscalers run in (0: no tiling), in pixels;
+- `upscaler_for_img2img`: the upscaler img2img's "Just resize" enlarges with ("None": Lanczos, as in A1111).
 
 `POST /sdapi/v1/options` and the Settings tab both change them through ONE `ServerOptions`, which keeps
 them in `<data>/config.json` under A1111's keys (other keys of that file are left as they are), so they
@@ -20,16 +22,21 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from webui.generation.requests import RequestError
+from webui.upscaling.tiles import TileSettings
 
 log = logging.getLogger("sdstudio")
 
 CONFIG_FILE = "config.json"
 # key -> (label shown in the Settings tab, default)
-OPTION_DEFAULTS: dict[str, Any] = {"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1, "samples_save": True}
+OPTION_DEFAULTS: dict[str, Any] = {"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1, "samples_save": True,
+                                   "ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8, "upscaler_for_img2img": "None"}
 OPTION_LABELS: dict[str, str] = {
     "sd_vae": "SD VAE for requests that name none (A1111 API clients)",
     "CLIP_stop_at_last_layers": "Clip skip for requests that name none (A1111 API clients)",
     "samples_save": "Always save all generated images (A1111 API requests that ask to save)",
+    "ESRGAN_tile": "Tile size for upscaler models (0 = no tiling)",
+    "ESRGAN_tile_overlap": "Tile overlap for upscaler models, in pixels",
+    "upscaler_for_img2img": "Upscaler for img2img (enlarging in \"Just resize\")",
 }
 
 
@@ -82,9 +89,11 @@ class ServerOptions:
             partial.replace(self.path)
 
 
-def check_options(changes: Mapping[str, Any], vae_check: Callable[[str], Any]) -> dict[str, Any]:
+def check_options(changes: Mapping[str, Any], vae_check: Callable[[str], Any],
+                  upscaler_check: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """The changes with their values typed, or RequestError naming the first option that cannot work.
-    `vae_check(name)` raises for a VAE that is not installed. Unknown keys are refused."""
+    `vae_check(name)` / `upscaler_check(name)` raise for a VAE / upscaler that is not installed. Unknown
+    keys are refused."""
     checked = {}
     for key, value in changes.items():
         if key not in OPTION_DEFAULTS:
@@ -92,7 +101,16 @@ def check_options(changes: Mapping[str, Any], vae_check: Callable[[str], Any]) -
         checked[key] = _typed(key, value)
     if checked.get("sd_vae") is not None:
         vae_check(checked["sd_vae"])
+    if checked.get("upscaler_for_img2img") is not None and upscaler_check is not None:
+        upscaler_check(checked["upscaler_for_img2img"])
+    if "ESRGAN_tile" in checked or "ESRGAN_tile_overlap" in checked:
+        tile_settings({**OPTION_DEFAULTS, **checked})
     return checked
+
+
+def tile_settings(options: Mapping[str, Any]) -> TileSettings:
+    """The upscaler tile options as TileSettings, checked (RequestError names the option)."""
+    return TileSettings(int(options["ESRGAN_tile"]), int(options["ESRGAN_tile_overlap"])).checked()
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -108,4 +126,11 @@ def _typed(key: str, value: Any) -> Any:
             raise RequestError(f"samples_save must be true or false, got {value!r}")
     elif key == "sd_vae" and (not isinstance(value, str) or not value):
         raise RequestError(f"sd_vae must be a VAE name, got {value!r}")
+    elif key in ("ESRGAN_tile", "ESRGAN_tile_overlap"):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RequestError(f"{key} must be a whole number of pixels, got {value!r}")
+    elif key == "upscaler_for_img2img" and (not isinstance(value, str) or not value):
+        raise RequestError(f"upscaler_for_img2img must be an upscaler name, got {value!r}")
     return value

@@ -63,7 +63,9 @@ def _weights_only_refusal_detail(error: pickle.UnpicklingError) -> str:
     return message.splitlines()[0] if message else "unsupported pickle content"
 
 
-def _read_pickle_checkpoint(path: Path) -> object:
+def read_pickle_checkpoint(path: Path) -> object:
+    """The unpickled top-level object of a .ckpt/.pt/.pth/.bin, through torch's weights-only loader only;
+    a file that needs arbitrary code is refused (CheckpointReadError naming the class it wanted)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -102,7 +104,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if suffix in SAFETENSORS_SUFFIXES:
         return _read_safetensors(path)
     if suffix in PICKLE_SUFFIXES:
-        return _tensors_from_loaded_object(path, _read_pickle_checkpoint(path))
+        return _tensors_from_loaded_object(path, read_pickle_checkpoint(path))
+    raise CheckpointReadError(path, f"unsupported file type '{path.suffix}'")
+
+
+def read_weights_object(path: Path) -> object:
+    """A weights file's top-level object, never executing pickled code: the tensors of a .safetensors, or
+    the unpickled object of a pickle file as it is (nested dicts such as Real-ESRGAN's `{"params_ema": ...}`
+    kept for callers that unwrap them their own way)."""
+    path = Path(path)
+    _check_exists(path)
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return _read_safetensors(path)
+    if suffix in PICKLE_SUFFIXES:
+        return read_pickle_checkpoint(path)
     raise CheckpointReadError(path, f"unsupported file type '{path.suffix}'")
 
 

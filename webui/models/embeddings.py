@@ -25,7 +25,7 @@ from transformers import AddedToken, CLIPTextModel
 
 from webui.models.checkpoint_files import (
     CheckpointReadError,
-    _read_pickle_checkpoint,
+    read_pickle_checkpoint,
     read_key_shapes,
     read_state_dict,
 )
@@ -215,7 +215,7 @@ def read_embedding(path: Path) -> Embedding:
             size = path.stat().st_size
             if size > MAX_EMBEDDING_FILE_BYTES:
                 raise EmbeddingFileError(path, f"{size / 2**20:.0f} MiB is far too large for an embedding")
-            contents = _read_pickle_checkpoint(path)
+            contents = read_pickle_checkpoint(path)
     except CheckpointReadError as error:
         raise EmbeddingFileError(path, error.reason) from error
     except Exception as error:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways

@@ -276,9 +276,9 @@ def _embedding_keys(path: Path) -> dict[str, Tensor]:
     "string_to_param.<placeholder>"); other entries (name, step, token ids) are metadata, not weights."""
     if path.suffix.lower() == ".safetensors":
         return dict(read_state_dict(path))
-    from webui.models.checkpoint_files import _read_pickle_checkpoint  # the weights-only unpickler embeddings use
+    from webui.models.checkpoint_files import read_pickle_checkpoint  # the weights-only unpickler embeddings use
 
-    contents = _read_pickle_checkpoint(path)
+    contents = read_pickle_checkpoint(path)
     if not isinstance(contents, Mapping):
         return {}
     tensors: dict[str, Tensor] = {}
