@@ -126,7 +126,7 @@ def build_context(settings: Settings) -> AppContext:
     training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
         checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder))
-    xyz = XyzService(generation, registry=extension_axes(extensions))
+    xyz = XyzService(generation, registry=extension_axes(extensions), upscalers=upscalers)
     scripts = ScriptService(generation, ExtensionScripts(extensions).runners)
     for service in (models, generation, training, xyz, scripts):
         for kind in service.job_kinds():

@@ -9,6 +9,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from tests.browser.conftest import set_number
+from tests.upscaler_files import write_esrgan_old
 
 pytestmark = pytest.mark.browser
 
@@ -21,8 +22,6 @@ def choose(page, dropdown: str, option: str) -> None:
 
 
 def test_extras_upscales_with_a_dropped_in_esrgan_model_and_keeps_the_parameters(page, server, tmp_path):
-    from tests.upscaler_files import write_esrgan_old
-
     # A tiny 4x ESRGAN, written as the .pth people download, appears after the 🔄 rescan.
     models = server.data_dir / "models" / "ESRGAN"
     models.mkdir(parents=True, exist_ok=True)

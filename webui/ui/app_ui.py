@@ -24,6 +24,7 @@ from webui.ui.train_tab import build_train_tab, compare_epochs_request
 from webui.ui.generation_controls import FAMILY_CONTROLS, GenerationControls, family_control_updates
 from webui.ui.img2img_tab import build_img2img_tab
 from webui.ui.txt2img_tab import build_txt2img_tab
+from webui.ui.upscaler_lists import wire_upscaler_lists
 from webui.ui.xyz_tab import build_xyz_tab
 from webui.ui.extension_tabs import build_extension_tabs
 from webui.ui.settings_tab import build_settings_tab
@@ -145,6 +146,8 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
 
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img, queue)
         wire_send_to_extras(tabs, (txt2img, img2img), extras)
+        wire_upscaler_lists(ctx, blocks, txt2img.fields["hr_upscaler"], extras.upscaler_1, extras.upscaler_2,
+                            refresh, extras.refresh)
         wire_family_controls(ctx, checkpoint, (txt2img, img2img))
 
         def compare_epochs(request: gr.Request):

@@ -21,6 +21,7 @@ from webui.generation.extras_outputs import ExtrasSource, directory_batch, extra
 from webui.security.identity import User
 from webui.ui.access import caller_of
 from webui.ui.uploads import open_upload
+from webui.upscaling.catalog import BUILTIN_UPSCALERS
 
 MODES = ("single", "batch", "directory")
 SCALE_BY, SCALE_TO = 0, 1  # A1111's resize_mode values
@@ -36,19 +37,6 @@ class ExtrasTab:
     upscaler_1: gr.Dropdown
     upscaler_2: gr.Dropdown
     refresh: gr.Button
-
-
-def upscaler_names(ctx: AppContext) -> list[str]:
-    """The usable upscalers, built-ins first."""
-    from webui.generation.extras import EXTRAS_UPSCALERS
-
-    return list(EXTRAS_UPSCALERS)
-
-
-def rescan_upscalers(ctx: AppContext, user: User) -> None:
-    """The 🔄 button: re-scan the upscaler folders (an admin's, like the checkpoint folders' rescan)."""
-    if not user.is_admin:
-        gr.Warning("Rescanning the model folders needs an admin account; this is the current list.")
 
 
 def upscale(ctx: AppContext):
@@ -77,7 +65,7 @@ def extras_request(resize_mode: int, resize: Any, width: Any, height: Any, crop:
 
 def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     limits = ctx.request_limits
-    names = upscaler_names(ctx)
+    names = list(BUILTIN_UPSCALERS)  # the model files are listed when a page loads (upscaler_lists)
     mode = gr.State("single")
     resize_mode = gr.State(SCALE_BY)
     with gr.Row():
@@ -173,10 +161,4 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
 
     gallery.select(show_selected, inputs=texts, outputs=infotext)
 
-    def refreshed(request: gr.Request, first: str | None, second: str | None):
-        rescan_upscalers(ctx, caller_of(request))
-        choices = upscaler_names(ctx)
-        return [gr.update(choices=choices, value=value if value in choices else "None") for value in (first, second)]
-
-    refresh.click(refreshed, inputs=[upscaler_1, upscaler_2], outputs=[upscaler_1, upscaler_2])
     return ExtrasTab(image, mode_tabs, mode, upscaler_1, upscaler_2, refresh)

@@ -1,0 +1,86 @@
+"""Extras results as A1111 keeps them: numbered files in outputs/extras-images whose PNG keeps the source's
+parameters plus the postprocessing ones; folders confined to the app's folders; a batch goes on past a bad image."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from webui.generation.extras import ExtrasRequest, upscale_image
+from webui.generation.extras_outputs import (
+    ExtrasSource, directory_batch, extras_folder, extras_infotext, upscale_and_save,
+)
+from webui.generation.infotext import parse_infotext
+from webui.generation.requests import RequestError
+from webui.security.identity import User
+from webui.security.paths import FileAccess, PathRefused
+
+SOURCE = "a red circle\nNegative prompt: blurry\nSteps: 6, Sampler: Euler, Seed: 41, Size: 24x16"
+POSTPROCESS = "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+
+
+def test_the_postprocessing_parameters_join_the_source_parameter_line():
+    combined = extras_infotext(SOURCE, POSTPROCESS)
+    assert combined == SOURCE + ", " + POSTPROCESS
+    parsed = parse_infotext(combined)
+    assert parsed["Seed"] == "41" and parsed["Postprocess upscaler"] == "Lanczos" and parsed["Prompt"] == "a red circle"
+
+
+def test_upscaling_an_extras_result_again_replaces_its_postprocessing_parameters():
+    again = extras_infotext(extras_infotext(SOURCE, POSTPROCESS), "Postprocess upscale by: 3, Postprocess upscaler: Nearest")
+    assert again == SOURCE + ", Postprocess upscale by: 3, Postprocess upscaler: Nearest"
+    assert extras_infotext(POSTPROCESS, "Postprocess upscale by: 4, Postprocess upscaler: Nearest") == \
+        "Postprocess upscale by: 4, Postprocess upscaler: Nearest"
+
+
+def test_a_source_without_parameters_gets_the_postprocessing_text_alone_or_below_its_prompt():
+    assert extras_infotext(None, POSTPROCESS) == POSTPROCESS
+    assert extras_infotext("just a prompt", POSTPROCESS) == "just a prompt\n" + POSTPROCESS
+    assert extras_infotext(SOURCE, "") == SOURCE
+
+
+def lanczos(image, request):
+    return upscale_image(image, request, max_pixels=64 * 64)
+
+
+def test_results_are_numbered_like_a1111_and_keep_the_parameters(tmp_path):
+    info = PngInfo()
+    info.add_text("parameters", SOURCE)
+    Image.new("RGB", (24, 16), "red").save(tmp_path / "in.png", pnginfo=info)
+    with Image.open(tmp_path / "in.png") as source:
+        source.load()
+        request = ExtrasRequest(upscaling_resize=2, upscaler_1="Lanczos").validate()
+        run = upscale_and_save([ExtrasSource(source), ExtrasSource(source, "my photo/1")], request, lanczos,
+                               tmp_path / "out", keep_going=False)
+    assert [output.path.name for output in run.outputs] == ["00000.png", "00001-my photo_1.png"]
+    with Image.open(run.outputs[0].path) as saved:
+        assert saved.size == (48, 32)
+        assert saved.text["parameters"] == SOURCE + ", " + POSTPROCESS
+
+
+def test_a_batch_skips_an_image_too_large_and_a_single_one_is_refused(tmp_path):
+    request = ExtrasRequest(upscaling_resize=2, upscaler_1="Lanczos").validate()
+    small, large = ExtrasSource(Image.new("RGB", (8, 8)), "small"), ExtrasSource(Image.new("RGB", (40, 40)), "large")
+    run = upscale_and_save([large, small], request, lanczos, tmp_path, keep_going=True)
+    assert [output.path.name for output in run.outputs] == ["00000-small.png"]
+    assert run.skipped and run.skipped[0].startswith("large: ")
+    with pytest.raises(ValueError, match="pixels"):
+        upscale_and_save([large], request, lanczos, tmp_path, keep_going=False)
+
+
+def test_directory_batch_folders_stay_inside_the_users_folders(tmp_path):
+    files = FileAccess({"outputs": tmp_path / "outputs", "datasets": tmp_path / "datasets"}, tmp_path)
+    (tmp_path / "datasets" / "photos").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "datasets" / "photos" / "a.png")
+    (tmp_path / "datasets" / "photos" / "notes.txt").write_text("not an image")
+    images, output = directory_batch(files, "photos", "", None)
+    assert [path.name for path in images] == ["a.png"]
+    assert output == extras_folder(files, None) == tmp_path / "outputs" / "extras-images"
+    bob = User("bob")
+    with pytest.raises(PathRefused):
+        directory_batch(files, str(tmp_path / "datasets" / "photos"), "", bob)  # the admin's folder, not bob's
+    with pytest.raises(PathRefused):
+        directory_batch(files, "photos", "/tmp", None)
+    with pytest.raises(RequestError, match="does not exist"):
+        directory_batch(files, "missing", "", None)
