@@ -14,6 +14,7 @@ from webui.extensions.generation_hooks import ExtensionGenerationHooks, extensio
 from webui.extensions.host import load_for_app, switches_for
 from webui.extensions.registry import ExtensionRegistry
 from webui.extensions.service import ExtensionService
+from webui.generation.extras_jobs import ExtrasService
 from webui.generation.hooks import GenerationHooks
 from webui.generation.requests import GenerationLimits
 from webui.extensions.scripts import ExtensionScripts
@@ -77,6 +78,7 @@ class AppContext:
     scripts: ScriptService | None = None  # the Script dropdown's extension scripts as jobs (webui.generation.scripts)
     controlnets: ControlNetStore | None = None  # models/ControlNet, built modules cached in RAM (webui.models)
     upscalers: UpscalerService | None = None  # built-in and model upscalers (webui.upscaling)
+    extras: ExtrasService | None = None  # the Extras' upscaling as jobs (webui.generation.extras_jobs)
 
     def close(self) -> None:
         """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
@@ -122,13 +124,16 @@ def build_context(settings: Settings) -> AppContext:
                           vae_folder=settings.vae_folder, checkpoint_settings=checkpoint_settings)
     generation = GenerationService(models, scheduler, styles, loras, files, request_limits,
                                    outputs_folder=settings.outputs_folder,
-                                   inputs_folder=settings.data_dir / "jobs" / "inputs", hooks=hooks)
+                                   inputs_folder=settings.data_dir / "jobs" / "inputs", hooks=hooks,
+                                   upscalers=upscalers)
+    extras = ExtrasService(upscalers, scheduler, settings.data_dir / "jobs" / "inputs",
+                           request_limits.max_image_pixels, request_limits.generation.max_images)
     training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
         checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder))
     xyz = XyzService(generation, registry=extension_axes(extensions), upscalers=upscalers)
     scripts = ScriptService(generation, ExtensionScripts(extensions).runners)
-    for service in (models, generation, training, xyz, scripts):
+    for service in (models, generation, training, xyz, scripts, extras):
         for kind in service.job_kinds():
             kinds.register(kind)
     webhooks = WebhookSender(scheduler, settings.allow_webhooks, read_webhook_secret(settings.webhook_secret))
@@ -141,7 +146,7 @@ def build_context(settings: Settings) -> AppContext:
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
                       jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
                       extensions=extensions, options=options,
-                      scripts=scripts, controlnets=controlnets, upscalers=upscalers,
+                      scripts=scripts, controlnets=controlnets, upscalers=upscalers, extras=extras,
                       extension_service=ExtensionService(settings, extensions, switches_for(settings)))
 
 

@@ -10,6 +10,8 @@ from webui.api.sdapi_scripts import script_call
 from webui.generation.extras import ExtrasRequest, upscale_image
 from webui.generation.image_ops import ImageTooLargeError
 from webui.generation.requests import RequestError
+from webui.upscaling.catalog import UpscalerCatalog
+from webui.upscaling.service import UpscalerService
 from webui.xyz.a1111_axes import A1111_AXES, a1111_axis_list, resolve_a1111_axis
 from webui.xyz.axes import default_axis_registry
 from webui.xyz.ranges import AxisValueError
@@ -59,19 +61,24 @@ def test_script_args_in_both_a1111_layouts():
             script_call("x/y/z plot", args, {}, False, save_grid=True)
 
 
-def test_extras_sizes_follow_a1111():
+def test_extras_sizes_follow_a1111(tmp_path):
+    upscalers = UpscalerService(UpscalerCatalog([tmp_path / "none-here"]))  # the built-ins only
+
+    def upscale(image, request, max_pixels=None):
+        return upscale_image(image, request, upscalers, max_pixels)
+
     image = Image.new("RGB", (30, 10), (9, 9, 9))
-    assert upscale_image(image, ExtrasRequest(upscaler_1="Lanczos", upscaling_resize=2.5).validate(), None)[0].size == (75, 25)
+    assert upscale(image, ExtrasRequest(upscaler_1="Lanczos", upscaling_resize=2.5).validate(upscalers))[0].size == (75, 25)
     cover = ExtrasRequest(resize_mode=1, upscaler_1="Nearest", upscaling_resize_w=20, upscaling_resize_h=20,
-                          upscaling_crop=False).validate()
-    assert upscale_image(image, cover, None)[0].size == (60, 20)
-    crop = ExtrasRequest(resize_mode=1, upscaler_1="Nearest", upscaling_resize_w=20, upscaling_resize_h=20).validate()
-    assert upscale_image(image, crop, None)[0].size == (20, 20)
-    blended = ExtrasRequest(upscaler_1="Nearest", upscaler_2="Lanczos", extras_upscaler_2_visibility=0.5).validate()
-    result, info = upscale_image(image, blended, None)
+                          upscaling_crop=False).validate(upscalers)
+    assert upscale(image, cover)[0].size == (60, 20)
+    crop = ExtrasRequest(resize_mode=1, upscaler_1="Nearest", upscaling_resize_w=20, upscaling_resize_h=20).validate(upscalers)
+    assert upscale(image, crop)[0].size == (20, 20)
+    blended = ExtrasRequest(upscaler_1="Nearest", upscaler_2="Lanczos", extras_upscaler_2_visibility=0.5).validate(upscalers)
+    result, info = upscale(image, blended)
     assert result.size == (60, 20) and "Postprocess upscaler 2: Lanczos" in info
-    assert upscale_image(image, ExtrasRequest().validate(), None)[0].size == (30, 10)  # "None" keeps the image
+    assert upscale(image, ExtrasRequest().validate(upscalers))[0].size == (30, 10)  # "None" keeps the image
     with pytest.raises(ImageTooLargeError):
-        upscale_image(image, ExtrasRequest(upscaler_1="Lanczos", upscaling_resize=8).validate(), 1000)
+        upscale(image, ExtrasRequest(upscaler_1="Lanczos", upscaling_resize=8).validate(upscalers), 1000)
     with pytest.raises(RequestError, match="None, Lanczos, Nearest"):
-        ExtrasRequest(upscaler_1="R-ESRGAN 4x+").validate()
+        ExtrasRequest(upscaler_1="R-ESRGAN 4x+").validate(upscalers)

@@ -8,7 +8,8 @@ afterwards. Here the four keys that change what a generation does are honoured:
   inside the generation's own job, so no other job runs on the override's model);
 - `sd_vae`, `CLIP_stop_at_last_layers`: the VAE and clip skip a request uses when it names none;
 - `samples_save`: whether generated images are saved at all (A1111 saves an API request's images only
-  when this option is on and the body says `save_images: true`).
+  when this option is on and the body says `save_images: true`);
+- `upscaler_for_img2img`: the upscaler img2img's resize modes enlarge the source with.
 
 Other keys A1111 clients send are ignored. With `override_settings_restore_afterwards: false` the
 overrides become the server's options, as in A1111; since they then apply to every user's requests,
@@ -26,7 +27,8 @@ from pydantic import BaseModel, ConfigDict
 
 from webui.generation.server_options import check_options
 
-HONOURED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_save")
+HONOURED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_save",
+                      "upscaler_for_img2img")
 
 
 class OverrideSettings(BaseModel):
@@ -38,6 +40,7 @@ class OverrideSettings(BaseModel):
     sd_vae: str | None = None
     CLIP_stop_at_last_layers: int | None = None
     samples_save: bool | None = None
+    upscaler_for_img2img: str | None = None
 
     def option_changes(self) -> dict[str, Any]:
         """The options this override sets (the checkpoint excluded: the model manager holds that)."""
@@ -46,7 +49,7 @@ class OverrideSettings(BaseModel):
 
 
 
-def check_option_values(changes: dict[str, Any], vae_check: Any) -> None:
+def check_option_values(changes: dict[str, Any], vae_check: Any, upscaler_check: Any = None) -> None:
     """Refuse values that cannot work before they are kept or used: RequestError naming the key.
-    `vae_check(name)` raises for a VAE that is not installed."""
-    check_options(changes, vae_check)
+    `vae_check(name)` / `upscaler_check(name)` raise for a VAE / upscaler that is not installed."""
+    check_options(changes, vae_check, upscaler_check)

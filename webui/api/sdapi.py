@@ -123,6 +123,9 @@ class OptionsBody(OverrideSettings):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
+    ESRGAN_tile: int | None = None           # server-wide only (not a per-request override)
+    ESRGAN_tile_overlap: int | None = None
+
 
 class PngInfoBody(BaseModel):
     model_config = STRICT_JSON
@@ -190,7 +193,8 @@ def img2img_request_from_body(body: Img2ImgBody, limits: RequestLimits, options:
     if not body.init_images:
         raise HTTPException(422, "init_images must hold at least one base64 image")
     return Img2ImgRequest(
-        **_common_fields(body, options), init_images=(decode_image(body.init_images[0], limits, "init_images[0]"),),
+        **_common_fields(body, options), upscaler_for_img2img=options.get("upscaler_for_img2img") or "None",
+        init_images=(decode_image(body.init_images[0], limits, "init_images[0]"),),
         mask=decode_image(body.mask, limits, "mask") if body.mask else None, resize_mode=body.resize_mode,
         denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength,
         mask_blur=body.mask_blur, inpainting_fill=body.inpainting_fill, inpaint_full_res=body.inpaint_full_res,
@@ -213,6 +217,11 @@ def xyz_response(body: Txt2ImgBody, request: Txt2ImgRequest, run) -> dict[str, A
     images = [encode_png(image, text) for image, text in zip(run.images, run.infotexts)] if body.send_images else []
     parameters = body.model_dump(exclude={"init_images", "mask"})
     return {"images": images, "parameters": parameters, "info": json.dumps(xyz_info(request, run))}
+
+
+def _upscaler_check(ctx: AppContext) -> Any:
+    """`upscaler_for_img2img` must name a usable upscaler (None: no upscaler service, nothing to check)."""
+    return ctx.upscalers.check if ctx.upscalers is not None else None
 
 
 def build_api_router(ctx: AppContext, options: ServerOptions | None = None) -> APIRouter:
@@ -273,8 +282,13 @@ def build_api_router(ctx: AppContext, options: ServerOptions | None = None) -> A
     @router.get("/upscalers")
     @translate_errors
     def upscalers() -> list[dict[str, Any]]:
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 2}
-                for name in HIRES_UPSCALERS if not name.startswith("Latent")]
+        """A1111's UpscalerItem for every upscaler (built-ins, then model files; `model_name` is the
+        architecture), plus this server's `usable` and `reason` for files that cannot be used."""
+        entries = ctx.upscalers.entries() if ctx.upscalers is not None else []
+        return [{"name": entry.name, "model_name": entry.architecture or None,
+                 "model_path": str(entry.path) if entry.path is not None else None, "model_url": None,
+                 "scale": float(entry.scale) if entry.scale is not None else None,
+                 "usable": entry.usable, "reason": entry.reason} for entry in entries]
 
     @router.get("/latent-upscale-modes")
     @translate_errors
@@ -336,7 +350,7 @@ def build_api_router(ctx: AppContext, options: ServerOptions | None = None) -> A
         if changes or extension_changes:  # everyone's; the checkpoint is shared as in A1111 (and before)
             user.require_admin(f"changing {', '.join([*changes, *(f'{e}.{k}' for e, k in extension_changes)])} "
                                "for everyone")
-        await run_in_threadpool(check_option_values, changes, ctx.models.resolve_vae)
+        await run_in_threadpool(check_option_values, changes, ctx.models.resolve_vae, _upscaler_check(ctx))
         ctx.extensions.settings.set_many(extension_changes)  # all checked before any is kept
         if body.sd_model_checkpoint:
             await run_in_threadpool(ctx.models.select_checkpoint, body.sd_model_checkpoint, user.name)

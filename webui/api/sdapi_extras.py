@@ -2,7 +2,8 @@
 
 Shapes follow A1111's modules/api/models.py so clients read them unchanged. Images are decoded through
 the request limits' checked opener (413 before decoding an oversized one) and the upscaled size is
-judged against the same pixel limit before resizing; all image work runs on worker threads.
+judged against the same pixel limit before resizing; the upscaling itself is an `extras` job on the
+scheduler's workers (model upscalers use a worker's device), awaited like a generation.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import sys
 from typing import Any
 
 import torch
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from webui.api.common import caller
+from webui.api.job_wait import wait_for_job
 from webui.api.sdapi import STRICT_JSON, ReasonedValidationRoute, decode_image, encode_png, translate_errors
 from webui.context import AppContext
-from webui.generation.extras import ExtrasRequest, upscale_image
+from webui.generation.extras import ExtrasRequest
 from webui.models.embeddings import Embedding
+from webui.security.identity import User
 
 
 class ExtrasBody(BaseModel):
@@ -50,7 +54,7 @@ class ExtrasBody(BaseModel):
             upscaling_resize_w=self.upscaling_resize_w, upscaling_resize_h=self.upscaling_resize_h,
             upscaling_crop=self.upscaling_crop, upscaler_1=self.upscaler_1, upscaler_2=self.upscaler_2,
             extras_upscaler_2_visibility=self.extras_upscaler_2_visibility,
-        ).validate()
+        )
 
 
 class ExtrasSingleBody(ExtrasBody):
@@ -138,32 +142,37 @@ def build_extras_router(ctx: AppContext) -> APIRouter:
     def memory() -> dict[str, Any]:
         return memory_report()
 
-    def upscale_one(data: str, request: ExtrasRequest, field_name: str) -> tuple[str, str]:
-        image = decode_image(data, limits, field_name)
-        result, info = upscale_image(image, request, limits.max_image_pixels)
-        return encode_png(result), info
+    async def upscale(images_data: list[tuple[str, str]], body: ExtrasBody, http: Request, user: User) -> Any:
+        """Decode (413 for an oversized upload), check and queue one extras job; its ExtrasResult."""
+        if ctx.extras is None:
+            raise HTTPException(503, "upscaling is not available on this server")
+        request = await run_in_threadpool(ctx.extras.validate, body.extras_request())  # before decoding
+        images = await run_in_threadpool(
+            lambda: [decode_image(data, limits, field_name) for data, field_name in images_data])
+        job = await run_in_threadpool(ctx.extras.submit, images, request, user)
+        return await wait_for_job(ctx.scheduler, job, http)
 
     @router.post("/extra-single-image")
     @translate_errors
-    async def extra_single_image(body: ExtrasSingleBody) -> dict[str, Any]:
+    async def extra_single_image(body: ExtrasSingleBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         if not body.image:
             raise HTTPException(422, "image must hold a base64 image")
-        image, info = await run_in_threadpool(upscale_one, body.image, body.extras_request(), "image")
-        return {"html_info": info, "image": image}
+        result = await upscale([(body.image, "image")], body, http, user)
+        if not result.images:
+            raise HTTPException(409, "the upscaling was interrupted")
+        image = await run_in_threadpool(encode_png, result.images[0])
+        return {"html_info": result.infotexts[0], "image": image}
 
     @router.post("/extra-batch-images")
     @translate_errors
-    async def extra_batch_images(body: ExtrasBatchBody) -> dict[str, Any]:
+    async def extra_batch_images(body: ExtrasBatchBody, http: Request, user: User = Depends(caller)) -> dict[str, Any]:
         if not body.imageList:
             raise HTTPException(422, "imageList must hold at least one {\"data\": base64, \"name\": ...} item")
         if len(body.imageList) > ctx.limits.max_images:
             raise HTTPException(422, f"imageList holds {len(body.imageList)} images; the limit is {ctx.limits.max_images}")
-        request = body.extras_request()
-        images, infos = [], []
-        for index, item in enumerate(body.imageList):
-            image, info = await run_in_threadpool(upscale_one, item.data, request, f"imageList[{index}]")
-            images.append(image)
-            infos.append(info)
-        return {"html_info": infos[0], "images": images}
+        result = await upscale([(item.data, f"imageList[{index}]") for index, item in enumerate(body.imageList)],
+                               body, http, user)
+        images = await run_in_threadpool(lambda: [encode_png(image) for image in result.images])
+        return {"html_info": result.infotexts[0] if result.infotexts else "", "images": images}
 
     return router

@@ -1,7 +1,7 @@
-"""A1111's "Extras" upscaling (`/sdapi/v1/extra-single-image`, `extra-batch-images`) on plain images.
+"""A1111's "Extras" upscaling (`/sdapi/v1/extra-single-image`, `extra-batch-images`, the Extras tab).
 
-Until model upscalers (ESRGAN and the like) exist, the upscalers are A1111's built-in non-model ones:
-`None` (leaves the image as it is, like A1111), `Lanczos` and `Nearest`. The size rules are A1111's:
+The upscalers are those of `webui.upscaling` (the service): A1111's built-in `None` (leaves the image as
+it is), `Lanczos` and `Nearest`, and every usable model file (ESRGAN and the like). The size rules are A1111's:
 `resize_mode` 0 scales by `upscaling_resize`; 1 scales until the image covers `upscaling_resize_w` x
 `upscaling_resize_h` and, with `upscaling_crop`, cuts the centre to exactly that size. A second
 upscaler can be blended over the first at `extras_upscaler_2_visibility`. The finished size is judged
@@ -15,10 +15,14 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+import torch
+
 from webui.generation.image_ops import check_pixel_count
 from webui.generation.requests import RequestError
+from webui.jobs.progress import JobControl
+from webui.upscaling.catalog import NONE_UPSCALER
+from webui.upscaling.service import UpscalerService, plain_mode
 
-EXTRAS_UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 MAX_UPSCALE_FACTOR = 8.0  # A1111's "Resize" slider ends at 8
 
 
@@ -35,10 +39,13 @@ class ExtrasRequest:
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = 0.0
 
-    def validate(self) -> "ExtrasRequest":
+    def validate(self, upscalers: UpscalerService) -> "ExtrasRequest":
+        """Refuses values that cannot work, naming the field; upscaler names must be usable in `upscalers`."""
         for name in ("upscaler_1", "upscaler_2"):
-            if getattr(self, name) not in EXTRAS_UPSCALERS:
-                raise RequestError(f"{name} {getattr(self, name)!r} is unknown; available: {', '.join(EXTRAS_UPSCALERS)}")
+            try:
+                upscalers.check(getattr(self, name))
+            except RequestError as error:
+                raise RequestError(f"{name}: {error}") from None
         if self.resize_mode not in (0, 1):
             raise RequestError(f"resize_mode {self.resize_mode} is unknown: 0 scales by upscaling_resize, "
                                "1 resizes to upscaling_resize_w x upscaling_resize_h")
@@ -61,7 +68,7 @@ class ExtrasRequest:
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The finished image's size (after the crop when there is one)."""
-        if EXTRAS_UPSCALERS[self.upscaler_1] is None:
+        if self.upscaler_1 == NONE_UPSCALER:
             return size
         if self.resize_mode == 1 and self.upscaling_crop:
             return self.upscaling_resize_w, self.upscaling_resize_h
@@ -69,21 +76,24 @@ class ExtrasRequest:
         return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def upscale_image(image: Image.Image, request: ExtrasRequest, max_pixels: int | None) -> tuple[Image.Image, str]:
+def upscale_image(image: Image.Image, request: ExtrasRequest, upscalers: UpscalerService, max_pixels: int | None,
+                  *, device: torch.device | str | None = None, control: JobControl | None = None
+                  ) -> tuple[Image.Image, str]:
     """The upscaled image and A1111's postprocessing infotext (empty when nothing was done).
-    `request` must be validated; ImageTooLargeError when the result would exceed `max_pixels`."""
-    first = EXTRAS_UPSCALERS[request.upscaler_1]
-    if first is None:
+    `request` must be validated; ImageTooLargeError when the result would exceed `max_pixels`. Model
+    upscalers run on `device`: call this from a worker job."""
+    if request.upscaler_1 == NONE_UPSCALER:
         return image.copy(), ""
     scale = request.scale_for(image.size)
     scaled_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     check_pixel_count(scaled_size, max_pixels, "the upscaled image")
     check_pixel_count(request.output_size(image.size), max_pixels, "the upscaled image")
-    source = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
-    result = source.resize(scaled_size, first)
-    second = EXTRAS_UPSCALERS[request.upscaler_2]
-    if second is not None and request.extras_upscaler_2_visibility > 0:
-        result = Image.blend(result, source.resize(scaled_size, second), request.extras_upscaler_2_visibility)
+    source = plain_mode(image)
+    result = upscalers.upscale(source, request.upscaler_1, scale, size=scaled_size, device=device, control=control)
+    blended = request.upscaler_2 != NONE_UPSCALER and request.extras_upscaler_2_visibility > 0
+    if blended:
+        second = upscalers.upscale(source, request.upscaler_2, scale, size=scaled_size, device=device, control=control)
+        result = Image.blend(result, second, request.extras_upscaler_2_visibility)
     if request.resize_mode == 1 and request.upscaling_crop:
         width, height = request.upscaling_resize_w, request.upscaling_resize_h
         left, top = math.floor((result.width - width) / 2), math.floor((result.height - height) / 2)
@@ -94,5 +104,5 @@ def upscale_image(image: Image.Image, request: ExtrasRequest, max_pixels: int | 
              "Postprocess crop to": f"{request.upscaling_resize_w}x{request.upscaling_resize_h}"
              if request.resize_mode == 1 and request.upscaling_crop else None,
              "Postprocess upscaler": request.upscaler_1,
-             "Postprocess upscaler 2": request.upscaler_2 if second is not None and request.extras_upscaler_2_visibility > 0 else None}
+             "Postprocess upscaler 2": request.upscaler_2 if blended else None}
     return result, ", ".join(f"{key}: {value}" for key, value in parts.items() if value is not None)

@@ -29,6 +29,8 @@ from webui.generation.requests import Txt2ImgRequest, hires_size
 from webui.jobs.progress import JobControl
 from webui.models.families import family_named
 from webui.models.manager import LoadedModel
+from webui.upscaling.service import UpscalerService
+from webui.upscaling.tiles import UpscaleInterrupted
 
 LATENT_MODES = {"Latent": "bilinear", "Latent (nearest-exact)": "nearest-exact", "Latent (bicubic)": "bicubic"}
 PIXEL_FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
@@ -63,17 +65,18 @@ class HiresPass:
     conditioning: ConditioningSchedule
     samplers: Mapping[str, SchedulerFactory] = field(default_factory=dict)  # samplers extensions added
     denoising: DenoisingHooks | None = None  # the job's denoising hooks (webui.generation.hooks)
+    upscalers: UpscalerService | None = None  # model upscalers (ESRGAN...) for the pixel step; None: filters only
 
     @classmethod
     def plan(cls, model: LoadedModel, request: Txt2ImgRequest, encoder_prompt: str, encoder_negative: str,
              samplers: Mapping[str, SchedulerFactory] | None = None,
-             denoising: DenoisingHooks | None = None) -> "HiresPass":
+             denoising: DenoisingHooks | None = None, upscalers: UpscalerService | None = None) -> "HiresPass":
         width, height = hires_size(request, family_named(model.family).size_multiple)
         requested = request.hr_second_pass_steps or request.steps
         encoder = PromptEncoder(model.pipeline, model.family, request.clip_skip, model_variant(model))
         conditioning = build_conditioning(encoder, encoder_prompt, encoder_negative,
                                           max(executed_steps(requested, request.denoising_strength), 1))
-        return cls(model, request, width, height, requested, conditioning, dict(samplers or {}), denoising)
+        return cls(model, request, width, height, requested, conditioning, dict(samplers or {}), denoising, upscalers)
 
     @property
     def in_latent_space(self) -> bool:
@@ -83,15 +86,23 @@ class HiresPass:
     def steps(self) -> int:
         return executed_steps(self.requested_steps, self.request.denoising_strength)
 
-    def upscale(self, first: Any) -> Any:
-        """The first pass's output at the hires size: pixels resized, or latents (in the VAE's layout)
-        interpolated."""
+    def upscale(self, first: Any, control: JobControl | None = None) -> Any:
+        """The first pass's output at the hires size: latents (in the VAE's layout) interpolated, or pixels
+        enlarged by a filter or an upscaler model (on the job's device; an interrupt during the model's
+        tiles falls back to Lanczos so the job ends at once)."""
         if self.in_latent_space:
             factor = self.model.pipeline.vae_scale_factor
             size = (self.height // factor, self.width // factor)
             latents = self._vae_layout(first, self.request.height, self.request.width)
             return F.interpolate(latents, size=size, mode=LATENT_MODES[self.request.hr_upscaler])
-        return [image.resize((self.width, self.height), PIXEL_FILTERS[self.request.hr_upscaler]) for image in first]
+        name, size = self.request.hr_upscaler, (self.width, self.height)
+        if self.upscalers is None or name in PIXEL_FILTERS:
+            return [image.resize(size, PIXEL_FILTERS[name]) for image in first]
+        try:
+            return [self.upscalers.upscale(image, name, self.width / image.width, size=size,
+                                           device=self.model.device, control=control) for image in first]
+        except UpscaleInterrupted:
+            return [image.resize(size, Image.Resampling.LANCZOS) for image in first]
 
     def _vae_layout(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return family_named(self.model.family).vae_latents(latents, height, width)
@@ -113,7 +124,7 @@ class HiresPass:
         Refiner part-way (webui.generation.refiner)."""
         request = self.request
         if self.steps == 0:  # denoising 0: nothing to redraw, only the upscale
-            upscaled = self.upscale(first)
+            upscaled = self.upscale(first, control)
             return self.decode(upscaled) if self.in_latent_space else upscaled
         use_sampler(self.model, request.hr_sampler_name or request.sampler_name,
                     request.hr_scheduler or request.scheduler, seed, self.samplers, request.shift)
@@ -122,7 +133,7 @@ class HiresPass:
                                      step_offset=step_offset, total_steps=step_offset + self.steps,
                                      denoising=self.denoising, image_size=(self.height, self.width),
                                      distilled_cfg=request.hr_distilled_cfg)
-        arguments.update(image=self.upscale(first), strength=request.denoising_strength, output_type="pil",
+        arguments.update(image=self.upscale(first, control), strength=request.denoising_strength, output_type="pil",
                          width=self.width, height=self.height)
         if uses_inpainting_unet(self.model):
             pipeline = pipeline_for(self.model, "inpaint", self.denoising, unet_wrapper)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,6 +61,8 @@ from webui.generation.txt2img import (
 from webui.jobs.progress import JobControl
 from webui.models.families import family_named
 from webui.models.manager import LoadedModel
+from webui.upscaling.service import UpscalerService
+from webui.upscaling.tiles import UpscaleInterrupted
 
 
 @dataclass
@@ -78,9 +81,12 @@ def _binarise(mask: Image.Image) -> Image.Image:
     return mask.convert("L").point(lambda value: 255 if value >= 128 else 0)
 
 
-def prepare_source(request: Img2ImgRequest, seed: int, size_multiple: int = 8) -> PreparedSource:
+def prepare_source(request: Img2ImgRequest, seed: int, size_multiple: int = 8,
+                   enlarge: Callable[[Image.Image, float], Image.Image] | None = None) -> PreparedSource:
     """Apply the resize mode, mask options and the outpainting canvas (its sides multiples of the model family's
-    `size_multiple`); collect notes for the user."""
+    `size_multiple`); collect notes for the user. `enlarge(image, factor)` is the upscaler of A1111's
+    `upscaler_for_img2img` option: when the resize mode makes the source larger, it enlarges it first and the
+    resize mode only fits the result (None, or the "None" upscaler: Lanczos does it all)."""
     notes: list[str] = []
     source, alpha_note = to_rgb(request.init_images[0])
     if alpha_note:
@@ -100,6 +106,9 @@ def prepare_source(request: Img2ImgRequest, seed: int, size_multiple: int = 8) -
                                        size_multiple=size_multiple)
     else:
         mode = ResizeMode.from_value(request.resize_mode)
+        factor = max(request.width / source.width, request.height / source.height)
+        if enlarge is not None and mode is not ResizeMode.LATENT_UPSCALE and factor > 1:
+            source = enlarge(source, factor)
         canvas = resize_image(source, request.width, request.height, mode)
         if mask is not None:
             mask = _binarise(resize_image(mask, request.width, request.height, mode))
@@ -212,13 +221,23 @@ def _put_back(prepared: PreparedSource, generated: Image.Image, mask_blur: int) 
 
 def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Path | None,
                 styles: StyleDatabase | None = None, control: JobControl | None = None,
-                hooks: GenerationHooks | None = None) -> GenerationResult:
+                hooks: GenerationHooks | None = None, upscalers: UpscalerService | None = None) -> GenerationResult:
     """Generate every image of an img2img/inpaint/outpaint request; saves under outputs_root when asked.
-    `hooks` are the extensions' (webui.generation.hooks; none by default)."""
+    `hooks` are the extensions' (webui.generation.hooks; none by default); `upscalers` run the request's
+    `upscaler_for_img2img` on the job's device (None: Lanczos)."""
     hooks = hooks or GenerationHooks()
     prompts = prepare_prompts(model, request.prompt, request.negative_prompt, request.styles, styles)
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
-    prepared = prepare_source(request, seed, family_named(model.family).size_multiple)
+    enlarge = None
+    if upscalers is not None and request.upscaler_for_img2img not in ("", "None"):
+        def enlarge(image: Image.Image, factor: float) -> Image.Image:
+            try:
+                return upscalers.upscale(image, request.upscaler_for_img2img, factor, device=model.device,
+                                         control=control)
+            except UpscaleInterrupted:  # the job was interrupted: finish the resize the quick way
+                return image
+
+    prepared = prepare_source(request, seed, family_named(model.family).size_multiple, enlarge)
     job = JobInfo(request, list(model.warnings) + list(prepared.notes), job_model(model))
     denoising = hooks.denoising(job)
     job.warnings.extend(unet_hooks_note(model, denoising))

@@ -112,9 +112,10 @@ class Txt2ImgRequest:
         return self.batch_count * self.batch_size
 
     def validate(self, limits: GenerationLimits = GenerationLimits(),
-                 added_samplers: Collection[str] = ()) -> "Txt2ImgRequest":
+                 added_samplers: Collection[str] = (), model_upscalers: Collection[str] = ()) -> "Txt2ImgRequest":
         """The request with canonical sampler names if every field is usable, else RequestError naming the field.
-        `added_samplers` are sampler names extensions added (used with the "Automatic" schedule type)."""
+        `added_samplers` are sampler names extensions added (used with the "Automatic" schedule type);
+        `model_upscalers` the usable upscaler model names hires fix may use besides HIRES_UPSCALERS."""
         _check_int("steps", self.steps, 1, limits.max_steps)
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -140,7 +141,7 @@ class Txt2ImgRequest:
                 raise RequestError(f"{name} is {len(text):,} characters long; the limit is {limits.max_prompt_chars:,}")
         sampler_name, schedule = _check_sampler(self.sampler_name, self.scheduler, added_samplers)
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
-        _check_hires(self, limits, added_samplers)
+        _check_hires(self, limits, added_samplers, model_upscalers)
         if not isinstance(self.refiner_checkpoint, str):
             raise RequestError("refiner_checkpoint must be a checkpoint name")
         if self.refiner_checkpoint not in NO_REFINER:
@@ -229,11 +230,13 @@ HIRES_UPSCALERS = ("Latent", "Latent (nearest-exact)", "Latent (bicubic)", "Lanc
 MAX_OUTPAINT_PIXELS = 1024
 
 
-def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits, added_samplers: Collection[str] = ()) -> None:
+def _check_hires(request: Txt2ImgRequest, limits: GenerationLimits, added_samplers: Collection[str] = (),
+                 model_upscalers: Collection[str] = ()) -> None:
     if not request.enable_hr:
         return
-    if request.hr_upscaler not in HIRES_UPSCALERS:
-        raise RequestError(f"hires upscaler {request.hr_upscaler!r} is unknown; valid: {', '.join(HIRES_UPSCALERS)}")
+    if request.hr_upscaler not in HIRES_UPSCALERS and request.hr_upscaler not in model_upscalers:
+        valid = ", ".join((*HIRES_UPSCALERS, *model_upscalers))
+        raise RequestError(f"hires upscaler {request.hr_upscaler!r} is unknown; valid: {valid}")
     _check_float("hr_scale", request.hr_scale, 1.0, 4.0)
     _check_float("hr_distilled_cfg", request.hr_distilled_cfg, 0.0, MAX_DISTILLED_CFG_SCALE)
     _check_int("hr_second_pass_steps", request.hr_second_pass_steps, 0, limits.max_steps)
@@ -279,14 +282,19 @@ class Img2ImgRequest(Txt2ImgRequest):
     outpaint_right: int = 0
     outpaint_up: int = 0
     outpaint_down: int = 0
+    # A1111's `upscaler_for_img2img` option: what enlarges the source in the resize modes ("None": Lanczos)
+    upscaler_for_img2img: str = "None"
 
     def validate(self, limits: GenerationLimits = GenerationLimits(),
-                 added_samplers: Collection[str] = ()) -> "Img2ImgRequest":
+                 added_samplers: Collection[str] = (), model_upscalers: Collection[str] = ()) -> "Img2ImgRequest":
         if not self.init_images:
             raise RequestError("img2img needs an input image")
         if self.refiner_checkpoint not in NO_REFINER:
             raise RequestError("the Refiner works in txt2img only; img2img runs one checkpoint")
-        request = super().validate(limits, added_samplers)
+        request = super().validate(limits, added_samplers, model_upscalers)
+        if self.upscaler_for_img2img not in ("None", "Lanczos", "Nearest", *model_upscalers):
+            raise RequestError(f"upscaler_for_img2img {self.upscaler_for_img2img!r} is unknown; valid: "
+                               f"{', '.join(('None', 'Lanczos', 'Nearest', *model_upscalers))}")
         _check_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
         _check_int("mask_blur", self.mask_blur, 0, 64)
         _check_int("resize_mode", self.resize_mode, 0, 3)

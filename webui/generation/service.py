@@ -51,6 +51,7 @@ from webui.models.service import ModelService
 from webui.security.identity import USER, User, name_of
 from webui.security.limits import RequestLimits
 from webui.security.paths import BATCH_INPUT, BATCH_MASKS, BATCH_OUTPUT, FileAccess, is_within
+from webui.upscaling.service import UpscalerService
 
 
 TXT2IMG, IMG2IMG, IMG2IMG_BATCH = "txt2img", "img2img", "img2img-batch"
@@ -81,6 +82,8 @@ class GenerationService:
     # What extensions do during a job (webui.generation.hooks); the composition root passes the extension
     # layer's, the default does nothing.
     hooks: GenerationHooks = field(default_factory=GenerationHooks)
+    # Model upscalers for hires fix's pixel step and img2img's resize (webui.upscaling); None: filters only.
+    upscalers: UpscalerService | None = None
 
     @property
     def limits(self) -> GenerationLimits:
@@ -91,7 +94,7 @@ class GenerationService:
         names no sampler (an API body without `sampler_name`) gets its model family's default sampler."""
         if not request.sampler_name:
             request = replace(request, sampler_name=self.models.default_sampler(request.checkpoint))
-        request = request.validate(self.limits, tuple(self.hooks.samplers()))
+        request = request.validate(self.limits, tuple(self.hooks.samplers()), self._check_upscalers(request))
         if isinstance(request, Img2ImgRequest):
             for image in (*request.init_images[:1], request.mask):
                 if image is not None:
@@ -268,9 +271,29 @@ class GenerationService:
         refiner = request.refiner_checkpoint if request.uses_refiner else None
         with manager.checkout(state, refiner=refiner) as model:
             result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
-                         control=control, hooks=self.hooks)
+                         control=control, hooks=self.hooks, upscalers=self.upscalers)
         result.warnings = tuple(warnings) + tuple(result.warnings)
         return result
+
+    def model_upscaler_names(self) -> tuple[str, ...]:
+        """The usable model upscalers hires fix and img2img's resize may name besides the built-in ones."""
+        return tuple(self.upscalers.model_names()) if self.upscalers is not None else ()
+
+    def _check_upscalers(self, request: Txt2ImgRequest) -> tuple[str, ...]:
+        """The usable model upscaler names, after refusing a request that names an unusable one (with why)."""
+        if self.upscalers is None:
+            return ()
+        wanted = [("hr_upscaler", request.hr_upscaler)] if request.enable_hr else []
+        if isinstance(request, Img2ImgRequest):
+            wanted.append(("upscaler_for_img2img", request.upscaler_for_img2img))
+        every = set(self.upscalers.names(usable_only=False))
+        for field_name, name in wanted:
+            if name in every:
+                try:
+                    self.upscalers.check(name)
+                except RequestError as error:
+                    raise RequestError(f"{field_name}: {error}") from None
+        return self.model_upscaler_names()
 
     def _check_changed(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """What a request changed by an extension must pass before it runs (as a user's would)."""

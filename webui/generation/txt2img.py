@@ -44,6 +44,7 @@ from webui.jobs.progress import JobControl
 from webui.models.families import ModelFamily, family_named
 from webui.models.hashing import sha256_of_file
 from webui.models.manager import LoadedModel
+from webui.upscaling.service import UpscalerService
 
 
 # Infotext keys A1111's `create_infotext` writes from the processing object itself; every other key of an
@@ -247,9 +248,10 @@ def finish_grid(result: GenerationResult, save_grid_wanted: bool, grids_folder: 
 
 def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Path | None,
                 styles: StyleDatabase | None = None, control: JobControl | None = None,
-                hooks: GenerationHooks | None = None) -> GenerationResult:
+                hooks: GenerationHooks | None = None, upscalers: UpscalerService | None = None) -> GenerationResult:
     """Generate every image of the request (with the hires-fix pass when enabled); saves them (and a grid)
-    under outputs_root when asked. `hooks` are the extensions' (webui.generation.hooks; none by default)."""
+    under outputs_root when asked. `hooks` are the extensions' (webui.generation.hooks; none by default);
+    `upscalers` enlarge hires fix's pixels with a model upscaler (None: the filters only)."""
     hooks = hooks or GenerationHooks()
     prompts = prepare_prompts(model, request.prompt, request.negative_prompt, request.styles, styles)
     seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
@@ -282,7 +284,7 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
         if key not in hires_passes:
             source = hires_prompts or batch.prompts
             hires_passes[key] = HiresPass.plan(model, request, source.encoder_prompt, source.encoder_negative,
-                                               hooks.samplers(), denoising)
+                                               hooks.samplers(), denoising, upscalers)
         hires = hires_passes[key]
         first = _denoise_batch(model, request, conditionings[key], noise, batch.seeds, control,
                                "latent" if hires.in_latent_space else "pil", denoising)

@@ -1,8 +1,9 @@
 """The Extras tab: A1111's upscaling of finished pictures (one image, a batch of uploads, or a folder).
 
-Widgets only: the size rules and the upscaling are the extras use case the HTTP API runs
-(`webui.generation.extras`), saving and the kept infotext are `webui.generation.extras_outputs`, and typed
-folders go through the app's one path rule (`FileAccess`). Bad input becomes a `gr.Error`.
+Widgets only: the upscaling is the extras job the HTTP API queues too (`AppContext.extras`,
+`webui.generation.extras_jobs`), run on a worker; saving and the kept infotext are
+`webui.generation.extras_outputs`, and typed folders go through the app's one path rule (`FileAccess`).
+Bad input becomes a `gr.Error`; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from PIL import Image
 
 from webui.context import AppContext
 from webui.errors import user_error
-from webui.generation.extras import MAX_UPSCALE_FACTOR, ExtrasRequest, upscale_image
+from webui.generation.extras import MAX_UPSCALE_FACTOR, ExtrasRequest
+from webui.generation.extras_jobs import ExtrasResult
 from webui.generation.extras_outputs import ExtrasSource, directory_batch, extras_folder, upscale_and_save
+from webui.jobs.job import Job
 from webui.security.identity import User
 from webui.ui.access import caller_of
 from webui.ui.uploads import open_upload
 from webui.upscaling.catalog import BUILTIN_UPSCALERS
 
 MODES = ("single", "batch", "directory")
+POLL_SECONDS = 0.25
 SCALE_BY, SCALE_TO = 0, 1  # A1111's resize_mode values
 
 
@@ -39,16 +43,9 @@ class ExtrasTab:
     refresh: gr.Button
 
 
-def upscale(ctx: AppContext):
-    """The use case the API's extra-single-image runs, bound to this server's pixel limit."""
-    def run(image: Image.Image, request: ExtrasRequest) -> tuple[Image.Image, str]:
-        return upscale_image(image, request, ctx.request_limits.max_image_pixels)
-    return run
-
-
 def extras_request(resize_mode: int, resize: Any, width: Any, height: Any, crop: bool, upscaler_1: str | None,
                    upscaler_2: str | None, visibility: Any) -> ExtrasRequest:
-    """Widget values -> A1111's extras request, validated (ValueError names the bad value)."""
+    """Widget values -> A1111's extras request (ValueError for a value that is not a number)."""
     def number(value: Any, label: str) -> float:
         try:
             return float(value)
@@ -60,7 +57,7 @@ def extras_request(resize_mode: int, resize: Any, width: Any, height: Any, crop:
         upscaling_resize_w=int(number(width, "Width")), upscaling_resize_h=int(number(height, "Height")),
         upscaling_crop=bool(crop), upscaler_1=upscaler_1 or "None", upscaler_2=upscaler_2 or "None",
         extras_upscaler_2_visibility=number(visibility, "Upscaler 2 visibility"),
-    ).validate()
+    )
 
 
 def build_extras_tab(ctx: AppContext) -> ExtrasTab:
@@ -123,31 +120,52 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
             picture = open_upload(limits, single, what="the source image")
             if picture is None:
                 raise ValueError("Upload an image in the Single Image tab first")
-            return [ExtrasSource(picture)], extras_folder(ctx.files, user)
+            return [ExtrasSource.of(picture)], extras_folder(ctx.files, user)
         if chosen == "batch":
-            paths = [path for path in batch or [] if path]
+            paths = [Path(path) for path in batch or [] if path]
             if not paths:
                 raise ValueError("Upload one or more images in the Batch Process tab first")
-            if len(paths) > ctx.limits.max_images:
-                raise ValueError(f"{len(paths)} images were uploaded; the limit is {ctx.limits.max_images}")
-            return ([ExtrasSource(open_upload(limits, path, what=repr(Path(path).name)), Path(path).stem)
-                     for path in paths], extras_folder(ctx.files, user))
+            return [upload_source(path) for path in paths], extras_folder(ctx.files, user)
         files, output = directory_batch(ctx.files, input_folder or "", output_folder or "", user)
-        return [ExtrasSource(limits.open_image(path, repr(path.name)), path.stem) for path in files], output
+        return [ExtrasSource(lambda path=path: limits.open_image(path, repr(path.name)), path.stem)
+                for path in files], output
+
+    def upload_source(path: Path) -> ExtrasSource:
+        def opened() -> Image.Image:
+            picture = open_upload(limits, str(path), what=repr(path.name))
+            assert picture is not None
+            return picture
+        return ExtrasSource(opened, path.stem)
 
     def run(request: gr.Request, chosen: str, single: str | None, batch: list[str] | None, input_folder: str,
             output_folder: str, mode_value: int, resize_value: Any, width_value: Any, height_value: Any,
-            crop_value: bool, first: str | None, second: str | None, second_visibility: Any):
+            crop_value: bool, first: str | None, second: str | None, second_visibility: Any,
+            progress: gr.Progress = gr.Progress()):
         user = caller_of(request)
+        service = ctx.extras
+        if service is None:
+            raise gr.Error("Upscaling is not available on this server.")
+
+        def wait(job: Job) -> ExtrasResult:
+            while not job.wait(POLL_SECONDS):
+                snapshot = job.control.snapshot()
+                progress(snapshot.fraction, desc=snapshot.message or "Upscaling...")
+            return job.result()
+
         try:
-            extras = extras_request(mode_value, resize_value, width_value, height_value, crop_value, first, second,
-                                    second_visibility)
+            extras = service.validate(extras_request(mode_value, resize_value, width_value, height_value, crop_value,
+                                                     first, second, second_visibility))
             sources, folder = sources_for(chosen, single, batch, input_folder, output_folder, user)
-            result = upscale_and_save(sources, extras, upscale(ctx), folder, keep_going=chosen != "single")
-        except (ValueError, LookupError, OSError) as error:
+            result = upscale_and_save(sources, lambda images, names: service.submit(images, extras, user, names),
+                                      wait, folder, images_per_job=service.max_images, keep_going=chosen != "single")
+        except gr.Error:
+            raise
+        except Exception as error:  # shown to the user; the workers and the server keep running
             raise gr.Error(user_error(error)) from None
         for note in result.skipped:
             gr.Warning(f"Skipped {note}")
+        if result.interrupted:
+            gr.Warning("The upscaling was stopped; the images finished before that were saved.")
         shown = [output.image for output in result.outputs]
         infotexts = [output.infotext for output in result.outputs]
         return shown, (infotexts[0] if infotexts else ""), infotexts

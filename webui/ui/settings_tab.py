@@ -34,6 +34,10 @@ def setting_elem_id(extension: str, key: str) -> str:
     return "setting_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in f"{extension}_{key}")
 
 
+def _upscaler_names(ctx: AppContext) -> list[str]:
+    return ctx.upscalers.names() if ctx.upscalers is not None else ["None"]
+
+
 def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
     note = gr.Markdown(elem_id="settings_access")
     app_values = ctx.options.values()
@@ -48,6 +52,14 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
                                                   elem_id="setting_CLIP_stop_at_last_layers"),
             "samples_save": gr.Checkbox(label=OPTION_LABELS["samples_save"], value=app_values["samples_save"],
                                         elem_id="setting_samples_save"),
+            "ESRGAN_tile": gr.Slider(label=OPTION_LABELS["ESRGAN_tile"], minimum=0, maximum=512, step=16,
+                                     value=app_values["ESRGAN_tile"], elem_id="setting_ESRGAN_tile"),
+            "ESRGAN_tile_overlap": gr.Slider(label=OPTION_LABELS["ESRGAN_tile_overlap"], minimum=0, maximum=48,
+                                             step=1, value=app_values["ESRGAN_tile_overlap"],
+                                             elem_id="setting_ESRGAN_tile_overlap"),
+            "upscaler_for_img2img": gr.Dropdown(label=OPTION_LABELS["upscaler_for_img2img"],
+                                                choices=_upscaler_names(ctx), value=app_values["upscaler_for_img2img"],
+                                                elem_id="setting_upscaler_for_img2img", allow_custom_value=True),
         }
     build_checkpoint_settings(ctx, blocks)
     by_extension: dict[str, list[SettingSpec]] = defaultdict(list)
@@ -77,7 +89,8 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
                              for key, value in zip(extension_keys, values[len(app_keys):])}
         problems = []
         try:
-            app_changes = check_options(app_changes, ctx.models.resolve_vae)
+            app_changes = check_options(app_changes, ctx.models.resolve_vae,
+                                        ctx.upscalers.check if ctx.upscalers is not None else None)
         except (ValueError, LookupError) as error:
             problems.append(f"SD Studio: {user_error(error)}")
         for (extension, key), value in extension_changes.items():
@@ -94,8 +107,9 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
     def current_values(request: gr.Request) -> list:
         admin = caller_of(request).is_admin
         app_now = ctx.options.values()
+        choices = {"sd_vae": ctx.models.vae_names, "upscaler_for_img2img": lambda: _upscaler_names(ctx)}
         updates = [gr.update(value=app_now[key], interactive=admin,
-                             **({"choices": ctx.models.vae_names()} if key == "sd_vae" else {}))
+                             **({"choices": choices[key]()} if key in choices else {}))
                    for key in app_keys]
         updates += [gr.update(value=ctx.extensions.settings.value(extension, key), interactive=admin)
                     for extension, key in extension_keys]

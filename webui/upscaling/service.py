@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.generation.image_ops import check_pixel_count
 from webui.generation.requests import RequestError
 from webui.jobs.progress import JobControl
 from webui.upscaling.catalog import (
@@ -89,9 +90,8 @@ class UpscalerService:
         return self._model_upscale(entry, image, target, torch.device(device or "cpu"), control)
 
     def _check_pixels(self, size: tuple[int, int], what: str, factor: int = 1) -> None:
-        if self.max_pixels is not None and size[0] * size[1] > self.max_pixels * factor:
-            raise RequestError(f"{what} would be {size[0]}x{size[1]} pixels, over this server's limit of "
-                               f"{self.max_pixels * factor} pixels")
+        """ImageTooLargeError (413 over HTTP) for a result over the server's pixel limit (times `factor`)."""
+        check_pixel_count(size, None if self.max_pixels is None else self.max_pixels * factor, what)
 
     def _model_upscale(self, entry: UpscalerEntry, image: Image.Image, target: tuple[int, int],
                        device: torch.device, control: JobControl | None) -> Image.Image:

@@ -297,7 +297,8 @@ def _check_cells_with_app(generation: GenerationService, plan: XYZPlan) -> None:
     seen: set[Hashable] = set()
     for cell in plan.cells:
         try:
-            request: Txt2ImgRequest = cell.request.validate(generation.limits, tuple(generation.hooks.samplers()))
+            request: Txt2ImgRequest = cell.request.validate(generation.limits, tuple(generation.hooks.samplers()),
+                                                            generation.model_upscaler_names())
             key = (request.checkpoint, request.vae, request.prompt, request.negative_prompt, request.styles,
                    request.width, request.height, request.sampler_name, request.scheduler)
             if key in seen:
