@@ -1,6 +1,7 @@
 """A person in headless Chromium upscales a picture in the Extras tab with an ESRGAN model they just dropped
 into models/ESRGAN, and gets the enlarged file in outputs/extras-images keeping the picture's parameters;
-a Batch from Directory folder outside the app's folders is refused without saying whether it exists."""
+a Batch from Directory folder outside the app's folders is refused without saying whether it exists; a
+txt2img result sent to Extras keeps its parameters."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from tests.browser.conftest import set_number
+from tests.browser.test_txt2img_browser import fill_small_request
 from tests.upscaler_files import write_esrgan_old
 
 pytestmark = pytest.mark.browser
@@ -64,3 +66,18 @@ def test_batch_from_directory_refuses_a_folder_outside_the_app_alike_whether_it_
     assert "is not allowed" in messages[0]
     assert messages[0] == messages[1]
     assert "exist" not in messages[0]
+
+
+def test_a_txt2img_result_sent_to_extras_keeps_its_parameters_when_upscaled(page):
+    fill_small_request(page, "a small green triangle at the top", "78")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 78')")
+    generated = page.input_value("#txt2img_infotext textarea")
+    page.click("#txt2img_send_to_extras")
+    page.wait_for_selector("#extras_image img")
+    choose(page, "#extras_upscaler_1", "Nearest")
+    set_number(page, "#extras_upscaling_resize input[type=number]", "2")
+    page.click("#extras_generate")
+    page.wait_for_function("document.querySelector('#extras_infotext textarea').value.includes('Postprocess')")
+    assert page.input_value("#extras_infotext textarea") == \
+        generated + ", Postprocess upscale by: 2, Postprocess upscaler: Nearest"
