@@ -1,5 +1,6 @@
 """The hires upscaler list and the X/Y/Z "Hires upscaler" axis offer the model upscalers the upscaler
-service finds (latent modes first, then the filters, then the models), and refuse what it cannot run."""
+service finds (latent modes first, then the filters, then the models), and refuse what it cannot run;
+pasted parameters select a model upscaler in txt2img's dropdown."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import pytest
 from tests.upscaler_files import write_compact, write_unknown_architecture
 from webui.generation.requests import Txt2ImgRequest
 from webui.generation.upscaler_choices import hires_upscaler_names
+from webui.ui.infotext_fields import tab_fields, txt2img_values_from_infotext
+from webui.ui.upscaler_lists import pasted_hires_upscaler
 from webui.upscaling.catalog import UpscalerCatalog
 from webui.upscaling.service import UpscalerService
 from webui.xyz.axes import AxisChoices, default_axis_registry, resolve_axis_values
 from webui.xyz.ranges import AxisValueError
 
+INFOTEXT = "a cat\nSteps: 6, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.5, Hires upscaler: "
 BUILT_IN = ["Latent", "Latent (nearest-exact)", "Latent (bicubic)", "Lanczos", "Nearest"]
 
 
@@ -58,3 +62,13 @@ def test_a_rescan_puts_a_new_model_file_on_the_axis(tmp_path):
     write_compact(tmp_path / "fresh-2x.pth")
     service.refresh()
     assert axis_values(service, "fresh-2x") == ["fresh-2x"]
+
+
+def test_pasting_parameters_with_a_model_upscaler_selects_it_and_an_unknown_one_is_left_alone(upscalers):
+    table = tab_fields({"hr_upscaler": ("Hires upscaler", pasted_hires_upscaler(upscalers))})
+    pasted = txt2img_values_from_infotext(INFOTEXT + "2x-tiny-compact", table)
+    assert pasted["enable_hr"] is True
+    assert pasted["hr_upscaler"]["value"] == "2x-tiny-compact"
+    assert pasted["hr_upscaler"]["choices"] == [*BUILT_IN, "2x-tiny-compact", "4x-Other"]
+    with pytest.warns(UserWarning, match="'4x-UltraSharp' from the pasted parameters is not installed"):
+        assert "hr_upscaler" not in txt2img_values_from_infotext(INFOTEXT + "4x-UltraSharp", table)

@@ -133,6 +133,6 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         return scripts.submit(ctx, request, named, owner) or ctx.generation.submit_txt2img(request, owner)
 
     extra_inputs = {**hires, **refiner, "script": script, **xyz_controls, **scripts.inputs}
-    paste_fields = {**scripts.paste_fields, "hr_upscaler": ("Hires upscaler", pasted_hires_upscaler(ctx))}
+    paste_fields = {**scripts.paste_fields, "hr_upscaler": ("Hires upscaler", pasted_hires_upscaler(ctx.upscalers))}
     return wire_generation(ctx, "txt2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs,
                            paste_fields=paste_fields)

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from webui.context import AppContext
-from webui.generation.upscaler_choices import hires_upscaler_names
+from webui.generation.upscaler_choices import UpscalerNames, hires_upscaler_names
 from webui.ui.access import caller_of
 from webui.upscaling.catalog import BUILTIN_UPSCALERS, NONE_UPSCALER
 
@@ -36,12 +36,12 @@ def kept(value: str | None, choices: list[str], fallback: str) -> Any:
     return gr.update(choices=choices, value=value if value in choices else fallback)
 
 
-def pasted_hires_upscaler(ctx: AppContext):
+def pasted_hires_upscaler(upscalers: UpscalerNames | None):
     """The infotext converter for "Hires upscaler": selects a listed upscaler (the choices refreshed with
     it, so a model added since the page loaded is offered); one not installed here leaves the dropdown
     as it was, with a warning naming it."""
     def convert(name: str) -> Any:
-        choices = hires_choices(ctx)
+        choices = hires_upscaler_names(upscalers)
         if name not in choices:
             gr.Warning(f"Hires upscaler {name!r} from the pasted parameters is not installed here; "
                        "the Upscaler setting was left as it was.")
