@@ -62,11 +62,11 @@ def extras(tmp_path):
     scheduler.shutdown(interrupt_running=True)
 
 
-def run(extras, sources, folder, keep_going: bool):
+def run(extras, sources, folder, keep_going: bool, images_kept: int | None = None):
     request = extras.validate(ExtrasRequest(upscaling_resize=2, upscaler_1="Lanczos"))
     return upscale_and_save(sources, lambda images, names: extras.submit(images, request, None, names),
                             lambda job: job.result(60), folder, images_per_job=extras.max_images,
-                            keep_going=keep_going)
+                            keep_going=keep_going, images_kept=images_kept)
 
 
 def test_results_are_numbered_like_a1111_and_keep_the_parameters(tmp_path, extras):
@@ -76,8 +76,9 @@ def test_results_are_numbered_like_a1111_and_keep_the_parameters(tmp_path, extra
     with Image.open(tmp_path / "in.png") as source:
         source.load()
         sources = [ExtrasSource.of(source), ExtrasSource.of(source, "my photo/1"), ExtrasSource.of(source, "third")]
-        outputs = run(extras, sources, tmp_path / "out", keep_going=False).outputs
+        outputs = run(extras, sources, tmp_path / "out", keep_going=False, images_kept=2).outputs
     assert [output.path.name for output in outputs] == ["00000.png", "00001-my photo_1.png", "00002-third.png"]
+    assert [output.image is not None for output in outputs] == [True, True, False]  # saved, not held for display
     with Image.open(outputs[0].path) as saved:
         assert saved.size == (48, 32)
         assert saved.text["parameters"] == SOURCE + ", " + POSTPROCESS == outputs[0].infotext

@@ -59,7 +59,10 @@ class ExtrasSource:
 
 @dataclass(frozen=True)
 class ExtrasOutput:
-    image: Image.Image
+    """A saved result; `image` is None past the first `images_kept` of a run (a folder of any size must not
+    be held in memory for display)."""
+
+    image: Image.Image | None
     infotext: str
     path: Path
 
@@ -89,7 +92,7 @@ def extras_infotext(source: str | None, postprocess: str) -> str:
 
 
 def upscale_and_save(sources: Sequence[ExtrasSource], submit: Submit, wait: Wait, folder: Path, *,
-                     images_per_job: int, keep_going: bool) -> ExtrasRun:
+                     images_per_job: int, keep_going: bool, images_kept: int | None = None) -> ExtrasRun:
     """Upscale every source through extras jobs, one job at a time, and save each result into `folder`
     with its combined infotext.
 
@@ -97,7 +100,7 @@ def upscale_and_save(sources: Sequence[ExtrasSource], submit: Submit, wait: Wait
     refused (an image would be over the pixel limit) its images are queued one by one so only the refused
     ones are skipped; when nothing could be upscaled, the first reason is raised. For a single image
     (`keep_going` False) any refusal raises. A job that stops early (interrupted from the Queue tab) ends
-    the run with what was saved so far.
+    the run with what was saved so far. The first `images_kept` results (None: all) keep their image.
     """
     run = ExtrasRun()
     first_error: Exception | None = None
@@ -114,8 +117,9 @@ def upscale_and_save(sources: Sequence[ExtrasSource], submit: Submit, wait: Wait
         result = wait(job)
         for (source, image), upscaled, postprocess in zip(group, result.images, result.infotexts):
             text = extras_infotext(read_infotext(image), postprocess)
-            run.outputs.append(ExtrasOutput(upscaled, text, save_numbered_image(upscaled, folder, text,
-                                                                                  label=source.name)))
+            path = save_numbered_image(upscaled, folder, text, label=source.name)
+            kept = images_kept is None or len(run.outputs) < images_kept
+            run.outputs.append(ExtrasOutput(upscaled if kept else None, text, path))
         return len(result.images) == len(group)
 
     step = max(1, images_per_job)

@@ -8,6 +8,7 @@ Bad input becomes a `gr.Error`; the server keeps serving.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from webui.ui.access import caller_of
 from webui.ui.uploads import open_upload
 from webui.upscaling.catalog import BUILTIN_UPSCALERS
 
-MODES = ("single", "batch", "directory")
 POLL_SECONDS = 0.25
 SCALE_BY, SCALE_TO = 0, 1  # A1111's resize_mode values
 
@@ -133,7 +133,8 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     def upload_source(path: Path) -> ExtrasSource:
         def opened() -> Image.Image:
             picture = open_upload(limits, str(path), what=repr(path.name))
-            assert picture is not None
+            if picture is None:
+                raise ValueError("the upload is missing")
             return picture
         return ExtrasSource(opened, path.stem)
 
@@ -157,7 +158,8 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
                                                      first, second, second_visibility))
             sources, folder = sources_for(chosen, single, batch, input_folder, output_folder, user)
             result = upscale_and_save(sources, lambda images, names: service.submit(images, extras, user, names),
-                                      wait, folder, images_per_job=service.max_images, keep_going=chosen != "single")
+                                      wait, folder, images_per_job=service.max_images, keep_going=chosen != "single",
+                                      images_kept=ctx.limits.max_images)
         except gr.Error:
             raise
         except Exception as error:  # shown to the user; the workers and the server keep running
@@ -166,9 +168,19 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
             gr.Warning(f"Skipped {note}")
         if result.interrupted:
             gr.Warning("The upscaling was stopped; the images finished before that were saved.")
-        shown = [output.image for output in result.outputs]
-        infotexts = [output.infotext for output in result.outputs]
-        return shown, (infotexts[0] if infotexts else ""), infotexts
+        shown = [output for output in result.outputs if output.image is not None]
+        if len(result.outputs) > 1:
+            more = f"; the first {len(shown)} are shown" if len(shown) < len(result.outputs) else ""
+            gr.Info(f"{len(result.outputs)} images saved in {shown_folder(folder)}{more}.")
+        infotexts = [output.infotext for output in shown]
+        return [output.image for output in shown], (infotexts[0] if infotexts else ""), infotexts
+
+    def shown_folder(folder: Path) -> str:
+        """The folder as a user reads it: relative to the data folder when inside it."""
+        try:
+            return Path(os.path.realpath(folder)).relative_to(os.path.realpath(ctx.settings.data_dir)).as_posix() + "/"
+        except ValueError:
+            return folder.name + "/"
 
     generate.click(run, inputs=[mode, image, uploads, input_dir, output_dir, resize_mode, resize, width, height, crop,
                                 upscaler_1, upscaler_2, visibility],
