@@ -11,7 +11,7 @@ folders inside fixtures, never commit them.
 - `write_compact`: Real-ESRGAN's compact SRVGG (`body.N`), as `.safetensors` or `{"params": ...}` `.pth`.
 - `write_swinir`, `write_dat`: transformer upscalers (`.pth` / `.safetensors`).
 - `write_unknown_architecture`: a valid `.safetensors` no architecture claims.
-- `write_code_pickle`: a `.pth` whose unpickling would run `leave_marker` (it must be refused unrun).
+- `write_code_pickle`: a `.pth` whose unpickling needs the class `LeavesMarker` (it must be refused unrun).
 - `write_corrupt`: bytes that are no weights file at all.
 """
 
@@ -143,24 +143,25 @@ def write_unknown_architecture(path: Path) -> Path:
     return path
 
 
-def leave_marker(path: str) -> dict:
-    """What the pickle in `write_code_pickle` would call while unpickling: proof that its code ran."""
-    Path(path).write_text("the pickle's code ran", encoding="utf-8")
-    return {}
+class LeavesMarker:
+    """The class the pickle in `write_code_pickle` needs: building it writes `path`, proof that its code ran."""
+
+    def __init__(self, path: str) -> None:
+        Path(path).write_text("the pickle's code ran", encoding="utf-8")
 
 
-class _RunsCodeWhenUnpickled:
+class _BuildsLeavesMarkerWhenUnpickled:
     def __init__(self, marker: Path) -> None:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (leave_marker, (self.marker,))
+        return (LeavesMarker, (self.marker,))
 
 
 def write_code_pickle(path: Path, marker: Path) -> Path:
-    """A `.pth` that looks like a model but whose unpickling calls `leave_marker(marker)`."""
+    """A `.pth` that looks like a model but whose unpickling builds a `LeavesMarker(marker)`."""
     state = _rrdb_state(2, 0)
-    state["model.0.extra"] = _RunsCodeWhenUnpickled(marker)  # type: ignore[assignment]
+    state["model.0.extra"] = _BuildsLeavesMarkerWhenUnpickled(marker)  # type: ignore[assignment]
     torch.save(state, path)
     return path
 

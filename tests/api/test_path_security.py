@@ -414,7 +414,8 @@ def route_table() -> dict[tuple[str, str], tuple[dict, list[str]]]:
     training = {"method": "lora", "output_name": "walk", "dataset_dir": "no-such-dataset", "trigger_word": "sks",
                 "class_word": "shape", "resolution": 64, "min_bucket_resolution": 32, "max_bucket_resolution": 128,
                 "bucket_step": 32, "rank": 4, "max_train_steps": 2}
-    overrides = ["override_settings.sd_model_checkpoint", "override_settings.sd_vae"]
+    overrides = ["override_settings.sd_model_checkpoint", "override_settings.sd_vae",
+                 "override_settings.upscaler_for_img2img"]
     return {
         ("POST", "/sdapi/v1/txt2img"): (tiny, _string_fields(Txt2ImgBody) + overrides),
         ("POST", "/sdapi/v1/img2img"): ({**tiny, "init_images": [tiny_png()], "denoising_strength": 0.0},

@@ -92,7 +92,7 @@ def test_unknown_fields_are_ignored_and_never_echoed(server):
     parameters = response.json()["parameters"]
     assert "pad" not in parameters and parameters["prompt"] == "echo check"
     assert set(parameters["override_settings"]) == {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers",
-                                                    "samples_save"}
+                                                    "samples_save", "upscaler_for_img2img"}
 
 
 # ---- item 6: NaN, Infinity and out-of-range numbers -------------------------------------------------

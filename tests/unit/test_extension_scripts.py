@@ -202,12 +202,15 @@ def test_server_options_persist_in_config_json_beside_other_keys(tmp_path):
     options = ServerOptions(config)
     assert options.values()["CLIP_stop_at_last_layers"] == 1      # a stored value that cannot work: the default
     options.update(check_options({"CLIP_stop_at_last_layers": 2.0, "samples_save": False}, lambda name: None))
+    upscaling = {"ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8, "upscaler_for_img2img": "None"}
     assert json.loads(config.read_text()) == {"sd_model_checkpoint": "mine", "CLIP_stop_at_last_layers": 2,
-                                              "samples_save": False, "sd_vae": "Automatic"}
+                                              "samples_save": False, "sd_vae": "Automatic", **upscaling}
     assert ServerOptions(config).values() == {"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 2,
-                                              "samples_save": False}
+                                              "samples_save": False, **upscaling}
     for changes, message in [({"CLIP_stop_at_last_layers": 13}, "outside 1..12"),
-                             ({"samples_save": "no"}, "true or false"), ({"eta_noise": 1}, "unknown option")]:
+                             ({"samples_save": "no"}, "true or false"), ({"eta_noise": 1}, "unknown option"),
+                             ({"ESRGAN_tile": "big"}, "whole number"),
+                             ({"ESRGAN_tile": 64, "ESRGAN_tile_overlap": 32}, "less than half")]:
         with pytest.raises(RequestError, match=message):
             check_options(changes, lambda name: None)
 

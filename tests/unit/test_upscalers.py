@@ -112,6 +112,8 @@ def test_files_are_read_once_until_they_change(tmp_path):
     entries = {entry.name: entry for entry in catalog.entries()}
     assert counting.loads == 5
     assert entries["compact-2"].scale == 4 and entries["compact-1.safetensors"].architecture == "ESRGAN"
+    files.write_compact(tmp_path / "dropped-in.safetensors")  # no refresh: the folder's change is seen
+    assert "dropped-in" in [entry.name for entry in catalog.entries()]
 
 
 def test_a_model_upscale_reaches_the_exact_size_and_is_not_lanczos(folder):

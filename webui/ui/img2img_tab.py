@@ -181,6 +181,7 @@ def build_img2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
             inpainting_fill=MaskedContent.from_value(named["masked_content"]).value,
             inpaint_full_res=named["inpaint_area"] == "Only masked",
             inpaint_full_res_padding=to_int(named["padding"], "Only masked padding"), **outpaint,
+            upscaler_for_img2img=ctx.options.values()["upscaler_for_img2img"],  # the Settings tab's choice
         )
         if named["mode"] == "batch":
             template = Img2ImgRequest(**values, **options)

@@ -98,11 +98,21 @@ class UpscalerCatalog:
         self._lock = threading.RLock()
         self._files: list[Path] = []
         self._inspected: dict[FileKey, UpscalerEntry] = {}
-        self._scanned = False
+        self._scanned_folders: tuple | None = None  # the folders' (path, mtime) when they were last listed
 
     # -- listing -------------------------------------------------------------------------------------
+    def _folder_stamp(self) -> tuple:
+        stamps = []
+        for folder in self.folders:
+            try:
+                stamps.append((str(folder), folder.stat().st_mtime_ns))
+            except OSError:
+                stamps.append((str(folder), None))
+        return tuple(stamps)
+
     def refresh(self) -> None:
         """Re-scan the folders (cheap: names and stat only; files are read when listed)."""
+        stamp = self._folder_stamp()
         files = []
         for folder in self.folders:
             if folder.is_dir():
@@ -111,12 +121,13 @@ class UpscalerCatalog:
                                     key=lambda p: p.name.lower()))
         with self._lock:
             self._files = files
-            self._scanned = True
+            self._scanned_folders = stamp
 
     def entries(self) -> list[UpscalerEntry]:
-        """Built-ins first (A1111's order), then every model file sorted by name, usable or not."""
+        """Built-ins first (A1111's order), then every model file sorted by name, usable or not. A folder
+        whose modification time changed (a file added, removed or renamed) is scanned again first."""
         with self._lock:
-            if not self._scanned:
+            if self._scanned_folders != self._folder_stamp():
                 self.refresh()
             files = list(self._files)
         taken: dict[str, Path] = {name.lower(): Path(name) for name in BUILTIN_UPSCALERS}

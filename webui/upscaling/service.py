@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from webui.generation.image_ops import check_pixel_count
+from webui.generation.image_ops import check_pixel_count, normalise_bit_depth
 from webui.generation.requests import RequestError
 from webui.jobs.progress import JobControl
 from webui.upscaling.catalog import (
@@ -100,8 +100,8 @@ class UpscalerService:
         except UnusableUpscaler as error:
             raise RequestError(f"upscaler {entry.name!r} cannot be used: {error}") from None
         settings = self.tile_settings().checked()
-        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-        alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
+        image = plain_mode(image)
+        alpha = image.getchannel("A") if image.mode == "RGBA" else None
         current = image.convert("RGB")
         runner = _on_device(descriptor, device)
         try:
@@ -123,10 +123,12 @@ class UpscalerService:
 
 
 def plain_mode(image: Image.Image) -> Image.Image:
-    """RGB, or RGBA for images with transparency: the modes every filter and model step accepts."""
+    """RGB, or RGBA for images with transparency: the modes every filter and model step accepts (16-bit
+    and float grayscale scaled to 8 bits first, not clipped)."""
     if image.mode in ("RGB", "RGBA"):
         return image
-    has_alpha = image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    image = normalise_bit_depth(image)
+    has_alpha = image.mode in ("LA", "La", "PA", "RGBa") or (image.mode == "P" and "transparency" in image.info)
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
