@@ -49,6 +49,7 @@ from webui.xyz.service import XyzService
 
 JOB_STORE_FILE = "jobs.sqlite3"
 UPSCALERS_IN_RAM = 2  # built upscaler models kept in RAM (an ESRGAN 4x is about 65 MB)
+UPSCALER_CACHE_FILE = "upscalers.json"  # what spandrel detected in each upscaler file (webui.upscaling)
 
 
 @dataclass
@@ -105,7 +106,8 @@ def build_context(settings: Settings) -> AppContext:
     catalog.refresh()
     request_limits = RequestLimits.from_settings(settings)
     options = ServerOptions(settings.data_dir / CONFIG_FILE)
-    upscalers = UpscalerService(UpscalerCatalog(settings.upscaler_folders, UPSCALERS_IN_RAM),
+    upscalers = UpscalerService(UpscalerCatalog(settings.upscaler_folders, UPSCALERS_IN_RAM,
+                                                cache_file=settings.cache_folder / UPSCALER_CACHE_FILE),
                                 lambda: tile_settings(options.values()), request_limits.max_image_pixels)
     kinds = JobKinds()
     job_store = open_owned_store(settings.data_dir / JOB_STORE_FILE, settings.job_history, settings.job_history_days)

@@ -98,8 +98,10 @@ def test_files_are_read_once_until_they_change(tmp_path):
     for index in range(3):
         files.write_compact(tmp_path / f"compact-{index}.safetensors", seed=index)
     counting = CountingArchitectures()
-    catalog = UpscalerCatalog([tmp_path], architectures=lambda: counting)
-    assert counting.loads == 0  # nothing is read before the list is asked for
+    kept = tmp_path / "cache" / "upscalers.json"
+    catalog = UpscalerCatalog([tmp_path], architectures=lambda: counting, cache_file=kept)
+    assert UpscalerService(catalog).check("Lanczos").builtin
+    assert counting.loads == 0  # nothing is read before the list is asked for (a built-in needs no list)
     assert len(catalog.entries()) == 6 and counting.loads == 3
     catalog.refresh()
     catalog.entries()
@@ -113,7 +115,12 @@ def test_files_are_read_once_until_they_change(tmp_path):
     assert counting.loads == 5
     assert entries["compact-2"].scale == 4 and entries["compact-1.safetensors"].architecture == "ESRGAN"
     files.write_compact(tmp_path / "dropped-in.safetensors")  # no refresh: the folder's change is seen
-    assert "dropped-in" in [entry.name for entry in catalog.entries()]
+    listed = catalog.entries()
+    assert "dropped-in" in [entry.name for entry in listed] and counting.loads == 6
+
+    after_restart = CountingArchitectures()  # a new process: the kept outcomes are used, no file is read
+    assert UpscalerCatalog([tmp_path], architectures=lambda: after_restart, cache_file=kept).entries() == listed
+    assert after_restart.loads == 0
 
 
 def test_a_model_upscale_reaches_the_exact_size_and_is_not_lanczos(folder):

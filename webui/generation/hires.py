@@ -99,8 +99,8 @@ class HiresPass:
         if self.upscalers is None or name in PIXEL_FILTERS:
             return [image.resize(size, PIXEL_FILTERS[name]) for image in first]
         try:
-            return [self.upscalers.upscale(image, name, self.width / image.width, size=size,
-                                           device=self.model.device, control=control) for image in first]
+            return self.upscalers.upscale_all(first, name, self.width / self.request.width, size=size,
+                                              device=self.model.device, control=control)
         except UpscaleInterrupted:
             return [image.resize(size, Image.Resampling.LANCZOS) for image in first]
 

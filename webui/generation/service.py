@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from webui.generation.extras_outputs import folder_images
+from webui.generation.hires import LATENT_MODES
 from webui.generation.hooks import GenerationHooks
 from webui.generation.image_ops import check_image_size
 from webui.generation.img2img import run_img2img
@@ -51,10 +52,12 @@ from webui.models.service import ModelService
 from webui.security.identity import USER, User, name_of
 from webui.security.limits import RequestLimits
 from webui.security.paths import BATCH_INPUT, BATCH_MASKS, BATCH_OUTPUT, FileAccess, is_within
+from webui.upscaling.catalog import BUILTIN_UPSCALERS
 from webui.upscaling.service import UpscalerService
 
 
 TXT2IMG, IMG2IMG, IMG2IMG_BATCH = "txt2img", "img2img", "img2img-batch"
+BUILTIN_PIXEL_UPSCALERS = (*LATENT_MODES, *BUILTIN_UPSCALERS)  # names that need no upscaler file
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class GenerationService:
         names no sampler (an API body without `sampler_name`) gets its model family's default sampler."""
         if not request.sampler_name:
             request = replace(request, sampler_name=self.models.default_sampler(request.checkpoint))
-        request = request.validate(self.limits, tuple(self.hooks.samplers()), self._check_upscalers(request))
+        request = request.validate(self.limits, tuple(self.hooks.samplers()), self.model_upscalers_for(request))
         if isinstance(request, Img2ImgRequest):
             for image in (*request.init_images[:1], request.mask):
                 if image is not None:
@@ -275,17 +278,18 @@ class GenerationService:
         result.warnings = tuple(warnings) + tuple(result.warnings)
         return result
 
-    def model_upscaler_names(self) -> tuple[str, ...]:
-        """The usable model upscalers hires fix and img2img's resize may name besides the built-in ones."""
-        return tuple(self.upscalers.model_names()) if self.upscalers is not None else ()
-
-    def _check_upscalers(self, request: Txt2ImgRequest) -> tuple[str, ...]:
-        """The usable model upscaler names, after refusing a request that names an unusable one (with why)."""
+    def model_upscalers_for(self, request: Txt2ImgRequest) -> tuple[str, ...]:
+        """The usable model upscaler names when the request names an upscaler other than the built-in ones
+        (hires fix's `hr_upscaler`, img2img's `upscaler_for_img2img`), else (): a request that uses none never
+        makes the upscaler folders be read. An unusable one is refused here, with the reason."""
         if self.upscalers is None:
             return ()
         wanted = [("hr_upscaler", request.hr_upscaler)] if request.enable_hr else []
         if isinstance(request, Img2ImgRequest):
             wanted.append(("upscaler_for_img2img", request.upscaler_for_img2img))
+        wanted = [(field_name, name) for field_name, name in wanted if name not in BUILTIN_PIXEL_UPSCALERS]
+        if not wanted:
+            return ()
         every = set(self.upscalers.names(usable_only=False))
         for field_name, name in wanted:
             if name in every:
@@ -293,7 +297,7 @@ class GenerationService:
                     self.upscalers.check(name)
                 except RequestError as error:
                     raise RequestError(f"{field_name}: {error}") from None
-        return self.model_upscaler_names()
+        return tuple(self.upscalers.model_names())
 
     def _check_changed(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """What a request changed by an extension must pass before it runs (as a user's would)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.models.checkpoint_files import CheckpointReadError, read_weights_object
+from webui.upscaling.detection_cache import DetectionCache, FileKey
 from webui.upscaling.spandrel_architectures import SpandrelArchitectures, SpandrelMissingError, load_architectures
 
 NONE_UPSCALER = "None"
@@ -43,7 +44,6 @@ class UpscalerEntry:
 BUILTIN_ENTRIES = tuple(UpscalerEntry(name, None if name == NONE_UPSCALER else 1, builtin=True)
                         for name in BUILTIN_UPSCALERS)
 
-FileKey = tuple[str, int, int]  # (path, mtime_ns, size): a file whose key changed is read again
 
 
 def file_key(path: Path) -> FileKey:
@@ -73,10 +73,6 @@ class ModelCache:
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
 
-    def keys(self) -> list[FileKey]:
-        with self._lock:
-            return list(self._models)
-
 
 class UnusableUpscaler(Exception):
     """A model file that cannot be used; the message is the reason lists show."""
@@ -87,12 +83,14 @@ class UpscalerCatalog:
 
     `folders` are scanned in order; a stem already taken by an earlier file is listed as unusable (a
     request could not tell them apart). `architectures` is how spandrel is reached (a test may pass a
-    loader that raises SpandrelMissingError)."""
+    loader that raises SpandrelMissingError); `cache_file` keeps detection outcomes across restarts."""
 
     def __init__(self, folders: Sequence[Path], models_in_ram: int = 2,
-                 architectures: Callable[[], SpandrelArchitectures] = load_architectures):
+                 architectures: Callable[[], SpandrelArchitectures] = load_architectures,
+                 cache_file: Path | None = None):
         self.folders = tuple(Path(folder) for folder in folders)
         self.models = ModelCache(models_in_ram)
+        self.detections = DetectionCache(cache_file)
         self._load_architectures = architectures
         self._architectures: SpandrelArchitectures | None = None
         self._lock = threading.RLock()
@@ -152,18 +150,32 @@ class UpscalerCatalog:
             return UpscalerEntry(path.stem, None, path=path, usable=False, reason=f"cannot be read ({error})")
         with self._lock:
             known = self._inspected.get(key)
-            if known is not None:
-                return known
-            try:
-                descriptor = self._build(path)
-            except UnusableUpscaler as error:
-                entry = UpscalerEntry(path.stem, None, path=path, usable=False, reason=str(error))
-            else:
-                entry = UpscalerEntry(path.stem, int(descriptor.scale), descriptor.architecture.name, path)
-                self.models.put(key, descriptor)
-            self._inspected = {k: v for k, v in self._inspected.items() if k[0] != key[0]}
-            self._inspected[key] = entry
-            return entry
+            if known is None:
+                known = self._detect(path, key)
+                self._inspected = {k: v for k, v in self._inspected.items() if k[0] != key[0]}
+                self._inspected[key] = known
+            return known
+
+    def _detect(self, path: Path, key: FileKey) -> UpscalerEntry:
+        """The file's entry from the kept outcomes, else by reading and building it (and keeping that)."""
+        try:
+            version = self.spandrel().version
+        except UnusableUpscaler as error:  # spandrel missing: nothing to detect with, nothing to keep
+            return UpscalerEntry(path.stem, None, path=path, usable=False, reason=str(error))
+        kept = self.detections.get(key, version)
+        if kept is not None:
+            return UpscalerEntry(path.stem, kept.get("scale"), str(kept.get("architecture", "")), path,
+                                 bool(kept.get("usable")), str(kept.get("reason", "")))
+        try:
+            descriptor = self._build(path)
+        except UnusableUpscaler as error:
+            entry = UpscalerEntry(path.stem, None, path=path, usable=False, reason=str(error))
+        else:
+            entry = UpscalerEntry(path.stem, int(descriptor.scale), descriptor.architecture.name, path)
+            self.models.put(key, descriptor)
+        self.detections.put(key, version, {"scale": entry.scale, "architecture": entry.architecture,
+                                           "usable": entry.usable, "reason": entry.reason})
+        return entry
 
     # -- models --------------------------------------------------------------------------------------
     def model(self, entry: UpscalerEntry) -> Any:

@@ -13,7 +13,8 @@ callers put GPU work on a worker (a scheduler job), never on an HTTP thread.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from webui.generation.image_ops import check_pixel_count, normalise_bit_depth
 from webui.generation.requests import RequestError
 from webui.jobs.progress import JobControl
 from webui.upscaling.catalog import (
+    BUILTIN_ENTRIES,
     NONE_UPSCALER,
     UnusableUpscaler,
     UpscalerCatalog,
@@ -63,7 +65,11 @@ class UpscalerService:
         self.catalog.refresh()
 
     def check(self, name: str) -> UpscalerEntry:
-        """The usable entry called `name`; RequestError naming the choices (and why, for an unusable file)."""
+        """The usable entry called `name`; RequestError naming the choices (and why, for an unusable file).
+        A built-in name is answered without looking at the model files."""
+        for entry in BUILTIN_ENTRIES:
+            if entry.name == name:
+                return entry
         entries = self.entries()
         usable = ", ".join(entry.name for entry in entries if entry.usable)
         for entry in entries:
@@ -78,43 +84,58 @@ class UpscalerService:
                 control: JobControl | None = None, size: tuple[int, int] | None = None) -> Image.Image:
         """`image` enlarged by `scale` (or to exactly `size` = (width, height) when given) with the upscaler
         `name`. "None" returns the image unchanged (A1111's extras do nothing for it)."""
+        return self.upscale_all([image], name, scale, device=device, control=control, size=size)[0]
+
+    def upscale_all(self, images: Sequence[Image.Image], name: str, scale: float, *,
+                    device: torch.device | str | None = None, control: JobControl | None = None,
+                    size: tuple[int, int] | None = None) -> list[Image.Image]:
+        """Several images with one upscaler (a model is moved to the device once for all of them)."""
         entry = self.check(name)
-        target = size or (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         if size is None and not 0 < scale <= MAX_UPSCALE:
             raise RequestError(f"upscale factor {scale:g} is outside 0..{MAX_UPSCALE:g}")
-        self._check_pixels(target, "the upscaled image")
+        targets = [size or (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+                   for image in images]
+        for target in targets:
+            self._check_pixels(target, "the upscaled image")
+        if entry.name == NONE_UPSCALER:
+            return [image.copy() for image in images]
         if entry.builtin:
-            if entry.name == NONE_UPSCALER:
-                return image.copy()
-            return plain_mode(image).resize(target, FILTERS[entry.name])
-        return self._model_upscale(entry, image, target, torch.device(device or "cpu"), control)
+            return [plain_mode(image).resize(target, FILTERS[entry.name]) for image, target in zip(images, targets)]
+        return self._model_upscale(entry, images, targets, torch.device(device or "cpu"), control)
 
     def _check_pixels(self, size: tuple[int, int], what: str, factor: int = 1) -> None:
         """ImageTooLargeError (413 over HTTP) for a result over the server's pixel limit (times `factor`)."""
         check_pixel_count(size, None if self.max_pixels is None else self.max_pixels * factor, what)
 
-    def _model_upscale(self, entry: UpscalerEntry, image: Image.Image, target: tuple[int, int],
-                       device: torch.device, control: JobControl | None) -> Image.Image:
+    def _model_upscale(self, entry: UpscalerEntry, images: Sequence[Image.Image], targets: list[tuple[int, int]],
+                       device: torch.device, control: JobControl | None) -> list[Image.Image]:
         try:
             descriptor = self.catalog.model(entry)
         except UnusableUpscaler as error:
             raise RequestError(f"upscaler {entry.name!r} cannot be used: {error}") from None
         settings = self.tile_settings().checked()
+        try:
+            runner = _on_device(descriptor, device)
+            return [self._enlarge(runner, entry, image, target, device, settings, control)
+                    for image, target in zip(images, targets)]
+        except torch.cuda.OutOfMemoryError:  # moving the model or the image (the tiles retry on their own)
+            raise RequestError(f"out of GPU memory running the upscaler {entry.name!r}; free GPU memory or set "
+                               "ESRGAN_tile lower") from None
+
+    def _enlarge(self, runner: Any, entry: UpscalerEntry, image: Image.Image, target: tuple[int, int],
+                 device: torch.device, settings: TileSettings, control: JobControl | None) -> Image.Image:
+        """One image: model passes until it covers `target`, then Lanczos to exactly `target`; alpha by Lanczos."""
         image = plain_mode(image)
         alpha = image.getchannel("A") if image.mode == "RGBA" else None
         current = image.convert("RGB")
-        runner = _on_device(descriptor, device)
-        try:
-            for _ in range(MAX_MODEL_PASSES):
-                if current.width >= target[0] and current.height >= target[1]:
-                    break
-                passed = (current.width * descriptor.scale, current.height * descriptor.scale)
-                self._check_pixels(passed, f"a pass of {entry.name}", INTERMEDIATE_PIXEL_FACTOR)
-                current = _run(runner, current, device, settings, control)
-                if descriptor.scale == 1:
-                    break
-        finally:
-            del runner
+        for _ in range(MAX_MODEL_PASSES):
+            if current.width >= target[0] and current.height >= target[1]:
+                break
+            passed = (current.width * runner.scale, current.height * runner.scale)
+            self._check_pixels(passed, f"a pass of {entry.name}", INTERMEDIATE_PIXEL_FACTOR)
+            current = _run(runner, current, device, settings, control)
+            if runner.scale == 1:
+                break
         if current.size != target:
             current = current.resize(target, Image.Resampling.LANCZOS)
         if alpha is not None:

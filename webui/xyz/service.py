@@ -298,7 +298,7 @@ def _check_cells_with_app(generation: GenerationService, plan: XYZPlan) -> None:
     for cell in plan.cells:
         try:
             request: Txt2ImgRequest = cell.request.validate(generation.limits, tuple(generation.hooks.samplers()),
-                                                            generation.model_upscaler_names())
+                                                            generation.model_upscalers_for(cell.request))
             key = (request.checkpoint, request.vae, request.prompt, request.negative_prompt, request.styles,
                    request.width, request.height, request.sampler_name, request.scheduler)
             if key in seen:
