@@ -133,7 +133,7 @@ def build_context(settings: Settings) -> AppContext:
     training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
         checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder))
-    xyz = XyzService(generation, registry=extension_axes(extensions), upscalers=upscalers)
+    xyz = XyzService(generation, registry=extension_axes(extensions))
     scripts = ScriptService(generation, ExtensionScripts(extensions).runners)
     for service in (models, generation, training, xyz, scripts, extras):
         for kind in service.job_kinds():
