@@ -51,7 +51,7 @@ def test_extras_upscales_with_a_dropped_in_esrgan_model_and_keeps_the_parameters
         assert result.text["parameters"] == shown
 
 
-def test_batch_from_directory_refuses_a_folder_outside_the_app_alike_whether_it_exists_or_not(page, server):
+def test_batch_from_directory_refuses_a_folder_outside_the_app_alike_whether_it_exists_or_not(page):
     page.click("#tab_extras-button")
     page.click("#extras_batch_directory_tab-button")
     messages = []
@@ -66,6 +66,9 @@ def test_batch_from_directory_refuses_a_folder_outside_the_app_alike_whether_it_
     assert "is not allowed" in messages[0]
     assert messages[0] == messages[1]
     assert "exist" not in messages[0]
+    page.click("#extras_single_tab-button")  # nothing uploaded: told so, and the tab keeps working
+    page.click("#extras_generate")
+    page.locator("[data-testid=toast-body]", has_text="Upload an image in the Single Image tab first").wait_for()
 
 
 def test_a_txt2img_result_sent_to_extras_keeps_its_parameters_when_upscaled(page):
