@@ -1,4 +1,5 @@
-"""X/Y/Z plots through the real AppContext on the default model: grid, checkpoint restore, interrupt, checks."""
+"""X/Y/Z plots through the real AppContext on the default model: grid, checkpoint restore, interrupt, checks,
+and the Hires upscaler axis over the model upscalers in the folders."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.upscaler_files import write_compact
 from webui.context import build_context
 from webui.generation.infotext import parse_infotext, read_infotext
 from webui.generation.requests import Txt2ImgRequest
@@ -191,3 +193,16 @@ def test_compare_epochs_fills_axes_that_plot_every_epoch_at_every_weight(ctx, de
     prompts = {(cell.x_index, cell.y_index): cell.request.prompt for cell in plan.cells}
     assert prompts[(0, 0)] == "a dancer <lora:folk-000001:0.5>"
     assert prompts[(1, 1)] == "a dancer <lora:folk-000002:1>"
+
+
+def test_the_hires_upscaler_axis_offers_and_checks_the_model_upscalers_in_the_folders(ctx):
+    folder = ctx.settings.upscaler_folders[0]  # models/ESRGAN
+    folder.mkdir(parents=True, exist_ok=True)
+    write_compact(folder / "2x-axis-compact.safetensors", scale=2)
+    ctx.upscalers.refresh()
+    assert "2x-axis-compact" in ctx.xyz.axis_choices().hires_upscalers
+    plan = ctx.xyz.plan(BASE, AxisSpec("Hires upscaler", "2X-AXIS-COMPACT, Latent"), None, None)
+    assert sorted(cell.request.hr_upscaler for cell in plan.cells) == ["2x-axis-compact", "Latent"]
+    assert all(cell.request.enable_hr for cell in plan.cells)
+    with pytest.raises(AxisValueError, match="unknown value '4x-nowhere'"):
+        ctx.xyz.plan(BASE, AxisSpec("Hires upscaler", "Latent, 4x-nowhere"), None, None)

@@ -112,6 +112,22 @@ def save_image(
     )
 
 
+def save_numbered_image(image: Image.Image, folder: Path, infotext: str | None, *, label: str = "") -> Path:
+    """Save a PNG as ``folder/NNNNN.png``, or ``NNNNN-label.png``: A1111's naming for Extras results, which
+    have no seed (``label`` is a batch image's source name; characters unsafe in a file name become ``_``)."""
+    folder = Path(folder)
+    safe = "".join(c if c.isalnum() or c in "-_. " else "_" for c in label).strip(" .")[:100]
+    tail = f"-{safe}" if safe else ""
+    return _save_with_fresh_name(
+        _convert_for_format(image, "PNG"),
+        folder,
+        lambda number: f"{number:0{IMAGE_NUMBER_DIGITS}}{tail}.png",
+        lambda: next_image_number(folder),
+        "PNG",
+        _metadata_save_options("PNG", infotext, JPEG_QUALITY),
+    )
+
+
 def image_grid(
     images: Sequence[Image.Image], rows: int | None = None, *, background: str = GRID_BACKGROUND
 ) -> Image.Image:

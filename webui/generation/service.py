@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from webui.generation.extras_outputs import folder_images
 from webui.generation.hires import LATENT_MODES
 from webui.generation.hooks import GenerationHooks
 from webui.generation.image_ops import check_image_size
@@ -51,7 +52,6 @@ from webui.models.service import ModelService
 from webui.security.identity import USER, User, name_of
 from webui.security.limits import RequestLimits
 from webui.security.paths import BATCH_INPUT, BATCH_MASKS, BATCH_OUTPUT, FileAccess, is_within
-from webui.training.config import IMAGE_SUFFIXES
 from webui.upscaling.catalog import BUILTIN_UPSCALERS
 from webui.upscaling.service import UpscalerService
 
@@ -211,13 +211,7 @@ class GenerationService:
 
     def _batch_files(self, job: BatchJob) -> tuple[list[Path], Path, Path | None]:
         """(input images, output folder, mask folder), confined; raises with the reason."""
-        inputs = self.files.resolve(job.input_folder, BATCH_INPUT, job.user)
-        if not inputs.is_dir():
-            raise RequestError(f"input folder {job.input_folder!r} does not exist")
-        files = sorted(p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                       and is_within(p, inputs))
-        if not files:
-            raise RequestError(f"input folder {job.input_folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        files = folder_images(self.files, job.input_folder, BATCH_INPUT, job.user)
         outputs = (self.files.resolve(job.output_folder, BATCH_OUTPUT, job.user) if (job.output_folder or "").strip()
                    else self.files.outputs_for(job.user) / "img2img-batch")
         masks = self.files.resolve(job.mask_folder, BATCH_MASKS, job.user) if (job.mask_folder or "").strip() else None

@@ -13,7 +13,9 @@ from webui.security.accounts import AccountService
 from webui.ui.access import caller_of
 from webui.ui.account_tab import build_account_tab
 from webui.errors import user_error
+from webui.generation.infotext import PNG_TEXT_KEY
 from webui.ui.extensions_tab import build_extensions_tab
+from webui.ui.extras_tab import ExtrasTab, build_extras_tab
 from webui.ui.merger_tab import build_merger_tab
 from webui.ui.infotext_fields import txt2img_values_from_infotext
 from webui.ui.png_info_tab import build_png_info_tab
@@ -22,6 +24,7 @@ from webui.ui.train_tab import build_train_tab, compare_epochs_request
 from webui.ui.generation_controls import FAMILY_CONTROLS, GenerationControls, family_control_updates
 from webui.ui.img2img_tab import build_img2img_tab
 from webui.ui.txt2img_tab import build_txt2img_tab
+from webui.ui.upscaler_lists import wire_upscaler_lists
 from webui.ui.xyz_tab import build_xyz_tab
 from webui.ui.extension_tabs import build_extension_tabs
 from webui.ui.settings_tab import build_settings_tab
@@ -77,6 +80,8 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
                 txt2img = build_txt2img_tab(ctx, native_size(ctx), checkpoint, vae)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img = build_img2img_tab(ctx, native_size(ctx), checkpoint, vae)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras = build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo_raw, send_to_txt2img = build_png_info_tab(ctx.request_limits)
             with gr.Tab("Checkpoint Merger", id="merger", elem_id="tab_merger") as merger_tab:
@@ -140,6 +145,9 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
         blocks.load(show_checkpoints, outputs=[checkpoint, unusable, vae])
 
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img, queue)
+        wire_send_to_extras(tabs, (txt2img, img2img), extras)
+        wire_upscaler_lists(ctx, blocks, txt2img.fields["hr_upscaler"], extras.upscaler_1, extras.upscaler_2,
+                            refresh, extras.refresh)
         wire_family_controls(ctx, checkpoint, (txt2img, img2img))
 
         def compare_epochs(request: gr.Request):
@@ -231,3 +239,22 @@ def wire_send_buttons(tabs: gr.Tabs, txt2img: GenerationControls, img2img: Gener
 
     queue.send_img2img.click(queue_to_img2img, inputs=[queue.picked, queue.infotext],
                              outputs=[img2img.extra["init_img"], tabs, mode_tabs, mode, *pastable(img2img)])
+
+
+def wire_send_to_extras(tabs: gr.Tabs, sources: tuple[GenerationControls, ...], extras: ExtrasTab) -> None:
+    """"Send to extras": the selected output image into the Extras tab's Single Image, carrying its
+    generation parameters in the PNG it becomes there (so the upscaled result keeps them)."""
+
+    def to_extras(images: list, selected: int, text: str):
+        if not images:
+            raise gr.Error("Generate an image first: there is nothing to send.")
+        item = images[selected if 0 <= selected < len(images) else 0]
+        picture = (item[0] if isinstance(item, (tuple, list)) else item).copy()
+        if text:
+            picture.info[PNG_TEXT_KEY] = text  # gradio writes text info into the PNG it caches
+        return picture, gr.Tabs(selected="extras"), gr.Tabs(selected="single"), "single"
+
+    for source in sources:
+        if "extras" in source.send:
+            source.send["extras"].click(to_extras, inputs=[source.images, source.selected, source.infotext],
+                                        outputs=[extras.image, tabs, extras.mode_tabs, extras.mode])

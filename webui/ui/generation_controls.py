@@ -207,7 +207,8 @@ class OutputArea:
     send: dict[str, gr.Button]  # target tab -> "Send to" button (wired by app_ui, which knows every tab)
 
 
-SEND_TARGETS = {"img2img": "🖼️ Send to img2img", "inpaint": "🎨 Send to inpaint", "txt2img": "📝 Send to txt2img"}
+SEND_TARGETS = {"img2img": "🖼️ Send to img2img", "inpaint": "🎨 Send to inpaint", "extras": "📐 Send to extras",
+                "txt2img": "📝 Send to txt2img"}
 
 
 def build_output_area(prefix: str) -> OutputArea:

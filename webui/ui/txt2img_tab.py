@@ -13,10 +13,12 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.generation.requests import (
-    DEFAULT_DISTILLED_CFG_SCALE, HIRES_UPSCALERS, MAX_DISTILLED_CFG_SCALE, NO_REFINER_CHOICE, Txt2ImgRequest,
+    DEFAULT_DISTILLED_CFG_SCALE, MAX_DISTILLED_CFG_SCALE, NO_REFINER_CHOICE, Txt2ImgRequest,
 )
+from webui.generation.upscaler_choices import hires_upscaler_names
 from webui.models.default_model import EXAMPLE_PROMPT
 from webui.security.identity import User
+from webui.ui.upscaler_lists import pasted_hires_upscaler
 from webui.ui.script_controls import build_script_controls, script_titles
 from webui.ui.generation_controls import (
     XYZ_SCRIPT,
@@ -40,7 +42,8 @@ def build_hires_controls(ctx: AppContext) -> dict[str, gr.components.Component]:
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
         enable_hr = gr.Checkbox(label="Enable hires. fix", value=False, elem_id="txt2img_enable_hr")
         with gr.Row():
-            hr_upscaler = gr.Dropdown(label="Upscaler", choices=list(HIRES_UPSCALERS), value="Latent",
+            # Model upscalers join the list when a page loads (webui.ui.upscaler_lists).
+            hr_upscaler = gr.Dropdown(label="Upscaler", choices=hires_upscaler_names(None), value="Latent",
                                       elem_id="txt2img_hr_upscaler")
             hr_second_pass_steps = gr.Slider(label="Hires steps", minimum=0, maximum=ctx.limits.max_steps, step=1,
                                              value=0, elem_id="txt2img_hires_steps")
@@ -130,5 +133,6 @@ def build_txt2img_tab(ctx: AppContext, default_size: int, checkpoint: gr.Dropdow
         return scripts.submit(ctx, request, named, owner) or ctx.generation.submit_txt2img(request, owner)
 
     extra_inputs = {**hires, **refiner, "script": script, **xyz_controls, **scripts.inputs}
+    paste_fields = {**scripts.paste_fields, "hr_upscaler": ("Hires upscaler", pasted_hires_upscaler(ctx.upscalers))}
     return wire_generation(ctx, "txt2img", prompt_area, fields, output, vae, submit, extra_inputs=extra_inputs,
-                           paste_fields=scripts.paste_fields)
+                           paste_fields=paste_fields)

@@ -203,7 +203,7 @@ def build_plan(
         axes = {name: _fix_axis_seeds(axis, random_source) for name, axis in axes.items()}
 
     loop_order = _loop_order(axes)
-    cells = _build_cells(base_request, axes, loop_order)
+    cells = _build_cells(base_request, axes, loop_order, choices.hires_upscalers)
     _check_grid_pixels(cells, limits)
     return XYZPlan(
         base_request=base_request,
@@ -288,7 +288,8 @@ def _describe_cell(axes: dict[str, ResolvedAxis], indices: dict[str, int]) -> st
     return ", ".join(parts) if parts else "the only cell"
 
 
-def _build_cells(base_request: Any, axes: dict[str, ResolvedAxis], loop_order: tuple[str, str, str]) -> list[PlotCell]:
+def _build_cells(base_request: Any, axes: dict[str, ResolvedAxis], loop_order: tuple[str, str, str],
+                 hires_upscalers: tuple[str, ...] = ()) -> list[PlotCell]:
     outer, middle, inner = (axes[name] for name in loop_order)
     cells: list[PlotCell] = []
     for outer_index in range(len(outer)):
@@ -298,7 +299,7 @@ def _build_cells(base_request: Any, axes: dict[str, ResolvedAxis], loop_order: t
                 request = base_request
                 for name in loop_order:
                     request = _apply_axis(axes[name], request, indices[name])
-                _validate_cell(request, axes, indices)
+                _validate_cell(request, axes, indices, hires_upscalers)
                 cells.append(PlotCell(indices["X"], indices["Y"], indices["Z"], request))
     return cells
 
@@ -312,13 +313,18 @@ def _apply_axis(axis: ResolvedAxis, request: Any, index: int) -> Any:
         raise AxisValueError(f"{axis.name} axis ({axis.label}) value {axis.legends[index]!r}: {error}") from error
 
 
-def _validate_cell(request: Any, axes: dict[str, ResolvedAxis], indices: dict[str, int]) -> None:
-    """Run the request's own checks (sizes, step counts, sampler/schedule pairs) on the cell request."""
+def _validate_cell(request: Any, axes: dict[str, ResolvedAxis], indices: dict[str, int],
+                   hires_upscalers: tuple[str, ...] = ()) -> None:
+    """Run the request's own checks (sizes, step counts, sampler/schedule pairs) on the cell request;
+    `hires_upscalers` (the app's list, model upscalers included) are names hires fix may use."""
     validate = getattr(request, "validate", None)
     if not callable(validate):
         return
     try:
-        validate()
+        if hires_upscalers:
+            validate(model_upscalers=hires_upscalers)
+        else:
+            validate()
     except ValueError as error:
         raise AxisValueError(f"cell {_describe_cell(axes, indices)}: {error}") from error
 

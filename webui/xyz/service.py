@@ -21,7 +21,8 @@ from PIL import Image
 from webui.generation.family_fields import family_uses, unused_field_message
 from webui.generation.infotext import create_infotext
 from webui.generation.outputs import dated_folder, save_grid
-from webui.generation.requests import HIRES_UPSCALERS, Txt2ImgRequest
+from webui.generation.requests import Txt2ImgRequest
+from webui.generation.upscaler_choices import hires_upscaler_names
 from webui.generation.samplers import schedule_type_names
 from webui.jobs.progress import JobControl, ProgressSnapshot
 from webui.generation.request_codec import decode_request, encode_request
@@ -115,7 +116,7 @@ class XyzService:
             vaes=tuple(name for name in generation.models.vae_names() if name not in VAE_SPECIAL_CHOICES),
             loras=tuple(generation.loras.files()),
             styles=tuple(generation.styles.names()),
-            hires_upscalers=tuple(HIRES_UPSCALERS),
+            hires_upscalers=tuple(hires_upscaler_names(generation.upscalers)),  # its models too
         )
 
     def plan(self, base_request: Txt2ImgRequest, x: AxisSpec | None, y: AxisSpec | None, z: AxisSpec | None,
