@@ -193,3 +193,17 @@ def test_bad_tile_settings_and_sizes_are_refused(folder):
     limited = UpscalerService(UpscalerCatalog([folder]), max_pixels=10_000)
     with pytest.raises(ValueError, match="limit"):
         limited.upscale(image(), "compact-2x", 4)
+
+
+def test_an_upscaler_name_with_a_comma_is_quoted_in_the_postprocessing_parameters(tmp_path):
+    from webui.generation.extras import ExtrasRequest, upscale_image
+    from webui.generation.infotext import parse_infotext
+
+    files.write_compact(tmp_path / "2x, sharp.safetensors", scale=2)
+    upscalers = service(tmp_path)
+    request = ExtrasRequest(upscaler_1="2x, sharp", upscaler_2="Nearest", extras_upscaler_2_visibility=0.5,
+                            upscaling_resize=2).validate(upscalers)
+    result, text = upscale_image(image(20, 10), request, upscalers, None)
+    assert result.size == (40, 20)
+    parameters = parse_infotext(text)  # by, upscaler, upscaler 2: three pairs make a parameter line
+    assert parameters["Postprocess upscaler"] == "2x, sharp" and parameters["Postprocess upscaler 2"] == "Nearest"

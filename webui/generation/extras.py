@@ -17,6 +17,7 @@ from PIL import Image
 
 import torch
 
+from webui.generation.infotext import quote_value
 from webui.generation.image_ops import check_pixel_count
 from webui.generation.requests import RequestError
 from webui.jobs.progress import JobControl
@@ -105,4 +106,4 @@ def upscale_image(image: Image.Image, request: ExtrasRequest, upscalers: Upscale
              if request.resize_mode == 1 and request.upscaling_crop else None,
              "Postprocess upscaler": request.upscaler_1,
              "Postprocess upscaler 2": request.upscaler_2 if blended else None}
-    return result, ", ".join(f"{key}: {value}" for key, value in parts.items() if value is not None)
+    return result, ", ".join(f"{key}: {quote_value(value)}" for key, value in parts.items() if value is not None)
