@@ -407,6 +407,7 @@ LIST_FIELDS = {"styles", "init_images", "sample_prompts", "target_modules"}
 def route_table() -> dict[tuple[str, str], tuple[dict, list[str]]]:
     """(method, path) -> (a valid body, the fields that get path-like text) for every route that takes input."""
     from webui.api.sdapi import Img2ImgBody, OptionsBody, PngInfoBody, Txt2ImgBody
+    from webui.api.jobs_api import ExtrasJobBody
     from webui.api.sdapi_extras import ExtrasBatchBody, ExtrasSingleBody
 
     tiny = {"prompt": "a red square", "steps": 1, "width": 64, "height": 64, "seed": 3, "subseed": 5,
@@ -436,6 +437,9 @@ def route_table() -> dict[tuple[str, str], tuple[dict, list[str]]]:
         ("GET", "/sdapi/v1/progress"): ({}, []),  # its one query parameter is a bool
         ("POST", "/api/v1/jobs"): ({"kind": "train", "request": training},
                                    [f"request.{name}" for name in _training_string_fields()]),
+        # a second body for the same route: "#<kind>" is dropped from the URL
+        ("POST", "/api/v1/jobs#extras"): ({"kind": "extras", "request": {"image": tiny_png(), "upscaler_1": "Lanczos"}},
+                                          [f"request.{name}" for name in _string_fields(ExtrasJobBody)]),
         ("GET", "/api/v1/jobs"): ({}, []),  # filters (state, kind, owner) name no files
         ("GET", "/api/v1/jobs/{job_id}/events"): ({}, []),  # `after` is a number
     }
@@ -485,7 +489,7 @@ def test_every_sdapi_route_with_path_like_values(world):
         def send(value: str) -> Answer:
             body_fields = [field for field in fields if not field.startswith("{")]
             body = with_values(base, body_fields, value) if method == "POST" else None
-            url_path = path
+            url_path = path.split("#")[0]
             for field in fields:
                 if field.startswith("{"):
                     url_path = url_path.replace(field, quote(value, safe=""))
@@ -493,7 +497,8 @@ def test_every_sdapi_route_with_path_like_values(world):
             return Answer(str(response.status_code), response.text, response.text)
         return send
 
-    for method, path, _ in routes:
+    variants = [(method, path, True) for method, path in table if "#" in path]
+    for method, path, _ in routes + variants:
         base, fields = table.get((method, path), ({}, []))
         probes = [] if fields else [Probe(f"{method} {path}", "", "", sender(method, path, base, []))]
         probes += [Probe(f"{method} {path} (every string)", present, absent, sender(method, path, base, fields))
@@ -503,7 +508,7 @@ def test_every_sdapi_route_with_path_like_values(world):
                    for present, absent in single_field_pairs(world, generates=path.endswith("2img"))]
         # POST /options answers with every option, so a probe setting one field would show in another's answer.
         walk.ask(probes, threads=1 if (method, path) == ("POST", "/sdapi/v1/options") else Walk.THREADS)
-    print(f"\n/sdapi/v1 routes walked: {' '.join(f'{m} {p}' for m, p, _ in routes)} ({walk.calls} calls)")
+    print(f"\n/sdapi/v1 routes walked: {' '.join(f'{m} {p}' for m, p, _ in routes + variants)} ({walk.calls} calls)")
     walk.assert_clean()
     assert outside_listing(world) == before and not world.missing.exists()
     assert root_listing() == root_before

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import numpy as np
 import pytest
@@ -138,3 +139,50 @@ def test_tile_options_are_read_and_checked(server):
                           json={"image": encode(picture(40, 40)), "upscaler_1": ESRGAN, "upscaling_resize": 4})
     assert tiled.status_code == 200 and decode(tiled.json()["image"]).size == (160, 160)
     assert requests.get(api(server, "options"), timeout=60).json()["ESRGAN_tile"] == 32
+
+
+def wait_for_job(server, job_id: str) -> dict:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        job = requests.get(f"{server.url}/api/v1/jobs/{job_id}", timeout=60).json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def test_an_extras_job_through_the_job_api_serves_its_images(server):
+    first, second = picture(24, 16), picture(12, 12).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    body = {"upscaler_1": ESRGAN, "upscaling_resize": 4,
+            "imageList": [{"data": encode(first), "name": "first"}, {"data": encode(second), "name": "second"}]}
+    answer = requests.post(f"{server.url}/api/v1/jobs", json={"kind": "extras", "request": body}, timeout=60)
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["kind"] == "extras" and answer.json()["state"] in ("queued", "running", "done")
+    job = wait_for_job(server, answer.json()["id"])
+    assert job["state"] == "done", job
+    assert len(job["images"]) == 2 and len(job["infotexts"]) == 2
+    served = [Image.open(io.BytesIO(requests.get(server.url + url, timeout=60).content)) for url in job["images"]]
+    assert [image.size for image in served] == [(96, 64), (48, 48)]
+    assert "Postprocess upscale by: 4" in read_infotext(served[0]) and ESRGAN in read_infotext(served[0])
+    lanczos = np.asarray(first.resize((96, 64), Image.Resampling.LANCZOS), dtype=float)
+    assert np.abs(np.asarray(served[0].convert("RGB"), dtype=float) - lanczos).mean() > 5  # the model ran
+    saved = sorted(path.name for path in (server.data_dir / "outputs" / "extras-images").iterdir())
+    assert any(name.endswith("-first.png") for name in saved) and any(name.endswith("-second.png") for name in saved)
+    # the history lists extras jobs, those of the A1111 route (which saves nothing) among them
+    assert requests.post(api(server, "extra-single-image"), timeout=300,
+                         json={"image": encode(second), "upscaler_1": "Lanczos"}).status_code == 200
+    listed = requests.get(f"{server.url}/api/v1/jobs", params={"kind": "extras"}, timeout=60)
+    assert listed.status_code == 200, listed.text
+    assert sorted(len(item["images"]) for item in listed.json()["jobs"])[::len(listed.json()["jobs"]) - 1] == [0, 2]
+    assert requests.get(server.url + job["images"][0][:-1] + "2", timeout=60).status_code == 404
+
+
+@pytest.mark.parametrize("request_body, reason", [
+    ({"upscaler_1": "Lanczos"}, "needs `image`"),
+    ({"upscaler_1": "no-such-upscaler", "image": "x"}, "no-such-upscaler"),
+    ({"upscaler_1": "Lanczos", "image": "***"}, "request.image"),
+])
+def test_a_bad_extras_job_is_refused_with_the_reason(server, request_body, reason):
+    answer = requests.post(f"{server.url}/api/v1/jobs", json={"kind": "extras", "request": request_body}, timeout=60)
+    assert answer.status_code in (413, 422), answer.text
+    assert reason in answer.json()["detail"]

@@ -3,7 +3,9 @@ server-sent events, cancel it, resume a stopped training run, download its image
 
 The A1111 routes wait for their job inside one request; this API returns at once with the job's id,
 so a client (or a bot) can queue work, go away and come back, or follow it live. Bodies are the ones
-clients already know: A1111's txt2img/img2img JSON, the training config of `python -m webui.train`.
+clients already know: A1111's txt2img/img2img JSON, A1111's extras body (`image`, or `imageList` as
+extra-batch-images takes it; the results are saved in the caller's outputs/extras-images like the Extras
+tab's, so they can be downloaded here), the training config of `python -m webui.train`.
 Everyone sees and stops only their own jobs (admins see all); a job of someone else answers 404, as a
 missing one does, so ids cannot be probed (the rule lives in `webui.jobs.queue_service`).
 """
@@ -23,8 +25,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from webui.generation.server_options import ServerOptions
 from webui.api.common import ReasonedValidationRoute, caller, translate_errors, validation_reason
-from webui.api.sdapi import STRICT_JSON, Img2ImgBody, Txt2ImgBody, img2img_request_from_body, txt2img_request_from_body
+from webui.api.sdapi_extras import ExtrasBatchBody
+from webui.api.sdapi import STRICT_JSON, decode_image, Img2ImgBody, Txt2ImgBody, img2img_request_from_body, txt2img_request_from_body
 from webui.context import AppContext
+from webui.generation.extras_jobs import EXTRAS
+from webui.generation.extras_outputs import extras_folder
 from webui.jobs.events import FINISHED
 from webui.jobs.job import Job
 from webui.security.identity import User
@@ -37,13 +42,13 @@ from webui.xyz.service import JOB_KIND as XYZ_KIND
 from webui.xyz.service import XyzOptions
 
 JOBS_PREFIX = "/api/v1/jobs"
-SUBMITTABLE_KINDS = ("txt2img", "img2img", XYZ_KIND, "train")
+SUBMITTABLE_KINDS = ("txt2img", "img2img", XYZ_KIND, EXTRAS, "train")
 KEEP_ALIVE_S = 15.0
 
 
 class JobBody(BaseModel):
-    """`kind` and its request: A1111's txt2img/img2img body, a training config, or for `xyz-plot` a txt2img
-    body plus `x`/`y`/`z` axes (`{"type": "CFG Scale", "values": "5, 7, 9"}`) and `options`."""
+    """`kind` and its request: A1111's txt2img/img2img body, A1111's extras body with `image` (or an
+    `imageList`), a training config, or for `xyz-plot` a txt2img body plus `x`/`y`/`z` axes (`{"type": "CFG Scale", "values": "5, 7, 9"}`) and `options`."""
 
     model_config = STRICT_JSON
 
@@ -57,6 +62,12 @@ class AxisBody(BaseModel):
 
     type: str
     values: str = ""
+
+
+class ExtrasJobBody(ExtrasBatchBody):
+    """extra-single-image's body (`image`) or extra-batch-images' (`imageList`), not both."""
+
+    image: str = ""
 
 
 class XyzBody(Txt2ImgBody):
@@ -88,6 +99,8 @@ def build_jobs_router(ctx: AppContext, options: ServerOptions) -> APIRouter:
             plot_options = XyzOptions(**plot.options)
             base = txt2img_request_from_body(plot, options.effective(plot.override_settings.option_changes()))
             return ctx.xyz.submit(base, *axes, plot_options, owner=owner, webhook_url=webhook)
+        if body.kind == EXTRAS:
+            return submit_extras(_parse(ExtrasJobBody, body.request), user, webhook)
         if body.kind == "train":
             config = TrainingConfig.from_dict(body.request)
             if not config.base_checkpoint:
@@ -95,6 +108,23 @@ def build_jobs_router(ctx: AppContext, options: ServerOptions) -> APIRouter:
             return start_training(ctx.training, config, user, webhook_url=webhook)
         raise HTTPException(422, f"kind {body.kind!r} cannot be submitted here; use one of "
                                  f"{', '.join(SUBMITTABLE_KINDS)}")
+
+    def submit_extras(extras: ExtrasJobBody, user: User, webhook: str | None) -> Job:
+        if ctx.extras is None:
+            raise HTTPException(503, "upscaling is not available on this server")
+        if bool(extras.image) == bool(extras.imageList):
+            raise HTTPException(422, "an extras request needs `image` (a base64 image) or `imageList` "
+                                     "(items {\"data\": base64, \"name\": ...}), not both")
+        if len(extras.imageList) > ctx.extras.max_images:
+            raise HTTPException(422, f"imageList holds {len(extras.imageList)} images; the limit is "
+                                     f"{ctx.extras.max_images}")
+        request = ctx.extras.validate(extras.extras_request())  # before decoding any image
+        sources = ([(extras.image, "request.image", "")] if extras.image else
+                   [(item.data, f"request.imageList[{index}]", item.name)
+                    for index, item in enumerate(extras.imageList)])
+        images = [decode_image(data, ctx.request_limits, field_name) for data, field_name, _ in sources]
+        return ctx.extras.submit(images, request, user, [name for _, _, name in sources],
+                                 save_folder=extras_folder(ctx.files, user), webhook_url=webhook)
 
     def describe(view: dict[str, Any]) -> dict[str, Any]:
         """A job view with URLs instead of file names."""

@@ -3,7 +3,9 @@ generation (a GPU is never used from an HTTP thread, and overlapping calls take 
 
 `ExtrasService.submit` checks everything first (upscaler names, sizes against the pixel limit, the image
 count) and queues one `extras` job for a list of images; the job's result is an `ExtrasResult` with the
-upscaled images and A1111's postprocessing infotext of each. Queued jobs keep their images as PNG files in
+upscaled images and A1111's postprocessing infotext of each. A job given a `save_folder` (the job API's,
+whose clients fetch the images later by URL) saves each result there as the Extras tab does, and its
+history record lists the files; without one (the A1111 routes, the tab) nothing is saved by the job. Queued jobs keep their images as PNG files in
 the job store's inputs folder (removed when the job's record is pruned), so they survive a restart.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 from PIL import Image
 
 from webui.generation.extras import ExtrasRequest, upscale_image
+from webui.generation.extras_outputs import save_extras_image
 from webui.generation.image_ops import check_pixel_count
 from webui.generation.requests import RequestError
 from webui.jobs.job import Job
@@ -42,6 +45,7 @@ class ExtrasJob:
     images: tuple[Image.Image, ...]
     request: ExtrasRequest
     names: tuple[str, ...] = ()
+    save_folder: str = ""        # where the job saves its results ("" = the caller saves them, if at all)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class ExtrasResult:
     images: tuple[Image.Image, ...]
     infotexts: tuple[str, ...]
     names: tuple[str, ...] = ()
+    saved_paths: tuple[Path, ...] = ()  # the files of a job with a save folder, in order
 
 
 @dataclass
@@ -66,9 +71,9 @@ class ExtrasService:
         return request.validate(self.upscalers)
 
     def submit(self, images: Sequence[Image.Image], request: ExtrasRequest, owner: User | None = None,
-               names: Sequence[str] = ()) -> Job:
+               names: Sequence[str] = (), save_folder: Path | None = None, webhook_url: str | None = None) -> Job:
         """Check, then queue; the job's result is an ExtrasResult. RequestError / ImageTooLargeError before
-        anything is queued."""
+        anything is queued. With `save_folder` the job saves its results there (see the module's text)."""
         if not images:
             raise RequestError("no image to upscale")
         if len(images) > self.max_images:
@@ -76,8 +81,8 @@ class ExtrasService:
         request = self.validate(request)
         for image in images:
             self._check_sizes(image, request)
-        job = ExtrasJob(tuple(images), request, tuple(names))
-        return self.scheduler.submit(JobSpec(EXTRAS, job, name_of(owner)))
+        job = ExtrasJob(tuple(images), request, tuple(names), str(save_folder) if save_folder is not None else "")
+        return self.scheduler.submit(JobSpec(EXTRAS, job, name_of(owner)), webhook_url)
 
     def _check_sizes(self, image: Image.Image, request: ExtrasRequest) -> None:
         """The pixel limit, judged on the sizes alone (so a refusal costs no upscaling)."""
@@ -89,7 +94,7 @@ class ExtrasService:
 
     def run_inline(self, job: ExtrasJob, device: Any = None, control: JobControl | None = None) -> ExtrasResult:
         """Upscale every image of the job on the calling thread (a worker's) with `device`."""
-        images, infotexts = [], []
+        images, infotexts, saved = [], [], []
         if control is not None:
             control.start(len(job.images), len(job.images))
         for index, image in enumerate(job.images):
@@ -102,11 +107,14 @@ class ExtrasService:
                                              device=device, control=control)
             except UpscaleInterrupted:
                 break
+            if job.save_folder:
+                label = job.names[index] if index < len(job.names) else ""
+                saved.append(save_extras_image(image, result, info, Path(job.save_folder), label)[1])
             images.append(result)
             infotexts.append(info)
             if control is not None:
                 control.report_step(index + 1, len(job.images))
-        return ExtrasResult(tuple(images), tuple(infotexts), job.names[:len(images)])
+        return ExtrasResult(tuple(images), tuple(infotexts), job.names[:len(images)], tuple(saved))
 
     # ---- jobs ----
     def job_kinds(self) -> list[JobKind]:
@@ -126,7 +134,7 @@ class ExtrasService:
             image.save(target / name, format="PNG")
             files.append(name)
         return {"folder": folder, "files": files, "names": list(job.names),
-                "request": dataclasses.asdict(job.request)}
+                "request": dataclasses.asdict(job.request), "save_folder": job.save_folder}
 
     def _decode(self, data: dict[str, Any]) -> ExtrasJob:
         folder = self.inputs_folder / str(data["folder"])
@@ -135,7 +143,8 @@ class ExtrasService:
             with Image.open(folder / name) as stored:
                 stored.load()
                 images.append(stored.copy())
-        return ExtrasJob(tuple(images), ExtrasRequest(**data["request"]), tuple(data.get("names", ())))
+        return ExtrasJob(tuple(images), ExtrasRequest(**data["request"]), tuple(data.get("names", ())),
+                         str(data.get("save_folder", "")))
 
     def _forget(self, data: dict[str, Any]) -> None:
         folder = self.inputs_folder / str(data.get("folder", ""))
@@ -159,4 +168,6 @@ def _cost(job: ExtrasJob) -> float:
 
 
 def _result_record(result: ExtrasResult) -> dict[str, Any]:
-    return {"images": len(result.images), "infotexts": list(result.infotexts)}
+    """The saved files (served by the job API; none when the caller saves), their infotexts, the count."""
+    return {"images": [str(path) for path in result.saved_paths], "infotexts": list(result.infotexts),
+            "image_count": len(result.images)}

@@ -20,10 +20,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from webui.generation.extras_jobs import ExtrasResult
 from webui.generation.infotext import read_infotext
 from webui.generation.outputs import save_numbered_image
 from webui.generation.requests import RequestError
@@ -32,12 +32,15 @@ from webui.security.identity import User
 from webui.security.paths import BATCH_INPUT, BATCH_OUTPUT, FileAccess, PathUse, is_within
 from webui.training.config import IMAGE_SUFFIXES
 
+if TYPE_CHECKING:  # extras_jobs saves through this module's `save_extras_image`
+    from webui.generation.extras_jobs import ExtrasResult
+
 EXTRAS_OUTPUT_FOLDER = "extras-images"  # A1111's outdir_extras_samples, inside the user's outputs folder
 
 # Queue a job upscaling these images (raises ValueError when it is refused, before anything is queued) ...
 Submit = Callable[[list[Image.Image], list[str]], Job]
 # ... and wait for it: its ExtrasResult (the images it finished, in order, with their postprocessing text).
-Wait = Callable[[Job], ExtrasResult]
+Wait = Callable[[Job], "ExtrasResult"]
 
 # A "Postprocess ...: value" pair already in a source's parameter line (an Extras result upscaled again):
 # replaced by the new run's pairs rather than repeated.
@@ -91,6 +94,15 @@ def extras_infotext(source: str | None, postprocess: str) -> str:
     return "\n".join([*head, f"{cleaned}, {postprocess}"])
 
 
+def save_extras_image(source: Image.Image, upscaled: Image.Image, postprocess: str, folder: Path,
+                      label: str = "") -> tuple[str, Path]:
+    """Save one Extras result the way A1111 keeps it (numbered, the source's infotext plus the
+    postprocessing one): the saved infotext and the file's path. The tab's runs and the job API's
+    extras jobs both save through here."""
+    text = extras_infotext(read_infotext(source), postprocess)
+    return text, save_numbered_image(upscaled, folder, text, label=label)
+
+
 def upscale_and_save(sources: Sequence[ExtrasSource], submit: Submit, wait: Wait, folder: Path, *,
                      images_per_job: int, keep_going: bool, images_kept: int | None = None) -> ExtrasRun:
     """Upscale every source through extras jobs, one job at a time, and save each result into `folder`
@@ -116,8 +128,7 @@ def upscale_and_save(sources: Sequence[ExtrasSource], submit: Submit, wait: Wait
         """Save what the job made; False when it stopped before the end."""
         result = wait(job)
         for (source, image), upscaled, postprocess in zip(group, result.images, result.infotexts):
-            text = extras_infotext(read_infotext(image), postprocess)
-            path = save_numbered_image(upscaled, folder, text, label=source.name)
+            text, path = save_extras_image(image, upscaled, postprocess, folder, source.name)
             kept = images_kept is None or len(run.outputs) < images_kept
             run.outputs.append(ExtrasOutput(upscaled if kept else None, text, path))
         return len(result.images) == len(group)

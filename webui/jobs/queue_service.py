@@ -98,5 +98,7 @@ class QueueService:
 
 
 def _result_list(record: JobRecord | None, key: str) -> list[Any]:
+    """The record's list under `key`; [] for anything else (an older extras record kept a count there)."""
     result = record.result if record is not None else None
-    return list(result.get(key) or []) if isinstance(result, dict) else []
+    value = result.get(key) if isinstance(result, dict) else None
+    return list(value) if isinstance(value, list) else []
