@@ -62,10 +62,18 @@ def extras(tmp_path):
     scheduler.shutdown(interrupt_running=True)
 
 
-def run(extras, sources, folder, keep_going: bool, images_kept: int | None = None):
+def run(extras, sources, folder, keep_going: bool, images_kept: int | None = None, submitted: list | None = None):
+    """upscale_and_save as the Extras tab calls it; `submitted` collects the names of each queued job."""
     request = extras.validate(ExtrasRequest(upscaling_resize=2, upscaler_1="Lanczos"))
-    return upscale_and_save(sources, lambda images, names: extras.submit(images, request, None, names),
-                            lambda job: job.result(60), folder, images_per_job=extras.max_images,
+
+    def submit(images, names):
+        job = extras.submit(images, request, None, names)
+        if submitted is not None:
+            submitted.append(list(names))
+        return job
+
+    return upscale_and_save(sources, submit, lambda job: job.result(60), folder,
+                            check=lambda image: extras.check_sizes(image, request), images_per_job=extras.max_images,
                             keep_going=keep_going, images_kept=images_kept)
 
 
@@ -90,10 +98,13 @@ def test_a_batch_skips_what_cannot_be_upscaled_and_a_single_image_is_refused(tmp
 
     small = [ExtrasSource.of(Image.new("RGB", (8, 8)), f"small{n}") for n in range(2)]
     large = ExtrasSource.of(Image.new("RGB", (40, 40)), "large")
-    outcome = run(extras, [large, small[0], ExtrasSource(damaged, "broken"), small[1]], tmp_path, keep_going=True)
+    submitted: list[list[str]] = []
+    outcome = run(extras, [large, small[0], ExtrasSource(damaged, "broken"), small[1]], tmp_path, keep_going=True,
+                  submitted=submitted)
     assert [output.path.name for output in outcome.outputs] == ["00000-small0.png", "00001-small1.png"]
     assert [note.split(":")[0] for note in outcome.skipped] == ["large", "broken"]
-    assert "pixels" in outcome.skipped[0]
+    assert "pixels" in outcome.skipped[0] and "80x80" in outcome.skipped[0]
+    assert submitted == [["small0"], ["small1"]]  # the large image was left out before queueing, never retried
     with pytest.raises(ValueError, match="pixels"):
         run(extras, [large], tmp_path, keep_going=False)
     with pytest.raises(ValueError, match="pixels"):

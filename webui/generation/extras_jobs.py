@@ -80,12 +80,14 @@ class ExtrasService:
             raise RequestError(f"{len(images)} images in one request; the limit is {self.max_images}")
         request = self.validate(request)
         for image in images:
-            self._check_sizes(image, request)
+            self.check_sizes(image, request)
         job = ExtrasJob(tuple(images), request, tuple(names), str(save_folder) if save_folder is not None else "")
         return self.scheduler.submit(JobSpec(EXTRAS, job, name_of(owner)), webhook_url)
 
-    def _check_sizes(self, image: Image.Image, request: ExtrasRequest) -> None:
-        """The pixel limit, judged on the sizes alone (so a refusal costs no upscaling)."""
+    def check_sizes(self, image: Image.Image, request: ExtrasRequest) -> None:
+        """The pixel limit, judged on the sizes alone (so a refusal costs no upscaling): ImageTooLargeError
+        when `image` upscaled by `request` would be over it. Public so a caller with many images (the Extras
+        tab's batches) can leave out the ones that would be refused before queueing the others."""
         if request.upscaler_1 == NONE_UPSCALER:
             return
         scale = request.scale_for(image.size)

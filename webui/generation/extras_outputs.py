@@ -37,7 +37,9 @@ if TYPE_CHECKING:  # extras_jobs saves through this module's `save_extras_image`
 
 EXTRAS_OUTPUT_FOLDER = "extras-images"  # A1111's outdir_extras_samples, inside the user's outputs folder
 
-# Queue a job upscaling these images (raises ValueError when it is refused, before anything is queued) ...
+# Refuse one image before it is queued (ValueError with the reason: over the pixel limit once upscaled) ...
+Check = Callable[[Image.Image], None]
+# ... queue a job upscaling these images (raises ValueError when it is refused, before anything is queued) ...
 Submit = Callable[[list[Image.Image], list[str]], Job]
 # ... and wait for it: its ExtrasResult (the images it finished, in order, with their postprocessing text).
 Wait = Callable[[Job], "ExtrasResult"]
@@ -104,14 +106,16 @@ def save_extras_image(source: Image.Image, upscaled: Image.Image, postprocess: s
 
 
 def upscale_and_save(sources: Sequence[ExtrasSource], submit: Submit, wait: Wait, folder: Path, *,
-                     images_per_job: int, keep_going: bool, images_kept: int | None = None) -> ExtrasRun:
+                     check: Check, images_per_job: int, keep_going: bool,
+                     images_kept: int | None = None) -> ExtrasRun:
     """Upscale every source through extras jobs, one job at a time, and save each result into `folder`
     with its combined infotext.
 
-    `keep_going` (batches): an image that cannot be opened is skipped with the reason, and when a job is
-    refused (an image would be over the pixel limit) its images are queued one by one so only the refused
-    ones are skipped; when nothing could be upscaled, the first reason is raised. For a single image
-    (`keep_going` False) any refusal raises. A job that stops early (interrupted from the Queue tab) ends
+    `check` refuses an image before it is queued (the service's size check): with `keep_going` (batches)
+    an image that cannot be opened or that `check` refuses is skipped with the reason and the others are
+    queued without it (a job is never refused for one of its images); a job refused as a whole skips its
+    images; when nothing could be upscaled, the first reason is raised. For a single image (`keep_going`
+    False) any refusal raises. A job that stops early (interrupted from the Queue tab) ends
     the run with what was saved so far. The first `images_kept` results (None: all) keep their image.
     """
     run = ExtrasRun()
@@ -138,26 +142,19 @@ def upscale_and_save(sources: Sequence[ExtrasSource], submit: Submit, wait: Wait
         group = []
         for source in sources[start:start + step]:
             try:
-                group.append((source, source.open()))
+                image = source.open()
+                check(image)
             except (ValueError, OSError) as error:
                 skip(source, error)
+                continue
+            group.append((source, image))
         if not group:
             continue
         try:
             job = submit([image for _, image in group], [source.name for source, _ in group])
         except ValueError as refused:
-            if len(group) == 1 or not keep_going:
-                skip(group[0][0], refused)
-                continue
-            for one in group:  # find the refused ones: queued one by one, each waited for
-                try:
-                    job = submit([one[1]], [one[0].name])
-                except ValueError as error:
-                    skip(one[0], error)
-                    continue
-                if not finish([one], job):
-                    run.interrupted = True
-                    return run
+            for source, _ in group:
+                skip(source, refused)
             continue
         if not finish(group, job):
             run.interrupted = True

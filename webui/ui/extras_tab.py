@@ -158,7 +158,8 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
                                                      first, second, second_visibility))
             sources, folder = sources_for(chosen, single, batch, input_folder, output_folder, user)
             result = upscale_and_save(sources, lambda images, names: service.submit(images, extras, user, names),
-                                      wait, folder, images_per_job=service.max_images, keep_going=chosen != "single",
+                                      wait, folder, check=lambda picture: service.check_sizes(picture, extras),
+                                      images_per_job=service.max_images, keep_going=chosen != "single",
                                       images_kept=ctx.limits.max_images)
         except gr.Error:
             raise
