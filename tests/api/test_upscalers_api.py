@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import re
 import time
 
 import numpy as np
@@ -186,3 +188,21 @@ def test_a_bad_extras_job_is_refused_with_the_reason(server, request_body, reaso
     answer = requests.post(f"{server.url}/api/v1/jobs", json={"kind": "extras", "request": request_body}, timeout=60)
     assert answer.status_code in (413, 422), answer.text
     assert reason in answer.json()["detail"]
+
+
+def test_the_upscaler_refresh_buttons_refresh_the_img2img_upscaler_setting_too(server):
+    """A model dropped in after the page loaded is offered by Settings' "Upscaler for img2img" once either 🔄
+    (the Extras one, the checkpoint one) rescanned, as it is by the hires and Extras lists."""
+    for button, name in (("from_extras_refresh", "2x-dropped-extras"), ("from_checkpoint_refresh", "2x-dropped-ckpt")):
+        files.write_realesrgan(server.data_dir / "models" / "RealESRGAN" / f"{name}.pth", scale=2)
+        started = requests.post(f"{server.url}/gradio_api/call/{button}", json={"data": ["Latent", "None", "None"]},
+                                timeout=60)
+        assert started.status_code == 200, started.text
+        stream = requests.get(f"{server.url}/gradio_api/call/{button}/{started.json()['event_id']}", timeout=300).text
+        event, data = re.findall(r"event: (\w+)\ndata: (.*)", stream)[-1]
+        assert event == "complete", stream
+        hires, first, second, setting = json.loads(data)
+        assert [name in [choice[0] for choice in update["choices"]] for update in (hires, first, second, setting)] \
+            == [True] * 4
+        assert [choice[0] for choice in setting["choices"]] == [choice[0] for choice in first["choices"]]
+        assert "value" not in setting  # the stored setting is shown as it is, never changed by a refresh

@@ -99,7 +99,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions") as extensions_tab:
                 build_extensions_tab(ctx.extension_service, extensions_tab)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                build_settings_tab(ctx, blocks)
+                img2img_upscaler_setting = build_settings_tab(ctx, blocks)
             build_extension_tabs(ctx)  # after the app's own tabs
 
         def unusable_note() -> str:
@@ -147,7 +147,7 @@ def build_ui(ctx: AppContext, accounts: AccountService) -> gr.Blocks:
         wire_send_buttons(tabs, txt2img, img2img, pnginfo_raw, send_to_txt2img, queue)
         wire_send_to_extras(tabs, (txt2img, img2img), extras)
         wire_upscaler_lists(ctx, blocks, txt2img.fields["hr_upscaler"], extras.upscaler_1, extras.upscaler_2,
-                            refresh, extras.refresh)
+                            img2img_upscaler_setting, refresh, extras.refresh)
         wire_family_controls(ctx, checkpoint, (txt2img, img2img))
 
         def compare_epochs(request: gr.Request):

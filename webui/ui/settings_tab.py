@@ -25,6 +25,7 @@ from webui.generation.server_options import OPTION_LABELS, check_options
 from webui.ui.access import caller_of, require_admin
 from webui.ui.checkpoint_settings_ui import build_checkpoint_settings
 from webui.ui.typed_controls import control_for, typed_value
+from webui.ui.upscaler_lists import extras_choices
 
 READ_ONLY_NOTE = "Only an admin can change settings; these are the current values."
 
@@ -34,11 +35,9 @@ def setting_elem_id(extension: str, key: str) -> str:
     return "setting_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in f"{extension}_{key}")
 
 
-def _upscaler_names(ctx: AppContext) -> list[str]:
-    return ctx.upscalers.names() if ctx.upscalers is not None else ["None"]
-
-
-def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
+def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> gr.Dropdown:
+    """Build the tab; returns the "Upscaler for img2img" dropdown, whose choices the upscaler 🔄 buttons
+    refresh with the other upscaler lists (`webui.ui.upscaler_lists`)."""
     note = gr.Markdown(elem_id="settings_access")
     app_values = ctx.options.values()
     with gr.Group(elem_id="settings_app"):
@@ -58,7 +57,7 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
                                              step=1, value=app_values["ESRGAN_tile_overlap"],
                                              elem_id="setting_ESRGAN_tile_overlap"),
             "upscaler_for_img2img": gr.Dropdown(label=OPTION_LABELS["upscaler_for_img2img"],
-                                                choices=_upscaler_names(ctx), value=app_values["upscaler_for_img2img"],
+                                                choices=extras_choices(ctx), value=app_values["upscaler_for_img2img"],
                                                 elem_id="setting_upscaler_for_img2img", allow_custom_value=True),
         }
     build_checkpoint_settings(ctx, blocks)
@@ -107,7 +106,7 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
     def current_values(request: gr.Request) -> list:
         admin = caller_of(request).is_admin
         app_now = ctx.options.values()
-        choices = {"sd_vae": ctx.models.vae_names, "upscaler_for_img2img": lambda: _upscaler_names(ctx)}
+        choices = {"sd_vae": ctx.models.vae_names, "upscaler_for_img2img": lambda: extras_choices(ctx)}
         updates = [gr.update(value=app_now[key], interactive=admin,
                              **({"choices": choices[key]()} if key in choices else {}))
                    for key in app_keys]
@@ -117,3 +116,4 @@ def build_settings_tab(ctx: AppContext, blocks: gr.Blocks) -> None:
 
     apply.click(apply_settings, inputs=controls, outputs=result)
     blocks.load(current_values, outputs=[*controls, apply, note])
+    return app_controls["upscaler_for_img2img"]

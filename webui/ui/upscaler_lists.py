@@ -1,10 +1,12 @@
-"""Every upscaler dropdown (txt2img's Hires upscaler, the Extras tab's Upscaler 1 and 2) kept in step with
-the upscaler folders.
+"""Every upscaler dropdown (txt2img's Hires upscaler, the Extras tab's Upscaler 1 and 2, the Settings tab's
+"Upscaler for img2img") kept in step with the upscaler folders.
 
 The lists come from the upscaler service (`AppContext.upscalers`). Listing a model file means reading it
 once, so the dropdowns are built with the built-in names and filled when a page loads, not while the
 server starts. Both 🔄 buttons (the checkpoint one and the Extras one) re-scan the folders for an admin
-and refresh all three dropdowns in one handler, so no list is read before the rescan finished.
+and refresh all four dropdowns in one handler, so no list is read before the rescan finished. The Settings
+tab fills its own dropdown's value on page load (the stored setting); here only its choices change, so a
+refresh never shows a value that was not applied.
 """
 
 from __future__ import annotations
@@ -51,14 +53,19 @@ def pasted_hires_upscaler(upscalers: UpscalerNames | None):
 
 
 def wire_upscaler_lists(ctx: AppContext, blocks: gr.Blocks, hires: gr.Dropdown, upscaler_1: gr.Dropdown,
-                        upscaler_2: gr.Dropdown, checkpoint_refresh: gr.Button, extras_refresh: gr.Button) -> None:
-    """Fill the dropdowns on page load; each 🔄 re-scans (admins) and refreshes all three."""
+                        upscaler_2: gr.Dropdown, img2img_setting: gr.Dropdown, checkpoint_refresh: gr.Button,
+                        extras_refresh: gr.Button) -> None:
+    """Fill the dropdowns on page load; each 🔄 re-scans (admins) and refreshes all four."""
     outputs = [hires, upscaler_1, upscaler_2]
+    refreshed = [*outputs, img2img_setting]
 
     def lists(hires_value: str | None, first: str | None, second: str | None) -> list[Any]:
         extras = extras_choices(ctx)
         return [kept(hires_value, hires_choices(ctx), DEFAULT_HIRES_UPSCALER),
                 kept(first, extras, NONE_UPSCALER), kept(second, extras, NONE_UPSCALER)]
+
+    def all_lists(*values: str | None) -> list[Any]:
+        return [*lists(*values), gr.update(choices=extras_choices(ctx))]
 
     def rescan(request: gr.Request, warn: bool) -> None:
         if caller_of(request).is_admin:
@@ -69,12 +76,12 @@ def wire_upscaler_lists(ctx: AppContext, blocks: gr.Blocks, hires: gr.Dropdown, 
 
     def from_checkpoint_refresh(request: gr.Request, *values: str | None) -> list[Any]:
         rescan(request, warn=False)
-        return lists(*values)
+        return all_lists(*values)
 
     def from_extras_refresh(request: gr.Request, *values: str | None) -> list[Any]:
         rescan(request, warn=True)
-        return lists(*values)
+        return all_lists(*values)
 
     blocks.load(lists, inputs=outputs, outputs=outputs)
-    checkpoint_refresh.click(from_checkpoint_refresh, inputs=outputs, outputs=outputs)
-    extras_refresh.click(from_extras_refresh, inputs=outputs, outputs=outputs)
+    checkpoint_refresh.click(from_checkpoint_refresh, inputs=outputs, outputs=refreshed)
+    extras_refresh.click(from_extras_refresh, inputs=outputs, outputs=refreshed)
