@@ -3,6 +3,9 @@
 SD1: a ControlNet of the embedded default model's UNet (its config.json), as lllyasviel's
 `control_v11p_sd15_*` files lay it out (`control_model.input_blocks.*`, `zero_convs.*`,
 `input_hint_block.{0,2,...,14}`, `middle_block_out.0`), as `.safetensors` or a weights-only `.pth`.
+SD2: the same small UNet made SD2.x-shaped (1024-wide cross-attention from OpenCLIP ViT-H, linear
+projections in the transformers, heads per block), as the lllyasviel-layout SD2.1 ControlNets
+(`control_v11p_sd21_*`, thibaud's) and diffusers' SD2.1 folders lay it out.
 SDXL: a ControlNet of the tiny SDXL test UNet (tests/support/sdxl_files.py) as a diffusers folder
 (`config.json` + `diffusion_pytorch_model.safetensors`) or an ldm file with `label_emb`.
 The ldm names are written by the project's own tested UNet LDM namer plus the ControlNet-only renames
@@ -24,6 +27,13 @@ DEFAULT_UNET_CONFIG = Path(__file__).resolve().parents[2] / "models" / "default"
 
 def sd1_unet_config() -> dict:
     return {k: v for k, v in json.loads(DEFAULT_UNET_CONFIG.read_text()).items() if not k.startswith("_")}
+
+
+def sd2_unet_config() -> dict:
+    """The default model's small UNet with SD2.x's text conditioning: 1024-wide, linear projections, and heads
+    per block (SD2's `attention_head_dim` list)."""
+    return {**sd1_unet_config(), "cross_attention_dim": 1024, "use_linear_projection": True,
+            "attention_head_dim": [3, 6, 9]}
 
 
 def sdxl_unet_config() -> dict:

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from tests.support.controlnet_files import (
     sd1_unet_config,
+    sd2_unet_config,
     sdxl_unet_config,
     tiny_controlnet,
     write_diffusers_folder,
@@ -71,6 +72,49 @@ def test_another_family_is_refused_naming_both(tmp_path, sd1_controlnet, sdxl_co
         store.load("control_v11p_sd15_canny", "sdxl", sdxl_unet_config(), "sd_xl_base_1.0", CPU, torch.float32)
     assert "control_v11p_sd15_canny" in str(refused.value) and "sd_xl_base_1.0" in str(refused.value)
     assert "SD1.x" in str(refused.value) and "SDXL" in str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def sd2_controlnet():
+    return tiny_controlnet(sd2_unet_config(), seed=3)
+
+
+def test_sd2_ldm_file_and_diffusers_folder_are_sd2_and_load_on_an_sd2_checkpoint(tmp_path, sd2_controlnet):
+    write_ldm(tmp_path / "control_v11p_sd21_canny.safetensors", sd2_controlnet)
+    write_ldm(tmp_path / "controlnet_sd21_depth.pth", sd2_controlnet, prefix="")
+    write_diffusers_folder(tmp_path / "controlnet-sd21-canny-diffusers", sd2_controlnet)
+    store = ControlNetStore(tmp_path)
+    found = {f.name: f for _, f in store.usable()}
+    assert sorted(found) == ["control_v11p_sd21_canny", "controlnet-sd21-canny-diffusers", "controlnet_sd21_depth"]
+    assert {(f.family, f.context_width) for f in found.values()} == {("sd2", 1024)}
+    assert [f.layout for _, f in sorted(found.items())] == ["ldm", "diffusers", "ldm"]
+    assert len(store.usable("sd2")) == 3 and store.usable("sd1") == [] and store.usable("sdxl") == []
+    for name in found:
+        module = store.load(name, "sd2", sd2_unet_config(), "v2-1_768-ema-pruned", CPU, torch.float32)
+        _same_weights(module, sd2_controlnet)
+        assert module.config.cross_attention_dim == 1024 and module.config.use_linear_projection
+
+
+@pytest.mark.parametrize("layout", ["ldm", "diffusers"])
+def test_an_sd2_controlnet_is_refused_on_an_sd1_checkpoint_and_an_sd1_one_on_sd2(tmp_path, sd1_controlnet,
+                                                                                 sd2_controlnet, layout):
+    if layout == "ldm":
+        write_ldm(tmp_path / "control_v11p_sd21_canny.safetensors", sd2_controlnet)
+        write_ldm(tmp_path / "control_v11p_sd15_canny.safetensors", sd1_controlnet)
+    else:
+        write_diffusers_folder(tmp_path / "control_v11p_sd21_canny", sd2_controlnet)
+        write_diffusers_folder(tmp_path / "control_v11p_sd15_canny", sd1_controlnet)
+    store = ControlNetStore(tmp_path)
+    with pytest.raises(ControlNetFileError) as refused:
+        store.load("control_v11p_sd21_canny", "sd1", sd1_unet_config(), "v1-5-pruned-emaonly", CPU, torch.float32)
+    message = str(refused.value)
+    assert "control_v11p_sd21_canny" in message and "v1-5-pruned-emaonly" in message
+    assert "SD2.x" in message and "SD1.x" in message
+    with pytest.raises(ControlNetFileError) as refused:
+        store.load("control_v11p_sd15_canny", "sd2", sd2_unet_config(), "v2-1_768-ema-pruned", CPU, torch.float32)
+    message = str(refused.value)
+    assert "control_v11p_sd15_canny" in message and "v2-1_768-ema-pruned" in message
+    assert "SD2.x" in message and "SD1.x" in message
 
 
 def test_control_lora_and_non_controlnets_are_listed_with_the_reason(tmp_path):
