@@ -142,7 +142,8 @@ def build_context(settings: Settings) -> AppContext:
     scheduler.recover_stored_jobs()  # every kind is known now: queued jobs of the last run go back in line
     for index, manager in enumerate(managers):
         scheduler.add_worker(Worker(f"{manager.device}#{index}", manager.device, manager,
-                                    current_model_key=lambda manager=manager: _loaded_path(manager)))
+                                    current_model_key=lambda manager=manager: _loaded_path(manager),
+                                    current_control_keys=manager.held_control_keys))
     return AppContext(settings=settings, catalog=catalog, manager=managers[0], scheduler=scheduler, styles=styles,
                       loras=loras, files=files, network=network, request_limits=request_limits, models=models,
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,

@@ -208,3 +208,18 @@ def test_a_units_controlnet_is_part_of_the_model_state_built_once_and_reused(ctx
     assert ctx.manager.held_state_key == with_unit and ctx.controlnets.builds == before + 1
     generate(ctx)
     assert ctx.manager.held_state_key == without_unit
+
+
+def test_a_job_names_its_controlnet_files_and_the_worker_that_built_them_holds_them(ctx, control_image):
+    """What the scheduler's ControlNet affinity compares: the files a queued job's units use (units that act
+    only) and the files built on each worker's device."""
+    path = str(ctx.controlnets.find("control_v11p_sd15_canny").path)
+    scripts = ExtensionScripts(ctx.extensions)
+    job = ctx.generation.submit_txt2img(scripts.with_alwayson(Txt2ImgRequest(**SMALL), {"controlnet": [unit(control_image)]}))
+    assert job.control_keys == {path}
+    job.result(timeout=300)
+    assert path in ctx.scheduler.workers[0].current_control_keys()
+    idle_unit = ctx.generation.submit_txt2img(
+        scripts.with_alwayson(Txt2ImgRequest(**SMALL), {"controlnet": [unit(control_image, weight=0.0)]}))
+    assert idle_unit.control_keys == frozenset()
+    idle_unit.result(timeout=300)

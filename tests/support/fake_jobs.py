@@ -23,7 +23,7 @@ WAIT = 10.0  # seconds a handler waits for the test before it gives up (only rea
 @dataclass(frozen=True)
 class Paint:
     """A request: `hold` waits for `studio.release(label)` (or an interrupt); `meet` waits until job `meet` has started too;
-    `fail` raises; `units` is the cost; `model` the checkpoint it wants; `nest` submits a job from inside
+    `fail` raises; `units` is the cost; `model` the checkpoint it wants, `controls` its control models; `nest` submits a job from inside
     the handler (through `studio.scheduler`), which the scheduler must refuse."""
 
     label: str
@@ -34,6 +34,7 @@ class Paint:
     fail: bool = False
     steps: int = 4
     nest: bool = False
+    controls: tuple[str, ...] = ()
 
 
 class Studio:
@@ -86,8 +87,8 @@ class Studio:
 
     def kind(self) -> JobKind:
         return JobKind(
-            name="paint", run=self.run, encode=dataclasses.asdict, decode=lambda data: Paint(**data),
-            model_key=lambda request: request.model, summary=lambda request: f"paint {request.label}",
+            name="paint", run=self.run, encode=dataclasses.asdict, decode=lambda data: Paint(**{**data, "controls": tuple(data.get("controls", ()))}),
+            model_key=lambda request: request.model, control_keys=lambda request: request.controls, summary=lambda request: f"paint {request.label}",
             cost=lambda request: request.units, result_record=lambda result: {"text": result},
             forget=self.forgotten.append,
         )
@@ -97,6 +98,8 @@ class Studio:
 
 
 def paint(label: str, owner: str | None = None, **options: Any) -> JobSpec:
+    if isinstance(options.get("controls"), list):  # a request is frozen: its controls are a tuple
+        options["controls"] = tuple(options["controls"])
     return JobSpec("paint", Paint(label, **options), owner)
 
 

@@ -158,3 +158,23 @@ def test_unknown_name_lists_the_models_and_built_modules_are_cached_bounded(tmp_
     store.load("c", "sd1", sd1_unet_config(), "toy", CPU, torch.float32)
     assert store.cached_count() == 2
     assert store.load("a", "sd1", sd1_unet_config(), "toy", CPU, torch.float32) is not first
+
+
+def test_a_worker_tells_the_scheduler_which_controlnets_it_holds(tmp_path, sd1_controlnet):
+    """The ModelManager side of the scheduler's ControlNet affinity: names become files, and the files whose
+    modules are built on the manager's device are what its worker holds."""
+    from webui.models.catalog import CheckpointCatalog
+    from webui.models.hashing import HashCache
+    from webui.models.manager import ModelManager
+
+    folder = tmp_path / "ControlNet"
+    first, second = write_ldm(folder / "a.safetensors", sd1_controlnet), write_ldm(folder / "b.safetensors", sd1_controlnet)
+    store = ControlNetStore(folder)
+    (tmp_path / "checkpoints").mkdir()
+    manager = ModelManager(CheckpointCatalog(tmp_path / "checkpoints", HashCache(tmp_path / "hashes.json")), CPU,
+                           torch.float32, controlnets=store)
+    assert manager.control_keys(["a", "b [0badc0de]", "not-there"]) == (str(first), str(second))
+    assert manager.held_control_keys() == frozenset()
+    store.load("b", "sd1", sd1_unet_config(), "toy", CPU, torch.float32)
+    assert manager.held_control_keys() == {str(second)}
+    assert store.built_paths(torch.device("meta")) == frozenset()  # built for another device: not held there

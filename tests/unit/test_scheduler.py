@@ -11,7 +11,11 @@ import threading
 import pytest
 
 from tests.support.fake_jobs import WAIT, FakeClock, Studio, paint
+from webui.jobs.events import EventLog
 from webui.jobs.errors import JobCancelled, QueueFullError, SchedulerClosed, UnknownJob, UnknownJobKind
+from webui.jobs.job import Job
+from webui.jobs.lineup import Lineup
+from webui.jobs.progress import JobControl
 from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobSpec
 from webui.jobs.store import INTERRUPTED_BY_RESTART, JobStore
@@ -28,14 +32,17 @@ def make(tmp_path, studio):
     """Build schedulers on `tmp_path/jobs.sqlite3` (or another file) and shut them all down afterwards."""
     built: list[Scheduler] = []
 
-    def build(workers: int = 1, path=None, clock=None, holds: tuple[str | None, ...] = (), **options) -> Scheduler:
+    def build(workers: int = 1, path=None, clock=None, holds: tuple[str | None, ...] = (),
+              controls: tuple[frozenset[str], ...] = (), **options) -> Scheduler:
         store = JobStore(path or tmp_path / "jobs.sqlite3", clock=clock or FakeClock(),
                          keep_finished=options.pop("keep_finished", 1000))
         scheduler = Scheduler(studio.kinds(), store, clock=clock or FakeClock(), **options)
         built.append(scheduler)
         for number in range(workers):
             model = holds[number] if number < len(holds) else None
-            scheduler.add_worker(Worker(f"w{number}", "cpu", f"manager{number}", lambda model=model: model))
+            built_controls = controls[number] if number < len(controls) else frozenset()
+            scheduler.add_worker(Worker(f"w{number}", "cpu", f"manager{number}", lambda model=model: model,
+                                        lambda built=built_controls: built))
         return scheduler
 
     yield build
@@ -259,7 +266,7 @@ def test_retention_prunes_old_records_and_lets_the_kind_forget_them(make, studio
     assert len(jobs) == 3
     assert [record.summary for record in scheduler.history()] == ["paint three", "paint two"]
     assert studio.forgotten == [{"label": "one", "units": 1.0, "model": None, "hold": False, "meet": None,
-                                 "fail": False, "steps": 4, "nest": False}]
+                                 "fail": False, "steps": 4, "nest": False, "controls": []}]
 
 
 def test_two_workers_run_two_jobs_at_the_same_time(make, studio):
@@ -282,6 +289,47 @@ def test_the_free_worker_holding_the_wanted_model_gets_the_job(make, studio):
         job = scheduler.submit(paint(f"job{round_}", model=model))
         job.result(WAIT)
         assert job.worker_name == {"model-a": "w1", "model-b": "w0"}[model], f"round {round_}"
+
+
+def test_among_workers_holding_the_checkpoint_the_one_holding_the_jobs_controlnets_gets_it(make, studio):
+    # w0 and w1 hold model-a with different ControlNets built; w2 holds model-b with both of them.
+    scheduler = make(workers=3, holds=("model-a", "model-a", "model-b"),
+                     controls=(frozenset({"canny"}), frozenset({"depth", "openpose"}), frozenset({"canny", "depth"})))
+    expected = [(("model-a", ("canny",)), "w0"), (("model-a", ("depth",)), "w1"),
+                (("model-a", ("openpose", "canny")), None),  # one each: w0 or w1 (holding model-a), never w2
+                (("model-a", ("depth", "openpose")), "w1"), (("model-b", ("canny",)), "w2"),
+                (("model-b", ()), "w2"), ((None, ("depth", "canny")), "w2")]
+    for round_ in range(2):
+        for number, ((model, controls), worker) in enumerate(expected):
+            assert scheduler.wait_until_idle(WAIT)
+            job = scheduler.submit(paint(f"job{round_}-{number}", model=model, controls=list(controls)))
+            job.result(WAIT)
+            if worker is None:
+                assert job.worker_name in ("w0", "w1"), (model, controls)
+            else:
+                assert job.worker_name == worker, (model, controls)
+
+
+def test_the_lineup_picks_by_checkpoint_first_then_by_the_control_models_held(studio):
+    line = Lineup(None, None, 10)
+    kind = studio.kind()
+
+    def job(label: str, model: str | None, *controls: str) -> Job:
+        return Job(label, paint(label, model=model, controls=list(controls)), kind, JobControl(), EventLog(), 0.0, 1.0)
+
+    def worker(name: str, model: str | None, *controls: str) -> Worker:
+        return Worker(name, "cpu", None, lambda: model, lambda: frozenset(controls))
+
+    plain, canny = worker("plain", "model-a"), worker("canny", "model-a", "canny.safetensors")
+    elsewhere = worker("elsewhere", "model-b", "canny.safetensors", "depth.safetensors")
+    line.waiting = [job("wants-canny", "model-a", "canny.safetensors"), job("plain-job", "model-a")]
+    idle = [plain, canny, elsewhere]
+    assert line.pick(plain, idle).job_id == "plain-job"  # the ControlNet job waits for the worker holding it
+    assert line.pick(canny, idle).job_id == "wants-canny"
+    assert line.pick(elsewhere, idle) is None  # both jobs have a worker holding their checkpoint
+    assert line.pick(plain, [plain, elsewhere]).job_id == "wants-canny"  # the worker with it is busy
+    line.waiting = [job("any-checkpoint", None, "depth.safetensors")]
+    assert line.pick(canny, idle) is None and line.pick(elsewhere, idle).job_id == "any-checkpoint"
 
 
 def test_with_one_worker_busy_the_free_one_takes_the_next_job_whatever_it_holds(make, studio):

@@ -310,6 +310,7 @@ class GenerationService:
     def job_kinds(self) -> list[JobKind]:
         generation = {"run": self._run_generation, "encode": self._encode, "decode": self._decode,
                       "model_key": lambda request: self.models.model_key(request.checkpoint),
+                      "control_keys": self.control_keys,
                       "summary": describe_request, "cost": generation_cost, "result_record": result_record,
                       "forget": self._forget}
         return [
@@ -317,9 +318,18 @@ class GenerationService:
             JobKind(IMG2IMG, **generation),
             JobKind(IMG2IMG_BATCH, run=self._run_batch, encode=self._encode_batch, decode=self._decode_batch,
                     model_key=lambda job: self.models.model_key(job.template.checkpoint),
+                    control_keys=lambda job: self.control_keys(job.template),
                     summary=lambda job: f"batch {job.input_folder}: {describe_request(job.template)}",
                     result_record=result_record),
         ]
+
+    def control_keys(self, request: Txt2ImgRequest) -> tuple[str, ...]:
+        """The ControlNet files the request's units use, as the extensions' hooks name them now: the worker
+        that has them built gets the job (a hint only; the job's checkout builds whatever it needs)."""
+        try:
+            return self.models.control_keys(self.hooks.control_models(request, []))
+        except Exception:  # a hint must never refuse a job: the job reports the problem when it runs
+            return ()
 
     def _run_generation(self, worker: Worker, request: Txt2ImgRequest, control: JobControl) -> GenerationResult:
         return self.generate_inline(worker.resources, request, control)

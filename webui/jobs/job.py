@@ -37,6 +37,7 @@ class Job:
         self.created_at = created_at
         self.cost = cost
         self.model_key = kind.model_key(spec.request)  # asked once: the scheduler compares it on every pick
+        self.control_keys = frozenset(kind.control_keys(spec.request))  # likewise
         self.state = QUEUED
         self.started_at: float | None = None
         self.finished_at: float | None = None

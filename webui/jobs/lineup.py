@@ -1,8 +1,8 @@
 """The order of live jobs: who waits, who runs, and which waiting job a free worker takes.
 
 Kept apart from the scheduler's threads, store and events so that the rules of the queue (FIFO, the
-bounds, positions, model affinity, ETA) read in one place. It is plain data and not thread-safe: the
-scheduler calls it only while holding its lock.
+bounds, positions, model affinity: checkpoint, then control models; ETA) read in one place. It is plain
+data and not thread-safe: the scheduler calls it only while holding its lock.
 """
 
 from __future__ import annotations
@@ -41,14 +41,18 @@ class Lineup:
             raise QueueFullError(f"the server's queue is full ({len(jobs)} jobs); try again later", per_owner=False)
 
     def pick(self, worker: Worker, idle: list[Worker]) -> Job | None:
-        """The job `worker` should take: the first waiting one, unless another idle worker already holds
-        that job's model (that worker takes it; this one looks further down the line)."""
+        """The job `worker` should take: the first waiting one, unless another idle worker is better placed
+        for it (that worker takes it; this one looks further down the line). Better placed: it holds the
+        job's checkpoint and this one does not, or, both holding it (or neither), it holds more of the job's
+        control models (ControlNets built for its device), which would otherwise be built again here."""
         if not self.waiting:
             return None
-        mine = worker.current_model_key()
-        held_by_others = {other.current_model_key() for other in idle if other is not worker}
+        holdings = [(other.current_model_key(), other.current_control_keys())
+                    for other in idle if other is not worker]
+        mine = (worker.current_model_key(), worker.current_control_keys())
         for job in self.waiting:
-            if job.model_key is None or job.model_key == mine or job.model_key not in held_by_others:
+            own = _fit(job, *mine)
+            if all(_fit(job, *held) <= own for held in holdings):
                 return job
         return None
 
@@ -103,6 +107,12 @@ class Lineup:
             return None
         free = max(0, workers - len(self.running))
         return finish_time([v for v in busy if v is not None], free, [v for v in ahead if v is not None], own)
+
+
+def _fit(job: Job, model_key: str | None, control_keys: frozenset[str]) -> tuple[bool, int]:
+    """How much of what `job` wants a worker holding these models has already: its checkpoint first, then
+    the number of its control models (a job that names no checkpoint fits every worker alike on that)."""
+    return (job.model_key is not None and job.model_key == model_key, len(job.control_keys & control_keys))
 
 
 def _duration(job: Job, speeds: SpeedBook) -> float | None:

@@ -44,6 +44,10 @@ def _no_model(request: Any) -> str | None:
     return None
 
 
+def _no_controls(request: Any) -> tuple[str, ...]:
+    return ()
+
+
 def _unit_cost(request: Any) -> float:
     return 1.0
 
@@ -65,7 +69,8 @@ class JobKind:
     `encode`/`decode` turn a request into a JSON-able dict and back (images inside a request are the
     kind's business, e.g. PNG files it writes next to the store; `forget` removes them when the record is
     pruned). `model_key` names the checkpoint the job wants, so the worker already holding it gets the
-    job. `summary` is the one-line text of the Queue tab. `cost` is the job's work in units that scale
+    job; `control_keys` name the control models (ControlNet files) it wants, so among the workers holding
+    its checkpoint (or when none does) the one that holds the most of them gets it. `summary` is the one-line text of the Queue tab. `cost` is the job's work in units that scale
     with its run time (steps x pixels x images), so one measured job of a kind gives the ETA of others.
     `result_record` turns a result into JSON for the history (file names, infotexts).
     """
@@ -75,6 +80,7 @@ class JobKind:
     encode: Callable[[Any], dict[str, Any]]
     decode: Callable[[dict[str, Any]], Any]
     model_key: Callable[[Any], str | None] = _no_model
+    control_keys: Callable[[Any], tuple[str, ...]] = _no_controls
     summary: Callable[[Any], str] = repr
     cost: Callable[[Any], float] = _unit_cost
     result_record: Callable[[Any], Any] = _no_result_record

@@ -30,17 +30,24 @@ def _holds_nothing() -> str | None:
     return None
 
 
+def _holds_no_controls() -> frozenset[str]:
+    return frozenset()
+
+
 class Worker:
     """Runs jobs on `device` with `resources` (e.g. a ModelManager). `current_model_key` says which
-    checkpoint the resources hold now, so the scheduler can hand a job to the worker that already has
-    its model; it is called from other threads and must be quick and must not block."""
+    checkpoint the resources hold now and `current_control_keys` which control models (ControlNet files)
+    are built for them, so the scheduler can hand a job to the worker that already has its models; both
+    are called from other threads and must be quick and must not block."""
 
     def __init__(self, name: str, device: Any, resources: Any,
-                 current_model_key: Callable[[], str | None] = _holds_nothing):
+                 current_model_key: Callable[[], str | None] = _holds_nothing,
+                 current_control_keys: Callable[[], frozenset[str]] = _holds_no_controls):
         self.name = name
         self.device = device
         self.resources = resources
         self._current_model_key = current_model_key
+        self._current_control_keys = current_control_keys
         self._thread: threading.Thread | None = None
         self._in_handler = False
 
@@ -54,6 +61,14 @@ class Worker:
         except Exception:
             log.exception("worker %s could not tell its current model", self.name)
             return None
+
+    def current_control_keys(self) -> frozenset[str]:
+        """The control models held; empty when unknown (a failing callable only costs the affinity)."""
+        try:
+            return frozenset(self._current_control_keys())
+        except Exception:
+            log.exception("worker %s could not tell its control models", self.name)
+            return frozenset()
 
     def start(self, source: JobSource) -> None:
         """Start the thread that takes jobs from `source` until it answers None."""

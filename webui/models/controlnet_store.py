@@ -151,6 +151,12 @@ class ControlNetStore:
                 self._modules.popitem(last=False)
         return module
 
+    def built_paths(self, device: torch.device) -> frozenset[str]:
+        """The files (paths) whose modules are kept built on `device`: what a worker there holds, for the
+        scheduler's affinity. Quick (only the store's short lock)."""
+        with self._lock:
+            return frozenset(key[0] for key in self._modules if key[-1] == str(device))
+
     def cached_count(self) -> int:
         with self._lock:
             return len(self._modules)

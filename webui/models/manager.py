@@ -285,6 +285,24 @@ class ModelManager:
             embeddings = self._embedding_catalog.embeddings
         return build_state(record, self.catalog.hashes, loras, vae_path, embeddings, self._control_files(controls))
 
+    def control_keys(self, names: Sequence[str]) -> tuple[str, ...]:
+        """The files (paths) the ControlNet names stand for, for the scheduler's affinity; a name not found
+        is left out (the job reports it when it runs)."""
+        if self._controlnets is None:
+            return ()
+        keys = []
+        for name in names:
+            try:
+                keys.append(str(self._controlnets.find(name).path))
+            except (LookupError, ValueError):
+                continue
+        return tuple(keys)
+
+    def held_control_keys(self) -> frozenset[str]:
+        """The ControlNet files built on this manager's device (kept by the shared store): never waits for
+        a checkout, so the scheduler may ask it at any time."""
+        return self._controlnets.built_paths(self.device) if self._controlnets is not None else frozenset()
+
     def _control_files(self, names: Sequence[str]) -> list[tuple[str, Path]]:
         """(name, path) of each ControlNet named (UnknownControlNetError lists the folder's models)."""
         if not names:

@@ -12,6 +12,7 @@ worker draws them with the same model (the worker already holding it is preferre
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +143,10 @@ class ModelService:
             return str(self.catalog.find(wanted).path) if wanted else None
         except LookupError:
             return wanted
+
+    def control_keys(self, names: Sequence[str]) -> tuple[str, ...]:
+        """The files ControlNet names stand for (unknown ones left out), for the scheduler's affinity."""
+        return self.managers[0].control_keys(names)  # one ControlNet folder, shared by every worker
 
     def select_checkpoint(self, wanted: str, owner: str | None = None) -> CheckpointRecord:
         """Make a checkpoint the selected one and load it on a worker, in turn with other GPU work."""
