@@ -216,7 +216,7 @@ def test_a_webhook_is_called_signed_when_the_job_ends_and_a_dead_one_is_recorded
 
 
 @pytest.mark.parametrize("body, status, reason", [
-    ({"kind": "paint", "request": {}}, 422, "use one of txt2img, img2img, xyz-plot, train"),
+    ({"kind": "paint", "request": {}}, 422, "use one of txt2img, img2img, xyz-plot, extras, train"),
     ({"kind": "txt2img", "request": {"steps": "many", "pad": "x" * 1000}}, 422, "request: steps"),
     ('{"kind": "txt2img", "request": {"width": 1e400}}', 422, "width"),
     ({"kind": "txt2img", "request": TINY, "webhook": "ftp://example.com/x"}, 422, "http:// or https://"),
