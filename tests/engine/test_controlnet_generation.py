@@ -215,7 +215,8 @@ def test_a_job_names_its_controlnet_files_and_the_worker_that_built_them_holds_t
     only) and the files built on each worker's device."""
     path = str(ctx.controlnets.find("control_v11p_sd15_canny").path)
     scripts = ExtensionScripts(ctx.extensions)
-    job = ctx.generation.submit_txt2img(scripts.with_alwayson(Txt2ImgRequest(**SMALL), {"controlnet": [unit(control_image)]}))
+    job = ctx.generation.submit_txt2img(
+        scripts.with_alwayson(Txt2ImgRequest(**SMALL), {"controlnet": [unit(control_image)]}))
     assert job.control_keys == {path}
     job.result(timeout=300)
     assert path in ctx.scheduler.workers[0].current_control_keys()

@@ -23,8 +23,9 @@ WAIT = 10.0  # seconds a handler waits for the test before it gives up (only rea
 @dataclass(frozen=True)
 class Paint:
     """A request: `hold` waits for `studio.release(label)` (or an interrupt); `meet` waits until job `meet` has started too;
-    `fail` raises; `units` is the cost; `model` the checkpoint it wants, `controls` its control models; `nest` submits a job from inside
-    the handler (through `studio.scheduler`), which the scheduler must refuse."""
+    `fail` raises; `units` is the cost; `model` the checkpoint it wants, `controls` its control models;
+    `nest` submits a job from inside the handler (through `studio.scheduler`), which the scheduler must
+    refuse."""
 
     label: str
     units: float = 1.0
@@ -87,8 +88,10 @@ class Studio:
 
     def kind(self) -> JobKind:
         return JobKind(
-            name="paint", run=self.run, encode=dataclasses.asdict, decode=lambda data: Paint(**{**data, "controls": tuple(data.get("controls", ()))}),
-            model_key=lambda request: request.model, control_keys=lambda request: request.controls, summary=lambda request: f"paint {request.label}",
+            name="paint", run=self.run, encode=dataclasses.asdict,
+            decode=lambda data: Paint(**{**data, "controls": tuple(data.get("controls", ()))}),
+            model_key=lambda request: request.model, control_keys=lambda request: request.controls,
+            summary=lambda request: f"paint {request.label}",
             cost=lambda request: request.units, result_record=lambda result: {"text": result},
             forget=self.forgotten.append,
         )

@@ -168,7 +168,8 @@ def test_a_worker_tells_the_scheduler_which_controlnets_it_holds(tmp_path, sd1_c
     from webui.models.manager import ModelManager
 
     folder = tmp_path / "ControlNet"
-    first, second = write_ldm(folder / "a.safetensors", sd1_controlnet), write_ldm(folder / "b.safetensors", sd1_controlnet)
+    first = write_ldm(folder / "a.safetensors", sd1_controlnet)
+    second = write_ldm(folder / "b.safetensors", sd1_controlnet)
     store = ControlNetStore(folder)
     (tmp_path / "checkpoints").mkdir()
     manager = ModelManager(CheckpointCatalog(tmp_path / "checkpoints", HashCache(tmp_path / "hashes.json")), CPU,

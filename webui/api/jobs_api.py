@@ -25,8 +25,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from webui.generation.server_options import ServerOptions
 from webui.api.common import ReasonedValidationRoute, caller, translate_errors, validation_reason
+from webui.api.sdapi import STRICT_JSON, Img2ImgBody, Txt2ImgBody, img2img_request_from_body, txt2img_request_from_body
+from webui.api.sdapi import decode_image
 from webui.api.sdapi_extras import ExtrasBatchBody
-from webui.api.sdapi import STRICT_JSON, decode_image, Img2ImgBody, Txt2ImgBody, img2img_request_from_body, txt2img_request_from_body
 from webui.context import AppContext
 from webui.generation.extras_jobs import EXTRAS
 from webui.generation.extras_outputs import extras_folder
@@ -48,7 +49,8 @@ KEEP_ALIVE_S = 15.0
 
 class JobBody(BaseModel):
     """`kind` and its request: A1111's txt2img/img2img body, A1111's extras body with `image` (or an
-    `imageList`), a training config, or for `xyz-plot` a txt2img body plus `x`/`y`/`z` axes (`{"type": "CFG Scale", "values": "5, 7, 9"}`) and `options`."""
+    `imageList`), a training config, or for `xyz-plot` a txt2img body plus `x`/`y`/`z` axes
+    (`{"type": "CFG Scale", "values": "5, 7, 9"}`) and `options`."""
 
     model_config = STRICT_JSON
 

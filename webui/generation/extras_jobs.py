@@ -5,8 +5,9 @@ generation (a GPU is never used from an HTTP thread, and overlapping calls take 
 count) and queues one `extras` job for a list of images; the job's result is an `ExtrasResult` with the
 upscaled images and A1111's postprocessing infotext of each. A job given a `save_folder` (the job API's,
 whose clients fetch the images later by URL) saves each result there as the Extras tab does, and its
-history record lists the files; without one (the A1111 routes, the tab) nothing is saved by the job. Queued jobs keep their images as PNG files in
-the job store's inputs folder (removed when the job's record is pruned), so they survive a restart.
+history record lists the files; without one (the A1111 routes, the tab) the job saves nothing. Queued
+jobs keep their images as PNG files in the job store's inputs folder (removed when the job's record is
+pruned), so they survive a restart.
 """
 
 from __future__ import annotations

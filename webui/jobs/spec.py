@@ -70,8 +70,9 @@ class JobKind:
     kind's business, e.g. PNG files it writes next to the store; `forget` removes them when the record is
     pruned). `model_key` names the checkpoint the job wants, so the worker already holding it gets the
     job; `control_keys` name the control models (ControlNet files) it wants, so among the workers holding
-    its checkpoint (or when none does) the one that holds the most of them gets it. `summary` is the one-line text of the Queue tab. `cost` is the job's work in units that scale
-    with its run time (steps x pixels x images), so one measured job of a kind gives the ETA of others.
+    its checkpoint (or when none does) the one that holds the most of them gets it. `summary` is the
+    one-line text of the Queue tab. `cost` is the job's work in units that scale with its run time
+    (steps x pixels x images), so one measured job of a kind gives the ETA of others.
     `result_record` turns a result into JSON for the history (file names, infotexts).
     """
 
