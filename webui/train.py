@@ -46,6 +46,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--collective-timeout", type=int, default=1800, metavar="SECONDS",
                         help="with several training processes: how long one waits for another that stopped "
                              "answering before the run fails")
+    parser.add_argument("--progress-file", type=Path, default=None,
+                        help="also append each progress report and the result as JSON lines to this file "
+                             "(how the app follows a multi-GPU run it started)")
+    parser.add_argument("--stop-file", type=Path, default=None,
+                        help="stop after the current step once this file exists (how the app cancels such a run)")
     parser.add_argument("--caption-model", type=Path, default=None,
                         help="a local BLIP captioning model folder: write captions for images that have none first")
     return parser
@@ -171,6 +176,19 @@ def _train(args, config, context, settings, record, device, group) -> int:
         checkpoints_dir=settings.checkpoint_folder, work_dir=args.work_dir or settings.data_dir / "training",
     )
     stop = threading.Event()
+    writer = None
+    if args.progress_file is not None and group.is_main:
+        from webui.training.progress_stream import ProgressWriter
+
+        writer = ProgressWriter(args.progress_file)
+
+    def report(progress) -> None:
+        print(format_progress(progress), flush=True)
+        if writer is not None:
+            writer.progress(progress)
+
+    def should_stop() -> bool:
+        return stop.is_set() or (args.stop_file is not None and args.stop_file.exists())
 
     def request_stop(signum, frame) -> None:
         print("stopping after the current step (Ctrl+C again to abort at once)", file=sys.stderr, flush=True)
@@ -180,9 +198,8 @@ def _train(args, config, context, settings, record, device, group) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
     previous_handler = signal.signal(signal.SIGINT, request_stop) if on_main_thread else None
     try:
-        result = run_training(config, weights, paths, device,
-                              on_progress=lambda progress: print(format_progress(progress), flush=True),
-                              should_stop=stop.is_set, group=group)
+        result = run_training(config, weights, paths, device, on_progress=report, should_stop=should_stop,
+                              group=group)
     except (TrainingConfigError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -192,6 +209,9 @@ def _train(args, config, context, settings, record, device, group) -> int:
     finally:
         if on_main_thread:
             signal.signal(signal.SIGINT, previous_handler)
+    if writer is not None:
+        writer.result(result)
+        writer.close()
     for warning in result.warnings:
         say(f"warning: {warning}", flush=True)
     for path in result.files:
