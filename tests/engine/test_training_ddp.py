@@ -28,6 +28,8 @@ from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.models.hashing import HashCache
 from webui.models.lora import read_lora
 from webui.training.config import TrainingConfig
+from webui.training.launcher import run_on_processes
+from webui.training.loop import TrainingPaths, TrainingProgress
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_LINE = re.compile(r"^step (\d+)/\d+ .*? loss ([0-9.]+) ", re.MULTILINE)
@@ -153,9 +155,16 @@ def test_a_killed_process_fails_the_run_cleanly_and_keeps_the_saved_epoch(data_d
     assert "lost contact with the others" in output or "Signal 9 (SIGKILL)" in output, output
     assert app_reads(saved, app_modules) and (state / "state.json").is_file()  # what was saved before stays
 
-    # Resume from that epoch's state on two processes: both load rank 0's state and carry on
-    resumed = config_file(tmp_path, hexagons, "resumed", max_train_steps=6, resume_from=str(state))
-    result = run_training(resumed, data_dir, 2)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "resumed at step 4" in result.stdout and sorted(step_losses(result.stdout)) == [5, 6]
-    assert (lora_dir / "resumed.safetensors").is_file()
+    # Resume from that epoch's state on two processes, started the way the app starts a multi-GPU run: both
+    # processes load rank 0's state; the app sees the steps and the result through the same progress objects
+    reports: list[TrainingProgress] = []
+    paths = TrainingPaths(lora_dir=lora_dir, embeddings_dir=data_dir / "models" / "embeddings",
+                          checkpoints_dir=data_dir / "models" / "Stable-diffusion", work_dir=data_dir / "training")
+    resumed = TrainingConfig.load(config_file(tmp_path, hexagons, "resumed", max_train_steps=6, resume_from=str(state)))
+    result = run_on_processes(resumed, paths, data_dir, on_progress=reports.append, device="cpu", processes=2,
+                              environment=environment())
+    assert [report.step for report in reports if report.loss is not None and not report.message] == [5, 6]
+    assert any(report.message == "resumed at step 4" for report in reports)
+    assert not result.cancelled and result.steps_done == 6 and result.files == [lora_dir / "resumed.safetensors"]
+    assert result.key_checks[0].file == "resumed.safetensors" and result.key_checks[0].complete
+    assert app_reads(lora_dir / "resumed.safetensors", app_modules)
