@@ -106,8 +106,8 @@ def run_on_processes(config: TrainingConfig, paths: TrainingPaths, data_dir: Pat
             if should_stop is not None and should_stop() and not plan.stop_file.exists():
                 plan.stop_file.touch()
             time.sleep(POLL_S)
-    if reader.result is not None and process.returncode in (0, 130):
-        return reader.result
+    if reader.result is not None and (process.returncode == 0 or reader.result.cancelled):
+        return reader.result  # a cancelled run exits 130 in each process, which the launcher reports as 1
     tail = plan.log_file.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARACTERS:]
     raise TrainingError(f"the {count}-process run stopped with exit code {process.returncode}; "
                         f"files saved before are kept. End of its log ({plan.log_file}):\n{tail}")
