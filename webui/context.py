@@ -132,7 +132,7 @@ def build_context(settings: Settings) -> AppContext:
                            request_limits.max_image_pixels, request_limits.generation.max_images)
     training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
-        checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder))
+        checkpoints_dir=settings.checkpoint_folder, work_dir=settings.training_folder), data_dir=settings.data_dir)
     xyz = XyzService(generation, registry=extension_axes(extensions))
     scripts = ScriptService(generation, ExtensionScripts(extensions).runners)
     for service in (models, generation, training, xyz, scripts, extras):

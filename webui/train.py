@@ -7,6 +7,10 @@ is printed one line per step. Ctrl+C stops after the current step and keeps the 
 
 Exit codes: 0 done, 1 training failed, 2 bad config / dataset / checkpoint, 130 cancelled.
 
+Started by `accelerate launch -m webui.train config.json` or `torchrun --nproc_per_node N -m webui.train ...`,
+every process trains its share of each batch (see `webui.training.distributed` and docs/MULTI_GPU.md); only the
+first process prints progress and writes files.
+
 This command is run by the machine's owner, so its `dataset_dir`, `resume_from` and `--caption-model`
 may be any folder: it is deliberately not confined by `webui.security.paths` (configs that arrive from
 a request, through the Train tab or `POST /sdapi/v1/train`, are; see `webui.training.service.confine_config`).
@@ -15,6 +19,7 @@ a request, through the Train tab or `POST /sdapi/v1/train`, are; see `webui.trai
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -38,6 +43,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="training state, class images and samples (default <data-dir>/training)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto", help="training device")
+    parser.add_argument("--collective-timeout", type=int, default=1800, metavar="SECONDS",
+                        help="with several training processes: how long one waits for another that stopped "
+                             "answering before the run fails")
+    parser.add_argument("--progress-file", type=Path, default=None,
+                        help="also append each progress report and the result as JSON lines to this file "
+                             "(how the app follows a multi-GPU run it started)")
+    parser.add_argument("--stop-file", type=Path, default=None,
+                        help="stop after the current step once this file exists (how the app cancels such a run)")
     parser.add_argument("--caption-model", type=Path, default=None,
                         help="a local BLIP captioning model folder: write captions for images that have none first")
     return parser
@@ -86,7 +99,6 @@ def format_progress(progress) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     from webui.training.config import TrainingConfig, TrainingConfigError
-    from webui.training.dataset import DatasetError
 
     try:
         config = TrainingConfig.load(args.config)
@@ -99,13 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    import torch
 
     from webui.context import build_context
     from webui.models.catalog import UnknownCheckpointError
     from webui.models.checkpoint_loading import CheckpointLoadError
     from webui.settings import SettingsError, settings_from_args
-    from webui.training.loop import TrainingError, TrainingPaths, run_training
+    from webui.training.distributed import ProcessGroup, RankFailure, launched_processes
 
     try:
         settings = settings_from_args(_settings_argv(args))
@@ -113,27 +124,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = context.catalog.find(config.base_checkpoint)
         if not record.usable:
             raise CheckpointLoadError(f"checkpoint {record.name} cannot be loaded: {record.error}")
-        print(f"reading {record.title}", flush=True)
-        weights = context.manager.weights_of(record)
     except (SettingsError, UnknownCheckpointError, CheckpointLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.caption_model is not None:
+    device = context.manager.device
+    group = ProcessGroup.single()
+    if launched_processes(os.environ) > 1:
+        group = ProcessGroup.from_launcher(device.type, args.collective_timeout)
+        device = group.device
+    try:
+        return _train(args, config, context, settings, record, device, group)
+    except RankFailure as error:
+        print(f"training failed: {error}; files saved before are kept", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    finally:
+        group.close()
+
+
+def _train(args, config, context, settings, record, device, group) -> int:
+    """One process's run (the only one, or one of several), from reading the weights to the summary."""
+    import torch
+
+    from webui.models.checkpoint_loading import CheckpointLoadError
+    from webui.training.config import TrainingConfigError
+    from webui.training.dataset import DatasetError
+    from webui.training.loop import TrainingError, TrainingPaths, run_training
+
+    say = print if group.is_main else (lambda *a, **k: None)  # the other processes stay quiet
+    try:
+        say(f"reading {record.title}", flush=True)
+        if group.distributed:
+            say(f"training on {group.size} processes ({device.type})", flush=True)
+        weights = context.manager.weights_of(record)
+    except CheckpointLoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.caption_model is not None and group.is_main:
         from webui.training.dataset import caption_missing_images
 
         try:
             written, notes = caption_missing_images(config, model_dir=args.caption_model,
-                                                    device=str(context.manager.device))
+                                                    device=str(device))
         except DatasetError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         for line in notes + [f"wrote {path}" for path in written]:
             print(line, flush=True)
+    group.wait_for_everyone()  # the captions are written before any process reads the dataset
     paths = TrainingPaths(
         lora_dir=settings.lora_folder, embeddings_dir=settings.embeddings_folder,
         checkpoints_dir=settings.checkpoint_folder, work_dir=args.work_dir or settings.data_dir / "training",
     )
     stop = threading.Event()
+    writer = None
+    if args.progress_file is not None and group.is_main:
+        from webui.training.progress_stream import ProgressWriter
+
+        writer = ProgressWriter(args.progress_file)
+
+    def report(progress) -> None:
+        print(format_progress(progress), flush=True)
+        if writer is not None:
+            writer.progress(progress)
+
+    def should_stop() -> bool:
+        return stop.is_set() or (args.stop_file is not None and args.stop_file.exists())
 
     def request_stop(signum, frame) -> None:
         print("stopping after the current step (Ctrl+C again to abort at once)", file=sys.stderr, flush=True)
@@ -143,9 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
     previous_handler = signal.signal(signal.SIGINT, request_stop) if on_main_thread else None
     try:
-        result = run_training(config, weights, paths, context.manager.device,
-                              on_progress=lambda progress: print(format_progress(progress), flush=True),
-                              should_stop=stop.is_set)
+        result = run_training(config, weights, paths, device, on_progress=report, should_stop=should_stop,
+                              group=group)
     except (TrainingConfigError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -155,22 +209,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if on_main_thread:
             signal.signal(signal.SIGINT, previous_handler)
+    if writer is not None:
+        writer.result(result)
+        writer.close()
     for warning in result.warnings:
-        print(f"warning: {warning}", flush=True)
+        say(f"warning: {warning}", flush=True)
     for path in result.files:
-        print(f"wrote {path}", flush=True)
+        say(f"wrote {path}", flush=True)
     for check in result.key_checks:
-        print(f"keys: {check.summary()}", flush=True)
+        say(f"keys: {check.summary()}", flush=True)
     for problem in result.key_problems:
-        print(f"warning: {problem}", flush=True)
+        say(f"warning: {problem}", flush=True)
     if result.cancelled:
-        print(f"cancelled after {result.steps_done} step(s)", flush=True)
+        say(f"cancelled after {result.steps_done} step(s)", flush=True)
         return EXIT_CANCELLED
     final_loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
     ended = "saved with warnings" if result.key_problems else "done"  # some loader would ignore keys
-    print(f"{ended}: {result.steps_done} steps, {result.epochs_done} epoch(s), final loss {final_loss}", flush=True)
+    say(f"{ended}: {result.steps_done} steps, {result.epochs_done} epoch(s), final loss {final_loss}", flush=True)
     if result.usage:
-        print(f"use it with: {result.usage}", flush=True)
+        say(f"use it with: {result.usage}", flush=True)
     return EXIT_OK
 
 

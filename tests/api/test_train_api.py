@@ -103,6 +103,9 @@ def test_train_over_http_and_follow_it_until_the_files_exist(server, hexagons):
     ({"down_lr_weight": -1}, "down_lr_weight: must be a number from 0 up to 10"),
     ({"use_ema": True, "ema_decay": 1.5}, "ema_decay: must be a number above 0"),
     ({"cache_text_encoder_outputs": True, "train_text_encoder": True}, "cache_text_encoder_outputs: needs a frozen"),
+    ({"gpus": "0,999"}, "999 does not exist: this machine has "),
+    ({"gpus": "0,0"}, "gpus: each GPU can be listed once"),
+    ({"gpus": "all"}, "gpus: list CUDA device numbers separated by commas"),
 ])
 def test_a_bad_config_gets_422_with_the_reason_and_nothing_starts(server, hexagons, changes, reason):
     before = progress(server)

@@ -128,6 +128,10 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
+    # CUDA devices to train on, "0,1" (as CUDA_VISIBLE_DEVICES spells them): "" or one id trains in the app's
+    # process on its device; two or more start one training process per GPU (DDP, see docs/MULTI_GPU.md), each
+    # with train_batch_size, so the effective batch is train_batch_size x GPUs x gradient_accumulation_steps.
+    gpus: str = ""
     max_train_epochs: int = 10
     max_train_steps: int = 0
     mixed_precision: str = "no"
@@ -267,9 +271,18 @@ class TrainingConfig:
         return dataclasses.replace(self, **changes)
 
     # ---- validation ----
+    @property
+    def gpu_ids(self) -> tuple[int, ...]:
+        """The `gpus` field as device ids (validated by `validate`)."""
+        return tuple(int(part) for part in self.gpus.replace(" ", "").split(",") if part)
+
     def validate(self) -> TrainingConfig:
         """Check every value a run depends on; returns self so calls can chain."""
         _one_of("method", self.method, METHODS)
+        if not re.fullmatch(r"\s*(\d+\s*(,\s*\d+\s*)*)?", self.gpus):
+            raise TrainingConfigError("gpus", f"list CUDA device numbers separated by commas, like 0,1 (got {self.gpus!r})")
+        if len(set(self.gpu_ids)) != len(self.gpu_ids):
+            raise TrainingConfigError("gpus", f"each GPU can be listed once (got {self.gpus!r})")
         _file_name("output_name", self.output_name)
         if not self.base_checkpoint.strip():
             raise TrainingConfigError("base_checkpoint", "choose the checkpoint to train on")

@@ -604,10 +604,12 @@ class LatentCache:
     @torch.no_grad()
     def build(cls, dataset: TrainingDataset, vae: torch.nn.Module, device: torch.device,
               on_progress: Callable[[int, int], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> LatentCache | None:
-        """Encode everything; returns None if `should_stop` asked to stop part-way."""
+              should_stop: Callable[[], bool] | None = None, share: tuple[int, int] = (0, 1)) -> LatentCache | None:
+        """Encode everything, or with `share` (rank, processes) every processes-th image from rank (the ranks'
+        caches are then joined); returns None if `should_stop` asked to stop part-way."""
         flips = (False, True) if dataset.flip_augment else (False,)
-        keys = [(index, flip) for index in range(len(dataset)) for flip in flips]
+        rank, processes = share
+        keys = [(index, flip) for index in range(len(dataset)) for flip in flips][rank::processes]
         parameters = {}
         for done, (index, flip) in enumerate(keys, start=1):
             if should_stop is not None and should_stop():
@@ -620,6 +622,15 @@ class LatentCache:
 
     def get(self, index: int, flip: bool) -> torch.Tensor:
         return self._parameters[(index, flip)]
+
+    def entries(self) -> list[tuple[tuple[int, bool], torch.Tensor]]:
+        """(key, parameters on the CPU) pairs, to send to the other training processes."""
+        return [(key, value.cpu()) for key, value in self._parameters.items()]
+
+    @classmethod
+    def joined(cls, entries: list[tuple[tuple[int, bool], torch.Tensor]], device: torch.device) -> LatentCache:
+        """The cache made of every process's share."""
+        return cls({tuple(key): value.to(device) for key, value in entries})
 
 
 def unet_latents(parameters: torch.Tensor, vae_config: dict) -> torch.Tensor:

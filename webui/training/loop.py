@@ -34,6 +34,7 @@ from webui.models.checkpoint_loading import CheckpointWeights, build_pipeline
 from webui.models.families import family_named
 from webui.models.hashing import sha256_of_file, sha256_of_folder
 from webui.training.config import TrainingConfig, TrainingConfigError
+from webui.training.distributed import ProcessGroup
 from webui.training.dataset import (
     BatchSample,
     DatasetSummary,
@@ -412,8 +413,10 @@ class _Trainer:
     def __init__(self, config: TrainingConfig, models: TrainerModels, method: TrainingMethod,
                  dataset: TrainingDataset, class_dataset: TrainingDataset | None, paths: TrainingPaths,
                  tracker: _ProgressTracker, should_stop: Callable[[], bool], warnings: list[str],
-                 validation: TrainingDataset | None = None):
+                 validation: TrainingDataset | None = None, group: ProcessGroup | None = None):
         self.config, self.models, self.method = config, models, method
+        self.group = group or ProcessGroup.single()
+        self.seen: dict[int, list[str]] = {}  # epoch -> the images this process trained on (the run's rank log)
         self.dataset, self.class_dataset, self.validation = dataset, class_dataset, validation
         self.validation_cache: LatentCache | None = None
         self.validation_losses: list[tuple[int, float]] = []
@@ -431,7 +434,11 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
         self.latent_cache: LatentCache | None = None
         self.class_latent_cache: LatentCache | None = None
-        self.batches_per_epoch = dataset.batches_per_epoch(config.train_batch_size)
+        self.batches_per_epoch = (dataset.batches_per_epoch(config.train_batch_size) if not self.group.distributed
+                                  else len(self.epoch_plan(0)))
+        if self.batches_per_epoch == 0:
+            raise TrainingConfigError("train_batch_size", f"{self.group.size} training processes need at least "
+                                      f"{self.group.size} images of one bucket size per batch; the dataset has fewer")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps)
         if config.max_train_steps:
             self.total_steps = config.max_train_steps
@@ -474,25 +481,50 @@ class _Trainer:
         if config.optimizer == "Prodigy" and min(group["lr"] for group in groups) < 0.1:
             self.warnings.append("Prodigy adapts its own step size; learning rates around 1.0 are usual with it")
 
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per micro-batch over all processes."""
+        return self.config.train_batch_size * self.group.size
+
+    def epoch_plan(self, epoch: int) -> list[list[BatchSample]]:
+        """The epoch's global micro-batches (per-process batch x processes, from the seed, the same on every
+        process); with several processes a bucket's last batch smaller than the group is left out, so every
+        process trains on at least one sample of every batch and all take the same number of steps."""
+        batches = self.dataset.epoch_batches(epoch, self.global_batch_size, self.config.seed)
+        if not self.group.distributed:
+            return batches
+        return [batch for batch in batches if len(batch) >= self.group.size]
+
+    def _build_cache(self, dataset: TrainingDataset, report: Callable[[int, int], None]) -> LatentCache | None:
+        """This process's share of the latents, joined with the others' (each image is encoded once in all)."""
+        group = self.group
+        cache = LatentCache.build(dataset, self.models.vae, self.models.device, report, self.should_stop,
+                                  share=(group.rank, group.size))
+        if not group.distributed:
+            return cache
+        if group.any(cache is None):
+            return None
+        return LatentCache.joined(group.gather_objects(cache.entries()), self.models.device)
+
     def cache_latents(self) -> bool:
-        """Encode every image once; False when cancelled part-way."""
-        vae, device = self.models.vae, self.models.device
+        """Encode every image once (split over the processes); False when cancelled part-way."""
+        share = "" if not self.group.distributed else f" (this process's share of {self.group.size})"
 
         def report(done: int, total: int) -> None:
             if done == total or done % 10 == 0:
-                self.tracker.report(0, 0, message=f"caching latents {done}/{total}")
+                self.tracker.report(0, 0, message=f"caching latents {done}/{total}{share}")
 
-        self.latent_cache = LatentCache.build(self.dataset, vae, device, report, self.should_stop)
+        self.latent_cache = self._build_cache(self.dataset, report)
         if self.latent_cache is None:
             return False
         if self.class_dataset is not None:
-            self.class_latent_cache = LatentCache.build(self.class_dataset, vae, device, report, self.should_stop)
+            self.class_latent_cache = self._build_cache(self.class_dataset, report)
             return self.class_latent_cache is not None
         return True
 
     def cache_validation_latents(self) -> bool:
         """Validation images are always encoded once: every measurement reuses the same latents."""
-        if self.validation is None:
+        if self.validation is None or not self.group.is_main:  # validation runs on the first process
             return True
         self.validation_cache = LatentCache.build(self.validation, self.models.vae, self.models.device,
                                                   should_stop=self.should_stop)
@@ -562,22 +594,31 @@ class _Trainer:
                 None if pooled_rows[0] is None else torch.stack(pooled_rows))
 
     def batch_loss(self, dataset: TrainingDataset, cache: LatentCache | None, samples: list[BatchSample]) -> torch.Tensor:
+        """The loss of one micro-batch. With several processes `samples` is the global batch: this process
+        trains its rows, drawing the noise of all rows (so every process's generator stays the same) and
+        returning its rows' share of the global mean (the shares sum to the one-process loss)."""
         config, models, device = self.config, self.models, self.models.device
+        total = len(samples)
+        start, stop = self.group.rows(total)
+        samples = samples[start:stop]
+        if self.group.distributed and dataset is self.dataset:
+            self.seen.setdefault(self.position.epoch, []).extend(dataset.items[s.index].path.name for s in samples)
         parameters = self._latent_parameters(dataset, cache, samples)
         latents = unet_latents(parameters.float(), models.vae.config).to(device)
         hidden, pooled = self.encode([sample.caption for sample in samples])
-        noise = torch.randn(latents.shape, generator=self.generator).to(device)
+        shape = (total, *latents.shape[1:])
+        noise = torch.randn(shape, generator=self.generator)[start:stop].to(device)
         if config.noise_offset:
             noise = noise + config.noise_offset * torch.randn(
-                (latents.shape[0], latents.shape[1], 1, 1), generator=self.generator).to(device)
-        batch = self.objective.noised(latents, noise, self.generator)
+                (total, latents.shape[1], 1, 1), generator=self.generator)[start:stop].to(device)
+        batch = self.objective.noised(latents, noise, self.generator, rows=(start, stop, total))
         with self._autocast():
             prediction = models.model_family.denoiser_training_call(
                 models.denoiser, batch.noisy, batch.timesteps, hidden, pooled, self._time_ids(dataset, samples))
         per_sample = per_sample_loss(prediction, batch.target, self._loss_masks(dataset, samples, latents.shape[-2:]))
         if batch.weights is not None:
             per_sample = per_sample * batch.weights
-        return per_sample.mean()
+        return per_sample.mean() if not self.group.distributed else per_sample.sum() / total
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -620,7 +661,7 @@ class _Trainer:
         """The prior-preservation images for one micro-batch: cycling through a seeded order."""
         count = len(self.class_dataset)
         order = torch.randperm(count, generator=torch.Generator().manual_seed(self.config.seed)).tolist()
-        size = self.config.train_batch_size
+        size = self.global_batch_size
         return [BatchSample(order[(micro_index * size + j) % count], False, self.class_dataset.items[0].caption)
                 for j in range(size)]
 
@@ -634,8 +675,10 @@ class _Trainer:
         """Accumulate gradients over `batches`, then one optimizer step; None when cancelled mid-way."""
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
+        if self.group.distributed and self.group.any(self.should_stop()):  # all processes stop together
+            return None
         for offset, samples in enumerate(batches):
-            if self.should_stop():
+            if not self.group.distributed and self.should_stop():
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             loss = self.batch_loss(self.dataset, self.latent_cache, samples)
@@ -650,6 +693,9 @@ class _Trainer:
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += float(loss.detach()) / len(batches)
         parameters = [p for p in self.trained_parameters if p.requires_grad]  # pivotal freezes some mid-run
+        if self.group.distributed:  # the shares' gradients sum to the global batch's
+            self.group.sum_gradients(parameters, 1.0)
+            total = self.group.sum_value(total)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.config.max_grad_norm > 0 and parameters:
@@ -689,9 +735,12 @@ class _Trainer:
         return tuple(samples)
 
     def save(self, epoch: int, final: bool) -> None:
+        """The method's files and the resumable state; only the first process writes (all hold the same weights)."""
+        if not self.group.is_main:
+            return
         suffix = "" if final else epoch_suffix(epoch)
         request = SaveRequest(paths=self.paths, suffix=suffix, step=self.position.step, epoch=epoch,
-                              summary=self.dataset.summary())
+                              summary=self.dataset.summary(), processes=self.group.size)
         written = self._save_outputs(request)
         self.files.extend(written)
         self.tracker.files.extend(written)
@@ -728,10 +777,10 @@ class _Trainer:
         accumulation = config.gradient_accumulation_steps
         self.tracker.start_loop(start.step, self.total_steps, self.total_epochs)
         epoch = start.epoch
-        if self.validation is not None:
+        if self.validation is not None and self.group.is_main:
             self.validate(start.step, start.epoch)
         while epoch < self.total_epochs and self.position.step < self.total_steps:
-            batches = self.dataset.epoch_batches(epoch, config.train_batch_size, config.seed)
+            batches = self.epoch_plan(epoch)
             done = self.position.batches_done if epoch == start.epoch else 0
             while done < len(batches) and self.position.step < self.total_steps:
                 group = batches[done:done + accumulation]
@@ -743,9 +792,10 @@ class _Trainer:
                 step = self.position.step + 1
                 self.position = _Position(step, epoch, done)
                 self.tracker.record_loss(loss)
-                self._generate_due_images(step)
+                if self.group.is_main:  # samples and validation come from the first process only
+                    self._generate_due_images(step)
                 self.tracker.report(step, epoch + 1, self.lr())
-                if config.validation_every_n_steps and step % config.validation_every_n_steps == 0:
+                if config.validation_every_n_steps and step % config.validation_every_n_steps == 0 and self.group.is_main:
                     self.validate(step, epoch + 1)
             if done >= len(batches):
                 epoch += 1
@@ -753,7 +803,7 @@ class _Trainer:
                 finished = epoch >= self.total_epochs or self.position.step >= self.total_steps
                 if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not finished:
                     self.save(epoch, final=False)
-        if self.validation is not None and self.validation_losses[-1][0] != self.position.step:
+        if self.validation is not None and self.group.is_main and self.validation_losses[-1][0] != self.position.step:
             self.validate(self.position.step, self.position.epoch)
         return True
 
@@ -768,14 +818,36 @@ class _Trainer:
         self.tracker.samples = self._prompt_samples + self._validation_samples
 
 
+def write_rank_log(paths: TrainingPaths, name: str, group: ProcessGroup, seen: dict[int, list[str]]) -> Path | None:
+    """With several processes: `<work>/logs/<name>-processes.json`, the images each process trained on per
+    epoch (gathered from all processes, written by the first), so a user can check the split."""
+    everyone = group.gather_objects([(group.rank, seen)])
+    if not group.is_main:
+        return None
+    log = {"processes": group.size,
+           "epochs": {str(epoch): {str(rank): ranks_seen.get(epoch, []) for rank, ranks_seen in everyone}
+                      for epoch in sorted({epoch for _, ranks_seen in everyone for epoch in ranks_seen})}}
+    path = Path(paths.work_dir) / "logs" / f"{name}-processes.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(log, indent=1), encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
 def run_training(config: TrainingConfig, base: CheckpointWeights, paths: TrainingPaths, device: torch.device, *,
                  on_progress: Callable[[TrainingProgress], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> TrainingResult:
+                 should_stop: Callable[[], bool] | None = None, group: ProcessGroup | None = None) -> TrainingResult:
     """Train `config.method` on a private copy of `base`; write the results into `paths`.
 
     Raises `TrainingConfigError` / `DatasetError` for bad input before any training starts. Cancelling
     (`should_stop()` returning True) stops before the next micro-batch and keeps what was saved so far.
+    With `group` (several processes, see `webui.training.distributed`) every process calls this; the first
+    one alone reports progress, writes files, samples and state.
     """
+    group = group or ProcessGroup.single()
+    if not group.is_main:
+        on_progress = None
     config.validate().check_family(family_named(base.architecture.family))
     stop = should_stop or (lambda: False)
     warnings: list[str] = []
@@ -806,9 +878,12 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
 
     class_dataset = None
     if config.uses_prior_preservation:
-        class_paths = ensure_class_images(config, models, paths, tracker, stop)
-        if class_paths is None:
+        class_paths = ensure_class_images(config, models, paths, tracker, stop) if group.is_main else []
+        if group.any(class_paths is None):
             return cancelled_result()
+        group.wait_for_everyone()
+        if not group.is_main:  # the first process generated them; the others read the same folder
+            class_paths = ensure_class_images(config, models, paths, tracker, stop)
         class_dataset = class_image_dataset(class_paths, config.effective_class_prompt, config.resolution)
 
     with torch.random.fork_rng(devices=[]):
@@ -817,7 +892,11 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
 
     if validation is not None:
         tracker.report(0, 0, message=f"validation: {len(validation)} held-out image(s)")
-    trainer = _Trainer(config, models, method, dataset, class_dataset, paths, tracker, stop, warnings, validation)
+    trainer = _Trainer(config, models, method, dataset, class_dataset, paths, tracker, stop, warnings, validation,
+                       group)
+    tracker.report(0, 0, message=f"effective batch {config.train_batch_size * group.size * config.gradient_accumulation_steps}"
+                                 f" = {config.train_batch_size} per process x {group.size} process(es) x "
+                                 f"{config.gradient_accumulation_steps} accumulation step(s)")
     if config.cache_latents and not trainer.cache_latents():
         return cancelled_result(trainer)
     if not trainer.cache_validation_latents():
@@ -837,6 +916,11 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
         return cancelled_result(trainer)
     epochs_run = trainer.position.epoch + (1 if trainer.position.batches_done else 0)
     trainer.save(epochs_run, final=True)
+    if group.distributed:
+        log = write_rank_log(paths, config.output_name, group, trainer.seen)
+        if log is not None:
+            tracker.report(trainer.position.step, epochs_run, message=f"images per process: {log}")
+        group.wait_for_everyone()
     return TrainingResult(
         files=list(trainer.files), cancelled=False, steps_done=trainer.position.step,
         epochs_done=epochs_run, final_loss=tracker.last_loss, warnings=warnings,

@@ -54,10 +54,14 @@ class NoisePrediction:
     def warnings(self) -> list[str]:
         return []
 
-    def noised(self, latents: torch.Tensor, noise: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
+    def noised(self, latents: torch.Tensor, noise: torch.Tensor, generator: torch.Generator,
+               rows: tuple[int, int, int] | None = None) -> NoisedBatch:
+        """Timesteps drawn for the batch; with `rows` (start, stop, total) for all `total` rows of a global
+        batch split over processes, this process's [start:stop] kept (every rank draws the same)."""
         device = latents.device
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=generator).to(device)
+        start, stop, total = rows or (0, latents.shape[0], latents.shape[0])
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (total,),
+                                  generator=generator)[start:stop].to(device)
         return self._at_timesteps(latents, noise, timesteps)
 
     def at_levels(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedBatch:
@@ -132,8 +136,11 @@ class FlowMatching:
     def _shifted(self, u: torch.Tensor) -> torch.Tensor:
         return self.shift * u / (1.0 + (self.shift - 1.0) * u)
 
-    def noised(self, latents: torch.Tensor, noise: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
-        return self._at_sigmas(latents, noise, self.draw_sigmas(latents.shape[0], generator).to(latents.device))
+    def noised(self, latents: torch.Tensor, noise: torch.Tensor, generator: torch.Generator,
+               rows: tuple[int, int, int] | None = None) -> NoisedBatch:
+        """Noise levels drawn for the batch (for all `total` rows of a split global batch, see NoisePrediction)."""
+        start, stop, total = rows or (0, latents.shape[0], latents.shape[0])
+        return self._at_sigmas(latents, noise, self.draw_sigmas(total, generator)[start:stop].to(latents.device))
 
     def at_levels(self, latents: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor) -> NoisedBatch:
         """Noised at fixed levels u in (0, 1), moved by the scheduler's shift as training draws are (validation)."""

@@ -51,6 +51,7 @@ from webui.training.config import (
 )
 from webui.training.dataset import dataset_subfolders, fill_template, read_sidecar
 from webui.training.hub_upload import check_upload_allowed, upload_to_hub
+from webui.training.launcher import check_gpus, cuda_device_count, run_on_processes, uses_several_processes
 from webui.training.loop import TrainingPaths, TrainingResult, run_training
 from webui.training.model_card import write_model_card
 from webui.training.monitor import TrainingBusyError, TrainingMonitor
@@ -62,7 +63,7 @@ SAVED_WITH_WARNINGS = "saved_with_warnings"
 MAX_LOG_MESSAGES = 200
 # Fields that describe one job rather than a way of training: kept out of presets and model cards.
 JOB_FIELDS = ("output_name", "dataset_dir", "trigger_word", "class_word", "resume_from", "token", "base_checkpoint",
-              "masks_dir", "validation_dir")
+              "masks_dir", "validation_dir", "gpus")
 _EPOCH_NAME = re.compile(r"^(?P<base>.+)-(?P<epoch>\d{6})$")  # kohya's `name-000002` per-epoch files
 
 
@@ -99,6 +100,7 @@ class TrainingService:
     network: NetworkPolicy   # whether the Hub upload may run (webui.security.network)
     paths: TrainingPaths     # where results go (models/); the work folder is each run's owner's (`work_paths`)
     monitor: TrainingMonitor | None = None  # the latest run
+    data_dir: Path | None = None  # the app's --data-dir, handed to the processes of a multi-GPU run
     _claim_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def submit(self, config: TrainingConfig, user: User | None = None, webhook_url: str | None = None) -> Job:
@@ -130,6 +132,7 @@ class TrainingService:
         if not record.usable:
             raise RequestError(f"checkpoint {record.name} cannot be trained: {record.error}")
         config = config.replace(base_checkpoint=record.title).validate()
+        check_gpus(config, cuda_device_count())
         if record.architecture is not None:
             config.check_family(family_named(record.architecture.family))
         training_sets(config)  # raises DatasetError with the reason (also a validation overlap) before anything is queued
@@ -160,9 +163,13 @@ class TrainingService:
                 control.report_step(progress.step, total=max(progress.total_steps, 1))
                 control.set_message(progress.message)
 
-            manager = worker.resources
-            result = run_training(config, manager.weights_of(record), self.work_paths(job.user), manager.device,
-                                  on_progress=report, should_stop=lambda: control.interrupted)
+            if uses_several_processes(config):  # one process per GPU, followed through the same report
+                result = run_on_processes(config, self.work_paths(job.user), self.data_dir or self.paths.work_dir,
+                                          on_progress=report, should_stop=lambda: control.interrupted)
+            else:
+                manager = worker.resources
+                result = run_training(config, manager.weights_of(record), self.work_paths(job.user), manager.device,
+                                      on_progress=report, should_stop=lambda: control.interrupted)
         except Exception as error:
             monitor.finish(error=str(error))
             raise

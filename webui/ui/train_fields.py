@@ -27,6 +27,7 @@ from webui.training.config import (
     TrainingConfig,
     TrainingConfigError,
 )
+from webui.training.launcher import cuda_device_count
 
 METHOD_CHOICES = (("LoRA", "lora"), ("DreamBooth", "dreambooth"), ("DreamBooth-LoRA", "dreambooth_lora"),
                   ("Textual Inversion", "textual_inversion"), ("Pivotal", "pivotal"))
@@ -34,7 +35,8 @@ METHOD_CHOICES = (("LoRA", "lora"), ("DreamBooth", "dreambooth"), ("DreamBooth-L
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """How one config field is edited: kind is int, float, bool, text, choice, lines (one item a line) or multi."""
+    """How one config field is edited: kind is int, float, bool, text, choice, lines (one item a line), multi or
+    gpus (this machine's CUDA devices, as checkboxes)."""
 
     name: str
     label: str
@@ -118,6 +120,8 @@ HYPERPARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "Steps and batch": (
         _spec("train_batch_size", "Train batch size", "int"),
         _spec("gradient_accumulation_steps", "Gradient accumulation steps", "int"),
+        _spec("gpus", "GPUs", "gpus", info="two or more train together, one process each (effective batch = "
+                                           "batch size x GPUs x accumulation)"),
         _spec("max_train_epochs", "Epochs", "int"),
         _spec("max_train_steps", "Max train steps (0 = by epochs)", "int"),
         _spec("seed", "Seed", "int"),
@@ -203,6 +207,8 @@ def all_specs() -> list[FieldSpec]:
 
 def make_widget(spec: FieldSpec, value: Any) -> gr.components.Component:
     """The widget for one field, showing `value` (a config value)."""
+    if spec.kind == "gpus":
+        return gpu_widget(spec, value, cuda_device_count())
     elem_id = f"train_{spec.name}"
     common: dict[str, Any] = {"label": spec.label, "elem_id": elem_id}
     if spec.info:
@@ -222,8 +228,18 @@ def make_widget(spec: FieldSpec, value: Any) -> gr.components.Component:
     return gr.Textbox(value=value, **common)
 
 
+def gpu_widget(spec: FieldSpec, value: str, available: int) -> gr.CheckboxGroup:
+    """One checkbox per CUDA device that exists (the first one ticked by default); hidden without CUDA, where
+    training runs on the app's own device."""
+    chosen = [part.strip() for part in value.split(",") if part.strip()] or (["0"] if available else [])
+    return gr.CheckboxGroup(choices=[(f"GPU {index}", str(index)) for index in range(available)], value=chosen,
+                            label=spec.label, info=spec.info, elem_id=f"train_{spec.name}", visible=available > 0)
+
+
 def widget_value(spec: FieldSpec, value: Any) -> Any:
     """A config value as its widget holds it (lists for checkbox groups, one line per item for prompts)."""
+    if spec.kind == "gpus":
+        return [part.strip() for part in value.split(",") if part.strip()]
     if spec.kind == "lines":
         return "\n".join(value)
     if spec.kind == "multi":
@@ -249,6 +265,8 @@ def config_from_widgets(values: dict[str, Any]) -> TrainingConfig:
             data[name] = tuple(line.strip() for line in str(value or "").splitlines() if line.strip())
         elif kind == "multi":
             data[name] = tuple(value or ())
+        elif kind == "gpus":
+            data[name] = ",".join(str(item) for item in (value or ()))
         elif kind == "bool":
             data[name] = bool(value)
         else:

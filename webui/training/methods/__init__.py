@@ -94,6 +94,7 @@ class SaveRequest:
     step: int
     epoch: int
     summary: DatasetSummary
+    processes: int = 1     # training processes (GPUs): the effective batch is per-process x this x accumulation
 
 
 def epoch_suffix(epoch: int) -> str:

@@ -169,8 +169,9 @@ class LoraAdapters:
                                  layout=config.lora_file_layout)
 
 
-def training_metadata(config: TrainingConfig) -> dict[str, str]:
-    """Hyperparameters as kohya's ss_* keys (what Civitai and A1111's metadata viewer show)."""
+def training_metadata(config: TrainingConfig, processes: int = 1) -> dict[str, str]:
+    """Hyperparameters as kohya's ss_* keys (what Civitai and A1111's metadata viewer show); `processes` is
+    how many training processes (GPUs) shared each step, so the effective batch can be read back."""
     return {
         "ss_training_method": config.method,
         "ss_learning_rate": str(config.unet_lr),
@@ -181,6 +182,8 @@ def training_metadata(config: TrainingConfig) -> dict[str, str]:
         "ss_optimizer": config.optimizer,
         "ss_batch_size_per_device": str(config.train_batch_size),
         "ss_gradient_accumulation_steps": str(config.gradient_accumulation_steps),
+        "ss_num_processes": str(processes),
+        "ss_total_batch_size": str(config.train_batch_size * processes * config.gradient_accumulation_steps),
         "ss_clip_skip": str(config.clip_skip),
         "ss_min_snr_gamma": str(config.min_snr_gamma),
         "ss_noise_offset": str(config.noise_offset),
@@ -239,7 +242,7 @@ class LoraMethod(TrainingMethod):
 
     def save_outputs(self, request: SaveRequest) -> list[Path]:
         path = Path(request.paths.lora_dir) / f"{self.config.output_name}{request.suffix}.safetensors"
-        return [self.adapters.save(path, request, self.trigger_words(), training_metadata(self.config))]
+        return [self.adapters.save(path, request, self.trigger_words(), training_metadata(self.config, request.processes))]
 
     def usage_hint(self) -> str:
         words = ", ".join(self.trigger_words())

@@ -71,7 +71,7 @@ class PivotalMethod(TrainingMethod):
 
     def save_outputs(self, request: SaveRequest) -> list[Path]:
         name = f"{self.config.output_name}{request.suffix}"
-        extra = {**training_metadata(self.config), "ss_embedding_name": name,
+        extra = {**training_metadata(self.config, request.processes), "ss_embedding_name": name,
                  "ss_embedding_vectors": str(self.config.num_vectors)}
         lora = self.adapters.save(Path(request.paths.lora_dir) / f"{name}.safetensors", request, [name], extra)
         embedding = self.embeddings.save(Path(request.paths.embeddings_dir) / f"{name}.safetensors", request.step)
