@@ -63,8 +63,8 @@ class Plan:
     lora_rank: int = 32
     switch_rounds: int = 4
     train_batches: tuple[int, ...] = (1, 2, 4, 8, 16)
-    train_steps: int = 30
-    train_warmup: int = 10      # optimizer steps left out of images/s (allocation, cuDNN autotuning)
+    train_steps: int = 20
+    train_warmup: int = 5       # optimizer steps left out of images/s (allocation, cuDNN autotuning)
     train_images: int = 32
 
 
@@ -286,13 +286,16 @@ def studio_lora(ctx, subject: Subject, device: str, plan: Plan) -> dict:
     base = measured(device, studio_call(ctx, subject, plan.steps), plan.repeats)
     tags = [f"<lora:{path.stem}:0.8>" for path in paths]
     one = measured(device, studio_call(ctx, subject, plan.steps, prompt=f"{PROMPT} {tags[0]}"), plan.repeats)
-    three = measured(device, studio_call(ctx, subject, plan.steps, prompt=f"{PROMPT} {' '.join(tags)}"), plan.repeats)
+    with_three = studio_call(ctx, subject, plan.steps, prompt=f"{PROMPT} {' '.join(tags)}")
+    three = measured(device, with_three, plan.repeats)
+    applied = with_three().infotexts[0]  # the job names every LoRA it merged in its infotext
     return {"first_load_s": median(first), "apply_cached_s": median(cached), "reweight_s": median(reweights),
             "remove_s": median(removes), "removal_exact": exact, "lora_reads": manager.lora_reads,
             "peak_gpu_mib": peak, "notes": sorted(set(notes))[:5],
             "s_per_image_0": base["s"], "s_per_image_1": one["s"], "s_per_image_3": three["s"],
             "cost_percent_1": lora_cost(base["s"], one["s"]), "cost_percent_3": lora_cost(base["s"], three["s"]),
-            "generation_peak_gpu_mib": three["peak_gpu_mib"]}
+            "generation_peak_gpu_mib": three["peak_gpu_mib"],
+            "all_three_in_infotext": all(path.stem in applied.partition("Lora hashes")[2] for path in paths)}
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -346,11 +349,11 @@ def training_speed(subject: Subject, device: str, plan: Plan) -> dict:
 
 # ------------------------------------------------------------------------------------------------ the run
 
-def bench_subject(subject: Subject, holder: list, device: str, plan: Plan, sections: set[str], emit) -> dict:
+def bench_subject(subject: Subject, holder: list, device: str, plan: Plan, sections: set[str], emit, result: dict) -> None:
     """Every section for one family: plain diffusers first (its pipeline, the one item of `holder`, is
-    dropped before SD Studio loads, so the two never share the GPU)."""
+    dropped before SD Studio loads, so the two never share the GPU). Fills `result` section by section."""
     plain_pipeline = holder.pop()
-    result: dict = {"size": subject.size, "steps": plan.steps}
+    result.update(size=subject.size, steps=plan.steps)
     if "lora" in sections:
         for index, path in enumerate(lora_paths(subject)):
             result["lora_modules"] = write_random_lora(plain_pipeline, path, plan.lora_rank, seed=index + 1)
@@ -360,7 +363,7 @@ def bench_subject(subject: Subject, holder: list, device: str, plan: Plan, secti
         result["lora"] = {"plain": plain_lora(plain_pipeline, subject, device, plan)}
     del plain_pipeline
     free_memory(device)
-    write_others(subject)
+    write_others(subject, device)
     emit(subject.label, "plain diffusers", result)
     if "first_image" in sections:
         result["first_image"] = {mode: first_image(subject, device, plan, mode) for mode in ("studio", "plain")}
@@ -384,7 +387,6 @@ def bench_subject(subject: Subject, holder: list, device: str, plan: Plan, secti
     if "training" in sections:
         result["training"] = training_speed(subject, device, plan)
         emit(subject.label, "training", result["training"])
-    return result
 
 
 def environment(device: str, smoke: bool) -> dict:
@@ -422,6 +424,8 @@ def main() -> None:
 
     def emit(label: str, section: str, value) -> None:
         print(json.dumps({label: {section: value}}, default=str), flush=True)
+        if args.out:  # after each section, so a run cut short keeps what it measured
+            args.out.write_text(json.dumps(results, indent=1, default=str))
 
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         for family in (["toy"] if args.smoke else args.families):
@@ -431,12 +435,11 @@ def main() -> None:
             holder = [pipeline]
             del pipeline
             try:
-                results["families"][family] = bench_subject(subject, holder, device, plan, set(args.sections), emit)
+                results["families"][family] = {}
+                bench_subject(subject, holder, device, plan, set(args.sections), emit, results["families"][family])
             finally:
                 holder.clear()
                 subject.cleanup()
-            if args.out:  # after each family, so a run cut short keeps what it measured
-                args.out.write_text(json.dumps(results, indent=1, default=str))
     report = markdown_report(results)
     print(report)
     if args.out:

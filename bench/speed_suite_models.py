@@ -65,12 +65,13 @@ def prepare_full(family: str, device: str, data_dir: Path):
     return Subject(family, family, SIZES[family], data_dir, paths, plain_folder), pipeline
 
 
-def write_others(subject: Subject) -> None:
-    """Checkpoints b (other random weights) and c (a byte copy of b under another name, for the cold read)."""
+def write_others(subject: Subject, device: str) -> None:
+    """Checkpoints b (other random weights, made on `device`: faster) and c (a byte copy of b under another
+    name, for the cold read). The smoke run's three copies exist already."""
     a, b, c = subject.checkpoints
     if subject.label == "toy":
         return
-    write_single_file(random_components(subject.family, "cpu", seed=2), subject.family, b)
+    write_single_file(random_components(subject.family, device, seed=2), subject.family, b)
     shutil.copyfile(b, c)
 
 
