@@ -79,10 +79,8 @@ def _first_image(families: dict) -> list[str]:
         runs = result.get("first_image")
         if not runs:
             continue
-        cell = lambda mode, run: _s((runs[mode][run].get("first_image_s")) if "error" not in runs[mode][run]  # noqa: E731
-                                    else "failed")
-        rows.append([NAMES[family], cell("studio", "start"), cell("studio", "restart"),
-                     cell("plain", "start"), cell("plain", "restart"),
+        rows.append([NAMES[family], _first_cell(runs["studio"]["start"]), _first_cell(runs["studio"]["restart"]),
+                     _first_cell(runs["plain"]["start"]), _first_cell(runs["plain"]["restart"]),
                      _mib(runs["studio"]["start"].get("peak_gpu_mib"))])
     if not rows:
         return []
@@ -90,6 +88,10 @@ def _first_image(families: dict) -> list[str]:
              "diffusers folder); the restart reuses the data folder:", ""]
             + _table(["model", "SD Studio start", "SD Studio restart", "plain start", "plain restart",
                       "SD Studio peak GPU"], rows))
+
+
+def _first_cell(run: dict) -> str:
+    return "failed (see the JSON)" if "error" in run else _s(run.get("first_image_s"))
 
 
 def _switch(families: dict) -> list[str]:
