@@ -180,7 +180,7 @@ def child_first_image(args: argparse.Namespace) -> None:
         from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        pipeline = DiffusionPipeline.from_pretrained(args.child_model, torch_dtype=dtype).to(device)
+        pipeline = DiffusionPipeline.from_pretrained(args.child_model, dtype=dtype).to(device)
         pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, use_karras_sigmas=True)
         pipeline.set_progress_bar_config(disable=True)
         plain_call(pipeline, args.child_size, args.child_steps)()

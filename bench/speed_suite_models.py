@@ -83,7 +83,7 @@ def prepare_smoke(device: str, data_dir: Path):
     paths = tuple(folder / f"{DEFAULT_MODEL_NAME}-{letter}" for letter in "abc")
     for path in paths:
         shutil.copytree(SHIPPED_DEFAULT_MODEL, path, ignore=shutil.ignore_patterns(*TRAINING_RECORD_FILES, "README.md"))
-    pipeline = StableDiffusionPipeline.from_pretrained(paths[0], torch_dtype=torch.float32, safety_checker=None).to(device)
+    pipeline = StableDiffusionPipeline.from_pretrained(paths[0], dtype=torch.float32, safety_checker=None).to(device)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, use_karras_sigmas=True)
     pipeline.set_progress_bar_config(disable=True)
     return Subject("toy", "sd1", SMOKE_SIZE, data_dir, paths, paths[0]), pipeline

@@ -5,7 +5,8 @@
 #   bash bench/speed_suite_on_device.sh start    # install the carried wheels, start, wait up to WAIT s
 #   bash bench/speed_suite_on_device.sh finish   # wait up to WAIT s more; call again while it runs (exit 3)
 # Each call copies what exists so far (speed_suite.json, written after every section; speed_suite.md and the
-# log) into $OUT. FAMILIES="sd1 sdxl" and SECTIONS="txt2img first_image switch lora training" choose a part.
+# log) into $OUT. FAMILIES="sd1 sdxl" and SECTIONS="txt2img first_image switch lora training" choose a part;
+# DEVICE=cpu ARGS=--smoke tries the script itself on a machine without a GPU.
 # Wheels to carry in .whl/ (the machine lacks them; peft + accelerate: plain diffusers' LoRA baseline):
 #   pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata lazy_importer peft==0.21.2 accelerate==1.16.0
 set -uo pipefail
@@ -16,7 +17,7 @@ if [ "$phase" = start ]; then
     rm -rf "$run"; mkdir -p "$run/work"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
-    setsid nohup bash -c "python3 bench/speed_suite.py --device cuda --families ${FAMILIES:-sd1 sdxl} \
+    setsid nohup bash -c "python3 bench/speed_suite.py --device ${DEVICE:-cuda} ${ARGS:-} --families ${FAMILIES:-sd1 sdxl} \
         --sections ${SECTIONS:-txt2img first_image switch lora training} --work-dir $run/work \
         --out $run/speed_suite.json > $run/log 2>&1; echo \$? > $run/rc" < /dev/null > /dev/null 2>&1 &
 else
