@@ -109,7 +109,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="side of the ground-truth renders")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     descriptor = load_descriptor(args.model, args.device)
     report = {
         "model": args.model.name,
