@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ema", type=float, default=0.999, help="decay of the saved weight average")
     parser.add_argument("--validation-images", type=int, default=8)
     parser.add_argument("--validate-every", type=int, default=500)
+    parser.add_argument("--start", choices=("interpolator", "random"), default="interpolator",
+                        help="initial weights: a bicubic-like 2x interpolator (see start_as_interpolator) or random")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (0: torch's default); on a busy shared CPU 1 is faster than 2")
     parser.add_argument("--seed", type=int, default=21)
@@ -85,6 +87,51 @@ def build_model(num_feat: int, num_conv: int) -> torch.nn.Module:
 
     return SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=num_feat, num_conv=num_conv, upscale=SCALE,
                            act_type="prelu")
+
+
+def catmull_rom_taps(offset: float) -> list[float]:
+    """Three Catmull-Rom (bicubic, a = -0.5) weights for the input pixels at -1, 0, +1 when the output sample
+    sits ``offset`` input pixels from the centre one; the far fourth tap is dropped and the rest renormalised."""
+    def weight(distance: float) -> float:
+        d = abs(distance)
+        return 1.5 * d**3 - 2.5 * d**2 + 1 if d < 1 else -0.5 * d**3 + 2.5 * d**2 - 4 * d + 2 if d < 2 else 0.0
+    taps = [weight(offset - position) for position in (-1, 0, 1)]
+    return [tap / sum(taps) for tap in taps]
+
+
+@torch.no_grad()
+def start_as_interpolator(model: torch.nn.Module) -> None:
+    """Set the initial weights so the untrained network already is a bicubic-like 2x interpolator.
+
+    SRVGG adds a nearest-neighbour upsample to its output, so a network that has not learned enough draws
+    staircases on diagonal edges (seen in the random start: a striped star on green lost to Lanczos). From
+    this start training only has to learn what beats interpolation. Feature channels 0..2 carry the RGB input
+    unchanged through every layer (identity 3x3 kernels, PReLU slope 1: a linear path); the last convolution
+    turns them into the four sub-pixel phases of a 2x Catmull-Rom upsample minus the nearest-neighbour image.
+    Every other channel keeps its random start, and its share of the last convolution starts at zero. The
+    result is an ordinary SRVGG state dict: only the initial values are chosen.
+    """
+    layers = list(model.body)
+    convolutions = [layer for layer in layers if isinstance(layer, torch.nn.Conv2d)]
+    activations = [layer for layer in layers if isinstance(layer, torch.nn.PReLU)]
+    channels = convolutions[0].in_channels
+    for convolution in convolutions[:-1]:
+        convolution.weight[:channels].zero_()
+        convolution.bias[:channels].zero_()
+        for channel in range(channels):
+            convolution.weight[channel, channel, 1, 1] = 1.0
+    for activation in activations:
+        activation.weight[:channels] = 1.0
+    last = convolutions[-1]
+    last.weight.zero_()
+    last.bias.zero_()
+    phases = [torch.tensor(catmull_rom_taps(offset)) for offset in (-0.25, 0.25)]  # output pixels 2i, 2i+1
+    for channel in range(channels):
+        for row in range(SCALE):
+            for column in range(SCALE):
+                kernel = torch.outer(phases[row], phases[column])
+                kernel[1, 1] -= 1.0  # the nearest-neighbour image SRVGG adds back
+                last.weight[channel * SCALE * SCALE + row * SCALE + column, channel] = kernel
 
 
 class CropSampler:
@@ -180,7 +227,10 @@ def main(argv: list[str] | None = None) -> None:
                   for name, softening in (("area", AREA), ("soft", SOFT))}
     render_seconds = time.perf_counter() - started
 
-    model = build_model(args.num_feat, args.num_conv).to(args.device)
+    model = build_model(args.num_feat, args.num_conv)
+    if args.start == "interpolator":
+        start_as_interpolator(model)
+    model = model.to(args.device)
     average = copy.deepcopy(model).eval()
     for parameter in average.parameters():
         parameter.requires_grad_(False)
