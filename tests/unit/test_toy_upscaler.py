@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 from tools.upscaler import quality
 from tools.upscaler.toy_pairs import AREA, SOFT, TEST_START, VALIDATION_START, held_out_pair, scene_render
-from tools.upscaler.train_toy_upscaler import DEFAULT_OUTPUT, main as train
+from tools.upscaler.train_toy_upscaler import DEFAULT_OUTPUT, build_model, start_as_interpolator
+from tools.upscaler.train_toy_upscaler import main as train
 from webui.upscaling.spandrel_architectures import load_architectures
 
-HELD_OUT_IMAGES = 4  # 256 px renders; the margin below holds on every one of them, not just on the mean
-PSNR_MARGIN_DB = 1.0
+HELD_OUT_IMAGES = 4  # 256 px renders; every one of them must clear the margin, not just their mean
+PSNR_MARGIN_DB = 2.0  # the shipped model gained 5.3 to 14.9 dB over Lanczos on each of the first 12 (2026-12-06)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,15 @@ def test_the_training_script_writes_a_file_spandrel_loads(tmp_path):
     descriptor = load_architectures().load(load_file(str(out)))
     assert descriptor.architecture.id == "Compact" and descriptor.scale == 2 and "8nf" in descriptor.tags
     assert '"step": 3' in report.read_text()
+
+
+def test_the_interpolator_start_already_upscales_about_as_well_as_bicubic():
+    model = build_model(8, 2)
+    start_as_interpolator(model)
+    model.eval()
+    flat = quality.model_upscale(model, Image.new("RGB", (16, 16), (90, 160, 210)))
+    assert np.array_equal(np.unique(np.asarray(flat)[2:-2, 2:-2].reshape(-1, 3), axis=0), [[90, 160, 210]])
+    low, high = held_out_pair(0, 256, AREA)
+    started = quality.psnr(quality.model_upscale(model, low), high)
+    assert started > quality.psnr(quality.BICUBIC(low, 2), high) - 1.5
+    assert started > quality.psnr(quality.resampler(Image.Resampling.NEAREST)(low, 2), high) + 1.0
