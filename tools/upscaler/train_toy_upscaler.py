@@ -1,7 +1,10 @@
 """Train the shipped toy 2x upscaler: Real-ESRGAN's compact SRVGG design, small, on toy-world renders.
 
-    .venv/bin/python -m tools.upscaler.train_toy_upscaler                # the shipped run (CPU, ~15 min on 2 cores)
+    .venv/bin/python -m tools.upscaler.train_toy_upscaler --threads 1    # the shipped run: CPU, 12 min
     .venv/bin/python -m tools.upscaler.train_toy_upscaler --device cuda  # the same on a GPU
+
+The shipped model was trained on this project's 2-core CPU machine (no GPU time was available for it): 4,000
+steps in 720 s with one torch thread, the machine shared with other work.
 
 Writes ``models/default/upscalers/2x-SDStudio-ToyCompact.safetensors`` (the key layout Real-ESRGAN's compact
 models ship with, so spandrel detects it as "RealESRGAN Compact", scale 2) and
@@ -13,7 +16,9 @@ generated pictures are (``toy_pairs.soften_and_halve``: optional slight blur, ar
 slight noise, 8-bit rounding). Crops are centred on edges most of the time, because flat background teaches
 nothing. The loss is L1 plus L1 on horizontal and vertical pixel differences, a cheap term that rewards
 edges as steep as the target's. The weights saved are an exponential moving average of the trained ones (as
-Real-ESRGAN ships ``params_ema``). Everything is seeded; on a GPU, kernels are not bitwise deterministic.
+Real-ESRGAN ships ``params_ema``). The network starts as a bicubic-like interpolator (`start_as_interpolator`);
+from random weights (``--start random``) the same run ended 7 to 8 dB worse on the validation renders and drew
+staircases on diagonal edges. Everything is seeded; on a GPU, kernels are not bitwise deterministic.
 """
 
 from __future__ import annotations
