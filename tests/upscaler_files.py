@@ -71,6 +71,15 @@ def old_to_new_esrgan(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return new
 
 
+def _write_params(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """`.safetensors` as is, a `.pth` the way Real-ESRGAN's and BasicSR's files wrap it (`{"params": ...}`)."""
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"params": state}, path)
+    return path
+
+
 def write_esrgan_old(path: Path, scale: int = 4, seed: int = 0) -> Path:
     torch.save(_rrdb_state(scale, seed), path)
     return path
@@ -97,11 +106,7 @@ def write_compact(path: Path, scale: int = 2, seed: int = 0) -> Path:
 
     _seeded(seed)
     state = _contiguous(SRVGGNetCompact(num_feat=8, num_conv=2, upscale=scale).state_dict())
-    if path.suffix == ".safetensors":
-        save_file(state, str(path))
-    else:
-        torch.save({"params": state}, path)
-    return path
+    return _write_params(state, path)
 
 
 def write_swinir(path: Path, scale: int = 2, seed: int = 0) -> Path:
@@ -113,11 +118,7 @@ def write_swinir(path: Path, scale: int = 2, seed: int = 0) -> Path:
     model = SwinIR(img_size=32, embed_dim=12, depths=[1], num_heads=[2], window_size=8, mlp_ratio=2.0,
                    upscale=scale, upsampler="pixelshuffle", resi_connection="1conv")
     state = _contiguous(model.state_dict())
-    if path.suffix == ".safetensors":
-        save_file(state, str(path))
-    else:
-        torch.save({"params": state}, path)
-    return path
+    return _write_params(state, path)
 
 
 def write_dat(path: Path, scale: int = 2, seed: int = 0) -> Path:
@@ -129,11 +130,7 @@ def write_dat(path: Path, scale: int = 2, seed: int = 0) -> Path:
     model = DAT(img_size=16, embed_dim=32, split_size=[2, 4], depth=[2], num_heads=[2], expansion_factor=2.0,
                 upscale=scale)
     state = _contiguous(model.state_dict())
-    if path.suffix == ".safetensors":
-        save_file(state, str(path))
-    else:
-        torch.save({"params": state}, path)
-    return path
+    return _write_params(state, path)
 
 
 def write_unknown_architecture(path: Path) -> Path:
