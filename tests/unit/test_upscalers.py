@@ -207,3 +207,30 @@ def test_an_upscaler_name_with_a_comma_is_quoted_in_the_postprocessing_parameter
     assert result.size == (40, 20)
     parameters = parse_infotext(text)  # by, upscaler, upscaler 2: three pairs make a parameter line
     assert parameters["Postprocess upscaler"] == "2x, sharp" and parameters["Postprocess upscaler 2"] == "Nearest"
+
+
+def test_a_model_built_while_a_checkpoint_loads_gets_its_real_weights(tmp_path):
+    """diffusers loads checkpoints inside accelerate's init_empty_weights, which empties every module any
+    thread builds meanwhile: an upscaler built then must not be kept with empty (meta) weights."""
+    import threading
+    import time
+
+    from accelerate import init_empty_weights
+
+    files.write_compact(tmp_path / "compact-2x.safetensors", scale=2)
+    loading, done = threading.Event(), threading.Event()
+
+    def load_a_checkpoint() -> None:
+        with init_empty_weights():
+            loading.set()
+            time.sleep(1.0)
+        done.set()
+
+    threading.Thread(target=load_a_checkpoint, daemon=True).start()
+    loading.wait(5)
+    upscalers = service(tmp_path)
+    result = upscalers.upscale(image(20, 10), "compact-2x", 2)
+    assert done.is_set()  # the build waited for the load to end
+    assert result.size == (40, 20)
+    model = upscalers.catalog.model(upscalers.check("compact-2x")).model
+    assert not any(parameter.is_meta for parameter in model.parameters())

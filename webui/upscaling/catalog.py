@@ -12,6 +12,7 @@ so the first upscale after a listing does not read the file again.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from webui.upscaling.spandrel_architectures import SpandrelArchitectures, Spandr
 NONE_UPSCALER = "None"
 BUILTIN_UPSCALERS = (NONE_UPSCALER, "Lanczos", "Nearest")  # A1111's non-model upscalers, in its order
 UPSCALER_SUFFIXES = frozenset({".pth", ".pt", ".safetensors"})
+BUILD_RACE_SECONDS = 30.0  # how long a build is retried while a checkpoint load empties new modules
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class ModelCache:
 
 class UnusableUpscaler(Exception):
     """A model file that cannot be used; the message is the reason lists show."""
+
+
+class UpscalerBuildRaced(Exception):
+    """The model came out empty because a checkpoint was loading meanwhile (see `_load_real_weights`): a
+    passing state, never kept as the file's outcome."""
 
 
 class UpscalerCatalog:
@@ -151,7 +158,10 @@ class UpscalerCatalog:
         with self._lock:
             known = self._inspected.get(key)
             if known is None:
-                known = self._detect(path, key)
+                try:
+                    known = self._detect(path, key)
+                except UpscalerBuildRaced as error:
+                    return UpscalerEntry(path.stem, None, path=path, usable=False, reason=str(error))
                 self._inspected = {k: v for k, v in self._inspected.items() if k[0] != key[0]}
                 self._inspected[key] = known
             return known
@@ -193,7 +203,10 @@ class UpscalerCatalog:
             cached = self.models.get(key)
             if cached is not None:
                 return cached
-            descriptor = self._build(entry.path)
+            try:
+                descriptor = self._build(entry.path)
+            except UpscalerBuildRaced as error:
+                raise UnusableUpscaler(str(error)) from None
             self.models.put(key, descriptor)
             return descriptor
 
@@ -216,15 +229,37 @@ class UpscalerCatalog:
         if not isinstance(weights, dict) or not weights:
             raise UnusableUpscaler(f"holds a {type(weights).__name__}, not a dict of weights")
         try:
-            descriptor = architectures.load(weights)
+            descriptor = _load_real_weights(architectures, weights)
         except architectures.unsupported_error:
             missing = ", ".join(sorted(architectures.unavailable))
             extra = f" (not importable here: {missing})" if missing else ""
             raise UnusableUpscaler(f"architecture not recognised by spandrel {architectures.version}{extra}") from None
+        except UpscalerBuildRaced:
+            raise
         except Exception as error:  # noqa: BLE001 - a detected architecture whose weights do not fit it
             first_line = str(error).splitlines()[0] if str(error) else ""
             raise UnusableUpscaler(f"spandrel could not build it ({type(error).__name__}: {first_line})") from None
         return _checked_image_model(descriptor)
+
+
+def _load_real_weights(architectures: SpandrelArchitectures, weights: dict) -> Any:
+    """spandrel's model for `weights`, built again while it came out with meta tensors.
+
+    diffusers loads models inside accelerate's `init_empty_weights`, which swaps `nn.Module.register_parameter`
+    for the whole process while it lasts, so a module another thread constructs meanwhile (this upscaler, while
+    a worker loads a checkpoint) gets empty "meta" parameters and loading weights into them does nothing. Such a
+    build is thrown away and retried for up to BUILD_RACE_SECONDS; after that UpscalerBuildRaced (not kept as
+    the file's outcome: the next request builds it again).
+    """
+    deadline = time.monotonic() + BUILD_RACE_SECONDS
+    while True:
+        descriptor = architectures.load(weights)
+        module = descriptor.model
+        if not any(tensor.is_meta for tensor in (*module.parameters(), *module.buffers())):
+            return descriptor
+        if time.monotonic() > deadline:
+            raise UpscalerBuildRaced("a checkpoint was loading while the upscaler was built; try again")
+        time.sleep(0.2)
 
 
 def _checked_image_model(descriptor: Any) -> Any:
