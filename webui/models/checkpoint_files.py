@@ -99,13 +99,8 @@ def _tensors_from_loaded_object(path: Path, loaded: object) -> dict[str, torch.T
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load every tensor of a weights file onto the CPU, never executing pickled code."""
     path = Path(path)
-    _check_exists(path)
-    suffix = path.suffix.lower()
-    if suffix in SAFETENSORS_SUFFIXES:
-        return _read_safetensors(path)
-    if suffix in PICKLE_SUFFIXES:
-        return _tensors_from_loaded_object(path, read_pickle_checkpoint(path))
-    raise CheckpointReadError(path, f"unsupported file type '{path.suffix}'")
+    loaded = read_weights_object(path)
+    return loaded if path.suffix.lower() in SAFETENSORS_SUFFIXES else _tensors_from_loaded_object(path, loaded)
 
 
 def read_weights_object(path: Path) -> object:
