@@ -45,6 +45,7 @@ def test_two_waiting_jobs_show_in_the_queue_and_the_second_is_cancelled(page, se
     assert "queued" in table_row(page, first).inner_text()
 
     row.locator("[role=gridcell]").first.click()
+    page.wait_for_function(f"document.querySelector('#queue_status').innerText.includes('Selected job {second[:8]}')")
     page.click("#queue_cancel")
     page.wait_for_function("document.querySelector('#queue_status').innerText.includes('was cancelled')")
     assert state_of(server, second) == "cancelled"

@@ -183,11 +183,12 @@ def test_a_preset_name_cannot_read_json_outside_the_preset_folders(tmp_path):
     presets, outside = tmp_path / "presets", tmp_path / "outside"
     presets.mkdir()
     outside.mkdir()
-    (outside / "secret.json").write_text(json.dumps({"rank": 99}))
+    (outside / "secret.json").write_text(json.dumps({"output_name": "SECRET-OUTPUT-NAME"}))
     for name in ("../outside/secret", str(outside / "secret"), ".hidden", "a/b", None):
         with pytest.raises(TrainingConfigError) as refused:
             load_preset(name, presets)
-        assert refused.value.field == "preset" and "99" not in str(refused.value)
+        # The refusal names the field and never shows what the outside file holds.
+        assert refused.value.field == "preset" and "SECRET-OUTPUT-NAME" not in str(refused.value)
 
 
 def _learning_rates(name: str, total: int, warmup: int = 0) -> list[float]:

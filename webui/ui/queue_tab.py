@@ -82,9 +82,14 @@ def build_queue_tab(ctx: AppContext, tab: gr.Tab) -> QueueTab:
         return (job_rows(views), [view["id"] for view in views], gr.Timer(active=live), gallery_update, paths,
                 [text for _, text in results])
 
-    def select_row(row_ids: list[str], event: gr.SelectData):
+    def select_row(row_ids: list[str], event: gr.SelectData) -> tuple[str, str]:
+        """The clicked row's job, found by the short id the row shows, so a refresh that moved the rows between
+        the click and this call cannot pick a neighbour; the status line says which job Cancel/Resume act on."""
+        shown_id = event.row_value[0] if event.row_value else None
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-        return row_ids[row] if 0 <= row < len(row_ids) else ""
+        matches = [job_id for job_id in row_ids if shown_id and job_id.startswith(str(shown_id))]
+        job_id = matches[0] if matches else (row_ids[row] if 0 <= row < len(row_ids) else "")
+        return job_id, (f"Selected job {job_id[:8]}." if job_id else "")
 
     def cancel_selected(job_id: str, request: gr.Request):
         if not job_id:
@@ -115,7 +120,7 @@ def build_queue_tab(ctx: AppContext, tab: gr.Tab) -> QueueTab:
     outputs = [table, ids, timer, gallery, shown, texts]
     for trigger in (refresh.click, tab.select, timer.tick):
         trigger(load, inputs=shown, outputs=outputs)
-    table.select(select_row, inputs=ids, outputs=selected_id)
+    table.select(select_row, inputs=ids, outputs=[selected_id, status])
     cancel.click(cancel_selected, inputs=selected_id, outputs=status).then(load, inputs=shown, outputs=outputs)
     resume.click(resume_selected, inputs=selected_id, outputs=status).then(load, inputs=shown, outputs=outputs)
     gallery.select(pick_result, inputs=[shown, texts], outputs=[infotext, picked])
