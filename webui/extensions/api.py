@@ -36,6 +36,7 @@ from PIL import Image
 
 from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, HookRefusal, Registration
 from webui.generation.controlnet import CONTROL_MODES, BALANCED, in_window, unit_residuals
+from webui.generation.control_maps import canny as canny_edges, gray as gray_map, map_to_rgb
 from webui.generation.hooks import JobModel
 from webui.extensions.script_values import FIELD_META, ScriptArgsError, ScriptDefinition, define_script
 from webui.extensions.settings_store import SettingError, SettingSpec, SettingValue
@@ -43,7 +44,7 @@ from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.security.identity import ADMIN, USER, NotAuthenticated, User, request_user
 
-API_VERSION = "1.2.0"
+API_VERSION = "1.3.0"
 
 __all__ = [
     "API_VERSION", "ExtensionSetup", "ExtensionError", "Services", "AppStarted", "AppStartedHook", "Caller",
@@ -63,6 +64,8 @@ __all__ = [
     "JobModel", "JobRefused", "ControlNet", "ControlNetInfo", "CONTROL_MODES", "in_control_window",
     # 1.2: control models in the job's model state; UNetCall.hires
     "ControlModelsHook",
+    # 1.3: the product's weight-free control maps (the toy ControlNet was trained on `canny_edges`)
+    "canny_edges", "gray_map", "map_to_rgb",
 ]
 
 # Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
