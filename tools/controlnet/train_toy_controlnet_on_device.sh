@@ -15,7 +15,8 @@
 # Run on the device:   bash tools/controlnet/train_toy_controlnet_on_device.sh        (carry: .whl)
 # CPU check here:      DEVICE=cpu SMOKE=1 OUT=/tmp/cn-smoke bash tools/controlnet/train_toy_controlnet_on_device.sh
 # Knobs: BUDGET (training minutes, default 6), TOTAL (seconds by which evaluation stops starting scenes, 510),
-# IMAGES (training renders, 40000), BATCH (256 on CUDA), SCENES (evaluation scenes, at most; 200).
+# IMAGES (training renders, 40000), BATCH (256 on CUDA), SCENES (evaluation scenes, at most; 200), WORKERS (app
+# workers sharing the GPU during the evaluation, 3).
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder that receives the results}
 mkdir -p "$OUT"
@@ -27,13 +28,13 @@ if [ "$DEVICE" = cuda ]; then
     source bench/device_env.sh
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
     train_args=(--images "${IMAGES:-40000}" --batch "${BATCH:-256}" --workers 14 --time-budget-minutes "${BUDGET:-6}")
-    eval_args=(--scenes "${SCENES:-200}")
+    eval_args=(--scenes "${SCENES:-200}" --workers "${WORKERS:-3}")
 else
     export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
     PYTHON=${PYTHON:-.venv/bin/python}
     if [ "${SMOKE:-0}" = 1 ]; then
         train_args=(--images 128 --steps 10 --batch 4 --workers 2)
-        eval_args=(--scenes 1)
+        eval_args=(--scenes 2 --workers 2)
     else
         train_args=(--images "${IMAGES:-4000}" --batch "${BATCH:-8}" --workers 2 --time-budget-minutes "${BUDGET:-6}")
         eval_args=(--scenes "${SCENES:-20}")
