@@ -42,7 +42,7 @@ else
 fi
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -m tools.controlnet.train_toy_controlnet --device "$DEVICE" --out "$model" "${train_args[@]}" 2>&1 \
-    | grep -v -e torchvision -e "should be kept in float32" | tee -a "$log"
+    | grep --line-buffered -v -e torchvision -e "should be kept in float32" | tee -a "$log"
 [ -f "$model" ] || { echo "training wrote no model" | tee -a "$log"; exit 1; }
 cp "$model" "${model%.safetensors}.training.json" "$OUT/"
 left=$(( ${TOTAL:-510} - SECONDS - 25 ))   # seconds for evaluation scenes; the app's start and the report follow
@@ -51,6 +51,6 @@ minutes=$(awk -v s="$left" 'BEGIN { printf "%.2f", (s < 30 ? 30 : s) / 60 }')
 echo "evaluating for at most $minutes minutes (${SECONDS}s spent so far)" | tee -a "$log"
 "$PYTHON" -m sdstudio_eval.controlnet_fidelity --device "$DEVICE" --controlnet "$model" "${eval_args[@]}" \
     --time-budget-minutes "$minutes" --out-dir "$OUT" 2>&1 \
-    | grep -v -e torchvision -e "should be kept in float32" -e "hello-tab" | tee -a "$log"
+    | grep --line-buffered -v -e torchvision -e "should be kept in float32" -e "hello-tab" | tee -a "$log"
 echo "done in ${SECONDS}s" | tee -a "$log"
 ls -la "$OUT"
