@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-drop", type=float, default=PROMPT_DROP, help="share of samples with the prompt \"\"")
     parser.add_argument("--ema-decay", type=float, default=0.998, help="0: save the last step's weights")
     parser.add_argument("--caption-variants", type=int, default=4, help="varied captions per render")
+    parser.add_argument("--hint-init", choices=("zero", "random"), default="zero",
+                        help="the map embedding's last convolution: zero (the paper's) or randomly initialised")
     parser.add_argument("--seed", type=int, default=2027)
     parser.add_argument("--workers", type=int, default=8, help="processes rendering scenes and edge maps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -230,7 +232,13 @@ def main(argv: list[str] | None = None) -> None:
     unet, vae, text_encoder = load_frozen(args.model, args.device)
     latents = encode_latents(vae, images, args.device)
     del vae
-    controlnet = ControlNetModel.from_unet(unet).to(args.device)
+    controlnet = ControlNetModel.from_unet(unet)
+    if args.hint_init == "random":
+        # The map's embedding normally ends in a zero convolution like the outputs, so at first the copied encoder
+        # ignores the map and the output convolutions learn from map-free features; a random last convolution
+        # lets them see the map from step one. The outputs stay zero: the first step still adds nothing.
+        controlnet.controlnet_cond_embedding.conv_out.reset_parameters()
+    controlnet = controlnet.to(args.device)
     log(f"latents {tuple(latents.shape)}; ControlNet parameters {sum(p.numel() for p in controlnet.parameters()):,}")
     report: dict = {"command": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"batch": batch},
                     "base_model": str(args.model.name), "control": "canny (webui.generation.control_maps.canny, "
