@@ -113,7 +113,8 @@ def build_context(settings: Settings) -> AppContext:
     job_store = open_owned_store(settings.data_dir / JOB_STORE_FILE, settings.job_history, settings.job_history_days)
     scheduler = Scheduler(kinds, job_store,
                           max_jobs=request_limits.max_queue, max_jobs_per_owner=request_limits.max_queue_per_user,
-                          preview_every_n_steps=settings.preview_every_n_steps, recover_stored_jobs=False)
+                          preview_every_n_steps=settings.preview_every_n_steps, recover_stored_jobs=False,
+                          split_jobs=settings.split_jobs)
     hooks = ExtensionGenerationHooks(extensions, request_limits.generation.max_images)
     checkpoint_settings = CheckpointSettings(settings.data_dir / CHECKPOINT_SETTINGS_FILE)
     # Built ControlNets stay in RAM like checkpoints; room for at least one job's three units.

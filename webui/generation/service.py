@@ -26,6 +26,7 @@ from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.refiner import check_refiner_pair
 from webui.generation.request_codec import decode_request, encode_request
+from webui.generation.split import RequestPart, gather_results, split_request
 from webui.generation.samplers import (
     AUTOMATIC, UnknownSamplerError, check_flow_sampler, sampler_names, schedule_types_for,
 )
@@ -42,7 +43,7 @@ from webui.generation.txt2img import GenerationResult, run_txt2img
 from webui.jobs.progress import JobControl
 from webui.jobs.job import Job
 from webui.jobs.scheduler import Scheduler
-from webui.jobs.spec import JobKind, JobSpec
+from webui.jobs.spec import JobKind, JobSpec, Splitter
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointRecord
 from webui.models.families import family_named
@@ -257,9 +258,11 @@ class GenerationService:
         return combined
 
     def generate_inline(self, manager: ModelManager, request: Txt2ImgRequest,
-                        control: JobControl | None = None) -> GenerationResult:
+                        control: JobControl | None = None,
+                        images: tuple[int, int | None] | None = None) -> GenerationResult:
         """Validate and generate on the calling thread with `manager`: for code already running inside a
         job on a worker (X/Y/Z cells, batch folders), which runs its sub-steps inline, never as new jobs.
+        `images` = (start, stop): only those images of the request (a part of a split job, `split.py`).
 
         Extensions' `before_request` hooks may change the request first; a change that the app's checks
         refuse is dropped (the job's warnings say so)."""
@@ -274,7 +277,7 @@ class GenerationService:
         refiner = request.refiner_checkpoint if request.uses_refiner else None
         with manager.checkout(state, refiner=refiner) as model:
             result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
-                         control=control, hooks=self.hooks, upscalers=self.upscalers)
+                         control=control, hooks=self.hooks, upscalers=self.upscalers, images=images)
         result.warnings = tuple(warnings) + tuple(result.warnings)
         return result
 
@@ -312,7 +315,8 @@ class GenerationService:
                       "model_key": lambda request: self.models.model_key(request.checkpoint),
                       "control_keys": self.control_keys,
                       "summary": describe_request, "cost": generation_cost, "result_record": result_record,
-                      "forget": self._forget}
+                      "forget": self._forget,
+                      "splitter": Splitter(split_request, self._gather)}
         return [
             JobKind(TXT2IMG, **generation),
             JobKind(IMG2IMG, **generation),
@@ -331,8 +335,14 @@ class GenerationService:
         except Exception:  # a hint must never refuse a job: the job reports the problem when it runs
             return ()
 
-    def _run_generation(self, worker: Worker, request: Txt2ImgRequest, control: JobControl) -> GenerationResult:
+    def _run_generation(self, worker: Worker, request: Txt2ImgRequest | RequestPart,
+                        control: JobControl) -> GenerationResult:
+        if isinstance(request, RequestPart):  # a part of a job split over several workers
+            return self.generate_inline(worker.resources, request.request, control, request.images)
         return self.generate_inline(worker.resources, request, control)
+
+    def _gather(self, request: Txt2ImgRequest, results: list[GenerationResult]) -> GenerationResult:
+        return gather_results(request, self.outputs_root_of(request), results)
 
     def _encode(self, request: Txt2ImgRequest) -> dict[str, Any]:
         folder = uuid.uuid4().hex
