@@ -1,8 +1,9 @@
 """The order of live jobs: who waits, who runs, and which waiting job a free worker takes.
 
 Kept apart from the scheduler's threads, store and events so that the rules of the queue (FIFO, the
-bounds, positions, model affinity: checkpoint, then control models; ETA) read in one place. It is plain
-data and not thread-safe: the scheduler calls it only while holding its lock.
+bounds, positions, model affinity: checkpoint, then control models; which free workers help with a split
+job; ETA) read in one place. It is plain data and not thread-safe: the scheduler calls it only while holding
+its lock.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ class Lineup:
             if all(_fit(job, *held) <= own for held in holdings):
                 return job
         return None
+
+    def helpers_for(self, job: Job, free: list[Worker]) -> list[Worker]:
+        """Which of the `free` workers may run parts of `job` (just taken, so no longer waiting) at once: only
+        those left over once every waiting job has a free worker (splitting one job must not hold up the
+        next), the workers holding the job's checkpoint first (the others must load it)."""
+        spare = len(free) - len(self.waiting)
+        if spare <= 0:
+            return []
+        holders_first = sorted(free, key=lambda worker: not _fit(job, worker.current_model_key(), frozenset())[0])
+        return holders_first[:spare]
 
     def start(self, job: Job) -> None:
         self.waiting.remove(job)

@@ -202,17 +202,11 @@ class Scheduler:
             return run_here
 
     def _helpers_for(self, job: Job) -> list[Worker]:
-        """The free workers that may take parts of `job`: none unless its kind splits and splitting is on;
-        never more than the free workers left over once every other waiting job has one; those holding the
-        job's checkpoint first. Called under the lock."""
+        """The free workers that may take parts of `job` (none unless its kind splits and splitting is on; see
+        `Lineup.helpers_for`). Called under the lock."""
         if not self._split_jobs or job.kind_entry.splitter is None:
             return []
-        free = [w for w in self._idle if w not in self._reserved and w not in self._assigned]
-        spare = len(free) - len(self._line.waiting)
-        if spare <= 0:
-            return []
-        free.sort(key=lambda w: not (job.model_key is not None and w.current_model_key() == job.model_key))
-        return free[:spare]
+        return self._line.helpers_for(job, [w for w in self._idle if w not in self._reserved and w not in self._assigned])
 
     def _split(self, job: Job, count: int) -> list[Any] | None:
         """The part requests of `job` for `count` workers; None when its kind does not split it this time
