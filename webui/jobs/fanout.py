@@ -80,6 +80,7 @@ class FanOut:
             last = len(self._outcomes) == len(self.parts)
         if error is not None:
             self.signal(JobControl.interrupt)
+        self._relay()  # its last words (a final message) count too
         return last
 
     def failure(self) -> PartFailure | None:

@@ -317,13 +317,17 @@ def gather_cells(plan: XYZPlan, parts: list[XyzCells]) -> XyzCells:
 
 
 def combined_cell_message(messages: list[str]) -> str:
-    """The whole plot's `Cell i of N` from its parts' messages (`Cell i of n` while running, `Done: ...`)."""
-    done = total = 0
+    """The whole plot's `Cell i of N` from its parts' messages (`Cell i of n` while running, `Done: ...` at
+    the end), and `Done: ...` once every part is done."""
+    done = total = finished = 0
     for message in messages:
         match = _CELL_MESSAGE.fullmatch(message) or _DONE_MESSAGE.match(message)
         if match:
+            finished += match.re is _DONE_MESSAGE
             done += int(match["index"]) - (1 if match.re is _CELL_MESSAGE else 0)
             total += int(match["total"])
+    if finished == len(messages) and total:
+        return done_message(done, total, any("interrupted" in message for message in messages))
     return cell_message(min(done + 1, total), total) if total else ""
 
 
