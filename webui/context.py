@@ -128,7 +128,7 @@ def build_context(settings: Settings) -> AppContext:
     generation = GenerationService(models, scheduler, styles, loras, files, request_limits,
                                    outputs_folder=settings.outputs_folder,
                                    inputs_folder=settings.data_dir / "jobs" / "inputs", hooks=hooks,
-                                   upscalers=upscalers)
+                                   upscalers=upscalers, cfg_split=settings.cfg_split)
     extras = ExtrasService(upscalers, scheduler, settings.data_dir / "jobs" / "inputs",
                            request_limits.max_image_pixels, request_limits.generation.max_images)
     training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(

@@ -65,6 +65,7 @@ class Settings:
     workers: int = 1                      # workers on --device (each holds its own model)
     device_ids: tuple[str, ...] = ()      # one worker per listed CUDA device ("0,1")
     split_jobs: bool = True               # a job of several images or X/Y/Z cells runs on all free workers
+    cfg_split: bool = False               # a one-image SD1/SD2/SDXL job runs its CFG halves on two free workers
     job_history: int = 1000               # finished jobs kept in the job history
     job_history_days: int = 30            # ... and for at most this many days
     allow_webhooks: bool = False          # may a job name a URL the server POSTs to when it ends
@@ -237,6 +238,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-split-jobs", action="store_true",
                         help="run every job on one worker; by default, with several workers, a txt2img/img2img "
                         "job of several images or an X/Y/Z plot is split across the workers that are free")
+    parser.add_argument("--cfg-split", action="store_true",
+                        help="a one-image SD1/SD2/SDXL job taken while another worker is free runs the two halves of "
+                        "each classifier-free-guidance UNet call on both workers' devices at once (for two GPUs; "
+                        "default off)")
     parser.add_argument("--job-history", type=int, default=None,
                         help="finished jobs kept in the job history (default 1000)")
     parser.add_argument("--job-history-days", type=int, default=None,
@@ -340,6 +345,7 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
         **limits,
         device_ids=device_ids,
         split_jobs=not args.no_split_jobs,
+        cfg_split=args.cfg_split,
         allow_webhooks=args.allow_webhooks,
         webhook_secret=environ.get("SDSTUDIO_WEBHOOK_SECRET", ""),
         data_dir=data_dir,

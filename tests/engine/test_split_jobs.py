@@ -1,7 +1,8 @@
-"""One request on two CPU workers (`--workers 2`): a txt2img/img2img job of several images and an X/Y/Z
-plot are split over both workers and give what one worker gives: the same seeds, infotexts, grid and
-images (bitwise when the parts draw whole batches; within one level of 255 when a batch is cut, since the
-UNet then sees a smaller batch), with the images saved in order."""
+"""One request on two CPU workers (`--workers 2 --cfg-split`): a txt2img/img2img job of several images and
+an X/Y/Z plot are split over both workers and give what one worker gives: the same seeds, infotexts, grid
+and images (bitwise when the parts draw whole batches; within one level of 255 when a batch is cut, since
+the UNet then sees a smaller batch), with the images saved in order. A one-image job runs the two CFG halves
+of its UNet calls on the two workers, each with its own copy of the model, and gives one worker's image."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.engine.helpers import perturbed_copy
 from webui.context import build_context
 from webui.generation.infotext import read_infotext
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
@@ -16,6 +18,7 @@ from webui.settings import settings_from_args
 from webui.xyz.plot import AxisSpec
 from webui.xyz.service import XyzOptions, run_xyz
 
+OTHER = "toy-other"  # held by no worker until the CFG split test (the module's last) loads it
 REQUEST = dict(prompt="a red circle on a blue background", width=64, height=64, steps=6, seed=21)
 
 
@@ -24,7 +27,8 @@ def ctx(tmp_path_factory, default_model_folder):
     from tests.conftest import with_default_model
 
     data = with_default_model(tmp_path_factory.mktemp("split-jobs"), default_model_folder)
-    context = build_context(settings_from_args(["--data-dir", str(data), "--workers", "2"]))
+    perturbed_copy(default_model_folder, data / "models" / "Stable-diffusion" / OTHER, seed=3)
+    context = build_context(settings_from_args(["--data-dir", str(data), "--workers", "2", "--cfg-split"]))
     for manager in context.models.managers:  # one after the other: both workers hold the model before the tests
         manager.select()
     yield context
@@ -92,7 +96,13 @@ def test_xyz_cells_run_on_both_workers_and_the_grid_is_one_workers_grid(ctx):
     assert job.control.snapshot().message == "Done: 6 of 6 cells"  # what one worker says at the end
 
 
-def test_a_one_image_job_is_not_split(ctx):
-    job = ctx.generation.submit_txt2img(Txt2ImgRequest(**REQUEST, save_images=False))
-    job.result(timeout=600)
-    assert len(workers_of(ctx, job)) == 1
+def test_one_image_runs_its_cfg_halves_on_both_workers_and_equals_one_workers_image(ctx):
+    # Neither worker holds OTHER: the partner loads its own copy when the first half-call reaches it.
+    request = Txt2ImgRequest(**REQUEST, checkpoint=OTHER, sampler_name="Euler a", save_images=False)
+    job = ctx.generation.submit_txt2img(request)
+    result = job.result(timeout=600)
+    assert sorted(workers_of(ctx, job)) == ["cpu#0", "cpu#1"]
+    assert [manager.current.name for manager in ctx.models.managers] == [OTHER, OTHER]
+    reference = one_worker(ctx, request)
+    assert result.seeds == reference.seeds == [21] and result.infotexts == reference.infotexts
+    assert np.abs(pixels(result.images[0]) - pixels(reference.images[0])).max() <= 1

@@ -55,13 +55,18 @@ def part_bounds(batch_size: int, batch_count: int, parts: int) -> list[tuple[int
     return bounds
 
 
+def fixed_request(request: Txt2ImgRequest) -> Txt2ImgRequest:
+    """`request` as every part of it runs: seeds resolved once (-1 is random), saving left to the gather."""
+    return request.with_changes(seed=resolve_seed(request.seed), subseed=resolve_seed(request.subseed),
+                                save_images=False, save_grid=False)
+
+
 def split_request(request: Txt2ImgRequest, parts: int) -> tuple[Txt2ImgRequest | RequestPart, ...]:
     """The parts of `request` for `parts` workers; the request alone when it makes one image."""
     bounds = part_bounds(request.batch_size, request.batch_count, parts)
     if len(bounds) < 2:
         return (request,)
-    fixed = request.with_changes(seed=resolve_seed(request.seed), subseed=resolve_seed(request.subseed),
-                                 save_images=False, save_grid=False)
+    fixed = fixed_request(request)
     last = len(bounds) - 1
     return tuple(RequestPart(fixed, start, stop if index < last else None)
                  for index, (start, stop) in enumerate(bounds))
