@@ -330,7 +330,7 @@ class GenerationService:
                       "control_keys": self.control_keys,
                       "summary": describe_request, "cost": generation_cost, "result_record": result_record,
                       "forget": self._forget,
-                      "splitter": Splitter(self._split, self._gather)}
+                      "splitter": Splitter(self._split, self._gather, reports=_reports_progress)}
         return [
             JobKind(TXT2IMG, **generation),
             JobKind(IMG2IMG, **generation),
@@ -412,6 +412,11 @@ class GenerationService:
         user = data.get("user")
         return BatchJob(template, data["input_folder"], data["output_folder"], data.get("mask_folder", ""),
                         User(str(user["name"]), str(user.get("role", USER))) if user else None)
+
+
+def _reports_progress(part: Any) -> bool:
+    """A CFG split's partner only answers the main part's UNet calls: the main part's progress is the job's."""
+    return not (isinstance(part, CfgSplitPart) and part.role == PARTNER)
 
 
 def check_makes_images_from_text(record: CheckpointRecord) -> None:

@@ -58,7 +58,8 @@ class FanOut:
         self._lock = threading.Lock()
         self._outcomes: dict[int, tuple[str, Any, BaseException | None]] = {}
         self._previews_seen = [0] * len(self.parts)
-        for part in self.parts:
+        self._reporting = [part for part in self.parts if splitter.reports(part.request)] or self.parts
+        for part in self._reporting:
             part.control.listen(self._relay)
         if whole.control.interrupted:  # interrupted while it was being split
             self.signal(JobControl.interrupt)
@@ -98,7 +99,7 @@ class FanOut:
     def _relay(self) -> None:
         """A part reported: show the parts' steps added up, their message, and the newest preview."""
         with self._lock:
-            snapshots = [part.control.snapshot() for part in self.parts]
+            snapshots = [part.control.snapshot() for part in self._reporting]
             steps = max(1, max(snapshot.total_steps for snapshot in snapshots))
             done = sum(snapshot.batch_index * snapshot.total_steps + snapshot.step for snapshot in snapshots)
             batches = sum(snapshot.batch_count for snapshot in snapshots)

@@ -64,6 +64,10 @@ def _first_message(messages: list[str]) -> str:
     return next((message for message in messages if message), "")
 
 
+def _reports_progress(part_request: Any) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Splitter:
     """How a kind's job is split into parts that run at once on several free workers (`webui.jobs.fanout`).
@@ -72,12 +76,14 @@ class Splitter:
     request itself alone: not worth splitting); a part request is data like any request, and the kind's `run`
     must accept it. `gather(request, part_results)` turns the parts' results, in part order, into the result
     one worker would have returned for `request`. `message(part_messages)` makes the whole job's progress
-    message from the parts' (by default the first part's that says anything).
+    message from the parts' (by default the first part's that says anything). `reports(part_request)` says
+    whether a part's progress is part of the job's (a part that only serves another part reports none).
     """
 
     split: Callable[[Any, int], tuple[Any, ...]]
     gather: Callable[[Any, list[Any]], Any]
     message: Callable[[list[str]], str] = _first_message
+    reports: Callable[[Any], bool] = _reports_progress
 
 
 @dataclass(frozen=True)
