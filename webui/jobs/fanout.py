@@ -11,6 +11,7 @@ progress, preview, interrupt and skip cover all its parts.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ class FanOut:
     last call says so, and the scheduler then gathers the results or fails the job."""
 
     def __init__(self, whole: Job, requests: list[Any], splitter: Splitter, preview_every_n_steps: int,
-                 clock: Any):
+                 clock: Callable[[], float]):
         self.whole = whole
         self.splitter = splitter
         # Parts are run by the kind's own handler; their request is a part request, which the kind's
@@ -68,7 +69,7 @@ class FanOut:
         """The whole job's control and every part's: what interrupt and skip act on."""
         return [self.whole.control] + [part.control for part in self.parts]
 
-    def signal(self, action: Any) -> None:
+    def signal(self, action: Callable[[JobControl], None]) -> None:
         for part in self.parts:
             action(part.control)
 

@@ -168,7 +168,7 @@ class Scheduler:
             try:
                 while (job := self._assigned.pop(worker, None)) is None and not self._closed:
                     if worker not in self._reserved:
-                        job = self._line.pick(worker, [w for w in self._idle if w not in self._reserved])
+                        job = self._line.pick(worker, self._free_workers())
                         if job is not None:
                             break
                     self._changed.wait()
@@ -206,7 +206,11 @@ class Scheduler:
         `Lineup.helpers_for`). Called under the lock."""
         if not self._split_jobs or job.kind_entry.splitter is None:
             return []
-        return self._line.helpers_for(job, [w for w in self._idle if w not in self._reserved and w not in self._assigned])
+        return self._line.helpers_for(job, self._free_workers())
+
+    def _free_workers(self) -> list[Worker]:
+        """Idle workers neither kept for a job being split nor handed a part (under the lock)."""
+        return [w for w in self._idle if w not in self._reserved and w not in self._assigned]
 
     def _split(self, job: Job, count: int) -> list[Any] | None:
         """The part requests of `job` for `count` workers; None when its kind does not split it this time
