@@ -18,6 +18,9 @@ is taken around module builds, parameter replacements and library loads that pat
 `from_pretrained`). The lock is held only while modules are built or parameters replaced (milliseconds to a few
 seconds), never during a generation or while weights are read from disk.
 
+Building under `torch.device("meta")` (the VAE shape check, the CLIP key fit-up in ldm_conversion) needs no lock:
+that context is per thread, and a module built in it has no weights to lose.
+
 Code that does not take the lock (an extension calling diffusers' `from_pretrained` itself) cannot be excluded,
 but its window can be seen: while `register_parameter` is not torch's own, a guarded section waits for it to
 close (up to FOREIGN_WINDOW_WAIT_S) before building, and raises `ModuleConstructionBusy` when it never does
