@@ -164,3 +164,40 @@ def test_the_app_enters_init_empty_weights_only_through_the_guard():
                  if path.name != "module_construction.py"
                  and _names_used(path) & {"init_empty_weights", "init_on_device"}]
     assert offenders == []
+
+
+GUARDS = {"constructing_modules", "empty_weights"}
+LOADERS = {"from_single_file", "from_pretrained"}
+NO_MODULES = ("Tokenizer", "TokenizerFast", "Processor", "Config", "Scheduler")  # from_pretrained builds no module
+
+
+def _unguarded_loads(node: ast.AST, guarded: bool = False) -> list[int]:
+    """Lines of `X.from_single_file(...)` / `X.from_pretrained(...)` calls outside a `with` of the guard (a
+    `from_pretrained` of a class named like a tokenizer, processor, config or scheduler builds no module; one on
+    a computed class, `getattr(...).from_pretrained`, cannot be told apart and is left to review)."""
+    if isinstance(node, (ast.With, ast.AsyncWith)):
+        guarded = guarded or any(isinstance(item.context_expr, ast.Call) and _called_name(item.context_expr) in GUARDS
+                                 for item in node.items)
+    found = []
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LOADERS and not guarded:
+        receiver = node.func.value
+        name = receiver.id if isinstance(receiver, ast.Name) else getattr(receiver, "attr", None)
+        if node.func.attr == "from_single_file" or (name is not None and not name.endswith(NO_MODULES)):
+            found.append(node.lineno)
+    for child in ast.iter_child_nodes(node):
+        found += _unguarded_loads(child, guarded)
+    return found
+
+
+def _called_name(call: ast.Call) -> str | None:
+    return call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
+
+
+def test_model_loads_through_diffusers_or_transformers_happen_inside_the_guard():
+    """diffusers' from_single_file / from_pretrained enter init_empty_weights themselves, transformers' patch torch's
+    init functions: a model load outside `constructing_modules()` would race every other worker's builds."""
+    offenders = [f"{path.relative_to(ROOT)}:{line}"
+                 for folder in ("webui", "extensions-builtin") for path in sorted((ROOT / folder).rglob("*.py"))
+                 for line in _unguarded_loads(ast.parse(path.read_text(encoding="utf-8")))]
+    assert offenders == []
+
