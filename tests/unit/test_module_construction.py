@@ -1,7 +1,7 @@
 """The construction guard (webui/models/module_construction.py): a ControlNet built or an embedding applied on one
 worker while another worker loads a checkpoint gets real weights; two loads never leave torch patched; a build in
 a window opened outside the guard waits for it, and says so when it lasts too long; and the app enters
-accelerate's init_empty_weights nowhere else.
+accelerate's init_empty_weights nowhere else and loads diffusers/transformers models only inside the guard.
 
 A checkpoint load is played by a thread doing exactly what `checkpoint_loading.build_module` does around each
 component, holding the window long enough that the other build deterministically starts inside it.
