@@ -180,6 +180,7 @@ def build_controlnet(file: ControlNetFile, family: str, unet_config: Mapping[str
     from diffusers import ControlNetModel
 
     from webui.models.families import family_named
+    from webui.models.module_construction import constructing_modules, empty_weights
 
     if file.family != family:
         raise ControlNetFileError(f"ControlNet {file.name!r} is for {family_named(file.family).label} but the "
@@ -194,8 +195,12 @@ def build_controlnet(file: ControlNetFile, family: str, unet_config: Mapping[str
     config = _folder_config(file.path) or controlnet_config(tensors, unet_config)
     config = {key: value for key, value in config.items() if not key.startswith("_")}
     try:
-        model = ControlNetModel.from_config(config)
-        model.load_state_dict(tensors, strict=True)
+        # Built weightless and given the file's tensors (no random initialisation to throw away), under the
+        # construction lock: a checkpoint loading on another worker cannot empty it meanwhile.
+        with constructing_modules():
+            with empty_weights():
+                model = ControlNetModel.from_config(config)
+            model.load_state_dict(tensors, strict=True, assign=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise ControlNetFileError(f"ControlNet {file.name!r} does not fit the checkpoint {checkpoint_name!r}'s UNet "
                                   f"({str(error).splitlines()[0][:300]})") from None
