@@ -199,7 +199,7 @@ class ControlNet:
                 self._module, image, call.sample, call.timestep, call.encoder_hidden_states, call.extra,
                 weight=weight, union_mode=index,
                 blocks=(int(config.get("num_layers", 0)), int(config.get("num_single_layers", 0))),
-                pixels_per_token=family.size_multiple, encode=call.model.encode_control)
+                encode=call.model.encode_control)
         except ValueError as error:
             raise JobRefused(str(error)) from None
         return UNetResiduals(tuple(double), None, tuple(single))

@@ -145,16 +145,18 @@ def per_block(outputs: Sequence[torch.Tensor] | None, blocks: int, cycled: bool)
     return [outputs[index // interval] for index in range(blocks)]
 
 
-def memoized_encoder(encode_pixels: Callable[[torch.Tensor], torch.Tensor]
+def memoized_encoder(encode_pixels: Callable[[torch.Tensor], torch.Tensor], pixels_per_token: int
                      ) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
-    """A job's encoder of control images for ControlNets that take latents: (image 1 x 3 x H x W in [0, 1], pixel
-    size) -> `encode_pixels` of it at that size in [-1, 1]. Each image is encoded once per size: the denoiser is
-    called with the same map every step. Made per job, so the memo never outlives it."""
+    """A job's encoder of control images for ControlNets that take latents: (image 1 x 3 x H x W in [0, 1], the
+    sample's token grid) -> `encode_pixels` of it in [-1, 1] at the size whose latents fill that grid
+    (`pixels_per_token`: the VAE's downscale times the denoiser's patch). Each image is encoded once per grid:
+    the denoiser is called with the same map every step. Made per job, so the memo never outlives it."""
     memo: dict[tuple[int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def encode(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        key = (id(image), size)
+    def encode(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        key = (id(image), grid)
         if key not in memo:   # the image is kept alongside, so its id is not reused while the memo lives
+            size = (grid[0] * pixels_per_token, grid[1] * pixels_per_token)
             pixels = fitted_control(image[:1], size, 1, image.float()).clamp(0, 1) * 2 - 1
             with torch.no_grad():
                 memo[key] = (image, encode_pixels(pixels))
@@ -165,22 +167,24 @@ def memoized_encoder(encode_pixels: Callable[[torch.Tensor], torch.Tensor]
 
 def transformer_unit_residuals(controlnet: Any, image: torch.Tensor, sample: torch.Tensor, timestep: Any,
                                encoder_hidden_states: torch.Tensor, extra: Mapping[str, Any], *, weight: float,
-                               union_mode: int | None, blocks: tuple[int, int], pixels_per_token: int,
+                               union_mode: int | None, blocks: tuple[int, int],
                                encode: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None,
                                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(double-stream, single-stream) residuals of one unit for one transformer call, one per block of the
     transformer (`blocks`: its double and single block counts), scaled by `weight`."""
-    rows, columns = token_grid(extra["img_ids"])
-    size = (rows * pixels_per_token, columns * pixels_per_token)
+    grid = token_grid(extra["img_ids"])
     batch = int(sample.shape[0])
     model_dtype = next(controlnet.parameters()).dtype
     cycled = controlnet.input_hint_block is not None
-    if cycled:   # XLabs-style: the ControlNet embeds the picture itself
-        control = fitted_control(image, size, batch, sample).clamp(0, 1) * 2 - 1
+    if cycled:   # XLabs-style: the ControlNet embeds the picture itself (stride-2 convolutions, then patches)
+        halvings = sum(1 for module in controlnet.input_hint_block.modules()
+                       if isinstance(module, torch.nn.Conv2d) and module.stride == (2, 2))
+        per_token = 2 ** halvings * int(controlnet.config.patch_size)
+        control = fitted_control(image, (grid[0] * per_token, grid[1] * per_token), batch, sample).clamp(0, 1) * 2 - 1
     else:
         if encode is None:
             raise ValueError("this ControlNet takes the control image as latents, but the job has no VAE encoder")
-        control = encode(image, size).to(sample.device)
+        control = encode(image, grid).to(sample.device)
         control = control.expand(batch, *control.shape[1:])
     mode = None if union_mode is None else torch.full((batch, 1), union_mode, dtype=torch.long, device=sample.device)
     guidance = extra.get("guidance") if controlnet.config.guidance_embeds else None

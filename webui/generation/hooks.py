@@ -38,7 +38,7 @@ class JobModel:
     # The ControlNet modules of the job's model state (built in the manager's checkout), by file path.
     controls: Mapping[str, Any] = field(default_factory=dict)
     # Control images as latents in the denoiser's layout, for ControlNets that take latents (Flux): (image 1 x 3 x
-    # H x W in [0, 1], pixel size) -> latents; made per job (webui.generation.controlnet.memoized_encoder).
+    # H x W in [0, 1], the sample's token grid) -> latents; made per job (webui.generation.controlnet.memoized_encoder).
     encode_control: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
 
 
