@@ -224,10 +224,10 @@ def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]]) -> d
     if "hr_option" in unit:
         out["hr_option"] = _choice(unit["hr_option"], HR_OPTIONS, {}, f"unit {index}: hr_option")
     if "union_control_type" in unit:   # checked against the model when the unit runs (the names are the model's)
-        mode = unit["union_control_type"]
+        mode = "" if unit["union_control_type"] is None else unit["union_control_type"]
         if isinstance(mode, bool) or not isinstance(mode, (str, int)) or (isinstance(mode, int) and mode < 0):
             raise ValueError(f"unit {index}: union_control_type must be a control type name or index, got {mode!r}")
-        out["union_mode"] = "" if mode is None else str(mode).strip()
+        out["union_mode"] = str(mode).strip()
     return {f"unit{index}_{key}": value for key, value in out.items()}
 
 
