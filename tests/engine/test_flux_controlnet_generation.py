@@ -145,6 +145,10 @@ def test_img2img_runs_with_a_unit_and_bad_units_fail_the_job_with_the_reason(ctx
     controlled = generate(ctx, [unit(control_image)], kind=Img2ImgRequest, init_images=(source,),
                           denoising_strength=0.8)
     assert not np.array_equal(pixels(controlled), pixels(plain))
+    hires = dict(enable_hr=True, hr_scale=2.0, hr_second_pass_steps=2, denoising_strength=0.6, hr_upscaler="Latent")
+    hires_plain, hires_controlled = generate(ctx, **hires), generate(ctx, [unit(control_image)], **hires)
+    assert hires_controlled.images[0].size == (2 * SIZE, 2 * SIZE)
+    assert not np.array_equal(pixels(hires_controlled), pixels(hires_plain))
     with pytest.raises(ValueError) as refused:
         generate(ctx, [unit(control_image, model="control_v11p_sd15_canny")])
     assert all(name in str(refused.value) for name in ("control_v11p_sd15_canny", "SD1.x", "Flux.1", "flux1-dev-aio"))
@@ -152,3 +156,23 @@ def test_img2img_runs_with_a_unit_and_bad_units_fail_the_job_with_the_reason(ctx
         generate(ctx, [unit(control_image, control_mode="My prompt is more important")])
     assert ctx.extensions.records["controlnet"].active
     assert generate(ctx).images   # the next job runs
+
+
+def test_model_call_wrappers_are_reported_as_not_applying_to_the_transformer(ctx):
+    from webui.generation.hooks import DenoisingHooks, GenerationHooks
+    from webui.generation.txt2img import run_txt2img
+
+    class Wrapping(DenoisingHooks):
+        wants_unet = wraps_model_calls = True   # e.g. tiled diffusion: it speaks the UNet's call
+
+    class Hooks(GenerationHooks):
+        def denoising(self, job):
+            return Wrapping()
+
+    request = ctx.generation.prepare(Txt2ImgRequest(**SMALL))
+    manager = ctx.models.managers[0]
+    with manager.checkout(manager.state_for(request.checkpoint)) as model:
+        result = run_txt2img(model, request, outputs_root=None, hooks=Hooks())
+    assert result.warnings == ("extension model-call wrappers (UNet calls) do not apply to Flux.1's transformer: "
+                               "not used",)
+    assert result.images[0].tobytes() == generate(ctx).images[0].tobytes()
