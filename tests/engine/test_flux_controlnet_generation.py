@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from tests.support.controlnet_jobs import pixels, run_with_units
 from tests.support.controlnet_files import sd1_unet_config, tiny_controlnet, write_ldm
 from tests.support.flux_controlnet_files import tiny_flux_controlnet, write_folder, write_weights_file
 from tests.support.flux_files import DEV, tiny_flux_modules, write_all_in_one
 from webui.context import build_context
 from webui.extensions.host import announce_app_started
-from webui.extensions.scripts import ExtensionScripts
 from webui.generation.controlnet import memoized_encoder, transformer_unit_residuals
 from webui.generation.infotext import parse_infotext
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
@@ -61,15 +61,7 @@ def unit(image: str, **changes):
 
 
 def generate(ctx, units=None, kind=Txt2ImgRequest, **fields):
-    request = kind(**{**SMALL, **fields})
-    if units is not None:
-        request = ExtensionScripts(ctx.extensions).with_alwayson(request, {"controlnet": units})
-    submit = ctx.generation.submit_img2img if kind is Img2ImgRequest else ctx.generation.submit_txt2img
-    return submit(request).result(timeout=300)
-
-
-def pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0].convert("RGB"), dtype=np.int16)
+    return run_with_units(ctx, {**SMALL, **fields}, units, kind)
 
 
 def test_residuals_reach_the_transformer_as_diffusers_own_flux_controlnet_call_adds_them():
