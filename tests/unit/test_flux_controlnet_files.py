@@ -87,3 +87,22 @@ def test_a_controlnet_of_another_family_or_size_is_refused_naming_both(folder, f
     wider = {**flux_config, "num_attention_heads": 4}
     with pytest.raises(ControlNetFileError, match="inner width 64 but the checkpoint 'big' has 128"):
         build_controlnet(flux_file, "flux", wider, "big", torch.float32)
+
+
+@pytest.mark.parametrize("published", [
+    dict(num_layers=5, num_single_layers=10),                           # InstantX FLUX.1-dev-Controlnet-Canny
+    dict(num_layers=5, num_single_layers=10, num_mode=10),              # InstantX / Shakker-Labs Union(-Pro)
+    dict(num_layers=6, num_single_layers=0),                            # Shakker-Labs Union-Pro-2.0 (no modes)
+    dict(num_layers=2, num_single_layers=0, conditioning_embedding_channels=16, patch_size=2),  # XLabs diffusers
+])
+def test_the_config_fitted_to_full_size_weights_is_the_published_one(published):
+    from diffusers import FluxControlNetModel
+
+    from webui.models.families import family_named
+
+    config = dict(in_channels=64, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                  pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56], **published)
+    with torch.device("meta"):
+        state = FluxControlNetModel(**config).state_dict()
+    fitted = family_named("flux").transformer_controlnet_config(state)
+    assert {key: fitted[key] for key in config} == config

@@ -172,9 +172,10 @@ class ControlNet:
         model needs and other models refuse. JobRefused says what is wrong with a unit."""
         if is_transformer_controlnet(self._module):
             return self._transformer_residuals(call, image, weight, control_mode, union_mode)
-        if union_mode not in (None, "") and str(union_mode).strip().casefold() not in ("none", "unknown"):
-            raise JobRefused(f"ControlNet {self.title!r} is not a union ControlNet and takes no control type "
-                             f"(got {union_mode!r}); leave union_control_type empty")
+        try:
+            union_mode_index(union_mode, (), 0, self.title)   # UNet ControlNets take no control type
+        except ValueError as error:
+            raise JobRefused(str(error)) from None
         guided = float(getattr(call.request, "cfg_scale", 7.0)) > 1.0
         down, mid = unit_residuals(self._module, image, call.sample, call.timestep, call.encoder_hidden_states,
                                    call.extra, weight=weight, mode=control_mode, guided=guided)

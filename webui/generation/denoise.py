@@ -87,9 +87,11 @@ def job_model(model: LoadedModel) -> JobModel:
         latents = vae.encode(pixels.to(device=model.device, dtype=vae.dtype)).latent_dist.mean
         return family.pipeline_latents(to_model_latents(vae, latents))
 
-    # Pixels per latent token: the VAE's downscale (one per level after the first) times the denoiser's patch.
-    per_token = 2 ** (len(vae.config.block_out_channels) - 1) * (family.size_multiple // 8)
-    encoder = memoized_encoder(encode_pixels, per_token) if family.transformer_controlnet is not None else None
+    encoder = None
+    if family.transformer_controlnet is not None:
+        # Pixels per latent token: the VAE's downscale (one per level after the first) times the denoiser's patch.
+        per_token = 2 ** (len(vae.config.block_out_channels) - 1) * (family.size_multiple // 8)
+        encoder = memoized_encoder(encode_pixels, per_token)
     return JobModel(model.record.name, model.family, dict(denoiser_of(model).config), model.device, model.dtype,
                     dict(model.controls), encoder)
 
