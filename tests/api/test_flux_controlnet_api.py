@@ -20,16 +20,22 @@ from tests.support.flux_files import DEV, tiny_flux_modules, write_all_in_one
 
 CHECKPOINT = "flux1-dev-cn-aio"
 UNION = "flux-union-pro-api"
+SD1_CONTROLNET = "control_sd15_canny_beside_flux"
 
 
 @pytest.fixture(scope="module")
 def url(server):
+    """The shared server with this module's files added, and taken away again afterwards (other modules list
+    the server's checkpoints)."""
     models = server.data_dir / "models"
-    write_all_in_one(models / "Stable-diffusion" / f"{CHECKPOINT}.safetensors", tiny_flux_modules(DEV, seed=1))
-    write_weights_file(models / "ControlNet" / f"{UNION}.safetensors", tiny_flux_controlnet(seed=4, union=True))
-    write_ldm(models / "ControlNet" / "control_v11p_sd15_canny.safetensors", tiny_controlnet(sd1_unet_config(), seed=3))
+    added = [write_all_in_one(models / "Stable-diffusion" / f"{CHECKPOINT}.safetensors", tiny_flux_modules(DEV, 1)),
+             write_weights_file(models / "ControlNet" / f"{UNION}.safetensors", tiny_flux_controlnet(seed=4, union=True)),
+             write_ldm(models / "ControlNet" / f"{SD1_CONTROLNET}.safetensors", tiny_controlnet(sd1_unet_config(), 3))]
     assert requests.post(server.url + "/sdapi/v1/refresh-checkpoints", json={}, timeout=60).status_code == 200
-    return server.url
+    yield server.url
+    for path in added:
+        path.unlink()
+    assert requests.post(server.url + "/sdapi/v1/refresh-checkpoints", json={}, timeout=60).status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +78,7 @@ def test_a_flux_union_controlnet_unit_generates_on_a_flux_checkpoint(url, contro
     ({"union_control_type": None}, "canny (0), tile (1), depth (2)"),
     ({"union_control_type": "sketchy"}, "use one of canny (0)"),
     ({"control_mode": 1}, "use 'Balanced'"),
-    ({"model": "control_v11p_sd15_canny"}, "is for SD1.x but the checkpoint"),
+    ({"model": SD1_CONTROLNET}, "is for SD1.x but the checkpoint"),
 ])
 def test_flux_units_that_cannot_work_get_a_422_with_the_reason(url, control_image, unit, reason):
     answer = requests.post(url + "/sdapi/v1/txt2img", json=body(control_image, **unit), timeout=300)
