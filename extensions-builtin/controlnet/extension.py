@@ -3,6 +3,8 @@
 
 - An always-on script "ControlNet" with 3 units (accordion in txt2img and img2img; `alwayson_scripts:
   {"controlnet": {"args": [{unit}, ...]}}` in sd-webui-controlnet's format over HTTP).
+- Flux.1 checkpoints: the same hook runs on each transformer call with Flux ControlNets (block residuals); a
+  union ControlNet's control type is the unit's `union_control_type` (a name or index).
 - Its UNet-residuals hook: for each UNet call, every enabled unit of non-zero weight whose step window
   holds the call adds its ControlNet's residuals (`api.Services.controlnet` loads the model for the job's
   checkpoint and refuses one of another family). A unit of weight 0 adds nothing at all.
@@ -47,6 +49,13 @@ class ControlNetRuntime:
         if self.services is None:
             return []
         return [info.title for info in self.services.controlnet_models() if not info.problem]
+
+    def union_modes(self) -> list[str]:
+        """The control types of the usable union ControlNets (the UI's choices), in their models' order."""
+        if self.services is None:
+            return []
+        found = [mode for info in self.services.controlnet_models() if not info.problem for mode in info.union_modes]
+        return list(dict.fromkeys(found))
 
     def source_image(self, unit: units.Unit, request: Any) -> Image.Image:
         if unit.image:
@@ -104,16 +113,22 @@ def setup(ext: api.ExtensionSetup) -> None:
                   and api.in_control_window(call, unit.guidance_start, unit.guidance_end)]
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
+        single: list[torch.Tensor] | None = None
         for unit in active:
             if unit.model == units.NO_MODEL:
                 raise api.JobRefused(f"ControlNet unit {unit.index} is enabled but no model is chosen (models: "
                                      f"{', '.join(runtime.model_titles()) or 'none in models/ControlNet'})")
             controlnet = runtime.services.controlnet(unit.model, call.model)
             added = controlnet.residuals(call, runtime.control_tensor(unit, call.request), unit.weight,
-                                         unit.control_mode)
+                                         unit.control_mode, unit.union_mode)
             down = list(added.down) if down is None else [a + b for a, b in zip(down, added.down)]
-            mid = added.mid if mid is None else mid + added.mid
-        return None if down is None else api.UNetResiduals(tuple(down), mid)
+            if added.mid is not None:
+                mid = added.mid if mid is None else mid + added.mid
+            if added.single:   # transformer ControlNets (Flux): per single-stream block
+                single = list(added.single) if single is None else [a + b for a, b in zip(single, added.single)]
+        if down is None:
+            return None
+        return api.UNetResiduals(tuple(down), mid, tuple(single or ()))
 
     ext.on_app_started(started)
     def applies(request: api.Txt2ImgRequest) -> bool:
