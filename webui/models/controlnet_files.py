@@ -284,6 +284,8 @@ def build_transformer_controlnet(file: ControlNetFile, denoiser_config: Mapping[
     assigned), which matters at Flux's size."""
     import diffusers
 
+    from webui.models.module_construction import constructing_modules
+
     family = transformer_family_of(file.architecture)
     tensors = read_tensors(file.path)
     config = _folder_config(file.path) or family.transformer_controlnet_config(tensors)
@@ -299,9 +301,10 @@ def build_transformer_controlnet(file: ControlNetFile, denoiser_config: Mapping[
                                           f"{what} {ours} but the checkpoint {checkpoint_name!r} has {theirs}: they "
                                           "were not made together")
     try:
-        with torch.device("meta"):
+        with torch.device("meta"):  # thread-local, unlike init_empty_weights; assigning registers parameters,
             model = getattr(diffusers, file.architecture).from_config(config)
-        model.load_state_dict(tensors, strict=True, assign=True)
+        with constructing_modules():  # so that happens under the construction lock
+            model.load_state_dict(tensors, strict=True, assign=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise ControlNetFileError(f"ControlNet {file.name!r} does not fit its own config ({file.architecture}: "
                                   f"{str(error).splitlines()[0][:300]})") from None
