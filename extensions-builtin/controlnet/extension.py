@@ -31,7 +31,6 @@ from PIL import Image
 from webui.extensions import api
 
 from . import preprocessors, units
-from .ui import build_units
 
 CACHE_SIZE = 8   # control maps kept per server (a map is reused by every UNet call of a job)
 
@@ -93,10 +92,18 @@ class ControlNetRuntime:
         return tensor
 
 
+def _build_ui(where: Any, runtime: ControlNetRuntime) -> Any:
+    """The units' gradio accordion. gradio is imported only when a UI is built, so an app without one (the GPU
+    machine's headless fidelity run, which has no gradio) still runs ControlNet units."""
+    from .ui import build_units
+
+    return build_units(where, runtime)
+
+
 def setup(ext: api.ExtensionSetup) -> None:
     runtime = ControlNetRuntime()
     handle = ext.add_script(units.TITLE, units.ControlNetValues, alwayson=True,
-                            ui=lambda where: build_units(where, runtime),
+                            ui=lambda where: _build_ui(where, runtime),
                             read_args=lambda args: units.read_args(args, runtime.model_titles),
                             write_infotext=units.infotext_lines, read_infotext=units.from_infotext)
 

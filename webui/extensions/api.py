@@ -44,6 +44,7 @@ from webui.generation.controlnet import (
     union_mode_index,
     unit_residuals,
 )
+from webui.generation.control_maps import canny as canny_edges, gray as gray_map, map_to_rgb
 from webui.generation.hooks import JobModel
 from webui.extensions.script_values import FIELD_META, ScriptArgsError, ScriptDefinition, define_script
 from webui.extensions.settings_store import SettingError, SettingSpec, SettingValue
@@ -71,6 +72,9 @@ __all__ = [
     "JobModel", "JobRefused", "ControlNet", "ControlNetInfo", "CONTROL_MODES", "in_control_window",
     # 1.2: control models in the job's model state; UNetCall.hires
     "ControlModelsHook",
+    # 1.3: the product's weight-free control maps (the toy ControlNet was trained on `canny_edges`); transformer
+    # ControlNets (Flux.1) with union modes (see docs/EXTENSIONS.md)
+    "canny_edges", "gray_map", "map_to_rgb",
 ]
 
 # Paths the app serves itself; an extension's routes live elsewhere (by default under /extensions/<name>).
