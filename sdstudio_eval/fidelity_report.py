@@ -31,18 +31,35 @@ from webui.settings import PROJECT_ROOT, settings_from_args
 TRAINING_SECTION_TITLE = "## 4. Training methods"
 
 
+def _training_span(document: str) -> tuple[int, int] | None:
+    """Where section 4 starts and ends (at the next "## " section, such as the toy ControlNet's, or the end)."""
+    start = document.find(TRAINING_SECTION_TITLE)
+    if start < 0:
+        return None
+    following = document.find("\n## ", start + len(TRAINING_SECTION_TITLE))
+    return start, following + 1 if following >= 0 else len(document)
+
+
 def with_training_section(report: str, section: str | None) -> str:
     """The report with its section 4 replaced by ``section`` (written by `python -m sdstudio_eval.training_fidelity`,
-    which takes half an hour), so regenerating sections 1-3 keeps it and vice versa."""
-    start = report.find(TRAINING_SECTION_TITLE)
-    body = report[:start] if start >= 0 else report
-    return body.rstrip("\n") + "\n\n" + section.strip("\n") + "\n" if section else body
+    which takes half an hour), so regenerating sections 1-3 keeps it and vice versa; later sections stay."""
+    span = _training_span(report)
+    before, after = (report[:span[0]], report[span[1]:]) if span else (report, "")
+    if not section:
+        return before.rstrip("\n") + "\n" + ("\n" + after if after else "")
+    return before.rstrip("\n") + "\n\n" + section.strip("\n") + "\n" + ("\n" + after if after else "")
 
 
 def training_section(document: str) -> str | None:
     """Section 4 of an existing report, if it has one."""
-    start = document.find(TRAINING_SECTION_TITLE)
-    return document[start:] if start >= 0 else None
+    span = _training_span(document)
+    return document[span[0]:span[1]] if span else None
+
+
+def measured_sections(document: str) -> str | None:
+    """Section 4 and everything after it (the toy ControlNet's section): what this script does not regenerate."""
+    span = _training_span(document)
+    return document[span[0]:] if span else None
 
 
 def evaluation_prompts(count: int) -> tuple[list[toy_world.Scene], int]:
@@ -252,7 +269,7 @@ def main() -> None:
         args.prompt_styles_json.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
         print("\n".join(prompt_style_table({"this model": results})))
         return
-    previous = training_section(args.out.read_text(encoding="utf-8")) if args.out.is_file() else None
+    previous = measured_sections(args.out.read_text(encoding="utf-8")) if args.out.is_file() else None
     args.out.write_text(with_training_section(build_report(args.prompts, args.concept_prompts, args.style_prompts),
                                               previous),
                         encoding="utf-8")

@@ -40,7 +40,7 @@ from webui.models.service import ModelService
 from webui.security.limits import RequestLimits
 from webui.security.network import NetworkPolicy
 from webui.security.paths import FileAccess
-from webui.settings import Settings
+from webui.settings import SHIPPED_CONTROLNETS_FOLDER, Settings
 from webui.training.loop import TrainingPaths
 from webui.training.service import TrainingService
 from webui.upscaling.catalog import UpscalerCatalog
@@ -118,7 +118,8 @@ def build_context(settings: Settings) -> AppContext:
     hooks = ExtensionGenerationHooks(extensions, request_limits.generation.max_images)
     checkpoint_settings = CheckpointSettings(settings.data_dir / CHECKPOINT_SETTINGS_FILE)
     # Built ControlNets stay in RAM like checkpoints; room for at least one job's three units.
-    controlnets = ControlNetStore(settings.controlnet_folder, max(settings.checkpoints_in_ram, 3))
+    controlnets = ControlNetStore(settings.controlnet_folder, max(settings.checkpoints_in_ram, 3),
+                                  (SHIPPED_CONTROLNETS_FOLDER,))
     managers = _worker_managers(settings, catalog, hooks, checkpoint_settings, controlnets)
     files = FileAccess.from_settings(settings)
     styles = StyleDatabase(settings.styles_file)

@@ -18,6 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("auto", "cuda", "cpu", "mps")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 SHIPPED_UPSCALERS_FOLDER = PROJECT_ROOT / "models" / "default" / "upscalers"  # the toy upscaler, read-only
+SHIPPED_CONTROLNETS_FOLDER = PROJECT_ROOT / "models" / "default" / "controlnet"  # the toy canny ControlNet, read-only
 SHARE_TIMEOUT_S = 15  # seconds without gradio's share link before a warning says there is none (webui.app)
 
 

@@ -3,6 +3,8 @@
 
 - An always-on script "ControlNet" with 3 units (accordion in txt2img and img2img; `alwayson_scripts:
   {"controlnet": {"args": [{unit}, ...]}}` in sd-webui-controlnet's format over HTTP).
+- Flux.1 checkpoints: the same hook runs on each transformer call with Flux ControlNets (block residuals); a
+  union ControlNet's control type is the unit's `union_control_type` (a name or index).
 - Its UNet-residuals hook: for each UNet call, every enabled unit of non-zero weight whose step window
   holds the call adds its ControlNet's residuals (`api.Services.controlnet` loads the model for the job's
   checkpoint and refuses one of another family). A unit of weight 0 adds nothing at all.
@@ -29,7 +31,6 @@ from PIL import Image
 from webui.extensions import api
 
 from . import preprocessors, units
-from .ui import build_units
 
 CACHE_SIZE = 8   # control maps kept per server (a map is reused by every UNet call of a job)
 
@@ -47,6 +48,13 @@ class ControlNetRuntime:
         if self.services is None:
             return []
         return [info.title for info in self.services.controlnet_models() if not info.problem]
+
+    def union_modes(self) -> list[str]:
+        """The control types of the usable union ControlNets (the UI's choices), in their models' order."""
+        if self.services is None:
+            return []
+        found = [mode for info in self.services.controlnet_models() if not info.problem for mode in info.union_modes]
+        return list(dict.fromkeys(found))
 
     def source_image(self, unit: units.Unit, request: Any) -> Image.Image:
         if unit.image:
@@ -84,10 +92,18 @@ class ControlNetRuntime:
         return tensor
 
 
+def _build_ui(where: Any, runtime: ControlNetRuntime) -> Any:
+    """The units' gradio accordion. gradio is imported only when a UI is built, so an app without one (the GPU
+    machine's headless fidelity run, which has no gradio) still runs ControlNet units."""
+    from .ui import build_units
+
+    return build_units(where, runtime)
+
+
 def setup(ext: api.ExtensionSetup) -> None:
     runtime = ControlNetRuntime()
     handle = ext.add_script(units.TITLE, units.ControlNetValues, alwayson=True,
-                            ui=lambda where: build_units(where, runtime),
+                            ui=lambda where: _build_ui(where, runtime),
                             read_args=lambda args: units.read_args(args, runtime.model_titles),
                             write_infotext=units.infotext_lines, read_infotext=units.from_infotext)
 
@@ -104,16 +120,22 @@ def setup(ext: api.ExtensionSetup) -> None:
                   and api.in_control_window(call, unit.guidance_start, unit.guidance_end)]
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
+        single: list[torch.Tensor] | None = None
         for unit in active:
             if unit.model == units.NO_MODEL:
                 raise api.JobRefused(f"ControlNet unit {unit.index} is enabled but no model is chosen (models: "
                                      f"{', '.join(runtime.model_titles()) or 'none in models/ControlNet'})")
             controlnet = runtime.services.controlnet(unit.model, call.model)
             added = controlnet.residuals(call, runtime.control_tensor(unit, call.request), unit.weight,
-                                         unit.control_mode)
+                                         unit.control_mode, unit.union_mode)
             down = list(added.down) if down is None else [a + b for a, b in zip(down, added.down)]
-            mid = added.mid if mid is None else mid + added.mid
-        return None if down is None else api.UNetResiduals(tuple(down), mid)
+            if added.mid is not None:
+                mid = added.mid if mid is None else mid + added.mid
+            if added.single:   # transformer ControlNets (Flux): per single-stream block
+                single = list(added.single) if single is None else [a + b for a, b in zip(single, added.single)]
+        if down is None:
+            return None
+        return api.UNetResiduals(tuple(down), mid, tuple(single or ()))
 
     ext.on_app_started(started)
     def applies(request: api.Txt2ImgRequest) -> bool:

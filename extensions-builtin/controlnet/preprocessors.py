@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
+from webui.extensions import api
+
 ANNOTATOR_FOLDER = "models/ControlNet/annotators"   # under the data folder, sd-webui-controlnet's downloads
 # Annotators that need weights: name -> what to download.
 NEEDS_WEIGHTS = {
@@ -58,27 +60,7 @@ class Module:
     label_b: str = ""
 
 
-def _gray(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-
-
-def _at_resolution(image: Image.Image, resolution: int) -> Image.Image:
-    """The image with its shorter side at `resolution` (where the preprocessor works)."""
-    scale = resolution / min(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
-
-
-def _rgb(mask: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """A [0, 1] map as an RGB image of `size`. A binary map (edges, scribbles) stays binary: a thin line made
-    at a higher resolution would fade to grey if averaged, so every target pixel it touches is kept white."""
-    image = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8), "L")
-    if image.size != size:
-        binary = bool(np.isin(mask, (0.0, 1.0)).all())
-        image = image.resize(size, Image.Resampling.BOX if binary else Image.Resampling.BILINEAR)
-        if binary:
-            image = image.point(lambda value: 255 if value > 0 else 0)
-    return image.convert("RGB")
+_gray, _rgb = api.gray_map, api.map_to_rgb
 
 
 def none(image: Image.Image, resolution: int, a: float, b: float, seed: int) -> Image.Image:
@@ -87,29 +69,8 @@ def none(image: Image.Image, resolution: int, a: float, b: float, seed: int) -> 
 
 
 def canny(image: Image.Image, resolution: int, low: float, high: float, seed: int) -> Image.Image:
-    """Canny edges: smoothed gradients, thinned to their ridge, kept where strong or connected to strong
-    ones (thresholds on 0..255 gradient magnitude, as sd-webui-controlnet's sliders)."""
-    gray = _gray(_at_resolution(image, resolution)) * 255.0
-    smooth = ndimage.gaussian_filter(gray, 0.7)
-    gx, gy = ndimage.sobel(smooth, axis=1), ndimage.sobel(smooth, axis=0)
-    magnitude = np.hypot(gx, gy)   # OpenCV's scale: a black-to-white step gives about 4 x 255
-    angle = (np.rad2deg(np.arctan2(gy, gx)) + 180.0) % 180.0
-    direction = np.digitize(angle, [22.5, 67.5, 112.5, 157.5]) % 4   # 0: horizontal gradient, 1: 45, 2: 90, 3: 135
-    padded = np.pad(magnitude, 1)
-    h, w = magnitude.shape
-    offsets = {0: (0, 1), 1: (1, 1), 2: (1, 0), 3: (1, -1)}
-    ridge = np.zeros_like(magnitude, dtype=bool)
-    for code, (dy, dx) in offsets.items():
-        forward = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-        backward = padded[1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
-        ridge |= (direction == code) & (magnitude >= forward) & (magnitude > backward)  # ties: one side
-    thin = magnitude * ridge
-    strong, weak = thin >= high, thin >= low
-    labels, count = ndimage.label(weak, structure=np.ones((3, 3)))
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(labels[strong])] = True
-    keep[0] = False
-    return _rgb(keep[labels].astype(np.float32), image.size)
+    """Canny edges (the product's `canny`, which the shipped toy ControlNet was trained on)."""
+    return api.canny_edges(image, resolution, low, high)
 
 
 def invert(image: Image.Image, resolution: int, a: float, b: float, seed: int) -> Image.Image:

@@ -55,6 +55,9 @@ def _unit(where: api.ScriptUi, index: int, runtime: Any) -> dict[str, Any]:
                             elem_id=f"{prefix}_control_mode")
     resize_mode = gr.Radio(list(units.RESIZE_MODES), value=units.RESIZE_MODES[1], label="Resize Mode",
                            elem_id=f"{prefix}_resize_mode")
+    union_mode = gr.Dropdown([""], value="", label="Union control type", allow_custom_value=True,
+                             info="Union ControlNets only (Flux Union / Union-Pro): which kind of map this is",
+                             elem_id=f"{prefix}_union_mode")
     hr_option = gr.Dropdown(list(units.HR_OPTIONS), value=units.HR_OPTIONS[0], label="Hires fix pass",
                             info="With hires fix: the pass this unit acts in", elem_id=f"{prefix}_hr_option")
 
@@ -64,8 +67,9 @@ def _unit(where: api.ScriptUi, index: int, runtime: Any) -> dict[str, Any]:
             return "", gr.update()
         return units.encode_image(picture), gr.update(value=True)
 
-    def refreshed() -> Any:
-        return gr.update(choices=[units.NO_MODEL, *runtime.model_titles()])
+    def refreshed() -> tuple[Any, Any]:
+        return (gr.update(choices=[units.NO_MODEL, *runtime.model_titles()]),
+                gr.update(choices=["", *runtime.union_modes()]))
 
     def previewed(picture: Image.Image | None, name: str, res: float, a: float, b: float, perfect: bool) -> Any:
         if picture is None:
@@ -78,12 +82,12 @@ def _unit(where: api.ScriptUi, index: int, runtime: Any) -> dict[str, Any]:
         return shown.convert("RGB")
 
     upload.change(stored, inputs=upload, outputs=[image, enabled])
-    refresh.click(refreshed, inputs=None, outputs=model)
-    model.focus(refreshed, inputs=None, outputs=model)
+    refresh.click(refreshed, inputs=None, outputs=[model, union_mode])
+    model.focus(refreshed, inputs=None, outputs=[model, union_mode])
     run_preview.click(previewed, inputs=[upload, module, processor_res, threshold_a, threshold_b, pixel_perfect],
                       outputs=preview)
     fields = {"enabled": enabled, "image": image, "module": module, "model": model, "weight": weight,
               "guidance_start": start, "guidance_end": end, "control_mode": control_mode, "resize_mode": resize_mode,
               "pixel_perfect": pixel_perfect, "processor_res": processor_res, "threshold_a": threshold_a,
-              "threshold_b": threshold_b, "hr_option": hr_option}
+              "threshold_b": threshold_b, "hr_option": hr_option, "union_mode": union_mode}
     return {f"unit{index}_{name}": component for name, component in fields.items()}

@@ -179,3 +179,17 @@ def test_a_worker_tells_the_scheduler_which_controlnets_it_holds(tmp_path, sd1_c
     store.load("b", "sd1", sd1_unet_config(), "toy", CPU, torch.float32)
     assert manager.held_control_keys() == {str(second)}
     assert store.built_paths(torch.device("meta")) == frozenset()  # built for another device: not held there
+
+
+def test_shipped_controlnets_are_listed_after_the_users_and_a_users_file_of_the_same_name_wins(tmp_path, sd1_controlnet):
+    user, shipped = tmp_path / "ControlNet", tmp_path / "shipped"
+    write_ldm(shipped / "control_sdstudio_toy_canny.safetensors", sd1_controlnet)
+    (shipped / "README.md").write_text("model card", encoding="utf-8")   # not a model: not listed
+    store = ControlNetStore(user, shipped_folders=(shipped,))
+    assert [found.name for _, found in store.usable()] == ["control_sdstudio_toy_canny"]
+    assert store.find("control_sdstudio_toy_canny").path == shipped / "control_sdstudio_toy_canny.safetensors"
+    own = write_ldm(user / "control_sdstudio_toy_canny.safetensors", tiny_controlnet(sd1_unet_config(), seed=9))
+    write_ldm(user / "control_v11p_sd15_canny.safetensors", sd1_controlnet)
+    assert [found.path for _, found in store.usable()] == [
+        own, user / "control_v11p_sd15_canny.safetensors", shipped / "control_sdstudio_toy_canny.safetensors"]
+    assert store.find("control_sdstudio_toy_canny").path == own

@@ -155,6 +155,13 @@ def test_infotext_lines_read_back_into_the_same_unit(units):
     low = units.infotext_lines(units.with_unit(values, 1, hr_option="Low res only"))
     assert low["ControlNet 1"].endswith(", Hr Option: Low res only")
     assert units.from_infotext(low)["unit1_hr_option"] == "Low res only"
+    assert read["unit1_union_mode"] == "" and "Union Control Type" not in lines["ControlNet 1"]
+    union = units.infotext_lines(units.with_unit(values, 1, union_mode="depth"))
+    assert union["ControlNet 1"].endswith(", Union Control Type: depth")
+    assert units.from_infotext(union)["unit1_union_mode"] == "depth"
+    read_back = units.read_args([{"model": "control_v11p_sd15_canny", "union_control_type": 2}],
+                                lambda: ["control_v11p_sd15_canny [d14c016b]"])
+    assert read_back["unit0_union_mode"] == "2"
 
 
 def test_resize_modes_fill_the_generation_size_their_way(units):

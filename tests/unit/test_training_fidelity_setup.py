@@ -67,3 +67,15 @@ def test_a_new_table_replaces_the_old_section_4():
     document = with_training_section("# Fidelity report\n", f"{TRAINING_SECTION_TITLE}\n\nold table\n")
     updated = with_training_section(document, f"{TRAINING_SECTION_TITLE}\n\nnew table\n")
     assert "new table" in updated and "old table" not in updated and updated.count(TRAINING_SECTION_TITLE) == 1
+
+
+def test_sections_after_the_training_table_survive_both_regenerations():
+    from sdstudio_eval.fidelity_report import measured_sections
+
+    later = "## 5. Toy ControlNet\n\ncontrol table\n"
+    document = f"# Fidelity report\n\n## 3. Calibration\n\n{TRAINING_SECTION_TITLE}\n\nold table\n\n{later}"
+    updated = with_training_section(document, f"{TRAINING_SECTION_TITLE}\n\nnew table\n")
+    assert "new table" in updated and "old table" not in updated and updated.endswith(later)
+    assert training_section(updated) == f"{TRAINING_SECTION_TITLE}\n\nnew table\n\n"
+    regenerated = with_training_section("# Fidelity report\n\n## 3. New calibration\n", measured_sections(updated))
+    assert "New calibration" in regenerated and "new table" in regenerated and regenerated.endswith(later)

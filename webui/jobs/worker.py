@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from webui.jobs.job import Job
+from webui.jobs.out_of_memory import explain_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Worker:
             try:
                 result = job.kind_entry.run(self, job.request, job.control)
             except BaseException as failure:  # the worker must survive any job failure
-                error = failure
+                error = explain_out_of_memory(failure, self.device)
             finally:
                 self._in_handler = False
             try:

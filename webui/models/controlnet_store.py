@@ -54,8 +54,11 @@ def _version(path: Path) -> tuple[int, float]:
 class ControlNetStore:
     """The ControlNets of one folder; safe to share between workers."""
 
-    def __init__(self, folder: Path, capacity: int = 2):
+    def __init__(self, folder: Path, capacity: int = 2, shipped_folders: tuple[Path, ...] = ()):
         self.folder = folder
+        # Read-only folders of models the app ships (the toy canny ControlNet), listed after the user's folder
+        # so a user's file of the same name wins, as shipped upscalers are.
+        self.shipped_folders = shipped_folders
         self.capacity = max(1, capacity)
         self._lock = threading.Lock()
         self._inspected: dict[str, tuple[tuple[int, float], ControlNetFile | str, str]] = {}
@@ -63,14 +66,15 @@ class ControlNetStore:
         self.builds = 0   # modules built so far (a reused one is not built again)
 
     def _candidates(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
         found = []
-        for path in sorted(self.folder.rglob("*")):
-            if path.is_file() and path.suffix in SUFFIXES and path.parent.joinpath(DIFFUSERS_WEIGHTS) != path:
-                found.append(path)
-            elif path.is_dir() and (path / DIFFUSERS_WEIGHTS).is_file():
-                found.append(path)
+        for folder in (self.folder, *self.shipped_folders):
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and path.suffix in SUFFIXES and path.parent.joinpath(DIFFUSERS_WEIGHTS) != path:
+                    found.append(path)
+                elif path.is_dir() and (path / DIFFUSERS_WEIGHTS).is_file():
+                    found.append(path)
         return found
 
     def _inspect(self, path: Path) -> tuple[ControlNetFile | str, str]:
