@@ -46,8 +46,8 @@ def pixels(b64: str) -> np.ndarray:
 
 
 def test_a_batch_of_four_on_two_workers_gives_the_one_worker_images_seeds_and_infotexts(server, two_workers):
-    # The model is loaded by one worker at start; wait for it (two workers loading at once is another matter,
-    # see accelerate's init_empty_weights), so the second worker then loads it alone for its part.
+    # The server loads the model on one worker at start: wait until that job ends, so that both workers are free
+    # when the batch arrives (a busy worker takes no part).
     deadline = time.monotonic() + 120
     while any(job["state"] in ("queued", "running") for job in jobs_of(two_workers, "load-checkpoint")):
         assert time.monotonic() < deadline, "the model never loaded"

@@ -29,8 +29,6 @@ def ctx(tmp_path_factory, default_model_folder):
     data = with_default_model(tmp_path_factory.mktemp("split-jobs"), default_model_folder)
     perturbed_copy(default_model_folder, data / "models" / "Stable-diffusion" / OTHER, seed=3)
     context = build_context(settings_from_args(["--data-dir", str(data), "--workers", "2", "--cfg-split"]))
-    for manager in context.models.managers:  # one after the other: both workers hold the model before the tests
-        manager.select()
     yield context
     context.close()
 
