@@ -363,7 +363,7 @@ class GenerationService:
         (the other half, on this worker's own model; it returns nothing)."""
         if part.role == PARTNER:
             def checkout() -> Any:
-                request, state = self._model_state(manager, part.request, self.hooks, [])
+                _, state = self._model_state(manager, part.request, self.hooks, [])
                 return manager.checkout(state)
 
             serve_partner(part.channel, checkout)

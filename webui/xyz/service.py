@@ -5,6 +5,8 @@ app cannot run (unknown LoRA tag, broken checkpoint, over-limit size) is reporte
 queued. The job then generates every cell itself, inline on its worker (a job never submits jobs),
 reports `Cell i of N`, honours Interrupt between and inside cells,
 draws and saves the grid with an infotext that records the axes, and puts the user's checkpoint back.
+When other workers are free, the scheduler splits the job (its `Splitter`): the plan is made once, each
+worker runs a run of consecutive cells (`XyzPart`), and the grid is drawn from the gathered cells.
 """
 
 from __future__ import annotations
