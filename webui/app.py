@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Sequence
 
+from webui.jobs.errors import WorkerStartError
 from webui.security.users import AccountError
 from webui.settings import SHARE_TIMEOUT_S, Settings, SettingsError, settings_from_args
 
@@ -167,7 +168,7 @@ def run(argv: Sequence[str]) -> int:
     except AccountError as error:
         print(f"launch.py: error: {error}", file=sys.stderr)
         return 2
-    except ServerStartError as error:
+    except (ServerStartError, WorkerStartError) as error:
         print(f"launch.py: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
