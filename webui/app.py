@@ -34,6 +34,10 @@ API_DOCS = {"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.jso
 
 def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     """Build everything and serve until interrupted."""
+    if settings.ray_address:  # first: no Ray, or a cluster that does not answer, is refused before slow imports
+        from webui.jobs.ray_workers import check_ray_address
+
+        check_ray_address(settings.ray_address)
     import uvicorn
     from fastapi import FastAPI
 

@@ -100,10 +100,6 @@ class AppContext:
 def build_context(settings: Settings, job_store: JobStore | None = None) -> AppContext:
     """Create folders, the default model if needed, and every engine service. `job_store`: the store to
     use instead of `<data>/jobs.sqlite3` (a Ray worker's engine keeps its jobs in memory)."""
-    if settings.ray_address:  # first: an address that does not answer is refused before minutes of loading
-        from webui.jobs.ray_workers import probe_address
-
-        probe_address(settings.ray_address)
     for folder in (settings.checkpoint_folder, settings.lora_folder, settings.vae_folder, settings.controlnet_folder,
                    settings.embeddings_folder, settings.outputs_folder, settings.cache_folder,
                    settings.datasets_folder):

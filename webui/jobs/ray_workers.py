@@ -68,9 +68,16 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         with socket.create_connection((parts.hostname, parts.port), timeout=timeout):
             pass
     except OSError as error:
-        reason = "no answer" if isinstance(error, TimeoutError) else (error.strerror or str(error))
-        raise WorkerStartError(f"the Ray cluster at {address} does not answer ({reason} within {timeout:.0f} s); "
-                               f"is `ray start --head` running there, and is the port reachable from here?") from None
+        reason = (f"no answer within {timeout:.0f} s" if isinstance(error, TimeoutError)
+                  else (error.strerror or str(error)).lower())
+        raise WorkerStartError(f"the Ray cluster at {address} does not answer ({reason}); is `ray start --head` "
+                               f"running there, and is the port reachable from here?") from None
+
+
+def check_ray_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """What the start-up checks before anything slow: Ray is installed and the address answers."""
+    import_ray()
+    probe_address(address, timeout)
 
 
 def connect(address: str, cpu_workers: int, timeout: float = CONNECT_TIMEOUT_S) -> Any:
