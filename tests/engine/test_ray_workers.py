@@ -14,7 +14,7 @@ import ray
 from PIL import Image
 
 from webui.context import build_context
-from webui.generation.requests import Txt2ImgRequest
+from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.settings import settings_from_args
 
 QUICK = dict(prompt="a red circle on a blue background", width=64, height=64, steps=8, seed=11,
@@ -42,7 +42,9 @@ def ray_workers(ctx) -> list:
 def submit_one_per_worker(ctx, **request):
     """As many jobs as workers, submitted while all are idle: each worker takes one of them."""
     assert ctx.scheduler.wait_until_idle(timeout=120)
-    return [ctx.generation.submit_txt2img(Txt2ImgRequest(**request)) for _ in ctx.scheduler.workers]
+    jobs = [ctx.generation.submit_txt2img(Txt2ImgRequest(**request)) for _ in ctx.scheduler.workers]
+    wait_for(lambda: all(job.worker_name is not None for job in jobs), 60, "every worker to take a job")
+    return jobs
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -77,12 +79,27 @@ def test_two_actors_generate_at_once_like_a_local_worker_and_the_head_saves_thei
             assert np.array_equal(np.asarray(image), np.asarray(remote.images[0]))
         assert records[name].result["images"] == [str(saved)]
 
+    # img2img travels with its source image.
+    source = Image.fromarray(np.asarray(results["cpu#0"].images[0])[:, ::-1].copy())
+    jobs = [ctx.generation.submit_img2img(Img2ImgRequest(**QUICK, init_images=(source,), denoising_strength=0.5))
+            for _ in ctx.scheduler.workers]
+    finished = [(job.result(timeout=300), ctx.scheduler.record(job.job_id).worker) for job in jobs]
+    assert {worker for _, worker in finished} == {"cpu#0", f"ray-cpu0@{HOST}", f"ray-cpu1@{HOST}"}
+    local = next(np.asarray(result.images[0]).astype(int) for result, worker in finished if worker == "cpu#0")
+    for result, worker in finished:
+        assert np.abs(np.asarray(result.images[0]).astype(int) - local).max() <= 1
+        assert result.saved_paths[0].is_relative_to(ctx.settings.outputs_folder / "img2img-images")
 
-def test_progress_comes_back_and_an_interrupt_reaches_the_actor(ctx):
+
+def test_progress_and_previews_come_back_and_skip_and_interrupt_reach_the_actor(ctx):
     jobs = submit_one_per_worker(ctx, **LONG)
-    wait_for(lambda: all(job.control.snapshot().step >= 2 for job in jobs), 120, "every job to report steps")
-    remote_jobs = [job for job in jobs if ctx.scheduler.record(job.job_id).worker.startswith("ray-")]
+    remote_jobs = [job for job in jobs if job.worker_name.startswith("ray-")]
     assert len(remote_jobs) == 2
+    wait_for(lambda: all(job.control.snapshot().step >= 2 and job.control.snapshot().preview is not None
+                         for job in remote_jobs), 120, "steps and a live preview from each actor")
+    for job in remote_jobs:
+        ctx.scheduler.skip(job.job_id)
+    wait_for(lambda: all(job.control.snapshot().batch_index >= 1 for job in remote_jobs), 120, "the next batch")
     for job in jobs:
         ctx.scheduler.interrupt(job.job_id)
     for job in remote_jobs:
@@ -90,7 +107,11 @@ def test_progress_comes_back_and_an_interrupt_reaches_the_actor(ctx):
         record = ctx.scheduler.record(job.job_id)
         assert record.state == "interrupted" and result.interrupted
         assert len(result.images) < 4 and record.progress.startswith("step ")
-        assert any(event.type == "progress" and event.data["step"] >= 2 for event in job.events.after(0))
+        first_batch = [event.data["step"] for event in job.events.after(0)
+                       if event.type == "progress" and event.data["batch_index"] == 0]
+        assert 2 <= max(first_batch) < LONG["steps"]  # the skip ended the first batch early
+    for job in jobs:
+        job.wait(timeout=60)
 
 
 def test_a_checkpoint_missing_on_the_ray_machines_fails_there_with_the_machine_named(ctx):
@@ -109,7 +130,7 @@ def test_an_actor_that_dies_mid_job_fails_its_job_and_gets_no_more(ctx):
     jobs = submit_one_per_worker(ctx, **LONG)
     wait_for(lambda: all(job.control.snapshot().step >= 1 for job in jobs), 120, "every job to start")
     victim = next(worker for worker in ray_workers(ctx) if worker.name == f"ray-cpu0@{HOST}")
-    victims_job = next(job for job in jobs if ctx.scheduler.record(job.job_id).worker == victim.name)
+    victims_job = next(job for job in jobs if job.worker_name == victim.name)
     ray.kill(victim.actor)
     with pytest.raises(RuntimeError, match=f"worker ray-cpu0@{HOST} on machine {HOST} died while running the job"):
         victims_job.result(timeout=60)
