@@ -93,8 +93,8 @@ def connect(address: str, cpu_workers: int, timeout: float = CONNECT_TIMEOUT_S) 
         else:
             ray.init(address=address, **options)
     except Exception as error:  # ConnectionError, a version mismatch, a refused client connection
-        hint = ("" if address in ("auto", LOCAL) else "; if the cluster uses Ray's token authentication (the default "
-                "of `ray start` since Ray 2.60), start SD Studio with RAY_AUTH_MODE=token and the cluster's token "
+        hint = ("" if address in ("auto", LOCAL) else "; if the cluster uses Ray's token authentication (`ray start` "
+                "turns it on in Ray 2.60), start SD Studio with RAY_AUTH_MODE=token and the cluster's token "
                 "(docs/MULTI_GPU.md)")
         raise WorkerStartError(f"could not connect to the Ray cluster at {address}: {_first_line(error)}{hint}") from None
     return ray
