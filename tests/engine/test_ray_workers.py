@@ -86,7 +86,7 @@ def test_two_actors_generate_at_once_like_a_local_worker_and_the_head_saves_thei
     finished = [(job.result(timeout=300), ctx.scheduler.record(job.job_id).worker) for job in jobs]
     assert {worker for _, worker in finished} == {"cpu#0", f"ray-cpu0@{HOST}", f"ray-cpu1@{HOST}"}
     local = next(np.asarray(result.images[0]).astype(int) for result, worker in finished if worker == "cpu#0")
-    for result, worker in finished:
+    for result, _ in finished:
         assert np.abs(np.asarray(result.images[0]).astype(int) - local).max() <= 1
         assert result.saved_paths[0].is_relative_to(ctx.settings.outputs_folder / "img2img-images")
 
