@@ -45,15 +45,18 @@ class Lineup:
         """The job `worker` should take: the first waiting one, unless another idle worker is better placed
         for it (that worker takes it; this one looks further down the line). Better placed: it holds the
         job's checkpoint and this one does not, or, both holding it (or neither), it holds more of the job's
-        control models (ControlNets built for its device), which would otherwise be built again here."""
+        control models (ControlNets built for its device), which would otherwise be built again here. Jobs
+        the worker does not accept (`Worker.accepts`) are left to the others."""
         if not self.waiting:
             return None
-        holdings = [(other.current_model_key(), other.current_control_keys())
-                    for other in idle if other is not worker]
+        others = [(other, other.current_model_key(), other.current_control_keys())
+                  for other in idle if other is not worker]
         mine = (worker.current_model_key(), worker.current_control_keys())
         for job in self.waiting:
+            if not worker.accepts(job):  # e.g. a remote worker and a kind that runs only here
+                continue
             own = _fit(job, *mine)
-            if all(_fit(job, *held) <= own for held in holdings):
+            if all(_fit(job, *held) <= own for other, *held in others if other.accepts(job)):
                 return job
         return None
 

@@ -151,6 +151,15 @@ class Scheduler:
             self._workers.append(worker)
         worker.start(self)
 
+    def retire(self, worker: Worker) -> None:
+        """Take a worker that can run no more jobs (a remote worker whose process died) out of the
+        scheduler: it is no longer counted for ETAs or idleness, and its thread has ended."""
+        with self._changed:
+            if worker in self._workers:
+                self._workers.remove(worker)
+            self._changed.notify_all()
+        log.warning("worker %s is lost; the scheduler sends it no more jobs", worker.name)
+
     @property
     def workers(self) -> list[Worker]:
         with self._changed:
