@@ -167,6 +167,21 @@ def test_free_workers_go_to_waiting_jobs_before_they_take_parts(painters):
     assert line.helpers_for(job("a"), free) == []
 
 
+class _RemoteWorker(Worker):
+    """A worker of another process (like a Ray actor): it runs whole jobs, never parts."""
+
+    @property
+    def takes_parts(self) -> bool:
+        return False
+
+
+def test_a_worker_of_another_process_takes_no_parts(painters):
+    kind = painters.kind()
+    local, remote = Worker("local", "cpu", None), _RemoteWorker("remote", "cpu", None)
+    whole = Job("a", JobSpec("mural", Mural(("a",))), kind, JobControl(), EventLog(), 0.0, 1.0)
+    assert Lineup(None, None, 10).helpers_for(whole, [remote, local]) == [local]
+
+
 def test_parts_go_to_the_workers_holding_the_checkpoint_first(make, painters):
     scheduler = make(3, holds=("m", None, "m"))
     job = scheduler.submit(JobSpec("mural", Mural(("a", "b"), model="m")))

@@ -63,7 +63,9 @@ class Lineup:
     def helpers_for(self, job: Job, free: list[Worker]) -> list[Worker]:
         """Which of the `free` workers may run parts of `job` (just taken, so no longer waiting) at once: only
         those left over once every waiting job has a free worker (splitting one job must not hold up the
-        next), the workers holding the job's checkpoint first (the others must load it)."""
+        next), the workers holding the job's checkpoint first (the others must load it); never a worker that
+        cannot take parts (a remote one)."""
+        free = [worker for worker in free if worker.takes_parts and worker.accepts(job)]
         spare = len(free) - len(self.waiting)
         if spare <= 0:
             return []

@@ -150,6 +150,10 @@ class RayWorker(Worker):
         return not self._lost and job.kind in self._kinds
 
     @property
+    def takes_parts(self) -> bool:
+        return False  # a split job's part requests hold in-process objects; they do not travel
+
+    @property
     def lost(self) -> bool:
         return self._lost
 

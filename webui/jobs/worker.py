@@ -93,6 +93,12 @@ class Worker:
         return True
 
     @property
+    def takes_parts(self) -> bool:
+        """Whether this worker may run parts of a split job: their requests (RequestPart, CfgSplitPart, XyzPart)
+        hold in-process objects, so only workers of this process take them."""
+        return True
+
+    @property
     def lost(self) -> bool:
         """True once the worker can take no more jobs (its remote process died); it then leaves the scheduler."""
         return False
