@@ -72,8 +72,15 @@ def _strip(state: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
     return {key[len(prefix):] if key.startswith(prefix) else key: value for key, value in state.items()}
 
 
-def _loaded(network: torch.nn.Module, state: Mapping[str, Any]) -> torch.nn.Module:
-    network.load_state_dict(dict(state), strict=True)
+class _OtherWeights(ValueError):
+    """The file's tensors are not the network's (another annotator's file under this name, or damaged)."""
+
+
+def _loaded(network: torch.nn.Module, state: Any) -> torch.nn.Module:
+    try:
+        network.load_state_dict(dict(state), strict=True)
+    except (RuntimeError, TypeError, ValueError) as error:   # missing/unexpected keys, other shapes
+        raise _OtherWeights(str(error)[:300]) from None
     return network.float().eval()
 
 
@@ -199,7 +206,7 @@ class Annotators:
             if not self._imported:
                 try:
                     importlib.import_module("controlnet_aux")
-                except Exception as error:    # noqa: BLE001 - any import failure (e.g. a broken torchvision) is the reason
+                except Exception as error:   # noqa: BLE001 - any failure (a broken torchvision) is the reason
                     self._import_problem = f"{type(error).__name__}: {error}"
                 self._imported = True
             return self._import_problem or ""
@@ -212,7 +219,8 @@ class Annotators:
     def reason(self, name: str) -> str:
         """"" when annotator `name` can run, else exactly what is missing."""
         if name in NOT_RUN:
-            return f"preprocessor {name!r} is not available: {NOT_RUN[name]}; send an already preprocessed map with module 'none' instead"
+            return (f"preprocessor {name!r} is not available here: {NOT_RUN[name]}; send an already preprocessed "
+                    "map with module 'none' instead")
         annotator = ANNOTATORS[name]
         missing = [file for file in annotator.files if self.file_path(annotator, file) is None]
         problems = []
@@ -241,13 +249,15 @@ class Annotators:
             if key in self._detectors:
                 self._detectors.move_to_end(key)
                 return self._detectors[key]
-        states = [_weights_only(self.file_path(annotator, name)) for name in annotator.files]
+        states = [read_weights(self.file_path(annotator, name)) for name in annotator.files]
         try:
             built = annotator.build(states)
-        except (RuntimeError, KeyError, TypeError, AttributeError) as error:   # another network's weights
+        except (_OtherWeights, KeyError) as error:    # KeyError: a file without the dict its loader unwraps
             raise AnnotatorUnavailable(f"{', '.join(annotator.files)} does not hold the weights controlnet_aux's "
-                                       f"{annotator.name} network takes ({type(error).__name__}: "
-                                       f"{str(error)[:300]})") from None
+                                       f"{annotator.name} network takes: {error}") from None
+        except Exception as error:   # noqa: BLE001 - controlnet_aux failing to build its network here
+            raise AnnotatorUnavailable(f"controlnet_aux could not build its {annotator.name} network here "
+                                       f"({type(error).__name__}: {str(error)[:300]})") from None
         for network in built.networks:
             network.to(device)
         with self._lock:
@@ -274,16 +284,19 @@ class Annotators:
             result = result.resize(image.size, Image.Resampling.BILINEAR)
         return result
 
-    def loaded_count(self) -> int:
-        return len(self._detectors)
+    def devices_of(self, name: str) -> set[str]:
+        """The device types annotator `name` is loaded on now (e.g. {"cuda"})."""
+        with self._lock:
+            return {str(next(network.parameters()).device.type) for (loaded, _), built in self._detectors.items()
+                    if loaded == name for network in built.networks}
 
 
-def _weights_only(path: Path | None) -> dict[str, Any]:
+def read_weights(path: Path | None) -> dict[str, Any]:
     """The file's tensors, read without running any pickled code (a file that needs more is refused)."""
     if path is None:
         raise AnnotatorUnavailable("an annotator file disappeared while it was being loaded")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:       # noqa: BLE001 - pickle errors of many kinds: the file is refused either way
+    except Exception as error:   # noqa: BLE001 - pickle errors of many kinds: the file is refused either way
         raise AnnotatorUnavailable(f"{path.name} in {path.parent} holds more than weights or is damaged, so it is "
                                    f"not loaded ({type(error).__name__}: {str(error)[:200]})") from None

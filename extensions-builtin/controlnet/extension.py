@@ -143,8 +143,8 @@ def setup(ext: api.ExtensionSetup) -> None:
                 raise api.JobRefused(f"ControlNet unit {unit.index} is enabled but no model is chosen (models: "
                                      f"{', '.join(runtime.model_titles()) or 'none in models/ControlNet'})")
             controlnet = runtime.services.controlnet(unit.model, call.model)
-            added = controlnet.residuals(call, runtime.control_tensor(unit, call.request, call.model.device), unit.weight,
-                                         unit.control_mode, unit.union_mode)
+            control = runtime.control_tensor(unit, call.request, call.model.device)
+            added = controlnet.residuals(call, control, unit.weight, unit.control_mode, unit.union_mode)
             down = list(added.down) if down is None else [a + b for a, b in zip(down, added.down)]
             if added.mid is not None:
                 mid = added.mid if mid is None else mid + added.mid

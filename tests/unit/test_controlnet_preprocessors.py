@@ -140,6 +140,16 @@ def test_a_weight_annotator_names_exactly_what_is_missing_package_or_file(loaded
     assert "torch.hub" in found.reason("depth_zoe")
 
 
+def test_annotator_files_are_read_weights_only(loaded, tmp_path):
+    """A .pth that would unpickle anything but tensors and plain containers is refused, naming the file."""
+    annotators = sys.modules[f"{module_name('controlnet')}.annotators"]
+    torch.save({"conv.weight": torch.ones(2, 2)}, tmp_path / "ControlNetHED.pth")
+    assert torch.equal(annotators.read_weights(tmp_path / "ControlNetHED.pth")["conv.weight"], torch.ones(2, 2))
+    torch.save({"conv.weight": torch.ones(2, 2), "where": tmp_path}, tmp_path / "netG.pth")   # a pickled Path
+    with pytest.raises(annotators.AnnotatorUnavailable, match=f"netG.pth in {tmp_path} holds more than weights"):
+        annotators.read_weights(tmp_path / "netG.pth")
+
+
 def _b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
