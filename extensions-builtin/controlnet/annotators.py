@@ -175,7 +175,7 @@ ANNOTATORS: dict[str, WeightAnnotator] = {annotator.name: annotator for annotato
 )}
 # sd-webui-controlnet names these annotators also go by.
 ALIASES = {"hed": "softedge_hed", "pidinet": "softedge_pidinet", "lineart": "lineart_realistic",
-           "depth": "depth_midas", "normal_map": "normal_bae", "openpose_body": "openpose"}
+           "depth": "depth_midas"}
 # Annotators sd-webui-controlnet has that are not run here, with why.
 NOT_RUN = {
     "depth_zoe": "its controlnet_aux detector builds its MiDaS backbone through torch.hub from GitHub",
