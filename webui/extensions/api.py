@@ -52,7 +52,7 @@ from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.security.identity import ADMIN, USER, NotAuthenticated, User, request_user
 
-API_VERSION = "1.3.0"
+API_VERSION = "1.4.0"
 
 __all__ = [
     "API_VERSION", "ExtensionSetup", "ExtensionError", "Services", "AppStarted", "AppStartedHook", "Caller",
@@ -303,6 +303,14 @@ class Services:
         except (ControlNetFileError, UnknownControlNetError) as error:
             raise JobRefused(str(error)) from None
         return ControlNet(f"{found.name}", module, union_modes_of(found))
+
+    def annotator_folders(self) -> tuple[Path, ...]:
+        """Since 1.4: where ControlNet annotator weights (lllyasviel/Annotators files) are read from,
+        first: `<ControlNet folder>/annotators`, then sd-webui-controlnet's
+        `extensions/sd-webui-controlnet/annotator/downloads` (its files sit in one folder per annotator)."""
+        settings = self._context.settings
+        return (settings.controlnet_folder / "annotators",
+                settings.extensions_folder / "sd-webui-controlnet" / "annotator" / "downloads")
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
         """Wait for a job this extension queued; raises the job's error, or TimeoutError."""
