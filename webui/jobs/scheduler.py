@@ -189,7 +189,7 @@ class Scheduler:
                 return job
             self._line.start(job)
             job.state, job.started_at = RUNNING, self._clock()
-            helpers = self._helpers_for(job)
+            helpers = self._helpers_for(job) if worker.takes_parts else []  # parts run in this process
             self._reserved.update(helpers)
         requests = self._split(job, 1 + len(helpers)) if helpers else None  # the kind's code: outside the lock
         with self._changed:
