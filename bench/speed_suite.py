@@ -39,10 +39,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.speed_suite_measure import (  # noqa: E402
-    drop_from_page_cache, files_of, free_memory, is_out_of_memory, measured, peak_mib, reset_peak, sync, timed)
+    drop_from_page_cache, files_of, free_memory, measured, peak_mib, reset_peak, sync, timed)
 from bench.speed_suite_models import (  # noqa: E402
     TRAIN_PRESETS, Subject, prepare_full, prepare_smoke, write_others, write_random_dataset, write_random_lora)
 from bench.speed_suite_report import markdown_report  # noqa: E402
+from webui.jobs.out_of_memory import is_out_of_memory  # noqa: E402
 
 PROMPT, NEGATIVE = "a photo of a red circle", "blurry"
 GPU_RESIDENT_SWITCH = ("not supported: the model manager keeps one resident pipeline per worker "

@@ -61,15 +61,6 @@ def measured(device: str, function: Callable[[], object], repeats: int, warmup: 
     return {"s": statistics.median(samples), "peak_gpu_mib": peak_mib(device)}
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """A CUDA OOM, also when a job wrapped it in its own error (the message or a cause names it)."""
-    while error is not None:
-        if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def drop_from_page_cache(paths: list[Path]) -> str:
     """Ask the kernel to forget the files' cached pages (fsync first: only clean pages are dropped).
 

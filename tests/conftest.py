@@ -134,7 +134,7 @@ def server(tmp_path_factory, default_model_folder) -> RunningServer:
 
 # The tiers, by folder: `unit` runs in about a minute; the others start pipelines, servers or a browser.
 # `python3 run_tests.py -m "not slow"` is the quick tier; the README's command runs everything.
-_TIER_OF_FOLDER = {"unit": "unit", "api": "api", "engine": "engine", "browser": "browser"}
+_TIER_OF_FOLDER = {"unit": "unit", "api": "api", "engine": "engine", "browser": "browser", "gpu": "gpu"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Sequence
 
+from webui.jobs.errors import WorkerStartError
 from webui.security.users import AccountError
 from webui.settings import SHARE_TIMEOUT_S, Settings, SettingsError, settings_from_args
 
@@ -33,6 +34,10 @@ API_DOCS = {"docs_url": "/docs", "redoc_url": None, "openapi_url": "/openapi.jso
 
 def serve(settings: Settings, ready: threading.Event | None = None) -> None:
     """Build everything and serve until interrupted."""
+    if settings.ray_address:  # first: no Ray, or a cluster that does not answer, is refused before slow imports
+        from webui.jobs.ray_workers import check_ray_address
+
+        check_ray_address(settings.ray_address)
     import uvicorn
     from fastapi import FastAPI
 
@@ -167,7 +172,7 @@ def run(argv: Sequence[str]) -> int:
     except AccountError as error:
         print(f"launch.py: error: {error}", file=sys.stderr)
         return 2
-    except ServerStartError as error:
+    except (ServerStartError, WorkerStartError) as error:
         print(f"launch.py: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ scheduler's table. The gradio UI, the HTTP API and extensions receive the contex
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from webui.extensions.generation_hooks import ExtensionGenerationHooks, extension_axes
 from webui.extensions.host import load_for_app, switches_for
@@ -16,13 +17,15 @@ from webui.extensions.registry import ExtensionRegistry
 from webui.extensions.service import ExtensionService
 from webui.generation.extras_jobs import ExtrasService
 from webui.generation.hooks import GenerationHooks
+from webui.generation.remote import generation_remote_kinds
 from webui.generation.requests import GenerationLimits
 from webui.extensions.scripts import ExtensionScripts
 from webui.generation.scripts import ScriptService
 from webui.generation.server_options import CONFIG_FILE, ServerOptions, tile_settings
-from webui.generation.service import GenerationService
+from webui.generation.service import IMG2IMG, TXT2IMG, GenerationService
 from webui.generation.styles import StyleDatabase
 from webui.jobs.queue_service import QueueService
+from webui.jobs.remote import WorkerEngine
 from webui.jobs.scheduler import Scheduler
 from webui.jobs.spec import JobKinds
 from webui.jobs.store import JobStore, open_owned_store
@@ -80,10 +83,13 @@ class AppContext:
     controlnets: ControlNetStore | None = None  # models/ControlNet, built modules cached in RAM (webui.models)
     upscalers: UpscalerService | None = None  # built-in and model upscalers (webui.upscaling)
     extras: ExtrasService | None = None  # the Extras' upscaling as jobs (webui.generation.extras_jobs)
+    ray_workers: Any = None  # workers on a Ray cluster (webui.jobs.ray_workers.RayWorkers), with --ray-address
 
     def close(self) -> None:
         """Stop the workers (running jobs are interrupted; queued ones stay stored for the next start)."""
         self.scheduler.shutdown(interrupt_running=True)
+        if self.ray_workers is not None:
+            self.ray_workers.close()
         self.job_store.close()
 
     @property
@@ -91,8 +97,9 @@ class AppContext:
         return self.request_limits.generation
 
 
-def build_context(settings: Settings) -> AppContext:
-    """Create folders, the default model if needed, and every engine service."""
+def build_context(settings: Settings, job_store: JobStore | None = None) -> AppContext:
+    """Create folders, the default model if needed, and every engine service. `job_store`: the store to
+    use instead of `<data>/jobs.sqlite3` (a Ray worker's engine keeps its jobs in memory)."""
     for folder in (settings.checkpoint_folder, settings.lora_folder, settings.vae_folder, settings.controlnet_folder,
                    settings.embeddings_folder, settings.outputs_folder, settings.cache_folder,
                    settings.datasets_folder):
@@ -110,10 +117,12 @@ def build_context(settings: Settings) -> AppContext:
                                                 cache_file=settings.cache_folder / UPSCALER_CACHE_FILE),
                                 lambda: tile_settings(options.values()), request_limits.max_image_pixels)
     kinds = JobKinds()
-    job_store = open_owned_store(settings.data_dir / JOB_STORE_FILE, settings.job_history, settings.job_history_days)
+    job_store = job_store or open_owned_store(settings.data_dir / JOB_STORE_FILE, settings.job_history,
+                                              settings.job_history_days)
     scheduler = Scheduler(kinds, job_store,
                           max_jobs=request_limits.max_queue, max_jobs_per_owner=request_limits.max_queue_per_user,
-                          preview_every_n_steps=settings.preview_every_n_steps, recover_stored_jobs=False)
+                          preview_every_n_steps=settings.preview_every_n_steps, recover_stored_jobs=False,
+                          split_jobs=settings.split_jobs)
     hooks = ExtensionGenerationHooks(extensions, request_limits.generation.max_images)
     checkpoint_settings = CheckpointSettings(settings.data_dir / CHECKPOINT_SETTINGS_FILE)
     # Built ControlNets stay in RAM like checkpoints; room for at least one job's three units.
@@ -128,7 +137,7 @@ def build_context(settings: Settings) -> AppContext:
     generation = GenerationService(models, scheduler, styles, loras, files, request_limits,
                                    outputs_folder=settings.outputs_folder,
                                    inputs_folder=settings.data_dir / "jobs" / "inputs", hooks=hooks,
-                                   upscalers=upscalers)
+                                   upscalers=upscalers, cfg_split=settings.cfg_split)
     extras = ExtrasService(upscalers, scheduler, settings.data_dir / "jobs" / "inputs",
                            request_limits.max_image_pixels, request_limits.generation.max_images)
     training = TrainingService(models, scheduler, files, loras, network, paths=TrainingPaths(
@@ -145,13 +154,39 @@ def build_context(settings: Settings) -> AppContext:
         scheduler.add_worker(Worker(f"{manager.device}#{index}", manager.device, manager,
                                     current_model_key=lambda manager=manager: _loaded_path(manager),
                                     current_control_keys=manager.held_control_keys))
+    ray_workers = None
+    if settings.ray_address:
+        from webui.jobs.ray_workers import start_ray_workers
+
+        try:
+            ray_workers = start_ray_workers(settings, scheduler,
+                                            generation_remote_kinds((TXT2IMG, IMG2IMG), generation.outputs_root_of),
+                                            build_worker_engine, models.model_key)
+        except BaseException:
+            scheduler.shutdown()
+            job_store.close()
+            raise
     return AppContext(settings=settings, catalog=catalog, manager=managers[0], scheduler=scheduler, styles=styles,
                       loras=loras, files=files, network=network, request_limits=request_limits, models=models,
                       generation=generation, training=training, xyz=xyz, webhooks=webhooks,
                       jobs=QueueService(scheduler, settings.outputs_folder), job_store=job_store,
                       extensions=extensions, options=options,
                       scripts=scripts, controlnets=controlnets, upscalers=upscalers, extras=extras,
-                      extension_service=ExtensionService(settings, extensions, switches_for(settings)))
+                      extension_service=ExtensionService(settings, extensions, switches_for(settings)),
+                      ray_workers=ray_workers)
+
+
+def build_worker_engine(settings: Settings) -> WorkerEngine:
+    """The engine a Ray worker builds on its machine (webui.jobs.ray_actor): the app's own services and one
+    worker on `settings.device`, with its jobs kept in memory (the head keeps the history)."""
+    ctx = build_context(settings, job_store=JobStore(":memory:", 100, 1))
+    current = ctx.manager
+
+    def held_checkpoint() -> str | None:
+        return current.current.title if current.current is not None else None
+
+    return WorkerEngine(ctx.scheduler, generation_remote_kinds((TXT2IMG, IMG2IMG), ctx.generation.outputs_root_of),
+                        held_checkpoint, ctx.close)
 
 
 def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: GenerationHooks,

@@ -65,6 +65,11 @@ class Settings:
     max_queue_per_user: int = 16          # jobs queued or running for one user
     workers: int = 1                      # workers on --device (each holds its own model)
     device_ids: tuple[str, ...] = ()      # one worker per listed CUDA device ("0,1")
+    split_jobs: bool = True               # a job of several images or X/Y/Z cells runs on all free workers
+    cfg_split: bool = False               # a one-image SD1/SD2/SDXL job runs its CFG halves on two free workers
+    ray_address: str = ""                 # a Ray cluster whose GPUs become workers too ("" = none; webui.jobs.ray_workers)
+    ray_cpu_workers: int = 0              # CPU workers to start on the Ray cluster (for clusters without GPUs)
+    ray_data_dir: Path | None = None      # the data folder on the Ray machines (default: the same path as data_dir)
     job_history: int = 1000               # finished jobs kept in the job history
     job_history_days: int = 30            # ... and for at most this many days
     allow_webhooks: bool = False          # may a job name a URL the server POSTs to when it ends
@@ -234,6 +239,24 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         "two on a CPU let two checkpoints generate at once)")
     parser.add_argument("--device-ids", default="",
                         help="comma-separated CUDA device numbers, one worker each (e.g. 0,1); overrides --workers")
+    parser.add_argument("--no-split-jobs", action="store_true",
+                        help="run every job on one worker; by default, with several workers, a txt2img/img2img "
+                        "job of several images or an X/Y/Z plot is split across the workers that are free")
+    parser.add_argument("--cfg-split", action="store_true",
+                        help="a one-image SD1/SD2/SDXL job taken while another worker is free runs the two halves of "
+                        "each classifier-free-guidance UNet call on both workers' devices at once (for two GPUs; "
+                        "default off)")
+    parser.add_argument("--ray-address", default="",
+                        help="also hand jobs to workers on a Ray cluster: 'auto' (the cluster this machine joined with "
+                        "'ray start'), 'HOST:PORT' or 'ray://HOST:PORT' (Ray's client port), or 'local' (start a Ray "
+                        "instance on this machine, for trying it); each GPU of the cluster becomes a worker "
+                        "(needs the 'ray' extra: pip install ray)")
+    parser.add_argument("--ray-cpu-workers", type=int, default=0,
+                        help="with --ray-address: also start N workers on the cluster's CPUs (for clusters without "
+                        "GPUs; default 0)")
+    parser.add_argument("--ray-data-dir", type=Path, default=None,
+                        help="with --ray-address: the data folder (models/ and the rest) on the Ray machines "
+                        "(default: the same path as --data-dir)")
     parser.add_argument("--job-history", type=int, default=None,
                         help="finished jobs kept in the job history (default 1000)")
     parser.add_argument("--job-history-days", type=int, default=None,
@@ -333,9 +356,18 @@ def settings_from_args(argv: Sequence[str], environ: dict[str, str] | None = Non
     for device_id in device_ids:
         if not device_id.isdigit():
             raise SettingsError(f"--device-ids entry {device_id!r} must be a CUDA device number such as 0")
+    if args.ray_cpu_workers < 0:
+        raise SettingsError("--ray-cpu-workers must be 0 or more")
+    if (args.ray_cpu_workers or args.ray_data_dir) and not args.ray_address:
+        raise SettingsError("--ray-cpu-workers and --ray-data-dir need --ray-address")
     return Settings(
         **limits,
         device_ids=device_ids,
+        split_jobs=not args.no_split_jobs,
+        cfg_split=args.cfg_split,
+        ray_address=args.ray_address.strip(),
+        ray_cpu_workers=args.ray_cpu_workers,
+        ray_data_dir=args.ray_data_dir,
         allow_webhooks=args.allow_webhooks,
         webhook_secret=environ.get("SDSTUDIO_WEBHOOK_SECRET", ""),
         data_dir=data_dir,

@@ -3,10 +3,15 @@
 
 - An always-on script "ControlNet" with 3 units (accordion in txt2img and img2img; `alwayson_scripts:
   {"controlnet": {"args": [{unit}, ...]}}` in sd-webui-controlnet's format over HTTP).
+- Flux.1 checkpoints: the same hook runs on each transformer call with Flux ControlNets (block residuals); a
+  union ControlNet's control type is the unit's `union_control_type` (a name or index).
 - Its UNet-residuals hook: for each UNet call, every enabled unit of non-zero weight whose step window
   holds the call adds its ControlNet's residuals (`api.Services.controlnet` loads the model for the job's
   checkpoint and refuses one of another family). A unit of weight 0 adds nothing at all.
 - Routes `/controlnet/model_list`, `/controlnet/module_list`, `/controlnet/detect` (sd-webui-controlnet's).
+- Annotators that need weights (annotators.py, through controlnet_aux) run on the job's device inside a job;
+  the detect route and the UI preview are not jobs, so they run them on the CPU (GPU work goes through the
+  scheduler only).
 - The models of the units that act join the job's model state (`add_control_models`): the worker builds them
   for the checkpoint when it takes the job and keeps them for the next jobs.
 - Each unit's `hr_option` (Both / Low res only / High res only): the hires-fix pass it acts in.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +34,7 @@ from PIL import Image
 
 from webui.extensions import api
 
-from . import preprocessors, units
+from . import annotators, preprocessors, units
 
 CACHE_SIZE = 8   # control maps kept per server (a map is reused by every UNet call of a job)
 
@@ -41,11 +47,37 @@ class ControlNetRuntime:
         self.services: api.Services | None = None
         self._maps: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()   # workers (one per GPU) run jobs at once
+        # Where annotator weights are read from: the app's folders once it starts (Services.annotator_folders).
+        self.annotators = annotators.Annotators(Path(preprocessors.ANNOTATOR_FOLDER))
+
+    def start(self, services: api.Services) -> None:
+        self.services = services
+        first, *others = services.annotator_folders()
+        self.annotators = annotators.Annotators(first, tuple(others))
+
+    def module_names(self) -> list[str]:
+        """The preprocessors that can run now: the weightless ones and the annotators whose weights are here."""
+        return [*preprocessors.MODULES, *self.annotators.usable()]
+
+    def preprocess(self, name: str, image: Image.Image, resolution: int, a: float, b: float, seed: int,
+                   device: torch.device) -> Image.Image:
+        """The control map of `image` by preprocessor `name`, an RGB (or inpaint RGBA) image of its size;
+        annotators that need weights run on `device`. UnknownModuleError / AnnotatorUnavailable say why not."""
+        if preprocessors.needs_weights(name):
+            return self.annotators.run(preprocessors.canonical(name), image, max(64, int(resolution)), a, b, device)
+        return preprocessors.run_module(name, image, resolution, a, b, seed)
 
     def model_titles(self) -> list[str]:
         if self.services is None:
             return []
         return [info.title for info in self.services.controlnet_models() if not info.problem]
+
+    def union_modes(self) -> list[str]:
+        """The control types of the usable union ControlNets (the UI's choices), in their models' order."""
+        if self.services is None:
+            return []
+        found = [mode for info in self.services.controlnet_models() if not info.problem for mode in info.union_modes]
+        return list(dict.fromkeys(found))
 
     def source_image(self, unit: units.Unit, request: Any) -> Image.Image:
         if unit.image:
@@ -55,17 +87,17 @@ class ControlNetRuntime:
             return init_images[0]
         raise api.JobRefused(f"ControlNet unit {unit.index} has no control image")
 
-    def control_map(self, unit: units.Unit, request: Any) -> Image.Image:
-        """The unit's preprocessed map at the request's size."""
+    def control_map(self, unit: units.Unit, request: Any, device: torch.device) -> Image.Image:
+        """The unit's preprocessed map at the request's size (annotators run on the job's `device`)."""
         image = units.resized(self.source_image(unit, request), request.width, request.height, unit.resize_mode)
         resolution = min(request.width, request.height) if unit.pixel_perfect else unit.processor_res
         try:
-            return preprocessors.run_module(unit.module, image, resolution, unit.threshold_a, unit.threshold_b,
-                                            max(int(request.seed), 0))
-        except preprocessors.UnknownModuleError as error:
+            return self.preprocess(unit.module, image, resolution, unit.threshold_a, unit.threshold_b,
+                                   max(int(request.seed), 0), device)
+        except (preprocessors.UnknownModuleError, annotators.AnnotatorUnavailable) as error:
             raise api.JobRefused(str(error)) from None
 
-    def control_tensor(self, unit: units.Unit, request: Any) -> torch.Tensor:
+    def control_tensor(self, unit: units.Unit, request: Any, device: torch.device) -> torch.Tensor:
         """The map as a 1 x 3 x H x W tensor, cached: every UNet call of a job uses the same one."""
         image_key = hashlib.sha256(unit.image.encode()).hexdigest() if unit.image else id(getattr(
             request, "init_images", None))
@@ -75,7 +107,8 @@ class ControlNetRuntime:
             if key in self._maps:
                 self._maps.move_to_end(key)
                 return self._maps[key]
-        tensor = torch.from_numpy(preprocessors.control_tensor(self.control_map(unit, request))).unsqueeze(0)
+        control_map = self.control_map(unit, request, device)
+        tensor = torch.from_numpy(preprocessors.control_tensor(control_map)).unsqueeze(0)
         with self._lock:
             self._maps[key] = tensor
             while len(self._maps) > CACHE_SIZE:
@@ -99,7 +132,7 @@ def setup(ext: api.ExtensionSetup) -> None:
                             write_infotext=units.infotext_lines, read_infotext=units.from_infotext)
 
     def started(app: api.AppStarted) -> None:
-        runtime.services = app.services
+        runtime.start(app.services)
 
     def residuals(call: api.UNetCall) -> api.UNetResiduals | None:
         values = handle.values_of(call.request)
@@ -111,16 +144,22 @@ def setup(ext: api.ExtensionSetup) -> None:
                   and api.in_control_window(call, unit.guidance_start, unit.guidance_end)]
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
+        single: list[torch.Tensor] | None = None
         for unit in active:
             if unit.model == units.NO_MODEL:
                 raise api.JobRefused(f"ControlNet unit {unit.index} is enabled but no model is chosen (models: "
                                      f"{', '.join(runtime.model_titles()) or 'none in models/ControlNet'})")
             controlnet = runtime.services.controlnet(unit.model, call.model)
-            added = controlnet.residuals(call, runtime.control_tensor(unit, call.request), unit.weight,
-                                         unit.control_mode)
+            control = runtime.control_tensor(unit, call.request, call.model.device)
+            added = controlnet.residuals(call, control, unit.weight, unit.control_mode, unit.union_mode)
             down = list(added.down) if down is None else [a + b for a, b in zip(down, added.down)]
-            mid = added.mid if mid is None else mid + added.mid
-        return None if down is None else api.UNetResiduals(tuple(down), mid)
+            if added.mid is not None:
+                mid = added.mid if mid is None else mid + added.mid
+            if added.single:   # transformer ControlNets (Flux): per single-stream block
+                single = list(added.single) if single is None else [a + b for a, b in zip(single, added.single)]
+        if down is None:
+            return None
+        return api.UNetResiduals(tuple(down), mid, tuple(single or ()))
 
     ext.on_app_started(started)
     def applies(request: api.Txt2ImgRequest) -> bool:
@@ -174,10 +213,12 @@ def _router(runtime: ControlNetRuntime) -> APIRouter:
     @router.get("/module_list")
     def module_list(request: Request, alias_names: bool = False) -> dict[str, Any]:
         api.caller_of(request)
-        detail = {name: {"sliders": [label for label in (module.label_a, module.label_b) if label]}
-                  for name, module in preprocessors.MODULES.items()}
-        return {"module_list": list(preprocessors.MODULES), "module_detail": detail,
-                "unavailable": {name: preprocessors.unavailable_reason(name) for name in preprocessors.NEEDS_WEIGHTS}}
+        usable = runtime.module_names()
+        known = {**preprocessors.MODULES, **annotators.ANNOTATORS}
+        detail = {name: {"sliders": [label for label in (known[name].label_a, known[name].label_b) if label]}
+                  for name in usable}
+        # "unavailable": each annotator that cannot run here, with exactly what is missing (package or file).
+        return {"module_list": usable, "module_detail": detail, "unavailable": runtime.annotators.unavailable()}
 
     @router.post("/detect")
     def detect(request: Request, body: dict[str, Any]) -> dict[str, Any]:
@@ -186,14 +227,15 @@ def _router(runtime: ControlNetRuntime) -> APIRouter:
         if not isinstance(images, list) or not images:
             raise HTTPException(422, "controlnet_input_images must be a list of base64 images")
         try:
-            module = preprocessors.find_module(str(body.get("controlnet_module") or "none"))
+            name = str(body.get("controlnet_module") or "none")
             resolution = int(body.get("controlnet_processor_res", 512))
             a = float(body.get("controlnet_threshold_a", -1))
             b = float(body.get("controlnet_threshold_b", -1))
-            maps = [preprocessors.run_module(module.name, units.decode_image(str(text)), resolution, a, b)
-                    for text in images]
+            decoded = [units.decode_image(str(text)) for text in images]
+            # Not a job: annotators run on the CPU here (GPU work goes through the scheduler only).
+            maps = [runtime.preprocess(name, image, resolution, a, b, 0, torch.device("cpu")) for image in decoded]
         except (ValueError, TypeError) as error:
-            known = "" if "preprocessor" in str(error) else f" (preprocessors: {', '.join(preprocessors.MODULES)})"
+            known = "" if "preprocessor" in str(error) else f" (preprocessors: {', '.join(runtime.module_names())})"
             raise HTTPException(422, f"{error}{known}") from None
         return {"images": [units.encode_image(_visible(image)) for image in maps], "info": "Success"}
 

@@ -6,9 +6,8 @@ Res"), its two parameters (sd-webui-controlnet's threshold A / B; -1 = the prepr
 seed, and returns the control map as an RGB image of the input's size. Names are sd-webui-controlnet's,
 so API clients and pasted infotexts keep working.
 
-Annotators that need weights (depth, normal, openpose, lineart, HED ...) run through `controlnet_aux`,
-which cannot be installed here (it needs torchvision, which breaks this environment): they are listed as
-unavailable with that reason and the folder their weights belong in.
+Annotators that need weights (depth, normal, openpose, lineart, HED ...) are in `annotators.py` (through
+`controlnet_aux`, when it imports and the weight files are there); `canonical` maps every name to one.
 """
 
 from __future__ import annotations
@@ -22,27 +21,9 @@ from scipy import ndimage
 
 from webui.extensions import api
 
-ANNOTATOR_FOLDER = "models/ControlNet/annotators"   # under the data folder, sd-webui-controlnet's downloads
-# Annotators that need weights: name -> what to download.
-NEEDS_WEIGHTS = {
-    "depth_midas": "lllyasviel/Annotators dpt_hybrid-midas-501f0c75.pt",
-    "depth_zoe": "lllyasviel/Annotators ZoeD_M12_N.pt",
-    "normal_bae": "lllyasviel/Annotators scannet.pt",
-    "openpose": "lllyasviel/Annotators body_pose_model.pth",
-    "openpose_full": "lllyasviel/Annotators body_pose_model.pth, hand_pose_model.pth, facenet.pth",
-    "lineart_realistic": "lllyasviel/Annotators sk_model.pth",
-    "lineart_anime": "lllyasviel/Annotators netG.pth",
-    "softedge_hed": "lllyasviel/Annotators ControlNetHED.pth",
-    "softedge_pidinet": "lllyasviel/Annotators table5_pidinet.pth",
-    "mlsd": "lllyasviel/Annotators mlsd_large_512_fp32.pth",
-    "seg_ofade20k": "lllyasviel/Annotators upernet_global_small.pth",
-}
+from . import annotators
 
-
-def unavailable_reason(name: str) -> str:
-    return (f"preprocessor {name!r} needs annotator weights ({NEEDS_WEIGHTS[name]}) in {ANNOTATOR_FOLDER} and the "
-            "controlnet_aux package, which cannot be installed here (it needs torchvision); send an already "
-            "preprocessed map with module 'none' instead")
+ANNOTATOR_FOLDER = "models/ControlNet/annotators"   # under the data folder (the app says where: Services)
 
 
 Preprocessor = Callable[[Image.Image, int, float, float, int], Image.Image]
@@ -155,14 +136,28 @@ class UnknownModuleError(ValueError):
     """A preprocessor name that is not built in; the message lists those that are, or why it is missing."""
 
 
-def find_module(name: str) -> Module:
+def canonical(name: str) -> str:
+    """A preprocessor name (or one of sd-webui-controlnet's other names for it) as this extension names it."""
     wanted = (name or "none").strip()
-    wanted = ALIASES.get(wanted, wanted)
+    return ALIASES.get(wanted) or annotators.ALIASES.get(wanted) or wanted
+
+
+def needs_weights(name: str) -> bool:
+    """Whether `name` is an annotator that needs weight files (annotators.py runs those)."""
+    wanted = canonical(name)
+    return wanted in annotators.ANNOTATORS or wanted in annotators.NOT_RUN
+
+
+def find_module(name: str) -> Module:
+    """The weightless preprocessor `name`."""
+    wanted = canonical(name)
     if wanted in MODULES:
         return MODULES[wanted]
-    if wanted in NEEDS_WEIGHTS:
-        raise UnknownModuleError(unavailable_reason(wanted))
-    raise UnknownModuleError(f"preprocessor {name!r} is unknown; preprocessors: {', '.join(MODULES)}")
+    if needs_weights(wanted):
+        raise UnknownModuleError(f"preprocessor {wanted!r} needs annotator weights (lllyasviel/Annotators files in "
+                                 f"{ANNOTATOR_FOLDER}): the app's annotators run it")
+    raise UnknownModuleError(f"preprocessor {name!r} is unknown; preprocessors: "
+                             f"{', '.join([*MODULES, *annotators.ANNOTATORS])}")
 
 
 def run_module(name: str, image: Image.Image, resolution: int, a: float = -1, b: float = -1, seed: int = 0) -> Image.Image:

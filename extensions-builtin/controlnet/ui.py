@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+import torch
 from PIL import Image
 
 from webui.extensions import api
 
-from . import preprocessors, units
+from . import annotators, preprocessors, units
+
+UNAVAILABLE = " (unavailable: see Preview)"
 
 
 def build_units(where: api.ScriptUi, runtime: Any) -> dict[str, Any]:
@@ -36,7 +39,7 @@ def _unit(where: api.ScriptUi, index: int, runtime: Any) -> dict[str, Any]:
         enabled = gr.Checkbox(label="Enable", value=False, elem_id=f"{prefix}_enabled")
         pixel_perfect = gr.Checkbox(label="Pixel Perfect", value=False, elem_id=f"{prefix}_pixel_perfect")
     with gr.Row():
-        module = gr.Dropdown(label="Preprocessor", choices=list(preprocessors.MODULES), value="none",
+        module = gr.Dropdown(label="Preprocessor", choices=_module_choices(runtime), value="none",
                              elem_id=f"{prefix}_module")
         model = gr.Dropdown(label="Model", choices=[units.NO_MODEL], value=units.NO_MODEL, allow_custom_value=True,
                             elem_id=f"{prefix}_model")
@@ -55,6 +58,9 @@ def _unit(where: api.ScriptUi, index: int, runtime: Any) -> dict[str, Any]:
                             elem_id=f"{prefix}_control_mode")
     resize_mode = gr.Radio(list(units.RESIZE_MODES), value=units.RESIZE_MODES[1], label="Resize Mode",
                            elem_id=f"{prefix}_resize_mode")
+    union_mode = gr.Dropdown([""], value="", label="Union control type", allow_custom_value=True,
+                             info="Union ControlNets only (Flux Union / Union-Pro): which kind of map this is",
+                             elem_id=f"{prefix}_union_mode")
     hr_option = gr.Dropdown(list(units.HR_OPTIONS), value=units.HR_OPTIONS[0], label="Hires fix pass",
                             info="With hires fix: the pass this unit acts in", elem_id=f"{prefix}_hr_option")
 
@@ -64,26 +70,37 @@ def _unit(where: api.ScriptUi, index: int, runtime: Any) -> dict[str, Any]:
             return "", gr.update()
         return units.encode_image(picture), gr.update(value=True)
 
-    def refreshed() -> Any:
-        return gr.update(choices=[units.NO_MODEL, *runtime.model_titles()])
+    def refreshed() -> tuple[Any, Any, Any]:
+        return (gr.update(choices=[units.NO_MODEL, *runtime.model_titles()]),
+                gr.update(choices=["", *runtime.union_modes()]), gr.update(choices=_module_choices(runtime)))
 
     def previewed(picture: Image.Image | None, name: str, res: float, a: float, b: float, perfect: bool) -> Any:
         if picture is None:
             raise gr.Error("Upload a control image first")
         try:
             resolution = min(picture.size) if perfect else int(res)
-            shown = preprocessors.run_module(name, picture, resolution, float(a), float(b))
+            # Not a job: annotators that need weights run on the CPU (GPU work goes through the scheduler).
+            shown = runtime.preprocess(name, picture, resolution, float(a), float(b), 0, torch.device("cpu"))
         except (ValueError, TypeError) as error:
             raise gr.Error(str(error)) from None
         return shown.convert("RGB")
 
     upload.change(stored, inputs=upload, outputs=[image, enabled])
-    refresh.click(refreshed, inputs=None, outputs=model)
-    model.focus(refreshed, inputs=None, outputs=model)
+    refresh.click(refreshed, inputs=None, outputs=[model, union_mode, module])
+    model.focus(refreshed, inputs=None, outputs=[model, union_mode, module])
+    module.focus(lambda: gr.update(choices=_module_choices(runtime)), inputs=None, outputs=module)
     run_preview.click(previewed, inputs=[upload, module, processor_res, threshold_a, threshold_b, pixel_perfect],
                       outputs=preview)
     fields = {"enabled": enabled, "image": image, "module": module, "model": model, "weight": weight,
               "guidance_start": start, "guidance_end": end, "control_mode": control_mode, "resize_mode": resize_mode,
               "pixel_perfect": pixel_perfect, "processor_res": processor_res, "threshold_a": threshold_a,
-              "threshold_b": threshold_b, "hr_option": hr_option}
+              "threshold_b": threshold_b, "hr_option": hr_option, "union_mode": union_mode}
     return {f"unit{index}_{name}": component for name, component in fields.items()}
+
+
+def _module_choices(runtime: Any) -> list[tuple[str, str]]:
+    """Every preprocessor; an annotator that cannot run here (weights or controlnet_aux missing) is marked,
+    and choosing it and pressing Preview shows exactly what is missing."""
+    usable = set(runtime.module_names())
+    names = [*preprocessors.MODULES, *annotators.ANNOTATORS, *annotators.NOT_RUN]
+    return [(name if name in usable else name + UNAVAILABLE, name) for name in names]

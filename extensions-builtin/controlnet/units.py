@@ -36,7 +36,7 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 # Keys sd-webui-controlnet clients send that have no effect here.
 IGNORED_KEYS = {"lowvram", "low_vram", "guessmode", "guess_mode", "processor_res_", "save_detected_map",
                 "control_type", "advanced_weighting", "inpaint_crop_input_image", "is_ui", "input_mode", "batch_images",
-                "output_dir", "loopback", "effective_region_mask", "ipadapter_input", "union_control_type", "animatediff_batch",
+                "output_dir", "loopback", "effective_region_mask", "ipadapter_input", "animatediff_batch",
                 "batch_modifiers", "batch_image_files", "batch_keyframe_idx", "pulid_mode", "mask"}
 
 
@@ -59,6 +59,7 @@ class Unit:
     threshold_a: float
     threshold_b: float
     hr_option: str = HR_OPTIONS[0]
+    union_mode: str = ""   # a union ControlNet's control type (name or index; sd-webui-controlnet's union_control_type)
 
     def acts_in(self, hires_enabled: bool, hires_pass: bool) -> bool:
         """Whether the unit acts in this pass: with hires fix, "Low res only" keeps it out of the second
@@ -92,6 +93,8 @@ def _unit_fields(index: int) -> list[tuple[str, type, Any]]:
         (f"unit{index}_threshold_a", float, field(-1.0, "threshold A (-1: the preprocessor's default)")),
         (f"unit{index}_threshold_b", float, field(-1.0, "threshold B (-1: the preprocessor's default)")),
         (f"unit{index}_hr_option", str, field(HR_OPTIONS[0], "hires fix pass", choices=HR_OPTIONS)),
+        (f"unit{index}_union_mode", str, field("", "union control type (union ControlNets: canny, tile, depth, ... "
+                                                   "or the mode index; empty for other ControlNets)")),
     ]
 
 
@@ -178,7 +181,7 @@ def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]]) -> d
         raise ValueError(f"unit {index} must be an object of unit settings, got {type(unit).__name__}")
     known = {"enabled", "image", "input_image", "mask", "mask_image", "module", "model", "weight", "guidance_start",
              "guidance_end", "control_mode", "resize_mode", "pixel_perfect", "processor_res", "threshold_a",
-             "threshold_b", "hr_option"}
+             "threshold_b", "hr_option", "union_control_type"}
     unknown = sorted(set(unit) - known - IGNORED_KEYS)
     if unknown:
         raise ValueError(f"unit {index}: unknown key(s) {', '.join(unknown)}; keys: {', '.join(sorted(known))}")
@@ -220,6 +223,11 @@ def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]]) -> d
         out["pixel_perfect"] = bool(unit["pixel_perfect"])
     if "hr_option" in unit:
         out["hr_option"] = _choice(unit["hr_option"], HR_OPTIONS, {}, f"unit {index}: hr_option")
+    if "union_control_type" in unit:   # checked against the model when the unit runs (the names are the model's)
+        mode = "" if unit["union_control_type"] is None else unit["union_control_type"]
+        if isinstance(mode, bool) or not isinstance(mode, (str, int)) or (isinstance(mode, int) and mode < 0):
+            raise ValueError(f"unit {index}: union_control_type must be a control type name or index, got {mode!r}")
+        out["union_mode"] = str(mode).strip()
     return {f"unit{index}_{key}": value for key, value in out.items()}
 
 
@@ -253,7 +261,8 @@ def infotext_lines(values: Any) -> dict[str, str]:
             f"Threshold A: {_number(unit.threshold_a)}", f"Threshold B: {_number(unit.threshold_b)}",
             f"Guidance Start: {_number(unit.guidance_start)}", f"Guidance End: {_number(unit.guidance_end)}",
             f"Pixel Perfect: {unit.pixel_perfect}", f"Control Mode: {unit.control_mode}",
-            *([f"Hr Option: {unit.hr_option}"] if unit.hr_option != HR_OPTIONS[0] else [])])
+            *([f"Hr Option: {unit.hr_option}"] if unit.hr_option != HR_OPTIONS[0] else []),
+            *([f"Union Control Type: {unit.union_mode}"] if unit.union_mode else [])])
     return lines
 
 
@@ -262,7 +271,8 @@ _INFOTEXT_KEYS = {"Module": ("module", str), "Model": ("model", str), "Weight": 
                   "Threshold A": ("threshold_a", float), "Threshold B": ("threshold_b", float),
                   "Guidance Start": ("guidance_start", float), "Guidance End": ("guidance_end", float),
                   "Pixel Perfect": ("pixel_perfect", lambda text: text == "True"),
-                  "Control Mode": ("control_mode", str), "Hr Option": ("hr_option", lambda text: _choice(text, HR_OPTIONS, {}, "Hr Option"))}
+                  "Control Mode": ("control_mode", str), "Union Control Type": ("union_mode", str),
+                  "Hr Option": ("hr_option", lambda text: _choice(text, HR_OPTIONS, {}, "Hr Option"))}
 
 
 def from_infotext(parameters: Mapping[str, str]) -> dict[str, Any]:
@@ -274,6 +284,7 @@ def from_infotext(parameters: Mapping[str, str]) -> dict[str, Any]:
             continue
         values[f"unit{index}_enabled"] = True
         values[f"unit{index}_hr_option"] = HR_OPTIONS[0]   # not written when "Both"
+        values[f"unit{index}_union_mode"] = ""              # not written for other ControlNets
         for part in text.split(", "):
             key, _, value = part.partition(": ")
             if key in _INFOTEXT_KEYS:

@@ -73,6 +73,33 @@ def test_detect_runs_a_preprocessor_and_refuses_unknown_ones(url, control_image)
     assert unknown.status_code == 422 and "canny" in unknown.json()["detail"]
 
 
+def test_weight_annotators_say_exactly_what_is_missing(server, url, control_image):
+    """controlnet_aux cannot import on this machine: /controlnet/detect refuses a weight annotator with a 422
+    naming the package (with why) and the missing file with its source and folder; once the file is in the
+    annotator folder, only the package is named."""
+    folder = server.data_dir / "models" / "ControlNet" / "annotators"
+    modules = requests.get(url + "/controlnet/module_list", timeout=30).json()
+    assert "depth_midas" not in modules["module_list"] and "depth_midas" not in modules["module_detail"]
+
+    def refusal() -> str:
+        answer = requests.post(url + "/controlnet/detect", json={
+            "controlnet_module": "depth", "controlnet_input_images": [control_image]}, timeout=30)  # an alias
+        assert answer.status_code == 422, answer.text
+        return answer.json()["detail"]
+
+    detail = refusal()
+    assert "controlnet_aux==0.0.10 package, which does not import here (ModuleNotFoundError" in detail
+    assert f"dpt_hybrid-midas-501f0c75.pt (from https://huggingface.co/lllyasviel/Annotators) in {folder}" in detail
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"")
+    try:
+        detail = refusal()
+        assert "controlnet_aux==0.0.10" in detail and "dpt_hybrid" not in detail
+        assert requests.get(url + "/controlnet/module_list", timeout=30).json()["unavailable"]["depth_midas"] == detail
+    finally:
+        (folder / "dpt_hybrid-midas-501f0c75.pt").unlink()
+
+
 def test_recorded_client_request_generates_with_the_unit_and_records_it(url, control_image):
     # Weight 0 is bitwise the image without the unit (tests/engine/test_controlnet_generation.py): the reference.
     zero = requests.post(url + "/sdapi/v1/txt2img", json=recorded_body(control_image, weight=0), timeout=300)

@@ -10,6 +10,7 @@ import pytest
 from sdstudio_eval.toy_world import render, scene_from_attributes
 from tests.conftest import with_default_model
 from tests.support.sdxl_files import BASE, write_single_file
+from tests.support.controlnet_jobs import pixels, run_with_units
 from tests.support.controlnet_files import sd1_unet_config, sdxl_unet_config, tiny_controlnet, write_ldm
 from webui.context import build_context
 from webui.extensions.host import announce_app_started
@@ -52,15 +53,7 @@ def unit(image: str, **changes):
 
 
 def generate(ctx, units=None, kind=Txt2ImgRequest, **fields):
-    request = kind(**{**SMALL, **fields})
-    if units is not None:
-        request = ExtensionScripts(ctx.extensions).with_alwayson(request, {"controlnet": units})
-    submit = ctx.generation.submit_img2img if kind is Img2ImgRequest else ctx.generation.submit_txt2img
-    return submit(request).result(timeout=300)
-
-
-def pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0].convert("RGB"), dtype=np.int16)
+    return run_with_units(ctx, {**SMALL, **fields}, units, kind)
 
 
 def test_weight_zero_is_bitwise_no_unit_and_weight_one_changes_the_image(ctx, control_image):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from webui.extensions import api
@@ -113,7 +114,40 @@ def test_annotators_that_need_weights_name_the_folder_and_unknown_names_list_the
         pre.run_module("depth_midas", square(), 512)
     with pytest.raises(pre.UnknownModuleError) as unknown:
         pre.run_module("magic", square(), 512)
-    assert "canny" in str(unknown.value) and "shuffle" in str(unknown.value)
+    assert "canny" in str(unknown.value) and "shuffle" in str(unknown.value) and "depth_midas" in str(unknown.value)
+
+
+def test_a_weight_annotator_names_exactly_what_is_missing_package_or_file(loaded, tmp_path):
+    """controlnet_aux cannot import on this machine (no torchvision): the reason says so with the import
+    error; a missing weight file is named with its source and folder, and no longer once it is there (also in
+    sd-webui-controlnet's downloads/<annotator>/ layout)."""
+    annotators = sys.modules[f"{module_name('controlnet')}.annotators"]
+    folder, downloads = tmp_path / "annotators", tmp_path / "downloads"
+    found = annotators.Annotators(folder, (downloads,))
+    reason = found.reason("depth_midas")
+    assert "controlnet_aux==0.0.10 package, which does not import here (ModuleNotFoundError" in reason
+    assert f"dpt_hybrid-midas-501f0c75.pt (from https://huggingface.co/lllyasviel/Annotators) in {folder}" in reason
+    folder.mkdir()
+    (folder / "dpt_hybrid-midas-501f0c75.pt").write_bytes(b"")
+    (downloads / "openpose").mkdir(parents=True)
+    (downloads / "openpose" / "body_pose_model.pth").write_bytes(b"")
+    for name in ("depth_midas", "openpose"):
+        assert "controlnet_aux" in found.reason(name) and "Annotators" not in found.reason(name)
+    assert "netG.pth" in found.reason("lineart_anime") and found.usable() == []
+    assert set(found.unavailable()) == {*annotators.ANNOTATORS, *annotators.NOT_RUN}
+    with pytest.raises(annotators.AnnotatorUnavailable, match="controlnet_aux"):
+        found.run("openpose", square(), 512, -1, -1, torch.device("cpu"))
+    assert "torch.hub" in found.reason("depth_zoe")
+
+
+def test_annotator_files_are_read_weights_only(loaded, tmp_path):
+    """A .pth that would unpickle anything but tensors and plain containers is refused, naming the file."""
+    annotators = sys.modules[f"{module_name('controlnet')}.annotators"]
+    torch.save({"conv.weight": torch.ones(2, 2)}, tmp_path / "ControlNetHED.pth")
+    assert torch.equal(annotators.read_weights(tmp_path / "ControlNetHED.pth")["conv.weight"], torch.ones(2, 2))
+    torch.save({"conv.weight": torch.ones(2, 2), "where": tmp_path}, tmp_path / "netG.pth")   # a pickled Path
+    with pytest.raises(annotators.AnnotatorUnavailable, match=f"netG.pth in {tmp_path} holds more than weights"):
+        annotators.read_weights(tmp_path / "netG.pth")
 
 
 def _b64(image: Image.Image) -> str:
@@ -155,6 +189,13 @@ def test_infotext_lines_read_back_into_the_same_unit(units):
     low = units.infotext_lines(units.with_unit(values, 1, hr_option="Low res only"))
     assert low["ControlNet 1"].endswith(", Hr Option: Low res only")
     assert units.from_infotext(low)["unit1_hr_option"] == "Low res only"
+    assert read["unit1_union_mode"] == "" and "Union Control Type" not in lines["ControlNet 1"]
+    union = units.infotext_lines(units.with_unit(values, 1, union_mode="depth"))
+    assert union["ControlNet 1"].endswith(", Union Control Type: depth")
+    assert units.from_infotext(union)["unit1_union_mode"] == "depth"
+    read_back = units.read_args([{"model": "control_v11p_sd15_canny", "union_control_type": 2}],
+                                lambda: ["control_v11p_sd15_canny [d14c016b]"])
+    assert read_back["unit0_union_mode"] == "2"
 
 
 def test_resize_modes_fill_the_generation_size_their_way(units):

@@ -42,6 +42,11 @@ MODEL_NAME = "control_sdstudio_toy_canny"
 DEFAULT_OUT = PROJECT_ROOT / "models" / "default" / "controlnet" / f"{MODEL_NAME}.safetensors"
 MAX_FILE_BYTES = 10 * 1024 * 1024
 PROMPT_DROP = 0.5   # share of samples trained with the empty prompt
+# Share of samples whose timestep is drawn from the noisier half only: where an object goes and what shape it
+# has is decided in the early, noisy steps, so the map matters most there. The first GPU run (uniform
+# timesteps, learning rate 2e-4, batch 256, 2748 steps) left the zero convolutions near zero and the
+# ControlNet without any effect on the images.
+HIGH_NOISE_SHARE = 0.5
 
 
 def canny_maps(images: np.ndarray) -> np.ndarray:
@@ -86,8 +91,8 @@ def encode_latents(vae, images: torch.Tensor, device: str, batch: int = 512) -> 
 
 def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Tensor, token_ids: torch.Tensor,
           empty_ids: torch.Tensor, steps: int, batch: int, device: str, seed: int, log: Callable[[str], None],
-          deadline: float = math.inf, learning_rate: float = 2e-4, prompt_drop: float = PROMPT_DROP,
-          ema_decay: float = 0.998) -> dict:
+          deadline: float = math.inf, learning_rate: float = 1e-3, prompt_drop: float = PROMPT_DROP,
+          ema_decay: float = 0.998, high_noise_share: float = HIGH_NOISE_SHARE) -> dict:
     """Train the ControlNet on (latent, edge map, caption) triples with the frozen UNet's epsilon loss.
 
     The saved weights are an exponential moving average (warmed up, as the default model's UNet): it samples
@@ -110,7 +115,9 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
         ids = token_ids[index, variant].clone()
         ids[(torch.rand(batch, generator=generator) < prompt_drop).to(device)] = empty_ids
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+        timesteps = torch.where(torch.rand(batch, generator=generator) < high_noise_share,
+                                torch.randint(500, 1000, (batch,), generator=generator),
+                                torch.randint(0, 1000, (batch,), generator=generator)).to(device)
         alpha = scheduler_alphas[timesteps].view(-1, 1, 1, 1)
         noisy = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -203,8 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=SHIPPED_DEFAULT_MODEL, help="the base model's diffusers folder")
     parser.add_argument("--images", type=int, default=40_000, help="training renders")
     parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=None, help="default: 256 on CUDA, 8 on CPU")
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--batch", type=int, default=None, help="default: 64 on CUDA (more steps in the budget), 8 on CPU")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--high-noise-share", type=float, default=HIGH_NOISE_SHARE,
+                        help="share of samples with timesteps from the noisier half (500-999) only")
     parser.add_argument("--prompt-drop", type=float, default=PROMPT_DROP, help="share of samples with the prompt \"\"")
     parser.add_argument("--ema-decay", type=float, default=0.998, help="0: save the last step's weights")
     parser.add_argument("--caption-variants", type=int, default=4, help="varied captions per render")
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-budget-minutes", type=float, default=math.inf,
                         help="stop training after this long (from the script's start; recorded in the report)")
     args = parser.parse_args(argv)
-    batch = args.batch or (256 if args.device == "cuda" else 8)
+    batch = args.batch or (64 if args.device == "cuda" else 8)
 
     started = time.perf_counter()
     log = lambda message: print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)  # noqa: E731
@@ -250,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     report["training"] = train(controlnet, unet, text_encoder, latents, edges, token_ids,
                                tokenize(clip_tokenizer(), [""])[0], args.steps, batch, args.device, args.seed, log,
                                deadline=deadline, learning_rate=args.learning_rate, prompt_drop=args.prompt_drop,
-                               ema_decay=args.ema_decay)
+                               ema_decay=args.ema_decay, high_noise_share=args.high_noise_share)
     size = save(controlnet, args.out)
     report["file"] = {"name": args.out.name, "bytes": size, "dtype": "float16", "layout": "diffusers single file"}
     report["loader_check"] = check_loadable(args.out, controlnet, dict(unet.config))

@@ -27,7 +27,7 @@ log="$OUT/train_toy_controlnet.log"
 if [ "$DEVICE" = cuda ]; then
     source bench/device_env.sh
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
-    train_args=(--images "${IMAGES:-40000}" --batch "${BATCH:-256}" --workers 14 --time-budget-minutes "${BUDGET:-6}")
+    train_args=(--images "${IMAGES:-40000}" --batch "${BATCH:-64}" --workers 14 --time-budget-minutes "${BUDGET:-6}")
     eval_args=(--scenes "${SCENES:-200}" --workers "${WORKERS:-3}")
 else
     export PYTHONPATH=$PWD PYTHONUNBUFFERED=1

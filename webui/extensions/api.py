@@ -35,7 +35,15 @@ import torch
 from PIL import Image
 
 from webui.extensions.registry import ExtensionRecord, ExtensionRegistry, HookRefusal, Registration
-from webui.generation.controlnet import CONTROL_MODES, BALANCED, in_window, unit_residuals
+from webui.generation.controlnet import (
+    BALANCED,
+    CONTROL_MODES,
+    in_window,
+    is_transformer_controlnet,
+    transformer_unit_residuals,
+    union_mode_index,
+    unit_residuals,
+)
 from webui.generation.control_maps import canny as canny_edges, gray as gray_map, map_to_rgb
 from webui.generation.hooks import JobModel
 from webui.extensions.script_values import FIELD_META, ScriptArgsError, ScriptDefinition, define_script
@@ -44,7 +52,7 @@ from webui.generation.infotext import is_valid_infotext_key
 from webui.generation.requests import Img2ImgRequest, Txt2ImgRequest
 from webui.security.identity import ADMIN, USER, NotAuthenticated, User, request_user
 
-API_VERSION = "1.3.0"
+API_VERSION = "1.4.0"
 
 __all__ = [
     "API_VERSION", "ExtensionSetup", "ExtensionError", "Services", "AppStarted", "AppStartedHook", "Caller",
@@ -64,7 +72,8 @@ __all__ = [
     "JobModel", "JobRefused", "ControlNet", "ControlNetInfo", "CONTROL_MODES", "in_control_window",
     # 1.2: control models in the job's model state; UNetCall.hires
     "ControlModelsHook",
-    # 1.3: the product's weight-free control maps (the toy ControlNet was trained on `canny_edges`)
+    # 1.3: the product's weight-free control maps (the toy ControlNet was trained on `canny_edges`); transformer
+    # ControlNets (Flux.1) with union modes (see docs/EXTENSIONS.md)
     "canny_edges", "gray_map", "map_to_rgb",
 ]
 
@@ -128,30 +137,82 @@ class JobRefused(HookRefusal):
 class ControlNetInfo:
     """A file or folder of the ControlNet folder (`models/ControlNet`) as `Services.controlnet_models` lists
     it: `title` is "name [hash]" (sd-webui-controlnet's model titles), `family` the checkpoint family it is
-    for ("sd1", "sd2", "sdxl"), `problem` why it cannot be used ("" when it can)."""
+    for ("sd1", "sd2", "sdxl", "flux"), `problem` why it cannot be used ("" when it can). Since 1.3:
+    `union_modes`, the control types a union ControlNet takes (by index; empty for other ControlNets)."""
 
     title: str
     name: str
     family: str
     problem: str = ""
+    union_modes: tuple[str, ...] = ()
+
+
+def union_modes_of(found: Any) -> tuple[str, ...]:
+    """A union ControlNet file's control types by index: its family's published names, then the indices the
+    model embeds beyond them (empty for other ControlNets)."""
+    from webui.models.families import family_named
+
+    named = family_named(found.family).controlnet_union_modes[:found.union_modes]
+    return (*named, *(str(index) for index in range(len(named), found.union_modes)))
 
 
 class ControlNet:
     """A ControlNet loaded for one job's checkpoint (`Services.controlnet`): its residuals for a UNet call."""
 
-    def __init__(self, title: str, module: Any):
+    def __init__(self, title: str, module: Any, union_modes: tuple[str, ...] = ()):
         self.title = title
         self._module = module
+        self.union_modes = union_modes   # since 1.3: a union ControlNet's control types, by index
 
     def residuals(self, call: "UNetCall", image: torch.Tensor, weight: float = 1.0,
-                  control_mode: str = BALANCED) -> "UNetResiduals":
+                  control_mode: str = BALANCED, union_mode: str | int | None = None) -> "UNetResiduals":
         """The residuals for `call` of a control image (1 x 3 x H x W, values in [0, 1], any size: it is
         resized to the call's sample), scaled by `weight` and the control mode (one of CONTROL_MODES). The
-        batch is the call's; with classifier-free guidance (cfg scale > 1) its first half is the negative."""
+        batch is the call's; with classifier-free guidance (cfg scale > 1) its first half is the negative.
+
+        Since 1.3, transformer ControlNets (Flux.1): `call` is a transformer call (sample = packed latent tokens)
+        and the residuals come one per double-stream block (`down`) and per single-stream block (`single`);
+        `union_mode` is a union ControlNet's control type (a name of `union_modes` or its index), which such a
+        model needs and other models refuse. JobRefused says what is wrong with a unit."""
+        if is_transformer_controlnet(self._module):
+            return self._transformer_residuals(call, image, weight, control_mode, union_mode)
+        try:
+            union_mode_index(union_mode, (), 0, self.title)   # UNet ControlNets take no control type
+        except ValueError as error:
+            raise JobRefused(str(error)) from None
         guided = float(getattr(call.request, "cfg_scale", 7.0)) > 1.0
         down, mid = unit_residuals(self._module, image, call.sample, call.timestep, call.encoder_hidden_states,
                                    call.extra, weight=weight, mode=control_mode, guided=guided)
         return UNetResiduals(tuple(down), mid)
+
+    def _transformer_residuals(self, call: "UNetCall", image: torch.Tensor, weight: float, control_mode: str,
+                               union_mode: str | int | None) -> "UNetResiduals":
+        if control_mode != BALANCED:
+            raise JobRefused(f"ControlNet {self.title!r}: control mode {control_mode!r} weighs the halves of a "
+                             f"guided batch, which a transformer ControlNet's distilled-guidance model does not "
+                             f"have; use {BALANCED!r}")
+        if call.model is None:
+            raise JobRefused(f"ControlNet {self.title!r} needs the job's checkpoint")
+        from webui.models.families import family_named
+
+        family = family_named(call.model.family)
+        config = call.model.unet_config
+        try:
+            index = union_mode_index(union_mode, self.union_modes or family.controlnet_union_modes,
+                                     self._union_count, self.title)
+            double, single = transformer_unit_residuals(
+                self._module, image, call.sample, call.timestep, call.encoder_hidden_states, call.extra,
+                weight=weight, union_mode=index,
+                blocks=(int(config.get("num_layers", 0)), int(config.get("num_single_layers", 0))),
+                encode=call.model.encode_control)
+        except ValueError as error:
+            raise JobRefused(str(error)) from None
+        return UNetResiduals(tuple(double), None, tuple(single))
+
+    @property
+    def _union_count(self) -> int:
+        modes = getattr(self._module.config, "num_mode", None)
+        return int(modes) if modes else 0
 
 
 def in_control_window(call: "UNetCall", start: float, end: float) -> bool:
@@ -220,7 +281,8 @@ class Services:
         store = self._context.controlnets
         if store is None:
             return []
-        return [ControlNetInfo(title, found.name, found.family) if isinstance(found, ControlNetFile)
+        return [ControlNetInfo(title, found.name, found.family, "", union_modes_of(found))
+                if isinstance(found, ControlNetFile)
                 else ControlNetInfo(title, title.rsplit(" [", 1)[0], "", found) for title, found in store.scan()]
 
     def controlnet(self, name: str, model: JobModel) -> ControlNet:
@@ -240,7 +302,15 @@ class Services:
                                           model.dtype)
         except (ControlNetFileError, UnknownControlNetError) as error:
             raise JobRefused(str(error)) from None
-        return ControlNet(f"{found.name}", module)
+        return ControlNet(f"{found.name}", module, union_modes_of(found))
+
+    def annotator_folders(self) -> tuple[Path, ...]:
+        """Since 1.4: where ControlNet annotator weights (lllyasviel/Annotators files) are read from,
+        first: `<ControlNet folder>/annotators`, then sd-webui-controlnet's
+        `extensions/sd-webui-controlnet/annotator/downloads` (its files sit in one folder per annotator)."""
+        settings = self._context.settings
+        return (settings.controlnet_folder / "annotators",
+                settings.extensions_folder / "sd-webui-controlnet" / "annotator" / "downloads")
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobOutcome:
         """Wait for a job this extension queued; raises the job's error, or TimeoutError."""
@@ -507,6 +577,9 @@ class UNetResiduals:
 
     down: tuple[torch.Tensor, ...] = ()
     mid: torch.Tensor | None = None
+    # Since 1.3, for transformer calls (Flux): `down` holds one residual per double-stream block and `single` one
+    # per single-stream block (tensors batch x tokens x width, like the call's sample).
+    single: tuple[torch.Tensor, ...] = ()
 
 
 UNetResidualsHook = Callable[[UNetCall], UNetResiduals | None]

@@ -153,7 +153,9 @@ class ExtensionDenoising(DenoisingHooks):
         self._registry = hooks._registry
         self._job = job
         self._residual_rows = [row for row in self._registry.rows(api.UNET_RESIDUALS) if self._applies(row)]
-        self.wants_unet = bool(self._residual_rows) or self._registry.has(api.MODEL_CALL)
+        self.wants_residuals = bool(self._residual_rows)
+        self.wraps_model_calls = self._registry.has(api.MODEL_CALL)
+        self.wants_unet = self.wants_residuals or self.wraps_model_calls
         self.wants_vae = self._registry.has(api.VAE_DECODE) or self._registry.has(api.VAE_ENCODE)
 
     @property
@@ -184,33 +186,46 @@ class ExtensionDenoising(DenoisingHooks):
         return changed
 
     def residuals(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+        down, mid, _ = self._collect(unet_input)
+        return down, mid
+
+    def transformer_residuals(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        down, _, single = self._collect(unet_input)
+        return down, single
+
+    def _collect(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, torch.Tensor | None,
+                                                        list[torch.Tensor] | None]:
+        """Every residual hook's (down, mid, single) for one denoiser call, summed; a hook whose tensors do not
+        fit the call (another batch or rank, another count than the others') is switched off."""
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
+        single: list[torch.Tensor] | None = None
         call = api.UNetCall(unet_input.sample, unet_input.timestep, unet_input.encoder_hidden_states, self._job.request,
                             unet_input.step, unet_input.total_steps, dict(unet_input.extra), self._job.model,
                             unet_input.hires)
+        batch, rank = unet_input.sample.shape[0], unet_input.sample.ndim
         for row in self._residual_rows:
             if not self._registry.records[row.extension].active:
                 continue
             ok, added = self._hooks._call(row, call, self._warnings)
             if not ok or added is None:
                 continue
-            batch = unet_input.sample.shape[0]
-            tensors = list(added.down) + ([added.mid] if added.mid is not None else [])
-            if not all(isinstance(t, torch.Tensor) and t.ndim == 4 and t.shape[0] == batch for t in tensors):
-                self._hooks._refuse(row, f"returned residuals that are not 4-d tensors with the call's batch of "
+            tensors = list(added.down) + list(added.single) + ([added.mid] if added.mid is not None else [])
+            if not all(isinstance(t, torch.Tensor) and t.ndim == rank and t.shape[0] == batch for t in tensors):
+                self._hooks._refuse(row, f"returned residuals that are not {rank}-d tensors with the call's batch of "
                                          f"{batch}", self._warnings)
                 continue
-            if added.down:
-                if down is not None and len(down) != len(added.down):
-                    self._hooks._refuse(row, f"returned {len(added.down)} down residuals where another extension "
-                                             f"gave {len(down)}", self._warnings)
-                    continue
-                down = [t.to(unet_input.sample) for t in added.down] if down is None else [
-                    total + t.to(total) for total, t in zip(down, added.down)]
+            mismatch = next((f"{len(new)} {what} residuals where another extension gave {len(old)}"
+                             for what, old, new in (("down", down, added.down), ("single-block", single, added.single))
+                             if new and old is not None and len(old) != len(new)), None)
+            if mismatch:
+                self._hooks._refuse(row, f"returned {mismatch}", self._warnings)
+                continue
+            down = summed(down, added.down, unet_input.sample)
+            single = summed(single, added.single, unet_input.sample)
             if added.mid is not None:
                 mid = added.mid.to(unet_input.sample) if mid is None else mid + added.mid.to(mid)
-        return down, mid
+        return down, mid, single
 
     def call_unet(self, unet_input: UNetInput, call: Callable[[UNetInput], torch.Tensor]) -> torch.Tensor:
         def through(rows: list[Registration], given: UNetInput) -> torch.Tensor:
@@ -266,6 +281,16 @@ class ExtensionDenoising(DenoisingHooks):
 
     def encode(self, pixels: torch.Tensor, call: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         return self._wrapped(api.VAE_ENCODE, pixels, call)
+
+
+def summed(total: list[torch.Tensor] | None, added: tuple[torch.Tensor, ...],
+           like: torch.Tensor) -> list[torch.Tensor] | None:
+    """Residual lists added element by element (none given: the total as it was)."""
+    if not added:
+        return total
+    if total is None:
+        return [t.to(like) for t in added]
+    return [old + new.to(old) for old, new in zip(total, added)]
 
 
 def extension_axes(registry: ExtensionRegistry, axes: AxisRegistry | None = None) -> AxisRegistry:

@@ -39,8 +39,11 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
     family = family_named(model.family)
     class_name = family.pipeline_class_name(mode)
     wraps = denoising is not None and ((denoising.wants_unet and "unet" in base.components) or denoising.wants_vae)
+    hooks_transformer = (denoising is not None and denoising.wants_residuals
+                         and family.transformer_controlnet is not None)
     switches_pooled = family.pooled_denoiser_argument is not None
-    if type(base).__name__ == class_name and not wraps and unet_wrapper is None and not switches_pooled:
+    if (type(base).__name__ == class_name and not wraps and not hooks_transformer and unet_wrapper is None
+            and not switches_pooled):
         return base
     cls = getattr(diffusers, class_name)
     accepted = inspect.signature(cls.__init__).parameters
@@ -57,6 +60,11 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
             components["unet"] = HookedUNet(components["unet"], denoising)
         if denoising.wants_vae:
             components["vae"] = HookedVAE(components["vae"], denoising)
+    if hooks_transformer:
+        from webui.generation.hooked_modules import HookedTransformer
+
+        assert denoising is not None
+        components[family.denoiser] = HookedTransformer(components[family.denoiser], denoising)
     if unet_wrapper is not None:
         components["unet"] = unet_wrapper(components["unet"])
     if switches_pooled:
@@ -68,10 +76,24 @@ def pipeline_for(model: LoadedModel, mode: str, denoising: DenoisingHooks | None
 
 
 def job_model(model: LoadedModel) -> JobModel:
-    """The checkpoint as a job's hooks see it (its name, family, denoiser config, device and dtype)."""
-    denoiser = denoiser_of(model)
-    config = dict(denoiser.config) if family_named(model.family).denoiser == "unet" else {}
-    return JobModel(model.record.name, model.family, config, model.device, model.dtype, dict(model.controls))
+    """The checkpoint as a job's hooks see it (its name, family, denoiser config, device and dtype), with this
+    job's encoder of control images into the denoiser's latents (families with transformer ControlNets)."""
+    from webui.generation.controlnet import memoized_encoder
+
+    family = family_named(model.family)
+    vae = model.pipeline.vae
+
+    def encode_pixels(pixels: torch.Tensor) -> torch.Tensor:
+        latents = vae.encode(pixels.to(device=model.device, dtype=vae.dtype)).latent_dist.mean
+        return family.pipeline_latents(to_model_latents(vae, latents))
+
+    encoder = None
+    if family.transformer_controlnet is not None:
+        # Pixels per latent token: the VAE's downscale (one per level after the first) times the denoiser's patch.
+        per_token = 2 ** (len(vae.config.block_out_channels) - 1) * (family.size_multiple // 8)
+        encoder = memoized_encoder(encode_pixels, per_token)
+    return JobModel(model.record.name, model.family, dict(denoiser_of(model).config), model.device, model.dtype,
+                    dict(model.controls), encoder)
 
 
 def unet_hooks_note(model: LoadedModel, denoising: DenoisingHooks | None) -> list[str]:
@@ -80,6 +102,9 @@ def unet_hooks_note(model: LoadedModel, denoising: DenoisingHooks | None) -> lis
     family = family_named(model.family)
     if denoising is None or not denoising.wants_unet or family.denoiser == "unet":
         return []
+    if family.transformer_controlnet is not None:   # residuals reach its transformer; model-call wrappers do not
+        return ([f"extension model-call wrappers (UNet calls) do not apply to {family.label}'s {family.denoiser}: "
+                 "not used"] if denoising.wraps_model_calls else [])
     return [f"extension hooks on the UNet's calls do not apply to {family.label}'s {family.denoiser}: not used"]
 
 

@@ -63,6 +63,28 @@ class HookedUNet(_Delegating):
         return (prediction,)
 
 
+class HookedTransformer(_Delegating):
+    """A transformer that takes ControlNet residuals (Flux; its family's `transformer_controlnet`) as the pipeline
+    calls it: the job's residual hooks see each call (sample = packed latent tokens) and their per-block residuals
+    go in as the transformer's ControlNet inputs. Model-call wrappers speak the UNet's call and are not applied."""
+
+    # The transformer call's inputs that are not the hooks' business (its own switches).
+    OWN_ARGUMENTS = ("hidden_states", "timestep", "encoder_hidden_states", "return_dict", "joint_attention_kwargs")
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        sample = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        timestep = kwargs.get("timestep")
+        step, steps = self._hooks.unet_position(timestep)
+        extra = {name: value for name, value in kwargs.items() if name not in self.OWN_ARGUMENTS}
+        double, single = self._hooks.transformer_residuals(UNetInput(
+            sample, timestep, kwargs.get("encoder_hidden_states"), extra, step, steps, self._hooks.in_hires_pass))
+        if double:
+            kwargs["controlnet_block_samples"] = list(double)
+        if single:
+            kwargs["controlnet_single_block_samples"] = list(single)
+        return self.inner(*args, **kwargs)
+
+
 class HookedVAE(_Delegating):
     """The VAE as the pipeline calls it: encode and decode go through the job's hooks."""
 

@@ -32,11 +32,14 @@ class JobModel:
 
     name: str
     family: str                   # "sd1", "sd2", "sdxl", ...
-    unet_config: Mapping[str, Any]  # the denoiser's config ({} for transformer families)
+    unet_config: Mapping[str, Any]  # the denoiser's config (the UNet's, or a transformer family's transformer's)
     device: torch.device
     dtype: torch.dtype
     # The ControlNet modules of the job's model state (built in the manager's checkout), by file path.
     controls: Mapping[str, Any] = field(default_factory=dict)
+    # Control images as latents in the denoiser's layout, for ControlNets that take latents (Flux): (image 1 x 3 x
+    # H x W in [0, 1], the sample's token grid) -> latents; made per job (webui.generation.controlnet.memoized_encoder).
+    encode_control: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class DenoisingHooks:
 
     wants_unet: bool = False
     wants_vae: bool = False
+    wants_residuals: bool = False     # residual hooks have work for the job (transformers take those too)
+    wraps_model_calls: bool = False   # model-call wrappers exist (they speak the UNet's call only)
 
     def step_finished(self, step: int, steps: int) -> None:
         """The pass's step `step` (0-based) of `steps` ended (the step callback says so): UNet calls that
@@ -118,6 +123,12 @@ class DenoisingHooks:
 
     def residuals(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
         """Extra down-block and mid-block residuals for this UNet call ((None, None) = none)."""
+        return None, None
+
+    def transformer_residuals(self, unet_input: UNetInput) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        """Residuals for one transformer call (Flux): one per double-stream block and one per single-stream
+        block ((None, None) = none). `unet_input.sample` holds the packed latent tokens, `extra` the call's other
+        inputs (pooled text, position ids, guidance)."""
         return None, None
 
     def call_unet(self, unet_input: UNetInput, call: UNetFunction) -> torch.Tensor:

@@ -44,7 +44,7 @@ from webui.generation.masks import (
     mask_is_empty,
     prepare_mask,
 )
-from webui.generation.outputs import dated_folder
+from webui.generation.outputs import mode_folders
 from webui.generation.processing import SubBatch, prompt_preparer, run_batches
 from webui.generation.requests import Img2ImgRequest
 from webui.generation.styles import StyleDatabase
@@ -221,7 +221,8 @@ def _put_back(prepared: PreparedSource, generated: Image.Image, mask_blur: int) 
 
 def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Path | None,
                 styles: StyleDatabase | None = None, control: JobControl | None = None,
-                hooks: GenerationHooks | None = None, upscalers: UpscalerService | None = None) -> GenerationResult:
+                hooks: GenerationHooks | None = None, upscalers: UpscalerService | None = None,
+                images: tuple[int, int | None] | None = None) -> GenerationResult:
     """Generate every image of an img2img/inpaint/outpaint request; saves under outputs_root when asked.
     `hooks` are the extensions' (webui.generation.hooks; none by default); `upscalers` run the request's
     `upscaler_for_img2img` on the job's device (None: Lanczos)."""
@@ -268,11 +269,12 @@ def run_img2img(model: LoadedModel, request: Img2ImgRequest, *, outputs_root: Pa
         parameters["Size"] = f"{size[0]}x{size[1]}"
         return parameters
 
+    images_folder, grids_folder = mode_folders(outputs_root, True) if saving and outputs_root else (None, None)
     result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt).describe_model(model, prompts)
     with attention_installed(model, denoising):
         run_batches(model, request, result, hooks=hooks, job=job, seed=seed, subseed=subseed, prepare=prepare,
                     draw=draw, parameters_for=parameters_for, steps_per_batch=steps,
-                    images_folder=dated_folder(outputs_root, "img2img-images") if saving else None, control=control)
+                    images_folder=images_folder, control=control, images=images)
     result.interrupted = control is not None and control.interrupted
-    finish_grid(result, request.save_grid, dated_folder(outputs_root, "img2img-grids") if saving else None)
+    finish_grid(result, request.save_grid, grids_folder)
     return result

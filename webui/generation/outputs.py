@@ -54,6 +54,13 @@ def dated_folder(root: Path, kind: str, today: datetime.date | None = None) -> P
     return Path(root) / kind / day.isoformat()
 
 
+def mode_folders(root: Path, from_image: bool) -> tuple[Path, Path]:
+    """Today's (images, grids) folders of txt2img or, `from_image`, img2img: A1111's names, in one place for
+    the generation loop and for a split job's gathered images."""
+    mode = "img2img" if from_image else "txt2img"
+    return dated_folder(root, f"{mode}-images"), dated_folder(root, f"{mode}-grids")
+
+
 def next_image_number(folder: Path) -> int:
     """Next sequence number for ``NNNNN-seed.ext`` images: the highest existing one + 1.
 

@@ -64,10 +64,18 @@ def image_prompts(hooks: GenerationHooks, job: JobInfo, prompt: str, negative_pr
     return list(expanded) if expanded else [prompt] * count
 
 
-def sub_batches(prompts: list[str], batch_size: int) -> list[list[tuple[int, str]]]:
-    """Batches of (index, prompt), `batch_size` images each (the last may be smaller)."""
+def sub_batches(prompts: list[str], batch_size: int,
+                images: tuple[int, int | None] | None = None) -> list[list[tuple[int, str]]]:
+    """Batches of (index, prompt), `batch_size` images each (the last may be smaller). `images` = (start,
+    stop) keeps only those images (a part of a job split over several workers; stop None: to the end), in
+    the batches one worker would put them in, so the part draws them as the whole job would."""
     indexed = list(enumerate(prompts))
-    return [indexed[start:start + batch_size] for start in range(0, len(indexed), batch_size)]
+    batches = [indexed[start:start + batch_size] for start in range(0, len(indexed), batch_size)]
+    if images is None:
+        return batches
+    first, stop = images
+    kept = [[item for item in batch if item[0] >= first and (stop is None or item[0] < stop)] for batch in batches]
+    return [batch for batch in kept if batch]
 
 
 def _groups(batch: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
@@ -85,10 +93,12 @@ def run_batches(model: "LoadedModel", request: Any, result: "GenerationResult", 
                 job: JobInfo, seed: int, subseed: int, prepare: Callable[[str], "PreparedPrompts"],
                 draw: Callable[[SubBatch], list[Image.Image]],
                 parameters_for: Callable[["PreparedPrompts", int, int], dict[str, Any]],
-                steps_per_batch: int, images_folder: Path | None, control: JobControl | None) -> None:
-    """Draw, hook, describe and save every image of the request into `result`."""
+                steps_per_batch: int, images_folder: Path | None, control: JobControl | None,
+                images: tuple[int, int | None] | None = None) -> None:
+    """Draw, hook, describe and save every image of the request into `result` (only images start..stop-1
+    of them when `images` is given: a part of a split job; prompts and seeds are still the whole job's)."""
     prompts = image_prompts(hooks, job, result.prompt, result.negative_prompt, request.image_count, seed)
-    batches = sub_batches(prompts, request.batch_size)
+    batches = sub_batches(prompts, request.batch_size, images)
     if control is not None:
         control.start(len(batches), steps_per_batch)
     for batch_index, batch in enumerate(batches):

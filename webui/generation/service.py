@@ -26,6 +26,8 @@ from webui.generation.infotext import write_png_info
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.refiner import check_refiner_pair
 from webui.generation.request_codec import decode_request, encode_request
+from webui.generation.cfg_split import PARTNER, CfgSplitHooks, CfgSplitPart, cfg_parts, serve_partner
+from webui.generation.split import RequestPart, fixed_request, gather_results, split_request
 from webui.generation.samplers import (
     AUTOMATIC, UnknownSamplerError, check_flow_sampler, sampler_names, schedule_types_for,
 )
@@ -42,12 +44,13 @@ from webui.generation.txt2img import GenerationResult, run_txt2img
 from webui.jobs.progress import JobControl
 from webui.jobs.job import Job
 from webui.jobs.scheduler import Scheduler
-from webui.jobs.spec import JobKind, JobSpec
+from webui.jobs.spec import JobKind, JobSpec, Splitter
 from webui.jobs.worker import Worker
 from webui.models.catalog import CheckpointRecord
 from webui.models.families import family_named
 from webui.models.lora_catalog import LoraCatalog, LoraUse
 from webui.models.manager import ModelManager
+from webui.models.state import ModelState
 from webui.models.service import ModelService
 from webui.security.identity import USER, User, name_of
 from webui.security.limits import RequestLimits
@@ -87,6 +90,8 @@ class GenerationService:
     hooks: GenerationHooks = field(default_factory=GenerationHooks)
     # Model upscalers for hires fix's pixel step and img2img's resize (webui.upscaling); None: filters only.
     upscalers: UpscalerService | None = None
+    # CFG split (`cfg_split.py`): a one-image job on a UNet model runs on two free workers in lockstep.
+    cfg_split: bool = False
 
     @property
     def limits(self) -> GenerationLimits:
@@ -257,26 +262,38 @@ class GenerationService:
         return combined
 
     def generate_inline(self, manager: ModelManager, request: Txt2ImgRequest,
-                        control: JobControl | None = None) -> GenerationResult:
+                        control: JobControl | None = None,
+                        images: tuple[int, int | None] | None = None,
+                        hooks: GenerationHooks | None = None) -> GenerationResult:
         """Validate and generate on the calling thread with `manager`: for code already running inside a
         job on a worker (X/Y/Z cells, batch folders), which runs its sub-steps inline, never as new jobs.
+        `images` = (start, stop): only those images of the request (a part of a split job, `split.py`);
+        `hooks` replace the app's (a CFG split's main part: `cfg_split.py`).
 
         Extensions' `before_request` hooks may change the request first; a change that the app's checks
         refuse is dropped (the job's warnings say so)."""
-        request = self.validate_txt2img(request)
+        hooks = hooks or self.hooks
         warnings: list[str] = []
-        owners_folder = request.outputs_subfolder  # an extension never moves where a user's images go
-        request = self.hooks.before_request(
-            request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
-        state = manager.state_for(request.checkpoint, self.lora_uses(request), self.models.resolve_vae(request.vae),
-                                  self.hooks.control_models(request, warnings))
+        request, state = self._model_state(manager, request, hooks, warnings)
         run = run_img2img if isinstance(request, Img2ImgRequest) else run_txt2img
         refiner = request.refiner_checkpoint if request.uses_refiner else None
         with manager.checkout(state, refiner=refiner) as model:
             result = run(model, request, outputs_root=self.outputs_root_of(request), styles=self.styles,
-                         control=control, hooks=self.hooks, upscalers=self.upscalers)
+                         control=control, hooks=hooks, upscalers=self.upscalers, images=images)
         result.warnings = tuple(warnings) + tuple(result.warnings)
         return result
+
+    def _model_state(self, manager: ModelManager, request: Txt2ImgRequest, hooks: GenerationHooks,
+                     warnings: list[str]) -> tuple[Txt2ImgRequest, ModelState]:
+        """The request as it runs (checked; changed by extensions' `before_request`) and the model state it
+        wants on `manager`: what a job checks out, and what a CFG split's partner checks out alike."""
+        request = self.validate_txt2img(request)
+        owners_folder = request.outputs_subfolder  # an extension never moves where a user's images go
+        request = hooks.before_request(
+            request, warnings, lambda changed: self._check_changed(changed.with_changes(outputs_subfolder=owners_folder)))
+        state = manager.state_for(request.checkpoint, self.lora_uses(request), self.models.resolve_vae(request.vae),
+                                  hooks.control_models(request, warnings))
+        return request, state
 
     def model_upscalers_for(self, request: Txt2ImgRequest) -> tuple[str, ...]:
         """The usable model upscaler names when the request names an upscaler other than the built-in ones
@@ -312,7 +329,8 @@ class GenerationService:
                       "model_key": lambda request: self.models.model_key(request.checkpoint),
                       "control_keys": self.control_keys,
                       "summary": describe_request, "cost": generation_cost, "result_record": result_record,
-                      "forget": self._forget}
+                      "forget": self._forget,
+                      "splitter": Splitter(self._split, self._gather, reports=_reports_progress)}
         return [
             JobKind(TXT2IMG, **generation),
             JobKind(IMG2IMG, **generation),
@@ -331,8 +349,42 @@ class GenerationService:
         except Exception:  # a hint must never refuse a job: the job reports the problem when it runs
             return ()
 
-    def _run_generation(self, worker: Worker, request: Txt2ImgRequest, control: JobControl) -> GenerationResult:
-        return self.generate_inline(worker.resources, request, control)
+    def _run_generation(self, worker: Worker, request: Txt2ImgRequest | RequestPart | CfgSplitPart,
+                        control: JobControl) -> GenerationResult | None:
+        manager = worker.resources
+        if isinstance(request, RequestPart):  # a part of a job split over several workers
+            return self.generate_inline(manager, request.request, control, request.images)
+        if isinstance(request, CfgSplitPart):
+            return self._run_cfg_part(manager, request, control)
+        return self.generate_inline(manager, request, control)
+
+    def _run_cfg_part(self, manager: ModelManager, part: CfgSplitPart, control: JobControl) -> GenerationResult | None:
+        """A CFG split's main part (the job, half of each UNet call sent to the partner) or its partner
+        (the other half, on this worker's own model; it returns nothing)."""
+        if part.role == PARTNER:
+            def checkout() -> Any:
+                _, state = self._model_state(manager, part.request, self.hooks, [])
+                return manager.checkout(state)
+
+            serve_partner(part.channel, checkout)
+            return None
+        try:
+            return self.generate_inline(manager, part.request, control, hooks=CfgSplitHooks(self.hooks, part.channel))
+        finally:
+            part.channel.close()
+
+    def _split(self, request: Txt2ImgRequest, parts: int) -> tuple[Any, ...]:
+        """Several images: shared out among the parts (`split.py`); one image, with `cfg_split` on, on a UNet
+        model without a refiner: its UNet calls' rows on two workers (`cfg_split.py`)."""
+        if request.image_count > 1:
+            return split_request(request, parts)
+        family = self.models.family_of(request.checkpoint) if self.cfg_split else None
+        if family is None or family.denoiser != "unet" or request.uses_refiner:
+            return (request,)
+        return cfg_parts(fixed_request(request))
+
+    def _gather(self, request: Txt2ImgRequest, results: list[GenerationResult | None]) -> GenerationResult:
+        return gather_results(request, self.outputs_root_of(request), [r for r in results if r is not None])
 
     def _encode(self, request: Txt2ImgRequest) -> dict[str, Any]:
         folder = uuid.uuid4().hex
@@ -360,6 +412,11 @@ class GenerationService:
         user = data.get("user")
         return BatchJob(template, data["input_folder"], data["output_folder"], data.get("mask_folder", ""),
                         User(str(user["name"]), str(user.get("role", USER))) if user else None)
+
+
+def _reports_progress(part: Any) -> bool:
+    """A CFG split's partner only answers the main part's UNet calls: the main part's progress is the job's."""
+    return not (isinstance(part, CfgSplitPart) and part.role == PARTNER)
 
 
 def check_makes_images_from_text(record: CheckpointRecord) -> None:

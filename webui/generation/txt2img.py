@@ -34,7 +34,7 @@ from webui.generation.denoise import (
 from webui.generation.family_fields import family_uses, sampling_shift
 from webui.generation.hires import HiresPass, hires_parameters
 from webui.generation.hooks import DenoisingHooks, GenerationHooks, JobInfo
-from webui.generation.outputs import dated_folder, image_grid, save_grid
+from webui.generation.outputs import image_grid, mode_folders, save_grid
 from webui.generation.processing import MAX_SEED, SubBatch, prompt_preparer, run_batches
 from webui.generation.prompt_syntax import extract_network_tags
 from webui.generation.refiner import refiner_parameters, refiner_switch
@@ -248,7 +248,8 @@ def finish_grid(result: GenerationResult, save_grid_wanted: bool, grids_folder: 
 
 def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Path | None,
                 styles: StyleDatabase | None = None, control: JobControl | None = None,
-                hooks: GenerationHooks | None = None, upscalers: UpscalerService | None = None) -> GenerationResult:
+                hooks: GenerationHooks | None = None, upscalers: UpscalerService | None = None,
+                images: tuple[int, int | None] | None = None) -> GenerationResult:
     """Generate every image of the request (with the hires-fix pass when enabled); saves them (and a grid)
     under outputs_root when asked. `hooks` are the extensions' (webui.generation.hooks; none by default);
     `upscalers` enlarge hires fix's pixels with a model upscaler (None: the filters only)."""
@@ -303,15 +304,16 @@ def run_txt2img(model: LoadedModel, request: Txt2ImgRequest, *, outputs_root: Pa
                                      image_prompts.model_extras,
                                      encoder.sequence_infotext(image_prompts.encoder_prompt, request.steps))
 
+    images_folder, grids_folder = mode_folders(outputs_root, False) if saving and outputs_root else (None, None)
     result = GenerationResult([], [], [], [], prompts.prompt, prompts.negative_prompt).describe_model(model, prompts)
     hires_steps = executed_steps(request.hr_second_pass_steps or request.steps, request.denoising_strength)
     with attention_installed(model, denoising):
         run_batches(model, request, result, hooks=hooks, job=job, seed=seed, subseed=subseed, prepare=prepare,
                     draw=draw, parameters_for=parameters_for,
                     steps_per_batch=request.steps + (hires_steps if request.enable_hr else 0),
-                    images_folder=dated_folder(outputs_root, "txt2img-images") if saving else None, control=control)
+                    images_folder=images_folder, control=control, images=images)
     result.interrupted = control is not None and control.interrupted
-    finish_grid(result, request.save_grid, dated_folder(outputs_root, "txt2img-grids") if saving else None)
+    finish_grid(result, request.save_grid, grids_folder)
     return result
 
 

@@ -31,3 +31,12 @@ class UnknownJob(LookupError):
 
 class SchedulerClosed(RuntimeError):
     """The scheduler is shutting down and accepts no new jobs."""
+
+
+class WorkerStartError(RuntimeError):
+    """Workers could not be started (a Ray cluster that does not answer, a remote worker that failed to
+    build): a one-line message for the start-up, never a traceback."""
+
+
+class WorkerLost(RuntimeError):
+    """The worker running a job died (its remote process or machine went away): the job fails with this."""

@@ -1,8 +1,9 @@
 """The order of live jobs: who waits, who runs, and which waiting job a free worker takes.
 
 Kept apart from the scheduler's threads, store and events so that the rules of the queue (FIFO, the
-bounds, positions, model affinity: checkpoint, then control models; ETA) read in one place. It is plain
-data and not thread-safe: the scheduler calls it only while holding its lock.
+bounds, positions, model affinity: checkpoint, then control models; which free workers help with a split
+job; ETA) read in one place. It is plain data and not thread-safe: the scheduler calls it only while holding
+its lock.
 """
 
 from __future__ import annotations
@@ -44,17 +45,32 @@ class Lineup:
         """The job `worker` should take: the first waiting one, unless another idle worker is better placed
         for it (that worker takes it; this one looks further down the line). Better placed: it holds the
         job's checkpoint and this one does not, or, both holding it (or neither), it holds more of the job's
-        control models (ControlNets built for its device), which would otherwise be built again here."""
+        control models (ControlNets built for its device), which would otherwise be built again here. Jobs
+        the worker does not accept (`Worker.accepts`) are left to the others."""
         if not self.waiting:
             return None
-        holdings = [(other.current_model_key(), other.current_control_keys())
-                    for other in idle if other is not worker]
+        others = [(other, other.current_model_key(), other.current_control_keys())
+                  for other in idle if other is not worker]
         mine = (worker.current_model_key(), worker.current_control_keys())
         for job in self.waiting:
+            if not worker.accepts(job):  # e.g. a remote worker and a kind that runs only here
+                continue
             own = _fit(job, *mine)
-            if all(_fit(job, *held) <= own for held in holdings):
+            if all(_fit(job, *held) <= own for other, *held in others if other.accepts(job)):
                 return job
         return None
+
+    def helpers_for(self, job: Job, free: list[Worker]) -> list[Worker]:
+        """Which of the `free` workers may run parts of `job` (just taken, so no longer waiting) at once: only
+        those left over once every waiting job has a free worker (splitting one job must not hold up the
+        next), the workers holding the job's checkpoint first (the others must load it); never a worker that
+        cannot take parts (a remote one)."""
+        free = [worker for worker in free if worker.takes_parts and worker.accepts(job)]
+        spare = len(free) - len(self.waiting)
+        if spare <= 0:
+            return []
+        holders_first = sorted(free, key=lambda worker: not _fit(job, worker.current_model_key(), frozenset())[0])
+        return holders_first[:spare]
 
     def start(self, job: Job) -> None:
         self.waiting.remove(job)

@@ -102,6 +102,18 @@ class JobControl:
         with self._lock:
             self._message = message
 
+    def show_combined(self, batch_index: int, step: int, total_steps: int, batch_count: int, message: str) -> None:
+        """A split job's progress, made of its parts' (webui.jobs.fanout): the parts run at once, so their
+        steps are added up and shown as batches of `total_steps` steps."""
+        with self._lock:
+            if self._started is None:
+                self._started = time.monotonic()
+            self._state = "running"
+            self._batch_index, self._step = batch_index, step
+            self._total_steps, self._batch_count = max(1, total_steps), max(1, batch_count)
+            self._message = message
+        self._notify()
+
     def finish(self, state: str) -> None:
         with self._lock:
             self._state = state

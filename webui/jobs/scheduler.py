@@ -17,6 +17,10 @@ Wiring (the composition root does this once):
     scheduler.position(job.job_id); scheduler.eta(job.job_id); scheduler.events(job.job_id, after_seq)
     scheduler.stop(job.job_id)                      # cancel if waiting, interrupt if running
     scheduler.shutdown(interrupt_running=True)      # at exit; queued jobs stay in the store
+
+Splitting: when a worker takes a job whose kind has a `Splitter` while other workers are free and no other
+job waits for them, the job is split into parts that run at once on this worker and the free ones (those
+holding the job's checkpoint first); see `webui.jobs.fanout`. `split_jobs=False` turns that off.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 from webui.jobs.errors import JobCancelled, SchedulerClosed, UnknownJob
 from webui.jobs.eta import SAMPLES_PER_KIND, SpeedBook
+from webui.jobs.fanout import FanOut
 from webui.jobs.events import FINISHED, PREVIEW, PROGRESS, QUEUED, STARTED, EventLog, JobEvent
 from webui.jobs.job import CANCELLED, DONE, FAILED, INTERRUPTED, RUNNING, Job
 from webui.jobs.lineup import Lineup
@@ -53,7 +58,7 @@ class Scheduler:
     def __init__(self, kinds: JobKinds, store: JobStore, max_jobs: int | None = None,
                  max_jobs_per_owner: int | None = None, clock: Callable[[], float] = time.time,
                  preview_every_n_steps: int = 0, max_events_per_job: int = 256, finished_in_memory: int = 100,
-                 recover_stored_jobs: bool = True):
+                 recover_stored_jobs: bool = True, split_jobs: bool = True):
         self._kinds = kinds
         self._store = store
         self._clock = clock
@@ -64,6 +69,11 @@ class Scheduler:
         self._workers: list[Worker] = []
         self._finish_listeners: list[Callable[[str], None]] = []
         self._idle: list[Worker] = []
+        self._split_jobs = split_jobs
+        self._reserved: set[Worker] = set()         # free workers kept for a job being split right now
+        self._assigned: dict[Worker, Job] = {}      # a part handed to a free worker, not yet taken
+        self._fanouts: dict[str, FanOut] = {}       # split jobs by id (running)
+        self._part_of: dict[Job, FanOut] = {}       # parts not yet ended -> their job's fan-out
         self._closed = False
         self._speeds = SpeedBook(store.seconds_per_unit(SAMPLES_PER_KIND))
         if recover_stored_jobs:
@@ -141,6 +151,15 @@ class Scheduler:
             self._workers.append(worker)
         worker.start(self)
 
+    def retire(self, worker: Worker) -> None:
+        """Take a worker that can run no more jobs (a remote worker whose process died) out of the
+        scheduler: it is no longer counted for ETAs or idleness, and its thread has ended."""
+        with self._changed:
+            if worker in self._workers:
+                self._workers.remove(worker)
+            self._changed.notify_all()
+        log.warning("worker %s is lost; the scheduler sends it no more jobs", worker.name)
+
     @property
     def workers(self) -> list[Worker]:
         with self._changed:
@@ -148,29 +167,101 @@ class Scheduler:
 
     def next_job_for(self, worker: Worker) -> Job | None:
         """Block until a job is there for `worker` (None once the scheduler is shut down). A free worker
-        takes the first waiting job, unless another free worker already holds that job's model."""
+        takes a part of a split job handed to it, else the first waiting job, unless another free worker
+        already holds that job's model. A job taken while other workers are free may be split: the worker
+        then gets its first part and the free workers the others."""
         with self._changed:
             self._idle.append(worker)
             self._changed.notify_all()  # for wait_until_idle
             job: Job | None = None
             try:
-                while not self._closed and (job := self._line.pick(worker, self._idle)) is None:
+                while (job := self._assigned.pop(worker, None)) is None and not self._closed:
+                    if worker not in self._reserved:
+                        job = self._line.pick(worker, self._free_workers())
+                        if job is not None:
+                            break
                     self._changed.wait()
             finally:
                 self._idle.remove(worker)
-            if self._closed or job is None:
+            if job is None:
                 return None
+            if job in self._part_of:  # a part handed to this worker: its job was started by another
+                return job
             self._line.start(job)
-            job.state, job.started_at, job.worker_name = RUNNING, self._clock(), worker.name
-            job.events.append(STARTED, worker=worker.name)
-            self._guarded(self._store.mark_running, job.job_id, job.started_at, worker.name)
+            job.state, job.started_at = RUNNING, self._clock()
+            helpers = self._helpers_for(job) if worker.takes_parts else []  # parts run in this process
+            self._reserved.update(helpers)
+        requests = self._split(job, 1 + len(helpers)) if helpers else None  # the kind's code: outside the lock
+        with self._changed:
+            self._reserved.difference_update(helpers)
+            run_here, names = job, [worker.name]
+            if requests is not None and not self._closed:
+                fanout = FanOut(job, requests, job.kind_entry.splitter, self._preview_every, self._clock)
+                self._fanouts[job.job_id] = fanout
+                for part in fanout.parts:
+                    self._part_of[part] = fanout
+                for part, helper in zip(fanout.parts[1:], helpers):
+                    self._assigned[helper] = part
+                    names.append(helper.name)
+                run_here = fanout.parts[0]
+            job.worker_name = ", ".join(names)
+            job.events.append(STARTED, worker=job.worker_name)
+            self._guarded(self._store.mark_running, job.job_id, job.started_at, job.worker_name)
             self._changed.notify_all()
-            return job
+            return run_here
+
+    def _helpers_for(self, job: Job) -> list[Worker]:
+        """The free workers that may take parts of `job` (none unless its kind splits and splitting is on; see
+        `Lineup.helpers_for`). Called under the lock."""
+        if not self._split_jobs or job.kind_entry.splitter is None:
+            return []
+        return self._line.helpers_for(job, self._free_workers())
+
+    def _free_workers(self) -> list[Worker]:
+        """Idle workers neither kept for a job being split nor handed a part (under the lock)."""
+        return [w for w in self._idle if w not in self._reserved and w not in self._assigned]
+
+    def _split(self, job: Job, count: int) -> list[Any] | None:
+        """The part requests of `job` for `count` workers; None when its kind does not split it this time
+        (or the split failed: then the job runs whole, and meets the same problem there, with its message)."""
+        try:
+            requests = list(job.kind_entry.splitter.split(job.request, count))  # type: ignore[union-attr]
+        except Exception:
+            log.exception("job %s (%s) could not be split; it runs on one worker", job.job_id, job.kind)
+            return None
+        return requests[:count] if len(requests) > 1 else None
 
     def finish(self, job: Job, worker: Worker, result: Any, error: BaseException | None) -> None:
-        """Record a job's outcome (called by the worker that ran it)."""
+        """Record a job's outcome (called by the worker that ran it, for a part of a split job too)."""
+        with self._changed:
+            fanout = self._part_of.pop(job, None)
+        if fanout is not None:
+            self._part_ended(fanout, job, worker, result, error)
+            return
+        self._finish_whole(job, result, error)
+
+    def _part_ended(self, fanout: FanOut, part: Job, worker: Worker, result: Any, error: BaseException | None) -> None:
+        """A part ended; after the last one the job ends: failed with the first failed part's error, else
+        with the parts' results gathered by its kind (on this worker's thread)."""
+        if not fanout.part_ended(part, worker.name, result, error):
+            return
+        with self._changed:
+            self._fanouts.pop(fanout.whole.job_id, None)
+        failure = fanout.failure()
+        if failure is not None:
+            self._finish_whole(fanout.whole, None, failure.error, failure.text)
+            return
+        try:
+            gathered, gather_error = fanout.splitter.gather(fanout.whole.request, fanout.results()), None
+        except Exception as problem:
+            log.exception("the parts of job %s could not be gathered", fanout.whole.job_id)
+            gathered, gather_error = None, problem
+        self._finish_whole(fanout.whole, gathered, gather_error)
+
+    def _finish_whole(self, job: Job, result: Any, error: BaseException | None, error_text: str | None = None) -> None:
         state = FAILED if error is not None else INTERRUPTED if job.control.interrupted else DONE
-        error_text = f"{type(error).__name__}: {error}" if error is not None else None
+        if error is not None and error_text is None:
+            error_text = f"{type(error).__name__}: {error}"
         job.control.finish(state)
         recorded = None
         if error is None:
@@ -271,11 +362,18 @@ class Scheduler:
     def _signal(self, job_id: str, action: Callable[[JobControl], None]) -> bool:
         with self._changed:
             job = self._line.running.get(job_id)
+            controls = self._controls_of(job) if job is not None else []
         if job is None:
             self._require_known(job_id)
             return False
-        action(job.control)
+        for control in controls:
+            action(control)
         return True
+
+    def _controls_of(self, job: Job) -> list[JobControl]:
+        """What interrupt and skip act on: the job's control, and its parts' when it is split (under the lock)."""
+        fanout = self._fanouts.get(job.job_id)
+        return fanout.controls() if fanout is not None else [job.control]
 
     def _require_known(self, job_id: str) -> None:
         if self.get(job_id) is None and self._store.get(job_id) is None:
@@ -371,8 +469,9 @@ class Scheduler:
                         may_act_on: Callable[[str | None], bool] | None) -> bool:
         with self._changed:
             chosen = [job for job in self._line.running.values() if may_act_on is None or may_act_on(job.owner)]
-        for job in chosen:
-            action(job.control)
+            controls = [control for job in chosen for control in self._controls_of(job)]
+        for control in controls:
+            action(control)
         return bool(chosen)
 
     # ---- lifecycle ----
@@ -390,7 +489,8 @@ class Scheduler:
             self._closed = True
             if interrupt_running:
                 for job in self._line.running.values():
-                    job.control.interrupt()
+                    for control in self._controls_of(job):
+                        control.interrupt()
             self._changed.notify_all()
             workers = list(self._workers)
         for worker in workers:

@@ -60,6 +60,32 @@ def _nothing_to_forget(encoded_request: dict[str, Any]) -> None:
     return None
 
 
+def _first_message(messages: list[str]) -> str:
+    return next((message for message in messages if message), "")
+
+
+def _reports_progress(part_request: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Splitter:
+    """How a kind's job is split into parts that run at once on several free workers (`webui.jobs.fanout`).
+
+    `split(request, n)` returns at most n part requests that together do the request's work (one, or the
+    request itself alone: not worth splitting); a part request is data like any request, and the kind's `run`
+    must accept it. `gather(request, part_results)` turns the parts' results, in part order, into the result
+    one worker would have returned for `request`. `message(part_messages)` makes the whole job's progress
+    message from the parts' (by default the first part's that says anything). `reports(part_request)` says
+    whether a part's progress is part of the job's (a part that only serves another part reports none).
+    """
+
+    split: Callable[[Any, int], tuple[Any, ...]]
+    gather: Callable[[Any, list[Any]], Any]
+    message: Callable[[list[str]], str] = _first_message
+    reports: Callable[[Any], bool] = _reports_progress
+
+
 @dataclass(frozen=True)
 class JobKind:
     """One row of the kinds table: how to run, store and describe a kind of job.
@@ -73,7 +99,8 @@ class JobKind:
     its checkpoint (or when none does) the one that holds the most of them gets it. `summary` is the
     one-line text of the Queue tab. `cost` is the job's work in units that scale with its run time
     (steps x pixels x images), so one measured job of a kind gives the ETA of others.
-    `result_record` turns a result into JSON for the history (file names, infotexts).
+    `result_record` turns a result into JSON for the history (file names, infotexts). `splitter` (None: never
+    split) lets the scheduler run one job on several free workers at once.
     """
 
     name: str
@@ -86,6 +113,7 @@ class JobKind:
     cost: Callable[[Any], float] = _unit_cost
     result_record: Callable[[Any], Any] = _no_result_record
     forget: Callable[[dict[str, Any]], None] = _nothing_to_forget
+    splitter: Splitter | None = None
 
 
 class JobKinds:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from webui.jobs.job import Job
+from webui.jobs.out_of_memory import explain_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ class JobSource(Protocol):
     def next_job_for(self, worker: Worker) -> Job | None: ...
 
     def finish(self, job: Job, worker: Worker, result: Any, error: BaseException | None) -> None: ...
+
+    def retire(self, worker: Worker) -> None: ...
 
 
 def _holds_nothing() -> str | None:
@@ -84,6 +87,26 @@ class Worker:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def accepts(self, job: Job) -> bool:
+        """Whether this worker can run `job` at all (a local worker runs every kind; a remote one only the
+        kinds whose requests and results can travel: see webui.jobs.ray_workers)."""
+        return True
+
+    @property
+    def takes_parts(self) -> bool:
+        """Whether this worker may run parts of a split job: their requests (RequestPart, CfgSplitPart, XyzPart)
+        hold in-process objects, so only workers of this process take them."""
+        return True
+
+    @property
+    def lost(self) -> bool:
+        """True once the worker can take no more jobs (its remote process died); it then leaves the scheduler."""
+        return False
+
+    def run_job(self, job: Job) -> Any:
+        """Run `job`'s handler here, on the worker's thread with its resources."""
+        return job.kind_entry.run(self, job.request, job.control)
+
     def runs_a_handler_here(self) -> bool:
         """True when called from inside a handler this worker runs (the scheduler refuses nested jobs)."""
         return self._in_handler and threading.current_thread() is self._thread
@@ -94,12 +117,15 @@ class Worker:
             error: BaseException | None = None
             self._in_handler = True
             try:
-                result = job.kind_entry.run(self, job.request, job.control)
+                result = self.run_job(job)
             except BaseException as failure:  # the worker must survive any job failure
-                error = failure
+                error = explain_out_of_memory(failure, self.device)
             finally:
                 self._in_handler = False
             try:
                 source.finish(job, self, result, error)
             except Exception:  # e.g. the store's disk is full: keep serving the queue
                 log.exception("worker %s could not record the end of job %s", self.name, job.job_id)
+            if self.lost:
+                source.retire(self)
+                return

@@ -27,6 +27,7 @@ from webui.models.ldm_conversion import (
     Architecture, UnsupportedCheckpointError, detect_architecture, ldm_to_diffusers, vae_from_ldm,
 )
 from webui.models.model_configs import config_dir, load_component_config, load_model_index, tokenizer_class_name
+from webui.models.module_construction import constructing_modules, empty_weights
 from webui.models.text_encoder_files import MissingTextEncoderError, float8_note, read_separate_text_encoders
 from webui.models.vae import VaeFileError, read_vae_tensors
 
@@ -213,10 +214,8 @@ def _empty_module(family: str, component: str, config: dict[str, Any]) -> torch.
     is the one the family's shipped model_index.json names (a CLIP config may ask for the projection)."""
     import importlib
 
-    from accelerate import init_empty_weights
-
     library, class_name = load_model_index(family)[component]
-    with init_empty_weights():
+    with empty_weights():
         if library == "diffusers":
             return getattr(importlib.import_module(library), class_name).from_config(config)
         if "CLIPTextModelWithProjection" in config.get("architectures", []):
@@ -228,17 +227,20 @@ def _empty_module(family: str, component: str, config: dict[str, Any]) -> torch.
 
 def build_module(component: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor],
                  device: torch.device, dtype: torch.dtype, family: str) -> torch.nn.Module:
-    """Instantiate a component and give it its own copy of the weights on `device`."""
-    module = _empty_module(family, component, config)
+    """Instantiate a component and give it its own copy of the weights on `device`. The copy is made first,
+    outside the construction lock; building the weightless module and assigning the copy (both register
+    parameters) happen under it (`webui.models.module_construction`)."""
     owned = {
         key: tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
         for key, tensor in state_dict.items()
     }
-    owned = with_tied_weights(module, owned)
-    try:
-        module.load_state_dict(owned, strict=True, assign=True)
-    except RuntimeError as error:
-        raise CheckpointLoadError(f"{component} weights do not fit its config: {str(error)[:500]}") from error
+    with constructing_modules():
+        module = _empty_module(family, component, config)
+        owned = with_tied_weights(module, owned)
+        try:
+            module.load_state_dict(owned, strict=True, assign=True)
+        except RuntimeError as error:
+            raise CheckpointLoadError(f"{component} weights do not fit its config: {str(error)[:500]}") from error
     module.to(device=device)  # buffers that are not in the state dict
     if dtype == torch.float16:
         _keep_in_fp32(module)

@@ -30,6 +30,7 @@ from webui.models.checkpoint_files import (
     read_state_dict,
 )
 from webui.models.families import family_named
+from webui.models.module_construction import constructing_modules
 
 EMBEDDING_SUFFIXES = frozenset({".pt", ".bin", ".safetensors"})
 FIRST_ENCODER = "te1"
@@ -357,7 +358,10 @@ def _token_embedding(text_encoder: nn.Module) -> nn.Embedding:
 
 
 def _replace_embedding_weight(embedding: nn.Embedding, weight: Tensor, requires_grad: bool) -> None:
-    embedding.weight = nn.Parameter(weight, requires_grad=requires_grad)
+    """Give the token table a new weight (grown or shrunk). Registering a parameter is what a checkpoint load on
+    another worker would empty meanwhile (the resident table would become meta), hence the construction lock."""
+    with constructing_modules():
+        embedding.weight = nn.Parameter(weight, requires_grad=requires_grad)
     embedding.num_embeddings = int(weight.shape[0])
 
 

@@ -321,7 +321,7 @@ class ModelManager:
         assert self._controlnets is not None and self._weights is not None and self._pipeline is not None
         family = self._weights.architecture.family
         denoiser = getattr(self._pipeline, family_named(family).denoiser)
-        unet_config = dict(denoiser.config) if family_named(family).denoiser == "unet" else {}
+        unet_config = dict(denoiser.config)
         return {str(control.path): self._controlnets.module_for(
                     self._controlnets.describe(control.path), family, unet_config, self._weights.record.name,
                     self.device, self.dtype) for control in state.controls}

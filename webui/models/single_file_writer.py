@@ -30,6 +30,7 @@ from webui.models.families.base import LdmTextEncoder, ModelFamily
 from webui.models.formats.dit_lora import RowPart
 from webui.models.ldm_conversion import LDM_UNET_FORMAT, LDM_UNET_PREFIX, LDM_VAE_PREFIX, _vae_to_ldm, diffusers_to_ldm
 from webui.models.model_configs import load_model_index
+from webui.models.module_construction import empty_weights
 
 PARAMETER_KINDS = ("weight", "bias")
 
@@ -106,10 +107,8 @@ def _joined_rows(parts: tuple[RowPart, ...], pieces: list[Tensor]) -> Tensor:
 
 def weightless_denoiser(family: ModelFamily, config: Mapping[str, Any]) -> torch.nn.Module:
     """The denoiser built on the meta device (module names and sizes, no memory), from its config."""
-    from accelerate import init_empty_weights
-
     library, class_name = load_model_index(family.name)[family.denoiser]
-    with init_empty_weights():
+    with empty_weights():
         return getattr(importlib.import_module(library), class_name).from_config(dict(config))
 
 

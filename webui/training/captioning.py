@@ -94,22 +94,29 @@ def _load_blip(model_dir: Path | None, model_id: str | None, device: str):
     """
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
+    from webui.models.module_construction import ModuleConstructionBusy, constructing_modules
+
     if model_dir is not None:
         folder = Path(model_dir)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder")
         processor = BlipProcessor.from_pretrained(str(folder), local_files_only=True)
-        model = BlipForConditionalGeneration.from_pretrained(str(folder), local_files_only=True)
+        with constructing_modules():  # transformers disables torch's weight init process-wide while it builds
+            model = BlipForConditionalGeneration.from_pretrained(str(folder), local_files_only=True)
         name = folder.name
     else:
         name = str(model_id)
         try:
             processor = BlipProcessor.from_pretrained(name, local_files_only=True)
-            model = BlipForConditionalGeneration.from_pretrained(name, local_files_only=True)
-        except OSError:
+            with constructing_modules():
+                model = BlipForConditionalGeneration.from_pretrained(name, local_files_only=True)
+        except ModuleConstructionBusy:
+            raise
+        except OSError:  # not in the local cache
             _check_hub_reachable()
             processor = BlipProcessor.from_pretrained(name)
-            model = BlipForConditionalGeneration.from_pretrained(name)
+            with constructing_modules():  # held during the one-time download too (transformers cannot split them)
+                model = BlipForConditionalGeneration.from_pretrained(name)
     return processor, model.to(device).eval(), name
 
 

@@ -33,6 +33,7 @@ from PIL import Image
 from webui.models.checkpoint_loading import CheckpointWeights, build_pipeline
 from webui.models.families import family_named
 from webui.models.hashing import sha256_of_file, sha256_of_folder
+from webui.models.module_construction import constructing_modules
 from webui.training.config import TrainingConfig, TrainingConfigError
 from webui.training.distributed import ProcessGroup
 from webui.training.dataset import (
@@ -886,7 +887,7 @@ def run_training(config: TrainingConfig, base: CheckpointWeights, paths: Trainin
             class_paths = ensure_class_images(config, models, paths, tracker, stop)
         class_dataset = class_image_dataset(class_paths, config.effective_class_prompt, config.resolution)
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), constructing_modules():  # adapters / token rows are new parameters
         torch.manual_seed(config.seed)  # PEFT initialises new adapters (on the CPU) from torch's global generator
         method.prepare()
 

@@ -12,7 +12,6 @@ so the first upscale after a listing does not read the file again.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from webui.models.checkpoint_files import CheckpointReadError, read_weights_object
+from webui.models.module_construction import ModuleConstructionBusy, constructing_modules
 from webui.upscaling.detection_cache import DetectionCache, FileKey
 from webui.upscaling.spandrel_architectures import SpandrelArchitectures, SpandrelMissingError, load_architectures
 
 NONE_UPSCALER = "None"
 BUILTIN_UPSCALERS = (NONE_UPSCALER, "Lanczos", "Nearest")  # A1111's non-model upscalers, in its order
 UPSCALER_SUFFIXES = frozenset({".pth", ".pt", ".safetensors"})
-BUILD_RACE_SECONDS = 30.0  # how long a build is retried while a checkpoint load empties new modules
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,6 @@ class ModelCache:
 
 class UnusableUpscaler(Exception):
     """A model file that cannot be used; the message is the reason lists show."""
-
-
-class UpscalerBuildRaced(Exception):
-    """The model came out empty because a checkpoint was loading meanwhile (see `_load_real_weights`): a
-    passing state, never kept as the file's outcome."""
 
 
 class UpscalerCatalog:
@@ -160,7 +154,7 @@ class UpscalerCatalog:
             if known is None:
                 try:
                     known = self._detect(path, key)
-                except UpscalerBuildRaced as error:
+                except ModuleConstructionBusy as error:  # a passing state, never kept as the file's outcome
                     return UpscalerEntry(path.stem, None, path=path, usable=False, reason=str(error))
                 self._inspected = {k: v for k, v in self._inspected.items() if k[0] != key[0]}
                 self._inspected[key] = known
@@ -205,7 +199,7 @@ class UpscalerCatalog:
                 return cached
             try:
                 descriptor = self._build(entry.path)
-            except UpscalerBuildRaced as error:
+            except ModuleConstructionBusy as error:
                 raise UnusableUpscaler(str(error)) from None
             self.models.put(key, descriptor)
             return descriptor
@@ -229,37 +223,18 @@ class UpscalerCatalog:
         if not isinstance(weights, dict) or not weights:
             raise UnusableUpscaler(f"holds a {type(weights).__name__}, not a dict of weights")
         try:
-            descriptor = _load_real_weights(architectures, weights)
+            with constructing_modules():  # spandrel builds the network, then loads the weights into it
+                descriptor = architectures.load(weights)
         except architectures.unsupported_error:
             missing = ", ".join(sorted(architectures.unavailable))
             extra = f" (not importable here: {missing})" if missing else ""
             raise UnusableUpscaler(f"architecture not recognised by spandrel {architectures.version}{extra}") from None
-        except UpscalerBuildRaced:
+        except ModuleConstructionBusy:
             raise
         except Exception as error:  # noqa: BLE001 - a detected architecture whose weights do not fit it
             first_line = str(error).splitlines()[0] if str(error) else ""
             raise UnusableUpscaler(f"spandrel could not build it ({type(error).__name__}: {first_line})") from None
         return _checked_image_model(descriptor)
-
-
-def _load_real_weights(architectures: SpandrelArchitectures, weights: dict) -> Any:
-    """spandrel's model for `weights`, built again while it came out with meta tensors.
-
-    diffusers loads models inside accelerate's `init_empty_weights`, which swaps `nn.Module.register_parameter`
-    for the whole process while it lasts, so a module another thread constructs meanwhile (this upscaler, while
-    a worker loads a checkpoint) gets empty "meta" parameters and loading weights into them does nothing. Such a
-    build is thrown away and retried for up to BUILD_RACE_SECONDS; after that UpscalerBuildRaced (not kept as
-    the file's outcome: the next request builds it again).
-    """
-    deadline = time.monotonic() + BUILD_RACE_SECONDS
-    while True:
-        descriptor = architectures.load(weights)
-        module = descriptor.model
-        if not any(tensor.is_meta for tensor in (*module.parameters(), *module.buffers())):
-            return descriptor
-        if time.monotonic() > deadline:
-            raise UpscalerBuildRaced("a checkpoint was loading while the upscaler was built; try again")
-        time.sleep(0.2)
 
 
 def _checked_image_model(descriptor: Any) -> Any:

@@ -372,21 +372,39 @@ def run_plan(
     include_sub_grids: bool = False,
     margin: int = 0,
 ) -> XYZResult:
-    """Generate every cell in plan order and draw the grids.
+    """Generate every cell in plan order and draw the grids (`run_cells`, then `draw_plot`).
 
     `on_cell(done, total)` is called before each cell (`done` = cells finished so far). When
     `should_stop()` is true before a cell, or after a cell that produced no image, the run stops and the
     grids show the missing cells blank, with `interrupted=True`. A cell whose request makes several
     images shows them as one image grid, as A1111 does. Errors from `generate` propagate.
     """
+    cell_images, interrupted = run_cells(plan, generate, on_cell=on_cell, should_stop=should_stop)
+    return draw_plot(plan, cell_images, interrupted, draw_legend=draw_legend, include_sub_grids=include_sub_grids,
+                     margin=margin)
+
+
+def run_cells(
+    plan: XYZPlan,
+    generate: Callable[[Any], list[Image.Image]],
+    cells: Sequence[int] | None = None,
+    *,
+    on_cell: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[Image.Image | None], bool]:
+    """Generate the plan cells numbered in `cells` (all by default; a part of a plot split over several
+    workers runs some), in that order: (cell images in x/y/z order with None for cells not run, interrupted).
+    `on_cell(done, total)` counts within `cells`; stopping is as `run_plan` describes."""
+    chosen = list(range(plan.cell_count)) if cells is None else list(cells)
     cell_images: list[Image.Image | None] = [None] * plan.cell_count
     interrupted = False
-    for done, cell in enumerate(plan.cells):
+    for done, number in enumerate(chosen):
+        cell = plan.cells[number]
         if should_stop is not None and should_stop():
             interrupted = True
             break
         if on_cell is not None:
-            on_cell(done, plan.cell_count)
+            on_cell(done, len(chosen))
         produced = list(generate(cell.request))
         if produced:
             image = produced[0] if len(produced) == 1 else image_grid(produced)
@@ -394,13 +412,18 @@ def run_plan(
         elif should_stop is not None and should_stop():
             interrupted = True
             break
+    return cell_images, interrupted
 
+
+def draw_plot(plan: XYZPlan, cell_images: Sequence[Image.Image | None], interrupted: bool, *,
+              draw_legend: bool = True, include_sub_grids: bool = False, margin: int = 0) -> XYZResult:
+    """The grids of a plot from its cell images (x/y/z order, None for cells that did not run)."""
     cell_size = _cell_size(plan, cell_images)
     x_count, y_count, z_count = plan.shape
     per_grid = x_count * y_count
     grids = tuple(
         draw_grid(
-            cell_images[z_index * per_grid:(z_index + 1) * per_grid],
+            list(cell_images[z_index * per_grid:(z_index + 1) * per_grid]),
             x_count,
             y_count,
             cell_size,

@@ -5,6 +5,8 @@ app cannot run (unknown LoRA tag, broken checkpoint, over-limit size) is reporte
 queued. The job then generates every cell itself, inline on its worker (a job never submits jobs),
 reports `Cell i of N`, honours Interrupt between and inside cells,
 draws and saves the grid with an infotext that records the axes, and puts the user's checkpoint back.
+When other workers are free, the scheduler splits the job (its `Splitter`): the plan is made once, each
+worker runs a run of consecutive cells (`XyzPart`), and the grid is drawn from the gathered cells.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from webui.generation.samplers import schedule_type_names
 from webui.jobs.progress import JobControl, ProgressSnapshot
 from webui.generation.request_codec import decode_request, encode_request
 from webui.jobs.job import Job
-from webui.jobs.spec import JobKind, JobSpec
+from webui.jobs.spec import JobKind, JobSpec, Splitter
 from webui.generation.service import describe_request
 from webui.security.identity import User, name_of
 from webui.xyz.axes import VAE_SPECIAL_CHOICES, AxisChoices, AxisRegistry, default_axis_registry
-from webui.xyz.plot import AxisSpec, PlotCell, PlotLimits, XYZPlan, XYZResult, build_plan, run_plan
+from webui.xyz.plot import AxisSpec, PlotCell, PlotLimits, XYZPlan, XYZResult, build_plan, draw_plot, run_cells
 from webui.xyz.ranges import AxisValueError
 
 if TYPE_CHECKING:  # only their types are needed here
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # only their types are needed here
 JOB_KIND = "xyz-plot"
 GRIDS_FOLDER = "txt2img-grids"
 _CELL_MESSAGE = re.compile(r"Cell (?P<index>\d+) of (?P<total>\d+)")
+_DONE_MESSAGE = re.compile(r"Done: (?P<index>\d+) of (?P<total>\d+) cells")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,27 @@ class XyzJob:
     limits: PlotLimits = PlotLimits()
 
 
+@dataclass(frozen=True)
+class XyzPart:
+    """Some cells of a plot, for one of the workers a plot is split over: the plan is made once when the
+    job is split, so every part draws the same seeds and the grid is the one-worker grid."""
+
+    plan: XYZPlan
+    cells: tuple[int, ...]  # indices into plan.cells
+
+
+@dataclass
+class XyzCells:
+    """What a run of some or all cells of a plot made: images (x/y/z order, None: not run) and infotexts
+    by the same index."""
+
+    plan: XYZPlan
+    images: list[Image.Image | None]
+    infotexts: dict[int, str]
+    warnings: list[str]
+    interrupted: bool
+
+
 @dataclass
 class XyzService:
     """Plans, checks and queues plots; its job kind runs the cells inline on the worker that took it."""
@@ -150,11 +174,21 @@ class XyzService:
                         model_key=lambda job: self.generation.models.model_key(job.base_request.checkpoint),
                         summary=lambda job: f"X/Y/Z plot: {describe_request(job.base_request)}",
                         result_record=lambda run: {"images": [str(path) for path in run.saved_paths],
-                                                   "infotexts": [run.infotext], "interrupted": run.interrupted})]
+                                                   "infotexts": [run.infotext], "interrupted": run.interrupted},
+                        splitter=Splitter(self._split, self._gather, combined_cell_message))]
 
-    def _run(self, worker: Worker, job: XyzJob, control: JobControl) -> XyzRun:
+    def _run(self, worker: Worker, job: XyzJob | XyzPart, control: JobControl) -> XyzRun | XyzCells:
+        if isinstance(job, XyzPart):  # some cells of a plot split over several workers
+            return run_xyz_cells(self.generation, worker.resources, job.plan, job.cells, control)
         plan = self.plan(job.base_request, job.x, job.y, job.z, job.options, job.limits)
         return run_xyz(self.generation, worker.resources, plan, job.options, control)
+
+    def _split(self, job: XyzJob, parts: int) -> tuple[XyzJob | XyzPart, ...]:
+        plan = self.plan(job.base_request, job.x, job.y, job.z, job.options, job.limits)
+        return split_plot(plan, parts) if plan.cell_count > 1 else (job,)
+
+    def _gather(self, job: XyzJob, parts: list[XyzCells]) -> XyzRun:
+        return finish_xyz(self.generation, job.options, gather_cells(parts[0].plan, parts))
 
 
 def _encode_job(job: XyzJob) -> dict[str, Any]:
@@ -183,22 +217,29 @@ def _decode_job(data: dict[str, Any]) -> XyzJob:
 def run_xyz(generation: GenerationService, manager: ModelManager, plan: XYZPlan, options: XyzOptions,
             control: JobControl | None = None) -> XyzRun:
     """Generate every cell of a checked plan on the calling thread (a worker's job) with that worker's
-    model manager, draw and save the grid.
+    model manager, draw and save the grid."""
+    return finish_xyz(generation, options, run_xyz_cells(generation, manager, plan, None, control), control)
+
+
+def run_xyz_cells(generation: GenerationService, manager: ModelManager, plan: XYZPlan,
+                  cells: tuple[int, ...] | None, control: JobControl | None = None) -> XyzCells:
+    """Generate the plan's cells numbered in `cells` (all when None) on the calling thread with `manager`.
 
     The checkpoint loaded before the plot is loaded again afterwards when a cell changed it, also when
     the plot was interrupted or failed.
     """
-    changes_checkpoint = any(cell.request.checkpoint for cell in plan.cells)
+    chosen = tuple(range(plan.cell_count)) if cells is None else cells
+    changes_checkpoint = any(plan.cells[number].request.checkpoint for number in chosen)
     if changes_checkpoint and manager.current is None:
         manager.select()  # load the user's checkpoint first, so there is one to come back to
     users_checkpoint = manager.current
     cell_infotexts: dict[int, str] = {}
     warnings: list[str] = []
-    running_cell = 0  # plan index of the cell being generated, set by on_cell
+    running_cell = chosen[0] if chosen else 0  # plan index of the cell being generated, set by on_cell
 
     def on_cell(done: int, total: int) -> None:
         nonlocal running_cell
-        running_cell = done
+        running_cell = chosen[done]
         if control is not None:
             control.set_message(cell_message(done + 1, total))
 
@@ -212,15 +253,8 @@ def run_xyz(generation: GenerationService, manager: ModelManager, plan: XYZPlan,
         return generated.images
 
     try:
-        result = run_plan(
-            plan,
-            generate,
-            on_cell=on_cell,
-            should_stop=(lambda: control.interrupted) if control is not None else None,
-            draw_legend=options.draw_legend,
-            include_sub_grids=options.include_sub_grids,
-            margin=options.margin,
-        )
+        images, interrupted = run_cells(plan, generate, chosen, on_cell=on_cell,
+                                        should_stop=(lambda: control.interrupted) if control is not None else None)
     finally:
         if users_checkpoint is not None:
             current = manager.current
@@ -228,7 +262,19 @@ def run_xyz(generation: GenerationService, manager: ModelManager, plan: XYZPlan,
                 if control is not None:
                     control.set_message(f"Loading {users_checkpoint.name} again")
                 manager.select(users_checkpoint.title)
+    if control is not None and cells is not None:
+        done = sum(image is not None for image in images)
+        control.set_message(done_message(done, len(chosen), interrupted))
+    return XyzCells(plan, images, cell_infotexts, warnings, interrupted)
 
+
+def finish_xyz(generation: GenerationService, options: XyzOptions, cells: XyzCells,
+               control: JobControl | None = None) -> XyzRun:
+    """Draw and save the plot's grid from its cells' images (from one worker, or gathered from several)."""
+    plan = cells.plan
+    result = draw_plot(plan, cells.images, cells.interrupted, draw_legend=options.draw_legend,
+                       include_sub_grids=options.include_sub_grids, margin=options.margin)
+    cell_infotexts = cells.infotexts
     grid_text = grid_infotext(plan, result, cell_infotexts)
     images, infotexts = list(result.images), [grid_text] * len(result.images)
     if options.include_sub_images:
@@ -242,9 +288,49 @@ def run_xyz(generation: GenerationService, manager: ModelManager, plan: XYZPlan,
         seed = int(getattr(_first_done_cell(plan, result).request, "seed", 0))
         saved = [save_grid([image], folder, seed, grid_text) for image in result.images]
     if control is not None:
-        note = " (interrupted)" if result.interrupted else ""
-        control.set_message(f"Done: {result.completed_cells} of {plan.cell_count} cells{note}")
-    return XyzRun(result, images, infotexts, grid_text, saved, tuple(warnings))
+        control.set_message(done_message(result.completed_cells, plan.cell_count, result.interrupted))
+    return XyzRun(result, images, infotexts, grid_text, saved, tuple(cells.warnings))
+
+
+def done_message(done: int, total: int, interrupted: bool) -> str:
+    return f"Done: {done} of {total} cells" + (" (interrupted)" if interrupted else "")
+
+
+def split_plot(plan: XYZPlan, parts: int) -> tuple[XyzPart, ...]:
+    """The plot's cells in `parts` runs of consecutive cells (the plan's order changes the costliest axis,
+    such as the checkpoint, least often, so each part switches models as little as one worker would)."""
+    parts = min(parts, plan.cell_count)
+    per_part, extra = divmod(plan.cell_count, parts)
+    chunks, start = [], 0
+    for index in range(parts):
+        stop = start + per_part + (1 if index < extra else 0)
+        chunks.append(XyzPart(plan, tuple(range(start, stop))))
+        start = stop
+    return tuple(chunks)
+
+
+def gather_cells(plan: XYZPlan, parts: list[XyzCells]) -> XyzCells:
+    """The parts' cells as one run's (every cell was run by one part)."""
+    images = [next((part.images[index] for part in parts if part.images[index] is not None), None)
+              for index in range(plan.cell_count)]
+    infotexts = {index: text for part in parts for index, text in part.infotexts.items()}
+    warnings = list(dict.fromkeys(warning for part in parts for warning in part.warnings))
+    return XyzCells(plan, images, infotexts, warnings, any(part.interrupted for part in parts))
+
+
+def combined_cell_message(messages: list[str]) -> str:
+    """The whole plot's `Cell i of N` from its parts' messages (`Cell i of n` while running, `Done: ...` at
+    the end), and `Done: ...` once every part is done."""
+    done = total = finished = 0
+    for message in messages:
+        match = _CELL_MESSAGE.fullmatch(message) or _DONE_MESSAGE.match(message)
+        if match:
+            finished += match.re is _DONE_MESSAGE
+            done += int(match["index"]) - (1 if match.re is _CELL_MESSAGE else 0)
+            total += int(match["total"])
+    if finished == len(messages) and total:
+        return done_message(done, total, any("interrupted" in message for message in messages))
+    return cell_message(min(done + 1, total), total) if total else ""
 
 
 def grid_infotext(plan: XYZPlan, result: XYZResult, cell_infotexts: dict[int, str]) -> str:

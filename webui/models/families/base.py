@@ -373,6 +373,19 @@ class ModelFamily(ABC):
         """Does a diffusers folder (its UNet config and component sub-folders) belong to this family?"""
         ...
 
+    # The diffusers class of ControlNets for the family's transformer (Flux: "FluxControlNetModel"); None: the family
+    # has UNet ControlNets (`takes_controlnet`) or none. A family with one has its transformer calls routed through
+    # the job's residual hooks (webui.generation.hooked_modules.HookedTransformer).
+    transformer_controlnet: ClassVar[str | None] = None
+    # Names of the control modes of the family's union ControlNets, by mode index (a union ControlNet embeds the
+    # index: which kind of map it is given); empty: none known.
+    controlnet_union_modes: ClassVar[tuple[str, ...]] = ()
+
+    def transformer_controlnet_config(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The config of a `transformer_controlnet` from its (diffusers-named) weights, for files that come without
+        a config.json. Only families with transformer ControlNets override it."""
+        raise TypeError(f"{self.label} has no transformer ControlNets")
+
     def takes_controlnet(self, context_width: int, added_conditioning: bool) -> bool:
         """Whether a UNet ControlNet with this text width (its cross-attention key input) and, SDXL-style, size and
         pooled-text conditioning belongs to this family. Asked in `FAMILIES` order, the first yes wins; families

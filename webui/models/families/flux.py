@@ -197,6 +197,11 @@ class Flux1(ModelFamily):
     a1111_text_lora_names = MappingProxyType({})
     lora_layouts_diffusers_converts = (".processor.proj_lora", ".processor.qkv_lora")
 
+    # ControlNets: diffusers' FluxControlNetModel (InstantX / Shakker-Labs / XLabs diffusers releases). Union ones
+    # embed a control mode; InstantX's and Shakker-Labs' Union(-Pro) model cards number them in this order.
+    transformer_controlnet = "FluxControlNetModel"
+    controlnet_union_modes = ("canny", "tile", "depth", "blur", "pose", "gray", "low quality")
+
     # -- generation engine (webui/generation): flow samplers, T5 read once per prompt, packed latents --------
     default_sampler = "Euler"
     repeats_given_embeddings = False  # FluxPipeline uses given embeddings as they are
@@ -357,6 +362,9 @@ class Flux1(ModelFamily):
             raise ValueError(f"its {self.label} components do not fit together: {'; '.join(problems)}")
         return fitted
 
+    def transformer_controlnet_config(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        return fit_controlnet_config(tensors)
+
     # -- training --------------------------------------------------------------------------------
     def lora_training_targets(self, denoiser: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
         """Double-stream blocks: each chosen image-stream layer and its text-stream twin (as SD3's joint blocks);
@@ -446,6 +454,31 @@ def fit_transformer_config(config: Mapping[str, Any], state: StateDict) -> dict[
     out_channels = int(state["proj_out.weight"].shape[0])
     fitted["out_channels"] = None if out_channels == int(in_channels) else out_channels  # None: as in_channels
     return fitted
+
+
+def fit_controlnet_config(state: StateDict) -> dict[str, Any]:
+    """Every size of a `FluxControlNetModel` from its diffusers-named weights (a config.json-less file): the
+    blocks, widths and guidance embedding as the transformer's (`fit_transformer_config`), a union model's mode
+    count (`controlnet_mode_embedder`) and, for XLabs-style ones that read the control image in pixels, the
+    width of their conditioning embedding, whose 8x-downscaled output is packed into `in_channels`-wide tokens."""
+    inner, in_channels = (int(size) for size in state["x_embedder.weight"].shape)
+    norm = next(key for key in sorted(state) if key.endswith("attn.norm_q.weight"))
+    head_width = int(state[norm].shape[0])
+    config: dict[str, Any] = dict(
+        patch_size=1, in_channels=in_channels,
+        num_layers=count_indexed(state, r"transformer_blocks\.(\d+)\."),
+        num_single_layers=count_indexed(state, r"single_transformer_blocks\.(\d+)\."),
+        attention_head_dim=head_width, num_attention_heads=inner // head_width,
+        joint_attention_dim=int(state["context_embedder.weight"].shape[1]),
+        pooled_projection_dim=int(state["time_text_embed.text_embedder.linear_1.weight"].shape[1]),
+        guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in state,
+        axes_dims_rope=rope_axes(head_width), num_mode=None, conditioning_embedding_channels=None)
+    if "controlnet_mode_embedder.weight" in state:
+        config["num_mode"] = int(state["controlnet_mode_embedder.weight"].shape[0])
+    if "input_hint_block.conv_out.weight" in state:
+        channels = int(state["input_hint_block.conv_out.weight"].shape[0])
+        config.update(conditioning_embedding_channels=channels, patch_size=math.isqrt(in_channels // channels))
+    return config
 
 
 def ldm_transformer_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from webui.models.families import FAMILIES
 from webui.models.ldm_conversion import LDM_UNET_PREFIX, unet_to_ldm
+from webui.models.module_construction import empty_weights
 
 # UNet modules that have an LDM name (the rest, e.g. class embeddings, are not in SD checkpoints).
 LDM_NAMED_UNET_ROOTS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "conv_norm_out",
@@ -63,9 +64,8 @@ def targetable_module_paths(module: nn.Module) -> list[str]:
 
 def unet_ldm_names_for_config(unet_config: Mapping[str, Any]) -> dict[str, str]:
     """`unet_ldm_names` for a UNet described by its config (built weightless on the meta device)."""
-    from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    with init_empty_weights():
+    with empty_weights():
         unet = UNet2DConditionModel.from_config(dict(unet_config))
     return unet_ldm_names(targetable_module_paths(unet))
