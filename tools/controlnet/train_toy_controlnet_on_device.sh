@@ -16,7 +16,7 @@
 # CPU check here:      DEVICE=cpu SMOKE=1 OUT=/tmp/cn-smoke bash tools/controlnet/train_toy_controlnet_on_device.sh
 # Knobs: BUDGET (training minutes, default 6), TOTAL (seconds by which evaluation stops starting scenes, 510),
 # IMAGES (training renders, 40000), BATCH (256 on CUDA), SCENES (evaluation scenes, at most; 200), WORKERS (app
-# workers sharing the GPU during the evaluation, 3).
+# workers sharing the GPU during the evaluation, 3), TRAIN_ARGS (more training flags, e.g. "--hint-init random").
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder that receives the results}
 mkdir -p "$OUT"
@@ -41,7 +41,7 @@ else
     fi
 fi
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m tools.controlnet.train_toy_controlnet --device "$DEVICE" --out "$model" "${train_args[@]}" 2>&1 \
+"$PYTHON" -m tools.controlnet.train_toy_controlnet --device "$DEVICE" --out "$model" "${train_args[@]}" ${TRAIN_ARGS:-} 2>&1 \
     | grep --line-buffered -v -e torchvision -e "should be kept in float32" | tee -a "$log"
 [ -f "$model" ] || { echo "training wrote no model" | tee -a "$log"; exit 1; }
 cp "$model" "${model%.safetensors}.training.json" "$OUT/"
