@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from tools.default_model.toy_model_training import SCALED_LINEAR, clip_tokenizer, cosine_factor, render_dataset, tokenize
+from tools.default_model.toy_model_training import (
+    SCALED_LINEAR, clip_tokenizer, cosine_factor, min_snr_loss, optimizer_step, render_dataset, tokenize)
 from webui.generation.control_maps import canny
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.settings import PROJECT_ROOT
@@ -127,13 +127,9 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
                                    return_dict=False)
             prediction = unet(noisy, timesteps, encoder_hidden_states=hidden, down_block_additional_residuals=down,
                               mid_block_additional_residual=mid).sample
-        loss = F.mse_loss(prediction.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate * min(1.0, (step + 1) / 200) * cosine_factor(step, steps, start, deadline, floor=0.05)
-        optimizer.step()
+        loss = min_snr_loss(prediction, noise, alpha)   # as the default model was trained
+        optimizer_step(optimizer, loss, parameters, learning_rate * min(1.0, (step + 1) / 200)
+                       * cosine_factor(step, steps, start, deadline, floor=0.05))
         if averaged is not None:
             torch._foreach_lerp_(averaged, [p.detach() for p in parameters], 1 - min(ema_decay, (1 + step) / (10 + step)))
         losses.append(float(loss.item()) if step % 10 == 0 or step == steps - 1 else math.nan)

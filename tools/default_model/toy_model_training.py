@@ -134,6 +134,24 @@ def cosine_factor(step: int, steps: int, start: float, deadline: float, floor: f
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def min_snr_loss(prediction: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Epsilon-prediction MSE with min-SNR-gamma weighting: the nearly clean timesteps, whose noise is hardest to
+    guess and says least about layout, no longer dominate the loss, which speeds up convergence."""
+    snr = alpha.view(-1) / (1 - alpha.view(-1))
+    weight = torch.clamp(snr, max=gamma) / snr
+    return (weight * F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: list, learning_rate: float) -> None:
+    """Backward, clip the gradient norm to 1, set the learning rate of this step, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    optimizer.step()
+
+
 def train_vae(vae, images: torch.Tensor, steps: int, batch: int, device: str, seed: int, log,
               deadline: float = math.inf, learning_rate: float = 5e-4) -> dict:
     generator = torch.Generator().manual_seed(seed)
@@ -149,12 +167,8 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, device: str, se
             reconstruction = vae.decode(z).sample
         reconstruction = reconstruction.float()
         loss = reconstruction_loss(reconstruction, x) + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate * min(1.0, (step + 1) / 500) * cosine_factor(step, steps, start, deadline, floor=0.1)
-        optimizer.step()
+        optimizer_step(optimizer, loss, list(vae.parameters()), learning_rate * min(1.0, (step + 1) / 500)
+                       * cosine_factor(step, steps, start, deadline, floor=0.1))
         if step % 500 == 0 or step == steps - 1:
             log(f"vae step {step} loss {loss.item():.4f}")
         if time.perf_counter() > deadline:
@@ -224,16 +238,9 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, token_ids: torch.Tenso
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             hidden = text_encoder(ids).last_hidden_state
             prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        # min-SNR-5 weighting speeds up convergence of epsilon prediction.
-        snr = alpha.view(-1) / (1 - alpha.view(-1))
-        weight = torch.clamp(snr, max=5.0) / snr
-        loss = (weight * F.mse_loss(prediction.float(), noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate * min(1.0, (step + 1) / 300) * cosine_factor(step, steps, start, deadline, floor=0.05)
-        optimizer.step()
+        loss = min_snr_loss(prediction, noise, alpha)
+        optimizer_step(optimizer, loss, parameters, learning_rate * min(1.0, (step + 1) / 300)
+                       * cosine_factor(step, steps, start, deadline, floor=0.05))
         # Exponential moving average of the weights, warmed up so early steps do not dominate; the saved
         # model is the average, which samples cleaner than the last step's weights.
         torch._foreach_lerp_(averaged, [p.detach() for p in parameters], 1 - min(ema_decay, (1 + step) / (10 + step)))
