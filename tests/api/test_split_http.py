@@ -17,7 +17,9 @@ from PIL import Image
 from tests.conftest import start_server, stop_server, with_default_model
 
 BATCH = {"prompt": "a red circle on a blue background", "width": 64, "height": 64, "steps": 6, "seed": 41,
-         "batch_size": 4, "sampler_name": "Euler a"}
+         "batch_size": 4, "sampler_name": "Euler a",
+         # The one-worker reference is the shared session server, whose current model other modules change.
+         "override_settings": {"sd_model_checkpoint": "sd-studio-toy"}}
 
 
 @pytest.fixture(scope="module")
