@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from tools.default_model.toy_model_training import (
-    SCALED_LINEAR, clip_tokenizer, cosine_factor, min_snr_loss, optimizer_step, render_dataset, tokenize)
+    SCALED_LINEAR, clip_tokenizer, cosine_factor, min_snr_loss, optimizer_step, render_dataset, start_run, tokenize)
 from webui.generation.control_maps import canny
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.settings import PROJECT_ROOT
@@ -223,11 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     batch = args.batch or (64 if args.device == "cuda" else 8)
 
-    started = time.perf_counter()
-    log = lambda message: print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)  # noqa: E731
-    torch.manual_seed(args.seed)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    started, log = start_run(args.seed)
     images, captions, token_ids = render_dataset(args.images, args.seed, args.workers, args.caption_variants)
     edges = edge_dataset(images, args.workers)
     log(f"rendered {len(images)} images and their canny maps (mean edge share {edges.float().mean():.3f}); "

@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -132,6 +133,16 @@ def cosine_factor(step: int, steps: int, start: float, deadline: float, floor: f
     if deadline != math.inf:
         progress = max(progress, (time.perf_counter() - start) / (deadline - start))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def start_run(seed: int) -> tuple[float, Callable[[str], None]]:
+    """Seed torch, allow TF32 and cuDNN autotuning (a training run, not a bitwise test), and give the run's
+    start time with a logger that prints each line with the seconds since then."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    return started, lambda message: print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
 
 
 def min_snr_loss(prediction: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
@@ -319,11 +330,7 @@ def main() -> None:
 
     from webui.models.model_configs import config_dir, load_component_config
 
-    started = time.perf_counter()
-    log = lambda message: print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)  # noqa: E731
-    torch.manual_seed(args.seed)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    started, log = start_run(args.seed)
     images, captions, token_ids = render_dataset(args.images, args.seed, args.workers, args.caption_variants)
     log(f"rendered {len(images)} images; captions of the first: {captions[0]}")
     configs = model_configs()
