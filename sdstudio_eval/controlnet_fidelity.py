@@ -165,14 +165,29 @@ def submit(context, case: Case, condition: Condition, model: str, control: str):
     return context.generation.submit_txt2img(request)
 
 
+SHEET_SCENES = 6   # scenes shown in the sample sheet
+
+
+def sample_sheet(rows: list[list[Image.Image]]) -> Image.Image:
+    """One row per scene: the control render, then each condition's image (in CONDITIONS' order)."""
+    width = max(len(row) for row in rows)
+    sheet = Image.new("RGB", (width * SIZE, len(rows) * SIZE), "white")
+    for y, row in enumerate(rows):
+        for x, image in enumerate(row):
+            sheet.paste(image.convert("RGB").resize((SIZE, SIZE)), (x * SIZE, y * SIZE))
+    return sheet
+
+
 def run(context, model: str, count: int, deadline: float, conditions: Sequence[Condition] = CONDITIONS,
         log=print) -> dict:
     """Every condition on each scene in turn (a scene's jobs queued together, so several workers share them),
-    until `count` scenes or the deadline; counts, each condition's job seconds and the overall images/s."""
+    until `count` scenes or the deadline; counts, each condition's job seconds, the overall images/s, and the
+    first scenes' images ("sheet": render, then one image per condition) for a person to look at."""
     tallies = {c.label: {measure: 0 for measure in MEASURES} for c in conditions}
     seconds = {c.label: 0.0 for c in conditions}
     identical_at_zero = 0
     done = 0
+    sheet: list[list[Image.Image]] = []
     all_cases = cases(count)
     if all_cases:  # untimed: the first calls load the checkpoint and build the ControlNet
         submit(context, all_cases[0], Condition("warm-up", 1.0), model, all_cases[0].control_png()).result(timeout=600)
@@ -190,6 +205,8 @@ def run(context, model: str, count: int, deadline: float, conditions: Sequence[C
             seconds[condition.label] += (job.finished_at or 0.0) - (job.started_at or 0.0)
             for measure, ok in score(images[condition.label], case, condition.design).items():
                 tallies[condition.label][measure] += bool(ok)
+        if len(sheet) < SHEET_SCENES:
+            sheet.append([Image.open(io.BytesIO(base64.b64decode(control))), *images.values()])
         if "no ControlNet" in images and "weight 0" in images:
             identical_at_zero += np.array_equal(np.asarray(images["no ControlNet"]), np.asarray(images["weight 0"]))
         done += 1
@@ -202,7 +219,7 @@ def run(context, model: str, count: int, deadline: float, conditions: Sequence[C
                         for m in MEASURES},
              "seconds_per_image": seconds[c.label] / done if done else None} for c in conditions]
     return {"scenes": done, "weight_0_bitwise_equal_to_no_controlnet": identical_at_zero, "rows": rows,
-            "images_per_second": done * len(conditions) / wall if done else None}
+            "images_per_second": done * len(conditions) / wall if done else None, "sheet": sheet}
 
 
 def markdown(report: dict) -> str:
@@ -255,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run(context, args.controlnet.stem, args.scenes, started + 60 * args.time_budget_minutes, log=log)
         finally:
             context.close()
+    sheet = result.pop("sheet")
     report = {"model": args.controlnet.stem, "file_sha256": hashlib.sha256(args.controlnet.read_bytes()).hexdigest(),
               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "design": "prompt contradicts the map: same colour/background/size/count/texture, another shape at "
@@ -267,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "controlnet_fidelity.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (args.out_dir / "controlnet_fidelity.md").write_text(markdown(report), encoding="utf-8")
+    if sheet:
+        sample_sheet(sheet).save(args.out_dir / "controlnet_fidelity_samples.png")
     log(f"wrote {args.out_dir / 'controlnet_fidelity.json'}\n{markdown(report)}")
     return 0
 

@@ -47,6 +47,9 @@ PROMPT_DROP = 0.5   # share of samples trained with the empty prompt
 # timesteps, learning rate 2e-4, batch 256, 2748 steps) left the zero convolutions near zero and the
 # ControlNet without any effect on the images.
 HIGH_NOISE_SHARE = 0.5
+# Samples noisier than SNR 1 weigh their clean-image error, up to this factor (`min_snr_loss`): with min-SNR-5
+# alone (the default model's loss) the CPU probe barely moved the zero convolutions.
+X0_WEIGHT_CAP = 20.0
 
 
 def canny_maps(images: np.ndarray) -> np.ndarray:
@@ -62,6 +65,16 @@ def edge_dataset(images: torch.Tensor, workers: int) -> torch.Tensor:
     with ProcessPoolExecutor(workers) as pool:
         maps = np.concatenate(list(pool.map(canny_maps, chunks)))
     return torch.from_numpy(maps).unsqueeze(1)
+
+
+def parameter_groups(controlnet, learning_rate: float, encoder_learning_rate: float) -> list[dict]:
+    """The new parts (map embedding, zero convolutions) at `learning_rate`; the encoder copied from the UNet at
+    `encoder_learning_rate` (the paper fine-tunes the copy gently, so it keeps the UNet's features)."""
+    new_parts = ("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")
+    new, copied = [], []
+    for name, parameter in controlnet.named_parameters():
+        (new if name.startswith(new_parts) else copied).append(parameter)
+    return [{"params": new, "scale": 1.0}, {"params": copied, "scale": encoder_learning_rate / learning_rate}]
 
 
 def load_frozen(model: Path, device: str):
@@ -92,7 +105,8 @@ def encode_latents(vae, images: torch.Tensor, device: str, batch: int = 512) -> 
 def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Tensor, token_ids: torch.Tensor,
           empty_ids: torch.Tensor, steps: int, batch: int, device: str, seed: int, log: Callable[[str], None],
           deadline: float = math.inf, learning_rate: float = 1e-3, prompt_drop: float = PROMPT_DROP,
-          ema_decay: float = 0.998, high_noise_share: float = HIGH_NOISE_SHARE) -> dict:
+          ema_decay: float = 0.998, high_noise_share: float = HIGH_NOISE_SHARE, x0_weight_cap: float = X0_WEIGHT_CAP,
+          encoder_learning_rate: float | None = None) -> dict:
     """Train the ControlNet on (latent, edge map, caption) triples with the frozen UNet's epsilon loss.
 
     The saved weights are an exponential moving average (warmed up, as the default model's UNet): it samples
@@ -102,7 +116,8 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
     generator = torch.Generator().manual_seed(seed)
     latents, edges, token_ids, empty_ids = latents.to(device), edges.to(device), token_ids.to(device), empty_ids.to(device)
     parameters = list(controlnet.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=1e-2)
+    groups = parameter_groups(controlnet, learning_rate, encoder_learning_rate or learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=1e-2)
     averaged = [p.detach().clone() for p in parameters] if ema_decay > 0 else None
     controlnet.train()
     start = time.perf_counter()
@@ -127,7 +142,7 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
                                    return_dict=False)
             prediction = unet(noisy, timesteps, encoder_hidden_states=hidden, down_block_additional_residuals=down,
                               mid_block_additional_residual=mid).sample
-        loss = min_snr_loss(prediction, noise, alpha)   # as the default model was trained
+        loss = min_snr_loss(prediction, noise, alpha, x0_weight_cap=x0_weight_cap)
         optimizer_step(optimizer, loss, parameters, learning_rate * min(1.0, (step + 1) / 200)
                        * cosine_factor(step, steps, start, deadline, floor=0.05))
         if averaged is not None:
@@ -147,7 +162,9 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
     controlnet.eval()
     return {"steps": done, "planned_steps": steps, "batch": batch, "seconds": seconds,
             "images_per_second": done * batch / seconds if seconds else None, "learning_rate": learning_rate,
-            "prompt_drop": prompt_drop, "ema_decay": ema_decay, "loss_curve": loss_summary(losses)}
+            "encoder_learning_rate": encoder_learning_rate or learning_rate, "x0_weight_cap": x0_weight_cap,
+            "high_noise_share": high_noise_share, "prompt_drop": prompt_drop, "ema_decay": ema_decay,
+            "loss_curve": loss_summary(losses)}
 
 
 def _alphas(device: str) -> torch.Tensor:
@@ -208,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=None, help="default: 64 on CUDA (more steps in the budget), 8 on CPU")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--encoder-learning-rate", type=float, default=1e-4,
+                        help="learning rate of the encoder copied from the UNet (the new parts use --learning-rate)")
+    parser.add_argument("--x0-weight-cap", type=float, default=X0_WEIGHT_CAP,
+                        help="samples noisier than SNR 1 weigh their clean-image error, up to this factor (1: off)")
     parser.add_argument("--high-noise-share", type=float, default=HIGH_NOISE_SHARE,
                         help="share of samples with timesteps from the noisier half (500-999) only")
     parser.add_argument("--prompt-drop", type=float, default=PROMPT_DROP, help="share of samples with the prompt \"\"")
@@ -251,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     report["training"] = train(controlnet, unet, text_encoder, latents, edges, token_ids,
                                tokenize(clip_tokenizer(), [""])[0], args.steps, batch, args.device, args.seed, log,
                                deadline=deadline, learning_rate=args.learning_rate, prompt_drop=args.prompt_drop,
-                               ema_decay=args.ema_decay, high_noise_share=args.high_noise_share)
+                               ema_decay=args.ema_decay, high_noise_share=args.high_noise_share,
+                               x0_weight_cap=args.x0_weight_cap, encoder_learning_rate=args.encoder_learning_rate)
     size = save(controlnet, args.out)
     report["file"] = {"name": args.out.name, "bytes": size, "dtype": "float16", "layout": "diffusers single file"}
     report["loader_check"] = check_loadable(args.out, controlnet, dict(unet.config))

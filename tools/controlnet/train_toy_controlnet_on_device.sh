@@ -16,18 +16,20 @@
 # CPU check here:      DEVICE=cpu SMOKE=1 OUT=/tmp/cn-smoke bash tools/controlnet/train_toy_controlnet_on_device.sh
 # Knobs: BUDGET (training minutes, default 6), TOTAL (seconds by which evaluation stops starting scenes, 510),
 # IMAGES (training renders, 40000), BATCH (256 on CUDA), SCENES (evaluation scenes, at most; 200), WORKERS (app
-# workers sharing the GPU during the evaluation, 3), TRAIN_ARGS (more training flags, e.g. "--hint-init random").
+# workers sharing the GPU during the evaluation, 3), RENDER_WORKERS (processes rendering the training set, 14),
+# TRAIN_ARGS (more training flags, e.g. "--hint-init random"). Two recipes side by side on one GPU: give each its own
+# OUT and half the RENDER_WORKERS, and start both in the background.
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder that receives the results}
 mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda}
-work=/tmp/toy-controlnet; rm -rf "$work"; mkdir -p "$work"
+work=$(mktemp -d /tmp/toy-controlnet.XXXXXX)   # one per run: two runs may share the machine
 model="$work/control_sdstudio_toy_canny.safetensors"
 log="$OUT/train_toy_controlnet.log"
 if [ "$DEVICE" = cuda ]; then
     source bench/device_env.sh
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
-    train_args=(--images "${IMAGES:-40000}" --batch "${BATCH:-64}" --workers 14 --time-budget-minutes "${BUDGET:-6}")
+    train_args=(--images "${IMAGES:-40000}" --batch "${BATCH:-64}" --workers "${RENDER_WORKERS:-14}" --time-budget-minutes "${BUDGET:-6}")
     eval_args=(--scenes "${SCENES:-200}" --workers "${WORKERS:-3}")
 else
     export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
