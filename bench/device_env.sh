@@ -1,6 +1,7 @@
 # Sourced by the *_on_device.sh scripts: the lent GPU machine lacks diffusers and its helpers, so the wheels
 # carried in .whl/ go to /tmp/site, which (with the repository) comes first on PYTHONPATH. Put them there with
-# `pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata lazy_importer spandrel==0.4.2 einops`
+# `pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata lazy_importer spandrel==0.4.2 einops`, and for
+# the API server and the annotators: `pip download --no-deps -d .whl uvicorn python-multipart controlnet_aux==0.0.10`
 # (spandrel and einops: the upscaler benchmarks).
 # Installed once per machine (a marker file), so scripts started side by side do not install over each other.
 if [ ! -f /tmp/site/.sdstudio-wheels ]; then

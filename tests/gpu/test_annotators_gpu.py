@@ -198,7 +198,7 @@ def test_a_txt2img_job_uses_a_weight_annotator_on_the_server(annotators, tmp_pat
               tiny_controlnet(sd1_unet_config(), seed=3, scale=8))
     torch.manual_seed(0)
     write_files(data / "models" / "ControlNet" / "annotators", _hed())
-    server = start_server(data, "--api", "--device", "cuda")
+    server = start_server(data, "--nowebui", "--device", "cuda")   # API only: the GPU machine has no gradio
     try:
         modules = requests.get(server.url + "/controlnet/module_list", timeout=60).json()
         assert "softedge_hed" in modules["module_list"] and "softedge_hed" not in modules["unavailable"]
