@@ -10,13 +10,15 @@ position got them from the map. The prompt alone names the colour and background
 "prompt colour kept" says the ControlNet steers geometry without overriding the words. An agreeing prompt
 would measure nothing: the base model places and shapes objects from the prompt alone (95 % on its
 evaluation prompts). A second design leaves the position words out of that prompt ("without position"): the
-map is then the only source of the position and still contradicts the prompt's shape.
+map is then the only source of the position and still contradicts the prompt's shape. A third uses the empty
+prompt (how the ControlNet paper measures a map alone; half the training samples have it): the map is the only
+source of position and shape, and without the ControlNet both are left to chance.
 
 Generation goes through the product's path: a `build_context` app context, the shipped controlnet extension
 and `GenerationService.submit_txt2img` with an `alwayson_scripts` ControlNet unit (module canny, pixel
 perfect), as an API client's request runs. Each scene runs every condition with the same seed: no ControlNet,
 weights 0 / 0.25 / 0.5 / 1 / 1.5, start-end windows 0-0.5 and 0.5-1 at weight 1, and "ControlNet is more
-important" at weight 1, plus the "without position" prompt with no ControlNet and at weight 1. Scenes run in order until their count or the time budget is reached (each scene's
+important" at weight 1, plus the "without position" and the empty prompt, each with no ControlNet and at weight 1. Scenes run in order until their count or the time budget is reached (each scene's
 conditions all run, so rows are comparable). Writes JSON and a markdown table:
 
     python -m sdstudio_eval.controlnet_fidelity --device cuda --scenes 200 --out-dir /tmp/cn-eval
@@ -51,7 +53,12 @@ MEASURES = ("map_position", "map_shape", "map_position_and_shape", "map_count", 
             "prompt_shape")
 
 
-CONFLICT, NO_POSITION = "conflict", "no position"   # the two prompt designs (module docstring)
+CONFLICT, NO_POSITION, EMPTY = "conflict", "no position", "empty"   # the prompt designs (module docstring)
+
+
+# The measures of what the prompt asked, with the prompt designs that ask it (the others show "-").
+PROMPT_MEASURES = {"prompt_color": (CONFLICT, NO_POSITION), "prompt_position": (CONFLICT,),
+                   "prompt_shape": (CONFLICT, NO_POSITION)}
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ CONDITIONS = (
     Condition("weight 1, ControlNet is more important", 1.0, mode="ControlNet is more important"),
     Condition("no ControlNet, prompt without position", None, design=NO_POSITION),
     Condition("weight 1, prompt without position", 1.0, design=NO_POSITION),
+    Condition("no ControlNet, empty prompt", None, design=EMPTY),
+    Condition("weight 1, empty prompt", 1.0, design=EMPTY),
 )
 
 
@@ -91,7 +100,9 @@ class Case:
 
     def prompt(self, design: str = CONFLICT) -> str:
         """The contradicting scene's caption; for NO_POSITION without its position phrase (the map alone
-        then says where, the prompt still names another shape)."""
+        then says where, the prompt still names another shape); for EMPTY nothing."""
+        if design == EMPTY:
+            return ""
         text = toy_world.caption(self.prompt_scene)
         if design == NO_POSITION:
             text = text.replace(" " + toy_world.POSITION_PHRASES[self.prompt_scene.position] + ",", ",")
@@ -129,9 +140,9 @@ def score(image: Image.Image, case: Case, design: str = CONFLICT) -> dict[str, b
             "map_shape": analysis.shape == case.map_scene.shape,
             "map_position_and_shape": analysis.position == case.map_scene.position and analysis.shape == case.map_scene.shape,
             "map_count": analysis.count == case.map_scene.count,
-            "prompt_color": analysis.color == case.prompt_scene.color,
+            "prompt_color": analysis.color == case.prompt_scene.color if design != EMPTY else None,
             "prompt_position": analysis.position == case.prompt_scene.position if design == CONFLICT else None,
-            "prompt_shape": analysis.shape == case.prompt_scene.shape}
+            "prompt_shape": analysis.shape == case.prompt_scene.shape if design != EMPTY else None}
 
 
 def build_app(data_dir: Path, controlnet: Path, device: str, workers: int = 1):
@@ -215,7 +226,7 @@ def run(context, model: str, count: int, deadline: float, conditions: Sequence[C
     wall = time.perf_counter() - began
     rows = [{"condition": c.label, "prompt_design": c.design, "weight": c.weight, "start": c.start, "end": c.end,
              "control_mode": c.mode, "images": done,
-             "counts": {m: (None if m == "prompt_position" and c.design != CONFLICT else tallies[c.label][m])
+             "counts": {m: (None if m in PROMPT_MEASURES and c.design not in PROMPT_MEASURES[m] else tallies[c.label][m])
                         for m in MEASURES},
              "seconds_per_image": seconds[c.label] / done if done else None} for c in conditions]
     return {"scenes": done, "weight_0_bitwise_equal_to_no_controlnet": identical_at_zero, "rows": rows,
@@ -230,7 +241,7 @@ def markdown(report: dict) -> str:
              f"{STEPS} steps DPM++ 2M, CFG {CFG:g}, {SIZE}x{SIZE}, on {report['device']} ({workers} worker"
              f"{'s' if workers > 1 else ''}: {speed:.2f} images/s overall). " if speed else "no scene ran. ",
              f"Prompts contradict the map (another shape at another position; \"without position\": another shape, no "
-             f"position words). Weight 0 gave the no-ControlNet image bitwise on "
+             f"position words; \"empty prompt\": the map alone). Weight 0 gave the no-ControlNet image bitwise on "
              f"{report['weight_0_bitwise_equal_to_no_controlnet']} of {report['scenes']} scenes.", "",
              "| condition | map position | map shape | map position + shape | map count | prompt colour kept | "
              "prompt position | prompt shape | s/image |",

@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caption-variants", type=int, default=4, help="varied captions per render")
     parser.add_argument("--hint-init", choices=("zero", "random"), default="zero",
                         help="the map embedding's last convolution: zero (the paper's) or randomly initialised")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from this ControlNet file (one this script wrote) instead of the UNet's copy")
     parser.add_argument("--seed", type=int, default=2027)
     parser.add_argument("--workers", type=int, default=8, help="processes rendering scenes and edge maps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -255,7 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     latents = encode_latents(vae, images, args.device)
     del vae
     controlnet = ControlNetModel.from_unet(unet)
-    if args.hint_init == "random":
+    if args.init:
+        from safetensors.torch import load_file
+
+        controlnet.load_state_dict({key: value.float() for key, value in load_file(str(args.init)).items()})
+        log(f"continuing from {args.init}")
+    elif args.hint_init == "random":
         # The map's embedding normally ends in a zero convolution like the outputs, so at first the copied encoder
         # ignores the map and the output convolutions learn from map-free features; a random last convolution
         # lets them see the map from step one. The outputs stay zero: the first step still adds nothing.
