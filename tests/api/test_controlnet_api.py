@@ -56,6 +56,7 @@ def recorded_body(control_image: str, **unit_changes) -> dict:
 def test_model_and_module_lists(url):
     models = requests.get(url + "/controlnet/model_list", timeout=30).json()["model_list"]
     assert any(title.startswith("control_v11p_sd15_canny [") for title in models)
+    assert any(title.startswith("control_sdstudio_toy_canny [") for title in models)   # shipped with the app
     modules = requests.get(url + "/controlnet/module_list", timeout=30).json()
     assert {"none", "canny", "invert", "shuffle", "inpaint_only"} <= set(modules["module_list"])
     assert "models/ControlNet/annotators" in modules["unavailable"]["depth_midas"]
