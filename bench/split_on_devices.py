@@ -99,8 +99,8 @@ def main() -> None:
         if args.workers_on_one_gpu < 2:
             parser.error("--workers-on-one-gpu must be at least 2")
         devices = ["0"] * args.workers_on_one_gpu
-        one_worker, all_workers, two_workers = ["--device", "cuda"], ["--device", "cuda", "--workers", str(len(devices))], \
-            ["--device", "cuda", "--workers", "2"]
+        one_worker, two_workers = ["--device", "cuda"], ["--device", "cuda", "--workers", "2"]
+        all_workers = ["--device", "cuda", "--workers", str(len(devices))]
     elif len(devices) < 2:
         parser.error("--device-ids must list at least two GPUs")
     else:

@@ -11,9 +11,10 @@ has to place and shape the object. Scenes whose caption is one of the evaluation
 Seeded; a fixed step count or a time budget (`--time-budget-minutes`), whichever ends first, with the learning
 rate's cosine decay following the budget. fp32 weights with bf16 autocast on CUDA. Writes the fp16 ControlNet
 in diffusers' key layout as one `.safetensors` file (what the app's ControlNet loader reads as SD1.x, checked
-before the script ends) and `<name>.training.json` beside it. GPU run (the shipped weights):
+before the script ends) and `<name>.training.json` beside it. The shipped weights (GPU run 2a of
+docs/FIDELITY.md, which shared the H100 with another run) came from
 
-    python -m tools.controlnet.train_toy_controlnet --time-budget-minutes 6
+    python -m tools.controlnet.train_toy_controlnet --images 20000 --batch 128 --workers 7 --time-budget-minutes 5
 
 CPU check: `python -m tools.controlnet.train_toy_controlnet --device cpu --images 512 --steps 20 --batch 8 --out /tmp/cn.safetensors`.
 """
@@ -47,8 +48,9 @@ PROMPT_DROP = 0.5   # share of samples trained with the empty prompt
 # timesteps, learning rate 2e-4, batch 256, 2748 steps) left the zero convolutions near zero and the
 # ControlNet without any effect on the images.
 HIGH_NOISE_SHARE = 0.5
-# Samples noisier than SNR 1 weigh their clean-image error, up to this factor (`min_snr_loss`): with min-SNR-5
-# alone (the default model's loss) the CPU probe barely moved the zero convolutions.
+# Samples noisier than SNR 1 weigh their clean-image error, up to this factor (`min_snr_loss`). Without it (the
+# first GPU run's plain MSE, and min-SNR-5 alone in a CPU probe) the zero convolutions barely moved; with it the
+# second GPU run's ControlNet places and shapes the objects.
 X0_WEIGHT_CAP = 20.0
 
 
