@@ -195,7 +195,7 @@ def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: Gene
     """One model manager per worker: per listed CUDA device, else `--workers` on `--device`. They share
     the embeddings catalog and the RAM cache of checkpoint weights (read once, not once per worker)."""
     if settings.device_ids:
-        devices = [resolve_device(f"cuda:{device_id}") for device_id in settings.device_ids]
+        devices = [resolve_device(f"cuda:{device_id}", "--device-ids") for device_id in settings.device_ids]
     else:
         devices = [resolve_device(settings.device)] * max(1, settings.workers)
     ram = CheckpointRamCache(settings.checkpoints_in_ram, pin_memory=devices[0].type == "cuda")

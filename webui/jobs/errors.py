@@ -35,7 +35,8 @@ class SchedulerClosed(RuntimeError):
 
 class WorkerStartError(RuntimeError):
     """Workers could not be started (a Ray cluster that does not answer, a remote worker that failed to
-    build): a one-line message for the start-up, never a traceback."""
+    build, a `--device`/`--device-ids` GPU that this machine does not have): a one-line message for the
+    start-up, never a traceback."""
 
 
 class WorkerLost(RuntimeError):

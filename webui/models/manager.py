@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from webui.jobs.errors import WorkerStartError
 from webui.models.catalog import CheckpointCatalog, CheckpointRecord, UnknownCheckpointError
 from webui.models.families import family_named
 from webui.models.checkpoint_settings import CheckpointSettings
@@ -461,17 +462,25 @@ class ModelManager:
         return files, used, tuple(skipped)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then CPU; only called when the app is built."""
+def resolve_device(name: str, flag: str = "--device") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU; only called when the app is built. A CUDA device that torch
+    does not see (no CUDA, or an index past the last GPU) raises `WorkerStartError` naming `flag`: one line at
+    start-up, before any model loads, instead of a CUDA error at the first job."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CheckpointLoadError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise WorkerStartError(f"{flag} asks for {name}, but torch sees no CUDA device on this machine")
+        if device.index is not None and device.index >= count:
+            raise WorkerStartError(
+                f"{flag} asks for GPU {device.index}, but this machine has {count} (numbered 0 to {count - 1})")
+    return device
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
