@@ -5,11 +5,13 @@ Shared by the UI (gr.Error) and the HTTP API (4xx detail), so it lives outside b
 
 from __future__ import annotations
 
+from webui.jobs.device_faults import GpuFault
 from webui.jobs.errors import JobCancelled, QueueFullError
 from webui.jobs.out_of_memory import GpuOutOfMemory
 from webui.models.checkpoint_loading import CheckpointLoadError
 
-USER_ERRORS = (ValueError, LookupError, OSError, CheckpointLoadError, QueueFullError, JobCancelled, GpuOutOfMemory)
+USER_ERRORS = (ValueError, LookupError, OSError, CheckpointLoadError, QueueFullError, JobCancelled, GpuOutOfMemory,
+               GpuFault)
 
 
 def user_error(error: BaseException) -> str:

@@ -23,7 +23,7 @@ WAIT = 10.0  # seconds a handler waits for the test before it gives up (only rea
 @dataclass(frozen=True)
 class Paint:
     """A request: `hold` waits for `studio.release(label)` (or an interrupt); `meet` waits until job `meet` has started too;
-    `fail` raises; `units` is the cost; `model` the checkpoint it wants, `controls` its control models;
+    `fail` raises; `gpu_fault` raises the error a failing GPU gives; `units` is the cost; `model` the checkpoint it wants, `controls` its control models;
     `nest` submits a job from inside the handler (through `studio.scheduler`), which the scheduler must
     refuse."""
 
@@ -33,6 +33,7 @@ class Paint:
     hold: bool = False
     meet: str | None = None
     fail: bool = False
+    gpu_fault: bool = False
     steps: int = 4
     nest: bool = False
     controls: tuple[str, ...] = ()
@@ -77,6 +78,9 @@ class Studio:
                 control.set_preview(f"preview of {request.label}")
         if request.fail:
             raise ValueError(f"no paint for {request.label}")
+        if request.gpu_fault:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+                               "asynchronously reported at some other API call")
         return f"painted {request.label} on {worker.resources}"
 
     def _hold(self, label: str, control: JobControl) -> None:

@@ -33,7 +33,7 @@ def make(tmp_path, studio):
     built: list[Scheduler] = []
 
     def build(workers: int = 1, path=None, clock=None, holds: tuple[str | None, ...] = (),
-              controls: tuple[frozenset[str], ...] = (), **options) -> Scheduler:
+              controls: tuple[frozenset[str], ...] = (), probes: tuple = (), **options) -> Scheduler:
         store = JobStore(path or tmp_path / "jobs.sqlite3", clock=clock or FakeClock(),
                          keep_finished=options.pop("keep_finished", 1000))
         scheduler = Scheduler(studio.kinds(), store, clock=clock or FakeClock(), **options)
@@ -42,7 +42,8 @@ def make(tmp_path, studio):
             model = holds[number] if number < len(holds) else None
             built_controls = controls[number] if number < len(controls) else frozenset()
             scheduler.add_worker(Worker(f"w{number}", "cpu", f"manager{number}", lambda model=model: model,
-                                        lambda built=built_controls: built))
+                                        lambda built=built_controls: built,
+                                        probe=probes[number] if number < len(probes) else None))
         return scheduler
 
     yield build
@@ -266,7 +267,7 @@ def test_retention_prunes_old_records_and_lets_the_kind_forget_them(make, studio
     assert len(jobs) == 3
     assert [record.summary for record in scheduler.history()] == ["paint three", "paint two"]
     assert studio.forgotten == [{"label": "one", "units": 1.0, "model": None, "hold": False, "meet": None,
-                                 "fail": False, "steps": 4, "nest": False, "controls": []}]
+                                 "fail": False, "gpu_fault": False, "steps": 4, "nest": False, "controls": []}]
 
 
 def test_two_workers_run_two_jobs_at_the_same_time(make, studio):

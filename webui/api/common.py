@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from webui.errors import user_error
 from webui.generation.image_ops import ImageTooLargeError
 from webui.jobs.errors import JobCancelled, QueueFullError
+from webui.jobs.device_faults import GpuFault
 from webui.jobs.out_of_memory import GpuOutOfMemory
 from webui.security.identity import NotAuthenticated, User, request_user
 
@@ -71,7 +72,8 @@ def validation_reason(error: RequestValidationError) -> str:
 
 def translate_errors(handler: Callable) -> Callable:
     """Engine errors -> HTTP answers with the reason: unknown names 404, bad values 422, too large 413,
-    not signed in 401, not allowed 403, queue full 503 (this user's share full: 429), disk or GPU memory full 507."""
+    not signed in 401, not allowed 403, queue full 503 (this user's share full: 429), disk or GPU memory full 507,
+    a GPU that failed during the job 503 (another worker can take it again)."""
 
     def convert(error: Exception) -> HTTPException:
         if isinstance(error, HTTPException):
@@ -92,6 +94,8 @@ def translate_errors(handler: Callable) -> Callable:
             return HTTPException(422, user_error(error))
         if isinstance(error, (OSError, GpuOutOfMemory)):  # the disk, or the GPU's memory, had no room for it
             return HTTPException(507, user_error(error))
+        if isinstance(error, GpuFault):  # a GPU failed; another worker can take the request again
+            return HTTPException(503, user_error(error), headers={"Retry-After": "10"})
         return HTTPException(500, user_error(error))
 
     if inspect.iscoroutinefunction(handler):

@@ -160,6 +160,12 @@ class Scheduler:
             self._changed.notify_all()
         log.warning("worker %s is lost; the scheduler sends it no more jobs", worker.name)
 
+    def rest(self, worker: Worker, seconds: float) -> bool:
+        """Keep `worker` out of the line for `seconds` (it waits for its GPU to recover: not idle, so it is
+        handed no job and no part); False once the scheduler is shut down."""
+        with self._changed:
+            return not self._changed.wait_for(lambda: self._closed, timeout=seconds)
+
     @property
     def workers(self) -> list[Worker]:
         with self._changed:

@@ -13,10 +13,15 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from webui.jobs.device_faults import GpuFault, explain_device_fault, probe_device
 from webui.jobs.job import Job
 from webui.jobs.out_of_memory import explain_out_of_memory
 
 log = logging.getLogger(__name__)
+
+# After a GPU fault the worker probes its device after these waits, doubling up to the last (seconds).
+RECOVERY_FIRST_WAIT_S = 1.0
+RECOVERY_MAX_WAIT_S = 60.0
 
 
 class JobSource(Protocol):
@@ -27,6 +32,8 @@ class JobSource(Protocol):
     def finish(self, job: Job, worker: Worker, result: Any, error: BaseException | None) -> None: ...
 
     def retire(self, worker: Worker) -> None: ...
+
+    def rest(self, worker: Worker, seconds: float) -> bool: ...
 
 
 def _holds_nothing() -> str | None:
@@ -45,14 +52,17 @@ class Worker:
 
     def __init__(self, name: str, device: Any, resources: Any,
                  current_model_key: Callable[[], str | None] = _holds_nothing,
-                 current_control_keys: Callable[[], frozenset[str]] = _holds_no_controls):
+                 current_control_keys: Callable[[], frozenset[str]] = _holds_no_controls,
+                 probe: Callable[[], str | None] | None = None):
         self.name = name
         self.device = device
         self.resources = resources
         self._current_model_key = current_model_key
         self._current_control_keys = current_control_keys
+        self._probe = probe or (lambda: probe_device(self.device))
         self._thread: threading.Thread | None = None
         self._in_handler = False
+        self.fault: str | None = None   # while set, the worker waits for its GPU and takes no jobs
 
     def __repr__(self) -> str:
         return f"Worker({self.name!r}, device={self.device!r})"
@@ -119,7 +129,7 @@ class Worker:
             try:
                 result = self.run_job(job)
             except BaseException as failure:  # the worker must survive any job failure
-                error = explain_out_of_memory(failure, self.device)
+                error = explain_device_fault(explain_out_of_memory(failure, self.device), self.device)
             finally:
                 self._in_handler = False
             try:
@@ -129,3 +139,22 @@ class Worker:
             if self.lost:
                 source.retire(self)
                 return
+            if isinstance(error, GpuFault) and not self._wait_for_device(source, str(error)):
+                return
+
+    def _wait_for_device(self, source: JobSource, fault: str) -> bool:
+        """After a GPU fault: take no jobs (the other workers go on) until a probe of the device succeeds,
+        probing after waits that double up to RECOVERY_MAX_WAIT_S. False if the scheduler shut down first."""
+        self.fault = fault
+        log.warning("worker %s takes no jobs until its device %s answers again: %s", self.name, self.device, fault)
+        wait = RECOVERY_FIRST_WAIT_S
+        while source.rest(self, wait):
+            problem = self._probe()
+            if problem is None:
+                self.fault = None
+                log.warning("worker %s: device %s answers again; the worker takes jobs again", self.name, self.device)
+                return True
+            log.warning("worker %s: device %s still fails (%s); next probe in %.0f s", self.name, self.device,
+                        problem, min(2 * wait, RECOVERY_MAX_WAIT_S))
+            wait = min(2 * wait, RECOVERY_MAX_WAIT_S)
+        return False
