@@ -57,6 +57,8 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def test_two_actors_generate_at_once_like_a_local_worker_and_the_head_saves_their_images(ctx):
     assert sorted(worker.name for worker in ray_workers(ctx)) == [f"ray-cpu0@{HOST}", f"ray-cpu1@{HOST}"]
+    # The probe a Ray worker runs after a GPU fault asks its actor, whose own worker serves: no fault.
+    assert [worker.probe() for worker in ray_workers(ctx)] == [None, None]
     jobs = submit_one_per_worker(ctx, **QUICK)
     finished = [(job.result(timeout=300), ctx.scheduler.record(job.job_id)) for job in jobs]
     results = {record.worker: result for result, record in finished}

@@ -37,6 +37,11 @@ class RemoteWorker:
         return {"host": self._host, "pid": os.getpid(), "device": str(worker.device),
                 "kinds": sorted(self._engine.remote_kinds), "checkpoint": self._engine.held_checkpoint()}
 
+    def device_fault(self) -> str | None:
+        """What this machine's GPU failed with while its worker waits for it to answer again; None while it
+        serves (the head's RayWorker asks this instead of probing a device of its own machine)."""
+        return self._engine.scheduler.workers[0].fault
+
     def run(self, kind: str, wire: dict[str, Any]) -> dict[str, Any]:
         """Run one job of `kind`; the answer is {"result": ...} or {"error": text}, plus what is held now.
         Errors come back as text (not as exceptions), so the head can name this machine in the message."""

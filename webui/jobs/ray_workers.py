@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
+from webui.jobs.device_faults import GpuFault
 from webui.jobs.errors import WorkerLost, WorkerStartError
 from webui.jobs.job import Job
 from webui.jobs.progress import JobControl
@@ -135,7 +136,7 @@ class RayWorker(Worker):
 
     def __init__(self, name: str, device: str, actor: Any, ray: Any, kinds: dict[str, RemoteKind], host: str,
                  key_of: Callable[[str | None], str | None], held: str | None = None):
-        super().__init__(name, device, actor, current_model_key=lambda: key_of(self._held))
+        super().__init__(name, device, actor, current_model_key=lambda: key_of(self._held), probe=self._remote_fault)
         self.actor = actor
         self.host = host
         self._ray = ray
@@ -169,8 +170,18 @@ class RayWorker(Worker):
             self._forget_job()
         self._held = answer.get("checkpoint")
         if "error" in answer:
+            kind, _, message = answer["error"].partition(": ")
+            if kind == GpuFault.__name__:  # the actor's GPU failed: this worker waits for it (`_remote_fault`)
+                raise GpuFault(f"{where}: {message}")
             raise RuntimeError(f"{where}: {answer['error']}")
         return codec.result_from_wire(job.request, answer["result"])
+
+    def _remote_fault(self) -> str | None:
+        """The probe after a GPU fault: the actor's own worker probes its GPU; this asks whether it still waits."""
+        try:
+            return self._ray.get(self.actor.device_fault.remote(), timeout=30)
+        except Exception as error:  # an actor that does not answer has not recovered
+            return f"the actor did not answer: {_first_line(error)}"
 
     def _follow(self, pending: Any, control: JobControl) -> dict[str, Any]:
         """Wait for the actor's answer, mirroring its progress into `control` and passing stops on."""

@@ -412,9 +412,11 @@ class Scheduler:
 
     def eta(self, job_id: str) -> float | None:
         """Seconds until the job should finish, from the measured speed of finished jobs of each kind
-        involved; None when one of them has no measurement yet, or the job is not queued or running."""
+        involved; None when one of them has no measurement yet, or the job is not queued or running. A worker
+        waiting for its failed GPU does not count."""
         with self._changed:
-            return self._line.eta(job_id, self._clock(), self._speeds, len(self._workers))
+            serving = sum(1 for worker in self._workers if worker.fault is None)
+            return self._line.eta(job_id, self._clock(), self._speeds, max(1, serving))
 
     def events(self, job_id: str, after_seq: int = 0) -> list[JobEvent]:
         """The job's events after `after_seq`. A job known only from the store (finished before a

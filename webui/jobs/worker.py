@@ -59,7 +59,7 @@ class Worker:
         self.resources = resources
         self._current_model_key = current_model_key
         self._current_control_keys = current_control_keys
-        self._probe = probe or (lambda: probe_device(self.device))
+        self.probe = probe or (lambda: probe_device(self.device))   # None: the device computes correctly
         self._thread: threading.Thread | None = None
         self._in_handler = False
         self.fault: str | None = None   # while set, the worker waits for its GPU and takes no jobs
@@ -149,7 +149,7 @@ class Worker:
         log.warning("worker %s takes no jobs until its device %s answers again: %s", self.name, self.device, fault)
         wait = RECOVERY_FIRST_WAIT_S
         while source.rest(self, wait):
-            problem = self._probe()
+            problem = self.probe()
             if problem is None:
                 self.fault = None
                 log.warning("worker %s: device %s answers again; the worker takes jobs again", self.name, self.device)
