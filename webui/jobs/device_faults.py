@@ -14,10 +14,13 @@ from typing import Any
 
 from webui.jobs.out_of_memory import GpuOutOfMemory, is_out_of_memory
 
-# Lower-case pieces of the messages CUDA, cuDNN, cuBLAS and NCCL errors carry (torch wraps them in
-# RuntimeError or, from 2.8, torch.AcceleratorError).
-FAULT_MARKERS = ("cuda error", "cudnn_status", "cublas_status", "illegal memory access", "device-side assert",
-                 "unspecified launch failure", "uncorrectable ecc", "nccl error", "cuda driver error")
+# Lower-case pieces of the messages CUDA, cuDNN, cuBLAS and NCCL errors carry when the GPU failed (torch wraps
+# them in RuntimeError or, from 2.8, torch.AcceleratorError). cuDNN/cuBLAS "not supported" statuses are left
+# out: they refuse one call on a healthy GPU. A CUDA error that was the program's, not the GPU's, costs the
+# worker one probe (a second).
+FAULT_MARKERS = ("cuda error", "illegal memory access", "device-side assert", "unspecified launch failure",
+                 "uncorrectable ecc", "nccl error", "cuda driver error", "cublas_status_execution_failed",
+                 "cudnn_status_execution_failed", "cudnn_status_internal_error")
 
 
 class GpuFault(RuntimeError):
