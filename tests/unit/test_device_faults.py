@@ -38,7 +38,9 @@ def test_a_wrapped_cuda_error_becomes_a_gpu_fault_and_other_errors_pass_through(
     assert explain_device_fault(explained, "cuda:1") is explained
     out_of_memory = explain_out_of_memory(_wrapped(torch.cuda.OutOfMemoryError("CUDA out of memory.")), "cpu")
     for error in (ValueError("width must be a multiple of 8"), RuntimeError("shape mismatch"), out_of_memory,
-                  RuntimeError("CUDA error: out of memory")):
+                  RuntimeError("CUDA error: out of memory"),
+                  RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a "
+                               "non-contiguous input.")):
         assert not is_device_fault(error)
         assert explain_device_fault(error, "cuda:0") is error
 
