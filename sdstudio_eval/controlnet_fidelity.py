@@ -133,16 +133,22 @@ def cases(count: int) -> list[Case]:
 
 
 def score(image: Image.Image, case: Case, design: str = CONFLICT) -> dict[str, bool | None]:
-    """What the analyzer finds in one image, against the map's and the prompt's scene (None: the prompt names
-    no position)."""
+    """What the analyzer finds in one image, against the map's and the prompt's scene (None: the prompt design
+    does not ask for it, PROMPT_MEASURES)."""
     analysis = analyze(image)
-    return {"map_position": analysis.position == case.map_scene.position,
-            "map_shape": analysis.shape == case.map_scene.shape,
-            "map_position_and_shape": analysis.position == case.map_scene.position and analysis.shape == case.map_scene.shape,
-            "map_count": analysis.count == case.map_scene.count,
-            "prompt_color": analysis.color == case.prompt_scene.color if design != EMPTY else None,
-            "prompt_position": analysis.position == case.prompt_scene.position if design == CONFLICT else None,
-            "prompt_shape": analysis.shape == case.prompt_scene.shape if design != EMPTY else None}
+    found = {"map_position": analysis.position == case.map_scene.position,
+             "map_shape": analysis.shape == case.map_scene.shape,
+             "map_position_and_shape": analysis.position == case.map_scene.position and analysis.shape == case.map_scene.shape,
+             "map_count": analysis.count == case.map_scene.count,
+             "prompt_color": analysis.color == case.prompt_scene.color,
+             "prompt_position": analysis.position == case.prompt_scene.position,
+             "prompt_shape": analysis.shape == case.prompt_scene.shape}
+    return {measure: None if not asked(measure, design) else ok for measure, ok in found.items()}
+
+
+def asked(measure: str, design: str) -> bool:
+    """Whether a measure applies to images made with the prompt design (the map's always do)."""
+    return measure not in PROMPT_MEASURES or design in PROMPT_MEASURES[measure]
 
 
 def build_app(data_dir: Path, controlnet: Path, device: str, workers: int = 1):
@@ -226,8 +232,7 @@ def run(context, model: str, count: int, deadline: float, conditions: Sequence[C
     wall = time.perf_counter() - began
     rows = [{"condition": c.label, "prompt_design": c.design, "weight": c.weight, "start": c.start, "end": c.end,
              "control_mode": c.mode, "images": done,
-             "counts": {m: (None if m in PROMPT_MEASURES and c.design not in PROMPT_MEASURES[m] else tallies[c.label][m])
-                        for m in MEASURES},
+             "counts": {m: tallies[c.label][m] if asked(m, c.design) else None for m in MEASURES},
              "seconds_per_image": seconds[c.label] / done if done else None} for c in conditions]
     return {"scenes": done, "weight_0_bitwise_equal_to_no_controlnet": identical_at_zero, "rows": rows,
             "images_per_second": done * len(conditions) / wall if done else None, "sheet": sheet}

@@ -117,8 +117,9 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
     scheduler_alphas = _alphas(device)
     generator = torch.Generator().manual_seed(seed)
     latents, edges, token_ids, empty_ids = latents.to(device), edges.to(device), token_ids.to(device), empty_ids.to(device)
+    encoder_learning_rate = encoder_learning_rate or learning_rate
     parameters = list(controlnet.parameters())
-    groups = parameter_groups(controlnet, learning_rate, encoder_learning_rate or learning_rate)
+    groups = parameter_groups(controlnet, learning_rate, encoder_learning_rate)
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=1e-2)
     averaged = [p.detach().clone() for p in parameters] if ema_decay > 0 else None
     controlnet.train()
@@ -164,7 +165,7 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
     controlnet.eval()
     return {"steps": done, "planned_steps": steps, "batch": batch, "seconds": seconds,
             "images_per_second": done * batch / seconds if seconds else None, "learning_rate": learning_rate,
-            "encoder_learning_rate": encoder_learning_rate or learning_rate, "x0_weight_cap": x0_weight_cap,
+            "encoder_learning_rate": encoder_learning_rate, "x0_weight_cap": x0_weight_cap,
             "high_noise_share": high_noise_share, "prompt_drop": prompt_drop, "ema_decay": ema_decay,
             "loss_curve": loss_summary(losses)}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webui.jobs.out_of_memory import GpuOutOfMemory, is_out_of_memory
+from webui.jobs.out_of_memory import GpuOutOfMemory, error_chain, is_out_of_memory
 
 # Lower-case pieces of the messages CUDA, cuDNN, cuBLAS and NCCL errors carry when the GPU failed (torch wraps
 # them in RuntimeError or, from 2.8, torch.AcceleratorError). cuDNN/cuBLAS "not supported" statuses are left
@@ -32,13 +32,8 @@ def is_device_fault(error: BaseException | None) -> bool:
     """True for a CUDA-side failure that is not an out-of-memory, also when a library wrapped it."""
     if error is None or isinstance(error, GpuOutOfMemory) or is_out_of_memory(error):
         return False
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if type(error).__name__ == "AcceleratorError" or any(marker in str(error).lower() for marker in FAULT_MARKERS):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(type(link).__name__ == "AcceleratorError" or any(marker in str(link).lower() for marker in FAULT_MARKERS)
+               for link in error_chain(error))
 
 
 def explain_device_fault(error: BaseException, device: Any) -> BaseException:

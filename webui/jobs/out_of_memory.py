@@ -10,6 +10,7 @@ words the message. The worker calls it for every failed job; everything else pas
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from typing import Any
 
 ADVICE = ("Try a smaller width/height or batch size, hires fix at a lower scale, fewer ControlNet units, or "
@@ -21,15 +22,20 @@ class GpuOutOfMemory(RuntimeError):
     request fits with smaller sizes; the message says which knobs matter."""
 
 
-def is_out_of_memory(error: BaseException | None) -> bool:
-    """True for torch's out-of-memory error, also when a library wrapped it (its cause or message says so)."""
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """`error`, then what caused it (or was being handled when it was raised), and so on; each once. Libraries
+    wrap CUDA's errors in their own, so the rules here and in webui.jobs.device_faults look down the chain."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
+
+
+def is_out_of_memory(error: BaseException | None) -> bool:
+    """True for torch's out-of-memory error, also when a library wrapped it (its cause or message says so)."""
+    return any(type(link).__name__ == "OutOfMemoryError" or "out of memory" in str(link).lower()
+               for link in error_chain(error))
 
 
 def explain_out_of_memory(error: BaseException, device: Any) -> BaseException:
