@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +124,7 @@ def cases(count: int) -> list[Case]:
     rng = np.random.default_rng([SCENE_SEED, 0xC0A7])
     found = []
     for index, scene in enumerate(toy_world.evaluation_scenes(max(count, 1))[:count]):
-        shapes = [shape for shape in toy_world.BASE_SHAPES if shape != scene.shape]
-        positions = [position for position in toy_world.POSITIONS if position != scene.position]
-        prompt_scene = replace(scene, shape=shapes[rng.integers(len(shapes))],
-                               position=positions[rng.integers(len(positions))])
-        found.append(Case(index, scene, prompt_scene))
+        found.append(Case(index, scene, toy_world.contradicting_scene(scene, rng)))
     return found
 
 

@@ -18,7 +18,7 @@ import json
 import numbers
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -453,6 +453,15 @@ def dataset_scenes(n: int, seed: int, include_held_out: bool = False,
         if caption(scene) not in exclude_captions:
             scenes.append(scene)
     return scenes
+
+
+def contradicting_scene(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with another base shape at another position, all else kept: a control map of ``scene``
+    with this scene's caption as the prompt tells them apart (the ControlNet evaluation's prompts, and the
+    toy ControlNet's training captions that teach it to keep the map's geometry against such a prompt)."""
+    shapes = [shape for shape in BASE_SHAPES if shape != scene.shape]
+    positions = [position for position in POSITIONS if position != scene.position]
+    return replace(scene, shape=shapes[rng.integers(len(shapes))], position=positions[rng.integers(len(positions))])
 
 
 EVALUATION_SEED = 7

@@ -5,7 +5,10 @@ canny edge maps as the control image, while the default model's UNet, VAE and te
 edge maps come from `webui.generation.control_maps.canny`, the very function the app's `canny`
 preprocessor runs, at the generation's size (the unit's "pixel perfect"), so a user's canny unit feeds the
 model the maps it learnt from. Half the captions are dropped to "" (the paper drops 50 %), so the map alone
-has to place and shape the object. Scenes whose caption is one of the evaluation combinations
+has to place and shape the object. With `--conflict-share`, that share of the samples is captioned as the scene
+with another shape at another position (`toy_world.contradicting_scene`, colour and the rest kept), so the map
+learns to keep its geometry against a prompt that names another one, as users expect of a canny unit at weight 1
+in "Balanced" mode. Scenes whose caption is one of the evaluation combinations
 (`toy_world.evaluation_scenes`, used by `sdstudio_eval.controlnet_fidelity`) are kept out.
 
 Seeded; a fixed step count or a time budget (`--time-budget-minutes`), whichever ends first, with the learning
@@ -33,8 +36,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdstudio_eval import toy_world
+from tools.default_model import caption_variants
 from tools.default_model.toy_model_training import (
-    SCALED_LINEAR, clip_tokenizer, cosine_factor, min_snr_loss, optimizer_step, render_dataset, start_run, tokenize)
+    SCALED_LINEAR, clip_tokenizer, cosine_factor, min_snr_loss, optimizer_step, render_dataset, start_run, tokenize,
+    training_scenes)
 from webui.generation.control_maps import canny
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.settings import PROJECT_ROOT
@@ -67,6 +73,25 @@ def edge_dataset(images: torch.Tensor, workers: int) -> torch.Tensor:
     with ProcessPoolExecutor(workers) as pool:
         maps = np.concatenate(list(pool.map(canny_maps, chunks)))
     return torch.from_numpy(maps).unsqueeze(1)
+
+
+def _contradicting_chunk(arguments: tuple[int, int, int]) -> np.ndarray:
+    seed, start, count = arguments
+    scenes = training_scenes(start + count, seed)[start:]
+    rng = np.random.default_rng([seed, start, 0xC0A7])
+    prompts = [toy_world.contradicting_scene(scene, rng) for scene in scenes]
+    texts = caption_variants.training_captions(prompts, seed * 1_000_003 + start + 1, per_scene=1)
+    return tokenize(clip_tokenizer(), [variants[0] for variants in texts]).numpy()
+
+
+def contradicting_token_ids(n: int, seed: int, workers: int) -> torch.Tensor:
+    """Token ids (n x 77) of one contradicting caption per training render: the render's scene with another
+    shape at another position, in the varied caption grammar. The chunks match `render_dataset`'s, so row i
+    belongs to render i."""
+    chunk = math.ceil(n / workers)
+    jobs = [(seed, start, min(chunk, n - start)) for start in range(0, n, chunk)]
+    with ProcessPoolExecutor(workers) as pool:
+        return torch.from_numpy(np.concatenate(list(pool.map(_contradicting_chunk, jobs))))
 
 
 def parameter_groups(controlnet, learning_rate: float, encoder_learning_rate: float) -> list[dict]:
@@ -108,15 +133,20 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
           empty_ids: torch.Tensor, steps: int, batch: int, device: str, seed: int, log: Callable[[str], None],
           deadline: float = math.inf, learning_rate: float = 1e-3, prompt_drop: float = PROMPT_DROP,
           ema_decay: float = 0.998, high_noise_share: float = HIGH_NOISE_SHARE, x0_weight_cap: float = X0_WEIGHT_CAP,
-          encoder_learning_rate: float | None = None) -> dict:
+          encoder_learning_rate: float | None = None, contradicting_ids: torch.Tensor | None = None,
+          conflict_share: float = 0.0) -> dict:
     """Train the ControlNet on (latent, edge map, caption) triples with the frozen UNet's epsilon loss.
 
     The saved weights are an exponential moving average (warmed up, as the default model's UNet): it samples
-    cleaner than the last step's weights. Returns step count, seconds, images/s and a loss-curve summary.
+    cleaner than the last step's weights. A `prompt_drop` share of the samples has the empty prompt and a
+    `conflict_share` share the render's row of `contradicting_ids`. Returns step count, seconds, images/s and a loss-curve summary.
     """
     scheduler_alphas = _alphas(device)
     generator = torch.Generator().manual_seed(seed)
     latents, edges, token_ids, empty_ids = latents.to(device), edges.to(device), token_ids.to(device), empty_ids.to(device)
+    if conflict_share and contradicting_ids is None:
+        raise ValueError("conflict_share needs contradicting_ids")
+    contradicting_ids = contradicting_ids.to(device) if conflict_share else None
     encoder_learning_rate = encoder_learning_rate or learning_rate
     parameters = list(controlnet.parameters())
     groups = parameter_groups(controlnet, learning_rate, encoder_learning_rate)
@@ -131,7 +161,11 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
         x0, control = latents[index], edges[index].float().expand(-1, 3, -1, -1)
         variant = torch.randint(token_ids.shape[1], (batch,), generator=generator).to(device)
         ids = token_ids[index, variant].clone()
-        ids[(torch.rand(batch, generator=generator) < prompt_drop).to(device)] = empty_ids
+        pick = torch.rand(batch, generator=generator).to(device)
+        if contradicting_ids is not None:
+            contradicted = (pick >= prompt_drop) & (pick < prompt_drop + conflict_share)
+            ids[contradicted] = contradicting_ids[index][contradicted]
+        ids[pick < prompt_drop] = empty_ids
         noise = torch.randn(x0.shape, generator=generator).to(device)
         timesteps = torch.where(torch.rand(batch, generator=generator) < high_noise_share,
                                 torch.randint(500, 1000, (batch,), generator=generator),
@@ -166,7 +200,8 @@ def train(controlnet, unet, text_encoder, latents: torch.Tensor, edges: torch.Te
     return {"steps": done, "planned_steps": steps, "batch": batch, "seconds": seconds,
             "images_per_second": done * batch / seconds if seconds else None, "learning_rate": learning_rate,
             "encoder_learning_rate": encoder_learning_rate, "x0_weight_cap": x0_weight_cap,
-            "high_noise_share": high_noise_share, "prompt_drop": prompt_drop, "ema_decay": ema_decay,
+            "high_noise_share": high_noise_share, "prompt_drop": prompt_drop, "conflict_share": conflict_share,
+            "ema_decay": ema_decay,
             "loss_curve": loss_summary(losses)}
 
 
@@ -235,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--high-noise-share", type=float, default=HIGH_NOISE_SHARE,
                         help="share of samples with timesteps from the noisier half (500-999) only")
     parser.add_argument("--prompt-drop", type=float, default=PROMPT_DROP, help="share of samples with the prompt \"\"")
+    parser.add_argument("--conflict-share", type=float, default=0.0,
+                        help="share of samples captioned as the scene with another shape at another position")
     parser.add_argument("--ema-decay", type=float, default=0.998, help="0: save the last step's weights")
     parser.add_argument("--caption-variants", type=int, default=4, help="varied captions per render")
     parser.add_argument("--hint-init", choices=("zero", "random"), default="zero",
@@ -252,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     started, log = start_run(args.seed)
     images, captions, token_ids = render_dataset(args.images, args.seed, args.workers, args.caption_variants)
     edges = edge_dataset(images, args.workers)
+    contradicting_ids = contradicting_token_ids(args.images, args.seed, args.workers) if args.conflict_share else None
     log(f"rendered {len(images)} images and their canny maps (mean edge share {edges.float().mean():.3f}); "
         f"captions of the first: {captions[0]}")
     from diffusers import ControlNetModel
@@ -283,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
                                tokenize(clip_tokenizer(), [""])[0], args.steps, batch, args.device, args.seed, log,
                                deadline=deadline, learning_rate=args.learning_rate, prompt_drop=args.prompt_drop,
                                ema_decay=args.ema_decay, high_noise_share=args.high_noise_share,
-                               x0_weight_cap=args.x0_weight_cap, encoder_learning_rate=args.encoder_learning_rate)
+                               x0_weight_cap=args.x0_weight_cap, encoder_learning_rate=args.encoder_learning_rate,
+                               contradicting_ids=contradicting_ids, conflict_share=args.conflict_share)
     size = save(controlnet, args.out)
     report["file"] = {"name": args.out.name, "bytes": size, "dtype": "float16", "layout": "diffusers single file"}
     report["loader_check"] = check_loadable(args.out, controlnet, dict(unet.config))
