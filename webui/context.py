@@ -9,7 +9,7 @@ scheduler's table. The gradio UI, the HTTP API and extensions receive the contex
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from webui.extensions.generation_hooks import ExtensionGenerationHooks, extension_axes
 from webui.extensions.host import load_for_app, switches_for
@@ -49,6 +49,9 @@ from webui.training.service import TrainingService
 from webui.upscaling.catalog import UpscalerCatalog
 from webui.upscaling.service import UpscalerService
 from webui.xyz.service import XyzService
+
+if TYPE_CHECKING:
+    import torch
 
 JOB_STORE_FILE = "jobs.sqlite3"
 UPSCALERS_IN_RAM = 2  # built upscaler models kept in RAM (an ESRGAN 4x is about 65 MB)
@@ -100,6 +103,7 @@ class AppContext:
 def build_context(settings: Settings, job_store: JobStore | None = None) -> AppContext:
     """Create folders, the default model if needed, and every engine service. `job_store`: the store to
     use instead of `<data>/jobs.sqlite3` (a Ray worker's engine keeps its jobs in memory)."""
+    devices = worker_devices(settings)  # first: a GPU the machine lacks is refused before anything loads
     for folder in (settings.checkpoint_folder, settings.lora_folder, settings.vae_folder, settings.controlnet_folder,
                    settings.embeddings_folder, settings.outputs_folder, settings.cache_folder,
                    settings.datasets_folder):
@@ -128,7 +132,7 @@ def build_context(settings: Settings, job_store: JobStore | None = None) -> AppC
     # Built ControlNets stay in RAM like checkpoints; room for at least one job's three units.
     controlnets = ControlNetStore(settings.controlnet_folder, max(settings.checkpoints_in_ram, 3),
                                   (SHIPPED_CONTROLNETS_FOLDER,))
-    managers = _worker_managers(settings, catalog, hooks, checkpoint_settings, controlnets)
+    managers = _worker_managers(settings, devices, catalog, hooks, checkpoint_settings, controlnets)
     files = FileAccess.from_settings(settings)
     styles = StyleDatabase(settings.styles_file)
     loras = LoraCatalog(settings.lora_folder, hash_cache)
@@ -189,15 +193,19 @@ def build_worker_engine(settings: Settings) -> WorkerEngine:
                         held_checkpoint, ctx.close)
 
 
-def _worker_managers(settings: Settings, catalog: CheckpointCatalog, hooks: GenerationHooks,
-                     checkpoint_settings: CheckpointSettings | None = None,
-                     controlnets: ControlNetStore | None = None) -> list[ModelManager]:
-    """One model manager per worker: per listed CUDA device, else `--workers` on `--device`. They share
-    the embeddings catalog and the RAM cache of checkpoint weights (read once, not once per worker)."""
+def worker_devices(settings: Settings) -> list[torch.device]:
+    """A device per worker: each listed CUDA device, else `--workers` times `--device`. Raises
+    WorkerStartError for a GPU the machine lacks."""
     if settings.device_ids:
-        devices = [resolve_device(f"cuda:{device_id}", "--device-ids") for device_id in settings.device_ids]
-    else:
-        devices = [resolve_device(settings.device)] * max(1, settings.workers)
+        return [resolve_device(f"cuda:{device_id}", "--device-ids") for device_id in settings.device_ids]
+    return [resolve_device(settings.device)] * max(1, settings.workers)
+
+
+def _worker_managers(settings: Settings, devices: list[torch.device], catalog: CheckpointCatalog,
+                     hooks: GenerationHooks, checkpoint_settings: CheckpointSettings | None = None,
+                     controlnets: ControlNetStore | None = None) -> list[ModelManager]:
+    """One model manager per worker device. They share the embeddings catalog and the RAM cache of checkpoint
+    weights (read once, not once per worker)."""
     ram = CheckpointRamCache(settings.checkpoints_in_ram, pin_memory=devices[0].type == "cuda")
     embeddings = EmbeddingCatalog(settings.embeddings_folder)
     return [ModelManager(catalog, device, resolve_dtype(settings.precision, device), ram_cache=ram,

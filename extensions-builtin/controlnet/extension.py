@@ -59,6 +59,17 @@ class ControlNetRuntime:
         """The preprocessors that can run now: the weightless ones and the annotators whose weights are here."""
         return [*preprocessors.MODULES, *self.annotators.usable()]
 
+    def module_name(self, name: str) -> str:
+        """A preprocessor's own name, if it can run here (an annotator with its weights and package);
+        UnknownModuleError says why not."""
+        if preprocessors.needs_weights(name):
+            wanted = preprocessors.canonical(name)
+            reason = self.annotators.reason(wanted)
+            if reason:
+                raise preprocessors.UnknownModuleError(reason)
+            return wanted
+        return units.weightless_module_name(name)
+
     def preprocess(self, name: str, image: Image.Image, resolution: int, a: float, b: float, seed: int,
                    device: torch.device) -> Image.Image:
         """The control map of `image` by preprocessor `name`, an RGB (or inpaint RGBA) image of its size;
@@ -128,7 +139,7 @@ def setup(ext: api.ExtensionSetup) -> None:
     runtime = ControlNetRuntime()
     handle = ext.add_script(units.TITLE, units.ControlNetValues, alwayson=True,
                             ui=lambda where: _build_ui(where, runtime),
-                            read_args=lambda args: units.read_args(args, runtime.model_titles),
+                            read_args=lambda args: units.read_args(args, runtime.model_titles, runtime.module_name),
                             write_infotext=units.infotext_lines, read_infotext=units.from_infotext)
 
     def started(app: api.AppStarted) -> None:

@@ -175,7 +175,13 @@ def _choice(value: Any, names: tuple[str, ...], aliases: Mapping[str, str], what
     return match
 
 
-def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]]) -> dict[str, Any]:
+def weightless_module_name(name: str) -> str:
+    """`name` as this extension names it, if it is a built-in preprocessor; UnknownModuleError otherwise."""
+    return preprocessors.find_module(name).name
+
+
+def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]],
+              module_name: Callable[[str], str] = weightless_module_name) -> dict[str, Any]:
     """One sd-webui-controlnet unit object -> this script's unit fields (ValueError: a 422 with the reason)."""
     if not isinstance(unit, Mapping):
         raise ValueError(f"unit {index} must be an object of unit settings, got {type(unit).__name__}")
@@ -198,7 +204,7 @@ def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]]) -> d
             decoded = with_mask(decoded, decode_image(str(mask)))
         out["image"] = encode_image(decoded)
     if "module" in unit:
-        out["module"] = preprocessors.find_module(str(unit["module"] or "none")).name
+        out["module"] = module_name(str(unit["module"] or "none"))
     if "model" in unit:
         model = str(unit["model"] or NO_MODEL)
         if model != NO_MODEL:
@@ -231,8 +237,11 @@ def read_unit(index: int, unit: Any, model_titles: Callable[[], list[str]]) -> d
     return {f"unit{index}_{key}": value for key, value in out.items()}
 
 
-def read_args(args: Any, model_titles: Callable[[], list[str]]) -> dict[str, Any]:
-    """sd-webui-controlnet's `args`: a list of up to 3 unit objects (or one object)."""
+def read_args(args: Any, model_titles: Callable[[], list[str]],
+              module_name: Callable[[str], str] = weightless_module_name) -> dict[str, Any]:
+    """sd-webui-controlnet's `args`: a list of up to 3 unit objects (or one object). `module_name` gives a
+    preprocessor's own name or raises UnknownModuleError with why it cannot run (the app's runtime knows which
+    annotators have their weights)."""
     units = [args] if isinstance(args, Mapping) else args
     if not isinstance(units, (list, tuple)):
         raise ValueError(f"args must be a list of unit objects, got {type(args).__name__}")
@@ -240,7 +249,7 @@ def read_args(args: Any, model_titles: Callable[[], list[str]]) -> dict[str, Any
         raise ValueError(f"at most {UNITS} ControlNet units, got {len(units)}")
     values: dict[str, Any] = {}
     for index, unit in enumerate(units):
-        values.update(read_unit(index, unit, model_titles))
+        values.update(read_unit(index, unit, model_titles, module_name))
     return values
 
 
