@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
                     "thresholds 100/200, at the render's 128 px: the canny unit with pixel perfect)",
                     "held_out": "scenes whose caption is one of toy_world.evaluation_scenes() are not trained on",
                     "images": len(images)}
+    if args.init:   # the run it continues, so the shipped file's report covers its whole training
+        earlier = args.init.with_suffix(".training.json")
+        report["continues"] = json.loads(earlier.read_text(encoding="utf-8")) if earlier.is_file() else str(args.init)
     # The deadline leaves time to save; the budget counts from the script's start, rendering included.
     deadline = started + 60 * args.time_budget_minutes - 15
     report["training"] = train(controlnet, unet, text_encoder, latents, edges, token_ids,
