@@ -66,6 +66,37 @@ def test_canny_draws_thin_edges_on_the_square_outline_only(pre):
     assert (gray(pre.run_module("canny", square(fill=(20, 20, 20)), SIZE, 100, 200)) > 0).sum() == 0  # too weak
 
 
+def test_canny_finds_the_edge_between_colours_of_equal_brightness(pre):
+    """sd-webui-controlnet's canny runs on the colour image: red on blue has an outline (in grey it has none)."""
+    assert np.ptp(gray(square((100, 0, 0), (0, 0, 255)))) < 3             # nearly the same grey
+    edges = gray(pre.run_module("canny", square((100, 0, 0), (0, 0, 255)), SIZE, 100, 200))
+    assert edges[32, 32] == 0 and (edges[15:17, 20:44] == 255).any(axis=0).all() and (edges > 127).sum() > 60
+
+
+def _smooth_noise(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    small = Image.fromarray(rng.integers(0, 256, (12, 15, 3), dtype=np.uint8))
+    return np.asarray(small.resize(size, Image.Resampling.BICUBIC))
+
+
+@pytest.mark.parametrize("low, high", [(100, 200), (50, 100), (10, 30), (200, 100)])
+def test_canny_gives_opencvs_canny_of_the_colour_image_pixel_for_pixel(pre, low, high):
+    """The map is what sd-webui-controlnet's `cv2.Canny(rgb, low, high)` gives, for pictures, noise, odd sizes
+    and swapped thresholds (at the image's own size, so no resizing is involved)."""
+    import cv2
+
+    from sdstudio_eval import toy_world
+
+    rng = np.random.default_rng(4)
+    pictures = [np.asarray(toy_world.render(scene, size=128, seed=index))
+                for index, scene in enumerate(toy_world.dataset_scenes(12, seed=3))]
+    pictures += [rng.integers(0, 256, (67, 83, 3), dtype=np.uint8), _smooth_noise(rng, (97, 131)),
+                 np.asarray(square((100, 0, 0), (0, 0, 255)))]
+    for picture in pictures:
+        expected = cv2.Canny(picture, low, high) > 0
+        got = gray(pre.run_module("canny", Image.fromarray(picture), min(picture.shape[:2]), low, high)) > 127
+        assert np.array_equal(got, expected), f"{(got != expected).sum()} pixels differ of {expected.sum()} edges"
+
+
 def test_invert_scribble_and_threshold_turn_dark_strokes_white(pre):
     drawing = square(fill="black", background="white")
     inverted = gray(pre.run_module("invert", drawing, 512))

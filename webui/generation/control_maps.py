@@ -39,28 +39,54 @@ def map_to_rgb(mask: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return image.convert("RGB")
 
 
+# tan(22.5 degrees) in 15-bit fixed point: the sector test of OpenCV's Canny, kept in integers so ties fall alike.
+_TAN_22_5 = round(0.4142135623730950 * (1 << 15))
+
+
 def canny(image: Image.Image, resolution: int, low: float = CANNY_LOW, high: float = CANNY_HIGH) -> Image.Image:
-    """Canny edges as white lines on black, at the input's size: smoothed gradients, thinned to their ridge,
-    kept where strong or connected to strong ones (thresholds on 0..255 gradient magnitude, as
-    sd-webui-controlnet's sliders); computed with the shorter side at `resolution`."""
-    grayscale = gray(at_resolution(image, resolution)) * 255.0
-    smooth = ndimage.gaussian_filter(grayscale, 0.7)
-    gx, gy = ndimage.sobel(smooth, axis=1), ndimage.sobel(smooth, axis=0)
-    magnitude = np.hypot(gx, gy)   # OpenCV's scale: a black-to-white step gives about 4 x 255
-    angle = (np.rad2deg(np.arctan2(gy, gx)) + 180.0) % 180.0
-    direction = np.digitize(angle, [22.5, 67.5, 112.5, 157.5]) % 4   # 0: horizontal gradient, 1: 45, 2: 90, 3: 135
-    padded = np.pad(magnitude, 1)
-    h, w = magnitude.shape
-    offsets = {0: (0, 1), 1: (1, 1), 2: (1, 0), 3: (1, -1)}
-    ridge = np.zeros_like(magnitude, dtype=bool)
-    for code, (dy, dx) in offsets.items():
-        forward = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-        backward = padded[1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
-        ridge |= (direction == code) & (magnitude >= forward) & (magnitude > backward)  # ties: one side
-    thin = magnitude * ridge
-    strong, weak = thin >= high, thin >= low
-    labels, count = ndimage.label(weak, structure=np.ones((3, 3)))
+    """Canny edges as white lines on black, at the input's size, computed with the shorter side at `resolution`.
+
+    The rules of OpenCV's `Canny(rgb, low, high)`, which sd-webui-controlnet's canny runs on the colour image:
+    3x3 Sobel gradients of each colour channel (edges replicated, no smoothing), per pixel the channel with the
+    largest |dx| + |dy|, non-maximum suppression along that gradient's sector, hysteresis (above `high`, or
+    above `low` and 8-connected to such a pixel). On the colour image, an edge between two colours of equal
+    brightness (red on blue, white on yellow) is found; a grey conversion first loses it.
+    """
+    pixels = np.asarray(at_resolution(image, resolution).convert("RGB"), dtype=np.int32)
+    gx = np.stack([ndimage.sobel(pixels[..., c], axis=1, mode="nearest") for c in range(3)], axis=-1)
+    gy = np.stack([ndimage.sobel(pixels[..., c], axis=0, mode="nearest") for c in range(3)], axis=-1)
+    norms = np.abs(gx) + np.abs(gy)
+    best = np.argmax(norms, axis=-1)[..., None]            # the first of equal channels, as OpenCV
+    gx, gy = np.take_along_axis(gx, best, -1)[..., 0], np.take_along_axis(gy, best, -1)[..., 0]
+    magnitude = np.take_along_axis(norms, best, -1)[..., 0]
+    low, high = sorted((int(np.floor(low)), int(np.floor(high))))
+    is_ridge = _ridge(magnitude, gx, gy)
+    candidates = is_ridge & (magnitude > low)
+    labels, count = ndimage.label(candidates, structure=np.ones((3, 3)))
     keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(labels[strong])] = True
+    keep[np.unique(labels[candidates & (magnitude > high)])] = True
     keep[0] = False
     return map_to_rgb(keep[labels].astype(np.float32), image.size)
+
+
+def _ridge(magnitude: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Non-maximum suppression: a pixel is on the ridge if its magnitude beats its two neighbours across the
+    edge (the gradient's sector: horizontal, vertical or one of the diagonals), with OpenCV's tie rules:
+    strictly above the left / upper neighbour and at least the right / lower one, strictly above both on a
+    diagonal. Outside the image the magnitude is 0."""
+    padded = np.pad(magnitude, 1)
+    h, w = magnitude.shape
+
+    def neighbour(dy: int, dx: int) -> np.ndarray:
+        return padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+
+    ax, ay = np.abs(gx).astype(np.int64), np.abs(gy).astype(np.int64) << 15
+    tan22x = ax * _TAN_22_5
+    horizontal = ay < tan22x
+    vertical = ~horizontal & (ay > tan22x + (ax << 16))
+    diagonal = ~horizontal & ~vertical
+    same_sign = (gx ^ gy) >= 0    # the gradient points down-right or up-left: the main diagonal
+    return ((horizontal & (magnitude > neighbour(0, -1)) & (magnitude >= neighbour(0, 1)))
+            | (vertical & (magnitude > neighbour(-1, 0)) & (magnitude >= neighbour(1, 0)))
+            | (diagonal & same_sign & (magnitude > neighbour(-1, -1)) & (magnitude > neighbour(1, 1)))
+            | (diagonal & ~same_sign & (magnitude > neighbour(-1, 1)) & (magnitude > neighbour(1, -1))))
