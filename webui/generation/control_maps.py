@@ -60,8 +60,7 @@ def canny(image: Image.Image, resolution: int, low: float = CANNY_LOW, high: flo
     gx, gy = np.take_along_axis(gx, best, -1)[..., 0], np.take_along_axis(gy, best, -1)[..., 0]
     magnitude = np.take_along_axis(norms, best, -1)[..., 0]
     low, high = sorted((int(np.floor(low)), int(np.floor(high))))
-    is_ridge = _ridge(magnitude, gx, gy)
-    candidates = is_ridge & (magnitude > low)
+    candidates = _ridge(magnitude, gx, gy) & (magnitude > low)
     labels, count = ndimage.label(candidates, structure=np.ones((3, 3)))
     keep = np.zeros(count + 1, dtype=bool)
     keep[np.unique(labels[candidates & (magnitude > high)])] = True
