@@ -15,8 +15,9 @@ Seeded; a fixed step count or a time budget (`--time-budget-minutes`), whichever
 rate's cosine decay following the budget. fp32 weights with bf16 autocast on CUDA. Writes the fp16 ControlNet
 in diffusers' key layout as one `.safetensors` file (what the app's ControlNet loader reads as SD1.x, checked
 before the script ends) and `<name>.training.json` beside it (with the reports of the runs it continues). The
-shipped weights are GPU run 4 of docs/FIDELITY.md, which continued run 3a, which continued run 2a (16.5 minutes
-of training on one H100 in all):
+shipped weights are GPU run 4 of docs/FIDELITY.md, which continued run 3a, which continued run 2a (time budgets
+of 5, 5 and 6.5 minutes on one H100, rendering included; their maps came from the canny function's earlier,
+grey-image version):
 
     python -m tools.controlnet.train_toy_controlnet --images 20000 --batch 128 --workers 7 --time-budget-minutes 5 \
         --prompt-drop 0.5 --conflict-share 0 --out 2a.safetensors                                 # 2a
