@@ -46,8 +46,8 @@ from PIL import Image
 from sdstudio_eval import toy_world
 from tools.default_model import caption_variants
 from tools.default_model.toy_model_training import (
-    SCALED_LINEAR, clip_tokenizer, cosine_factor, min_snr_loss, optimizer_step, render_dataset, start_run, tokenize,
-    training_scenes)
+    SCALED_LINEAR, chunks, clip_tokenizer, cosine_factor, min_snr_loss, optimizer_step, render_dataset, start_run,
+    tokenize, training_scenes)
 from webui.generation.control_maps import canny
 from webui.models.default_model import SHIPPED_DEFAULT_MODEL
 from webui.settings import PROJECT_ROOT
@@ -94,10 +94,9 @@ def _contradicting_chunk(arguments: tuple[int, int, int]) -> np.ndarray:
 
 def contradicting_token_ids(n: int, seed: int, workers: int) -> torch.Tensor:
     """Token ids (n x 77) of one contradicting caption per training render: the render's scene with another
-    shape at another position, in the varied caption grammar. The chunks match `render_dataset`'s, so row i
-    belongs to render i."""
-    chunk = math.ceil(n / workers)
-    jobs = [(seed, start, min(chunk, n - start)) for start in range(0, n, chunk)]
+    shape at another position, in the varied caption grammar. Row i belongs to render i of `render_dataset(n,
+    seed, ...)`: both take the first n of `training_scenes(..., seed)`."""
+    jobs = [(seed, start, count) for start, count in chunks(n, workers)]
     with ProcessPoolExecutor(workers) as pool:
         return torch.from_numpy(np.concatenate(list(pool.map(_contradicting_chunk, jobs))))
 

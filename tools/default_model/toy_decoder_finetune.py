@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from sdstudio_eval import toy_world
 from tools.default_model.toy_model_training import (
+    chunks,
     cosine_factor,
     random_batch,
     reconstruction_loss,
@@ -92,8 +93,7 @@ def _generic_chunk(arguments: tuple[int, int]) -> np.ndarray:
 
 
 def render_generic(n: int, seed: int, workers: int) -> torch.Tensor:
-    chunk = math.ceil(n / workers)
-    jobs = [(seed * 1000 + index, min(chunk, n - start)) for index, start in enumerate(range(0, n, chunk))]
+    jobs = [(seed * 1000 + index, count) for index, (_, count) in enumerate(chunks(n, workers))]
     with ProcessPoolExecutor(workers) as pool:
         parts = list(pool.map(_generic_chunk, jobs))
     return torch.from_numpy(np.concatenate(parts)).permute(0, 3, 1, 2).contiguous()

@@ -87,13 +87,18 @@ def clip_tokenizer():
     return CLIPTokenizer.from_pretrained(config_dir("sd1") / "tokenizer", local_files_only=True)
 
 
+def chunks(n: int, workers: int) -> list[tuple[int, int]]:
+    """(start, count) of the pieces `n` items are split into, one per worker process."""
+    size = math.ceil(n / workers)
+    return [(start, min(size, n - start)) for start in range(0, n, size)]
+
+
 def render_dataset(n: int, seed: int, workers: int,
                    caption_count: int = 0) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
     """``n`` training renders (uint8, NCHW), per image its captions, ``caption_count`` varied ones
     (``caption_variants.training_caption``) or with 0 the one full-grammar caption, and their token ids
     (images x captions x 77)."""
-    chunk = math.ceil(n / workers)
-    jobs = [(seed, start, min(chunk, n - start), caption_count) for start in range(0, n, chunk)]
+    jobs = [(seed, start, count, caption_count) for start, count in chunks(n, workers)]
     with ProcessPoolExecutor(workers) as pool:
         parts = list(pool.map(_render_chunk, jobs))
     images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
